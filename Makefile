@@ -1,0 +1,58 @@
+# meshpass: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/.tools/cargo/bin:$(HOME)/.cargo/bin:$(PATH)
+export MESHPASS_ENVOY_BIN ?= $(CURDIR)/.tools/bin/envoy
+export MESHPASS_BAO_BIN ?= $(CURDIR)/.tools/bin/bao
+WASM := target/wasm32-wasip1/wasm-release/meshpass_filter.wasm
+export MESHPASS_FILTER_WASM ?= $(CURDIR)/$(WASM)
+FUZZ_SECONDS ?= 15
+FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form
+
+.PHONY: setup build wasm lint test unit fuzz-smoke fuzz bench demo clean
+
+## setup: install the wasm target, Envoy, OpenBao and cargo-fuzz into .tools/ (idempotent)
+setup:
+	@bash scripts/setup.sh
+
+## wasm: build the release filter (.wasm)
+wasm: setup
+	cargo build -p meshpass-filter --target wasm32-wasip1 --profile wasm-release
+	@ls -l $(WASM) | awk '{print "[wasm] " $$5 " bytes: " $$9}'
+
+## build: the exchange service, the e2e/demo binaries and the filter
+build: wasm
+	cargo build -p meshpass-exchange -p meshpass-e2e --bins
+
+## lint: rustfmt and clippy (host and wasm32-wasip1), warnings are errors
+lint: setup
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p meshpass-core -p meshpass-filter --target wasm32-wasip1 -- -D warnings
+
+## test: everything CI runs (the README's test command)
+test: setup lint build unit fuzz-smoke
+
+unit:
+	cargo test --workspace --no-fail-fast
+
+## fuzz-smoke: each fuzz target for FUZZ_SECONDS (make fuzz for longer runs)
+fuzz-smoke: setup
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "[fuzz] $$t for $(FUZZ_SECONDS)s"; \
+	  (cd fuzz && cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 2>&1 | tail -3) || exit 1; \
+	done
+
+fuzz:
+	$(MAKE) fuzz-smoke FUZZ_SECONDS=300
+
+## bench: criterion benchmarks of core validation
+bench: setup
+	cargo bench -p meshpass-core
+
+## demo: the whole stack (Envoy + filter + exchange service + OpenBao), walkthrough, then waits for Ctrl-C
+demo: build
+	cargo run -q -p meshpass-e2e --bin meshpass-demo -- $(ARGS)
+
+clean:
+	cargo clean
+	rm -rf .tools fuzz/target

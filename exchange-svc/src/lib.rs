@@ -1,0 +1,4 @@
+//! meshpass exchange service (see README.md).
+
+pub mod signer;
+pub mod vault;

@@ -1,0 +1,1 @@
+//! Vault/OpenBao client: auth, token renewal, transit signing (owned by the vault work).
