@@ -1,0 +1,1 @@
+//! Test support for meshpass (see README.md).
