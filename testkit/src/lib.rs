@@ -1,1 +1,3 @@
 //! Test support for meshpass (see README.md).
+
+pub mod envoy;
