@@ -1,0 +1,2 @@
+//! meshpass demo (being written).
+fn main() {}
