@@ -122,6 +122,45 @@ pub enum ValidationError {
 impl ValidationError {
     /// A stable snake_case code for metrics labels and logs, e.g. `"expired"`.
     pub fn reason(&self) -> &'static str {
-        todo!()
+        match self {
+            ValidationError::TooLarge { .. } => "too_large",
+            ValidationError::JweNotSupported => "jwe_not_supported",
+            ValidationError::JsonSerializationNotSupported => "json_serialization_not_supported",
+            ValidationError::Malformed(_) => "malformed",
+            ValidationError::Base64 { .. } => "base64",
+            ValidationError::Json { .. } => "json",
+            ValidationError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
+            ValidationError::ForbiddenHeader(_) => "forbidden_header",
+            ValidationError::CriticalHeader => "critical_header",
+            ValidationError::BadType => "bad_type",
+            ValidationError::BadKeyId => "bad_key_id",
+            ValidationError::NoKeys => "no_keys",
+            ValidationError::UnknownKeyId { .. } => "unknown_key_id",
+            ValidationError::AmbiguousKey => "ambiguous_key",
+            ValidationError::KeyAlgorithmMismatch(_) => "key_algorithm_mismatch",
+            ValidationError::BadSignature => "bad_signature",
+            ValidationError::MissingClaim(_) => "missing_claim",
+            ValidationError::InvalidClaim { .. } => "invalid_claim",
+            ValidationError::UnknownIssuer => "unknown_issuer",
+            ValidationError::AudienceMismatch => "audience_mismatch",
+            ValidationError::Expired => "expired",
+            ValidationError::NotYetValid => "not_yet_valid",
+            ValidationError::IssuedInFuture => "issued_in_future",
+            ValidationError::LifetimeTooLong => "lifetime_too_long",
+            ValidationError::InvalidSubject(_) => "invalid_subject",
+            ValidationError::TrustDomainNotAllowed => "trust_domain_not_allowed",
+            ValidationError::SubjectNotAllowed => "subject_not_allowed",
+            ValidationError::BindingMismatch(_) => "binding_mismatch",
+            ValidationError::BindingUnavailable(_) => "binding_unavailable",
+        }
+    }
+
+    /// Whether refetching the issuer's JWKS (once, rate limited) might make the token
+    /// acceptable: no keys yet, or an unknown `kid` (a key rotation the cache missed).
+    pub fn suggests_key_refetch(&self) -> bool {
+        matches!(
+            self,
+            ValidationError::NoKeys | ValidationError::UnknownKeyId { .. }
+        )
     }
 }

@@ -19,11 +19,14 @@ pub mod spiffe;
 
 pub use alg::Algorithm;
 pub use audience::Audience;
+pub use claims::{RegisteredClaims, TimeRules};
 pub use error::ValidationError;
+pub use jwk::JwksError;
 pub use jwk::{Jwk, KeyRejection, KeySet, PublicKey};
 pub use jws::{CompactJws, JoseHeader};
+pub use oauth::{ErrorCode, ErrorResponse, TokenExchangeRequest, TokenExchangeResponse};
 pub use policy::{
-    Binding, BindingMode, IssuerPolicy, KeyLookup, SubjectFormat, ValidationPolicy,
+    Binding, BindingMode, IssuerPolicy, KeyLookup, PolicyError, SubjectFormat, ValidationPolicy,
     VerifiedSubject,
 };
 pub use spiffe::{SpiffeId, SpiffeIdError, SpiffeIdPattern, TrustDomain};

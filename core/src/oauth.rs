@@ -41,13 +41,210 @@ impl TokenExchangeRequest {
     /// and `audience` given twice, a missing required field, an unknown token type or an
     /// oversize body are `invalid_request` with a precise description.
     pub fn parse_form(body: &[u8]) -> Result<Self, ErrorResponse> {
-        todo!("{body:?}")
+        if body.len() > MAX_FORM_BYTES {
+            return Err(invalid_request(format!(
+                "request body is larger than {MAX_FORM_BYTES} bytes"
+            )));
+        }
+        let body =
+            std::str::from_utf8(body).map_err(|_| invalid_request("request body is not UTF-8"))?;
+        let mut grant_type = None;
+        let mut subject_token = None;
+        let mut subject_token_type = None;
+        let mut scope = None;
+        let mut requested_token_type = None;
+        let mut actor_token = None;
+        let mut actor_token_type = None;
+        let mut resource = Vec::new();
+        let mut audience = Vec::new();
+        for pair in body.split('&').filter(|p| !p.is_empty()) {
+            let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+            let name = decode_component(raw_name)?;
+            let slot = match name.as_str() {
+                "grant_type" => &mut grant_type,
+                "subject_token" => &mut subject_token,
+                "subject_token_type" => &mut subject_token_type,
+                "scope" => &mut scope,
+                "requested_token_type" => &mut requested_token_type,
+                "actor_token" => &mut actor_token,
+                "actor_token_type" => &mut actor_token_type,
+                "resource" | "audience" => {
+                    let value = decode_value(&name, raw_value)?;
+                    if name == "resource" {
+                        resource.push(value);
+                    } else {
+                        audience.push(value);
+                    }
+                    continue;
+                }
+                // RFC 6749 §3.2: unrecognized parameters are ignored.
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(invalid_request(format!("{name} is given more than once")));
+            }
+            *slot = Some(decode_value(&name, raw_value)?);
+        }
+        match grant_type.as_deref() {
+            None => return Err(invalid_request("grant_type is missing")),
+            Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
+            Some(_) => {
+                return Err(ErrorResponse::new(
+                    ErrorCode::UnsupportedGrantType,
+                    format!("grant_type must be {GRANT_TYPE_TOKEN_EXCHANGE}"),
+                ))
+            }
+        }
+        let subject_token =
+            subject_token.ok_or_else(|| invalid_request("subject_token is missing"))?;
+        let subject_token_type =
+            subject_token_type.ok_or_else(|| invalid_request("subject_token_type is missing"))?;
+        check_token_type("subject_token_type", &subject_token_type)?;
+        match (&actor_token, &actor_token_type) {
+            (Some(_), None) => {
+                return Err(invalid_request(
+                    "actor_token_type is required when actor_token is given",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid_request(
+                    "actor_token_type must not be given without actor_token",
+                ))
+            }
+            (Some(_), Some(t)) => check_token_type("actor_token_type", t)?,
+            (None, None) => {}
+        }
+        if let Some(t) = &requested_token_type {
+            check_token_type("requested_token_type", t)?;
+        }
+        let scope = match scope {
+            None => Vec::new(),
+            Some(s) => parse_scope(&s)?,
+        };
+        Ok(TokenExchangeRequest {
+            subject_token,
+            subject_token_type,
+            resource,
+            audience,
+            scope,
+            requested_token_type,
+            actor_token,
+            actor_token_type,
+        })
     }
 
     /// Encodes the request as a form body (with `grant_type`), as the filter sends it.
     pub fn to_form(&self) -> String {
-        todo!()
+        let mut f = form_urlencoded::Serializer::new(String::new());
+        f.append_pair("grant_type", GRANT_TYPE_TOKEN_EXCHANGE);
+        f.append_pair("subject_token", &self.subject_token);
+        f.append_pair("subject_token_type", &self.subject_token_type);
+        for r in &self.resource {
+            f.append_pair("resource", r);
+        }
+        for a in &self.audience {
+            f.append_pair("audience", a);
+        }
+        if !self.scope.is_empty() {
+            f.append_pair("scope", &self.scope.join(" "));
+        }
+        if let Some(t) = &self.requested_token_type {
+            f.append_pair("requested_token_type", t);
+        }
+        if let Some(t) = &self.actor_token {
+            f.append_pair("actor_token", t);
+        }
+        if let Some(t) = &self.actor_token_type {
+            f.append_pair("actor_token_type", t);
+        }
+        f.finish()
     }
+
+    /// The scopes as the space-separated `scope` string, `None` when there are none.
+    pub fn scope_string(&self) -> Option<String> {
+        (!self.scope.is_empty()).then(|| self.scope.join(" "))
+    }
+}
+
+/// The JWT-valued token types accepted for `subject_token_type`, `actor_token_type`
+/// and `requested_token_type`.
+pub const ACCEPTED_TOKEN_TYPES: [&str; 3] =
+    [TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_ACCESS_TOKEN];
+
+fn invalid_request(description: impl Into<String>) -> ErrorResponse {
+    ErrorResponse::new(ErrorCode::InvalidRequest, description)
+}
+
+fn check_token_type(field: &str, value: &str) -> Result<(), ErrorResponse> {
+    if ACCEPTED_TOKEN_TYPES.contains(&value) {
+        Ok(())
+    } else {
+        // The value is not echoed: it is client-controlled and may be anything.
+        Err(invalid_request(format!(
+            "{field} is not a supported token type (jwt, id_token or access_token URN)"
+        )))
+    }
+}
+
+/// RFC 6749 §3.3: `scope = scope-token *( SP scope-token )`, with
+/// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+fn parse_scope(s: &str) -> Result<Vec<String>, ErrorResponse> {
+    let mut out = Vec::new();
+    for token in s.split(' ') {
+        if token.is_empty() {
+            return Err(invalid_request(
+                "scope has an empty scope token (scopes are separated by single spaces)",
+            ));
+        }
+        if !token
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+        {
+            return Err(invalid_request(
+                "scope has a character RFC 6749 §3.3 does not allow",
+            ));
+        }
+        out.push(token.to_owned());
+    }
+    Ok(out)
+}
+
+fn decode_value(name: &str, raw: &str) -> Result<String, ErrorResponse> {
+    let value = decode_component(raw)?;
+    if value.is_empty() {
+        return Err(invalid_request(format!("{name} is empty")));
+    }
+    Ok(value)
+}
+
+/// Strict `application/x-www-form-urlencoded` decoding of one name or value: `+` is a
+/// space, `%XX` needs two hex digits, and the decoded bytes must be UTF-8.
+/// (`form_urlencoded::parse` would silently replace bad bytes and keep bad escapes.)
+fn decode_component(raw: &str) -> Result<String, ErrorResponse> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = bytes.get(i + 1).and_then(|c| (*c as char).to_digit(16));
+                let lo = bytes.get(i + 2).and_then(|c| (*c as char).to_digit(16));
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err(invalid_request(
+                        "request body has a malformed percent escape",
+                    ));
+                };
+                // Two hex digits always fit a byte.
+                out.push(((hi << 4) | lo) as u8);
+                i += 2;
+            }
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8(out)
+        .map_err(|_| invalid_request("request body has a percent-encoded value that is not UTF-8"))
 }
 
 /// A successful token-exchange response (RFC 8693 §2.2.1).

@@ -1,17 +1,23 @@
 //! The validation policy and its single entry point.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::alg::Algorithm;
 use crate::audience::Audience;
+use crate::claims::{RegisteredClaims, TimeRules};
 use crate::error::ValidationError;
 use crate::jwk::KeySet;
+use crate::jws::CompactJws;
 use crate::spiffe::{SpiffeId, SpiffeIdPattern, TrustDomain};
 
 /// Where the subject SPIFFE ID comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SubjectFormat {
     /// JWT-SVID: `sub` is the SPIFFE ID.
     #[default]
@@ -21,8 +27,10 @@ pub enum SubjectFormat {
     KubernetesServiceAccount,
 }
 
-/// What one configured issuer accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What one configured issuer accepts. Deserializes from configuration with the
+/// documented defaults; unknown fields are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IssuerPolicy {
     /// Exact `iss` value.
     pub issuer: String,
@@ -31,22 +39,155 @@ pub struct IssuerPolicy {
     /// Allowed trust domains (non-empty list).
     pub trust_domains: Vec<TrustDomain>,
     /// Allowed SPIFFE ID patterns; empty means any ID in the allowed trust domains.
+    #[serde(default)]
     pub id_patterns: Vec<SpiffeIdPattern>,
     /// How to read the subject.
+    #[serde(default)]
     pub subject_format: SubjectFormat,
     /// Clock-skew leeway in seconds (default 30).
+    #[serde(default = "default_leeway")]
     pub leeway_secs: u64,
     /// Maximum `exp - iat` in seconds, when set.
+    #[serde(default)]
     pub max_lifetime_secs: Option<u64>,
 }
 
+fn default_leeway() -> u64 {
+    crate::DEFAULT_LEEWAY_SECS
+}
+
+fn default_max_token_bytes() -> usize {
+    crate::DEFAULT_MAX_TOKEN_BYTES
+}
+
 /// The whole policy: the issuers and the size cap.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ValidationPolicy {
     /// Configured issuers (distinct `issuer` values).
     pub issuers: Vec<IssuerPolicy>,
     /// Maximum token size in bytes (default 8 KiB).
+    #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
+}
+
+/// A configuration mistake found by [`ValidationPolicy::check`]; each names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// `issuers` is empty.
+    #[error("issuers: at least one issuer must be configured")]
+    NoIssuers,
+    /// An `issuer` value is empty.
+    #[error("issuers[{0}].issuer: must not be empty")]
+    EmptyIssuer(usize),
+    /// Two issuers have the same `issuer` value.
+    #[error("issuers[{index}].issuer: {issuer:?} is configured twice")]
+    DuplicateIssuer {
+        /// Position of the second occurrence.
+        index: usize,
+        /// The repeated value.
+        issuer: String,
+    },
+    /// An issuer has no audiences.
+    #[error("issuers[{0}].audiences: must not be empty")]
+    NoAudiences(usize),
+    /// An issuer has no trust domains.
+    #[error("issuers[{0}].trust_domains: must not be empty")]
+    NoTrustDomains(usize),
+    /// An ID pattern names a trust domain the issuer does not allow (it could never
+    /// match).
+    #[error("issuers[{index}].id_patterns: {pattern} is outside the issuer's trust_domains")]
+    PatternOutsideTrustDomains {
+        /// Position of the issuer.
+        index: usize,
+        /// The pattern.
+        pattern: String,
+    },
+    /// `max_token_bytes` is zero.
+    #[error("max_token_bytes: must be greater than zero")]
+    ZeroMaxTokenBytes,
+}
+
+impl IssuerPolicy {
+    /// An issuer policy with the defaults: no ID patterns (any ID in the trust
+    /// domains), JWT-SVID subjects, 30 s leeway, no lifetime cap.
+    pub fn new(
+        issuer: impl Into<String>,
+        audiences: Vec<Audience>,
+        trust_domains: Vec<TrustDomain>,
+    ) -> Self {
+        IssuerPolicy {
+            issuer: issuer.into(),
+            audiences,
+            trust_domains,
+            id_patterns: Vec::new(),
+            subject_format: SubjectFormat::default(),
+            leeway_secs: crate::DEFAULT_LEEWAY_SECS,
+            max_lifetime_secs: None,
+        }
+    }
+
+    /// The time rules of this issuer.
+    pub fn time_rules(&self) -> TimeRules {
+        TimeRules {
+            leeway_secs: self.leeway_secs,
+            max_lifetime_secs: self.max_lifetime_secs,
+        }
+    }
+
+    /// Claim checks of a payload whose signature was verified: registered claims
+    /// strictly typed, `iss` is this issuer, `aud` holds one of its audiences, time
+    /// rules at `now`.
+    pub fn check_claims(
+        &self,
+        payload: &Map<String, Value>,
+        now: u64,
+    ) -> Result<RegisteredClaims, ValidationError> {
+        let claims = RegisteredClaims::from_payload(payload)?;
+        if claims.iss != self.issuer {
+            return Err(ValidationError::UnknownIssuer);
+        }
+        let aud_ok = claims
+            .aud
+            .iter()
+            .any(|a| self.audiences.iter().any(|want| want.as_str() == a));
+        if !aud_ok {
+            return Err(ValidationError::AudienceMismatch);
+        }
+        claims.check_time(now, &self.time_rules())?;
+        Ok(claims)
+    }
+
+    /// Derives the subject SPIFFE ID (per `subject_format`) and checks it against the
+    /// allowed trust domains and ID patterns.
+    pub fn subject(&self, claims: &RegisteredClaims) -> Result<SpiffeId, ValidationError> {
+        let sub = claims
+            .sub
+            .as_deref()
+            .ok_or(ValidationError::MissingClaim("sub"))?;
+        let id = match self.subject_format {
+            SubjectFormat::JwtSvid => SpiffeId::parse(sub),
+            SubjectFormat::KubernetesServiceAccount => {
+                let td = self
+                    .trust_domains
+                    .first()
+                    .ok_or(ValidationError::TrustDomainNotAllowed)?;
+                SpiffeId::from_kubernetes_subject(sub, td)
+            }
+        }
+        .map_err(ValidationError::InvalidSubject)?;
+        if !self
+            .trust_domains
+            .iter()
+            .any(|td| td.as_str() == id.trust_domain_str())
+        {
+            return Err(ValidationError::TrustDomainNotAllowed);
+        }
+        if !self.id_patterns.is_empty() && !self.id_patterns.iter().any(|p| p.matches(&id)) {
+            return Err(ValidationError::SubjectNotAllowed);
+        }
+        Ok(id)
+    }
 }
 
 /// Gives the current key set of an issuer (the filter reads shared data, the service
@@ -62,7 +203,20 @@ impl KeyLookup for HashMap<String, KeySet> {
     }
 }
 
-/// Binding mode from configuration (DESIGN.md "Binding").
+impl KeyLookup for HashMap<String, std::sync::Arc<KeySet>> {
+    fn keys_for(&self, issuer: &str) -> Option<&KeySet> {
+        self.get(issuer).map(|s| &**s)
+    }
+}
+
+impl KeyLookup for std::collections::BTreeMap<String, KeySet> {
+    fn keys_for(&self, issuer: &str) -> Option<&KeySet> {
+        self.get(issuer)
+    }
+}
+
+/// Binding mode from configuration (DESIGN.md "Binding"). Parses (and deserializes)
+/// from `server`, `client` or `none`, in any letter case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BindingMode {
     /// Subject must equal the mTLS peer's URI SAN.
@@ -71,6 +225,66 @@ pub enum BindingMode {
     Client,
     /// No binding (never the default).
     None,
+}
+
+impl BindingMode {
+    /// The configuration name: `server`, `client` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BindingMode::Server => "server",
+            BindingMode::Client => "client",
+            BindingMode::None => "none",
+        }
+    }
+
+    /// The [`Binding`] for one request in this mode: `peer` is the mTLS peer's URI SAN
+    /// (SERVER), `own` the proxy's own workload identity (CLIENT).
+    pub fn binding<'a>(self, peer: Option<&'a SpiffeId>, own: Option<&'a SpiffeId>) -> Binding<'a> {
+        match self {
+            BindingMode::Server => Binding::Server(peer),
+            BindingMode::Client => Binding::Client(own),
+            BindingMode::None => Binding::None,
+        }
+    }
+}
+
+/// Why a string is not a [`BindingMode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("binding mode must be server, client or none")]
+pub struct BindingModeError;
+
+impl FromStr for BindingMode {
+    type Err = BindingModeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("server") {
+            Ok(BindingMode::Server)
+        } else if s.eq_ignore_ascii_case("client") {
+            Ok(BindingMode::Client)
+        } else if s.eq_ignore_ascii_case("none") {
+            Ok(BindingMode::None)
+        } else {
+            Err(BindingModeError)
+        }
+    }
+}
+
+impl fmt::Display for BindingMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for BindingMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for BindingMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The identity to bind to for one request.
@@ -87,7 +301,16 @@ pub enum Binding<'a> {
 impl Binding<'_> {
     /// Checks `subject` against the bound identity; fails closed when it is unknown.
     pub fn check(&self, subject: &SpiffeId) -> Result<(), ValidationError> {
-        todo!("{subject}")
+        let (bound, what) = match self {
+            Binding::None => return Ok(()),
+            Binding::Server(peer) => (peer, "mTLS peer"),
+            Binding::Client(own) => (own, "proxy's own workload"),
+        };
+        match bound {
+            None => Err(ValidationError::BindingUnavailable(what)),
+            Some(id) if *id == subject => Ok(()),
+            Some(_) => Err(ValidationError::BindingMismatch(what)),
+        }
     }
 }
 
@@ -123,6 +346,116 @@ impl ValidationPolicy {
         keys: &dyn KeyLookup,
         binding: &Binding<'_>,
     ) -> Result<VerifiedSubject, ValidationError> {
-        todo!("{token} {now} {:p} {binding:?}", keys)
+        let jws = self.parse(token)?;
+        let issuer = self.verify_signature(&jws, keys)?;
+        let claims = issuer.check_claims(&jws.payload, now)?;
+        let spiffe_id = issuer.subject(&claims)?;
+        binding.check(&spiffe_id)?;
+        let CompactJws {
+            header, payload, ..
+        } = jws;
+        Ok(VerifiedSubject {
+            spiffe_id,
+            issuer: claims.iss,
+            audiences: claims.aud,
+            expires_at: claims.exp,
+            issued_at: claims.iat,
+            alg: header.alg,
+            kid: header.kid,
+            claims: payload,
+        })
+    }
+
+    /// A policy with these issuers and the default 8 KiB size cap.
+    pub fn new(issuers: Vec<IssuerPolicy>) -> Self {
+        ValidationPolicy {
+            issuers,
+            max_token_bytes: crate::DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+
+    /// Checks the configuration (call it at startup and refuse to start on error).
+    pub fn check(&self) -> Result<(), PolicyError> {
+        if self.issuers.is_empty() {
+            return Err(PolicyError::NoIssuers);
+        }
+        if self.max_token_bytes == 0 {
+            return Err(PolicyError::ZeroMaxTokenBytes);
+        }
+        for (index, ip) in self.issuers.iter().enumerate() {
+            if ip.issuer.is_empty() {
+                return Err(PolicyError::EmptyIssuer(index));
+            }
+            if self.issuers[..index].iter().any(|o| o.issuer == ip.issuer) {
+                return Err(PolicyError::DuplicateIssuer {
+                    index,
+                    issuer: ip.issuer.clone(),
+                });
+            }
+            if ip.audiences.is_empty() {
+                return Err(PolicyError::NoAudiences(index));
+            }
+            if ip.trust_domains.is_empty() {
+                return Err(PolicyError::NoTrustDomains(index));
+            }
+            for p in &ip.id_patterns {
+                let td = match p {
+                    SpiffeIdPattern::Exact(id) => id.trust_domain_str(),
+                    SpiffeIdPattern::Prefix { trust_domain, .. } => trust_domain.as_str(),
+                };
+                if !ip.trust_domains.iter().any(|t| t.as_str() == td) {
+                    return Err(PolicyError::PatternOutsideTrustDomains {
+                        index,
+                        pattern: p.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The configured issuer whose `issuer` is exactly `iss`.
+    pub fn issuer(&self, iss: &str) -> Option<&IssuerPolicy> {
+        self.issuers.iter().find(|i| i.issuer == iss)
+    }
+
+    /// Step 1: strict parsing under the size cap (no signature check yet).
+    pub fn parse<'t>(&self, token: &'t str) -> Result<CompactJws<'t>, ValidationError> {
+        CompactJws::parse(token, self.max_token_bytes)
+    }
+
+    /// Step 2: finds the issuer by the (still unverified) `iss`, picks its key by
+    /// `kid`/`alg` and verifies the signature. Returns the issuer's policy.
+    pub fn verify_signature<'p>(
+        &'p self,
+        jws: &CompactJws<'_>,
+        keys: &dyn KeyLookup,
+    ) -> Result<&'p IssuerPolicy, ValidationError> {
+        let iss = match jws.payload.get("iss") {
+            Some(Value::String(s)) => s.as_str(),
+            Some(_) => {
+                return Err(ValidationError::InvalidClaim {
+                    claim: "iss",
+                    reason: "must be a string",
+                })
+            }
+            None => return Err(ValidationError::MissingClaim("iss")),
+        };
+        let issuer = self.issuer(iss).ok_or(ValidationError::UnknownIssuer)?;
+        let set = keys
+            .keys_for(&issuer.issuer)
+            .filter(|s| !s.is_empty())
+            .ok_or(ValidationError::NoKeys)?;
+        let key = set
+            .select(jws.header.kid.as_deref(), jws.header.alg)
+            .map_err(|e| match e {
+                ValidationError::UnknownKeyId { kid, .. } => ValidationError::UnknownKeyId {
+                    issuer: issuer.issuer.clone(),
+                    kid,
+                },
+                other => other,
+            })?;
+        jws.verify(key)?;
+        Ok(issuer)
     }
 }
