@@ -449,6 +449,18 @@ impl Envoy {
         admin_port: u16,
         log_path: &Path,
     ) -> Result<Self> {
+        Self::start_with_level(name, envoy_bin, config_path, admin_port, log_path, "info").await
+    }
+
+    /// [`Envoy::start`] with a log level (`info`, `debug`...).
+    pub async fn start_with_level(
+        name: &str,
+        envoy_bin: &Path,
+        config_path: &Path,
+        admin_port: u16,
+        log_path: &Path,
+        level: &str,
+    ) -> Result<Self> {
         if !envoy_bin.exists() {
             bail!(
                 "Envoy binary not found at {} (set MESHPASS_ENVOY_BIN or run `make setup`)",
@@ -458,9 +470,9 @@ impl Envoy {
         let mut cmd = Command::new(envoy_bin);
         cmd.arg("-c")
             .arg(config_path)
-            .args(["--concurrency", "1", "--log-level", "info"])
-            .args(["--base-id", &admin_port.to_string()])
-            .args(["--component-log-level", "wasm:debug"]);
+            .args(["--concurrency", "1", "--log-level", level])
+            // Several Envoys on one host need distinct shared-memory ids.
+            .args(["--base-id", &admin_port.to_string()]);
         let mut child = ManagedChild::spawn(name, cmd, log_path)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))

@@ -8,16 +8,20 @@
 //! * [`envoy`]: client and server sidecar configurations and the Envoy process.
 //! * [`openbao`]: OpenBao with transit (dev or persistent).
 //! * [`process`]: child processes killed on drop.
+//! * [`exchange`]: the exchange service process and its generated TOML.
+//! * [`topology`]: all of the above wired together.
 //!
 //! Library code returns `anyhow::Result`; nothing here panics.
 
 pub mod ca;
 pub mod echo;
 pub mod envoy;
+pub mod exchange;
 pub mod http;
 pub mod jwt;
 pub mod openbao;
 pub mod process;
+pub mod topology;
 pub mod yaml;
 
 use std::net::TcpListener;

@@ -1,0 +1,599 @@
+//! The whole end-to-end topology on loopback, started in dependency order and stopped
+//! on drop:
+//!
+//! ```text
+//!  test / curl ──HTTP──▶ client sidecar ──mTLS (X.509-SVID)──▶ server sidecar ──HTTP──▶ echo app
+//!                        outbound_exchange: meshpass CLIENT ─▶ inbound_exchanged: jwt_authn
+//!                        outbound_plain:    (no filter)     ─▶ inbound_mesh: meshpass SERVER, jwt_authn
+//!                              │ POST /token, issuer JWKS          │ POST /token, issuer JWKS, exchange JWKS
+//!                              ▼                                   ▼
+//!                  meshpass-exchange ──transit/sign──▶ OpenBao      JWT-SVID issuer JWKS (in-process)
+//!                        │
+//!                  SQLite file | Postgres database
+//! ```
+//!
+//! Workloads (namespace `demo`, trust domain `cluster.local`): `frontend` (the client
+//! sidecar's own identity; mapped for resource `echo` with scopes `orders.read` and
+//! `orders.write`, participant `acme`), `reporting` (mapped, `orders.read` only,
+//! participant `globex`), `batch` (no mapping), and `echo` (the server).
+//!
+//! The filter picks what to exchange for by path: `/admin...` asks for scope
+//! `orders.admin` (no mapping allows it), `/short...` asks for resource `echo-short`
+//! (tokens live [`SHORT_TTL_SECS`]), everything else for resource `echo`, audience
+//! `echo`, scope `orders.read`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::{json, Value};
+
+use crate::ca::TestCa;
+use crate::echo::{self, EchoReport};
+use crate::envoy::{
+    self, ClientSidecar, Envoy, JwtAuthn, ServerSidecar, UpstreamIdentity, WasmFilter,
+};
+use crate::exchange::ExchangeService;
+use crate::http::HttpServer;
+use crate::jwt::JwtSvidIssuer;
+use crate::openbao::{BaoStorage, OpenBao};
+
+/// The SPIFFE trust domain of the test mesh.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+/// The namespace of every workload.
+pub const NAMESPACE: &str = "demo";
+/// `iss` of JWT-SVIDs.
+pub const SVID_ISSUER: &str = "https://spire.e2e.test";
+/// `aud` JWT-SVIDs must carry (the exchange service).
+pub const SVID_AUDIENCE: &str = "meshpass-exchange";
+/// The resource and audience of participant tokens for the echo app.
+pub const APP_RESOURCE: &str = "echo";
+/// Resource whose tokens are short-lived (see [`SHORT_TTL_SECS`]).
+pub const SHORT_RESOURCE: &str = "echo-short";
+/// Lifetime of `echo-short` participant tokens.
+pub const SHORT_TTL_SECS: u64 = 4;
+/// Scope requested by default.
+pub const DEFAULT_SCOPE: &str = "orders.read";
+/// Scope requested under `/admin` and granted to nobody.
+pub const FORBIDDEN_SCOPE: &str = "orders.admin";
+/// The participant-context claim name.
+pub const PARTICIPANT_CLAIM: &str = "participant";
+/// The transit key name.
+pub const TRANSIT_KEY: &str = "meshpass-participant";
+/// The claim the `orders.read` scope adds (scope→claims mapping).
+pub const SCOPE_CLAIM: (&str, &str) = ("orders_access", "read");
+
+/// Where the exchange service keeps its mappings.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// A SQLite file in the topology's directory.
+    Sqlite,
+    /// A Postgres database URL (`postgres://postgres@127.0.0.1:5432/NAME`).
+    Postgres(String),
+}
+
+impl Storage {
+    /// `sqlite` or `postgres`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Storage::Sqlite => "sqlite",
+            Storage::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Knobs of a topology.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Mapping store.
+    pub storage: Storage,
+    /// OpenBao flavour.
+    pub bao: BaoStorage,
+    /// How often the filter and the service refresh the JWT-SVID issuer's JWKS.
+    pub svid_jwks_refresh_secs: u64,
+    /// How long `jwt_authn` caches the exchange service's JWKS.
+    pub jwt_authn_cache_secs: u64,
+    /// How long a new transit key version is published before it signs.
+    pub publish_lead_secs: u64,
+    /// How often the service re-reads the transit key.
+    pub key_refresh_secs: u64,
+    /// Envoy log level (`info`, `debug`...).
+    pub envoy_log_level: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            storage: Storage::Sqlite,
+            bao: BaoStorage::Dev,
+            svid_jwks_refresh_secs: 2,
+            jwt_authn_cache_secs: 2,
+            publish_lead_secs: 5,
+            key_refresh_secs: 1,
+            envoy_log_level: "info".into(),
+        }
+    }
+}
+
+/// A workload of the test mesh.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    /// Service account name (also the `x-e2e-identity` value).
+    pub name: &'static str,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+}
+
+/// Ports of everything listening.
+#[derive(Clone, Debug)]
+pub struct Ports {
+    /// Client sidecar: meshpass CLIENT listener (plain HTTP).
+    pub client_exchange: u16,
+    /// Client sidecar: no-filter listener towards the SERVER-mode listener.
+    pub client_plain: u16,
+    /// Client sidecar admin.
+    pub client_admin: u16,
+    /// Server sidecar: meshpass SERVER + jwt_authn (mTLS).
+    pub server_mesh: u16,
+    /// Server sidecar: jwt_authn only (mTLS).
+    pub server_exchanged: u16,
+    /// Server sidecar admin.
+    pub server_admin: u16,
+    /// The exchange service.
+    pub exchange: u16,
+    /// The JWT-SVID issuer's JWKS.
+    pub svid_jwks: u16,
+    /// The echo app.
+    pub app: u16,
+}
+
+/// An HTTP answer as the caller saw it.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Headers (lower-case names, repeated ones joined by `, `).
+    pub headers: BTreeMap<String, String>,
+    /// Body text.
+    pub body: String,
+}
+
+impl Reply {
+    /// What the echo app reported (only for requests that reached it).
+    pub fn echo(&self) -> Result<EchoReport> {
+        serde_json::from_str(&self.body)
+            .with_context(|| format!("not an echo report (HTTP {}): {}", self.status, self.body))
+    }
+
+    /// A response header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {:?} {}", self.status, self.headers, self.body)
+    }
+}
+
+/// The running topology.
+pub struct Topology {
+    /// Knobs it was started with.
+    pub options: Options,
+    /// Ports.
+    pub ports: Ports,
+    /// The test CA.
+    pub ca: TestCa,
+    /// The JWT-SVID issuer.
+    pub issuer: Arc<JwtSvidIssuer>,
+    /// Workloads by name.
+    pub workloads: BTreeMap<&'static str, Workload>,
+    /// The client sidecar.
+    pub client: Envoy,
+    /// The server sidecar.
+    pub server: Envoy,
+    /// The exchange service.
+    pub exchange: ExchangeService,
+    /// OpenBao.
+    pub bao: OpenBao,
+    /// The JWT-SVID issuer's JWKS endpoint.
+    pub svid_jwks: HttpServer,
+    /// The echo app.
+    pub app: HttpServer,
+    /// The plugin configuration of the CLIENT-mode filter.
+    pub client_plugin_config: Value,
+    /// The plugin configuration of the SERVER-mode filter.
+    pub server_plugin_config: Value,
+    /// The exchange service's configuration (as JSON; written as TOML).
+    pub exchange_config: Value,
+    http: reqwest::Client,
+    // Last: removed after every process is gone.
+    dir: tempfile::TempDir,
+}
+
+const WORKLOADS: [&str; 4] = ["frontend", "reporting", "batch", "echo"];
+
+/// The filter's plugin configuration (filter/README.md) for `mode`.
+pub fn plugin_config(mode: &str, svid_jwks_refresh_secs: u64) -> Value {
+    let mut cfg = json!({
+        "mode": mode,
+        "issuers": [{
+            "issuer": SVID_ISSUER,
+            "audiences": [SVID_AUDIENCE],
+            "trust_domains": [TRUST_DOMAIN],
+            "jwks_cluster": envoy::SVID_JWKS_CLUSTER,
+            "jwks_path": "/.well-known/jwks.json",
+            "jwks_refresh_secs": svid_jwks_refresh_secs,
+        }],
+        "rules": [
+            {"path_prefix": "/admin", "resource": APP_RESOURCE, "audience": [APP_RESOURCE], "scopes": [FORBIDDEN_SCOPE]},
+            {"path_prefix": "/short", "resource": SHORT_RESOURCE, "audience": [APP_RESOURCE], "scopes": [DEFAULT_SCOPE]},
+        ],
+        "default_rule": {"resource": APP_RESOURCE, "audience": [APP_RESOURCE], "scopes": [DEFAULT_SCOPE]},
+        "exchange": {"cluster": envoy::EXCHANGE_CLUSTER, "path": "/token", "timeout_ms": 3000},
+        "retry_after_secs": 1,
+    });
+    if mode == "CLIENT" {
+        // Identity from Istio-style node metadata (NAMESPACE, SERVICE_ACCOUNT): the
+        // app-facing listener is plain HTTP, there is no local certificate.
+        cfg["own_identity"] = json!({"trust_domain": TRUST_DOMAIN});
+    }
+    cfg
+}
+
+/// The exchange service's configuration (exchange-svc/README.md) as JSON.
+pub fn exchange_config(
+    port: u16,
+    svid_jwks_port: u16,
+    bao: &OpenBao,
+    store_url: &str,
+    o: &Options,
+) -> Value {
+    let id = |sa: &str| format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{sa}");
+    json!({
+        "server": {
+            "listen": format!("127.0.0.1:{port}"),
+            "retry_after_secs": 1,
+            "jwks_max_age_secs": o.jwt_authn_cache_secs,
+            "shutdown_grace_secs": 2,
+        },
+        "token": {
+            "issuer": format!("http://127.0.0.1:{port}"),
+            "participant_claim": PARTICIPANT_CLAIM,
+            "max_ttl_secs": 3600,
+        },
+        "store": {"url": store_url},
+        "log": {"level": "info"},
+        "vault": {
+            "address": bao.addr(),
+            "auth": {"method": "token", "token": bao.root_token()},
+            "key_name": bao.transit_key(),
+            "publish_lead": format!("{}s", o.publish_lead_secs),
+            "key_refresh_interval": format!("{}s", o.key_refresh_secs),
+            "request_timeout": "2s",
+        },
+        "issuers": [{
+            "issuer": SVID_ISSUER,
+            "audiences": [SVID_AUDIENCE],
+            "trust_domains": [TRUST_DOMAIN],
+            "jwks_url": format!("http://127.0.0.1:{svid_jwks_port}/.well-known/jwks.json"),
+            "refresh_secs": o.svid_jwks_refresh_secs,
+            "min_refetch_secs": 1,
+        }],
+        "mappings": [
+            {"name": "frontend-echo", "subject": id("frontend"), "resource": APP_RESOURCE,
+             "participant": "acme", "audiences": [APP_RESOURCE],
+             "scopes": ["orders.read", "orders.write"], "ttl_secs": 600},
+            {"name": "frontend-echo-short", "subject": id("frontend"), "resource": SHORT_RESOURCE,
+             "participant": "acme", "audiences": [APP_RESOURCE],
+             "scopes": ["orders.read"], "ttl_secs": SHORT_TTL_SECS},
+            {"name": "reporting-echo", "subject": id("reporting"), "resource": APP_RESOURCE,
+             "participant": "globex", "audiences": [APP_RESOURCE],
+             "scopes": ["orders.read"], "ttl_secs": 600},
+        ],
+        "scope_claims": [
+            {"resource": APP_RESOURCE, "scope": "orders.read", "claims": {SCOPE_CLAIM.0: SCOPE_CLAIM.1}},
+        ],
+    })
+}
+
+async fn json_route(value: Value) -> axum::Json<Value> {
+    axum::Json(value)
+}
+
+impl Topology {
+    /// Starts everything; fails with the tail of the failing component's log.
+    pub async fn start(options: Options) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("meshpass-e2e-")
+            .tempdir()
+            .context("cannot create the topology's temp dir")?;
+        let d = dir.path().to_path_buf();
+        let envoy_bin = crate::envoy_bin();
+        let wasm = crate::filter_wasm();
+        if !wasm.exists() {
+            anyhow::bail!(
+                "filter wasm not found at {} (set MESHPASS_FILTER_WASM or run `make wasm`)",
+                wasm.display()
+            );
+        }
+
+        // Identities.
+        let ca = TestCa::new(TRUST_DOMAIN)?;
+        let bundle = ca.write_bundle(&d)?;
+        let mut workloads = BTreeMap::new();
+        let mut svids = BTreeMap::new();
+        for name in WORKLOADS {
+            let spiffe_id = ca.spiffe_id(NAMESPACE, name);
+            svids.insert(name, ca.issue(&spiffe_id)?.write(&d, name)?);
+            workloads.insert(name, Workload { name, spiffe_id });
+        }
+        let svid = |n: &str| svids.get(n).cloned().ok_or_else(|| anyhow!("no SVID {n}"));
+
+        // JWT-SVID issuer and its JWKS endpoint, the echo app.
+        let issuer = Arc::new(JwtSvidIssuer::new(SVID_ISSUER));
+        let jwks = issuer.jwks();
+        let svid_jwks = HttpServer::start(
+            "jwt-svid-jwks",
+            axum::Router::new().route(
+                "/.well-known/jwks.json",
+                axum::routing::get(move || json_route(jwks.clone())),
+            ),
+        )
+        .await?;
+        let app = HttpServer::start("echo-app", echo::router()).await?;
+
+        // OpenBao with transit, then the exchange service.
+        let bao = OpenBao::start_with_transit(
+            &crate::bao_bin(),
+            &d.join("openbao"),
+            options.bao,
+            TRANSIT_KEY,
+        )
+        .await?;
+        let exchange_port = crate::free_port()?;
+        let store_url = match &options.storage {
+            Storage::Sqlite => format!("sqlite://{}", d.join("meshpass.db").display()),
+            Storage::Postgres(url) => url.clone(),
+        };
+        let exchange_config =
+            exchange_config(exchange_port, svid_jwks.port(), &bao, &store_url, &options);
+        let exchange =
+            ExchangeService::start(&crate::exchange_bin(), &d, exchange_port, &exchange_config)
+                .await?;
+
+        // The sidecars.
+        let ports = Ports {
+            client_exchange: crate::free_port()?,
+            client_plain: crate::free_port()?,
+            client_admin: crate::free_port()?,
+            server_mesh: crate::free_port()?,
+            server_exchanged: crate::free_port()?,
+            server_admin: crate::free_port()?,
+            exchange: exchange_port,
+            svid_jwks: svid_jwks.port(),
+            app: app.port(),
+        };
+        let server_plugin_config = plugin_config("SERVER", options.svid_jwks_refresh_secs);
+        let client_plugin_config = plugin_config("CLIENT", options.svid_jwks_refresh_secs);
+        let filter = |cfg: &Value| WasmFilter {
+            wasm_path: wasm.clone(),
+            plugin_config: cfg.clone(),
+            root_id: "meshpass".into(),
+        };
+        let server_cfg = ServerSidecar {
+            admin_port: ports.server_admin,
+            mesh_port: ports.server_mesh,
+            exchanged_port: ports.server_exchanged,
+            svid: svid("echo")?,
+            ca_bundle: bundle.clone(),
+            trust_domain: TRUST_DOMAIN.into(),
+            filter: Some(filter(&server_plugin_config)),
+            jwt_authn: JwtAuthn {
+                issuer: format!("http://127.0.0.1:{exchange_port}"),
+                audiences: vec![APP_RESOURCE.into()],
+                jwks_uri: format!("http://127.0.0.1:{exchange_port}/.well-known/jwks.json"),
+                cache_duration_secs: options.jwt_authn_cache_secs,
+            },
+            app_port: ports.app,
+            exchange_port,
+            svid_jwks_port: ports.svid_jwks,
+        };
+        let identities = ["frontend", "reporting", "batch"]
+            .into_iter()
+            .map(|n| {
+                Ok(UpstreamIdentity {
+                    name: n.into(),
+                    svid: svid(n)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let client_cfg = ClientSidecar {
+            admin_port: ports.client_admin,
+            exchange_port_listener: ports.client_exchange,
+            plain_port: ports.client_plain,
+            svid: svid("frontend")?,
+            identities,
+            ca_bundle: bundle,
+            server_spiffe_id: ca.spiffe_id(NAMESPACE, "echo"),
+            server_mesh_port: ports.server_mesh,
+            server_exchanged_port: ports.server_exchanged,
+            filter: Some(filter(&client_plugin_config)),
+            node_metadata: json!({
+                "NAMESPACE": NAMESPACE,
+                "SERVICE_ACCOUNT": "frontend",
+                "WORKLOAD_NAME": "frontend",
+            }),
+            exchange_port,
+            svid_jwks_port: ports.svid_jwks,
+        };
+        let server_yaml = d.join("server-sidecar.yaml");
+        let client_yaml = d.join("client-sidecar.yaml");
+        envoy::write_config(&envoy::server_sidecar_config(&server_cfg), &server_yaml)?;
+        envoy::write_config(&envoy::client_sidecar_config(&client_cfg), &client_yaml)?;
+        let (server_log, client_log) = (d.join("server-sidecar.log"), d.join("client-sidecar.log"));
+        let (server, client) = tokio::join!(
+            Envoy::start_with_level(
+                "server-sidecar",
+                &envoy_bin,
+                &server_yaml,
+                ports.server_admin,
+                &server_log,
+                &options.envoy_log_level,
+            ),
+            Envoy::start_with_level(
+                "client-sidecar",
+                &envoy_bin,
+                &client_yaml,
+                ports.client_admin,
+                &client_log,
+                &options.envoy_log_level,
+            ),
+        );
+        let (server, client) = (server?, client?);
+
+        Ok(Topology {
+            options,
+            ports,
+            ca,
+            issuer,
+            workloads,
+            client,
+            server,
+            exchange,
+            bao,
+            svid_jwks,
+            app,
+            client_plugin_config,
+            server_plugin_config,
+            exchange_config,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .pool_max_idle_per_host(64)
+                .build()?,
+            dir,
+        })
+    }
+
+    /// The topology's working directory (configs, logs, certificates).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The SPIFFE ID of a workload (`frontend`, `reporting`, `batch`, `echo`).
+    pub fn spiffe_id(&self, workload: &str) -> String {
+        self.workloads
+            .get(workload)
+            .map(|w| w.spiffe_id.clone())
+            .unwrap_or_else(|| self.ca.spiffe_id(NAMESPACE, workload))
+    }
+
+    /// The exchange service's `iss`.
+    pub fn exchange_issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports.exchange)
+    }
+
+    /// A fresh JWT-SVID for `workload` (unique `jti`, so never served from a cache).
+    pub fn mint(&self, workload: &str) -> Result<String> {
+        self.issuer.mint(&self.svid_claims(workload))
+    }
+
+    /// The claims [`Topology::mint`] signs; tests alter them to build bad tokens.
+    pub fn svid_claims(&self, workload: &str) -> Value {
+        let mut c = self
+            .issuer
+            .claims(&self.spiffe_id(workload), &[SVID_AUDIENCE], 600);
+        c["jti"] = json!(crate::jwt::random_suffix());
+        c
+    }
+
+    /// URL of the CLIENT-mode path (the app's outbound listener).
+    pub fn client_mode_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.client_exchange)
+    }
+
+    /// URL of the SERVER-mode path (plain client sidecar listener → `inbound_mesh`).
+    pub fn server_mode_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports.client_plain)
+    }
+
+    /// `GET path` through the client sidecar's meshpass CLIENT listener.
+    pub async fn via_client_mode(&self, path: &str, token: Option<&str>) -> Result<Reply> {
+        self.get(&self.client_mode_url(path), None, token).await
+    }
+
+    /// `GET path` to the server sidecar's meshpass SERVER listener over mTLS presenting
+    /// `as_workload`'s X.509-SVID.
+    pub async fn via_server_mode(
+        &self,
+        as_workload: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<Reply> {
+        self.get(&self.server_mode_url(path), Some(as_workload), token)
+            .await
+    }
+
+    async fn get(&self, url: &str, identity: Option<&str>, token: Option<&str>) -> Result<Reply> {
+        let mut req = self.http.get(url);
+        if let Some(id) = identity {
+            req = req.header(envoy::IDENTITY_HEADER, id);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.with_context(|| format!("GET {url}"))?;
+        let status = resp.status().as_u16();
+        let mut headers = BTreeMap::new();
+        for (k, v) in resp.headers() {
+            headers
+                .entry(k.as_str().to_string())
+                .and_modify(|e: &mut String| {
+                    e.push_str(", ");
+                    e.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                })
+                .or_insert_with(|| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        }
+        let body = resp.text().await?;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Exchanges the client sidecar's filter has sent (requests on its exchange cluster).
+    pub async fn client_exchanges(&self) -> Result<u64> {
+        self.client.exchange_requests().await
+    }
+
+    /// Exchanges the server sidecar's filter has sent.
+    pub async fn server_exchanges(&self) -> Result<u64> {
+        self.server.exchange_requests().await
+    }
+
+    /// The last lines of every component's log, for failure messages.
+    pub fn diagnostics(&self, lines: usize) -> String {
+        let logs: [(&str, PathBuf); 4] = [
+            ("client sidecar", self.client.log_path().to_path_buf()),
+            ("server sidecar", self.server.log_path().to_path_buf()),
+            ("exchange service", self.exchange.log_path().to_path_buf()),
+            ("openbao", self.bao.log_path()),
+        ];
+        logs.iter()
+            .map(|(n, p)| {
+                format!(
+                    "----- {n} ({}) -----\n{}",
+                    p.display(),
+                    crate::process::log_tail(p, lines)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
