@@ -1,4 +1,19 @@
-//! meshpass exchange service (see README.md).
+//! meshpass exchange service (see README.md): RFC 8693 token exchange minting
+//! Vault-transit-signed participant tokens.
 
+pub mod app;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod exchange;
+pub mod keys;
+pub mod metrics;
+pub mod ratelimit;
+pub mod server;
 pub mod signer;
+pub mod store;
+pub mod tokenreview;
 pub mod vault;
+
+pub use app::{app, AppState, Settings};

@@ -1,0 +1,556 @@
+//! The configuration file (TOML) with `MESHPASS__SECTION__KEY` environment overrides.
+//! Unknown keys are errors; [`Config::validate`] checks values and names the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use meshpass_core::{
+    Audience, IssuerPolicy, SpiffeIdPattern, SubjectFormat, TrustDomain, ValidationPolicy,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{validate_mapping, validate_scope_claims, Mapping, ScopeClaims, StoreConfig};
+
+/// Why the configuration is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an environment override could not be read or has the wrong shape
+    /// (figment names the key).
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    /// A value is invalid; the first field is its dotted path.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The dotted path of the field, e.g. `issuers[0].audiences`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: listener and HTTP behaviour.
+    pub server: ServerConfig,
+    /// `[token]`: what minted tokens look like.
+    pub token: TokenConfig,
+    /// `[cache]`: the minted-token cache.
+    pub cache: CacheConfig,
+    /// `[store]`: the mapping store.
+    pub store: StoreConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+    /// `[vault]`: Vault/OpenBao access and the transit key.
+    pub vault: VaultSection,
+    /// `[validation]`: subject-token limits shared by all issuers.
+    pub validation: ValidationConfig,
+    /// `[[issuers]]`: accepted subject-token issuers.
+    pub issuers: Vec<IssuerConfig>,
+    /// `[[mappings]]`: mappings upserted into the store at startup.
+    pub mappings: Vec<Mapping>,
+    /// `[[scope_claims]]`: scope claims upserted into the store at startup.
+    pub scope_claims: Vec<ScopeClaims>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Listen address of the token endpoint, discovery, health and metrics.
+    pub listen: SocketAddr,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_secs: u64,
+    /// `Cache-Control: max-age` of the JWKS document (keep it below the signer's
+    /// publish lead so verifiers see a new key before tokens carry it).
+    pub jwks_max_age_secs: u64,
+    /// `Retry-After` sent with 503 when signing is unavailable.
+    pub retry_after_secs: u64,
+    /// Upper bound on a whole exchange; slower ones answer 503.
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            shutdown_grace_secs: 30,
+            jwks_max_age_secs: 60,
+            retry_after_secs: 2,
+            request_timeout_secs: 10,
+        }
+    }
+}
+
+/// `[token]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenConfig {
+    /// `iss` of minted tokens and base of the discovery URLs (https URL, no trailing `/`).
+    pub issuer: String,
+    /// Name of the participant-context claim.
+    pub participant_claim: String,
+    /// Hard cap on a minted token's lifetime, whatever a mapping says.
+    pub max_ttl_secs: u64,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            issuer: String::new(),
+            participant_claim: "participant".into(),
+            max_ttl_secs: 3600,
+        }
+    }
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Whether minted tokens are cached.
+    pub enabled: bool,
+    /// Maximum number of cached tokens (oldest-expiring evicted first).
+    pub max_entries: usize,
+    /// A cached token is served while more than this fraction of its life is left.
+    pub min_remaining_fraction: f64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            max_entries: 10_000,
+            min_remaining_fraction: 0.5,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// `tracing` filter directive (`RUST_LOG` wins when set).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[validation]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidationConfig {
+    /// Largest subject/actor token accepted, in bytes.
+    pub max_token_bytes: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        ValidationConfig {
+            max_token_bytes: meshpass_core::DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+}
+
+/// How the subject is read from tokens of an issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectFormatConfig {
+    /// `sub` is a SPIFFE ID.
+    #[default]
+    JwtSvid,
+    /// `sub` is `system:serviceaccount:NS:SA`.
+    KubernetesServiceAccount,
+}
+
+/// `[[issuers]]`: one accepted subject-token issuer and where its keys come from
+/// (exactly one of `jwks`, `jwks_file`, `jwks_url`, `discovery_url`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Allowed SPIFFE trust domains (the first is used for Kubernetes subjects).
+    pub trust_domains: Vec<String>,
+    /// Allowed SPIFFE ID patterns (empty: any ID in the trust domains).
+    #[serde(default)]
+    pub id_patterns: Vec<String>,
+    /// `jwt_svid` or `kubernetes_service_account`.
+    #[serde(default)]
+    pub subject_format: SubjectFormatConfig,
+    /// Clock-skew leeway.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Maximum `exp - iat` accepted.
+    #[serde(default)]
+    pub max_lifetime_secs: Option<u64>,
+    /// Inline JWKS document (JSON text).
+    #[serde(default)]
+    pub jwks: Option<String>,
+    /// JWKS file, re-read every `refresh_secs`.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// JWKS URL (https; http only on loopback).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// OIDC discovery base URL: `{discovery_url}/.well-known/openid-configuration` names
+    /// the `jwks_uri` (the Kubernetes API server works this way).
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    /// PEM CA bundle for `jwks_url` / `discovery_url` / TokenReview.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// File holding a bearer token sent to `jwks_url` / `discovery_url` (re-read on
+    /// every fetch: projected tokens rotate).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// How often remote or file keys are refreshed.
+    #[serde(default = "default_refresh")]
+    pub refresh_secs: u64,
+    /// Minimum time between two refetches triggered by an unknown `kid`.
+    #[serde(default = "default_refetch")]
+    pub min_refetch_secs: u64,
+    /// Optional Kubernetes TokenReview check in addition to signature validation.
+    #[serde(default)]
+    pub token_review: Option<TokenReviewConfig>,
+}
+
+fn default_leeway() -> u64 {
+    meshpass_core::DEFAULT_LEEWAY_SECS
+}
+fn default_refresh() -> u64 {
+    300
+}
+fn default_refetch() -> u64 {
+    10
+}
+
+/// `[issuers.token_review]`: ask the Kubernetes API server whether the token is still
+/// valid (catches deleted pods and service accounts before the token expires).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenReviewConfig {
+    /// API server base URL, e.g. `https://kubernetes.default.svc`.
+    pub url: String,
+    /// PEM CA bundle of the API server (else the issuer's `ca_file`, else system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// File with the service's own bearer token (re-read on every call).
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Audiences sent in `spec.audiences` (default: the issuer's audiences); the answer's
+    /// `status.audiences` must contain one of them.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Timeout of one review.
+    #[serde(default = "default_review_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_review_timeout() -> u64 {
+    5
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySourceConfig {
+    /// Inline JWKS text.
+    Inline(String),
+    /// A file.
+    File(PathBuf),
+    /// A JWKS URL.
+    Url(String),
+    /// OIDC discovery base URL.
+    Discovery(String),
+}
+
+impl IssuerConfig {
+    /// The single configured key source.
+    pub fn key_source(&self, field: &str) -> Result<KeySourceConfig, ConfigError> {
+        let mut found = Vec::new();
+        if let Some(j) = &self.jwks {
+            found.push(KeySourceConfig::Inline(j.clone()));
+        }
+        if let Some(f) = &self.jwks_file {
+            found.push(KeySourceConfig::File(f.clone()));
+        }
+        if let Some(u) = &self.jwks_url {
+            found.push(KeySourceConfig::Url(u.clone()));
+        }
+        if let Some(u) = &self.discovery_url {
+            found.push(KeySourceConfig::Discovery(u.clone()));
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(bad(
+                field,
+                "set one of jwks, jwks_file, jwks_url, discovery_url",
+            )),
+            _ => Err(bad(
+                field,
+                "set only one of jwks, jwks_file, jwks_url, discovery_url",
+            )),
+        }
+    }
+}
+
+/// Checks an URL: https, or http to a loopback host (tests, sidecars).
+pub fn check_url(field: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
+    let u = reqwest::Url::parse(url).map_err(|e| bad(field, format!("not a URL: {e}")))?;
+    match u.scheme() {
+        "https" => Ok(u),
+        "http" => {
+            let host = u.host_str().unwrap_or("");
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| ip.is_loopback())
+                    .unwrap_or(false);
+            if loopback {
+                Ok(u)
+            } else {
+                Err(bad(
+                    field,
+                    "must be https (http only to a loopback address)",
+                ))
+            }
+        }
+        _ => Err(bad(field, "must be an https URL")),
+    }
+}
+
+impl Config {
+    /// Loads `path` (if any), then `MESHPASS__SECTION__KEY` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::new();
+        if let Some(p) = path {
+            if !p.exists() {
+                return Err(bad("--config", format!("{} does not exist", p.display())));
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        fig = fig.merge(Env::prefixed("MESHPASS__").split("__"));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every value; the error names the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.token.issuer.is_empty() {
+            return Err(bad("token.issuer", "is required (the service's https URL)"));
+        }
+        let iss = check_url("token.issuer", &self.token.issuer)?;
+        if iss.query().is_some() || iss.fragment().is_some() || self.token.issuer.ends_with('/') {
+            return Err(bad(
+                "token.issuer",
+                "must have no query, fragment or trailing /",
+            ));
+        }
+        if self.token.participant_claim.is_empty()
+            || crate::store::RESERVED_CLAIMS.contains(&self.token.participant_claim.as_str())
+        {
+            return Err(bad(
+                "token.participant_claim",
+                "must be a non-reserved claim name",
+            ));
+        }
+        if self.token.max_ttl_secs == 0 {
+            return Err(bad("token.max_ttl_secs", "must be at least 1"));
+        }
+        if !(self.cache.min_remaining_fraction > 0.0 && self.cache.min_remaining_fraction < 1.0) {
+            return Err(bad(
+                "cache.min_remaining_fraction",
+                "must be between 0 and 1 (exclusive)",
+            ));
+        }
+        if self.cache.enabled && self.cache.max_entries == 0 {
+            return Err(bad(
+                "cache.max_entries",
+                "must be at least 1 when the cache is enabled",
+            ));
+        }
+        if self.server.retry_after_secs == 0 {
+            return Err(bad("server.retry_after_secs", "must be at least 1"));
+        }
+        if self.server.request_timeout_secs == 0 {
+            return Err(bad("server.request_timeout_secs", "must be at least 1"));
+        }
+        if self.validation.max_token_bytes < 256 {
+            return Err(bad("validation.max_token_bytes", "must be at least 256"));
+        }
+        self.store
+            .validate()
+            .map_err(|e| bad("store", e.to_string()))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| bad("log.level", e.to_string()))?;
+        if self.issuers.is_empty() {
+            return Err(bad("issuers", "at least one issuer is required"));
+        }
+        self.validation_policy()?;
+        for (i, iss) in self.issuers.iter().enumerate() {
+            let f = format!("issuers[{i}]");
+            match iss.key_source(&f)? {
+                KeySourceConfig::Inline(j) => {
+                    meshpass_core::jwk::KeySet::parse(j.as_bytes())
+                        .map_err(|e| bad(format!("{f}.jwks"), e.to_string()))?;
+                }
+                KeySourceConfig::File(_) => {}
+                KeySourceConfig::Url(u) => {
+                    check_url(&format!("{f}.jwks_url"), &u)?;
+                }
+                KeySourceConfig::Discovery(u) => {
+                    check_url(&format!("{f}.discovery_url"), &u)?;
+                }
+            }
+            if iss.refresh_secs == 0 {
+                return Err(bad(format!("{f}.refresh_secs"), "must be at least 1"));
+            }
+            if let Some(tr) = &iss.token_review {
+                check_url(&format!("{f}.token_review.url"), &tr.url)?;
+                if tr.timeout_secs == 0 {
+                    return Err(bad(
+                        format!("{f}.token_review.timeout_secs"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, m) in self.mappings.iter().enumerate() {
+            validate_mapping(m).map_err(|e| bad(format!("mappings[{i}]"), e.to_string()))?;
+            if m.ttl_secs > self.token.max_ttl_secs {
+                return Err(bad(
+                    format!("mappings[{i}].ttl_secs"),
+                    "exceeds token.max_ttl_secs",
+                ));
+            }
+            if !names.insert(&m.name) {
+                return Err(bad(format!("mappings[{i}].name"), "is used twice"));
+            }
+        }
+        for (i, row) in self.scope_claims.iter().enumerate() {
+            validate_scope_claims(row, &self.token.participant_claim)
+                .map_err(|e| bad(format!("scope_claims[{i}]"), e.to_string()))?;
+            crate::store::check_claim_conflicts(row, &self.scope_claims)
+                .map_err(|e| bad(format!("scope_claims[{i}]"), e.to_string()))?;
+        }
+        self.vault
+            .validate()
+            .map_err(|e| bad("vault", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The core validation policy of the configured issuers.
+    pub fn validation_policy(&self) -> Result<ValidationPolicy, ConfigError> {
+        let mut issuers = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, c) in self.issuers.iter().enumerate() {
+            let f = format!("issuers[{i}]");
+            if c.issuer.is_empty() {
+                return Err(bad(format!("{f}.issuer"), "is required"));
+            }
+            if !seen.insert(c.issuer.as_str()) {
+                return Err(bad(format!("{f}.issuer"), "is configured twice"));
+            }
+            if c.audiences.is_empty() {
+                return Err(bad(
+                    format!("{f}.audiences"),
+                    "at least one audience is required",
+                ));
+            }
+            let audiences = c
+                .audiences
+                .iter()
+                .map(|a| {
+                    Audience::parse(a).map_err(|e| bad(format!("{f}.audiences"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if c.trust_domains.is_empty() {
+                return Err(bad(
+                    format!("{f}.trust_domains"),
+                    "at least one trust domain is required",
+                ));
+            }
+            let trust_domains = c
+                .trust_domains
+                .iter()
+                .map(|t| {
+                    TrustDomain::parse(t)
+                        .map_err(|e| bad(format!("{f}.trust_domains"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let id_patterns = c
+                .id_patterns
+                .iter()
+                .map(|p| {
+                    SpiffeIdPattern::parse(p)
+                        .map_err(|e| bad(format!("{f}.id_patterns"), e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            issuers.push(IssuerPolicy {
+                issuer: c.issuer.clone(),
+                audiences,
+                trust_domains,
+                id_patterns,
+                subject_format: match c.subject_format {
+                    SubjectFormatConfig::JwtSvid => SubjectFormat::JwtSvid,
+                    SubjectFormatConfig::KubernetesServiceAccount => {
+                        SubjectFormat::KubernetesServiceAccount
+                    }
+                },
+                leeway_secs: c.leeway_secs,
+                max_lifetime_secs: c.max_lifetime_secs,
+            });
+        }
+        Ok(ValidationPolicy {
+            issuers,
+            max_token_bytes: self.validation.max_token_bytes,
+        })
+    }
+}
+
+/// Placeholder for the `[vault]` section until `crate::vault::VaultConfig` lands: any
+/// table is accepted and handed to the Vault client as is.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VaultSection(pub serde_json::Map<String, serde_json::Value>);
+
+impl VaultSection {
+    /// Nothing to check yet.
+    pub fn validate(&self) -> Result<(), std::convert::Infallible> {
+        Ok(())
+    }
+}

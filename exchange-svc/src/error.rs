@@ -1,0 +1,193 @@
+//! The one error type of the HTTP API and its RFC 6749 §5.2 rendering. The public
+//! description is safe to show; internal details are logged here, never returned.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use meshpass_core::oauth::{ErrorCode, ErrorResponse};
+use meshpass_core::ValidationError;
+
+use crate::signer::SignError;
+use crate::store::StoreError;
+use crate::tokenreview::ReviewError;
+
+/// Everything a request to the service can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The form was refused by the RFC 8693 parser (code and safe description from core).
+    #[error("{}", .0.error_description.as_deref().unwrap_or("invalid request"))]
+    Protocol(ErrorResponse),
+    /// The request is malformed (content type, size, unsupported combination).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The subject or actor token failed validation.
+    #[error("{which} is invalid: {source}")]
+    InvalidGrant {
+        /// `subject_token` or `actor_token`.
+        which: &'static str,
+        /// What failed (core's messages never contain the token).
+        source: ValidationError,
+    },
+    /// The subject token is valid but TokenReview refused it.
+    #[error("subject_token was refused by the Kubernetes API server: {0}")]
+    Review(ReviewError),
+    /// The subject token expires before anything could be minted.
+    #[error("subject_token expires too soon")]
+    ExpiresTooSoon,
+    /// The resource or audience is unknown or not allowed.
+    #[error("{0}")]
+    InvalidTarget(String),
+    /// A requested scope is not allowed.
+    #[error("{0}")]
+    InvalidScope(String),
+    /// Policy does not allow this subject the requested resource.
+    #[error("{0}")]
+    UnauthorizedClient(String),
+    /// The subject's rate limit is exhausted.
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// Seconds until a request will be accepted.
+        retry_after_secs: u64,
+    },
+    /// The mapping store failed.
+    #[error("mapping store unavailable")]
+    Store {
+        /// The store error (logged only).
+        source: StoreError,
+        /// `Retry-After` seconds.
+        retry_after_secs: u64,
+    },
+    /// Signing failed.
+    #[error("signing unavailable")]
+    Sign {
+        /// The signer error (logged only).
+        source: SignError,
+        /// `Retry-After` seconds.
+        retry_after_secs: u64,
+    },
+    /// Issuer keys or another dependency are not available yet.
+    #[error("{what} unavailable")]
+    Unavailable {
+        /// What is missing (safe to show, e.g. "issuer keys").
+        what: &'static str,
+        /// Internal detail (logged only).
+        detail: String,
+        /// `Retry-After` seconds.
+        retry_after_secs: u64,
+    },
+    /// The exchange took longer than the configured request timeout.
+    #[error("the exchange timed out")]
+    Timeout {
+        /// `Retry-After` seconds.
+        retry_after_secs: u64,
+    },
+    /// An internal failure (bug or impossible state).
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The RFC 6749 code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Protocol(e) => e.error,
+            ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ApiError::InvalidGrant { .. }
+            | ApiError::Review(ReviewError::NotAuthenticated)
+            | ApiError::Review(ReviewError::UserMismatch)
+            | ApiError::Review(ReviewError::AudienceMismatch)
+            | ApiError::ExpiresTooSoon => ErrorCode::InvalidGrant,
+            ApiError::Review(ReviewError::Unavailable(_)) => ErrorCode::TemporarilyUnavailable,
+            ApiError::InvalidTarget(_) => ErrorCode::InvalidTarget,
+            ApiError::InvalidScope(_) => ErrorCode::InvalidScope,
+            ApiError::UnauthorizedClient(_) => ErrorCode::UnauthorizedClient,
+            ApiError::RateLimited { .. } => ErrorCode::SlowDown,
+            ApiError::Store { .. } | ApiError::Unavailable { .. } | ApiError::Timeout { .. } => {
+                ErrorCode::TemporarilyUnavailable
+            }
+            ApiError::Sign { source, .. } => match source {
+                SignError::Unavailable(_) | SignError::NotReady => {
+                    ErrorCode::TemporarilyUnavailable
+                }
+                SignError::Failed(_) => ErrorCode::ServerError,
+            },
+            ApiError::Internal(_) => ErrorCode::ServerError,
+        }
+    }
+
+    /// The description returned to the client (no internal detail).
+    fn public_description(&self) -> String {
+        match self {
+            ApiError::Store { .. } => "the mapping store is temporarily unavailable".into(),
+            ApiError::Sign { source, .. } => match source {
+                SignError::Failed(_) => "signing failed".into(),
+                _ => "signing is temporarily unavailable".into(),
+            },
+            ApiError::Review(ReviewError::Unavailable(_)) => {
+                "the Kubernetes API server is temporarily unavailable".into()
+            }
+            ApiError::Unavailable { what, .. } => format!("{what} temporarily unavailable"),
+            ApiError::Internal(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after_secs }
+            | ApiError::Timeout { retry_after_secs }
+            | ApiError::Store {
+                retry_after_secs, ..
+            }
+            | ApiError::Unavailable {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            ApiError::Sign {
+                retry_after_secs, ..
+            } if self.code() == ErrorCode::TemporarilyUnavailable => Some(*retry_after_secs),
+            ApiError::Review(ReviewError::Unavailable(_)) => Some(2),
+            _ => None,
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            ApiError::Store { source, .. } => {
+                tracing::warn!(error = %source, "mapping store failed")
+            }
+            ApiError::Sign { source, .. } => tracing::warn!(error = %source, "signing failed"),
+            ApiError::Review(ReviewError::Unavailable(d)) => {
+                tracing::warn!(error = %d, "TokenReview failed")
+            }
+            ApiError::Unavailable { what, detail, .. } => {
+                tracing::warn!(what, error = %detail, "dependency unavailable")
+            }
+            ApiError::Internal(d) => tracing::error!(error = %d, "internal error"),
+            ApiError::Timeout { .. } => tracing::warn!("exchange timed out"),
+            other => tracing::info!(error = ?other.code(), reason = %other, "exchange refused"),
+        }
+    }
+}
+
+/// `Cache-Control: no-store` and `Pragma: no-cache` (RFC 6749 §5.1) on token answers.
+pub fn no_store(resp: &mut Response) {
+    let h = resp.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let code = self.code();
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorResponse::new(code, self.public_description());
+        let mut resp = (status, axum::Json(body)).into_response();
+        no_store(&mut resp);
+        if let Some(secs) = self.retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        resp
+    }
+}

@@ -1,0 +1,386 @@
+//! Subject-token issuer keys: inline, file, JWKS URL or OIDC discovery, refreshed in
+//! the background with backoff. The last good key set is kept when a refresh fails; an
+//! unknown `kid` triggers at most one refetch per `min_refetch_secs` per issuer.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use meshpass_core::KeySet;
+use tokio::task::JoinHandle;
+
+use crate::config::{check_url, Config, IssuerConfig, KeySourceConfig};
+
+/// Largest JWKS or discovery document read.
+const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Timeout of one JWKS or discovery fetch.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The HTTP request failed or answered a non-200 status.
+    #[error("fetch failed: {0}")]
+    Fetch(String),
+    /// The document is not a usable JWKS or discovery document.
+    #[error("bad document: {0}")]
+    Document(String),
+    /// A local file (JWKS, CA, bearer token) could not be read.
+    #[error("cannot read {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The issuer is not configured.
+    #[error("issuer is not configured")]
+    UnknownIssuer,
+}
+
+/// The state of one issuer's keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuerKeyStatus {
+    /// The issuer.
+    pub issuer: String,
+    /// Number of usable keys currently held.
+    pub keys: usize,
+    /// Seconds since the keys were last loaded successfully (None: never).
+    pub age_secs: Option<f64>,
+}
+
+/// Gives the current issuer keys to the token endpoint.
+#[async_trait]
+pub trait IssuerKeySource: Send + Sync {
+    /// The current keys of every issuer.
+    fn snapshot(&self) -> Arc<HashMap<String, KeySet>>;
+    /// A token named a `kid` the issuer's keys lack: refetch them unless that was done
+    /// less than `min_refetch_secs` ago. Whether a refetch loaded keys.
+    async fn refetch_unknown_kid(&self, issuer: &str) -> bool;
+    /// Per-issuer state for `/readyz` and metrics.
+    fn status(&self) -> Vec<IssuerKeyStatus>;
+}
+
+enum Source {
+    Inline,
+    File(PathBuf),
+    Url { url: String, http: reqwest::Client },
+    Discovery { base: String, http: reqwest::Client },
+}
+
+struct Issuer {
+    name: String,
+    source: Source,
+    bearer_token_file: Option<PathBuf>,
+    refresh: Duration,
+    min_refetch: Duration,
+    last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    last_success: Mutex<Option<Instant>>,
+}
+
+/// The service's [`IssuerKeySource`].
+pub struct IssuerKeys {
+    current: RwLock<Arc<HashMap<String, KeySet>>>,
+    issuers: Vec<Issuer>,
+}
+
+/// An HTTP client trusting `ca_file` only (when given), else the built-in roots.
+pub fn http_client(
+    ca_file: Option<&PathBuf>,
+    timeout: Duration,
+) -> Result<reqwest::Client, KeysError> {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("meshpass-exchange/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = ca_file {
+        let pem = std::fs::read(ca).map_err(|e| KeysError::File {
+            path: ca.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| KeysError::File {
+            path: ca.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    b.build().map_err(|e| KeysError::Fetch(e.to_string()))
+}
+
+/// Reads a bearer token file (trimmed).
+pub fn read_bearer(path: &PathBuf) -> Result<String, KeysError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| KeysError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+}
+
+/// GETs `url` and returns the body (at most [`MAX_DOCUMENT_BYTES`]).
+async fn get_document(
+    http: &reqwest::Client,
+    url: &str,
+    bearer: Option<&str>,
+) -> Result<Vec<u8>, KeysError> {
+    let mut req = http.get(url).header("accept", "application/json");
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let mut resp = req
+        .send()
+        .await
+        .map_err(|e| KeysError::Fetch(e.without_url().to_string()))?;
+    if !resp.status().is_success() {
+        return Err(KeysError::Fetch(format!(
+            "{url} answered {}",
+            resp.status()
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| KeysError::Fetch(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(KeysError::Document(format!(
+                "{url} is larger than {MAX_DOCUMENT_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn parse_jwks(bytes: &[u8], issuer: &str) -> Result<KeySet, KeysError> {
+    let (set, rejected) = KeySet::parse(bytes).map_err(|e| KeysError::Document(e.to_string()))?;
+    for r in rejected {
+        tracing::warn!(issuer, index = r.index, kid = ?r.kid, reason = %r.reason, "JWKS key ignored");
+    }
+    if set.is_empty() {
+        return Err(KeysError::Document("JWKS has no usable key".into()));
+    }
+    Ok(set)
+}
+
+impl Issuer {
+    fn from_config(
+        c: &IssuerConfig,
+        field: &str,
+    ) -> Result<(Self, Option<KeySet>), crate::config::ConfigError> {
+        let io = |e: KeysError| crate::config::ConfigError::Invalid {
+            field: format!("{field}.ca_file"),
+            reason: e.to_string(),
+        };
+        let mut initial = None;
+        let source = match c.key_source(field)? {
+            KeySourceConfig::Inline(j) => {
+                initial = Some(parse_jwks(j.as_bytes(), &c.issuer).map_err(|e| {
+                    crate::config::ConfigError::Invalid {
+                        field: format!("{field}.jwks"),
+                        reason: e.to_string(),
+                    }
+                })?);
+                Source::Inline
+            }
+            KeySourceConfig::File(p) => Source::File(p),
+            KeySourceConfig::Url(u) => {
+                check_url(&format!("{field}.jwks_url"), &u)?;
+                Source::Url {
+                    url: u,
+                    http: http_client(c.ca_file.as_ref(), FETCH_TIMEOUT).map_err(io)?,
+                }
+            }
+            KeySourceConfig::Discovery(u) => {
+                check_url(&format!("{field}.discovery_url"), &u)?;
+                Source::Discovery {
+                    base: u.trim_end_matches('/').to_string(),
+                    http: http_client(c.ca_file.as_ref(), FETCH_TIMEOUT).map_err(io)?,
+                }
+            }
+        };
+        Ok((
+            Issuer {
+                name: c.issuer.clone(),
+                source,
+                bearer_token_file: c.bearer_token_file.clone(),
+                refresh: Duration::from_secs(c.refresh_secs.max(1)),
+                min_refetch: Duration::from_secs(c.min_refetch_secs),
+                last_refetch: tokio::sync::Mutex::new(None),
+                last_success: Mutex::new(initial.as_ref().map(|_| Instant::now())),
+            },
+            initial,
+        ))
+    }
+
+    async fn fetch(&self) -> Result<Option<KeySet>, KeysError> {
+        let bearer = match &self.bearer_token_file {
+            Some(p) => Some(read_bearer(p)?),
+            None => None,
+        };
+        let bytes = match &self.source {
+            Source::Inline => return Ok(None),
+            Source::File(p) => tokio::fs::read(p).await.map_err(|e| KeysError::File {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })?,
+            Source::Url { url, http } => get_document(http, url, bearer.as_deref()).await?,
+            Source::Discovery { base, http } => {
+                let url = format!("{base}/.well-known/openid-configuration");
+                let doc = get_document(http, &url, bearer.as_deref()).await?;
+                let doc: serde_json::Value =
+                    serde_json::from_slice(&doc).map_err(|e| KeysError::Document(e.to_string()))?;
+                let jwks_uri = doc
+                    .get("jwks_uri")
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| {
+                        KeysError::Document("discovery document has no jwks_uri".into())
+                    })?;
+                check_url("jwks_uri", jwks_uri).map_err(|e| KeysError::Document(e.to_string()))?;
+                get_document(http, jwks_uri, bearer.as_deref()).await?
+            }
+        };
+        parse_jwks(&bytes, &self.name).map(Some)
+    }
+}
+
+impl IssuerKeys {
+    /// Builds the key source; inline keys are loaded at once, the others by
+    /// [`IssuerKeys::refresh_all`] / [`IssuerKeys::spawn_refresh`].
+    pub fn from_config(cfg: &Config) -> Result<Arc<Self>, crate::config::ConfigError> {
+        let mut issuers = Vec::new();
+        let mut initial = HashMap::new();
+        for (i, c) in cfg.issuers.iter().enumerate() {
+            let (issuer, keys) = Issuer::from_config(c, &format!("issuers[{i}]"))?;
+            if let Some(k) = keys {
+                initial.insert(c.issuer.clone(), k);
+            }
+            issuers.push(issuer);
+        }
+        Ok(Arc::new(IssuerKeys {
+            current: RwLock::new(Arc::new(initial)),
+            issuers,
+        }))
+    }
+
+    fn store(&self, issuer: &Issuer, keys: KeySet) {
+        if let Ok(mut g) = self.current.write() {
+            let mut next = HashMap::clone(&g);
+            next.insert(issuer.name.clone(), keys);
+            *g = Arc::new(next);
+        }
+        if let Ok(mut t) = issuer.last_success.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    async fn fetch_and_store(&self, issuer: &Issuer) -> Result<bool, KeysError> {
+        match issuer.fetch().await? {
+            Some(keys) => {
+                tracing::debug!(issuer = %issuer.name, keys = keys.len(), "issuer keys loaded");
+                self.store(issuer, keys);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Loads every non-inline issuer once (at startup); failures are logged.
+    pub async fn refresh_all(&self) {
+        for issuer in &self.issuers {
+            if let Err(e) = self.fetch_and_store(issuer).await {
+                tracing::warn!(issuer = %issuer.name, error = %e, "loading issuer keys failed");
+            }
+        }
+    }
+
+    /// Starts one background refresh loop per non-inline issuer: every `refresh_secs`
+    /// after a success, with doubling backoff (1 s up to `refresh_secs`) after a failure.
+    pub fn spawn_refresh(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        let mut handles = Vec::new();
+        for idx in 0..self.issuers.len() {
+            if matches!(self.issuers[idx].source, Source::Inline) {
+                continue;
+            }
+            let this = Arc::clone(self);
+            handles.push(tokio::spawn(async move {
+                let issuer = &this.issuers[idx];
+                let mut backoff = Duration::from_secs(1);
+                loop {
+                    let wait = match this.fetch_and_store(issuer).await {
+                        Ok(_) => {
+                            backoff = Duration::from_secs(1);
+                            issuer.refresh
+                        }
+                        Err(e) => {
+                            tracing::warn!(issuer = %issuer.name, error = %e, retry_in_secs = backoff.as_secs(),
+                                "refreshing issuer keys failed; keeping the last good keys");
+                            let w = backoff;
+                            backoff = (backoff * 2).min(issuer.refresh);
+                            w
+                        }
+                    };
+                    tokio::time::sleep(wait).await;
+                }
+            }));
+        }
+        handles
+    }
+}
+
+#[async_trait]
+impl IssuerKeySource for IssuerKeys {
+    fn snapshot(&self) -> Arc<HashMap<String, KeySet>> {
+        match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    async fn refetch_unknown_kid(&self, issuer: &str) -> bool {
+        let Some(iss) = self.issuers.iter().find(|i| i.name == issuer) else {
+            return false;
+        };
+        if matches!(iss.source, Source::Inline) {
+            return false;
+        }
+        // One refetch at a time per issuer; callers that waited reuse its result.
+        let mut last = iss.last_refetch.lock().await;
+        if let Some(t) = *last {
+            if t.elapsed() < iss.min_refetch {
+                return false;
+            }
+        }
+        *last = Some(Instant::now());
+        match self.fetch_and_store(iss).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(issuer, error = %e, "refetch for an unknown kid failed");
+                false
+            }
+        }
+    }
+
+    fn status(&self) -> Vec<IssuerKeyStatus> {
+        let snap = self.snapshot();
+        self.issuers
+            .iter()
+            .map(|i| IssuerKeyStatus {
+                issuer: i.name.clone(),
+                keys: snap.get(&i.name).map(KeySet::len).unwrap_or(0),
+                age_secs: i
+                    .last_success
+                    .lock()
+                    .ok()
+                    .and_then(|t| t.map(|t| t.elapsed().as_secs_f64())),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,120 @@
+//! Prometheus metrics (text exposition format at `/metrics`).
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Why metrics could not be set up or rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The prometheus library refused a metric definition or failed to encode.
+    #[error("metrics: {0}")]
+    Prometheus(#[from] prometheus::Error),
+    /// The encoded text is not UTF-8.
+    #[error("metrics output is not UTF-8")]
+    Utf8,
+}
+
+/// The service's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Exchanges by outcome (`issued`, `cached`, or the error code) and resource.
+    pub exchanges: IntCounterVec,
+    /// Whole-exchange latency by path (`cold`, `warm`, `error`).
+    pub exchange_seconds: HistogramVec,
+    /// Signing latency by outcome.
+    pub sign_seconds: HistogramVec,
+    /// Token cache hits.
+    pub cache_hits: IntCounter,
+    /// Token cache misses.
+    pub cache_misses: IntCounter,
+    /// Seconds since each issuer's keys were last loaded.
+    pub jwks_age: GaugeVec,
+    /// Number of keys held per issuer.
+    pub jwks_keys: GaugeVec,
+    /// Cached tokens.
+    pub cache_entries: Gauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let exchanges = IntCounterVec::new(
+            Opts::new(
+                "meshpass_exchanges_total",
+                "Token exchanges by outcome and resource.",
+            ),
+            &["outcome", "resource"],
+        )?;
+        let exchange_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "meshpass_exchange_duration_seconds",
+                "Latency of POST /token, by path (cold: minted, warm: cached, error).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["path"],
+        )?;
+        let sign_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "meshpass_sign_duration_seconds",
+                "Latency of signing one participant token (Vault transit), by outcome.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["outcome"],
+        )?;
+        let cache_hits = IntCounter::new("meshpass_token_cache_hits_total", "Token cache hits.")?;
+        let cache_misses =
+            IntCounter::new("meshpass_token_cache_misses_total", "Token cache misses.")?;
+        let jwks_age = GaugeVec::new(
+            Opts::new(
+                "meshpass_issuer_jwks_age_seconds",
+                "Seconds since the issuer's keys were last loaded (-1: never).",
+            ),
+            &["issuer"],
+        )?;
+        let jwks_keys = GaugeVec::new(
+            Opts::new("meshpass_issuer_jwks_keys", "Usable keys held per issuer."),
+            &["issuer"],
+        )?;
+        let cache_entries = Gauge::new("meshpass_token_cache_entries", "Cached tokens.")?;
+        registry.register(Box::new(exchanges.clone()))?;
+        registry.register(Box::new(exchange_seconds.clone()))?;
+        registry.register(Box::new(sign_seconds.clone()))?;
+        registry.register(Box::new(cache_hits.clone()))?;
+        registry.register(Box::new(cache_misses.clone()))?;
+        registry.register(Box::new(jwks_age.clone()))?;
+        registry.register(Box::new(jwks_keys.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        Ok(Metrics {
+            registry,
+            exchanges,
+            exchange_seconds,
+            sign_seconds,
+            cache_hits,
+            cache_misses,
+            jwks_age,
+            jwks_keys,
+            cache_entries,
+        })
+    }
+
+    /// Registers an extra collector (e.g. the Vault client's token TTL gauge).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> Result<(), MetricsError> {
+        Ok(self.registry.register(c)?)
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Result<String, MetricsError> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|_| MetricsError::Utf8)
+    }
+}

@@ -1,0 +1,309 @@
+//! Mappings: who may exchange for what, and which claims each scope adds.
+//!
+//! Model (designed for a management API doing CRUD on both entities, and for several
+//! replicas sharing one Postgres database):
+//! - a [`Mapping`] grants subjects matching one SPIFFE ID pattern access to one
+//!   resource (participant context), with the audiences, scopes, TTL and rate limit
+//!   they may get; it is identified by a unique `name`;
+//! - a [`ScopeClaims`] row says which extra claims a scope adds to tokens for one
+//!   resource, identified by `(resource, scope)`.
+//!
+//! Every write goes through [`validate_mapping`] / [`validate_scope_claims`] and the
+//! cross-row checks of the backend (duplicates, conflicting claims), whichever caller
+//! (config seeding, CLI, management API) makes it.
+
+mod sql;
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use meshpass_core::{Audience, SpiffeIdPattern};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use sql::{SqlStore, StoreConfig};
+
+/// Claims a scope→claims mapping may never set: they are the service's own.
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "act", "cnf",
+];
+
+/// A per-subject token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Tokens added per second (sustained exchanges per second per subject).
+    pub per_second: f64,
+    /// Bucket size (burst).
+    pub burst: u32,
+}
+
+/// Grants subjects matching `subject` tokens for `resource`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    /// Unique name (`[A-Za-z0-9._-]`, at most 128 bytes).
+    pub name: String,
+    /// SPIFFE ID pattern: `spiffe://td/exact/id`, `spiffe://td/prefix/*`, `spiffe://td/*`.
+    pub subject: String,
+    /// The resource (the request's `resource`, or its `audience` when no resource is given).
+    pub resource: String,
+    /// Value of the participant-context claim in minted tokens.
+    pub participant: String,
+    /// Audiences the subject may request; empty means only `resource` itself. The first
+    /// is the default when the request names none.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Scopes the subject may request (all of them are granted when none is requested).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Lifetime of minted tokens, in seconds (also capped by the subject token's `exp`).
+    pub ttl_secs: u64,
+    /// Per-subject rate limit, if any.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Mapping {
+    /// The audiences this mapping allows.
+    pub fn allowed_audiences(&self) -> Vec<&str> {
+        if self.audiences.is_empty() {
+            vec![self.resource.as_str()]
+        } else {
+            self.audiences.iter().map(String::as_str).collect()
+        }
+    }
+}
+
+/// Extra claims `scope` adds to tokens for `resource`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeClaims {
+    /// The resource.
+    pub resource: String,
+    /// The scope.
+    pub scope: String,
+    /// Claim name → JSON value.
+    pub claims: Map<String, Value>,
+}
+
+/// Everything the token endpoint needs about one resource, read in one go.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourcePolicy {
+    /// Mappings for the resource.
+    pub mappings: Vec<Mapping>,
+    /// Scope claims for the resource.
+    pub scope_claims: Vec<ScopeClaims>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is unreachable or failed; retry later (→ 503).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A write was refused: `field` is invalid.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The offending field, e.g. `subject` or `claims.iss`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A write conflicts with stored data (duplicate or conflicting claims).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A stored row cannot be decoded.
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+    /// The configuration of the store is wrong (bad URL, bad pool settings).
+    #[error("store configuration: {0}")]
+    Config(String),
+    /// Applying schema migrations failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> StoreError {
+    StoreError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Storage of mappings and scope claims.
+#[async_trait]
+pub trait MappingStore: Send + Sync {
+    /// The mappings and scope claims of `resource`.
+    async fn resource_policy(&self, resource: &str) -> Result<ResourcePolicy, StoreError>;
+    /// Every mapping, by name.
+    async fn list_mappings(&self) -> Result<Vec<Mapping>, StoreError>;
+    /// One mapping.
+    async fn get_mapping(&self, name: &str) -> Result<Option<Mapping>, StoreError>;
+    /// Creates or replaces the mapping called `mapping.name` (validated).
+    async fn put_mapping(&self, mapping: &Mapping) -> Result<(), StoreError>;
+    /// Deletes a mapping; whether it existed.
+    async fn delete_mapping(&self, name: &str) -> Result<bool, StoreError>;
+    /// Every scope-claims row, by resource and scope.
+    async fn list_scope_claims(&self) -> Result<Vec<ScopeClaims>, StoreError>;
+    /// Creates or replaces the row for `(resource, scope)` (validated).
+    async fn put_scope_claims(&self, row: &ScopeClaims) -> Result<(), StoreError>;
+    /// Deletes a scope-claims row; whether it existed.
+    async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError>;
+    /// Whether the store answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Seeds mappings and scope claims (from the config file): idempotent upserts that
+/// leave identical rows untouched. Returns how many rows were written.
+pub async fn seed(
+    store: &dyn MappingStore,
+    mappings: &[Mapping],
+    scope_claims: &[ScopeClaims],
+) -> Result<usize, StoreError> {
+    let mut written = 0;
+    for m in mappings {
+        if store.get_mapping(&m.name).await?.as_ref() != Some(m) {
+            store.put_mapping(m).await?;
+            written += 1;
+        }
+    }
+    let existing = store.list_scope_claims().await?;
+    for row in scope_claims {
+        if !existing.contains(row) {
+            store.put_scope_claims(row).await?;
+            written += 1;
+        }
+    }
+    Ok(written)
+}
+
+fn check_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(invalid("name", "must be 1 to 128 bytes"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(invalid("name", "may only contain [A-Za-z0-9._-]"));
+    }
+    Ok(())
+}
+
+/// Whether `s` is an RFC 6749 §3.3 scope-token.
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+fn check_resource(resource: &str) -> Result<(), StoreError> {
+    Audience::parse(resource)
+        .map(|_| ())
+        .map_err(|e| invalid("resource", e.to_string()))
+}
+
+fn check_unique<'a>(
+    field: &str,
+    items: impl Iterator<Item = &'a String>,
+) -> Result<(), StoreError> {
+    let mut seen = BTreeSet::new();
+    for i in items {
+        if !seen.insert(i) {
+            return Err(invalid(field, format!("{i:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// Largest mapping TTL accepted (a day); the service caps it further by configuration.
+pub const MAX_TTL_SECS: u64 = 86_400;
+
+/// Validates one mapping on its own (cross-row checks are the backend's).
+pub fn validate_mapping(m: &Mapping) -> Result<(), StoreError> {
+    check_name(&m.name)?;
+    SpiffeIdPattern::parse(&m.subject).map_err(|e| invalid("subject", e.to_string()))?;
+    check_resource(&m.resource)?;
+    if m.participant.is_empty() || m.participant.len() > 1024 {
+        return Err(invalid("participant", "must be 1 to 1024 bytes"));
+    }
+    if m.participant.chars().any(char::is_control) {
+        return Err(invalid("participant", "contains a control character"));
+    }
+    for a in &m.audiences {
+        Audience::parse(a).map_err(|e| invalid("audiences", e.to_string()))?;
+    }
+    check_unique("audiences", m.audiences.iter())?;
+    for s in &m.scopes {
+        if !is_scope_token(s) {
+            return Err(invalid(
+                "scopes",
+                format!("{s:?} is not a valid scope token"),
+            ));
+        }
+    }
+    check_unique("scopes", m.scopes.iter())?;
+    if m.ttl_secs == 0 || m.ttl_secs > MAX_TTL_SECS {
+        return Err(invalid("ttl_secs", format!("must be 1 to {MAX_TTL_SECS}")));
+    }
+    if let Some(rl) = m.rate_limit {
+        if !(rl.per_second.is_finite() && rl.per_second > 0.0) {
+            return Err(invalid(
+                "rate_limit.per_second",
+                "must be a positive number",
+            ));
+        }
+        if rl.burst == 0 {
+            return Err(invalid("rate_limit.burst", "must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
+/// Validates one scope-claims row on its own; `participant_claim` is reserved too.
+pub fn validate_scope_claims(row: &ScopeClaims, participant_claim: &str) -> Result<(), StoreError> {
+    check_resource(&row.resource)?;
+    if !is_scope_token(&row.scope) {
+        return Err(invalid("scope", "not a valid scope token"));
+    }
+    if row.claims.is_empty() {
+        return Err(invalid("claims", "must set at least one claim"));
+    }
+    for name in row.claims.keys() {
+        if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "claims",
+                format!("{name:?} is not a valid claim name"),
+            ));
+        }
+        if RESERVED_CLAIMS.contains(&name.as_str()) || name == participant_claim {
+            return Err(invalid(
+                format!("claims.{name}"),
+                "is reserved and cannot be set by a scope",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `row` sets no claim another scope of the same resource sets differently.
+pub fn check_claim_conflicts(row: &ScopeClaims, others: &[ScopeClaims]) -> Result<(), StoreError> {
+    for other in others {
+        if other.resource != row.resource || other.scope == row.scope {
+            continue;
+        }
+        for (name, value) in &row.claims {
+            if let Some(v) = other.claims.get(name) {
+                if v != value {
+                    return Err(StoreError::Conflict(format!(
+                        "claim {name:?} of scope {:?} conflicts with scope {:?} of resource {:?}",
+                        row.scope, other.scope, row.resource
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,470 @@
+//! The SQL backends: SQLite (embedded default, one file in WAL mode) and PostgreSQL
+//! (several replicas), through sqlx's `Any` driver with per-backend migrations.
+//! Queries use `$N` placeholders, which both SQLite and PostgreSQL understand.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use super::{
+    check_claim_conflicts, validate_mapping, validate_scope_claims, Mapping, MappingStore,
+    RateLimit, ResourcePolicy, ScopeClaims, StoreError,
+};
+
+/// `[store]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST:PORT/DB`.
+    pub url: String,
+    /// Pool size (SQLite: readers; writes are serialised by SQLite itself).
+    pub max_connections: u32,
+    /// Connections kept open.
+    pub min_connections: u32,
+    /// How long a request waits for a connection before the store counts as down.
+    pub acquire_timeout_secs: u64,
+    /// Idle connections are closed after this long.
+    pub idle_timeout_secs: u64,
+    /// `Retry-After` sent with 503 when the store is down.
+    pub retry_after_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://meshpass.db".into(),
+            max_connections: 8,
+            min_connections: 0,
+            acquire_timeout_secs: 3,
+            idle_timeout_secs: 300,
+            retry_after_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl StoreConfig {
+    fn backend(&self) -> Result<(Backend, String), StoreError> {
+        let url = self.url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok((Backend::Postgres, url.to_string()));
+        }
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let rest = rest.trim_start_matches("//");
+            if rest.is_empty() {
+                return Err(StoreError::Config("store.url: SQLite path is empty".into()));
+            }
+            if rest.contains(":memory:") || rest.contains("mode=memory") {
+                return Err(StoreError::Config(
+                    "store.url: in-memory SQLite would lose every mapping on restart".into(),
+                ));
+            }
+            let sep = if rest.contains('?') { '&' } else { '?' };
+            let opts = if rest.contains("mode=") {
+                String::new()
+            } else {
+                format!("{sep}mode=rwc")
+            };
+            return Ok((Backend::Sqlite, format!("sqlite://{rest}{opts}")));
+        }
+        Err(StoreError::Config(
+            "store.url must start with sqlite:// or postgres://".into(),
+        ))
+    }
+
+    /// Checks the settings without connecting.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        self.backend()?;
+        if self.max_connections == 0 {
+            return Err(StoreError::Config(
+                "store.max_connections must be at least 1".into(),
+            ));
+        }
+        if self.min_connections > self.max_connections {
+            return Err(StoreError::Config(
+                "store.min_connections must not exceed store.max_connections".into(),
+            ));
+        }
+        if self.acquire_timeout_secs == 0 {
+            return Err(StoreError::Config(
+                "store.acquire_timeout_secs must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A [`MappingStore`] on SQLite or PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+    participant_claim: String,
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Per-backend migrations: version → statements. Append only.
+const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE mappings (name TEXT PRIMARY KEY, subject TEXT NOT NULL, resource TEXT NOT NULL, \
+         participant TEXT NOT NULL, audiences TEXT NOT NULL, scopes TEXT NOT NULL, ttl_secs BIGINT NOT NULL, \
+         rate_per_second REAL, rate_burst BIGINT, revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
+         UNIQUE (subject, resource))",
+        "CREATE INDEX mappings_by_resource ON mappings (resource)",
+        "CREATE TABLE scope_claims (resource TEXT NOT NULL, scope TEXT NOT NULL, claims TEXT NOT NULL, \
+         revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (resource, scope))",
+    ],
+)];
+
+const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE mappings (name TEXT PRIMARY KEY, subject TEXT NOT NULL, resource TEXT NOT NULL, \
+         participant TEXT NOT NULL, audiences TEXT NOT NULL, scopes TEXT NOT NULL, ttl_secs BIGINT NOT NULL, \
+         rate_per_second DOUBLE PRECISION, rate_burst BIGINT, revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
+         UNIQUE (subject, resource))",
+        "CREATE INDEX mappings_by_resource ON mappings (resource)",
+        "CREATE TABLE scope_claims (resource TEXT NOT NULL, scope TEXT NOT NULL, claims TEXT NOT NULL, \
+         revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (resource, scope))",
+    ],
+)];
+
+const MAPPING_COLUMNS: &str =
+    "name, subject, resource, participant, audiences, scopes, ttl_secs, rate_per_second, rate_burst";
+
+fn decode_mapping(row: &AnyRow) -> Result<Mapping, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+    let name: String = row.try_get("name").map_err(|e| corrupt(&e))?;
+    let audiences: String = row.try_get("audiences").map_err(|e| corrupt(&e))?;
+    let scopes: String = row.try_get("scopes").map_err(|e| corrupt(&e))?;
+    let ttl: i64 = row.try_get("ttl_secs").map_err(|e| corrupt(&e))?;
+    let per_second: Option<f64> = row.try_get("rate_per_second").map_err(|e| corrupt(&e))?;
+    let burst: Option<i64> = row.try_get("rate_burst").map_err(|e| corrupt(&e))?;
+    let rate_limit = match (per_second, burst) {
+        (Some(per_second), Some(burst)) => Some(RateLimit {
+            per_second,
+            burst: u32::try_from(burst).map_err(|e| corrupt(&e))?,
+        }),
+        _ => None,
+    };
+    Ok(Mapping {
+        subject: row.try_get("subject").map_err(|e| corrupt(&e))?,
+        resource: row.try_get("resource").map_err(|e| corrupt(&e))?,
+        participant: row.try_get("participant").map_err(|e| corrupt(&e))?,
+        audiences: serde_json::from_str(&audiences).map_err(|e| corrupt(&e))?,
+        scopes: serde_json::from_str(&scopes).map_err(|e| corrupt(&e))?,
+        ttl_secs: u64::try_from(ttl).map_err(|e| corrupt(&e))?,
+        rate_limit,
+        name,
+    })
+}
+
+fn decode_scope_claims(row: &AnyRow) -> Result<ScopeClaims, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+    let claims: String = row.try_get("claims").map_err(|e| corrupt(&e))?;
+    Ok(ScopeClaims {
+        resource: row.try_get("resource").map_err(|e| corrupt(&e))?,
+        scope: row.try_get("scope").map_err(|e| corrupt(&e))?,
+        claims: serde_json::from_str(&claims).map_err(|e| corrupt(&e))?,
+    })
+}
+
+fn json_text<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl SqlStore {
+    /// Connects (lazily: the first query opens a connection, so a database that is down
+    /// at startup makes the service not ready instead of refusing to start) and
+    /// `participant_claim` is reserved in scope claims. Call [`SqlStore::migrate`] next.
+    pub fn connect(config: &StoreConfig, participant_claim: &str) -> Result<Self, StoreError> {
+        config.validate()?;
+        sqlx::any::install_default_drivers();
+        let (backend, url) = config.backend()?;
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(config.max_connections)
+            .min_connections(config.min_connections)
+            .acquire_timeout(Duration::from_secs(config.acquire_timeout_secs))
+            .idle_timeout(Some(Duration::from_secs(config.idle_timeout_secs)));
+        if backend == Backend::Sqlite {
+            opts = opts.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL: readers never block the writer; busy_timeout: writers wait
+                    // for each other instead of failing.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts
+            .connect_lazy(&url)
+            .map_err(|e| StoreError::Config(format!("store.url: {e}")))?;
+        Ok(SqlStore {
+            pool,
+            backend,
+            participant_claim: participant_claim.to_string(),
+        })
+    }
+
+    /// Which backend this is (`"sqlite"` or `"postgres"`).
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// Applies pending migrations in one transaction. On PostgreSQL an advisory lock
+    /// makes replicas that start together apply them once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let mig = |e: sqlx::Error| StoreError::Migration(e.to_string());
+        let (migrations, lock) = match self.backend {
+            Backend::Sqlite => (SQLITE_MIGRATIONS, None),
+            Backend::Postgres => (
+                POSTGRES_MIGRATIONS,
+                Some("SELECT pg_advisory_xact_lock(7270014101)"),
+            ),
+        };
+        let mut tx = self.pool.begin().await.map_err(mig)?;
+        if let Some(lock) = lock {
+            sqlx::query(lock).execute(&mut *tx).await.map_err(mig)?;
+        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS meshpass_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(mig)?;
+        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM meshpass_schema")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get::<Option<i64>, _>("v"))
+            .map_err(mig)?;
+        let current = current.unwrap_or(0);
+        for (version, statements) in migrations {
+            if *version <= current {
+                continue;
+            }
+            for stmt in *statements {
+                sqlx::query(stmt).execute(&mut *tx).await.map_err(mig)?;
+            }
+            sqlx::query("INSERT INTO meshpass_schema (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(now_secs())
+                .execute(&mut *tx)
+                .await
+                .map_err(mig)?;
+        }
+        tx.commit().await.map_err(mig)?;
+        Ok(())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[async_trait]
+impl MappingStore for SqlStore {
+    async fn resource_policy(&self, resource: &str) -> Result<ResourcePolicy, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM mappings WHERE resource = $1 ORDER BY name"
+        ))
+        .bind(resource)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let mappings = rows
+            .iter()
+            .map(decode_mapping)
+            .collect::<Result<Vec<_>, _>>()?;
+        if mappings.is_empty() {
+            return Ok(ResourcePolicy::default());
+        }
+        let rows = sqlx::query(
+            "SELECT resource, scope, claims FROM scope_claims WHERE resource = $1 ORDER BY scope",
+        )
+        .bind(resource)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+        let scope_claims = rows
+            .iter()
+            .map(decode_scope_claims)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ResourcePolicy {
+            mappings,
+            scope_claims,
+        })
+    }
+
+    async fn list_mappings(&self) -> Result<Vec<Mapping>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM mappings ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(decode_mapping).collect()
+    }
+
+    async fn get_mapping(&self, name: &str) -> Result<Option<Mapping>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM mappings WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        row.as_ref().map(decode_mapping).transpose()
+    }
+
+    async fn put_mapping(&self, m: &Mapping) -> Result<(), StoreError> {
+        validate_mapping(m)?;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let dup = sqlx::query(
+            "SELECT name FROM mappings WHERE subject = $1 AND resource = $2 AND name <> $3",
+        )
+        .bind(&m.subject)
+        .bind(&m.resource)
+        .bind(&m.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        if let Some(row) = dup {
+            let other: String = row
+                .try_get("name")
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            return Err(StoreError::Conflict(format!(
+                "mapping {other:?} already maps subject {:?} to resource {:?}",
+                m.subject, m.resource
+            )));
+        }
+        let (per_second, burst) = match m.rate_limit {
+            Some(rl) => (Some(rl.per_second), Some(i64::from(rl.burst))),
+            None => (None, None),
+        };
+        let ttl = i64::try_from(m.ttl_secs).map_err(|_| super::invalid("ttl_secs", "too large"))?;
+        sqlx::query(
+            "INSERT INTO mappings (name, subject, resource, participant, audiences, scopes, ttl_secs, \
+             rate_per_second, rate_burst, revision, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10) \
+             ON CONFLICT (name) DO UPDATE SET subject = excluded.subject, resource = excluded.resource, \
+             participant = excluded.participant, audiences = excluded.audiences, scopes = excluded.scopes, \
+             ttl_secs = excluded.ttl_secs, rate_per_second = excluded.rate_per_second, \
+             rate_burst = excluded.rate_burst, revision = mappings.revision + 1, updated_at = excluded.updated_at",
+        )
+        .bind(&m.name)
+        .bind(&m.subject)
+        .bind(&m.resource)
+        .bind(&m.participant)
+        .bind(json_text(&m.audiences)?)
+        .bind(json_text(&m.scopes)?)
+        .bind(ttl)
+        .bind(per_second)
+        .bind(burst)
+        .bind(now_secs())
+        .execute(&mut *tx)
+        .await
+        .map_err(write_error)?;
+        tx.commit().await.map_err(write_error)
+    }
+
+    async fn delete_mapping(&self, name: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM mappings WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn list_scope_claims(&self) -> Result<Vec<ScopeClaims>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT resource, scope, claims FROM scope_claims ORDER BY resource, scope",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(decode_scope_claims).collect()
+    }
+
+    async fn put_scope_claims(&self, row: &ScopeClaims) -> Result<(), StoreError> {
+        validate_scope_claims(row, &self.participant_claim)?;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let others =
+            sqlx::query("SELECT resource, scope, claims FROM scope_claims WHERE resource = $1")
+                .bind(&row.resource)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .iter()
+                .map(decode_scope_claims)
+                .collect::<Result<Vec<_>, _>>()?;
+        check_claim_conflicts(row, &others)?;
+        sqlx::query(
+            "INSERT INTO scope_claims (resource, scope, claims, revision, updated_at) VALUES ($1, $2, $3, 1, $4) \
+             ON CONFLICT (resource, scope) DO UPDATE SET claims = excluded.claims, \
+             revision = scope_claims.revision + 1, updated_at = excluded.updated_at",
+        )
+        .bind(&row.resource)
+        .bind(&row.scope)
+        .bind(json_text(&row.claims)?)
+        .bind(now_secs())
+        .execute(&mut *tx)
+        .await
+        .map_err(write_error)?;
+        tx.commit().await.map_err(write_error)
+    }
+
+    async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM scope_claims WHERE resource = $1 AND scope = $2")
+            .bind(resource)
+            .bind(scope)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+/// A unique-constraint violation is a conflict (a concurrent writer won); anything else
+/// means the database is in trouble.
+fn write_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_string())
+        }
+        _ => unavailable(e),
+    }
+}
