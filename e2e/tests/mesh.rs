@@ -1,0 +1,309 @@
+//! The mesh on its default storage (SQLite) and an OpenBao dev server: the happy path in
+//! both modes, every rejection, and caching. One topology, scenarios run in order and
+//! are reported by name (`cargo test -p meshpass-e2e --test mesh -- --nocapture`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use anyhow::{ensure, Result};
+use common::{assert_participant_token, assert_rejected, Scenarios};
+use meshpass_e2e::jwt::now;
+use meshpass_e2e::topology::{Options, Topology};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_scenarios_with_exchange_on_sqlite() {
+    let topo = Topology::start(Options::default()).await.unwrap();
+    let t = &topo;
+    let mut s = Scenarios::new("mesh/sqlite");
+
+    // ---- happy path
+    s.run(
+        "client_mode_app_receives_participant_token_never_the_jwt_svid",
+        client_mode_happy_path(t),
+    )
+    .await;
+    s.run(
+        "server_mode_app_receives_participant_token_bound_to_peer_certificate",
+        server_mode_happy_path(t),
+    )
+    .await;
+
+    // ---- rejections
+    s.run("rejects_request_without_token", async {
+        assert_rejected(
+            &t.via_client_mode("/", None).await?,
+            401,
+            "invalid_request",
+            "no subject token",
+        )?;
+        assert_rejected(
+            &t.via_server_mode("frontend", "/", None).await?,
+            401,
+            "invalid_request",
+            "no subject token",
+        )
+    })
+    .await;
+    s.run("rejects_token_with_bad_signature", async {
+        let bad = t.issuer.mint_with_foreign_key(&t.svid_claims("frontend"))?;
+        assert_rejected(
+            &t.via_client_mode("/", Some(&bad)).await?,
+            401,
+            "invalid_token",
+            "signature",
+        )?;
+        assert_rejected(
+            &t.via_server_mode("frontend", "/", Some(&bad)).await?,
+            401,
+            "invalid_token",
+            "signature",
+        )
+    })
+    .await;
+    s.run("rejects_expired_token", async {
+        let mut c = t.svid_claims("frontend");
+        c["iat"] = json!(now() - 900);
+        c["exp"] = json!(now() - 300);
+        let expired = t.issuer.mint(&c)?;
+        assert_rejected(
+            &t.via_client_mode("/", Some(&expired)).await?,
+            401,
+            "invalid_token",
+            "expired",
+        )?;
+        assert_rejected(
+            &t.via_server_mode("frontend", "/", Some(&expired)).await?,
+            401,
+            "invalid_token",
+            "expired",
+        )
+    })
+    .await;
+    s.run("rejects_token_for_another_audience", async {
+        let mut c = t.svid_claims("frontend");
+        c["aud"] = json!(["some-other-service"]);
+        let tok = t.issuer.mint(&c)?;
+        assert_rejected(
+            &t.via_client_mode("/", Some(&tok)).await?,
+            401,
+            "invalid_token",
+            "audience",
+        )?;
+        assert_rejected(
+            &t.via_server_mode("frontend", "/", Some(&tok)).await?,
+            401,
+            "invalid_token",
+            "audience",
+        )
+    })
+    .await;
+    s.run("rejects_token_from_unconfigured_issuer", async {
+        let mut c = t.svid_claims("frontend");
+        c["iss"] = json!("https://rogue-issuer.e2e.test");
+        let tok = t.issuer.mint(&c)?;
+        assert_rejected(
+            &t.via_client_mode("/", Some(&tok)).await?,
+            401,
+            "invalid_token",
+            "issuer",
+        )?;
+        assert_rejected(
+            &t.via_server_mode("frontend", "/", Some(&tok)).await?,
+            401,
+            "invalid_token",
+            "issuer",
+        )
+    })
+    .await;
+    s.run("rejects_spiffe_id_outside_the_trust_domain", async {
+        let mut c = t.svid_claims("frontend");
+        c["sub"] = json!("spiffe://evil.example/ns/demo/sa/frontend");
+        let tok = t.issuer.mint(&c)?;
+        assert_rejected(
+            &t.via_client_mode("/", Some(&tok)).await?,
+            401,
+            "invalid_token",
+            "trust domain",
+        )?;
+        assert_rejected(
+            &t.via_server_mode("frontend", "/", Some(&tok)).await?,
+            401,
+            "invalid_token",
+            "trust domain",
+        )
+    })
+    .await;
+    s.run(
+        "rejects_token_of_workload_a_over_connection_of_workload_b",
+        async {
+            // SERVER mode: frontend's token over batch's mTLS connection.
+            let tok = t.mint("frontend")?;
+            assert_rejected(
+                &t.via_server_mode("batch", "/", Some(&tok)).await?,
+                401,
+                "invalid_token",
+                "does not match the peer identity",
+            )?;
+            // CLIENT mode: reporting's token handed to frontend's sidecar.
+            let tok = t.mint("reporting")?;
+            assert_rejected(
+                &t.via_client_mode("/", Some(&tok)).await?,
+                401,
+                "invalid_token",
+                "does not match the own identity",
+            )
+        },
+    )
+    .await;
+    s.run("rejects_unmapped_subject_with_403", async {
+        let tok = t.mint("batch")?;
+        let r = t.via_server_mode("batch", "/", Some(&tok)).await?;
+        ensure!(r.status == 403, "expected 403, got {r}");
+        ensure!(r.echo().is_err(), "reached the app: {r}");
+        Ok(())
+    })
+    .await;
+    s.run("rejects_scope_the_mapping_does_not_allow_with_403", async {
+        let tok = t.mint("frontend")?;
+        let r = t.via_client_mode("/admin/orders", Some(&tok)).await?;
+        ensure!(r.status == 403, "CLIENT mode: expected 403, got {r}");
+        ensure!(r.echo().is_err(), "reached the app: {r}");
+        let r = t
+            .via_server_mode("frontend", "/admin/orders", Some(&tok))
+            .await?;
+        ensure!(r.status == 403, "SERVER mode: expected 403, got {r}");
+        Ok(())
+    })
+    .await;
+
+    // ---- caching
+    s.run("twenty_requests_with_one_token_cause_one_exchange", async {
+        for (mode, workload) in [("CLIENT", "frontend"), ("SERVER", "reporting")] {
+            let tok = t.mint(workload)?;
+            let before = exchanges(t, mode).await?;
+            let mut seen = std::collections::BTreeSet::new();
+            for i in 0..20 {
+                let r = request(t, mode, workload, &tok).await?;
+                ensure!(r.status == 200, "{mode} request {i}: {r}");
+                seen.insert(r.echo()?.bearer().unwrap_or_default().to_string());
+            }
+            let n = exchanges(t, mode).await? - before;
+            ensure!(n == 1, "{mode} mode: 20 requests caused {n} exchanges");
+            ensure!(
+                seen.len() == 1,
+                "{mode} mode: the app saw {} different tokens",
+                seen.len()
+            );
+        }
+        Ok(())
+    })
+    .await;
+    s.run(
+        "concurrent_first_requests_cause_one_exchange_per_token",
+        async {
+            for (mode, workload) in [("CLIENT", "frontend"), ("SERVER", "reporting")] {
+                let tokens: Vec<String> =
+                    (0..3).map(|_| t.mint(workload)).collect::<Result<_>>()?;
+                let before = exchanges(t, mode).await?;
+                let burst = tokens
+                    .iter()
+                    .flat_map(|tok| (0..8).map(move |_| request(t, mode, workload, tok)));
+                let replies = futures_join_all(burst).await;
+                for r in replies {
+                    let r = r?;
+                    ensure!(r.status == 200, "{mode} burst request: {r}");
+                }
+                let n = exchanges(t, mode).await? - before;
+                ensure!(
+                    n == 3,
+                    "{mode} mode: 24 concurrent requests over 3 tokens caused {n} exchanges"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await;
+
+    s.finish(&topo);
+}
+
+async fn client_mode_happy_path(t: &Topology) -> Result<()> {
+    let tok = t.mint("frontend")?;
+    let r = t.via_client_mode("/orders/42", Some(&tok)).await?;
+    assert_participant_token(t, &r, "frontend", "acme", &tok)?;
+    ensure!(r.echo()?.path == "/orders/42", "path changed: {r}");
+    Ok(())
+}
+
+async fn server_mode_happy_path(t: &Topology) -> Result<()> {
+    let tok = t.mint("reporting")?;
+    let r = t
+        .via_server_mode("reporting", "/orders/42", Some(&tok))
+        .await?;
+    let claims = assert_participant_token(t, &r, "reporting", "globex", &tok)?;
+    let xfcc = r
+        .echo()?
+        .header("x-forwarded-client-cert")
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        xfcc.contains(claims["sub"].as_str().unwrap_or("?")),
+        "the peer certificate ({xfcc}) is not the token's subject"
+    );
+    Ok(())
+}
+
+async fn request(
+    t: &Topology,
+    mode: &str,
+    workload: &str,
+    tok: &str,
+) -> Result<meshpass_e2e::topology::Reply> {
+    if mode == "CLIENT" {
+        t.via_client_mode("/orders", Some(tok)).await
+    } else {
+        t.via_server_mode(workload, "/orders", Some(tok)).await
+    }
+}
+
+async fn exchanges(t: &Topology, mode: &str) -> Result<u64> {
+    if mode == "CLIENT" {
+        t.client_exchanges().await
+    } else {
+        t.server_exchanges().await
+    }
+}
+
+/// Runs futures concurrently on this task (no extra crate needed).
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let set: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out = Vec::with_capacity(set.len());
+    let mut pending: Vec<_> = set.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
+}
