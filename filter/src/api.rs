@@ -1,0 +1,176 @@
+//! The small host interface the decision logic runs on. `host.rs` implements it over
+//! proxy-wasm; tests implement it with a mock. Every call is infallible from the
+//! logic's point of view or returns a `Result`: host errors never panic.
+
+/// Log levels (subset of proxy-wasm's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// Debug.
+    Debug,
+    /// Info.
+    Info,
+    /// Warn.
+    Warn,
+    /// Error.
+    Error,
+}
+
+/// Why a shared-data write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedError {
+    /// Another worker wrote first (compare-and-swap lost).
+    CasMismatch,
+    /// Any other host failure.
+    Failed,
+}
+
+/// The counters the filter exports (`meshpass_<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    /// Request allowed with a participant token.
+    Allowed,
+    /// Bypass route.
+    Bypassed,
+    /// Denied: no subject token.
+    DeniedNoToken,
+    /// Denied: invalid subject token.
+    DeniedInvalidToken,
+    /// Denied: subject does not match the bound identity.
+    DeniedBinding,
+    /// Denied: no rule matches.
+    DeniedNoRule,
+    /// Denied: the exchange refused (403).
+    DeniedForbidden,
+    /// Denied: exchange rate limited (429).
+    DeniedRateLimited,
+    /// Denied: exchange or keys unavailable (503).
+    DeniedUnavailable,
+    /// Exchange unavailable but `failure_mode: allow` let the request through.
+    FailOpen,
+    /// Cache hit.
+    CacheHit,
+    /// Cache miss.
+    CacheMiss,
+    /// Background refresh started.
+    CacheRefresh,
+    /// Request waited on an exchange already in flight.
+    Coalesced,
+    /// Exchange calls sent.
+    ExchangeCalls,
+    /// JWKS fetch succeeded.
+    JwksRefreshSuccess,
+    /// JWKS fetch failed.
+    JwksRefreshFailure,
+    /// Unknown `kid` triggered a refetch.
+    JwksUnknownKid,
+}
+
+impl Counter {
+    /// Every counter, in `repr` order.
+    pub const ALL: [Counter; 18] = [
+        Counter::Allowed,
+        Counter::Bypassed,
+        Counter::DeniedNoToken,
+        Counter::DeniedInvalidToken,
+        Counter::DeniedBinding,
+        Counter::DeniedNoRule,
+        Counter::DeniedForbidden,
+        Counter::DeniedRateLimited,
+        Counter::DeniedUnavailable,
+        Counter::FailOpen,
+        Counter::CacheHit,
+        Counter::CacheMiss,
+        Counter::CacheRefresh,
+        Counter::Coalesced,
+        Counter::ExchangeCalls,
+        Counter::JwksRefreshSuccess,
+        Counter::JwksRefreshFailure,
+        Counter::JwksUnknownKid,
+    ];
+
+    /// The exported metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Allowed => "meshpass_requests_allowed",
+            Counter::Bypassed => "meshpass_requests_bypassed",
+            Counter::DeniedNoToken => "meshpass_denied_no_token",
+            Counter::DeniedInvalidToken => "meshpass_denied_invalid_token",
+            Counter::DeniedBinding => "meshpass_denied_binding_mismatch",
+            Counter::DeniedNoRule => "meshpass_denied_no_rule",
+            Counter::DeniedForbidden => "meshpass_denied_exchange_forbidden",
+            Counter::DeniedRateLimited => "meshpass_denied_rate_limited",
+            Counter::DeniedUnavailable => "meshpass_denied_unavailable",
+            Counter::FailOpen => "meshpass_failure_mode_allowed",
+            Counter::CacheHit => "meshpass_cache_hits",
+            Counter::CacheMiss => "meshpass_cache_misses",
+            Counter::CacheRefresh => "meshpass_cache_refreshes",
+            Counter::Coalesced => "meshpass_exchange_coalesced",
+            Counter::ExchangeCalls => "meshpass_exchange_calls",
+            Counter::JwksRefreshSuccess => "meshpass_jwks_refresh_success",
+            Counter::JwksRefreshFailure => "meshpass_jwks_refresh_failure",
+            Counter::JwksUnknownKid => "meshpass_jwks_unknown_kid_refetch",
+        }
+    }
+}
+
+/// Histogram: exchange round-trip latency in milliseconds.
+pub const EXCHANGE_LATENCY_MS: &str = "meshpass_exchange_latency_ms";
+
+/// What an answer to a dispatched call looks like.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallResponse {
+    /// `:status`, `None` on timeout / reset (Envoy passes no headers then).
+    pub status: Option<u16>,
+    /// `retry-after`, when given.
+    pub retry_after: Option<String>,
+    /// The body (capped).
+    pub body: Vec<u8>,
+}
+
+/// The host API the decision logic uses. "Current context" means the HTTP stream the
+/// call is made for; [`Host::set_effective_context`] switches it (to resume waiters).
+pub trait Host {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// Logs a message (never a token).
+    fn log(&self, level: Level, msg: &str);
+    /// One request header of the current stream.
+    fn header(&self, name: &str) -> Option<String>;
+    /// Every request header name (only for `strip_all_x_meshpass_headers`).
+    fn header_names(&self) -> Vec<String>;
+    /// Sets (replaces) a request header.
+    fn set_header(&mut self, name: &str, value: &str);
+    /// Removes a request header.
+    fn remove_header(&mut self, name: &str);
+    /// A property (`connection.uri_san_peer_certificate`...).
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Shared data value and its CAS token.
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Writes shared data (`None` deletes), with compare-and-swap when `cas` is given.
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        cas: Option<u32>,
+    ) -> Result<(), SharedError>;
+    /// Sends an HTTP call from the root context (so it outlives any one stream);
+    /// returns its token.
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, String>;
+    /// Answers the current stream locally.
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Makes `context_id` current; false when it is gone.
+    fn set_effective_context(&mut self, context_id: u32) -> bool;
+    /// Resumes the current (paused) stream.
+    fn resume(&mut self);
+    /// Adds to a counter.
+    fn count(&mut self, c: Counter, n: u64);
+    /// Records a latency sample.
+    fn record_latency_ms(&mut self, ms: u64);
+}

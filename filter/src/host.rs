@@ -1,0 +1,283 @@
+//! The only module that calls the proxy-wasm host API. It uses the `hostcalls`
+//! functions that return `Result` (never the trait helpers that `unwrap`), reads
+//! header values as bytes (`get_map_value` panics on non-UTF-8), and maps every host
+//! error to "absent" / "failed".
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+
+use crate::api::{CallResponse, Counter, Host, Level, SharedError, EXCHANGE_LATENCY_MS};
+use crate::config::Config;
+use crate::logic::{Verdict, Worker, MAX_EXCHANGE_BODY};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
+        Box::new(Root { id, worker: None, metrics: None })
+    });
+}}
+
+/// Metric ids, defined once per root context.
+#[derive(Clone)]
+struct Metrics {
+    counters: Vec<u32>,
+    latency: Option<u32>,
+}
+
+impl Metrics {
+    fn define() -> Metrics {
+        Metrics {
+            counters: Counter::ALL
+                .iter()
+                .map(|c| {
+                    hostcalls::define_metric(MetricType::Counter, c.name()).unwrap_or(u32::MAX)
+                })
+                .collect(),
+            latency: hostcalls::define_metric(MetricType::Histogram, EXCHANGE_LATENCY_MS).ok(),
+        }
+    }
+}
+
+/// The real host: stateless wrapper over `hostcalls` (+ metric ids).
+struct Envoy<'a> {
+    metrics: &'a Metrics,
+}
+
+impl Host for Envoy<'_> {
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn log(&self, level: Level, msg: &str) {
+        let l = match level {
+            Level::Debug => LogLevel::Debug,
+            Level::Info => LogLevel::Info,
+            Level::Warn => LogLevel::Warn,
+            Level::Error => LogLevel::Error,
+        };
+        let _ = hostcalls::log(l, msg);
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
+            Ok(Some(b)) => String::from_utf8(b).ok(),
+            _ => None,
+        }
+    }
+
+    fn header_names(&self) -> Vec<String> {
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
+            .map(|m| m.into_iter().map(|(k, _)| k).collect())
+            .unwrap_or_default()
+    }
+
+    fn set_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn remove_header(&mut self, name: &str) {
+        let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, name);
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), cas)) if !v.is_empty() => Some((v, cas.unwrap_or(0))),
+            _ => None,
+        }
+    }
+
+    fn shared_set(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        cas: Option<u32>,
+    ) -> Result<(), SharedError> {
+        match hostcalls::set_shared_data(key, value, cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SharedError::CasMismatch),
+            Err(_) => Err(SharedError::Failed),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
+        let body = if body.is_empty() { None } else { Some(body) };
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            body,
+            Vec::new(),
+            Duration::from_millis(timeout_ms),
+        )
+        .map_err(|s| format!("{s:?} (is cluster {cluster:?} defined?)"))
+    }
+
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        if hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_err() {
+            let _ = hostcalls::reset_http_request();
+        }
+    }
+
+    fn set_effective_context(&mut self, context_id: u32) -> bool {
+        hostcalls::set_effective_context(context_id).is_ok()
+    }
+
+    fn resume(&mut self) {
+        let _ = hostcalls::resume_http_request();
+    }
+
+    fn count(&mut self, c: Counter, n: u64) {
+        if let Some(&id) = self.metrics.counters.get(c as usize) {
+            if id != u32::MAX {
+                let _ = hostcalls::increment_metric(id, n as i64);
+            }
+        }
+    }
+
+    fn record_latency_ms(&mut self, ms: u64) {
+        if let Some(id) = self.metrics.latency {
+            let _ = hostcalls::record_metric(id, ms);
+        }
+    }
+}
+
+fn call_response(body_size: usize) -> CallResponse {
+    let header = |n: &str| {
+        hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, n)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+    };
+    CallResponse {
+        status: header(":status").and_then(|s| s.parse().ok()),
+        retry_after: header("retry-after"),
+        body: hostcalls::get_buffer(
+            BufferType::HttpCallResponseBody,
+            0,
+            body_size.min(MAX_EXCHANGE_BODY.max(256 * 1024)),
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default(),
+    }
+}
+
+struct Root {
+    id: u32,
+    worker: Option<Rc<RefCell<Worker>>>,
+    metrics: Option<Rc<Metrics>>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _n: usize, body_size: usize, _t: usize) {
+        let (Some(w), Some(m)) = (&self.worker, &self.metrics) else {
+            return;
+        };
+        let resp = call_response(body_size);
+        if let Ok(mut w) = w.try_borrow_mut() {
+            w.on_call_response(&mut Envoy { metrics: m }, token, resp);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(b)) => b,
+            _ => Vec::new(),
+        };
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = hostcalls::log(LogLevel::Error, &format!("meshpass: {e}"));
+                return false;
+            }
+        };
+        if self.metrics.is_none() {
+            self.metrics = Some(Rc::new(Metrics::define()));
+        }
+        let tick = config.tick_ms;
+        let noop = config.noop;
+        self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
+        if !noop {
+            let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
+        }
+        let _ = self.id;
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let (Some(w), Some(m)) = (&self.worker, &self.metrics) else {
+            return;
+        };
+        if let Ok(mut w) = w.try_borrow_mut() {
+            w.on_tick(&mut Envoy { metrics: m });
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            id: context_id,
+            worker: self.worker.clone(),
+            metrics: self.metrics.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Stream {
+    id: u32,
+    worker: Option<Rc<RefCell<Worker>>>,
+    metrics: Option<Rc<Metrics>>,
+}
+
+impl Context for Stream {
+    fn on_http_call_response(&mut self, token: u32, _n: usize, body_size: usize, _t: usize) {
+        let (Some(w), Some(m)) = (&self.worker, &self.metrics) else {
+            return;
+        };
+        let resp = call_response(body_size);
+        if let Ok(mut w) = w.try_borrow_mut() {
+            w.on_call_response(&mut Envoy { metrics: m }, token, resp);
+        }
+    }
+}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        let (Some(w), Some(m)) = (&self.worker, &self.metrics) else {
+            // Not configured: fail closed.
+            let _ =
+                hostcalls::send_http_response(503, vec![], Some(b"meshpass filter not configured"));
+            return Action::Pause;
+        };
+        let Ok(mut w) = w.try_borrow_mut() else {
+            return Action::Pause;
+        };
+        match w.on_request(&mut Envoy { metrics: m }, self.id) {
+            Verdict::Continue => Action::Continue,
+            Verdict::Pause => Action::Pause,
+        }
+    }
+}

@@ -1,0 +1,980 @@
+//! Every decision of the filter, as plain Rust over [`Host`]. One [`Worker`] per root
+//! context (per Envoy worker thread); HTTP contexts call into it.
+//!
+//! Hit path (DESIGN.md performance budget): read `authorization` (plus `:path` /
+//! `:authority` / `:method` only when a bypass or rule needs them), one property read
+//! for the peer identity in SERVER mode, the clock, one sha256, one shared-data get,
+//! one header write (plus one for `x-meshpass-subject` when enabled). Client-sent
+//! `x-meshpass-subject` is removed with a single read (or overwritten when the filter
+//! sets it); counters are kept locally and flushed on the tick.
+
+use std::collections::HashMap;
+
+use meshpass_core::oauth::{ErrorCode, ErrorResponse, TokenExchangeRequest, TokenExchangeResponse};
+use meshpass_core::{Binding, KeySet, SpiffeId, ValidationError};
+
+use crate::api::{CallResponse, Counter, Host, Level, SharedError};
+use crate::cache::{self, Entry};
+use crate::config::{Config, FailureMode, IssuerKeys, Mode, OwnIdentity, Target};
+
+/// The only header name the filter writes besides `authorization`.
+pub const SUBJECT_HEADER: &str = "x-meshpass-subject";
+const PEER_SAN: [&str; 2] = ["connection", "uri_san_peer_certificate"];
+const LOCAL_SAN: [&str; 2] = ["connection", "uri_san_local_certificate"];
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Largest exchange answer read.
+pub const MAX_EXCHANGE_BODY: usize = 64 * 1024;
+
+/// What the HTTP context returns to Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on with the (possibly rewritten) request.
+    Continue,
+    /// Paused: waiting for an exchange, or answered locally.
+    Pause,
+}
+
+struct Waiter {
+    ctx: u32,
+    identity: Option<String>,
+}
+
+struct InFlight {
+    waiters: Vec<Waiter>,
+    deadline_ms: u64,
+    failure_mode: FailureMode,
+}
+
+enum Call {
+    Exchange {
+        key: String,
+        subject: String,
+        subject_exp: u64,
+        started_ms: u64,
+        failure_mode: FailureMode,
+    },
+    Refresh {
+        key: String,
+        subject: String,
+        subject_exp: u64,
+        started_ms: u64,
+    },
+    Jwks {
+        issuer: String,
+    },
+}
+
+struct PendingRefresh {
+    key: String,
+    token: String,
+    target: Target,
+    subject: String,
+    subject_exp: u64,
+}
+
+/// The outcome of an exchange, for every request waiting on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A participant token.
+    Token(String),
+    /// 401: the service rejected the subject token.
+    InvalidGrant(String),
+    /// 403: policy refused (unauthorized_client / invalid_target / invalid_scope).
+    Forbidden(String),
+    /// 429 with Retry-After seconds.
+    RateLimited(u64),
+    /// 503 with Retry-After seconds (or fail open).
+    Unavailable(u64),
+}
+
+/// Per-worker state.
+pub struct Worker {
+    /// The configuration.
+    pub config: Config,
+    keysets: HashMap<String, KeySet>,
+    key_cas: HashMap<String, u32>,
+    inflight: HashMap<String, InFlight>,
+    calls: HashMap<u32, Call>,
+    refreshes: Vec<PendingRefresh>,
+    refreshing: HashMap<String, ()>,
+    own_identity: Option<String>,
+    counts: [u64; Counter::ALL.len()],
+    written: Vec<(u64, String)>,
+}
+
+impl Worker {
+    /// A worker for a checked configuration.
+    pub fn new(config: Config) -> Worker {
+        let mut keysets = HashMap::new();
+        for (iss, k) in &config.keys {
+            if let IssuerKeys::Inline(set) = k {
+                keysets.insert(iss.clone(), set.clone());
+            }
+        }
+        let own_identity = match &config.own_identity {
+            Some(OwnIdentity::Fixed(id)) => Some(id.as_str().to_string()),
+            _ => None,
+        };
+        Worker {
+            config,
+            keysets,
+            key_cas: HashMap::new(),
+            inflight: HashMap::new(),
+            calls: HashMap::new(),
+            refreshes: Vec::new(),
+            refreshing: HashMap::new(),
+            own_identity,
+            counts: [0; Counter::ALL.len()],
+            written: Vec::new(),
+        }
+    }
+
+    fn bump(&mut self, c: Counter) {
+        self.counts[c as usize] += 1;
+    }
+
+    /// Counts not yet flushed to the host (tests read them).
+    pub fn pending_count(&self, c: Counter) -> u64 {
+        self.counts[c as usize]
+    }
+
+    /// Pushes the local counters to the host.
+    pub fn flush_metrics(&mut self, host: &mut dyn Host) {
+        for c in Counter::ALL {
+            let n = std::mem::take(&mut self.counts[c as usize]);
+            if n > 0 {
+                host.count(c, n);
+            }
+        }
+    }
+
+    /// Whether an exchange for `key` is in flight in this worker.
+    pub fn in_flight(&self, key: &str) -> bool {
+        self.inflight.contains_key(key)
+    }
+
+    // ------------------------------------------------------------ request path
+
+    /// `on_http_request_headers` of stream `ctx`.
+    pub fn on_request(&mut self, host: &mut dyn Host, ctx: u32) -> Verdict {
+        if self.config.noop {
+            return Verdict::Continue;
+        }
+        let cfg = &self.config;
+        // Header hygiene: when the filter sets x-meshpass-subject on every allowed
+        // request the client's value is overwritten; otherwise one read (+ remove).
+        if cfg.strip_all_x_meshpass_headers || !cfg.set_subject_header {
+            strip_reserved(host, cfg.strip_all_x_meshpass_headers);
+        }
+        let path = if !cfg.bypass.is_empty() || cfg.needs_path {
+            header(host, ":path")
+        } else {
+            None
+        };
+        if let Some(p) = &path {
+            if !cfg.bypass.is_empty() && cfg.bypassed(p) {
+                if cfg.set_subject_header && !cfg.strip_all_x_meshpass_headers {
+                    strip_reserved(host, false);
+                }
+                self.bump(Counter::Bypassed);
+                return Verdict::Continue;
+            }
+        }
+        let Some(raw) = header(host, &cfg.token_header) else {
+            return self.deny_token(host, Counter::DeniedNoToken, "no subject token", false);
+        };
+        let token = if cfg.bearer {
+            match raw.get(..7) {
+                Some(s) if s.eq_ignore_ascii_case("bearer ") => raw[7..].trim(),
+                _ => {
+                    return self.deny_token(
+                        host,
+                        Counter::DeniedInvalidToken,
+                        "authorization is not a Bearer token",
+                        true,
+                    )
+                }
+            }
+        } else {
+            raw.trim()
+        };
+        if token.is_empty() {
+            return self.deny_token(host, Counter::DeniedNoToken, "no subject token", false);
+        }
+        if token.len() > cfg.policy.max_token_bytes {
+            let msg = ValidationError::TooLarge {
+                len: token.len(),
+                max: cfg.policy.max_token_bytes,
+            }
+            .to_string();
+            return self.deny_token(host, Counter::DeniedInvalidToken, &msg, true);
+        }
+        let authority = if cfg.needs_authority {
+            header(host, ":authority")
+        } else {
+            None
+        };
+        let method = if cfg.needs_method {
+            header(host, ":method")
+        } else {
+            None
+        };
+        let Some(target) = cfg
+            .select(authority.as_deref(), path.as_deref(), method.as_deref())
+            .cloned()
+        else {
+            self.bump(Counter::DeniedNoRule);
+            send_error(
+                host,
+                403,
+                "access_denied",
+                "no exchange rule matches this request",
+                None,
+            );
+            return Verdict::Pause;
+        };
+        let identity = self.identity(host);
+        let key = cache::key(&target.digest, token);
+        let now = host.now_ms();
+
+        if let Some((bytes, _cas)) = host.shared_get(&key) {
+            if let Some(e) = Entry::decode(&bytes) {
+                if e.expires_ms > now {
+                    if self.config.mode != Mode::NoneInsecure
+                        && identity.as_deref() != Some(e.subject)
+                    {
+                        return self.deny_binding(host, identity.is_some());
+                    }
+                    self.bump(Counter::CacheHit);
+                    if now >= e.refresh_ms && !self.refreshing.contains_key(&key) {
+                        self.refreshing.insert(key.clone(), ());
+                        self.refreshes.push(PendingRefresh {
+                            key: key.clone(),
+                            token: token.to_string(),
+                            target: target.clone(),
+                            subject: e.subject.to_string(),
+                            subject_exp: e.subject_exp,
+                        });
+                    }
+                    self.allow(host, e.token, e.subject);
+                    return Verdict::Continue;
+                }
+            }
+        }
+        self.bump(Counter::CacheMiss);
+        if let Some(f) = self.inflight.get_mut(&key) {
+            f.waiters.push(Waiter { ctx, identity });
+            self.bump(Counter::Coalesced);
+            return Verdict::Pause;
+        }
+        self.miss(host, ctx, token, &target, key, identity, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn miss(
+        &mut self,
+        host: &mut dyn Host,
+        ctx: u32,
+        token: &str,
+        target: &Target,
+        key: String,
+        identity: Option<String>,
+        now: u64,
+    ) -> Verdict {
+        self.load_remote_keys(host);
+        let bound = identity.as_deref().and_then(|s| SpiffeId::parse(s).ok());
+        let binding = match self.config.mode {
+            Mode::Server => Binding::Server(bound.as_ref()),
+            Mode::Client => Binding::Client(bound.as_ref()),
+            Mode::NoneInsecure => Binding::None,
+        };
+        let verified = match self
+            .config
+            .policy
+            .validate(token, now / 1000, &self.keysets, &binding)
+        {
+            Ok(v) => v,
+            Err(e) => return self.deny_validation(host, e, now),
+        };
+        let mut req = TokenExchangeRequest {
+            subject_token: token.to_string(),
+            subject_token_type: meshpass_core::oauth::TOKEN_TYPE_JWT.to_string(),
+            resource: target.resource.iter().cloned().collect(),
+            audience: target.audience.clone(),
+            scope: target.scopes.clone(),
+            ..Default::default()
+        };
+        req.requested_token_type = None;
+        let body = req.to_form();
+        let traceparent = header(host, "traceparent");
+        match self.send_exchange(host, &body, traceparent.as_deref()) {
+            Ok(call) => {
+                self.bump(Counter::ExchangeCalls);
+                self.calls.insert(
+                    call,
+                    Call::Exchange {
+                        key: key.clone(),
+                        subject: verified.spiffe_id.as_str().to_string(),
+                        subject_exp: verified.expires_at,
+                        started_ms: now,
+                        failure_mode: target.failure_mode,
+                    },
+                );
+                self.inflight.insert(
+                    key,
+                    InFlight {
+                        waiters: vec![Waiter { ctx, identity }],
+                        deadline_ms: now + self.config.exchange.timeout_ms + 2000,
+                        failure_mode: target.failure_mode,
+                    },
+                );
+                Verdict::Pause
+            }
+            Err(e) => {
+                host.log(
+                    Level::Warn,
+                    &format!("meshpass: exchange dispatch failed: {e}"),
+                );
+                let ra = self.config.retry_after_secs;
+                let w = Waiter { ctx, identity };
+                self.apply(host, &w, &Outcome::Unavailable(ra), "", target.failure_mode);
+                Verdict::Pause
+            }
+        }
+    }
+
+    fn send_exchange(
+        &self,
+        host: &mut dyn Host,
+        body: &str,
+        traceparent: Option<&str>,
+    ) -> Result<u32, String> {
+        let ex = &self.config.exchange;
+        let len = body.len().to_string();
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", "POST"),
+            (":path", &ex.path),
+            (":authority", &ex.authority),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-length", &len),
+            ("accept", "application/json"),
+        ];
+        if let Some(tp) = traceparent {
+            headers.push(("traceparent", tp));
+        }
+        host.dispatch(&ex.cluster, &headers, body.as_bytes(), ex.timeout_ms)
+    }
+
+    /// The identity the subject must equal, as a string.
+    fn identity(&mut self, host: &mut dyn Host) -> Option<String> {
+        match self.config.mode {
+            Mode::Server => host
+                .property(&PEER_SAN)
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|s| !s.is_empty()),
+            Mode::Client => {
+                if self.own_identity.is_none() {
+                    self.own_identity = discover_own_identity(host, &self.config);
+                }
+                self.own_identity.clone()
+            }
+            Mode::NoneInsecure => None,
+        }
+    }
+
+    fn allow(&mut self, host: &mut dyn Host, participant: &str, subject: &str) {
+        let mut v = String::with_capacity(7 + participant.len());
+        v.push_str("Bearer ");
+        v.push_str(participant);
+        host.set_header("authorization", &v);
+        if !self.config.bearer {
+            host.remove_header(&self.config.token_header);
+        }
+        if self.config.set_subject_header {
+            host.set_header(SUBJECT_HEADER, subject);
+        }
+        self.bump(Counter::Allowed);
+    }
+
+    fn deny_token(
+        &mut self,
+        host: &mut dyn Host,
+        c: Counter,
+        desc: &str,
+        invalid: bool,
+    ) -> Verdict {
+        self.bump(c);
+        let www = if invalid {
+            format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                quote_escape(desc)
+            )
+        } else {
+            "Bearer".to_string()
+        };
+        let code = if invalid {
+            "invalid_token"
+        } else {
+            "invalid_request"
+        };
+        send_error(host, 401, code, desc, Some(&www));
+        Verdict::Pause
+    }
+
+    fn deny_binding(&mut self, host: &mut dyn Host, known: bool) -> Verdict {
+        let e = if known {
+            ValidationError::BindingMismatch(self.binding_name())
+        } else {
+            ValidationError::BindingUnavailable(self.binding_name())
+        };
+        self.deny_token(host, Counter::DeniedBinding, &e.to_string(), true)
+    }
+
+    fn binding_name(&self) -> &'static str {
+        match self.config.mode {
+            Mode::Server => "peer",
+            _ => "own",
+        }
+    }
+
+    fn deny_validation(&mut self, host: &mut dyn Host, e: ValidationError, now: u64) -> Verdict {
+        match &e {
+            ValidationError::BindingMismatch(_) | ValidationError::BindingUnavailable(_) => {
+                self.deny_token(host, Counter::DeniedBinding, &e.to_string(), true)
+            }
+            ValidationError::NoKeys => {
+                self.bump(Counter::DeniedUnavailable);
+                let ra = self.config.retry_after_secs.to_string();
+                send_error(
+                    host,
+                    503,
+                    "temporarily_unavailable",
+                    "signing keys are not available yet",
+                    Some(&ra),
+                );
+                Verdict::Pause
+            }
+            ValidationError::UnknownKeyId { issuer, .. } => {
+                let issuer = issuer.clone();
+                self.request_refetch(host, &issuer, now);
+                self.deny_token(host, Counter::DeniedInvalidToken, &e.to_string(), true)
+            }
+            _ => self.deny_token(host, Counter::DeniedInvalidToken, &e.to_string(), true),
+        }
+    }
+
+    fn apply(
+        &mut self,
+        host: &mut dyn Host,
+        w: &Waiter,
+        outcome: &Outcome,
+        subject: &str,
+        failure_mode: FailureMode,
+    ) {
+        match outcome {
+            Outcome::Token(t) => {
+                if self.config.mode != Mode::NoneInsecure && w.identity.as_deref() != Some(subject)
+                {
+                    self.deny_binding(host, w.identity.is_some());
+                    return;
+                }
+                self.allow(host, t, subject);
+                host.resume();
+            }
+            Outcome::InvalidGrant(d) => {
+                self.deny_token(host, Counter::DeniedInvalidToken, d, true);
+            }
+            Outcome::Forbidden(d) => {
+                self.bump(Counter::DeniedForbidden);
+                send_error(host, 403, "access_denied", d, None);
+            }
+            Outcome::RateLimited(ra) => {
+                self.bump(Counter::DeniedRateLimited);
+                send_error(
+                    host,
+                    429,
+                    "slow_down",
+                    "token exchange is rate limited",
+                    Some(&ra.to_string()),
+                );
+            }
+            Outcome::Unavailable(ra) => {
+                if failure_mode == FailureMode::Allow {
+                    // Fail open: forward without any token, never the subject token.
+                    self.bump(Counter::FailOpen);
+                    host.remove_header(&self.config.token_header);
+                    strip_reserved(host, self.config.strip_all_x_meshpass_headers);
+                    host.resume();
+                } else {
+                    self.bump(Counter::DeniedUnavailable);
+                    send_error(
+                        host,
+                        503,
+                        "temporarily_unavailable",
+                        "token exchange is unavailable",
+                        Some(&ra.to_string()),
+                    );
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ call responses
+
+    /// An answer to a dispatched call (exchange, refresh or JWKS).
+    pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, resp: CallResponse) {
+        let Some(call) = self.calls.remove(&token) else {
+            return;
+        };
+        let now = host.now_ms();
+        match call {
+            Call::Exchange {
+                key,
+                subject,
+                subject_exp,
+                started_ms,
+                failure_mode,
+            } => {
+                host.record_latency_ms(now.saturating_sub(started_ms));
+                let outcome = self.classify(&resp);
+                if let Outcome::Token(t) = &outcome {
+                    self.store(host, &key, t, &resp, &subject, subject_exp, now);
+                }
+                let Some(f) = self.inflight.remove(&key) else {
+                    return;
+                };
+                for w in &f.waiters {
+                    if host.set_effective_context(w.ctx) {
+                        self.apply(host, w, &outcome, &subject, failure_mode);
+                    }
+                }
+            }
+            Call::Refresh {
+                key,
+                subject,
+                subject_exp,
+                started_ms,
+            } => {
+                host.record_latency_ms(now.saturating_sub(started_ms));
+                self.refreshing.remove(&key);
+                match self.classify(&resp) {
+                    Outcome::Token(t) => self.store(host, &key, &t, &resp, &subject, subject_exp, now),
+                    other => host.log(
+                        Level::Warn,
+                        &format!("meshpass: background refresh failed ({other:?}); cached token served until it expires"),
+                    ),
+                }
+            }
+            Call::Jwks { issuer } => self.on_jwks(host, &issuer, resp, now),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        host: &mut dyn Host,
+        key: &str,
+        token: &str,
+        resp: &CallResponse,
+        subject: &str,
+        subject_exp: u64,
+        now: u64,
+    ) {
+        let expires_in = serde_json::from_slice::<TokenExchangeResponse>(&resp.body)
+            .map(|r| r.expires_in)
+            .unwrap_or(0);
+        let Some((expires_ms, refresh_ms)) = cache::lifetimes(
+            now,
+            expires_in,
+            subject_exp,
+            self.config.expiry_margin_ms,
+            self.config.refresh_ahead_percent,
+        ) else {
+            return;
+        };
+        let e = Entry {
+            expires_ms,
+            refresh_ms,
+            subject_exp,
+            subject,
+            token,
+        };
+        if host.shared_set(key, Some(&e.encode()), None).is_ok() {
+            self.written.push((expires_ms, key.to_string()));
+        }
+    }
+
+    /// Maps an exchange answer to what the waiting requests get.
+    pub fn classify(&self, resp: &CallResponse) -> Outcome {
+        let ra_default = self.config.retry_after_secs;
+        let retry_after = resp
+            .retry_after
+            .as_deref()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|v| v.clamp(1, 3600))
+            .unwrap_or(ra_default);
+        match resp.status {
+            Some(200) => match serde_json::from_slice::<TokenExchangeResponse>(&resp.body) {
+                Ok(r)
+                    if r.token_type.eq_ignore_ascii_case("bearer")
+                        && !r.access_token.is_empty()
+                        && r.access_token.bytes().all(|b| b.is_ascii_graphic()) =>
+                {
+                    Outcome::Token(r.access_token)
+                }
+                _ => Outcome::Unavailable(ra_default),
+            },
+            Some(429) => Outcome::RateLimited(retry_after),
+            Some(s) if (400..500).contains(&s) => {
+                match serde_json::from_slice::<ErrorResponse>(&resp.body) {
+                    Ok(e) => {
+                        let d = e
+                            .error_description
+                            .filter(|d| d.len() < 512)
+                            .unwrap_or_else(|| "token exchange refused".into());
+                        match e.error {
+                            ErrorCode::UnauthorizedClient
+                            | ErrorCode::InvalidTarget
+                            | ErrorCode::InvalidScope => Outcome::Forbidden(d),
+                            ErrorCode::InvalidGrant => Outcome::InvalidGrant(d),
+                            ErrorCode::SlowDown => Outcome::RateLimited(retry_after),
+                            _ => Outcome::Unavailable(ra_default),
+                        }
+                    }
+                    Err(_) => Outcome::Unavailable(ra_default),
+                }
+            }
+            Some(503) => Outcome::Unavailable(retry_after),
+            _ => Outcome::Unavailable(ra_default),
+        }
+    }
+
+    // ------------------------------------------------------------ keys
+
+    fn load_remote_keys(&mut self, host: &mut dyn Host) {
+        for (iss, k) in &self.config.keys {
+            let IssuerKeys::Remote(r) = k else { continue };
+            let Some((bytes, cas)) = host.shared_get(&r.shared_key) else {
+                continue;
+            };
+            if self.key_cas.get(iss) == Some(&cas) {
+                continue;
+            }
+            match KeySet::parse(&bytes) {
+                Ok((set, _)) if !set.is_empty() => {
+                    self.keysets.insert(iss.clone(), set);
+                    self.key_cas.insert(iss.clone(), cas);
+                }
+                _ => host.log(
+                    Level::Warn,
+                    "meshpass: stored JWKS does not parse; keeping previous keys",
+                ),
+            }
+        }
+    }
+
+    /// Unknown kid: schedule a fetch on the next tick, at most once per
+    /// `jwks_min_refetch_secs` across all workers.
+    fn request_refetch(&mut self, host: &mut dyn Host, issuer: &str, now: u64) {
+        let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
+            return;
+        };
+        let (lease, cas) = read_lease(host, &r.lease_key);
+        if now.saturating_sub(lease.last_forced_ms) < r.min_refetch_ms || lease.next_due_ms <= now {
+            return;
+        }
+        let new = Lease {
+            next_due_ms: now,
+            failures: lease.failures,
+            last_forced_ms: now,
+        };
+        if host
+            .shared_set(&r.lease_key, Some(new.encode().as_bytes()), cas)
+            .is_ok()
+        {
+            self.bump(Counter::JwksUnknownKid);
+        }
+    }
+
+    fn on_jwks(&mut self, host: &mut dyn Host, issuer: &str, resp: CallResponse, now: u64) {
+        let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
+            return;
+        };
+        let r = r.clone();
+        let (lease, _) = read_lease(host, &r.lease_key);
+        let parsed = match resp.status {
+            Some(200) if resp.body.len() <= MAX_JWKS_BYTES => KeySet::parse(&resp.body)
+                .map_err(|e| e.to_string())
+                .and_then(|(s, rej)| {
+                    for k in rej {
+                        host.log(
+                            Level::Warn,
+                            &format!(
+                                "meshpass: JWKS of {issuer:?}: key {} ({:?}) dropped: {}",
+                                k.index, k.kid, k.reason
+                            ),
+                        );
+                    }
+                    if s.is_empty() {
+                        Err("no usable key".to_string())
+                    } else {
+                        Ok(s)
+                    }
+                }),
+            Some(s) => Err(format!("status {s}")),
+            None => Err("timeout or connection failure".into()),
+        };
+        match parsed {
+            Ok(set) => {
+                let _ = host.shared_set(&r.shared_key, Some(&resp.body), None);
+                self.keysets.insert(issuer.to_string(), set);
+                self.key_cas.remove(issuer);
+                let l = Lease {
+                    next_due_ms: now + r.refresh_ms,
+                    failures: 0,
+                    last_forced_ms: lease.last_forced_ms,
+                };
+                let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
+                self.bump(Counter::JwksRefreshSuccess);
+            }
+            Err(e) => {
+                let failures = lease.failures.saturating_add(1);
+                let backoff = 1000u64
+                    .saturating_mul(1 << failures.min(16))
+                    .min(r.refresh_ms);
+                let l = Lease {
+                    next_due_ms: now + backoff,
+                    failures,
+                    last_forced_ms: lease.last_forced_ms,
+                };
+                let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
+                self.bump(Counter::JwksRefreshFailure);
+                host.log(
+                    Level::Warn,
+                    &format!("meshpass: JWKS fetch for {issuer:?} failed ({e}); keeping last good keys, retry in {backoff} ms"),
+                );
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ tick
+
+    /// Root tick: JWKS refresh (one worker wins the lease by CAS), background token
+    /// refreshes, stuck in-flight cleanup, expired-entry sweep, metrics flush.
+    pub fn on_tick(&mut self, host: &mut dyn Host) {
+        let now = host.now_ms();
+        // JWKS.
+        let remotes: Vec<(String, crate::config::RemoteJwks)> = self
+            .config
+            .keys
+            .iter()
+            .filter_map(|(i, k)| match k {
+                IssuerKeys::Remote(r) => Some((i.clone(), r.clone())),
+                IssuerKeys::Inline(_) => None,
+            })
+            .collect();
+        for (issuer, r) in remotes {
+            if self
+                .calls
+                .values()
+                .any(|c| matches!(c, Call::Jwks { issuer: i } if *i == issuer))
+            {
+                continue;
+            }
+            let (lease, cas) = read_lease(host, &r.lease_key);
+            if lease.next_due_ms > now {
+                continue;
+            }
+            // Take the lease: nobody else fetches until it runs out.
+            let taken = Lease {
+                next_due_ms: now + 10_000,
+                ..lease
+            };
+            match host.shared_set(&r.lease_key, Some(taken.encode().as_bytes()), cas) {
+                Ok(()) => {}
+                Err(SharedError::CasMismatch) => continue,
+                Err(SharedError::Failed) => continue,
+            }
+            let headers = [
+                (":method", "GET"),
+                (":path", r.path.as_str()),
+                (":authority", r.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            match host.dispatch(&r.cluster, &headers, &[], 5000) {
+                Ok(t) => {
+                    self.calls.insert(t, Call::Jwks { issuer });
+                }
+                Err(e) => {
+                    let resp = CallResponse::default();
+                    host.log(Level::Warn, &format!("meshpass: JWKS dispatch failed: {e}"));
+                    self.on_jwks(host, &issuer, resp, now);
+                }
+            }
+        }
+        // Background refreshes (dispatched from the root so they outlive the stream).
+        for p in std::mem::take(&mut self.refreshes) {
+            let req = TokenExchangeRequest {
+                subject_token: p.token,
+                subject_token_type: meshpass_core::oauth::TOKEN_TYPE_JWT.to_string(),
+                resource: p.target.resource.iter().cloned().collect(),
+                audience: p.target.audience.clone(),
+                scope: p.target.scopes.clone(),
+                ..Default::default()
+            };
+            match self.send_exchange(host, &req.to_form(), None) {
+                Ok(t) => {
+                    self.bump(Counter::CacheRefresh);
+                    self.bump(Counter::ExchangeCalls);
+                    self.calls.insert(
+                        t,
+                        Call::Refresh {
+                            key: p.key,
+                            subject: p.subject,
+                            subject_exp: p.subject_exp,
+                            started_ms: now,
+                        },
+                    );
+                }
+                Err(_) => {
+                    self.refreshing.remove(&p.key);
+                }
+            }
+        }
+        // Exchanges whose stream went away before the answer (Envoy cancels the call).
+        let stuck: Vec<String> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.deadline_ms <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stuck {
+            if let Some(f) = self.inflight.remove(&k) {
+                let ra = self.config.retry_after_secs;
+                for w in &f.waiters {
+                    if host.set_effective_context(w.ctx) {
+                        self.apply(host, w, &Outcome::Unavailable(ra), "", f.failure_mode);
+                    }
+                }
+            }
+        }
+        // Expired entries this worker wrote: delete them (shared data has no TTL).
+        let mut keep = Vec::new();
+        for (exp, key) in std::mem::take(&mut self.written) {
+            if exp > now {
+                keep.push((exp, key));
+                continue;
+            }
+            if let Some((bytes, cas)) = host.shared_get(&key) {
+                match Entry::decode(&bytes) {
+                    Some(e) if e.expires_ms > now => keep.push((e.expires_ms, key)),
+                    _ => {
+                        let _ = host.shared_set(&key, None, Some(cas));
+                    }
+                }
+            }
+        }
+        self.written = keep;
+        self.flush_metrics(host);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Lease {
+    next_due_ms: u64,
+    failures: u32,
+    last_forced_ms: u64,
+}
+
+impl Lease {
+    fn encode(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.next_due_ms, self.failures, self.last_forced_ms
+        )
+    }
+}
+
+fn read_lease(host: &mut dyn Host, key: &str) -> (Lease, Option<u32>) {
+    match host.shared_get(key) {
+        Some((bytes, cas)) => {
+            let s = String::from_utf8_lossy(&bytes);
+            let mut it = s.split('|');
+            let l = Lease {
+                next_due_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                failures: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                last_forced_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            };
+            (l, Some(cas))
+        }
+        None => (Lease::default(), None),
+    }
+}
+
+fn header(host: &dyn Host, name: &str) -> Option<String> {
+    host.header(name)
+}
+
+fn strip_reserved(host: &mut dyn Host, all: bool) {
+    if all {
+        for n in host.header_names() {
+            if n.to_ascii_lowercase().starts_with("x-meshpass-") {
+                host.remove_header(&n);
+            }
+        }
+    } else if host.header(SUBJECT_HEADER).is_some() {
+        host.remove_header(SUBJECT_HEADER);
+    }
+}
+
+/// CLIENT mode: local certificate URI SAN, else Istio node metadata in the configured
+/// trust domain.
+fn discover_own_identity(host: &mut dyn Host, cfg: &Config) -> Option<String> {
+    let td = match &cfg.own_identity {
+        Some(OwnIdentity::Fixed(id)) => return Some(id.as_str().to_string()),
+        Some(OwnIdentity::Discover(td)) => td.clone(),
+        None => return None,
+    };
+    if let Some(s) = host
+        .property(&LOCAL_SAN)
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| SpiffeId::parse(s).is_ok())
+    {
+        return Some(s);
+    }
+    let ns = host.property(&["node", "metadata", "NAMESPACE"])?;
+    let sa = host.property(&["node", "metadata", "SERVICE_ACCOUNT"])?;
+    let id = format!(
+        "spiffe://{}/ns/{}/sa/{}",
+        td.as_str(),
+        String::from_utf8(ns).ok()?,
+        String::from_utf8(sa).ok()?
+    );
+    SpiffeId::parse(&id).ok().map(|i| i.as_str().to_string())
+}
+
+fn quote_escape(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .flat_map(|c| match c {
+            '"' | '\\' => vec!['\\', c],
+            c => vec![c],
+        })
+        .collect()
+}
+
+/// Sends a JSON error (`{error, error_description}`) with optional
+/// `WWW-Authenticate` (401) or `Retry-After` (429/503).
+fn send_error(host: &mut dyn Host, status: u32, code: &str, desc: &str, extra: Option<&str>) {
+    let body = serde_json::json!({"error": code, "error_description": desc}).to_string();
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("cache-control", "no-store"),
+    ];
+    match (status, extra) {
+        (401, Some(v)) => headers.push(("www-authenticate", v)),
+        (429 | 503, Some(v)) => headers.push(("retry-after", v)),
+        _ => {}
+    }
+    host.send_response(status, &headers, body.as_bytes());
+}

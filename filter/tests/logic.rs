@@ -1,0 +1,851 @@
+//! Host-side tests of every decision of the filter, through the mock host.
+
+mod common;
+
+use common::*;
+use meshpass_filter::api::{CallResponse, Counter};
+use meshpass_filter::cache::{self, Entry};
+use meshpass_filter::config::{Config, FailureMode, Mode};
+use meshpass_filter::logic::{Outcome, Verdict, Worker};
+use serde_json::json;
+
+const ISS: &str = "https://issuer.test";
+const AUD: &str = "meshpass";
+const ALICE: &str = "spiffe://cluster.local/ns/shop/sa/alice";
+const BOB: &str = "spiffe://cluster.local/ns/shop/sa/bob";
+const PEER: [&str; 2] = ["connection", "uri_san_peer_certificate"];
+
+fn base_config(key: &Key) -> serde_json::Value {
+    json!({
+        "mode": "SERVER",
+        "issuers": [{
+            "issuer": ISS,
+            "audiences": [AUD],
+            "trust_domains": ["cluster.local"],
+            "spiffe_id_patterns": ["spiffe://cluster.local/ns/shop/*"],
+            "jwks": jwks(&[key]),
+        }],
+        "exchange": {"cluster": "exchange", "authority": "exchange.test"},
+        "bypass": [{"path": "/healthz"}],
+        "rules": [{"path_prefix": "/orders", "resource": "https://orders.test", "scopes": ["orders.read"]}],
+        "default_rule": {"resource": "https://default.test", "audience": ["app"], "scopes": ["read"]},
+    })
+}
+
+fn worker(cfg: &serde_json::Value) -> Worker {
+    Worker::new(Config::parse(cfg.to_string().as_bytes()).unwrap())
+}
+
+struct Fixture {
+    key: Key,
+    w: Worker,
+    host: Mock,
+    now: u64,
+}
+
+fn fixture_with(edit: impl FnOnce(&mut serde_json::Value)) -> Fixture {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    edit(&mut cfg);
+    let now = now_secs();
+    let mut host = Mock::new(now * 1000);
+    host.set_prop(&PEER, ALICE);
+    Fixture {
+        w: worker(&cfg),
+        key,
+        host,
+        now,
+    }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(|_| {})
+}
+
+impl Fixture {
+    fn token(&self, sub: &str) -> String {
+        self.key.svid(ISS, AUD, sub, self.now, 600)
+    }
+    fn send(&mut self, ctx: u32, headers: &[(&str, &str)]) -> Verdict {
+        self.host.request(ctx, headers);
+        self.w.on_request(&mut self.host, ctx)
+    }
+    fn send_token(&mut self, ctx: u32, token: &str) -> Verdict {
+        let auth = format!("Bearer {token}");
+        self.send(ctx, &[(":path", "/x"), ("authorization", &auth)])
+    }
+    fn answer(&mut self, resp: CallResponse) {
+        let token = self.host.dispatched.last().unwrap().token;
+        let from = self.host.dispatched.last().unwrap().from_ctx;
+        self.host.ctx = from;
+        self.w.on_call_response(&mut self.host, token, resp);
+    }
+    fn count(&self, c: Counter) -> u64 {
+        self.w.pending_count(c)
+    }
+}
+
+// ---------------------------------------------------------------- configuration
+
+#[test]
+fn accepts_a_minimal_config_with_secure_defaults() {
+    let key = Key::new("k1");
+    let c = Config::parse(
+        json!({
+            "issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"], "jwks": jwks(&[&key])}],
+            "exchange": {"cluster": "outbound|8080||exchange.meshpass.svc.cluster.local"},
+            "default_rule": {"resource": "r"}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(c.mode, Mode::Server);
+    assert_eq!(c.exchange.path, "/token");
+    assert_eq!(c.exchange.timeout_ms, 2000);
+    assert_eq!(c.policy.max_token_bytes, 8192);
+    assert_eq!(c.token_header, "authorization");
+    assert_eq!(c.default_target.unwrap().failure_mode, FailureMode::Deny);
+}
+
+#[test]
+fn refuses_invalid_configs_naming_the_field() {
+    let key = Key::new("k1");
+    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (Box::new(|c| c["issuers"] = json!([])), "issuers"),
+        (Box::new(|c| c["mode"] = json!("NONE")), "mode"),
+        (Box::new(|c| c["mode"] = json!("server")), "mode"),
+        (
+            Box::new(|c| c["insecure_disable_binding"] = json!(true)),
+            "insecure_disable_binding",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["trust_domains"] = json!(["Bad Domain"])),
+            "issuers[0].trust_domains[0]",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["spiffe_id_patterns"] = json!(["http://x"])),
+            "issuers[0].spiffe_id_patterns[0]",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["audiences"] = json!([])),
+            "issuers[0].audiences",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["subject_format"] = json!("x509")),
+            "issuers[0].subject_format",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["jwks"] = json!({"keys": []})),
+            "issuers[0].jwks",
+        ),
+        (
+            Box::new(|c| {
+                c["issuers"][0].as_object_mut().unwrap().remove("jwks");
+            }),
+            "issuers[0].jwks",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["jwks_cluster"] = json!("jwks")),
+            "issuers[0].jwks",
+        ),
+        (
+            Box::new(|c| c["rules"][0]["failure_mode"] = json!("open")),
+            "rules[0].failure_mode",
+        ),
+        (
+            Box::new(|c| c["exchange"]["timeout_ms"] = json!(0)),
+            "exchange.timeout_ms",
+        ),
+        (
+            Box::new(|c| c["exchange"]["path"] = json!("token")),
+            "exchange.path",
+        ),
+        (
+            Box::new(|c| c["token_header"] = json!("x-meshpass-token")),
+            "token_header",
+        ),
+        (
+            Box::new(|c| c["max_token_bytes"] = json!(0)),
+            "max_token_bytes",
+        ),
+        (Box::new(|c| c["bypass"] = json!([{}])), "bypass[0]"),
+        (Box::new(|c| c["surprise"] = json!(1)), "configuration"),
+    ];
+    for (edit, field) in cases {
+        let mut cfg = base_config(&key);
+        edit(&mut cfg);
+        let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(!e.reason.is_empty());
+    }
+    let e = Config::parse(b"{\"surprise\": 1}").unwrap_err();
+    assert!(e.reason.contains("surprise"), "{e}");
+}
+
+#[test]
+fn mode_none_needs_the_insecure_flag() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["mode"] = json!("NONE");
+    cfg["insecure_disable_binding"] = json!(true);
+    assert_eq!(
+        Config::parse(cfg.to_string().as_bytes()).unwrap().mode,
+        Mode::NoneInsecure
+    );
+}
+
+#[test]
+fn rules_select_by_authority_path_and_method_then_default() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["rules"] = json!([
+        {"authority": "api.test", "path_prefix": "/admin", "methods": ["post"], "resource": "admin"},
+        {"authority": "*.shop.test", "resource": "shop"},
+    ]);
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    let pick = |a, p, m| c.select(a, p, m).and_then(|t| t.resource.clone());
+    assert_eq!(
+        pick(Some("api.test:443"), Some("/admin/x"), Some("POST")),
+        Some("admin".into())
+    );
+    assert_eq!(
+        pick(Some("api.test"), Some("/admin/x"), Some("GET")),
+        Some("https://default.test".into())
+    );
+    assert_eq!(
+        pick(Some("a.shop.test"), Some("/"), Some("GET")),
+        Some("shop".into())
+    );
+    assert_eq!(
+        pick(Some("shop.test"), Some("/"), Some("GET")),
+        Some("https://default.test".into())
+    );
+    cfg.as_object_mut().unwrap().remove("default_rule");
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert!(c.select(Some("x"), Some("/"), Some("GET")).is_none());
+}
+
+// ---------------------------------------------------------------- denials
+
+#[test]
+fn request_without_token_gets_401_with_bearer_challenge() {
+    let mut f = fixture();
+    assert_eq!(f.send(1, &[(":path", "/x")]), Verdict::Pause);
+    let r = &f.host.replies[&1];
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(f.count(Counter::DeniedNoToken), 1);
+    assert!(f.host.dispatched.is_empty());
+}
+
+#[test]
+fn invalid_token_gets_401_invalid_token_and_json_that_never_echoes_the_token() {
+    let mut f = fixture();
+    let other = Key::new("k1");
+    let forged = other.svid(ISS, AUD, ALICE, f.now, 600);
+    f.send_token(1, &forged);
+    let r = f.host.replies[&1].clone();
+    assert_eq!(r.status, 401);
+    let www = r.header("www-authenticate").unwrap();
+    assert!(
+        www.starts_with("Bearer error=\"invalid_token\", error_description=\""),
+        "{www}"
+    );
+    assert_eq!(r.json()["error"], "invalid_token");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("signature"));
+    let sig = forged.rsplit('.').next().unwrap();
+    assert!(!r.body.contains(sig) && !www.contains(sig));
+    assert_eq!(f.count(Counter::DeniedInvalidToken), 1);
+
+    // Not a Bearer token, expired, wrong audience: all 401 without any dispatch.
+    f.send(
+        2,
+        &[(":path", "/x"), ("authorization", "Basic dXNlcjpwdw==")],
+    );
+    assert_eq!(f.host.replies[&2].status, 401);
+    let expired = f.key.svid(ISS, AUD, ALICE, f.now - 4000, 600);
+    f.send_token(3, &expired);
+    assert!(f.host.replies[&3].json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+    let wrong_aud = f.key.svid(ISS, "other", ALICE, f.now, 600);
+    f.send_token(4, &wrong_aud);
+    assert_eq!(f.host.replies[&4].status, 401);
+    assert!(f.host.dispatched.is_empty());
+}
+
+#[test]
+fn oversize_token_is_refused_before_any_parsing() {
+    let mut f = fixture_with(|c| c["max_token_bytes"] = json!(100));
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    let r = &f.host.replies[&1];
+    assert_eq!(r.status, 401);
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("100-byte"));
+}
+
+#[test]
+fn token_whose_subject_is_not_the_mtls_peer_is_refused() {
+    let mut f = fixture();
+    let t = f.token(BOB);
+    f.send_token(1, &t);
+    assert_eq!(f.host.replies[&1].status, 401);
+    assert_eq!(f.count(Counter::DeniedBinding), 1);
+    // No peer certificate at all: binding unavailable, still 401.
+    f.host.props.clear();
+    let t = f.token(ALICE);
+    f.send_token(2, &t);
+    assert_eq!(f.host.replies[&2].status, 401);
+    assert_eq!(f.count(Counter::DeniedBinding), 2);
+    assert!(f.host.dispatched.is_empty());
+}
+
+#[test]
+fn no_matching_rule_without_default_is_403() {
+    let mut f = fixture_with(|c| {
+        c.as_object_mut().unwrap().remove("default_rule");
+    });
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    assert_eq!(f.host.replies[&1].status, 403);
+    assert_eq!(f.count(Counter::DeniedNoRule), 1);
+}
+
+// ---------------------------------------------------------------- exchange and cache
+
+#[test]
+fn miss_validates_then_sends_the_rfc8693_form_with_traceparent() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    let auth = format!("Bearer {t}");
+    f.host.request(
+        7,
+        &[
+            (":path", "/orders/1"),
+            ("authorization", &auth),
+            ("traceparent", "00-abc-def-01"),
+        ],
+    );
+    assert_eq!(f.w.on_request(&mut f.host, 7), Verdict::Pause);
+    let d = f.host.dispatched[0].clone();
+    assert_eq!(d.cluster, "exchange");
+    assert_eq!(d.header(":method"), Some("POST"));
+    assert_eq!(d.header(":path"), Some("/token"));
+    assert_eq!(d.header(":authority"), Some("exchange.test"));
+    assert_eq!(
+        d.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(d.header("traceparent"), Some("00-abc-def-01"));
+    let form: Vec<(String, String)> = form_urlencoded_pairs(&d.body);
+    let get = |k: &str| {
+        form.iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        get("grant_type"),
+        vec!["urn:ietf:params:oauth:grant-type:token-exchange"]
+    );
+    assert_eq!(get("subject_token"), vec![t.clone()]);
+    assert_eq!(
+        get("subject_token_type"),
+        vec!["urn:ietf:params:oauth:token-type:jwt"]
+    );
+    assert_eq!(get("resource"), vec!["https://orders.test"]);
+    assert_eq!(get("scope"), vec!["orders.read"]);
+}
+
+fn form_urlencoded_pairs(body: &str) -> Vec<(String, String)> {
+    body.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn exchange_success_rewrites_authorization_caches_and_later_requests_hit() {
+    let mut f = fixture_with(|c| c["set_subject_header"] = json!(true));
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("participant-1", 300));
+    assert_eq!(f.host.resumed, vec![1]);
+    assert_eq!(
+        f.host.req_header(1, "authorization").as_deref(),
+        Some("Bearer participant-1")
+    );
+    assert_eq!(
+        f.host.req_header(1, "x-meshpass-subject").as_deref(),
+        Some(ALICE)
+    );
+    assert_eq!(f.host.latencies.len(), 1);
+
+    // Same token again: served from shared data, no second exchange, no signature check.
+    f.host.header_writes.clear();
+    f.host.header_reads.borrow_mut().clear();
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1);
+    assert_eq!(
+        f.host.req_header(2, "authorization").as_deref(),
+        Some("Bearer participant-1")
+    );
+    assert_eq!(f.count(Counter::CacheHit), 1);
+    assert_eq!(f.count(Counter::CacheMiss), 1);
+    assert_eq!(f.count(Counter::Allowed), 2);
+    // The hit path reads single headers and writes only what changes.
+    assert_eq!(
+        *f.host.header_reads.borrow(),
+        vec![":path", "authorization"]
+    );
+    assert_eq!(
+        f.host.header_writes,
+        vec!["authorization", "x-meshpass-subject"]
+    );
+}
+
+#[test]
+fn cache_entry_stores_subject_and_expires_before_the_participant_token() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 300));
+    let target = f.w.config.default_target.clone().unwrap();
+    let (bytes, _) = f.host.shared[&cache::key(&target.digest, &t)].clone();
+    let e = Entry::decode(&bytes).unwrap();
+    assert_eq!(e.subject, ALICE);
+    assert_eq!(e.token, "p");
+    assert_eq!(e.expires_ms, f.host.now_ms + 300_000 - 10_000);
+    assert!(e.refresh_ms < e.expires_ms);
+    // After expiry it is a miss again (and a new exchange).
+    f.host.now_ms = e.expires_ms + 1;
+    f.send_token(2, &t);
+    assert_eq!(f.host.dispatched.len(), 2);
+}
+
+#[test]
+fn cached_token_replayed_over_another_connection_is_refused() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 300));
+    f.host.set_prop(&PEER, BOB);
+    assert_eq!(f.send_token(2, &t), Verdict::Pause);
+    assert_eq!(f.host.replies[&2].status, 401);
+    assert_eq!(
+        f.host.req_header(2, "authorization"),
+        Some(format!("Bearer {t}"))
+    );
+    assert_eq!(f.count(Counter::DeniedBinding), 1);
+}
+
+#[test]
+fn concurrent_misses_for_one_token_share_one_exchange_and_each_is_bound() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.send_token(2, &t);
+    f.host.set_prop(&PEER, BOB);
+    f.send_token(3, &t); // same token over Bob's connection: waits, then refused.
+    f.host.gone.insert(4);
+    f.host.set_prop(&PEER, ALICE);
+    f.send_token(4, &t); // stream reset before the answer
+    assert_eq!(f.host.dispatched.len(), 1);
+    assert_eq!(f.count(Counter::Coalesced), 3);
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![1, 2]);
+    assert_eq!(
+        f.host.req_header(2, "authorization").as_deref(),
+        Some("Bearer p")
+    );
+    assert_eq!(f.host.replies[&3].status, 401);
+    assert!(!f.host.replies.contains_key(&4));
+}
+
+#[test]
+fn exchange_errors_map_to_403_401_429_and_503_with_retry_after() {
+    let cases = [
+        (error_response(400, "unauthorized_client", None), 403, None),
+        (error_response(400, "invalid_target", None), 403, None),
+        (error_response(400, "invalid_scope", None), 403, None),
+        (error_response(400, "invalid_grant", None), 401, None),
+        (error_response(429, "slow_down", Some("7")), 429, Some("7")),
+        (
+            error_response(503, "temporarily_unavailable", Some("9")),
+            503,
+            Some("9"),
+        ),
+        (error_response(500, "server_error", None), 503, Some("5")),
+        (CallResponse::default(), 503, Some("5")), // timeout / reset
+        (
+            CallResponse {
+                status: Some(200),
+                retry_after: None,
+                body: b"{}".to_vec(),
+            },
+            503,
+            Some("5"),
+        ),
+    ];
+    for (i, (resp, status, retry_after)) in cases.into_iter().enumerate() {
+        let mut f = fixture();
+        let t = f.token(ALICE);
+        f.send_token(1, &t);
+        f.answer(resp);
+        let r = &f.host.replies[&1];
+        assert_eq!(r.status, status, "case {i}");
+        assert_eq!(r.header("retry-after"), retry_after, "case {i}");
+        assert!(f.host.resumed.is_empty());
+        assert!(
+            f.host.shared.keys().all(|k| !k.starts_with("meshpass/c/")),
+            "case {i}"
+        );
+        if status == 403 {
+            assert!(r.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("says the service"));
+        }
+    }
+}
+
+#[test]
+fn failure_mode_allow_forwards_without_any_token_only_when_the_service_is_down() {
+    let mut f = fixture_with(|c| c["default_rule"]["failure_mode"] = json!("allow"));
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(error_response(503, "temporarily_unavailable", None));
+    assert_eq!(f.host.resumed, vec![1]);
+    assert_eq!(f.host.req_header(1, "authorization"), None);
+    assert_eq!(f.count(Counter::FailOpen), 1);
+    // A policy refusal still denies.
+    f.send_token(2, &t);
+    f.answer(error_response(400, "unauthorized_client", None));
+    assert_eq!(f.host.replies[&2].status, 403);
+    // Unreachable cluster (dispatch refused): fail open too.
+    f.host.fail_dispatch = true;
+    f.send_token(3, &t);
+    assert_eq!(f.host.resumed, vec![1, 3]);
+}
+
+#[test]
+fn dispatch_failure_answers_503_by_default() {
+    let mut f = fixture();
+    f.host.fail_dispatch = true;
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    assert_eq!(f.host.replies[&1].status, 503);
+    assert_eq!(f.host.replies[&1].header("retry-after"), Some("5"));
+}
+
+#[test]
+fn stuck_exchange_is_answered_503_on_the_tick() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.host.now_ms += 5000;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.replies[&1].status, 503);
+    // A later answer for the cancelled call is ignored safely.
+    f.answer(ok_response("late", 300));
+    assert!(f.host.resumed.is_empty());
+}
+
+#[test]
+fn near_expiry_hit_is_served_and_refreshed_once_in_the_background() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p1", 100));
+    f.host.now_ms += 80_000; // past 75 % of the 90 s life
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.send_token(3, &t), Verdict::Continue);
+    assert_eq!(
+        f.host.req_header(3, "authorization").as_deref(),
+        Some("Bearer p1")
+    );
+    assert_eq!(f.host.dispatched.len(), 1);
+    f.host.ctx = 0; // root
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.dispatched.len(), 2, "one refresh");
+    assert_eq!(f.host.dispatched[1].from_ctx, 0);
+    f.answer(ok_response("p2", 300));
+    f.send_token(4, &t);
+    assert_eq!(
+        f.host.req_header(4, "authorization").as_deref(),
+        Some("Bearer p2")
+    );
+    assert_eq!(f.host.counter(Counter::CacheRefresh), 1);
+}
+
+#[test]
+fn tick_deletes_expired_entries_from_shared_data() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 60));
+    assert_eq!(
+        f.host
+            .shared
+            .keys()
+            .filter(|k| k.starts_with("meshpass/c/"))
+            .count(),
+        1
+    );
+    f.host.now_ms += 61_000;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(
+        f.host
+            .shared
+            .keys()
+            .filter(|k| k.starts_with("meshpass/c/"))
+            .count(),
+        0
+    );
+}
+
+// ---------------------------------------------------------------- header hygiene
+
+#[test]
+fn client_sent_meshpass_headers_never_reach_the_app() {
+    let mut f = fixture();
+    f.send(
+        1,
+        &[
+            (":path", "/healthz"),
+            ("x-meshpass-subject", "spiffe://evil/x"),
+        ],
+    );
+    assert_eq!(f.host.req_header(1, "x-meshpass-subject"), None);
+    assert_eq!(f.count(Counter::Bypassed), 1);
+
+    let mut f = fixture_with(|c| c["set_subject_header"] = json!(true));
+    f.send(
+        1,
+        &[
+            (":path", "/healthz"),
+            ("x-meshpass-subject", "spiffe://evil/x"),
+        ],
+    );
+    assert_eq!(f.host.req_header(1, "x-meshpass-subject"), None);
+
+    let mut f = fixture_with(|c| c["strip_all_x_meshpass_headers"] = json!(true));
+    f.send(
+        1,
+        &[
+            (":path", "/healthz"),
+            ("x-meshpass-anything", "1"),
+            ("x-other", "2"),
+        ],
+    );
+    assert_eq!(f.host.req_header(1, "x-meshpass-anything"), None);
+    assert_eq!(f.host.req_header(1, "x-other").as_deref(), Some("2"));
+}
+
+#[test]
+fn token_from_a_custom_header_is_removed_once_exchanged() {
+    let mut f = fixture_with(|c| c["token_header"] = json!("X-Workload-Token"));
+    let t = f.token(ALICE);
+    f.send(1, &[(":path", "/x"), ("x-workload-token", &t)]);
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.req_header(1, "x-workload-token"), None);
+    assert_eq!(
+        f.host.req_header(1, "authorization").as_deref(),
+        Some("Bearer p")
+    );
+}
+
+// ---------------------------------------------------------------- modes
+
+#[test]
+fn client_mode_binds_to_the_identity_from_istio_node_metadata() {
+    let mut f = fixture_with(|c| {
+        c["mode"] = json!("CLIENT");
+        c["own_identity"] = json!({"trust_domain": "cluster.local"});
+    });
+    f.host.props.clear();
+    f.host.set_prop(&["node", "metadata", "NAMESPACE"], "shop");
+    f.host
+        .set_prop(&["node", "metadata", "SERVICE_ACCOUNT"], "alice");
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    assert_eq!(f.host.dispatched.len(), 1);
+    let t = f.token(BOB);
+    f.send_token(2, &t);
+    assert_eq!(f.host.replies[&2].status, 401);
+}
+
+#[test]
+fn mode_none_skips_binding() {
+    let mut f = fixture_with(|c| {
+        c["mode"] = json!("NONE");
+        c["insecure_disable_binding"] = json!(true);
+    });
+    f.host.props.clear();
+    let t = f.token(BOB);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![1]);
+}
+
+// ---------------------------------------------------------------- JWKS
+
+fn remote_fixture() -> Fixture {
+    fixture_with(|c| {
+        let i = c["issuers"][0].as_object_mut().unwrap();
+        i.remove("jwks");
+        i.insert("jwks_cluster".into(), json!("jwks"));
+        i.insert("jwks_path".into(), json!("/keys"));
+        i.insert("jwks_refresh_secs".into(), json!(60));
+    })
+}
+
+#[test]
+fn remote_jwks_is_fetched_by_one_worker_and_shared_with_the_others() {
+    let mut f = remote_fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    assert_eq!(f.host.replies[&1].status, 503, "no keys yet");
+    let mut other = worker(&{
+        let mut c = base_config(&f.key);
+        let i = c["issuers"][0].as_object_mut().unwrap();
+        i.remove("jwks");
+        i.insert("jwks_cluster".into(), json!("jwks"));
+        i.insert("jwks_path".into(), json!("/keys"));
+        c
+    });
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    other.on_tick(&mut f.host);
+    assert_eq!(
+        f.host.dispatched.len(),
+        1,
+        "the lease lets one worker fetch"
+    );
+    assert_eq!(f.host.dispatched[0].header(":path"), Some("/keys"));
+    let body = jwks(&[&f.key]);
+    f.answer(CallResponse {
+        status: Some(200),
+        retry_after: None,
+        body: body.into_bytes(),
+    });
+    assert_eq!(f.count(Counter::JwksRefreshSuccess), 1);
+    // The other worker validates with the shared keys.
+    f.host.request(
+        2,
+        &[(":path", "/x"), ("authorization", &format!("Bearer {t}"))],
+    );
+    assert_eq!(other.on_request(&mut f.host, 2), Verdict::Pause);
+    assert_eq!(f.host.dispatched.len(), 2);
+    assert_eq!(f.host.dispatched[1].cluster, "exchange");
+}
+
+#[test]
+fn failed_jwks_refresh_keeps_the_last_good_keys_and_backs_off() {
+    let mut f = remote_fixture();
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    let body = jwks(&[&f.key]);
+    f.answer(CallResponse {
+        status: Some(200),
+        retry_after: None,
+        body: body.into_bytes(),
+    });
+    f.host.now_ms += 61_000;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.dispatched.len(), 2);
+    f.answer(CallResponse {
+        status: Some(500),
+        ..Default::default()
+    });
+    assert_eq!(f.count(Counter::JwksRefreshFailure), 1);
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.dispatched.len(), 2, "backing off");
+    f.host.now_ms += 2_100;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.dispatched.len(), 3, "retried after the backoff");
+    f.answer(CallResponse::default());
+    // Keys still work.
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    assert_eq!(f.host.dispatched.last().unwrap().cluster, "exchange");
+}
+
+#[test]
+fn unknown_kid_triggers_one_rate_limited_refetch() {
+    let mut f = remote_fixture();
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    let body = jwks(&[&f.key]);
+    f.answer(CallResponse {
+        status: Some(200),
+        retry_after: None,
+        body: body.into_bytes(),
+    });
+    let k2 = Key::new("k2");
+    let t2 = k2.svid(ISS, AUD, ALICE, f.now, 600);
+    f.send_token(1, &t2);
+    assert_eq!(f.host.replies[&1].status, 401);
+    f.send_token(2, &t2);
+    assert_eq!(f.count(Counter::JwksUnknownKid), 1, "rate limited");
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.dispatched.len(), 2, "refetch on the next tick");
+    let body = jwks(&[&f.key, &k2]);
+    f.answer(CallResponse {
+        status: Some(200),
+        retry_after: None,
+        body: body.into_bytes(),
+    });
+    f.send_token(3, &t2);
+    assert_eq!(f.host.dispatched.last().unwrap().cluster, "exchange");
+}
+
+#[test]
+fn classify_treats_non_bearer_answers_as_unavailable() {
+    let f = fixture();
+    let mut r = ok_response("p", 10);
+    r.body = String::from_utf8(r.body)
+        .unwrap()
+        .replace("Bearer", "DPoP")
+        .into_bytes();
+    assert_eq!(f.w.classify(&r), Outcome::Unavailable(5));
+}
+
+#[test]
+fn noop_config_does_nothing() {
+    let mut w = Worker::new(Config::parse(br#"{"noop_for_benchmarks": true}"#).unwrap());
+    let mut host = Mock::new(0);
+    host.request(1, &[(":path", "/")]);
+    assert_eq!(w.on_request(&mut host, 1), Verdict::Continue);
+    assert!(host.header_reads.borrow().is_empty());
+}
