@@ -1,0 +1,287 @@
+//! Shared test helpers: a subject-token issuer, a local p256 signer double for pure
+//! protocol tests, configuration and app builders, and token verification with
+//! meshpass-core.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use meshpass_core::{CompactJws, KeySet};
+use meshpass_exchange::clock::Clock;
+use meshpass_exchange::config::Config;
+use meshpass_exchange::keys::IssuerKeys;
+use meshpass_exchange::signer::{SignError, Signer, SigningAlg, SigningKey};
+use meshpass_exchange::store::{seed, MappingStore, SqlStore};
+use meshpass_exchange::AppState;
+use p256::ecdsa::signature::Signer as _;
+use serde_json::{json, Map, Value};
+use tower::ServiceExt;
+
+pub const ISSUER: &str = "https://spire.test";
+pub const TD: &str = "cluster.local";
+pub const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+pub const SERVICE_ISSUER: &str = "https://meshpass.test";
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn ec_jwk(key: &p256::ecdsa::SigningKey, kid: &str, alg: bool) -> Value {
+    let point = key.verifying_key().to_encoded_point(false);
+    let mut jwk = json!({
+        "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+        "y": URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+    });
+    if alg {
+        jwk["alg"] = json!("ES256");
+    }
+    jwk
+}
+
+fn es256(key: &p256::ecdsa::SigningKey, header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
+    );
+    let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+}
+
+/// A JWT-SVID issuer with one ES256 key.
+pub struct TestIssuer {
+    pub iss: String,
+    pub kid: String,
+    key: p256::ecdsa::SigningKey,
+}
+
+impl TestIssuer {
+    pub fn new(iss: &str, kid: &str) -> Self {
+        TestIssuer {
+            iss: iss.into(),
+            kid: kid.into(),
+            key: p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng),
+        }
+    }
+    pub fn jwk(&self) -> Value {
+        ec_jwk(&self.key, &self.kid, true)
+    }
+    pub fn jwks(&self) -> String {
+        json!({"keys": [self.jwk()]}).to_string()
+    }
+    pub fn sign(&self, claims: &Value) -> String {
+        es256(
+            &self.key,
+            &json!({"alg": "ES256", "typ": "JWT", "kid": self.kid}),
+            claims,
+        )
+    }
+    /// A JWT-SVID for `sub`, audience `meshpass`, valid `ttl` seconds from `now`.
+    pub fn svid(&self, sub: &str, now: u64, ttl: u64) -> String {
+        self.sign(&json!({"iss": self.iss, "sub": sub, "aud": ["meshpass"], "iat": now, "exp": now + ttl}))
+    }
+}
+
+/// A signer double that signs locally with p256 (pure protocol tests only; the real
+/// signer is tested against OpenBao).
+pub struct LocalSigner {
+    key: p256::ecdsa::SigningKey,
+    pub down: AtomicBool,
+}
+
+impl LocalSigner {
+    pub fn new() -> Arc<Self> {
+        Arc::new(LocalSigner {
+            key: p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng),
+            down: AtomicBool::new(false),
+        })
+    }
+}
+
+#[async_trait]
+impl Signer for LocalSigner {
+    fn current_key(&self) -> Result<SigningKey, SignError> {
+        Ok(SigningKey {
+            kid: "local:v1".into(),
+            version: 1,
+            alg: SigningAlg::ES256,
+        })
+    }
+    async fn sign(&self, key: &SigningKey, input: &[u8]) -> Result<String, SignError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SignError::Unavailable("connection refused".into()));
+        }
+        assert_eq!(key.kid, "local:v1");
+        let sig: p256::ecdsa::Signature = self.key.sign(input);
+        Ok(URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+    fn jwks(&self) -> Value {
+        json!({"keys": [ec_jwk(&self.key, "local:v1", true)]})
+    }
+    fn is_ready(&self) -> bool {
+        !self.down.load(Ordering::SeqCst)
+    }
+}
+
+/// The TOML of a configuration with one inline-JWKS issuer, a SQLite store at `db`,
+/// two mappings and scope claims; `extra` is appended.
+pub fn config_toml(issuer: &TestIssuer, db: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[token]
+issuer = "{SERVICE_ISSUER}"
+
+[store]
+url = "sqlite://{db}"
+
+[[issuers]]
+issuer = "{iss}"
+audiences = ["meshpass"]
+trust_domains = ["{TD}"]
+jwks = '{jwks}'
+
+[[mappings]]
+name = "web-to-payments"
+subject = "spiffe://cluster.local/ns/shop/*"
+resource = "payments"
+participant = "acme"
+audiences = ["payments", "https://payments.internal"]
+scopes = ["read", "write"]
+ttl_secs = 300
+
+[[mappings]]
+name = "web-to-orders"
+subject = "{WEB}"
+resource = "orders"
+participant = "acme-orders"
+scopes = ["orders.read"]
+ttl_secs = 600
+rate_limit = {{ per_second = 0.5, burst = 2 }}
+
+[[scope_claims]]
+resource = "payments"
+scope = "write"
+claims = {{ role = "writer", tier = 2 }}
+
+[[scope_claims]]
+resource = "payments"
+scope = "read"
+claims = {{ role_read = true }}
+{extra}
+"#,
+        db = db.display(),
+        iss = issuer.iss,
+        jwks = issuer.jwks(),
+    )
+}
+
+pub fn load_config(dir: &Path, toml: &str) -> Config {
+    let path = dir.join("meshpass.toml");
+    std::fs::write(&path, toml).unwrap();
+    Config::load(Some(&path)).unwrap()
+}
+
+/// A state on a real SQLite file with the config's mappings seeded.
+pub async fn state_with(cfg: &Config, signer: Arc<dyn Signer>, clock: Arc<dyn Clock>) -> AppState {
+    let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim).unwrap());
+    store.migrate().await.unwrap();
+    seed(store.as_ref(), &cfg.mappings, &cfg.scope_claims)
+        .await
+        .unwrap();
+    let keys = IssuerKeys::from_config(cfg).unwrap();
+    keys.refresh_all().await;
+    AppState::new(cfg, signer, store as Arc<dyn MappingStore>, keys, clock).unwrap()
+}
+
+pub fn form(fields: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in fields {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+pub const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+pub fn exchange_form(subject_token: &str, extra: &[(&str, &str)]) -> String {
+    let mut f = vec![
+        ("grant_type", GRANT),
+        ("subject_token", subject_token),
+        ("subject_token_type", JWT_TYPE),
+    ];
+    f.extend_from_slice(extra);
+    form(&f)
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: Value,
+}
+
+pub async fn call(app: &Router, req: Request<Body>) -> Answer {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        json,
+    }
+}
+
+pub async fn post_token(app: &Router, body: String) -> Answer {
+    let req = Request::post("/token")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    call(app, req).await
+}
+
+pub async fn get(app: &Router, path: &str) -> Answer {
+    call(app, Request::get(path).body(Body::empty()).unwrap()).await
+}
+
+/// Verifies `token` against `jwks` with meshpass-core and returns (header kid, claims).
+pub fn verify(token: &str, jwks: &Value) -> (String, Map<String, Value>) {
+    let (set, rejected) = KeySet::parse(jwks.to_string().as_bytes()).unwrap();
+    assert!(rejected.is_empty(), "JWKS keys rejected: {rejected:?}");
+    let jws = CompactJws::parse(token, 64 * 1024).unwrap();
+    let kid = jws.header.kid.clone().expect("participant token has a kid");
+    let key = set.select(Some(&kid), jws.header.alg).unwrap();
+    jws.verify(key).unwrap();
+    assert_eq!(jws.header.typ.as_deref(), Some("JWT"));
+    (kid, jws.payload.clone())
+}
+
+pub async fn get_text(app: &Router, path: &str) -> String {
+    let r = app
+        .clone()
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    String::from_utf8(
+        axum::body::to_bytes(r.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap()
+}
