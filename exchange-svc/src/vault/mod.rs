@@ -1,1 +1,19 @@
-//! Vault/OpenBao client: auth, token renewal, transit signing (owned by the vault work).
+//! Vault/OpenBao client: configuration, authentication and token renewal, and the
+//! transit [`Signer`](crate::signer::Signer) (see README-vault.md).
+
+mod auth;
+mod client;
+mod config;
+mod keys;
+mod secret;
+mod transit;
+
+pub use auth::{Auth, TokenInfo};
+pub use client::{VaultClient, VaultError, VaultStats};
+pub use config::{
+    parse_duration, AuthConfig, KeyType, RsaAlg, VaultConfig, VaultConfigError,
+    DEFAULT_SA_TOKEN_FILE,
+};
+pub use keys::{jws_signature, parse_rfc3339};
+pub use secret::Secret;
+pub use transit::TransitSigner;

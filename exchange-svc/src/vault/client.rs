@@ -1,0 +1,306 @@
+//! A thin client for the Vault/OpenBao HTTP API: address, namespace, CA, current token,
+//! error mapping and request counters.
+
+use super::config::VaultConfig;
+use super::secret::Secret;
+use serde_json::Value;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Why a Vault call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum VaultError {
+    /// Unreachable, timed out, sealed, or a 5xx/429 answer: retry later.
+    #[error("vault unavailable: {0}")]
+    Unavailable(String),
+    /// 403: the token is missing, expired or lacks a policy.
+    #[error("vault permission denied on {0}")]
+    PermissionDenied(String),
+    /// 404 on a path that must exist (missing key or mount).
+    #[error("vault path not found: {0}")]
+    NotFound(String),
+    /// Any other 4xx: Vault refused the request (its `errors` list is included).
+    #[error("vault rejected {path} ({status}): {message}")]
+    Rejected {
+        /// API path.
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// Vault's error messages.
+        message: String,
+    },
+    /// The answer did not have the expected shape.
+    #[error("unexpected vault answer: {0}")]
+    Protocol(String),
+    /// Local setup failed (CA file, token file, credentials file).
+    #[error("vault client setup: {0}")]
+    Setup(String),
+}
+
+impl VaultError {
+    /// Whether retrying later may help (as opposed to a configuration problem).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, VaultError::Unavailable(_))
+    }
+}
+
+/// Counters and gauges for metrics; all plain atomics, read with the accessors.
+#[derive(Debug, Default)]
+pub struct VaultStats {
+    sign_requests: AtomicU64,
+    signatures: AtomicU64,
+    sign_errors: AtomicU64,
+    key_loads: AtomicU64,
+    logins: AtomicU64,
+    renewals: AtomicU64,
+    auth_failures: AtomicU64,
+    /// Unix seconds when the current token expires; 0 = never or unknown.
+    token_expires_at: AtomicI64,
+}
+
+impl VaultStats {
+    /// HTTP requests sent to `transit/sign` (one batch = one request).
+    pub fn sign_requests(&self) -> u64 {
+        self.sign_requests.load(Ordering::Relaxed)
+    }
+    /// Signatures returned to callers.
+    pub fn signatures(&self) -> u64 {
+        self.signatures.load(Ordering::Relaxed)
+    }
+    /// Signatures that failed (Vault down, item error, bad answer).
+    pub fn sign_errors(&self) -> u64 {
+        self.sign_errors.load(Ordering::Relaxed)
+    }
+    /// Successful reads of the transit key.
+    pub fn key_loads(&self) -> u64 {
+        self.key_loads.load(Ordering::Relaxed)
+    }
+    /// Successful logins (or token (re)loads for token/token_file).
+    pub fn logins(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
+    }
+    /// Successful token renewals.
+    pub fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
+    }
+    /// Failed login, lookup or renewal attempts.
+    pub fn auth_failures(&self) -> u64 {
+        self.auth_failures.load(Ordering::Relaxed)
+    }
+    /// Seconds until the current token expires: `None` when it never expires or no
+    /// token is loaded yet; negative once expired.
+    pub fn token_ttl_seconds(&self) -> Option<i64> {
+        match self.token_expires_at.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(at - unix_now()),
+        }
+    }
+
+    pub(crate) fn add_sign_request(&self) {
+        self.sign_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add_signatures(&self, n: u64) {
+        self.signatures.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn add_sign_errors(&self, n: u64) {
+        self.sign_errors.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn add_key_load(&self) {
+        self.key_loads.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add_login(&self) {
+        self.logins.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add_renewal(&self) {
+        self.renewals.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add_auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn set_token_ttl(&self, ttl: Option<Duration>) {
+        let at = match ttl {
+            Some(t) if !t.is_zero() => unix_now().saturating_add(t.as_secs() as i64),
+            _ => 0,
+        };
+        self.token_expires_at.store(at, Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// HTTP client bound to one Vault server.
+pub struct VaultClient {
+    http: reqwest::Client,
+    base: String,
+    namespace: Option<String>,
+    token: RwLock<Secret>,
+    stats: Arc<VaultStats>,
+}
+
+impl std::fmt::Debug for VaultClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultClient")
+            .field("base", &self.base)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VaultClient {
+    /// Builds a client from a resolved config (see [`VaultConfig::resolved`]); no token
+    /// yet.
+    pub fn new(cfg: &VaultConfig) -> Result<VaultClient, VaultError> {
+        let base = cfg
+            .address
+            .as_deref()
+            .ok_or_else(|| VaultError::Setup("vault.address is not set".into()))?
+            .trim_end_matches('/')
+            .to_string();
+        let mut b = reqwest::Client::builder()
+            .timeout(cfg.request_timeout)
+            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .user_agent(concat!("meshpass-exchange/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &cfg.ca_cert {
+            let pem = std::fs::read(ca)
+                .map_err(|e| VaultError::Setup(format!("reading {}: {e}", ca.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| VaultError::Setup(format!("CA file {}: {e}", ca.display())))?;
+            if certs.is_empty() {
+                return Err(VaultError::Setup(format!(
+                    "CA file {} holds no certificate",
+                    ca.display()
+                )));
+            }
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        let http = b
+            .build()
+            .map_err(|e| VaultError::Setup(format!("HTTP client: {e}")))?;
+        Ok(VaultClient {
+            http,
+            base,
+            namespace: cfg.namespace.clone(),
+            token: RwLock::new(Secret::default()),
+            stats: Arc::new(VaultStats::default()),
+        })
+    }
+
+    /// Counters shared with the signer.
+    pub fn stats(&self) -> &Arc<VaultStats> {
+        &self.stats
+    }
+
+    /// Replaces the token used for requests.
+    pub fn set_token(&self, token: Secret) {
+        if let Ok(mut t) = self.token.write() {
+            *t = token;
+        }
+    }
+
+    /// Whether a token is loaded.
+    pub fn has_token(&self) -> bool {
+        self.token.read().map(|t| !t.is_empty()).unwrap_or(false)
+    }
+
+    fn current_token(&self) -> Secret {
+        self.token.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// `method` on `/v1/{path}` with the current token (when `authenticated`). Returns
+    /// the JSON body (`Null` for 204).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        authenticated: bool,
+    ) -> Result<Value, VaultError> {
+        self.call_with(
+            method,
+            path,
+            body,
+            authenticated.then(|| self.current_token()),
+        )
+        .await
+    }
+
+    /// Like [`VaultClient::call`] with an explicit token.
+    pub async fn call_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<Secret>,
+    ) -> Result<Value, VaultError> {
+        let url = format!("{}/v1/{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            req = req.header("X-Vault-Token", t.expose());
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            // reqwest's error text includes the URL but never headers (no token leak).
+            VaultError::Unavailable(if e.is_timeout() {
+                format!("timeout calling {path}")
+            } else {
+                format!("{path}: {}", error_chain(&e))
+            })
+        })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| {
+            VaultError::Unavailable(format!("{path}: reading body: {}", error_chain(&e)))
+        })?;
+        let json: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        match status {
+            200..=299 => Ok(json),
+            403 => Err(VaultError::PermissionDenied(path.to_string())),
+            404 => Err(VaultError::NotFound(path.to_string())),
+            429 | 500..=599 => Err(VaultError::Unavailable(format!(
+                "{path} answered {status}{}",
+                errors_of(&json)
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ))),
+            _ => Err(VaultError::Rejected {
+                path: path.to_string(),
+                status,
+                message: errors_of(&json).unwrap_or_else(|| "no details".into()),
+            }),
+        }
+    }
+}
+
+fn errors_of(v: &Value) -> Option<String> {
+    let list = v.get("errors")?.as_array()?;
+    let msgs: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+    (!msgs.is_empty()).then(|| msgs.join("; "))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

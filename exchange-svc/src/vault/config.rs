@@ -1,0 +1,565 @@
+//! The `[vault]` section of the service configuration (see README-vault.md).
+
+use super::secret::Secret;
+use serde::{Deserialize, Deserializer};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default Kubernetes service-account token path (kubernetes and jwt auth).
+pub const DEFAULT_SA_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Vault/OpenBao access and transit signing settings (`[vault]`).
+///
+/// Precedence, as for the Vault CLI and Vault Agent: `VAULT_ADDR`, `VAULT_CACERT` and
+/// `VAULT_NAMESPACE` (or their `BAO_*` spellings) override `address`, `ca_cert` and
+/// `namespace` from the file; `VAULT_TOKEN` overrides `auth.token` for `method = "token"`
+/// and is otherwise ignored. Everything else comes from the file or the defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Server address, e.g. `https://vault.vault.svc:8200` (`VAULT_ADDR` overrides).
+    pub address: Option<String>,
+    /// Enterprise/OpenBao namespace sent as `X-Vault-Namespace` (`VAULT_NAMESPACE`).
+    pub namespace: Option<String>,
+    /// PEM file of CA certificates trusted for the server (`VAULT_CACERT`).
+    pub ca_cert: Option<PathBuf>,
+    /// How the service authenticates.
+    pub auth: AuthConfig,
+    /// Mount path of the transit engine.
+    pub transit_mount: String,
+    /// Transit key name; the `kid` is `"{key_name}:v{version}"`.
+    pub key_name: String,
+    /// When set, refuse a transit key of any other type (fail closed).
+    pub key_type: Option<KeyType>,
+    /// JWS algorithm for RSA keys: `PS256` (default) or `RS256`.
+    pub rsa_alg: RsaAlg,
+    /// Never publish or use versions below this one (on top of Vault's own
+    /// `min_decryption_version`).
+    pub min_version: Option<u64>,
+    /// How long a new key version is published in the JWKS before it signs.
+    #[serde(deserialize_with = "de_duration")]
+    pub publish_lead: Duration,
+    /// How often the transit key is re-read (rotations, trims).
+    #[serde(deserialize_with = "de_duration")]
+    pub key_refresh_interval: Duration,
+    /// Most signatures coalesced into one `batch_input` request.
+    pub batch_max_size: usize,
+    /// Longest a signature waits for others to share a request with.
+    #[serde(deserialize_with = "de_duration")]
+    pub batch_max_wait: Duration,
+    /// Timeout of every Vault HTTP request.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            address: None,
+            namespace: None,
+            ca_cert: None,
+            auth: AuthConfig::default(),
+            transit_mount: "transit".into(),
+            key_name: "meshpass-participant".into(),
+            key_type: None,
+            rsa_alg: RsaAlg::PS256,
+            min_version: None,
+            publish_lead: Duration::from_secs(60),
+            key_refresh_interval: Duration::from_secs(30),
+            batch_max_size: 64,
+            batch_max_wait: Duration::from_millis(2),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Authentication method (`[vault.auth]`, chosen by `method`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AuthConfig {
+    /// A fixed token (`token`, else `VAULT_TOKEN`); renewed if renewable.
+    Token {
+        /// The token; `VAULT_TOKEN` overrides it.
+        #[serde(default)]
+        token: Option<Secret>,
+    },
+    /// A token read from a file and re-read whenever the file changes (Vault Agent sink).
+    TokenFile {
+        /// File holding the token.
+        path: PathBuf,
+    },
+    /// AppRole login (`auth/{mount}/login`).
+    Approle {
+        /// Auth mount path.
+        #[serde(default = "default_approle_mount")]
+        mount: String,
+        /// Role ID.
+        role_id: String,
+        /// Secret ID (or `secret_id_file`).
+        #[serde(default)]
+        secret_id: Option<Secret>,
+        /// File holding the secret ID, read at each login.
+        #[serde(default)]
+        secret_id_file: Option<PathBuf>,
+    },
+    /// Kubernetes login with the pod's service-account token.
+    Kubernetes {
+        /// Auth mount path.
+        #[serde(default = "default_kubernetes_mount")]
+        mount: String,
+        /// Vault role.
+        role: String,
+        /// Service-account token file, read at each login.
+        #[serde(default = "default_sa_token_file")]
+        jwt_file: PathBuf,
+    },
+    /// JWT login (`auth/{mount}/login` with `role` and `jwt`).
+    Jwt {
+        /// Auth mount path.
+        #[serde(default = "default_jwt_mount")]
+        mount: String,
+        /// Vault role.
+        role: String,
+        /// File holding the JWT, read at each login.
+        #[serde(default = "default_sa_token_file")]
+        jwt_file: PathBuf,
+    },
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig::Token { token: None }
+    }
+}
+
+impl AuthConfig {
+    /// The method name as written in the config.
+    pub fn method(&self) -> &'static str {
+        match self {
+            AuthConfig::Token { .. } => "token",
+            AuthConfig::TokenFile { .. } => "token_file",
+            AuthConfig::Approle { .. } => "approle",
+            AuthConfig::Kubernetes { .. } => "kubernetes",
+            AuthConfig::Jwt { .. } => "jwt",
+        }
+    }
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+fn default_kubernetes_mount() -> String {
+    "kubernetes".into()
+}
+fn default_jwt_mount() -> String {
+    "jwt".into()
+}
+fn default_sa_token_file() -> PathBuf {
+    PathBuf::from(DEFAULT_SA_TOKEN_FILE)
+}
+
+/// Transit key types meshpass can sign JWS with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyType {
+    /// `ecdsa-p256` → ES256.
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    /// `ecdsa-p384` → ES384.
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    /// `rsa-2048` → PS256/RS256.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    /// `rsa-3072` → PS256/RS256.
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    /// `rsa-4096` → PS256/RS256.
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+    /// `ed25519` → EdDSA.
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+impl KeyType {
+    /// Parses Vault's `type` field.
+    pub fn from_vault(s: &str) -> Option<KeyType> {
+        Some(match s {
+            "ecdsa-p256" => KeyType::EcdsaP256,
+            "ecdsa-p384" => KeyType::EcdsaP384,
+            "rsa-2048" => KeyType::Rsa2048,
+            "rsa-3072" => KeyType::Rsa3072,
+            "rsa-4096" => KeyType::Rsa4096,
+            "ed25519" => KeyType::Ed25519,
+            _ => return None,
+        })
+    }
+
+    /// Vault's name of the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::EcdsaP384 => "ecdsa-p384",
+            KeyType::Rsa2048 => "rsa-2048",
+            KeyType::Rsa3072 => "rsa-3072",
+            KeyType::Rsa4096 => "rsa-4096",
+            KeyType::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// JWS algorithm used with RSA transit keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum RsaAlg {
+    /// RSASSA-PSS with SHA-256 (salt length = hash length).
+    PS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+}
+
+/// A `[vault]` setting is wrong; the service refuses to start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {field}: {reason}")]
+pub struct VaultConfigError {
+    /// The offending key, e.g. `vault.batch_max_size`.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn bad(field: &str, reason: impl Into<String>) -> VaultConfigError {
+    VaultConfigError {
+        field: format!("vault.{field}"),
+        reason: reason.into(),
+    }
+}
+
+/// Reads `VAULT_{name}`, else `BAO_{name}`; empty counts as unset.
+fn env_var(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    [format!("VAULT_{name}"), format!("BAO_{name}")]
+        .iter()
+        .filter_map(|k| env(k))
+        .find(|v| !v.is_empty())
+}
+
+impl VaultConfig {
+    /// Checks the configuration as the service will use it (environment applied).
+    /// The error names the offending field.
+    pub fn validate(&self) -> Result<(), VaultConfigError> {
+        self.resolved().map(|_| ())
+    }
+
+    /// This configuration with `VAULT_*` environment variables applied, validated.
+    pub fn resolved(&self) -> Result<VaultConfig, VaultConfigError> {
+        self.resolved_with(&|k| std::env::var(k).ok())
+    }
+
+    /// [`VaultConfig::resolved`] with an explicit environment (for tests).
+    pub fn resolved_with(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<VaultConfig, VaultConfigError> {
+        let mut c = self.clone();
+        if let Some(a) = env_var(env, "ADDR") {
+            c.address = Some(a);
+        }
+        if let Some(ns) = env_var(env, "NAMESPACE") {
+            c.namespace = Some(ns);
+        }
+        if let Some(ca) = env_var(env, "CACERT") {
+            c.ca_cert = Some(PathBuf::from(ca));
+        }
+        if let AuthConfig::Token { token } = &mut c.auth {
+            if let Some(t) = env_var(env, "TOKEN") {
+                *token = Some(Secret::new(t));
+            }
+        }
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<(), VaultConfigError> {
+        let addr = self
+            .address
+            .as_deref()
+            .ok_or_else(|| bad("address", "not set (set it or VAULT_ADDR)"))?;
+        let url = reqwest::Url::parse(addr).map_err(|e| bad("address", e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(bad("address", "must be an http:// or https:// URL"));
+        }
+        if url.path() != "/" && !url.path().is_empty() {
+            return Err(bad("address", "must not contain a path"));
+        }
+        if let Some(ns) = &self.namespace {
+            if ns.trim_matches('/').is_empty() {
+                return Err(bad("namespace", "must not be empty"));
+            }
+        }
+        if let Some(ca) = &self.ca_cert {
+            if !ca.is_file() {
+                return Err(bad(
+                    "ca_cert",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
+        check_path("transit_mount", &self.transit_mount)?;
+        if self.key_name.is_empty()
+            || !self
+                .key_name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            return Err(bad("key_name", "must be non-empty [A-Za-z0-9._-]"));
+        }
+        if self.min_version == Some(0) {
+            return Err(bad("min_version", "versions start at 1"));
+        }
+        if self.publish_lead > Duration::from_secs(7 * 24 * 3600) {
+            return Err(bad("publish_lead", "must be at most 7 days"));
+        }
+        if self.key_refresh_interval < Duration::from_millis(100) {
+            return Err(bad("key_refresh_interval", "must be at least 100ms"));
+        }
+        if !(1..=1024).contains(&self.batch_max_size) {
+            return Err(bad("batch_max_size", "must be between 1 and 1024"));
+        }
+        if self.batch_max_wait > Duration::from_secs(1) {
+            return Err(bad("batch_max_wait", "must be at most 1s"));
+        }
+        if self.request_timeout < Duration::from_millis(50)
+            || self.request_timeout > Duration::from_secs(300)
+        {
+            return Err(bad("request_timeout", "must be between 50ms and 300s"));
+        }
+        match &self.auth {
+            AuthConfig::Token { token } => {
+                if token.as_ref().is_none_or(Secret::is_empty) {
+                    return Err(bad("auth.token", "not set (set it or VAULT_TOKEN)"));
+                }
+            }
+            AuthConfig::TokenFile { path } => {
+                if path.as_os_str().is_empty() {
+                    return Err(bad("auth.path", "must not be empty"));
+                }
+            }
+            AuthConfig::Approle {
+                mount,
+                role_id,
+                secret_id,
+                secret_id_file,
+            } => {
+                check_path("auth.mount", mount)?;
+                if role_id.is_empty() {
+                    return Err(bad("auth.role_id", "must not be empty"));
+                }
+                if secret_id.is_some() && secret_id_file.is_some() {
+                    return Err(bad(
+                        "auth.secret_id_file",
+                        "set either secret_id or secret_id_file, not both",
+                    ));
+                }
+            }
+            AuthConfig::Kubernetes {
+                mount,
+                role,
+                jwt_file,
+            }
+            | AuthConfig::Jwt {
+                mount,
+                role,
+                jwt_file,
+            } => {
+                check_path("auth.mount", mount)?;
+                if role.is_empty() {
+                    return Err(bad("auth.role", "must not be empty"));
+                }
+                if jwt_file.as_os_str().is_empty() {
+                    return Err(bad("auth.jwt_file", "must not be empty"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_path(field: &str, p: &str) -> Result<(), VaultConfigError> {
+    let ok = !p.is_empty()
+        && p.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != ".."
+                && seg != "."
+                && seg
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(field, "must be a mount path like `transit` or `a/b`"))
+    }
+}
+
+/// A duration from an integer (seconds) or a string with a unit: `"2ms"`, `"30s"`,
+/// `"5m"`, `"1h"`.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"` (or a bare number of seconds).
+pub fn parse_duration(t: &str) -> Result<Duration, String> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {t:?} (use e.g. \"2ms\", \"30s\", \"5m\")"))?;
+    let d = match unit.trim() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("invalid duration unit in {t:?} (ms, s, m, h)")),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn parse(toml_text: &str) -> Result<VaultConfig, String> {
+        toml::from_str(toml_text).map_err(|e| e.to_string())
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = parse("address = \"http://127.0.0.1:8200\"").unwrap();
+        assert_eq!(c.transit_mount, "transit");
+        assert_eq!(c.key_name, "meshpass-participant");
+        assert_eq!(c.publish_lead, Duration::from_secs(60));
+        assert_eq!(c.key_refresh_interval, Duration::from_secs(30));
+        assert_eq!(c.batch_max_size, 64);
+        assert_eq!(c.batch_max_wait, Duration::from_millis(2));
+        assert_eq!(c.rsa_alg, RsaAlg::PS256);
+        assert!(matches!(c.auth, AuthConfig::Token { token: None }));
+    }
+
+    #[test]
+    fn full_approle_config_parses_with_units() {
+        let c = parse(
+            r#"
+            address = "https://vault:8200"
+            namespace = "team"
+            key_name = "k1"
+            key_type = "rsa-3072"
+            rsa_alg = "RS256"
+            publish_lead = "90s"
+            key_refresh_interval = 10
+            batch_max_wait = "5ms"
+            [auth]
+            method = "approle"
+            role_id = "r"
+            secret_id_file = "/etc/sid"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.key_type, Some(KeyType::Rsa3072));
+        assert_eq!(c.rsa_alg, RsaAlg::RS256);
+        assert_eq!(c.publish_lead, Duration::from_secs(90));
+        assert_eq!(c.key_refresh_interval, Duration::from_secs(10));
+        assert_eq!(c.batch_max_wait, Duration::from_millis(5));
+        match c.auth {
+            AuthConfig::Approle { mount, .. } => assert_eq!(mount, "approle"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_at_top_level_and_in_auth() {
+        assert!(parse("adress = \"x\"").unwrap_err().contains("adress"));
+        let e = parse("[auth]\nmethod = \"token\"\ntokn = \"x\"").unwrap_err();
+        assert!(e.contains("tokn"), "{e}");
+        let e = parse("[auth]\nmethod = \"ldap\"").unwrap_err();
+        assert!(e.contains("ldap"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_address_namespace_and_token() {
+        let c = parse("address = \"http://file:1\"\n[auth]\nmethod = \"token\"\ntoken = \"f\"")
+            .unwrap();
+        let r = c
+            .resolved_with(&env_of(&[
+                ("VAULT_ADDR", "http://env:2"),
+                ("VAULT_NAMESPACE", "ns1"),
+                ("VAULT_TOKEN", "from-env"),
+            ]))
+            .unwrap();
+        assert_eq!(r.address.as_deref(), Some("http://env:2"));
+        assert_eq!(r.namespace.as_deref(), Some("ns1"));
+        match r.auth {
+            AuthConfig::Token { token } => assert_eq!(token.unwrap().expose(), "from-env"),
+            other => panic!("{other:?}"),
+        }
+        // Without the environment the file's values stay.
+        let r = c.resolved_with(&env_of(&[])).unwrap();
+        assert_eq!(r.address.as_deref(), Some("http://file:1"));
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("", "vault.address"),
+            ("address = \"ftp://x\"", "vault.address"),
+            ("address = \"http://x\"\nbatch_max_size = 0", "vault.batch_max_size"),
+            ("address = \"http://x\"\nkey_name = \"a/b\"", "vault.key_name"),
+            ("address = \"http://x\"\ntransit_mount = \"../x\"", "vault.transit_mount"),
+            ("address = \"http://x\"\nca_cert = \"/nonexistent.pem\"", "vault.ca_cert"),
+            ("address = \"http://x\"\n[auth]\nmethod = \"token\"", "vault.auth.token"),
+            (
+                "address = \"http://x\"\n[auth]\nmethod = \"approle\"\nrole_id = \"r\"\nsecret_id = \"s\"\nsecret_id_file = \"/f\"",
+                "vault.auth.secret_id_file",
+            ),
+            (
+                "address = \"http://x\"\n[auth]\nmethod = \"kubernetes\"\nrole = \"\"",
+                "vault.auth.role",
+            ),
+        ];
+        for (text, field) in cases {
+            let c = parse(text).unwrap();
+            let e = c
+                .resolved_with(&env_of(&[("VAULT_TOKEN", "t")]))
+                .err()
+                .or_else(|| c.resolved_with(&env_of(&[])).err())
+                .unwrap_or_else(|| panic!("{text:?} accepted"));
+            assert_eq!(e.field, *field, "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn durations_accept_units_and_refuse_garbage() {
+        assert_eq!(parse_duration("2ms").unwrap(), Duration::from_millis(2));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

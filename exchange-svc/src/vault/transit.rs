@@ -1,0 +1,583 @@
+//! [`TransitSigner`]: the [`Signer`] backed by Vault/OpenBao transit.
+
+use super::auth::{Auth, Backoff, TokenInfo};
+use super::client::{VaultClient, VaultError, VaultStats};
+use super::config::{KeyType, VaultConfig};
+use super::keys::{alg_for, jwk_for, jws_signature, parse_rfc3339};
+use crate::signer::{SignError, Signer, SigningAlg, SigningKey};
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+/// Consecutive failed Vault requests after which the signer reports not ready and
+/// fails fast instead of waiting for timeouts (a probe keeps checking).
+const DOWN_AFTER_FAILURES: u32 = 3;
+/// Most sign requests in flight at once (batches, or singles when batching is off).
+const MAX_IN_FLIGHT: usize = 32;
+
+/// One published key version.
+#[derive(Debug, Clone)]
+struct Version {
+    jwk: Value,
+    sig_len: usize,
+    /// When this process (or, for versions present at start-up, Vault) first showed it.
+    published_at: SystemTime,
+}
+
+/// Everything loaded from `transit/keys/NAME`.
+#[derive(Debug)]
+struct KeySet {
+    key_type: KeyType,
+    alg: SigningAlg,
+    versions: BTreeMap<u64, Version>,
+    jwks: Value,
+}
+
+struct SignJob {
+    version: u64,
+    input: Vec<u8>,
+    reply: oneshot::Sender<Result<String, SignError>>,
+}
+
+struct Inner {
+    client: Arc<VaultClient>,
+    auth: Arc<Auth>,
+    cfg: VaultConfig,
+    keys: RwLock<Option<Arc<KeySet>>>,
+    failures: AtomicU32,
+    degraded: Notify,
+    in_flight: AtomicUsize,
+    permits: Arc<Semaphore>,
+}
+
+/// Aborts background tasks when the signer goes away.
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Signs participant tokens with a Vault/OpenBao transit key and publishes its JWKS.
+///
+/// Background tasks (started by [`TransitSigner::start`], stopped on drop) keep the
+/// token alive, re-read the key every `key_refresh_interval`, and coalesce concurrent
+/// signatures into `batch_input` requests.
+pub struct TransitSigner {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<SignJob>,
+    _tasks: Tasks,
+}
+
+impl std::fmt::Debug for TransitSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransitSigner")
+            .field("key", &self.inner.cfg.key_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TransitSigner {
+    /// Resolves and validates `cfg` (environment applied), logs in and loads the key,
+    /// then starts the background tasks. Must run inside a tokio runtime.
+    ///
+    /// Fails on configuration errors and when Vault *refuses* (bad credentials,
+    /// missing key or policy, unsupported key type). When Vault is merely unreachable it
+    /// starts anyway, not ready, and keeps retrying.
+    pub async fn start(cfg: &VaultConfig) -> Result<TransitSigner, VaultError> {
+        let cfg = cfg
+            .resolved()
+            .map_err(|e| VaultError::Setup(e.to_string()))?;
+        let client = Arc::new(VaultClient::new(&cfg)?);
+        let auth = Arc::new(Auth::new(cfg.auth.clone(), client.clone()));
+        let inner = Arc::new(Inner {
+            client,
+            auth: auth.clone(),
+            keys: RwLock::new(None),
+            failures: AtomicU32::new(0),
+            degraded: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            cfg,
+        });
+
+        let login: Option<TokenInfo> = match auth.login().await {
+            Ok(info) => Some(info),
+            Err(e) if e.is_transient() || matches!(e, VaultError::Setup(_)) => {
+                // Vault down or a credentials file not written yet: retry in background.
+                tracing::warn!(error = %e, "vault not reachable at start-up; will retry");
+                inner.note_failure();
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        if login.is_some() {
+            match inner.load_keys().await {
+                Ok(()) => {}
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "transit key not loaded at start-up; will retry");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        let (tx, rx) = mpsc::channel(inner.cfg.batch_max_size.saturating_mul(16).max(64));
+        let tasks = vec![
+            tokio::spawn(auth.run(login)),
+            tokio::spawn(refresh_loop(inner.clone())),
+            tokio::spawn(batch_loop(inner.clone(), rx)),
+        ];
+        Ok(TransitSigner {
+            inner,
+            tx,
+            _tasks: Tasks(tasks),
+        })
+    }
+
+    /// Counters and the token TTL, for metrics.
+    pub fn stats(&self) -> Arc<VaultStats> {
+        self.inner.client.stats().clone()
+    }
+
+    /// Re-reads the transit key now (normally done every `key_refresh_interval`).
+    pub async fn refresh(&self) -> Result<(), VaultError> {
+        self.inner.load_keys().await
+    }
+
+    /// The JWS algorithm of the loaded key, if loaded.
+    pub fn alg(&self) -> Option<SigningAlg> {
+        self.inner.keyset().map(|k| k.alg)
+    }
+
+    /// Consecutive failed Vault requests (0 when the last one succeeded).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    fn keyset(&self) -> Option<Arc<KeySet>> {
+        self.keys.read().ok().and_then(|k| k.clone())
+    }
+
+    fn note_success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    fn note_failure(&self) {
+        if self.failures.fetch_add(1, Ordering::Relaxed) == 0 {
+            // Wake the refresh loop so it starts probing for recovery.
+            self.degraded.notify_one();
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) >= DOWN_AFTER_FAILURES
+    }
+
+    /// Records the outcome of a Vault call for readiness.
+    fn observe<T>(&self, r: &Result<T, VaultError>) {
+        match r {
+            Err(e) if e.is_transient() => self.note_failure(),
+            Err(VaultError::PermissionDenied(_)) => {
+                self.note_success();
+                self.auth.request_reauth();
+            }
+            // Any answer at all means Vault is up.
+            _ => self.note_success(),
+        }
+    }
+
+    /// `GET {mount}/keys/{name}` → a new [`KeySet`]; the previous one stays on error.
+    async fn load_keys(&self) -> Result<(), VaultError> {
+        let path = format!("{}/keys/{}", self.cfg.transit_mount, self.cfg.key_name);
+        let r = self.client.call(Method::GET, &path, None, true).await;
+        self.observe(&r);
+        let v = r.inspect_err(|e| tracing::warn!(error = %e, "reading transit key failed"))?;
+        let previous = self.keyset();
+        let set = self.build_keyset(&v, previous.as_deref())?;
+        let live: Vec<u64> = set.versions.keys().copied().collect();
+        let changed = previous
+            .as_ref()
+            .is_none_or(|p| p.versions.keys().copied().collect::<Vec<_>>() != live);
+        if changed {
+            tracing::info!(key = %self.cfg.key_name, versions = ?live, alg = set.alg.as_str(), "transit key loaded");
+        }
+        if let Ok(mut k) = self.keys.write() {
+            *k = Some(Arc::new(set));
+        }
+        self.client.stats().add_key_load();
+        Ok(())
+    }
+
+    fn build_keyset(&self, v: &Value, previous: Option<&KeySet>) -> Result<KeySet, VaultError> {
+        let proto = |m: String| VaultError::Protocol(m);
+        let data = v
+            .get("data")
+            .ok_or_else(|| proto("key answer without data".into()))?;
+        let tname = data.get("type").and_then(Value::as_str).unwrap_or("");
+        let key_type = KeyType::from_vault(tname).ok_or_else(|| {
+            VaultError::Setup(format!(
+                "transit key {} has type {tname:?}, which cannot sign JWS (use ecdsa-p256, ecdsa-p384, rsa-2048/3072/4096 or ed25519)",
+                self.cfg.key_name
+            ))
+        })?;
+        if let Some(want) = self.cfg.key_type {
+            if want != key_type {
+                return Err(VaultError::Setup(format!(
+                    "transit key {} is {}, but vault.key_type is {}",
+                    self.cfg.key_name,
+                    key_type.as_str(),
+                    want.as_str()
+                )));
+            }
+        }
+        if data.get("supports_signing").and_then(Value::as_bool) == Some(false) {
+            return Err(VaultError::Setup(format!(
+                "transit key {} does not support signing",
+                self.cfg.key_name
+            )));
+        }
+        if let Some(prev) = previous {
+            if prev.key_type != key_type {
+                // Refuse a key swapped under our feet; keep the old one.
+                return Err(proto(format!(
+                    "transit key type changed from {} to {}",
+                    prev.key_type.as_str(),
+                    key_type.as_str()
+                )));
+            }
+        }
+        let alg = alg_for(key_type, self.cfg.rsa_alg);
+        let min_dec = data
+            .get("min_decryption_version")
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let min_live = min_dec.max(self.cfg.min_version.unwrap_or(1));
+        let keys = data
+            .get("keys")
+            .and_then(Value::as_object)
+            .ok_or_else(|| proto("key answer without keys".into()))?;
+        let now = SystemTime::now();
+        let mut versions = BTreeMap::new();
+        for (ver, entry) in keys {
+            let Ok(version) = ver.parse::<u64>() else {
+                continue;
+            };
+            if version < min_live {
+                continue;
+            }
+            let pem = entry
+                .get("public_key")
+                .and_then(Value::as_str)
+                .ok_or_else(|| proto(format!("version {version} without public_key")))?;
+            let kid = format!("{}:v{version}", self.cfg.key_name);
+            let (jwk, sig_len) =
+                jwk_for(key_type, alg, &kid, version, pem).map_err(|e| proto(e.to_string()))?;
+            let created = entry
+                .get("creation_time")
+                .and_then(Value::as_str)
+                .and_then(parse_rfc3339)
+                .unwrap_or(now)
+                .min(now);
+            let published_at = match previous {
+                // Already published by us: keep the original time.
+                Some(p) => p
+                    .versions
+                    .get(&version)
+                    .map(|v| v.published_at)
+                    .unwrap_or(now),
+                // At start-up, assume versions were published (by earlier instances or
+                // replicas) since their creation.
+                None => created,
+            };
+            versions.insert(
+                version,
+                Version {
+                    jwk,
+                    sig_len,
+                    published_at,
+                },
+            );
+        }
+        if versions.is_empty() {
+            return Err(proto(format!(
+                "transit key {} has no live version",
+                self.cfg.key_name
+            )));
+        }
+        let jwks = json!({ "keys": versions.values().map(|v| v.jwk.clone()).collect::<Vec<_>>() });
+        Ok(KeySet {
+            key_type,
+            alg,
+            versions,
+            jwks,
+        })
+    }
+
+    fn current(&self, now: SystemTime) -> Result<SigningKey, SignError> {
+        let set = self.keyset().ok_or(SignError::NotReady)?;
+        let lead = self.cfg.publish_lead;
+        let version = set
+            .versions
+            .iter()
+            .rev()
+            .find(|(_, v)| v.published_at + lead <= now)
+            .or_else(|| set.versions.iter().next())
+            .map(|(n, _)| *n)
+            .ok_or(SignError::NotReady)?;
+        Ok(SigningKey {
+            kid: format!("{}:v{version}", self.cfg.key_name),
+            version,
+            alg: set.alg,
+        })
+    }
+
+    fn sign_params(&self, set: &KeySet, version: u64) -> Value {
+        let mut body = json!({
+            "key_version": version,
+            "marshaling_algorithm": "jws",
+        });
+        match set.alg {
+            SigningAlg::ES256 => body["hash_algorithm"] = json!("sha2-256"),
+            SigningAlg::ES384 => body["hash_algorithm"] = json!("sha2-384"),
+            SigningAlg::PS256 => {
+                body["hash_algorithm"] = json!("sha2-256");
+                body["signature_algorithm"] = json!("pss");
+                // JWS PS256 requires the salt length to equal the hash length.
+                body["salt_length"] = json!("hash");
+            }
+            SigningAlg::RS256 => {
+                body["hash_algorithm"] = json!("sha2-256");
+                body["signature_algorithm"] = json!("pkcs1v15");
+            }
+            // Ed25519 signs the message itself.
+            SigningAlg::EdDSA => {}
+        }
+        body
+    }
+
+    /// Signs `inputs` with `version` in one request (`batch_input` when more than one);
+    /// one result per input, in order.
+    async fn sign_many(&self, version: u64, inputs: &[Vec<u8>]) -> Vec<Result<String, SignError>> {
+        let n = inputs.len();
+        let fail_all = |e: SignError| -> Vec<Result<String, SignError>> {
+            let msg = e.to_string();
+            let unavailable = matches!(e, SignError::Unavailable(_));
+            (0..n)
+                .map(|_| {
+                    Err(if unavailable {
+                        SignError::Unavailable(msg.clone())
+                    } else {
+                        SignError::Failed(msg.clone())
+                    })
+                })
+                .collect()
+        };
+        let Some(set) = self.keyset() else {
+            return (0..n).map(|_| Err(SignError::NotReady)).collect();
+        };
+        let Some(ver) = set.versions.get(&version) else {
+            return fail_all(SignError::Failed(format!(
+                "key version {version} is not live"
+            )));
+        };
+        let mut body = self.sign_params(&set, version);
+        if n == 1 {
+            body["input"] = json!(STANDARD.encode(&inputs[0]));
+        } else {
+            body["batch_input"] = inputs
+                .iter()
+                .map(|i| json!({ "input": STANDARD.encode(i) }))
+                .collect();
+        }
+        let path = format!("{}/sign/{}", self.cfg.transit_mount, self.cfg.key_name);
+        self.client.stats().add_sign_request();
+        let r = self
+            .client
+            .call(Method::POST, &path, Some(&body), true)
+            .await;
+        self.observe(&r);
+        let v = match r {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, n, "transit sign failed");
+                return fail_all(match e {
+                    VaultError::Unavailable(m) => SignError::Unavailable(m),
+                    // A refused token is being replaced: a retry will work (→ 503).
+                    VaultError::PermissionDenied(p) => {
+                        SignError::Unavailable(format!("permission denied on {p}"))
+                    }
+                    other => SignError::Failed(other.to_string()),
+                });
+            }
+        };
+        let check = |sig: Option<&str>| -> Result<String, SignError> {
+            let sig = sig.ok_or_else(|| SignError::Failed("no signature in answer".into()))?;
+            jws_signature(sig, version, ver.sig_len).map_err(SignError::Failed)
+        };
+        let data = v.get("data");
+        if n == 1 {
+            return vec![check(
+                data.and_then(|d| d.get("signature"))
+                    .and_then(Value::as_str),
+            )];
+        }
+        let results = data
+            .and_then(|d| d.get("batch_results"))
+            .and_then(Value::as_array);
+        let Some(results) = results.filter(|r| r.len() == n) else {
+            return fail_all(SignError::Failed(
+                "batch answer does not hold one result per input".into(),
+            ));
+        };
+        // A batch answers 200 even when items fail: judge every item on its own.
+        results
+            .iter()
+            .map(|item| match item.get("error").and_then(Value::as_str) {
+                Some(err) if !err.is_empty() => Err(SignError::Failed(format!(
+                    "transit refused batch item: {err}"
+                ))),
+                _ => check(item.get("signature").and_then(Value::as_str)),
+            })
+            .collect()
+    }
+
+    /// Runs one request under the in-flight limit and answers its callers.
+    async fn dispatch(self: Arc<Self>, version: u64, jobs: Vec<SignJob>) {
+        let (inputs, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.input, j.reply)).unzip();
+        let results = self.sign_many(version, &inputs).await;
+        let stats = self.client.stats();
+        let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+        stats.add_signatures(ok);
+        stats.add_sign_errors(results.len() as u64 - ok);
+        for (reply, r) in replies.into_iter().zip(results) {
+            // The caller may have gone (request cancelled): nothing to do then.
+            let _ = reply.send(r);
+        }
+    }
+}
+
+/// Re-reads the key every refresh interval; while Vault is failing, probes with backoff
+/// so readiness comes back as soon as Vault answers.
+async fn refresh_loop(inner: Arc<Inner>) {
+    let mut probe = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    loop {
+        let failing = inner.failures.load(Ordering::Relaxed) > 0 || inner.keyset().is_none();
+        let wait = if failing {
+            probe.next_delay().min(inner.cfg.key_refresh_interval)
+        } else {
+            probe.reset();
+            inner.cfg.key_refresh_interval
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = inner.degraded.notified() => {
+                tokio::time::sleep(probe.next_delay()).await;
+            }
+        }
+        if inner.client.has_token() {
+            let _ = inner.load_keys().await;
+        }
+    }
+}
+
+/// Collects sign jobs into batches: a job goes out at once when nothing is in flight;
+/// otherwise it waits up to `batch_max_wait` for company (at most `batch_max_size`).
+async fn batch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SignJob>) {
+    let max = inner.cfg.batch_max_size;
+    let wait = inner.cfg.batch_max_wait;
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < max {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if jobs.len() < max && !wait.is_zero() && inner.in_flight.load(Ordering::Relaxed) > 0 {
+            let deadline = tokio::time::Instant::now() + wait;
+            while jobs.len() < max {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(j)) => jobs.push(j),
+                    _ => break,
+                }
+            }
+        }
+        // Usually one version; group in case a rotation landed mid-batch.
+        let mut groups: BTreeMap<u64, Vec<SignJob>> = BTreeMap::new();
+        for j in jobs {
+            groups.entry(j.version).or_default().push(j);
+        }
+        for (version, group) in groups {
+            let Ok(permit) = inner.permits.clone().acquire_owned().await else {
+                return;
+            };
+            inner.in_flight.fetch_add(1, Ordering::Relaxed);
+            let inner2 = inner.clone();
+            tokio::spawn(async move {
+                inner2.clone().dispatch(version, group).await;
+                inner2.in_flight.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Signer for TransitSigner {
+    fn current_key(&self) -> Result<SigningKey, SignError> {
+        self.inner.current(SystemTime::now())
+    }
+
+    async fn sign(&self, key: &SigningKey, signing_input: &[u8]) -> Result<String, SignError> {
+        let set = self.inner.keyset().ok_or(SignError::NotReady)?;
+        if key.alg != set.alg || key.kid != format!("{}:v{}", self.inner.cfg.key_name, key.version)
+        {
+            return Err(SignError::Failed(format!(
+                "key {} ({}) does not belong to this signer",
+                key.kid,
+                key.alg.as_str()
+            )));
+        }
+        if self.inner.is_down() {
+            // Fail fast while Vault is known down; the refresh loop probes for recovery.
+            return Err(SignError::Unavailable("vault is down (probing)".into()));
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = SignJob {
+            version: key.version,
+            input: signing_input.to_vec(),
+            reply,
+        };
+        self.tx
+            .send(job)
+            .await
+            .map_err(|_| SignError::Unavailable("signer stopped".into()))?;
+        rx.await
+            .map_err(|_| SignError::Unavailable("signer stopped".into()))?
+    }
+
+    fn jwks(&self) -> Value {
+        self.inner
+            .keyset()
+            .map(|k| k.jwks.clone())
+            .unwrap_or_else(|| json!({ "keys": [] }))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.keyset().is_some() && self.inner.client.has_token() && !self.inner.is_down()
+    }
+}

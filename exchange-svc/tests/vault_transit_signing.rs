@@ -1,0 +1,256 @@
+//! Transit signing against a real OpenBao: every key type, JWKS, rotation, batching,
+//! outages.
+// Test code: helpers outside #[test] fns may panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod vault_common;
+
+use meshpass_exchange::signer::{SignError, Signer, SigningAlg};
+use meshpass_exchange::vault::{RsaAlg, TransitSigner, VaultError};
+use std::time::{Duration, Instant};
+use vault_common::*;
+
+async fn signs_with(key_type: &str, rsa_alg: RsaAlg, want: SigningAlg) {
+    let bao = bao_with_key("k", key_type);
+    let cfg = meshpass_exchange::vault::VaultConfig {
+        rsa_alg,
+        ..config(&bao, "k")
+    };
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    assert!(signer.is_ready());
+    let key = signer.current_key().unwrap();
+    assert_eq!(key.alg, want);
+    assert_eq!((key.kid.as_str(), key.version), ("k:v1", 1));
+    let jwk = jwk_of(&signer, "k:v1");
+    assert_eq!(jwk["alg"], want.as_str());
+    // Several payloads, so RSA/PSS randomness and ECDSA nonces are exercised.
+    for i in 0..3 {
+        sign_and_verify(&signer, &format!("{{\"sub\":\"spiffe://td/x\",\"n\":{i}}}")).await;
+    }
+    // A signature never verifies over other bytes.
+    let input = signing_input(&key, "{}");
+    let sig = signer.sign(&key, input.as_bytes()).await.unwrap();
+    assert!(verify_with_jwk(&jwk, b"tampered", &sig).is_err());
+}
+
+#[tokio::test]
+async fn ecdsa_p256_signatures_verify_with_the_published_es256_jwk() {
+    signs_with("ecdsa-p256", RsaAlg::PS256, SigningAlg::ES256).await;
+}
+
+#[tokio::test]
+async fn ecdsa_p384_signatures_verify_with_the_published_es384_jwk() {
+    signs_with("ecdsa-p384", RsaAlg::PS256, SigningAlg::ES384).await;
+}
+
+#[tokio::test]
+async fn rsa_2048_pss_signatures_verify_as_ps256_with_hash_length_salt() {
+    signs_with("rsa-2048", RsaAlg::PS256, SigningAlg::PS256).await;
+}
+
+#[tokio::test]
+async fn rsa_2048_pkcs1_signatures_verify_as_rs256() {
+    signs_with("rsa-2048", RsaAlg::RS256, SigningAlg::RS256).await;
+}
+
+#[tokio::test]
+async fn ed25519_signatures_verify_with_the_published_okp_jwk() {
+    signs_with("ed25519", RsaAlg::PS256, SigningAlg::EdDSA).await;
+}
+
+#[tokio::test]
+async fn rotation_with_no_lead_signs_with_the_new_version_and_keeps_the_old_one_published() {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    let signer = TransitSigner::start(&config(&bao, "k")).await.unwrap();
+    let v1 = sign_and_verify(&signer, "{\"a\":1}").await;
+    assert_eq!(v1.version, 1);
+    assert_eq!(bao.rotate_key("k"), 2);
+    signer.refresh().await.unwrap();
+    let v2 = sign_and_verify(&signer, "{\"a\":2}").await;
+    assert_eq!((v2.kid.as_str(), v2.version), ("k:v2", 2));
+    let kids: Vec<String> = signer.jwks()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kids, ["k:v1", "k:v2"]);
+    // The kid names the version that actually signed: v1 still signs as v1, and a v2
+    // signature does not verify with the v1 key.
+    let input = signing_input(&v1, "{}");
+    let sig1 = signer.sign(&v1, input.as_bytes()).await.unwrap();
+    verify_with_jwk(&jwk_of(&signer, "k:v1"), input.as_bytes(), &sig1).unwrap();
+    let input2 = signing_input(&v2, "{}");
+    let sig2 = signer.sign(&v2, input2.as_bytes()).await.unwrap();
+    assert!(verify_with_jwk(&jwk_of(&signer, "k:v1"), input2.as_bytes(), &sig2).is_err());
+}
+
+#[tokio::test]
+async fn a_new_version_is_published_at_once_but_signs_only_after_the_publish_lead() {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    let lead = Duration::from_secs(3);
+    let cfg = meshpass_exchange::vault::VaultConfig {
+        publish_lead: lead,
+        ..config(&bao, "k")
+    };
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    // A single young version is used at once: there is nothing older to sign with.
+    assert_eq!(sign_and_verify(&signer, "{}").await.version, 1);
+    bao.rotate_key("k");
+    signer.refresh().await.unwrap();
+    let rotated = Instant::now();
+    jwk_of(&signer, "k:v2"); // published
+    assert_eq!(
+        signer.current_key().unwrap().version,
+        1,
+        "v2 used before the lead"
+    );
+    assert_eq!(sign_and_verify(&signer, "{}").await.version, 1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            signer.current_key().unwrap().version == 2
+        })
+        .await
+    );
+    assert!(rotated.elapsed() >= lead - Duration::from_millis(200));
+    assert_eq!(sign_and_verify(&signer, "{}").await.version, 2);
+}
+
+#[tokio::test]
+async fn background_refresh_picks_up_rotations_and_min_version_hides_old_versions() {
+    let bao = bao_with_key("k", "ed25519");
+    bao.rotate_key("k");
+    let cfg = meshpass_exchange::vault::VaultConfig {
+        key_refresh_interval: Duration::from_millis(200),
+        min_version: Some(2),
+        ..config(&bao, "k")
+    };
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    assert_eq!(signer.jwks()["keys"].as_array().unwrap().len(), 1);
+    assert_eq!(sign_and_verify(&signer, "{}").await.version, 2);
+    bao.rotate_key("k");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            signer.current_key().unwrap().version == 3
+        })
+        .await
+    );
+    assert_eq!(signer.jwks()["keys"].as_array().unwrap().len(), 2);
+    sign_and_verify(&signer, "{}").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_signs_are_coalesced_into_fewer_batch_requests() {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    let signer = std::sync::Arc::new(TransitSigner::start(&config(&bao, "k")).await.unwrap());
+    let key = signer.current_key().unwrap();
+    let jwk = jwk_of(signer.as_ref(), &key.kid);
+    let before = signer.stats().sign_requests();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let (signer, key) = (signer.clone(), key.clone());
+        set.spawn(async move {
+            let input = signing_input(&key, &format!("{{\"i\":{i}}}"));
+            let sig = signer.sign(&key, input.as_bytes()).await.unwrap();
+            (input, sig)
+        });
+    }
+    let mut n = 0;
+    while let Some(r) = set.join_next().await {
+        let (input, sig) = r.unwrap();
+        verify_with_jwk(&jwk, input.as_bytes(), &sig).unwrap();
+        n += 1;
+    }
+    let requests = signer.stats().sign_requests() - before;
+    assert_eq!(n, 64);
+    assert!(requests < 64, "{requests} requests for 64 signatures");
+    assert_eq!(signer.stats().signatures(), 64);
+    eprintln!("64 concurrent signatures took {requests} transit requests");
+}
+
+#[tokio::test]
+async fn paused_openbao_makes_signing_unavailable_quickly_and_it_recovers_after_resume() {
+    let mut bao = bao_with_key("k", "ecdsa-p256");
+    let signer = TransitSigner::start(&config(&bao, "k")).await.unwrap();
+    let key = sign_and_verify(&signer, "{}").await;
+    bao.pause();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = signer.sign(&key, b"x.y").await;
+        assert!(matches!(r, Err(SignError::Unavailable(_))), "{r:?}");
+        // request_timeout is 800 ms: no caller hangs on a dead Vault.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(!signer.is_ready());
+    // Known down: fail fast, and keep publishing the keys.
+    let started = Instant::now();
+    assert!(matches!(
+        signer.sign(&key, b"x.y").await,
+        Err(SignError::Unavailable(_))
+    ));
+    assert!(started.elapsed() < Duration::from_millis(100));
+    jwk_of(&signer, "k:v1");
+    bao.resume();
+    assert!(eventually(Duration::from_secs(10), || async { signer.is_ready() }).await);
+    sign_and_verify(&signer, "{}").await;
+}
+
+#[tokio::test]
+async fn stopped_openbao_answers_unavailable_and_readiness_returns_when_it_is_back() {
+    let mut bao = bao_with_key("k", "ecdsa-p256");
+    let signer = TransitSigner::start(&config(&bao, "k")).await.unwrap();
+    let key = sign_and_verify(&signer, "{}").await;
+    bao.stop();
+    let r = signer.sign(&key, b"x.y").await;
+    assert!(matches!(r, Err(SignError::Unavailable(_))), "{r:?}");
+    // Back on the same port and root token; dev mode lost the key, so re-create it
+    // (a new v1: the signer keeps serving while it re-reads).
+    bao.restart_same_port();
+    bao.enable_transit();
+    bao.create_transit_key("k", "ecdsa-p256");
+    assert!(eventually(Duration::from_secs(10), || async { signer.is_ready() }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            signer.refresh().await.is_ok()
+        })
+        .await
+    );
+    sign_and_verify(&signer, "{}").await;
+}
+
+#[tokio::test]
+async fn signer_started_while_openbao_is_paused_becomes_ready_after_resume() {
+    let mut bao = bao_with_key("k", "ecdsa-p256");
+    bao.pause();
+    let signer = TransitSigner::start(&config(&bao, "k")).await.unwrap();
+    assert!(!signer.is_ready());
+    assert!(matches!(signer.current_key(), Err(SignError::NotReady)));
+    assert_eq!(signer.jwks()["keys"].as_array().unwrap().len(), 0);
+    bao.resume();
+    assert!(eventually(Duration::from_secs(15), || async { signer.is_ready() }).await);
+    sign_and_verify(&signer, "{}").await;
+}
+
+#[tokio::test]
+async fn start_refuses_a_missing_key_and_a_key_that_cannot_sign() {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    let err = TransitSigner::start(&config(&bao, "missing"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::NotFound(_)), "{err}");
+    bao.create_transit_key("aes", "aes256-gcm96");
+    let err = TransitSigner::start(&config(&bao, "aes"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cannot sign JWS"), "{err}");
+    let cfg = meshpass_exchange::vault::VaultConfig {
+        key_type: Some(meshpass_exchange::vault::KeyType::Ed25519),
+        ..config(&bao, "k")
+    };
+    let err = TransitSigner::start(&cfg).await.unwrap_err();
+    assert!(err.to_string().contains("vault.key_type"), "{err}");
+}
