@@ -1,0 +1,324 @@
+//! Vault authentication against a real OpenBao: token, token file, AppRole, JWT,
+//! renewal and re-login.
+// Test code: helpers outside #[test] fns may panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod vault_common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use meshpass_exchange::signer::{SignError, Signer};
+use meshpass_exchange::vault::{AuthConfig, Secret, TransitSigner, VaultConfig, VaultError};
+use meshpass_testkit::OpenBao;
+use serde_json::json;
+use std::time::Duration;
+use vault_common::*;
+
+/// OpenBao with key `k` and a `signer` policy for it.
+fn bao_with_policy() -> OpenBao {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    bao.write_policy("signer", &signer_policy("k"));
+    bao
+}
+
+fn with_auth(bao: &OpenBao, auth: AuthConfig) -> VaultConfig {
+    VaultConfig {
+        auth,
+        ..config(bao, "k")
+    }
+}
+
+/// An AppRole role `meshpass` with the given token TTLs; returns its role ID.
+fn approle(bao: &OpenBao, token_ttl: &str, token_max_ttl: &str) -> String {
+    bao.enable_auth("approle", "approle");
+    bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass",
+        Some(json!({
+            "token_policies": ["signer"],
+            "token_ttl": token_ttl,
+            "token_max_ttl": token_max_ttl,
+        })),
+    );
+    let v = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None);
+    v["data"]["role_id"].as_str().unwrap().to_string()
+}
+
+fn new_secret_id(bao: &OpenBao) -> String {
+    let v = bao.api_ok("POST", "auth/approle/role/meshpass/secret-id", None);
+    v["data"]["secret_id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_token_with_only_the_signer_policy_is_enough_to_sign() {
+    let bao = bao_with_policy();
+    let token = bao.create_token(&["signer"], "1h");
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Token {
+            token: Some(Secret::new(token)),
+        },
+    ))
+    .await
+    .unwrap();
+    sign_and_verify(&signer, "{}").await;
+    let ttl = signer.stats().token_ttl_seconds().unwrap();
+    assert!((3000..=3600).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn a_revoked_token_file_token_is_replaced_when_the_file_is_rewritten() {
+    let bao = bao_with_policy();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let first = bao.create_token(&["signer"], "1h");
+    std::fs::write(&path, format!("{first}\n")).unwrap();
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::TokenFile { path: path.clone() },
+    ))
+    .await
+    .unwrap();
+    sign_and_verify(&signer, "{}").await;
+    assert_eq!(signer.stats().logins(), 1);
+
+    bao.api_ok("POST", "auth/token/revoke", Some(json!({ "token": first })));
+    let key = signer.current_key().unwrap();
+    let r = signer.sign(&key, b"a.b").await;
+    assert!(matches!(r, Err(SignError::Unavailable(_))), "{r:?}");
+
+    // Like Vault Agent's sink: write a new file and rename it into place.
+    let second = bao.create_token(&["signer"], "1h");
+    let tmp = dir.path().join("token.tmp");
+    std::fs::write(&tmp, &second).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            signer.sign(&key, b"a.b").await.is_ok()
+        })
+        .await
+    );
+    assert!(signer.stats().logins() >= 2);
+    sign_and_verify(&signer, "{}").await;
+}
+
+#[tokio::test]
+async fn approle_logs_in_with_a_secret_id_or_a_secret_id_file_and_refuses_a_bad_one() {
+    let bao = bao_with_policy();
+    let role_id = approle(&bao, "1h", "2h");
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id: role_id.clone(),
+            secret_id: Some(Secret::new(new_secret_id(&bao))),
+            secret_id_file: None,
+        },
+    ))
+    .await
+    .unwrap();
+    sign_and_verify(&signer, "{}").await;
+    assert_eq!(signer.stats().logins(), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret-id");
+    std::fs::write(&file, new_secret_id(&bao)).unwrap();
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id: role_id.clone(),
+            secret_id: None,
+            secret_id_file: Some(file),
+        },
+    ))
+    .await
+    .unwrap();
+    sign_and_verify(&signer, "{}").await;
+
+    let err = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(Secret::new("not-a-secret-id")),
+            secret_id_file: None,
+        },
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VaultError::Rejected { .. } | VaultError::PermissionDenied(_)
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("not-a-secret-id"));
+}
+
+#[tokio::test]
+async fn a_short_lived_token_is_renewed_before_it_expires() {
+    let bao = bao_with_policy();
+    let token = bao.create_token(&["signer"], "3s");
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Token {
+            token: Some(Secret::new(token.clone())),
+        },
+    ))
+    .await
+    .unwrap();
+    // Three lifetimes later the token must still be valid.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (status, v) = bao.api("POST", "auth/token/lookup", Some(json!({ "token": token })));
+    assert_eq!(status, 200, "token expired: {v}");
+    assert!(v["data"]["ttl"].as_u64().unwrap() > 0);
+    assert!(
+        signer.stats().renewals() >= 2,
+        "{}",
+        signer.stats().renewals()
+    );
+    assert!(signer.stats().token_ttl_seconds().unwrap() <= 3);
+    sign_and_verify(&signer, "{}").await;
+}
+
+#[tokio::test]
+async fn approle_logs_in_again_when_the_token_reaches_its_max_ttl() {
+    let bao = bao_with_policy();
+    let role_id = approle(&bao, "2s", "4s");
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(Secret::new(new_secret_id(&bao))),
+            secret_id_file: None,
+        },
+    ))
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let stats = signer.stats();
+    assert!(stats.logins() >= 2, "logins {}", stats.logins());
+    assert!(stats.renewals() >= 1, "renewals {}", stats.renewals());
+    sign_and_verify(&signer, "{}").await;
+}
+
+/// An ES256 JWT signed by a key made for this test.
+fn es256_jwt(key: &p256::ecdsa::SigningKey, claims: serde_json::Value) -> String {
+    use p256::ecdsa::signature::Signer as _;
+    let header = json!({"alg": "ES256", "typ": "JWT"});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+}
+
+#[tokio::test]
+async fn jwt_auth_logs_in_with_a_jwt_from_a_file() {
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+    let bao = bao_with_policy();
+    bao.enable_auth("jwt", "jwt");
+    let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    let pem = key
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap();
+    bao.api_ok(
+        "POST",
+        "auth/jwt/config",
+        Some(json!({ "jwt_validation_pubkeys": [pem], "bound_issuer": "https://issuer.test" })),
+    );
+    bao.api_ok(
+        "POST",
+        "auth/jwt/role/meshpass",
+        Some(json!({
+            "role_type": "jwt",
+            "user_claim": "sub",
+            "bound_audiences": ["openbao"],
+            "token_policies": ["signer"],
+            "token_ttl": "1h",
+        })),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt = es256_jwt(
+        &key,
+        json!({
+            "iss": "https://issuer.test",
+            "sub": "spiffe://cluster.local/ns/meshpass/sa/exchange",
+            "aud": "openbao",
+            "iat": now,
+            "exp": now + 600,
+        }),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwt");
+    std::fs::write(&file, jwt).unwrap();
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Jwt {
+            mount: "jwt".into(),
+            role: "meshpass".into(),
+            jwt_file: file.clone(),
+        },
+    ))
+    .await
+    .unwrap();
+    sign_and_verify(&signer, "{}").await;
+
+    // A JWT for another audience is refused at start-up.
+    let other = es256_jwt(
+        &key,
+        json!({"iss": "https://issuer.test", "sub": "x", "aud": "elsewhere", "exp": now + 600}),
+    );
+    std::fs::write(&file, other).unwrap();
+    let err = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Jwt {
+            mount: "jwt".into(),
+            role: "meshpass".into(),
+            jwt_file: file,
+        },
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            VaultError::Rejected { .. } | VaultError::PermissionDenied(_)
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn debug_output_of_config_never_shows_tokens_or_secret_ids() {
+    let cfg = VaultConfig {
+        auth: AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id: "role".into(),
+            secret_id: Some(Secret::new("s3cr3t-id")),
+            secret_id_file: None,
+        },
+        ..VaultConfig::default()
+    };
+    let text = format!("{cfg:?}");
+    assert!(
+        !text.contains("s3cr3t-id") && text.contains("***"),
+        "{text}"
+    );
+    let cfg = VaultConfig {
+        auth: AuthConfig::Token {
+            token: Some(Secret::new("hvs.tok3n")),
+        },
+        ..VaultConfig::default()
+    };
+    assert!(!format!("{cfg:?}").contains("hvs.tok3n"));
+}
