@@ -2,6 +2,8 @@
 //! of the filter's host interface that records everything the logic does.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 

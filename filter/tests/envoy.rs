@@ -1,0 +1,578 @@
+//! The built `.wasm` in real Envoy 1.40 (V8): mTLS SERVER-mode binding, the exchange,
+//! the shared-data cache across two workers, every failure status, JWKS fetch, kid
+//! rotation and a JWKS outage, and a refused configuration.
+//!
+//! One Envoy process holds everything: two plaintext "client" listeners that forward over
+//! mTLS (one presenting Alice's SVID, one Bob's) to the listener running the filter,
+//! whose upstream is an in-test echo server. The exchange service and the JWKS endpoint
+//! are scripted in-test HTTP/1.1 servers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::http::{get, Request, Response, Server};
+use common::*;
+use meshpass_testkit::envoy::Envoy;
+use serde_json::json;
+
+const ISS: &str = "https://issuer.test";
+const AUD: &str = "meshpass";
+const ALICE: &str = "spiffe://cluster.local/ns/shop/sa/alice";
+const BOB: &str = "spiffe://cluster.local/ns/shop/sa/bob";
+
+fn wasm_path() -> PathBuf {
+    let p = match std::env::var_os("MESHPASS_FILTER_WASM") {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => meshpass_testkit::workspace_root()
+            .join("target/wasm32-wasip1/wasm-release/meshpass_filter.wasm"),
+    };
+    assert!(
+        p.exists(),
+        "filter wasm not found at {} (build it: cargo build -p meshpass-filter --target wasm32-wasip1 --profile wasm-release, or set MESHPASS_FILTER_WASM)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// CA + server cert + Alice's and Bob's SVIDs, as PEM files in `dir`.
+fn write_pki(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "meshpass test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    for (name, uri) in [
+        ("server", "spiffe://cluster.local/ns/shop/sa/orders"),
+        ("alice", ALICE),
+        ("bob", BOB),
+    ] {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        p.subject_alt_names
+            .push(SanType::URI(uri.try_into().unwrap()));
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+fn cluster(name: &str, port: u16, tls: Option<(&Path, &str)>) -> String {
+    let tls = match tls {
+        Some((dir, who)) => format!(
+            r#"
+    max_requests_per_connection: 1
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: localhost
+        common_tls_context:
+          tls_certificates:
+          - certificate_chain: {{filename: "{d}/{who}.pem"}}
+            private_key: {{filename: "{d}/{who}.key"}}
+          validation_context: {{trusted_ca: {{filename: "{d}/ca.pem"}}}}"#,
+            d = dir.display()
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"
+  - name: "{name}"
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: "{name}"
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}}}]}}]{tls}"#
+    )
+}
+
+fn proxy_listener(name: &str, port: u16, cluster: &str) -> String {
+    format!(
+        r#"
+  - name: {name}
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: "{cluster}", timeout: 10s}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"#
+    )
+}
+
+fn filter_yaml(wasm: &Path, config: &serde_json::Value) -> String {
+    let conf = serde_json::to_string(&config.to_string()).unwrap();
+    format!(
+        r#"
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: meshpass
+                root_id: meshpass
+                vm_config:
+                  vm_id: meshpass
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{}"}}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: {conf}"#,
+        wasm.display()
+    )
+}
+
+fn mtls_filter_listener(port: u16, pki: &Path, filter: &str) -> String {
+    let d = pki.display();
+    format!(
+        r#"
+  - name: mesh
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{filename: "{d}/server.pem"}}
+              private_key: {{filename: "{d}/server.key"}}
+            validation_context: {{trusted_ca: {{filename: "{d}/ca.pem"}}}}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: mesh
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: app, timeout: 10s}}}}]
+          http_filters:{filter}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"#
+    )
+}
+
+#[derive(Default)]
+struct Script {
+    exchanges: Vec<BTreeMap<String, Vec<String>>>,
+    jwks: String,
+    jwks_down: bool,
+    jwks_fetches: u32,
+}
+
+fn form(body: &[u8]) -> BTreeMap<String, Vec<String>> {
+    let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for p in String::from_utf8_lossy(body).split('&') {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        let dec = |s: &str| {
+            let s = s.replace('+', " ");
+            let b = s.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%' && i + 2 < b.len() + 1 {
+                    out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                    i += 3;
+                } else {
+                    out.push(b[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).unwrap()
+        };
+        m.entry(dec(k)).or_default().push(dec(v));
+    }
+    m
+}
+
+/// The exchange service double: speaks RFC 8693; the requested `resource` scripts the
+/// answer.
+fn exchange_server(script: Arc<Mutex<Script>>) -> Server {
+    Server::start(move |req: Request| {
+        assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/token"));
+        let f = form(&req.body);
+        let n = {
+            let mut s = script.lock().unwrap();
+            s.exchanges.push(f.clone());
+            s.exchanges.len()
+        };
+        let resource = f
+            .get("resource")
+            .and_then(|r| r.first())
+            .cloned()
+            .unwrap_or_default();
+        let err = |status: u16, code: &str| {
+            Some(Response::json(
+                status,
+                &json!({"error": code, "error_description": format!("{code} (test)")}),
+            ))
+        };
+        match resource.as_str() {
+            "forbidden" => err(400, "unauthorized_client"),
+            "ratelimited" => err(429, "slow_down").map(|r| r.with_header("retry-after", "7")),
+            "unavailable" => {
+                err(503, "temporarily_unavailable").map(|r| r.with_header("retry-after", "11"))
+            }
+            "reset" => None,
+            "slow" => {
+                std::thread::sleep(Duration::from_millis(1500));
+                err(503, "temporarily_unavailable")
+            }
+            other => {
+                if other == "delay" {
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+                Some(
+                    Response::json(
+                        200,
+                        &json!({
+                            "access_token": format!("pt-{n}"),
+                            "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                            "token_type": "Bearer",
+                            "expires_in": 300,
+                            "scope": "read",
+                        }),
+                    )
+                    .with_header("cache-control", "no-store"),
+                )
+            }
+        }
+    })
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn filter_in_real_envoy_binds_exchanges_caches_and_fails_closed() {
+    let wasm = wasm_path();
+    let pki = tempfile::tempdir().unwrap();
+    write_pki(pki.path());
+    let k1 = Key::new("k1");
+    let script = Arc::new(Mutex::new(Script {
+        jwks: jwks(&[&k1]),
+        ..Default::default()
+    }));
+    let exchange = exchange_server(script.clone());
+    let s2 = script.clone();
+    let jwks_server = Server::start(move |req| {
+        let mut s = s2.lock().unwrap();
+        s.jwks_fetches += 1;
+        assert_eq!(req.path, "/keys");
+        if s.jwks_down {
+            return Some(Response::json(500, &json!({})));
+        }
+        Some(Response::json(200, &serde_json::from_str(&s.jwks).unwrap()))
+    });
+    let app = Server::start(|req: Request| {
+        Some(Response::json(
+            200,
+            &json!({"path": req.path, "headers": req.headers}),
+        ))
+    });
+
+    let config = json!({
+        "mode": "SERVER",
+        "issuers": [{
+            "issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"],
+            "spiffe_id_patterns": ["spiffe://cluster.local/ns/shop/*"],
+            "jwks_cluster": "jwks", "jwks_path": "/keys", "jwks_refresh_secs": 1,
+            "jwks_min_refetch_secs": 1,
+        }],
+        "exchange": {"cluster": "exchange", "authority": "exchange.test", "timeout_ms": 1000},
+        "bypass": [{"path": "/healthz"}],
+        "set_subject_header": true,
+        "tick_ms": 100,
+        "rules": [
+            {"path_prefix": "/forbidden", "resource": "forbidden"},
+            {"path_prefix": "/ratelimited", "resource": "ratelimited"},
+            {"path_prefix": "/unavailable", "resource": "unavailable"},
+            {"path_prefix": "/reset", "resource": "reset"},
+            {"path_prefix": "/slow", "resource": "slow"},
+            {"path_prefix": "/delay", "resource": "delay"},
+            {"path_prefix": "/open", "resource": "unavailable", "failure_mode": "allow"},
+        ],
+        "default_rule": {"resource": "orders", "scopes": ["read"]},
+    });
+    let (alice_port, bob_port, mesh_port) = (free_port(), free_port(), free_port());
+    let yaml = format!(
+        "static_resources:\n  listeners:{}{}{}\n  clusters:{}{}{}{}{}{}\n",
+        proxy_listener("as_alice", alice_port, "to_mesh_as_alice"),
+        proxy_listener("as_bob", bob_port, "to_mesh_as_bob"),
+        mtls_filter_listener(mesh_port, pki.path(), &filter_yaml(&wasm, &config)),
+        cluster("to_mesh_as_alice", mesh_port, Some((pki.path(), "alice"))),
+        cluster("to_mesh_as_bob", mesh_port, Some((pki.path(), "bob"))),
+        cluster("app", app.port, None),
+        cluster("exchange", exchange.port, None),
+        cluster("jwks", jwks_server.port, None),
+        "",
+    );
+    let envoy = Envoy::start(&yaml, 2);
+    let stat = |n: &str| envoy.stat(&format!("wasmcustom.meshpass_{n}"));
+    wait_for("first JWKS fetch", Duration::from_secs(10), || {
+        stat("jwks_refresh_success") >= 1
+    });
+    assert_eq!(stat("jwks_refresh_failure"), 0);
+
+    let now = now_secs();
+    let alice = k1.svid(ISS, AUD, ALICE, now, 600);
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // 401 without a token; 401 invalid_token with a JSON body for a forged one.
+    let r = get(alice_port, "/orders", &[]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.headers.get("www-authenticate").map(String::as_str),
+        Some("Bearer")
+    );
+    let forged = Key::new("k1").svid(ISS, AUD, ALICE, now, 600);
+    let r = get(
+        alice_port,
+        "/orders",
+        &[("authorization", &bearer(&forged))],
+    );
+    assert_eq!(r.status, 401);
+    assert!(
+        r.headers["www-authenticate"].contains("error=\"invalid_token\""),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["error"], "invalid_token");
+    assert!(!r.body.contains(forged.rsplit('.').next().unwrap()));
+
+    // Bypass route: no token needed, client-sent x-meshpass-subject dropped.
+    let r = get(
+        alice_port,
+        "/healthz",
+        &[("x-meshpass-subject", "spiffe://evil/x")],
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()["headers"].get("x-meshpass-subject").is_none(),
+        "{r:?}"
+    );
+
+    // Allowed: the app sees the participant token and the subject, never the subject token.
+    let r = get(
+        alice_port,
+        "/orders/1",
+        &[
+            ("authorization", &bearer(&alice)),
+            ("x-meshpass-subject", "spiffe://evil/x"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["authorization"], "Bearer pt-1");
+    assert_eq!(seen["x-meshpass-subject"], ALICE);
+    assert!(!r.body.contains(&alice));
+    {
+        let s = script.lock().unwrap();
+        let f = &s.exchanges[0];
+        assert_eq!(
+            f["grant_type"],
+            vec!["urn:ietf:params:oauth:grant-type:token-exchange"]
+        );
+        assert_eq!(f["subject_token"], vec![alice.clone()]);
+        assert_eq!(f["resource"], vec!["orders"]);
+        assert_eq!(f["scope"], vec!["read"]);
+    }
+
+    // Cache: 30 more requests, each on a new mTLS connection spread over both workers,
+    // cost no further exchange.
+    for _ in 0..30 {
+        let r = get(
+            alice_port,
+            "/orders/2",
+            &[("authorization", &bearer(&alice))],
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["authorization"], "Bearer pt-1");
+    }
+    assert_eq!(script.lock().unwrap().exchanges.len(), 1);
+    let mesh = format!("listener.127.0.0.1_{mesh_port}");
+    let w0 = envoy.stat(&format!("{mesh}.worker_0.downstream_cx_total"));
+    let w1 = envoy.stat(&format!("{mesh}.worker_1.downstream_cx_total"));
+    assert!(
+        w0 > 0 && w1 > 0,
+        "both workers served requests: {w0} / {w1}"
+    );
+    wait_for("hit counter", Duration::from_secs(5), || {
+        stat("cache_hits") >= 30
+    });
+
+    // The same (cached) token replayed over Bob's connection is refused.
+    let r = get(bob_port, "/orders/1", &[("authorization", &bearer(&alice))]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("peer"));
+    let bob = k1.svid(ISS, AUD, BOB, now, 600);
+    let r = get(alice_port, "/orders/1", &[("authorization", &bearer(&bob))]);
+    assert_eq!(r.status, 401);
+
+    // Exchange failures.
+    let t = bearer(&alice);
+    let r = get(alice_port, "/forbidden", &[("authorization", &t)]);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("unauthorized_client"));
+    let r = get(alice_port, "/ratelimited", &[("authorization", &t)]);
+    assert_eq!(
+        (r.status, r.headers.get("retry-after").map(String::as_str)),
+        (429, Some("7"))
+    );
+    let r = get(alice_port, "/unavailable", &[("authorization", &t)]);
+    assert_eq!(
+        (r.status, r.headers.get("retry-after").map(String::as_str)),
+        (503, Some("11"))
+    );
+    let r = get(alice_port, "/reset", &[("authorization", &t)]);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(r.headers.contains_key("retry-after"));
+    let r = get(alice_port, "/slow", &[("authorization", &t)]);
+    assert_eq!(r.status, 503, "timeout: {r:?}");
+    // failure_mode allow: forwarded, without any token.
+    let r = get(alice_port, "/open", &[("authorization", &t)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.json()["headers"].get("authorization").is_none());
+
+    // Concurrent misses of a new token: one exchange per worker at most.
+    let fresh = k1.svid(ISS, AUD, ALICE, now + 1, 600);
+    let before = script.lock().unwrap().exchanges.len();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let t = bearer(&fresh);
+            std::thread::spawn(move || get(alice_port, "/delay", &[("authorization", &t)]).status)
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 200);
+    }
+    let n = script.lock().unwrap().exchanges.len() - before;
+    assert!(
+        (1..=2).contains(&n),
+        "{n} exchanges for 8 concurrent misses"
+    );
+
+    // Key rotation: a token signed with a new kid works once the JWKS serves it.
+    let k2 = Key::new("k2");
+    script.lock().unwrap().jwks = jwks(&[&k1, &k2]);
+    let rotated = k2.svid(ISS, AUD, ALICE, now, 600);
+    let mut status = 0;
+    wait_for("rotated key accepted", Duration::from_secs(10), || {
+        status = get(
+            alice_port,
+            "/orders/3",
+            &[("authorization", &bearer(&rotated))],
+        )
+        .status;
+        status == 200
+    });
+
+    // JWKS endpoint down: refreshes fail, last good keys keep working.
+    script.lock().unwrap().jwks_down = true;
+    let failures = stat("jwks_refresh_failure");
+    wait_for("JWKS failure", Duration::from_secs(10), || {
+        stat("jwks_refresh_failure") > failures
+    });
+    let late = k2.svid(ISS, AUD, ALICE, now + 2, 600);
+    let r = get(
+        alice_port,
+        "/orders/4",
+        &[("authorization", &bearer(&late))],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // Metrics are exported with the meshpass_ prefix.
+    let prom = envoy.prometheus();
+    for m in [
+        "meshpass_requests_allowed",
+        "meshpass_denied_invalid_token",
+        "meshpass_cache_hits",
+        "meshpass_exchange_latency_ms",
+    ] {
+        assert!(prom.contains(m), "{m} missing from /stats/prometheus");
+    }
+    assert!(stat("denied_exchange_forbidden") >= 1);
+    assert!(stat("denied_rate_limited") >= 1);
+    assert!(stat("failure_mode_allowed") >= 1);
+}
+
+#[test]
+fn envoy_refuses_an_invalid_filter_config_and_logs_the_field() {
+    let wasm = wasm_path();
+    let config = json!({
+        "issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"],
+                     "jwks_cluster": "jwks", "jwks_path": "/keys"}],
+        "exchange": {"cluster": "exchange", "timeout_ms": 0},
+        "default_rule": {"resource": "r"},
+    });
+    let port = free_port();
+    let filter = filter_yaml(&wasm, &config);
+    let yaml = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: l
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: l
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, direct_response: {{status: 200}}}}]
+          http_filters:{filter}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#
+    );
+    let err = Envoy::try_start(&yaml, 1, &[], Duration::from_secs(20))
+        .err()
+        .expect("Envoy must refuse the filter configuration");
+    assert!(
+        err.contains("meshpass: invalid configuration: exchange.timeout_ms"),
+        "{err}"
+    );
+}
