@@ -35,11 +35,13 @@ test: setup lint build unit fuzz-smoke
 unit:
 	cargo test --workspace --no-fail-fast
 
-## fuzz-smoke: each fuzz target for FUZZ_SECONDS (make fuzz for longer runs)
+## fuzz-smoke: each fuzz target for FUZZ_SECONDS (make fuzz for longer runs); new inputs go to
+## fuzz/corpus/T (ignored), the committed seeds in fuzz/seeds/T are read only
 fuzz-smoke: setup
 	@for t in $(FUZZ_TARGETS); do \
 	  echo "[fuzz] $$t for $(FUZZ_SECONDS)s"; \
-	  (cd fuzz && cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 2>&1 | tail -3) || exit 1; \
+	  (cd fuzz && set -o pipefail && mkdir -p corpus/$$t && \
+	   cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 2>&1 | tail -3) || exit 1; \
 	done
 
 fuzz:
