@@ -38,7 +38,7 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`: listener and HTTP behaviour.
@@ -52,7 +52,7 @@ pub struct Config {
     /// `[log]`: logging.
     pub log: LogConfig,
     /// `[vault]`: Vault/OpenBao access and the transit key.
-    pub vault: VaultSection,
+    pub vault: crate::vault::VaultConfig,
     /// `[validation]`: subject-token limits shared by all issuers.
     pub validation: ValidationConfig,
     /// `[[issuers]]`: accepted subject-token issuers.
@@ -468,9 +468,10 @@ impl Config {
             crate::store::check_claim_conflicts(row, &self.scope_claims)
                 .map_err(|e| bad(format!("scope_claims[{i}]"), e.to_string()))?;
         }
-        self.vault
-            .validate()
-            .map_err(|e| bad("vault", e.to_string()))?;
+        self.vault.validate().map_err(|e| ConfigError::Invalid {
+            field: e.field,
+            reason: e.reason,
+        })?;
         Ok(())
     }
 
@@ -540,17 +541,5 @@ impl Config {
             issuers,
             max_token_bytes: self.validation.max_token_bytes,
         })
-    }
-}
-
-/// Placeholder for the `[vault]` section until `crate::vault::VaultConfig` lands: any
-/// table is accepted and handed to the Vault client as is.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct VaultSection(pub serde_json::Map<String, serde_json::Value>);
-
-impl VaultSection {
-    /// Nothing to check yet.
-    pub fn validate(&self) -> Result<(), std::convert::Infallible> {
-        Ok(())
     }
 }

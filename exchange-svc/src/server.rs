@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::keys::IssuerKeys;
 use crate::signer::Signer;
 use crate::store::{seed, MappingStore, SqlStore, StoreError};
+use crate::vault::{TransitSigner, VaultStats};
 
 /// Why the service could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -133,12 +134,100 @@ pub async fn serve_on(
     }
 }
 
-/// Builds the signer of `[vault]`.
-pub async fn build_signer(cfg: &Config) -> Result<Arc<dyn Signer>, ServeError> {
-    let _ = &cfg.vault;
-    Err(ServeError::Signer(
-        "the Vault transit signer is not wired in this build yet".into(),
-    ))
+/// Builds the transit signer of `[vault]` (starts not ready when Vault is unreachable;
+/// fails when Vault refuses the credentials or the key).
+pub async fn build_signer(cfg: &Config) -> Result<Arc<TransitSigner>, ServeError> {
+    TransitSigner::start(&cfg.vault)
+        .await
+        .map(Arc::new)
+        .map_err(|e| ServeError::Signer(e.to_string()))
+}
+
+/// Exposes the Vault client's counters and token TTL as Prometheus metrics.
+pub struct VaultCollector {
+    stats: Arc<VaultStats>,
+    token_ttl: prometheus::Gauge,
+    sign_requests: prometheus::IntCounter,
+    signatures: prometheus::IntCounter,
+    sign_errors: prometheus::IntCounter,
+    logins: prometheus::IntCounter,
+    renewals: prometheus::IntCounter,
+    auth_failures: prometheus::IntCounter,
+}
+
+impl VaultCollector {
+    /// A collector over `stats`.
+    pub fn new(stats: Arc<VaultStats>) -> Result<Self, prometheus::Error> {
+        use prometheus::{Gauge, IntCounter};
+        Ok(VaultCollector {
+            stats,
+            token_ttl: Gauge::new(
+                "meshpass_vault_token_ttl_seconds",
+                "Seconds until the service's Vault token expires (-1: never or no token).",
+            )?,
+            sign_requests: IntCounter::new(
+                "meshpass_vault_sign_requests_total",
+                "HTTP requests to transit/sign (a batch counts once).",
+            )?,
+            signatures: IntCounter::new(
+                "meshpass_vault_signatures_total",
+                "Signatures returned by Vault.",
+            )?,
+            sign_errors: IntCounter::new(
+                "meshpass_vault_sign_errors_total",
+                "Signatures that failed.",
+            )?,
+            logins: IntCounter::new("meshpass_vault_logins_total", "Successful Vault logins.")?,
+            renewals: IntCounter::new(
+                "meshpass_vault_token_renewals_total",
+                "Successful token renewals.",
+            )?,
+            auth_failures: IntCounter::new(
+                "meshpass_vault_auth_failures_total",
+                "Failed Vault login, lookup or renewal attempts.",
+            )?,
+        })
+    }
+}
+
+impl prometheus::core::Collector for VaultCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut d = Vec::new();
+        d.extend(self.token_ttl.desc());
+        for c in [
+            &self.sign_requests,
+            &self.signatures,
+            &self.sign_errors,
+            &self.logins,
+            &self.renewals,
+            &self.auth_failures,
+        ] {
+            d.extend(c.desc());
+        }
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let s = &self.stats;
+        self.token_ttl
+            .set(s.token_ttl_seconds().map(|t| t as f64).unwrap_or(-1.0));
+        let mut out = self.token_ttl.collect();
+        for (c, v) in [
+            (&self.sign_requests, s.sign_requests()),
+            (&self.signatures, s.signatures()),
+            (&self.sign_errors, s.sign_errors()),
+            (&self.logins, s.logins()),
+            (&self.renewals, s.renewals()),
+            (&self.auth_failures, s.auth_failures()),
+        ] {
+            let cur = c.get();
+            if v > cur {
+                c.inc_by(v - cur);
+            }
+            out.extend(c.collect());
+        }
+        out
+    }
 }
 
 /// `meshpass-exchange serve`.
@@ -156,11 +245,16 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let signer = build_signer(&cfg).await?;
     let state = AppState::new(
         &cfg,
-        signer,
+        signer.clone() as Arc<dyn Signer>,
         store.clone() as Arc<dyn MappingStore>,
         keys,
         Arc::new(SystemClock),
     )?;
+    let collector = VaultCollector::new(signer.stats())
+        .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?;
+    if let Err(e) = state.metrics.register(Box::new(collector)) {
+        tracing::warn!(error = %e, "Vault metrics not registered");
+    }
     let listener = TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, "meshpass-exchange listening");
     let r = serve_on(

@@ -2,6 +2,8 @@
 //! mapping store and a local p256 signer double (OpenBao-backed tests are in
 //! `exchange_openbao.rs`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::atomic::Ordering;

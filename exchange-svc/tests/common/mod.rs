@@ -1,7 +1,7 @@
 //! Shared test helpers: a subject-token issuer, a local p256 signer double for pure
 //! protocol tests, configuration and app builders, and token verification with
 //! meshpass-core.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -137,6 +137,16 @@ impl Signer for LocalSigner {
 /// The TOML of a configuration with one inline-JWKS issuer, a SQLite store at `db`,
 /// two mappings and scope claims; `extra` is appended.
 pub fn config_toml(issuer: &TestIssuer, db: &Path, extra: &str) -> String {
+    config_toml_vault(
+        issuer,
+        db,
+        "address = \"http://127.0.0.1:9\"\nauth = { method = \"token\", token = \"unused\" }",
+        extra,
+    )
+}
+
+/// Like [`config_toml`] with the body of the `[vault]` section.
+pub fn config_toml_vault(issuer: &TestIssuer, db: &Path, vault: &str, extra: &str) -> String {
     format!(
         r#"
 [token]
@@ -178,6 +188,9 @@ claims = {{ role = "writer", tier = 2 }}
 resource = "payments"
 scope = "read"
 claims = {{ role_read = true }}
+
+[vault]
+{vault}
 {extra}
 "#,
         db = db.display(),
