@@ -6,6 +6,8 @@
 //! mTLS (one presenting Alice's SVID, one Bob's) to the listener running the filter,
 //! whose upstream is an in-test echo server. The exchange service and the JWKS endpoint
 //! are scripted in-test HTTP/1.1 servers.
+// Test code: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -1,4 +1,6 @@
 //! Host-side tests of every decision of the filter, through the mock host.
+// Test code: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -111,7 +113,8 @@ fn accepts_a_minimal_config_with_secure_defaults() {
 #[test]
 fn refuses_invalid_configs_naming_the_field() {
     let key = Key::new("k1");
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|c| c["issuers"] = json!([])), "issuers"),
         (Box::new(|c| c["mode"] = json!("NONE")), "mode"),
         (Box::new(|c| c["mode"] = json!("server")), "mode"),
