@@ -109,6 +109,7 @@ impl ExchangeService {
         ] {
             cmd.env_remove(var);
         }
+        cmd.env("NO_COLOR", "1");
         let mut child = ManagedChild::spawn("meshpass-exchange", cmd, &self.log_path)?;
         let http = self.http.clone();
         let url = format!("{}/.well-known/jwks.json", self.base_url());

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
+use tokio::sync::Mutex;
 
 use crate::ca::TestCa;
 use crate::echo::{self, EchoReport};
@@ -53,7 +54,7 @@ pub const APP_RESOURCE: &str = "echo";
 /// Resource whose tokens are short-lived (see [`SHORT_TTL_SECS`]).
 pub const SHORT_RESOURCE: &str = "echo-short";
 /// Lifetime of `echo-short` participant tokens.
-pub const SHORT_TTL_SECS: u64 = 4;
+pub const SHORT_TTL_SECS: u64 = 6;
 /// Scope requested by default.
 pub const DEFAULT_SCOPE: &str = "orders.read";
 /// Scope requested under `/admin` and granted to nobody.
@@ -197,12 +198,13 @@ pub struct Topology {
     pub client: Envoy,
     /// The server sidecar.
     pub server: Envoy,
-    /// The exchange service.
-    pub exchange: ExchangeService,
-    /// OpenBao.
-    pub bao: OpenBao,
-    /// The JWT-SVID issuer's JWKS endpoint.
-    pub svid_jwks: HttpServer,
+    /// The exchange service (behind a lock: fault scenarios stop and start it while
+    /// traffic flows).
+    pub exchange: Mutex<ExchangeService>,
+    /// OpenBao (locked like `exchange`).
+    pub bao: Mutex<OpenBao>,
+    /// The JWT-SVID issuer's JWKS endpoint (locked like `exchange`).
+    pub svid_jwks: Mutex<HttpServer>,
     /// The echo app.
     pub app: HttpServer,
     /// The plugin configuration of the CLIENT-mode filter.
@@ -211,6 +213,8 @@ pub struct Topology {
     pub server_plugin_config: Value,
     /// The exchange service's configuration (as JSON; written as TOML).
     pub exchange_config: Value,
+    exchange_log: PathBuf,
+    bao_log: PathBuf,
     http: reqwest::Client,
     // Last: removed after every process is gone.
     dir: tempfile::TempDir,
@@ -229,6 +233,7 @@ pub fn plugin_config(mode: &str, svid_jwks_refresh_secs: u64) -> Value {
             "jwks_cluster": envoy::SVID_JWKS_CLUSTER,
             "jwks_path": "/.well-known/jwks.json",
             "jwks_refresh_secs": svid_jwks_refresh_secs,
+            "jwks_min_refetch_secs": 1,
         }],
         "rules": [
             {"path_prefix": "/admin", "resource": APP_RESOURCE, "audience": [APP_RESOURCE], "scopes": [FORBIDDEN_SCOPE]},
@@ -237,6 +242,8 @@ pub fn plugin_config(mode: &str, svid_jwks_refresh_secs: u64) -> Value {
         "default_rule": {"resource": APP_RESOURCE, "audience": [APP_RESOURCE], "scopes": [DEFAULT_SCOPE]},
         "exchange": {"cluster": envoy::EXCHANGE_CLUSTER, "path": "/token", "timeout_ms": 3000},
         "retry_after_secs": 1,
+        // Serve cached tokens until 1 s before they expire (short-lived test tokens).
+        "cache": {"expiry_margin_secs": 1},
     });
     if mode == "CLIENT" {
         // Identity from Istio-style node metadata (NAMESPACE, SERVICE_ACCOUNT): the
@@ -465,9 +472,11 @@ impl Topology {
             workloads,
             client,
             server,
-            exchange,
-            bao,
-            svid_jwks,
+            exchange_log: exchange.log_path().to_path_buf(),
+            bao_log: bao.log_path(),
+            exchange: Mutex::new(exchange),
+            bao: Mutex::new(bao),
+            svid_jwks: Mutex::new(svid_jwks),
             app,
             client_plugin_config,
             server_plugin_config,
@@ -498,9 +507,17 @@ impl Topology {
         format!("http://127.0.0.1:{}", self.ports.exchange)
     }
 
-    /// A fresh JWT-SVID for `workload` (unique `jti`, so never served from a cache).
+    /// A fresh JWT-SVID for `workload` valid 10 minutes (unique `jti`, so never served
+    /// from a cache).
     pub fn mint(&self, workload: &str) -> Result<String> {
         self.issuer.mint(&self.svid_claims(workload))
+    }
+
+    /// Like [`Topology::mint`], valid `ttl_secs`.
+    pub fn mint_with_ttl(&self, workload: &str, ttl_secs: u64) -> Result<String> {
+        let mut c = self.svid_claims(workload);
+        c["exp"] = json!(crate::jwt::now() + ttl_secs);
+        self.issuer.mint(&c)
     }
 
     /// The claims [`Topology::mint`] signs; tests alter them to build bad tokens.
@@ -582,8 +599,8 @@ impl Topology {
         let logs: [(&str, PathBuf); 4] = [
             ("client sidecar", self.client.log_path().to_path_buf()),
             ("server sidecar", self.server.log_path().to_path_buf()),
-            ("exchange service", self.exchange.log_path().to_path_buf()),
-            ("openbao", self.bao.log_path()),
+            ("exchange service", self.exchange_log.clone()),
+            ("openbao", self.bao_log.clone()),
         ];
         logs.iter()
             .map(|(n, p)| {

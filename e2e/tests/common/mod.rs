@@ -202,3 +202,56 @@ where
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The machine's shared PostgreSQL cluster (`pg_ctlcluster VERSION main ...`). Dropping
+/// the guard makes sure the cluster is running again, whatever happened in between.
+pub struct SharedPostgres {
+    version: String,
+}
+
+impl SharedPostgres {
+    pub fn new() -> Result<Self> {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .context("no /etc/postgresql: is PostgreSQL installed?")?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .max()
+            .context("no cluster under /etc/postgresql")?;
+        Ok(SharedPostgres { version })
+    }
+
+    fn ctl(&self, action: &str) -> Result<()> {
+        let out = std::process::Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &self.version, "main", action])
+            .output()
+            .context("cannot run pg_ctlcluster")?;
+        ensure!(
+            out.status.success(),
+            "pg_ctlcluster {action}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Restarts the cluster (stop + start; a few seconds of downtime).
+    pub fn restart(&self) -> Result<()> {
+        self.ctl("restart")
+    }
+
+    fn is_running(&self) -> bool {
+        std::process::Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &self.version, "main", "status"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for SharedPostgres {
+    fn drop(&mut self) {
+        if !self.is_running() {
+            let _ = self.ctl("start");
+        }
+    }
+}
