@@ -254,3 +254,36 @@ async fn start_refuses_a_missing_key_and_a_key_that_cannot_sign() {
     let err = TransitSigner::start(&cfg).await.unwrap_err();
     assert!(err.to_string().contains("vault.key_type"), "{err}");
 }
+
+#[tokio::test]
+async fn a_batch_answer_with_one_failed_item_fails_only_that_item() {
+    use base64::Engine;
+    let bao = bao_with_key("k", "ecdsa-p256");
+    let good = base64::engine::general_purpose::STANDARD.encode("a.b");
+    // The real wire answer of OpenBao to a batch whose second item is not base64.
+    let (status, answer) = bao.api(
+        "POST",
+        "transit/sign/k",
+        Some(serde_json::json!({
+            "key_version": 1,
+            "marshaling_algorithm": "jws",
+            "hash_algorithm": "sha2-256",
+            "batch_input": [{"input": good}, {"input": "***not base64***"}, {"input": good}],
+        })),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let results = meshpass_exchange::vault::sign_results(&answer, 3, 1, 64);
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(SignError::Failed(_))),
+        "{:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    // A signature from another version than asked is refused (rotation race).
+    let results = meshpass_exchange::vault::sign_results(&answer, 3, 2, 64);
+    assert!(results.iter().all(|r| r.is_err()));
+    // An answer with the wrong number of items fails every item.
+    let results = meshpass_exchange::vault::sign_results(&answer, 4, 1, 64);
+    assert!(results.iter().all(|r| r.is_err()));
+}

@@ -16,4 +16,4 @@ pub use config::{
 };
 pub use keys::{jws_signature, parse_rfc3339};
 pub use secret::Secret;
-pub use transit::TransitSigner;
+pub use transit::{sign_results, TransitSigner};

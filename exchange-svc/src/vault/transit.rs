@@ -423,35 +423,7 @@ impl Inner {
                 });
             }
         };
-        let check = |sig: Option<&str>| -> Result<String, SignError> {
-            let sig = sig.ok_or_else(|| SignError::Failed("no signature in answer".into()))?;
-            jws_signature(sig, version, ver.sig_len).map_err(SignError::Failed)
-        };
-        let data = v.get("data");
-        if n == 1 {
-            return vec![check(
-                data.and_then(|d| d.get("signature"))
-                    .and_then(Value::as_str),
-            )];
-        }
-        let results = data
-            .and_then(|d| d.get("batch_results"))
-            .and_then(Value::as_array);
-        let Some(results) = results.filter(|r| r.len() == n) else {
-            return fail_all(SignError::Failed(
-                "batch answer does not hold one result per input".into(),
-            ));
-        };
-        // A batch answers 200 even when items fail: judge every item on its own.
-        results
-            .iter()
-            .map(|item| match item.get("error").and_then(Value::as_str) {
-                Some(err) if !err.is_empty() => Err(SignError::Failed(format!(
-                    "transit refused batch item: {err}"
-                ))),
-                _ => check(item.get("signature").and_then(Value::as_str)),
-            })
-            .collect()
+        sign_results(&v, n, version, ver.sig_len)
     }
 
     /// Runs one request under the in-flight limit and answers its callers.
@@ -468,6 +440,50 @@ impl Inner {
             let _ = reply.send(r);
         }
     }
+}
+
+/// Turns a `transit/sign` answer for `n` inputs into one result per input: the plain
+/// `signature` when `n == 1`, else `batch_results`. A batch answers 200 even when items
+/// fail, so every item is judged on its own: an item error fails that item only.
+pub fn sign_results(
+    answer: &Value,
+    n: usize,
+    version: u64,
+    sig_len: usize,
+) -> Vec<Result<String, SignError>> {
+    let check = |sig: Option<&str>| -> Result<String, SignError> {
+        let sig = sig.ok_or_else(|| SignError::Failed("no signature in answer".into()))?;
+        jws_signature(sig, version, sig_len).map_err(SignError::Failed)
+    };
+    let data = answer.get("data");
+    if n == 1 && data.and_then(|d| d.get("batch_results")).is_none() {
+        return vec![check(
+            data.and_then(|d| d.get("signature"))
+                .and_then(Value::as_str),
+        )];
+    }
+    let results = data
+        .and_then(|d| d.get("batch_results"))
+        .and_then(Value::as_array)
+        .filter(|r| r.len() == n);
+    let Some(results) = results else {
+        return (0..n)
+            .map(|_| {
+                Err(SignError::Failed(
+                    "batch answer does not hold one result per input".into(),
+                ))
+            })
+            .collect();
+    };
+    results
+        .iter()
+        .map(|item| match item.get("error").and_then(Value::as_str) {
+            Some(err) if !err.is_empty() => Err(SignError::Failed(format!(
+                "transit refused batch item: {err}"
+            ))),
+            _ => check(item.get("signature").and_then(Value::as_str)),
+        })
+        .collect()
 }
 
 /// Re-reads the key every refresh interval; while Vault is failing, probes with backoff
