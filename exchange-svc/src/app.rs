@@ -12,7 +12,8 @@ use axum::{Json, Router};
 use meshpass_core::oauth::GRANT_TYPE_TOKEN_EXCHANGE;
 use meshpass_core::ValidationPolicy;
 use serde_json::{json, Value};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::cache::TokenCache;
 use crate::clock::Clock;
@@ -130,14 +131,11 @@ impl AppState {
 }
 
 /// The W3C trace context of a request, if it sent a well-formed `traceparent`.
-fn trace_ids(req: &Request) -> (String, String) {
-    let Some(tp) = req
+fn trace_ids(req: &Request) -> Option<(String, String)> {
+    let tp = req
         .headers()
         .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return (String::new(), String::new());
-    };
+        .and_then(|v| v.to_str().ok())?;
     let parts: Vec<&str> = tp.trim().split('-').collect();
     let hex = |s: &str, n: usize| {
         s.len() == n
@@ -154,9 +152,9 @@ fn trace_ids(req: &Request) -> (String, String) {
                 && trace.bytes().any(|b| b != b'0')
                 && span.bytes().any(|b| b != b'0') =>
         {
-            (trace.to_string(), span.to_string())
+            Some((trace.to_string(), span.to_string()))
         }
-        _ => (String::new(), String::new()),
+        _ => None,
     }
 }
 
@@ -176,16 +174,26 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let (trace_id, parent_id) = trace_ids(req);
-            tracing::info_span!(
-                "request",
-                method = %req.method(),
-                path = %req.uri().path(),
-                trace_id = %trace_id,
-                parent_span_id = %parent_id,
-            )
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let span = tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        trace_id = tracing::field::Empty,
+                        parent_span_id = tracing::field::Empty,
+                    );
+                    if let Some((trace_id, parent_id)) = trace_ids(req) {
+                        span.record("trace_id", trace_id.as_str());
+                        span.record("parent_span_id", parent_id.as_str());
+                    }
+                    span
+                })
+                // Error answers are logged once, by ApiError, at the right level.
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG))
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         .with_state(state)
 }
 

@@ -313,6 +313,11 @@ impl IssuerKeys {
             handles.push(tokio::spawn(async move {
                 let issuer = &this.issuers[idx];
                 let mut backoff = Duration::from_secs(1);
+                // Keys loaded at startup: the next fetch is due one interval later.
+                let loaded = issuer.last_success.lock().map(|t| t.is_some()).unwrap_or(false);
+                if loaded {
+                    tokio::time::sleep(issuer.refresh).await;
+                }
                 loop {
                     let wait = match this.fetch_and_store(issuer).await {
                         Ok(_) => {
