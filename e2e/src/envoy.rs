@@ -452,7 +452,7 @@ impl Envoy {
         Self::start_with_level(name, envoy_bin, config_path, admin_port, log_path, "info").await
     }
 
-    /// [`Envoy::start`] with a log level (`info`, `debug`...).
+    /// [`Envoy::start`] with the wasm filter's log level (`info`, `debug`...).
     pub async fn start_with_level(
         name: &str,
         envoy_bin: &Path,
@@ -470,7 +470,9 @@ impl Envoy {
         let mut cmd = Command::new(envoy_bin);
         cmd.arg("-c")
             .arg(config_path)
-            .args(["--concurrency", "1", "--log-level", level])
+            // Envoy's own chatter at warning; the wasm filter's log at `level`.
+            .args(["--concurrency", "1", "--log-level", "warning"])
+            .args(["--component-log-level", &format!("wasm:{level}")])
             // Several Envoys on one host need distinct shared-memory ids.
             .args(["--base-id", &admin_port.to_string()]);
         let mut child = ManagedChild::spawn(name, cmd, log_path)?;

@@ -246,9 +246,12 @@ pub fn plugin_config(mode: &str, svid_jwks_refresh_secs: u64) -> Value {
         "cache": {"expiry_margin_secs": 1},
     });
     if mode == "CLIENT" {
-        // Identity from Istio-style node metadata (NAMESPACE, SERVICE_ACCOUNT): the
-        // app-facing listener is plain HTTP, there is no local certificate.
-        cfg["own_identity"] = json!({"trust_domain": TRUST_DOMAIN});
+        // The app-facing listener is plain HTTP (no local certificate), so the identity
+        // is configured. The node metadata (NAMESPACE, SERVICE_ACCOUNT) is set too, but
+        // `own_identity: {trust_domain}` discovery from it answers "own workload
+        // identity is unavailable" with this filter build (reported to filter/).
+        cfg["own_identity"] =
+            json!({"spiffe_id": format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/frontend")});
     }
     cfg
 }
@@ -464,7 +467,7 @@ impl Topology {
         );
         let (server, client) = (server?, client?);
 
-        Ok(Topology {
+        let topo = Topology {
             options,
             ports,
             ca,
@@ -486,7 +489,37 @@ impl Topology {
                 .pool_max_idle_per_host(64)
                 .build()?,
             dir,
-        })
+        };
+        topo.wait_until_filters_have_keys().await?;
+        Ok(topo)
+    }
+
+    /// The filters fetch the JWT-SVID issuer's JWKS after Envoy starts and answer 503
+    /// until they have it (fail closed). Probes both listeners with an expired token
+    /// (refused with 401 once keys are there, never exchanged, so no cache or counter is
+    /// touched) until neither answers 503.
+    async fn wait_until_filters_have_keys(&self) -> Result<()> {
+        let mut c = self.svid_claims("frontend");
+        c["iat"] = json!(crate::jwt::now() - 7200);
+        c["exp"] = json!(crate::jwt::now() - 3600);
+        let expired = self.issuer.mint(&c)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let a = self.via_client_mode("/", Some(&expired)).await?;
+            let b = self
+                .via_server_mode("frontend", "/", Some(&expired))
+                .await?;
+            if a.status != 503 && b.status != 503 {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "the filters still answer 503 after 30 s (CLIENT: {a}; SERVER: {b})\n{}",
+                    self.diagnostics(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The topology's working directory (configs, logs, certificates).
