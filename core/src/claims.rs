@@ -139,3 +139,88 @@ fn numeric_date(
         _ => Err(invalid(claim, "is out of range")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(exp: u64, nbf: Option<u64>, iat: Option<u64>) -> RegisteredClaims {
+        RegisteredClaims {
+            iss: "i".into(),
+            sub: None,
+            aud: vec!["a".into()],
+            exp,
+            nbf,
+            iat,
+        }
+    }
+
+    const RULES: TimeRules = TimeRules {
+        leeway_secs: 30,
+        max_lifetime_secs: None,
+    };
+
+    #[test]
+    fn time_arithmetic_saturates_instead_of_wrapping() {
+        let max = u64::MAX;
+        let huge = TimeRules {
+            leeway_secs: max,
+            max_lifetime_secs: Some(max),
+        };
+        assert_eq!(
+            at(max, Some(max), Some(0)).check_time(max - 1, &huge),
+            Ok(())
+        );
+        assert_eq!(
+            at(max, None, None).check_time(max, &RULES),
+            Err(ValidationError::Expired)
+        );
+        assert_eq!(at(0, None, None).check_time(0, &RULES), Ok(()));
+        assert_eq!(
+            at(0, None, None).check_time(30, &RULES),
+            Err(ValidationError::Expired)
+        );
+        assert_eq!(
+            at(max, Some(max), None).check_time(0, &RULES),
+            Err(ValidationError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn exp_before_iat_fails_the_lifetime_check_without_underflow() {
+        let rules = TimeRules {
+            leeway_secs: 30,
+            max_lifetime_secs: Some(60),
+        };
+        assert_eq!(
+            at(100, None, Some(110)).check_time(90, &rules),
+            Err(ValidationError::InvalidClaim {
+                claim: "exp",
+                reason: "is before iat"
+            })
+        );
+    }
+
+    #[test]
+    fn numeric_dates_accept_integers_and_truncated_fractions_only() {
+        let payload = |v: Value| {
+            let mut m = Map::new();
+            m.insert("iss".into(), Value::from("i"));
+            m.insert("aud".into(), Value::from("a"));
+            m.insert("exp".into(), v);
+            RegisteredClaims::from_payload(&m).map(|c| c.exp)
+        };
+        assert_eq!(payload(serde_json::json!(5)), Ok(5));
+        assert_eq!(payload(serde_json::json!(5.9)), Ok(5));
+        assert_eq!(payload(serde_json::json!(u64::MAX)), Ok(u64::MAX));
+        assert_eq!(payload(serde_json::json!(-0.0)), Ok(0));
+        for bad in [
+            serde_json::json!(-1),
+            serde_json::json!(1.9e19),
+            serde_json::json!("5"),
+            serde_json::json!(false),
+        ] {
+            assert!(payload(bad).is_err());
+        }
+    }
+}

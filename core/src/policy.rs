@@ -459,3 +459,51 @@ impl ValidationPolicy {
         Ok(issuer)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binding_mode_parses_any_case_and_round_trips() {
+        for (s, m) in [
+            ("SERVER", BindingMode::Server),
+            ("client", BindingMode::Client),
+            ("None", BindingMode::None),
+        ] {
+            assert_eq!(s.parse::<BindingMode>(), Ok(m));
+            assert_eq!(m.to_string().parse::<BindingMode>(), Ok(m));
+        }
+        assert_eq!("off".parse::<BindingMode>(), Err(BindingModeError));
+        assert_eq!(
+            serde_json::from_str::<BindingMode>("\"server\"").ok(),
+            Some(BindingMode::Server)
+        );
+        assert!(serde_json::from_str::<BindingMode>("\"\"").is_err());
+    }
+
+    #[test]
+    fn binding_none_accepts_any_subject_and_server_mode_fails_closed() {
+        let Ok(id) = SpiffeId::parse("spiffe://td/x") else {
+            panic!("valid id")
+        };
+        assert_eq!(Binding::None.check(&id), Ok(()));
+        assert_eq!(
+            BindingMode::Server.binding(None, Some(&id)).check(&id),
+            Err(ValidationError::BindingUnavailable("mTLS peer"))
+        );
+    }
+
+    #[test]
+    fn policy_check_names_the_bad_field() {
+        let mut p = ValidationPolicy::new(Vec::new());
+        assert_eq!(p.check(), Err(PolicyError::NoIssuers));
+        p.issuers
+            .push(IssuerPolicy::new("i", Vec::new(), Vec::new()));
+        assert_eq!(p.check(), Err(PolicyError::NoAudiences(0)));
+        assert_eq!(
+            p.check().map_err(|e| e.to_string()),
+            Err("issuers[0].audiences: must not be empty".into())
+        );
+    }
+}
