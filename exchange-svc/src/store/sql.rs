@@ -2,6 +2,7 @@
 //! (several replicas), through sqlx's `Any` driver with per-backend migrations.
 //! Queries use `$N` placeholders, which both SQLite and PostgreSQL understand.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -106,6 +107,9 @@ impl StoreConfig {
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
+    /// SQLite: one writer at a time in this process (a deferred transaction that reads
+    /// then writes cannot wait for another writer: it fails with SQLITE_BUSY).
+    write_lock: Arc<tokio::sync::Mutex<()>>,
     backend: Backend,
     participant_claim: String,
 }
@@ -127,7 +131,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[(
     &[
         "CREATE TABLE mappings (name TEXT PRIMARY KEY, subject TEXT NOT NULL, resource TEXT NOT NULL, \
          participant TEXT NOT NULL, audiences TEXT NOT NULL, scopes TEXT NOT NULL, ttl_secs BIGINT NOT NULL, \
-         rate_per_second REAL, rate_burst BIGINT, revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
+         rate_per_second REAL NOT NULL, rate_burst BIGINT NOT NULL, revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
          UNIQUE (subject, resource))",
         "CREATE INDEX mappings_by_resource ON mappings (resource)",
         "CREATE TABLE scope_claims (resource TEXT NOT NULL, scope TEXT NOT NULL, claims TEXT NOT NULL, \
@@ -140,7 +144,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[(
     &[
         "CREATE TABLE mappings (name TEXT PRIMARY KEY, subject TEXT NOT NULL, resource TEXT NOT NULL, \
          participant TEXT NOT NULL, audiences TEXT NOT NULL, scopes TEXT NOT NULL, ttl_secs BIGINT NOT NULL, \
-         rate_per_second DOUBLE PRECISION, rate_burst BIGINT, revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
+         rate_per_second DOUBLE PRECISION NOT NULL, rate_burst BIGINT NOT NULL, revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
          UNIQUE (subject, resource))",
         "CREATE INDEX mappings_by_resource ON mappings (resource)",
         "CREATE TABLE scope_claims (resource TEXT NOT NULL, scope TEXT NOT NULL, claims TEXT NOT NULL, \
@@ -157,14 +161,17 @@ fn decode_mapping(row: &AnyRow) -> Result<Mapping, StoreError> {
     let audiences: String = row.try_get("audiences").map_err(|e| corrupt(&e))?;
     let scopes: String = row.try_get("scopes").map_err(|e| corrupt(&e))?;
     let ttl: i64 = row.try_get("ttl_secs").map_err(|e| corrupt(&e))?;
-    let per_second: Option<f64> = row.try_get("rate_per_second").map_err(|e| corrupt(&e))?;
-    let burst: Option<i64> = row.try_get("rate_burst").map_err(|e| corrupt(&e))?;
-    let rate_limit = match (per_second, burst) {
-        (Some(per_second), Some(burst)) => Some(RateLimit {
+    // No NULLs: sqlx's Any driver mis-types a NULL bound first on PostgreSQL, so "no
+    // limit" is stored as burst 0 (a real limit has burst >= 1).
+    let per_second: f64 = row.try_get("rate_per_second").map_err(|e| corrupt(&e))?;
+    let burst: i64 = row.try_get("rate_burst").map_err(|e| corrupt(&e))?;
+    let rate_limit = if burst > 0 {
+        Some(RateLimit {
             per_second,
             burst: u32::try_from(burst).map_err(|e| corrupt(&e))?,
-        }),
-        _ => None,
+        })
+    } else {
+        None
     };
     Ok(Mapping {
         subject: row.try_get("subject").map_err(|e| corrupt(&e))?,
@@ -222,6 +229,7 @@ impl SqlStore {
             .map_err(|e| StoreError::Config(format!("store.url: {e}")))?;
         Ok(SqlStore {
             pool,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
             backend,
             participant_claim: participant_claim.to_string(),
         })
@@ -239,6 +247,7 @@ impl SqlStore {
     /// makes replicas that start together apply them once.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mig = |e: sqlx::Error| StoreError::Migration(e.to_string());
+        let _w = self.writer().await;
         let (migrations, lock) = match self.backend {
             Backend::Sqlite => (SQLITE_MIGRATIONS, None),
             Backend::Postgres => (
@@ -278,6 +287,13 @@ impl SqlStore {
         }
         tx.commit().await.map_err(mig)?;
         Ok(())
+    }
+
+    async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        }
     }
 
     /// Closes the pool.
@@ -344,6 +360,7 @@ impl MappingStore for SqlStore {
 
     async fn put_mapping(&self, m: &Mapping) -> Result<(), StoreError> {
         validate_mapping(m)?;
+        let _w = self.writer().await;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let dup = sqlx::query(
             "SELECT name FROM mappings WHERE subject = $1 AND resource = $2 AND name <> $3",
@@ -364,8 +381,8 @@ impl MappingStore for SqlStore {
             )));
         }
         let (per_second, burst) = match m.rate_limit {
-            Some(rl) => (Some(rl.per_second), Some(i64::from(rl.burst))),
-            None => (None, None),
+            Some(rl) => (rl.per_second, i64::from(rl.burst)),
+            None => (0.0, 0),
         };
         let ttl = i64::try_from(m.ttl_secs).map_err(|_| super::invalid("ttl_secs", "too large"))?;
         sqlx::query(
@@ -393,6 +410,7 @@ impl MappingStore for SqlStore {
     }
 
     async fn delete_mapping(&self, name: &str) -> Result<bool, StoreError> {
+        let _w = self.writer().await;
         let r = sqlx::query("DELETE FROM mappings WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
@@ -413,6 +431,7 @@ impl MappingStore for SqlStore {
 
     async fn put_scope_claims(&self, row: &ScopeClaims) -> Result<(), StoreError> {
         validate_scope_claims(row, &self.participant_claim)?;
+        let _w = self.writer().await;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let others =
             sqlx::query("SELECT resource, scope, claims FROM scope_claims WHERE resource = $1")
@@ -440,6 +459,7 @@ impl MappingStore for SqlStore {
     }
 
     async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError> {
+        let _w = self.writer().await;
         let r = sqlx::query("DELETE FROM scope_claims WHERE resource = $1 AND scope = $2")
             .bind(resource)
             .bind(scope)

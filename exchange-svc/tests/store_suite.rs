@@ -1,0 +1,465 @@
+//! The mapping-store suite, one generic function per behaviour, instantiated for the
+//! embedded SQLite file and for real PostgreSQL; plus Postgres going away mid-run
+//! (through a TCP proxy the test cuts) → 503 + Retry-After, then recovery.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::store::{
+    seed, Mapping, MappingStore, RateLimit, ScopeClaims, SqlStore, StoreConfig, StoreError,
+};
+use meshpass_testkit::{PgDb, Postgres};
+use serde_json::json;
+
+/// A backend under test: how to open (and re-open) a store on the same database.
+trait Backend {
+    fn config(&self) -> StoreConfig;
+}
+
+struct Sqlite(tempfile::TempDir);
+impl Backend for Sqlite {
+    fn config(&self) -> StoreConfig {
+        StoreConfig {
+            url: format!("sqlite://{}", self.0.path().join("mappings.db").display()),
+            ..StoreConfig::default()
+        }
+    }
+}
+
+struct Pg(PgDb);
+impl Backend for Pg {
+    fn config(&self) -> StoreConfig {
+        StoreConfig {
+            url: self.0.url(),
+            max_connections: 4,
+            ..StoreConfig::default()
+        }
+    }
+}
+
+async fn open(b: &dyn Backend) -> SqlStore {
+    let s = SqlStore::connect(&b.config(), "participant").unwrap();
+    s.migrate().await.unwrap();
+    s
+}
+
+fn mapping(name: &str, subject: &str, resource: &str) -> Mapping {
+    Mapping {
+        name: name.into(),
+        subject: subject.into(),
+        resource: resource.into(),
+        participant: "acme".into(),
+        audiences: vec![resource.into()],
+        scopes: vec!["read".into(), "write".into()],
+        ttl_secs: 300,
+        rate_limit: Some(RateLimit {
+            per_second: 2.5,
+            burst: 5,
+        }),
+    }
+}
+
+fn claims(resource: &str, scope: &str, v: serde_json::Value) -> ScopeClaims {
+    ScopeClaims {
+        resource: resource.into(),
+        scope: scope.into(),
+        claims: v.as_object().unwrap().clone(),
+    }
+}
+
+async fn round_trips_mappings_and_scope_claims(b: &dyn Backend) {
+    let s = open(b).await;
+    let m = mapping("web-pay", "spiffe://td/ns/shop/*", "payments");
+    s.put_mapping(&m).await.unwrap();
+    let mut no_limit = mapping("web-orders", "spiffe://td/ns/shop/sa/web", "orders");
+    no_limit.rate_limit = None;
+    no_limit.audiences.clear();
+    s.put_mapping(&no_limit).await.unwrap();
+    s.put_scope_claims(&claims(
+        "payments",
+        "write",
+        json!({"role": "writer", "limits": {"eur": 100}}),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(s.get_mapping("web-pay").await.unwrap(), Some(m.clone()));
+    assert_eq!(s.get_mapping("nope").await.unwrap(), None);
+    assert_eq!(
+        s.list_mappings().await.unwrap(),
+        vec![no_limit.clone(), m.clone()]
+    );
+    let p = s.resource_policy("payments").await.unwrap();
+    assert_eq!(p.mappings, vec![m]);
+    assert_eq!(p.scope_claims[0].claims["limits"]["eur"], 100);
+    assert_eq!(
+        s.resource_policy("orders").await.unwrap().mappings,
+        vec![no_limit]
+    );
+    assert!(s
+        .resource_policy("unknown")
+        .await
+        .unwrap()
+        .mappings
+        .is_empty());
+    s.ping().await.unwrap();
+}
+
+async fn upsert_replaces_and_seeding_twice_changes_nothing(b: &dyn Backend) {
+    let s = open(b).await;
+    let mut m = mapping("web-pay", "spiffe://td/ns/shop/*", "payments");
+    let rows = [claims("payments", "read", json!({"r": 1}))];
+    assert_eq!(seed(&s, std::slice::from_ref(&m), &rows).await.unwrap(), 2);
+    assert_eq!(seed(&s, std::slice::from_ref(&m), &rows).await.unwrap(), 0);
+    m.ttl_secs = 60;
+    assert_eq!(seed(&s, std::slice::from_ref(&m), &rows).await.unwrap(), 1);
+    assert_eq!(
+        s.get_mapping("web-pay").await.unwrap().unwrap().ttl_secs,
+        60
+    );
+    assert_eq!(s.list_mappings().await.unwrap().len(), 1);
+}
+
+async fn refuses_reserved_claims_bad_patterns_and_bad_values(b: &dyn Backend) {
+    let s = open(b).await;
+    for reserved in [
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "nbf",
+        "iat",
+        "jti",
+        "scope",
+        "act",
+        "cnf",
+        "participant",
+    ] {
+        let r = s
+            .put_scope_claims(&claims("payments", "read", json!({reserved: "x"})))
+            .await;
+        assert!(
+            matches!(r, Err(StoreError::Invalid { .. })),
+            "{reserved}: {r:?}"
+        );
+    }
+    for bad in [
+        "spiffe://td/ns/*/sa/web",
+        "https://td/x",
+        "spiffe://TD/x",
+        "spiffe://td/a/../b",
+        "",
+    ] {
+        let r = s.put_mapping(&mapping("m", bad, "payments")).await;
+        assert!(
+            matches!(&r, Err(StoreError::Invalid { field, .. }) if field == "subject"),
+            "{bad}: {r:?}"
+        );
+    }
+    let mut m = mapping("m", "spiffe://td/x", "payments");
+    m.ttl_secs = 0;
+    assert!(matches!(
+        s.put_mapping(&m).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    let mut m = mapping("m", "spiffe://td/x", "payments");
+    m.scopes = vec!["read".into(), "read".into()];
+    assert!(matches!(
+        s.put_mapping(&m).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    let mut m = mapping("bad name!", "spiffe://td/x", "payments");
+    m.rate_limit = None;
+    assert!(matches!(
+        s.put_mapping(&m).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    let mut m = mapping("m", "spiffe://td/x", "payments");
+    m.rate_limit = Some(RateLimit {
+        per_second: 0.0,
+        burst: 1,
+    });
+    assert!(matches!(
+        s.put_mapping(&m).await,
+        Err(StoreError::Invalid { .. })
+    ));
+    assert!(
+        s.list_mappings().await.unwrap().is_empty(),
+        "an invalid write was stored"
+    );
+}
+
+async fn refuses_conflicting_claims_and_duplicate_subject_resource_pairs(b: &dyn Backend) {
+    let s = open(b).await;
+    s.put_scope_claims(&claims(
+        "payments",
+        "read",
+        json!({"role": "reader", "x": 1}),
+    ))
+    .await
+    .unwrap();
+    let r = s
+        .put_scope_claims(&claims("payments", "write", json!({"role": "writer"})))
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    // The same value is no conflict; another resource is independent.
+    s.put_scope_claims(&claims("payments", "write", json!({"x": 1, "w": true})))
+        .await
+        .unwrap();
+    s.put_scope_claims(&claims("orders", "write", json!({"role": "writer"})))
+        .await
+        .unwrap();
+    // Replacing a scope's own claims is allowed.
+    s.put_scope_claims(&claims(
+        "payments",
+        "read",
+        json!({"role": "auditor", "x": 1}),
+    ))
+    .await
+    .unwrap();
+
+    s.put_mapping(&mapping("a", "spiffe://td/ns/shop/*", "payments"))
+        .await
+        .unwrap();
+    let r = s
+        .put_mapping(&mapping("b", "spiffe://td/ns/shop/*", "payments"))
+        .await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+    s.put_mapping(&mapping("b", "spiffe://td/ns/shop/*", "orders"))
+        .await
+        .unwrap();
+}
+
+async fn deletes_mappings_and_scope_claims(b: &dyn Backend) {
+    let s = open(b).await;
+    s.put_mapping(&mapping("a", "spiffe://td/x", "payments"))
+        .await
+        .unwrap();
+    s.put_scope_claims(&claims("payments", "read", json!({"r": 1})))
+        .await
+        .unwrap();
+    assert!(s.delete_mapping("a").await.unwrap());
+    assert!(!s.delete_mapping("a").await.unwrap());
+    assert!(s.delete_scope_claims("payments", "read").await.unwrap());
+    assert!(!s.delete_scope_claims("payments", "read").await.unwrap());
+    assert!(s.list_mappings().await.unwrap().is_empty());
+    assert!(s.list_scope_claims().await.unwrap().is_empty());
+}
+
+async fn a_restart_keeps_every_mapping(b: &dyn Backend) {
+    let s = open(b).await;
+    for i in 0..20 {
+        s.put_mapping(&mapping(
+            &format!("m{i:02}"),
+            &format!("spiffe://td/sa/{i}"),
+            "payments",
+        ))
+        .await
+        .unwrap();
+    }
+    s.put_scope_claims(&claims("payments", "read", json!({"r": 1})))
+        .await
+        .unwrap();
+    let before = (
+        s.list_mappings().await.unwrap(),
+        s.list_scope_claims().await.unwrap(),
+    );
+    s.close().await;
+    drop(s);
+    let s = open(b).await; // migrations run again: must be a no-op
+    let after = (
+        s.list_mappings().await.unwrap(),
+        s.list_scope_claims().await.unwrap(),
+    );
+    assert_eq!(before, after);
+    assert_eq!(after.0.len(), 20);
+}
+
+async fn concurrent_writers_and_readers_do_not_fail(b: &dyn Backend) {
+    let s = Arc::new(open(b).await);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                s.put_mapping(&mapping(
+                    &format!("w{w}-{i}"),
+                    &format!("spiffe://td/w{w}/{i}"),
+                    "payments",
+                ))
+                .await
+                .unwrap();
+                s.resource_policy("payments").await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.list_mappings().await.unwrap().len(), 60);
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let b = super::Sqlite(tempfile::tempdir().unwrap());
+                    super::$name(&b).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let b = super::Pg(super::Postgres::fresh_database());
+                    super::$name(&b).await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    round_trips_mappings_and_scope_claims,
+    upsert_replaces_and_seeding_twice_changes_nothing,
+    refuses_reserved_claims_bad_patterns_and_bad_values,
+    refuses_conflicting_claims_and_duplicate_subject_resource_pairs,
+    deletes_mappings_and_scope_claims,
+    a_restart_keeps_every_mapping,
+    concurrent_writers_and_readers_do_not_fail,
+);
+
+#[test]
+fn in_memory_sqlite_and_unknown_schemes_are_refused() {
+    for url in [
+        "sqlite::memory:",
+        "sqlite://file?mode=memory",
+        "mysql://x",
+        "meshpass.db",
+    ] {
+        let cfg = StoreConfig {
+            url: url.into(),
+            ..StoreConfig::default()
+        };
+        assert!(
+            matches!(
+                SqlStore::connect(&cfg, "participant"),
+                Err(StoreError::Config(_))
+            ),
+            "{url}"
+        );
+    }
+}
+
+/// A TCP proxy to Postgres that the test can cut (existing connections are dropped and
+/// new ones refused) and restore.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (u, c, target) = (up.clone(), conns.clone(), target.to_string());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !u.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                c.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                }));
+            }
+        });
+        Proxy { port, up, conns }
+    }
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_503_with_retry_after_while_postgres_is_unreachable_and_recovers_by_itself() {
+    let db = Postgres::fresh_database();
+    let url = db.url();
+    // postgres://user@host:port/db → point it at the proxy.
+    let rest = url.split_once("://").unwrap().1;
+    let (userhost, dbname) = rest.split_once('/').unwrap();
+    let (user, hostport) = userhost
+        .rsplit_once('@')
+        .map(|(u, h)| (format!("{u}@"), h))
+        .unwrap_or((String::new(), userhost));
+    let proxy = Proxy::start(hostport).await;
+    let proxied = format!("postgres://{user}127.0.0.1:{}/{dbname}", proxy.port);
+
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let toml = config_toml(&issuer, &dir.path().join("unused.db"), "").replace(
+        &format!(
+            "url = \"sqlite://{}\"",
+            dir.path().join("unused.db").display()
+        ),
+        &format!("url = \"{proxied}\"\nacquire_timeout_secs = 1\nretry_after_secs = 7"),
+    );
+    let cfg = load_config(dir.path(), &toml);
+    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let app = meshpass_exchange::app(state);
+    let subject = issuer.svid(WEB, now(), 3600);
+    let body = || exchange_form(&subject, &[("resource", "orders")]);
+    assert_eq!(post_token(&app, body()).await.status.as_u16(), 200);
+
+    proxy.cut();
+    // A new subject token each time so the token cache cannot answer.
+    let other = issuer.svid(WEB, now() - 1, 3600);
+    let a = post_token(&app, exchange_form(&other, &[("resource", "orders")])).await;
+    assert_eq!(a.status.as_u16(), 503, "{}", a.json);
+    assert_eq!(a.json["error"], "temporarily_unavailable");
+    assert_eq!(a.headers["retry-after"], "7");
+    assert!(!a.json["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("127.0.0.1"));
+    let r = get(&app, "/readyz").await;
+    assert_eq!(r.status.as_u16(), 503);
+    assert_eq!(r.json["store"], "unavailable");
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let fresh = issuer.svid(WEB, now() - 2, 3600);
+        let a = post_token(&app, exchange_form(&fresh, &[("resource", "payments")])).await;
+        if a.status.as_u16() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", a.json);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get(&app, "/readyz").await.status.as_u16(), 200);
+}
