@@ -100,6 +100,57 @@ pub struct Worker {
     own_identity: Option<String>,
     counts: [u64; Counter::ALL.len()],
     written: Vec<(u64, String)>,
+    l1: HashMap<String, Vec<L1Entry>, FxBuild>,
+    /// Clock as of the last tick or slow-path read: the memo check uses it instead of a
+    /// host call (memo entries end at the refresh time, well before expiry, so being up
+    /// to one tick late is harmless).
+    coarse_now_ms: u64,
+}
+
+/// Per-worker memo in front of shared data, looked up by an exact compare of the
+/// token bytes (so no sha256 and no shared-data copy on a warm hit). Valid only until
+/// the entry's refresh time; after that the shared entry (maybe refreshed by another
+/// worker) is consulted again.
+struct L1Entry {
+    digest: [u8; 32],
+    valid_until_ms: u64,
+    subject: String,
+    authorization: String,
+}
+
+/// Maximum tokens memoised per worker; the memo is cleared when full.
+const L1_MAX: usize = 4096;
+
+/// FxHash-style hasher: the memo key is attacker-supplied but every hit is confirmed by
+/// an exact compare, and the map is size-capped, so a fast non-keyed hash is fine.
+#[derive(Default, Clone, Copy)]
+struct FxBuild;
+
+impl std::hash::BuildHasher for FxBuild {
+    type Hasher = Fx;
+    fn build_hasher(&self) -> Fx {
+        Fx(0)
+    }
+}
+
+struct Fx(u64);
+
+impl std::hash::Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
 }
 
 impl Worker {
@@ -126,6 +177,8 @@ impl Worker {
             own_identity,
             counts: [0; Counter::ALL.len()],
             written: Vec::new(),
+            l1: HashMap::with_hasher(FxBuild),
+            coarse_now_ms: 0,
         }
     }
 
@@ -234,8 +287,36 @@ impl Worker {
             return Verdict::Pause;
         };
         let identity = self.identity(host);
+        if self.coarse_now_ms == 0 {
+            self.coarse_now_ms = host.now_ms();
+        }
+        let coarse_now = self.coarse_now_ms;
+        if let Some(e) = self
+            .l1
+            .get(token)
+            .and_then(|v| v.iter().find(|e| e.digest == target.digest))
+        {
+            if e.valid_until_ms > coarse_now {
+                if self.config.mode != Mode::NoneInsecure
+                    && identity.as_deref() != Some(e.subject.as_str())
+                {
+                    return self.deny_binding(host, identity.is_some());
+                }
+                host.set_header("authorization", &e.authorization);
+                if !self.config.bearer {
+                    host.remove_header(&self.config.token_header);
+                }
+                if self.config.set_subject_header {
+                    host.set_header(SUBJECT_HEADER, &e.subject);
+                }
+                self.bump(Counter::CacheHit);
+                self.bump(Counter::Allowed);
+                return Verdict::Continue;
+            }
+        }
         let key = cache::key(&target.digest, token);
         let now = host.now_ms();
+        self.coarse_now_ms = now;
 
         if let Some((bytes, _cas)) = host.shared_get(&key) {
             if let Some(e) = Entry::decode(&bytes) {
@@ -246,7 +327,9 @@ impl Worker {
                         return self.deny_binding(host, identity.is_some());
                     }
                     self.bump(Counter::CacheHit);
-                    if now >= e.refresh_ms && !self.refreshing.contains_key(&key) {
+                    if now < e.refresh_ms {
+                        self.memo(token, &target.digest, e.refresh_ms, e.subject, e.token);
+                    } else if !self.refreshing.contains_key(&key) {
                         self.refreshing.insert(key.clone(), ());
                         self.refreshes.push(PendingRefresh {
                             key: key.clone(),
@@ -380,6 +463,28 @@ impl Worker {
             }
             Mode::NoneInsecure => None,
         }
+    }
+
+    fn memo(
+        &mut self,
+        token: &str,
+        digest: &[u8; 32],
+        until: u64,
+        subject: &str,
+        participant: &str,
+    ) {
+        if self.l1.len() >= L1_MAX {
+            self.l1.clear();
+        }
+        let e = L1Entry {
+            digest: *digest,
+            valid_until_ms: until,
+            subject: subject.to_string(),
+            authorization: format!("Bearer {participant}"),
+        };
+        let v = self.l1.entry(token.to_string()).or_default();
+        v.retain(|x| x.digest != *digest);
+        v.push(e);
     }
 
     fn allow(&mut self, host: &mut dyn Host, participant: &str, subject: &str) {
@@ -763,6 +868,7 @@ impl Worker {
     /// refreshes, stuck in-flight cleanup, expired-entry sweep, metrics flush.
     pub fn on_tick(&mut self, host: &mut dyn Host) {
         let now = host.now_ms();
+        self.coarse_now_ms = now;
         // JWKS.
         let remotes: Vec<(String, crate::config::RemoteJwks)> = self
             .config
@@ -875,6 +981,10 @@ impl Worker {
             }
         }
         self.written = keep;
+        self.l1.retain(|_, v| {
+            v.retain(|e| e.valid_until_ms > now);
+            !v.is_empty()
+        });
         self.flush_metrics(host);
     }
 }

@@ -590,6 +590,7 @@ fn near_expiry_hit_is_served_and_refreshed_once_in_the_background() {
     f.send_token(1, &t);
     f.answer(ok_response("p1", 100));
     f.host.now_ms += 80_000; // past 75 % of the 90 s life
+    f.w.on_tick(&mut f.host);
     assert_eq!(f.send_token(2, &t), Verdict::Continue);
     assert_eq!(f.send_token(3, &t), Verdict::Continue);
     assert_eq!(
@@ -851,4 +852,56 @@ fn noop_config_does_nothing() {
     host.request(1, &[(":path", "/")]);
     assert_eq!(w.on_request(&mut host, 1), Verdict::Continue);
     assert!(host.header_reads.borrow().is_empty());
+}
+
+#[test]
+fn warm_hits_come_from_the_worker_memo_and_still_check_binding() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 300));
+    f.send_token(2, &t); // shared-data hit, memoised
+    f.host.shared.clear(); // the memo alone must serve now
+    assert_eq!(f.send_token(3, &t), Verdict::Continue);
+    assert_eq!(
+        f.host.req_header(3, "authorization").as_deref(),
+        Some("Bearer p")
+    );
+    f.host.set_prop(&PEER, BOB);
+    assert_eq!(f.send_token(4, &t), Verdict::Pause);
+    assert_eq!(f.host.replies[&4].status, 401);
+    assert_eq!(f.count(Counter::CacheHit), 2);
+}
+
+#[test]
+fn memo_defers_to_shared_data_after_the_refresh_time() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p1", 100));
+    f.send_token(2, &t);
+    // Another worker refreshed the shared entry meanwhile.
+    let target = f.w.config.default_target.clone().unwrap();
+    let key = cache::key(&target.digest, &t);
+    let fresh = Entry {
+        expires_ms: f.host.now_ms + 290_000,
+        refresh_ms: f.host.now_ms + 200_000,
+        subject_exp: f.now + 600,
+        subject: ALICE,
+        token: "p2",
+    };
+    f.host.shared.insert(key, (fresh.encode(), 99));
+    f.host.now_ms += 80_000; // past p1's refresh time
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    f.send_token(3, &t);
+    assert_eq!(
+        f.host.req_header(3, "authorization").as_deref(),
+        Some("Bearer p2")
+    );
+    assert_eq!(
+        f.host.dispatched.len(),
+        1,
+        "no refresh needed: the shared entry is fresh"
+    );
 }

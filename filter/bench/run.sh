@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Filter benchmark (DESIGN.md "Performance budget"): real Envoy pinned to core 0 with
+# --concurrency 1, wrk pinned to core 1, GET with a ~364-byte ES256 JWT to a
+# direct_response route, 32 connections, RUNS x DURATION per configuration, medians.
+# Configurations are interleaved within each run so drift hits them all alike; only the
+# ratios within this one run mean anything.
+#   a) router only  b) no-op proxy-wasm filter  c) jwt_authn (no cache)
+#   c2) jwt_authn + jwt_cache_config  d) meshpass, cache hit  e) ext_authz (HTTP)
+# Usage: filter/bench/run.sh   (env: RUNS=3 DURATION=10s CONNECTIONS=32)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-32}
+ENVOY=${MESHPASS_ENVOY_BIN:-$ROOT/.tools/bin/envoy}
+WASM=${MESHPASS_FILTER_WASM:-$ROOT/target/wasm32-wasip1/wasm-release/meshpass_filter.wasm}
+[ -x "$ENVOY" ] || { echo "Envoy not found at $ENVOY (make setup)"; exit 1; }
+if [ ! -f "$WASM" ]; then
+  cargo build -q -p meshpass-filter --target wasm32-wasip1 --profile wasm-release
+  WASM=${CARGO_TARGET_DIR:-$ROOT/target}/wasm32-wasip1/wasm-release/meshpass_filter.wasm
+fi
+if ! command -v wrk >/dev/null; then
+  echo "[bench] installing wrk"
+  (apt-get install -y wrk >/dev/null 2>&1) || (apt-get update >/dev/null && apt-get install -y wrk >/dev/null)
+fi
+WORK=$(mktemp -d)
+ENVOY_PID=
+cleanup() { [ -n "$ENVOY_PID" ] && kill "$ENVOY_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+cargo run -q -p meshpass-filter --example mint_bench_token > "$WORK/token.json"
+TOKEN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$WORK/token.json")
+echo "[bench] token: ${#TOKEN} bytes; wasm: $(stat -c %s "$WASM") bytes"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+declare -A PORT
+for c in router noop_wasm jwt_authn jwt_authn_cache meshpass_hit ext_authz exchange authz; do PORT[$c]=$(free_port); done
+
+python3 - "$WORK" "$WASM" "$WORK/token.json" \
+  "${PORT[router]}" "${PORT[noop_wasm]}" "${PORT[jwt_authn]}" "${PORT[jwt_authn_cache]}" \
+  "${PORT[meshpass_hit]}" "${PORT[ext_authz]}" "${PORT[exchange]}" "${PORT[authz]}" <<'PY'
+import json, sys
+work, wasm, tokfile = sys.argv[1:4]
+router, noop, jwt, jwtc, mesh, extauthz, exchange, authz = map(int, sys.argv[4:12])
+tok = json.load(open(tokfile))
+router_f = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+def listener(name, port, filters, body="ok", headers=None):
+    route = {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": body}}}
+    if headers:
+        route["response_headers_to_add"] = [{"header": {"key": k, "value": v}} for k, v in headers]
+    return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+                "http_filters": filters + [router_f]}}]}]}
+def wasm_filter(vm, conf):
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": vm, "root_id": "meshpass", "vm_config": {"vm_id": vm, "runtime": "envoy.wasm.runtime.v8",
+                   "code": {"local": {"filename": wasm}}},
+                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(conf)}}}}
+def jwt_filter(cache):
+    p = {"issuer": "https://issuer.bench", "audiences": ["meshpass"], "local_jwks": {"inline_string": tok["jwks"]}, "forward": True}
+    if cache:
+        p["jwt_cache_config"] = {"jwt_cache_size": 1000}
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"p": p}, "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]}}
+def cluster(name, port):
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+meshpass = {
+    "mode": "CLIENT", "own_identity": {"spiffe_id": tok["sub"]},
+    "issuers": [{"issuer": "https://issuer.bench", "audiences": ["meshpass"], "trust_domains": ["cluster.local"], "jwks": tok["jwks"]}],
+    "exchange": {"cluster": "exchange", "authority": "exchange.bench"},
+    "default_rule": {"resource": "https://app.bench", "scopes": ["read"]},
+}
+answer = json.dumps({"access_token": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2ln", "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                     "token_type": "Bearer", "expires_in": 86000, "scope": "read"})
+ext = {"name": "envoy.filters.http.ext_authz", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+    "http_service": {"server_uri": {"uri": f"http://127.0.0.1:{authz}", "cluster": "authz", "timeout": "1s"},
+                     "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "authorization"}]}}}}}
+cfg = {"static_resources": {
+    "listeners": [
+        listener("router", router, []),
+        listener("noop_wasm", noop, [wasm_filter("noop", {"noop_for_benchmarks": True})]),
+        listener("jwt_authn", jwt, [jwt_filter(False)]),
+        listener("jwt_authn_cache", jwtc, [jwt_filter(True)]),
+        listener("meshpass_hit", mesh, [wasm_filter("meshpass", meshpass)]),
+        listener("ext_authz", extauthz, [ext]),
+        listener("exchange", exchange, [], body=answer),
+        listener("authz", authz, [], headers=[("authorization", "Bearer participant")]),
+    ],
+    "clusters": [cluster("exchange", exchange), cluster("authz", authz)]}}
+json.dump(cfg, open(f"{work}/envoy.json", "w"))
+PY
+
+taskset -c 0 "$ENVOY" -c "$WORK/envoy.json" --concurrency 1 --disable-hot-restart \
+  --base-id $(( ($$ % 20000) * 50 + 49 )) -l warning > "$WORK/envoy.log" 2>&1 &
+ENVOY_PID=$!
+for i in $(seq 1 100); do
+  curl -fs -o /dev/null "http://127.0.0.1:${PORT[router]}/" && break
+  sleep 0.1
+done
+CONFIGS="router noop_wasm jwt_authn jwt_authn_cache meshpass_hit ext_authz"
+for c in $CONFIGS; do # warm up (meshpass: the one miss that fills the cache)
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${PORT[$c]}/")
+  [ "$code" = 200 ] || { echo "[bench] $c answered $code"; cat "$WORK/envoy.log"; exit 1; }
+done
+ENVOY_CPU_TICKS() { awk '{print $14+$15}' /proc/$ENVOY_PID/stat; }
+: > "$WORK/results"
+for run in $(seq 1 "$RUNS"); do
+  for c in $CONFIGS; do
+    t0=$(ENVOY_CPU_TICKS)
+    out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:${PORT[$c]}/")
+    t1=$(ENVOY_CPU_TICKS)
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    total=$(awk '/requests in/ {print $1}' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out"); non2xx=${non2xx:-0}
+    echo "$run $c $rps $p50 $p99 $total $non2xx $((t1 - t0))" >> "$WORK/results"
+    printf '[bench] run %s %-16s %10s rps  p50 %-8s p99 %-8s non-2xx %s\n' "$run" "$c" "$rps" "$p50" "$p99" "$non2xx"
+  done
+done
+python3 - "$WORK/results" "$(getconf CLK_TCK)" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+hz = int(sys.argv[2])
+def ms(v):
+    for suf, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(suf):
+            return float(v[:-len(suf)]) * f
+    return float(v)
+order = []
+for r in rows:
+    if r[1] not in order:
+        order.append(r[1])
+med = {}
+for c in order:
+    rs = [r for r in rows if r[1] == c]
+    med[c] = dict(rps=statistics.median(float(r[2]) for r in rs),
+                  p50=statistics.median(ms(r[3]) for r in rs),
+                  p99=statistics.median(ms(r[4]) for r in rs),
+                  cpu_us=statistics.median(int(r[7]) / hz * 1e6 / max(int(r[5]), 1) for r in rs),
+                  bad=sum(int(r[6]) for r in rs))
+base, noop = med["router"], med["noop_wasm"]
+print("\n| configuration | rps (median) | p50 ms | p99 ms | / router | / no-op wasm | Envoy CPU µs/req | over router | non-2xx |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for c in order:
+    m = med[c]
+    print(f"| {c} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['rps']/base['rps']:.2f} | {m['rps']/noop['rps']:.2f} | {m['cpu_us']:.1f} | {m['cpu_us']-base['cpu_us']:+.1f} | {m['bad']} |")
+ratio = med["meshpass_hit"]["rps"] / noop["rps"]
+verdict = "MEETS" if ratio >= 0.85 else "MISSES"
+print(f"\nmeshpass cache hit / no-op wasm = {ratio:.3f}: {verdict} the DESIGN.md budget (>= 0.85)")
+PY
