@@ -8,7 +8,7 @@ export MESHPASS_FILTER_WASM ?= $(CURDIR)/$(WASM)
 FUZZ_SECONDS ?= 15
 FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form
 
-.PHONY: setup build wasm lint test unit fuzz-smoke fuzz bench demo clean
+.PHONY: setup build wasm lint test unit fuzz-smoke fuzz bench bench-filter demo clean
 
 ## setup: install the wasm target, Envoy, OpenBao and cargo-fuzz into .tools/ (idempotent)
 setup:
@@ -50,6 +50,10 @@ fuzz:
 ## bench: criterion benchmarks of core validation
 bench: setup
 	cargo bench -p meshpass-core
+
+## bench-filter: the filter through real Envoy vs router / no-op wasm / jwt_authn / ext_authz (ratios)
+bench-filter: wasm
+	bash filter/bench/run.sh
 
 ## demo: the whole stack (Envoy + filter + exchange service + OpenBao), walkthrough, then waits for Ctrl-C
 demo: build
