@@ -28,7 +28,7 @@ fn demo_once_walks_through_an_exchange_and_a_rejection_then_exits_zero() {
         "the original JWT-SVID reached the app: no",
         "served from the filter's cache: exchanges 1 -> 1",
         "HTTP 401",
-        "token subject does not match the own identity",
+        "token subject does not match",
         "HTTP 403",
         "try it yourself",
         "curl -s -H \"Authorization: Bearer $(cat ",

@@ -47,8 +47,18 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `text` in bold when stdout is a terminal.
+fn bold(text: &str) -> String {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        format!("\x1b[1m{text}\x1b[0m")
+    } else {
+        text.to_string()
+    }
+}
+
 fn step(n: u32, title: &str) {
-    println!("\n\x1b[1m[{n}/6] {title}\x1b[0m");
+    println!("\n{}", bold(&format!("[{n}/6] {title}")));
 }
 
 fn short(token: &str) -> String {
@@ -82,7 +92,10 @@ fn expect(cond: bool, what: &str, reply: &Reply) -> Result<()> {
 }
 
 async fn run(once: bool) -> Result<()> {
-    println!("\x1b[1mmeshpass demo\x1b[0m: a workload's JWT-SVID goes in, a Vault-signed participant token comes out.");
+    println!(
+        "{}: a workload's JWT-SVID goes in, a Vault-signed participant token comes out.",
+        bold("meshpass demo")
+    );
     step(
         1,
         "starting the stack on 127.0.0.1 (SQLite store, OpenBao dev server)",
@@ -258,7 +271,10 @@ async fn walkthrough(t: &Topology, started: Instant, once: bool) -> Result<()> {
         std::fs::write(t.dir().join(format!("{name}.jwt")), tok)?;
     }
     let dir = t.dir().display();
-    println!("\n\x1b[1mtry it yourself\x1b[0m (JWT-SVIDs valid for 1 hour, written to {dir}):");
+    println!(
+        "\n{} (JWT-SVIDs valid for 1 hour, written to {dir}):",
+        bold("try it yourself")
+    );
     println!("  # CLIENT mode: frontend's app -> its sidecar -> server sidecar -> echo app");
     println!("  curl -s -H \"Authorization: Bearer $(cat {dir}/frontend.jwt)\" http://127.0.0.1:{}/orders", p.client_exchange);
     println!("  # SERVER mode: reporting's mTLS connection, exchanged by the receiving sidecar");
