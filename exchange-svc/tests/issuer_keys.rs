@@ -1,0 +1,293 @@
+//! Issuer keys from a JWKS URL and OIDC discovery (a local HTTP server on a real
+//! socket), and Kubernetes TokenReview against a local double speaking the real
+//! `authentication.k8s.io/v1` JSON.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::*;
+use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::keys::{IssuerKeySource, IssuerKeys};
+use serde_json::{json, Value};
+
+#[derive(Clone)]
+struct Jwks {
+    doc: Arc<Mutex<String>>,
+    up: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+    bearer: Arc<Mutex<Option<String>>>,
+    base: Arc<Mutex<String>>,
+}
+
+async fn jwks_route(State(s): State<Jwks>, headers: HeaderMap) -> (StatusCode, String) {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    *s.bearer.lock().unwrap() = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string());
+    if !s.up.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, String::new());
+    }
+    (StatusCode::OK, s.doc.lock().unwrap().clone())
+}
+
+async fn discovery_route(State(s): State<Jwks>) -> Json<Value> {
+    let base = s.base.lock().unwrap().clone();
+    Json(json!({"issuer": ISSUER, "jwks_uri": format!("{base}/openid/v1/jwks")}))
+}
+
+async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+async fn jwks_server(doc: String) -> (String, Jwks) {
+    let s = Jwks {
+        doc: Arc::new(Mutex::new(doc)),
+        up: Arc::new(AtomicBool::new(true)),
+        hits: Arc::new(AtomicUsize::new(0)),
+        bearer: Arc::new(Mutex::new(None)),
+        base: Arc::new(Mutex::new(String::new())),
+    };
+    let router = Router::new()
+        .route("/jwks", get(jwks_route))
+        .route("/openid/v1/jwks", get(jwks_route))
+        .route("/.well-known/openid-configuration", get(discovery_route))
+        .with_state(s.clone());
+    let url = serve(router).await;
+    *s.base.lock().unwrap() = url.clone();
+    (url, s)
+}
+
+fn issuer_toml(issuer: &TestIssuer, db: &std::path::Path, keys: &str, extra: &str) -> String {
+    // Replace the inline JWKS of the standard config by `keys`.
+    config_toml(issuer, db, extra).replace(&format!("jwks = '{}'", issuer.jwks()), keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_the_last_good_keys_when_the_jwks_url_fails_and_refetches_an_unknown_kid_at_most_once_per_interval(
+) {
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let (url, srv) = jwks_server(issuer.jwks()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = format!("jwks_url = \"{url}/jwks\"\nrefresh_secs = 1\nmin_refetch_secs = 30");
+    let cfg = load_config(
+        dir.path(),
+        &issuer_toml(&issuer, &dir.path().join("m.db"), &keys, ""),
+    );
+    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let source = state.keys.clone();
+    assert_eq!(source.status()[0].keys, 1);
+    let app = meshpass_exchange::app(state);
+    let subject = issuer.svid(WEB, now(), 3600);
+    assert_eq!(
+        post_token(&app, exchange_form(&subject, &[("resource", "payments")]))
+            .await
+            .status,
+        200
+    );
+
+    // The JWKS endpoint fails: the keys loaded before keep working.
+    srv.up.store(false, Ordering::SeqCst);
+    let hits = srv.hits.load(Ordering::SeqCst);
+    // Wait until a background refresh has actually failed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while srv.hits.load(Ordering::SeqCst) == hits {
+        assert!(std::time::Instant::now() < deadline, "no refresh attempt");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let fresh = issuer.svid(WEB, now() - 1, 3600);
+    assert_eq!(
+        post_token(&app, exchange_form(&fresh, &[("resource", "payments")]))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(source.snapshot()[ISSUER].len(), 1);
+
+    // A token with an unknown kid: one refetch, then none for min_refetch_secs.
+    srv.up.store(true, Ordering::SeqCst);
+    let rotated = TestIssuer::new(ISSUER, "k2");
+    *srv.doc.lock().unwrap() = json!({"keys": [issuer.jwk(), rotated.jwk()]}).to_string();
+    let before = srv.hits.load(Ordering::SeqCst);
+    assert!(before >= hits);
+    let t2 = rotated.svid(WEB, now(), 3600);
+    let a = post_token(&app, exchange_form(&t2, &[("resource", "payments")])).await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let unknown = TestIssuer::new(ISSUER, "k3");
+    let after_first = srv.hits.load(Ordering::SeqCst);
+    for i in 0..5 {
+        let t3 = unknown.svid(WEB, now() - i, 3600);
+        let a = post_token(&app, exchange_form(&t3, &[("resource", "payments")])).await;
+        assert_eq!(a.json["error"], "invalid_grant");
+    }
+    // The background refresh (every second) may have run meanwhile, but the five
+    // unknown-kid requests did not each trigger a fetch.
+    let extra = srv.hits.load(Ordering::SeqCst) - after_first;
+    assert!(extra <= 2, "{extra} fetches for five unknown-kid requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovers_the_jwks_uri_through_openid_configuration_sending_the_bearer_token() {
+    let issuer = TestIssuer::new(ISSUER, "sa-key");
+    let (url, srv) = jwks_server(issuer.jwks()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "projected-sa-token\n").unwrap();
+    let keys = format!(
+        "discovery_url = \"{url}\"\nbearer_token_file = \"{}\"",
+        token_file.display()
+    );
+    let cfg = load_config(
+        dir.path(),
+        &issuer_toml(&issuer, &dir.path().join("m.db"), &keys, ""),
+    );
+    let source = IssuerKeys::from_config(&cfg).unwrap();
+    source.refresh_all().await;
+    assert_eq!(source.status()[0].keys, 1);
+    assert!(source.status()[0].age_secs.unwrap() < 5.0);
+    assert_eq!(
+        srv.bearer.lock().unwrap().as_deref(),
+        Some("Bearer projected-sa-token")
+    );
+}
+
+#[tokio::test]
+async fn refuses_plain_http_key_urls_that_are_not_loopback() {
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meshpass.toml");
+    let toml = issuer_toml(
+        &issuer,
+        &dir.path().join("m.db"),
+        "jwks_url = \"http://keys.example.com/jwks\"",
+        "",
+    );
+    std::fs::write(&path, toml).unwrap();
+    let err = meshpass_exchange::config::Config::load(Some(&path))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("issuers[0].jwks_url"), "{err}");
+}
+
+/// The Kubernetes API server's TokenReview endpoint, as far as the service uses it.
+#[derive(Clone, Default)]
+struct ApiServer {
+    reviews: Arc<Mutex<Vec<Value>>>,
+    answer: Arc<Mutex<Value>>,
+    auth: Arc<Mutex<Option<String>>>,
+}
+
+async fn token_review(
+    State(s): State<ApiServer>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    *s.auth.lock().unwrap() = headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_string());
+    s.reviews.lock().unwrap().push(body.clone());
+    let mut answer = body;
+    answer["status"] = s.answer.lock().unwrap().clone();
+    if answer["status"].is_null() {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"kind": "Status", "status": "Failure"})),
+        );
+    }
+    (StatusCode::CREATED, Json(answer))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_review_accepts_only_authenticated_tokens_of_the_same_user_for_a_requested_audience()
+{
+    let api = ApiServer::default();
+    let url = serve(
+        Router::new()
+            .route(
+                "/apis/authentication.k8s.io/v1/tokenreviews",
+                post(token_review),
+            )
+            .with_state(api.clone()),
+    )
+    .await;
+    let issuer = TestIssuer::new("https://kubernetes.default.svc.cluster.local", "sa");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "exchange-sa-token").unwrap();
+    let toml = config_toml(&issuer, &dir.path().join("m.db"), "").replace(
+        &format!("jwks = '{}'", issuer.jwks()),
+        &format!(
+            "jwks = '{}'\nsubject_format = \"kubernetes_service_account\"\ntoken_review = {{ url = \"{url}\", bearer_token_file = \"{}\" }}",
+            issuer.jwks(),
+            token_file.display()
+        ),
+    );
+    let cfg = load_config(dir.path(), &toml);
+    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let app = meshpass_exchange::app(state);
+    let t = now();
+    let sa_token = |i: u64| {
+        issuer.sign(&json!({
+            "iss": issuer.iss, "sub": "system:serviceaccount:shop:web", "aud": ["meshpass"],
+            "iat": t - i, "exp": t + 3600,
+        }))
+    };
+    let user = json!({"username": "system:serviceaccount:shop:web", "uid": "1234", "groups": ["system:serviceaccounts"]});
+
+    *api.answer.lock().unwrap() =
+        json!({"authenticated": true, "user": user, "audiences": ["meshpass"]});
+    let a = post_token(
+        &app,
+        exchange_form(&sa_token(0), &[("resource", "payments")]),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+    let review = api.reviews.lock().unwrap().last().unwrap().clone();
+    assert_eq!(review["apiVersion"], "authentication.k8s.io/v1");
+    assert_eq!(review["kind"], "TokenReview");
+    assert_eq!(review["spec"]["token"], sa_token(0));
+    assert_eq!(review["spec"]["audiences"], json!(["meshpass"]));
+    assert_eq!(
+        api.auth.lock().unwrap().as_deref(),
+        Some("Bearer exchange-sa-token")
+    );
+    let jwks = common::get(&app, "/.well-known/jwks.json").await.json;
+    let (_, claims) = verify(a.json["access_token"].as_str().unwrap(), &jwks);
+    assert_eq!(claims["sub"], WEB);
+
+    for (i, status) in [
+        json!({"authenticated": false, "error": "token has been invalidated"}),
+        json!({"authenticated": true, "user": user, "audiences": ["kubernetes"]}),
+        json!({"authenticated": true, "user": user}),
+        json!({"authenticated": true, "user": {"username": "system:serviceaccount:shop:admin"}, "audiences": ["meshpass"]}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        *api.answer.lock().unwrap() = status.clone();
+        let a = post_token(&app, exchange_form(&sa_token(i as u64 + 1), &[("resource", "payments")])).await;
+        assert_eq!(a.status, 400, "{status}: {}", a.json);
+        assert_eq!(a.json["error"], "invalid_grant", "{status}");
+    }
+
+    *api.answer.lock().unwrap() = Value::Null; // the API server fails
+    let a = post_token(
+        &app,
+        exchange_form(&sa_token(10), &[("resource", "payments")]),
+    )
+    .await;
+    assert_eq!(a.status, 503, "{}", a.json);
+    assert_eq!(a.json["error"], "temporarily_unavailable");
+    assert!(a.headers.contains_key("retry-after"));
+}
