@@ -214,6 +214,8 @@ pub async fn state_with(cfg: &Config, signer: Arc<dyn Signer>, clock: Arc<dyn Cl
         .unwrap();
     let keys = IssuerKeys::from_config(cfg).unwrap();
     keys.refresh_all().await;
+    // As `serve` does; the tasks end with the test's runtime.
+    drop(keys.spawn_refresh());
     AppState::new(cfg, signer, store as Arc<dyn MappingStore>, keys, clock).unwrap()
 }
 
