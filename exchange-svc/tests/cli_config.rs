@@ -1,0 +1,133 @@
+//! The `meshpass-exchange` binary's configuration handling: `check-config`, env
+//! overrides, refusal to start on bad configuration naming the field.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_meshpass-exchange"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MESHPASS__") || k.starts_with("VAULT_") || k.starts_with("BAO_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn write(dir: &std::path::Path, toml: &str) -> std::path::PathBuf {
+    let p = dir.join("c.toml");
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+fn good(dir: &std::path::Path) -> String {
+    config_toml(&TestIssuer::new(ISSUER, "k"), &dir.join("m.db"), "")
+}
+
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .arg("check-config")
+        .arg(write(dir.path(), &good(dir.path())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_config_names_the_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("ttl_secs = 300", "ttl_secs = 0", "mappings[0]"),
+        ("[token]\n", "[token]\nbogus_key = 1\n", "bogus_key"),
+        (
+            "trust_domains = [\"cluster.local\"]",
+            "trust_domains = [\"Bad Domain\"]",
+            "issuers[0].trust_domains",
+        ),
+        (
+            "claims = { role = \"writer\", tier = 2 }",
+            "claims = { iss = \"x\" }",
+            "scope_claims[0]",
+        ),
+        (
+            "issuer = \"https://meshpass.test\"",
+            "issuer = \"ftp://x\"",
+            "token.issuer",
+        ),
+        ("url = \"sqlite://", "url = \"mysql://", "store"),
+    ];
+    for (from, to, field) in cases {
+        let toml = good(dir.path()).replacen(from, to, 1);
+        assert_ne!(toml, good(dir.path()), "{from} not found");
+        let out = bin()
+            .arg("check-config")
+            .arg(write(dir.path(), &toml))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to}: {err}");
+        assert!(
+            err.contains(field),
+            "{to}: error does not name {field}: {err}"
+        );
+    }
+}
+
+#[test]
+fn environment_variables_override_any_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), &good(dir.path()));
+    let out = bin()
+        .arg("check-config")
+        .arg(&path)
+        .env("MESHPASS__CACHE__MIN_REMAINING_FRACTION", "1.5")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("cache.min_remaining_fraction"), "{err}");
+    let out = bin()
+        .arg("check-config")
+        .arg(&path)
+        .env("MESHPASS__SERVER__LISTEN", "127.0.0.1:1234")
+        .env("MESHPASS__TOKEN__PARTICIPANT_CLAIM", "tenant")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bin()
+        .arg("check-config")
+        .arg(&path)
+        .env("MESHPASS__TOKEN__PARTICIPANT_CLAIM", "sub")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token.participant_claim"));
+}
+
+#[test]
+fn serve_refuses_to_start_with_a_bad_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = good(dir.path()).replacen("[[issuers]]", "[[issuers]]\nunknown = true", 1);
+    let out = bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(write(dir.path(), &toml))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown"));
+}
