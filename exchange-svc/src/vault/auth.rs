@@ -380,12 +380,34 @@ impl Auth {
                 Ok(new) => {
                     backoff.reset();
                     obtained = Instant::now();
-                    if let (Some(new_ttl), Some(full)) = (new.ttl, login_ttl) {
-                        if new_ttl < full / 2 {
-                            relogin_due = true;
-                        }
+                    // Granted less than a fresh login's TTL: the max TTL caps renewals
+                    // from now on, so log in again at 2/3 of what is left (as Vault's
+                    // own lifetime watcher does). TTL 0 here means "about to expire".
+                    let capped = match (new.ttl, login_ttl) {
+                        (Some(granted), Some(full)) => granted < full,
+                        (None, Some(_)) => true,
+                        _ => false,
+                    };
+                    if capped && self.can_login() {
+                        relogin_due = true;
+                        current = Some(TokenInfo {
+                            ttl: Some(new.ttl.unwrap_or_default()),
+                            renewable: true,
+                        });
+                    } else if new.ttl.is_none() && login_ttl.is_some() {
+                        // A given token at its max TTL: nothing left to renew.
+                        tracing::warn!("vault token reached its max TTL and cannot be renewed");
+                        current = None;
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    } else {
+                        current = Some(new);
                     }
-                    current = Some(new);
+                }
+                // Near the max TTL Vault may answer 500 (or a TTL it then does not
+                // honour): a method that can log in does so at once rather than
+                // retrying the renewal; a failing login then backs off.
+                Err(_) if self.can_login() => {
+                    current = None;
                 }
                 Err(e) if e.is_transient() => {
                     // Vault is down: retry the renewal soon, keep the token meanwhile.
