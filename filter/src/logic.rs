@@ -64,6 +64,21 @@ enum Call {
     },
 }
 
+/// A request whose token names a `kid` not (yet) in the issuer's keys.
+struct Parked {
+    ctx: u32,
+    token: String,
+    target: Target,
+    key: String,
+    identity: Option<String>,
+    issuer: String,
+    cas_at_park: Option<u32>,
+    deadline_ms: u64,
+}
+
+/// How long a request with an unknown kid waits for refetched keys.
+const PARK_MS: u64 = 5000;
+
 struct PendingRefresh {
     key: String,
     token: String,
@@ -105,6 +120,7 @@ pub struct Worker {
     /// host call (memo entries end at the refresh time, well before expiry, so being up
     /// to one tick late is harmless).
     coarse_now_ms: u64,
+    parked: Vec<Parked>,
 }
 
 /// Per-worker memo in front of shared data, looked up by an exact compare of the
@@ -179,6 +195,7 @@ impl Worker {
             written: Vec::new(),
             l1: HashMap::with_hasher(FxBuild),
             coarse_now_ms: 0,
+            parked: Vec::new(),
         }
     }
 
@@ -350,7 +367,7 @@ impl Worker {
             self.bump(Counter::Coalesced);
             return Verdict::Pause;
         }
-        self.miss(host, ctx, token, &target, key, identity, now)
+        self.miss(host, ctx, token, &target, key, identity, now, true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -363,6 +380,7 @@ impl Worker {
         key: String,
         identity: Option<String>,
         now: u64,
+        may_park: bool,
     ) -> Verdict {
         self.load_remote_keys(host);
         let bound = identity.as_deref().and_then(|s| SpiffeId::parse(s).ok());
@@ -377,7 +395,23 @@ impl Worker {
             .validate(token, now / 1000, &self.keysets, &binding)
         {
             Ok(v) => v,
-            Err(e) => return self.deny_validation(host, e, now),
+            Err(ValidationError::UnknownKeyId { issuer, .. })
+                if may_park && self.request_refetch(host, &issuer, now) =>
+            {
+                // Park until the refetched keys arrive (or PARK_MS passes).
+                self.parked.push(Parked {
+                    ctx,
+                    token: token.to_string(),
+                    target: target.clone(),
+                    key,
+                    identity,
+                    cas_at_park: self.key_cas.get(&issuer).copied(),
+                    issuer,
+                    deadline_ms: now + PARK_MS,
+                });
+                return Verdict::Pause;
+            }
+            Err(e) => return self.deny_validation(host, e),
         };
         let mut req = TokenExchangeRequest {
             subject_token: token.to_string(),
@@ -542,7 +576,7 @@ impl Worker {
         }
     }
 
-    fn deny_validation(&mut self, host: &mut dyn Host, e: ValidationError, now: u64) -> Verdict {
+    fn deny_validation(&mut self, host: &mut dyn Host, e: ValidationError) -> Verdict {
         match &e {
             ValidationError::BindingMismatch(_) | ValidationError::BindingUnavailable(_) => {
                 self.deny_token(host, Counter::DeniedBinding, &e.to_string(), true)
@@ -558,11 +592,6 @@ impl Worker {
                     Some(&ra),
                 );
                 Verdict::Pause
-            }
-            ValidationError::UnknownKeyId { issuer, .. } => {
-                let issuer = issuer.clone();
-                self.request_refetch(host, &issuer, now);
-                self.deny_token(host, Counter::DeniedInvalidToken, &e.to_string(), true)
             }
             _ => self.deny_token(host, Counter::DeniedInvalidToken, &e.to_string(), true),
         }
@@ -780,25 +809,31 @@ impl Worker {
 
     /// Unknown kid: schedule a fetch on the next tick, at most once per
     /// `jwks_min_refetch_secs` across all workers.
-    fn request_refetch(&mut self, host: &mut dyn Host, issuer: &str, now: u64) {
+    /// Returns whether a fetch is due, running or just done, i.e. whether a request
+    /// with this unknown kid is worth parking until the keys change.
+    fn request_refetch(&mut self, host: &mut dyn Host, issuer: &str, now: u64) -> bool {
         let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
-            return;
+            return false;
         };
         let (lease, cas) = read_lease(host, &r.lease_key);
-        if now.saturating_sub(lease.last_forced_ms) < r.min_refetch_ms || lease.next_due_ms <= now {
-            return;
+        if lease.next_due_ms <= now || now.saturating_sub(lease.last_forced_ms) < PARK_MS {
+            return true;
+        }
+        if now.saturating_sub(lease.last_forced_ms) < r.min_refetch_ms {
+            return false;
         }
         let new = Lease {
             next_due_ms: now,
             failures: lease.failures,
             last_forced_ms: now,
         };
-        if host
+        let ok = host
             .shared_set(&r.lease_key, Some(new.encode().as_bytes()), cas)
-            .is_ok()
-        {
+            .is_ok();
+        if ok {
             self.bump(Counter::JwksUnknownKid);
         }
+        ok
     }
 
     fn on_jwks(&mut self, host: &mut dyn Host, issuer: &str, resp: CallResponse, now: u64) {
@@ -916,6 +951,30 @@ impl Worker {
                     host.log(Level::Warn, &format!("meshpass: JWKS dispatch failed: {e}"));
                     self.on_jwks(host, &issuer, resp, now);
                 }
+            }
+        }
+        // Requests parked on an unknown kid: retry once the keys changed (or time is up).
+        if !self.parked.is_empty() {
+            self.load_remote_keys(host);
+            for p in std::mem::take(&mut self.parked) {
+                let changed = self.key_cas.get(&p.issuer).copied() != p.cas_at_park;
+                if !changed && p.deadline_ms > now {
+                    self.parked.push(p);
+                    continue;
+                }
+                if !host.set_effective_context(p.ctx) {
+                    continue;
+                }
+                if let Some(f) = self.inflight.get_mut(&p.key) {
+                    f.waiters.push(Waiter {
+                        ctx: p.ctx,
+                        identity: p.identity,
+                    });
+                    continue;
+                }
+                let _ = self.miss(
+                    host, p.ctx, &p.token, &p.target, p.key, p.identity, now, false,
+                );
             }
         }
         // Background refreshes (dispatched from the root so they outlive the stream).

@@ -82,8 +82,9 @@ impl Fixture {
         self.host.ctx = from;
         self.w.on_call_response(&mut self.host, token, resp);
     }
+    /// Flushed plus not yet flushed.
     fn count(&self, c: Counter) -> u64 {
-        self.w.pending_count(c)
+        self.w.pending_count(c) + self.host.counter(c)
     }
 }
 
@@ -805,7 +806,7 @@ fn failed_jwks_refresh_keeps_the_last_good_keys_and_backs_off() {
 }
 
 #[test]
-fn unknown_kid_triggers_one_rate_limited_refetch() {
+fn unknown_kid_parks_the_request_until_one_rate_limited_refetch_brings_the_key() {
     let mut f = remote_fixture();
     f.host.ctx = 0;
     f.w.on_tick(&mut f.host);
@@ -817,10 +818,10 @@ fn unknown_kid_triggers_one_rate_limited_refetch() {
     });
     let k2 = Key::new("k2");
     let t2 = k2.svid(ISS, AUD, ALICE, f.now, 600);
-    f.send_token(1, &t2);
-    assert_eq!(f.host.replies[&1].status, 401);
-    f.send_token(2, &t2);
-    assert_eq!(f.count(Counter::JwksUnknownKid), 1, "rate limited");
+    assert_eq!(f.send_token(1, &t2), Verdict::Pause);
+    assert_eq!(f.send_token(2, &t2), Verdict::Pause);
+    assert!(f.host.replies.is_empty(), "parked, not refused");
+    assert_eq!(f.count(Counter::JwksUnknownKid), 1, "one refetch");
     f.host.ctx = 0;
     f.w.on_tick(&mut f.host);
     assert_eq!(f.host.dispatched.len(), 2, "refetch on the next tick");
@@ -830,8 +831,30 @@ fn unknown_kid_triggers_one_rate_limited_refetch() {
         retry_after: None,
         body: body.into_bytes(),
     });
-    f.send_token(3, &t2);
-    assert_eq!(f.host.dispatched.last().unwrap().cluster, "exchange");
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(
+        f.host.dispatched.len(),
+        3,
+        "both parked requests share one exchange"
+    );
+    assert_eq!(f.host.dispatched[2].cluster, "exchange");
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![1, 2]);
+
+    // Another unknown kid right after: rate limited, but the fresh refetch window parks
+    // it; when nothing changes it is refused after the park time.
+    let k3 = Key::new("k3");
+    let t3 = k3.svid(ISS, AUD, ALICE, f.now, 600);
+    f.send_token(3, &t3);
+    f.host.now_ms += 5_001;
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.replies[&3].status, 401);
+    // Later still, within jwks_min_refetch_secs: refused at once, no new refetch.
+    f.send_token(4, &t3);
+    assert_eq!(f.host.replies[&4].status, 401);
+    assert_eq!(f.count(Counter::JwksUnknownKid), 1);
 }
 
 #[test]
