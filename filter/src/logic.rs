@@ -1097,7 +1097,7 @@ fn strip_reserved(host: &mut dyn Host, all: bool) {
 }
 
 /// CLIENT mode: local certificate URI SAN, else Istio node metadata in the configured
-/// trust domain.
+/// trust domain (`xds.node.metadata.NAMESPACE` / `SERVICE_ACCOUNT`).
 fn discover_own_identity(host: &mut dyn Host, cfg: &Config) -> Option<String> {
     let td = match &cfg.own_identity {
         Some(OwnIdentity::Fixed(id)) => return Some(id.as_str().to_string()),
@@ -1111,8 +1111,13 @@ fn discover_own_identity(host: &mut dyn Host, cfg: &Config) -> Option<String> {
     {
         return Some(s);
     }
-    let ns = host.property(&["node", "metadata", "NAMESPACE"])?;
-    let sa = host.property(&["node", "metadata", "SERVICE_ACCOUNT"])?;
+    // Envoy exposes the bootstrap node as `xds.node` (older builds: `node`).
+    let meta = |host: &mut dyn Host, name: &str| {
+        host.property(&["xds", "node", "metadata", name])
+            .or_else(|| host.property(&["node", "metadata", name]))
+    };
+    let ns = meta(host, "NAMESPACE")?;
+    let sa = meta(host, "SERVICE_ACCOUNT")?;
     let id = format!(
         "spiffe://{}/ns/{}/sa/{}",
         td.as_str(),

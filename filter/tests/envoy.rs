@@ -582,3 +582,63 @@ static_resources:
         "{err}"
     );
 }
+
+#[test]
+fn client_mode_discovers_its_identity_from_istio_node_metadata() {
+    let wasm = wasm_path();
+    let k1 = Key::new("k1");
+    let script = Arc::new(Mutex::new(Script::default()));
+    let exchange = exchange_server(script.clone());
+    let app =
+        Server::start(|req: Request| Some(Response::json(200, &json!({"headers": req.headers}))));
+    let config = json!({
+        "mode": "CLIENT",
+        "own_identity": {"trust_domain": "cluster.local"},
+        "issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"],
+                     "jwks": jwks(&[&k1])}],
+        "exchange": {"cluster": "exchange"},
+        "default_rule": {"resource": "orders"},
+    });
+    let port = free_port();
+    let yaml = format!(
+        r#"
+node: {{id: sidecar, cluster: test, metadata: {{NAMESPACE: shop, SERVICE_ACCOUNT: alice}}}}
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: app}}}}]
+          http_filters:{}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:{}{}
+"#,
+        filter_yaml(&wasm, &config),
+        cluster("app", app.port, None),
+        cluster("exchange", exchange.port, None),
+    );
+    let envoy = Envoy::start(&yaml, 1);
+    let now = now_secs();
+    let own = k1.svid(ISS, AUD, ALICE, now, 600);
+    let r = get(port, "/", &[("authorization", &format!("Bearer {own}"))]);
+    assert_eq!(r.status, 200, "{r:?}\n{}", envoy.log_tail(20));
+    assert_eq!(r.json()["headers"]["authorization"], "Bearer pt-1");
+    // A token of another workload is not this proxy's to use.
+    let other = k1.svid(ISS, AUD, BOB, now, 600);
+    let r = get(port, "/", &[("authorization", &format!("Bearer {other}"))]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("own"));
+}
