@@ -6,11 +6,16 @@ use sha2::{Digest, Sha256};
 
 use crate::config::hex;
 
-/// Shared-data key of a token + target.
-pub fn key(target_digest: &[u8; 32], token: &str) -> String {
+/// Shared-data key of a token + target (+ actor token: a header value never holds NUL,
+/// so the separator is unambiguous).
+pub fn key(target_digest: &[u8; 32], token: &str, actor: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(target_digest);
     h.update(token.as_bytes());
+    if let Some(a) = actor {
+        h.update([0u8]);
+        h.update(a.as_bytes());
+    }
     let mut k = String::with_capacity(11 + 64);
     k.push_str("meshpass/c/");
     k.push_str(&hex(&h.finalize()));
@@ -121,9 +126,10 @@ mod tests {
 
     #[test]
     fn keys_differ_by_target_and_token() {
-        let a = key(&[0; 32], "t1");
-        assert_ne!(a, key(&[1; 32], "t1"));
-        assert_ne!(a, key(&[0; 32], "t2"));
+        let a = key(&[0; 32], "t1", None);
+        assert_ne!(a, key(&[1; 32], "t1", None));
+        assert_ne!(a, key(&[0; 32], "t2", None));
+        assert_ne!(a, key(&[0; 32], "t1", Some("actor")));
         assert_eq!(a.len(), 11 + 64);
     }
 

@@ -160,6 +160,8 @@ struct RawExchange {
     authority: Option<String>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    actor_token_header: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -270,6 +272,9 @@ pub struct Exchange {
     pub authority: String,
     /// Timeout, ms.
     pub timeout_ms: u64,
+    /// CLIENT mode: request header carrying the proxy's own token, sent as
+    /// `actor_token` (and removed from the request).
+    pub actor_token_header: Option<String>,
 }
 
 /// How the proxy's own identity (CLIENT mode) is found.
@@ -403,6 +408,25 @@ impl Config {
             timeout_ms: match exchange_raw.timeout_ms.unwrap_or(2000) {
                 0 => return Err(err("exchange.timeout_ms", "must be positive")),
                 t => t,
+            },
+            actor_token_header: match exchange_raw.actor_token_header {
+                None => None,
+                Some(h) => {
+                    let h = h.to_ascii_lowercase();
+                    if mode != Mode::Client {
+                        return Err(err(
+                            "exchange.actor_token_header",
+                            "only valid with mode: CLIENT",
+                        ));
+                    }
+                    if !valid_header_name(&h) || h == "authorization" {
+                        return Err(err(
+                            "exchange.actor_token_header",
+                            "is not a valid header name",
+                        ));
+                    }
+                    Some(h)
+                }
             },
             cluster: exchange_raw.cluster,
         };
@@ -542,16 +566,17 @@ impl Config {
             .token_header
             .unwrap_or_else(|| "authorization".into())
             .to_ascii_lowercase();
-        if token_header.is_empty()
-            || token_header.starts_with(':')
-            || !token_header
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !valid_header_name(&token_header) {
             return Err(err("token_header", "is not a valid header name"));
         }
         if token_header.starts_with("x-meshpass-") {
             return Err(err("token_header", "x-meshpass-* headers are reserved"));
+        }
+        if exchange.actor_token_header.as_deref() == Some(token_header.as_str()) {
+            return Err(err(
+                "exchange.actor_token_header",
+                "must differ from token_header",
+            ));
         }
         let bearer = token_header == "authorization";
 
@@ -663,6 +688,7 @@ impl Config {
                 path: String::new(),
                 authority: String::new(),
                 timeout_ms: 1,
+                actor_token_header: None,
             },
             set_subject_header: false,
             strip_all_x_meshpass_headers: false,
@@ -726,6 +752,12 @@ impl Config {
             Bypass::Prefix(pre) => p.starts_with(pre.as_str()),
         })
     }
+}
+
+fn valid_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn check_path(field: &str, p: String) -> Result<String, ConfigError> {

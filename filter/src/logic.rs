@@ -69,6 +69,7 @@ struct Parked {
     ctx: u32,
     token: String,
     target: Target,
+    actor: Option<String>,
     key: String,
     identity: Option<String>,
     issuer: String,
@@ -83,6 +84,7 @@ struct PendingRefresh {
     key: String,
     token: String,
     target: Target,
+    actor: Option<String>,
     subject: String,
     subject_exp: u64,
 }
@@ -129,6 +131,7 @@ pub struct Worker {
 /// worker) is consulted again.
 struct L1Entry {
     digest: [u8; 32],
+    actor: Option<String>,
     valid_until_ms: u64,
     subject: String,
     authorization: String,
@@ -234,7 +237,8 @@ impl Worker {
         // Header hygiene: when the filter sets x-meshpass-subject on every allowed
         // request the client's value is overwritten; otherwise one read (+ remove).
         if cfg.strip_all_x_meshpass_headers || !cfg.set_subject_header {
-            strip_reserved(host, cfg.strip_all_x_meshpass_headers);
+            let keep = cfg.exchange.actor_token_header.as_deref();
+            strip_reserved(host, cfg.strip_all_x_meshpass_headers, keep);
         }
         let path = if !cfg.bypass.is_empty() || cfg.needs_path {
             header(host, ":path")
@@ -244,7 +248,7 @@ impl Worker {
         if let Some(p) = &path {
             if !cfg.bypass.is_empty() && cfg.bypassed(p) {
                 if cfg.set_subject_header && !cfg.strip_all_x_meshpass_headers {
-                    strip_reserved(host, false);
+                    strip_reserved(host, false, None);
                 }
                 self.bump(Counter::Bypassed);
                 return Verdict::Continue;
@@ -303,16 +307,19 @@ impl Worker {
             );
             return Verdict::Pause;
         };
+        let actor = match self.actor_token(host) {
+            Ok(a) => a,
+            Err(v) => return v,
+        };
         let identity = self.identity(host);
         if self.coarse_now_ms == 0 {
             self.coarse_now_ms = host.now_ms();
         }
         let coarse_now = self.coarse_now_ms;
-        if let Some(e) = self
-            .l1
-            .get(token)
-            .and_then(|v| v.iter().find(|e| e.digest == target.digest))
-        {
+        if let Some(e) = self.l1.get(token).and_then(|v| {
+            v.iter()
+                .find(|e| e.digest == target.digest && e.actor == actor)
+        }) {
             if e.valid_until_ms > coarse_now {
                 if self.config.mode != Mode::NoneInsecure
                     && identity.as_deref() != Some(e.subject.as_str())
@@ -331,7 +338,7 @@ impl Worker {
                 return Verdict::Continue;
             }
         }
-        let key = cache::key(&target.digest, token);
+        let key = cache::key(&target.digest, token, actor.as_deref());
         let now = host.now_ms();
         self.coarse_now_ms = now;
 
@@ -345,13 +352,15 @@ impl Worker {
                     }
                     self.bump(Counter::CacheHit);
                     if now < e.refresh_ms {
-                        self.memo(token, &target.digest, e.refresh_ms, e.subject, e.token);
+                        let m = (e.refresh_ms, e.subject.to_string(), e.token.to_string());
+                        self.memo(token, &target.digest, actor.clone(), m.0, &m.1, &m.2);
                     } else if !self.refreshing.contains_key(&key) {
                         self.refreshing.insert(key.clone(), ());
                         self.refreshes.push(PendingRefresh {
                             key: key.clone(),
                             token: token.to_string(),
                             target: target.clone(),
+                            actor: actor.clone(),
                             subject: e.subject.to_string(),
                             subject_exp: e.subject_exp,
                         });
@@ -367,7 +376,7 @@ impl Worker {
             self.bump(Counter::Coalesced);
             return Verdict::Pause;
         }
-        self.miss(host, ctx, token, &target, key, identity, now, true)
+        self.miss(host, ctx, token, &target, actor, key, identity, now, true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -377,6 +386,7 @@ impl Worker {
         ctx: u32,
         token: &str,
         target: &Target,
+        actor: Option<String>,
         key: String,
         identity: Option<String>,
         now: u64,
@@ -403,6 +413,7 @@ impl Worker {
                     ctx,
                     token: token.to_string(),
                     target: target.clone(),
+                    actor,
                     key,
                     identity,
                     cas_at_park: self.key_cas.get(&issuer).copied(),
@@ -413,16 +424,7 @@ impl Worker {
             }
             Err(e) => return self.deny_validation(host, e),
         };
-        let mut req = TokenExchangeRequest {
-            subject_token: token.to_string(),
-            subject_token_type: meshpass_core::oauth::TOKEN_TYPE_JWT.to_string(),
-            resource: target.resource.iter().cloned().collect(),
-            audience: target.audience.clone(),
-            scope: target.scopes.clone(),
-            ..Default::default()
-        };
-        req.requested_token_type = None;
-        let body = req.to_form();
+        let body = exchange_form(token, target, actor);
         let traceparent = header(host, "traceparent");
         match self.send_exchange(host, &body, traceparent.as_deref()) {
             Ok(call) => {
@@ -482,6 +484,39 @@ impl Worker {
         host.dispatch(&ex.cluster, &headers, body.as_bytes(), ex.timeout_ms)
     }
 
+    /// CLIENT mode with `exchange.actor_token_header`: the proxy's actor token, taken
+    /// from (and removed from) the request; its absence is a proxy-side fault (503).
+    fn actor_token(&mut self, host: &mut dyn Host) -> Result<Option<String>, Verdict> {
+        let Some(name) = self.config.exchange.actor_token_header.clone() else {
+            return Ok(None);
+        };
+        let value = header(host, &name);
+        if value.is_some() {
+            host.remove_header(&name);
+        }
+        match value.map(|v| v.trim().to_string()) {
+            Some(v) if !v.is_empty() && v.len() <= self.config.policy.max_token_bytes => {
+                Ok(Some(v))
+            }
+            _ => {
+                host.log(
+                    Level::Warn,
+                    &format!("meshpass: actor token header {name:?} missing or oversize"),
+                );
+                self.bump(Counter::DeniedUnavailable);
+                let ra = self.config.retry_after_secs.to_string();
+                send_error(
+                    host,
+                    503,
+                    "temporarily_unavailable",
+                    "the proxy's actor token is unavailable",
+                    Some(&ra),
+                );
+                Err(Verdict::Pause)
+            }
+        }
+    }
+
     /// The identity the subject must equal, as a string.
     fn identity(&mut self, host: &mut dyn Host) -> Option<String> {
         match self.config.mode {
@@ -503,6 +538,7 @@ impl Worker {
         &mut self,
         token: &str,
         digest: &[u8; 32],
+        actor: Option<String>,
         until: u64,
         subject: &str,
         participant: &str,
@@ -512,12 +548,13 @@ impl Worker {
         }
         let e = L1Entry {
             digest: *digest,
+            actor,
             valid_until_ms: until,
             subject: subject.to_string(),
             authorization: format!("Bearer {participant}"),
         };
         let v = self.l1.entry(token.to_string()).or_default();
-        v.retain(|x| x.digest != *digest);
+        v.retain(|x| x.digest != e.digest || x.actor != e.actor);
         v.push(e);
     }
 
@@ -637,7 +674,7 @@ impl Worker {
                     // Fail open: forward without any token, never the subject token.
                     self.bump(Counter::FailOpen);
                     host.remove_header(&self.config.token_header);
-                    strip_reserved(host, self.config.strip_all_x_meshpass_headers);
+                    strip_reserved(host, self.config.strip_all_x_meshpass_headers, None);
                     host.resume();
                 } else {
                     self.bump(Counter::DeniedUnavailable);
@@ -973,21 +1010,14 @@ impl Worker {
                     continue;
                 }
                 let _ = self.miss(
-                    host, p.ctx, &p.token, &p.target, p.key, p.identity, now, false,
+                    host, p.ctx, &p.token, &p.target, p.actor, p.key, p.identity, now, false,
                 );
             }
         }
         // Background refreshes (dispatched from the root so they outlive the stream).
         for p in std::mem::take(&mut self.refreshes) {
-            let req = TokenExchangeRequest {
-                subject_token: p.token,
-                subject_token_type: meshpass_core::oauth::TOKEN_TYPE_JWT.to_string(),
-                resource: p.target.resource.iter().cloned().collect(),
-                audience: p.target.audience.clone(),
-                scope: p.target.scopes.clone(),
-                ..Default::default()
-            };
-            match self.send_exchange(host, &req.to_form(), None) {
+            let body = exchange_form(&p.token, &p.target, p.actor);
+            match self.send_exchange(host, &body, None) {
                 Ok(t) => {
                     self.bump(Counter::CacheRefresh);
                     self.bump(Counter::ExchangeCalls);
@@ -1080,14 +1110,33 @@ fn read_lease(host: &mut dyn Host, key: &str) -> (Lease, Option<u32>) {
     }
 }
 
+/// The RFC 8693 form for `token` and `target` (with the actor token, if any).
+fn exchange_form(token: &str, target: &Target, actor: Option<String>) -> String {
+    let has_actor = actor.is_some();
+    TokenExchangeRequest {
+        subject_token: token.to_string(),
+        subject_token_type: meshpass_core::oauth::TOKEN_TYPE_JWT.to_string(),
+        resource: target.resource.iter().cloned().collect(),
+        audience: target.audience.clone(),
+        scope: target.scopes.clone(),
+        requested_token_type: None,
+        actor_token: actor,
+        actor_token_type: has_actor.then(|| meshpass_core::oauth::TOKEN_TYPE_JWT.to_string()),
+    }
+    .to_form()
+}
+
 fn header(host: &dyn Host, name: &str) -> Option<String> {
     host.header(name)
 }
 
-fn strip_reserved(host: &mut dyn Host, all: bool) {
+/// Drops client-sent `x-meshpass-*` headers (all of them with `all`, else the one the
+/// filter writes); `keep` is the actor-token header, read and removed later.
+fn strip_reserved(host: &mut dyn Host, all: bool, keep: Option<&str>) {
     if all {
         for n in host.header_names() {
-            if n.to_ascii_lowercase().starts_with("x-meshpass-") {
+            let lower = n.to_ascii_lowercase();
+            if lower.starts_with("x-meshpass-") && Some(lower.as_str()) != keep {
                 host.remove_header(&n);
             }
         }

@@ -175,6 +175,10 @@ fn refuses_invalid_configs_naming_the_field() {
         ),
         (Box::new(|c| c["bypass"] = json!([{}])), "bypass[0]"),
         (Box::new(|c| c["surprise"] = json!(1)), "configuration"),
+        (
+            Box::new(|c| c["exchange"]["actor_token_header"] = json!("x-actor")),
+            "exchange.actor_token_header",
+        ),
     ];
     for (edit, field) in cases {
         let mut cfg = base_config(&key);
@@ -444,7 +448,7 @@ fn cache_entry_stores_subject_and_expires_before_the_participant_token() {
     f.send_token(1, &t);
     f.answer(ok_response("p", 300));
     let target = f.w.config.default_target.clone().unwrap();
-    let (bytes, _) = f.host.shared[&cache::key(&target.digest, &t)].clone();
+    let (bytes, _) = f.host.shared[&cache::key(&target.digest, &t, None)].clone();
     let e = Entry::decode(&bytes).unwrap();
     assert_eq!(e.subject, ALICE);
     assert_eq!(e.token, "p");
@@ -905,7 +909,7 @@ fn memo_defers_to_shared_data_after_the_refresh_time() {
     f.send_token(2, &t);
     // Another worker refreshed the shared entry meanwhile.
     let target = f.w.config.default_target.clone().unwrap();
-    let key = cache::key(&target.digest, &t);
+    let key = cache::key(&target.digest, &t, None);
     let fresh = Entry {
         expires_ms: f.host.now_ms + 290_000,
         refresh_ms: f.host.now_ms + 200_000,
@@ -927,4 +931,64 @@ fn memo_defers_to_shared_data_after_the_refresh_time() {
         1,
         "no refresh needed: the shared entry is fresh"
     );
+}
+
+#[test]
+fn client_mode_sends_the_configured_actor_token_and_never_forwards_it() {
+    let mut f = fixture_with(|c| {
+        c["mode"] = json!("CLIENT");
+        c["own_identity"] = json!({"spiffe_id": ALICE});
+        c["exchange"]["actor_token_header"] = json!("X-Meshpass-Actor");
+        c["strip_all_x_meshpass_headers"] = json!(true);
+    });
+    let t = f.token(ALICE);
+    let auth = format!("Bearer {t}");
+    f.send(
+        1,
+        &[
+            (":path", "/x"),
+            ("authorization", &auth),
+            ("x-meshpass-actor", "actor.jwt.one"),
+        ],
+    );
+    assert_eq!(f.host.req_header(1, "x-meshpass-actor"), None);
+    let form = form_urlencoded_pairs(&f.host.dispatched[0].body);
+    assert!(
+        form.contains(&("actor_token".into(), "actor.jwt.one".into())),
+        "{form:?}"
+    );
+    assert!(form.contains(&(
+        "actor_token_type".into(),
+        "urn:ietf:params:oauth:token-type:jwt".into()
+    )));
+    f.answer(ok_response("p1", 300));
+    // Same subject + actor: cached (twice, to reach the memo too).
+    for ctx in [2, 3] {
+        f.send(
+            ctx,
+            &[
+                (":path", "/x"),
+                ("authorization", &auth),
+                ("x-meshpass-actor", "actor.jwt.one"),
+            ],
+        );
+        assert_eq!(
+            f.host.req_header(ctx, "authorization").as_deref(),
+            Some("Bearer p1")
+        );
+    }
+    assert_eq!(f.host.dispatched.len(), 1);
+    // Another actor token is another exchange.
+    f.send(
+        4,
+        &[
+            (":path", "/x"),
+            ("authorization", &auth),
+            ("x-meshpass-actor", "actor.jwt.two"),
+        ],
+    );
+    assert_eq!(f.host.dispatched.len(), 2);
+    // No actor token: the proxy is misconfigured, fail closed with 503.
+    f.send(5, &[(":path", "/x"), ("authorization", &auth)]);
+    assert_eq!(f.host.replies[&5].status, 503);
 }
