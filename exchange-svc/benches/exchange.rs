@@ -1,0 +1,318 @@
+//! Exchange-service benchmark (not a test): requests/s and p50/p99 latency of
+//! `POST /token` on the cold path (every exchange signed by OpenBao transit) and the
+//! warm path (token cache), at concurrency 1 and 32, beside two baselines measured in
+//! the same run: OpenBao's raw `transit/sign` rate and a bare axum handler returning a
+//! fixed 600-byte JSON body. Only the ratios are comparable between runs.
+//!
+//! `cargo bench -p meshpass-exchange --bench exchange` (needs OpenBao like the tests;
+//! `MESHPASS_BENCH_SECS` sets the seconds per measurement, default 3).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::config::Config;
+use meshpass_exchange::keys::IssuerKeys;
+use meshpass_exchange::server::{build_signer, serve_on};
+use meshpass_exchange::signer::Signer;
+use meshpass_exchange::store::{seed, MappingStore, SqlStore};
+use meshpass_exchange::AppState;
+use meshpass_testkit::OpenBao;
+use p256::ecdsa::signature::Signer as _;
+use serde_json::json;
+
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+struct Stats {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+/// Runs `conc` workers calling `call(i)` for `secs` seconds.
+async fn measure<F, Fut>(conc: usize, secs: f64, call: F) -> Stats
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let call = Arc::new(call);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    // Warm-up (connections, caches) outside the measured window.
+    for i in 0..conc.min(8) {
+        call(i).await;
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let (call, counter, errors) = (call.clone(), counter.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < end {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                if !call(i).await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort();
+    let pct =
+        |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    Stats {
+        rps: lat.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+fn row(name: &str, conc: usize, s: &Stats, baseline: Option<(&str, f64)>) {
+    let ratio = baseline
+        .map(|(n, b)| format!("{:.2} of {n}", s.rps / b))
+        .unwrap_or_default();
+    println!(
+        "| {name} | {conc} | {:.0} | {:.2} | {:.2} | {} | {ratio} |",
+        s.rps, s.p50_ms, s.p99_ms, s.errors
+    );
+}
+
+fn subject_tokens(key: &p256::ecdsa::SigningKey, n: usize) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header =
+        URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT", "kid": "k1"}).to_string());
+    (0..n)
+        .map(|i| {
+            let claims = json!({"iss": "https://spire.test", "sub": WEB, "aud": "meshpass",
+                "iat": now, "exp": now + 3600, "jti": i});
+            let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+            let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+        })
+        .collect()
+}
+
+fn form(token: &str) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        )
+        .append_pair("subject_token", token)
+        .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
+        .append_pair("resource", "payments")
+        .finish()
+}
+
+async fn start_service(bao: &OpenBao, dir: &std::path::Path, jwks: &str, cache: bool) -> String {
+    let toml = format!(
+        r#"
+[token]
+issuer = "https://meshpass.bench"
+[store]
+url = "sqlite://{db}"
+[cache]
+enabled = {cache}
+[log]
+level = "warn"
+[vault]
+address = "{addr}"
+auth = {{ method = "token", token = "{token}" }}
+key_name = "bench"
+publish_lead = "0s"
+[[issuers]]
+issuer = "https://spire.test"
+audiences = ["meshpass"]
+trust_domains = ["cluster.local"]
+jwks = '{jwks}'
+[[mappings]]
+name = "bench"
+subject = "spiffe://cluster.local/*"
+resource = "payments"
+participant = "acme"
+scopes = ["read"]
+ttl_secs = 600
+"#,
+        db = dir.join(format!("bench-{cache}.db")).display(),
+        addr = bao.addr(),
+        token = bao.root_token(),
+    );
+    let path = dir.join(format!("bench-{cache}.toml"));
+    std::fs::write(&path, toml).unwrap();
+    let cfg = Config::load(Some(&path)).unwrap();
+    let store = Arc::new(SqlStore::connect(&cfg.store, "participant").unwrap());
+    store.migrate().await.unwrap();
+    seed(store.as_ref(), &cfg.mappings, &cfg.scope_claims)
+        .await
+        .unwrap();
+    let keys = IssuerKeys::from_config(&cfg).unwrap();
+    let signer = build_signer(&cfg).await.unwrap();
+    let state = AppState::new(
+        &cfg,
+        signer as Arc<dyn Signer>,
+        store as Arc<dyn MappingStore>,
+        keys,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(serve_on(
+        listener,
+        state,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    url
+}
+
+async fn bare_axum() -> String {
+    let body: &'static str = Box::leak(
+        json!({"access_token": "x".repeat(480), "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+               "token_type": "Bearer", "expires_in": 300, "scope": "read"})
+        .to_string()
+        .into_boxed_str(),
+    );
+    let app = axum::Router::new().route(
+        "/token",
+        axum::routing::post(move |_body: axum::body::Bytes| async move {
+            (
+                [
+                    ("content-type", "application/json"),
+                    ("cache-control", "no-store"),
+                ],
+                body,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn main() {
+    for k in ["ADDR", "TOKEN", "CACERT", "NAMESPACE"] {
+        std::env::remove_var(format!("VAULT_{k}"));
+        std::env::remove_var(format!("BAO_{k}"));
+    }
+    let secs: f64 = std::env::var("MESHPASS_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let bao = OpenBao::start();
+    bao.enable_transit();
+    bao.create_transit_key("bench", "ecdsa-p256");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+        let point = key.verifying_key().to_encoded_point(false);
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}]})
+        .to_string();
+        let tokens = Arc::new(subject_tokens(&key, 4096));
+        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+
+        let sign_url = format!("{}/v1/transit/sign/bench", bao.addr());
+        let root = bao.root_token().to_string();
+        let bare = bare_axum().await;
+        let cold = start_service(&bao, dir.path(), &jwks, false).await;
+        let warm = start_service(&bao, dir.path(), &jwks, true).await;
+
+        println!("\nmeshpass-exchange bench: {secs} s per row, 2 tokio workers, load generator in the same process\n");
+        println!("| what | concurrency | req/s | p50 ms | p99 ms | errors | ratio |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for conc in [1usize, 32] {
+            let (h, u, t) = (http.clone(), sign_url.clone(), root.clone());
+            let raw = measure(conc, secs, move |i| {
+                let (h, u, t) = (h.clone(), u.clone(), t.clone());
+                async move {
+                    let input = STANDARD.encode(format!("bench-input-{i}"));
+                    h.post(&u)
+                        .header("x-vault-token", t)
+                        .json(&json!({"input": input, "marshaling_algorithm": "jws"}))
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+                }
+            })
+            .await;
+            row("OpenBao raw transit/sign (ecdsa-p256)", conc, &raw, None);
+
+            let (h, u) = (http.clone(), bare.clone());
+            let base = measure(conc, secs, move |_| {
+                let (h, u) = (h.clone(), u.clone());
+                async move {
+                    h.post(&u)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body("grant_type=x")
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+                }
+            })
+            .await;
+            row("bare axum POST /token (fixed 600-byte JSON)", conc, &base, None);
+
+            let (h, u, toks) = (http.clone(), cold.clone(), tokens.clone());
+            let c = measure(conc, secs, move |i| {
+                let (h, u) = (h.clone(), u.clone());
+                let body = form(&toks[i % toks.len()]);
+                async move {
+                    h.post(&u)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(body)
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+                }
+            })
+            .await;
+            row("exchange cold (validate + Vault sign)", conc, &c, Some(("raw sign", raw.rps)));
+
+            let (h, u) = (http.clone(), warm.clone());
+            let body = form(&tokens[0]);
+            let w = measure(conc, secs, move |_| {
+                let (h, u, body) = (h.clone(), u.clone(), body.clone());
+                async move {
+                    h.post(&u)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(body)
+                        .send()
+                        .await
+                        .map(|r| r.status().is_success())
+                        .unwrap_or(false)
+                }
+            })
+            .await;
+            row("exchange warm (token cache)", conc, &w, Some(("bare axum", base.rps)));
+        }
+        drop(bao);
+    });
+}
