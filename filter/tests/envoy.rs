@@ -235,7 +235,11 @@ fn exchange_server(script: Arc<Mutex<Script>>) -> Server {
             ))
         };
         match resource.as_str() {
-            "forbidden" => err(400, "unauthorized_client"),
+            "forbidden" => {
+                // Slow enough that concurrent requests wait on one exchange.
+                std::thread::sleep(Duration::from_millis(300));
+                err(400, "unauthorized_client")
+            }
             "ratelimited" => err(429, "slow_down").map(|r| r.with_header("retry-after", "7")),
             "unavailable" => {
                 err(503, "temporarily_unavailable").map(|r| r.with_header("retry-after", "11"))
@@ -491,6 +495,24 @@ fn filter_in_real_envoy_binds_exchanges_caches_and_fails_closed() {
     assert!(
         (1..=2).contains(&n),
         "{n} exchanges for 8 concurrent misses"
+    );
+    // Waiters are also answered when the shared exchange is refused.
+    let before = script.lock().unwrap().exchanges.len();
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let t = bearer(&fresh);
+            std::thread::spawn(move || {
+                get(alice_port, "/forbidden", &[("authorization", &t)]).status
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), 403);
+    }
+    let n = script.lock().unwrap().exchanges.len() - before;
+    assert!(
+        (1..=2).contains(&n),
+        "{n} exchanges for 6 concurrent refused misses"
     );
 
     // Key rotation: the first request with a new kid waits for the refetch and passes.
