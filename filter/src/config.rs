@@ -482,11 +482,15 @@ impl Config {
                 .collect::<Result<Vec<_>, _>>()?;
             let subject_format = match ri.subject_format.as_deref().unwrap_or("jwt_svid") {
                 "jwt_svid" => SubjectFormat::JwtSvid,
-                "kubernetes_sa" => SubjectFormat::KubernetesServiceAccount,
+                // The exchange service and meshpass-core spell it out; `kubernetes_sa`
+                // stays accepted as the short form.
+                "kubernetes_service_account" | "kubernetes_sa" => {
+                    SubjectFormat::KubernetesServiceAccount
+                }
                 other => {
                     return Err(err(
                         f("subject_format"),
-                        format!("{other:?} is not jwt_svid or kubernetes_sa"),
+                        format!("{other:?} is not jwt_svid or kubernetes_service_account"),
                     ))
                 }
             };
