@@ -44,20 +44,9 @@ log "filter sha256: $(sha256sum "$WASM" | cut -d' ' -f1) (WasmPlugin .spec.sha25
 log "demo workloads"
 kubectl apply -f "$HERE/manifests/demo-apps.yaml"
 
-ISTIO_DIR="$ROOT/istio"
-if ! ls "$ISTIO_DIR"/*.yaml >/dev/null 2>&1 && [ ! -f "$ISTIO_DIR/kustomization.yaml" ]; then
-  echo "no manifests in $ISTIO_DIR: the exchange service Deployment, WasmPlugin and RequestAuthentication live there" >&2
-  exit 1
-fi
-log "applying $ISTIO_DIR (exchange service, WasmPlugin, RequestAuthentication)"
-if [ -f "$ISTIO_DIR/kustomization.yaml" ]; then
-  kubectl apply -k "$ISTIO_DIR"
-else
-  kubectl apply -f "$ISTIO_DIR"
-fi
-# The kit's image and in-cluster Vault address replace the manifests' placeholders.
-kubectl -n meshpass set image deploy/meshpass-exchange "*=$IMAGE" 2>/dev/null || true
-kubectl -n meshpass set env deploy/meshpass-exchange VAULT_ADDR=http://openbao.openbao.svc:8200 VAULT_TOKEN=root 2>/dev/null || true
+log "applying ../../istio through overlay/ (dev OpenBao, in-cluster wasm URL, kit image)"
+kubectl apply -k "$HERE/overlay"
+kubectl -n meshpass set image deploy/meshpass-exchange "exchange=$IMAGE"
 kubectl -n meshpass rollout status deploy/meshpass-exchange --timeout=180s
 kubectl -n demo rollout status deploy/echo --timeout=180s
 kubectl -n demo rollout status deploy/frontend --timeout=180s
