@@ -9,6 +9,7 @@
 //! sets it); counters are kept locally and flushed on the tick.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use meshpass_core::oauth::{ErrorCode, ErrorResponse, TokenExchangeRequest, TokenExchangeResponse};
 use meshpass_core::{Binding, KeySet, SpiffeId, ValidationError};
@@ -36,7 +37,7 @@ pub enum Verdict {
 
 struct Waiter {
     ctx: u32,
-    identity: Option<String>,
+    identity: Option<Rc<str>>,
 }
 
 struct InFlight {
@@ -71,7 +72,7 @@ struct Parked {
     target: Target,
     actor: Option<String>,
     key: String,
-    identity: Option<String>,
+    identity: Option<Rc<str>>,
     issuer: String,
     cas_at_park: Option<u32>,
     deadline_ms: u64,
@@ -107,14 +108,14 @@ pub enum Outcome {
 /// Per-worker state.
 pub struct Worker {
     /// The configuration.
-    pub config: Config,
+    pub config: Rc<Config>,
     keysets: HashMap<String, KeySet>,
     key_cas: HashMap<String, u32>,
     inflight: HashMap<String, InFlight>,
     calls: HashMap<u32, Call>,
     refreshes: Vec<PendingRefresh>,
     refreshing: HashMap<String, ()>,
-    own_identity: Option<String>,
+    own_identity: Option<Rc<str>>,
     counts: [u64; Counter::ALL.len()],
     written: Vec<(u64, String)>,
     l1: HashMap<String, Vec<L1Entry>, FxBuild>,
@@ -182,11 +183,11 @@ impl Worker {
             }
         }
         let own_identity = match &config.own_identity {
-            Some(OwnIdentity::Fixed(id)) => Some(id.as_str().to_string()),
+            Some(OwnIdentity::Fixed(id)) => Some(Rc::from(id.as_str())),
             _ => None,
         };
         Worker {
-            config,
+            config: Rc::new(config),
             keysets,
             key_cas: HashMap::new(),
             inflight: HashMap::new(),
@@ -233,7 +234,9 @@ impl Worker {
         if self.config.noop {
             return Verdict::Continue;
         }
-        let cfg = &self.config;
+        // A cheap Rc clone, so the selected target can be borrowed (not cloned) while
+        // `self` is mutated.
+        let cfg = Rc::clone(&self.config);
         // Header hygiene: when the filter sets x-meshpass-subject on every allowed
         // request the client's value is overwritten; otherwise one read (+ remove).
         if cfg.strip_all_x_meshpass_headers || !cfg.set_subject_header {
@@ -293,9 +296,7 @@ impl Worker {
         } else {
             None
         };
-        let Some(target) = cfg
-            .select(authority.as_deref(), path.as_deref(), method.as_deref())
-            .cloned()
+        let Some(target) = cfg.select(authority.as_deref(), path.as_deref(), method.as_deref())
         else {
             self.bump(Counter::DeniedNoRule);
             send_error(
@@ -376,7 +377,7 @@ impl Worker {
             self.bump(Counter::Coalesced);
             return Verdict::Pause;
         }
-        self.miss(host, ctx, token, &target, actor, key, identity, now, true)
+        self.miss(host, ctx, token, target, actor, key, identity, now, true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -388,7 +389,7 @@ impl Worker {
         target: &Target,
         actor: Option<String>,
         key: String,
-        identity: Option<String>,
+        identity: Option<Rc<str>>,
         now: u64,
         may_park: bool,
     ) -> Verdict {
@@ -518,15 +519,17 @@ impl Worker {
     }
 
     /// The identity the subject must equal, as a string.
-    fn identity(&mut self, host: &mut dyn Host) -> Option<String> {
+    fn identity(&mut self, host: &mut dyn Host) -> Option<Rc<str>> {
         match self.config.mode {
             Mode::Server => host
                 .property(&PEER_SAN)
                 .and_then(|b| String::from_utf8(b).ok())
-                .filter(|s| !s.is_empty()),
+                .filter(|s| !s.is_empty())
+                .map(Rc::from),
             Mode::Client => {
                 if self.own_identity.is_none() {
-                    self.own_identity = discover_own_identity(host, &self.config);
+                    self.own_identity =
+                        discover_own_identity(host, &self.config).map(|s| Rc::from(s.as_str()));
                 }
                 self.own_identity.clone()
             }
