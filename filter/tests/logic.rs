@@ -992,3 +992,21 @@ fn client_mode_sends_the_configured_actor_token_and_never_forwards_it() {
     f.send(5, &[(":path", "/x"), ("authorization", &auth)]);
     assert_eq!(f.host.replies[&5].status, 503);
 }
+
+#[test]
+fn kubernetes_service_account_tokens_bind_as_their_spiffe_id() {
+    let mut f =
+        fixture_with(|c| c["issuers"][0]["subject_format"] = json!("kubernetes_service_account"));
+    let t = f
+        .key
+        .svid(ISS, AUD, "system:serviceaccount:shop:alice", f.now, 600);
+    f.send_token(1, &t);
+    assert_eq!(f.host.dispatched.len(), 1, "{:?}", f.host.replies.get(&1));
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![1]);
+    let t = f
+        .key
+        .svid(ISS, AUD, "system:serviceaccount:shop:bob", f.now, 600);
+    f.send_token(2, &t);
+    assert_eq!(f.host.replies[&2].status, 401);
+}
