@@ -246,12 +246,10 @@ pub fn plugin_config(mode: &str, svid_jwks_refresh_secs: u64) -> Value {
         "cache": {"expiry_margin_secs": 1},
     });
     if mode == "CLIENT" {
-        // The app-facing listener is plain HTTP (no local certificate), so the identity
-        // is configured. The node metadata (NAMESPACE, SERVICE_ACCOUNT) is set too, but
-        // `own_identity: {trust_domain}` discovery from it answers "own workload
-        // identity is unavailable" with this filter build (reported to filter/).
-        cfg["own_identity"] =
-            json!({"spiffe_id": format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/frontend")});
+        // The app-facing listener is plain HTTP (no local certificate), so the filter
+        // derives its own identity from Istio-style node metadata (NAMESPACE,
+        // SERVICE_ACCOUNT) in this trust domain, as it does in an Istio sidecar.
+        cfg["own_identity"] = json!({"trust_domain": TRUST_DOMAIN});
     }
     cfg
 }

@@ -4,6 +4,9 @@
 //! each `pluginConfig` with the filter's own parser, the ConfigMap's `exchange.toml` with
 //! the exchange service's loader, and the names that tie the pieces together.
 
+// Test helpers outside #[test] fns panic on purpose: a panic is a failed check here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
