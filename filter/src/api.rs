@@ -24,6 +24,11 @@ pub enum SharedError {
     Failed,
 }
 
+/// The CAS passed to create a shared-data key only when it is absent. Envoy's CAS
+/// values count up from 1 over every write, so an existing key holds this one only
+/// after 2^32 writes; the worst case then is one uncoordinated exchange.
+pub const CREATE_CAS: u32 = u32::MAX;
+
 /// The counters the filter exports (`meshpass_<name>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -56,6 +61,8 @@ pub enum Counter {
     CacheRefresh,
     /// Request waited on an exchange already in flight.
     Coalesced,
+    /// Of those, requests that waited on an exchange another worker runs.
+    CoalescedRemote,
     /// Exchange calls sent.
     ExchangeCalls,
     /// JWKS fetch succeeded.
@@ -68,7 +75,7 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in `repr` order.
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 19] = [
         Counter::Allowed,
         Counter::Bypassed,
         Counter::DeniedNoToken,
@@ -83,6 +90,7 @@ impl Counter {
         Counter::CacheMiss,
         Counter::CacheRefresh,
         Counter::Coalesced,
+        Counter::CoalescedRemote,
         Counter::ExchangeCalls,
         Counter::JwksRefreshSuccess,
         Counter::JwksRefreshFailure,
@@ -106,6 +114,7 @@ impl Counter {
             Counter::CacheMiss => "meshpass_cache_misses",
             Counter::CacheRefresh => "meshpass_cache_refreshes",
             Counter::Coalesced => "meshpass_exchange_coalesced",
+            Counter::CoalescedRemote => "meshpass_exchange_coalesced_other_worker",
             Counter::ExchangeCalls => "meshpass_exchange_calls",
             Counter::JwksRefreshSuccess => "meshpass_jwks_refresh_success",
             Counter::JwksRefreshFailure => "meshpass_jwks_refresh_failure",
@@ -148,6 +157,8 @@ pub trait Host {
     /// Shared data value and its CAS token.
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
     /// Writes shared data (`None` deletes), with compare-and-swap when `cas` is given.
+    /// As in Envoy, a `cas` given for a key that does not exist yet creates it: with a
+    /// CAS no existing entry has ([`CREATE_CAS`]) this is "create if absent".
     fn shared_set(
         &mut self,
         key: &str,
@@ -169,6 +180,11 @@ pub trait Host {
     fn set_effective_context(&mut self, context_id: u32) -> bool;
     /// Resumes the current (paused) stream.
     fn resume(&mut self);
+    /// Registers this worker's notification queue (a proxy-wasm shared queue of this
+    /// VM) under `name`; its messages arrive at [`crate::logic::Worker::on_notify`].
+    fn register_queue(&mut self, name: &str) -> bool;
+    /// Enqueues `msg` on queue `name` of this VM; false when there is no such queue.
+    fn enqueue(&mut self, name: &str, msg: &[u8]) -> bool;
     /// Adds to a counter.
     fn count(&mut self, c: Counter, n: u64);
     /// Records a latency sample.

@@ -5,6 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::config::hex;
+use crate::logic::Outcome;
 
 /// Shared-data key of a token + target (+ actor token: a header value never holds NUL,
 /// so the separator is unambiguous).
@@ -94,6 +95,108 @@ pub fn lifetimes(
     Some((expires, refresh))
 }
 
+/// Shared-data key of the cross-worker exchange marker of cache key `key`
+/// (`meshpass/f/<hex>` beside the entry's `meshpass/c/<hex>`).
+pub fn marker_key(key: &str) -> String {
+    let hex = key.strip_prefix("meshpass/c/").unwrap_or(key);
+    let mut k = String::with_capacity(11 + hex.len());
+    k.push_str("meshpass/f/");
+    k.push_str(hex);
+    k
+}
+
+/// The value a swept marker is reset to: shared data (ABI 0.2.1) cannot delete a key,
+/// and an empty value would hide the CAS the next claim needs.
+pub const MARKER_IDLE: &[u8] = b"-";
+
+/// Cross-worker state of one exchange (value of [`marker_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marker {
+    /// Nobody is exchanging this key.
+    Idle,
+    /// Worker `owner` is exchanging; give up on it at `deadline_ms`.
+    InFlight {
+        /// Exchange timeout plus slack: after this the exchange is considered lost.
+        deadline_ms: u64,
+        /// The owner's queue name.
+        owner: String,
+    },
+    /// The exchange ended with `outcome` (for a token: issued to `subject`); readable
+    /// until `until_ms`, then swept back to [`Marker::Idle`].
+    Done {
+        /// When the owner sweeps the record.
+        until_ms: u64,
+        /// The verified subject the token was issued to (empty for refusals).
+        subject: String,
+        /// What every waiter gets.
+        outcome: Outcome,
+    },
+}
+
+impl Marker {
+    /// Parses a marker; anything malformed reads as [`Marker::Idle`] (claimable).
+    pub fn decode(bytes: &[u8]) -> Marker {
+        Marker::parse(bytes).unwrap_or(Marker::Idle)
+    }
+
+    fn parse(bytes: &[u8]) -> Option<Marker> {
+        let s = std::str::from_utf8(bytes).ok()?;
+        let mut it = s.splitn(3, '|');
+        match it.next()? {
+            "i" => Some(Marker::InFlight {
+                deadline_ms: it.next()?.parse().ok()?,
+                owner: it.next()?.to_string(),
+            }),
+            "d" => {
+                let until_ms = it.next()?.parse().ok()?;
+                let mut rest = it.next()?.splitn(3, '|');
+                let code = rest.next()?;
+                let subject = rest.next()?.to_string();
+                let arg = rest.next()?;
+                let outcome = match code {
+                    "T" if !arg.is_empty() => Outcome::Token(arg.to_string()),
+                    "G" => Outcome::InvalidGrant(arg.to_string()),
+                    "F" => Outcome::Forbidden(arg.to_string()),
+                    "R" => Outcome::RateLimited(arg.parse().ok()?),
+                    "U" => Outcome::Unavailable(arg.parse().ok()?),
+                    _ => return None,
+                };
+                Some(Marker::Done {
+                    until_ms,
+                    subject,
+                    outcome,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Encodes a marker.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Marker::Idle => MARKER_IDLE.to_vec(),
+            Marker::InFlight { deadline_ms, owner } => {
+                format!("i|{deadline_ms}|{owner}").into_bytes()
+            }
+            Marker::Done {
+                until_ms,
+                subject,
+                outcome,
+            } => {
+                // The subject is a SPIFFE ID (no `|`); the free text goes last.
+                let (code, arg) = match outcome {
+                    Outcome::Token(t) => ("T", t.clone()),
+                    Outcome::InvalidGrant(d) => ("G", d.clone()),
+                    Outcome::Forbidden(d) => ("F", d.clone()),
+                    Outcome::RateLimited(s) => ("R", s.to_string()),
+                    Outcome::Unavailable(s) => ("U", s.to_string()),
+                };
+                format!("d|{until_ms}|{code}|{subject}|{arg}").into_bytes()
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +247,48 @@ mod tests {
         assert_eq!(exp, 1_090_000);
         // lifetime below the margin: not cached.
         assert_eq!(lifetimes(1_000_000, 5, 10_000, 10_000, 75), None);
+    }
+
+    #[test]
+    fn markers_round_trip_and_garbage_reads_as_idle() {
+        let cases = [
+            Marker::Idle,
+            Marker::InFlight {
+                deadline_ms: 42,
+                owner: "meshpass/q/3".into(),
+            },
+            Marker::Done {
+                until_ms: 7,
+                subject: "spiffe://td/ns/a/sa/b".into(),
+                outcome: Outcome::Token("a.b.c".into()),
+            },
+            Marker::Done {
+                until_ms: 7,
+                subject: String::new(),
+                outcome: Outcome::Forbidden("no | way".into()),
+            },
+            Marker::Done {
+                until_ms: 7,
+                subject: String::new(),
+                outcome: Outcome::InvalidGrant(String::new()),
+            },
+            Marker::Done {
+                until_ms: 7,
+                subject: String::new(),
+                outcome: Outcome::RateLimited(9),
+            },
+            Marker::Done {
+                until_ms: 7,
+                subject: String::new(),
+                outcome: Outcome::Unavailable(5),
+            },
+        ];
+        for m in cases {
+            assert_eq!(Marker::decode(&m.encode()), m);
+        }
+        for bad in ["", "x", "i|soon|w", "d|1|T|s|", "d|1|R||x", "d|1|Q|s|x"] {
+            assert_eq!(Marker::decode(bad.as_bytes()), Marker::Idle, "{bad}");
+        }
+        assert_eq!(marker_key(&key(&[0; 32], "t", None))[..11], *"meshpass/f/");
     }
 }

@@ -40,6 +40,8 @@ struct RawConfig {
     #[serde(default)]
     noop_for_benchmarks: bool,
     #[serde(default)]
+    validate_only_for_benchmarks: bool,
+    #[serde(default)]
     mode: Option<String>,
     #[serde(default)]
     insecure_disable_binding: bool,
@@ -292,6 +294,10 @@ pub enum OwnIdentity {
 pub struct Config {
     /// Benchmark aid: return Continue at once (measures the bare wasm cost).
     pub noop: bool,
+    /// Benchmark aid (`validate_only_for_benchmarks`): validate the subject token on
+    /// every request (the miss path's cost), never cache, never exchange; the token is
+    /// removed from allowed requests. Only valid without exchange / rules / default_rule.
+    pub validate_only: bool,
     /// Binding mode.
     pub mode: Mode,
     /// CLIENT mode identity source.
@@ -340,8 +346,23 @@ impl Config {
             err("configuration", e.to_string())
         })?;
         let exchange_raw = raw.exchange;
+        let validate_only = raw.validate_only_for_benchmarks;
         if raw.noop_for_benchmarks {
+            if validate_only {
+                return Err(err(
+                    "validate_only_for_benchmarks",
+                    "cannot be combined with noop_for_benchmarks",
+                ));
+            }
             return Ok(Config::noop());
+        }
+        if validate_only {
+            // A benchmark aid must never be one flag away from a production config that
+            // silently stops exchanging: refuse everything that configures an exchange.
+            let reason = "is a benchmark aid that never exchanges: it cannot be combined with exchange, rules or default_rule";
+            if exchange_raw.is_some() || !raw.rules.is_empty() || raw.default_rule.is_some() {
+                return Err(err("validate_only_for_benchmarks", reason));
+            }
         }
         let mode = match raw.mode.as_deref().unwrap_or("SERVER") {
             "SERVER" => Mode::Server,
@@ -393,8 +414,18 @@ impl Config {
             (_, None) => None,
         };
 
-        let exchange_raw = exchange_raw.ok_or_else(|| err("exchange", "is required"))?;
-        if exchange_raw.cluster.trim().is_empty() {
+        let exchange_raw = match exchange_raw {
+            Some(e) => e,
+            None if validate_only => RawExchange {
+                cluster: String::new(),
+                path: None,
+                authority: None,
+                timeout_ms: None,
+                actor_token_header: None,
+            },
+            None => return Err(err("exchange", "is required")),
+        };
+        if exchange_raw.cluster.trim().is_empty() && !validate_only {
             return Err(err("exchange.cluster", "must not be empty"));
         }
         let exchange = Exchange {
@@ -633,7 +664,7 @@ impl Config {
             .default_rule
             .map(|t| target("default_rule", t, &exchange))
             .transpose()?;
-        if rules.is_empty() && default_target.is_none() {
+        if rules.is_empty() && default_target.is_none() && !validate_only {
             return Err(err("rules", "give at least one rule or a default_rule"));
         }
         let cache = raw.cache;
@@ -647,6 +678,7 @@ impl Config {
         }
         Ok(Config {
             noop: false,
+            validate_only,
             mode,
             own_identity,
             policy: ValidationPolicy {
@@ -675,6 +707,7 @@ impl Config {
     fn noop() -> Config {
         Config {
             noop: true,
+            validate_only: false,
             mode: Mode::Server,
             own_identity: None,
             policy: ValidationPolicy {

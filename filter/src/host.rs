@@ -144,6 +144,18 @@ impl Host for Envoy<'_> {
         let _ = hostcalls::resume_http_request();
     }
 
+    fn register_queue(&mut self, name: &str) -> bool {
+        hostcalls::register_shared_queue(name).is_ok()
+    }
+
+    fn enqueue(&mut self, name: &str, msg: &[u8]) -> bool {
+        // An empty vm_id resolves in this plugin's own VM.
+        match hostcalls::resolve_shared_queue("", name) {
+            Ok(Some(id)) => hostcalls::enqueue_shared_queue(id, Some(msg)).is_ok(),
+            _ => false,
+        }
+    }
+
     fn count(&mut self, c: Counter, n: u64) {
         if let Some(&id) = self.metrics.counters.get(c as usize) {
             if id != u32::MAX {
@@ -216,12 +228,38 @@ impl RootContext for Root {
         }
         let tick = config.tick_ms;
         let noop = config.noop;
-        self.worker = Some(Rc::new(RefCell::new(Worker::new(config))));
+        if config.validate_only {
+            let _ = hostcalls::log(
+                LogLevel::Warn,
+                "meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)",
+            );
+        }
+        let mut worker = Worker::new(config);
+        if let Some(m) = &self.metrics {
+            worker.start(&mut Envoy { metrics: m });
+        }
+        self.worker = Some(Rc::new(RefCell::new(worker)));
         if !noop {
             let _ = hostcalls::set_tick_period(Duration::from_millis(tick));
         }
         let _ = self.id;
         true
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let (Some(w), Some(m)) = (&self.worker, &self.metrics) else {
+            return;
+        };
+        let Ok(mut w) = w.try_borrow_mut() else {
+            return;
+        };
+        // Bounded: a flood cannot hold the worker; the rest waits for the next call.
+        for _ in 0..1024 {
+            match hostcalls::dequeue_shared_queue(queue_id) {
+                Ok(Some(msg)) => w.on_notify(&mut Envoy { metrics: m }, &msg),
+                _ => break,
+            }
+        }
     }
 
     fn on_tick(&mut self) {

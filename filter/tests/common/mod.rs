@@ -131,6 +131,9 @@ pub struct Mock {
     pub gone: HashSet<u32>,
     pub header_reads: RefCell<Vec<String>>,
     pub header_writes: Vec<String>,
+    /// Registered shared queues and what was enqueued on them (name, message).
+    pub queues: Vec<String>,
+    pub enqueued: Vec<(String, Vec<u8>)>,
 }
 
 impl Mock {
@@ -213,8 +216,10 @@ impl Host for Mock {
         value: Option<&[u8]>,
         cas: Option<u32>,
     ) -> Result<(), SharedError> {
-        if let Some(c) = cas {
-            if self.shared.get(key).map(|(_, k)| *k) != Some(c) {
+        // As Envoy (proxy-wasm-cpp-host SharedData::set): the CAS is checked only
+        // against an existing key; a CAS for an absent key creates it.
+        if let (Some(c), Some((_, current))) = (cas, self.shared.get(key)) {
+            if *current != c {
                 return Err(SharedError::CasMismatch);
             }
         }
@@ -276,6 +281,19 @@ impl Host for Mock {
     }
     fn resume(&mut self) {
         self.resumed.push(self.ctx);
+    }
+    fn register_queue(&mut self, name: &str) -> bool {
+        if !self.queues.iter().any(|q| q == name) {
+            self.queues.push(name.to_string());
+        }
+        true
+    }
+    fn enqueue(&mut self, name: &str, msg: &[u8]) -> bool {
+        if !self.queues.iter().any(|q| q == name) {
+            return false;
+        }
+        self.enqueued.push((name.to_string(), msg.to_vec()));
+        true
     }
     fn count(&mut self, c: Counter, n: u64) {
         *self.counters.entry(c.name()).or_default() += n;
