@@ -6,6 +6,8 @@
 # ratios within this one run mean anything.
 #   a) router only  b) no-op proxy-wasm filter  c) jwt_authn (no cache)
 #   c2) jwt_authn + jwt_cache_config  d) meshpass, cache hit  e) ext_authz (HTTP)
+#   d2) with BASELINE_WASM=path (another build, e.g. main before a change): its cache hit,
+#      in the same Envoy and run, to compare a change's hit-path cost
 #   f) meshpass validate_only_for_benchmarks with the ES256 token, g) the same with an
 #      RS256 (RSA-2048) token: the miss path's core validation in V8 on every request
 # Usage: filter/bench/run.sh   (env: RUNS=3 DURATION=10s CONNECTIONS=32; CONFIGS="router
@@ -39,18 +41,20 @@ echo "[bench] token: ${#TOKEN} bytes (ES256), ${#RS256_TOKEN} bytes (RS256); was
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 declare -A PORT
-for c in router noop_wasm jwt_authn jwt_authn_cache meshpass_hit ext_authz validate_es256 validate_rs256 exchange authz; do PORT[$c]=$(free_port); done
+BASELINE_WASM=${BASELINE_WASM:-}
+for c in router noop_wasm jwt_authn jwt_authn_cache meshpass_hit meshpass_hit_baseline ext_authz validate_es256 validate_rs256 exchange authz; do PORT[$c]=$(free_port); done
 declare -A TOKEN_FOR
-for c in router noop_wasm jwt_authn jwt_authn_cache meshpass_hit ext_authz validate_es256; do TOKEN_FOR[$c]=$TOKEN; done
+for c in router noop_wasm jwt_authn jwt_authn_cache meshpass_hit meshpass_hit_baseline ext_authz validate_es256; do TOKEN_FOR[$c]=$TOKEN; done
 TOKEN_FOR[validate_rs256]=$RS256_TOKEN
 
 python3 - "$WORK" "$WASM" "$WORK/token.json" \
   "${PORT[router]}" "${PORT[noop_wasm]}" "${PORT[jwt_authn]}" "${PORT[jwt_authn_cache]}" \
   "${PORT[meshpass_hit]}" "${PORT[ext_authz]}" "${PORT[exchange]}" "${PORT[authz]}" \
-  "${PORT[validate_es256]}" "${PORT[validate_rs256]}" <<'PY'
+  "${PORT[validate_es256]}" "${PORT[validate_rs256]}" "${PORT[meshpass_hit_baseline]}" "$BASELINE_WASM" <<'PY'
 import json, sys
 work, wasm, tokfile = sys.argv[1:4]
-router, noop, jwt, jwtc, mesh, extauthz, exchange, authz, val_es, val_rs = map(int, sys.argv[4:14])
+router, noop, jwt, jwtc, mesh, extauthz, exchange, authz, val_es, val_rs, mesh_base = map(int, sys.argv[4:15])
+baseline_wasm = sys.argv[15]
 tok = json.load(open(tokfile))
 router_f = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 def listener(name, port, filters, body="ok", headers=None):
@@ -63,11 +67,11 @@ def listener(name, port, filters, body="ok", headers=None):
                 "stat_prefix": name,
                 "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
                 "http_filters": filters + [router_f]}}]}]}
-def wasm_filter(vm, conf):
+def wasm_filter(vm, conf, code=wasm):
     return {"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
         "config": {"name": vm, "root_id": "meshpass", "vm_config": {"vm_id": vm, "runtime": "envoy.wasm.runtime.v8",
-                   "code": {"local": {"filename": wasm}}},
+                   "code": {"local": {"filename": code}}},
                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(conf)}}}}
 def jwt_filter(cache):
     p = {"issuer": "https://issuer.bench", "audiences": ["meshpass"], "local_jwks": {"inline_string": tok["jwks"]}, "forward": True}
@@ -111,6 +115,9 @@ cfg = {"static_resources": {
         listener("authz", authz, [], headers=[("authorization", "Bearer participant")]),
     ],
     "clusters": [cluster("exchange", exchange), cluster("authz", authz)]}}
+if baseline_wasm:
+    cfg["static_resources"]["listeners"].append(
+        listener("meshpass_hit_baseline", mesh_base, [wasm_filter("meshpass_baseline", meshpass, baseline_wasm)]))
 json.dump(cfg, open(f"{work}/envoy.json", "w"))
 PY
 
@@ -121,7 +128,9 @@ for i in $(seq 1 100); do
   curl -fs -o /dev/null "http://127.0.0.1:${PORT[router]}/" && break
   sleep 0.1
 done
-CONFIGS=${CONFIGS:-router noop_wasm jwt_authn jwt_authn_cache meshpass_hit ext_authz validate_es256 validate_rs256}
+DEFAULT_CONFIGS="router noop_wasm jwt_authn jwt_authn_cache meshpass_hit ext_authz validate_es256 validate_rs256"
+[ -n "$BASELINE_WASM" ] && DEFAULT_CONFIGS="$DEFAULT_CONFIGS meshpass_hit_baseline"
+CONFIGS=${CONFIGS:-$DEFAULT_CONFIGS}
 for c in $CONFIGS; do # warm up (meshpass: the one miss that fills the cache)
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN_FOR[$c]}" "http://127.0.0.1:${PORT[$c]}/")
   [ "$code" = 200 ] || { echo "[bench] $c answered $code"; cat "$WORK/envoy.log"; exit 1; }
@@ -176,6 +185,11 @@ for c in ("validate_es256", "validate_rs256"):
         m = med[c]
         print(f"{c}: core validate in wasm (V8) = {m['cpu_us'] - noop['cpu_us']:+.1f} µs Envoy CPU per request over the no-op wasm filter"
               f" ({m['rps']:.0f} rps = {m['rps'] / noop['rps']:.3f} x no-op wasm)")
+if "meshpass_hit_baseline" in med:
+    b = med["meshpass_hit_baseline"]
+    print(f"baseline build cache hit / no-op wasm (rps) = {b['rps'] / noop['rps']:.3f};"
+          f" this build / baseline build (rps) = {med['meshpass_hit']['rps'] / b['rps']:.3f},"
+          f" Envoy CPU per request {med['meshpass_hit']['cpu_us'] - b['cpu_us']:+.2f} µs")
 if "meshpass_hit" in med:
     ratio = med["meshpass_hit"]["rps"] / noop["rps"]
     verdict = "MEETS" if ratio >= 0.85 else "MISSES"
