@@ -262,8 +262,13 @@ fn default_refetch() -> u64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenReviewConfig {
-    /// API server base URL, e.g. `https://kubernetes.default.svc`.
-    pub url: String,
+    /// API server base URL, e.g. `https://kubernetes.default.svc` (unless `in_cluster`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Use the pod's in-cluster configuration (`KUBERNETES_SERVICE_HOST`/`_PORT`, the
+    /// service-account CA and token) instead of `url`, `ca_file`, `bearer_token_file`.
+    #[serde(default)]
+    pub in_cluster: bool,
     /// PEM CA bundle of the API server (else the issuer's `ca_file`, else system roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -440,7 +445,31 @@ impl Config {
                 return Err(bad(format!("{f}.refresh_secs"), "must be at least 1"));
             }
             if let Some(tr) = &iss.token_review {
-                check_url(&format!("{f}.token_review.url"), &tr.url)?;
+                match (&tr.url, tr.in_cluster) {
+                    (Some(u), false) => {
+                        check_url(&format!("{f}.token_review.url"), u)?;
+                    }
+                    (None, true) => {
+                        if tr.ca_file.is_some() || tr.bearer_token_file.is_some() {
+                            return Err(bad(
+                                format!("{f}.token_review.in_cluster"),
+                                "uses the pod's service-account CA and token: remove ca_file and bearer_token_file",
+                            ));
+                        }
+                    }
+                    (Some(_), true) => {
+                        return Err(bad(
+                            format!("{f}.token_review.url"),
+                            "set url or in_cluster = true, not both",
+                        ));
+                    }
+                    (None, false) => {
+                        return Err(bad(
+                            format!("{f}.token_review.url"),
+                            "is required unless in_cluster = true",
+                        ));
+                    }
+                }
                 if tr.timeout_secs == 0 {
                     return Err(bad(
                         format!("{f}.token_review.timeout_secs"),

@@ -1,17 +1,23 @@
-//! Kubernetes TokenReview (`authentication.k8s.io/v1`) over plain HTTPS.
+//! Kubernetes TokenReview (`authentication.k8s.io/v1`) through the `kube` client.
 //!
-//! Why not the `kube` crate: it pulls `k8s-openapi` (every API type of every group,
-//! minutes of compile time on the 2-core CI machine) plus its own hyper/tower client
-//! stack, for one POST of one small JSON document. The wire format is tiny and stable,
-//! so it is spoken here directly with the reqwest client the service already has.
+//! The client comes from `kube::Config`: either the pod's in-cluster configuration
+//! (`in_cluster = true`: `KUBERNETES_SERVICE_HOST`/`_PORT`, the service-account CA and
+//! token, which kube re-reads as the kubelet rotates it) or an explicit `url` with an
+//! optional CA file and bearer-token file.
+//!
+//! Requests go through `Client::send`, not `Api::create`: kube logs a response body it
+//! cannot parse at `warn`, and a TokenReview answer echoes `spec.token`. Here bodies are
+//! parsed locally and never logged, so no token reaches the log.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use axum::http::{self, HeaderValue};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use kube::api::PostParams;
+use kube::Resource;
 
 use crate::config::TokenReviewConfig;
-use crate::keys::{http_client, read_bearer, KeysError};
 
 /// Why a review did not accept the token.
 #[derive(Debug, thiserror::Error)]
@@ -30,138 +36,231 @@ pub enum ReviewError {
     AudienceMismatch,
 }
 
-/// TokenReview request/response object.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenReview {
-    /// `authentication.k8s.io/v1`.
-    #[serde(default)]
-    pub api_version: String,
-    /// `TokenReview`.
-    #[serde(default)]
-    pub kind: String,
-    /// The request.
-    #[serde(default)]
-    pub spec: TokenReviewSpec,
-    /// The answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<TokenReviewStatus>,
-}
-
-/// `spec`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct TokenReviewSpec {
-    /// The token under review.
-    #[serde(default)]
-    pub token: String,
-    /// Audiences the token must be valid for.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub audiences: Vec<String>,
-}
-
-/// `status`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct TokenReviewStatus {
-    /// Whether the token is authenticated.
-    #[serde(default)]
-    pub authenticated: bool,
-    /// The user the token belongs to.
-    #[serde(default)]
-    pub user: Option<UserInfo>,
-    /// Audiences the token is valid for (intersection with the requested ones).
-    #[serde(default)]
-    pub audiences: Vec<String>,
-    /// Error text from the API server.
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-/// `status.user`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct UserInfo {
-    /// e.g. `system:serviceaccount:NS:SA`.
-    #[serde(default)]
-    pub username: String,
-    /// The user's UID.
-    #[serde(default)]
-    pub uid: Option<String>,
+/// Why a reviewer could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewSetupError {
+    /// `in_cluster = true` but the pod's service-account files or environment are missing.
+    #[error("in-cluster configuration unavailable: {0}")]
+    InCluster(String),
+    /// `url` is not a valid URI.
+    #[error("bad url: {0}")]
+    Url(String),
+    /// `url` is missing and `in_cluster` is off.
+    #[error("url is required unless in_cluster = true")]
+    NoUrl,
+    /// A CA or bearer-token file could not be read or holds no usable content.
+    #[error("cannot use {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The kube client could not be built (TLS roots, connector).
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(String),
+    /// Built outside a tokio runtime (the kube client spawns its request buffer task).
+    #[error("the Kubernetes client must be built inside a tokio runtime")]
+    NoRuntime,
 }
 
 /// A configured reviewer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TokenReviewer {
-    endpoint: String,
-    http: reqwest::Client,
+    client: kube::Client,
+    /// Explicit bearer-token file, read at every review (in-cluster: kube handles it).
     bearer_token_file: Option<PathBuf>,
     audiences: Vec<String>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for TokenReviewer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenReviewer")
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field("audiences", &self.audiences)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn file_err(path: &Path, reason: impl std::fmt::Display) -> ReviewSetupError {
+    ReviewSetupError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The DER certificates of a PEM bundle (at least one).
+fn read_ca_bundle(path: &Path) -> Result<Vec<Vec<u8>>, ReviewSetupError> {
+    let pem = std::fs::read(path).map_err(|e| file_err(path, e))?;
+    let certs: Vec<Vec<u8>> = pem::parse_many(&pem)
+        .map_err(|e| file_err(path, e))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect();
+    if certs.is_empty() {
+        return Err(file_err(path, "no PEM CERTIFICATE in it"));
+    }
+    Ok(certs)
+}
+
+/// The trimmed content of a bearer-token file.
+fn read_bearer(path: &Path) -> Result<String, ReviewSetupError> {
+    let t = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(file_err(path, "empty"));
+    }
+    Ok(t.to_string())
 }
 
 impl TokenReviewer {
-    /// Builds a reviewer; `issuer_audiences` are used when the config names none.
+    /// Builds a reviewer; `issuer_ca` is the CA used when the config names none, and
+    /// `issuer_audiences` are used when the config names no audiences. Must run inside a
+    /// tokio runtime.
     pub fn new(
         cfg: &TokenReviewConfig,
         issuer_ca: Option<&PathBuf>,
         issuer_audiences: &[String],
-    ) -> Result<Self, KeysError> {
-        let ca = cfg.ca_file.as_ref().or(issuer_ca);
+    ) -> Result<Self, ReviewSetupError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ReviewSetupError::NoRuntime);
+        }
+        let timeout = Duration::from_secs(cfg.timeout_secs);
+        let mut kc = if cfg.in_cluster {
+            kube::Config::incluster().map_err(|e| ReviewSetupError::InCluster(e.to_string()))?
+        } else {
+            let url = cfg.url.as_deref().ok_or(ReviewSetupError::NoUrl)?;
+            let uri: http::Uri = url
+                .trim_end_matches('/')
+                .parse()
+                .map_err(|e: http::uri::InvalidUri| ReviewSetupError::Url(e.to_string()))?;
+            let mut kc = kube::Config::new(uri);
+            // Without a CA file kube trusts the system's native roots.
+            if let Some(ca) = cfg.ca_file.as_ref().or(issuer_ca) {
+                kc.root_cert = Some(read_ca_bundle(ca)?);
+            }
+            kc
+        };
+        kc.connect_timeout = Some(timeout);
+        kc.read_timeout = Some(timeout);
+        kc.write_timeout = Some(timeout);
+        let bearer_token_file = if cfg.in_cluster {
+            None
+        } else {
+            cfg.bearer_token_file.clone()
+        };
+        if let Some(p) = &bearer_token_file {
+            // Refuse to start with an unreadable token file; it is re-read at every review.
+            read_bearer(p)?;
+        }
+        let client =
+            kube::Client::try_from(kc).map_err(|e| ReviewSetupError::Client(e.to_string()))?;
         Ok(TokenReviewer {
-            endpoint: format!(
-                "{}/apis/authentication.k8s.io/v1/tokenreviews",
-                cfg.url.trim_end_matches('/')
-            ),
-            http: http_client(ca, Duration::from_secs(cfg.timeout_secs))?,
-            bearer_token_file: cfg.bearer_token_file.clone(),
+            client,
+            bearer_token_file,
             audiences: if cfg.audiences.is_empty() {
                 issuer_audiences.to_vec()
             } else {
                 cfg.audiences.clone()
             },
+            timeout,
+        })
+    }
+
+    /// The `POST .../tokenreviews` request for `token`.
+    fn request(&self, token: &str) -> Result<http::Request<kube::client::Body>, ReviewError> {
+        let unavailable = |e: String| ReviewError::Unavailable(e);
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: Some(self.audiences.clone()),
+            },
+            ..TokenReview::default()
+        };
+        let mut body = serde_json::to_value(&review).map_err(|e| unavailable(e.to_string()))?;
+        // k8s-openapi leaves the type fields to kube's `Api`; the wire format wants them.
+        body["apiVersion"] = TokenReview::api_version(&()).into();
+        body["kind"] = TokenReview::kind(&()).into();
+        let body = serde_json::to_vec(&body).map_err(|e| unavailable(e.to_string()))?;
+        let mut req = kube::core::Request::new(TokenReview::url_path(&(), None))
+            .create(&PostParams::default(), body)
+            .map_err(|e| unavailable(e.to_string()))?;
+        if let Some(p) = &self.bearer_token_file {
+            let t = read_bearer(p).map_err(|e| unavailable(e.to_string()))?;
+            let mut v = HeaderValue::try_from(format!("Bearer {t}"))
+                .map_err(|_| unavailable("the bearer token file holds an invalid token".into()))?;
+            v.set_sensitive(true);
+            req.headers_mut().insert(http::header::AUTHORIZATION, v);
+        }
+        req.headers_mut().insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json"),
+        );
+        Ok(req.map(kube::client::Body::from))
+    }
+
+    /// Sends the review and returns the API server's answer.
+    async fn ask(&self, token: &str) -> Result<TokenReview, ReviewError> {
+        let req = self.request(token)?;
+        let resp = self
+            .client
+            .send(req)
+            .await
+            .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            // The body (a `Status`) is not read: only the code is reported.
+            return Err(ReviewError::Unavailable(format!(
+                "API server answered {status}"
+            )));
+        }
+        let bytes = resp
+            .into_body()
+            .collect_bytes()
+            .await
+            .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+        // The answer echoes `spec.token`: report the parse error, never the body.
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ReviewError::Unavailable(format!("bad TokenReview answer: {}", json_error_kind(&e)))
         })
     }
 
     /// Reviews `token`, whose `sub` claim is `subject`.
     pub async fn review(&self, token: &str, subject: &str) -> Result<(), ReviewError> {
-        let body = TokenReview {
-            api_version: "authentication.k8s.io/v1".into(),
-            kind: "TokenReview".into(),
-            spec: TokenReviewSpec {
-                token: token.to_string(),
-                audiences: self.audiences.clone(),
-            },
-            status: None,
-        };
-        let mut req = self.http.post(&self.endpoint).json(&body);
-        if let Some(p) = &self.bearer_token_file {
-            let t = read_bearer(p).map_err(|e| ReviewError::Unavailable(e.to_string()))?;
-            req = req.bearer_auth(t);
-        }
-        let resp = req
-            .send()
+        let answer = tokio::time::timeout(self.timeout, self.ask(token))
             .await
-            .map_err(|e| ReviewError::Unavailable(e.without_url().to_string()))?;
-        if !resp.status().is_success() {
-            return Err(ReviewError::Unavailable(format!(
-                "API server answered {}",
-                resp.status()
-            )));
-        }
-        let answer: TokenReview = resp.json().await.map_err(|e| {
-            ReviewError::Unavailable(format!("bad TokenReview answer: {}", e.without_url()))
-        })?;
+            .map_err(|_| {
+                ReviewError::Unavailable(format!("no answer within {:?}", self.timeout))
+            })??;
         let status = answer.status.unwrap_or_default();
-        if !status.authenticated {
+        if status.authenticated != Some(true) {
             if let Some(e) = &status.error {
                 tracing::info!(error = %e, "TokenReview refused the subject token");
             }
             return Err(ReviewError::NotAuthenticated);
         }
-        if status.user.map(|u| u.username) != Some(subject.to_string()) {
+        if status.user.and_then(|u| u.username).as_deref() != Some(subject) {
             return Err(ReviewError::UserMismatch);
         }
         // Without audiences in the answer the API server did not check them: refuse.
-        if !status.audiences.iter().any(|a| self.audiences.contains(a)) {
+        let audiences = status.audiences.unwrap_or_default();
+        if !audiences.iter().any(|a| self.audiences.contains(a)) {
             return Err(ReviewError::AudienceMismatch);
         }
         Ok(())
     }
+}
+
+/// A JSON error without its text: serde's message can quote the input (the token).
+fn json_error_kind(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "I/O",
+        serde_json::error::Category::Syntax => "syntax",
+        serde_json::error::Category::Data => "data",
+        serde_json::error::Category::Eof => "truncated",
+    };
+    format!("{kind} error at line {} column {}", e.line(), e.column())
 }
