@@ -74,18 +74,26 @@ async fn token_reviews(
         authorization: header("authorization"),
         content_type: header("content-type"),
     });
-    if body["apiVersion"] != "authentication.k8s.io/v1" || body["kind"] != "TokenReview" {
+    // Like the API server: type fields may be omitted (Go clients, OpenBao among them,
+    // send none; the path says it), but when present they must match it.
+    let type_ok = |field: &str, want: &str| body[field].is_null() || body[field] == want;
+    if !type_ok("apiVersion", "authentication.k8s.io/v1") || !type_ok("kind", "TokenReview") {
         return failure(
             400,
             "BadRequest",
             "not an authentication.k8s.io/v1 TokenReview",
         );
     }
+    if !body["spec"]["token"].is_string() {
+        return failure(422, "Invalid", "spec.token: Required value");
+    }
     let answer = s.answer.lock().unwrap().clone();
     match answer {
         Reply::Status(status) => {
             // As the API server does: the request comes back with `status` filled in.
             let mut review = body;
+            review["apiVersion"] = json!("authentication.k8s.io/v1");
+            review["kind"] = json!("TokenReview");
             review["metadata"] = json!({"creationTimestamp": null});
             review["status"] = status;
             (StatusCode::CREATED, Json(review))
