@@ -1,11 +1,24 @@
-//! Exchange-service benchmark (not a test): requests/s and p50/p99 latency of
-//! `POST /token` on the cold path (every exchange signed by OpenBao transit) and the
-//! warm path (token cache), at concurrency 1 and 32, beside two baselines measured in
-//! the same run: OpenBao's raw `transit/sign` rate and a bare axum handler returning a
-//! fixed 600-byte JSON body. Only the ratios are comparable between runs.
+//! Exchange-service benchmark (not a test): requests/s, p50/p99 latency and CPU time
+//! per request of `POST /token`, at concurrency 1 and 32, beside two baselines measured
+//! in the same run: OpenBao's raw `transit/sign` rate and a bare axum handler returning
+//! a fixed 600-byte JSON body. Only the ratios are comparable between runs.
+//!
+//! Rows of the exchange service:
+//! - cold, true cold: minted-token cache off, every subject token new (never seen by
+//!   the service), so each exchange parses and verifies an ES256 token and signs;
+//! - cold, repeated tokens: minted-token cache off, 64 subject tokens over and over,
+//!   so the verified-subject cache answers and each exchange still signs;
+//! - cold, no policy/subject cache: the true-cold load against a service with
+//!   `store.policy_cache_secs = 0` and `validation.subject_cache_secs = 0` (two SQL
+//!   queries per exchange, as before those caches existed);
+//! - warm: minted-token cache hit.
+//!
+//! CPU columns: CPU time of this process (service and load generator together) and of
+//! OpenBao during the row, divided by the requests served.
 //!
 //! `cargo bench -p meshpass-exchange --bench exchange` (needs OpenBao like the tests;
-//! `MESHPASS_BENCH_SECS` sets the seconds per measurement, default 3).
+//! `MESHPASS_BENCH_SECS` sets the seconds per measurement, default 3;
+//! `MESHPASS_BENCH_ONLY` runs only the rows whose name contains it, for profiling).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -33,7 +46,22 @@ struct Stats {
     p50_ms: f64,
     p99_ms: f64,
     errors: usize,
+    /// CPU µs per request of this process and of OpenBao.
+    cpu_self_us: f64,
+    cpu_bao_us: f64,
 }
+
+/// utime + stime of a process, in seconds (from /proc; clock ticks of 10 ms).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+static BAO_PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Runs `conc` workers calling `call(i)` for `secs` seconds.
 async fn measure<F, Fut>(conc: usize, secs: f64, call: F) -> Stats
@@ -48,6 +76,8 @@ where
     for i in 0..conc.min(8) {
         call(i).await;
     }
+    let bao_pid = BAO_PID.get().cloned().unwrap_or_default();
+    let (self0, bao0) = (cpu_secs("self"), cpu_secs(&bao_pid));
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
@@ -71,6 +101,8 @@ where
         lat.extend(t.await.unwrap());
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let (self1, bao1) = (cpu_secs("self"), cpu_secs(&bao_pid));
+    let n = lat.len().max(1) as f64;
     lat.sort();
     let pct =
         |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
@@ -79,6 +111,8 @@ where
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors: errors.load(Ordering::Relaxed),
+        cpu_self_us: (self1 - self0) * 1e6 / n,
+        cpu_bao_us: (bao1 - bao0) * 1e6 / n,
     }
 }
 
@@ -87,11 +121,12 @@ fn row(name: &str, conc: usize, s: &Stats, baseline: Option<(&str, f64)>) {
         .map(|(n, b)| format!("{:.2} of {n}", s.rps / b))
         .unwrap_or_default();
     println!(
-        "| {name} | {conc} | {:.0} | {:.2} | {:.2} | {} | {ratio} |",
-        s.rps, s.p50_ms, s.p99_ms, s.errors
+        "| {name} | {conc} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {ratio} |",
+        s.rps, s.p50_ms, s.p99_ms, s.errors, s.cpu_self_us, s.cpu_bao_us
     );
 }
 
+/// `n` distinct subject tokens (made on both cores before the measurements start).
 fn subject_tokens(key: &p256::ecdsa::SigningKey, n: usize) -> Vec<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -99,15 +134,38 @@ fn subject_tokens(key: &p256::ecdsa::SigningKey, n: usize) -> Vec<String> {
         .as_secs();
     let header =
         URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "typ": "JWT", "kid": "k1"}).to_string());
-    (0..n)
-        .map(|i| {
-            let claims = json!({"iss": "https://spire.test", "sub": WEB, "aud": "meshpass",
-                "iat": now, "exp": now + 3600, "jti": i});
-            let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
-            let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
-            format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
-        })
-        .collect()
+    let make = |range: std::ops::Range<usize>| -> Vec<String> {
+        range
+            .map(|i| {
+                let claims = json!({"iss": "https://spire.test", "sub": WEB, "aud": "meshpass",
+                    "iat": now, "exp": now + 3600, "jti": i});
+                let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+                let sig: p256::ecdsa::Signature = key.sign(input.as_bytes());
+                format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+            })
+            .collect()
+    };
+    std::thread::scope(|s| {
+        let half = n / 2;
+        let make = &make;
+        let a = s.spawn(move || make(0..half));
+        let mut out = make(half..n);
+        out.extend(a.join().unwrap());
+        out
+    })
+}
+
+/// Hands out each token once; running out is reported (and counted as errors).
+struct FreshTokens {
+    tokens: Vec<String>,
+    next: AtomicUsize,
+}
+
+impl FreshTokens {
+    fn take(&self) -> Option<&str> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.tokens.get(i).map(String::as_str)
+    }
 }
 
 fn form(token: &str) -> String {
@@ -122,15 +180,21 @@ fn form(token: &str) -> String {
         .finish()
 }
 
-async fn start_service(bao: &OpenBao, dir: &std::path::Path, jwks: &str, cache: bool) -> String {
+/// A service on its own listener; `name` tells the instances apart.
+async fn start_service(
+    bao: &OpenBao,
+    dir: &std::path::Path,
+    jwks: &str,
+    name: &str,
+    extra: &str,
+) -> String {
     let toml = format!(
         r#"
 [token]
 issuer = "https://meshpass.bench"
 [store]
 url = "sqlite://{db}"
-[cache]
-enabled = {cache}
+{extra}
 [log]
 level = "warn"
 [vault]
@@ -151,11 +215,11 @@ participant = "acme"
 scopes = ["read"]
 ttl_secs = 600
 "#,
-        db = dir.join(format!("bench-{cache}.db")).display(),
+        db = dir.join(format!("bench-{name}.db")).display(),
         addr = bao.addr(),
         token = bao.root_token(),
     );
-    let path = dir.join(format!("bench-{cache}.toml"));
+    let path = dir.join(format!("bench-{name}.toml"));
     std::fs::write(&path, toml).unwrap();
     let cfg = Config::load(Some(&path)).unwrap();
     let store = Arc::new(SqlStore::connect(&cfg.store, "participant").unwrap());
@@ -209,6 +273,17 @@ async fn bare_axum() -> String {
     url
 }
 
+/// POSTs `body` to `url`; whether the answer was a success.
+async fn post(h: &reqwest::Client, url: &str, body: String) -> bool {
+    h.post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false)
+}
+
 fn main() {
     for k in ["ADDR", "TOKEN", "CACERT", "NAMESPACE"] {
         std::env::remove_var(format!("VAULT_{k}"));
@@ -218,9 +293,19 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
+    let only = std::env::var("MESHPASS_BENCH_ONLY").unwrap_or_default();
+    let wanted = move |name: &str| only.is_empty() || name.contains(only.as_str());
     let bao = OpenBao::start();
     bao.enable_transit();
     bao.create_transit_key("bench", "ecdsa-p256");
+    BAO_PID.set(bao.pid().to_string()).unwrap();
+    let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
+    // Enough never-seen tokens for every true-cold row (about 12,000/s is far above
+    // what two cores reach).
+    let fresh = Arc::new(FreshTokens {
+        tokens: subject_tokens(&key, (secs * 2.0 * 12_000.0) as usize + 1_000),
+        next: AtomicUsize::new(0),
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -228,90 +313,130 @@ fn main() {
         .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
         let point = key.verifying_key().to_encoded_point(false);
         let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
             "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}]})
         .to_string();
-        let tokens = Arc::new(subject_tokens(&key, 4096));
+        let repeated = Arc::new(subject_tokens(&key, 64));
         let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
 
         let sign_url = format!("{}/v1/transit/sign/bench", bao.addr());
         let root = bao.root_token().to_string();
         let bare = bare_axum().await;
-        let cold = start_service(&bao, dir.path(), &jwks, false).await;
-        let warm = start_service(&bao, dir.path(), &jwks, true).await;
+        let no_token_cache = "[cache]\nenabled = false\n";
+        let cold = start_service(&bao, dir.path(), &jwks, "cold", no_token_cache).await;
+        let uncached = start_service(
+            &bao,
+            dir.path(),
+            &jwks,
+            "uncached",
+            &format!("policy_cache_secs = 0\n{no_token_cache}[validation]\nsubject_cache_secs = 0\n"),
+        )
+        .await;
+        let warm = start_service(&bao, dir.path(), &jwks, "warm", "").await;
 
         println!("\nmeshpass-exchange bench: {secs} s per row, 2 tokio workers, load generator in the same process\n");
-        println!("| what | concurrency | req/s | p50 ms | p99 ms | errors | ratio |");
-        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        println!("| what | concurrency | req/s | p50 ms | p99 ms | errors | CPU µs/req (bench process) | CPU µs/req (OpenBao) | ratio |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for conc in [1usize, 32] {
-            let (h, u, t) = (http.clone(), sign_url.clone(), root.clone());
-            let raw = measure(conc, secs, move |i| {
-                let (h, u, t) = (h.clone(), u.clone(), t.clone());
-                async move {
-                    let input = STANDARD.encode(format!("bench-input-{i}"));
-                    h.post(&u)
-                        .header("x-vault-token", t)
-                        .json(&json!({"input": input, "marshaling_algorithm": "jws"}))
-                        .send()
-                        .await
-                        .map(|r| r.status().is_success())
-                        .unwrap_or(false)
-                }
-            })
-            .await;
-            row("OpenBao raw transit/sign (ecdsa-p256)", conc, &raw, None);
+            const RAW: &str = "OpenBao raw transit/sign (ecdsa-p256)";
+            let mut raw_rps = None;
+            if wanted(RAW) {
+                let (h, u, t) = (http.clone(), sign_url.clone(), root.clone());
+                let raw = measure(conc, secs, move |i| {
+                    let (h, u, t) = (h.clone(), u.clone(), t.clone());
+                    async move {
+                        let input = STANDARD.encode(format!("bench-input-{i}"));
+                        h.post(&u)
+                            .header("x-vault-token", t)
+                            .json(&json!({"input": input, "marshaling_algorithm": "jws"}))
+                            .send()
+                            .await
+                            .map(|r| r.status().is_success())
+                            .unwrap_or(false)
+                    }
+                })
+                .await;
+                row(RAW, conc, &raw, None);
+                raw_rps = Some(raw.rps);
+            }
+            let vs_raw = raw_rps.map(|r| ("raw sign", r));
 
-            let (h, u) = (http.clone(), bare.clone());
-            let base = measure(conc, secs, move |_| {
-                let (h, u) = (h.clone(), u.clone());
-                async move {
-                    h.post(&u)
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body("grant_type=x")
-                        .send()
-                        .await
-                        .map(|r| r.status().is_success())
-                        .unwrap_or(false)
-                }
-            })
-            .await;
-            row("bare axum POST /token (fixed 600-byte JSON)", conc, &base, None);
+            const BARE: &str = "bare axum POST /token (fixed 600-byte JSON)";
+            let mut bare_rps = None;
+            if wanted(BARE) {
+                let (h, u) = (http.clone(), bare.clone());
+                let base = measure(conc, secs, move |_| {
+                    let (h, u) = (h.clone(), u.clone());
+                    async move { post(&h, &u, "grant_type=x".into()).await }
+                })
+                .await;
+                row(BARE, conc, &base, None);
+                bare_rps = Some(base.rps);
+            }
 
-            let (h, u, toks) = (http.clone(), cold.clone(), tokens.clone());
-            let c = measure(conc, secs, move |i| {
-                let (h, u) = (h.clone(), u.clone());
-                let body = form(&toks[i % toks.len()]);
-                async move {
-                    h.post(&u)
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(body)
-                        .send()
-                        .await
-                        .map(|r| r.status().is_success())
-                        .unwrap_or(false)
-                }
-            })
-            .await;
-            row("exchange cold (validate + Vault sign)", conc, &c, Some(("raw sign", raw.rps)));
+            const TRUE_COLD: &str = "exchange cold, true cold (new subject token each time)";
+            if wanted(TRUE_COLD) {
+                let (h, u, f) = (http.clone(), cold.clone(), fresh.clone());
+                let c = measure(conc, secs, move |_| {
+                    let (h, u) = (h.clone(), u.clone());
+                    let body = f.take().map(form);
+                    async move {
+                        match body {
+                            Some(b) => post(&h, &u, b).await,
+                            None => false,
+                        }
+                    }
+                })
+                .await;
+                row(TRUE_COLD, conc, &c, vs_raw);
+            }
 
-            let (h, u) = (http.clone(), warm.clone());
-            let body = form(&tokens[0]);
-            let w = measure(conc, secs, move |_| {
-                let (h, u, body) = (h.clone(), u.clone(), body.clone());
-                async move {
-                    h.post(&u)
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(body)
-                        .send()
-                        .await
-                        .map(|r| r.status().is_success())
-                        .unwrap_or(false)
-                }
-            })
-            .await;
-            row("exchange warm (token cache)", conc, &w, Some(("bare axum", base.rps)));
+            const REPEATED: &str =
+                "exchange cold, repeated tokens (verified-subject cache hit, token cache off)";
+            if wanted(REPEATED) {
+                let (h, u, toks) = (http.clone(), cold.clone(), repeated.clone());
+                let c = measure(conc, secs, move |i| {
+                    let (h, u) = (h.clone(), u.clone());
+                    let body = form(&toks[i % toks.len()]);
+                    async move { post(&h, &u, body).await }
+                })
+                .await;
+                row(REPEATED, conc, &c, vs_raw);
+            }
+
+            const UNCACHED: &str =
+                "exchange cold, true cold, policy and subject caches off (before)";
+            if wanted(UNCACHED) {
+                let (h, u, f) = (http.clone(), uncached.clone(), fresh.clone());
+                let c = measure(conc, secs, move |_| {
+                    let (h, u) = (h.clone(), u.clone());
+                    let body = f.take().map(form);
+                    async move {
+                        match body {
+                            Some(b) => post(&h, &u, b).await,
+                            None => false,
+                        }
+                    }
+                })
+                .await;
+                row(UNCACHED, conc, &c, vs_raw);
+            }
+
+            const WARM: &str = "exchange warm (token cache)";
+            if wanted(WARM) {
+                let (h, u) = (http.clone(), warm.clone());
+                let body = form(&repeated[0]);
+                let w = measure(conc, secs, move |_| {
+                    let (h, u, body) = (h.clone(), u.clone(), body.clone());
+                    async move { post(&h, &u, body).await }
+                })
+                .await;
+                row(WARM, conc, &w, bare_rps.map(|b| ("bare axum", b)));
+            }
+        }
+        if fresh.next.load(Ordering::Relaxed) > fresh.tokens.len() {
+            println!("\nWARNING: the never-seen subject tokens ran out; some true-cold requests were counted as errors");
         }
         drop(bao);
     });

@@ -22,7 +22,8 @@ use crate::keys::IssuerKeySource;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::signer::Signer;
-use crate::store::MappingStore;
+use crate::store::{MappingStore, PolicyCache};
+use crate::subject_cache::SubjectCache;
 use crate::tokenreview::TokenReviewer;
 
 /// Settings the handlers need, derived from the configuration once.
@@ -68,7 +69,8 @@ impl Settings {
 pub struct AppState {
     /// Signs participant tokens and publishes their keys.
     pub signer: Arc<dyn Signer>,
-    /// The mapping store.
+    /// The mapping store (behind the policy cache unless `store.policy_cache_secs` is
+    /// 0); writes through it take effect on the token endpoint at once.
     pub store: Arc<dyn MappingStore>,
     /// Subject-token issuer keys.
     pub keys: Arc<dyn IssuerKeySource>,
@@ -78,6 +80,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Minted-token cache (None: disabled).
     pub cache: Option<Arc<TokenCache>>,
+    /// Verified subject/actor tokens (None: disabled).
+    pub subjects: Option<Arc<SubjectCache>>,
     /// Per-subject rate limits.
     pub limiter: Arc<RateLimiter>,
     /// Metrics.
@@ -87,7 +91,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state from a validated configuration and its dependencies.
+    /// Builds the state from a validated configuration and its dependencies; `store`
+    /// is wrapped in a [`PolicyCache`] when `store.policy_cache_secs` is not 0.
     pub fn new(
         cfg: &Config,
         signer: Arc<dyn Signer>,
@@ -111,11 +116,27 @@ impl AppState {
             field: "metrics".into(),
             reason: e.to_string(),
         })?;
+        let store: Arc<dyn MappingStore> = if cfg.store.policy_cache_secs > 0 {
+            Arc::new(PolicyCache::new(
+                store,
+                Arc::clone(&clock),
+                cfg.store.policy_cache_secs,
+            ))
+        } else {
+            store
+        };
+        let v = &cfg.validation;
         Ok(AppState {
             signer,
             store,
             keys,
             clock,
+            subjects: (v.subject_cache_secs > 0).then(|| {
+                Arc::new(SubjectCache::new(
+                    v.subject_cache_secs,
+                    v.subject_cache_max_entries,
+                ))
+            }),
             settings: Arc::new(Settings::from_config(cfg)?),
             cache: cfg.cache.enabled.then(|| {
                 Arc::new(TokenCache::new(

@@ -172,12 +172,23 @@ impl Default for LogConfig {
 pub struct ValidationConfig {
     /// Largest subject/actor token accepted, in bytes.
     pub max_token_bytes: usize,
+    /// Seconds a verified subject/actor token is remembered (never past its `exp`) so
+    /// its signature is not verified again; 0 turns the cache off. Claims and time
+    /// are re-checked on every use; a key-set change drops the entries.
+    pub subject_cache_secs: u64,
+    /// Most verified tokens remembered (the one closest to expiry is evicted first).
+    pub subject_cache_max_entries: usize,
 }
+
+/// Longest `validation.subject_cache_secs` accepted.
+pub const MAX_SUBJECT_CACHE_SECS: u64 = 3600;
 
 impl Default for ValidationConfig {
     fn default() -> Self {
         ValidationConfig {
             max_token_bytes: meshpass_core::DEFAULT_MAX_TOKEN_BYTES,
+            subject_cache_secs: 60,
+            subject_cache_max_entries: 10_000,
         }
     }
 }
@@ -416,6 +427,19 @@ impl Config {
         }
         if self.validation.max_token_bytes < 256 {
             return Err(bad("validation.max_token_bytes", "must be at least 256"));
+        }
+        if self.validation.subject_cache_secs > MAX_SUBJECT_CACHE_SECS {
+            return Err(bad(
+                "validation.subject_cache_secs",
+                format!("must be at most {MAX_SUBJECT_CACHE_SECS}"),
+            ));
+        }
+        if self.validation.subject_cache_secs > 0 && self.validation.subject_cache_max_entries == 0
+        {
+            return Err(bad(
+                "validation.subject_cache_max_entries",
+                "must be at least 1 when the subject cache is on",
+            ));
         }
         self.store
             .validate()

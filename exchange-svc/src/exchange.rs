@@ -7,6 +7,7 @@
 //! meshpass-core code: the service never trusts the filter's verdict.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{to_bytes, Body};
@@ -20,13 +21,16 @@ use meshpass_core::oauth::{
     ErrorCode, TokenExchangeRequest, TokenExchangeResponse, MAX_FORM_BYTES,
     TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT,
 };
-use meshpass_core::{Binding, SpiffeId, SpiffeIdPattern, ValidationError, VerifiedSubject};
+use meshpass_core::{
+    Binding, SpiffeId, SpiffeIdPattern, ValidationError, ValidationPolicy, VerifiedSubject,
+};
 use serde_json::{json, Map, Value};
 
 use crate::app::AppState;
 use crate::cache::{CacheKey, CachedToken};
 use crate::error::{no_store, ApiError};
 use crate::store::{Mapping, RESERVED_CLAIMS};
+use crate::subject_cache::TokenDigest;
 
 /// What the metrics say about one exchange.
 struct Outcome {
@@ -212,15 +216,19 @@ async fn exchange(
             )
         })?
         .clone();
-    let policy = st.store.resource_policy(&target).await.map_err(|source| {
-        (
-            ApiError::Store {
-                source,
-                retry_after_secs: st.settings.store_retry_after_secs,
-            },
-            None,
-        )
-    })?;
+    let policy = st
+        .store
+        .shared_resource_policy(&target)
+        .await
+        .map_err(|source| {
+            (
+                ApiError::Store {
+                    source,
+                    retry_after_secs: st.settings.store_retry_after_secs,
+                },
+                None,
+            )
+        })?;
     if policy.mappings.is_empty() {
         return Err((
             ApiError::InvalidTarget("the requested resource is not known".into()),
@@ -323,7 +331,7 @@ async fn exchange(
             claims.entry(name.clone()).or_insert_with(|| value.clone());
         }
     }
-    if let Some(act) = act_claim(&subject, actor.as_ref()) {
+    if let Some(act) = act_claim(&subject, actor.as_deref()) {
         claims.insert("act".into(), act);
     }
 
@@ -429,33 +437,78 @@ fn serve_cached(
 
 /// Validates a subject or actor token; an unknown `kid` refetches the issuer's keys
 /// (rate limited) and tries once more.
+///
+/// A token verified before with the current key-set generation is taken from the
+/// verified-subject cache: its signature is not checked again, but every claim rule
+/// (time included) and the subject rules are, against `now`.
 async fn validate(
     st: &AppState,
     token: &str,
     now: u64,
     which: &'static str,
-) -> Result<VerifiedSubject, ApiError> {
+) -> Result<Arc<VerifiedSubject>, ApiError> {
     let policy = &st.settings.policy;
-    let first = {
-        let keys = st.keys.snapshot();
-        policy.validate(token, now, &*keys, &Binding::None)
-    };
-    let result = match first {
+    let invalid = |source| ApiError::InvalidGrant { which, source };
+    // Oversized tokens are refused by the full validation; never hash or cache them.
+    let cache = st
+        .subjects
+        .as_ref()
+        .filter(|_| token.len() <= policy.max_token_bytes);
+    let digest = cache.map(|_| TokenDigest::of(token));
+    let (generation, keys) = st.keys.generation_snapshot();
+    if let (Some(cache), Some(digest)) = (cache, &digest) {
+        if let Some(hit) = cache.get(digest, now, generation) {
+            st.metrics.subject_cache_hits.inc();
+            return recheck(policy, &hit, now).map(|()| hit).map_err(invalid);
+        }
+        st.metrics.subject_cache_misses.inc();
+    }
+    let first = policy.validate(token, now, &*keys, &Binding::None);
+    drop(keys);
+    let (generation, result) = match first {
         Err(ValidationError::UnknownKeyId { issuer, .. }) => {
             st.keys.refetch_unknown_kid(&issuer).await;
-            let keys = st.keys.snapshot();
-            policy.validate(token, now, &*keys, &Binding::None)
+            let (generation, keys) = st.keys.generation_snapshot();
+            (
+                generation,
+                policy.validate(token, now, &*keys, &Binding::None),
+            )
         }
-        other => other,
+        other => (generation, other),
     };
-    result.map_err(|source| match source {
+    let subject = Arc::new(result.map_err(|source| match source {
         ValidationError::NoKeys => ApiError::Unavailable {
             what: "issuer keys",
             detail: format!("no keys loaded for the {which}'s issuer"),
             retry_after_secs: st.settings.sign_retry_after_secs,
         },
-        source => ApiError::InvalidGrant { which, source },
-    })
+        source => invalid(source),
+    })?);
+    if let (Some(cache), Some(digest)) = (cache, digest) {
+        cache.insert(digest, Arc::clone(&subject), now, generation);
+    }
+    Ok(subject)
+}
+
+/// The checks a cached verified subject must pass again at `now`: the issuer's claim
+/// rules (`iss`, `aud`, `exp`, `nbf`, `iat`, lifetime, leeway) and subject rules (trust
+/// domain, ID patterns), exactly as [`ValidationPolicy::validate`] runs them after the
+/// signature check. Binding is `None` on the service (see the module documentation).
+fn recheck(
+    policy: &ValidationPolicy,
+    subject: &VerifiedSubject,
+    now: u64,
+) -> Result<(), ValidationError> {
+    let issuer = policy
+        .issuer(&subject.issuer)
+        .ok_or(ValidationError::UnknownIssuer)?;
+    let claims = issuer.check_claims(&subject.claims, now)?;
+    let id = issuer.subject(&claims)?;
+    if id != subject.spiffe_id {
+        // Cannot happen for an entry made from the same claims; refuse rather than guess.
+        return Err(ValidationError::SubjectNotAllowed);
+    }
+    Binding::None.check(&id)
 }
 
 /// The most specific mapping whose subject pattern matches `id`: an exact ID beats a

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use meshpass_core::KeySet;
+use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 
 use crate::config::{check_url, Config, IssuerConfig, KeySourceConfig};
@@ -56,6 +57,10 @@ pub struct IssuerKeyStatus {
 pub trait IssuerKeySource: Send + Sync {
     /// The current keys of every issuer.
     fn snapshot(&self) -> Arc<HashMap<String, KeySet>>;
+    /// The current keys with their generation, read together: the generation changes
+    /// whenever any issuer's key set changes (a key added, replaced or removed), so a
+    /// result derived from one snapshot can be tagged with it and dropped later.
+    fn generation_snapshot(&self) -> (u64, Arc<HashMap<String, KeySet>>);
     /// A token named a `kid` the issuer's keys lack: refetch them unless that was done
     /// less than `min_refetch_secs` ago. Whether a refetch loaded keys.
     async fn refetch_unknown_kid(&self, issuer: &str) -> bool;
@@ -78,11 +83,20 @@ struct Issuer {
     min_refetch: Duration,
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
     last_success: Mutex<Option<Instant>>,
+    /// SHA-256 of the last JWKS document stored: a refresh returning the same bytes
+    /// keeps the key-set generation (and so the verified-subject cache) unchanged.
+    digest: Mutex<Option<[u8; 32]>>,
+}
+
+/// The keys of every issuer and the generation they belong to.
+struct Current {
+    generation: u64,
+    keys: Arc<HashMap<String, KeySet>>,
 }
 
 /// The service's [`IssuerKeySource`].
 pub struct IssuerKeys {
-    current: RwLock<Arc<HashMap<String, KeySet>>>,
+    current: RwLock<Current>,
     issuers: Vec<Issuer>,
 }
 
@@ -159,6 +173,12 @@ async fn get_document(
     Ok(body)
 }
 
+/// A parsed JWKS and the SHA-256 of the document it came from.
+struct Loaded {
+    keys: KeySet,
+    digest: [u8; 32],
+}
+
 fn parse_jwks(bytes: &[u8], issuer: &str) -> Result<KeySet, KeysError> {
     let (set, rejected) = KeySet::parse(bytes).map_err(|e| KeysError::Document(e.to_string()))?;
     for r in rejected {
@@ -215,12 +235,13 @@ impl Issuer {
                 min_refetch: Duration::from_secs(c.min_refetch_secs),
                 last_refetch: tokio::sync::Mutex::new(None),
                 last_success: Mutex::new(initial.as_ref().map(|_| Instant::now())),
+                digest: Mutex::new(None),
             },
             initial,
         ))
     }
 
-    async fn fetch(&self) -> Result<Option<KeySet>, KeysError> {
+    async fn fetch(&self) -> Result<Option<Loaded>, KeysError> {
         let bearer = match &self.bearer_token_file {
             Some(p) => Some(read_bearer(p)?),
             None => None,
@@ -247,7 +268,11 @@ impl Issuer {
                 get_document(http, jwks_uri, bearer.as_deref()).await?
             }
         };
-        parse_jwks(&bytes, &self.name).map(Some)
+        let keys = parse_jwks(&bytes, &self.name)?;
+        Ok(Some(Loaded {
+            keys,
+            digest: Sha256::digest(&bytes).into(),
+        }))
     }
 }
 
@@ -265,17 +290,33 @@ impl IssuerKeys {
             issuers.push(issuer);
         }
         Ok(Arc::new(IssuerKeys {
-            current: RwLock::new(Arc::new(initial)),
+            current: RwLock::new(Current {
+                generation: 0,
+                keys: Arc::new(initial),
+            }),
             issuers,
         }))
     }
 
-    fn store(&self, issuer: &Issuer, keys: KeySet) {
-        if let Ok(mut g) = self.current.write() {
-            let mut next = HashMap::clone(&g);
-            next.insert(issuer.name.clone(), keys);
-            *g = Arc::new(next);
+    /// Stores freshly loaded keys; the generation moves only when the document changed.
+    fn store(&self, issuer: &Issuer, loaded: Loaded) {
+        // Held across the swap so two concurrent loads of one issuer cannot interleave.
+        let mut digest = match issuer.digest.lock() {
+            Ok(d) => d,
+            Err(p) => p.into_inner(),
+        };
+        if *digest != Some(loaded.digest) {
+            let mut g = match self.current.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let mut next = HashMap::clone(&g.keys);
+            next.insert(issuer.name.clone(), loaded.keys);
+            g.keys = Arc::new(next);
+            g.generation = g.generation.wrapping_add(1);
+            *digest = Some(loaded.digest);
         }
+        drop(digest);
         if let Ok(mut t) = issuer.last_success.lock() {
             *t = Some(Instant::now());
         }
@@ -283,9 +324,9 @@ impl IssuerKeys {
 
     async fn fetch_and_store(&self, issuer: &Issuer) -> Result<bool, KeysError> {
         match issuer.fetch().await? {
-            Some(keys) => {
-                tracing::debug!(issuer = %issuer.name, keys = keys.len(), "issuer keys loaded");
-                self.store(issuer, keys);
+            Some(loaded) => {
+                tracing::debug!(issuer = %issuer.name, keys = loaded.keys.len(), "issuer keys loaded");
+                self.store(issuer, loaded);
                 Ok(true)
             }
             None => Ok(false),
@@ -343,10 +384,15 @@ impl IssuerKeys {
 #[async_trait]
 impl IssuerKeySource for IssuerKeys {
     fn snapshot(&self) -> Arc<HashMap<String, KeySet>> {
-        match self.current.read() {
-            Ok(g) => Arc::clone(&g),
-            Err(p) => Arc::clone(&p.into_inner()),
-        }
+        self.generation_snapshot().1
+    }
+
+    fn generation_snapshot(&self) -> (u64, Arc<HashMap<String, KeySet>>) {
+        let g = match self.current.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        (g.generation, Arc::clone(&g.keys))
     }
 
     async fn refetch_unknown_kid(&self, issuer: &str) -> bool {

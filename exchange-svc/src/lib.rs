@@ -13,6 +13,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod signer;
 pub mod store;
+pub mod subject_cache;
 pub mod tokenreview;
 pub mod vault;
 

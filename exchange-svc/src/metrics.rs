@@ -30,6 +30,10 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     /// Token cache misses.
     pub cache_misses: IntCounter,
+    /// Subject/actor tokens served from the verified-subject cache (no signature check).
+    pub subject_cache_hits: IntCounter,
+    /// Subject/actor tokens verified in full.
+    pub subject_cache_misses: IntCounter,
     /// Seconds since each issuer's keys were last loaded.
     pub jwks_age: GaugeVec,
     /// Number of keys held per issuer.
@@ -73,6 +77,14 @@ impl Metrics {
         let cache_hits = IntCounter::new("meshpass_token_cache_hits_total", "Token cache hits.")?;
         let cache_misses =
             IntCounter::new("meshpass_token_cache_misses_total", "Token cache misses.")?;
+        let subject_cache_hits = IntCounter::new(
+            "meshpass_subject_cache_hits_total",
+            "Subject/actor tokens found in the verified-subject cache (claims re-checked, signature not).",
+        )?;
+        let subject_cache_misses = IntCounter::new(
+            "meshpass_subject_cache_misses_total",
+            "Subject/actor tokens verified in full (signature included).",
+        )?;
         let jwks_age = GaugeVec::new(
             Opts::new(
                 "meshpass_issuer_jwks_age_seconds",
@@ -90,6 +102,8 @@ impl Metrics {
         registry.register(Box::new(sign_seconds.clone()))?;
         registry.register(Box::new(cache_hits.clone()))?;
         registry.register(Box::new(cache_misses.clone()))?;
+        registry.register(Box::new(subject_cache_hits.clone()))?;
+        registry.register(Box::new(subject_cache_misses.clone()))?;
         registry.register(Box::new(jwks_age.clone()))?;
         registry.register(Box::new(jwks_keys.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
@@ -100,6 +114,8 @@ impl Metrics {
             sign_seconds,
             cache_hits,
             cache_misses,
+            subject_cache_hits,
+            subject_cache_misses,
             jwks_age,
             jwks_keys,
             cache_entries,

@@ -436,9 +436,11 @@ async fn answers_503_with_retry_after_while_postgres_is_unreachable_and_recovers
     assert_eq!(post_token(&app, body()).await.status.as_u16(), 200);
 
     proxy.cut();
-    // A new subject token each time so the token cache cannot answer.
+    // A new subject token each time so the token cache cannot answer, and a resource
+    // not read before so the policy cache has no snapshot of it (a fresh snapshot may
+    // bridge an outage for `store.policy_cache_secs`: see tests/policy_cache.rs).
     let other = issuer.svid(WEB, now() - 1, 3600);
-    let a = post_token(&app, exchange_form(&other, &[("resource", "orders")])).await;
+    let a = post_token(&app, exchange_form(&other, &[("resource", "payments")])).await;
     assert_eq!(a.status.as_u16(), 503, "{}", a.json);
     assert_eq!(a.json["error"], "temporarily_unavailable");
     assert_eq!(a.headers["retry-after"], "7");

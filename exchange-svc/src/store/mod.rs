@@ -12,15 +12,18 @@
 //! cross-row checks of the backend (duplicates, conflicting claims), whichever caller
 //! (config seeding, CLI, management API) makes it.
 
+mod cached;
 mod sql;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use meshpass_core::{Audience, SpiffeIdPattern};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use cached::PolicyCache;
 pub use sql::{SqlStore, StoreConfig};
 
 /// Claims a scope→claims mapping may never set: they are the service's own.
@@ -136,6 +139,14 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> StoreError {
 pub trait MappingStore: Send + Sync {
     /// The mappings and scope claims of `resource`.
     async fn resource_policy(&self, resource: &str) -> Result<ResourcePolicy, StoreError>;
+    /// [`MappingStore::resource_policy`] behind an `Arc`, so a cache can hand out its
+    /// snapshot without copying it (the token endpoint calls this one).
+    async fn shared_resource_policy(
+        &self,
+        resource: &str,
+    ) -> Result<Arc<ResourcePolicy>, StoreError> {
+        self.resource_policy(resource).await.map(Arc::new)
+    }
     /// Every mapping, by name.
     async fn list_mappings(&self) -> Result<Vec<Mapping>, StoreError>;
     /// One mapping.

@@ -31,6 +31,10 @@ pub struct StoreConfig {
     pub idle_timeout_secs: u64,
     /// `Retry-After` sent with 503 when the store is down.
     pub retry_after_secs: u64,
+    /// Seconds a resource's mappings and scope claims are served from memory before
+    /// the database is asked again (0: ask on every exchange). Writes through this
+    /// process take effect at once; other replicas' writes within this bound.
+    pub policy_cache_secs: u64,
 }
 
 impl Default for StoreConfig {
@@ -42,9 +46,14 @@ impl Default for StoreConfig {
             acquire_timeout_secs: 3,
             idle_timeout_secs: 300,
             retry_after_secs: 5,
+            policy_cache_secs: 2,
         }
     }
 }
+
+/// Longest `store.policy_cache_secs` accepted: the cache is a load shield, not a
+/// replica of the database.
+pub const MAX_POLICY_CACHE_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -98,6 +107,11 @@ impl StoreConfig {
             return Err(StoreError::Config(
                 "store.acquire_timeout_secs must be at least 1".into(),
             ));
+        }
+        if self.policy_cache_secs > MAX_POLICY_CACHE_SECS {
+            return Err(StoreError::Config(format!(
+                "store.policy_cache_secs must be at most {MAX_POLICY_CACHE_SECS}"
+            )));
         }
         Ok(())
     }

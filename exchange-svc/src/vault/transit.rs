@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Consecutive failed Vault requests after which the signer reports not ready and
@@ -427,10 +427,19 @@ impl Inner {
     }
 
     /// Runs one request under the in-flight limit and answers its callers.
-    async fn dispatch(self: Arc<Self>, version: u64, jobs: Vec<SignJob>) {
+    async fn dispatch(
+        self: Arc<Self>,
+        version: u64,
+        jobs: Vec<SignJob>,
+        permit: OwnedSemaphorePermit,
+    ) {
         let (inputs, replies): (Vec<_>, Vec<_>) =
             jobs.into_iter().map(|j| (j.input, j.reply)).unzip();
         let results = self.sign_many(version, &inputs).await;
+        // Free the slot before waking the callers, so that a caller's next signature
+        // finds nothing in flight and goes out at once instead of waiting for company.
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
         let stats = self.client.stats();
         let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
         stats.add_signatures(ok);
@@ -542,12 +551,7 @@ async fn batch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SignJob>) {
                 return;
             };
             inner.in_flight.fetch_add(1, Ordering::Relaxed);
-            let inner2 = inner.clone();
-            tokio::spawn(async move {
-                inner2.clone().dispatch(version, group).await;
-                inner2.in_flight.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
-            });
+            tokio::spawn(inner.clone().dispatch(version, group, permit));
         }
     }
 }

@@ -1,0 +1,290 @@
+//! The policy snapshot cache in front of `MappingStore::resource_policy`: writes through
+//! this process take effect at once, another replica's writes on the same PostgreSQL
+//! database are seen once the snapshot's TTL has passed, and a store outage is bridged
+//! only within that TTL. Real SQLite files and real PostgreSQL; time is a manual clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use meshpass_exchange::clock::ManualClock;
+use meshpass_exchange::store::{
+    Mapping, MappingStore, PolicyCache, SqlStore, StoreConfig, StoreError,
+};
+use meshpass_testkit::Postgres;
+
+fn mapping(name: &str, resource: &str, participant: &str) -> Mapping {
+    Mapping {
+        name: name.into(),
+        subject: "spiffe://cluster.local/ns/shop/*".into(),
+        resource: resource.into(),
+        participant: participant.into(),
+        audiences: Vec::new(),
+        scopes: vec!["read".into()],
+        ttl_secs: 300,
+        rate_limit: None,
+    }
+}
+
+async fn open(url: &str) -> Arc<SqlStore> {
+    let cfg = StoreConfig {
+        url: url.into(),
+        max_connections: 2,
+        ..StoreConfig::default()
+    };
+    let s = Arc::new(SqlStore::connect(&cfg, "participant").unwrap());
+    s.migrate().await.unwrap();
+    s
+}
+
+fn participant(p: &meshpass_exchange::store::ResourcePolicy) -> &str {
+    assert_eq!(p.mappings.len(), 1, "{p:?}");
+    &p.mappings[0].participant
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replicas_write_on_postgres_is_seen_once_the_snapshot_is_older_than_its_ttl() {
+    let db = Postgres::fresh_database();
+    let replica_a = open(&db.url()).await;
+    let replica_b = open(&db.url()).await;
+    replica_b
+        .put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = PolicyCache::new(replica_a.clone(), clock.clone(), 2);
+
+    assert_eq!(
+        participant(&cached.resource_policy("payments").await.unwrap()),
+        "acme"
+    );
+    replica_b
+        .put_mapping(&mapping("m", "payments", "globex"))
+        .await
+        .unwrap();
+    // Within the TTL this replica still serves its snapshot (the documented bound)...
+    clock.advance(1);
+    assert_eq!(
+        participant(&cached.resource_policy("payments").await.unwrap()),
+        "acme"
+    );
+    // ...and reads the database again once the snapshot is `ttl` seconds old.
+    clock.advance(1);
+    assert_eq!(
+        participant(&cached.resource_policy("payments").await.unwrap()),
+        "globex"
+    );
+    // A deletion by the other replica is seen within the same bound.
+    assert!(replica_b.delete_mapping("m").await.unwrap());
+    clock.advance(2);
+    assert!(cached
+        .resource_policy("payments")
+        .await
+        .unwrap()
+        .mappings
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_this_process_is_seen_by_the_next_read_at_once() {
+    let db = Postgres::fresh_database();
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = PolicyCache::new(open(&db.url()).await, clock.clone(), 60);
+    cached
+        .put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    assert_eq!(
+        participant(&cached.resource_policy("payments").await.unwrap()),
+        "acme"
+    );
+    assert_eq!(cached.len(), 1);
+
+    cached
+        .put_mapping(&mapping("m", "payments", "globex"))
+        .await
+        .unwrap();
+    assert_eq!(
+        participant(&cached.resource_policy("payments").await.unwrap()),
+        "globex"
+    );
+    // Moving the mapping to another resource empties the old one at once too.
+    cached
+        .put_mapping(&mapping("m", "orders", "globex"))
+        .await
+        .unwrap();
+    assert!(cached
+        .resource_policy("payments")
+        .await
+        .unwrap()
+        .mappings
+        .is_empty());
+    assert_eq!(
+        participant(&cached.resource_policy("orders").await.unwrap()),
+        "globex"
+    );
+    assert!(cached.delete_mapping("m").await.unwrap());
+    assert!(cached
+        .resource_policy("orders")
+        .await
+        .unwrap()
+        .mappings
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_without_mappings_is_not_cached_so_a_new_mapping_elsewhere_is_seen_at_once() {
+    let db = Postgres::fresh_database();
+    let replica_b = open(&db.url()).await;
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = PolicyCache::new(open(&db.url()).await, clock, 60);
+    assert!(cached
+        .resource_policy("payments")
+        .await
+        .unwrap()
+        .mappings
+        .is_empty());
+    assert!(cached.is_empty());
+    replica_b
+        .put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    assert_eq!(
+        participant(&cached.resource_policy("payments").await.unwrap()),
+        "acme"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_is_bridged_by_a_fresh_snapshot_only_within_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&format!("sqlite://{}", dir.path().join("m.db").display())).await;
+    store
+        .put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    store
+        .put_mapping(&mapping("n", "orders", "acme"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = PolicyCache::new(store.clone(), clock.clone(), 2);
+    cached.resource_policy("payments").await.unwrap();
+
+    // The database goes away (its pool is closed: every query fails).
+    store.close().await;
+    assert!(matches!(
+        store.resource_policy("payments").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    // The fresh snapshot keeps answering within its TTL...
+    clock.advance(1);
+    assert_eq!(
+        participant(&cached.resource_policy("payments").await.unwrap()),
+        "acme"
+    );
+    // ...a resource it does not hold fails at once...
+    assert!(matches!(
+        cached.resource_policy("orders").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    // ...and once the TTL is over the outage shows (fail closed), every time.
+    clock.advance(1);
+    for _ in 0..2 {
+        assert!(matches!(
+            cached.resource_policy("payments").await,
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_that_goes_backwards_does_not_stretch_a_snapshots_life() {
+    let db = Postgres::fresh_database();
+    let replica_b = open(&db.url()).await;
+    replica_b
+        .put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = PolicyCache::new(open(&db.url()).await, clock.clone(), 2);
+    cached.resource_policy("payments").await.unwrap();
+    replica_b
+        .put_mapping(&mapping("m", "payments", "globex"))
+        .await
+        .unwrap();
+    clock.set(900);
+    assert_eq!(
+        participant(&cached.resource_policy("payments").await.unwrap()),
+        "globex"
+    );
+}
+
+/// Through the token endpoint: the service's own store handle writes, and the next
+/// exchange (a new subject token, so the minted-token cache cannot answer) obeys it.
+#[tokio::test]
+async fn the_token_endpoint_obeys_a_mapping_deleted_through_the_service_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let cfg = load_config(
+        dir.path(),
+        &config_toml(&issuer, &dir.path().join("m.db"), ""),
+    );
+    assert_eq!(cfg.store.policy_cache_secs, 2, "the default");
+    let clock = Arc::new(ManualClock::new(now()));
+    let state = state_with(&cfg, LocalSigner::new(), clock.clone()).await;
+    let app = meshpass_exchange::app(state.clone());
+    let t = now();
+    let first = issuer.svid(WEB, t, 3600);
+    let a = post_token(&app, exchange_form(&first, &[("resource", "orders")])).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+
+    assert!(state.store.delete_mapping("web-to-orders").await.unwrap());
+    let second = issuer.svid(WEB, t - 1, 3600);
+    let a = post_token(&app, exchange_form(&second, &[("resource", "orders")])).await;
+    assert_eq!(a.status.as_u16(), 400, "{}", a.json);
+    assert_eq!(a.json["error"], "invalid_target");
+}
+
+/// `store.policy_cache_secs = 0` turns the cache off: a write made by another store
+/// instance on the same database is obeyed by the very next exchange.
+#[tokio::test]
+async fn with_the_policy_cache_off_every_exchange_reads_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let db = dir.path().join("m.db");
+    let toml =
+        config_toml(&issuer, &db, "").replace("[store]\n", "[store]\npolicy_cache_secs = 0\n");
+    let cfg = load_config(dir.path(), &toml);
+    assert_eq!(cfg.store.policy_cache_secs, 0);
+    let state = state_with(&cfg, LocalSigner::new(), Arc::new(ManualClock::new(now()))).await;
+    let app = meshpass_exchange::app(state);
+    let other = open(&format!("sqlite://{}", db.display())).await;
+    let t = now();
+    let a = post_token(
+        &app,
+        exchange_form(&issuer.svid(WEB, t, 3600), &[("resource", "orders")]),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+    assert!(other.delete_mapping("web-to-orders").await.unwrap());
+    let a = post_token(
+        &app,
+        exchange_form(&issuer.svid(WEB, t - 1, 3600), &[("resource", "orders")]),
+    )
+    .await;
+    assert_eq!(a.json["error"], "invalid_target", "{}", a.json);
+}
+
+#[test]
+fn a_policy_cache_longer_than_a_minute_is_refused_naming_the_field() {
+    let cfg = StoreConfig {
+        policy_cache_secs: 61,
+        ..StoreConfig::default()
+    };
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("store.policy_cache_secs"), "{e}");
+}
