@@ -180,11 +180,8 @@ impl TokenReviewer {
             },
             ..TokenReview::default()
         };
-        let mut body = serde_json::to_value(&review).map_err(|e| unavailable(e.to_string()))?;
-        // k8s-openapi leaves the type fields to kube's `Api`; the wire format wants them.
-        body["apiVersion"] = TokenReview::api_version(&()).into();
-        body["kind"] = TokenReview::kind(&()).into();
-        let body = serde_json::to_vec(&body).map_err(|e| unavailable(e.to_string()))?;
+        // k8s-openapi writes `apiVersion` and `kind` itself.
+        let body = serde_json::to_vec(&review).map_err(|e| unavailable(e.to_string()))?;
         let mut req = kube::core::Request::new(TokenReview::url_path(&(), None))
             .create(&PostParams::default(), body)
             .map_err(|e| unavailable(e.to_string()))?;
