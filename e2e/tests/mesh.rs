@@ -1,235 +1,49 @@
 //! The mesh on its default storage (SQLite) and an OpenBao dev server: the happy path in
-//! both modes, every rejection, and caching. One topology, scenarios run in order and
-//! are reported by name (`cargo test -p meshpass-e2e --test mesh -- --nocapture`).
+//! both modes, every rejection, and caching. Each scenario is a test of its own
+//! (`cargo test -p meshpass-e2e --test mesh -- --list`); they share one topology, started
+//! before the first scenario that runs and stopped when the binary ends. None depends on
+//! another, so any one runs alone (`cargo test -p meshpass-e2e --test mesh --
+//! rejects_expired_token`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use std::process::ExitCode;
+
 use anyhow::{ensure, Result};
-use common::{assert_participant_token, assert_rejected, Scenarios};
+use common::{assert_participant_token, assert_rejected, scenarios};
 use meshpass_e2e::jwt::now;
 use meshpass_e2e::topology::{Options, Topology};
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mesh_scenarios_with_exchange_on_sqlite() {
-    let topo = Topology::start(Options::default()).await.unwrap();
-    let t = &topo;
-    let mut s = Scenarios::new("mesh/sqlite");
-
-    // ---- happy path
-    s.run(
-        "client_mode_app_receives_participant_token_never_the_jwt_svid",
-        client_mode_happy_path(t),
+fn main() -> ExitCode {
+    common::run_scenarios(
+        "mesh/sqlite",
+        || Topology::start(Options::default()),
+        |t| format!("dir {}\n{}", t.dir().display(), t.diagnostics(30)),
+        scenarios![
+            // happy path
+            client_mode_app_receives_participant_token_never_the_jwt_svid,
+            server_mode_app_receives_participant_token_bound_to_peer_certificate,
+            // rejections
+            rejects_request_without_token,
+            rejects_token_with_bad_signature,
+            rejects_expired_token,
+            rejects_token_for_another_audience,
+            rejects_token_from_unconfigured_issuer,
+            rejects_spiffe_id_outside_the_trust_domain,
+            rejects_token_of_workload_a_over_connection_of_workload_b,
+            rejects_unmapped_subject_with_403,
+            rejects_scope_the_mapping_does_not_allow_with_403,
+            // caching
+            twenty_requests_with_one_token_cause_one_exchange,
+            concurrent_first_requests_cause_one_exchange_per_token,
+        ],
     )
-    .await;
-    s.run(
-        "server_mode_app_receives_participant_token_bound_to_peer_certificate",
-        server_mode_happy_path(t),
-    )
-    .await;
-
-    // ---- rejections
-    s.run("rejects_request_without_token", async {
-        assert_rejected(
-            &t.via_client_mode("/", None).await?,
-            401,
-            "invalid_request",
-            "no subject token",
-        )?;
-        assert_rejected(
-            &t.via_server_mode("frontend", "/", None).await?,
-            401,
-            "invalid_request",
-            "no subject token",
-        )
-    })
-    .await;
-    s.run("rejects_token_with_bad_signature", async {
-        let bad = t.issuer.mint_with_foreign_key(&t.svid_claims("frontend"))?;
-        assert_rejected(
-            &t.via_client_mode("/", Some(&bad)).await?,
-            401,
-            "invalid_token",
-            "signature",
-        )?;
-        assert_rejected(
-            &t.via_server_mode("frontend", "/", Some(&bad)).await?,
-            401,
-            "invalid_token",
-            "signature",
-        )
-    })
-    .await;
-    s.run("rejects_expired_token", async {
-        let mut c = t.svid_claims("frontend");
-        c["iat"] = json!(now() - 900);
-        c["exp"] = json!(now() - 300);
-        let expired = t.issuer.mint(&c)?;
-        assert_rejected(
-            &t.via_client_mode("/", Some(&expired)).await?,
-            401,
-            "invalid_token",
-            "expired",
-        )?;
-        assert_rejected(
-            &t.via_server_mode("frontend", "/", Some(&expired)).await?,
-            401,
-            "invalid_token",
-            "expired",
-        )
-    })
-    .await;
-    s.run("rejects_token_for_another_audience", async {
-        let mut c = t.svid_claims("frontend");
-        c["aud"] = json!(["some-other-service"]);
-        let tok = t.issuer.mint(&c)?;
-        assert_rejected(
-            &t.via_client_mode("/", Some(&tok)).await?,
-            401,
-            "invalid_token",
-            "audience",
-        )?;
-        assert_rejected(
-            &t.via_server_mode("frontend", "/", Some(&tok)).await?,
-            401,
-            "invalid_token",
-            "audience",
-        )
-    })
-    .await;
-    s.run("rejects_token_from_unconfigured_issuer", async {
-        let mut c = t.svid_claims("frontend");
-        c["iss"] = json!("https://rogue-issuer.e2e.test");
-        let tok = t.issuer.mint(&c)?;
-        assert_rejected(
-            &t.via_client_mode("/", Some(&tok)).await?,
-            401,
-            "invalid_token",
-            "issuer",
-        )?;
-        assert_rejected(
-            &t.via_server_mode("frontend", "/", Some(&tok)).await?,
-            401,
-            "invalid_token",
-            "issuer",
-        )
-    })
-    .await;
-    s.run("rejects_spiffe_id_outside_the_trust_domain", async {
-        let mut c = t.svid_claims("frontend");
-        c["sub"] = json!("spiffe://evil.example/ns/demo/sa/frontend");
-        let tok = t.issuer.mint(&c)?;
-        assert_rejected(
-            &t.via_client_mode("/", Some(&tok)).await?,
-            401,
-            "invalid_token",
-            "trust domain",
-        )?;
-        assert_rejected(
-            &t.via_server_mode("frontend", "/", Some(&tok)).await?,
-            401,
-            "invalid_token",
-            "trust domain",
-        )
-    })
-    .await;
-    s.run(
-        "rejects_token_of_workload_a_over_connection_of_workload_b",
-        async {
-            // SERVER mode: frontend's token over batch's mTLS connection.
-            let tok = t.mint("frontend")?;
-            assert_rejected(
-                &t.via_server_mode("batch", "/", Some(&tok)).await?,
-                401,
-                "invalid_token",
-                "does not match",
-            )?;
-            // CLIENT mode: reporting's token handed to frontend's sidecar.
-            let tok = t.mint("reporting")?;
-            assert_rejected(
-                &t.via_client_mode("/", Some(&tok)).await?,
-                401,
-                "invalid_token",
-                "does not match",
-            )
-        },
-    )
-    .await;
-    s.run("rejects_unmapped_subject_with_403", async {
-        let tok = t.mint("batch")?;
-        let r = t.via_server_mode("batch", "/", Some(&tok)).await?;
-        ensure!(r.status == 403, "expected 403, got {r}");
-        ensure!(r.echo().is_err(), "reached the app: {r}");
-        Ok(())
-    })
-    .await;
-    s.run("rejects_scope_the_mapping_does_not_allow_with_403", async {
-        let tok = t.mint("frontend")?;
-        let r = t.via_client_mode("/admin/orders", Some(&tok)).await?;
-        ensure!(r.status == 403, "CLIENT mode: expected 403, got {r}");
-        ensure!(r.echo().is_err(), "reached the app: {r}");
-        let r = t
-            .via_server_mode("frontend", "/admin/orders", Some(&tok))
-            .await?;
-        ensure!(r.status == 403, "SERVER mode: expected 403, got {r}");
-        Ok(())
-    })
-    .await;
-
-    // ---- caching
-    s.run("twenty_requests_with_one_token_cause_one_exchange", async {
-        for (mode, workload) in [("CLIENT", "frontend"), ("SERVER", "reporting")] {
-            let tok = t.mint(workload)?;
-            let before = exchanges(t, mode).await?;
-            let mut seen = std::collections::BTreeSet::new();
-            for i in 0..20 {
-                let r = request(t, mode, workload, &tok).await?;
-                ensure!(r.status == 200, "{mode} request {i}: {r}");
-                seen.insert(r.echo()?.bearer().unwrap_or_default().to_string());
-            }
-            let n = exchanges(t, mode).await? - before;
-            ensure!(n == 1, "{mode} mode: 20 requests caused {n} exchanges");
-            ensure!(
-                seen.len() == 1,
-                "{mode} mode: the app saw {} different tokens",
-                seen.len()
-            );
-        }
-        Ok(())
-    })
-    .await;
-    s.run(
-        "concurrent_first_requests_cause_one_exchange_per_token",
-        async {
-            for (mode, workload) in [("CLIENT", "frontend"), ("SERVER", "reporting")] {
-                let tokens: Vec<String> =
-                    (0..3).map(|_| t.mint(workload)).collect::<Result<_>>()?;
-                let before = exchanges(t, mode).await?;
-                let burst = tokens
-                    .iter()
-                    .flat_map(|tok| (0..8).map(move |_| request(t, mode, workload, tok)));
-                let replies = futures_join_all(burst).await;
-                for r in replies {
-                    let r = r?;
-                    ensure!(r.status == 200, "{mode} burst request: {r}");
-                }
-                let n = exchanges(t, mode).await? - before;
-                ensure!(
-                    n == 3,
-                    "{mode} mode: 24 concurrent requests over 3 tokens caused {n} exchanges"
-                );
-            }
-            Ok(())
-        },
-    )
-    .await;
-
-    s.finish(&topo);
 }
 
-async fn client_mode_happy_path(t: &Topology) -> Result<()> {
+async fn client_mode_app_receives_participant_token_never_the_jwt_svid(t: &Topology) -> Result<()> {
     let tok = t.mint("frontend")?;
     let r = t.via_client_mode("/orders/42", Some(&tok)).await?;
     assert_participant_token(t, &r, "frontend", "acme", &tok)?;
@@ -237,7 +51,9 @@ async fn client_mode_happy_path(t: &Topology) -> Result<()> {
     Ok(())
 }
 
-async fn server_mode_happy_path(t: &Topology) -> Result<()> {
+async fn server_mode_app_receives_participant_token_bound_to_peer_certificate(
+    t: &Topology,
+) -> Result<()> {
     let tok = t.mint("reporting")?;
     let r = t
         .via_server_mode("reporting", "/orders/42", Some(&tok))
@@ -252,6 +68,191 @@ async fn server_mode_happy_path(t: &Topology) -> Result<()> {
         xfcc.contains(claims["sub"].as_str().unwrap_or("?")),
         "the peer certificate ({xfcc}) is not the token's subject"
     );
+    Ok(())
+}
+
+async fn rejects_request_without_token(t: &Topology) -> Result<()> {
+    assert_rejected(
+        &t.via_client_mode("/", None).await?,
+        401,
+        "invalid_request",
+        "no subject token",
+    )?;
+    assert_rejected(
+        &t.via_server_mode("frontend", "/", None).await?,
+        401,
+        "invalid_request",
+        "no subject token",
+    )
+}
+
+async fn rejects_token_with_bad_signature(t: &Topology) -> Result<()> {
+    let bad = t.issuer.mint_with_foreign_key(&t.svid_claims("frontend"))?;
+    assert_rejected(
+        &t.via_client_mode("/", Some(&bad)).await?,
+        401,
+        "invalid_token",
+        "signature",
+    )?;
+    assert_rejected(
+        &t.via_server_mode("frontend", "/", Some(&bad)).await?,
+        401,
+        "invalid_token",
+        "signature",
+    )
+}
+
+async fn rejects_expired_token(t: &Topology) -> Result<()> {
+    let mut c = t.svid_claims("frontend");
+    c["iat"] = json!(now() - 900);
+    c["exp"] = json!(now() - 300);
+    let expired = t.issuer.mint(&c)?;
+    assert_rejected(
+        &t.via_client_mode("/", Some(&expired)).await?,
+        401,
+        "invalid_token",
+        "expired",
+    )?;
+    assert_rejected(
+        &t.via_server_mode("frontend", "/", Some(&expired)).await?,
+        401,
+        "invalid_token",
+        "expired",
+    )
+}
+
+async fn rejects_token_for_another_audience(t: &Topology) -> Result<()> {
+    let mut c = t.svid_claims("frontend");
+    c["aud"] = json!(["some-other-service"]);
+    let tok = t.issuer.mint(&c)?;
+    assert_rejected(
+        &t.via_client_mode("/", Some(&tok)).await?,
+        401,
+        "invalid_token",
+        "audience",
+    )?;
+    assert_rejected(
+        &t.via_server_mode("frontend", "/", Some(&tok)).await?,
+        401,
+        "invalid_token",
+        "audience",
+    )
+}
+
+async fn rejects_token_from_unconfigured_issuer(t: &Topology) -> Result<()> {
+    let mut c = t.svid_claims("frontend");
+    c["iss"] = json!("https://rogue-issuer.e2e.test");
+    let tok = t.issuer.mint(&c)?;
+    assert_rejected(
+        &t.via_client_mode("/", Some(&tok)).await?,
+        401,
+        "invalid_token",
+        "issuer",
+    )?;
+    assert_rejected(
+        &t.via_server_mode("frontend", "/", Some(&tok)).await?,
+        401,
+        "invalid_token",
+        "issuer",
+    )
+}
+
+async fn rejects_spiffe_id_outside_the_trust_domain(t: &Topology) -> Result<()> {
+    let mut c = t.svid_claims("frontend");
+    c["sub"] = json!("spiffe://evil.example/ns/demo/sa/frontend");
+    let tok = t.issuer.mint(&c)?;
+    assert_rejected(
+        &t.via_client_mode("/", Some(&tok)).await?,
+        401,
+        "invalid_token",
+        "trust domain",
+    )?;
+    assert_rejected(
+        &t.via_server_mode("frontend", "/", Some(&tok)).await?,
+        401,
+        "invalid_token",
+        "trust domain",
+    )
+}
+
+async fn rejects_token_of_workload_a_over_connection_of_workload_b(t: &Topology) -> Result<()> {
+    // SERVER mode: frontend's token over batch's mTLS connection.
+    let tok = t.mint("frontend")?;
+    assert_rejected(
+        &t.via_server_mode("batch", "/", Some(&tok)).await?,
+        401,
+        "invalid_token",
+        "does not match",
+    )?;
+    // CLIENT mode: reporting's token handed to frontend's sidecar.
+    let tok = t.mint("reporting")?;
+    assert_rejected(
+        &t.via_client_mode("/", Some(&tok)).await?,
+        401,
+        "invalid_token",
+        "does not match",
+    )
+}
+
+async fn rejects_unmapped_subject_with_403(t: &Topology) -> Result<()> {
+    let tok = t.mint("batch")?;
+    let r = t.via_server_mode("batch", "/", Some(&tok)).await?;
+    ensure!(r.status == 403, "expected 403, got {r}");
+    ensure!(r.echo().is_err(), "reached the app: {r}");
+    Ok(())
+}
+
+async fn rejects_scope_the_mapping_does_not_allow_with_403(t: &Topology) -> Result<()> {
+    let tok = t.mint("frontend")?;
+    let r = t.via_client_mode("/admin/orders", Some(&tok)).await?;
+    ensure!(r.status == 403, "CLIENT mode: expected 403, got {r}");
+    ensure!(r.echo().is_err(), "reached the app: {r}");
+    let r = t
+        .via_server_mode("frontend", "/admin/orders", Some(&tok))
+        .await?;
+    ensure!(r.status == 403, "SERVER mode: expected 403, got {r}");
+    Ok(())
+}
+
+async fn twenty_requests_with_one_token_cause_one_exchange(t: &Topology) -> Result<()> {
+    for (mode, workload) in [("CLIENT", "frontend"), ("SERVER", "reporting")] {
+        let tok = t.mint(workload)?;
+        let before = exchanges(t, mode).await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..20 {
+            let r = request(t, mode, workload, &tok).await?;
+            ensure!(r.status == 200, "{mode} request {i}: {r}");
+            seen.insert(r.echo()?.bearer().unwrap_or_default().to_string());
+        }
+        let n = exchanges(t, mode).await? - before;
+        ensure!(n == 1, "{mode} mode: 20 requests caused {n} exchanges");
+        ensure!(
+            seen.len() == 1,
+            "{mode} mode: the app saw {} different tokens",
+            seen.len()
+        );
+    }
+    Ok(())
+}
+
+async fn concurrent_first_requests_cause_one_exchange_per_token(t: &Topology) -> Result<()> {
+    for (mode, workload) in [("CLIENT", "frontend"), ("SERVER", "reporting")] {
+        let tokens: Vec<String> = (0..3).map(|_| t.mint(workload)).collect::<Result<_>>()?;
+        let before = exchanges(t, mode).await?;
+        let burst = tokens
+            .iter()
+            .flat_map(|tok| (0..8).map(move |_| request(t, mode, workload, tok)));
+        let replies = futures_join_all(burst).await;
+        for r in replies {
+            let r = r?;
+            ensure!(r.status == 200, "{mode} burst request: {r}");
+        }
+        let n = exchanges(t, mode).await? - before;
+        ensure!(
+            n == 3,
+            "{mode} mode: 24 concurrent requests over 3 tokens caused {n} exchanges"
+        );
+    }
     Ok(())
 }
 
