@@ -14,11 +14,14 @@
 //! - warm: minted-token cache hit.
 //!
 //! CPU columns: CPU time of this process (service and load generator together) and of
-//! OpenBao during the row, divided by the requests served.
+//! OpenBao during the row, divided by the requests served; and how busy the whole
+//! machine was (all cores, other processes included), to tell a CPU-bound row from a
+//! latency-bound one.
 //!
 //! `cargo bench -p meshpass-exchange --bench exchange` (needs OpenBao like the tests;
 //! `MESHPASS_BENCH_SECS` sets the seconds per measurement, default 3;
-//! `MESHPASS_BENCH_ONLY` runs only the rows whose name contains it, for profiling).
+//! `MESHPASS_BENCH_ONLY` runs only the rows whose name contains one of its
+//! comma-separated parts, for profiling).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -49,6 +52,8 @@ struct Stats {
     /// CPU µs per request of this process and of OpenBao.
     cpu_self_us: f64,
     cpu_bao_us: f64,
+    /// Share of the machine's CPU time that was busy (anything, other processes too).
+    machine_busy: f64,
 }
 
 /// utime + stime of a process, in seconds (from /proc; clock ticks of 10 ms).
@@ -59,6 +64,21 @@ fn cpu_secs(pid: &str) -> f64 {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// (busy, total) jiffies of the whole machine, from /proc/stat.
+fn machine_jiffies() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().next().unwrap_or("");
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
 }
 
 static BAO_PID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -78,6 +98,7 @@ where
     }
     let bao_pid = BAO_PID.get().cloned().unwrap_or_default();
     let (self0, bao0) = (cpu_secs("self"), cpu_secs(&bao_pid));
+    let (busy0, total0) = machine_jiffies();
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
@@ -102,6 +123,7 @@ where
     }
     let elapsed = start.elapsed().as_secs_f64();
     let (self1, bao1) = (cpu_secs("self"), cpu_secs(&bao_pid));
+    let (busy1, total1) = machine_jiffies();
     let n = lat.len().max(1) as f64;
     lat.sort();
     let pct =
@@ -113,6 +135,7 @@ where
         errors: errors.load(Ordering::Relaxed),
         cpu_self_us: (self1 - self0) * 1e6 / n,
         cpu_bao_us: (bao1 - bao0) * 1e6 / n,
+        machine_busy: (busy1 - busy0) / (total1 - total0).max(1.0),
     }
 }
 
@@ -121,8 +144,14 @@ fn row(name: &str, conc: usize, s: &Stats, baseline: Option<(&str, f64)>) {
         .map(|(n, b)| format!("{:.2} of {n}", s.rps / b))
         .unwrap_or_default();
     println!(
-        "| {name} | {conc} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {ratio} |",
-        s.rps, s.p50_ms, s.p99_ms, s.errors, s.cpu_self_us, s.cpu_bao_us
+        "| {name} | {conc} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} % | {ratio} |",
+        s.rps,
+        s.p50_ms,
+        s.p99_ms,
+        s.errors,
+        s.cpu_self_us,
+        s.cpu_bao_us,
+        s.machine_busy * 100.0
     );
 }
 
@@ -294,7 +323,7 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3.0);
     let only = std::env::var("MESHPASS_BENCH_ONLY").unwrap_or_default();
-    let wanted = move |name: &str| only.is_empty() || name.contains(only.as_str());
+    let wanted = move |name: &str| only.is_empty() || only.split(',').any(|o| name.contains(o));
     let bao = OpenBao::start();
     bao.enable_transit();
     bao.create_transit_key("bench", "ecdsa-p256");
@@ -336,8 +365,8 @@ fn main() {
         let warm = start_service(&bao, dir.path(), &jwks, "warm", "").await;
 
         println!("\nmeshpass-exchange bench: {secs} s per row, 2 tokio workers, load generator in the same process\n");
-        println!("| what | concurrency | req/s | p50 ms | p99 ms | errors | CPU µs/req (bench process) | CPU µs/req (OpenBao) | ratio |");
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        println!("| what | concurrency | req/s | p50 ms | p99 ms | errors | CPU µs/req (bench process) | CPU µs/req (OpenBao) | machine CPU busy | ratio |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         for conc in [1usize, 32] {
             const RAW: &str = "OpenBao raw transit/sign (ecdsa-p256)";
             let mut raw_rps = None;

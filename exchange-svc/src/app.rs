@@ -84,8 +84,8 @@ pub struct AppState {
     pub subjects: Option<Arc<SubjectCache>>,
     /// Per-subject rate limits.
     pub limiter: Arc<RateLimiter>,
-    /// Metrics.
-    pub metrics: Metrics,
+    /// Metrics (behind an `Arc`: the state is cloned for every request).
+    pub metrics: Arc<Metrics>,
     /// TokenReview per issuer that has it configured.
     pub reviewers: Arc<HashMap<String, TokenReviewer>>,
 }
@@ -145,7 +145,7 @@ impl AppState {
                 ))
             }),
             limiter: Arc::new(RateLimiter::default()),
-            metrics,
+            metrics: Arc::new(metrics),
             reviewers: Arc::new(reviewers),
         })
     }

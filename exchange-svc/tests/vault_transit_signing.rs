@@ -168,6 +168,65 @@ async fn sixty_four_concurrent_signs_are_coalesced_into_fewer_batch_requests() {
     eprintln!("64 concurrent signatures took {requests} transit requests");
 }
 
+/// With a batch window of a whole second, a signature requested while nothing is in
+/// flight must not wait for company: each of these sequential signatures is one
+/// transit request, answered far sooner than the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signature_goes_out_at_once_when_nothing_is_in_flight_whatever_the_batch_window() {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    let cfg = meshpass_exchange::vault::VaultConfig {
+        batch_max_wait: Duration::from_secs(1),
+        ..config(&bao, "k")
+    };
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    let key = signer.current_key().unwrap();
+    let before = signer.stats().sign_requests();
+    for i in 0..10 {
+        let input = signing_input(&key, &format!("{{\"i\":{i}}}"));
+        let started = Instant::now();
+        signer.sign(&key, input.as_bytes()).await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(500),
+            "signature {i} took {took:?}: it waited for the batch window"
+        );
+    }
+    assert_eq!(signer.stats().sign_requests() - before, 10);
+}
+
+/// Signatures that wait for company go out as soon as a request in flight returns,
+/// not when the (here one-second) window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_signatures_go_out_when_a_request_in_flight_returns_not_at_the_end_of_the_window() {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    let cfg = meshpass_exchange::vault::VaultConfig {
+        batch_max_wait: Duration::from_secs(1),
+        ..config(&bao, "k")
+    };
+    let signer = std::sync::Arc::new(TransitSigner::start(&cfg).await.unwrap());
+    let key = signer.current_key().unwrap();
+    let before = signer.stats().sign_requests();
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let (signer, key) = (signer.clone(), key.clone());
+        set.spawn(async move {
+            let input = signing_input(&key, &format!("{{\"i\":{i}}}"));
+            signer.sign(&key, input.as_bytes()).await.unwrap();
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    let took = started.elapsed();
+    let requests = signer.stats().sign_requests() - before;
+    assert!(requests < 48, "{requests} requests for 48 signatures");
+    assert!(
+        took < Duration::from_millis(900),
+        "48 signatures took {took:?} in {requests} requests: a batch sat out the window"
+    );
+}
+
 #[tokio::test]
 async fn paused_openbao_makes_signing_unavailable_quickly_and_it_recovers_after_resume() {
     let mut bao = bao_with_key("k", "ecdsa-p256");

@@ -22,6 +22,9 @@ use tokio::task::JoinHandle;
 const DOWN_AFTER_FAILURES: u32 = 3;
 /// Most sign requests in flight at once (batches, or singles when batching is off).
 const MAX_IN_FLIGHT: usize = 32;
+/// Batches in flight before a new signature waits for company: two, so the service
+/// prepares (and answers) one batch while Vault signs the other.
+const PIPELINE_DEPTH: usize = 2;
 
 /// One published key version.
 #[derive(Debug, Clone)]
@@ -55,6 +58,9 @@ struct Inner {
     failures: AtomicU32,
     degraded: Notify,
     in_flight: AtomicUsize,
+    /// Woken whenever a sign request in flight finishes (the batch loop stops waiting
+    /// for company then: the pipe to Vault is free again).
+    request_done: Notify,
     permits: Arc<Semaphore>,
 }
 
@@ -108,6 +114,7 @@ impl TransitSigner {
             failures: AtomicU32::new(0),
             degraded: Notify::new(),
             in_flight: AtomicUsize::new(0),
+            request_done: Notify::new(),
             permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             cfg,
         });
@@ -440,6 +447,7 @@ impl Inner {
         // finds nothing in flight and goes out at once instead of waiting for company.
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
+        self.request_done.notify_waiters();
         let stats = self.client.stats();
         let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
         stats.add_signatures(ok);
@@ -519,8 +527,12 @@ async fn refresh_loop(inner: Arc<Inner>) {
     }
 }
 
-/// Collects sign jobs into batches: a job goes out at once when nothing is in flight;
-/// otherwise it waits up to `batch_max_wait` for company (at most `batch_max_size`).
+/// Collects sign jobs into batches: a job goes out at once while fewer than
+/// [`PIPELINE_DEPTH`] requests are in flight (so alone when the service is idle);
+/// otherwise it waits for company (at most `batch_max_size`) until a request in flight
+/// finishes or `batch_max_wait` has passed, whichever comes first. So batches follow
+/// Vault's own pace (each one collects what arrived during a round trip) and the
+/// window only bounds the wait when Vault is slow.
 async fn batch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SignJob>) {
     let max = inner.cfg.batch_max_size;
     let wait = inner.cfg.batch_max_wait;
@@ -532,12 +544,24 @@ async fn batch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SignJob>) {
                 Err(_) => break,
             }
         }
-        if jobs.len() < max && !wait.is_zero() && inner.in_flight.load(Ordering::Relaxed) > 0 {
-            let deadline = tokio::time::Instant::now() + wait;
-            while jobs.len() < max {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(j)) => jobs.push(j),
-                    _ => break,
+        if jobs.len() < max && !wait.is_zero() {
+            // Registered before in_flight is read, so a request finishing in between
+            // still wakes us.
+            let done = inner.request_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if inner.in_flight.load(Ordering::Relaxed) >= PIPELINE_DEPTH {
+                let deadline = tokio::time::sleep(wait);
+                tokio::pin!(deadline);
+                while jobs.len() < max {
+                    tokio::select! {
+                        j = rx.recv() => match j {
+                            Some(j) => jobs.push(j),
+                            None => break,
+                        },
+                        _ = &mut done => break,
+                        _ = &mut deadline => break,
+                    }
                 }
             }
         }
