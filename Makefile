@@ -8,7 +8,7 @@ export MESHPASS_FILTER_WASM ?= $(CURDIR)/$(WASM)
 FUZZ_SECONDS ?= 15
 FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form
 
-.PHONY: setup build wasm lint test unit fuzz-smoke fuzz bench bench-filter demo clean
+.PHONY: setup build wasm lint test unit fuzz-smoke fuzz bench bench-exchange bench-filter demo clean
 
 ## setup: install the wasm target, Envoy, OpenBao and cargo-fuzz into .tools/ (idempotent)
 setup:
@@ -50,6 +50,10 @@ fuzz:
 ## bench: criterion benchmarks of core validation
 bench: setup
 	cargo bench -p meshpass-core
+
+## bench-exchange: POST /token cold/warm vs raw transit/sign and bare axum, against local OpenBao (ratios)
+bench-exchange: setup
+	cargo bench -p meshpass-exchange --bench exchange
 
 ## bench-filter: the filter through real Envoy vs router / no-op wasm / jwt_authn / ext_authz (ratios)
 bench-filter: wasm
