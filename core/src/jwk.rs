@@ -187,7 +187,10 @@ fn parse_rsa(obj: &Map<String, Value>) -> Result<PublicKey, String> {
     // RFC 7518 §6.3.1.1 notes some libraries prefix a zero octet; tolerate that.
     let n = strip_leading_zeros(&n);
     let e = strip_leading_zeros(&e);
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    // After stripping, the first byte is non-zero (or `n` is empty: 0 bits, refused below).
+    let bits = n
+        .first()
+        .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
     if bits < MIN_RSA_BITS {
         return Err(format!("RSA key shorter than {MIN_RSA_BITS} bits"));
     }

@@ -45,6 +45,18 @@ fn rejects_rsa_key_shorter_than_2048_bits() {
 }
 
 #[test]
+fn rejects_rsa_key_with_empty_or_all_zero_modulus_without_panicking() {
+    // Found by the jwks_parse fuzz target: an empty `n` underflowed the bit count.
+    for n in ["", "AA", "AAAA"] {
+        assert_eq!(
+            rejection(json!({"kty": "RSA", "kid": "z", "n": n, "e": "AQAB"})),
+            "RSA key shorter than 2048 bits",
+            "n = {n:?}"
+        );
+    }
+}
+
+#[test]
 fn rejects_rsa_key_with_bad_exponent() {
     for e in [
         vec![1u8],
