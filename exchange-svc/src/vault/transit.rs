@@ -196,12 +196,19 @@ impl Inner {
     /// Records the outcome of a Vault call for readiness.
     fn observe<T>(&self, r: &Result<T, VaultError>) {
         match r {
-            Err(e) if e.is_transient() => self.note_failure(),
-            Err(VaultError::PermissionDenied(_)) => {
+            Err(e) => self.observe_err(e),
+            // Any answer at all means Vault is up.
+            Ok(_) => self.note_success(),
+        }
+    }
+
+    fn observe_err(&self, e: &VaultError) {
+        match e {
+            e if e.is_transient() => self.note_failure(),
+            VaultError::PermissionDenied(_) => {
                 self.note_success();
                 self.auth.request_reauth();
             }
-            // Any answer at all means Vault is up.
             _ => self.note_success(),
         }
     }
@@ -209,11 +216,24 @@ impl Inner {
     /// `GET {mount}/keys/{name}` → a new [`KeySet`]; the previous one stays on error.
     async fn load_keys(&self) -> Result<(), VaultError> {
         let path = format!("{}/keys/{}", self.cfg.transit_mount, self.cfg.key_name);
-        let r = self.client.call(Method::GET, &path, None, true).await;
-        self.observe(&r);
-        let v = r.inspect_err(|e| tracing::warn!(error = %e, "reading transit key failed"))?;
+        let v = match self.client.call(Method::GET, &path, None, true).await {
+            Ok(v) => v,
+            Err(e) => {
+                // While down, only a successful key read brings the signer back: a Vault
+                // that answers but cannot give us the key (a restarted server without its
+                // mount or key yet) may come back with other key material, which must be
+                // published before anything is signed with it.
+                if !self.is_down() || e.is_transient() {
+                    self.observe_err(&e);
+                }
+                tracing::warn!(error = %e, "reading transit key failed");
+                return Err(e);
+            }
+        };
         let previous = self.keyset();
         let set = self.build_keyset(&v, previous.as_deref())?;
+        // Vault is up and the key we publish is the key it holds.
+        self.note_success();
         let live: Vec<u64> = set.versions.keys().copied().collect();
         let changed = previous
             .as_ref()
@@ -299,12 +319,17 @@ impl Inner {
                 .unwrap_or(now)
                 .min(now);
             let published_at = match previous {
-                // Already published by us: keep the original time.
-                Some(p) => p
-                    .versions
-                    .get(&version)
-                    .map(|v| v.published_at)
-                    .unwrap_or(now),
+                // Already published by us: keep the original time, unless Vault now holds
+                // other material under that version (key deleted and re-created, dev
+                // server restarted): then it is a new key and waits out the lead again.
+                Some(p) => match p.versions.get(&version) {
+                    Some(old) if old.jwk == jwk => old.published_at,
+                    Some(_) => {
+                        tracing::warn!(key = %self.cfg.key_name, version, "transit key version was replaced by other key material; publishing the new one");
+                        now
+                    }
+                    None => now,
+                },
                 // At start-up, assume versions were published (by earlier instances or
                 // replicas) since their creation.
                 None => created,
