@@ -15,6 +15,7 @@ pub mod jwk;
 pub mod jws;
 pub mod oauth;
 pub mod policy;
+mod roca;
 pub mod spiffe;
 
 pub use alg::Algorithm;

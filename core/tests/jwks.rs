@@ -87,6 +87,61 @@ fn rejects_rsa_key_with_even_or_oversize_modulus() {
     assert_eq!(rejection(k), "RSA key longer than 8192 bits");
 }
 
+/// A real RSA key with the structure of the vulnerable Infineon library's keys
+/// (CVE-2017-15361): both primes are `k·M + (65537^a mod M)`, with `M` the product of
+/// the primes up to 167 (the library used a larger primorial; the fingerprint is taken
+/// mod these primes, so a smaller `M` gives keys of the same fingerprint).
+fn roca_structured_key() -> rsa::RsaPrivateKey {
+    use num_bigint_dig::prime::probably_prime;
+    use rand::RngCore as _;
+    use rsa::BigUint;
+    let m = (2u32..=167)
+        .filter(|n| (2..*n).all(|d| n % d != 0))
+        .fold(BigUint::from(1u32), |acc, p| acc * BigUint::from(p));
+    let g = BigUint::from(65537u32);
+    let mut rng = rand::thread_rng();
+    let k_bits = 1025 - m.bits();
+    let mut prime = || loop {
+        let mut k = vec![0u8; k_bits.div_ceil(8)];
+        rng.fill_bytes(&mut k);
+        let k = BigUint::from_bytes_be(&k) >> (k.len() * 8 - k_bits);
+        let a = BigUint::from(rng.next_u32());
+        let p = k * &m + g.modpow(&a, &m);
+        // p ≥ 2^1023.5, so that any two of them make a 2048-bit modulus.
+        if p.bits() == 1024 && (&p * &p).bits() == 2048 && probably_prime(&p, 20) {
+            return p;
+        }
+    };
+    let (p, q) = (prime(), prime());
+    rsa::RsaPrivateKey::from_p_q(p, q, g).unwrap()
+}
+
+#[test]
+fn rejects_rsa_key_with_the_roca_fingerprint() {
+    let weak = roca_structured_key();
+    let reason = rejection(rsa_jwk(&weak, "roca"));
+    assert!(
+        reason.contains("ROCA") && reason.contains("CVE-2017-15361"),
+        "{reason}"
+    );
+    // A token the weak key signed finds no key: the set kept only the good one.
+    let (set, rejected) = parse(vec![rsa_jwk(&weak, "roca"), rsa_jwk(rsa_key(), "good")]);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(set.len(), 1);
+    let token = sign(&header("RS256", "roca"), &claims(), &Signer::Rsa(&weak));
+    let err = policy()
+        .validate(&token, NOW, &lookup(set), &NO_BINDING)
+        .unwrap_err();
+    assert_eq!(err.reason(), "unknown_key_id");
+}
+
+#[test]
+fn keeps_generated_rsa_keys_which_do_not_have_the_roca_fingerprint() {
+    let (set, rejected) = parse(vec![rsa_jwk(rsa_key(), "a"), rsa_jwk(rsa_key_2(), "b")]);
+    assert!(rejected.is_empty(), "{rejected:?}");
+    assert_eq!(set.len(), 2);
+}
+
 #[test]
 fn tolerates_one_leading_zero_octet_in_the_rsa_modulus() {
     let mut k = rsa_jwk(rsa_key(), "rsa");
