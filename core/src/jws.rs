@@ -1,13 +1,10 @@
 //! Strict compact JWS parsing and signature verification.
 
 use serde_json::{Map, Value};
-use sha2::Digest as _;
-use signature::hazmat::PrehashVerifier as _;
-use signature::Verifier as _;
 
 use crate::alg::Algorithm;
 use crate::error::ValidationError;
-use crate::jwk::{is_valid_kid, Jwk, PublicKey};
+use crate::jwk::{is_valid_kid, Jwk};
 
 /// The parts of a JOSE header meshpass uses (everything else was checked and dropped).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,46 +36,17 @@ impl<'a> CompactJws<'a> {
     /// Parses `token` (at most `max_bytes`): exactly three non-empty segments of strict
     /// base64url, JSON-object header and payload, header rules of DESIGN.md.
     pub fn parse(token: &'a str, max_bytes: usize) -> Result<Self, ValidationError> {
-        if token.len() > max_bytes {
-            return Err(ValidationError::TooLarge {
-                len: token.len(),
-                max: max_bytes,
-            });
-        }
-        if token.trim_start().starts_with('{') {
-            return Err(ValidationError::JsonSerializationNotSupported);
-        }
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(match token.split('.').count() {
-                5 => ValidationError::JweNotSupported,
-                _ => ValidationError::Malformed("expected three dot-separated segments"),
-            });
-        };
-        if h.is_empty() {
-            return Err(ValidationError::Malformed("header segment is empty"));
-        }
-        let header = parse_header(&decode_segment(h, "header")?)?;
-        if p.is_empty() {
-            return Err(ValidationError::Malformed("payload segment is empty"));
-        }
-        let payload = crate::json::parse_object(&decode_segment(p, "payload")?).map_err(|e| {
-            ValidationError::Json {
+        let parts = split(token, max_bytes, false, |bytes| {
+            crate::json::parse_object(&bytes).map_err(|e| ValidationError::Json {
                 segment: "payload",
                 reason: e.to_string(),
-            }
+            })
         })?;
-        if s.is_empty() {
-            return Err(ValidationError::Malformed("signature segment is empty"));
-        }
-        let signature = decode_segment(s, "signature")?;
         Ok(CompactJws {
-            header,
-            payload,
-            signing_input: &token[..h.len() + 1 + p.len()],
-            signature,
+            header: parts.header,
+            payload: parts.payload,
+            signing_input: parts.signing_input,
+            signature: parts.signature,
         })
     }
 
@@ -95,69 +63,136 @@ impl<'a> CompactJws<'a> {
     /// Verifies the signature with `key`, which must fit the header `alg`.
     /// ECDSA signatures must be exactly r‖s of the curve's size with r, s in [1, n-1].
     pub fn verify(&self, key: &Jwk) -> Result<(), ValidationError> {
-        let alg = self.header.alg;
-        if !key.fits(alg) {
-            return Err(ValidationError::KeyAlgorithmMismatch(alg.as_str()));
-        }
-        let msg = self.signing_input.as_bytes();
-        let sig = self.signature.as_slice();
-        let ok =
-            match (&key.key, alg) {
-                (PublicKey::Rsa(k), _) => verify_rsa(k, alg, msg, sig),
-                (PublicKey::P256(k), Algorithm::ES256) => p256::ecdsa::Signature::from_slice(sig)
-                    .is_ok_and(|sig| k.verify(msg, &sig).is_ok()),
-                (PublicKey::P384(k), Algorithm::ES384) => p384::ecdsa::Signature::from_slice(sig)
-                    .is_ok_and(|sig| k.verify(msg, &sig).is_ok()),
-                (PublicKey::P521(k), Algorithm::ES512) => p521::ecdsa::Signature::from_slice(sig)
-                    .is_ok_and(|sig| k.verify_prehash(&sha2::Sha512::digest(msg), &sig).is_ok()),
-                _ => false,
-            };
-        // `Signature::from_slice` is what enforces the exact r‖s length and r, s in
-        // [1, n-1] (no DER, no zero or out-of-range scalars: CVE-2022-21449 class).
-        if ok {
-            Ok(())
-        } else {
-            Err(ValidationError::BadSignature)
-        }
+        crate::crypto::verify_signature(
+            key,
+            self.header.alg,
+            self.signing_input.as_bytes(),
+            &self.signature,
+        )
     }
 }
 
-fn verify_rsa(key: &rsa::RsaPublicKey, alg: Algorithm, msg: &[u8], sig: &[u8]) -> bool {
-    use rsa::traits::PublicKeyParts as _;
-    use sha2::{Sha256, Sha384, Sha512};
-    // The signature is exactly the modulus length (RFC 8017 §8.2.2 step 1).
-    if sig.len() != key.size() {
-        return false;
+/// A parsed, not yet verified, compact JWS over any payload (RFC 7515 §7.1), for
+/// conformance suites and other non-JWT content. The header rules are those of
+/// [`CompactJws`]; the payload stays bytes (it may be empty, or not JSON at all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawJws<'a> {
+    /// The checked header.
+    pub header: JoseHeader,
+    /// The decoded payload.
+    pub payload: Vec<u8>,
+    signing_input: &'a str,
+    signature: Vec<u8>,
+}
+
+impl<'a> RawJws<'a> {
+    /// Parses `token` (at most `max_bytes`): three segments of strict base64url, the
+    /// header non-empty and obeying the header rules, the signature non-empty; the
+    /// payload is any bytes.
+    pub fn parse(token: &'a str, max_bytes: usize) -> Result<Self, ValidationError> {
+        let parts = split(token, max_bytes, true, Ok)?;
+        Ok(RawJws {
+            header: parts.header,
+            payload: parts.payload,
+            signing_input: parts.signing_input,
+            signature: parts.signature,
+        })
     }
-    let Ok(sig_pkcs) = rsa::pkcs1v15::Signature::try_from(sig) else {
-        return false;
-    };
-    let Ok(sig_pss) = rsa::pss::Signature::try_from(sig) else {
-        return false;
-    };
-    let k = key.clone();
-    match alg {
-        Algorithm::RS256 => rsa::pkcs1v15::VerifyingKey::<Sha256>::new(k)
-            .verify(msg, &sig_pkcs)
-            .is_ok(),
-        Algorithm::RS384 => rsa::pkcs1v15::VerifyingKey::<Sha384>::new(k)
-            .verify(msg, &sig_pkcs)
-            .is_ok(),
-        Algorithm::RS512 => rsa::pkcs1v15::VerifyingKey::<Sha512>::new(k)
-            .verify(msg, &sig_pkcs)
-            .is_ok(),
-        // RFC 7518 §3.5: the salt is as long as the hash.
-        Algorithm::PS256 => rsa::pss::VerifyingKey::<Sha256>::new(k)
-            .verify(msg, &sig_pss)
-            .is_ok(),
-        Algorithm::PS384 => rsa::pss::VerifyingKey::<Sha384>::new(k)
-            .verify(msg, &sig_pss)
-            .is_ok(),
-        Algorithm::PS512 => rsa::pss::VerifyingKey::<Sha512>::new(k)
-            .verify(msg, &sig_pss)
-            .is_ok(),
-        Algorithm::ES256 | Algorithm::ES384 | Algorithm::ES512 => false,
+
+    /// The JWS signing input, `BASE64URL(header) "." BASE64URL(payload)`.
+    pub fn signing_input(&self) -> &'a str {
+        self.signing_input
     }
+
+    /// The decoded signature bytes.
+    pub fn signature(&self) -> &[u8] {
+        &self.signature
+    }
+
+    /// Verifies the signature with `key`: the same algorithm and key rules as
+    /// [`CompactJws::verify`].
+    pub fn verify(&self, key: &Jwk) -> Result<(), ValidationError> {
+        crate::crypto::verify_signature(
+            key,
+            self.header.alg,
+            self.signing_input.as_bytes(),
+            &self.signature,
+        )
+    }
+}
+
+/// The signature-level entry point for conformance suites: parses a compact JWS over
+/// any payload and verifies it with the one given key, under exactly the header,
+/// algorithm and key rules subject tokens get (allowed `alg` only; no `jwk`, `jku`,
+/// `x5u`, `x5c` or `crit`; strict base64url; the key's kty/crv/pinned alg fit the header
+/// `alg`; RSA signatures the modulus length, ECDSA r‖s with r, s in [1, n-1]). No claim
+/// is read: the payload need not be JSON. The header `kid`, if any, is not compared
+/// with the key's: the caller chose the key.
+pub fn verify_compact_jws<'a>(
+    token: &'a str,
+    key: &Jwk,
+    max_bytes: usize,
+) -> Result<RawJws<'a>, ValidationError> {
+    let jws = RawJws::parse(token, max_bytes)?;
+    jws.verify(key)?;
+    Ok(jws)
+}
+
+/// The segments of a compact JWS, decoded and checked; `P` is the payload's form.
+struct Parts<'a, P> {
+    header: JoseHeader,
+    payload: P,
+    signing_input: &'a str,
+    signature: Vec<u8>,
+}
+
+/// Splits and decodes a compact JWS, checking in order: size, serialization, segment
+/// count, header, payload (by `payload`), signature.
+fn split<'a, P>(
+    token: &'a str,
+    max_bytes: usize,
+    empty_payload_ok: bool,
+    payload: impl FnOnce(Vec<u8>) -> Result<P, ValidationError>,
+) -> Result<Parts<'a, P>, ValidationError> {
+    if token.len() > max_bytes {
+        return Err(ValidationError::TooLarge {
+            len: token.len(),
+            max: max_bytes,
+        });
+    }
+    if token.trim_start().starts_with('{') {
+        return Err(ValidationError::JsonSerializationNotSupported);
+    }
+    let mut segments = token.split('.');
+    let (Some(h), Some(p), Some(s), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return Err(match token.split('.').count() {
+            5 => ValidationError::JweNotSupported,
+            _ => ValidationError::Malformed("expected three dot-separated segments"),
+        });
+    };
+    if h.is_empty() {
+        return Err(ValidationError::Malformed("header segment is empty"));
+    }
+    let header = parse_header(&decode_segment(h, "header")?)?;
+    if p.is_empty() && !empty_payload_ok {
+        return Err(ValidationError::Malformed("payload segment is empty"));
+    }
+    let payload = payload(decode_segment(p, "payload")?)?;
+    if s.is_empty() {
+        return Err(ValidationError::Malformed("signature segment is empty"));
+    }
+    let signature = decode_segment(s, "signature")?;
+    Ok(Parts {
+        header,
+        payload,
+        signing_input: &token[..h.len() + 1 + p.len()],
+        signature,
+    })
 }
 
 fn decode_segment(seg: &str, segment: &'static str) -> Result<Vec<u8>, ValidationError> {

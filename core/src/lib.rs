@@ -9,6 +9,7 @@ pub mod alg;
 pub mod audience;
 pub mod b64;
 pub mod claims;
+mod crypto;
 pub mod error;
 pub mod json;
 pub mod jwk;
@@ -24,7 +25,7 @@ pub use claims::{RegisteredClaims, TimeRules};
 pub use error::ValidationError;
 pub use jwk::JwksError;
 pub use jwk::{Jwk, KeyRejection, KeySet, PublicKey};
-pub use jws::{CompactJws, JoseHeader};
+pub use jws::{verify_compact_jws, CompactJws, JoseHeader, RawJws};
 pub use oauth::{ErrorCode, ErrorResponse, TokenExchangeRequest, TokenExchangeResponse};
 pub use policy::{
     Binding, BindingMode, IssuerPolicy, KeyLookup, PolicyError, SubjectFormat, ValidationPolicy,
