@@ -83,12 +83,12 @@ impl Algorithm {
     }
 
     /// Whether this is an RSA algorithm (`RS*` or `PS*`).
-    pub fn is_rsa(self) -> bool {
+    pub(crate) fn is_rsa(self) -> bool {
         !self.is_ecdsa()
     }
 
     /// Whether this is an ECDSA algorithm (`ES*`).
-    pub fn is_ecdsa(self) -> bool {
+    pub(crate) fn is_ecdsa(self) -> bool {
         matches!(self, Algorithm::ES256 | Algorithm::ES384 | Algorithm::ES512)
     }
 }

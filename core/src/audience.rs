@@ -23,7 +23,7 @@ pub enum AudienceError {
 }
 
 /// Longest accepted audience, in bytes.
-pub const MAX_AUDIENCE_BYTES: usize = 1024;
+const MAX_AUDIENCE_BYTES: usize = 1024;
 
 impl Audience {
     /// Parses an audience.

@@ -23,7 +23,7 @@ pub struct RegisteredClaims {
 
 /// Time rules of one issuer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeRules {
+pub(crate) struct TimeRules {
     /// Allowed clock skew in seconds.
     pub leeway_secs: u64,
     /// Maximum `exp - iat`, when set (a token without `iat` then fails).
@@ -33,7 +33,7 @@ pub struct TimeRules {
 impl RegisteredClaims {
     /// Reads the registered claims from a payload. NumericDates must be JSON numbers
     /// (non-negative, finite; fractions truncated), never strings.
-    pub fn from_payload(payload: &Map<String, Value>) -> Result<Self, ValidationError> {
+    pub(crate) fn from_payload(payload: &Map<String, Value>) -> Result<Self, ValidationError> {
         let iss = match payload.get("iss") {
             Some(Value::String(s)) => s.clone(),
             Some(_) => return Err(invalid("iss", "must be a string")),
@@ -80,7 +80,7 @@ impl RegisteredClaims {
     }
 
     /// Checks `exp`, `nbf`, `iat` and lifetime against `now` with overflow-safe math.
-    pub fn check_time(&self, now: u64, rules: &TimeRules) -> Result<(), ValidationError> {
+    pub(crate) fn check_time(&self, now: u64, rules: &TimeRules) -> Result<(), ValidationError> {
         let leeway = rules.leeway_secs;
         // RFC 7519 §4.1.4: the token is unusable "on or after" exp.
         if now >= self.exp.saturating_add(leeway) {

@@ -21,14 +21,6 @@ pub enum PublicKey {
 }
 
 impl PublicKey {
-    /// The JWK `kty` of this key.
-    pub fn kty(&self) -> &'static str {
-        match self {
-            PublicKey::Rsa(_) => "RSA",
-            PublicKey::P256(_) | PublicKey::P384(_) | PublicKey::P521(_) => "EC",
-        }
-    }
-
     /// Whether the key type and curve fit `alg` (ignoring any `alg` pinned by the JWK).
     pub fn fits(&self, alg: Algorithm) -> bool {
         match self {
@@ -95,17 +87,17 @@ pub const DEFAULT_MAX_JWKS_BYTES: usize = 256 * 1024;
 /// At most this many members of `keys` are considered; the rest are rejected.
 pub const MAX_KEYS: usize = 100;
 /// Longest accepted `kid`, in bytes.
-pub const MAX_KID_BYTES: usize = 256;
+const MAX_KID_BYTES: usize = 256;
 /// Smallest accepted RSA modulus, in bits.
-pub const MIN_RSA_BITS: usize = 2048;
+const MIN_RSA_BITS: usize = 2048;
 /// Largest accepted RSA modulus, in bits (bounds verification cost).
-pub const MAX_RSA_BITS: usize = 8192;
+const MAX_RSA_BITS: usize = 8192;
 
 /// Whether `kid` is a sane key id: 1..=256 bytes of `[A-Za-z0-9._~:+/=@-]` (covers
 /// base64, base64url, hex, UUIDs, thumbprints and `name:version` ids) and no `..`.
 /// Anything else (control characters, whitespace, quotes, path traversal, oversize)
 /// is refused before any lookup.
-pub fn is_valid_kid(kid: &str) -> bool {
+pub(crate) fn is_valid_kid(kid: &str) -> bool {
     !kid.is_empty()
         && kid.len() <= MAX_KID_BYTES
         && kid.bytes().all(|b| {
@@ -353,11 +345,6 @@ impl KeySet {
         Ok((KeySet { keys }, rejected))
     }
 
-    /// Builds a set from already-parsed keys.
-    pub fn from_keys(keys: Vec<Jwk>) -> Self {
-        KeySet { keys }
-    }
-
     /// The key for a token: by `kid` when it has one; without `kid`, only when exactly
     /// one key fits `alg`. The chosen key must fit `alg`.
     ///
@@ -377,7 +364,7 @@ impl KeySet {
                         kid: kid.to_owned(),
                     });
                 };
-                // `from_keys` may hold duplicates; among them, only one may fit.
+                // A set holds no duplicate kid (parse drops them); still, only one may fit.
                 let mut fitting = std::iter::once(first)
                     .chain(with_kid)
                     .filter(|k| k.fits(alg));

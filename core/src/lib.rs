@@ -11,7 +11,7 @@ pub mod b64;
 pub mod claims;
 mod crypto;
 pub mod error;
-pub mod json;
+mod json;
 pub mod jwk;
 pub mod jws;
 pub mod oauth;
@@ -21,7 +21,7 @@ pub mod spiffe;
 
 pub use alg::Algorithm;
 pub use audience::Audience;
-pub use claims::{RegisteredClaims, TimeRules};
+pub use claims::RegisteredClaims;
 pub use error::ValidationError;
 pub use jwk::JwksError;
 pub use jwk::{Jwk, KeyRejection, KeySet, PublicKey};

@@ -128,7 +128,7 @@ impl IssuerPolicy {
     }
 
     /// The time rules of this issuer.
-    pub fn time_rules(&self) -> TimeRules {
+    pub(crate) fn time_rules(&self) -> TimeRules {
         TimeRules {
             leeway_secs: self.leeway_secs,
             max_lifetime_secs: self.max_lifetime_secs,

@@ -45,9 +45,9 @@ pub enum SpiffeIdError {
 /// The SPIFFE ID scheme, lower case only.
 const SCHEME: &str = "spiffe://";
 /// Longest trust-domain name (SPIFFE ID spec §2.1).
-pub const MAX_TRUST_DOMAIN_BYTES: usize = 255;
+const MAX_TRUST_DOMAIN_BYTES: usize = 255;
 /// Longest whole SPIFFE ID (SPIFFE ID spec §2.3).
-pub const MAX_SPIFFE_ID_BYTES: usize = 2048;
+const MAX_SPIFFE_ID_BYTES: usize = 2048;
 
 fn is_td_char(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
@@ -173,7 +173,7 @@ impl SpiffeId {
         TrustDomain(self.trust_domain_str().to_owned())
     }
     /// The trust-domain name, without allocating.
-    pub fn trust_domain_str(&self) -> &str {
+    pub(crate) fn trust_domain_str(&self) -> &str {
         &self.id[SCHEME.len()..SCHEME.len() + self.td_len]
     }
     /// The path, `""` or starting with `/`.
@@ -284,8 +284,11 @@ impl fmt::Display for SpiffeIdPattern {
     }
 }
 
+/// Longest input quoted back in a configuration error.
+const MAX_QUOTED: usize = 128;
+
 macro_rules! string_newtype_traits {
-    ($t:ty) => {
+    ($t:ty, $what:literal) => {
         impl FromStr for $t {
             type Err = SpiffeIdError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -302,12 +305,17 @@ macro_rules! string_newtype_traits {
         impl<'de> serde::Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = <String as serde::Deserialize>::deserialize(d)?;
-                <$t>::parse(&s).map_err(serde::de::Error::custom)
+                // Configuration values are not secrets: quote them, so the error says
+                // which entry is wrong (serde adds the field name where it can).
+                <$t>::parse(&s).map_err(|e| {
+                    let shown: String = s.chars().take(MAX_QUOTED).collect();
+                    serde::de::Error::custom(format_args!("invalid {} {shown:?}: {e}", $what))
+                })
             }
         }
     };
 }
 
-string_newtype_traits!(SpiffeId);
-string_newtype_traits!(TrustDomain);
-string_newtype_traits!(SpiffeIdPattern);
+string_newtype_traits!(SpiffeId, "SPIFFE ID");
+string_newtype_traits!(TrustDomain, "trust domain");
+string_newtype_traits!(SpiffeIdPattern, "SPIFFE ID pattern");
