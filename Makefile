@@ -6,7 +6,7 @@ export MESHPASS_BAO_BIN ?= $(CURDIR)/.tools/bin/bao
 WASM := target/wasm32-wasip1/wasm-release/meshpass_filter.wasm
 export MESHPASS_FILTER_WASM ?= $(CURDIR)/$(WASM)
 FUZZ_SECONDS ?= 15
-FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form
+FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form verify_compact_jws
 
 .PHONY: setup build wasm lint test unit fuzz-smoke fuzz bench bench-exchange bench-filter demo clean
 
@@ -34,6 +34,8 @@ test: setup lint build unit fuzz-smoke
 
 unit:
 	cargo test --workspace --no-fail-fast
+	# core's rule tests again on the native (ring) signature backend
+	cargo test -p meshpass-core --features native-crypto --no-fail-fast
 
 ## fuzz-smoke: each fuzz target for FUZZ_SECONDS (make fuzz for longer runs); new inputs go to
 ## fuzz/corpus/T (ignored), the committed seeds in fuzz/seeds/T are read only
@@ -49,7 +51,7 @@ fuzz:
 
 ## bench: criterion benchmarks of core validation
 bench: setup
-	cargo bench -p meshpass-core
+	cargo bench -p meshpass-core --features native-crypto
 
 ## bench-exchange: POST /token cold/warm vs raw transit/sign and bare axum, against local OpenBao (ratios)
 bench-exchange: setup
