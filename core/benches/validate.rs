@@ -1,6 +1,9 @@
 //! Cost of subject-token validation, whole and by step, for ES256 and RS256 tokens.
-//! `validate` is the full entry point; `parse`, `verify_signature` and `check_claims`
-//! time the steps apart (the signature dominates; the filter caches verdicts).
+//! `validate` is the full entry point (on the active backend); `parse`,
+//! `verify_signature` and `check_claims` time the steps apart (the signature dominates;
+//! the filter caches verdicts). `validate/<backend>` runs the same steps with the
+//! signature checked on each compiled-in backend, in the same run: build with
+//! `--features native-crypto` (as `make bench` does) to get both.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -9,7 +12,7 @@ mod support;
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use meshpass_core::{Binding, KeySet};
+use meshpass_core::{Binding, KeyLookup as _, KeySet, SignatureBackend};
 use support::*;
 
 struct Case {
@@ -57,6 +60,30 @@ fn bench(c: &mut Criterion) {
         g.bench_function("parse", |b| {
             b.iter(|| policy.parse(black_box(&case.token)).unwrap())
         });
+        for backend in [SignatureBackend::RustCrypto, SignatureBackend::Native] {
+            if !backend.is_available() {
+                continue;
+            }
+            // `validate`'s steps with the signature on `backend`.
+            g.bench_function(format!("validate/{}", backend.name()), |b| {
+                b.iter(|| {
+                    let jws = policy.parse(black_box(&case.token)).unwrap();
+                    let iss = jws.payload["iss"].as_str().unwrap();
+                    let issuer = policy.issuer(iss).unwrap();
+                    let key = case
+                        .keys
+                        .keys_for(&issuer.issuer)
+                        .unwrap()
+                        .select(jws.header.kid.as_deref(), jws.header.alg)
+                        .unwrap();
+                    jws.verify_with(key, backend).unwrap();
+                    let claims = issuer.check_claims(&jws.payload, NOW).unwrap();
+                    let id = issuer.subject(&claims).unwrap();
+                    binding.check(&id).unwrap();
+                    id
+                })
+            });
+        }
         let jws = policy.parse(&case.token).unwrap();
         g.bench_function("verify_signature", |b| {
             b.iter(|| {

@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 
 use crate::alg::Algorithm;
+pub use crate::crypto::SignatureBackend;
 use crate::error::ValidationError;
 use crate::jwk::{is_valid_kid, Jwk};
 
@@ -63,11 +64,17 @@ impl<'a> CompactJws<'a> {
     /// Verifies the signature with `key`, which must fit the header `alg`.
     /// ECDSA signatures must be exactly r‖s of the curve's size with r, s in [1, n-1].
     pub fn verify(&self, key: &Jwk) -> Result<(), ValidationError> {
+        self.verify_with(key, SignatureBackend::active())
+    }
+
+    /// [`CompactJws::verify`] on a given backend (tests and benchmarks compare them).
+    pub fn verify_with(&self, key: &Jwk, backend: SignatureBackend) -> Result<(), ValidationError> {
         crate::crypto::verify_signature(
             key,
             self.header.alg,
             self.signing_input.as_bytes(),
             &self.signature,
+            backend,
         )
     }
 }
@@ -112,11 +119,17 @@ impl<'a> RawJws<'a> {
     /// Verifies the signature with `key`: the same algorithm and key rules as
     /// [`CompactJws::verify`].
     pub fn verify(&self, key: &Jwk) -> Result<(), ValidationError> {
+        self.verify_with(key, SignatureBackend::active())
+    }
+
+    /// [`RawJws::verify`] on a given backend (tests and benchmarks compare them).
+    pub fn verify_with(&self, key: &Jwk, backend: SignatureBackend) -> Result<(), ValidationError> {
         crate::crypto::verify_signature(
             key,
             self.header.alg,
             self.signing_input.as_bytes(),
             &self.signature,
+            backend,
         )
     }
 }

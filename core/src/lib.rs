@@ -25,7 +25,7 @@ pub use claims::RegisteredClaims;
 pub use error::ValidationError;
 pub use jwk::JwksError;
 pub use jwk::{Jwk, KeyRejection, KeySet, PublicKey};
-pub use jws::{verify_compact_jws, CompactJws, JoseHeader, RawJws};
+pub use jws::{verify_compact_jws, CompactJws, JoseHeader, RawJws, SignatureBackend};
 pub use oauth::{ErrorCode, ErrorResponse, TokenExchangeRequest, TokenExchangeResponse};
 pub use policy::{
     Binding, BindingMode, IssuerPolicy, KeyLookup, PolicyError, SubjectFormat, ValidationPolicy,

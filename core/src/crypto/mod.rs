@@ -5,18 +5,64 @@
 //! signatures exactly r‖s of the curve size and r, s in [1, n-1], and PSS salts as long
 //! as the hash.
 
+#[cfg(all(feature = "native-crypto", not(target_arch = "wasm32")))]
+mod native;
 mod rust_crypto;
 
 use crate::alg::Algorithm;
 use crate::error::ValidationError;
 use crate::jwk::{Jwk, PublicKey};
 
-/// Verifies `sig` over `msg` with `key` for the header algorithm `alg`.
+/// Which implementation checks signatures. Both apply the same rules and run the same
+/// tests; the choice is made at build time by the `native-crypto` feature (host builds
+/// only: in wasm it changes nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureBackend {
+    /// Pure Rust (RustCrypto `p256`/`p384`/`p521`/`rsa`): always built, the only one in
+    /// wasm, and the one for ES512 everywhere.
+    RustCrypto,
+    /// `ring` (host builds with `native-crypto`): RS*, PS*, ES256, ES384.
+    Native,
+}
+
+impl SignatureBackend {
+    /// The backend [`crate::CompactJws::verify`] and every validation use: `Native`
+    /// when built with `native-crypto` for a non-wasm target, else `RustCrypto`.
+    pub const fn active() -> Self {
+        if cfg!(all(feature = "native-crypto", not(target_arch = "wasm32"))) {
+            SignatureBackend::Native
+        } else {
+            SignatureBackend::RustCrypto
+        }
+    }
+
+    /// Whether this backend is compiled in (asking for one that is not falls back to
+    /// RustCrypto).
+    pub const fn is_available(self) -> bool {
+        match self {
+            SignatureBackend::RustCrypto => true,
+            SignatureBackend::Native => {
+                cfg!(all(feature = "native-crypto", not(target_arch = "wasm32")))
+            }
+        }
+    }
+
+    /// A short name for logs and benchmark labels: `rustcrypto` or `native`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SignatureBackend::RustCrypto => "rustcrypto",
+            SignatureBackend::Native => "native",
+        }
+    }
+}
+
+/// Verifies `sig` over `msg` with `key` for the header algorithm `alg`, on `backend`.
 pub(crate) fn verify_signature(
     key: &Jwk,
     alg: Algorithm,
     msg: &[u8],
     sig: &[u8],
+    backend: SignatureBackend,
 ) -> Result<(), ValidationError> {
     if !key.fits(alg) {
         return Err(ValidationError::KeyAlgorithmMismatch(alg.as_str()));
@@ -28,6 +74,17 @@ pub(crate) fn verify_signature(
             return Err(ValidationError::BadSignature);
         }
     }
+    #[cfg(all(feature = "native-crypto", not(target_arch = "wasm32")))]
+    if backend == SignatureBackend::Native {
+        if let Some(ok) = native::verify(&key.key, alg, msg, sig) {
+            return if ok {
+                Ok(())
+            } else {
+                Err(ValidationError::BadSignature)
+            };
+        }
+    }
+    let _ = backend;
     if rust_crypto::verify(&key.key, alg, msg, sig) {
         Ok(())
     } else {
