@@ -84,6 +84,7 @@ pub(crate) fn verify_signature(
             };
         }
     }
+    // Without the native backend compiled in, every choice is RustCrypto.
     let _ = backend;
     if rust_crypto::verify(&key.key, alg, msg, sig) {
         Ok(())
