@@ -181,7 +181,7 @@ pub trait Host {
     /// Resumes the current (paused) stream.
     fn resume(&mut self);
     /// Registers this worker's notification queue (a proxy-wasm shared queue of this
-    /// VM) under `name`; its messages arrive at [`crate::logic::Worker::on_notify`].
+    /// VM) under `name`; its messages arrive at [`crate::worker::Worker::on_notify`].
     fn register_queue(&mut self, name: &str) -> bool;
     /// Enqueues `msg` on queue `name` of this VM; false when there is no such queue.
     fn enqueue(&mut self, name: &str, msg: &[u8]) -> bool;
@@ -189,4 +189,13 @@ pub trait Host {
     fn count(&mut self, c: Counter, n: u64);
     /// Records a latency sample.
     fn record_latency_ms(&mut self, ms: u64);
+}
+
+/// What the HTTP context returns to Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on with the (possibly rewritten) request.
+    Continue,
+    /// Paused: waiting for an exchange, or answered locally.
+    Pause,
 }

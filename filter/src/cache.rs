@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::config::hex;
-use crate::logic::Outcome;
+use crate::outcome::Outcome;
 
 /// Shared-data key of a token + target (+ actor token: a header value never holds NUL,
 /// so the separator is unambiguous).

@@ -11,9 +11,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::api::{CallResponse, Counter, Host, Level, SharedError, EXCHANGE_LATENCY_MS};
+use crate::api::{CallResponse, Counter, Host, Level, SharedError, Verdict, EXCHANGE_LATENCY_MS};
 use crate::config::Config;
-use crate::logic::{Verdict, Worker, MAX_EXCHANGE_BODY};
+use crate::exchange::MAX_EXCHANGE_BODY;
+use crate::worker::Worker;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);

@@ -5,10 +5,11 @@
 mod common;
 
 use common::*;
-use meshpass_filter::api::{CallResponse, Counter};
+use meshpass_filter::api::{CallResponse, Counter, Verdict};
 use meshpass_filter::cache::{self, Entry};
 use meshpass_filter::config::{Config, FailureMode, Mode};
-use meshpass_filter::logic::{Outcome, Verdict, Worker};
+use meshpass_filter::outcome::Outcome;
+use meshpass_filter::worker::Worker;
 use serde_json::json;
 
 const ISS: &str = "https://issuer.test";

@@ -1,0 +1,370 @@
+//! The request path: `on_http_request_headers` from header hygiene to a cache hit, a
+//! wait on an exchange in flight, or a miss (validate, claim, exchange).
+
+use std::rc::Rc;
+
+use meshpass_core::{Binding, SpiffeId, ValidationError};
+
+use crate::api::{Counter, Host, Level, Verdict};
+use crate::cache::{self, Entry};
+use crate::config::{Config, Mode, Target};
+use crate::exchange::exchange_form;
+use crate::jwks::PARK_MS;
+use crate::outcome::Outcome;
+use crate::respond::{send_error, strip_reserved, SUBJECT_HEADER};
+use crate::worker::{Call, InFlight, Parked, PendingRefresh, Waiter, Worker};
+
+impl Worker {
+    /// `on_http_request_headers` of stream `ctx`.
+    pub fn on_request(&mut self, host: &mut dyn Host, ctx: u32) -> Verdict {
+        if self.config.noop {
+            return Verdict::Continue;
+        }
+        // A cheap Rc clone, so the selected target can be borrowed (not cloned) while
+        // `self` is mutated.
+        let cfg = Rc::clone(&self.config);
+        let path = match self.admit(host, &cfg) {
+            Ok(path) => path,
+            Err(v) => return v,
+        };
+        let raw = header(host, &cfg.token_header);
+        let token = match subject_token(&cfg, raw.as_deref()) {
+            Ok(t) => t,
+            Err((counter, desc, invalid)) => return self.deny_token(host, counter, &desc, invalid),
+        };
+        if cfg.validate_only {
+            return self.validate_only(host, token);
+        }
+        let Some(target) = route(host, &cfg, path.as_deref()) else {
+            self.bump(Counter::DeniedNoRule);
+            send_error(
+                host,
+                403,
+                "access_denied",
+                "no exchange rule matches this request",
+                None,
+            );
+            return Verdict::Pause;
+        };
+        let actor = match self.actor_token(host) {
+            Ok(a) => a,
+            Err(v) => return v,
+        };
+        let identity = self.identity(host);
+        if let Some(v) = self.memo_hit(host, token, target, actor.as_deref(), identity.as_deref()) {
+            return v;
+        }
+        self.lookup(host, ctx, token, target, actor, identity)
+    }
+
+    /// Header hygiene and bypass routes. `Ok(path)` (read only when a bypass or rule
+    /// needs it) goes on; `Err` is the verdict for a bypassed request.
+    fn admit(&mut self, host: &mut dyn Host, cfg: &Config) -> Result<Option<String>, Verdict> {
+        // When the filter sets x-meshpass-subject on every allowed request the client's
+        // value is overwritten; otherwise one read (+ remove).
+        if cfg.strip_all_x_meshpass_headers || !cfg.set_subject_header {
+            let keep = cfg.exchange.actor_token_header.as_deref();
+            strip_reserved(host, cfg.strip_all_x_meshpass_headers, keep);
+        }
+        let path = if !cfg.bypass.is_empty() || cfg.needs_path {
+            header(host, ":path")
+        } else {
+            None
+        };
+        if let Some(p) = &path {
+            if !cfg.bypass.is_empty() && cfg.bypassed(p) {
+                if cfg.set_subject_header && !cfg.strip_all_x_meshpass_headers {
+                    strip_reserved(host, false, None);
+                }
+                self.bump(Counter::Bypassed);
+                return Err(Verdict::Continue);
+            }
+        }
+        Ok(path)
+    }
+
+    /// Warm hit from this worker's memo (checked against the coarse clock).
+    fn memo_hit(
+        &mut self,
+        host: &mut dyn Host,
+        token: &str,
+        target: &Target,
+        actor: Option<&str>,
+        identity: Option<&str>,
+    ) -> Option<Verdict> {
+        if self.coarse_now_ms == 0 {
+            self.coarse_now_ms = host.now_ms();
+        }
+        let e = self
+            .memo
+            .get(token, &target.digest, actor, self.coarse_now_ms)?;
+        if self.config.mode != Mode::NoneInsecure && identity != Some(e.subject.as_str()) {
+            let known = identity.is_some();
+            return Some(self.deny_binding(host, known));
+        }
+        host.set_header("authorization", &e.authorization);
+        if !self.config.bearer {
+            host.remove_header(&self.config.token_header);
+        }
+        if self.config.set_subject_header {
+            host.set_header(SUBJECT_HEADER, &e.subject);
+        }
+        self.bump(Counter::CacheHit);
+        self.bump(Counter::Allowed);
+        Some(Verdict::Continue)
+    }
+
+    /// Shared-data hit (with refresh ahead), else a wait on an exchange in flight here
+    /// or in another worker, else a miss.
+    fn lookup(
+        &mut self,
+        host: &mut dyn Host,
+        ctx: u32,
+        token: &str,
+        target: &Target,
+        actor: Option<String>,
+        identity: Option<Rc<str>>,
+    ) -> Verdict {
+        let key = cache::key(&target.digest, token, actor.as_deref());
+        let now = host.now_ms();
+        self.coarse_now_ms = now;
+        if let Some((bytes, _cas)) = host.shared_get(&key) {
+            if let Some(e) = Entry::decode(&bytes).filter(|e| e.expires_ms > now) {
+                if self.config.mode != Mode::NoneInsecure && identity.as_deref() != Some(e.subject)
+                {
+                    return self.deny_binding(host, identity.is_some());
+                }
+                self.bump(Counter::CacheHit);
+                if now < e.refresh_ms {
+                    let digest = &target.digest;
+                    let a = actor.clone();
+                    self.memo
+                        .insert(token, digest, a, e.refresh_ms, e.subject, e.token);
+                } else if !self.refreshing.contains_key(&key) {
+                    self.refreshing.insert(key.clone(), ());
+                    self.refreshes.push(PendingRefresh {
+                        key: key.clone(),
+                        token: token.to_string(),
+                        target: target.clone(),
+                        actor: actor.clone(),
+                        subject: e.subject.to_string(),
+                        subject_exp: e.subject_exp,
+                    });
+                }
+                self.allow(host, e.token, e.subject);
+                return Verdict::Continue;
+            }
+        }
+        self.bump(Counter::CacheMiss);
+        if let Some(f) = self.inflight.get_mut(&key) {
+            f.waiters.push(Waiter { ctx, identity });
+            self.bump(Counter::Coalesced);
+            return Verdict::Pause;
+        }
+        if self.remote.contains_key(&key) || self.other_in_flight(host, &key, now).is_some() {
+            self.wait_remote(key, Waiter { ctx, identity }, target.failure_mode, now);
+            return Verdict::Pause;
+        }
+        self.miss(host, ctx, token, target, actor, key, identity, now, true)
+    }
+
+    /// `validate_only_for_benchmarks`: the miss path's validation (keys, signature,
+    /// claims, binding) on every request; no cache, no exchange, the token is removed.
+    pub(crate) fn validate_only(&mut self, host: &mut dyn Host, token: &str) -> Verdict {
+        let identity = self.identity(host);
+        self.load_remote_keys(host);
+        let bound = identity.as_deref().and_then(|s| SpiffeId::parse(s).ok());
+        let binding = match self.config.mode {
+            Mode::Server => Binding::Server(bound.as_ref()),
+            Mode::Client => Binding::Client(bound.as_ref()),
+            Mode::NoneInsecure => Binding::None,
+        };
+        let now = host.now_ms();
+        match self
+            .config
+            .policy
+            .validate(token, now / 1000, &self.keysets, &binding)
+        {
+            Ok(_) => {
+                host.remove_header(&self.config.token_header);
+                self.bump(Counter::Allowed);
+                Verdict::Continue
+            }
+            Err(e) => self.deny_validation(host, e),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn miss(
+        &mut self,
+        host: &mut dyn Host,
+        ctx: u32,
+        token: &str,
+        target: &Target,
+        actor: Option<String>,
+        key: String,
+        identity: Option<Rc<str>>,
+        now: u64,
+        may_park: bool,
+    ) -> Verdict {
+        self.load_remote_keys(host);
+        let bound = identity.as_deref().and_then(|s| SpiffeId::parse(s).ok());
+        let binding = match self.config.mode {
+            Mode::Server => Binding::Server(bound.as_ref()),
+            Mode::Client => Binding::Client(bound.as_ref()),
+            Mode::NoneInsecure => Binding::None,
+        };
+        let verified = match self
+            .config
+            .policy
+            .validate(token, now / 1000, &self.keysets, &binding)
+        {
+            Ok(v) => v,
+            Err(ValidationError::UnknownKeyId { issuer, .. })
+                if may_park && self.request_refetch(host, &issuer, now) =>
+            {
+                // Park until the refetched keys arrive (or PARK_MS passes).
+                self.parked.push(Parked {
+                    ctx,
+                    token: token.to_string(),
+                    target: target.clone(),
+                    actor,
+                    key,
+                    identity,
+                    cas_at_park: self.key_cas.get(&issuer).copied(),
+                    issuer,
+                    deadline_ms: now + PARK_MS,
+                });
+                return Verdict::Pause;
+            }
+            Err(e) => return self.deny_validation(host, e),
+        };
+        if !self.claim(host, &key, now) {
+            self.wait_remote(key, Waiter { ctx, identity }, target.failure_mode, now);
+            return Verdict::Pause;
+        }
+        let body = exchange_form(token, target, actor);
+        let traceparent = header(host, "traceparent");
+        match self.send_exchange(host, &body, traceparent.as_deref()) {
+            Ok(call) => {
+                self.bump(Counter::ExchangeCalls);
+                self.calls.insert(
+                    call,
+                    Call::Exchange {
+                        key: key.clone(),
+                        subject: verified.spiffe_id.as_str().to_string(),
+                        subject_exp: verified.expires_at,
+                        started_ms: now,
+                        failure_mode: target.failure_mode,
+                    },
+                );
+                self.inflight.insert(
+                    key,
+                    InFlight {
+                        waiters: vec![Waiter { ctx, identity }],
+                        deadline_ms: now + self.inflight_span_ms(),
+                        failure_mode: target.failure_mode,
+                    },
+                );
+                Verdict::Pause
+            }
+            Err(e) => {
+                host.log(
+                    Level::Warn,
+                    &format!("meshpass: exchange dispatch failed: {e}"),
+                );
+                let ra = self.config.retry_after_secs;
+                self.publish(host, &key, &Outcome::Unavailable(ra), "", now);
+                let w = Waiter { ctx, identity };
+                self.apply(host, &w, &Outcome::Unavailable(ra), "", target.failure_mode);
+                Verdict::Pause
+            }
+        }
+    }
+    /// CLIENT mode with `exchange.actor_token_header`: the proxy's actor token, taken
+    /// from (and removed from) the request; its absence is a proxy-side fault (503).
+    pub(crate) fn actor_token(&mut self, host: &mut dyn Host) -> Result<Option<String>, Verdict> {
+        let Some(name) = self.config.exchange.actor_token_header.clone() else {
+            return Ok(None);
+        };
+        let value = header(host, &name);
+        if value.is_some() {
+            host.remove_header(&name);
+        }
+        match value.map(|v| v.trim().to_string()) {
+            Some(v) if !v.is_empty() && v.len() <= self.config.policy.max_token_bytes => {
+                Ok(Some(v))
+            }
+            _ => {
+                host.log(
+                    Level::Warn,
+                    &format!("meshpass: actor token header {name:?} missing or oversize"),
+                );
+                self.bump(Counter::DeniedUnavailable);
+                let ra = self.config.retry_after_secs.to_string();
+                send_error(
+                    host,
+                    503,
+                    "temporarily_unavailable",
+                    "the proxy's actor token is unavailable",
+                    Some(&ra),
+                );
+                Err(Verdict::Pause)
+            }
+        }
+    }
+}
+
+fn header(host: &dyn Host, name: &str) -> Option<String> {
+    host.header(name)
+}
+
+/// The subject token of the request, or why it is refused (counter, description,
+/// whether it is an `invalid_token` rather than a missing one).
+fn subject_token<'a>(
+    cfg: &Config,
+    raw: Option<&'a str>,
+) -> Result<&'a str, (Counter, String, bool)> {
+    let no_token = || {
+        (
+            Counter::DeniedNoToken,
+            "no subject token".to_string(),
+            false,
+        )
+    };
+    let raw = raw.ok_or_else(no_token)?;
+    let token = if cfg.bearer {
+        match raw.get(..7) {
+            Some(s) if s.eq_ignore_ascii_case("bearer ") => raw[7..].trim(),
+            _ => {
+                let desc = "authorization is not a Bearer token".to_string();
+                return Err((Counter::DeniedInvalidToken, desc, true));
+            }
+        }
+    } else {
+        raw.trim()
+    };
+    if token.is_empty() {
+        return Err(no_token());
+    }
+    if token.len() > cfg.policy.max_token_bytes {
+        let msg = ValidationError::TooLarge {
+            len: token.len(),
+            max: cfg.policy.max_token_bytes,
+        }
+        .to_string();
+        return Err((Counter::DeniedInvalidToken, msg, true));
+    }
+    Ok(token)
+}
+
+/// The rule's target for this request (reads `:authority` / `:method` only when a rule
+/// needs them).
+fn route<'c>(host: &dyn Host, cfg: &'c Config, path: Option<&str>) -> Option<&'c Target> {
+    let authority = cfg
+        .needs_authority
+        .then(|| header(host, ":authority"))
+        .flatten();
+    let method = cfg.needs_method.then(|| header(host, ":method")).flatten();
+    cfg.select(authority.as_deref(), path, method.as_deref())
+}
