@@ -186,6 +186,15 @@ fn check_token_type(field: &str, value: &str) -> Result<(), ErrorResponse> {
     }
 }
 
+/// RFC 6749 §3.3 `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`: the one scope-token
+/// rule (the filter's configured scopes use it too).
+pub fn is_scope_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
 /// RFC 6749 §3.3: `scope = scope-token *( SP scope-token )`, with
 /// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
 fn parse_scope(s: &str) -> Result<Vec<String>, ErrorResponse> {
@@ -196,10 +205,7 @@ fn parse_scope(s: &str) -> Result<Vec<String>, ErrorResponse> {
                 "scope has an empty scope token (scopes are separated by single spaces)",
             ));
         }
-        if !token
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-        {
+        if !is_scope_token(token) {
             return Err(invalid_request(
                 "scope has a character RFC 6749 §3.3 does not allow",
             ));
