@@ -1,13 +1,16 @@
-//! Plugin configuration: the JSON an operator writes, and the checked form the filter
-//! runs on. [`Config::parse`] refuses anything doubtful and names the field.
+//! Plugin configuration: the JSON an operator writes (typed `serde` structs, unknown
+//! fields refused) and the checked form the filter runs on. [`Config::parse`] is one
+//! validation pass that names the offending field (`rules[1].audience: ...`). Issuer
+//! policy is core's own [`IssuerPolicy`] (deserialised by core, checked by
+//! [`ValidationPolicy::check`]); scope tokens are checked by core's one rule.
 
 use std::collections::HashMap;
 
-use meshpass_core::{
-    Audience, IssuerPolicy, KeySet, SpiffeId, SpiffeIdPattern, SubjectFormat, TrustDomain,
-    ValidationPolicy,
-};
+use meshpass_core::oauth::is_scope_token;
+use meshpass_core::{BindingMode, IssuerPolicy, KeySet, SpiffeId, TrustDomain, ValidationPolicy};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// Why a configuration was refused: the JSON path of the field and what is wrong.
@@ -32,6 +35,20 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Deserialises `value` as `T`, naming the failing field as `prefix` + serde's path.
+fn typed<T: DeserializeOwned>(prefix: &str, value: Value) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = match (prefix, path.as_str()) {
+            ("", ".") => "configuration".to_string(),
+            (p, ".") => p.to_string(),
+            ("", p) => p.to_string(),
+            (pre, p) => format!("{pre}.{p}"),
+        };
+        err(field, e.into_inner().to_string())
+    })
+}
+
 // ---------------------------------------------------------------- raw JSON shape
 
 #[derive(Deserialize)]
@@ -42,17 +59,19 @@ struct RawConfig {
     #[serde(default)]
     validate_only_for_benchmarks: bool,
     #[serde(default)]
-    mode: Option<String>,
+    mode: Mode,
     #[serde(default)]
     insecure_disable_binding: bool,
     #[serde(default)]
     own_identity: Option<RawOwnIdentity>,
+    /// Each entry: core's `IssuerPolicy` fields plus the key source (split apart in
+    /// [`issuer`]).
     #[serde(default)]
-    issuers: Vec<RawIssuer>,
-    #[serde(default)]
-    token_header: Option<String>,
-    #[serde(default)]
-    max_token_bytes: Option<usize>,
+    issuers: Vec<Map<String, Value>>,
+    #[serde(default = "default_token_header")]
+    token_header: String,
+    #[serde(default = "default_max_token_bytes")]
+    max_token_bytes: usize,
     #[serde(default)]
     bypass: Vec<RawBypass>,
     #[serde(default)]
@@ -66,50 +85,78 @@ struct RawConfig {
     strip_all_x_meshpass_headers: bool,
     #[serde(default)]
     cache: RawCache,
-    #[serde(default)]
-    retry_after_secs: Option<u64>,
-    #[serde(default)]
-    tick_ms: Option<u64>,
+    #[serde(default = "default_retry_after")]
+    retry_after_secs: u64,
+    #[serde(default = "default_tick_ms")]
+    tick_ms: u64,
+}
+
+fn default_token_header() -> String {
+    "authorization".into()
+}
+fn default_max_token_bytes() -> usize {
+    meshpass_core::DEFAULT_MAX_TOKEN_BYTES
+}
+fn default_retry_after() -> u64 {
+    5
+}
+fn default_tick_ms() -> u64 {
+    1000
+}
+fn default_exchange_path() -> String {
+    "/token".into()
+}
+fn default_timeout_ms() -> u64 {
+    2000
+}
+fn default_margin_secs() -> u64 {
+    10
+}
+fn default_refresh_percent() -> u64 {
+    75
+}
+fn default_jwks_refresh_secs() -> u64 {
+    300
+}
+fn default_min_refetch_secs() -> u64 {
+    30
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOwnIdentity {
     #[serde(default)]
-    spiffe_id: Option<String>,
+    spiffe_id: Option<SpiffeId>,
     #[serde(default)]
-    trust_domain: Option<String>,
+    trust_domain: Option<TrustDomain>,
 }
 
+/// The key source of an issuer entry (the rest is core's `IssuerPolicy`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawIssuer {
-    issuer: String,
+struct RawKeySource {
     #[serde(default)]
-    audiences: Vec<String>,
-    #[serde(default)]
-    trust_domains: Vec<String>,
-    #[serde(default)]
-    spiffe_id_patterns: Vec<String>,
-    #[serde(default)]
-    subject_format: Option<String>,
-    #[serde(default)]
-    leeway_secs: Option<u64>,
-    #[serde(default)]
-    max_lifetime_secs: Option<u64>,
-    #[serde(default)]
-    jwks: Option<serde_json::Value>,
+    jwks: Option<Value>,
     #[serde(default)]
     jwks_cluster: Option<String>,
     #[serde(default)]
     jwks_path: Option<String>,
     #[serde(default)]
     jwks_authority: Option<String>,
-    #[serde(default)]
-    jwks_refresh_secs: Option<u64>,
-    #[serde(default)]
-    jwks_min_refetch_secs: Option<u64>,
+    #[serde(default = "default_jwks_refresh_secs")]
+    jwks_refresh_secs: u64,
+    #[serde(default = "default_min_refetch_secs")]
+    jwks_min_refetch_secs: u64,
 }
+
+const KEY_SOURCE_FIELDS: [&str; 6] = [
+    "jwks",
+    "jwks_cluster",
+    "jwks_path",
+    "jwks_authority",
+    "jwks_refresh_secs",
+    "jwks_min_refetch_secs",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,7 +183,19 @@ struct RawRule {
     #[serde(default)]
     scopes: Vec<String>,
     #[serde(default)]
-    failure_mode: Option<String>,
+    failure_mode: FailureMode,
+}
+
+impl RawRule {
+    fn split(self) -> (RawTarget, Option<String>, Option<String>, Vec<String>) {
+        let t = RawTarget {
+            resource: self.resource,
+            audience: self.audience,
+            scopes: self.scopes,
+            failure_mode: self.failure_mode,
+        };
+        (t, self.authority, self.path_prefix, self.methods)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -149,49 +208,76 @@ struct RawTarget {
     #[serde(default)]
     scopes: Vec<String>,
     #[serde(default)]
-    failure_mode: Option<String>,
+    failure_mode: FailureMode,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawExchange {
     cluster: String,
-    #[serde(default)]
-    path: Option<String>,
+    #[serde(default = "default_exchange_path")]
+    path: String,
     #[serde(default)]
     authority: Option<String>,
-    #[serde(default)]
-    timeout_ms: Option<u64>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
     #[serde(default)]
     actor_token_header: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCache {
-    #[serde(default)]
-    expiry_margin_secs: Option<u64>,
-    #[serde(default)]
-    refresh_ahead_percent: Option<u64>,
+    #[serde(default = "default_margin_secs")]
+    expiry_margin_secs: u64,
+    #[serde(default = "default_refresh_percent")]
+    refresh_ahead_percent: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            expiry_margin_secs: default_margin_secs(),
+            refresh_ahead_percent: default_refresh_percent(),
+        }
+    }
 }
 
 // ---------------------------------------------------------------- checked form
 
-/// Binding mode (DESIGN.md "Subject tokens", rule 4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Binding mode (DESIGN.md "Subject tokens", rule 4), spelled as Istio's WasmPlugin
+/// `match.mode` is; [`Mode::binding_mode`] gives core's [`BindingMode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum Mode {
     /// Subject must equal the mTLS peer's URI SAN (inbound sidecar).
+    #[default]
+    #[serde(rename = "SERVER")]
     Server,
     /// Subject must equal the proxy's own identity (outbound sidecar).
+    #[serde(rename = "CLIENT")]
     Client,
     /// No binding: only with `insecure_disable_binding: true`.
+    #[serde(rename = "NONE")]
     NoneInsecure,
 }
 
+impl Mode {
+    /// Core's binding mode for this configuration mode.
+    pub fn binding_mode(self) -> BindingMode {
+        match self {
+            Mode::Server => BindingMode::Server,
+            Mode::Client => BindingMode::Client,
+            Mode::NoneInsecure => BindingMode::None,
+        }
+    }
+}
+
 /// What to do when the exchange service cannot answer (5xx, timeout, unreachable).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FailureMode {
     /// Answer 503 with `Retry-After` (default).
+    #[default]
     Deny,
     /// Forward the request without a participant token (subject token still removed).
     Allow,
@@ -341,14 +427,11 @@ pub struct Config {
 impl Config {
     /// Parses and checks the plugin configuration.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
-            // serde's message names the unknown or mistyped field.
-            err("configuration", e.to_string())
-        })?;
-        let exchange_raw = raw.exchange;
-        let validate_only = raw.validate_only_for_benchmarks;
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| err("configuration", e.to_string()))?;
+        let raw: RawConfig = typed("", value)?;
         if raw.noop_for_benchmarks {
-            if validate_only {
+            if raw.validate_only_for_benchmarks {
                 return Err(err(
                     "validate_only_for_benchmarks",
                     "cannot be combined with noop_for_benchmarks",
@@ -356,251 +439,22 @@ impl Config {
             }
             return Ok(Config::noop());
         }
-        if validate_only {
+        let validate_only = raw.validate_only_for_benchmarks;
+        if validate_only
+            && (raw.exchange.is_some() || !raw.rules.is_empty() || raw.default_rule.is_some())
+        {
             // A benchmark aid must never be one flag away from a production config that
             // silently stops exchanging: refuse everything that configures an exchange.
-            let reason = "is a benchmark aid that never exchanges: it cannot be combined with exchange, rules or default_rule";
-            if exchange_raw.is_some() || !raw.rules.is_empty() || raw.default_rule.is_some() {
-                return Err(err("validate_only_for_benchmarks", reason));
-            }
-        }
-        let mode = match raw.mode.as_deref().unwrap_or("SERVER") {
-            "SERVER" => Mode::Server,
-            "CLIENT" => Mode::Client,
-            "NONE" => {
-                if !raw.insecure_disable_binding {
-                    return Err(err(
-                        "mode",
-                        "NONE disables SPIFFE binding and also needs insecure_disable_binding: true",
-                    ));
-                }
-                Mode::NoneInsecure
-            }
-            other => {
-                return Err(err(
-                    "mode",
-                    format!("{other:?} is not SERVER, CLIENT or NONE"),
-                ))
-            }
-        };
-        if raw.insecure_disable_binding && mode != Mode::NoneInsecure {
             return Err(err(
-                "insecure_disable_binding",
-                "only valid together with mode: NONE",
+                "validate_only_for_benchmarks",
+                "is a benchmark aid that never exchanges: it cannot be combined with exchange, rules or default_rule",
             ));
         }
-        let own_identity = match (mode, raw.own_identity) {
-            (Mode::Client, Some(o)) => Some(match (o.spiffe_id, o.trust_domain) {
-                (Some(id), None) => OwnIdentity::Fixed(
-                    SpiffeId::parse(&id)
-                        .map_err(|e| err("own_identity.spiffe_id", e.to_string()))?,
-                ),
-                (None, Some(td)) => OwnIdentity::Discover(
-                    TrustDomain::parse(&td)
-                        .map_err(|e| err("own_identity.trust_domain", e.to_string()))?,
-                ),
-                _ => {
-                    return Err(err(
-                        "own_identity",
-                        "give exactly one of spiffe_id or trust_domain",
-                    ))
-                }
-            }),
-            (Mode::Client, None) => Some(OwnIdentity::Discover(
-                TrustDomain::parse("cluster.local")
-                    .map_err(|e| err("own_identity.trust_domain", e.to_string()))?,
-            )),
-            (_, Some(_)) => return Err(err("own_identity", "only valid with mode: CLIENT")),
-            (_, None) => None,
-        };
-
-        let exchange_raw = match exchange_raw {
-            Some(e) => e,
-            None if validate_only => RawExchange {
-                cluster: String::new(),
-                path: None,
-                authority: None,
-                timeout_ms: None,
-                actor_token_header: None,
-            },
-            None => return Err(err("exchange", "is required")),
-        };
-        if exchange_raw.cluster.trim().is_empty() && !validate_only {
-            return Err(err("exchange.cluster", "must not be empty"));
-        }
-        let exchange = Exchange {
-            path: check_path(
-                "exchange.path",
-                exchange_raw.path.unwrap_or_else(|| "/token".into()),
-            )?,
-            authority: exchange_raw
-                .authority
-                .unwrap_or_else(|| exchange_raw.cluster.clone()),
-            timeout_ms: match exchange_raw.timeout_ms.unwrap_or(2000) {
-                0 => return Err(err("exchange.timeout_ms", "must be positive")),
-                t => t,
-            },
-            actor_token_header: match exchange_raw.actor_token_header {
-                None => None,
-                Some(h) => {
-                    let h = h.to_ascii_lowercase();
-                    if mode != Mode::Client {
-                        return Err(err(
-                            "exchange.actor_token_header",
-                            "only valid with mode: CLIENT",
-                        ));
-                    }
-                    if !valid_header_name(&h) || h == "authorization" {
-                        return Err(err(
-                            "exchange.actor_token_header",
-                            "is not a valid header name",
-                        ));
-                    }
-                    Some(h)
-                }
-            },
-            cluster: exchange_raw.cluster,
-        };
-
-        if raw.issuers.is_empty() {
-            return Err(err("issuers", "at least one issuer is required"));
-        }
-        let mut issuers = Vec::new();
-        let mut keys = HashMap::new();
-        for (i, ri) in raw.issuers.into_iter().enumerate() {
-            let f = |name: &str| format!("issuers[{i}].{name}");
-            if ri.issuer.is_empty() {
-                return Err(err(f("issuer"), "must not be empty"));
-            }
-            if keys.contains_key(&ri.issuer) {
-                return Err(err(f("issuer"), "listed twice"));
-            }
-            if ri.audiences.is_empty() {
-                return Err(err(f("audiences"), "at least one audience is required"));
-            }
-            let audiences = ri
-                .audiences
-                .iter()
-                .enumerate()
-                .map(|(j, a)| {
-                    Audience::parse(a)
-                        .map_err(|e| err(f(&format!("audiences[{j}]")), e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if ri.trust_domains.is_empty() {
-                return Err(err(
-                    f("trust_domains"),
-                    "at least one trust domain is required",
-                ));
-            }
-            let trust_domains = ri
-                .trust_domains
-                .iter()
-                .enumerate()
-                .map(|(j, t)| {
-                    TrustDomain::parse(t)
-                        .map_err(|e| err(f(&format!("trust_domains[{j}]")), e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let id_patterns = ri
-                .spiffe_id_patterns
-                .iter()
-                .enumerate()
-                .map(|(j, p)| {
-                    SpiffeIdPattern::parse(p)
-                        .map_err(|e| err(f(&format!("spiffe_id_patterns[{j}]")), e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let subject_format = match ri.subject_format.as_deref().unwrap_or("jwt_svid") {
-                "jwt_svid" => SubjectFormat::JwtSvid,
-                // The exchange service and meshpass-core spell it out; `kubernetes_sa`
-                // stays accepted as the short form.
-                "kubernetes_service_account" | "kubernetes_sa" => {
-                    SubjectFormat::KubernetesServiceAccount
-                }
-                other => {
-                    return Err(err(
-                        f("subject_format"),
-                        format!("{other:?} is not jwt_svid or kubernetes_service_account"),
-                    ))
-                }
-            };
-            let issuer_keys = match (ri.jwks, ri.jwks_cluster) {
-                (Some(doc), None) => {
-                    if ri.jwks_path.is_some() || ri.jwks_authority.is_some() {
-                        return Err(err(f("jwks_path"), "only valid with jwks_cluster"));
-                    }
-                    let bytes = match &doc {
-                        serde_json::Value::String(s) => s.clone().into_bytes(),
-                        other => other.to_string().into_bytes(),
-                    };
-                    let (set, _rejected) =
-                        KeySet::parse(&bytes).map_err(|e| err(f("jwks"), e.to_string()))?;
-                    if set.is_empty() {
-                        return Err(err(f("jwks"), "holds no usable signing key"));
-                    }
-                    IssuerKeys::Inline(set)
-                }
-                (None, Some(cluster)) => {
-                    if cluster.trim().is_empty() {
-                        return Err(err(f("jwks_cluster"), "must not be empty"));
-                    }
-                    let path = check_path(
-                        &f("jwks_path"),
-                        ri.jwks_path
-                            .ok_or_else(|| err(f("jwks_path"), "is required with jwks_cluster"))?,
-                    )?;
-                    let authority = ri.jwks_authority.unwrap_or_else(|| cluster.clone());
-                    let refresh_secs = ri.jwks_refresh_secs.unwrap_or(300);
-                    if refresh_secs == 0 {
-                        return Err(err(f("jwks_refresh_secs"), "must be positive"));
-                    }
-                    let id = hex(&Sha256::digest(
-                        format!("{}\n{cluster}\n{authority}\n{path}", ri.issuer).as_bytes(),
-                    ))[..16]
-                        .to_string();
-                    IssuerKeys::Remote(RemoteJwks {
-                        shared_key: format!("meshpass/jwks/{id}"),
-                        lease_key: format!("meshpass/jwks-lease/{id}"),
-                        cluster,
-                        path,
-                        authority,
-                        refresh_ms: refresh_secs.saturating_mul(1000),
-                        min_refetch_ms: ri.jwks_min_refetch_secs.unwrap_or(30).saturating_mul(1000),
-                    })
-                }
-                (Some(_), Some(_)) => {
-                    return Err(err(f("jwks"), "give either jwks or jwks_cluster, not both"))
-                }
-                (None, None) => {
-                    return Err(err(
-                        f("jwks"),
-                        "keys are required: jwks or jwks_cluster + jwks_path",
-                    ))
-                }
-            };
-            keys.insert(ri.issuer.clone(), issuer_keys);
-            issuers.push(IssuerPolicy {
-                issuer: ri.issuer,
-                audiences,
-                trust_domains,
-                id_patterns,
-                subject_format,
-                leeway_secs: ri.leeway_secs.unwrap_or(meshpass_core::DEFAULT_LEEWAY_SECS),
-                max_lifetime_secs: ri.max_lifetime_secs,
-            });
-        }
-        let max_token_bytes = raw
-            .max_token_bytes
-            .unwrap_or(meshpass_core::DEFAULT_MAX_TOKEN_BYTES);
-        if max_token_bytes == 0 || max_token_bytes > 64 * 1024 {
-            return Err(err("max_token_bytes", "must be between 1 and 65536"));
-        }
-
-        let token_header = raw
-            .token_header
-            .unwrap_or_else(|| "authorization".into())
-            .to_ascii_lowercase();
+        let mode = check_mode(&raw)?;
+        let own_identity = own_identity(mode, raw.own_identity)?;
+        let exchange = exchange(raw.exchange, mode, validate_only)?;
+        let (policy, keys) = issuers(raw.issuers, raw.max_token_bytes)?;
+        let token_header = raw.token_header.to_ascii_lowercase();
         if !valid_header_name(&token_header) {
             return Err(err("token_header", "is not a valid header name"));
         }
@@ -613,53 +467,18 @@ impl Config {
                 "must differ from token_header",
             ));
         }
-        let bearer = token_header == "authorization";
-
         let bypass = raw
             .bypass
             .into_iter()
             .enumerate()
-            .map(|(i, b)| match (b.path, b.path_prefix) {
-                (Some(p), None) => Ok(Bypass::Exact(check_path(&format!("bypass[{i}].path"), p)?)),
-                (None, Some(p)) => Ok(Bypass::Prefix(check_path(
-                    &format!("bypass[{i}].path_prefix"),
-                    p,
-                )?)),
-                _ => Err(err(
-                    format!("bypass[{i}]"),
-                    "give exactly one of path or path_prefix",
-                )),
-            })
+            .map(|(i, b)| bypass(i, b))
             .collect::<Result<Vec<_>, _>>()?;
-
-        let mut rules = Vec::new();
-        for (i, r) in raw.rules.into_iter().enumerate() {
-            let f = format!("rules[{i}]");
-            let path_prefix = r
-                .path_prefix
-                .map(|p| check_path(&format!("{f}.path_prefix"), p))
-                .transpose()?;
-            let authority = r.authority.map(|a| a.to_ascii_lowercase());
-            if authority.as_deref() == Some("") {
-                return Err(err(format!("{f}.authority"), "must not be empty"));
-            }
-            let methods: Vec<String> = r.methods.iter().map(|m| m.to_ascii_uppercase()).collect();
-            rules.push(Rule {
-                target: target(
-                    &f,
-                    RawTarget {
-                        resource: r.resource,
-                        audience: r.audience,
-                        scopes: r.scopes,
-                        failure_mode: r.failure_mode,
-                    },
-                    &exchange,
-                )?,
-                authority,
-                path_prefix,
-                methods,
-            });
-        }
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| rule(i, r, &exchange))
+            .collect::<Result<Vec<_>, _>>()?;
         let default_target = raw
             .default_rule
             .map(|t| target("default_rule", t, &exchange))
@@ -667,13 +486,10 @@ impl Config {
         if rules.is_empty() && default_target.is_none() && !validate_only {
             return Err(err("rules", "give at least one rule or a default_rule"));
         }
-        let cache = raw.cache;
-        let refresh_ahead_percent = cache.refresh_ahead_percent.unwrap_or(75);
-        if !(1..=100).contains(&refresh_ahead_percent) {
+        if !(1..=100).contains(&raw.cache.refresh_ahead_percent) {
             return Err(err("cache.refresh_ahead_percent", "must be 1..=100"));
         }
-        let tick_ms = raw.tick_ms.unwrap_or(1000);
-        if !(10..=60_000).contains(&tick_ms) {
+        if !(10..=60_000).contains(&raw.tick_ms) {
             return Err(err("tick_ms", "must be 10..=60000"));
         }
         Ok(Config {
@@ -681,13 +497,10 @@ impl Config {
             validate_only,
             mode,
             own_identity,
-            policy: ValidationPolicy {
-                issuers,
-                max_token_bytes,
-            },
+            policy,
             keys,
+            bearer: token_header == "authorization",
             token_header,
-            bearer,
             bypass,
             needs_authority: rules.iter().any(|r| r.authority.is_some()),
             needs_path: rules.iter().any(|r| r.path_prefix.is_some()),
@@ -697,10 +510,10 @@ impl Config {
             exchange,
             set_subject_header: raw.set_subject_header,
             strip_all_x_meshpass_headers: raw.strip_all_x_meshpass_headers,
-            expiry_margin_ms: cache.expiry_margin_secs.unwrap_or(10).saturating_mul(1000),
-            refresh_ahead_percent,
-            retry_after_secs: raw.retry_after_secs.unwrap_or(5).max(1),
-            tick_ms,
+            expiry_margin_ms: raw.cache.expiry_margin_secs.saturating_mul(1000),
+            refresh_ahead_percent: raw.cache.refresh_ahead_percent,
+            retry_after_secs: raw.retry_after_secs.max(1),
+            tick_ms: raw.tick_ms,
         })
     }
 
@@ -807,25 +620,258 @@ fn check_path(field: &str, p: String) -> Result<String, ConfigError> {
     Ok(p)
 }
 
-fn target(field: &str, t: RawTarget, exchange: &Exchange) -> Result<Target, ConfigError> {
-    let failure_mode = match t.failure_mode.as_deref().unwrap_or("deny") {
-        "deny" => FailureMode::Deny,
-        "allow" => FailureMode::Allow,
-        other => {
+fn check_mode(raw: &RawConfig) -> Result<Mode, ConfigError> {
+    match (raw.mode, raw.insecure_disable_binding) {
+        (Mode::NoneInsecure, false) => Err(err(
+            "mode",
+            "NONE disables SPIFFE binding and also needs insecure_disable_binding: true",
+        )),
+        (Mode::Server | Mode::Client, true) => Err(err(
+            "insecure_disable_binding",
+            "only valid together with mode: NONE",
+        )),
+        (m, _) => Ok(m),
+    }
+}
+
+fn own_identity(
+    mode: Mode,
+    raw: Option<RawOwnIdentity>,
+) -> Result<Option<OwnIdentity>, ConfigError> {
+    match (mode, raw) {
+        (Mode::Client, Some(o)) => match (o.spiffe_id, o.trust_domain) {
+            (Some(id), None) => Ok(Some(OwnIdentity::Fixed(id))),
+            (None, Some(td)) => Ok(Some(OwnIdentity::Discover(td))),
+            _ => Err(err(
+                "own_identity",
+                "give exactly one of spiffe_id or trust_domain",
+            )),
+        },
+        (Mode::Client, None) => TrustDomain::parse("cluster.local")
+            .map(|td| Some(OwnIdentity::Discover(td)))
+            .map_err(|e| err("own_identity.trust_domain", e.to_string())),
+        (_, Some(_)) => Err(err("own_identity", "only valid with mode: CLIENT")),
+        (_, None) => Ok(None),
+    }
+}
+
+fn exchange(
+    raw: Option<RawExchange>,
+    mode: Mode,
+    validate_only: bool,
+) -> Result<Exchange, ConfigError> {
+    let raw = match raw {
+        Some(e) => e,
+        None if validate_only => RawExchange {
+            cluster: String::new(),
+            path: default_exchange_path(),
+            authority: None,
+            timeout_ms: default_timeout_ms(),
+            actor_token_header: None,
+        },
+        None => return Err(err("exchange", "is required")),
+    };
+    if raw.cluster.trim().is_empty() && !validate_only {
+        return Err(err("exchange.cluster", "must not be empty"));
+    }
+    if raw.timeout_ms == 0 {
+        return Err(err("exchange.timeout_ms", "must be positive"));
+    }
+    let actor_token_header = match raw.actor_token_header {
+        None => None,
+        Some(_) if mode != Mode::Client => {
             return Err(err(
-                format!("{field}.failure_mode"),
-                format!("{other:?} is not deny or allow"),
+                "exchange.actor_token_header",
+                "only valid with mode: CLIENT",
             ))
         }
+        Some(h) => {
+            let h = h.to_ascii_lowercase();
+            if !valid_header_name(&h) || h == "authorization" {
+                return Err(err(
+                    "exchange.actor_token_header",
+                    "is not a valid header name",
+                ));
+            }
+            Some(h)
+        }
     };
+    Ok(Exchange {
+        path: check_path("exchange.path", raw.path)?,
+        authority: raw.authority.unwrap_or_else(|| raw.cluster.clone()),
+        timeout_ms: raw.timeout_ms,
+        actor_token_header,
+        cluster: raw.cluster,
+    })
+}
+
+/// Every issuer: core's `IssuerPolicy` (core's deserialisation, then core's
+/// `ValidationPolicy::check`), and its keys.
+fn issuers(
+    raw: Vec<Map<String, Value>>,
+    max_token_bytes: usize,
+) -> Result<(ValidationPolicy, HashMap<String, IssuerKeys>), ConfigError> {
+    if max_token_bytes == 0 || max_token_bytes > 64 * 1024 {
+        return Err(err("max_token_bytes", "must be between 1 and 65536"));
+    }
+    let mut policies = Vec::new();
+    let mut keys = HashMap::new();
+    for (i, entry) in raw.into_iter().enumerate() {
+        let (policy, k) = issuer(i, entry)?;
+        keys.insert(policy.issuer.clone(), k);
+        policies.push(policy);
+    }
+    let policy = ValidationPolicy {
+        issuers: policies,
+        max_token_bytes,
+    };
+    policy.check().map_err(|e| {
+        // Core's message is `field: reason`.
+        let msg = e.to_string();
+        match msg.split_once(": ") {
+            Some((field, reason)) => err(field, reason),
+            None => err("issuers", msg),
+        }
+    })?;
+    Ok((policy, keys))
+}
+
+/// One issuer entry: the key source is the filter's, the rest core's `IssuerPolicy`.
+/// Older spellings stay accepted: `spiffe_id_patterns` (core: `id_patterns`) and
+/// `subject_format: kubernetes_sa` (core: `kubernetes_service_account`).
+fn issuer(
+    i: usize,
+    mut entry: Map<String, Value>,
+) -> Result<(IssuerPolicy, IssuerKeys), ConfigError> {
+    let f = |name: &str| format!("issuers[{i}].{name}");
+    let mut source = Map::new();
+    for name in KEY_SOURCE_FIELDS {
+        if let Some(v) = entry.remove(name) {
+            source.insert(name.to_string(), v);
+        }
+    }
+    let patterns_name = if entry.contains_key("spiffe_id_patterns") {
+        if entry.contains_key("id_patterns") {
+            return Err(err(
+                f("id_patterns"),
+                "give id_patterns or spiffe_id_patterns, not both",
+            ));
+        }
+        if let Some(v) = entry.remove("spiffe_id_patterns") {
+            entry.insert("id_patterns".into(), v);
+        }
+        "spiffe_id_patterns"
+    } else {
+        "id_patterns"
+    };
+    if entry.get("subject_format").and_then(Value::as_str) == Some("kubernetes_sa") {
+        entry.insert("subject_format".into(), "kubernetes_service_account".into());
+    }
+    let policy: IssuerPolicy =
+        typed(&format!("issuers[{i}]"), Value::Object(entry)).map_err(|mut e| {
+            if let Some(rest) = e.field.strip_prefix(&f("id_patterns")) {
+                e.field = format!("{}{rest}", f(patterns_name));
+            }
+            e
+        })?;
+    let source: RawKeySource = typed(&format!("issuers[{i}]"), Value::Object(source))?;
+    let keys = key_source(&f, &policy.issuer, source)?;
+    Ok((policy, keys))
+}
+
+fn key_source(
+    f: &dyn Fn(&str) -> String,
+    issuer: &str,
+    s: RawKeySource,
+) -> Result<IssuerKeys, ConfigError> {
+    match (s.jwks, s.jwks_cluster) {
+        (Some(doc), None) => {
+            if s.jwks_path.is_some() || s.jwks_authority.is_some() {
+                return Err(err(f("jwks_path"), "only valid with jwks_cluster"));
+            }
+            let bytes = match &doc {
+                Value::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            let (set, _rejected) =
+                KeySet::parse(&bytes).map_err(|e| err(f("jwks"), e.to_string()))?;
+            if set.is_empty() {
+                return Err(err(f("jwks"), "holds no usable signing key"));
+            }
+            Ok(IssuerKeys::Inline(set))
+        }
+        (None, Some(cluster)) => {
+            if cluster.trim().is_empty() {
+                return Err(err(f("jwks_cluster"), "must not be empty"));
+            }
+            let path = s
+                .jwks_path
+                .ok_or_else(|| err(f("jwks_path"), "is required with jwks_cluster"))?;
+            let path = check_path(&f("jwks_path"), path)?;
+            let authority = s.jwks_authority.unwrap_or_else(|| cluster.clone());
+            if s.jwks_refresh_secs == 0 {
+                return Err(err(f("jwks_refresh_secs"), "must be positive"));
+            }
+            let id = hex(&Sha256::digest(
+                format!("{issuer}\n{cluster}\n{authority}\n{path}").as_bytes(),
+            ))[..16]
+                .to_string();
+            Ok(IssuerKeys::Remote(RemoteJwks {
+                shared_key: format!("meshpass/jwks/{id}"),
+                lease_key: format!("meshpass/jwks-lease/{id}"),
+                cluster,
+                path,
+                authority,
+                refresh_ms: s.jwks_refresh_secs.saturating_mul(1000),
+                min_refetch_ms: s.jwks_min_refetch_secs.saturating_mul(1000),
+            }))
+        }
+        (Some(_), Some(_)) => Err(err(f("jwks"), "give either jwks or jwks_cluster, not both")),
+        (None, None) => Err(err(
+            f("jwks"),
+            "keys are required: jwks or jwks_cluster + jwks_path",
+        )),
+    }
+}
+
+fn bypass(i: usize, b: RawBypass) -> Result<Bypass, ConfigError> {
+    match (b.path, b.path_prefix) {
+        (Some(p), None) => Ok(Bypass::Exact(check_path(&format!("bypass[{i}].path"), p)?)),
+        (None, Some(p)) => Ok(Bypass::Prefix(check_path(
+            &format!("bypass[{i}].path_prefix"),
+            p,
+        )?)),
+        _ => Err(err(
+            format!("bypass[{i}]"),
+            "give exactly one of path or path_prefix",
+        )),
+    }
+}
+
+fn rule(i: usize, r: RawRule, exchange: &Exchange) -> Result<Rule, ConfigError> {
+    let f = format!("rules[{i}]");
+    let (t, authority, path_prefix, methods) = r.split();
+    let path_prefix = path_prefix
+        .map(|p| check_path(&format!("{f}.path_prefix"), p))
+        .transpose()?;
+    let authority = authority.map(|a| a.to_ascii_lowercase());
+    if authority.as_deref() == Some("") {
+        return Err(err(format!("{f}.authority"), "must not be empty"));
+    }
+    Ok(Rule {
+        target: target(&f, t, exchange)?,
+        authority,
+        path_prefix,
+        methods: methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+    })
+}
+
+fn target(field: &str, t: RawTarget, exchange: &Exchange) -> Result<Target, ConfigError> {
     for (j, s) in t.scopes.iter().enumerate() {
-        if s.is_empty()
-            || s.bytes()
-                .any(|b| b <= b' ' || b == b'"' || b == b'\\' || b > 0x7e)
-        {
+        if !is_scope_token(s) {
             return Err(err(
                 format!("{field}.scopes[{j}]"),
-                "is not a valid scope token",
+                "is not a valid scope token (RFC 6749 §3.3)",
             ));
         }
     }
@@ -858,7 +904,7 @@ fn target(field: &str, t: RawTarget, exchange: &Exchange) -> Result<Target, Conf
         resource: t.resource,
         audience: t.audience,
         scopes: t.scopes,
-        failure_mode,
+        failure_mode: t.failure_mode,
         digest: h.finalize().into(),
     })
 }

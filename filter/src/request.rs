@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use meshpass_core::{Binding, SpiffeId, ValidationError};
+use meshpass_core::{SpiffeId, ValidationError};
 
 use crate::api::{Counter, Host, Level, Verdict};
 use crate::cache::{self, Entry};
@@ -174,11 +174,12 @@ impl Worker {
         let identity = self.identity(host);
         self.load_remote_keys(host);
         let bound = identity.as_deref().and_then(|s| SpiffeId::parse(s).ok());
-        let binding = match self.config.mode {
-            Mode::Server => Binding::Server(bound.as_ref()),
-            Mode::Client => Binding::Client(bound.as_ref()),
-            Mode::NoneInsecure => Binding::None,
-        };
+        // The one identity this mode binds to: the peer (SERVER) or our own (CLIENT).
+        let binding = self
+            .config
+            .mode
+            .binding_mode()
+            .binding(bound.as_ref(), bound.as_ref());
         let now = host.now_ms();
         match self
             .config
@@ -209,11 +210,12 @@ impl Worker {
     ) -> Verdict {
         self.load_remote_keys(host);
         let bound = identity.as_deref().and_then(|s| SpiffeId::parse(s).ok());
-        let binding = match self.config.mode {
-            Mode::Server => Binding::Server(bound.as_ref()),
-            Mode::Client => Binding::Client(bound.as_ref()),
-            Mode::NoneInsecure => Binding::None,
-        };
+        // The one identity this mode binds to: the peer (SERVER) or our own (CLIENT).
+        let binding = self
+            .config
+            .mode
+            .binding_mode()
+            .binding(bound.as_ref(), bound.as_ref());
         let verified = match self
             .config
             .policy

@@ -175,7 +175,7 @@ fn refuses_invalid_configs_naming_the_field() {
             "max_token_bytes",
         ),
         (Box::new(|c| c["bypass"] = json!([{}])), "bypass[0]"),
-        (Box::new(|c| c["surprise"] = json!(1)), "configuration"),
+        (Box::new(|c| c["surprise"] = json!(1)), "surprise"),
         (
             Box::new(|c| c["exchange"]["actor_token_header"] = json!("x-actor")),
             "exchange.actor_token_header",
@@ -190,6 +190,72 @@ fn refuses_invalid_configs_naming_the_field() {
     }
     let e = Config::parse(b"{\"surprise\": 1}").unwrap_err();
     assert!(e.reason.contains("surprise"), "{e}");
+}
+
+#[test]
+fn refuses_an_id_pattern_outside_the_issuers_trust_domains() {
+    // Core's ValidationPolicy::check: such a pattern could never match.
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["issuers"][0]["spiffe_id_patterns"] = json!(["spiffe://elsewhere.test/ns/shop/*"]);
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "issuers[0].id_patterns", "{e}");
+    assert!(e.reason.contains("outside"), "{e}");
+}
+
+#[test]
+fn issuer_policy_accepts_core_spellings_and_older_filter_ones() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    let pats = cfg["issuers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("spiffe_id_patterns")
+        .unwrap();
+    cfg["issuers"][0]["id_patterns"] = pats;
+    cfg["issuers"][0]["subject_format"] = json!("kubernetes_sa");
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert_eq!(c.policy.issuers[0].id_patterns.len(), 1);
+    cfg["issuers"][0]["subject_format"] = json!("kubernetes_service_account");
+    Config::parse(cfg.to_string().as_bytes()).unwrap();
+    // Both spellings at once are ambiguous.
+    cfg["issuers"][0]["spiffe_id_patterns"] = json!([]);
+    assert!(Config::parse(cfg.to_string().as_bytes()).is_err());
+}
+
+#[test]
+fn refuses_typed_field_errors_naming_the_nested_field() {
+    let key = Key::new("k1");
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            json!({"rules": [{"resource": "r"}, {"resource": "r", "scopes": ["a b"]}]}),
+            "rules[1].scopes[0]",
+        ),
+        (
+            json!({"rules": [{"resource": "r", "audience": [""]}]}),
+            "rules[0].audience[0]",
+        ),
+        (
+            json!({"rules": [{"resource": "r", "surprise": 1}]}),
+            "rules[0].surprise",
+        ),
+        (
+            json!({"exchange": {"cluster": "x", "timeout_ms": "soon"}}),
+            "exchange.timeout_ms",
+        ),
+        (
+            json!({"issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"], "jwks": jwks(&[&key]), "leeway_secs": -1}]}),
+            "issuers[0].leeway_secs",
+        ),
+    ];
+    for (edit, field) in cases {
+        let mut cfg = base_config(&key);
+        for (k, v) in edit.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
 }
 
 #[test]
