@@ -146,8 +146,8 @@ pub trait Host {
     fn log(&self, level: Level, msg: &str);
     /// One request header of the current stream.
     fn header(&self, name: &str) -> Option<String>;
-    /// Every request header name (only for `strip_all_x_meshpass_headers`).
-    fn header_names(&self) -> Vec<String>;
+    /// The whole request header map (one host call; names lower case).
+    fn headers(&self) -> Vec<(String, Vec<u8>)>;
     /// Sets (replaces) a request header.
     fn set_header(&mut self, name: &str, value: &str);
     /// Removes a request header.

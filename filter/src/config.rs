@@ -81,8 +81,11 @@ struct RawConfig {
     exchange: Option<RawExchange>,
     #[serde(default)]
     set_subject_header: bool,
+    /// Deprecated: stripping every `x-meshpass-*` is the default now; ignored.
+    #[serde(default, rename = "strip_all_x_meshpass_headers")]
+    _strip_all_x_meshpass_headers: Option<bool>,
     #[serde(default)]
-    strip_all_x_meshpass_headers: bool,
+    insecure_keep_x_meshpass_headers: bool,
     #[serde(default)]
     cache: RawCache,
     #[serde(default = "default_retry_after")]
@@ -406,8 +409,9 @@ pub struct Config {
     pub exchange: Exchange,
     /// Set `x-meshpass-subject` on allowed requests.
     pub set_subject_header: bool,
-    /// Read the whole header map to drop every `x-meshpass-*` (slower).
-    pub strip_all_x_meshpass_headers: bool,
+    /// Read headers one by one and strip only `x-meshpass-subject` (client-sent
+    /// `x-meshpass-*` otherwise reach the upstream).
+    pub insecure_keep_x_meshpass_headers: bool,
     /// Cache entries expire this long before the participant token.
     pub expiry_margin_ms: u64,
     /// Refresh once this share of an entry's life has passed.
@@ -509,7 +513,7 @@ impl Config {
             default_target,
             exchange,
             set_subject_header: raw.set_subject_header,
-            strip_all_x_meshpass_headers: raw.strip_all_x_meshpass_headers,
+            insecure_keep_x_meshpass_headers: raw.insecure_keep_x_meshpass_headers,
             expiry_margin_ms: raw.cache.expiry_margin_secs.saturating_mul(1000),
             refresh_ahead_percent: raw.cache.refresh_ahead_percent,
             retry_after_secs: raw.retry_after_secs.max(1),
@@ -541,7 +545,7 @@ impl Config {
                 actor_token_header: None,
             },
             set_subject_header: false,
-            strip_all_x_meshpass_headers: false,
+            insecure_keep_x_meshpass_headers: false,
             expiry_margin_ms: 0,
             refresh_ahead_percent: 100,
             retry_after_secs: 1,
@@ -550,6 +554,21 @@ impl Config {
             needs_path: false,
             needs_method: false,
         }
+    }
+
+    /// Warnings for Envoy's log at start: every insecure or benchmark-only option set.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut w = Vec::new();
+        if self.mode == Mode::NoneInsecure {
+            w.push("meshpass: insecure_disable_binding: subject tokens are not bound to the connection (a stolen token works from anywhere)");
+        }
+        if self.insecure_keep_x_meshpass_headers {
+            w.push("meshpass: insecure_keep_x_meshpass_headers: client-sent x-meshpass-* headers other than x-meshpass-subject reach the upstream");
+        }
+        if self.validate_only {
+            w.push("meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)");
+        }
+        w
     }
 
     /// The target for a request, `None` when no rule matches and there is no default.

@@ -13,6 +13,7 @@ pub mod cache;
 pub mod coalesce;
 pub mod config;
 pub mod exchange;
+pub mod headers;
 pub mod jwks;
 mod memo;
 pub mod outcome;

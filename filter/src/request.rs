@@ -9,9 +9,10 @@ use crate::api::{Counter, Host, Level, Verdict};
 use crate::cache::{self, Entry};
 use crate::config::{Config, Mode, Target};
 use crate::exchange::exchange_form;
+use crate::headers::{Headers, SUBJECT_HEADER};
 use crate::jwks::PARK_MS;
 use crate::outcome::Outcome;
-use crate::respond::{send_error, strip_reserved, SUBJECT_HEADER};
+use crate::respond::send_error;
 use crate::worker::{Call, InFlight, Parked, PendingRefresh, Waiter, Worker};
 
 impl Worker {
@@ -23,11 +24,12 @@ impl Worker {
         // A cheap Rc clone, so the selected target can be borrowed (not cloned) while
         // `self` is mutated.
         let cfg = Rc::clone(&self.config);
-        let path = match self.admit(host, &cfg) {
+        let headers = Headers::read(host, !cfg.insecure_keep_x_meshpass_headers);
+        let path = match self.admit(host, &cfg, &headers) {
             Ok(path) => path,
             Err(v) => return v,
         };
-        let raw = header(host, &cfg.token_header);
+        let raw = headers.get(host, &cfg.token_header);
         let token = match subject_token(&cfg, raw.as_deref()) {
             Ok(t) => t,
             Err((counter, desc, invalid)) => return self.deny_token(host, counter, &desc, invalid),
@@ -35,7 +37,7 @@ impl Worker {
         if cfg.validate_only {
             return self.validate_only(host, token);
         }
-        let Some(target) = route(host, &cfg, path.as_deref()) else {
+        let Some(target) = route(host, &headers, &cfg, path.as_deref()) else {
             self.bump(Counter::DeniedNoRule);
             send_error(
                 host,
@@ -46,7 +48,7 @@ impl Worker {
             );
             return Verdict::Pause;
         };
-        let actor = match self.actor_token(host) {
+        let actor = match self.actor_token(host, &headers) {
             Ok(a) => a,
             Err(v) => return v,
         };
@@ -59,23 +61,25 @@ impl Worker {
 
     /// Header hygiene and bypass routes. `Ok(path)` (read only when a bypass or rule
     /// needs it) goes on; `Err` is the verdict for a bypassed request.
-    fn admit(&mut self, host: &mut dyn Host, cfg: &Config) -> Result<Option<String>, Verdict> {
-        // When the filter sets x-meshpass-subject on every allowed request the client's
-        // value is overwritten; otherwise one read (+ remove).
-        if cfg.strip_all_x_meshpass_headers || !cfg.set_subject_header {
-            let keep = cfg.exchange.actor_token_header.as_deref();
-            strip_reserved(host, cfg.strip_all_x_meshpass_headers, keep);
-        }
+    fn admit(
+        &mut self,
+        host: &mut dyn Host,
+        cfg: &Config,
+        headers: &Headers,
+    ) -> Result<Option<String>, Verdict> {
+        headers.strip_reserved(host, cfg);
         let path = if !cfg.bypass.is_empty() || cfg.needs_path {
-            header(host, ":path")
+            headers.get(host, ":path").map(|p| p.into_owned())
         } else {
             None
         };
         if let Some(p) = &path {
             if !cfg.bypass.is_empty() && cfg.bypassed(p) {
-                if cfg.set_subject_header && !cfg.strip_all_x_meshpass_headers {
-                    strip_reserved(host, false, None);
+                if cfg.insecure_keep_x_meshpass_headers && cfg.set_subject_header {
+                    // Per-name mode left it for the overwrite that a bypass never does.
+                    host.remove_header(SUBJECT_HEADER);
                 }
+                headers.strip_credentials(host, cfg);
                 self.bump(Counter::Bypassed);
                 return Err(Verdict::Continue);
             }
@@ -285,11 +289,15 @@ impl Worker {
     }
     /// CLIENT mode with `exchange.actor_token_header`: the proxy's actor token, taken
     /// from (and removed from) the request; its absence is a proxy-side fault (503).
-    pub(crate) fn actor_token(&mut self, host: &mut dyn Host) -> Result<Option<String>, Verdict> {
+    pub(crate) fn actor_token(
+        &mut self,
+        host: &mut dyn Host,
+        headers: &Headers,
+    ) -> Result<Option<String>, Verdict> {
         let Some(name) = self.config.exchange.actor_token_header.clone() else {
             return Ok(None);
         };
-        let value = header(host, &name);
+        let value = headers.get(host, &name).map(|v| v.into_owned());
         if value.is_some() {
             host.remove_header(&name);
         }
@@ -362,11 +370,19 @@ fn subject_token<'a>(
 
 /// The rule's target for this request (reads `:authority` / `:method` only when a rule
 /// needs them).
-fn route<'c>(host: &dyn Host, cfg: &'c Config, path: Option<&str>) -> Option<&'c Target> {
+fn route<'c>(
+    host: &dyn Host,
+    headers: &Headers,
+    cfg: &'c Config,
+    path: Option<&str>,
+) -> Option<&'c Target> {
     let authority = cfg
         .needs_authority
-        .then(|| header(host, ":authority"))
+        .then(|| headers.get(host, ":authority"))
         .flatten();
-    let method = cfg.needs_method.then(|| header(host, ":method")).flatten();
+    let method = cfg
+        .needs_method
+        .then(|| headers.get(host, ":method"))
+        .flatten();
     cfg.select(authority.as_deref(), path, method.as_deref())
 }

@@ -5,11 +5,9 @@ use meshpass_core::ValidationError;
 
 use crate::api::{Counter, Host, Verdict};
 use crate::config::{FailureMode, Mode};
+use crate::headers::{credential_headers, SUBJECT_HEADER};
 use crate::outcome::Outcome;
 use crate::worker::{Waiter, Worker};
-
-/// The only header name the filter writes besides `authorization`.
-pub const SUBJECT_HEADER: &str = "x-meshpass-subject";
 
 impl Worker {
     pub(crate) fn allow(&mut self, host: &mut dyn Host, participant: &str, subject: &str) {
@@ -127,8 +125,12 @@ impl Worker {
                 if failure_mode == FailureMode::Allow {
                     // Fail open: forward without any token, never the subject token.
                     self.bump(Counter::FailOpen);
-                    host.remove_header(&self.config.token_header);
-                    strip_reserved(host, self.config.strip_all_x_meshpass_headers, None);
+                    for name in credential_headers(&self.config) {
+                        host.remove_header(name);
+                    }
+                    if self.config.set_subject_header {
+                        host.remove_header(SUBJECT_HEADER);
+                    }
                     host.resume();
                 } else {
                     self.bump(Counter::DeniedUnavailable);
@@ -145,20 +147,6 @@ impl Worker {
     }
 }
 
-/// Drops client-sent `x-meshpass-*` headers (all of them with `all`, else the one the
-/// filter writes); `keep` is the actor-token header, read and removed later.
-pub(crate) fn strip_reserved(host: &mut dyn Host, all: bool, keep: Option<&str>) {
-    if all {
-        for n in host.header_names() {
-            let lower = n.to_ascii_lowercase();
-            if lower.starts_with("x-meshpass-") && Some(lower.as_str()) != keep {
-                host.remove_header(&n);
-            }
-        }
-    } else if host.header(SUBJECT_HEADER).is_some() {
-        host.remove_header(SUBJECT_HEADER);
-    }
-}
 fn quote_escape(s: &str) -> String {
     s.chars()
         .filter(|c| !c.is_control())

@@ -751,3 +751,110 @@ fn concurrent_first_requests_across_both_workers_cost_exactly_one_exchange() {
         );
     }
 }
+
+/// A plain-HTTP listener with the filter in CLIENT mode (fixed own identity: Alice), an
+/// app that echoes the headers it got, and the exchange double.
+struct ClientSidecar {
+    envoy: Envoy,
+    port: u16,
+    script: Arc<Mutex<Script>>,
+    key: Key,
+    _app: Server,
+    _exchange: Server,
+}
+
+fn client_sidecar(concurrency: u32, edit: impl FnOnce(&mut serde_json::Value)) -> ClientSidecar {
+    let wasm = wasm_path();
+    let key = Key::new("k1");
+    let script = Arc::new(Mutex::new(Script::default()));
+    let exchange = exchange_server(script.clone());
+    let app = Server::start(|req: Request| {
+        Some(Response::json(
+            200,
+            &json!({"path": req.path, "headers": req.headers}),
+        ))
+    });
+    let mut config = json!({
+        "mode": "CLIENT",
+        "own_identity": {"spiffe_id": ALICE},
+        "issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"],
+                     "jwks": jwks(&[&key])}],
+        "exchange": {"cluster": "exchange", "timeout_ms": 3000},
+        "tick_ms": 100,
+        "bypass": [{"path": "/healthz"}],
+        "default_rule": {"resource": "orders"},
+    });
+    edit(&mut config);
+    let port = free_port();
+    let yaml = format!(
+        r#"
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: app, timeout: 10s}}}}]
+          http_filters:{}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:{}{}
+"#,
+        filter_yaml(&wasm, &config),
+        cluster("app", app.port, None),
+        cluster("exchange", exchange.port, None),
+    );
+    ClientSidecar {
+        envoy: Envoy::start(&yaml, concurrency),
+        port,
+        script,
+        key,
+        _app: app,
+        _exchange: exchange,
+    }
+}
+
+impl ClientSidecar {
+    fn token(&self) -> String {
+        self.key.svid(ISS, AUD, ALICE, now_secs(), 600)
+    }
+    fn exchanges(&self) -> usize {
+        self.script.lock().unwrap().exchanges.len()
+    }
+}
+
+#[test]
+fn no_client_sent_meshpass_header_or_bypass_credential_reaches_the_app_through_envoy() {
+    let s = client_sidecar(1, |_| {});
+    let r = get(
+        s.port,
+        "/healthz",
+        &[
+            ("authorization", "Basic dXNlcjpwdw=="),
+            ("x-meshpass-role", "admin"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = &r.json()["headers"];
+    assert!(seen.get("authorization").is_none(), "{r:?}");
+    assert!(seen.get("x-meshpass-role").is_none(), "{r:?}");
+
+    let t = format!("Bearer {}", s.token());
+    let r = get(
+        s.port,
+        "/orders",
+        &[("authorization", &t), ("x-meshpass-role", "admin")],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["authorization"], "Bearer pt-1");
+    assert!(seen.get("x-meshpass-role").is_none(), "{r:?}");
+}

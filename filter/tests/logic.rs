@@ -497,11 +497,8 @@ fn exchange_success_rewrites_authorization_caches_and_later_requests_hit() {
     assert_eq!(f.count(Counter::CacheHit), 1);
     assert_eq!(f.count(Counter::CacheMiss), 1);
     assert_eq!(f.count(Counter::Allowed), 2);
-    // The hit path reads single headers and writes only what changes.
-    assert_eq!(
-        *f.host.header_reads.borrow(),
-        vec![":path", "authorization"]
-    );
+    // The hit path reads the header map once and writes only what changes.
+    assert_eq!(*f.host.header_reads.borrow(), vec!["*"]);
     assert_eq!(
         f.host.header_writes,
         vec!["authorization", "x-meshpass-subject"]
@@ -745,6 +742,79 @@ fn client_sent_meshpass_headers_never_reach_the_app() {
     );
     assert_eq!(f.host.req_header(1, "x-meshpass-anything"), None);
     assert_eq!(f.host.req_header(1, "x-other").as_deref(), Some("2"));
+}
+
+#[test]
+fn every_client_sent_meshpass_header_is_removed_by_default() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    let auth = format!("Bearer {t}");
+    let sent = [
+        (":path", "/x"),
+        ("authorization", auth.as_str()),
+        ("x-meshpass-role", "admin"),
+        ("X-Meshpass-Subject", "spiffe://evil/x"),
+        ("x-other", "kept"),
+    ];
+    f.send(1, &sent);
+    assert!(f.host.replies.is_empty(), "{:?}", f.host.replies.get(&1));
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![1]);
+    assert_eq!(f.host.req_header(1, "x-meshpass-role"), None);
+    assert_eq!(f.host.req_header(1, "X-Meshpass-Subject"), None);
+    assert_eq!(f.host.req_header(1, "x-other").as_deref(), Some("kept"));
+
+    // Only the insecure flag keeps them (it strips x-meshpass-subject alone).
+    let mut f = fixture_with(|c| c["insecure_keep_x_meshpass_headers"] = json!(true));
+    let auth = format!("Bearer {}", f.token(ALICE));
+    let sent = [
+        (":path", "/x"),
+        ("authorization", auth.as_str()),
+        ("x-meshpass-role", "admin"),
+        ("x-meshpass-subject", "spiffe://evil/x"),
+    ];
+    f.send(1, &sent);
+    f.answer(ok_response("p", 300));
+    assert_eq!(
+        f.host.req_header(1, "x-meshpass-role").as_deref(),
+        Some("admin")
+    );
+    assert_eq!(f.host.req_header(1, "x-meshpass-subject"), None);
+    assert!(f
+        .w
+        .config
+        .warnings()
+        .iter()
+        .any(|w| w.contains("insecure_keep_x_meshpass_headers")));
+}
+
+#[test]
+fn bypass_routes_and_fail_open_forward_no_client_credential() {
+    let mut f = fixture_with(|c| {
+        c["token_header"] = json!("x-subject-token");
+        c["default_rule"]["failure_mode"] = json!("allow");
+    });
+    let t = f.token(ALICE);
+    let sent = [
+        (":path", "/healthz"),
+        ("authorization", "Basic dXNlcjpwdw=="),
+        ("x-subject-token", t.as_str()),
+    ];
+    assert_eq!(f.send(1, &sent), Verdict::Continue);
+    assert_eq!(f.host.req_header(1, "authorization"), None);
+    assert_eq!(f.host.req_header(1, "x-subject-token"), None);
+
+    // Fail open: neither the subject token nor the client's own Authorization goes on.
+    let sent = [
+        (":path", "/x"),
+        ("authorization", "Basic dXNlcjpwdw=="),
+        ("x-subject-token", t.as_str()),
+    ];
+    f.send(2, &sent);
+    f.answer(error_response(503, "temporarily_unavailable", None));
+    assert_eq!(f.host.resumed, vec![2]);
+    assert_eq!(f.host.req_header(2, "authorization"), None);
+    assert_eq!(f.host.req_header(2, "x-subject-token"), None);
 }
 
 #[test]

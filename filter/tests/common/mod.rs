@@ -186,10 +186,15 @@ impl Host for Mock {
         self.header_reads.borrow_mut().push(name.to_string());
         self.req_header(self.ctx, name)
     }
-    fn header_names(&self) -> Vec<String> {
+    fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.header_reads.borrow_mut().push("*".to_string());
         self.headers
             .get(&self.ctx)
-            .map(|h| h.iter().map(|(k, _)| k.clone()).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
     fn set_header(&mut self, name: &str, value: &str) {
