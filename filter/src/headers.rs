@@ -57,10 +57,8 @@ impl Headers {
                     }
                 }
             }
-            None if !cfg.set_subject_header => {
-                if host.header(SUBJECT_HEADER).is_some() {
-                    host.remove_header(SUBJECT_HEADER);
-                }
+            None if !cfg.set_subject_header && host.header(SUBJECT_HEADER).is_some() => {
+                host.remove_header(SUBJECT_HEADER);
             }
             None => {}
         }
