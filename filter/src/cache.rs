@@ -159,6 +159,7 @@ impl Marker {
                     "F" => Outcome::Forbidden(arg.to_string()),
                     "R" => Outcome::RateLimited(arg.parse().ok()?),
                     "U" => Outcome::Unavailable(arg.parse().ok()?),
+                    "B" => Outcome::Faulty(arg.parse().ok()?),
                     _ => return None,
                 };
                 Some(Marker::Done {
@@ -190,6 +191,7 @@ impl Marker {
                     Outcome::Forbidden(d) => ("F", d.clone()),
                     Outcome::RateLimited(s) => ("R", s.to_string()),
                     Outcome::Unavailable(s) => ("U", s.to_string()),
+                    Outcome::Faulty(s) => ("B", s.to_string()),
                 };
                 format!("d|{until_ms}|{code}|{subject}|{arg}").into_bytes()
             }
@@ -281,6 +283,11 @@ mod tests {
                 until_ms: 7,
                 subject: String::new(),
                 outcome: Outcome::Unavailable(5),
+            },
+            Marker::Done {
+                until_ms: 7,
+                subject: String::new(),
+                outcome: Outcome::Faulty(5),
             },
         ];
         for m in cases {

@@ -5,6 +5,7 @@
 use crate::api::{Counter, Host, Level, SharedError, CREATE_CAS};
 use crate::cache::{self, Entry, Marker, MARKER_IDLE};
 use crate::config::FailureMode;
+use crate::exchange::DISPATCH_KICK;
 use crate::outcome::Outcome;
 use crate::worker::{RemoteWait, Waiter, Worker};
 
@@ -214,6 +215,10 @@ impl Worker {
     /// A message on this worker's queue: another worker finished the exchange of the
     /// cache key it names.
     pub fn on_notify(&mut self, host: &mut dyn Host, msg: &[u8]) {
+        if msg == DISPATCH_KICK {
+            self.dispatch_pending(host);
+            return;
+        }
         let Ok(key) = std::str::from_utf8(msg) else {
             return;
         };

@@ -902,6 +902,10 @@ fn target(field: &str, t: RawTarget, exchange: &Exchange) -> Result<Target, Conf
     if t.resource.as_deref() == Some("") {
         return Err(err(format!("{field}.resource"), "must not be empty"));
     }
+    if t.resource.is_none() && t.audience.is_empty() {
+        // An exchange without a target would mint whatever the service defaults to.
+        return Err(err(field, "give a resource or an audience"));
+    }
     let mut h = Sha256::new();
     for part in [
         exchange.cluster.as_str(),

@@ -7,12 +7,76 @@ use crate::api::{CallResponse, Counter, Host, Level};
 use crate::cache::{self, Entry};
 use crate::config::Target;
 use crate::outcome::{self, Outcome};
-use crate::worker::{Call, Worker};
+use crate::worker::{Call, PendingExchange, Worker};
 
 /// Largest exchange answer read.
 pub const MAX_EXCHANGE_BODY: usize = 64 * 1024;
 
+/// The message a worker puts on its own queue to run [`Worker::dispatch_pending`] in
+/// the root context (a cache key never looks like this).
+pub const DISPATCH_KICK: &[u8] = b"!dispatch";
+
 impl Worker {
+    /// Starts the exchange of a validated miss. An HTTP call belongs to the context
+    /// that makes it, and Envoy cancels a stream's calls when the stream ends: so the
+    /// call is made from the root context, reached through this worker's own queue
+    /// (one event-loop turn later). Without a queue it is made here (the answer is then
+    /// lost if the client goes away, and the waiters get 503 at the in-flight deadline).
+    pub(crate) fn start_exchange(&mut self, host: &mut dyn Host, p: PendingExchange, now: u64) {
+        if let Some(q) = self.queue_name().map(str::to_string) {
+            let first = self.to_dispatch.is_empty();
+            self.to_dispatch.push(p);
+            if !first || host.enqueue(&q, DISPATCH_KICK) {
+                return;
+            }
+            // The kick did not go out: dispatch what waits now, from here.
+            self.dispatch_pending(host);
+            return;
+        }
+        self.dispatch_one(host, p, now);
+    }
+
+    /// Root context (queue kick): dispatches every exchange waiting for it.
+    pub fn dispatch_pending(&mut self, host: &mut dyn Host) {
+        let now = host.now_ms();
+        for p in std::mem::take(&mut self.to_dispatch) {
+            self.dispatch_one(host, p, now);
+        }
+    }
+
+    fn dispatch_one(&mut self, host: &mut dyn Host, p: PendingExchange, now: u64) {
+        match self.send_exchange(host, &p.body, p.traceparent.as_deref()) {
+            Ok(call) => {
+                self.bump(Counter::ExchangeCalls);
+                self.calls.insert(
+                    call,
+                    Call::Exchange {
+                        key: p.key,
+                        subject: p.subject,
+                        subject_exp: p.subject_exp,
+                        started_ms: now,
+                        failure_mode: p.failure_mode,
+                    },
+                );
+            }
+            Err(e) => {
+                host.log(
+                    Level::Warn,
+                    &format!("meshpass: exchange dispatch failed: {e}"),
+                );
+                let outcome = Outcome::Unavailable(self.config.retry_after_secs);
+                self.publish(host, &p.key, &outcome, "", now);
+                if let Some(f) = self.inflight.remove(&p.key) {
+                    for w in &f.waiters {
+                        if host.set_effective_context(w.ctx) {
+                            self.apply(host, w, &outcome, "", f.failure_mode);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     pub(crate) fn send_exchange(
         &self,
         host: &mut dyn Host,

@@ -15,8 +15,19 @@ pub enum Outcome {
     Forbidden(String),
     /// 429 with Retry-After seconds.
     RateLimited(u64),
-    /// 503 with Retry-After seconds (or fail open).
+    /// An outage (timeout, dispatch or connection failure, 5xx): 503 with Retry-After
+    /// seconds, or fail open under `failure_mode: allow`.
     Unavailable(u64),
+    /// The service answered, but not usably (a 4xx that is no policy refusal, an
+    /// unparsable 200): 503 with Retry-After seconds, never fail open.
+    Faulty(u64),
+}
+
+impl Outcome {
+    /// Whether `failure_mode: allow` may let the request through without a token.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Outcome::Unavailable(_))
+    }
 }
 
 /// Maps an exchange answer to what the waiting requests get (`retry_default`: the
@@ -38,7 +49,7 @@ pub fn classify(resp: &CallResponse, retry_default: u64) -> Outcome {
             {
                 Outcome::Token(r.access_token)
             }
-            _ => Outcome::Unavailable(ra_default),
+            _ => Outcome::Faulty(ra_default),
         },
         Some(429) => Outcome::RateLimited(retry_after),
         Some(s) if (400..500).contains(&s) => {
@@ -54,13 +65,16 @@ pub fn classify(resp: &CallResponse, retry_default: u64) -> Outcome {
                         | ErrorCode::InvalidScope => Outcome::Forbidden(d),
                         ErrorCode::InvalidGrant => Outcome::InvalidGrant(d),
                         ErrorCode::SlowDown => Outcome::RateLimited(retry_after),
-                        _ => Outcome::Unavailable(ra_default),
+                        _ => Outcome::Faulty(ra_default),
                     }
                 }
-                Err(_) => Outcome::Unavailable(ra_default),
+                Err(_) => Outcome::Faulty(ra_default),
             }
         }
         Some(503) => Outcome::Unavailable(retry_after),
-        _ => Outcome::Unavailable(ra_default),
+        Some(s) if s >= 500 => Outcome::Unavailable(ra_default),
+        None => Outcome::Unavailable(ra_default),
+        // 1xx/2xx/3xx other than 200: not an answer this protocol has.
+        Some(_) => Outcome::Faulty(ra_default),
     }
 }

@@ -11,9 +11,8 @@ use crate::config::{Config, Mode, Target};
 use crate::exchange::exchange_form;
 use crate::headers::{Headers, SUBJECT_HEADER};
 use crate::jwks::PARK_MS;
-use crate::outcome::Outcome;
 use crate::respond::send_error;
-use crate::worker::{Call, InFlight, Parked, PendingRefresh, Waiter, Worker};
+use crate::worker::{InFlight, Parked, PendingExchange, PendingRefresh, Waiter, Worker};
 
 impl Worker {
     /// `on_http_request_headers` of stream `ctx`.
@@ -249,44 +248,30 @@ impl Worker {
             self.wait_remote(key, Waiter { ctx, identity }, target.failure_mode, now);
             return Verdict::Pause;
         }
-        let body = exchange_form(token, target, actor);
-        let traceparent = header(host, "traceparent");
-        match self.send_exchange(host, &body, traceparent.as_deref()) {
-            Ok(call) => {
-                self.bump(Counter::ExchangeCalls);
-                self.calls.insert(
-                    call,
-                    Call::Exchange {
-                        key: key.clone(),
-                        subject: verified.spiffe_id.as_str().to_string(),
-                        subject_exp: verified.expires_at,
-                        started_ms: now,
-                        failure_mode: target.failure_mode,
-                    },
-                );
-                self.inflight.insert(
-                    key,
-                    InFlight {
-                        waiters: vec![Waiter { ctx, identity }],
-                        deadline_ms: now + self.inflight_span_ms(),
-                        failure_mode: target.failure_mode,
-                    },
-                );
-                Verdict::Pause
-            }
-            Err(e) => {
-                host.log(
-                    Level::Warn,
-                    &format!("meshpass: exchange dispatch failed: {e}"),
-                );
-                let ra = self.config.retry_after_secs;
-                self.publish(host, &key, &Outcome::Unavailable(ra), "", now);
-                let w = Waiter { ctx, identity };
-                self.apply(host, &w, &Outcome::Unavailable(ra), "", target.failure_mode);
-                Verdict::Pause
-            }
-        }
+        let traceparent = host.header("traceparent").filter(|t| is_traceparent(t));
+        self.inflight.insert(
+            key.clone(),
+            InFlight {
+                waiters: vec![Waiter { ctx, identity }],
+                deadline_ms: now + self.inflight_span_ms(),
+                failure_mode: target.failure_mode,
+            },
+        );
+        self.start_exchange(
+            host,
+            PendingExchange {
+                key,
+                body: exchange_form(token, target, actor),
+                traceparent,
+                subject: verified.spiffe_id.as_str().to_string(),
+                subject_exp: verified.expires_at,
+                failure_mode: target.failure_mode,
+            },
+            now,
+        );
+        Verdict::Pause
     }
+
     /// CLIENT mode with `exchange.actor_token_header`: the proxy's actor token, taken
     /// from (and removed from) the request; its absence is a proxy-side fault (503).
     pub(crate) fn actor_token(
@@ -325,8 +310,27 @@ impl Worker {
     }
 }
 
-fn header(host: &dyn Host, name: &str) -> Option<String> {
-    host.header(name)
+/// W3C trace context `traceparent` (version 00 layout: `vv-<32 hex>-<16 hex>-<2 hex>`,
+/// lower-case hex, trace and parent ids not all zero, version not `ff`): anything else
+/// a client sends is not forwarded to the exchange service.
+pub fn is_traceparent(v: &str) -> bool {
+    let b = v.as_bytes();
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let nonzero = |s: &[u8]| s.iter().any(|c| *c != b'0');
+    b.len() == 55
+        && b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[..2])
+        && &b[..2] != b"ff"
+        && hex(&b[3..35])
+        && nonzero(&b[3..35])
+        && hex(&b[36..52])
+        && nonzero(&b[36..52])
+        && hex(&b[53..])
 }
 
 /// The subject token of the request, or why it is refused (counter, description,

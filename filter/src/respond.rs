@@ -121,27 +121,26 @@ impl Worker {
                     Some(&ra.to_string()),
                 );
             }
-            Outcome::Unavailable(ra) => {
-                if failure_mode == FailureMode::Allow {
-                    // Fail open: forward without any token, never the subject token.
-                    self.bump(Counter::FailOpen);
-                    for name in credential_headers(&self.config) {
-                        host.remove_header(name);
-                    }
-                    if self.config.set_subject_header {
-                        host.remove_header(SUBJECT_HEADER);
-                    }
-                    host.resume();
-                } else {
-                    self.bump(Counter::DeniedUnavailable);
-                    send_error(
-                        host,
-                        503,
-                        "temporarily_unavailable",
-                        "token exchange is unavailable",
-                        Some(&ra.to_string()),
-                    );
+            Outcome::Unavailable(_) if failure_mode == FailureMode::Allow => {
+                // Fail open: forward without any token, never the subject token.
+                self.bump(Counter::FailOpen);
+                for name in credential_headers(&self.config) {
+                    host.remove_header(name);
                 }
+                if self.config.set_subject_header {
+                    host.remove_header(SUBJECT_HEADER);
+                }
+                host.resume();
+            }
+            Outcome::Unavailable(ra) | Outcome::Faulty(ra) => {
+                self.bump(Counter::DeniedUnavailable);
+                send_error(
+                    host,
+                    503,
+                    "temporarily_unavailable",
+                    "token exchange is unavailable",
+                    Some(&ra.to_string()),
+                );
             }
         }
     }

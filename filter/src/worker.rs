@@ -73,6 +73,17 @@ pub(crate) struct Parked {
     pub(crate) deadline_ms: u64,
 }
 
+/// A validated miss whose exchange is dispatched from the root context (so it
+/// outlives the stream that started it).
+pub(crate) struct PendingExchange {
+    pub(crate) key: String,
+    pub(crate) body: String,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) subject: String,
+    pub(crate) subject_exp: u64,
+    pub(crate) failure_mode: FailureMode,
+}
+
 /// A background refresh to dispatch from the root context on the next tick.
 pub(crate) struct PendingRefresh {
     pub(crate) key: String,
@@ -111,6 +122,8 @@ pub struct Worker {
     pub(crate) remote: HashMap<String, RemoteWait>,
     /// Done markers this worker wrote: (sweep time, marker key).
     pub(crate) markers: Vec<(u64, String)>,
+    /// Exchanges waiting for the root context (woken through this worker's own queue).
+    pub(crate) to_dispatch: Vec<PendingExchange>,
 }
 
 impl Worker {
@@ -145,6 +158,7 @@ impl Worker {
             last_heartbeat_ms: 0,
             remote: HashMap::new(),
             markers: Vec::new(),
+            to_dispatch: Vec::new(),
         }
     }
 

@@ -253,6 +253,12 @@ fn exchange_server(script: Arc<Mutex<Script>>) -> Server {
                 err(503, "temporarily_unavailable").map(|r| r.with_header("retry-after", "11"))
             }
             "reset" => None,
+            "invalid-request" => err(400, "invalid_request"),
+            "garbage" => Some(Response {
+                status: 200,
+                headers: vec![("content-type".into(), "text/html".into())],
+                body: b"<html>login</html>".to_vec(),
+            }),
             "slow" => {
                 std::thread::sleep(Duration::from_millis(1500));
                 err(503, "temporarily_unavailable")
@@ -857,4 +863,69 @@ fn no_client_sent_meshpass_header_or_bypass_credential_reaches_the_app_through_e
     let seen = &r.json()["headers"];
     assert_eq!(seen["authorization"], "Bearer pt-1");
     assert!(seen.get("x-meshpass-role").is_none(), "{r:?}");
+}
+
+#[test]
+fn failure_mode_allow_fails_open_in_envoy_only_when_the_service_is_out() {
+    let s = client_sidecar(1, |c| {
+        c["rules"] = json!([
+            {"path_prefix": "/bad", "resource": "invalid-request", "failure_mode": "allow"},
+            {"path_prefix": "/garbage", "resource": "garbage", "failure_mode": "allow"},
+            {"path_prefix": "/out", "resource": "unavailable", "failure_mode": "allow"},
+        ]);
+    });
+    let t = format!("Bearer {}", s.token());
+    for path in ["/bad", "/garbage"] {
+        let r = get(s.port, path, &[("authorization", &t)]);
+        assert_eq!(r.status, 503, "{path}: {r:?}");
+    }
+    let r = get(s.port, "/out", &[("authorization", &t)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.json()["headers"].get("authorization").is_none());
+    assert_eq!(s.exchanges(), 3);
+    let stat = s.envoy.wait_stat(
+        "wasmcustom.meshpass_failure_mode_allowed",
+        1,
+        Duration::from_secs(10),
+    );
+    assert_eq!(stat, 1);
+}
+
+#[test]
+fn a_client_reset_mid_exchange_leaves_the_answer_to_the_other_waiters() {
+    use std::io::Write;
+    let s = client_sidecar(1, |c| {
+        c["rules"] = json!([{"path_prefix": "/slow-ok", "resource": "slow-ok"}]);
+    });
+    let token = s.token();
+    // The first client starts the exchange (800 ms) and goes away after 300 ms.
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    write!(
+        first,
+        "GET /slow-ok HTTP/1.1\r\nhost: app\r\nauthorization: Bearer {token}\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let others: Vec<_> = (0..3)
+        .map(|_| {
+            let (port, t) = (s.port, format!("Bearer {token}"));
+            std::thread::spawn(move || get(port, "/slow-ok", &[("authorization", &t)]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(250));
+    drop(first);
+    for h in others {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 200, "{r:?}\n{}", s.envoy.log_tail(20));
+        assert_eq!(r.json()["headers"]["authorization"], "Bearer pt-1");
+    }
+    assert_eq!(s.exchanges(), 1);
+    // The answer was cached: a later request costs no exchange.
+    let r = get(
+        s.port,
+        "/slow-ok",
+        &[("authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(s.exchanges(), 1);
 }

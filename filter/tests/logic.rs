@@ -8,6 +8,7 @@ use common::*;
 use meshpass_filter::api::{CallResponse, Counter, Verdict};
 use meshpass_filter::cache::{self, Entry};
 use meshpass_filter::config::{Config, FailureMode, Mode};
+use meshpass_filter::exchange::DISPATCH_KICK;
 use meshpass_filter::outcome::Outcome;
 use meshpass_filter::worker::Worker;
 use serde_json::json;
@@ -17,6 +18,7 @@ const AUD: &str = "meshpass";
 const ALICE: &str = "spiffe://cluster.local/ns/shop/sa/alice";
 const BOB: &str = "spiffe://cluster.local/ns/shop/sa/bob";
 const PEER: [&str; 2] = ["connection", "uri_san_peer_certificate"];
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 fn base_config(key: &Key) -> serde_json::Value {
     json!({
@@ -78,6 +80,7 @@ impl Fixture {
         self.send(ctx, &[(":path", "/x"), ("authorization", &auth)])
     }
     fn answer(&mut self, resp: CallResponse) {
+        kick(&mut self.host, &mut self.w);
         let token = self.host.dispatched.last().unwrap().token;
         let from = self.host.dispatched.last().unwrap().from_ctx;
         self.host.ctx = from;
@@ -87,6 +90,23 @@ impl Fixture {
     fn count(&self, c: Counter) -> u64 {
         self.w.pending_count(c) + self.host.counter(c)
     }
+}
+
+/// Runs the root-context dispatch a started worker asked for on its own queue (as
+/// Envoy's `on_queue_ready` would); other messages stay queued.
+fn kick(host: &mut Mock, w: &mut Worker) -> bool {
+    let Some(q) = w.queue_name().map(str::to_string) else {
+        return false;
+    };
+    let before = host.enqueued.len();
+    host.enqueued
+        .retain(|(n, m)| !(*n == q && m.as_slice() == DISPATCH_KICK));
+    if host.enqueued.len() == before {
+        return false;
+    }
+    host.ctx = 0;
+    w.on_notify(host, DISPATCH_KICK);
+    true
 }
 
 // ---------------------------------------------------------------- configuration
@@ -406,7 +426,7 @@ fn miss_validates_then_sends_the_rfc8693_form_with_traceparent() {
         &[
             (":path", "/orders/1"),
             ("authorization", &auth),
-            ("traceparent", "00-abc-def-01"),
+            ("traceparent", TRACEPARENT),
         ],
     );
     assert_eq!(f.w.on_request(&mut f.host, 7), Verdict::Pause);
@@ -419,7 +439,7 @@ fn miss_validates_then_sends_the_rfc8693_form_with_traceparent() {
         d.header("content-type"),
         Some("application/x-www-form-urlencoded")
     );
-    assert_eq!(d.header("traceparent"), Some("00-abc-def-01"));
+    assert_eq!(d.header("traceparent"), Some(TRACEPARENT));
     let form: Vec<(String, String)> = form_urlencoded_pairs(&d.body);
     let get = |k: &str| {
         form.iter()
@@ -650,6 +670,82 @@ fn stuck_exchange_is_answered_503_on_the_tick() {
     // A later answer for the cancelled call is ignored safely.
     f.answer(ok_response("late", 300));
     assert!(f.host.resumed.is_empty());
+}
+
+#[test]
+fn failure_mode_allow_never_fails_open_on_a_broken_answer_from_the_service() {
+    let mut f = fixture_with(|c| c["default_rule"]["failure_mode"] = json!("allow"));
+    let t = f.token(ALICE);
+    // A 4xx that is no policy refusal: the service says the request is wrong.
+    for (ctx, code) in [
+        (1, "invalid_request"),
+        (2, "unsupported_grant_type"),
+        (3, "invalid_client"),
+    ] {
+        f.send_token(ctx, &t);
+        f.answer(error_response(400, code, None));
+        assert_eq!(f.host.replies[&ctx].status, 503, "{code}");
+    }
+    // An unparsable 200.
+    f.send_token(4, &t);
+    f.answer(CallResponse {
+        status: Some(200),
+        retry_after: None,
+        body: b"<html>proxy login</html>".to_vec(),
+    });
+    assert_eq!(f.host.replies[&4].status, 503);
+    assert!(f.host.resumed.is_empty());
+    assert_eq!(f.count(Counter::FailOpen), 0);
+    // A 5xx is an outage: fail open.
+    f.send_token(5, &t);
+    f.answer(error_response(502, "server_error", None));
+    assert_eq!(f.host.resumed, vec![5]);
+}
+
+#[test]
+fn a_rule_without_resource_or_audience_is_refused() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["rules"] = json!([{"path_prefix": "/x", "scopes": ["read"]}]);
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "rules[0]", "{e}");
+    let mut cfg = base_config(&key);
+    cfg["default_rule"] = json!({"scopes": ["read"]});
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "default_rule", "{e}");
+    cfg["default_rule"] = json!({"audience": ["app"]});
+    Config::parse(cfg.to_string().as_bytes()).unwrap();
+}
+
+#[test]
+fn only_a_w3c_traceparent_is_forwarded_to_the_exchange() {
+    let mut f = fixture();
+    for (ctx, tp) in [
+        (1, "00-abc-def-01"),
+        (
+            2,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nx-evil: 1",
+        ),
+        (3, "00-00000000000000000000000000000000-b7ad6b7169203331-01"),
+        (4, "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (5, "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"),
+    ] {
+        let t = f.key.svid(ISS, AUD, ALICE, f.now - ctx as u64, 600);
+        let auth = format!("Bearer {t}");
+        f.send(
+            ctx,
+            &[
+                (":path", "/x"),
+                ("authorization", &auth),
+                ("traceparent", tp),
+            ],
+        );
+        assert_eq!(
+            f.host.dispatched.last().unwrap().header("traceparent"),
+            None,
+            "{tp}"
+        );
+    }
 }
 
 #[test]
@@ -1006,7 +1102,7 @@ fn classify_treats_non_bearer_answers_as_unavailable() {
         .unwrap()
         .replace("Bearer", "DPoP")
         .into_bytes();
-    assert_eq!(f.w.classify(&r), Outcome::Unavailable(5));
+    assert_eq!(f.w.classify(&r), Outcome::Faulty(5));
 }
 
 #[test]
@@ -1193,6 +1289,9 @@ fn concurrent_misses_on_two_workers_cost_one_exchange_and_the_other_worker_is_no
     f.host.set_prop(&PEER, BOB);
     assert_eq!(send_on(&mut w2, &mut f.host, 13, &t), Verdict::Pause);
     f.host.set_prop(&PEER, ALICE);
+    // The owner dispatches from its root context (kicked through its own queue).
+    assert!(f.host.dispatched.is_empty());
+    assert!(kick(&mut f.host, &mut f.w));
     assert_eq!(f.host.dispatched.len(), 1, "one exchange for both workers");
     assert_eq!(w2.pending_count(Counter::CoalescedRemote), 3);
     let target = f.w.config.default_target.clone().unwrap();
@@ -1254,6 +1353,7 @@ fn waiters_on_another_worker_fail_closed_when_the_marker_deadline_passes() {
     let mut w2 = second_worker(&mut f);
     let t = f.token(ALICE);
     f.send_token(1, &t); // the owner then never answers nor ticks (crashed)
+    kick(&mut f.host, &mut f.w);
     send_on(&mut w2, &mut f.host, 11, &t);
     f.host.now_ms += 3000; // exchange timeout (2 s) + slack (2 s) not yet over
     f.host.ctx = 0;
@@ -1266,8 +1366,28 @@ fn waiters_on_another_worker_fail_closed_when_the_marker_deadline_passes() {
     assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
     // The dead marker does not block the key: the next miss exchanges again.
     send_on(&mut w2, &mut f.host, 12, &t);
+    kick(&mut f.host, &mut w2);
     assert_eq!(f.host.dispatched.len(), 2);
-    assert_eq!(f.host.dispatched[1].from_ctx, 12);
+    assert_eq!(f.host.dispatched[1].from_ctx, 0, "dispatched from the root");
+}
+
+#[test]
+fn an_exchange_outlives_the_request_that_started_it() {
+    let mut f = fixture();
+    f.w.start(&mut f.host);
+    let t = f.token(ALICE);
+    assert_eq!(f.send_token(1, &t), Verdict::Pause);
+    assert_eq!(f.send_token(2, &t), Verdict::Pause);
+    // The first client goes away before the root context dispatches.
+    f.host.gone.insert(1);
+    assert!(kick(&mut f.host, &mut f.w));
+    assert_eq!(f.host.dispatched.len(), 1);
+    assert_eq!(f.host.dispatched[0].from_ctx, 0, "dispatched from the root");
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![2]);
+    // The answer is cached for the next request.
+    assert_eq!(f.send_token(3, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1);
 }
 
 #[test]
@@ -1297,8 +1417,9 @@ fn a_finished_refusal_does_not_hold_later_misses_and_its_record_is_swept() {
     f.answer(error_response(429, "slow_down", Some("7")));
     // A later request on the other worker tries again instead of reusing the refusal.
     assert_eq!(send_on(&mut w2, &mut f.host, 11, &t), Verdict::Pause);
+    kick(&mut f.host, &mut w2);
     assert_eq!(f.host.dispatched.len(), 2);
-    assert_eq!(f.host.dispatched[1].from_ctx, 11);
+    assert_eq!(f.host.dispatched[1].from_ctx, 0, "dispatched from the root");
     f.host.ctx = 11;
     let token = f.host.dispatched[1].token;
     w2.on_call_response(&mut f.host, token, ok_response("p", 300));
