@@ -45,6 +45,8 @@ pub enum Counter {
     DeniedBinding,
     /// Denied: no rule matches.
     DeniedNoRule,
+    /// Denied (400): a path normalisation would change.
+    DeniedBadPath,
     /// Denied: the exchange refused (403).
     DeniedForbidden,
     /// Denied: exchange rate limited (429).
@@ -75,13 +77,14 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in `repr` order.
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Allowed,
         Counter::Bypassed,
         Counter::DeniedNoToken,
         Counter::DeniedInvalidToken,
         Counter::DeniedBinding,
         Counter::DeniedNoRule,
+        Counter::DeniedBadPath,
         Counter::DeniedForbidden,
         Counter::DeniedRateLimited,
         Counter::DeniedUnavailable,
@@ -106,6 +109,7 @@ impl Counter {
             Counter::DeniedInvalidToken => "meshpass_denied_invalid_token",
             Counter::DeniedBinding => "meshpass_denied_binding_mismatch",
             Counter::DeniedNoRule => "meshpass_denied_no_rule",
+            Counter::DeniedBadPath => "meshpass_denied_unnormalised_path",
             Counter::DeniedForbidden => "meshpass_denied_exchange_forbidden",
             Counter::DeniedRateLimited => "meshpass_denied_rate_limited",
             Counter::DeniedUnavailable => "meshpass_denied_unavailable",

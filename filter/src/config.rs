@@ -87,6 +87,8 @@ struct RawConfig {
     #[serde(default)]
     insecure_keep_x_meshpass_headers: bool,
     #[serde(default)]
+    allow_unnormalised_paths: bool,
+    #[serde(default)]
     cache: RawCache,
     #[serde(default = "default_retry_after")]
     retry_after_secs: u64,
@@ -412,6 +414,9 @@ pub struct Config {
     /// Read headers one by one and strip only `x-meshpass-subject` (client-sent
     /// `x-meshpass-*` otherwise reach the upstream).
     pub insecure_keep_x_meshpass_headers: bool,
+    /// Match rules and bypass routes on the normal form of a path that is not normal
+    /// (and forward it as sent) instead of refusing it with 400.
+    pub allow_unnormalised_paths: bool,
     /// Cache entries expire this long before the participant token.
     pub expiry_margin_ms: u64,
     /// Refresh once this share of an entry's life has passed.
@@ -514,6 +519,7 @@ impl Config {
             exchange,
             set_subject_header: raw.set_subject_header,
             insecure_keep_x_meshpass_headers: raw.insecure_keep_x_meshpass_headers,
+            allow_unnormalised_paths: raw.allow_unnormalised_paths,
             expiry_margin_ms: raw.cache.expiry_margin_secs.saturating_mul(1000),
             refresh_ahead_percent: raw.cache.refresh_ahead_percent,
             retry_after_secs: raw.retry_after_secs.max(1),
@@ -546,6 +552,7 @@ impl Config {
             },
             set_subject_header: false,
             insecure_keep_x_meshpass_headers: false,
+            allow_unnormalised_paths: false,
             expiry_margin_ms: 0,
             refresh_ahead_percent: 100,
             retry_after_secs: 1,

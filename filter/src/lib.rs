@@ -17,6 +17,7 @@ pub mod headers;
 pub mod jwks;
 mod memo;
 pub mod outcome;
+pub mod path;
 pub mod request;
 pub mod respond;
 pub mod tick;

@@ -11,6 +11,7 @@ use crate::config::{Config, Mode, Target};
 use crate::exchange::exchange_form;
 use crate::headers::{Headers, SUBJECT_HEADER};
 use crate::jwks::PARK_MS;
+use crate::path::normalise;
 use crate::respond::send_error;
 use crate::worker::{InFlight, Parked, PendingExchange, PendingRefresh, Waiter, Worker};
 
@@ -67,23 +68,35 @@ impl Worker {
         headers: &Headers,
     ) -> Result<Option<String>, Verdict> {
         headers.strip_reserved(host, cfg);
-        let path = if !cfg.bypass.is_empty() || cfg.needs_path {
-            headers.get(host, ":path").map(|p| p.into_owned())
-        } else {
-            None
-        };
-        if let Some(p) = &path {
-            if !cfg.bypass.is_empty() && cfg.bypassed(p) {
-                if cfg.insecure_keep_x_meshpass_headers && cfg.set_subject_header {
-                    // Per-name mode left it for the overwrite that a bypass never does.
-                    host.remove_header(SUBJECT_HEADER);
-                }
-                headers.strip_credentials(host, cfg);
-                self.bump(Counter::Bypassed);
-                return Err(Verdict::Continue);
-            }
+        if cfg.bypass.is_empty() && !cfg.needs_path {
+            return Ok(None);
         }
-        Ok(path)
+        let Some(raw) = headers.get(host, ":path") else {
+            return Ok(None);
+        };
+        let path = normalise(&raw);
+        let as_sent = raw.split_once('?').map_or(raw.as_ref(), |(p, _)| p);
+        if path != as_sent && !cfg.allow_unnormalised_paths {
+            self.bump(Counter::DeniedBadPath);
+            send_error(
+                host,
+                400,
+                "invalid_request",
+                "the request path is not in normal form (repeated slashes, dot segments or percent-encoded characters)",
+                None,
+            );
+            return Err(Verdict::Pause);
+        }
+        if !cfg.bypass.is_empty() && cfg.bypassed(&path) {
+            if cfg.insecure_keep_x_meshpass_headers && cfg.set_subject_header {
+                // Per-name mode left it for the overwrite that a bypass never does.
+                host.remove_header(SUBJECT_HEADER);
+            }
+            headers.strip_credentials(host, cfg);
+            self.bump(Counter::Bypassed);
+            return Err(Verdict::Continue);
+        }
+        Ok(Some(path.into_owned()))
     }
 
     /// Warm hit from this worker's memo (checked against the coarse clock).

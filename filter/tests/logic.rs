@@ -375,6 +375,36 @@ fn invalid_token_gets_401_invalid_token_and_json_that_never_echoes_the_token() {
 }
 
 #[test]
+fn paths_that_normalisation_would_change_are_refused_before_any_rule() {
+    let mut f = fixture_with(|c| c["bypass"] = json!([{"path_prefix": "/healthz"}]));
+    for (ctx, p) in [
+        (1, "/healthz/../orders"),
+        (2, "//healthz"),
+        (3, "/healthz%2F..%2Fadmin"),
+        (4, "/%68ealthz/x"),
+    ] {
+        assert_eq!(f.send(ctx, &[(":path", p)]), Verdict::Pause, "{p}");
+        assert_eq!(f.host.replies[&ctx].status, 400, "{p}");
+    }
+    assert_eq!(f.count(Counter::Bypassed), 0);
+    assert_eq!(f.count(Counter::DeniedBadPath), 4);
+    // Normal paths, with any query, go on as before.
+    assert_eq!(
+        f.send(5, &[(":path", "/healthz/live?x=/../")]),
+        Verdict::Continue
+    );
+
+    // Configured otherwise: matched on the normal form (here: not a bypass, so 401).
+    let mut f = fixture_with(|c| {
+        c["bypass"] = json!([{"path_prefix": "/healthz"}]);
+        c["allow_unnormalised_paths"] = json!(true);
+    });
+    f.send(1, &[(":path", "/healthz/../orders")]);
+    assert_eq!(f.host.replies[&1].status, 401);
+    assert_eq!(f.send(2, &[(":path", "//healthz")]), Verdict::Continue);
+}
+
+#[test]
 fn oversize_token_is_refused_before_any_parsing() {
     let mut f = fixture_with(|c| c["max_token_bytes"] = json!(100));
     let t = f.token(ALICE);
