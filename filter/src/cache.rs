@@ -74,8 +74,9 @@ impl<'a> Entry<'a> {
 }
 
 /// Expiry and refresh times of a new entry, or `None` when it would be stale at once.
-/// The entry dies `margin_ms` before the earlier of the participant token's and the
-/// subject token's expiry; refresh starts after `refresh_percent` of that life.
+/// The entry dies min(`margin_ms`, 10 % of the remaining life) before the earlier of
+/// the participant token's and the subject token's expiry; refresh starts after
+/// `refresh_percent` of that life.
 pub fn lifetimes(
     now_ms: u64,
     expires_in_secs: u64,
@@ -86,6 +87,8 @@ pub fn lifetimes(
     let hard = now_ms
         .saturating_add(expires_in_secs.saturating_mul(1000))
         .min(subject_exp_secs.saturating_mul(1000));
+    // A short-lived token keeps most of its life: the margin is at most 10 % of it.
+    let margin_ms = margin_ms.min(hard.saturating_sub(now_ms) / 10);
     let expires = hard.checked_sub(margin_ms)?;
     if expires <= now_ms {
         return None;
@@ -247,8 +250,11 @@ mod tests {
         // subject token expires first.
         let (exp, _) = lifetimes(1_000_000, 300, 1_100, 10_000, 75).unwrap();
         assert_eq!(exp, 1_090_000);
-        // lifetime below the margin: not cached.
-        assert_eq!(lifetimes(1_000_000, 5, 10_000, 10_000, 75), None);
+        // lifetime below the margin: the margin shrinks to 10 % of it.
+        let (exp, _) = lifetimes(1_000_000, 5, 10_000, 10_000, 75).unwrap();
+        assert_eq!(exp, 1_000_000 + 4_500);
+        // already expired: not cached.
+        assert_eq!(lifetimes(1_000_000, 0, 10_000, 10_000, 75), None);
     }
 
     #[test]

@@ -63,7 +63,9 @@ impl Worker {
             );
             return;
         };
-        let name = format!("meshpass/q/{n}");
+        // The number is only a hint: two workers that both find the counter absent
+        // both "create" it. A per-start nonce makes the name unique regardless.
+        let name = format!("meshpass/q/{n}.{:016x}", start_nonce(host.now_ms()));
         self.queue_listed = host.register_queue(&name);
         if !self.queue_listed {
             host.log(
@@ -300,4 +302,13 @@ fn parse_listing(bytes: &[u8]) -> Vec<(&str, u64)> {
             Some((n, hb.parse().ok()?))
         })
         .collect()
+}
+
+/// A value no other worker's start draws: std's per-process random hash keys (WASI
+/// `random_get`) over the clock.
+fn start_nonce(now_ms: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms);
+    h.finish()
 }

@@ -327,8 +327,8 @@ pub struct Target {
     pub scopes: Vec<String>,
     /// Behaviour when the exchange service is unavailable.
     pub failure_mode: FailureMode,
-    /// sha256 over everything that makes two exchanges differ (target, exchange
-    /// endpoint): the cache key prefix.
+    /// sha256 over everything that makes two cached answers differ (binding mode,
+    /// issuer policy, exchange endpoint, then the target): the cache key prefix.
     pub digest: [u8; 32],
 }
 
@@ -446,6 +446,18 @@ impl Config {
                     "cannot be combined with noop_for_benchmarks",
                 ));
             }
+            // Like validate_only: a benchmark aid that turns the filter off must not sit
+            // one flag away from a production configuration.
+            if raw.exchange.is_some()
+                || !raw.rules.is_empty()
+                || raw.default_rule.is_some()
+                || !raw.issuers.is_empty()
+            {
+                return Err(err(
+                    "noop_for_benchmarks",
+                    "is a benchmark aid that does nothing: it cannot be combined with issuers, exchange, rules or default_rule",
+                ));
+            }
             return Ok(Config::noop());
         }
         let validate_only = raw.validate_only_for_benchmarks;
@@ -476,6 +488,7 @@ impl Config {
                 "must differ from token_header",
             ));
         }
+        let policy_digest = policy_digest(mode, &own_identity, &policy, &exchange);
         let bypass = raw
             .bypass
             .into_iter()
@@ -486,11 +499,11 @@ impl Config {
             .rules
             .into_iter()
             .enumerate()
-            .map(|(i, r)| rule(i, r, &exchange))
+            .map(|(i, r)| rule(i, r, &policy_digest))
             .collect::<Result<Vec<_>, _>>()?;
         let default_target = raw
             .default_rule
-            .map(|t| target("default_rule", t, &exchange))
+            .map(|t| target("default_rule", t, &policy_digest))
             .transpose()?;
         if rules.is_empty() && default_target.is_none() && !validate_only {
             return Err(err("rules", "give at least one rule or a default_rule"));
@@ -874,7 +887,7 @@ fn bypass(i: usize, b: RawBypass) -> Result<Bypass, ConfigError> {
     }
 }
 
-fn rule(i: usize, r: RawRule, exchange: &Exchange) -> Result<Rule, ConfigError> {
+fn rule(i: usize, r: RawRule, policy_digest: &[u8; 32]) -> Result<Rule, ConfigError> {
     let f = format!("rules[{i}]");
     let (t, authority, path_prefix, methods) = r.split();
     let path_prefix = path_prefix
@@ -885,14 +898,46 @@ fn rule(i: usize, r: RawRule, exchange: &Exchange) -> Result<Rule, ConfigError> 
         return Err(err(format!("{f}.authority"), "must not be empty"));
     }
     Ok(Rule {
-        target: target(&f, t, exchange)?,
+        target: target(&f, t, policy_digest)?,
         authority,
         path_prefix,
         methods: methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
     })
 }
 
-fn target(field: &str, t: RawTarget, exchange: &Exchange) -> Result<Target, ConfigError> {
+/// sha256 over everything besides the target that decides whether a cached token may
+/// be served: binding mode, own identity, the issuer policy (core's serialisation) and
+/// the exchange endpoint. Part of every cache key, so entries cached under an older
+/// (looser) policy are never served under a tightened one.
+fn policy_digest(
+    mode: Mode,
+    own: &Option<OwnIdentity>,
+    policy: &ValidationPolicy,
+    exchange: &Exchange,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let own = match own {
+        Some(OwnIdentity::Fixed(id)) => format!("fixed:{}", id.as_str()),
+        Some(OwnIdentity::Discover(td)) => format!("discover:{}", td.as_str()),
+        None => String::new(),
+    };
+    let policy = serde_json::to_string(policy).unwrap_or_default();
+    for part in [
+        mode.binding_mode().as_str(),
+        own.as_str(),
+        policy.as_str(),
+        exchange.cluster.as_str(),
+        exchange.authority.as_str(),
+        exchange.path.as_str(),
+        exchange.actor_token_header.as_deref().unwrap_or(""),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
+fn target(field: &str, t: RawTarget, policy_digest: &[u8; 32]) -> Result<Target, ConfigError> {
     for (j, s) in t.scopes.iter().enumerate() {
         if !is_scope_token(s) {
             return Err(err(
@@ -914,15 +959,10 @@ fn target(field: &str, t: RawTarget, exchange: &Exchange) -> Result<Target, Conf
         return Err(err(field, "give a resource or an audience"));
     }
     let mut h = Sha256::new();
-    for part in [
-        exchange.cluster.as_str(),
-        exchange.authority.as_str(),
-        exchange.path.as_str(),
-        t.resource.as_deref().unwrap_or(""),
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
+    h.update(policy_digest);
+    let resource = t.resource.as_deref().unwrap_or("");
+    h.update((resource.len() as u64).to_be_bytes());
+    h.update(resource.as_bytes());
     for list in [&t.audience, &t.scopes] {
         h.update((list.len() as u64).to_be_bytes());
         for s in list {

@@ -779,6 +779,70 @@ fn only_a_w3c_traceparent_is_forwarded_to_the_exchange() {
 }
 
 #[test]
+fn a_tightened_policy_never_serves_entries_cached_under_the_old_one() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1);
+    // Same host (shared data survives a config reload), stricter issuer policy.
+    let mut cfg = base_config(&f.key);
+    cfg["issuers"][0]["spiffe_id_patterns"] = json!(["spiffe://cluster.local/ns/shop/sa/alice"]);
+    cfg["issuers"][0]["max_lifetime_secs"] = json!(900);
+    f.w = worker(&cfg);
+    assert_eq!(
+        f.send_token(3, &t),
+        Verdict::Pause,
+        "re-validated under the new policy"
+    );
+    assert_eq!(f.host.dispatched.len(), 2);
+    // So is a change of binding mode.
+    let a = Config::parse(base_config(&f.key).to_string().as_bytes()).unwrap();
+    let mut cfg = base_config(&f.key);
+    cfg["mode"] = json!("CLIENT");
+    let b = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert_ne!(
+        a.default_target.unwrap().digest,
+        b.default_target.unwrap().digest
+    );
+}
+
+#[test]
+fn a_five_second_token_is_cached_for_most_of_its_life() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 5));
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1, "served from the cache");
+    f.host.now_ms += 4_600;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.send_token(3, &t), Verdict::Pause, "expired 0.5 s early");
+}
+
+#[test]
+fn noop_benchmark_aid_is_refused_next_to_a_production_config() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["noop_for_benchmarks"] = json!(true);
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "noop_for_benchmarks", "{e}");
+}
+
+#[test]
+fn worker_queue_names_are_unique_even_when_the_number_races() {
+    let mut f = fixture();
+    let mut w2 = worker(&base_config(&f.key));
+    f.w.start(&mut f.host);
+    // Both workers found the counter absent: Envoy lets both "create" it.
+    f.host.shared.remove("meshpass/workers");
+    w2.start(&mut f.host);
+    let (a, b) = (f.w.queue_name().unwrap(), w2.queue_name().unwrap());
+    assert_ne!(a, b);
+}
+
+#[test]
 fn near_expiry_hit_is_served_and_refreshed_once_in_the_background() {
     let mut f = fixture();
     let t = f.token(ALICE);
