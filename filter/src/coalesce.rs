@@ -118,11 +118,13 @@ impl Worker {
 
     /// The deadline of another worker's exchange of `key`, if one is in flight.
     pub(crate) fn other_in_flight(&self, host: &dyn Host, key: &str, now: u64) -> Option<u64> {
-        let (v, _) = host.shared_get(&cache::marker_key(key))?;
+        let (v, _) = host.shared_get(&cache::marker_key(key, self.config.cache_slots))?;
         match Marker::decode(&v) {
-            Marker::InFlight { deadline_ms, owner }
-                if deadline_ms > now && owner != self.owner() =>
-            {
+            Marker::InFlight {
+                deadline_ms,
+                owner,
+                id,
+            } if deadline_ms > now && owner != self.owner() && id == cache::id(key) => {
                 Some(deadline_ms)
             }
             _ => None,
@@ -133,18 +135,26 @@ impl Worker {
     /// another worker's exchange is in flight; true also when the marker cannot be
     /// written (coalescing across workers saves exchanges, it never gates one).
     pub(crate) fn claim(&mut self, host: &mut dyn Host, key: &str, now: u64) -> bool {
-        let mk = cache::marker_key(key);
+        let mk = cache::marker_key(key, self.config.cache_slots);
         let mine = Marker::InFlight {
             deadline_ms: now + self.inflight_span_ms(),
             owner: self.owner().to_string(),
+            id: cache::id(key).to_string(),
         }
         .encode();
         for _ in 0..4 {
             let cas = match host.shared_get(&mk) {
                 Some((v, cas)) => {
-                    if let Marker::InFlight { deadline_ms, owner } = Marker::decode(&v) {
+                    if let Marker::InFlight {
+                        deadline_ms,
+                        owner,
+                        id,
+                    } = Marker::decode(&v)
+                    {
                         if deadline_ms > now && owner != self.owner() {
-                            return false;
+                            // The same key: wait for it. Another key in this slot:
+                            // exchange without cross-worker coalescing.
+                            return id != cache::id(key);
                         }
                     }
                     cas
@@ -191,15 +201,22 @@ impl Worker {
         subject: &str,
         now: u64,
     ) {
-        let mk = cache::marker_key(key);
+        let mk = cache::marker_key(key, self.config.cache_slots);
         // Readable for two ticks, so a worker that missed the notification still reads it.
         let until_ms = now + 2 * self.config.tick_ms + 1000;
+        let foreign_in_flight = host.shared_get(&mk).is_some_and(|(v, _)| {
+            matches!(Marker::decode(&v), Marker::InFlight { deadline_ms, id, .. }
+                if deadline_ms > now && id != cache::id(key))
+        });
         let m = Marker::Done {
+            id: cache::id(key).to_string(),
             until_ms,
             subject: subject.to_string(),
             outcome: outcome.clone(),
         };
-        if host.shared_set(&mk, Some(&m.encode()), None).is_ok() {
+        // Never over another key's live exchange in this slot (nobody waits on ours
+        // then: we never claimed it).
+        if !foreign_in_flight && host.shared_set(&mk, Some(&m.encode()), None).is_ok() {
             self.markers.push((until_ms, mk));
         }
         let Some((listing, _)) = host.shared_get(QUEUES_KEY) else {
@@ -237,23 +254,34 @@ impl Worker {
             return;
         };
         let marker = host
-            .shared_get(&cache::marker_key(key))
+            .shared_get(&cache::marker_key(key, self.config.cache_slots))
             .map(|(v, _)| Marker::decode(&v));
+        let mine = |id: &str| id == cache::id(key);
         let (outcome, subject) = match marker {
             Some(Marker::Done {
-                subject, outcome, ..
-            }) => (outcome, subject),
-            Some(Marker::InFlight { deadline_ms, .. }) if deadline_ms > now && now < give_up_ms => {
-                return
-            }
-            _ => {
-                // No outcome (the owner died or timed out, or the record was swept):
-                // serve the entry if one is there, else fail closed.
-                let entry = host.shared_get(key);
-                match entry.as_ref().and_then(|(b, _)| Entry::decode(b)) {
+                id,
+                subject,
+                outcome,
+                ..
+            }) if mine(&id) => (outcome, subject),
+            Some(Marker::InFlight {
+                deadline_ms, id, ..
+            }) if mine(&id) && deadline_ms > now && now < give_up_ms => return,
+            other => {
+                // No outcome of ours (the owner died or timed out, the record was swept,
+                // or another key took the slot): serve the entry if one is there, else
+                // wait while the give-up time allows a foreign record, else fail closed.
+                let foreign = match &other {
+                    Some(Marker::InFlight { id, .. } | Marker::Done { id, .. }) => !mine(id),
+                    _ => false,
+                };
+                let slot = cache::entry_key(key, self.config.cache_slots);
+                let entry = host.shared_get(&slot);
+                match entry.as_ref().and_then(|(b, _)| Entry::decode_for(b, key)) {
                     Some(e) if e.expires_ms > now => {
                         (Outcome::Token(e.token.to_string()), e.subject.to_string())
                     }
+                    _ if foreign && now < give_up_ms => return,
                     _ => (
                         Outcome::Unavailable(self.config.retry_after_secs),
                         String::new(),

@@ -120,6 +120,9 @@ fn default_margin_secs() -> u64 {
 fn default_refresh_percent() -> u64 {
     75
 }
+fn default_slots() -> u32 {
+    4096
+}
 fn default_jwks_refresh_secs() -> u64 {
     300
 }
@@ -237,6 +240,8 @@ struct RawCache {
     expiry_margin_secs: u64,
     #[serde(default = "default_refresh_percent")]
     refresh_ahead_percent: u64,
+    #[serde(default = "default_slots")]
+    slots: u32,
 }
 
 impl Default for RawCache {
@@ -244,6 +249,7 @@ impl Default for RawCache {
         RawCache {
             expiry_margin_secs: default_margin_secs(),
             refresh_ahead_percent: default_refresh_percent(),
+            slots: default_slots(),
         }
     }
 }
@@ -421,6 +427,8 @@ pub struct Config {
     pub expiry_margin_ms: u64,
     /// Refresh once this share of an entry's life has passed.
     pub refresh_ahead_percent: u64,
+    /// Shared-data slots for entries (and as many for exchange markers).
+    pub cache_slots: u32,
     /// `Retry-After` when the service gave none.
     pub retry_after_secs: u64,
     /// Root tick period, ms.
@@ -511,6 +519,9 @@ impl Config {
         if !(1..=100).contains(&raw.cache.refresh_ahead_percent) {
             return Err(err("cache.refresh_ahead_percent", "must be 1..=100"));
         }
+        if !(16..=1 << 20).contains(&raw.cache.slots) {
+            return Err(err("cache.slots", "must be 16..=1048576"));
+        }
         if !(10..=60_000).contains(&raw.tick_ms) {
             return Err(err("tick_ms", "must be 10..=60000"));
         }
@@ -535,6 +546,7 @@ impl Config {
             allow_unnormalised_paths: raw.allow_unnormalised_paths,
             expiry_margin_ms: raw.cache.expiry_margin_secs.saturating_mul(1000),
             refresh_ahead_percent: raw.cache.refresh_ahead_percent,
+            cache_slots: raw.cache.slots,
             retry_after_secs: raw.retry_after_secs.max(1),
             tick_ms: raw.tick_ms,
         })
@@ -568,6 +580,7 @@ impl Config {
             allow_unnormalised_paths: false,
             expiry_margin_ms: 0,
             refresh_ahead_percent: 100,
+            cache_slots: 1,
             retry_after_secs: 1,
             tick_ms: 60_000,
             needs_authority: false,

@@ -172,13 +172,23 @@ impl Worker {
             return;
         };
         let e = Entry {
+            id: cache::id(key),
             expires_ms,
             refresh_ms,
             subject_exp,
             subject,
             token,
         };
-        if host.shared_set(key, Some(&e.encode()), None).is_ok() {
+        let slot = cache::entry_key(key, self.config.cache_slots);
+        // A slot keeps the entry that lives longer (eviction by expiry).
+        if let Some((old, _)) = host.shared_get(&slot) {
+            if let Some(o) = Entry::decode(&old) {
+                if o.id != e.id && o.expires_ms > now && o.expires_ms > e.expires_ms {
+                    return;
+                }
+            }
+        }
+        if host.shared_set(&slot, Some(&e.encode()), None).is_ok() {
             self.written.push((expires_ms, key.to_string()));
         }
     }

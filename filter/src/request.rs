@@ -144,8 +144,9 @@ impl Worker {
         let key = cache::key(&target.digest, token, actor.as_deref());
         let now = host.now_ms();
         self.coarse_now_ms = now;
-        if let Some((bytes, _cas)) = host.shared_get(&key) {
-            if let Some(e) = Entry::decode(&bytes).filter(|e| e.expires_ms > now) {
+        let slot = cache::entry_key(&key, self.config.cache_slots);
+        if let Some((bytes, _cas)) = host.shared_get(&slot) {
+            if let Some(e) = Entry::decode_for(&bytes, &key).filter(|e| e.expires_ms > now) {
                 if self.config.mode != Mode::NoneInsecure && identity.as_deref() != Some(e.subject)
                 {
                     return self.deny_binding(host, identity.is_some());

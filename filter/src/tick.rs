@@ -1,7 +1,7 @@
 //! The root tick: each step is one responsibility's housekeeping, in this order.
 
 use crate::api::Host;
-use crate::cache::Entry;
+use crate::cache::{self, Entry};
 use crate::worker::Worker;
 
 impl Worker {
@@ -27,7 +27,7 @@ impl Worker {
         self.flush_metrics(host);
     }
 
-    /// Expired entries this worker wrote: delete them (shared data has no TTL).
+    /// Expired entries this worker wrote: empty their slots (shared data has no TTL).
     fn delete_expired(&mut self, host: &mut dyn Host, now: u64) {
         let mut keep = Vec::new();
         for (exp, key) in std::mem::take(&mut self.written) {
@@ -35,11 +35,15 @@ impl Worker {
                 keep.push((exp, key));
                 continue;
             }
-            if let Some((bytes, cas)) = host.shared_get(&key) {
+            let slot = cache::entry_key(&key, self.config.cache_slots);
+            if let Some((bytes, cas)) = host.shared_get(&slot) {
                 match Entry::decode(&bytes) {
+                    // Another key's entry took the slot: it is not ours to clear.
+                    Some(e) if e.id != cache::id(&key) => {}
                     Some(e) if e.expires_ms > now => keep.push((e.expires_ms, key)),
                     _ => {
-                        let _ = host.shared_set(&key, None, Some(cas));
+                        // Emptied (shared data keeps the key; the slot is reused).
+                        let _ = host.shared_set(&slot, None, Some(cas));
                     }
                 }
             }

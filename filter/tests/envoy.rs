@@ -263,6 +263,15 @@ fn exchange_server(script: Arc<Mutex<Script>>) -> Server {
                 std::thread::sleep(Duration::from_millis(1500));
                 err(503, "temporarily_unavailable")
             }
+            "big" => Some(Response::json(
+                200,
+                &json!({
+                    "access_token": format!("pt-{n}-{}", "x".repeat(2000)),
+                    "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                    "token_type": "Bearer",
+                    "expires_in": 300,
+                }),
+            )),
             other => {
                 if other == "delay" {
                     std::thread::sleep(Duration::from_millis(400));
@@ -941,4 +950,48 @@ fn paths_that_normalisation_would_change_are_refused_by_the_filter_in_envoy() {
     let r = get(s.port, "/healthz/live", &[]);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(s.exchanges(), 0);
+}
+
+#[test]
+fn token_churn_leaves_envoy_memory_flat_with_bounded_cache_slots() {
+    const SLOTS: usize = 64;
+    let s = client_sidecar(1, |c| {
+        c["default_rule"] = json!({"resource": "big"});
+        c["cache"] = json!({"slots": SLOTS});
+    });
+    let send = |i: u64| {
+        let t = s.key.svid(ISS, AUD, ALICE, now_secs() - (i % 500), 600 + i);
+        let r = get(
+            s.port,
+            "/orders",
+            &[("authorization", &format!("Bearer {t}"))],
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+    // Warm up: every slot taken, every code path run once.
+    for i in 0..(4 * SLOTS as u64) {
+        send(i);
+    }
+    let mem = || s.envoy.stat("server.memory_allocated");
+    let before = mem();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(20) {
+        send(1_000_000 + n);
+        n += 1;
+    }
+    let after = mem();
+    assert_eq!(
+        s.exchanges() as u64,
+        4 * SLOTS as u64 + n,
+        "every token was new"
+    );
+    // Unbounded, each token would leave its ~2 KiB entry (and its marker) behind.
+    let per_token = after.saturating_sub(before) / n.max(1);
+    eprintln!("{n} distinct tokens in 20 s; memory {before} -> {after} ({per_token} B/token)");
+    assert!(n >= 200, "too few tokens to tell: {n}");
+    assert!(
+        per_token < 256,
+        "{per_token} bytes per token: {before} -> {after}"
+    );
 }

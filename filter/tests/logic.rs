@@ -562,7 +562,8 @@ fn cache_entry_stores_subject_and_expires_before_the_participant_token() {
     f.send_token(1, &t);
     f.answer(ok_response("p", 300));
     let target = f.w.config.default_target.clone().unwrap();
-    let (bytes, _) = f.host.shared[&cache::key(&target.digest, &t, None)].clone();
+    let slot = cache::entry_key(&cache::key(&target.digest, &t, None), 4096);
+    let (bytes, _) = f.host.shared[&slot].clone();
     let e = Entry::decode(&bytes).unwrap();
     assert_eq!(e.subject, ALICE);
     assert_eq!(e.token, "p");
@@ -886,13 +887,51 @@ fn tick_deletes_expired_entries_from_shared_data() {
     );
     f.host.now_ms += 61_000;
     f.w.on_tick(&mut f.host);
+    // Emptied: Envoy keeps the key, the slot is reused by the next entry.
     assert_eq!(
         f.host
             .shared
-            .keys()
-            .filter(|k| k.starts_with("meshpass/c/"))
+            .iter()
+            .filter(|(k, (v, _))| k.starts_with("meshpass/c/") && !v.is_empty())
             .count(),
         0
+    );
+}
+
+#[test]
+fn token_churn_keeps_shared_data_within_the_configured_slots() {
+    let mut f = fixture_with(|c| c["cache"] = json!({"slots": 16}));
+    f.w.start(&mut f.host);
+    for i in 0..200u64 {
+        let t = f.key.svid(ISS, AUD, ALICE, f.now - i, 600);
+        f.send_token(1000 + i as u32, &t);
+        f.answer(ok_response(&format!("p{i}"), 300));
+        assert_eq!(
+            f.send_token(5000 + i as u32, &t),
+            Verdict::Continue,
+            "token {i}"
+        );
+    }
+    let count = |prefix: &str| {
+        f.host
+            .shared
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .count()
+    };
+    assert!(count("meshpass/c/") <= 16, "{}", count("meshpass/c/"));
+    assert!(count("meshpass/f/") <= 16, "{}", count("meshpass/f/"));
+    assert!(
+        f.host.shared.len() <= 16 + 16 + 4,
+        "{:?}",
+        f.host.shared.len()
+    );
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["cache"] = json!({"slots": 1});
+    assert_eq!(
+        Config::parse(cfg.to_string().as_bytes()).unwrap_err().field,
+        "cache.slots"
     );
 }
 
@@ -1238,13 +1277,15 @@ fn memo_defers_to_shared_data_after_the_refresh_time() {
     let target = f.w.config.default_target.clone().unwrap();
     let key = cache::key(&target.digest, &t, None);
     let fresh = Entry {
+        id: cache::id(&key),
         expires_ms: f.host.now_ms + 290_000,
         refresh_ms: f.host.now_ms + 200_000,
         subject_exp: f.now + 600,
         subject: ALICE,
         token: "p2",
     };
-    f.host.shared.insert(key, (fresh.encode(), 99));
+    let slot = cache::entry_key(&key, 4096);
+    f.host.shared.insert(slot, (fresh.encode(), 99));
     f.host.now_ms += 80_000; // past p1's refresh time
     f.host.ctx = 0;
     f.w.on_tick(&mut f.host);
@@ -1520,7 +1561,7 @@ fn a_finished_refusal_does_not_hold_later_misses_and_its_record_is_swept() {
     assert_eq!(f.host.resumed, vec![11]);
     // Outcome records go back to idle after two ticks (tick_ms 1000 + 1 s).
     let target = f.w.config.default_target.clone().unwrap();
-    let marker = cache::marker_key(&cache::key(&target.digest, &t, None));
+    let marker = cache::marker_key(&cache::key(&target.digest, &t, None), 4096);
     f.host.now_ms += 3001;
     f.host.ctx = 0;
     w2.on_tick(&mut f.host);

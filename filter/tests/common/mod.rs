@@ -213,7 +213,8 @@ impl Host for Mock {
         self.props.get(&path.join(".")).cloned()
     }
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.shared.get(key).cloned()
+        // As host.rs: an emptied key reads as absent.
+        self.shared.get(key).filter(|(v, _)| !v.is_empty()).cloned()
     }
     fn shared_set(
         &mut self,
@@ -234,8 +235,11 @@ impl Host for Mock {
                 self.shared
                     .insert(key.to_string(), (v.to_vec(), self.next_cas));
             }
+            // Envoy cannot delete a key: "deleting" leaves it with an empty value.
             None => {
-                self.shared.remove(key);
+                self.next_cas += 1;
+                self.shared
+                    .insert(key.to_string(), (Vec::new(), self.next_cas));
             }
         }
         Ok(())
