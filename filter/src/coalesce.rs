@@ -31,7 +31,13 @@ impl Worker {
     /// Root-context start, after configuration: takes a worker number, registers this
     /// worker's notification queue and lists it in shared data.
     pub fn start(&mut self, host: &mut dyn Host) {
-        if self.config.noop || self.config.validate_only {
+        if self.config.noop {
+            return;
+        }
+        // Remote key sets: the first fetch goes out now, not on the first tick.
+        let now = host.now_ms();
+        self.fetch_due_keys(host, now, true);
+        if self.config.validate_only {
             return;
         }
         let mut n = None;

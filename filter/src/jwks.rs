@@ -11,11 +11,21 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 
 /// How long a request with an unknown kid waits for refetched keys.
 pub(crate) const PARK_MS: u64 = 5000;
+/// How long a request that arrives before the first key set waits for it.
+pub(crate) const FIRST_KEYS_WAIT_MS: u64 = 2000;
 
 impl Worker {
     /// Tick step: fetches every remote key set that is due, if this worker wins its
     /// lease (CAS); the others read the shared document.
-    pub(crate) fn fetch_due_keys(&mut self, host: &mut dyn Host, now: u64) {
+    ///
+    /// `at_start` (configure time): every root context without keys fetches, without
+    /// the lease. Envoy also configures short-lived root contexts whose calls it
+    /// cancels; one of those holding the lease would hold every fetch off for its
+    /// length. A start costs one fetch per worker.
+    pub(crate) fn fetch_due_keys(&mut self, host: &mut dyn Host, now: u64, at_start: bool) {
+        if at_start {
+            self.load_remote_keys(host);
+        }
         let remotes: Vec<(String, crate::config::RemoteJwks)> = self
             .config
             .keys
@@ -33,6 +43,12 @@ impl Worker {
             {
                 continue;
             }
+            if at_start {
+                if !self.keysets.contains_key(&issuer) {
+                    self.send_jwks_fetch(host, issuer, &r, now);
+                }
+                continue;
+            }
             let (lease, cas) = read_lease(host, &r.lease_key);
             if lease.next_due_ms > now {
                 continue;
@@ -47,21 +63,31 @@ impl Worker {
                 Err(SharedError::CasMismatch) => continue,
                 Err(SharedError::Failed) => continue,
             }
-            let headers = [
-                (":method", "GET"),
-                (":path", r.path.as_str()),
-                (":authority", r.authority.as_str()),
-                ("accept", "application/json"),
-            ];
-            match host.dispatch(&r.cluster, &headers, &[], 5000) {
-                Ok(t) => {
-                    self.calls.insert(t, Call::Jwks { issuer });
-                }
-                Err(e) => {
-                    let resp = CallResponse::default();
-                    host.log(Level::Warn, &format!("meshpass: JWKS dispatch failed: {e}"));
-                    self.on_jwks(host, &issuer, resp, now);
-                }
+            self.send_jwks_fetch(host, issuer, &r, now);
+        }
+    }
+
+    fn send_jwks_fetch(
+        &mut self,
+        host: &mut dyn Host,
+        issuer: String,
+        r: &crate::config::RemoteJwks,
+        now: u64,
+    ) {
+        let headers = [
+            (":method", "GET"),
+            (":path", r.path.as_str()),
+            (":authority", r.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        match host.dispatch(&r.cluster, &headers, &[], 5000) {
+            Ok(t) => {
+                self.calls.insert(t, Call::Jwks { issuer });
+            }
+            Err(e) => {
+                let resp = CallResponse::default();
+                host.log(Level::Warn, &format!("meshpass: JWKS dispatch failed: {e}"));
+                self.on_jwks(host, &issuer, resp, now);
             }
         }
     }
@@ -74,7 +100,11 @@ impl Worker {
         }
         self.load_remote_keys(host);
         for p in std::mem::take(&mut self.parked) {
-            let changed = self.key_cas.get(&p.issuer).copied() != p.cas_at_park;
+            let changed = if p.awaiting_first_keys {
+                self.keysets.len() > p.keysets_at_park
+            } else {
+                self.key_cas.get(&p.issuer).copied() != p.cas_at_park
+            };
             if !changed && p.deadline_ms > now {
                 self.parked.push(p);
                 continue;
@@ -93,6 +123,14 @@ impl Worker {
                 host, p.ctx, &p.token, &p.target, p.actor, p.key, p.identity, now, false,
             );
         }
+    }
+
+    /// Whether any issuer's keys come from a cluster.
+    pub(crate) fn has_remote_keys(&self) -> bool {
+        self.config
+            .keys
+            .values()
+            .any(|k| matches!(k, IssuerKeys::Remote(_)))
     }
 
     pub(crate) fn load_remote_keys(&mut self, host: &mut dyn Host) {
@@ -192,6 +230,8 @@ impl Worker {
                 };
                 let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
                 self.bump(Counter::JwksRefreshSuccess);
+                // Requests waiting for these keys go on now (other workers: next tick).
+                self.retry_parked(host, now);
             }
             Err(e) => {
                 let failures = lease.failures.saturating_add(1);

@@ -10,7 +10,7 @@ use crate::cache::{self, Entry};
 use crate::config::{Config, Mode, Target};
 use crate::exchange::exchange_form;
 use crate::headers::{Headers, SUBJECT_HEADER};
-use crate::jwks::PARK_MS;
+use crate::jwks::{FIRST_KEYS_WAIT_MS, PARK_MS};
 use crate::path::normalise;
 use crate::respond::send_error;
 use crate::worker::{InFlight, Parked, PendingExchange, PendingRefresh, Waiter, Worker};
@@ -253,6 +253,25 @@ impl Worker {
                     cas_at_park: self.key_cas.get(&issuer).copied(),
                     issuer,
                     deadline_ms: now + PARK_MS,
+                    awaiting_first_keys: false,
+                    keysets_at_park: self.keysets.len(),
+                });
+                return Verdict::Pause;
+            }
+            Err(ValidationError::NoKeys) if may_park && self.has_remote_keys() => {
+                // Started before the first key set arrived: wait for it (bounded).
+                self.parked.push(Parked {
+                    ctx,
+                    token: token.to_string(),
+                    target: target.clone(),
+                    actor,
+                    key,
+                    identity,
+                    cas_at_park: None,
+                    issuer: String::new(),
+                    deadline_ms: now + FIRST_KEYS_WAIT_MS,
+                    awaiting_first_keys: true,
+                    keysets_at_park: self.keysets.len(),
                 });
                 return Verdict::Pause;
             }

@@ -12,7 +12,7 @@ impl Worker {
     pub fn on_tick(&mut self, host: &mut dyn Host) {
         let now = host.now_ms();
         self.coarse_now_ms = now;
-        self.fetch_due_keys(host, now);
+        self.fetch_due_keys(host, now, false);
         self.retry_parked(host, now);
         self.start_refreshes(host, now);
         self.expire_stuck(host, now);

@@ -70,6 +70,10 @@ pub(crate) struct Parked {
     pub(crate) identity: Option<Rc<str>>,
     pub(crate) issuer: String,
     pub(crate) cas_at_park: Option<u32>,
+    /// Waiting for a first key set (no keys at all yet), not for an unknown kid.
+    pub(crate) awaiting_first_keys: bool,
+    /// Issuers with keys when parked.
+    pub(crate) keysets_at_park: usize,
     pub(crate) deadline_ms: u64,
 }
 

@@ -776,6 +776,7 @@ struct ClientSidecar {
     key: Key,
     _app: Server,
     _exchange: Server,
+    _jwks: Server,
 }
 
 fn client_sidecar(concurrency: u32, edit: impl FnOnce(&mut serde_json::Value)) -> ClientSidecar {
@@ -788,6 +789,12 @@ fn client_sidecar(concurrency: u32, edit: impl FnOnce(&mut serde_json::Value)) -
             200,
             &json!({"path": req.path, "headers": req.headers}),
         ))
+    });
+    // Cluster `jwks` serves the key set, slowly (1 s), for configs that fetch it.
+    let doc: serde_json::Value = serde_json::from_str(&jwks(&[&key])).unwrap();
+    let jwks_server = Server::start(move |_req| {
+        std::thread::sleep(Duration::from_millis(1000));
+        Some(Response::json(200, &doc))
     });
     let mut config = json!({
         "mode": "CLIENT",
@@ -821,11 +828,12 @@ static_resources:
           http_filters:{}
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:{}{}
+  clusters:{}{}{}
 "#,
         filter_yaml(&wasm, &config),
         cluster("app", app.port, None),
         cluster("exchange", exchange.port, None),
+        cluster("jwks", jwks_server.port, None),
     );
     ClientSidecar {
         envoy: Envoy::start(&yaml, concurrency),
@@ -834,6 +842,7 @@ static_resources:
         key,
         _app: app,
         _exchange: exchange,
+        _jwks: jwks_server,
     }
 }
 
@@ -994,4 +1003,19 @@ fn token_churn_leaves_envoy_memory_flat_with_bounded_cache_slots() {
         per_token < 256,
         "{per_token} bytes per token: {before} -> {after}"
     );
+}
+
+#[test]
+fn requests_arriving_before_the_first_jwks_wait_for_it_instead_of_503() {
+    let s = client_sidecar(1, |c| {
+        let i = c["issuers"][0].as_object_mut().unwrap();
+        i.remove("jwks");
+        i.insert("jwks_cluster".into(), json!("jwks"));
+        i.insert("jwks_path".into(), json!("/keys"));
+    });
+    // Sent at once: the key set is still on its way (the JWKS server takes 1 s).
+    let t = format!("Bearer {}", s.token());
+    let r = get(s.port, "/orders", &[("authorization", &t)]);
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.envoy.log_tail(20));
+    assert_eq!(r.json()["headers"]["authorization"], "Bearer pt-1");
 }

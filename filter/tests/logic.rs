@@ -1108,8 +1108,11 @@ fn remote_fixture() -> Fixture {
 fn remote_jwks_is_fetched_by_one_worker_and_shared_with_the_others() {
     let mut f = remote_fixture();
     let t = f.token(ALICE);
-    f.send_token(1, &t);
-    assert_eq!(f.host.replies[&1].status, 503, "no keys yet");
+    assert_eq!(
+        f.send_token(1, &t),
+        Verdict::Pause,
+        "waits for the first keys"
+    );
     let mut other = worker(&{
         let mut c = base_config(&f.key);
         let i = c["issuers"][0].as_object_mut().unwrap();
@@ -1134,14 +1137,63 @@ fn remote_jwks_is_fetched_by_one_worker_and_shared_with_the_others() {
         body: body.into_bytes(),
     });
     assert_eq!(f.count(Counter::JwksRefreshSuccess), 1);
+    // The waiting request went on to its exchange as soon as the keys came.
+    assert_eq!(f.host.dispatched.len(), 2);
+    assert_eq!(f.host.dispatched[1].cluster, "exchange");
     // The other worker validates with the shared keys.
     f.host.request(
         2,
         &[(":path", "/x"), ("authorization", &format!("Bearer {t}"))],
     );
     assert_eq!(other.on_request(&mut f.host, 2), Verdict::Pause);
-    assert_eq!(f.host.dispatched.len(), 2);
-    assert_eq!(f.host.dispatched[1].cluster, "exchange");
+    assert_eq!(f.host.dispatched.len(), 3);
+    assert_eq!(f.host.dispatched[2].cluster, "exchange");
+}
+
+#[test]
+fn first_jwks_fetch_goes_out_at_start_and_early_requests_wait_for_it() {
+    let mut f = remote_fixture();
+    f.w.start(&mut f.host);
+    assert_eq!(
+        f.host.dispatched.len(),
+        1,
+        "fetched at configure time, before any tick"
+    );
+    assert_eq!(f.host.dispatched[0].cluster, "jwks");
+    let t = f.token(ALICE);
+    assert_eq!(f.send_token(1, &t), Verdict::Pause);
+    assert!(
+        f.host.replies.is_empty(),
+        "no 503 while the first keys are on their way"
+    );
+    let body = jwks(&[&f.key]);
+    f.host.ctx = 0;
+    let token = f.host.dispatched[0].token;
+    f.w.on_call_response(
+        &mut f.host,
+        token,
+        CallResponse {
+            status: Some(200),
+            retry_after: None,
+            body: body.into_bytes(),
+        },
+    );
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![1]);
+
+    // Bounded: without keys after 2 s the request gets 503.
+    let mut f = remote_fixture();
+    f.w.start(&mut f.host);
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.host.now_ms += 1_000;
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    assert!(f.host.replies.is_empty());
+    f.host.now_ms += 1_100;
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.replies[&1].status, 503);
 }
 
 #[test]
