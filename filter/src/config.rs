@@ -89,6 +89,8 @@ struct RawConfig {
     #[serde(default)]
     allow_unnormalised_paths: bool,
     #[serde(default)]
+    danger_trap_on_path: Option<String>,
+    #[serde(default)]
     cache: RawCache,
     #[serde(default = "default_retry_after")]
     retry_after_secs: u64,
@@ -423,6 +425,9 @@ pub struct Config {
     /// Match rules and bypass routes on the normal form of a path that is not normal
     /// (and forward it as sent) instead of refusing it with 400.
     pub allow_unnormalised_paths: bool,
+    /// Test aid: a request for exactly this path aborts the VM (a trap), to test what
+    /// Envoy does then. Warned about at start.
+    pub danger_trap_on_path: Option<String>,
     /// Cache entries expire this long before the participant token.
     pub expiry_margin_ms: u64,
     /// Refresh once this share of an entry's life has passed.
@@ -544,6 +549,7 @@ impl Config {
             set_subject_header: raw.set_subject_header,
             insecure_keep_x_meshpass_headers: raw.insecure_keep_x_meshpass_headers,
             allow_unnormalised_paths: raw.allow_unnormalised_paths,
+            danger_trap_on_path: raw.danger_trap_on_path,
             expiry_margin_ms: raw.cache.expiry_margin_secs.saturating_mul(1000),
             refresh_ahead_percent: raw.cache.refresh_ahead_percent,
             cache_slots: raw.cache.slots,
@@ -578,6 +584,7 @@ impl Config {
             set_subject_header: false,
             insecure_keep_x_meshpass_headers: false,
             allow_unnormalised_paths: false,
+            danger_trap_on_path: None,
             expiry_margin_ms: 0,
             refresh_ahead_percent: 100,
             cache_slots: 1,
@@ -597,6 +604,9 @@ impl Config {
         }
         if self.insecure_keep_x_meshpass_headers {
             w.push("meshpass: insecure_keep_x_meshpass_headers: client-sent x-meshpass-* headers other than x-meshpass-subject reach the upstream");
+        }
+        if self.danger_trap_on_path.is_some() {
+            w.push("meshpass: danger_trap_on_path: a request for that path aborts the VM (test aid, never for production)");
         }
         if self.validate_only {
             w.push("meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)");

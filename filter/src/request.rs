@@ -25,6 +25,15 @@ impl Worker {
         // `self` is mutated.
         let cfg = Rc::clone(&self.config);
         let headers = Headers::read(host, !cfg.insecure_keep_x_meshpass_headers);
+        if let Some(trap) = &cfg.danger_trap_on_path {
+            if headers.get(host, ":path").as_deref() == Some(trap.as_str()) {
+                host.log(
+                    Level::Error,
+                    "meshpass: danger_trap_on_path: aborting the VM",
+                );
+                std::process::abort();
+            }
+        }
         let path = match self.admit(host, &cfg, &headers) {
             Ok(path) => path,
             Err(v) => return v,

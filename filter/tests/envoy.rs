@@ -820,6 +820,8 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: outbound
+          # Bounds a request left paused by a trapped VM (see the trap test).
+          stream_idle_timeout: 4s
           route_config:
             virtual_hosts:
             - name: all
@@ -1018,4 +1020,53 @@ fn requests_arriving_before_the_first_jwks_wait_for_it_instead_of_503() {
     let r = get(s.port, "/orders", &[("authorization", &t)]);
     assert_eq!(r.status, 200, "{r:?}\n{}", s.envoy.log_tail(20));
     assert_eq!(r.json()["headers"]["authorization"], "Bearer pt-1");
+}
+
+/// What Envoy 1.40 (V8) does when the VM traps (documented in the README): the
+/// trapping request gets 503, a request paused at that moment is never resumed and
+/// ends only at the stream idle timeout (503), later requests get 503 (fail closed).
+#[test]
+fn a_vm_trap_fails_closed_and_a_paused_request_ends_at_the_stream_idle_timeout() {
+    let s = client_sidecar(1, |c| {
+        c["danger_trap_on_path"] = json!("/__trap");
+        c["rules"] = json!([{"path_prefix": "/slow-ok", "resource": "slow-ok"}]);
+    });
+    assert!(
+        s.envoy.log().contains("danger_trap_on_path"),
+        "warned at start"
+    );
+    let t = format!("Bearer {}", s.token());
+    // A request paused on its (800 ms) exchange when the VM traps.
+    let paused = {
+        let (port, t) = (s.port, t.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let r = get(port, "/slow-ok", &[("authorization", &t)]);
+            (r, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let trap = get(s.port, "/__trap", &[("authorization", &t)]);
+    let (r, waited) = paused.join().unwrap();
+    let after = get(s.port, "/orders", &[("authorization", &t)]);
+    eprintln!(
+        "trap: {} | paused: {} after {waited:?} | next: {} | {}",
+        trap.status,
+        r.status,
+        after.status,
+        s.envoy.log_tail(8)
+    );
+    assert!(trap.status >= 500, "{trap:?}");
+    assert_ne!(
+        r.status, 200,
+        "a trapped VM forwarded a paused request: {r:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(9),
+        "paused request hung for {waited:?}"
+    );
+    assert_ne!(
+        after.status, 200,
+        "a trapped VM let a request through: {after:?}"
+    );
 }
