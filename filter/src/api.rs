@@ -45,6 +45,8 @@ pub enum Counter {
     DeniedBinding,
     /// Denied: no rule matches.
     DeniedNoRule,
+    /// Denied (400): a path normalisation would change.
+    DeniedBadPath,
     /// Denied: the exchange refused (403).
     DeniedForbidden,
     /// Denied: exchange rate limited (429).
@@ -75,13 +77,14 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in `repr` order.
-    pub const ALL: [Counter; 19] = [
+    pub const ALL: [Counter; 20] = [
         Counter::Allowed,
         Counter::Bypassed,
         Counter::DeniedNoToken,
         Counter::DeniedInvalidToken,
         Counter::DeniedBinding,
         Counter::DeniedNoRule,
+        Counter::DeniedBadPath,
         Counter::DeniedForbidden,
         Counter::DeniedRateLimited,
         Counter::DeniedUnavailable,
@@ -106,6 +109,7 @@ impl Counter {
             Counter::DeniedInvalidToken => "meshpass_denied_invalid_token",
             Counter::DeniedBinding => "meshpass_denied_binding_mismatch",
             Counter::DeniedNoRule => "meshpass_denied_no_rule",
+            Counter::DeniedBadPath => "meshpass_denied_unnormalised_path",
             Counter::DeniedForbidden => "meshpass_denied_exchange_forbidden",
             Counter::DeniedRateLimited => "meshpass_denied_rate_limited",
             Counter::DeniedUnavailable => "meshpass_denied_unavailable",
@@ -146,8 +150,8 @@ pub trait Host {
     fn log(&self, level: Level, msg: &str);
     /// One request header of the current stream.
     fn header(&self, name: &str) -> Option<String>;
-    /// Every request header name (only for `strip_all_x_meshpass_headers`).
-    fn header_names(&self) -> Vec<String>;
+    /// The whole request header map (one host call; names lower case).
+    fn headers(&self) -> Vec<(String, Vec<u8>)>;
     /// Sets (replaces) a request header.
     fn set_header(&mut self, name: &str, value: &str);
     /// Removes a request header.
@@ -181,7 +185,7 @@ pub trait Host {
     /// Resumes the current (paused) stream.
     fn resume(&mut self);
     /// Registers this worker's notification queue (a proxy-wasm shared queue of this
-    /// VM) under `name`; its messages arrive at [`crate::logic::Worker::on_notify`].
+    /// VM) under `name`; its messages arrive at [`crate::worker::Worker::on_notify`].
     fn register_queue(&mut self, name: &str) -> bool;
     /// Enqueues `msg` on queue `name` of this VM; false when there is no such queue.
     fn enqueue(&mut self, name: &str, msg: &[u8]) -> bool;
@@ -189,4 +193,13 @@ pub trait Host {
     fn count(&mut self, c: Counter, n: u64);
     /// Records a latency sample.
     fn record_latency_ms(&mut self, ms: u64);
+}
+
+/// What the HTTP context returns to Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on with the (possibly rewritten) request.
+    Continue,
+    /// Paused: waiting for an exchange, or answered locally.
+    Pause,
 }

@@ -1,11 +1,16 @@
-//! Cache entries in proxy-wasm shared data: one per (subject token, target). The key is
-//! `meshpass/c/` + hex(sha256(target digest ‖ token)); the value a compact text record
-//! `v1|expires_ms|refresh_ms|subject_exp_secs|subject|participant token` (no JSON on the hit path).
+//! Cache entries in proxy-wasm shared data. An entry's identity (its *key*) is
+//! `meshpass/c/` + hex(sha256(target digest ‖ token ‖ actor)). Shared data cannot
+//! delete a key (an emptied key stays), so entries and exchange markers live in a fixed
+//! number of slots (`cache.slots`): `meshpass/c/<slot>` and `meshpass/f/<slot>`, slot =
+//! the key's first 64 bits mod N, each record holding the full hex digest it belongs
+//! to. Memory stays flat under token churn; a slot keeps the entry that lives longer.
+//! Entry value: `v2|hex|expires_ms|refresh_ms|subject_exp_secs|subject|participant
+//! token` (no JSON on the hit path).
 
 use sha2::{Digest, Sha256};
 
 use crate::config::hex;
-use crate::logic::Outcome;
+use crate::outcome::Outcome;
 
 /// Shared-data key of a token + target (+ actor token: a header value never holds NUL,
 /// so the separator is unambiguous).
@@ -23,9 +28,28 @@ pub fn key(target_digest: &[u8; 32], token: &str, actor: Option<&str>) -> String
     k
 }
 
+/// The hex digest of a cache key (what slot records are checked against).
+pub fn id(key: &str) -> &str {
+    key.strip_prefix("meshpass/c/").unwrap_or(key)
+}
+
+/// The slot of a cache key among `slots`.
+pub fn slot(key: &str, slots: u32) -> u64 {
+    let h = id(key);
+    let head = u64::from_str_radix(h.get(..16).unwrap_or(h), 16).unwrap_or(0);
+    head % u64::from(slots.max(1))
+}
+
+/// Shared-data key of the slot holding the entry of `key`.
+pub fn entry_key(key: &str, slots: u32) -> String {
+    format!("meshpass/c/{}", slot(key, slots))
+}
+
 /// A decoded entry, borrowing the shared-data bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<'a> {
+    /// The hex digest of the cache key this entry belongs to.
+    pub id: &'a str,
     /// Serve until this time (ms); set before the participant token's `exp`.
     pub expires_ms: u64,
     /// Start a background refresh from this time (ms).
@@ -39,13 +63,19 @@ pub struct Entry<'a> {
 }
 
 impl<'a> Entry<'a> {
+    /// The entry of `key`, if its slot holds that one (another key's is a miss).
+    pub fn decode_for(bytes: &'a [u8], key: &str) -> Option<Entry<'a>> {
+        Entry::decode(bytes).filter(|e| e.id == id(key))
+    }
+
     /// Parses an entry; `None` for anything malformed (treated as a miss).
     pub fn decode(bytes: &'a [u8]) -> Option<Entry<'a>> {
         let s = std::str::from_utf8(bytes).ok()?;
-        let mut it = s.splitn(6, '|');
-        if it.next()? != "v1" {
+        let mut it = s.splitn(7, '|');
+        if it.next()? != "v2" {
             return None;
         }
+        let id = it.next()?;
         let expires_ms = it.next()?.parse().ok()?;
         let refresh_ms = it.next()?.parse().ok()?;
         let subject_exp = it.next()?.parse().ok()?;
@@ -55,6 +85,7 @@ impl<'a> Entry<'a> {
             return None;
         }
         Some(Entry {
+            id,
             expires_ms,
             refresh_ms,
             subject_exp,
@@ -66,16 +97,17 @@ impl<'a> Entry<'a> {
     /// Encodes an entry.
     pub fn encode(&self) -> Vec<u8> {
         format!(
-            "v1|{}|{}|{}|{}|{}",
-            self.expires_ms, self.refresh_ms, self.subject_exp, self.subject, self.token
+            "v2|{}|{}|{}|{}|{}|{}",
+            self.id, self.expires_ms, self.refresh_ms, self.subject_exp, self.subject, self.token
         )
         .into_bytes()
     }
 }
 
 /// Expiry and refresh times of a new entry, or `None` when it would be stale at once.
-/// The entry dies `margin_ms` before the earlier of the participant token's and the
-/// subject token's expiry; refresh starts after `refresh_percent` of that life.
+/// The entry dies min(`margin_ms`, 10 % of the remaining life) before the earlier of
+/// the participant token's and the subject token's expiry; refresh starts after
+/// `refresh_percent` of that life.
 pub fn lifetimes(
     now_ms: u64,
     expires_in_secs: u64,
@@ -86,6 +118,8 @@ pub fn lifetimes(
     let hard = now_ms
         .saturating_add(expires_in_secs.saturating_mul(1000))
         .min(subject_exp_secs.saturating_mul(1000));
+    // A short-lived token keeps most of its life: the margin is at most 10 % of it.
+    let margin_ms = margin_ms.min(hard.saturating_sub(now_ms) / 10);
     let expires = hard.checked_sub(margin_ms)?;
     if expires <= now_ms {
         return None;
@@ -95,14 +129,10 @@ pub fn lifetimes(
     Some((expires, refresh))
 }
 
-/// Shared-data key of the cross-worker exchange marker of cache key `key`
-/// (`meshpass/f/<hex>` beside the entry's `meshpass/c/<hex>`).
-pub fn marker_key(key: &str) -> String {
-    let hex = key.strip_prefix("meshpass/c/").unwrap_or(key);
-    let mut k = String::with_capacity(11 + hex.len());
-    k.push_str("meshpass/f/");
-    k.push_str(hex);
-    k
+/// Shared-data key of the slot holding the cross-worker exchange marker of `key`
+/// (`meshpass/f/<slot>` beside the entry's `meshpass/c/<slot>`).
+pub fn marker_key(key: &str, slots: u32) -> String {
+    format!("meshpass/f/{}", slot(key, slots))
 }
 
 /// The value a swept marker is reset to: shared data (ABI 0.2.1) cannot delete a key,
@@ -116,6 +146,8 @@ pub enum Marker {
     Idle,
     /// Worker `owner` is exchanging; give up on it at `deadline_ms`.
     InFlight {
+        /// The hex digest of the cache key being exchanged.
+        id: String,
         /// Exchange timeout plus slack: after this the exchange is considered lost.
         deadline_ms: u64,
         /// The owner's queue name.
@@ -124,6 +156,8 @@ pub enum Marker {
     /// The exchange ended with `outcome` (for a token: issued to `subject`); readable
     /// until `until_ms`, then swept back to [`Marker::Idle`].
     Done {
+        /// The hex digest of the cache key that was exchanged.
+        id: String,
         /// When the owner sweeps the record.
         until_ms: u64,
         /// The verified subject the token was issued to (empty for refusals).
@@ -141,14 +175,16 @@ impl Marker {
 
     fn parse(bytes: &[u8]) -> Option<Marker> {
         let s = std::str::from_utf8(bytes).ok()?;
-        let mut it = s.splitn(3, '|');
+        let mut it = s.splitn(4, '|');
         match it.next()? {
             "i" => Some(Marker::InFlight {
                 deadline_ms: it.next()?.parse().ok()?,
                 owner: it.next()?.to_string(),
+                id: it.next()?.to_string(),
             }),
             "d" => {
                 let until_ms = it.next()?.parse().ok()?;
+                let id = it.next()?.to_string();
                 let mut rest = it.next()?.splitn(3, '|');
                 let code = rest.next()?;
                 let subject = rest.next()?.to_string();
@@ -159,9 +195,11 @@ impl Marker {
                     "F" => Outcome::Forbidden(arg.to_string()),
                     "R" => Outcome::RateLimited(arg.parse().ok()?),
                     "U" => Outcome::Unavailable(arg.parse().ok()?),
+                    "B" => Outcome::Faulty(arg.parse().ok()?),
                     _ => return None,
                 };
                 Some(Marker::Done {
+                    id,
                     until_ms,
                     subject,
                     outcome,
@@ -175,10 +213,13 @@ impl Marker {
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Marker::Idle => MARKER_IDLE.to_vec(),
-            Marker::InFlight { deadline_ms, owner } => {
-                format!("i|{deadline_ms}|{owner}").into_bytes()
-            }
+            Marker::InFlight {
+                deadline_ms,
+                owner,
+                id,
+            } => format!("i|{deadline_ms}|{owner}|{id}").into_bytes(),
             Marker::Done {
+                id,
                 until_ms,
                 subject,
                 outcome,
@@ -190,8 +231,9 @@ impl Marker {
                     Outcome::Forbidden(d) => ("F", d.clone()),
                     Outcome::RateLimited(s) => ("R", s.to_string()),
                     Outcome::Unavailable(s) => ("U", s.to_string()),
+                    Outcome::Faulty(s) => ("B", s.to_string()),
                 };
-                format!("d|{until_ms}|{code}|{subject}|{arg}").into_bytes()
+                format!("d|{until_ms}|{id}|{code}|{subject}|{arg}").into_bytes()
             }
         }
     }
@@ -204,6 +246,7 @@ mod tests {
     #[test]
     fn entry_round_trips_through_its_encoding() {
         let e = Entry {
+            id: "ab12",
             expires_ms: 10,
             refresh_ms: 5,
             subject_exp: 7,
@@ -218,10 +261,10 @@ mod tests {
     fn malformed_entries_are_misses() {
         for bad in [
             "",
-            "v2|1|1|1|s|t",
-            "v1|x|1|1|s|t",
-            "v1|1|1|1|s|",
-            "v1|1|1|1",
+            "v1|1|1|1|s|t",
+            "v2|h|x|1|1|s|t",
+            "v2|h|1|1|1|s|",
+            "v2|h|1|1|1",
         ] {
             assert_eq!(Entry::decode(bad.as_bytes()), None, "{bad}");
         }
@@ -245,8 +288,11 @@ mod tests {
         // subject token expires first.
         let (exp, _) = lifetimes(1_000_000, 300, 1_100, 10_000, 75).unwrap();
         assert_eq!(exp, 1_090_000);
-        // lifetime below the margin: not cached.
-        assert_eq!(lifetimes(1_000_000, 5, 10_000, 10_000, 75), None);
+        // lifetime below the margin: the margin shrinks to 10 % of it.
+        let (exp, _) = lifetimes(1_000_000, 5, 10_000, 10_000, 75).unwrap();
+        assert_eq!(exp, 1_000_000 + 4_500);
+        // already expired: not cached.
+        assert_eq!(lifetimes(1_000_000, 0, 10_000, 10_000, 75), None);
     }
 
     #[test]
@@ -256,39 +302,74 @@ mod tests {
             Marker::InFlight {
                 deadline_ms: 42,
                 owner: "meshpass/q/3".into(),
+                id: "ab".into(),
             },
             Marker::Done {
+                id: "ab".into(),
                 until_ms: 7,
                 subject: "spiffe://td/ns/a/sa/b".into(),
                 outcome: Outcome::Token("a.b.c".into()),
             },
             Marker::Done {
+                id: "ab".into(),
                 until_ms: 7,
                 subject: String::new(),
                 outcome: Outcome::Forbidden("no | way".into()),
             },
             Marker::Done {
+                id: "ab".into(),
                 until_ms: 7,
                 subject: String::new(),
                 outcome: Outcome::InvalidGrant(String::new()),
             },
             Marker::Done {
+                id: "ab".into(),
                 until_ms: 7,
                 subject: String::new(),
                 outcome: Outcome::RateLimited(9),
             },
             Marker::Done {
+                id: "ab".into(),
                 until_ms: 7,
                 subject: String::new(),
                 outcome: Outcome::Unavailable(5),
+            },
+            Marker::Done {
+                id: "ab".into(),
+                until_ms: 7,
+                subject: String::new(),
+                outcome: Outcome::Faulty(5),
             },
         ];
         for m in cases {
             assert_eq!(Marker::decode(&m.encode()), m);
         }
-        for bad in ["", "x", "i|soon|w", "d|1|T|s|", "d|1|R||x", "d|1|Q|s|x"] {
+        for bad in [
+            "",
+            "x",
+            "i|soon|w|h",
+            "i|1|w",
+            "d|1|h|T|s|",
+            "d|1|h|R||x",
+            "d|1|h|Q|s|x",
+        ] {
             assert_eq!(Marker::decode(bad.as_bytes()), Marker::Idle, "{bad}");
         }
-        assert_eq!(marker_key(&key(&[0; 32], "t", None))[..11], *"meshpass/f/");
+        assert_eq!(
+            marker_key(&key(&[0; 32], "t", None), 8)[..11],
+            *"meshpass/f/"
+        );
+    }
+
+    #[test]
+    fn a_hundred_thousand_distinct_tokens_use_at_most_the_configured_slots() {
+        let mut entries = std::collections::HashSet::new();
+        let mut markers = std::collections::HashSet::new();
+        for i in 0..100_000u32 {
+            let k = key(&[7; 32], &format!("token-{i}"), None);
+            entries.insert(entry_key(&k, 64));
+            markers.insert(marker_key(&k, 64));
+        }
+        assert_eq!((entries.len(), markers.len()), (64, 64));
     }
 }

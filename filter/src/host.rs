@@ -11,9 +11,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::api::{CallResponse, Counter, Host, Level, SharedError, EXCHANGE_LATENCY_MS};
+use crate::api::{CallResponse, Counter, Host, Level, SharedError, Verdict, EXCHANGE_LATENCY_MS};
 use crate::config::Config;
-use crate::logic::{Verdict, Worker, MAX_EXCHANGE_BODY};
+use crate::exchange::MAX_EXCHANGE_BODY;
+use crate::worker::Worker;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -74,10 +75,8 @@ impl Host for Envoy<'_> {
         }
     }
 
-    fn header_names(&self) -> Vec<String> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders)
-            .map(|m| m.into_iter().map(|(k, _)| k).collect())
-            .unwrap_or_default()
+    fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
     }
 
     fn set_header(&mut self, name: &str, value: &str) {
@@ -228,11 +227,8 @@ impl RootContext for Root {
         }
         let tick = config.tick_ms;
         let noop = config.noop;
-        if config.validate_only {
-            let _ = hostcalls::log(
-                LogLevel::Warn,
-                "meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)",
-            );
+        for w in config.warnings() {
+            let _ = hostcalls::log(LogLevel::Warn, w);
         }
         let mut worker = Worker::new(config);
         if let Some(m) = &self.metrics {

@@ -4,11 +4,24 @@
 //!
 //! Only [`host`] (built for wasm32 only) touches the proxy-wasm host API; everything
 //! else is plain Rust over [`api::Host`], unit-tested on the host with a mock.
+//! Module map (README "Where things are"): [`worker`] holds the per-worker state;
+//! [`request`], [`exchange`], [`coalesce`], [`jwks`], [`respond`] and [`tick`] are its
+//! behaviour by responsibility; [`cache`], [`memo`] and [`outcome`] are plain data.
 
 pub mod api;
 pub mod cache;
+pub mod coalesce;
 pub mod config;
-pub mod logic;
+pub mod exchange;
+pub mod headers;
+pub mod jwks;
+mod memo;
+pub mod outcome;
+pub mod path;
+pub mod request;
+pub mod respond;
+pub mod tick;
+pub mod worker;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

@@ -5,10 +5,12 @@
 mod common;
 
 use common::*;
-use meshpass_filter::api::{CallResponse, Counter};
+use meshpass_filter::api::{CallResponse, Counter, Verdict};
 use meshpass_filter::cache::{self, Entry};
 use meshpass_filter::config::{Config, FailureMode, Mode};
-use meshpass_filter::logic::{Outcome, Verdict, Worker};
+use meshpass_filter::exchange::DISPATCH_KICK;
+use meshpass_filter::outcome::Outcome;
+use meshpass_filter::worker::Worker;
 use serde_json::json;
 
 const ISS: &str = "https://issuer.test";
@@ -16,6 +18,7 @@ const AUD: &str = "meshpass";
 const ALICE: &str = "spiffe://cluster.local/ns/shop/sa/alice";
 const BOB: &str = "spiffe://cluster.local/ns/shop/sa/bob";
 const PEER: [&str; 2] = ["connection", "uri_san_peer_certificate"];
+const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 fn base_config(key: &Key) -> serde_json::Value {
     json!({
@@ -77,6 +80,7 @@ impl Fixture {
         self.send(ctx, &[(":path", "/x"), ("authorization", &auth)])
     }
     fn answer(&mut self, resp: CallResponse) {
+        kick(&mut self.host, &mut self.w);
         let token = self.host.dispatched.last().unwrap().token;
         let from = self.host.dispatched.last().unwrap().from_ctx;
         self.host.ctx = from;
@@ -86,6 +90,23 @@ impl Fixture {
     fn count(&self, c: Counter) -> u64 {
         self.w.pending_count(c) + self.host.counter(c)
     }
+}
+
+/// Runs the root-context dispatch a started worker asked for on its own queue (as
+/// Envoy's `on_queue_ready` would); other messages stay queued.
+fn kick(host: &mut Mock, w: &mut Worker) -> bool {
+    let Some(q) = w.queue_name().map(str::to_string) else {
+        return false;
+    };
+    let before = host.enqueued.len();
+    host.enqueued
+        .retain(|(n, m)| !(*n == q && m.as_slice() == DISPATCH_KICK));
+    if host.enqueued.len() == before {
+        return false;
+    }
+    host.ctx = 0;
+    w.on_notify(host, DISPATCH_KICK);
+    true
 }
 
 // ---------------------------------------------------------------- configuration
@@ -174,7 +195,7 @@ fn refuses_invalid_configs_naming_the_field() {
             "max_token_bytes",
         ),
         (Box::new(|c| c["bypass"] = json!([{}])), "bypass[0]"),
-        (Box::new(|c| c["surprise"] = json!(1)), "configuration"),
+        (Box::new(|c| c["surprise"] = json!(1)), "surprise"),
         (
             Box::new(|c| c["exchange"]["actor_token_header"] = json!("x-actor")),
             "exchange.actor_token_header",
@@ -189,6 +210,72 @@ fn refuses_invalid_configs_naming_the_field() {
     }
     let e = Config::parse(b"{\"surprise\": 1}").unwrap_err();
     assert!(e.reason.contains("surprise"), "{e}");
+}
+
+#[test]
+fn refuses_an_id_pattern_outside_the_issuers_trust_domains() {
+    // Core's ValidationPolicy::check: such a pattern could never match.
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["issuers"][0]["spiffe_id_patterns"] = json!(["spiffe://elsewhere.test/ns/shop/*"]);
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "issuers[0].id_patterns", "{e}");
+    assert!(e.reason.contains("outside"), "{e}");
+}
+
+#[test]
+fn issuer_policy_accepts_core_spellings_and_older_filter_ones() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    let pats = cfg["issuers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("spiffe_id_patterns")
+        .unwrap();
+    cfg["issuers"][0]["id_patterns"] = pats;
+    cfg["issuers"][0]["subject_format"] = json!("kubernetes_sa");
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert_eq!(c.policy.issuers[0].id_patterns.len(), 1);
+    cfg["issuers"][0]["subject_format"] = json!("kubernetes_service_account");
+    Config::parse(cfg.to_string().as_bytes()).unwrap();
+    // Both spellings at once are ambiguous.
+    cfg["issuers"][0]["spiffe_id_patterns"] = json!([]);
+    assert!(Config::parse(cfg.to_string().as_bytes()).is_err());
+}
+
+#[test]
+fn refuses_typed_field_errors_naming_the_nested_field() {
+    let key = Key::new("k1");
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            json!({"rules": [{"resource": "r"}, {"resource": "r", "scopes": ["a b"]}]}),
+            "rules[1].scopes[0]",
+        ),
+        (
+            json!({"rules": [{"resource": "r", "audience": [""]}]}),
+            "rules[0].audience[0]",
+        ),
+        (
+            json!({"rules": [{"resource": "r", "surprise": 1}]}),
+            "rules[0].surprise",
+        ),
+        (
+            json!({"exchange": {"cluster": "x", "timeout_ms": "soon"}}),
+            "exchange.timeout_ms",
+        ),
+        (
+            json!({"issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"], "jwks": jwks(&[&key]), "leeway_secs": -1}]}),
+            "issuers[0].leeway_secs",
+        ),
+    ];
+    for (edit, field) in cases {
+        let mut cfg = base_config(&key);
+        for (k, v) in edit.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
 }
 
 #[test]
@@ -288,6 +375,36 @@ fn invalid_token_gets_401_invalid_token_and_json_that_never_echoes_the_token() {
 }
 
 #[test]
+fn paths_that_normalisation_would_change_are_refused_before_any_rule() {
+    let mut f = fixture_with(|c| c["bypass"] = json!([{"path_prefix": "/healthz"}]));
+    for (ctx, p) in [
+        (1, "/healthz/../orders"),
+        (2, "//healthz"),
+        (3, "/healthz%2F..%2Fadmin"),
+        (4, "/%68ealthz/x"),
+    ] {
+        assert_eq!(f.send(ctx, &[(":path", p)]), Verdict::Pause, "{p}");
+        assert_eq!(f.host.replies[&ctx].status, 400, "{p}");
+    }
+    assert_eq!(f.count(Counter::Bypassed), 0);
+    assert_eq!(f.count(Counter::DeniedBadPath), 4);
+    // Normal paths, with any query, go on as before.
+    assert_eq!(
+        f.send(5, &[(":path", "/healthz/live?x=/../")]),
+        Verdict::Continue
+    );
+
+    // Configured otherwise: matched on the normal form (here: not a bypass, so 401).
+    let mut f = fixture_with(|c| {
+        c["bypass"] = json!([{"path_prefix": "/healthz"}]);
+        c["allow_unnormalised_paths"] = json!(true);
+    });
+    f.send(1, &[(":path", "/healthz/../orders")]);
+    assert_eq!(f.host.replies[&1].status, 401);
+    assert_eq!(f.send(2, &[(":path", "//healthz")]), Verdict::Continue);
+}
+
+#[test]
 fn oversize_token_is_refused_before_any_parsing() {
     let mut f = fixture_with(|c| c["max_token_bytes"] = json!(100));
     let t = f.token(ALICE);
@@ -339,7 +456,7 @@ fn miss_validates_then_sends_the_rfc8693_form_with_traceparent() {
         &[
             (":path", "/orders/1"),
             ("authorization", &auth),
-            ("traceparent", "00-abc-def-01"),
+            ("traceparent", TRACEPARENT),
         ],
     );
     assert_eq!(f.w.on_request(&mut f.host, 7), Verdict::Pause);
@@ -352,7 +469,7 @@ fn miss_validates_then_sends_the_rfc8693_form_with_traceparent() {
         d.header("content-type"),
         Some("application/x-www-form-urlencoded")
     );
-    assert_eq!(d.header("traceparent"), Some("00-abc-def-01"));
+    assert_eq!(d.header("traceparent"), Some(TRACEPARENT));
     let form: Vec<(String, String)> = form_urlencoded_pairs(&d.body);
     let get = |k: &str| {
         form.iter()
@@ -430,11 +547,8 @@ fn exchange_success_rewrites_authorization_caches_and_later_requests_hit() {
     assert_eq!(f.count(Counter::CacheHit), 1);
     assert_eq!(f.count(Counter::CacheMiss), 1);
     assert_eq!(f.count(Counter::Allowed), 2);
-    // The hit path reads single headers and writes only what changes.
-    assert_eq!(
-        *f.host.header_reads.borrow(),
-        vec![":path", "authorization"]
-    );
+    // The hit path reads the header map once and writes only what changes.
+    assert_eq!(*f.host.header_reads.borrow(), vec!["*"]);
     assert_eq!(
         f.host.header_writes,
         vec!["authorization", "x-meshpass-subject"]
@@ -448,7 +562,8 @@ fn cache_entry_stores_subject_and_expires_before_the_participant_token() {
     f.send_token(1, &t);
     f.answer(ok_response("p", 300));
     let target = f.w.config.default_target.clone().unwrap();
-    let (bytes, _) = f.host.shared[&cache::key(&target.digest, &t, None)].clone();
+    let slot = cache::entry_key(&cache::key(&target.digest, &t, None), 4096);
+    let (bytes, _) = f.host.shared[&slot].clone();
     let e = Entry::decode(&bytes).unwrap();
     assert_eq!(e.subject, ALICE);
     assert_eq!(e.token, "p");
@@ -589,6 +704,146 @@ fn stuck_exchange_is_answered_503_on_the_tick() {
 }
 
 #[test]
+fn failure_mode_allow_never_fails_open_on_a_broken_answer_from_the_service() {
+    let mut f = fixture_with(|c| c["default_rule"]["failure_mode"] = json!("allow"));
+    let t = f.token(ALICE);
+    // A 4xx that is no policy refusal: the service says the request is wrong.
+    for (ctx, code) in [
+        (1, "invalid_request"),
+        (2, "unsupported_grant_type"),
+        (3, "invalid_client"),
+    ] {
+        f.send_token(ctx, &t);
+        f.answer(error_response(400, code, None));
+        assert_eq!(f.host.replies[&ctx].status, 503, "{code}");
+    }
+    // An unparsable 200.
+    f.send_token(4, &t);
+    f.answer(CallResponse {
+        status: Some(200),
+        retry_after: None,
+        body: b"<html>proxy login</html>".to_vec(),
+    });
+    assert_eq!(f.host.replies[&4].status, 503);
+    assert!(f.host.resumed.is_empty());
+    assert_eq!(f.count(Counter::FailOpen), 0);
+    // A 5xx is an outage: fail open.
+    f.send_token(5, &t);
+    f.answer(error_response(502, "server_error", None));
+    assert_eq!(f.host.resumed, vec![5]);
+}
+
+#[test]
+fn a_rule_without_resource_or_audience_is_refused() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["rules"] = json!([{"path_prefix": "/x", "scopes": ["read"]}]);
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "rules[0]", "{e}");
+    let mut cfg = base_config(&key);
+    cfg["default_rule"] = json!({"scopes": ["read"]});
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "default_rule", "{e}");
+    cfg["default_rule"] = json!({"audience": ["app"]});
+    Config::parse(cfg.to_string().as_bytes()).unwrap();
+}
+
+#[test]
+fn only_a_w3c_traceparent_is_forwarded_to_the_exchange() {
+    let mut f = fixture();
+    for (ctx, tp) in [
+        (1, "00-abc-def-01"),
+        (
+            2,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nx-evil: 1",
+        ),
+        (3, "00-00000000000000000000000000000000-b7ad6b7169203331-01"),
+        (4, "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (5, "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"),
+    ] {
+        let t = f.key.svid(ISS, AUD, ALICE, f.now - ctx as u64, 600);
+        let auth = format!("Bearer {t}");
+        f.send(
+            ctx,
+            &[
+                (":path", "/x"),
+                ("authorization", &auth),
+                ("traceparent", tp),
+            ],
+        );
+        assert_eq!(
+            f.host.dispatched.last().unwrap().header("traceparent"),
+            None,
+            "{tp}"
+        );
+    }
+}
+
+#[test]
+fn a_tightened_policy_never_serves_entries_cached_under_the_old_one() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1);
+    // Same host (shared data survives a config reload), stricter issuer policy.
+    let mut cfg = base_config(&f.key);
+    cfg["issuers"][0]["spiffe_id_patterns"] = json!(["spiffe://cluster.local/ns/shop/sa/alice"]);
+    cfg["issuers"][0]["max_lifetime_secs"] = json!(900);
+    f.w = worker(&cfg);
+    assert_eq!(
+        f.send_token(3, &t),
+        Verdict::Pause,
+        "re-validated under the new policy"
+    );
+    assert_eq!(f.host.dispatched.len(), 2);
+    // So is a change of binding mode.
+    let a = Config::parse(base_config(&f.key).to_string().as_bytes()).unwrap();
+    let mut cfg = base_config(&f.key);
+    cfg["mode"] = json!("CLIENT");
+    let b = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert_ne!(
+        a.default_target.unwrap().digest,
+        b.default_target.unwrap().digest
+    );
+}
+
+#[test]
+fn a_five_second_token_is_cached_for_most_of_its_life() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 5));
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1, "served from the cache");
+    f.host.now_ms += 4_600;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.send_token(3, &t), Verdict::Pause, "expired 0.5 s early");
+}
+
+#[test]
+fn noop_benchmark_aid_is_refused_next_to_a_production_config() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["noop_for_benchmarks"] = json!(true);
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "noop_for_benchmarks", "{e}");
+}
+
+#[test]
+fn worker_queue_names_are_unique_even_when_the_number_races() {
+    let mut f = fixture();
+    let mut w2 = worker(&base_config(&f.key));
+    f.w.start(&mut f.host);
+    // Both workers found the counter absent: Envoy lets both "create" it.
+    f.host.shared.remove("meshpass/workers");
+    w2.start(&mut f.host);
+    let (a, b) = (f.w.queue_name().unwrap(), w2.queue_name().unwrap());
+    assert_ne!(a, b);
+}
+
+#[test]
 fn near_expiry_hit_is_served_and_refreshed_once_in_the_background() {
     let mut f = fixture();
     let t = f.token(ALICE);
@@ -632,13 +887,51 @@ fn tick_deletes_expired_entries_from_shared_data() {
     );
     f.host.now_ms += 61_000;
     f.w.on_tick(&mut f.host);
+    // Emptied: Envoy keeps the key, the slot is reused by the next entry.
     assert_eq!(
         f.host
             .shared
-            .keys()
-            .filter(|k| k.starts_with("meshpass/c/"))
+            .iter()
+            .filter(|(k, (v, _))| k.starts_with("meshpass/c/") && !v.is_empty())
             .count(),
         0
+    );
+}
+
+#[test]
+fn token_churn_keeps_shared_data_within_the_configured_slots() {
+    let mut f = fixture_with(|c| c["cache"] = json!({"slots": 16}));
+    f.w.start(&mut f.host);
+    for i in 0..200u64 {
+        let t = f.key.svid(ISS, AUD, ALICE, f.now - i, 600);
+        f.send_token(1000 + i as u32, &t);
+        f.answer(ok_response(&format!("p{i}"), 300));
+        assert_eq!(
+            f.send_token(5000 + i as u32, &t),
+            Verdict::Continue,
+            "token {i}"
+        );
+    }
+    let count = |prefix: &str| {
+        f.host
+            .shared
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .count()
+    };
+    assert!(count("meshpass/c/") <= 16, "{}", count("meshpass/c/"));
+    assert!(count("meshpass/f/") <= 16, "{}", count("meshpass/f/"));
+    assert!(
+        f.host.shared.len() <= 16 + 16 + 4,
+        "{:?}",
+        f.host.shared.len()
+    );
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["cache"] = json!({"slots": 1});
+    assert_eq!(
+        Config::parse(cfg.to_string().as_bytes()).unwrap_err().field,
+        "cache.slots"
     );
 }
 
@@ -678,6 +971,79 @@ fn client_sent_meshpass_headers_never_reach_the_app() {
     );
     assert_eq!(f.host.req_header(1, "x-meshpass-anything"), None);
     assert_eq!(f.host.req_header(1, "x-other").as_deref(), Some("2"));
+}
+
+#[test]
+fn every_client_sent_meshpass_header_is_removed_by_default() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    let auth = format!("Bearer {t}");
+    let sent = [
+        (":path", "/x"),
+        ("authorization", auth.as_str()),
+        ("x-meshpass-role", "admin"),
+        ("X-Meshpass-Subject", "spiffe://evil/x"),
+        ("x-other", "kept"),
+    ];
+    f.send(1, &sent);
+    assert!(f.host.replies.is_empty(), "{:?}", f.host.replies.get(&1));
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![1]);
+    assert_eq!(f.host.req_header(1, "x-meshpass-role"), None);
+    assert_eq!(f.host.req_header(1, "X-Meshpass-Subject"), None);
+    assert_eq!(f.host.req_header(1, "x-other").as_deref(), Some("kept"));
+
+    // Only the insecure flag keeps them (it strips x-meshpass-subject alone).
+    let mut f = fixture_with(|c| c["insecure_keep_x_meshpass_headers"] = json!(true));
+    let auth = format!("Bearer {}", f.token(ALICE));
+    let sent = [
+        (":path", "/x"),
+        ("authorization", auth.as_str()),
+        ("x-meshpass-role", "admin"),
+        ("x-meshpass-subject", "spiffe://evil/x"),
+    ];
+    f.send(1, &sent);
+    f.answer(ok_response("p", 300));
+    assert_eq!(
+        f.host.req_header(1, "x-meshpass-role").as_deref(),
+        Some("admin")
+    );
+    assert_eq!(f.host.req_header(1, "x-meshpass-subject"), None);
+    assert!(f
+        .w
+        .config
+        .warnings()
+        .iter()
+        .any(|w| w.contains("insecure_keep_x_meshpass_headers")));
+}
+
+#[test]
+fn bypass_routes_and_fail_open_forward_no_client_credential() {
+    let mut f = fixture_with(|c| {
+        c["token_header"] = json!("x-subject-token");
+        c["default_rule"]["failure_mode"] = json!("allow");
+    });
+    let t = f.token(ALICE);
+    let sent = [
+        (":path", "/healthz"),
+        ("authorization", "Basic dXNlcjpwdw=="),
+        ("x-subject-token", t.as_str()),
+    ];
+    assert_eq!(f.send(1, &sent), Verdict::Continue);
+    assert_eq!(f.host.req_header(1, "authorization"), None);
+    assert_eq!(f.host.req_header(1, "x-subject-token"), None);
+
+    // Fail open: neither the subject token nor the client's own Authorization goes on.
+    let sent = [
+        (":path", "/x"),
+        ("authorization", "Basic dXNlcjpwdw=="),
+        ("x-subject-token", t.as_str()),
+    ];
+    f.send(2, &sent);
+    f.answer(error_response(503, "temporarily_unavailable", None));
+    assert_eq!(f.host.resumed, vec![2]);
+    assert_eq!(f.host.req_header(2, "authorization"), None);
+    assert_eq!(f.host.req_header(2, "x-subject-token"), None);
 }
 
 #[test]
@@ -742,8 +1108,11 @@ fn remote_fixture() -> Fixture {
 fn remote_jwks_is_fetched_by_one_worker_and_shared_with_the_others() {
     let mut f = remote_fixture();
     let t = f.token(ALICE);
-    f.send_token(1, &t);
-    assert_eq!(f.host.replies[&1].status, 503, "no keys yet");
+    assert_eq!(
+        f.send_token(1, &t),
+        Verdict::Pause,
+        "waits for the first keys"
+    );
     let mut other = worker(&{
         let mut c = base_config(&f.key);
         let i = c["issuers"][0].as_object_mut().unwrap();
@@ -768,14 +1137,63 @@ fn remote_jwks_is_fetched_by_one_worker_and_shared_with_the_others() {
         body: body.into_bytes(),
     });
     assert_eq!(f.count(Counter::JwksRefreshSuccess), 1);
+    // The waiting request went on to its exchange as soon as the keys came.
+    assert_eq!(f.host.dispatched.len(), 2);
+    assert_eq!(f.host.dispatched[1].cluster, "exchange");
     // The other worker validates with the shared keys.
     f.host.request(
         2,
         &[(":path", "/x"), ("authorization", &format!("Bearer {t}"))],
     );
     assert_eq!(other.on_request(&mut f.host, 2), Verdict::Pause);
-    assert_eq!(f.host.dispatched.len(), 2);
-    assert_eq!(f.host.dispatched[1].cluster, "exchange");
+    assert_eq!(f.host.dispatched.len(), 3);
+    assert_eq!(f.host.dispatched[2].cluster, "exchange");
+}
+
+#[test]
+fn first_jwks_fetch_goes_out_at_start_and_early_requests_wait_for_it() {
+    let mut f = remote_fixture();
+    f.w.start(&mut f.host);
+    assert_eq!(
+        f.host.dispatched.len(),
+        1,
+        "fetched at configure time, before any tick"
+    );
+    assert_eq!(f.host.dispatched[0].cluster, "jwks");
+    let t = f.token(ALICE);
+    assert_eq!(f.send_token(1, &t), Verdict::Pause);
+    assert!(
+        f.host.replies.is_empty(),
+        "no 503 while the first keys are on their way"
+    );
+    let body = jwks(&[&f.key]);
+    f.host.ctx = 0;
+    let token = f.host.dispatched[0].token;
+    f.w.on_call_response(
+        &mut f.host,
+        token,
+        CallResponse {
+            status: Some(200),
+            retry_after: None,
+            body: body.into_bytes(),
+        },
+    );
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![1]);
+
+    // Bounded: without keys after 2 s the request gets 503.
+    let mut f = remote_fixture();
+    f.w.start(&mut f.host);
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.host.now_ms += 1_000;
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    assert!(f.host.replies.is_empty());
+    f.host.now_ms += 1_100;
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.replies[&1].status, 503);
 }
 
 #[test]
@@ -869,7 +1287,7 @@ fn classify_treats_non_bearer_answers_as_unavailable() {
         .unwrap()
         .replace("Bearer", "DPoP")
         .into_bytes();
-    assert_eq!(f.w.classify(&r), Outcome::Unavailable(5));
+    assert_eq!(f.w.classify(&r), Outcome::Faulty(5));
 }
 
 #[test]
@@ -911,13 +1329,15 @@ fn memo_defers_to_shared_data_after_the_refresh_time() {
     let target = f.w.config.default_target.clone().unwrap();
     let key = cache::key(&target.digest, &t, None);
     let fresh = Entry {
+        id: cache::id(&key),
         expires_ms: f.host.now_ms + 290_000,
         refresh_ms: f.host.now_ms + 200_000,
         subject_exp: f.now + 600,
         subject: ALICE,
         token: "p2",
     };
-    f.host.shared.insert(key, (fresh.encode(), 99));
+    let slot = cache::entry_key(&key, 4096);
+    f.host.shared.insert(slot, (fresh.encode(), 99));
     f.host.now_ms += 80_000; // past p1's refresh time
     f.host.ctx = 0;
     f.w.on_tick(&mut f.host);
@@ -1056,6 +1476,9 @@ fn concurrent_misses_on_two_workers_cost_one_exchange_and_the_other_worker_is_no
     f.host.set_prop(&PEER, BOB);
     assert_eq!(send_on(&mut w2, &mut f.host, 13, &t), Verdict::Pause);
     f.host.set_prop(&PEER, ALICE);
+    // The owner dispatches from its root context (kicked through its own queue).
+    assert!(f.host.dispatched.is_empty());
+    assert!(kick(&mut f.host, &mut f.w));
     assert_eq!(f.host.dispatched.len(), 1, "one exchange for both workers");
     assert_eq!(w2.pending_count(Counter::CoalescedRemote), 3);
     let target = f.w.config.default_target.clone().unwrap();
@@ -1117,6 +1540,7 @@ fn waiters_on_another_worker_fail_closed_when_the_marker_deadline_passes() {
     let mut w2 = second_worker(&mut f);
     let t = f.token(ALICE);
     f.send_token(1, &t); // the owner then never answers nor ticks (crashed)
+    kick(&mut f.host, &mut f.w);
     send_on(&mut w2, &mut f.host, 11, &t);
     f.host.now_ms += 3000; // exchange timeout (2 s) + slack (2 s) not yet over
     f.host.ctx = 0;
@@ -1129,8 +1553,28 @@ fn waiters_on_another_worker_fail_closed_when_the_marker_deadline_passes() {
     assert_eq!((r.status, r.header("retry-after")), (503, Some("5")));
     // The dead marker does not block the key: the next miss exchanges again.
     send_on(&mut w2, &mut f.host, 12, &t);
+    kick(&mut f.host, &mut w2);
     assert_eq!(f.host.dispatched.len(), 2);
-    assert_eq!(f.host.dispatched[1].from_ctx, 12);
+    assert_eq!(f.host.dispatched[1].from_ctx, 0, "dispatched from the root");
+}
+
+#[test]
+fn an_exchange_outlives_the_request_that_started_it() {
+    let mut f = fixture();
+    f.w.start(&mut f.host);
+    let t = f.token(ALICE);
+    assert_eq!(f.send_token(1, &t), Verdict::Pause);
+    assert_eq!(f.send_token(2, &t), Verdict::Pause);
+    // The first client goes away before the root context dispatches.
+    f.host.gone.insert(1);
+    assert!(kick(&mut f.host, &mut f.w));
+    assert_eq!(f.host.dispatched.len(), 1);
+    assert_eq!(f.host.dispatched[0].from_ctx, 0, "dispatched from the root");
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![2]);
+    // The answer is cached for the next request.
+    assert_eq!(f.send_token(3, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1);
 }
 
 #[test]
@@ -1160,15 +1604,16 @@ fn a_finished_refusal_does_not_hold_later_misses_and_its_record_is_swept() {
     f.answer(error_response(429, "slow_down", Some("7")));
     // A later request on the other worker tries again instead of reusing the refusal.
     assert_eq!(send_on(&mut w2, &mut f.host, 11, &t), Verdict::Pause);
+    kick(&mut f.host, &mut w2);
     assert_eq!(f.host.dispatched.len(), 2);
-    assert_eq!(f.host.dispatched[1].from_ctx, 11);
+    assert_eq!(f.host.dispatched[1].from_ctx, 0, "dispatched from the root");
     f.host.ctx = 11;
     let token = f.host.dispatched[1].token;
     w2.on_call_response(&mut f.host, token, ok_response("p", 300));
     assert_eq!(f.host.resumed, vec![11]);
     // Outcome records go back to idle after two ticks (tick_ms 1000 + 1 s).
     let target = f.w.config.default_target.clone().unwrap();
-    let marker = cache::marker_key(&cache::key(&target.digest, &t, None));
+    let marker = cache::marker_key(&cache::key(&target.digest, &t, None), 4096);
     f.host.now_ms += 3001;
     f.host.ctx = 0;
     w2.on_tick(&mut f.host);

@@ -186,10 +186,15 @@ impl Host for Mock {
         self.header_reads.borrow_mut().push(name.to_string());
         self.req_header(self.ctx, name)
     }
-    fn header_names(&self) -> Vec<String> {
+    fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.header_reads.borrow_mut().push("*".to_string());
         self.headers
             .get(&self.ctx)
-            .map(|h| h.iter().map(|(k, _)| k.clone()).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
     fn set_header(&mut self, name: &str, value: &str) {
@@ -208,7 +213,8 @@ impl Host for Mock {
         self.props.get(&path.join(".")).cloned()
     }
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.shared.get(key).cloned()
+        // As host.rs: an emptied key reads as absent.
+        self.shared.get(key).filter(|(v, _)| !v.is_empty()).cloned()
     }
     fn shared_set(
         &mut self,
@@ -229,8 +235,11 @@ impl Host for Mock {
                 self.shared
                     .insert(key.to_string(), (v.to_vec(), self.next_cas));
             }
+            // Envoy cannot delete a key: "deleting" leaves it with an empty value.
             None => {
-                self.shared.remove(key);
+                self.next_cas += 1;
+                self.shared
+                    .insert(key.to_string(), (Vec::new(), self.next_cas));
             }
         }
         Ok(())

@@ -1,0 +1,499 @@
+//! The one validation pass: raw JSON shape → checked [`Config`], naming the field.
+
+use std::collections::HashMap;
+
+use meshpass_core::oauth::is_scope_token;
+use meshpass_core::{IssuerPolicy, KeySet, TrustDomain, ValidationPolicy};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::error::{err, typed, ConfigError};
+use super::raw::*;
+use super::types::*;
+
+impl Config {
+    /// Parses and checks the plugin configuration.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let value: Value =
+            serde_json::from_slice(bytes).map_err(|e| err("configuration", e.to_string()))?;
+        let raw: RawConfig = typed("", value)?;
+        if raw.noop_for_benchmarks {
+            if raw.validate_only_for_benchmarks {
+                return Err(err(
+                    "validate_only_for_benchmarks",
+                    "cannot be combined with noop_for_benchmarks",
+                ));
+            }
+            // Like validate_only: a benchmark aid that turns the filter off must not sit
+            // one flag away from a production configuration.
+            if raw.exchange.is_some()
+                || !raw.rules.is_empty()
+                || raw.default_rule.is_some()
+                || !raw.issuers.is_empty()
+            {
+                return Err(err(
+                    "noop_for_benchmarks",
+                    "is a benchmark aid that does nothing: it cannot be combined with issuers, exchange, rules or default_rule",
+                ));
+            }
+            return Ok(Config::noop());
+        }
+        let validate_only = raw.validate_only_for_benchmarks;
+        if validate_only
+            && (raw.exchange.is_some() || !raw.rules.is_empty() || raw.default_rule.is_some())
+        {
+            // A benchmark aid must never be one flag away from a production config that
+            // silently stops exchanging: refuse everything that configures an exchange.
+            return Err(err(
+                "validate_only_for_benchmarks",
+                "is a benchmark aid that never exchanges: it cannot be combined with exchange, rules or default_rule",
+            ));
+        }
+        let mode = check_mode(&raw)?;
+        let own_identity = own_identity(mode, raw.own_identity)?;
+        let exchange = exchange(raw.exchange, mode, validate_only)?;
+        let (policy, keys) = issuers(raw.issuers, raw.max_token_bytes)?;
+        let token_header = raw.token_header.to_ascii_lowercase();
+        if !valid_header_name(&token_header) {
+            return Err(err("token_header", "is not a valid header name"));
+        }
+        if token_header.starts_with("x-meshpass-") {
+            return Err(err("token_header", "x-meshpass-* headers are reserved"));
+        }
+        if exchange.actor_token_header.as_deref() == Some(token_header.as_str()) {
+            return Err(err(
+                "exchange.actor_token_header",
+                "must differ from token_header",
+            ));
+        }
+        let policy_digest = policy_digest(mode, &own_identity, &policy, &exchange);
+        let bypass = raw
+            .bypass
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| bypass(i, b))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rules = raw
+            .rules
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| rule(i, r, &policy_digest))
+            .collect::<Result<Vec<_>, _>>()?;
+        let default_target = raw
+            .default_rule
+            .map(|t| target("default_rule", t, &policy_digest))
+            .transpose()?;
+        if rules.is_empty() && default_target.is_none() && !validate_only {
+            return Err(err("rules", "give at least one rule or a default_rule"));
+        }
+        if !(1..=100).contains(&raw.cache.refresh_ahead_percent) {
+            return Err(err("cache.refresh_ahead_percent", "must be 1..=100"));
+        }
+        if !(16..=1 << 20).contains(&raw.cache.slots) {
+            return Err(err("cache.slots", "must be 16..=1048576"));
+        }
+        if !(10..=60_000).contains(&raw.tick_ms) {
+            return Err(err("tick_ms", "must be 10..=60000"));
+        }
+        Ok(Config {
+            noop: false,
+            validate_only,
+            mode,
+            own_identity,
+            policy,
+            keys,
+            bearer: token_header == "authorization",
+            token_header,
+            bypass,
+            needs_authority: rules.iter().any(|r| r.authority.is_some()),
+            needs_path: rules.iter().any(|r| r.path_prefix.is_some()),
+            needs_method: rules.iter().any(|r| !r.methods.is_empty()),
+            rules,
+            default_target,
+            exchange,
+            set_subject_header: raw.set_subject_header,
+            insecure_keep_x_meshpass_headers: raw.insecure_keep_x_meshpass_headers,
+            allow_unnormalised_paths: raw.allow_unnormalised_paths,
+            danger_trap_on_path: raw.danger_trap_on_path,
+            expiry_margin_ms: raw.cache.expiry_margin_secs.saturating_mul(1000),
+            refresh_ahead_percent: raw.cache.refresh_ahead_percent,
+            cache_slots: raw.cache.slots,
+            retry_after_secs: raw.retry_after_secs.max(1),
+            tick_ms: raw.tick_ms,
+        })
+    }
+
+    fn noop() -> Config {
+        Config {
+            noop: true,
+            validate_only: false,
+            mode: Mode::Server,
+            own_identity: None,
+            policy: ValidationPolicy {
+                issuers: Vec::new(),
+                max_token_bytes: 0,
+            },
+            keys: HashMap::new(),
+            token_header: String::new(),
+            bearer: false,
+            bypass: Vec::new(),
+            rules: Vec::new(),
+            default_target: None,
+            exchange: Exchange {
+                cluster: String::new(),
+                path: String::new(),
+                authority: String::new(),
+                timeout_ms: 1,
+                actor_token_header: None,
+            },
+            set_subject_header: false,
+            insecure_keep_x_meshpass_headers: false,
+            allow_unnormalised_paths: false,
+            danger_trap_on_path: None,
+            expiry_margin_ms: 0,
+            refresh_ahead_percent: 100,
+            cache_slots: 1,
+            retry_after_secs: 1,
+            tick_ms: 60_000,
+            needs_authority: false,
+            needs_path: false,
+            needs_method: false,
+        }
+    }
+}
+
+fn valid_header_name(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn check_path(field: &str, p: String) -> Result<String, ConfigError> {
+    if !p.starts_with('/') || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(err(
+            field,
+            "must start with / and have no spaces or control characters",
+        ));
+    }
+    Ok(p)
+}
+
+fn check_mode(raw: &RawConfig) -> Result<Mode, ConfigError> {
+    match (raw.mode, raw.insecure_disable_binding) {
+        (Mode::NoneInsecure, false) => Err(err(
+            "mode",
+            "NONE disables SPIFFE binding and also needs insecure_disable_binding: true",
+        )),
+        (Mode::Server | Mode::Client, true) => Err(err(
+            "insecure_disable_binding",
+            "only valid together with mode: NONE",
+        )),
+        (m, _) => Ok(m),
+    }
+}
+
+fn own_identity(
+    mode: Mode,
+    raw: Option<RawOwnIdentity>,
+) -> Result<Option<OwnIdentity>, ConfigError> {
+    match (mode, raw) {
+        (Mode::Client, Some(o)) => match (o.spiffe_id, o.trust_domain) {
+            (Some(id), None) => Ok(Some(OwnIdentity::Fixed(id))),
+            (None, Some(td)) => Ok(Some(OwnIdentity::Discover(td))),
+            _ => Err(err(
+                "own_identity",
+                "give exactly one of spiffe_id or trust_domain",
+            )),
+        },
+        (Mode::Client, None) => TrustDomain::parse("cluster.local")
+            .map(|td| Some(OwnIdentity::Discover(td)))
+            .map_err(|e| err("own_identity.trust_domain", e.to_string())),
+        (_, Some(_)) => Err(err("own_identity", "only valid with mode: CLIENT")),
+        (_, None) => Ok(None),
+    }
+}
+
+fn exchange(
+    raw: Option<RawExchange>,
+    mode: Mode,
+    validate_only: bool,
+) -> Result<Exchange, ConfigError> {
+    let raw = match raw {
+        Some(e) => e,
+        None if validate_only => RawExchange {
+            cluster: String::new(),
+            path: default_exchange_path(),
+            authority: None,
+            timeout_ms: default_timeout_ms(),
+            actor_token_header: None,
+        },
+        None => return Err(err("exchange", "is required")),
+    };
+    if raw.cluster.trim().is_empty() && !validate_only {
+        return Err(err("exchange.cluster", "must not be empty"));
+    }
+    if raw.timeout_ms == 0 {
+        return Err(err("exchange.timeout_ms", "must be positive"));
+    }
+    let actor_token_header = match raw.actor_token_header {
+        None => None,
+        Some(_) if mode != Mode::Client => {
+            return Err(err(
+                "exchange.actor_token_header",
+                "only valid with mode: CLIENT",
+            ))
+        }
+        Some(h) => {
+            let h = h.to_ascii_lowercase();
+            if !valid_header_name(&h) || h == "authorization" {
+                return Err(err(
+                    "exchange.actor_token_header",
+                    "is not a valid header name",
+                ));
+            }
+            Some(h)
+        }
+    };
+    Ok(Exchange {
+        path: check_path("exchange.path", raw.path)?,
+        authority: raw.authority.unwrap_or_else(|| raw.cluster.clone()),
+        timeout_ms: raw.timeout_ms,
+        actor_token_header,
+        cluster: raw.cluster,
+    })
+}
+
+/// Every issuer: core's `IssuerPolicy` (core's deserialisation, then core's
+/// `ValidationPolicy::check`), and its keys.
+fn issuers(
+    raw: Vec<Map<String, Value>>,
+    max_token_bytes: usize,
+) -> Result<(ValidationPolicy, HashMap<String, IssuerKeys>), ConfigError> {
+    if max_token_bytes == 0 || max_token_bytes > 64 * 1024 {
+        return Err(err("max_token_bytes", "must be between 1 and 65536"));
+    }
+    let mut policies = Vec::new();
+    let mut keys = HashMap::new();
+    for (i, entry) in raw.into_iter().enumerate() {
+        let (policy, k) = issuer(i, entry)?;
+        keys.insert(policy.issuer.clone(), k);
+        policies.push(policy);
+    }
+    let policy = ValidationPolicy {
+        issuers: policies,
+        max_token_bytes,
+    };
+    policy.check().map_err(|e| {
+        // Core's message is `field: reason`.
+        let msg = e.to_string();
+        match msg.split_once(": ") {
+            Some((field, reason)) => err(field, reason),
+            None => err("issuers", msg),
+        }
+    })?;
+    Ok((policy, keys))
+}
+
+/// One issuer entry: the key source is the filter's, the rest core's `IssuerPolicy`.
+/// Older spellings stay accepted: `spiffe_id_patterns` (core: `id_patterns`) and
+/// `subject_format: kubernetes_sa` (core: `kubernetes_service_account`).
+fn issuer(
+    i: usize,
+    mut entry: Map<String, Value>,
+) -> Result<(IssuerPolicy, IssuerKeys), ConfigError> {
+    let f = |name: &str| format!("issuers[{i}].{name}");
+    let mut source = Map::new();
+    for name in KEY_SOURCE_FIELDS {
+        if let Some(v) = entry.remove(name) {
+            source.insert(name.to_string(), v);
+        }
+    }
+    let patterns_name = if entry.contains_key("spiffe_id_patterns") {
+        if entry.contains_key("id_patterns") {
+            return Err(err(
+                f("id_patterns"),
+                "give id_patterns or spiffe_id_patterns, not both",
+            ));
+        }
+        if let Some(v) = entry.remove("spiffe_id_patterns") {
+            entry.insert("id_patterns".into(), v);
+        }
+        "spiffe_id_patterns"
+    } else {
+        "id_patterns"
+    };
+    if entry.get("subject_format").and_then(Value::as_str) == Some("kubernetes_sa") {
+        entry.insert("subject_format".into(), "kubernetes_service_account".into());
+    }
+    let policy: IssuerPolicy =
+        typed(&format!("issuers[{i}]"), Value::Object(entry)).map_err(|mut e| {
+            if let Some(rest) = e.field.strip_prefix(&f("id_patterns")) {
+                e.field = format!("{}{rest}", f(patterns_name));
+            }
+            e
+        })?;
+    let source: RawKeySource = typed(&format!("issuers[{i}]"), Value::Object(source))?;
+    let keys = key_source(&f, &policy.issuer, source)?;
+    Ok((policy, keys))
+}
+
+fn key_source(
+    f: &dyn Fn(&str) -> String,
+    issuer: &str,
+    s: RawKeySource,
+) -> Result<IssuerKeys, ConfigError> {
+    match (s.jwks, s.jwks_cluster) {
+        (Some(doc), None) => {
+            if s.jwks_path.is_some() || s.jwks_authority.is_some() {
+                return Err(err(f("jwks_path"), "only valid with jwks_cluster"));
+            }
+            let bytes = match &doc {
+                Value::String(s) => s.clone().into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            let (set, _rejected) =
+                KeySet::parse(&bytes).map_err(|e| err(f("jwks"), e.to_string()))?;
+            if set.is_empty() {
+                return Err(err(f("jwks"), "holds no usable signing key"));
+            }
+            Ok(IssuerKeys::Inline(set))
+        }
+        (None, Some(cluster)) => {
+            if cluster.trim().is_empty() {
+                return Err(err(f("jwks_cluster"), "must not be empty"));
+            }
+            let path = s
+                .jwks_path
+                .ok_or_else(|| err(f("jwks_path"), "is required with jwks_cluster"))?;
+            let path = check_path(&f("jwks_path"), path)?;
+            let authority = s.jwks_authority.unwrap_or_else(|| cluster.clone());
+            if s.jwks_refresh_secs == 0 {
+                return Err(err(f("jwks_refresh_secs"), "must be positive"));
+            }
+            let id = hex(&Sha256::digest(
+                format!("{issuer}\n{cluster}\n{authority}\n{path}").as_bytes(),
+            ))[..16]
+                .to_string();
+            Ok(IssuerKeys::Remote(RemoteJwks {
+                shared_key: format!("meshpass/jwks/{id}"),
+                lease_key: format!("meshpass/jwks-lease/{id}"),
+                cluster,
+                path,
+                authority,
+                refresh_ms: s.jwks_refresh_secs.saturating_mul(1000),
+                min_refetch_ms: s.jwks_min_refetch_secs.saturating_mul(1000),
+            }))
+        }
+        (Some(_), Some(_)) => Err(err(f("jwks"), "give either jwks or jwks_cluster, not both")),
+        (None, None) => Err(err(
+            f("jwks"),
+            "keys are required: jwks or jwks_cluster + jwks_path",
+        )),
+    }
+}
+
+fn bypass(i: usize, b: RawBypass) -> Result<Bypass, ConfigError> {
+    match (b.path, b.path_prefix) {
+        (Some(p), None) => Ok(Bypass::Exact(check_path(&format!("bypass[{i}].path"), p)?)),
+        (None, Some(p)) => Ok(Bypass::Prefix(check_path(
+            &format!("bypass[{i}].path_prefix"),
+            p,
+        )?)),
+        _ => Err(err(
+            format!("bypass[{i}]"),
+            "give exactly one of path or path_prefix",
+        )),
+    }
+}
+
+fn rule(i: usize, r: RawRule, policy_digest: &[u8; 32]) -> Result<Rule, ConfigError> {
+    let f = format!("rules[{i}]");
+    let (t, authority, path_prefix, methods) = r.split();
+    let path_prefix = path_prefix
+        .map(|p| check_path(&format!("{f}.path_prefix"), p))
+        .transpose()?;
+    let authority = authority.map(|a| a.to_ascii_lowercase());
+    if authority.as_deref() == Some("") {
+        return Err(err(format!("{f}.authority"), "must not be empty"));
+    }
+    Ok(Rule {
+        target: target(&f, t, policy_digest)?,
+        authority,
+        path_prefix,
+        methods: methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+    })
+}
+
+/// sha256 over everything besides the target that decides whether a cached token may
+/// be served: binding mode, own identity, the issuer policy (core's serialisation) and
+/// the exchange endpoint. Part of every cache key, so entries cached under an older
+/// (looser) policy are never served under a tightened one.
+fn policy_digest(
+    mode: Mode,
+    own: &Option<OwnIdentity>,
+    policy: &ValidationPolicy,
+    exchange: &Exchange,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let own = match own {
+        Some(OwnIdentity::Fixed(id)) => format!("fixed:{}", id.as_str()),
+        Some(OwnIdentity::Discover(td)) => format!("discover:{}", td.as_str()),
+        None => String::new(),
+    };
+    let policy = serde_json::to_string(policy).unwrap_or_default();
+    for part in [
+        mode.binding_mode().as_str(),
+        own.as_str(),
+        policy.as_str(),
+        exchange.cluster.as_str(),
+        exchange.authority.as_str(),
+        exchange.path.as_str(),
+        exchange.actor_token_header.as_deref().unwrap_or(""),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
+fn target(field: &str, t: RawTarget, policy_digest: &[u8; 32]) -> Result<Target, ConfigError> {
+    for (j, s) in t.scopes.iter().enumerate() {
+        if !is_scope_token(s) {
+            return Err(err(
+                format!("{field}.scopes[{j}]"),
+                "is not a valid scope token (RFC 6749 §3.3)",
+            ));
+        }
+    }
+    for (j, a) in t.audience.iter().enumerate() {
+        if a.is_empty() {
+            return Err(err(format!("{field}.audience[{j}]"), "must not be empty"));
+        }
+    }
+    if t.resource.as_deref() == Some("") {
+        return Err(err(format!("{field}.resource"), "must not be empty"));
+    }
+    if t.resource.is_none() && t.audience.is_empty() {
+        // An exchange without a target would mint whatever the service defaults to.
+        return Err(err(field, "give a resource or an audience"));
+    }
+    let mut h = Sha256::new();
+    h.update(policy_digest);
+    let resource = t.resource.as_deref().unwrap_or("");
+    h.update((resource.len() as u64).to_be_bytes());
+    h.update(resource.as_bytes());
+    for list in [&t.audience, &t.scopes] {
+        h.update((list.len() as u64).to_be_bytes());
+        for s in list {
+            h.update((s.len() as u64).to_be_bytes());
+            h.update(s.as_bytes());
+        }
+    }
+    Ok(Target {
+        resource: t.resource,
+        audience: t.audience,
+        scopes: t.scopes,
+        failure_mode: t.failure_mode,
+        digest: h.finalize().into(),
+    })
+}

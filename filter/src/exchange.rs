@@ -1,0 +1,264 @@
+//! The exchange call: the RFC 8693 form, dispatch, and what its answer does (cache
+//! entry, waiters resumed, outcome published to other workers).
+
+use meshpass_core::oauth::{TokenExchangeRequest, TokenExchangeResponse};
+
+use crate::api::{CallResponse, Counter, Host, Level};
+use crate::cache::{self, Entry};
+use crate::config::Target;
+use crate::outcome::{self, Outcome};
+use crate::worker::{Call, PendingExchange, Worker};
+
+/// Largest exchange answer read.
+pub const MAX_EXCHANGE_BODY: usize = 64 * 1024;
+
+/// The message a worker puts on its own queue to run [`Worker::dispatch_pending`] in
+/// the root context (a cache key never looks like this).
+pub const DISPATCH_KICK: &[u8] = b"!dispatch";
+
+impl Worker {
+    /// Starts the exchange of a validated miss. An HTTP call belongs to the context
+    /// that makes it, and Envoy cancels a stream's calls when the stream ends: so the
+    /// call is made from the root context, reached through this worker's own queue
+    /// (one event-loop turn later). Without a queue it is made here (the answer is then
+    /// lost if the client goes away, and the waiters get 503 at the in-flight deadline).
+    pub(crate) fn start_exchange(&mut self, host: &mut dyn Host, p: PendingExchange, now: u64) {
+        if let Some(q) = self.queue_name().map(str::to_string) {
+            let first = self.to_dispatch.is_empty();
+            self.to_dispatch.push(p);
+            if !first || host.enqueue(&q, DISPATCH_KICK) {
+                return;
+            }
+            // The kick did not go out: dispatch what waits now, from here.
+            self.dispatch_pending(host);
+            return;
+        }
+        self.dispatch_one(host, p, now);
+    }
+
+    /// Root context (queue kick): dispatches every exchange waiting for it.
+    pub fn dispatch_pending(&mut self, host: &mut dyn Host) {
+        let now = host.now_ms();
+        for p in std::mem::take(&mut self.to_dispatch) {
+            self.dispatch_one(host, p, now);
+        }
+    }
+
+    fn dispatch_one(&mut self, host: &mut dyn Host, p: PendingExchange, now: u64) {
+        match self.send_exchange(host, &p.body, p.traceparent.as_deref()) {
+            Ok(call) => {
+                self.bump(Counter::ExchangeCalls);
+                self.calls.insert(
+                    call,
+                    Call::Exchange {
+                        key: p.key,
+                        subject: p.subject,
+                        subject_exp: p.subject_exp,
+                        started_ms: now,
+                        failure_mode: p.failure_mode,
+                    },
+                );
+            }
+            Err(e) => {
+                host.log(
+                    Level::Warn,
+                    &format!("meshpass: exchange dispatch failed: {e}"),
+                );
+                let outcome = Outcome::Unavailable(self.config.retry_after_secs);
+                self.publish(host, &p.key, &outcome, "", now);
+                if let Some(f) = self.inflight.remove(&p.key) {
+                    for w in &f.waiters {
+                        if host.set_effective_context(w.ctx) {
+                            self.apply(host, w, &outcome, "", f.failure_mode);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn send_exchange(
+        &self,
+        host: &mut dyn Host,
+        body: &str,
+        traceparent: Option<&str>,
+    ) -> Result<u32, String> {
+        let ex = &self.config.exchange;
+        let len = body.len().to_string();
+        let mut headers: Vec<(&str, &str)> = vec![
+            (":method", "POST"),
+            (":path", &ex.path),
+            (":authority", &ex.authority),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-length", &len),
+            ("accept", "application/json"),
+        ];
+        if let Some(tp) = traceparent {
+            headers.push(("traceparent", tp));
+        }
+        host.dispatch(&ex.cluster, &headers, body.as_bytes(), ex.timeout_ms)
+    }
+
+    /// An answer to a dispatched call (exchange, refresh or JWKS).
+    pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, resp: CallResponse) {
+        let Some(call) = self.calls.remove(&token) else {
+            return;
+        };
+        let now = host.now_ms();
+        match call {
+            Call::Exchange {
+                key,
+                subject,
+                subject_exp,
+                started_ms,
+                failure_mode,
+            } => {
+                host.record_latency_ms(now.saturating_sub(started_ms));
+                let outcome = self.classify(&resp);
+                if let Outcome::Token(t) = &outcome {
+                    self.store(host, &key, t, &resp, &subject, subject_exp, now);
+                }
+                self.publish(host, &key, &outcome, &subject, now);
+                let Some(f) = self.inflight.remove(&key) else {
+                    return;
+                };
+                for w in &f.waiters {
+                    if host.set_effective_context(w.ctx) {
+                        self.apply(host, w, &outcome, &subject, failure_mode);
+                    }
+                }
+            }
+            Call::Refresh {
+                key,
+                subject,
+                subject_exp,
+                started_ms,
+            } => {
+                host.record_latency_ms(now.saturating_sub(started_ms));
+                self.refreshing.remove(&key);
+                match self.classify(&resp) {
+                    Outcome::Token(t) => self.store(host, &key, &t, &resp, &subject, subject_exp, now),
+                    other => host.log(
+                        Level::Warn,
+                        &format!("meshpass: background refresh failed ({other:?}); cached token served until it expires"),
+                    ),
+                }
+            }
+            Call::Jwks { issuer } => self.on_jwks(host, &issuer, resp, now),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn store(
+        &mut self,
+        host: &mut dyn Host,
+        key: &str,
+        token: &str,
+        resp: &CallResponse,
+        subject: &str,
+        subject_exp: u64,
+        now: u64,
+    ) {
+        let expires_in = serde_json::from_slice::<TokenExchangeResponse>(&resp.body)
+            .map(|r| r.expires_in)
+            .unwrap_or(0);
+        let Some((expires_ms, refresh_ms)) = cache::lifetimes(
+            now,
+            expires_in,
+            subject_exp,
+            self.config.expiry_margin_ms,
+            self.config.refresh_ahead_percent,
+        ) else {
+            return;
+        };
+        let e = Entry {
+            id: cache::id(key),
+            expires_ms,
+            refresh_ms,
+            subject_exp,
+            subject,
+            token,
+        };
+        let slot = cache::entry_key(key, self.config.cache_slots);
+        // A slot keeps the entry that lives longer (eviction by expiry).
+        if let Some((old, _)) = host.shared_get(&slot) {
+            if let Some(o) = Entry::decode(&old) {
+                if o.id != e.id && o.expires_ms > now && o.expires_ms > e.expires_ms {
+                    return;
+                }
+            }
+        }
+        if host.shared_set(&slot, Some(&e.encode()), None).is_ok() {
+            self.written.push((expires_ms, key.to_string()));
+        }
+    }
+
+    /// Tick step: background refreshes, dispatched from the root so they outlive any
+    /// stream.
+    pub(crate) fn start_refreshes(&mut self, host: &mut dyn Host, now: u64) {
+        for p in std::mem::take(&mut self.refreshes) {
+            let body = exchange_form(&p.token, &p.target, p.actor);
+            match self.send_exchange(host, &body, None) {
+                Ok(t) => {
+                    self.bump(Counter::CacheRefresh);
+                    self.bump(Counter::ExchangeCalls);
+                    self.calls.insert(
+                        t,
+                        Call::Refresh {
+                            key: p.key,
+                            subject: p.subject,
+                            subject_exp: p.subject_exp,
+                            started_ms: now,
+                        },
+                    );
+                }
+                Err(_) => {
+                    self.refreshing.remove(&p.key);
+                }
+            }
+        }
+    }
+
+    /// Tick step: exchanges whose answer never came (the stream went away and Envoy
+    /// cancelled the call) answer their waiters 503 (or fail open).
+    pub(crate) fn expire_stuck(&mut self, host: &mut dyn Host, now: u64) {
+        let stuck: Vec<String> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.deadline_ms <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stuck {
+            if let Some(f) = self.inflight.remove(&k) {
+                let ra = self.config.retry_after_secs;
+                self.publish(host, &k, &Outcome::Unavailable(ra), "", now);
+                for w in &f.waiters {
+                    if host.set_effective_context(w.ctx) {
+                        self.apply(host, w, &Outcome::Unavailable(ra), "", f.failure_mode);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Maps an exchange answer to what the waiting requests get.
+    pub fn classify(&self, resp: &CallResponse) -> Outcome {
+        outcome::classify(resp, self.config.retry_after_secs)
+    }
+}
+
+/// The RFC 8693 form for `token` and `target` (with the actor token, if any).
+pub(crate) fn exchange_form(token: &str, target: &Target, actor: Option<String>) -> String {
+    let has_actor = actor.is_some();
+    TokenExchangeRequest {
+        subject_token: token.to_string(),
+        subject_token_type: meshpass_core::oauth::TOKEN_TYPE_JWT.to_string(),
+        resource: target.resource.iter().cloned().collect(),
+        audience: target.audience.clone(),
+        scope: target.scopes.clone(),
+        requested_token_type: None,
+        actor_token: actor,
+        actor_token_type: has_actor.then(|| meshpass_core::oauth::TOKEN_TYPE_JWT.to_string()),
+    }
+    .to_form()
+}

@@ -1,0 +1,83 @@
+//! Request-header access and hygiene. By default the header map is read once per
+//! request: that one host call serves every lookup of the request path and shows every
+//! client-sent `x-meshpass-*` name, so all of them can be removed (single-header reads
+//! cannot see unknown names). `insecure_keep_x_meshpass_headers` goes back to one read
+//! per name and removes only `x-meshpass-subject`.
+
+use std::borrow::Cow;
+
+use crate::api::Host;
+use crate::config::Config;
+
+/// The only header name the filter writes besides `authorization`.
+pub const SUBJECT_HEADER: &str = "x-meshpass-subject";
+/// The reserved prefix: no client-sent header with it reaches the upstream.
+pub const RESERVED_PREFIX: &str = "x-meshpass-";
+
+/// The current stream's request headers.
+pub(crate) struct Headers(Option<Vec<(String, Vec<u8>)>>);
+
+impl Headers {
+    /// Reads the whole map (`whole`), else defers to one host read per lookup.
+    pub(crate) fn read(host: &dyn Host, whole: bool) -> Headers {
+        Headers(whole.then(|| host.headers()))
+    }
+
+    /// One header value (names are lower case, as Envoy hands them over).
+    pub(crate) fn get<'a>(&'a self, host: &dyn Host, name: &str) -> Option<Cow<'a, str>> {
+        match &self.0 {
+            Some(map) => map
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .map(Cow::Borrowed),
+            None => host.header(name).map(Cow::Owned),
+        }
+    }
+
+    /// Whether `name` is (or may be, for per-name reads) present.
+    fn may_have(&self, name: &str) -> bool {
+        match &self.0 {
+            Some(map) => map.iter().any(|(k, _)| k == name),
+            None => true,
+        }
+    }
+
+    /// Header hygiene: removes every client-sent `x-meshpass-*` (whole map), or just
+    /// `x-meshpass-subject` with one read (per-name mode, where the filter overwrites it
+    /// anyway when it sets it).
+    pub(crate) fn strip_reserved(&self, host: &mut dyn Host, cfg: &Config) {
+        match &self.0 {
+            Some(map) => {
+                for (k, _) in map {
+                    if k.len() >= RESERVED_PREFIX.len()
+                        && k[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
+                    {
+                        host.remove_header(k);
+                    }
+                }
+            }
+            None if !cfg.set_subject_header && host.header(SUBJECT_HEADER).is_some() => {
+                host.remove_header(SUBJECT_HEADER);
+            }
+            None => {}
+        }
+    }
+
+    /// Bypass routes: nothing meshpass forwards carries a credential it did not mint.
+    pub(crate) fn strip_credentials(&self, host: &mut dyn Host, cfg: &Config) {
+        for name in credential_headers(cfg) {
+            if self.may_have(name) {
+                host.remove_header(name);
+            }
+        }
+    }
+}
+
+/// The subject-token header, the actor-token header and `authorization`.
+pub(crate) fn credential_headers(cfg: &Config) -> impl Iterator<Item = &str> {
+    let custom = (!cfg.bearer).then_some(cfg.token_header.as_str());
+    std::iter::once("authorization")
+        .chain(custom)
+        .chain(cfg.exchange.actor_token_header.as_deref())
+}

@@ -1,0 +1,287 @@
+//! Remote key sets: the fetch lease (one worker fetches, all read shared data), backoff,
+//! unknown-`kid` refetch and parked requests.
+
+use meshpass_core::KeySet;
+
+use crate::api::{CallResponse, Counter, Host, Level, SharedError};
+use crate::config::IssuerKeys;
+use crate::worker::{Call, Waiter, Worker};
+
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// How long a request with an unknown kid waits for refetched keys.
+pub(crate) const PARK_MS: u64 = 5000;
+/// How long a request that arrives before the first key set waits for it.
+pub(crate) const FIRST_KEYS_WAIT_MS: u64 = 2000;
+
+impl Worker {
+    /// Tick step: fetches every remote key set that is due, if this worker wins its
+    /// lease (CAS); the others read the shared document.
+    ///
+    /// `at_start` (configure time): every root context without keys fetches, without
+    /// the lease. Envoy also configures short-lived root contexts whose calls it
+    /// cancels; one of those holding the lease would hold every fetch off for its
+    /// length. A start costs one fetch per worker.
+    pub(crate) fn fetch_due_keys(&mut self, host: &mut dyn Host, now: u64, at_start: bool) {
+        if at_start {
+            self.load_remote_keys(host);
+        }
+        let remotes: Vec<(String, crate::config::RemoteJwks)> = self
+            .config
+            .keys
+            .iter()
+            .filter_map(|(i, k)| match k {
+                IssuerKeys::Remote(r) => Some((i.clone(), r.clone())),
+                IssuerKeys::Inline(_) => None,
+            })
+            .collect();
+        for (issuer, r) in remotes {
+            if self
+                .calls
+                .values()
+                .any(|c| matches!(c, Call::Jwks { issuer: i } if *i == issuer))
+            {
+                continue;
+            }
+            if at_start {
+                if !self.keysets.contains_key(&issuer) {
+                    self.send_jwks_fetch(host, issuer, &r, now);
+                }
+                continue;
+            }
+            let (lease, cas) = read_lease(host, &r.lease_key);
+            if lease.next_due_ms > now {
+                continue;
+            }
+            // Take the lease: nobody else fetches until it runs out.
+            let taken = Lease {
+                next_due_ms: now + 10_000,
+                ..lease
+            };
+            match host.shared_set(&r.lease_key, Some(taken.encode().as_bytes()), cas) {
+                Ok(()) => {}
+                Err(SharedError::CasMismatch) => continue,
+                Err(SharedError::Failed) => continue,
+            }
+            self.send_jwks_fetch(host, issuer, &r, now);
+        }
+    }
+
+    fn send_jwks_fetch(
+        &mut self,
+        host: &mut dyn Host,
+        issuer: String,
+        r: &crate::config::RemoteJwks,
+        now: u64,
+    ) {
+        let headers = [
+            (":method", "GET"),
+            (":path", r.path.as_str()),
+            (":authority", r.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        match host.dispatch(&r.cluster, &headers, &[], 5000) {
+            Ok(t) => {
+                self.calls.insert(t, Call::Jwks { issuer });
+            }
+            Err(e) => {
+                let resp = CallResponse::default();
+                host.log(Level::Warn, &format!("meshpass: JWKS dispatch failed: {e}"));
+                self.on_jwks(host, &issuer, resp, now);
+            }
+        }
+    }
+
+    /// Tick step: requests parked on an unknown kid are validated again once the keys
+    /// changed (or their time is up).
+    pub(crate) fn retry_parked(&mut self, host: &mut dyn Host, now: u64) {
+        if self.parked.is_empty() {
+            return;
+        }
+        self.load_remote_keys(host);
+        for p in std::mem::take(&mut self.parked) {
+            let changed = if p.awaiting_first_keys {
+                self.keysets.len() > p.keysets_at_park
+            } else {
+                self.key_cas.get(&p.issuer).copied() != p.cas_at_park
+            };
+            if !changed && p.deadline_ms > now {
+                self.parked.push(p);
+                continue;
+            }
+            if !host.set_effective_context(p.ctx) {
+                continue;
+            }
+            if let Some(f) = self.inflight.get_mut(&p.key) {
+                f.waiters.push(Waiter {
+                    ctx: p.ctx,
+                    identity: p.identity,
+                });
+                continue;
+            }
+            let _ = self.miss(
+                host, p.ctx, &p.token, &p.target, p.actor, p.key, p.identity, now, false,
+            );
+        }
+    }
+
+    /// Whether any issuer's keys come from a cluster.
+    pub(crate) fn has_remote_keys(&self) -> bool {
+        self.config
+            .keys
+            .values()
+            .any(|k| matches!(k, IssuerKeys::Remote(_)))
+    }
+
+    pub(crate) fn load_remote_keys(&mut self, host: &mut dyn Host) {
+        for (iss, k) in &self.config.keys {
+            let IssuerKeys::Remote(r) = k else { continue };
+            let Some((bytes, cas)) = host.shared_get(&r.shared_key) else {
+                continue;
+            };
+            if self.key_cas.get(iss) == Some(&cas) {
+                continue;
+            }
+            match KeySet::parse(&bytes) {
+                Ok((set, _)) if !set.is_empty() => {
+                    self.keysets.insert(iss.clone(), set);
+                    self.key_cas.insert(iss.clone(), cas);
+                }
+                _ => host.log(
+                    Level::Warn,
+                    "meshpass: stored JWKS does not parse; keeping previous keys",
+                ),
+            }
+        }
+    }
+
+    /// Unknown kid: schedule a fetch on the next tick, at most once per
+    /// `jwks_min_refetch_secs` across all workers.
+    /// Returns whether a fetch is due, running or just done, i.e. whether a request
+    /// with this unknown kid is worth parking until the keys change.
+    pub(crate) fn request_refetch(&mut self, host: &mut dyn Host, issuer: &str, now: u64) -> bool {
+        let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
+            return false;
+        };
+        let (lease, cas) = read_lease(host, &r.lease_key);
+        if lease.next_due_ms <= now || now.saturating_sub(lease.last_forced_ms) < PARK_MS {
+            return true;
+        }
+        if now.saturating_sub(lease.last_forced_ms) < r.min_refetch_ms {
+            return false;
+        }
+        let new = Lease {
+            next_due_ms: now,
+            failures: lease.failures,
+            last_forced_ms: now,
+        };
+        let ok = host
+            .shared_set(&r.lease_key, Some(new.encode().as_bytes()), cas)
+            .is_ok();
+        if ok {
+            self.bump(Counter::JwksUnknownKid);
+        }
+        ok
+    }
+
+    pub(crate) fn on_jwks(
+        &mut self,
+        host: &mut dyn Host,
+        issuer: &str,
+        resp: CallResponse,
+        now: u64,
+    ) {
+        let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
+            return;
+        };
+        let r = r.clone();
+        let (lease, _) = read_lease(host, &r.lease_key);
+        let parsed = match resp.status {
+            Some(200) if resp.body.len() <= MAX_JWKS_BYTES => KeySet::parse(&resp.body)
+                .map_err(|e| e.to_string())
+                .and_then(|(s, rej)| {
+                    for k in rej {
+                        host.log(
+                            Level::Warn,
+                            &format!(
+                                "meshpass: JWKS of {issuer:?}: key {} ({:?}) dropped: {}",
+                                k.index, k.kid, k.reason
+                            ),
+                        );
+                    }
+                    if s.is_empty() {
+                        Err("no usable key".to_string())
+                    } else {
+                        Ok(s)
+                    }
+                }),
+            Some(s) => Err(format!("status {s}")),
+            None => Err("timeout or connection failure".into()),
+        };
+        match parsed {
+            Ok(set) => {
+                let _ = host.shared_set(&r.shared_key, Some(&resp.body), None);
+                self.keysets.insert(issuer.to_string(), set);
+                self.key_cas.remove(issuer);
+                let l = Lease {
+                    next_due_ms: now + r.refresh_ms,
+                    failures: 0,
+                    last_forced_ms: lease.last_forced_ms,
+                };
+                let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
+                self.bump(Counter::JwksRefreshSuccess);
+                // Requests waiting for these keys go on now (other workers: next tick).
+                self.retry_parked(host, now);
+            }
+            Err(e) => {
+                let failures = lease.failures.saturating_add(1);
+                let backoff = 1000u64
+                    .saturating_mul(1 << failures.min(16))
+                    .min(r.refresh_ms);
+                let l = Lease {
+                    next_due_ms: now + backoff,
+                    failures,
+                    last_forced_ms: lease.last_forced_ms,
+                };
+                let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
+                self.bump(Counter::JwksRefreshFailure);
+                host.log(
+                    Level::Warn,
+                    &format!("meshpass: JWKS fetch for {issuer:?} failed ({e}); keeping last good keys, retry in {backoff} ms"),
+                );
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Lease {
+    next_due_ms: u64,
+    failures: u32,
+    last_forced_ms: u64,
+}
+
+impl Lease {
+    fn encode(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.next_due_ms, self.failures, self.last_forced_ms
+        )
+    }
+}
+
+fn read_lease(host: &mut dyn Host, key: &str) -> (Lease, Option<u32>) {
+    match host.shared_get(key) {
+        Some((bytes, cas)) => {
+            let s = String::from_utf8_lossy(&bytes);
+            let mut it = s.split('|');
+            let l = Lease {
+                next_due_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                failures: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                last_forced_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+            };
+            (l, Some(cas))
+        }
+        None => (Lease::default(), None),
+    }
+}

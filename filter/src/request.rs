@@ -1,0 +1,434 @@
+//! The request path: `on_http_request_headers` from header hygiene to a cache hit, a
+//! wait on an exchange in flight, or a miss (validate, claim, exchange).
+
+use std::rc::Rc;
+
+use meshpass_core::{SpiffeId, ValidationError};
+
+use crate::api::{Counter, Host, Level, Verdict};
+use crate::cache::{self, Entry};
+use crate::config::{Config, Mode, Target};
+use crate::exchange::exchange_form;
+use crate::headers::{Headers, SUBJECT_HEADER};
+use crate::jwks::{FIRST_KEYS_WAIT_MS, PARK_MS};
+use crate::path::normalise;
+use crate::respond::send_error;
+use crate::worker::{InFlight, Parked, PendingExchange, PendingRefresh, Waiter, Worker};
+
+impl Worker {
+    /// `on_http_request_headers` of stream `ctx`.
+    pub fn on_request(&mut self, host: &mut dyn Host, ctx: u32) -> Verdict {
+        if self.config.noop {
+            return Verdict::Continue;
+        }
+        // A cheap Rc clone, so the selected target can be borrowed (not cloned) while
+        // `self` is mutated.
+        let cfg = Rc::clone(&self.config);
+        let headers = Headers::read(host, !cfg.insecure_keep_x_meshpass_headers);
+        if let Some(trap) = &cfg.danger_trap_on_path {
+            if headers.get(host, ":path").as_deref() == Some(trap.as_str()) {
+                host.log(
+                    Level::Error,
+                    "meshpass: danger_trap_on_path: aborting the VM",
+                );
+                std::process::abort();
+            }
+        }
+        let path = match self.admit(host, &cfg, &headers) {
+            Ok(path) => path,
+            Err(v) => return v,
+        };
+        let raw = headers.get(host, &cfg.token_header);
+        let token = match subject_token(&cfg, raw.as_deref()) {
+            Ok(t) => t,
+            Err((counter, desc, invalid)) => return self.deny_token(host, counter, &desc, invalid),
+        };
+        if cfg.validate_only {
+            return self.validate_only(host, token);
+        }
+        let Some(target) = route(host, &headers, &cfg, path.as_deref()) else {
+            self.bump(Counter::DeniedNoRule);
+            send_error(
+                host,
+                403,
+                "access_denied",
+                "no exchange rule matches this request",
+                None,
+            );
+            return Verdict::Pause;
+        };
+        let actor = match self.actor_token(host, &headers) {
+            Ok(a) => a,
+            Err(v) => return v,
+        };
+        let identity = self.identity(host);
+        if let Some(v) = self.memo_hit(host, token, target, actor.as_deref(), identity.as_deref()) {
+            return v;
+        }
+        self.lookup(host, ctx, token, target, actor, identity)
+    }
+
+    /// Header hygiene and bypass routes. `Ok(path)` (read only when a bypass or rule
+    /// needs it) goes on; `Err` is the verdict for a bypassed request.
+    fn admit(
+        &mut self,
+        host: &mut dyn Host,
+        cfg: &Config,
+        headers: &Headers,
+    ) -> Result<Option<String>, Verdict> {
+        headers.strip_reserved(host, cfg);
+        if cfg.bypass.is_empty() && !cfg.needs_path {
+            return Ok(None);
+        }
+        let Some(raw) = headers.get(host, ":path") else {
+            return Ok(None);
+        };
+        let path = normalise(&raw);
+        let as_sent = raw.split_once('?').map_or(raw.as_ref(), |(p, _)| p);
+        if path != as_sent && !cfg.allow_unnormalised_paths {
+            self.bump(Counter::DeniedBadPath);
+            send_error(
+                host,
+                400,
+                "invalid_request",
+                "the request path is not in normal form (repeated slashes, dot segments or percent-encoded characters)",
+                None,
+            );
+            return Err(Verdict::Pause);
+        }
+        if !cfg.bypass.is_empty() && cfg.bypassed(&path) {
+            if cfg.insecure_keep_x_meshpass_headers && cfg.set_subject_header {
+                // Per-name mode left it for the overwrite that a bypass never does.
+                host.remove_header(SUBJECT_HEADER);
+            }
+            headers.strip_credentials(host, cfg);
+            self.bump(Counter::Bypassed);
+            return Err(Verdict::Continue);
+        }
+        Ok(Some(path.into_owned()))
+    }
+
+    /// Warm hit from this worker's memo (checked against the coarse clock).
+    fn memo_hit(
+        &mut self,
+        host: &mut dyn Host,
+        token: &str,
+        target: &Target,
+        actor: Option<&str>,
+        identity: Option<&str>,
+    ) -> Option<Verdict> {
+        if self.coarse_now_ms == 0 {
+            self.coarse_now_ms = host.now_ms();
+        }
+        let e = self
+            .memo
+            .get(token, &target.digest, actor, self.coarse_now_ms)?;
+        if self.config.mode != Mode::NoneInsecure && identity != Some(e.subject.as_str()) {
+            let known = identity.is_some();
+            return Some(self.deny_binding(host, known));
+        }
+        host.set_header("authorization", &e.authorization);
+        if !self.config.bearer {
+            host.remove_header(&self.config.token_header);
+        }
+        if self.config.set_subject_header {
+            host.set_header(SUBJECT_HEADER, &e.subject);
+        }
+        self.bump(Counter::CacheHit);
+        self.bump(Counter::Allowed);
+        Some(Verdict::Continue)
+    }
+
+    /// Shared-data hit (with refresh ahead), else a wait on an exchange in flight here
+    /// or in another worker, else a miss.
+    fn lookup(
+        &mut self,
+        host: &mut dyn Host,
+        ctx: u32,
+        token: &str,
+        target: &Target,
+        actor: Option<String>,
+        identity: Option<Rc<str>>,
+    ) -> Verdict {
+        let key = cache::key(&target.digest, token, actor.as_deref());
+        let now = host.now_ms();
+        self.coarse_now_ms = now;
+        let slot = cache::entry_key(&key, self.config.cache_slots);
+        if let Some((bytes, _cas)) = host.shared_get(&slot) {
+            if let Some(e) = Entry::decode_for(&bytes, &key).filter(|e| e.expires_ms > now) {
+                if self.config.mode != Mode::NoneInsecure && identity.as_deref() != Some(e.subject)
+                {
+                    return self.deny_binding(host, identity.is_some());
+                }
+                self.bump(Counter::CacheHit);
+                if now < e.refresh_ms {
+                    let digest = &target.digest;
+                    let a = actor.clone();
+                    self.memo
+                        .insert(token, digest, a, e.refresh_ms, e.subject, e.token);
+                } else if !self.refreshing.contains_key(&key) {
+                    self.refreshing.insert(key.clone(), ());
+                    self.refreshes.push(PendingRefresh {
+                        key: key.clone(),
+                        token: token.to_string(),
+                        target: target.clone(),
+                        actor: actor.clone(),
+                        subject: e.subject.to_string(),
+                        subject_exp: e.subject_exp,
+                    });
+                }
+                self.allow(host, e.token, e.subject);
+                return Verdict::Continue;
+            }
+        }
+        self.bump(Counter::CacheMiss);
+        if let Some(f) = self.inflight.get_mut(&key) {
+            f.waiters.push(Waiter { ctx, identity });
+            self.bump(Counter::Coalesced);
+            return Verdict::Pause;
+        }
+        if self.remote.contains_key(&key) || self.other_in_flight(host, &key, now).is_some() {
+            self.wait_remote(key, Waiter { ctx, identity }, target.failure_mode, now);
+            return Verdict::Pause;
+        }
+        self.miss(host, ctx, token, target, actor, key, identity, now, true)
+    }
+
+    /// `validate_only_for_benchmarks`: the miss path's validation (keys, signature,
+    /// claims, binding) on every request; no cache, no exchange, the token is removed.
+    pub(crate) fn validate_only(&mut self, host: &mut dyn Host, token: &str) -> Verdict {
+        let identity = self.identity(host);
+        self.load_remote_keys(host);
+        let bound = identity.as_deref().and_then(|s| SpiffeId::parse(s).ok());
+        // The one identity this mode binds to: the peer (SERVER) or our own (CLIENT).
+        let binding = self
+            .config
+            .mode
+            .binding_mode()
+            .binding(bound.as_ref(), bound.as_ref());
+        let now = host.now_ms();
+        match self
+            .config
+            .policy
+            .validate(token, now / 1000, &self.keysets, &binding)
+        {
+            Ok(_) => {
+                host.remove_header(&self.config.token_header);
+                self.bump(Counter::Allowed);
+                Verdict::Continue
+            }
+            Err(e) => self.deny_validation(host, e),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn miss(
+        &mut self,
+        host: &mut dyn Host,
+        ctx: u32,
+        token: &str,
+        target: &Target,
+        actor: Option<String>,
+        key: String,
+        identity: Option<Rc<str>>,
+        now: u64,
+        may_park: bool,
+    ) -> Verdict {
+        self.load_remote_keys(host);
+        let bound = identity.as_deref().and_then(|s| SpiffeId::parse(s).ok());
+        // The one identity this mode binds to: the peer (SERVER) or our own (CLIENT).
+        let binding = self
+            .config
+            .mode
+            .binding_mode()
+            .binding(bound.as_ref(), bound.as_ref());
+        let verified = match self
+            .config
+            .policy
+            .validate(token, now / 1000, &self.keysets, &binding)
+        {
+            Ok(v) => v,
+            Err(ValidationError::UnknownKeyId { issuer, .. })
+                if may_park && self.request_refetch(host, &issuer, now) =>
+            {
+                // Park until the refetched keys arrive (or PARK_MS passes).
+                self.parked.push(Parked {
+                    ctx,
+                    token: token.to_string(),
+                    target: target.clone(),
+                    actor,
+                    key,
+                    identity,
+                    cas_at_park: self.key_cas.get(&issuer).copied(),
+                    issuer,
+                    deadline_ms: now + PARK_MS,
+                    awaiting_first_keys: false,
+                    keysets_at_park: self.keysets.len(),
+                });
+                return Verdict::Pause;
+            }
+            Err(ValidationError::NoKeys) if may_park && self.has_remote_keys() => {
+                // Started before the first key set arrived: wait for it (bounded).
+                self.parked.push(Parked {
+                    ctx,
+                    token: token.to_string(),
+                    target: target.clone(),
+                    actor,
+                    key,
+                    identity,
+                    cas_at_park: None,
+                    issuer: String::new(),
+                    deadline_ms: now + FIRST_KEYS_WAIT_MS,
+                    awaiting_first_keys: true,
+                    keysets_at_park: self.keysets.len(),
+                });
+                return Verdict::Pause;
+            }
+            Err(e) => return self.deny_validation(host, e),
+        };
+        if !self.claim(host, &key, now) {
+            self.wait_remote(key, Waiter { ctx, identity }, target.failure_mode, now);
+            return Verdict::Pause;
+        }
+        let traceparent = host.header("traceparent").filter(|t| is_traceparent(t));
+        self.inflight.insert(
+            key.clone(),
+            InFlight {
+                waiters: vec![Waiter { ctx, identity }],
+                deadline_ms: now + self.inflight_span_ms(),
+                failure_mode: target.failure_mode,
+            },
+        );
+        self.start_exchange(
+            host,
+            PendingExchange {
+                key,
+                body: exchange_form(token, target, actor),
+                traceparent,
+                subject: verified.spiffe_id.as_str().to_string(),
+                subject_exp: verified.expires_at,
+                failure_mode: target.failure_mode,
+            },
+            now,
+        );
+        Verdict::Pause
+    }
+
+    /// CLIENT mode with `exchange.actor_token_header`: the proxy's actor token, taken
+    /// from (and removed from) the request; its absence is a proxy-side fault (503).
+    pub(crate) fn actor_token(
+        &mut self,
+        host: &mut dyn Host,
+        headers: &Headers,
+    ) -> Result<Option<String>, Verdict> {
+        let Some(name) = self.config.exchange.actor_token_header.clone() else {
+            return Ok(None);
+        };
+        let value = headers.get(host, &name).map(|v| v.into_owned());
+        if value.is_some() {
+            host.remove_header(&name);
+        }
+        match value.map(|v| v.trim().to_string()) {
+            Some(v) if !v.is_empty() && v.len() <= self.config.policy.max_token_bytes => {
+                Ok(Some(v))
+            }
+            _ => {
+                host.log(
+                    Level::Warn,
+                    &format!("meshpass: actor token header {name:?} missing or oversize"),
+                );
+                self.bump(Counter::DeniedUnavailable);
+                let ra = self.config.retry_after_secs.to_string();
+                send_error(
+                    host,
+                    503,
+                    "temporarily_unavailable",
+                    "the proxy's actor token is unavailable",
+                    Some(&ra),
+                );
+                Err(Verdict::Pause)
+            }
+        }
+    }
+}
+
+/// W3C trace context `traceparent` (version 00 layout: `vv-<32 hex>-<16 hex>-<2 hex>`,
+/// lower-case hex, trace and parent ids not all zero, version not `ff`): anything else
+/// a client sends is not forwarded to the exchange service.
+pub fn is_traceparent(v: &str) -> bool {
+    let b = v.as_bytes();
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    let nonzero = |s: &[u8]| s.iter().any(|c| *c != b'0');
+    b.len() == 55
+        && b[2] == b'-'
+        && b[35] == b'-'
+        && b[52] == b'-'
+        && hex(&b[..2])
+        && &b[..2] != b"ff"
+        && hex(&b[3..35])
+        && nonzero(&b[3..35])
+        && hex(&b[36..52])
+        && nonzero(&b[36..52])
+        && hex(&b[53..])
+}
+
+/// The subject token of the request, or why it is refused (counter, description,
+/// whether it is an `invalid_token` rather than a missing one).
+fn subject_token<'a>(
+    cfg: &Config,
+    raw: Option<&'a str>,
+) -> Result<&'a str, (Counter, String, bool)> {
+    let no_token = || {
+        (
+            Counter::DeniedNoToken,
+            "no subject token".to_string(),
+            false,
+        )
+    };
+    let raw = raw.ok_or_else(no_token)?;
+    let token = if cfg.bearer {
+        match raw.get(..7) {
+            Some(s) if s.eq_ignore_ascii_case("bearer ") => raw[7..].trim(),
+            _ => {
+                let desc = "authorization is not a Bearer token".to_string();
+                return Err((Counter::DeniedInvalidToken, desc, true));
+            }
+        }
+    } else {
+        raw.trim()
+    };
+    if token.is_empty() {
+        return Err(no_token());
+    }
+    if token.len() > cfg.policy.max_token_bytes {
+        let msg = ValidationError::TooLarge {
+            len: token.len(),
+            max: cfg.policy.max_token_bytes,
+        }
+        .to_string();
+        return Err((Counter::DeniedInvalidToken, msg, true));
+    }
+    Ok(token)
+}
+
+/// The rule's target for this request (reads `:authority` / `:method` only when a rule
+/// needs them).
+fn route<'c>(
+    host: &dyn Host,
+    headers: &Headers,
+    cfg: &'c Config,
+    path: Option<&str>,
+) -> Option<&'c Target> {
+    let authority = cfg
+        .needs_authority
+        .then(|| headers.get(host, ":authority"))
+        .flatten();
+    let method = cfg
+        .needs_method
+        .then(|| headers.get(host, ":method"))
+        .flatten();
+    cfg.select(authority.as_deref(), path, method.as_deref())
+}

@@ -1,0 +1,53 @@
+//! The root tick: each step is one responsibility's housekeeping, in this order.
+
+use crate::api::Host;
+use crate::cache::{self, Entry};
+use crate::worker::Worker;
+
+impl Worker {
+    /// Root tick: JWKS refresh (one worker wins the lease by CAS), parked unknown-kid
+    /// requests, background token refreshes, stuck in-flight cleanup, waits on other
+    /// workers, swept markers and heartbeat, expired-entry deletion, memo sweep,
+    /// metrics flush.
+    pub fn on_tick(&mut self, host: &mut dyn Host) {
+        let now = host.now_ms();
+        self.coarse_now_ms = now;
+        self.fetch_due_keys(host, now, false);
+        self.retry_parked(host, now);
+        self.start_refreshes(host, now);
+        self.expire_stuck(host, now);
+        // Waits on other workers' exchanges whose notification has not (yet) come.
+        let waiting: Vec<String> = self.remote.keys().cloned().collect();
+        for k in waiting {
+            self.resolve_remote(host, &k, now);
+        }
+        self.sweep_markers(host, now);
+        self.delete_expired(host, now);
+        self.memo.sweep(now);
+        self.flush_metrics(host);
+    }
+
+    /// Expired entries this worker wrote: empty their slots (shared data has no TTL).
+    fn delete_expired(&mut self, host: &mut dyn Host, now: u64) {
+        let mut keep = Vec::new();
+        for (exp, key) in std::mem::take(&mut self.written) {
+            if exp > now {
+                keep.push((exp, key));
+                continue;
+            }
+            let slot = cache::entry_key(&key, self.config.cache_slots);
+            if let Some((bytes, cas)) = host.shared_get(&slot) {
+                match Entry::decode(&bytes) {
+                    // Another key's entry took the slot: it is not ours to clear.
+                    Some(e) if e.id != cache::id(&key) => {}
+                    Some(e) if e.expires_ms > now => keep.push((e.expires_ms, key)),
+                    _ => {
+                        // Emptied (shared data keeps the key; the slot is reused).
+                        let _ = host.shared_set(&slot, None, Some(cas));
+                    }
+                }
+            }
+        }
+        self.written = keep;
+    }
+}

@@ -1,0 +1,257 @@
+//! Per-worker state: one [`Worker`] per root context (per Envoy worker thread); HTTP
+//! contexts call into it. The decisions live in the sibling modules, each an
+//! `impl Worker` block by responsibility (see README "Where things are"):
+//! [`crate::request`], [`crate::exchange`], [`crate::coalesce`], [`crate::jwks`],
+//! [`crate::respond`], [`crate::tick`].
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use meshpass_core::{KeySet, SpiffeId};
+
+use crate::api::{Counter, Host};
+use crate::config::{Config, FailureMode, IssuerKeys, Mode, OwnIdentity, Target};
+use crate::memo::Memo;
+
+const PEER_SAN: [&str; 2] = ["connection", "uri_san_peer_certificate"];
+const LOCAL_SAN: [&str; 2] = ["connection", "uri_san_local_certificate"];
+
+/// Slack added to the exchange timeout before an in-flight exchange counts as lost.
+pub(crate) const INFLIGHT_SLACK_MS: u64 = 2000;
+
+/// A paused request waiting for an outcome; bound to `identity` when it gets a token.
+pub(crate) struct Waiter {
+    pub(crate) ctx: u32,
+    pub(crate) identity: Option<Rc<str>>,
+}
+
+/// An exchange this worker runs, with the requests waiting on it.
+pub(crate) struct InFlight {
+    pub(crate) waiters: Vec<Waiter>,
+    pub(crate) deadline_ms: u64,
+    pub(crate) failure_mode: FailureMode,
+}
+
+/// Requests of this worker waiting on an exchange another worker runs.
+pub(crate) struct RemoteWait {
+    pub(crate) waiters: Vec<Waiter>,
+    /// Hard cap on the wait, even if the marker keeps being re-claimed.
+    pub(crate) give_up_ms: u64,
+    pub(crate) failure_mode: FailureMode,
+}
+
+/// A call this worker dispatched, by its token.
+pub(crate) enum Call {
+    Exchange {
+        key: String,
+        subject: String,
+        subject_exp: u64,
+        started_ms: u64,
+        failure_mode: FailureMode,
+    },
+    Refresh {
+        key: String,
+        subject: String,
+        subject_exp: u64,
+        started_ms: u64,
+    },
+    Jwks {
+        issuer: String,
+    },
+}
+
+/// A request whose token names a `kid` not (yet) in the issuer's keys.
+pub(crate) struct Parked {
+    pub(crate) ctx: u32,
+    pub(crate) token: String,
+    pub(crate) target: Target,
+    pub(crate) actor: Option<String>,
+    pub(crate) key: String,
+    pub(crate) identity: Option<Rc<str>>,
+    pub(crate) issuer: String,
+    pub(crate) cas_at_park: Option<u32>,
+    /// Waiting for a first key set (no keys at all yet), not for an unknown kid.
+    pub(crate) awaiting_first_keys: bool,
+    /// Issuers with keys when parked.
+    pub(crate) keysets_at_park: usize,
+    pub(crate) deadline_ms: u64,
+}
+
+/// A validated miss whose exchange is dispatched from the root context (so it
+/// outlives the stream that started it).
+pub(crate) struct PendingExchange {
+    pub(crate) key: String,
+    pub(crate) body: String,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) subject: String,
+    pub(crate) subject_exp: u64,
+    pub(crate) failure_mode: FailureMode,
+}
+
+/// A background refresh to dispatch from the root context on the next tick.
+pub(crate) struct PendingRefresh {
+    pub(crate) key: String,
+    pub(crate) token: String,
+    pub(crate) target: Target,
+    pub(crate) actor: Option<String>,
+    pub(crate) subject: String,
+    pub(crate) subject_exp: u64,
+}
+
+/// Per-worker state.
+pub struct Worker {
+    /// The configuration.
+    pub config: Rc<Config>,
+    pub(crate) keysets: HashMap<String, KeySet>,
+    pub(crate) key_cas: HashMap<String, u32>,
+    pub(crate) inflight: HashMap<String, InFlight>,
+    pub(crate) calls: HashMap<u32, Call>,
+    pub(crate) refreshes: Vec<PendingRefresh>,
+    pub(crate) refreshing: HashMap<String, ()>,
+    pub(crate) own_identity: Option<Rc<str>>,
+    pub(crate) counts: [u64; Counter::ALL.len()],
+    pub(crate) written: Vec<(u64, String)>,
+    pub(crate) memo: Memo,
+    /// Clock as of the last tick or slow-path read: the memo check uses it instead of a
+    /// host call (memo entries end at the refresh time, well before expiry, so being up
+    /// to one tick late is harmless).
+    pub(crate) coarse_now_ms: u64,
+    pub(crate) parked: Vec<Parked>,
+    /// This worker's name in markers and its queue name (`meshpass/q/<n>`), once started.
+    pub(crate) name: Option<String>,
+    /// Whether `name` is a registered (and listed) notification queue.
+    pub(crate) queue_listed: bool,
+    pub(crate) last_heartbeat_ms: u64,
+    /// Requests waiting on another worker's exchange, by cache key.
+    pub(crate) remote: HashMap<String, RemoteWait>,
+    /// Done markers this worker wrote: (sweep time, marker key).
+    pub(crate) markers: Vec<(u64, String)>,
+    /// Exchanges waiting for the root context (woken through this worker's own queue).
+    pub(crate) to_dispatch: Vec<PendingExchange>,
+}
+
+impl Worker {
+    /// A worker for a checked configuration.
+    pub fn new(config: Config) -> Worker {
+        let mut keysets = HashMap::new();
+        for (iss, k) in &config.keys {
+            if let IssuerKeys::Inline(set) = k {
+                keysets.insert(iss.clone(), set.clone());
+            }
+        }
+        let own_identity = match &config.own_identity {
+            Some(OwnIdentity::Fixed(id)) => Some(Rc::from(id.as_str())),
+            _ => None,
+        };
+        Worker {
+            config: Rc::new(config),
+            keysets,
+            key_cas: HashMap::new(),
+            inflight: HashMap::new(),
+            calls: HashMap::new(),
+            refreshes: Vec::new(),
+            refreshing: HashMap::new(),
+            own_identity,
+            counts: [0; Counter::ALL.len()],
+            written: Vec::new(),
+            memo: Memo::default(),
+            coarse_now_ms: 0,
+            parked: Vec::new(),
+            name: None,
+            queue_listed: false,
+            last_heartbeat_ms: 0,
+            remote: HashMap::new(),
+            markers: Vec::new(),
+            to_dispatch: Vec::new(),
+        }
+    }
+
+    pub(crate) fn bump(&mut self, c: Counter) {
+        self.counts[c as usize] += 1;
+    }
+
+    /// Counts not yet flushed to the host (tests read them).
+    pub fn pending_count(&self, c: Counter) -> u64 {
+        self.counts[c as usize]
+    }
+
+    /// Pushes the local counters to the host.
+    pub fn flush_metrics(&mut self, host: &mut dyn Host) {
+        for c in Counter::ALL {
+            let n = std::mem::take(&mut self.counts[c as usize]);
+            if n > 0 {
+                host.count(c, n);
+            }
+        }
+    }
+
+    /// Whether an exchange for `key` is in flight in this worker.
+    pub fn in_flight(&self, key: &str) -> bool {
+        self.inflight.contains_key(key)
+    }
+
+    /// Whether requests of this worker wait on another worker's exchange of `key`.
+    pub fn waiting_on_other_worker(&self, key: &str) -> bool {
+        self.remote.contains_key(key)
+    }
+
+    /// This worker's notification queue name, once [`Worker::start`] registered it.
+    pub fn queue_name(&self) -> Option<&str> {
+        self.name.as_deref().filter(|_| self.queue_listed)
+    }
+
+    /// Exchange timeout plus slack: after this an in-flight exchange counts as lost.
+    pub(crate) fn inflight_span_ms(&self) -> u64 {
+        self.config.exchange.timeout_ms + INFLIGHT_SLACK_MS
+    }
+
+    /// The identity the subject must equal, as a string.
+    pub(crate) fn identity(&mut self, host: &mut dyn Host) -> Option<Rc<str>> {
+        match self.config.mode {
+            Mode::Server => host
+                .property(&PEER_SAN)
+                .and_then(|b| String::from_utf8(b).ok())
+                .filter(|s| !s.is_empty())
+                .map(Rc::from),
+            Mode::Client => {
+                if self.own_identity.is_none() {
+                    self.own_identity =
+                        discover_own_identity(host, &self.config).map(|s| Rc::from(s.as_str()));
+                }
+                self.own_identity.clone()
+            }
+            Mode::NoneInsecure => None,
+        }
+    }
+}
+
+/// CLIENT mode: local certificate URI SAN, else Istio node metadata in the configured
+/// trust domain (`xds.node.metadata.NAMESPACE` / `SERVICE_ACCOUNT`).
+fn discover_own_identity(host: &mut dyn Host, cfg: &Config) -> Option<String> {
+    let td = match &cfg.own_identity {
+        Some(OwnIdentity::Fixed(id)) => return Some(id.as_str().to_string()),
+        Some(OwnIdentity::Discover(td)) => td.clone(),
+        None => return None,
+    };
+    if let Some(s) = host
+        .property(&LOCAL_SAN)
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| SpiffeId::parse(s).is_ok())
+    {
+        return Some(s);
+    }
+    // Envoy exposes the bootstrap node as `xds.node` (older builds: `node`).
+    let meta = |host: &mut dyn Host, name: &str| {
+        host.property(&["xds", "node", "metadata", name])
+            .or_else(|| host.property(&["node", "metadata", name]))
+    };
+    let ns = meta(host, "NAMESPACE")?;
+    let sa = meta(host, "SERVICE_ACCOUNT")?;
+    let id = format!(
+        "spiffe://{}/ns/{}/sa/{}",
+        td.as_str(),
+        String::from_utf8(ns).ok()?,
+        String::from_utf8(sa).ok()?
+    );
+    SpiffeId::parse(&id).ok().map(|i| i.as_str().to_string())
+}
