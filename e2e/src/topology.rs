@@ -649,3 +649,20 @@ impl Topology {
 fn exchange_requests_stat() -> String {
     format!("cluster.{}.upstream_rq_total", envoy::EXCHANGE_CLUSTER)
 }
+
+impl Drop for Topology {
+    /// Stops the processes side by side (each waits for its own exit), sidecars first
+    /// so nothing calls a service that is going away; the fields then drop as no-ops.
+    fn drop(&mut self) {
+        let (client, server) = (&mut self.client, &mut self.server);
+        std::thread::scope(|s| {
+            s.spawn(|| client.stop());
+            s.spawn(|| server.stop());
+        });
+        let (exchange, bao) = (self.exchange.get_mut(), self.bao.get_mut());
+        std::thread::scope(|s| {
+            s.spawn(|| exchange.stop());
+            s.spawn(|| bao.stop());
+        });
+    }
+}

@@ -412,10 +412,11 @@ impl OpenBao {
     }
 
     /// Stops the server and returns once it has exited and its port is released
-    /// (connections are then refused). A dev server loses all state.
+    /// (connections are then refused). A dev server loses all state; a persistent one
+    /// keeps it (raft storage survives a kill, so no graceful shutdown is waited for).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            c.stop();
+            c.stop_with_grace(Duration::ZERO);
             crate::wait_port_released(self.port, Duration::from_secs(10));
         }
     }
