@@ -369,41 +369,60 @@ pub fn validate(yaml: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    /// A bootstrap (JSON is YAML) with one listener answering `hi` on `port`.
+    fn direct_response(port: u16) -> String {
+        let router = serde_json::json!({"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}});
+        let hcm = serde_json::json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "t",
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}}
+            ]}]},
+            "http_filters": [router],
+        });
+        serde_json::json!({"static_resources": {"listeners": [{
+            "name": "l",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [
+                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+            ]}],
+        }]}})
+        .to_string()
+    }
+
     #[test]
     fn envoy_starts_serves_a_direct_response_and_reports_stats() {
         let port = crate::free_port();
-        let yaml = format!(
-            r#"
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: t
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                direct_response: {{status: 200, body: {{inline_string: "hi"}}}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-        );
-        let envoy = Envoy::start(&yaml, 1);
+        let envoy = Envoy::start(&direct_response(port), 1);
+        assert_eq!(envoy.listener_port("l"), Some(port));
         let (status, body) = raw_request(&format!("127.0.0.1:{port}"), "GET", "/").unwrap();
         assert_eq!((status, body.as_str()), (200, "hi"));
         assert!(envoy.wait_stat("http.t.downstream_rq_2xx", 1, Duration::from_secs(10)) >= 1);
         assert!(envoy
             .prometheus()
             .contains("envoy_http_downstream_rq_total"));
+    }
+
+    #[test]
+    fn envoy_on_port_zero_reports_its_port_answers_nothing_paused_and_releases_it_on_stop() {
+        let mut envoy = Envoy::start(&direct_response(0), 2);
+        let port = envoy.listener_port("l").unwrap();
+        assert!(crate::pid_listens_on(envoy.pid(), port));
+        envoy.pause();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let r = std::io::Read::read(&mut s, &mut buf);
+        assert!(r.is_err(), "a paused Envoy answered: {r:?}");
+        envoy.resume();
+        let (status, _) = raw_request(&format!("127.0.0.1:{port}"), "GET", "/").unwrap();
+        assert_eq!(status, 200);
+        envoy.stop();
+        assert!(!envoy.is_running());
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub fn raw_request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16
     Ok((status, body))
 }
 
-fn dechunk(mut s: &str) -> String {
+/// The body of a `Transfer-Encoding: chunked` message, chunks joined.
+pub fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);

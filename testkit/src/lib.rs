@@ -21,7 +21,7 @@ mod process;
 
 pub use envoy::{Envoy, EnvoyOptions};
 pub use exchange::{to_toml, ExchangeService};
-pub use http::raw_request;
+pub use http::{dechunk, raw_request};
 pub use openbao::{BaoStorage, OpenBao, OpenBaoOptions};
 pub use ports::{free_port, pid_listens_on, wait_port_released};
 pub use postgres::{PgDb, Postgres};
