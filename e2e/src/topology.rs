@@ -356,25 +356,29 @@ impl Topology {
         .await?;
         let app = HttpServer::start("echo-app", echo::router()).await?;
 
-        // OpenBao with transit, then the exchange service.
-        let bao = blocking(|| {
-            let bao = OpenBao::start_with(OpenBaoOptions {
-                storage: options.bao,
-                tls: false,
-                dir: Some(d.join("openbao")),
-            });
-            bao.enable_transit();
-            bao.create_transit_key(TRANSIT_KEY, "ecdsa-p256");
-            bao
-        });
+        // OpenBao with transit, then the exchange service, on a blocking thread while
+        // the sidecars start (they need only the exchange's port, reserved here).
         let exchange_port = free_port();
         let store_url = match &options.storage {
             Storage::Sqlite => format!("sqlite://{}", d.join("meshpass.db").display()),
             Storage::Postgres(url) => url.clone(),
         };
-        let exchange_config =
-            exchange_config(exchange_port, svid_jwks.port(), &bao, &store_url, &options);
-        let exchange = blocking(|| ExchangeService::start(&d, exchange_port, &exchange_config));
+        let backend = {
+            let (d, options, svid_jwks_port) = (d.clone(), options.clone(), svid_jwks.port());
+            tokio::task::spawn_blocking(move || {
+                let bao = OpenBao::start_with(OpenBaoOptions {
+                    storage: options.bao,
+                    tls: false,
+                    dir: Some(d.join("openbao")),
+                });
+                bao.enable_transit();
+                bao.create_transit_key(TRANSIT_KEY, "ecdsa-p256");
+                let exchange_config =
+                    exchange_config(exchange_port, svid_jwks_port, &bao, &store_url, &options);
+                let exchange = ExchangeService::start(&d, exchange_port, &exchange_config);
+                (bao, exchange_config, exchange)
+            })
+        };
 
         // The sidecars.
         let mut ports = Ports {
@@ -463,6 +467,9 @@ impl Topology {
         let client = client?.map_err(|e| anyhow!("client sidecar: {e}"))?;
         ports.server_admin = server.admin_port();
         ports.client_admin = client.admin_port();
+        let (bao, exchange_config, exchange) = backend
+            .await
+            .map_err(|e| anyhow!("starting OpenBao and the exchange service: {e}"))?;
 
         let topo = Topology {
             options,
@@ -488,7 +495,34 @@ impl Topology {
             dir,
         };
         topo.wait_until_filters_have_keys().await?;
+        topo.wait_until_jwt_authn_has_keys().await?;
         Ok(topo)
+    }
+
+    /// The sidecars started before the exchange service served its JWKS, so
+    /// `jwt_authn`'s first fetch may have failed (it refetches every second): waits
+    /// until both server listeners have fetched it.
+    async fn wait_until_jwt_authn_has_keys(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let stat = |l: &str| format!("http.{l}.jwt_authn.jwks_fetch_success");
+        loop {
+            let fetched = blocking(|| {
+                let stats = self.server.stats();
+                ["inbound_mesh", "inbound_exchanged"]
+                    .iter()
+                    .all(|l| stats.get(&stat(l)).is_some_and(|n| *n > 0))
+            });
+            if fetched {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "jwt_authn has not fetched the exchange service's JWKS after 30 s\n{}",
+                    self.diagnostics(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The filters fetch the JWT-SVID issuer's JWKS after Envoy starts and answer 503

@@ -23,24 +23,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use common::{assert_participant_token, eventually, scenarios, SharedPostgres};
+use common::{assert_participant_token, eventually, scenarios};
 use meshpass_e2e::blocking;
 use meshpass_e2e::jwt::decode_unverified;
 use meshpass_e2e::topology::{Options, Reply, Storage, Topology, SHORT_TTL_SECS, TRANSIT_KEY};
-use meshpass_testkit::{BaoStorage, PgDb, Postgres};
+use meshpass_testkit::{BaoStorage, PgDb, Postgres, SharedCluster};
 
 /// What the scenarios share. Fields drop in order: the topology (every process killed)
 /// first, then the guard that starts the shared Postgres cluster again if a scenario
 /// left it stopped, then the fresh database (dropped on that running cluster).
 struct Faults {
     topo: Arc<Topology>,
-    pg: SharedPostgres,
+    pg: SharedCluster,
     _db: PgDb,
 }
 
 impl Faults {
     async fn start() -> Result<Self> {
-        let pg = SharedPostgres::new()?;
+        let pg = SharedCluster::new();
         let db = Postgres::fresh_database();
         let topo = Topology::start(Options {
             storage: Storage::Postgres(db.url()),
@@ -342,7 +342,7 @@ async fn transit_key_rotation_during_steady_traffic_fails_no_request(f: &Faults)
 
 async fn postgres_restart_loses_no_mapping(f: &Faults) -> Result<()> {
     let t = &*f.topo;
-    f.pg.restart()?;
+    blocking(|| f.pg.restart());
     for (mode, workload, participant) in [
         ("CLIENT", "frontend", "acme"),
         ("SERVER", "reporting", "globex"),

@@ -24,7 +24,7 @@ pub use exchange::{to_toml, ExchangeService};
 pub use http::{dechunk, raw_request};
 pub use openbao::{BaoStorage, OpenBao, OpenBaoOptions};
 pub use ports::{free_port, pid_listens_on, wait_port_released};
-pub use postgres::{PgDb, Postgres};
+pub use postgres::{PgDb, Postgres, SharedCluster};
 pub use process::{log_tail, wait_until, ChildGuard};
 
 use std::path::PathBuf;
