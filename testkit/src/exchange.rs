@@ -95,16 +95,12 @@ impl ExchangeService {
 
     /// Freezes the service; returns once every thread is stopped.
     pub fn pause(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            c.pause();
-        }
+        self.child.iter_mut().for_each(ChildGuard::pause);
     }
 
     /// Resumes a paused service.
     pub fn resume(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            c.resume();
-        }
+        self.child.iter_mut().for_each(ChildGuard::resume);
     }
 
     /// Stops the service (SIGTERM, SIGKILL after 5 s); returns once it has exited and

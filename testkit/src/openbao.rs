@@ -389,16 +389,12 @@ impl OpenBao {
     /// stopped, so no request is answered from then on (see [`ChildGuard::pause`]).
     /// Resumed by [`OpenBao::resume`] (and before stop/drop).
     pub fn pause(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            c.pause();
-        }
+        self.child.iter_mut().for_each(ChildGuard::pause);
     }
 
     /// Resumes a paused server (SIGCONT); returns once it runs again.
     pub fn resume(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            c.resume();
-        }
+        self.child.iter_mut().for_each(ChildGuard::resume);
     }
 
     /// Whether the server is paused.
