@@ -1,5 +1,5 @@
-//! Envoy sidecar configurations (built as JSON values, written as YAML) and the Envoy
-//! process.
+//! Envoy sidecar configurations (built as JSON values, rendered as YAML); the Envoy
+//! process itself is `meshpass_testkit::Envoy` (admin listener added by the launcher).
 //!
 //! Two sidecars, like two pods of a mesh:
 //!
@@ -24,14 +24,10 @@
 //! [`EXCHANGE_CLUSTER`] and the JWT-SVID issuer's JWKS through [`SVID_JWKS_CLUSTER`].
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::ca::SvidFiles;
-use crate::process::ManagedChild;
 use crate::yaml::to_yaml;
 
 /// Cluster the meshpass filter uses for `POST /token`.
@@ -83,8 +79,6 @@ pub struct UpstreamIdentity {
 /// Inputs of the server sidecar config.
 #[derive(Clone, Debug)]
 pub struct ServerSidecar {
-    /// Admin port.
-    pub admin_port: u16,
     /// `inbound_mesh` (filter SERVER + jwt_authn) port.
     pub mesh_port: u16,
     /// `inbound_exchanged` (jwt_authn only) port.
@@ -111,8 +105,6 @@ pub struct ServerSidecar {
 /// Inputs of the client sidecar config.
 #[derive(Clone, Debug)]
 pub struct ClientSidecar {
-    /// Admin port.
-    pub admin_port: u16,
     /// `outbound_exchange` (filter CLIENT) port.
     pub exchange_port_listener: u16,
     /// `outbound_plain` (no filter) port.
@@ -137,10 +129,6 @@ pub struct ClientSidecar {
     pub exchange_port: u16,
     /// The JWT-SVID issuer's JWKS port.
     pub svid_jwks_port: u16,
-}
-
-fn admin(port: u16) -> Value {
-    json!({"address": socket(port)})
 }
 
 fn socket(port: u16) -> Value {
@@ -325,7 +313,6 @@ pub fn server_sidecar_config(s: &ServerSidecar) -> Value {
     );
     json!({
         "node": {"id": "server-sidecar", "cluster": "e2e"},
-        "admin": admin(s.admin_port),
         "static_resources": {
             "listeners": [mesh, exchanged],
             "clusters": [
@@ -403,147 +390,11 @@ pub fn client_sidecar_config(c: &ClientSidecar) -> Value {
     }
     json!({
         "node": {"id": "client-sidecar", "cluster": "e2e", "metadata": c.node_metadata},
-        "admin": admin(c.admin_port),
         "static_resources": {"listeners": [exchange, plain], "clusters": clusters},
     })
 }
 
-/// Writes `config` as YAML to `path`.
-pub fn write_config(config: &Value, path: &Path) -> Result<()> {
-    std::fs::write(path, to_yaml(config))
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Runs `envoy --mode validate -c path`; the error carries Envoy's complaint.
-pub fn validate_config(envoy_bin: &Path, path: &Path) -> Result<()> {
-    let out = Command::new(envoy_bin)
-        .args(["--mode", "validate", "--log-level", "warn", "-c"])
-        .arg(path)
-        .output()
-        .with_context(|| format!("cannot run {}", envoy_bin.display()))?;
-    if !out.status.success() {
-        bail!(
-            "envoy rejects {}:\n{}{}",
-            path.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// A running Envoy.
-pub struct Envoy {
-    child: ManagedChild,
-    admin_port: u16,
-    http: reqwest::Client,
-}
-
-impl Envoy {
-    /// Starts Envoy on `config_path` (`--concurrency 1`) and waits until its admin
-    /// `/ready` answers `LIVE` (listeners bound, wasm loaded).
-    pub async fn start(
-        name: &str,
-        envoy_bin: &Path,
-        config_path: &Path,
-        admin_port: u16,
-        log_path: &Path,
-    ) -> Result<Self> {
-        Self::start_with_level(name, envoy_bin, config_path, admin_port, log_path, "info").await
-    }
-
-    /// [`Envoy::start`] with the wasm filter's log level (`info`, `debug`...).
-    pub async fn start_with_level(
-        name: &str,
-        envoy_bin: &Path,
-        config_path: &Path,
-        admin_port: u16,
-        log_path: &Path,
-        level: &str,
-    ) -> Result<Self> {
-        if !envoy_bin.exists() {
-            bail!(
-                "Envoy binary not found at {} (set MESHPASS_ENVOY_BIN or run `make setup`)",
-                envoy_bin.display()
-            );
-        }
-        let mut cmd = Command::new(envoy_bin);
-        cmd.arg("-c")
-            .arg(config_path)
-            // Envoy's own chatter at warning; the wasm filter's log at `level`.
-            .args(["--concurrency", "1", "--log-level", "warning"])
-            .args(["--component-log-level", &format!("wasm:{level}")])
-            // Several Envoys on one host need distinct shared-memory ids.
-            .args(["--base-id", &admin_port.to_string()]);
-        let mut child = ManagedChild::spawn(name, cmd, log_path)?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?;
-        let url = format!("http://127.0.0.1:{admin_port}/ready");
-        let probe = http.clone();
-        child
-            .wait_ready("ready", Duration::from_secs(60), || {
-                let probe = probe.clone();
-                let url = url.clone();
-                async move {
-                    match probe.get(&url).send().await {
-                        Ok(r) => r.status().is_success(),
-                        Err(_) => false,
-                    }
-                }
-            })
-            .await?;
-        Ok(Envoy {
-            child,
-            admin_port,
-            http,
-        })
-    }
-
-    /// A counter or gauge from the admin `/stats` (0 when absent).
-    pub async fn stat(&self, name: &str) -> Result<u64> {
-        let url = format!(
-            "http://127.0.0.1:{}/stats?filter=^{}$",
-            self.admin_port,
-            name.replace('.', "\\.")
-        );
-        let text = self.http.get(&url).send().await?.text().await?;
-        for line in text.lines() {
-            if let Some((k, v)) = line.split_once(": ") {
-                if k == name {
-                    return v
-                        .trim()
-                        .parse()
-                        .with_context(|| format!("stat {name}: {v}"));
-                }
-            }
-        }
-        Ok(0)
-    }
-
-    /// Requests the exchange service answered for this sidecar (each is one exchange).
-    pub async fn exchange_requests(&self) -> Result<u64> {
-        self.stat(&format!("cluster.{EXCHANGE_CLUSTER}.upstream_rq_total"))
-            .await
-    }
-
-    /// The tail of Envoy's log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        self.child.log_tail(lines)
-    }
-
-    /// The log file.
-    pub fn log_path(&self) -> &Path {
-        self.child.log_path()
-    }
-
-    /// Whether Envoy is still running.
-    pub fn is_running(&mut self) -> bool {
-        self.child.is_running()
-    }
-
-    /// Stops Envoy.
-    pub fn stop(&mut self) {
-        self.child.stop();
-    }
+/// The bootstrap as YAML for `meshpass_testkit::Envoy::start_with`.
+pub fn yaml(config: &Value) -> String {
+    to_yaml(config)
 }

@@ -18,12 +18,13 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Serves `router` on a free loopback port.
+    /// Serves `router` on a port reserved by `meshpass_testkit::free_port`, so that
+    /// after a stop nobody else can take it before [`HttpServer::start_again`].
     pub async fn start(name: &str, router: Router) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let port = meshpass_testkit::free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
-            .with_context(|| format!("{name}: cannot bind 127.0.0.1:0"))?;
-        let port = listener.local_addr()?.port();
+            .with_context(|| format!("{name}: cannot bind 127.0.0.1:{port}"))?;
         let mut s = HttpServer {
             name: name.to_string(),
             port,
@@ -78,7 +79,7 @@ impl HttpServer {
         }
     }
 
-    /// Serves again on the same port (retries while the port is in TIME_WAIT or taken).
+    /// Serves again on the same port (retries while the old socket is still closing).
     pub async fn start_again(&mut self) -> Result<()> {
         if self.running.is_some() {
             return Ok(());

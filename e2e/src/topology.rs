@@ -31,15 +31,16 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
+use meshpass_testkit::{
+    free_port, BaoStorage, Envoy, EnvoyOptions, ExchangeService, OpenBao, OpenBaoOptions,
+};
+
+use crate::blocking;
 use crate::ca::TestCa;
 use crate::echo::{self, EchoReport};
-use crate::envoy::{
-    self, ClientSidecar, Envoy, JwtAuthn, ServerSidecar, UpstreamIdentity, WasmFilter,
-};
-use crate::exchange::ExchangeService;
+use crate::envoy::{self, ClientSidecar, JwtAuthn, ServerSidecar, UpstreamIdentity, WasmFilter};
 use crate::http::HttpServer;
 use crate::jwt::JwtSvidIssuer;
-use crate::openbao::{BaoStorage, OpenBao};
 
 /// The SPIFFE trust domain of the test mesh.
 pub const TRUST_DOMAIN: &str = "cluster.local";
@@ -134,13 +135,13 @@ pub struct Ports {
     pub client_exchange: u16,
     /// Client sidecar: no-filter listener towards the SERVER-mode listener.
     pub client_plain: u16,
-    /// Client sidecar admin.
+    /// Client sidecar admin (chosen by Envoy, known once it runs).
     pub client_admin: u16,
     /// Server sidecar: meshpass SERVER + jwt_authn (mTLS).
     pub server_mesh: u16,
     /// Server sidecar: jwt_authn only (mTLS).
     pub server_exchanged: u16,
-    /// Server sidecar admin.
+    /// Server sidecar admin (chosen by Envoy, known once it runs).
     pub server_admin: u16,
     /// The exchange service.
     pub exchange: u16,
@@ -280,7 +281,7 @@ pub fn exchange_config(
         "vault": {
             "address": bao.addr(),
             "auth": {"method": "token", "token": bao.root_token()},
-            "key_name": bao.transit_key(),
+            "key_name": TRANSIT_KEY,
             "publish_lead": format!("{}s", o.publish_lead_secs),
             "key_refresh_interval": format!("{}s", o.key_refresh_secs),
             "request_timeout": "2s",
@@ -322,8 +323,7 @@ impl Topology {
             .tempdir()
             .context("cannot create the topology's temp dir")?;
         let d = dir.path().to_path_buf();
-        let envoy_bin = crate::envoy_bin();
-        let wasm = crate::filter_wasm();
+        let wasm = meshpass_testkit::filter_wasm();
         if !wasm.exists() {
             anyhow::bail!(
                 "filter wasm not found at {} (set MESHPASS_FILTER_WASM or run `make wasm`)",
@@ -356,33 +356,38 @@ impl Topology {
         .await?;
         let app = HttpServer::start("echo-app", echo::router()).await?;
 
-        // OpenBao with transit, then the exchange service.
-        let bao = OpenBao::start_with_transit(
-            &crate::bao_bin(),
-            &d.join("openbao"),
-            options.bao,
-            TRANSIT_KEY,
-        )
-        .await?;
-        let exchange_port = crate::free_port()?;
+        // OpenBao with transit, then the exchange service, on a blocking thread while
+        // the sidecars start (they need only the exchange's port, reserved here).
+        let exchange_port = free_port();
         let store_url = match &options.storage {
             Storage::Sqlite => format!("sqlite://{}", d.join("meshpass.db").display()),
             Storage::Postgres(url) => url.clone(),
         };
-        let exchange_config =
-            exchange_config(exchange_port, svid_jwks.port(), &bao, &store_url, &options);
-        let exchange =
-            ExchangeService::start(&crate::exchange_bin(), &d, exchange_port, &exchange_config)
-                .await?;
+        let backend = {
+            let (d, options, svid_jwks_port) = (d.clone(), options.clone(), svid_jwks.port());
+            tokio::task::spawn_blocking(move || {
+                let bao = OpenBao::start_with(OpenBaoOptions {
+                    storage: options.bao,
+                    tls: false,
+                    dir: Some(d.join("openbao")),
+                });
+                bao.enable_transit();
+                bao.create_transit_key(TRANSIT_KEY, "ecdsa-p256");
+                let exchange_config =
+                    exchange_config(exchange_port, svid_jwks_port, &bao, &store_url, &options);
+                let exchange = ExchangeService::start(&d, exchange_port, &exchange_config);
+                (bao, exchange_config, exchange)
+            })
+        };
 
         // The sidecars.
-        let ports = Ports {
-            client_exchange: crate::free_port()?,
-            client_plain: crate::free_port()?,
-            client_admin: crate::free_port()?,
-            server_mesh: crate::free_port()?,
-            server_exchanged: crate::free_port()?,
-            server_admin: crate::free_port()?,
+        let mut ports = Ports {
+            client_exchange: free_port(),
+            client_plain: free_port(),
+            client_admin: 0,
+            server_mesh: free_port(),
+            server_exchanged: free_port(),
+            server_admin: 0,
             exchange: exchange_port,
             svid_jwks: svid_jwks.port(),
             app: app.port(),
@@ -395,7 +400,6 @@ impl Topology {
             root_id: "meshpass".into(),
         };
         let server_cfg = ServerSidecar {
-            admin_port: ports.server_admin,
             mesh_port: ports.server_mesh,
             exchanged_port: ports.server_exchanged,
             svid: svid("echo")?,
@@ -422,7 +426,6 @@ impl Topology {
             })
             .collect::<Result<Vec<_>>>()?;
         let client_cfg = ClientSidecar {
-            admin_port: ports.client_admin,
             exchange_port_listener: ports.client_exchange,
             plain_port: ports.client_plain,
             svid: svid("frontend")?,
@@ -440,30 +443,33 @@ impl Topology {
             exchange_port,
             svid_jwks_port: ports.svid_jwks,
         };
-        let server_yaml = d.join("server-sidecar.yaml");
-        let client_yaml = d.join("client-sidecar.yaml");
-        envoy::write_config(&envoy::server_sidecar_config(&server_cfg), &server_yaml)?;
-        envoy::write_config(&envoy::client_sidecar_config(&client_cfg), &client_yaml)?;
-        let (server_log, client_log) = (d.join("server-sidecar.log"), d.join("client-sidecar.log"));
+        let sidecar = |name: &str, config: &Value| {
+            let yaml = envoy::yaml(config);
+            let options = EnvoyOptions {
+                name: name.into(),
+                concurrency: 1,
+                // Envoy's own chatter at warning; the wasm filter's log at the level asked.
+                extra_args: ["--log-level", "warning", "--component-log-level"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .chain([format!("wasm:{}", options.envoy_log_level)])
+                    .collect(),
+                log_path: Some(d.join(format!("{name}.log"))),
+                timeout: Duration::from_secs(60),
+            };
+            tokio::task::spawn_blocking(move || Envoy::start_with(&yaml, &options))
+        };
         let (server, client) = tokio::join!(
-            Envoy::start_with_level(
-                "server-sidecar",
-                &envoy_bin,
-                &server_yaml,
-                ports.server_admin,
-                &server_log,
-                &options.envoy_log_level,
-            ),
-            Envoy::start_with_level(
-                "client-sidecar",
-                &envoy_bin,
-                &client_yaml,
-                ports.client_admin,
-                &client_log,
-                &options.envoy_log_level,
-            ),
+            sidecar("server-sidecar", &envoy::server_sidecar_config(&server_cfg)),
+            sidecar("client-sidecar", &envoy::client_sidecar_config(&client_cfg)),
         );
-        let (server, client) = (server?, client?);
+        let server = server?.map_err(|e| anyhow!("server sidecar: {e}"))?;
+        let client = client?.map_err(|e| anyhow!("client sidecar: {e}"))?;
+        ports.server_admin = server.admin_port();
+        ports.client_admin = client.admin_port();
+        let (bao, exchange_config, exchange) = backend
+            .await
+            .map_err(|e| anyhow!("starting OpenBao and the exchange service: {e}"))?;
 
         let topo = Topology {
             options,
@@ -489,7 +495,34 @@ impl Topology {
             dir,
         };
         topo.wait_until_filters_have_keys().await?;
+        topo.wait_until_jwt_authn_has_keys().await?;
         Ok(topo)
+    }
+
+    /// The sidecars started before the exchange service served its JWKS, so
+    /// `jwt_authn`'s first fetch may have failed (it refetches every second): waits
+    /// until both server listeners have fetched it.
+    async fn wait_until_jwt_authn_has_keys(&self) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let stat = |l: &str| format!("http.{l}.jwt_authn.jwks_fetch_success");
+        loop {
+            let fetched = blocking(|| {
+                let stats = self.server.stats();
+                ["inbound_mesh", "inbound_exchanged"]
+                    .iter()
+                    .all(|l| stats.get(&stat(l)).is_some_and(|n| *n > 0))
+            });
+            if fetched {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "jwt_authn has not fetched the exchange service's JWKS after 30 s\n{}",
+                    self.diagnostics(30)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The filters fetch the JWT-SVID issuer's JWKS after Envoy starts and answer 503
@@ -617,12 +650,12 @@ impl Topology {
 
     /// Exchanges the client sidecar's filter has sent (requests on its exchange cluster).
     pub async fn client_exchanges(&self) -> Result<u64> {
-        self.client.exchange_requests().await
+        Ok(blocking(|| self.client.stat(&exchange_requests_stat())))
     }
 
     /// Exchanges the server sidecar's filter has sent.
     pub async fn server_exchanges(&self) -> Result<u64> {
-        self.server.exchange_requests().await
+        Ok(blocking(|| self.server.stat(&exchange_requests_stat())))
     }
 
     /// The last lines of every component's log, for failure messages.
@@ -638,10 +671,32 @@ impl Topology {
                 format!(
                     "----- {n} ({}) -----\n{}",
                     p.display(),
-                    crate::process::log_tail(p, lines)
+                    meshpass_testkit::log_tail(p, lines)
                 )
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+}
+
+/// The counter of requests a sidecar sent to the exchange service (each is one exchange).
+fn exchange_requests_stat() -> String {
+    format!("cluster.{}.upstream_rq_total", envoy::EXCHANGE_CLUSTER)
+}
+
+impl Drop for Topology {
+    /// Stops the processes side by side (each waits for its own exit), sidecars first
+    /// so nothing calls a service that is going away; the fields then drop as no-ops.
+    fn drop(&mut self) {
+        let (client, server) = (&mut self.client, &mut self.server);
+        std::thread::scope(|s| {
+            s.spawn(|| client.stop());
+            s.spawn(|| server.stop());
+        });
+        let (exchange, bao) = (self.exchange.get_mut(), self.bao.get_mut());
+        std::thread::scope(|s| {
+            s.spawn(|| exchange.stop());
+            s.spawn(|| bao.stop());
+        });
     }
 }

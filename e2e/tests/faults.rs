@@ -23,24 +23,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use common::{assert_participant_token, eventually, scenarios, SharedPostgres};
+use common::{assert_participant_token, eventually, scenarios};
+use meshpass_e2e::blocking;
 use meshpass_e2e::jwt::decode_unverified;
-use meshpass_e2e::openbao::BaoStorage;
 use meshpass_e2e::topology::{Options, Reply, Storage, Topology, SHORT_TTL_SECS, TRANSIT_KEY};
-use meshpass_testkit::{PgDb, Postgres};
+use meshpass_testkit::{BaoStorage, PgDb, Postgres, SharedCluster};
 
 /// What the scenarios share. Fields drop in order: the topology (every process killed)
 /// first, then the guard that starts the shared Postgres cluster again if a scenario
 /// left it stopped, then the fresh database (dropped on that running cluster).
 struct Faults {
     topo: Arc<Topology>,
-    pg: SharedPostgres,
+    pg: SharedCluster,
     _db: PgDb,
 }
 
 impl Faults {
     async fn start() -> Result<Self> {
-        let pg = SharedPostgres::new()?;
+        let pg = SharedCluster::new();
         let db = Postgres::fresh_database();
         let topo = Topology::start(Options {
             storage: Storage::Postgres(db.url()),
@@ -142,7 +142,10 @@ async fn exchange_service_stopped_503_while_cached_tokens_serve_until_they_expir
         .as_u64()
         .context("participant token without exp")?;
 
-    t.exchange.lock().await.stop();
+    {
+        let mut exchange = t.exchange.lock().await;
+        blocking(|| exchange.stop());
+    }
     let outcome = async {
         let fresh = t.mint("frontend")?;
         let r = t.via_client_mode("/", Some(&fresh)).await?;
@@ -182,7 +185,10 @@ async fn exchange_service_stopped_503_while_cached_tokens_serve_until_they_expir
         Ok(())
     }
     .await;
-    t.exchange.lock().await.start_again().await?;
+    {
+        let mut exchange = t.exchange.lock().await;
+        blocking(|| exchange.start_again());
+    }
     outcome?;
     let fresh = t.mint("frontend")?;
     eventually(
@@ -197,7 +203,10 @@ async fn openbao_stopped_answers_503_with_retry_after_then_recovers_by_itself(
     f: &Faults,
 ) -> Result<()> {
     let t = &*f.topo;
-    t.bao.lock().await.stop();
+    {
+        let mut bao = t.bao.lock().await;
+        blocking(|| bao.stop());
+    }
     let outcome = async {
         for mode in ["CLIENT", "SERVER"] {
             let tok = t.mint(if mode == "CLIENT" {
@@ -215,7 +224,10 @@ async fn openbao_stopped_answers_503_with_retry_after_then_recovers_by_itself(
         Ok(())
     }
     .await;
-    t.bao.lock().await.start_again().await?;
+    {
+        let mut bao = t.bao.lock().await;
+        blocking(|| bao.start_again());
+    }
     outcome?;
     for mode in ["CLIENT", "SERVER"] {
         eventually(
@@ -291,7 +303,10 @@ async fn transit_key_rotation_during_steady_traffic_fails_no_request(f: &Faults)
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rotated = t.bao.lock().await.rotate_transit_key().await;
+    let rotated = {
+        let bao = t.bao.lock().await;
+        blocking(|| bao.rotate_key(TRANSIT_KEY))
+    };
     let deadline = Instant::now() + Duration::from_secs(t.options.publish_lead_secs + 20);
     while !saw_new_kid.load(Ordering::SeqCst) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -300,7 +315,7 @@ async fn transit_key_rotation_during_steady_traffic_fails_no_request(f: &Faults)
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     traffic.await?;
-    let new_version = rotated?;
+    let new_version = rotated;
     ensure!(
         new_version == before + 1,
         "rotation went from v{before} to v{new_version}"
@@ -327,7 +342,7 @@ async fn transit_key_rotation_during_steady_traffic_fails_no_request(f: &Faults)
 
 async fn postgres_restart_loses_no_mapping(f: &Faults) -> Result<()> {
     let t = &*f.topo;
-    f.pg.restart()?;
+    blocking(|| f.pg.restart());
     for (mode, workload, participant) in [
         ("CLIENT", "frontend", "acme"),
         ("SERVER", "reporting", "globex"),
@@ -363,13 +378,11 @@ async fn request(t: &Topology, mode: &str, tok: &str) -> Result<Reply> {
 }
 
 async fn current_key_version(t: &Topology) -> Result<u64> {
-    let k = t
-        .bao
-        .lock()
-        .await
-        .call("GET", &format!("transit/keys/{TRANSIT_KEY}"), None)
-        .await?;
-    k["data"]["latest_version"]
-        .as_u64()
-        .context("no latest_version")
+    let bao = t.bao.lock().await;
+    let version = blocking(|| bao.transit_key_version(TRANSIT_KEY));
+    ensure!(
+        version > 0,
+        "transit key {TRANSIT_KEY} has no latest_version"
+    );
+    Ok(version)
 }

@@ -6,19 +6,18 @@
 
 use std::path::Path;
 
+use meshpass_e2e::blocking;
 use meshpass_e2e::ca::TestCa;
 use meshpass_e2e::echo::{self, EchoReport};
-use meshpass_e2e::envoy::{self, ClientSidecar, Envoy, JwtAuthn, ServerSidecar, UpstreamIdentity};
+use meshpass_e2e::envoy::{self, ClientSidecar, JwtAuthn, ServerSidecar, UpstreamIdentity};
 use meshpass_e2e::http::HttpServer;
 use meshpass_e2e::jwt::JwtSvidIssuer;
-use meshpass_e2e::{envoy_bin, free_port};
+use meshpass_testkit::{free_port, Envoy, EnvoyOptions};
 use serde_json::json;
 
 struct Ports {
-    server_admin: u16,
     mesh: u16,
     exchanged: u16,
-    client_admin: u16,
     client_exchange: u16,
     plain: u16,
 }
@@ -55,15 +54,12 @@ async fn mtls_and_jwt_authn_sidecars_deliver_verified_requests_with_the_callers_
     let app = HttpServer::start("echo", echo::router()).await.unwrap();
 
     let p = Ports {
-        server_admin: free_port().unwrap(),
-        mesh: free_port().unwrap(),
-        exchanged: free_port().unwrap(),
-        client_admin: free_port().unwrap(),
-        client_exchange: free_port().unwrap(),
-        plain: free_port().unwrap(),
+        mesh: free_port(),
+        exchanged: free_port(),
+        client_exchange: free_port(),
+        plain: free_port(),
     };
     let server_cfg = ServerSidecar {
-        admin_port: p.server_admin,
         mesh_port: p.mesh,
         exchanged_port: p.exchanged,
         svid: server_svid,
@@ -81,7 +77,6 @@ async fn mtls_and_jwt_authn_sidecars_deliver_verified_requests_with_the_callers_
         svid_jwks_port: jwks_server.port(),
     };
     let client_cfg = ClientSidecar {
-        admin_port: p.client_admin,
         exchange_port_listener: p.client_exchange,
         plain_port: p.plain,
         svid: client_svid.clone(),
@@ -104,15 +99,12 @@ async fn mtls_and_jwt_authn_sidecars_deliver_verified_requests_with_the_callers_
         exchange_port: jwks_server.port(),
         svid_jwks_port: jwks_server.port(),
     };
-    let server_yaml = d.join("server.yaml");
-    let client_yaml = d.join("client.yaml");
-    envoy::write_config(&envoy::server_sidecar_config(&server_cfg), &server_yaml).unwrap();
-    envoy::write_config(&envoy::client_sidecar_config(&client_cfg), &client_yaml).unwrap();
-    let bin = envoy_bin();
-    envoy::validate_config(&bin, &server_yaml).unwrap();
-    envoy::validate_config(&bin, &client_yaml).unwrap();
-    let _server = start(&bin, &server_yaml, p.server_admin, d, "server").await;
-    let _client = start(&bin, &client_yaml, p.client_admin, d, "client").await;
+    let server_yaml = envoy::yaml(&envoy::server_sidecar_config(&server_cfg));
+    let client_yaml = envoy::yaml(&envoy::client_sidecar_config(&client_cfg));
+    meshpass_testkit::envoy::validate(&server_yaml).unwrap();
+    meshpass_testkit::envoy::validate(&client_yaml).unwrap();
+    let _server = start(&server_yaml, d, "server");
+    let _client = start(&client_yaml, d, "client");
 
     let http = reqwest::Client::new();
     let token = issuer.mint_for(&client_id, &["echo"], 300).unwrap();
@@ -171,8 +163,11 @@ async fn mtls_and_jwt_authn_sidecars_deliver_verified_requests_with_the_callers_
     assert_eq!(r.status(), 403, "wrong audience");
 }
 
-async fn start(bin: &Path, cfg: &Path, admin: u16, d: &Path, name: &str) -> Envoy {
-    Envoy::start(name, bin, cfg, admin, &d.join(format!("{name}.log")))
-        .await
-        .unwrap()
+fn start(yaml: &str, d: &Path, name: &str) -> Envoy {
+    let options = EnvoyOptions {
+        name: name.into(),
+        log_path: Some(d.join(format!("{name}.log"))),
+        ..EnvoyOptions::default()
+    };
+    blocking(|| Envoy::start_with(yaml, &options)).unwrap()
 }

@@ -193,11 +193,8 @@ async fn an_api_server_that_is_down_or_failing_gives_503_with_retry_after() {
     api.answer(Reply::Fail(401));
     assert_unavailable(&svc.exchange(1).await, "API server answers 401");
 
-    // Down: nothing listens on the port.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // Down: nothing listens on the port (reserved: no other test can be handed it).
+    let port = meshpass_testkit::free_port();
     let down = Service::start(&format!(
         "url = \"https://127.0.0.1:{port}\", ca_file = \"{}\"",
         api.ca_file.display()

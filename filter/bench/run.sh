@@ -31,30 +31,32 @@ if ! command -v wrk >/dev/null; then
 fi
 WORK=$(mktemp -d)
 ENVOY_PID=
-cleanup() { [ -n "$ENVOY_PID" ] && kill "$ENVOY_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"; }
+UP_PID=
+# Envoy is started by meshpass-testkit (reserved ports, every listener checked to be
+# bound by this Envoy); it stops Envoy when fd 3 (its stdin) closes, also if we die.
+cleanup() { exec 3>&- 2>/dev/null; [ -n "$UP_PID" ] && wait "$UP_PID" 2>/dev/null; rm -rf "$WORK"; }
 trap cleanup EXIT
+cargo build -q -p meshpass-testkit --bin meshpass-testkit
+TESTKIT=${CARGO_TARGET_DIR:-$ROOT/target}/debug/meshpass-testkit
 
 cargo run -q -p meshpass-filter --example mint_bench_token > "$WORK/token.json"
 TOKEN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["token"])' "$WORK/token.json")
 RS256_TOKEN=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["rs256_token"])' "$WORK/token.json")
 echo "[bench] token: ${#TOKEN} bytes (ES256), ${#RS256_TOKEN} bytes (RS256); wasm: $(stat -c %s "$WASM") bytes"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 declare -A PORT
 BASELINE_WASM=${BASELINE_WASM:-}
-for c in router noop_wasm jwt_authn jwt_authn_cache meshpass_hit meshpass_hit_baseline ext_authz validate_es256 validate_rs256 exchange authz; do PORT[$c]=$(free_port); done
 declare -A TOKEN_FOR
 for c in router noop_wasm jwt_authn jwt_authn_cache meshpass_hit meshpass_hit_baseline ext_authz validate_es256; do TOKEN_FOR[$c]=$TOKEN; done
 TOKEN_FOR[validate_rs256]=$RS256_TOKEN
 
-python3 - "$WORK" "$WASM" "$WORK/token.json" \
-  "${PORT[router]}" "${PORT[noop_wasm]}" "${PORT[jwt_authn]}" "${PORT[jwt_authn_cache]}" \
-  "${PORT[meshpass_hit]}" "${PORT[ext_authz]}" "${PORT[exchange]}" "${PORT[authz]}" \
-  "${PORT[validate_es256]}" "${PORT[validate_rs256]}" "${PORT[meshpass_hit_baseline]}" "$BASELINE_WASM" <<'PY'
+# Ports are `@port:NAME` placeholders that meshpass-testkit replaces with reserved ports.
+python3 - "$WORK" "$WASM" "$WORK/token.json" "$BASELINE_WASM" <<'PY'
 import json, sys
-work, wasm, tokfile = sys.argv[1:4]
-router, noop, jwt, jwtc, mesh, extauthz, exchange, authz, val_es, val_rs, mesh_base = map(int, sys.argv[4:15])
-baseline_wasm = sys.argv[15]
+work, wasm, tokfile, baseline_wasm = sys.argv[1:5]
+router, noop, jwt, jwtc, mesh, extauthz, exchange, authz, val_es, val_rs, mesh_base = (
+    "@port:" + n for n in ("router", "noop_wasm", "jwt_authn", "jwt_authn_cache", "meshpass_hit", "ext_authz",
+                           "exchange", "authz", "validate_es256", "validate_rs256", "meshpass_hit_baseline"))
 tok = json.load(open(tokfile))
 router_f = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 def listener(name, port, filters, body="ok", headers=None):
@@ -121,13 +123,18 @@ if baseline_wasm:
 json.dump(cfg, open(f"{work}/envoy.json", "w"))
 PY
 
-taskset -c 0 "$ENVOY" -c "$WORK/envoy.json" --concurrency 1 --disable-hot-restart \
-  --base-id $(( ($$ % 20000) * 50 + 49 )) -l warning > "$WORK/envoy.log" 2>&1 &
-ENVOY_PID=$!
-for i in $(seq 1 100); do
-  curl -fs -o /dev/null "http://127.0.0.1:${PORT[router]}/" && break
+mkfifo "$WORK/ctl"
+MESHPASS_ENVOY_BIN=$ENVOY "$TESTKIT" envoy --config "$WORK/envoy.json" --concurrency 1 --cpus 0 \
+  --out "$WORK/ports" --log "$WORK/envoy.log" < "$WORK/ctl" > "$WORK/testkit.log" 2>&1 &
+UP_PID=$!
+exec 3>"$WORK/ctl"
+until grep -qx ready "$WORK/ports" 2>/dev/null; do
+  kill -0 "$UP_PID" 2>/dev/null || { echo "[bench] Envoy did not start"; cat "$WORK/testkit.log"; exit 1; }
   sleep 0.1
 done
+while read -r name value; do
+  case $name in pid) ENVOY_PID=$value ;; admin|ready) ;; *) PORT[$name]=$value ;; esac
+done < "$WORK/ports"
 DEFAULT_CONFIGS="router noop_wasm jwt_authn jwt_authn_cache meshpass_hit ext_authz validate_es256 validate_rs256"
 [ -n "$BASELINE_WASM" ] && DEFAULT_CONFIGS="$DEFAULT_CONFIGS meshpass_hit_baseline"
 CONFIGS=${CONFIGS:-$DEFAULT_CONFIGS}
@@ -135,7 +142,7 @@ for c in $CONFIGS; do # warm up (meshpass: the one miss that fills the cache)
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN_FOR[$c]}" "http://127.0.0.1:${PORT[$c]}/")
   [ "$code" = 200 ] || { echo "[bench] $c answered $code"; cat "$WORK/envoy.log"; exit 1; }
 done
-ENVOY_CPU_TICKS() { awk '{print $14+$15}' /proc/$ENVOY_PID/stat; }
+ENVOY_CPU_TICKS() { awk '{print $14+$15}' "/proc/$ENVOY_PID/stat"; }
 : > "$WORK/results"
 echo "[bench] load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for run in $(seq 1 "$RUNS"); do

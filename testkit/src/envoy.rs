@@ -1,53 +1,73 @@
 //! A real Envoy on loopback for tests: [`Envoy::start`] writes the bootstrap YAML to a
 //! temp dir, starts `MESHPASS_ENVOY_BIN` (else `<workspace>/.tools/bin/envoy`) with an
-//! admin listener on an OS-chosen port, waits for `GET /ready` to answer `LIVE`, and kills
-//! the process on drop.
+//! admin listener on an OS-chosen port, waits for `GET /ready` to answer `LIVE` and for
+//! every listener to be bound by *this* Envoy, and stops the process on drop.
 //!
 //! The YAML must not contain an `admin:` block: the launcher adds one (port 0, the
 //! actual address is read from `--admin-address-path`, so there is no port race).
-//! Each instance gets its own `--base-id` and runs with `--disable-hot-restart`, so
-//! several Envoys (in parallel tests) never share memory segments.
+//! Listeners may use port 0 too: [`Envoy::listener_port`] reads the bound port.
+//! Each instance runs with `--disable-hot-restart` and its own `--base-id`, so several
+//! Envoys (in parallel tests) never share memory segments.
 //!
 //! Admin calls use a plain blocking HTTP/1.1 client over `std::net::TcpStream`, so the
 //! launcher works from `#[test]` and from inside a tokio runtime alike.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::http::raw_request;
+use crate::process::ChildGuard;
 
 static NEXT_BASE_ID: AtomicU32 = AtomicU32::new(0);
 
 /// How long [`Envoy::start`] waits for `/ready`.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A running Envoy, killed and reaped on drop.
-pub struct Envoy {
-    child: Child,
-    admin: String,
-    log_path: PathBuf,
-    config_path: PathBuf,
-    // Kept for its Drop: removes config, log and admin-address file.
-    _dir: tempfile::TempDir,
-}
-
 /// The Envoy binary: `MESHPASS_ENVOY_BIN` when set and non-empty, else
 /// `<workspace root>/.tools/bin/envoy`.
 pub fn envoy_binary() -> PathBuf {
-    match std::env::var_os("MESHPASS_ENVOY_BIN") {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => {
-            let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            here.parent()
-                .map(PathBuf::from)
-                .unwrap_or(here)
-                .join(".tools/bin/envoy")
+    crate::envoy_bin()
+}
+
+/// How [`Envoy::start_with`] runs Envoy.
+#[derive(Clone, Debug)]
+pub struct EnvoyOptions {
+    /// Name in messages and of the log file.
+    pub name: String,
+    /// `--concurrency` (worker threads).
+    pub concurrency: u32,
+    /// Extra command-line arguments (e.g. `["--component-log-level", "wasm:debug"]`).
+    pub extra_args: Vec<String>,
+    /// Where stdout and stderr go (appended); a file in Envoy's temp dir when `None`.
+    pub log_path: Option<PathBuf>,
+    /// How long to wait for readiness.
+    pub timeout: Duration,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            name: "envoy".into(),
+            concurrency: 1,
+            extra_args: Vec::new(),
+            log_path: None,
+            timeout: START_TIMEOUT,
         }
     }
+}
+
+/// A running Envoy, stopped and reaped on drop.
+pub struct Envoy {
+    child: ChildGuard,
+    admin: String,
+    listeners: Vec<(String, u16)>,
+    config_path: PathBuf,
+    // Kept for its Drop: removes config, log and admin-address file.
+    _dir: tempfile::TempDir,
 }
 
 impl Envoy {
@@ -76,6 +96,20 @@ impl Envoy {
         extra: &[&str],
         timeout: Duration,
     ) -> Result<Envoy, String> {
+        Self::start_with(
+            yaml,
+            &EnvoyOptions {
+                concurrency,
+                extra_args: extra.iter().map(|s| s.to_string()).collect(),
+                timeout,
+                ..EnvoyOptions::default()
+            },
+        )
+    }
+
+    /// Starts Envoy as `options` say; `Err(message with the log tail)` when it exits or
+    /// is not ready in time (a missing binary panics).
+    pub fn start_with(yaml: &str, options: &EnvoyOptions) -> Result<Envoy, String> {
         let bin = envoy_binary();
         assert!(
             bin.exists(),
@@ -89,9 +123,10 @@ impl Envoy {
         let config_path = dir.path().join("envoy.yaml");
         fs::write(&config_path, yaml).expect("cannot write Envoy config");
         let admin_path = dir.path().join("admin-address");
-        let log_path = dir.path().join("envoy.log");
-        let log = fs::File::create(&log_path).expect("cannot create Envoy log");
-        let log2 = log.try_clone().expect("cannot clone Envoy log handle");
+        let log_path = options
+            .log_path
+            .clone()
+            .unwrap_or_else(|| dir.path().join("envoy.log"));
         let base_id =
             (std::process::id() % 20_000) * 50 + NEXT_BASE_ID.fetch_add(1, Ordering::Relaxed) % 50;
         let admin_yaml = "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}";
@@ -103,55 +138,79 @@ impl Envoy {
             .arg("--admin-address-path")
             .arg(&admin_path)
             .arg("--concurrency")
-            .arg(concurrency.to_string())
+            .arg(options.concurrency.to_string())
             .arg("--base-id")
             .arg(base_id.to_string())
             .arg("--disable-hot-restart")
             .args(["--log-format", "[%Y-%m-%d %T.%e][%l][%n] %v"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start Envoy ({}): {e}", bin.display()));
+            .args(&options.extra_args);
+        let child = ChildGuard::spawn_logging_to(&options.name, cmd, &log_path);
         let mut envoy = Envoy {
             child,
             admin: String::new(),
-            log_path,
+            listeners: Vec::new(),
             config_path,
             _dir: dir,
         };
+        envoy.wait_ready(&admin_path, options.timeout)?;
+        Ok(envoy)
+    }
+
+    /// Waits for `/ready` = `LIVE` and for every listener to be bound by this process.
+    fn wait_ready(&mut self, admin_path: &Path, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(status)) = envoy.child.try_wait() {
+            if let Some(status) = self.child.exited() {
                 return Err(format!(
                     "Envoy exited ({status}) before it was ready; log:\n{}",
-                    envoy.log_tail(60)
+                    self.log_tail(60)
                 ));
             }
-            if envoy.admin.is_empty() {
-                if let Ok(a) = fs::read_to_string(&admin_path) {
+            if self.admin.is_empty() {
+                if let Ok(a) = fs::read_to_string(admin_path) {
                     if a.trim().contains(':') {
-                        envoy.admin = a.trim().to_string();
+                        self.admin = a.trim().to_string();
                     }
                 }
             }
-            if !envoy.admin.is_empty() {
-                if let Ok((200, body)) = envoy.admin_get("/ready") {
-                    if body.trim() == "LIVE" {
-                        return Ok(envoy);
-                    }
+            if !self.admin.is_empty() && self.is_live() {
+                if let Some(listeners) = self.bound_listeners() {
+                    self.listeners = listeners;
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
                 return Err(format!(
                     "Envoy not ready after {timeout:?}; log:\n{}",
-                    envoy.log_tail(60)
+                    self.log_tail(60)
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(self.admin_get("/ready"), Ok((200, body)) if body.trim() == "LIVE")
+    }
+
+    /// `(name, port)` of every listener, once each is bound by this process.
+    fn bound_listeners(&self) -> Option<Vec<(String, u16)>> {
+        let (status, body) = self.admin_get("/listeners?format=json").ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let mut out = Vec::new();
+        for l in v["listener_statuses"].as_array()? {
+            let name = l["name"].as_str().unwrap_or_default().to_string();
+            let port = l["local_address"]["socket_address"]["port_value"].as_u64()?;
+            let port = u16::try_from(port).ok()?;
+            if !self.child.listens_on(port) {
+                return None;
+            }
+            out.push((name, port));
+        }
+        Some(out)
     }
 
     /// `host:port` of the admin listener.
@@ -159,14 +218,48 @@ impl Envoy {
         &self.admin
     }
 
-    /// The OS process id.
+    /// The admin listener's port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The port listener `name` is bound to (configured as 0 or not).
+    pub fn listener_port(&self, name: &str) -> Option<u16> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| *p)
+    }
+
+    /// The OS process id (0 once stopped).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.pid()
     }
 
     /// Whether Envoy is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
+    }
+
+    /// Freezes Envoy; returns once every thread is stopped (see [`ChildGuard::pause`]).
+    pub fn pause(&mut self) {
+        self.child.pause();
+    }
+
+    /// Resumes a paused Envoy.
+    pub fn resume(&mut self) {
+        self.child.resume();
+    }
+
+    /// Stops Envoy; returns once it has exited and its listener ports are released.
+    pub fn stop(&mut self) {
+        self.child.stop();
+        for (_, port) in &self.listeners {
+            crate::wait_port_released(*port, Duration::from_secs(10));
+        }
     }
 
     /// The bootstrap file Envoy was started with.
@@ -174,28 +267,31 @@ impl Envoy {
         &self.config_path
     }
 
+    /// The log file (stdout and stderr).
+    pub fn log_path(&self) -> &Path {
+        self.child.log_path()
+    }
+
     /// Envoy's whole log (stdout and stderr).
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
+        fs::read(self.log_path())
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
     }
 
     /// The last `n` lines of the log.
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.child.log_tail(n)
     }
 
     /// `GET path` on the admin listener: `(status, body)`.
     pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        http_get(&self.admin, path)
+        raw_request(&self.admin, "GET", path)
     }
 
     /// `POST path` on the admin listener (e.g. `/reset_counters`).
     pub fn admin_post(&self, path: &str) -> std::io::Result<(u16, String)> {
-        http_request(&self.admin, "POST", path)
+        raw_request(&self.admin, "POST", path)
     }
 
     /// The Prometheus text of `/stats/prometheus`.
@@ -247,102 +343,86 @@ impl Envoy {
     }
 }
 
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Runs `envoy --mode validate` on `yaml` (which may hold its own `admin:` block); the
+/// error carries Envoy's complaint.
+pub fn validate(yaml: &str) -> Result<(), String> {
+    let bin = envoy_binary();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("envoy.yaml");
+    fs::write(&path, yaml).map_err(|e| e.to_string())?;
+    let out = Command::new(&bin)
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&path)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+    if out.status.success() {
+        return Ok(());
     }
-}
-
-fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    http_request(addr, "GET", path)
-}
-
-/// A minimal HTTP/1.1 request with `Connection: close`; enough for Envoy's admin API.
-fn http_request(addr: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
+    Err(format!(
+        "envoy rejects the config:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A bootstrap (JSON is YAML) with one listener answering `hi` on `port`.
+    fn direct_response(port: u16) -> String {
+        let router = serde_json::json!({"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}});
+        let hcm = serde_json::json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": "t",
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "hi"}}}
+            ]}]},
+            "http_filters": [router],
+        });
+        serde_json::json!({"static_resources": {"listeners": [{
+            "name": "l",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [
+                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+            ]}],
+        }]}})
+        .to_string()
+    }
+
     #[test]
     fn envoy_starts_serves_a_direct_response_and_reports_stats() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let yaml = format!(
-            r#"
-static_resources:
-  listeners:
-  - name: l
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: t
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                direct_response: {{status: 200, body: {{inline_string: "hi"}}}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"#
-        );
-        let envoy = Envoy::start(&yaml, 1);
-        let (status, body) = http_get(&format!("127.0.0.1:{port}"), "/").unwrap();
+        let port = crate::free_port();
+        let envoy = Envoy::start(&direct_response(port), 1);
+        assert_eq!(envoy.listener_port("l"), Some(port));
+        let (status, body) = raw_request(&format!("127.0.0.1:{port}"), "GET", "/").unwrap();
         assert_eq!((status, body.as_str()), (200, "hi"));
         assert!(envoy.wait_stat("http.t.downstream_rq_2xx", 1, Duration::from_secs(10)) >= 1);
         assert!(envoy
             .prometheus()
             .contains("envoy_http_downstream_rq_total"));
+    }
+
+    #[test]
+    fn envoy_on_port_zero_reports_its_port_answers_nothing_paused_and_releases_it_on_stop() {
+        let mut envoy = Envoy::start(&direct_response(0), 2);
+        let port = envoy.listener_port("l").unwrap();
+        assert!(crate::pid_listens_on(envoy.pid(), port));
+        envoy.pause();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 64];
+        let r = std::io::Read::read(&mut s, &mut buf);
+        assert!(r.is_err(), "a paused Envoy answered: {r:?}");
+        envoy.resume();
+        let (status, _) = raw_request(&format!("127.0.0.1:{port}"), "GET", "/").unwrap();
+        assert_eq!(status, 200);
+        envoy.stop();
+        assert!(!envoy.is_running());
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Test support for meshpass (see README.md): starts real OpenBao servers and Postgres
-//! databases on loopback, on free ports, and cleans them up on drop.
+//! Test support for meshpass (see README.md): the one way every test, the e2e suite, the
+//! demo and the benchmarks start real components on loopback — OpenBao (dev or
+//! persistent), Envoy with the built filter, the exchange service binary, Postgres
+//! databases and plain child processes — on reserved ports, and stop them on drop.
 //!
 //! Everything here is synchronous and free of any async runtime, so it works from plain
 //! `#[test]`s and from `#[tokio::test]`s alike (HTTP calls run on a helper thread).
@@ -10,15 +12,21 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod envoy;
+mod exchange;
+mod http;
 mod openbao;
+mod ports;
 mod postgres;
 mod process;
 
-pub use openbao::OpenBao;
-pub use postgres::{PgDb, Postgres};
-pub use process::{wait_until, ChildGuard};
+pub use envoy::{Envoy, EnvoyOptions};
+pub use exchange::{to_toml, ExchangeService};
+pub use http::{dechunk, raw_request};
+pub use openbao::{BaoStorage, OpenBao, OpenBaoOptions};
+pub use ports::{free_port, pid_listens_on, wait_port_released};
+pub use postgres::{PgDb, Postgres, SharedCluster};
+pub use process::{log_tail, wait_until, ChildGuard};
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
@@ -47,13 +55,17 @@ pub fn envoy_bin() -> PathBuf {
     bin_path("MESHPASS_ENVOY_BIN", ".tools/bin/envoy")
 }
 
-/// A currently free TCP port on 127.0.0.1 (bind to port 0, read it, release it).
-/// Another process may grab it before you bind it: starters here retry on bind failure.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("cannot bind 127.0.0.1:0 to find a free port")
+/// The filter: `MESHPASS_FILTER_WASM`, else the `wasm-release` build in `target/`.
+pub fn filter_wasm() -> PathBuf {
+    bin_path(
+        "MESHPASS_FILTER_WASM",
+        "target/wasm32-wasip1/wasm-release/meshpass_filter.wasm",
+    )
+}
+
+/// The exchange service: `MESHPASS_EXCHANGE_BIN`, else `target/debug/meshpass-exchange`.
+pub fn exchange_bin() -> PathBuf {
+    bin_path("MESHPASS_EXCHANGE_BIN", "target/debug/meshpass-exchange")
 }
 
 /// A random lowercase hex string of `n_bytes` random bytes (tokens, database names).
@@ -69,13 +81,6 @@ pub fn random_hex(n_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn free_port_returns_a_bindable_port() {
-        let p = free_port();
-        assert_ne!(p, 0);
-        TcpListener::bind(("127.0.0.1", p)).unwrap();
-    }
 
     #[test]
     fn bin_path_prefers_the_environment_variable() {

@@ -1,49 +1,101 @@
-//! A real OpenBao dev server on a free loopback port.
+//! A real OpenBao server on a reserved loopback port: the in-memory dev server, or a
+//! persistent one (raft storage on disk, initialised and unsealed by us) that keeps its
+//! keys across stop and start.
 
+use crate::http::{client, http_status, off_runtime};
 use crate::process::ChildGuard;
 use crate::{bao_bin, free_port, random_hex};
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// An OpenBao server in dev mode (`bao server -dev`): in memory, unsealed, with a random
-/// root token, listening on `127.0.0.1:<free port>`. Stopped on drop.
+/// How OpenBao keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BaoStorage {
+    /// `bao server -dev`: in memory, unsealed, root token chosen by us. A restart
+    /// brings back an *empty* server.
+    Dev,
+    /// Raft storage in the server's directory, initialised with one unseal key: stop
+    /// and start keep every mount, key and policy (unsealed again on start).
+    Persistent,
+}
+
+/// What [`OpenBao::start_with`] starts.
+#[derive(Clone, Debug)]
+pub struct OpenBaoOptions {
+    /// Dev (in memory) or persistent (raft on disk).
+    pub storage: BaoStorage,
+    /// Serve HTTPS with a generated CA (`-dev-tls`; dev servers only).
+    pub tls: bool,
+    /// Where the log (`openbao.log`), config and data go; a private temp dir when `None`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for OpenBaoOptions {
+    fn default() -> Self {
+        OpenBaoOptions {
+            storage: BaoStorage::Dev,
+            tls: false,
+            dir: None,
+        }
+    }
+}
+
+/// An OpenBao server listening on `127.0.0.1:<reserved port>`, stopped on drop.
 ///
-/// Dev mode keeps everything in memory: [`OpenBao::restart_same_port`] brings back an
-/// *empty* server (same address and root token, but no transit keys, auth methods or
-/// policies). To test "Vault down, then back" with state intact, use
-/// [`OpenBao::pause`]/[`OpenBao::resume`] (SIGSTOP/SIGCONT: connections hang, like a
-/// network partition) or `stop()` followed by `restart_same_port()` and re-creating what
-/// the test needs (connections are refused in between).
+/// To test "Vault down, then back" with state intact, use [`OpenBao::pause`] /
+/// [`OpenBao::resume`] (SIGSTOP/SIGCONT, verified in `/proc`: connections hang, like a
+/// network partition), or a [`BaoStorage::Persistent`] server with `stop()` then
+/// `start_again()` (connections refused in between). A dev server's
+/// [`OpenBao::restart_same_port`] comes back empty.
 pub struct OpenBao {
     bin: PathBuf,
+    options: OpenBaoOptions,
+    dir: PathBuf,
     port: u16,
     token: String,
+    unseal_key: Option<String>,
     child: Option<ChildGuard>,
-    paused: bool,
-    /// `-dev-tls` certificate directory (TLS servers only).
-    tls_dir: Option<tempfile::TempDir>,
+    // Kept for its Drop when no directory was given.
+    _tmp: Option<tempfile::TempDir>,
 }
 
 impl OpenBao {
-    /// Starts a dev server with the binary from `MESHPASS_BAO_BIN` (or
-    /// `<workspace>/.tools/bin/bao`) and waits until `/v1/sys/health` answers 200.
-    /// Panics (naming the binary path) when the binary is missing or never gets ready.
+    /// A dev server (binary from `MESHPASS_BAO_BIN`, else `<workspace>/.tools/bin/bao`)
+    /// with a random root token, once `/v1/sys/health` answers 200. Panics (naming the
+    /// binary path) when the binary is missing or never gets ready.
     pub fn start() -> OpenBao {
-        OpenBao::start_inner(false)
+        OpenBao::start_with(OpenBaoOptions::default())
     }
 
     /// Like [`OpenBao::start`] but serving HTTPS (`-dev-tls`) with a certificate for
     /// 127.0.0.1 from a generated CA: see [`OpenBao::ca_cert_path`].
     pub fn start_tls() -> OpenBao {
-        OpenBao::start_inner(true)
+        OpenBao::start_with(OpenBaoOptions {
+            tls: true,
+            ..OpenBaoOptions::default()
+        })
     }
 
-    fn start_inner(tls: bool) -> OpenBao {
+    /// A persistent (raft) server, initialised and unsealed: see [`BaoStorage`].
+    pub fn start_persistent() -> OpenBao {
+        OpenBao::start_with(OpenBaoOptions {
+            storage: BaoStorage::Persistent,
+            ..OpenBaoOptions::default()
+        })
+    }
+
+    /// Starts the server `options` describe; ready when `sys/health` answers 200 (active
+    /// and unsealed) from the process we started.
+    pub fn start_with(options: OpenBaoOptions) -> OpenBao {
+        assert!(
+            !(options.tls && options.storage == BaoStorage::Persistent),
+            "TLS is only available for dev OpenBao servers"
+        );
         let bin = bao_bin();
         if !bin.is_file() {
             panic!(
@@ -51,103 +103,156 @@ impl OpenBao {
                 bin.display()
             );
         }
-        let token = format!("root-{}", random_hex(12));
+        let (dir, tmp) = match &options.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)
+                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", d.display()));
+                (d.clone(), None)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("meshpass-openbao-")
+                    .tempdir()
+                    .expect("cannot create a temp dir for OpenBao");
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
         let mut bao = OpenBao {
             bin,
+            options,
+            dir,
             port: 0,
-            token,
+            token: format!("root-{}", random_hex(12)),
+            unseal_key: None,
             child: None,
-            paused: false,
-            tls_dir: tls.then(|| {
-                tempfile::Builder::new()
-                    .prefix("meshpass-openbao-tls-")
-                    .tempdir()
-                    .expect("cannot create a temp dir for OpenBao TLS files")
-            }),
+            _tmp: tmp,
         };
-        // A free port can be taken before the server binds it: retry with a new one.
-        for attempt in 0..3 {
+        // A reserved port is free, but a start can still fail: retry on a new one.
+        let mut last = String::new();
+        for _ in 0..3 {
             bao.port = free_port();
-            match bao.spawn_and_wait(attempt == 2) {
+            match bao.spawn_and_wait() {
                 Ok(()) => return bao,
-                Err(e) => eprintln!("[testkit] OpenBao start attempt {attempt} failed: {e}"),
+                Err(e) => {
+                    eprintln!("[testkit] OpenBao start on port {} failed: {e}", bao.port);
+                    last = e;
+                }
             }
         }
-        panic!("OpenBao ({}) did not start", bao.bin.display());
+        panic!("OpenBao ({}) did not start: {last}", bao.bin.display());
     }
 
-    /// Spawns the server on `self.port` and waits for readiness. On early exit returns
-    /// Err (so the caller can retry), unless `last` (then the readiness wait panics with
-    /// the log tail).
-    fn spawn_and_wait(&mut self, last: bool) -> Result<(), String> {
+    fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
-        cmd.arg("server")
-            .arg("-dev")
-            .arg(format!("-dev-root-token-id={}", self.token))
-            .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port))
-            .arg("-dev-no-store-token")
-            .args(
-                self.tls_dir
-                    .as_ref()
-                    .map(|d| {
-                        vec![
-                            "-dev-tls".to_string(),
-                            format!("-dev-tls-cert-dir={}", d.path().display()),
-                        ]
-                    })
-                    .unwrap_or_default(),
-            )
-            // Never pick up the developer's own Vault/OpenBao settings.
-            .env_remove("VAULT_ADDR")
-            .env_remove("BAO_ADDR")
-            .env_remove("VAULT_TOKEN")
-            .env_remove("BAO_TOKEN");
-        let mut child = ChildGuard::spawn("openbao", cmd);
-        let health = format!("{}/v1/sys/health", self.addr());
-        let ca = self.ca_cert_path();
-        if !last {
-            let deadline = std::time::Instant::now() + READY_TIMEOUT;
-            loop {
-                if http_status(&health, ca.clone()) == Some(200) {
-                    break;
+        match self.options.storage {
+            BaoStorage::Dev => {
+                cmd.args(["server", "-dev", "-dev-no-store-token"])
+                    .arg(format!("-dev-root-token-id={}", self.token))
+                    .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port));
+                if self.options.tls {
+                    let tls = self.dir.join("tls");
+                    std::fs::create_dir_all(&tls).expect("cannot create the TLS directory");
+                    cmd.arg("-dev-tls").arg(format!(
+                        "-dev-tls-cert-dir={}",
+                        self.dir.join("tls").display()
+                    ));
                 }
-                if child.exited().is_some() {
-                    return Err(format!("exited early; log tail:\n{}", child.log_tail(20)));
-                }
-                if std::time::Instant::now() >= deadline {
-                    return Err(format!("not healthy; log tail:\n{}", child.log_tail(20)));
-                }
-                std::thread::sleep(Duration::from_millis(50));
             }
-        } else {
-            let what = format!("{health} answered 200 (binary {})", self.bin.display());
-            child.wait_ready(&what, READY_TIMEOUT, || {
-                http_status(&health, ca.clone()) == Some(200)
-            });
+            BaoStorage::Persistent => {
+                let cfg = self.write_persistent_config();
+                cmd.arg("server").arg(format!("-config={}", cfg.display()));
+            }
         }
+        // Never pick up the developer's own Vault/OpenBao settings.
+        for var in ["VAULT_ADDR", "BAO_ADDR", "VAULT_TOKEN", "BAO_TOKEN"] {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+
+    fn write_persistent_config(&self) -> PathBuf {
+        let data = self.dir.join("raft");
+        std::fs::create_dir_all(&data).expect("cannot create the raft directory");
+        let cluster_port = free_port();
+        let hcl = format!(
+            "storage \"raft\" {{\n  path = \"{}\"\n  node_id = \"testkit\"\n  performance_multiplier = 1\n}}\n\
+             listener \"tcp\" {{\n  address = \"127.0.0.1:{port}\"\n  cluster_address = \"127.0.0.1:{cluster_port}\"\n  tls_disable = true\n}}\n\
+             api_addr = \"http://127.0.0.1:{port}\"\ncluster_addr = \"http://127.0.0.1:{cluster_port}\"\n",
+            data.display(),
+            port = self.port,
+        );
+        let cfg = self.dir.join("openbao.hcl");
+        std::fs::write(&cfg, hcl).expect("cannot write the OpenBao config");
+        cfg
+    }
+
+    /// Spawns the server on `self.port` and waits until it is ours and active. On
+    /// failure the child is stopped and the reason returned.
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let mut child = ChildGuard::spawn_logging_to("openbao", self.command(), &self.log_path());
+        let health = format!("{}/v1/sys/health", self.addr());
+        let (ca, port, pid) = (self.ca_cert_path(), self.port, child.pid());
+        // Listening, and on a socket of the process we started: a server of another
+        // test that got the same port would answer the probe too.
+        child.try_wait_ready("listening on its port", READY_TIMEOUT, || {
+            crate::pid_listens_on(pid, port) && http_status(&health, ca.clone()).is_some()
+        })?;
         self.child = Some(child);
-        self.paused = false;
-        Ok(())
+        if self.options.storage == BaoStorage::Persistent {
+            self.init_and_unseal()?;
+        }
+        let child = self.child.as_mut().ok_or("OpenBao is not running")?;
+        child.try_wait_ready("active and unsealed (health 200)", READY_TIMEOUT, || {
+            http_status(&health, ca.clone()) == Some(200)
+        })
+    }
+
+    fn init_and_unseal(&mut self) -> Result<(), String> {
+        let addr = self.addr();
+        if self.unseal_key.is_none() {
+            let r = off_runtime(move || {
+                client(None, HTTP_TIMEOUT)
+                    .put(format!("{addr}/v1/sys/init"))
+                    .json(&json!({"secret_shares": 1, "secret_threshold": 1}))
+                    .send()
+                    .and_then(|r| r.error_for_status())
+                    .and_then(|r| r.json::<Value>())
+                    .map_err(|e| format!("sys/init: {e}"))
+            })?;
+            let (Some(key), Some(token)) = (r["keys"][0].as_str(), r["root_token"].as_str()) else {
+                return Err(format!("sys/init answered without key or token: {r}"));
+            };
+            self.unseal_key = Some(key.to_string());
+            self.token = token.to_string();
+        }
+        let (addr, key) = (self.addr(), self.unseal_key.clone().unwrap_or_default());
+        off_runtime(move || {
+            client(None, HTTP_TIMEOUT)
+                .put(format!("{addr}/v1/sys/unseal"))
+                .json(&json!({ "key": key }))
+                .send()
+                .and_then(|r| r.error_for_status())
+                .map(|_| ())
+                .map_err(|e| format!("sys/unseal: {e}"))
+        })
     }
 
     /// `http://127.0.0.1:PORT`, or `https://` for [`OpenBao::start_tls`] (what
     /// `VAULT_ADDR` would be).
     pub fn addr(&self) -> String {
-        let scheme = if self.tls_dir.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if self.options.tls { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The PEM file of the CA that issued the server certificate (TLS servers only;
     /// what `VAULT_CACERT` would be). Regenerated by each (re)start.
     pub fn ca_cert_path(&self) -> Option<PathBuf> {
-        self.tls_dir.as_ref().map(|d| d.path().join("vault-ca.pem"))
+        self.options
+            .tls
+            .then(|| self.dir.join("tls").join("vault-ca.pem"))
     }
 
-    /// The listening port.
+    /// The listening port (kept across restarts).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -157,17 +262,29 @@ impl OpenBao {
         &self.token
     }
 
+    /// How the server keeps its data.
+    pub fn storage(&self) -> BaoStorage {
+        self.options.storage
+    }
+
     /// The server's process id (0 when stopped).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(ChildGuard::pid).unwrap_or(0)
     }
 
+    /// The server's directory (log, config, data).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The log file (one for every start of this server).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("openbao.log")
+    }
+
     /// The tail of the server's log.
     pub fn log_tail(&self, max_lines: usize) -> String {
-        self.child
-            .as_ref()
-            .map(|c| c.log_tail(max_lines))
-            .unwrap_or_default()
+        crate::process::log_tail(&self.log_path(), max_lines)
     }
 
     /// Calls the HTTP API as root: `method` (`GET`, `POST`, `PUT`, `DELETE`, `LIST`...) on
@@ -190,10 +307,11 @@ impl OpenBao {
         let method = method.to_string();
         let ca = self.ca_cert_path();
         off_runtime(move || {
-            let client = client(ca);
             let m = reqwest::Method::from_bytes(method.as_bytes())
                 .unwrap_or_else(|_| panic!("bad HTTP method {method}"));
-            let mut req = client.request(m, &url).header("X-Vault-Token", token);
+            let mut req = client(ca, HTTP_TIMEOUT)
+                .request(m, &url)
+                .header("X-Vault-Token", token);
             if let Some(b) = body {
                 req = req.json(&b);
             }
@@ -202,8 +320,7 @@ impl OpenBao {
                 .unwrap_or_else(|e| panic!("OpenBao request {method} {url} failed: {e}"));
             let status = resp.status().as_u16();
             let text = resp.text().unwrap_or_default();
-            let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-            (status, json)
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
         })
     }
 
@@ -223,157 +340,120 @@ impl OpenBao {
 
     /// Mounts secrets engine `kind` at `path`.
     pub fn enable_secrets(&self, kind: &str, path: &str) {
-        self.api_ok(
-            "POST",
-            &format!("sys/mounts/{path}"),
-            Some(json!({ "type": kind })),
-        );
+        let body = Some(json!({ "type": kind }));
+        self.api_ok("POST", &format!("sys/mounts/{path}"), body);
     }
 
     /// Enables auth method `kind` at `auth/{path}`.
     pub fn enable_auth(&self, kind: &str, path: &str) {
-        self.api_ok(
-            "POST",
-            &format!("sys/auth/{path}"),
-            Some(json!({ "type": kind })),
-        );
+        let body = Some(json!({ "type": kind }));
+        self.api_ok("POST", &format!("sys/auth/{path}"), body);
     }
 
     /// Creates transit key `name` of `key_type` (`ecdsa-p256`, `rsa-2048`, `ed25519`...)
     /// on the `transit/` mount.
     pub fn create_transit_key(&self, name: &str, key_type: &str) {
-        self.api_ok(
-            "POST",
-            &format!("transit/keys/{name}"),
-            Some(json!({ "type": key_type })),
-        );
+        let body = Some(json!({ "type": key_type }));
+        self.api_ok("POST", &format!("transit/keys/{name}"), body);
+    }
+
+    /// The latest version of transit key `name`.
+    pub fn transit_key_version(&self, name: &str) -> u64 {
+        let key = self.api_ok("GET", &format!("transit/keys/{name}"), None);
+        key["data"]["latest_version"].as_u64().unwrap_or(0)
     }
 
     /// Rotates transit key `name`; returns the new latest version.
     pub fn rotate_key(&self, name: &str) -> u64 {
         self.api_ok("POST", &format!("transit/keys/{name}/rotate"), None);
-        let key = self.api_ok("GET", &format!("transit/keys/{name}"), None);
-        key["data"]["latest_version"].as_u64().unwrap_or(0)
+        self.transit_key_version(name)
     }
 
     /// Writes ACL policy `name` (HCL).
     pub fn write_policy(&self, name: &str, hcl: &str) {
-        self.api_ok(
-            "PUT",
-            &format!("sys/policies/acl/{name}"),
-            Some(json!({ "policy": hcl })),
-        );
+        let body = Some(json!({ "policy": hcl }));
+        self.api_ok("PUT", &format!("sys/policies/acl/{name}"), body);
     }
 
     /// Creates a token with `policies` and `ttl` (e.g. `"1h"`); returns its client token.
     pub fn create_token(&self, policies: &[&str], ttl: &str) -> String {
-        let v = self.api_ok(
-            "POST",
-            "auth/token/create",
-            Some(json!({ "policies": policies, "ttl": ttl })),
-        );
+        let body = Some(json!({ "policies": policies, "ttl": ttl }));
+        let v = self.api_ok("POST", "auth/token/create", body);
         v["auth"]["client_token"]
             .as_str()
             .unwrap_or_else(|| panic!("no client_token in {v}"))
             .to_string()
     }
 
-    /// Pauses the server (SIGSTOP): it keeps its port and state but answers nothing, so
-    /// clients see timeouts. Resumed by [`OpenBao::resume`] (and before stop/drop).
+    /// Freezes the server (SIGSTOP); returns once the kernel reports every thread
+    /// stopped, so no request is answered from then on (see [`ChildGuard::pause`]).
+    /// Resumed by [`OpenBao::resume`] (and before stop/drop).
     pub fn pause(&mut self) {
-        if let Some(c) = &self.child {
-            c.signal("STOP");
-            self.paused = true;
-        }
+        self.child.iter_mut().for_each(ChildGuard::pause);
     }
 
-    /// Resumes a paused server (SIGCONT).
+    /// Resumes a paused server (SIGCONT); returns once it runs again.
     pub fn resume(&mut self) {
-        if let Some(c) = &self.child {
-            c.signal("CONT");
-            self.paused = false;
-        }
+        self.child.iter_mut().for_each(ChildGuard::resume);
     }
 
     /// Whether the server is paused.
     pub fn is_paused(&self) -> bool {
-        self.paused
+        self.child.as_ref().is_some_and(ChildGuard::is_paused)
     }
 
-    /// Stops the server (connections are then refused). All state is lost.
+    /// Whether the server process runs (paused counts as running).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(ChildGuard::is_running)
+    }
+
+    /// Stops the server and returns once it has exited and its port is released
+    /// (connections are then refused). A dev server loses all state; a persistent one
+    /// keeps it (raft storage survives a kill, so no graceful shutdown is waited for).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            c.stop();
+            c.stop_with_grace(Duration::ZERO);
+            crate::wait_port_released(self.port, Duration::from_secs(10));
         }
-        self.paused = false;
     }
 
-    /// Stops the server if running and starts a fresh dev server on the same port with
-    /// the same root token. Dev mode is in memory: transit keys, mounts, auth methods
-    /// and policies are gone and must be created again.
-    pub fn restart_same_port(&mut self) {
-        self.stop();
-        // The old socket may linger briefly; retry the bind a few times.
-        for attempt in 0..5 {
-            match self.spawn_and_wait(attempt == 4) {
+    /// Starts a stopped server again on the same port (a persistent one unsealed, with
+    /// everything it had; a dev one empty, with the same root token). No-op when it
+    /// runs.
+    pub fn start_again(&mut self) {
+        if self.child.is_some() {
+            return;
+        }
+        // The port stays reserved for this process; a start can still fail (slow exit
+        // of the old server): retry a few times.
+        let mut last = String::new();
+        for _ in 0..5 {
+            match self.spawn_and_wait() {
                 Ok(()) => return,
                 Err(e) => {
-                    eprintln!("[testkit] OpenBao restart attempt {attempt} failed: {e}");
+                    eprintln!(
+                        "[testkit] OpenBao restart on port {} failed: {e}",
+                        self.port
+                    );
+                    last = e;
                     std::thread::sleep(Duration::from_millis(300));
                 }
             }
         }
+        panic!("OpenBao did not start again on port {}: {last}", self.port);
+    }
+
+    /// [`OpenBao::stop`] then [`OpenBao::start_again`]. Dev mode is in memory: transit
+    /// keys, mounts, auth methods and policies are gone and must be created again.
+    pub fn restart_same_port(&mut self) {
+        self.stop();
+        self.start_again();
     }
 }
 
 impl Drop for OpenBao {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-fn client_builder(ca: Option<PathBuf>) -> reqwest::blocking::ClientBuilder {
-    let mut b = reqwest::blocking::Client::builder();
-    if let Some(ca) = ca {
-        let pem = std::fs::read(&ca).unwrap_or_else(|e| panic!("reading {}: {e}", ca.display()));
-        let cert = reqwest::Certificate::from_pem(&pem)
-            .unwrap_or_else(|e| panic!("CA {}: {e}", ca.display()));
-        b = b.add_root_certificate(cert);
-    }
-    b
-}
-
-fn client(ca: Option<PathBuf>) -> reqwest::blocking::Client {
-    client_builder(ca)
-        .timeout(HTTP_TIMEOUT)
-        .build()
-        .expect("cannot build HTTP client")
-}
-
-fn http_status(url: &str, ca: Option<PathBuf>) -> Option<u16> {
-    let url = url.to_string();
-    off_runtime(move || {
-        // The CA file appears only once the server has generated it.
-        if ca.as_ref().is_some_and(|c| !c.is_file()) {
-            return None;
-        }
-        client_builder(ca)
-            .timeout(Duration::from_secs(2))
-            .build()
-            .ok()?
-            .get(&url)
-            .send()
-            .ok()
-            .map(|r| r.status().as_u16())
-    })
-}
-
-/// Runs `f` on a fresh OS thread: reqwest's blocking client panics when created, used or
-/// dropped on a thread driving a tokio runtime, and tests call us from `#[tokio::test]`s.
-pub(crate) fn off_runtime<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    match std::thread::spawn(f).join() {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
     }
 }
 
@@ -404,6 +484,59 @@ mod tests {
         assert_eq!(bao.port(), port);
         // Dev mode is in memory: the transit mount is gone after a restart.
         assert_ne!(bao.api("GET", "transit/keys/k", None).0, 200);
+    }
+
+    #[test]
+    fn paused_openbao_answers_nothing_from_the_moment_pause_returns() {
+        let mut bao = OpenBao::start();
+        bao.enable_transit();
+        bao.create_transit_key("k", "ecdsa-p256");
+        let url = format!("{}/v1/sys/health", bao.addr());
+        // Keep its threads busy while it is stopped, as a loaded machine would.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load = {
+            let (url, stop) = (url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let c = client(None, Duration::from_millis(300));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c.get(&url).send();
+                }
+            })
+        };
+        for _ in 0..5 {
+            bao.pause();
+            // No grace period: the very first request after pause() must go unanswered.
+            let u = url.clone();
+            let r = off_runtime(move || {
+                client(None, Duration::from_millis(500))
+                    .get(&u)
+                    .send()
+                    .map(|r| r.status())
+            });
+            assert!(r.is_err(), "a paused OpenBao answered {r:?}");
+            bao.resume();
+            assert_eq!(bao.api("GET", "sys/health", None).0, 200);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap();
+    }
+
+    #[test]
+    fn persistent_openbao_keeps_its_keys_across_stop_and_start_on_the_same_port() {
+        let mut bao = OpenBao::start_persistent();
+        assert_eq!(bao.storage(), BaoStorage::Persistent);
+        bao.enable_transit();
+        bao.create_transit_key("k", "ecdsa-p256");
+        assert_eq!(bao.rotate_key("k"), 2);
+        let (port, pid) = (bao.port(), bao.pid());
+        bao.stop();
+        assert!(!bao.is_running());
+        assert!(http_status(&format!("{}/v1/sys/health", bao.addr()), None).is_none());
+        bao.start_again();
+        assert_eq!(bao.port(), port);
+        assert_ne!(bao.pid(), pid);
+        assert!(crate::pid_listens_on(bao.pid(), port));
+        assert_eq!(bao.transit_key_version("k"), 2);
     }
 
     #[test]

@@ -97,6 +97,66 @@ impl Drop for PgDb {
     }
 }
 
+/// The machine's shared PostgreSQL cluster, driven with `pg_ctlcluster VERSION main`
+/// (the newest version under `/etc/postgresql`). Dropping the guard makes sure the
+/// cluster is running again, whatever happened in between.
+pub struct SharedCluster {
+    version: String,
+}
+
+impl SharedCluster {
+    /// The guard; panics when no cluster is installed.
+    pub fn new() -> SharedCluster {
+        let version = std::fs::read_dir("/etc/postgresql")
+            .expect("no /etc/postgresql: is PostgreSQL installed?")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .max()
+            .expect("no cluster under /etc/postgresql");
+        SharedCluster { version }
+    }
+
+    fn ctl(&self, action: &str) -> Result<(), String> {
+        let out = Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &self.version, "main", action])
+            .output()
+            .map_err(|e| format!("cannot run pg_ctlcluster: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctlcluster {action}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Restarts the cluster (stop + start; a few seconds of downtime). Panics when
+    /// `pg_ctlcluster` fails.
+    pub fn restart(&self) {
+        self.ctl("restart").unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Whether the cluster runs.
+    pub fn is_running(&self) -> bool {
+        self.ctl("status").is_ok()
+    }
+}
+
+impl Default for SharedCluster {
+    fn default() -> Self {
+        SharedCluster::new()
+    }
+}
+
+impl Drop for SharedCluster {
+    fn drop(&mut self) {
+        if !self.is_running() {
+            let _ = self.ctl("start");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshpass_testkit::dechunk;
+
 /// A request as the server saw it.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -192,17 +194,4 @@ pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> ClientResponse {
         headers,
         body,
     }
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
 }
