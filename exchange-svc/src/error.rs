@@ -42,6 +42,16 @@ pub enum ApiError {
     /// Policy does not allow this subject the requested resource.
     #[error("{0}")]
     UnauthorizedClient(String),
+    /// The caller of `/token` could not be identified (no client certificate, no
+    /// trusted `x-forwarded-client-cert`).
+    #[error("the caller of /token could not be identified: connect with mTLS (a client certificate with a SPIFFE ID) or through the service's own proxy")]
+    CallerUnknown,
+    /// The connection's caller identity is unusable (e.g. XFCC from an untrusted peer).
+    #[error("{0}")]
+    Caller(crate::caller::CallerError),
+    /// The caller is neither the subject nor one of the mapping's `allowed_callers`.
+    #[error("{0}")]
+    CallerRefused(String),
     /// The subject's rate limit is exhausted.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -99,7 +109,10 @@ impl ApiError {
             ApiError::Review(ReviewError::Unavailable(_)) => ErrorCode::TemporarilyUnavailable,
             ApiError::InvalidTarget(_) => ErrorCode::InvalidTarget,
             ApiError::InvalidScope(_) => ErrorCode::InvalidScope,
-            ApiError::UnauthorizedClient(_) => ErrorCode::UnauthorizedClient,
+            ApiError::UnauthorizedClient(_)
+            | ApiError::CallerUnknown
+            | ApiError::Caller(_)
+            | ApiError::CallerRefused(_) => ErrorCode::UnauthorizedClient,
             ApiError::RateLimited { .. } => ErrorCode::SlowDown,
             ApiError::Store { .. } | ApiError::Unavailable { .. } | ApiError::Timeout { .. } => {
                 ErrorCode::TemporarilyUnavailable
@@ -179,8 +192,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
         let code = self.code();
-        let status =
-            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = match self {
+            // Refused because of who calls, not what was sent: 403, so the filter (and
+            // an operator) can tell it from a malformed request.
+            ApiError::CallerUnknown | ApiError::Caller(_) | ApiError::CallerRefused(_) => {
+                StatusCode::FORBIDDEN
+            }
+            _ => StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        };
         let body = ErrorResponse::new(code, self.public_description());
         let mut resp = (status, axum::Json(body)).into_response();
         no_store(&mut resp);

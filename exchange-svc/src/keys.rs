@@ -202,7 +202,7 @@ impl Issuer {
         let mut initial = None;
         let source = match c.key_source(field)? {
             KeySourceConfig::Inline(j) => {
-                initial = Some(parse_jwks(j.as_bytes(), &c.issuer).map_err(|e| {
+                initial = Some(parse_jwks(j.as_bytes(), &c.policy.issuer).map_err(|e| {
                     crate::config::ConfigError::Invalid {
                         field: format!("{field}.jwks"),
                         reason: e.to_string(),
@@ -228,7 +228,7 @@ impl Issuer {
         };
         Ok((
             Issuer {
-                name: c.issuer.clone(),
+                name: c.policy.issuer.clone(),
                 source,
                 bearer_token_file: c.bearer_token_file.clone(),
                 refresh: Duration::from_secs(c.refresh_secs.max(1)),
@@ -285,7 +285,7 @@ impl IssuerKeys {
         for (i, c) in cfg.issuers.iter().enumerate() {
             let (issuer, keys) = Issuer::from_config(c, &format!("issuers[{i}]"))?;
             if let Some(k) = keys {
-                initial.insert(c.issuer.clone(), k);
+                initial.insert(c.policy.issuer.clone(), k);
             }
             issuers.push(issuer);
         }

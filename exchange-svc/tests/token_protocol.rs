@@ -198,6 +198,8 @@ async fn accepts_a_content_type_with_a_charset_parameter() {
             &[("resource", "payments")],
         )))
         .unwrap();
+    let mut req = req;
+    with_caller(&mut req, Some(WEB));
     assert_eq!(call(&e.app, req).await.status, StatusCode::OK);
 }
 
