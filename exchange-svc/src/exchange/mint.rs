@@ -4,7 +4,6 @@ use std::time::Instant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use meshpass_core::VerifiedSubject;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
@@ -91,30 +90,10 @@ pub(crate) fn claims(
             claims.entry(name.clone()).or_insert_with(|| value.clone());
         }
     }
-    if let Some(act) = act_claim(&parties.subject, parties.actor.as_deref()) {
+    if let Some(act) = super::delegation::act_claim(&parties.subject, parties.actor.as_deref()) {
         claims.insert("act".into(), act);
     }
     claims
-}
-
-/// RFC 8693 §4.1 `act`: the actor's subject, with the subject token's own `act` chain
-/// (earlier actors) nested under it. Without an actor token the subject's chain is kept.
-pub(crate) fn act_claim(
-    subject: &VerifiedSubject,
-    actor: Option<&VerifiedSubject>,
-) -> Option<Value> {
-    let prior = subject.claims.get("act").cloned();
-    match actor {
-        Some(a) => {
-            let mut act = Map::new();
-            act.insert("sub".into(), json!(a.spiffe_id.as_str()));
-            if let Some(p) = prior {
-                act.insert("act".into(), p);
-            }
-            Some(Value::Object(act))
-        }
-        None => prior,
-    }
 }
 
 /// Signs `claims` with the signer's current key.

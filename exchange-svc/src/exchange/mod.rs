@@ -1,6 +1,7 @@
 //! `POST /token`: RFC 8693 token exchange, as the steps of the protocol:
-//! [`form`] (parse the form) → identify the caller → [`subject`] (validate subject and
-//! actor) → [`authorize`] (against the resource's mappings) → [`mint`] → answer.
+//! [`form`] (parse the form) → [`caller`] (identify the caller) → [`subject`] (validate
+//! subject and actor) → [`authorize`] (against the resource's mappings; the caller
+//! binding and [`delegation`] too) → [`mint`] → answer.
 //!
 //! Every subject rule (signature, issuer, audience, time, trust domain, ID patterns,
 //! size) is re-checked here with the same meshpass-core code: the service never trusts
@@ -8,6 +9,7 @@
 
 mod authorize;
 mod caller;
+mod delegation;
 mod form;
 mod mint;
 mod subject;
@@ -178,6 +180,9 @@ async fn exchange(
         ),
         None => None,
     };
+    if let Some(a) = &actor {
+        delegation::check_actor(&subject, a, mapping).map_err(on(&target))?;
+    }
     let parties = subject::Parties { subject, actor };
 
     let exp = mint::expiry(&parties, mapping.ttl_secs, st.settings.max_ttl_secs, now)
