@@ -90,6 +90,11 @@ pub enum ApiError {
         /// `Retry-After` seconds.
         retry_after_secs: u64,
     },
+    /// Refused before the request body was (fully) read: the answer says
+    /// `Connection: close`, so a keep-alive client does not send its next request on a
+    /// connection the server is about to close.
+    #[error("{0}")]
+    BodyUnread(Box<ApiError>),
     /// An internal failure (bug or impossible state).
     #[error("internal error")]
     Internal(String),
@@ -99,6 +104,7 @@ impl ApiError {
     /// The RFC 6749 code.
     pub fn code(&self) -> ErrorCode {
         match self {
+            ApiError::BodyUnread(inner) => inner.code(),
             ApiError::Protocol(e) => e.error,
             ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             ApiError::InvalidGrant { .. }
@@ -130,6 +136,7 @@ impl ApiError {
     /// The description returned to the client (no internal detail).
     fn public_description(&self) -> String {
         match self {
+            ApiError::BodyUnread(inner) => inner.public_description(),
             ApiError::Store { .. } => "the mapping store is temporarily unavailable".into(),
             ApiError::Sign { source, .. } => match source {
                 SignError::Failed(_) => "signing failed".into(),
@@ -146,6 +153,7 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
+            ApiError::BodyUnread(inner) => inner.retry_after(),
             ApiError::RateLimited { retry_after_secs }
             | ApiError::Timeout { retry_after_secs }
             | ApiError::Store {
@@ -190,6 +198,12 @@ pub fn no_store(resp: &mut Response) {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::BodyUnread(inner) = self {
+            let mut resp = inner.into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         self.log();
         let code = self.code();
         let status = match self {

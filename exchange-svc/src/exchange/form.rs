@@ -63,16 +63,18 @@ pub(crate) fn check_request(req: &TokenExchangeRequest) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// Reads the form: content type and size are refused before the body is read.
+/// Reads the form: content type and size are refused before the body is read (and
+/// then the connection is closed, see [`ApiError::BodyUnread`]).
 pub(crate) async fn read_form(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<TokenExchangeRequest, ApiError> {
-    check_content_type(headers)?;
-    check_declared_length(headers)?;
+    let unread = |e| ApiError::BodyUnread(Box::new(e));
+    check_content_type(headers).map_err(unread)?;
+    check_declared_length(headers).map_err(unread)?;
     let bytes = to_bytes(body, MAX_FORM_BYTES)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|_| unread(too_large()))?;
     let req = TokenExchangeRequest::parse_form(&bytes).map_err(ApiError::Protocol)?;
     check_request(&req)?;
     Ok(req)
