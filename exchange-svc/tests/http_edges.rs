@@ -18,7 +18,10 @@ use tokio::net::TcpStream;
 async fn start() -> (tempfile::TempDir, std::net::SocketAddr) {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");
-    let cfg = load_config(dir.path(), &config_toml(&issuer, &dir.path().join("m.db"), ""));
+    let cfg = load_config(
+        dir.path(),
+        &config_toml(&issuer, &dir.path().join("m.db"), ""),
+    );
     let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
