@@ -264,8 +264,18 @@ impl Issuer {
                     .ok_or_else(|| {
                         KeysError::Document("discovery document has no jwks_uri".into())
                     })?;
-                check_url("jwks_uri", jwks_uri).map_err(|e| KeysError::Document(e.to_string()))?;
-                get_document(http, jwks_uri, bearer.as_deref()).await?
+                // OIDC Discovery §4.3: the document must be the configured issuer's.
+                if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.name.as_str()) {
+                    return Err(KeysError::Document(
+                        "discovery document names another issuer than the configured one".into(),
+                    ));
+                }
+                let jwks_url = check_url("jwks_uri", jwks_uri)
+                    .map_err(|e| KeysError::Document(e.to_string()))?;
+                // The token was given for the discovery origin: never to another one.
+                let same_origin =
+                    reqwest::Url::parse(base).is_ok_and(|b| b.origin() == jwks_url.origin());
+                get_document(http, jwks_uri, bearer.as_deref().filter(|_| same_origin)).await?
             }
         };
         let keys = parse_jwks(&bytes, &self.name)?;

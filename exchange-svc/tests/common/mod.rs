@@ -275,11 +275,19 @@ fn form_subject(body: &str) -> Option<String> {
         .into_owned();
     let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
     let claims: Value = serde_json::from_slice(&payload).ok()?;
-    claims.get("sub")?.as_str().map(str::to_string)
+    let sub = claims.get("sub")?.as_str()?;
+    // A Kubernetes service-account subject is the workload spiffe://TD/ns/NS/sa/SA.
+    match sub.strip_prefix("system:serviceaccount:") {
+        Some(rest) => {
+            let (ns, sa) = rest.split_once(':')?;
+            Some(format!("spiffe://{TD}/ns/{ns}/sa/{sa}"))
+        }
+        None => Some(sub.to_string()),
+    }
 }
 
 /// `POST /token` from the subject itself (CLIENT mode: the connection's mTLS peer is
-/// the subject token's `sub`).
+/// the subject token's subject).
 pub async fn post_token(app: &Router, body: String) -> Answer {
     let caller = form_subject(&body);
     post_token_as(app, body, caller.as_deref()).await
