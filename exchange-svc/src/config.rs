@@ -93,6 +93,11 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// PEM CA bundle client certificates (the callers' SVIDs) are verified against.
     pub client_ca_file: PathBuf,
+    /// Serve TLS on this address in addition to plain HTTP on `server.listen` (JWKS,
+    /// discovery and health stay reachable without TLS; `/token` there has no caller
+    /// unless a trusted proxy forwards one). Unset: `server.listen` itself is TLS.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// `[callers]`: how the service identifies who calls `/token` (DESIGN.md "Subject

@@ -301,11 +301,29 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, tls = cfg.server.tls.is_some(), "meshpass-exchange listening");
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let r = match &cfg.server.tls {
+        None => serve_on(listener, state, shutdown_signal(), grace).await,
         Some(t) => {
             let tls = crate::tls::server_config(&t.cert_file, &t.key_file, &t.client_ca_file)?;
-            serve_tls_on(listener, tls, state, shutdown_signal(), grace).await
+            match t.listen {
+                None => serve_tls_on(listener, tls, state, shutdown_signal(), grace).await,
+                Some(addr) => {
+                    let tls_listener = TcpListener::bind(addr).await?;
+                    tracing::info!(listen = %tls_listener.local_addr()?, "TLS listener (callers identified by client certificate)");
+                    let (tx, rx) = tokio::sync::watch::channel(false);
+                    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    };
+                    let signal = async move {
+                        shutdown_signal().await;
+                        let _ = tx.send(true);
+                    };
+                    let plain = serve_on(listener, state.clone(), stopped(rx.clone()), grace);
+                    let secure = serve_tls_on(tls_listener, tls, state, stopped(rx), grace);
+                    let (_, plain, secure) = tokio::join!(signal, plain, secure);
+                    plain.and(secure)
+                }
+            }
         }
-        None => serve_on(listener, state, shutdown_signal(), grace).await,
     };
     store.close().await;
     r
