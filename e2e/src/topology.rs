@@ -142,8 +142,10 @@ pub struct Ports {
     pub server_exchanged: u16,
     /// Server sidecar admin.
     pub server_admin: u16,
-    /// The exchange service.
+    /// The exchange service (plain HTTP: JWKS, discovery, health).
     pub exchange: u16,
+    /// The exchange service's TLS listener: `/token` for callers with an SVID.
+    pub exchange_tls: u16,
     /// The JWT-SVID issuer's JWKS.
     pub svid_jwks: u16,
     /// The echo app.
@@ -276,10 +278,6 @@ pub fn exchange_config(
             "max_ttl_secs": 3600,
         },
         "store": {"url": store_url},
-        // The sidecars reach the service over plain HTTP with no client certificate
-        // yet, so the service cannot bind them: allowed here until the exchange
-        // cluster speaks mTLS with the sidecars' SVIDs (exchange-svc [server.tls]).
-        "callers": {"insecure_unbound_callers": true},
         "log": {"level": "info"},
         "vault": {
             "address": bao.addr(),
@@ -297,21 +295,61 @@ pub fn exchange_config(
             "refresh_secs": o.svid_jwks_refresh_secs,
             "min_refetch_secs": 1,
         }],
+        // The echo workload's sidecar (SERVER mode) exchanges on behalf of its peers.
         "mappings": [
             {"name": "frontend-echo", "subject": id("frontend"), "resource": APP_RESOURCE,
              "participant": "acme", "audiences": [APP_RESOURCE],
-             "scopes": ["orders.read", "orders.write"], "ttl_secs": 600},
+             "scopes": ["orders.read", "orders.write"], "ttl_secs": 600,
+             "allowed_callers": [id("echo")]},
             {"name": "frontend-echo-short", "subject": id("frontend"), "resource": SHORT_RESOURCE,
              "participant": "acme", "audiences": [APP_RESOURCE],
-             "scopes": ["orders.read"], "ttl_secs": SHORT_TTL_SECS},
+             "scopes": ["orders.read"], "ttl_secs": SHORT_TTL_SECS,
+             "allowed_callers": [id("echo")]},
             {"name": "reporting-echo", "subject": id("reporting"), "resource": APP_RESOURCE,
              "participant": "globex", "audiences": [APP_RESOURCE],
-             "scopes": ["orders.read"], "ttl_secs": 600},
+             "scopes": ["orders.read"], "ttl_secs": 600,
+             "allowed_callers": [id("echo")]},
         ],
         "scope_claims": [
             {"resource": APP_RESOURCE, "scope": "orders.read", "claims": {SCOPE_CLAIM.0: SCOPE_CLAIM.1}},
         ],
     })
+}
+
+/// Points a sidecar's exchange cluster at the service's TLS port, presenting the
+/// sidecar's SVID and verifying the service's.
+fn exchange_over_mtls(
+    bootstrap: &mut Value,
+    port: u16,
+    svid: &crate::ca::SvidFiles,
+    ca_bundle: &Path,
+    service_id: &str,
+) -> Result<()> {
+    let cluster = bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == envoy::EXCHANGE_CLUSTER))
+        .ok_or_else(|| anyhow!("no {} cluster", envoy::EXCHANGE_CLUSTER))?;
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["port_value"] = json!(port);
+    cluster["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": svid.cert.display().to_string()},
+                    "private_key": {"filename": svid.key.display().to_string()},
+                }],
+                "validation_context": {
+                    "trusted_ca": {"filename": ca_bundle.display().to_string()},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": service_id}}
+                    ],
+                },
+            },
+        },
+    });
+    Ok(())
 }
 
 async fn json_route(value: Value) -> axum::Json<Value> {
@@ -373,8 +411,19 @@ impl Topology {
             Storage::Sqlite => format!("sqlite://{}", d.join("meshpass.db").display()),
             Storage::Postgres(url) => url.clone(),
         };
-        let exchange_config =
+        let mut exchange_config =
             exchange_config(exchange_port, svid_jwks.port(), &bao, &store_url, &options);
+        // The sidecars call /token over mTLS with their SVIDs, so the service knows who
+        // calls (caller binding); JWKS and health stay on the plain port.
+        let exchange_tls_port = crate::free_port()?;
+        let service_svid = ca.issue(&ca.spiffe_id("meshpass", "meshpass-exchange"))?;
+        let service_files = service_svid.write(&d, "meshpass-exchange")?;
+        exchange_config["server"]["tls"] = json!({
+            "cert_file": service_files.cert.display().to_string(),
+            "key_file": service_files.key.display().to_string(),
+            "client_ca_file": bundle.display().to_string(),
+            "listen": format!("127.0.0.1:{exchange_tls_port}"),
+        });
         let exchange =
             ExchangeService::start(&crate::exchange_bin(), &d, exchange_port, &exchange_config)
                 .await?;
@@ -388,6 +437,7 @@ impl Topology {
             server_exchanged: crate::free_port()?,
             server_admin: crate::free_port()?,
             exchange: exchange_port,
+            exchange_tls: exchange_tls_port,
             svid_jwks: svid_jwks.port(),
             app: app.port(),
         };
@@ -446,8 +496,25 @@ impl Topology {
         };
         let server_yaml = d.join("server-sidecar.yaml");
         let client_yaml = d.join("client-sidecar.yaml");
-        envoy::write_config(&envoy::server_sidecar_config(&server_cfg), &server_yaml)?;
-        envoy::write_config(&envoy::client_sidecar_config(&client_cfg), &client_yaml)?;
+        let service_id = ca.spiffe_id("meshpass", "meshpass-exchange");
+        let mut server_envoy = envoy::server_sidecar_config(&server_cfg);
+        let mut client_envoy = envoy::client_sidecar_config(&client_cfg);
+        exchange_over_mtls(
+            &mut server_envoy,
+            exchange_tls_port,
+            &server_cfg.svid,
+            &server_cfg.ca_bundle,
+            &service_id,
+        )?;
+        exchange_over_mtls(
+            &mut client_envoy,
+            exchange_tls_port,
+            &client_cfg.svid,
+            &client_cfg.ca_bundle,
+            &service_id,
+        )?;
+        envoy::write_config(&server_envoy, &server_yaml)?;
+        envoy::write_config(&client_envoy, &client_yaml)?;
         let (server_log, client_log) = (d.join("server-sidecar.log"), d.join("client-sidecar.log"));
         let (server, client) = tokio::join!(
             Envoy::start_with_level(
