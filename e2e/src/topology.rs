@@ -560,6 +560,7 @@ impl Topology {
             dir,
         };
         topo.wait_until_filters_have_keys().await?;
+        topo.wait_until_exchange_can_sign().await?;
         Ok(topo)
     }
 
@@ -588,6 +589,24 @@ impl Topology {
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for the exchange service's `/readyz`: it is ready once a key version has
+    /// waited out `publish_lead` (a fresh transit key signs nothing before that).
+    async fn wait_until_exchange_can_sign(&self) -> Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.ports.exchange);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("the exchange service did not become ready (readyz at {url})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
