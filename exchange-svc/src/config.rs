@@ -285,6 +285,17 @@ struct IssuerSourceFields {
     token_review: Option<TokenReviewConfig>,
 }
 
+/// The keys of `[[issuers]]` that core's [`IssuerPolicy`] reads.
+const POLICY_FIELDS: &[&str] = &[
+    "issuer",
+    "audiences",
+    "trust_domains",
+    "id_patterns",
+    "subject_format",
+    "leeway_secs",
+    "max_lifetime_secs",
+];
+
 /// The keys of `[[issuers]]` that are not core's [`IssuerPolicy`].
 const SOURCE_FIELDS: &[&str] = &[
     "jwks",
@@ -328,6 +339,12 @@ impl<'de> Deserialize<'de> for IssuerConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let mut policy = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        if let Some(k) = policy
+            .keys()
+            .find(|k| !POLICY_FIELDS.contains(&k.as_str()) && !SOURCE_FIELDS.contains(&k.as_str()))
+        {
+            return Err(D::Error::custom(format!("{k}: is not a known key")));
+        }
         let mut source = serde_json::Map::new();
         for k in SOURCE_FIELDS {
             if let Some(v) = policy.remove(*k) {

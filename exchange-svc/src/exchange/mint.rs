@@ -128,3 +128,50 @@ pub(crate) async fn sign(
         key,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use meshpass_core::{Algorithm, SpiffeId, VerifiedSubject};
+
+    use super::*;
+
+    fn party(exp: u64) -> Arc<VerifiedSubject> {
+        Arc::new(VerifiedSubject {
+            spiffe_id: SpiffeId::parse("spiffe://td/web").unwrap(),
+            issuer: "https://spire.test".into(),
+            audiences: vec![],
+            expires_at: exp,
+            issued_at: None,
+            alg: Algorithm::ES256,
+            kid: None,
+            claims: Map::new(),
+        })
+    }
+
+    #[test]
+    fn expiry_is_the_ttl_capped_by_the_maximum_and_both_tokens() {
+        let now = 1_000;
+        let alone = Parties {
+            subject: party(now + 10_000),
+            actor: None,
+        };
+        assert_eq!(expiry(&alone, 300, 3600, now).unwrap(), now + 300);
+        assert_eq!(expiry(&alone, 300, 60, now).unwrap(), now + 60);
+        let short_actor = Parties {
+            subject: party(now + 10_000),
+            actor: Some(party(now + 20)),
+        };
+        assert_eq!(expiry(&short_actor, 300, 3600, now).unwrap(), now + 20);
+        let expired = Parties {
+            subject: party(now),
+            actor: None,
+        };
+        assert!(matches!(
+            expiry(&expired, 300, 3600, now),
+            Err(ApiError::ExpiresTooSoon)
+        ));
+    }
+}
