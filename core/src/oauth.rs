@@ -186,8 +186,16 @@ fn check_token_type(field: &str, value: &str) -> Result<(), ErrorResponse> {
     }
 }
 
-/// RFC 6749 §3.3: `scope = scope-token *( SP scope-token )`, with
-/// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+/// Whether `s` is one RFC 6749 §3.3 `scope-token`: `1*( %x21 / %x23-5B / %x5D-7E )`.
+/// The one scope-token rule: the form parser, the filter's configuration and the
+/// service's store all use it.
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// RFC 6749 §3.3: `scope = scope-token *( SP scope-token )`.
 fn parse_scope(s: &str) -> Result<Vec<String>, ErrorResponse> {
     let mut out = Vec::new();
     for token in s.split(' ') {
@@ -196,10 +204,7 @@ fn parse_scope(s: &str) -> Result<Vec<String>, ErrorResponse> {
                 "scope has an empty scope token (scopes are separated by single spaces)",
             ));
         }
-        if !token
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
-        {
+        if !is_scope_token(token) {
             return Err(invalid_request(
                 "scope has a character RFC 6749 §3.3 does not allow",
             ));

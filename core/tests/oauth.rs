@@ -236,3 +236,14 @@ fn error_responses_serialize_as_rfc6749_json() {
     assert_eq!(ErrorCode::SlowDown.http_status(), 429);
     assert_eq!(ErrorCode::TemporarilyUnavailable.http_status(), 503);
 }
+
+#[test]
+fn is_scope_token_follows_rfc_6749_section_3_3() {
+    use meshpass_core::oauth::is_scope_token;
+    for ok in ["read", "orders.read", "a:b/c!#[]~", "x"] {
+        assert!(is_scope_token(ok), "{ok}");
+    }
+    for bad in ["", "two words", "quote\"", "back\\slash", "tab\t", "é"] {
+        assert!(!is_scope_token(bad), "{bad:?}");
+    }
+}
