@@ -211,12 +211,10 @@ fn check_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Whether `s` is an RFC 6749 §3.3 scope-token.
+/// Whether `s` may be stored as a scope: an RFC 6749 §3.3 scope-token (core's one rule)
+/// of at most 256 bytes.
 pub fn is_scope_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && s.bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    s.len() <= 256 && meshpass_core::oauth::is_scope_token(s)
 }
 
 fn check_resource(resource: &str) -> Result<(), StoreError> {
