@@ -210,34 +210,6 @@ async fn reordered_or_repeated_audiences_and_scopes_share_one_cached_token() {
     assert_eq!(a.json["access_token"], b.json["access_token"]);
 }
 
-/// A CA, the service's certificate and a client certificate per SPIFFE ID, as PEM.
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "test mesh CA");
-        Pki {
-            ca: p.self_signed(&ca_key).unwrap(),
-            ca_key,
-        }
-    }
-    /// (cert PEM, key PEM) for a server name or a SPIFFE ID.
-    fn issue(&self, san: rcgen::SanType) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.subject_alt_names = vec![san];
-        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_tls_client_certificate_names_the_caller() {
     let pki = Pki::new();

@@ -343,3 +343,31 @@ pub async fn get_text(app: &Router, path: &str) -> String {
     )
     .unwrap()
 }
+
+/// A CA, the service's certificate and a client certificate per SPIFFE ID, as PEM.
+pub struct Pki {
+    pub ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "test mesh CA");
+        Pki {
+            ca: p.self_signed(&ca_key).unwrap(),
+            ca_key,
+        }
+    }
+    /// (cert PEM, key PEM) for a server name or a SPIFFE ID.
+    pub fn issue(&self, san: rcgen::SanType) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![san];
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
