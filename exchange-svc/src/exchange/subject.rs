@@ -117,3 +117,48 @@ pub(crate) fn recheck(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use meshpass_core::{Algorithm, Audience, IssuerPolicy, SpiffeId, TrustDomain};
+    use serde_json::{json, Map};
+
+    use super::*;
+
+    fn policy() -> ValidationPolicy {
+        ValidationPolicy::new(vec![IssuerPolicy::new(
+            "https://spire.test",
+            vec![Audience::parse("meshpass").unwrap()],
+            vec![TrustDomain::parse("td").unwrap()],
+        )])
+    }
+
+    fn cached(iss: &str, exp: u64) -> VerifiedSubject {
+        let claims: Map<String, Value> = serde_json::from_value(
+            json!({"iss": iss, "sub": "spiffe://td/web", "aud": "meshpass", "exp": exp}),
+        )
+        .unwrap();
+        VerifiedSubject {
+            spiffe_id: SpiffeId::parse("spiffe://td/web").unwrap(),
+            issuer: iss.into(),
+            audiences: vec!["meshpass".into()],
+            expires_at: exp,
+            issued_at: None,
+            alg: Algorithm::ES256,
+            kid: None,
+            claims,
+        }
+    }
+
+    #[test]
+    fn a_cached_subject_passes_again_only_while_its_claims_hold_at_now() {
+        let p = policy();
+        assert!(recheck(&p, &cached("https://spire.test", 2_000), 1_000).is_ok());
+        assert!(recheck(&p, &cached("https://spire.test", 2_000), 3_000).is_err());
+        assert!(matches!(
+            recheck(&p, &cached("https://other.test", 2_000), 1_000),
+            Err(ValidationError::UnknownIssuer)
+        ));
+    }
+}
