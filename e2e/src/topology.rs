@@ -143,8 +143,10 @@ pub struct Ports {
     pub server_exchanged: u16,
     /// Server sidecar admin (chosen by Envoy, known once it runs).
     pub server_admin: u16,
-    /// The exchange service.
+    /// The exchange service (plain HTTP: JWKS, discovery, health).
     pub exchange: u16,
+    /// The exchange service's TLS listener: `/token` for callers with an SVID.
+    pub exchange_tls: u16,
     /// The JWT-SVID issuer's JWKS.
     pub svid_jwks: u16,
     /// The echo app.
@@ -294,21 +296,61 @@ pub fn exchange_config(
             "refresh_secs": o.svid_jwks_refresh_secs,
             "min_refetch_secs": 1,
         }],
+        // The echo workload's sidecar (SERVER mode) exchanges on behalf of its peers.
         "mappings": [
             {"name": "frontend-echo", "subject": id("frontend"), "resource": APP_RESOURCE,
              "participant": "acme", "audiences": [APP_RESOURCE],
-             "scopes": ["orders.read", "orders.write"], "ttl_secs": 600},
+             "scopes": ["orders.read", "orders.write"], "ttl_secs": 600,
+             "allowed_callers": [id("echo")]},
             {"name": "frontend-echo-short", "subject": id("frontend"), "resource": SHORT_RESOURCE,
              "participant": "acme", "audiences": [APP_RESOURCE],
-             "scopes": ["orders.read"], "ttl_secs": SHORT_TTL_SECS},
+             "scopes": ["orders.read"], "ttl_secs": SHORT_TTL_SECS,
+             "allowed_callers": [id("echo")]},
             {"name": "reporting-echo", "subject": id("reporting"), "resource": APP_RESOURCE,
              "participant": "globex", "audiences": [APP_RESOURCE],
-             "scopes": ["orders.read"], "ttl_secs": 600},
+             "scopes": ["orders.read"], "ttl_secs": 600,
+             "allowed_callers": [id("echo")]},
         ],
         "scope_claims": [
             {"resource": APP_RESOURCE, "scope": "orders.read", "claims": {SCOPE_CLAIM.0: SCOPE_CLAIM.1}},
         ],
     })
+}
+
+/// Points a sidecar's exchange cluster at the service's TLS port, presenting the
+/// sidecar's SVID and verifying the service's.
+fn exchange_over_mtls(
+    bootstrap: &mut Value,
+    port: u16,
+    svid: &crate::ca::SvidFiles,
+    ca_bundle: &Path,
+    service_id: &str,
+) -> Result<()> {
+    let cluster = bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .and_then(|cs| cs.iter_mut().find(|c| c["name"] == envoy::EXCHANGE_CLUSTER))
+        .ok_or_else(|| anyhow!("no {} cluster", envoy::EXCHANGE_CLUSTER))?;
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["port_value"] = json!(port);
+    cluster["transport_socket"] = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": svid.cert.display().to_string()},
+                    "private_key": {"filename": svid.key.display().to_string()},
+                }],
+                "validation_context": {
+                    "trusted_ca": {"filename": ca_bundle.display().to_string()},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": service_id}}
+                    ],
+                },
+            },
+        },
+    });
+    Ok(())
 }
 
 async fn json_route(value: Value) -> axum::Json<Value> {
@@ -363,6 +405,17 @@ impl Topology {
             Storage::Sqlite => format!("sqlite://{}", d.join("meshpass.db").display()),
             Storage::Postgres(url) => url.clone(),
         };
+        // The sidecars call /token over mTLS with their SVIDs, so the service knows who
+        // calls (caller binding); JWKS and health stay on the plain port.
+        let exchange_tls_port = free_port();
+        let service_svid = ca.issue(&ca.spiffe_id("meshpass", "meshpass-exchange"))?;
+        let service_files = service_svid.write(&d, "meshpass-exchange")?;
+        let service_tls = json!({
+            "cert_file": service_files.cert.display().to_string(),
+            "key_file": service_files.key.display().to_string(),
+            "client_ca_file": bundle.display().to_string(),
+            "listen": format!("127.0.0.1:{exchange_tls_port}"),
+        });
         let backend = {
             let (d, options, svid_jwks_port) = (d.clone(), options.clone(), svid_jwks.port());
             tokio::task::spawn_blocking(move || {
@@ -373,8 +426,9 @@ impl Topology {
                 });
                 bao.enable_transit();
                 bao.create_transit_key(TRANSIT_KEY, "ecdsa-p256");
-                let exchange_config =
+                let mut exchange_config =
                     exchange_config(exchange_port, svid_jwks_port, &bao, &store_url, &options);
+                exchange_config["server"]["tls"] = service_tls;
                 let exchange = ExchangeService::start(&d, exchange_port, &exchange_config);
                 (bao, exchange_config, exchange)
             })
@@ -389,6 +443,7 @@ impl Topology {
             server_exchanged: free_port(),
             server_admin: 0,
             exchange: exchange_port,
+            exchange_tls: exchange_tls_port,
             svid_jwks: svid_jwks.port(),
             app: app.port(),
         };
@@ -443,6 +498,23 @@ impl Topology {
             exchange_port,
             svid_jwks_port: ports.svid_jwks,
         };
+        let service_id = ca.spiffe_id("meshpass", "meshpass-exchange");
+        let mut server_envoy = envoy::server_sidecar_config(&server_cfg);
+        let mut client_envoy = envoy::client_sidecar_config(&client_cfg);
+        exchange_over_mtls(
+            &mut server_envoy,
+            exchange_tls_port,
+            &server_cfg.svid,
+            &server_cfg.ca_bundle,
+            &service_id,
+        )?;
+        exchange_over_mtls(
+            &mut client_envoy,
+            exchange_tls_port,
+            &client_cfg.svid,
+            &client_cfg.ca_bundle,
+            &service_id,
+        )?;
         let sidecar = |name: &str, config: &Value| {
             let yaml = envoy::yaml(config);
             let options = EnvoyOptions {
@@ -460,8 +532,8 @@ impl Topology {
             tokio::task::spawn_blocking(move || Envoy::start_with(&yaml, &options))
         };
         let (server, client) = tokio::join!(
-            sidecar("server-sidecar", &envoy::server_sidecar_config(&server_cfg)),
-            sidecar("client-sidecar", &envoy::client_sidecar_config(&client_cfg)),
+            sidecar("server-sidecar", &server_envoy),
+            sidecar("client-sidecar", &client_envoy),
         );
         let server = server?.map_err(|e| anyhow!("server sidecar: {e}"))?;
         let client = client?.map_err(|e| anyhow!("client sidecar: {e}"))?;
@@ -496,6 +568,7 @@ impl Topology {
         };
         topo.wait_until_filters_have_keys().await?;
         topo.wait_until_jwt_authn_has_keys().await?;
+        topo.wait_until_exchange_can_sign().await?;
         Ok(topo)
     }
 
@@ -550,6 +623,24 @@ impl Topology {
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for the exchange service's `/readyz`: it is ready once a key version has
+    /// waited out `publish_lead` (a fresh transit key signs nothing before that).
+    async fn wait_until_exchange_can_sign(&self) -> Result<()> {
+        let url = format!("http://127.0.0.1:{}/readyz", self.ports.exchange);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.http.get(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("the exchange service did not become ready (readyz at {url})");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
             rejects_token_of_workload_a_over_connection_of_workload_b,
             rejects_unmapped_subject_with_403,
             rejects_scope_the_mapping_does_not_allow_with_403,
+            rejects_a_stolen_subject_token_presented_to_the_exchange_service_by_another_identity,
             // caching
             twenty_requests_with_one_token_cause_one_exchange,
             concurrent_first_requests_cause_one_exchange_per_token,
@@ -307,4 +308,69 @@ async fn futures_join_all<F: std::future::Future>(
     .await;
     out.extend(results.into_iter().flatten());
     out
+}
+
+/// `POST /token` straight to the exchange service's TLS port as `workload` (its
+/// X509-SVID as client certificate), exchanging `token` for the echo app.
+async fn exchange_as(
+    t: &Topology,
+    workload: &str,
+    token: &str,
+) -> Result<(u16, serde_json::Value)> {
+    let svid = t.ca.issue(&t.spiffe_id(workload))?;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(t.ca.cert_pem().as_bytes())?)
+        .identity(reqwest::Identity::from_pem(
+            format!("{}{}", svid.cert_pem, svid.key_pem).as_bytes(),
+        )?)
+        // An SVID names a SPIFFE ID, not a host: the CA is verified, the name is not.
+        .danger_accept_invalid_hostnames(true)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let r = client
+        .post(format!("https://127.0.0.1:{}/token", t.ports.exchange_tls))
+        .form(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", token),
+            ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ("resource", meshpass_e2e::topology::APP_RESOURCE),
+        ])
+        .send()
+        .await?;
+    Ok((r.status().as_u16(), r.json().await.unwrap_or_default()))
+}
+
+/// A subject token stolen from its workload buys nothing at the exchange service: the
+/// service binds the caller (its mTLS peer) to the subject (CLIENT mode) or to the
+/// mapping's `allowed_callers` (SERVER mode: the echo sidecar exchanging for its peer).
+async fn rejects_a_stolen_subject_token_presented_to_the_exchange_service_by_another_identity(
+    t: &Topology,
+) -> Result<()> {
+    // CLIENT mode: frontend's own token, as its sidecar exchanges it.
+    let frontend = t.mint("frontend")?;
+    let (status, body) = exchange_as(t, "frontend", &frontend).await?;
+    ensure!(status == 200, "frontend's own exchange: {status} {body}");
+    let (status, body) = exchange_as(t, "batch", &frontend).await?;
+    ensure!(
+        status == 403 && body["error"] == "unauthorized_client",
+        "batch exchanging frontend's token: {status} {body}"
+    );
+    let why = body["error_description"].as_str().unwrap_or_default();
+    ensure!(why.contains(&t.spiffe_id("batch")), "unclear error: {why}");
+    // SERVER mode: reporting's token, as the echo sidecar exchanges it for its peer.
+    let reporting = t.mint("reporting")?;
+    let (status, body) = exchange_as(t, "echo", &reporting).await?;
+    ensure!(
+        status == 200,
+        "the echo sidecar's exchange: {status} {body}"
+    );
+    let (status, body) = exchange_as(t, "batch", &reporting).await?;
+    ensure!(
+        status == 403 && body["error"] == "unauthorized_client",
+        "batch exchanging reporting's token: {status} {body}"
+    );
+    Ok(())
 }

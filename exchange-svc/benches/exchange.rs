@@ -43,6 +43,8 @@ use p256::ecdsa::signature::Signer as _;
 use serde_json::json;
 
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+/// What the callers' sidecar would forward for WEB.
+const XFCC_WEB: &str = "URI=spiffe://cluster.local/ns/shop/sa/web";
 
 struct Stats {
     rps: f64,
@@ -224,6 +226,9 @@ issuer = "https://meshpass.bench"
 [store]
 url = "sqlite://{db}"
 {extra}
+[callers]
+# The load generator stands in for the callers' sidecar (one caller, WEB).
+xfcc_trusted_proxies = ["127.0.0.1"]
 [log]
 level = "warn"
 [vault]
@@ -306,6 +311,7 @@ async fn bare_axum() -> String {
 async fn post(h: &reqwest::Client, url: &str, body: String) -> bool {
     h.post(url)
         .header("content-type", "application/x-www-form-urlencoded")
+        .header("x-forwarded-client-cert", XFCC_WEB)
         .body(body)
         .send()
         .await

@@ -1,7 +1,6 @@
-//! The HTTP application: state, router, discovery, health and metrics endpoints.
+//! The HTTP application: the router, discovery, health and metrics endpoints. The
+//! token endpoint is [`crate::exchange`]; both read [`crate::state::AppState`].
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -10,146 +9,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshpass_core::oauth::GRANT_TYPE_TOKEN_EXCHANGE;
-use meshpass_core::ValidationPolicy;
 use serde_json::{json, Value};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::cache::TokenCache;
-use crate::clock::Clock;
-use crate::config::{Config, ConfigError};
-use crate::keys::IssuerKeySource;
-use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
-use crate::signer::Signer;
-use crate::store::{MappingStore, PolicyCache};
-use crate::subject_cache::SubjectCache;
-use crate::tokenreview::TokenReviewer;
-
-/// Settings the handlers need, derived from the configuration once.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The subject-token validation policy.
-    pub policy: ValidationPolicy,
-    /// `iss` of minted tokens.
-    pub issuer: String,
-    /// Name of the participant-context claim.
-    pub participant_claim: String,
-    /// Cap on minted-token lifetime.
-    pub max_ttl_secs: u64,
-    /// JWKS/discovery `Cache-Control: max-age`.
-    pub jwks_max_age_secs: u64,
-    /// `Retry-After` when signing is unavailable.
-    pub sign_retry_after_secs: u64,
-    /// `Retry-After` when the store is unavailable.
-    pub store_retry_after_secs: u64,
-    /// Upper bound on one exchange.
-    pub request_timeout: Duration,
-}
-
-impl Settings {
-    /// Derives the settings from a validated configuration.
-    pub fn from_config(cfg: &Config) -> Result<Self, ConfigError> {
-        Ok(Settings {
-            policy: cfg.validation_policy()?,
-            issuer: cfg.token.issuer.clone(),
-            participant_claim: cfg.token.participant_claim.clone(),
-            max_ttl_secs: cfg.token.max_ttl_secs,
-            jwks_max_age_secs: cfg.server.jwks_max_age_secs,
-            sign_retry_after_secs: cfg.server.retry_after_secs,
-            store_retry_after_secs: cfg.store.retry_after_secs,
-            request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
-        })
-    }
-}
-
-/// Everything the handlers share; dependencies are trait objects so tests and the
-/// binary wire different implementations.
-#[derive(Clone)]
-pub struct AppState {
-    /// Signs participant tokens and publishes their keys.
-    pub signer: Arc<dyn Signer>,
-    /// The mapping store (behind the policy cache unless `store.policy_cache_secs` is
-    /// 0); writes through it take effect on the token endpoint at once.
-    pub store: Arc<dyn MappingStore>,
-    /// Subject-token issuer keys.
-    pub keys: Arc<dyn IssuerKeySource>,
-    /// Wall clock.
-    pub clock: Arc<dyn Clock>,
-    /// Derived settings.
-    pub settings: Arc<Settings>,
-    /// Minted-token cache (None: disabled).
-    pub cache: Option<Arc<TokenCache>>,
-    /// Verified subject/actor tokens (None: disabled).
-    pub subjects: Option<Arc<SubjectCache>>,
-    /// Per-subject rate limits.
-    pub limiter: Arc<RateLimiter>,
-    /// Metrics (behind an `Arc`: the state is cloned for every request).
-    pub metrics: Arc<Metrics>,
-    /// TokenReview per issuer that has it configured.
-    pub reviewers: Arc<HashMap<String, TokenReviewer>>,
-}
-
-impl AppState {
-    /// Builds the state from a validated configuration and its dependencies; `store`
-    /// is wrapped in a [`PolicyCache`] when `store.policy_cache_secs` is not 0.
-    pub fn new(
-        cfg: &Config,
-        signer: Arc<dyn Signer>,
-        store: Arc<dyn MappingStore>,
-        keys: Arc<dyn IssuerKeySource>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, ConfigError> {
-        let mut reviewers = HashMap::new();
-        for (i, c) in cfg.issuers.iter().enumerate() {
-            if let Some(tr) = &c.token_review {
-                let r = TokenReviewer::new(tr, c.ca_file.as_ref(), &c.audiences).map_err(|e| {
-                    ConfigError::Invalid {
-                        field: format!("issuers[{i}].token_review"),
-                        reason: e.to_string(),
-                    }
-                })?;
-                reviewers.insert(c.issuer.clone(), r);
-            }
-        }
-        let metrics = Metrics::new().map_err(|e| ConfigError::Invalid {
-            field: "metrics".into(),
-            reason: e.to_string(),
-        })?;
-        let store: Arc<dyn MappingStore> = if cfg.store.policy_cache_secs > 0 {
-            Arc::new(PolicyCache::new(
-                store,
-                Arc::clone(&clock),
-                cfg.store.policy_cache_secs,
-            ))
-        } else {
-            store
-        };
-        let v = &cfg.validation;
-        Ok(AppState {
-            signer,
-            store,
-            keys,
-            clock,
-            subjects: (v.subject_cache_secs > 0).then(|| {
-                Arc::new(SubjectCache::new(
-                    v.subject_cache_secs,
-                    v.subject_cache_max_entries,
-                ))
-            }),
-            settings: Arc::new(Settings::from_config(cfg)?),
-            cache: cfg.cache.enabled.then(|| {
-                Arc::new(TokenCache::new(
-                    cfg.cache.max_entries,
-                    cfg.cache.min_remaining_fraction,
-                ))
-            }),
-            limiter: Arc::new(RateLimiter::default()),
-            metrics: Arc::new(metrics),
-            reviewers: Arc::new(reviewers),
-        })
-    }
-}
+pub use crate::state::{AppState, Settings};
 
 /// The W3C trace context of a request, if it sent a well-formed `traceparent`.
 fn trace_ids(req: &Request) -> Option<(String, String)> {

@@ -16,28 +16,32 @@ use crate::store::RateLimit;
 pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
-    /// The key of a request. Each field is length-prefixed so no two requests collide.
-    pub fn of(req: &TokenExchangeRequest) -> Self {
+    /// The key of a request made by `caller` (its SPIFFE ID, empty when unbound): a
+    /// token minted for one caller is never served to another. Each field is
+    /// length-prefixed so no two requests collide; `resource`, `audience` and `scope`
+    /// are sets here (sorted, deduplicated), so order and repeats cannot multiply
+    /// entries.
+    pub fn of(req: &TokenExchangeRequest, caller: &str) -> Self {
         let mut h = Sha256::new();
         let mut field = |b: &[u8]| {
             h.update((b.len() as u64).to_be_bytes());
             h.update(b);
         };
+        field(caller.as_bytes());
         field(req.subject_token.as_bytes());
         field(req.actor_token.as_deref().unwrap_or("").as_bytes());
         field(req.requested_token_type.as_deref().unwrap_or("").as_bytes());
-        for (tag, list) in [("r", &req.resource), ("a", &req.audience)] {
+        for (tag, list) in [
+            ("r", &req.resource),
+            ("a", &req.audience),
+            ("s", &req.scope),
+        ] {
+            let set: BTreeSet<&str> = list.iter().map(String::as_str).collect();
             field(tag.as_bytes());
-            field(&(list.len() as u64).to_be_bytes());
-            for v in list {
+            field(&(set.len() as u64).to_be_bytes());
+            for v in set {
                 field(v.as_bytes());
             }
-        }
-        // Scopes are a set: order and repeats do not change the answer.
-        let scopes: BTreeSet<&str> = req.scope.iter().map(String::as_str).collect();
-        field(b"s");
-        for s in scopes {
-            field(s.as_bytes());
         }
         CacheKey(h.finalize().into())
     }
@@ -54,8 +58,8 @@ pub struct CachedToken {
     pub issued_at: u64,
     /// `exp`.
     pub expires_at: u64,
-    /// The subject (rate-limit key and logs).
-    pub subject: Arc<str>,
+    /// The (caller, subject) rate-limit key.
+    pub rate_key: Arc<str>,
     /// The mapping that granted it (rate-limit key).
     pub mapping: Arc<str>,
     /// The resource (metrics label).

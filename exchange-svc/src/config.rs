@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use meshpass_core::{
-    Audience, IssuerPolicy, SpiffeIdPattern, SubjectFormat, TrustDomain, ValidationPolicy,
-};
+use meshpass_core::{IssuerPolicy, PolicyError, ValidationPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{validate_mapping, validate_scope_claims, Mapping, ScopeClaims, StoreConfig};
@@ -51,6 +49,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[callers]`: how the caller of `/token` is identified.
+    pub callers: CallersConfig,
     /// `[vault]`: Vault/OpenBao access and the transit key.
     pub vault: crate::vault::VaultConfig,
     /// `[validation]`: subject-token limits shared by all issuers.
@@ -78,6 +78,40 @@ pub struct ServerConfig {
     pub retry_after_secs: u64,
     /// Upper bound on a whole exchange; slower ones answer 503.
     pub request_timeout_secs: u64,
+    /// `[server.tls]`: terminate TLS here; a verified client certificate's SPIFFE ID is
+    /// the caller of `/token`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the service.
+    pub cert_file: PathBuf,
+    /// PEM private key of the service.
+    pub key_file: PathBuf,
+    /// PEM CA bundle client certificates (the callers' SVIDs) are verified against.
+    pub client_ca_file: PathBuf,
+    /// Serve TLS on this address in addition to plain HTTP on `server.listen` (JWKS,
+    /// discovery and health stay reachable without TLS; `/token` there has no caller
+    /// unless a trusted proxy forwards one). Unset: `server.listen` itself is TLS.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[callers]`: how the service identifies who calls `/token` (DESIGN.md "Subject
+/// tokens" item 5). In CLIENT mode the caller must be the subject; otherwise it must
+/// match the mapping's `allowed_callers`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallersConfig {
+    /// Peer IP addresses of the service's own sidecar: only their
+    /// `x-forwarded-client-cert` is believed (any other is refused).
+    pub xfcc_trusted_proxies: Vec<std::net::IpAddr>,
+    /// Allow exchanges whose caller cannot be identified (no client certificate, no
+    /// trusted XFCC): anyone holding a subject token can then spend it. Unsafe.
+    pub insecure_unbound_callers: bool,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +122,7 @@ impl Default for ServerConfig {
             jwks_max_age_secs: 60,
             retry_after_secs: 2,
             request_timeout_secs: 10,
+            tls: None,
         }
     }
 }
@@ -193,74 +228,151 @@ impl Default for ValidationConfig {
     }
 }
 
-/// How the subject is read from tokens of an issuer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SubjectFormatConfig {
-    /// `sub` is a SPIFFE ID.
-    #[default]
-    JwtSvid,
-    /// `sub` is `system:serviceaccount:NS:SA`.
-    KubernetesServiceAccount,
-}
-
 /// `[[issuers]]`: one accepted subject-token issuer and where its keys come from
 /// (exactly one of `jwks`, `jwks_file`, `jwks_url`, `discovery_url`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+///
+/// The acceptance rules (`issuer`, `audiences`, `trust_domains`, `id_patterns`,
+/// `subject_format`, `leeway_secs`, `max_lifetime_secs`) are deserialised by core's
+/// [`IssuerPolicy`] itself, so the service and the filter read them the same way; the
+/// other keys say where the keys come from.
+#[derive(Debug, Clone)]
 pub struct IssuerConfig {
-    /// Exact `iss` value.
-    pub issuer: String,
-    /// `aud` must contain one of these.
-    pub audiences: Vec<String>,
-    /// Allowed SPIFFE trust domains (the first is used for Kubernetes subjects).
-    pub trust_domains: Vec<String>,
-    /// Allowed SPIFFE ID patterns (empty: any ID in the trust domains).
-    #[serde(default)]
-    pub id_patterns: Vec<String>,
-    /// `jwt_svid` or `kubernetes_service_account`.
-    #[serde(default)]
-    pub subject_format: SubjectFormatConfig,
-    /// Clock-skew leeway.
-    #[serde(default = "default_leeway")]
-    pub leeway_secs: u64,
-    /// Maximum `exp - iat` accepted.
-    #[serde(default)]
-    pub max_lifetime_secs: Option<u64>,
+    /// The acceptance rules of this issuer (core's type, parsed by core).
+    pub policy: IssuerPolicy,
     /// Inline JWKS document (JSON text).
-    #[serde(default)]
     pub jwks: Option<String>,
     /// JWKS file, re-read every `refresh_secs`.
-    #[serde(default)]
     pub jwks_file: Option<PathBuf>,
     /// JWKS URL (https; http only on loopback).
-    #[serde(default)]
     pub jwks_url: Option<String>,
     /// OIDC discovery base URL: `{discovery_url}/.well-known/openid-configuration` names
     /// the `jwks_uri` (the Kubernetes API server works this way).
-    #[serde(default)]
     pub discovery_url: Option<String>,
     /// PEM CA bundle for `jwks_url` / `discovery_url` / TokenReview.
-    #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// File holding a bearer token sent to `jwks_url` / `discovery_url` (re-read on
     /// every fetch: projected tokens rotate).
-    #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
     /// How often remote or file keys are refreshed.
-    #[serde(default = "default_refresh")]
     pub refresh_secs: u64,
     /// Minimum time between two refetches triggered by an unknown `kid`.
-    #[serde(default = "default_refetch")]
     pub min_refetch_secs: u64,
     /// Optional Kubernetes TokenReview check in addition to signature validation.
-    #[serde(default)]
     pub token_review: Option<TokenReviewConfig>,
 }
 
-fn default_leeway() -> u64 {
-    meshpass_core::DEFAULT_LEEWAY_SECS
+/// The key-source half of `[[issuers]]` (see [`IssuerConfig`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerSourceFields {
+    #[serde(default)]
+    jwks: Option<String>,
+    #[serde(default)]
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    discovery_url: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    bearer_token_file: Option<PathBuf>,
+    #[serde(default = "default_refresh")]
+    refresh_secs: u64,
+    #[serde(default = "default_refetch")]
+    min_refetch_secs: u64,
+    #[serde(default)]
+    token_review: Option<TokenReviewConfig>,
 }
+
+/// The keys of `[[issuers]]` that core's [`IssuerPolicy`] reads.
+const POLICY_FIELDS: &[&str] = &[
+    "issuer",
+    "audiences",
+    "trust_domains",
+    "id_patterns",
+    "subject_format",
+    "leeway_secs",
+    "max_lifetime_secs",
+];
+
+/// The keys of `[[issuers]]` that are not core's [`IssuerPolicy`].
+const SOURCE_FIELDS: &[&str] = &[
+    "jwks",
+    "jwks_file",
+    "jwks_url",
+    "discovery_url",
+    "ca_file",
+    "bearer_token_file",
+    "refresh_secs",
+    "min_refetch_secs",
+    "token_review",
+];
+
+/// `"KEY: reason"` for a policy deserialisation error, naming the first key whose
+/// value core refuses (the message alone otherwise, e.g. a missing or unknown key).
+fn name_policy_field(
+    map: &serde_json::Map<String, serde_json::Value>,
+    e: serde_json::Error,
+) -> String {
+    use meshpass_core::{Audience, SpiffeIdPattern, SubjectFormat, TrustDomain};
+    fn refuses<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> bool {
+        serde_json::from_value::<T>(v.clone()).is_err()
+    }
+    let bad_key = map.iter().find(|(k, v)| match k.as_str() {
+        "issuer" => refuses::<String>(v),
+        "audiences" => refuses::<Vec<Audience>>(v),
+        "trust_domains" => refuses::<Vec<TrustDomain>>(v),
+        "id_patterns" => refuses::<Vec<SpiffeIdPattern>>(v),
+        "subject_format" => refuses::<SubjectFormat>(v),
+        "leeway_secs" => refuses::<u64>(v),
+        "max_lifetime_secs" => refuses::<Option<u64>>(v),
+        _ => false,
+    });
+    match bad_key {
+        Some((k, _)) => format!("{k}: {e}"),
+        None => e.to_string(),
+    }
+}
+
+impl<'de> Deserialize<'de> for IssuerConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut policy = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        if let Some(k) = policy
+            .keys()
+            .find(|k| !POLICY_FIELDS.contains(&k.as_str()) && !SOURCE_FIELDS.contains(&k.as_str()))
+        {
+            return Err(D::Error::custom(format!("{k}: is not a known key")));
+        }
+        let mut source = serde_json::Map::new();
+        for k in SOURCE_FIELDS {
+            if let Some(v) = policy.remove(*k) {
+                source.insert((*k).to_string(), v);
+            }
+        }
+        let policy = match IssuerPolicy::deserialize(serde_json::Value::Object(policy.clone())) {
+            Ok(p) => p,
+            // Name the key that failed (serde_json's Value errors do not).
+            Err(e) => return Err(D::Error::custom(name_policy_field(&policy, e))),
+        };
+        let s = IssuerSourceFields::deserialize(serde_json::Value::Object(source))
+            .map_err(D::Error::custom)?;
+        Ok(IssuerConfig {
+            policy,
+            jwks: s.jwks,
+            jwks_file: s.jwks_file,
+            jwks_url: s.jwks_url,
+            discovery_url: s.discovery_url,
+            ca_file: s.ca_file,
+            bearer_token_file: s.bearer_token_file,
+            refresh_secs: s.refresh_secs,
+            min_refetch_secs: s.min_refetch_secs,
+            token_review: s.token_review,
+        })
+    }
+}
+
 fn default_refresh() -> u64 {
     300
 }
@@ -368,6 +480,58 @@ pub fn check_url(field: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
     }
 }
 
+/// A figment error with the field named the way the README and [`Config::validate`]
+/// name it (`issuers[0].jwks_url`, not `default.issuers.0...`); errors with no key
+/// (unreadable file, TOML syntax) stay figment's own.
+fn load_error(e: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let mut field = String::new();
+    for part in &e.path {
+        if part.parse::<usize>().is_ok() {
+            field.push_str(&format!("[{part}]"));
+        } else {
+            if !field.is_empty() {
+                field.push('.');
+            }
+            field.push_str(part);
+        }
+    }
+    let mut push = |key: &str| {
+        if !field.is_empty() {
+            field.push('.');
+        }
+        field.push_str(key);
+    };
+    let reason = match &e.kind {
+        Kind::UnknownField(key, _) => {
+            push(key);
+            "is not a known key".to_string()
+        }
+        Kind::MissingField(key) => {
+            push(key);
+            "is required".to_string()
+        }
+        Kind::Message(m) => match m.split_once(": ") {
+            // IssuerConfig's own deserialiser names the key inside the issuer.
+            Some((key, rest)) if key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
+                push(key);
+                rest.to_string()
+            }
+            _ => m.clone(),
+        },
+        other => other.to_string(),
+    };
+    if field.is_empty() {
+        return ConfigError::Load(Box::new(e));
+    }
+    let source = e
+        .metadata
+        .as_ref()
+        .map(|m| format!(" (from {})", m.name))
+        .unwrap_or_default();
+    bad(field, format!("{reason}{source}"))
+}
+
 impl Config {
     /// Loads `path` (if any), then `MESHPASS__SECTION__KEY` environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
@@ -379,7 +543,7 @@ impl Config {
             fig = fig.merge(Toml::file(p));
         }
         fig = fig.merge(Env::prefixed("MESHPASS__").split("__"));
-        let cfg: Config = fig.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let cfg: Config = fig.extract().map_err(load_error)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -424,6 +588,14 @@ impl Config {
         }
         if self.server.request_timeout_secs == 0 {
             return Err(bad("server.request_timeout_secs", "must be at least 1"));
+        }
+        if let Some(tls) = &self.server.tls {
+            crate::tls::server_config(&tls.cert_file, &tls.key_file, &tls.client_ca_file).map_err(
+                |e| match e {
+                    crate::tls::TlsError::File { field, reason } => bad(field, reason),
+                    other => bad("server.tls", other.to_string()),
+                },
+            )?;
         }
         if self.validation.max_token_bytes < 256 {
             return Err(bad("validation.max_token_bytes", "must be at least 256"));
@@ -528,71 +700,27 @@ impl Config {
         Ok(())
     }
 
-    /// The core validation policy of the configured issuers.
+    /// The core validation policy of the configured issuers, checked by core
+    /// ([`ValidationPolicy::check`]: distinct issuers, non-empty lists, ID patterns
+    /// inside the trust domains).
     pub fn validation_policy(&self) -> Result<ValidationPolicy, ConfigError> {
-        let mut issuers = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, c) in self.issuers.iter().enumerate() {
-            let f = format!("issuers[{i}]");
-            if c.issuer.is_empty() {
-                return Err(bad(format!("{f}.issuer"), "is required"));
-            }
-            if !seen.insert(c.issuer.as_str()) {
-                return Err(bad(format!("{f}.issuer"), "is configured twice"));
-            }
-            if c.audiences.is_empty() {
-                return Err(bad(
-                    format!("{f}.audiences"),
-                    "at least one audience is required",
-                ));
-            }
-            let audiences = c
-                .audiences
-                .iter()
-                .map(|a| {
-                    Audience::parse(a).map_err(|e| bad(format!("{f}.audiences"), e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            if c.trust_domains.is_empty() {
-                return Err(bad(
-                    format!("{f}.trust_domains"),
-                    "at least one trust domain is required",
-                ));
-            }
-            let trust_domains = c
-                .trust_domains
-                .iter()
-                .map(|t| {
-                    TrustDomain::parse(t)
-                        .map_err(|e| bad(format!("{f}.trust_domains"), e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let id_patterns = c
-                .id_patterns
-                .iter()
-                .map(|p| {
-                    SpiffeIdPattern::parse(p)
-                        .map_err(|e| bad(format!("{f}.id_patterns"), e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            issuers.push(IssuerPolicy {
-                issuer: c.issuer.clone(),
-                audiences,
-                trust_domains,
-                id_patterns,
-                subject_format: match c.subject_format {
-                    SubjectFormatConfig::JwtSvid => SubjectFormat::JwtSvid,
-                    SubjectFormatConfig::KubernetesServiceAccount => {
-                        SubjectFormat::KubernetesServiceAccount
-                    }
-                },
-                leeway_secs: c.leeway_secs,
-                max_lifetime_secs: c.max_lifetime_secs,
-            });
-        }
-        Ok(ValidationPolicy {
-            issuers,
+        let policy = ValidationPolicy {
+            issuers: self.issuers.iter().map(|c| c.policy.clone()).collect(),
             max_token_bytes: self.validation.max_token_bytes,
-        })
+        };
+        policy.check().map_err(policy_error)?;
+        Ok(policy)
     }
+}
+
+/// Core's policy errors name the field as `issuers[N].key` (or `max_token_bytes`).
+fn policy_error(e: PolicyError) -> ConfigError {
+    let text = e.to_string();
+    let (field, reason) = text.split_once(": ").unwrap_or(("issuers", text.as_str()));
+    let field = if field == "max_token_bytes" {
+        "validation.max_token_bytes".to_string()
+    } else {
+        field.to_string()
+    };
+    bad(field, reason)
 }

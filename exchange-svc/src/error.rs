@@ -42,6 +42,16 @@ pub enum ApiError {
     /// Policy does not allow this subject the requested resource.
     #[error("{0}")]
     UnauthorizedClient(String),
+    /// The caller of `/token` could not be identified (no client certificate, no
+    /// trusted `x-forwarded-client-cert`).
+    #[error("the caller of /token could not be identified: connect with mTLS (a client certificate with a SPIFFE ID) or through the service's own proxy")]
+    CallerUnknown,
+    /// The connection's caller identity is unusable (e.g. XFCC from an untrusted peer).
+    #[error("{0}")]
+    Caller(crate::caller::CallerError),
+    /// The caller is neither the subject nor one of the mapping's `allowed_callers`.
+    #[error("{0}")]
+    CallerRefused(String),
     /// The subject's rate limit is exhausted.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -80,6 +90,11 @@ pub enum ApiError {
         /// `Retry-After` seconds.
         retry_after_secs: u64,
     },
+    /// Refused before the request body was (fully) read: the answer says
+    /// `Connection: close`, so a keep-alive client does not send its next request on a
+    /// connection the server is about to close.
+    #[error("{0}")]
+    BodyUnread(Box<ApiError>),
     /// An internal failure (bug or impossible state).
     #[error("internal error")]
     Internal(String),
@@ -89,6 +104,7 @@ impl ApiError {
     /// The RFC 6749 code.
     pub fn code(&self) -> ErrorCode {
         match self {
+            ApiError::BodyUnread(inner) => inner.code(),
             ApiError::Protocol(e) => e.error,
             ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             ApiError::InvalidGrant { .. }
@@ -99,7 +115,10 @@ impl ApiError {
             ApiError::Review(ReviewError::Unavailable(_)) => ErrorCode::TemporarilyUnavailable,
             ApiError::InvalidTarget(_) => ErrorCode::InvalidTarget,
             ApiError::InvalidScope(_) => ErrorCode::InvalidScope,
-            ApiError::UnauthorizedClient(_) => ErrorCode::UnauthorizedClient,
+            ApiError::UnauthorizedClient(_)
+            | ApiError::CallerUnknown
+            | ApiError::Caller(_)
+            | ApiError::CallerRefused(_) => ErrorCode::UnauthorizedClient,
             ApiError::RateLimited { .. } => ErrorCode::SlowDown,
             ApiError::Store { .. } | ApiError::Unavailable { .. } | ApiError::Timeout { .. } => {
                 ErrorCode::TemporarilyUnavailable
@@ -117,6 +136,7 @@ impl ApiError {
     /// The description returned to the client (no internal detail).
     fn public_description(&self) -> String {
         match self {
+            ApiError::BodyUnread(inner) => inner.public_description(),
             ApiError::Store { .. } => "the mapping store is temporarily unavailable".into(),
             ApiError::Sign { source, .. } => match source {
                 SignError::Failed(_) => "signing failed".into(),
@@ -133,6 +153,7 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
+            ApiError::BodyUnread(inner) => inner.retry_after(),
             ApiError::RateLimited { retry_after_secs }
             | ApiError::Timeout { retry_after_secs }
             | ApiError::Store {
@@ -177,10 +198,23 @@ pub fn no_store(resp: &mut Response) {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::BodyUnread(inner) = self {
+            let mut resp = inner.into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         self.log();
         let code = self.code();
-        let status =
-            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = match self {
+            // Refused because of who calls, not what was sent: 403, so the filter (and
+            // an operator) can tell it from a malformed request.
+            ApiError::CallerUnknown | ApiError::Caller(_) | ApiError::CallerRefused(_) => {
+                StatusCode::FORBIDDEN
+            }
+            _ => StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        };
         let body = ErrorResponse::new(code, self.public_description());
         let mut resp = (status, axum::Json(body)).into_response();
         no_store(&mut resp);

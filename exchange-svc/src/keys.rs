@@ -202,7 +202,7 @@ impl Issuer {
         let mut initial = None;
         let source = match c.key_source(field)? {
             KeySourceConfig::Inline(j) => {
-                initial = Some(parse_jwks(j.as_bytes(), &c.issuer).map_err(|e| {
+                initial = Some(parse_jwks(j.as_bytes(), &c.policy.issuer).map_err(|e| {
                     crate::config::ConfigError::Invalid {
                         field: format!("{field}.jwks"),
                         reason: e.to_string(),
@@ -228,7 +228,7 @@ impl Issuer {
         };
         Ok((
             Issuer {
-                name: c.issuer.clone(),
+                name: c.policy.issuer.clone(),
                 source,
                 bearer_token_file: c.bearer_token_file.clone(),
                 refresh: Duration::from_secs(c.refresh_secs.max(1)),
@@ -264,8 +264,18 @@ impl Issuer {
                     .ok_or_else(|| {
                         KeysError::Document("discovery document has no jwks_uri".into())
                     })?;
-                check_url("jwks_uri", jwks_uri).map_err(|e| KeysError::Document(e.to_string()))?;
-                get_document(http, jwks_uri, bearer.as_deref()).await?
+                // OIDC Discovery §4.3: the document must be the configured issuer's.
+                if doc.get("issuer").and_then(|v| v.as_str()) != Some(self.name.as_str()) {
+                    return Err(KeysError::Document(
+                        "discovery document names another issuer than the configured one".into(),
+                    ));
+                }
+                let jwks_url = check_url("jwks_uri", jwks_uri)
+                    .map_err(|e| KeysError::Document(e.to_string()))?;
+                // The token was given for the discovery origin: never to another one.
+                let same_origin =
+                    reqwest::Url::parse(base).is_ok_and(|b| b.origin() == jwks_url.origin());
+                get_document(http, jwks_uri, bearer.as_deref().filter(|_| same_origin)).await?
             }
         };
         let keys = parse_jwks(&bytes, &self.name)?;
@@ -285,7 +295,7 @@ impl IssuerKeys {
         for (i, c) in cfg.issuers.iter().enumerate() {
             let (issuer, keys) = Issuer::from_config(c, &format!("issuers[{i}]"))?;
             if let Some(k) = keys {
-                initial.insert(c.issuer.clone(), k);
+                initial.insert(c.policy.issuer.clone(), k);
             }
             issuers.push(issuer);
         }

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod cache;
+pub mod caller;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -12,9 +13,12 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod server;
 pub mod signer;
+pub mod state;
 pub mod store;
 pub mod subject_cache;
+pub mod tls;
 pub mod tokenreview;
 pub mod vault;
 
-pub use app::{app, AppState, Settings};
+pub use app::app;
+pub use state::{AppState, Settings};

@@ -1,4 +1,4 @@
-//! Per-subject token buckets (one per subject and mapping). Each replica counts on its
+//! Token buckets, one per (caller, subject) key and mapping. Each replica counts on its
 //! own: with N replicas behind a load balancer a subject gets up to N times the rate.
 
 use std::collections::HashMap;
@@ -22,8 +22,9 @@ pub struct RateLimiter {
 const MAX_BUCKETS: usize = 100_000;
 
 impl RateLimiter {
-    /// Takes one token for `(subject, mapping)`; on refusal, how long until one is free.
-    pub fn check(&self, subject: &str, mapping: &str, limit: RateLimit) -> Result<(), Duration> {
+    /// Takes one token for `(key, mapping)`; on refusal, how long until one is free.
+    /// The exchange uses the (caller, subject) pair as `key`.
+    pub fn check(&self, key: &str, mapping: &str, limit: RateLimit) -> Result<(), Duration> {
         let now = Instant::now();
         let Ok(mut g) = self.buckets.lock() else {
             return Ok(());
@@ -36,7 +37,7 @@ impl RateLimiter {
             });
         }
         let b = g
-            .entry((subject.to_string(), mapping.to_string()))
+            .entry((key.to_string(), mapping.to_string()))
             .or_insert(Bucket {
                 tokens: burst,
                 last: now,

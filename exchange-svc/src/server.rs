@@ -5,14 +5,18 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
 use tokio::net::TcpListener;
 
 use crate::app::{app, AppState};
+use crate::caller::ConnInfo;
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError};
 use crate::keys::IssuerKeys;
 use crate::signer::Signer;
 use crate::store::{seed, MappingStore, SqlStore, StoreError};
+use crate::tls::TlsListener;
 use crate::vault::{TransitSigner, VaultStats};
 
 /// Why the service could not start or stopped abnormally.
@@ -27,6 +31,9 @@ pub enum ServeError {
     /// The signer could not be built.
     #[error("signer: {0}")]
     Signer(String),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("server.tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// Binding or serving the listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -112,12 +119,41 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), ServeError> {
+    serve_with(listener, state, shutdown, grace).await
+}
+
+/// [`serve_on`] terminating TLS with `tls` (see [`crate::tls`]).
+pub async fn serve_tls_on(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    serve_with(TlsListener::new(listener, tls)?, state, shutdown, grace).await
+}
+
+async fn serve_with<L>(
+    listener: L,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), ServeError>
+where
+    L: Listener,
+    L::Addr: std::fmt::Debug,
+    ConnInfo: for<'a> Connected<IncomingStream<'a, L>>,
+{
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         let _ = tx.send(());
     };
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(signal);
+    let server = axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<ConnInfo>(),
+    )
+    .with_graceful_shutdown(signal);
     let deadline = async move {
         if rx.await.is_ok() {
             tokio::time::sleep(grace).await;
@@ -255,15 +291,40 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     if let Err(e) = state.metrics.register(Box::new(collector)) {
         tracing::warn!(error = %e, "Vault metrics not registered");
     }
+    if cfg.callers.insecure_unbound_callers {
+        tracing::warn!(
+            "callers.insecure_unbound_callers = true: /token accepts callers it cannot identify, \
+             so anyone holding a subject token can exchange it"
+        );
+    }
     let listener = TcpListener::bind(cfg.server.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, "meshpass-exchange listening");
-    let r = serve_on(
-        listener,
-        state,
-        shutdown_signal(),
-        Duration::from_secs(cfg.server.shutdown_grace_secs),
-    )
-    .await;
+    tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, tls = cfg.server.tls.is_some(), "meshpass-exchange listening");
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let r = match &cfg.server.tls {
+        None => serve_on(listener, state, shutdown_signal(), grace).await,
+        Some(t) => {
+            let tls = crate::tls::server_config(&t.cert_file, &t.key_file, &t.client_ca_file)?;
+            match t.listen {
+                None => serve_tls_on(listener, tls, state, shutdown_signal(), grace).await,
+                Some(addr) => {
+                    let tls_listener = TcpListener::bind(addr).await?;
+                    tracing::info!(listen = %tls_listener.local_addr()?, "TLS listener (callers identified by client certificate)");
+                    let (tx, rx) = tokio::sync::watch::channel(false);
+                    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                        let _ = rx.wait_for(|stop| *stop).await;
+                    };
+                    let signal = async move {
+                        shutdown_signal().await;
+                        let _ = tx.send(true);
+                    };
+                    let plain = serve_on(listener, state.clone(), stopped(rx.clone()), grace);
+                    let secure = serve_tls_on(tls_listener, tls, state, stopped(rx), grace);
+                    let (_, plain, secure) = tokio::join!(signal, plain, secure);
+                    plain.and(secure)
+                }
+            }
+        }
+    };
     store.close().await;
     r
 }

@@ -131,3 +131,50 @@ fn serve_refuses_to_start_with_a_bad_configuration() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown"));
 }
+
+#[test]
+fn check_config_names_fields_inside_arrays_the_way_the_readme_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "audiences = [\"meshpass\"]",
+            "audiences = \"meshpass\"",
+            "issuers[0].audiences",
+        ),
+        ("ttl_secs = 300", "ttl_secs = \"soon\"", "mappings[0].ttl_secs"),
+        (
+            "[[issuers]]",
+            "[[issuers]]\njwks_urll = \"https://x\"",
+            "issuers[0].jwks_urll: is not a known key",
+        ),
+        (
+            "name = \"web-to-orders\"",
+            "name = \"web-to-orders\"\nallowed_callers = \"spiffe://cluster.local/x\"",
+            "mappings[1].allowed_callers",
+        ),
+        (
+            "[store]",
+            "[server.tls]\ncert_file = \"/nonexistent.crt\"\nkey_file = \"/nonexistent.key\"\nclient_ca_file = \"/nonexistent.pem\"\n\n[store]",
+            "server.tls.cert_file",
+        ),
+    ];
+    for (from, to, field) in cases {
+        let toml = good(dir.path()).replacen(from, to, 1);
+        assert_ne!(toml, good(dir.path()), "{from} not found");
+        let out = bin()
+            .arg("check-config")
+            .arg(write(dir.path(), &toml))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{to}: {err}");
+        assert!(
+            err.contains(field),
+            "{to}: error does not name {field}: {err}"
+        );
+        assert!(
+            !err.contains("default."),
+            "{to}: figment's key path leaked: {err}"
+        );
+    }
+}

@@ -93,6 +93,7 @@ impl Service {
             .http
             .post(format!("{}/token", self.url))
             .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-forwarded-client-cert", format!("URI={WEB}"))
             .body(exchange_form(subject, extra))
             .send()
             .await
@@ -372,6 +373,7 @@ async fn shutdown_stops_accepting_but_finishes_the_exchange_in_flight() {
     let in_flight = tokio::spawn(async move {
         http.post(url)
             .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-forwarded-client-cert", format!("URI={WEB}"))
             .body(body)
             .send()
             .await

@@ -162,6 +162,77 @@ async fn discovers_the_jwks_uri_through_openid_configuration_sending_the_bearer_
     );
 }
 
+/// A discovery endpoint whose document says `issuer` and `jwks_uri` as given.
+async fn discovery_server(issuer: &str, jwks_uri: &str) -> String {
+    let doc = json!({"issuer": issuer, "jwks_uri": jwks_uri});
+    serve(Router::new().route(
+        "/.well-known/openid-configuration",
+        get(move || {
+            let doc = doc.clone();
+            async move { Json(doc) }
+        }),
+    ))
+    .await
+}
+
+fn discovery_keys(url: &str, dir: &std::path::Path) -> String {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "projected-sa-token\n").unwrap();
+    format!(
+        "discovery_url = \"{url}\"\nbearer_token_file = \"{}\"",
+        token_file.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_token_is_never_sent_to_a_jwks_uri_on_another_origin() {
+    let issuer = TestIssuer::new(ISSUER, "sa-key");
+    let (keys_url, keys_srv) = jwks_server(issuer.jwks()).await;
+    let discovery = discovery_server(ISSUER, &format!("{keys_url}/openid/v1/jwks")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_config(
+        dir.path(),
+        &issuer_toml(
+            &issuer,
+            &dir.path().join("m.db"),
+            &discovery_keys(&discovery, dir.path()),
+            "",
+        ),
+    );
+    let source = IssuerKeys::from_config(&cfg).unwrap();
+    source.refresh_all().await;
+    // The keys are fetched (the JWKS is public there)...
+    assert_eq!(source.status()[0].keys, 1);
+    assert!(keys_srv.hits.load(Ordering::SeqCst) >= 1);
+    // ...but without the token meant for the discovery origin.
+    assert_eq!(keys_srv.bearer.lock().unwrap().as_deref(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_document_for_another_issuer_is_refused() {
+    let issuer = TestIssuer::new(ISSUER, "sa-key");
+    let (keys_url, keys_srv) = jwks_server(issuer.jwks()).await;
+    let discovery = discovery_server(
+        "https://impostor.example",
+        &format!("{keys_url}/openid/v1/jwks"),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_config(
+        dir.path(),
+        &issuer_toml(
+            &issuer,
+            &dir.path().join("m.db"),
+            &discovery_keys(&discovery, dir.path()),
+            "",
+        ),
+    );
+    let source = IssuerKeys::from_config(&cfg).unwrap();
+    source.refresh_all().await;
+    assert_eq!(source.status()[0].keys, 0);
+    assert_eq!(keys_srv.hits.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn refuses_plain_http_key_urls_that_are_not_loopback() {
     let issuer = TestIssuer::new(ISSUER, "k");

@@ -26,6 +26,8 @@ fn mapping(name: &str, resource: &str, participant: &str) -> Mapping {
         scopes: vec!["read".into()],
         ttl_secs: 300,
         rate_limit: None,
+        allowed_callers: Vec::new(),
+        allowed_actors: Vec::new(),
     }
 }
 

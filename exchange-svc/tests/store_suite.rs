@@ -63,6 +63,8 @@ fn mapping(name: &str, subject: &str, resource: &str) -> Mapping {
             per_second: 2.5,
             burst: 5,
         }),
+        allowed_callers: vec!["spiffe://cluster.local/ns/edge/*".into()],
+        allowed_actors: Vec::new(),
     }
 }
 
@@ -128,6 +130,20 @@ async fn upsert_replaces_and_seeding_twice_changes_nothing(b: &dyn Backend) {
 
 async fn refuses_reserved_claims_bad_patterns_and_bad_values(b: &dyn Backend) {
     let s = open(b).await;
+    for field in ["allowed_callers", "allowed_actors"] {
+        let mut m = mapping("bad-list", "spiffe://cluster.local/ns/shop/*", "payments");
+        let list = vec!["https://not-spiffe".to_string()];
+        if field == "allowed_callers" {
+            m.allowed_callers = list;
+        } else {
+            m.allowed_actors = list;
+        }
+        let r = s.put_mapping(&m).await;
+        assert!(
+            matches!(&r, Err(StoreError::Invalid { field: f, .. }) if f == field),
+            "{field}: {r:?}"
+        );
+    }
     for reserved in [
         "iss",
         "sub",
@@ -305,6 +321,46 @@ async fn concurrent_writers_and_readers_do_not_fail(b: &dyn Backend) {
     assert_eq!(s.list_mappings().await.unwrap().len(), 60);
 }
 
+/// A database written by the first release (schema version 1, no caller or actor
+/// columns) is upgraded in place: its mappings survive with no callers or actors.
+async fn upgrades_a_version_1_database_and_keeps_its_mappings(b: &dyn Backend) {
+    sqlx::any::install_default_drivers();
+    let url = b.config().url;
+    let (url, real) = if url.starts_with("sqlite:") {
+        (format!("{url}?mode=rwc"), "REAL")
+    } else {
+        (url, "DOUBLE PRECISION")
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    for stmt in [
+        format!(
+            "CREATE TABLE mappings (name TEXT PRIMARY KEY, subject TEXT NOT NULL, resource TEXT NOT NULL, \
+             participant TEXT NOT NULL, audiences TEXT NOT NULL, scopes TEXT NOT NULL, ttl_secs BIGINT NOT NULL, \
+             rate_per_second {real} NOT NULL, rate_burst BIGINT NOT NULL, revision BIGINT NOT NULL, \
+             updated_at BIGINT NOT NULL, UNIQUE (subject, resource))"
+        ),
+        "CREATE TABLE scope_claims (resource TEXT NOT NULL, scope TEXT NOT NULL, claims TEXT NOT NULL, \
+         revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (resource, scope))"
+            .into(),
+        "CREATE TABLE meshpass_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)".into(),
+        "INSERT INTO meshpass_schema (version, applied_at) VALUES (1, 0)".into(),
+        "INSERT INTO mappings VALUES ('old', 'spiffe://cluster.local/ns/shop/sa/web', 'payments', \
+         'acme', '[]', '[\"read\"]', 300, 0, 0, 1, 0)"
+            .into(),
+    ] {
+        sqlx::query(&stmt).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    let s = open(b).await;
+    let old = s.get_mapping("old").await.unwrap().unwrap();
+    assert_eq!(old.subject, "spiffe://cluster.local/ns/shop/sa/web");
+    assert!(old.allowed_callers.is_empty() && old.allowed_actors.is_empty());
+    let mut m = mapping("new", "spiffe://cluster.local/ns/shop/*", "orders");
+    m.allowed_actors = vec!["spiffe://cluster.local/ns/batch/sa/job".into()];
+    s.put_mapping(&m).await.unwrap();
+    assert_eq!(s.get_mapping("new").await.unwrap(), Some(m));
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -336,6 +392,7 @@ both_backends!(
     deletes_mappings_and_scope_claims,
     a_restart_keeps_every_mapping,
     concurrent_writers_and_readers_do_not_fail,
+    upgrades_a_version_1_database_and_keeps_its_mappings,
 );
 
 #[test]

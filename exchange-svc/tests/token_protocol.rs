@@ -198,6 +198,8 @@ async fn accepts_a_content_type_with_a_charset_parameter() {
             &[("resource", "payments")],
         )))
         .unwrap();
+    let mut req = req;
+    with_caller(&mut req, Some(WEB));
     assert_eq!(call(&e.app, req).await.status, StatusCode::OK);
 }
 
@@ -455,17 +457,23 @@ async fn serves_a_cached_token_with_its_remaining_lifetime_until_half_its_life_i
     assert!(text.contains("meshpass_token_cache_hits_total 1"), "{text}");
 }
 
+/// Was `actor_token_becomes_the_act_claim_with_the_subjects_prior_actor_nested`: the
+/// chain nested under the actor is now the actor token's own (RFC 8693 §4.1), and the
+/// actor must be named by the subject's `may_act` (RFC 8693 §4.4).
 #[tokio::test]
-async fn actor_token_becomes_the_act_claim_with_the_subjects_prior_actor_nested() {
+async fn actor_token_becomes_the_act_claim_with_the_actors_own_chain_nested() {
     let e = env().await;
     let t = e.clock.now_secs();
     let subject = e.issuer.sign(&json!({
         "iss": ISSUER, "sub": WEB, "aud": "meshpass", "iat": t, "exp": t + 3600,
+        "act": {"sub": "spiffe://cluster.local/ns/shop/sa/old"},
+        "may_act": {"sub": "spiffe://cluster.local/ns/shop/sa/checkout"}
+    }));
+    let actor = e.issuer.sign(&json!({
+        "iss": ISSUER, "sub": "spiffe://cluster.local/ns/shop/sa/checkout", "aud": "meshpass",
+        "iat": t, "exp": t + 3600,
         "act": {"sub": "spiffe://cluster.local/ns/shop/sa/gateway"}
     }));
-    let actor = e
-        .issuer
-        .svid("spiffe://cluster.local/ns/shop/sa/checkout", t, 3600);
     let a = post_token(
         &e.app,
         exchange_form(

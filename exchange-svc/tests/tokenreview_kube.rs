@@ -57,9 +57,10 @@ impl Service {
     }
 
     async fn exchange(&self, n: u64) -> Answer {
-        post_token(
+        post_token_as(
             &self.app,
             exchange_form(&self.sa_token(n), &[("resource", "payments")]),
+            Some(WEB),
         )
         .await
     }
@@ -115,7 +116,12 @@ async fn the_review_carries_the_subject_token_and_the_configured_audiences() {
     ))
     .await;
     let token = svc.sa_token(0);
-    let a = post_token(&svc.app, exchange_form(&token, &[("resource", "payments")])).await;
+    let a = post_token_as(
+        &svc.app,
+        exchange_form(&token, &[("resource", "payments")]),
+        Some(WEB),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.json);
     let r = api.last_review();
     assert_eq!(r.body["apiVersion"], "authentication.k8s.io/v1");

@@ -37,6 +37,7 @@ async fn https_openbao_is_trusted_through_ca_cert_or_vault_cacert_and_refused_wi
     std::env::set_var("VAULT_TOKEN", bao.root_token());
     let from_env = VaultConfig {
         key_name: "k".into(),
+        publish_lead: std::time::Duration::ZERO,
         ..VaultConfig::default()
     };
     let r = TransitSigner::start(&from_env).await;

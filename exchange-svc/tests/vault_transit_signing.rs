@@ -94,7 +94,18 @@ async fn a_new_version_is_published_at_once_but_signs_only_after_the_publish_lea
         ..config(&bao, "k")
     };
     let signer = TransitSigner::start(&cfg).await.unwrap();
-    // A single young version is used at once: there is nothing older to sign with.
+    // A single young version waits out the lead too (503, never a key verifiers may not
+    // have seen): nothing falls back to it.
+    assert!(matches!(
+        signer.current_key(),
+        Err(meshpass_exchange::signer::SignError::NotReady)
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            signer.current_key().is_ok()
+        })
+        .await
+    );
     assert_eq!(sign_and_verify(&signer, "{}").await.version, 1);
     bao.rotate_key("k");
     signer.refresh().await.unwrap();

@@ -62,9 +62,18 @@ pub struct Mapping {
     pub scopes: Vec<String>,
     /// Lifetime of minted tokens, in seconds (also capped by the subject token's `exp`).
     pub ttl_secs: u64,
-    /// Per-subject rate limit, if any.
+    /// Per-(caller, subject) rate limit, if any.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// SPIFFE ID patterns of callers (other than the subject itself) that may exchange
+    /// the subject's token for this resource: SERVER-mode sidecars exchanging on behalf
+    /// of their peer. Empty: only the subject itself (CLIENT mode).
+    #[serde(default)]
+    pub allowed_callers: Vec<String>,
+    /// SPIFFE ID patterns of actors that may act for the subject (an `actor_token`),
+    /// when the subject token carries no `may_act`. Empty: no delegation.
+    #[serde(default)]
+    pub allowed_actors: Vec<String>,
 }
 
 impl Mapping {
@@ -202,12 +211,10 @@ fn check_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Whether `s` is an RFC 6749 §3.3 scope-token.
+/// Whether `s` may be stored as a scope: an RFC 6749 §3.3 scope-token (core's one rule)
+/// of at most 256 bytes.
 pub fn is_scope_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 256
-        && s.bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    s.len() <= 256 && meshpass_core::oauth::is_scope_token(s)
 }
 
 fn check_resource(resource: &str) -> Result<(), StoreError> {
@@ -256,6 +263,15 @@ pub fn validate_mapping(m: &Mapping) -> Result<(), StoreError> {
         }
     }
     check_unique("scopes", m.scopes.iter())?;
+    for (field, list) in [
+        ("allowed_callers", &m.allowed_callers),
+        ("allowed_actors", &m.allowed_actors),
+    ] {
+        for p in list {
+            SpiffeIdPattern::parse(p).map_err(|e| invalid(field, e.to_string()))?;
+        }
+        check_unique(field, list.iter())?;
+    }
     if m.ttl_secs == 0 || m.ttl_secs > MAX_TTL_SECS {
         return Err(invalid("ttl_secs", format!("must be 1 to {MAX_TTL_SECS}")));
     }

@@ -140,7 +140,8 @@ fn now_secs() -> i64 {
 }
 
 /// Per-backend migrations: version → statements. Append only.
-const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[(
+const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
+    (
     1,
     &[
         "CREATE TABLE mappings (name TEXT PRIMARY KEY, subject TEXT NOT NULL, resource TEXT NOT NULL, \
@@ -151,9 +152,20 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[(
         "CREATE TABLE scope_claims (resource TEXT NOT NULL, scope TEXT NOT NULL, claims TEXT NOT NULL, \
          revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (resource, scope))",
     ],
-)];
+),
+    (
+    2,
+    &[
+        // Who may exchange on a subject's behalf (SERVER mode) and which actors may
+        // act for it; JSON lists of SPIFFE ID patterns, empty by default.
+        "ALTER TABLE mappings ADD COLUMN allowed_callers TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE mappings ADD COLUMN allowed_actors TEXT NOT NULL DEFAULT '[]'",
+    ],
+),
+];
 
-const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[(
+const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
+    (
     1,
     &[
         "CREATE TABLE mappings (name TEXT PRIMARY KEY, subject TEXT NOT NULL, resource TEXT NOT NULL, \
@@ -164,16 +176,29 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[(
         "CREATE TABLE scope_claims (resource TEXT NOT NULL, scope TEXT NOT NULL, claims TEXT NOT NULL, \
          revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (resource, scope))",
     ],
-)];
+),
+    (
+    2,
+    &[
+        // Who may exchange on a subject's behalf (SERVER mode) and which actors may
+        // act for it; JSON lists of SPIFFE ID patterns, empty by default.
+        "ALTER TABLE mappings ADD COLUMN allowed_callers TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE mappings ADD COLUMN allowed_actors TEXT NOT NULL DEFAULT '[]'",
+    ],
+),
+];
 
 const MAPPING_COLUMNS: &str =
-    "name, subject, resource, participant, audiences, scopes, ttl_secs, rate_per_second, rate_burst";
+    "name, subject, resource, participant, audiences, scopes, ttl_secs, rate_per_second, rate_burst, \
+     allowed_callers, allowed_actors";
 
 fn decode_mapping(row: &AnyRow) -> Result<Mapping, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
     let name: String = row.try_get("name").map_err(|e| corrupt(&e))?;
     let audiences: String = row.try_get("audiences").map_err(|e| corrupt(&e))?;
     let scopes: String = row.try_get("scopes").map_err(|e| corrupt(&e))?;
+    let callers: String = row.try_get("allowed_callers").map_err(|e| corrupt(&e))?;
+    let actors: String = row.try_get("allowed_actors").map_err(|e| corrupt(&e))?;
     let ttl: i64 = row.try_get("ttl_secs").map_err(|e| corrupt(&e))?;
     // No NULLs: sqlx's Any driver mis-types a NULL bound first on PostgreSQL, so "no
     // limit" is stored as burst 0 (a real limit has burst >= 1).
@@ -195,6 +220,8 @@ fn decode_mapping(row: &AnyRow) -> Result<Mapping, StoreError> {
         scopes: serde_json::from_str(&scopes).map_err(|e| corrupt(&e))?,
         ttl_secs: u64::try_from(ttl).map_err(|e| corrupt(&e))?,
         rate_limit,
+        allowed_callers: serde_json::from_str(&callers).map_err(|e| corrupt(&e))?,
+        allowed_actors: serde_json::from_str(&actors).map_err(|e| corrupt(&e))?,
         name,
     })
 }
@@ -401,11 +428,13 @@ impl MappingStore for SqlStore {
         let ttl = i64::try_from(m.ttl_secs).map_err(|_| super::invalid("ttl_secs", "too large"))?;
         sqlx::query(
             "INSERT INTO mappings (name, subject, resource, participant, audiences, scopes, ttl_secs, \
-             rate_per_second, rate_burst, revision, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10) \
+             rate_per_second, rate_burst, revision, updated_at, allowed_callers, allowed_actors) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, $12) \
              ON CONFLICT (name) DO UPDATE SET subject = excluded.subject, resource = excluded.resource, \
              participant = excluded.participant, audiences = excluded.audiences, scopes = excluded.scopes, \
              ttl_secs = excluded.ttl_secs, rate_per_second = excluded.rate_per_second, \
-             rate_burst = excluded.rate_burst, revision = mappings.revision + 1, updated_at = excluded.updated_at",
+             rate_burst = excluded.rate_burst, revision = mappings.revision + 1, updated_at = excluded.updated_at, \
+             allowed_callers = excluded.allowed_callers, allowed_actors = excluded.allowed_actors",
         )
         .bind(&m.name)
         .bind(&m.subject)
@@ -417,6 +446,8 @@ impl MappingStore for SqlStore {
         .bind(per_second)
         .bind(burst)
         .bind(now_secs())
+        .bind(json_text(&m.allowed_callers)?)
+        .bind(json_text(&m.allowed_actors)?)
         .execute(&mut *tx)
         .await
         .map_err(write_error)?;

@@ -166,8 +166,13 @@ impl VaultClient {
             .timeout(cfg.request_timeout)
             .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
             .pool_idle_timeout(Duration::from_secs(30))
-            .user_agent(concat!("meshpass-exchange/", env!("CARGO_PKG_VERSION")));
+            .user_agent(concat!("meshpass-exchange/", env!("CARGO_PKG_VERSION")))
+            // A redirect would carry X-Vault-Token to wherever it points (reqwest strips
+            // only its own list of sensitive headers): never follow one.
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &cfg.ca_cert {
+            // As the Vault CLI does: the CA file replaces the public roots.
+            b = b.tls_built_in_root_certs(false);
             let pem = std::fs::read(ca)
                 .map_err(|e| VaultError::Setup(format!("reading {}: {e}", ca.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem)

@@ -50,6 +50,15 @@ pub struct VaultConfig {
     /// Timeout of every Vault HTTP request.
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
+    /// Longest time a verifier of participant tokens keeps a JWKS before fetching it
+    /// again (istiod refreshes a `jwksUri` every 20 minutes by default). When set (not
+    /// 0), `publish_lead` must be at least this long, so no token is signed by a key a
+    /// verifier cannot have seen yet.
+    #[serde(deserialize_with = "de_duration")]
+    pub verifier_refresh_interval: Duration,
+    /// Allow `http://` to a Vault that is not on a loopback address (the token and every
+    /// signature travel in clear). Unsafe.
+    pub insecure_http: bool,
 }
 
 impl Default for VaultConfig {
@@ -69,6 +78,8 @@ impl Default for VaultConfig {
             batch_max_size: 64,
             batch_max_wait: Duration::from_millis(2),
             request_timeout: Duration::from_secs(5),
+            verifier_refresh_interval: Duration::ZERO,
+            insecure_http: false,
         }
     }
 }
@@ -332,6 +343,17 @@ impl VaultConfig {
         {
             return Err(bad("request_timeout", "must be between 50ms and 300s"));
         }
+        if !self.verifier_refresh_interval.is_zero()
+            && self.publish_lead < self.verifier_refresh_interval
+        {
+            return Err(bad(
+                "publish_lead",
+                format!(
+                    "must be at least verifier_refresh_interval ({}s): verifiers would meet tokens signed by a key they cannot have fetched yet",
+                    self.verifier_refresh_interval.as_secs()
+                ),
+            ));
+        }
         match &self.auth {
             AuthConfig::Token { token } => {
                 if token.as_ref().is_none_or(Secret::is_empty) {
@@ -378,6 +400,18 @@ impl VaultConfig {
                     return Err(bad("auth.jwt_file", "must not be empty"));
                 }
             }
+        }
+        let host = url.host_str().unwrap_or("");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if url.scheme() == "http" && !loopback && !self.insecure_http {
+            return Err(bad(
+                "address",
+                "http:// is allowed only to a loopback address; use https (or set insecure_http = true)",
+            ));
         }
         Ok(())
     }
@@ -504,16 +538,16 @@ mod tests {
 
     #[test]
     fn environment_overrides_address_namespace_and_token() {
-        let c = parse("address = \"http://file:1\"\n[auth]\nmethod = \"token\"\ntoken = \"f\"")
+        let c = parse("address = \"https://file:1\"\n[auth]\nmethod = \"token\"\ntoken = \"f\"")
             .unwrap();
         let r = c
             .resolved_with(&env_of(&[
-                ("VAULT_ADDR", "http://env:2"),
+                ("VAULT_ADDR", "https://env:2"),
                 ("VAULT_NAMESPACE", "ns1"),
                 ("VAULT_TOKEN", "from-env"),
             ]))
             .unwrap();
-        assert_eq!(r.address.as_deref(), Some("http://env:2"));
+        assert_eq!(r.address.as_deref(), Some("https://env:2"));
         assert_eq!(r.namespace.as_deref(), Some("ns1"));
         match r.auth {
             AuthConfig::Token { token } => assert_eq!(token.unwrap().expose(), "from-env"),
@@ -521,7 +555,7 @@ mod tests {
         }
         // Without the environment the file's values stay.
         let r = c.resolved_with(&env_of(&[])).unwrap();
-        assert_eq!(r.address.as_deref(), Some("http://file:1"));
+        assert_eq!(r.address.as_deref(), Some("https://file:1"));
     }
 
     #[test]
@@ -529,17 +563,17 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("", "vault.address"),
             ("address = \"ftp://x\"", "vault.address"),
-            ("address = \"http://x\"\nbatch_max_size = 0", "vault.batch_max_size"),
-            ("address = \"http://x\"\nkey_name = \"a/b\"", "vault.key_name"),
-            ("address = \"http://x\"\ntransit_mount = \"../x\"", "vault.transit_mount"),
-            ("address = \"http://x\"\nca_cert = \"/nonexistent.pem\"", "vault.ca_cert"),
-            ("address = \"http://x\"\n[auth]\nmethod = \"token\"", "vault.auth.token"),
+            ("address = \"https://x\"\nbatch_max_size = 0", "vault.batch_max_size"),
+            ("address = \"https://x\"\nkey_name = \"a/b\"", "vault.key_name"),
+            ("address = \"https://x\"\ntransit_mount = \"../x\"", "vault.transit_mount"),
+            ("address = \"https://x\"\nca_cert = \"/nonexistent.pem\"", "vault.ca_cert"),
+            ("address = \"https://x\"\n[auth]\nmethod = \"token\"", "vault.auth.token"),
             (
-                "address = \"http://x\"\n[auth]\nmethod = \"approle\"\nrole_id = \"r\"\nsecret_id = \"s\"\nsecret_id_file = \"/f\"",
+                "address = \"https://x\"\n[auth]\nmethod = \"approle\"\nrole_id = \"r\"\nsecret_id = \"s\"\nsecret_id_file = \"/f\"",
                 "vault.auth.secret_id_file",
             ),
             (
-                "address = \"http://x\"\n[auth]\nmethod = \"kubernetes\"\nrole = \"\"",
+                "address = \"https://x\"\n[auth]\nmethod = \"kubernetes\"\nrole = \"\"",
                 "vault.auth.role",
             ),
         ];
@@ -552,6 +586,43 @@ mod tests {
                 .unwrap_or_else(|| panic!("{text:?} accepted"));
             assert_eq!(e.field, *field, "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_vault_is_refused_unless_insecure_http() {
+        let token = env_of(&[("VAULT_TOKEN", "t")]);
+        let e = parse("address = \"http://vault.example:8200\"")
+            .unwrap()
+            .resolved_with(&token)
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "vault.address", "{e}");
+        for ok in [
+            "address = \"http://vault.example:8200\"\ninsecure_http = true",
+            "address = \"http://127.0.0.1:8200\"",
+            "address = \"http://[::1]:8200\"",
+            "address = \"http://localhost:8200\"",
+            "address = \"https://vault.example:8200\"",
+        ] {
+            assert!(parse(ok).unwrap().resolved_with(&token).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn publish_lead_must_cover_the_verifiers_refresh_interval() {
+        let token = env_of(&[("VAULT_TOKEN", "t")]);
+        let base = "address = \"https://v:8200\"\nverifier_refresh_interval = \"20m\"";
+        let e = parse(&format!("{base}\npublish_lead = \"5m\""))
+            .unwrap()
+            .resolved_with(&token)
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "vault.publish_lead", "{e}");
+        assert!(e.to_string().contains("verifier_refresh_interval"), "{e}");
+        assert!(parse(&format!("{base}\npublish_lead = \"21m\""))
+            .unwrap()
+            .resolved_with(&token)
+            .is_ok());
     }
 
     #[test]

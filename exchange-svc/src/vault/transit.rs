@@ -365,8 +365,9 @@ impl Inner {
             .versions
             .iter()
             .rev()
+            // Never a version verifiers may not have seen yet, not even when it is the
+            // only one: answering 503 until its lead has passed is the safe side.
             .find(|(_, v)| v.published_at + lead <= now)
-            .or_else(|| set.versions.iter().next())
             .map(|(n, _)| *n)
             .ok_or(SignError::NotReady)?;
         Ok(SigningKey {
@@ -647,6 +648,9 @@ impl Signer for TransitSigner {
     }
 
     fn is_ready(&self) -> bool {
-        self.inner.keyset().is_some() && self.inner.client.has_token() && !self.inner.is_down()
+        // Ready means able to sign: a version has waited out the publish lead.
+        self.inner.current(SystemTime::now()).is_ok()
+            && self.inner.client.has_token()
+            && !self.inner.is_down()
     }
 }

@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use meshpass_core::{CompactJws, KeySet};
+use meshpass_exchange::caller::ConnInfo;
 use meshpass_exchange::clock::Clock;
 use meshpass_exchange::config::Config;
 use meshpass_exchange::keys::IssuerKeys;
@@ -155,6 +157,10 @@ issuer = "{SERVICE_ISSUER}"
 [store]
 url = "sqlite://{db}"
 
+[callers]
+# Tests over real sockets stand in for the service's own sidecar.
+xfcc_trusted_proxies = ["127.0.0.1"]
+
 [[issuers]]
 issuer = "{iss}"
 audiences = ["meshpass"]
@@ -261,12 +267,49 @@ pub async fn call(app: &Router, req: Request<Body>) -> Answer {
     }
 }
 
+/// The `sub` of the form's `subject_token` (unverified: only to pick a caller).
+fn form_subject(body: &str) -> Option<String> {
+    let token = form_urlencoded::parse(body.as_bytes())
+        .find(|(k, _)| k == "subject_token")?
+        .1
+        .into_owned();
+    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
+    let claims: Value = serde_json::from_slice(&payload).ok()?;
+    let sub = claims.get("sub")?.as_str()?;
+    // A Kubernetes service-account subject is the workload spiffe://TD/ns/NS/sa/SA.
+    match sub.strip_prefix("system:serviceaccount:") {
+        Some(rest) => {
+            let (ns, sa) = rest.split_once(':')?;
+            Some(format!("spiffe://{TD}/ns/{ns}/sa/{sa}"))
+        }
+        None => Some(sub.to_string()),
+    }
+}
+
+/// `POST /token` from the subject itself (CLIENT mode: the connection's mTLS peer is
+/// the subject token's subject).
 pub async fn post_token(app: &Router, body: String) -> Answer {
-    let req = Request::post("/token")
+    let caller = form_subject(&body);
+    post_token_as(app, body, caller.as_deref()).await
+}
+
+/// `POST /token` over a connection whose verified mTLS peer is `caller` (None: a plain
+/// connection with no client certificate).
+pub async fn post_token_as(app: &Router, body: String, caller: Option<&str>) -> Answer {
+    let mut req = Request::post("/token")
         .header("content-type", "application/x-www-form-urlencoded")
         .body(Body::from(body))
         .unwrap();
+    with_caller(&mut req, caller);
     call(app, req).await
+}
+
+/// Marks `req` as arriving over a connection whose verified mTLS peer is `caller`.
+pub fn with_caller(req: &mut Request<Body>, caller: Option<&str>) {
+    req.extensions_mut().insert(ConnectInfo(ConnInfo {
+        peer: "10.1.2.3:40000".parse().unwrap(),
+        tls_peer: caller.and_then(|c| meshpass_core::SpiffeId::parse(c).ok()),
+    }));
 }
 
 pub async fn get(app: &Router, path: &str) -> Answer {
@@ -299,4 +342,32 @@ pub async fn get_text(app: &Router, path: &str) -> String {
             .to_vec(),
     )
     .unwrap()
+}
+
+/// A CA, the service's certificate and a client certificate per SPIFFE ID, as PEM.
+pub struct Pki {
+    pub ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "test mesh CA");
+        Pki {
+            ca: p.self_signed(&ca_key).unwrap(),
+            ca_key,
+        }
+    }
+    /// (cert PEM, key PEM) for a server name or a SPIFFE ID.
+    pub fn issue(&self, san: rcgen::SanType) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![san];
+        let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
 }

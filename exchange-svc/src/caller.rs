@@ -1,0 +1,218 @@
+//! Who is calling: the connection facts the server records for every request (peer
+//! address, the mTLS peer's SPIFFE ID) and how the caller of `/token` is identified from
+//! them (DESIGN.md "Subject tokens" item 5).
+//!
+//! - The service terminates TLS itself (`[server.tls]`): the caller is the URI SAN of
+//!   the client certificate, verified against `client_ca_file`.
+//! - Its own sidecar terminates mTLS and sets `x-forwarded-client-cert`: the header is
+//!   believed only on connections from `callers.xfcc_trusted_proxies`; from anyone else
+//!   it is refused, never believed.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::http::HeaderMap;
+use axum::serve::IncomingStream;
+use meshpass_core::SpiffeId;
+use tokio::net::TcpListener;
+
+/// The header Envoy sets with `forward_client_cert_details`.
+pub const XFCC: &str = "x-forwarded-client-cert";
+
+/// What the server knows about the connection a request came over (a request
+/// extension set by the listener, through axum's `ConnectInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The verified client certificate's SPIFFE ID, when the service terminates TLS and
+    /// the client presented one with exactly one `spiffe://` URI SAN.
+    pub tls_peer: Option<SpiffeId>,
+}
+
+impl axum::extract::connect_info::Connected<IncomingStream<'_, TcpListener>> for ConnInfo {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+        ConnInfo {
+            peer: *stream.remote_addr(),
+            tls_peer: None,
+        }
+    }
+}
+
+/// How callers are identified (from `[callers]`).
+#[derive(Debug, Clone, Default)]
+pub struct CallerSettings {
+    /// Peers whose `x-forwarded-client-cert` is believed.
+    pub xfcc_trusted_proxies: Vec<IpAddr>,
+    /// Exchanges without an identified caller are allowed (unsafe; warned at start).
+    pub insecure_unbound_callers: bool,
+}
+
+/// Why the caller could not be identified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallerError {
+    /// An `x-forwarded-client-cert` header came from a peer that is not a trusted proxy.
+    #[error("x-forwarded-client-cert is accepted only from the service's own proxy")]
+    UntrustedXfcc,
+    /// The trusted proxy's `x-forwarded-client-cert` is malformed or names no single
+    /// SPIFFE ID.
+    #[error("x-forwarded-client-cert does not name exactly one SPIFFE ID")]
+    BadXfcc,
+}
+
+/// The caller of this request: `Ok(None)` when the connection carries no identity.
+pub fn identify(
+    settings: &CallerSettings,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+) -> Result<Option<SpiffeId>, CallerError> {
+    let mut xfcc = headers.get_all(XFCC).iter();
+    let first = xfcc.next();
+    let trusted = conn.is_some_and(|c| settings.xfcc_trusted_proxies.contains(&c.peer.ip()));
+    if trusted {
+        // The proxy sanitises the header; two of them means something else added one.
+        let value = match (first, xfcc.next()) {
+            // Nothing forwarded: the proxy itself is the caller (its certificate, if any).
+            (None, _) => return Ok(conn.and_then(|c| c.tls_peer.clone())),
+            (Some(v), None) => v.to_str().map_err(|_| CallerError::BadXfcc)?,
+            (Some(_), Some(_)) => return Err(CallerError::BadXfcc),
+        };
+        return xfcc_uri(value).map(Some);
+    }
+    if first.is_some() {
+        return Err(CallerError::UntrustedXfcc);
+    }
+    Ok(conn.and_then(|c| c.tls_peer.clone()))
+}
+
+/// Splits on `sep` outside double quotes.
+fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut escaped, mut start) = (false, false, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                out.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// The SPIFFE ID in the `URI=` of the last element of an XFCC value: the element the
+/// nearest (trusted) proxy added for the client it verified.
+pub fn xfcc_uri(value: &str) -> Result<SpiffeId, CallerError> {
+    let elements = split_unquoted(value, ',');
+    let last = elements.last().ok_or(CallerError::BadXfcc)?;
+    let mut uris = split_unquoted(last, ';').into_iter().filter_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        k.eq_ignore_ascii_case("uri")
+            .then(|| v.trim().trim_matches('"'))
+    });
+    match (uris.next(), uris.next()) {
+        (Some(uri), None) => SpiffeId::parse(uri).map_err(|_| CallerError::BadXfcc),
+        _ => Err(CallerError::BadXfcc),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::http::HeaderValue;
+
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+    fn conn(ip: &str, tls: Option<&str>) -> ConnInfo {
+        ConnInfo {
+            peer: SocketAddr::new(ip.parse().unwrap(), 40000),
+            tls_peer: tls.map(|t| SpiffeId::parse(t).unwrap()),
+        }
+    }
+
+    fn xfcc(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.append(XFCC, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    fn trusting(ip: &str) -> CallerSettings {
+        CallerSettings {
+            xfcc_trusted_proxies: vec![ip.parse().unwrap()],
+            insecure_unbound_callers: false,
+        }
+    }
+
+    #[test]
+    fn the_tls_peer_is_the_caller_when_no_proxy_is_trusted() {
+        let c = conn("10.0.0.5", Some(WEB));
+        let id = identify(&CallerSettings::default(), Some(&c), &HeaderMap::new()).unwrap();
+        assert_eq!(id.unwrap().as_str(), WEB);
+        let plain = conn("10.0.0.5", None);
+        assert_eq!(
+            identify(&CallerSettings::default(), Some(&plain), &HeaderMap::new()),
+            Ok(None)
+        );
+        assert_eq!(
+            identify(&CallerSettings::default(), None, &HeaderMap::new()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn xfcc_from_an_untrusted_peer_is_refused_never_believed() {
+        let h = xfcc(&format!("Hash=ab;URI={WEB}"));
+        let c = conn("10.0.0.9", Some("spiffe://cluster.local/ns/evil/sa/x"));
+        assert_eq!(
+            identify(&trusting("127.0.0.1"), Some(&c), &h),
+            Err(CallerError::UntrustedXfcc)
+        );
+        assert_eq!(
+            identify(&CallerSettings::default(), None, &h),
+            Err(CallerError::UntrustedXfcc)
+        );
+    }
+
+    #[test]
+    fn xfcc_from_the_trusted_proxy_names_the_caller_by_its_last_element() {
+        let h = xfcc(&format!(
+            "By=spiffe://cluster.local/ns/x/sa/y;URI=spiffe://cluster.local/ns/a/sa/first,\
+             By=spiffe://cluster.local/ns/mesh/sa/exchange;Hash=\"a,b;c\";Subject=\"CN=x,O=y\";URI={WEB}"
+        ));
+        let c = conn("127.0.0.1", None);
+        let id = identify(&trusting("127.0.0.1"), Some(&c), &h).unwrap();
+        assert_eq!(id.unwrap().as_str(), WEB);
+        // The trusted proxy without a header and without a certificate: no caller.
+        assert_eq!(
+            identify(&trusting("127.0.0.1"), Some(&c), &HeaderMap::new()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn malformed_or_ambiguous_xfcc_is_refused() {
+        let c = conn("127.0.0.1", None);
+        for bad in [
+            "Hash=ab".to_string(),
+            format!("URI={WEB};URI=spiffe://cluster.local/ns/a/sa/b"),
+            "URI=https://example.com/x".to_string(),
+        ] {
+            assert_eq!(
+                identify(&trusting("127.0.0.1"), Some(&c), &xfcc(&bad)),
+                Err(CallerError::BadXfcc),
+                "{bad}"
+            );
+        }
+        let mut two = xfcc(&format!("URI={WEB}"));
+        two.append(XFCC, HeaderValue::from_str(&format!("URI={WEB}")).unwrap());
+        assert_eq!(
+            identify(&trusting("127.0.0.1"), Some(&c), &two),
+            Err(CallerError::BadXfcc)
+        );
+    }
+}

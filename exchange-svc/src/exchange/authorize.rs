@@ -1,0 +1,206 @@
+//! Step 4 of an exchange: authorise the subject against the resource's mappings and
+//! decide what it gets (audiences, scopes).
+
+use std::collections::BTreeSet;
+
+use meshpass_core::oauth::TokenExchangeRequest;
+use meshpass_core::{SpiffeId, SpiffeIdPattern};
+
+use crate::error::ApiError;
+use crate::store::{Mapping, ResourcePolicy};
+
+/// What policy grants one exchange.
+#[derive(Debug)]
+pub(crate) struct Grant<'p> {
+    /// The mapping that grants it.
+    pub mapping: &'p Mapping,
+    /// `aud` of the minted token (requested ones, deduplicated; else the default).
+    pub audiences: Vec<String>,
+    /// Granted scopes (requested ones, sorted and deduplicated; else all allowed).
+    pub scopes: Vec<String>,
+}
+
+/// The mapping of `policy` for `subject` and the audiences and scopes `req` may get.
+pub(crate) fn authorize<'p>(
+    policy: &'p ResourcePolicy,
+    subject: &SpiffeId,
+    req: &TokenExchangeRequest,
+) -> Result<Grant<'p>, ApiError> {
+    if policy.mappings.is_empty() {
+        return Err(ApiError::InvalidTarget(
+            "the requested resource is not known".into(),
+        ));
+    }
+    let mapping = best_mapping(&policy.mappings, subject).ok_or_else(|| {
+        ApiError::UnauthorizedClient(
+            "the subject is not allowed to exchange for this resource".into(),
+        )
+    })?;
+    Ok(Grant {
+        mapping,
+        audiences: audiences(mapping, &req.audience)?,
+        scopes: scopes(mapping, &req.scope)?,
+    })
+}
+
+/// The requested audiences (each allowed, first occurrence kept), or the mapping's
+/// default audience when none is requested.
+fn audiences(mapping: &Mapping, requested: &[String]) -> Result<Vec<String>, ApiError> {
+    let allowed = mapping.allowed_audiences();
+    if requested.is_empty() {
+        let default = allowed
+            .first()
+            .copied()
+            .unwrap_or(mapping.resource.as_str());
+        return Ok(vec![default.to_string()]);
+    }
+    let mut out: Vec<String> = Vec::new();
+    for a in requested {
+        if !allowed.contains(&a.as_str()) {
+            return Err(ApiError::InvalidTarget(
+                "a requested audience is not allowed for this resource".into(),
+            ));
+        }
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The requested scopes (sorted, deduplicated, each allowed), or every allowed scope
+/// when none is requested.
+fn scopes(mapping: &Mapping, requested: &[String]) -> Result<Vec<String>, ApiError> {
+    if requested.is_empty() {
+        return Ok(mapping.scopes.clone());
+    }
+    let requested: BTreeSet<&String> = requested.iter().collect();
+    for s in &requested {
+        if !mapping.scopes.contains(s) {
+            return Err(ApiError::InvalidScope(format!(
+                "scope {s:?} is not allowed for this subject and resource"
+            )));
+        }
+    }
+    Ok(requested.into_iter().cloned().collect())
+}
+
+/// The most specific mapping whose subject pattern matches `id`: an exact ID beats a
+/// prefix, a longer prefix beats a shorter one; ties go to the first by name.
+pub(crate) fn best_mapping<'a>(mappings: &'a [Mapping], id: &SpiffeId) -> Option<&'a Mapping> {
+    let mut best: Option<(usize, &Mapping)> = None;
+    for m in mappings {
+        let Ok(p) = SpiffeIdPattern::parse(&m.subject) else {
+            tracing::warn!(mapping = %m.name, "stored mapping has an invalid subject pattern");
+            continue;
+        };
+        if !p.matches(id) {
+            continue;
+        }
+        let rank = match &p {
+            SpiffeIdPattern::Exact(_) => usize::MAX,
+            SpiffeIdPattern::Prefix { prefix, .. } => prefix.len(),
+        };
+        if best.is_none_or(|(r, _)| rank > r) {
+            best = Some((rank, m));
+        }
+    }
+    best.map(|(_, m)| m)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn mapping(name: &str, subject: &str) -> Mapping {
+        Mapping {
+            name: name.into(),
+            subject: subject.into(),
+            resource: "payments".into(),
+            participant: "acme".into(),
+            audiences: vec!["payments".into(), "https://payments.internal".into()],
+            scopes: vec!["read".into(), "write".into()],
+            ttl_secs: 60,
+            rate_limit: None,
+            allowed_callers: vec![],
+            allowed_actors: vec![],
+        }
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn an_exact_id_beats_a_prefix_and_a_longer_prefix_beats_a_shorter_one() {
+        let ms = vec![
+            mapping("any", "spiffe://td/*"),
+            mapping("ns", "spiffe://td/ns/shop/*"),
+            mapping("exact", "spiffe://td/ns/shop/sa/web"),
+        ];
+        let pick = |s| best_mapping(&ms, &id(s)).map(|m| m.name.as_str());
+        assert_eq!(pick("spiffe://td/ns/shop/sa/web"), Some("exact"));
+        assert_eq!(pick("spiffe://td/ns/shop/sa/api"), Some("ns"));
+        assert_eq!(pick("spiffe://td/ns/other/sa/x"), Some("any"));
+        assert_eq!(pick("spiffe://other/ns/shop/sa/web"), None);
+    }
+
+    #[test]
+    fn requested_scopes_are_sorted_and_deduplicated_and_must_be_allowed() {
+        let m = mapping("m", "spiffe://td/*");
+        let req = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            scopes(&m, &req(&["write", "read", "write"])).unwrap(),
+            ["read", "write"]
+        );
+        assert_eq!(scopes(&m, &[]).unwrap(), ["read", "write"]);
+        assert!(matches!(
+            scopes(&m, &req(&["admin"])),
+            Err(ApiError::InvalidScope(_))
+        ));
+    }
+
+    #[test]
+    fn requested_audiences_must_be_allowed_and_default_to_the_first_allowed() {
+        let m = mapping("m", "spiffe://td/*");
+        let req = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(audiences(&m, &[]).unwrap(), ["payments"]);
+        assert_eq!(
+            audiences(
+                &m,
+                &req(&["https://payments.internal", "payments", "payments"])
+            )
+            .unwrap(),
+            ["https://payments.internal", "payments"]
+        );
+        assert!(matches!(
+            audiences(&m, &req(&["orders"])),
+            Err(ApiError::InvalidTarget(_))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_resource_is_invalid_target_and_an_unmapped_subject_unauthorized() {
+        let req = TokenExchangeRequest::parse_form(
+            b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange\
+              &subject_token=a.b.c&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt",
+        )
+        .unwrap();
+        let empty = ResourcePolicy::default();
+        assert!(matches!(
+            authorize(&empty, &id("spiffe://td/x"), &req),
+            Err(ApiError::InvalidTarget(_))
+        ));
+        let policy = ResourcePolicy {
+            mappings: vec![mapping("m", "spiffe://td/ns/*")],
+            scope_claims: vec![],
+        };
+        assert!(matches!(
+            authorize(&policy, &id("spiffe://td/other"), &req),
+            Err(ApiError::UnauthorizedClient(_))
+        ));
+        let g = authorize(&policy, &id("spiffe://td/ns/a"), &req).unwrap();
+        assert_eq!(g.mapping.name, "m");
+    }
+}

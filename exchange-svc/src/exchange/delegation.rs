@@ -1,0 +1,153 @@
+//! Delegation (RFC 8693 §4.4, §4.1): whether the actor may act for the subject, and
+//! the `act` claim of the minted token.
+
+use meshpass_core::{SpiffeIdPattern, VerifiedSubject};
+use serde_json::{json, Map, Value};
+
+use crate::error::ApiError;
+use crate::store::Mapping;
+
+/// The actor may act for the subject: when the subject token carries `may_act`, the
+/// actor must match every claim in it; otherwise the mapping's `allowed_actors` decide
+/// (none listed: no delegation).
+pub(crate) fn check_actor(
+    subject: &VerifiedSubject,
+    actor: &VerifiedSubject,
+    mapping: &Mapping,
+) -> Result<(), ApiError> {
+    let refused = || {
+        ApiError::UnauthorizedClient(format!(
+            "the actor {} may not act for this subject",
+            actor.spiffe_id
+        ))
+    };
+    if let Some(may_act) = subject.claims.get("may_act") {
+        let Value::Object(wanted) = may_act else {
+            return Err(refused());
+        };
+        let matches = !wanted.is_empty()
+            && wanted.iter().all(|(k, v)| match k.as_str() {
+                // `sub` names the actor as its token does, or by its SPIFFE ID.
+                "sub" => {
+                    v.as_str() == Some(actor.spiffe_id.as_str())
+                        || actor.claims.get("sub") == Some(v)
+                }
+                "iss" => v.as_str() == Some(actor.issuer.as_str()),
+                other => actor.claims.get(other) == Some(v),
+            });
+        return if matches { Ok(()) } else { Err(refused()) };
+    }
+    let listed = mapping.allowed_actors.iter().any(|p| {
+        SpiffeIdPattern::parse(p)
+            .map(|p| p.matches(&actor.spiffe_id))
+            .unwrap_or(false)
+    });
+    if listed {
+        Ok(())
+    } else {
+        Err(refused())
+    }
+}
+
+/// RFC 8693 §4.1 `act`: the current actor's subject, with the actor token's own `act`
+/// chain (the actors before it) nested inside. Without an actor token, the subject
+/// token's own `act` chain is carried over unchanged.
+pub(crate) fn act_claim(
+    subject: &VerifiedSubject,
+    actor: Option<&VerifiedSubject>,
+) -> Option<Value> {
+    match actor {
+        Some(a) => {
+            let mut act = Map::new();
+            act.insert("sub".into(), json!(a.spiffe_id.as_str()));
+            if let Some(prior) = a.claims.get("act") {
+                act.insert("act".into(), prior.clone());
+            }
+            Some(Value::Object(act))
+        }
+        None => subject.claims.get("act").cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use meshpass_core::{Algorithm, SpiffeId};
+
+    fn party(sub: &str, extra: Value) -> VerifiedSubject {
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!(sub));
+        if let Value::Object(m) = extra {
+            claims.extend(m);
+        }
+        VerifiedSubject {
+            spiffe_id: SpiffeId::parse(sub).unwrap(),
+            issuer: "https://spire.test".into(),
+            audiences: vec!["meshpass".into()],
+            expires_at: 0,
+            issued_at: None,
+            alg: Algorithm::ES256,
+            kid: None,
+            claims,
+        }
+    }
+
+    fn mapping(actors: &[&str]) -> Mapping {
+        Mapping {
+            name: "m".into(),
+            subject: "spiffe://td/*".into(),
+            resource: "r".into(),
+            participant: "p".into(),
+            audiences: vec![],
+            scopes: vec![],
+            ttl_secs: 60,
+            rate_limit: None,
+            allowed_callers: vec![],
+            allowed_actors: actors.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn may_act_names_the_only_actor_allowed() {
+        let subject = party(
+            "spiffe://td/web",
+            json!({"may_act": {"sub": "spiffe://td/batch"}}),
+        );
+        let ok = party("spiffe://td/batch", json!({}));
+        let other = party("spiffe://td/other", json!({}));
+        // may_act wins over the mapping.
+        assert!(check_actor(&subject, &ok, &mapping(&[])).is_ok());
+        assert!(check_actor(&subject, &other, &mapping(&["spiffe://td/*"])).is_err());
+        let wrong_iss = party(
+            "spiffe://td/web",
+            json!({"may_act": {"sub": "spiffe://td/batch", "iss": "https://elsewhere"}}),
+        );
+        assert!(check_actor(&wrong_iss, &ok, &mapping(&[])).is_err());
+    }
+
+    #[test]
+    fn without_may_act_only_allowed_actors_may_act() {
+        let subject = party("spiffe://td/web", json!({}));
+        let actor = party("spiffe://td/batch", json!({}));
+        assert!(check_actor(&subject, &actor, &mapping(&[])).is_err());
+        assert!(check_actor(&subject, &actor, &mapping(&["spiffe://td/batch"])).is_ok());
+    }
+
+    #[test]
+    fn act_nests_the_actor_tokens_own_chain_not_the_subjects() {
+        let subject = party("spiffe://td/web", json!({"act": {"sub": "spiffe://td/x"}}));
+        let actor = party(
+            "spiffe://td/batch",
+            json!({"act": {"sub": "spiffe://td/cron"}}),
+        );
+        assert_eq!(
+            act_claim(&subject, Some(&actor)).unwrap(),
+            json!({"sub": "spiffe://td/batch", "act": {"sub": "spiffe://td/cron"}})
+        );
+        assert_eq!(
+            act_claim(&subject, None).unwrap(),
+            json!({"sub": "spiffe://td/x"})
+        );
+    }
+}

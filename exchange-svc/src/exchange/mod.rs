@@ -1,0 +1,279 @@
+//! `POST /token`: RFC 8693 token exchange, as the steps of the protocol:
+//! [`form`] (parse the form) → [`caller`] (identify the caller) → [`subject`] (validate
+//! subject and actor) → [`authorize`] (against the resource's mappings; the caller
+//! binding and [`delegation`] too) → [`mint`] → answer.
+//!
+//! Every subject rule (signature, issuer, audience, time, trust domain, ID patterns,
+//! size) is re-checked here with the same meshpass-core code: the service never trusts
+//! the filter's verdict.
+
+mod authorize;
+mod caller;
+mod delegation;
+mod form;
+mod mint;
+mod subject;
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use meshpass_core::oauth::{ErrorCode, TokenExchangeResponse, TOKEN_TYPE_JWT};
+
+use crate::cache::{CacheKey, CachedToken};
+use crate::caller::ConnInfo;
+use crate::error::{no_store, ApiError};
+use crate::state::AppState;
+
+/// What the metrics say about one exchange.
+struct Outcome {
+    path: &'static str,
+    resource: String,
+}
+
+/// The error code as a metric label.
+pub fn code_label(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidRequest => "invalid_request",
+        ErrorCode::InvalidClient => "invalid_client",
+        ErrorCode::InvalidGrant => "invalid_grant",
+        ErrorCode::UnauthorizedClient => "unauthorized_client",
+        ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+        ErrorCode::InvalidScope => "invalid_scope",
+        ErrorCode::InvalidTarget => "invalid_target",
+        ErrorCode::SlowDown => "slow_down",
+        ErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
+        ErrorCode::ServerError => "server_error",
+    }
+}
+
+/// The `POST /token` handler.
+pub async fn token(State(st): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let conn = parts
+        .extensions
+        .get::<ConnectInfo<ConnInfo>>()
+        .map(|c| &c.0);
+    let headers = &parts.headers;
+    let started = Instant::now();
+    let retry = st.settings.sign_retry_after_secs;
+    let result = match tokio::time::timeout(
+        st.settings.request_timeout,
+        exchange(&st, conn, headers, body),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err((
+            ApiError::Timeout {
+                retry_after_secs: retry,
+            },
+            None,
+        )),
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    match result {
+        Ok((answer, outcome)) => {
+            st.metrics
+                .exchange_seconds
+                .with_label_values(&[outcome.path])
+                .observe(elapsed);
+            let label = if outcome.path == "warm" {
+                "cached"
+            } else {
+                "issued"
+            };
+            st.metrics
+                .exchanges
+                .with_label_values(&[label, outcome.resource.as_str()])
+                .inc();
+            let mut resp = Json(answer).into_response();
+            no_store(&mut resp);
+            resp
+        }
+        Err((e, resource)) => {
+            st.metrics
+                .exchange_seconds
+                .with_label_values(&["error"])
+                .observe(elapsed);
+            st.metrics
+                .exchanges
+                .with_label_values(&[code_label(e.code()), resource.as_deref().unwrap_or("")])
+                .inc();
+            e.into_response()
+        }
+    }
+}
+
+type Failure = (ApiError, Option<String>);
+
+/// Tags an error with the resource it concerns (a metrics label).
+fn on(resource: &str) -> impl Fn(ApiError) -> Failure + '_ {
+    move |e| (e, Some(resource.to_string()))
+}
+
+async fn exchange(
+    st: &AppState,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(TokenExchangeResponse, Outcome), Failure> {
+    let untagged = |e| (e, None);
+    let req = form::read_form(headers, body).await.map_err(untagged)?;
+    let caller = caller::caller(&st.settings.callers, conn, headers).map_err(untagged)?;
+    let caller_id = caller.as_ref().map(|c| c.as_str()).unwrap_or("");
+    let now = st.clock.now();
+
+    let key = st.cache.as_ref().map(|_| CacheKey::of(&req, caller_id));
+    if let (Some(cache), Some(key)) = (&st.cache, &key) {
+        if let Some(hit) = cache.get(key, now) {
+            st.metrics.cache_hits.inc();
+            return serve_cached(st, &hit, now).map_err(|e| (e, Some(hit.resource.to_string())));
+        }
+        st.metrics.cache_misses.inc();
+    }
+
+    let subject = subject::validate(st, &req.subject_token, now, "subject_token")
+        .await
+        .map_err(untagged)?;
+    let target = form::target(&req).map_err(untagged)?;
+    let policy = st
+        .store
+        .shared_resource_policy(&target)
+        .await
+        .map_err(|source| ApiError::Store {
+            source,
+            retry_after_secs: st.settings.store_retry_after_secs,
+        })
+        .map_err(untagged)?;
+    // An unknown resource is not a metrics label (anyone can name any resource).
+    let grant = authorize::authorize(&policy, &subject.spiffe_id, &req).map_err(|e| {
+        if policy.mappings.is_empty() {
+            untagged(e)
+        } else {
+            on(&target)(e)
+        }
+    })?;
+    let mapping = grant.mapping;
+    let mode = caller::bind(caller.as_ref(), &subject.spiffe_id, mapping).map_err(on(&target))?;
+    // Budgets are per (caller, subject): nobody can spend someone else's.
+    let rate_key = rate_key(caller_id, subject.spiffe_id.as_str());
+    if let Some(limit) = mapping.rate_limit {
+        st.limiter
+            .check(&rate_key, &mapping.name, limit)
+            .map_err(|wait| ApiError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            })
+            .map_err(on(&target))?;
+    }
+    subject::review(st, &req, &subject)
+        .await
+        .map_err(untagged)?;
+    let actor = match &req.actor_token {
+        Some(t) => Some(
+            subject::validate(st, t, now, "actor_token")
+                .await
+                .map_err(untagged)?,
+        ),
+        None => None,
+    };
+    if let Some(a) = &actor {
+        delegation::check_actor(&subject, a, mapping).map_err(on(&target))?;
+    }
+    let parties = subject::Parties { subject, actor };
+
+    let exp = mint::expiry(&parties, mapping.ttl_secs, st.settings.max_ttl_secs, now)
+        .map_err(on(&target))?;
+    let jti = uuid::Uuid::new_v4().to_string();
+    let claims = mint::claims(st, &parties, &grant, &policy.scope_claims, now, exp, &jti);
+    let minted = mint::sign(st, claims, jti, exp)
+        .await
+        .map_err(on(&target))?;
+    let scope_str = (!grant.scopes.is_empty()).then(|| grant.scopes.join(" "));
+
+    tracing::info!(
+        target: "meshpass::audit",
+        event = "token_issued",
+        sub = %parties.subject.spiffe_id,
+        caller = caller_id,
+        binding = mode.as_str(),
+        aud = ?grant.audiences,
+        scope = scope_str.as_deref().unwrap_or(""),
+        jti = %minted.jti,
+        kid = %minted.key.kid,
+        exp = minted.expires_at,
+        resource = %mapping.resource,
+        mapping = %mapping.name,
+        actor = parties.actor.as_ref().map(|a| a.spiffe_id.as_str()).unwrap_or(""),
+        "participant token issued"
+    );
+
+    if let (Some(cache), Some(key)) = (&st.cache, key) {
+        cache.insert(
+            key,
+            CachedToken {
+                access_token: minted.access_token.as_str().into(),
+                scope: scope_str.as_deref().map(Into::into),
+                issued_at: now,
+                expires_at: exp,
+                rate_key: rate_key.into(),
+                mapping: mapping.name.as_str().into(),
+                resource: mapping.resource.as_str().into(),
+                rate_limit: mapping.rate_limit,
+            },
+            now,
+        );
+    }
+
+    Ok((
+        answer(minted.access_token, exp - now, scope_str),
+        Outcome {
+            path: "cold",
+            resource: mapping.resource.clone(),
+        },
+    ))
+}
+
+/// The rate-limit key of a (caller, subject) pair (a space never occurs in either).
+fn rate_key(caller: &str, subject: &str) -> String {
+    format!("{caller} {subject}")
+}
+
+/// The RFC 8693 §2.2 success body.
+fn answer(access_token: String, expires_in: u64, scope: Option<String>) -> TokenExchangeResponse {
+    TokenExchangeResponse {
+        access_token,
+        issued_token_type: TOKEN_TYPE_JWT.into(),
+        token_type: "Bearer".into(),
+        expires_in,
+        scope,
+    }
+}
+
+fn serve_cached(
+    st: &AppState,
+    hit: &CachedToken,
+    now: u64,
+) -> Result<(TokenExchangeResponse, Outcome), ApiError> {
+    if let Some(limit) = hit.rate_limit {
+        st.limiter
+            .check(&hit.rate_key, &hit.mapping, limit)
+            .map_err(|wait| ApiError::RateLimited {
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            })?;
+    }
+    Ok((
+        answer(
+            hit.access_token.to_string(),
+            hit.expires_at.saturating_sub(now),
+            hit.scope.as_deref().map(str::to_string),
+        ),
+        Outcome {
+            path: "warm",
+            resource: hit.resource.to_string(),
+        },
+    ))
+}

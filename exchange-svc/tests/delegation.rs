@@ -1,0 +1,80 @@
+//! Delegation through `POST /token` (RFC 8693 §4.4): an actor token is accepted only
+//! for the actor the subject token's `may_act` names, else for the mapping's
+//! `allowed_actors`; none listed, no delegation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use meshpass_exchange::clock::SystemClock;
+use serde_json::json;
+
+const BATCH: &str = "spiffe://cluster.local/ns/shop/sa/batch";
+const OTHER: &str = "spiffe://cluster.local/ns/shop/sa/other";
+
+const LEDGER: &str = r#"
+[[mappings]]
+name = "shop-to-ledger"
+subject = "spiffe://cluster.local/ns/shop/*"
+resource = "ledger"
+participant = "acme-ledger"
+ttl_secs = 300
+allowed_actors = ["spiffe://cluster.local/ns/shop/sa/batch"]
+"#;
+
+async fn app(issuer: &TestIssuer, dir: &std::path::Path) -> axum::Router {
+    let cfg = load_config(dir, &config_toml(issuer, &dir.join("m.db"), LEDGER));
+    meshpass_exchange::app(state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await)
+}
+
+fn form(subject: &str, actor: &str, resource: &str) -> String {
+    exchange_form(
+        subject,
+        &[
+            ("resource", resource),
+            ("actor_token", actor),
+            ("actor_token_type", JWT_TYPE),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn any_valid_actor_token_is_no_longer_enough_to_act_for_a_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let app = app(&issuer, dir.path()).await;
+    let subject = issuer.svid(WEB, now(), 600);
+    let batch = issuer.svid(BATCH, now(), 600);
+    let other = issuer.svid(OTHER, now(), 600);
+    // payments lists no actors: no delegation.
+    let a = post_token(&app, form(&subject, &batch, "payments")).await;
+    assert_eq!(a.status.as_u16(), 400, "{}", a.json);
+    assert_eq!(a.json["error"], "unauthorized_client");
+    // ledger lists batch only.
+    let a = post_token(&app, form(&subject, &batch, "ledger")).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+    let a = post_token(&app, form(&subject, &other, "ledger")).await;
+    assert_eq!(a.json["error"], "unauthorized_client", "{}", a.json);
+}
+
+#[tokio::test]
+async fn may_act_in_the_subject_token_overrides_the_mappings_allowed_actors() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let app = app(&issuer, dir.path()).await;
+    let t = now();
+    let subject = issuer.sign(&json!({
+        "iss": ISSUER, "sub": WEB, "aud": "meshpass", "iat": t, "exp": t + 600,
+        "may_act": {"sub": OTHER}
+    }));
+    let batch = issuer.svid(BATCH, t, 600);
+    let other = issuer.svid(OTHER, t, 600);
+    // batch is in allowed_actors, but the subject named only OTHER.
+    let a = post_token(&app, form(&subject, &batch, "ledger")).await;
+    assert_eq!(a.json["error"], "unauthorized_client", "{}", a.json);
+    let a = post_token(&app, form(&subject, &other, "payments")).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+}
