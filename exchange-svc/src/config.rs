@@ -61,6 +61,8 @@ pub struct Config {
     pub mappings: Vec<Mapping>,
     /// `[[scope_claims]]`: scope claims upserted into the store at startup.
     pub scope_claims: Vec<ScopeClaims>,
+    /// `[management]`: the management API.
+    pub management: crate::mgmt::ManagementConfig,
 }
 
 /// `[server]`.
@@ -521,6 +523,9 @@ impl Config {
             crate::store::check_claim_conflicts(row, &self.scope_claims)
                 .map_err(|e| bad(format!("scope_claims[{i}]"), e.to_string()))?;
         }
+        self.management
+            .validate(self.server.listen)
+            .map_err(|(field, reason)| bad(field, reason))?;
         self.vault.validate().map_err(|e| ConfigError::Invalid {
             field: e.field,
             reason: e.reason,

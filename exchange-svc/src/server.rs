@@ -255,8 +255,24 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     if let Err(e) = state.metrics.register(Box::new(collector)) {
         tracing::warn!(error = %e, "Vault metrics not registered");
     }
+    let stats = Arc::new(
+        crate::mgmt::ExchangeStats::new()
+            .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?,
+    );
+    if let Err(e) = state.metrics.register(stats.collector()) {
+        tracing::warn!(error = %e, "mapping metrics not registered");
+    }
     let listener = TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, "meshpass-exchange listening");
+    let _management = crate::mgmt::start(
+        &cfg,
+        &state,
+        Arc::clone(&store),
+        Some(signer.clone() as Arc<dyn crate::mgmt::KeyAdmin>),
+        stats,
+        shutdown_signal(),
+    )
+    .await?;
     let r = serve_on(
         listener,
         state,
