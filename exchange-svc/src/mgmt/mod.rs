@@ -54,6 +54,11 @@ pub struct MgmtState {
     pub max_token_lifetime_secs: u64,
     /// Exchange counts and top subjects.
     pub stats: Arc<ExchangeStats>,
+    /// The token endpoint's minted-token cache: cleared after every write, so no token
+    /// minted under the old policy is served again.
+    pub token_cache: Option<Arc<crate::cache::TokenCache>>,
+    /// The service clock.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl MgmtState {
@@ -81,12 +86,17 @@ impl MgmtState {
             max_ttl_secs: cfg.token.max_ttl_secs,
             max_token_lifetime_secs: cfg.token.max_ttl_secs,
             stats,
+            token_cache: app.cache.clone(),
+            clock: Arc::clone(&app.clock),
         })
     }
 
     /// Called after every write: the next exchange reads the store again.
     pub fn written(&self) {
         self.policy.invalidate();
+        if let Some(c) = &self.token_cache {
+            c.clear(self.clock.now());
+        }
     }
 }
 
