@@ -1,0 +1,233 @@
+//! Who may call the management API (no token, wrong role, expired, wrong issuer,
+//! exchange audience, unbound caller), the API never starting open or on the token
+//! port, and `/openapi.json` covering every route and error shape.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod mgmt_common;
+
+use common::*;
+use meshpass_exchange::config::Config;
+use meshpass_exchange::mgmt::error::ERROR_CODES;
+use meshpass_exchange::mgmt::routes::ROUTES;
+use mgmt_common::*;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_callers_without_a_valid_token_or_the_role() {
+    let s = Service::start(Db::sqlite()).await;
+    let body = mapping("x", "spiffe://cluster.local/ns/shop/*", "inventory");
+    // No token.
+    let resp = s
+        .req(Method::GET, "/api/v1/mappings", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["error"],
+        "unauthenticated"
+    );
+    // Read-only caller writing.
+    let (st, _, b) = s
+        .send(
+            s.req(Method::POST, "/api/v1/mappings", Some(VIEWER))
+                .json(&body),
+        )
+        .await;
+    assert_eq!((st, b["error"].as_str()), (403, Some("forbidden")));
+    assert_eq!(
+        s.send(s.req(Method::GET, "/api/v1/mappings", Some(VIEWER)))
+            .await
+            .0,
+        200
+    );
+    // Keys role without write.
+    assert_eq!(
+        s.send(s.req(
+            Method::DELETE,
+            "/api/v1/mappings/web-to-orders",
+            Some(KEYS_OP)
+        ))
+        .await
+        .0,
+        403
+    );
+    // Unbound caller: a valid identity with no management role.
+    assert_eq!(
+        s.send(s.req(Method::GET, "/api/v1/mappings", Some(WEB)))
+            .await
+            .0,
+        403
+    );
+    let send_with = |token: String| {
+        s.http
+            .get(format!("{}/api/v1/mappings", s.api))
+            .bearer_auth(token)
+            .send()
+    };
+    // Expired.
+    let n = now();
+    let expired = s.issuer.sign(
+        &json!({"iss": ISSUER, "sub": ADMIN, "aud": [MGMT_AUD], "iat": n - 7200, "exp": n - 3600}),
+    );
+    assert_eq!(send_with(expired).await.unwrap().status().as_u16(), 401);
+    // Another issuer (same claims, a key the service does not know).
+    let other = TestIssuer::new("https://evil.test", "spire-1");
+    let forged = other
+        .sign(&json!({"iss": ISSUER, "sub": ADMIN, "aud": [MGMT_AUD], "iat": n, "exp": n + 600}));
+    assert_eq!(send_with(forged).await.unwrap().status().as_u16(), 401);
+    let unknown = other.sign(&json!({"iss": "https://evil.test", "sub": ADMIN, "aud": [MGMT_AUD], "iat": n, "exp": n + 600}));
+    assert_eq!(send_with(unknown).await.unwrap().status().as_u16(), 401);
+    // A subject token for exchanges (audience meshpass) is no management credential.
+    let exchange_token = s.issuer.svid(ADMIN, n, 600);
+    assert_eq!(
+        send_with(exchange_token).await.unwrap().status().as_u16(),
+        401
+    );
+    // Nothing was written by any of them.
+    assert_eq!(s.get("/api/v1/audit").await.2["items"], json!([]));
+}
+
+fn config_with(extra: &str) -> Result<Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config_toml(&issuer, &dir.path().join("m.db"), extra)).unwrap();
+    Config::load(Some(&path)).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn never_starts_without_callers_and_never_on_the_token_port() {
+    let cfg = config_with("").unwrap();
+    assert_eq!(
+        cfg.management.disabled_reason(),
+        Some("no [[management.callers]] configured: the API never runs open")
+    );
+    assert_eq!(cfg.management.listen.to_string(), "127.0.0.1:8081");
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let cfg = load_config(
+        dir.path(),
+        &config_toml(&issuer, &dir.path().join("m.db"), ""),
+    );
+    let state = state_with(
+        &cfg,
+        LocalSigner::new(),
+        std::sync::Arc::new(meshpass_exchange::clock::SystemClock),
+    )
+    .await;
+    let store = std::sync::Arc::new(
+        meshpass_exchange::store::SqlStore::connect(&cfg.store, "participant").unwrap(),
+    );
+    let stats = std::sync::Arc::new(meshpass_exchange::mgmt::ExchangeStats::new().unwrap());
+    let running = meshpass_exchange::mgmt::start(
+        &cfg,
+        &state,
+        store,
+        None,
+        stats,
+        std::future::pending::<()>(),
+    )
+    .await
+    .unwrap();
+    assert!(running.is_none(), "started with no callers");
+
+    let e = config_with(
+        "[server]\nlisten = \"0.0.0.0:9000\"\n[management]\nlisten = \"127.0.0.1:9000\"",
+    )
+    .unwrap_err();
+    assert!(e.starts_with("management.listen:"), "{e}");
+    let e = config_with(
+        "[[management.callers]]\nid = \"spiffe://cluster.local/ns/*/x\"\nroles = [\"read\"]",
+    )
+    .unwrap_err();
+    assert!(e.starts_with("management.callers[0].id:"), "{e}");
+    let e = config_with(
+        "[[management.callers]]\nid = \"spiffe://cluster.local/ns/ops/*\"\nroles = [\"root\"]",
+    )
+    .unwrap_err();
+    assert!(e.contains("root"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_covers_every_route_and_every_error_shape() {
+    let s = Service::start(Db::sqlite()).await;
+    let doc: serde_json::Value = s
+        .http
+        .get(format!("{}/openapi.json", s.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for r in ROUTES {
+        let op = &doc["paths"][r.path][r.method];
+        assert!(op.is_object(), "{} {} missing", r.method, r.path);
+        // Every authenticated route is served and refuses an anonymous call with the
+        // documented error shape (so the router and the document agree).
+        if r.role.is_some() {
+            let path = r
+                .path
+                .replace("{name}", "n")
+                .replace("{resource}", "r")
+                .replace("{scope}", "s");
+            let method = Method::from_bytes(r.method.to_uppercase().as_bytes()).unwrap();
+            let (st, _, body) = s
+                .send(s.http.request(method, format!("{}{path}", s.api)))
+                .await;
+            assert_eq!(st, 401, "{} {}", r.method, r.path);
+            assert!(op["responses"]["401"].is_object());
+            for key in body.as_object().unwrap().keys() {
+                assert!(
+                    doc["components"]["schemas"]["Error"]["properties"][key].is_object(),
+                    "{key}"
+                );
+            }
+        }
+    }
+    let codes: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for (code, status) in ERROR_CODES {
+        assert!(codes.contains(code), "{code}");
+        let documented = doc["paths"].as_object().unwrap().values().any(|p| {
+            p.as_object()
+                .unwrap()
+                .values()
+                .any(|op| op["responses"][status.to_string()].is_object())
+        });
+        assert!(documented, "status {status} is in no route");
+    }
+    // The schemas list exactly the fields the types serialise.
+    let m: meshpass_exchange::store::Mapping =
+        serde_json::from_value(mapping("x", "spiffe://a/b", "r")).unwrap();
+    let fields: Vec<String> = serde_json::to_value(&m)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut documented: Vec<String> = doc["components"]["schemas"]["Mapping"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    documented.sort();
+    let mut fields = fields;
+    fields.sort();
+    assert_eq!(fields, documented);
+}
