@@ -182,3 +182,47 @@ pub async fn retire(
     audit(&st, &rid, &caller.id, "keys.retire", &before, &after).await;
     Ok(Json(after))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn status(signs_from_v2: u64) -> KeyStatus {
+        let v = |version, signing, signs_from| KeyVersionStatus {
+            version,
+            kid: format!("k:v{version}"),
+            published: true,
+            signing,
+            published_since: 0,
+            signs_from,
+        };
+        KeyStatus {
+            key: "k".into(),
+            alg: "ES256".into(),
+            publish_lead_secs: 60,
+            refresh_interval_secs: 30,
+            signing_version: Some(2),
+            versions: vec![v(1, false, 0), v(2, true, signs_from_v2)],
+        }
+    }
+
+    #[test]
+    fn retiring_is_allowed_only_once_the_successor_signed_longer_than_a_token_lives() {
+        let s = status(1000);
+        // v2 signs from 1000; replicas follow within 30 s; tokens live 3600 s.
+        assert!(matches!(
+            check_retire(&s, 2, 3600, 4629),
+            Err(MgmtError::Conflict(_))
+        ));
+        assert!(check_retire(&s, 2, 3600, 4630).is_ok());
+        assert!(matches!(
+            check_retire(&s, 3, 3600, 99_999),
+            Err(MgmtError::Invalid { .. })
+        ));
+        assert!(matches!(
+            check_retire(&s, 1, 3600, 99_999),
+            Err(MgmtError::Invalid { .. })
+        ));
+    }
+}
