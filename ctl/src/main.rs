@@ -425,7 +425,10 @@ async fn audit_tail(c: &Client, out: Output, lines: u32, follow: bool) -> Result
     let items = page["items"].as_array().cloned().unwrap_or_default();
     print(out, &page, &items, AUDIT_COLUMNS)?;
     let mut last = page["last_id"].as_i64();
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         let mut q = vec![("limit", "1000".to_string())];
         q.push(("after", last.unwrap_or(0).to_string()));
@@ -445,7 +448,6 @@ async fn audit_tail(c: &Client, out: Output, lines: u32, follow: bool) -> Result
         }
         last = page["last_id"].as_i64().or(last);
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {

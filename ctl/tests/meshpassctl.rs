@@ -205,12 +205,10 @@ async fn manages_mappings_keys_and_audit_end_to_end_with_documented_exit_codes()
         "{out}"
     );
     assert!(out.contains("dry run: nothing applied"), "{out}");
-    assert_eq!(
-        ctl.run(&["mappings", "get", "inv", "-o", "json"])
-            .await
-            .1
-            .contains("\"ttl_secs\": 300"),
-        true
+    let (_, out, _) = ctl.run(&["mappings", "get", "inv", "-o", "json"]).await;
+    assert!(
+        out.contains("\"ttl_secs\": 300"),
+        "dry run changed nothing: {out}"
     );
     let (code, out, err) = ctl.run(&["import", "-f", doc.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{err}");

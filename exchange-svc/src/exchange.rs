@@ -36,6 +36,14 @@ use crate::subject_cache::TokenDigest;
 struct Outcome {
     path: &'static str,
     resource: String,
+    subject: String,
+    mapping: String,
+}
+
+/// Who was refused what, once the subject is known (for the audit and stats hooks).
+struct Refused {
+    resource: String,
+    subject: String,
 }
 
 /// The error code as a metric label.
@@ -88,25 +96,39 @@ pub async fn token(State(st): State<AppState>, headers: HeaderMap, body: Body) -
                 .exchanges
                 .with_label_values(&[label, outcome.resource.as_str()])
                 .inc();
+            if let Some(h) = &st.hooks {
+                h.exchanged(&outcome.subject, &outcome.mapping, label);
+            }
             let mut resp = Json(answer).into_response();
             no_store(&mut resp);
             resp
         }
-        Err((e, resource)) => {
+        Err((e, refused)) => {
+            let resource = refused.as_ref().map(|r| r.resource.as_str());
             st.metrics
                 .exchange_seconds
                 .with_label_values(&["error"])
                 .observe(elapsed);
             st.metrics
                 .exchanges
-                .with_label_values(&[code_label(e.code()), resource.as_deref().unwrap_or("")])
+                .with_label_values(&[code_label(e.code()), resource.unwrap_or("")])
                 .inc();
+            if let Some(h) = &st.hooks {
+                let subject = refused.as_ref().map(|r| r.subject.as_str()).unwrap_or("");
+                h.refused(
+                    subject,
+                    "",
+                    resource.unwrap_or(""),
+                    code_label(e.code()),
+                    &e.to_string(),
+                );
+            }
             e.into_response()
         }
     }
 }
 
-type Failure = (ApiError, Option<String>);
+type Failure = (ApiError, Option<Refused>);
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let ct = headers
@@ -177,7 +199,13 @@ async fn exchange(
     if let (Some(cache), Some(key)) = (&st.cache, &key) {
         if let Some(hit) = cache.get(key, now) {
             st.metrics.cache_hits.inc();
-            return serve_cached(st, &hit, now).map_err(|e| (e, Some(hit.resource.to_string())));
+            return serve_cached(st, &hit, now).map_err(|e| {
+                let r = Refused {
+                    resource: hit.resource.to_string(),
+                    subject: hit.subject.to_string(),
+                };
+                (e, Some(r))
+            });
         }
         st.metrics.cache_misses.inc();
     }
@@ -235,7 +263,13 @@ async fn exchange(
             None,
         ));
     }
-    let fail = |e: ApiError| (e, Some(target.clone()));
+    let fail = |e: ApiError| {
+        let r = Refused {
+            resource: target.clone(),
+            subject: subject.spiffe_id.as_str().to_string(),
+        };
+        (e, Some(r))
+    };
     let mapping = best_mapping(&policy.mappings, &subject.spiffe_id).ok_or_else(|| {
         fail(ApiError::UnauthorizedClient(
             "the subject is not allowed to exchange for this resource".into(),
@@ -404,6 +438,8 @@ async fn exchange(
         Outcome {
             path: "cold",
             resource: mapping.resource.clone(),
+            subject: subject.spiffe_id.as_str().to_string(),
+            mapping: mapping.name.clone(),
         },
     ))
 }
@@ -431,6 +467,8 @@ fn serve_cached(
         Outcome {
             path: "warm",
             resource: hit.resource.to_string(),
+            subject: hit.subject.to_string(),
+            mapping: hit.mapping.to_string(),
         },
     ))
 }

@@ -243,7 +243,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     let _refreshers = keys.spawn_refresh();
     let signer = build_signer(&cfg).await?;
-    let state = AppState::new(
+    let mut state = AppState::new(
         &cfg,
         signer.clone() as Arc<dyn Signer>,
         store.clone() as Arc<dyn MappingStore>,
@@ -262,6 +262,13 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     if let Err(e) = state.metrics.register(stats.collector()) {
         tracing::warn!(error = %e, "mapping metrics not registered");
     }
+    state.hooks = Some(Arc::new(crate::mgmt::ExchangeHooks {
+        stats: Arc::clone(&stats),
+        refusals: Some(crate::mgmt::RefusalAudit::start(
+            Arc::clone(&store),
+            &cfg.management,
+        )),
+    }));
     let listener = TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, "meshpass-exchange listening");
     let _management = crate::mgmt::start(

@@ -231,3 +231,82 @@ async fn openapi_document_covers_every_route_and_every_error_shape() {
     fields.sort();
     assert_eq!(fields, documented);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_exchanges_are_audited_rate_limited_and_counted_without_a_label_per_subject() {
+    // Burst 3, then one per 1000 s: an attack cannot flood the audit log.
+    let s = Service::start_with(
+        Db::sqlite(),
+        LocalSigner::new(),
+        None,
+        "address = \"http://127.0.0.1:9\"\nauth = { method = \"token\", token = \"unused\" }",
+        "refusal_audit_per_second = 0.001\nrefusal_audit_burst = 3\n",
+    )
+    .await;
+    let stranger = "spiffe://cluster.local/ns/other/sa/stranger";
+    for _ in 0..10 {
+        // payments only maps ns/shop: unauthorized_client, the subject is known.
+        let token = s.issuer.svid(stranger, now() - 1, 3600);
+        let r = s
+            .http
+            .post(format!("{}/token", s.token_url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(exchange_form(&token, &[("resource", "payments")]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+    }
+    // Twice the same token (web-to-orders allows a burst of 2): issued, then cached.
+    let web = s.issuer.svid(WEB, now(), 3600);
+    for _ in 0..2 {
+        assert_eq!(s.exchange_token(&web, "orders").await.0, 200);
+    }
+    // The audit writer is asynchronous: wait for its three events.
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let (_, _, page) = s.get("/api/v1/audit?action=exchange.refused").await;
+        items = page["items"].as_array().unwrap().clone();
+        if items.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert_eq!(items[0]["actor"], stranger);
+    assert_eq!(items[0]["target"], "resources/payments");
+    assert!(
+        items[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unauthorized_client"),
+        "{}",
+        items[0]
+    );
+    assert!(
+        !serde_json::to_string(&items).unwrap().contains("eyJ"),
+        "a token in the audit log"
+    );
+
+    let (st, _, stats) = s.get("/api/v1/stats").await;
+    assert_eq!(st, 200);
+    let top = stats["top_subjects"].as_array().unwrap();
+    assert_eq!(top[0]["subject"], stranger, "{stats}");
+    assert_eq!(top[1]["subject"], WEB);
+    let count = |mapping: &str, outcome: &str| {
+        stats["by_mapping"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["mapping"] == mapping && c["outcome"] == outcome)
+            .map(|c| c["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("", "unauthorized_client"), Some(10));
+    assert_eq!(count("web-to-orders", "issued"), Some(1));
+    assert_eq!(count("web-to-orders", "cached"), Some(1));
+    // The metric has mapping and outcome labels only: no SPIFFE ID anywhere in it.
+    let reg = prometheus::Registry::new();
+    reg.register(s.stats.collector()).unwrap();
+    let text = format!("{:?}", reg.gather());
+    assert!(!text.contains("spiffe://"), "a subject became a label");
+}

@@ -183,3 +183,36 @@ pub async fn start(
     });
     Ok(Some(Running { addr, task }))
 }
+
+/// What the token endpoint reports to the management side: every exchange to the
+/// statistics, every refusal to the rate-limited audit.
+#[derive(Debug)]
+pub struct ExchangeHooks {
+    /// Counts by mapping and outcome, top subjects.
+    pub stats: Arc<ExchangeStats>,
+    /// The refused-exchange audit (None: not recorded).
+    pub refusals: Option<Arc<RefusalAudit>>,
+}
+
+impl ExchangeHooks {
+    /// A successful exchange (`outcome`: `issued` or `cached`).
+    pub fn exchanged(&self, subject: &str, mapping: &str, outcome: &str) {
+        self.stats.record(subject, mapping, outcome);
+    }
+
+    /// A refused exchange: `subject` and `caller` when known (else empty), the error
+    /// `code` and its public `reason` (never the token).
+    pub fn refused(&self, subject: &str, caller: &str, resource: &str, code: &str, reason: &str) {
+        self.stats.record(subject, "", code);
+        // Outages are no refusals: only policy and token decisions are audited.
+        if matches!(
+            code,
+            "temporarily_unavailable" | "server_error" | "slow_down"
+        ) {
+            return;
+        }
+        if let Some(r) = &self.refusals {
+            r.refused(subject, caller, resource, &format!("{code}: {reason}"));
+        }
+    }
+}

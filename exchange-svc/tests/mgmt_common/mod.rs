@@ -9,7 +9,7 @@ use std::sync::Arc;
 use meshpass_exchange::clock::SystemClock;
 use meshpass_exchange::config::Config;
 use meshpass_exchange::keys::IssuerKeys;
-use meshpass_exchange::mgmt::{ExchangeStats, KeyAdmin};
+use meshpass_exchange::mgmt::{ExchangeHooks, ExchangeStats, KeyAdmin, RefusalAudit};
 use meshpass_exchange::signer::Signer;
 use meshpass_exchange::store::{seed, MappingStore, SqlStore};
 use meshpass_exchange::AppState;
@@ -46,13 +46,14 @@ impl Db {
     }
 }
 
-/// The `[management]` section every test service gets (plus `extra`).
-pub fn management_toml() -> String {
+/// The `[management]` section every test service gets (`extra`: more of its keys).
+pub fn management_toml(extra: &str) -> String {
     format!(
         r#"
 [management]
 listen = "127.0.0.1:0"
 audiences = ["{MGMT_AUD}"]
+{extra}
 
 [[management.callers]]
 id = "{ADMIN}"
@@ -97,13 +98,7 @@ impl Service {
         let dir = tempfile::tempdir().unwrap();
         let issuer = TestIssuer::new(ISSUER, "spire-1");
         let sqlite = dir.path().join("unused.db");
-        let toml = config_toml_vault(
-            &issuer,
-            &sqlite,
-            vault,
-            &format!("{}{extra}", management_toml()),
-        )
-        .replace(
+        let toml = config_toml_vault(&issuer, &sqlite, vault, &management_toml(extra)).replace(
             &format!("url = \"sqlite://{}\"", sqlite.display()),
             &format!("url = \"{}\"", db.url(dir.path())),
         );
@@ -115,7 +110,7 @@ impl Service {
             .unwrap();
         let issuer_keys = IssuerKeys::from_config(&cfg).unwrap();
         issuer_keys.refresh_all().await;
-        let state = AppState::new(
+        let mut state = AppState::new(
             &cfg,
             signer,
             store.clone() as Arc<dyn MappingStore>,
@@ -124,6 +119,10 @@ impl Service {
         )
         .unwrap();
         let stats = Arc::new(ExchangeStats::new().unwrap());
+        state.hooks = Some(Arc::new(ExchangeHooks {
+            stats: stats.clone(),
+            refusals: Some(RefusalAudit::start(store.clone(), &cfg.management)),
+        }));
         let running = meshpass_exchange::mgmt::start(
             &cfg,
             &state,
@@ -241,11 +240,16 @@ impl Service {
     /// `POST /token` for `subject` and `resource`: (status, JSON).
     pub async fn exchange(&self, subject: &str, resource: &str) -> (u16, Value) {
         let token = self.issuer.svid(subject, now(), 3600);
+        self.exchange_token(&token, resource).await
+    }
+
+    /// `POST /token` with `token` as the subject token.
+    pub async fn exchange_token(&self, token: &str, resource: &str) -> (u16, Value) {
         let resp = self
             .http
             .post(format!("{}/token", self.token_url))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(exchange_form(&token, &[("resource", resource)]))
+            .body(exchange_form(token, &[("resource", resource)]))
             .send()
             .await
             .unwrap();
