@@ -12,6 +12,7 @@
 //! cross-row checks of the backend (duplicates, conflicting claims), whichever caller
 //! (config seeding, CLI, management API) makes it.
 
+mod audit;
 mod cached;
 mod managed;
 mod sql;
@@ -24,11 +25,9 @@ use meshpass_core::{Audience, SpiffeIdPattern};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use audit::{AuditEvent, AuditQuery, AuditRecord};
 pub use cached::PolicyCache;
-pub use managed::{
-    Actor, AuditEvent, AuditQuery, AuditRecord, ETag, ImportDiff, PolicyDocument, Precondition,
-    Saved, ScopeKey,
-};
+pub use managed::{Actor, ETag, ImportDiff, PolicyDocument, Precondition, Saved, ScopeKey};
 pub use sql::{SqlStore, StoreConfig};
 
 /// Claims a scope→claims mapping may never set: they are the service's own.
