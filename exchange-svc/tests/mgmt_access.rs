@@ -108,7 +108,7 @@ async fn never_starts_without_callers_and_never_on_the_token_port() {
     let cfg = config_with("").unwrap();
     assert_eq!(
         cfg.management.disabled_reason(),
-        Some("no [[management.callers]] configured: the API never runs open")
+        Some("no [[management.callers]] nor [management.kubernetes] configured: the API never runs open")
     );
     assert_eq!(cfg.management.listen.to_string(), "127.0.0.1:8081");
     let dir = tempfile::tempdir().unwrap();

@@ -19,8 +19,11 @@ use crate::keys::IssuerKeySource;
 pub struct Caller {
     /// The caller's SPIFFE ID.
     pub id: String,
-    /// Its roles.
+    /// Its roles from the callers table.
     pub roles: BTreeSet<Role>,
+    /// Its Kubernetes user (`system:serviceaccount:NS:SA`) when it presented a
+    /// service-account token.
+    pub kube_user: Option<String>,
 }
 
 /// Authenticates and authorises management requests.
@@ -29,6 +32,7 @@ pub struct Authenticator {
     keys: Arc<dyn IssuerKeySource>,
     clock: Arc<dyn Clock>,
     table: Vec<(SpiffeIdPattern, Vec<Role>)>,
+    kube: Option<super::kube_authz::AccessReviewer>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -69,26 +73,39 @@ impl Authenticator {
                     .map_err(|e| (format!("management.callers[{i}].id"), e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let kube = cfg
+            .kubernetes
+            .as_ref()
+            .map(super::kube_authz::AccessReviewer::new)
+            .transpose()
+            .map_err(|e| ("management.kubernetes".to_string(), e.to_string()))?;
         Ok(Authenticator {
             policy,
             keys,
             clock,
             table,
+            kube,
         })
     }
 
     /// The caller of a request holding `role`: 401 without a valid token, 403 without
     /// the role. Errors never echo the token.
     pub async fn require(&self, headers: &HeaderMap, role: Role) -> Result<Caller, MgmtError> {
-        let caller = self.authenticate(headers).await?;
-        if !caller.roles.contains(&role) {
-            return Err(MgmtError::Forbidden(format!(
-                "{} lacks the {} role",
-                caller.id,
-                role.as_str()
-            )));
+        let mut caller = self.authenticate(headers).await?;
+        if caller.roles.contains(&role) {
+            return Ok(caller);
         }
-        Ok(caller)
+        if let (Some(kube), Some(user)) = (&self.kube, &caller.kube_user) {
+            if kube.allows(user, role).await? {
+                caller.roles.insert(role);
+                return Ok(caller);
+            }
+        }
+        Err(MgmtError::Forbidden(format!(
+            "{} lacks the {} role",
+            caller.id,
+            role.as_str()
+        )))
     }
 
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, MgmtError> {
@@ -129,11 +146,21 @@ impl Authenticator {
             .flat_map(|(_, r)| r.iter().copied())
             .collect();
         let id = subject.spiffe_id.as_str().to_string();
-        if roles.is_empty() {
+        let kube_user = subject
+            .claims
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| s.starts_with("system:serviceaccount:"))
+            .map(str::to_string);
+        if roles.is_empty() && (self.kube.is_none() || kube_user.is_none()) {
             return Err(MgmtError::Forbidden(format!(
                 "{id} is not a management caller"
             )));
         }
-        Ok(Caller { id, roles })
+        Ok(Caller {
+            id,
+            roles,
+            kube_user,
+        })
     }
 }

@@ -56,6 +56,9 @@ pub struct ManagementConfig {
     pub refusal_audit_per_second: f64,
     /// Burst of refused exchanges written to the audit log.
     pub refusal_audit_burst: u32,
+    /// Kubernetes SubjectAccessReview for callers with service-account tokens, on top of
+    /// (or instead of) `callers`.
+    pub kubernetes: Option<super::kube_authz::KubeAuthzConfig>,
 }
 
 impl Default for ManagementConfig {
@@ -67,6 +70,7 @@ impl Default for ManagementConfig {
             callers: Vec::new(),
             refusal_audit_per_second: 5.0,
             refusal_audit_burst: 20,
+            kubernetes: None,
         }
     }
 }
@@ -107,6 +111,9 @@ impl ManagementConfig {
         if self.refusal_audit_burst == 0 {
             return bad("refusal_audit_burst", "must be at least 1");
         }
+        if let Some(k) = &self.kubernetes {
+            k.validate()?;
+        }
         Ok(())
     }
 
@@ -114,8 +121,8 @@ impl ManagementConfig {
     pub fn disabled_reason(&self) -> Option<&'static str> {
         if !self.enabled {
             Some("management.enabled = false")
-        } else if self.callers.is_empty() {
-            Some("no [[management.callers]] configured: the API never runs open")
+        } else if self.callers.is_empty() && self.kubernetes.is_none() {
+            Some("no [[management.callers]] nor [management.kubernetes] configured: the API never runs open")
         } else {
             None
         }

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod kube_authz;
 pub mod mappings;
 pub mod openapi;
 pub mod routes;
