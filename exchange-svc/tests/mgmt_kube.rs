@@ -21,11 +21,10 @@ use serde_json::json;
 const K8S: &str = "https://kubernetes.default.svc";
 const SA_USER: &str = "system:serviceaccount:ops:admin";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_account_callers_get_the_roles_the_api_server_grants() {
-    let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1", &["meshpass"]))).await;
-    let dir = tempfile::tempdir().unwrap();
-    let own_token = dir.path().join("sa-token");
+/// A service whose management API asks the API server at `url` (CA `ca`); returns
+/// its base URL and the service-account token issuer.
+async fn start(dir: &std::path::Path, url: &str, ca: &std::path::Path) -> (String, TestIssuer) {
+    let own_token = dir.join("sa-token");
     std::fs::write(&own_token, "service-own-token\n").unwrap();
     let issuer = TestIssuer::new(K8S, "sa-1");
     let toml = format!(
@@ -50,14 +49,14 @@ audiences = ["meshpass-admin"]
 url = "{url}"
 ca_file = "{ca}"
 bearer_token_file = "{own}"
+timeout_secs = 2
 "#,
-        db = dir.path().join("m.db").display(),
+        db = dir.join("m.db").display(),
         jwks = issuer.jwks(),
-        url = api.url,
-        ca = api.ca_file.display(),
+        ca = ca.display(),
         own = own_token.display(),
     );
-    let cfg = load_config(dir.path(), &toml);
+    let cfg = load_config(dir, &toml);
     assert!(
         cfg.management.disabled_reason().is_none(),
         "SubjectAccessReview alone is enough"
@@ -86,7 +85,19 @@ bearer_token_file = "{own}"
     .await
     .unwrap()
     .unwrap();
-    let base = format!("http://{}", running.addr);
+    (format!("http://{}", running.addr), issuer)
+}
+
+fn sa_token(issuer: &TestIssuer, aud: &str) -> String {
+    let n = now();
+    issuer.sign(&json!({"iss": K8S, "sub": SA_USER, "aud": [aud], "iat": n, "exp": n + 600}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_callers_get_the_roles_the_api_server_grants() {
+    let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1", &["meshpass"]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (base, issuer) = start(dir.path(), &api.url, &api.ca_file).await;
     let n = now();
     let token = issuer.sign(
         &json!({"iss": K8S, "sub": SA_USER, "aud": ["meshpass-admin"], "iat": n, "exp": n + 600}),
@@ -160,4 +171,20 @@ bearer_token_file = "{own}"
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert_eq!(api.access_reviews().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_fails_closed_with_503() {
+    let api = KubeApi::start(Reply::Fail(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("https://127.0.0.1:{}", meshpass_testkit::free_port());
+    let (base, issuer) = start(dir.path(), &closed, &api.ca_file).await;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/v1/mappings"))
+        .bearer_auth(sa_token(&issuer, "meshpass-admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
 }
