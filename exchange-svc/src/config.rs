@@ -507,12 +507,8 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for (i, m) in self.mappings.iter().enumerate() {
             validate_mapping(m).map_err(|e| bad(format!("mappings[{i}]"), e.to_string()))?;
-            if m.ttl_secs > self.token.max_ttl_secs {
-                return Err(bad(
-                    format!("mappings[{i}].ttl_secs"),
-                    "exceeds token.max_ttl_secs",
-                ));
-            }
+            crate::store::check_ttl_cap(m, self.token.max_ttl_secs)
+                .map_err(|e| bad(format!("mappings[{i}]"), e.to_string()))?;
             if !names.insert(&m.name) {
                 return Err(bad(format!("mappings[{i}].name"), "is used twice"));
             }

@@ -310,3 +310,12 @@ async fn refused_exchanges_are_audited_rate_limited_and_counted_without_a_label_
     let text = format!("{:?}", reg.gather());
     assert!(!text.contains("spiffe://"), "a subject became a label");
 }
+
+#[test]
+fn the_ttl_cap_is_one_rule_for_the_file_and_the_api() {
+    let e = config_with("[[mappings]]\nname = \"long\"\nsubject = \"spiffe://cluster.local/ns/x/*\"\nresource = \"inventory\"\nparticipant = \"p\"\nttl_secs = 7200").unwrap_err();
+    assert_eq!(
+        e,
+        "mappings[2]: invalid ttl_secs: exceeds token.max_ttl_secs (3600)"
+    );
+}
