@@ -19,9 +19,9 @@ wasm: setup
 	cargo build -p meshpass-filter --target wasm32-wasip1 --profile wasm-release
 	@ls -l $(WASM) | awk '{print "[wasm] " $$5 " bytes: " $$9}'
 
-## build: the exchange service, the e2e/demo binaries and the filter
+## build: the exchange service, meshpassctl, the e2e/demo binaries and the filter
 build: wasm
-	cargo build -p meshpass-exchange -p meshpass-e2e --bins
+	cargo build -p meshpass-exchange -p meshpassctl -p meshpass-e2e --bins
 
 ## lint: rustfmt and clippy (host and wasm32-wasip1), warnings are errors
 lint: setup

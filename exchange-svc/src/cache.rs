@@ -72,6 +72,9 @@ pub struct CachedToken {
 struct Inner {
     map: HashMap<CacheKey, CachedToken>,
     by_expiry: BTreeSet<(u64, CacheKey)>,
+    /// Tokens issued at or before this second are not stored: their exchange may have
+    /// read the policy before the last [`TokenCache::clear`].
+    issued_after: u64,
 }
 
 /// The bounded token cache.
@@ -115,6 +118,9 @@ impl TokenCache {
         let Ok(mut g) = self.inner.lock() else {
             return;
         };
+        if token.issued_at <= g.issued_after {
+            return;
+        }
         if let Some(old) = g.map.remove(&key) {
             g.by_expiry.remove(&(old.expires_at, key));
         }
@@ -136,6 +142,16 @@ impl TokenCache {
         }
         g.by_expiry.insert((token.expires_at, key));
         g.map.insert(key, token);
+    }
+
+    /// Drops every token (the policy changed at `now`): tokens from exchanges that
+    /// started at or before `now` are not stored either.
+    pub fn clear(&self, now: u64) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.map.clear();
+            g.by_expiry.clear();
+            g.issued_after = g.issued_after.max(now);
+        }
     }
 
     /// Number of entries.

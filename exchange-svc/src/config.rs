@@ -61,6 +61,8 @@ pub struct Config {
     pub mappings: Vec<Mapping>,
     /// `[[scope_claims]]`: scope claims upserted into the store at startup.
     pub scope_claims: Vec<ScopeClaims>,
+    /// `[management]`: the management API.
+    pub management: crate::mgmt::ManagementConfig,
 }
 
 /// `[server]`.
@@ -677,12 +679,8 @@ impl Config {
         let mut names = std::collections::BTreeSet::new();
         for (i, m) in self.mappings.iter().enumerate() {
             validate_mapping(m).map_err(|e| bad(format!("mappings[{i}]"), e.to_string()))?;
-            if m.ttl_secs > self.token.max_ttl_secs {
-                return Err(bad(
-                    format!("mappings[{i}].ttl_secs"),
-                    "exceeds token.max_ttl_secs",
-                ));
-            }
+            crate::store::check_ttl_cap(m, self.token.max_ttl_secs)
+                .map_err(|e| bad(format!("mappings[{i}]"), e.to_string()))?;
             if !names.insert(&m.name) {
                 return Err(bad(format!("mappings[{i}].name"), "is used twice"));
             }
@@ -693,6 +691,9 @@ impl Config {
             crate::store::check_claim_conflicts(row, &self.scope_claims)
                 .map_err(|e| bad(format!("scope_claims[{i}]"), e.to_string()))?;
         }
+        self.management
+            .validate(self.server.listen)
+            .map_err(|(field, reason)| bad(field, reason))?;
         self.vault.validate().map_err(|e| ConfigError::Invalid {
             field: e.field,
             reason: e.reason,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod exchange;
 pub mod keys;
 pub mod metrics;
+pub mod mgmt;
 pub mod ratelimit;
 pub mod server;
 pub mod signer;

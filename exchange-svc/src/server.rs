@@ -279,7 +279,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     let _refreshers = keys.spawn_refresh();
     let signer = build_signer(&cfg).await?;
-    let state = AppState::new(
+    let mut state = AppState::new(
         &cfg,
         signer.clone() as Arc<dyn Signer>,
         store.clone() as Arc<dyn MappingStore>,
@@ -291,6 +291,20 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     if let Err(e) = state.metrics.register(Box::new(collector)) {
         tracing::warn!(error = %e, "Vault metrics not registered");
     }
+    let stats = Arc::new(
+        crate::mgmt::ExchangeStats::new()
+            .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?,
+    );
+    if let Err(e) = state.metrics.register(stats.collector()) {
+        tracing::warn!(error = %e, "mapping metrics not registered");
+    }
+    state.hooks = Some(Arc::new(crate::mgmt::ExchangeHooks {
+        stats: Arc::clone(&stats),
+        refusals: Some(crate::mgmt::RefusalAudit::start(
+            Arc::clone(&store),
+            &cfg.management,
+        )),
+    }));
     if cfg.callers.insecure_unbound_callers {
         tracing::warn!(
             "callers.insecure_unbound_callers = true: /token accepts callers it cannot identify, \
@@ -299,6 +313,15 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     let listener = TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, tls = cfg.server.tls.is_some(), "meshpass-exchange listening");
+    let _management = crate::mgmt::start(
+        &cfg,
+        &state,
+        Arc::clone(&store),
+        Some(signer.clone() as Arc<dyn crate::mgmt::KeyAdmin>),
+        stats,
+        shutdown_signal(),
+    )
+    .await?;
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let r = match &cfg.server.tls {
         None => serve_on(listener, state, shutdown_signal(), grace).await,

@@ -87,6 +87,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// TokenReview per issuer that has it configured.
     pub reviewers: Arc<HashMap<String, TokenReviewer>>,
+    /// Exchange statistics and the refused-exchange audit (set by `serve`).
+    pub hooks: Option<Arc<crate::mgmt::ExchangeHooks>>,
 }
 
 impl AppState {
@@ -152,6 +154,7 @@ impl AppState {
             limiter: Arc::new(RateLimiter::default()),
             metrics: Arc::new(metrics),
             reviewers: Arc::new(reviewers),
+            hooks: None,
         })
     }
 }

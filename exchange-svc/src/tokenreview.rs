@@ -116,6 +116,58 @@ fn read_bearer(path: &Path) -> Result<String, ReviewSetupError> {
     Ok(t.to_string())
 }
 
+/// A kube client for `cfg` (in-cluster, or `url` with `ca_file` else `issuer_ca`), the
+/// bearer-token file to send (None in-cluster: kube handles it) and the timeout. Must
+/// run inside a tokio runtime.
+pub fn kube_client(
+    cfg: &TokenReviewConfig,
+    issuer_ca: Option<&PathBuf>,
+) -> Result<(kube::Client, Option<PathBuf>, Duration), ReviewSetupError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(ReviewSetupError::NoRuntime);
+    }
+    let timeout = Duration::from_secs(cfg.timeout_secs);
+    let mut kc = if cfg.in_cluster {
+        kube::Config::incluster().map_err(|e| ReviewSetupError::InCluster(e.to_string()))?
+    } else {
+        let url = cfg.url.as_deref().ok_or(ReviewSetupError::NoUrl)?;
+        let uri: http::Uri = url
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ReviewSetupError::Url(e.to_string()))?;
+        let mut kc = kube::Config::new(uri);
+        // Without a CA file kube trusts the system's native roots.
+        if let Some(ca) = cfg.ca_file.as_ref().or(issuer_ca) {
+            kc.root_cert = Some(read_ca_bundle(ca)?);
+        }
+        kc
+    };
+    kc.connect_timeout = Some(timeout);
+    kc.read_timeout = Some(timeout);
+    kc.write_timeout = Some(timeout);
+    let bearer_token_file = if cfg.in_cluster {
+        None
+    } else {
+        cfg.bearer_token_file.clone()
+    };
+    if let Some(p) = &bearer_token_file {
+        // Refuse to start with an unreadable token file; it is re-read at every review.
+        read_bearer(p)?;
+    }
+    let client = kube::Client::try_from(kc).map_err(|e| ReviewSetupError::Client(e.to_string()))?;
+    Ok((client, bearer_token_file, timeout))
+}
+
+/// `Authorization: Bearer` from a token file (sensitive: never logged).
+pub fn bearer_header(path: &Path) -> Result<HeaderValue, ReviewError> {
+    let unavailable = |e: String| ReviewError::Unavailable(e);
+    let t = read_bearer(path).map_err(|e| unavailable(e.to_string()))?;
+    let mut v = HeaderValue::try_from(format!("Bearer {t}"))
+        .map_err(|_| unavailable("the bearer token file holds an invalid token".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 impl TokenReviewer {
     /// Builds a reviewer; `issuer_ca` is the CA used when the config names none, and
     /// `issuer_audiences` are used when the config names no audiences. Must run inside a
@@ -125,39 +177,7 @@ impl TokenReviewer {
         issuer_ca: Option<&PathBuf>,
         issuer_audiences: &[String],
     ) -> Result<Self, ReviewSetupError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(ReviewSetupError::NoRuntime);
-        }
-        let timeout = Duration::from_secs(cfg.timeout_secs);
-        let mut kc = if cfg.in_cluster {
-            kube::Config::incluster().map_err(|e| ReviewSetupError::InCluster(e.to_string()))?
-        } else {
-            let url = cfg.url.as_deref().ok_or(ReviewSetupError::NoUrl)?;
-            let uri: http::Uri = url
-                .trim_end_matches('/')
-                .parse()
-                .map_err(|e: http::uri::InvalidUri| ReviewSetupError::Url(e.to_string()))?;
-            let mut kc = kube::Config::new(uri);
-            // Without a CA file kube trusts the system's native roots.
-            if let Some(ca) = cfg.ca_file.as_ref().or(issuer_ca) {
-                kc.root_cert = Some(read_ca_bundle(ca)?);
-            }
-            kc
-        };
-        kc.connect_timeout = Some(timeout);
-        kc.read_timeout = Some(timeout);
-        kc.write_timeout = Some(timeout);
-        let bearer_token_file = if cfg.in_cluster {
-            None
-        } else {
-            cfg.bearer_token_file.clone()
-        };
-        if let Some(p) = &bearer_token_file {
-            // Refuse to start with an unreadable token file; it is re-read at every review.
-            read_bearer(p)?;
-        }
-        let client =
-            kube::Client::try_from(kc).map_err(|e| ReviewSetupError::Client(e.to_string()))?;
+        let (client, bearer_token_file, timeout) = kube_client(cfg, issuer_ca)?;
         Ok(TokenReviewer {
             client,
             bearer_token_file,
@@ -186,11 +206,8 @@ impl TokenReviewer {
             .create(&PostParams::default(), body)
             .map_err(|e| unavailable(e.to_string()))?;
         if let Some(p) = &self.bearer_token_file {
-            let t = read_bearer(p).map_err(|e| unavailable(e.to_string()))?;
-            let mut v = HeaderValue::try_from(format!("Bearer {t}"))
-                .map_err(|_| unavailable("the bearer token file holds an invalid token".into()))?;
-            v.set_sensitive(true);
-            req.headers_mut().insert(http::header::AUTHORIZATION, v);
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, bearer_header(p)?);
         }
         req.headers_mut().insert(
             http::header::ACCEPT,

@@ -32,6 +32,15 @@ use crate::state::AppState;
 struct Outcome {
     path: &'static str,
     resource: String,
+    subject: String,
+    mapping: String,
+}
+
+/// Who was refused what, once the subject is known (for the audit and stats hooks).
+struct Refused {
+    resource: String,
+    subject: String,
+    caller: String,
 }
 
 /// The error code as a metric label.
@@ -90,29 +99,59 @@ pub async fn token(State(st): State<AppState>, request: Request) -> Response {
                 .exchanges
                 .with_label_values(&[label, outcome.resource.as_str()])
                 .inc();
+            if let Some(h) = &st.hooks {
+                h.exchanged(&outcome.subject, &outcome.mapping, label);
+            }
             let mut resp = Json(answer).into_response();
             no_store(&mut resp);
             resp
         }
-        Err((e, resource)) => {
+        Err((e, refused)) => {
+            let resource = refused.as_ref().map(|r| r.resource.as_str());
             st.metrics
                 .exchange_seconds
                 .with_label_values(&["error"])
                 .observe(elapsed);
             st.metrics
                 .exchanges
-                .with_label_values(&[code_label(e.code()), resource.as_deref().unwrap_or("")])
+                .with_label_values(&[code_label(e.code()), resource.unwrap_or("")])
                 .inc();
+            if let (Some(h), Some(r)) = (&st.hooks, &refused) {
+                h.refused(
+                    &r.subject,
+                    &r.caller,
+                    &r.resource,
+                    code_label(e.code()),
+                    &e.to_string(),
+                );
+            }
             e.into_response()
         }
     }
 }
 
-type Failure = (ApiError, Option<String>);
+type Failure = (ApiError, Option<Refused>);
 
-/// Tags an error with the resource it concerns (a metrics label).
-fn on(resource: &str) -> impl Fn(ApiError) -> Failure + '_ {
-    move |e| (e, Some(resource.to_string()))
+/// Tags an error with the resource it concerns (a metrics label), the subject and the
+/// caller (the refusal audit).
+fn on<'a>(
+    resource: &'a str,
+    subject: &'a str,
+    caller: &'a str,
+) -> impl Fn(ApiError) -> Failure + 'a {
+    move |e| {
+        let r = Refused {
+            resource: resource.to_string(),
+            subject: subject.to_string(),
+            caller: caller.to_string(),
+        };
+        (e, Some(r))
+    }
+}
+
+/// The subject of a cached entry (its rate key is `caller subject`).
+fn subject_of(rate_key: &str) -> &str {
+    rate_key.split_once(' ').map_or(rate_key, |(_, s)| s)
 }
 
 async fn exchange(
@@ -131,7 +170,11 @@ async fn exchange(
     if let (Some(cache), Some(key)) = (&st.cache, &key) {
         if let Some(hit) = cache.get(key, now) {
             st.metrics.cache_hits.inc();
-            return serve_cached(st, &hit, now).map_err(|e| (e, Some(hit.resource.to_string())));
+            return serve_cached(st, &hit, now).map_err(on(
+                &hit.resource,
+                subject_of(&hit.rate_key),
+                caller_id,
+            ));
         }
         st.metrics.cache_misses.inc();
     }
@@ -149,6 +192,8 @@ async fn exchange(
             retry_after_secs: st.settings.store_retry_after_secs,
         })
         .map_err(untagged)?;
+    let sub = subject.spiffe_id.as_str().to_string();
+    let on = |resource| on(resource, &sub, caller_id);
     // An unknown resource is not a metrics label (anyone can name any resource).
     let grant = authorize::authorize(&policy, &subject.spiffe_id, &req).map_err(|e| {
         if policy.mappings.is_empty() {
@@ -233,6 +278,8 @@ async fn exchange(
         Outcome {
             path: "cold",
             resource: mapping.resource.clone(),
+            subject: sub.clone(),
+            mapping: mapping.name.clone(),
         },
     ))
 }
@@ -274,6 +321,8 @@ fn serve_cached(
         Outcome {
             path: "warm",
             resource: hit.resource.to_string(),
+            subject: subject_of(&hit.rate_key).to_string(),
+            mapping: hit.mapping.to_string(),
         },
     ))
 }

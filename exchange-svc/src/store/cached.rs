@@ -184,4 +184,8 @@ impl MappingStore for PolicyCache {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+
+    fn invalidate(&self) {
+        PolicyCache::invalidate(self);
+    }
 }

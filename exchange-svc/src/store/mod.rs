@@ -12,7 +12,9 @@
 //! cross-row checks of the backend (duplicates, conflicting claims), whichever caller
 //! (config seeding, CLI, management API) makes it.
 
+mod audit;
 mod cached;
+mod managed;
 mod sql;
 
 use std::collections::BTreeSet;
@@ -23,7 +25,9 @@ use meshpass_core::{Audience, SpiffeIdPattern};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use audit::{AuditEvent, AuditQuery, AuditRecord};
 pub use cached::PolicyCache;
+pub use managed::{Actor, ETag, ImportDiff, PolicyDocument, Precondition, Saved, ScopeKey};
 pub use sql::{SqlStore, StoreConfig};
 
 /// Claims a scope→claims mapping may never set: they are the service's own.
@@ -134,6 +138,12 @@ pub enum StoreError {
     /// Applying schema migrations failed.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// The entity a conditional write or delete names does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The entity changed since the caller read it (`If-Match` no longer matches).
+    #[error("{0} changed since it was read")]
+    PreconditionFailed(String),
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> StoreError {
@@ -172,6 +182,9 @@ pub trait MappingStore: Send + Sync {
     async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError>;
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Drops any cached view of the store (called after writes made around this
+    /// handle, e.g. by the management API on the underlying store).
+    fn invalidate(&self) {}
 }
 
 /// Seeds mappings and scope claims (from the config file): idempotent upserts that
@@ -287,6 +300,37 @@ pub fn validate_mapping(m: &Mapping) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The service's own cap on a mapping's TTL (`token.max_ttl_secs`), on top of
+/// [`validate_mapping`]'s absolute bound.
+pub fn check_ttl_cap(m: &Mapping, max_ttl_secs: u64) -> Result<(), StoreError> {
+    if m.ttl_secs > max_ttl_secs {
+        return Err(invalid(
+            "ttl_secs",
+            format!("exceeds token.max_ttl_secs ({max_ttl_secs})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that some mapping of the row's resource grants its scope (`mappings`: the
+/// resource's mappings), so a scope row is never dead configuration.
+pub fn check_scope_granted(row: &ScopeClaims, mappings: &[Mapping]) -> Result<(), StoreError> {
+    let granted = mappings
+        .iter()
+        .any(|m| m.resource == row.resource && m.scopes.contains(&row.scope));
+    if granted {
+        Ok(())
+    } else {
+        Err(invalid(
+            "scope",
+            format!(
+                "unknown scope {:?}: no mapping of resource {:?} grants it",
+                row.scope, row.resource
+            ),
+        ))
+    }
 }
 
 /// Validates one scope-claims row on its own; `participant_claim` is reserved too.

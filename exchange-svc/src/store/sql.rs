@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::AnyConnection;
 use sqlx::{AnyPool, Executor, Row};
 
 use super::{
@@ -56,7 +57,7 @@ impl Default for StoreConfig {
 pub const MAX_POLICY_CACHE_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
+pub(super) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -120,19 +121,19 @@ impl StoreConfig {
 /// A [`MappingStore`] on SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
     /// SQLite: one writer at a time in this process (a deferred transaction that reads
     /// then writes cannot wait for another writer: it fails with SQLITE_BUSY).
     write_lock: Arc<tokio::sync::Mutex<()>>,
     backend: Backend,
-    participant_claim: String,
+    pub(super) participant_claim: String,
 }
 
-fn unavailable(e: sqlx::Error) -> StoreError {
+pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -142,8 +143,8 @@ fn now_secs() -> i64 {
 /// Per-backend migrations: version → statements. Append only.
 const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (
-    1,
-    &[
+        1,
+        &[
         "CREATE TABLE mappings (name TEXT PRIMARY KEY, subject TEXT NOT NULL, resource TEXT NOT NULL, \
          participant TEXT NOT NULL, audiences TEXT NOT NULL, scopes TEXT NOT NULL, ttl_secs BIGINT NOT NULL, \
          rate_per_second REAL NOT NULL, rate_burst BIGINT NOT NULL, revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
@@ -151,23 +152,29 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
         "CREATE INDEX mappings_by_resource ON mappings (resource)",
         "CREATE TABLE scope_claims (resource TEXT NOT NULL, scope TEXT NOT NULL, claims TEXT NOT NULL, \
          revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (resource, scope))",
-    ],
-),
+        ],
+    ),
     (
-    2,
-    &[
-        // Who may exchange on a subject's behalf (SERVER mode) and which actors may
-        // act for it; JSON lists of SPIFFE ID patterns, empty by default.
-        "ALTER TABLE mappings ADD COLUMN allowed_callers TEXT NOT NULL DEFAULT '[]'",
-        "ALTER TABLE mappings ADD COLUMN allowed_actors TEXT NOT NULL DEFAULT '[]'",
-    ],
-),
+        2,
+        &[
+            // Who may exchange on a subject's behalf (SERVER mode) and which actors may
+            // act for it; JSON lists of SPIFFE ID patterns, empty by default.
+            "ALTER TABLE mappings ADD COLUMN allowed_callers TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE mappings ADD COLUMN allowed_actors TEXT NOT NULL DEFAULT '[]'",
+        ],
+    ),
+    (
+        3,
+        &["CREATE TABLE audit_log (id INTEGER PRIMARY KEY AUTOINCREMENT, at BIGINT NOT NULL, \
+           request_id TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, \
+           before_json TEXT NOT NULL, after_json TEXT NOT NULL, reason TEXT NOT NULL)"],
+    ),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (
-    1,
-    &[
+        1,
+        &[
         "CREATE TABLE mappings (name TEXT PRIMARY KEY, subject TEXT NOT NULL, resource TEXT NOT NULL, \
          participant TEXT NOT NULL, audiences TEXT NOT NULL, scopes TEXT NOT NULL, ttl_secs BIGINT NOT NULL, \
          rate_per_second DOUBLE PRECISION NOT NULL, rate_burst BIGINT NOT NULL, revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, \
@@ -175,24 +182,30 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
         "CREATE INDEX mappings_by_resource ON mappings (resource)",
         "CREATE TABLE scope_claims (resource TEXT NOT NULL, scope TEXT NOT NULL, claims TEXT NOT NULL, \
          revision BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (resource, scope))",
-    ],
-),
+        ],
+    ),
     (
-    2,
-    &[
-        // Who may exchange on a subject's behalf (SERVER mode) and which actors may
-        // act for it; JSON lists of SPIFFE ID patterns, empty by default.
-        "ALTER TABLE mappings ADD COLUMN allowed_callers TEXT NOT NULL DEFAULT '[]'",
-        "ALTER TABLE mappings ADD COLUMN allowed_actors TEXT NOT NULL DEFAULT '[]'",
-    ],
-),
+        2,
+        &[
+            // Who may exchange on a subject's behalf (SERVER mode) and which actors may
+            // act for it; JSON lists of SPIFFE ID patterns, empty by default.
+            "ALTER TABLE mappings ADD COLUMN allowed_callers TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE mappings ADD COLUMN allowed_actors TEXT NOT NULL DEFAULT '[]'",
+        ],
+    ),
+    (
+        3,
+        &["CREATE TABLE audit_log (id BIGSERIAL PRIMARY KEY, at BIGINT NOT NULL, \
+           request_id TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, \
+           before_json TEXT NOT NULL, after_json TEXT NOT NULL, reason TEXT NOT NULL)"],
+    ),
 ];
 
-const MAPPING_COLUMNS: &str =
+pub(super) const MAPPING_COLUMNS: &str =
     "name, subject, resource, participant, audiences, scopes, ttl_secs, rate_per_second, rate_burst, \
      allowed_callers, allowed_actors";
 
-fn decode_mapping(row: &AnyRow) -> Result<Mapping, StoreError> {
+pub(super) fn decode_mapping(row: &AnyRow) -> Result<Mapping, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
     let name: String = row.try_get("name").map_err(|e| corrupt(&e))?;
     let audiences: String = row.try_get("audiences").map_err(|e| corrupt(&e))?;
@@ -226,7 +239,7 @@ fn decode_mapping(row: &AnyRow) -> Result<Mapping, StoreError> {
     })
 }
 
-fn decode_scope_claims(row: &AnyRow) -> Result<ScopeClaims, StoreError> {
+pub(super) fn decode_scope_claims(row: &AnyRow) -> Result<ScopeClaims, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
     let claims: String = row.try_get("claims").map_err(|e| corrupt(&e))?;
     Ok(ScopeClaims {
@@ -330,7 +343,7 @@ impl SqlStore {
         Ok(())
     }
 
-    async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    pub(super) async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match self.backend {
             Backend::Sqlite => Some(self.write_lock.lock().await),
             Backend::Postgres => None,
@@ -403,54 +416,7 @@ impl MappingStore for SqlStore {
         validate_mapping(m)?;
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let dup = sqlx::query(
-            "SELECT name FROM mappings WHERE subject = $1 AND resource = $2 AND name <> $3",
-        )
-        .bind(&m.subject)
-        .bind(&m.resource)
-        .bind(&m.name)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        if let Some(row) = dup {
-            let other: String = row
-                .try_get("name")
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            return Err(StoreError::Conflict(format!(
-                "mapping {other:?} already maps subject {:?} to resource {:?}",
-                m.subject, m.resource
-            )));
-        }
-        let (per_second, burst) = match m.rate_limit {
-            Some(rl) => (rl.per_second, i64::from(rl.burst)),
-            None => (0.0, 0),
-        };
-        let ttl = i64::try_from(m.ttl_secs).map_err(|_| super::invalid("ttl_secs", "too large"))?;
-        sqlx::query(
-            "INSERT INTO mappings (name, subject, resource, participant, audiences, scopes, ttl_secs, \
-             rate_per_second, rate_burst, revision, updated_at, allowed_callers, allowed_actors) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, $12) \
-             ON CONFLICT (name) DO UPDATE SET subject = excluded.subject, resource = excluded.resource, \
-             participant = excluded.participant, audiences = excluded.audiences, scopes = excluded.scopes, \
-             ttl_secs = excluded.ttl_secs, rate_per_second = excluded.rate_per_second, \
-             rate_burst = excluded.rate_burst, revision = mappings.revision + 1, updated_at = excluded.updated_at, \
-             allowed_callers = excluded.allowed_callers, allowed_actors = excluded.allowed_actors",
-        )
-        .bind(&m.name)
-        .bind(&m.subject)
-        .bind(&m.resource)
-        .bind(&m.participant)
-        .bind(json_text(&m.audiences)?)
-        .bind(json_text(&m.scopes)?)
-        .bind(ttl)
-        .bind(per_second)
-        .bind(burst)
-        .bind(now_secs())
-        .bind(json_text(&m.allowed_callers)?)
-        .bind(json_text(&m.allowed_actors)?)
-        .execute(&mut *tx)
-        .await
-        .map_err(write_error)?;
+        upsert_mapping(&mut tx, m, false).await?;
         tx.commit().await.map_err(write_error)
     }
 
@@ -478,28 +444,7 @@ impl MappingStore for SqlStore {
         validate_scope_claims(row, &self.participant_claim)?;
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        let others =
-            sqlx::query("SELECT resource, scope, claims FROM scope_claims WHERE resource = $1")
-                .bind(&row.resource)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(unavailable)?
-                .iter()
-                .map(decode_scope_claims)
-                .collect::<Result<Vec<_>, _>>()?;
-        check_claim_conflicts(row, &others)?;
-        sqlx::query(
-            "INSERT INTO scope_claims (resource, scope, claims, revision, updated_at) VALUES ($1, $2, $3, 1, $4) \
-             ON CONFLICT (resource, scope) DO UPDATE SET claims = excluded.claims, \
-             revision = scope_claims.revision + 1, updated_at = excluded.updated_at",
-        )
-        .bind(&row.resource)
-        .bind(&row.scope)
-        .bind(json_text(&row.claims)?)
-        .bind(now_secs())
-        .execute(&mut *tx)
-        .await
-        .map_err(write_error)?;
+        upsert_scope_claims(&mut tx, row, false).await?;
         tx.commit().await.map_err(write_error)
     }
 
@@ -525,11 +470,110 @@ impl MappingStore for SqlStore {
 
 /// A unique-constraint violation is a conflict (a concurrent writer won); anything else
 /// means the database is in trouble.
-fn write_error(e: sqlx::Error) -> StoreError {
+pub(super) fn write_error(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => {
             StoreError::Conflict(db.message().to_string())
         }
         _ => unavailable(e),
     }
+}
+
+/// Writes `m` inside a transaction (validated by the caller): refuses a second mapping
+/// of the same subject and resource; `insert_only` refuses an existing name (a
+/// concurrent creator loses with a conflict instead of overwriting).
+pub(super) async fn upsert_mapping(
+    conn: &mut AnyConnection,
+    m: &Mapping,
+    insert_only: bool,
+) -> Result<(), StoreError> {
+    let dup = sqlx::query(
+        "SELECT name FROM mappings WHERE subject = $1 AND resource = $2 AND name <> $3",
+    )
+    .bind(&m.subject)
+    .bind(&m.resource)
+    .bind(&m.name)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(unavailable)?;
+    if let Some(row) = dup {
+        let other: String = row
+            .try_get("name")
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        return Err(StoreError::Conflict(format!(
+            "mapping {other:?} already maps subject {:?} to resource {:?}",
+            m.subject, m.resource
+        )));
+    }
+    let (per_second, burst) = match m.rate_limit {
+        Some(rl) => (rl.per_second, i64::from(rl.burst)),
+        None => (0.0, 0),
+    };
+    let ttl = i64::try_from(m.ttl_secs).map_err(|_| super::invalid("ttl_secs", "too large"))?;
+    let on_conflict = if insert_only {
+        ""
+    } else {
+        " ON CONFLICT (name) DO UPDATE SET subject = excluded.subject, resource = excluded.resource, \
+         participant = excluded.participant, audiences = excluded.audiences, scopes = excluded.scopes, \
+         ttl_secs = excluded.ttl_secs, rate_per_second = excluded.rate_per_second, \
+         rate_burst = excluded.rate_burst, revision = mappings.revision + 1, updated_at = excluded.updated_at, \
+         allowed_callers = excluded.allowed_callers, allowed_actors = excluded.allowed_actors"
+    };
+    sqlx::query(&format!(
+        "INSERT INTO mappings (name, subject, resource, participant, audiences, scopes, ttl_secs, \
+         rate_per_second, rate_burst, revision, updated_at, allowed_callers, allowed_actors) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 1, $10, $11, $12){on_conflict}"
+    ))
+    .bind(&m.name)
+    .bind(&m.subject)
+    .bind(&m.resource)
+    .bind(&m.participant)
+    .bind(json_text(&m.audiences)?)
+    .bind(json_text(&m.scopes)?)
+    .bind(ttl)
+    .bind(per_second)
+    .bind(burst)
+    .bind(now_secs())
+    .bind(json_text(&m.allowed_callers)?)
+    .bind(json_text(&m.allowed_actors)?)
+    .execute(&mut *conn)
+    .await
+    .map_err(write_error)?;
+    Ok(())
+}
+
+/// Writes `row` inside a transaction (validated by the caller) after checking its claims
+/// against the other scopes of its resource; `insert_only` refuses an existing row.
+pub(super) async fn upsert_scope_claims(
+    conn: &mut AnyConnection,
+    row: &ScopeClaims,
+    insert_only: bool,
+) -> Result<(), StoreError> {
+    let others =
+        sqlx::query("SELECT resource, scope, claims FROM scope_claims WHERE resource = $1")
+            .bind(&row.resource)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(decode_scope_claims)
+            .collect::<Result<Vec<_>, _>>()?;
+    check_claim_conflicts(row, &others)?;
+    let on_conflict = if insert_only {
+        ""
+    } else {
+        " ON CONFLICT (resource, scope) DO UPDATE SET claims = excluded.claims, \
+         revision = scope_claims.revision + 1, updated_at = excluded.updated_at"
+    };
+    sqlx::query(&format!(
+        "INSERT INTO scope_claims (resource, scope, claims, revision, updated_at) VALUES ($1, $2, $3, 1, $4){on_conflict}"
+    ))
+    .bind(&row.resource)
+    .bind(&row.scope)
+    .bind(json_text(&row.claims)?)
+    .bind(now_secs())
+    .execute(&mut *conn)
+    .await
+    .map_err(write_error)?;
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Vault/OpenBao client: configuration, authentication and token renewal, and the
 //! transit [`Signer`](crate::signer::Signer) (see README-vault.md).
 
+mod admin;
 mod auth;
 mod client;
 mod config;

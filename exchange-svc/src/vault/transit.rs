@@ -28,19 +28,19 @@ const PIPELINE_DEPTH: usize = 2;
 
 /// One published key version.
 #[derive(Debug, Clone)]
-struct Version {
+pub(super) struct Version {
     jwk: Value,
     sig_len: usize,
     /// When this process (or, for versions present at start-up, Vault) first showed it.
-    published_at: SystemTime,
+    pub(super) published_at: SystemTime,
 }
 
 /// Everything loaded from `transit/keys/NAME`.
 #[derive(Debug)]
-struct KeySet {
+pub(super) struct KeySet {
     key_type: KeyType,
-    alg: SigningAlg,
-    versions: BTreeMap<u64, Version>,
+    pub(super) alg: SigningAlg,
+    pub(super) versions: BTreeMap<u64, Version>,
     jwks: Value,
 }
 
@@ -50,10 +50,10 @@ struct SignJob {
     reply: oneshot::Sender<Result<String, SignError>>,
 }
 
-struct Inner {
-    client: Arc<VaultClient>,
+pub(super) struct Inner {
+    pub(super) client: Arc<VaultClient>,
     auth: Arc<Auth>,
-    cfg: VaultConfig,
+    pub(super) cfg: VaultConfig,
     keys: RwLock<Option<Arc<KeySet>>>,
     failures: AtomicU32,
     degraded: Notify,
@@ -81,7 +81,7 @@ impl Drop for Tasks {
 /// token alive, re-read the key every `key_refresh_interval`, and coalesce concurrent
 /// signatures into `batch_input` requests.
 pub struct TransitSigner {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
     tx: mpsc::Sender<SignJob>,
     _tasks: Tasks,
 }
@@ -174,7 +174,7 @@ impl TransitSigner {
 }
 
 impl Inner {
-    fn keyset(&self) -> Option<Arc<KeySet>> {
+    pub(super) fn keyset(&self) -> Option<Arc<KeySet>> {
         self.keys.read().ok().and_then(|k| k.clone())
     }
 
@@ -214,7 +214,7 @@ impl Inner {
     }
 
     /// `GET {mount}/keys/{name}` → a new [`KeySet`]; the previous one stays on error.
-    async fn load_keys(&self) -> Result<(), VaultError> {
+    pub(super) async fn load_keys(&self) -> Result<(), VaultError> {
         let path = format!("{}/keys/{}", self.cfg.transit_mount, self.cfg.key_name);
         let v = match self.client.call(Method::GET, &path, None, true).await {
             Ok(v) => v,
@@ -358,7 +358,7 @@ impl Inner {
         })
     }
 
-    fn current(&self, now: SystemTime) -> Result<SigningKey, SignError> {
+    pub(super) fn current(&self, now: SystemTime) -> Result<SigningKey, SignError> {
         let set = self.keyset().ok_or(SignError::NotReady)?;
         let lead = self.cfg.publish_lead;
         let version = set

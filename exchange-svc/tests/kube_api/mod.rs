@@ -3,7 +3,8 @@
 //! `authentication.k8s.io/v1` wire format (`POST /apis/authentication.k8s.io/v1/tokenreviews`,
 //! a `TokenReview` in, the same `TokenReview` with `status` out, `201 Created`; a
 //! `Status` object with the error code otherwise). It records every review and the
-//! `Authorization` header it came with.
+//! `Authorization` header it came with. It also answers `authorization.k8s.io/v1`
+//! SubjectAccessReviews: allowed when the verb is one it was told to allow.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -41,6 +42,56 @@ pub enum Reply {
 struct Shared {
     reviews: Arc<Mutex<Vec<Received>>>,
     answer: Arc<Mutex<Reply>>,
+    access_reviews: Arc<Mutex<Vec<Received>>>,
+    allowed_verbs: Arc<Mutex<Vec<String>>>,
+}
+
+async fn access_reviews(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    body: String,
+) -> (StatusCode, Json<Value>) {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("").to_string())
+    };
+    let Ok(mut body) = serde_json::from_str::<Value>(&body) else {
+        return failure(400, "BadRequest", "body is not JSON");
+    };
+    s.access_reviews.lock().unwrap().push(Received {
+        body: body.clone(),
+        authorization: header("authorization"),
+        content_type: header("content-type"),
+    });
+    let type_ok = |field: &str, want: &str| body[field].is_null() || body[field] == want;
+    if !type_ok("apiVersion", "authorization.k8s.io/v1") || !type_ok("kind", "SubjectAccessReview")
+    {
+        return failure(
+            400,
+            "BadRequest",
+            "not an authorization.k8s.io/v1 SubjectAccessReview",
+        );
+    }
+    let attrs = &body["spec"]["resourceAttributes"];
+    if !body["spec"]["user"].is_string() || !attrs.is_object() {
+        return failure(
+            422,
+            "Invalid",
+            "spec.user and spec.resourceAttributes: Required value",
+        );
+    }
+    let verb = attrs["verb"].as_str().unwrap_or("").to_string();
+    let allowed = s.allowed_verbs.lock().unwrap().contains(&verb);
+    body["apiVersion"] = json!("authorization.k8s.io/v1");
+    body["kind"] = json!("SubjectAccessReview");
+    body["metadata"] = json!({"creationTimestamp": null});
+    body["status"] = if allowed {
+        json!({"allowed": true, "reason": "RBAC: allowed by the test double"})
+    } else {
+        json!({"allowed": false})
+    };
+    (StatusCode::CREATED, Json(body))
 }
 
 /// A running double (stops with the test's runtime).
@@ -149,11 +200,17 @@ impl KubeApi {
         let shared = Shared {
             reviews: Arc::new(Mutex::new(Vec::new())),
             answer: Arc::new(Mutex::new(answer)),
+            access_reviews: Arc::new(Mutex::new(Vec::new())),
+            allowed_verbs: Arc::new(Mutex::new(Vec::new())),
         };
         let router = Router::new()
             .route(
                 "/apis/authentication.k8s.io/v1/tokenreviews",
                 post(token_reviews),
+            )
+            .route(
+                "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                post(access_reviews),
             )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -192,6 +249,16 @@ impl KubeApi {
     /// Changes the answer for the following reviews.
     pub fn answer(&self, answer: Reply) {
         *self.shared.answer.lock().unwrap() = answer;
+    }
+
+    /// Verbs later SubjectAccessReviews allow (any user).
+    pub fn allow_verbs(&self, verbs: &[&str]) {
+        *self.shared.allowed_verbs.lock().unwrap() = verbs.iter().map(|v| v.to_string()).collect();
+    }
+
+    /// Every SubjectAccessReview received so far.
+    pub fn access_reviews(&self) -> Vec<Received> {
+        self.shared.access_reviews.lock().unwrap().clone()
     }
 
     /// Every review received so far.

@@ -1,0 +1,178 @@
+//! The HTTP side: requests to the management API and the errors (with their exit codes).
+
+use reqwest::{Method, StatusCode, Url};
+use serde_json::Value;
+
+/// Why a command failed; each kind has its own exit code (see the README).
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// Bad arguments or an unreadable input file (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The entity does not exist (404, exit 3).
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflict or stale write (409/412, exit 4).
+    #[error("{0}")]
+    Conflict(String),
+    /// The server refused the input (400/422, exit 5).
+    #[error("{0}")]
+    Invalid(String),
+    /// No valid token or no role (401/403, exit 6).
+    #[error("{0}")]
+    Denied(String),
+    /// The server cannot be reached or is unavailable (503, exit 7).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (exit 1).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CtlError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Other(_) => 1,
+            CtlError::Usage(_) => 2,
+            CtlError::NotFound(_) => 3,
+            CtlError::Conflict(_) => 4,
+            CtlError::Invalid(_) => 5,
+            CtlError::Denied(_) => 6,
+            CtlError::Unavailable(_) => 7,
+        }
+    }
+}
+
+/// A client of one server with one token.
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    token: String,
+}
+
+/// A successful answer.
+pub struct Answer {
+    /// Status.
+    pub status: StatusCode,
+    /// JSON body (Null when empty).
+    pub body: Value,
+}
+
+impl Client {
+    /// A client of `server` (`http(s)://host:port`).
+    pub fn new(server: &str, token: String) -> Result<Client, CtlError> {
+        let base =
+            Url::parse(server).map_err(|e| CtlError::Usage(format!("--server {server:?}: {e}")))?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .user_agent(concat!("meshpassctl/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| CtlError::Other(e.to_string()))?;
+        Ok(Client { http, base, token })
+    }
+
+    /// The URL of `segments` under the server (each segment percent-encoded: a
+    /// resource like `https://x` stays one segment).
+    pub fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Url, CtlError> {
+        let mut u = self.base.clone();
+        u.path_segments_mut()
+            .map_err(|_| CtlError::Usage("--server cannot be a base URL".into()))?
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            u.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        Ok(u)
+    }
+
+    /// Sends a request and turns error answers into [`CtlError`]s.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<(&'static str, Vec<u8>)>,
+        if_match: Option<&str>,
+    ) -> Result<Answer, CtlError> {
+        let mut req = self
+            .http
+            .request(method, url.clone())
+            .bearer_auth(&self.token);
+        if let Some((ct, bytes)) = body {
+            req = req.header("content-type", ct).body(bytes);
+        }
+        if let Some(tag) = if_match {
+            req = req.header("if-match", tag);
+        }
+        let resp = req.send().await.map_err(|e| {
+            CtlError::Unavailable(format!(
+                "cannot reach {}: {e}",
+                url.origin().ascii_serialization()
+            ))
+        })?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| CtlError::Unavailable(e.to_string()))?;
+        let body: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            return Ok(Answer { status, body });
+        }
+        let msg = match (&body["error"], &body["message"], &body["field"]) {
+            (Value::String(code), Value::String(m), Value::String(f)) => {
+                format!("{code}: {f}: {m}")
+            }
+            (Value::String(code), Value::String(m), _) => format!("{code}: {m}"),
+            _ => format!("{status}: {body}"),
+        };
+        Err(match status.as_u16() {
+            404 => CtlError::NotFound(msg),
+            409 | 412 => CtlError::Conflict(msg),
+            400 | 422 => CtlError::Invalid(msg),
+            401 | 403 => CtlError::Denied(msg),
+            502..=504 => CtlError::Unavailable(msg),
+            _ => CtlError::Other(msg),
+        })
+    }
+
+    /// `GET` and the JSON body.
+    pub async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Value, CtlError> {
+        let url = self.url(segments, query)?;
+        Ok(self.send(Method::GET, url, None, None).await?.body)
+    }
+
+    /// Every item of a paginated list (follows `next_cursor`).
+    pub async fn list_all(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Vec<Value>, CtlError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = query.to_vec();
+            q.push(("limit", "1000".into()));
+            if let Some(c) = &cursor {
+                q.push(("cursor", c.clone()));
+            }
+            let page = self.get(segments, &q).await?;
+            if let Some(a) = page["items"].as_array() {
+                items.extend(a.iter().cloned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return Ok(items),
+            }
+        }
+    }
+}

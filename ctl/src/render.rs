@@ -1,0 +1,78 @@
+//! Output: human tables by default, or the API's JSON / YAML.
+
+use clap::ValueEnum;
+use serde_json::Value;
+
+use crate::client::CtlError;
+
+/// `--output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
+    /// The API's JSON as YAML.
+    Yaml,
+}
+
+/// A column: header and how to read a cell from an item.
+pub type Column = (&'static str, fn(&Value) -> String);
+
+/// Text of a scalar or a compact JSON for anything else.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Renders `items` as a table, or `whole` as JSON / YAML.
+pub fn print(
+    out: Output,
+    whole: &Value,
+    items: &[Value],
+    columns: &[Column],
+) -> Result<(), CtlError> {
+    match out {
+        Output::Json => {
+            let s =
+                serde_json::to_string_pretty(whole).map_err(|e| CtlError::Other(e.to_string()))?;
+            println!("{s}");
+        }
+        Output::Yaml => {
+            let s = serde_yaml::to_string(whole).map_err(|e| CtlError::Other(e.to_string()))?;
+            print!("{s}");
+        }
+        Output::Table => {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|i| columns.iter().map(|(_, f)| f(i)).collect())
+                .collect();
+            let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.len()).collect();
+            for r in &rows {
+                for (w, c) in widths.iter_mut().zip(r) {
+                    *w = (*w).max(c.chars().count());
+                }
+            }
+            let line = |cells: Vec<String>| {
+                let mut s = String::new();
+                for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+                    if i + 1 == cells.len() {
+                        s.push_str(c);
+                    } else {
+                        s.push_str(&format!("{c:<w$}  "));
+                    }
+                }
+                println!("{}", s.trim_end());
+            };
+            line(columns.iter().map(|(h, _)| h.to_string()).collect());
+            for r in rows {
+                line(r);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! `meshpassctl` end to end against a running service (token endpoint and management
+//! API on loopback sockets, SQLite store, real OpenBao for the keys): tables, JSON,
+//! apply, export → edit → import round trip, keys, audit, and the exit codes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use assert_cmd::Command;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::config::Config;
+use meshpass_exchange::keys::IssuerKeys;
+use meshpass_exchange::mgmt::{ExchangeStats, KeyAdmin};
+use meshpass_exchange::signer::Signer;
+use meshpass_exchange::store::{seed, MappingStore, SqlStore};
+use meshpass_exchange::vault::TransitSigner;
+use meshpass_exchange::AppState;
+use meshpass_testkit::OpenBao;
+use p256::ecdsa::signature::Signer as _;
+use serde_json::{json, Value};
+
+const ADMIN: &str = "spiffe://cluster.local/ns/ops/sa/admin";
+
+struct Issuer(p256::ecdsa::SigningKey);
+
+impl Issuer {
+    fn jwks(&self) -> String {
+        let p = self.0.verifying_key().to_encoded_point(false);
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(p.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(p.y().unwrap())}]})
+        .to_string()
+    }
+    fn token(&self, sub: &str) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let enc = |v: Value| URL_SAFE_NO_PAD.encode(v.to_string());
+        let input = format!(
+            "{}.{}",
+            enc(json!({"alg": "ES256", "typ": "JWT", "kid": "k1"})),
+            enc(
+                json!({"iss": "https://spire.test", "sub": sub, "aud": ["meshpass-admin"], "iat": now, "exp": now + 3600})
+            )
+        );
+        let sig: p256::ecdsa::Signature = self.0.sign(input.as_bytes());
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()))
+    }
+}
+
+fn config(dir: &Path, issuer: &Issuer, bao: &OpenBao) -> Config {
+    let toml = format!(
+        r#"
+[token]
+issuer = "https://meshpass.test"
+[store]
+url = "sqlite://{db}"
+[[issuers]]
+issuer = "https://spire.test"
+audiences = ["meshpass"]
+trust_domains = ["cluster.local"]
+jwks = '{jwks}'
+[[mappings]]
+name = "web-to-orders"
+subject = "spiffe://cluster.local/ns/shop/sa/web"
+resource = "orders"
+participant = "acme"
+scopes = ["read"]
+ttl_secs = 600
+[vault]
+address = "{addr}"
+auth = {{ method = "token", token = "{root}" }}
+publish_lead = "0s"
+[management]
+listen = "127.0.0.1:0"
+audiences = ["meshpass-admin"]
+[[management.callers]]
+id = "{ADMIN}"
+roles = ["read", "write", "keys"]
+"#,
+        db = dir.join("m.db").display(),
+        jwks = issuer.jwks(),
+        addr = bao.addr(),
+        root = bao.root_token(),
+    );
+    let path = dir.join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    Config::load(Some(&path)).unwrap()
+}
+
+/// Starts the service; returns the management API URL.
+async fn serve(cfg: &Config) -> String {
+    let signer = Arc::new(TransitSigner::start(&cfg.vault).await.unwrap());
+    let store = Arc::new(SqlStore::connect(&cfg.store, "participant").unwrap());
+    store.migrate().await.unwrap();
+    seed(store.as_ref(), &cfg.mappings, &cfg.scope_claims)
+        .await
+        .unwrap();
+    let keys = IssuerKeys::from_config(cfg).unwrap();
+    keys.refresh_all().await;
+    let state = AppState::new(
+        cfg,
+        signer.clone() as Arc<dyn Signer>,
+        store.clone() as Arc<dyn MappingStore>,
+        keys,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let stats = Arc::new(ExchangeStats::new().unwrap());
+    let running = meshpass_exchange::mgmt::start(
+        cfg,
+        &state,
+        store,
+        Some(signer as Arc<dyn KeyAdmin>),
+        stats,
+        std::future::pending::<()>(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    format!("http://{}", running.addr)
+}
+
+struct Ctl {
+    server: String,
+    token_file: std::path::PathBuf,
+}
+
+impl Ctl {
+    /// Runs meshpassctl with `args` on a blocking thread: (exit code, stdout, stderr).
+    async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::cargo_bin("meshpassctl").unwrap();
+        cmd.env_remove("MESHPASS_TOKEN")
+            .env_remove("MESHPASS_SERVER")
+            .arg("--server")
+            .arg(&self.server)
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .args(args)
+            .timeout(Duration::from_secs(60));
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manages_mappings_keys_and_audit_end_to_end_with_documented_exit_codes() {
+    std::env::remove_var("VAULT_ADDR");
+    std::env::remove_var("VAULT_TOKEN");
+    let bao = OpenBao::start();
+    bao.enable_transit();
+    bao.create_transit_key("meshpass-participant", "ecdsa-p256");
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer(p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng));
+    let cfg = config(dir.path(), &issuer, &bao);
+    let server = serve(&cfg).await;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, issuer.token(ADMIN)).unwrap();
+    let ctl = Ctl {
+        server: server.clone(),
+        token_file,
+    };
+
+    // Table by default, JSON on request.
+    let (code, out, err) = ctl.run(&["mappings", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.contains("web-to-orders"), "{out}");
+
+    let file = dir.path().join("inv.yaml");
+    std::fs::write(&file, "name: inv\nsubject: spiffe://cluster.local/ns/shop/*\nresource: inventory\nparticipant: acme\nscopes: [read]\nttl_secs: 300\n").unwrap();
+    let (code, out, err) = ctl
+        .run(&["mappings", "apply", "-f", file.to_str().unwrap()])
+        .await;
+    assert_eq!((code, out.trim()), (0, "mapping inv created"), "{err}");
+    let (code, out, _) = ctl.run(&["mappings", "get", "inv", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let m: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(m["resource"], "inventory");
+
+    // export → edit → import --dry-run → import.
+    let (code, exported, _) = ctl.run(&["export"]).await;
+    assert_eq!(code, 0);
+    assert!(exported.contains("name: inv"), "{exported}");
+    let edited = exported.replace("ttl_secs: 300", "ttl_secs: 120");
+    assert_ne!(edited, exported);
+    let doc = dir.path().join("doc.yaml");
+    std::fs::write(&doc, &edited).unwrap();
+    let (code, out, err) = ctl
+        .run(&["import", "--dry-run", "-f", doc.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("change") && out.contains("mappings/inv"),
+        "{out}"
+    );
+    assert!(out.contains("dry run: nothing applied"), "{out}");
+    let (_, out, _) = ctl.run(&["mappings", "get", "inv", "-o", "json"]).await;
+    assert!(
+        out.contains("\"ttl_secs\": 300"),
+        "dry run changed nothing: {out}"
+    );
+    let (code, out, err) = ctl.run(&["import", "-f", doc.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied"), "{out}");
+    let (_, out, _) = ctl.run(&["mappings", "get", "inv", "-o", "yaml"]).await;
+    assert!(out.contains("ttl_secs: 120"), "{out}");
+
+    // Keys.
+    let (code, out, err) = ctl.run(&["keys", "status"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("meshpass-participant:v1"), "{out}");
+    let (code, out, _) = ctl.run(&["keys", "rotate", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let k: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(k["versions"].as_array().unwrap().len(), 2);
+
+    // Audit.
+    let (code, out, _) = ctl.run(&["audit", "tail", "-n", "50"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("mapping.create") && out.contains("keys.rotate") && out.contains(ADMIN),
+        "{out}"
+    );
+
+    // Exit codes a script can rely on.
+    assert_eq!(ctl.run(&["mappings", "delete", "inv"]).await.0, 0);
+    assert_eq!(
+        ctl.run(&["mappings", "delete", "inv"]).await.0,
+        3,
+        "not found"
+    );
+    std::fs::write(
+        &file,
+        "name: bad\nsubject: not-spiffe\nresource: inventory\nparticipant: acme\nttl_secs: 300\n",
+    )
+    .unwrap();
+    let (code, _, err) = ctl
+        .run(&["mappings", "apply", "-f", file.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 5, "invalid: {err}");
+    assert!(err.contains("subject"), "{err}");
+    std::fs::write(
+        dir.path().join("token"),
+        issuer.token("spiffe://cluster.local/ns/shop/sa/web"),
+    )
+    .unwrap();
+    assert_eq!(ctl.run(&["mappings", "list"]).await.0, 6, "not allowed");
+    let nobody = Ctl {
+        server: server.clone(),
+        token_file: dir.path().join("missing"),
+    };
+    assert_eq!(nobody.run(&["mappings", "list"]).await.0, 2, "no token");
+    let down = Ctl {
+        server: "http://127.0.0.1:9".into(),
+        token_file: dir.path().join("token"),
+    };
+    assert_eq!(down.run(&["mappings", "list"]).await.0, 7, "unreachable");
+    let (code, out, _) = ctl.run(&["completions", "bash"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("meshpassctl"));
+}

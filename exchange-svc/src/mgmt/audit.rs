@@ -1,0 +1,156 @@
+//! `/api/v1/audit`, and the rate-limited audit of refused exchanges.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::config::{ManagementConfig, Role};
+use super::error::MgmtError;
+use super::MgmtState;
+use crate::store::{AuditEvent, AuditQuery, AuditRecord, SqlStore};
+
+/// `?after=&limit=&action=&target=`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+    action: Option<String>,
+    target: Option<String>,
+}
+
+/// A page of audit events.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AuditPage {
+    /// Events, oldest first.
+    pub items: Vec<AuditEvent>,
+    /// The id to pass as `after` to follow the log.
+    pub last_id: Option<i64>,
+}
+
+/// `GET /api/v1/audit`.
+pub async fn list(
+    State(st): State<MgmtState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<AuditPage>, MgmtError> {
+    st.auth.require(&headers, Role::Read).await?;
+    let items = st
+        .store
+        .audit_events(&AuditQuery {
+            after: q.after,
+            limit: q.limit.unwrap_or(100),
+            action: q.action,
+            target_prefix: q.target,
+        })
+        .await?;
+    let last_id = items.last().map(|e| e.id).or(q.after);
+    Ok(Json(AuditPage { items, last_id }))
+}
+
+/// Refused-exchange events queued for the audit log.
+const QUEUE: usize = 256;
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Writes refused exchanges to the audit log, at most `refusal_audit_per_second`
+/// (burst `refusal_audit_burst`) so an attack cannot flood the database; the rest are
+/// counted in [`RefusalAudit::dropped`]. Never blocks the exchange: events go through a
+/// bounded queue to a background writer.
+pub struct RefusalAudit {
+    tx: tokio::sync::mpsc::Sender<AuditRecord>,
+    bucket: Mutex<Bucket>,
+    rate: f64,
+    burst: f64,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for RefusalAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefusalAudit")
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RefusalAudit {
+    /// Starts the background writer into `store` (inside a tokio runtime).
+    pub fn start(store: Arc<SqlStore>, cfg: &ManagementConfig) -> Arc<RefusalAudit> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<AuditRecord>(QUEUE);
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                if let Err(e) = store.record_audit(&r).await {
+                    tracing::warn!(error = %e, "refused exchange not written to the audit log");
+                }
+            }
+        });
+        let burst = f64::from(cfg.refusal_audit_burst);
+        Arc::new(RefusalAudit {
+            tx,
+            bucket: Mutex::new(Bucket {
+                tokens: burst,
+                at: Instant::now(),
+            }),
+            rate: cfg.refusal_audit_per_second,
+            burst,
+            dropped: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn admit(&self) -> bool {
+        let mut b = match self.bucket.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let now = Instant::now();
+        let refill = now.duration_since(b.at).as_secs_f64() * self.rate;
+        b.tokens = (b.tokens + refill).min(self.burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Audits one refused exchange: `subject` (SPIFFE ID, or empty when the token was
+    /// not valid), `caller` (who called `/token`, or empty), `reason` (the public error
+    /// description: never the token). Whether it was recorded.
+    pub fn refused(&self, subject: &str, caller: &str, resource: &str, reason: &str) -> bool {
+        let queued = self.admit()
+            && self
+                .tx
+                .try_send(AuditRecord {
+                    request_id: String::new(),
+                    actor: if caller.is_empty() {
+                        subject.to_string()
+                    } else {
+                        format!("{subject} via {caller}")
+                    },
+                    action: "exchange.refused".into(),
+                    target: format!("resources/{resource}"),
+                    before: None,
+                    after: None,
+                    reason: reason.to_string(),
+                })
+                .is_ok();
+        if !queued {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        queued
+    }
+
+    /// Refusals not written (rate limit or full queue).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

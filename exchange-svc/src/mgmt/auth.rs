@@ -1,0 +1,166 @@
+//! Who calls the management API: a bearer JWT validated by meshpass-core against the
+//! service's configured issuers (same keys, same rules as subject tokens; audiences
+//! from `management.audiences` when set), its SPIFFE ID mapped to roles by
+//! `[[management.callers]]`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::http::{header, HeaderMap};
+use meshpass_core::{Audience, Binding, SpiffeIdPattern, ValidationError, ValidationPolicy};
+
+use super::config::{ManagementConfig, Role};
+use super::error::MgmtError;
+use crate::clock::Clock;
+use crate::keys::IssuerKeySource;
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The caller's SPIFFE ID.
+    pub id: String,
+    /// Its roles from the callers table.
+    pub roles: BTreeSet<Role>,
+    /// Its Kubernetes user (`system:serviceaccount:NS:SA`) when it presented a
+    /// service-account token.
+    pub kube_user: Option<String>,
+}
+
+/// Authenticates and authorises management requests.
+pub struct Authenticator {
+    policy: ValidationPolicy,
+    keys: Arc<dyn IssuerKeySource>,
+    clock: Arc<dyn Clock>,
+    table: Vec<(SpiffeIdPattern, Vec<Role>)>,
+    kube: Option<super::kube_authz::AccessReviewer>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("callers", &self.table.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// Builds from the service's subject-token policy and a validated `[management]`.
+    pub fn new(
+        subject_policy: &ValidationPolicy,
+        cfg: &ManagementConfig,
+        keys: Arc<dyn IssuerKeySource>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, (String, String)> {
+        let mut policy = subject_policy.clone();
+        if !cfg.audiences.is_empty() {
+            let auds = cfg
+                .audiences
+                .iter()
+                .map(|a| Audience::parse(a))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ("management.audiences".to_string(), e.to_string()))?;
+            for i in &mut policy.issuers {
+                i.audiences = auds.clone();
+            }
+        }
+        let table = cfg
+            .callers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                SpiffeIdPattern::parse(&c.id)
+                    .map(|p| (p, c.roles.clone()))
+                    .map_err(|e| (format!("management.callers[{i}].id"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let kube = cfg
+            .kubernetes
+            .as_ref()
+            .map(super::kube_authz::AccessReviewer::new)
+            .transpose()
+            .map_err(|e| ("management.kubernetes".to_string(), e.to_string()))?;
+        Ok(Authenticator {
+            policy,
+            keys,
+            clock,
+            table,
+            kube,
+        })
+    }
+
+    /// The caller of a request holding `role`: 401 without a valid token, 403 without
+    /// the role. Errors never echo the token.
+    pub async fn require(&self, headers: &HeaderMap, role: Role) -> Result<Caller, MgmtError> {
+        let mut caller = self.authenticate(headers).await?;
+        if caller.roles.contains(&role) {
+            return Ok(caller);
+        }
+        if let (Some(kube), Some(user)) = (&self.kube, &caller.kube_user) {
+            if kube.allows(user, role).await? {
+                caller.roles.insert(role);
+                return Ok(caller);
+            }
+        }
+        Err(MgmtError::Forbidden(format!(
+            "{} lacks the {} role",
+            caller.id,
+            role.as_str()
+        )))
+    }
+
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, MgmtError> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| MgmtError::Unauthenticated("Authorization: Bearer is required".into()))?
+            .to_str()
+            .map_err(|_| MgmtError::Unauthenticated("malformed Authorization header".into()))?;
+        let token = value
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                MgmtError::Unauthenticated("Authorization: Bearer is required".into())
+            })?;
+        let now = self.clock.now();
+        let first = {
+            let (_, keys) = self.keys.generation_snapshot();
+            self.policy.validate(token, now, &*keys, &Binding::None)
+        };
+        let result = match first {
+            Err(ValidationError::UnknownKeyId { issuer, .. }) => {
+                self.keys.refetch_unknown_kid(&issuer).await;
+                let (_, keys) = self.keys.generation_snapshot();
+                self.policy.validate(token, now, &*keys, &Binding::None)
+            }
+            other => other,
+        };
+        let subject = result.map_err(|e| match e {
+            ValidationError::NoKeys => MgmtError::Unavailable("issuer keys"),
+            e => MgmtError::Unauthenticated(format!("bearer token refused: {e}")),
+        })?;
+        let roles: BTreeSet<Role> = self
+            .table
+            .iter()
+            .filter(|(p, _)| p.matches(&subject.spiffe_id))
+            .flat_map(|(_, r)| r.iter().copied())
+            .collect();
+        let id = subject.spiffe_id.as_str().to_string();
+        let kube_user = subject
+            .claims
+            .get("sub")
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| s.starts_with("system:serviceaccount:"))
+            .map(str::to_string);
+        if roles.is_empty() && (self.kube.is_none() || kube_user.is_none()) {
+            return Err(MgmtError::Forbidden(format!(
+                "{id} is not a management caller"
+            )));
+        }
+        Ok(Caller {
+            id,
+            roles,
+            kube_user,
+        })
+    }
+}

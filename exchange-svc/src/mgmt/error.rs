@@ -1,0 +1,157 @@
+//! The management API's error type and its JSON shape:
+//! `{"error": CODE, "message": TEXT, "field": FIELD?}` (field only for `invalid`).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+/// Everything a management request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum MgmtError {
+    /// No valid bearer token (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller lacks the role (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is malformed: body, query, header (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The named entity does not exist (404).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The entity exists already, or another one holds the same subject and resource (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` does not match the stored entity (412).
+    #[error("{0} changed since it was read (If-Match does not match)")]
+    PreconditionFailed(String),
+    /// A field is invalid (422).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field, e.g. `subject` or `claims.iss`.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// A dependency (store, Vault) is down (503, Retry-After).
+    #[error("{0} is temporarily unavailable")]
+    Unavailable(&'static str),
+    /// A bug or an impossible state (500; details logged only).
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// The JSON body of every error answer.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub error: &'static str,
+    /// Human-readable text (never internal details or tokens).
+    pub message: String,
+    /// The offending field (`invalid` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Every error code with its HTTP status (the OpenAPI document lists them).
+pub const ERROR_CODES: &[(&str, u16)] = &[
+    ("unauthenticated", 401),
+    ("forbidden", 403),
+    ("bad_request", 400),
+    ("not_found", 404),
+    ("conflict", 409),
+    ("precondition_failed", 412),
+    ("invalid", 422),
+    ("unavailable", 503),
+    ("internal", 500),
+];
+
+impl MgmtError {
+    /// The code and status.
+    pub fn code(&self) -> (&'static str, u16) {
+        let code = match self {
+            MgmtError::Unauthenticated(_) => "unauthenticated",
+            MgmtError::Forbidden(_) => "forbidden",
+            MgmtError::BadRequest(_) => "bad_request",
+            MgmtError::NotFound(_) => "not_found",
+            MgmtError::Conflict(_) => "conflict",
+            MgmtError::PreconditionFailed(_) => "precondition_failed",
+            MgmtError::Invalid { .. } => "invalid",
+            MgmtError::Unavailable(_) => "unavailable",
+            MgmtError::Internal(_) => "internal",
+        };
+        let status = ERROR_CODES
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, s)| *s)
+            .unwrap_or(500);
+        (code, status)
+    }
+
+    /// An invalid field.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> MgmtError {
+        MgmtError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<StoreError> for MgmtError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(d) => {
+                tracing::warn!(error = %d, "management: store unavailable");
+                MgmtError::Unavailable("the mapping store")
+            }
+            StoreError::Invalid { field, reason } => MgmtError::Invalid { field, reason },
+            StoreError::Conflict(m) => MgmtError::Conflict(m),
+            StoreError::NotFound(t) => MgmtError::NotFound(t),
+            StoreError::PreconditionFailed(t) => MgmtError::PreconditionFailed(t),
+            e @ (StoreError::Corrupt(_) | StoreError::Config(_) | StoreError::Migration(_)) => {
+                MgmtError::Internal(e.to_string())
+            }
+        }
+    }
+}
+
+impl IntoResponse for MgmtError {
+    fn into_response(self) -> Response {
+        let (error, status) = self.code();
+        match &self {
+            MgmtError::Internal(d) => tracing::error!(error = %d, "management: internal error"),
+            other => tracing::info!(code = error, reason = %other, "management request refused"),
+        }
+        let body = ErrorBody {
+            error,
+            message: match &self {
+                MgmtError::Invalid { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            },
+            field: match &self {
+                MgmtError::Invalid { field, .. } => Some(field.clone()),
+                _ => None,
+            },
+        };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (status, axum::Json(body)).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            MgmtError::Unauthenticated(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            MgmtError::Unavailable(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

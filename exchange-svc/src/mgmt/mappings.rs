@@ -1,0 +1,461 @@
+//! `/api/v1/mappings` and `/api/v1/scopes`: list, get, create, replace, patch, delete.
+//!
+//! Writes are validated by the store's rules ([`crate::store::validate_mapping`],
+//! [`crate::store::validate_scope_claims`], the cross-row checks) plus the service's
+//! own: the TTL cap, scope claims that conflict with another scope (422 here, the
+//! store's check stays the atomic guard), and scopes no mapping of the resource grants.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use meshpass_core::{SpiffeId, SpiffeIdPattern};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::config::Role;
+use super::error::MgmtError;
+use super::{MgmtState, RequestId};
+use crate::store::{
+    check_claim_conflicts, check_scope_granted, check_ttl_cap, ETag, Mapping, MappingStore,
+    Precondition, Saved, ScopeClaims, ScopeKey,
+};
+
+/// Largest page.
+const MAX_LIMIT: usize = 1000;
+
+/// List filters and the page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    subject: Option<String>,
+    resource: Option<String>,
+    participant: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    /// The entries, in stable order.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page (absent on the last one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Cuts `items` (sorted by `key`) into the page after `cursor`.
+fn paginate<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    cursor: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Page<T>, MgmtError> {
+    let limit = limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let after = cursor
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| MgmtError::BadRequest("cursor is not one this API gave".into()))
+        })
+        .transpose()?;
+    let mut rest: Vec<T> = items
+        .into_iter()
+        .filter(|i| after.as_ref().is_none_or(|a| key(i) > *a))
+        .collect();
+    let next_cursor = (rest.len() > limit).then(|| URL_SAFE_NO_PAD.encode(key(&rest[limit - 1])));
+    rest.truncate(limit);
+    Ok(Page {
+        items: rest,
+        next_cursor,
+    })
+}
+
+/// Parses a JSON body; a shape error is a 422 naming the field serde names.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, MgmtError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            let msg = e.to_string();
+            let field = msg
+                .split('`')
+                .nth(1)
+                .filter(|f| !f.is_empty())
+                .unwrap_or("body")
+                .to_string();
+            MgmtError::invalid(field, msg)
+        }
+        _ => MgmtError::BadRequest(format!("body is not valid JSON: {e}")),
+    })
+}
+
+/// The precondition of `If-Match` / `If-None-Match`.
+fn precondition(headers: &HeaderMap, default: Precondition) -> Result<Precondition, MgmtError> {
+    if let Some(v) = headers.get(header::IF_MATCH) {
+        let v = v
+            .to_str()
+            .map_err(|_| MgmtError::BadRequest("malformed If-Match".into()))?;
+        if v.trim() == "*" {
+            return Ok(Precondition::Exists);
+        }
+        return ETag::parse_quoted(v)
+            .map(Precondition::Matches)
+            .ok_or_else(|| MgmtError::BadRequest("If-Match must be one quoted entity tag".into()));
+    }
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        if v.to_str().ok().map(str::trim) == Some("*") {
+            return Ok(Precondition::Absent);
+        }
+        return Err(MgmtError::BadRequest(
+            "only If-None-Match: * is supported on writes".into(),
+        ));
+    }
+    Ok(default)
+}
+
+/// A JSON answer with its `ETag`.
+fn tagged<T: Serialize>(status: StatusCode, item: &T, etag: &ETag) -> Response {
+    let mut resp = (status, Json(item)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag.quoted()) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+fn saved<T: Serialize>(s: &Saved<T>) -> Response {
+    let status = if s.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    tagged(status, &s.item, &s.etag)
+}
+
+/// RFC 7396 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+fn patched<T: Serialize + DeserializeOwned>(current: &T, body: &[u8]) -> Result<T, MgmtError> {
+    let patch: Value = parse_body(body)?;
+    if !patch.is_object() {
+        return Err(MgmtError::BadRequest(
+            "a merge patch is a JSON object".into(),
+        ));
+    }
+    let mut v = serde_json::to_value(current).map_err(|e| MgmtError::Internal(e.to_string()))?;
+    merge_patch(&mut v, &patch);
+    serde_json::from_value(v).map_err(|e| MgmtError::invalid("body", e.to_string()))
+}
+
+fn check_mapping(st: &MgmtState, m: &Mapping) -> Result<(), MgmtError> {
+    crate::store::validate_mapping(m)?;
+    check_ttl_cap(m, st.max_ttl_secs)?;
+    Ok(())
+}
+
+async fn check_scope(st: &MgmtState, row: &ScopeClaims) -> Result<(), MgmtError> {
+    let others = st.store.list_scope_claims().await?;
+    check_claim_conflicts(row, &others).map_err(|e| MgmtError::invalid("claims", e.to_string()))?;
+    let mappings = st.store.resource_policy(&row.resource).await?.mappings;
+    check_scope_granted(row, &mappings)?;
+    Ok(())
+}
+
+/// `GET /api/v1/mappings`.
+pub async fn list_mappings(
+    State(st): State<MgmtState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<Mapping>>, MgmtError> {
+    st.auth.require(&headers, Role::Read).await?;
+    let id = q.subject.as_deref().and_then(|s| SpiffeId::parse(s).ok());
+    let items: Vec<Mapping> = st
+        .store
+        .list_mappings()
+        .await?
+        .into_iter()
+        .filter(|m| q.resource.as_ref().is_none_or(|r| *r == m.resource))
+        .filter(|m| q.participant.as_ref().is_none_or(|p| *p == m.participant))
+        .filter(|m| match &q.subject {
+            None => true,
+            Some(s) if *s == m.subject => true,
+            Some(_) => match (&id, SpiffeIdPattern::parse(&m.subject)) {
+                (Some(id), Ok(p)) => p.matches(id),
+                _ => false,
+            },
+        })
+        .collect();
+    Ok(Json(paginate(
+        items,
+        |m| m.name.clone(),
+        q.cursor.as_deref(),
+        q.limit,
+    )?))
+}
+
+/// `GET /api/v1/mappings/{name}`.
+pub async fn get_mapping(
+    State(st): State<MgmtState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, MgmtError> {
+    st.auth.require(&headers, Role::Read).await?;
+    let (m, tag) = st
+        .store
+        .mapping_tagged(&name)
+        .await?
+        .ok_or(MgmtError::NotFound(format!("mappings/{name}")))?;
+    Ok(tagged(StatusCode::OK, &m, &tag))
+}
+
+/// `POST /api/v1/mappings`.
+pub async fn create_mapping(
+    State(st): State<MgmtState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, MgmtError> {
+    let caller = st.auth.require(&headers, Role::Write).await?;
+    let m: Mapping = parse_body(&body)?;
+    check_mapping(&st, &m)?;
+    let r = st
+        .store
+        .save_mapping(&m, Precondition::Absent, &rid.actor(&caller))
+        .await;
+    st.written();
+    Ok(saved(&r?))
+}
+
+/// `PUT /api/v1/mappings/{name}`.
+pub async fn put_mapping(
+    State(st): State<MgmtState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, MgmtError> {
+    let caller = st.auth.require(&headers, Role::Write).await?;
+    let pre = precondition(&headers, Precondition::None)?;
+    let m: Mapping = parse_body(&body)?;
+    if m.name != name {
+        return Err(MgmtError::invalid(
+            "name",
+            "must equal the name in the path",
+        ));
+    }
+    check_mapping(&st, &m)?;
+    let r = st.store.save_mapping(&m, pre, &rid.actor(&caller)).await;
+    st.written();
+    Ok(saved(&r?))
+}
+
+/// `PATCH /api/v1/mappings/{name}`.
+pub async fn patch_mapping(
+    State(st): State<MgmtState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, MgmtError> {
+    let caller = st.auth.require(&headers, Role::Write).await?;
+    let (current, tag) = st
+        .store
+        .mapping_tagged(&name)
+        .await?
+        .ok_or(MgmtError::NotFound(format!("mappings/{name}")))?;
+    // Without If-Match the patch applies to the state just read, and still fails if
+    // someone changes it before the write.
+    let pre = match precondition(&headers, Precondition::Matches(tag.clone()))? {
+        Precondition::Exists | Precondition::None => Precondition::Matches(tag),
+        p => p,
+    };
+    let m: Mapping = patched(&current, &body)?;
+    if m.name != name {
+        return Err(MgmtError::invalid(
+            "name",
+            "cannot be changed (create a new mapping)",
+        ));
+    }
+    check_mapping(&st, &m)?;
+    let r = st.store.save_mapping(&m, pre, &rid.actor(&caller)).await;
+    st.written();
+    Ok(saved(&r?))
+}
+
+/// `DELETE /api/v1/mappings/{name}`.
+pub async fn delete_mapping(
+    State(st): State<MgmtState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, MgmtError> {
+    let caller = st.auth.require(&headers, Role::Write).await?;
+    let pre = precondition(&headers, Precondition::Exists)?;
+    let r = st
+        .store
+        .remove_mapping(&name, pre, &rid.actor(&caller))
+        .await;
+    st.written();
+    r?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/scopes`.
+pub async fn list_scopes(
+    State(st): State<MgmtState>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<ScopeClaims>>, MgmtError> {
+    st.auth.require(&headers, Role::Read).await?;
+    let items: Vec<ScopeClaims> = st
+        .store
+        .list_scope_claims()
+        .await?
+        .into_iter()
+        .filter(|s| q.resource.as_ref().is_none_or(|r| *r == s.resource))
+        .collect();
+    // The key keeps the (resource, scope) order: NUL sorts before every other byte.
+    Ok(Json(paginate(
+        items,
+        |s| format!("{}\u{0}{}", s.resource, s.scope),
+        q.cursor.as_deref(),
+        q.limit,
+    )?))
+}
+
+fn scope_key(resource: String, scope: String) -> ScopeKey {
+    ScopeKey { resource, scope }
+}
+
+/// `GET /api/v1/scopes/{resource}/{scope}`.
+pub async fn get_scope(
+    State(st): State<MgmtState>,
+    headers: HeaderMap,
+    Path((resource, scope)): Path<(String, String)>,
+) -> Result<Response, MgmtError> {
+    st.auth.require(&headers, Role::Read).await?;
+    let key = scope_key(resource, scope);
+    let (row, tag) = st
+        .store
+        .scope_tagged(&key)
+        .await?
+        .ok_or_else(|| MgmtError::NotFound(format!("scopes/{}/{}", key.resource, key.scope)))?;
+    Ok(tagged(StatusCode::OK, &row, &tag))
+}
+
+/// `POST /api/v1/scopes`.
+pub async fn create_scope(
+    State(st): State<MgmtState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, MgmtError> {
+    let caller = st.auth.require(&headers, Role::Write).await?;
+    let row: ScopeClaims = parse_body(&body)?;
+    if st.store.scope_tagged(&row_key(&row)).await?.is_some() {
+        return Err(MgmtError::Conflict(format!(
+            "scopes/{}/{} already exists",
+            row.resource, row.scope
+        )));
+    }
+    check_scope(&st, &row).await?;
+    let r = st
+        .store
+        .save_scope(&row, Precondition::Absent, &rid.actor(&caller))
+        .await;
+    st.written();
+    Ok(saved(&r?))
+}
+
+fn row_key(row: &ScopeClaims) -> ScopeKey {
+    scope_key(row.resource.clone(), row.scope.clone())
+}
+
+/// `PUT /api/v1/scopes/{resource}/{scope}`.
+pub async fn put_scope(
+    State(st): State<MgmtState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    Path((resource, scope)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, MgmtError> {
+    let caller = st.auth.require(&headers, Role::Write).await?;
+    let pre = precondition(&headers, Precondition::None)?;
+    let row: ScopeClaims = parse_body(&body)?;
+    if row.resource != resource || row.scope != scope {
+        return Err(MgmtError::invalid(
+            "resource",
+            "resource and scope must equal those in the path",
+        ));
+    }
+    check_scope(&st, &row).await?;
+    let r = st.store.save_scope(&row, pre, &rid.actor(&caller)).await;
+    st.written();
+    Ok(saved(&r?))
+}
+
+/// `PATCH /api/v1/scopes/{resource}/{scope}`.
+pub async fn patch_scope(
+    State(st): State<MgmtState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    Path((resource, scope)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, MgmtError> {
+    let caller = st.auth.require(&headers, Role::Write).await?;
+    let key = scope_key(resource, scope);
+    let (current, tag) = st
+        .store
+        .scope_tagged(&key)
+        .await?
+        .ok_or_else(|| MgmtError::NotFound(format!("scopes/{}/{}", key.resource, key.scope)))?;
+    let pre = match precondition(&headers, Precondition::Matches(tag.clone()))? {
+        Precondition::Exists | Precondition::None => Precondition::Matches(tag),
+        p => p,
+    };
+    let row: ScopeClaims = patched(&current, &body)?;
+    if row_key(&row) != key {
+        return Err(MgmtError::invalid(
+            "resource",
+            "resource and scope cannot be changed",
+        ));
+    }
+    check_scope(&st, &row).await?;
+    let r = st.store.save_scope(&row, pre, &rid.actor(&caller)).await;
+    st.written();
+    Ok(saved(&r?))
+}
+
+/// `DELETE /api/v1/scopes/{resource}/{scope}`.
+pub async fn delete_scope(
+    State(st): State<MgmtState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    Path((resource, scope)): Path<(String, String)>,
+) -> Result<StatusCode, MgmtError> {
+    let caller = st.auth.require(&headers, Role::Write).await?;
+    let pre = precondition(&headers, Precondition::Exists)?;
+    let key = scope_key(resource, scope);
+    let r = st.store.remove_scope(&key, pre, &rid.actor(&caller)).await;
+    st.written();
+    r?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,219 @@
+//! The management API (its own listener, `/api/v1/...`): mappings, scopes, export and
+//! import, audit, keys, stats, and `/openapi.json`. See README "Management API".
+//!
+//! Every route is declared once in [`routes::ROUTES`], which builds both the router and
+//! the OpenAPI document. Every request is authenticated ([`auth`]); every change is
+//! audited in the same transaction as the change ([`crate::store::SqlStore`]'s
+//! management operations); every write drops the token endpoint's policy snapshots, so
+//! the next exchange on this replica sees it.
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod keys;
+pub mod kube_authz;
+pub mod mappings;
+pub mod openapi;
+pub mod routes;
+pub mod stats;
+pub mod transfer;
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+
+pub use audit::RefusalAudit;
+pub use auth::{Authenticator, Caller};
+pub use config::{CallerRoles, ManagementConfig, Role};
+pub use error::MgmtError;
+pub use keys::{KeyAdmin, KeyStatus, KeyVersionStatus};
+pub use stats::ExchangeStats;
+
+use crate::app::AppState;
+use crate::config::{Config, ConfigError};
+use crate::store::{Actor, MappingStore, SqlStore};
+
+/// What the management handlers share.
+#[derive(Clone)]
+pub struct MgmtState {
+    /// The store (management operations are on the SQL store itself).
+    pub store: Arc<SqlStore>,
+    /// The token endpoint's view of the store: invalidated after every write.
+    pub policy: Arc<dyn MappingStore>,
+    /// Caller authentication and roles.
+    pub auth: Arc<Authenticator>,
+    /// Key operations (None: the signer is not a transit signer).
+    pub keys: Option<Arc<dyn KeyAdmin>>,
+    /// `token.max_ttl_secs`: mappings above it are refused.
+    pub max_ttl_secs: u64,
+    /// Longest a subject token may live past a key's last use (retirement safety).
+    pub max_token_lifetime_secs: u64,
+    /// Exchange counts and top subjects.
+    pub stats: Arc<ExchangeStats>,
+    /// The token endpoint's minted-token cache: cleared after every write, so no token
+    /// minted under the old policy is served again.
+    pub token_cache: Option<Arc<crate::cache::TokenCache>>,
+    /// The service clock.
+    pub clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl MgmtState {
+    /// The state for `cfg` next to the token endpoint's `app` state; `store` must be the
+    /// store under `app.store`.
+    pub fn new(
+        cfg: &Config,
+        app: &AppState,
+        store: Arc<SqlStore>,
+        keys: Option<Arc<dyn KeyAdmin>>,
+        stats: Arc<ExchangeStats>,
+    ) -> Result<Self, ConfigError> {
+        let auth = Authenticator::new(
+            &app.settings.policy,
+            &cfg.management,
+            Arc::clone(&app.keys),
+            Arc::clone(&app.clock),
+        )
+        .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
+        Ok(MgmtState {
+            store,
+            policy: Arc::clone(&app.store),
+            auth: Arc::new(auth),
+            keys,
+            max_ttl_secs: cfg.token.max_ttl_secs,
+            max_token_lifetime_secs: cfg.token.max_ttl_secs,
+            stats,
+            token_cache: app.cache.clone(),
+            clock: Arc::clone(&app.clock),
+        })
+    }
+
+    /// Called after every write: the next exchange reads the store again.
+    pub fn written(&self) {
+        self.policy.invalidate();
+        if let Some(c) = &self.token_cache {
+            c.clear(self.clock.now());
+        }
+    }
+}
+
+/// The request id of a management request (`X-Request-Id`, or a new UUID).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+impl RequestId {
+    /// The audit actor of `caller` in this request.
+    pub fn actor(&self, caller: &Caller) -> Actor {
+        Actor {
+            who: caller.id.clone(),
+            request_id: self.0.clone(),
+        }
+    }
+}
+
+/// Takes a sane client `X-Request-Id` (at most 64 of `[A-Za-z0-9._-]`) or makes one,
+/// and echoes it on the answer.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// The management router (every route of [`routes::ROUTES`] and `/openapi.json`).
+pub fn router(st: MgmtState) -> Router {
+    routes::build()
+        .layer(axum::middleware::from_fn(request_id))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            transfer::MAX_BODY_BYTES,
+        ))
+        .with_state(st)
+}
+
+/// The running management listener.
+#[derive(Debug)]
+pub struct Running {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// The server task (ends on shutdown).
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the management API next to the token endpoint, unless `[management]` keeps
+/// it off (logged with the reason: it never runs without configured callers). Stops
+/// accepting when `shutdown` resolves.
+pub async fn start(
+    cfg: &Config,
+    app: &AppState,
+    store: Arc<SqlStore>,
+    keys: Option<Arc<dyn KeyAdmin>>,
+    stats: Arc<ExchangeStats>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Option<Running>, crate::server::ServeError> {
+    if let Some(reason) = cfg.management.disabled_reason() {
+        tracing::warn!(reason, "management API not started");
+        return Ok(None);
+    }
+    let st = MgmtState::new(cfg, app, store, keys, stats)?;
+    let listener = tokio::net::TcpListener::bind(cfg.management.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, callers = cfg.management.callers.len(), "management API listening");
+    let server = axum::serve(listener, router(st)).with_graceful_shutdown(shutdown);
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "management API stopped");
+        }
+    });
+    Ok(Some(Running { addr, task }))
+}
+
+/// What the token endpoint reports to the management side: every exchange to the
+/// statistics, every refusal to the rate-limited audit.
+#[derive(Debug)]
+pub struct ExchangeHooks {
+    /// Counts by mapping and outcome, top subjects.
+    pub stats: Arc<ExchangeStats>,
+    /// The refused-exchange audit (None: not recorded).
+    pub refusals: Option<Arc<RefusalAudit>>,
+}
+
+impl ExchangeHooks {
+    /// A successful exchange (`outcome`: `issued` or `cached`).
+    pub fn exchanged(&self, subject: &str, mapping: &str, outcome: &str) {
+        self.stats.record(subject, mapping, outcome);
+    }
+
+    /// A refused exchange: `subject` and `caller` when known (else empty), the error
+    /// `code` and its public `reason` (never the token).
+    pub fn refused(&self, subject: &str, caller: &str, resource: &str, code: &str, reason: &str) {
+        self.stats.record(subject, "", code);
+        // Outages are no refusals: only policy and token decisions are audited.
+        if matches!(
+            code,
+            "temporarily_unavailable" | "server_error" | "slow_down"
+        ) {
+            return;
+        }
+        if let Some(r) = &self.refusals {
+            r.refused(subject, caller, resource, &format!("{code}: {reason}"));
+        }
+    }
+}

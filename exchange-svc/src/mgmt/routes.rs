@@ -1,0 +1,89 @@
+//! Every management route, declared once: the router and `/openapi.json` are both built
+//! from [`ROUTES`], so the document cannot miss a route.
+
+use std::collections::BTreeMap;
+
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
+use axum::Router;
+
+use super::config::Role;
+use super::{audit, keys, mappings, openapi, stats, transfer, MgmtState};
+
+/// One route: how it is served and how it is documented.
+pub struct Route {
+    /// HTTP method (lowercase, as in OpenAPI).
+    pub method: &'static str,
+    /// Path with `{param}` segments.
+    pub path: &'static str,
+    /// Role required (None: public, e.g. the OpenAPI document).
+    pub role: Option<Role>,
+    /// One-line summary.
+    pub summary: &'static str,
+    /// Query parameters (name, description).
+    pub query: &'static [(&'static str, &'static str)],
+    /// Request body schema (a component name).
+    pub request: Option<&'static str>,
+    /// Success status and its body schema (a component name, or None for no body).
+    pub ok: (u16, Option<&'static str>),
+    /// Error statuses it can answer (beyond 401/403/503, which every authenticated
+    /// route can).
+    pub errors: &'static [u16],
+    /// The handler.
+    pub handler: fn() -> MethodRouter<MgmtState>,
+}
+
+const LIST_QUERY: &[(&str, &str)] = &[
+    (
+        "subject",
+        "only mappings whose pattern is this, or matches this SPIFFE ID",
+    ),
+    ("resource", "only this resource"),
+    ("participant", "only this participant"),
+    ("cursor", "next_cursor of the previous page"),
+    ("limit", "page size (default 100, at most 1000)"),
+];
+const SCOPE_QUERY: &[(&str, &str)] = &[
+    ("resource", "only this resource"),
+    ("cursor", "next_cursor of the previous page"),
+    ("limit", "page size (default 100, at most 1000)"),
+];
+
+/// The routes.
+pub const ROUTES: &[Route] = &[
+    Route { method: "get", path: "/api/v1/mappings", role: Some(Role::Read), summary: "List mappings", query: LIST_QUERY, request: None, ok: (200, Some("MappingPage")), errors: &[400], handler: || get(mappings::list_mappings) },
+    Route { method: "post", path: "/api/v1/mappings", role: Some(Role::Write), summary: "Create a mapping (409 if the name exists)", query: &[], request: Some("Mapping"), ok: (201, Some("Mapping")), errors: &[400, 409, 422], handler: || post(mappings::create_mapping) },
+    Route { method: "get", path: "/api/v1/mappings/{name}", role: Some(Role::Read), summary: "Get a mapping (ETag)", query: &[], request: None, ok: (200, Some("Mapping")), errors: &[404], handler: || get(mappings::get_mapping) },
+    Route { method: "put", path: "/api/v1/mappings/{name}", role: Some(Role::Write), summary: "Create or replace a mapping (If-Match: replace only that state; If-None-Match: * create only)", query: &[], request: Some("Mapping"), ok: (200, Some("Mapping")), errors: &[400, 404, 409, 412, 422], handler: || put(mappings::put_mapping) },
+    Route { method: "patch", path: "/api/v1/mappings/{name}", role: Some(Role::Write), summary: "Change a mapping with a JSON merge patch (RFC 7396; If-Match honoured)", query: &[], request: Some("MergePatch"), ok: (200, Some("Mapping")), errors: &[400, 404, 409, 412, 422], handler: || patch(mappings::patch_mapping) },
+    Route { method: "delete", path: "/api/v1/mappings/{name}", role: Some(Role::Write), summary: "Delete a mapping (If-Match honoured)", query: &[], request: None, ok: (204, None), errors: &[404, 412], handler: || delete(mappings::delete_mapping) },
+    Route { method: "get", path: "/api/v1/scopes", role: Some(Role::Read), summary: "List scope → claims rows", query: SCOPE_QUERY, request: None, ok: (200, Some("ScopePage")), errors: &[400], handler: || get(mappings::list_scopes) },
+    Route { method: "post", path: "/api/v1/scopes", role: Some(Role::Write), summary: "Create a scope → claims row (409 if it exists)", query: &[], request: Some("ScopeClaims"), ok: (201, Some("ScopeClaims")), errors: &[400, 409, 422], handler: || post(mappings::create_scope) },
+    Route { method: "get", path: "/api/v1/scopes/{resource}/{scope}", role: Some(Role::Read), summary: "Get a scope row (ETag; percent-encode the resource)", query: &[], request: None, ok: (200, Some("ScopeClaims")), errors: &[404], handler: || get(mappings::get_scope) },
+    Route { method: "put", path: "/api/v1/scopes/{resource}/{scope}", role: Some(Role::Write), summary: "Create or replace a scope row (If-Match / If-None-Match honoured)", query: &[], request: Some("ScopeClaims"), ok: (200, Some("ScopeClaims")), errors: &[400, 404, 409, 412, 422], handler: || put(mappings::put_scope) },
+    Route { method: "patch", path: "/api/v1/scopes/{resource}/{scope}", role: Some(Role::Write), summary: "Change a scope row with a JSON merge patch", query: &[], request: Some("MergePatch"), ok: (200, Some("ScopeClaims")), errors: &[400, 404, 409, 412, 422], handler: || patch(mappings::patch_scope) },
+    Route { method: "delete", path: "/api/v1/scopes/{resource}/{scope}", role: Some(Role::Write), summary: "Delete a scope row (If-Match honoured)", query: &[], request: None, ok: (204, None), errors: &[404, 412], handler: || delete(mappings::delete_scope) },
+    Route { method: "get", path: "/api/v1/export", role: Some(Role::Read), summary: "Every mapping and scope as one document (stable order)", query: &[("format", "json (default) or yaml")], request: None, ok: (200, Some("PolicyDocument")), errors: &[400], handler: || get(transfer::export) },
+    Route { method: "post", path: "/api/v1/import", role: Some(Role::Write), summary: "Make the store hold a document (JSON or YAML body): all or nothing", query: &[("dry_run", "true: only report the diff"), ("prune", "true: delete entries the document lacks (default false)")], request: Some("PolicyDocument"), ok: (200, Some("ImportDiff")), errors: &[400, 409, 422], handler: || post(transfer::import) },
+    Route { method: "get", path: "/api/v1/audit", role: Some(Role::Read), summary: "Audit events, oldest first", query: &[("after", "only events after this id (else the newest)"), ("limit", "most events (default 100, at most 1000)"), ("action", "only this action"), ("target", "only targets starting with this")], request: None, ok: (200, Some("AuditPage")), errors: &[400], handler: || get(audit::list) },
+    Route { method: "get", path: "/api/v1/keys", role: Some(Role::Read), summary: "Transit key versions: published, signing, since when", query: &[], request: None, ok: (200, Some("KeyStatus")), errors: &[404], handler: || get(keys::status) },
+    Route { method: "post", path: "/api/v1/keys/rotate", role: Some(Role::Keys), summary: "Rotate the transit key (the new version signs after the publish lead)", query: &[], request: None, ok: (200, Some("KeyStatus")), errors: &[404], handler: || post(keys::rotate) },
+    Route { method: "post", path: "/api/v1/keys/retire", role: Some(Role::Keys), summary: "Stop publishing versions below `below` (only once no token they signed can be live)", query: &[], request: Some("RetireRequest"), ok: (200, Some("KeyStatus")), errors: &[400, 404, 409, 422], handler: || post(keys::retire) },
+    Route { method: "get", path: "/api/v1/stats", role: Some(Role::Read), summary: "Exchanges by mapping and outcome; top subjects by rate (at most 100)", query: &[], request: None, ok: (200, Some("Stats")), errors: &[], handler: || get(stats::view) },
+    Route { method: "get", path: "/openapi.json", role: None, summary: "This document", query: &[], request: None, ok: (200, None), errors: &[], handler: || get(openapi::document) },
+];
+
+/// The router of every route (state not yet supplied).
+pub fn build() -> Router<MgmtState> {
+    let mut by_path: BTreeMap<&str, MethodRouter<MgmtState>> = BTreeMap::new();
+    for r in ROUTES {
+        let mr = (r.handler)();
+        let merged = match by_path.remove(r.path) {
+            Some(prev) => prev.merge(mr),
+            None => mr,
+        };
+        by_path.insert(r.path, merged);
+    }
+    by_path
+        .into_iter()
+        .fold(Router::new(), |router, (path, mr)| router.route(path, mr))
+}

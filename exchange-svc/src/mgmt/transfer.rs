@@ -1,0 +1,140 @@
+//! `/api/v1/export` and `/api/v1/import`: every mapping and scope as one document, so
+//! they can live in Git. Import is all or nothing, in one transaction; `dry_run` reports
+//! the diff only; `prune` (off by default) deletes what the document lacks.
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+
+use super::config::Role;
+use super::error::MgmtError;
+use super::mappings::parse_body;
+use super::{MgmtState, RequestId};
+use crate::store::{check_scope_granted, check_ttl_cap, ImportDiff, Mapping, PolicyDocument};
+
+/// Largest request body the management API reads (an import document).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// `?format=`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    format: Option<String>,
+}
+
+/// `?dry_run=&prune=`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    prune: bool,
+}
+
+fn wants_yaml(format: Option<&str>, headers: &HeaderMap) -> Result<bool, MgmtError> {
+    match format {
+        Some("yaml") => Ok(true),
+        Some("json") => Ok(false),
+        Some(other) => Err(MgmtError::BadRequest(format!(
+            "format {other:?}: use json or yaml"
+        ))),
+        None => Ok(headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("yaml"))),
+    }
+}
+
+/// `GET /api/v1/export`.
+pub async fn export(
+    State(st): State<MgmtState>,
+    headers: HeaderMap,
+    Query(q): Query<ExportQuery>,
+) -> Result<Response, MgmtError> {
+    st.auth.require(&headers, Role::Read).await?;
+    let yaml = wants_yaml(q.format.as_deref(), &headers)?;
+    let doc = st.store.export().await?;
+    if yaml {
+        let text = serde_yaml::to_string(&doc).map_err(|e| MgmtError::Internal(e.to_string()))?;
+        Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response())
+    } else {
+        Ok(Json(doc).into_response())
+    }
+}
+
+/// Reads a document: JSON when the content type says so (or the body starts with `{`),
+/// else YAML.
+fn parse_document(headers: &HeaderMap, body: &[u8]) -> Result<PolicyDocument, MgmtError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let json = ct.contains("json")
+        || (!ct.contains("yaml") && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
+    if json {
+        return parse_body(body);
+    }
+    serde_yaml::from_slice(body)
+        .map_err(|e| MgmtError::invalid("body", format!("not a policy document: {e}")))
+}
+
+/// The service's rules on a whole document: the TTL cap on every mapping, and every
+/// scope row granted by a mapping of the resulting set.
+fn check_document(
+    st: &MgmtState,
+    doc: &PolicyDocument,
+    stored: &[Mapping],
+    prune: bool,
+) -> Result<(), MgmtError> {
+    for (i, m) in doc.mappings.iter().enumerate() {
+        crate::store::validate_mapping(m)
+            .and_then(|()| check_ttl_cap(m, st.max_ttl_secs))
+            .map_err(|e| prefix(e.into(), &format!("mappings[{i}]")))?;
+    }
+    let mut result: Vec<Mapping> = doc.mappings.clone();
+    if !prune {
+        result.extend(
+            stored
+                .iter()
+                .filter(|s| !doc.mappings.iter().any(|m| m.name == s.name))
+                .cloned(),
+        );
+    }
+    for (i, row) in doc.scopes.iter().enumerate() {
+        check_scope_granted(row, &result).map_err(|e| prefix(e.into(), &format!("scopes[{i}]")))?;
+    }
+    Ok(())
+}
+
+fn prefix(e: MgmtError, at: &str) -> MgmtError {
+    match e {
+        MgmtError::Invalid { field, reason } => MgmtError::invalid(format!("{at}.{field}"), reason),
+        other => other,
+    }
+}
+
+/// `POST /api/v1/import`.
+pub async fn import(
+    State(st): State<MgmtState>,
+    Extension(rid): Extension<RequestId>,
+    headers: HeaderMap,
+    Query(q): Query<ImportQuery>,
+    body: Bytes,
+) -> Result<Json<ImportDiff>, MgmtError> {
+    let caller = st.auth.require(&headers, Role::Write).await?;
+    let doc = parse_document(&headers, &body)?;
+    let stored = st.store.export().await?.mappings;
+    check_document(&st, &doc, &stored, q.prune)?;
+    let r = st
+        .store
+        .import(&doc, q.prune, q.dry_run, &rid.actor(&caller))
+        .await;
+    if !q.dry_run {
+        st.written();
+    }
+    Ok(Json(r?))
+}

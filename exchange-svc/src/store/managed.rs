@@ -1,0 +1,569 @@
+//! Management operations on [`SqlStore`]: reads with entity tags, conditional writes,
+//! the audit log, export, and the all-or-nothing import.
+//!
+//! Every change and its audit event commit in one transaction, so the log never shows a
+//! change that did not happen (or misses one that did). Conditional writes are atomic
+//! on both backends: the writer first bumps the row's `revision` where it still has the
+//! revision it read (`UPDATE ... WHERE revision = $n`), which on PostgreSQL takes the
+//! row lock: of two writers holding the same entity tag exactly one succeeds, the other
+//! sees the bumped revision and gets [`StoreError::PreconditionFailed`].
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
+use sqlx::Row;
+
+use super::audit::insert_audit;
+use super::sql::{
+    decode_mapping, decode_scope_claims, unavailable, upsert_mapping, upsert_scope_claims,
+    write_error, MAPPING_COLUMNS,
+};
+use super::{
+    validate_mapping, validate_scope_claims, AuditRecord, Mapping, ScopeClaims, SqlStore,
+    StoreError,
+};
+
+/// An entity tag: the first 16 bytes of the SHA-256 of the entity's JSON, in hex. Equal
+/// content has the equal tag, so a tag names a state, not a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ETag(String);
+
+impl ETag {
+    /// The tag of `v`.
+    pub fn of<T: Serialize>(v: &T) -> ETag {
+        let bytes = serde_json::to_vec(v).unwrap_or_default();
+        ETag(hex::encode(&Sha256::digest(&bytes)[..16]))
+    }
+
+    /// The quoted form sent in `ETag` and expected in `If-Match`.
+    pub fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+
+    /// Parses one quoted strong tag (`"..."`); weak tags (`W/"..."`) never match a write.
+    pub fn parse_quoted(s: &str) -> Option<ETag> {
+        let inner = s.trim().strip_prefix('"')?.strip_suffix('"')?;
+        (!inner.is_empty() && inner.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| ETag(inner.to_ascii_lowercase()))
+    }
+}
+
+/// What a write expects to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Nothing: create or replace.
+    None,
+    /// The entity must not exist (create).
+    Absent,
+    /// The entity must exist.
+    Exists,
+    /// The entity must exist with this tag (`If-Match`).
+    Matches(ETag),
+}
+
+/// Who makes a change, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The caller's identity (SPIFFE ID).
+    pub who: String,
+    /// The request id (`X-Request-Id`).
+    pub request_id: String,
+}
+
+/// An entity after a write.
+#[derive(Debug, Clone)]
+pub struct Saved<T> {
+    /// The stored entity.
+    pub item: T,
+    /// Its tag.
+    pub etag: ETag,
+    /// Whether it was created (else replaced).
+    pub created: bool,
+}
+
+/// Every mapping and scope, as exported and imported (stable order: by name, and by
+/// resource then scope).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// Mappings.
+    #[serde(default)]
+    pub mappings: Vec<Mapping>,
+    /// Scope → claims rows.
+    #[serde(default)]
+    pub scopes: Vec<ScopeClaims>,
+}
+
+/// What an import changes (or would change, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImportDiff {
+    /// Targets created (`mappings/NAME`, `scopes/RESOURCE/SCOPE`).
+    pub added: Vec<String>,
+    /// Targets replaced.
+    pub changed: Vec<String>,
+    /// Targets deleted (with `prune`), or that `prune` would delete.
+    pub removed: Vec<String>,
+    /// Entries identical to the stored ones.
+    pub unchanged: usize,
+    /// Whether the changes were committed (false: dry run, or nothing to do).
+    pub applied: bool,
+}
+
+/// The key of a scope row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeKey {
+    /// The resource.
+    pub resource: String,
+    /// The scope.
+    pub scope: String,
+}
+
+/// A stored entity kind the generic write path handles.
+#[async_trait]
+trait Entity: Serialize + Clone + PartialEq + Send + Sync + Sized {
+    type Key: Send + Sync;
+    const KIND: &'static str;
+    fn key(&self) -> Self::Key;
+    fn target(key: &Self::Key) -> String;
+    fn validate(&self, store: &SqlStore) -> Result<(), StoreError>;
+    async fn read(
+        c: &mut AnyConnection,
+        key: &Self::Key,
+    ) -> Result<Option<(Self, i64)>, StoreError>;
+    /// Bumps the revision if it is still `revision`; whether it was.
+    async fn claim(
+        c: &mut AnyConnection,
+        key: &Self::Key,
+        revision: i64,
+    ) -> Result<bool, StoreError>;
+    async fn upsert(
+        c: &mut AnyConnection,
+        item: &Self,
+        insert_only: bool,
+    ) -> Result<(), StoreError>;
+    async fn delete(c: &mut AnyConnection, key: &Self::Key) -> Result<bool, StoreError>;
+    /// Every stored entity of the kind, in export order.
+    async fn read_all(c: &mut AnyConnection) -> Result<Vec<Self>, StoreError>;
+}
+
+#[async_trait]
+impl Entity for Mapping {
+    type Key = String;
+    const KIND: &'static str = "mapping";
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+    fn target(key: &String) -> String {
+        format!("mappings/{key}")
+    }
+    fn validate(&self, _: &SqlStore) -> Result<(), StoreError> {
+        validate_mapping(self)
+    }
+    async fn read(c: &mut AnyConnection, key: &String) -> Result<Option<(Self, i64)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS}, revision FROM mappings WHERE name = $1"
+        ))
+        .bind(key)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(unavailable)?;
+        row.map(|r| Ok((decode_mapping(&r)?, revision(&r)?)))
+            .transpose()
+    }
+    async fn claim(c: &mut AnyConnection, key: &String, rev: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE mappings SET revision = revision + 1 WHERE name = $1 AND revision = $2",
+        )
+        .bind(key)
+        .bind(rev)
+        .execute(&mut *c)
+        .await
+        .map_err(write_error)?;
+        Ok(r.rows_affected() == 1)
+    }
+    async fn upsert(
+        c: &mut AnyConnection,
+        item: &Self,
+        insert_only: bool,
+    ) -> Result<(), StoreError> {
+        upsert_mapping(c, item, insert_only).await
+    }
+    async fn delete(c: &mut AnyConnection, key: &String) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM mappings WHERE name = $1")
+            .bind(key)
+            .execute(&mut *c)
+            .await
+            .map_err(write_error)?;
+        Ok(r.rows_affected() > 0)
+    }
+    async fn read_all(c: &mut AnyConnection) -> Result<Vec<Self>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAPPING_COLUMNS} FROM mappings ORDER BY name"
+        ))
+        .fetch_all(&mut *c)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(decode_mapping).collect()
+    }
+}
+
+#[async_trait]
+impl Entity for ScopeClaims {
+    type Key = ScopeKey;
+    const KIND: &'static str = "scope";
+    fn key(&self) -> ScopeKey {
+        ScopeKey {
+            resource: self.resource.clone(),
+            scope: self.scope.clone(),
+        }
+    }
+    fn target(key: &ScopeKey) -> String {
+        format!("scopes/{}/{}", key.resource, key.scope)
+    }
+    fn validate(&self, store: &SqlStore) -> Result<(), StoreError> {
+        validate_scope_claims(self, &store.participant_claim)
+    }
+    async fn read(
+        c: &mut AnyConnection,
+        key: &ScopeKey,
+    ) -> Result<Option<(Self, i64)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT resource, scope, claims, revision FROM scope_claims WHERE resource = $1 AND scope = $2",
+        )
+        .bind(&key.resource)
+        .bind(&key.scope)
+        .fetch_optional(&mut *c)
+        .await
+        .map_err(unavailable)?;
+        row.map(|r| Ok((decode_scope_claims(&r)?, revision(&r)?)))
+            .transpose()
+    }
+    async fn claim(c: &mut AnyConnection, key: &ScopeKey, rev: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE scope_claims SET revision = revision + 1 WHERE resource = $1 AND scope = $2 AND revision = $3",
+        )
+        .bind(&key.resource)
+        .bind(&key.scope)
+        .bind(rev)
+        .execute(&mut *c)
+        .await
+        .map_err(write_error)?;
+        Ok(r.rows_affected() == 1)
+    }
+    async fn upsert(
+        c: &mut AnyConnection,
+        item: &Self,
+        insert_only: bool,
+    ) -> Result<(), StoreError> {
+        upsert_scope_claims(c, item, insert_only).await
+    }
+    async fn delete(c: &mut AnyConnection, key: &ScopeKey) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM scope_claims WHERE resource = $1 AND scope = $2")
+            .bind(&key.resource)
+            .bind(&key.scope)
+            .execute(&mut *c)
+            .await
+            .map_err(write_error)?;
+        Ok(r.rows_affected() > 0)
+    }
+    async fn read_all(c: &mut AnyConnection) -> Result<Vec<Self>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT resource, scope, claims FROM scope_claims ORDER BY resource, scope",
+        )
+        .fetch_all(&mut *c)
+        .await
+        .map_err(unavailable)?;
+        rows.iter().map(decode_scope_claims).collect()
+    }
+}
+
+fn revision(row: &sqlx::any::AnyRow) -> Result<i64, StoreError> {
+    row.try_get("revision")
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Option<Value> {
+    serde_json::to_value(v).ok()
+}
+
+fn change(
+    actor: &Actor,
+    action: String,
+    target: String,
+    before: Option<Value>,
+    after: Option<Value>,
+) -> AuditRecord {
+    AuditRecord {
+        request_id: actor.request_id.clone(),
+        actor: actor.who.clone(),
+        action,
+        target,
+        before,
+        after,
+        reason: String::new(),
+    }
+}
+
+/// Checks `pre` against the stored state (`current`), claiming the row when it exists.
+async fn check_precondition<T: Entity>(
+    c: &mut AnyConnection,
+    key: &T::Key,
+    current: Option<&(T, i64)>,
+    pre: &Precondition,
+) -> Result<(), StoreError> {
+    let target = T::target(key);
+    match (pre, current) {
+        (Precondition::Absent, Some(_)) => {
+            return Err(StoreError::Conflict(format!("{target} already exists")))
+        }
+        (Precondition::Exists | Precondition::Matches(_), None) => {
+            return Err(StoreError::NotFound(target))
+        }
+        (Precondition::Matches(tag), Some((item, _))) if ETag::of(item) != *tag => {
+            return Err(StoreError::PreconditionFailed(target))
+        }
+        _ => {}
+    }
+    if let Some((_, rev)) = current {
+        if !T::claim(c, key, *rev).await? {
+            // Another writer changed it since we read it.
+            return Err(StoreError::PreconditionFailed(target));
+        }
+    }
+    Ok(())
+}
+
+impl SqlStore {
+    async fn tagged<T: Entity>(&self, key: &T::Key) -> Result<Option<(T, ETag)>, StoreError> {
+        let mut c = self.pool.acquire().await.map_err(unavailable)?;
+        Ok(T::read(&mut c, key).await?.map(|(item, _)| {
+            let tag = ETag::of(&item);
+            (item, tag)
+        }))
+    }
+
+    async fn save<T: Entity>(
+        &self,
+        item: &T,
+        pre: Precondition,
+        actor: &Actor,
+    ) -> Result<Saved<T>, StoreError> {
+        item.validate(self)?;
+        let key = item.key();
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let current = T::read(&mut tx, &key).await?;
+        check_precondition::<T>(&mut tx, &key, current.as_ref(), &pre).await?;
+        let created = current.is_none();
+        T::upsert(&mut tx, item, created).await?;
+        let action = format!("{}.{}", T::KIND, if created { "create" } else { "update" });
+        let before = current.as_ref().and_then(|(c, _)| to_json(c));
+        insert_audit(
+            &mut tx,
+            &change(actor, action, T::target(&key), before, to_json(item)),
+        )
+        .await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(Saved {
+            etag: ETag::of(item),
+            item: item.clone(),
+            created,
+        })
+    }
+
+    async fn remove<T: Entity>(
+        &self,
+        key: &T::Key,
+        pre: Precondition,
+        actor: &Actor,
+    ) -> Result<T, StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let current = T::read(&mut tx, key).await?;
+        let pre = if pre == Precondition::None {
+            Precondition::Exists
+        } else {
+            pre
+        };
+        check_precondition::<T>(&mut tx, key, current.as_ref(), &pre).await?;
+        let Some((old, _)) = current else {
+            return Err(StoreError::NotFound(T::target(key)));
+        };
+        T::delete(&mut tx, key).await?;
+        let action = format!("{}.delete", T::KIND);
+        insert_audit(
+            &mut tx,
+            &change(actor, action, T::target(key), to_json(&old), None),
+        )
+        .await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(old)
+    }
+
+    /// A mapping and its tag.
+    pub async fn mapping_tagged(&self, name: &str) -> Result<Option<(Mapping, ETag)>, StoreError> {
+        self.tagged::<Mapping>(&name.to_string()).await
+    }
+
+    /// A scope row and its tag.
+    pub async fn scope_tagged(
+        &self,
+        key: &ScopeKey,
+    ) -> Result<Option<(ScopeClaims, ETag)>, StoreError> {
+        self.tagged::<ScopeClaims>(key).await
+    }
+
+    /// Writes a mapping under `pre`, audited in the same transaction.
+    pub async fn save_mapping(
+        &self,
+        m: &Mapping,
+        pre: Precondition,
+        actor: &Actor,
+    ) -> Result<Saved<Mapping>, StoreError> {
+        self.save(m, pre, actor).await
+    }
+
+    /// Deletes a mapping under `pre` (at least: it exists); returns what was deleted.
+    pub async fn remove_mapping(
+        &self,
+        name: &str,
+        pre: Precondition,
+        actor: &Actor,
+    ) -> Result<Mapping, StoreError> {
+        self.remove::<Mapping>(&name.to_string(), pre, actor).await
+    }
+
+    /// Writes a scope row under `pre`, audited in the same transaction.
+    pub async fn save_scope(
+        &self,
+        row: &ScopeClaims,
+        pre: Precondition,
+        actor: &Actor,
+    ) -> Result<Saved<ScopeClaims>, StoreError> {
+        self.save(row, pre, actor).await
+    }
+
+    /// Deletes a scope row under `pre` (at least: it exists); returns what was deleted.
+    pub async fn remove_scope(
+        &self,
+        key: &ScopeKey,
+        pre: Precondition,
+        actor: &Actor,
+    ) -> Result<ScopeClaims, StoreError> {
+        self.remove::<ScopeClaims>(key, pre, actor).await
+    }
+
+    /// Every mapping and scope row, in stable order.
+    pub async fn export(&self) -> Result<PolicyDocument, StoreError> {
+        use super::MappingStore;
+        Ok(PolicyDocument {
+            mappings: self.list_mappings().await?,
+            scopes: self.list_scope_claims().await?,
+        })
+    }
+
+    /// Makes the store hold `doc`: adds and replaces its entries, and with `prune`
+    /// deletes stored entries it lacks. All or nothing, in one transaction; a dry run
+    /// performs the same writes and rolls them back, so it fails exactly when the real
+    /// import would. Entries are validated by the caller's rules first (the store's own
+    /// run again inside).
+    pub async fn import(
+        &self,
+        doc: &PolicyDocument,
+        prune: bool,
+        dry_run: bool,
+        actor: &Actor,
+    ) -> Result<ImportDiff, StoreError> {
+        for m in &doc.mappings {
+            m.validate(self)?;
+        }
+        for s in &doc.scopes {
+            s.validate(self)?;
+        }
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut diff = ImportDiff::default();
+        apply_all::<Mapping>(&mut tx, &doc.mappings, prune, actor, &mut diff).await?;
+        apply_all::<ScopeClaims>(&mut tx, &doc.scopes, prune, actor, &mut diff).await?;
+        let nothing =
+            diff.added.is_empty() && diff.changed.is_empty() && (diff.removed.is_empty() || !prune);
+        if dry_run || nothing {
+            tx.rollback().await.map_err(unavailable)?;
+        } else {
+            tx.commit().await.map_err(write_error)?;
+            diff.applied = true;
+        }
+        Ok(diff)
+    }
+}
+
+/// Applies one kind of a document: removed (with prune) and changed entries are deleted
+/// first, then changed and added ones inserted, so swaps between entries (a subject
+/// moving from one mapping to another, a claim moving between scopes) do not trip the
+/// per-row checks on a half-written state.
+async fn apply_all<T: Entity>(
+    c: &mut AnyConnection,
+    wanted: &[T],
+    prune: bool,
+    actor: &Actor,
+    diff: &mut ImportDiff,
+) -> Result<(), StoreError> {
+    let stored: Vec<T> = T::read_all(c).await?;
+    let target = |x: &T| T::target(&x.key());
+    let mut seen = std::collections::BTreeSet::new();
+    for w in wanted {
+        if !seen.insert(target(w)) {
+            return Err(StoreError::Invalid {
+                field: format!("{}s", T::KIND),
+                reason: format!("{} is listed twice", target(w)),
+            });
+        }
+    }
+    let mut deletes: Vec<(&T, &'static str)> = Vec::new();
+    let mut inserts: Vec<(&T, Option<&T>)> = Vec::new();
+    for s in &stored {
+        match wanted.iter().find(|w| target(w) == target(s)) {
+            None => {
+                diff.removed.push(target(s));
+                if prune {
+                    deletes.push((s, "delete"));
+                }
+            }
+            Some(w) if w == s => diff.unchanged += 1,
+            Some(w) => {
+                diff.changed.push(target(w));
+                deletes.push((s, ""));
+                inserts.push((w, Some(s)));
+            }
+        }
+    }
+    for w in wanted {
+        if !stored.iter().any(|s| target(s) == target(w)) {
+            diff.added.push(target(w));
+            inserts.push((w, None));
+        }
+    }
+    for (s, action) in &deletes {
+        T::delete(c, &s.key()).await?;
+        if !action.is_empty() {
+            let a = format!("{}.delete", T::KIND);
+            insert_audit(c, &change(actor, a, target(s), to_json(*s), None)).await?;
+        }
+    }
+    for (w, before) in inserts {
+        T::upsert(c, w, true).await?;
+        let a = format!(
+            "{}.{}",
+            T::KIND,
+            if before.is_some() { "update" } else { "create" }
+        );
+        insert_audit(
+            c,
+            &change(actor, a, target(w), before.and_then(to_json), to_json(w)),
+        )
+        .await?;
+    }
+    Ok(())
+}

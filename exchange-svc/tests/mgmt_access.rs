@@ -1,0 +1,321 @@
+//! Who may call the management API (no token, wrong role, expired, wrong issuer,
+//! exchange audience, unbound caller), the API never starting open or on the token
+//! port, and `/openapi.json` covering every route and error shape.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod mgmt_common;
+
+use common::*;
+use meshpass_exchange::config::Config;
+use meshpass_exchange::mgmt::error::ERROR_CODES;
+use meshpass_exchange::mgmt::routes::ROUTES;
+use mgmt_common::*;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_callers_without_a_valid_token_or_the_role() {
+    let s = Service::start(Db::sqlite()).await;
+    let body = mapping("x", "spiffe://cluster.local/ns/shop/*", "inventory");
+    // No token.
+    let resp = s
+        .req(Method::GET, "/api/v1/mappings", None)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    assert!(resp.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["error"],
+        "unauthenticated"
+    );
+    // Read-only caller writing.
+    let (st, _, b) = s
+        .send(
+            s.req(Method::POST, "/api/v1/mappings", Some(VIEWER))
+                .json(&body),
+        )
+        .await;
+    assert_eq!((st, b["error"].as_str()), (403, Some("forbidden")));
+    assert_eq!(
+        s.send(s.req(Method::GET, "/api/v1/mappings", Some(VIEWER)))
+            .await
+            .0,
+        200
+    );
+    // Keys role without write.
+    assert_eq!(
+        s.send(s.req(
+            Method::DELETE,
+            "/api/v1/mappings/web-to-orders",
+            Some(KEYS_OP)
+        ))
+        .await
+        .0,
+        403
+    );
+    // Unbound caller: a valid identity with no management role.
+    assert_eq!(
+        s.send(s.req(Method::GET, "/api/v1/mappings", Some(WEB)))
+            .await
+            .0,
+        403
+    );
+    let send_with = |token: String| {
+        s.http
+            .get(format!("{}/api/v1/mappings", s.api))
+            .bearer_auth(token)
+            .send()
+    };
+    // Expired.
+    let n = now();
+    let expired = s.issuer.sign(
+        &json!({"iss": ISSUER, "sub": ADMIN, "aud": [MGMT_AUD], "iat": n - 7200, "exp": n - 3600}),
+    );
+    assert_eq!(send_with(expired).await.unwrap().status().as_u16(), 401);
+    // Another issuer (same claims, a key the service does not know).
+    let other = TestIssuer::new("https://evil.test", "spire-1");
+    let forged = other
+        .sign(&json!({"iss": ISSUER, "sub": ADMIN, "aud": [MGMT_AUD], "iat": n, "exp": n + 600}));
+    assert_eq!(send_with(forged).await.unwrap().status().as_u16(), 401);
+    let unknown = other.sign(&json!({"iss": "https://evil.test", "sub": ADMIN, "aud": [MGMT_AUD], "iat": n, "exp": n + 600}));
+    assert_eq!(send_with(unknown).await.unwrap().status().as_u16(), 401);
+    // A subject token for exchanges (audience meshpass) is no management credential.
+    let exchange_token = s.issuer.svid(ADMIN, n, 600);
+    assert_eq!(
+        send_with(exchange_token).await.unwrap().status().as_u16(),
+        401
+    );
+    // Nothing was written by any of them.
+    assert_eq!(s.get("/api/v1/audit").await.2["items"], json!([]));
+}
+
+fn config_with(extra: &str) -> Result<Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config_toml(&issuer, &dir.path().join("m.db"), extra)).unwrap();
+    Config::load(Some(&path)).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn never_starts_without_callers_and_never_on_the_token_port() {
+    let cfg = config_with("").unwrap();
+    assert_eq!(
+        cfg.management.disabled_reason(),
+        Some("no [[management.callers]] nor [management.kubernetes] configured: the API never runs open")
+    );
+    assert_eq!(cfg.management.listen.to_string(), "127.0.0.1:8081");
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let cfg = load_config(
+        dir.path(),
+        &config_toml(&issuer, &dir.path().join("m.db"), ""),
+    );
+    let state = state_with(
+        &cfg,
+        LocalSigner::new(),
+        std::sync::Arc::new(meshpass_exchange::clock::SystemClock),
+    )
+    .await;
+    let store = std::sync::Arc::new(
+        meshpass_exchange::store::SqlStore::connect(&cfg.store, "participant").unwrap(),
+    );
+    let stats = std::sync::Arc::new(meshpass_exchange::mgmt::ExchangeStats::new().unwrap());
+    let running = meshpass_exchange::mgmt::start(
+        &cfg,
+        &state,
+        store,
+        None,
+        stats,
+        std::future::pending::<()>(),
+    )
+    .await
+    .unwrap();
+    assert!(running.is_none(), "started with no callers");
+
+    let e = config_with(
+        "[server]\nlisten = \"0.0.0.0:9000\"\n[management]\nlisten = \"127.0.0.1:9000\"",
+    )
+    .unwrap_err();
+    assert!(e.starts_with("management.listen:"), "{e}");
+    let e = config_with(
+        "[[management.callers]]\nid = \"spiffe://cluster.local/ns/*/x\"\nroles = [\"read\"]",
+    )
+    .unwrap_err();
+    assert!(e.starts_with("management.callers[0].id:"), "{e}");
+    let e = config_with(
+        "[[management.callers]]\nid = \"spiffe://cluster.local/ns/ops/*\"\nroles = [\"root\"]",
+    )
+    .unwrap_err();
+    assert!(e.contains("root"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_covers_every_route_and_every_error_shape() {
+    let s = Service::start(Db::sqlite()).await;
+    let doc: serde_json::Value = s
+        .http
+        .get(format!("{}/openapi.json", s.api))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for r in ROUTES {
+        let op = &doc["paths"][r.path][r.method];
+        assert!(op.is_object(), "{} {} missing", r.method, r.path);
+        // Every authenticated route is served and refuses an anonymous call with the
+        // documented error shape (so the router and the document agree).
+        if r.role.is_some() {
+            let path = r
+                .path
+                .replace("{name}", "n")
+                .replace("{resource}", "r")
+                .replace("{scope}", "s");
+            let method = Method::from_bytes(r.method.to_uppercase().as_bytes()).unwrap();
+            let (st, _, body) = s
+                .send(s.http.request(method, format!("{}{path}", s.api)))
+                .await;
+            assert_eq!(st, 401, "{} {}", r.method, r.path);
+            assert!(op["responses"]["401"].is_object());
+            for key in body.as_object().unwrap().keys() {
+                assert!(
+                    doc["components"]["schemas"]["Error"]["properties"][key].is_object(),
+                    "{key}"
+                );
+            }
+        }
+    }
+    let codes: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for (code, status) in ERROR_CODES {
+        assert!(codes.contains(code), "{code}");
+        let documented = doc["paths"].as_object().unwrap().values().any(|p| {
+            p.as_object()
+                .unwrap()
+                .values()
+                .any(|op| op["responses"][status.to_string()].is_object())
+        });
+        assert!(documented, "status {status} is in no route");
+    }
+    // The schemas list exactly the fields the types serialise.
+    let m: meshpass_exchange::store::Mapping =
+        serde_json::from_value(mapping("x", "spiffe://a/b", "r")).unwrap();
+    let fields: Vec<String> = serde_json::to_value(&m)
+        .unwrap()
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut documented: Vec<String> = doc["components"]["schemas"]["Mapping"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    documented.sort();
+    let mut fields = fields;
+    fields.sort();
+    assert_eq!(fields, documented);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_exchanges_are_audited_rate_limited_and_counted_without_a_label_per_subject() {
+    // Burst 3, then one per 1000 s: an attack cannot flood the audit log.
+    let s = Service::start_with(
+        Db::sqlite(),
+        LocalSigner::new(),
+        None,
+        "address = \"http://127.0.0.1:9\"\nauth = { method = \"token\", token = \"unused\" }",
+        "refusal_audit_per_second = 0.001\nrefusal_audit_burst = 3\n",
+    )
+    .await;
+    let stranger = "spiffe://cluster.local/ns/other/sa/stranger";
+    for _ in 0..10 {
+        // payments only maps ns/shop: unauthorized_client, the subject is known.
+        let token = s.issuer.svid(stranger, now() - 1, 3600);
+        let r = s
+            .http
+            .post(format!("{}/token", s.token_url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(exchange_form(&token, &[("resource", "payments")]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+    }
+    // Twice the same token (web-to-orders allows a burst of 2): issued, then cached.
+    let web = s.issuer.svid(WEB, now(), 3600);
+    for _ in 0..2 {
+        assert_eq!(s.exchange_token(&web, "orders").await.0, 200);
+    }
+    // The audit writer is asynchronous: wait for its three events.
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let (_, _, page) = s.get("/api/v1/audit?action=exchange.refused").await;
+        items = page["items"].as_array().unwrap().clone();
+        if items.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(items.len(), 3, "{items:?}");
+    assert_eq!(items[0]["actor"], stranger);
+    assert_eq!(items[0]["target"], "resources/payments");
+    assert!(
+        items[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unauthorized_client"),
+        "{}",
+        items[0]
+    );
+    assert!(
+        !serde_json::to_string(&items).unwrap().contains("eyJ"),
+        "a token in the audit log"
+    );
+
+    let (st, _, stats) = s.get("/api/v1/stats").await;
+    assert_eq!(st, 200);
+    let top = stats["top_subjects"].as_array().unwrap();
+    assert_eq!(top[0]["subject"], stranger, "{stats}");
+    assert_eq!(top[1]["subject"], WEB);
+    let count = |mapping: &str, outcome: &str| {
+        stats["by_mapping"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["mapping"] == mapping && c["outcome"] == outcome)
+            .map(|c| c["count"].as_u64().unwrap())
+    };
+    assert_eq!(count("", "unauthorized_client"), Some(10));
+    assert_eq!(count("web-to-orders", "issued"), Some(1));
+    assert_eq!(count("web-to-orders", "cached"), Some(1));
+    // The metric has mapping and outcome labels only: no SPIFFE ID anywhere in it.
+    let reg = prometheus::Registry::new();
+    reg.register(s.stats.collector()).unwrap();
+    let text = format!("{:?}", reg.gather());
+    assert!(!text.contains("spiffe://"), "a subject became a label");
+}
+
+#[test]
+fn the_ttl_cap_is_one_rule_for_the_file_and_the_api() {
+    let e = config_with("[[mappings]]\nname = \"long\"\nsubject = \"spiffe://cluster.local/ns/x/*\"\nresource = \"inventory\"\nparticipant = \"p\"\nttl_secs = 7200").unwrap_err();
+    assert_eq!(
+        e,
+        "mappings[2]: invalid ttl_secs: exceeds token.max_ttl_secs (3600)"
+    );
+}

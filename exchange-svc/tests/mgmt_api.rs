@@ -1,0 +1,407 @@
+//! The management API suite, one function per behaviour, run against SQLite and real
+//! PostgreSQL over real sockets (the API and the token endpoint on their own loopback
+//! listeners).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod mgmt_common;
+
+use common::WEB;
+use mgmt_common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn creates_reads_replaces_patches_and_deletes_with_entity_tags(db: Db) {
+    let s = Service::start(db).await;
+    let m = mapping("inv", "spiffe://cluster.local/ns/shop/*", "inventory");
+    let (st, tag1, body) = s.post("/api/v1/mappings", &m).await;
+    assert_eq!(st, 201, "{body}");
+    assert_eq!(body, m);
+    let tag1 = tag1.expect("ETag on create");
+    let (st, _, body) = s.post("/api/v1/mappings", &m).await;
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(body["error"], "conflict");
+
+    let (st, tag, body) = s.get("/api/v1/mappings/inv").await;
+    assert_eq!((st, tag.as_deref()), (200, Some(tag1.as_str())));
+    assert_eq!(body, m);
+
+    let mut m2 = m.clone();
+    m2["ttl_secs"] = json!(120);
+    let (st, tag2, _) = s.put("/api/v1/mappings/inv", &m2, Some(&tag1)).await;
+    assert_eq!(st, 200);
+    let tag2 = tag2.unwrap();
+    assert_ne!(tag1, tag2);
+    // A write based on the old state is refused and changes nothing.
+    let (st, _, body) = s.put("/api/v1/mappings/inv", &m, Some(&tag1)).await;
+    assert_eq!(st, 412, "{body}");
+    assert_eq!(body["error"], "precondition_failed");
+    assert_eq!(s.get("/api/v1/mappings/inv").await.2["ttl_secs"], 120);
+
+    let r = s
+        .req(Method::PATCH, "/api/v1/mappings/inv", Some(ADMIN))
+        .header("if-match", &tag2)
+        .json(&json!({"participant": "globex", "rate_limit": {"per_second": 1.0, "burst": 3}}));
+    let (st, tag3, body) = s.send(r).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["participant"], "globex");
+    assert_eq!(body["rate_limit"]["burst"], 3);
+    assert_eq!(body["ttl_secs"], 120);
+
+    assert_eq!(s.delete("/api/v1/mappings/inv", Some(&tag2)).await.0, 412);
+    assert_eq!(
+        s.delete("/api/v1/mappings/inv", tag3.as_deref()).await.0,
+        204
+    );
+    let (st, _, body) = s.delete("/api/v1/mappings/inv", None).await;
+    assert_eq!((st, body["error"].as_str()), (404, Some("not_found")));
+    assert_eq!(s.get("/api/v1/mappings/inv").await.0, 404);
+    // PUT without preconditions creates.
+    let (st, _, _) = s.put("/api/v1/mappings/inv", &m, None).await;
+    assert_eq!(st, 201);
+}
+
+async fn scopes_have_the_same_operations_with_percent_encoded_resources(db: Db) {
+    let s = Service::start(db).await;
+    let m = mapping(
+        "int",
+        "spiffe://cluster.local/ns/shop/*",
+        "https://payments.internal",
+    );
+    assert_eq!(s.post("/api/v1/mappings", &m).await.0, 201);
+    let row =
+        json!({"resource": "https://payments.internal", "scope": "read", "claims": {"tier": 1}});
+    let (st, tag, body) = s.post("/api/v1/scopes", &row).await;
+    assert_eq!(st, 201, "{body}");
+    let path = "/api/v1/scopes/https%3A%2F%2Fpayments.internal/read";
+    let (st, tag2, body) = s.get(path).await;
+    assert_eq!((st, &tag2), (200, &tag));
+    assert_eq!(body, row);
+    assert_eq!(s.post("/api/v1/scopes", &row).await.0, 409);
+    let (st, _, body) = s
+        .put(path, &json!({"resource": "https://payments.internal", "scope": "read", "claims": {"tier": 2}}), tag.as_deref())
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(s.put(path, &row, tag.as_deref()).await.0, 412);
+    let (st, _, list) = s
+        .get("/api/v1/scopes?resource=https%3A%2F%2Fpayments.internal")
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    assert_eq!(s.delete(path, None).await.0, 204);
+    assert_eq!(s.delete(path, None).await.0, 404);
+}
+
+async fn invalid_input_is_refused_with_422_naming_the_field(db: Db) {
+    let s = Service::start(db).await;
+    let check = |(st, _, body): (u16, Option<String>, Value), field: &str| {
+        assert_eq!(st, 422, "{body}");
+        assert_eq!(body["error"], "invalid");
+        assert_eq!(body["field"], field, "{body}");
+        assert!(!body["message"].as_str().unwrap().is_empty());
+    };
+    let bad_pattern = mapping("x", "spiffe://cluster.local/ns/*/sa", "inventory");
+    check(s.post("/api/v1/mappings", &bad_pattern).await, "subject");
+    let mut long = mapping("x", "spiffe://cluster.local/ns/shop/*", "inventory");
+    long["ttl_secs"] = json!(7200); // token.max_ttl_secs is 3600
+    check(s.post("/api/v1/mappings", &long).await, "ttl_secs");
+    let mut unknown = mapping("x", "spiffe://cluster.local/ns/shop/*", "inventory");
+    unknown["colour"] = json!("red");
+    check(s.post("/api/v1/mappings", &unknown).await, "colour");
+    let reserved = json!({"resource": "payments", "scope": "read", "claims": {"iss": "me"}});
+    check(
+        s.put("/api/v1/scopes/payments/read", &reserved, None).await,
+        "claims.iss",
+    );
+    // The seeded scope `write` of payments sets role = "writer".
+    let conflict = json!({"resource": "payments", "scope": "read", "claims": {"role": "admin"}});
+    check(
+        s.put("/api/v1/scopes/payments/read", &conflict, None).await,
+        "claims",
+    );
+    let unknown_scope = json!({"resource": "payments", "scope": "delete", "claims": {"x": 1}});
+    check(s.post("/api/v1/scopes", &unknown_scope).await, "scope");
+    let (st, _, _) = s
+        .send(
+            s.req(Method::POST, "/api/v1/mappings", Some(ADMIN))
+                .header("content-type", "application/json")
+                .body("{not json"),
+        )
+        .await;
+    assert_eq!(st, 400);
+    // Nothing was written.
+    assert_eq!(s.get("/api/v1/mappings/x").await.0, 404);
+}
+
+async fn lists_filter_by_subject_resource_and_participant_with_a_cursor(db: Db) {
+    let s = Service::start(db).await;
+    for i in 0..5 {
+        let mut m = mapping(
+            &format!("m{i}"),
+            &format!("spiffe://cluster.local/ns/team{i}/*"),
+            "inventory",
+        );
+        if i % 2 == 0 {
+            m["participant"] = json!("even");
+        }
+        assert_eq!(s.post("/api/v1/mappings", &m).await.0, 201);
+    }
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/api/v1/mappings?resource=inventory&limit=2&cursor={c}"),
+            None => "/api/v1/mappings?resource=inventory&limit=2".into(),
+        };
+        let (st, _, page) = s.get(&q).await;
+        assert_eq!(st, 200, "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        names.extend(
+            items
+                .iter()
+                .map(|m| m["name"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(names, ["m0", "m1", "m2", "m3", "m4"]);
+    let (_, _, page) = s.get("/api/v1/mappings?participant=even").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    // A concrete SPIFFE ID finds the patterns that match it; a pattern finds itself.
+    let (_, _, page) = s
+        .get("/api/v1/mappings?subject=spiffe://cluster.local/ns/team3/sa/x")
+        .await;
+    let found: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, ["m3"]);
+    let (_, _, page) = s
+        .get("/api/v1/mappings?subject=spiffe://cluster.local/ns/shop/*")
+        .await;
+    assert_eq!(page["items"][0]["name"], "web-to-payments");
+    assert_eq!(s.get("/api/v1/mappings?cursor=%%%").await.0, 400);
+}
+
+async fn of_concurrent_writers_with_the_same_if_match_exactly_one_wins(db: Db) {
+    let s = std::sync::Arc::new(Service::start(db).await);
+    let (_, tag, _) = s.get("/api/v1/mappings/web-to-orders").await;
+    let tag = tag.unwrap();
+    let (_, _, current) = s.get("/api/v1/mappings/web-to-orders").await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        let tag = tag.clone();
+        let mut m = current.clone();
+        m["ttl_secs"] = json!(100 + i);
+        tasks.push(tokio::spawn(async move {
+            s.put("/api/v1/mappings/web-to-orders", &m, Some(&tag))
+                .await
+                .0
+        }));
+    }
+    let mut codes = Vec::new();
+    for t in tasks {
+        codes.push(t.await.unwrap());
+    }
+    codes.sort_unstable();
+    assert_eq!(codes, [200, 412, 412, 412, 412, 412, 412, 412]);
+}
+
+async fn import_dry_run_reports_the_diff_and_apply_changes_all_at_once(db: Db) {
+    let s = Service::start(db).await;
+    let (st, _, mut doc) = s.get("/api/v1/export").await;
+    assert_eq!(st, 200);
+    assert_eq!(
+        doc["mappings"][0]["name"], "web-to-orders",
+        "stable order: by name"
+    );
+    // Edit: change one, add one, drop one (kept unless prune).
+    doc["mappings"][0]["ttl_secs"] = json!(60);
+    doc["mappings"].as_array_mut().unwrap().remove(1);
+    doc["mappings"].as_array_mut().unwrap().push(mapping(
+        "new",
+        "spiffe://cluster.local/ns/new/*",
+        "inventory",
+    ));
+    let (st, _, diff) = s.post("/api/v1/import?dry_run=true", &doc).await;
+    assert_eq!(st, 200, "{diff}");
+    assert_eq!(diff["added"], json!(["mappings/new"]));
+    assert_eq!(diff["changed"], json!(["mappings/web-to-orders"]));
+    assert_eq!(diff["removed"], json!(["mappings/web-to-payments"]));
+    assert_eq!(diff["applied"], false);
+    assert_eq!(
+        s.get("/api/v1/mappings/new").await.0,
+        404,
+        "dry run wrote nothing"
+    );
+    let (st, _, diff) = s.post("/api/v1/import", &doc).await;
+    assert_eq!((st, &diff["applied"]), (200, &json!(true)), "{diff}");
+    assert_eq!(s.get("/api/v1/mappings/new").await.0, 200);
+    assert_eq!(
+        s.get("/api/v1/mappings/web-to-payments").await.0,
+        200,
+        "prune is off by default"
+    );
+    assert_eq!(
+        s.get("/api/v1/mappings/web-to-orders").await.2["ttl_secs"],
+        60
+    );
+    // prune: the mapping and its scope rows go (the scopes are not in the document).
+    let (st, _, diff) = s
+        .post(
+            "/api/v1/import?prune=true",
+            &json!({"mappings": doc["mappings"], "scopes": []}),
+        )
+        .await;
+    assert_eq!(st, 200, "{diff}");
+    assert_eq!(s.get("/api/v1/mappings/web-to-payments").await.0, 404);
+    // YAML export round-trips through import with nothing to do.
+    let yaml = s
+        .req(Method::GET, "/api/v1/export?format=yaml", Some(ADMIN))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let r = s
+        .req(Method::POST, "/api/v1/import", Some(ADMIN))
+        .header("content-type", "application/yaml")
+        .body(yaml);
+    let (st, _, diff) = s.send(r).await;
+    assert_eq!(st, 200, "{diff}");
+    assert_eq!(
+        (
+            diff["added"].as_array().unwrap().len(),
+            diff["changed"].as_array().unwrap().len()
+        ),
+        (0, 0)
+    );
+}
+
+async fn an_import_that_fails_halfway_changes_nothing(db: Db) {
+    let s = Service::start(db).await;
+    let (_, _, before) = s.get("/api/v1/export").await;
+    let (_, _, audit_before) = s.get("/api/v1/audit").await;
+    let mut doc = before.clone();
+    // The first entry is fine and written first; the second takes the subject and
+    // resource of web-to-payments (kept: no prune) and fails inside the transaction.
+    doc["mappings"].as_array_mut().unwrap().insert(
+        0,
+        mapping("aaa-new", "spiffe://cluster.local/ns/a/*", "inventory"),
+    );
+    doc["mappings"].as_array_mut().unwrap().push(mapping(
+        "zzz-dup",
+        "spiffe://cluster.local/ns/shop/*",
+        "payments",
+    ));
+    doc["mappings"][1]["ttl_secs"] = json!(42);
+    let (st, _, body) = s.post("/api/v1/import", &doc).await;
+    assert_eq!(st, 409, "{body}");
+    let (_, _, after) = s.get("/api/v1/export").await;
+    assert_eq!(after, before, "nothing changed");
+    let (_, _, audit_after) = s.get("/api/v1/audit").await;
+    assert_eq!(
+        audit_after["items"], audit_before["items"],
+        "nothing audited"
+    );
+}
+
+async fn every_change_is_audited_with_who_what_before_after_and_request_id(db: Db) {
+    let s = Service::start(db).await;
+    let m = mapping("inv", "spiffe://cluster.local/ns/shop/*", "inventory");
+    let r = s
+        .req(Method::POST, "/api/v1/mappings", Some(ADMIN))
+        .header("x-request-id", "req-42")
+        .json(&m);
+    let resp = r.send().await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-42");
+    assert_eq!(s.delete("/api/v1/mappings/inv", None).await.0, 204);
+    let (st, _, page) = s.get("/api/v1/audit?target=mappings/inv").await;
+    assert_eq!(st, 200);
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{page}");
+    assert_eq!(items[0]["action"], "mapping.create");
+    assert_eq!(items[0]["actor"], ADMIN);
+    assert_eq!(items[0]["request_id"], "req-42");
+    assert_eq!(items[0]["before"], Value::Null);
+    assert_eq!(items[0]["after"], m);
+    assert_eq!(items[1]["action"], "mapping.delete");
+    assert_eq!(items[1]["before"], m);
+    assert_eq!(items[1]["after"], Value::Null);
+    // Following the log from an id.
+    let first = items[0]["id"].as_i64().unwrap();
+    let (_, _, next) = s.get(&format!("/api/v1/audit?after={first}")).await;
+    assert_eq!(next["items"][0]["id"], items[1]["id"]);
+    // Never a token in the audit log.
+    let text = s.get("/api/v1/audit?limit=1000").await.2.to_string();
+    assert!(!text.contains("eyJ"), "a token reached the audit log");
+}
+
+async fn an_exchange_right_after_a_write_sees_it(db: Db) {
+    let s = Service::start(db).await;
+    // Warm the policy cache for payments, then narrow the mapping: the next exchange
+    // must see the change, though the snapshot would live for policy_cache_secs.
+    assert_eq!(s.exchange(WEB, "payments").await.0, 200);
+    let (st, _) = s.exchange(WEB, "inventory").await;
+    assert_eq!(st, 400, "inventory is not known yet");
+    let m = mapping("inv", "spiffe://cluster.local/ns/shop/*", "inventory");
+    assert_eq!(s.post("/api/v1/mappings", &m).await.0, 201);
+    let (st, body) = s.exchange(WEB, "inventory").await;
+    assert_eq!(st, 200, "{body}");
+    let (_, tag, mut pay) = s.get("/api/v1/mappings/web-to-payments").await;
+    pay["subject"] = json!("spiffe://cluster.local/ns/other/*");
+    assert_eq!(
+        s.put("/api/v1/mappings/web-to-payments", &pay, tag.as_deref())
+            .await
+            .0,
+        200
+    );
+    let (st, body) = s.exchange(WEB, "payments").await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(body["error"], "unauthorized_client");
+    assert_eq!(s.delete("/api/v1/mappings/inv", None).await.0, 204);
+    assert_eq!(s.exchange(WEB, "inventory").await.0, 400);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(Db::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(Db::postgres()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    creates_reads_replaces_patches_and_deletes_with_entity_tags,
+    scopes_have_the_same_operations_with_percent_encoded_resources,
+    invalid_input_is_refused_with_422_naming_the_field,
+    lists_filter_by_subject_resource_and_participant_with_a_cursor,
+    of_concurrent_writers_with_the_same_if_match_exactly_one_wins,
+    import_dry_run_reports_the_diff_and_apply_changes_all_at_once,
+    an_import_that_fails_halfway_changes_nothing,
+    every_change_is_audited_with_who_what_before_after_and_request_id,
+    an_exchange_right_after_a_write_sees_it,
+);

@@ -1,0 +1,146 @@
+//! Key operations through the management API on real OpenBao: status, rotation (with
+//! the publish lead, and under traffic), retirement refused while tokens can be live.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod mgmt_common;
+mod vault_common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::WEB;
+use meshpass_exchange::mgmt::KeyAdmin;
+use meshpass_exchange::signer::Signer;
+use meshpass_exchange::vault::TransitSigner;
+use mgmt_common::*;
+use reqwest::Method;
+use serde_json::json;
+
+const KEY: &str = "meshpass-participant";
+
+async fn service(lead: Duration) -> (meshpass_testkit::OpenBao, Arc<Service>) {
+    let bao = vault_common::bao_with_key(KEY, "ecdsa-p256");
+    let mut cfg = vault_common::config(&bao, KEY);
+    cfg.publish_lead = lead;
+    let signer = Arc::new(TransitSigner::start(&cfg).await.unwrap());
+    let s = Service::start_with(
+        Db::sqlite(),
+        signer.clone() as Arc<dyn Signer>,
+        Some(signer as Arc<dyn KeyAdmin>),
+        "address = \"http://127.0.0.1:9\"\nauth = { method = \"token\", token = \"unused\" }",
+        "",
+    )
+    .await;
+    (bao, Arc::new(s))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_publishes_the_new_version_before_it_signs_and_retiring_the_signer_is_refused() {
+    let (_bao, s) = service(Duration::from_secs(3600)).await;
+    let (st, _, k) = s.get("/api/v1/keys").await;
+    assert_eq!(st, 200, "{k}");
+    assert_eq!(k["key"], KEY);
+    assert_eq!(k["alg"], "ES256");
+    assert_eq!(k["signing_version"], 1);
+    assert_eq!(k["publish_lead_secs"], 3600);
+
+    assert_eq!(
+        s.send(s.req(Method::POST, "/api/v1/keys/rotate", Some(VIEWER)))
+            .await
+            .0,
+        403
+    );
+    let (st, _, k) = s
+        .send(s.req(Method::POST, "/api/v1/keys/rotate", Some(KEYS_OP)))
+        .await;
+    assert_eq!(st, 200, "{k}");
+    let versions: Vec<u64> = k["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(k["signing_version"], 1, "v2 waits out the publish lead");
+    assert_eq!(k["versions"][1]["signing"], false);
+    assert!(
+        k["versions"][1]["signs_from"].as_u64().unwrap()
+            >= k["versions"][1]["published_since"].as_u64().unwrap() + 3600
+    );
+    // Published at once on the token endpoint's JWKS.
+    let jwks: serde_json::Value = s
+        .http
+        .get(format!("{}/.well-known/jwks.json", s.token_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, [format!("{KEY}:v1"), format!("{KEY}:v2")]);
+
+    let retire = |below: u64| {
+        s.req(Method::POST, "/api/v1/keys/retire", Some(KEYS_OP))
+            .json(&json!({"below": below}))
+    };
+    let (st, _, b) = s.send(retire(2)).await;
+    assert_eq!((st, b["field"].as_str()), (422, Some("below")), "{b}");
+    let (_, _, audit) = s.get("/api/v1/audit?action=keys.rotate").await;
+    assert_eq!(audit["items"][0]["actor"], KEYS_OP);
+    assert_eq!(audit["items"][0]["target"], format!("keys/{KEY}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_traffic_fails_no_exchange_and_retiring_waits_for_live_tokens() {
+    let (_bao, s) = service(Duration::ZERO).await;
+    let traffic = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..60 {
+                // A new subject each time: every exchange is signed by OpenBao.
+                let (st, body) = s
+                    .exchange(
+                        &format!("spiffe://cluster.local/ns/shop/sa/w{i}"),
+                        "payments",
+                    )
+                    .await;
+                statuses.push((st, body["access_token"].as_str().map(str::to_string)));
+            }
+            statuses
+        })
+    };
+    for _ in 0..3 {
+        let (st, _, k) = s
+            .send(s.req(Method::POST, "/api/v1/keys/rotate", Some(ADMIN)))
+            .await;
+        assert_eq!(st, 200, "{k}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let statuses = traffic.await.unwrap();
+    assert!(
+        statuses.iter().all(|(st, _)| *st == 200),
+        "{:?}",
+        statuses.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    let (_, _, k) = s.get("/api/v1/keys").await;
+    assert_eq!(k["signing_version"], 4);
+    let (st, body) = s.exchange(WEB, "orders").await;
+    assert_eq!(st, 200, "{body}");
+    // Tokens signed by v1..v3 may live for token.max_ttl_secs: retiring is refused.
+    let (st, _, b) = s
+        .send(
+            s.req(Method::POST, "/api/v1/keys/retire", Some(ADMIN))
+                .json(&json!({"below": 4})),
+        )
+        .await;
+    assert_eq!((st, b["error"].as_str()), (409, Some("conflict")), "{b}");
+}

@@ -1,0 +1,190 @@
+//! The management API authorising service-account callers with Kubernetes
+//! SubjectAccessReview (verbs `read`/`write`/`keys` on `management.meshpass.io`) against
+//! the HTTPS Kubernetes API double speaking the real wire format.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod kube_api;
+
+use std::sync::Arc;
+
+use common::*;
+use kube_api::{authenticated, KubeApi, Reply};
+use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::keys::IssuerKeys;
+use meshpass_exchange::mgmt::ExchangeStats;
+use meshpass_exchange::store::{MappingStore, SqlStore};
+use meshpass_exchange::AppState;
+use serde_json::json;
+
+const K8S: &str = "https://kubernetes.default.svc";
+const SA_USER: &str = "system:serviceaccount:ops:admin";
+
+/// A service whose management API asks the API server at `url` (CA `ca`); returns
+/// its base URL and the service-account token issuer.
+async fn start(dir: &std::path::Path, url: &str, ca: &std::path::Path) -> (String, TestIssuer) {
+    let own_token = dir.join("sa-token");
+    std::fs::write(&own_token, "service-own-token\n").unwrap();
+    let issuer = TestIssuer::new(K8S, "sa-1");
+    let toml = format!(
+        r#"
+[token]
+issuer = "https://meshpass.test"
+[store]
+url = "sqlite://{db}"
+[[issuers]]
+issuer = "{K8S}"
+audiences = ["meshpass"]
+trust_domains = ["cluster.local"]
+subject_format = "kubernetes_service_account"
+jwks = '{jwks}'
+[vault]
+address = "http://127.0.0.1:9"
+auth = {{ method = "token", token = "unused" }}
+[management]
+listen = "127.0.0.1:0"
+audiences = ["meshpass-admin"]
+[management.kubernetes]
+url = "{url}"
+ca_file = "{ca}"
+bearer_token_file = "{own}"
+timeout_secs = 2
+"#,
+        db = dir.join("m.db").display(),
+        jwks = issuer.jwks(),
+        ca = ca.display(),
+        own = own_token.display(),
+    );
+    let cfg = load_config(dir, &toml);
+    assert!(
+        cfg.management.disabled_reason().is_none(),
+        "SubjectAccessReview alone is enough"
+    );
+    let store = Arc::new(SqlStore::connect(&cfg.store, "participant").unwrap());
+    store.migrate().await.unwrap();
+    let keys = IssuerKeys::from_config(&cfg).unwrap();
+    keys.refresh_all().await;
+    let state = AppState::new(
+        &cfg,
+        LocalSigner::new(),
+        store.clone() as Arc<dyn MappingStore>,
+        keys,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let stats = Arc::new(ExchangeStats::new().unwrap());
+    let running = meshpass_exchange::mgmt::start(
+        &cfg,
+        &state,
+        store,
+        None,
+        stats,
+        std::future::pending::<()>(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (format!("http://{}", running.addr), issuer)
+}
+
+fn sa_token(issuer: &TestIssuer, aud: &str) -> String {
+    let n = now();
+    issuer.sign(&json!({"iss": K8S, "sub": SA_USER, "aud": [aud], "iat": n, "exp": n + 600}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_callers_get_the_roles_the_api_server_grants() {
+    let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1", &["meshpass"]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (base, issuer) = start(dir.path(), &api.url, &api.ca_file).await;
+    let n = now();
+    let token = issuer.sign(
+        &json!({"iss": K8S, "sub": SA_USER, "aud": ["meshpass-admin"], "iat": n, "exp": n + 600}),
+    );
+    let http = reqwest::Client::new();
+    let mapping = json!({"name": "inv", "subject": "spiffe://cluster.local/ns/shop/*", "resource": "inventory",
+        "participant": "acme", "ttl_secs": 300});
+
+    api.allow_verbs(&["read"]);
+    let r = http
+        .get(format!("{base}/api/v1/mappings"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http
+        .post(format!("{base}/api/v1/mappings"))
+        .bearer_auth(&token)
+        .json(&mapping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    let reviews = api.access_reviews();
+    assert_eq!(reviews.len(), 2);
+    let spec = &reviews[1].body["spec"];
+    assert_eq!(spec["user"], SA_USER);
+    assert_eq!(spec["resourceAttributes"]["group"], "meshpass.io");
+    assert_eq!(spec["resourceAttributes"]["resource"], "management");
+    assert_eq!(spec["resourceAttributes"]["verb"], "write");
+    assert_eq!(reviews[1].body["apiVersion"], "authorization.k8s.io/v1");
+    assert_eq!(
+        reviews[1].authorization.as_deref(),
+        Some("Bearer service-own-token")
+    );
+
+    api.allow_verbs(&["read", "write"]);
+    let r = http
+        .post(format!("{base}/api/v1/mappings"))
+        .bearer_auth(&token)
+        .json(&mapping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let audit: serde_json::Value = http
+        .get(format!("{base}/api/v1/audit"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        audit["items"][0]["actor"],
+        "spiffe://cluster.local/ns/ops/sa/admin"
+    );
+
+    // A token for another audience never reaches the API server.
+    let before = api.access_reviews().len();
+    let wrong = issuer
+        .sign(&json!({"iss": K8S, "sub": SA_USER, "aud": ["meshpass"], "iat": n, "exp": n + 600}));
+    let r = http
+        .get(format!("{base}/api/v1/mappings"))
+        .bearer_auth(&wrong)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(api.access_reviews().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_fails_closed_with_503() {
+    let api = KubeApi::start(Reply::Fail(500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("https://127.0.0.1:{}", meshpass_testkit::free_port());
+    let (base, issuer) = start(dir.path(), &closed, &api.ca_file).await;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/v1/mappings"))
+        .bearer_auth(sa_token(&issuer, "meshpass-admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+}
