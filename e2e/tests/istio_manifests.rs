@@ -23,7 +23,7 @@ fn crd_file() -> PathBuf {
     if let Ok(p) = std::env::var("MESHPASS_ISTIO_CRDS") {
         return PathBuf::from(p);
     }
-    let p = root().join("../shared/reference/istio/customresourcedefinitions.gen.yaml");
+    let p = root().join("e2e/vendor/istio/customresourcedefinitions.gen.yaml");
     assert!(
         p.exists(),
         "Istio CRD schemas not found at {} (set MESHPASS_ISTIO_CRDS)",
