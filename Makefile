@@ -9,7 +9,7 @@ FUZZ_SECONDS ?= 15
 FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form
 
 .PHONY: setup build wasm lint lint-shell test unit fuzz-smoke fuzz bench bench-exchange bench-filter demo clean \
-	images images-check monitoring-check
+	images images-filter images-check monitoring-check
 
 ## setup: install the wasm target, Envoy, OpenBao and cargo-fuzz into .tools/ (idempotent)
 setup:
@@ -38,6 +38,10 @@ lint-shell: setup
 ## static musl binary) and pin their digests in istio/ (scripts/images.sh)
 images: setup
 	bash scripts/images.sh build
+
+## images-filter: the filter image only (no musl build), digests pinned
+images-filter: setup
+	bash scripts/images.sh build-filter
 
 ## images-check: the manifests pin the digests the current sources build; skopeo + umoci
 ## inspect both layouts (CI also rebuilds the exchange image: MESHPASS_CHECK_EXCHANGE_IMAGE=1)

@@ -5,6 +5,7 @@
 #
 #   scripts/images.sh build   (make images) builds both from the current sources and pins
 #                             their digests into every manifest that references them
+#   scripts/images.sh build-filter   the same for the filter image only (make images-filter)
 #   scripts/images.sh check   (make images-check, part of make test) rebuilds the filter
 #                             image from the built .wasm and the exchange image's layout,
 #                             inspects both with skopeo and umoci, and fails when a
@@ -171,6 +172,11 @@ case "$MODE" in
     printf '%s %s\n' "$(exchange_sources_hash)" "$digest" > "$LOCK"
     log "wrote $LOCK; push with: skopeo copy oci-archive:target/images/NAME.tar:$TAG docker://REGISTRY/NAME:$TAG"
     ;;
+  build-filter) # only the filter (no musl build): after a change of filter/ or core/
+    build_wasm
+    pin meshpass-filter "$(layout_filter)"
+    inspect_filter
+    ;;
   check)
     expect_pinned meshpass-filter "$(layout_filter)"
     inspect_filter
@@ -191,7 +197,7 @@ case "$MODE" in
     log "ok: the manifests pin the images the current sources build"
     ;;
   *)
-    echo "usage: $0 build|check" >&2
+    echo "usage: $0 build|build-filter|check" >&2
     exit 2
     ;;
 esac
