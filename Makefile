@@ -44,7 +44,7 @@ images-filter: setup
 	bash scripts/images.sh build-filter
 
 ## images-check: the manifests pin the digests the current sources build; skopeo + umoci
-## inspect both layouts (CI also rebuilds the exchange image: MESHPASS_CHECK_EXCHANGE_IMAGE=1)
+## inspect both layouts (MESHPASS_CHECK_EXCHANGE_IMAGE=1 also rebuilds the exchange image)
 images-check: wasm
 	bash scripts/images.sh check
 

@@ -4,7 +4,8 @@
 //! handed to the real Envoy in `--mode validate`:
 //! - as delivered: the HTTP filter patch refers to the extension config over ECDS (ADS);
 //! - as resolved: the extension config istio-agent serves after pulling the OCI image,
-//!   i.e. the same Wasm config with `remote` replaced by the local `.wasm` file.
+//!   i.e. the same Wasm config with `remote` replaced by the local `.wasm` file. Envoy
+//!   then loads the module and runs its `on_configure` on the pluginConfig.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -239,6 +240,24 @@ fn envoy_validation_refuses_a_broken_patch() {
     let err = validate(&config, dir.path(), "broken").unwrap_err();
     assert!(
         err.contains("runtimee"),
+        "refused for another reason:\n{err}"
+    );
+}
+
+#[test]
+fn envoy_validation_loads_the_module_and_runs_its_configuration_check() {
+    // Validation instantiates the VM and calls the filter's on_configure with the
+    // pluginConfig: a config the filter refuses fails validation, naming the field.
+    let dir = tempfile::tempdir().unwrap();
+    let (config, mut ext) = patched(dir.path());
+    let cfg = &mut ext["typed_config"]["config"]["configuration"]["value"];
+    let mut plugin: Value = serde_json::from_str(cfg.as_str().unwrap()).unwrap();
+    plugin["mode"] = json!("BOGUS");
+    *cfg = json!(plugin.to_string());
+    let config = resolved(config, &ext, &wasm());
+    let err = validate(&config, dir.path(), "bad-plugin-config").unwrap_err();
+    assert!(
+        err.contains("invalid configuration: mode"),
         "refused for another reason:\n{err}"
     );
 }
