@@ -79,10 +79,10 @@ layout_filter() {
   python3 scripts/oci_image.py wasm --wasm "$WASM" --out "$OUT/meshpass-filter" --tag "$TAG"
 }
 
-layout_exchange() { # binary
+layout_exchange() { # binary [output dir]
   ca_bundle
   python3 scripts/oci_image.py exchange --binary "$1" --ca-bundle "$CA_BUNDLE" \
-    --out "$OUT/meshpass-exchange" --tag "$TAG"
+    --out "${2:-$OUT/meshpass-exchange}" --tag "$TAG"
 }
 
 pin() { # image-name digest: rewrite every reference to it in the manifests
@@ -134,8 +134,8 @@ EOF
   log "skopeo: meshpass-filter layout and archive are Istio Wasm images"
 }
 
-inspect_exchange() {
-  local dir=$OUT/meshpass-exchange cfg bundle
+inspect_exchange() { # [run] [layout dir]
+  local dir=${2:-$OUT/meshpass-exchange} cfg bundle
   cfg=$(skopeo inspect --config "oci:$dir:$TAG")
   skopeo inspect "oci-archive:$dir.tar:$TAG" >/dev/null
   bundle=$(mktemp -d)
@@ -157,6 +157,12 @@ assert ":65532:65532:" in open(os.path.join(root, "etc/passwd")).read()
 rt = json.load(open(os.path.join(bundle, "config.json")))
 assert rt["process"]["user"]["uid"] == 65532, rt["process"]["user"]
 EOF
+  if [ "${1:-}" = run ]; then
+    # The real binary starts inside the image's own root: nothing is missing (static).
+    chroot --userspec=65532:65532 "$bundle/b/rootfs" /usr/local/bin/meshpass-exchange --help >/dev/null \
+      || die "meshpass-exchange does not start inside its image"
+    log "the binary starts inside the unpacked image (chroot, uid 65532)"
+  fi
   rm -rf "$bundle"
   log "skopeo + umoci: meshpass-exchange runs as 65532, has a CA bundle and no shell"
 }
@@ -168,7 +174,7 @@ case "$MODE" in
     inspect_filter
     build_exchange
     digest=$(layout_exchange "$EXCHANGE_BIN")
-    inspect_exchange
+    inspect_exchange run
     pin meshpass-exchange "$digest"
     printf '%s %s\n' "$(exchange_sources_hash)" "$digest" > "$LOCK"
     log "wrote $LOCK; push with: skopeo copy oci-archive:target/images/NAME.tar:$TAG docker://REGISTRY/NAME:$TAG"
@@ -187,14 +193,16 @@ case "$MODE" in
     if [ "${MESHPASS_CHECK_EXCHANGE_IMAGE:-0}" = 1 ]; then
       build_exchange
       expect_pinned meshpass-exchange "$(layout_exchange "$EXCHANGE_BIN")"
+      inspect_exchange run
     else
       [ "$lock_sources" = "$(exchange_sources_hash)" ] \
         || die "exchange-svc, core or Cargo.lock changed since $LOCK was written: run make images"
       # The layout's structure, with this machine's coreutils `true` standing in for the
-      # binary (the digest then differs, and is not compared).
-      layout_exchange "$(command -v true)" >/dev/null
+      # binary (the digest then differs, and is not compared), in a directory of its own
+      # so that target/images/meshpass-exchange stays the real image.
+      layout_exchange "$(type -P true)" "$OUT/structure-check/meshpass-exchange" >/dev/null
+      inspect_exchange no-run "$OUT/structure-check/meshpass-exchange"
     fi
-    inspect_exchange
     log "ok: the manifests pin the images the current sources build"
     ;;
   *)
