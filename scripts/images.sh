@@ -167,6 +167,43 @@ EOF
   log "skopeo + umoci: meshpass-exchange runs as 65532, has a CA bundle and no shell"
 }
 
+# Pushes layouts to a real registry (Debian's docker-registry: the distribution registry
+# of `registry:2`, on a free loopback port) the way an operator does, and reads each back
+# by the digest its .digest file names: the registry accepts the image, keeps the digest.
+registry_roundtrip() { # layout-dir...
+  command -v docker-registry >/dev/null || die "docker-registry missing: run make setup"
+  local tmp port pid dir name digest got
+  tmp=$(mktemp -d)
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s/data}}\nhttp: {addr: 127.0.0.1:%s}\n' \
+    "$tmp" "$port" > "$tmp/config.yml"
+  docker-registry serve "$tmp/config.yml" > "$tmp/log" 2>&1 &
+  pid=$!
+  python3 - "$port" <<'EOF' || { kill "$pid"; die "the registry did not start: $(cat "$tmp/log")"; }
+import sys, time, urllib.request
+for _ in range(100):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:%s/v2/" % sys.argv[1], timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.1)
+sys.exit(1)
+EOF
+  for dir in "$@"; do
+    name=$(basename "$dir")
+    digest=$(cat "$dir.digest")
+    skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
+      "oci-archive:$dir.tar:$TAG" "docker://127.0.0.1:$port/$name:$TAG" \
+      || { kill "$pid"; die "the registry refused $name: $(cat "$tmp/log")"; }
+    got=$(skopeo inspect --raw --tls-verify=false "docker://127.0.0.1:$port/$name@$digest" | sha256sum | cut -d' ' -f1)
+    [ "sha256:$got" = "$digest" ] || { kill "$pid"; die "$name came back as sha256:$got, pushed $digest"; }
+  done
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  rm -rf "$tmp"
+  log "registry: pushed and pulled back by digest: $*"
+}
+
 case "$MODE" in
   build)
     build_wasm
@@ -176,6 +213,7 @@ case "$MODE" in
     digest=$(layout_exchange "$EXCHANGE_BIN")
     inspect_exchange run
     pin meshpass-exchange "$digest"
+    registry_roundtrip "$OUT/meshpass-filter" "$OUT/meshpass-exchange"
     printf '%s %s\n' "$(exchange_sources_hash)" "$digest" > "$LOCK"
     log "wrote $LOCK; push with: skopeo copy oci-archive:target/images/NAME.tar:$TAG docker://REGISTRY/NAME:$TAG"
     ;;
@@ -194,6 +232,7 @@ case "$MODE" in
       build_exchange
       expect_pinned meshpass-exchange "$(layout_exchange "$EXCHANGE_BIN")"
       inspect_exchange run
+      registry_roundtrip "$OUT/meshpass-filter" "$OUT/meshpass-exchange"
     else
       [ "$lock_sources" = "$(exchange_sources_hash)" ] \
         || die "exchange-svc, core or Cargo.lock changed since $LOCK was written: run make images"
@@ -202,6 +241,7 @@ case "$MODE" in
       # so that target/images/meshpass-exchange stays the real image.
       layout_exchange "$(type -P true)" "$OUT/structure-check/meshpass-exchange" >/dev/null
       inspect_exchange no-run "$OUT/structure-check/meshpass-exchange"
+      registry_roundtrip "$OUT/meshpass-filter" "$OUT/structure-check/meshpass-exchange"
     fi
     log "ok: the manifests pin the images the current sources build"
     ;;
