@@ -35,6 +35,145 @@ fn pod_labels(deploy: &Value) -> &Value {
 
 // ---- JWKS reachability ----------------------------------------------------------------
 
+/// What a `jwksUri` leads to: the workload behind it and the container port.
+struct JwksTarget<'a> {
+    ns: String,
+    deploy: &'a Value,
+    container_port: u64,
+    path: String,
+}
+
+fn jwks_target<'a>(docs: &'a [Value], uri: &str) -> Result<JwksTarget<'a>, String> {
+    let rest = uri
+        .strip_prefix("http://")
+        .or_else(|| uri.strip_prefix("https://"))
+        .ok_or_else(|| format!("{uri}: not an http(s) URL"))?;
+    let (authority, path) = rest.split_once('/').unwrap();
+    let (host, port) = authority
+        .split_once(':')
+        .map_or((authority, 80), |(h, p)| (h, p.parse().unwrap()));
+    let mut parts = host.split('.');
+    let (svc_name, ns) = (parts.next().unwrap(), parts.next().unwrap());
+    let svc = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Service"
+                && d["metadata"]["name"] == svc_name
+                && d["metadata"]["namespace"] == ns
+        })
+        .ok_or_else(|| format!("{uri}: no Service {ns}/{svc_name}"))?;
+    let sp = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port)
+        .ok_or_else(|| format!("{uri}: Service {ns}/{svc_name} has no port {port}"))?;
+    let deploy = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "Deployment"
+                && d["metadata"]["namespace"] == ns
+                && selects(&svc["spec"]["selector"], pod_labels(d))
+        })
+        .ok_or_else(|| format!("{uri}: no Deployment behind {ns}/{svc_name}"))?;
+    let container_port = deploy["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["ports"].as_array().unwrap().iter())
+        .find(|p| p["name"] == sp["targetPort"] || p["containerPort"] == sp["targetPort"])
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .ok_or_else(|| format!("{uri}: no container port {}", sp["targetPort"]))?;
+    Ok(JwksTarget {
+        ns: ns.to_string(),
+        deploy,
+        container_port,
+        path: format!("/{path}"),
+    })
+}
+
+/// The mTLS mode of a workload port: the workload's PeerAuthentication (selector) wins
+/// over the namespace's; its port-level mode over its own.
+fn mtls_mode(docs: &[Value], t: &JwksTarget) -> String {
+    let pas: Vec<&Value> = docs
+        .iter()
+        .filter(|d| {
+            d["kind"] == "PeerAuthentication" && d["metadata"]["namespace"] == t.ns.as_str()
+        })
+        .filter(|d| {
+            d["spec"]["selector"].is_null()
+                || selects(&d["spec"]["selector"]["matchLabels"], pod_labels(t.deploy))
+        })
+        .collect();
+    let pa = pas
+        .iter()
+        .find(|d| !d["spec"]["selector"].is_null())
+        .or(pas.first());
+    pa.map_or("PERMISSIVE".to_string(), |pa| {
+        let port_mode = &pa["spec"]["portLevelMtls"][t.container_port.to_string()]["mode"];
+        port_mode
+            .as_str()
+            .or(pa["spec"]["mtls"]["mode"].as_str())
+            .unwrap_or("PERMISSIVE")
+            .to_string()
+    })
+}
+
+/// An ALLOW rule must let a caller without identity GET the JWKS, and no rule may open
+/// /token without an mTLS principal.
+fn authz_violations(docs: &[Value], t: &JwksTarget, uri: &str) -> Vec<String> {
+    let mut bad = Vec::new();
+    let policies: Vec<&Value> = docs
+        .iter()
+        .filter(|d| {
+            d["kind"] == "AuthorizationPolicy" && d["metadata"]["namespace"] == t.ns.as_str()
+        })
+        .filter(|d| selects(&d["spec"]["selector"]["matchLabels"], pod_labels(t.deploy)))
+        .collect();
+    let rules = || {
+        policies.iter().flat_map(|p| {
+            p["spec"]["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |r| (*p, r))
+        })
+    };
+    let open = rules().any(|(_, r)| {
+        r.get("from").is_none()
+            && r["to"].as_array().unwrap().iter().any(|to| {
+                let op = &to["operation"];
+                op["paths"].as_array().unwrap().contains(&json!(t.path))
+                    && op["methods"]
+                        .as_array()
+                        .is_none_or(|m| m.contains(&json!("GET")))
+            })
+    });
+    if !policies.is_empty() && !open {
+        bad.push(format!(
+            "{uri}: no ALLOW rule lets a caller without identity GET {}",
+            t.path
+        ));
+    }
+    for (p, r) in rules() {
+        let token = r["to"].as_array().unwrap().iter().any(|to| {
+            to["operation"]["paths"]
+                .as_array()
+                .is_none_or(|ps| ps.contains(&json!("/token")))
+        });
+        let principals = r["from"]
+            .as_array()
+            .is_some_and(|f| f.iter().all(|s| s["source"]["principals"].is_array()));
+        if token && !principals {
+            bad.push(format!(
+                "{}: a rule opens /token to callers without an mTLS principal",
+                p["metadata"]["name"]
+            ));
+        }
+    }
+    bad
+}
+
 /// istiod fetches every RequestAuthentication `jwksUri` without a sidecar: the port behind
 /// it must accept plain text (PERMISSIVE or DISABLE for that workload port), an ALLOW rule
 /// must let a caller without identity GET that path, and plain text must not open /token.
@@ -43,117 +182,20 @@ fn jwks_reachability_violations(docs: &[Value]) -> Vec<String> {
     for ra in docs.iter().filter(|d| d["kind"] == "RequestAuthentication") {
         for rule in ra["spec"]["jwtRules"].as_array().unwrap() {
             let uri = rule["jwksUri"].as_str().unwrap();
-            let rest = uri
-                .strip_prefix("http://")
-                .or_else(|| uri.strip_prefix("https://"))
-                .unwrap();
-            let (authority, path) = rest.split_once('/').unwrap();
-            let path = format!("/{path}");
-            let (host, port) = authority
-                .split_once(':')
-                .map_or((authority, 80), |(h, p)| (h, p.parse().unwrap()));
-            let mut parts = host.split('.');
-            let (svc_name, ns) = (parts.next().unwrap(), parts.next().unwrap());
-            let svc = docs.iter().find(|d| {
-                d["kind"] == "Service"
-                    && d["metadata"]["name"] == svc_name
-                    && d["metadata"]["namespace"] == ns
-            });
-            let Some(svc) = svc else {
-                bad.push(format!("{uri}: no Service {ns}/{svc_name}"));
-                continue;
+            let t = match jwks_target(docs, uri) {
+                Ok(t) => t,
+                Err(e) => {
+                    bad.push(e);
+                    continue;
+                }
             };
-            let sp = svc["spec"]["ports"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["port"] == port)
-                .unwrap();
-            let deploy = docs
-                .iter()
-                .find(|d| {
-                    d["kind"] == "Deployment"
-                        && d["metadata"]["namespace"] == ns
-                        && selects(&svc["spec"]["selector"], pod_labels(d))
-                })
-                .unwrap();
-            let container_port = deploy["spec"]["template"]["spec"]["containers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .flat_map(|c| c["ports"].as_array().unwrap().iter())
-                .find(|p| p["name"] == sp["targetPort"] || p["containerPort"] == sp["targetPort"])
-                .map(|p| p["containerPort"].as_u64().unwrap())
-                .unwrap();
-            // PeerAuthentication: the workload's own (selector) wins over the namespace's.
-            let pas: Vec<&Value> = docs
-                .iter()
-                .filter(|d| d["kind"] == "PeerAuthentication" && d["metadata"]["namespace"] == ns)
-                .filter(|d| {
-                    d["spec"]["selector"].is_null()
-                        || selects(&d["spec"]["selector"]["matchLabels"], pod_labels(deploy))
-                })
-                .collect();
-            let pa = pas
-                .iter()
-                .find(|d| !d["spec"]["selector"].is_null())
-                .or(pas.first());
-            let mode = pa.map_or("PERMISSIVE".to_string(), |pa| {
-                let port_mode = &pa["spec"]["portLevelMtls"][container_port.to_string()]["mode"];
-                port_mode
-                    .as_str()
-                    .or(pa["spec"]["mtls"]["mode"].as_str())
-                    .unwrap_or("PERMISSIVE")
-                    .to_string()
-            });
-            if mode == "STRICT" {
-                bad.push(format!("{uri}: port {container_port} of {ns}/{svc_name} is STRICT mTLS; istiod cannot fetch it"));
-            }
-            let policies: Vec<&Value> = docs
-                .iter()
-                .filter(|d| d["kind"] == "AuthorizationPolicy" && d["metadata"]["namespace"] == ns)
-                .filter(|d| selects(&d["spec"]["selector"]["matchLabels"], pod_labels(deploy)))
-                .collect();
-            let open = policies
-                .iter()
-                .flat_map(|p| p["spec"]["rules"].as_array().unwrap().iter())
-                .any(|r| {
-                    r.get("from").is_none()
-                        && r["to"].as_array().unwrap().iter().any(|t| {
-                            let op = &t["operation"];
-                            op["paths"]
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .any(|p| p == &json!(path))
-                                && op["methods"]
-                                    .as_array()
-                                    .is_none_or(|m| m.contains(&json!("GET")))
-                        })
-                });
-            if !policies.is_empty() && !open {
+            if mtls_mode(docs, &t) == "STRICT" {
                 bad.push(format!(
-                    "{uri}: no ALLOW rule lets a caller without identity GET {path}"
+                    "{uri}: port {} of {} is STRICT mTLS; istiod cannot fetch it",
+                    t.container_port, t.ns
                 ));
             }
-            for p in &policies {
-                for r in p["spec"]["rules"].as_array().unwrap() {
-                    let token = r["to"].as_array().unwrap().iter().any(|t| {
-                        t["operation"]["paths"]
-                            .as_array()
-                            .is_none_or(|ps| ps.contains(&json!("/token")))
-                    });
-                    let principals = r["from"]
-                        .as_array()
-                        .is_some_and(|f| f.iter().all(|s| s["source"]["principals"].is_array()));
-                    if token && !principals {
-                        bad.push(format!(
-                            "{}: a rule opens /token to callers without an mTLS principal",
-                            p["metadata"]["name"]
-                        ));
-                    }
-                }
-            }
+            bad.extend(authz_violations(docs, &t, uri));
         }
     }
     bad
