@@ -1,8 +1,13 @@
-//! Every manifest under `istio/` is checked the way a cluster and the components would
-//! check it: Istio kinds against the `openAPIV3Schema` of their CRD (with unknown fields
-//! refused, since the API server would silently prune them), the CEL rules that matter,
-//! each `pluginConfig` with the filter's own parser, the ConfigMap's `exchange.toml` with
-//! the exchange service's loader, and the names that tie the pieces together.
+//! Every manifest under `istio/` and `e2e/kind/manifests/`, and everything the
+//! kustomizations render (base, `dev` and `production` overlays, the kind kit's overlay),
+//! is checked the way a cluster and the components would check it: Istio kinds against
+//! the `openAPIV3Schema` of their CRD (Istio 1.31, vendored in `e2e/vendor/istio/`; unknown
+//! fields refused, since the API server would silently prune them), the CEL rules that
+//! matter, each `pluginConfig` with the filter's own parser, each `exchange.toml` with the
+//! exchange service's loader, the names that tie the pieces together, what each overlay
+//! changes, and the digest pins of both images (the filter's against the current `.wasm`).
+//! The operational rules (JWKS reachability, callers, `publish_lead`, RBAC, Vault,
+//! monitoring) are in `istio_policies.rs`.
 
 // Test helpers outside #[test] fns panic on purpose: a panic is a failed check here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
