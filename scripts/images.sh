@@ -124,9 +124,11 @@ import hashlib, json, sys
 m = json.loads(sys.argv[1])
 wasm = open(sys.argv[2], "rb").read()
 assert m["config"]["mediaType"] == "application/vnd.module.wasm.config.v1+json", m["config"]
-assert len(m["layers"]) == 1, "one layer"
-layer = m["layers"][0]
-assert layer["mediaType"] == "application/vnd.module.wasm.content.layer.v1+wasm", layer
+# Istio's fetcher takes the *oci* variant only with exactly two layers, one the module.
+types = sorted(l["mediaType"] for l in m["layers"])
+assert types == ["application/vnd.module.wasm.config.v1+json",
+                 "application/vnd.module.wasm.content.layer.v1+wasm"], types
+layer = next(l for l in m["layers"] if l["mediaType"].endswith("+wasm"))
 assert layer["digest"] == "sha256:" + hashlib.sha256(wasm).hexdigest(), "the layer is the .wasm"
 assert layer["size"] == len(wasm)
 EOF

@@ -5,10 +5,13 @@ Docker and with nothing but the Python standard library.
     oci_image.py wasm     --wasm FILE --out DIR --tag TAG
     oci_image.py exchange --binary FILE --ca-bundle FILE --out DIR --tag TAG
 
-* `wasm`: Istio's Wasm image format (the OCI-compatible variant istio-agent pulls for
-  WasmPlugin / ECDS): one layer of media type
+* `wasm`: the *oci* variant of the Wasm image spec that istio-agent pulls for WasmPlugin
+  and ECDS: config media type `application/vnd.module.wasm.config.v1+json`, one layer
   `application/vnd.module.wasm.content.layer.v1+wasm` holding the module bytes as they
-  are, config media type `application/vnd.module.wasm.config.v1+json`.
+  are, and the same config JSON as a second layer of media type
+  `application/vnd.module.wasm.config.v1+json`: Istio's fetcher
+  (pkg/wasm/imagefetcher.go, extractOCIArtifactImage) requires exactly two layers, one of
+  them the module.
 * `exchange`: a minimal Linux image: the static binary at /usr/local/bin, a CA bundle at
   /etc/ssl/certs/ca-certificates.crt, /etc/passwd and /etc/group naming the non-root
   user 65532 (no shell exists in the image), /tmp and /var/lib/meshpass writable by it.
@@ -136,13 +139,13 @@ def build_wasm(args):
         sys.exit(f"{args.wasm}: not a WebAssembly module")
     layout = Layout(args.out)
     # The config the Wasm image spec describes; istio-agent reads only the media types.
-    config = layout.blob(
-        canonical({"created": created(), "type": "envoy_proxy_wasm_http_filter", "rootIds": ["meshpass"]}),
-        WASM_CONFIG,
-    )
+    config_json = canonical({"created": created(), "type": "envoy_proxy_wasm_http_filter", "rootIds": ["meshpass"]})
+    config = layout.blob(config_json, WASM_CONFIG)
     layer = layout.blob(module, WASM_LAYER)
     layer["annotations"] = {"org.opencontainers.image.title": "plugin.wasm"}
-    return layout.finish(config, [layer], args.tag, annotations(args, "meshpass proxy-wasm filter"))
+    config_layer = layout.blob(config_json, WASM_CONFIG)
+    config_layer["annotations"] = {"org.opencontainers.image.title": "runtime-config.json"}
+    return layout.finish(config, [layer, config_layer], args.tag, annotations(args, "meshpass proxy-wasm filter"))
 
 
 def annotations(args, title):
