@@ -312,7 +312,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         );
     }
     let listener = TcpListener::bind(cfg.server.listen).await?;
-    tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, tls = cfg.server.tls.is_some(), "meshpass-exchange listening");
+    tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, tls = cfg.server.tls.is_some(), signature_backend = meshpass_core::SignatureBackend::active().name(), "meshpass-exchange listening");
     let _management = crate::mgmt::start(
         &cfg,
         &state,
