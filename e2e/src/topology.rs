@@ -66,6 +66,10 @@ pub const PARTICIPANT_CLAIM: &str = "participant";
 pub const TRANSIT_KEY: &str = "meshpass-participant";
 /// The claim the `orders.read` scope adds (scope→claims mapping).
 pub const SCOPE_CLAIM: (&str, &str) = ("orders_access", "read");
+/// `aud` of the tokens the management API accepts (never an exchange audience).
+pub const MANAGEMENT_AUDIENCE: &str = "meshpass-management";
+/// The workload whose JWT-SVID carries the management roles `read` and `write`.
+pub const MANAGEMENT_WORKLOAD: &str = "ops";
 
 /// Where the exchange service keeps its mappings.
 #[derive(Clone, Debug)]
@@ -147,6 +151,8 @@ pub struct Ports {
     pub exchange: u16,
     /// The exchange service's TLS listener: `/token` for callers with an SVID.
     pub exchange_tls: u16,
+    /// The exchange service's management API (meshpassctl).
+    pub management: u16,
     /// The JWT-SVID issuer's JWKS.
     pub svid_jwks: u16,
     /// The echo app.
@@ -416,6 +422,12 @@ impl Topology {
             "client_ca_file": bundle.display().to_string(),
             "listen": format!("127.0.0.1:{exchange_tls_port}"),
         });
+        let management_port = free_port();
+        let management = json!({
+            "listen": format!("127.0.0.1:{management_port}"),
+            "audiences": [MANAGEMENT_AUDIENCE],
+            "callers": [{"id": ca.spiffe_id(NAMESPACE, MANAGEMENT_WORKLOAD), "roles": ["read", "write"]}],
+        });
         let backend = {
             let (d, options, svid_jwks_port) = (d.clone(), options.clone(), svid_jwks.port());
             tokio::task::spawn_blocking(move || {
@@ -429,6 +441,7 @@ impl Topology {
                 let mut exchange_config =
                     exchange_config(exchange_port, svid_jwks_port, &bao, &store_url, &options);
                 exchange_config["server"]["tls"] = service_tls;
+                exchange_config["management"] = management;
                 let exchange = ExchangeService::start(&d, exchange_port, &exchange_config);
                 (bao, exchange_config, exchange)
             })
@@ -444,6 +457,7 @@ impl Topology {
             server_admin: 0,
             exchange: exchange_port,
             exchange_tls: exchange_tls_port,
+            management: management_port,
             svid_jwks: svid_jwks.port(),
             app: app.port(),
         };
@@ -673,6 +687,14 @@ impl Topology {
         let mut c = self.svid_claims(workload);
         c["exp"] = json!(crate::jwt::now() + ttl_secs);
         self.issuer.mint(&c)
+    }
+
+    /// A JWT-SVID of [`MANAGEMENT_WORKLOAD`] for the management API (its audience),
+    /// valid 10 minutes.
+    pub fn management_token(&self) -> Result<String> {
+        let id = self.spiffe_id(MANAGEMENT_WORKLOAD);
+        self.issuer
+            .mint(&self.issuer.claims(&id, &[MANAGEMENT_AUDIENCE], 600))
     }
 
     /// The claims [`Topology::mint`] signs; tests alter them to build bad tokens.

@@ -58,7 +58,7 @@ fn bold(text: &str) -> String {
 }
 
 fn step(n: u32, title: &str) {
-    println!("\n{}", bold(&format!("[{n}/6] {title}")));
+    println!("\n{}", bold(&format!("[{n}/7] {title}")));
 }
 
 fn short(token: &str) -> String {
@@ -265,6 +265,12 @@ async fn walkthrough(t: &Topology, started: Instant, once: bool) -> Result<()> {
     println!("    workload batch (valid JWT-SVID, no mapping):");
     println!("      HTTP {} {}", r.status, r.body);
 
+    step(
+        7,
+        "a live change: meshpassctl adds batch's mapping, no restart",
+    );
+    live_change(t).await?;
+
     // Tokens for the user's own requests.
     let files = [("frontend", &svid), ("reporting", &rep), ("batch", &batch)];
     for (name, tok) in files {
@@ -281,7 +287,7 @@ async fn walkthrough(t: &Topology, started: Instant, once: bool) -> Result<()> {
     println!("  curl -s -H 'x-e2e-identity: reporting' -H \"Authorization: Bearer $(cat {dir}/reporting.jwt)\" http://127.0.0.1:{}/orders", p.client_plain);
     println!("  # rejected (401): someone else's token through frontend's sidecar");
     println!("  curl -si -H \"Authorization: Bearer $(cat {dir}/reporting.jwt)\" http://127.0.0.1:{}/orders", p.client_exchange);
-    println!("  # rejected (403): no mapping for batch");
+    println!("  # batch: refused (403) until step 7 added its mapping, served now");
     println!("  curl -si -H 'x-e2e-identity: batch' -H \"Authorization: Bearer $(cat {dir}/batch.jwt)\" http://127.0.0.1:{}/orders", p.client_plain);
     println!("  # the keys any verifier uses, and the discovery document");
     println!(
@@ -302,6 +308,54 @@ async fn walkthrough(t: &Topology, started: Instant, once: bool) -> Result<()> {
     } else {
         println!("\nthe stack keeps running; press Ctrl-C to stop everything.");
     }
+    Ok(())
+}
+
+/// Step 7: the management API through `meshpassctl`, as an operator would use it.
+async fn live_change(t: &Topology) -> Result<()> {
+    let mapping = serde_json::json!({
+        "name": "batch-echo",
+        "subject": t.spiffe_id("batch"),
+        "resource": APP_RESOURCE,
+        "participant": "initech",
+        "audiences": [APP_RESOURCE],
+        "scopes": ["orders.read"],
+        "ttl_secs": 600,
+        "allowed_callers": [t.spiffe_id("echo")],
+    });
+    let file = t.dir().join("batch-mapping.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&mapping)?)?;
+    let ctl = meshpass_testkit::bin_path("MESHPASS_CTL_BIN", "target/debug/meshpassctl");
+    let server = format!("http://127.0.0.1:{}", t.ports.management);
+    println!(
+        "    $ meshpassctl --server {server} mappings apply -f {}",
+        file.display()
+    );
+    let out = std::process::Command::new(&ctl)
+        .args(["--server", &server, "mappings", "apply", "-f"])
+        .arg(&file)
+        .env("MESHPASS_TOKEN", t.management_token()?)
+        .output()
+        .with_context(|| format!("running {} (make build builds it)", ctl.display()))?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    anyhow::ensure!(
+        out.status.success(),
+        "meshpassctl failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let batch = t.mint_with_ttl("batch", 3600)?;
+    let r = t.via_server_mode("batch", "/orders", Some(&batch)).await?;
+    expect(
+        r.status == 200,
+        "batch was still refused after the mapping was added",
+        &r,
+    )?;
+    let pt = decode_unverified(r.echo()?.bearer().unwrap_or_default())?;
+    println!(
+        "    batch's next request: HTTP {}, the app got a token with participant {} (the service was not restarted)",
+        r.status, pt.claims["participant"]
+    );
     Ok(())
 }
 
