@@ -5,7 +5,7 @@
 use std::process::Command;
 
 #[test]
-fn demo_once_walks_through_an_exchange_and_a_rejection_then_exits_zero() {
+fn demo_once_walks_through_an_exchange_a_rejection_and_a_live_mapping_change_then_exits_zero() {
     let out = Command::new(env!("CARGO_BIN_EXE_meshpass-demo"))
         .arg("--once")
         .output()
@@ -18,7 +18,7 @@ fn demo_once_walks_through_an_exchange_and_a_rejection_then_exits_zero() {
         out.status
     );
     for line in [
-        "[3/6] the caller's JWT-SVID",
+        "[3/7] the caller's JWT-SVID",
         "\"sub\": \"spiffe://cluster.local/ns/demo/sa/frontend\"",
         "POST /token grant_type=token-exchange",
         "exchanges sent by the client sidecar: 0 -> 1",
@@ -30,6 +30,8 @@ fn demo_once_walks_through_an_exchange_and_a_rejection_then_exits_zero() {
         "HTTP 401",
         "token subject does not match",
         "HTTP 403",
+        "mapping batch-echo created",
+        "batch's next request: HTTP 200",
         "try it yourself",
         "curl -s -H \"Authorization: Bearer $(cat ",
         "stopped; nothing left running.",
