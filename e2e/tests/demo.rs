@@ -5,7 +5,7 @@
 use std::process::Command;
 
 #[test]
-fn demo_once_walks_through_an_exchange_a_rejection_and_a_live_mapping_change_then_exits_zero() {
+fn demo_once_walks_through_an_exchange_and_a_rejection_then_exits_zero() {
     let out = Command::new(env!("CARGO_BIN_EXE_meshpass-demo"))
         .arg("--once")
         .output()
