@@ -250,6 +250,7 @@ async fn refused_exchanges_are_audited_rate_limited_and_counted_without_a_label_
         let r = s
             .http
             .post(format!("{}/token", s.token_url))
+            .header("x-forwarded-client-cert", format!("URI={stranger}"))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(exchange_form(&token, &[("resource", "payments")]))
             .send()
@@ -273,7 +274,8 @@ async fn refused_exchanges_are_audited_rate_limited_and_counted_without_a_label_
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(items.len(), 3, "{items:?}");
-    assert_eq!(items[0]["actor"], stranger);
+    // Who was refused, and through which caller (here its own sidecar, CLIENT mode).
+    assert_eq!(items[0]["actor"], format!("{stranger} via {stranger}"));
     assert_eq!(items[0]["target"], "resources/payments");
     assert!(
         items[0]["reason"]

@@ -60,7 +60,11 @@ pub fn schemas() -> Value {
                 "audiences": strings(),
                 "scopes": strings(),
                 "ttl_secs": {"type": "integer", "minimum": 1},
-                "rate_limit": {"oneOf": [reference("RateLimit"), {"type": "null"}]}
+                "rate_limit": {"oneOf": [reference("RateLimit"), {"type": "null"}]},
+                "allowed_callers": {"type": "array", "items": {"type": "string"},
+                    "description": "SPIFFE ID patterns of sidecars that may exchange on the subject's behalf (SERVER mode)"},
+                "allowed_actors": {"type": "array", "items": {"type": "string"},
+                    "description": "SPIFFE ID patterns of actors that may act for the subject when its token has no may_act"}
             }
         },
         "ScopeClaims": {

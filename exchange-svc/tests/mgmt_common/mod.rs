@@ -136,9 +136,18 @@ impl Service {
         .expect("management API started");
         let token_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let token_url = format!("http://{}", token_listener.local_addr().unwrap());
-        let app = meshpass_exchange::app(state.clone());
+        // The service's own listener, so the token endpoint sees its peers (caller
+        // binding reads XFCC only from the trusted loopback proxy).
+        let serving = state.clone();
         tokio::spawn(async move {
-            axum::serve(token_listener, app).await.unwrap();
+            meshpass_exchange::server::serve_on(
+                token_listener,
+                serving,
+                std::future::pending::<()>(),
+                std::time::Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
         });
         Service {
             issuer,
@@ -243,11 +252,14 @@ impl Service {
         self.exchange_token(&token, resource).await
     }
 
-    /// `POST /token` with `token` as the subject token.
+    /// `POST /token` with `token` as the subject token, from the subject's own sidecar
+    /// (CLIENT mode: the caller, named in XFCC by the trusted loopback proxy, is the
+    /// token's `sub`).
     pub async fn exchange_token(&self, token: &str, resource: &str) -> (u16, Value) {
         let resp = self
             .http
             .post(format!("{}/token", self.token_url))
+            .header("x-forwarded-client-cert", format!("URI={}", sub_of(token)))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(exchange_form(token, &[("resource", resource)]))
             .send()
@@ -262,6 +274,19 @@ impl Service {
 pub fn mapping(name: &str, subject: &str, resource: &str) -> Value {
     json!({
         "name": name, "subject": subject, "resource": resource, "participant": "acme",
-        "audiences": [], "scopes": ["read", "write"], "ttl_secs": 300, "rate_limit": null
+        "audiences": [], "scopes": ["read", "write"], "ttl_secs": 300, "rate_limit": null,
+        "allowed_callers": [], "allowed_actors": []
     })
+}
+
+/// The `sub` of a JWT, read without verifying it (the test's own tokens).
+pub fn sub_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|c| c["sub"].as_str().map(str::to_string))
+        .unwrap_or_default()
 }
