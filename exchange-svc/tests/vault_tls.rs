@@ -13,14 +13,20 @@ use vault_common::*;
 /// Both tests set process-wide variables (`VAULT_*`, `SSL_CERT_FILE`): one at a time.
 static ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-#[tokio::test]
-async fn https_openbao_is_trusted_through_ca_cert_or_vault_cacert_and_refused_without_it() {
-    let _env = ENV.lock().await;
+/// An HTTPS OpenBao with transit key `k`, and its CA file; the environment cleared.
+fn tls_bao() -> (OpenBao, std::path::PathBuf) {
     clear_vault_env();
     let bao = OpenBao::start_tls();
     bao.enable_transit();
     bao.create_transit_key("k", "ecdsa-p256");
     let ca = bao.ca_cert_path().unwrap();
+    (bao, ca)
+}
+
+#[tokio::test]
+async fn https_openbao_is_trusted_through_ca_cert_or_vault_cacert_and_refused_without_it() {
+    let _env = ENV.lock().await;
+    let (bao, ca) = tls_bao();
 
     let with_ca = VaultConfig {
         ca_cert: Some(ca.clone()),
@@ -66,11 +72,7 @@ fn unrelated_ca_pem(dir: &std::path::Path) -> std::path::PathBuf {
 #[tokio::test]
 async fn without_ca_cert_the_system_roots_are_trusted_and_ca_cert_replaces_them() {
     let _env = ENV.lock().await;
-    clear_vault_env();
-    let bao = OpenBao::start_tls();
-    bao.enable_transit();
-    bao.create_transit_key("k", "ecdsa-p256");
-    let ca = bao.ca_cert_path().unwrap();
+    let (bao, ca) = tls_bao();
     let dir = tempfile::tempdir().unwrap();
     let unrelated = unrelated_ca_pem(dir.path());
 
