@@ -63,7 +63,7 @@ issuer = "https://meshpass.test"
 [store]
 url = "sqlite://{db}"
 [callers]
-xfcc_trusted_proxies = ["127.0.0.1"]
+xfcc_trusted_proxies = ["127.0.0.2"]
 [[issuers]]
 issuer = "https://spire.test"
 audiences = ["meshpass"]
@@ -310,7 +310,12 @@ async fn revokes_lists_lifts_and_introspects_end_to_end() {
     const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 
     // A participant token minted for web (from its own sidecar), active.
-    let http = reqwest::Client::new();
+    // The workload's sidecar (the trusted proxy, 127.0.0.2) names it in XFCC; meshpassctl
+    // itself is a local operator on 127.0.0.1.
+    let http = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
     let exchange = || async {
         let form = format!(
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&resource=orders",
