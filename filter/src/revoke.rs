@@ -117,14 +117,14 @@ impl Worker {
         }
         let since = self.revoked.version();
         let path = format!("{}?since={since}", rc.path);
-        let ex = &self.config.exchange;
         let headers = [
             (":method", "GET"),
             (":path", path.as_str()),
-            (":authority", ex.authority.as_str()),
+            (":authority", rc.authority.as_str()),
             ("accept", "application/json"),
         ];
-        match host.dispatch(&ex.cluster, &headers, &[], ex.timeout_ms) {
+        let timeout_ms = self.config.exchange.timeout_ms;
+        match host.dispatch(&rc.cluster, &headers, &[], timeout_ms) {
             Ok(t) => {
                 self.calls.insert(t, Call::Revocations { since });
             }

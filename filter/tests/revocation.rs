@@ -206,6 +206,16 @@ fn revocation_is_on_by_default_with_an_exchange_and_polls_every_five_seconds() {
     let rc = parse(&cfg).unwrap().revocation.unwrap();
     assert_eq!(rc.poll_interval_ms, 5000);
     assert_eq!(rc.path, "/revocations");
+    assert_eq!(
+        (rc.cluster.as_str(), rc.authority.as_str()),
+        ("exchange", "exchange.test")
+    );
+    cfg["revocation"] = json!({"cluster": "feed", "authority": "feed.test"});
+    let rc = parse(&cfg).unwrap().revocation.unwrap();
+    assert_eq!(
+        (rc.cluster.as_str(), rc.authority.as_str()),
+        ("feed", "feed.test")
+    );
     cfg["revocation"] = json!({"enabled": false});
     assert!(parse(&cfg).unwrap().revocation.is_none());
 }
@@ -230,6 +240,8 @@ fn invalid_revocation_settings_are_refused_naming_the_field() {
         (json!({"path": "/r?since=1"}), "revocation.path"),
         (json!({"enabled": "yes"}), "revocation.enabled"),
         (json!({"interval": 5}), "revocation"),
+        (json!({"cluster": " "}), "revocation.cluster"),
+        (json!({"authority": "a b"}), "revocation.authority"),
     ] {
         let mut cfg = config(&key);
         cfg["revocation"] = edit.clone();

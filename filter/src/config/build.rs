@@ -279,6 +279,8 @@ fn revocation(
         enabled: None,
         poll_interval_ms: default_poll_interval_ms(),
         path: default_revocation_path(),
+        cluster: None,
+        authority: None,
     });
     match raw.enabled {
         Some(false) => return Ok(None),
@@ -307,11 +309,21 @@ fn revocation(
             "must not hold a query (?since= is added)",
         ));
     }
+    let cluster = raw.cluster.unwrap_or_else(|| exchange.cluster.clone());
+    if cluster.trim().is_empty() {
+        return Err(err("revocation.cluster", "must not be empty"));
+    }
+    let authority = raw.authority.unwrap_or_else(|| exchange.authority.clone());
+    if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(err("revocation.authority", "must be a host[:port]"));
+    }
     let id = hex(&Sha256::digest(
-        format!("{}\n{}\n{path}", exchange.cluster, exchange.authority).as_bytes(),
+        format!("{cluster}\n{authority}\n{path}").as_bytes(),
     ))[..16]
         .to_string();
     Ok(Some(Revocation {
+        cluster,
+        authority,
         poll_interval_ms: raw.poll_interval_ms,
         path,
         set_key: format!("meshpass/rv/{id}"),

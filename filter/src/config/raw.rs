@@ -106,6 +106,12 @@ pub(super) struct RawRevocation {
     pub(super) poll_interval_ms: u64,
     #[serde(default = "default_revocation_path")]
     pub(super) path: String,
+    /// Default: `exchange.cluster`.
+    #[serde(default)]
+    pub(super) cluster: Option<String>,
+    /// Default: `exchange.authority`.
+    #[serde(default)]
+    pub(super) authority: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -125,9 +125,14 @@ pub struct Exchange {
     pub actor_token_header: Option<String>,
 }
 
-/// The revocation feed (polled through the exchange cluster, with its authority).
+/// The revocation feed (polled through the exchange cluster, with its authority,
+/// unless configured otherwise).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {
+    /// Envoy cluster of the feed (default: the exchange cluster).
+    pub cluster: String,
+    /// `:authority` of the poll (default: the exchange authority).
+    pub authority: String,
     /// How often one worker polls the feed, ms.
     pub poll_interval_ms: u64,
     /// The feed's path (`?since=V` is appended).
