@@ -43,10 +43,11 @@ fn trace_ids(req: &Request) -> Option<(String, String)> {
     }
 }
 
-/// The router: `POST /token`, discovery, `/healthz`, `/readyz`, `/metrics`.
+/// The router: `POST /token`, `GET /revocations` (the feed), discovery, `/healthz`, `/readyz`, `/metrics`.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/token", post(crate::exchange::token))
+        .route("/revocations", get(crate::revocation::feed::feed))
         .route("/.well-known/jwks.json", get(jwks))
         .route(
             "/.well-known/openid-configuration",

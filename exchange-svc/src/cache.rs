@@ -66,6 +66,8 @@ pub struct CachedToken {
     pub resource: Arc<str>,
     /// The mapping's rate limit, applied to cache hits too.
     pub rate_limit: Option<RateLimit>,
+    /// The token's `jti` (a revoked one is never served again).
+    pub jti: Arc<str>,
 }
 
 #[derive(Default)]
@@ -152,6 +154,24 @@ impl TokenCache {
             g.by_expiry.clear();
             g.issued_after = g.issued_after.max(now);
         }
+    }
+
+    /// Drops every token `hit` selects (a revocation); returns how many.
+    pub fn remove_where(&self, hit: impl Fn(&CachedToken) -> bool) -> usize {
+        let Ok(mut g) = self.inner.lock() else {
+            return 0;
+        };
+        let gone: Vec<(u64, CacheKey)> = g
+            .map
+            .iter()
+            .filter(|(_, t)| hit(t))
+            .map(|(k, t)| (t.expires_at, *k))
+            .collect();
+        for (exp, k) in &gone {
+            g.map.remove(k);
+            g.by_expiry.remove(&(*exp, *k));
+        }
+        gone.len()
     }
 
     /// Number of entries.

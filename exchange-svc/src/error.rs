@@ -52,6 +52,9 @@ pub enum ApiError {
     /// The caller is neither the subject nor one of the mapping's `allowed_callers`.
     #[error("{0}")]
     CallerRefused(String),
+    /// The subject or the caller is revoked (the reason is the operator's, public).
+    #[error("revoked: {0}")]
+    Revoked(String),
     /// The subject's rate limit is exhausted.
     #[error("rate limit exceeded")]
     RateLimited {
@@ -118,7 +121,8 @@ impl ApiError {
             ApiError::UnauthorizedClient(_)
             | ApiError::CallerUnknown
             | ApiError::Caller(_)
-            | ApiError::CallerRefused(_) => ErrorCode::UnauthorizedClient,
+            | ApiError::CallerRefused(_)
+            | ApiError::Revoked(_) => ErrorCode::UnauthorizedClient,
             ApiError::RateLimited { .. } => ErrorCode::SlowDown,
             ApiError::Store { .. } | ApiError::Unavailable { .. } | ApiError::Timeout { .. } => {
                 ErrorCode::TemporarilyUnavailable
@@ -209,9 +213,10 @@ impl IntoResponse for ApiError {
         let status = match self {
             // Refused because of who calls, not what was sent: 403, so the filter (and
             // an operator) can tell it from a malformed request.
-            ApiError::CallerUnknown | ApiError::Caller(_) | ApiError::CallerRefused(_) => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::CallerUnknown
+            | ApiError::Caller(_)
+            | ApiError::CallerRefused(_)
+            | ApiError::Revoked(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::from_u16(code.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         };

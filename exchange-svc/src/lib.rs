@@ -12,6 +12,7 @@ pub mod keys;
 pub mod metrics;
 pub mod mgmt;
 pub mod ratelimit;
+pub mod revocation;
 pub mod server;
 pub mod signer;
 pub mod state;

@@ -286,6 +286,15 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         keys,
         Arc::new(SystemClock),
     )?;
+    // The revocation set follows the store from here on (the management API writes
+    // through the same handle).
+    state
+        .revocations
+        .attach(
+            store.clone() as Arc<dyn crate::store::RevocationStore>,
+            Arc::clone(&state.clock),
+        )
+        .await;
     let collector = VaultCollector::new(signer.stats())
         .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?;
     if let Err(e) = state.metrics.register(Box::new(collector)) {

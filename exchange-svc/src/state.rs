@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError};
 use crate::keys::IssuerKeySource;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::revocation::Revocations;
 use crate::signer::Signer;
 use crate::store::{MappingStore, PolicyCache};
 use crate::subject_cache::SubjectCache;
@@ -89,6 +90,9 @@ pub struct AppState {
     pub reviewers: Arc<HashMap<String, TokenReviewer>>,
     /// Exchange statistics and the refused-exchange audit (set by `serve`).
     pub hooks: Option<Arc<crate::mgmt::ExchangeHooks>>,
+    /// The revocation set the token endpoint enforces and the feed serves (attached to
+    /// its store by `serve`, or by the management API when nothing else did).
+    pub revocations: Arc<Revocations>,
 }
 
 impl AppState {
@@ -133,24 +137,27 @@ impl AppState {
             store
         };
         let v = &cfg.validation;
+        let subjects = (v.subject_cache_secs > 0).then(|| {
+            Arc::new(SubjectCache::new(
+                v.subject_cache_secs,
+                v.subject_cache_max_entries,
+            ))
+        });
+        let cache = cfg.cache.enabled.then(|| {
+            Arc::new(TokenCache::new(
+                cfg.cache.max_entries,
+                cfg.cache.min_remaining_fraction,
+            ))
+        });
         Ok(AppState {
             signer,
             store,
             keys,
             clock,
-            subjects: (v.subject_cache_secs > 0).then(|| {
-                Arc::new(SubjectCache::new(
-                    v.subject_cache_secs,
-                    v.subject_cache_max_entries,
-                ))
-            }),
+            revocations: Arc::new(Revocations::new(cache.clone(), subjects.clone())),
+            subjects,
             settings: Arc::new(Settings::from_config(cfg)?),
-            cache: cfg.cache.enabled.then(|| {
-                Arc::new(TokenCache::new(
-                    cfg.cache.max_entries,
-                    cfg.cache.min_remaining_fraction,
-                ))
-            }),
+            cache,
             limiter: Arc::new(RateLimiter::default()),
             metrics: Arc::new(metrics),
             reviewers: Arc::new(reviewers),

@@ -130,6 +130,23 @@ impl SubjectCache {
         );
     }
 
+    /// Drops every entry whose subject `hit` selects (a revocation); returns how many.
+    pub fn remove_where(&self, hit: impl Fn(&VerifiedSubject) -> bool) -> usize {
+        let Ok(mut g) = self.inner.lock() else {
+            return 0;
+        };
+        let gone: Vec<TokenDigest> = g
+            .map
+            .iter()
+            .filter(|(_, e)| hit(&e.subject))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &gone {
+            g.remove(k);
+        }
+        gone.len()
+    }
+
     /// Number of entries.
     pub fn len(&self) -> usize {
         self.inner.lock().map(|g| g.map.len()).unwrap_or(0)

@@ -14,6 +14,8 @@ mod form;
 mod mint;
 mod subject;
 
+pub(crate) use caller::caller as identify_caller;
+
 use std::time::Instant;
 
 use axum::body::Body;
@@ -165,10 +167,23 @@ async fn exchange(
     let caller = caller::caller(&st.settings.callers, conn, headers).map_err(untagged)?;
     let caller_id = caller.as_ref().map(|c| c.as_str()).unwrap_or("");
     let now = st.clock.now();
+    // Revocations first (one look at the in-memory set): a revoked caller gets
+    // nothing, not even a cached token.
+    let revoked = st.revocations.current();
+    if let Some(r) = caller.as_ref().and_then(|c| revoked.caller(c, now)) {
+        return Err(on("", "", caller_id)(ApiError::Revoked(r.reason.clone())));
+    }
 
     let key = st.cache.as_ref().map(|_| CacheKey::of(&req, caller_id));
     if let (Some(cache), Some(key)) = (&st.cache, &key) {
         if let Some(hit) = cache.get(key, now) {
+            if let Some(reason) = revoked_hit(&revoked, &hit, now) {
+                // Dropped here too in case the revocation came from another replica
+                // between two refreshes' cache sweeps.
+                cache.remove_where(|t| t.jti == hit.jti);
+                let sub = subject_of(&hit.rate_key);
+                return Err(on(&hit.resource, sub, caller_id)(ApiError::Revoked(reason)));
+            }
             st.metrics.cache_hits.inc();
             return serve_cached(st, &hit, now).map_err(on(
                 &hit.resource,
@@ -182,6 +197,10 @@ async fn exchange(
     let subject = subject::validate(st, &req.subject_token, now, "subject_token")
         .await
         .map_err(untagged)?;
+    if let Some(r) = revoked.subject(&subject.spiffe_id, now) {
+        let revoked = ApiError::Revoked(r.reason.clone());
+        return Err(on("", subject.spiffe_id.as_str(), caller_id)(revoked));
+    }
     let target = form::target(&req).map_err(untagged)?;
     let policy = st
         .store
@@ -268,6 +287,7 @@ async fn exchange(
                 mapping: mapping.name.as_str().into(),
                 resource: mapping.resource.as_str().into(),
                 rate_limit: mapping.rate_limit,
+                jti: minted.jti.as_str().into(),
             },
             now,
         );
@@ -282,6 +302,23 @@ async fn exchange(
             mapping: mapping.name.clone(),
         },
     ))
+}
+
+/// The reason a cached token may not be served any more: its subject or its `jti` is
+/// revoked (the caller was checked before the lookup).
+fn revoked_hit(
+    set: &crate::revocation::RevocationSet,
+    hit: &CachedToken,
+    now: u64,
+) -> Option<String> {
+    if set.is_empty() {
+        return None;
+    }
+    if let Some(r) = set.jti(&hit.jti, now) {
+        return Some(r.reason.clone());
+    }
+    let subject = meshpass_core::SpiffeId::parse(subject_of(&hit.rate_key)).ok()?;
+    set.subject(&subject, now).map(|r| r.reason.clone())
 }
 
 /// The rate-limit key of a (caller, subject) pair (a space never occurs in either).

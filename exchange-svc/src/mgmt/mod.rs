@@ -1,5 +1,5 @@
 //! The management API (its own listener, `/api/v1/...`): mappings, scopes, export and
-//! import, audit, keys, stats, and `/openapi.json`. See README "Management API".
+//! import, audit, keys, stats, revocations and introspection, and `/openapi.json`. See README "Management API".
 //!
 //! Every route is declared once in [`routes::ROUTES`], which builds both the router and
 //! the OpenAPI document. Every request is authenticated ([`auth`]); every change is
@@ -15,6 +15,7 @@ pub mod keys;
 pub mod kube_authz;
 pub mod mappings;
 pub mod openapi;
+pub mod revocations;
 pub mod routes;
 pub mod stats;
 pub mod transfer;
@@ -60,6 +61,14 @@ pub struct MgmtState {
     pub token_cache: Option<Arc<crate::cache::TokenCache>>,
     /// The service clock.
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// The token endpoint's revocation set (writes are applied to it at once).
+    pub revocations: Arc<crate::revocation::Revocations>,
+    /// The signer whose published keys introspection verifies with.
+    pub signer: Arc<dyn crate::signer::Signer>,
+    /// `token.issuer`: introspection only vouches for this issuer's tokens.
+    pub issuer: String,
+    /// `token.participant_claim`.
+    pub participant_claim: String,
 }
 
 impl MgmtState {
@@ -89,6 +98,10 @@ impl MgmtState {
             stats,
             token_cache: app.cache.clone(),
             clock: Arc::clone(&app.clock),
+            revocations: Arc::clone(&app.revocations),
+            signer: Arc::clone(&app.signer),
+            issuer: app.settings.issuer.clone(),
+            participant_claim: app.settings.participant_claim.clone(),
         })
     }
 
@@ -172,6 +185,13 @@ pub async fn start(
         tracing::warn!(reason, "management API not started");
         return Ok(None);
     }
+    // Nothing attached the revocation store yet (tests, embedders): the plain one.
+    app.revocations
+        .attach(
+            store.clone() as Arc<dyn crate::store::RevocationStore>,
+            Arc::clone(&app.clock),
+        )
+        .await;
     let st = MgmtState::new(cfg, app, store, keys, stats)?;
     let listener = tokio::net::TcpListener::bind(cfg.management.listen).await?;
     let addr = listener.local_addr()?;

@@ -128,6 +128,46 @@ pub fn schemas() -> Value {
                 "versions": {"type": "array", "items": reference("KeyVersionStatus")}
             }
         },
+        "Revocation": {
+            "type": "object", "required": ["id", "target", "match", "reason", "until", "created_at", "created_by"],
+            "properties": {
+                "id": {"type": "string", "description": "rv-<uuid>"},
+                "target": {"type": "string", "enum": ["subject", "caller", "jti"]},
+                "match": {"type": "string", "description": "SPIFFE ID or pattern (subject, caller), or the exact jti"},
+                "reason": {"type": "string", "maxLength": 256},
+                "until": {"type": ["integer", "null"], "description": "unix seconds after which it lapses"},
+                "created_at": {"type": "integer"},
+                "created_by": {"type": "string"}
+            }
+        },
+        "NewRevocation": {
+            "type": "object", "required": ["target", "match", "reason"],
+            "properties": {
+                "target": {"type": "string", "enum": ["subject", "caller", "jti"]},
+                "match": {"type": "string"},
+                "reason": {"type": "string", "minLength": 1, "maxLength": 256},
+                "until": {"type": ["integer", "null"]}
+            }
+        },
+        "RevocationList": {
+            "type": "object", "required": ["items", "version"],
+            "properties": {"items": {"type": "array", "items": reference("Revocation")}, "version": {"type": "integer"}}
+        },
+        "IntrospectionRequest": {
+            "type": "object", "required": ["token"],
+            "description": "sent as application/x-www-form-urlencoded",
+            "properties": {"token": {"type": "string"}}
+        },
+        "Introspection": {
+            "type": "object", "required": ["active"],
+            "properties": {
+                "active": {"type": "boolean"}, "token_type": {"type": "string"},
+                "iss": {"type": "string"}, "sub": {"type": "string"}, "aud": {},
+                "scope": {"type": "string"}, "exp": {"type": "integer"}, "iat": {"type": "integer"},
+                "nbf": {"type": "integer"}, "jti": {"type": "string"}, "act": {"type": "object"},
+                "participant": {}
+            }
+        },
         "RetireRequest": {
             "type": "object", "required": ["below"],
             "properties": {"below": {"type": "integer", "minimum": 1}}
@@ -192,7 +232,13 @@ fn operation(r: &super::routes::Route) -> Value {
         None => op["security"] = json!([]),
     }
     if let Some(schema) = r.request {
-        op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": reference(schema)}}});
+        let media = if schema == "IntrospectionRequest" {
+            "application/x-www-form-urlencoded"
+        } else {
+            "application/json"
+        };
+        op["requestBody"] =
+            json!({"required": true, "content": {media: {"schema": reference(schema)}}});
     }
     op
 }
@@ -209,7 +255,7 @@ pub fn spec() -> Value {
         "info": {
             "title": "meshpass management API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Mappings, scopes, import/export, audit, keys and stats of the meshpass exchange service. Roles: read, write, keys."
+            "description": "Mappings, scopes, import/export, audit, keys, stats, revocations and introspection of the meshpass exchange service. Roles: read, write, keys."
         },
         "paths": paths,
         "components": {

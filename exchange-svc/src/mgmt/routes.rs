@@ -7,7 +7,7 @@ use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Router;
 
 use super::config::Role;
-use super::{audit, keys, mappings, openapi, stats, transfer, MgmtState};
+use super::{audit, keys, mappings, openapi, revocations, stats, transfer, MgmtState};
 
 /// One route: how it is served and how it is documented.
 pub struct Route {
@@ -69,6 +69,11 @@ pub const ROUTES: &[Route] = &[
     Route { method: "post", path: "/api/v1/keys/rotate", role: Some(Role::Keys), summary: "Rotate the transit key (the new version signs after the publish lead)", query: &[], request: None, ok: (200, Some("KeyStatus")), errors: &[404], handler: || post(keys::rotate) },
     Route { method: "post", path: "/api/v1/keys/retire", role: Some(Role::Keys), summary: "Stop publishing versions below `below` (only once no token they signed can be live)", query: &[], request: Some("RetireRequest"), ok: (200, Some("KeyStatus")), errors: &[400, 404, 409, 422], handler: || post(keys::retire) },
     Route { method: "get", path: "/api/v1/stats", role: Some(Role::Read), summary: "Exchanges by mapping and outcome; top subjects by rate (at most 100)", query: &[], request: None, ok: (200, Some("Stats")), errors: &[], handler: || get(stats::view) },
+    Route { method: "get", path: "/api/v1/revocations", role: Some(Role::Read), summary: "Active revocations and the store version", query: &[("target", "only subject, caller or jti")], request: None, ok: (200, Some("RevocationList")), errors: &[400], handler: || get(revocations::list) },
+    Route { method: "post", path: "/api/v1/revocations", role: Some(Role::Write), summary: "Revoke a subject, a caller (SPIFFE ID or pattern) or a participant token (jti); enforced by this replica's next exchange", query: &[], request: Some("NewRevocation"), ok: (201, Some("Revocation")), errors: &[400, 422], handler: || post(revocations::create) },
+    Route { method: "get", path: "/api/v1/revocations/{id}", role: Some(Role::Read), summary: "Get an active revocation", query: &[], request: None, ok: (200, Some("Revocation")), errors: &[404], handler: || get(revocations::get) },
+    Route { method: "delete", path: "/api/v1/revocations/{id}", role: Some(Role::Write), summary: "Lift a revocation", query: &[], request: None, ok: (204, None), errors: &[404], handler: || delete(revocations::lift) },
+    Route { method: "post", path: "/api/v1/introspect", role: Some(Role::Read), summary: "RFC 7662 introspection of a participant token (form token=...): active false when foreign, badly signed, expired or revoked", query: &[], request: Some("IntrospectionRequest"), ok: (200, Some("Introspection")), errors: &[400], handler: || post(revocations::introspect) },
     Route { method: "get", path: "/openapi.json", role: None, summary: "This document", query: &[], request: None, ok: (200, None), errors: &[], handler: || get(openapi::document) },
 ];
 

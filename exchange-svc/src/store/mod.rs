@@ -15,6 +15,7 @@
 mod audit;
 mod cached;
 mod managed;
+mod revocations;
 mod sql;
 
 use std::collections::BTreeSet;
@@ -28,6 +29,10 @@ use serde_json::{Map, Value};
 pub use audit::{AuditEvent, AuditQuery, AuditRecord};
 pub use cached::PolicyCache;
 pub use managed::{Actor, ETag, ImportDiff, PolicyDocument, Precondition, Saved, ScopeKey};
+pub use revocations::{
+    validate_revocation, NewRevocation, Revocation, RevocationChanges, RevocationStore,
+    RevocationTarget, LOG_RETENTION,
+};
 pub use sql::{SqlStore, StoreConfig};
 
 /// Claims a scope→claims mapping may never set: they are the service's own.

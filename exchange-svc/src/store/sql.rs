@@ -169,6 +169,8 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
            request_id TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, \
            before_json TEXT NOT NULL, after_json TEXT NOT NULL, reason TEXT NOT NULL)"],
     ),
+    // Revocations and their change log (issue #16): the same SQL on both backends.
+    (4, super::revocations::MIGRATION_4),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
@@ -199,6 +201,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
            request_id TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, \
            before_json TEXT NOT NULL, after_json TEXT NOT NULL, reason TEXT NOT NULL)"],
     ),
+    // Revocations and their change log (issue #16): the same SQL on both backends.
+    (4, super::revocations::MIGRATION_4),
 ];
 
 pub(super) const MAPPING_COLUMNS: &str =

@@ -1,0 +1,335 @@
+//! Revocations in this process (issue #16): the set the token endpoint enforces, kept
+//! in memory and refreshed cheaply from the store, and the feed the filters poll
+//! ([`feed`]).
+//!
+//! Freshness:
+//! - a revocation created or lifted through THIS replica's management API is applied
+//!   to the set (and its cached tokens and verified subjects dropped) before the API
+//!   answers, so the very next exchange enforces it;
+//! - other replicas' changes arrive with the refresh: once a second one small read of
+//!   the store's version, and a reload only when it changed (no query per exchange);
+//! - a lapsed entry (`until` passed) is ignored by the checks at once; the refresh
+//!   sweeps it from the store (a version bump) so the feed reports it removed.
+
+pub mod feed;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use meshpass_core::{SpiffeId, SpiffeIdPattern, VerifiedSubject};
+
+use crate::cache::{CachedToken, TokenCache};
+use crate::clock::Clock;
+use crate::store::{Revocation, RevocationChanges, RevocationStore, RevocationTarget, StoreError};
+use crate::subject_cache::SubjectCache;
+
+/// How often the store's version is checked.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most memoised feed answers (one per distinct `since` at the current version).
+const MAX_MEMO: usize = 4096;
+
+struct Entry {
+    rev: Revocation,
+    /// Subject and caller entries: the parsed pattern (exact IDs are patterns too).
+    pattern: Option<SpiffeIdPattern>,
+}
+
+impl Entry {
+    fn new(rev: Revocation) -> Self {
+        let pattern = match rev.target {
+            RevocationTarget::Subject | RevocationTarget::Caller => {
+                SpiffeIdPattern::parse(&rev.matches).ok()
+            }
+            RevocationTarget::Jti => None,
+        };
+        if pattern.is_none() && rev.target != RevocationTarget::Jti {
+            tracing::warn!(id = %rev.id, "stored revocation has an invalid pattern; ignored");
+        }
+        Entry { rev, pattern }
+    }
+
+    fn hits(&self, target: RevocationTarget, id: &SpiffeId, now: u64) -> bool {
+        self.rev.target == target
+            && self.rev.active_at(now)
+            && self.pattern.as_ref().is_some_and(|p| p.matches(id))
+    }
+}
+
+/// One version of the revocation set.
+pub struct RevocationSet {
+    /// The store version it reflects (local writes may be applied on top).
+    pub version: u64,
+    entries: Vec<Entry>,
+    jtis: HashMap<String, usize>,
+    earliest_until: Option<u64>,
+}
+
+impl RevocationSet {
+    fn build(version: u64, revs: Vec<Revocation>) -> Self {
+        let entries: Vec<Entry> = revs.into_iter().map(Entry::new).collect();
+        let jtis = entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.rev.target == RevocationTarget::Jti)
+            .map(|(i, e)| (e.rev.matches.clone(), i))
+            .collect();
+        let earliest_until = entries.iter().filter_map(|e| e.rev.until).min();
+        RevocationSet {
+            version,
+            entries,
+            jtis,
+            earliest_until,
+        }
+    }
+
+    fn empty() -> Self {
+        Self::build(0, Vec::new())
+    }
+
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The revocation covering subject `id` at `now`.
+    pub fn subject(&self, id: &SpiffeId, now: u64) -> Option<&Revocation> {
+        self.find(RevocationTarget::Subject, id, now)
+    }
+
+    /// The revocation covering caller `id` at `now`.
+    pub fn caller(&self, id: &SpiffeId, now: u64) -> Option<&Revocation> {
+        self.find(RevocationTarget::Caller, id, now)
+    }
+
+    /// The revocation of the participant token `jti` at `now`.
+    pub fn jti(&self, jti: &str, now: u64) -> Option<&Revocation> {
+        let i = *self.jtis.get(jti)?;
+        let e = self.entries.get(i)?;
+        e.rev.active_at(now).then_some(&e.rev)
+    }
+
+    fn find(&self, target: RevocationTarget, id: &SpiffeId, now: u64) -> Option<&Revocation> {
+        self.entries
+            .iter()
+            .find(|e| e.hits(target, id, now))
+            .map(|e| &e.rev)
+    }
+
+    /// Whether some entry's `until` has passed at `now` (a sweep is due).
+    pub fn lapse_due(&self, now: u64) -> bool {
+        self.earliest_until.is_some_and(|u| u <= now)
+    }
+
+    /// The active entries at `now`.
+    pub fn active(&self, now: u64) -> Vec<Revocation> {
+        self.entries
+            .iter()
+            .filter(|e| e.rev.active_at(now))
+            .map(|e| e.rev.clone())
+            .collect()
+    }
+
+    fn with(&self, add: Option<Revocation>, lift: Option<&str>) -> Self {
+        let mut revs: Vec<Revocation> = self
+            .entries
+            .iter()
+            .map(|e| e.rev.clone())
+            .filter(|r| Some(r.id.as_str()) != lift)
+            .filter(|r| add.as_ref().is_none_or(|a| a.id != r.id))
+            .collect();
+        revs.extend(add);
+        Self::build(self.version, revs)
+    }
+}
+
+/// The process's revocation state: the set, the store it comes from, the caches it
+/// empties, and the memoised feed answers.
+pub struct Revocations {
+    store: OnceLock<Arc<dyn RevocationStore>>,
+    current: RwLock<Arc<RevocationSet>>,
+    refreshing: tokio::sync::Mutex<()>,
+    tokens: Option<Arc<TokenCache>>,
+    subjects: Option<Arc<SubjectCache>>,
+    /// `since` → (version, body) of answers at the current version.
+    memo: Mutex<HashMap<u64, (u64, Bytes)>>,
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations")
+            .field("attached", &self.store.get().is_some())
+            .field("version", &self.current().version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Revocations {
+    /// An empty set, not yet attached to a store; `tokens` and `subjects` are the
+    /// caches whose entries of a revoked party are dropped.
+    pub fn new(tokens: Option<Arc<TokenCache>>, subjects: Option<Arc<SubjectCache>>) -> Self {
+        Revocations {
+            store: OnceLock::new(),
+            current: RwLock::new(Arc::new(RevocationSet::empty())),
+            refreshing: tokio::sync::Mutex::new(()),
+            tokens,
+            subjects,
+            memo: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Attaches the store (first caller wins: `serve` attaches before the management
+    /// API, which attaches the plain SQL store only when nothing else was), loads the
+    /// set once and starts the refresh task. Returns whether this call attached it.
+    pub async fn attach(
+        self: &Arc<Self>,
+        store: Arc<dyn RevocationStore>,
+        clock: Arc<dyn Clock>,
+    ) -> bool {
+        if self.store.set(store).is_err() {
+            return false;
+        }
+        if let Err(e) = self.refresh(clock.now()).await {
+            tracing::warn!(error = %e, "revocations not loaded yet; retrying every second");
+        }
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(REFRESH_INTERVAL).await;
+                let Some(me) = weak.upgrade() else { break };
+                match me.refresh(clock.now()).await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("revocation refresh recovered");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "revocation refresh failed; enforcing the last set");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        true
+    }
+
+    /// The attached store.
+    pub fn store(&self) -> Option<&Arc<dyn RevocationStore>> {
+        self.store.get()
+    }
+
+    /// The current set (cheap: an `Arc` clone under a read lock).
+    pub fn current(&self) -> Arc<RevocationSet> {
+        match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    fn install(&self, set: RevocationSet) {
+        let old = self.current();
+        let known: HashSet<&str> = old.entries.iter().map(|e| e.rev.id.as_str()).collect();
+        for e in &set.entries {
+            if !known.contains(e.rev.id.as_str()) {
+                self.drop_cached(e);
+            }
+        }
+        let set = Arc::new(set);
+        match self.current.write() {
+            Ok(mut g) => *g = set,
+            Err(p) => *p.into_inner() = set,
+        }
+        if let Ok(mut m) = self.memo.lock() {
+            m.clear();
+        }
+    }
+
+    /// Reads the store: sweeps lapsed entries when one is due, then reloads the set
+    /// when the version moved.
+    pub async fn refresh(&self, now: u64) -> Result<(), StoreError> {
+        let Some(store) = self.store.get() else {
+            return Ok(());
+        };
+        let _one = self.refreshing.lock().await;
+        if self.current().lapse_due(now) {
+            store.sweep_lapsed(now).await?;
+        }
+        let version = store.revocation_version().await?;
+        if version == self.current().version {
+            return Ok(());
+        }
+        let changes = store.revocation_changes(0).await?;
+        self.load(changes);
+        Ok(())
+    }
+
+    fn load(&self, changes: RevocationChanges) {
+        if changes.version != self.current().version {
+            tracing::info!(
+                version = changes.version,
+                entries = changes.added.len(),
+                "revocation set updated"
+            );
+        }
+        self.install(RevocationSet::build(changes.version, changes.added));
+    }
+
+    /// Applies a revocation created through this process at once (the refresh
+    /// confirms it from the store).
+    pub fn created(&self, rev: Revocation) {
+        let set = self.current().with(Some(rev), None);
+        self.install(set);
+    }
+
+    /// Applies a lift made through this process at once.
+    pub fn lifted(&self, id: &str) {
+        let set = self.current().with(None, Some(id));
+        self.install(set);
+    }
+
+    /// Drops the cached tokens and verified subjects `e` covers.
+    fn drop_cached(&self, e: &Entry) {
+        let hits_token = |t: &CachedToken| -> bool {
+            let (caller, subject) = t.rate_key.split_once(' ').unwrap_or(("", &t.rate_key));
+            let id = |s: &str| SpiffeId::parse(s).ok();
+            match (e.rev.target, &e.pattern) {
+                (RevocationTarget::Jti, _) => *t.jti == *e.rev.matches,
+                (RevocationTarget::Subject, Some(p)) => id(subject).is_some_and(|s| p.matches(&s)),
+                (RevocationTarget::Caller, Some(p)) => id(caller).is_some_and(|c| p.matches(&c)),
+                (_, None) => false,
+            }
+        };
+        if let Some(c) = &self.tokens {
+            let n = c.remove_where(hits_token);
+            if n > 0 {
+                tracing::info!(revocation = %e.rev.id, dropped = n, "cached tokens of a revoked party dropped");
+            }
+        }
+        if let (Some(c), RevocationTarget::Subject, Some(p)) =
+            (&self.subjects, e.rev.target, &e.pattern)
+        {
+            c.remove_where(|s: &VerifiedSubject| p.matches(&s.spiffe_id));
+        }
+    }
+
+    /// A memoised feed answer for `since` at `version`.
+    fn memo_get(&self, since: u64, version: u64) -> Option<Bytes> {
+        let m = self.memo.lock().ok()?;
+        m.get(&since)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn memo_put(&self, since: u64, version: u64, body: Bytes) {
+        if let Ok(mut m) = self.memo.lock() {
+            if m.len() >= MAX_MEMO {
+                m.clear();
+            }
+            m.insert(since, (version, body));
+        }
+    }
+}

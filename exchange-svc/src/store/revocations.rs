@@ -1,0 +1,485 @@
+//! Revocations (issue #16) and their change log, behind [`RevocationStore`] so a
+//! notification layer (several replicas) can wrap the SQL store.
+//!
+//! Model: `revocations` holds the ACTIVE entries only; every create, lift and lapse
+//! appends one row to `revocation_log` under the next value of a single counter
+//! (`revocation_state.version`), in the transaction of the change, so every replica
+//! reading the database serves the same versions. The log keeps the last
+//! [`LOG_RETENTION`] changes; `pruned_through` says which `since` values can still be
+//! answered with a delta.
+//!
+//! Lapse is computed lazily with the time passed in: [`RevocationStore::sweep_lapsed`]
+//! removes entries whose `until` has passed (one log row and version bump each). The
+//! service calls it from its once-a-second refresh and before answering the feed when
+//! an entry is due; the exchange path ignores due entries on its own, so a lapse never
+//! waits for the sweep to stop being enforced.
+
+use async_trait::async_trait;
+use meshpass_core::SpiffeIdPattern;
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::audit::insert_audit;
+use super::sql::{unavailable, write_error};
+use super::{invalid, Actor, AuditRecord, SqlStore, StoreError};
+
+/// Changes kept in the log; a `since` older than that is answered with a snapshot.
+pub const LOG_RETENTION: u64 = 10_000;
+
+/// Longest `reason`, in characters.
+pub const MAX_REASON_CHARS: usize = 256;
+
+/// Longest `match`, in bytes.
+pub const MAX_MATCH_BYTES: usize = 2048;
+
+/// Migration 4 (same statements on SQLite and PostgreSQL). `until_at` 0 means "no end"
+/// (the `Any` driver mis-types NULLs on PostgreSQL).
+pub(super) const MIGRATION_4: &[&str] = &[
+    "CREATE TABLE revocations (id TEXT PRIMARY KEY, target TEXT NOT NULL, match_value TEXT NOT NULL, \
+     reason TEXT NOT NULL, until_at BIGINT NOT NULL, created_at BIGINT NOT NULL, created_by TEXT NOT NULL, \
+     added_version BIGINT NOT NULL)",
+    "CREATE TABLE revocation_log (version BIGINT PRIMARY KEY, revocation_id TEXT NOT NULL, \
+     op TEXT NOT NULL, at BIGINT NOT NULL)",
+    "CREATE TABLE revocation_state (one BIGINT PRIMARY KEY, version BIGINT NOT NULL, \
+     pruned_through BIGINT NOT NULL)",
+    "INSERT INTO revocation_state (one, version, pruned_through) VALUES (1, 0, 0)",
+];
+
+/// What a revocation applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationTarget {
+    /// The subject of exchanges (SPIFFE ID or pattern).
+    Subject,
+    /// The caller of `/token` (SPIFFE ID or pattern).
+    Caller,
+    /// One participant token, by its `jti`.
+    Jti,
+}
+
+impl RevocationTarget {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationTarget::Subject => "subject",
+            RevocationTarget::Caller => "caller",
+            RevocationTarget::Jti => "jti",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "subject" => Ok(RevocationTarget::Subject),
+            "caller" => Ok(RevocationTarget::Caller),
+            "jti" => Ok(RevocationTarget::Jti),
+            other => Err(StoreError::Corrupt(format!(
+                "unknown revocation target {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A stored revocation (the management API's shape).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// `rv-<uuid>`, assigned by the service.
+    pub id: String,
+    /// What it applies to.
+    pub target: RevocationTarget,
+    /// SPIFFE ID or pattern (subject, caller), or the exact `jti`.
+    #[serde(rename = "match")]
+    pub matches: String,
+    /// Why (shown in refusals).
+    pub reason: String,
+    /// Unix time after which it lapses (None: until lifted).
+    pub until: Option<u64>,
+    /// Unix time of creation.
+    pub created_at: u64,
+    /// Who created it (SPIFFE ID).
+    pub created_by: String,
+}
+
+impl Revocation {
+    /// Whether it is in force at `now` (not lapsed).
+    pub fn active_at(&self, now: u64) -> bool {
+        self.until.is_none_or(|u| u > now)
+    }
+}
+
+/// A revocation to create (the body of `POST /api/v1/revocations`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRevocation {
+    /// What it applies to.
+    pub target: RevocationTarget,
+    /// SPIFFE ID or pattern (subject, caller), or the exact `jti`.
+    #[serde(rename = "match")]
+    pub matches: String,
+    /// Why: 1 to 256 characters.
+    pub reason: String,
+    /// Optional end (unix seconds, in the future).
+    #[serde(default)]
+    pub until: Option<u64>,
+}
+
+/// Validates a new revocation at `now`.
+pub fn validate_revocation(r: &NewRevocation, now: u64) -> Result<(), StoreError> {
+    match r.target {
+        RevocationTarget::Subject | RevocationTarget::Caller => {
+            SpiffeIdPattern::parse(&r.matches).map_err(|e| invalid("match", e.to_string()))?;
+        }
+        RevocationTarget::Jti => {
+            if r.matches.is_empty() || r.matches.len() > 256 {
+                return Err(invalid("match", "a jti is 1 to 256 bytes"));
+            }
+        }
+    }
+    if r.matches.len() > MAX_MATCH_BYTES || r.matches.chars().any(char::is_control) {
+        return Err(invalid("match", "too long or contains a control character"));
+    }
+    let n = r.reason.chars().count();
+    if r.reason.trim().is_empty() || n > MAX_REASON_CHARS {
+        return Err(invalid(
+            "reason",
+            format!("required, 1 to {MAX_REASON_CHARS} characters"),
+        ));
+    }
+    if r.reason.chars().any(char::is_control) {
+        return Err(invalid("reason", "contains a control character"));
+    }
+    if let Some(u) = r.until {
+        if u <= now {
+            return Err(invalid("until", "is not in the future"));
+        }
+        if i64::try_from(u).is_err() {
+            return Err(invalid("until", "too large"));
+        }
+    }
+    Ok(())
+}
+
+/// The answer to "what changed since version `since`".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationChanges {
+    /// The store's version.
+    pub version: u64,
+    /// A snapshot: `added` is the whole set (and `removed` is empty).
+    pub full: bool,
+    /// Entries added since `since` (all active entries in a snapshot).
+    pub added: Vec<Revocation>,
+    /// Ids lifted or lapsed since `since`.
+    pub removed: Vec<String>,
+}
+
+/// Storage of revocations and their change log.
+#[async_trait]
+pub trait RevocationStore: Send + Sync {
+    /// Creates a revocation (validated at `now`), audited as `revocation.create` in
+    /// the same transaction; bumps the version.
+    async fn create_revocation(
+        &self,
+        new: &NewRevocation,
+        actor: &Actor,
+        now: u64,
+    ) -> Result<Revocation, StoreError>;
+    /// Lifts a revocation ([`StoreError::NotFound`] when it is not active), audited as
+    /// `revocation.lift`; bumps the version.
+    async fn lift_revocation(&self, id: &str, actor: &Actor) -> Result<Revocation, StoreError>;
+    /// One stored (not yet swept) revocation.
+    async fn get_revocation(&self, id: &str) -> Result<Option<Revocation>, StoreError>;
+    /// The current version (one small read; the cheap "did anything change" check).
+    async fn revocation_version(&self) -> Result<u64, StoreError>;
+    /// What changed since `since`: a delta when the log still holds every change after
+    /// it, else a snapshot (`since` 0, older than the log, or newer than the version).
+    /// `since == version` gives an empty delta.
+    async fn revocation_changes(&self, since: u64) -> Result<RevocationChanges, StoreError>;
+    /// Removes the entries whose `until` is at or before `now` (one version each);
+    /// returns how many.
+    async fn sweep_lapsed(&self, now: u64) -> Result<usize, StoreError>;
+}
+
+const COLUMNS: &str = "id, target, match_value, reason, until_at, created_at, created_by";
+
+fn decode(row: &AnyRow) -> Result<Revocation, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+    let target: String = row.try_get("target").map_err(|e| corrupt(&e))?;
+    let until: i64 = row.try_get("until_at").map_err(|e| corrupt(&e))?;
+    let created_at: i64 = row.try_get("created_at").map_err(|e| corrupt(&e))?;
+    Ok(Revocation {
+        id: row.try_get("id").map_err(|e| corrupt(&e))?,
+        target: RevocationTarget::parse(&target)?,
+        matches: row.try_get("match_value").map_err(|e| corrupt(&e))?,
+        reason: row.try_get("reason").map_err(|e| corrupt(&e))?,
+        until: (until > 0).then(|| u64::try_from(until).unwrap_or(0)),
+        created_at: u64::try_from(created_at).map_err(|e| corrupt(&e))?,
+        created_by: row.try_get("created_by").map_err(|e| corrupt(&e))?,
+    })
+}
+
+fn to_u64(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// (version, pruned_through).
+async fn state(c: &mut AnyConnection) -> Result<(u64, u64), StoreError> {
+    let row = sqlx::query("SELECT version, pruned_through FROM revocation_state WHERE one = 1")
+        .fetch_one(&mut *c)
+        .await
+        .map_err(unavailable)?;
+    let v: i64 = row
+        .try_get("version")
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let p: i64 = row
+        .try_get("pruned_through")
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((to_u64(v)?, to_u64(p)?))
+}
+
+/// Appends one change under the next version (the UPDATE takes the row lock on
+/// PostgreSQL, so concurrent writers on several replicas get distinct versions) and
+/// prunes the log beyond [`LOG_RETENTION`].
+async fn log_change(
+    c: &mut AnyConnection,
+    id: &str,
+    op: &str,
+    now: u64,
+) -> Result<u64, StoreError> {
+    let row = sqlx::query(
+        "UPDATE revocation_state SET version = version + 1 WHERE one = 1 RETURNING version",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .map_err(write_error)?;
+    let v: i64 = row
+        .try_get("version")
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO revocation_log (version, revocation_id, op, at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(v)
+    .bind(id)
+    .bind(op)
+    .bind(to_i64(now))
+    .execute(&mut *c)
+    .await
+    .map_err(write_error)?;
+    let version = to_u64(v)?;
+    if version > LOG_RETENTION && version % 100 == 0 {
+        let floor = to_i64(version - LOG_RETENTION);
+        sqlx::query("DELETE FROM revocation_log WHERE version <= $1")
+            .bind(floor)
+            .execute(&mut *c)
+            .await
+            .map_err(write_error)?;
+        sqlx::query("UPDATE revocation_state SET pruned_through = $1 WHERE one = 1")
+            .bind(floor)
+            .execute(&mut *c)
+            .await
+            .map_err(write_error)?;
+    }
+    Ok(version)
+}
+
+async fn all_active(c: &mut AnyConnection) -> Result<Vec<Revocation>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM revocations ORDER BY added_version"
+    ))
+    .fetch_all(&mut *c)
+    .await
+    .map_err(unavailable)?
+    .iter()
+    .map(decode)
+    .collect()
+}
+
+fn audit(actor: &Actor, action: &str, r: &Revocation, created: bool) -> AuditRecord {
+    let v = serde_json::to_value(r).ok();
+    AuditRecord {
+        request_id: actor.request_id.clone(),
+        actor: actor.who.clone(),
+        action: action.to_string(),
+        target: format!("revocations/{}", r.id),
+        before: if created { None } else { v.clone() },
+        after: if created { v } else { None },
+        reason: if created {
+            r.reason.clone()
+        } else {
+            String::new()
+        },
+    }
+}
+
+#[async_trait]
+impl RevocationStore for SqlStore {
+    async fn create_revocation(
+        &self,
+        new: &NewRevocation,
+        actor: &Actor,
+        now: u64,
+    ) -> Result<Revocation, StoreError> {
+        validate_revocation(new, now)?;
+        let r = Revocation {
+            id: format!("rv-{}", uuid::Uuid::new_v4()),
+            target: new.target,
+            matches: new.matches.clone(),
+            reason: new.reason.clone(),
+            until: new.until,
+            created_at: now,
+            created_by: actor.who.clone(),
+        };
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let version = log_change(&mut tx, &r.id, "add", now).await?;
+        sqlx::query(&format!(
+            "INSERT INTO revocations ({COLUMNS}, added_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&r.id)
+        .bind(r.target.as_str())
+        .bind(&r.matches)
+        .bind(&r.reason)
+        .bind(to_i64(r.until.unwrap_or(0)))
+        .bind(to_i64(now))
+        .bind(&r.created_by)
+        .bind(to_i64(version))
+        .execute(&mut *tx)
+        .await
+        .map_err(write_error)?;
+        insert_audit(&mut tx, &audit(actor, "revocation.create", &r, true)).await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(r)
+    }
+
+    async fn lift_revocation(&self, id: &str, actor: &Actor) -> Result<Revocation, StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM revocations WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let Some(r) = row.as_ref().map(decode).transpose()? else {
+            return Err(StoreError::NotFound(format!("revocations/{id}")));
+        };
+        let gone = sqlx::query("DELETE FROM revocations WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(write_error)?;
+        if gone.rows_affected() == 0 {
+            // Lifted or swept by another replica meanwhile.
+            return Err(StoreError::NotFound(format!("revocations/{id}")));
+        }
+        let now = u64::try_from(super::sql::now_secs()).unwrap_or(0);
+        log_change(&mut tx, id, "remove", now).await?;
+        insert_audit(&mut tx, &audit(actor, "revocation.lift", &r, false)).await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(r)
+    }
+
+    async fn get_revocation(&self, id: &str) -> Result<Option<Revocation>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM revocations WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(decode).transpose()
+    }
+
+    async fn revocation_version(&self) -> Result<u64, StoreError> {
+        let mut c = self.pool.acquire().await.map_err(unavailable)?;
+        Ok(state(&mut c).await?.0)
+    }
+
+    async fn revocation_changes(&self, since: u64) -> Result<RevocationChanges, StoreError> {
+        // One transaction: on SQLite (WAL) and PostgreSQL's first statement the reads
+        // see one state; where PostgreSQL's later statements see newer commits, the
+        // entries are at least as new as the version, so nothing is ever missed (a
+        // newer change is repeated in the next delta).
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (version, pruned_through) = state(&mut tx).await?;
+        let active = all_active(&mut tx).await?;
+        if since == 0 || since > version || since < pruned_through {
+            tx.commit().await.map_err(unavailable)?;
+            return Ok(RevocationChanges {
+                version,
+                full: true,
+                added: active,
+                removed: Vec::new(),
+            });
+        }
+        let rows = sqlx::query(
+            "SELECT version, revocation_id, op FROM revocation_log WHERE version > $1 AND version <= $2 ORDER BY version",
+        )
+        .bind(to_i64(since))
+        .bind(to_i64(version))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        let mut last: Vec<(String, String)> = Vec::new();
+        for row in &rows {
+            let id: String = row
+                .try_get("revocation_id")
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let op: String = row
+                .try_get("op")
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            last.retain(|(i, _)| *i != id);
+            last.push((id, op));
+        }
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for (id, op) in last {
+            if op == "add" {
+                // Added then removed after `version`: the next delta removes it.
+                if let Some(r) = active.iter().find(|r| r.id == id) {
+                    added.push(r.clone());
+                }
+            } else {
+                removed.push(id);
+            }
+        }
+        Ok(RevocationChanges {
+            version,
+            full: false,
+            added,
+            removed,
+        })
+    }
+
+    async fn sweep_lapsed(&self, now: u64) -> Result<usize, StoreError> {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let ids: Vec<String> = sqlx::query(
+            "SELECT id FROM revocations WHERE until_at > 0 AND until_at <= $1 ORDER BY until_at, id",
+        )
+        .bind(to_i64(now))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut n = 0;
+        for id in ids {
+            let gone = sqlx::query("DELETE FROM revocations WHERE id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await
+                .map_err(write_error)?;
+            // Another replica swept it first: its change is logged once, by that one.
+            if gone.rows_affected() > 0 {
+                log_change(&mut tx, &id, "remove", now).await?;
+                n += 1;
+            }
+        }
+        tx.commit().await.map_err(write_error)?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,198 @@
+//! The revocation feed (`GET /revocations?since=V` on the token listener) as the
+//! filters see it: snapshot, delta, 304 and ETag, the caller rule of `/token`, and
+//! lapsed entries reported as removed. Real SQLite and PostgreSQL, real sockets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod mgmt_common;
+
+use std::time::{Duration, Instant};
+
+use common::{now, WEB};
+use mgmt_common::*;
+use serde_json::{json, Value};
+
+/// `GET /revocations` as the sidecar of `caller` (None: no XFCC, an unbound caller):
+/// (status, ETag, body).
+async fn poll(
+    s: &Service,
+    caller: Option<&str>,
+    query: &str,
+    if_none_match: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let mut r = s.http.get(format!("{}/revocations{query}", s.token_url));
+    if let Some(c) = caller {
+        r = r.header("x-forwarded-client-cert", format!("URI={c}"));
+    }
+    if let Some(t) = if_none_match {
+        r = r.header("if-none-match", t);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    if status == 200 {
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(resp.headers()["cache-control"], "no-cache");
+    }
+    let etag = resp
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap();
+    if status == 304 {
+        assert!(text.is_empty(), "a 304 has no body: {text}");
+    }
+    (
+        status,
+        etag,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+async fn revoke(s: &Service, target: &str, matches: &str, until: Option<u64>) -> String {
+    let (st, _, body) = s
+        .post(
+            "/api/v1/revocations",
+            &json!({"target": target, "match": matches, "reason": "compromised node", "until": until}),
+        )
+        .await;
+    assert_eq!(st, 201, "{body}");
+    body["id"].as_str().unwrap().to_string()
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e.as_str()
+                .map_or_else(|| e["id"].as_str().unwrap().to_string(), str::to_string)
+        })
+        .collect()
+}
+
+async fn snapshot_delta_and_not_modified_follow_the_version(db: Db) {
+    let s = Service::start(db).await;
+    // Empty store: a snapshot at version 0.
+    let (st, etag, body) = poll(&s, Some(WEB), "", None).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"version": 0, "full": true, "added": [], "removed": []})
+    );
+    assert_eq!(etag.as_deref(), Some("\"0\""));
+
+    let a = revoke(&s, "subject", "spiffe://cluster.local/ns/shop/sa/a", None).await;
+    let b = revoke(&s, "jti", "jti-123", None).await;
+    let (st, etag, body) = poll(&s, Some(WEB), "?since=0", None).await;
+    assert_eq!((st, etag.as_deref()), (200, Some("\"2\"")), "{body}");
+    assert_eq!(body["full"], true);
+    assert_eq!(ids(&body["added"]), vec![a.clone(), b.clone()]);
+    assert_eq!(
+        body["added"][0],
+        json!({"id": a, "target": "subject", "match": "spiffe://cluster.local/ns/shop/sa/a",
+               "reason": "compromised node", "until": null})
+    );
+
+    // Up to date: 304 by `since` and by If-None-Match, with the ETag.
+    let (st, etag, _) = poll(&s, Some(WEB), "?since=2", None).await;
+    assert_eq!((st, etag.as_deref()), (304, Some("\"2\"")));
+    let (st, _, _) = poll(&s, Some(WEB), "?since=1", Some("\"2\"")).await;
+    assert_eq!(st, 304);
+
+    // A delta: only what changed after `since`.
+    assert_eq!(
+        s.delete(&format!("/api/v1/revocations/{a}"), None).await.0,
+        204
+    );
+    let c = revoke(&s, "caller", "spiffe://cluster.local/ns/edge/*", None).await;
+    let (st, etag, body) = poll(&s, Some(WEB), "?since=2", None).await;
+    assert_eq!((st, etag.as_deref()), (200, Some("\"4\"")), "{body}");
+    assert_eq!(body["full"], false);
+    assert_eq!(ids(&body["added"]), vec![c.clone()]);
+    assert_eq!(ids(&body["removed"]), vec![a.clone()]);
+    let (_, _, body) = poll(&s, Some(WEB), "?since=3", None).await;
+    assert_eq!(
+        (ids(&body["added"]), ids(&body["removed"])),
+        (vec![c.clone()], vec![])
+    );
+
+    // A `since` beyond the version (the store was reset): a snapshot.
+    let (st, _, body) = poll(&s, Some(WEB), "?since=99", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(body["full"], true);
+    assert_eq!(body["version"], 4);
+    assert_eq!(ids(&body["added"]), vec![b, c]);
+    assert_eq!(ids(&body["removed"]), Vec::<String>::new());
+
+    let (st, _, body) = poll(&s, Some(WEB), "?since=x", None).await;
+    assert_eq!((st, body["error"].as_str()), (400, Some("invalid_request")));
+}
+
+async fn the_feed_is_refused_to_a_caller_that_may_not_call_token(db: Db) {
+    let s = Service::start(db).await;
+    let (st, _, body) = poll(&s, None, "?since=0", None).await;
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(body["error"], "unauthorized_client");
+    assert!(body.get("version").is_none());
+}
+
+async fn a_lapsed_revocation_is_reported_removed_with_a_new_version(db: Db) {
+    let s = Service::start(db).await;
+    let until = now() + 2;
+    let id = revoke(&s, "subject", WEB, Some(until)).await;
+    let (_, _, body) = poll(&s, Some(WEB), "?since=0", None).await;
+    assert_eq!(body["added"][0]["until"], until);
+    assert_eq!(body["version"], 1);
+    // While it holds, the subject's exchange is refused.
+    let (st, body) = s.exchange(WEB, "payments").await;
+    assert_eq!(st, 403, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, _, body) = poll(&s, Some(WEB), "?since=1", None).await;
+        if st == 200 {
+            assert_eq!(body["full"], false);
+            assert_eq!(body["version"], 2);
+            assert_eq!(ids(&body["removed"]), vec![id.clone()]);
+            break;
+        }
+        assert_eq!(st, 304);
+        assert!(
+            Instant::now() < deadline,
+            "the lapse never reached the feed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (st, body) = s.exchange(WEB, "payments").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(s.get(&format!("/api/v1/revocations/{id}")).await.0, 404);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(Db::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(Db::postgres()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    snapshot_delta_and_not_modified_follow_the_version,
+    the_feed_is_refused_to_a_caller_that_may_not_call_token,
+    a_lapsed_revocation_is_reported_removed_with_a_new_version,
+);
