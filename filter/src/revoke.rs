@@ -214,8 +214,11 @@ impl Worker {
             ..lease
         };
         self.bump(Counter::RevocationPollSuccess);
-        if let Some((set, full)) = next {
-            let changed = set.version() != self.revoked.version() || full;
+        if let Some((set, full)) = next.filter(|(set, full)| {
+            // A snapshot of the set we hold (a service still at version 0 answers
+            // every poll so): nothing to store, log or sweep.
+            !(*full && set.version() == since && set.encode() == self.revoked.encode())
+        }) {
             self.bump(if full {
                 Counter::RevocationSnapshots
             } else {
@@ -237,9 +240,7 @@ impl Worker {
                     if full { "snapshot" } else { "delta" }
                 ),
             );
-            if changed {
-                self.install_revocations(host, set, now);
-            }
+            self.install_revocations(host, set, now);
         }
         let _ = host.shared_set(&rc.lease_key, Some(l.encode().as_bytes()), None);
         if l.version != lease.version {

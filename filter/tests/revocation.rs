@@ -586,3 +586,24 @@ fn a_worker_started_after_a_reload_enforces_the_stored_set_at_once() {
     // DISPATCH_KICK is unrelated to revocation; a stray one is harmless.
     fresh.on_notify(&mut f.host, DISPATCH_KICK);
 }
+
+#[test]
+fn snapshots_of_the_set_already_held_change_nothing_and_log_nothing() {
+    let mut f = Fx::new();
+    for _ in 0..3 {
+        assert_eq!(
+            f.poll(feed(
+                json!({"version": 0, "full": true, "added": [], "removed": []})
+            )),
+            "/revocations?since=0"
+        );
+        f.later(1000);
+    }
+    assert_eq!(f.count(Counter::RevocationPollSuccess), 3);
+    assert_eq!(f.count(Counter::RevocationSnapshots), 0);
+    assert!(
+        f.host.logs.borrow().is_empty(),
+        "{:?}",
+        f.host.logs.borrow()
+    );
+}
