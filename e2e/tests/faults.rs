@@ -185,6 +185,11 @@ async fn revoking_a_subject_stops_its_cached_token_on_every_worker_and_lifting_r
     }
     let workers = t.options.sidecar_concurrency;
     let port = t.ports.client_exchange;
+    let denied = || {
+        t.filter_metric(Sidecar::Client, "meshpass_denied_revoked")
+            + t.filter_metric(Sidecar::Server, "meshpass_denied_revoked")
+    };
+    let denied_before = denied();
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = steady_traffic(f.topo.clone(), front.clone(), rep.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -264,6 +269,15 @@ async fn revoking_a_subject_stops_its_cached_token_on_every_worker_and_lifting_r
         .filter(|s| s.at >= t0 && !passed(s))
         .map(|s| s.at - t0)
         .min();
+    // The filters refused them (the service refuses a revoked subject too, with the
+    // same words): their own counter covers every refusal in the window.
+    let want = denied_before + window.len() as u64;
+    eventually(
+        "the filters counted the refusals",
+        Duration::from_secs(3),
+        || async { Ok(denied() >= want) },
+    )
+    .await?;
     // Both workers of the client sidecar accepted connections while it was revoked.
     let spread: Vec<u64> = cx_after
         .iter()
@@ -297,18 +311,26 @@ async fn revocation_feed_down_keeps_the_last_set_raises_staleness_and_catches_up
         .await?;
     ensure!(r.status == 200, "priming reporting: {r}");
     let front = t.mint("frontend")?;
+    let metric = |s, m| t.filter_metric(s, m);
+    let sidecars = [Sidecar::Client, Sidecar::Server];
+    let version = |s| metric(s, "meshpass_revocation_version");
+    let versions: Vec<u64> = sidecars.into_iter().map(version).collect();
     let id = t.revoke_subject("frontend", REASON).await?;
     let refused = |r: &Reply| is_revocation_refusal(r, REASON);
-    eventually("both sidecars enforce the revocation", bound, || async {
-        let a = t.via_client_mode_fresh("/orders", &front).await?;
-        let b = t
-            .via_server_mode("frontend", "/orders", Some(&front))
-            .await?;
-        Ok(refused(&a) && refused(&b))
-    })
+    // Both filters hold the new set (the service refuses a revoked subject too, so a
+    // 403 alone would not tell).
+    eventually(
+        "both filters load the new revocation set",
+        bound,
+        || async {
+            Ok(sidecars
+                .into_iter()
+                .zip(&versions)
+                .all(|(s, v)| version(s) > *v))
+        },
+    )
     .await?;
-    let metric = |s, m| t.filter_metric(s, m);
-    let before: Vec<(u64, u64)> = [Sidecar::Client, Sidecar::Server]
+    let before: Vec<(u64, u64)> = sidecars
         .into_iter()
         .map(|s| {
             (
