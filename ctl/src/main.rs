@@ -6,6 +6,7 @@
 
 mod client;
 mod render;
+mod revocations;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use render::{print, text, Column, Output};
 #[command(
     name = "meshpassctl",
     version,
-    about = "Manage meshpass mappings, scopes, keys and audit through the management API"
+    about = "Manage meshpass mappings, scopes, revocations, keys and audit through the management API"
 )]
 struct Cli {
     /// Management API base URL.
@@ -71,6 +72,15 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(Audit),
+    /// Revocations of subjects, callers and single tokens.
+    #[command(subcommand)]
+    Revocations(revocations::Revocations),
+    /// Asks the service whether a participant token is active (RFC 7662).
+    Introspect {
+        /// File holding the token (- for stdin).
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+    },
     /// Prints a shell completion script.
     Completions {
         /// The shell.
@@ -206,7 +216,7 @@ fn token(file: Option<&Path>) -> Result<String, CtlError> {
     Ok(t)
 }
 
-fn read_input(file: &Path) -> Result<Vec<u8>, CtlError> {
+pub(crate) fn read_input(file: &Path) -> Result<Vec<u8>, CtlError> {
     let mut buf = Vec::new();
     let r = if file == Path::new("-") {
         std::io::stdin().read_to_end(&mut buf).map(|_| ())
@@ -315,6 +325,8 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             )
         }
         Command::Audit(Audit::Tail { lines, follow }) => audit_tail(&c, out, lines, follow).await,
+        Command::Revocations(r) => revocations::run(&c, out, r).await,
+        Command::Introspect { file } => revocations::introspect(&c, out, file).await,
         Command::Completions { .. } => Ok(()),
     }
 }

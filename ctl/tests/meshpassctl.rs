@@ -35,6 +35,9 @@ impl Issuer {
         .to_string()
     }
     fn token(&self, sub: &str) -> String {
+        self.token_for(sub, "meshpass-admin")
+    }
+    fn token_for(&self, sub: &str, aud: &str) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -44,7 +47,7 @@ impl Issuer {
             "{}.{}",
             enc(json!({"alg": "ES256", "typ": "JWT", "kid": "k1"})),
             enc(
-                json!({"iss": "https://spire.test", "sub": sub, "aud": ["meshpass-admin"], "iat": now, "exp": now + 3600})
+                json!({"iss": "https://spire.test", "sub": sub, "aud": [aud], "iat": now, "exp": now + 3600})
             )
         );
         let sig: p256::ecdsa::Signature = self.0.sign(input.as_bytes());
@@ -59,6 +62,8 @@ fn config(dir: &Path, issuer: &Issuer, bao: &OpenBao) -> Config {
 issuer = "https://meshpass.test"
 [store]
 url = "sqlite://{db}"
+[callers]
+xfcc_trusted_proxies = ["127.0.0.1"]
 [[issuers]]
 issuer = "https://spire.test"
 audiences = ["meshpass"]
@@ -94,6 +99,11 @@ roles = ["read", "write", "keys"]
 
 /// Starts the service; returns the management API URL.
 async fn serve(cfg: &Config) -> String {
+    serve_both(cfg).await.0
+}
+
+/// Starts the service; returns the management API and token endpoint URLs.
+async fn serve_both(cfg: &Config) -> (String, String) {
     let signer = Arc::new(TransitSigner::start(&cfg.vault).await.unwrap());
     let store = Arc::new(SqlStore::connect(&cfg.store, "participant").unwrap());
     store.migrate().await.unwrap();
@@ -122,7 +132,19 @@ async fn serve(cfg: &Config) -> String {
     .await
     .unwrap()
     .unwrap();
-    format!("http://{}", running.addr)
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        meshpass_exchange::server::serve_on(
+            listener,
+            state,
+            std::future::pending::<()>(),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    });
+    (format!("http://{}", running.addr), token_url)
 }
 
 struct Ctl {
@@ -269,4 +291,153 @@ async fn manages_mappings_keys_and_audit_end_to_end_with_documented_exit_codes()
     let (code, out, _) = ctl.run(&["completions", "bash"]).await;
     assert_eq!(code, 0);
     assert!(out.contains("meshpassctl"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revokes_lists_lifts_and_introspects_end_to_end() {
+    std::env::remove_var("VAULT_ADDR");
+    std::env::remove_var("VAULT_TOKEN");
+    let bao = OpenBao::start();
+    bao.enable_transit();
+    bao.create_transit_key("meshpass-participant", "ecdsa-p256");
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = Issuer(p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng));
+    let cfg = config(dir.path(), &issuer, &bao);
+    let (server, token_url) = serve_both(&cfg).await;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, issuer.token(ADMIN)).unwrap();
+    let ctl = Ctl { server, token_file };
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+    // A participant token minted for web (from its own sidecar), active.
+    let http = reqwest::Client::new();
+    let exchange = || async {
+        let form = format!(
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token={}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&resource=orders",
+            issuer.token_for(WEB, "meshpass")
+        );
+        let r = http
+            .post(format!("{token_url}/token"))
+            .header("x-forwarded-client-cert", format!("URI={WEB}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let (st, minted) = exchange().await;
+    assert_eq!(st, 200, "{minted}");
+    let participant = dir.path().join("participant");
+    std::fs::write(&participant, minted["access_token"].as_str().unwrap()).unwrap();
+    let p = participant.to_str().unwrap();
+    let (code, out, err) = ctl.run(&["introspect", "-f", p, "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let info: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (info["active"].clone(), info["sub"].clone()),
+        (json!(true), json!(WEB))
+    );
+
+    // add (table and JSON), list, get.
+    let (code, out, err) = ctl
+        .run(&[
+            "revocations",
+            "add",
+            "--subject",
+            WEB,
+            "--reason",
+            "compromised node",
+            "--until",
+            "+1h",
+        ])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("revocation rv-") && out.trim_end().ends_with(" created"),
+        "{out}"
+    );
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let (code, out, _) = ctl.run(&["revocations", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("ID") && out.contains(&id) && out.contains("compromised node"),
+        "{out}"
+    );
+    let (code, out, _) = ctl.run(&["revocations", "get", &id, "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (r["target"].as_str(), r["match"].as_str()),
+        (Some("subject"), Some(WEB))
+    );
+    assert!(r["until"].as_u64().is_some());
+    let (code, out, _) = ctl
+        .run(&["revocations", "list", "--target", "jti", "-o", "json"])
+        .await;
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["items"],
+        json!([])
+    );
+
+    // Enforced at once: the exchange is refused, the token inactive.
+    let (st, body) = exchange().await;
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(body["error_description"], "revoked: compromised node");
+    let (_, out, _) = ctl.run(&["introspect", "-f", p]).await;
+    assert!(out.lines().nth(1).unwrap().starts_with("false"), "{out}");
+
+    // lift, and the documented exit codes.
+    let (code, out, err) = ctl.run(&["revocations", "lift", &id]).await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("revocation {id} lifted").as_str()),
+        "{err}"
+    );
+    assert_eq!(exchange().await.0, 200);
+    assert_eq!(
+        ctl.run(&["revocations", "lift", &id]).await.0,
+        3,
+        "not found"
+    );
+    let (code, _, err) = ctl
+        .run(&[
+            "revocations",
+            "add",
+            "--subject",
+            "not-spiffe",
+            "--reason",
+            "r",
+        ])
+        .await;
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("match"), "{err}");
+    let (code, _, _) = ctl
+        .run(&[
+            "revocations",
+            "add",
+            "--subject",
+            WEB,
+            "--jti",
+            "j",
+            "--reason",
+            "r",
+        ])
+        .await;
+    assert_eq!(code, 2, "one target only");
+    let (code, _, _) = ctl
+        .run(&[
+            "revocations",
+            "add",
+            "--jti",
+            "j",
+            "--reason",
+            "r",
+            "--until",
+            "soon",
+        ])
+        .await;
+    assert_eq!(code, 2, "bad --until");
 }

@@ -176,20 +176,21 @@ async fn exchange(
 
     let key = st.cache.as_ref().map(|_| CacheKey::of(&req, caller_id));
     if let (Some(cache), Some(key)) = (&st.cache, &key) {
-        if let Some(hit) = cache.get(key, now) {
-            if let Some(reason) = revoked_hit(&revoked, &hit, now) {
-                // Dropped here too in case the revocation came from another replica
-                // between two refreshes' cache sweeps.
-                cache.remove_where(|t| t.jti == hit.jti);
-                let sub = subject_of(&hit.rate_key);
-                return Err(on(&hit.resource, sub, caller_id)(ApiError::Revoked(reason)));
+        match cache.get(key, now) {
+            Some(hit) if !revoked_hit(&revoked, &hit, now) => {
+                st.metrics.cache_hits.inc();
+                return serve_cached(st, &hit, now).map_err(on(
+                    &hit.resource,
+                    subject_of(&hit.rate_key),
+                    caller_id,
+                ));
             }
-            st.metrics.cache_hits.inc();
-            return serve_cached(st, &hit, now).map_err(on(
-                &hit.resource,
-                subject_of(&hit.rate_key),
-                caller_id,
-            ));
+            Some(hit) => {
+                // Revoked by another replica since the last refresh swept the cache: a
+                // revoked subject is refused below, a revoked jti is minted anew.
+                cache.remove_where(|t| t.jti == hit.jti);
+            }
+            None => {}
         }
         st.metrics.cache_misses.inc();
     }
@@ -304,21 +305,15 @@ async fn exchange(
     ))
 }
 
-/// The reason a cached token may not be served any more: its subject or its `jti` is
-/// revoked (the caller was checked before the lookup).
-fn revoked_hit(
-    set: &crate::revocation::RevocationSet,
-    hit: &CachedToken,
-    now: u64,
-) -> Option<String> {
+/// Whether a cached token may not be served any more: its `jti` or its subject is
+/// revoked (the caller was checked before the lookup). Nothing revoked: no work.
+fn revoked_hit(set: &crate::revocation::RevocationSet, hit: &CachedToken, now: u64) -> bool {
     if set.is_empty() {
-        return None;
+        return false;
     }
-    if let Some(r) = set.jti(&hit.jti, now) {
-        return Some(r.reason.clone());
-    }
-    let subject = meshpass_core::SpiffeId::parse(subject_of(&hit.rate_key)).ok()?;
-    set.subject(&subject, now).map(|r| r.reason.clone())
+    set.jti(&hit.jti, now).is_some()
+        || meshpass_core::SpiffeId::parse(subject_of(&hit.rate_key))
+            .map_or(true, |s| set.subject(&s, now).is_some())
 }
 
 /// The rate-limit key of a (caller, subject) pair (a space never occurs in either).

@@ -40,6 +40,20 @@ fn store(st: &MgmtState) -> Result<&std::sync::Arc<dyn RevocationStore>, MgmtErr
         .ok_or(MgmtError::Unavailable("the revocation store"))
 }
 
+/// The body of a create; an unknown `target` names the field (serde names the value).
+fn parse_new(body: &[u8]) -> Result<NewRevocation, MgmtError> {
+    let v: Value = parse_body(body)?;
+    if let Some(t) = v.get("target") {
+        if !matches!(t.as_str(), Some("subject" | "caller" | "jti")) {
+            return Err(MgmtError::invalid(
+                "target",
+                "must be subject, caller or jti",
+            ));
+        }
+    }
+    parse_body(body)
+}
+
 /// Reloads the set from the store after a write, so this replica's feed serves the
 /// new version at once (the write itself is already applied locally).
 async fn confirm(st: &MgmtState) {
@@ -93,7 +107,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
-    let new: NewRevocation = parse_body(&body)?;
+    let new = parse_new(&body)?;
     let now = st.clock.now();
     let r = store(&st)?
         .create_revocation(&new, &rid.actor(&caller), now)
