@@ -10,6 +10,8 @@
 //! * [`envoy`]: the client and server sidecar configurations.
 //! * [`yaml`]: JSON values written as YAML (Envoy bootstraps).
 //! * [`topology`]: all of the above wired together.
+//! * [`revocation`]: the filters' feed settings, revoke/lift through the management
+//!   API, the filters' metrics (issue #16).
 //!
 //! Library code returns `anyhow::Result`; the testkit calls it makes panic with a message
 //! naming what is missing (a broken environment).
@@ -19,6 +21,7 @@ pub mod echo;
 pub mod envoy;
 pub mod http;
 pub mod jwt;
+pub mod revocation;
 pub mod topology;
 pub mod yaml;
 

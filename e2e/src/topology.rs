@@ -107,6 +107,10 @@ pub struct Options {
     pub key_refresh_secs: u64,
     /// Envoy log level (`info`, `debug`...).
     pub envoy_log_level: String,
+    /// Worker threads of each sidecar (`--concurrency`).
+    pub sidecar_concurrency: u32,
+    /// How often the filters poll the revocation feed (see [`crate::revocation`]).
+    pub revocation_poll_ms: u64,
 }
 
 impl Default for Options {
@@ -119,6 +123,8 @@ impl Default for Options {
             publish_lead_secs: 5,
             key_refresh_secs: 1,
             envoy_log_level: "info".into(),
+            sidecar_concurrency: 1,
+            revocation_poll_ms: 1000,
         }
     }
 }
@@ -461,8 +467,11 @@ impl Topology {
             svid_jwks: svid_jwks.port(),
             app: app.port(),
         };
-        let server_plugin_config = plugin_config("SERVER", options.svid_jwks_refresh_secs);
-        let client_plugin_config = plugin_config("CLIENT", options.svid_jwks_refresh_secs);
+        let mut server_plugin_config = plugin_config("SERVER", options.svid_jwks_refresh_secs);
+        let mut client_plugin_config = plugin_config("CLIENT", options.svid_jwks_refresh_secs);
+        for cfg in [&mut server_plugin_config, &mut client_plugin_config] {
+            crate::revocation::configure_plugin(cfg, options.revocation_poll_ms);
+        }
         let filter = |cfg: &Value| WasmFilter {
             wasm_path: wasm.clone(),
             plugin_config: cfg.clone(),
@@ -529,11 +538,13 @@ impl Topology {
             &client_cfg.ca_bundle,
             &service_id,
         )?;
+        crate::revocation::add_feed_cluster(&mut server_envoy)?;
+        crate::revocation::add_feed_cluster(&mut client_envoy)?;
         let sidecar = |name: &str, config: &Value| {
             let yaml = envoy::yaml(config);
             let options = EnvoyOptions {
                 name: name.into(),
-                concurrency: 1,
+                concurrency: options.sidecar_concurrency,
                 // Envoy's own chatter at warning; the wasm filter's log at the level asked.
                 extra_args: ["--log-level", "warning", "--component-log-level"]
                     .iter()

@@ -18,7 +18,7 @@ fn demo_once_walks_through_an_exchange_and_a_rejection_then_exits_zero() {
         out.status
     );
     for line in [
-        "[3/7] the caller's JWT-SVID",
+        "[3/8] the caller's JWT-SVID",
         "\"sub\": \"spiffe://cluster.local/ns/demo/sa/frontend\"",
         "POST /token grant_type=token-exchange",
         "exchanges sent by the client sidecar: 0 -> 1",
@@ -32,6 +32,13 @@ fn demo_once_walks_through_an_exchange_and_a_rejection_then_exits_zero() {
         "HTTP 403",
         "mapping batch-echo created",
         "batch's next request: HTTP 200",
+        "[8/8] a revocation",
+        "revocations add --subject spiffe://cluster.local/ns/demo/sa/frontend",
+        "created",
+        "refused",
+        "\"error_description\":\"revoked: demo: compromised node\"",
+        "lifted",
+        "frontend is served again",
         "try it yourself",
         "curl -s -H \"Authorization: Bearer $(cat ",
         "stopped; nothing left running.",

@@ -73,11 +73,21 @@ pub enum Counter {
     JwksRefreshFailure,
     /// Unknown `kid` triggered a refetch.
     JwksUnknownKid,
+    /// Denied (403): the subject or the cached token's `jti` is revoked.
+    DeniedRevoked,
+    /// Revocation feed polls answered (200 or 304).
+    RevocationPollSuccess,
+    /// Revocation feed polls that failed (outage, bad answer, past the bound).
+    RevocationPollFailure,
+    /// Feed answers that were snapshots (the set replaced).
+    RevocationSnapshots,
+    /// Feed answers that were deltas (applied onto the set).
+    RevocationDeltas,
 }
 
 impl Counter {
     /// Every counter, in `repr` order.
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 25] = [
         Counter::Allowed,
         Counter::Bypassed,
         Counter::DeniedNoToken,
@@ -98,6 +108,11 @@ impl Counter {
         Counter::JwksRefreshSuccess,
         Counter::JwksRefreshFailure,
         Counter::JwksUnknownKid,
+        Counter::DeniedRevoked,
+        Counter::RevocationPollSuccess,
+        Counter::RevocationPollFailure,
+        Counter::RevocationSnapshots,
+        Counter::RevocationDeltas,
     ];
 
     /// The exported metric name.
@@ -123,6 +138,34 @@ impl Counter {
             Counter::JwksRefreshSuccess => "meshpass_jwks_refresh_success",
             Counter::JwksRefreshFailure => "meshpass_jwks_refresh_failure",
             Counter::JwksUnknownKid => "meshpass_jwks_unknown_kid_refetch",
+            Counter::DeniedRevoked => "meshpass_denied_revoked",
+            Counter::RevocationPollSuccess => "meshpass_revocation_poll_success",
+            Counter::RevocationPollFailure => "meshpass_revocation_poll_failure",
+            Counter::RevocationSnapshots => "meshpass_revocation_snapshots",
+            Counter::RevocationDeltas => "meshpass_revocation_deltas",
+        }
+    }
+}
+
+/// The gauges the filter exports (set, not added to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Gauge {
+    /// Seconds since the revocation feed last answered (since start before that).
+    RevocationStaleness,
+    /// The revocation feed version the set is at.
+    RevocationVersion,
+}
+
+impl Gauge {
+    /// Every gauge, in `repr` order.
+    pub const ALL: [Gauge; 2] = [Gauge::RevocationStaleness, Gauge::RevocationVersion];
+
+    /// The exported metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Gauge::RevocationStaleness => "meshpass_revocation_staleness_seconds",
+            Gauge::RevocationVersion => "meshpass_revocation_version",
         }
     }
 }
@@ -193,6 +236,8 @@ pub trait Host {
     fn count(&mut self, c: Counter, n: u64);
     /// Records a latency sample.
     fn record_latency_ms(&mut self, ms: u64);
+    /// Sets a gauge.
+    fn gauge(&mut self, g: Gauge, value: u64);
 }
 
 /// What the HTTP context returns to Envoy.

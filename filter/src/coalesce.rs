@@ -7,6 +7,7 @@ use crate::cache::{self, Entry, Marker, MARKER_IDLE};
 use crate::config::FailureMode;
 use crate::exchange::DISPATCH_KICK;
 use crate::outcome::Outcome;
+use crate::revoke::REVOCATIONS_KICK;
 use crate::worker::{RemoteWait, Waiter, Worker};
 
 /// Shared-data counter handing out worker numbers (queue names).
@@ -39,6 +40,10 @@ impl Worker {
         self.fetch_due_keys(host, now, true);
         if self.config.validate_only {
             return;
+        }
+        // A configuration reload finds the set the previous workers left.
+        if let Some(rc) = self.config.revocation.clone() {
+            self.reload_revocations(host, &rc, now);
         }
         let mut n = None;
         for _ in 0..16 {
@@ -237,11 +242,32 @@ impl Worker {
         }
     }
 
+    /// The live notification queues of the other workers.
+    pub(crate) fn other_queues(&self, host: &dyn Host, now: u64) -> Vec<String> {
+        let Some((listing, _)) = host.shared_get(QUEUES_KEY) else {
+            return Vec::new();
+        };
+        let stale = self.queue_stale_ms();
+        let me = self.queue_name().unwrap_or("");
+        parse_listing(&listing)
+            .into_iter()
+            .filter(|(name, hb)| *name != me && hb.saturating_add(stale) > now)
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
     /// A message on this worker's queue: another worker finished the exchange of the
     /// cache key it names.
     pub fn on_notify(&mut self, host: &mut dyn Host, msg: &[u8]) {
         if msg == DISPATCH_KICK {
             self.dispatch_pending(host);
+            return;
+        }
+        if msg == REVOCATIONS_KICK {
+            if let Some(rc) = self.config.revocation.clone() {
+                let now = host.now_ms();
+                self.reload_revocations(host, &rc, now);
+            }
             return;
         }
         let Ok(key) = std::str::from_utf8(msg) else {

@@ -99,7 +99,7 @@ impl Worker {
         host.dispatch(&ex.cluster, &headers, body.as_bytes(), ex.timeout_ms)
     }
 
-    /// An answer to a dispatched call (exchange, refresh or JWKS).
+    /// An answer to a dispatched call (exchange, refresh, JWKS or revocation feed).
     pub fn on_call_response(&mut self, host: &mut dyn Host, token: u32, resp: CallResponse) {
         let Some(call) = self.calls.remove(&token) else {
             return;
@@ -145,6 +145,7 @@ impl Worker {
                 }
             }
             Call::Jwks { issuer } => self.on_jwks(host, &issuer, resp, now),
+            Call::Revocations { since } => self.on_feed(host, since, resp, now),
         }
     }
 

@@ -11,9 +11,12 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
-use crate::api::{CallResponse, Counter, Host, Level, SharedError, Verdict, EXCHANGE_LATENCY_MS};
+use crate::api::{
+    CallResponse, Counter, Gauge, Host, Level, SharedError, Verdict, EXCHANGE_LATENCY_MS,
+};
 use crate::config::Config;
 use crate::exchange::MAX_EXCHANGE_BODY;
+use crate::feed::MAX_FEED_BYTES;
 use crate::worker::Worker;
 
 proxy_wasm::main! {{
@@ -27,6 +30,7 @@ proxy_wasm::main! {{
 #[derive(Clone)]
 struct Metrics {
     counters: Vec<u32>,
+    gauges: Vec<u32>,
     latency: Option<u32>,
 }
 
@@ -38,6 +42,10 @@ impl Metrics {
                 .map(|c| {
                     hostcalls::define_metric(MetricType::Counter, c.name()).unwrap_or(u32::MAX)
                 })
+                .collect(),
+            gauges: Gauge::ALL
+                .iter()
+                .map(|g| hostcalls::define_metric(MetricType::Gauge, g.name()).unwrap_or(u32::MAX))
                 .collect(),
             latency: hostcalls::define_metric(MetricType::Histogram, EXCHANGE_LATENCY_MS).ok(),
         }
@@ -168,6 +176,14 @@ impl Host for Envoy<'_> {
             let _ = hostcalls::record_metric(id, ms);
         }
     }
+
+    fn gauge(&mut self, g: Gauge, value: u64) {
+        if let Some(&id) = self.metrics.gauges.get(g as usize) {
+            if id != u32::MAX {
+                let _ = hostcalls::record_metric(id, value);
+            }
+        }
+    }
 }
 
 fn call_response(body_size: usize) -> CallResponse {
@@ -183,7 +199,9 @@ fn call_response(body_size: usize) -> CallResponse {
         body: hostcalls::get_buffer(
             BufferType::HttpCallResponseBody,
             0,
-            body_size.min(MAX_EXCHANGE_BODY.max(256 * 1024)),
+            // One byte past the largest answer read, so an oversize one is refused as
+            // such (never parsed truncated).
+            body_size.min(MAX_EXCHANGE_BODY.max(MAX_FEED_BYTES) + 1),
         )
         .ok()
         .flatten()

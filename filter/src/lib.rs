@@ -5,14 +5,16 @@
 //! Only [`host`] (built for wasm32 only) touches the proxy-wasm host API; everything
 //! else is plain Rust over [`api::Host`], unit-tested on the host with a mock.
 //! Module map (README "Where things are"): [`worker`] holds the per-worker state;
-//! [`request`], [`exchange`], [`coalesce`], [`jwks`], [`respond`] and [`tick`] are its
-//! behaviour by responsibility; [`cache`], [`memo`] and [`outcome`] are plain data.
+//! [`request`], [`exchange`], [`coalesce`], [`jwks`], [`revoke`], [`respond`] and
+//! [`tick`] are its behaviour by responsibility; [`cache`], [`memo`], [`outcome`] and
+//! [`feed`] are plain data.
 
 pub mod api;
 pub mod cache;
 pub mod coalesce;
 pub mod config;
 pub mod exchange;
+pub mod feed;
 pub mod headers;
 pub mod jwks;
 mod memo;
@@ -20,6 +22,7 @@ pub mod outcome;
 pub mod path;
 pub mod request;
 pub mod respond;
+pub mod revoke;
 pub mod tick;
 pub mod worker;
 

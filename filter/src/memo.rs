@@ -97,6 +97,29 @@ impl Memo {
         v.push(e);
     }
 
+    /// Drops the entries `revoked(subject, participant token)` picks; returns each
+    /// dropped one's (subject token, target digest, actor token), so its shared entry
+    /// can be dropped too.
+    pub(crate) fn remove_revoked(
+        &mut self,
+        mut revoked: impl FnMut(&str, &str) -> bool,
+    ) -> Vec<(String, [u8; 32], Option<String>)> {
+        let mut gone = Vec::new();
+        self.map.retain(|token, v| {
+            v.retain(|e| {
+                let participant = e.authorization.strip_prefix("Bearer ").unwrap_or("");
+                if revoked(&e.subject, participant) {
+                    gone.push((token.clone(), e.digest, e.actor.clone()));
+                    false
+                } else {
+                    true
+                }
+            });
+            !v.is_empty()
+        });
+        gone
+    }
+
     /// Drops entries past their time.
     pub(crate) fn sweep(&mut self, now: u64) {
         self.map.retain(|_, v| {

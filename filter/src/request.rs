@@ -154,11 +154,16 @@ impl Worker {
         let now = host.now_ms();
         self.coarse_now_ms = now;
         let slot = cache::entry_key(&key, self.config.cache_slots);
-        if let Some((bytes, _cas)) = host.shared_get(&slot) {
+        if let Some((bytes, cas)) = host.shared_get(&slot) {
             if let Some(e) = Entry::decode_for(&bytes, &key).filter(|e| e.expires_ms > now) {
                 if self.config.mode != Mode::NoneInsecure && identity.as_deref() != Some(e.subject)
                 {
                     return self.deny_binding(host, identity.is_some());
+                }
+                // Checked before the entry is memoised: the memo never holds a revoked one.
+                if let Some(reason) = self.revoked_reason(e.subject, e.token) {
+                    let _ = host.shared_set(&slot, None, Some(cas));
+                    return self.deny_revoked(host, &reason);
                 }
                 self.bump(Counter::CacheHit);
                 if now < e.refresh_ms {
@@ -286,6 +291,10 @@ impl Worker {
             }
             Err(e) => return self.deny_validation(host, e),
         };
+        // A revoked subject gets no exchange (the service would refuse it anyway).
+        if let Some(reason) = self.revoked_subject(verified.spiffe_id.as_str()) {
+            return self.deny_revoked(host, &reason);
+        }
         if !self.claim(host, &key, now) {
             self.wait_remote(key, Waiter { ctx, identity }, target.failure_mode, now);
             return Verdict::Pause;

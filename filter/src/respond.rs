@@ -101,6 +101,11 @@ impl Worker {
                     self.deny_binding(host, w.identity.is_some());
                     return;
                 }
+                // Revoked while the exchange was out.
+                if let Some(reason) = self.revoked_reason(subject, t) {
+                    self.deny_revoked(host, &reason);
+                    return;
+                }
                 self.allow(host, t, subject);
                 host.resume();
             }

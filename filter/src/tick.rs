@@ -5,7 +5,8 @@ use crate::cache::{self, Entry};
 use crate::worker::Worker;
 
 impl Worker {
-    /// Root tick: JWKS refresh (one worker wins the lease by CAS), parked unknown-kid
+    /// Root tick: JWKS refresh (one worker wins the lease by CAS), the revocation set
+    /// (reload, gauges, poll: one worker wins its lease), parked unknown-kid
     /// requests, background token refreshes, stuck in-flight cleanup, waits on other
     /// workers, swept markers and heartbeat, expired-entry deletion, memo sweep,
     /// metrics flush.
@@ -13,6 +14,7 @@ impl Worker {
         let now = host.now_ms();
         self.coarse_now_ms = now;
         self.fetch_due_keys(host, now, false);
+        self.revocation_tick(host, now);
         self.retry_parked(host, now);
         self.start_refreshes(host, now);
         self.expire_stuck(host, now);

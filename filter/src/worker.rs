@@ -11,6 +11,7 @@ use meshpass_core::{KeySet, SpiffeId};
 
 use crate::api::{Counter, Host};
 use crate::config::{Config, FailureMode, IssuerKeys, Mode, OwnIdentity, Target};
+use crate::feed::RevocationSet;
 use crate::memo::Memo;
 
 const PEER_SAN: [&str; 2] = ["connection", "uri_san_peer_certificate"];
@@ -57,6 +58,10 @@ pub(crate) enum Call {
     },
     Jwks {
         issuer: String,
+    },
+    /// A revocation feed poll, asked from `since`.
+    Revocations {
+        since: u64,
     },
 }
 
@@ -128,6 +133,9 @@ pub struct Worker {
     pub(crate) markers: Vec<(u64, String)>,
     /// Exchanges waiting for the root context (woken through this worker's own queue).
     pub(crate) to_dispatch: Vec<PendingExchange>,
+    /// The revocations this worker enforces (loaded from shared data when the shared
+    /// version moves; the memo never holds an entry they revoke).
+    pub(crate) revoked: RevocationSet,
 }
 
 impl Worker {
@@ -163,6 +171,7 @@ impl Worker {
             remote: HashMap::new(),
             markers: Vec::new(),
             to_dispatch: Vec::new(),
+            revoked: RevocationSet::default(),
         }
     }
 
@@ -183,6 +192,11 @@ impl Worker {
                 host.count(c, n);
             }
         }
+    }
+
+    /// The revocation feed version this worker enforces (0: none yet).
+    pub fn revocation_version(&self) -> u64 {
+        self.revoked.version()
     }
 
     /// Whether an exchange for `key` is in flight in this worker.

@@ -342,6 +342,7 @@ fn filter_in_real_envoy_binds_exchanges_caches_and_fails_closed() {
             "jwks_min_refetch_secs": 1,
         }],
         "exchange": {"cluster": "exchange", "authority": "exchange.test", "timeout_ms": 1000},
+        "revocation": {"enabled": false},
         "bypass": [{"path": "/healthz"}],
         "set_subject_header": true,
         "tick_ms": 100,
@@ -609,6 +610,7 @@ fn client_mode_discovers_its_identity_from_istio_node_metadata() {
         "issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"],
                      "jwks": jwks(&[&k1])}],
         "exchange": {"cluster": "exchange"},
+        "revocation": {"enabled": false},
         "default_rule": {"resource": "orders"},
     });
     let port = free_port();
@@ -692,6 +694,7 @@ fn concurrent_first_requests_across_both_workers_cost_exactly_one_exchange() {
         "issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"],
                      "jwks": jwks(&[&k1])}],
         "exchange": {"cluster": "exchange", "timeout_ms": 3000},
+        "revocation": {"enabled": false},
         "tick_ms": 100,
         "rules": [
             {"path_prefix": "/slow-forbidden", "resource": "slow-forbidden"},
@@ -802,6 +805,7 @@ fn client_sidecar(concurrency: u32, edit: impl FnOnce(&mut serde_json::Value)) -
         "issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"],
                      "jwks": jwks(&[&key])}],
         "exchange": {"cluster": "exchange", "timeout_ms": 3000},
+        "revocation": {"enabled": false},
         "tick_ms": 100,
         "bypass": [{"path": "/healthz"}],
         "default_rule": {"resource": "orders"},

@@ -34,6 +34,9 @@ fn base_config(key: &Key) -> serde_json::Value {
         "bypass": [{"path": "/healthz"}],
         "rules": [{"path_prefix": "/orders", "resource": "https://orders.test", "scopes": ["orders.read"]}],
         "default_rule": {"resource": "https://default.test", "audience": ["app"], "scopes": ["read"]},
+        // These tests count dispatched calls; revocation polling has its own tests
+        // (tests/revocation.rs).
+        "revocation": {"enabled": false},
     })
 }
 

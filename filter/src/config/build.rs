@@ -30,10 +30,11 @@ impl Config {
                 || !raw.rules.is_empty()
                 || raw.default_rule.is_some()
                 || !raw.issuers.is_empty()
+                || raw.revocation.is_some()
             {
                 return Err(err(
                     "noop_for_benchmarks",
-                    "is a benchmark aid that does nothing: it cannot be combined with issuers, exchange, rules or default_rule",
+                    "is a benchmark aid that does nothing: it cannot be combined with issuers, exchange, rules, default_rule or revocation",
                 ));
             }
             return Ok(Config::noop());
@@ -95,6 +96,7 @@ impl Config {
         if !(10..=60_000).contains(&raw.tick_ms) {
             return Err(err("tick_ms", "must be 10..=60000"));
         }
+        let revocation = revocation(raw.revocation, &exchange, validate_only, raw.tick_ms)?;
         Ok(Config {
             noop: false,
             validate_only,
@@ -120,6 +122,7 @@ impl Config {
             cache_slots: raw.cache.slots,
             retry_after_secs: raw.retry_after_secs.max(1),
             tick_ms: raw.tick_ms,
+            revocation,
         })
     }
 
@@ -155,6 +158,7 @@ impl Config {
             cache_slots: 1,
             retry_after_secs: 1,
             tick_ms: 60_000,
+            revocation: None,
             needs_authority: false,
             needs_path: false,
             needs_method: false,
@@ -261,6 +265,70 @@ fn exchange(
         actor_token_header,
         cluster: raw.cluster,
     })
+}
+
+/// `revocation`: on by default whenever an exchange is configured (the feed is served
+/// by the same service, through the same cluster and authority).
+fn revocation(
+    raw: Option<RawRevocation>,
+    exchange: &Exchange,
+    validate_only: bool,
+    tick_ms: u64,
+) -> Result<Option<Revocation>, ConfigError> {
+    let raw = raw.unwrap_or(RawRevocation {
+        enabled: None,
+        poll_interval_ms: default_poll_interval_ms(),
+        path: default_revocation_path(),
+        cluster: None,
+        authority: None,
+    });
+    match raw.enabled {
+        Some(false) => return Ok(None),
+        Some(true) if validate_only => {
+            return Err(err(
+                "revocation.enabled",
+                "needs an exchange (validate_only_for_benchmarks has none)",
+            ))
+        }
+        None if validate_only => return Ok(None),
+        _ => {}
+    }
+    if !(100..=3_600_000).contains(&raw.poll_interval_ms) {
+        return Err(err("revocation.poll_interval_ms", "must be 100..=3600000"));
+    }
+    if raw.poll_interval_ms < tick_ms {
+        return Err(err(
+            "revocation.poll_interval_ms",
+            "must be at least tick_ms (the feed is polled on the tick)",
+        ));
+    }
+    let path = check_path("revocation.path", raw.path)?;
+    if path.contains('?') || path.contains('#') {
+        return Err(err(
+            "revocation.path",
+            "must not hold a query (?since= is added)",
+        ));
+    }
+    let cluster = raw.cluster.unwrap_or_else(|| exchange.cluster.clone());
+    if cluster.trim().is_empty() {
+        return Err(err("revocation.cluster", "must not be empty"));
+    }
+    let authority = raw.authority.unwrap_or_else(|| exchange.authority.clone());
+    if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(err("revocation.authority", "must be a host[:port]"));
+    }
+    let id = hex(&Sha256::digest(
+        format!("{cluster}\n{authority}\n{path}").as_bytes(),
+    ))[..16]
+        .to_string();
+    Ok(Some(Revocation {
+        cluster,
+        authority,
+        poll_interval_ms: raw.poll_interval_ms,
+        path,
+        set_key: format!("meshpass/rv/{id}"),
+        lease_key: format!("meshpass/rv-lease/{id}"),
+    }))
 }
 
 /// Every issuer: core's `IssuerPolicy` (core's deserialisation, then core's

@@ -51,6 +51,8 @@ pub(super) struct RawConfig {
     pub(super) retry_after_secs: u64,
     #[serde(default = "default_tick_ms")]
     pub(super) tick_ms: u64,
+    #[serde(default)]
+    pub(super) revocation: Option<RawRevocation>,
 }
 
 pub(super) fn default_token_header() -> String {
@@ -85,6 +87,31 @@ pub(super) fn default_jwks_refresh_secs() -> u64 {
 }
 pub(super) fn default_min_refetch_secs() -> u64 {
     30
+}
+pub(super) fn default_poll_interval_ms() -> u64 {
+    5000
+}
+pub(super) fn default_revocation_path() -> String {
+    "/revocations".into()
+}
+
+/// `revocation`: the feed of revoked subjects and tokens (docs/DESIGN.md "Revocation").
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRevocation {
+    /// Default: on whenever an exchange is configured.
+    #[serde(default)]
+    pub(super) enabled: Option<bool>,
+    #[serde(default = "default_poll_interval_ms")]
+    pub(super) poll_interval_ms: u64,
+    #[serde(default = "default_revocation_path")]
+    pub(super) path: String,
+    /// Default: `exchange.cluster`.
+    #[serde(default)]
+    pub(super) cluster: Option<String>,
+    /// Default: `exchange.authority`.
+    #[serde(default)]
+    pub(super) authority: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -125,6 +125,24 @@ pub struct Exchange {
     pub actor_token_header: Option<String>,
 }
 
+/// The revocation feed (polled through the exchange cluster, with its authority,
+/// unless configured otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// Envoy cluster of the feed (default: the exchange cluster).
+    pub cluster: String,
+    /// `:authority` of the poll (default: the exchange authority).
+    pub authority: String,
+    /// How often one worker polls the feed, ms.
+    pub poll_interval_ms: u64,
+    /// The feed's path (`?since=V` is appended).
+    pub path: String,
+    /// Shared-data key of the set (`{"version", "entries"}`).
+    pub set_key: String,
+    /// Shared-data key of the poll lease, version and last success.
+    pub lease_key: String,
+}
+
 /// How the proxy's own identity (CLIENT mode) is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OwnIdentity {
@@ -185,6 +203,8 @@ pub struct Config {
     pub retry_after_secs: u64,
     /// Root tick period, ms.
     pub tick_ms: u64,
+    /// The revocation feed, when enabled.
+    pub revocation: Option<Revocation>,
     /// Whether any rule reads `:authority` / `:path` / `:method`.
     pub needs_authority: bool,
     /// See `needs_authority`.

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use meshpass_filter::api::{CallResponse, Counter, Host, Level, SharedError};
+use meshpass_filter::api::{CallResponse, Counter, Gauge, Host, Level, SharedError};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 
@@ -125,6 +125,7 @@ pub struct Mock {
     pub replies: HashMap<u32, Reply>,
     pub resumed: Vec<u32>,
     pub counters: HashMap<&'static str, u64>,
+    pub gauges: HashMap<&'static str, u64>,
     pub latencies: Vec<u64>,
     pub logs: RefCell<Vec<String>>,
     pub fail_dispatch: bool,
@@ -309,6 +310,9 @@ impl Host for Mock {
     }
     fn record_latency_ms(&mut self, ms: u64) {
         self.latencies.push(ms);
+    }
+    fn gauge(&mut self, g: Gauge, value: u64) {
+        self.gauges.insert(g.name(), value);
     }
 }
 
