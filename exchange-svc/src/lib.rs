@@ -4,6 +4,7 @@
 pub mod app;
 pub mod cache;
 pub mod caller;
+pub mod change_feed;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -89,6 +89,11 @@ pub struct AppState {
     pub reviewers: Arc<HashMap<String, TokenReviewer>>,
     /// Exchange statistics and the refused-exchange audit (set by `serve`).
     pub hooks: Option<Arc<crate::mgmt::ExchangeHooks>>,
+    /// The store's change version as other replicas' writes arrive (set by `serve`;
+    /// see `crate::change_feed`): subscribe to reload in-memory views.
+    pub changes: Option<tokio::sync::watch::Receiver<Option<i64>>>,
+    /// Set on SIGTERM: `/readyz` fails while the replica drains (`server.drain_delay_secs`).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -123,6 +128,12 @@ impl AppState {
             field: "metrics".into(),
             reason: e.to_string(),
         })?;
+        let limiter =
+            RateLimiter::from_config(&cfg.rate_limit, &metrics, cfg.server.retry_after_secs)
+                .map_err(|reason| ConfigError::Invalid {
+                    field: "rate_limit".into(),
+                    reason,
+                })?;
         let store: Arc<dyn MappingStore> = if cfg.store.policy_cache_secs > 0 {
             Arc::new(PolicyCache::new(
                 store,
@@ -151,10 +162,12 @@ impl AppState {
                     cfg.cache.min_remaining_fraction,
                 ))
             }),
-            limiter: Arc::new(RateLimiter::default()),
+            limiter: Arc::new(limiter),
             metrics: Arc::new(metrics),
             reviewers: Arc::new(reviewers),
             hooks: None,
+            changes: None,
+            draining: Arc::default(),
         })
     }
 }

@@ -170,7 +170,7 @@ async fn exchange(
     if let (Some(cache), Some(key)) = (&st.cache, &key) {
         if let Some(hit) = cache.get(key, now) {
             st.metrics.cache_hits.inc();
-            return serve_cached(st, &hit, now).map_err(on(
+            return serve_cached(st, &hit, now).await.map_err(on(
                 &hit.resource,
                 subject_of(&hit.rate_key),
                 caller_id,
@@ -209,9 +209,7 @@ async fn exchange(
     if let Some(limit) = mapping.rate_limit {
         st.limiter
             .check(&rate_key, &mapping.name, limit)
-            .map_err(|wait| ApiError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            })
+            .await
             .map_err(on(&target))?;
     }
     subject::review(st, &req, &subject)
@@ -300,17 +298,13 @@ fn answer(access_token: String, expires_in: u64, scope: Option<String>) -> Token
     }
 }
 
-fn serve_cached(
+async fn serve_cached(
     st: &AppState,
     hit: &CachedToken,
     now: u64,
 ) -> Result<(TokenExchangeResponse, Outcome), ApiError> {
     if let Some(limit) = hit.rate_limit {
-        st.limiter
-            .check(&hit.rate_key, &hit.mapping, limit)
-            .map_err(|wait| ApiError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            })?;
+        st.limiter.check(&hit.rate_key, &hit.mapping, limit).await?;
     }
     Ok((
         answer(

@@ -14,6 +14,7 @@
 
 mod audit;
 mod cached;
+mod changes;
 mod managed;
 mod sql;
 
@@ -27,6 +28,7 @@ use serde_json::{Map, Value};
 
 pub use audit::{AuditEvent, AuditQuery, AuditRecord};
 pub use cached::PolicyCache;
+pub use changes::CHANNEL as CHANGE_CHANNEL;
 pub use managed::{Actor, ETag, ImportDiff, PolicyDocument, Precondition, Saved, ScopeKey};
 pub use sql::{SqlStore, StoreConfig};
 

@@ -1,0 +1,147 @@
+//! Rate limits global across replicas (`[rate_limit] backend = "redis"`): the real Redis
+//! on 127.0.0.1:6379 (a unique key prefix per test) for the shared limit, and a private
+//! `redis-server` the test stops and starts for the outage: the local share or fail
+//! closed, reported in `/readyz` and metrics, and automatic recovery.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::Router;
+use common::*;
+use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::config::Config;
+use meshpass_testkit::{shared_redis_url, unique_prefix, RedisServer};
+use serde_json::Value;
+
+/// A replica (own SQLite file, same mappings) counting rate limits in `redis_url`.
+/// `web-to-orders` allows 0.5/s with a burst of 2 per (caller, subject).
+async fn replica(dir: &std::path::Path, issuer: &TestIssuer, extra: &str) -> Router {
+    let sub = tempfile::tempdir_in(dir).unwrap().keep();
+    let cfg: Config = load_config(&sub, &config_toml(issuer, &sub.join("m.db"), extra));
+    let st = state_with(&cfg, LocalSigner::new(), std::sync::Arc::new(SystemClock)).await;
+    meshpass_exchange::app(st)
+}
+
+fn redis_section(url: &str, prefix: &str, on_down: &str) -> String {
+    format!(
+        "\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\n\
+         on_redis_down = \"{on_down}\"\nreplicas = 2\nredis_timeout_ms = 200\nredis_retry_ms = 100\n"
+    )
+}
+
+async fn orders(app: &Router, token: &str) -> Answer {
+    post_token(app, exchange_form(token, &[("resource", "orders")])).await
+}
+
+async fn readyz(app: &Router) -> Value {
+    get(app, "/readyz").await.json
+}
+
+async fn metric(app: &Router, name: &str) -> f64 {
+    let text = get_text(app, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subjects_burst_is_shared_by_every_replica_through_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let section = redis_section(
+        &shared_redis_url(),
+        &unique_prefix("shared-burst"),
+        "local_share",
+    );
+    let r1 = replica(dir.path(), &issuer, &section).await;
+    let r2 = replica(dir.path(), &issuer, &section).await;
+    let token = issuer.svid(WEB, now(), 600);
+    // Burst 2 for the pair, whichever replica answers: 2 granted, then 429 on both.
+    let mut statuses = Vec::new();
+    for app in [&r1, &r2, &r1, &r2, &r1, &r2] {
+        statuses.push(orders(app, &token).await.status);
+    }
+    let granted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(granted, 2, "{statuses:?}");
+    let refused = orders(&r2, &token).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json["error"], "slow_down");
+    let wait: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    assert_eq!(readyz(&r1).await["rate_limit"], "redis");
+    assert_eq!(metric(&r1, "meshpass_rate_limit_redis_up").await, 1.0);
+    // Another subject has its own budget.
+    let other = issuer.svid("spiffe://cluster.local/ns/shop/sa/api", now(), 600);
+    let r = post_token(&r1, exchange_form(&other, &[("resource", "payments")])).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_replica_counts_its_local_share_and_recovers_when_redis_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let mut redis = RedisServer::start(dir.path());
+    let section = redis_section(&redis.url(), &unique_prefix("down-up"), "local_share");
+    let app = replica(dir.path(), &issuer, &section).await;
+    let token = issuer.svid(WEB, now(), 600);
+    assert_eq!(orders(&app, &token).await.status, StatusCode::OK);
+
+    redis.stop();
+    // The local share of burst 2 over 2 replicas is 1: one granted, then 429.
+    assert_eq!(orders(&app, &token).await.status, StatusCode::OK);
+    assert_eq!(
+        orders(&app, &token).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let ready = get(&app, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.json);
+    assert_eq!(ready.json["rate_limit"], "redis unavailable: local share");
+    assert_eq!(metric(&app, "meshpass_rate_limit_redis_up").await, 0.0);
+    assert!(metric(&app, "meshpass_rate_limit_fallback_total").await >= 2.0);
+
+    redis.start_again();
+    // Recovery needs no restart: the next check after redis_retry_ms asks Redis again
+    // (a fresh Redis holds no state: the pair's burst is whole).
+    let token2 = issuer.svid(WEB, now(), 601);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = orders(&app, &token2).await;
+        if readyz(&app).await["rate_limit"] == "redis" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never back on Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&app, "meshpass_rate_limit_redis_up").await, 1.0);
+    assert!(metric(&app, "meshpass_rate_limit_redis_errors_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_closed_with_redis_down_answers_503_for_limited_mappings_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let mut redis = RedisServer::start(dir.path());
+    let section = redis_section(&redis.url(), &unique_prefix("closed"), "fail_closed");
+    let app = replica(dir.path(), &issuer, &section).await;
+    let token = issuer.svid(WEB, now(), 600);
+    redis.stop();
+    let r = orders(&app, &token).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.json);
+    assert_eq!(r.json["error"], "temporarily_unavailable");
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        readyz(&app).await["rate_limit"],
+        "redis unavailable: failing closed"
+    );
+    // A mapping without a rate limit does not need Redis.
+    let p = post_token(&app, exchange_form(&token, &[("resource", "payments")])).await;
+    assert_eq!(p.status, StatusCode::OK);
+}
