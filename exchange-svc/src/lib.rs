@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod exchange;
+pub mod key_maintenance;
 pub mod keys;
 pub mod metrics;
 pub mod mgmt;

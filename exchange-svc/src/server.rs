@@ -302,6 +302,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     )?;
     // Replicas: other replicas' writes drop this one's views (policy, minted tokens).
     let change_feed = start_change_feed(Arc::clone(&store), &cfg, &mut state)?;
+    let _key_reload = spawn_key_reload(&state, Arc::clone(&signer));
     let collector = VaultCollector::new(signer.stats())
         .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?;
     if let Err(e) = state.metrics.register(Box::new(collector)) {
@@ -333,7 +334,10 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         &cfg,
         &state,
         Arc::clone(&store),
-        Some(signer.clone() as Arc<dyn crate::mgmt::KeyAdmin>),
+        Some(Arc::new(crate::key_maintenance::LockedKeyAdmin::new(
+            signer.clone() as Arc<dyn crate::mgmt::KeyAdmin>,
+            Arc::clone(&store),
+        )) as Arc<dyn crate::mgmt::KeyAdmin>),
         stats,
         shutdown_signal(),
     )
@@ -370,6 +374,35 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     drop(change_feed);
     store.close().await;
     r
+}
+
+/// Re-reads the transit key whenever the store's change version moves (another
+/// replica rotated or retired a version under the maintenance lock), so every replica
+/// serves the same JWKS at once. Mapping writes move it too: one key read each, rare.
+pub fn spawn_key_reload(
+    state: &AppState,
+    signer: Arc<TransitSigner>,
+) -> Option<crate::server::AbortOnDrop> {
+    let mut rx = state.changes.clone()?;
+    Some(AbortOnDrop(tokio::spawn(async move {
+        // The first version seen is the start-up state: the key was just loaded.
+        let _ = rx.borrow_and_update();
+        while rx.changed().await.is_ok() {
+            if let Err(e) = signer.refresh().await {
+                tracing::warn!(error = %e, "re-reading the transit key after a change failed");
+            }
+        }
+    })))
+}
+
+/// A task aborted when this goes.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Starts the [`crate::change_feed::ChangeFeed`]: every new change version drops the

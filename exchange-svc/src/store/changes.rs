@@ -62,3 +62,35 @@ impl SqlStore {
         (self.backend == Backend::Postgres).then_some(self.url.as_str())
     }
 }
+
+/// The advisory lock key of key maintenance (rotation, retirement): one replica at a
+/// time. (Migrations use 7270014101.)
+const MAINTENANCE_LOCK: i64 = 7_270_014_102;
+
+impl SqlStore {
+    /// Runs `op` while holding the key-maintenance lock (PostgreSQL: a transaction-level
+    /// advisory lock, so other replicas' maintenance waits; SQLite: this process's
+    /// writer lock), then bumps the change version in the same transaction so every
+    /// replica re-reads the keys at once. When `op` fails, nothing is bumped.
+    pub async fn with_maintenance_lock<T, E>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, E>> + Send,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MAINTENANCE_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        let out = op.await?;
+        bump(&mut tx, self.backend).await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(out)
+    }
+}
