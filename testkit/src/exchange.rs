@@ -93,6 +93,29 @@ impl ExchangeService {
         self.child.as_mut().is_some_and(ChildGuard::is_running)
     }
 
+    /// Sends `sig` (`"TERM"`, `"KILL"`, ...) to the service and returns at once.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            c.signal(sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (after
+    /// [`ExchangeService::signal`]); its exit status, or None when it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(ChildGuard::exited) {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Freezes the service; returns once every thread is stopped.
     pub fn pause(&mut self) {
         self.child.iter_mut().for_each(ChildGuard::pause);
