@@ -145,3 +145,73 @@ async fn failing_closed_with_redis_down_answers_503_for_limited_mappings_only() 
     let p = post_token(&app, exchange_form(&token, &[("resource", "payments")])).await;
     assert_eq!(p.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sustained_rate_through_redis_is_held_within_ten_percent() {
+    use meshpass_exchange::metrics::Metrics;
+    use meshpass_exchange::ratelimit::{Backend, RateLimitConfig, RateLimiter};
+    use meshpass_exchange::store::RateLimit;
+    let cfg = RateLimitConfig {
+        backend: Backend::Redis,
+        redis_url: Some(shared_redis_url()),
+        key_prefix: unique_prefix("sustained"),
+        ..RateLimitConfig::default()
+    };
+    let limiter = RateLimiter::from_config(&cfg, &Metrics::new().unwrap(), 1).unwrap();
+    let limit = RateLimit {
+        per_second: 20.0,
+        burst: 1,
+    };
+    let start = Instant::now();
+    let mut granted = 0u32;
+    while start.elapsed() < Duration::from_secs(2) {
+        if limiter.check("caller subject", "m", limit).await.is_ok() {
+            granted += 1;
+        }
+    }
+    let expected = 1.0 + 20.0 * start.elapsed().as_secs_f64();
+    let off = (f64::from(granted) - expected).abs() / expected;
+    assert!(off <= 0.10, "{granted} granted, {expected:.1} expected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sustained_load_on_three_replicas_is_held_to_the_global_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let section = redis_section(&shared_redis_url(), &unique_prefix("three"), "local_share");
+    // web-to-orders: 0.5/s burst 2 in the shared config; 20/s burst 1 here.
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let sub = tempfile::tempdir_in(dir.path()).unwrap().keep();
+        let toml = config_toml(&issuer, &sub.join("m.db"), &section).replace(
+            "rate_limit = { per_second = 0.5, burst = 2 }",
+            "rate_limit = { per_second = 20.0, burst = 1 }",
+        );
+        let cfg: Config = load_config(&sub, &toml);
+        let st = state_with(&cfg, LocalSigner::new(), std::sync::Arc::new(SystemClock)).await;
+        apps.push(meshpass_exchange::app(st));
+    }
+    let token = issuer.svid(WEB, now(), 600);
+    let start = Instant::now();
+    let granted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let (apps, token, granted) = (apps.clone(), token.clone(), granted.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while start.elapsed() < Duration::from_secs(3) {
+                if orders(&apps[i % 3], &token).await.status == StatusCode::OK {
+                    granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let granted = granted.load(std::sync::atomic::Ordering::Relaxed);
+    let expected = 1.0 + 20.0 * start.elapsed().as_secs_f64();
+    let off = (f64::from(granted) - expected).abs() / expected;
+    assert!(off <= 0.10, "{granted} granted, {expected:.1} expected");
+}
