@@ -12,8 +12,8 @@ use crate::error::ValidationError;
 pub enum PublicKey {
     /// RSA, at least 2048 bits.
     Rsa(rsa::RsaPublicKey),
-    /// ECDSA on P-256.
-    P256(p256::ecdsa::VerifyingKey),
+    /// ECDSA on P-256 (with its verification table, built on first use).
+    P256(crate::crypto::P256Key),
     /// ECDSA on P-384.
     P384(p384::ecdsa::VerifyingKey),
     /// ECDSA on P-521 (for ES512).
@@ -229,7 +229,7 @@ fn parse_ec(obj: &Map<String, Value>) -> Result<PublicKey, String> {
         "P-256" => {
             let sec1 = uncompressed_point(&x, &y, 32)?;
             p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1)
-                .map(PublicKey::P256)
+                .map(|k| PublicKey::P256(crate::crypto::P256Key::new(k)))
                 .map_err(|_| OFF_CURVE.into())
         }
         "P-384" => {

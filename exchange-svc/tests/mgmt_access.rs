@@ -70,6 +70,7 @@ async fn refuses_callers_without_a_valid_token_or_the_role() {
         s.http
             .get(format!("{}/api/v1/mappings", s.api))
             .bearer_auth(token)
+            .header("x-forwarded-client-cert", format!("URI={ADMIN}"))
             .send()
     };
     // Expired.
@@ -93,6 +94,48 @@ async fn refuses_callers_without_a_valid_token_or_the_role() {
     );
     // Nothing was written by any of them.
     assert_eq!(s.get("/api/v1/audit").await.2["items"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_tokens_are_bound_to_the_connection_they_arrive_on() {
+    let s = Service::start(Db::sqlite()).await;
+    let admin = s.token(ADMIN);
+    let list = format!("{}/api/v1/mappings", s.api);
+    let call = |client: reqwest::Client, xfcc: Option<&str>| {
+        let mut r = client.get(&list).bearer_auth(&admin);
+        if let Some(uri) = xfcc {
+            r = r.header("x-forwarded-client-cert", format!("URI={uri}"));
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (
+                status,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    // The admin's token, spent over another workload's connection (the trusted proxy
+    // names WEB): refused, and the answer says why.
+    let (st, b) = call(s.http.clone(), Some(WEB)).await;
+    assert_eq!(st, 401, "{b}");
+    let msg = b["message"].as_str().unwrap();
+    assert!(msg.contains("belongs to") && msg.contains(WEB), "{msg}");
+    // Through the trusted proxy with no identity forwarded: refused (fail closed).
+    let (st, b) = call(s.http.clone(), None).await;
+    assert_eq!(st, 401, "{b}");
+    assert!(b["message"].as_str().unwrap().contains("identity"), "{b}");
+    // Over its own connection: accepted.
+    assert_eq!(call(s.http.clone(), Some(ADMIN)).await.0, 200);
+    // A local operator on loopback that is not the proxy (127.0.0.2): no identity to
+    // bind to, accepted; an XFCC from it is refused, never believed.
+    let local = reqwest::Client::builder()
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(call(local.clone(), None).await.0, 200);
+    let (st, b) = call(local, Some(ADMIN)).await;
+    assert_eq!(st, 401, "{b}");
 }
 
 fn config_with(extra: &str) -> Result<Config, String> {

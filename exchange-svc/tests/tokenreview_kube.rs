@@ -23,11 +23,17 @@ const SA_USER: &str = "system:serviceaccount:shop:web";
 struct Service {
     app: Router,
     issuer: TestIssuer,
+    store: Arc<meshpass_exchange::store::SqlStore>,
     _dir: tempfile::TempDir,
 }
 
 impl Service {
     async fn start(token_review: &str) -> Service {
+        Service::start_audited(token_review, false).await
+    }
+
+    /// With `audit`, refused exchanges go to the audit log as in `serve`.
+    async fn start_audited(token_review: &str, audit: bool) -> Service {
         let issuer = TestIssuer::new(K8S_ISSUER, "sa");
         let dir = tempfile::tempdir().unwrap();
         let toml = config_toml(&issuer, &dir.path().join("m.db"), "").replace(
@@ -38,10 +44,19 @@ impl Service {
             ),
         );
         let cfg = load_config(dir.path(), &toml);
-        let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+        let (mut state, store) =
+            state_and_store(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+        if audit {
+            use meshpass_exchange::mgmt::{ExchangeHooks, ExchangeStats, RefusalAudit};
+            state.hooks = Some(Arc::new(ExchangeHooks {
+                stats: Arc::new(ExchangeStats::new().unwrap()),
+                refusals: Some(RefusalAudit::start(store.clone(), &cfg.management)),
+            }));
+        }
         Service {
             app: meshpass_exchange::app(state),
             issuer,
+            store,
             _dir: dir,
         }
     }
@@ -186,6 +201,56 @@ async fn a_review_whose_audiences_do_not_intersect_is_invalid_grant() {
     // The same double accepts once the audience matches: the refusals were the audiences.
     api.answer(Reply::Status(authenticated(SA_USER, "1234", &["meshpass"])));
     assert_eq!(svc.exchange(2).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_by_the_api_server_is_audited_and_an_outage_is_not() {
+    let api = KubeApi::start(Reply::Status(
+        json!({"authenticated": false, "error": "token has been invalidated"}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start_audited(&explicit(&api, dir.path()), true).await;
+    assert_invalid_grant(&svc.exchange(0).await, "authenticated: false");
+    api.answer(Reply::Fail(500));
+    assert_unavailable(&svc.exchange(1).await, "API server answers 500");
+    // The audit writer is asynchronous: wait for the refusal, then give an outage
+    // record (which must not come) the same time to appear.
+    let query = meshpass_exchange::store::AuditQuery {
+        after: None,
+        limit: 10,
+        action: Some("exchange.refused".into()),
+        target_prefix: None,
+    };
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = svc.store.audit_events(&query).await.unwrap();
+        if !events.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = if events.is_empty() {
+        events
+    } else {
+        svc.store.audit_events(&query).await.unwrap()
+    };
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = serde_json::to_value(&events[0]).unwrap();
+    assert_eq!(e["target"], "resources/payments", "{e}");
+    assert!(
+        e["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("spiffe://cluster.local/ns/shop/sa/web"),
+        "{e}"
+    );
+    let reason = e["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("invalid_grant") && reason.contains("Kubernetes API server"),
+        "{reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,8 +6,8 @@
 # ratios within this one run mean anything.
 #   a) router only  b) no-op proxy-wasm filter  c) jwt_authn (no cache)
 #   c2) jwt_authn + jwt_cache_config  d) meshpass, cache hit  e) ext_authz (HTTP)
-#   d2) with BASELINE_WASM=path (another build, e.g. main before a change): its cache hit,
-#      in the same Envoy and run, to compare a change's hit-path cost
+#   d2) with BASELINE_WASM=path (another build, e.g. main before a change): its cache hit
+#      and its ES256 validation (f), in the same Envoy and run, to compare a change's cost
 #   f) meshpass validate_only_for_benchmarks with the ES256 token, g) the same with an
 #      RS256 (RSA-2048) token: the miss path's core validation in V8 on every request
 # Usage: filter/bench/run.sh   (env: RUNS=3 DURATION=10s CONNECTIONS=32; CONFIGS="router
@@ -47,16 +47,17 @@ echo "[bench] token: ${#TOKEN} bytes (ES256), ${#RS256_TOKEN} bytes (RS256); was
 declare -A PORT
 BASELINE_WASM=${BASELINE_WASM:-}
 declare -A TOKEN_FOR
-for c in router noop_wasm jwt_authn jwt_authn_cache meshpass_hit meshpass_hit_baseline ext_authz validate_es256; do TOKEN_FOR[$c]=$TOKEN; done
+for c in router noop_wasm jwt_authn jwt_authn_cache meshpass_hit meshpass_hit_baseline ext_authz validate_es256 validate_es256_baseline; do TOKEN_FOR[$c]=$TOKEN; done
 TOKEN_FOR[validate_rs256]=$RS256_TOKEN
 
 # Ports are `@port:NAME` placeholders that meshpass-testkit replaces with reserved ports.
 python3 - "$WORK" "$WASM" "$WORK/token.json" "$BASELINE_WASM" <<'PY'
 import json, sys
 work, wasm, tokfile, baseline_wasm = sys.argv[1:5]
-router, noop, jwt, jwtc, mesh, extauthz, exchange, authz, val_es, val_rs, mesh_base = (
+router, noop, jwt, jwtc, mesh, extauthz, exchange, authz, val_es, val_rs, mesh_base, val_es_base = (
     "@port:" + n for n in ("router", "noop_wasm", "jwt_authn", "jwt_authn_cache", "meshpass_hit", "ext_authz",
-                           "exchange", "authz", "validate_es256", "validate_rs256", "meshpass_hit_baseline"))
+                           "exchange", "authz", "validate_es256", "validate_rs256", "meshpass_hit_baseline",
+                           "validate_es256_baseline"))
 tok = json.load(open(tokfile))
 router_f = {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 def listener(name, port, filters, body="ok", headers=None):
@@ -120,6 +121,8 @@ cfg = {"static_resources": {
 if baseline_wasm:
     cfg["static_resources"]["listeners"].append(
         listener("meshpass_hit_baseline", mesh_base, [wasm_filter("meshpass_baseline", meshpass, baseline_wasm)]))
+    cfg["static_resources"]["listeners"].append(
+        listener("validate_es256_baseline", val_es_base, [wasm_filter("validate_baseline", validate_only, baseline_wasm)]))
 json.dump(cfg, open(f"{work}/envoy.json", "w"))
 PY
 
@@ -136,7 +139,7 @@ while read -r name value; do
   case $name in pid) ENVOY_PID=$value ;; admin|ready) ;; *) PORT[$name]=$value ;; esac
 done < "$WORK/ports"
 DEFAULT_CONFIGS="router noop_wasm jwt_authn jwt_authn_cache meshpass_hit ext_authz validate_es256 validate_rs256"
-[ -n "$BASELINE_WASM" ] && DEFAULT_CONFIGS="$DEFAULT_CONFIGS meshpass_hit_baseline"
+[ -n "$BASELINE_WASM" ] && DEFAULT_CONFIGS="$DEFAULT_CONFIGS meshpass_hit_baseline validate_es256_baseline"
 CONFIGS=${CONFIGS:-$DEFAULT_CONFIGS}
 for c in $CONFIGS; do # warm up (meshpass: the one miss that fills the cache)
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer ${TOKEN_FOR[$c]}" "http://127.0.0.1:${PORT[$c]}/")
@@ -187,7 +190,7 @@ print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for c in order:
     m = med[c]
     print(f"| {c} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['rps']/base['rps']:.2f} | {m['rps']/noop['rps']:.2f} | {m['cpu_us']:.1f} | {m['cpu_us']-base['cpu_us']:+.1f} | {m['bad']} |")
-for c in ("validate_es256", "validate_rs256"):
+for c in ("validate_es256", "validate_es256_baseline", "validate_rs256"):
     if c in med:
         m = med[c]
         print(f"{c}: core validate in wasm (V8) = {m['cpu_us'] - noop['cpu_us']:+.1f} µs Envoy CPU per request over the no-op wasm filter"

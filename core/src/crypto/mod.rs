@@ -7,7 +7,10 @@
 
 #[cfg(all(feature = "native-crypto", not(target_arch = "wasm32")))]
 mod native;
+mod p256_comb;
 mod rust_crypto;
+
+pub use p256_comb::P256Key;
 
 use crate::alg::Algorithm;
 use crate::error::ValidationError;

@@ -28,7 +28,7 @@ pub(super) fn verify(key: &PublicKey, alg: Algorithm, msg: &[u8], sig: &[u8]) ->
                 .is_ok()
         }
         (PublicKey::P256(k), Algorithm::ES256) => {
-            let point = k.to_encoded_point(false);
+            let point = k.verifying_key().to_encoded_point(false);
             rs::UnparsedPublicKey::new(&rs::ECDSA_P256_SHA256_FIXED, point.as_bytes())
                 .verify(msg, sig)
                 .is_ok()

@@ -27,6 +27,7 @@ use crate::cache::{CacheKey, CachedToken};
 use crate::caller::ConnInfo;
 use crate::error::{no_store, ApiError};
 use crate::state::AppState;
+use crate::tokenreview::ReviewError;
 
 /// What the metrics say about one exchange.
 struct Outcome {
@@ -212,14 +213,19 @@ async fn exchange(
             .await
             .map_err(on(&target))?;
     }
+    // A refusal by TokenReview or of the actor is audited like any other refusal; an
+    // API-server outage is not a refusal (503, counted only).
     subject::review(st, &req, &subject)
         .await
-        .map_err(untagged)?;
+        .map_err(|e| match e {
+            e @ ApiError::Review(ReviewError::Unavailable(_)) => untagged(e),
+            refused => on(&target)(refused),
+        })?;
     let actor = match &req.actor_token {
         Some(t) => Some(
             subject::validate(st, t, now, "actor_token")
                 .await
-                .map_err(untagged)?,
+                .map_err(on(&target))?,
         ),
         None => None,
     };

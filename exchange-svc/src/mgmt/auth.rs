@@ -139,6 +139,8 @@ impl Authenticator {
             ValidationError::NoKeys => MgmtError::Unavailable("issuer keys"),
             e => MgmtError::Unauthenticated(format!("bearer token refused: {e}")),
         })?;
+        // The token must belong to the connection it came over (see `binding`).
+        super::binding::check_token_binding(headers, &subject.spiffe_id)?;
         let roles: BTreeSet<Role> = self
             .table
             .iter()

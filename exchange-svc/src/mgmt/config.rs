@@ -59,6 +59,10 @@ pub struct ManagementConfig {
     /// Kubernetes SubjectAccessReview for callers with service-account tokens, on top of
     /// (or instead of) `callers`.
     pub kubernetes: Option<super::kube_authz::KubeAuthzConfig>,
+    /// Accept management tokens on connections whose identity is unknown (no mTLS peer,
+    /// no proxy XFCC, not a local loopback operator). Unsafe: a copied token then works
+    /// from anywhere that reaches the port.
+    pub insecure_unbound_callers: bool,
 }
 
 impl Default for ManagementConfig {
@@ -71,6 +75,7 @@ impl Default for ManagementConfig {
             refusal_audit_per_second: 5.0,
             refusal_audit_burst: 20,
             kubernetes: None,
+            insecure_unbound_callers: false,
         }
     }
 }

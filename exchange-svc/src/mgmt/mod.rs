@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod binding;
 pub mod config;
 pub mod error;
 pub mod keys;
@@ -60,6 +61,8 @@ pub struct MgmtState {
     pub token_cache: Option<Arc<crate::cache::TokenCache>>,
     /// The service clock.
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// How a request's connection is identified (management tokens are bound to it).
+    pub binding: Arc<binding::BindingSettings>,
 }
 
 impl MgmtState {
@@ -89,6 +92,10 @@ impl MgmtState {
             stats,
             token_cache: app.cache.clone(),
             clock: Arc::clone(&app.clock),
+            binding: Arc::new(binding::BindingSettings {
+                callers: app.settings.callers.clone(),
+                insecure_unbound_callers: cfg.management.insecure_unbound_callers,
+            }),
         })
     }
 
@@ -140,7 +147,12 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 
 /// The management router (every route of [`routes::ROUTES`] and `/openapi.json`).
 pub fn router(st: MgmtState) -> Router {
+    let binding = Arc::clone(&st.binding);
     routes::build()
+        .layer(axum::middleware::from_fn_with_state(
+            binding,
+            binding::bind_connection,
+        ))
         .layer(axum::middleware::from_fn(request_id))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             transfer::MAX_BODY_BYTES,
@@ -176,7 +188,17 @@ pub async fn start(
     let listener = tokio::net::TcpListener::bind(cfg.management.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, callers = cfg.management.callers.len(), "management API listening");
-    let server = axum::serve(listener, router(st)).with_graceful_shutdown(shutdown);
+    if cfg.management.insecure_unbound_callers {
+        tracing::warn!(
+            "management.insecure_unbound_callers = true: management tokens are accepted from \
+             connections whose identity is unknown (a copied token works from anywhere)"
+        );
+    }
+    let server = axum::serve(
+        listener,
+        router(st).into_make_service_with_connect_info::<crate::caller::ConnInfo>(),
+    )
+    .with_graceful_shutdown(shutdown);
     let task = tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "management API stopped");

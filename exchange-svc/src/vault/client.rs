@@ -186,6 +186,10 @@ impl VaultClient {
             for c in certs {
                 b = b.add_root_certificate(c);
             }
+        } else {
+            // Otherwise the system's trust store (SSL_CERT_FILE / SSL_CERT_DIR, the
+            // image's pinned bundle), as the Vault CLI uses; not a compiled-in list.
+            b = b.tls_built_in_webpki_certs(false);
         }
         let http = b
             .build()

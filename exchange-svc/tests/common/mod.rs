@@ -213,6 +213,16 @@ pub fn load_config(dir: &Path, toml: &str) -> Config {
 
 /// A state on a real SQLite file with the config's mappings seeded.
 pub async fn state_with(cfg: &Config, signer: Arc<dyn Signer>, clock: Arc<dyn Clock>) -> AppState {
+    state_and_store(cfg, signer, clock).await.0
+}
+
+/// [`state_with`], also returning the SQL store under it.
+#[allow(dead_code)]
+pub async fn state_and_store(
+    cfg: &Config,
+    signer: Arc<dyn Signer>,
+    clock: Arc<dyn Clock>,
+) -> (AppState, Arc<SqlStore>) {
     let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim).unwrap());
     store.migrate().await.unwrap();
     seed(store.as_ref(), &cfg.mappings, &cfg.scope_claims)
@@ -222,7 +232,15 @@ pub async fn state_with(cfg: &Config, signer: Arc<dyn Signer>, clock: Arc<dyn Cl
     keys.refresh_all().await;
     // As `serve` does; the tasks end with the test's runtime.
     drop(keys.spawn_refresh());
-    AppState::new(cfg, signer, store as Arc<dyn MappingStore>, keys, clock).unwrap()
+    let state = AppState::new(
+        cfg,
+        signer,
+        store.clone() as Arc<dyn MappingStore>,
+        keys,
+        clock,
+    )
+    .unwrap();
+    (state, store)
 }
 
 pub fn form(fields: &[(&str, &str)]) -> String {

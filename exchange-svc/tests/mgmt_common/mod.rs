@@ -190,8 +190,12 @@ impl Service {
         who: Option<&str>,
     ) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.api));
+        // The tests' client stands behind the trusted loopback proxy, which names the
+        // caller (management tokens are bound to the connection's identity).
         match who {
-            Some(w) => r.bearer_auth(self.token(w)),
+            Some(w) => r
+                .bearer_auth(self.token(w))
+                .header("x-forwarded-client-cert", format!("URI={w}")),
             None => r,
         }
     }
