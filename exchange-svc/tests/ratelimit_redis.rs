@@ -158,9 +158,11 @@ async fn a_sustained_rate_through_redis_is_held_within_ten_percent() {
         ..RateLimitConfig::default()
     };
     let limiter = RateLimiter::from_config(&cfg, &Metrics::new().unwrap(), 1).unwrap();
+    // Burst 2: a request arriving late on a busy machine does not lose the time it
+    // was late by (with burst 1 every late arrival would).
     let limit = RateLimit {
         per_second: 20.0,
-        burst: 1,
+        burst: 2,
     };
     let start = Instant::now();
     let mut granted = 0u32;
@@ -169,7 +171,7 @@ async fn a_sustained_rate_through_redis_is_held_within_ten_percent() {
             granted += 1;
         }
     }
-    let expected = 1.0 + 20.0 * start.elapsed().as_secs_f64();
+    let expected = 2.0 + 20.0 * start.elapsed().as_secs_f64();
     let off = (f64::from(granted) - expected).abs() / expected;
     assert!(off <= 0.10, "{granted} granted, {expected:.1} expected");
 }
@@ -179,13 +181,14 @@ async fn a_sustained_load_on_three_replicas_is_held_to_the_global_rate() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
     let section = redis_section(&shared_redis_url(), &unique_prefix("three"), "local_share");
-    // web-to-orders: 0.5/s burst 2 in the shared config; 20/s burst 1 here.
+    // web-to-orders: 0.5/s burst 2 in the shared config; 20/s here (burst 2 absorbs
+    // the arrival jitter of a busy machine).
     let mut apps = Vec::new();
     for _ in 0..3 {
         let sub = tempfile::tempdir_in(dir.path()).unwrap().keep();
         let toml = config_toml(&issuer, &sub.join("m.db"), &section).replace(
             "rate_limit = { per_second = 0.5, burst = 2 }",
-            "rate_limit = { per_second = 20.0, burst = 1 }",
+            "rate_limit = { per_second = 20.0, burst = 2 }",
         );
         let cfg: Config = load_config(&sub, &toml);
         let st = state_with(&cfg, LocalSigner::new(), std::sync::Arc::new(SystemClock)).await;
@@ -211,7 +214,7 @@ async fn a_sustained_load_on_three_replicas_is_held_to_the_global_rate() {
         t.await.unwrap();
     }
     let granted = granted.load(std::sync::atomic::Ordering::Relaxed);
-    let expected = 1.0 + 20.0 * start.elapsed().as_secs_f64();
+    let expected = 2.0 + 20.0 * start.elapsed().as_secs_f64();
     let off = (f64::from(granted) - expected).abs() / expected;
     assert!(off <= 0.10, "{granted} granted, {expected:.1} expected");
 }

@@ -195,6 +195,8 @@ async fn three_replicas_behind_envoy_share_writes_and_limits_and_survive_a_kill_
     let r = client
         .post(format!("http://127.0.0.1:{mgmt}/api/v1/mappings"))
         .bearer_auth(admin)
+        // The operator's connection, as the service's own (trusted) proxy names it.
+        .header("x-forwarded-client-cert", format!("URI={OPS}"))
         .json(
             &json!({"name": "web-to-payments-2", "subject": WEB, "resource": "payments",
             "participant": "acme", "scopes": ["read"], "ttl_secs": 600}),
