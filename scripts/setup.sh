@@ -28,12 +28,13 @@ if ! grep -qx x86_64-unknown-linux-musl <<<"$installed_targets"; then
 fi
 
 # Debian packages: OCI image tools (skopeo, umoci, and the distribution registry that
-# images-check pushes to) that check the image layouts, the shell linter, musl-gcc (ring and sqlite build C for the musl target) and promtool (the
-# `prometheus` package) that checks the alert rules. apt-get update only when one is
+# images-check pushes to) that check the image layouts, the shell linter, musl-gcc (ring and sqlite build C for the musl target), promtool (the
+# `prometheus` package) that checks the alert rules, and redis-server (tests stop and
+# start a private Redis for rate-limit outages; the machine's Redis on 6379 is separate). apt-get update only when one is
 # missing and the package lists do not know it.
 apt_missing=()
 for tool in skopeo:skopeo umoci:umoci docker-registry:docker-registry shellcheck:shellcheck \
-  musl-gcc:musl-tools promtool:prometheus; do
+  musl-gcc:musl-tools promtool:prometheus redis-server:redis-server; do
   command -v "${tool%%:*}" >/dev/null || apt_missing+=("${tool#*:}")
 done
 if [ ${#apt_missing[@]} -gt 0 ]; then

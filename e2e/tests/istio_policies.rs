@@ -518,6 +518,57 @@ fn the_exchange_service_is_deployed_for_production() {
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
 }
 
+#[test]
+fn replicas_spread_over_nodes_and_outlive_their_drain_in_every_overlay() {
+    for dir in ["istio/base", "istio/overlays/production"] {
+        let docs = render(&root().join(dir));
+        let deploy = find(&docs, "Deployment", "meshpass-exchange");
+        let labels = pod_labels(deploy);
+        let spec = &deploy["spec"]["template"]["spec"];
+        // Two replicas at least, on different nodes where possible.
+        assert!(deploy["spec"]["replicas"].as_u64().unwrap() >= 2, "{dir}");
+        let anti = &spec["affinity"]["podAntiAffinity"]
+            ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
+        assert_eq!(anti["topologyKey"], "kubernetes.io/hostname", "{dir}");
+        assert!(
+            selects(&anti["labelSelector"]["matchLabels"], labels),
+            "{dir}"
+        );
+        // The HPA scales on CPU; the PDB keeps one serving.
+        let hpa = find(&docs, "HorizontalPodAutoscaler", "meshpass-exchange");
+        assert_eq!(
+            hpa["spec"]["metrics"][0]["resource"]["name"], "cpu",
+            "{dir}"
+        );
+        let pdb = find(&docs, "PodDisruptionBudget", "meshpass-exchange");
+        assert!(pdb["spec"]["minAvailable"].as_u64().unwrap() >= 1, "{dir}");
+        // SIGTERM: drain delay, then in-flight exchanges; the pod and its sidecar
+        // outlive both, so no kill cuts an exchange short.
+        let toml = exchange_toml_of(&docs);
+        let server = &toml["server"];
+        let drain = server["drain_delay_secs"].as_integer().unwrap() as u64;
+        let grace = server["shutdown_grace_secs"].as_integer().unwrap() as u64;
+        assert!(
+            drain >= 1,
+            "{dir}: a drain delay lets endpoints update first"
+        );
+        let term = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
+        assert!(
+            term > drain + grace,
+            "{dir}: terminationGracePeriodSeconds {term}"
+        );
+        let proxy: Value = serde_json::from_str(
+            deploy["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        let sidecar = duration(proxy["terminationDrainDuration"].as_str().unwrap());
+        assert!(sidecar >= Duration::from_secs(drain + grace), "{dir}");
+        assert!(sidecar < Duration::from_secs(term), "{dir}");
+    }
+}
+
 // ---- Monitoring -------------------------------------------------------------------------
 
 /// Every `meshpass_*` metric name the code defines (string literals in the service and

@@ -170,12 +170,16 @@ async fn readyz(State(st): State<AppState>) -> Response {
             false
         }
     };
-    let ok = signer_ok && keys_ok && store_ok;
+    // A draining replica (SIGTERM received) is taken out of the load balancer first.
+    let draining = st.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let ok = signer_ok && keys_ok && store_ok && !draining;
     let body = json!({
         "ready": ok,
+        "draining": draining,
         "signer": if signer_ok { "ok" } else { "not ready" },
         "issuer_keys": issuers,
         "store": if store_ok { "ok" } else { "unavailable" },
+        "rate_limit": crate::ratelimit::describe(&st.limiter),
     });
     let status = if ok {
         StatusCode::OK

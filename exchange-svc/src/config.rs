@@ -63,6 +63,8 @@ pub struct Config {
     pub scope_claims: Vec<ScopeClaims>,
     /// `[management]`: the management API.
     pub management: crate::mgmt::ManagementConfig,
+    /// `[rate_limit]`: where mapping rate limits are counted (local or Redis).
+    pub rate_limit: crate::ratelimit::RateLimitConfig,
 }
 
 /// `[server]`.
@@ -73,6 +75,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_secs: u64,
+    /// On SIGTERM, how long `/readyz` fails while requests are still served, before
+    /// the listener closes (load balancers take the replica out meanwhile).
+    pub drain_delay_secs: u64,
     /// `Cache-Control: max-age` of the JWKS document (keep it below the signer's
     /// publish lead so verifiers see a new key before tokens carry it).
     pub jwks_max_age_secs: u64,
@@ -121,6 +126,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             shutdown_grace_secs: 30,
+            drain_delay_secs: 5,
             jwks_max_age_secs: 60,
             retry_after_secs: 2,
             request_timeout_secs: 10,
@@ -588,6 +594,9 @@ impl Config {
         if self.server.retry_after_secs == 0 {
             return Err(bad("server.retry_after_secs", "must be at least 1"));
         }
+        if self.server.drain_delay_secs > 300 {
+            return Err(bad("server.drain_delay_secs", "must be at most 300"));
+        }
         if self.server.request_timeout_secs == 0 {
             return Err(bad("server.request_timeout_secs", "must be at least 1"));
         }
@@ -693,6 +702,9 @@ impl Config {
         }
         self.management
             .validate(self.server.listen)
+            .map_err(|(field, reason)| bad(field, reason))?;
+        self.rate_limit
+            .validate()
             .map_err(|(field, reason)| bad(field, reason))?;
         self.vault.validate().map_err(|e| ConfigError::Invalid {
             field: e.field,

@@ -4,10 +4,12 @@
 pub mod app;
 pub mod cache;
 pub mod caller;
+pub mod change_feed;
 pub mod clock;
 pub mod config;
 pub mod error;
 pub mod exchange;
+pub mod key_maintenance;
 pub mod keys;
 pub mod metrics;
 pub mod mgmt;

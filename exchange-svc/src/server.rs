@@ -108,7 +108,21 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+    tracing::info!("shutdown requested");
+}
+
+/// Resolves `delay` after SIGTERM/SIGINT, having set `draining` at once: `/readyz`
+/// fails (load balancers stop sending new requests) while requests are still served;
+/// then the listener closes and in-flight exchanges finish (`shutdown_grace_secs`).
+pub async fn drain(draining: Arc<std::sync::atomic::AtomicBool>, delay: Duration) {
+    shutdown_signal().await;
+    if !draining.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(
+            drain_delay_secs = delay.as_secs(),
+            "draining: /readyz fails, requests are still served until the delay has passed"
+        );
+    }
+    tokio::time::sleep(delay).await;
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then stops accepting and
@@ -295,6 +309,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             Arc::clone(&state.clock),
         )
         .await;
+    // Replicas: other replicas' writes drop this one's views (policy, minted tokens).
+    let change_feed = start_change_feed(Arc::clone(&store), &cfg, &mut state)?;
+    let _key_reload = spawn_key_reload(&state, Arc::clone(&signer));
     let collector = VaultCollector::new(signer.stats())
         .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?;
     if let Err(e) = state.metrics.register(Box::new(collector)) {
@@ -326,12 +343,18 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         &cfg,
         &state,
         Arc::clone(&store),
-        Some(signer.clone() as Arc<dyn crate::mgmt::KeyAdmin>),
+        Some(Arc::new(crate::key_maintenance::LockedKeyAdmin::new(
+            signer.clone() as Arc<dyn crate::mgmt::KeyAdmin>,
+            Arc::clone(&store),
+        )) as Arc<dyn crate::mgmt::KeyAdmin>),
         stats,
         shutdown_signal(),
     )
     .await?;
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let delay = Duration::from_secs(cfg.server.drain_delay_secs);
+    let draining = Arc::clone(&state.draining);
+    let shutdown_signal = move || drain(Arc::clone(&draining), delay);
     let r = match &cfg.server.tls {
         None => serve_on(listener, state, shutdown_signal(), grace).await,
         Some(t) => {
@@ -357,6 +380,69 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
             }
         }
     };
+    drop(change_feed);
     store.close().await;
     r
+}
+
+/// Re-reads the transit key whenever the store's change version moves (another
+/// replica rotated or retired a version under the maintenance lock), so every replica
+/// serves the same JWKS at once. Mapping writes move it too: one key read each, rare.
+pub fn spawn_key_reload(
+    state: &AppState,
+    signer: Arc<TransitSigner>,
+) -> Option<crate::server::AbortOnDrop> {
+    let mut rx = state.changes.clone()?;
+    Some(AbortOnDrop(tokio::spawn(async move {
+        // The first version seen is the start-up state: the key was just loaded.
+        let _ = rx.borrow_and_update();
+        while rx.changed().await.is_ok() {
+            if let Err(e) = signer.refresh().await {
+                tracing::warn!(error = %e, "re-reading the transit key after a change failed");
+            }
+        }
+    })))
+}
+
+/// A task aborted when this goes.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the [`crate::change_feed::ChangeFeed`]: every new change version drops the
+/// state's policy snapshots and minted tokens; `state.changes` subscribes to it.
+pub fn start_change_feed(
+    store: Arc<SqlStore>,
+    cfg: &Config,
+    state: &mut AppState,
+) -> Result<crate::change_feed::ChangeFeed, ServeError> {
+    let views = state.clone();
+    let on_change: crate::change_feed::OnChange = Arc::new(move |_version| {
+        views.store.invalidate();
+        if let Some(c) = &views.cache {
+            c.clear(views.clock.now());
+        }
+        // Another replica's revocation is enforced here now, not at the next refresh.
+        let revocations = Arc::clone(&views.revocations);
+        let now = views.clock.now();
+        tokio::spawn(async move {
+            if let Err(e) = revocations.refresh(now).await {
+                tracing::warn!(error = %e, "revocation refresh after a change failed");
+            }
+        });
+    });
+    let feed = crate::change_feed::ChangeFeed::start(
+        store,
+        Duration::from_millis(cfg.store.change_check_interval_ms),
+        on_change,
+        &state.metrics,
+    )
+    .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?;
+    state.changes = Some(feed.subscribe());
+    Ok(feed)
 }

@@ -93,6 +93,11 @@ pub struct AppState {
     /// The revocation set the token endpoint enforces and the feed serves (attached to
     /// its store by `serve`, or by the management API when nothing else did).
     pub revocations: Arc<Revocations>,
+    /// The store's change version as other replicas' writes arrive (set by `serve`;
+    /// see `crate::change_feed`): subscribe to reload in-memory views.
+    pub changes: Option<tokio::sync::watch::Receiver<Option<i64>>>,
+    /// Set on SIGTERM: `/readyz` fails while the replica drains (`server.drain_delay_secs`).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
@@ -127,6 +132,12 @@ impl AppState {
             field: "metrics".into(),
             reason: e.to_string(),
         })?;
+        let limiter =
+            RateLimiter::from_config(&cfg.rate_limit, &metrics, cfg.server.retry_after_secs)
+                .map_err(|reason| ConfigError::Invalid {
+                    field: "rate_limit".into(),
+                    reason,
+                })?;
         let store: Arc<dyn MappingStore> = if cfg.store.policy_cache_secs > 0 {
             Arc::new(PolicyCache::new(
                 store,
@@ -158,10 +169,12 @@ impl AppState {
             subjects,
             settings: Arc::new(Settings::from_config(cfg)?),
             cache,
-            limiter: Arc::new(RateLimiter::default()),
+            limiter: Arc::new(limiter),
             metrics: Arc::new(metrics),
             reviewers: Arc::new(reviewers),
             hooks: None,
+            changes: None,
+            draining: Arc::default(),
         })
     }
 }

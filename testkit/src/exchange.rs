@@ -35,6 +35,7 @@ impl ExchangeService {
     /// `127.0.0.1:port`: take `port` from [`crate::free_port`]) to `dir/exchange.toml`,
     /// starts [`crate::exchange_bin`] and returns once the process itself listens on
     /// `port` and its JWKS lists a key. Panics with the log tail when it does not.
+    /// `server.drain_delay_secs` is 0 unless `config` sets it.
     pub fn start(dir: &Path, port: u16, config: &Value) -> ExchangeService {
         let bin = crate::exchange_bin();
         if !bin.is_file() {
@@ -44,7 +45,15 @@ impl ExchangeService {
             );
         }
         let config_path = dir.join("exchange.toml");
-        let toml = to_toml(config).unwrap_or_else(|e| panic!("{e}"));
+        // Tests stop and restart services often: no drain delay unless the test sets one
+        // (the service's default, 5 s, would make every stop wait for it).
+        let mut config = config.clone();
+        if let Some(server) = config.get_mut("server").and_then(Value::as_object_mut) {
+            server.entry("drain_delay_secs").or_insert(Value::from(0));
+        } else if let Some(obj) = config.as_object_mut() {
+            obj.insert("server".into(), serde_json::json!({"drain_delay_secs": 0}));
+        }
+        let toml = to_toml(&config).unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(&config_path, toml)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", config_path.display()));
         let mut svc = ExchangeService {
@@ -91,6 +100,29 @@ impl ExchangeService {
     /// Whether the process runs.
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(ChildGuard::is_running)
+    }
+
+    /// Sends `sig` (`"TERM"`, `"KILL"`, ...) to the service and returns at once.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            c.signal(sig);
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself (after
+    /// [`ExchangeService::signal`]); its exit status, or None when it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(ChildGuard::exited) {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Freezes the service; returns once every thread is stopped.

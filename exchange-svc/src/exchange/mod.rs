@@ -180,7 +180,7 @@ async fn exchange(
         match cache.get(key, now) {
             Some(hit) if !revoked_hit(&revoked, &hit, now) => {
                 st.metrics.cache_hits.inc();
-                return serve_cached(st, &hit, now).map_err(on(
+                return serve_cached(st, &hit, now).await.map_err(on(
                     &hit.resource,
                     subject_of(&hit.rate_key),
                     caller_id,
@@ -230,9 +230,7 @@ async fn exchange(
     if let Some(limit) = mapping.rate_limit {
         st.limiter
             .check(&rate_key, &mapping.name, limit)
-            .map_err(|wait| ApiError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            })
+            .await
             .map_err(on(&target))?;
     }
     // A refusal by TokenReview or of the actor is audited like any other refusal; an
@@ -338,17 +336,13 @@ fn answer(access_token: String, expires_in: u64, scope: Option<String>) -> Token
     }
 }
 
-fn serve_cached(
+async fn serve_cached(
     st: &AppState,
     hit: &CachedToken,
     now: u64,
 ) -> Result<(TokenExchangeResponse, Outcome), ApiError> {
     if let Some(limit) = hit.rate_limit {
-        st.limiter
-            .check(&hit.rate_key, &hit.mapping, limit)
-            .map_err(|wait| ApiError::RateLimited {
-                retry_after_secs: wait.as_secs_f64().ceil() as u64,
-            })?;
+        st.limiter.check(&hit.rate_key, &hit.mapping, limit).await?;
     }
     Ok((
         answer(

@@ -365,6 +365,7 @@ impl SqlStore {
             &change(actor, action, T::target(&key), before, to_json(item)),
         )
         .await?;
+        super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)?;
         Ok(Saved {
             etag: ETag::of(item),
@@ -398,6 +399,7 @@ impl SqlStore {
             &change(actor, action, T::target(key), to_json(&old), None),
         )
         .await?;
+        super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)?;
         Ok(old)
     }
@@ -492,6 +494,7 @@ impl SqlStore {
         if dry_run || nothing {
             tx.rollback().await.map_err(unavailable)?;
         } else {
+            super::changes::bump(&mut tx, self.backend).await?;
             tx.commit().await.map_err(write_error)?;
             diff.applied = true;
         }

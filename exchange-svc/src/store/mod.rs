@@ -14,6 +14,7 @@
 
 mod audit;
 mod cached;
+mod changes;
 mod managed;
 mod revocations;
 mod sql;
@@ -28,6 +29,7 @@ use serde_json::{Map, Value};
 
 pub use audit::{AuditEvent, AuditQuery, AuditRecord};
 pub use cached::PolicyCache;
+pub use changes::CHANNEL as CHANGE_CHANNEL;
 pub use managed::{Actor, ETag, ImportDiff, PolicyDocument, Precondition, Saved, ScopeKey};
 pub use revocations::{
     validate_revocation, NewRevocation, Revocation, RevocationChanges, RevocationStore,

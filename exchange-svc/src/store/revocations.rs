@@ -350,6 +350,8 @@ impl RevocationStore for SqlStore {
         .await
         .map_err(write_error)?;
         insert_audit(&mut tx, &audit(actor, "revocation.create", &r, true)).await?;
+        // Other replicas hear of it at once (NOTIFY), not at their next version check.
+        super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)?;
         Ok(r)
     }
@@ -377,6 +379,7 @@ impl RevocationStore for SqlStore {
         let now = u64::try_from(super::sql::now_secs()).unwrap_or(0);
         log_change(&mut tx, id, "remove", now).await?;
         insert_audit(&mut tx, &audit(actor, "revocation.lift", &r, false)).await?;
+        super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)?;
         Ok(r)
     }

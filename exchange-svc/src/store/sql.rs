@@ -36,6 +36,9 @@ pub struct StoreConfig {
     /// the database is asked again (0: ask on every exchange). Writes through this
     /// process take effect at once; other replicas' writes within this bound.
     pub policy_cache_secs: u64,
+    /// How often each replica reads the change version, the fallback for missed
+    /// `LISTEN`/`NOTIFY` notifications (`crate::change_feed`).
+    pub change_check_interval_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -48,6 +51,7 @@ impl Default for StoreConfig {
             idle_timeout_secs: 300,
             retry_after_secs: 5,
             policy_cache_secs: 2,
+            change_check_interval_ms: 1000,
         }
     }
 }
@@ -57,7 +61,7 @@ impl Default for StoreConfig {
 pub const MAX_POLICY_CACHE_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
@@ -109,6 +113,11 @@ impl StoreConfig {
                 "store.acquire_timeout_secs must be at least 1".into(),
             ));
         }
+        if !(50..=60_000).contains(&self.change_check_interval_ms) {
+            return Err(StoreError::Config(
+                "store.change_check_interval_ms must be 50 to 60000".into(),
+            ));
+        }
         if self.policy_cache_secs > MAX_POLICY_CACHE_SECS {
             return Err(StoreError::Config(format!(
                 "store.policy_cache_secs must be at most {MAX_POLICY_CACHE_SECS}"
@@ -125,8 +134,10 @@ pub struct SqlStore {
     /// SQLite: one writer at a time in this process (a deferred transaction that reads
     /// then writes cannot wait for another writer: it fails with SQLITE_BUSY).
     write_lock: Arc<tokio::sync::Mutex<()>>,
-    backend: Backend,
+    pub(super) backend: Backend,
     pub(super) participant_claim: String,
+    /// The connection URL (the change listener opens its own connection with it).
+    pub(super) url: String,
 }
 
 pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
@@ -171,6 +182,8 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     ),
     // Revocations and their change log (issue #16): the same SQL on both backends.
     (4, super::revocations::MIGRATION_4),
+    // The change counter every write bumps (replicas, store/changes.rs).
+    (5, super::changes::MIGRATION),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
@@ -203,6 +216,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     ),
     // Revocations and their change log (issue #16): the same SQL on both backends.
     (4, super::revocations::MIGRATION_4),
+    // The change counter every write bumps (replicas, store/changes.rs).
+    (5, super::changes::MIGRATION),
 ];
 
 pub(super) const MAPPING_COLUMNS: &str =
@@ -290,6 +305,7 @@ impl SqlStore {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             backend,
             participant_claim: participant_claim.to_string(),
+            url,
         })
     }
 
@@ -421,16 +437,20 @@ impl MappingStore for SqlStore {
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         upsert_mapping(&mut tx, m, false).await?;
+        super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)
     }
 
     async fn delete_mapping(&self, name: &str) -> Result<bool, StoreError> {
         let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let r = sqlx::query("DELETE FROM mappings WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
+        super::changes::bump(&mut tx, self.backend).await?;
+        tx.commit().await.map_err(write_error)?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -449,17 +469,21 @@ impl MappingStore for SqlStore {
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         upsert_scope_claims(&mut tx, row, false).await?;
+        super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)
     }
 
     async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError> {
         let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let r = sqlx::query("DELETE FROM scope_claims WHERE resource = $1 AND scope = $2")
             .bind(resource)
             .bind(scope)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(unavailable)?;
+        super::changes::bump(&mut tx, self.backend).await?;
+        tx.commit().await.map_err(write_error)?;
         Ok(r.rows_affected() > 0)
     }
 

@@ -1,4 +1,5 @@
-//! Token buckets, one per (caller, subject) key and mapping. Each replica counts on its
+//! Token buckets in this process, one per (caller, subject) key and mapping: the
+//! `local` backend, and the local share while Redis is down. Each replica counts on its
 //! own: with N replicas behind a load balancer a subject gets up to N times the rate.
 
 use std::collections::HashMap;
@@ -12,16 +13,16 @@ struct Bucket {
     last: Instant,
 }
 
-/// The limiter.
+/// The in-process buckets.
 #[derive(Default)]
-pub struct RateLimiter {
+pub struct LocalBuckets {
     buckets: Mutex<HashMap<(String, String), Bucket>>,
 }
 
 /// Above this many buckets, full (idle) ones are dropped.
 const MAX_BUCKETS: usize = 100_000;
 
-impl RateLimiter {
+impl LocalBuckets {
     /// Takes one token for `(key, mapping)`; on refusal, how long until one is free.
     /// The exchange uses the (caller, subject) pair as `key`.
     pub fn check(&self, key: &str, mapping: &str, limit: RateLimit) -> Result<(), Duration> {

@@ -1,0 +1,103 @@
+//! The `redis` backend: one GCRA (generic cell rate algorithm) state per (caller,
+//! subject, mapping) in Redis, shared by every replica, updated by one atomic Lua script
+//! per check. The script reads Redis's own clock (`TIME`), so replicas' clocks do not
+//! matter, and stores only the "theoretical arrival time" with an expiry: a key lives
+//! no longer than its bucket takes to refill.
+//!
+//! Keys are `{key_prefix}:` + the SHA-256 (hex) of the mapping and the (caller,
+//! subject) pair: bounded length, and no workload identity in Redis.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::{Digest, Sha256};
+
+use crate::store::RateLimit;
+
+/// GCRA in one step. KEYS[1]: the state; ARGV[1]: emission interval T (µs, the time
+/// one request "costs"); ARGV[2]: tolerance (µs) = T × (burst − 1). Returns 0 when
+/// allowed (and records it), else the µs to wait.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if now < allow_at then
+  return math.max(1, math.floor(allow_at - now))
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+return 0
+";
+
+/// Why Redis could not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisLimitError {
+    /// The URL is not a Redis URL.
+    #[error("rate_limit.redis_url: {0}")]
+    Url(String),
+    /// Redis did not answer in time or refused the command.
+    #[error("redis: {0}")]
+    Unavailable(String),
+}
+
+/// The shared limiter's connection and script.
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    script: redis::Script,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisLimiter {
+    /// A limiter on `url` (connected lazily, re-connected by the connection manager);
+    /// every call is bounded by `timeout`.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RedisLimitError> {
+        let client = redis::Client::open(url).map_err(|e| RedisLimitError::Url(e.to_string()))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // No retry loop inside a request: the caller falls back and tries again later.
+            .set_number_of_retries(0)
+            .set_max_delay(Duration::from_secs(1));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| RedisLimitError::Url(e.to_string()))?;
+        Ok(RedisLimiter {
+            conn,
+            script: redis::Script::new(GCRA),
+            prefix: prefix.to_string(),
+            timeout,
+        })
+    }
+
+    /// The Redis key of a (caller, subject) `key` under `mapping`.
+    pub fn redis_key(&self, key: &str, mapping: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(mapping.as_bytes());
+        h.update([0u8]);
+        h.update(key.as_bytes());
+        format!("{}:{}", self.prefix, hex::encode(h.finalize()))
+    }
+
+    /// One request against the shared limit: Ok(None) allowed, Ok(Some(wait)) refused.
+    pub async fn check(
+        &self,
+        key: &str,
+        mapping: &str,
+        limit: RateLimit,
+    ) -> Result<Option<Duration>, RedisLimitError> {
+        let interval_us = (1_000_000.0 / limit.per_second).max(1.0).round() as u64;
+        let tolerance_us = interval_us.saturating_mul(u64::from(limit.burst.saturating_sub(1)));
+        let mut conn = self.conn.clone();
+        let mut call = self.script.key(self.redis_key(key, mapping));
+        call.arg(interval_us).arg(tolerance_us);
+        let wait: u64 = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
+            .await
+            .map_err(|_| RedisLimitError::Unavailable("timed out".into()))?
+            .map_err(|e| RedisLimitError::Unavailable(e.to_string()))?;
+        Ok((wait > 0).then(|| Duration::from_micros(wait)))
+    }
+}

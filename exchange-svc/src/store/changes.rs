@@ -1,0 +1,96 @@
+//! The change version (migration 5): one counter bumped in the same transaction as
+//! every write to what the token endpoint enforces (mappings, scope claims, and
+//! revocations), so replicas can tell that their in-memory views are stale.
+//!
+//! On PostgreSQL the bump also sends `NOTIFY meshpass_changes, '<version>'`, delivered
+//! to every listening replica when (and only if) the transaction commits; replicas that
+//! miss it (their listening connection dropped) see the new version with their periodic
+//! check ([`crate::change_feed`]). SQLite has one process: it only bumps.
+
+use sqlx::{AnyConnection, Row};
+
+use super::sql::{unavailable, write_error, Backend};
+use super::{SqlStore, StoreError};
+
+/// The `LISTEN`/`NOTIFY` channel; the payload is the new version in decimal.
+pub const CHANNEL: &str = "meshpass_changes";
+
+/// Migration 5 (both backends): the single-row counter.
+pub(super) const MIGRATION: &[&str] = &[
+    "CREATE TABLE meshpass_changes (id BIGINT PRIMARY KEY, version BIGINT NOT NULL)",
+    "INSERT INTO meshpass_changes (id, version) VALUES (1, 0)",
+];
+
+/// Bumps the change version inside the caller's transaction and (PostgreSQL) queues the
+/// notification for its commit. Returns the new version. Every write path that changes
+/// mappings, scope claims or revocations calls this before committing.
+pub(crate) async fn bump(conn: &mut AnyConnection, backend: Backend) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "UPDATE meshpass_changes SET version = version + 1 WHERE id = 1 RETURNING version",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(write_error)?;
+    let version: i64 = row
+        .try_get("version")
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if backend == Backend::Postgres {
+        // pg_notify (not NOTIFY) so the payload can be a bound parameter.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(version.to_string())
+            .execute(&mut *conn)
+            .await
+            .map_err(write_error)?;
+    }
+    Ok(version)
+}
+
+impl SqlStore {
+    /// The current change version (what [`bump`] last committed).
+    pub async fn change_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT version FROM meshpass_changes WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.try_get("version")
+            .map_err(|e| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// The PostgreSQL URL replicas listen on for change notifications (None: SQLite).
+    pub fn listen_url(&self) -> Option<&str> {
+        (self.backend == Backend::Postgres).then_some(self.url.as_str())
+    }
+}
+
+/// The advisory lock key of key maintenance (rotation, retirement): one replica at a
+/// time. (Migrations use 7270014101.)
+const MAINTENANCE_LOCK: i64 = 7_270_014_102;
+
+impl SqlStore {
+    /// Runs `op` while holding the key-maintenance lock (PostgreSQL: a transaction-level
+    /// advisory lock, so other replicas' maintenance waits; SQLite: this process's
+    /// writer lock), then bumps the change version in the same transaction so every
+    /// replica re-reads the keys at once. When `op` fails, nothing is bumped.
+    pub async fn with_maintenance_lock<T, E>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, E>> + Send,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(MAINTENANCE_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        let out = op.await?;
+        bump(&mut tx, self.backend).await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,220 @@
+//! Rate limits global across replicas (`[rate_limit] backend = "redis"`): the real Redis
+//! on 127.0.0.1:6379 (a unique key prefix per test) for the shared limit, and a private
+//! `redis-server` the test stops and starts for the outage: the local share or fail
+//! closed, reported in `/readyz` and metrics, and automatic recovery.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::Router;
+use common::*;
+use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::config::Config;
+use meshpass_testkit::{shared_redis_url, unique_prefix, RedisServer};
+use serde_json::Value;
+
+/// A replica (own SQLite file, same mappings) counting rate limits in `redis_url`.
+/// `web-to-orders` allows 0.5/s with a burst of 2 per (caller, subject).
+async fn replica(dir: &std::path::Path, issuer: &TestIssuer, extra: &str) -> Router {
+    let sub = tempfile::tempdir_in(dir).unwrap().keep();
+    let cfg: Config = load_config(&sub, &config_toml(issuer, &sub.join("m.db"), extra));
+    let st = state_with(&cfg, LocalSigner::new(), std::sync::Arc::new(SystemClock)).await;
+    meshpass_exchange::app(st)
+}
+
+fn redis_section(url: &str, prefix: &str, on_down: &str) -> String {
+    format!(
+        "\n[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\nkey_prefix = \"{prefix}\"\n\
+         on_redis_down = \"{on_down}\"\nreplicas = 2\nredis_timeout_ms = 200\nredis_retry_ms = 100\n"
+    )
+}
+
+async fn orders(app: &Router, token: &str) -> Answer {
+    post_token(app, exchange_form(token, &[("resource", "orders")])).await
+}
+
+async fn readyz(app: &Router) -> Value {
+    get(app, "/readyz").await.json
+}
+
+async fn metric(app: &Router, name: &str) -> f64 {
+    let text = get_text(app, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subjects_burst_is_shared_by_every_replica_through_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let section = redis_section(
+        &shared_redis_url(),
+        &unique_prefix("shared-burst"),
+        "local_share",
+    );
+    let r1 = replica(dir.path(), &issuer, &section).await;
+    let r2 = replica(dir.path(), &issuer, &section).await;
+    let token = issuer.svid(WEB, now(), 600);
+    // Burst 2 for the pair, whichever replica answers: 2 granted, then 429 on both.
+    let mut statuses = Vec::new();
+    for app in [&r1, &r2, &r1, &r2, &r1, &r2] {
+        statuses.push(orders(app, &token).await.status);
+    }
+    let granted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(granted, 2, "{statuses:?}");
+    let refused = orders(&r2, &token).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json["error"], "slow_down");
+    let wait: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    assert_eq!(readyz(&r1).await["rate_limit"], "redis");
+    assert_eq!(metric(&r1, "meshpass_rate_limit_redis_up").await, 1.0);
+    // Another subject has its own budget.
+    let other = issuer.svid("spiffe://cluster.local/ns/shop/sa/api", now(), 600);
+    let r = post_token(&r1, exchange_form(&other, &[("resource", "payments")])).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_a_replica_counts_its_local_share_and_recovers_when_redis_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let mut redis = RedisServer::start(dir.path());
+    let section = redis_section(&redis.url(), &unique_prefix("down-up"), "local_share");
+    let app = replica(dir.path(), &issuer, &section).await;
+    let token = issuer.svid(WEB, now(), 600);
+    assert_eq!(orders(&app, &token).await.status, StatusCode::OK);
+
+    redis.stop();
+    // The local share of burst 2 over 2 replicas is 1: one granted, then 429.
+    assert_eq!(orders(&app, &token).await.status, StatusCode::OK);
+    assert_eq!(
+        orders(&app, &token).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let ready = get(&app, "/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "{:?}", ready.json);
+    assert_eq!(ready.json["rate_limit"], "redis unavailable: local share");
+    assert_eq!(metric(&app, "meshpass_rate_limit_redis_up").await, 0.0);
+    assert!(metric(&app, "meshpass_rate_limit_fallback_total").await >= 2.0);
+
+    redis.start_again();
+    // Recovery needs no restart: the next check after redis_retry_ms asks Redis again
+    // (a fresh Redis holds no state: the pair's burst is whole).
+    let token2 = issuer.svid(WEB, now(), 601);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = orders(&app, &token2).await;
+        if readyz(&app).await["rate_limit"] == "redis" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never back on Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&app, "meshpass_rate_limit_redis_up").await, 1.0);
+    assert!(metric(&app, "meshpass_rate_limit_redis_errors_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_closed_with_redis_down_answers_503_for_limited_mappings_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let mut redis = RedisServer::start(dir.path());
+    let section = redis_section(&redis.url(), &unique_prefix("closed"), "fail_closed");
+    let app = replica(dir.path(), &issuer, &section).await;
+    let token = issuer.svid(WEB, now(), 600);
+    redis.stop();
+    let r = orders(&app, &token).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.json);
+    assert_eq!(r.json["error"], "temporarily_unavailable");
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        readyz(&app).await["rate_limit"],
+        "redis unavailable: failing closed"
+    );
+    // A mapping without a rate limit does not need Redis.
+    let p = post_token(&app, exchange_form(&token, &[("resource", "payments")])).await;
+    assert_eq!(p.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sustained_rate_through_redis_is_held_within_ten_percent() {
+    use meshpass_exchange::metrics::Metrics;
+    use meshpass_exchange::ratelimit::{Backend, RateLimitConfig, RateLimiter};
+    use meshpass_exchange::store::RateLimit;
+    let cfg = RateLimitConfig {
+        backend: Backend::Redis,
+        redis_url: Some(shared_redis_url()),
+        key_prefix: unique_prefix("sustained"),
+        ..RateLimitConfig::default()
+    };
+    let limiter = RateLimiter::from_config(&cfg, &Metrics::new().unwrap(), 1).unwrap();
+    // Burst 2: a request arriving late on a busy machine does not lose the time it
+    // was late by (with burst 1 every late arrival would).
+    let limit = RateLimit {
+        per_second: 20.0,
+        burst: 2,
+    };
+    let start = Instant::now();
+    let mut granted = 0u32;
+    while start.elapsed() < Duration::from_secs(2) {
+        if limiter.check("caller subject", "m", limit).await.is_ok() {
+            granted += 1;
+        }
+    }
+    let expected = 2.0 + 20.0 * start.elapsed().as_secs_f64();
+    let off = (f64::from(granted) - expected).abs() / expected;
+    assert!(off <= 0.10, "{granted} granted, {expected:.1} expected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sustained_load_on_three_replicas_is_held_to_the_global_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let section = redis_section(&shared_redis_url(), &unique_prefix("three"), "local_share");
+    // web-to-orders: 0.5/s burst 2 in the shared config; 20/s here (burst 2 absorbs
+    // the arrival jitter of a busy machine).
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let sub = tempfile::tempdir_in(dir.path()).unwrap().keep();
+        let toml = config_toml(&issuer, &sub.join("m.db"), &section).replace(
+            "rate_limit = { per_second = 0.5, burst = 2 }",
+            "rate_limit = { per_second = 20.0, burst = 2 }",
+        );
+        let cfg: Config = load_config(&sub, &toml);
+        let st = state_with(&cfg, LocalSigner::new(), std::sync::Arc::new(SystemClock)).await;
+        apps.push(meshpass_exchange::app(st));
+    }
+    let token = issuer.svid(WEB, now(), 600);
+    let start = Instant::now();
+    let granted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let (apps, token, granted) = (apps.clone(), token.clone(), granted.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while start.elapsed() < Duration::from_secs(3) {
+                if orders(&apps[i % 3], &token).await.status == StatusCode::OK {
+                    granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let granted = granted.load(std::sync::atomic::Ordering::Relaxed);
+    let expected = 2.0 + 20.0 * start.elapsed().as_secs_f64();
+    let off = (f64::from(granted) - expected).abs() / expected;
+    assert!(off <= 0.10, "{granted} granted, {expected:.1} expected");
+}

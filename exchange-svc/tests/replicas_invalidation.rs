@@ -1,0 +1,321 @@
+//! Several replicas on one real PostgreSQL database: a write through one replica is
+//! enforced by the others' next exchange within one second (`LISTEN`/`NOTIFY`), also
+//! when a notification is missed or the listening connection is killed (the periodic
+//! version check). Each replica is the real router, store, policy cache, token cache and
+//! change feed, in this process; the policy snapshots live 60 s, so only the feed can
+//! explain a replica seeing a write sooner.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use axum::Router;
+use common::*;
+use meshpass_exchange::change_feed::{ChangeFeed, LISTENER_APPLICATION_NAME};
+use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::config::Config;
+use meshpass_exchange::keys::IssuerKeys;
+use meshpass_exchange::store::{seed, Actor, MappingStore, Precondition, SqlStore};
+use meshpass_exchange::AppState;
+use meshpass_testkit::{PgDb, Postgres};
+
+struct Replica {
+    app: Router,
+    store: Arc<SqlStore>,
+    _feed: ChangeFeed,
+}
+
+async fn replica(cfg: &Config) -> Replica {
+    let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim).unwrap());
+    store.migrate().await.unwrap();
+    seed(store.as_ref(), &cfg.mappings, &cfg.scope_claims)
+        .await
+        .unwrap();
+    let keys = IssuerKeys::from_config(cfg).unwrap();
+    keys.refresh_all().await;
+    let mut state = AppState::new(
+        cfg,
+        LocalSigner::new(),
+        Arc::clone(&store) as Arc<dyn MappingStore>,
+        keys,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    // As `serve` does: the revocation set follows the store.
+    state
+        .revocations
+        .attach(
+            Arc::clone(&store) as Arc<dyn meshpass_exchange::store::RevocationStore>,
+            Arc::clone(&state.clock),
+        )
+        .await;
+    let feed =
+        meshpass_exchange::server::start_change_feed(Arc::clone(&store), cfg, &mut state).unwrap();
+    Replica {
+        app: meshpass_exchange::app(state),
+        store,
+        _feed: feed,
+    }
+}
+
+/// The shared test configuration on `db`, the version check every `check_ms`.
+fn config(dir: &std::path::Path, issuer: &TestIssuer, db: &PgDb, check_ms: u64) -> Config {
+    let mut cfg = load_config(dir, &config_toml(issuer, &dir.join("unused.db"), ""));
+    cfg.store.url = db.url();
+    cfg.store.max_connections = 2;
+    cfg.store.policy_cache_secs = 60;
+    cfg.store.change_check_interval_ms = check_ms;
+    cfg
+}
+
+async fn exchange(r: &Replica, token: &str) -> StatusCode {
+    post_token(&r.app, exchange_form(token, &[("resource", "payments")]))
+        .await
+        .status
+}
+
+/// Polls `r` until an exchange answers `want`; the time it took, or None after `limit`.
+async fn until_status(
+    r: &Replica,
+    token: &str,
+    want: StatusCode,
+    limit: Duration,
+) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if exchange(r, token).await == want {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+async fn metric(r: &Replica, name: &str) -> f64 {
+    let text = get_text(&r.app, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+fn actor() -> Actor {
+    Actor {
+        who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+        request_id: "test".into(),
+    }
+}
+
+/// Waits until every replica's feed has read the version once (listener connected).
+async fn feeds_ready(replicas: &[&Replica]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for r in replicas {
+        while metric(r, "meshpass_change_listener_up").await < 1.0 {
+            assert!(Instant::now() < deadline, "change listener never came up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_deleted_through_replica_one_is_refused_by_replicas_two_and_three_within_one_second(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let db = Postgres::fresh_database();
+    // The periodic check is as good as off: only the notification can be in time.
+    let cfg = config(dir.path(), &issuer, &db, 60_000);
+    let (r1, r2, r3) = (
+        replica(&cfg).await,
+        replica(&cfg).await,
+        replica(&cfg).await,
+    );
+    feeds_ready(&[&r1, &r2, &r3]).await;
+    let token = issuer.svid(WEB, now(), 600);
+    // Replicas 2 and 3 hold a policy snapshot and a minted token for the mapping.
+    for r in [&r2, &r3] {
+        assert_eq!(exchange(r, &token).await, StatusCode::OK);
+        assert_eq!(exchange(r, &token).await, StatusCode::OK);
+    }
+    r1.store
+        .remove_mapping("web-to-payments", Precondition::None, &actor())
+        .await
+        .unwrap();
+    for (name, r) in [("replica 2", &r2), ("replica 3", &r3)] {
+        let took = until_status(r, &token, StatusCode::BAD_REQUEST, Duration::from_secs(1)).await;
+        let took =
+            took.unwrap_or_else(|| panic!("{name} still honours the deleted mapping after 1 s"));
+        eprintln!("{name} refused the deleted mapping after {took:?}");
+        assert!(metric(r, "meshpass_change_notifications_total").await >= 1.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_created_through_one_replica_is_honoured_by_another_within_one_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let db = Postgres::fresh_database();
+    let cfg = config(dir.path(), &issuer, &db, 60_000);
+    let (r1, r2) = (replica(&cfg).await, replica(&cfg).await);
+    feeds_ready(&[&r1, &r2]).await;
+    let token = issuer.svid(WEB, now(), 600);
+    let ask = |r: &Replica| {
+        let app = r.app.clone();
+        let token = token.clone();
+        async move {
+            post_token(
+                &app,
+                exchange_form(&token, &[("resource", "payments"), ("scope", "admin")]),
+            )
+            .await
+            .status
+        }
+    };
+    // Replica 2 refuses the scope (and caches the policy that says so)...
+    assert_eq!(ask(&r2).await, StatusCode::BAD_REQUEST);
+    let mut m = r1
+        .store
+        .get_mapping("web-to-payments")
+        .await
+        .unwrap()
+        .unwrap();
+    m.scopes.push("admin".into());
+    r1.store
+        .save_mapping(&m, Precondition::Exists, &actor())
+        .await
+        .unwrap();
+    // ...and grants it once replica 1 added it.
+    let start = Instant::now();
+    while ask(&r2).await != StatusCode::OK {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "replica 2 still refuses the new scope after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "replica 2 granted the new scope after {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_notification_is_missed_is_found_by_the_periodic_version_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let db = Postgres::fresh_database();
+    let cfg = config(dir.path(), &issuer, &db, 200);
+    let r2 = replica(&cfg).await;
+    feeds_ready(&[&r2]).await;
+    let token = issuer.svid(WEB, now(), 600);
+    assert_eq!(exchange(&r2, &token).await, StatusCode::OK);
+    // A write that bumps the version but sends no notification (as if it was lost).
+    db.psql(
+        "BEGIN; DELETE FROM mappings WHERE name = 'web-to-payments'; \
+         UPDATE meshpass_changes SET version = version + 1 WHERE id = 1; COMMIT;",
+    );
+    let took = until_status(&r2, &token, StatusCode::BAD_REQUEST, Duration::from_secs(5))
+        .await
+        .expect("the periodic check never found the change");
+    eprintln!("found by the periodic check after {took:?}");
+    assert!(metric(&r2, "meshpass_change_fallback_invalidations_total").await >= 1.0);
+    assert_eq!(
+        metric(&r2, "meshpass_change_notifications_total").await,
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_whose_listening_connection_is_killed_reconnect_and_still_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let db = Postgres::fresh_database();
+    let cfg = config(dir.path(), &issuer, &db, 500);
+    let (r1, r2) = (replica(&cfg).await, replica(&cfg).await);
+    feeds_ready(&[&r1, &r2]).await;
+    let token = issuer.svid(WEB, now(), 600);
+    assert_eq!(exchange(&r2, &token).await, StatusCode::OK);
+    let killed = db.psql(&format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = '{LISTENER_APPLICATION_NAME}'"
+    ));
+    assert_eq!(killed, "2", "both listeners' backends are killed");
+    r1.store
+        .remove_mapping("web-to-payments", Precondition::None, &actor())
+        .await
+        .unwrap();
+    let took = until_status(&r2, &token, StatusCode::BAD_REQUEST, Duration::from_secs(5))
+        .await
+        .expect("replica 2 never saw the write after its listener was killed");
+    eprintln!("converged after {took:?} with the listener killed");
+    // The loss is counted and the listener comes back by itself.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reconnects = metric(&r2, "meshpass_change_listener_reconnects_total").await;
+        let up = metric(&r2, "meshpass_change_listener_up").await;
+        if reconnects >= 1.0 && up == 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "listener not back: reconnects {reconnects}, up {up}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And notifications flow again: a new mapping is honoured through the new connection.
+    r1.store
+        .save_mapping(
+            &r1.store
+                .get_mapping("web-to-orders")
+                .await
+                .unwrap()
+                .unwrap(),
+            Precondition::Exists,
+            &actor(),
+        )
+        .await
+        .unwrap();
+    let seen = Instant::now() + Duration::from_secs(5);
+    while metric(&r2, "meshpass_change_notifications_total").await < 1.0 {
+        assert!(Instant::now() < seen, "no notification after reconnecting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_revoked_through_replica_one_is_refused_by_replica_two_within_one_second() {
+    use meshpass_exchange::store::{NewRevocation, RevocationStore, RevocationTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let db = Postgres::fresh_database();
+    let cfg = config(dir.path(), &issuer, &db, 60_000);
+    let (r1, r2) = (replica(&cfg).await, replica(&cfg).await);
+    feeds_ready(&[&r1, &r2]).await;
+    let token = issuer.svid(WEB, now(), 600);
+    // Replica 2 holds a minted token for the subject.
+    assert_eq!(exchange(&r2, &token).await, StatusCode::OK);
+    assert_eq!(exchange(&r2, &token).await, StatusCode::OK);
+    let new = NewRevocation {
+        target: RevocationTarget::Subject,
+        matches: WEB.into(),
+        reason: "compromised".into(),
+        until: None,
+    };
+    let rev = r1
+        .store
+        .create_revocation(&new, &actor(), now())
+        .await
+        .unwrap();
+    let took = until_status(&r2, &token, StatusCode::FORBIDDEN, Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|| panic!("replica 2 still serves the revoked subject after 1 s"));
+    eprintln!("replica 2 refused the revoked subject after {took:?}");
+    r1.store.lift_revocation(&rev.id, &actor()).await.unwrap();
+    let took = until_status(&r2, &token, StatusCode::OK, Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|| panic!("replica 2 still refuses the lifted subject after 1 s"));
+    eprintln!("replica 2 served the lifted subject again after {took:?}");
+}
