@@ -210,6 +210,11 @@ async fn metrics(State(st): State<AppState>) -> Response {
     if let Some(c) = &st.cache {
         st.metrics.cache_entries.set(c.len() as f64);
     }
+    let revoked = st.revocations.current();
+    st.metrics
+        .revocations_active
+        .set(revoked.active(st.clock.now()).len() as f64);
+    st.metrics.revocation_version.set(revoked.version as f64);
     match st.metrics.render() {
         Ok(text) => (
             [(

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub jwks_keys: GaugeVec,
     /// Cached tokens.
     pub cache_entries: Gauge,
+    /// Revocations in this replica's set (lapsed ones excluded).
+    pub revocations_active: Gauge,
+    /// The revocation store version this replica's set reflects.
+    pub revocation_version: Gauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -107,6 +111,16 @@ impl Metrics {
         registry.register(Box::new(jwks_age.clone()))?;
         registry.register(Box::new(jwks_keys.clone()))?;
         registry.register(Box::new(cache_entries.clone()))?;
+        let revocations_active = Gauge::new(
+            "meshpass_revocations_active",
+            "Revocations this replica enforces.",
+        )?;
+        let revocation_version = Gauge::new(
+            "meshpass_revocation_version",
+            "Revocation store version this replica's set reflects (the feed's version).",
+        )?;
+        registry.register(Box::new(revocations_active.clone()))?;
+        registry.register(Box::new(revocation_version.clone()))?;
         Ok(Metrics {
             registry,
             exchanges,
@@ -119,6 +133,8 @@ impl Metrics {
             jwks_age,
             jwks_keys,
             cache_entries,
+            revocations_active,
+            revocation_version,
         })
     }
 

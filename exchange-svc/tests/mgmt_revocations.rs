@@ -66,6 +66,23 @@ async fn creates_lists_gets_and_lifts_revocations(db: Db) {
     );
     let (_, _, only) = s.get("/api/v1/revocations?target=jti").await;
     assert_eq!(only["items"].as_array().unwrap().len(), 1);
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.token_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("meshpass_revocations_active 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshpass_revocation_version 2"),
+        "{metrics}"
+    );
 
     assert_eq!(
         s.delete(&format!("/api/v1/revocations/{id}"), None).await.0,

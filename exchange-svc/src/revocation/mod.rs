@@ -333,3 +333,140 @@ impl Revocations {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rev(id: &str, target: RevocationTarget, matches: &str, until: Option<u64>) -> Revocation {
+        Revocation {
+            id: id.into(),
+            target,
+            matches: matches.into(),
+            reason: format!("reason {id}"),
+            until,
+            created_at: 1,
+            created_by: "spiffe://td/ns/ops/sa/admin".into(),
+        }
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn subjects_match_exactly_or_by_pattern_and_targets_stay_apart() {
+        let set = RevocationSet::build(
+            3,
+            vec![
+                rev(
+                    "a",
+                    RevocationTarget::Subject,
+                    "spiffe://td/ns/shop/*",
+                    None,
+                ),
+                rev(
+                    "b",
+                    RevocationTarget::Caller,
+                    "spiffe://td/ns/edge/sa/gw",
+                    None,
+                ),
+                rev("c", RevocationTarget::Jti, "jti-1", None),
+            ],
+        );
+        assert_eq!(
+            set.subject(&id("spiffe://td/ns/shop/sa/web"), 10)
+                .unwrap()
+                .id,
+            "a"
+        );
+        assert!(set
+            .subject(&id("spiffe://td/ns/other/sa/web"), 10)
+            .is_none());
+        assert!(set.subject(&id("spiffe://td/ns/edge/sa/gw"), 10).is_none());
+        assert_eq!(
+            set.caller(&id("spiffe://td/ns/edge/sa/gw"), 10).unwrap().id,
+            "b"
+        );
+        assert!(set.caller(&id("spiffe://td/ns/shop/sa/web"), 10).is_none());
+        assert_eq!(set.jti("jti-1", 10).unwrap().id, "c");
+        assert!(set.jti("jti-2", 10).is_none());
+    }
+
+    #[test]
+    fn an_entry_past_its_until_no_longer_applies_and_makes_a_sweep_due() {
+        let set = RevocationSet::build(1, vec![rev("a", RevocationTarget::Jti, "j", Some(100))]);
+        assert!(set.jti("j", 99).is_some());
+        assert!(!set.lapse_due(99));
+        assert!(set.jti("j", 100).is_none());
+        assert!(set.lapse_due(100));
+        assert!(set.active(100).is_empty());
+    }
+
+    #[test]
+    fn local_writes_apply_on_top_of_the_version_without_duplicates() {
+        let set = RevocationSet::build(5, vec![rev("a", RevocationTarget::Jti, "j", None)]);
+        let added = set.with(Some(rev("a", RevocationTarget::Jti, "j", None)), None);
+        assert_eq!((added.version, added.active(0).len()), (5, 1));
+        let lifted = added.with(None, Some("a"));
+        assert!(lifted.is_empty());
+    }
+
+    #[test]
+    fn a_new_entry_drops_the_cached_tokens_it_covers() {
+        let tokens = Arc::new(TokenCache::new(16, 0.5));
+        let put = |n: u8, rate_key: &str, jti: &str| {
+            let req = meshpass_core::oauth::TokenExchangeRequest::parse_form(
+                format!(
+                    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=t{n}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&resource=r"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+            tokens.insert(
+                crate::cache::CacheKey::of(&req, ""),
+                CachedToken {
+                    access_token: "x".into(),
+                    scope: None,
+                    issued_at: 10,
+                    expires_at: 1000,
+                    rate_key: rate_key.into(),
+                    mapping: "m".into(),
+                    resource: "r".into(),
+                    rate_limit: None,
+                    jti: jti.into(),
+                },
+                10,
+            );
+        };
+        put(
+            1,
+            "spiffe://td/ns/shop/sa/web spiffe://td/ns/shop/sa/web",
+            "j1",
+        );
+        put(
+            2,
+            "spiffe://td/ns/edge/sa/gw spiffe://td/ns/app/sa/api",
+            "j2",
+        );
+        put(3, "spiffe://td/ns/app/sa/x spiffe://td/ns/app/sa/x", "j3");
+        let revs = Revocations::new(Some(Arc::clone(&tokens)), None);
+        revs.created(rev(
+            "a",
+            RevocationTarget::Subject,
+            "spiffe://td/ns/shop/*",
+            None,
+        ));
+        assert_eq!(tokens.len(), 2);
+        revs.created(rev(
+            "b",
+            RevocationTarget::Caller,
+            "spiffe://td/ns/edge/sa/gw",
+            None,
+        ));
+        assert_eq!(tokens.len(), 1);
+        revs.created(rev("c", RevocationTarget::Jti, "j3", None));
+        assert!(tokens.is_empty());
+    }
+}
