@@ -6,6 +6,8 @@
 //! meshpass-bench [--smoke | --quick] [--reps N] [--secs S] [--connections C]
 //!                [--exchange-reps N] [--exchange-secs S] [--only proxy|exchange]
 //!                [--baseline-wasm PATH] [--out FILE] [--charts DIR]
+//!                [--rows ROW,ROW] [--profile ROW,ROW] [--scale-max N]
+//!                (--only proxy|exchange|scaling)
 //! ```
 
 mod charts;
@@ -13,6 +15,7 @@ mod exchange;
 mod machine;
 mod proxy;
 mod report;
+mod scaling;
 mod stack;
 mod stats;
 mod tokens;
@@ -35,6 +38,8 @@ pub struct Run {
     pub proxy: Option<proxy::Results>,
     /// Section 2.
     pub exchange: Option<exchange::Results>,
+    /// Section 3: filter cache scaling.
+    pub scaling: Option<Vec<scaling::Step>>,
     /// The hand-written analysis (bench/notes.md), appended verbatim.
     pub notes: String,
 }
@@ -52,6 +57,9 @@ struct Args {
     baseline_wasm: Option<PathBuf>,
     out: Option<PathBuf>,
     charts: Option<PathBuf>,
+    rows: Option<Vec<String>>,
+    profile: Vec<String>,
+    scale_max: Option<u64>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -69,6 +77,9 @@ fn parse_args() -> Result<Args> {
             .map(PathBuf::from),
         out: None,
         charts: None,
+        rows: None,
+        profile: Vec::new(),
+        scale_max: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -85,6 +96,9 @@ fn parse_args() -> Result<Args> {
             "--baseline-wasm" => a.baseline_wasm = Some(PathBuf::from(val()?)),
             "--out" => a.out = Some(PathBuf::from(val()?)),
             "--charts" => a.charts = Some(PathBuf::from(val()?)),
+            "--rows" => a.rows = Some(val()?.split(',').map(String::from).collect()),
+            "--profile" => a.profile = val()?.split(',').map(String::from).collect(),
+            "--scale-max" => a.scale_max = Some(val()?.parse()?),
             "-h" | "--help" => {
                 println!("{}", include_str!("../README.md"));
                 std::process::exit(0);
@@ -124,34 +138,49 @@ fn run() -> Result<()> {
             root.join("target/wasm32-wasip1/wasm-release/meshpass_noop_filter.wasm")
         });
     let filter_wasm = meshpass_testkit::filter_wasm();
+    let run_proxy = args.only.as_deref().is_none_or(|o| o == "proxy");
+    let run_exchange = !args.smoke && args.only.as_deref().is_none_or(|o| o == "exchange");
+    let run_scaling = !args.smoke && args.only.as_deref().is_none_or(|o| o == "scaling");
     for (what, p) in [
         ("the empty filter", &noop_wasm),
         ("the meshpass filter", &filter_wasm),
     ] {
-        if !p.is_file() && !(args.smoke && what == "the meshpass filter") {
+        if !p.is_file()
+            && (run_proxy || run_scaling)
+            && !(args.smoke && what == "the meshpass filter")
+        {
             bail!("{what} not found at {} (make wasm builds it)", p.display());
         }
     }
-    let run_proxy = args.only.as_deref().is_none_or(|o| o == "proxy");
-    let run_exchange = !args.smoke && args.only.as_deref().is_none_or(|o| o == "exchange");
     let (reps, secs) = match (args.smoke, args.quick) {
         (true, _) => (1, 1.0),
         (false, true) => (3, 3.0),
         _ => (5, 8.0),
     };
+    let by_name = |names: &[String]| -> Result<Vec<proxy::Row>> {
+        names
+            .iter()
+            .map(|n| {
+                proxy::ALL_ROWS
+                    .into_iter()
+                    .find(|r| r.name() == n)
+                    .ok_or_else(|| anyhow!("no proxy row {n}"))
+            })
+            .collect()
+    };
     let rows = if args.smoke {
         vec![proxy::Row::Router, proxy::Row::NoopWasm]
+    } else if let Some(r) = &args.rows {
+        let mut r = by_name(r)?;
+        // The ratios need both baselines.
+        for base in [proxy::Row::NoopWasm, proxy::Row::Router] {
+            if !r.contains(&base) {
+                r.insert(0, base);
+            }
+        }
+        r
     } else {
-        vec![
-            proxy::Row::Router,
-            proxy::Row::NoopWasm,
-            proxy::Row::JwtAuthn,
-            proxy::Row::JwtAuthnCache,
-            proxy::Row::ExtAuthzHttp,
-            proxy::Row::MeshpassHit,
-            proxy::Row::MeshpassHitBaseline,
-            proxy::Row::MeshpassMiss,
-        ]
+        proxy::ALL_ROWS.to_vec()
     };
     let popts = proxy::Options {
         rows,
@@ -162,6 +191,8 @@ fn run() -> Result<()> {
         noop_wasm,
         baseline_wasm: args.baseline_wasm.clone(),
         miss_rate_bound: 1500.0,
+        profile: by_name(&args.profile)?,
+        profile_dir: root.join("bench/profiles"),
     };
     let xopts = exchange::Options {
         concurrencies: if args.quick {
@@ -216,6 +247,25 @@ fn run() -> Result<()> {
             exchange::run(&xopts, work.path(), &issuer, &unpinned).context("exchange service")?;
         commands.extend(r.commands.iter().cloned());
         Some(r)
+    } else {
+        None
+    };
+    let scaling = if run_scaling {
+        let max = args
+            .scale_max
+            .unwrap_or(if args.quick { 1_000 } else { 10_000 });
+        eprintln!("[bench] section 3: filter cache scaling up to {max} distinct tokens");
+        Some(
+            scaling::run(
+                max,
+                if args.quick { 2.0 } else { 4.0 },
+                work.path(),
+                &issuer,
+                &wrk,
+                &popts.filter_wasm,
+            )
+            .context("scaling")?,
+        )
     } else {
         None
     };
@@ -285,6 +335,7 @@ fn run() -> Result<()> {
         commands,
         proxy,
         exchange,
+        scaling,
         notes: include_str!("../notes.md").to_string(),
     };
     let (out, charts_dir) = if args.smoke {

@@ -40,6 +40,18 @@ pub enum Row {
     MeshpassMiss,
 }
 
+/// Every row, in the order each repetition runs them.
+pub const ALL_ROWS: [Row; 8] = [
+    Row::Router,
+    Row::NoopWasm,
+    Row::JwtAuthn,
+    Row::JwtAuthnCache,
+    Row::ExtAuthzHttp,
+    Row::MeshpassHit,
+    Row::MeshpassHitBaseline,
+    Row::MeshpassMiss,
+];
+
 impl Row {
     /// Listener and row name.
     pub fn name(self) -> &'static str {
@@ -97,6 +109,11 @@ pub struct Options {
     pub baseline_wasm: Option<PathBuf>,
     /// Upper bound of misses per second the minted token files are sized for.
     pub miss_rate_bound: f64,
+    /// After the measurements, `perf record` Envoy during one more run of these rows
+    /// and write `perf report` (by DSO, then by symbol) to `profile_dir/<row>.txt`.
+    pub profile: Vec<Row>,
+    /// Where the profiles go.
+    pub profile_dir: PathBuf,
 }
 
 /// One measurement of one row.
@@ -231,27 +248,6 @@ fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
 
-fn show(cmd: &std::process::Command) -> String {
-    let mut s = String::new();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
-        }
-    }
-    s.push_str(&cmd.get_program().to_string_lossy());
-    for a in cmd.get_args() {
-        let a = a.to_string_lossy();
-        if a.len() > 60 {
-            s.push_str(&format!(" '{}…'", &a[..40]));
-        } else if a.contains(' ') {
-            s.push_str(&format!(" '{a}'"));
-        } else {
-            s.push_str(&format!(" {a}"));
-        }
-    }
-    s
-}
-
 /// Runs the section.
 pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Results> {
     let jwks = issuer.jwks();
@@ -344,7 +340,7 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
     }
     for row in [Row::Router, Row::MeshpassMiss] {
         if rows.contains(&row) {
-            commands.push(show(&wrk.command(
+            commands.push(crate::wrk::show(&wrk.command(
                 &url(row)?,
                 o.connections,
                 o.secs,
@@ -380,6 +376,20 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         }
     }
     let rss1 = machine::rss_kib(envoy.pid());
+    for &row in o.profile.iter().filter(|r| rows.contains(r)) {
+        // The miss row needs tokens no earlier run used.
+        let load = if row == Row::MeshpassMiss {
+            let path = dir.join("miss-tokens-profile.txt");
+            tokens::write_lines(&path, &issuer.mint_range(900_000_000, per_file))?;
+            Load::Bearer(path, vec![])
+        } else {
+            fixed.clone()
+        };
+        profile(row, envoy.pid(), o, dir, || {
+            wrk.run(&url(row)?, o.connections, o.secs, &load)
+                .map(|_| ())
+        })?;
+    }
     drop(envoy);
     Ok(Results {
         rows: rows.into_iter().zip(samples).collect(),
@@ -393,6 +403,64 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         commands,
         options: o.clone(),
     })
+}
+
+/// `perf record -g` of Envoy while `load` runs; the report by DSO and by symbol.
+fn profile(
+    row: Row,
+    pid: u32,
+    o: &Options,
+    dir: &Path,
+    load: impl FnOnce() -> Result<()>,
+) -> Result<()> {
+    use std::process::{Command, Stdio};
+    let data = dir.join(format!("perf-{}.data", row.name()));
+    let mut rec = Command::new("timeout")
+        .arg(format!("{}", o.secs as u64 + 60))
+        .args(["perf", "record", "-F", "999", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &pid.to_string(), "--", "sleep"])
+        .arg(format!("{}", o.secs.ceil() as u64))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    load()?;
+    rec.wait()?;
+    let report = |sort: &str| -> Result<String> {
+        let out = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--percent-limit",
+                "0.7",
+                "-g",
+                "none",
+                "--sort",
+                sort,
+                "-i",
+            ])
+            .arg(&data)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    };
+    std::fs::create_dir_all(&o.profile_dir)?;
+    let text = format!(
+        "perf record -F 999 -g -p <envoy> during {} s of `{}` ({} connections); Envoy is a stripped binary and\n\
+         V8's JIT code has no perf map, so wasm code shows as anonymous memory ([unknown] / [anon]).\n\n\
+         By DSO:\n{}\n\nBy DSO and symbol:\n{}\n",
+        o.secs,
+        row.name(),
+        o.connections,
+        report("dso")?,
+        report("dso,sym")?
+    );
+    std::fs::write(o.profile_dir.join(format!("{}.txt", row.name())), text)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -415,6 +483,8 @@ mod tests {
             noop_wasm: "/n.wasm".into(),
             baseline_wasm: None,
             miss_rate_bound: 1.0,
+            profile: vec![],
+            profile_dir: "/tmp".into(),
         };
         let cfg = envoy_config(&o, "{}", 1, 2);
         let names: Vec<&str> = cfg["static_resources"]["listeners"]

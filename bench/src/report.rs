@@ -383,6 +383,87 @@ fn exchange_section(
     Ok(())
 }
 
+fn scaling_section(
+    out: &mut String,
+    steps: &[crate::scaling::Step],
+    charts_dir: &Path,
+    rel: &str,
+) -> Result<()> {
+    writeln!(out, "## 3. Filter cache scaling\n")?;
+    writeln!(
+        out,
+        "One Envoy (pinned as in section 1) with the meshpass filter (default `cache.slots` = 4096, per-worker memo \
+         of 4096) against the real exchange service: new tokens are sent until the given number of distinct tokens \
+         has gone through the filter (each a miss: validation, exchange, cache write), then one run of cache hits \
+         measures the hit cost at that size. Memory per entry = growth of Envoy's resident memory since the \
+         first step / entries added.\n"
+    )?;
+    writeln!(out, "| distinct tokens | Envoy RSS MiB | growth per token since 1 token (bytes) | hit req/s | hit Envoy CPU µs/req | errors |")?;
+    writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: |")?;
+    let first = steps
+        .first()
+        .map(|s| (s.tokens, s.rss_kib))
+        .unwrap_or((1, 0));
+    for s in steps {
+        let per = if s.tokens > first.0 {
+            format!(
+                "{:.0}",
+                (s.rss_kib as f64 - first.1 as f64) * 1024.0 / (s.tokens - first.0) as f64
+            )
+        } else {
+            "—".into()
+        };
+        writeln!(
+            out,
+            "| {} | {:.1} | {} | {:.0} | {:.1} | {} |",
+            s.tokens,
+            s.rss_kib as f64 / 1024.0,
+            per,
+            s.hit_rps,
+            s.hit_cpu_us,
+            s.errors
+        )?;
+    }
+    let bound = steps.iter().find(|s| s.tokens == 4_096);
+    if let Some(b) = bound {
+        let per = (b.rss_kib as f64 - first.1 as f64) * 1024.0 / (b.tokens - first.0).max(1) as f64;
+        let verdict = if per < 1024.0 {
+            "**met**".to_string()
+        } else {
+            format!("**missed** by {:.0} bytes", per - 1024.0)
+        };
+        writeln!(out, "\nMemory per cached token up to the slot bound: {per:.0} bytes (goal < 1 KiB): {verdict}.")?;
+        if let Some(last) = steps.last().filter(|l| l.tokens > b.tokens) {
+            writeln!(
+                out,
+                "After the bound, from {} to {} distinct tokens, Envoy's memory changed by {:+.1} MiB ({:+.0} bytes per further token).",
+                b.tokens,
+                last.tokens,
+                (last.rss_kib as f64 - b.rss_kib as f64) / 1024.0,
+                (last.rss_kib as f64 - b.rss_kib as f64) * 1024.0 / (last.tokens - b.tokens) as f64
+            )?;
+        }
+    }
+    charts::lines_loglog(
+        &charts_dir.join("scaling_memory.png"),
+        "Envoy resident memory (MiB) vs distinct tokens through the filter",
+        "distinct tokens",
+        "MiB",
+        &[(
+            "Envoy RSS".to_string(),
+            steps
+                .iter()
+                .map(|s| (s.tokens as f64, s.rss_kib as f64 / 1024.0))
+                .collect(),
+        )],
+    )?;
+    writeln!(
+        out,
+        "\n![Envoy memory vs cached tokens]({rel}/scaling_memory.png)\n"
+    )?;
+    Ok(())
+}
+
 /// Writes the report to `path` and its charts to `charts_dir` (linked as `rel`).
 pub fn write(run: &Run, path: &Path, charts_dir: &Path, rel: &str) -> Result<()> {
     std::fs::create_dir_all(charts_dir)?;
@@ -412,6 +493,9 @@ pub fn write(run: &Run, path: &Path, charts_dir: &Path, rel: &str) -> Result<()>
     }
     if let Some(x) = &run.exchange {
         exchange_section(&mut out, x, charts_dir, rel)?;
+    }
+    if let Some(steps) = &run.scaling {
+        scaling_section(&mut out, steps, charts_dir, rel)?;
     }
     writeln!(out, "{}", run.notes)?;
     std::fs::write(path, out)?;

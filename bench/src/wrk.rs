@@ -148,6 +148,28 @@ impl Wrk<'_> {
     }
 }
 
+/// A command line as a shell would show it (long arguments shortened).
+pub fn show(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
+        }
+    }
+    s.push_str(&cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        let a = a.to_string_lossy();
+        if a.len() > 60 {
+            s.push_str(&format!(" '{}…'", &a[..40]));
+        } else if a.contains(' ') {
+            s.push_str(&format!(" '{a}'"));
+        } else {
+            s.push_str(&format!(" {a}"));
+        }
+    }
+    s
+}
+
 /// A load that runs `secs` seconds must not block longer than this.
 pub fn wall_bound(secs: f64) -> Duration {
     Duration::from_secs_f64(secs + 30.0)
