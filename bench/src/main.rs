@@ -7,7 +7,7 @@
 //!                [--exchange-reps N] [--exchange-secs S] [--only proxy|exchange]
 //!                [--baseline-wasm PATH] [--out FILE] [--charts DIR]
 //!                [--rows ROW,ROW] [--profile ROW,ROW] [--scale-max N]
-//!                (--only proxy|exchange|scaling)
+//!                [--soak-secs S]   (--only proxy|exchange|scaling|soak)
 //! ```
 
 mod charts;
@@ -16,6 +16,7 @@ mod machine;
 mod proxy;
 mod report;
 mod scaling;
+mod soak;
 mod stack;
 mod stats;
 mod tokens;
@@ -40,6 +41,8 @@ pub struct Run {
     pub exchange: Option<exchange::Results>,
     /// Section 3: filter cache scaling.
     pub scaling: Option<Vec<scaling::Step>>,
+    /// Section 4: soak.
+    pub soak: Option<Vec<soak::Slice>>,
     /// The hand-written analysis (bench/notes.md), appended verbatim.
     pub notes: String,
 }
@@ -60,6 +63,7 @@ struct Args {
     rows: Option<Vec<String>>,
     profile: Vec<String>,
     scale_max: Option<u64>,
+    soak_secs: Option<f64>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -80,6 +84,7 @@ fn parse_args() -> Result<Args> {
         rows: None,
         profile: Vec::new(),
         scale_max: None,
+        soak_secs: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -99,6 +104,7 @@ fn parse_args() -> Result<Args> {
             "--rows" => a.rows = Some(val()?.split(',').map(String::from).collect()),
             "--profile" => a.profile = val()?.split(',').map(String::from).collect(),
             "--scale-max" => a.scale_max = Some(val()?.parse()?),
+            "--soak-secs" => a.soak_secs = Some(val()?.parse()?),
             "-h" | "--help" => {
                 println!("{}", include_str!("../README.md"));
                 std::process::exit(0);
@@ -141,12 +147,13 @@ fn run() -> Result<()> {
     let run_proxy = args.only.as_deref().is_none_or(|o| o == "proxy");
     let run_exchange = !args.smoke && args.only.as_deref().is_none_or(|o| o == "exchange");
     let run_scaling = !args.smoke && args.only.as_deref().is_none_or(|o| o == "scaling");
+    let run_soak = !args.smoke && args.only.as_deref().is_none_or(|o| o == "soak");
     for (what, p) in [
         ("the empty filter", &noop_wasm),
         ("the meshpass filter", &filter_wasm),
     ] {
         if !p.is_file()
-            && (run_proxy || run_scaling)
+            && (run_proxy || run_scaling || run_soak)
             && !(args.smoke && what == "the meshpass filter")
         {
             bail!("{what} not found at {} (make wasm builds it)", p.display());
@@ -269,6 +276,25 @@ fn run() -> Result<()> {
     } else {
         None
     };
+    let soak = if run_soak {
+        let secs = args
+            .soak_secs
+            .unwrap_or(if args.quick { 60.0 } else { 600.0 });
+        let slice = if secs >= 300.0 { 30.0 } else { 10.0 };
+        eprintln!("[bench] section 4: soak, {secs} s of mixed traffic in slices of {slice} s");
+        let s = soak::run(
+            secs,
+            slice,
+            work.path(),
+            &issuer,
+            &popts.filter_wasm,
+            &wrk_script,
+        )
+        .context("soak")?;
+        Some(s)
+    } else {
+        None
+    };
     let cpu1 = machine::CpuTimes::now();
     let samples_steal: Vec<f64> = proxy
         .iter()
@@ -336,6 +362,7 @@ fn run() -> Result<()> {
         proxy,
         exchange,
         scaling,
+        soak,
         notes: include_str!("../notes.md").to_string(),
     };
     let (out, charts_dir) = if args.smoke {

@@ -174,6 +174,7 @@ fn proxy_section(out: &mut String, p: &proxy::Results, charts_dir: &Path, rel: &
             at_most(&Estimate { mean: m.mean / 1e3, ci95: m.ci95 / 1e3, n: m.n }, 0.9, "ms over half of 1.8 ms")
         )?;
     }
+    writeln!(out)?;
     let base_rps = rps(Row::MeshpassHitBaseline);
     if !base_rps.is_empty() && !hit_rps.is_empty() {
         writeln!(
@@ -464,6 +465,62 @@ fn scaling_section(
     Ok(())
 }
 
+fn soak_section(out: &mut String, slices: &[crate::soak::Slice]) -> Result<()> {
+    writeln!(out, "## 4. Soak\n")?;
+    writeln!(
+        out,
+        "One Envoy with the meshpass filter and the real exchange service, three wrk processes at once in each \
+         slice: cache hits (8 connections, one token), misses (2 connections, a never-seen token per request), \
+         rejections (1 connection, a token with a broken signature: 401 expected); the transit key is rotated \
+         once half-way. \"Unexpected\" counts failed hits or misses, and rejections not answered 4xx.\n"
+    )?;
+    writeln!(out, "| end of slice (s) | hits ok / failed | misses ok / failed | rejections 4xx / other | Envoy RSS MiB | service RSS MiB | note |")?;
+    writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | --- |")?;
+    for s in slices {
+        writeln!(
+            out,
+            "| {:.0} | {} / {} | {} / {} | {} / {} | {:.1} | {:.1} | {} |",
+            s.at_secs,
+            s.hits.0,
+            s.hits.1,
+            s.misses.0,
+            s.misses.1,
+            s.rejections.0,
+            s.rejections.1,
+            s.rss_kib.0 as f64 / 1024.0,
+            s.rss_kib.1 as f64 / 1024.0,
+            if s.rotated {
+                "transit key rotated before this slice"
+            } else {
+                ""
+            }
+        )?;
+    }
+    let unexpected: u64 = slices.iter().map(|s| s.unexpected()).sum();
+    let total: u64 = slices
+        .iter()
+        .map(|s| s.hits.0 + s.misses.0 + s.rejections.0)
+        .sum();
+    writeln!(
+        out,
+        "\n{total} requests, **{unexpected} unexpected outcomes** ({}).",
+        if unexpected == 0 {
+            "goal met"
+        } else {
+            "goal missed"
+        }
+    )?;
+    if let (Some(a), Some(b)) = (slices.get(1).or(slices.first()), slices.last()) {
+        writeln!(
+            out,
+            "Memory from the second slice to the last: Envoy {:+.1} MiB, exchange service {:+.1} MiB.\n",
+            (b.rss_kib.0 as f64 - a.rss_kib.0 as f64) / 1024.0,
+            (b.rss_kib.1 as f64 - a.rss_kib.1 as f64) / 1024.0
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes the report to `path` and its charts to `charts_dir` (linked as `rel`).
 pub fn write(run: &Run, path: &Path, charts_dir: &Path, rel: &str) -> Result<()> {
     std::fs::create_dir_all(charts_dir)?;
@@ -496,6 +553,9 @@ pub fn write(run: &Run, path: &Path, charts_dir: &Path, rel: &str) -> Result<()>
     }
     if let Some(steps) = &run.scaling {
         scaling_section(&mut out, steps, charts_dir, rel)?;
+    }
+    if let Some(slices) = &run.soak {
+        soak_section(&mut out, slices)?;
     }
     writeln!(out, "{}", run.notes)?;
     std::fs::write(path, out)?;

@@ -8,7 +8,9 @@
 -- done() prints one line `WRKJSON {...}` (latencies in microseconds).
 local mode = os.getenv("MESHPASS_WRK_MODE") or "static"
 local file = os.getenv("MESHPASS_WRK_FILE")
-local lines, n, i, wrapped, base = {}, 0, 0, 0, {}
+local lines, n, i, base = {}, 0, 0, {}
+-- A global: done() reads it from each thread with thread:get().
+wrapped = 0
 local threads = {}
 
 function setup(thread)
