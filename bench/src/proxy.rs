@@ -386,8 +386,10 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
             fixed.clone()
         };
         profile(row, envoy.pid(), o, dir, || {
-            wrk.run(&url(row)?, o.connections, o.secs, &load)
-                .map(|_| ())
+            let c0 = machine::cpu_secs(envoy.pid(), tck);
+            let r = wrk.run(&url(row)?, o.connections, o.secs, &load)?;
+            let c1 = machine::cpu_secs(envoy.pid(), tck);
+            Ok((c1 - c0) * 1e6 / r.requests.max(1) as f64)
         })?;
     }
     drop(envoy);
@@ -405,13 +407,83 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
     })
 }
 
+/// One Envoy (pinned) with a single meshpass listener in front of the real exchange
+/// service and OpenBao (pinned to the load core): the scaling and soak sections' stack.
+pub struct MeshpassStack {
+    /// OpenBao (kept for key rotation).
+    pub bao: meshpass_testkit::OpenBao,
+    /// The exchange service.
+    pub service: meshpass_testkit::ExchangeService,
+    /// Envoy.
+    pub envoy: Envoy,
+    /// `http://127.0.0.1:PORT/` of the meshpass listener.
+    pub url: String,
+}
+
+impl MeshpassStack {
+    /// Starts it; `name` names Envoy's log.
+    pub fn start(
+        name: &str,
+        dir: &Path,
+        issuer: &Issuer,
+        filter_wasm: &Path,
+    ) -> Result<MeshpassStack> {
+        let jwks = issuer.jwks();
+        let bao = stack::start_openbao();
+        let service = stack::start_service(
+            &bao,
+            dir,
+            &jwks,
+            ServiceKind {
+                token_cache: true,
+                unbound_callers: true,
+            },
+        )?;
+        machine::pin(bao.pid(), LOAD_CPU)?;
+        machine::pin(service.pid(), LOAD_CPU)?;
+        let o = Options {
+            rows: vec![Row::MeshpassHit],
+            reps: 1,
+            secs: 1.0,
+            connections: 1,
+            filter_wasm: filter_wasm.to_path_buf(),
+            noop_wasm: filter_wasm.to_path_buf(),
+            baseline_wasm: None,
+            miss_rate_bound: 0.0,
+            profile: vec![],
+            profile_dir: dir.to_path_buf(),
+        };
+        let cfg = envoy_config(&o, &jwks, service.port(), 1);
+        let envoy = Envoy::start_with(
+            &cfg.to_string(),
+            &EnvoyOptions {
+                name: name.into(),
+                concurrency: 1,
+                extra_args: vec!["--log-level".into(), "error".into()],
+                ..EnvoyOptions::default()
+            },
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+        machine::pin(envoy.pid(), ENVOY_CPU)?;
+        let port = envoy
+            .listener_port(Row::MeshpassHit.name())
+            .ok_or_else(|| anyhow!("no meshpass listener"))?;
+        Ok(MeshpassStack {
+            bao,
+            service,
+            envoy,
+            url: format!("http://127.0.0.1:{port}/"),
+        })
+    }
+}
+
 /// `perf record -g` of Envoy while `load` runs; the report by DSO and by symbol.
 fn profile(
     row: Row,
     pid: u32,
     o: &Options,
     dir: &Path,
-    load: impl FnOnce() -> Result<()>,
+    load: impl FnOnce() -> Result<f64>,
 ) -> Result<()> {
     use std::process::{Command, Stdio};
     let data = dir.join(format!("perf-{}.data", row.name()));
@@ -424,7 +496,7 @@ fn profile(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    load()?;
+    let cpu_us = load()?;
     rec.wait()?;
     let report = |sort: &str| -> Result<String> {
         let out = Command::new("perf")
@@ -449,14 +521,31 @@ fn profile(
             .join("\n"))
     };
     std::fs::create_dir_all(&o.profile_dir)?;
+    let by_dso = report("dso")?;
+    let split: Vec<String> = by_dso
+        .lines()
+        .filter_map(|l| {
+            let (pct, dso) = l.trim().split_once('%')?;
+            let pct: f64 = pct.trim().parse().ok()?;
+            Some(format!(
+                "{:>8.2} µs/req  {}",
+                pct / 100.0 * cpu_us,
+                dso.trim()
+            ))
+        })
+        .collect();
     let text = format!(
-        "perf record -F 999 -g -p <envoy> during {} s of `{}` ({} connections); Envoy is a stripped binary and\n\
-         V8's JIT code has no perf map, so wasm code shows as anonymous memory ([unknown] / [anon]).\n\n\
-         By DSO:\n{}\n\nBy DSO and symbol:\n{}\n",
+        "perf record -F 999 -g -p <envoy> during {} s of `{}` ({} connections). Envoy is a stripped\n\
+         binary (its own code shows as addresses); V8's JIT'd wasm code shows as [JIT].\n\
+         Envoy CPU during the profile: {:.2} µs per request.\n\n\
+         By DSO (share of samples, and that share of the CPU per request):\n{}\n\n{}\n\n\
+         By DSO and symbol:\n{}\n",
         o.secs,
         row.name(),
         o.connections,
-        report("dso")?,
+        cpu_us,
+        by_dso,
+        split.join("\n"),
         report("dso,sym")?
     );
     std::fs::write(o.profile_dir.join(format!("{}.txt", row.name())), text)?;

@@ -7,11 +7,9 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use meshpass_testkit::{Envoy, EnvoyOptions};
 
 use crate::machine;
-use crate::proxy::{self, Row, ENVOY_CPU, LOAD_CPU};
-use crate::stack::{self, ServiceKind};
+use crate::proxy::MeshpassStack;
 use crate::tokens::{self, Issuer};
 use crate::wrk::{Load, Wrk};
 
@@ -39,47 +37,8 @@ pub fn run(
     wrk: &Wrk,
     filter_wasm: &Path,
 ) -> Result<Vec<Step>> {
-    let jwks = issuer.jwks();
-    let bao = stack::start_openbao();
-    let service = stack::start_service(
-        &bao,
-        dir,
-        &jwks,
-        ServiceKind {
-            token_cache: true,
-            unbound_callers: true,
-        },
-    )?;
-    machine::pin(bao.pid(), LOAD_CPU)?;
-    machine::pin(service.pid(), LOAD_CPU)?;
-    let o = proxy::Options {
-        rows: vec![Row::MeshpassHit],
-        reps: 1,
-        secs,
-        connections: 32,
-        filter_wasm: filter_wasm.to_path_buf(),
-        noop_wasm: filter_wasm.to_path_buf(),
-        baseline_wasm: None,
-        miss_rate_bound: 0.0,
-        profile: vec![],
-        profile_dir: dir.to_path_buf(),
-    };
-    let cfg = proxy::envoy_config(&o, &jwks, service.port(), 1);
-    let envoy = Envoy::start_with(
-        &cfg.to_string(),
-        &EnvoyOptions {
-            name: "envoy-scaling".into(),
-            concurrency: 1,
-            extra_args: vec!["--log-level".into(), "error".into()],
-            ..EnvoyOptions::default()
-        },
-    )
-    .map_err(|e| anyhow!("{e}"))?;
-    machine::pin(envoy.pid(), ENVOY_CPU)?;
-    let port = envoy
-        .listener_port(Row::MeshpassHit.name())
-        .ok_or_else(|| anyhow!("no meshpass listener"))?;
-    let url = format!("http://127.0.0.1:{port}/");
+    let st = MeshpassStack::start("envoy-scaling", dir, issuer, filter_wasm)?;
+    let (envoy, url) = (&st.envoy, &st.url);
     let tck = machine::clk_tck();
     let mut sizes: Vec<u64> = vec![1, 10, 100, 1_000, 4_096, 10_000, 30_000, 100_000];
     sizes.retain(|n| *n <= max_tokens);
@@ -94,7 +53,7 @@ pub fn run(
         let mut errors = 0;
         let mut filled = false;
         for _ in 0..20 {
-            let r = wrk.run(&url, 32, 2.0, &Load::Bearer(path.clone(), vec![]))?;
+            let r = wrk.run(url, 32, 2.0, &Load::Bearer(path.clone(), vec![]))?;
             errors += r.errors();
             if r.wrapped > 0 {
                 filled = true;
@@ -110,7 +69,7 @@ pub fn run(
             format!("Bearer {}", fresh[fresh.len() - 1]),
         )]);
         let c0 = machine::cpu_secs(envoy.pid(), tck);
-        let r = wrk.run(&url, 32, secs, &hit)?;
+        let r = wrk.run(url, 32, secs, &hit)?;
         let c1 = machine::cpu_secs(envoy.pid(), tck);
         let step = Step {
             tokens: n,

@@ -7,11 +7,10 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
-use meshpass_testkit::{Envoy, EnvoyOptions};
 
 use crate::machine;
-use crate::proxy::{self, Row, ENVOY_CPU, LOAD_CPU};
-use crate::stack::{self, ServiceKind, TRANSIT_KEY};
+use crate::proxy::{MeshpassStack, LOAD_CPU};
+use crate::stack::TRANSIT_KEY;
 use crate::tokens::{self, Issuer};
 use crate::wrk::{Load, Wrk, WrkResult};
 
@@ -52,47 +51,8 @@ pub fn run(
     filter_wasm: &Path,
     script: &Path,
 ) -> Result<Vec<Slice>> {
-    let jwks = issuer.jwks();
-    let bao = stack::start_openbao();
-    let service = stack::start_service(
-        &bao,
-        dir,
-        &jwks,
-        ServiceKind {
-            token_cache: true,
-            unbound_callers: true,
-        },
-    )?;
-    machine::pin(bao.pid(), LOAD_CPU)?;
-    machine::pin(service.pid(), LOAD_CPU)?;
-    let o = proxy::Options {
-        rows: vec![Row::MeshpassHit],
-        reps: 1,
-        secs: slice_secs,
-        connections: 8,
-        filter_wasm: filter_wasm.to_path_buf(),
-        noop_wasm: filter_wasm.to_path_buf(),
-        baseline_wasm: None,
-        miss_rate_bound: 0.0,
-        profile: vec![],
-        profile_dir: dir.to_path_buf(),
-    };
-    let cfg = proxy::envoy_config(&o, &jwks, service.port(), 1);
-    let envoy = Envoy::start_with(
-        &cfg.to_string(),
-        &EnvoyOptions {
-            name: "envoy-soak".into(),
-            concurrency: 1,
-            extra_args: vec!["--log-level".into(), "error".into()],
-            ..EnvoyOptions::default()
-        },
-    )
-    .map_err(|e| anyhow!("{e}"))?;
-    machine::pin(envoy.pid(), ENVOY_CPU)?;
-    let port = envoy
-        .listener_port(Row::MeshpassHit.name())
-        .ok_or_else(|| anyhow!("no meshpass listener"))?;
-    let url = format!("http://127.0.0.1:{port}/");
+    let st = MeshpassStack::start("envoy-soak", dir, issuer, filter_wasm)?;
+    let (envoy, service, url) = (&st.envoy, &st.service, &st.url);
     let good = issuer.mint(0);
     // A valid token whose signature is broken: the filter must refuse it (401) every time.
     let bad = format!("{}AAAA", &good[..good.len() - 4]);
@@ -107,7 +67,7 @@ pub fn run(
     for i in 0..slices {
         let rotated = i == slices / 2 && slices > 1;
         if rotated {
-            bao.rotate_key(TRANSIT_KEY);
+            st.bao.rotate_key(TRANSIT_KEY);
         }
         let miss_file = dir.join(format!("soak-{i}.txt"));
         tokens::write_lines(
@@ -118,9 +78,9 @@ pub fn run(
         let bad_load = Load::Static(vec![("Authorization".into(), format!("Bearer {bad}"))]);
         let miss_load = Load::Bearer(miss_file, vec![]);
         let (h, m, r) = std::thread::scope(|s| {
-            let h = s.spawn(|| wrk.run(&url, 8, slice_secs, &hit_load));
-            let m = s.spawn(|| wrk.run(&url, 2, slice_secs, &miss_load));
-            let r = wrk.run(&url, 1, slice_secs, &bad_load);
+            let h = s.spawn(|| wrk.run(url, 8, slice_secs, &hit_load));
+            let m = s.spawn(|| wrk.run(url, 2, slice_secs, &miss_load));
+            let r = wrk.run(url, 1, slice_secs, &bad_load);
             (h.join(), m.join(), r)
         });
         let h = h.map_err(|_| anyhow!("hit load panicked"))??;
