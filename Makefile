@@ -77,13 +77,18 @@ fuzz:
 ## (ARGS=--quick for a shorter run; BASELINE_WASM=path or BASELINE_REV=rev for the baseline filter row)
 BASELINE_REV ?= e076c13^
 BASELINE_DIR := target/bench-baseline
+# The measured servers are release builds (each built on its own, so neither's feature
+# set rebuilds the other); the orchestrator only starts processes and runs wrk.
 bench: wasm bench-baseline
-	cargo build --release -p meshpass-exchange -p meshpass-bench --bins
+	cargo build --release -p meshpass-exchange
+	cargo build --release -p meshpass-bench-servers
+	cargo build -p meshpass-bench
 	@bw="$(BASELINE_WASM)"; \
 	if [ -z "$$bw" ] && [ -n "$(BASELINE_REV)" ]; then \
 	  bw=$(CURDIR)/$(BASELINE_DIR)/$$(git rev-parse --short "$(BASELINE_REV)")/meshpass_filter.wasm; fi; \
 	set -x; MESHPASS_EXCHANGE_BIN=$(CURDIR)/target/release/meshpass-exchange BASELINE_WASM="$$bw" \
-	  target/release/meshpass-bench $(ARGS)
+	  MESHPASS_BENCH_SERVERS_BIN=$(CURDIR)/target/release/meshpass-bench-servers \
+	  target/debug/meshpass-bench $(ARGS)
 
 ## bench-baseline: the filter built from BASELINE_REV (git archive, own target dir), once per revision
 bench-baseline: setup
@@ -101,7 +106,7 @@ bench-baseline: setup
 
 ## bench-smoke: the benchmark harness end to end in seconds (1 rep of 2 rows for 1 s), part of `make test`
 bench-smoke: wasm
-	cargo build -p meshpass-bench --bins
+	cargo build -p meshpass-bench -p meshpass-bench-servers
 	timeout 300 target/debug/meshpass-bench --smoke
 
 ## bench-core: criterion benchmarks of core validation

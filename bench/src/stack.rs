@@ -96,8 +96,12 @@ pub struct Servers {
     pub authz_port: u16,
 }
 
-/// The servers binary: beside the running `meshpass-bench`.
+/// The servers binary: `MESHPASS_BENCH_SERVERS_BIN` (`make bench` points it at the
+/// release build), else beside the running `meshpass-bench`.
 pub fn servers_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MESHPASS_BENCH_SERVERS_BIN").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
     let me = std::env::current_exe()?;
     let dir = me
         .parent()
@@ -110,7 +114,7 @@ pub fn start_servers() -> Result<Servers> {
     let bin = servers_bin()?;
     anyhow::ensure!(
         bin.is_file(),
-        "{} not found (cargo build -p meshpass-bench builds it)",
+        "{} not found (cargo build -p meshpass-bench-servers builds it)",
         bin.display()
     );
     let (bare_port, authz_port) = (free_port(), free_port());
