@@ -82,7 +82,7 @@ BASELINE_DIR := target/bench-baseline
 bench: wasm bench-baseline
 	cargo build --release -p meshpass-exchange
 	cargo build --release -p meshpass-bench-servers
-	cargo build -p meshpass-bench
+	cargo build -p meshpass-bench -p meshpass-bench-servers
 	@bw="$(BASELINE_WASM)"; \
 	if [ -z "$$bw" ] && [ -n "$(BASELINE_REV)" ]; then \
 	  bw=$(CURDIR)/$(BASELINE_DIR)/$$(git rev-parse --short "$(BASELINE_REV)")/meshpass_filter.wasm; fi; \

@@ -257,22 +257,22 @@ fn run() -> Result<()> {
     } else {
         None
     };
+    let mut section_errors: Vec<String> = Vec::new();
     let scaling = if run_scaling {
         let max = args
             .scale_max
             .unwrap_or(if args.quick { 1_000 } else { 10_000 });
         eprintln!("[bench] section 3: filter cache scaling up to {max} distinct tokens");
-        Some(
-            scaling::run(
-                max,
-                if args.quick { 2.0 } else { 4.0 },
-                work.path(),
-                &issuer,
-                &wrk,
-                &popts.filter_wasm,
-            )
-            .context("scaling")?,
-        )
+        let secs = if args.quick { 2.0 } else { 4.0 };
+        // A failure here must not lose the sections already measured: it is reported.
+        match scaling::run(max, secs, work.path(), &issuer, &wrk, &popts.filter_wasm) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("[bench] scaling FAILED: {e:#}");
+                section_errors.push(format!("scaling: {e:#}"));
+                None
+            }
+        }
     } else {
         None
     };
@@ -282,16 +282,21 @@ fn run() -> Result<()> {
             .unwrap_or(if args.quick { 60.0 } else { 600.0 });
         let slice = if secs >= 300.0 { 30.0 } else { 10.0 };
         eprintln!("[bench] section 4: soak, {secs} s of mixed traffic in slices of {slice} s");
-        let s = soak::run(
+        match soak::run(
             secs,
             slice,
             work.path(),
             &issuer,
             &popts.filter_wasm,
             &wrk_script,
-        )
-        .context("soak")?;
-        Some(s)
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("[bench] soak FAILED: {e:#}");
+                section_errors.push(format!("soak: {e:#}"));
+                None
+            }
+        }
     } else {
         None
     };
@@ -363,7 +368,11 @@ fn run() -> Result<()> {
         exchange,
         scaling,
         soak,
-        notes: include_str!("../notes.md").to_string(),
+        notes: section_errors
+            .iter()
+            .map(|e| format!("**A section failed in this run**: {e}\n\n"))
+            .collect::<String>()
+            + include_str!("../notes.md"),
     };
     let (out, charts_dir) = if args.smoke {
         (
@@ -385,6 +394,12 @@ fn run() -> Result<()> {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| charts_dir.display().to_string());
     report::write(&run, &out, &charts_dir, &rel)?;
+    if !section_errors.is_empty() {
+        bail!(
+            "{} section(s) failed (the report says which)",
+            section_errors.len()
+        );
+    }
     if args.smoke {
         smoke_check(&run)?;
         eprintln!("[bench] smoke: report and charts written and every row served without errors");
