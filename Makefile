@@ -8,16 +8,17 @@ export MESHPASS_FILTER_WASM ?= $(CURDIR)/$(WASM)
 FUZZ_SECONDS ?= 15
 FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form verify_compact_jws revocation_feed
 
-.PHONY: setup build wasm lint lint-shell test unit fuzz-smoke fuzz bench bench-exchange bench-filter demo clean \
+.PHONY: setup build wasm lint lint-shell test unit fuzz-smoke fuzz bench bench-smoke bench-baseline bench-core \
+	bench-exchange bench-filter demo clean \
 	images images-filter images-check monitoring-check
 
 ## setup: install the wasm target, Envoy, OpenBao and cargo-fuzz into .tools/ (idempotent)
 setup:
 	@bash scripts/setup.sh
 
-## wasm: build the release filter (.wasm)
+## wasm: build the release filter (.wasm) and the empty filter the benchmark compares it with
 wasm: setup
-	cargo build -p meshpass-filter --target wasm32-wasip1 --profile wasm-release
+	cargo build -p meshpass-filter -p meshpass-noop-filter --target wasm32-wasip1 --profile wasm-release
 	@ls -l $(WASM) | awk '{print "[wasm] " $$5 " bytes: " $$9}'
 
 ## build: the exchange service, meshpassctl, the e2e/demo binaries and the filter
@@ -28,7 +29,7 @@ build: wasm
 lint: setup lint-shell
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p meshpass-core -p meshpass-filter --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p meshpass-core -p meshpass-filter -p meshpass-noop-filter --target wasm32-wasip1 -- -D warnings
 
 ## lint-shell: shellcheck every script under scripts/ and e2e/kind/
 lint-shell: setup
@@ -53,7 +54,7 @@ monitoring-check: setup
 	bash scripts/check-monitoring.sh
 
 ## test: everything CI runs (the README's test command)
-test: setup lint build unit fuzz-smoke images-check monitoring-check
+test: setup lint build unit bench-smoke fuzz-smoke images-check monitoring-check
 
 unit:
 	cargo test --workspace --no-fail-fast
@@ -72,8 +73,44 @@ fuzz-smoke: setup
 fuzz:
 	$(MAKE) fuzz-smoke FUZZ_SECONDS=300
 
-## bench: criterion benchmarks of core validation
-bench: setup
+## bench: the whole-system benchmark (bench/README.md): writes BENCHMARKS.md and bench/charts/
+## (ARGS=--quick for a shorter run; BASELINE_WASM=path or BASELINE_REV=rev for the baseline filter row)
+BASELINE_REV ?= e076c13^
+BASELINE_DIR := target/bench-baseline
+# The measured servers are release builds (each built on its own, so neither's feature
+# set rebuilds the other); the orchestrator only starts processes and runs wrk.
+bench: wasm bench-baseline
+	cargo build --release -p meshpass-exchange
+	cargo build --release -p meshpass-bench-servers
+	cargo build -p meshpass-bench -p meshpass-bench-servers
+	@bw="$(BASELINE_WASM)"; \
+	if [ -z "$$bw" ] && [ -n "$(BASELINE_REV)" ]; then \
+	  bw=$(CURDIR)/$(BASELINE_DIR)/$$(git rev-parse --short "$(BASELINE_REV)")/meshpass_filter.wasm; fi; \
+	set -x; MESHPASS_EXCHANGE_BIN=$(CURDIR)/target/release/meshpass-exchange BASELINE_WASM="$$bw" \
+	  MESHPASS_BENCH_SERVERS_BIN=$(CURDIR)/target/release/meshpass-bench-servers \
+	  target/debug/meshpass-bench $(ARGS)
+
+## bench-baseline: the filter built from BASELINE_REV (git archive, own target dir), once per revision
+bench-baseline: setup
+	@if [ -z "$(BASELINE_WASM)" ] && [ -n "$(BASELINE_REV)" ]; then \
+	  rev=$$(git rev-parse --short "$(BASELINE_REV)") && out=$(BASELINE_DIR)/$$rev && \
+	  if [ ! -f $$out/meshpass_filter.wasm ]; then \
+	    echo "[bench] building the baseline filter from $$rev" && \
+	    rm -rf $(BASELINE_DIR)/src && mkdir -p $(BASELINE_DIR)/src $$out && \
+	    git archive $$rev | tar -x -C $(BASELINE_DIR)/src && \
+	    cargo build --manifest-path $(BASELINE_DIR)/src/Cargo.toml -p meshpass-filter --target wasm32-wasip1 \
+	      --profile wasm-release --target-dir $(BASELINE_DIR)/target && \
+	    cp $(BASELINE_DIR)/target/wasm32-wasip1/wasm-release/meshpass_filter.wasm $$out/; \
+	  fi; \
+	fi
+
+## bench-smoke: the benchmark harness end to end in seconds (1 rep of 2 rows for 1 s), part of `make test`
+bench-smoke: wasm
+	cargo build -p meshpass-bench -p meshpass-bench-servers
+	timeout 300 target/debug/meshpass-bench --smoke
+
+## bench-core: criterion benchmarks of core validation
+bench-core: setup
 	cargo bench -p meshpass-core --features native-crypto
 
 ## bench-exchange: POST /token cold/warm vs raw transit/sign and bare axum, against local OpenBao (ratios)

@@ -29,13 +29,15 @@ fi
 
 # Debian packages: OCI image tools (skopeo, umoci, and the distribution registry that
 # images-check pushes to) that check the image layouts, the shell linter, musl-gcc (ring and sqlite build C for the musl target), promtool (the
-# `prometheus` package) that checks the alert rules, and redis-server (tests stop and
-# start a private Redis for rate-limit outages; the machine's Redis on 6379 is separate). apt-get update only when one is
-# missing and the package lists do not know it.
+# `prometheus` package) that checks the alert rules, redis-server (tests stop and
+# start a private Redis for rate-limit outages; the machine's Redis on 6379 is separate),
+# wrk (the load generator of `make bench`) and DejaVu fonts (the benchmark charts' text).
+# apt-get update only when one is missing and the package lists do not know it.
 apt_missing=()
 for tool in skopeo:skopeo umoci:umoci docker-registry:docker-registry shellcheck:shellcheck \
-  musl-gcc:musl-tools promtool:prometheus redis-server:redis-server; do
-  command -v "${tool%%:*}" >/dev/null || apt_missing+=("${tool#*:}")
+  musl-gcc:musl-tools promtool:prometheus redis-server:redis-server wrk:wrk \
+  /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core; do
+  { command -v "${tool%%:*}" >/dev/null || [ -e "${tool%%:*}" ]; } || apt_missing+=("${tool#*:}")
 done
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"

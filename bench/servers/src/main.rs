@@ -1,0 +1,90 @@
+//! The bare servers `meshpass-bench` measures against, in their own process (so their CPU
+//! per request is theirs alone):
+//!
+//! - `--bare ADDR`: a bare axum `POST /token` answering a fixed 600-byte JSON body (the
+//!   exchange service's warm path cannot beat it: the same runtime, framework and
+//!   answer, without any exchange logic);
+//! - `--authz ADDR`: the `ext_authz` HTTP authorizer that does nothing but allow and add
+//!   `authorization: Bearer participant` (any method, any path).
+//!
+//! Both run on one multi-threaded tokio runtime like the exchange service's, until the
+//! process is stopped (meshpass-bench runs it under testkit's `ChildGuard`).
+
+use std::net::SocketAddr;
+
+use anyhow::{anyhow, Context, Result};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Router;
+
+/// The fixed answer of the bare `/token` (as large as a real exchange answer).
+fn token_body() -> String {
+    serde_json::json!({
+        "access_token": "x".repeat(480),
+        "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "scope": "read",
+    })
+    .to_string()
+}
+
+async fn serve(addr: SocketAddr, app: Router) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("bind {addr}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            eprintln!("server on {addr} stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+fn parse_args() -> Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+    let mut args = std::env::args().skip(1);
+    let (mut bare, mut authz) = (None, None);
+    while let Some(a) = args.next() {
+        let value = args.next().ok_or_else(|| anyhow!("{a} needs an address"))?;
+        let addr: SocketAddr = value.parse().with_context(|| format!("{a} {value}"))?;
+        match a.as_str() {
+            "--bare" => bare = Some(addr),
+            "--authz" => authz = Some(addr),
+            other => return Err(anyhow!("unknown argument {other}")),
+        }
+    }
+    Ok((bare, authz))
+}
+
+fn main() -> Result<()> {
+    let (bare, authz) = parse_args()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        if let Some(addr) = bare {
+            let body: &'static str = Box::leak(token_body().into_boxed_str());
+            let app = Router::new().route(
+                "/token",
+                axum::routing::post(move |_form: axum::body::Bytes| async move {
+                    (
+                        [
+                            (header::CONTENT_TYPE, "application/json"),
+                            (header::CACHE_CONTROL, "no-store"),
+                        ],
+                        body,
+                    )
+                }),
+            );
+            serve(addr, app).await?;
+        }
+        if let Some(addr) = authz {
+            let app = Router::new().fallback(|| async {
+                [(header::AUTHORIZATION, "Bearer participant")].into_response()
+            });
+            serve(addr, app).await?;
+        }
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}

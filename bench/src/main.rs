@@ -1,0 +1,435 @@
+//! `meshpass-bench`: the whole-system benchmark behind `make bench` (README.md in this
+//! folder). It starts every component through testkit, drives them with wrk, and writes
+//! BENCHMARKS.md with PNG charts.
+//!
+//! ```text
+//! meshpass-bench [--smoke | --quick] [--reps N] [--secs S] [--connections C]
+//!                [--exchange-reps N] [--exchange-secs S] [--only proxy|exchange]
+//!                [--baseline-wasm PATH] [--out FILE] [--charts DIR]
+//!                [--rows ROW,ROW] [--profile ROW,ROW] [--scale-max N]
+//!                [--soak-secs S]   (--only proxy|exchange|scaling|soak)
+//! ```
+
+mod charts;
+mod exchange;
+mod machine;
+mod proxy;
+mod report;
+mod scaling;
+mod soak;
+mod stack;
+mod stats;
+mod tokens;
+mod wrk;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// What a whole run produced (the report's input).
+pub struct Run {
+    /// When (UTC).
+    pub date: String,
+    /// Machine and run facts, in order.
+    pub facts: Vec<(String, String)>,
+    /// The commands that made it.
+    pub commands: Vec<String>,
+    /// Section 1.
+    pub proxy: Option<proxy::Results>,
+    /// Section 2.
+    pub exchange: Option<exchange::Results>,
+    /// Section 3: filter cache scaling.
+    pub scaling: Option<Vec<scaling::Step>>,
+    /// Section 4: soak.
+    pub soak: Option<Vec<soak::Slice>>,
+    /// The hand-written analysis (bench/notes.md), appended verbatim.
+    pub notes: String,
+}
+
+#[derive(Debug)]
+struct Args {
+    smoke: bool,
+    quick: bool,
+    reps: Option<usize>,
+    secs: Option<f64>,
+    connections: usize,
+    exchange_reps: Option<usize>,
+    exchange_secs: Option<f64>,
+    only: Option<String>,
+    baseline_wasm: Option<PathBuf>,
+    out: Option<PathBuf>,
+    charts: Option<PathBuf>,
+    rows: Option<Vec<String>>,
+    profile: Vec<String>,
+    scale_max: Option<u64>,
+    soak_secs: Option<f64>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        smoke: false,
+        quick: false,
+        reps: None,
+        secs: None,
+        connections: 32,
+        exchange_reps: None,
+        exchange_secs: None,
+        only: None,
+        baseline_wasm: std::env::var_os("BASELINE_WASM")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
+        out: None,
+        charts: None,
+        rows: None,
+        profile: Vec::new(),
+        scale_max: None,
+        soak_secs: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().ok_or_else(|| anyhow!("{arg} needs a value"));
+        match arg.as_str() {
+            "--smoke" => a.smoke = true,
+            "--quick" => a.quick = true,
+            "--reps" => a.reps = Some(val()?.parse()?),
+            "--secs" => a.secs = Some(val()?.parse()?),
+            "--connections" => a.connections = val()?.parse()?,
+            "--exchange-reps" => a.exchange_reps = Some(val()?.parse()?),
+            "--exchange-secs" => a.exchange_secs = Some(val()?.parse()?),
+            "--only" => a.only = Some(val()?),
+            "--baseline-wasm" => a.baseline_wasm = Some(PathBuf::from(val()?)),
+            "--out" => a.out = Some(PathBuf::from(val()?)),
+            "--charts" => a.charts = Some(PathBuf::from(val()?)),
+            "--rows" => a.rows = Some(val()?.split(',').map(String::from).collect()),
+            "--profile" => a.profile = val()?.split(',').map(String::from).collect(),
+            "--scale-max" => a.scale_max = Some(val()?.parse()?),
+            "--soak-secs" => a.soak_secs = Some(val()?.parse()?),
+            "-h" | "--help" => {
+                println!("{}", include_str!("../README.md"));
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other} (--help)"),
+        }
+    }
+    Ok(a)
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    machine::version_of(cmd, args)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("[bench] FAILED: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    let root = meshpass_testkit::workspace_root();
+    let work = tempfile::Builder::new()
+        .prefix("meshpass-bench-")
+        .tempdir()?;
+    let wrk_script = wrk::Wrk::install(work.path())?;
+    let issuer = tokens::Issuer::new()?;
+    let noop_wasm = std::env::var_os("MESHPASS_NOOP_WASM")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            root.join("target/wasm32-wasip1/wasm-release/meshpass_noop_filter.wasm")
+        });
+    let filter_wasm = meshpass_testkit::filter_wasm();
+    let run_proxy = args.only.as_deref().is_none_or(|o| o == "proxy");
+    let run_exchange = !args.smoke && args.only.as_deref().is_none_or(|o| o == "exchange");
+    let run_scaling = !args.smoke && args.only.as_deref().is_none_or(|o| o == "scaling");
+    let run_soak = !args.smoke && args.only.as_deref().is_none_or(|o| o == "soak");
+    for (what, p) in [
+        ("the empty filter", &noop_wasm),
+        ("the meshpass filter", &filter_wasm),
+    ] {
+        if !p.is_file()
+            && (run_proxy || run_scaling || run_soak)
+            && !(args.smoke && what == "the meshpass filter")
+        {
+            bail!("{what} not found at {} (make wasm builds it)", p.display());
+        }
+    }
+    let (reps, secs) = match (args.smoke, args.quick) {
+        (true, _) => (1, 1.0),
+        (false, true) => (3, 3.0),
+        _ => (5, 8.0),
+    };
+    let by_name = |names: &[String]| -> Result<Vec<proxy::Row>> {
+        names
+            .iter()
+            .map(|n| {
+                proxy::ALL_ROWS
+                    .into_iter()
+                    .find(|r| r.name() == n)
+                    .ok_or_else(|| anyhow!("no proxy row {n}"))
+            })
+            .collect()
+    };
+    let rows = if args.smoke {
+        vec![proxy::Row::Router, proxy::Row::NoopWasm]
+    } else if let Some(r) = &args.rows {
+        let mut r = by_name(r)?;
+        // The ratios need both baselines.
+        for base in [proxy::Row::NoopWasm, proxy::Row::Router] {
+            if !r.contains(&base) {
+                r.insert(0, base);
+            }
+        }
+        r
+    } else {
+        proxy::ALL_ROWS.to_vec()
+    };
+    let popts = proxy::Options {
+        rows,
+        reps: args.reps.unwrap_or(reps),
+        secs: args.secs.unwrap_or(secs),
+        connections: if args.smoke { 4 } else { args.connections },
+        filter_wasm,
+        noop_wasm,
+        baseline_wasm: args.baseline_wasm.clone(),
+        miss_rate_bound: 1500.0,
+        profile: by_name(&args.profile)?,
+        profile_dir: root.join("bench/profiles"),
+    };
+    let xopts = exchange::Options {
+        concurrencies: if args.quick {
+            vec![1, 32]
+        } else {
+            vec![1, 8, 32, 128]
+        },
+        reps: args.exchange_reps.unwrap_or(if args.quick { 2 } else { 3 }),
+        secs: args
+            .exchange_secs
+            .unwrap_or(if args.quick { 2.0 } else { 4.0 }),
+        cold_rate_bound: 5000.0,
+    };
+    let load = |label: &str| (label.to_string(), format!("{:.2}", machine::loadavg1()));
+    let mut facts = vec![
+        ("cores".to_string(), machine::cores().to_string()),
+        ("CPU model".to_string(), machine::cpu_model()),
+        ("kernel".to_string(), sh("uname", &["-sr"])),
+        load("load average (1 min) at start"),
+    ];
+    let cpu0 = machine::CpuTimes::now();
+    let t0 = std::time::Instant::now();
+    let mut commands = vec![format!(
+        "make bench ARGS='{}'   # = meshpass-bench {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    )];
+    let wrk = wrk::Wrk {
+        script: &wrk_script,
+        cpu: Some(proxy::LOAD_CPU),
+    };
+    let proxy = if run_proxy {
+        eprintln!(
+            "[bench] section 1: proxy overhead ({} rows × {} reps × {} s)",
+            popts.rows.len(),
+            popts.reps,
+            popts.secs
+        );
+        let r = proxy::run(&popts, work.path(), &issuer, &wrk).context("proxy overhead")?;
+        commands.extend(r.commands.iter().cloned());
+        Some(r)
+    } else {
+        None
+    };
+    let exchange = if run_exchange {
+        eprintln!("[bench] section 2: exchange service");
+        let unpinned = wrk::Wrk {
+            script: &wrk_script,
+            cpu: None,
+        };
+        let r =
+            exchange::run(&xopts, work.path(), &issuer, &unpinned).context("exchange service")?;
+        commands.extend(r.commands.iter().cloned());
+        Some(r)
+    } else {
+        None
+    };
+    let mut section_errors: Vec<String> = Vec::new();
+    let scaling = if run_scaling {
+        let max = args
+            .scale_max
+            .unwrap_or(if args.quick { 1_000 } else { 10_000 });
+        eprintln!("[bench] section 3: filter cache scaling up to {max} distinct tokens");
+        let secs = if args.quick { 2.0 } else { 4.0 };
+        // A failure here must not lose the sections already measured: it is reported.
+        match scaling::run(max, secs, work.path(), &issuer, &wrk, &popts.filter_wasm) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("[bench] scaling FAILED: {e:#}");
+                section_errors.push(format!("scaling: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let soak = if run_soak {
+        let secs = args
+            .soak_secs
+            .unwrap_or(if args.quick { 60.0 } else { 600.0 });
+        let slice = if secs >= 300.0 { 30.0 } else { 10.0 };
+        eprintln!("[bench] section 4: soak, {secs} s of mixed traffic in slices of {slice} s");
+        match soak::run(
+            secs,
+            slice,
+            work.path(),
+            &issuer,
+            &popts.filter_wasm,
+            &wrk_script,
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("[bench] soak FAILED: {e:#}");
+                section_errors.push(format!("soak: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let cpu1 = machine::CpuTimes::now();
+    let samples_steal: Vec<f64> = proxy
+        .iter()
+        .flat_map(|p| p.rows.iter().flat_map(|(_, s)| s.iter().map(|x| x.steal)))
+        .chain(
+            exchange
+                .iter()
+                .flat_map(|x| x.cells.iter().flat_map(|(_, s)| s.iter().map(|v| v.steal))),
+        )
+        .collect();
+    facts.push(load("load average (1 min) at the end"));
+    facts.push((
+        "CPU steal over the whole run (/proc/stat)".into(),
+        format!(
+            "{:.2} % (largest in one measurement: {:.2} %)",
+            cpu0.steal_share(&cpu1) * 100.0,
+            samples_steal.iter().copied().fold(0.0, f64::max) * 100.0
+        ),
+    ));
+    facts.push((
+        "machine busy over the whole run (all processes)".into(),
+        format!("{:.1} %", cpu0.busy_share(&cpu1) * 100.0),
+    ));
+    facts.push((
+        "run time".into(),
+        format!("{:.0} s", t0.elapsed().as_secs_f64()),
+    ));
+    facts.push((
+        "Envoy".into(),
+        sh(
+            &meshpass_testkit::envoy_bin().to_string_lossy(),
+            &["--version"],
+        ),
+    ));
+    facts.push((
+        "OpenBao".into(),
+        sh(&meshpass_testkit::bao_bin().to_string_lossy(), &["version"]),
+    ));
+    facts.push(("wrk".into(), sh("wrk", &["-v"])));
+    facts.push(("rustc".into(), sh("rustc", &["-V"])));
+    facts.push((
+        "exchange service binary".into(),
+        meshpass_testkit::exchange_bin().display().to_string(),
+    ));
+    facts.push((
+        "meshpass commit".into(),
+        sh(
+            "git",
+            &[
+                "-C",
+                &root.to_string_lossy(),
+                "rev-parse",
+                "--short",
+                "HEAD",
+            ],
+        ),
+    ));
+    if let Some(b) = &args.baseline_wasm {
+        facts.push(("baseline filter".into(), b.display().to_string()));
+    }
+    let run = Run {
+        date: sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        facts,
+        commands,
+        proxy,
+        exchange,
+        scaling,
+        soak,
+        notes: section_errors
+            .iter()
+            .map(|e| format!("**A section failed in this run**: {e}\n\n"))
+            .collect::<String>()
+            + include_str!("../notes.md"),
+    };
+    let (out, charts_dir) = if args.smoke {
+        (
+            work.path().join("BENCHMARKS.md"),
+            work.path().join("charts"),
+        )
+    } else {
+        (
+            args.out
+                .clone()
+                .unwrap_or_else(|| root.join("BENCHMARKS.md")),
+            args.charts
+                .clone()
+                .unwrap_or_else(|| root.join("bench/charts")),
+        )
+    };
+    let rel = charts_dir
+        .strip_prefix(out.parent().unwrap_or(&root))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| charts_dir.display().to_string());
+    report::write(&run, &out, &charts_dir, &rel)?;
+    if !section_errors.is_empty() {
+        bail!(
+            "{} section(s) failed (the report says which)",
+            section_errors.len()
+        );
+    }
+    if args.smoke {
+        smoke_check(&run)?;
+        eprintln!("[bench] smoke: report and charts written and every row served without errors");
+    } else {
+        eprintln!(
+            "[bench] wrote {} and {}",
+            out.display(),
+            charts_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The smoke run (`make test`) fails unless every row served requests without errors.
+fn smoke_check(run: &Run) -> Result<()> {
+    let p = run
+        .proxy
+        .as_ref()
+        .ok_or_else(|| anyhow!("the smoke run measured nothing"))?;
+    for (row, samples) in &p.rows {
+        for s in samples {
+            if s.wrk.requests == 0 || s.wrk.errors() > 0 || s.envoy_cpu_us <= 0.0 {
+                bail!(
+                    "smoke: row {} measured {:?} (Envoy {} µs/req)",
+                    row.name(),
+                    s.wrk,
+                    s.envoy_cpu_us
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,589 @@
+//! Section 1, proxy overhead: one Envoy (`--concurrency 1`, pinned to core 0) with a
+//! listener per configuration, wrk pinned to core 1 (with every other process: the
+//! authorizer, the exchange service, OpenBao), the same ES256 token and connection count
+//! for every row, repetitions interleaved (A B C … A B C …) so drift hits every row alike.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Result};
+use meshpass_testkit::{Envoy, EnvoyOptions};
+use serde_json::{json, Value};
+
+use crate::machine::{self, CpuTimes};
+use crate::stack::{self, ServiceKind, RESOURCE};
+use crate::tokens::{self, Issuer, AUDIENCE, ISSUER, SUBJECT};
+use crate::wrk::{Load, Wrk, WrkResult};
+
+/// The core Envoy's worker runs on.
+pub const ENVOY_CPU: usize = 0;
+/// The core of the load generator and every other process.
+pub const LOAD_CPU: usize = 1;
+
+/// One configuration (a listener of the one Envoy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Row {
+    /// `direct_response`, no HTTP filter but the router.
+    Router,
+    /// Native `jwt_authn` verifying ES256 on every request.
+    JwtAuthn,
+    /// Native `jwt_authn` with `jwt_cache_config`.
+    JwtAuthnCache,
+    /// The empty proxy-wasm filter (`bench/noop-filter`).
+    NoopWasm,
+    /// `ext_authz` over HTTP to the bare authorizer.
+    ExtAuthzHttp,
+    /// meshpass, every request a cache hit (the same token), default header hygiene.
+    MeshpassHit,
+    /// The same with the baseline build (`--baseline-wasm`).
+    MeshpassHitBaseline,
+    /// meshpass, every request a never-seen token (real exchange service and OpenBao).
+    MeshpassMiss,
+}
+
+/// Every row, in the order each repetition runs them.
+pub const ALL_ROWS: [Row; 8] = [
+    Row::Router,
+    Row::NoopWasm,
+    Row::JwtAuthn,
+    Row::JwtAuthnCache,
+    Row::ExtAuthzHttp,
+    Row::MeshpassHit,
+    Row::MeshpassHitBaseline,
+    Row::MeshpassMiss,
+];
+
+impl Row {
+    /// Listener and row name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Row::Router => "router",
+            Row::JwtAuthn => "jwt_authn",
+            Row::JwtAuthnCache => "jwt_authn_cache",
+            Row::NoopWasm => "noop_wasm",
+            Row::ExtAuthzHttp => "ext_authz_http",
+            Row::MeshpassHit => "meshpass_hit",
+            Row::MeshpassHitBaseline => "meshpass_hit_baseline",
+            Row::MeshpassMiss => "meshpass_miss",
+        }
+    }
+
+    /// What the row is, for the report.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Row::Router => "router only (`direct_response`)",
+            Row::JwtAuthn => "native `jwt_authn`, ES256, no cache",
+            Row::JwtAuthnCache => "native `jwt_authn` with `jwt_cache_config`",
+            Row::NoopWasm => "empty proxy-wasm filter (`bench/noop-filter`)",
+            Row::ExtAuthzHttp => "`ext_authz` HTTP → bare authorizer adding the header",
+            Row::MeshpassHit => "meshpass cache hit (header hygiene on)",
+            Row::MeshpassHitBaseline => "meshpass cache hit, baseline build (pre-split)",
+            Row::MeshpassMiss => "meshpass miss (never-seen token, real exchange + OpenBao)",
+        }
+    }
+
+    /// Whether the row needs the exchange service (and OpenBao).
+    fn needs_exchange(self) -> bool {
+        matches!(
+            self,
+            Row::MeshpassHit | Row::MeshpassHitBaseline | Row::MeshpassMiss
+        )
+    }
+}
+
+/// What the section runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Rows, in the order each repetition runs them.
+    pub rows: Vec<Row>,
+    /// Repetitions of every row.
+    pub reps: usize,
+    /// Seconds per measurement.
+    pub secs: f64,
+    /// wrk connections.
+    pub connections: usize,
+    /// The meshpass filter.
+    pub filter_wasm: PathBuf,
+    /// The empty filter.
+    pub noop_wasm: PathBuf,
+    /// Another meshpass build for `MeshpassHitBaseline`.
+    pub baseline_wasm: Option<PathBuf>,
+    /// Upper bound of misses per second the minted token files are sized for.
+    pub miss_rate_bound: f64,
+    /// After the measurements, `perf record` Envoy during one more run of these rows
+    /// and write `perf report` (by DSO, then by symbol) to `profile_dir/<row>.txt`.
+    pub profile: Vec<Row>,
+    /// Where the profiles go.
+    pub profile_dir: PathBuf,
+}
+
+/// One measurement of one row.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// wrk's figures.
+    pub wrk: WrkResult,
+    /// Envoy CPU (all threads) per request, µs.
+    pub envoy_cpu_us: f64,
+    /// Share of the machine's CPU time stolen by the hypervisor during the run.
+    pub steal: f64,
+    /// Share of the machine's CPU time busy during the run (any process).
+    pub busy: f64,
+}
+
+/// Everything the section measured.
+#[derive(Clone, Debug)]
+pub struct Results {
+    /// Per row, one sample per repetition (in repetition order).
+    pub rows: Vec<(Row, Vec<Sample>)>,
+    /// Envoy's resident memory after start-up and at the end, KiB.
+    pub envoy_rss_kib: (u64, u64),
+    /// The fixed token's length.
+    pub token_len: usize,
+    /// Sizes of the filters, bytes: meshpass, noop, baseline.
+    pub wasm_bytes: (u64, u64, Option<u64>),
+    /// The command lines (Envoy, one wrk per kind of load).
+    pub commands: Vec<String>,
+    /// The section's options.
+    pub options: Options,
+}
+
+fn router_filter() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+}
+
+fn listener(name: &str, filters: Vec<Value>) -> Value {
+    let mut chain = filters;
+    chain.push(router_filter());
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": name,
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]}]},
+            "http_filters": chain}}]}],
+    })
+}
+
+fn wasm_filter(vm: &str, code: &Path, config: Option<&Value>) -> Value {
+    let mut c = json!({
+        "name": vm, "root_id": vm,
+        "vm_config": {"vm_id": vm, "runtime": "envoy.wasm.runtime.v8",
+                      "code": {"local": {"filename": code.display().to_string()}}},
+    });
+    if let Some(cfg) = config {
+        c["configuration"] = json!({"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                    "value": cfg.to_string()});
+    }
+    json!({"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": c}})
+}
+
+fn jwt_filter(jwks: &str, cache: bool) -> Value {
+    let mut p = json!({"issuer": ISSUER, "audiences": [AUDIENCE],
+                       "local_jwks": {"inline_string": jwks}, "forward": true});
+    if cache {
+        p["jwt_cache_config"] = json!({"jwt_cache_size": 1000});
+    }
+    json!({"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"p": p}, "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]}})
+}
+
+fn cluster(name: &str, port: u16) -> Value {
+    json!({"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}})
+}
+
+/// The meshpass filter's configuration (filter/README.md): CLIENT mode, defaults
+/// otherwise (header hygiene on).
+pub fn meshpass_config(jwks: &str) -> Value {
+    json!({
+        "mode": "CLIENT",
+        "own_identity": {"spiffe_id": SUBJECT},
+        "issuers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "trust_domains": ["cluster.local"], "jwks": jwks}],
+        "exchange": {"cluster": "exchange", "authority": "exchange.bench"},
+        "default_rule": {"resource": RESOURCE, "scopes": ["read"]},
+    })
+}
+
+/// The Envoy bootstrap (JSON, which is YAML) with one listener per row.
+pub fn envoy_config(o: &Options, jwks: &str, exchange_port: u16, authz_port: u16) -> Value {
+    let mesh = meshpass_config(jwks);
+    let mut listeners = Vec::new();
+    for row in &o.rows {
+        let filters = match row {
+            Row::Router => vec![],
+            Row::JwtAuthn => vec![jwt_filter(jwks, false)],
+            Row::JwtAuthnCache => vec![jwt_filter(jwks, true)],
+            Row::NoopWasm => vec![wasm_filter("noop", &o.noop_wasm, None)],
+            Row::ExtAuthzHttp => vec![
+                json!({"name": "envoy.filters.http.ext_authz", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                "http_service": {
+                    "server_uri": {"uri": format!("http://127.0.0.1:{authz_port}"), "cluster": "authz", "timeout": "1s"},
+                    "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "authorization"}]}}}}}),
+            ],
+            // Separate VMs (and so separate shared data) for the hit and the miss rows.
+            Row::MeshpassHit => vec![wasm_filter("meshpass_hit", &o.filter_wasm, Some(&mesh))],
+            Row::MeshpassHitBaseline => match &o.baseline_wasm {
+                Some(b) => vec![wasm_filter("meshpass_base", b, Some(&mesh))],
+                None => continue,
+            },
+            Row::MeshpassMiss => vec![wasm_filter("meshpass_miss", &o.filter_wasm, Some(&mesh))],
+        };
+        listeners.push(listener(row.name(), filters));
+    }
+    let mut clusters = vec![cluster("authz", authz_port)];
+    if exchange_port != 0 {
+        clusters.push(cluster("exchange", exchange_port));
+    }
+    json!({"static_resources": {"listeners": listeners, "clusters": clusters}})
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Runs the section.
+pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Results> {
+    let jwks = issuer.jwks();
+    let token = issuer.mint(0);
+    let needs_exchange = o.rows.iter().any(|r| r.needs_exchange());
+    let servers = stack::start_servers()?;
+    machine::pin(servers.child.pid(), LOAD_CPU)?;
+    let bao = needs_exchange.then(stack::start_openbao);
+    let service = match &bao {
+        Some(b) => Some(stack::start_service(
+            b,
+            dir,
+            &jwks,
+            ServiceKind {
+                token_cache: true,
+                unbound_callers: true,
+            },
+        )?),
+        None => None,
+    };
+    if let Some(b) = &bao {
+        machine::pin(b.pid(), LOAD_CPU)?;
+    }
+    if let Some(s) = &service {
+        machine::pin(s.pid(), LOAD_CPU)?;
+    }
+    let exchange_port = service.as_ref().map(|s| s.port()).unwrap_or(0);
+    let cfg = envoy_config(o, &jwks, exchange_port, servers.authz_port);
+    let envoy = Envoy::start_with(
+        &cfg.to_string(),
+        &EnvoyOptions {
+            name: "envoy-bench".into(),
+            concurrency: 1,
+            extra_args: vec!["--log-level".into(), "error".into()],
+            ..EnvoyOptions::default()
+        },
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    machine::pin(envoy.pid(), ENVOY_CPU)?;
+    let rss0 = machine::rss_kib(envoy.pid());
+    let tck = machine::clk_tck();
+    let rows: Vec<Row> = o
+        .rows
+        .iter()
+        .copied()
+        .filter(|r| *r != Row::MeshpassHitBaseline || o.baseline_wasm.is_some())
+        .collect();
+    let url = |row: Row| -> Result<String> {
+        let port = envoy
+            .listener_port(row.name())
+            .ok_or_else(|| anyhow!("no listener {}", row.name()))?;
+        Ok(format!("http://127.0.0.1:{port}/"))
+    };
+    let fixed = Load::Static(vec![("Authorization".into(), format!("Bearer {token}"))]);
+    // Never-seen tokens for the miss row: one file per repetition (and one for warm-up),
+    // minted now so no measurement pays for them.
+    let per_file = (o.miss_rate_bound * o.secs).ceil() as u64 + 100;
+    let mut miss_files = Vec::new();
+    if rows.contains(&Row::MeshpassMiss) {
+        for f in 0..=o.reps as u64 {
+            let path = dir.join(format!("miss-tokens-{f}.txt"));
+            tokens::write_lines(
+                &path,
+                &issuer.mint_range(1_000_000 + f * per_file, per_file),
+            )?;
+            miss_files.push(path);
+        }
+    }
+    let load_for = |row: Row, file: usize| -> Load {
+        match (row, miss_files.get(file)) {
+            (Row::MeshpassMiss, Some(f)) => Load::Bearer(f.clone(), vec![]),
+            _ => fixed.clone(),
+        }
+    };
+    let mut commands = vec![format!(
+        "taskset -a -p -c {ENVOY_CPU} <envoy pid>; {} -c envoy.json --concurrency 1 --log-level error (meshpass-testkit launcher)",
+        meshpass_testkit::envoy_bin().display()
+    )];
+    // Warm-up: every row once (meshpass: the one miss that fills the cache; V8's JIT).
+    for &row in &rows {
+        let r = wrk.run(&url(row)?, o.connections, 1.0, &load_for(row, 0))?;
+        if r.errors() > 0 || r.requests == 0 {
+            return Err(anyhow!(
+                "warm-up of {} failed: {r:?}\nEnvoy log:\n{}\nexchange log:\n{}",
+                row.name(),
+                envoy.log_tail(40),
+                service.as_ref().map(|s| s.log_tail(40)).unwrap_or_default()
+            ));
+        }
+    }
+    for row in [Row::Router, Row::MeshpassMiss] {
+        if rows.contains(&row) {
+            commands.push(crate::wrk::show(&wrk.command(
+                &url(row)?,
+                o.connections,
+                o.secs,
+                &load_for(row, 1),
+            )));
+        }
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); rows.len()];
+    for rep in 0..o.reps {
+        for (i, &row) in rows.iter().enumerate() {
+            let c0 = machine::cpu_secs(envoy.pid(), tck);
+            let m0 = CpuTimes::now();
+            let r = wrk.run(&url(row)?, o.connections, o.secs, &load_for(row, rep + 1))?;
+            let m1 = CpuTimes::now();
+            let c1 = machine::cpu_secs(envoy.pid(), tck);
+            let s = Sample {
+                envoy_cpu_us: (c1 - c0) * 1e6 / r.requests.max(1) as f64,
+                steal: m0.steal_share(&m1),
+                busy: m0.busy_share(&m1),
+                wrk: r,
+            };
+            eprintln!(
+                "[bench] proxy rep {} {:<22} {:>9.0} rps  p99 {:>7.2} ms  Envoy {:>8.1} µs/req  errors {}  steal {:.1} %",
+                rep + 1,
+                row.name(),
+                s.wrk.rps(),
+                s.wrk.p99_us as f64 / 1e3,
+                s.envoy_cpu_us,
+                s.wrk.errors(),
+                s.steal * 100.0
+            );
+            samples[i].push(s);
+        }
+    }
+    let rss1 = machine::rss_kib(envoy.pid());
+    for &row in o.profile.iter().filter(|r| rows.contains(r)) {
+        // The miss row needs tokens no earlier run used.
+        let load = if row == Row::MeshpassMiss {
+            let path = dir.join("miss-tokens-profile.txt");
+            tokens::write_lines(&path, &issuer.mint_range(900_000_000, per_file))?;
+            Load::Bearer(path, vec![])
+        } else {
+            fixed.clone()
+        };
+        profile(row, envoy.pid(), o, dir, || {
+            let c0 = machine::cpu_secs(envoy.pid(), tck);
+            let r = wrk.run(&url(row)?, o.connections, o.secs, &load)?;
+            let c1 = machine::cpu_secs(envoy.pid(), tck);
+            Ok((c1 - c0) * 1e6 / r.requests.max(1) as f64)
+        })?;
+    }
+    drop(envoy);
+    Ok(Results {
+        rows: rows.into_iter().zip(samples).collect(),
+        envoy_rss_kib: (rss0, rss1),
+        token_len: token.len(),
+        wasm_bytes: (
+            file_size(&o.filter_wasm),
+            file_size(&o.noop_wasm),
+            o.baseline_wasm.as_deref().map(file_size),
+        ),
+        commands,
+        options: o.clone(),
+    })
+}
+
+/// One Envoy (pinned) with a single meshpass listener in front of the real exchange
+/// service and OpenBao (pinned to the load core): the scaling and soak sections' stack.
+pub struct MeshpassStack {
+    /// OpenBao (kept for key rotation).
+    pub bao: meshpass_testkit::OpenBao,
+    /// The exchange service.
+    pub service: meshpass_testkit::ExchangeService,
+    /// Envoy.
+    pub envoy: Envoy,
+    /// `http://127.0.0.1:PORT/` of the meshpass listener.
+    pub url: String,
+}
+
+impl MeshpassStack {
+    /// Starts it; `name` names Envoy's log.
+    pub fn start(
+        name: &str,
+        dir: &Path,
+        issuer: &Issuer,
+        filter_wasm: &Path,
+    ) -> Result<MeshpassStack> {
+        let jwks = issuer.jwks();
+        let bao = stack::start_openbao();
+        let service = stack::start_service(
+            &bao,
+            dir,
+            &jwks,
+            ServiceKind {
+                token_cache: true,
+                unbound_callers: true,
+            },
+        )?;
+        machine::pin(bao.pid(), LOAD_CPU)?;
+        machine::pin(service.pid(), LOAD_CPU)?;
+        let o = Options {
+            rows: vec![Row::MeshpassHit],
+            reps: 1,
+            secs: 1.0,
+            connections: 1,
+            filter_wasm: filter_wasm.to_path_buf(),
+            noop_wasm: filter_wasm.to_path_buf(),
+            baseline_wasm: None,
+            miss_rate_bound: 0.0,
+            profile: vec![],
+            profile_dir: dir.to_path_buf(),
+        };
+        let cfg = envoy_config(&o, &jwks, service.port(), 1);
+        let envoy = Envoy::start_with(
+            &cfg.to_string(),
+            &EnvoyOptions {
+                name: name.into(),
+                concurrency: 1,
+                extra_args: vec!["--log-level".into(), "error".into()],
+                ..EnvoyOptions::default()
+            },
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+        machine::pin(envoy.pid(), ENVOY_CPU)?;
+        let port = envoy
+            .listener_port(Row::MeshpassHit.name())
+            .ok_or_else(|| anyhow!("no meshpass listener"))?;
+        Ok(MeshpassStack {
+            bao,
+            service,
+            envoy,
+            url: format!("http://127.0.0.1:{port}/"),
+        })
+    }
+}
+
+/// `perf record -g` of Envoy while `load` runs; the report by DSO and by symbol.
+fn profile(
+    row: Row,
+    pid: u32,
+    o: &Options,
+    dir: &Path,
+    load: impl FnOnce() -> Result<f64>,
+) -> Result<()> {
+    use std::process::{Command, Stdio};
+    let data = dir.join(format!("perf-{}.data", row.name()));
+    let mut rec = Command::new("timeout")
+        .arg(format!("{}", o.secs as u64 + 60))
+        .args(["perf", "record", "-F", "999", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &pid.to_string(), "--", "sleep"])
+        .arg(format!("{}", o.secs.ceil() as u64))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let cpu_us = load()?;
+    rec.wait()?;
+    let report = |sort: &str| -> Result<String> {
+        let out = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--percent-limit",
+                "0.7",
+                "-g",
+                "none",
+                "--sort",
+                sort,
+                "-i",
+            ])
+            .arg(&data)
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    };
+    std::fs::create_dir_all(&o.profile_dir)?;
+    let by_dso = report("dso")?;
+    let split: Vec<String> = by_dso
+        .lines()
+        .filter_map(|l| {
+            let (pct, dso) = l.trim().split_once('%')?;
+            let pct: f64 = pct.trim().parse().ok()?;
+            Some(format!(
+                "{:>8.2} µs/req  {}",
+                pct / 100.0 * cpu_us,
+                dso.trim()
+            ))
+        })
+        .collect();
+    let text = format!(
+        "perf record -F 999 -g -p <envoy> during {} s of `{}` ({} connections). Envoy is a stripped\n\
+         binary (its own code shows as addresses); V8's JIT'd wasm code shows as [JIT].\n\
+         Envoy CPU during the profile: {:.2} µs per request.\n\n\
+         By DSO (share of samples, and that share of the CPU per request):\n{}\n\n{}\n\n\
+         By DSO and symbol:\n{}\n",
+        o.secs,
+        row.name(),
+        o.connections,
+        cpu_us,
+        by_dso,
+        split.join("\n"),
+        report("dso,sym")?
+    );
+    std::fs::write(o.profile_dir.join(format!("{}.txt", row.name())), text)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_gets_its_own_listener_and_the_baseline_only_when_given() {
+        let o = Options {
+            rows: vec![
+                Row::Router,
+                Row::NoopWasm,
+                Row::MeshpassHit,
+                Row::MeshpassHitBaseline,
+            ],
+            reps: 1,
+            secs: 1.0,
+            connections: 1,
+            filter_wasm: "/f.wasm".into(),
+            noop_wasm: "/n.wasm".into(),
+            baseline_wasm: None,
+            miss_rate_bound: 1.0,
+            profile: vec![],
+            profile_dir: "/tmp".into(),
+        };
+        let cfg = envoy_config(&o, "{}", 1, 2);
+        let names: Vec<&str> = cfg["static_resources"]["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["router", "noop_wasm", "meshpass_hit"]);
+        let text = cfg.to_string();
+        assert!(text.contains("/n.wasm") && text.contains("/f.wasm"));
+    }
+}
