@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[macro_use]
 mod mgmt_common;
 
 use common::WEB;
@@ -369,29 +370,6 @@ async fn an_exchange_right_after_a_write_sees_it(db: Db) {
     assert_eq!(body["error"], "unauthorized_client");
     assert_eq!(s.delete("/api/v1/mappings/inv", None).await.0, 204);
     assert_eq!(s.exchange(WEB, "inventory").await.0, 400);
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(Db::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(Db::postgres()).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[macro_use]
 mod mgmt_common;
 
 use common::{now, WEB};
@@ -335,29 +336,6 @@ async fn a_revoked_jti_is_inactive_in_introspection_and_listed_in_the_feed(db: D
         introspect(&s, Some(VIEWER), fresh_token).await.1,
         json!({"active": false})
     );
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(Db::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(Db::postgres()).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

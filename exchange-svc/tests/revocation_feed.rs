@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[macro_use]
 mod mgmt_common;
 
 use std::time::{Duration, Instant};
@@ -166,29 +167,6 @@ async fn a_lapsed_revocation_is_reported_removed_with_a_new_version(db: Db) {
     let (st, body) = s.exchange(WEB, "payments").await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(s.get(&format!("/api/v1/revocations/{id}")).await.0, 404);
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(Db::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(Db::postgres()).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

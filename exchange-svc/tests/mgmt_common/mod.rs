@@ -294,3 +294,28 @@ pub fn sub_of(token: &str) -> String {
         .and_then(|c| c["sub"].as_str().map(str::to_string))
         .unwrap_or_default()
 }
+
+/// Runs each named `async fn(Db)` as two tests, on SQLite and on PostgreSQL.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(Db::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(Db::postgres()).await;
+                }
+            )*
+        }
+    };
+}
