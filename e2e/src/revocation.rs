@@ -104,6 +104,28 @@ impl Topology {
         Ok(v)
     }
 
+    /// The service's revocation version (`GET /api/v1/revocations`): what a filter
+    /// must have reached to hold every revocation made so far.
+    pub async fn service_revocation_version(&self) -> Result<u64> {
+        let url = format!(
+            "http://127.0.0.1:{}/api/v1/revocations",
+            self.ports.management
+        );
+        let r = management_client()?
+            .get(&url)
+            .bearer_auth(self.management_token()?)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = r.status().as_u16();
+        let body = r.text().await?;
+        ensure!(status == 200, "GET {url}: HTTP {status} {body}");
+        let v: Value = serde_json::from_str(&body).context("revocation list is not JSON")?;
+        v["version"]
+            .as_u64()
+            .with_context(|| format!("revocation list without version: {v}"))
+    }
+
     /// Revokes `workload`'s SPIFFE ID (target `subject`); returns the revocation id.
     pub async fn revoke_subject(&self, workload: &str, reason: &str) -> Result<String> {
         let v = self

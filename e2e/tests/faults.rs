@@ -311,23 +311,41 @@ async fn revocation_feed_down_keeps_the_last_set_raises_staleness_and_catches_up
         .await?;
     ensure!(r.status == 200, "priming reporting: {r}");
     let front = t.mint("frontend")?;
+    let id = t.revoke_subject("frontend", REASON).await?;
+    let result = feed_down_scenario(f, &id, REASON, &rep, &front, bound).await;
+    if result.is_err() {
+        // Never leave frontend revoked for the scenarios that follow.
+        let mut exchange = t.exchange.lock().await;
+        if !exchange.is_running() {
+            blocking(|| exchange.start_again());
+        }
+        drop(exchange);
+        let _ = t.lift_revocation(&id).await;
+    }
+    result
+}
+
+async fn feed_down_scenario(
+    f: &Faults,
+    id: &str,
+    reason: &str,
+    rep: &str,
+    front: &str,
+    bound: Duration,
+) -> Result<()> {
+    let t = &*f.topo;
     let metric = |s, m| t.filter_metric(s, m);
     let sidecars = [Sidecar::Client, Sidecar::Server];
     let version = |s| metric(s, "meshpass_revocation_version");
-    let versions: Vec<u64> = sidecars.into_iter().map(version).collect();
-    let id = t.revoke_subject("frontend", REASON).await?;
-    let refused = |r: &Reply| is_revocation_refusal(r, REASON);
-    // Both filters hold the new set (the service refuses a revoked subject too, so a
-    // 403 alone would not tell).
+    let refused = |r: &Reply| is_revocation_refusal(r, reason);
+    // Both filters hold the new set: they reached the service's version, which counts
+    // this revocation (an earlier scenario's lift still on its way would not do; the
+    // service refuses a revoked subject too, so a 403 alone would not tell).
+    let target = t.service_revocation_version().await?;
     eventually(
         "both filters load the new revocation set",
         bound,
-        || async {
-            Ok(sidecars
-                .into_iter()
-                .zip(&versions)
-                .all(|(s, v)| version(s) > *v))
-        },
+        || async { Ok(sidecars.into_iter().all(|s| version(s) >= target)) },
     )
     .await?;
     let before: Vec<(u64, u64)> = sidecars
@@ -356,15 +374,13 @@ async fn revocation_feed_down_keeps_the_last_set_raises_staleness_and_catches_up
         )
         .await?;
         // The last set is kept: still refused; reporting's cached token still served.
-        let a = t.via_client_mode_fresh("/orders", &front).await?;
+        let a = t.via_client_mode_fresh("/orders", front).await?;
         ensure!(refused(&a), "CLIENT mode, feed down: {a}");
         let b = t
-            .via_server_mode("frontend", "/orders", Some(&front))
+            .via_server_mode("frontend", "/orders", Some(front))
             .await?;
         ensure!(refused(&b), "SERVER mode, feed down: {b}");
-        let c = t
-            .via_server_mode("reporting", "/orders", Some(&rep))
-            .await?;
+        let c = t.via_server_mode("reporting", "/orders", Some(rep)).await?;
         ensure!(c.status == 200, "reporting's cached token, feed down: {c}");
         Ok(())
     }
@@ -375,14 +391,14 @@ async fn revocation_feed_down_keeps_the_last_set_raises_staleness_and_catches_up
     }
     outcome?;
     // Back: lift; the filters catch up from their version with a delta.
-    t.lift_revocation(&id).await?;
+    t.lift_revocation(id).await?;
     eventually(
         "frontend is served again after the feed is back and the lift",
         bound + Duration::from_secs(5),
         || async {
-            let a = t.via_client_mode_fresh("/orders", &front).await?;
+            let a = t.via_client_mode_fresh("/orders", front).await?;
             let b = t
-                .via_server_mode("frontend", "/orders", Some(&front))
+                .via_server_mode("frontend", "/orders", Some(front))
                 .await?;
             Ok(a.status == 200 && b.status == 200)
         },
