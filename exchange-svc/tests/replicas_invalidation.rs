@@ -18,9 +18,7 @@ use common::*;
 use meshpass_exchange::change_feed::{ChangeFeed, LISTENER_APPLICATION_NAME};
 use meshpass_exchange::clock::SystemClock;
 use meshpass_exchange::config::Config;
-use meshpass_exchange::keys::IssuerKeys;
-use meshpass_exchange::store::{seed, Actor, MappingStore, Precondition, SqlStore};
-use meshpass_exchange::AppState;
+use meshpass_exchange::store::{Actor, MappingStore, Precondition, SqlStore};
 use meshpass_testkit::{PgDb, Postgres};
 
 struct Replica {
@@ -30,21 +28,7 @@ struct Replica {
 }
 
 async fn replica(cfg: &Config) -> Replica {
-    let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim).unwrap());
-    store.migrate().await.unwrap();
-    seed(store.as_ref(), &cfg.mappings, &cfg.scope_claims)
-        .await
-        .unwrap();
-    let keys = IssuerKeys::from_config(cfg).unwrap();
-    keys.refresh_all().await;
-    let mut state = AppState::new(
-        cfg,
-        LocalSigner::new(),
-        Arc::clone(&store) as Arc<dyn MappingStore>,
-        keys,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let (mut state, store) = state_and_store(cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
     // As `serve` does: the revocation set follows the store.
     state
         .revocations
