@@ -290,3 +290,131 @@ fn a_policy_cache_longer_than_a_minute_is_refused_naming_the_field() {
     let e = cfg.validate().unwrap_err().to_string();
     assert!(e.contains("store.policy_cache_secs"), "{e}");
 }
+
+/// The real store, counting its `resource_policy` reads and holding each one for a
+/// while so that concurrent exchanges certainly overlap it.
+struct CountingStore {
+    inner: Arc<SqlStore>,
+    reads: std::sync::atomic::AtomicUsize,
+    hold: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl MappingStore for CountingStore {
+    async fn resource_policy(
+        &self,
+        resource: &str,
+    ) -> Result<meshpass_exchange::store::ResourcePolicy, StoreError> {
+        let p = self.inner.resource_policy(resource).await;
+        // Counted once the database has answered.
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(self.hold).await;
+        p
+    }
+    async fn list_mappings(&self) -> Result<Vec<Mapping>, StoreError> {
+        self.inner.list_mappings().await
+    }
+    async fn get_mapping(&self, name: &str) -> Result<Option<Mapping>, StoreError> {
+        self.inner.get_mapping(name).await
+    }
+    async fn put_mapping(&self, mapping: &Mapping) -> Result<(), StoreError> {
+        self.inner.put_mapping(mapping).await
+    }
+    async fn delete_mapping(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete_mapping(name).await
+    }
+    async fn list_scope_claims(
+        &self,
+    ) -> Result<Vec<meshpass_exchange::store::ScopeClaims>, StoreError> {
+        self.inner.list_scope_claims().await
+    }
+    async fn put_scope_claims(
+        &self,
+        row: &meshpass_exchange::store::ScopeClaims,
+    ) -> Result<(), StoreError> {
+        self.inner.put_scope_claims(row).await
+    }
+    async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError> {
+        self.inner.delete_scope_claims(resource, scope).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+fn reads(s: &CountingStore) -> usize {
+    s.reads.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_exchanges_for_an_expired_resource_share_one_read_of_the_store() {
+    let db = Postgres::fresh_database();
+    let store = Arc::new(CountingStore {
+        inner: open(&db.url()).await,
+        reads: 0.into(),
+        hold: std::time::Duration::from_millis(200),
+    });
+    store
+        .put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = Arc::new(PolicyCache::new(store.clone(), clock.clone(), 2));
+    let all = |n: usize| {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let c = cached.clone();
+                tokio::spawn(async move { c.shared_resource_policy("payments").await })
+            })
+            .collect();
+        async move {
+            for t in tasks {
+                assert_eq!(participant(&t.await.unwrap().unwrap()), "acme");
+            }
+        }
+    };
+    all(32).await;
+    assert_eq!(reads(&store), 1, "32 exchanges on an empty cache");
+    // Expired: again one read for all of them, not one each.
+    clock.advance(2);
+    all(32).await;
+    assert_eq!(reads(&store), 2, "32 exchanges on an expired snapshot");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_in_flight_during_a_write_is_not_joined_by_later_exchanges() {
+    let db = Postgres::fresh_database();
+    let store = Arc::new(CountingStore {
+        inner: open(&db.url()).await,
+        reads: 0.into(),
+        hold: std::time::Duration::from_millis(500),
+    });
+    store
+        .put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = Arc::new(PolicyCache::new(store.clone(), clock.clone(), 60));
+    let early = {
+        let c = cached.clone();
+        tokio::spawn(async move { c.shared_resource_policy("payments").await })
+    };
+    while reads(&store) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // The early read has left the database; a write lands while it is held.
+    cached
+        .put_mapping(&mapping("m", "payments", "globex"))
+        .await
+        .unwrap();
+    let late = cached.shared_resource_policy("payments").await.unwrap();
+    assert_eq!(participant(&late), "globex", "a new read after the write");
+    assert_eq!(reads(&store), 2);
+    assert_eq!(participant(&early.await.unwrap().unwrap()), "acme");
+    // The early read, older than the write, was not cached over the new one.
+    assert_eq!(
+        participant(&cached.shared_resource_policy("payments").await.unwrap()),
+        "globex"
+    );
+    assert_eq!(reads(&store), 2);
+}

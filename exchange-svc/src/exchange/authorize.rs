@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use meshpass_core::oauth::TokenExchangeRequest;
-use meshpass_core::{SpiffeId, SpiffeIdPattern};
+use meshpass_core::SpiffeId;
 
 use crate::error::ApiError;
 use crate::store::{Mapping, ResourcePolicy};
@@ -31,7 +31,7 @@ pub(crate) fn authorize<'p>(
             "the requested resource is not known".into(),
         ));
     }
-    let mapping = best_mapping(&policy.mappings, subject).ok_or_else(|| {
+    let mapping = policy.mapping_for(subject).ok_or_else(|| {
         ApiError::UnauthorizedClient(
             "the subject is not allowed to exchange for this resource".into(),
         )
@@ -85,29 +85,6 @@ fn scopes(mapping: &Mapping, requested: &[String]) -> Result<Vec<String>, ApiErr
     Ok(requested.into_iter().cloned().collect())
 }
 
-/// The most specific mapping whose subject pattern matches `id`: an exact ID beats a
-/// prefix, a longer prefix beats a shorter one; ties go to the first by name.
-pub(crate) fn best_mapping<'a>(mappings: &'a [Mapping], id: &SpiffeId) -> Option<&'a Mapping> {
-    let mut best: Option<(usize, &Mapping)> = None;
-    for m in mappings {
-        let Ok(p) = SpiffeIdPattern::parse(&m.subject) else {
-            tracing::warn!(mapping = %m.name, "stored mapping has an invalid subject pattern");
-            continue;
-        };
-        if !p.matches(id) {
-            continue;
-        }
-        let rank = match &p {
-            SpiffeIdPattern::Exact(_) => usize::MAX,
-            SpiffeIdPattern::Prefix { prefix, .. } => prefix.len(),
-        };
-        if best.is_none_or(|(r, _)| rank > r) {
-            best = Some((rank, m));
-        }
-    }
-    best.map(|(_, m)| m)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -130,20 +107,6 @@ mod tests {
 
     fn id(s: &str) -> SpiffeId {
         SpiffeId::parse(s).unwrap()
-    }
-
-    #[test]
-    fn an_exact_id_beats_a_prefix_and_a_longer_prefix_beats_a_shorter_one() {
-        let ms = vec![
-            mapping("any", "spiffe://td/*"),
-            mapping("ns", "spiffe://td/ns/shop/*"),
-            mapping("exact", "spiffe://td/ns/shop/sa/web"),
-        ];
-        let pick = |s| best_mapping(&ms, &id(s)).map(|m| m.name.as_str());
-        assert_eq!(pick("spiffe://td/ns/shop/sa/web"), Some("exact"));
-        assert_eq!(pick("spiffe://td/ns/shop/sa/api"), Some("ns"));
-        assert_eq!(pick("spiffe://td/ns/other/sa/x"), Some("any"));
-        assert_eq!(pick("spiffe://other/ns/shop/sa/web"), None);
     }
 
     #[test]
@@ -192,10 +155,7 @@ mod tests {
             authorize(&empty, &id("spiffe://td/x"), &req),
             Err(ApiError::InvalidTarget(_))
         ));
-        let policy = ResourcePolicy {
-            mappings: vec![mapping("m", "spiffe://td/ns/*")],
-            scope_claims: vec![],
-        };
+        let policy = ResourcePolicy::new(vec![mapping("m", "spiffe://td/ns/*")], vec![]);
         assert!(matches!(
             authorize(&policy, &id("spiffe://td/other"), &req),
             Err(ApiError::UnauthorizedClient(_))

@@ -13,6 +13,12 @@
 //!   after it the store is asked again and its error is returned (503): the cache
 //!   never extends a snapshot because the store failed.
 //!
+//! One read per resource at a time: when a snapshot is missing or expired, the first
+//! exchange reads it and every concurrent exchange for the same resource waits for that
+//! read and shares its outcome (also an error), instead of each reading and decoding the
+//! whole resource again (with many mappings, 32 concurrent copies collapsed the service:
+//! `make bench`, "mapping scaling"). A read joined after a write is a new read.
+//!
 //! Resources without mappings are not cached (they are the error path, and caching them
 //! would let requests for made-up resource names fill the cache).
 
@@ -32,12 +38,21 @@ struct Snapshot {
     policy: Arc<ResourcePolicy>,
 }
 
+/// The outcome of one read: when it started (the snapshot's age counts from there) and
+/// what it returned.
+type Loaded = Result<(u64, Arc<ResourcePolicy>), StoreError>;
+
+/// A read in flight, shared by every exchange that needs the resource meanwhile.
+type Load = Arc<tokio::sync::OnceCell<Loaded>>;
+
 #[derive(Default)]
 struct State {
     /// Moves on every write through this process; a read started under an older
     /// generation is not cached.
     generation: u64,
     entries: HashMap<String, Snapshot>,
+    /// Reads in flight by resource (dropped by the first caller back, and on writes).
+    loading: HashMap<String, Load>,
 }
 
 /// A [`MappingStore`] that caches [`MappingStore::resource_policy`] for `ttl_secs` and
@@ -85,6 +100,7 @@ impl PolicyCache {
         let mut g = self.lock();
         g.generation = g.generation.wrapping_add(1);
         g.entries.clear();
+        g.loading.clear();
     }
 
     /// Number of cached resources.
@@ -111,34 +127,52 @@ impl MappingStore for PolicyCache {
         resource: &str,
     ) -> Result<Arc<ResourcePolicy>, StoreError> {
         let now = self.clock.now();
-        let generation = {
-            let g = self.lock();
+        let (generation, load) = {
+            let mut g = self.lock();
             if let Some(s) = g.entries.get(resource) {
                 if self.fresh(s, now) {
                     return Ok(Arc::clone(&s.policy));
                 }
             }
-            g.generation
-        };
-        let policy = Arc::new(self.inner.resource_policy(resource).await?);
-        if !policy.mappings.is_empty() {
-            let mut g = self.lock();
-            if g.generation == generation {
-                if g.entries.len() >= MAX_ENTRIES {
-                    g.entries
-                        .retain(|_, s| now >= s.read_at && now - s.read_at < self.ttl_secs);
-                    if g.entries.len() >= MAX_ENTRIES {
-                        g.entries.clear();
-                    }
-                }
-                g.entries.insert(
-                    resource.to_string(),
-                    Snapshot {
-                        read_at: now,
-                        policy: Arc::clone(&policy),
-                    },
-                );
+            if g.loading.len() >= MAX_ENTRIES {
+                // Reads whose callers all went away (made-up resource names, say).
+                g.loading.retain(|_, l| Arc::strong_count(l) > 1);
             }
+            let load = Arc::clone(g.loading.entry(resource.to_string()).or_default());
+            (g.generation, load)
+        };
+        // If the caller running the read is cancelled, the next waiter runs it.
+        let loaded = load
+            .get_or_init(|| async {
+                let read_at = self.clock.now();
+                let policy = self.inner.resource_policy(resource).await?;
+                Ok((read_at, Arc::new(policy)))
+            })
+            .await
+            .clone();
+        let mut g = self.lock();
+        if g.loading
+            .get(resource)
+            .is_some_and(|l| Arc::ptr_eq(l, &load))
+        {
+            g.loading.remove(resource);
+        }
+        let (read_at, policy) = loaded?;
+        if !policy.mappings.is_empty() && g.generation == generation {
+            if g.entries.len() >= MAX_ENTRIES {
+                g.entries
+                    .retain(|_, s| now >= s.read_at && now - s.read_at < self.ttl_secs);
+                if g.entries.len() >= MAX_ENTRIES {
+                    g.entries.clear();
+                }
+            }
+            g.entries.insert(
+                resource.to_string(),
+                Snapshot {
+                    read_at,
+                    policy: Arc::clone(&policy),
+                },
+            );
         }
         Ok(policy)
     }

@@ -15,6 +15,7 @@
 mod audit;
 mod cached;
 mod changes;
+mod index;
 mod managed;
 mod revocations;
 mod sql;
@@ -113,14 +114,36 @@ pub struct ScopeClaims {
 /// Everything the token endpoint needs about one resource, read in one go.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResourcePolicy {
-    /// Mappings for the resource.
+    /// Mappings for the resource, sorted by name.
     pub mappings: Vec<Mapping>,
     /// Scope claims for the resource.
     pub scope_claims: Vec<ScopeClaims>,
+    /// Lookup index over `mappings`, built on the first lookup (a policy is not changed
+    /// once read).
+    index: index::LazyIndex,
+}
+
+impl ResourcePolicy {
+    /// A resource's policy; `mappings` sorted by name (ties between equal patterns go
+    /// to the first).
+    pub fn new(mappings: Vec<Mapping>, scope_claims: Vec<ScopeClaims>) -> Self {
+        ResourcePolicy {
+            mappings,
+            scope_claims,
+            index: index::LazyIndex::default(),
+        }
+    }
+
+    /// The most specific mapping whose subject pattern matches `id`: an exact ID beats
+    /// a prefix, a longer prefix beats a shorter one; ties go to the first by name.
+    pub fn mapping_for(&self, id: &meshpass_core::SpiffeId) -> Option<&Mapping> {
+        let i = self.index.get(&self.mappings).best(id)?;
+        self.mappings.get(i)
+    }
 }
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database is unreachable or failed; retry later (→ 503).
     #[error("store unavailable: {0}")]

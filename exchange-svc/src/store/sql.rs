@@ -405,10 +405,7 @@ impl MappingStore for SqlStore {
             .iter()
             .map(decode_scope_claims)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ResourcePolicy {
-            mappings,
-            scope_claims,
-        })
+        Ok(ResourcePolicy::new(mappings, scope_claims))
     }
 
     async fn list_mappings(&self) -> Result<Vec<Mapping>, StoreError> {
