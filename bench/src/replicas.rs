@@ -3,11 +3,13 @@
 //! PostgreSQL database (a fresh one per run, testkit's helper), beside OpenBao's raw
 //! sign rate measured in the same run, repetitions interleaved.
 //!
-//! The load is split by wrk itself: one wrk thread per replica, each connecting to its
-//! own replica (`wrk.lua`, `MESHPASS_WRK_ADDRS`) with its own share of the never-seen
-//! tokens. Not an Envoy round-robin cluster: on this 2-core machine a proxy in front
-//! would take CPU from the replicas and put its own cost into every row. Connections:
-//! 32 for one and two replicas, 33 (11 each) for three. Redis is not used (the local
+//! The load is split by wrk itself: every exchange row runs the same wrk (as many
+//! threads as the least common multiple of the replica counts, 6 for 1, 2, 3, with the
+//! same connections each), thread i connecting to replica i mod n (`wrk.lua`,
+//! `MESHPASS_WRK_ADDRS`) with its own share of the never-seen tokens: the load
+//! generator is identical in every row and each replica gets the same share. Not an
+//! Envoy round-robin cluster: on this 2-core machine a proxy in front would take CPU
+//! from the replicas and put its own cost into every row. Redis is not used (the local
 //! rate-limit backend; no mapping has a limit).
 
 use std::path::{Path, PathBuf};
@@ -89,9 +91,35 @@ impl Options {
         r
     }
 
-    /// Connections per replica for `n` replicas.
-    pub fn each(&self, n: usize) -> usize {
-        self.connections.div_ceil(n.max(1))
+    /// wrk threads of every exchange row: divisible by every replica count.
+    pub fn threads(&self) -> usize {
+        fn gcd(a: usize, b: usize) -> usize {
+            if b == 0 {
+                a
+            } else {
+                gcd(b, a % b)
+            }
+        }
+        self.replicas
+            .iter()
+            .fold(1, |l, &n| l / gcd(l, n.max(1)) * n.max(1))
+    }
+
+    /// Connections per wrk thread (the total nearest `connections`).
+    pub fn each(&self) -> usize {
+        ((self.connections as f64 / self.threads() as f64).round() as usize).max(1)
+    }
+
+    /// Connections of every exchange row.
+    pub fn exchange_connections(&self) -> usize {
+        self.each() * self.threads()
+    }
+
+    /// The thread addresses of a row over `addrs` (thread i → replica i mod n).
+    fn spread(&self, addrs: &[String]) -> Vec<String> {
+        (0..self.threads())
+            .map(|i| addrs[i % addrs.len()].clone())
+            .collect()
     }
 }
 
@@ -276,7 +304,7 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         if split.is_empty() {
             wrk.run(url, conns, secs, load)
         } else {
-            wrk.run_split(url, split, o.each(split.len()).min(conns), secs, load)
+            wrk.run_split(url, &o.spread(split), conns.min(o.each()), secs, load)
         }
     };
     // Warm-up: each row once, everything must succeed.
@@ -298,7 +326,7 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         let cmd = if split.is_empty() {
             wrk.command(&url, o.connections, o.secs, &load)
         } else {
-            wrk.command_split(&url, &split, o.each(split.len()), o.secs, &load)
+            wrk.command_split(&url, &o.spread(&split), o.each(), o.secs, &load)
         };
         commands.push(
             format!("{}: {}", row.name(), crate::wrk::show(&cmd))
@@ -358,4 +386,47 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         commands,
         options: o.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_gets_the_same_wrk_split_evenly_over_its_replicas_and_rows_pair_cold_with_warm() {
+        let o = Options {
+            replicas: vec![1, 2, 3],
+            raw: true,
+            reps: 1,
+            secs: 1.0,
+            connections: 32,
+            cold_rate_bound: 1.0,
+        };
+        // 6 wrk threads (divisible by 1, 2 and 3) of 5 connections: 30 in every row.
+        assert_eq!(
+            (o.threads(), o.each(), o.exchange_connections()),
+            (6, 5, 30)
+        );
+        let addrs = ["a".to_string(), "b".to_string()];
+        assert_eq!(o.spread(&addrs), ["a", "b", "a", "b", "a", "b"]);
+        let smoke = Options {
+            replicas: vec![2],
+            ..o.clone()
+        };
+        assert_eq!((smoke.threads(), smoke.each()), (2, 16));
+        assert_eq!(
+            o.rows(),
+            vec![
+                Row::RawSign,
+                Row::RawSignBatch,
+                Row::Cold(1),
+                Row::Warm(1),
+                Row::Cold(2),
+                Row::Warm(2),
+                Row::Cold(3),
+                Row::Warm(3)
+            ]
+        );
+        assert_eq!(Row::Cold(2).name(), "cold_replicas=2");
+    }
 }

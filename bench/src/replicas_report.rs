@@ -30,13 +30,17 @@ pub fn section(out: &mut String, x: &Results, charts_dir: &Path, rel: &str) -> R
          server (ecdsa-p256, batched signing: `vault.batch_max_size` 64), the rate-limit backend local (no Redis), \
          change notifications on. Two sets of {max} replicas run side by side (minted-token cache off for the \
          true-cold rows, on for the warm rows); a row with n replicas loads the first n of its set. wrk splits \
-         the load itself: one thread per replica, each with its own connections ({c} in all, rounded up to a \
-         multiple of n) and its own share of the never-seen subject tokens (not an Envoy round-robin cluster, \
-         whose CPU would come out of the same two cores). {reps} repetitions of {secs} s, rows interleaved. CPU \
+         the load itself, the same wrk in every exchange row: {t} threads of {each} connections ({c} in all), \
+         thread i on replica i mod n, each thread with its own share of the never-seen subject tokens (not an \
+         Envoy round-robin cluster, whose CPU would come out of the same two cores). The raw OpenBao rows use \
+         one thread and {raw} connections. {reps} repetitions of {secs} s, rows interleaved. CPU \
          per exchange is Δ(utime+stime)/exchanges of each replica, of OpenBao, and of the database's PostgreSQL \
          backends (from `pg_stat_activity`).\n",
         max = o.replicas.iter().max().copied().unwrap_or(1),
-        c = o.connections,
+        c = o.exchange_connections(),
+        t = o.threads(),
+        each = o.each(),
+        raw = o.connections,
         reps = o.reps,
         secs = o.secs,
     )?;
@@ -118,7 +122,11 @@ pub fn section(out: &mut String, x: &Results, charts_dir: &Path, rel: &str) -> R
             out,
             "| {what} | {} | {} | {} | {vs_one} | {vs_raw} | {} | {} | {service} | {} | {} | {} |",
             if n == 0 { "—".into() } else { n.to_string() },
-            if n == 0 { o.connections } else { o.each(n) * n },
+            if n == 0 {
+                o.connections
+            } else {
+                o.exchange_connections()
+            },
             Estimate::of(&r).fmt(0),
             mean_ms(s, |v| v.wrk.p50_us),
             mean_ms(s, |v| v.wrk.p99_us),
