@@ -49,7 +49,9 @@ pub fn section(out: &mut String, x: &Results, charts_dir: &Path, rel: &str) -> R
         "**Read this on a {}-core machine**: every replica, OpenBao, PostgreSQL and wrk share the same cores, so \
          adding replicas cannot add CPU. The ratio to one replica shows what several replicas *cost* (the \
          coordination: smaller batches per OpenBao request, one more process scheduling, change checks), not \
-         what they would gain on more machines.\n",
+         what they would gain on more machines. On a machine shared with other work, more processes also \
+         win a larger share of the cores from the other tenants (the scheduler is fair per thread), which can \
+         make several replicas look faster than one: compare CPU per exchange, not only req/s.\n",
         crate::machine::cores()
     )?;
     writeln!(out, "| what | replicas | connections | req/s | × 1 replica | × raw sign | p50 ms | p99 ms | service CPU µs/req (per replica) | OpenBao CPU µs/req | Postgres CPU µs/req | errors |")?;
