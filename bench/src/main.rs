@@ -7,13 +7,15 @@
 //!                [--exchange-reps N] [--exchange-secs S] [--only proxy|exchange]
 //!                [--baseline-wasm PATH] [--out FILE] [--charts DIR]
 //!                [--rows ROW,ROW] [--profile ROW,ROW] [--scale-max N]
-//!                [--soak-secs S]   (--only proxy|exchange|scaling|soak)
+//!                [--soak-secs S]   (--only proxy|exchange|scaling|soak|replicas)
 //! ```
 
 mod charts;
 mod exchange;
 mod machine;
 mod proxy;
+mod replicas;
+mod replicas_report;
 mod report;
 mod scaling;
 mod soak;
@@ -43,6 +45,8 @@ pub struct Run {
     pub scaling: Option<Vec<scaling::Step>>,
     /// Section 4: soak.
     pub soak: Option<Vec<soak::Slice>>,
+    /// Several replicas of the exchange service.
+    pub replicas: Option<replicas::Results>,
     /// The hand-written analysis (bench/notes.md), appended verbatim.
     pub notes: String,
 }
@@ -148,6 +152,8 @@ fn run() -> Result<()> {
     let run_exchange = !args.smoke && args.only.as_deref().is_none_or(|o| o == "exchange");
     let run_scaling = !args.smoke && args.only.as_deref().is_none_or(|o| o == "scaling");
     let run_soak = !args.smoke && args.only.as_deref().is_none_or(|o| o == "soak");
+    // The smoke run includes one short replicas=2 row pair (the split load end to end).
+    let run_replicas = args.only.as_deref().is_none_or(|o| o == "replicas");
     for (what, p) in [
         ("the empty filter", &noop_wasm),
         ("the meshpass filter", &filter_wasm),
@@ -258,6 +264,34 @@ fn run() -> Result<()> {
         None
     };
     let mut section_errors: Vec<String> = Vec::new();
+    let replicas = if run_replicas {
+        let ropts = replicas::Options {
+            replicas: if args.smoke { vec![2] } else { vec![1, 2, 3] },
+            raw: !args.smoke,
+            reps: if args.smoke { 1 } else { xopts.reps },
+            secs: if args.smoke { 1.0 } else { xopts.secs },
+            connections: args.connections,
+            cold_rate_bound: 4000.0,
+        };
+        eprintln!("[bench] several replicas: {:?} replicas", ropts.replicas);
+        let unpinned = wrk::Wrk {
+            script: &wrk_script,
+            cpu: None,
+        };
+        match replicas::run(&ropts, work.path(), &issuer, &unpinned) {
+            Ok(r) => {
+                commands.extend(r.commands.iter().cloned());
+                Some(r)
+            }
+            Err(e) => {
+                eprintln!("[bench] replicas FAILED: {e:#}");
+                section_errors.push(format!("replicas: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let scaling = if run_scaling {
         let max = args
             .scale_max
@@ -368,6 +402,7 @@ fn run() -> Result<()> {
         exchange,
         scaling,
         soak,
+        replicas,
         notes: section_errors
             .iter()
             .map(|e| format!("**A section failed in this run**: {e}\n\n"))
@@ -415,6 +450,17 @@ fn run() -> Result<()> {
 
 /// The smoke run (`make test`) fails unless every row served requests without errors.
 fn smoke_check(run: &Run) -> Result<()> {
+    let r = run
+        .replicas
+        .as_ref()
+        .ok_or_else(|| anyhow!("the smoke run measured no replicas row"))?;
+    for (row, samples) in &r.cells {
+        for s in samples {
+            if s.wrk.requests == 0 || s.wrk.errors() > 0 {
+                bail!("smoke: row {} measured {:?}", row.name(), s.wrk);
+            }
+        }
+    }
     let p = run
         .proxy
         .as_ref()

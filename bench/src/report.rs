@@ -557,6 +557,9 @@ pub fn write(run: &Run, path: &Path, charts_dir: &Path, rel: &str) -> Result<()>
     if let Some(slices) = &run.soak {
         soak_section(&mut out, slices)?;
     }
+    if let Some(r) = &run.replicas {
+        crate::replicas_report::section(&mut out, r, charts_dir, rel)?;
+    }
     writeln!(out, "{}", run.notes)?;
     std::fs::write(path, out)?;
     Ok(())

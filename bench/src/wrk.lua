@@ -2,6 +2,9 @@
 --   static (or unset)  the request wrk was given (-H headers): no per-request Lua at all
 --   bearer FILE        GET, `authorization: Bearer <line i>` (a new token per request)
 --   body FILE          POST, the body is line i (e.g. a token-exchange form)
+--   MESHPASS_WRK_ADDRS  host:port,host:port,...: thread i connects to address i mod n (the
+--                       load split across replicas); MESHPASS_WRK_SPLIT=T: thread i takes
+--                       lines i, i+T, ... so no two threads send the same line
 -- (wrk decides whether a script is static when it loads it, before init(): hence the
 -- environment, not script arguments.)
 -- Lines are used in order; past the last one they start again and `wrapped` counts it.
@@ -12,16 +15,39 @@ local lines, n, i, base = {}, 0, 0, {}
 -- A global: done() reads it from each thread with thread:get().
 wrapped = 0
 local threads = {}
+local addrs = os.getenv("MESHPASS_WRK_ADDRS")
+local split = tonumber(os.getenv("MESHPASS_WRK_SPLIT") or "1")
+-- Set per thread by setup() (0 in the single-thread case).
+id = 0
 
 function setup(thread)
   table.insert(threads, thread)
+  local tid = #threads - 1
+  thread:set("id", tid)
+  if addrs then
+    local list = {}
+    for a in string.gmatch(addrs, "[^,]+") do table.insert(list, a) end
+    local host, port = list[(tid % #list) + 1]:match("^(.*):(%d+)$")
+    thread.addr = wrk.lookup(host, port)[1]
+  end
 end
 
 function init(args)
   if mode ~= "static" then
+    local k = 0
     for line in io.lines(file) do
-      n = n + 1
-      lines[n] = line
+      if k % split == id then
+        n = n + 1
+        lines[n] = line
+      end
+      k = k + 1
+    end
+    -- Fewer lines than threads (the one warm token): every thread sends them all.
+    if n == 0 then
+      for line in io.lines(file) do
+        n = n + 1
+        lines[n] = line
+      end
     end
   end
   for k, v in pairs(wrk.headers) do base[k] = v end

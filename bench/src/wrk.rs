@@ -94,6 +94,47 @@ impl Wrk<'_> {
 
     /// The command line of one run (also what the report shows).
     pub fn command(&self, url: &str, connections: usize, secs: f64, load: &Load) -> Command {
+        self.command_threads(url, 1, connections, secs, load)
+    }
+
+    /// The load split over `addrs` (`host:port`, all serving `url`'s path): one wrk
+    /// thread per address with `each` connections, every thread on its own share of
+    /// the per-request lines (`wrk.lua`: `MESHPASS_WRK_ADDRS`, `MESHPASS_WRK_SPLIT`).
+    pub fn command_split(
+        &self,
+        url: &str,
+        addrs: &[String],
+        each: usize,
+        secs: f64,
+        load: &Load,
+    ) -> Command {
+        let t = addrs.len().max(1);
+        let mut cmd = self.command_threads(url, t, each * t, secs, load);
+        cmd.env("MESHPASS_WRK_ADDRS", addrs.join(","))
+            .env("MESHPASS_WRK_SPLIT", t.to_string());
+        cmd
+    }
+
+    /// Runs [`Wrk::command_split`] and returns its figures.
+    pub fn run_split(
+        &self,
+        url: &str,
+        addrs: &[String],
+        each: usize,
+        secs: f64,
+        load: &Load,
+    ) -> Result<WrkResult> {
+        run_command(self.command_split(url, addrs, each, secs, load))
+    }
+
+    fn command_threads(
+        &self,
+        url: &str,
+        threads: usize,
+        connections: usize,
+        secs: f64,
+        load: &Load,
+    ) -> Command {
         // Bounded in time even if wrk hangs: `timeout` stops it 30 s past its duration.
         let mut cmd = Command::new("timeout");
         cmd.arg(format!("{}", wall_bound(secs).as_secs()));
@@ -101,7 +142,8 @@ impl Wrk<'_> {
             cmd.args(["taskset", "-c", &c.to_string()]);
         }
         cmd.arg("wrk");
-        cmd.args(["-t1", "--latency", "--timeout", "10s"])
+        cmd.arg(format!("-t{threads}"))
+            .args(["--latency", "--timeout", "10s"])
             .arg(format!("-c{connections}"))
             .arg(format!("-d{}s", secs.ceil().max(1.0) as u64))
             .arg("-s")
@@ -131,21 +173,25 @@ impl Wrk<'_> {
 
     /// Runs wrk and returns its figures.
     pub fn run(&self, url: &str, connections: usize, secs: f64, load: &Load) -> Result<WrkResult> {
-        let mut cmd = self.command(url, connections, secs, load);
-        let out = cmd
-            .output()
-            .context("running wrk (make setup installs it)")?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            return Err(anyhow!(
-                "wrk failed ({}): {}{}",
-                out.status,
-                text,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        parse_output(&text)
+        run_command(self.command(url, connections, secs, load))
     }
+}
+
+/// Runs one wrk command line and reads its `WRKJSON` summary.
+fn run_command(mut cmd: Command) -> Result<WrkResult> {
+    let out = cmd
+        .output()
+        .context("running wrk (make setup installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(anyhow!(
+            "wrk failed ({}): {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    parse_output(&text)
 }
 
 /// A command line as a shell would show it (long arguments shortened).

@@ -65,6 +65,8 @@ pub struct Config {
     pub management: crate::mgmt::ManagementConfig,
     /// `[rate_limit]`: where mapping rate limits are counted (local or Redis).
     pub rate_limit: crate::ratelimit::RateLimitConfig,
+    /// `[keys]`: scheduled rotation and retirement of the transit key's versions.
+    pub keys: crate::key_schedule::KeysConfig,
 }
 
 /// `[server]`.
@@ -710,6 +712,9 @@ impl Config {
             field: e.field,
             reason: e.reason,
         })?;
+        self.keys
+            .validate(&self.vault)
+            .map_err(|(field, reason)| bad(field, reason))?;
         Ok(())
     }
 

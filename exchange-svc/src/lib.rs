@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod exchange;
 pub mod key_maintenance;
+pub mod key_schedule;
 pub mod keys;
 pub mod metrics;
 pub mod mgmt;

@@ -312,6 +312,15 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     // Replicas: other replicas' writes drop this one's views (policy, minted tokens).
     let change_feed = start_change_feed(Arc::clone(&store), &cfg, &mut state)?;
     let _key_reload = spawn_key_reload(&state, Arc::clone(&signer));
+    let _key_schedule = crate::key_schedule::KeySchedule::new(
+        &cfg.keys,
+        cfg.token.max_ttl_secs,
+        Arc::clone(&store),
+        Arc::clone(&signer),
+        &state.metrics,
+    )
+    .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?
+    .spawn();
     let collector = VaultCollector::new(signer.stats())
         .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?;
     if let Err(e) = state.metrics.register(Box::new(collector)) {

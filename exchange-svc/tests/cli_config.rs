@@ -178,3 +178,65 @@ fn check_config_names_fields_inside_arrays_the_way_the_readme_does() {
         );
     }
 }
+
+#[test]
+fn check_config_refuses_a_rotation_schedule_that_would_replace_versions_before_they_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let vault = "address = \"http://127.0.0.1:9\"\nauth = { method = \"token\", token = \"unused\" }\npublish_lead = \"10m\"\nkey_refresh_interval = \"30s\"";
+    let cases = [
+        // Not longer than publish_lead + key_refresh_interval (630 s).
+        ("rotate_every = \"10m\"", "keys.rotate_every"),
+        ("rotate_every = 630", "keys.rotate_every"),
+        (
+            "rotate_every = \"1h\"\ncheck_interval = \"1h\"",
+            "keys.check_interval",
+        ),
+        (
+            "rotate_every = \"1h\"\ncheck_interval = \"10ms\"",
+            "keys.check_interval",
+        ),
+        ("rotate_every = \"30 days\"", "keys.rotate_every"),
+    ];
+    for (keys, field) in cases {
+        let toml = config_toml_vault(
+            &issuer,
+            &dir.path().join("m.db"),
+            vault,
+            &format!("[keys]\n{keys}\n"),
+        );
+        let out = bin()
+            .arg("check-config")
+            .arg(write(dir.path(), &toml))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{keys}: {err}");
+        assert!(
+            err.contains(field),
+            "{keys}: error does not name {field}: {err}"
+        );
+    }
+    for keys in [
+        "rotate_every = \"30d\"",
+        "rotate_every = 631\ncheck_interval = \"500ms\"",
+        "",
+    ] {
+        let toml = config_toml_vault(
+            &issuer,
+            &dir.path().join("m.db"),
+            vault,
+            &format!("[keys]\n{keys}\n"),
+        );
+        let out = bin()
+            .arg("check-config")
+            .arg(write(dir.path(), &toml))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{keys}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -71,6 +71,46 @@ async fn key_maintenance_on_two_replicas_never_overlaps_and_bumps_the_change_ver
     assert_eq!(a.change_version().await.unwrap(), before + 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_maintenance_skips_at_once_while_another_replica_holds_the_lock() {
+    let db = Postgres::fresh_database();
+    let (a, b) = (open(&db.url()).await, open(&db.url()).await);
+    let before = a.change_version().await.unwrap();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::spawn(async move {
+        a.with_maintenance_lock(async {
+            held_tx.send(()).unwrap();
+            release_rx.await.unwrap();
+            Ok::<(), MgmtError>(())
+        })
+        .await
+    });
+    held_rx.await.unwrap();
+    // Another replica's tick neither waits nor runs its operation.
+    let ran = Arc::new(Mutex::new(false));
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        b.try_maintenance(async {
+            *ran.lock().unwrap() = true;
+            Ok::<((), Vec<_>), MgmtError>(((), Vec::new()))
+        }),
+    )
+    .await
+    .expect("try_maintenance queued behind the lock holder")
+    .unwrap();
+    assert!(r.is_none() && !*ran.lock().unwrap());
+    release_tx.send(()).unwrap();
+    holder.await.unwrap().unwrap();
+    // Free now: it runs; a tick that changed nothing (no audit records) bumps nothing.
+    let r = b
+        .try_maintenance(async { Ok::<(u8, Vec<_>), MgmtError>((7, Vec::new())) })
+        .await
+        .unwrap();
+    assert_eq!(r, Some(7));
+    assert_eq!(b.change_version().await.unwrap(), before + 1);
+}
+
 struct Replica {
     app: Router,
     signer: Arc<TransitSigner>,

@@ -33,7 +33,7 @@ pub use audit::RefusalAudit;
 pub use auth::{Authenticator, Caller};
 pub use config::{CallerRoles, ManagementConfig, Role};
 pub use error::MgmtError;
-pub use keys::{KeyAdmin, KeyStatus, KeyVersionStatus};
+pub use keys::{check_retire, KeyAdmin, KeyStatus, KeyVersionStatus};
 pub use stats::ExchangeStats;
 
 use crate::app::AppState;

@@ -94,3 +94,46 @@ impl SqlStore {
         Ok(out)
     }
 }
+
+impl SqlStore {
+    /// Scheduled maintenance: runs `op` only when the key-maintenance lock is free
+    /// (PostgreSQL `pg_try_advisory_xact_lock`, so replicas never queue behind one
+    /// another: whoever holds it does the work, the others skip this tick); `Ok(None)`
+    /// when another replica holds it. `op` returns its result and the audit records of
+    /// what it changed: none → rolled back, nothing bumped (an idle tick must not drop
+    /// every replica's caches); some → recorded, change version bumped, committed in
+    /// one transaction.
+    pub async fn try_maintenance<T, E>(
+        &self,
+        op: impl std::future::Future<Output = Result<(T, Vec<super::AuditRecord>), E>> + Send,
+    ) -> Result<Option<T>, E>
+    where
+        E: From<StoreError>,
+    {
+        let _w = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if self.backend == Backend::Postgres {
+            let row = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS locked")
+                .bind(MAINTENANCE_LOCK)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let locked: bool = row
+                .try_get("locked")
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            if !locked {
+                return Ok(None);
+            }
+        }
+        let (out, audit) = op.await?;
+        if audit.is_empty() {
+            return Ok(Some(out));
+        }
+        for r in &audit {
+            super::audit::insert_audit(&mut tx, r).await?;
+        }
+        bump(&mut tx, self.backend).await?;
+        tx.commit().await.map_err(write_error)?;
+        Ok(Some(out))
+    }
+}

@@ -17,6 +17,12 @@ fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+fn unix_ceil(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+        .unwrap_or(0)
+}
+
 fn vault_error(e: super::VaultError) -> MgmtError {
     if e.is_transient() {
         tracing::warn!(error = %e, "management: vault unavailable");
@@ -90,5 +96,55 @@ impl KeyAdmin for TransitSigner {
             .map_err(vault_error)?;
         inner.load_keys().await.map_err(vault_error)?;
         self.status().await
+    }
+}
+
+impl TransitSigner {
+    /// The Vault creation time of the newest loaded version.
+    pub fn newest_created(&self) -> Option<SystemTime> {
+        self.inner
+            .keyset()
+            .and_then(|s| s.versions.values().next_back().map(|v| v.created))
+    }
+
+    /// The key as Vault holds it now: re-reads the key (so this replica's own view is
+    /// fresh too) and dates every version by its `creation_time` in Vault, the same on
+    /// every replica, where [`KeyAdmin::status`] uses when this process first saw it.
+    /// Scheduled maintenance decides on this view, so whichever replica holds the lock
+    /// decides the same.
+    pub async fn vault_status(&self, now: SystemTime) -> Result<KeyStatus, MgmtError> {
+        let inner = &self.inner;
+        inner.load_keys().await.map_err(vault_error)?;
+        let set = inner
+            .keyset()
+            .ok_or(MgmtError::Unavailable("the transit key"))?;
+        let lead = inner.cfg.publish_lead;
+        let signing = set
+            .versions
+            .iter()
+            .rev()
+            .find(|(_, v)| v.created + lead <= now)
+            .map(|(n, _)| *n);
+        let versions = set
+            .versions
+            .iter()
+            .map(|(v, ver)| KeyVersionStatus {
+                version: *v,
+                kid: format!("{}:v{v}", inner.cfg.key_name),
+                published: true,
+                signing: Some(*v) == signing,
+                published_since: unix(ver.created),
+                // Rounded up: the retirement rule must never count from too early.
+                signs_from: unix_ceil(ver.created + lead),
+            })
+            .collect();
+        Ok(KeyStatus {
+            key: inner.cfg.key_name.clone(),
+            alg: set.alg.as_str().to_string(),
+            publish_lead_secs: lead.as_secs(),
+            refresh_interval_secs: inner.cfg.key_refresh_interval.as_millis().div_ceil(1000) as u64,
+            signing_version: signing,
+            versions,
+        })
     }
 }

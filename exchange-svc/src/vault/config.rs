@@ -436,7 +436,7 @@ fn check_path(field: &str, p: &str) -> Result<(), VaultConfigError> {
 
 /// A duration from an integer (seconds) or a string with a unit: `"2ms"`, `"30s"`,
 /// `"5m"`, `"1h"`.
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -462,7 +462,8 @@ pub fn parse_duration(t: &str) -> Result<Duration, String> {
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("invalid duration unit in {t:?} (ms, s, m, h)")),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(format!("invalid duration unit in {t:?} (ms, s, m, h, d)")),
     };
     Ok(d)
 }
@@ -630,6 +631,10 @@ mod tests {
         assert_eq!(parse_duration("2ms").unwrap(), Duration::from_millis(2));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
     }

@@ -11,6 +11,7 @@ mod transit;
 
 pub use auth::{Auth, TokenInfo};
 pub use client::{VaultClient, VaultError, VaultStats};
+pub(crate) use config::de_duration;
 pub use config::{
     parse_duration, AuthConfig, KeyType, RsaAlg, VaultConfig, VaultConfigError,
     DEFAULT_SA_TOKEN_FILE,

@@ -33,6 +33,8 @@ pub(super) struct Version {
     sig_len: usize,
     /// When this process (or, for versions present at start-up, Vault) first showed it.
     pub(super) published_at: SystemTime,
+    /// Its `creation_time` in Vault (the same on every replica; capped at now).
+    pub(super) created: SystemTime,
 }
 
 /// Everything loaded from `transit/keys/NAME`.
@@ -340,6 +342,7 @@ impl Inner {
                     jwk,
                     sig_len,
                     published_at,
+                    created,
                 },
             );
         }
