@@ -176,7 +176,11 @@ fn run() -> Result<()> {
             .collect()
     };
     let rows = if args.smoke {
-        vec![proxy::Row::Router, proxy::Row::NoopWasm]
+        vec![
+            proxy::Row::Router,
+            proxy::Row::NoopWasm,
+            proxy::Row::ExtAuthzGrpc,
+        ]
     } else if let Some(r) = &args.rows {
         let mut r = by_name(r)?;
         // The ratios need both baselines.
