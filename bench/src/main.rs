@@ -7,12 +7,14 @@
 //!                [--exchange-reps N] [--exchange-secs S] [--only proxy|exchange]
 //!                [--baseline-wasm PATH] [--out FILE] [--charts DIR]
 //!                [--rows ROW,ROW] [--profile ROW,ROW] [--scale-max N]
-//!                [--soak-secs S]   (--only proxy|exchange|scaling|soak)
+//!                [--soak-secs S] [--mapping-steps N,N]
+//!                (--only proxy|exchange|scaling|soak|mappings)
 //! ```
 
 mod charts;
 mod exchange;
 mod machine;
+mod mappings;
 mod proxy;
 mod report;
 mod scaling;
@@ -43,6 +45,8 @@ pub struct Run {
     pub scaling: Option<Vec<scaling::Step>>,
     /// Section 4: soak.
     pub soak: Option<Vec<soak::Slice>>,
+    /// Section 5: mapping scaling (its options, its steps).
+    pub mappings: Option<(mappings::Options, Vec<mappings::Step>)>,
     /// The hand-written analysis (bench/notes.md), appended verbatim.
     pub notes: String,
 }
@@ -64,6 +68,7 @@ struct Args {
     profile: Vec<String>,
     scale_max: Option<u64>,
     soak_secs: Option<f64>,
+    mapping_steps: Option<Vec<u64>>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -85,6 +90,7 @@ fn parse_args() -> Result<Args> {
         profile: Vec::new(),
         scale_max: None,
         soak_secs: None,
+        mapping_steps: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -105,6 +111,14 @@ fn parse_args() -> Result<Args> {
             "--profile" => a.profile = val()?.split(',').map(String::from).collect(),
             "--scale-max" => a.scale_max = Some(val()?.parse()?),
             "--soak-secs" => a.soak_secs = Some(val()?.parse()?),
+            "--mapping-steps" => {
+                a.mapping_steps = Some(
+                    val()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?,
+                )
+            }
             "-h" | "--help" => {
                 println!("{}", include_str!("../README.md"));
                 std::process::exit(0);
@@ -148,6 +162,7 @@ fn run() -> Result<()> {
     let run_exchange = !args.smoke && args.only.as_deref().is_none_or(|o| o == "exchange");
     let run_scaling = !args.smoke && args.only.as_deref().is_none_or(|o| o == "scaling");
     let run_soak = !args.smoke && args.only.as_deref().is_none_or(|o| o == "soak");
+    let run_mappings = args.only.as_deref().is_none_or(|o| o == "mappings");
     for (what, p) in [
         ("the empty filter", &noop_wasm),
         ("the meshpass filter", &filter_wasm),
@@ -304,6 +319,32 @@ fn run() -> Result<()> {
     } else {
         None
     };
+    let mappings = if run_mappings {
+        let mo = mappings::Options {
+            steps: args
+                .mapping_steps
+                .clone()
+                .unwrap_or_else(|| mappings::default_steps(args.quick, args.smoke)),
+            secs: if args.smoke { 1.0 } else { xopts.secs },
+            concurrencies: if args.smoke { vec![4] } else { vec![1, 32] },
+            refresh_samples: if args.smoke { 1 } else { 3 },
+        };
+        eprintln!("[bench] section 5: mapping scaling, steps {:?}", mo.steps);
+        let unpinned = wrk::Wrk {
+            script: &wrk_script,
+            cpu: None,
+        };
+        match mappings::run(&mo, work.path(), &issuer, &unpinned) {
+            Ok(s) => Some((mo, s)),
+            Err(e) => {
+                eprintln!("[bench] mappings FAILED: {e:#}");
+                section_errors.push(format!("mappings: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let cpu1 = machine::CpuTimes::now();
     let samples_steal: Vec<f64> = proxy
         .iter()
@@ -372,6 +413,7 @@ fn run() -> Result<()> {
         exchange,
         scaling,
         soak,
+        mappings,
         notes: section_errors
             .iter()
             .map(|e| format!("**A section failed in this run**: {e}\n\n"))
@@ -432,6 +474,20 @@ fn smoke_check(run: &Run) -> Result<()> {
                     s.wrk,
                     s.envoy_cpu_us
                 );
+            }
+        }
+    }
+    if let Some((_, steps)) = &run.mappings {
+        for s in steps {
+            for c in &s.cells {
+                if c.rps <= 0.0 || c.errors > 0 {
+                    bail!(
+                        "smoke: mappings {} × {} measured {:?}",
+                        s.backend.name(),
+                        s.mappings,
+                        c
+                    );
+                }
             }
         }
     }

@@ -562,6 +562,9 @@ pub fn write(run: &Run, path: &Path, charts_dir: &Path, rel: &str) -> Result<()>
     if let Some(slices) = &run.soak {
         soak_section(&mut out, slices)?;
     }
+    if let Some((o, steps)) = &run.mappings {
+        crate::mappings::write_section(&mut out, o, steps)?;
+    }
     writeln!(out, "{}", run.notes)?;
     std::fs::write(path, out)?;
     Ok(())
