@@ -15,6 +15,7 @@ mod charts;
 mod exchange;
 mod machine;
 mod mappings;
+mod plan;
 mod proxy;
 mod report;
 mod scaling;
@@ -232,6 +233,37 @@ fn run() -> Result<()> {
             .unwrap_or(if args.quick { 2.0 } else { 4.0 }),
         cold_rate_bound: 5000.0,
     };
+    let scale = (
+        args.scale_max
+            .unwrap_or(if args.quick { 1_000 } else { 100_000 }),
+        if args.quick { 2.0 } else { 4.0 },
+    );
+    let soak_secs = args
+        .soak_secs
+        .unwrap_or(if args.quick { 60.0 } else { 600.0 });
+    let soak_plan = (soak_secs, if soak_secs >= 300.0 { 30.0 } else { 10.0 });
+    let mo = mappings::Options {
+        steps: args
+            .mapping_steps
+            .clone()
+            .unwrap_or_else(|| mappings::default_steps(args.quick, args.smoke)),
+        secs: if args.smoke { 1.0 } else { xopts.secs },
+        concurrencies: if args.smoke { vec![4] } else { vec![1, 32] },
+        refresh_samples: if args.smoke { 1 } else { 3 },
+    };
+    let plan = plan::Plan {
+        proxy: run_proxy.then_some((popts.rows.len(), popts.reps, popts.secs)),
+        exchange: run_exchange.then_some((xopts.concurrencies.len(), xopts.reps, xopts.secs)),
+        scaling: run_scaling.then_some(scale),
+        soak: run_soak.then_some(soak_plan),
+        mappings: run_mappings.then_some((
+            mo.steps.len(),
+            mo.concurrencies.len(),
+            mo.secs,
+            mo.refresh_samples,
+        )),
+    };
+    eprintln!("[bench] estimated duration: {}", plan.describe());
     let load = |label: &str| (label.to_string(), format!("{:.2}", machine::loadavg1()));
     let mut facts = vec![
         ("cores".to_string(), machine::cores().to_string()),
@@ -278,11 +310,8 @@ fn run() -> Result<()> {
     };
     let mut section_errors: Vec<String> = Vec::new();
     let scaling = if run_scaling {
-        let max = args
-            .scale_max
-            .unwrap_or(if args.quick { 1_000 } else { 10_000 });
+        let (max, secs) = scale;
         eprintln!("[bench] section 3: filter cache scaling up to {max} distinct tokens");
-        let secs = if args.quick { 2.0 } else { 4.0 };
         // A failure here must not lose the sections already measured: it is reported.
         match scaling::run(max, secs, work.path(), &issuer, &wrk, &popts.filter_wasm) {
             Ok(s) => Some(s),
@@ -296,10 +325,7 @@ fn run() -> Result<()> {
         None
     };
     let soak = if run_soak {
-        let secs = args
-            .soak_secs
-            .unwrap_or(if args.quick { 60.0 } else { 600.0 });
-        let slice = if secs >= 300.0 { 30.0 } else { 10.0 };
+        let (secs, slice) = soak_plan;
         eprintln!("[bench] section 4: soak, {secs} s of mixed traffic in slices of {slice} s");
         match soak::run(
             secs,
@@ -320,15 +346,6 @@ fn run() -> Result<()> {
         None
     };
     let mappings = if run_mappings {
-        let mo = mappings::Options {
-            steps: args
-                .mapping_steps
-                .clone()
-                .unwrap_or_else(|| mappings::default_steps(args.quick, args.smoke)),
-            secs: if args.smoke { 1.0 } else { xopts.secs },
-            concurrencies: if args.smoke { vec![4] } else { vec![1, 32] },
-            refresh_samples: if args.smoke { 1 } else { 3 },
-        };
         eprintln!("[bench] section 5: mapping scaling, steps {:?}", mo.steps);
         let unpinned = wrk::Wrk {
             script: &wrk_script,

@@ -332,10 +332,7 @@ fn measure(
     // Fill the subject cache (every form once) before measuring.
     let warm = wrk.run(&url, 4, 1.0, &load)?;
     if warm.errors() > 0 {
-        bail!(
-            "warm-up: {warm:?}\nservice log:\n{}",
-            svc.log_tail(30)
-        );
+        bail!("warm-up: {warm:?}\nservice log:\n{}", svc.log_tail(30));
     }
     let tck = machine::clk_tck();
     let mut cells = Vec::new();
