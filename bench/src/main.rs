@@ -252,7 +252,12 @@ fn run() -> Result<()> {
         refresh_samples: if args.smoke { 1 } else { 3 },
     };
     let plan = plan::Plan {
-        proxy: run_proxy.then_some((popts.rows.len(), popts.reps, popts.secs)),
+        proxy: run_proxy.then_some((
+            popts.rows.len(),
+            popts.reps,
+            popts.secs,
+            popts.rows.contains(&proxy::Row::MeshpassMiss),
+        )),
         exchange: run_exchange.then_some((xopts.concurrencies.len(), xopts.reps, xopts.secs)),
         scaling: run_scaling.then_some(scale),
         soak: run_soak.then_some(soak_plan),

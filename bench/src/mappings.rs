@@ -66,6 +66,8 @@ pub struct Options {
 pub struct Cell {
     /// wrk connections.
     pub concurrency: usize,
+    /// Exchanges completed in the measurement.
+    pub requests: u64,
     /// Exchanges per second.
     pub rps: f64,
     /// Latency percentiles, µs.
@@ -342,6 +344,7 @@ fn measure(
         let c1 = machine::cpu_secs(svc.pid(), tck);
         cells.push(Cell {
             concurrency: c,
+            requests: r.requests,
             rps: r.rps(),
             p50_us: r.p50_us,
             p99_us: r.p99_us,
@@ -386,16 +389,28 @@ pub fn write_section(out: &mut String, o: &Options, steps: &[Step]) -> std::fmt:
     writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
     for s in steps {
         for c in &s.cells {
+            let (rps, p50, p99, cpu) = if c.requests == 0 {
+                let none = "—".to_string();
+                (
+                    format!("**none completed in {} s**", o.secs),
+                    none.clone(),
+                    none.clone(),
+                    none,
+                )
+            } else {
+                (
+                    format!("{:.0}", c.rps),
+                    format!("{:.3}", c.p50_us as f64 / 1e3),
+                    format!("{:.3}", c.p99_us as f64 / 1e3),
+                    format!("{:.0}", c.cpu_us),
+                )
+            };
             writeln!(
                 out,
-                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.0} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                "| {} | {} | {} | {rps} | {p50} | {p99} | {cpu} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.1} |",
                 s.backend.name(),
                 s.mappings,
                 c.concurrency,
-                c.rps,
-                c.p50_us as f64 / 1e3,
-                c.p99_us as f64 / 1e3,
-                c.cpu_us,
                 c.errors,
                 s.insert_secs,
                 s.start_secs,

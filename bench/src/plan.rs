@@ -7,8 +7,9 @@
 
 /// The sections' sizes.
 pub struct Plan {
-    /// Proxy rows, repetitions, seconds per measurement (None: section off).
-    pub proxy: Option<(usize, usize, f64)>,
+    /// Proxy rows, repetitions, seconds per measurement, whether the miss row (and its
+    /// minted tokens) is in (None: section off).
+    pub proxy: Option<(usize, usize, f64, bool)>,
     /// Exchange concurrencies, repetitions, seconds (None: off).
     pub exchange: Option<(usize, usize, f64)>,
     /// Filter scaling: distinct tokens, seconds per hit measurement (None: off).
@@ -33,10 +34,14 @@ impl Plan {
     /// Seconds per section, in run order.
     pub fn estimate(&self) -> Vec<(&'static str, f64)> {
         let mut out = Vec::new();
-        if let Some((rows, reps, secs)) = self.proxy {
+        if let Some((rows, reps, secs, miss)) = self.proxy {
             // Start-up, one warm-up second per row, the miss tokens (1,500/s of each
             // measurement), the measurements.
-            let mint = (reps + 1) as f64 * (1_500.0 * secs + 100.0) / MINT_PER_SEC;
+            let mint = if miss {
+                (reps + 1) as f64 * (1_500.0 * secs + 100.0) / MINT_PER_SEC
+            } else {
+                0.0
+            };
             out.push((
                 "proxy",
                 15.0 + rows as f64 + mint + (rows * reps) as f64 * w(secs),
@@ -99,7 +104,7 @@ mod tests {
     #[test]
     fn a_full_run_is_estimated_at_tens_of_minutes_and_a_smoke_at_seconds() {
         let full = Plan {
-            proxy: Some((9, 5, 8.0)),
+            proxy: Some((9, 5, 8.0, true)),
             exchange: Some((4, 3, 4.0)),
             scaling: Some((100_000, 4.0)),
             soak: Some((600.0, 30.0)),
@@ -108,7 +113,7 @@ mod tests {
         let total: f64 = full.estimate().iter().map(|(_, s)| s).sum();
         assert!((1_500.0..3_600.0).contains(&total), "{total}");
         let smoke = Plan {
-            proxy: Some((3, 1, 1.0)),
+            proxy: Some((3, 1, 1.0, false)),
             exchange: None,
             scaling: None,
             soak: None,
