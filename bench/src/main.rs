@@ -16,6 +16,7 @@ mod exchange;
 mod machine;
 mod mappings;
 mod plan;
+mod profile;
 mod proxy;
 mod report;
 mod scaling;
