@@ -7,12 +7,16 @@
 //!                [--exchange-reps N] [--exchange-secs S] [--only proxy|exchange]
 //!                [--baseline-wasm PATH] [--out FILE] [--charts DIR]
 //!                [--rows ROW,ROW] [--profile ROW,ROW] [--scale-max N]
-//!                [--soak-secs S]   (--only proxy|exchange|scaling|soak|replicas)
+//!                [--soak-secs S] [--mapping-steps N,N]
+//!                (--only proxy|exchange|scaling|soak|mappings|replicas)
 //! ```
 
 mod charts;
 mod exchange;
 mod machine;
+mod mappings;
+mod plan;
+mod profile;
 mod proxy;
 mod replicas;
 mod replicas_report;
@@ -45,6 +49,8 @@ pub struct Run {
     pub scaling: Option<Vec<scaling::Step>>,
     /// Section 4: soak.
     pub soak: Option<Vec<soak::Slice>>,
+    /// Section 5: mapping scaling (its options, its steps).
+    pub mappings: Option<(mappings::Options, Vec<mappings::Step>)>,
     /// Several replicas of the exchange service.
     pub replicas: Option<replicas::Results>,
     /// The hand-written analysis (bench/notes.md), appended verbatim.
@@ -68,6 +74,7 @@ struct Args {
     profile: Vec<String>,
     scale_max: Option<u64>,
     soak_secs: Option<f64>,
+    mapping_steps: Option<Vec<u64>>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -89,6 +96,7 @@ fn parse_args() -> Result<Args> {
         profile: Vec::new(),
         scale_max: None,
         soak_secs: None,
+        mapping_steps: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -109,6 +117,14 @@ fn parse_args() -> Result<Args> {
             "--profile" => a.profile = val()?.split(',').map(String::from).collect(),
             "--scale-max" => a.scale_max = Some(val()?.parse()?),
             "--soak-secs" => a.soak_secs = Some(val()?.parse()?),
+            "--mapping-steps" => {
+                a.mapping_steps = Some(
+                    val()?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?,
+                )
+            }
             "-h" | "--help" => {
                 println!("{}", include_str!("../README.md"));
                 std::process::exit(0);
@@ -152,6 +168,7 @@ fn run() -> Result<()> {
     let run_exchange = !args.smoke && args.only.as_deref().is_none_or(|o| o == "exchange");
     let run_scaling = !args.smoke && args.only.as_deref().is_none_or(|o| o == "scaling");
     let run_soak = !args.smoke && args.only.as_deref().is_none_or(|o| o == "soak");
+    let run_mappings = args.only.as_deref().is_none_or(|o| o == "mappings");
     // The smoke run includes one short replicas=2 row pair (the split load end to end).
     let run_replicas = args.only.as_deref().is_none_or(|o| o == "replicas");
     for (what, p) in [
@@ -182,7 +199,11 @@ fn run() -> Result<()> {
             .collect()
     };
     let rows = if args.smoke {
-        vec![proxy::Row::Router, proxy::Row::NoopWasm]
+        vec![
+            proxy::Row::Router,
+            proxy::Row::NoopWasm,
+            proxy::Row::ExtAuthzGrpc,
+        ]
     } else if let Some(r) = &args.rows {
         let mut r = by_name(r)?;
         // The ratios need both baselines.
@@ -219,6 +240,51 @@ fn run() -> Result<()> {
             .unwrap_or(if args.quick { 2.0 } else { 4.0 }),
         cold_rate_bound: 5000.0,
     };
+    let scale = (
+        args.scale_max
+            .unwrap_or(if args.quick { 1_000 } else { 100_000 }),
+        if args.quick { 2.0 } else { 4.0 },
+    );
+    let soak_secs = args
+        .soak_secs
+        .unwrap_or(if args.quick { 60.0 } else { 600.0 });
+    let soak_plan = (soak_secs, if soak_secs >= 300.0 { 30.0 } else { 10.0 });
+    let mo = mappings::Options {
+        steps: args
+            .mapping_steps
+            .clone()
+            .unwrap_or_else(|| mappings::default_steps(args.quick, args.smoke)),
+        secs: if args.smoke { 1.0 } else { xopts.secs },
+        concurrencies: if args.smoke { vec![4] } else { vec![1, 32] },
+        refresh_samples: if args.smoke { 1 } else { 3 },
+    };
+    let ropts = replicas::Options {
+        replicas: if args.smoke { vec![2] } else { vec![1, 2, 3] },
+        raw: !args.smoke,
+        reps: if args.smoke { 1 } else { xopts.reps },
+        secs: if args.smoke { 1.0 } else { xopts.secs },
+        connections: args.connections,
+        cold_rate_bound: 4000.0,
+    };
+    let plan = plan::Plan {
+        proxy: run_proxy.then_some((
+            popts.rows.len(),
+            popts.reps,
+            popts.secs,
+            popts.rows.contains(&proxy::Row::MeshpassMiss),
+        )),
+        exchange: run_exchange.then_some((xopts.concurrencies.len(), xopts.reps, xopts.secs)),
+        scaling: run_scaling.then_some(scale),
+        soak: run_soak.then_some(soak_plan),
+        mappings: run_mappings.then_some((
+            mo.steps.len(),
+            mo.concurrencies.len(),
+            mo.secs,
+            mo.refresh_samples,
+        )),
+        replicas: run_replicas.then_some((ropts.rows().len(), ropts.reps, ropts.secs)),
+    };
+    eprintln!("[bench] estimated duration: {}", plan.describe());
     let load = |label: &str| (label.to_string(), format!("{:.2}", machine::loadavg1()));
     let mut facts = vec![
         ("cores".to_string(), machine::cores().to_string()),
@@ -265,14 +331,6 @@ fn run() -> Result<()> {
     };
     let mut section_errors: Vec<String> = Vec::new();
     let replicas = if run_replicas {
-        let ropts = replicas::Options {
-            replicas: if args.smoke { vec![2] } else { vec![1, 2, 3] },
-            raw: !args.smoke,
-            reps: if args.smoke { 1 } else { xopts.reps },
-            secs: if args.smoke { 1.0 } else { xopts.secs },
-            connections: args.connections,
-            cold_rate_bound: 4000.0,
-        };
         eprintln!("[bench] several replicas: {:?} replicas", ropts.replicas);
         let unpinned = wrk::Wrk {
             script: &wrk_script,
@@ -293,11 +351,8 @@ fn run() -> Result<()> {
         None
     };
     let scaling = if run_scaling {
-        let max = args
-            .scale_max
-            .unwrap_or(if args.quick { 1_000 } else { 10_000 });
+        let (max, secs) = scale;
         eprintln!("[bench] section 3: filter cache scaling up to {max} distinct tokens");
-        let secs = if args.quick { 2.0 } else { 4.0 };
         // A failure here must not lose the sections already measured: it is reported.
         match scaling::run(max, secs, work.path(), &issuer, &wrk, &popts.filter_wasm) {
             Ok(s) => Some(s),
@@ -311,10 +366,7 @@ fn run() -> Result<()> {
         None
     };
     let soak = if run_soak {
-        let secs = args
-            .soak_secs
-            .unwrap_or(if args.quick { 60.0 } else { 600.0 });
-        let slice = if secs >= 300.0 { 30.0 } else { 10.0 };
+        let (secs, slice) = soak_plan;
         eprintln!("[bench] section 4: soak, {secs} s of mixed traffic in slices of {slice} s");
         match soak::run(
             secs,
@@ -328,6 +380,23 @@ fn run() -> Result<()> {
             Err(e) => {
                 eprintln!("[bench] soak FAILED: {e:#}");
                 section_errors.push(format!("soak: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mappings = if run_mappings {
+        eprintln!("[bench] section 5: mapping scaling, steps {:?}", mo.steps);
+        let unpinned = wrk::Wrk {
+            script: &wrk_script,
+            cpu: None,
+        };
+        match mappings::run(&mo, work.path(), &issuer, &unpinned) {
+            Ok(s) => Some((mo, s)),
+            Err(e) => {
+                eprintln!("[bench] mappings FAILED: {e:#}");
+                section_errors.push(format!("mappings: {e:#}"));
                 None
             }
         }
@@ -402,6 +471,7 @@ fn run() -> Result<()> {
         exchange,
         scaling,
         soak,
+        mappings,
         replicas,
         notes: section_errors
             .iter()
@@ -474,6 +544,20 @@ fn smoke_check(run: &Run) -> Result<()> {
                     s.wrk,
                     s.envoy_cpu_us
                 );
+            }
+        }
+    }
+    if let Some((_, steps)) = &run.mappings {
+        for s in steps {
+            for c in &s.cells {
+                if c.rps <= 0.0 || c.errors > 0 {
+                    bail!(
+                        "smoke: mappings {} × {} measured {:?}",
+                        s.backend.name(),
+                        s.mappings,
+                        c
+                    );
+                }
             }
         }
     }

@@ -32,6 +32,8 @@ pub enum Row {
     NoopWasm,
     /// `ext_authz` over HTTP to the bare authorizer.
     ExtAuthzHttp,
+    /// `ext_authz` over gRPC (`Authorization/Check`, HTTP/2) to the bare authorizer.
+    ExtAuthzGrpc,
     /// meshpass, every request a cache hit (the same token), default header hygiene.
     MeshpassHit,
     /// The same with the baseline build (`--baseline-wasm`).
@@ -41,12 +43,13 @@ pub enum Row {
 }
 
 /// Every row, in the order each repetition runs them.
-pub const ALL_ROWS: [Row; 8] = [
+pub const ALL_ROWS: [Row; 9] = [
     Row::Router,
     Row::NoopWasm,
     Row::JwtAuthn,
     Row::JwtAuthnCache,
     Row::ExtAuthzHttp,
+    Row::ExtAuthzGrpc,
     Row::MeshpassHit,
     Row::MeshpassHitBaseline,
     Row::MeshpassMiss,
@@ -61,6 +64,7 @@ impl Row {
             Row::JwtAuthnCache => "jwt_authn_cache",
             Row::NoopWasm => "noop_wasm",
             Row::ExtAuthzHttp => "ext_authz_http",
+            Row::ExtAuthzGrpc => "ext_authz_grpc",
             Row::MeshpassHit => "meshpass_hit",
             Row::MeshpassHitBaseline => "meshpass_hit_baseline",
             Row::MeshpassMiss => "meshpass_miss",
@@ -75,6 +79,7 @@ impl Row {
             Row::JwtAuthnCache => "native `jwt_authn` with `jwt_cache_config`",
             Row::NoopWasm => "empty proxy-wasm filter (`bench/noop-filter`)",
             Row::ExtAuthzHttp => "`ext_authz` HTTP → bare authorizer adding the header",
+            Row::ExtAuthzGrpc => "`ext_authz` gRPC → bare authorizer adding the header",
             Row::MeshpassHit => "meshpass cache hit (header hygiene on)",
             Row::MeshpassHitBaseline => "meshpass cache hit, baseline build (pre-split)",
             Row::MeshpassMiss => "meshpass miss (never-seen token, real exchange + OpenBao)",
@@ -210,8 +215,42 @@ pub fn meshpass_config(jwks: &str) -> Value {
     })
 }
 
+fn ext_authz_http(authz_port: u16) -> Value {
+    json!({"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "http_service": {
+            "server_uri": {"uri": format!("http://127.0.0.1:{authz_port}"), "cluster": "authz", "timeout": "1s"},
+            "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "authorization"}]}}}}})
+}
+
+fn ext_authz_grpc() -> Value {
+    json!({"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "transport_api_version": "V3",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "authz_grpc"}, "timeout": "1s"}}})
+}
+
+/// Ports of the bare servers an Envoy bootstrap points at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Upstreams {
+    /// The exchange service (0: none).
+    pub exchange: u16,
+    /// The HTTP authorizer.
+    pub authz: u16,
+    /// The gRPC authorizer.
+    pub authz_grpc: u16,
+    /// The upstream that echoes the `authorization` it received (0: none).
+    pub echo: u16,
+}
+
+/// The listener that sends what an `ext_authz` row lets through to the echoing upstream
+/// (not measured: it proves the authorizer's header reaches the upstream).
+pub fn upstream_check_name(row: Row) -> String {
+    format!("{}_upstream", row.name())
+}
+
 /// The Envoy bootstrap (JSON, which is YAML) with one listener per row.
-pub fn envoy_config(o: &Options, jwks: &str, exchange_port: u16, authz_port: u16) -> Value {
+pub fn envoy_config(o: &Options, jwks: &str, up: Upstreams) -> Value {
     let mesh = meshpass_config(jwks);
     let mut listeners = Vec::new();
     for row in &o.rows {
@@ -220,13 +259,8 @@ pub fn envoy_config(o: &Options, jwks: &str, exchange_port: u16, authz_port: u16
             Row::JwtAuthn => vec![jwt_filter(jwks, false)],
             Row::JwtAuthnCache => vec![jwt_filter(jwks, true)],
             Row::NoopWasm => vec![wasm_filter("noop", &o.noop_wasm, None)],
-            Row::ExtAuthzHttp => vec![
-                json!({"name": "envoy.filters.http.ext_authz", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                "http_service": {
-                    "server_uri": {"uri": format!("http://127.0.0.1:{authz_port}"), "cluster": "authz", "timeout": "1s"},
-                    "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "authorization"}]}}}}}),
-            ],
+            Row::ExtAuthzHttp => vec![ext_authz_http(up.authz)],
+            Row::ExtAuthzGrpc => vec![ext_authz_grpc()],
             // Separate VMs (and so separate shared data) for the hit and the miss rows.
             Row::MeshpassHit => vec![wasm_filter("meshpass_hit", &o.filter_wasm, Some(&mesh))],
             Row::MeshpassHitBaseline => match &o.baseline_wasm {
@@ -235,11 +269,28 @@ pub fn envoy_config(o: &Options, jwks: &str, exchange_port: u16, authz_port: u16
             },
             Row::MeshpassMiss => vec![wasm_filter("meshpass_miss", &o.filter_wasm, Some(&mesh))],
         };
+        if matches!(row, Row::ExtAuthzHttp | Row::ExtAuthzGrpc) && up.echo != 0 {
+            let mut check = listener(&upstream_check_name(*row), filters.clone());
+            let route = &mut check["filter_chains"][0]["filters"][0]["typed_config"]
+                ["route_config"]["virtual_hosts"][0]["routes"][0];
+            route["route"] = json!({"cluster": "echo"});
+            if let Some(r) = route.as_object_mut() {
+                r.remove("direct_response");
+            }
+            listeners.push(check);
+        }
         listeners.push(listener(row.name(), filters));
     }
-    let mut clusters = vec![cluster("authz", authz_port)];
-    if exchange_port != 0 {
-        clusters.push(cluster("exchange", exchange_port));
+    let mut grpc = cluster("authz_grpc", up.authz_grpc);
+    grpc["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}});
+    let mut clusters = vec![cluster("authz", up.authz), grpc];
+    for (name, port) in [("exchange", up.exchange), ("echo", up.echo)] {
+        if port != 0 {
+            clusters.push(cluster(name, port));
+        }
     }
     json!({"static_resources": {"listeners": listeners, "clusters": clusters}})
 }
@@ -274,8 +325,13 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
     if let Some(s) = &service {
         machine::pin(s.pid(), LOAD_CPU)?;
     }
-    let exchange_port = service.as_ref().map(|s| s.port()).unwrap_or(0);
-    let cfg = envoy_config(o, &jwks, exchange_port, servers.authz_port);
+    let up = Upstreams {
+        exchange: service.as_ref().map(|s| s.port()).unwrap_or(0),
+        authz: servers.authz_port,
+        authz_grpc: servers.authz_grpc_port,
+        echo: servers.echo_port,
+    };
+    let cfg = envoy_config(o, &jwks, up);
     let envoy = Envoy::start_with(
         &cfg.to_string(),
         &EnvoyOptions {
@@ -326,6 +382,7 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         "taskset -a -p -c {ENVOY_CPU} <envoy pid>; {} -c envoy.json --concurrency 1 --log-level error (meshpass-testkit launcher)",
         meshpass_testkit::envoy_bin().display()
     )];
+    check_authorizer_header_reaches_upstream(&envoy, &rows)?;
     // Warm-up: every row once (meshpass: the one miss that fills the cache; V8's JIT).
     for &row in &rows {
         let r = wrk.run(&url(row)?, o.connections, 1.0, &load_for(row, 0))?;
@@ -385,7 +442,7 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         } else {
             fixed.clone()
         };
-        profile(row, envoy.pid(), o, dir, || {
+        crate::profile::profile(row, envoy.pid(), o, dir, || {
             let c0 = machine::cpu_secs(envoy.pid(), tck);
             let r = wrk.run(&url(row)?, o.connections, o.secs, &load)?;
             let c1 = machine::cpu_secs(envoy.pid(), tck);
@@ -453,7 +510,16 @@ impl MeshpassStack {
             profile: vec![],
             profile_dir: dir.to_path_buf(),
         };
-        let cfg = envoy_config(&o, &jwks, service.port(), 1);
+        let cfg = envoy_config(
+            &o,
+            &jwks,
+            Upstreams {
+                exchange: service.port(),
+                authz: 1,
+                authz_grpc: 1,
+                echo: 0,
+            },
+        );
         let envoy = Envoy::start_with(
             &cfg.to_string(),
             &EnvoyOptions {
@@ -477,78 +543,32 @@ impl MeshpassStack {
     }
 }
 
-/// `perf record -g` of Envoy while `load` runs; the report by DSO and by symbol.
-fn profile(
-    row: Row,
-    pid: u32,
-    o: &Options,
-    dir: &Path,
-    load: impl FnOnce() -> Result<f64>,
-) -> Result<()> {
-    use std::process::{Command, Stdio};
-    let data = dir.join(format!("perf-{}.data", row.name()));
-    let mut rec = Command::new("timeout")
-        .arg(format!("{}", o.secs as u64 + 60))
-        .args(["perf", "record", "-F", "999", "-g", "-o"])
-        .arg(&data)
-        .args(["-p", &pid.to_string(), "--", "sleep"])
-        .arg(format!("{}", o.secs.ceil() as u64))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let cpu_us = load()?;
-    rec.wait()?;
-    let report = |sort: &str| -> Result<String> {
-        let out = Command::new("perf")
-            .args([
-                "report",
-                "--stdio",
-                "--no-children",
-                "--percent-limit",
-                "0.7",
-                "-g",
-                "none",
-                "--sort",
-                sort,
-                "-i",
-            ])
-            .arg(&data)
-            .output()?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-            .collect::<Vec<_>>()
-            .join("\n"))
-    };
-    std::fs::create_dir_all(&o.profile_dir)?;
-    let by_dso = report("dso")?;
-    let split: Vec<String> = by_dso
-        .lines()
-        .filter_map(|l| {
-            let (pct, dso) = l.trim().split_once('%')?;
-            let pct: f64 = pct.trim().parse().ok()?;
-            Some(format!(
-                "{:>8.2} µs/req  {}",
-                pct / 100.0 * cpu_us,
-                dso.trim()
-            ))
-        })
-        .collect();
-    let text = format!(
-        "perf record -F 999 -g -p <envoy> during {} s of `{}` ({} connections). Envoy is a stripped\n\
-         binary (its own code shows as addresses); V8's JIT'd wasm code shows as [JIT].\n\
-         Envoy CPU during the profile: {:.2} µs per request.\n\n\
-         By DSO (share of samples, and that share of the CPU per request):\n{}\n\n{}\n\n\
-         By DSO and symbol:\n{}\n",
-        o.secs,
-        row.name(),
-        o.connections,
-        cpu_us,
-        by_dso,
-        split.join("\n"),
-        report("dso,sym")?
-    );
-    std::fs::write(o.profile_dir.join(format!("{}.txt", row.name())), text)?;
+/// Every `ext_authz` row's twin listener routes to the echoing upstream: the header its
+/// authorizer added must arrive there (else the row would measure an authorizer Envoy
+/// ignores or refuses).
+fn check_authorizer_header_reaches_upstream(envoy: &Envoy, rows: &[Row]) -> Result<()> {
+    for &row in rows
+        .iter()
+        .filter(|r| matches!(r, Row::ExtAuthzHttp | Row::ExtAuthzGrpc))
+    {
+        let name = upstream_check_name(row);
+        let port = envoy
+            .listener_port(&name)
+            .ok_or_else(|| anyhow!("no listener {name}"))?;
+        let (status, body) =
+            meshpass_testkit::raw_request(&format!("127.0.0.1:{port}"), "GET", "/")?;
+        if status != 200 || body.trim() != "Bearer participant" {
+            return Err(anyhow!(
+                "{}: the upstream got status {status} and authorization {body:?}, not the authorizer's \"Bearer participant\"\nEnvoy log:\n{}",
+                row.name(),
+                envoy.log_tail(40)
+            ));
+        }
+        eprintln!(
+            "[bench] {}: the upstream received the authorizer's header",
+            row.name()
+        );
+    }
     Ok(())
 }
 
@@ -575,7 +595,16 @@ mod tests {
             profile: vec![],
             profile_dir: "/tmp".into(),
         };
-        let cfg = envoy_config(&o, "{}", 1, 2);
+        let cfg = envoy_config(
+            &o,
+            "{}",
+            Upstreams {
+                exchange: 1,
+                authz: 2,
+                authz_grpc: 3,
+                echo: 4,
+            },
+        );
         let names: Vec<&str> = cfg["static_resources"]["listeners"]
             .as_array()
             .unwrap()
@@ -585,5 +614,56 @@ mod tests {
         assert_eq!(names, ["router", "noop_wasm", "meshpass_hit"]);
         let text = cfg.to_string();
         assert!(text.contains("/n.wasm") && text.contains("/f.wasm"));
+    }
+
+    #[test]
+    fn each_ext_authz_row_gets_a_twin_listener_routed_to_the_echo_upstream_and_grpc_speaks_http2() {
+        let o = Options {
+            rows: vec![Row::Router, Row::ExtAuthzHttp, Row::ExtAuthzGrpc],
+            reps: 1,
+            secs: 1.0,
+            connections: 1,
+            filter_wasm: "/f.wasm".into(),
+            noop_wasm: "/n.wasm".into(),
+            baseline_wasm: None,
+            miss_rate_bound: 1.0,
+            profile: vec![],
+            profile_dir: "/tmp".into(),
+        };
+        let up = Upstreams {
+            exchange: 0,
+            authz: 2,
+            authz_grpc: 3,
+            echo: 4,
+        };
+        let cfg = envoy_config(&o, "{}", up);
+        let listeners = cfg["static_resources"]["listeners"].as_array().unwrap();
+        let names: Vec<&str> = listeners
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "router",
+                "ext_authz_http_upstream",
+                "ext_authz_http",
+                "ext_authz_grpc_upstream",
+                "ext_authz_grpc"
+            ]
+        );
+        let route = |i: usize| {
+            listeners[i]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+                ["virtual_hosts"][0]["routes"][0]
+                .clone()
+        };
+        assert_eq!(route(3)["route"]["cluster"], "echo");
+        assert!(route(3).get("direct_response").is_none());
+        assert!(route(4).get("direct_response").is_some());
+        let clusters = cfg["static_resources"]["clusters"].as_array().unwrap();
+        let grpc = clusters.iter().find(|c| c["name"] == "authz_grpc").unwrap();
+        assert!(grpc.to_string().contains("http2_protocol_options"));
+        assert!(clusters.iter().any(|c| c["name"] == "echo"));
+        assert!(!clusters.iter().any(|c| c["name"] == "exchange"));
     }
 }

@@ -94,6 +94,10 @@ pub struct Servers {
     pub bare_port: u16,
     /// The ext_authz HTTP authorizer.
     pub authz_port: u16,
+    /// The ext_authz gRPC authorizer (HTTP/2).
+    pub authz_grpc_port: u16,
+    /// The upstream echoing the `authorization` header it received.
+    pub echo_port: u16,
 }
 
 /// The servers binary: `MESHPASS_BENCH_SERVERS_BIN` (`make bench` points it at the
@@ -117,19 +121,26 @@ pub fn start_servers() -> Result<Servers> {
         "{} not found (cargo build -p meshpass-bench-servers builds it)",
         bin.display()
     );
-    let (bare_port, authz_port) = (free_port(), free_port());
+    let ports = [free_port(), free_port(), free_port(), free_port()];
     let mut cmd = Command::new(&bin);
-    cmd.args(["--bare", &format!("127.0.0.1:{bare_port}")])
-        .args(["--authz", &format!("127.0.0.1:{authz_port}")]);
+    for (flag, port) in ["--bare", "--authz", "--authz-grpc", "--echo"]
+        .into_iter()
+        .zip(ports)
+    {
+        cmd.args([flag, &format!("127.0.0.1:{port}")]);
+    }
     let mut child = ChildGuard::spawn("meshpass-bench-servers", cmd);
     let pid = child.pid();
     child.wait_ready("listening", Duration::from_secs(30), || {
-        meshpass_testkit::pid_listens_on(pid, bare_port)
-            && meshpass_testkit::pid_listens_on(pid, authz_port)
+        ports
+            .iter()
+            .all(|p| meshpass_testkit::pid_listens_on(pid, *p))
     });
     Ok(Servers {
         child,
-        bare_port,
-        authz_port,
+        bare_port: ports[0],
+        authz_port: ports[1],
+        authz_grpc_port: ports[2],
+        echo_port: ports[3],
     })
 }

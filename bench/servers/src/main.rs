@@ -5,10 +5,16 @@
 //!   exchange service's warm path cannot beat it: the same runtime, framework and
 //!   answer, without any exchange logic);
 //! - `--authz ADDR`: the `ext_authz` HTTP authorizer that does nothing but allow and add
-//!   `authorization: Bearer participant` (any method, any path).
+//!   `authorization: Bearer participant` (any method, any path);
+//! - `--authz-grpc ADDR`: the same over gRPC (`envoy.service.auth.v3.Authorization/Check`,
+//!   HTTP/2), `grpc_authz.rs`;
+//! - `--echo ADDR`: an upstream answering the `authorization` header it received as its
+//!   body (the benchmark checks through it that the authorizers' header reaches upstream).
 //!
 //! Both run on one multi-threaded tokio runtime like the exchange service's, until the
 //! process is stopped (meshpass-bench runs it under testkit's `ChildGuard`).
+
+mod grpc_authz;
 
 use std::net::SocketAddr;
 
@@ -41,23 +47,39 @@ async fn serve(addr: SocketAddr, app: Router) -> Result<()> {
     Ok(())
 }
 
-fn parse_args() -> Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+/// The addresses to serve on (each optional).
+#[derive(Default)]
+struct Addrs {
+    bare: Option<SocketAddr>,
+    authz: Option<SocketAddr>,
+    authz_grpc: Option<SocketAddr>,
+    echo: Option<SocketAddr>,
+}
+
+fn parse_args() -> Result<Addrs> {
     let mut args = std::env::args().skip(1);
-    let (mut bare, mut authz) = (None, None);
+    let mut out = Addrs::default();
     while let Some(a) = args.next() {
         let value = args.next().ok_or_else(|| anyhow!("{a} needs an address"))?;
         let addr: SocketAddr = value.parse().with_context(|| format!("{a} {value}"))?;
         match a.as_str() {
-            "--bare" => bare = Some(addr),
-            "--authz" => authz = Some(addr),
+            "--bare" => out.bare = Some(addr),
+            "--authz" => out.authz = Some(addr),
+            "--authz-grpc" => out.authz_grpc = Some(addr),
+            "--echo" => out.echo = Some(addr),
             other => return Err(anyhow!("unknown argument {other}")),
         }
     }
-    Ok((bare, authz))
+    Ok(out)
 }
 
 fn main() -> Result<()> {
-    let (bare, authz) = parse_args()?;
+    let Addrs {
+        bare,
+        authz,
+        authz_grpc,
+        echo,
+    } = parse_args()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -81,6 +103,19 @@ fn main() -> Result<()> {
         if let Some(addr) = authz {
             let app = Router::new().fallback(|| async {
                 [(header::AUTHORIZATION, "Bearer participant")].into_response()
+            });
+            serve(addr, app).await?;
+        }
+        if let Some(addr) = authz_grpc {
+            grpc_authz::serve(addr).await?;
+        }
+        if let Some(addr) = echo {
+            let app = Router::new().fallback(|headers: header::HeaderMap| async move {
+                headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
             });
             serve(addr, app).await?;
         }
