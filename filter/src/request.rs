@@ -123,16 +123,16 @@ impl Worker {
         let e = self
             .memo
             .get(token, &target.digest, actor, self.coarse_now_ms)?;
-        if self.config.mode != Mode::NoneInsecure && identity != Some(e.subject.as_str()) {
+        if self.config.mode != Mode::NoneInsecure && identity != Some(e.subject()) {
             let known = identity.is_some();
             return Some(self.deny_binding(host, known));
         }
-        host.set_header("authorization", &e.authorization);
+        host.set_header("authorization", e.authorization());
         if !self.config.bearer {
             host.remove_header(&self.config.token_header);
         }
         if self.config.set_subject_header {
-            host.set_header(SUBJECT_HEADER, &e.subject);
+            host.set_header(SUBJECT_HEADER, e.subject());
         }
         self.bump(Counter::CacheHit);
         self.bump(Counter::Allowed);
@@ -167,10 +167,9 @@ impl Worker {
                 }
                 self.bump(Counter::CacheHit);
                 if now < e.refresh_ms {
-                    let digest = &target.digest;
-                    let a = actor.clone();
+                    let (digest, a) = (&target.digest, actor.as_deref());
                     self.memo
-                        .insert(token, digest, a, e.refresh_ms, e.subject, e.token);
+                        .insert(token, digest, a, e.refresh_ms, now, e.subject, e.token);
                 } else if !self.refreshing.contains_key(&key) {
                     self.refreshing.insert(key.clone(), ());
                     self.refreshes.push(PendingRefresh {
