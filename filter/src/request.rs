@@ -13,7 +13,7 @@ use crate::headers::{Headers, SUBJECT_HEADER};
 use crate::jwks::{FIRST_KEYS_WAIT_MS, PARK_MS};
 use crate::path::normalise;
 use crate::respond::send_error;
-use crate::worker::{InFlight, Parked, PendingExchange, PendingRefresh, Waiter, Worker};
+use crate::worker::{Bound, InFlight, Parked, PendingExchange, PendingRefresh, Waiter, Worker};
 
 impl Worker {
     /// `on_http_request_headers` of stream `ctx`.
@@ -61,10 +61,12 @@ impl Worker {
             Ok(a) => a,
             Err(v) => return v,
         };
-        let identity = self.identity(host);
-        if let Some(v) = self.memo_hit(host, token, target, actor.as_deref(), identity.as_deref()) {
+        let identity = self.bound_identity(host);
+        let bound = identity.as_ref().map(Bound::as_str);
+        if let Some(v) = self.memo_hit(host, token, target, actor.as_deref(), bound) {
             return v;
         }
+        let identity = identity.map(Bound::into_rc);
         self.lookup(host, ctx, token, target, actor, identity)
     }
 

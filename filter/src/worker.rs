@@ -236,20 +236,51 @@ impl Worker {
 
     /// The identity the subject must equal, as a string.
     pub(crate) fn identity(&mut self, host: &mut dyn Host) -> Option<Rc<str>> {
+        self.bound_identity(host).map(Bound::into_rc)
+    }
+
+    /// The identity the subject must equal, without copying it (a warm hit only
+    /// compares it): the peer's as read (SERVER), ours shared (CLIENT).
+    pub(crate) fn bound_identity(&mut self, host: &mut dyn Host) -> Option<Bound> {
         match self.config.mode {
             Mode::Server => host
                 .property(&PEER_SAN)
                 .and_then(|b| String::from_utf8(b).ok())
                 .filter(|s| !s.is_empty())
-                .map(Rc::from),
+                .map(Bound::Peer),
             Mode::Client => {
                 if self.own_identity.is_none() {
                     self.own_identity =
                         discover_own_identity(host, &self.config).map(|s| Rc::from(s.as_str()));
                 }
-                self.own_identity.clone()
+                self.own_identity.clone().map(Bound::Own)
             }
             Mode::NoneInsecure => None,
+        }
+    }
+}
+
+/// The identity a request is bound to.
+pub(crate) enum Bound {
+    /// The mTLS peer's URI SAN, read for this request.
+    Peer(String),
+    /// The proxy's own identity.
+    Own(Rc<str>),
+}
+
+impl Bound {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Bound::Peer(s) => s,
+            Bound::Own(s) => s,
+        }
+    }
+
+    /// Shareable (waiters keep it past the request's own call).
+    pub(crate) fn into_rc(self) -> Rc<str> {
+        match self {
+            Bound::Peer(s) => Rc::from(s),
+            Bound::Own(s) => s,
         }
     }
 }
