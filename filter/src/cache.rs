@@ -4,8 +4,10 @@
 //! number of slots (`cache.slots`): `meshpass/c/<slot>` and `meshpass/f/<slot>`, slot =
 //! the key's first 64 bits mod N, each record holding the full hex digest it belongs
 //! to. Memory stays flat under token churn; a slot keeps the entry that lives longer.
-//! Entry value: `v2|hex|expires_ms|refresh_ms|subject_exp_secs|subject|participant
-//! token` (no JSON on the hit path).
+//! Entry value: `v3|id|expires_ms|refresh_ms|subject_exp_secs|subject|participant
+//! token` (no JSON on the hit path), `id` the first 128 bits of the key's digest in hex
+//! (enough to tell keys apart: a forged match is a 128-bit second preimage of sha256;
+//! the full 256 bits cost 32 more bytes per cached token).
 
 use sha2::{Digest, Sha256};
 
@@ -28,9 +30,14 @@ pub fn key(target_digest: &[u8; 32], token: &str, actor: Option<&str>) -> String
     k
 }
 
-/// The hex digest of a cache key (what slot records are checked against).
+/// Hex digits of a key's digest that records carry (128 bits).
+pub const ID_HEX: usize = 32;
+
+/// The record id of a cache key (what slot records are checked against): the first
+/// [`ID_HEX`] hex digits of its digest.
 pub fn id(key: &str) -> &str {
-    key.strip_prefix("meshpass/c/").unwrap_or(key)
+    let h = key.strip_prefix("meshpass/c/").unwrap_or(key);
+    h.get(..ID_HEX).unwrap_or(h)
 }
 
 /// The slot of a cache key among `slots`.
@@ -42,7 +49,12 @@ pub fn slot(key: &str, slots: u32) -> u64 {
 
 /// Shared-data key of the slot holding the entry of `key`.
 pub fn entry_key(key: &str, slots: u32) -> String {
-    format!("meshpass/c/{}", slot(key, slots))
+    slot_key(slot(key, slots))
+}
+
+/// Shared-data key of entry slot number `n`.
+pub fn slot_key(n: u64) -> String {
+    format!("meshpass/c/{n}")
 }
 
 /// A decoded entry, borrowing the shared-data bytes.
@@ -72,7 +84,7 @@ impl<'a> Entry<'a> {
     pub fn decode(bytes: &'a [u8]) -> Option<Entry<'a>> {
         let s = std::str::from_utf8(bytes).ok()?;
         let mut it = s.splitn(7, '|');
-        if it.next()? != "v2" {
+        if it.next()? != "v3" {
             return None;
         }
         let id = it.next()?;
@@ -97,7 +109,7 @@ impl<'a> Entry<'a> {
     /// Encodes an entry.
     pub fn encode(&self) -> Vec<u8> {
         format!(
-            "v2|{}|{}|{}|{}|{}|{}",
+            "v3|{}|{}|{}|{}|{}|{}",
             self.id, self.expires_ms, self.refresh_ms, self.subject_exp, self.subject, self.token
         )
         .into_bytes()
@@ -262,9 +274,10 @@ mod tests {
         for bad in [
             "",
             "v1|1|1|1|s|t",
-            "v2|h|x|1|1|s|t",
-            "v2|h|1|1|1|s|",
-            "v2|h|1|1|1",
+            "v2|h|1|1|1|s|t",
+            "v3|h|x|1|1|s|t",
+            "v3|h|1|1|1|s|",
+            "v3|h|1|1|1",
         ] {
             assert_eq!(Entry::decode(bad.as_bytes()), None, "{bad}");
         }

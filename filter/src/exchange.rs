@@ -180,7 +180,8 @@ impl Worker {
             subject,
             token,
         };
-        let slot = cache::entry_key(key, self.config.cache_slots);
+        let n = cache::slot(key, self.config.cache_slots);
+        let slot = cache::slot_key(n);
         // A slot keeps the entry that lives longer (eviction by expiry).
         if let Some((old, _)) = host.shared_get(&slot) {
             if let Some(o) = Entry::decode(&old) {
@@ -190,7 +191,8 @@ impl Worker {
             }
         }
         if host.shared_set(&slot, Some(&e.encode()), None).is_ok() {
-            self.written.push((expires_ms, key.to_string()));
+            // One record per slot, however many keys passed through it.
+            self.written.insert(n, expires_ms);
         }
     }
 

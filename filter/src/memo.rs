@@ -1,62 +1,81 @@
-//! Per-worker memo in front of shared data (the warm hit path): no sha256, no
-//! shared-data copy, no host clock read.
+//! Per-worker memo in front of shared data (the warm hit path): a small, fixed-size hot
+//! set, looked up by an exact compare of the token bytes. A warm hit does no sha256,
+//! no shared-data copy, no host clock read and no allocation.
+//!
+//! Set-associative: a token's set is picked from its length and last bytes (the JWS
+//! signature, random for a real token); a hit is confirmed by comparing the whole
+//! token, so a crafted collision only evicts (it can never serve another entry). An
+//! insert into a full set evicts the way that ends first. Memory is bounded by
+//! `MEMO_SETS * MEMO_WAYS` entries, each one allocation (token, `Bearer <participant>`
+//! and subject in one buffer): the participant token lives in shared data too, so the
+//! memo is kept small and the per-token cost is mostly the shared record.
 
-use std::collections::HashMap;
+/// Sets of the memo.
+pub(crate) const MEMO_SETS: usize = 128;
+/// Entries per set.
+pub(crate) const MEMO_WAYS: usize = 4;
 
-/// Per-worker memo in front of shared data, looked up by an exact compare of the
-/// token bytes (so no sha256 and no shared-data copy on a warm hit). Valid only until
-/// the entry's refresh time; after that the shared entry (maybe refreshed by another
-/// worker) is consulted again.
+/// One memoised answer, valid until its refresh time (after that the shared entry,
+/// maybe refreshed by another worker, is consulted again).
 pub(crate) struct L1Entry {
+    /// token ‖ `Bearer <participant token>` ‖ subject, one allocation.
+    buf: Box<str>,
+    token_len: usize,
+    auth_len: usize,
     pub(crate) digest: [u8; 32],
-    pub(crate) actor: Option<String>,
+    pub(crate) actor: Option<Box<str>>,
     pub(crate) valid_until_ms: u64,
-    pub(crate) subject: String,
-    pub(crate) authorization: String,
 }
 
-/// Maximum tokens memoised per worker; the memo is cleared when full.
-const L1_MAX: usize = 4096;
+impl L1Entry {
+    fn token(&self) -> &str {
+        self.buf.get(..self.token_len).unwrap_or("")
+    }
 
-/// FxHash-style hasher: the memo key is attacker-supplied but every hit is confirmed by
-/// an exact compare, and the map is size-capped, so a fast non-keyed hash is fine.
-#[derive(Default, Clone, Copy)]
-struct FxBuild;
+    /// The `authorization` value to set (`Bearer <participant token>`).
+    pub(crate) fn authorization(&self) -> &str {
+        self.buf
+            .get(self.token_len..self.token_len + self.auth_len)
+            .unwrap_or("")
+    }
 
-impl std::hash::BuildHasher for FxBuild {
-    type Hasher = Fx;
-    fn build_hasher(&self) -> Fx {
-        Fx(0)
+    /// The verified subject the participant token was issued to.
+    pub(crate) fn subject(&self) -> &str {
+        self.buf.get(self.token_len + self.auth_len..).unwrap_or("")
+    }
+
+    fn is(&self, token: &str, digest: &[u8; 32], actor: Option<&str>) -> bool {
+        self.token_len == token.len()
+            && self.digest == *digest
+            && self.actor.as_deref() == actor
+            && self.token() == token
     }
 }
 
-struct Fx(u64);
-
-impl std::hash::Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
-        }
-    }
-}
-
-/// The memo: token bytes → entries per (target digest, actor token).
+/// The memo: `MEMO_SETS` sets of `MEMO_WAYS` entries (allocated on first insert).
 #[derive(Default)]
 pub(crate) struct Memo {
-    map: HashMap<String, Vec<L1Entry>, FxBuild>,
+    ways: Vec<Option<L1Entry>>,
+}
+
+/// The set of `token`: its length and last 16 bytes, FxHash-style (no keyed hash
+/// needed: every hit is confirmed by an exact compare).
+fn set_of(token: &str) -> usize {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let b = token.as_bytes();
+    let mut h = b.len() as u64;
+    for &c in &b[b.len().saturating_sub(16)..] {
+        h = (h.rotate_left(5) ^ u64::from(c)).wrapping_mul(K);
+    }
+    ((h >> 32) as usize) % MEMO_SETS
 }
 
 impl Memo {
+    fn set(&self, token: &str) -> &[Option<L1Entry>] {
+        let s = set_of(token) * MEMO_WAYS;
+        self.ways.get(s..s + MEMO_WAYS).unwrap_or(&[])
+    }
+
     /// The live entry for this token, target and actor, if any.
     pub(crate) fn get(
         &self,
@@ -65,36 +84,59 @@ impl Memo {
         actor: Option<&str>,
         now_ms: u64,
     ) -> Option<&L1Entry> {
-        self.map
-            .get(token)?
+        self.set(token)
             .iter()
-            .find(|e| e.digest == *digest && e.actor.as_deref() == actor)
+            .flatten()
+            .find(|e| e.is(token, digest, actor))
             .filter(|e| e.valid_until_ms > now_ms)
     }
 
-    /// Remembers `participant` for this token until `until` (cleared when full).
+    /// Remembers `participant` for this token until `until`, in place of the same
+    /// token's entry, else a free or ended way, else the way that ends first.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert(
         &mut self,
         token: &str,
         digest: &[u8; 32],
-        actor: Option<String>,
+        actor: Option<&str>,
         until: u64,
+        now: u64,
         subject: &str,
         participant: &str,
     ) {
-        if self.map.len() >= L1_MAX {
-            self.map.clear();
+        if self.ways.is_empty() {
+            self.ways.resize_with(MEMO_SETS * MEMO_WAYS, || None);
         }
-        let e = L1Entry {
-            digest: *digest,
-            actor,
-            valid_until_ms: until,
-            subject: subject.to_string(),
-            authorization: format!("Bearer {participant}"),
+        let s = set_of(token) * MEMO_WAYS;
+        let Some(set) = self.ways.get_mut(s..s + MEMO_WAYS) else {
+            return;
         };
-        let v = self.map.entry(token.to_string()).or_default();
-        v.retain(|x| x.digest != e.digest || x.actor != e.actor);
-        v.push(e);
+        let pick = set
+            .iter()
+            .position(|w| w.as_ref().is_some_and(|e| e.is(token, digest, actor)))
+            .or_else(|| {
+                set.iter()
+                    .position(|w| w.as_ref().is_none_or(|e| e.valid_until_ms <= now))
+            })
+            .or_else(|| {
+                (0..set.len()).min_by_key(|&i| set[i].as_ref().map_or(0, |e| e.valid_until_ms))
+            });
+        let Some(i) = pick else {
+            return;
+        };
+        let mut buf = String::with_capacity(token.len() + 7 + participant.len() + subject.len());
+        buf.push_str(token);
+        buf.push_str("Bearer ");
+        buf.push_str(participant);
+        buf.push_str(subject);
+        set[i] = Some(L1Entry {
+            buf: buf.into_boxed_str(),
+            token_len: token.len(),
+            auth_len: 7 + participant.len(),
+            digest: *digest,
+            actor: actor.map(Box::from),
+            valid_until_ms: until,
+        });
     }
 
     /// Drops the entries `revoked(subject, participant token)` picks; returns each
@@ -105,26 +147,93 @@ impl Memo {
         mut revoked: impl FnMut(&str, &str) -> bool,
     ) -> Vec<(String, [u8; 32], Option<String>)> {
         let mut gone = Vec::new();
-        self.map.retain(|token, v| {
-            v.retain(|e| {
-                let participant = e.authorization.strip_prefix("Bearer ").unwrap_or("");
-                if revoked(&e.subject, participant) {
-                    gone.push((token.clone(), e.digest, e.actor.clone()));
-                    false
-                } else {
-                    true
-                }
-            });
-            !v.is_empty()
-        });
+        for w in &mut self.ways {
+            let Some(e) = w else { continue };
+            let participant = e.authorization().strip_prefix("Bearer ").unwrap_or("");
+            if revoked(e.subject(), participant) {
+                gone.push((
+                    e.token().to_string(),
+                    e.digest,
+                    e.actor.as_deref().map(str::to_string),
+                ));
+                *w = None;
+            }
+        }
         gone
     }
 
-    /// Drops entries past their time.
+    /// Drops entries past their time (frees their memory).
     pub(crate) fn sweep(&mut self, now: u64) {
-        self.map.retain(|_, v| {
-            v.retain(|e| e.valid_until_ms > now);
-            !v.is_empty()
-        });
+        for w in &mut self.ways {
+            if w.as_ref().is_some_and(|e| e.valid_until_ms <= now) {
+                *w = None;
+            }
+        }
+    }
+
+    /// Entries held.
+    pub(crate) fn len(&self) -> usize {
+        self.ways.iter().flatten().count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: [u8; 32] = [1; 32];
+
+    #[test]
+    fn a_memoised_token_is_found_only_by_its_exact_bytes_target_and_actor() {
+        let mut m = Memo::default();
+        m.insert("a.b.sig", &D, None, 100, 0, "spiffe://td/x", "p");
+        let e = m.get("a.b.sig", &D, None, 50).map(|e| e.authorization());
+        assert_eq!(e, Some("Bearer p"));
+        assert_eq!(
+            m.get("a.b.sig", &D, None, 50).map(|e| e.subject()),
+            Some("spiffe://td/x")
+        );
+        assert!(m.get("a.c.sig", &D, None, 50).is_none());
+        assert!(m.get("a.b.sig", &[2; 32], None, 50).is_none());
+        assert!(m.get("a.b.sig", &D, Some("actor"), 50).is_none());
+        assert!(
+            m.get("a.b.sig", &D, None, 100).is_none(),
+            "ended at its time"
+        );
+    }
+
+    #[test]
+    fn reinserting_a_token_replaces_its_entry() {
+        let mut m = Memo::default();
+        m.insert("t", &D, None, 100, 0, "s", "p1");
+        m.insert("t", &D, None, 200, 0, "s", "p2");
+        assert_eq!(m.len(), 1);
+        assert_eq!(
+            m.get("t", &D, None, 150).map(|e| e.authorization()),
+            Some("Bearer p2")
+        );
+    }
+
+    #[test]
+    fn the_memo_never_holds_more_than_its_fixed_number_of_entries() {
+        let mut m = Memo::default();
+        for i in 0..100_000u64 {
+            m.insert(&format!("token-{i}"), &D, None, 1_000 + i, 0, "s", "p");
+        }
+        assert_eq!(m.len(), MEMO_SETS * MEMO_WAYS);
+        // The latest entries survive (a full set evicts the way that ends first).
+        assert!(m.get("token-99999", &D, None, 0).is_some());
+    }
+
+    #[test]
+    fn sweep_and_revocation_empty_their_ways() {
+        let mut m = Memo::default();
+        m.insert("t1", &D, None, 10, 0, "s1", "p1");
+        m.insert("t2", &D, Some("a"), 100, 0, "s2", "p2");
+        m.sweep(50);
+        assert_eq!(m.len(), 1);
+        let gone = m.remove_revoked(|s, p| s == "s2" && p == "p2");
+        assert_eq!(gone, vec![("t2".to_string(), D, Some("a".to_string()))]);
+        assert_eq!(m.len(), 0);
     }
 }

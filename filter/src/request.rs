@@ -13,7 +13,7 @@ use crate::headers::{Headers, SUBJECT_HEADER};
 use crate::jwks::{FIRST_KEYS_WAIT_MS, PARK_MS};
 use crate::path::normalise;
 use crate::respond::send_error;
-use crate::worker::{InFlight, Parked, PendingExchange, PendingRefresh, Waiter, Worker};
+use crate::worker::{Bound, InFlight, Parked, PendingExchange, PendingRefresh, Waiter, Worker};
 
 impl Worker {
     /// `on_http_request_headers` of stream `ctx`.
@@ -61,10 +61,12 @@ impl Worker {
             Ok(a) => a,
             Err(v) => return v,
         };
-        let identity = self.identity(host);
-        if let Some(v) = self.memo_hit(host, token, target, actor.as_deref(), identity.as_deref()) {
+        let identity = self.bound_identity(host);
+        let bound = identity.as_ref().map(Bound::as_str);
+        if let Some(v) = self.memo_hit(host, token, target, actor.as_deref(), bound) {
             return v;
         }
+        let identity = identity.map(Bound::into_rc);
         self.lookup(host, ctx, token, target, actor, identity)
     }
 
@@ -123,16 +125,16 @@ impl Worker {
         let e = self
             .memo
             .get(token, &target.digest, actor, self.coarse_now_ms)?;
-        if self.config.mode != Mode::NoneInsecure && identity != Some(e.subject.as_str()) {
+        if self.config.mode != Mode::NoneInsecure && identity != Some(e.subject()) {
             let known = identity.is_some();
             return Some(self.deny_binding(host, known));
         }
-        host.set_header("authorization", &e.authorization);
+        host.set_header("authorization", e.authorization());
         if !self.config.bearer {
             host.remove_header(&self.config.token_header);
         }
         if self.config.set_subject_header {
-            host.set_header(SUBJECT_HEADER, &e.subject);
+            host.set_header(SUBJECT_HEADER, e.subject());
         }
         self.bump(Counter::CacheHit);
         self.bump(Counter::Allowed);
@@ -167,10 +169,9 @@ impl Worker {
                 }
                 self.bump(Counter::CacheHit);
                 if now < e.refresh_ms {
-                    let digest = &target.digest;
-                    let a = actor.clone();
+                    let (digest, a) = (&target.digest, actor.as_deref());
                     self.memo
-                        .insert(token, digest, a, e.refresh_ms, e.subject, e.token);
+                        .insert(token, digest, a, e.refresh_ms, now, e.subject, e.token);
                 } else if !self.refreshing.contains_key(&key) {
                     self.refreshing.insert(key.clone(), ());
                     self.refreshes.push(PendingRefresh {

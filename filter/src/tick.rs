@@ -30,19 +30,23 @@ impl Worker {
     }
 
     /// Expired entries this worker wrote: empty their slots (shared data has no TTL).
+    /// A slot another key (or a refresh) took meanwhile is checked again when that
+    /// entry ends: an ended entry is dead whoever wrote it.
     fn delete_expired(&mut self, host: &mut dyn Host, now: u64) {
-        let mut keep = Vec::new();
-        for (exp, key) in std::mem::take(&mut self.written) {
-            if exp > now {
-                keep.push((exp, key));
-                continue;
-            }
-            let slot = cache::entry_key(&key, self.config.cache_slots);
+        let due: Vec<u64> = self
+            .written
+            .iter()
+            .filter(|(_, exp)| **exp <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in due {
+            self.written.remove(&n);
+            let slot = cache::slot_key(n);
             if let Some((bytes, cas)) = host.shared_get(&slot) {
                 match Entry::decode(&bytes) {
-                    // Another key's entry took the slot: it is not ours to clear.
-                    Some(e) if e.id != cache::id(&key) => {}
-                    Some(e) if e.expires_ms > now => keep.push((e.expires_ms, key)),
+                    Some(e) if e.expires_ms > now => {
+                        self.written.insert(n, e.expires_ms);
+                    }
                     _ => {
                         // Emptied (shared data keeps the key; the slot is reused).
                         let _ = host.shared_set(&slot, None, Some(cas));
@@ -50,6 +54,5 @@ impl Worker {
                 }
             }
         }
-        self.written = keep;
     }
 }

@@ -17,6 +17,9 @@ use crate::memo::Memo;
 const PEER_SAN: [&str; 2] = ["connection", "uri_san_peer_certificate"];
 const LOCAL_SAN: [&str; 2] = ["connection", "uri_san_local_certificate"];
 
+/// Tokens a worker memoises at most (the warm hit set).
+pub const MEMO_CAPACITY: usize = crate::memo::MEMO_SETS * crate::memo::MEMO_WAYS;
+
 /// Slack added to the exchange timeout before an in-flight exchange counts as lost.
 pub(crate) const INFLIGHT_SLACK_MS: u64 = 2000;
 
@@ -115,7 +118,9 @@ pub struct Worker {
     pub(crate) refreshing: HashMap<String, ()>,
     pub(crate) own_identity: Option<Rc<str>>,
     pub(crate) counts: [u64; Counter::ALL.len()],
-    pub(crate) written: Vec<(u64, String)>,
+    /// Entry slots this worker wrote, by slot number: the entry's expiry (the tick
+    /// empties them then). At most `cache.slots` records, however many tokens pass.
+    pub(crate) written: HashMap<u64, u64>,
     pub(crate) memo: Memo,
     /// Clock as of the last tick or slow-path read: the memo check uses it instead of a
     /// host call (memo entries end at the refresh time, well before expiry, so being up
@@ -161,7 +166,7 @@ impl Worker {
             refreshing: HashMap::new(),
             own_identity,
             counts: [0; Counter::ALL.len()],
-            written: Vec::new(),
+            written: HashMap::new(),
             memo: Memo::default(),
             coarse_now_ms: 0,
             parked: Vec::new(),
@@ -194,6 +199,16 @@ impl Worker {
         }
     }
 
+    /// Tokens memoised by this worker (at most [`MEMO_CAPACITY`]).
+    pub fn memo_entries(&self) -> usize {
+        self.memo.len()
+    }
+
+    /// Entry slots this worker tracks for deletion (at most `cache.slots`).
+    pub fn tracked_slots(&self) -> usize {
+        self.written.len()
+    }
+
     /// The revocation feed version this worker enforces (0: none yet).
     pub fn revocation_version(&self) -> u64 {
         self.revoked.version()
@@ -221,20 +236,51 @@ impl Worker {
 
     /// The identity the subject must equal, as a string.
     pub(crate) fn identity(&mut self, host: &mut dyn Host) -> Option<Rc<str>> {
+        self.bound_identity(host).map(Bound::into_rc)
+    }
+
+    /// The identity the subject must equal, without copying it (a warm hit only
+    /// compares it): the peer's as read (SERVER), ours shared (CLIENT).
+    pub(crate) fn bound_identity(&mut self, host: &mut dyn Host) -> Option<Bound> {
         match self.config.mode {
             Mode::Server => host
                 .property(&PEER_SAN)
                 .and_then(|b| String::from_utf8(b).ok())
                 .filter(|s| !s.is_empty())
-                .map(Rc::from),
+                .map(Bound::Peer),
             Mode::Client => {
                 if self.own_identity.is_none() {
                     self.own_identity =
                         discover_own_identity(host, &self.config).map(|s| Rc::from(s.as_str()));
                 }
-                self.own_identity.clone()
+                self.own_identity.clone().map(Bound::Own)
             }
             Mode::NoneInsecure => None,
+        }
+    }
+}
+
+/// The identity a request is bound to.
+pub(crate) enum Bound {
+    /// The mTLS peer's URI SAN, read for this request.
+    Peer(String),
+    /// The proxy's own identity.
+    Own(Rc<str>),
+}
+
+impl Bound {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Bound::Peer(s) => s,
+            Bound::Own(s) => s,
+        }
+    }
+
+    /// Shareable (waiters keep it past the request's own call).
+    pub(crate) fn into_rc(self) -> Rc<str> {
+        match self {
+            Bound::Peer(s) => Rc::from(s),
+            Bound::Own(s) => s,
         }
     }
 }

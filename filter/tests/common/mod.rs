@@ -131,6 +131,9 @@ pub struct Mock {
     pub fail_dispatch: bool,
     pub gone: HashSet<u32>,
     pub header_reads: RefCell<Vec<String>>,
+    /// Every host call, by `Host` method name, in order (the hit path's regression
+    /// tests count them).
+    pub calls: RefCell<Vec<&'static str>>,
     pub header_writes: Vec<String>,
     /// Registered shared queues and what was enqueued on them (name, message).
     pub queues: Vec<String>,
@@ -171,6 +174,11 @@ impl Mock {
         self.props.insert(path.join("."), v.as_bytes().to_vec());
     }
 
+    /// The host calls made since the last call of this (and forgets them).
+    pub fn take_calls(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.calls.borrow_mut())
+    }
+
     pub fn counter(&self, c: Counter) -> u64 {
         self.counters.get(c.name()).copied().unwrap_or(0)
     }
@@ -178,16 +186,20 @@ impl Mock {
 
 impl Host for Mock {
     fn now_ms(&self) -> u64 {
+        self.calls.borrow_mut().push("now_ms");
         self.now_ms
     }
     fn log(&self, _level: Level, msg: &str) {
+        self.calls.borrow_mut().push("log");
         self.logs.borrow_mut().push(msg.to_string());
     }
     fn header(&self, name: &str) -> Option<String> {
+        self.calls.borrow_mut().push("header");
         self.header_reads.borrow_mut().push(name.to_string());
         self.req_header(self.ctx, name)
     }
     fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.calls.borrow_mut().push("headers");
         self.header_reads.borrow_mut().push("*".to_string());
         self.headers
             .get(&self.ctx)
@@ -199,21 +211,25 @@ impl Host for Mock {
             .unwrap_or_default()
     }
     fn set_header(&mut self, name: &str, value: &str) {
+        self.calls.borrow_mut().push("set_header");
         self.header_writes.push(name.to_string());
         let h = self.headers.entry(self.ctx).or_default();
         h.retain(|(k, _)| k != name);
         h.push((name.to_string(), value.to_string()));
     }
     fn remove_header(&mut self, name: &str) {
+        self.calls.borrow_mut().push("remove_header");
         self.header_writes.push(format!("-{name}"));
         if let Some(h) = self.headers.get_mut(&self.ctx) {
             h.retain(|(k, _)| k != name);
         }
     }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.calls.borrow_mut().push("property");
         self.props.get(&path.join(".")).cloned()
     }
     fn shared_get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.calls.borrow_mut().push("shared_get");
         // As host.rs: an emptied key reads as absent.
         self.shared.get(key).filter(|(v, _)| !v.is_empty()).cloned()
     }
@@ -223,6 +239,7 @@ impl Host for Mock {
         value: Option<&[u8]>,
         cas: Option<u32>,
     ) -> Result<(), SharedError> {
+        self.calls.borrow_mut().push("shared_set");
         // As Envoy (proxy-wasm-cpp-host SharedData::set): the CAS is checked only
         // against an existing key; a CAS for an absent key creates it.
         if let (Some(c), Some((_, current))) = (cas, self.shared.get(key)) {
@@ -252,6 +269,7 @@ impl Host for Mock {
         body: &[u8],
         _timeout_ms: u64,
     ) -> Result<u32, String> {
+        self.calls.borrow_mut().push("dispatch");
         if self.fail_dispatch {
             return Err("no such cluster".into());
         }
@@ -270,6 +288,7 @@ impl Host for Mock {
         Ok(token)
     }
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.calls.borrow_mut().push("send_response");
         self.replies.insert(
             self.ctx,
             Reply {
@@ -283,6 +302,7 @@ impl Host for Mock {
         );
     }
     fn set_effective_context(&mut self, context_id: u32) -> bool {
+        self.calls.borrow_mut().push("set_effective_context");
         if self.gone.contains(&context_id) {
             return false;
         }
@@ -290,15 +310,18 @@ impl Host for Mock {
         true
     }
     fn resume(&mut self) {
+        self.calls.borrow_mut().push("resume");
         self.resumed.push(self.ctx);
     }
     fn register_queue(&mut self, name: &str) -> bool {
+        self.calls.borrow_mut().push("register_queue");
         if !self.queues.iter().any(|q| q == name) {
             self.queues.push(name.to_string());
         }
         true
     }
     fn enqueue(&mut self, name: &str, msg: &[u8]) -> bool {
+        self.calls.borrow_mut().push("enqueue");
         if !self.queues.iter().any(|q| q == name) {
             return false;
         }
@@ -306,12 +329,15 @@ impl Host for Mock {
         true
     }
     fn count(&mut self, c: Counter, n: u64) {
+        self.calls.borrow_mut().push("count");
         *self.counters.entry(c.name()).or_default() += n;
     }
     fn record_latency_ms(&mut self, ms: u64) {
+        self.calls.borrow_mut().push("record_latency_ms");
         self.latencies.push(ms);
     }
     fn gauge(&mut self, g: Gauge, value: u64) {
+        self.calls.borrow_mut().push("gauge");
         self.gauges.insert(g.name(), value);
     }
 }
