@@ -45,8 +45,11 @@ fn trace_ids(req: &Request) -> Option<(String, String)> {
 
 /// The router: `POST /token`, `GET /revocations` (the feed), discovery, `/healthz`, `/readyz`, `/metrics`.
 pub fn app(state: AppState) -> Router {
+    // The token endpoint takes its state behind one `Arc`: axum clones a handler's state
+    // for every request, and `AppState` is a dozen `Arc`s.
+    let token = post(crate::exchange::token).with_state(std::sync::Arc::new(state.clone()));
     Router::new()
-        .route("/token", post(crate::exchange::token))
+        .route("/token", token)
         .route("/revocations", get(crate::revocation::feed::feed))
         .route("/.well-known/jwks.json", get(jwks))
         .route(

@@ -1,12 +1,18 @@
-//! Cache of minted participant tokens, keyed by a SHA-256 over the subject token, the
-//! actor token and the request's resource, audiences, scopes and requested type. An
-//! entry is served while more than `min_remaining_fraction` of its life is left; the
-//! map is bounded (the entry closest to expiry is evicted first).
+//! Cache of minted participant tokens, keyed by a SHA-256 over the caller, the subject
+//! token, the actor token and the request's resource, audiences, scopes and requested
+//! type. An entry is served while more than `min_remaining_fraction` of its life is
+//! left; the map is bounded (the entry closest to expiry is evicted first).
+//!
+//! The warm path does not parse the form: a second, "form" key (SHA-256 of the caller
+//! and the exact body bytes) is an alias of the request key, recorded once that body
+//! was parsed and answered. The same bytes from the same caller are the same request,
+//! so an alias can only find the token the full path would have found; a dropped or
+//! evicted token leaves its aliases pointing at nothing (they miss, and are removed).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use meshpass_core::oauth::TokenExchangeRequest;
+use meshpass_core::oauth::{TokenExchangeRequest, TOKEN_TYPE_JWT};
 use sha2::{Digest, Sha256};
 
 use crate::store::RateLimit;
@@ -27,6 +33,7 @@ impl CacheKey {
             h.update((b.len() as u64).to_be_bytes());
             h.update(b);
         };
+        field(b"request");
         field(caller.as_bytes());
         field(req.subject_token.as_bytes());
         field(req.actor_token.as_deref().unwrap_or("").as_bytes());
@@ -44,6 +51,59 @@ impl CacheKey {
             }
         }
         CacheKey(h.finalize().into())
+    }
+
+    /// The alias key of the exact form `body` sent by `caller` (see the module comment):
+    /// hashing the bytes is cheaper than parsing them, and a tag keeps it apart from
+    /// [`CacheKey::of`].
+    pub fn of_form(body: &[u8], caller: &str) -> Self {
+        let mut h = Sha256::new();
+        for b in [&b"form"[..], caller.as_bytes(), body] {
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        }
+        CacheKey(h.finalize().into())
+    }
+}
+
+/// The RFC 8693 §2.2 success body of one minted token, serialised once when it is
+/// minted: between answers only `expires_in` changes.
+#[derive(Debug, Clone)]
+pub struct AnswerBody {
+    /// Everything up to the value of `expires_in`.
+    head: Arc<str>,
+    /// Everything after it.
+    tail: Arc<str>,
+}
+
+impl AnswerBody {
+    /// The body for `access_token` with `scope` (the same bytes as serialising
+    /// `meshpass_core::oauth::TokenExchangeResponse`).
+    pub fn new(access_token: &str, scope: Option<&str>) -> Self {
+        let string = |s: &str| serde_json::Value::String(s.to_string()).to_string();
+        let head = format!(
+            "{{\"access_token\":{},\"issued_token_type\":{},\"token_type\":\"Bearer\",\"expires_in\":",
+            string(access_token),
+            string(TOKEN_TYPE_JWT)
+        );
+        let tail = match scope {
+            Some(s) => format!(",\"scope\":{}}}", string(s)),
+            None => "}".to_string(),
+        };
+        AnswerBody {
+            head: head.into(),
+            tail: tail.into(),
+        }
+    }
+
+    /// The body with `expires_in`.
+    pub fn render(&self, expires_in: u64) -> Vec<u8> {
+        let n = expires_in.to_string();
+        let mut out = Vec::with_capacity(self.head.len() + n.len() + self.tail.len());
+        out.extend_from_slice(self.head.as_bytes());
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(self.tail.as_bytes());
+        out
     }
 }
 
@@ -68,11 +128,18 @@ pub struct CachedToken {
     pub rate_limit: Option<RateLimit>,
     /// The token's `jti` (a revoked one is never served again).
     pub jti: Arc<str>,
+    /// The answer, serialised at mint time.
+    pub body: AnswerBody,
+    /// `meshpass_exchanges_total{outcome="cached", resource}`, resolved at mint time
+    /// (None: not counted, e.g. in tests).
+    pub cached_counter: Option<prometheus::IntCounter>,
 }
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<CacheKey, CachedToken>,
+    map: HashMap<CacheKey, Arc<CachedToken>>,
+    /// Form keys → request keys (see the module comment).
+    aliases: HashMap<CacheKey, CacheKey>,
     by_expiry: BTreeSet<(u64, CacheKey)>,
     /// Tokens issued at or before this second are not stored: their exchange may have
     /// read the policy before the last [`TokenCache::clear`].
@@ -103,11 +170,15 @@ impl TokenCache {
     }
 
     /// The cached token for `key`, if it still has enough life left.
-    pub fn get(&self, key: &CacheKey, now: u64) -> Option<CachedToken> {
+    pub fn get(&self, key: &CacheKey, now: u64) -> Option<Arc<CachedToken>> {
         let mut g = self.inner.lock().ok()?;
+        self.get_locked(&mut g, key, now)
+    }
+
+    fn get_locked(&self, g: &mut Inner, key: &CacheKey, now: u64) -> Option<Arc<CachedToken>> {
         let hit = g.map.get(key)?;
         if self.fresh(hit, now) {
-            return Some(hit.clone());
+            return Some(Arc::clone(hit));
         }
         let exp = hit.expires_at;
         g.map.remove(key);
@@ -115,8 +186,32 @@ impl TokenCache {
         None
     }
 
+    /// The cached token the form key `alias` points at, if it still has enough life
+    /// left (a dangling alias is removed).
+    pub fn get_alias(&self, alias: &CacheKey, now: u64) -> Option<Arc<CachedToken>> {
+        let mut g = self.inner.lock().ok()?;
+        let key = *g.aliases.get(alias)?;
+        let hit = self.get_locked(&mut g, &key, now);
+        if hit.is_none() {
+            g.aliases.remove(alias);
+        }
+        hit
+    }
+
+    /// Records that the form key `alias` means the request key `key`. Aliases are
+    /// bounded like entries (all are dropped when too many: they come back with use).
+    pub fn alias(&self, alias: CacheKey, key: CacheKey) {
+        let Ok(mut g) = self.inner.lock() else {
+            return;
+        };
+        if g.aliases.len() >= self.max_entries.saturating_mul(2) {
+            g.aliases.clear();
+        }
+        g.aliases.insert(alias, key);
+    }
+
     /// Stores a freshly minted token, evicting the entries closest to expiry when full.
-    pub fn insert(&self, key: CacheKey, token: CachedToken, now: u64) {
+    pub fn insert(&self, key: CacheKey, token: Arc<CachedToken>, now: u64) {
         let Ok(mut g) = self.inner.lock() else {
             return;
         };
@@ -151,6 +246,7 @@ impl TokenCache {
     pub fn clear(&self, now: u64) {
         if let Ok(mut g) = self.inner.lock() {
             g.map.clear();
+            g.aliases.clear();
             g.by_expiry.clear();
             g.issued_after = g.issued_after.max(now);
         }
@@ -182,5 +278,96 @@ impl TokenCache {
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use meshpass_core::oauth::TokenExchangeResponse;
+
+    fn token(jti: &str, issued_at: u64, expires_at: u64) -> Arc<CachedToken> {
+        Arc::new(CachedToken {
+            access_token: "t".into(),
+            scope: None,
+            issued_at,
+            expires_at,
+            rate_key: "c s".into(),
+            mapping: "m".into(),
+            resource: "r".into(),
+            rate_limit: None,
+            jti: jti.into(),
+            body: AnswerBody::new("t", None),
+            cached_counter: None,
+        })
+    }
+
+    #[test]
+    fn the_preserialised_answer_is_the_same_bytes_as_the_serialised_response() {
+        for (token, scope) in [
+            ("a.b.c", None),
+            ("eyJ.eyJ.sig-_", Some("read write")),
+            ("x", Some("we\"ird \\ scope\u{1}é")),
+        ] {
+            for expires_in in [0, 1, 299, u64::MAX] {
+                let expected = serde_json::to_vec(&TokenExchangeResponse {
+                    access_token: token.into(),
+                    issued_token_type: TOKEN_TYPE_JWT.into(),
+                    token_type: "Bearer".into(),
+                    expires_in,
+                    scope: scope.map(str::to_string),
+                })
+                .unwrap();
+                let body = AnswerBody::new(token, scope).render(expires_in);
+                assert_eq!(
+                    String::from_utf8(body).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_form_alias_finds_its_token_only_while_the_token_is_cached_and_fresh() {
+        let cache = TokenCache::new(8, 0.5);
+        let (key, alias) = (CacheKey([1; 32]), CacheKey::of_form(b"body", "caller"));
+        assert!(cache.get_alias(&alias, 10).is_none());
+        cache.insert(key, token("j", 10, 110), 10);
+        cache.alias(alias, key);
+        assert_eq!(&*cache.get_alias(&alias, 20).unwrap().jti, "j");
+        assert_eq!(cache.len(), 1, "an alias is not a second entry");
+        // Past half its life: neither key serves it.
+        assert!(cache.get_alias(&alias, 61).is_none());
+        assert!(cache.get(&key, 61).is_none());
+        // Dropped by a revocation: the alias dangles and misses.
+        cache.insert(key, token("k", 100, 200), 100);
+        cache.alias(alias, key);
+        assert_eq!(cache.remove_where(|t| &*t.jti == "k"), 1);
+        assert!(cache.get_alias(&alias, 101).is_none());
+        // Cleared by a policy change: aliases go too.
+        cache.insert(key, token("l", 300, 400), 300);
+        cache.alias(alias, key);
+        cache.clear(300);
+        assert!(cache.get_alias(&alias, 301).is_none());
+    }
+
+    #[test]
+    fn form_keys_differ_by_caller_and_by_any_byte_of_the_body() {
+        let a = CacheKey::of_form(b"subject_token=x&resource=r", "spiffe://td/a");
+        assert_eq!(
+            a,
+            CacheKey::of_form(b"subject_token=x&resource=r", "spiffe://td/a")
+        );
+        assert_ne!(
+            a,
+            CacheKey::of_form(b"subject_token=x&resource=r", "spiffe://td/b")
+        );
+        assert_ne!(
+            a,
+            CacheKey::of_form(b"subject_token=x&resource=s", "spiffe://td/a")
+        );
+        // Length-prefixed fields: moving bytes between caller and body changes the key.
+        assert_ne!(CacheKey::of_form(b"ab", "c"), CacheKey::of_form(b"b", "ca"));
     }
 }

@@ -84,32 +84,38 @@ pub fn identify(
     Ok(conn.and_then(|c| c.tls_peer.clone()))
 }
 
-/// Splits on `sep` outside double quotes.
-fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
-    let mut out = Vec::new();
-    let (mut quoted, mut escaped, mut start) = (false, false, 0);
-    for (i, c) in s.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c == sep && !quoted => {
-                out.push(&s[start..i]);
-                start = i + c.len_utf8();
+/// The parts of `s` between the `sep`s outside double quotes (no allocation: this runs
+/// on every `/token` request).
+fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let t = rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        // Every byte looked at is ASCII, so each cut is on a character boundary.
+        for (i, b) in t.bytes().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b if b == sep && !quoted => {
+                    rest = t.get(i + 1..);
+                    return t.get(..i);
+                }
+                _ => {}
             }
-            _ => {}
         }
-    }
-    out.push(&s[start..]);
-    out
+        rest = None;
+        Some(t)
+    })
 }
 
 /// The SPIFFE ID in the `URI=` of the last element of an XFCC value: the element the
 /// nearest (trusted) proxy added for the client it verified.
 pub fn xfcc_uri(value: &str) -> Result<SpiffeId, CallerError> {
-    let elements = split_unquoted(value, ',');
-    let last = elements.last().ok_or(CallerError::BadXfcc)?;
-    let mut uris = split_unquoted(last, ';').into_iter().filter_map(|kv| {
+    let last = split_unquoted(value, b',')
+        .last()
+        .ok_or(CallerError::BadXfcc)?;
+    let mut uris = split_unquoted(last, b';').filter_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
         k.eq_ignore_ascii_case("uri")
             .then(|| v.trim().trim_matches('"'))
@@ -192,6 +198,14 @@ mod tests {
             identify(&trusting("127.0.0.1"), Some(&c), &HeaderMap::new()),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn splitting_ignores_separators_inside_quotes_and_escaped_quotes() {
+        let parts: Vec<&str> = split_unquoted(r#"a="x,\",y",b,,c"#, b',').collect();
+        assert_eq!(parts, [r#"a="x,\",y""#, "b", "", "c"]);
+        assert_eq!(split_unquoted("", b',').collect::<Vec<_>>(), [""]);
+        assert_eq!(split_unquoted("a,", b',').collect::<Vec<_>>(), ["a", ""]);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Prometheus metrics (text exposition format at `/metrics`).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Why metrics could not be set up or rendered.
@@ -24,6 +24,8 @@ pub struct Metrics {
     pub exchanges: IntCounterVec,
     /// Whole-exchange latency by path (`cold`, `warm`, `error`).
     pub exchange_seconds: HistogramVec,
+    /// `exchange_seconds{path}` of each path, resolved once (no label lookup per request).
+    pub path_seconds: PathSeconds,
     /// Signing latency by outcome.
     pub sign_seconds: HistogramVec,
     /// Token cache hits.
@@ -44,6 +46,17 @@ pub struct Metrics {
     pub revocations_active: Gauge,
     /// The revocation store version this replica's set reflects.
     pub revocation_version: Gauge,
+}
+
+/// The `meshpass_exchange_duration_seconds` series of each path.
+#[derive(Clone, Debug)]
+pub struct PathSeconds {
+    /// `path="cold"`.
+    pub cold: Histogram,
+    /// `path="warm"`.
+    pub warm: Histogram,
+    /// `path="error"`.
+    pub error: Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -121,10 +134,16 @@ impl Metrics {
         )?;
         registry.register(Box::new(revocations_active.clone()))?;
         registry.register(Box::new(revocation_version.clone()))?;
+        let path_seconds = PathSeconds {
+            cold: exchange_seconds.get_metric_with_label_values(&["cold"])?,
+            warm: exchange_seconds.get_metric_with_label_values(&["warm"])?,
+            error: exchange_seconds.get_metric_with_label_values(&["error"])?,
+        };
         Ok(Metrics {
             registry,
             exchanges,
             exchange_seconds,
+            path_seconds,
             sign_seconds,
             cache_hits,
             cache_misses,

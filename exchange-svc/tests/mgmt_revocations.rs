@@ -215,6 +215,45 @@ async fn every_change_is_audited(db: Db) {
     assert_eq!(items[1]["after"], Value::Null);
 }
 
+/// The `jti` of a participant token (read without verifying it).
+fn jti_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let claims: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    claims["jti"].as_str().unwrap_or_default().to_string()
+}
+
+async fn a_token_served_for_the_same_form_bytes_is_not_served_after_a_revocation(db: Db) {
+    let s = Service::start(db).await;
+    let token = s.issuer.svid(WEB, now(), 3600);
+    let (st, first) = s.exchange_token(&token, "payments").await;
+    assert_eq!(st, 200, "{first}");
+    // The identical request again and again: answered from the cache by its bytes.
+    for _ in 0..3 {
+        let (_, again) = s.exchange_token(&token, "payments").await;
+        assert_eq!(again["access_token"], first["access_token"]);
+    }
+    let jti = jti_of(first["access_token"].as_str().unwrap());
+    revoke(&s, "jti", &jti).await;
+    let (st, fresh) = s.exchange_token(&token, "payments").await;
+    assert_eq!(st, 200, "{fresh}");
+    assert_ne!(
+        fresh["access_token"], first["access_token"],
+        "a revoked jti is minted anew, never served"
+    );
+    let (_, again) = s.exchange_token(&token, "payments").await;
+    assert_eq!(again["access_token"], fresh["access_token"]);
+    // The caller (the subject's own sidecar) revoked: not even the cached answer.
+    revoke(&s, "caller", WEB).await;
+    let (st, body) = s.exchange_token(&token, "payments").await;
+    assert_eq!(st, 403, "{body}");
+    assert_eq!(body["error_description"], "revoked: compromised node");
+}
+
 async fn a_revoked_subject_is_refused_at_once_and_its_cached_token_not_served(db: Db) {
     let s = Service::start(db).await;
     let token = s.issuer.svid(WEB, now(), 3600);
@@ -344,6 +383,7 @@ on_both_backends!(
     reading_needs_read_and_changing_needs_write,
     every_change_is_audited,
     a_revoked_subject_is_refused_at_once_and_its_cached_token_not_served,
+    a_token_served_for_the_same_form_bytes_is_not_served_after_a_revocation,
     a_pattern_revokes_every_matching_subject_and_a_caller_revocation_its_exchanges,
     a_revoked_jti_is_inactive_in_introspection_and_listed_in_the_feed,
 );

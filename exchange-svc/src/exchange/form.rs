@@ -1,7 +1,7 @@
 //! Step 1 of an exchange: read and parse the form (content type, size, RFC 8693 fields,
 //! what this service can issue).
 
-use axum::body::{to_bytes, Body};
+use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{header, HeaderMap};
 use meshpass_core::oauth::{
     TokenExchangeRequest, MAX_FORM_BYTES, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT,
@@ -63,19 +63,20 @@ pub(crate) fn check_request(req: &TokenExchangeRequest) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// Reads the form: content type and size are refused before the body is read (and
-/// then the connection is closed, see [`ApiError::BodyUnread`]).
-pub(crate) async fn read_form(
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<TokenExchangeRequest, ApiError> {
+/// Reads the form's bytes: content type and size are refused before the body is read
+/// (and then the connection is closed, see [`ApiError::BodyUnread`]).
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let unread = |e| ApiError::BodyUnread(Box::new(e));
     check_content_type(headers).map_err(unread)?;
     check_declared_length(headers).map_err(unread)?;
-    let bytes = to_bytes(body, MAX_FORM_BYTES)
+    to_bytes(body, MAX_FORM_BYTES)
         .await
-        .map_err(|_| unread(too_large()))?;
-    let req = TokenExchangeRequest::parse_form(&bytes).map_err(ApiError::Protocol)?;
+        .map_err(|_| unread(too_large()))
+}
+
+/// Parses the form read by [`read_body`] and checks what it asks for.
+pub(crate) fn parse(bytes: &[u8]) -> Result<TokenExchangeRequest, ApiError> {
+    let req = TokenExchangeRequest::parse_form(bytes).map_err(ApiError::Protocol)?;
     check_request(&req)?;
     Ok(req)
 }

@@ -16,27 +16,27 @@ mod subject;
 
 pub(crate) use caller::caller as identify_caller;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use meshpass_core::oauth::{ErrorCode, TokenExchangeResponse, TOKEN_TYPE_JWT};
+use meshpass_core::oauth::ErrorCode;
 
-use crate::cache::{CacheKey, CachedToken};
+use crate::cache::{AnswerBody, CacheKey, CachedToken};
 use crate::caller::ConnInfo;
 use crate::error::{no_store, ApiError};
 use crate::state::AppState;
 use crate::tokenreview::ReviewError;
 
-/// What the metrics say about one exchange.
+/// A successful exchange: the token (minted now or cached) and how it was served.
 struct Outcome {
+    /// `cold` (minted) or `warm` (cached).
     path: &'static str,
-    resource: String,
-    subject: String,
-    mapping: String,
+    token: Arc<CachedToken>,
+    expires_in: u64,
 }
 
 /// Who was refused what, once the subject is known (for the audit and stats hooks).
@@ -62,8 +62,9 @@ pub fn code_label(code: ErrorCode) -> &'static str {
     }
 }
 
-/// The `POST /token` handler.
-pub async fn token(State(st): State<AppState>, request: Request) -> Response {
+/// The `POST /token` handler (its state is behind one `Arc`: axum clones the state for
+/// every request).
+pub async fn token(State(st): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let conn = parts
         .extensions
@@ -88,33 +89,35 @@ pub async fn token(State(st): State<AppState>, request: Request) -> Response {
     };
     let elapsed = started.elapsed().as_secs_f64();
     match result {
-        Ok((answer, outcome)) => {
-            st.metrics
-                .exchange_seconds
-                .with_label_values(&[outcome.path])
-                .observe(elapsed);
+        Ok(outcome) => {
+            let t = &outcome.token;
             let label = if outcome.path == "warm" {
+                st.metrics.path_seconds.warm.observe(elapsed);
+                match &t.cached_counter {
+                    Some(c) => c.inc(),
+                    None => st
+                        .metrics
+                        .exchanges
+                        .with_label_values(&["cached", &*t.resource])
+                        .inc(),
+                }
                 "cached"
             } else {
+                st.metrics.path_seconds.cold.observe(elapsed);
+                st.metrics
+                    .exchanges
+                    .with_label_values(&["issued", &*t.resource])
+                    .inc();
                 "issued"
             };
-            st.metrics
-                .exchanges
-                .with_label_values(&[label, outcome.resource.as_str()])
-                .inc();
             if let Some(h) = &st.hooks {
-                h.exchanged(&outcome.subject, &outcome.mapping, label);
+                h.exchanged(subject_of(&t.rate_key), &t.mapping, label);
             }
-            let mut resp = Json(answer).into_response();
-            no_store(&mut resp);
-            resp
+            json_answer(t.body.render(outcome.expires_in))
         }
         Err((e, refused)) => {
             let resource = refused.as_ref().map(|r| r.resource.as_str());
-            st.metrics
-                .exchange_seconds
-                .with_label_values(&["error"])
-                .observe(elapsed);
+            st.metrics.path_seconds.error.observe(elapsed);
             st.metrics
                 .exchanges
                 .with_label_values(&[code_label(e.code()), resource.unwrap_or("")])
@@ -131,6 +134,17 @@ pub async fn token(State(st): State<AppState>, request: Request) -> Response {
             e.into_response()
         }
     }
+}
+
+/// A `200` with a JSON body that must not be stored.
+fn json_answer(body: Vec<u8>) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    no_store(&mut resp);
+    resp
 }
 
 type Failure = (ApiError, Option<Refused>);
@@ -162,15 +176,38 @@ async fn exchange(
     conn: Option<&ConnInfo>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(TokenExchangeResponse, Outcome), Failure> {
+) -> Result<Outcome, Failure> {
     let untagged = |e| (e, None);
-    let req = form::read_form(headers, body).await.map_err(untagged)?;
-    let caller = caller::caller(&st.settings.callers, conn, headers).map_err(untagged)?;
-    let caller_id = caller.as_ref().map(|c| c.as_str()).unwrap_or("");
+    let bytes = form::read_body(headers, body).await.map_err(untagged)?;
+    // A form error comes before a caller error, so the caller's is kept for later.
+    let caller = caller::caller(&st.settings.callers, conn, headers);
     let now = st.clock.now();
+    let revoked = st.revocations.current();
+    // The warm path: the same bytes from the same caller were answered before (see
+    // `crate::cache`), so the form is not parsed again.
+    let mut alias = None;
+    if let (Some(cache), Ok(c)) = (&st.cache, &caller) {
+        let caller_id = c.as_ref().map(|c| c.as_str()).unwrap_or("");
+        let key = CacheKey::of_form(&bytes, caller_id);
+        if let Some(hit) = cache.get_alias(&key, now) {
+            // Revocations first: a revoked caller gets nothing, not even a cached token.
+            if let Some(r) = c.as_ref().and_then(|c| revoked.caller(c, now)) {
+                return Err(on("", "", caller_id)(ApiError::Revoked(r.reason.clone())));
+            }
+            if !revoked_hit(&revoked, &hit, now) {
+                st.metrics.cache_hits.inc();
+                return serve_cached(st, hit, now).await;
+            }
+            // Revoked since it was cached: the full path below decides.
+            cache.remove_where(|t| t.jti == hit.jti);
+        }
+        alias = Some(key);
+    }
+    let req = form::parse(&bytes).map_err(untagged)?;
+    let caller = caller.map_err(untagged)?;
+    let caller_id = caller.as_ref().map(|c| c.as_str()).unwrap_or("");
     // Revocations first (one look at the in-memory set): a revoked caller gets
     // nothing, not even a cached token.
-    let revoked = st.revocations.current();
     if let Some(r) = caller.as_ref().and_then(|c| revoked.caller(c, now)) {
         return Err(on("", "", caller_id)(ApiError::Revoked(r.reason.clone())));
     }
@@ -180,11 +217,10 @@ async fn exchange(
         match cache.get(key, now) {
             Some(hit) if !revoked_hit(&revoked, &hit, now) => {
                 st.metrics.cache_hits.inc();
-                return serve_cached(st, &hit, now).await.map_err(on(
-                    &hit.resource,
-                    subject_of(&hit.rate_key),
-                    caller_id,
-                ));
+                if let Some(a) = alias {
+                    cache.alias(a, *key);
+                }
+                return serve_cached(st, hit, now).await;
             }
             Some(hit) => {
                 // Revoked by another replica since the last refresh swept the cache: a
@@ -280,33 +316,35 @@ async fn exchange(
         "participant token issued"
     );
 
+    let token = Arc::new(CachedToken {
+        body: AnswerBody::new(&minted.access_token, scope_str.as_deref()),
+        cached_counter: st
+            .metrics
+            .exchanges
+            .get_metric_with_label_values(&["cached", &mapping.resource])
+            .ok(),
+        access_token: minted.access_token.into(),
+        scope: scope_str.map(Into::into),
+        issued_at: now,
+        expires_at: exp,
+        rate_key: rate_key.into(),
+        mapping: mapping.name.as_str().into(),
+        resource: mapping.resource.as_str().into(),
+        rate_limit: mapping.rate_limit,
+        jti: minted.jti.into(),
+    });
     if let (Some(cache), Some(key)) = (&st.cache, key) {
-        cache.insert(
-            key,
-            CachedToken {
-                access_token: minted.access_token.as_str().into(),
-                scope: scope_str.as_deref().map(Into::into),
-                issued_at: now,
-                expires_at: exp,
-                rate_key: rate_key.into(),
-                mapping: mapping.name.as_str().into(),
-                resource: mapping.resource.as_str().into(),
-                rate_limit: mapping.rate_limit,
-                jti: minted.jti.as_str().into(),
-            },
-            now,
-        );
+        cache.insert(key, Arc::clone(&token), now);
+        if let Some(a) = alias {
+            cache.alias(a, key);
+        }
     }
 
-    Ok((
-        answer(minted.access_token, exp - now, scope_str),
-        Outcome {
-            path: "cold",
-            resource: mapping.resource.clone(),
-            subject: sub.clone(),
-            mapping: mapping.name.clone(),
-        },
-    ))
+    Ok(Outcome {
+        path: "cold",
+        token,
+        expires_in: exp - now,
+    })
 }
 
 /// Whether a cached token may not be served any more: its `jti` or its subject is
@@ -325,36 +363,16 @@ fn rate_key(caller: &str, subject: &str) -> String {
     format!("{caller} {subject}")
 }
 
-/// The RFC 8693 §2.2 success body.
-fn answer(access_token: String, expires_in: u64, scope: Option<String>) -> TokenExchangeResponse {
-    TokenExchangeResponse {
-        access_token,
-        issued_token_type: TOKEN_TYPE_JWT.into(),
-        token_type: "Bearer".into(),
-        expires_in,
-        scope,
-    }
-}
-
-async fn serve_cached(
-    st: &AppState,
-    hit: &CachedToken,
-    now: u64,
-) -> Result<(TokenExchangeResponse, Outcome), ApiError> {
+async fn serve_cached(st: &AppState, hit: Arc<CachedToken>, now: u64) -> Result<Outcome, Failure> {
     if let Some(limit) = hit.rate_limit {
-        st.limiter.check(&hit.rate_key, &hit.mapping, limit).await?;
+        if let Err(e) = st.limiter.check(&hit.rate_key, &hit.mapping, limit).await {
+            let (caller, subject) = hit.rate_key.split_once(' ').unwrap_or(("", &hit.rate_key));
+            return Err(on(&hit.resource, subject, caller)(e));
+        }
     }
-    Ok((
-        answer(
-            hit.access_token.to_string(),
-            hit.expires_at.saturating_sub(now),
-            hit.scope.as_deref().map(str::to_string),
-        ),
-        Outcome {
-            path: "warm",
-            resource: hit.resource.to_string(),
-            subject: subject_of(&hit.rate_key).to_string(),
-            mapping: hit.mapping.to_string(),
-        },
-    ))
+    Ok(Outcome {
+        path: "warm",
+        expires_in: hit.expires_at.saturating_sub(now),
+        token: hit,
+    })
 }

@@ -426,7 +426,7 @@ mod tests {
             .unwrap();
             tokens.insert(
                 crate::cache::CacheKey::of(&req, ""),
-                CachedToken {
+                Arc::new(CachedToken {
                     access_token: "x".into(),
                     scope: None,
                     issued_at: 10,
@@ -436,7 +436,9 @@ mod tests {
                     resource: "r".into(),
                     rate_limit: None,
                     jti: jti.into(),
-                },
+                    body: crate::cache::AnswerBody::new("x", None),
+                    cached_counter: None,
+                }),
                 10,
             );
         };
