@@ -123,6 +123,26 @@ async fn three_replicas_rotate_once_per_period_serve_one_jwks_and_retire_only_ex
         }
         key
     };
+    // The transit key was created just now: every replica answers 503 until its
+    // publish lead (1 s) has passed (the safe side, `vault/transit.rs`). Wait for each
+    // to sign once before the window opens, so the window sees only the schedule.
+    for base in &bases {
+        let ready = Instant::now();
+        loop {
+            let subject = issuer.svid(WEB, now(), 600);
+            let (status, body) = replicas_common::exchange(&client, base, &subject, WEB)
+                .await
+                .unwrap();
+            if status == 200 {
+                break;
+            }
+            assert!(
+                status == 503 && ready.elapsed() < Duration::from_secs(30),
+                "{base} never signed: {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let start = Instant::now();
     let mut i = 0usize;
     while start.elapsed() < WINDOW {
