@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::json;
 
-use super::transit::TransitSigner;
+use super::transit::{Inner, KeySet, TransitSigner, Version};
 use crate::mgmt::{KeyAdmin, KeyStatus, KeyVersionStatus, MgmtError};
 
 fn unix(t: SystemTime) -> u64 {
@@ -41,26 +41,13 @@ impl KeyAdmin for TransitSigner {
             .ok_or(MgmtError::Unavailable("the transit key"))?;
         let lead = inner.cfg.publish_lead;
         let signing = inner.current(SystemTime::now()).ok().map(|k| k.version);
-        let versions = set
-            .versions
-            .iter()
-            .map(|(v, ver)| KeyVersionStatus {
-                version: *v,
-                kid: format!("{}:v{v}", inner.cfg.key_name),
-                published: true,
-                signing: Some(*v) == signing,
-                published_since: unix(ver.published_at),
-                signs_from: unix(ver.published_at + lead),
-            })
-            .collect();
-        Ok(KeyStatus {
-            key: inner.cfg.key_name.clone(),
-            alg: set.alg.as_str().to_string(),
-            publish_lead_secs: lead.as_secs(),
-            refresh_interval_secs: inner.cfg.key_refresh_interval.as_secs(),
-            signing_version: signing,
-            versions,
-        })
+        Ok(key_status(
+            inner,
+            &set,
+            signing,
+            |ver| (unix(ver.published_at), unix(ver.published_at + lead)),
+            inner.cfg.key_refresh_interval.as_secs(),
+        ))
     }
 
     async fn rotate(&self) -> Result<KeyStatus, MgmtError> {
@@ -125,26 +112,48 @@ impl TransitSigner {
             .rev()
             .find(|(_, v)| v.created + lead <= now)
             .map(|(n, _)| *n);
-        let versions = set
-            .versions
-            .iter()
-            .map(|(v, ver)| KeyVersionStatus {
+        Ok(key_status(
+            inner,
+            &set,
+            signing,
+            // Signing counted from Vault's creation time, rounded up: the retirement
+            // rule must never count from too early.
+            |ver| (unix(ver.created), unix_ceil(ver.created + lead)),
+            inner.cfg.key_refresh_interval.as_millis().div_ceil(1000) as u64,
+        ))
+    }
+}
+
+/// The status of `set`: every version published, `signing` the one that signs, and
+/// `dated` giving each version's (published since, signs from) in unix seconds.
+fn key_status(
+    inner: &Inner,
+    set: &KeySet,
+    signing: Option<u64>,
+    dated: impl Fn(&Version) -> (u64, u64),
+    refresh_interval_secs: u64,
+) -> KeyStatus {
+    let versions = set
+        .versions
+        .iter()
+        .map(|(v, ver)| {
+            let (published_since, signs_from) = dated(ver);
+            KeyVersionStatus {
                 version: *v,
                 kid: format!("{}:v{v}", inner.cfg.key_name),
                 published: true,
                 signing: Some(*v) == signing,
-                published_since: unix(ver.created),
-                // Rounded up: the retirement rule must never count from too early.
-                signs_from: unix_ceil(ver.created + lead),
-            })
-            .collect();
-        Ok(KeyStatus {
-            key: inner.cfg.key_name.clone(),
-            alg: set.alg.as_str().to_string(),
-            publish_lead_secs: lead.as_secs(),
-            refresh_interval_secs: inner.cfg.key_refresh_interval.as_millis().div_ceil(1000) as u64,
-            signing_version: signing,
-            versions,
+                published_since,
+                signs_from,
+            }
         })
+        .collect();
+    KeyStatus {
+        key: inner.cfg.key_name.clone(),
+        alg: set.alg.as_str().to_string(),
+        publish_lead_secs: inner.cfg.publish_lead.as_secs(),
+        refresh_interval_secs,
+        signing_version: signing,
+        versions,
     }
 }
