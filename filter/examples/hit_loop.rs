@@ -1,13 +1,16 @@
 //! The warm cache-hit path in a loop on the host, for instruction counts that do not
 //! depend on the machine's load: `valgrind --tool=callgrind target/release/examples/hit_loop N`
 //! twice (N = 0 and N = 100000); the difference over N is the instructions of one hit
-//! (the decision code, plus a host stub whose header-map copy allocates like the SDK's).
+//! (the decision code, plus a host stub whose header map is one buffer allocated per call,
+//! as the host's).
 //! Uses only the filter's public API, so the same file measures an older revision.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use meshpass_filter::api::{CallResponse, Counter, Gauge, Host, Level, SharedError, Verdict};
+use meshpass_filter::api::{
+    CallResponse, Counter, Gauge, HeaderMap, Host, Level, SharedError, Verdict,
+};
 use meshpass_filter::config::Config;
 use meshpass_filter::exchange::DISPATCH_KICK;
 use meshpass_filter::worker::Worker;
@@ -21,6 +24,7 @@ const SUB: &str = "spiffe://cluster.local/ns/bench/sa/client";
 struct Stub {
     now: u64,
     headers: Vec<(String, String)>,
+    map: HeaderMap,
     shared: HashMap<String, (Vec<u8>, u32)>,
     calls: u32,
     queued: bool,
@@ -37,12 +41,9 @@ impl Host for Stub {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     }
-    fn headers(&self) -> Vec<(String, Vec<u8>)> {
-        // As the SDK: one String and one Vec per header.
-        self.headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-            .collect()
+    fn headers(&self) -> HeaderMap {
+        // As the host: one buffer allocated in the module per call.
+        self.map.clone()
     }
     fn set_header(&mut self, name: &str, value: &str) {
         std::hint::black_box((name, value));
@@ -137,6 +138,7 @@ fn main() {
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
+    host.map = HeaderMap::encode(host.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
     // Miss, exchange, then one shared-data hit that memoises the entry.
     assert_eq!(w.on_request(&mut host, 1), Verdict::Pause);
     assert!(host.queued);

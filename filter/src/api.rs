@@ -2,6 +2,8 @@
 //! proxy-wasm; tests implement it with a mock. Every call is infallible from the
 //! logic's point of view or returns a `Result`: host errors never panic.
 
+pub use crate::header_map::HeaderMap;
+
 /// Log levels (subset of proxy-wasm's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -193,8 +195,8 @@ pub trait Host {
     fn log(&self, level: Level, msg: &str);
     /// One request header of the current stream.
     fn header(&self, name: &str) -> Option<String>;
-    /// The whole request header map (one host call; names lower case).
-    fn headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// The whole request header map (one host call; names lower case), read in place.
+    fn headers(&self) -> HeaderMap;
     /// Sets (replaces) a request header.
     fn set_header(&mut self, name: &str, value: &str);
     /// Removes a request header.

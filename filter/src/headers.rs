@@ -8,14 +8,14 @@ use std::borrow::Cow;
 
 use crate::api::Host;
 use crate::config::Config;
+use crate::header_map::HeaderMap;
 
 /// The only header name the filter writes besides `authorization`.
 pub const SUBJECT_HEADER: &str = "x-meshpass-subject";
-/// The reserved prefix: no client-sent header with it reaches the upstream.
-pub const RESERVED_PREFIX: &str = "x-meshpass-";
+pub use crate::header_map::RESERVED_PREFIX;
 
 /// The current stream's request headers.
-pub(crate) struct Headers(Option<Vec<(String, Vec<u8>)>>);
+pub(crate) struct Headers(Option<HeaderMap>);
 
 impl Headers {
     /// Reads the whole map (`whole`), else defers to one host read per lookup.
@@ -27,18 +27,25 @@ impl Headers {
     pub(crate) fn get<'a>(&'a self, host: &dyn Host, name: &str) -> Option<Cow<'a, str>> {
         match &self.0 {
             Some(map) => map
-                .iter()
-                .find(|(k, _)| k == name)
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .get(name)
+                .and_then(|v| std::str::from_utf8(v).ok())
                 .map(Cow::Borrowed),
             None => host.header(name).map(Cow::Owned),
+        }
+    }
+
+    /// One header value as bytes (no UTF-8 check: the hit path compares bytes).
+    pub(crate) fn get_bytes<'a>(&'a self, host: &dyn Host, name: &str) -> Option<Cow<'a, [u8]>> {
+        match &self.0 {
+            Some(map) => map.get(name).map(Cow::Borrowed),
+            None => host.header(name).map(|v| Cow::Owned(v.into_bytes())),
         }
     }
 
     /// Whether `name` is (or may be, for per-name reads) present.
     fn may_have(&self, name: &str) -> bool {
         match &self.0 {
-            Some(map) => map.iter().any(|(k, _)| k == name),
+            Some(map) => map.get(name).is_some(),
             None => true,
         }
     }
@@ -49,12 +56,8 @@ impl Headers {
     pub(crate) fn strip_reserved(&self, host: &mut dyn Host, cfg: &Config) {
         match &self.0 {
             Some(map) => {
-                for (k, _) in map {
-                    if k.len() >= RESERVED_PREFIX.len()
-                        && k[..RESERVED_PREFIX.len()].eq_ignore_ascii_case(RESERVED_PREFIX)
-                    {
-                        host.remove_header(k);
-                    }
+                for k in map.reserved_names() {
+                    host.remove_header(k);
                 }
             }
             None if !cfg.set_subject_header && host.header(SUBJECT_HEADER).is_some() => {

@@ -12,7 +12,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::api::{
-    CallResponse, Counter, Gauge, Host, Level, SharedError, Verdict, EXCHANGE_LATENCY_MS,
+    CallResponse, Counter, Gauge, HeaderMap, Host, Level, SharedError, Verdict, EXCHANGE_LATENCY_MS,
 };
 use crate::config::Config;
 use crate::exchange::MAX_EXCHANGE_BODY;
@@ -83,8 +83,10 @@ impl Host for Envoy<'_> {
         }
     }
 
-    fn headers(&self) -> Vec<(String, Vec<u8>)> {
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+    fn headers(&self) -> HeaderMap {
+        raw::request_header_map()
+            .and_then(HeaderMap::parse)
+            .unwrap_or_default()
     }
 
     fn set_header(&mut self, name: &str, value: &str) {
@@ -183,6 +185,45 @@ impl Host for Envoy<'_> {
                 let _ = hostcalls::record_metric(id, value);
             }
         }
+    }
+}
+
+/// The one place the filter calls the host ABI itself rather than through the SDK: the
+/// SDK's `get_map_bytes` copies every header into a `String` and a `Vec` (about half of
+/// a cache hit's wasm instructions), and it panics on an unexpected status. This takes
+/// the host's buffer as it is, for [`HeaderMap::parse`] to read in place.
+#[allow(unsafe_code)]
+mod raw {
+    use proxy_wasm::types::MapType;
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        // The proxy-wasm ABI's signature, as the SDK declares it (`MapType` and the
+        // status are `u32` in wasm).
+        fn proxy_get_header_map_pairs(
+            map_type: MapType,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+    }
+
+    /// The request header map in the proxy-wasm layout; `None` when the host fails.
+    pub(super) fn request_header_map() -> Option<Vec<u8>> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes a pointer and a length into the two locals, nothing
+        // else; 0 is `Status::Ok` in the ABI.
+        let status = unsafe {
+            proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size)
+        };
+        if status != 0 || data.is_null() {
+            return None;
+        }
+        // SAFETY: the host allocated the buffer through this module's exported
+        // `proxy_on_memory_allocate` (the SDK's: a boxed slice of exactly `size` bytes,
+        // all initialised by the host) and hands ownership over, exactly as the SDK's
+        // own `get_map_bytes` takes it.
+        Some(unsafe { Vec::from_raw_parts(data, size, size) })
     }
 }
 

@@ -7,7 +7,7 @@
 //! Module map (README "Where things are"): [`worker`] holds the per-worker state;
 //! [`request`], [`exchange`], [`coalesce`], [`jwks`], [`revoke`], [`respond`] and
 //! [`tick`] are its behaviour by responsibility; [`cache`], [`memo`], [`outcome`] and
-//! [`feed`] are plain data.
+//! [`feed`] and [`header_map`] are plain data.
 
 pub mod api;
 pub mod cache;
@@ -15,6 +15,7 @@ pub mod coalesce;
 pub mod config;
 pub mod exchange;
 pub mod feed;
+pub mod header_map;
 pub mod headers;
 pub mod jwks;
 mod memo;

@@ -44,11 +44,11 @@ impl L1Entry {
         self.buf.get(self.token_len + self.auth_len..).unwrap_or("")
     }
 
-    fn is(&self, token: &str, digest: &[u8; 32], actor: Option<&str>) -> bool {
+    fn is(&self, token: &[u8], digest: &[u8; 32], actor: Option<&str>) -> bool {
         self.token_len == token.len()
             && self.digest == *digest
             && self.actor.as_deref() == actor
-            && self.token() == token
+            && self.token().as_bytes() == token
     }
 }
 
@@ -60,9 +60,9 @@ pub(crate) struct Memo {
 
 /// The set of `token`: its length and last 16 bytes, FxHash-style (no keyed hash
 /// needed: every hit is confirmed by an exact compare).
-fn set_of(token: &str) -> usize {
+fn set_of(token: &[u8]) -> usize {
     const K: u64 = 0x517c_c1b7_2722_0a95;
-    let b = token.as_bytes();
+    let b = token;
     let mut h = b.len() as u64;
     for &c in &b[b.len().saturating_sub(16)..] {
         h = (h.rotate_left(5) ^ u64::from(c)).wrapping_mul(K);
@@ -71,7 +71,7 @@ fn set_of(token: &str) -> usize {
 }
 
 impl Memo {
-    fn set(&self, token: &str) -> &[Option<L1Entry>] {
+    fn set(&self, token: &[u8]) -> &[Option<L1Entry>] {
         let s = set_of(token) * MEMO_WAYS;
         self.ways.get(s..s + MEMO_WAYS).unwrap_or(&[])
     }
@@ -79,7 +79,7 @@ impl Memo {
     /// The live entry for this token, target and actor, if any.
     pub(crate) fn get(
         &self,
-        token: &str,
+        token: &[u8],
         digest: &[u8; 32],
         actor: Option<&str>,
         now_ms: u64,
@@ -107,13 +107,16 @@ impl Memo {
         if self.ways.is_empty() {
             self.ways.resize_with(MEMO_SETS * MEMO_WAYS, || None);
         }
-        let s = set_of(token) * MEMO_WAYS;
+        let s = set_of(token.as_bytes()) * MEMO_WAYS;
         let Some(set) = self.ways.get_mut(s..s + MEMO_WAYS) else {
             return;
         };
         let pick = set
             .iter()
-            .position(|w| w.as_ref().is_some_and(|e| e.is(token, digest, actor)))
+            .position(|w| {
+                w.as_ref()
+                    .is_some_and(|e| e.is(token.as_bytes(), digest, actor))
+            })
             .or_else(|| {
                 set.iter()
                     .position(|w| w.as_ref().is_none_or(|e| e.valid_until_ms <= now))
@@ -187,17 +190,17 @@ mod tests {
     fn a_memoised_token_is_found_only_by_its_exact_bytes_target_and_actor() {
         let mut m = Memo::default();
         m.insert("a.b.sig", &D, None, 100, 0, "spiffe://td/x", "p");
-        let e = m.get("a.b.sig", &D, None, 50).map(|e| e.authorization());
+        let e = m.get(b"a.b.sig", &D, None, 50).map(|e| e.authorization());
         assert_eq!(e, Some("Bearer p"));
         assert_eq!(
-            m.get("a.b.sig", &D, None, 50).map(|e| e.subject()),
+            m.get(b"a.b.sig", &D, None, 50).map(|e| e.subject()),
             Some("spiffe://td/x")
         );
-        assert!(m.get("a.c.sig", &D, None, 50).is_none());
-        assert!(m.get("a.b.sig", &[2; 32], None, 50).is_none());
-        assert!(m.get("a.b.sig", &D, Some("actor"), 50).is_none());
+        assert!(m.get(b"a.c.sig", &D, None, 50).is_none());
+        assert!(m.get(b"a.b.sig", &[2; 32], None, 50).is_none());
+        assert!(m.get(b"a.b.sig", &D, Some("actor"), 50).is_none());
         assert!(
-            m.get("a.b.sig", &D, None, 100).is_none(),
+            m.get(b"a.b.sig", &D, None, 100).is_none(),
             "ended at its time"
         );
     }
@@ -209,7 +212,7 @@ mod tests {
         m.insert("t", &D, None, 200, 0, "s", "p2");
         assert_eq!(m.len(), 1);
         assert_eq!(
-            m.get("t", &D, None, 150).map(|e| e.authorization()),
+            m.get(b"t", &D, None, 150).map(|e| e.authorization()),
             Some("Bearer p2")
         );
     }
@@ -222,7 +225,7 @@ mod tests {
         }
         assert_eq!(m.len(), MEMO_SETS * MEMO_WAYS);
         // The latest entries survive (a full set evicts the way that ends first).
-        assert!(m.get("token-99999", &D, None, 0).is_some());
+        assert!(m.get(b"token-99999", &D, None, 0).is_some());
     }
 
     #[test]

@@ -38,13 +38,17 @@ impl Worker {
             Ok(path) => path,
             Err(v) => return v,
         };
-        let raw = headers.get(host, &cfg.token_header);
+        // Bytes up to the memo: a warm hit never checks the token's UTF-8.
+        let raw = headers.get_bytes(host, &cfg.token_header);
         let token = match subject_token(&cfg, raw.as_deref()) {
             Ok(t) => t,
             Err((counter, desc, invalid)) => return self.deny_token(host, counter, &desc, invalid),
         };
         if cfg.validate_only {
-            return self.validate_only(host, token);
+            return match token_text(token) {
+                Ok(token) => self.validate_only(host, token),
+                Err((c, desc, invalid)) => self.deny_token(host, c, &desc, invalid),
+            };
         }
         let Some(target) = route(host, &headers, &cfg, path.as_deref()) else {
             self.bump(Counter::DeniedNoRule);
@@ -66,6 +70,10 @@ impl Worker {
         if let Some(v) = self.memo_hit(host, token, target, actor.as_deref(), bound) {
             return v;
         }
+        let token = match token_text(token) {
+            Ok(t) => t,
+            Err((c, desc, invalid)) => return self.deny_token(host, c, &desc, invalid),
+        };
         let identity = identity.map(Bound::into_rc);
         self.lookup(host, ctx, token, target, actor, identity)
     }
@@ -114,7 +122,7 @@ impl Worker {
     fn memo_hit(
         &mut self,
         host: &mut dyn Host,
-        token: &str,
+        token: &[u8],
         target: &Target,
         actor: Option<&str>,
         identity: Option<&str>,
@@ -389,8 +397,8 @@ pub fn is_traceparent(v: &str) -> bool {
 /// whether it is an `invalid_token` rather than a missing one).
 fn subject_token<'a>(
     cfg: &Config,
-    raw: Option<&'a str>,
-) -> Result<&'a str, (Counter, String, bool)> {
+    raw: Option<&'a [u8]>,
+) -> Result<&'a [u8], (Counter, String, bool)> {
     let no_token = || {
         (
             Counter::DeniedNoToken,
@@ -400,15 +408,15 @@ fn subject_token<'a>(
     };
     let raw = raw.ok_or_else(no_token)?;
     let token = if cfg.bearer {
-        match raw.get(..7) {
-            Some(s) if s.eq_ignore_ascii_case("bearer ") => raw[7..].trim(),
+        match raw.split_at_checked(7) {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest.trim_ascii(),
             _ => {
                 let desc = "authorization is not a Bearer token".to_string();
                 return Err((Counter::DeniedInvalidToken, desc, true));
             }
         }
     } else {
-        raw.trim()
+        raw.trim_ascii()
     };
     if token.is_empty() {
         return Err(no_token());
@@ -422,6 +430,15 @@ fn subject_token<'a>(
         return Err((Counter::DeniedInvalidToken, msg, true));
     }
     Ok(token)
+}
+
+/// The token as text, for everything past the memo (validation, keys, the exchange).
+/// The memo compares bytes, and holds only tokens that were text when validated.
+fn token_text(token: &[u8]) -> Result<&str, (Counter, String, bool)> {
+    std::str::from_utf8(token).map_err(|_| {
+        let desc = "the subject token is not valid UTF-8".to_string();
+        (Counter::DeniedInvalidToken, desc, true)
+    })
 }
 
 /// The rule's target for this request (reads `:authority` / `:method` only when a rule

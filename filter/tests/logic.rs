@@ -977,6 +977,27 @@ fn client_sent_meshpass_headers_never_reach_the_app() {
 }
 
 #[test]
+fn a_header_name_with_a_multibyte_char_at_the_reserved_prefix_boundary_does_not_trap() {
+    // "x-meshpass" + 'é' has no char boundary at the prefix's 11 bytes; slicing the name as `str` at
+    // the prefix's length used to panic (a trap that kills the VM for every stream).
+    let mut f = fixture();
+    f.send(
+        1,
+        &[
+            (":path", "/healthz"),
+            ("x-meshpass\u{e9}subject", "1"),
+            ("x-meshpass-subject", "spiffe://evil/x"),
+        ],
+    );
+    assert_eq!(f.host.req_header(1, "x-meshpass-subject"), None);
+    assert_eq!(
+        f.host.req_header(1, "x-meshpass\u{e9}subject").as_deref(),
+        Some("1")
+    );
+    assert_eq!(f.count(Counter::Bypassed), 1);
+}
+
+#[test]
 fn every_client_sent_meshpass_header_is_removed_by_default() {
     let mut f = fixture();
     let t = f.token(ALICE);

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use meshpass_filter::api::{CallResponse, Counter, Gauge, Host, Level, SharedError};
+use meshpass_filter::api::{CallResponse, Counter, Gauge, HeaderMap, Host, Level, SharedError};
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{Signature, SigningKey};
 
@@ -198,16 +198,12 @@ impl Host for Mock {
         self.header_reads.borrow_mut().push(name.to_string());
         self.req_header(self.ctx, name)
     }
-    fn headers(&self) -> Vec<(String, Vec<u8>)> {
+    fn headers(&self) -> HeaderMap {
         self.calls.borrow_mut().push("headers");
         self.header_reads.borrow_mut().push("*".to_string());
         self.headers
             .get(&self.ctx)
-            .map(|h| {
-                h.iter()
-                    .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-                    .collect()
-            })
+            .map(|h| HeaderMap::encode(h.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))))
             .unwrap_or_default()
     }
     fn set_header(&mut self, name: &str, value: &str) {
