@@ -76,19 +76,21 @@ impl HeaderMap {
     }
 
     /// Lays `pairs` out as the host does (hosts in tests and benchmarks).
-    pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> HeaderMap {
-        let list: Vec<(&str, &[u8])> = pairs.into_iter().collect();
+    pub fn encode<N: AsRef<[u8]>, V: AsRef<[u8]>>(
+        pairs: impl IntoIterator<Item = (N, V)>,
+    ) -> HeaderMap {
+        let list: Vec<(N, V)> = pairs.into_iter().collect();
         let mut buf = Vec::new();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
         buf.extend_from_slice(&count(list.len()));
         for (k, v) in &list {
-            buf.extend_from_slice(&count(k.len()));
-            buf.extend_from_slice(&count(v.len()));
+            buf.extend_from_slice(&count(k.as_ref().len()));
+            buf.extend_from_slice(&count(v.as_ref().len()));
         }
         for (k, v) in &list {
-            buf.extend_from_slice(k.as_bytes());
+            buf.extend_from_slice(k.as_ref());
             buf.push(0);
-            buf.extend_from_slice(v);
+            buf.extend_from_slice(v.as_ref());
             buf.push(0);
         }
         HeaderMap {
