@@ -5,7 +5,7 @@ use super::config::VaultConfig;
 use super::secret::Secret;
 use serde_json::Value;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Why a Vault call failed.
@@ -57,6 +57,8 @@ pub struct VaultStats {
     auth_failures: AtomicU64,
     /// Unix seconds when the current token expires; 0 = never or unknown.
     token_expires_at: AtomicI64,
+    /// Signatures per `transit/sign` request, once a metrics collector attached it.
+    batch_sizes: OnceLock<prometheus::Histogram>,
 }
 
 impl VaultStats {
@@ -97,8 +99,16 @@ impl VaultStats {
         }
     }
 
-    pub(crate) fn add_sign_request(&self) {
+    /// One `transit/sign` request carrying `signatures` inputs.
+    pub(crate) fn add_sign_request(&self, signatures: usize) {
         self.sign_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(h) = self.batch_sizes.get() {
+            h.observe(signatures as f64);
+        }
+    }
+    /// Records every later request's size in `h` (the first histogram given wins).
+    pub fn observe_batch_sizes(&self, h: prometheus::Histogram) {
+        let _ = self.batch_sizes.set(h);
     }
     pub(crate) fn add_signatures(&self, n: u64) {
         self.signatures.fetch_add(n, Ordering::Relaxed);

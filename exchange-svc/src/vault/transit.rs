@@ -439,7 +439,7 @@ impl Inner {
                 .collect();
         }
         let path = format!("{}/sign/{}", self.cfg.transit_mount, self.cfg.key_name);
-        self.client.stats().add_sign_request();
+        self.client.stats().add_sign_request(n);
         let r = self
             .client
             .call(Method::POST, &path, Some(&body), true)
