@@ -2,7 +2,7 @@
 
 use super::auth::{Auth, Backoff, TokenInfo};
 use super::client::{VaultClient, VaultError, VaultStats};
-use super::config::{KeyType, VaultConfig};
+use super::config::{KeyType, VaultConfig, MAX_SIGN_REQUESTS_IN_FLIGHT};
 use super::keys::{alg_for, jwk_for, jws_signature, parse_rfc3339};
 use crate::signer::{SignError, Signer, SigningAlg, SigningKey};
 use async_trait::async_trait;
@@ -17,14 +17,11 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+mod batch;
+
 /// Consecutive failed Vault requests after which the signer reports not ready and
 /// fails fast instead of waiting for timeouts (a probe keeps checking).
 const DOWN_AFTER_FAILURES: u32 = 3;
-/// Most sign requests in flight at once (batches, or singles when batching is off).
-const MAX_IN_FLIGHT: usize = 32;
-/// Batches in flight before a new signature waits for company: two, so the service
-/// prepares (and answers) one batch while Vault signs the other.
-const PIPELINE_DEPTH: usize = 2;
 
 /// One published key version.
 #[derive(Debug, Clone)]
@@ -117,7 +114,7 @@ impl TransitSigner {
             degraded: Notify::new(),
             in_flight: AtomicUsize::new(0),
             request_done: Notify::new(),
-            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            permits: Arc::new(Semaphore::new(MAX_SIGN_REQUESTS_IN_FLIGHT)),
             cfg,
         });
 
@@ -145,7 +142,7 @@ impl TransitSigner {
         let tasks = vec![
             tokio::spawn(auth.run(login)),
             tokio::spawn(refresh_loop(inner.clone())),
-            tokio::spawn(batch_loop(inner.clone(), rx)),
+            tokio::spawn(batch::batch_loop(inner.clone(), rx)),
         ];
         Ok(TransitSigner {
             inner,
@@ -552,59 +549,6 @@ async fn refresh_loop(inner: Arc<Inner>) {
         }
         if inner.client.has_token() {
             let _ = inner.load_keys().await;
-        }
-    }
-}
-
-/// Collects sign jobs into batches: a job goes out at once while fewer than
-/// [`PIPELINE_DEPTH`] requests are in flight (so alone when the service is idle);
-/// otherwise it waits for company (at most `batch_max_size`) until a request in flight
-/// finishes or `batch_max_wait` has passed, whichever comes first. So batches follow
-/// Vault's own pace (each one collects what arrived during a round trip) and the
-/// window only bounds the wait when Vault is slow.
-async fn batch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SignJob>) {
-    let max = inner.cfg.batch_max_size;
-    let wait = inner.cfg.batch_max_wait;
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < max {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        if jobs.len() < max && !wait.is_zero() {
-            // Registered before in_flight is read, so a request finishing in between
-            // still wakes us.
-            let done = inner.request_done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if inner.in_flight.load(Ordering::Relaxed) >= PIPELINE_DEPTH {
-                let deadline = tokio::time::sleep(wait);
-                tokio::pin!(deadline);
-                while jobs.len() < max {
-                    tokio::select! {
-                        j = rx.recv() => match j {
-                            Some(j) => jobs.push(j),
-                            None => break,
-                        },
-                        _ = &mut done => break,
-                        _ = &mut deadline => break,
-                    }
-                }
-            }
-        }
-        // Usually one version; group in case a rotation landed mid-batch.
-        let mut groups: BTreeMap<u64, Vec<SignJob>> = BTreeMap::new();
-        for j in jobs {
-            groups.entry(j.version).or_default().push(j);
-        }
-        for (version, group) in groups {
-            let Ok(permit) = inner.permits.clone().acquire_owned().await else {
-                return;
-            };
-            inner.in_flight.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(inner.clone().dispatch(version, group, permit));
         }
     }
 }
