@@ -260,6 +260,39 @@ impl VaultClient {
         body: Option<&Value>,
         token: Option<Secret>,
     ) -> Result<Value, VaultError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| VaultError::Protocol(format!("{path}: encoding the request: {e}")))?;
+        let bytes = self.send(method, path, body, token).await?;
+        Ok(if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        })
+    }
+
+    /// `method` on `/v1/{path}` with the current token and `json`, a JSON document the
+    /// caller wrote itself; the answer's bytes, for the caller to parse (the sign path
+    /// writes and reads its documents without building `Value` trees).
+    pub(crate) async fn call_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        json: Vec<u8>,
+    ) -> Result<Vec<u8>, VaultError> {
+        self.send(method, path, Some(json), Some(self.current_token()))
+            .await
+    }
+
+    /// Sends one request; a 2xx answer's body, or the error its status means.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+        token: Option<Secret>,
+    ) -> Result<Vec<u8>, VaultError> {
         let url = format!("{}/v1/{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = token.filter(|t| !t.is_empty()) {
@@ -268,8 +301,10 @@ impl VaultClient {
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
-        if let Some(b) = body {
-            req = req.json(b);
+        if let Some(b) = json {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
         let resp = req.send().await.map_err(|e| {
             // reqwest's error text includes the URL but never headers (no token leak).
@@ -283,13 +318,11 @@ impl VaultClient {
         let bytes = resp.bytes().await.map_err(|e| {
             VaultError::Unavailable(format!("{path}: reading body: {}", error_chain(&e)))
         })?;
-        let json: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
+        if (200..=299).contains(&status) {
+            return Ok(Vec::from(bytes));
+        }
+        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         match status {
-            200..=299 => Ok(json),
             403 => Err(VaultError::PermissionDenied(path.to_string())),
             404 => Err(VaultError::NotFound(path.to_string())),
             429 | 500..=599 => Err(VaultError::Unavailable(format!(

@@ -3,11 +3,9 @@
 use super::auth::{Auth, Backoff, TokenInfo};
 use super::client::{VaultClient, VaultError, VaultStats};
 use super::config::{KeyType, VaultConfig, MAX_SIGN_REQUESTS_IN_FLIGHT};
-use super::keys::{alg_for, jwk_for, jws_signature, parse_rfc3339};
+use super::keys::{alg_for, jwk_for, parse_rfc3339};
 use crate::signer::{SignError, Signer, SigningAlg, SigningKey};
 use async_trait::async_trait;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -18,6 +16,9 @@ use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 mod batch;
+mod wire;
+
+pub use wire::sign_results;
 
 /// Consecutive failed Vault requests after which the signer reports not ready and
 /// fails fast instead of waiting for timeouts (a probe keeps checking).
@@ -426,21 +427,10 @@ impl Inner {
                 "key version {version} is not live"
             )));
         };
-        let mut body = self.sign_params(&set, version);
-        if n == 1 {
-            body["input"] = json!(STANDARD.encode(&inputs[0]));
-        } else {
-            body["batch_input"] = inputs
-                .iter()
-                .map(|i| json!({ "input": STANDARD.encode(i) }))
-                .collect();
-        }
+        let body = wire::sign_body(&self.sign_params(&set, version), inputs);
         let path = format!("{}/sign/{}", self.cfg.transit_mount, self.cfg.key_name);
         self.client.stats().add_sign_request(n);
-        let r = self
-            .client
-            .call(Method::POST, &path, Some(&body), true)
-            .await;
+        let r = self.client.call_raw(Method::POST, &path, body).await;
         self.observe(&r);
         let v = match r {
             Ok(v) => v,
@@ -483,50 +473,6 @@ impl Inner {
             let _ = reply.send(r);
         }
     }
-}
-
-/// Turns a `transit/sign` answer for `n` inputs into one result per input: the plain
-/// `signature` when `n == 1`, else `batch_results`. A batch answers 200 even when items
-/// fail, so every item is judged on its own: an item error fails that item only.
-pub fn sign_results(
-    answer: &Value,
-    n: usize,
-    version: u64,
-    sig_len: usize,
-) -> Vec<Result<String, SignError>> {
-    let check = |sig: Option<&str>| -> Result<String, SignError> {
-        let sig = sig.ok_or_else(|| SignError::Failed("no signature in answer".into()))?;
-        jws_signature(sig, version, sig_len).map_err(SignError::Failed)
-    };
-    let data = answer.get("data");
-    if n == 1 && data.and_then(|d| d.get("batch_results")).is_none() {
-        return vec![check(
-            data.and_then(|d| d.get("signature"))
-                .and_then(Value::as_str),
-        )];
-    }
-    let results = data
-        .and_then(|d| d.get("batch_results"))
-        .and_then(Value::as_array)
-        .filter(|r| r.len() == n);
-    let Some(results) = results else {
-        return (0..n)
-            .map(|_| {
-                Err(SignError::Failed(
-                    "batch answer does not hold one result per input".into(),
-                ))
-            })
-            .collect();
-    };
-    results
-        .iter()
-        .map(|item| match item.get("error").and_then(Value::as_str) {
-            Some(err) if !err.is_empty() => Err(SignError::Failed(format!(
-                "transit refused batch item: {err}"
-            ))),
-            _ => check(item.get("signature").and_then(Value::as_str)),
-        })
-        .collect()
 }
 
 /// Re-reads the key every refresh interval; while Vault is failing, probes with backoff
