@@ -130,6 +130,13 @@ def drive(port, forms, conc):
         sys.exit(f"{len(bad)} exchanges failed, first: {bad[0]}")
 
 
+def cpu_secs(pid):
+    """utime + stime of a process, in seconds (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def metric_lines(port, name):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         text = r.read().decode()
@@ -231,6 +238,7 @@ ttl_secs = 3600
             subprocess.run(["callgrind_control", "-z", str(svc.pid)], check=True,
                            stdout=subprocess.DEVNULL)
         t0 = time.time()
+        cpu0 = (cpu_secs(svc.pid), cpu_secs(bao.pid))
         if a.wrk:
             fpath = os.path.join(work, "cold.txt")
             with open(fpath, "w") as f:
@@ -245,6 +253,9 @@ ttl_secs = 3600
                 env=env, capture_output=True, text=True, check=True)
             w = json.loads(next(l[8:] for l in r.stdout.splitlines() if l.startswith("WRKJSON ")))
             a.n = w["requests"]
+            svc_us = (cpu_secs(svc.pid) - cpu0[0]) * 1e6 / max(a.n, 1)
+            bao_us = (cpu_secs(bao.pid) - cpu0[1]) * 1e6 / max(a.n, 1)
+            print(f"CPU per exchange: service {svc_us:.1f} us, OpenBao {bao_us:.1f} us")
             print(f"wrk: {w['requests'] / (w['duration_us'] / 1e6):.0f} req/s, p99 "
                   f"{w['p99_us'] / 1e3:.2f} ms, errors {w['connect'] + w['read'] + w['write'] + w['status'] + w['timeout']}, wrapped {w['wrapped']}")
         else:
