@@ -238,7 +238,7 @@ fn run() -> Result<()> {
         secs: args
             .exchange_secs
             .unwrap_or(if args.quick { 2.0 } else { 4.0 }),
-        cold_rate_bound: 5000.0,
+        cold_rate_bound: exchange::COLD_RATE_BOUND,
     };
     let scale = (
         args.scale_max

@@ -50,10 +50,14 @@ impl Plan {
             ));
         }
         if let Some((concs, reps, secs)) = self.exchange {
-            // Six rows per concurrency, warm-ups, start-ups and cold-token minting.
+            // Six rows per concurrency, warm-ups, start-ups and cold-token minting
+            // (a third as many at concurrency 1).
+            let mint =
+                reps as f64 * (concs as f64 - 2.0 / 3.0) * crate::exchange::COLD_RATE_BOUND * secs
+                    / MINT_PER_SEC;
             out.push((
                 "exchange",
-                20.0 + (6 * concs * reps) as f64 * (w(secs) + 2.0),
+                20.0 + mint + (6 * concs * reps) as f64 * (w(secs) + 2.0),
             ));
         }
         if let Some((tokens, secs)) = self.scaling {

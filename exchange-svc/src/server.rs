@@ -193,7 +193,12 @@ pub async fn build_signer(cfg: &Config) -> Result<Arc<TransitSigner>, ServeError
         .map_err(|e| ServeError::Signer(e.to_string()))
 }
 
-/// Exposes the Vault client's counters and token TTL as Prometheus metrics.
+/// Upper bounds of `meshpass_transit_batch_size` (`vault.batch_max_size` is at most 1024).
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Exposes the Vault client's counters, token TTL and batch sizes as Prometheus metrics.
 pub struct VaultCollector {
     stats: Arc<VaultStats>,
     token_ttl: prometheus::Gauge,
@@ -203,14 +208,24 @@ pub struct VaultCollector {
     logins: prometheus::IntCounter,
     renewals: prometheus::IntCounter,
     auth_failures: prometheus::IntCounter,
+    batch_sizes: prometheus::Histogram,
 }
 
 impl VaultCollector {
     /// A collector over `stats`.
     pub fn new(stats: Arc<VaultStats>) -> Result<Self, prometheus::Error> {
-        use prometheus::{Gauge, IntCounter};
+        use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter};
+        let batch_sizes = Histogram::with_opts(
+            HistogramOpts::new(
+                "meshpass_transit_batch_size",
+                "Signatures per transit/sign request (1: a single sign).",
+            )
+            .buckets(BATCH_SIZE_BUCKETS.to_vec()),
+        )?;
+        stats.observe_batch_sizes(batch_sizes.clone());
         Ok(VaultCollector {
             stats,
+            batch_sizes,
             token_ttl: Gauge::new(
                 "meshpass_vault_token_ttl_seconds",
                 "Seconds until the service's Vault token expires (-1: never or no token).",
@@ -244,6 +259,7 @@ impl prometheus::core::Collector for VaultCollector {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
         let mut d = Vec::new();
         d.extend(self.token_ttl.desc());
+        d.extend(self.batch_sizes.desc());
         for c in [
             &self.sign_requests,
             &self.signatures,
@@ -262,6 +278,7 @@ impl prometheus::core::Collector for VaultCollector {
         self.token_ttl
             .set(s.token_ttl_seconds().map(|t| t as f64).unwrap_or(-1.0));
         let mut out = self.token_ttl.collect();
+        out.extend(self.batch_sizes.collect());
         for (c, v) in [
             (&self.sign_requests, s.sign_requests()),
             (&self.signatures, s.signatures()),

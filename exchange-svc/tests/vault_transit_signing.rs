@@ -342,6 +342,7 @@ async fn a_batch_answer_with_one_failed_item_fails_only_that_item() {
         })),
     );
     assert_eq!(status, 200, "{answer}");
+    let answer = serde_json::to_vec(&answer).unwrap();
     let results = meshpass_exchange::vault::sign_results(&answer, 3, 1, 64);
     assert!(results[0].is_ok(), "{:?}", results[0]);
     assert!(

@@ -318,11 +318,13 @@ async fn exchange(
 
     let token = Arc::new(CachedToken {
         body: AnswerBody::new(&minted.access_token, scope_str.as_deref()),
-        cached_counter: st
-            .metrics
-            .exchanges
-            .get_metric_with_label_values(&["cached", &mapping.resource])
-            .ok(),
+        // Only a cached token is ever served (and counted) again.
+        cached_counter: st.cache.as_ref().and_then(|_| {
+            st.metrics
+                .exchanges
+                .get_metric_with_label_values(&["cached", &mapping.resource])
+                .ok()
+        }),
         access_token: minted.access_token.into(),
         scope: scope_str.map(Into::into),
         issued_at: now,

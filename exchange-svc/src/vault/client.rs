@@ -5,7 +5,7 @@ use super::config::VaultConfig;
 use super::secret::Secret;
 use serde_json::Value;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 /// Why a Vault call failed.
@@ -57,6 +57,8 @@ pub struct VaultStats {
     auth_failures: AtomicU64,
     /// Unix seconds when the current token expires; 0 = never or unknown.
     token_expires_at: AtomicI64,
+    /// Signatures per `transit/sign` request, once a metrics collector attached it.
+    batch_sizes: OnceLock<prometheus::Histogram>,
 }
 
 impl VaultStats {
@@ -97,8 +99,16 @@ impl VaultStats {
         }
     }
 
-    pub(crate) fn add_sign_request(&self) {
+    /// One `transit/sign` request carrying `signatures` inputs.
+    pub(crate) fn add_sign_request(&self, signatures: usize) {
         self.sign_requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(h) = self.batch_sizes.get() {
+            h.observe(signatures as f64);
+        }
+    }
+    /// Records every later request's size in `h` (the first histogram given wins).
+    pub fn observe_batch_sizes(&self, h: prometheus::Histogram) {
+        let _ = self.batch_sizes.set(h);
     }
     pub(crate) fn add_signatures(&self, n: u64) {
         self.signatures.fetch_add(n, Ordering::Relaxed);
@@ -250,6 +260,39 @@ impl VaultClient {
         body: Option<&Value>,
         token: Option<Secret>,
     ) -> Result<Value, VaultError> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| VaultError::Protocol(format!("{path}: encoding the request: {e}")))?;
+        let bytes = self.send(method, path, body, token).await?;
+        Ok(if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        })
+    }
+
+    /// `method` on `/v1/{path}` with the current token and `json`, a JSON document the
+    /// caller wrote itself; the answer's bytes, for the caller to parse (the sign path
+    /// writes and reads its documents without building `Value` trees).
+    pub(crate) async fn call_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        json: Vec<u8>,
+    ) -> Result<Vec<u8>, VaultError> {
+        self.send(method, path, Some(json), Some(self.current_token()))
+            .await
+    }
+
+    /// Sends one request; a 2xx answer's body, or the error its status means.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+        token: Option<Secret>,
+    ) -> Result<Vec<u8>, VaultError> {
         let url = format!("{}/v1/{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(t) = token.filter(|t| !t.is_empty()) {
@@ -258,8 +301,10 @@ impl VaultClient {
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
-        if let Some(b) = body {
-            req = req.json(b);
+        if let Some(b) = json {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b);
         }
         let resp = req.send().await.map_err(|e| {
             // reqwest's error text includes the URL but never headers (no token leak).
@@ -273,13 +318,11 @@ impl VaultClient {
         let bytes = resp.bytes().await.map_err(|e| {
             VaultError::Unavailable(format!("{path}: reading body: {}", error_chain(&e)))
         })?;
-        let json: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
+        if (200..=299).contains(&status) {
+            return Ok(Vec::from(bytes));
+        }
+        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         match status {
-            200..=299 => Ok(json),
             403 => Err(VaultError::PermissionDenied(path.to_string())),
             404 => Err(VaultError::NotFound(path.to_string())),
             429 | 500..=599 => Err(VaultError::Unavailable(format!(

@@ -5,6 +5,10 @@ use serde::{Deserialize, Deserializer};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Most `transit/sign` requests in flight at once (batches, or singles when batching is
+/// off); `batch_pipeline_depth` is at most this.
+pub const MAX_SIGN_REQUESTS_IN_FLIGHT: usize = 32;
+
 /// Default Kubernetes service-account token path (kubernetes and jwt auth).
 pub const DEFAULT_SA_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
@@ -47,6 +51,12 @@ pub struct VaultConfig {
     /// Longest a signature waits for others to share a request with.
     #[serde(deserialize_with = "de_duration")]
     pub batch_max_wait: Duration,
+    /// Sign requests in flight before a new signature waits for company (at most
+    /// `batch_max_wait`, or until one of them returns). 1: a signature goes out at once
+    /// only while nothing is in flight, so under load every request carries what arrived
+    /// during the previous round trip; more trades Vault's CPU per signature (each
+    /// request has a fixed cost) for latency.
+    pub batch_pipeline_depth: usize,
     /// Timeout of every Vault HTTP request.
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
@@ -77,6 +87,7 @@ impl Default for VaultConfig {
             key_refresh_interval: Duration::from_secs(30),
             batch_max_size: 64,
             batch_max_wait: Duration::from_millis(2),
+            batch_pipeline_depth: 1,
             request_timeout: Duration::from_secs(5),
             verifier_refresh_interval: Duration::ZERO,
             insecure_http: false,
@@ -338,6 +349,12 @@ impl VaultConfig {
         if self.batch_max_wait > Duration::from_secs(1) {
             return Err(bad("batch_max_wait", "must be at most 1s"));
         }
+        if !(1..=MAX_SIGN_REQUESTS_IN_FLIGHT).contains(&self.batch_pipeline_depth) {
+            return Err(bad(
+                "batch_pipeline_depth",
+                "must be between 1 and 32 (the sign requests in flight at most)",
+            ));
+        }
         if self.request_timeout < Duration::from_millis(50)
             || self.request_timeout > Duration::from_secs(300)
         {
@@ -494,6 +511,7 @@ mod tests {
         assert_eq!(c.key_refresh_interval, Duration::from_secs(30));
         assert_eq!(c.batch_max_size, 64);
         assert_eq!(c.batch_max_wait, Duration::from_millis(2));
+        assert_eq!(c.batch_pipeline_depth, 1);
         assert_eq!(c.rsa_alg, RsaAlg::PS256);
         assert!(matches!(c.auth, AuthConfig::Token { token: None }));
     }
@@ -565,6 +583,14 @@ mod tests {
             ("", "vault.address"),
             ("address = \"ftp://x\"", "vault.address"),
             ("address = \"https://x\"\nbatch_max_size = 0", "vault.batch_max_size"),
+            (
+                "address = \"https://x\"\nbatch_pipeline_depth = 0",
+                "vault.batch_pipeline_depth",
+            ),
+            (
+                "address = \"https://x\"\nbatch_pipeline_depth = 33",
+                "vault.batch_pipeline_depth",
+            ),
             ("address = \"https://x\"\nkey_name = \"a/b\"", "vault.key_name"),
             ("address = \"https://x\"\ntransit_mount = \"../x\"", "vault.transit_mount"),
             ("address = \"https://x\"\nca_cert = \"/nonexistent.pem\"", "vault.ca_cert"),

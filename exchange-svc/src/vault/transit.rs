@@ -2,12 +2,10 @@
 
 use super::auth::{Auth, Backoff, TokenInfo};
 use super::client::{VaultClient, VaultError, VaultStats};
-use super::config::{KeyType, VaultConfig};
-use super::keys::{alg_for, jwk_for, jws_signature, parse_rfc3339};
+use super::config::{KeyType, VaultConfig, MAX_SIGN_REQUESTS_IN_FLIGHT};
+use super::keys::{alg_for, jwk_for, parse_rfc3339};
 use crate::signer::{SignError, Signer, SigningAlg, SigningKey};
 use async_trait::async_trait;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -17,14 +15,14 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+mod batch;
+mod wire;
+
+pub use wire::sign_results;
+
 /// Consecutive failed Vault requests after which the signer reports not ready and
 /// fails fast instead of waiting for timeouts (a probe keeps checking).
 const DOWN_AFTER_FAILURES: u32 = 3;
-/// Most sign requests in flight at once (batches, or singles when batching is off).
-const MAX_IN_FLIGHT: usize = 32;
-/// Batches in flight before a new signature waits for company: two, so the service
-/// prepares (and answers) one batch while Vault signs the other.
-const PIPELINE_DEPTH: usize = 2;
 
 /// One published key version.
 #[derive(Debug, Clone)]
@@ -117,7 +115,7 @@ impl TransitSigner {
             degraded: Notify::new(),
             in_flight: AtomicUsize::new(0),
             request_done: Notify::new(),
-            permits: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            permits: Arc::new(Semaphore::new(MAX_SIGN_REQUESTS_IN_FLIGHT)),
             cfg,
         });
 
@@ -145,7 +143,7 @@ impl TransitSigner {
         let tasks = vec![
             tokio::spawn(auth.run(login)),
             tokio::spawn(refresh_loop(inner.clone())),
-            tokio::spawn(batch_loop(inner.clone(), rx)),
+            tokio::spawn(batch::batch_loop(inner.clone(), rx)),
         ];
         Ok(TransitSigner {
             inner,
@@ -429,21 +427,10 @@ impl Inner {
                 "key version {version} is not live"
             )));
         };
-        let mut body = self.sign_params(&set, version);
-        if n == 1 {
-            body["input"] = json!(STANDARD.encode(&inputs[0]));
-        } else {
-            body["batch_input"] = inputs
-                .iter()
-                .map(|i| json!({ "input": STANDARD.encode(i) }))
-                .collect();
-        }
+        let body = wire::sign_body(&self.sign_params(&set, version), inputs);
         let path = format!("{}/sign/{}", self.cfg.transit_mount, self.cfg.key_name);
-        self.client.stats().add_sign_request();
-        let r = self
-            .client
-            .call(Method::POST, &path, Some(&body), true)
-            .await;
+        self.client.stats().add_sign_request(n);
+        let r = self.client.call_raw(Method::POST, &path, body).await;
         self.observe(&r);
         let v = match r {
             Ok(v) => v,
@@ -488,50 +475,6 @@ impl Inner {
     }
 }
 
-/// Turns a `transit/sign` answer for `n` inputs into one result per input: the plain
-/// `signature` when `n == 1`, else `batch_results`. A batch answers 200 even when items
-/// fail, so every item is judged on its own: an item error fails that item only.
-pub fn sign_results(
-    answer: &Value,
-    n: usize,
-    version: u64,
-    sig_len: usize,
-) -> Vec<Result<String, SignError>> {
-    let check = |sig: Option<&str>| -> Result<String, SignError> {
-        let sig = sig.ok_or_else(|| SignError::Failed("no signature in answer".into()))?;
-        jws_signature(sig, version, sig_len).map_err(SignError::Failed)
-    };
-    let data = answer.get("data");
-    if n == 1 && data.and_then(|d| d.get("batch_results")).is_none() {
-        return vec![check(
-            data.and_then(|d| d.get("signature"))
-                .and_then(Value::as_str),
-        )];
-    }
-    let results = data
-        .and_then(|d| d.get("batch_results"))
-        .and_then(Value::as_array)
-        .filter(|r| r.len() == n);
-    let Some(results) = results else {
-        return (0..n)
-            .map(|_| {
-                Err(SignError::Failed(
-                    "batch answer does not hold one result per input".into(),
-                ))
-            })
-            .collect();
-    };
-    results
-        .iter()
-        .map(|item| match item.get("error").and_then(Value::as_str) {
-            Some(err) if !err.is_empty() => Err(SignError::Failed(format!(
-                "transit refused batch item: {err}"
-            ))),
-            _ => check(item.get("signature").and_then(Value::as_str)),
-        })
-        .collect()
-}
-
 /// Re-reads the key every refresh interval; while Vault is failing, probes with backoff
 /// so readiness comes back as soon as Vault answers.
 async fn refresh_loop(inner: Arc<Inner>) {
@@ -552,59 +495,6 @@ async fn refresh_loop(inner: Arc<Inner>) {
         }
         if inner.client.has_token() {
             let _ = inner.load_keys().await;
-        }
-    }
-}
-
-/// Collects sign jobs into batches: a job goes out at once while fewer than
-/// [`PIPELINE_DEPTH`] requests are in flight (so alone when the service is idle);
-/// otherwise it waits for company (at most `batch_max_size`) until a request in flight
-/// finishes or `batch_max_wait` has passed, whichever comes first. So batches follow
-/// Vault's own pace (each one collects what arrived during a round trip) and the
-/// window only bounds the wait when Vault is slow.
-async fn batch_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<SignJob>) {
-    let max = inner.cfg.batch_max_size;
-    let wait = inner.cfg.batch_max_wait;
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < max {
-            match rx.try_recv() {
-                Ok(j) => jobs.push(j),
-                Err(_) => break,
-            }
-        }
-        if jobs.len() < max && !wait.is_zero() {
-            // Registered before in_flight is read, so a request finishing in between
-            // still wakes us.
-            let done = inner.request_done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if inner.in_flight.load(Ordering::Relaxed) >= PIPELINE_DEPTH {
-                let deadline = tokio::time::sleep(wait);
-                tokio::pin!(deadline);
-                while jobs.len() < max {
-                    tokio::select! {
-                        j = rx.recv() => match j {
-                            Some(j) => jobs.push(j),
-                            None => break,
-                        },
-                        _ = &mut done => break,
-                        _ = &mut deadline => break,
-                    }
-                }
-            }
-        }
-        // Usually one version; group in case a rotation landed mid-batch.
-        let mut groups: BTreeMap<u64, Vec<SignJob>> = BTreeMap::new();
-        for j in jobs {
-            groups.entry(j.version).or_default().push(j);
-        }
-        for (version, group) in groups {
-            let Ok(permit) = inner.permits.clone().acquire_owned().await else {
-                return;
-            };
-            inner.in_flight.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(inner.clone().dispatch(version, group, permit));
         }
     }
 }
