@@ -185,7 +185,9 @@ fn run() -> Result<()> {
     let (reps, secs) = match (args.smoke, args.quick) {
         (true, _) => (1, 1.0),
         (false, true) => (3, 3.0),
-        _ => (5, 8.0),
+        // Ten shorter repetitions rather than five longer ones: the same time, a 95 %
+        // interval about 40 % narrower (t(9)/√10 against t(4)/√5), less drift per pair.
+        _ => (10, 4.0),
     };
     let by_name = |names: &[String]| -> Result<Vec<proxy::Row>> {
         names

@@ -1,7 +1,8 @@
 //! Section 1, proxy overhead: one Envoy (`--concurrency 1`, pinned to core 0) with a
 //! listener per configuration, wrk pinned to core 1 (with every other process: the
 //! authorizer, the exchange service, OpenBao), the same ES256 token and connection count
-//! for every row, repetitions interleaved (A B C … A B C …) so drift hits every row alike.
+//! for every row, repetitions interleaved and alternating in direction (A B C, C B A, …)
+//! so drift hits every row alike: a linear drift cancels out of every paired ratio.
 
 use std::path::{Path, PathBuf};
 
@@ -42,18 +43,30 @@ pub enum Row {
     MeshpassMiss,
 }
 
-/// Every row, in the order each repetition runs them.
+/// Every row, in the order the odd repetitions run them (the even ones run it backwards).
+/// The cache hit sits next to the empty filter it is judged against, so the two are
+/// measured seconds apart in every repetition.
 pub const ALL_ROWS: [Row; 9] = [
     Row::Router,
+    Row::MeshpassHitBaseline,
+    Row::MeshpassHit,
     Row::NoopWasm,
-    Row::JwtAuthn,
     Row::JwtAuthnCache,
+    Row::JwtAuthn,
     Row::ExtAuthzHttp,
     Row::ExtAuthzGrpc,
-    Row::MeshpassHit,
-    Row::MeshpassHitBaseline,
     Row::MeshpassMiss,
 ];
+
+/// The rows' indices in the order repetition `rep` (from 0) runs them: forwards, then
+/// backwards, so a drift that is linear over two repetitions hits each row alike.
+pub fn rep_order(rows: usize, rep: usize) -> Vec<usize> {
+    if rep % 2 == 0 {
+        (0..rows).collect()
+    } else {
+        (0..rows).rev().collect()
+    }
+}
 
 impl Row {
     /// Listener and row name.
@@ -407,7 +420,8 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); rows.len()];
     for rep in 0..o.reps {
-        for (i, &row) in rows.iter().enumerate() {
+        for i in rep_order(rows.len(), rep) {
+            let row = rows[i];
             let c0 = machine::cpu_secs(envoy.pid(), tck);
             let m0 = CpuTimes::now();
             let r = wrk.run(&url(row)?, o.connections, o.secs, &load_for(row, rep + 1))?;
@@ -575,6 +589,35 @@ fn check_authorizer_header_reaches_upstream(envoy: &Envoy, rows: &[Row]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repetitions_alternate_direction_so_every_row_averages_the_same_position() {
+        assert_eq!(rep_order(3, 0), vec![0, 1, 2]);
+        assert_eq!(rep_order(3, 1), vec![2, 1, 0]);
+        assert_eq!(rep_order(3, 2), vec![0, 1, 2]);
+        // Over a pair of repetitions every row's mean position is the middle one.
+        for row in 0..5 {
+            let pos: usize = (0..2)
+                .map(|rep| {
+                    rep_order(5, rep)
+                        .iter()
+                        .position(|&r| r == row)
+                        .unwrap_or(99)
+                })
+                .sum();
+            assert_eq!(pos, 4, "row {row}");
+        }
+    }
+
+    #[test]
+    fn the_cache_hit_runs_next_to_the_empty_filter_it_is_judged_against() {
+        let hit = ALL_ROWS.iter().position(|r| *r == Row::MeshpassHit);
+        let noop = ALL_ROWS.iter().position(|r| *r == Row::NoopWasm);
+        match (hit, noop) {
+            (Some(h), Some(n)) => assert_eq!(h.abs_diff(n), 1),
+            _ => panic!("both rows must be in ALL_ROWS"),
+        }
+    }
 
     #[test]
     fn every_row_gets_its_own_listener_and_the_baseline_only_when_given() {

@@ -170,13 +170,22 @@ fn proxy_section(out: &mut String, p: &proxy::Results, charts_dir: &Path, rel: &
     if !miss_cpu.is_empty() {
         let m = Estimate::of(&miss_cpu);
         let over = paired_diff(&miss_cpu, &noop_cpu);
+        let x_router = paired_ratio(&rps(Row::MeshpassMiss), &router_rps);
+        // The budget's miss (1.8 ms of Envoy CPU, 0.016 × router req/s) was measured on a
+        // host of another speed: the absolute figure is reported, the verdict is on the
+        // ratio to router only in this run, which the machine's speed cancels out of.
         writeln!(
             out,
-            "| cache miss: Envoy CPU per request (reported; budget baseline about 1.8 ms, to be halved) | {} µs ({} µs over the empty wasm filter); × router req/s {} | {} |",
+            "| cache miss: Envoy CPU per request (reported: absolute times follow the machine's speed; the budget's host took about 1.8 ms) | {} µs ({} µs over the empty wasm filter) | {} |",
             m.fmt(0),
             over.fmt(0),
-            paired_ratio(&rps(Row::MeshpassMiss), &router_rps).fmt(4),
-            at_most(&Estimate { mean: m.mean / 1e3, ci95: m.ci95 / 1e3, n: m.n }, 0.9, "ms over half of 1.8 ms")
+            if m.hi() <= 900.0 { "under half of 1.8 ms (whole interval)" } else { "over half of 1.8 ms on this machine; judged by the ratio below" }
+        )?;
+        writeln!(
+            out,
+            "| cache miss ≥ 0.032 × router-only req/s (the budget's 0.016 doubled: the filter's share halved) | {} | {} |",
+            x_router.fmt(4),
+            at_least(&x_router, 0.032)
         )?;
     }
     writeln!(out)?;
