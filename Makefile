@@ -18,7 +18,7 @@ setup:
 
 ## wasm: build the release filter (.wasm) and the empty filter the benchmark compares it with
 wasm: setup
-	cargo build -p meshpass-filter -p meshpass-noop-filter --target wasm32-wasip1 --profile wasm-release
+	cargo build -p meshpass-filter -p meshpass-noop-filter -p meshpass-floor-filter --target wasm32-wasip1 --profile wasm-release
 	@ls -l $(WASM) | awk '{print "[wasm] " $$5 " bytes: " $$9}'
 
 ## build: the exchange service, meshpassctl, the e2e/demo binaries and the filter
@@ -29,7 +29,7 @@ build: wasm
 lint: setup lint-shell
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p meshpass-core -p meshpass-filter -p meshpass-noop-filter --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p meshpass-core -p meshpass-filter -p meshpass-noop-filter -p meshpass-floor-filter --target wasm32-wasip1 -- -D warnings
 
 ## lint-shell: shellcheck every script under scripts/ and e2e/kind/
 lint-shell: setup

@@ -163,6 +163,12 @@ fn run() -> Result<()> {
         .unwrap_or_else(|| {
             root.join("target/wasm32-wasip1/wasm-release/meshpass_noop_filter.wasm")
         });
+    let floor_wasm = std::env::var_os("MESHPASS_FLOOR_WASM")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            root.join("target/wasm32-wasip1/wasm-release/meshpass_floor_filter.wasm")
+        });
     let filter_wasm = meshpass_testkit::filter_wasm();
     let run_proxy = args.only.as_deref().is_none_or(|o| o == "proxy");
     let run_exchange = !args.smoke && args.only.as_deref().is_none_or(|o| o == "exchange");
@@ -173,6 +179,7 @@ fn run() -> Result<()> {
     let run_replicas = args.only.as_deref().is_none_or(|o| o == "replicas");
     for (what, p) in [
         ("the empty filter", &noop_wasm),
+        ("the ABI floor filter", &floor_wasm),
         ("the meshpass filter", &filter_wasm),
     ] {
         if !p.is_file()
@@ -204,6 +211,7 @@ fn run() -> Result<()> {
         vec![
             proxy::Row::Router,
             proxy::Row::NoopWasm,
+            proxy::Row::FloorMap,
             proxy::Row::ExtAuthzGrpc,
         ]
     } else if let Some(r) = &args.rows {
@@ -225,6 +233,7 @@ fn run() -> Result<()> {
         connections: if args.smoke { 4 } else { args.connections },
         filter_wasm,
         noop_wasm,
+        floor_wasm,
         baseline_wasm: args.baseline_wasm.clone(),
         miss_rate_bound: 1500.0,
         profile: by_name(&args.profile)?,

@@ -31,6 +31,11 @@ pub enum Row {
     JwtAuthnCache,
     /// The empty proxy-wasm filter (`bench/noop-filter`).
     NoopWasm,
+    /// The ABI floor (`bench/floor-filter`): read the whole header map, write
+    /// `authorization`, no logic.
+    FloorMap,
+    /// The same reading only `authorization`.
+    FloorOne,
     /// `ext_authz` over HTTP to the bare authorizer.
     ExtAuthzHttp,
     /// `ext_authz` over gRPC (`Authorization/Check`, HTTP/2) to the bare authorizer.
@@ -46,11 +51,13 @@ pub enum Row {
 /// Every row, in the order the odd repetitions run them (the even ones run it backwards).
 /// The cache hit sits next to the empty filter it is judged against, so the two are
 /// measured seconds apart in every repetition.
-pub const ALL_ROWS: [Row; 9] = [
+pub const ALL_ROWS: [Row; 11] = [
     Row::Router,
     Row::MeshpassHitBaseline,
     Row::MeshpassHit,
     Row::NoopWasm,
+    Row::FloorMap,
+    Row::FloorOne,
     Row::JwtAuthnCache,
     Row::JwtAuthn,
     Row::ExtAuthzHttp,
@@ -76,6 +83,8 @@ impl Row {
             Row::JwtAuthn => "jwt_authn",
             Row::JwtAuthnCache => "jwt_authn_cache",
             Row::NoopWasm => "noop_wasm",
+            Row::FloorMap => "floor_map",
+            Row::FloorOne => "floor_one",
             Row::ExtAuthzHttp => "ext_authz_http",
             Row::ExtAuthzGrpc => "ext_authz_grpc",
             Row::MeshpassHit => "meshpass_hit",
@@ -91,11 +100,24 @@ impl Row {
             Row::JwtAuthn => "native `jwt_authn`, ES256, no cache",
             Row::JwtAuthnCache => "native `jwt_authn` with `jwt_cache_config`",
             Row::NoopWasm => "empty proxy-wasm filter (`bench/noop-filter`)",
+            Row::FloorMap => "ABI floor: read the header map, write `authorization`, no logic (`bench/floor-filter`)",
+            Row::FloorOne => "ABI floor: read `authorization` only, write it, no logic",
             Row::ExtAuthzHttp => "`ext_authz` HTTP → bare authorizer adding the header",
             Row::ExtAuthzGrpc => "`ext_authz` gRPC → bare authorizer adding the header",
             Row::MeshpassHit => "meshpass cache hit (header hygiene on)",
             Row::MeshpassHitBaseline => "meshpass cache hit, baseline build (pre-split)",
             Row::MeshpassMiss => "meshpass miss (never-seen token, real exchange + OpenBao)",
+        }
+    }
+
+    /// The `authorization` the upstream must receive from this row's filter, for the rows
+    /// whose filter writes a fixed one (checked once before measuring).
+    pub fn writes_fixed_authorization(self) -> Option<String> {
+        match self {
+            Row::ExtAuthzHttp | Row::ExtAuthzGrpc => Some("Bearer participant".into()),
+            // bench/floor-filter's value.
+            Row::FloorMap | Row::FloorOne => Some(format!("Bearer {}", "x".repeat(593))),
+            _ => None,
         }
     }
 
@@ -123,6 +145,8 @@ pub struct Options {
     pub filter_wasm: PathBuf,
     /// The empty filter.
     pub noop_wasm: PathBuf,
+    /// The ABI floor filter.
+    pub floor_wasm: PathBuf,
     /// Another meshpass build for `MeshpassHitBaseline`.
     pub baseline_wasm: Option<PathBuf>,
     /// Upper bound of misses per second the minted token files are sized for.
@@ -192,8 +216,13 @@ fn wasm_filter(vm: &str, code: &Path, config: Option<&Value>) -> Value {
                       "code": {"local": {"filename": code.display().to_string()}}},
     });
     if let Some(cfg) = config {
+        // A JSON string is passed as it is (the floor filter's `map`), anything else as JSON.
+        let value = match cfg {
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
         c["configuration"] = json!({"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                    "value": cfg.to_string()});
+                                    "value": value});
     }
     json!({"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": c}})
@@ -256,8 +285,9 @@ pub struct Upstreams {
     pub echo: u16,
 }
 
-/// The listener that sends what an `ext_authz` row lets through to the echoing upstream
-/// (not measured: it proves the authorizer's header reaches the upstream).
+/// The listener that sends what an `ext_authz` or floor row lets through to the echoing
+/// upstream (not measured: it proves the header the row's filter writes reaches the
+/// upstream, so no row is an empty filter in disguise).
 pub fn upstream_check_name(row: Row) -> String {
     format!("{}_upstream", row.name())
 }
@@ -272,6 +302,8 @@ pub fn envoy_config(o: &Options, jwks: &str, up: Upstreams) -> Value {
             Row::JwtAuthn => vec![jwt_filter(jwks, false)],
             Row::JwtAuthnCache => vec![jwt_filter(jwks, true)],
             Row::NoopWasm => vec![wasm_filter("noop", &o.noop_wasm, None)],
+            Row::FloorMap => vec![wasm_filter("floor_map", &o.floor_wasm, Some(&json!("map")))],
+            Row::FloorOne => vec![wasm_filter("floor_one", &o.floor_wasm, Some(&json!("one")))],
             Row::ExtAuthzHttp => vec![ext_authz_http(up.authz)],
             Row::ExtAuthzGrpc => vec![ext_authz_grpc()],
             // Separate VMs (and so separate shared data) for the hit and the miss rows.
@@ -282,7 +314,7 @@ pub fn envoy_config(o: &Options, jwks: &str, up: Upstreams) -> Value {
             },
             Row::MeshpassMiss => vec![wasm_filter("meshpass_miss", &o.filter_wasm, Some(&mesh))],
         };
-        if matches!(row, Row::ExtAuthzHttp | Row::ExtAuthzGrpc) && up.echo != 0 {
+        if row.writes_fixed_authorization().is_some() && up.echo != 0 {
             let mut check = listener(&upstream_check_name(*row), filters.clone());
             let route = &mut check["filter_chains"][0]["filters"][0]["typed_config"]
                 ["route_config"]["virtual_hosts"][0]["routes"][0];
@@ -395,7 +427,7 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         "taskset -a -p -c {ENVOY_CPU} <envoy pid>; {} -c envoy.json --concurrency 1 --log-level error (meshpass-testkit launcher)",
         meshpass_testkit::envoy_bin().display()
     )];
-    check_authorizer_header_reaches_upstream(&envoy, &rows)?;
+    check_written_header_reaches_upstream(&envoy, &rows)?;
     // Warm-up: every row once (meshpass: the one miss that fills the cache; V8's JIT).
     for &row in &rows {
         let r = wrk.run(&url(row)?, o.connections, 1.0, &load_for(row, 0))?;
@@ -519,6 +551,7 @@ impl MeshpassStack {
             connections: 1,
             filter_wasm: filter_wasm.to_path_buf(),
             noop_wasm: filter_wasm.to_path_buf(),
+            floor_wasm: filter_wasm.to_path_buf(),
             baseline_wasm: None,
             miss_rate_bound: 0.0,
             profile: vec![],
@@ -560,10 +593,10 @@ impl MeshpassStack {
 /// Every `ext_authz` row's twin listener routes to the echoing upstream: the header its
 /// authorizer added must arrive there (else the row would measure an authorizer Envoy
 /// ignores or refuses).
-fn check_authorizer_header_reaches_upstream(envoy: &Envoy, rows: &[Row]) -> Result<()> {
-    for &row in rows
+fn check_written_header_reaches_upstream(envoy: &Envoy, rows: &[Row]) -> Result<()> {
+    for (row, want) in rows
         .iter()
-        .filter(|r| matches!(r, Row::ExtAuthzHttp | Row::ExtAuthzGrpc))
+        .filter_map(|r| r.writes_fixed_authorization().map(|w| (*r, w)))
     {
         let name = upstream_check_name(row);
         let port = envoy
@@ -571,15 +604,15 @@ fn check_authorizer_header_reaches_upstream(envoy: &Envoy, rows: &[Row]) -> Resu
             .ok_or_else(|| anyhow!("no listener {name}"))?;
         let (status, body) =
             meshpass_testkit::raw_request(&format!("127.0.0.1:{port}"), "GET", "/")?;
-        if status != 200 || body.trim() != "Bearer participant" {
+        if status != 200 || body.trim() != want {
             return Err(anyhow!(
-                "{}: the upstream got status {status} and authorization {body:?}, not the authorizer's \"Bearer participant\"\nEnvoy log:\n{}",
+                "{}: the upstream got status {status} and authorization {body:?}, not the filter's {want:?}\nEnvoy log:\n{}",
                 row.name(),
                 envoy.log_tail(40)
             ));
         }
         eprintln!(
-            "[bench] {}: the upstream received the authorizer's header",
+            "[bench] {}: the upstream received the header the filter wrote",
             row.name()
         );
     }
@@ -633,6 +666,7 @@ mod tests {
             connections: 1,
             filter_wasm: "/f.wasm".into(),
             noop_wasm: "/n.wasm".into(),
+            floor_wasm: "/fl.wasm".into(),
             baseline_wasm: None,
             miss_rate_bound: 1.0,
             profile: vec![],
@@ -668,6 +702,7 @@ mod tests {
             connections: 1,
             filter_wasm: "/f.wasm".into(),
             noop_wasm: "/n.wasm".into(),
+            floor_wasm: "/fl.wasm".into(),
             baseline_wasm: None,
             miss_rate_bound: 1.0,
             profile: vec![],

@@ -201,6 +201,35 @@ fn proxy_section(out: &mut String, p: &proxy::Results, charts_dir: &Path, rel: &
             paired_diff(&hit_cpu, &cpu(Row::MeshpassHitBaseline)).fmt(2),
         )?;
     }
+    let floor_cpu = cpu(Row::FloorMap);
+    if !floor_cpu.is_empty() {
+        let one_cpu = cpu(Row::FloorOne);
+        writeln!(
+            out,
+            "\n**The ABI floor** (`bench/floor-filter`: the host calls a cache hit cannot avoid, no logic): \
+             reading the header map and writing `authorization` costs {} µs of Envoy CPU per request over the \
+             empty filter ({} × its req/s){}{}.\n",
+            paired_diff(&floor_cpu, &noop_cpu).fmt(2),
+            paired_ratio(&rps(Row::FloorMap), &noop_rps).fmt(3),
+            if one_cpu.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; reading only `authorization` instead of the map: {} µs",
+                    paired_diff(&one_cpu, &noop_cpu).fmt(2)
+                )
+            },
+            if hit_cpu.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the meshpass cache hit costs {} µs over the floor ({} × its req/s): the module's own work",
+                    paired_diff(&hit_cpu, &floor_cpu).fmt(2),
+                    paired_ratio(&hit_rps, &rps(Row::FloorMap)).fmt(3)
+                )
+            },
+        )?;
+    }
     // Charts.
     let bars: Vec<(String, Estimate)> = p
         .rows
