@@ -72,10 +72,10 @@ impl Plan {
             ));
         }
         if let Some((secs, slice)) = self.soak {
-            let slices = (secs / slice).ceil().max(1.0);
+            // Only the first slice's tokens are minted before it; the rest while it runs.
             out.push((
                 "soak",
-                15.0 + secs + slices * (400.0 * slice + 100.0) / MINT_PER_SEC,
+                15.0 + secs + (2_000.0 * slice + 100.0) / MINT_PER_SEC,
             ));
         }
         if let Some((steps, concs, secs, refresh)) = self.mappings {

@@ -4,7 +4,7 @@
 //! transit key half-way. Every slice checks that no unexpected error happened and
 //! samples Envoy's and the service's memory, so "flat" is a table, not a claim.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 
@@ -42,6 +42,14 @@ fn served(r: &WrkResult) -> (u64, u64) {
     (r.requests.saturating_sub(r.status), r.errors())
 }
 
+/// Misses per second the first slice's never-seen tokens are sized for.
+const FIRST_MISS_RATE: f64 = 1_000.0;
+
+/// Never-seen tokens for a slice: twice the expected misses, and a few spare.
+fn miss_tokens_for(per_sec: f64, slice_secs: f64) -> u64 {
+    (2.0 * per_sec * slice_secs).ceil() as u64 + 100
+}
+
 /// Runs the soak for `total_secs` in slices of `slice_secs`.
 pub fn run(
     total_secs: f64,
@@ -61,7 +69,20 @@ pub fn run(
         cpu: Some(LOAD_CPU),
     };
     let slices = (total_secs / slice_secs).ceil().max(1.0) as usize;
-    let per_slice = (400.0 * slice_secs) as u64 + 100;
+    let mut next_id = 200_000_000u64;
+    let mut mint_file = |i: usize, per_sec: f64| -> Result<(PathBuf, u64)> {
+        let n = miss_tokens_for(per_sec, slice_secs);
+        let path = dir.join(format!("soak-{i}.txt"));
+        tokens::write_lines(&path, &issuer.mint_range(next_id, n))?;
+        next_id += n;
+        Ok((path, n))
+    };
+    // The first slice's never-seen tokens are minted now; every later slice's while the
+    // slice before it runs (not measured: the soak judges errors and memory), sized from
+    // the miss rate of the slice before that, so a faster machine or filter cannot run
+    // out of them.
+    let mut ready = Some(mint_file(0, FIRST_MISS_RATE)?);
+    let mut last_rate = FIRST_MISS_RATE;
     let t0 = std::time::Instant::now();
     let mut out = Vec::new();
     for i in 0..slices {
@@ -69,20 +90,23 @@ pub fn run(
         if rotated {
             st.bao.rotate_key(TRANSIT_KEY);
         }
-        let miss_file = dir.join(format!("soak-{i}.txt"));
-        tokens::write_lines(
-            &miss_file,
-            &issuer.mint_range(200_000_000 + i as u64 * per_slice, per_slice),
-        )?;
+        let (miss_file, per_slice) = match ready.take() {
+            Some(f) => f,
+            None => mint_file(i, last_rate)?,
+        };
         let hit_load = Load::Static(vec![("Authorization".into(), format!("Bearer {good}"))]);
         let bad_load = Load::Static(vec![("Authorization".into(), format!("Bearer {bad}"))]);
         let miss_load = Load::Bearer(miss_file, vec![]);
-        let (h, m, r) = std::thread::scope(|s| {
+        let (h, m, r, minted) = std::thread::scope(|s| {
             let h = s.spawn(|| wrk.run(url, 8, slice_secs, &hit_load));
             let m = s.spawn(|| wrk.run(url, 2, slice_secs, &miss_load));
+            let minted = (i + 1 < slices).then(|| s.spawn(|| mint_file(i + 1, last_rate)));
             let r = wrk.run(url, 1, slice_secs, &bad_load);
-            (h.join(), m.join(), r)
+            (h.join(), m.join(), r, minted.map(|t| t.join()))
         });
+        if let Some(minted) = minted {
+            ready = Some(minted.map_err(|_| anyhow!("minting panicked"))??);
+        }
         let h = h.map_err(|_| anyhow!("hit load panicked"))??;
         let m = m.map_err(|_| anyhow!("miss load panicked"))??;
         let r = r?;
@@ -111,6 +135,7 @@ pub fn run(
             slice.rss_kib.1,
             if rotated { " (key rotated)" } else { "" }
         );
+        last_rate = (m.requests as f64 / slice_secs).max(FIRST_MISS_RATE / 2.0);
         if m.wrapped > 0 {
             return Err(anyhow!(
                 "soak: the slice's never-seen tokens ran out ({per_slice})"
