@@ -235,7 +235,8 @@ fn run() -> Result<()> {
         noop_wasm,
         floor_wasm,
         baseline_wasm: args.baseline_wasm.clone(),
-        miss_rate_bound: 1500.0,
+        // Twice the fastest miss rate seen (1,717/s on 2026-12-03): no repetition may run out.
+        miss_rate_bound: 3500.0,
         profile: by_name(&args.profile)?,
         profile_dir: root.join("bench/profiles"),
     };

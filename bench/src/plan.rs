@@ -40,7 +40,7 @@ impl Plan {
             // Start-up, one warm-up second per row, the miss tokens (1,500/s of each
             // measurement), the measurements.
             let mint = if miss {
-                (reps + 1) as f64 * (1_500.0 * secs + 100.0) / MINT_PER_SEC
+                (reps + 1) as f64 * (3_500.0 * secs + 100.0) / MINT_PER_SEC
             } else {
                 0.0
             };

@@ -76,7 +76,7 @@ fn proxy_section(out: &mut String, p: &proxy::Results, charts_dir: &Path, rel: &
         "One Envoy (`--concurrency 1`, every thread pinned to core {}), one listener per row; wrk \
          (`-t1 -c{}`) pinned to core {} with every other process (authorizer, exchange service, \
          OpenBao); `GET /` with the same {}-byte ES256 JWT on every row but the miss row; {} \
-         repetitions of {} s, interleaved (each repetition runs every row in turn). Figures are \
+         repetitions of {} s, interleaved (each repetition runs every row in turn, every other one in reverse order). Figures are \
          means over the repetitions ± the half-width of their 95 % confidence interval (Student's t); \
          ratios and differences are taken repetition by repetition (paired), then averaged. \
          Envoy CPU per request = Δ(utime+stime) of the Envoy process from `/proc/PID/stat` over the \
