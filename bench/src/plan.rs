@@ -86,8 +86,8 @@ impl Plan {
         }
         if let Some((rows, reps, secs)) = self.replicas {
             // Six replicas and a database to start, cold tokens minted per repetition
-            // (at most 4,000 per second of a cold row), a warm-up per row.
-            let mint = (reps * rows / 2) as f64 * 4_000.0 * secs / MINT_PER_SEC;
+            // (at most 8,000 per second of a cold row), a warm-up per row.
+            let mint = (reps * rows / 2) as f64 * 8_000.0 * secs / MINT_PER_SEC;
             out.push((
                 "replicas",
                 30.0 + mint + (rows * reps) as f64 * (w(secs) + 2.0),
