@@ -91,6 +91,8 @@ impl HttpContext for FloorHttp {
 
 /// The header map as the host serialises it, taken as is (as the meshpass filter takes
 /// it: the SDK's own copy would add per-header allocations the floor must not have).
+/// Written again rather than shared with `filter/src/host.rs` on purpose: a baseline is
+/// an independent program and must not depend on the code it is measured against.
 #[allow(unsafe_code)]
 mod raw {
     use proxy_wasm::types::MapType;
