@@ -10,6 +10,8 @@
 //! map, as the meshpass filter must to strip every client-sent `x-meshpass-*` header;
 //! `one` reads only `authorization`.
 
+use std::rc::Rc;
+
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
 
@@ -21,15 +23,16 @@ proxy_wasm::main! {{
 }}
 
 /// "Bearer " and 593 filler bytes: 600 bytes, a minted participant token's order of size.
-fn bearer() -> String {
+fn bearer() -> Rc<str> {
     let mut v = String::from("Bearer ");
     v.extend(std::iter::repeat_n('x', 593));
-    v
+    v.into()
 }
 
 struct FloorRoot {
     whole_map: bool,
-    value: String,
+    /// Shared with every HTTP context: a per-request copy would be work the floor must not have.
+    value: Rc<str>,
 }
 
 impl Context for FloorRoot {}
@@ -59,14 +62,14 @@ impl RootContext for FloorRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(FloorHttp {
             whole_map: self.whole_map,
-            value: self.value.clone(),
+            value: Rc::clone(&self.value),
         }))
     }
 }
 
 struct FloorHttp {
     whole_map: bool,
-    value: String,
+    value: Rc<str>,
 }
 
 impl Context for FloorHttp {}
