@@ -46,10 +46,30 @@ impl L1Entry {
 
     fn is(&self, token: &[u8], digest: &[u8; 32], actor: Option<&str>) -> bool {
         self.token_len == token.len()
-            && self.digest == *digest
+            && same_bytes(&self.digest, digest)
             && self.actor.as_deref() == actor
-            && self.token().as_bytes() == token
+            && same_bytes(self.token().as_bytes(), token)
     }
+}
+
+/// Whether `a` and `b` hold the same bytes, compared eight at a time with no early
+/// exit. Slice `==` goes to the libc `memcmp`, a byte loop in wasm: on a hit the whole
+/// token is compared, so this is most of the memo's own work. Not stopping at the first
+/// difference also keeps how far a stored token matches out of the timing.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |c: &[u8]| u64::from_le_bytes(<[u8; 8]>::try_from(c).unwrap_or_default());
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut diff = x
+        .by_ref()
+        .zip(y.by_ref())
+        .fold(0u64, |d, (p, q)| d | (word(p) ^ word(q)));
+    for (p, q) in x.remainder().iter().zip(y.remainder()) {
+        diff |= u64::from(p ^ q);
+    }
+    diff == 0
 }
 
 /// The memo: `MEMO_SETS` sets of `MEMO_WAYS` entries (allocated on first insert).
@@ -203,6 +223,23 @@ mod tests {
             m.get(b"a.b.sig", &D, None, 100).is_none(),
             "ended at its time"
         );
+    }
+
+    #[test]
+    fn same_bytes_sees_a_difference_in_any_byte_and_in_the_length() {
+        let a: Vec<u8> = (0..=200u8).collect();
+        for len in [0, 1, 7, 8, 9, 63, 64, 65, 201] {
+            let x = &a[..len];
+            assert!(same_bytes(x, x), "equal at {len}");
+            for i in 0..len {
+                let mut y = x.to_vec();
+                y[i] ^= 0x80;
+                assert!(!same_bytes(x, &y), "byte {i} of {len}");
+            }
+            if len > 0 {
+                assert!(!same_bytes(x, &a[..len - 1]), "shorter than {len}");
+            }
+        }
     }
 
     #[test]
