@@ -193,8 +193,17 @@ async fn a_store_outage_is_bridged_by_a_fresh_snapshot_only_within_its_ttl() {
         cached.resource_policy("orders").await,
         Err(StoreError::Unavailable(_))
     ));
+    // ...a read ahead of expiry fails in the background without dropping it...
+    clock.advance_ms(900);
+    for _ in 0..3 {
+        assert_eq!(
+            participant(&cached.resource_policy("payments").await.unwrap()),
+            "acme"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // ...and once the TTL is over the outage shows (fail closed), every time.
-    clock.advance(1);
+    clock.advance_ms(100);
     for _ in 0..2 {
         assert!(matches!(
             cached.resource_policy("payments").await,
@@ -292,11 +301,26 @@ fn a_policy_cache_longer_than_a_minute_is_refused_naming_the_field() {
 }
 
 /// The real store, counting its `resource_policy` reads and holding each one for a
-/// while so that concurrent exchanges certainly overlap it.
+/// while so that concurrent exchanges certainly overlap it; with a gate, each read
+/// first waits for a permit that the test hands out.
 struct CountingStore {
     inner: Arc<SqlStore>,
     reads: std::sync::atomic::AtomicUsize,
     hold: std::time::Duration,
+    gate: Option<tokio::sync::Semaphore>,
+    started: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingStore {
+    fn new(inner: Arc<SqlStore>, hold_ms: u64) -> Self {
+        CountingStore {
+            inner,
+            reads: 0.into(),
+            hold: std::time::Duration::from_millis(hold_ms),
+            gate: None,
+            started: 0.into(),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -305,6 +329,11 @@ impl MappingStore for CountingStore {
         &self,
         resource: &str,
     ) -> Result<meshpass_exchange::store::ResourcePolicy, StoreError> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(gate) = &self.gate {
+            gate.acquire().await.unwrap().forget();
+        }
         let p = self.inner.resource_policy(resource).await;
         // Counted once the database has answered.
         self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -349,11 +378,7 @@ fn reads(s: &CountingStore) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_exchanges_for_an_expired_resource_share_one_read_of_the_store() {
     let db = Postgres::fresh_database();
-    let store = Arc::new(CountingStore {
-        inner: open(&db.url()).await,
-        reads: 0.into(),
-        hold: std::time::Duration::from_millis(200),
-    });
+    let store = Arc::new(CountingStore::new(open(&db.url()).await, 200));
     store
         .put_mapping(&mapping("m", "payments", "acme"))
         .await
@@ -384,11 +409,7 @@ async fn concurrent_exchanges_for_an_expired_resource_share_one_read_of_the_stor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_in_flight_during_a_write_is_not_joined_by_later_exchanges() {
     let db = Postgres::fresh_database();
-    let store = Arc::new(CountingStore {
-        inner: open(&db.url()).await,
-        reads: 0.into(),
-        hold: std::time::Duration::from_millis(500),
-    });
+    let store = Arc::new(CountingStore::new(open(&db.url()).await, 500));
     store
         .put_mapping(&mapping("m", "payments", "acme"))
         .await
@@ -417,4 +438,88 @@ async fn a_read_in_flight_during_a_write_is_not_joined_by_later_exchanges() {
         "globex"
     );
     assert_eq!(reads(&store), 2);
+}
+
+/// Polls `f` until it holds (a generous bound, so a busy machine cannot fail it).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..6_000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("not within 30 s: {what}");
+}
+
+/// The policy of "payments", bounded so that a read wrongly waited for (its gate shut)
+/// fails the test instead of hanging it.
+async fn within(c: Arc<PolicyCache>) -> Arc<meshpass_exchange::store::ResourcePolicy> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        c.shared_resource_policy("payments"),
+    )
+    .await
+    .expect("answered without waiting for the store")
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_near_its_expiry_is_read_again_in_the_background_while_exchanges_go_on() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let db = Postgres::fresh_database();
+    let sql = open(&db.url()).await;
+    sql.put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    let mut counting = CountingStore::new(sql.clone(), 0);
+    counting.gate = Some(tokio::sync::Semaphore::new(1));
+    let store = Arc::new(counting);
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = Arc::new(PolicyCache::new(store.clone(), clock.clone(), 2));
+    assert_eq!(participant(within(cached.clone()).await.as_ref()), "acme");
+    // Another replica changes the mapping; the gate is now shut.
+    sql.put_mapping(&mapping("m", "payments", "globex"))
+        .await
+        .unwrap();
+
+    // Half-way through its life the snapshot is served and nothing is read.
+    clock.advance_ms(1_000);
+    assert_eq!(participant(within(cached.clone()).await.as_ref()), "acme");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(store.started.load(SeqCst), 1);
+
+    // In its last 200 ms: exchanges are answered from it at once, and one read starts.
+    clock.advance_ms(850);
+    for _ in 0..10 {
+        assert_eq!(participant(within(cached.clone()).await.as_ref()), "acme");
+    }
+    eventually("a background read starts", || {
+        store.started.load(SeqCst) == 2
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        store.started.load(SeqCst),
+        2,
+        "one read, not one per exchange"
+    );
+
+    // The read lands and replaces the snapshot...
+    store.gate.as_ref().unwrap().add_permits(1);
+    let c = cached.clone();
+    let mut seen = String::new();
+    for _ in 0..6_000 {
+        seen = participant(within(c.clone()).await.as_ref()).to_string();
+        if seen == "globex" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(seen, "globex", "the background read replaced the snapshot");
+    assert_eq!(store.reads.load(SeqCst), 2);
+    // ...and past the old snapshot's expiry the new one answers (its age counts from
+    // the start of its read, 1,850 ms), with the gate shut and no exchange waiting.
+    clock.advance_ms(650);
+    assert_eq!(participant(within(cached.clone()).await.as_ref()), "globex");
+    assert_eq!(store.reads.load(SeqCst), 2);
 }
