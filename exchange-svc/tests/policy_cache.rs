@@ -523,3 +523,31 @@ async fn a_snapshot_near_its_expiry_is_read_again_in_the_background_while_exchan
     assert_eq!(participant(within(cached.clone()).await.as_ref()), "globex");
     assert_eq!(store.reads.load(SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_with_thousands_of_mappings_is_read_whole_and_matched_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&format!("sqlite://{}", dir.path().join("m.db").display())).await;
+    // Past the size from which the store decodes and indexes on the blocking pool.
+    for i in 0..1_200 {
+        let mut m = mapping(&format!("m{i:05}"), "payments", &format!("p{i}"));
+        m.subject = format!("spiffe://cluster.local/ns/shop/sa/s{i}");
+        store.put_mapping(&m).await.unwrap();
+    }
+    store
+        .put_mapping(&mapping("wild", "payments", "anyone"))
+        .await
+        .unwrap();
+    let p = store.resource_policy("payments").await.unwrap();
+    assert_eq!(p.mappings.len(), 1_201);
+    assert!(p.mappings.windows(2).all(|w| w[0].name < w[1].name));
+    let id = |s: &str| meshpass_core::SpiffeId::parse(s).unwrap();
+    let exact = p
+        .mapping_for(&id("spiffe://cluster.local/ns/shop/sa/s777"))
+        .unwrap();
+    assert_eq!(exact.participant, "p777");
+    let other = p
+        .mapping_for(&id("spiffe://cluster.local/ns/shop/sa/nobody"))
+        .unwrap();
+    assert_eq!(other.participant, "anyone");
+}

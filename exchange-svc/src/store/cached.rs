@@ -42,6 +42,19 @@ use crate::clock::Clock;
 /// Most resources held; when full, expired snapshots go first, then all of them.
 const MAX_ENTRIES: usize = 4096;
 
+/// From this many mappings on, a replaced snapshot is freed on the blocking pool.
+const LARGE_SNAPSHOT: usize = 1_000;
+
+/// Frees a replaced snapshot outside the lock, and a large one off the async workers
+/// (freeing 100,000 mappings is not free).
+fn discard(policy: Arc<ResourcePolicy>) {
+    if policy.mappings.len() >= LARGE_SNAPSHOT && Arc::strong_count(&policy) == 1 {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn_blocking(move || drop(policy));
+        }
+    }
+}
+
 /// Shortest lead before expiry at which a background refresh starts.
 const MIN_REFRESH_LEAD_MS: u64 = 200;
 
@@ -230,7 +243,7 @@ impl Shared {
                     g.entries.clear();
                 }
             }
-            g.entries.insert(
+            let replaced = g.entries.insert(
                 resource.to_string(),
                 Snapshot {
                     read_at_ms,
@@ -238,6 +251,10 @@ impl Shared {
                     policy: Arc::clone(&policy),
                 },
             );
+            drop(g);
+            if let Some(old) = replaced {
+                discard(old.policy);
+            }
         }
         Ok(policy)
     }

@@ -134,6 +134,12 @@ impl ResourcePolicy {
         }
     }
 
+    /// Builds the lookup index now rather than on the first lookup (for a large
+    /// resource, so that an exchange does not pay for it).
+    pub fn build_index(&self) {
+        self.index.get(&self.mappings);
+    }
+
     /// The most specific mapping whose subject pattern matches `id`: an exact ID beats
     /// a prefix, a longer prefix beats a shorter one; ties go to the first by name.
     pub fn mapping_for(&self, id: &meshpass_core::SpiffeId) -> Option<&Mapping> {

@@ -140,6 +140,9 @@ pub struct SqlStore {
     pub(super) url: String,
 }
 
+/// From this many mappings on, a resource is decoded on the blocking pool.
+const OFF_RUNTIME_ROWS: usize = 1_000;
+
 pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -387,25 +390,43 @@ impl MappingStore for SqlStore {
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-        let mappings = rows
-            .iter()
-            .map(decode_mapping)
-            .collect::<Result<Vec<_>, _>>()?;
-        if mappings.is_empty() {
+        if rows.is_empty() {
             return Ok(ResourcePolicy::default());
         }
-        let rows = sqlx::query(
+        let claim_rows = sqlx::query(
             "SELECT resource, scope, claims FROM scope_claims WHERE resource = $1 ORDER BY scope",
         )
         .bind(resource)
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?;
-        let scope_claims = rows
-            .iter()
-            .map(decode_scope_claims)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ResourcePolicy::new(mappings, scope_claims))
+        drop(conn);
+        let large = rows.len() >= OFF_RUNTIME_ROWS;
+        // Decoding and indexing a large resource is CPU work (hundreds of ms for 100,000
+        // mappings): it runs off the async workers, so other exchanges go on meanwhile,
+        // and the index is built here rather than by the first exchange to look.
+        let build = move || {
+            let mappings = rows
+                .iter()
+                .map(decode_mapping)
+                .collect::<Result<Vec<_>, _>>()?;
+            let scope_claims = claim_rows
+                .iter()
+                .map(decode_scope_claims)
+                .collect::<Result<Vec<_>, _>>()?;
+            let policy = ResourcePolicy::new(mappings, scope_claims);
+            if large {
+                policy.build_index();
+            }
+            Ok(policy)
+        };
+        if large {
+            tokio::task::spawn_blocking(build)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("decoding the policy: {e}")))?
+        } else {
+            build()
+        }
     }
 
     async fn list_mappings(&self) -> Result<Vec<Mapping>, StoreError> {
