@@ -551,3 +551,55 @@ async fn a_resource_with_thousands_of_mappings_is_read_whole_and_matched_exactly
         .unwrap();
     assert_eq!(other.participant, "anyone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_read_is_started_ahead_only_once_the_snapshot_is_twice_its_read_old() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let db = Postgres::fresh_database();
+    let sql = open(&db.url()).await;
+    sql.put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    // Each read takes at least 500 ms: a quarter of the 2 s TTL.
+    let store = Arc::new(CountingStore::new(sql, 500));
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = Arc::new(PolicyCache::new(store.clone(), clock.clone(), 2));
+    within(cached.clone()).await;
+    // 1,000 ms before expiry (twice the read) but younger than twice its read: no read.
+    clock.advance_ms(990);
+    within(cached.clone()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(store.started.load(SeqCst), 1);
+    // Old enough (a read of up to 750 ms on a busy machine still counts as due).
+    clock.advance_ms(510);
+    within(cached.clone()).await;
+    eventually("a background read starts", || {
+        store.started.load(SeqCst) == 2
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_longer_than_half_the_ttl_is_never_started_ahead() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let db = Postgres::fresh_database();
+    let sql = open(&db.url()).await;
+    sql.put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    let store = Arc::new(CountingStore::new(sql, 1_050));
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = Arc::new(PolicyCache::new(store.clone(), clock.clone(), 2));
+    within(cached.clone()).await;
+    // Back-to-back reads would keep the store busy with this one resource.
+    clock.advance_ms(1_999);
+    for _ in 0..5 {
+        within(cached.clone()).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(store.started.load(SeqCst), 1);
+    // It expires and is read again as before, once for all.
+    clock.advance_ms(1);
+    assert_eq!(participant(within(cached.clone()).await.as_ref()), "acme");
+    assert_eq!(store.started.load(SeqCst), 2);
+}
