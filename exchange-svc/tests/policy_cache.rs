@@ -482,14 +482,15 @@ async fn a_snapshot_near_its_expiry_is_read_again_in_the_background_while_exchan
         .await
         .unwrap();
 
-    // Half-way through its life the snapshot is served and nothing is read.
-    clock.advance_ms(1_000);
+    // Early in its life (no read, however long, is due before 1,000 ms) the snapshot
+    // is served and nothing is read.
+    clock.advance_ms(900);
     assert_eq!(participant(within(cached.clone()).await.as_ref()), "acme");
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     assert_eq!(store.started.load(SeqCst), 1);
 
     // In its last 200 ms: exchanges are answered from it at once, and one read starts.
-    clock.advance_ms(850);
+    clock.advance_ms(950);
     for _ in 0..10 {
         assert_eq!(participant(within(cached.clone()).await.as_ref()), "acme");
     }
@@ -570,8 +571,8 @@ async fn a_slow_read_is_started_ahead_only_once_the_snapshot_is_twice_its_read_o
     within(cached.clone()).await;
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(store.started.load(SeqCst), 1);
-    // Old enough (a read of up to 750 ms on a busy machine still counts as due).
-    clock.advance_ms(510);
+    // Old enough just before expiry (a read of up to 999 ms, on a busy machine, is due).
+    clock.advance_ms(1_009);
     within(cached.clone()).await;
     eventually("a background read starts", || {
         store.started.load(SeqCst) == 2
