@@ -553,19 +553,29 @@ async fn a_resource_with_thousands_of_mappings_is_read_whole_and_matched_exactly
     assert_eq!(other.participant, "anyone");
 }
 
+/// A 2 s policy cache over the database at `url` (one mapping for "payments") whose
+/// every read takes at least `hold_ms`, after its first read.
+async fn read_once_with_slow_reads(
+    url: &str,
+    hold_ms: u64,
+) -> (Arc<CountingStore>, Arc<ManualClock>, Arc<PolicyCache>) {
+    let sql = open(url).await;
+    sql.put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    let store = Arc::new(CountingStore::new(sql, hold_ms));
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = Arc::new(PolicyCache::new(store.clone(), clock.clone(), 2));
+    within(cached.clone()).await;
+    (store, clock, cached)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_read_is_started_ahead_only_once_the_snapshot_is_twice_its_read_old() {
     use std::sync::atomic::Ordering::SeqCst;
     let db = Postgres::fresh_database();
-    let sql = open(&db.url()).await;
-    sql.put_mapping(&mapping("m", "payments", "acme"))
-        .await
-        .unwrap();
     // Each read takes at least 500 ms: a quarter of the 2 s TTL.
-    let store = Arc::new(CountingStore::new(sql, 500));
-    let clock = Arc::new(ManualClock::new(1_000));
-    let cached = Arc::new(PolicyCache::new(store.clone(), clock.clone(), 2));
-    within(cached.clone()).await;
+    let (store, clock, cached) = read_once_with_slow_reads(&db.url(), 500).await;
     // 1,000 ms before expiry (twice the read) but younger than twice its read: no read.
     clock.advance_ms(990);
     within(cached.clone()).await;
@@ -584,14 +594,7 @@ async fn a_slow_read_is_started_ahead_only_once_the_snapshot_is_twice_its_read_o
 async fn a_read_longer_than_half_the_ttl_is_never_started_ahead() {
     use std::sync::atomic::Ordering::SeqCst;
     let db = Postgres::fresh_database();
-    let sql = open(&db.url()).await;
-    sql.put_mapping(&mapping("m", "payments", "acme"))
-        .await
-        .unwrap();
-    let store = Arc::new(CountingStore::new(sql, 1_050));
-    let clock = Arc::new(ManualClock::new(1_000));
-    let cached = Arc::new(PolicyCache::new(store.clone(), clock.clone(), 2));
-    within(cached.clone()).await;
+    let (store, clock, cached) = read_once_with_slow_reads(&db.url(), 1_050).await;
     // Back-to-back reads would keep the store busy with this one resource.
     clock.advance_ms(1_999);
     for _ in 0..5 {
