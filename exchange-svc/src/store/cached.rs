@@ -46,13 +46,10 @@ use crate::clock::Clock;
 /// Most resources held; when full, expired snapshots go first, then all of them.
 const MAX_ENTRIES: usize = 4096;
 
-/// From this many mappings on, a replaced snapshot is freed on the blocking pool.
-const LARGE_SNAPSHOT: usize = 1_000;
-
 /// Frees a replaced snapshot outside the lock, and a large one off the async workers
 /// (freeing 100,000 mappings is not free).
 fn discard(policy: Arc<ResourcePolicy>) {
-    if policy.mappings.len() >= LARGE_SNAPSHOT && Arc::strong_count(&policy) == 1 {
+    if policy.mappings.len() >= super::LARGE_RESOURCE && Arc::strong_count(&policy) == 1 {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn_blocking(move || drop(policy));
         }

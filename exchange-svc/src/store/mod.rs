@@ -38,6 +38,11 @@ pub use revocations::{
 };
 pub use sql::{SqlStore, StoreConfig};
 
+/// From this many mappings on a resource is large: the store decodes and indexes it on
+/// the blocking pool, and the policy cache frees a replaced snapshot there (work of
+/// hundreds of ms at 100,000 mappings, kept off the async workers).
+const LARGE_RESOURCE: usize = 1_000;
+
 /// Claims a scope→claims mapping may never set: they are the service's own.
 pub const RESERVED_CLAIMS: &[&str] = &[
     "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "act", "cnf",

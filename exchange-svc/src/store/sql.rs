@@ -140,8 +140,6 @@ pub struct SqlStore {
     pub(super) url: String,
 }
 
-/// From this many mappings on, a resource is decoded on the blocking pool.
-const OFF_RUNTIME_ROWS: usize = 1_000;
 
 pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -401,7 +399,7 @@ impl MappingStore for SqlStore {
         .await
         .map_err(unavailable)?;
         drop(conn);
-        let large = rows.len() >= OFF_RUNTIME_ROWS;
+        let large = rows.len() >= super::LARGE_RESOURCE;
         // Decoding and indexing a large resource is CPU work (hundreds of ms for 100,000
         // mappings): it runs off the async workers, so other exchanges go on meanwhile,
         // and the index is built here rather than by the first exchange to look.
