@@ -139,11 +139,10 @@ impl AppState {
                     reason,
                 })?;
         let store: Arc<dyn MappingStore> = if cfg.store.policy_cache_secs > 0 {
-            Arc::new(PolicyCache::new(
-                store,
-                Arc::clone(&clock),
-                cfg.store.policy_cache_secs,
-            ))
+            Arc::new(
+                PolicyCache::new(store, Arc::clone(&clock), cfg.store.policy_cache_secs)
+                    .with_max_age_secs(cfg.store.policy_max_age_secs),
+            )
         } else {
             store
         };

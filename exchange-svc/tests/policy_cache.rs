@@ -6,46 +6,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod policy_common;
 
 use std::sync::Arc;
 
 use common::*;
 use meshpass_exchange::clock::ManualClock;
-use meshpass_exchange::store::{
-    Mapping, MappingStore, PolicyCache, SqlStore, StoreConfig, StoreError,
-};
+use meshpass_exchange::store::{MappingStore, PolicyCache, StoreConfig, StoreError};
 use meshpass_testkit::Postgres;
-
-fn mapping(name: &str, resource: &str, participant: &str) -> Mapping {
-    Mapping {
-        name: name.into(),
-        subject: "spiffe://cluster.local/ns/shop/*".into(),
-        resource: resource.into(),
-        participant: participant.into(),
-        audiences: Vec::new(),
-        scopes: vec!["read".into()],
-        ttl_secs: 300,
-        rate_limit: None,
-        allowed_callers: Vec::new(),
-        allowed_actors: Vec::new(),
-    }
-}
-
-async fn open(url: &str) -> Arc<SqlStore> {
-    let cfg = StoreConfig {
-        url: url.into(),
-        max_connections: 2,
-        ..StoreConfig::default()
-    };
-    let s = Arc::new(SqlStore::connect(&cfg, "participant").unwrap());
-    s.migrate().await.unwrap();
-    s
-}
-
-fn participant(p: &meshpass_exchange::store::ResourcePolicy) -> &str {
-    assert_eq!(p.mappings.len(), 1, "{p:?}");
-    &p.mappings[0].participant
-}
+use policy_common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_replicas_write_on_postgres_is_seen_once_the_snapshot_is_older_than_its_ttl() {
@@ -300,81 +269,6 @@ fn a_policy_cache_longer_than_a_minute_is_refused_naming_the_field() {
     assert!(e.contains("store.policy_cache_secs"), "{e}");
 }
 
-/// The real store, counting its `resource_policy` reads and holding each one for a
-/// while so that concurrent exchanges certainly overlap it; with a gate, each read
-/// first waits for a permit that the test hands out.
-struct CountingStore {
-    inner: Arc<SqlStore>,
-    reads: std::sync::atomic::AtomicUsize,
-    hold: std::time::Duration,
-    gate: Option<tokio::sync::Semaphore>,
-    started: std::sync::atomic::AtomicUsize,
-}
-
-impl CountingStore {
-    fn new(inner: Arc<SqlStore>, hold_ms: u64) -> Self {
-        CountingStore {
-            inner,
-            reads: 0.into(),
-            hold: std::time::Duration::from_millis(hold_ms),
-            gate: None,
-            started: 0.into(),
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl MappingStore for CountingStore {
-    async fn resource_policy(
-        &self,
-        resource: &str,
-    ) -> Result<meshpass_exchange::store::ResourcePolicy, StoreError> {
-        self.started
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if let Some(gate) = &self.gate {
-            gate.acquire().await.unwrap().forget();
-        }
-        let p = self.inner.resource_policy(resource).await;
-        // Counted once the database has answered.
-        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        tokio::time::sleep(self.hold).await;
-        p
-    }
-    async fn list_mappings(&self) -> Result<Vec<Mapping>, StoreError> {
-        self.inner.list_mappings().await
-    }
-    async fn get_mapping(&self, name: &str) -> Result<Option<Mapping>, StoreError> {
-        self.inner.get_mapping(name).await
-    }
-    async fn put_mapping(&self, mapping: &Mapping) -> Result<(), StoreError> {
-        self.inner.put_mapping(mapping).await
-    }
-    async fn delete_mapping(&self, name: &str) -> Result<bool, StoreError> {
-        self.inner.delete_mapping(name).await
-    }
-    async fn list_scope_claims(
-        &self,
-    ) -> Result<Vec<meshpass_exchange::store::ScopeClaims>, StoreError> {
-        self.inner.list_scope_claims().await
-    }
-    async fn put_scope_claims(
-        &self,
-        row: &meshpass_exchange::store::ScopeClaims,
-    ) -> Result<(), StoreError> {
-        self.inner.put_scope_claims(row).await
-    }
-    async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError> {
-        self.inner.delete_scope_claims(resource, scope).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-}
-
-fn reads(s: &CountingStore) -> usize {
-    s.reads.load(std::sync::atomic::Ordering::SeqCst)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_exchanges_for_an_expired_resource_share_one_read_of_the_store() {
     let db = Postgres::fresh_database();
@@ -438,29 +332,6 @@ async fn a_read_in_flight_during_a_write_is_not_joined_by_later_exchanges() {
         "globex"
     );
     assert_eq!(reads(&store), 2);
-}
-
-/// Polls `f` until it holds (a generous bound, so a busy machine cannot fail it).
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..6_000 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    panic!("not within 30 s: {what}");
-}
-
-/// The policy of "payments", bounded so that a read wrongly waited for (its gate shut)
-/// fails the test instead of hanging it.
-async fn within(c: Arc<PolicyCache>) -> Arc<meshpass_exchange::store::ResourcePolicy> {
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        c.shared_resource_policy("payments"),
-    )
-    .await
-    .expect("answered without waiting for the store")
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,18 @@
 //! snapshot counts its age from when its read started, a failed background read leaves
 //! the old snapshot to expire on time, and a read started before a write is not cached.
 //!
+//! Revalidation (with [`PolicyCache::with_max_age_secs`] above the TTL, and a store
+//! that keeps a change version: [`MappingStore::policy_version`]): a read takes the
+//! version first, then the rows. When the snapshot is due again, the cache reads only
+//! the version; unchanged, no write committed since the rows were read, so the snapshot
+//! is current as of that check and lives another TTL from the check's start. A check
+//! is made only while the confirmed snapshot would not serve its rows past `max_age`;
+//! after that a refresh reads the rows again, which bounds writes that bypass the
+//! version (direct SQL). So a resource of 100,000 mappings is read whole when something
+//! changed or every `max_age`, not every TTL. For every write that moves the version
+//! the staleness bound is still the TTL: a check is timed from its start, and a failed
+//! one serves nothing past the TTL.
+//!
 //! Resources without mappings are not cached (they are the error path, and caching them
 //! would let requests for made-up resource names fill the cache).
 
@@ -59,19 +71,37 @@ fn discard(policy: Arc<ResourcePolicy>) {
 /// Shortest lead before expiry at which a background refresh starts.
 const MIN_REFRESH_LEAD_MS: u64 = 200;
 
+#[derive(Clone)]
 struct Snapshot {
-    /// Service clock (ms) when the read that produced it started.
+    /// Service clock (ms) when it was last known current: the start of its read, or of
+    /// the version check that confirmed it. Its TTL counts from here.
+    checked_at_ms: u64,
+    /// When the read of its rows started (a check does not move this): `max_age`
+    /// counts from here.
     read_at_ms: u64,
     /// How long that read took (ms): sets how early the next one starts.
     read_ms: u64,
+    /// How long the last version check took (ms; 0 before the first).
+    check_ms: u64,
+    /// The store's change version, read just before the rows (`None`: the store keeps
+    /// none, and every refresh reads the rows).
+    version: Option<i64>,
     policy: Arc<ResourcePolicy>,
 }
 
-/// The outcome of one read: when it started, how long it took, and what it returned.
-type Loaded = Result<(u64, u64, Arc<ResourcePolicy>), StoreError>;
+/// The outcome of one refresh: a new snapshot, or the old one confirmed.
+type Loaded = Result<Snapshot, StoreError>;
 
-/// A read in flight, shared by every exchange that needs the resource meanwhile.
+/// A refresh in flight, shared by every exchange that needs the resource meanwhile.
 type Load = Arc<tokio::sync::OnceCell<Loaded>>;
+
+/// What a refresh does.
+enum Refresh {
+    /// Read the version, then the rows.
+    Read,
+    /// Read the version; the rows only if it moved.
+    Check(Snapshot),
+}
 
 #[derive(Default)]
 struct State {
@@ -88,6 +118,9 @@ struct Shared {
     inner: Arc<dyn MappingStore>,
     clock: Arc<dyn Clock>,
     ttl_ms: u64,
+    /// Longest a snapshot's rows are served, checks included (at least `ttl_ms`; equal:
+    /// every refresh reads the rows).
+    max_age_ms: u64,
     state: Mutex<State>,
 }
 
@@ -106,16 +139,29 @@ impl std::fmt::Debug for PolicyCache {
 }
 
 impl PolicyCache {
-    /// Caches the resource policies of `inner` for `ttl_secs` seconds of `clock`.
+    /// Caches the resource policies of `inner` for `ttl_secs` seconds of `clock`, each
+    /// refresh a read of the rows (no revalidation: see [`Self::with_max_age_secs`]).
     pub fn new(inner: Arc<dyn MappingStore>, clock: Arc<dyn Clock>, ttl_secs: u64) -> Self {
+        let ttl_ms = ttl_secs.saturating_mul(1000);
         PolicyCache {
             shared: Arc::new(Shared {
                 inner,
                 clock,
-                ttl_ms: ttl_secs.saturating_mul(1000),
+                ttl_ms,
+                max_age_ms: ttl_ms,
                 state: Mutex::new(State::default()),
             }),
         }
+    }
+
+    /// Lets a snapshot whose store's change version has not moved be confirmed by a
+    /// version check instead of a read, until its rows are `max_age_secs` old (at
+    /// least the TTL; equal to it: no revalidation). Call before sharing the cache.
+    pub fn with_max_age_secs(mut self, max_age_secs: u64) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.max_age_ms = max_age_secs.saturating_mul(1000).max(shared.ttl_ms);
+        }
+        self
     }
 
     /// Drops every snapshot and makes reads in flight uncacheable.
@@ -145,53 +191,79 @@ impl Shared {
         }
     }
 
-    fn age(s: &Snapshot, now_ms: u64) -> Option<u64> {
-        // A clock that went backwards does not stretch a snapshot's life.
-        now_ms.checked_sub(s.read_at_ms)
+    /// Time since `since_ms`; `None` when the clock went backwards (that ends a
+    /// snapshot's life rather than stretching it).
+    fn elapsed(since_ms: u64, now_ms: u64) -> Option<u64> {
+        now_ms.checked_sub(since_ms)
     }
 
     fn fresh(&self, s: &Snapshot, now_ms: u64) -> bool {
-        Self::age(s, now_ms).is_some_and(|a| a < self.ttl_ms)
+        Self::elapsed(s.checked_at_ms, now_ms).is_some_and(|a| a < self.ttl_ms)
     }
 
-    /// Whether a fresh snapshot is close enough to expiry to be read again now: from
-    /// `max(200 ms, 2 × its read)` before expiry, but not before it is twice its read
-    /// old (the store is then at most half busy with one resource).
+    /// Whether refreshing `s` at `now_ms` is a check: the store keeps a version, and a
+    /// confirmed snapshot would not serve its rows past `max_age` (else a read).
+    fn check_suffices(&self, s: &Snapshot, now_ms: u64) -> bool {
+        s.version.is_some()
+            && Self::elapsed(s.read_at_ms, now_ms)
+                .is_some_and(|a| a.saturating_add(self.ttl_ms) <= self.max_age_ms)
+    }
+
+    fn next_refresh(&self, s: &Snapshot, now_ms: u64) -> Refresh {
+        if self.check_suffices(s, now_ms) {
+            Refresh::Check(s.clone())
+        } else {
+            Refresh::Read
+        }
+    }
+
+    /// Whether the fresh snapshot `s` is close enough to expiry to start its refresh in
+    /// the background: from `max(200 ms, 2 × what that refresh took last)` before it,
+    /// but not before the snapshot is twice that old (the store is then at most half
+    /// busy with one resource, and reads never run back to back).
     fn due(&self, s: &Snapshot, now_ms: u64) -> bool {
-        let twice = s.read_ms.saturating_mul(2);
+        let took = if self.check_suffices(s, now_ms) {
+            s.check_ms
+        } else {
+            s.read_ms
+        };
+        let twice = took.saturating_mul(2);
         let start = self
             .ttl_ms
             .saturating_sub(twice.max(MIN_REFRESH_LEAD_MS))
             .max(twice);
-        Self::age(s, now_ms).is_some_and(|a| a >= start)
+        Self::elapsed(s.checked_at_ms, now_ms).is_some_and(|a| a >= start)
     }
 
     async fn get(self: &Arc<Self>, resource: &str) -> Result<Arc<ResourcePolicy>, StoreError> {
         let now = self.clock.now_ms();
-        let (generation, load) = {
+        let (generation, load, refresh) = {
             let mut g = self.lock();
+            let mut refresh = Refresh::Read;
             if let Some(s) = g.entries.get(resource) {
                 if self.fresh(s, now) {
                     let policy = Arc::clone(&s.policy);
                     if self.due(s, now) && !g.loading.contains_key(resource) {
-                        self.refresh_in_background(&mut g, resource);
+                        let refresh = self.next_refresh(s, now);
+                        self.refresh_in_background(&mut g, resource, refresh);
                     }
                     return Ok(policy);
                 }
+                refresh = self.next_refresh(s, now);
             }
             if g.loading.len() >= MAX_ENTRIES {
                 // Reads whose callers all went away (made-up resource names, say).
                 g.loading.retain(|_, l| Arc::strong_count(l) > 1);
             }
             let load = Arc::clone(g.loading.entry(resource.to_string()).or_default());
-            (g.generation, load)
+            (g.generation, load, refresh)
         };
-        self.read(resource, generation, load).await
+        self.read(resource, generation, load, refresh).await
     }
 
     /// Starts one read of `resource` that no exchange waits for (unless its snapshot
     /// expires meanwhile: an exchange then joins it like any read in flight).
-    fn refresh_in_background(self: &Arc<Self>, g: &mut State, resource: &str) {
+    fn refresh_in_background(self: &Arc<Self>, g: &mut State, resource: &str, refresh: Refresh) {
         // Outside a runtime (never in the service) the snapshot simply expires.
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
@@ -201,7 +273,7 @@ impl Shared {
         let shared = Arc::clone(self);
         let resource = resource.to_string();
         rt.spawn(async move {
-            if let Err(e) = shared.read(&resource, generation, load).await {
+            if let Err(e) = shared.read(&resource, generation, load, refresh).await {
                 tracing::warn!(
                     resource = %resource,
                     error = %e,
@@ -211,23 +283,57 @@ impl Shared {
         });
     }
 
-    /// Runs (or joins) the read `load` and caches its outcome unless a write came after
-    /// it started.
+    /// Runs `refresh`: a check first when it has a snapshot to confirm, then (if the
+    /// version moved, or there is none) the version and the rows.
+    async fn load(&self, resource: &str, refresh: Refresh) -> Loaded {
+        let mut check_ms = 0;
+        let mut version = None;
+        if let Refresh::Check(old) = refresh {
+            let at = self.clock.now_ms();
+            let started = Instant::now();
+            version = self.inner.policy_version().await?;
+            check_ms = millis(started);
+            if version.is_some() && version == old.version {
+                return Ok(Snapshot {
+                    checked_at_ms: at,
+                    check_ms,
+                    ..old
+                });
+            }
+            check_ms = check_ms.max(old.check_ms);
+        }
+        let read_at_ms = self.clock.now_ms();
+        let started = Instant::now();
+        // The version before the rows: a write between the two makes the snapshot
+        // newer than its version says (the next check reads again), never older.
+        if version.is_none() {
+            version = self.inner.policy_version().await?;
+        }
+        let policy = self.inner.resource_policy(resource).await?;
+        Ok(Snapshot {
+            checked_at_ms: read_at_ms,
+            read_at_ms,
+            read_ms: millis(started),
+            check_ms,
+            version,
+            policy: Arc::new(policy),
+        })
+    }
+
+    /// Runs (or joins) the refresh `load` and caches its outcome unless a write came
+    /// after it started.
     async fn read(
         &self,
         resource: &str,
         generation: u64,
         load: Load,
+        refresh: Refresh,
     ) -> Result<Arc<ResourcePolicy>, StoreError> {
-        // If the caller running the read is cancelled, the next waiter runs it.
+        // If the caller running the refresh is cancelled, the next waiter runs it (the
+        // refresh it was given is then a fresh read: safe, just not the cheaper check).
+        let mut refresh = Some(refresh);
         let loaded = load
-            .get_or_init(|| async {
-                let read_at_ms = self.clock.now_ms();
-                let started = Instant::now();
-                let policy = self.inner.resource_policy(resource).await?;
-                let read_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                Ok((read_at_ms, read_ms, Arc::new(policy)))
-            })
+            .get_or_init(|| self.load(resource, refresh.take().unwrap_or(Refresh::Read)))
             .await
             .clone();
         let mut g = self.lock();
@@ -237,7 +343,8 @@ impl Shared {
         {
             g.loading.remove(resource);
         }
-        let (read_at_ms, read_ms, policy) = loaded?;
+        let snapshot = loaded?;
+        let policy = Arc::clone(&snapshot.policy);
         if !policy.mappings.is_empty() && g.generation == generation {
             if g.entries.len() >= MAX_ENTRIES {
                 let now = self.clock.now_ms();
@@ -246,14 +353,7 @@ impl Shared {
                     g.entries.clear();
                 }
             }
-            let replaced = g.entries.insert(
-                resource.to_string(),
-                Snapshot {
-                    read_at_ms,
-                    read_ms,
-                    policy: Arc::clone(&policy),
-                },
-            );
+            let replaced = g.entries.insert(resource.to_string(), snapshot);
             drop(g);
             if let Some(old) = replaced {
                 discard(old.policy);
@@ -261,6 +361,11 @@ impl Shared {
         }
         Ok(policy)
     }
+}
+
+/// Milliseconds since `started`.
+fn millis(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 #[async_trait]
@@ -318,6 +423,10 @@ impl MappingStore for PolicyCache {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.shared.inner.ping().await
+    }
+
+    async fn policy_version(&self) -> Result<Option<i64>, StoreError> {
+        self.shared.inner.policy_version().await
     }
 
     fn invalidate(&self) {

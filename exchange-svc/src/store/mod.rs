@@ -223,6 +223,12 @@ pub trait MappingStore: Send + Sync {
     async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError>;
     /// Whether the store answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The store's change version, moved by every committed write to mappings and
+    /// scope claims (`None`: this store keeps none). A cache that read it before a
+    /// resource's rows can later tell, with this one small read, that nothing changed.
+    async fn policy_version(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
     /// Drops any cached view of the store (called after writes made around this
     /// handle, e.g. by the management API on the underlying store).
     fn invalidate(&self) {}

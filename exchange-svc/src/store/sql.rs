@@ -36,6 +36,11 @@ pub struct StoreConfig {
     /// the database is asked again (0: ask on every exchange). Writes through this
     /// process take effect at once; other replicas' writes within this bound.
     pub policy_cache_secs: u64,
+    /// Longest a snapshot's rows are served while version checks confirm that nothing
+    /// changed, instead of reading the resource again every `policy_cache_secs`: writes
+    /// through meshpass still show within `policy_cache_secs`, writes that bypass it
+    /// (direct SQL) within this (equal to `policy_cache_secs`: no checks).
+    pub policy_max_age_secs: u64,
     /// How often each replica reads the change version, the fallback for missed
     /// `LISTEN`/`NOTIFY` notifications (`crate::change_feed`).
     pub change_check_interval_ms: u64,
@@ -51,6 +56,7 @@ impl Default for StoreConfig {
             idle_timeout_secs: 300,
             retry_after_secs: 5,
             policy_cache_secs: 2,
+            policy_max_age_secs: 300,
             change_check_interval_ms: 1000,
         }
     }
@@ -59,6 +65,9 @@ impl Default for StoreConfig {
 /// Longest `store.policy_cache_secs` accepted: the cache is a load shield, not a
 /// replica of the database.
 pub const MAX_POLICY_CACHE_SECS: u64 = 60;
+
+/// Longest `store.policy_max_age_secs` accepted.
+pub const MAX_POLICY_MAX_AGE_SECS: u64 = 3_600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
@@ -123,6 +132,14 @@ impl StoreConfig {
                 "store.policy_cache_secs must be at most {MAX_POLICY_CACHE_SECS}"
             )));
         }
+        if self.policy_max_age_secs < self.policy_cache_secs
+            || self.policy_max_age_secs > MAX_POLICY_MAX_AGE_SECS
+        {
+            return Err(StoreError::Config(format!(
+                "store.policy_max_age_secs must be from store.policy_cache_secs ({}) to {MAX_POLICY_MAX_AGE_SECS}",
+                self.policy_cache_secs
+            )));
+        }
         Ok(())
     }
 }
@@ -139,7 +156,6 @@ pub struct SqlStore {
     /// The connection URL (the change listener opens its own connection with it).
     pub(super) url: String,
 }
-
 
 pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -501,6 +517,10 @@ impl MappingStore for SqlStore {
         super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)?;
         Ok(r.rows_affected() > 0)
+    }
+
+    async fn policy_version(&self) -> Result<Option<i64>, StoreError> {
+        self.change_version().await.map(Some)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
