@@ -300,7 +300,9 @@ impl Shared {
                     ..old
                 });
             }
-            check_ms = check_ms.max(old.check_ms);
+            // Moved: the rows are read below. The old snapshot may be the last copy
+            // (dropped from the cache meanwhile): freed like a replaced one.
+            discard(old.policy);
         }
         let read_at_ms = self.clock.now_ms();
         let started = Instant::now();
