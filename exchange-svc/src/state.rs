@@ -139,10 +139,15 @@ impl AppState {
                     reason,
                 })?;
         let store: Arc<dyn MappingStore> = if cfg.store.policy_cache_secs > 0 {
-            Arc::new(
-                PolicyCache::new(store, Arc::clone(&clock), cfg.store.policy_cache_secs)
-                    .with_max_age_secs(cfg.store.policy_max_age_secs),
-            )
+            let cache = PolicyCache::new(store, Arc::clone(&clock), cfg.store.policy_cache_secs)
+                .with_max_age_secs(cfg.store.policy_max_age_secs);
+            cache
+                .register_metrics(&metrics)
+                .map_err(|e| ConfigError::Invalid {
+                    field: "metrics".into(),
+                    reason: e.to_string(),
+                })?;
+            Arc::new(cache)
         } else {
             store
         };

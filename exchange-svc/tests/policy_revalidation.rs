@@ -167,6 +167,49 @@ async fn a_write_through_this_process_is_seen_at_once_with_revalidation_on() {
     assert_eq!(participant(within(cached.clone()).await.as_ref()), "globex");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_are_counted_by_outcome_on_the_metrics_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let sql = open(&url).await;
+    sql.put_mapping(&mapping("m", "payments", "acme"))
+        .await
+        .unwrap();
+    let clock = Arc::new(ManualClock::new(1_000));
+    let cached = Arc::new(PolicyCache::new(sql.clone(), clock.clone(), 2).with_max_age_secs(300));
+    let metrics = meshpass_exchange::metrics::Metrics::new().unwrap();
+    cached.register_metrics(&metrics).unwrap();
+    let count = |outcome: &str| {
+        let text = metrics.render().unwrap();
+        let line = format!("meshpass_policy_snapshot_refreshes_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    within(cached.clone()).await;
+    assert_eq!(count("read"), 1, "the first read");
+    clock.advance(2);
+    within(cached.clone()).await;
+    clock.advance(2);
+    within(cached.clone()).await;
+    assert_eq!(count("confirmed"), 2, "two expiries, nothing changed");
+    assert_eq!(count("read"), 1);
+    // Another writer moves the version: the next refresh reads the rows.
+    let other = open(&url).await;
+    other
+        .put_mapping(&mapping("m", "payments", "globex"))
+        .await
+        .unwrap();
+    clock.advance(2);
+    assert_eq!(participant(within(cached.clone()).await.as_ref()), "globex");
+    assert_eq!(count("read"), 2);
+    // The store goes away: a refresh fails, and is counted.
+    sql.close().await;
+    clock.advance(2);
+    assert!(cached.shared_resource_policy("payments").await.is_err());
+    assert_eq!(count("failed"), 1);
+}
+
 #[test]
 fn a_max_age_shorter_than_the_policy_cache_ttl_is_refused_naming_the_field() {
     let cfg = StoreConfig {

@@ -455,6 +455,16 @@ async fn serves_a_cached_token_with_its_remaining_lifetime_until_half_its_life_i
     assert_eq!(third.json["expires_in"], 300);
     let text = get_text(&e.app, "/metrics").await;
     assert!(text.contains("meshpass_token_cache_hits_total 1"), "{text}");
+    // The policy snapshot, read once, expired before the second and the third exchange
+    // (100 s and 60 s later): both times the store's change version confirmed it.
+    assert!(
+        text.contains("meshpass_policy_snapshot_refreshes_total{outcome=\"read\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("meshpass_policy_snapshot_refreshes_total{outcome=\"confirmed\"} 2"),
+        "{text}"
+    );
 }
 
 /// Was `actor_token_becomes_the_act_claim_with_the_subjects_prior_actor_nested`: the

@@ -47,13 +47,17 @@
 //! would let requests for made-up resource names fill the cache).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
 
 use super::{Mapping, MappingStore, ResourcePolicy, ScopeClaims, StoreError};
 use crate::clock::Clock;
+use crate::metrics::{Metrics, MetricsError};
+
+/// `meshpass_policy_snapshot_refreshes_total`, by outcome.
+const REFRESHES: &str = "meshpass_policy_snapshot_refreshes_total";
 
 /// Most resources held; when full, expired snapshots go first, then all of them.
 const MAX_ENTRIES: usize = 4096;
@@ -122,6 +126,8 @@ struct Shared {
     /// every refresh reads the rows).
     max_age_ms: u64,
     state: Mutex<State>,
+    /// Refreshes by outcome (`confirmed`, `read`, `failed`), once registered.
+    refreshes: OnceLock<prometheus::IntCounterVec>,
 }
 
 /// A [`MappingStore`] that caches [`MappingStore::resource_policy`] for `ttl_secs` and
@@ -150,6 +156,7 @@ impl PolicyCache {
                 ttl_ms,
                 max_age_ms: ttl_ms,
                 state: Mutex::new(State::default()),
+                refreshes: OnceLock::new(),
             }),
         }
     }
@@ -162,6 +169,23 @@ impl PolicyCache {
             shared.max_age_ms = max_age_secs.saturating_mul(1000).max(shared.ttl_ms);
         }
         self
+    }
+
+    /// Registers `meshpass_policy_snapshot_refreshes_total{outcome}`: refreshes
+    /// `confirmed` by an unchanged change version, that `read` the rows, and that
+    /// `failed` (the store did not answer).
+    pub fn register_metrics(&self, metrics: &Metrics) -> Result<(), MetricsError> {
+        let counter = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                REFRESHES,
+                "Policy snapshot refreshes: confirmed by the change version, rows read, or failed.",
+            ),
+            &["outcome"],
+        )?;
+        metrics.register(Box::new(counter.clone()))?;
+        // Registered twice: the registry refused the second already.
+        let _ = self.shared.refreshes.set(counter);
+        Ok(())
     }
 
     /// Drops every snapshot and makes reads in flight uncacheable.
@@ -283,9 +307,28 @@ impl Shared {
         });
     }
 
-    /// Runs `refresh`: a check first when it has a snapshot to confirm, then (if the
-    /// version moved, or there is none) the version and the rows.
+    /// Runs `refresh` and counts its outcome.
     async fn load(&self, resource: &str, refresh: Refresh) -> Loaded {
+        let loaded = self.refresh(resource, refresh).await;
+        if let Some(c) = self.refreshes.get() {
+            let outcome = match &loaded {
+                Ok((_, true)) => "confirmed",
+                Ok((_, false)) => "read",
+                Err(_) => "failed",
+            };
+            c.with_label_values(&[outcome]).inc();
+        }
+        loaded.map(|(snapshot, _)| snapshot)
+    }
+
+    /// A check first when `refresh` has a snapshot to confirm, then (if the version
+    /// moved, or there is none) the version and the rows.
+    /// Also says whether the snapshot was confirmed (its rows not read).
+    async fn refresh(
+        &self,
+        resource: &str,
+        refresh: Refresh,
+    ) -> Result<(Snapshot, bool), StoreError> {
         let mut check_ms = 0;
         let mut version = None;
         if let Refresh::Check(old) = refresh {
@@ -294,11 +337,12 @@ impl Shared {
             version = self.inner.policy_version().await?;
             check_ms = millis(started);
             if version.is_some() && version == old.version {
-                return Ok(Snapshot {
+                let confirmed = Snapshot {
                     checked_at_ms: at,
                     check_ms,
                     ..old
-                });
+                };
+                return Ok((confirmed, true));
             }
             // Moved: the rows are read below. The old snapshot may be the last copy
             // (dropped from the cache meanwhile): freed like a replaced one.
@@ -312,14 +356,15 @@ impl Shared {
             version = self.inner.policy_version().await?;
         }
         let policy = self.inner.resource_policy(resource).await?;
-        Ok(Snapshot {
+        let read = Snapshot {
             checked_at_ms: read_at_ms,
             read_at_ms,
             read_ms: millis(started),
             check_ms,
             version,
             policy: Arc::new(policy),
-        })
+        };
+        Ok((read, false))
     }
 
     /// Runs (or joins) the refresh `load` and caches its outcome unless a write came
