@@ -3,7 +3,8 @@
 //! `verify_signature` and `check_claims` time the steps apart (the signature dominates;
 //! the filter caches verdicts). `validate/<backend>` runs the same steps with the
 //! signature checked on each compiled-in backend, in the same run: build with
-//! `--features native-crypto` (as `make bench` does) to get both.
+//! `--features native-crypto` (as `make bench` does) to get both. `ES256 signature`
+//! sets core's comb tables beside ring's verifier (parse and verify against verify only).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -105,5 +106,35 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// ES256 on core's comb tables against ring's verifier, over the same token and key in
+/// the same run (ring is what the comb replaced on the host).
+fn es256_against_ring(c: &mut Criterion) {
+    let ec = p256_key();
+    let token = sign(&header("ES256", "ec-1"), &claims(), &Signer::P256(&ec));
+    let jwk = meshpass_core::Jwk::from_json(p256_jwk(&ec, "ec-1").as_object().unwrap()).unwrap();
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let sig = meshpass_core::b64::decode(sig).unwrap();
+    let point = ec.verifying_key().to_encoded_point(false);
+    let ring_key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        point.as_bytes().to_vec(),
+    );
+    ring_key.verify(input.as_bytes(), &sig).unwrap();
+    let mut g = c.benchmark_group("ES256 signature");
+    g.bench_function("comb", |b| {
+        b.iter(|| {
+            meshpass_core::verify_compact_jws(black_box(&token), &jwk, 16 * 1024).unwrap();
+        })
+    });
+    g.bench_function("ring", |b| {
+        b.iter(|| {
+            ring_key
+                .verify(black_box(input.as_bytes()), black_box(&sig))
+                .unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, es256_against_ring);
 criterion_main!(benches);

@@ -1,23 +1,32 @@
-//! ES256 verification with precomputed tables (the RustCrypto backend; what the wasm
-//! filter runs on a cache miss).
+//! ES256 verification with precomputed tables: what the wasm filter runs on a cache
+//! miss and what the exchange service runs on a cold exchange.
 //!
 //! ECDSA verification is `R = u1·G + u2·Q`, then `x(R) mod n == r`. The `ecdsa` crate
-//! computes the sum with a joint 4-bit window: 256 doublings and about 130 additions
-//! per signature. Both points are fixed — `G` always, `Q` for as long as an issuer key
-//! lives — so each gets a fixed-base comb table instead: for every 4-bit digit position
-//! `i` (64 of them) the 15 multiples `d·16^i·P`, `d = 1..15`. A scalar product is then at
-//! most 64 additions and no doubling. The points stay projective: p256 0.13 offers no
-//! batch inversion, and 960 single inversions would cost more than the table saves. A
-//! table costs 960 point additions to build (once per key, on first use: a few
-//! verifications' worth) and ~92 KB of memory.
+//! computes the sum with a joint 4-bit window (256 doublings and about 130 additions per
+//! signature), ring with a constant-time 5-bit window for `Q`. Both points are fixed —
+//! `G` always, `Q` for as long as an issuer key lives — so each gets a fixed-base comb
+//! table instead: for every `b`-bit digit position `i` the multiples `d·2^(b·i)·P`,
+//! `d = 1..2^b - 1`. A scalar product is then at most `256 / b` additions and no
+//! doubling. The points stay projective: p256 0.13 offers no batch inversion, and one
+//! inversion per point would cost more than mixed additions save.
+//!
+//! The digit width is per target ([`KEY_DIGIT_BITS`]). In wasm every worker's VM builds
+//! and holds its own tables, so 4 bits: 960 points, ~92 KB and 960 additions per key.
+//! On the host 8 bits: 8,160 points, ~780 KB and a few milliseconds per key, for half
+//! the additions per signature (32 instead of 64 per product). Measured with
+//! `make bench-core` (`ES256 signature`, 2026-12-03, quiet machine): parse and verify
+//! 28 µs with 8-bit digits against ring's 53 µs for the verification alone; 47 µs with
+//! 4-bit digits against ring's 52 in an earlier run of the same day.
 //!
 //! The check is the same equation as `ecdsa::hazmat::verify_prehashed`, with the same
 //! inputs: r and s already in [1, n-1] (`Signature::from_slice`), the SHA-256 digest
 //! reduced mod n, any s accepted (no low-s rule, as before). Verification handles public
 //! data only, so the table lookups need not be constant time.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::elliptic_curve::ops::{Invert, Reduce};
 use p256::elliptic_curve::point::AffineCoordinates;
@@ -25,27 +34,35 @@ use p256::elliptic_curve::PrimeField;
 use p256::{FieldBytes, ProjectivePoint, Scalar};
 use sha2::{Digest as _, Sha256};
 
-/// Digit positions of a 256-bit scalar in base 16.
-const WINDOWS: usize = 64;
-/// Non-zero digits per position.
-const DIGITS: usize = 15;
+/// Bits per comb digit on this target (see the module docs for the trade).
+#[cfg(target_arch = "wasm32")]
+pub(crate) const KEY_DIGIT_BITS: u32 = 4;
+/// Bits per comb digit on this target (see the module docs for the trade).
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) const KEY_DIGIT_BITS: u32 = 8;
 
-/// The comb table of one point: `table[i * 15 + d - 1] = d·16^i·P`.
-pub(crate) struct CombTable {
+/// The comb table of one point with `BITS`-bit digits (4 or 8: a byte holds whole
+/// digits): `points[i * digits + d - 1] = d·2^(BITS·i)·P`.
+pub(crate) struct CombTable<const BITS: u32> {
     points: Vec<ProjectivePoint>,
 }
 
-impl CombTable {
-    fn new(p: ProjectivePoint) -> CombTable {
-        let mut points = Vec::with_capacity(WINDOWS * DIGITS);
+impl<const BITS: u32> CombTable<BITS> {
+    /// Non-zero digits per position.
+    const DIGITS: usize = (1 << BITS) - 1;
+    /// Digit positions of a 256-bit scalar.
+    const POSITIONS: usize = 256 / BITS as usize;
+
+    fn new(p: ProjectivePoint) -> Self {
+        let mut points = Vec::with_capacity(Self::POSITIONS * Self::DIGITS);
         let mut base = p;
-        for _ in 0..WINDOWS {
+        for _ in 0..Self::POSITIONS {
             let mut multiple = base;
-            for _ in 0..DIGITS {
+            for _ in 0..Self::DIGITS {
                 points.push(multiple);
                 multiple += base;
             }
-            // 16·base: the next position's base.
+            // 2^BITS·base: the next position's base.
             base = multiple;
         }
         CombTable { points }
@@ -55,46 +72,120 @@ impl CombTable {
     fn mul(&self, k: &Scalar) -> ProjectivePoint {
         let bytes = k.to_repr(); // big-endian
         let mut acc = ProjectivePoint::IDENTITY;
-        for (i, byte) in bytes.iter().rev().enumerate() {
-            for (half, digit) in [(0, byte & 0x0f), (1, byte >> 4)] {
+        let mut position = 0;
+        for byte in bytes.iter().rev() {
+            let mut rest = usize::from(*byte);
+            for _ in 0..8 / BITS {
+                let digit = rest & Self::DIGITS;
+                rest >>= BITS;
                 if digit != 0 {
-                    let at = (2 * i + half) * DIGITS + usize::from(digit) - 1;
-                    if let Some(point) = self.points.get(at) {
+                    if let Some(point) = self.points.get(position * Self::DIGITS + digit - 1) {
                         acc += point;
                     }
                 }
+                position += 1;
             }
         }
         acc
     }
 }
 
-impl std::fmt::Debug for CombTable {
+impl<const BITS: u32> std::fmt::Debug for CombTable<BITS> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CombTable")
+            .field("digit_bits", &BITS)
             .field("points", &self.points.len())
             .finish()
     }
 }
 
+/// The table width of this target.
+type KeyTable = CombTable<KEY_DIGIT_BITS>;
+
 /// The generator's table, built on the first ES256 verification of the process.
-fn generator_table() -> &'static CombTable {
-    static TABLE: OnceLock<CombTable> = OnceLock::new();
-    TABLE.get_or_init(|| CombTable::new(ProjectivePoint::GENERATOR))
+fn generator_table() -> &'static KeyTable {
+    static TABLE: OnceLock<KeyTable> = OnceLock::new();
+    TABLE.get_or_init(|| KeyTable::new(ProjectivePoint::GENERATOR))
+}
+
+/// Most issuer-key tables alive at once in this process (wasm: in this VM): about 12 MB
+/// on the host, 6 MB in wasm. A JWKS may hold up to `MAX_KEYS` keys and a token picks one
+/// by `kid`, so without a bound tokens naming every key of every issuer would pin a table
+/// each. A key that finds the budget spent verifies without a table (the `ecdsa` crate,
+/// the same equation, several times slower) until it is parsed again at a JWKS refresh.
+#[cfg(not(target_arch = "wasm32"))]
+const MAX_KEY_TABLES: usize = 16;
+/// Most issuer-key tables alive at once in this process (see the host's figure).
+#[cfg(target_arch = "wasm32")]
+const MAX_KEY_TABLES: usize = 64;
+
+/// A count of live issuer-key tables with a ceiling.
+#[derive(Debug)]
+struct TableBudget {
+    live: AtomicUsize,
+    max: usize,
+}
+
+impl TableBudget {
+    const fn new(max: usize) -> TableBudget {
+        TableBudget {
+            live: AtomicUsize::new(0),
+            max,
+        }
+    }
+}
+
+/// The process's (wasm: the VM's) budget.
+static KEY_TABLES: TableBudget = TableBudget::new(MAX_KEY_TABLES);
+
+/// One issuer key's table and its share of a budget, given back on drop.
+#[derive(Debug)]
+struct BudgetedTable {
+    table: KeyTable,
+    budget: &'static TableBudget,
+}
+
+impl BudgetedTable {
+    /// Builds `p`'s table if `budget` allows one more.
+    fn build(p: ProjectivePoint, budget: &'static TableBudget) -> Option<BudgetedTable> {
+        budget
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < budget.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(BudgetedTable {
+            table: KeyTable::new(p),
+            budget,
+        })
+    }
+}
+
+impl Drop for BudgetedTable {
+    fn drop(&mut self) {
+        self.budget.live.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A P-256 public key with its comb table, built on first use and shared by clones.
 #[derive(Debug, Clone)]
 pub struct P256Key {
     key: VerifyingKey,
-    table: Arc<OnceLock<CombTable>>,
+    budget: &'static TableBudget,
+    /// `None` inside: the budget was spent when the key first verified.
+    table: Arc<OnceLock<Option<BudgetedTable>>>,
 }
 
 impl P256Key {
     /// Wraps a verifying key (the table is built when the key first verifies).
     pub fn new(key: VerifyingKey) -> P256Key {
+        Self::with_budget(key, &KEY_TABLES)
+    }
+
+    fn with_budget(key: VerifyingKey, budget: &'static TableBudget) -> P256Key {
         P256Key {
             key,
+            budget,
             table: Arc::new(OnceLock::new()),
         }
     }
@@ -111,18 +202,28 @@ impl P256Key {
             return false;
         };
         let digest: FieldBytes = Sha256::digest(msg);
+        let point = || ProjectivePoint::from(*self.key.as_affine());
+        let table = self
+            .table
+            .get_or_init(|| BudgetedTable::build(point(), self.budget));
+        let Some(BudgetedTable { table: q, .. }) = table else {
+            return self.key.verify_prehash(&digest, &sig).is_ok();
+        };
         let z = <Scalar as Reduce<p256::U256>>::reduce_bytes(&digest);
         let (r, s) = sig.split_scalars();
         let s_inv = *s.invert_vartime();
         let u1 = z * s_inv;
         let u2 = *r * s_inv;
-        let q = self
-            .table
-            .get_or_init(|| CombTable::new(ProjectivePoint::from(*self.key.as_affine())));
         let sum = generator_table().mul(&u1) + q.mul(&u2);
         // The identity has x = 0 here, never equal to r (r ≠ 0).
         let x = sum.to_affine().x();
         <Scalar as Reduce<p256::U256>>::reduce_bytes(&x) == *r
+    }
+
+    /// Whether this key verifies with a table (false before its first verification).
+    #[cfg(test)]
+    pub(crate) fn has_table(&self) -> bool {
+        self.table.get().is_some_and(Option::is_some)
     }
 }
 
@@ -138,27 +239,51 @@ mod tests {
         rand::rngs::OsRng
     }
 
-    #[test]
-    fn the_comb_product_equals_the_plain_scalar_multiplication() {
-        let table = generator_table();
+    /// Products of both digit widths against p256's own scalar multiplication.
+    fn comb_products_match<const BITS: u32>() {
+        let g = CombTable::<BITS>::new(ProjectivePoint::GENERATOR);
         let mut scalars = vec![
             Scalar::ZERO,
             Scalar::ONE,
             Scalar::from(15u64),
             Scalar::from(16u64),
+            Scalar::from(255u64),
+            Scalar::from(256u64),
             -Scalar::ONE,
         ];
-        scalars.extend((0..50).map(|_| Scalar::random(rng())));
+        scalars.extend((0..40).map(|_| Scalar::random(rng())));
         for k in scalars {
             let want = (ProjectivePoint::GENERATOR * k).to_affine();
-            assert_eq!(table.mul(&k).to_affine(), want);
+            assert_eq!(g.mul(&k).to_affine(), want, "{BITS}-bit digits, k = {k:?}");
         }
         let q = ProjectivePoint::GENERATOR * Scalar::random(rng());
-        let qt = CombTable::new(q);
+        let qt = CombTable::<BITS>::new(q);
         for _ in 0..20 {
             let k = Scalar::random(rng());
             assert_eq!(qt.mul(&k).to_affine(), (q * k).to_affine());
         }
+    }
+
+    #[test]
+    fn the_comb_product_equals_the_plain_scalar_multiplication_with_4_bit_digits() {
+        comb_products_match::<4>();
+    }
+
+    #[test]
+    fn the_comb_product_equals_the_plain_scalar_multiplication_with_8_bit_digits() {
+        comb_products_match::<8>();
+    }
+
+    #[test]
+    fn tables_hold_every_non_zero_digit_of_every_position() {
+        assert_eq!(
+            CombTable::<4>::new(ProjectivePoint::GENERATOR).points.len(),
+            64 * 15
+        );
+        assert_eq!(
+            CombTable::<8>::new(ProjectivePoint::GENERATOR).points.len(),
+            32 * 255
+        );
     }
 
     #[test]
@@ -189,6 +314,36 @@ mod tests {
             let stranger = P256Key::new(*SigningKey::random(&mut rng()).verifying_key());
             assert!(!stranger.verify(&msg, &bytes));
         }
+    }
+
+    #[test]
+    fn keys_past_the_table_budget_still_verify_without_a_table() {
+        static BUDGET: TableBudget = TableBudget::new(2);
+        let signer = |_: usize| {
+            let sk = SigningKey::random(&mut rng());
+            let key = P256Key::with_budget(*sk.verifying_key(), &BUDGET);
+            (sk, key)
+        };
+        let keys: Vec<(SigningKey, P256Key)> = (0..4).map(signer).collect();
+        for (sk, key) in &keys {
+            let sig: Signature = p256::ecdsa::signature::Signer::sign(sk, b"budget");
+            assert!(key.verify(b"budget", &sig.to_bytes()));
+            assert!(!key.verify(b"budgeT", &sig.to_bytes()));
+        }
+        let with: Vec<bool> = keys.iter().map(|(_, k)| k.has_table()).collect();
+        assert_eq!(with, [true, true, false, false]);
+        // A clone shares its key's table and takes no share of its own.
+        let clone = keys[0].1.clone();
+        assert!(clone.has_table());
+        assert_eq!(BUDGET.live.load(Ordering::Acquire), 2);
+        // Dropping every holder of a table gives its share back.
+        drop(clone);
+        drop(keys);
+        assert_eq!(BUDGET.live.load(Ordering::Acquire), 0);
+        let (sk, key) = signer(0);
+        let sig: Signature = p256::ecdsa::signature::Signer::sign(&sk, b"again");
+        assert!(key.verify(b"again", &sig.to_bytes()));
+        assert!(key.has_table());
     }
 
     #[test]
