@@ -383,21 +383,18 @@ impl Inner {
             "key_version": version,
             "marshaling_algorithm": "jws",
         });
+        if let Some(hash) = wire::Prehash::for_alg(set.alg) {
+            body["hash_algorithm"] = json!(hash.vault_name());
+            body["prehashed"] = json!(true);
+        }
         match set.alg {
-            SigningAlg::ES256 => body["hash_algorithm"] = json!("sha2-256"),
-            SigningAlg::ES384 => body["hash_algorithm"] = json!("sha2-384"),
             SigningAlg::PS256 => {
-                body["hash_algorithm"] = json!("sha2-256");
                 body["signature_algorithm"] = json!("pss");
                 // JWS PS256 requires the salt length to equal the hash length.
                 body["salt_length"] = json!("hash");
             }
-            SigningAlg::RS256 => {
-                body["hash_algorithm"] = json!("sha2-256");
-                body["signature_algorithm"] = json!("pkcs1v15");
-            }
-            // Ed25519 signs the message itself.
-            SigningAlg::EdDSA => {}
+            SigningAlg::RS256 => body["signature_algorithm"] = json!("pkcs1v15"),
+            SigningAlg::ES256 | SigningAlg::ES384 | SigningAlg::EdDSA => {}
         }
         body
     }
@@ -427,6 +424,8 @@ impl Inner {
                 "key version {version} is not live"
             )));
         };
+        let digests = wire::Prehash::for_alg(set.alg).map(|hash| hash.digests(inputs));
+        let inputs = digests.as_deref().unwrap_or(inputs);
         let body = wire::sign_body(&self.sign_params(&set, version), inputs);
         let path = format!("{}/sign/{}", self.cfg.transit_mount, self.cfg.key_name);
         self.client.stats().add_sign_request(n);
