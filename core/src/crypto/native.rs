@@ -3,7 +3,8 @@
 //! s in [1, n-1]). ring has no P-521, so ES512 stays on RustCrypto, and ES256 stays on
 //! core's comb tables (`p256_comb.rs`), which on the host take about 0.6 × ring's time
 //! per verification: ring multiplies the issuer key in constant time over 256 doublings,
-//! the comb adds 32 precomputed multiples. Ring still checks the comb in the tests below.
+//! the comb adds at most 64 precomputed points. Ring still checks the comb in the tests
+//! below.
 
 use ring::signature as rs;
 use rsa::traits::PublicKeyParts as _;
