@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use meshpass_exchange::clock::SystemClock;
 use meshpass_exchange::store::{
-    seed, Mapping, MappingStore, RateLimit, ScopeClaims, SqlStore, StoreConfig, StoreError,
+    seed, Actor, AuditQuery, AuditRecord, Mapping, MappingStore, NewRevocation, RateLimit,
+    RevocationStore, RevocationTarget, ScopeClaims, SqlStore, StoreConfig, StoreError,
 };
 use meshpass_testkit::{PgDb, Postgres};
 use serde_json::json;
@@ -361,6 +362,86 @@ async fn upgrades_a_version_1_database_and_keeps_its_mappings(b: &dyn Backend) {
     assert_eq!(s.get_mapping("new").await.unwrap(), Some(m));
 }
 
+/// The refusal audit writes on its own (a background task) while operators revoke and
+/// lift: on SQLite a lift reads then writes in one transaction, and a commit from an
+/// unserialised writer between the two made it fail with SQLITE_BUSY (a 503 for the
+/// operator). Every write, audit included, must wait its turn instead.
+async fn audit_writes_beside_revocation_changes_never_fail_either(b: &dyn Backend) {
+    let s = Arc::new(open(b).await);
+    let stop = Arc::new(AtomicBool::new(false));
+    let auditor = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                s.record_audit(&AuditRecord {
+                    request_id: format!("r{n}"),
+                    actor: "spiffe://td/ns/shop/sa/web".into(),
+                    action: "exchange.refused".into(),
+                    target: "resources/payments".into(),
+                    before: None,
+                    after: None,
+                    reason: "revoked".into(),
+                })
+                .await
+                .unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let actor = Actor {
+        who: "spiffe://td/ns/ops/sa/admin".into(),
+        request_id: "rq".into(),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for i in 0..40 {
+        let r = s
+            .create_revocation(
+                &NewRevocation {
+                    target: RevocationTarget::Subject,
+                    matches: format!("spiffe://td/ns/shop/sa/w{i}"),
+                    reason: "drill".into(),
+                    until: None,
+                },
+                &actor,
+                now,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create {i}: {e}"));
+        s.lift_revocation(&r.id, &actor)
+            .await
+            .unwrap_or_else(|e| panic!("lift {i}: {e}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let audited = auditor.await.unwrap();
+    assert!(audited > 0, "the auditor wrote meanwhile");
+    let count = |action: &str| {
+        let s = s.clone();
+        let action = action.to_string();
+        async move {
+            s.audit_events(&AuditQuery {
+                limit: 1000,
+                action: Some(action),
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap()
+            .len()
+        }
+    };
+    assert_eq!(count("revocation.create").await, 40);
+    assert_eq!(count("revocation.lift").await, 40);
+    assert_eq!(
+        count("exchange.refused").await,
+        usize::try_from(audited.min(1000)).unwrap(),
+        "every refusal is in the log"
+    );
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -393,6 +474,7 @@ both_backends!(
     a_restart_keeps_every_mapping,
     concurrent_writers_and_readers_do_not_fail,
     upgrades_a_version_1_database_and_keeps_its_mappings,
+    audit_writes_beside_revocation_changes_never_fail_either,
 );
 
 #[test]

@@ -89,6 +89,9 @@ pub(super) async fn insert_audit(c: &mut AnyConnection, r: &AuditRecord) -> Resu
 impl SqlStore {
     /// Records one audit event on its own (refused exchanges, key operations).
     pub async fn record_audit(&self, r: &AuditRecord) -> Result<(), StoreError> {
+        // Serialised with every other write: on SQLite a commit landing between another
+        // transaction's read and its write fails that transaction (SQLITE_BUSY_SNAPSHOT).
+        let _w = self.writer().await;
         let mut c = self.pool.acquire().await.map_err(unavailable)?;
         insert_audit(&mut c, r).await
     }
