@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Instructions per true-cold exchange of the exchange service, under callgrind.
+"""Instructions per exchange of the exchange service, under callgrind.
 
 Starts an OpenBao dev server (transit, ecdsa-p256 key `bench`, as bench/src/stack.rs
 does), the given service binary under `valgrind --tool=callgrind` with the benchmark's
@@ -9,6 +9,11 @@ connections (each token used once, every answer must be 200) and dumps the count
 Instruction counts do not depend on the machine's other load.
 
     scripts/callgrind-cold.py BIN [--n 3000] [--conc 32] [--out DIR]
+
+`--warm` sends one form N times with the token cache on (the warm path: every answer
+after the first is a cached token); `--bare` profiles the bench's bare axum handler
+instead (BIN is then `meshpass-bench-servers`; no OpenBao, body `grant_type=x`), the
+baseline the warm path is measured against.
 
 Prints the instructions per exchange and the transit batch-size histogram the service
 exported (meshpass_transit_batch_size, when the binary has it); leaves callgrind.out.*
@@ -23,6 +28,7 @@ import os
 import queue
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -151,10 +157,17 @@ def main():
     ap.add_argument("--conc", type=int, default=32)
     ap.add_argument("--out", default=".")
     ap.add_argument("--no-valgrind", action="store_true")
+    ap.add_argument("--warm", action="store_true",
+                    help="one form, N times, token cache on (the warm path)")
+    ap.add_argument("--bare", action="store_true",
+                    help="BIN is meshpass-bench-servers: profile its bare POST /token")
     ap.add_argument("--wrk", type=float, default=0,
                     help="no valgrind: after the warm-up, SECS of wrk (bench/src/wrk.lua, one "
                          "thread) with never-seen tokens instead of the N exchanges; prints "
                          "wrk's figures and the batch sizes")
+    ap.add_argument("--perf", metavar="FILE",
+                    help="with --wrk: `perf record -e cpu-clock -g` the server meanwhile, "
+                         "into FILE (real hardware: callgrind hides SHA-NI from sha2)")
     a = ap.parse_args()
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
@@ -164,8 +177,14 @@ def main():
         iss = Issuer()
         if a.wrk:
             a.no_valgrind = True
-            a.n = int(a.wrk * 12000) + 100
-        forms = [iss.form(10_000_000 + i) for i in range(a.warmup + a.n)]
+            # Never-seen tokens need one line per request; a repeated form needs one.
+            a.n = 1 if (a.warm or a.bare) else int(a.wrk * 12000) + 100
+        if a.bare:
+            forms = ["grant_type=x"] * (a.warmup + a.n)
+        elif a.warm:
+            forms = [iss.form(10_000_000)] * (a.warmup + a.n)
+        else:
+            forms = [iss.form(10_000_000 + i) for i in range(a.warmup + a.n)]
         bport = free_port()
         bao = subprocess.Popen(
             [os.path.join(ROOT, ".tools/bin/bao"), "server", "-dev", "-dev-no-store-token",
@@ -190,7 +209,7 @@ url = "sqlite://{work}/bench.db"
 [log]
 level = "warn"
 [cache]
-enabled = false
+enabled = {"true" if a.warm else "false"}
 [callers]
 xfcc_trusted_proxies = ["127.0.0.1"]
 insecure_unbound_callers = false
@@ -220,6 +239,8 @@ ttl_secs = 3600
         with open(cfg_path, "w") as f:
             f.write(cfg)
         cmd = [os.path.abspath(a.bin), "serve", "--config", cfg_path]
+        if a.bare:
+            cmd = [os.path.abspath(a.bin), "--bare", f"127.0.0.1:{port}"]
         if not a.no_valgrind:
             cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=yes",
                    f"--callgrind-out-file={out}/callgrind.out.%p"] + cmd
@@ -229,11 +250,16 @@ ttl_secs = 3600
         svc = subprocess.Popen(cmd, env=env, stdout=open(os.path.join(out, "service.log"), "w"),
                                stderr=subprocess.STDOUT)
         procs.append(svc)
-        wait(lambda: b'"keys":[{' in urllib.request.urlopen(
-            f"http://127.0.0.1:{port}/.well-known/jwks.json", timeout=5).read().replace(b" ", b""),
-             300, "the exchange service")
+        if a.bare:
+            wait(lambda: urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/token", data=b"grant_type=x"), timeout=5).status == 200,
+                 300, "the bare server")
+        else:
+            wait(lambda: b'"keys":[{' in urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/.well-known/jwks.json", timeout=5).read()
+                 .replace(b" ", b""), 300, "the exchange service")
         drive(port, forms[:a.warmup], a.conc)
-        before = metric_lines(port, "meshpass_transit_batch_size")
+        before = [] if a.bare else metric_lines(port, "meshpass_transit_batch_size")
         if not a.no_valgrind:
             subprocess.run(["callgrind_control", "-z", str(svc.pid)], check=True,
                            stdout=subprocess.DEVNULL)
@@ -244,6 +270,12 @@ ttl_secs = 3600
             with open(fpath, "w") as f:
                 f.write("\n".join(forms[a.warmup:]) + "\n")
             env = dict(os.environ, MESHPASS_WRK_MODE="body", MESHPASS_WRK_FILE=fpath)
+            perf = None
+            if a.perf:
+                perf = subprocess.Popen(
+                    ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g",
+                     "-p", str(svc.pid), "-o", os.path.abspath(a.perf)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             r = subprocess.run(
                 ["wrk", "-t1", "--latency", "--timeout", "10s", f"-c{a.conc}",
                  f"-d{int(a.wrk)}s", "-s", os.path.join(ROOT, "bench/src/wrk.lua"),
@@ -251,11 +283,14 @@ ttl_secs = 3600
                  "-H", "X-Forwarded-Client-Cert: URI=" + SUBJECT,
                  f"http://127.0.0.1:{port}/token"],
                 env=env, capture_output=True, text=True, check=True)
+            if perf:
+                perf.send_signal(signal.SIGINT)
+                perf.wait(timeout=60)
             w = json.loads(next(l[8:] for l in r.stdout.splitlines() if l.startswith("WRKJSON ")))
             a.n = w["requests"]
             svc_us = (cpu_secs(svc.pid) - cpu0[0]) * 1e6 / max(a.n, 1)
             bao_us = (cpu_secs(bao.pid) - cpu0[1]) * 1e6 / max(a.n, 1)
-            print(f"CPU per exchange: service {svc_us:.1f} us, OpenBao {bao_us:.1f} us")
+            print(f"CPU per exchange: service {svc_us:.2f} us, OpenBao {bao_us:.2f} us")
             print(f"wrk: {w['requests'] / (w['duration_us'] / 1e6):.0f} req/s, p99 "
                   f"{w['p99_us'] / 1e3:.2f} ms, errors {w['connect'] + w['read'] + w['write'] + w['status'] + w['timeout']}, wrapped {w['wrapped']}")
         else:
@@ -264,8 +299,8 @@ ttl_secs = 3600
         if not a.no_valgrind:
             subprocess.run(["callgrind_control", "-d", "measured", str(svc.pid)], check=True,
                            stdout=subprocess.DEVNULL)
-        after = metric_lines(port, "meshpass_transit_batch_size")
-        print(f"{a.n} cold exchanges at concurrency {a.conc} in {dt:.1f} s")
+        after = [] if a.bare else metric_lines(port, "meshpass_transit_batch_size")
+        print(f"{a.n} {'bare' if a.bare else 'warm' if a.warm else 'cold'} exchanges at concurrency {a.conc} in {dt:.1f} s")
         for l in after:
             print("  after:", l)
         for l in before:

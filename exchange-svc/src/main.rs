@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use meshpass_exchange::config::{Config, LogFormat};
 
+// Every request allocates (hyper's buffers, the form, claims, JSON): with the C
+// library's malloc that was 14 % of a true-cold exchange's CPU under `perf` on glibc
+// (bench/notes.md), and the OCI image links musl's, slower still.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meshpass-exchange",

@@ -16,6 +16,11 @@
 
 mod grpc_authz;
 
+// The exchange service's allocator: the bare handler is the same program minus the
+// exchange logic.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 
 use anyhow::{anyhow, Context, Result};
