@@ -8,6 +8,7 @@
 #[cfg(all(feature = "native-crypto", not(target_arch = "wasm32")))]
 mod native;
 mod p256_comb;
+mod p256_point;
 mod rust_crypto;
 
 pub use p256_comb::P256Key;

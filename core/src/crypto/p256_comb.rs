@@ -7,13 +7,14 @@
 //! `G` always, `Q` for as long as an issuer key lives — so each gets a fixed-base comb
 //! table instead: for every `b`-bit digit position `i` the multiples `d·2^(b·i)·P`,
 //! `d = 1..2^b - 1`. A scalar product is then at most `256 / b` additions and no
-//! doubling. The points stay projective: p256 0.13 offers no batch inversion, and one
-//! inversion per point would cost more than mixed additions save.
+//! doubling. The table points are affine and the sum is checked without leaving
+//! projective coordinates ([`super::p256_point`]): no field inversion per signature.
 //!
 //! The digit width is per target ([`KEY_DIGIT_BITS`]). In wasm every worker's VM builds
-//! and holds its own tables, so 4 bits: 960 points, ~92 KB and 960 additions per key.
-//! On the host 8 bits: 8,160 points, ~780 KB and a few milliseconds per key, for half
-//! the additions per signature (32 instead of 64 per product). Measured with
+//! and holds its own tables, so 4 bits: 960 points, ~61 KB and 960 additions per key.
+//! On the host 8 bits: 8,160 points, ~520 KB and a few milliseconds per key, for half
+//! the additions per signature (32 instead of 64 per product). Both products go into
+//! one accumulator, so a signature costs at most 64 mixed additions on the host. Measured with
 //! `make bench-core` (`ES256 signature`, 2026-12-03, quiet machine): parse and verify
 //! 28 µs with 8-bit digits against ring's 53 µs for the verification alone; 47 µs with
 //! 4-bit digits against ring's 52 in an earlier run of the same day.
@@ -29,9 +30,10 @@ use std::sync::{Arc, OnceLock};
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use p256::elliptic_curve::ops::{Invert, Reduce};
-use p256::elliptic_curve::point::AffineCoordinates;
 use p256::elliptic_curve::PrimeField;
-use p256::{FieldBytes, ProjectivePoint, Scalar};
+use p256::{AffinePoint, FieldBytes, Scalar};
+
+use super::p256_point::{batch_to_affine, Affine, Projective};
 use sha2::{Digest as _, Sha256};
 
 /// Bits per comb digit on this target (see the module docs for the trade).
@@ -44,7 +46,7 @@ pub(crate) const KEY_DIGIT_BITS: u32 = 8;
 /// The comb table of one point with `BITS`-bit digits (4 or 8: a byte holds whole
 /// digits): `points[i * digits + d - 1] = d·2^(BITS·i)·P`.
 pub(crate) struct CombTable<const BITS: u32> {
-    points: Vec<ProjectivePoint>,
+    points: Vec<Affine>,
 }
 
 impl<const BITS: u32> CombTable<BITS> {
@@ -53,25 +55,32 @@ impl<const BITS: u32> CombTable<BITS> {
     /// Digit positions of a 256-bit scalar.
     const POSITIONS: usize = 256 / BITS as usize;
 
-    fn new(p: ProjectivePoint) -> Self {
+    /// The table of `p`; `None` only if a multiple were the identity, which no point of
+    /// the prime-order group (any public key) has below `n`.
+    fn new(p: AffinePoint) -> Option<Self> {
         let mut points = Vec::with_capacity(Self::POSITIONS * Self::DIGITS);
-        let mut base = p;
+        let mut base = Affine::from_point(&p)?;
+        let mut row = Vec::with_capacity(Self::DIGITS + 1);
         for _ in 0..Self::POSITIONS {
-            let mut multiple = base;
-            for _ in 0..Self::DIGITS {
-                points.push(multiple);
-                multiple += base;
+            row.clear();
+            let mut multiple = Projective::from(base);
+            row.push(multiple);
+            for _ in 1..Self::DIGITS {
+                multiple = multiple.add_affine(&base);
+                row.push(multiple);
             }
-            // 2^BITS·base: the next position's base.
-            base = multiple;
+            // 2^BITS·base, the next position's base, shares the row's one inversion.
+            row.push(multiple.add_affine(&base));
+            let mut affine = batch_to_affine(&row)?;
+            base = affine.pop()?;
+            points.extend(affine);
         }
-        CombTable { points }
+        Some(CombTable { points })
     }
 
-    /// `k·P`.
-    fn mul(&self, k: &Scalar) -> ProjectivePoint {
+    /// `acc += k·P`.
+    fn add_product(&self, acc: &mut Projective, k: &Scalar) {
         let bytes = k.to_repr(); // big-endian
-        let mut acc = ProjectivePoint::IDENTITY;
         let mut position = 0;
         for byte in bytes.iter().rev() {
             let mut rest = usize::from(*byte);
@@ -80,12 +89,19 @@ impl<const BITS: u32> CombTable<BITS> {
                 rest >>= BITS;
                 if digit != 0 {
                     if let Some(point) = self.points.get(position * Self::DIGITS + digit - 1) {
-                        acc += point;
+                        *acc = acc.add_affine(point);
                     }
                 }
                 position += 1;
             }
         }
+    }
+
+    /// `k·P` (tests).
+    #[cfg(test)]
+    fn mul(&self, k: &Scalar) -> Projective {
+        let mut acc = Projective::IDENTITY;
+        self.add_product(&mut acc, k);
         acc
     }
 }
@@ -102,10 +118,13 @@ impl<const BITS: u32> std::fmt::Debug for CombTable<BITS> {
 /// The table width of this target.
 type KeyTable = CombTable<KEY_DIGIT_BITS>;
 
-/// The generator's table, built on the first ES256 verification of the process.
-fn generator_table() -> &'static KeyTable {
-    static TABLE: OnceLock<KeyTable> = OnceLock::new();
-    TABLE.get_or_init(|| KeyTable::new(ProjectivePoint::GENERATOR))
+/// The generator's table, built on the first ES256 verification of the process (`None`
+/// cannot happen: see [`CombTable::new`]).
+fn generator_table() -> Option<&'static KeyTable> {
+    static TABLE: OnceLock<Option<KeyTable>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| KeyTable::new(AffinePoint::GENERATOR))
+        .as_ref()
 }
 
 /// Most issuer-key tables alive at once in this process (wasm: in this VM): about 12 MB
@@ -147,17 +166,20 @@ struct BudgetedTable {
 
 impl BudgetedTable {
     /// Builds `p`'s table if `budget` allows one more.
-    fn build(p: ProjectivePoint, budget: &'static TableBudget) -> Option<BudgetedTable> {
+    fn build(p: AffinePoint, budget: &'static TableBudget) -> Option<BudgetedTable> {
         budget
             .live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < budget.max).then_some(n + 1)
             })
             .ok()?;
-        Some(BudgetedTable {
-            table: KeyTable::new(p),
+        // From here on the share is given back on drop, also when no table comes of it.
+        let mut held = BudgetedTable {
+            table: CombTable { points: Vec::new() },
             budget,
-        })
+        };
+        held.table = KeyTable::new(p)?;
+        Some(held)
     }
 }
 
@@ -202,22 +224,19 @@ impl P256Key {
             return false;
         };
         let digest: FieldBytes = Sha256::digest(msg);
-        let point = || ProjectivePoint::from(*self.key.as_affine());
         let table = self
             .table
-            .get_or_init(|| BudgetedTable::build(point(), self.budget));
-        let Some(BudgetedTable { table: q, .. }) = table else {
+            .get_or_init(|| BudgetedTable::build(*self.key.as_affine(), self.budget));
+        let (Some(BudgetedTable { table: q, .. }), Some(g)) = (table, generator_table()) else {
             return self.key.verify_prehash(&digest, &sig).is_ok();
         };
         let z = <Scalar as Reduce<p256::U256>>::reduce_bytes(&digest);
         let (r, s) = sig.split_scalars();
         let s_inv = *s.invert_vartime();
-        let u1 = z * s_inv;
-        let u2 = *r * s_inv;
-        let sum = generator_table().mul(&u1) + q.mul(&u2);
-        // The identity has x = 0 here, never equal to r (r ≠ 0).
-        let x = sum.to_affine().x();
-        <Scalar as Reduce<p256::U256>>::reduce_bytes(&x) == *r
+        let mut sum = Projective::IDENTITY;
+        g.add_product(&mut sum, &(z * s_inv));
+        q.add_product(&mut sum, &(*r * s_inv));
+        sum.x_matches(&r)
     }
 
     /// Whether this key verifies with a table (false before its first verification).
@@ -234,14 +253,19 @@ mod tests {
     use p256::ecdsa::signature::Verifier as _;
     use p256::ecdsa::SigningKey;
     use p256::elliptic_curve::Field as _;
+    use p256::ProjectivePoint;
 
     fn rng() -> rand::rngs::OsRng {
         rand::rngs::OsRng
     }
 
     /// Products of both digit widths against p256's own scalar multiplication.
+    fn affine(p: ProjectivePoint) -> Option<Affine> {
+        Affine::from_point(&p.to_affine())
+    }
+
     fn comb_products_match<const BITS: u32>() {
-        let g = CombTable::<BITS>::new(ProjectivePoint::GENERATOR);
+        let g = CombTable::<BITS>::new(AffinePoint::GENERATOR).unwrap();
         let mut scalars = vec![
             Scalar::ZERO,
             Scalar::ONE,
@@ -253,14 +277,15 @@ mod tests {
         ];
         scalars.extend((0..40).map(|_| Scalar::random(rng())));
         for k in scalars {
-            let want = (ProjectivePoint::GENERATOR * k).to_affine();
+            // k = 0: both the identity (no affine form).
+            let want = affine(ProjectivePoint::GENERATOR * k);
             assert_eq!(g.mul(&k).to_affine(), want, "{BITS}-bit digits, k = {k:?}");
         }
         let q = ProjectivePoint::GENERATOR * Scalar::random(rng());
-        let qt = CombTable::<BITS>::new(q);
+        let qt = CombTable::<BITS>::new(q.to_affine()).unwrap();
         for _ in 0..20 {
             let k = Scalar::random(rng());
-            assert_eq!(qt.mul(&k).to_affine(), (q * k).to_affine());
+            assert_eq!(qt.mul(&k).to_affine(), affine(q * k));
         }
     }
 
@@ -277,11 +302,17 @@ mod tests {
     #[test]
     fn tables_hold_every_non_zero_digit_of_every_position() {
         assert_eq!(
-            CombTable::<4>::new(ProjectivePoint::GENERATOR).points.len(),
+            CombTable::<4>::new(AffinePoint::GENERATOR)
+                .unwrap()
+                .points
+                .len(),
             64 * 15
         );
         assert_eq!(
-            CombTable::<8>::new(ProjectivePoint::GENERATOR).points.len(),
+            CombTable::<8>::new(AffinePoint::GENERATOR)
+                .unwrap()
+                .points
+                .len(),
             32 * 255
         );
     }
