@@ -16,17 +16,17 @@
 
 mod grpc_authz;
 
-// The exchange service's allocator: the bare handler is the same program minus the
-// exchange logic.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 
 use anyhow::{anyhow, Context, Result};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Router;
+
+// The exchange service's allocator: the bare handler is the same program minus the
+// exchange logic.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The fixed answer of the bare `/token` (as large as a real exchange answer).
 fn token_body() -> String {
