@@ -14,10 +14,10 @@
 //! and holds its own tables, so 4 bits: 960 points, ~61 KB and 960 additions per key.
 //! On the host 8 bits: 8,160 points, ~520 KB and a few milliseconds per key, for half
 //! the additions per signature (32 instead of 64 per product). Both products go into
-//! one accumulator, so a signature costs at most 64 mixed additions on the host. Measured with
-//! `make bench-core` (`ES256 signature`, 2026-12-03, quiet machine): parse and verify
-//! 28 µs with 8-bit digits against ring's 53 µs for the verification alone; 47 µs with
-//! 4-bit digits against ring's 52 in an earlier run of the same day.
+//! one accumulator, so a signature costs at most 64 mixed additions on the host.
+//! `make bench-core` (`ES256 signature`, 2026-12-04, quiet machine): parse and verify
+//! 20 µs with 8-bit digits against ring's 51 µs for the verification alone (28 µs before
+//! the affine tables, 47 µs with 4-bit digits).
 //!
 //! The check is the same equation as `ecdsa::hazmat::verify_prehashed`, with the same
 //! inputs: r and s already in [1, n-1] (`Signature::from_slice`), the SHA-256 digest
@@ -32,9 +32,9 @@ use p256::ecdsa::{Signature, VerifyingKey};
 use p256::elliptic_curve::ops::{Invert, Reduce};
 use p256::elliptic_curve::PrimeField;
 use p256::{AffinePoint, FieldBytes, Scalar};
+use sha2::{Digest as _, Sha256};
 
 use super::p256_point::{batch_to_affine, Affine, Projective};
-use sha2::{Digest as _, Sha256};
 
 /// Bits per comb digit on this target (see the module docs for the trade).
 #[cfg(target_arch = "wasm32")]
@@ -127,8 +127,8 @@ fn generator_table() -> Option<&'static KeyTable> {
         .as_ref()
 }
 
-/// Most issuer-key tables alive at once in this process (wasm: in this VM): about 12 MB
-/// on the host, 6 MB in wasm. A JWKS may hold up to `MAX_KEYS` keys and a token picks one
+/// Most issuer-key tables alive at once in this process (wasm: in this VM): about 8 MB
+/// on the host, 4 MB in wasm. A JWKS may hold up to `MAX_KEYS` keys and a token picks one
 /// by `kid`, so without a bound tokens naming every key of every issuer would pin a table
 /// each. A key that finds the budget spent verifies without a table (the `ecdsa` crate,
 /// the same equation, several times slower) until it is parsed again at a JWKS refresh.
