@@ -10,6 +10,7 @@ mod native;
 mod p256_comb;
 mod p256_point;
 mod rust_crypto;
+mod scalar_inv;
 
 pub use p256_comb::P256Key;
 

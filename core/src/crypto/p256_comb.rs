@@ -17,7 +17,8 @@
 //! one accumulator, so a signature costs at most 64 mixed additions on the host.
 //! `make bench-core` (`ES256 signature`, 2026-12-04, quiet machine): parse and verify
 //! 20 µs with 8-bit digits against ring's 51 µs for the verification alone (28 µs before
-//! the affine tables, 47 µs with 4-bit digits).
+//! the affine tables, 47 µs with 4-bit digits); `s⁻¹` by divsteps ([`super::scalar_inv`])
+//! instead of p256's binary inversion: 52 → 40 µs on a host half as fast (ring 98 µs).
 //!
 //! The check is the same equation as `ecdsa::hazmat::verify_prehashed`, with the same
 //! inputs: r and s already in [1, n-1] (`Signature::from_slice`), the SHA-256 digest
@@ -29,7 +30,7 @@ use std::sync::{Arc, OnceLock};
 
 use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
-use p256::elliptic_curve::ops::{Invert, Reduce};
+use p256::elliptic_curve::ops::Reduce;
 use p256::elliptic_curve::PrimeField;
 use p256::{AffinePoint, FieldBytes, Scalar};
 use sha2::{Digest as _, Sha256};
@@ -232,7 +233,7 @@ impl P256Key {
         };
         let z = <Scalar as Reduce<p256::U256>>::reduce_bytes(&digest);
         let (r, s) = sig.split_scalars();
-        let s_inv = *s.invert_vartime();
+        let s_inv = super::scalar_inv::invert(&s);
         let mut sum = Projective::IDENTITY;
         g.add_product(&mut sum, &(z * s_inv));
         q.add_product(&mut sum, &(*r * s_inv));
