@@ -209,7 +209,7 @@ fn carry(d: &mut [i64; 5], m62: i64) {
     }
 }
 
-/// x⁻¹ mod n for 0 < x < n, as 64-bit limbs (little-endian); 0 for x = 0.
+/// x⁻¹ mod n for 0 < x < n (0 has no inverse), as 64-bit limbs, little-endian.
 fn invert_limbs(x: &[u64; 4]) -> [u64; 4] {
     let mut d = [0i64; 5];
     let mut e = [1i64, 0, 0, 0, 0];
