@@ -168,6 +168,9 @@ def main():
     ap.add_argument("--perf", metavar="FILE",
                     help="with --wrk: `perf record -e cpu-clock -g` the server meanwhile, "
                          "into FILE (real hardware: callgrind hides SHA-NI from sha2)")
+    ap.add_argument("--vault", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra line for the service's [vault] section (TOML), e.g. "
+                         "batch_pipeline_depth=2; repeatable")
     a = ap.parse_args()
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
@@ -219,6 +222,7 @@ enabled = false
 address = "{addr}"
 key_name = "bench"
 publish_lead = "0s"
+{chr(10).join(a.vault)}
 [vault.auth]
 method = "token"
 token = "root"

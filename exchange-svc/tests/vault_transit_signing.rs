@@ -238,6 +238,63 @@ async fn waiting_signatures_go_out_when_a_request_in_flight_returns_not_at_the_e
     );
 }
 
+/// While one request is in flight (held there by a paused OpenBao), a second one goes
+/// out only once `batch_pipeline_min_size` signatures wait for it: fewer wait for the
+/// one in flight, so a lone signature never pays Vault's fixed cost per request in the
+/// second slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_request_beside_one_in_flight_waits_for_the_minimum_batch() {
+    let mut bao = bao_with_key("k", "ecdsa-p256");
+    let cfg = meshpass_exchange::vault::VaultConfig {
+        batch_max_wait: Duration::from_secs(1),
+        batch_pipeline_depth: 2,
+        batch_pipeline_min_size: 4,
+        request_timeout: Duration::from_secs(30),
+        ..config(&bao, "k")
+    };
+    let signer = std::sync::Arc::new(TransitSigner::start(&cfg).await.unwrap());
+    let key = signer.current_key().unwrap();
+    let jwk = jwk_of(signer.as_ref(), "k:v1");
+    let before = signer.stats().sign_requests();
+    let sent = || signer.stats().sign_requests() - before;
+    bao.pause();
+    let mut set = tokio::task::JoinSet::new();
+    let mut spawn = |i: usize| {
+        let (signer, key) = (signer.clone(), key.clone());
+        set.spawn(async move {
+            let input = signing_input(&key, &format!("{{\"i\":{i}}}"));
+            let sig = signer.sign(&key, input.as_bytes()).await;
+            (input, sig)
+        });
+    };
+    // Nothing in flight: the first goes out at once (and hangs on the paused OpenBao).
+    spawn(0);
+    assert!(eventually(Duration::from_secs(5), || async { sent() == 1 }).await);
+    // Three wait: below the minimum of 4, the second slot stays closed.
+    for i in 1..4 {
+        spawn(i);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sent(), 1, "a second request went out with fewer than 4 signatures");
+    // The fourth makes the minimum: they go out together now, not when the 1 s window ends.
+    let fourth = Instant::now();
+    spawn(4);
+    assert!(eventually(Duration::from_secs(5), || async { sent() == 2 }).await);
+    let took = fourth.elapsed();
+    assert!(
+        took < Duration::from_millis(700),
+        "the minimum batch waited {took:?}: it sat out the window instead"
+    );
+    bao.resume();
+    let mut n = 0;
+    while let Some(r) = set.join_next().await {
+        let (input, sig) = r.unwrap();
+        verify_with_jwk(&jwk, input.as_bytes(), &sig.unwrap()).unwrap();
+        n += 1;
+    }
+    assert_eq!((n, sent()), (5, 2));
+}
+
 #[tokio::test]
 async fn paused_openbao_makes_signing_unavailable_quickly_and_it_recovers_after_resume() {
     let mut bao = bao_with_key("k", "ecdsa-p256");

@@ -51,12 +51,15 @@ pub struct VaultConfig {
     /// Longest a signature waits for others to share a request with.
     #[serde(deserialize_with = "de_duration")]
     pub batch_max_wait: Duration,
-    /// Sign requests in flight before a new signature waits for company (at most
-    /// `batch_max_wait`, or until one of them returns). 1: a signature goes out at once
-    /// only while nothing is in flight, so under load every request carries what arrived
-    /// during the previous round trip; more trades Vault's CPU per signature (each
-    /// request has a fixed cost) for latency.
+    /// Most sign requests in flight before a new signature waits for one of them to
+    /// return (at most `batch_max_wait`). While nothing is in flight a signature goes out
+    /// at once; while fewer than this are, a further request goes out only once
+    /// `batch_pipeline_min_size` signatures wait for it.
     pub batch_pipeline_depth: usize,
+    /// Signatures that must be waiting before a request goes out beside one already in
+    /// flight (capped at `batch_max_size`). Keeps a second slot from being taken by a
+    /// lone signature, which pays Vault's whole fixed cost per request.
+    pub batch_pipeline_min_size: usize,
     /// Timeout of every Vault HTTP request.
     #[serde(deserialize_with = "de_duration")]
     pub request_timeout: Duration,
@@ -87,7 +90,8 @@ impl Default for VaultConfig {
             key_refresh_interval: Duration::from_secs(30),
             batch_max_size: 64,
             batch_max_wait: Duration::from_millis(2),
-            batch_pipeline_depth: 1,
+            batch_pipeline_depth: 2,
+            batch_pipeline_min_size: 16,
             request_timeout: Duration::from_secs(5),
             verifier_refresh_interval: Duration::ZERO,
             insecure_http: false,
@@ -355,6 +359,9 @@ impl VaultConfig {
                 "must be between 1 and 32 (the sign requests in flight at most)",
             ));
         }
+        if !(1..=1024).contains(&self.batch_pipeline_min_size) {
+            return Err(bad("batch_pipeline_min_size", "must be between 1 and 1024"));
+        }
         if self.request_timeout < Duration::from_millis(50)
             || self.request_timeout > Duration::from_secs(300)
         {
@@ -511,7 +518,8 @@ mod tests {
         assert_eq!(c.key_refresh_interval, Duration::from_secs(30));
         assert_eq!(c.batch_max_size, 64);
         assert_eq!(c.batch_max_wait, Duration::from_millis(2));
-        assert_eq!(c.batch_pipeline_depth, 1);
+        assert_eq!(c.batch_pipeline_depth, 2);
+        assert_eq!(c.batch_pipeline_min_size, 16);
         assert_eq!(c.rsa_alg, RsaAlg::PS256);
         assert!(matches!(c.auth, AuthConfig::Token { token: None }));
     }
@@ -590,6 +598,10 @@ mod tests {
             (
                 "address = \"https://x\"\nbatch_pipeline_depth = 33",
                 "vault.batch_pipeline_depth",
+            ),
+            (
+                "address = \"https://x\"\nbatch_pipeline_min_size = 0",
+                "vault.batch_pipeline_min_size",
             ),
             ("address = \"https://x\"\nkey_name = \"a/b\"", "vault.key_name"),
             ("address = \"https://x\"\ntransit_mount = \"../x\"", "vault.transit_mount"),
