@@ -275,7 +275,11 @@ async fn a_second_request_beside_one_in_flight_waits_for_the_minimum_batch() {
         spawn(i);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(sent(), 1, "a second request went out with fewer than 4 signatures");
+    assert_eq!(
+        sent(),
+        1,
+        "a second request went out with fewer than 4 signatures"
+    );
     // The fourth makes the minimum: they go out together now, not when the 1 s window ends.
     let fourth = Instant::now();
     spawn(4);
