@@ -52,6 +52,10 @@ build_wasm() {
 # binary (panic locations), static C parts through musl-gcc.
 build_exchange() {
   local cargo_home=${CARGO_HOME:-$HOME/.cargo}
+  # SOURCE_DATE_EPOCH: GCC's __DATE__/__TIME__, which mimalloc embeds ("built on …"),
+  # become the images' fixed date instead of the build's, so two hosts build the same
+  # binary (cc reruns the C builds when it changes).
+  SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1767225600} \
   CC_x86_64_unknown_linux_musl=musl-gcc \
   CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="--remap-path-prefix=$ROOT=/meshpass --remap-path-prefix=$cargo_home=/cargo" \
     cargo build -p meshpass-exchange --release --target "$MUSL_TARGET"
@@ -67,13 +71,13 @@ file_is_static() {
   fi
 }
 
-# The sources the exchange image is built from: the content of every tracked file of
-# them, as it is in the work tree.
-# What goes into the service binary: docs, tests, benches and examples do not, so a change
-# to them leaves the pin current (nothing under src/ reads a Markdown file).
+# The sources the exchange image is built from: the content of every tracked file that
+# goes into it, as it is in the work tree (this script holds the build flags). Docs,
+# tests, benches and examples do not, so a change to them leaves the pin current
+# (nothing under src/ reads a Markdown file).
 exchange_sources_hash() {
   {
-    git ls-files -z Cargo.toml Cargo.lock core exchange-svc scripts/oci_image.py \
+    git ls-files -z Cargo.toml Cargo.lock core exchange-svc scripts/oci_image.py scripts/images.sh \
       ':(exclude,glob)**/*.md' ':(exclude)core/tests' ':(exclude)core/benches' \
       ':(exclude)exchange-svc/tests' ':(exclude)exchange-svc/benches' \
       ':(exclude)exchange-svc/examples' \
