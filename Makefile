@@ -6,7 +6,7 @@ export MESHPASS_BAO_BIN ?= $(CURDIR)/.tools/bin/bao
 WASM := target/wasm32-wasip1/wasm-release/meshpass_filter.wasm
 export MESHPASS_FILTER_WASM ?= $(CURDIR)/$(WASM)
 FUZZ_SECONDS ?= 15
-FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form verify_compact_jws revocation_feed header_map_parse es256_differential
+FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form verify_compact_jws revocation_feed header_map_parse es256_differential p256_field
 
 .PHONY: setup build wasm lint lint-shell test unit fuzz-smoke fuzz bench bench-smoke bench-baseline bench-core \
 	bench-exchange bench-filter demo clean \

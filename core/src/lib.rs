@@ -11,6 +11,9 @@ pub mod b64;
 pub mod claims;
 mod crypto;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod json;
 pub mod jwk;
 pub mod jws;

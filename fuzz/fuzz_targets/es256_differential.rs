@@ -14,7 +14,6 @@ use libfuzzer_sys::fuzz_target;
 use meshpass_core::{b64, verify_compact_jws, Jwk, DEFAULT_MAX_TOKEN_BYTES};
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{Signature, SigningKey};
-use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 
 /// (signing key, its JWK) for a few fixed keys: tables are built once per key.
 fn keys() -> &'static [(SigningKey, Jwk)] {

@@ -8,8 +8,12 @@
 #[cfg(all(feature = "native-crypto", not(target_arch = "wasm32")))]
 mod native;
 mod p256_comb;
+#[cfg(not(target_pointer_width = "32"))]
+mod p256_field;
 mod p256_point;
 mod rust_crypto;
+#[cfg(all(feature = "fuzzing", not(target_pointer_width = "32")))]
+pub(crate) use p256_field::fuzz as fuzz_p256_field;
 mod scalar_inv;
 
 pub use p256_comb::P256Key;

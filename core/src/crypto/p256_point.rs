@@ -14,7 +14,14 @@ use std::sync::OnceLock;
 use p256::elliptic_curve::bigint::{Limb, U256};
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use p256::elliptic_curve::{Curve as _, PrimeField as _};
-use p256::{AffinePoint, FieldElement, NistP256, Scalar};
+use p256::{AffinePoint, NistP256, Scalar};
+
+// 64-bit hosts: core's field with the cheaper reduction (and mulx/adx where the CPU has
+// them); 32-bit targets (the wasm filter): p256's, whose 32-bit limbs suit them.
+#[cfg(not(target_pointer_width = "32"))]
+use super::p256_field::FieldElement;
+#[cfg(target_pointer_width = "32")]
+use p256::FieldElement;
 
 /// b of the curve equation y² = x³ − 3x + b.
 fn curve_b() -> &'static FieldElement {
@@ -155,7 +162,7 @@ pub(crate) fn batch_to_affine(points: &[Projective]) -> Option<Vec<Affine>> {
     let mut out = Vec::with_capacity(points.len());
     for (i, p) in points.iter().enumerate().rev() {
         let z_inv = match i.checked_sub(1).and_then(|j| prefix.get(j)) {
-            Some(before) => inverse * before,
+            Some(before) => inverse * *before,
             None => inverse,
         };
         inverse *= p.z;
