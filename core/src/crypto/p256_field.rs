@@ -117,50 +117,64 @@ impl FieldElement {
 
 impl Add for FieldElement {
     type Output = FieldElement;
+    #[inline]
     fn add(self, rhs: FieldElement) -> FieldElement {
         let (a, b) = (self.0, rhs.0);
-        let mut sum = [0u64; 4];
-        let mut carry = false;
-        for i in 0..4 {
-            let (s, c1) = a[i].overflowing_add(b[i]);
-            let (s, c2) = s.overflowing_add(u64::from(carry));
-            sum[i] = s;
-            carry = c1 | c2;
-        }
-        // sum < 2p: take sum − p unless that borrows past the carry bit.
-        let (reduced, borrow) = sub_p(&sum);
-        FieldElement(if carry || !borrow { reduced } else { sum })
+        let (s0, c) = adc(a[0], b[0], 0);
+        let (s1, c) = adc(a[1], b[1], c);
+        let (s2, c) = adc(a[2], b[2], c);
+        let (s3, carry) = adc(a[3], b[3], c);
+        // sum < 2p: subtract p, and add it back if that borrowed past the carry limb.
+        let (d0, bw) = sbb(s0, P[0], 0);
+        let (d1, bw) = sbb(s1, P[1], bw);
+        let (d2, bw) = sbb(s2, P[2], bw);
+        let (d3, bw) = sbb(s3, P[3], bw);
+        let (_, mask) = sbb(carry, 0, bw);
+        FieldElement(add_p_masked([d0, d1, d2, d3], mask))
     }
 }
 
 impl Sub for FieldElement {
     type Output = FieldElement;
+    #[inline]
     fn sub(self, rhs: FieldElement) -> FieldElement {
         let (a, b) = (self.0, rhs.0);
-        let mut diff = [0u64; 4];
-        let mut borrow = false;
-        for i in 0..4 {
-            let (d, b1) = a[i].overflowing_sub(b[i]);
-            let (d, b2) = d.overflowing_sub(u64::from(borrow));
-            diff[i] = d;
-            borrow = b1 | b2;
-        }
-        if borrow {
-            // a − b + 2^256 + p ≡ a − b: wrapping arithmetic drops the 2^256.
-            let mut carry = false;
-            for i in 0..4 {
-                let (s, c1) = diff[i].overflowing_add(P[i]);
-                let (s, c2) = s.overflowing_add(u64::from(carry));
-                diff[i] = s;
-                carry = c1 | c2;
-            }
-        }
-        FieldElement(diff)
+        let (d0, bw) = sbb(a[0], b[0], 0);
+        let (d1, bw) = sbb(a[1], b[1], bw);
+        let (d2, bw) = sbb(a[2], b[2], bw);
+        let (d3, mask) = sbb(a[3], b[3], bw);
+        // a − b + 2^256 + p ≡ a − b where it borrowed: wrapping drops the 2^256.
+        FieldElement(add_p_masked([d0, d1, d2, d3], mask))
     }
+}
+
+/// `x + (p & mask)` mod 2^256 (`mask` all ones or zero).
+#[inline]
+fn add_p_masked(x: [u64; 4], mask: u64) -> [u64; 4] {
+    let (r0, c) = adc(x[0], P[0] & mask, 0);
+    let (r1, c) = adc(x[1], P[1] & mask, c);
+    let (r2, c) = adc(x[2], P[2] & mask, c);
+    let (r3, _) = adc(x[3], P[3] & mask, c);
+    [r0, r1, r2, r3]
+}
+
+/// `a + b + carry` and the carry out (0 or 1).
+#[inline(always)]
+fn adc(a: u64, b: u64, carry: u64) -> (u64, u64) {
+    let t = u128::from(a) + u128::from(b) + u128::from(carry);
+    (t as u64, (t >> 64) as u64)
+}
+
+/// `a − b − borrow` (borrow all ones or zero) and the borrow out, as a mask.
+#[inline(always)]
+fn sbb(a: u64, b: u64, borrow: u64) -> (u64, u64) {
+    let t = u128::from(a).wrapping_sub(u128::from(b) + u128::from(borrow >> 63));
+    (t as u64, (t >> 64) as u64)
 }
 
 impl Mul for FieldElement {
     type Output = FieldElement;
+    #[inline]
     fn mul(self, rhs: FieldElement) -> FieldElement {
         FieldElement(mul(&self.0, &rhs.0))
     }
@@ -174,15 +188,11 @@ impl MulAssign for FieldElement {
 
 /// `x − p` and whether it borrowed (x < p).
 fn sub_p(x: &[u64; 4]) -> ([u64; 4], bool) {
-    let mut out = [0u64; 4];
-    let mut borrow = false;
-    for i in 0..4 {
-        let (d, b1) = x[i].overflowing_sub(P[i]);
-        let (d, b2) = d.overflowing_sub(u64::from(borrow));
-        out[i] = d;
-        borrow = b1 | b2;
-    }
-    (out, borrow)
+    let (d0, bw) = sbb(x[0], P[0], 0);
+    let (d1, bw) = sbb(x[1], P[1], bw);
+    let (d2, bw) = sbb(x[2], P[2], bw);
+    let (d3, bw) = sbb(x[3], P[3], bw);
+    ([d0, d1, d2, d3], bw != 0)
 }
 
 /// Montgomery product `a·b·R⁻¹ mod p` of two values below p, on the fastest path this
