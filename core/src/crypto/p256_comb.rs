@@ -117,15 +117,13 @@ impl<const BITS: u32> std::fmt::Debug for CombTable<BITS> {
     }
 }
 
-/// `acc += Σ points`. Each point is read one addition ahead: the tables (about 1 MB on
-/// the host) mostly miss the cache under load, and the read, independent of the
-/// addition in flight, then overlaps it (by `perf` in the service at 32 connections,
-/// 43 % of the addition's own time was that read before).
-fn add_all<'a>(acc: &mut Projective, mut points: impl Iterator<Item = &'a Affine>) {
-    let mut next = points.next().copied();
-    while let Some(point) = next {
-        next = points.next().copied();
-        *acc = acc.add_affine(&point);
+/// `acc += Σ points`. The tables (about 1 MB on the host) mostly miss the cache under
+/// load; reading each point one addition ahead, or prefetching it, moved that stall in
+/// `perf` without shrinking the verification's share of the service's CPU (2026-12-05,
+/// bench/notes.md), so the loop stays plain.
+fn add_all<'a>(acc: &mut Projective, points: impl Iterator<Item = &'a Affine>) {
+    for point in points {
+        *acc = acc.add_affine(point);
     }
 }
 
