@@ -125,12 +125,9 @@ impl Add for FieldElement {
         let (s2, c) = adc(a[2], b[2], c);
         let (s3, carry) = adc(a[3], b[3], c);
         // sum < 2p: subtract p, and add it back if that borrowed past the carry limb.
-        let (d0, bw) = sbb(s0, P[0], 0);
-        let (d1, bw) = sbb(s1, P[1], bw);
-        let (d2, bw) = sbb(s2, P[2], bw);
-        let (d3, bw) = sbb(s3, P[3], bw);
+        let (reduced, bw) = sub_limbs(&[s0, s1, s2, s3], &P);
         let (_, mask) = sbb(carry, 0, bw);
-        FieldElement(add_p_masked([d0, d1, d2, d3], mask))
+        FieldElement(add_p_masked(reduced, mask))
     }
 }
 
@@ -138,13 +135,9 @@ impl Sub for FieldElement {
     type Output = FieldElement;
     #[inline]
     fn sub(self, rhs: FieldElement) -> FieldElement {
-        let (a, b) = (self.0, rhs.0);
-        let (d0, bw) = sbb(a[0], b[0], 0);
-        let (d1, bw) = sbb(a[1], b[1], bw);
-        let (d2, bw) = sbb(a[2], b[2], bw);
-        let (d3, mask) = sbb(a[3], b[3], bw);
+        let (diff, mask) = sub_limbs(&self.0, &rhs.0);
         // a − b + 2^256 + p ≡ a − b where it borrowed: wrapping drops the 2^256.
-        FieldElement(add_p_masked([d0, d1, d2, d3], mask))
+        FieldElement(add_p_masked(diff, mask))
     }
 }
 
@@ -186,13 +179,20 @@ impl MulAssign for FieldElement {
     }
 }
 
+/// `a − b` mod 2^256 and the borrow out as a mask (all ones where a < b).
+#[inline]
+fn sub_limbs(a: &[u64; 4], b: &[u64; 4]) -> ([u64; 4], u64) {
+    let (d0, bw) = sbb(a[0], b[0], 0);
+    let (d1, bw) = sbb(a[1], b[1], bw);
+    let (d2, bw) = sbb(a[2], b[2], bw);
+    let (d3, bw) = sbb(a[3], b[3], bw);
+    ([d0, d1, d2, d3], bw)
+}
+
 /// `x − p` and whether it borrowed (x < p).
 fn sub_p(x: &[u64; 4]) -> ([u64; 4], bool) {
-    let (d0, bw) = sbb(x[0], P[0], 0);
-    let (d1, bw) = sbb(x[1], P[1], bw);
-    let (d2, bw) = sbb(x[2], P[2], bw);
-    let (d3, bw) = sbb(x[3], P[3], bw);
-    ([d0, d1, d2, d3], bw != 0)
+    let (diff, borrow) = sub_limbs(x, &P);
+    (diff, borrow != 0)
 }
 
 /// Montgomery product `a·b·R⁻¹ mod p` of two values below p, on the fastest path this
