@@ -1,0 +1,213 @@
+//! The configuration: what is accepted, what is refused and how the field is named; rule selection.
+
+use super::*;
+
+#[test]
+fn accepts_a_minimal_config_with_secure_defaults() {
+    let key = Key::new("k1");
+    let c = Config::parse(
+        json!({
+            "issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"], "jwks": jwks(&[&key])}],
+            "exchange": {"cluster": "outbound|8080||exchange.meshpass.svc.cluster.local"},
+            "default_rule": {"resource": "r"}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(c.mode, Mode::Server);
+    assert_eq!(c.exchange.path, "/token");
+    assert_eq!(c.exchange.timeout_ms, 2000);
+    assert_eq!(c.policy.max_token_bytes, 8192);
+    assert_eq!(c.token_header, "authorization");
+    assert_eq!(c.default_target.unwrap().failure_mode, FailureMode::Deny);
+}
+
+#[test]
+fn refuses_invalid_configs_naming_the_field() {
+    let key = Key::new("k1");
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (Box::new(|c| c["issuers"] = json!([])), "issuers"),
+        (Box::new(|c| c["mode"] = json!("NONE")), "mode"),
+        (Box::new(|c| c["mode"] = json!("server")), "mode"),
+        (
+            Box::new(|c| c["insecure_disable_binding"] = json!(true)),
+            "insecure_disable_binding",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["trust_domains"] = json!(["Bad Domain"])),
+            "issuers[0].trust_domains[0]",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["spiffe_id_patterns"] = json!(["http://x"])),
+            "issuers[0].spiffe_id_patterns[0]",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["audiences"] = json!([])),
+            "issuers[0].audiences",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["subject_format"] = json!("x509")),
+            "issuers[0].subject_format",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["jwks"] = json!({"keys": []})),
+            "issuers[0].jwks",
+        ),
+        (
+            Box::new(|c| {
+                c["issuers"][0].as_object_mut().unwrap().remove("jwks");
+            }),
+            "issuers[0].jwks",
+        ),
+        (
+            Box::new(|c| c["issuers"][0]["jwks_cluster"] = json!("jwks")),
+            "issuers[0].jwks",
+        ),
+        (
+            Box::new(|c| c["rules"][0]["failure_mode"] = json!("open")),
+            "rules[0].failure_mode",
+        ),
+        (
+            Box::new(|c| c["exchange"]["timeout_ms"] = json!(0)),
+            "exchange.timeout_ms",
+        ),
+        (
+            Box::new(|c| c["exchange"]["path"] = json!("token")),
+            "exchange.path",
+        ),
+        (
+            Box::new(|c| c["token_header"] = json!("x-meshpass-token")),
+            "token_header",
+        ),
+        (
+            Box::new(|c| c["max_token_bytes"] = json!(0)),
+            "max_token_bytes",
+        ),
+        (Box::new(|c| c["bypass"] = json!([{}])), "bypass[0]"),
+        (Box::new(|c| c["surprise"] = json!(1)), "surprise"),
+        (
+            Box::new(|c| c["exchange"]["actor_token_header"] = json!("x-actor")),
+            "exchange.actor_token_header",
+        ),
+    ];
+    for (edit, field) in cases {
+        let mut cfg = base_config(&key);
+        edit(&mut cfg);
+        let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(!e.reason.is_empty());
+    }
+    let e = Config::parse(b"{\"surprise\": 1}").unwrap_err();
+    assert!(e.reason.contains("surprise"), "{e}");
+}
+
+#[test]
+fn refuses_an_id_pattern_outside_the_issuers_trust_domains() {
+    // Core's ValidationPolicy::check: such a pattern could never match.
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["issuers"][0]["spiffe_id_patterns"] = json!(["spiffe://elsewhere.test/ns/shop/*"]);
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "issuers[0].id_patterns", "{e}");
+    assert!(e.reason.contains("outside"), "{e}");
+}
+
+#[test]
+fn issuer_policy_accepts_core_spellings_and_older_filter_ones() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    let pats = cfg["issuers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("spiffe_id_patterns")
+        .unwrap();
+    cfg["issuers"][0]["id_patterns"] = pats;
+    cfg["issuers"][0]["subject_format"] = json!("kubernetes_sa");
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert_eq!(c.policy.issuers[0].id_patterns.len(), 1);
+    cfg["issuers"][0]["subject_format"] = json!("kubernetes_service_account");
+    Config::parse(cfg.to_string().as_bytes()).unwrap();
+    // Both spellings at once are ambiguous.
+    cfg["issuers"][0]["spiffe_id_patterns"] = json!([]);
+    assert!(Config::parse(cfg.to_string().as_bytes()).is_err());
+}
+
+#[test]
+fn refuses_typed_field_errors_naming_the_nested_field() {
+    let key = Key::new("k1");
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (
+            json!({"rules": [{"resource": "r"}, {"resource": "r", "scopes": ["a b"]}]}),
+            "rules[1].scopes[0]",
+        ),
+        (
+            json!({"rules": [{"resource": "r", "audience": [""]}]}),
+            "rules[0].audience[0]",
+        ),
+        (
+            json!({"rules": [{"resource": "r", "surprise": 1}]}),
+            "rules[0].surprise",
+        ),
+        (
+            json!({"exchange": {"cluster": "x", "timeout_ms": "soon"}}),
+            "exchange.timeout_ms",
+        ),
+        (
+            json!({"issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"], "jwks": jwks(&[&key]), "leeway_secs": -1}]}),
+            "issuers[0].leeway_secs",
+        ),
+    ];
+    for (edit, field) in cases {
+        let mut cfg = base_config(&key);
+        for (k, v) in edit.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
+}
+
+#[test]
+fn mode_none_needs_the_insecure_flag() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["mode"] = json!("NONE");
+    cfg["insecure_disable_binding"] = json!(true);
+    assert_eq!(
+        Config::parse(cfg.to_string().as_bytes()).unwrap().mode,
+        Mode::NoneInsecure
+    );
+}
+
+#[test]
+fn rules_select_by_authority_path_and_method_then_default() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["rules"] = json!([
+        {"authority": "api.test", "path_prefix": "/admin", "methods": ["post"], "resource": "admin"},
+        {"authority": "*.shop.test", "resource": "shop"},
+    ]);
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    let pick = |a, p, m| c.select(a, p, m).and_then(|t| t.resource.clone());
+    assert_eq!(
+        pick(Some("api.test:443"), Some("/admin/x"), Some("POST")),
+        Some("admin".into())
+    );
+    assert_eq!(
+        pick(Some("api.test"), Some("/admin/x"), Some("GET")),
+        Some("https://default.test".into())
+    );
+    assert_eq!(
+        pick(Some("a.shop.test"), Some("/"), Some("GET")),
+        Some("shop".into())
+    );
+    assert_eq!(
+        pick(Some("shop.test"), Some("/"), Some("GET")),
+        Some("https://default.test".into())
+    );
+    cfg.as_object_mut().unwrap().remove("default_rule");
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert!(c.select(Some("x"), Some("/"), Some("GET")).is_none());
+}

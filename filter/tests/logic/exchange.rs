@@ -1,0 +1,464 @@
+//! The miss: the RFC 8693 form, the rewrite, the cache and its expiry, the exchange's error answers and failure modes.
+
+use super::*;
+
+#[test]
+fn miss_validates_then_sends_the_rfc8693_form_with_traceparent() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    let auth = format!("Bearer {t}");
+    f.host.request(
+        7,
+        &[
+            (":path", "/orders/1"),
+            ("authorization", &auth),
+            ("traceparent", TRACEPARENT),
+        ],
+    );
+    assert_eq!(f.w.on_request(&mut f.host, 7), Verdict::Pause);
+    let d = f.host.dispatched[0].clone();
+    assert_eq!(d.cluster, "exchange");
+    assert_eq!(d.header(":method"), Some("POST"));
+    assert_eq!(d.header(":path"), Some("/token"));
+    assert_eq!(d.header(":authority"), Some("exchange.test"));
+    assert_eq!(
+        d.header("content-type"),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(d.header("traceparent"), Some(TRACEPARENT));
+    let form: Vec<(String, String)> = form_urlencoded_pairs(&d.body);
+    let get = |k: &str| {
+        form.iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        get("grant_type"),
+        vec!["urn:ietf:params:oauth:grant-type:token-exchange"]
+    );
+    assert_eq!(get("subject_token"), vec![t.clone()]);
+    assert_eq!(
+        get("subject_token_type"),
+        vec!["urn:ietf:params:oauth:token-type:jwt"]
+    );
+    assert_eq!(get("resource"), vec!["https://orders.test"]);
+    assert_eq!(get("scope"), vec!["orders.read"]);
+}
+
+#[test]
+fn exchange_success_rewrites_authorization_caches_and_later_requests_hit() {
+    let mut f = fixture_with(|c| c["set_subject_header"] = json!(true));
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("participant-1", 300));
+    assert_eq!(f.host.resumed, vec![1]);
+    assert_eq!(
+        f.host.req_header(1, "authorization").as_deref(),
+        Some("Bearer participant-1")
+    );
+    assert_eq!(
+        f.host.req_header(1, "x-meshpass-subject").as_deref(),
+        Some(ALICE)
+    );
+    assert_eq!(f.host.latencies.len(), 1);
+
+    // Same token again: served from shared data, no second exchange, no signature check.
+    f.host.header_writes.clear();
+    f.host.header_reads.borrow_mut().clear();
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1);
+    assert_eq!(
+        f.host.req_header(2, "authorization").as_deref(),
+        Some("Bearer participant-1")
+    );
+    assert_eq!(f.count(Counter::CacheHit), 1);
+    assert_eq!(f.count(Counter::CacheMiss), 1);
+    assert_eq!(f.count(Counter::Allowed), 2);
+    // The hit path reads the header map once and writes only what changes.
+    assert_eq!(*f.host.header_reads.borrow(), vec!["*"]);
+    assert_eq!(
+        f.host.header_writes,
+        vec!["authorization", "x-meshpass-subject"]
+    );
+}
+
+#[test]
+fn cache_entry_stores_subject_and_expires_before_the_participant_token() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 300));
+    let target = f.w.config.default_target.clone().unwrap();
+    let slot = cache::entry_key(&cache::key(&target.digest, &t, None), 4096);
+    let (bytes, _) = f.host.shared[&slot].clone();
+    let e = Entry::decode(&bytes).unwrap();
+    assert_eq!(e.subject, ALICE);
+    assert_eq!(e.token, "p");
+    assert_eq!(e.expires_ms, f.host.now_ms + 300_000 - 10_000);
+    assert!(e.refresh_ms < e.expires_ms);
+    // After expiry it is a miss again (and a new exchange).
+    f.host.now_ms = e.expires_ms + 1;
+    f.send_token(2, &t);
+    assert_eq!(f.host.dispatched.len(), 2);
+}
+
+#[test]
+fn cached_token_replayed_over_another_connection_is_refused() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 300));
+    f.host.set_prop(&PEER, BOB);
+    assert_eq!(f.send_token(2, &t), Verdict::Pause);
+    assert_eq!(f.host.replies[&2].status, 401);
+    assert_eq!(
+        f.host.req_header(2, "authorization"),
+        Some(format!("Bearer {t}"))
+    );
+    assert_eq!(f.count(Counter::DeniedBinding), 1);
+}
+
+#[test]
+fn concurrent_misses_for_one_token_share_one_exchange_and_each_is_bound() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.send_token(2, &t);
+    f.host.set_prop(&PEER, BOB);
+    f.send_token(3, &t); // same token over Bob's connection: waits, then refused.
+    f.host.gone.insert(4);
+    f.host.set_prop(&PEER, ALICE);
+    f.send_token(4, &t); // stream reset before the answer
+    assert_eq!(f.host.dispatched.len(), 1);
+    assert_eq!(f.count(Counter::Coalesced), 3);
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.host.resumed, vec![1, 2]);
+    assert_eq!(
+        f.host.req_header(2, "authorization").as_deref(),
+        Some("Bearer p")
+    );
+    assert_eq!(f.host.replies[&3].status, 401);
+    assert!(!f.host.replies.contains_key(&4));
+}
+
+#[test]
+fn exchange_errors_map_to_403_401_429_and_503_with_retry_after() {
+    let cases = [
+        (error_response(400, "unauthorized_client", None), 403, None),
+        (error_response(400, "invalid_target", None), 403, None),
+        (error_response(400, "invalid_scope", None), 403, None),
+        (error_response(400, "invalid_grant", None), 401, None),
+        (error_response(429, "slow_down", Some("7")), 429, Some("7")),
+        (
+            error_response(503, "temporarily_unavailable", Some("9")),
+            503,
+            Some("9"),
+        ),
+        (error_response(500, "server_error", None), 503, Some("5")),
+        (CallResponse::default(), 503, Some("5")), // timeout / reset
+        (
+            CallResponse {
+                status: Some(200),
+                retry_after: None,
+                body: b"{}".to_vec(),
+            },
+            503,
+            Some("5"),
+        ),
+    ];
+    for (i, (resp, status, retry_after)) in cases.into_iter().enumerate() {
+        let mut f = fixture();
+        let t = f.token(ALICE);
+        f.send_token(1, &t);
+        f.answer(resp);
+        let r = &f.host.replies[&1];
+        assert_eq!(r.status, status, "case {i}");
+        assert_eq!(r.header("retry-after"), retry_after, "case {i}");
+        assert!(f.host.resumed.is_empty());
+        assert!(
+            f.host.shared.keys().all(|k| !k.starts_with("meshpass/c/")),
+            "case {i}"
+        );
+        if status == 403 {
+            assert!(r.json()["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("says the service"));
+        }
+    }
+}
+
+#[test]
+fn failure_mode_allow_forwards_without_any_token_only_when_the_service_is_down() {
+    let mut f = fixture_with(|c| c["default_rule"]["failure_mode"] = json!("allow"));
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(error_response(503, "temporarily_unavailable", None));
+    assert_eq!(f.host.resumed, vec![1]);
+    assert_eq!(f.host.req_header(1, "authorization"), None);
+    assert_eq!(f.count(Counter::FailOpen), 1);
+    // A policy refusal still denies.
+    f.send_token(2, &t);
+    f.answer(error_response(400, "unauthorized_client", None));
+    assert_eq!(f.host.replies[&2].status, 403);
+    // Unreachable cluster (dispatch refused): fail open too.
+    f.host.fail_dispatch = true;
+    f.send_token(3, &t);
+    assert_eq!(f.host.resumed, vec![1, 3]);
+}
+
+#[test]
+fn dispatch_failure_answers_503_by_default() {
+    let mut f = fixture();
+    f.host.fail_dispatch = true;
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    assert_eq!(f.host.replies[&1].status, 503);
+    assert_eq!(f.host.replies[&1].header("retry-after"), Some("5"));
+}
+
+#[test]
+fn stuck_exchange_is_answered_503_on_the_tick() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.host.now_ms += 5000;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.replies[&1].status, 503);
+    // A later answer for the cancelled call is ignored safely.
+    f.answer(ok_response("late", 300));
+    assert!(f.host.resumed.is_empty());
+}
+
+#[test]
+fn failure_mode_allow_never_fails_open_on_a_broken_answer_from_the_service() {
+    let mut f = fixture_with(|c| c["default_rule"]["failure_mode"] = json!("allow"));
+    let t = f.token(ALICE);
+    // A 4xx that is no policy refusal: the service says the request is wrong.
+    for (ctx, code) in [
+        (1, "invalid_request"),
+        (2, "unsupported_grant_type"),
+        (3, "invalid_client"),
+    ] {
+        f.send_token(ctx, &t);
+        f.answer(error_response(400, code, None));
+        assert_eq!(f.host.replies[&ctx].status, 503, "{code}");
+    }
+    // An unparsable 200.
+    f.send_token(4, &t);
+    f.answer(CallResponse {
+        status: Some(200),
+        retry_after: None,
+        body: b"<html>proxy login</html>".to_vec(),
+    });
+    assert_eq!(f.host.replies[&4].status, 503);
+    assert!(f.host.resumed.is_empty());
+    assert_eq!(f.count(Counter::FailOpen), 0);
+    // A 5xx is an outage: fail open.
+    f.send_token(5, &t);
+    f.answer(error_response(502, "server_error", None));
+    assert_eq!(f.host.resumed, vec![5]);
+}
+
+#[test]
+fn a_rule_without_resource_or_audience_is_refused() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["rules"] = json!([{"path_prefix": "/x", "scopes": ["read"]}]);
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "rules[0]", "{e}");
+    let mut cfg = base_config(&key);
+    cfg["default_rule"] = json!({"scopes": ["read"]});
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "default_rule", "{e}");
+    cfg["default_rule"] = json!({"audience": ["app"]});
+    Config::parse(cfg.to_string().as_bytes()).unwrap();
+}
+
+#[test]
+fn only_a_w3c_traceparent_is_forwarded_to_the_exchange() {
+    let mut f = fixture();
+    for (ctx, tp) in [
+        (1, "00-abc-def-01"),
+        (
+            2,
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nx-evil: 1",
+        ),
+        (3, "00-00000000000000000000000000000000-b7ad6b7169203331-01"),
+        (4, "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (5, "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"),
+    ] {
+        let t = f.key.svid(ISS, AUD, ALICE, f.now - ctx as u64, 600);
+        let auth = format!("Bearer {t}");
+        f.send(
+            ctx,
+            &[
+                (":path", "/x"),
+                ("authorization", &auth),
+                ("traceparent", tp),
+            ],
+        );
+        assert_eq!(
+            f.host.dispatched.last().unwrap().header("traceparent"),
+            None,
+            "{tp}"
+        );
+    }
+}
+
+#[test]
+fn a_tightened_policy_never_serves_entries_cached_under_the_old_one() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 300));
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1);
+    // Same host (shared data survives a config reload), stricter issuer policy.
+    let mut cfg = base_config(&f.key);
+    cfg["issuers"][0]["spiffe_id_patterns"] = json!(["spiffe://cluster.local/ns/shop/sa/alice"]);
+    cfg["issuers"][0]["max_lifetime_secs"] = json!(900);
+    f.w = worker(&cfg);
+    assert_eq!(
+        f.send_token(3, &t),
+        Verdict::Pause,
+        "re-validated under the new policy"
+    );
+    assert_eq!(f.host.dispatched.len(), 2);
+    // So is a change of binding mode.
+    let a = Config::parse(base_config(&f.key).to_string().as_bytes()).unwrap();
+    let mut cfg = base_config(&f.key);
+    cfg["mode"] = json!("CLIENT");
+    let b = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert_ne!(
+        a.default_target.unwrap().digest,
+        b.default_target.unwrap().digest
+    );
+}
+
+#[test]
+fn a_five_second_token_is_cached_for_most_of_its_life() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 5));
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.host.dispatched.len(), 1, "served from the cache");
+    f.host.now_ms += 4_600;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.send_token(3, &t), Verdict::Pause, "expired 0.5 s early");
+}
+
+#[test]
+fn noop_benchmark_aid_is_refused_next_to_a_production_config() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["noop_for_benchmarks"] = json!(true);
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "noop_for_benchmarks", "{e}");
+}
+
+#[test]
+fn worker_queue_names_are_unique_even_when_the_number_races() {
+    let mut f = fixture();
+    let mut w2 = worker(&base_config(&f.key));
+    f.w.start(&mut f.host);
+    // Both workers found the counter absent: Envoy lets both "create" it.
+    f.host.shared.remove("meshpass/workers");
+    w2.start(&mut f.host);
+    let (a, b) = (f.w.queue_name().unwrap(), w2.queue_name().unwrap());
+    assert_ne!(a, b);
+}
+
+#[test]
+fn near_expiry_hit_is_served_and_refreshed_once_in_the_background() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p1", 100));
+    f.host.now_ms += 80_000; // past 75 % of the 90 s life
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    assert_eq!(f.send_token(3, &t), Verdict::Continue);
+    assert_eq!(
+        f.host.req_header(3, "authorization").as_deref(),
+        Some("Bearer p1")
+    );
+    assert_eq!(f.host.dispatched.len(), 1);
+    f.host.ctx = 0; // root
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.dispatched.len(), 2, "one refresh");
+    assert_eq!(f.host.dispatched[1].from_ctx, 0);
+    f.answer(ok_response("p2", 300));
+    f.send_token(4, &t);
+    assert_eq!(
+        f.host.req_header(4, "authorization").as_deref(),
+        Some("Bearer p2")
+    );
+    assert_eq!(f.host.counter(Counter::CacheRefresh), 1);
+}
+
+#[test]
+fn tick_deletes_expired_entries_from_shared_data() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p", 60));
+    assert_eq!(
+        f.host
+            .shared
+            .keys()
+            .filter(|k| k.starts_with("meshpass/c/"))
+            .count(),
+        1
+    );
+    f.host.now_ms += 61_000;
+    f.w.on_tick(&mut f.host);
+    // Emptied: Envoy keeps the key, the slot is reused by the next entry.
+    assert_eq!(
+        f.host
+            .shared
+            .iter()
+            .filter(|(k, (v, _))| k.starts_with("meshpass/c/") && !v.is_empty())
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn token_churn_keeps_shared_data_within_the_configured_slots() {
+    let mut f = fixture_with(|c| c["cache"] = json!({"slots": 16}));
+    f.w.start(&mut f.host);
+    for i in 0..200u64 {
+        let t = f.key.svid(ISS, AUD, ALICE, f.now - i, 600);
+        f.send_token(1000 + i as u32, &t);
+        f.answer(ok_response(&format!("p{i}"), 300));
+        assert_eq!(
+            f.send_token(5000 + i as u32, &t),
+            Verdict::Continue,
+            "token {i}"
+        );
+    }
+    let count = |prefix: &str| {
+        f.host
+            .shared
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .count()
+    };
+    assert!(count("meshpass/c/") <= 16, "{}", count("meshpass/c/"));
+    assert!(count("meshpass/f/") <= 16, "{}", count("meshpass/f/"));
+    assert!(
+        f.host.shared.len() <= 16 + 16 + 4,
+        "{:?}",
+        f.host.shared.len()
+    );
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["cache"] = json!({"slots": 1});
+    assert_eq!(
+        Config::parse(cfg.to_string().as_bytes()).unwrap_err().field,
+        "cache.slots"
+    );
+}
