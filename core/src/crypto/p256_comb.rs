@@ -81,7 +81,7 @@ impl<const BITS: u32> CombTable<BITS> {
     }
 
     /// The table entries whose sum is `k·P`: one per non-zero digit of `k`.
-    fn entries<'a>(&'a self, k: &Scalar) -> impl Iterator<Item = &'a Affine> + 'a {
+    fn entries<'a>(&'a self, k: &Scalar) -> impl Iterator<Item = &'a Affine> + Clone + 'a {
         let bytes = k.to_repr(); // big-endian
         let digits_per_byte = (8 / BITS) as usize;
         (0..Self::POSITIONS).filter_map(move |position| {
@@ -117,11 +117,17 @@ impl<const BITS: u32> std::fmt::Debug for CombTable<BITS> {
     }
 }
 
-/// `acc += Σ points`. The tables (about 1 MB on the host) mostly miss the cache under
-/// load; reading each point one addition ahead, or prefetching it, moved that stall in
-/// `perf` without shrinking the verification's share of the service's CPU (2026-12-05,
-/// bench/notes.md), so the loop stays plain.
-fn add_all<'a>(acc: &mut Projective, points: impl Iterator<Item = &'a Affine>) {
+/// `acc += Σ points`. The host's tables (about 1 MB per key) mostly miss the cache under
+/// load, and each addition needs its point first, so there one pass reads every point
+/// before the additions: independent loads whose misses overlap instead of stalling the
+/// additions one by one (the verification's share of the service's CPU under true-cold
+/// load 34.5 → 27.0 %; reading one point ahead had only moved the stall: bench/notes.md).
+/// wasm's 4-bit tables (61 KB per key) need no such pass.
+fn add_all<'a>(acc: &mut Projective, points: impl Iterator<Item = &'a Affine> + Clone) {
+    if cfg!(not(target_arch = "wasm32")) {
+        let touched = points.clone().fold(false, |t, p| t | p.is_touched());
+        std::hint::black_box(touched);
+    }
     for point in points {
         *acc = acc.add_affine(point);
     }
