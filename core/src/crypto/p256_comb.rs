@@ -117,11 +117,12 @@ impl<const BITS: u32> std::fmt::Debug for CombTable<BITS> {
     }
 }
 
-/// `acc += Σ points`. The host's tables (about 1 MB per key) mostly miss the cache under
-/// load, and each addition needs its point first, so there one pass reads every point
-/// before the additions: independent loads whose misses overlap instead of stalling the
-/// additions one by one (the verification's share of the service's CPU under true-cold
-/// load 34.5 → 27.0 %; reading one point ahead had only moved the stall: bench/notes.md).
+/// `acc += Σ points`. The host's tables (about 520 KB per key, two per signature) mostly
+/// miss the cache under load, and each addition needs its point first, so there one pass
+/// reads every point before the additions: independent loads whose misses overlap
+/// instead of stalling the additions one by one (the verification's share of the
+/// service's CPU under true-cold load 34.5 → 27.0 %; reading one point ahead had only
+/// moved the stall: bench/notes.md).
 /// wasm's 4-bit tables (61 KB per key) need no such pass.
 fn add_all<'a>(acc: &mut Projective, points: impl Iterator<Item = &'a Affine> + Clone) {
     if cfg!(not(target_arch = "wasm32")) {

@@ -35,8 +35,9 @@ fn curve_b() -> &'static FieldElement {
 }
 
 /// A point in affine coordinates; never the identity (a table entry). On the host,
-/// aligned to a cache line, which its 64 bytes fill: a lookup in the host's 1 MB tables
-/// then misses one line, not two (wasm's 61 KB tables stay as they are).
+/// aligned to a cache line, which its 64 bytes fill: a lookup in the host's tables (two
+/// of about 520 KB per signature) then misses one line, not two (wasm's 61 KB tables
+/// stay as they are).
 #[derive(Clone, Copy, Debug, PartialEq)]
 #[cfg_attr(not(target_arch = "wasm32"), repr(align(64)))]
 pub(crate) struct Affine {
