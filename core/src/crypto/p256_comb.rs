@@ -123,10 +123,10 @@ impl<const BITS: u32> std::fmt::Debug for CombTable<BITS> {
 /// instead of stalling the additions one by one (the verification's share of the
 /// service's CPU under true-cold load 34.5 → 27.0 %; reading one point ahead had only
 /// moved the stall: bench/notes.md).
-/// wasm's 4-bit tables (61 KB per key) need no such pass.
+/// 4-bit tables (wasm's, 61 KB per key) need no such pass.
 fn add_all<'a>(acc: &mut Projective, points: impl Iterator<Item = &'a Affine> + Clone) {
-    if cfg!(not(target_arch = "wasm32")) {
-        let touched = points.clone().fold(false, |t, p| t | p.is_touched());
+    if KEY_DIGIT_BITS == 8 {
+        let touched = points.clone().fold(false, |t, p| t | p.touch());
         std::hint::black_box(touched);
     }
     for point in points {

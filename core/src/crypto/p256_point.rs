@@ -46,10 +46,10 @@ pub(crate) struct Affine {
 }
 
 impl Affine {
-    /// Reads the point's line from memory: a value derived from `x` that the caller hands
-    /// to `black_box`, so the load cannot be dropped (see `p256_comb::add_all`).
+    /// Loads the point's line. The answer (`x` is 0) means nothing: the caller hands it
+    /// to `black_box` so the load cannot be dropped (`p256_comb::add_all`).
     #[inline]
-    pub(crate) fn is_touched(&self) -> bool {
+    pub(crate) fn touch(&self) -> bool {
         self.x == FieldElement::ZERO
     }
 
