@@ -143,6 +143,14 @@ def cpu_secs(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks():
+    """(busy, total) clock ticks of every CPU since boot (/proc/stat's first line)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return sum(v) - idle, sum(v)
+
+
 def metric_lines(port, name):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
         text = r.read().decode()
@@ -168,6 +176,8 @@ def main():
     ap.add_argument("--perf", metavar="FILE",
                     help="with --wrk: `perf record -e cpu-clock -g` the server meanwhile, "
                          "into FILE (real hardware: callgrind hides SHA-NI from sha2)")
+    ap.add_argument("--perf-bao", metavar="FILE",
+                    help="with --wrk: `perf record -e cpu-clock -g` OpenBao meanwhile, into FILE")
     ap.add_argument("--vault", action="append", default=[], metavar="KEY=VALUE",
                     help="extra line for the service's [vault] section (TOML), e.g. "
                          "batch_pipeline_depth=2; repeatable")
@@ -269,17 +279,18 @@ ttl_secs = 3600
                            stdout=subprocess.DEVNULL)
         t0 = time.time()
         cpu0 = (cpu_secs(svc.pid), cpu_secs(bao.pid))
+        ticks0 = machine_ticks()
         if a.wrk:
             fpath = os.path.join(work, "cold.txt")
             with open(fpath, "w") as f:
                 f.write("\n".join(forms[a.warmup:]) + "\n")
             env = dict(os.environ, MESHPASS_WRK_MODE="body", MESHPASS_WRK_FILE=fpath)
-            perf = None
-            if a.perf:
-                perf = subprocess.Popen(
+            perfs = [
+                subprocess.Popen(
                     ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g",
-                     "-p", str(svc.pid), "-o", os.path.abspath(a.perf)],
+                     "-p", str(pid), "-o", os.path.abspath(path)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                for pid, path in ((svc.pid, a.perf), (bao.pid, a.perf_bao)) if path]
             r = subprocess.run(
                 ["wrk", "-t1", "--latency", "--timeout", "10s", f"-c{a.conc}",
                  f"-d{int(a.wrk)}s", "-s", os.path.join(ROOT, "bench/src/wrk.lua"),
@@ -287,14 +298,17 @@ ttl_secs = 3600
                  "-H", "X-Forwarded-Client-Cert: URI=" + SUBJECT,
                  f"http://127.0.0.1:{port}/token"],
                 env=env, capture_output=True, text=True, check=True)
-            if perf:
+            for perf in perfs:
                 perf.send_signal(signal.SIGINT)
                 perf.wait(timeout=60)
+            ticks1 = machine_ticks()
             w = json.loads(next(l[8:] for l in r.stdout.splitlines() if l.startswith("WRKJSON ")))
             a.n = w["requests"]
             svc_us = (cpu_secs(svc.pid) - cpu0[0]) * 1e6 / max(a.n, 1)
             bao_us = (cpu_secs(bao.pid) - cpu0[1]) * 1e6 / max(a.n, 1)
             print(f"CPU per exchange: service {svc_us:.2f} us, OpenBao {bao_us:.2f} us")
+            busy = (ticks1[0] - ticks0[0]) / max(ticks1[1] - ticks0[1], 1)
+            print(f"machine busy {100 * busy:.1f} % (every process, /proc/stat)")
             print(f"wrk: {w['requests'] / (w['duration_us'] / 1e6):.0f} req/s, p99 "
                   f"{w['p99_us'] / 1e3:.2f} ms, errors {w['connect'] + w['read'] + w['write'] + w['status'] + w['timeout']}, wrapped {w['wrapped']}")
         else:

@@ -228,6 +228,11 @@ fn decode_value(name: &str, raw: &str) -> Result<String, ErrorResponse> {
 /// (`form_urlencoded::parse` would silently replace bad bytes and keep bad escapes.)
 fn decode_component(raw: &str) -> Result<String, ErrorResponse> {
     let bytes = raw.as_bytes();
+    // Nothing to decode (a JWT never needs escaping): one scan and one copy instead of
+    // a push per byte.
+    if !bytes.iter().any(|&b| b == b'+' || b == b'%') {
+        return Ok(raw.to_owned());
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {

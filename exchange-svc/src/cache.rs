@@ -80,14 +80,28 @@ impl AnswerBody {
     /// The body for `access_token` with `scope` (the same bytes as serialising
     /// `meshpass_core::oauth::TokenExchangeResponse`).
     pub fn new(access_token: &str, scope: Option<&str>) -> Self {
-        let string = |s: &str| serde_json::Value::String(s.to_string()).to_string();
-        let head = format!(
-            "{{\"access_token\":{},\"issued_token_type\":{},\"token_type\":\"Bearer\",\"expires_in\":",
-            string(access_token),
-            string(TOKEN_TYPE_JWT)
-        );
+        // JSON strings written directly (a compact JWS needs no escaping, but a scope
+        // might): no `Value` per string, no formatting machinery.
+        let string = |out: &mut String, s: &str| {
+            // Serialising a `str` cannot fail.
+            if let Ok(quoted) = serde_json::to_string(s) {
+                out.push_str(&quoted);
+            }
+        };
+        let mut head = String::with_capacity(access_token.len() + 120);
+        head.push_str("{\"access_token\":");
+        string(&mut head, access_token);
+        head.push_str(",\"issued_token_type\":");
+        string(&mut head, TOKEN_TYPE_JWT);
+        head.push_str(",\"token_type\":\"Bearer\",\"expires_in\":");
         let tail = match scope {
-            Some(s) => format!(",\"scope\":{}}}", string(s)),
+            Some(s) => {
+                let mut tail = String::with_capacity(s.len() + 12);
+                tail.push_str(",\"scope\":");
+                string(&mut tail, s);
+                tail.push('}');
+                tail
+            }
             None => "}".to_string(),
         };
         AnswerBody {

@@ -4,7 +4,9 @@ use std::time::Instant;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde_json::{json, Map, Value};
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::signer::SigningKey;
@@ -47,36 +49,73 @@ pub(crate) fn expiry(
     Ok(exp)
 }
 
-/// The claims of the participant token: registered claims, `scope`, the participant
-/// claim, the granted scopes' claims (never a reserved one) and `act`.
+/// One claim's value, borrowed where it can be: the claims are written straight to
+/// JSON, without a `serde_json::Value` tree built and dropped per exchange.
+enum Claim<'a> {
+    Str(&'a str),
+    Int(u64),
+    Strs(&'a [String]),
+    Json(&'a Value),
+    Owned(Value),
+}
+
+impl Serialize for Claim<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Claim::Str(v) => s.serialize_str(v),
+            Claim::Int(v) => s.serialize_u64(*v),
+            Claim::Strs(v) => v.serialize(s),
+            Claim::Json(v) => v.serialize(s),
+            Claim::Owned(v) => v.serialize(s),
+        }
+    }
+}
+
+/// A JSON object of distinct names, in the order given.
+struct Object<'a>(&'a [(&'a str, Claim<'a>)]);
+
+impl Serialize for Object<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+/// The claims of the participant token as JSON: registered claims, `scope`, the
+/// participant claim, the granted scopes' claims (never a reserved one; the first row
+/// naming a claim wins) and `act`. Names are in byte order, as a `serde_json::Map`
+/// would write them, so the payload is the same as it always was.
 pub(crate) fn claims(
-    st: &AppState,
+    issuer: Issuer<'_>,
     parties: &Parties,
     grant: &Grant<'_>,
     scope_claims: &[ScopeClaims],
-    now: u64,
-    exp: u64,
+    scope: Option<&str>,
+    times: Times,
     jti: &str,
-) -> Map<String, Value> {
-    let mut claims = Map::new();
-    claims.insert("iss".into(), json!(st.settings.issuer));
-    claims.insert("sub".into(), json!(parties.subject.spiffe_id.as_str()));
-    claims.insert(
-        "aud".into(),
+) -> Result<Vec<u8>, ApiError> {
+    let participant_claim = issuer.participant_claim;
+    let mut fields: Vec<(&str, Claim<'_>)> = Vec::with_capacity(12);
+    fields.push(("iss", Claim::Str(issuer.iss)));
+    fields.push(("sub", Claim::Str(parties.subject.spiffe_id.as_str())));
+    fields.push((
+        "aud",
         match grant.audiences.as_slice() {
-            [one] => json!(one),
-            many => json!(many),
+            [one] => Claim::Str(one),
+            many => Claim::Strs(many),
         },
-    );
-    claims.insert("iat".into(), json!(now));
-    claims.insert("nbf".into(), json!(now));
-    claims.insert("exp".into(), json!(exp));
-    claims.insert("jti".into(), json!(jti));
-    if !grant.scopes.is_empty() {
-        claims.insert("scope".into(), json!(grant.scopes.join(" ")));
+    ));
+    fields.push(("iat", Claim::Int(times.now)));
+    fields.push(("nbf", Claim::Int(times.now)));
+    fields.push(("exp", Claim::Int(times.exp)));
+    fields.push(("jti", Claim::Str(jti)));
+    if let Some(scope) = scope {
+        fields.push(("scope", Claim::Str(scope)));
     }
-    let participant_claim = st.settings.participant_claim.as_str();
-    claims.insert(participant_claim.into(), json!(grant.mapping.participant));
+    fields.push((participant_claim, Claim::Str(&grant.mapping.participant)));
     for row in scope_claims {
         if !grant.scopes.contains(&row.scope) {
             continue;
@@ -87,19 +126,41 @@ pub(crate) fn claims(
                 tracing::warn!(claim = %name, scope = %row.scope, "reserved claim in scope claims ignored");
                 continue;
             }
-            claims.entry(name.clone()).or_insert_with(|| value.clone());
+            if !fields.iter().any(|(n, _)| *n == name.as_str()) {
+                fields.push((name, Claim::Json(value)));
+            }
         }
     }
     if let Some(act) = super::delegation::act_claim(&parties.subject, parties.actor.as_deref()) {
-        claims.insert("act".into(), act);
+        fields.push(("act", Claim::Owned(act)));
     }
-    claims
+    fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    serde_json::to_vec(&Object(&fields))
+        .map_err(|_| ApiError::Internal("encoding the token failed".into()))
 }
 
-/// Signs `claims` with the signer's current key.
+/// Who mints: `iss` and the name of the participant claim (from the settings).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Issuer<'a> {
+    /// `iss`.
+    pub iss: &'a str,
+    /// The participant claim's name.
+    pub participant_claim: &'a str,
+}
+
+/// `iat`/`nbf` and `exp` of a minted token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Times {
+    /// `iat` and `nbf`.
+    pub now: u64,
+    /// `exp`.
+    pub exp: u64,
+}
+
+/// Signs the JSON `claims` with the signer's current key.
 pub(crate) async fn sign(
     st: &AppState,
-    claims: Map<String, Value>,
+    claims: &[u8],
     jti: String,
     exp: u64,
 ) -> Result<Minted, ApiError> {
@@ -108,21 +169,31 @@ pub(crate) async fn sign(
         retry_after_secs: st.settings.sign_retry_after_secs,
     };
     let key = st.signer.current_key().map_err(sign_error)?;
-    let header = json!({"alg": key.alg.as_str(), "typ": "JWT", "kid": key.kid});
-    let encode = |v: &Value| serde_json::to_vec(v).map(|b| URL_SAFE_NO_PAD.encode(b));
-    let signing_input = match (encode(&header), encode(&Value::Object(claims))) {
-        (Ok(h), Ok(p)) => format!("{h}.{p}"),
-        _ => return Err(ApiError::Internal("encoding the token failed".into())),
-    };
+    let header = [
+        ("alg", Claim::Str(key.alg.as_str())),
+        ("kid", Claim::Str(&key.kid)),
+        ("typ", Claim::Str("JWT")),
+    ];
+    let header = serde_json::to_vec(&Object(&header))
+        .map_err(|_| ApiError::Internal("encoding the token failed".into()))?;
+    // header.claims.signature, the signature (≤ 684 characters for RS/PS 4096) added
+    // in place.
+    let b64 = |n: usize| n.div_ceil(3) * 4;
+    let mut token = String::with_capacity(b64(header.len()) + b64(claims.len()) + 700);
+    URL_SAFE_NO_PAD.encode_string(&header, &mut token);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(claims, &mut token);
     let started = Instant::now();
-    let signed = st.signer.sign(&key, signing_input.as_bytes()).await;
+    let signed = st.signer.sign(&key, token.as_bytes()).await;
     st.metrics
         .sign_seconds
         .with_label_values(&[if signed.is_ok() { "ok" } else { "error" }])
         .observe(started.elapsed().as_secs_f64());
     let signature = signed.map_err(sign_error)?;
+    token.push('.');
+    token.push_str(&signature);
     Ok(Minted {
-        access_token: format!("{signing_input}.{signature}"),
+        access_token: token,
         jti,
         expires_at: exp,
         key,
@@ -137,6 +208,8 @@ mod tests {
     use meshpass_core::{Algorithm, SpiffeId, VerifiedSubject};
 
     use super::*;
+    use crate::store::Mapping;
+    use serde_json::Map;
 
     fn party(exp: u64) -> Arc<VerifiedSubject> {
         Arc::new(VerifiedSubject {
@@ -149,6 +222,168 @@ mod tests {
             kid: None,
             claims: Map::new(),
         })
+    }
+
+    fn party_with(sub: &str, claims: Value) -> Arc<VerifiedSubject> {
+        let Value::Object(claims) = claims else {
+            panic!("claims must be an object")
+        };
+        Arc::new(VerifiedSubject {
+            spiffe_id: SpiffeId::parse(sub).unwrap(),
+            claims,
+            ..(*party(2_000)).clone()
+        })
+    }
+
+    fn mapping() -> Mapping {
+        Mapping {
+            name: "m".into(),
+            subject: "spiffe://td/*".into(),
+            resource: "payments".into(),
+            participant: "acme \"corp\"".into(),
+            audiences: vec![],
+            scopes: vec![],
+            ttl_secs: 300,
+            rate_limit: None,
+            allowed_callers: vec![],
+            allowed_actors: vec![],
+        }
+    }
+
+    /// The claims as they were built before they were written directly: a
+    /// `serde_json::Map` filled in this order, then serialised.
+    fn reference(
+        issuer: Issuer<'_>,
+        parties: &Parties,
+        grant: &Grant<'_>,
+        scope_claims: &[ScopeClaims],
+        times: Times,
+        jti: &str,
+    ) -> Vec<u8> {
+        use serde_json::json;
+        let mut claims = Map::new();
+        claims.insert("iss".into(), json!(issuer.iss));
+        claims.insert("sub".into(), json!(parties.subject.spiffe_id.as_str()));
+        claims.insert(
+            "aud".into(),
+            match grant.audiences.as_slice() {
+                [one] => json!(one),
+                many => json!(many),
+            },
+        );
+        claims.insert("iat".into(), json!(times.now));
+        claims.insert("nbf".into(), json!(times.now));
+        claims.insert("exp".into(), json!(times.exp));
+        claims.insert("jti".into(), json!(jti));
+        if !grant.scopes.is_empty() {
+            claims.insert("scope".into(), json!(grant.scopes.join(" ")));
+        }
+        claims.insert(
+            issuer.participant_claim.into(),
+            json!(grant.mapping.participant),
+        );
+        for row in scope_claims {
+            if !grant.scopes.contains(&row.scope) {
+                continue;
+            }
+            for (name, value) in &row.claims {
+                if RESERVED_CLAIMS.contains(&name.as_str()) || name == issuer.participant_claim {
+                    continue;
+                }
+                claims.entry(name.clone()).or_insert_with(|| value.clone());
+            }
+        }
+        if let Some(act) =
+            super::super::delegation::act_claim(&parties.subject, parties.actor.as_deref())
+        {
+            claims.insert("act".into(), act);
+        }
+        serde_json::to_vec(&Value::Object(claims)).unwrap()
+    }
+
+    fn scope_row(scope: &str, claims: Value) -> ScopeClaims {
+        let Value::Object(claims) = claims else {
+            panic!("claims must be an object")
+        };
+        ScopeClaims {
+            resource: "payments".into(),
+            scope: scope.into(),
+            claims,
+        }
+    }
+
+    #[test]
+    fn claims_are_the_same_bytes_as_a_serialised_claims_map() {
+        let m = mapping();
+        let rows = vec![
+            scope_row(
+                "read",
+                serde_json::json!({"tier": "gold", "limits": {"rps": 5}, "iss": "evil", "org": 1}),
+            ),
+            scope_row(
+                "write",
+                serde_json::json!({"tier": "silver", "x\"q\u{1}é": [true, null], "org": 2}),
+            ),
+            scope_row("admin", serde_json::json!({"never": "granted"})),
+        ];
+        let subjects = [
+            party_with("spiffe://td/web", serde_json::json!({})),
+            party_with(
+                "spiffe://td/web",
+                serde_json::json!({"act": {"sub": "spiffe://td/gw"}}),
+            ),
+        ];
+        let actor = party_with(
+            "spiffe://td/batch",
+            serde_json::json!({"act": {"sub": "spiffe://td/cron"}}),
+        );
+        let times = Times {
+            now: 1_000,
+            exp: 1_300,
+        };
+        for participant_claim in ["participant", "org", "zz_ctx", "a"] {
+            let issuer = Issuer {
+                iss: "https://meshpass.test",
+                participant_claim,
+            };
+            for audiences in [vec!["payments".to_string()], vec!["a".into(), "b\"".into()]] {
+                for scopes in [
+                    vec![],
+                    vec!["read".to_string()],
+                    vec!["read".into(), "write".into()],
+                ] {
+                    for subject in &subjects {
+                        for actor in [None, Some(actor.clone())] {
+                            let parties = Parties {
+                                subject: subject.clone(),
+                                actor,
+                            };
+                            let grant = Grant {
+                                mapping: &m,
+                                audiences: audiences.clone(),
+                                scopes: scopes.clone(),
+                            };
+                            let scope = (!scopes.is_empty()).then(|| scopes.join(" "));
+                            let got = claims(
+                                issuer,
+                                &parties,
+                                &grant,
+                                &rows,
+                                scope.as_deref(),
+                                times,
+                                "jti-1",
+                            )
+                            .unwrap();
+                            let want = reference(issuer, &parties, &grant, &rows, times, "jti-1");
+                            assert_eq!(
+                                String::from_utf8(got).unwrap(),
+                                String::from_utf8(want).unwrap()
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -293,11 +293,25 @@ async fn exchange(
     let exp = mint::expiry(&parties, mapping.ttl_secs, st.settings.max_ttl_secs, now)
         .map_err(on(&target))?;
     let jti = uuid::Uuid::new_v4().to_string();
-    let claims = mint::claims(st, &parties, &grant, &policy.scope_claims, now, exp, &jti);
-    let minted = mint::sign(st, claims, jti, exp)
+    let scope_str = (!grant.scopes.is_empty()).then(|| grant.scopes.join(" "));
+    let times = mint::Times { now, exp };
+    let issuer = mint::Issuer {
+        iss: &st.settings.issuer,
+        participant_claim: &st.settings.participant_claim,
+    };
+    let claims = mint::claims(
+        issuer,
+        &parties,
+        &grant,
+        &policy.scope_claims,
+        scope_str.as_deref(),
+        times,
+        &jti,
+    )
+    .map_err(on(&target))?;
+    let minted = mint::sign(st, &claims, jti, exp)
         .await
         .map_err(on(&target))?;
-    let scope_str = (!grant.scopes.is_empty()).then(|| grant.scopes.join(" "));
 
     tracing::info!(
         target: "meshpass::audit",
@@ -362,7 +376,11 @@ fn revoked_hit(set: &crate::revocation::RevocationSet, hit: &CachedToken, now: u
 
 /// The rate-limit key of a (caller, subject) pair (a space never occurs in either).
 fn rate_key(caller: &str, subject: &str) -> String {
-    format!("{caller} {subject}")
+    let mut key = String::with_capacity(caller.len() + 1 + subject.len());
+    key.push_str(caller);
+    key.push(' ');
+    key.push_str(subject);
+    key
 }
 
 async fn serve_cached(st: &AppState, hit: Arc<CachedToken>, now: u64) -> Result<Outcome, Failure> {
