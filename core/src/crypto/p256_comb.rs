@@ -36,7 +36,7 @@ use p256::elliptic_curve::PrimeField;
 use p256::{AffinePoint, FieldBytes, Scalar};
 use sha2::{Digest as _, Sha256};
 
-use super::p256_point::{batch_to_affine, Affine, Projective};
+use super::p256_point::{batch_to_affine, Affine, Jacobian, Projective};
 
 /// Bits per comb digit on this target (see the module docs for the trade).
 #[cfg(target_arch = "wasm32")]
@@ -95,14 +95,14 @@ impl<const BITS: u32> CombTable<BITS> {
 
     /// `acc += k·P`.
     #[cfg(test)]
-    fn add_product(&self, acc: &mut Projective, k: &Scalar) {
+    fn add_product(&self, acc: &mut Jacobian, k: &Scalar) {
         add_all(acc, self.entries(k));
     }
 
     /// `k·P` (tests).
     #[cfg(test)]
-    fn mul(&self, k: &Scalar) -> Projective {
-        let mut acc = Projective::IDENTITY;
+    fn mul(&self, k: &Scalar) -> Jacobian {
+        let mut acc = Jacobian::IDENTITY;
         self.add_product(&mut acc, k);
         acc
     }
@@ -124,7 +124,7 @@ impl<const BITS: u32> std::fmt::Debug for CombTable<BITS> {
 /// service's CPU under true-cold load 34.5 → 27.0 %; reading one point ahead had only
 /// moved the stall: bench/notes.md).
 /// 4-bit tables (wasm's, 61 KB per key) need no such pass.
-fn add_all<'a>(acc: &mut Projective, points: impl Iterator<Item = &'a Affine> + Clone) {
+fn add_all<'a>(acc: &mut Jacobian, points: impl Iterator<Item = &'a Affine> + Clone) {
     if KEY_DIGIT_BITS == 8 {
         let touched = points.clone().fold(false, |t, p| t | p.touch());
         std::hint::black_box(touched);
@@ -252,7 +252,7 @@ impl P256Key {
         let z = <Scalar as Reduce<p256::U256>>::reduce_bytes(&digest);
         let (r, s) = sig.split_scalars();
         let s_inv = super::scalar_inv::invert(&s);
-        let mut sum = Projective::IDENTITY;
+        let mut sum = Jacobian::IDENTITY;
         add_all(
             &mut sum,
             g.entries(&(z * s_inv)).chain(q.entries(&(*r * s_inv))),
