@@ -178,6 +178,9 @@ def main():
                          "into FILE (real hardware: callgrind hides SHA-NI from sha2)")
     ap.add_argument("--perf-bao", metavar="FILE",
                     help="with --wrk: `perf record -e cpu-clock -g` OpenBao meanwhile, into FILE")
+    ap.add_argument("--perf-call-graph", default="fp", metavar="MODE",
+                    help="perf's --call-graph for --perf/--perf-bao: fp (default, -F 1999) or "
+                         "dwarf (callers through frames without frame pointers; -F 499)")
     ap.add_argument("--vault", action="append", default=[], metavar="KEY=VALUE",
                     help="extra line for the service's [vault] section (TOML), e.g. "
                          "batch_pipeline_depth=2; repeatable")
@@ -287,8 +290,10 @@ ttl_secs = 3600
             env = dict(os.environ, MESHPASS_WRK_MODE="body", MESHPASS_WRK_FILE=fpath)
             perfs = [
                 subprocess.Popen(
-                    ["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g",
-                     "-p", str(pid), "-o", os.path.abspath(path)],
+                    ["perf", "record", "-q", "-e", "cpu-clock"]
+                    + (["-F", "499", "--call-graph", "dwarf,32768"]
+                       if a.perf_call_graph == "dwarf" else ["-F", "1999", "-g"])
+                    + ["-p", str(pid), "-o", os.path.abspath(path)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for pid, path in ((svc.pid, a.perf), (bao.pid, a.perf_bao)) if path]
             r = subprocess.run(
