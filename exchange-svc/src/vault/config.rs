@@ -90,8 +90,8 @@ impl Default for VaultConfig {
             key_refresh_interval: Duration::from_secs(30),
             batch_max_size: 64,
             batch_max_wait: Duration::from_millis(2),
-            batch_pipeline_depth: 2,
-            batch_pipeline_min_size: 16,
+            batch_pipeline_depth: 3,
+            batch_pipeline_min_size: 12,
             request_timeout: Duration::from_secs(5),
             verifier_refresh_interval: Duration::ZERO,
             insecure_http: false,
@@ -518,8 +518,8 @@ mod tests {
         assert_eq!(c.key_refresh_interval, Duration::from_secs(30));
         assert_eq!(c.batch_max_size, 64);
         assert_eq!(c.batch_max_wait, Duration::from_millis(2));
-        assert_eq!(c.batch_pipeline_depth, 2);
-        assert_eq!(c.batch_pipeline_min_size, 16);
+        assert_eq!(c.batch_pipeline_depth, 3);
+        assert_eq!(c.batch_pipeline_min_size, 12);
         assert_eq!(c.rsa_alg, RsaAlg::PS256);
         assert!(matches!(c.auth, AuthConfig::Token { token: None }));
     }
