@@ -160,3 +160,94 @@ pub fn envoy_config(o: &Options, jwks: &str, up: Upstreams) -> Value {
     }
     json!({"static_resources": {"listeners": listeners, "clusters": clusters}})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The section's options for `rows`, with stand-in module paths.
+    fn options(rows: Vec<Row>) -> Options {
+        Options {
+            rows,
+            reps: 1,
+            secs: 1.0,
+            connections: 1,
+            filter_wasm: "/f.wasm".into(),
+            noop_wasm: "/n.wasm".into(),
+            floor_wasm: "/fl.wasm".into(),
+            baseline_wasm: None,
+            miss_rate_bound: 1.0,
+            profile: vec![],
+            profile_dir: "/tmp".into(),
+        }
+    }
+
+    #[test]
+    fn every_row_gets_its_own_listener_and_the_baseline_only_when_given() {
+        let o = options(vec![
+            Row::Router,
+            Row::NoopWasm,
+            Row::MeshpassHit,
+            Row::MeshpassHitBaseline,
+        ]);
+        let cfg = envoy_config(
+            &o,
+            "{}",
+            Upstreams {
+                exchange: 1,
+                authz: 2,
+                authz_grpc: 3,
+                echo: 4,
+            },
+        );
+        let names: Vec<&str> = cfg["static_resources"]["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["router", "noop_wasm", "meshpass_hit"]);
+        let text = cfg.to_string();
+        assert!(text.contains("/n.wasm") && text.contains("/f.wasm"));
+    }
+
+    #[test]
+    fn each_ext_authz_row_gets_a_twin_listener_routed_to_the_echo_upstream_and_grpc_speaks_http2() {
+        let o = options(vec![Row::Router, Row::ExtAuthzHttp, Row::ExtAuthzGrpc]);
+        let up = Upstreams {
+            exchange: 0,
+            authz: 2,
+            authz_grpc: 3,
+            echo: 4,
+        };
+        let cfg = envoy_config(&o, "{}", up);
+        let listeners = cfg["static_resources"]["listeners"].as_array().unwrap();
+        let names: Vec<&str> = listeners
+            .iter()
+            .map(|l| l["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "router",
+                "ext_authz_http_upstream",
+                "ext_authz_http",
+                "ext_authz_grpc_upstream",
+                "ext_authz_grpc"
+            ]
+        );
+        let route = |i: usize| {
+            listeners[i]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+                ["virtual_hosts"][0]["routes"][0]
+                .clone()
+        };
+        assert_eq!(route(3)["route"]["cluster"], "echo");
+        assert!(route(3).get("direct_response").is_none());
+        assert!(route(4).get("direct_response").is_some());
+        let clusters = cfg["static_resources"]["clusters"].as_array().unwrap();
+        let grpc = clusters.iter().find(|c| c["name"] == "authz_grpc").unwrap();
+        assert!(grpc.to_string().contains("http2_protocol_options"));
+        assert!(clusters.iter().any(|c| c["name"] == "echo"));
+        assert!(!clusters.iter().any(|c| c["name"] == "exchange"));
+    }
+}
