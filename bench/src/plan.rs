@@ -37,8 +37,9 @@ impl Plan {
     pub fn estimate(&self) -> Vec<(&'static str, f64)> {
         let mut out = Vec::new();
         if let Some((rows, reps, secs, miss)) = self.proxy {
-            // Start-up, one warm-up second per row, the miss tokens (1,500/s of each
-            // measurement), the measurements.
+            // Start-up, one warm-up second per row, the miss tokens (at least 3,500/s of
+            // each measurement; twice the warm-up's miss rate where that is more), the
+            // measurements.
             let mint = if miss {
                 (reps + 1) as f64 * (3_500.0 * secs + 100.0) / MINT_PER_SEC
             } else {

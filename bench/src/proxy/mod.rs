@@ -187,8 +187,17 @@ pub struct Results {
     pub wasm_bytes: (u64, u64, Option<u64>),
     /// The command lines (Envoy, one wrk per kind of load).
     pub commands: Vec<String>,
+    /// Never-seen tokens minted for each repetition of the miss row (0 without it).
+    pub miss_tokens_per_rep: u64,
     /// The section's options.
     pub options: Options,
+}
+
+/// Never-seen tokens one miss-row file of `secs` needs: twice the fastest miss rate
+/// expected, the larger of `bound` and the rate the warm-up measured on this machine
+/// (a fixed bound ran out on a faster host: 4,800 misses/s against 3,500), plus a margin.
+fn miss_tokens_per_file(bound: f64, warmup_rps: f64, secs: f64) -> u64 {
+    (bound.max(2.0 * warmup_rps) * secs).ceil() as u64 + 100
 }
 
 fn file_size(p: &Path) -> u64 {
@@ -254,22 +263,18 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         Ok(format!("http://127.0.0.1:{port}/"))
     };
     let fixed = Load::Static(vec![("Authorization".into(), format!("Bearer {token}"))]);
-    // Never-seen tokens for the miss row: one file per repetition (and one for warm-up),
-    // minted now so no measurement pays for them.
-    let per_file = (o.miss_rate_bound * o.secs).ceil() as u64 + 100;
+    // Never-seen tokens for the miss row: the warm-up's file now, one file per repetition
+    // once the warm-up has shown how fast misses go here (`miss_tokens_per_file`), all
+    // minted before any measurement so none pays for them.
+    let warmup_file = miss_tokens_per_file(o.miss_rate_bound, 0.0, o.secs);
     let mut miss_files = Vec::new();
     if rows.contains(&Row::MeshpassMiss) {
-        for f in 0..=o.reps as u64 {
-            let path = dir.join(format!("miss-tokens-{f}.txt"));
-            tokens::write_lines(
-                &path,
-                &issuer.mint_range(1_000_000 + f * per_file, per_file),
-            )?;
-            miss_files.push(path);
-        }
+        let path = dir.join("miss-tokens-0.txt");
+        tokens::write_lines(&path, &issuer.mint_range(1_000_000, warmup_file))?;
+        miss_files.push(path);
     }
-    let load_for = |row: Row, file: usize| -> Load {
-        match (row, miss_files.get(file)) {
+    let load_for = |row: Row, files: &[PathBuf], file: usize| -> Load {
+        match (row, files.get(file)) {
             (Row::MeshpassMiss, Some(f)) => Load::Bearer(f.clone(), vec![]),
             _ => fixed.clone(),
         }
@@ -280,8 +285,14 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
     )];
     check_written_header_reaches_upstream(&envoy, &rows)?;
     // Warm-up: every row once (meshpass: the one miss that fills the cache; V8's JIT).
+    let mut warmup_miss_rps = 0.0;
     for &row in &rows {
-        let r = wrk.run(&url(row)?, o.connections, 1.0, &load_for(row, 0))?;
+        let r = wrk.run(
+            &url(row)?,
+            o.connections,
+            1.0,
+            &load_for(row, &miss_files, 0),
+        )?;
         if r.errors() > 0 || r.requests == 0 {
             return Err(anyhow!(
                 "warm-up of {} failed: {r:?}\nEnvoy log:\n{}\nexchange log:\n{}",
@@ -290,6 +301,18 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
                 service.as_ref().map(|s| s.log_tail(40)).unwrap_or_default()
             ));
         }
+        if row == Row::MeshpassMiss {
+            warmup_miss_rps = r.rps();
+        }
+    }
+    let per_file = miss_tokens_per_file(o.miss_rate_bound, warmup_miss_rps, o.secs);
+    if rows.contains(&Row::MeshpassMiss) {
+        for f in 1..=o.reps as u64 {
+            let path = dir.join(format!("miss-tokens-{f}.txt"));
+            let first = 1_000_000 + warmup_file + (f - 1) * per_file;
+            tokens::write_lines(&path, &issuer.mint_range(first, per_file))?;
+            miss_files.push(path);
+        }
     }
     for row in [Row::Router, Row::MeshpassMiss] {
         if rows.contains(&row) {
@@ -297,7 +320,7 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
                 &url(row)?,
                 o.connections,
                 o.secs,
-                &load_for(row, 1),
+                &load_for(row, &miss_files, 1),
             )));
         }
     }
@@ -307,7 +330,12 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
             let row = rows[i];
             let c0 = machine::cpu_secs(envoy.pid(), tck);
             let m0 = CpuTimes::now();
-            let r = wrk.run(&url(row)?, o.connections, o.secs, &load_for(row, rep + 1))?;
+            let r = wrk.run(
+                &url(row)?,
+                o.connections,
+                o.secs,
+                &load_for(row, &miss_files, rep + 1),
+            )?;
             let m1 = CpuTimes::now();
             let c1 = machine::cpu_secs(envoy.pid(), tck);
             let s = Sample {
@@ -357,6 +385,7 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
             o.baseline_wasm.as_deref().map(file_size),
         ),
         commands,
+        miss_tokens_per_rep: if miss_files.is_empty() { 0 } else { per_file },
         options: o.clone(),
     })
 }
@@ -501,5 +530,15 @@ mod tests {
             (Some(h), Some(n)) => assert_eq!(h.abs_diff(n), 1),
             _ => panic!("both rows must be in ALL_ROWS"),
         }
+    }
+
+    #[test]
+    fn miss_files_hold_twice_what_the_warm_up_rate_would_use_on_a_faster_host() {
+        // 2026-12-05: 4,800 misses/s against the fixed bound of 3,500 ran out every
+        // repetition.
+        let n = miss_tokens_per_file(3_500.0, 4_800.0, 4.0);
+        assert!(n >= 2 * 4_800 * 4, "{n}");
+        // A slow host still gets the bound.
+        assert_eq!(miss_tokens_per_file(3_500.0, 300.0, 4.0), 3_500 * 4 + 100);
     }
 }
