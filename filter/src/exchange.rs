@@ -56,6 +56,7 @@ impl Worker {
                         subject_exp: p.subject_exp,
                         started_ms: now,
                         failure_mode: p.failure_mode,
+                        memo: p.memo,
                     },
                 );
             }
@@ -112,11 +113,21 @@ impl Worker {
                 subject_exp,
                 started_ms,
                 failure_mode,
+                memo,
             } => {
                 host.record_latency_ms(now.saturating_sub(started_ms));
                 let outcome = self.classify(&resp);
                 if let Outcome::Token(t) = &outcome {
-                    self.store(host, &key, t, &resp, &subject, subject_exp, now);
+                    if let Stored::Refused { refresh_ms } =
+                        self.store(host, &key, t, &resp, &subject, subject_exp, now)
+                    {
+                        // Another key's longer-lived entry keeps the slot: serve this
+                        // token from the memo until its refresh time, not by a new
+                        // exchange on every request.
+                        let (token, actor) = (&memo.token, memo.actor.as_deref());
+                        self.memo
+                            .insert(token, &memo.digest, actor, refresh_ms, now, &subject, t);
+                    }
                 }
                 self.publish(host, &key, &outcome, &subject, now);
                 let Some(f) = self.inflight.remove(&key) else {
@@ -137,7 +148,11 @@ impl Worker {
                 host.record_latency_ms(now.saturating_sub(started_ms));
                 self.refreshing.remove(&key);
                 match self.classify(&resp) {
-                    Outcome::Token(t) => self.store(host, &key, &t, &resp, &subject, subject_exp, now),
+                    Outcome::Token(t) => {
+                        // A refused refresh leaves the slot to the other key; the next
+                        // request misses and is memoised then.
+                        self.store(host, &key, &t, &resp, &subject, subject_exp, now);
+                    }
                     other => host.log(
                         Level::Warn,
                         &format!("meshpass: background refresh failed ({other:?}); cached token served until it expires"),
@@ -159,7 +174,7 @@ impl Worker {
         subject: &str,
         subject_exp: u64,
         now: u64,
-    ) {
+    ) -> Stored {
         let expires_in = serde_json::from_slice::<TokenExchangeResponse>(&resp.body)
             .map(|r| r.expires_in)
             .unwrap_or(0);
@@ -170,7 +185,7 @@ impl Worker {
             self.config.expiry_margin_ms,
             self.config.refresh_ahead_percent,
         ) else {
-            return;
+            return Stored::NotCached;
         };
         let e = Entry {
             id: cache::id(key),
@@ -186,14 +201,16 @@ impl Worker {
         if let Some((old, _)) = host.shared_get(&slot) {
             if let Some(o) = Entry::decode(&old) {
                 if o.id != e.id && o.expires_ms > now && o.expires_ms > e.expires_ms {
-                    return;
+                    return Stored::Refused { refresh_ms };
                 }
             }
         }
-        if host.shared_set(&slot, Some(&e.encode()), None).is_ok() {
-            // One record per slot, however many keys passed through it.
-            self.written.insert(n, expires_ms);
+        if host.shared_set(&slot, Some(&e.encode()), None).is_err() {
+            return Stored::Refused { refresh_ms };
         }
+        // One record per slot, however many keys passed through it.
+        self.written.insert(n, expires_ms);
+        Stored::Shared
     }
 
     /// Tick step: background refreshes, dispatched from the root so they outlive any
@@ -248,6 +265,21 @@ impl Worker {
     pub fn classify(&self, resp: &CallResponse) -> Outcome {
         outcome::classify(resp, self.config.retry_after_secs)
     }
+}
+
+/// Where [`Worker::store`] put an answer.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// In its shared-data slot, for every worker.
+    Shared,
+    /// Not in shared data: the slot keeps another key's longer-lived entry (or the host
+    /// refused the write). Worth memoising here until `refresh_ms`.
+    Refused {
+        /// When the answer's entry would have started its background refresh.
+        refresh_ms: u64,
+    },
+    /// Not cacheable at all (its lifetime is already over).
+    NotCached,
 }
 
 /// The RFC 8693 form for `token` and `target` (with the actor token, if any).

@@ -13,7 +13,9 @@ use crate::headers::{Headers, SUBJECT_HEADER};
 use crate::jwks::{FIRST_KEYS_WAIT_MS, PARK_MS};
 use crate::path::normalise;
 use crate::respond::send_error;
-use crate::worker::{Bound, InFlight, Parked, PendingExchange, PendingRefresh, Waiter, Worker};
+use crate::worker::{
+    Bound, InFlight, MemoKey, Parked, PendingExchange, PendingRefresh, Waiter, Worker,
+};
 
 impl Worker {
     /// `on_http_request_headers` of stream `ctx`.
@@ -309,6 +311,11 @@ impl Worker {
             return Verdict::Pause;
         }
         let traceparent = host.header("traceparent").filter(|t| is_traceparent(t));
+        let memo = MemoKey {
+            token: token.to_string(),
+            digest: target.digest,
+            actor: actor.clone(),
+        };
         self.inflight.insert(
             key.clone(),
             InFlight {
@@ -326,6 +333,7 @@ impl Worker {
                 subject: verified.spiffe_id.as_str().to_string(),
                 subject_exp: verified.expires_at,
                 failure_mode: target.failure_mode,
+                memo,
             },
             now,
         );

@@ -52,6 +52,7 @@ pub(crate) enum Call {
         subject_exp: u64,
         started_ms: u64,
         failure_mode: FailureMode,
+        memo: MemoKey,
     },
     Refresh {
         key: String,
@@ -94,6 +95,16 @@ pub(crate) struct PendingExchange {
     pub(crate) subject: String,
     pub(crate) subject_exp: u64,
     pub(crate) failure_mode: FailureMode,
+    pub(crate) memo: MemoKey,
+}
+
+/// What the worker's memo looks an answer up by, kept with its exchange: when the
+/// shared slot keeps another key's longer-lived entry, the answer is memoised here
+/// instead, so the token is not exchanged again on every request.
+pub(crate) struct MemoKey {
+    pub(crate) token: String,
+    pub(crate) digest: [u8; 32],
+    pub(crate) actor: Option<String>,
 }
 
 /// A background refresh to dispatch from the root context on the next tick.

@@ -462,3 +462,52 @@ fn token_churn_keeps_shared_data_within_the_configured_slots() {
         "cache.slots"
     );
 }
+
+#[test]
+fn a_token_whose_slot_keeps_a_longer_lived_entry_is_memoised_not_exchanged_on_every_request() {
+    // The slot keeps the entry that lives longer, so a shorter-lived answer for another
+    // key on the same slot is not cached there; before the memo fallback each of that
+    // token's requests was a new exchange. Pairs until two tokens share one of 16 slots.
+    let filled = |f: &Fixture| {
+        f.host
+            .shared
+            .iter()
+            .filter(|(k, (v, _))| k.starts_with("meshpass/c/") && !v.is_empty())
+            .count()
+    };
+    for pair in 0..400u64 {
+        let mut f = fixture_with(|c| c["cache"] = json!({"slots": 16}));
+        let long = f.key.svid(ISS, AUD, ALICE, f.now - 2 * pair, 600);
+        let short = f.key.svid(ISS, AUD, ALICE, f.now - 2 * pair - 1, 600);
+        f.send_token(1, &long);
+        f.answer(ok_response("p-long", 3000));
+        f.send_token(2, &short);
+        f.answer(ok_response("p-short", 300));
+        assert_eq!(
+            f.host.req_header(2, "authorization").as_deref(),
+            Some("Bearer p-short")
+        );
+        if filled(&f) != 1 {
+            continue; // two slots: no contest
+        }
+        let calls = f.host.dispatched.len();
+        assert_eq!(f.send_token(3, &short), Verdict::Continue, "pair {pair}");
+        assert_eq!(
+            f.host.req_header(3, "authorization").as_deref(),
+            Some("Bearer p-short")
+        );
+        assert_eq!(
+            f.host.dispatched.len(),
+            calls,
+            "the short-lived token was exchanged again"
+        );
+        // The slot's own entry is still served from shared data.
+        assert_eq!(f.send_token(4, &long), Verdict::Continue);
+        assert_eq!(
+            f.host.req_header(4, "authorization").as_deref(),
+            Some("Bearer p-long")
+        );
+        return;
+    }
+    panic!("no two of 400 token pairs shared a slot");
+}
