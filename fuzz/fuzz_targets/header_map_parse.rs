@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshpass_filter::header_map::HeaderMap;
+use meshpass_filter::header_map::{is_reserved, HeaderMap};
 
 fuzz_target!(|data: &[u8]| {
     if let Some(map) = HeaderMap::parse(data.to_vec()) {
@@ -14,12 +14,20 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(map, again);
         }
         for (k, _) in &pairs {
-            if let Ok(k) = std::str::from_utf8(k) {
-                assert!(map.get(k).is_some());
+            if let Ok(name) = std::str::from_utf8(k) {
+                // The first value of the name, whether looked up by a pass or noted while parsing.
+                let first = pairs.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+                assert_eq!(map.get(name), first);
             }
+        }
+        if !pairs.iter().any(|(k, _)| *k == b"authorization") {
+            assert_eq!(map.get("authorization"), None);
         }
         for k in map.reserved_names() {
             assert!(map.get(k).is_some());
         }
+        // Every reserved name is listed, whatever the pass that checked the layout noted.
+        let reserved = pairs.iter().filter(|(k, _)| is_reserved(k)).count();
+        assert_eq!(map.reserved_names().count(), reserved);
     }
 });
