@@ -9,7 +9,9 @@
 #  4. thief presents frontend's token to the exchange service itself: refused (403 from
 #     the AuthorizationPolicy: thief's sidecar is not a named caller);
 #  5. the JWKS reached RequestAuthentication: echo's sidecar holds the exchange service's
-#     key (kid meshpass-participant:v1) in its jwt_authn config, not Istio's fallback.
+#     key (kid meshpass-participant:v1) in its jwt_authn config, not Istio's fallback;
+#  6. echo's filter polls the revocation feed: the AuthorizationPolicy lets its sidecar
+#     GET /revocations (without it, revoked subjects keep their cached tokens).
 # NOT CI-tested.
 set -euo pipefail
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -53,4 +55,15 @@ jwks=$(kubectl -n demo exec deploy/echo -c istio-proxy -- pilot-agent request GE
 printf '%s' "$jwks" | grep -q 'meshpass-participant:v' \
   || fail "echo's jwt_authn has no meshpass key: istiod could not fetch the JWKS (see istio/README.md, JWKS reachability)"
 ok "istiod fetched the exchange service's JWKS into echo's RequestAuthentication"
+
+stat() {
+  kubectl -n demo exec deploy/echo -c istio-proxy -- pilot-agent request GET stats \
+    | sed -n "s/^wasmcustom\.$1: \([0-9]*\)\$/\1/p" | head -1
+}
+polled=0
+for _ in $(seq 1 30); do
+  polled=$(stat meshpass_revocation_poll_success); [ "${polled:-0}" -gt 0 ] && break; sleep 1
+done
+[ "${polled:-0}" -gt 0 ] || fail "echo's filter never polled GET /revocations successfully (failures: $(stat meshpass_revocation_poll_failure)): is it allowed in mesh-policy.yaml?"
+ok "echo's filter polls the revocation feed ($polled successful polls)"
 echo "PASS"

@@ -1,10 +1,12 @@
-//! Shared by the manifest tests (`istio_manifests`, `envoyfilter_envoy`): reading the YAML
-//! under `istio/` and `e2e/kind/`, the vendored Istio CRD schemas, a kustomize renderer
-//! for the subset the project uses, and small parsers (durations, HCL paths).
+//! Shared by the manifest tests (`istio_manifests`, `istio_policies`, `istio_access`,
+//! `envoyfilter_envoy`): reading the YAML under `istio/` and `e2e/kind/`, the vendored
+//! Istio CRD schemas, a kustomize renderer for the subset the project uses, Istio's
+//! AuthorizationPolicy decision (`authz.rs`), and small parsers (durations, HCL paths).
 
 // Test support may unwrap and panic: a panic is a failed check.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod authz;
 pub mod kustomize;
 
 use std::collections::BTreeMap;
