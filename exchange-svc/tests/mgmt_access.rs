@@ -364,3 +364,116 @@ fn the_ttl_cap_is_one_rule_for_the_file_and_the_api() {
         "mappings[2]: invalid ttl_secs: exceeds token.max_ttl_secs (3600)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_subject_is_known_are_audited_with_who_asked_for_what() {
+    let s = Service::start(Db::sqlite()).await;
+    let post = |client: &reqwest::Client, xfcc: &str, body: String| {
+        client
+            .post(format!("{}/token", s.token_url))
+            .header("x-forwarded-client-cert", format!("URI={xfcc}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    // 1. A forged SVID (same issuer and kid, another key) from WEB's own sidecar.
+    let forged = TestIssuer::new(ISSUER, "spire-1").svid(WEB, now(), 3600);
+    let r = post(
+        &s.http,
+        WEB,
+        exchange_form(&forged, &[("resource", "orders")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // 2. A valid token, with an XFCC header from a peer that is not the trusted proxy
+    //    (127.0.0.1): the connection comes from 127.0.0.2.
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .unwrap();
+    let valid = s.issuer.svid(WEB, now(), 3600);
+    let r = post(
+        &elsewhere,
+        WEB,
+        exchange_form(&valid, &[("resource", "orders")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // 3. A form without grant_type.
+    let r = post(
+        &s.http,
+        WEB,
+        format!("subject_token={valid}&resource=orders"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // 4. A resource no mapping names.
+    let r = post(
+        &s.http,
+        WEB,
+        exchange_form(&valid, &[("resource", "nonexistent")]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    // The audit writer is asynchronous: wait for the four events.
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let (_, _, page) = s.get("/api/v1/audit?action=exchange.refused").await;
+        items = page["items"].as_array().unwrap().clone();
+        if items.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(items.len(), 4, "{items:?}");
+    let seen: Vec<(String, String, String)> = items
+        .iter()
+        .map(|i| {
+            let reason = i["reason"].as_str().unwrap();
+            let code = reason.split(':').next().unwrap().to_string();
+            (
+                i["actor"].as_str().unwrap().into(),
+                i["target"].as_str().unwrap().into(),
+                code,
+            )
+        })
+        .collect();
+    let row = |actor: &str, target: &str, code: &str| (actor.into(), target.into(), code.into());
+    assert_eq!(
+        seen,
+        vec![
+            // The caller is known (its sidecar named it), the subject is not.
+            row(WEB, "resources/orders", "invalid_grant"),
+            // Nobody is known but the peer the header came from.
+            row(
+                "unidentified caller at 127.0.0.2",
+                "resources/orders",
+                "unauthorized_client"
+            ),
+            row(WEB, "resources/", "invalid_request"),
+            row(WEB, "resources/nonexistent", "invalid_target"),
+        ],
+        "{items:?}"
+    );
+    assert!(
+        !serde_json::to_string(&items).unwrap().contains("eyJ"),
+        "a token in the audit log"
+    );
+    // An unknown resource is audited but never becomes a metric label.
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.token_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("resource=\"orders\"") || metrics.contains("resource=\"\""));
+    assert!(!metrics.contains("nonexistent"), "{metrics}");
+}

@@ -39,12 +39,24 @@ struct Outcome {
     expires_in: u64,
 }
 
-/// Who was refused what, once the subject is known (for the audit and stats hooks).
+/// Who was refused what, as far as it was known when the exchange was refused (for
+/// the audit and stats hooks; DESIGN.md: every refused exchange is audited). A field
+/// not known yet is empty.
+#[derive(Default)]
 struct Refused {
+    /// The resource asked for (the audit's target).
     resource: String,
+    /// Whether `resource` is one the policy knows: only those become metric labels
+    /// (anyone can name any resource).
+    known: bool,
+    /// The verified subject's SPIFFE ID.
     subject: String,
+    /// Who called `/token`: its SPIFFE ID, or the peer it could not be identified from.
     caller: String,
 }
+
+/// The most of an unknown resource name an audit event keeps.
+const MAX_ASKED_RESOURCE: usize = 128;
 
 /// The error code as a metric label.
 pub fn code_label(code: ErrorCode) -> &'static str {
@@ -84,7 +96,7 @@ pub async fn token(State(st): State<Arc<AppState>>, request: Request) -> Respons
             ApiError::Timeout {
                 retry_after_secs: retry,
             },
-            None,
+            Refused::default(),
         )),
     };
     let elapsed = started.elapsed().as_secs_f64();
@@ -115,14 +127,14 @@ pub async fn token(State(st): State<Arc<AppState>>, request: Request) -> Respons
             }
             json_answer(t.body.render(outcome.expires_in))
         }
-        Err((e, refused)) => {
-            let resource = refused.as_ref().map(|r| r.resource.as_str());
+        Err((e, r)) => {
+            let label = if r.known { r.resource.as_str() } else { "" };
             st.metrics.path_seconds.error.observe(elapsed);
             st.metrics
                 .exchanges
-                .with_label_values(&[code_label(e.code()), resource.unwrap_or("")])
+                .with_label_values(&[code_label(e.code()), label])
                 .inc();
-            if let (Some(h), Some(r)) = (&st.hooks, &refused) {
+            if let Some(h) = &st.hooks {
                 h.refused(
                     &r.subject,
                     &r.caller,
@@ -147,10 +159,10 @@ fn json_answer(body: Vec<u8>) -> Response {
     resp
 }
 
-type Failure = (ApiError, Option<Refused>);
+type Failure = (ApiError, Refused);
 
-/// Tags an error with the resource it concerns (a metrics label), the subject and the
-/// caller (the refusal audit).
+/// Tags an error with the known resource it concerns (a metrics label), the subject and
+/// the caller (the refusal audit).
 fn on<'a>(
     resource: &'a str,
     subject: &'a str,
@@ -159,11 +171,39 @@ fn on<'a>(
     move |e| {
         let r = Refused {
             resource: resource.to_string(),
+            known: true,
             subject: subject.to_string(),
             caller: caller.to_string(),
         };
-        (e, Some(r))
+        (e, r)
     }
+}
+
+/// Tags an error raised before the subject and the resource are known to be valid:
+/// `asked` is the resource the form named, if any (kept for the audit, never a label).
+fn before<'a>(asked: Option<&'a str>, caller: &'a str) -> impl Fn(ApiError) -> Failure + Copy + 'a {
+    move |e| {
+        let asked = asked.unwrap_or("");
+        let mut end = asked.len().min(MAX_ASKED_RESOURCE);
+        while !asked.is_char_boundary(end) {
+            end -= 1;
+        }
+        let r = Refused {
+            resource: asked[..end].to_string(),
+            known: false,
+            subject: String::new(),
+            caller: caller.to_string(),
+        };
+        (e, r)
+    }
+}
+
+/// The audit's name for a caller that could not be identified: its peer address.
+fn unidentified(conn: Option<&ConnInfo>) -> String {
+    conn.map_or_else(
+        || "unidentified caller".to_string(),
+        |c| format!("unidentified caller at {}", c.peer.ip()),
+    )
 }
 
 /// The subject of a cached entry (its rate key is `caller subject`).
@@ -177,10 +217,20 @@ async fn exchange(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Outcome, Failure> {
-    let untagged = |e| (e, None);
-    let bytes = form::read_body(headers, body).await.map_err(untagged)?;
     // A form error comes before a caller error, so the caller's is kept for later.
     let caller = caller::caller(&st.settings.callers, conn, headers);
+    // Who to audit a refusal before the caller check as (built only on a refusal).
+    let who = |c: &Result<Option<meshpass_core::SpiffeId>, ApiError>| match c {
+        Ok(id) => id
+            .as_ref()
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
+        Err(_) => unidentified(conn),
+    };
+    let bytes = match form::read_body(headers, body).await {
+        Ok(b) => b,
+        Err(e) => return Err(before(None, &who(&caller))(e)),
+    };
     let now = st.clock.now();
     let revoked = st.revocations.current();
     // The warm path: the same bytes from the same caller were answered before (see
@@ -203,9 +253,21 @@ async fn exchange(
         }
         alias = Some(key);
     }
-    let req = form::parse(&bytes).map_err(untagged)?;
-    let caller = caller.map_err(untagged)?;
+    let req = match form::parse(&bytes) {
+        Ok(r) => r,
+        Err(e) => return Err(before(None, &who(&caller))(e)),
+    };
+    let asked = req
+        .resource
+        .first()
+        .or(req.audience.first())
+        .map(String::as_str);
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => return Err(before(asked, &unidentified(conn))(e)),
+    };
     let caller_id = caller.as_ref().map(|c| c.as_str()).unwrap_or("");
+    let unlabelled = before(asked, caller_id);
     // Revocations first (one look at the in-memory set): a revoked caller gets
     // nothing, not even a cached token.
     if let Some(r) = caller.as_ref().and_then(|c| revoked.caller(c, now)) {
@@ -234,12 +296,12 @@ async fn exchange(
 
     let subject = subject::validate(st, &req.subject_token, now, "subject_token")
         .await
-        .map_err(untagged)?;
+        .map_err(unlabelled)?;
     if let Some(r) = revoked.subject(&subject.spiffe_id, now) {
         let revoked = ApiError::Revoked(r.reason.clone());
         return Err(on("", subject.spiffe_id.as_str(), caller_id)(revoked));
     }
-    let target = form::target(&req).map_err(untagged)?;
+    let target = form::target(&req).map_err(unlabelled)?;
     let policy = st
         .store
         .shared_resource_policy(&target)
@@ -248,13 +310,13 @@ async fn exchange(
             source,
             retry_after_secs: st.settings.store_retry_after_secs,
         })
-        .map_err(untagged)?;
+        .map_err(unlabelled)?;
     let sub = subject.spiffe_id.as_str().to_string();
     let on = |resource| on(resource, &sub, caller_id);
     // An unknown resource is not a metrics label (anyone can name any resource).
     let grant = authorize::authorize(&policy, &subject.spiffe_id, &req).map_err(|e| {
         if policy.mappings.is_empty() {
-            untagged(e)
+            unlabelled(e)
         } else {
             on(&target)(e)
         }
@@ -274,7 +336,7 @@ async fn exchange(
     subject::review(st, &req, &subject)
         .await
         .map_err(|e| match e {
-            e @ ApiError::Review(ReviewError::Unavailable(_)) => untagged(e),
+            e @ ApiError::Review(ReviewError::Unavailable(_)) => unlabelled(e),
             refused => on(&target)(refused),
         })?;
     let actor = match &req.actor_token {

@@ -122,18 +122,20 @@ impl RefusalAudit {
     }
 
     /// Audits one refused exchange: `subject` (SPIFFE ID, or empty when the token was
-    /// not valid), `caller` (who called `/token`, or empty), `reason` (the public error
-    /// description: never the token). Whether it was recorded.
+    /// not valid or not read yet), `caller` (who called `/token`: its SPIFFE ID, the
+    /// peer it could not be identified from, or empty), `resource` (asked for, or
+    /// empty), `reason` (the public error description: never the token). The actor is
+    /// `SUBJECT via CALLER`, or whichever of the two is known. Whether it was recorded.
     pub fn refused(&self, subject: &str, caller: &str, resource: &str, reason: &str) -> bool {
         let queued = self.admit()
             && self
                 .tx
                 .try_send(AuditRecord {
                     request_id: String::new(),
-                    actor: if caller.is_empty() {
-                        subject.to_string()
-                    } else {
-                        format!("{subject} via {caller}")
+                    actor: match (subject, caller) {
+                        ("", "") => "unidentified caller".to_string(),
+                        (who, "") | ("", who) => who.to_string(),
+                        (subject, caller) => format!("{subject} via {caller}"),
                     },
                     action: "exchange.refused".into(),
                     target: format!("resources/{resource}"),
