@@ -1,5 +1,6 @@
 //! Key operations through the management API on real OpenBao: status, rotation (with
-//! the publish lead, and under traffic), retirement refused while tokens can be live.
+//! the publish lead, and under traffic), retirement refused while tokens can be live;
+//! introspection of tokens signed by an Ed25519 transit key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -21,7 +22,11 @@ use serde_json::json;
 const KEY: &str = "meshpass-participant";
 
 async fn service(lead: Duration) -> (meshpass_testkit::OpenBao, Arc<Service>) {
-    let bao = vault_common::bao_with_key(KEY, "ecdsa-p256");
+    service_with(lead, "ecdsa-p256").await
+}
+
+async fn service_with(lead: Duration, key_type: &str) -> (meshpass_testkit::OpenBao, Arc<Service>) {
+    let bao = vault_common::bao_with_key(KEY, key_type);
     let mut cfg = vault_common::config(&bao, KEY);
     cfg.publish_lead = lead;
     let signer = Arc::new(TransitSigner::start(&cfg).await.unwrap());
@@ -153,4 +158,43 @@ async fn rotation_under_traffic_fails_no_exchange_and_retiring_waits_for_live_to
         )
         .await;
     assert_eq!((st, b["error"].as_str()), (409, Some("conflict")), "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_finds_a_live_eddsa_participant_token_active_and_a_forged_one_inactive() {
+    let (_bao, s) = service_with(Duration::ZERO, "ed25519").await;
+    let (st, body) = s.exchange(WEB, "orders").await;
+    assert_eq!(st, 200, "{body}");
+    let token = body["access_token"].as_str().unwrap().to_string();
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            token.split('.').next().unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header["alg"], "EdDSA", "{header}");
+    let introspect = |t: String| {
+        let s = Arc::clone(&s);
+        async move {
+            let r = s
+                .req(Method::POST, "/api/v1/introspect", Some(VIEWER))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={t}"));
+            let (st, _, body) = s.send(r).await;
+            assert_eq!(st, 200, "{body}");
+            body
+        }
+    };
+    let live = introspect(token.clone()).await;
+    assert_eq!(live["active"], true, "{live}");
+    assert_eq!(live["sub"], WEB);
+    assert_eq!(live["participant"], "acme-orders");
+    // The same header and claims under another signature.
+    let (input, sig) = token.rsplit_once('.').unwrap();
+    let mut forged_sig = sig.as_bytes().to_vec();
+    forged_sig[10] = if forged_sig[10] == b'A' { b'B' } else { b'A' };
+    let forged = format!("{input}.{}", String::from_utf8(forged_sig).unwrap());
+    assert_eq!(introspect(forged).await, json!({"active": false}));
 }

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod kube_authz;
 pub mod mappings;
 pub mod openapi;
+pub mod own_token;
 pub mod revocations;
 pub mod routes;
 pub mod stats;

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use meshpass_core::{CompactJws, KeySet, SpiffeId, DEFAULT_MAX_TOKEN_BYTES};
+use meshpass_core::SpiffeId;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
@@ -158,14 +158,8 @@ pub async fn introspect(
 
 /// The claims of `token` when it is an active participant token at `now`.
 fn inspect(st: &MgmtState, token: &str, now: u64) -> Option<Value> {
-    let jws = CompactJws::parse(token, DEFAULT_MAX_TOKEN_BYTES).ok()?;
-    let jwks = serde_json::to_vec(&st.signer.jwks()).ok()?;
-    let (keys, _) = KeySet::parse(&jwks).ok()?;
-    let key = keys
-        .select(jws.header.kid.as_deref(), jws.header.alg)
-        .ok()?;
-    jws.verify(key).ok()?;
-    let c: &Map<String, Value> = &jws.payload;
+    let claims = super::own_token::verified_claims(&st.signer.jwks(), token)?;
+    let c: &Map<String, Value> = &claims;
     let num = |k: &str| c.get(k).and_then(Value::as_u64);
     let text = |k: &str| c.get(k).and_then(Value::as_str);
     if text("iss")? != st.issuer {
