@@ -123,10 +123,21 @@ impl Worker {
                     {
                         // Another key's longer-lived entry keeps the slot: serve this
                         // token from the memo until its refresh time, not by a new
-                        // exchange on every request.
-                        let (token, actor) = (&memo.token, memo.actor.as_deref());
-                        self.memo
-                            .insert(token, &memo.digest, actor, refresh_ms, now, &subject, t);
+                        // exchange on every request. Unless it was revoked while the
+                        // exchange was out: the memo never holds a revoked entry (its
+                        // hits are not checked, and the set's sweep has run already).
+                        if self.revoked_reason(&subject, t).is_none() {
+                            let (token, actor) = (&memo.token, memo.actor.as_deref());
+                            self.memo.insert(
+                                token,
+                                &memo.digest,
+                                actor,
+                                refresh_ms,
+                                now,
+                                &subject,
+                                t,
+                            );
+                        }
                     }
                 }
                 self.publish(host, &key, &outcome, &subject, now);

@@ -504,6 +504,40 @@ fn a_token_minted_while_the_subject_was_revoked_is_refused_to_its_waiters() {
     assert!(f.host.resumed.is_empty());
 }
 
+#[test]
+fn a_token_minted_while_the_subject_was_revoked_is_not_memoised_when_its_slot_is_taken() {
+    let mut f = Fx::new();
+    let ta = f.token(ALICE);
+    // Every entry slot holds another token's entry that outlives ALICE's answer, so the
+    // answer cannot be shared: it would be served from the worker's memo.
+    let until = f.host.now_ms + 3_600_000;
+    let other = "f".repeat(cache::ID_HEX);
+    for n in 0..4096 {
+        let e = cache::Entry {
+            id: &other,
+            expires_ms: until,
+            refresh_ms: until,
+            subject_exp: until / 1000,
+            subject: BOB,
+            token: "other",
+        };
+        f.host.shared.insert(cache::slot_key(n), (e.encode(), 1));
+    }
+    assert_eq!(f.send(1, ALICE, &ta), Verdict::Pause);
+    f.drain_queue();
+    let d = f.host.dispatched.last().unwrap().clone();
+    // ALICE is revoked while her exchange is out; the answer comes after the sweep.
+    f.poll(feed(
+        json!({"version": 1, "full": true, "added": [subject("rv-1", ALICE, "r")]}),
+    ));
+    f.host.ctx = d.from_ctx;
+    f.w.on_call_response(&mut f.host, d.token, ok_response("pa", 300));
+    assert_revoked(&f.host, 1, "r");
+    // The same token again: refused, never served the participant token from the memo.
+    assert_ne!(f.send(2, ALICE, &ta), Verdict::Continue);
+    assert_revoked(&f.host, 2, "r");
+}
+
 // ---------------------------------------------------------------- feed down
 
 #[test]
