@@ -57,6 +57,8 @@ pub struct Answer {
     pub status: StatusCode,
     /// JSON body (Null when empty).
     pub body: Value,
+    /// The `ETag` header, as sent (quoted).
+    pub etag: Option<String>,
 }
 
 impl Client {
@@ -112,6 +114,11 @@ impl Client {
             ))
         })?;
         let status = resp.status();
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = resp
             .text()
             .await
@@ -122,7 +129,7 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status.is_success() {
-            return Ok(Answer { status, body });
+            return Ok(Answer { status, body, etag });
         }
         let msg = match (&body["error"], &body["message"], &body["field"]) {
             (Value::String(code), Value::String(m), Value::String(f)) => {

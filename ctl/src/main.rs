@@ -5,6 +5,7 @@
 //! 7 server unreachable or unavailable.
 
 mod client;
+mod keys;
 mod render;
 mod revocations;
 
@@ -68,7 +69,10 @@ enum Command {
     },
     /// Signing keys.
     #[command(subcommand)]
-    Keys(Keys),
+    Keys(keys::Keys),
+    /// Exchanges by mapping and outcome, and the busiest subjects (of the replica that
+    /// answers).
+    Stats,
     /// The audit log.
     #[command(subcommand)]
     Audit(Audit),
@@ -106,17 +110,27 @@ enum Mappings {
     Get {
         /// Its name.
         name: String,
+        /// Print only its ETag (for a later --if-match).
+        #[arg(long)]
+        etag: bool,
     },
     /// Creates or replaces the mappings of a file (one, a list, or {mappings: [...]}).
     Apply {
         /// YAML or JSON; - for stdin.
         #[arg(long, short = 'f')]
         file: PathBuf,
+        /// Replace only if the mapping still has this ETag (one mapping in the file);
+        /// a stale one exits 4.
+        #[arg(long)]
+        if_match: Option<String>,
     },
     /// Deletes a mapping.
     Delete {
         /// Its name.
         name: String,
+        /// Delete only if it still has this ETag; a stale one exits 4.
+        #[arg(long)]
+        if_match: Option<String>,
     },
 }
 
@@ -134,12 +148,19 @@ enum Scopes {
         resource: String,
         /// The scope.
         scope: String,
+        /// Print only its ETag (for a later --if-match).
+        #[arg(long)]
+        etag: bool,
     },
     /// Creates or replaces the scope rows of a file (one, a list, or {scopes: [...]}).
     Apply {
         /// YAML or JSON; - for stdin.
         #[arg(long, short = 'f')]
         file: PathBuf,
+        /// Replace only if the row still has this ETag (one row in the file); a stale
+        /// one exits 4.
+        #[arg(long)]
+        if_match: Option<String>,
     },
     /// Deletes a scope row.
     Delete {
@@ -147,15 +168,10 @@ enum Scopes {
         resource: String,
         /// The scope.
         scope: String,
+        /// Delete only if it still has this ETag; a stale one exits 4.
+        #[arg(long)]
+        if_match: Option<String>,
     },
-}
-
-#[derive(Subcommand)]
-enum Keys {
-    /// Shows the key versions: published, signing, since when.
-    Status,
-    /// Rotates the transit key (the new version signs after the publish lead).
-    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -183,14 +199,6 @@ const SCOPE_COLUMNS: &[Column] = &[
     ("RESOURCE", |v| text(&v["resource"])),
     ("SCOPE", |v| text(&v["scope"])),
     ("CLAIMS", |v| v["claims"].to_string()),
-];
-const KEY_COLUMNS: &[Column] = &[
-    ("VERSION", |v| text(&v["version"])),
-    ("KID", |v| text(&v["kid"])),
-    ("PUBLISHED", |v| text(&v["published"])),
-    ("SIGNING", |v| text(&v["signing"])),
-    ("PUBLISHED_SINCE", |v| text(&v["published_since"])),
-    ("SIGNS_FROM", |v| text(&v["signs_from"])),
 ];
 const AUDIT_COLUMNS: &[Column] = &[
     ("ID", |v| text(&v["id"])),
@@ -238,6 +246,17 @@ fn entries(file: &Path, key: &str) -> Result<Vec<Value>, CtlError> {
         }
         other => vec![other],
     })
+}
+
+/// The `If-Match` of an apply: only for a file of exactly one entry (one ETag names one
+/// version of one entity).
+fn one_for_if_match(tag: Option<&str>, n: usize, what: &str) -> Result<Option<String>, CtlError> {
+    if tag.is_some() && n != 1 {
+        return Err(CtlError::Usage(format!(
+            "--if-match needs exactly one {what} in the file, not {n}"
+        )));
+    }
+    Ok(keys::if_match(tag))
 }
 
 async fn run(cli: Cli) -> Result<(), CtlError> {
@@ -305,25 +324,8 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             }
             Ok(())
         }
-        Command::Keys(Keys::Status) => {
-            let k = c.get(&["api", "v1", "keys"], &[]).await?;
-            print(
-                out,
-                &k,
-                k["versions"].as_array().map(Vec::as_slice).unwrap_or(&[]),
-                KEY_COLUMNS,
-            )
-        }
-        Command::Keys(Keys::Rotate) => {
-            let url = c.url(&["api", "v1", "keys", "rotate"], &[])?;
-            let k = c.send(Method::POST, url, None, None).await?.body;
-            print(
-                out,
-                &k,
-                k["versions"].as_array().map(Vec::as_slice).unwrap_or(&[]),
-                KEY_COLUMNS,
-            )
-        }
+        Command::Keys(k) => keys::run(&c, out, k).await,
+        Command::Stats => keys::stats(&c, out).await,
         Command::Audit(Audit::Tail { lines, follow }) => audit_tail(&c, out, lines, follow).await,
         Command::Revocations(r) => revocations::run(&c, out, r).await,
         Command::Introspect { file } => revocations::introspect(&c, out, file).await,
@@ -351,19 +353,31 @@ async fn mappings(c: &Client, out: Output, cmd: Mappings) -> Result<(), CtlError
             let items = c.list_all(&["api", "v1", "mappings"], &q).await?;
             print(out, &Value::Array(items.clone()), &items, MAPPING_COLUMNS)
         }
-        Mappings::Get { name } => {
-            let m = c.get(&["api", "v1", "mappings", &name], &[]).await?;
-            print(out, &m, std::slice::from_ref(&m), MAPPING_COLUMNS)
+        Mappings::Get { name, etag } => {
+            let url = c.url(&["api", "v1", "mappings", &name], &[])?;
+            let a = c.send(Method::GET, url, None, None).await?;
+            if etag {
+                println!("{}", keys::etag_of(a.etag, &format!("mapping {name}"))?);
+                return Ok(());
+            }
+            print(out, &a.body, std::slice::from_ref(&a.body), MAPPING_COLUMNS)
         }
-        Mappings::Apply { file } => {
-            for m in entries(&file, "mappings")? {
+        Mappings::Apply { file, if_match } => {
+            let all = entries(&file, "mappings")?;
+            let tag = one_for_if_match(if_match.as_deref(), all.len(), "mapping")?;
+            for m in all {
                 let name = m["name"]
                     .as_str()
                     .ok_or_else(|| CtlError::Usage("a mapping without a name".into()))?;
                 let url = c.url(&["api", "v1", "mappings", name], &[])?;
                 let body = serde_json::to_vec(&m).map_err(|e| CtlError::Other(e.to_string()))?;
                 let a = c
-                    .send(Method::PUT, url, Some(("application/json", body)), None)
+                    .send(
+                        Method::PUT,
+                        url,
+                        Some(("application/json", body)),
+                        tag.as_deref(),
+                    )
                     .await?;
                 println!(
                     "mapping {name} {}",
@@ -376,9 +390,10 @@ async fn mappings(c: &Client, out: Output, cmd: Mappings) -> Result<(), CtlError
             }
             Ok(())
         }
-        Mappings::Delete { name } => {
+        Mappings::Delete { name, if_match } => {
             let url = c.url(&["api", "v1", "mappings", &name], &[])?;
-            c.send(Method::DELETE, url, None, None).await?;
+            let tag = keys::if_match(if_match.as_deref());
+            c.send(Method::DELETE, url, None, tag.as_deref()).await?;
             println!("mapping {name} deleted");
             Ok(())
         }
@@ -392,14 +407,24 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
             let items = c.list_all(&["api", "v1", "scopes"], &q).await?;
             print(out, &Value::Array(items.clone()), &items, SCOPE_COLUMNS)
         }
-        Scopes::Get { resource, scope } => {
-            let s = c
-                .get(&["api", "v1", "scopes", &resource, &scope], &[])
-                .await?;
-            print(out, &s, std::slice::from_ref(&s), SCOPE_COLUMNS)
+        Scopes::Get {
+            resource,
+            scope,
+            etag,
+        } => {
+            let url = c.url(&["api", "v1", "scopes", &resource, &scope], &[])?;
+            let a = c.send(Method::GET, url, None, None).await?;
+            if etag {
+                let what = format!("scope {resource} {scope}");
+                println!("{}", keys::etag_of(a.etag, &what)?);
+                return Ok(());
+            }
+            print(out, &a.body, std::slice::from_ref(&a.body), SCOPE_COLUMNS)
         }
-        Scopes::Apply { file } => {
-            for s in entries(&file, "scopes")? {
+        Scopes::Apply { file, if_match } => {
+            let all = entries(&file, "scopes")?;
+            let tag = one_for_if_match(if_match.as_deref(), all.len(), "scope row")?;
+            for s in all {
                 let (Some(r), Some(sc)) = (s["resource"].as_str(), s["scope"].as_str()) else {
                     return Err(CtlError::Usage(
                         "a scope row without resource or scope".into(),
@@ -408,7 +433,12 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
                 let url = c.url(&["api", "v1", "scopes", r, sc], &[])?;
                 let body = serde_json::to_vec(&s).map_err(|e| CtlError::Other(e.to_string()))?;
                 let a = c
-                    .send(Method::PUT, url, Some(("application/json", body)), None)
+                    .send(
+                        Method::PUT,
+                        url,
+                        Some(("application/json", body)),
+                        tag.as_deref(),
+                    )
                     .await?;
                 println!(
                     "scope {r} {sc} {}",
@@ -421,9 +451,14 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
             }
             Ok(())
         }
-        Scopes::Delete { resource, scope } => {
+        Scopes::Delete {
+            resource,
+            scope,
+            if_match,
+        } => {
             let url = c.url(&["api", "v1", "scopes", &resource, &scope], &[])?;
-            c.send(Method::DELETE, url, None, None).await?;
+            let tag = keys::if_match(if_match.as_deref());
+            c.send(Method::DELETE, url, None, tag.as_deref()).await?;
             println!("scope {resource} {scope} deleted");
             Ok(())
         }

@@ -147,6 +147,11 @@ async fn serve_both(cfg: &Config) -> (String, String) {
     (format!("http://{}", running.addr), token_url)
 }
 
+/// A YAML mapping document as JSON (the test writes both forms).
+fn serde_yaml_like(yaml: &str) -> Value {
+    serde_yaml::from_str(yaml).unwrap()
+}
+
 struct Ctl {
     server: String,
     token_file: std::path::PathBuf,
@@ -238,6 +243,58 @@ async fn manages_mappings_keys_and_audit_end_to_end_with_documented_exit_codes()
     let (_, out, _) = ctl.run(&["mappings", "get", "inv", "-o", "yaml"]).await;
     assert!(out.contains("ttl_secs: 120"), "{out}");
 
+    // Conditional writes: the ETag of what was read, a stale one refused (exit 4).
+    let (code, tag, err) = ctl.run(&["mappings", "get", "inv", "--etag"]).await;
+    assert_eq!(code, 0, "{err}");
+    let tag = tag.trim().to_string();
+    assert!(tag.starts_with('"') && tag.len() > 2, "{tag}");
+    let edit = dir.path().join("inv2.yaml");
+    let inv = |ttl: u32| {
+        format!("name: inv\nsubject: spiffe://cluster.local/ns/shop/*\nresource: inventory\nparticipant: acme\nscopes: [read]\nttl_secs: {ttl}\n")
+    };
+    std::fs::write(&edit, inv(200)).unwrap();
+    let f = edit.to_str().unwrap();
+    let (code, out, err) = ctl
+        .run(&["mappings", "apply", "-f", f, "--if-match", &tag])
+        .await;
+    assert_eq!((code, out.trim()), (0, "mapping inv configured"), "{err}");
+    std::fs::write(&edit, inv(250)).unwrap();
+    let (code, _, err) = ctl
+        .run(&["mappings", "apply", "-f", f, "--if-match", &tag])
+        .await;
+    assert_eq!(code, 4, "a stale ETag: {err}");
+    assert_eq!(
+        ctl.run(&["mappings", "delete", "inv", "--if-match", &tag])
+            .await
+            .0,
+        4
+    );
+    let (_, out, _) = ctl.run(&["mappings", "get", "inv", "-o", "json"]).await;
+    assert!(
+        out.contains("\"ttl_secs\": 200"),
+        "the stale writes changed nothing: {out}"
+    );
+    // The current tag, given bare (unquoted), is accepted.
+    let (_, current, _) = ctl.run(&["mappings", "get", "inv", "--etag"]).await;
+    let bare = current.trim().trim_matches('"').to_string();
+    let (code, _, err) = ctl
+        .run(&["mappings", "apply", "-f", f, "--if-match", &bare])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        &edit,
+        format!(
+            "[{}, {}]",
+            serde_json::to_string(&serde_yaml_like(&inv(1))).unwrap(),
+            serde_json::to_string(&serde_yaml_like(&inv(2))).unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = ctl
+        .run(&["mappings", "apply", "-f", f, "--if-match", &bare])
+        .await;
+    assert_eq!(code, 2, "one ETag, two mappings: {err}");
+
     // Keys.
     let (code, out, err) = ctl.run(&["keys", "status"]).await;
     assert_eq!(code, 0, "{err}");
@@ -246,6 +303,34 @@ async fn manages_mappings_keys_and_audit_end_to_end_with_documented_exit_codes()
     assert_eq!(code, 0);
     let k: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(k["versions"].as_array().unwrap().len(), 2);
+    // v1 may have signed tokens that are still live: retiring it is a conflict (exit 4);
+    // retiring the signing version is invalid input, by field (exit 5).
+    let (code, _, err) = ctl.run(&["keys", "retire", "--below", "2"]).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("may be live"), "{err}");
+    let (code, _, err) = ctl.run(&["keys", "retire", "--below", "9"]).await;
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("below"), "{err}");
+    let (code, out, _) = ctl.run(&["keys", "status", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let k: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        k["versions"].as_array().unwrap().len(),
+        2,
+        "nothing retired"
+    );
+
+    // Stats: a table by default, the API's document as JSON.
+    let (code, out, err) = ctl.run(&["stats"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("MAPPING") && out.contains("SUBJECT"), "{out}");
+    let (code, out, _) = ctl.run(&["stats", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    let st: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        st["by_mapping"].is_array() && st["top_subjects"].is_array(),
+        "{st}"
+    );
 
     // Audit.
     let (code, out, _) = ctl.run(&["audit", "tail", "-n", "50"]).await;
@@ -253,6 +338,10 @@ async fn manages_mappings_keys_and_audit_end_to_end_with_documented_exit_codes()
     assert!(
         out.contains("mapping.create") && out.contains("keys.rotate") && out.contains(ADMIN),
         "{out}"
+    );
+    assert!(
+        !out.contains("keys.retire"),
+        "a refused retirement is not a change: {out}"
     );
 
     // Exit codes a script can rely on.
