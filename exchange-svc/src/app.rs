@@ -182,7 +182,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
         "signer": if signer_ok { "ok" } else { "not ready" },
         "issuer_keys": issuers,
         "store": if store_ok { "ok" } else { "unavailable" },
-        "rate_limit": crate::ratelimit::describe(&st.limiter),
+        "rate_limit": crate::ratelimit::probe_and_describe(&st.limiter).await,
     });
     let status = if ok {
         StatusCode::OK

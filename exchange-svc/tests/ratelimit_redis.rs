@@ -125,6 +125,40 @@ async fn with_redis_down_a_replica_counts_its_local_share_and_recovers_when_redi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_reports_redis_down_and_back_in_readyz_without_any_exchange() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let mut redis = RedisServer::start(dir.path());
+    let section = redis_section(&redis.url(), &unique_prefix("idle"), "local_share");
+    let app = replica(dir.path(), &issuer, &section).await;
+    assert_eq!(readyz(&app).await["rate_limit"], "redis");
+    // No exchange from here on: only /readyz (as a kubelet probes it) asks.
+    let until = |want: &'static str| {
+        let app = app.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let now = readyz(&app).await["rate_limit"].clone();
+                if now == want {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "readyz still says {now}, want {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    redis.stop();
+    until("redis unavailable: local share").await;
+    assert_eq!(metric(&app, "meshpass_rate_limit_redis_up").await, 0.0);
+    redis.start_again();
+    until("redis").await;
+    assert_eq!(metric(&app, "meshpass_rate_limit_redis_up").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_closed_with_redis_down_answers_503_for_limited_mappings_only() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");

@@ -10,7 +10,9 @@
 //!   `temporarily_unavailable`. While down, Redis is tried again at most once per
 //!   `redis_retry_ms` (requests in between go straight to the fallback, so an outage
 //!   costs no latency); the first answer ends the fallback. `/readyz` names the state
-//!   (`rate_limit`), and metrics count it.
+//!   (`rate_limit`), and metrics count it; when nothing has asked Redis for
+//!   `redis_retry_ms`, `/readyz` asks it (`PING`), so an idle replica reports an outage
+//!   and a recovery too.
 
 pub mod local;
 pub mod redis;
@@ -144,7 +146,8 @@ struct Shared {
     retry_after_down: Duration,
     /// Whether the last attempt failed.
     down: AtomicBool,
-    /// Milliseconds since `epoch` of the last attempt while down.
+    /// Milliseconds since `epoch` of the last contact with Redis (an answer, a failure,
+    /// or a claimed attempt).
     last_try_ms: AtomicU64,
     epoch: Instant,
     metrics: LimitMetrics,
@@ -177,6 +180,21 @@ pub fn describe(l: &RateLimiter) -> &'static str {
             OnRedisDown::FailClosed => "redis unavailable: failing closed",
         },
     }
+}
+
+/// [`describe`], after asking Redis (`PING`) when nothing has for `redis_retry_ms`:
+/// an idle replica reports an outage, and the recovery, as a busy one does (its
+/// `/readyz` and `meshpass_rate_limit_redis_up`), instead of the last exchange's view.
+pub async fn probe_and_describe(l: &RateLimiter) -> &'static str {
+    if let Some(s) = &l.shared {
+        if s.probe_due() {
+            match s.redis.ping().await {
+                Ok(()) => s.up(),
+                Err(e) => s.failed(&e),
+            }
+        }
+    }
+    describe(l)
 }
 
 impl RateLimiter {
@@ -280,7 +298,20 @@ impl Shared {
             .is_ok()
     }
 
+    /// Whether nothing has asked Redis for `retry_after_down` (and this caller is the one
+    /// to ask now).
+    fn probe_due(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.last_try_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= self.retry_after_down.as_millis() as u64
+            && self
+                .last_try_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
     fn up(&self) {
+        self.last_try_ms.store(self.now_ms(), Ordering::Relaxed);
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!("redis answers again: rate limits are global again");
             self.metrics.redis_up.set(1);

@@ -82,6 +82,18 @@ impl RedisLimiter {
         format!("{}:{}", self.prefix, hex::encode(h.finalize()))
     }
 
+    /// `PING`, bounded by the timeout: whether Redis answers (asked by `/readyz` when no
+    /// exchange has asked for a while).
+    pub async fn ping(&self) -> Result<(), RedisLimitError> {
+        let mut conn = self.conn.clone();
+        let _: String =
+            tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
+                .await
+                .map_err(|_| RedisLimitError::Unavailable("timed out".into()))?
+                .map_err(|e| RedisLimitError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
     /// One request against the shared limit: Ok(None) allowed, Ok(Some(wait)) refused.
     pub async fn check(
         &self,
