@@ -142,6 +142,9 @@ pub struct CachedToken {
     pub rate_limit: Option<RateLimit>,
     /// The token's `jti` (a revoked one is never served again).
     pub jti: Arc<str>,
+    /// The actor's SPIFFE ID (`act.sub`), when an actor token was given (a revoked
+    /// actor's tokens are never served again).
+    pub actor: Option<Arc<str>>,
     /// The answer, serialised at mint time.
     pub body: AnswerBody,
     /// `meshpass_exchanges_total{outcome="cached", resource}`, resolved at mint time
@@ -312,6 +315,7 @@ mod tests {
             resource: "r".into(),
             rate_limit: None,
             jti: jti.into(),
+            actor: None,
             body: AnswerBody::new("t", None),
             cached_counter: None,
         })

@@ -78,3 +78,46 @@ async fn may_act_in_the_subject_token_overrides_the_mappings_allowed_actors() {
     let a = post_token(&app, form(&subject, &other, "payments")).await;
     assert_eq!(a.status.as_u16(), 200, "{}", a.json);
 }
+
+#[tokio::test]
+async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() {
+    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore, RevocationTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let cfg = load_config(
+        dir.path(),
+        &config_toml(&issuer, &dir.path().join("m.db"), LEDGER),
+    );
+    let (st, store) = state_and_store(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let app = meshpass_exchange::app(st.clone());
+    let subject = issuer.svid(WEB, now(), 600);
+    let batch = issuer.svid(BATCH, now(), 600);
+    // batch acts for web (minted, then cached).
+    for _ in 0..2 {
+        let a = post_token(&app, form(&subject, &batch, "ledger")).await;
+        assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+    }
+    // batch is revoked (as a subject: the workload itself).
+    let rev = NewRevocation {
+        target: RevocationTarget::Subject,
+        matches: BATCH.into(),
+        reason: "compromised".into(),
+        until: None,
+    };
+    let by = Actor {
+        who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+        request_id: "test".into(),
+    };
+    let rev = store.create_revocation(&rev, &by, now()).await.unwrap();
+    st.revocations.created(rev);
+    // Its cached token is not served, and nothing new is minted naming it as the actor.
+    let a = post_token(&app, form(&subject, &batch, "ledger")).await;
+    assert_eq!(a.status.as_u16(), 403, "{}", a.json);
+    assert_eq!(a.json["error"], "unauthorized_client", "{}", a.json);
+    let fresh = issuer.svid(WEB, now(), 601);
+    let a = post_token(&app, form(&fresh, &batch, "ledger")).await;
+    assert_eq!(a.status.as_u16(), 403, "{}", a.json);
+    // web itself, acting alone, is not revoked.
+    let a = post_token(&app, exchange_form(&fresh, &[("resource", "ledger")])).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+}

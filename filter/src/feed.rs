@@ -312,7 +312,9 @@ impl RevocationSet {
     }
 
     /// The reason a cached token (its subject, the participant token) is revoked: the
-    /// subject first; the token's `jti` is read only when `jti`s are revoked.
+    /// subject first; the token's payload is read only when it can matter: its `jti`
+    /// when `jti`s are revoked, its actor (`act.sub`) when subjects are (a revoked
+    /// workload may not act for anyone either).
     pub fn check(&self, subject: &str, participant: &str, now_s: u64) -> Option<Reason<'_>> {
         if self.is_empty() {
             return None;
@@ -320,10 +322,18 @@ impl RevocationSet {
         if let Some(r) = self.subject(subject, now_s) {
             return Some(r);
         }
-        if !self.has_jtis() {
+        let subjects = !self.subjects.is_empty() || !self.patterns.is_empty();
+        if !self.has_jtis() && !subjects {
             return None;
         }
-        self.jti(&jti_of(participant)?, now_s)
+        let ids = TokenIds::of(participant)?;
+        if let Some(r) = ids.jti.as_deref().and_then(|j| self.jti(j, now_s)) {
+            return Some(r);
+        }
+        ids.actor
+            .as_deref()
+            .filter(|_| subjects)
+            .and_then(|a| self.subject(a, now_s))
     }
 
     /// The shared-data form (`{"version", "entries"}`, entries as the feed spells them).
@@ -368,16 +378,41 @@ impl RevocationSet {
     }
 }
 
-/// The `jti` of a compact JWT (payload read unverified: the filter holds the token the
-/// exchange service issued to it; the `jti` only selects which revocation applies).
-pub fn jti_of(token: &str) -> Option<String> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = meshpass_core::b64::decode(payload).ok()?;
-    #[derive(Deserialize)]
-    struct Claims {
-        jti: Option<String>,
+/// What a participant token says that a revocation can name: its `jti` and its current
+/// actor (`act.sub`). The payload is read unverified: the filter holds the token the
+/// exchange service issued to it; these only select which revocation applies.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TokenIds {
+    /// `jti`.
+    pub jti: Option<String>,
+    /// `act.sub`.
+    pub actor: Option<String>,
+}
+
+impl TokenIds {
+    /// The ids of a compact JWT, or None when its payload is not a JSON object.
+    pub fn of(token: &str) -> Option<TokenIds> {
+        let payload = token.split('.').nth(1)?;
+        let bytes = meshpass_core::b64::decode(payload).ok()?;
+        #[derive(Deserialize)]
+        struct Claims {
+            jti: Option<String>,
+            act: Option<serde_json::Value>,
+        }
+        let c = serde_json::from_slice::<Claims>(&bytes).ok()?;
+        let actor = c
+            .act
+            .as_ref()
+            .and_then(|a| a.get("sub"))
+            .and_then(|s| s.as_str())
+            .map(str::to_string);
+        Some(TokenIds { jti: c.jti, actor })
     }
-    serde_json::from_slice::<Claims>(&bytes).ok()?.jti
+}
+
+/// The `jti` of a compact JWT (see [`TokenIds`]).
+pub fn jti_of(token: &str) -> Option<String> {
+    TokenIds::of(token)?.jti
 }
 
 #[cfg(test)]
@@ -531,5 +566,37 @@ mod tests {
         );
         assert_eq!(set.check("spiffe://td/ns/a/sa/b", "garbage", 0), None);
         assert_eq!(RevocationSet::default().check("s", "t", 0), None);
+    }
+
+    #[test]
+    fn check_refuses_a_token_whose_actor_is_a_revoked_subject() {
+        let tok =
+            |claims: &str| format!("e30.{}.sig", meshpass_core::b64::encode(claims.as_bytes()));
+        let set = RevocationSet::default()
+            .apply(
+                feed(serde_json::json!({"version": 1, "full": true, "added": [
+                    sub("rv-1", "spiffe://td/ns/batch/*"),
+                ]}))
+                .unwrap(),
+            )
+            .unwrap();
+        let acted =
+            tok(r#"{"jti":"j","act":{"sub":"spiffe://td/ns/batch/sa/run","act":{"sub":"y"}}}"#);
+        assert_eq!(
+            set.check("spiffe://td/ns/a/sa/b", &acted, 0),
+            Some("why rv-1")
+        );
+        let other = tok(r#"{"jti":"j","act":{"sub":"spiffe://td/ns/c/sa/d"}}"#);
+        assert_eq!(set.check("spiffe://td/ns/a/sa/b", &other, 0), None);
+        // An `act` that is not an object names no actor; the token is still read.
+        let odd = tok(r#"{"jti":"j","act":"x"}"#);
+        assert_eq!(
+            TokenIds::of(&odd),
+            Some(TokenIds {
+                jti: Some("j".into()),
+                actor: None
+            })
+        );
+        assert_eq!(set.check("spiffe://td/ns/a/sa/b", &odd, 0), None);
     }
 }

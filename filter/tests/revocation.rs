@@ -186,6 +186,15 @@ fn participant(jti: &str) -> String {
     )
 }
 
+/// A participant token acted for by `actor` (`act.sub`).
+fn participant_acted(jti: &str, actor: &str) -> String {
+    format!(
+        "{}.{}.sig",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"ES256"}"#),
+        URL_SAFE_NO_PAD.encode(json!({"sub": "x", "jti": jti, "act": {"sub": actor}}).to_string())
+    )
+}
+
 fn assert_revoked(host: &Mock, ctx: u32, reason: &str) {
     let r = &host.replies[&ctx];
     assert_eq!(r.status, 403, "{r:?}");
@@ -536,6 +545,33 @@ fn a_token_minted_while_the_subject_was_revoked_is_not_memoised_when_its_slot_is
     // The same token again: refused, never served the participant token from the memo.
     assert_ne!(f.send(2, ALICE, &ta), Verdict::Continue);
     assert_revoked(&f.host, 2, "r");
+}
+
+#[test]
+fn a_cached_token_acted_for_by_a_revoked_workload_is_not_served() {
+    let mut f = Fx::new();
+    let (t1, t2) = (f.token(ALICE), f.token(ALICE));
+    f.cache(1, ALICE, &t1, &participant_acted("j-1", BOB)); // in shared data only
+    f.cache(2, ALICE, &t2, &participant_acted("j-2", BOB));
+    assert_eq!(f.send(3, ALICE, &t2), Verdict::Continue); // memoised too
+                                                          // BOB, the workload acting for ALICE, is revoked.
+    f.poll(feed(
+        json!({"version": 1, "full": true, "added": [subject("rv-1", BOB, "bob compromised")]}),
+    ));
+    // Found in shared data: refused.
+    assert_eq!(f.send(4, ALICE, &t1), Verdict::Pause);
+    assert_revoked(&f.host, 4, "bob compromised");
+    // Memoised: swept by the new set, so ALICE (not revoked) goes to the exchange
+    // service again, which decides (it refuses a revoked actor), never the old token.
+    let calls = f.host.dispatched.len();
+    assert_eq!(f.send(5, ALICE, &t2), Verdict::Pause);
+    assert!(!f.host.replies.contains_key(&5));
+    f.drain_queue();
+    assert_eq!(f.host.dispatched.len(), calls + 1);
+    assert_eq!(
+        f.host.dispatched.last().unwrap().header(":path"),
+        Some("/token")
+    );
 }
 
 // ---------------------------------------------------------------- feed down

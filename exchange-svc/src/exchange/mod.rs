@@ -348,6 +348,10 @@ async fn exchange(
         None => None,
     };
     if let Some(a) = &actor {
+        // A revoked workload may not act for anyone either.
+        if let Some(r) = revoked.subject(&a.spiffe_id, now) {
+            return Err(on(&target)(ApiError::Revoked(r.reason.clone())));
+        }
         delegation::check_actor(&subject, a, mapping).map_err(on(&target))?;
     }
     let parties = subject::Parties { subject, actor };
@@ -410,6 +414,10 @@ async fn exchange(
         resource: mapping.resource.as_str().into(),
         rate_limit: mapping.rate_limit,
         jti: minted.jti.into(),
+        actor: parties
+            .actor
+            .as_ref()
+            .map(|a| Arc::from(a.spiffe_id.as_str())),
     });
     if let (Some(cache), Some(key)) = (&st.cache, key) {
         cache.insert(key, Arc::clone(&token), now);
@@ -425,15 +433,18 @@ async fn exchange(
     })
 }
 
-/// Whether a cached token may not be served any more: its `jti` or its subject is
-/// revoked (the caller was checked before the lookup). Nothing revoked: no work.
+/// Whether a cached token may not be served any more: its `jti`, its subject or its
+/// actor is revoked (the caller was checked before the lookup). Nothing revoked: no work.
 fn revoked_hit(set: &crate::revocation::RevocationSet, hit: &CachedToken, now: u64) -> bool {
     if set.is_empty() {
         return false;
     }
+    let revoked_id = |id: &str| {
+        meshpass_core::SpiffeId::parse(id).map_or(true, |s| set.subject(&s, now).is_some())
+    };
     set.jti(&hit.jti, now).is_some()
-        || meshpass_core::SpiffeId::parse(subject_of(&hit.rate_key))
-            .map_or(true, |s| set.subject(&s, now).is_some())
+        || revoked_id(subject_of(&hit.rate_key))
+        || hit.actor.as_deref().is_some_and(revoked_id)
 }
 
 /// The rate-limit key of a (caller, subject) pair (a space never occurs in either).

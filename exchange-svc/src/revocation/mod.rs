@@ -298,7 +298,10 @@ impl Revocations {
             let id = |s: &str| SpiffeId::parse(s).ok();
             match (e.rev.target, &e.pattern) {
                 (RevocationTarget::Jti, _) => *t.jti == *e.rev.matches,
-                (RevocationTarget::Subject, Some(p)) => id(subject).is_some_and(|s| p.matches(&s)),
+                (RevocationTarget::Subject, Some(p)) => {
+                    let hit = |x: &str| id(x).is_some_and(|s| p.matches(&s));
+                    hit(subject) || t.actor.as_deref().is_some_and(hit)
+                }
                 (RevocationTarget::Caller, Some(p)) => id(caller).is_some_and(|c| p.matches(&c)),
                 (_, None) => false,
             }
@@ -416,7 +419,7 @@ mod tests {
     #[test]
     fn a_new_entry_drops_the_cached_tokens_it_covers() {
         let tokens = Arc::new(TokenCache::new(16, 0.5));
-        let put = |n: u8, rate_key: &str, jti: &str| {
+        let put = |n: u8, rate_key: &str, jti: &str, actor: Option<&str>| {
             let req = meshpass_core::oauth::TokenExchangeRequest::parse_form(
                 format!(
                     "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=t{n}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&resource=r"
@@ -436,6 +439,7 @@ mod tests {
                     resource: "r".into(),
                     rate_limit: None,
                     jti: jti.into(),
+                    actor: actor.map(Arc::from),
                     body: crate::cache::AnswerBody::new("x", None),
                     cached_counter: None,
                 }),
@@ -446,13 +450,27 @@ mod tests {
             1,
             "spiffe://td/ns/shop/sa/web spiffe://td/ns/shop/sa/web",
             "j1",
+            None,
         );
         put(
             2,
             "spiffe://td/ns/edge/sa/gw spiffe://td/ns/app/sa/api",
             "j2",
+            None,
         );
-        put(3, "spiffe://td/ns/app/sa/x spiffe://td/ns/app/sa/x", "j3");
+        put(
+            3,
+            "spiffe://td/ns/app/sa/x spiffe://td/ns/app/sa/x",
+            "j3",
+            None,
+        );
+        // Acted for by a workload of ns/shop: goes with the shop subjects.
+        put(
+            4,
+            "spiffe://td/ns/app/sa/y spiffe://td/ns/app/sa/y",
+            "j4",
+            Some("spiffe://td/ns/shop/sa/batch"),
+        );
         let revs = Revocations::new(Some(Arc::clone(&tokens)), None);
         revs.created(rev(
             "a",
