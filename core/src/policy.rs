@@ -106,7 +106,20 @@ pub enum PolicyError {
     /// `max_token_bytes` is zero.
     #[error("max_token_bytes: must be greater than zero")]
     ZeroMaxTokenBytes,
+    /// The clock-skew leeway is longer than [`MAX_LEEWAY_SECS`] (it would accept tokens
+    /// that long past their `exp`).
+    #[error("issuers[{0}].leeway_secs: must be at most 300 (seconds of clock skew)")]
+    LeewayTooLong(usize),
+    /// The lifetime cap is 0 (no token could meet it) or above [`MAX_LIFETIME_CAP_SECS`].
+    #[error("issuers[{0}].max_lifetime_secs: must be between 1 and 31536000 (a year)")]
+    LifetimeCapOutOfRange(usize),
 }
+
+/// The most clock-skew leeway an issuer may be given.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
+/// The largest lifetime cap an issuer may be given (a year).
+pub const MAX_LIFETIME_CAP_SECS: u64 = 365 * 24 * 3600;
 
 impl IssuerPolicy {
     /// An issuer policy with the defaults: no ID patterns (any ID in the trust
@@ -397,6 +410,15 @@ impl ValidationPolicy {
             }
             if ip.trust_domains.is_empty() {
                 return Err(PolicyError::NoTrustDomains(index));
+            }
+            if ip.leeway_secs > MAX_LEEWAY_SECS {
+                return Err(PolicyError::LeewayTooLong(index));
+            }
+            if ip
+                .max_lifetime_secs
+                .is_some_and(|m| !(1..=MAX_LIFETIME_CAP_SECS).contains(&m))
+            {
+                return Err(PolicyError::LifetimeCapOutOfRange(index));
             }
             for p in &ip.id_patterns {
                 let td = match p {

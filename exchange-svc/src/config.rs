@@ -430,6 +430,12 @@ impl Config {
             if iss.refresh_secs == 0 {
                 return Err(bad(format!("{f}.refresh_secs"), "must be at least 1"));
             }
+            if iss.min_refetch_secs == 0 {
+                return Err(bad(
+                    format!("{f}.min_refetch_secs"),
+                    "must be at least 1 (0 would fetch the JWKS for every unknown kid)",
+                ));
+            }
             if let Some(tr) = &iss.token_review {
                 match (&tr.url, tr.in_cluster) {
                     (Some(u), false) => {
@@ -492,6 +498,24 @@ impl Config {
         self.keys
             .validate(&self.vault)
             .map_err(|(field, reason)| bad(field, reason))?;
+        // DESIGN.md: a key version may sign once every verifier can hold it: their JWKS
+        // refresh, plus how late this service sees the version, plus how long a JWKS
+        // may be cached.
+        let v = &self.vault;
+        if !v.verifier_refresh_interval.is_zero() {
+            let need = v.verifier_refresh_interval
+                + v.key_refresh_interval
+                + std::time::Duration::from_secs(self.server.jwks_max_age_secs);
+            if v.publish_lead < need {
+                return Err(bad(
+                    "vault.publish_lead",
+                    format!(
+                        "must be at least verifier_refresh_interval + key_refresh_interval + server.jwks_max_age_secs ({}s)",
+                        need.as_secs()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

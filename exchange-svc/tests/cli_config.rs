@@ -240,3 +240,73 @@ fn check_config_refuses_a_rotation_schedule_that_would_replace_versions_before_t
         );
     }
 }
+
+#[test]
+fn check_config_refuses_time_settings_that_defeat_their_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let td = "trust_domains = [\"cluster.local\"]";
+    // (the [[issuers]] edit, the [vault] body, the field named)
+    let unused =
+        "address = \"http://127.0.0.1:9\"\nauth = { method = \"token\", token = \"unused\" }";
+    let lead =
+        |l: &str| format!("{unused}\nverifier_refresh_interval = \"20m\"\npublish_lead = \"{l}\"");
+    let cases = [
+        // A year of clock-skew leeway: tokens a year past exp.
+        (
+            format!("{td}\nleeway_secs = 31536000"),
+            unused.to_string(),
+            "issuers[0].leeway_secs",
+        ),
+        // A lifetime cap no token can meet.
+        (
+            format!("{td}\nmax_lifetime_secs = 0"),
+            unused.to_string(),
+            "issuers[0].max_lifetime_secs",
+        ),
+        // An unknown kid would fetch the JWKS on every request.
+        (
+            format!("{td}\nmin_refetch_secs = 0"),
+            unused.to_string(),
+            "issuers[0].min_refetch_secs",
+        ),
+        // publish_lead >= verifier refresh (20m) + key_refresh_interval (30s) +
+        // server.jwks_max_age_secs (60): 21m30s; 21m covers only the first two.
+        (td.to_string(), lead("21m"), "vault.publish_lead"),
+    ];
+    for (edit, vault, field) in &cases {
+        let toml =
+            config_toml_vault(&issuer, &dir.path().join("m.db"), vault, "").replacen(td, edit, 1);
+        let out = bin()
+            .arg("check-config")
+            .arg(write(dir.path(), &toml))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{edit} / {vault}: {err}");
+        assert!(
+            err.contains(field),
+            "{edit}: error does not name {field}: {err}"
+        );
+    }
+    for (edit, vault) in [
+        (
+            format!("{td}\nleeway_secs = 300\nmax_lifetime_secs = 86400\nmin_refetch_secs = 1"),
+            unused.to_string(),
+        ),
+        (td.to_string(), lead("1290s")),
+    ] {
+        let toml =
+            config_toml_vault(&issuer, &dir.path().join("m.db"), &vault, "").replacen(td, &edit, 1);
+        let out = bin()
+            .arg("check-config")
+            .arg(write(dir.path(), &toml))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{edit} / {vault}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

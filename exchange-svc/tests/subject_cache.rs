@@ -270,7 +270,7 @@ async fn url_env(first: &TestIssuer) -> UrlEnv {
     let toml = config_toml(first, &dir.path().join("m.db"), NO_TOKEN_CACHE).replace(
         &format!("jwks = '{}'", first.jwks()),
         // No background refresh: the test refreshes when it wants to.
-        &format!("jwks_url = \"{url}\"\nrefresh_secs = 86400\nmin_refetch_secs = 0"),
+        &format!("jwks_url = \"{url}\"\nrefresh_secs = 86400\nmin_refetch_secs = 1"),
     );
     let cfg = load_config(dir.path(), &toml);
     let store = Arc::new(SqlStore::connect(&cfg.store, "participant").unwrap());

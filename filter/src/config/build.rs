@@ -438,6 +438,12 @@ fn key_source(
             if s.jwks_refresh_secs == 0 {
                 return Err(err(f("jwks_refresh_secs"), "must be positive"));
             }
+            if s.jwks_min_refetch_secs == 0 {
+                return Err(err(
+                    f("jwks_min_refetch_secs"),
+                    "must be at least 1 (0 would fetch the JWKS for every unknown kid)",
+                ));
+            }
             let id = hex(&Sha256::digest(
                 format!("{issuer}\n{cluster}\n{authority}\n{path}").as_bytes(),
             ))[..16]

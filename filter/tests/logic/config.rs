@@ -158,6 +158,20 @@ fn refuses_typed_field_errors_naming_the_nested_field() {
             json!({"issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"], "jwks": jwks(&[&key]), "leeway_secs": -1}]}),
             "issuers[0].leeway_secs",
         ),
+        // Values that parse but defeat their rule: a year of leeway, a lifetime cap no
+        // token can meet, an unknown-kid refetch on every request.
+        (
+            json!({"issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"], "jwks": jwks(&[&key]), "leeway_secs": 31536000}]}),
+            "issuers[0].leeway_secs",
+        ),
+        (
+            json!({"issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"], "jwks": jwks(&[&key]), "max_lifetime_secs": 0}]}),
+            "issuers[0].max_lifetime_secs",
+        ),
+        (
+            json!({"issuers": [{"issuer": ISS, "audiences": [AUD], "trust_domains": ["cluster.local"], "jwks_cluster": "jwks", "jwks_path": "/jwks", "jwks_min_refetch_secs": 0}]}),
+            "issuers[0].jwks_min_refetch_secs",
+        ),
     ];
     for (edit, field) in cases {
         let mut cfg = base_config(&key);
