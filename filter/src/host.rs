@@ -287,7 +287,7 @@ impl RootContext for Root {
         let tick = config.tick_ms;
         let noop = config.noop;
         for w in config.warnings() {
-            let _ = hostcalls::log(LogLevel::Warn, w);
+            let _ = hostcalls::log(LogLevel::Warn, &w);
         }
         let mut worker = Worker::new(config);
         if let Some(m) = &self.metrics {

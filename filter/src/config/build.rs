@@ -53,7 +53,8 @@ impl Config {
         let mode = check_mode(&raw)?;
         let own_identity = own_identity(mode, raw.own_identity)?;
         let exchange = exchange(raw.exchange, mode, validate_only)?;
-        let (policy, keys) = issuers(raw.issuers, raw.max_token_bytes)?;
+        let mut key_warnings = Vec::new();
+        let (policy, keys) = issuers(raw.issuers, raw.max_token_bytes, &mut key_warnings)?;
         let token_header = raw.token_header.to_ascii_lowercase();
         if !valid_header_name(&token_header) {
             return Err(err("token_header", "is not a valid header name"));
@@ -98,6 +99,7 @@ impl Config {
         }
         let revocation = revocation(raw.revocation, &exchange, validate_only, raw.tick_ms)?;
         Ok(Config {
+            key_warnings,
             noop: false,
             validate_only,
             mode,
@@ -128,6 +130,7 @@ impl Config {
 
     fn noop() -> Config {
         Config {
+            key_warnings: Vec::new(),
             noop: true,
             validate_only: false,
             mode: Mode::Server,
@@ -336,6 +339,7 @@ fn revocation(
 fn issuers(
     raw: Vec<Map<String, Value>>,
     max_token_bytes: usize,
+    warnings: &mut Vec<String>,
 ) -> Result<(ValidationPolicy, HashMap<String, IssuerKeys>), ConfigError> {
     if max_token_bytes == 0 || max_token_bytes > 64 * 1024 {
         return Err(err("max_token_bytes", "must be between 1 and 65536"));
@@ -343,7 +347,7 @@ fn issuers(
     let mut policies = Vec::new();
     let mut keys = HashMap::new();
     for (i, entry) in raw.into_iter().enumerate() {
-        let (policy, k) = issuer(i, entry)?;
+        let (policy, k) = issuer(i, entry, warnings)?;
         keys.insert(policy.issuer.clone(), k);
         policies.push(policy);
     }
@@ -368,6 +372,7 @@ fn issuers(
 fn issuer(
     i: usize,
     mut entry: Map<String, Value>,
+    warnings: &mut Vec<String>,
 ) -> Result<(IssuerPolicy, IssuerKeys), ConfigError> {
     let f = |name: &str| format!("issuers[{i}].{name}");
     let mut source = Map::new();
@@ -401,7 +406,7 @@ fn issuer(
             e
         })?;
     let source: RawKeySource = typed(&format!("issuers[{i}]"), Value::Object(source))?;
-    let keys = key_source(&f, &policy.issuer, source)?;
+    let keys = key_source(&f, &policy.issuer, source, warnings)?;
     Ok((policy, keys))
 }
 
@@ -409,6 +414,7 @@ fn key_source(
     f: &dyn Fn(&str) -> String,
     issuer: &str,
     s: RawKeySource,
+    warnings: &mut Vec<String>,
 ) -> Result<IssuerKeys, ConfigError> {
     match (s.jwks, s.jwks_cluster) {
         (Some(doc), None) => {
@@ -419,8 +425,19 @@ fn key_source(
                 Value::String(s) => s.clone().into_bytes(),
                 other => other.to_string().into_bytes(),
             };
-            let (set, _rejected) =
+            let (set, rejected) =
                 KeySet::parse(&bytes).map_err(|e| err(f("jwks"), e.to_string()))?;
+            // Dropped keys are no error while one usable key is left, but say why (as
+            // the fetched-JWKS path and the service do).
+            for r in rejected {
+                warnings.push(format!(
+                    "meshpass: {}: key {} (kid {}) dropped: {}",
+                    f("jwks"),
+                    r.index,
+                    r.kid.as_deref().unwrap_or("none"),
+                    r.reason
+                ));
+            }
             if set.is_empty() {
                 return Err(err(f("jwks"), "holds no usable signing key"));
             }

@@ -156,6 +156,8 @@ pub enum OwnIdentity {
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Keys dropped from inline JWKS documents, and why (logged at start).
+    pub key_warnings: Vec<String>,
     /// Benchmark aid: return Continue at once (measures the bare wasm cost).
     pub noop: bool,
     /// Benchmark aid (`validate_only_for_benchmarks`): validate the subject token on
@@ -214,20 +216,21 @@ pub struct Config {
 }
 
 impl Config {
-    /// Warnings for Envoy's log at start: every insecure or benchmark-only option set.
-    pub fn warnings(&self) -> Vec<&'static str> {
-        let mut w = Vec::new();
+    /// Warnings for Envoy's log at start: every insecure or benchmark-only option set,
+    /// and every key dropped from an inline JWKS.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w: Vec<String> = self.key_warnings.clone();
         if self.mode == Mode::NoneInsecure {
-            w.push("meshpass: insecure_disable_binding: subject tokens are not bound to the connection (a stolen token works from anywhere)");
+            w.push("meshpass: insecure_disable_binding: subject tokens are not bound to the connection (a stolen token works from anywhere)".into());
         }
         if self.insecure_keep_x_meshpass_headers {
-            w.push("meshpass: insecure_keep_x_meshpass_headers: client-sent x-meshpass-* headers other than x-meshpass-subject reach the upstream");
+            w.push("meshpass: insecure_keep_x_meshpass_headers: client-sent x-meshpass-* headers other than x-meshpass-subject reach the upstream".into());
         }
         if self.danger_trap_on_path.is_some() {
-            w.push("meshpass: danger_trap_on_path: a request for that path aborts the VM (test aid, never for production)");
+            w.push("meshpass: danger_trap_on_path: a request for that path aborts the VM (test aid, never for production)".into());
         }
         if self.validate_only {
-            w.push("meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)");
+            w.push("meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)".into());
         }
         w
     }

@@ -225,3 +225,25 @@ fn rules_select_by_authority_path_and_method_then_default() {
     let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
     assert!(c.select(Some("x"), Some("/"), Some("GET")).is_none());
 }
+
+#[test]
+fn a_key_dropped_from_an_inline_jwks_is_named_with_its_reason_in_the_start_warnings() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    // A good key and one of an unsupported curve: the config loads, the warning says why.
+    let bad = r#"{"kty":"EC","crv":"secp256k1","kid":"odd","x":"AA","y":"AA"}"#;
+    let doc = format!(r#"{{"keys":[{},{bad}]}}"#, key.jwk());
+    cfg["issuers"][0]["jwks"] = json!(doc);
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("meshpass: issuers[0].jwks: key 1 (kid odd) dropped: "),
+        "{w:?}"
+    );
+    // Nothing dropped, nothing said.
+    assert!(Config::parse(base_config(&key).to_string().as_bytes())
+        .unwrap()
+        .warnings()
+        .is_empty());
+}
