@@ -60,6 +60,15 @@ impl TokenExchangeRequest {
         for pair in body.split('&').filter(|p| !p.is_empty()) {
             let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
             let name = decode_component(raw_name)?;
+            if !KNOWN_PARAMETERS.contains(&name.as_str()) {
+                // RFC 6749 §3.2: unrecognized parameters are ignored (not even decoded).
+                continue;
+            }
+            // RFC 6749 §3.2: a parameter sent without a value is treated as omitted.
+            let value = decode_component(raw_value)?;
+            if value.is_empty() {
+                continue;
+            }
             let slot = match name.as_str() {
                 "grant_type" => &mut grant_type,
                 "subject_token" => &mut subject_token,
@@ -69,7 +78,6 @@ impl TokenExchangeRequest {
                 "actor_token" => &mut actor_token,
                 "actor_token_type" => &mut actor_token_type,
                 "resource" | "audience" => {
-                    let value = decode_value(&name, raw_value)?;
                     if name == "resource" {
                         resource.push(value);
                     } else {
@@ -77,13 +85,12 @@ impl TokenExchangeRequest {
                     }
                     continue;
                 }
-                // RFC 6749 §3.2: unrecognized parameters are ignored.
                 _ => continue,
             };
             if slot.is_some() {
                 return Err(invalid_request(format!("{name} is given more than once")));
             }
-            *slot = Some(decode_value(&name, raw_value)?);
+            *slot = Some(value);
         }
         match grant_type.as_deref() {
             None => return Err(invalid_request("grant_type is missing")),
@@ -166,6 +173,19 @@ impl TokenExchangeRequest {
     }
 }
 
+/// The parameters of RFC 8693 §2.1 this parser reads; any other is ignored.
+const KNOWN_PARAMETERS: [&str; 9] = [
+    "grant_type",
+    "subject_token",
+    "subject_token_type",
+    "resource",
+    "audience",
+    "scope",
+    "requested_token_type",
+    "actor_token",
+    "actor_token_type",
+];
+
 /// The JWT-valued token types accepted for `subject_token_type`, `actor_token_type`
 /// and `requested_token_type`.
 const ACCEPTED_TOKEN_TYPES: [&str; 3] =
@@ -213,14 +233,6 @@ fn parse_scope(s: &str) -> Result<Vec<String>, ErrorResponse> {
         out.push(token.to_owned());
     }
     Ok(out)
-}
-
-fn decode_value(name: &str, raw: &str) -> Result<String, ErrorResponse> {
-    let value = decode_component(raw)?;
-    if value.is_empty() {
-        return Err(invalid_request(format!("{name} is empty")));
-    }
-    Ok(value)
 }
 
 /// Strict `application/x-www-form-urlencoded` decoding of one name or value: `+` is a

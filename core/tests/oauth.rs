@@ -153,23 +153,44 @@ fn rejects_actor_token_without_type_and_type_without_token() {
     .starts_with("actor_token_type is not"));
 }
 
+/// RFC 6749 §3.2: "Parameters sent without a value MUST be treated as if they were
+/// omitted from the request."
 #[test]
-fn rejects_empty_values() {
+fn treats_parameters_without_a_value_as_omitted() {
     assert_eq!(
         invalid_request(&format!("{GT}&subject_token=&{STT}")),
-        "subject_token is empty"
+        "subject_token is missing"
     );
     assert_eq!(
         invalid_request(&format!("{GT}&subject_token&{STT}")),
-        "subject_token is empty"
+        "subject_token is missing"
     );
     assert_eq!(
-        invalid_request(&format!("{}&resource=", minimal())),
-        "resource is empty"
+        invalid_request(&format!("grant_type=&subject_token=a.b.c&{STT}")),
+        "grant_type is missing"
     );
+    let parse = |extra: &str| {
+        TokenExchangeRequest::parse_form(format!("{}{extra}", minimal()).as_bytes()).unwrap()
+    };
+    let plain = parse("");
+    for extra in [
+        "&resource=",
+        "&scope=",
+        "&audience",
+        "&actor_token=&actor_token_type=",
+    ] {
+        assert_eq!(parse(extra), plain, "{extra}");
+    }
+    // An empty one does not count as a second occurrence.
+    assert_eq!(parse("&scope=&scope=read").scope, ["read"]);
+    assert_eq!(parse("&resource=&resource=r").resource, ["r"]);
+    // An actor token without a value is omitted, so its type alone is refused.
     assert_eq!(
-        invalid_request(&format!("{}&scope=", minimal())),
-        "scope is empty"
+        invalid_request(&format!(
+            "{}&actor_token=&actor_token_type={TOKEN_TYPE_JWT}",
+            minimal()
+        )),
+        "actor_token_type must not be given without actor_token"
     );
 }
 
