@@ -14,22 +14,15 @@ mod manifests;
 use std::collections::BTreeSet;
 
 use manifests::authz::{allows, Request};
-use manifests::kustomize::render;
-use manifests::{find, kind_manifests, root, selects};
+use manifests::{find, kind_manifests, pod_labels, selects};
 use serde_json::{json, Value};
 
 fn base() -> Vec<Value> {
-    render(&root().join("istio/base"))
+    manifests::base_docs()
 }
 
 fn kit() -> Vec<Value> {
-    let mut docs = render(&root().join("e2e/kind/overlay"));
-    docs.extend(kind_manifests().into_iter().map(|(_, d)| d));
-    docs
-}
-
-fn pod_labels(deploy: &Value) -> &Value {
-    &deploy["spec"]["template"]["metadata"]["labels"]
+    manifests::kit_docs()
 }
 
 /// The principal of every workload whose sidecar a meshpass filter manifest selects (by

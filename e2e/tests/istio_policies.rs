@@ -16,22 +16,17 @@ use std::time::Duration;
 use manifests::authz::{allows, Request};
 use manifests::kustomize::render;
 use manifests::{
-    duration, exchange_toml_of, find, hcl_policy, kind_manifests, root, selects, yaml_docs,
+    duration, exchange_toml_of, find, hcl_policy, kind_manifests, pod_labels, root, selects,
+    yaml_docs,
 };
 use serde_json::{json, Value};
 
 fn base() -> Vec<Value> {
-    render(&root().join("istio/base"))
+    manifests::base_docs()
 }
 
 fn kit() -> Vec<Value> {
-    let mut docs = render(&root().join("e2e/kind/overlay"));
-    docs.extend(kind_manifests().into_iter().map(|(_, d)| d));
-    docs
-}
-
-fn pod_labels(deploy: &Value) -> &Value {
-    &deploy["spec"]["template"]["metadata"]["labels"]
+    manifests::kit_docs()
 }
 
 // ---- JWKS reachability ----------------------------------------------------------------

@@ -25,6 +25,19 @@ fn write(dir: &std::path::Path, toml: &str) -> std::path::PathBuf {
     p
 }
 
+/// `meshpass-exchange check-config` on `toml`: its exit code and stderr.
+fn check_config(dir: &std::path::Path, toml: &str) -> (Option<i32>, String) {
+    let out = bin()
+        .arg("check-config")
+        .arg(write(dir, toml))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn good(dir: &std::path::Path) -> String {
     config_toml(&TestIssuer::new(ISSUER, "k"), &dir.join("m.db"), "")
 }
@@ -70,13 +83,8 @@ fn check_config_names_the_bad_field() {
     for (from, to, field) in cases {
         let toml = good(dir.path()).replacen(from, to, 1);
         assert_ne!(toml, good(dir.path()), "{from} not found");
-        let out = bin()
-            .arg("check-config")
-            .arg(write(dir.path(), &toml))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{to}: {err}");
+        let (code, err) = check_config(dir.path(), &toml);
+        assert_eq!(code, Some(2), "{to}: {err}");
         assert!(
             err.contains(field),
             "{to}: error does not name {field}: {err}"
@@ -161,13 +169,8 @@ fn check_config_names_fields_inside_arrays_the_way_the_readme_does() {
     for (from, to, field) in cases {
         let toml = good(dir.path()).replacen(from, to, 1);
         assert_ne!(toml, good(dir.path()), "{from} not found");
-        let out = bin()
-            .arg("check-config")
-            .arg(write(dir.path(), &toml))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{to}: {err}");
+        let (code, err) = check_config(dir.path(), &toml);
+        assert_eq!(code, Some(2), "{to}: {err}");
         assert!(
             err.contains(field),
             "{to}: error does not name {field}: {err}"
@@ -205,13 +208,8 @@ fn check_config_refuses_a_rotation_schedule_that_would_replace_versions_before_t
             vault,
             &format!("[keys]\n{keys}\n"),
         );
-        let out = bin()
-            .arg("check-config")
-            .arg(write(dir.path(), &toml))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{keys}: {err}");
+        let (code, err) = check_config(dir.path(), &toml);
+        assert_eq!(code, Some(2), "{keys}: {err}");
         assert!(
             err.contains(field),
             "{keys}: error does not name {field}: {err}"
@@ -228,16 +226,8 @@ fn check_config_refuses_a_rotation_schedule_that_would_replace_versions_before_t
             vault,
             &format!("[keys]\n{keys}\n"),
         );
-        let out = bin()
-            .arg("check-config")
-            .arg(write(dir.path(), &toml))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{keys}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, err) = check_config(dir.path(), &toml);
+        assert_eq!(code, Some(0), "{keys}: {}", err);
     }
 }
 
@@ -277,13 +267,8 @@ fn check_config_refuses_time_settings_that_defeat_their_rule() {
     for (edit, vault, field) in &cases {
         let toml =
             config_toml_vault(&issuer, &dir.path().join("m.db"), vault, "").replacen(td, edit, 1);
-        let out = bin()
-            .arg("check-config")
-            .arg(write(dir.path(), &toml))
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{edit} / {vault}: {err}");
+        let (code, err) = check_config(dir.path(), &toml);
+        assert_eq!(code, Some(2), "{edit} / {vault}: {err}");
         assert!(
             err.contains(field),
             "{edit}: error does not name {field}: {err}"
@@ -298,15 +283,7 @@ fn check_config_refuses_time_settings_that_defeat_their_rule() {
     ] {
         let toml =
             config_toml_vault(&issuer, &dir.path().join("m.db"), &vault, "").replacen(td, &edit, 1);
-        let out = bin()
-            .arg("check-config")
-            .arg(write(dir.path(), &toml))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{edit} / {vault}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, err) = check_config(dir.path(), &toml);
+        assert_eq!(code, Some(0), "{edit} / {vault}: {}", err);
     }
 }

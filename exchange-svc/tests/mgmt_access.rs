@@ -307,15 +307,7 @@ async fn refused_exchanges_are_audited_rate_limited_and_counted_without_a_label_
         assert_eq!(s.exchange_token(&web, "orders").await.0, 200);
     }
     // The audit writer is asynchronous: wait for its three events.
-    let mut items = Vec::new();
-    for _ in 0..100 {
-        let (_, _, page) = s.get("/api/v1/audit?action=exchange.refused").await;
-        items = page["items"].as_array().unwrap().clone();
-        if items.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let items = s.audit_events("exchange.refused", 3).await;
     assert_eq!(items.len(), 3, "{items:?}");
     // Who was refused, and through which caller (here its own sidecar, CLIENT mode).
     assert_eq!(items[0]["actor"], format!("{stranger} via {stranger}"));
@@ -421,15 +413,7 @@ async fn refusals_before_the_subject_is_known_are_audited_with_who_asked_for_wha
     assert_eq!(r.status().as_u16(), 400);
 
     // The audit writer is asynchronous: wait for the four events.
-    let mut items = Vec::new();
-    for _ in 0..100 {
-        let (_, _, page) = s.get("/api/v1/audit?action=exchange.refused").await;
-        items = page["items"].as_array().unwrap().clone();
-        if items.len() >= 4 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let items = s.audit_events("exchange.refused", 4).await;
     assert_eq!(items.len(), 4, "{items:?}");
     let seen: Vec<(String, String, String)> = items
         .iter()
@@ -465,15 +449,7 @@ async fn refusals_before_the_subject_is_known_are_audited_with_who_asked_for_wha
         "a token in the audit log"
     );
     // An unknown resource is audited but never becomes a metric label.
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.token_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(metrics.contains("resource=\"orders\"") || metrics.contains("resource=\"\""));
     assert!(!metrics.contains("nonexistent"), "{metrics}");
 }

@@ -67,15 +67,7 @@ async fn creates_lists_gets_and_lifts_revocations(db: Db) {
     );
     let (_, _, only) = s.get("/api/v1/revocations?target=jti").await;
     assert_eq!(only["items"].as_array().unwrap().len(), 1);
-    let metrics = s
-        .http
-        .get(format!("{}/metrics", s.token_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains("meshpass_revocations_active 2"),
         "{metrics}"

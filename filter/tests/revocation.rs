@@ -497,11 +497,10 @@ fn a_lapsed_revocation_no_longer_refuses() {
     assert!(!f.host.replies.contains_key(&2), "exchanged, not refused");
 }
 
-#[test]
-fn a_token_minted_while_the_subject_was_revoked_is_refused_to_its_waiters() {
-    let mut f = Fx::new();
-    let ta = f.token(ALICE);
-    assert_eq!(f.send(1, ALICE, &ta), Verdict::Pause);
+/// ALICE's request (context 1) goes to the exchange; ALICE is revoked while it is out;
+/// the answer ("pa") comes after the set's sweep and her waiting request is refused.
+fn revoke_alice_while_her_exchange_is_out(f: &mut Fx, ta: &str) {
+    assert_eq!(f.send(1, ALICE, ta), Verdict::Pause);
     f.drain_queue();
     let d = f.host.dispatched.last().unwrap().clone();
     f.poll(feed(
@@ -510,6 +509,13 @@ fn a_token_minted_while_the_subject_was_revoked_is_refused_to_its_waiters() {
     f.host.ctx = d.from_ctx;
     f.w.on_call_response(&mut f.host, d.token, ok_response("pa", 300));
     assert_revoked(&f.host, 1, "r");
+}
+
+#[test]
+fn a_token_minted_while_the_subject_was_revoked_is_refused_to_its_waiters() {
+    let mut f = Fx::new();
+    let ta = f.token(ALICE);
+    revoke_alice_while_her_exchange_is_out(&mut f, &ta);
     assert!(f.host.resumed.is_empty());
 }
 
@@ -532,16 +538,7 @@ fn a_token_minted_while_the_subject_was_revoked_is_not_memoised_when_its_slot_is
         };
         f.host.shared.insert(cache::slot_key(n), (e.encode(), 1));
     }
-    assert_eq!(f.send(1, ALICE, &ta), Verdict::Pause);
-    f.drain_queue();
-    let d = f.host.dispatched.last().unwrap().clone();
-    // ALICE is revoked while her exchange is out; the answer comes after the sweep.
-    f.poll(feed(
-        json!({"version": 1, "full": true, "added": [subject("rv-1", ALICE, "r")]}),
-    ));
-    f.host.ctx = d.from_ctx;
-    f.w.on_call_response(&mut f.host, d.token, ok_response("pa", 300));
-    assert_revoked(&f.host, 1, "r");
+    revoke_alice_while_her_exchange_is_out(&mut f, &ta);
     // The same token again: refused, never served the participant token from the memo.
     assert_ne!(f.send(2, ALICE, &ta), Verdict::Continue);
     assert_revoked(&f.host, 2, "r");

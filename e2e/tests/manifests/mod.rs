@@ -241,3 +241,20 @@ pub fn selects(selector: &Value, labels: &Value) -> bool {
         .as_object()
         .is_some_and(|m| m.iter().all(|(k, v)| &labels[k] == v))
 }
+
+/// `istio/base`, rendered.
+pub fn base_docs() -> Vec<Value> {
+    kustomize::render(&root().join("istio/base"))
+}
+
+/// What the kind kit applies: its overlay, rendered, and its own manifests.
+pub fn kit_docs() -> Vec<Value> {
+    let mut docs = kustomize::render(&root().join("e2e/kind/overlay"));
+    docs.extend(kind_manifests().into_iter().map(|(_, d)| d));
+    docs
+}
+
+/// The pod template labels of a Deployment.
+pub fn pod_labels(deploy: &Value) -> &Value {
+    &deploy["spec"]["template"]["metadata"]["labels"]
+}

@@ -250,6 +250,27 @@ impl Service {
         self.send(r).await
     }
 
+    /// The token listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self.http.get(format!("{}/metrics", self.token_url)).send();
+        r.await.unwrap().text().await.unwrap()
+    }
+
+    /// The audit events of `action`, once at least `n` are written (the refusal audit
+    /// is written asynchronously; gives up after 5 s and returns what there is).
+    pub async fn audit_events(&self, action: &str, n: usize) -> Vec<Value> {
+        let mut items = Vec::new();
+        for _ in 0..100 {
+            let (_, _, page) = self.get(&format!("/api/v1/audit?action={action}")).await;
+            items = page["items"].as_array().unwrap().clone();
+            if items.len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        items
+    }
+
     /// `POST /token` for `subject` and `resource`: (status, JSON).
     pub async fn exchange(&self, subject: &str, resource: &str) -> (u16, Value) {
         let token = self.issuer.svid(subject, now(), 3600);
