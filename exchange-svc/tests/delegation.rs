@@ -121,3 +121,49 @@ async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() 
     let a = post_token(&app, exchange_form(&fresh, &[("resource", "ledger")])).await;
     assert_eq!(a.status.as_u16(), 200, "{}", a.json);
 }
+
+#[tokio::test]
+async fn a_subject_tokens_own_act_chain_is_carried_only_when_it_is_an_actor_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let app = app(&issuer, dir.path()).await;
+    let t = now();
+    let with_act = |act: serde_json::Value| {
+        issuer.sign(&json!({
+            "iss": ISSUER, "sub": WEB, "aud": "meshpass", "iat": t, "exp": t + 600, "act": act
+        }))
+    };
+    // RFC 8693 §4.1: an actor is a JSON object naming its `sub`, nested for a chain.
+    let chain = json!({"sub": BATCH, "act": {"sub": "spiffe://cluster.local/ns/ops/sa/cron"}});
+    let a = post_token(
+        &app,
+        exchange_form(&with_act(chain.clone()), &[("resource", "ledger")]),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+    let claims = claims_of(a.json["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(claims["act"], chain);
+    // Anything else is refused, never copied into a minted token.
+    for bad in [
+        json!("x"),
+        json!({}),
+        json!({"sub": 7}),
+        json!({"sub": BATCH, "act": "y"}),
+    ] {
+        let a = post_token(
+            &app,
+            exchange_form(&with_act(bad.clone()), &[("resource", "ledger")]),
+        )
+        .await;
+        assert_eq!(a.status.as_u16(), 400, "{bad}: {}", a.json);
+        assert_eq!(a.json["error"], "invalid_request", "{bad}: {}", a.json);
+        assert!(
+            a.json["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("act"),
+            "{}",
+            a.json
+        );
+    }
+}

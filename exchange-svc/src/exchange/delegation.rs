@@ -49,6 +49,32 @@ pub(crate) fn check_actor(
     }
 }
 
+/// The most nested actors an `act` chain may hold.
+const MAX_ACT_DEPTH: usize = 16;
+
+/// A token's own `act` claim, when it has one, must be what RFC 8693 §4.1 says it is:
+/// a JSON object naming the actor's `sub` (a string), with the actors before it nested
+/// in `act` the same way. It is carried into the minted token, so anything else is
+/// refused rather than copied.
+pub(crate) fn check_act(token: &VerifiedSubject, which: &str) -> Result<(), ApiError> {
+    let mut next = token.claims.get("act");
+    for _ in 0..=MAX_ACT_DEPTH {
+        let Some(act) = next else {
+            return Ok(());
+        };
+        let Some(sub) = act.as_object().and_then(|o| o.get("sub")) else {
+            break;
+        };
+        if !sub.as_str().is_some_and(|s| !s.is_empty()) {
+            break;
+        }
+        next = act.get("act");
+    }
+    Err(ApiError::InvalidRequest(format!(
+        "{which}: its act claim must be a JSON object with a string sub, nested at most {MAX_ACT_DEPTH} deep (RFC 8693 §4.1)"
+    )))
+}
+
 /// RFC 8693 §4.1 `act`: the current actor's subject, with the actor token's own `act`
 /// chain (the actors before it) nested inside. Without an actor token, the subject
 /// token's own `act` chain is carried over unchanged.

@@ -301,6 +301,7 @@ async fn exchange(
         let revoked = ApiError::Revoked(r.reason.clone());
         return Err(on("", subject.spiffe_id.as_str(), caller_id)(revoked));
     }
+    delegation::check_act(&subject, "subject_token").map_err(unlabelled)?;
     let target = form::target(&req).map_err(unlabelled)?;
     let policy = st
         .store
@@ -348,6 +349,7 @@ async fn exchange(
         None => None,
     };
     if let Some(a) = &actor {
+        delegation::check_act(a, "actor_token").map_err(on(&target))?;
         // A revoked workload may not act for anyone either.
         if let Some(r) = revoked.subject(&a.spiffe_id, now) {
             return Err(on(&target)(ApiError::Revoked(r.reason.clone())));
