@@ -65,7 +65,7 @@ pub(crate) fn check_act(token: &VerifiedSubject, which: &str) -> Result<(), ApiE
         let Some(sub) = act.as_object().and_then(|o| o.get("sub")) else {
             break;
         };
-        if !sub.as_str().is_some_and(|s| !s.is_empty()) {
+        if sub.as_str().is_none_or(str::is_empty) {
             break;
         }
         next = act.get("act");
