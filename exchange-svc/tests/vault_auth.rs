@@ -86,6 +86,9 @@ async fn a_revoked_token_file_token_is_replaced_when_the_file_is_rewritten() {
     let key = signer.current_key().unwrap();
     let r = signer.sign(&key, b"a.b").await;
     assert!(matches!(r, Err(SignError::Unavailable(_))), "{r:?}");
+    // Vault answers, but this signer cannot sign: not ready (a load balancer takes the
+    // replica out), while the file still holds the revoked token.
+    assert!(!signer.is_ready(), "ready with a revoked token");
 
     // Like Vault Agent's sink: write a new file and rename it into place.
     let second = bao.create_token(&["signer"], "1h");
@@ -100,6 +103,7 @@ async fn a_revoked_token_file_token_is_replaced_when_the_file_is_rewritten() {
     );
     assert!(signer.stats().logins() >= 2);
     sign_and_verify(&signer, "{}").await;
+    assert!(signer.is_ready(), "ready again once it signs");
 }
 
 #[tokio::test]

@@ -419,3 +419,32 @@ async fn a_batch_answer_with_one_failed_item_fails_only_that_item() {
     let results = meshpass_exchange::vault::sign_results(&answer, 4, 1, 64);
     assert!(results.iter().all(|r| r.is_err()));
 }
+
+#[tokio::test]
+async fn a_deleted_transit_key_makes_signing_unavailable_and_the_signer_unready_until_it_is_back() {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    let signer = TransitSigner::start(&config(&bao, "k")).await.unwrap();
+    let key = sign_and_verify(&signer, "{}").await;
+    assert!(signer.is_ready());
+    // Vault answers, but the key is gone (a restarted dev server, an operator mistake).
+    bao.api_ok(
+        "POST",
+        "transit/keys/k/config",
+        Some(serde_json::json!({"deletion_allowed": true})),
+    );
+    bao.api_ok("DELETE", "transit/keys/k", None);
+    let r = signer.sign(&key, b"x.y").await;
+    // 503 + Retry-After for the client (it can work again), not a 500.
+    assert!(matches!(r, Err(SignError::Unavailable(_))), "{r:?}");
+    assert!(!signer.is_ready(), "ready without a key to sign with");
+    // Back: a new key is read, published and used.
+    bao.create_transit_key("k", "ecdsa-p256");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            signer.refresh().await.is_ok()
+        })
+        .await
+    );
+    sign_and_verify(&signer, "{}").await;
+    assert!(signer.is_ready());
+}

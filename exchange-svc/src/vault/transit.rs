@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -56,6 +56,10 @@ pub(super) struct Inner {
     pub(super) cfg: VaultConfig,
     keys: RwLock<Option<Arc<KeySet>>>,
     failures: AtomicU32,
+    /// Vault answers, but refused the last call that needed the token or the key (403:
+    /// a revoked or expired token; 400/404: no such mount or key): not ready until a
+    /// call succeeds again.
+    refused: AtomicBool,
     degraded: Notify,
     in_flight: AtomicUsize,
     /// Woken whenever a sign request in flight finishes (the batch loop stops waiting
@@ -112,6 +116,7 @@ impl TransitSigner {
             auth: auth.clone(),
             keys: RwLock::new(None),
             failures: AtomicU32::new(0),
+            refused: AtomicBool::new(false),
             degraded: Notify::new(),
             in_flight: AtomicUsize::new(0),
             request_done: Notify::new(),
@@ -180,6 +185,13 @@ impl Inner {
 
     fn note_success(&self) {
         self.failures.store(0, Ordering::Relaxed);
+        self.refused.store(false, Ordering::Relaxed);
+    }
+
+    /// Vault is up but will not do what the signer needs (see [`Inner::refused`]).
+    fn note_refused(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.refused.store(true, Ordering::Relaxed);
     }
 
     fn note_failure(&self) {
@@ -206,10 +218,10 @@ impl Inner {
         match e {
             e if e.is_transient() => self.note_failure(),
             VaultError::PermissionDenied(_) => {
-                self.note_success();
+                self.note_refused();
                 self.auth.request_reauth();
             }
-            _ => self.note_success(),
+            _ => self.note_refused(),
         }
     }
 
@@ -441,6 +453,13 @@ impl Inner {
                     VaultError::PermissionDenied(p) => {
                         SignError::Unavailable(format!("permission denied on {p}"))
                     }
+                    // Vault answers but cannot sign with the key (gone after a dev
+                    // server restart or a deletion, versions trimmed): the signer is
+                    // not ready, and a retry works once Vault holds the key again
+                    // (→ 503 + Retry-After, not a 500).
+                    e @ (VaultError::NotFound(_) | VaultError::Rejected { .. }) => {
+                        SignError::Unavailable(format!("vault cannot sign: {e}"))
+                    }
                     other => SignError::Failed(other.to_string()),
                 });
             }
@@ -544,5 +563,6 @@ impl Signer for TransitSigner {
         self.inner.current(SystemTime::now()).is_ok()
             && self.inner.client.has_token()
             && !self.inner.is_down()
+            && !self.inner.refused.load(Ordering::Relaxed)
     }
 }
