@@ -84,32 +84,10 @@ pub async fn stats(c: &Client, out: Output) -> Result<(), CtlError> {
     Ok(())
 }
 
-/// The `If-Match` value for `tag`: as the server sent it (`"…"`), quoted when given bare.
-pub fn if_match(tag: Option<&str>) -> Option<String> {
-    let t = tag?.trim();
-    Some(if t.starts_with('"') || t.starts_with("W/") {
-        t.to_string()
-    } else {
-        format!("\"{t}\"")
-    })
-}
-
-/// The `ETag` of an answer, or an error naming what lacked one.
-pub fn etag_of(etag: Option<String>, what: &str) -> Result<String, CtlError> {
-    etag.ok_or_else(|| CtlError::Other(format!("the server sent no ETag for {what}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
-
-    #[test]
-    fn a_bare_tag_is_quoted_and_a_quoted_one_kept() {
-        assert_eq!(if_match(Some("abc")).as_deref(), Some("\"abc\""));
-        assert_eq!(if_match(Some("\"abc\"")).as_deref(), Some("\"abc\""));
-        assert_eq!(if_match(None), None);
-    }
 
     #[test]
     fn the_subject_rate_has_two_decimals() {

@@ -256,7 +256,7 @@ fn one_for_if_match(tag: Option<&str>, n: usize, what: &str) -> Result<Option<St
             "--if-match needs exactly one {what} in the file, not {n}"
         )));
     }
-    Ok(keys::if_match(tag))
+    Ok(client::if_match(tag))
 }
 
 async fn run(cli: Cli) -> Result<(), CtlError> {
@@ -357,7 +357,7 @@ async fn mappings(c: &Client, out: Output, cmd: Mappings) -> Result<(), CtlError
             let url = c.url(&["api", "v1", "mappings", &name], &[])?;
             let a = c.send(Method::GET, url, None, None).await?;
             if etag {
-                println!("{}", keys::etag_of(a.etag, &format!("mapping {name}"))?);
+                println!("{}", client::etag_of(a.etag, &format!("mapping {name}"))?);
                 return Ok(());
             }
             print(out, &a.body, std::slice::from_ref(&a.body), MAPPING_COLUMNS)
@@ -392,7 +392,7 @@ async fn mappings(c: &Client, out: Output, cmd: Mappings) -> Result<(), CtlError
         }
         Mappings::Delete { name, if_match } => {
             let url = c.url(&["api", "v1", "mappings", &name], &[])?;
-            let tag = keys::if_match(if_match.as_deref());
+            let tag = client::if_match(if_match.as_deref());
             c.send(Method::DELETE, url, None, tag.as_deref()).await?;
             println!("mapping {name} deleted");
             Ok(())
@@ -416,7 +416,7 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
             let a = c.send(Method::GET, url, None, None).await?;
             if etag {
                 let what = format!("scope {resource} {scope}");
-                println!("{}", keys::etag_of(a.etag, &what)?);
+                println!("{}", client::etag_of(a.etag, &what)?);
                 return Ok(());
             }
             print(out, &a.body, std::slice::from_ref(&a.body), SCOPE_COLUMNS)
@@ -457,7 +457,7 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
             if_match,
         } => {
             let url = c.url(&["api", "v1", "scopes", &resource, &scope], &[])?;
-            let tag = keys::if_match(if_match.as_deref());
+            let tag = client::if_match(if_match.as_deref());
             c.send(Method::DELETE, url, None, tag.as_deref()).await?;
             println!("scope {resource} {scope} deleted");
             Ok(())

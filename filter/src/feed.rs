@@ -410,11 +410,6 @@ impl TokenIds {
     }
 }
 
-/// The `jti` of a compact JWT (see [`TokenIds`]).
-pub fn jti_of(token: &str) -> Option<String> {
-    TokenIds::of(token)?.jti
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,7 +550,12 @@ mod tests {
                 .unwrap(),
             )
             .unwrap();
-        assert_eq!(jti_of(&tok(r#"{"jti":"j-1"}"#)).as_deref(), Some("j-1"));
+        assert_eq!(
+            TokenIds::of(&tok(r#"{"jti":"j-1"}"#))
+                .and_then(|i| i.jti)
+                .as_deref(),
+            Some("j-1")
+        );
         assert_eq!(
             set.check("spiffe://td/ns/a/sa/b", &tok(r#"{"jti":"j-1"}"#), 0),
             Some("leaked")

@@ -286,16 +286,7 @@ impl Shared {
 
     /// Up: always. Down: one request per `retry_after_down` probes Redis.
     fn should_try(&self) -> bool {
-        if !self.down.load(Ordering::Relaxed) {
-            return true;
-        }
-        let now = self.now_ms();
-        let last = self.last_try_ms.load(Ordering::Relaxed);
-        let due = now.saturating_sub(last) >= self.retry_after_down.as_millis() as u64;
-        due && self
-            .last_try_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
+        !self.down.load(Ordering::Relaxed) || self.probe_due()
     }
 
     /// Whether nothing has asked Redis for `retry_after_down` (and this caller is the one
