@@ -55,6 +55,9 @@ monitoring-check: setup
 
 ## test: everything CI runs (the README's test command)
 test: setup lint build unit bench-smoke fuzz-smoke images-check monitoring-check
+# A whole run builds everything once: incremental state (~2 GB of target/) only costs disk,
+# and CI's disk is shared.
+test: export CARGO_INCREMENTAL := 0
 
 unit:
 	cargo test --workspace --no-fail-fast

@@ -19,6 +19,7 @@ pub mod jwk;
 pub mod jws;
 pub mod oauth;
 pub mod policy;
+pub mod revocation_feed;
 mod roca;
 pub mod spiffe;
 

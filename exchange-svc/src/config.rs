@@ -320,6 +320,15 @@ fn load_error(e: figment::Error) -> ConfigError {
 }
 
 impl Config {
+    /// How long after a key version's last signature a token it signed can still be
+    /// accepted: `token.max_ttl_secs` plus `keys.verifier_leeway` (rounded up). The one
+    /// rule both retirement paths (the schedule and `POST /keys/retire`) wait out.
+    pub fn token_acceptance_secs(&self) -> u64 {
+        let leeway =
+            u64::try_from(self.keys.verifier_leeway.as_millis().div_ceil(1000)).unwrap_or(u64::MAX);
+        self.token.max_ttl_secs.saturating_add(leeway)
+    }
+
     /// Loads `path` (if any), then `MESHPASS__SECTION__KEY` environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut fig = Figment::new();

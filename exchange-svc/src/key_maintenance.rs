@@ -8,12 +8,11 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use crate::mgmt::{check_retire, KeyAdmin, KeyStatus, MgmtError};
+use crate::store::{Actor, AuditRecord, SqlStore};
 
-use crate::mgmt::{KeyAdmin, KeyStatus, MgmtError};
-use crate::store::SqlStore;
-
-/// A [`KeyAdmin`] whose changes hold the maintenance lock.
+/// The key operations of the management API: each holds the maintenance lock, reads
+/// the state it decides on under it, and is audited in the lock's transaction.
 pub struct LockedKeyAdmin {
     inner: Arc<dyn KeyAdmin>,
     store: Arc<SqlStore>,
@@ -24,21 +23,54 @@ impl LockedKeyAdmin {
     pub fn new(inner: Arc<dyn KeyAdmin>, store: Arc<SqlStore>) -> Self {
         LockedKeyAdmin { inner, store }
     }
-}
 
-#[async_trait]
-impl KeyAdmin for LockedKeyAdmin {
-    async fn status(&self) -> Result<KeyStatus, MgmtError> {
+    /// The key's versions (no lock).
+    pub async fn status(&self) -> Result<KeyStatus, MgmtError> {
         self.inner.status().await
     }
 
-    async fn rotate(&self) -> Result<KeyStatus, MgmtError> {
-        self.store.with_maintenance_lock(self.inner.rotate()).await
+    /// Rotates the key, audited as `keys.rotate` by `actor`.
+    pub async fn rotate(&self, actor: &Actor) -> Result<KeyStatus, MgmtError> {
+        self.store
+            .with_maintenance_lock(async {
+                let before = self.inner.status().await?;
+                let after = self.inner.rotate().await?;
+                let record = record(actor, "keys.rotate", &before, &after);
+                Ok((after, record))
+            })
+            .await
     }
 
-    async fn retire_below(&self, below: u64) -> Result<KeyStatus, MgmtError> {
+    /// Stops publishing versions below `below` when no token they signed can still be
+    /// accepted ([`check_retire`] on the state read under the lock, tokens accepted for
+    /// `max_lifetime_secs`, at `now`), audited as `keys.retire` by `actor`.
+    pub async fn retire_below(
+        &self,
+        below: u64,
+        max_lifetime_secs: u64,
+        now: u64,
+        actor: &Actor,
+    ) -> Result<KeyStatus, MgmtError> {
         self.store
-            .with_maintenance_lock(self.inner.retire_below(below))
+            .with_maintenance_lock(async {
+                let before = self.inner.status().await?;
+                check_retire(&before, below, max_lifetime_secs, now)?;
+                let after = self.inner.retire_below(below).await?;
+                let record = record(actor, "keys.retire", &before, &after);
+                Ok((after, record))
+            })
             .await
+    }
+}
+
+fn record(actor: &Actor, action: &str, before: &KeyStatus, after: &KeyStatus) -> AuditRecord {
+    AuditRecord {
+        request_id: actor.request_id.clone(),
+        actor: actor.who.clone(),
+        action: action.into(),
+        target: format!("keys/{}", after.key),
+        before: serde_json::to_value(before).ok(),
+        after: serde_json::to_value(after).ok(),
+        reason: String::new(),
     }
 }

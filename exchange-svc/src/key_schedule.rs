@@ -185,20 +185,20 @@ fn record(action: &str, before: &KeyStatus, after: &KeyStatus) -> AuditRecord {
 }
 
 impl KeySchedule {
-    /// A scheduler for this replica; `max_ttl_secs` is `token.max_ttl_secs`.
+    /// A scheduler for this replica; `max_lifetime_secs` is
+    /// [`crate::config::Config::token_acceptance_secs`].
     pub fn new(
         cfg: &KeysConfig,
-        max_ttl_secs: u64,
+        max_lifetime_secs: u64,
         store: Arc<SqlStore>,
         signer: Arc<TransitSigner>,
         metrics: &crate::metrics::Metrics,
     ) -> Result<Self, prometheus::Error> {
-        let leeway = cfg.verifier_leeway.as_millis().div_ceil(1000) as u64;
         Ok(KeySchedule {
             cfg: cfg.clone(),
             store,
             signer,
-            max_lifetime_secs: max_ttl_secs.saturating_add(leeway),
+            max_lifetime_secs,
             metrics: ScheduleMetrics::new(metrics)?,
         })
     }

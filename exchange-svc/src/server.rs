@@ -331,7 +331,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let _key_reload = spawn_key_reload(&state, Arc::clone(&signer));
     let _key_schedule = crate::key_schedule::KeySchedule::new(
         &cfg.keys,
-        cfg.token.max_ttl_secs,
+        cfg.token_acceptance_secs(),
         Arc::clone(&store),
         Arc::clone(&signer),
         &state.metrics,
@@ -369,10 +369,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         &cfg,
         &state,
         Arc::clone(&store),
-        Some(Arc::new(crate::key_maintenance::LockedKeyAdmin::new(
-            signer.clone() as Arc<dyn crate::mgmt::KeyAdmin>,
-            Arc::clone(&store),
-        )) as Arc<dyn crate::mgmt::KeyAdmin>),
+        Some(signer.clone() as Arc<dyn crate::mgmt::KeyAdmin>),
         stats,
         shutdown_signal(),
     )

@@ -199,6 +199,36 @@ async fn never_starts_without_callers_and_never_on_the_token_port() {
     assert!(e.contains("root"), "{e}");
 }
 
+#[tokio::test]
+async fn retiring_through_the_api_waits_out_the_verifier_leeway_as_the_schedule_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let mut cfg = load_config(
+        dir.path(),
+        &config_toml(&issuer, &dir.path().join("m.db"), &management_toml("")),
+    );
+    cfg.token.max_ttl_secs = 600;
+    cfg.keys.verifier_leeway = std::time::Duration::from_millis(89_500);
+    let state = state_with(
+        &cfg,
+        LocalSigner::new(),
+        std::sync::Arc::new(meshpass_exchange::clock::SystemClock),
+    )
+    .await;
+    let store = std::sync::Arc::new(
+        meshpass_exchange::store::SqlStore::connect(&cfg.store, "participant").unwrap(),
+    );
+    let stats = std::sync::Arc::new(meshpass_exchange::mgmt::ExchangeStats::new().unwrap());
+    let mgmt = meshpass_exchange::mgmt::MgmtState::new(&cfg, &state, store, None, stats).unwrap();
+    // A token lives max_ttl_secs, and verifiers accept it for the leeway (rounded up)
+    // past its exp: the schedule waits for both, so must `POST /keys/retire`.
+    assert_eq!(mgmt.max_token_lifetime_secs, 600 + 90);
+    assert_eq!(
+        mgmt.max_ttl_secs, 600,
+        "the cap on mapping TTLs stays the token's"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_covers_every_route_and_every_error_shape() {
     let s = Service::start(Db::sqlite()).await;

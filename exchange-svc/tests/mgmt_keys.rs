@@ -198,3 +198,35 @@ async fn introspection_finds_a_live_eddsa_participant_token_active_and_a_forged_
     let forged = format!("{input}.{}", String::from_utf8(forged_sig).unwrap());
     assert_eq!(introspect(forged).await, json!({"active": false}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_change_whose_audit_record_cannot_be_written_is_not_reported_done() {
+    let (_bao, s) = service(Duration::ZERO).await;
+    // The audit log refuses every row (a full disk, a revoked grant): the change must
+    // not answer 200 as if it had been recorded.
+    let pool = sqlx::SqlitePool::connect(&s.cfg.store.url).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER no_audit BEFORE INSERT ON audit_log BEGIN SELECT RAISE(ABORT, 'audit refused'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (st, _, body) = s
+        .send(s.req(Method::POST, "/api/v1/keys/rotate", Some(KEYS_OP)))
+        .await;
+    assert_ne!(st, 200, "{body}");
+    assert!(st >= 500, "{st} {body}");
+    // Once the log takes rows again, the next change is done and recorded with it.
+    sqlx::query("DROP TRIGGER no_audit")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (st, _, body) = s
+        .send(s.req(Method::POST, "/api/v1/keys/rotate", Some(KEYS_OP)))
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let (_, _, audit) = s.get("/api/v1/audit?action=keys.rotate").await;
+    let items = audit["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{audit}");
+    assert_eq!(items[0]["after"]["versions"], body["versions"]);
+}

@@ -20,7 +20,7 @@ use meshpass_exchange::keys::IssuerKeys;
 use meshpass_exchange::mgmt::{KeyAdmin, MgmtError};
 use meshpass_exchange::server::{spawn_key_reload, start_change_feed, AbortOnDrop};
 use meshpass_exchange::signer::Signer;
-use meshpass_exchange::store::{MappingStore, SqlStore, StoreConfig};
+use meshpass_exchange::store::{AuditRecord, MappingStore, SqlStore, StoreConfig};
 use meshpass_exchange::vault::TransitSigner;
 use meshpass_exchange::AppState;
 use meshpass_testkit::Postgres;
@@ -36,6 +36,18 @@ async fn open(url: &str) -> Arc<SqlStore> {
     s
 }
 
+fn audit_record() -> AuditRecord {
+    AuditRecord {
+        request_id: "r-1".into(),
+        actor: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+        action: "keys.rotate".into(),
+        target: "keys/mp".into(),
+        before: None,
+        after: None,
+        reason: String::new(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_maintenance_on_two_replicas_never_overlaps_and_bumps_the_change_version() {
     let db = Postgres::fresh_database();
@@ -48,7 +60,7 @@ async fn key_maintenance_on_two_replicas_never_overlaps_and_bumps_the_change_ver
                 let start = Instant::now();
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 spans.lock().unwrap().push((start, Instant::now()));
-                Ok::<(), MgmtError>(())
+                Ok::<_, MgmtError>(((), audit_record()))
             })
             .await
     };
@@ -65,7 +77,9 @@ async fn key_maintenance_on_two_replicas_never_overlaps_and_bumps_the_change_ver
     assert_eq!(b.change_version().await.unwrap(), before + 2);
     // A failed operation changes nothing.
     let r = a
-        .with_maintenance_lock(async { Err::<(), MgmtError>(MgmtError::Unavailable("Vault")) })
+        .with_maintenance_lock(async {
+            Err::<((), AuditRecord), MgmtError>(MgmtError::Unavailable("Vault"))
+        })
         .await;
     assert!(r.is_err());
     assert_eq!(a.change_version().await.unwrap(), before + 2);
@@ -82,7 +96,7 @@ async fn scheduled_maintenance_skips_at_once_while_another_replica_holds_the_loc
         a.with_maintenance_lock(async {
             held_tx.send(()).unwrap();
             release_rx.await.unwrap();
-            Ok::<(), MgmtError>(())
+            Ok::<_, MgmtError>(((), audit_record()))
         })
         .await
     });
@@ -174,7 +188,11 @@ async fn a_rotation_through_one_replica_is_in_every_replicas_jwks_at_once() {
     };
     assert_eq!(jwks(&r1).await, jwks(&r2).await);
     let admin = LockedKeyAdmin::new(r1.signer.clone() as Arc<dyn KeyAdmin>, r1.store.clone());
-    let status = admin.rotate().await.unwrap();
+    let actor = meshpass_exchange::store::Actor {
+        who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+        request_id: "rotate-1".into(),
+    };
+    let status = admin.rotate(&actor).await.unwrap();
     assert_eq!(status.versions.len(), 2, "{status:?}");
     let want = jwks(&r1).await;
     assert!(want.contains("mp:v2"), "{want}");

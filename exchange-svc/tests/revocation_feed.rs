@@ -169,8 +169,74 @@ async fn a_lapsed_revocation_is_reported_removed_with_a_new_version(db: Db) {
     assert_eq!(s.get(&format!("/api/v1/revocations/{id}")).await.0, 404);
 }
 
+async fn a_revocation_that_would_take_the_feed_past_what_filters_read_is_refused(db: Db) {
+    let s = Service::start(db).await;
+    // Long patterns and reasons (within each field's bound: 2 048 bytes, 256 characters
+    // of 4 bytes each): about 1 200 such entries fill the 4 MiB a filter reads; past it
+    // every sidecar would refuse every answer.
+    let pattern = |i: usize| format!("spiffe://cluster.local/ns/{}/sa/{i:05}/*", "n".repeat(2000));
+    let reason = "\u{1F512}".repeat(256);
+    let mut ids = Vec::new();
+    let refusal = loop {
+        let (st, _, body) = s
+            .post(
+                "/api/v1/revocations",
+                &json!({"target": "subject", "match": pattern(ids.len()), "reason": reason}),
+            )
+            .await;
+        if st != 201 {
+            break (st, body);
+        }
+        ids.push(body["id"].as_str().unwrap().to_string());
+        assert!(ids.len() < 2_500, "never refused");
+    };
+    assert_eq!(refusal.0, 409, "{}", refusal.1);
+    let msg = refusal.1["message"].as_str().unwrap();
+    assert!(msg.contains("bytes") && msg.contains("lift some"), "{msg}");
+    assert!(ids.len() > 1_000, "refused too early: {}", ids.len());
+    // What was accepted is served whole, within the filters' bound.
+    let raw = |since: u64| {
+        let url = format!("{}/revocations?since={since}", s.token_url);
+        let http = s.http.clone();
+        async move {
+            let resp = http
+                .get(url)
+                .header("x-forwarded-client-cert", format!("URI={WEB}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.bytes().await.unwrap()
+        }
+    };
+    let snapshot = raw(0).await;
+    assert!(snapshot.len() <= 4 << 20, "{} bytes", snapshot.len());
+    let v: Value = serde_json::from_slice(&snapshot).unwrap();
+    assert_eq!(v["added"].as_array().unwrap().len(), ids.len());
+    // Lifting one makes room for one more of its size, not two.
+    assert_eq!(
+        s.delete(&format!("/api/v1/revocations/{}", ids[0]), None)
+            .await
+            .0,
+        204
+    );
+    revoke(&s, "subject", &pattern(99_999), None).await;
+    assert_eq!(
+        s.post(
+            "/api/v1/revocations",
+            &json!({"target": "subject", "match": pattern(99_998), "reason": reason}),
+        )
+        .await
+        .0,
+        409
+    );
+    let delta = raw(1).await;
+    assert!(delta.len() <= 4 << 20, "{} bytes", delta.len());
+}
+
 on_both_backends!(
     snapshot_delta_and_not_modified_follow_the_version,
     the_feed_is_refused_to_a_caller_that_may_not_call_token,
     a_lapsed_revocation_is_reported_removed_with_a_new_version,
+    a_revocation_that_would_take_the_feed_past_what_filters_read_is_refused,
 );

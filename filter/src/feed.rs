@@ -14,12 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 use meshpass_core::{SpiffeId, SpiffeIdPattern};
 use serde::{Deserialize, Serialize};
 
-/// Largest feed answer (and shared-data set) read, in bytes.
-pub const MAX_FEED_BYTES: usize = 4 << 20;
-/// Most revocations a set holds. A feed answer that would take the set past it is
-/// refused whole: the last set stays, the staleness gauge rises and the warning says
-/// why (dropping some revocations silently would fail open).
-pub const MAX_ENTRIES: usize = 20_000;
+/// Largest feed answer (and shared-data set) read, in bytes; most revocations a set
+/// holds. A feed answer past either is refused whole: the last set stays, the staleness
+/// gauge rises and the warning says why (the service refuses revocations past them).
+pub use meshpass_core::revocation_feed::{MAX_BYTES as MAX_FEED_BYTES, MAX_ENTRIES};
 /// Longest `reason` (characters), as the contract bounds it.
 pub const MAX_REASON_CHARS: usize = 256;
 /// Longest `id` / `match` accepted (bytes).

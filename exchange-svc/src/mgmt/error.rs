@@ -28,6 +28,9 @@ pub enum MgmtError {
     /// `If-Match` does not match the stored entity (412).
     #[error("{0} changed since it was read (If-Match does not match)")]
     PreconditionFailed(String),
+    /// The request body is larger than the API reads (413).
+    #[error("the request body exceeds {0} bytes")]
+    TooLarge(usize),
     /// A field is invalid (422).
     #[error("{field}: {reason}")]
     Invalid {
@@ -64,6 +67,7 @@ pub const ERROR_CODES: &[(&str, u16)] = &[
     ("not_found", 404),
     ("conflict", 409),
     ("precondition_failed", 412),
+    ("too_large", 413),
     ("invalid", 422),
     ("unavailable", 503),
     ("internal", 500),
@@ -79,6 +83,7 @@ impl MgmtError {
             MgmtError::NotFound(_) => "not_found",
             MgmtError::Conflict(_) => "conflict",
             MgmtError::PreconditionFailed(_) => "precondition_failed",
+            MgmtError::TooLarge(_) => "too_large",
             MgmtError::Invalid { .. } => "invalid",
             MgmtError::Unavailable(_) => "unavailable",
             MgmtError::Internal(_) => "internal",

@@ -11,7 +11,7 @@ use super::config::Role;
 use super::error::MgmtError;
 use super::mappings::parse_body;
 use super::{MgmtState, RequestId};
-use crate::store::AuditRecord;
+use crate::key_maintenance::LockedKeyAdmin;
 
 /// One published key version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,7 +66,7 @@ pub struct RetireRequest {
     pub below: u64,
 }
 
-fn admin(st: &MgmtState) -> Result<&dyn KeyAdmin, MgmtError> {
+fn admin(st: &MgmtState) -> Result<&LockedKeyAdmin, MgmtError> {
     st.keys
         .as_deref()
         .ok_or_else(|| MgmtError::NotFound("keys (the signer is not a transit signer)".into()))
@@ -130,28 +130,6 @@ pub async fn status(
     Ok(Json(admin(&st)?.status().await?))
 }
 
-async fn audit(
-    st: &MgmtState,
-    rid: &RequestId,
-    who: &str,
-    action: &str,
-    before: &KeyStatus,
-    after: &KeyStatus,
-) {
-    let r = AuditRecord {
-        request_id: rid.0.clone(),
-        actor: who.to_string(),
-        action: action.into(),
-        target: format!("keys/{}", after.key),
-        before: serde_json::to_value(before).ok(),
-        after: serde_json::to_value(after).ok(),
-        reason: String::new(),
-    };
-    if let Err(e) = st.store.record_audit(&r).await {
-        tracing::error!(error = %e, action, "key operation done but not written to the audit log");
-    }
-}
-
 /// `POST /api/v1/keys/rotate`.
 pub async fn rotate(
     State(st): State<MgmtState>,
@@ -159,11 +137,8 @@ pub async fn rotate(
     headers: HeaderMap,
 ) -> Result<Json<KeyStatus>, MgmtError> {
     let caller = st.auth.require(&headers, Role::Keys).await?;
-    let keys = admin(&st)?;
-    let before = keys.status().await?;
-    let after = keys.rotate().await?;
-    audit(&st, &rid, &caller.id, "keys.rotate", &before, &after).await;
-    Ok(Json(after))
+    let actor = rid.actor(&caller);
+    Ok(Json(admin(&st)?.rotate(&actor).await?))
 }
 
 /// `POST /api/v1/keys/retire`.
@@ -175,12 +150,12 @@ pub async fn retire(
 ) -> Result<Json<KeyStatus>, MgmtError> {
     let caller = st.auth.require(&headers, Role::Keys).await?;
     let req: RetireRequest = parse_body(&body)?;
+    let actor = rid.actor(&caller);
     let keys = admin(&st)?;
-    let before = keys.status().await?;
-    check_retire(&before, req.below, st.max_token_lifetime_secs, now())?;
-    let after = keys.retire_below(req.below).await?;
-    audit(&st, &rid, &caller.id, "keys.retire", &before, &after).await;
-    Ok(Json(after))
+    Ok(Json(
+        keys.retire_below(req.below, st.max_token_lifetime_secs, now(), &actor)
+            .await?,
+    ))
 }
 
 #[cfg(test)]

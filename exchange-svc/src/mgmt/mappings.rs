@@ -49,7 +49,9 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// Cuts `items` (sorted by `key`) into the page after `cursor`.
+/// Cuts `items` into the page after `cursor`, in byte order of `key`: the cursor is
+/// compared in that order, and a database's collation (PostgreSQL's `en_US`, ICU) may
+/// return rows in another, which would skip some.
 fn paginate<T>(
     items: Vec<T>,
     key: impl Fn(&T) -> String,
@@ -66,14 +68,16 @@ fn paginate<T>(
                 .ok_or_else(|| MgmtError::BadRequest("cursor is not one this API gave".into()))
         })
         .transpose()?;
-    let mut rest: Vec<T> = items
+    let mut rest: Vec<(String, T)> = items
         .into_iter()
-        .filter(|i| after.as_ref().is_none_or(|a| key(i) > *a))
+        .map(|i| (key(&i), i))
+        .filter(|(k, _)| after.as_ref().is_none_or(|a| k > a))
         .collect();
-    let next_cursor = (rest.len() > limit).then(|| URL_SAFE_NO_PAD.encode(key(&rest[limit - 1])));
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    let next_cursor = (rest.len() > limit).then(|| URL_SAFE_NO_PAD.encode(&rest[limit - 1].0));
     rest.truncate(limit);
     Ok(Page {
-        items: rest,
+        items: rest.into_iter().map(|(_, i)| i).collect(),
         next_cursor,
     })
 }
@@ -458,4 +462,28 @@ pub async fn delete_scope(
     st.written();
     r?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn pages_follow_byte_order_whatever_order_the_database_returns() {
+        // As PostgreSQL with an en_US collation sorts: case-insensitively.
+        let rows = vec!["alpha", "Beta", "gamma", "Zulu"];
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page =
+                paginate(rows.clone(), |s| s.to_string(), cursor.as_deref(), Some(1)).unwrap();
+            seen.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["Beta", "Zulu", "alpha", "gamma"]);
+    }
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 
 pub use audit::RefusalAudit;
@@ -51,10 +51,11 @@ pub struct MgmtState {
     /// Caller authentication and roles.
     pub auth: Arc<Authenticator>,
     /// Key operations (None: the signer is not a transit signer).
-    pub keys: Option<Arc<dyn KeyAdmin>>,
+    pub keys: Option<Arc<crate::key_maintenance::LockedKeyAdmin>>,
     /// `token.max_ttl_secs`: mappings above it are refused.
     pub max_ttl_secs: u64,
-    /// Longest a subject token may live past a key's last use (retirement safety).
+    /// Longest a participant token can be accepted past a key's last use (retirement
+    /// safety): [`Config::token_acceptance_secs`].
     pub max_token_lifetime_secs: u64,
     /// Exchange counts and top subjects.
     pub stats: Arc<ExchangeStats>,
@@ -92,13 +93,20 @@ impl MgmtState {
             Arc::clone(&app.clock),
         )
         .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
+        // Key changes hold the maintenance lock and are audited in its transaction.
+        let keys = keys.map(|k| {
+            Arc::new(crate::key_maintenance::LockedKeyAdmin::new(
+                k,
+                Arc::clone(&store),
+            ))
+        });
         Ok(MgmtState {
             store,
             policy: Arc::clone(&app.store),
             auth: Arc::new(auth),
             keys,
             max_ttl_secs: cfg.token.max_ttl_secs,
-            max_token_lifetime_secs: cfg.token.max_ttl_secs,
+            max_token_lifetime_secs: cfg.token_acceptance_secs(),
             stats,
             token_cache: app.cache.clone(),
             clock: Arc::clone(&app.clock),
@@ -168,10 +176,24 @@ pub fn router(st: MgmtState) -> Router {
             binding::bind_connection,
         ))
         .layer(axum::middleware::from_fn(request_id))
+        // One bound for every body, as JSON like every other refusal: the layer refuses
+        // by Content-Length or while streaming; axum's own 2 MiB default for `Bytes`
+        // would cut import documents short, so it is off.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             transfer::MAX_BODY_BYTES,
         ))
+        .layer(axum::middleware::map_response(too_large_as_json))
         .with_state(st)
+}
+
+/// The body-limit layer's plain-text 413, and a handler's when the body stream passed
+/// the bound, as the API's JSON error.
+async fn too_large_as_json(resp: Response) -> Response {
+    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return error::MgmtError::TooLarge(transfer::MAX_BODY_BYTES).into_response();
+    }
+    resp
 }
 
 /// The running management listener.

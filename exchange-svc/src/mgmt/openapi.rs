@@ -19,6 +19,7 @@ fn reason(status: u16) -> &'static str {
         404 => "Not found",
         409 => "Conflict",
         412 => "If-Match does not match the stored entity",
+        413 => "The request body exceeds 8 MiB",
         422 => "Invalid field (see field and message)",
         500 => "Internal error",
         503 => "A dependency is unavailable (Retry-After)",
@@ -202,6 +203,9 @@ fn operation(r: &super::routes::Route) -> Value {
     let mut errors: Vec<u16> = r.errors.to_vec();
     if r.role.is_some() {
         errors.extend([401, 403, 500, 503]);
+    }
+    if r.request.is_some() {
+        errors.push(413);
     }
     errors.sort_unstable();
     errors.dedup();

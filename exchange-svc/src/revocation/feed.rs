@@ -12,56 +12,21 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::caller::ConnInfo;
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::{RevocationChanges, RevocationTarget};
+use crate::store::RevocationChanges;
 
 #[derive(Debug, Default, Deserialize)]
 struct FeedQuery {
     since: Option<u64>,
 }
 
-/// One entry as the filter sees it.
-#[derive(Serialize)]
-struct FeedEntry<'a> {
-    id: &'a str,
-    target: RevocationTarget,
-    #[serde(rename = "match")]
-    matches: &'a str,
-    reason: &'a str,
-    until: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct FeedBody<'a> {
-    version: u64,
-    full: bool,
-    added: Vec<FeedEntry<'a>>,
-    removed: &'a [String],
-}
-
 /// The JSON body of a feed answer.
 pub fn render(c: &RevocationChanges) -> Result<Bytes, serde_json::Error> {
-    let body = FeedBody {
-        version: c.version,
-        full: c.full,
-        added: c
-            .added
-            .iter()
-            .map(|r| FeedEntry {
-                id: &r.id,
-                target: r.target,
-                matches: &r.matches,
-                reason: &r.reason,
-                until: r.until,
-            })
-            .collect(),
-        removed: &c.removed,
-    };
-    serde_json::to_vec(&body).map(Bytes::from)
+    c.to_feed_json().map(Bytes::from)
 }
 
 fn etag(version: u64) -> Option<HeaderValue> {

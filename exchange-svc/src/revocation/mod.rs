@@ -31,6 +31,7 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 /// Most memoised feed answers (one per distinct `since` at the current version).
 const MAX_MEMO: usize = 4096;
 
+#[derive(Clone)]
 struct Entry {
     rev: Revocation,
     /// Subject and caller entries: the parsed pattern (exact IDs are patterns too).
@@ -69,7 +70,10 @@ pub struct RevocationSet {
 
 impl RevocationSet {
     fn build(version: u64, revs: Vec<Revocation>) -> Self {
-        let entries: Vec<Entry> = revs.into_iter().map(Entry::new).collect();
+        Self::of_entries(version, revs.into_iter().map(Entry::new).collect())
+    }
+
+    fn of_entries(version: u64, entries: Vec<Entry>) -> Self {
         let jtis = entries
             .iter()
             .enumerate()
@@ -132,16 +136,23 @@ impl RevocationSet {
             .collect()
     }
 
-    fn with(&self, add: Option<Revocation>, lift: Option<&str>) -> Self {
-        let mut revs: Vec<Revocation> = self
+    /// This set at `version` with `add` added (replacing entries of the same id) and
+    /// the ids in `lift` gone.
+    fn with(&self, version: u64, add: Vec<Revocation>, lift: &[String]) -> Self {
+        let gone: HashSet<&str> = lift
+            .iter()
+            .map(String::as_str)
+            .chain(add.iter().map(|a| a.id.as_str()))
+            .collect();
+        // The kept entries keep their parsed patterns: only the new ones are parsed.
+        let mut entries: Vec<Entry> = self
             .entries
             .iter()
-            .map(|e| e.rev.clone())
-            .filter(|r| Some(r.id.as_str()) != lift)
-            .filter(|r| add.as_ref().is_none_or(|a| a.id != r.id))
+            .filter(|e| !gone.contains(e.rev.id.as_str()))
+            .cloned()
             .collect();
-        revs.extend(add);
-        Self::build(self.version, revs)
+        entries.extend(add.into_iter().map(Entry::new));
+        Self::of_entries(version, entries)
     }
 }
 
@@ -262,8 +273,20 @@ impl Revocations {
         if version == self.current().version {
             return Ok(());
         }
-        let changes = store.revocation_changes(0).await?;
-        self.load(changes);
+        // A delta from this set's version (a snapshot when the log no longer reaches it).
+        let current = self.current();
+        let changes = store.revocation_changes(current.version).await?;
+        if changes.full {
+            self.load(changes);
+        } else {
+            tracing::info!(
+                version = changes.version,
+                added = changes.added.len(),
+                removed = changes.removed.len(),
+                "revocation set updated"
+            );
+            self.install(current.with(changes.version, changes.added, &changes.removed));
+        }
         Ok(())
     }
 
@@ -281,13 +304,15 @@ impl Revocations {
     /// Applies a revocation created through this process at once (the refresh
     /// confirms it from the store).
     pub fn created(&self, rev: Revocation) {
-        let set = self.current().with(Some(rev), None);
+        let current = self.current();
+        let set = current.with(current.version, vec![rev], &[]);
         self.install(set);
     }
 
     /// Applies a lift made through this process at once.
     pub fn lifted(&self, id: &str) {
-        let set = self.current().with(None, Some(id));
+        let current = self.current();
+        let set = current.with(current.version, Vec::new(), &[id.to_string()]);
         self.install(set);
     }
 
@@ -410,10 +435,29 @@ mod tests {
     #[test]
     fn local_writes_apply_on_top_of_the_version_without_duplicates() {
         let set = RevocationSet::build(5, vec![rev("a", RevocationTarget::Jti, "j", None)]);
-        let added = set.with(Some(rev("a", RevocationTarget::Jti, "j", None)), None);
+        let added = set.with(5, vec![rev("a", RevocationTarget::Jti, "j", None)], &[]);
         assert_eq!((added.version, added.active(0).len()), (5, 1));
-        let lifted = added.with(None, Some("a"));
+        let lifted = added.with(5, Vec::new(), &["a".to_string()]);
         assert!(lifted.is_empty());
+    }
+
+    #[test]
+    fn a_delta_adds_lifts_and_moves_to_its_version() {
+        let set = RevocationSet::build(
+            5,
+            vec![
+                rev("a", RevocationTarget::Jti, "j", None),
+                rev("b", RevocationTarget::Jti, "k", None),
+            ],
+        );
+        let next = set.with(
+            7,
+            vec![rev("c", RevocationTarget::Jti, "l", None)],
+            &["a".to_string(), "gone-before".to_string()],
+        );
+        assert_eq!(next.version, 7);
+        assert!(next.jti("j", 0).is_none());
+        assert!(next.jti("k", 0).is_some() && next.jti("l", 0).is_some());
     }
 
     #[test]

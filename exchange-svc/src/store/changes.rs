@@ -9,8 +9,9 @@
 
 use sqlx::{AnyConnection, Row};
 
+use super::audit::insert_audit;
 use super::sql::{unavailable, write_error, Backend};
-use super::{SqlStore, StoreError};
+use super::{AuditRecord, SqlStore, StoreError};
 
 /// The `LISTEN`/`NOTIFY` channel; the payload is the new version in decimal.
 pub const CHANNEL: &str = "meshpass_changes";
@@ -70,11 +71,13 @@ const MAINTENANCE_LOCK: i64 = 7_270_014_102;
 impl SqlStore {
     /// Runs `op` while holding the key-maintenance lock (PostgreSQL: a transaction-level
     /// advisory lock, so other replicas' maintenance waits; SQLite: this process's
-    /// writer lock), then bumps the change version in the same transaction so every
-    /// replica re-reads the keys at once. When `op` fails, nothing is bumped.
+    /// writer lock), then writes the audit record `op` returns and bumps the change
+    /// version in the same transaction, so every replica re-reads the keys at once and
+    /// no change is done unaudited. When `op` fails, nothing is written; when the
+    /// audit record cannot be, the error says so (Vault's part cannot be undone).
     pub async fn with_maintenance_lock<T, E>(
         &self,
-        op: impl std::future::Future<Output = Result<T, E>> + Send,
+        op: impl std::future::Future<Output = Result<(T, AuditRecord), E>> + Send,
     ) -> Result<T, E>
     where
         E: From<StoreError>,
@@ -88,7 +91,8 @@ impl SqlStore {
                 .await
                 .map_err(unavailable)?;
         }
-        let out = op.await?;
+        let (out, record) = op.await?;
+        insert_audit(&mut tx, &record).await?;
         bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)?;
         Ok(out)
@@ -105,7 +109,7 @@ impl SqlStore {
     /// one transaction.
     pub async fn try_maintenance<T, E>(
         &self,
-        op: impl std::future::Future<Output = Result<(T, Vec<super::AuditRecord>), E>> + Send,
+        op: impl std::future::Future<Output = Result<(T, Vec<AuditRecord>), E>> + Send,
     ) -> Result<Option<T>, E>
     where
         E: From<StoreError>,
@@ -130,7 +134,7 @@ impl SqlStore {
             return Ok(Some(out));
         }
         for r in &audit {
-            super::audit::insert_audit(&mut tx, r).await?;
+            insert_audit(&mut tx, r).await?;
         }
         bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)?;

@@ -46,6 +46,14 @@ pub(super) const MIGRATION_4: &[&str] = &[
     "INSERT INTO revocation_state (one, version, pruned_through) VALUES (1, 0, 0)",
 ];
 
+/// Migration 6: each entry's share of a feed answer, so a create checks the filters'
+/// bound with one aggregate instead of reading every entry. Rows from before get an
+/// upper bound (a character is at most 4 bytes of UTF-8, or 2 escaped; 128 for the rest).
+pub(super) const MIGRATION_6: &[&str] = &[
+    "ALTER TABLE revocations ADD COLUMN feed_bytes BIGINT NOT NULL DEFAULT 0",
+    "UPDATE revocations SET feed_bytes = 128 + 4 * (LENGTH(match_value) + LENGTH(reason))",
+];
+
 /// What a revocation applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -170,6 +178,108 @@ pub struct RevocationChanges {
     pub added: Vec<Revocation>,
     /// Ids lifted or lapsed since `since`.
     pub removed: Vec<String>,
+}
+
+/// One entry as the filter sees it.
+#[derive(Serialize)]
+struct FeedEntry<'a> {
+    id: &'a str,
+    target: RevocationTarget,
+    #[serde(rename = "match")]
+    matches: &'a str,
+    reason: &'a str,
+    until: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct FeedBody<'a> {
+    version: u64,
+    full: bool,
+    added: Vec<FeedEntry<'a>>,
+    removed: &'a [String],
+}
+
+impl RevocationChanges {
+    /// The feed answer's JSON body (`GET /revocations`), as the filters parse it.
+    pub fn to_feed_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&FeedBody {
+            version: self.version,
+            full: self.full,
+            added: self
+                .added
+                .iter()
+                .map(|r| FeedEntry {
+                    id: &r.id,
+                    target: r.target,
+                    matches: &r.matches,
+                    reason: &r.reason,
+                    until: r.until,
+                })
+                .collect(),
+            removed: &self.removed,
+        })
+    }
+}
+
+/// Room a delta answer needs beyond the snapshot: every id the log still holds as
+/// removed (`"rv-<uuid>",`, 42 bytes each).
+const REMOVED_ROOM_BYTES: usize = LOG_RETENTION as usize * 42;
+
+/// A snapshot's bytes besides its entries (`{"version":…,"full":true,"added":[`…).
+const SNAPSHOT_OVERHEAD_BYTES: usize = 96;
+
+/// An entry's share of a feed answer: its JSON and a comma.
+fn feed_bytes(r: &Revocation) -> Result<usize, StoreError> {
+    let entry = FeedEntry {
+        id: &r.id,
+        target: r.target,
+        matches: &r.matches,
+        reason: &r.reason,
+        until: r.until,
+    };
+    serde_json::to_vec(&entry)
+        .map(|v| v.len() + 1)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Refuses a set of `entries` active revocations of `bytes` (their [`feed_bytes`]) whose
+/// feed answers a filter would refuse whole (DESIGN.md "Revocation": more than 20 000
+/// entries or 4 MiB): a snapshot, or a delta that also lists every id the log holds
+/// as removed.
+fn check_feed_bounds(entries: usize, bytes: usize) -> Result<(), StoreError> {
+    use meshpass_core::revocation_feed::{MAX_BYTES, MAX_ENTRIES};
+    if entries > MAX_ENTRIES {
+        return Err(StoreError::Conflict(format!(
+            "{entries} active revocations would exceed the filters' bound of {MAX_ENTRIES}; \
+             lift some first (or revoke a pattern)"
+        )));
+    }
+    let answer = SNAPSHOT_OVERHEAD_BYTES + bytes;
+    let bound = MAX_BYTES - REMOVED_ROOM_BYTES;
+    if answer > bound {
+        return Err(StoreError::Conflict(format!(
+            "the revocation feed would grow to {answer} bytes, past the {bound} the filters \
+             can take; lift some first (or revoke a pattern)"
+        )));
+    }
+    Ok(())
+}
+
+/// (entries, their [`feed_bytes`]) of the stored set.
+async fn feed_size(c: &mut AnyConnection) -> Result<(usize, usize), StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(feed_bytes), 0) AS BIGINT) AS bytes FROM revocations",
+    )
+    .fetch_one(&mut *c)
+    .await
+    .map_err(unavailable)?;
+    let get = |col: &str| -> Result<usize, StoreError> {
+        let v: i64 = row
+            .try_get(col)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        usize::try_from(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+    };
+    Ok((get("n")?, get("bytes")?))
 }
 
 /// Storage of revocations and their change log.
@@ -334,9 +444,14 @@ impl RevocationStore for SqlStore {
         };
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // After the version bump: its row lock makes concurrent creates on PostgreSQL
+        // check one after the other, each seeing the others' entries.
         let version = log_change(&mut tx, &r.id, "add", now).await?;
+        let size = feed_bytes(&r)?;
+        let (entries, bytes) = feed_size(&mut tx).await?;
+        check_feed_bounds(entries + 1, bytes + size)?;
         sqlx::query(&format!(
-            "INSERT INTO revocations ({COLUMNS}, added_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "INSERT INTO revocations ({COLUMNS}, added_version, feed_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
         .bind(&r.id)
         .bind(r.target.as_str())
@@ -346,6 +461,7 @@ impl RevocationStore for SqlStore {
         .bind(to_i64(now))
         .bind(&r.created_by)
         .bind(to_i64(version))
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await
         .map_err(write_error)?;
@@ -405,8 +521,8 @@ impl RevocationStore for SqlStore {
         // newer change is repeated in the next delta).
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let (version, pruned_through) = state(&mut tx).await?;
-        let active = all_active(&mut tx).await?;
         if since == 0 || since > version || since < pruned_through {
+            let active = all_active(&mut tx).await?;
             tx.commit().await.map_err(unavailable)?;
             return Ok(RevocationChanges {
                 version,
@@ -415,6 +531,19 @@ impl RevocationStore for SqlStore {
                 removed: Vec::new(),
             });
         }
+        // Only what was added since: a delta costs what changed, not the whole set.
+        let active: Vec<Revocation> = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM revocations WHERE added_version > $1 AND added_version <= $2 \
+             ORDER BY added_version"
+        ))
+        .bind(to_i64(since))
+        .bind(to_i64(version))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(decode)
+        .collect::<Result<_, _>>()?;
         let rows = sqlx::query(
             "SELECT version, revocation_id, op FROM revocation_log WHERE version > $1 AND version <= $2 ORDER BY version",
         )
@@ -484,5 +613,91 @@ impl RevocationStore for SqlStore {
         }
         tx.commit().await.map_err(write_error)?;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use meshpass_core::revocation_feed::{MAX_BYTES, MAX_ENTRIES};
+
+    fn entry(i: usize, matches: String, reason: &str) -> Revocation {
+        Revocation {
+            id: format!("rv-{}", uuid::Uuid::new_v4()),
+            target: if i % 2 == 0 {
+                RevocationTarget::Subject
+            } else {
+                RevocationTarget::Jti
+            },
+            matches,
+            reason: reason.to_string(),
+            until: (i % 3 == 0).then_some(u64::MAX),
+            created_at: 1,
+            created_by: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+        }
+    }
+
+    #[test]
+    fn the_stored_shares_add_up_to_no_less_than_the_snapshot_a_filter_reads() {
+        let added: Vec<_> = (0..50)
+            .map(|i| {
+                let m = format!("spiffe://cluster.local/ns/n{i}/sa/{}", "a".repeat(i * 7));
+                entry(i, m, "quote \" backslash \\ and é ünïcode")
+            })
+            .chain([entry(1, "jti-\"\\-ü".into(), "r")])
+            .collect();
+        let shares: usize = added.iter().map(|r| feed_bytes(r).unwrap()).sum();
+        let snapshot = RevocationChanges {
+            version: u64::MAX,
+            full: true,
+            added,
+            removed: Vec::new(),
+        };
+        let len = snapshot.to_feed_json().unwrap().len();
+        assert!(len <= SNAPSHOT_OVERHEAD_BYTES + shares, "{len} > {shares}");
+        // Not wildly over either: the bound is the filters', not a guess.
+        assert!(SNAPSHOT_OVERHEAD_BYTES + shares - len < 128);
+        let empty = RevocationChanges {
+            version: u64::MAX,
+            full: true,
+            added: Vec::new(),
+            removed: Vec::new(),
+        };
+        assert!(empty.to_feed_json().unwrap().len() <= SNAPSHOT_OVERHEAD_BYTES);
+    }
+
+    #[test]
+    fn a_set_past_the_filters_entry_or_byte_bound_is_refused() {
+        assert!(check_feed_bounds(MAX_ENTRIES, 100 * MAX_ENTRIES).is_ok());
+        let e = check_feed_bounds(MAX_ENTRIES + 1, 100).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(ref m) if m.contains("20000")),
+            "{e}"
+        );
+        let room = MAX_BYTES - REMOVED_ROOM_BYTES - SNAPSHOT_OVERHEAD_BYTES;
+        assert!(check_feed_bounds(10, room).is_ok());
+        let e = check_feed_bounds(10, room + 1).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Conflict(ref m) if m.contains("bytes")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_delta_listing_every_id_the_log_keeps_as_removed_fits_the_room_left_for_it() {
+        let removed: Vec<String> = (0..LOG_RETENTION)
+            .map(|_| format!("rv-{}", uuid::Uuid::new_v4()))
+            .collect();
+        let delta = RevocationChanges {
+            version: 1,
+            full: false,
+            added: Vec::new(),
+            removed,
+        };
+        assert!(
+            delta.to_feed_json().unwrap().len() <= REMOVED_ROOM_BYTES + SNAPSHOT_OVERHEAD_BYTES
+        );
     }
 }

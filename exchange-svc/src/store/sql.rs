@@ -201,6 +201,8 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (4, super::revocations::MIGRATION_4),
     // The change counter every write bumps (replicas, store/changes.rs).
     (5, super::changes::MIGRATION),
+    // Each revocation's share of a feed answer (the filters' bound, store/revocations.rs).
+    (6, super::revocations::MIGRATION_6),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
@@ -235,6 +237,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (4, super::revocations::MIGRATION_4),
     // The change counter every write bumps (replicas, store/changes.rs).
     (5, super::changes::MIGRATION),
+    // Each revocation's share of a feed answer (the filters' bound, store/revocations.rs).
+    (6, super::revocations::MIGRATION_6),
 ];
 
 pub(super) const MAPPING_COLUMNS: &str =
@@ -606,6 +610,10 @@ pub(super) async fn upsert_mapping(
     Ok(())
 }
 
+/// The first key of a resource's scope-claims advisory lock (the second: the resource's
+/// hash); the maintenance and migration locks are single 64-bit keys.
+const SCOPE_CLAIMS_LOCK: i32 = 72_700_141;
+
 /// Writes `row` inside a transaction (validated by the caller) after checking its claims
 /// against the other scopes of its resource; `insert_only` refuses an existing row.
 pub(super) async fn upsert_scope_claims(
@@ -613,6 +621,17 @@ pub(super) async fn upsert_scope_claims(
     row: &ScopeClaims,
     insert_only: bool,
 ) -> Result<(), StoreError> {
+    // Two transactions writing different scopes of one resource would each check the
+    // other's old claims: on PostgreSQL (no process-wide writer lock there) they take
+    // the resource's advisory lock first, held to commit, so the second sees the first.
+    if conn.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(SCOPE_CLAIMS_LOCK)
+            .bind(&row.resource)
+            .execute(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+    }
     let others =
         sqlx::query("SELECT resource, scope, claims FROM scope_claims WHERE resource = $1")
             .bind(&row.resource)
