@@ -160,16 +160,7 @@ async fn never_starts_without_callers_and_never_on_the_token_port() {
         dir.path(),
         &config_toml(&issuer, &dir.path().join("m.db"), ""),
     );
-    let state = state_with(
-        &cfg,
-        LocalSigner::new(),
-        std::sync::Arc::new(meshpass_exchange::clock::SystemClock),
-    )
-    .await;
-    let store = std::sync::Arc::new(
-        meshpass_exchange::store::SqlStore::connect(&cfg.store, "participant").unwrap(),
-    );
-    let stats = std::sync::Arc::new(meshpass_exchange::mgmt::ExchangeStats::new().unwrap());
+    let (state, store, stats) = local_parts(&cfg).await;
     let running = meshpass_exchange::mgmt::start(
         &cfg,
         &state,
@@ -199,6 +190,27 @@ async fn never_starts_without_callers_and_never_on_the_token_port() {
     assert!(e.contains("root"), "{e}");
 }
 
+/// The token endpoint's state (local signer), the store and the stats for `cfg`.
+async fn local_parts(
+    cfg: &Config,
+) -> (
+    meshpass_exchange::AppState,
+    std::sync::Arc<meshpass_exchange::store::SqlStore>,
+    std::sync::Arc<meshpass_exchange::mgmt::ExchangeStats>,
+) {
+    let state = state_with(
+        cfg,
+        LocalSigner::new(),
+        std::sync::Arc::new(meshpass_exchange::clock::SystemClock),
+    )
+    .await;
+    let store = std::sync::Arc::new(
+        meshpass_exchange::store::SqlStore::connect(&cfg.store, "participant").unwrap(),
+    );
+    let stats = std::sync::Arc::new(meshpass_exchange::mgmt::ExchangeStats::new().unwrap());
+    (state, store, stats)
+}
+
 #[tokio::test]
 async fn retiring_through_the_api_waits_out_the_verifier_leeway_as_the_schedule_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -209,16 +221,7 @@ async fn retiring_through_the_api_waits_out_the_verifier_leeway_as_the_schedule_
     );
     cfg.token.max_ttl_secs = 600;
     cfg.keys.verifier_leeway = std::time::Duration::from_millis(89_500);
-    let state = state_with(
-        &cfg,
-        LocalSigner::new(),
-        std::sync::Arc::new(meshpass_exchange::clock::SystemClock),
-    )
-    .await;
-    let store = std::sync::Arc::new(
-        meshpass_exchange::store::SqlStore::connect(&cfg.store, "participant").unwrap(),
-    );
-    let stats = std::sync::Arc::new(meshpass_exchange::mgmt::ExchangeStats::new().unwrap());
+    let (state, store, stats) = local_parts(&cfg).await;
     let mgmt = meshpass_exchange::mgmt::MgmtState::new(&cfg, &state, store, None, stats).unwrap();
     // A token lives max_ttl_secs, and verifiers accept it for the leeway (rounded up)
     // past its exp: the schedule waits for both, so must `POST /keys/retire`.
