@@ -488,3 +488,60 @@ on_both_backends!(
     every_change_is_audited_with_who_what_before_after_and_request_id,
     an_exchange_right_after_a_write_sees_it,
 );
+
+/// PostgreSQL only: a transaction that took an audit id and commits after a later one
+/// (SQLite has one writer, so ids always commit in order there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn following_the_audit_log_never_skips_an_event_that_commits_after_a_later_one() {
+    let s = Service::start(Db::postgres()).await;
+    let (_, _, page) = s.get("/api/v1/audit?limit=1").await;
+    let mut last = page["items"][0]["id"].as_i64().unwrap_or(0);
+    // The mapping write takes its audit id, then stays open for a while before commit.
+    let pg = sqlx::PgPool::connect(&s.cfg.store.url).await.unwrap();
+    for stmt in [
+        "CREATE FUNCTION slow_audit() RETURNS trigger AS $$ BEGIN \
+         IF NEW.action = 'mapping.create' THEN PERFORM pg_sleep(2); END IF; RETURN NEW; END $$ \
+         LANGUAGE plpgsql",
+        "CREATE TRIGGER slow_audit BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION slow_audit()",
+    ] {
+        sqlx::query(stmt).execute(&pg).await.unwrap();
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let write = async {
+        let m = mapping("late", "spiffe://cluster.local/ns/late/*", "inventory");
+        let st = s.post("/api/v1/mappings", &m).await.0;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        st
+    };
+    // Meanwhile a refused exchange is audited, and a follower keeps reading from the
+    // last id it saw, once more after the write has returned.
+    let follow = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(s.exchange(WEB, "no-such-resource").await.0, 400);
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            let (_, _, page) = s.get(&format!("/api/v1/audit?after={last}")).await;
+            for e in page["items"].as_array().unwrap() {
+                last = e["id"].as_i64().unwrap();
+                seen.push(e["action"].as_str().unwrap().to_string());
+            }
+            if finished {
+                break seen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never returned"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let (status, seen) = tokio::join!(write, follow);
+    assert_eq!(status, 201);
+    assert!(
+        seen.contains(&"mapping.create".to_string()),
+        "the follower skipped the mapping's event: {seen:?}"
+    );
+    assert!(seen.contains(&"exchange.refused".to_string()), "{seen:?}");
+}

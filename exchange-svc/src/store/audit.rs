@@ -90,10 +90,11 @@ impl SqlStore {
     /// Records one audit event on its own (refused exchanges, key operations).
     pub async fn record_audit(&self, r: &AuditRecord) -> Result<(), StoreError> {
         // Serialised with every other write: on SQLite a commit landing between another
-        // transaction's read and its write fails that transaction (SQLITE_BUSY_SNAPSHOT).
-        let _w = self.writer().await;
-        let mut c = self.pool.acquire().await.map_err(unavailable)?;
-        insert_audit(&mut c, r).await
+        // transaction's read and its write fails that transaction (SQLITE_BUSY_SNAPSHOT);
+        // on PostgreSQL ids must commit in order for followers of the log.
+        let (_w, mut tx) = self.begin_write().await?;
+        insert_audit(&mut tx, r).await?;
+        tx.commit().await.map_err(write_error)
     }
 
     /// Reads audit events, oldest first.

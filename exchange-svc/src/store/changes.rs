@@ -82,8 +82,7 @@ impl SqlStore {
     where
         E: From<StoreError>,
     {
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(MAINTENANCE_LOCK)
@@ -100,7 +99,8 @@ impl SqlStore {
 }
 
 impl SqlStore {
-    /// Scheduled maintenance: runs `op` only when the key-maintenance lock is free
+    /// Scheduled maintenance: runs `op` only when the key-maintenance lock (and the
+    /// write lock of [`SqlStore::begin_write`]) is free
     /// (PostgreSQL `pg_try_advisory_xact_lock`, so replicas never queue behind one
     /// another: whoever holds it does the work, the others skip this tick); `Ok(None)`
     /// when another replica holds it. `op` returns its result and the audit records of
@@ -114,14 +114,19 @@ impl SqlStore {
     where
         E: From<StoreError>,
     {
+        // Not `begin_write`: a tick must not queue behind another replica's writes
+        // either, so both locks are only tried, in `begin_write`'s order.
         let _w = self.writer().await;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         if self.backend == Backend::Postgres {
-            let row = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS locked")
-                .bind(MAINTENANCE_LOCK)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+            let row = sqlx::query(
+                "SELECT pg_try_advisory_xact_lock($1) AND pg_try_advisory_xact_lock($2) AS locked",
+            )
+            .bind(super::sql::WRITE_LOCK)
+            .bind(MAINTENANCE_LOCK)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
             let locked: bool = row
                 .try_get("locked")
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;

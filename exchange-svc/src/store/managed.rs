@@ -352,8 +352,7 @@ impl SqlStore {
     ) -> Result<Saved<T>, StoreError> {
         item.validate(self)?;
         let key = item.key();
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         let current = T::read(&mut tx, &key).await?;
         check_precondition::<T>(&mut tx, &key, current.as_ref(), &pre).await?;
         let created = current.is_none();
@@ -380,8 +379,7 @@ impl SqlStore {
         pre: Precondition,
         actor: &Actor,
     ) -> Result<T, StoreError> {
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         let current = T::read(&mut tx, key).await?;
         let pre = if pre == Precondition::None {
             Precondition::Exists
@@ -484,8 +482,7 @@ impl SqlStore {
         for s in &doc.scopes {
             s.validate(self)?;
         }
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         let mut diff = ImportDiff::default();
         apply_all::<Mapping>(&mut tx, &doc.mappings, prune, actor, &mut diff).await?;
         apply_all::<ScopeClaims>(&mut tx, &doc.scopes, prune, actor, &mut diff).await?;

@@ -442,8 +442,7 @@ impl RevocationStore for SqlStore {
             created_at: now,
             created_by: actor.who.clone(),
         };
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         // After the version bump: its row lock makes concurrent creates on PostgreSQL
         // check one after the other, each seeing the others' entries.
         let version = log_change(&mut tx, &r.id, "add", now).await?;
@@ -473,8 +472,7 @@ impl RevocationStore for SqlStore {
     }
 
     async fn lift_revocation(&self, id: &str, actor: &Actor) -> Result<Revocation, StoreError> {
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM revocations WHERE id = $1"))
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -585,8 +583,7 @@ impl RevocationStore for SqlStore {
     }
 
     async fn sweep_lapsed(&self, now: u64) -> Result<usize, StoreError> {
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         let ids: Vec<String> = sqlx::query(
             "SELECT id FROM revocations WHERE until_at > 0 AND until_at <= $1 ORDER BY until_at, id",
         )

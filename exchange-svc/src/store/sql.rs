@@ -391,6 +391,34 @@ impl SqlStore {
         }
     }
 
+    /// Begins a write transaction, one at a time on either backend: SQLite through this
+    /// process's writer lock (held by the returned guard), PostgreSQL through a
+    /// transaction-level advisory lock every replica takes first (so no other lock is
+    /// ever waited for while holding another in a different order). One writer at a
+    /// time makes a check-then-write (scope claims against their siblings, the
+    /// revocation bound) atomic, and audit ids commit in the order they are taken, so
+    /// `GET /audit?after=ID` never skips an event still in flight.
+    pub(super) async fn begin_write(
+        &self,
+    ) -> Result<
+        (
+            Option<tokio::sync::MutexGuard<'_, ()>>,
+            sqlx::Transaction<'static, sqlx::Any>,
+        ),
+        StoreError,
+    > {
+        let guard = self.writer().await;
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WRITE_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok((guard, tx))
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -470,16 +498,14 @@ impl MappingStore for SqlStore {
 
     async fn put_mapping(&self, m: &Mapping) -> Result<(), StoreError> {
         validate_mapping(m)?;
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         upsert_mapping(&mut tx, m, false).await?;
         super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)
     }
 
     async fn delete_mapping(&self, name: &str) -> Result<bool, StoreError> {
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         let r = sqlx::query("DELETE FROM mappings WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -502,16 +528,14 @@ impl MappingStore for SqlStore {
 
     async fn put_scope_claims(&self, row: &ScopeClaims) -> Result<(), StoreError> {
         validate_scope_claims(row, &self.participant_claim)?;
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         upsert_scope_claims(&mut tx, row, false).await?;
         super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)
     }
 
     async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError> {
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let (_w, mut tx) = self.begin_write().await?;
         let r = sqlx::query("DELETE FROM scope_claims WHERE resource = $1 AND scope = $2")
             .bind(resource)
             .bind(scope)
@@ -610,9 +634,9 @@ pub(super) async fn upsert_mapping(
     Ok(())
 }
 
-/// The first key of a resource's scope-claims advisory lock (the second: the resource's
-/// hash); the maintenance and migration locks are single 64-bit keys.
-const SCOPE_CLAIMS_LOCK: i32 = 72_700_141;
+/// The advisory lock key every write transaction takes first on PostgreSQL
+/// ([`SqlStore::begin_write`]). (Migrations use 7270014101, key maintenance 7270014102.)
+pub(super) const WRITE_LOCK: i64 = 7_270_014_103;
 
 /// Writes `row` inside a transaction (validated by the caller) after checking its claims
 /// against the other scopes of its resource; `insert_only` refuses an existing row.
@@ -621,17 +645,6 @@ pub(super) async fn upsert_scope_claims(
     row: &ScopeClaims,
     insert_only: bool,
 ) -> Result<(), StoreError> {
-    // Two transactions writing different scopes of one resource would each check the
-    // other's old claims: on PostgreSQL (no process-wide writer lock there) they take
-    // the resource's advisory lock first, held to commit, so the second sees the first.
-    if conn.backend_name() == "PostgreSQL" {
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind(SCOPE_CLAIMS_LOCK)
-            .bind(&row.resource)
-            .execute(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-    }
     let others =
         sqlx::query("SELECT resource, scope, claims FROM scope_claims WHERE resource = $1")
             .bind(&row.resource)
