@@ -497,6 +497,10 @@ impl Config {
         self.management
             .validate(self.server.listen)
             .map_err(|(field, reason)| bad(field, reason))?;
+        if let Some(k) = &self.management.kubernetes {
+            k.reviewed_issuer(&self.validation_policy()?)
+                .map_err(|(field, reason)| bad(field, reason))?;
+        }
         self.rate_limit
             .validate()
             .map_err(|(field, reason)| bad(field, reason))?;

@@ -24,38 +24,20 @@ const SA_USER: &str = "system:serviceaccount:ops:admin";
 /// A service whose management API asks the API server at `url` (CA `ca`); returns
 /// its base URL and the service-account token issuer.
 async fn start(dir: &std::path::Path, url: &str, ca: &std::path::Path) -> (String, TestIssuer) {
-    let own_token = dir.join("sa-token");
-    std::fs::write(&own_token, "service-own-token\n").unwrap();
+    start_with(dir, url, ca, "", "").await
+}
+
+/// [`start`] with `issuers` appended to the `[[issuers]]` and `kube` to
+/// `[management.kubernetes]`.
+async fn start_with(
+    dir: &std::path::Path,
+    url: &str,
+    ca: &std::path::Path,
+    issuers: &str,
+    kube: &str,
+) -> (String, TestIssuer) {
     let issuer = TestIssuer::new(K8S, "sa-1");
-    let toml = format!(
-        r#"
-[token]
-issuer = "https://meshpass.test"
-[store]
-url = "sqlite://{db}"
-[[issuers]]
-issuer = "{K8S}"
-audiences = ["meshpass"]
-trust_domains = ["cluster.local"]
-subject_format = "kubernetes_service_account"
-jwks = '{jwks}'
-[vault]
-address = "http://127.0.0.1:9"
-auth = {{ method = "token", token = "unused" }}
-[management]
-listen = "127.0.0.1:0"
-audiences = ["meshpass-admin"]
-[management.kubernetes]
-url = "{url}"
-ca_file = "{ca}"
-bearer_token_file = "{own}"
-timeout_secs = 2
-"#,
-        db = dir.join("m.db").display(),
-        jwks = issuer.jwks(),
-        ca = ca.display(),
-        own = own_token.display(),
-    );
+    let toml = service_toml(dir, url, ca, &issuer, issuers, kube);
     let cfg = load_config(dir, &toml);
     assert!(
         cfg.management.disabled_reason().is_none(),
@@ -86,6 +68,51 @@ timeout_secs = 2
     .unwrap()
     .unwrap();
     (format!("http://{}", running.addr), issuer)
+}
+
+/// The service's configuration: `issuer` (this cluster's service accounts) and
+/// `issuers` as `[[issuers]]`, `kube` appended to `[management.kubernetes]`.
+fn service_toml(
+    dir: &std::path::Path,
+    url: &str,
+    ca: &std::path::Path,
+    issuer: &TestIssuer,
+    issuers: &str,
+    kube: &str,
+) -> String {
+    let own_token = dir.join("sa-token");
+    std::fs::write(&own_token, "service-own-token\n").unwrap();
+    format!(
+        r#"
+[token]
+issuer = "https://meshpass.test"
+[store]
+url = "sqlite://{db}"
+[[issuers]]
+issuer = "{K8S}"
+audiences = ["meshpass"]
+trust_domains = ["cluster.local"]
+subject_format = "kubernetes_service_account"
+jwks = '{jwks}'
+{issuers}
+[vault]
+address = "http://127.0.0.1:9"
+auth = {{ method = "token", token = "unused" }}
+[management]
+listen = "127.0.0.1:0"
+audiences = ["meshpass-admin"]
+[management.kubernetes]
+url = "{url}"
+ca_file = "{ca}"
+bearer_token_file = "{own}"
+timeout_secs = 2
+{kube}
+"#,
+        db = dir.join("m.db").display(),
+        jwks = issuer.jwks(),
+        ca = ca.display(),
+        own = own_token.display(),
+    )
 }
 
 fn sa_token(issuer: &TestIssuer, aud: &str) -> String {
@@ -187,4 +214,75 @@ async fn an_unreachable_api_server_fails_closed_with_503() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.headers().contains_key("retry-after"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_of_another_clusters_issuer_is_never_reviewed_by_this_one() {
+    let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1", &["meshpass"]))).await;
+    api.allow_verbs(&["read", "write", "keys"]);
+    let dir = tempfile::tempdir().unwrap();
+    // A second cluster's service-account tokens are trusted for exchanges too; its
+    // `ops/admin` is not this cluster's `ops/admin`.
+    const EAST: &str = "https://east.example";
+    let east = TestIssuer::new(EAST, "east-1");
+    let issuers = format!(
+        r#"[[issuers]]
+issuer = "{EAST}"
+audiences = ["meshpass"]
+trust_domains = ["east.local"]
+subject_format = "kubernetes_service_account"
+jwks = '{}'
+"#,
+        east.jwks()
+    );
+    // Two such issuers: which cluster this API server answers for must be said.
+    let path = dir.path().join("ambiguous.toml");
+    std::fs::write(
+        &path,
+        service_toml(
+            dir.path(),
+            &api.url,
+            &api.ca_file,
+            &TestIssuer::new(K8S, "sa-1"),
+            &issuers,
+            "",
+        ),
+    )
+    .unwrap();
+    let e = meshpass_exchange::config::Config::load(Some(&path)).unwrap_err();
+    assert!(
+        e.to_string().contains("management.kubernetes.issuer"),
+        "{e}"
+    );
+    let (base, home) = start_with(
+        dir.path(),
+        &api.url,
+        &api.ca_file,
+        &issuers,
+        &format!("issuer = \"{K8S}\""),
+    )
+    .await;
+    let n = now();
+    let claims = |iss: &str| json!({"iss": iss, "sub": SA_USER, "aud": ["meshpass-admin"], "iat": n, "exp": n + 600});
+    let http = reqwest::Client::new();
+    let get = |token: String| {
+        let http = http.clone();
+        let base = base.clone();
+        async move {
+            http.get(format!("{base}/api/v1/mappings"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get(east.sign(&claims(EAST))).await, 403);
+    assert!(
+        api.access_reviews().is_empty(),
+        "the other cluster's caller was reviewed"
+    );
+    assert_eq!(get(home.sign(&claims(K8S))).await, 200);
+    assert_eq!(api.access_reviews().len(), 1);
 }

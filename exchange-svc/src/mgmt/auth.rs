@@ -33,6 +33,8 @@ pub struct Authenticator {
     clock: Arc<dyn Clock>,
     table: Vec<(SpiffeIdPattern, Vec<Role>)>,
     kube: Option<super::kube_authz::AccessReviewer>,
+    /// The issuer whose service-account tokens `kube` reviews.
+    kube_issuer: Option<String>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -79,12 +81,18 @@ impl Authenticator {
             .map(super::kube_authz::AccessReviewer::new)
             .transpose()
             .map_err(|e| ("management.kubernetes".to_string(), e.to_string()))?;
+        let kube_issuer = cfg
+            .kubernetes
+            .as_ref()
+            .map(|k| k.reviewed_issuer(&policy))
+            .transpose()?;
         Ok(Authenticator {
             policy,
             keys,
             clock,
             table,
             kube,
+            kube_issuer,
         })
     }
 
@@ -148,11 +156,20 @@ impl Authenticator {
             .flat_map(|(_, r)| r.iter().copied())
             .collect();
         let id = subject.spiffe_id.as_str().to_string();
+        // Only the reviewed cluster's own service accounts: `system:serviceaccount:ns:sa`
+        // names someone else in another cluster.
+        let from_reviewed_cluster = self.kube_issuer.as_deref().is_some_and(|i| {
+            subject
+                .claims
+                .get("iss")
+                .and_then(serde_json::Value::as_str)
+                == Some(i)
+        });
         let kube_user = subject
             .claims
             .get("sub")
             .and_then(serde_json::Value::as_str)
-            .filter(|s| s.starts_with("system:serviceaccount:"))
+            .filter(|s| from_reviewed_cluster && s.starts_with("system:serviceaccount:"))
             .map(str::to_string);
         if roles.is_empty() && (self.kube.is_none() || kube_user.is_none()) {
             return Err(MgmtError::Forbidden(format!(

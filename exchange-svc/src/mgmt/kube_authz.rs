@@ -43,6 +43,11 @@ pub struct KubeAuthzConfig {
     /// Timeout of one review.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// The `kubernetes_service_account` issuer (`iss`) of this API server's cluster:
+    /// only its tokens are reviewed (a service account of the same name in another
+    /// cluster is someone else). Optional when exactly one such issuer is configured.
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 fn default_timeout() -> u64 {
@@ -76,6 +81,39 @@ impl KubeAuthzConfig {
             return Err((f("timeout_secs"), "must be at least 1".into()));
         }
         Ok(())
+    }
+}
+
+impl KubeAuthzConfig {
+    /// The issuer whose service-account tokens are reviewed, among `policy`'s issuers.
+    pub fn reviewed_issuer(
+        &self,
+        policy: &meshpass_core::policy::ValidationPolicy,
+    ) -> Result<String, (String, String)> {
+        use meshpass_core::policy::SubjectFormat;
+        let kube: Vec<&str> = policy
+            .issuers
+            .iter()
+            .filter(|i| i.subject_format == SubjectFormat::KubernetesServiceAccount)
+            .map(|i| i.issuer.as_str())
+            .collect();
+        let field = "management.kubernetes.issuer".to_string();
+        match (&self.issuer, kube.as_slice()) {
+            (Some(i), _) if kube.contains(&i.as_str()) => Ok(i.clone()),
+            (Some(i), _) => Err((
+                field,
+                format!("{i:?} is not an [[issuers]] entry with subject_format = \"kubernetes_service_account\""),
+            )),
+            (None, [one]) => Ok((*one).to_string()),
+            (None, []) => Err((
+                "management.kubernetes".into(),
+                "reviews service-account callers, but no [[issuers]] entry has subject_format = \"kubernetes_service_account\"".into(),
+            )),
+            (None, _) => Err((
+                field,
+                "several kubernetes_service_account issuers are configured: name the one of this API server's cluster".into(),
+            )),
+        }
     }
 }
 
