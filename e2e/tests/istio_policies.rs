@@ -301,7 +301,7 @@ fn anonymous_callers_may_read_only_the_api_servers_jwks() {
 }
 
 #[test]
-fn the_vault_policy_and_role_grant_only_signing_with_the_configured_key() {
+fn the_vault_policy_and_role_grant_only_signing_and_maintenance_of_the_configured_key() {
     let docs = base();
     let toml = exchange_toml_of(&docs);
     let v = &toml["vault"];
@@ -316,6 +316,16 @@ fn the_vault_policy_and_role_grant_only_signing_with_the_configured_key() {
     let expected: std::collections::BTreeMap<String, Vec<String>> = [
         (format!("{mount}/keys/{key}"), vec!["read".to_string()]),
         (format!("{mount}/sign/{key}"), vec!["update".to_string()]),
+        // Key maintenance (management API, [keys] schedule); exchange-svc's
+        // vault_auth.rs runs every call the service makes under this file on OpenBao.
+        (
+            format!("{mount}/keys/{key}/rotate"),
+            vec!["update".to_string()],
+        ),
+        (
+            format!("{mount}/keys/{key}/config"),
+            vec!["update".to_string()],
+        ),
     ]
     .into();
     assert_eq!(policy, expected);

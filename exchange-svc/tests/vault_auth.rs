@@ -328,3 +328,42 @@ fn debug_output_of_config_never_shows_tokens_or_secret_ids() {
     };
     assert!(!format!("{cfg:?}").contains("hvs.tok3n"));
 }
+
+#[tokio::test]
+async fn the_shipped_vault_policy_lets_the_service_sign_rotate_and_retire_its_key_only() {
+    // istio/vault/meshpass-signer.hcl as an operator writes it (its key name).
+    const KEY: &str = "meshpass-participant";
+    let bao = bao_with_key(KEY, "ecdsa-p256");
+    bao.create_transit_key("other", "ecdsa-p256");
+    let hcl = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../istio/vault/meshpass-signer.hcl"),
+    )
+    .unwrap();
+    bao.write_policy("meshpass-signer", &hcl);
+    let token = bao.create_token(&["meshpass-signer"], "1h");
+    let signer = TransitSigner::start(&VaultConfig {
+        auth: AuthConfig::Token {
+            token: Some(Secret::new(token.clone())),
+        },
+        ..config(&bao, KEY)
+    })
+    .await
+    .unwrap();
+    sign_and_verify(&signer, "{}").await;
+    // Everything the management API and the key schedule call (mgmt/keys.rs).
+    use meshpass_exchange::mgmt::KeyAdmin;
+    let after = signer.rotate().await.unwrap();
+    assert_eq!(after.versions.len(), 2, "{after:?}");
+    let after = signer.retire_below(2).await.unwrap();
+    assert_eq!(after.versions.len(), 1, "{after:?}");
+    // Nothing else: no export, no deletion, no other key.
+    for (method, path) in [
+        ("GET", format!("transit/export/signing-key/{KEY}")),
+        ("DELETE", format!("transit/keys/{KEY}")),
+        ("POST", "transit/sign/other".to_string()),
+        ("POST", "transit/keys/other/rotate".to_string()),
+    ] {
+        let (status, _) = bao.api_with_token(&token, method, &path, Some(json!({"input": "AA=="})));
+        assert_eq!(status, 403, "{method} {path}");
+    }
+}

@@ -1,12 +1,22 @@
 # Vault/OpenBao policy `meshpass-signer` for the exchange service: sign with the transit
-# key and read its public versions (for the JWKS), nothing else: no export, no rotate, no
-# other key, no other engine. Rotation is an operator's act
-# (`bao write -f transit/keys/meshpass-participant/rotate`).
+# key, read its public versions (for the JWKS), and the two key-maintenance calls of the
+# management API and the [keys] schedule (rotate; min_decryption_version through config,
+# which retires old versions) - on this key only: no export, no deletion, no other key,
+# no other engine. An operator who rotates with bao only may drop the last two paths
+# (then `POST /api/v1/keys/rotate` and `/retire` answer 500 and log Vault's refusal).
 #   bao policy write meshpass-signer istio/vault/meshpass-signer.hcl
 path "transit/keys/meshpass-participant" {
   capabilities = ["read"]
 }
 
 path "transit/sign/meshpass-participant" {
+  capabilities = ["update"]
+}
+
+path "transit/keys/meshpass-participant/rotate" {
+  capabilities = ["update"]
+}
+
+path "transit/keys/meshpass-participant/config" {
   capabilities = ["update"]
 }

@@ -20,17 +20,40 @@ pub struct Postgres;
 
 impl Postgres {
     /// Creates a uniquely named, empty database; dropped (`WITH (FORCE)`) on drop.
-    /// Panics when `psql` is missing or the server is unreachable.
+    /// Waits up to 30 s for a server that is restarting (a fault test of another suite
+    /// on the same machine restarts the shared cluster); panics when `psql` is missing
+    /// or the server stays unreachable.
     pub fn fresh_database() -> PgDb {
         let name = format!("meshpass_t_{}_{}", std::process::id(), random_hex(6));
-        Postgres::psql_admin(&format!("CREATE DATABASE \"{name}\""));
-        PgDb { name }
+        let sql = format!("CREATE DATABASE \"{name}\"");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match psql("postgres", &sql) {
+                Ok(_) => return PgDb { name },
+                Err(e) if restarting(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// Runs one SQL statement on the `postgres` database (panics on failure).
     pub fn psql_admin(sql: &str) -> String {
         psql("postgres", sql).unwrap_or_else(|e| panic!("{e}"))
     }
+}
+
+/// Whether a `psql` error says the server is down or coming up rather than refusing.
+fn restarting(e: &str) -> bool {
+    [
+        "Connection refused",
+        "starting up",
+        "shutting down",
+        "No such file or directory",
+    ]
+    .iter()
+    .any(|m| e.contains(m))
 }
 
 fn psql(db: &str, sql: &str) -> Result<String, String> {
