@@ -378,7 +378,12 @@ fn the_exchange_service_is_deployed_for_production() {
     let labels = pod_labels(deploy);
     let spec = &deploy["spec"]["template"]["spec"];
     let c = &spec["containers"][0];
-    assert!(deploy["spec"]["replicas"].as_u64().unwrap() >= 2);
+    // The HPA owns the count: a fixed spec.replicas would be re-applied over it.
+    assert!(
+        deploy["spec"].get("replicas").is_none(),
+        "{}",
+        deploy["spec"]
+    );
     let hpa = find(&docs, "HorizontalPodAutoscaler", "meshpass-exchange");
     assert_eq!(
         hpa["spec"]["scaleTargetRef"]["name"],
@@ -445,8 +450,21 @@ fn replicas_spread_over_nodes_and_outlive_their_drain_in_every_overlay() {
         let deploy = find(&docs, "Deployment", "meshpass-exchange");
         let labels = pod_labels(deploy);
         let spec = &deploy["spec"]["template"]["spec"];
-        // Two replicas at least, on different nodes where possible.
-        assert!(deploy["spec"]["replicas"].as_u64().unwrap() >= 2, "{dir}");
+        // A readiness probe that outwaits /readyz's own wait for the store.
+        let probe = &spec["containers"][0]["readinessProbe"];
+        assert!(
+            probe["timeoutSeconds"].as_u64().unwrap_or(1)
+                > meshpass_exchange::app::READYZ_STORE_WAIT.as_secs(),
+            "{dir}: {probe}"
+        );
+        // Two replicas at least (the HPA's count, never a fixed one), on different nodes
+        // where possible.
+        assert!(deploy["spec"].get("replicas").is_none(), "{dir}");
+        let min = find(&docs, "HorizontalPodAutoscaler", "meshpass-exchange")["spec"]
+            ["minReplicas"]
+            .as_u64()
+            .unwrap();
+        assert!(min >= 2, "{dir}");
         let anti = &spec["affinity"]["podAntiAffinity"]
             ["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"];
         assert_eq!(anti["topologyKey"], "kubernetes.io/hostname", "{dir}");

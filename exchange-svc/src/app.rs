@@ -43,6 +43,10 @@ fn trace_ids(req: &Request) -> Option<(String, String)> {
     }
 }
 
+/// Longest `/readyz` waits for the store's ping (a Kubernetes readiness probe's
+/// `timeoutSeconds` must exceed it: e2e's istio_policies.rs checks the manifests).
+pub const READYZ_STORE_WAIT: Duration = Duration::from_secs(3);
+
 /// The router: `POST /token`, `GET /revocations` (the feed), discovery, `/healthz`, `/readyz`, `/metrics`.
 pub fn app(state: AppState) -> Router {
     // The token endpoint takes its state behind one `Arc`: axum clones a handler's state
@@ -162,7 +166,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
         keys_ok &= ok;
         issuers.insert(s.issuer, json!(if ok { "ok" } else { "no keys loaded" }));
     }
-    let store_ok = match tokio::time::timeout(Duration::from_secs(3), st.store.ping()).await {
+    let store_ok = match tokio::time::timeout(READYZ_STORE_WAIT, st.store.ping()).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: store ping failed");

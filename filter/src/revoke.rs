@@ -243,6 +243,10 @@ impl Worker {
             self.install_revocations(host, set, now);
         }
         let _ = host.shared_set(&rc.lease_key, Some(l.encode().as_bytes()), None);
+        // The gauges follow the success at once (a scrape right after a catch-up must
+        // not report the outage until the next tick).
+        host.gauge(Gauge::RevocationStaleness, 0);
+        host.gauge(Gauge::RevocationVersion, self.revoked.version());
         if l.version != lease.version {
             self.notify_revocations(host, now);
         }

@@ -617,6 +617,25 @@ fn feed_down_keeps_the_last_set_raises_staleness_and_warns_once_a_minute() {
 }
 
 #[test]
+fn staleness_drops_the_moment_a_poll_succeeds_not_at_the_next_tick() {
+    let mut f = Fx::new();
+    f.poll(feed(json!({"version": 4, "full": true, "added": []})));
+    for _ in 0..5 {
+        f.later(1000);
+        f.poll(status(503));
+    }
+    f.tick();
+    assert!(f.host.gauges[Gauge::RevocationStaleness.name()] >= 5);
+    f.later(1000);
+    f.poll(feed(
+        json!({"version": 5, "full": false, "added": [], "removed": []}),
+    ));
+    // A scrape right after the catch-up sees it, whenever the next tick comes.
+    assert_eq!(f.host.gauges[Gauge::RevocationStaleness.name()], 0);
+    assert_eq!(f.host.gauges[Gauge::RevocationVersion.name()], 5);
+}
+
+#[test]
 fn timeouts_broken_and_oversize_answers_keep_the_set() {
     let mut f = Fx::new();
     f.poll(feed(
