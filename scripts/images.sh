@@ -100,6 +100,12 @@ layout_exchange() { # binary [output dir]
 pin() { # image-name digest: rewrite every reference to it in the manifests
   local name=$1 digest=$2 hex=${2#sha256:}
   local f
+  # A failed build inside "$(…)" does not stop the script (set -e ignores it there):
+  # never write anything but a whole digest into the manifests.
+  if ! [[ $hex =~ ^[0-9a-f]{64}$ ]]; then
+    echo "[images] not pinning $name: '$digest' is not a sha256 digest (did its build fail?)" >&2
+    exit 1
+  fi
   for f in "${MANIFESTS[@]}"; do
     python3 - "$f" "$name" "$hex" <<'EOF'
 import re, sys
@@ -123,7 +129,7 @@ pinned() { # image-name: the digests the manifests pin, one per line
 
 expect_pinned() { # image-name digest
   local got
-  got=$(pinned "$1")
+  got=$(pinned "$1" || true) # grep finding nothing is the error reported next
   [ -n "$got" ] || die "no manifest pins $1 by digest"
   [ "$got" = "$2" ] || die "manifests pin $1 at $(echo "$got" | tr '\n' ' ')but the current sources give $2: run make images"
 }

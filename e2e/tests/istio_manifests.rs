@@ -551,3 +551,72 @@ fn every_image_is_pinned_by_digest_and_the_filter_digest_is_the_current_wasm_ima
         wasm.display()
     );
 }
+
+/// `scripts/images.sh`'s `pin`, run by bash on copies of the manifests.
+fn run_pin(name: &str, digest: &str) -> (bool, String, Vec<(PathBuf, String)>) {
+    let script = std::fs::read_to_string(root().join("scripts/images.sh")).unwrap();
+    let func = |start: &str| {
+        let from = script.find(start).unwrap();
+        let len = script[from..].find("\n}\n").unwrap() + 3;
+        script[from..from + len].to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut copies = Vec::new();
+    for f in [
+        "istio/base/filter/wasmplugin-inbound.yaml",
+        "istio/base/exchange/deployment.yaml",
+    ] {
+        let to = dir.path().join(f.replace('/', "_"));
+        std::fs::copy(root().join(f), &to).unwrap();
+        copies.push((to.clone(), std::fs::read_to_string(&to).unwrap()));
+    }
+    let program = format!(
+        "set -euo pipefail\nlog() {{ printf '[images] %s\\n' \"$*\"; }}\n{}\nMANIFESTS=({})\npin {name} \"{digest}\"\n",
+        func("pin() {"),
+        copies
+            .iter()
+            .map(|(p, _)| format!("'{}'", p.display()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(program)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let after = copies
+        .into_iter()
+        .map(|(p, before)| {
+            let now = std::fs::read_to_string(&p).unwrap();
+            (p, if now == before { String::new() } else { now })
+        })
+        .collect();
+    (out.status.success(), text, after)
+}
+
+#[test]
+fn pinning_an_empty_or_partial_digest_fails_and_leaves_the_manifests_alone() {
+    // What "$(layout_filter)" gives when the image build fails: set -e does not stop
+    // the script inside an argument's command substitution.
+    for bad in ["", "sha256:", "sha256:abc", "not-a-digest"] {
+        let (ok, text, after) = run_pin("meshpass-filter", bad);
+        assert!(!ok, "{bad:?} pinned: {text}");
+        assert!(text.contains("not pinning meshpass-filter"), "{text}");
+        assert!(
+            after.iter().all(|(_, changed)| changed.is_empty()),
+            "{bad:?} changed a manifest"
+        );
+    }
+    // A whole digest is pinned (the check above can tell).
+    let good = format!("sha256:{}", "ab".repeat(32));
+    let (ok, text, after) = run_pin("meshpass-filter", &good);
+    assert!(ok, "{text}");
+    assert!(
+        after
+            .iter()
+            .any(|(_, changed)| changed.contains(&"ab".repeat(32))),
+        "{text}"
+    );
+}
