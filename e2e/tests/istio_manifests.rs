@@ -351,6 +351,36 @@ fn the_overlays_render_what_each_environment_needs() {
     // dev: one replica on SQLite, nothing that needs several.
     let d = find(dev, "Deployment", "meshpass-exchange");
     assert_eq!(d["spec"]["replicas"], 1);
+    // Its SQLite file outlives the pod, and two pods never hold it at once.
+    assert_eq!(d["spec"]["strategy"]["type"], "Recreate");
+    let mount = exchange_container(dev)["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == "/var/lib/meshpass")
+        .unwrap()["name"]
+        .clone();
+    let vol = d["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount)
+        .unwrap();
+    let claim = vol["persistentVolumeClaim"]["claimName"].as_str().unwrap();
+    assert!(kinds(dev).contains(&format!("PersistentVolumeClaim/{claim}")));
+    let cm = find(dev, "ConfigMap", "meshpass-exchange");
+    let toml: toml::Value = cm["data"]["exchange.toml"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        toml["store"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("sqlite:///var/lib/meshpass/"),
+        "dev's SQLite file is on the claim"
+    );
     assert!(
         !exchange_container(dev)
             .to_string()

@@ -26,6 +26,7 @@ case "$auths" in *'"kubernetes/"'*) ;; *) "$BAO" auth enable kubernetes ;; esac
 # needs system:auth-delegator) and trusts the API server with its pod's CA.
 ca_arg=()
 [ -z "${KUBERNETES_CA_CERT:-}" ] || ca_arg=(kubernetes_ca_cert=@"$KUBERNETES_CA_CERT")
-"$BAO" write auth/kubernetes/config kubernetes_host="$KUBERNETES_HOST" "${ca_arg[@]}"
+# (The +-form: an empty array under set -u is an error on bash before 4.4, e.g. macOS.)
+"$BAO" write auth/kubernetes/config kubernetes_host="$KUBERNETES_HOST" ${ca_arg[@]+"${ca_arg[@]}"}
 "$BAO" write auth/kubernetes/role/meshpass-exchange @"$HERE/kubernetes-auth-role.json"
 echo "configured: transit/keys/meshpass-participant ($KEY_TYPE), policy meshpass-signer, auth/kubernetes/role/meshpass-exchange"
