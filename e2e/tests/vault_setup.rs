@@ -45,7 +45,7 @@ fn configure(bao: &OpenBao) -> String {
 }
 
 #[test]
-fn the_signer_policy_allows_reading_and_signing_with_the_key_and_nothing_else() {
+fn the_signer_policy_allows_reading_signing_and_maintaining_the_key_and_nothing_else() {
     let bao = OpenBao::start();
     configure(&bao);
     // Idempotent: a second run changes nothing and succeeds.
@@ -92,20 +92,39 @@ fn the_signer_policy_allows_reading_and_signing_with_the_key_and_nothing_else() 
         ),
         200
     );
-    // Nothing else: not rotating, configuring, exporting, trimming or deleting the key,
-    // not another key, not verifying, not other engines or the policy itself.
+    // Key maintenance as the management API and the schedule do it (mgmt/keys.rs):
+    // rotate, and retire through min_decryption_version only.
+    assert_eq!(
+        call("POST", "transit/keys/meshpass-participant/rotate", None) / 100,
+        2
+    );
+    assert_eq!(
+        call(
+            "POST",
+            "transit/keys/meshpass-participant/config",
+            Some(json!({"min_decryption_version": 1}))
+        ) / 100,
+        2
+    );
+    // Nothing else: not other settings, exporting, trimming or deleting the key, not
+    // another key, not verifying, not other engines or the policy itself.
     bao.api(
         "POST",
         "transit/keys/other",
         Some(json!({"type": "ecdsa-p256"})),
     );
     for (method, path, body) in [
-        ("POST", "transit/keys/meshpass-participant/rotate", None),
         (
             "POST",
             "transit/keys/meshpass-participant/config",
             Some(json!({"deletion_allowed": true})),
         ),
+        (
+            "POST",
+            "transit/keys/meshpass-participant/config",
+            Some(json!({"exportable": true})),
+        ),
+        ("POST", "transit/keys/other/rotate", None),
         (
             "GET",
             "transit/export/signing-key/meshpass-participant",

@@ -1,7 +1,8 @@
 # Vault/OpenBao policy `meshpass-signer` for the exchange service: sign with the transit
 # key, read its public versions (for the JWKS), and the two key-maintenance calls of the
-# management API and the [keys] schedule (rotate; min_decryption_version through config,
-# which retires old versions) - on this key only: no export, no deletion, no other key,
+# management API and the [keys] schedule (rotate; only min_decryption_version through
+# config, which retires old versions) - on this key only: no export, no deletion, no
+# other key,
 # no other engine. An operator who rotates with bao only may drop the last two paths
 # (then `POST /api/v1/keys/rotate` and `/retire` answer 500 and log Vault's refusal).
 #   bao policy write meshpass-signer istio/vault/meshpass-signer.hcl
@@ -17,6 +18,10 @@ path "transit/keys/meshpass-participant/rotate" {
   capabilities = ["update"]
 }
 
+# Only the retirement setting: not deletion_allowed, exportable or anything else.
 path "transit/keys/meshpass-participant/config" {
   capabilities = ["update"]
+  allowed_parameters = {
+    "min_decryption_version" = []
+  }
 }
