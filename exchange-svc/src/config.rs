@@ -86,7 +86,8 @@ pub struct ServerConfig {
     /// `Cache-Control: max-age` of the JWKS document (keep it below the signer's
     /// publish lead so verifiers see a new key before tokens carry it).
     pub jwks_max_age_secs: u64,
-    /// `Retry-After` sent with 503 when signing is unavailable.
+    /// `Retry-After` sent with 503 when signing, or any dependency but the store, is
+    /// unavailable (`store.retry_after_secs` covers the store).
     pub retry_after_secs: u64,
     /// Upper bound on a whole exchange; slower ones answer 503.
     pub request_timeout_secs: u64,

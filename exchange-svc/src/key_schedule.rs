@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use serde::Deserialize;
 
-use crate::mgmt::{check_retire, KeyAdmin, KeyStatus, MgmtError};
+use crate::mgmt::{check_retire, Dependency, KeyAdmin, KeyStatus, MgmtError};
 use crate::server::AbortOnDrop;
 use crate::store::{AuditRecord, SqlStore};
 use crate::vault::{TransitSigner, VaultConfig};
@@ -253,7 +253,7 @@ impl KeySchedule {
         let newest = self
             .signer
             .newest_created()
-            .ok_or(MgmtError::Unavailable("the transit key"))?;
+            .ok_or(MgmtError::Unavailable(Dependency::TransitKey))?;
         self.metrics.newest_created.set(
             newest
                 .duration_since(UNIX_EPOCH)

@@ -545,3 +545,42 @@ async fn following_the_audit_log_never_skips_an_event_that_commits_after_a_later
     );
     assert!(seen.contains(&"exchange.refused".to_string()), "{seen:?}");
 }
+
+/// PostgreSQL only (the store a network can take away): reads and writes answer 503
+/// with the configured `store.retry_after_secs`, and work again by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_store_is_unreachable_answers_503_with_the_configured_retry_after_and_recovers(
+) {
+    let s = Service::start(Db::postgres_cut()).await;
+    let m = mapping("before", "spiffe://cluster.local/ns/before/*", "inventory");
+    assert_eq!(s.post("/api/v1/mappings", &m).await.0, 201);
+
+    s.db.relay().cut();
+    for r in [
+        s.req(Method::GET, "/api/v1/mappings", Some(ADMIN)),
+        s.req(Method::POST, "/api/v1/mappings", Some(ADMIN)).json(&mapping(
+            "during",
+            "spiffe://cluster.local/ns/during/*",
+            "inventory",
+        )),
+    ] {
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 503);
+        assert_eq!(resp.headers()["retry-after"], "7");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "unavailable", "{body}");
+        assert!(!body["message"].as_str().unwrap().contains("127.0.0.1"), "{body}");
+    }
+
+    s.db.relay().restore();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (st, _, body) = s.get("/api/v1/mappings/before").await;
+        if st == 200 {
+            assert_eq!(body, m);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recovered: {st} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

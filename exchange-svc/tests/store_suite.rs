@@ -7,7 +7,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -499,51 +499,6 @@ fn in_memory_sqlite_and_unknown_schemes_are_refused() {
     }
 }
 
-/// A TCP proxy to Postgres that the test can cut (existing connections are dropped and
-/// new ones refused) and restore.
-struct Proxy {
-    port: u16,
-    up: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
-}
-
-impl Proxy {
-    async fn start(target: &str) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(AtomicBool::new(true));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let (u, c, target) = (up.clone(), conns.clone(), target.to_string());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !u.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let target = target.clone();
-                c.lock().unwrap().push(tokio::spawn(async move {
-                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                    }
-                }));
-            }
-        });
-        Proxy { port, up, conns }
-    }
-    fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_503_with_retry_after_while_postgres_is_unreachable_and_recovers_by_itself() {
     let db = Postgres::fresh_database();
@@ -555,8 +510,8 @@ async fn answers_503_with_retry_after_while_postgres_is_unreachable_and_recovers
         .rsplit_once('@')
         .map(|(u, h)| (format!("{u}@"), h))
         .unwrap_or((String::new(), userhost));
-    let proxy = Proxy::start(hostport).await;
-    let proxied = format!("postgres://{user}127.0.0.1:{}/{dbname}", proxy.port);
+    let proxy = meshpass_testkit::CutRelay::start(hostport).unwrap();
+    let proxied = format!("postgres://{user}127.0.0.1:{}/{dbname}", proxy.port());
 
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");

@@ -19,6 +19,7 @@ mod ports;
 mod postgres;
 mod process;
 mod redis;
+mod tcp_cut;
 
 pub use envoy::{Envoy, EnvoyOptions};
 pub use exchange::{to_toml, ExchangeService};
@@ -27,6 +28,7 @@ pub use openbao::{BaoStorage, OpenBao, OpenBaoOptions};
 pub use ports::{free_port, pid_listens_on, wait_port_released};
 pub use postgres::{PgDb, Postgres, SharedCluster};
 pub use process::{log_tail, wait_until, ChildGuard};
+pub use tcp_cut::CutRelay;
 pub use redis::{redis_pings, redis_server_bin, shared_redis_url, unique_prefix, RedisServer};
 
 use std::path::PathBuf;

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap};
 use meshpass_core::{Audience, Binding, SpiffeIdPattern, ValidationError, ValidationPolicy};
 
 use super::config::{ManagementConfig, Role};
-use super::error::MgmtError;
+use super::error::{Dependency, MgmtError};
 use crate::clock::Clock;
 use crate::keys::IssuerKeySource;
 
@@ -144,7 +144,7 @@ impl Authenticator {
             other => other,
         };
         let subject = result.map_err(|e| match e {
-            ValidationError::NoKeys => MgmtError::Unavailable("issuer keys"),
+            ValidationError::NoKeys => MgmtError::Unavailable(Dependency::IssuerKeys),
             e => MgmtError::Unauthenticated(format!("bearer token refused: {e}")),
         })?;
         // The token must belong to the connection it came over (see `binding`).

@@ -41,10 +41,70 @@ pub enum MgmtError {
     },
     /// A dependency (store, Vault) is down (503, Retry-After).
     #[error("{0} is temporarily unavailable")]
-    Unavailable(&'static str),
+    Unavailable(Dependency),
     /// A bug or an impossible state (500; details logged only).
     #[error("internal error")]
     Internal(String),
+}
+
+/// What a 503 waits for. Its `Retry-After` is that dependency's setting
+/// (`store.retry_after_secs` for the store, `server.retry_after_secs` otherwise), set by
+/// the router's [`retry_after`] layer from the response extension this leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    /// The mapping, audit and key-maintenance store.
+    Store,
+    /// The revocation store (not configured, or down).
+    RevocationStore,
+    /// Vault (or OpenBao).
+    Vault,
+    /// The transit key's state has not been read from Vault yet.
+    TransitKey,
+    /// The Kubernetes API server (SubjectAccessReview).
+    KubernetesApi,
+    /// No keys of the management token's issuer are loaded yet.
+    IssuerKeys,
+}
+
+impl std::fmt::Display for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dependency::Store => "the mapping store",
+            Dependency::RevocationStore => "the revocation store",
+            Dependency::Vault => "Vault",
+            Dependency::TransitKey => "the transit key",
+            Dependency::KubernetesApi => "the Kubernetes API server",
+            Dependency::IssuerKeys => "issuer keys",
+        })
+    }
+}
+
+/// The `Retry-After` seconds of each kind of outage.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryAfter {
+    /// `store.retry_after_secs`: the mapping and revocation stores.
+    pub store_secs: u64,
+    /// `server.retry_after_secs`: Vault and every other dependency.
+    pub other_secs: u64,
+}
+
+/// Sent when no [`retry_after`] layer set the configured value.
+const FALLBACK_RETRY_AFTER_SECS: u64 = 2;
+
+/// Sets the configured `Retry-After` on a 503 from [`MgmtError::Unavailable`].
+pub async fn retry_after(
+    axum::extract::State(retry): axum::extract::State<RetryAfter>,
+    mut resp: Response,
+) -> Response {
+    if let Some(dep) = resp.extensions().get::<Dependency>().copied() {
+        let secs = match dep {
+            Dependency::Store | Dependency::RevocationStore => retry.store_secs,
+            _ => retry.other_secs,
+        };
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }
 
 /// The JSON body of every error answer.
@@ -110,7 +170,7 @@ impl From<StoreError> for MgmtError {
         match e {
             StoreError::Unavailable(d) => {
                 tracing::warn!(error = %d, "management: store unavailable");
-                MgmtError::Unavailable("the mapping store")
+                MgmtError::Unavailable(Dependency::Store)
             }
             StoreError::Invalid { field, reason } => MgmtError::Invalid { field, reason },
             StoreError::Conflict(m) => MgmtError::Conflict(m),
@@ -152,11 +212,59 @@ impl IntoResponse for MgmtError {
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
             }
-            MgmtError::Unavailable(_) => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+            MgmtError::Unavailable(dep) => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(FALLBACK_RETRY_AFTER_SECS),
+                );
+                resp.extensions_mut().insert(dep);
             }
             _ => {}
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    async fn retry_after_of(dep: Dependency) -> String {
+        let app = axum::Router::new()
+            .route(
+                "/",
+                get(move || async move { MgmtError::Unavailable(dep).into_response() }),
+            )
+            .layer(axum::middleware::map_response_with_state(
+                RetryAfter {
+                    store_secs: 7,
+                    other_secs: 3,
+                },
+                retry_after,
+            ));
+        let req = axum::http::Request::new(axum::body::Body::empty());
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        resp.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn an_outage_asks_for_the_retry_after_configured_for_what_is_down() {
+        for dep in [Dependency::Store, Dependency::RevocationStore] {
+            assert_eq!(retry_after_of(dep).await, "7", "{dep}");
+        }
+        for dep in [
+            Dependency::Vault,
+            Dependency::TransitKey,
+            Dependency::KubernetesApi,
+            Dependency::IssuerKeys,
+        ] {
+            assert_eq!(retry_after_of(dep).await, "3", "{dep}");
+        }
     }
 }

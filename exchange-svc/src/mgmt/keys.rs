@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::config::Role;
-use super::error::MgmtError;
+use super::error::{Dependency, MgmtError};
 use super::mappings::parse_body;
 use super::{MgmtState, RequestId};
 use crate::key_maintenance::LockedKeyAdmin;
@@ -91,7 +91,7 @@ pub fn check_retire(
 ) -> Result<(), MgmtError> {
     let signing = status
         .signing_version
-        .ok_or(MgmtError::Unavailable("the transit key"))?;
+        .ok_or(MgmtError::Unavailable(Dependency::TransitKey))?;
     if below > signing {
         return Err(MgmtError::invalid(
             "below",

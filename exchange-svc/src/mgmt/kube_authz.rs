@@ -15,7 +15,7 @@ use kube::Resource;
 use serde::{Deserialize, Serialize};
 
 use super::config::Role;
-use super::error::MgmtError;
+use super::error::{Dependency, MgmtError};
 use crate::config::TokenReviewConfig;
 use crate::tokenreview::{bearer_header, kube_client, ReviewSetupError};
 
@@ -181,7 +181,7 @@ impl AccessReviewer {
     async fn ask(&self, user: &str, role: Role) -> Result<bool, MgmtError> {
         let down = |e: String| {
             tracing::warn!(error = %e, "SubjectAccessReview failed");
-            MgmtError::Unavailable("the Kubernetes API server")
+            MgmtError::Unavailable(Dependency::KubernetesApi)
         };
         let resp = self
             .client
@@ -206,6 +206,6 @@ impl AccessReviewer {
     pub async fn allows(&self, user: &str, role: Role) -> Result<bool, MgmtError> {
         tokio::time::timeout(self.timeout, self.ask(user, role))
             .await
-            .map_err(|_| MgmtError::Unavailable("the Kubernetes API server"))?
+            .map_err(|_| MgmtError::Unavailable(Dependency::KubernetesApi))?
     }
 }

@@ -33,7 +33,7 @@ use axum::Router;
 pub use audit::RefusalAudit;
 pub use auth::{Authenticator, Caller};
 pub use config::{CallerRoles, ManagementConfig, Role};
-pub use error::MgmtError;
+pub use error::{Dependency, MgmtError, RetryAfter};
 pub use keys::{check_retire, KeyAdmin, KeyStatus, KeyVersionStatus};
 pub use stats::ExchangeStats;
 
@@ -74,6 +74,8 @@ pub struct MgmtState {
     pub issuer: String,
     /// `token.participant_claim`.
     pub participant_claim: String,
+    /// `Retry-After` of a 503, by what is down.
+    pub retry_after: RetryAfter,
 }
 
 impl MgmtState {
@@ -118,6 +120,10 @@ impl MgmtState {
             signer: Arc::clone(&app.signer),
             issuer: app.settings.issuer.clone(),
             participant_claim: app.settings.participant_claim.clone(),
+            retry_after: RetryAfter {
+                store_secs: app.settings.store_retry_after_secs,
+                other_secs: app.settings.sign_retry_after_secs,
+            },
         })
     }
 
@@ -170,6 +176,7 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 /// The management router (every route of [`routes::ROUTES`] and `/openapi.json`).
 pub fn router(st: MgmtState) -> Router {
     let binding = Arc::clone(&st.binding);
+    let retry = st.retry_after;
     routes::build()
         .layer(axum::middleware::from_fn_with_state(
             binding,
@@ -184,6 +191,10 @@ pub fn router(st: MgmtState) -> Router {
             transfer::MAX_BODY_BYTES,
         ))
         .layer(axum::middleware::map_response(too_large_as_json))
+        .layer(axum::middleware::map_response_with_state(
+            retry,
+            error::retry_after,
+        ))
         .with_state(st)
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::config::Role;
-use super::error::MgmtError;
+use super::error::{Dependency, MgmtError};
 use super::mappings::parse_body;
 use super::{MgmtState, RequestId};
 use crate::store::{NewRevocation, Revocation, RevocationStore, RevocationTarget};
@@ -37,7 +37,7 @@ pub struct RevocationList {
 fn store(st: &MgmtState) -> Result<&std::sync::Arc<dyn RevocationStore>, MgmtError> {
     st.revocations
         .store()
-        .ok_or(MgmtError::Unavailable("the revocation store"))
+        .ok_or(MgmtError::Unavailable(Dependency::RevocationStore))
 }
 
 /// The body of a create; an unknown `target` names the field (serde names the value).

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::transit::{Inner, KeySet, TransitSigner, Version};
-use crate::mgmt::{KeyAdmin, KeyStatus, KeyVersionStatus, MgmtError};
+use crate::mgmt::{Dependency, KeyAdmin, KeyStatus, KeyVersionStatus, MgmtError};
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -26,7 +26,7 @@ fn unix_ceil(t: SystemTime) -> u64 {
 fn vault_error(e: super::VaultError) -> MgmtError {
     if e.is_transient() {
         tracing::warn!(error = %e, "management: vault unavailable");
-        MgmtError::Unavailable("Vault")
+        MgmtError::Unavailable(Dependency::Vault)
     } else {
         MgmtError::Internal(format!("vault refused the key operation: {e}"))
     }
@@ -38,7 +38,7 @@ impl KeyAdmin for TransitSigner {
         let inner = &self.inner;
         let set = inner
             .keyset()
-            .ok_or(MgmtError::Unavailable("the transit key"))?;
+            .ok_or(MgmtError::Unavailable(Dependency::TransitKey))?;
         let lead = inner.cfg.publish_lead;
         let signing = inner.current(SystemTime::now()).ok().map(|k| k.version);
         Ok(key_status(
@@ -104,7 +104,7 @@ impl TransitSigner {
         inner.load_keys().await.map_err(vault_error)?;
         let set = inner
             .keyset()
-            .ok_or(MgmtError::Unavailable("the transit key"))?;
+            .ok_or(MgmtError::Unavailable(Dependency::TransitKey))?;
         let lead = inner.cfg.publish_lead;
         let signing = set
             .versions

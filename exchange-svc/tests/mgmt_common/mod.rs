@@ -26,6 +26,9 @@ pub const MGMT_AUD: &str = "meshpass-admin";
 pub enum Db {
     Sqlite(tempfile::TempDir),
     Postgres(meshpass_testkit::PgDb),
+    /// PostgreSQL behind a relay the test can cut; the store waits at most a second for
+    /// a connection and asks for `Retry-After: 7`.
+    PostgresCut(meshpass_testkit::PgDb, meshpass_testkit::CutRelay),
 }
 
 impl Db {
@@ -35,12 +38,40 @@ impl Db {
     pub fn postgres() -> Db {
         Db::Postgres(meshpass_testkit::Postgres::fresh_database())
     }
-    fn url(&self, dir: &Path) -> String {
+    pub fn postgres_cut() -> Db {
+        let db = meshpass_testkit::Postgres::fresh_database();
+        let url = db.url();
+        let hostport = url
+            .split_once('@')
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .map(|(hp, _)| hp.to_string())
+            .unwrap();
+        let relay = meshpass_testkit::CutRelay::start(&hostport).unwrap();
+        Db::PostgresCut(db, relay)
+    }
+    /// The relay of [`Db::postgres_cut`].
+    pub fn relay(&self) -> &meshpass_testkit::CutRelay {
         match self {
-            Db::Sqlite(d) => format!("sqlite://{}", d.path().join("m.db").display()),
+            Db::PostgresCut(_, r) => r,
+            _ => panic!("not a database behind a relay"),
+        }
+    }
+    /// The `[store]` lines that replace the default `url`.
+    fn store_lines(&self, dir: &Path) -> String {
+        match self {
+            Db::Sqlite(d) => format!("url = \"sqlite://{}\"", d.path().join("m.db").display()),
             Db::Postgres(p) => {
                 let _ = dir;
-                p.url()
+                format!("url = \"{}\"", p.url())
+            }
+            Db::PostgresCut(p, relay) => {
+                let url = p.url();
+                let (head, rest) = url.split_once('@').unwrap();
+                let name = rest.split_once('/').unwrap().1;
+                format!(
+                    "url = \"{head}@127.0.0.1:{}/{name}\"\nacquire_timeout_secs = 1\nretry_after_secs = 7",
+                    relay.port()
+                )
             }
         }
     }
@@ -82,7 +113,7 @@ pub struct Service {
     pub token_url: String,
     pub http: reqwest::Client,
     _dir: tempfile::TempDir,
-    _db: Db,
+    pub db: Db,
 }
 
 impl Service {
@@ -100,7 +131,7 @@ impl Service {
         let sqlite = dir.path().join("unused.db");
         let toml = config_toml_vault(&issuer, &sqlite, vault, &management_toml(extra)).replace(
             &format!("url = \"sqlite://{}\"", sqlite.display()),
-            &format!("url = \"{}\"", db.url(dir.path())),
+            &db.store_lines(dir.path()),
         );
         let cfg = load_config(dir.path(), &toml);
         let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim).unwrap());
@@ -159,7 +190,7 @@ impl Service {
             token_url,
             http: reqwest::Client::new(),
             _dir: dir,
-            _db: db,
+            db,
         }
     }
 
