@@ -107,6 +107,13 @@ async fn invalid_input_is_refused_with_422_naming_the_field(db: Db) {
     let mut long = mapping("x", "spiffe://cluster.local/ns/shop/*", "inventory");
     long["ttl_secs"] = json!(7200); // token.max_ttl_secs is 3600
     check(s.post("/api/v1/mappings", &long).await, "ttl_secs");
+    // Slower than one exchange a day: a refusal's wait would overflow, not throttle.
+    let mut crawl = mapping("x", "spiffe://cluster.local/ns/shop/*", "inventory");
+    crawl["rate_limit"] = json!({"per_second": 1e-20, "burst": 1});
+    check(
+        s.post("/api/v1/mappings", &crawl).await,
+        "rate_limit.per_second",
+    );
     let mut unknown = mapping("x", "spiffe://cluster.local/ns/shop/*", "inventory");
     unknown["colour"] = json!("red");
     check(s.post("/api/v1/mappings", &unknown).await, "colour");
@@ -115,6 +122,15 @@ async fn invalid_input_is_refused_with_422_naming_the_field(db: Db) {
         s.put("/api/v1/scopes/payments/read", &reserved, None).await,
         "claims.iss",
     );
+    // RFC 8693's delegation and client claims are the service's as well.
+    for claim in ["may_act", "client_id"] {
+        let body =
+            json!({"resource": "payments", "scope": "read", "claims": {claim: {"sub": "x"}}});
+        check(
+            s.put("/api/v1/scopes/payments/read", &body, None).await,
+            &format!("claims.{claim}"),
+        );
+    }
     // The seeded scope `write` of payments sets role = "writer".
     let conflict = json!({"resource": "payments", "scope": "read", "claims": {"role": "admin"}});
     check(
@@ -549,8 +565,7 @@ async fn following_the_audit_log_never_skips_an_event_that_commits_after_a_later
 /// PostgreSQL only (the store a network can take away): reads and writes answer 503
 /// with the configured `store.retry_after_secs`, and work again by themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_the_store_is_unreachable_answers_503_with_the_configured_retry_after_and_recovers(
-) {
+async fn while_the_store_is_unreachable_answers_503_with_the_configured_retry_after_and_recovers() {
     let s = Service::start(Db::postgres_cut()).await;
     let m = mapping("before", "spiffe://cluster.local/ns/before/*", "inventory");
     assert_eq!(s.post("/api/v1/mappings", &m).await.0, 201);
@@ -558,18 +573,22 @@ async fn while_the_store_is_unreachable_answers_503_with_the_configured_retry_af
     s.db.relay().cut();
     for r in [
         s.req(Method::GET, "/api/v1/mappings", Some(ADMIN)),
-        s.req(Method::POST, "/api/v1/mappings", Some(ADMIN)).json(&mapping(
-            "during",
-            "spiffe://cluster.local/ns/during/*",
-            "inventory",
-        )),
+        s.req(Method::POST, "/api/v1/mappings", Some(ADMIN))
+            .json(&mapping(
+                "during",
+                "spiffe://cluster.local/ns/during/*",
+                "inventory",
+            )),
     ] {
         let resp = r.send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 503);
         assert_eq!(resp.headers()["retry-after"], "7");
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["error"], "unavailable", "{body}");
-        assert!(!body["message"].as_str().unwrap().contains("127.0.0.1"), "{body}");
+        assert!(
+            !body["message"].as_str().unwrap().contains("127.0.0.1"),
+            "{body}"
+        );
     }
 
     s.db.relay().restore();
@@ -580,7 +599,10 @@ async fn while_the_store_is_unreachable_answers_503_with_the_configured_retry_af
             assert_eq!(body, m);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "never recovered: {st} {body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recovered: {st} {body}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }

@@ -27,10 +27,13 @@ pub(crate) fn check_actor(
         };
         let matches = !wanted.is_empty()
             && wanted.iter().all(|(k, v)| match k.as_str() {
-                // `sub` names the actor as its token does, or by its SPIFFE ID.
+                // `sub` names the actor by its SPIFFE ID, or as its token does; a `sub`
+                // is unique only within its issuer (RFC 7519 §4.1.2), so the latter only
+                // for the subject token's own issuer unless `may_act` names `iss` too.
                 "sub" => {
                     v.as_str() == Some(actor.spiffe_id.as_str())
-                        || actor.claims.get("sub") == Some(v)
+                        || (actor.claims.get("sub") == Some(v)
+                            && (wanted.contains_key("iss") || actor.issuer == subject.issuer))
                 }
                 "iss" => v.as_str() == Some(actor.issuer.as_str()),
                 other => actor.claims.get(other) == Some(v),
@@ -150,6 +153,23 @@ mod tests {
             json!({"may_act": {"sub": "spiffe://td/batch", "iss": "https://elsewhere"}}),
         );
         assert!(check_actor(&wrong_iss, &ok, &mapping(&[])).is_err());
+    }
+
+    #[test]
+    fn may_act_naming_a_raw_sub_without_iss_is_not_met_by_another_issuers_actor() {
+        let sa = "system:serviceaccount:ops:batch";
+        let subject = party("spiffe://td/web", json!({"may_act": {"sub": sa}}));
+        let mut same = party("spiffe://td/ns/ops/sa/batch", json!({"sub": sa}));
+        assert!(check_actor(&subject, &same, &mapping(&[])).is_ok());
+        // The same `sub` from another cluster's issuer is another workload.
+        same.issuer = "https://cluster-b.example".into();
+        assert!(check_actor(&subject, &same, &mapping(&[])).is_err());
+        // Unless `may_act` names that issuer.
+        let named = party(
+            "spiffe://td/web",
+            json!({"may_act": {"sub": sa, "iss": "https://cluster-b.example"}}),
+        );
+        assert!(check_actor(&named, &same, &mapping(&[])).is_ok());
     }
 
     #[test]

@@ -11,7 +11,13 @@ use crate::store::RateLimit;
 struct Bucket {
     tokens: f64,
     last: Instant,
+    /// The limit it was last charged under (pruning judges each bucket by its own).
+    limit: RateLimit,
 }
+
+/// The longest wait a refusal names: the local share of the slowest valid rate can ask
+/// for more, and `Duration::from_secs_f64` panics past `u64::MAX` seconds.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
 /// The in-process buckets.
 #[derive(Default)]
@@ -27,14 +33,13 @@ impl LocalBuckets {
     /// The exchange uses the (caller, subject) pair as `key`.
     pub fn check(&self, key: &str, mapping: &str, limit: RateLimit) -> Result<(), Duration> {
         let now = Instant::now();
-        let Ok(mut g) = self.buckets.lock() else {
-            return Ok(());
-        };
+        // Nothing panics under the lock; were it poisoned, counting goes on (never open).
+        let mut g = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         let burst = f64::from(limit.burst);
         if g.len() >= MAX_BUCKETS {
             g.retain(|_, b| {
-                let refill = now.duration_since(b.last).as_secs_f64() * limit.per_second;
-                b.tokens + refill < burst
+                let refill = now.duration_since(b.last).as_secs_f64() * b.limit.per_second;
+                b.tokens + refill < f64::from(b.limit.burst)
             });
         }
         let b = g
@@ -42,16 +47,59 @@ impl LocalBuckets {
             .or_insert(Bucket {
                 tokens: burst,
                 last: now,
+                limit,
             });
         let elapsed = now.duration_since(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * limit.per_second).min(burst);
         b.last = now;
+        b.limit = limit;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
             Ok(())
         } else {
             let wait = (1.0 - b.tokens) / limit.per_second;
-            Err(Duration::from_secs_f64(wait.max(0.001)))
+            Err(Duration::try_from_secs_f64(wait.max(0.001)).map_or(MAX_WAIT, |w| w.min(MAX_WAIT)))
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vanishingly_small_rate_refuses_with_a_bounded_wait_instead_of_panicking() {
+        let b = LocalBuckets::default();
+        let limit = RateLimit {
+            per_second: 1e-20,
+            burst: 1,
+        };
+        assert!(b.check("alice", "m", limit).is_ok());
+        assert_eq!(b.check("alice", "m", limit), Err(MAX_WAIT));
+        // And the buckets keep counting afterwards.
+        assert_eq!(b.check("alice", "m", limit), Err(MAX_WAIT));
+    }
+
+    #[test]
+    fn pruning_judges_each_bucket_by_its_own_limit() {
+        let b = LocalBuckets::default();
+        let slow = RateLimit {
+            per_second: MIN_RATE,
+            burst: 1,
+        };
+        assert!(b.check("alice", "slow", slow).is_ok());
+        // Fill the table with full buckets of a fast mapping until it prunes.
+        let fast = RateLimit {
+            per_second: 1e9,
+            burst: 1,
+        };
+        for i in 0..MAX_BUCKETS {
+            let _ = b.check(&format!("k{i}"), "fast", fast);
+        }
+        // Under the fast limit alice's bucket would look full and be dropped (reset);
+        // under its own it is still empty.
+        assert!(b.check("alice", "slow", slow).is_err());
+    }
+
+    const MIN_RATE: f64 = crate::store::MIN_RATE_PER_SECOND;
 }

@@ -44,9 +44,26 @@ pub use sql::{SqlStore, StoreConfig};
 const LARGE_RESOURCE: usize = 1_000;
 
 /// Claims a scope→claims mapping may never set: they are the service's own.
+/// `may_act` and `client_id` are RFC 8693's (§4.4, §4.3): a scope must not say who may
+/// act for every holder, nor which client the token was issued to.
 pub const RESERVED_CLAIMS: &[&str] = &[
-    "iss", "sub", "aud", "exp", "nbf", "iat", "jti", "scope", "act", "cnf",
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "scope",
+    "act",
+    "cnf",
+    "may_act",
+    "client_id",
 ];
+
+/// The slowest rate a mapping may set: one exchange a day. Below it a refusal's wait
+/// would be measured in years (and a float that small is a mistake, not a policy).
+pub const MIN_RATE_PER_SECOND: f64 = 1.0 / 86_400.0;
 
 /// A per-subject token bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -336,10 +353,12 @@ pub fn validate_mapping(m: &Mapping) -> Result<(), StoreError> {
         return Err(invalid("ttl_secs", format!("must be 1 to {MAX_TTL_SECS}")));
     }
     if let Some(rl) = m.rate_limit {
-        if !(rl.per_second.is_finite() && rl.per_second > 0.0) {
+        if !(rl.per_second.is_finite() && rl.per_second >= MIN_RATE_PER_SECOND) {
             return Err(invalid(
                 "rate_limit.per_second",
-                "must be a positive number",
+                format!(
+                    "must be a number of at least {MIN_RATE_PER_SECOND:.8} (one exchange a day)"
+                ),
             ));
         }
         if rl.burst == 0 {
