@@ -142,8 +142,9 @@ pub struct CachedToken {
     pub rate_limit: Option<RateLimit>,
     /// The token's `jti` (a revoked one is never served again).
     pub jti: Arc<str>,
-    /// The actor's SPIFFE ID (`act.sub`), when an actor token was given (a revoked
-    /// actor's tokens are never served again).
+    /// The SPIFFE ID the token names as acting (`act.sub`: the actor token's subject,
+    /// or the subject token's own actor); a revoked actor's tokens are never served
+    /// again.
     pub actor: Option<Arc<str>>,
     /// The answer, serialised at mint time.
     pub body: AnswerBody,

@@ -123,6 +123,55 @@ async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() 
 }
 
 #[tokio::test]
+async fn a_subject_token_whose_own_act_names_a_revoked_workload_gets_no_token_and_no_cached_one() {
+    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore, RevocationTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let cfg = load_config(
+        dir.path(),
+        &config_toml(&issuer, &dir.path().join("m.db"), LEDGER),
+    );
+    let (st, store) = state_and_store(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let app = meshpass_exchange::app(st.clone());
+    let t = now();
+    // web's token says batch acts for it (RFC 8693 §4.1); the minted token carries that.
+    let acted = issuer.sign(&json!({
+        "iss": ISSUER, "sub": WEB, "aud": "meshpass", "iat": t, "exp": t + 600,
+        "act": {"sub": BATCH}
+    }));
+    for _ in 0..2 {
+        let a = post_token(&app, exchange_form(&acted, &[("resource", "ledger")])).await;
+        assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+    }
+    let rev = NewRevocation {
+        target: RevocationTarget::Subject,
+        matches: BATCH.into(),
+        reason: "compromised".into(),
+        until: None,
+    };
+    let by = Actor {
+        who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+        request_id: "test".into(),
+    };
+    let rev = store.create_revocation(&rev, &by, now()).await.unwrap();
+    st.revocations.created(rev);
+    // The cached token naming batch is not served, and none is minted anew.
+    let a = post_token(&app, exchange_form(&acted, &[("resource", "ledger")])).await;
+    assert_eq!(a.status.as_u16(), 403, "{}", a.json);
+    assert_eq!(a.json["error"], "unauthorized_client", "{}", a.json);
+    let fresh = issuer.sign(&json!({
+        "iss": ISSUER, "sub": WEB, "aud": "meshpass", "iat": t, "exp": t + 601,
+        "act": {"sub": BATCH}
+    }));
+    let a = post_token(&app, exchange_form(&fresh, &[("resource", "ledger")])).await;
+    assert_eq!(a.status.as_u16(), 403, "{}", a.json);
+    // web acting alone still gets its token.
+    let alone = issuer.svid(WEB, now(), 600);
+    let a = post_token(&app, exchange_form(&alone, &[("resource", "ledger")])).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+}
+
+#[tokio::test]
 async fn a_subject_tokens_own_act_chain_is_carried_only_when_it_is_an_actor_object() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");

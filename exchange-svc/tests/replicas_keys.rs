@@ -78,7 +78,9 @@ async fn key_maintenance_on_two_replicas_never_overlaps_and_bumps_the_change_ver
     // A failed operation changes nothing.
     let r = a
         .with_maintenance_lock(async {
-            Err::<((), AuditRecord), MgmtError>(MgmtError::Unavailable(meshpass_exchange::mgmt::Dependency::Vault))
+            Err::<((), AuditRecord), MgmtError>(MgmtError::Unavailable(
+                meshpass_exchange::mgmt::Dependency::Vault,
+            ))
         })
         .await;
     assert!(r.is_err());

@@ -1,7 +1,7 @@
 //! Delegation (RFC 8693 §4.4, §4.1): whether the actor may act for the subject, and
 //! the `act` claim of the minted token.
 
-use meshpass_core::{SpiffeIdPattern, VerifiedSubject};
+use meshpass_core::{SpiffeId, SpiffeIdPattern, VerifiedSubject};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
@@ -95,6 +95,24 @@ pub(crate) fn act_claim(
             Some(Value::Object(act))
         }
         None => subject.claims.get("act").cloned(),
+    }
+}
+
+/// The workload a minted token names as acting (its top-level `act.sub`), when that is
+/// a SPIFFE ID: the actor token's subject, or else the subject token's own actor. The
+/// one revocations are checked against, as the filter checks the token's `act.sub`.
+pub(crate) fn acting(
+    subject: &VerifiedSubject,
+    actor: Option<&VerifiedSubject>,
+) -> Option<SpiffeId> {
+    match actor {
+        Some(a) => Some(a.spiffe_id.clone()),
+        None => subject
+            .claims
+            .get("act")
+            .and_then(|act| act.get("sub"))
+            .and_then(Value::as_str)
+            .and_then(|s| SpiffeId::parse(s).ok()),
     }
 }
 

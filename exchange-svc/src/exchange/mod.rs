@@ -302,6 +302,12 @@ async fn exchange(
         return Err(on("", subject.spiffe_id.as_str(), caller_id)(revoked));
     }
     delegation::check_act(&subject, "subject_token").map_err(unlabelled)?;
+    // A revoked workload may not act for anyone, whether an actor token names it or the
+    // subject token's own `act` (carried into the minted token) does.
+    if let Some(r) = delegation::acting(&subject, None).and_then(|id| revoked.subject(&id, now)) {
+        let revoked = ApiError::Revoked(r.reason.clone());
+        return Err(on("", subject.spiffe_id.as_str(), caller_id)(revoked));
+    }
     let target = form::target(&req).map_err(unlabelled)?;
     let policy = st
         .store
@@ -416,10 +422,8 @@ async fn exchange(
         resource: mapping.resource.as_str().into(),
         rate_limit: mapping.rate_limit,
         jti: minted.jti.into(),
-        actor: parties
-            .actor
-            .as_ref()
-            .map(|a| Arc::from(a.spiffe_id.as_str())),
+        actor: delegation::acting(&parties.subject, parties.actor.as_deref())
+            .map(|a| Arc::from(a.as_str())),
     });
     if let (Some(cache), Some(key)) = (&st.cache, key) {
         cache.insert(key, Arc::clone(&token), now);
