@@ -38,6 +38,10 @@ impl CacheKey {
         field(req.subject_token.as_bytes());
         field(req.actor_token.as_deref().unwrap_or("").as_bytes());
         field(req.requested_token_type.as_deref().unwrap_or("").as_bytes());
+        // Order does not matter within each list but one: without a `resource` the first
+        // `audience` picks the mappings (`form::target`), so it is part of the key.
+        let target = req.resource.first().or_else(|| req.audience.first());
+        field(target.map_or("", String::as_str).as_bytes());
         for (tag, list) in [
             ("r", &req.resource),
             ("a", &req.audience),

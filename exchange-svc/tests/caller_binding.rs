@@ -210,6 +210,22 @@ async fn reordered_or_repeated_audiences_and_scopes_share_one_cached_token() {
     assert_eq!(a.json["access_token"], b.json["access_token"]);
 }
 
+#[tokio::test]
+async fn reordered_audiences_without_a_resource_are_different_targets_and_never_share_a_token() {
+    let e = env().await;
+    let token = e.issuer.svid(WEB, now(), 600);
+    let form = |first: &str, second: &str| {
+        exchange_form(&token, &[("audience", first), ("audience", second)])
+    };
+    // The first audience names the resource: `payments`, which may have both audiences.
+    let a = post_token(&e.app, form("payments", "https://payments.internal")).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+    // Reversed, it names a resource nobody maps: refused, not served from the cache.
+    let b = post_token(&e.app, form("https://payments.internal", "payments")).await;
+    assert_eq!(b.status.as_u16(), 400, "{}", b.json);
+    assert_eq!(b.json["error"], "invalid_target", "{}", b.json);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verified_tls_client_certificate_names_the_caller() {
     let pki = Pki::new();
