@@ -27,9 +27,16 @@ pub enum ApiError {
         /// What failed (core's messages never contain the token).
         source: ValidationError,
     },
-    /// The subject token is valid but TokenReview refused it.
-    #[error("subject_token was refused by the Kubernetes API server: {0}")]
-    Review(ReviewError),
+    /// The subject or actor token is valid but TokenReview refused it, or could not ask.
+    #[error("{which} was refused by the Kubernetes API server: {source}")]
+    Review {
+        /// `subject_token` or `actor_token`.
+        which: &'static str,
+        /// The review's verdict.
+        source: ReviewError,
+        /// `Retry-After` when the API server could not be asked.
+        retry_after_secs: u64,
+    },
     /// The subject token expires before anything could be minted.
     #[error("subject_token expires too soon")]
     ExpiresTooSoon,
@@ -111,11 +118,23 @@ impl ApiError {
             ApiError::Protocol(e) => e.error,
             ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             ApiError::InvalidGrant { .. }
-            | ApiError::Review(ReviewError::NotAuthenticated)
-            | ApiError::Review(ReviewError::UserMismatch)
-            | ApiError::Review(ReviewError::AudienceMismatch)
+            | ApiError::Review {
+                source: ReviewError::NotAuthenticated,
+                ..
+            }
+            | ApiError::Review {
+                source: ReviewError::UserMismatch,
+                ..
+            }
+            | ApiError::Review {
+                source: ReviewError::AudienceMismatch,
+                ..
+            }
             | ApiError::ExpiresTooSoon => ErrorCode::InvalidGrant,
-            ApiError::Review(ReviewError::Unavailable(_)) => ErrorCode::TemporarilyUnavailable,
+            ApiError::Review {
+                source: ReviewError::Unavailable(_),
+                ..
+            } => ErrorCode::TemporarilyUnavailable,
             ApiError::InvalidTarget(_) => ErrorCode::InvalidTarget,
             ApiError::InvalidScope(_) => ErrorCode::InvalidScope,
             ApiError::UnauthorizedClient(_)
@@ -146,9 +165,10 @@ impl ApiError {
                 SignError::Failed(_) => "signing failed".into(),
                 _ => "signing is temporarily unavailable".into(),
             },
-            ApiError::Review(ReviewError::Unavailable(_)) => {
-                "the Kubernetes API server is temporarily unavailable".into()
-            }
+            ApiError::Review {
+                source: ReviewError::Unavailable(_),
+                ..
+            } => "the Kubernetes API server is temporarily unavailable".into(),
             ApiError::Unavailable { what, .. } => format!("{what} temporarily unavailable"),
             ApiError::Internal(_) => "internal error".into(),
             other => other.to_string(),
@@ -169,7 +189,11 @@ impl ApiError {
             ApiError::Sign {
                 retry_after_secs, ..
             } if self.code() == ErrorCode::TemporarilyUnavailable => Some(*retry_after_secs),
-            ApiError::Review(ReviewError::Unavailable(_)) => Some(2),
+            ApiError::Review {
+                source: ReviewError::Unavailable(_),
+                retry_after_secs,
+                ..
+            } => Some(*retry_after_secs),
             _ => None,
         }
     }
@@ -180,7 +204,10 @@ impl ApiError {
                 tracing::warn!(error = %source, "mapping store failed")
             }
             ApiError::Sign { source, .. } => tracing::warn!(error = %source, "signing failed"),
-            ApiError::Review(ReviewError::Unavailable(d)) => {
+            ApiError::Review {
+                source: ReviewError::Unavailable(d),
+                ..
+            } => {
                 tracing::warn!(error = %d, "TokenReview failed")
             }
             ApiError::Unavailable { what, detail, .. } => {

@@ -34,9 +34,14 @@ impl Service {
 
     /// With `audit`, refused exchanges go to the audit log as in `serve`.
     async fn start_audited(token_review: &str, audit: bool) -> Service {
+        Service::start_with(token_review, audit, "").await
+    }
+
+    /// `extra`: more configuration (mappings) appended.
+    async fn start_with(token_review: &str, audit: bool, extra: &str) -> Service {
         let issuer = TestIssuer::new(K8S_ISSUER, "sa");
         let dir = tempfile::tempdir().unwrap();
-        let toml = config_toml(&issuer, &dir.path().join("m.db"), "").replace(
+        let toml = config_toml(&issuer, &dir.path().join("m.db"), extra).replace(
             &format!("jwks = '{}'", issuer.jwks()),
             &format!(
                 "jwks = '{}'\nsubject_format = \"kubernetes_service_account\"\ntoken_review = {{ {token_review} }}",
@@ -63,11 +68,16 @@ impl Service {
 
     /// A service-account token for `shop/web`; `n` makes each one distinct (no cache hit).
     fn sa_token(&self, n: u64) -> String {
+        self.sa_token_of("web", n)
+    }
+
+    /// A service-account token for `shop/NAME`.
+    fn sa_token_of(&self, name: &str, n: u64) -> String {
         let t = now();
         self.issuer.sign(&json!({
-            "iss": K8S_ISSUER, "sub": SA_USER, "aud": ["meshpass"],
-            "iat": t - n, "exp": t + 3600,
-            "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": "web", "uid": "1234"}},
+            "iss": K8S_ISSUER, "sub": format!("system:serviceaccount:shop:{name}"),
+            "aud": ["meshpass"], "iat": t - n, "exp": t + 3600,
+            "kubernetes.io": {"namespace": "shop", "serviceaccount": {"name": name, "uid": "1234"}},
         }))
     }
 
@@ -119,6 +129,50 @@ async fn an_authenticated_service_account_with_a_requested_audience_is_exchanged
     let (_, claims) = verify(a.json["access_token"].as_str().unwrap(), &jwks);
     assert_eq!(claims["sub"], WEB);
     assert_eq!(api.reviews().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_token_from_a_reviewed_issuer_is_reviewed_too_and_a_refusal_is_invalid_grant() {
+    let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1234", &["meshpass"]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = r#"
+[[mappings]]
+name = "shop-to-ledger"
+subject = "spiffe://cluster.local/ns/shop/*"
+resource = "ledger"
+participant = "acme-ledger"
+ttl_secs = 300
+allowed_actors = ["spiffe://cluster.local/ns/shop/sa/batch"]
+"#;
+    let svc = Service::start_with(&explicit(&api, dir.path()), false, ledger).await;
+    let (subject, actor) = (svc.sa_token(0), svc.sa_token_of("batch", 0));
+    let form = exchange_form(
+        &subject,
+        &[
+            ("resource", "ledger"),
+            ("actor_token", &actor),
+            ("actor_token_type", JWT_TYPE),
+        ],
+    );
+    // The API server authenticates web's token, but its review of batch's names
+    // another user (as for a deleted pod's reused name): the actor token is refused
+    // although its signature is good.
+    let a = post_token_as(&svc.app, form, Some(WEB)).await;
+    assert_invalid_grant(&a, "actor not authenticated");
+    assert!(
+        a.json["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("actor_token"),
+        "{}",
+        a.json
+    );
+    let reviewed: Vec<_> = api
+        .reviews()
+        .iter()
+        .map(|r| r.body["spec"]["token"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reviewed, [subject, actor]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

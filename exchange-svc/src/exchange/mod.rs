@@ -340,18 +340,28 @@ async fn exchange(
     }
     // A refusal by TokenReview or of the actor is audited like any other refusal; an
     // API-server outage is not a refusal (503, counted only).
-    subject::review(st, &req, &subject)
+    let reviewed = |e| match e {
+        e @ ApiError::Review {
+            source: ReviewError::Unavailable(_),
+            ..
+        } => unlabelled(e),
+        refused => on(&target)(refused),
+    };
+    subject::review(st, &req.subject_token, &subject, "subject_token")
         .await
-        .map_err(|e| match e {
-            e @ ApiError::Review(ReviewError::Unavailable(_)) => unlabelled(e),
-            refused => on(&target)(refused),
-        })?;
+        .map_err(reviewed)?;
     let actor = match &req.actor_token {
-        Some(t) => Some(
-            subject::validate(st, t, now, "actor_token")
+        Some(t) => {
+            let a = subject::validate(st, t, now, "actor_token")
                 .await
-                .map_err(on(&target))?,
-        ),
+                .map_err(on(&target))?;
+            // The actor's issuer may want its tokens reviewed as well (a deleted pod's
+            // token stays signed until it expires).
+            subject::review(st, t, &a, "actor_token")
+                .await
+                .map_err(reviewed)?;
+            Some(a)
+        }
         None => None,
     };
     if let Some(a) = &actor {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use meshpass_core::oauth::TokenExchangeRequest;
 use meshpass_core::{Binding, ValidationError, ValidationPolicy, VerifiedSubject};
 use serde_json::Value;
 
@@ -19,25 +18,30 @@ pub(crate) struct Parties {
     pub actor: Option<Arc<VerifiedSubject>>,
 }
 
-/// Asks TokenReview about the subject token when the subject's issuer has it
-/// configured (after the rate limit: a review is a round trip to the API server).
+/// Asks TokenReview about a subject or actor token when its issuer has it configured
+/// (after the rate limit: a review is a round trip to the API server).
 pub(crate) async fn review(
     st: &AppState,
-    req: &TokenExchangeRequest,
-    subject: &VerifiedSubject,
+    token: &str,
+    verified: &VerifiedSubject,
+    which: &'static str,
 ) -> Result<(), ApiError> {
-    let Some(reviewer) = st.reviewers.get(&subject.issuer) else {
+    let Some(reviewer) = st.reviewers.get(&verified.issuer) else {
         return Ok(());
     };
-    let sub = subject
+    let sub = verified
         .claims
         .get("sub")
         .and_then(Value::as_str)
         .unwrap_or("");
     reviewer
-        .review(&req.subject_token, sub)
+        .review(token, sub)
         .await
-        .map_err(ApiError::Review)
+        .map_err(|source| ApiError::Review {
+            which,
+            source,
+            retry_after_secs: st.settings.sign_retry_after_secs,
+        })
 }
 
 /// Validates a subject or actor token; an unknown `kid` refetches the issuer's keys
