@@ -217,16 +217,18 @@ pub fn is_scope_token(token: &str) -> bool {
 
 /// RFC 6749 §3.3: `scope = scope-token *( SP scope-token )`, with
 /// `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+/// A malformed scope is `invalid_scope` (RFC 6749 §5.2: "invalid, unknown, malformed").
 fn parse_scope(s: &str) -> Result<Vec<String>, ErrorResponse> {
+    let invalid_scope = |d: &str| ErrorResponse::new(ErrorCode::InvalidScope, d);
     let mut out = Vec::new();
     for token in s.split(' ') {
         if token.is_empty() {
-            return Err(invalid_request(
+            return Err(invalid_scope(
                 "scope has an empty scope token (scopes are separated by single spaces)",
             ));
         }
         if !is_scope_token(token) {
-            return Err(invalid_request(
+            return Err(invalid_scope(
                 "scope has a character RFC 6749 §3.3 does not allow",
             ));
         }

@@ -194,15 +194,22 @@ fn treats_parameters_without_a_value_as_omitted() {
     );
 }
 
+/// RFC 6749 §5.2: a malformed scope is `invalid_scope`, not `invalid_request`.
+fn invalid_scope(body: &str) -> String {
+    let err = TokenExchangeRequest::parse_form(body.as_bytes()).unwrap_err();
+    assert_eq!(err.error, ErrorCode::InvalidScope, "{body}: {err:?}");
+    err.error_description.unwrap()
+}
+
 #[test]
-fn rejects_empty_scope_tokens_and_forbidden_scope_characters() {
+fn a_malformed_scope_is_invalid_scope_naming_the_empty_token_or_the_character_rule() {
     for scope in ["a++b", "+a", "a+", "a%20%20b"] {
         assert!(
-            invalid_request(&format!("{}&scope={scope}", minimal())).contains("empty scope token")
+            invalid_scope(&format!("{}&scope={scope}", minimal())).contains("empty scope token")
         );
     }
     for scope in ["a%22b", "a%5Cb", "a%7Fb", "caf%C3%A9"] {
-        assert!(invalid_request(&format!("{}&scope={scope}", minimal())).contains("RFC 6749"));
+        assert!(invalid_scope(&format!("{}&scope={scope}", minimal())).contains("RFC 6749"));
     }
 }
 

@@ -131,8 +131,12 @@ fn metadata(st: &AppState, oidc: bool) -> Value {
         "token_endpoint": format!("{iss}/token"),
         "jwks_uri": format!("{iss}/.well-known/jwks.json"),
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "response_types_supported": ["token"],
+        // The token endpoint knows its callers by their mTLS identity (RFC 8705).
+        "token_endpoint_auth_methods_supported": ["tls_client_auth"],
+        // Required by both documents, yet there is no authorization endpoint: like the
+        // Kubernetes service-account issuer, name only `id_token` (never the implicit
+        // flow's `token`).
+        "response_types_supported": ["id_token"],
     });
     if oidc {
         doc["subject_types_supported"] = json!(["public"]);

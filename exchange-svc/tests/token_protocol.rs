@@ -573,12 +573,53 @@ async fn publishes_the_jwks_and_discovery_documents_with_cache_headers() {
             format!("{SERVICE_ISSUER}/.well-known/jwks.json")
         );
         assert_eq!(d.json["grant_types_supported"], json!([GRANT]));
+        // Callers are known by their mTLS identity (RFC 8705), and there is no
+        // authorization endpoint, so no implicit (`token`) response type.
+        assert_eq!(
+            d.json["token_endpoint_auth_methods_supported"],
+            json!(["tls_client_auth"]),
+            "{path}"
+        );
+        assert_eq!(
+            d.json["response_types_supported"],
+            json!(["id_token"]),
+            "{path}"
+        );
     }
     let oidc = get(&e.app, "/.well-known/openid-configuration").await;
     assert_eq!(
         oidc.json["id_token_signing_alg_values_supported"],
         json!(["ES256"])
     );
+}
+
+#[tokio::test]
+async fn an_invalid_scope_answer_quotes_only_a_bounded_prefix_of_the_scope() {
+    let e = env().await;
+    let token = e.issuer.svid(WEB, now(), 600);
+    let long = "x".repeat(60_000);
+    let a = post_token(
+        &e.app,
+        exchange_form(&token, &[("resource", "payments"), ("scope", &long)]),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 400, "{}", a.json);
+    assert_eq!(a.json["error"], "invalid_scope");
+    let d = a.json["error_description"].as_str().unwrap();
+    assert!(
+        d.contains(&"x".repeat(64)) && !d.contains(&"x".repeat(65)),
+        "{d}"
+    );
+    // A malformed scope is invalid_scope too (RFC 6749 §5.2).
+    let a = post_token(
+        &e.app,
+        exchange_form(
+            &token,
+            &[("resource", "payments"), ("scope", "read  write")],
+        ),
+    )
+    .await;
+    assert_eq!(a.json["error"], "invalid_scope", "{}", a.json);
 }
 
 #[tokio::test]

@@ -68,6 +68,9 @@ fn audiences(mapping: &Mapping, requested: &[String]) -> Result<Vec<String>, Api
     Ok(out)
 }
 
+/// The most characters of a refused scope quoted back.
+const MAX_QUOTED_SCOPE: usize = 64;
+
 /// The requested scopes (sorted, deduplicated, each allowed), or every allowed scope
 /// when none is requested.
 fn scopes(mapping: &Mapping, requested: &[String]) -> Result<Vec<String>, ApiError> {
@@ -77,8 +80,11 @@ fn scopes(mapping: &Mapping, requested: &[String]) -> Result<Vec<String>, ApiErr
     let requested: BTreeSet<&String> = requested.iter().collect();
     for s in &requested {
         if !mapping.scopes.contains(s) {
+            // Quoted into the answer, a log line and an audit row: a prefix is enough.
+            let shown: String = s.chars().take(MAX_QUOTED_SCOPE).collect();
+            let more = if shown.len() < s.len() { "…" } else { "" };
             return Err(ApiError::InvalidScope(format!(
-                "scope {s:?} is not allowed for this subject and resource"
+                "scope {shown:?}{more} is not allowed for this subject and resource"
             )));
         }
     }
