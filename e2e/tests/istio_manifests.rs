@@ -408,6 +408,18 @@ fn the_overlays_render_what_each_environment_needs() {
             "{k}"
         );
     }
+    // kube-prometheus-stack's Prometheus selects by `release` (its Helm release name).
+    for (kind, name) in [
+        ("PodMonitor", "meshpass-exchange"),
+        ("PodMonitor", "meshpass-sidecars"),
+        ("PrometheusRule", "meshpass"),
+    ] {
+        assert_eq!(
+            find(prod, kind, name)["metadata"]["labels"]["release"],
+            "kube-prometheus-stack",
+            "{kind}/{name}"
+        );
+    }
     let dash = find(prod, "ConfigMap", "meshpass-grafana-dashboard");
     assert_eq!(dash["metadata"]["labels"]["grafana_dashboard"], "1");
     serde_json::from_str::<Value>(dash["data"]["grafana-dashboard.json"].as_str().unwrap())
@@ -458,6 +470,29 @@ fn the_overlays_render_what_each_environment_needs() {
         !kit.iter().any(|d| d.to_string().contains("openbao-ca")),
         "the kit's dev OpenBao has no CA to mount"
     );
+}
+
+/// `kubectl apply -k` of a fresh cluster fails on a resource whose namespace does not
+/// exist: every environment creates the namespaces it uses (Istio's own aside).
+#[test]
+fn every_namespace_an_environment_puts_a_resource_in_is_one_it_creates() {
+    for (dir, docs) in rendered() {
+        let created: Vec<&str> = docs
+            .iter()
+            .filter(|d| d["kind"] == "Namespace")
+            .filter_map(|d| d["metadata"]["name"].as_str())
+            .collect();
+        for d in &docs {
+            if let Some(ns) = d["metadata"]["namespace"].as_str() {
+                assert!(
+                    ns == "istio-system" || created.contains(&ns),
+                    "{dir}: {}/{} is in namespace {ns}, which {dir} never creates",
+                    d["kind"].as_str().unwrap_or(""),
+                    d["metadata"]["name"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
 }
 
 #[test]
