@@ -191,6 +191,18 @@ struct FeedEntry<'a> {
     until: Option<u64>,
 }
 
+impl<'a> From<&'a Revocation> for FeedEntry<'a> {
+    fn from(r: &'a Revocation) -> Self {
+        FeedEntry {
+            id: &r.id,
+            target: r.target,
+            matches: &r.matches,
+            reason: &r.reason,
+            until: r.until,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct FeedBody<'a> {
     version: u64,
@@ -205,17 +217,7 @@ impl RevocationChanges {
         serde_json::to_vec(&FeedBody {
             version: self.version,
             full: self.full,
-            added: self
-                .added
-                .iter()
-                .map(|r| FeedEntry {
-                    id: &r.id,
-                    target: r.target,
-                    matches: &r.matches,
-                    reason: &r.reason,
-                    until: r.until,
-                })
-                .collect(),
+            added: self.added.iter().map(FeedEntry::from).collect(),
             removed: &self.removed,
         })
     }
@@ -230,14 +232,7 @@ const SNAPSHOT_OVERHEAD_BYTES: usize = 96;
 
 /// An entry's share of a feed answer: its JSON and a comma.
 fn feed_bytes(r: &Revocation) -> Result<usize, StoreError> {
-    let entry = FeedEntry {
-        id: &r.id,
-        target: r.target,
-        matches: &r.matches,
-        reason: &r.reason,
-        until: r.until,
-    };
-    serde_json::to_vec(&entry)
+    serde_json::to_vec(&FeedEntry::from(r))
         .map(|v| v.len() + 1)
         .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
