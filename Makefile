@@ -30,6 +30,9 @@ lint: setup lint-shell
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p meshpass-core -p meshpass-filter -p meshpass-noop-filter -p meshpass-floor-filter --target wasm32-wasip1 -- -D warnings
+	# fuzz/ is its own workspace (nightly, libfuzzer): formatted and linted like the rest
+	cargo fmt --manifest-path fuzz/Cargo.toml --check
+	cargo +nightly clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
 
 ## lint-shell: shellcheck every script under scripts/ and e2e/kind/
 lint-shell: setup

@@ -48,7 +48,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let signer = &keys[usize::from(mode % 3)].0;
     let (checker, jwk) = &keys[usize::from(mode / 3 % 3)];
-    let input = format!("{}.{}", b64::encode(br#"{"alg":"ES256"}"#), b64::encode(payload));
+    let input = format!(
+        "{}.{}",
+        b64::encode(br#"{"alg":"ES256"}"#),
+        b64::encode(payload)
+    );
     let mut sig = if mode & 0x80 != 0 && mask.len() == 64 {
         [0u8; 64]
     } else {

@@ -15,7 +15,13 @@ fuzz_target!(|data: &[u8]| {
         // A kept key fits at least one algorithm, and its kid is unique in the set.
         assert!(Algorithm::ALL.iter().any(|a| key.fits(*a)));
         if let Some(kid) = key.kid.as_deref() {
-            assert_eq!(set.keys().iter().filter(|k| k.kid.as_deref() == Some(kid)).count(), 1);
+            assert_eq!(
+                set.keys()
+                    .iter()
+                    .filter(|k| k.kid.as_deref() == Some(kid))
+                    .count(),
+                1
+            );
         }
     }
     for alg in Algorithm::ALL {

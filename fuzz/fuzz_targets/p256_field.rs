@@ -32,7 +32,11 @@ fuzz_target!(|data: &[u8]| {
         (Some(x), Some(y)) => {
             let want = [bytes(x * y), bytes(x + y), bytes(x - y), bytes(x.double())];
             assert_eq!(ours.default, Some(want), "core's field and p256's disagree");
-            assert_eq!(ours.portable_product, Some(want[0]), "the portable product differs");
+            assert_eq!(
+                ours.portable_product,
+                Some(want[0]),
+                "the portable product differs"
+            );
         }
         _ => assert_eq!(ours.default, None, "a value of p or above was accepted"),
     }

@@ -12,10 +12,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(id) = SpiffeId::parse(s) {
         assert_eq!(id.to_string(), s);
         assert_eq!(SpiffeId::parse(&id.to_string()).as_ref(), Ok(&id));
-        assert_eq!(
-            format!("spiffe://{}{}", id.trust_domain(), id.path()),
-            s
-        );
+        assert_eq!(format!("spiffe://{}{}", id.trust_domain(), id.path()), s);
         assert!(s.len() <= 2048 && id.trust_domain().as_str().len() <= 255);
         let all = SpiffeIdPattern::parse(&format!("spiffe://{}/*", id.trust_domain()));
         assert!(all.is_ok_and(|p| p.matches(&id)));
