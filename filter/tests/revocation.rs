@@ -196,7 +196,10 @@ fn participant_acted(jti: &str, actor: &str) -> String {
 }
 
 fn assert_revoked(host: &Mock, ctx: u32, reason: &str) {
-    let r = &host.replies[&ctx];
+    let r = host
+        .replies
+        .get(&ctx)
+        .unwrap_or_else(|| panic!("request {ctx} got no reply: not refused"));
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
@@ -669,8 +672,21 @@ fn a_worker_started_after_a_reload_enforces_the_stored_set_at_once() {
     let mut fresh = Worker::new(parse(&config(&f.key)).unwrap());
     fresh.start(&mut f.host);
     assert_eq!(fresh.revocation_version(), 7);
-    // DISPATCH_KICK is unrelated to revocation; a stray one is harmless.
+    // Before any tick or message: a token of Alice's is refused as revoked.
+    let ta = f.token(ALICE);
+    let dispatched = f.host.dispatched.len();
+    f.host.set_prop(&PEER, ALICE);
+    f.host.request(
+        1,
+        &[(":path", "/x"), ("authorization", &format!("Bearer {ta}"))],
+    );
+    assert_eq!(fresh.on_request(&mut f.host, 1), Verdict::Pause);
+    assert_revoked(&f.host, 1, "r");
+    // DISPATCH_KICK is unrelated to revocation; a stray one is harmless and starts no
+    // exchange for the refused request.
+    f.host.ctx = 0;
     fresh.on_notify(&mut f.host, DISPATCH_KICK);
+    assert_eq!(f.host.dispatched.len(), dispatched);
 }
 
 #[test]

@@ -100,7 +100,11 @@ fn serve(s: TcpStream, handler: &(dyn Fn(Request) -> Option<Response> + Send + S
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(&resp.body).is_err() {
+        // One write: a second small one would wait on the peer's delayed ACK (Nagle),
+        // about 40 ms per response.
+        let mut wire = head.into_bytes();
+        wire.extend_from_slice(&resp.body);
+        if out.write_all(&wire).is_err() {
             return;
         }
         if close {

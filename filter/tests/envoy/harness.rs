@@ -16,14 +16,6 @@ pub(crate) fn wasm_path() -> PathBuf {
     p
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// CA + server cert + Alice's and Bob's SVIDs, as PEM files in `dir`.
 pub(crate) fn write_pki(dir: &Path) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
@@ -161,6 +153,8 @@ pub(crate) struct Script {
     pub(crate) jwks: String,
     pub(crate) jwks_down: bool,
     pub(crate) jwks_fetches: u32,
+    /// Answers the `slow` resource has sent (each after its 3 s delay).
+    pub(crate) slow_answers: u32,
 }
 
 pub(crate) fn form(body: &[u8]) -> BTreeMap<String, Vec<String>> {
@@ -235,10 +229,6 @@ pub(crate) fn exchange_server(script: Arc<Mutex<Script>>) -> Server {
                 headers: vec![("content-type".into(), "text/html".into())],
                 body: b"<html>login</html>".to_vec(),
             }),
-            "slow" => {
-                std::thread::sleep(Duration::from_millis(1500));
-                err(503, "temporarily_unavailable")
-            }
             "big" => Some(Response::json(
                 200,
                 &json!({
@@ -254,6 +244,12 @@ pub(crate) fn exchange_server(script: Arc<Mutex<Script>>) -> Server {
                 }
                 if other == "slow-ok" {
                     std::thread::sleep(Duration::from_millis(800));
+                }
+                if other == "slow" {
+                    // A good answer, long after any test's exchange timeout: only a
+                    // working timeout keeps it from the request and the cache.
+                    std::thread::sleep(Duration::from_millis(3000));
+                    script.lock().unwrap().slow_answers += 1;
                 }
                 Some(
                     Response::json(

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use common::http::{get, Request, Response, Server};
 use common::*;
 use meshpass_testkit::envoy::Envoy;
+// Reserved ports (never handed out twice, locked machine-wide), not bind(0)-then-close.
+use meshpass_testkit::free_port;
 use serde_json::json;
 
 const ISS: &str = "https://issuer.test";

@@ -23,7 +23,11 @@ fn filter_in_real_envoy_binds_exchanges_caches_and_fails_closed() {
         }
         Some(Response::json(200, &serde_json::from_str(&s.jwks).unwrap()))
     });
-    let app = Server::start(|req: Request| {
+    // Every path the app was asked for.
+    let app_saw = Arc::new(Mutex::new(Vec::<String>::new()));
+    let saw = app_saw.clone();
+    let app = Server::start(move |req: Request| {
+        saw.lock().unwrap().push(req.path.clone());
         Some(Response::json(
             200,
             &json!({"path": req.path, "headers": req.headers}),
@@ -196,8 +200,35 @@ fn filter_in_real_envoy_binds_exchanges_caches_and_fails_closed() {
     let r = get(alice_port, "/reset", &[("authorization", &t)]);
     assert_eq!(r.status, 503, "{r:?}");
     assert!(r.headers.contains_key("retry-after"));
+    // Exchange timeout (1 s): the service answers 200 with a token, but after 3 s. The
+    // request is refused as an outage, the app never sees it, and the late token is not
+    // cached: the next request exchanges again.
+    let slow_exchanges = || {
+        let s = script.lock().unwrap();
+        let slow = |f: &&BTreeMap<String, Vec<String>>| f["resource"] == ["slow"];
+        s.exchanges.iter().filter(slow).count()
+    };
     let r = get(alice_port, "/slow", &[("authorization", &t)]);
     assert_eq!(r.status, 503, "timeout: {r:?}");
+    assert_eq!(r.json()["error"], "temporarily_unavailable", "{r:?}");
+    assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("5"));
+    assert_eq!(slow_exchanges(), 1);
+    wait_for("the late answer", Duration::from_secs(10), || {
+        script.lock().unwrap().slow_answers >= 1
+    });
+    // Time for Envoy to deliver the late answer, were the call still open.
+    std::thread::sleep(Duration::from_millis(500));
+    let r = get(alice_port, "/slow", &[("authorization", &t)]);
+    assert_eq!(r.status, 503, "the late token was served: {r:?}");
+    assert_eq!(slow_exchanges(), 2, "the late token was cached");
+    let app_saw_slow: Vec<String> = app_saw
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p.starts_with("/slow"))
+        .cloned()
+        .collect();
+    assert!(app_saw_slow.is_empty(), "forwarded: {app_saw_slow:?}");
     // failure_mode allow: forwarded, without any token.
     let r = get(alice_port, "/open", &[("authorization", &t)]);
     assert_eq!(r.status, 200, "{r:?}");
