@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// Where OIDC discovery puts the document under an issuer's base URL.
+const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+
 use async_trait::async_trait;
 use meshpass_core::KeySet;
 use sha2::{Digest, Sha256};
@@ -221,7 +224,12 @@ impl Issuer {
             KeySourceConfig::Discovery(u) => {
                 check_url(&format!("{field}.discovery_url"), &u)?;
                 Source::Discovery {
-                    base: u.trim_end_matches('/').to_string(),
+                    // The issuer's base URL, or the document's own URL as often pasted.
+                    base: u
+                        .trim_end_matches('/')
+                        .trim_end_matches(DISCOVERY_PATH)
+                        .trim_end_matches('/')
+                        .to_string(),
                     http: http_client(c.ca_file.as_ref(), FETCH_TIMEOUT).map_err(io)?,
                 }
             }
@@ -254,7 +262,7 @@ impl Issuer {
             })?,
             Source::Url { url, http } => get_document(http, url, bearer.as_deref()).await?,
             Source::Discovery { base, http } => {
-                let url = format!("{base}/.well-known/openid-configuration");
+                let url = format!("{base}{DISCOVERY_PATH}");
                 let doc = get_document(http, &url, bearer.as_deref()).await?;
                 let doc: serde_json::Value =
                     serde_json::from_slice(&doc).map_err(|e| KeysError::Document(e.to_string()))?;

@@ -84,7 +84,7 @@ async fn keeps_the_last_good_keys_when_the_jwks_url_fails_and_refetches_an_unkno
         dir.path(),
         &issuer_toml(&issuer, &dir.path().join("m.db"), &keys, ""),
     );
-    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
     let source = state.keys.clone();
     assert_eq!(source.status()[0].keys, 1);
     let app = meshpass_exchange::app(state);
@@ -209,6 +209,32 @@ async fn the_bearer_token_is_never_sent_to_a_jwks_uri_on_another_origin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_url_naming_the_document_itself_finds_the_keys_as_the_base_url_does() {
+    let issuer = TestIssuer::new(ISSUER, "sa-key");
+    let (keys_url, keys_srv) = jwks_server(issuer.jwks()).await;
+    let discovery = discovery_server(ISSUER, &format!("{keys_url}/openid/v1/jwks")).await;
+    for url in [
+        discovery.clone(),
+        format!("{discovery}/.well-known/openid-configuration"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = load_config(
+            dir.path(),
+            &issuer_toml(
+                &issuer,
+                &dir.path().join("m.db"),
+                &discovery_keys(&url, dir.path()),
+                "",
+            ),
+        );
+        let source = IssuerKeys::from_config(&cfg).unwrap();
+        source.refresh_all().await;
+        assert_eq!(source.status()[0].keys, 1, "{url}");
+    }
+    assert!(keys_srv.hits.load(Ordering::SeqCst) >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discovery_document_for_another_issuer_is_refused() {
     let issuer = TestIssuer::new(ISSUER, "sa-key");
     let (keys_url, keys_srv) = jwks_server(issuer.jwks()).await;
@@ -305,7 +331,7 @@ async fn token_review_accepts_only_authenticated_tokens_of_the_same_user_for_a_r
         ),
     );
     let cfg = load_config(dir.path(), &toml);
-    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
     let app = meshpass_exchange::app(state);
     let t = now();
     let sa_token = |i: u64| {

@@ -26,7 +26,8 @@ pub struct IssuerConfig {
     /// JWKS URL (https; http only on loopback).
     pub jwks_url: Option<String>,
     /// OIDC discovery base URL: `{discovery_url}/.well-known/openid-configuration` names
-    /// the `jwks_uri` (the Kubernetes API server works this way).
+    /// the `jwks_uri` (the Kubernetes API server works this way); the document's own URL
+    /// is read as its base.
     pub discovery_url: Option<String>,
     /// PEM CA bundle for `jwks_url` / `discovery_url` / TokenReview.
     pub ca_file: Option<PathBuf>,
