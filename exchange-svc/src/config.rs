@@ -413,9 +413,10 @@ impl Config {
                 "must be at least 1 when the subject cache is on",
             ));
         }
-        self.store
-            .validate()
-            .map_err(|e| bad("store", e.to_string()))?;
+        self.store.validate().map_err(|e| match e {
+            crate::store::StoreError::Invalid { field, reason } => bad(&field, reason),
+            other => bad("store", other.to_string()),
+        })?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| bad("log.level", e.to_string()))?;
         if self.issuers.is_empty() {

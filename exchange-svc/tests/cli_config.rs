@@ -78,7 +78,12 @@ fn check_config_names_the_bad_field() {
             "issuer = \"ftp://x\"",
             "token.issuer",
         ),
-        ("url = \"sqlite://", "url = \"mysql://", "store"),
+        ("url = \"sqlite://", "url = \"mysql://", "store.url: "),
+        (
+            "[store]\n",
+            "[store]\npolicy_cache_secs = 3600\n",
+            "store.policy_cache_secs: ",
+        ),
     ];
     for (from, to, field) in cases {
         let toml = good(dir.path()).replacen(from, to, 1);

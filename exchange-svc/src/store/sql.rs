@@ -104,41 +104,54 @@ impl StoreConfig {
         ))
     }
 
-    /// Checks the settings without connecting.
+    /// Checks the settings without connecting; a refusal names the key
+    /// ([`StoreError::Invalid`], field `store.…`).
     pub fn validate(&self) -> Result<(), StoreError> {
-        self.backend()?;
+        let bad = |field: &str, reason: String| StoreError::Invalid {
+            field: format!("store.{field}"),
+            reason,
+        };
+        self.backend().map_err(|e| match e {
+            StoreError::Config(reason) => {
+                let r = reason.strip_prefix("store.url").unwrap_or(&reason);
+                bad("url", r.trim_start_matches(':').trim_start().to_string())
+            }
+            other => other,
+        })?;
         if self.max_connections == 0 {
-            return Err(StoreError::Config(
-                "store.max_connections must be at least 1".into(),
-            ));
+            return Err(bad("max_connections", "must be at least 1".into()));
         }
         if self.min_connections > self.max_connections {
-            return Err(StoreError::Config(
-                "store.min_connections must not exceed store.max_connections".into(),
+            return Err(bad(
+                "min_connections",
+                "must not exceed store.max_connections".into(),
             ));
         }
         if self.acquire_timeout_secs == 0 {
-            return Err(StoreError::Config(
-                "store.acquire_timeout_secs must be at least 1".into(),
-            ));
+            return Err(bad("acquire_timeout_secs", "must be at least 1".into()));
         }
         if !(50..=60_000).contains(&self.change_check_interval_ms) {
-            return Err(StoreError::Config(
-                "store.change_check_interval_ms must be 50 to 60000".into(),
+            return Err(bad(
+                "change_check_interval_ms",
+                "must be 50 to 60000".into(),
             ));
         }
         if self.policy_cache_secs > MAX_POLICY_CACHE_SECS {
-            return Err(StoreError::Config(format!(
-                "store.policy_cache_secs must be at most {MAX_POLICY_CACHE_SECS}"
-            )));
+            return Err(bad(
+                "policy_cache_secs",
+                format!("must be at most {MAX_POLICY_CACHE_SECS}"),
+            ));
         }
         if self.policy_max_age_secs < self.policy_cache_secs
             || self.policy_max_age_secs > MAX_POLICY_MAX_AGE_SECS
         {
-            return Err(StoreError::Config(format!(
-                "store.policy_max_age_secs must be from store.policy_cache_secs ({}) to {MAX_POLICY_MAX_AGE_SECS}",
-                self.policy_cache_secs
-            )));
+            return Err(bad(
+                "policy_max_age_secs",
+                format!(
+                    "must be from store.policy_cache_secs ({}) to {MAX_POLICY_MAX_AGE_SECS}",
+                    self.policy_cache_secs
+                ),
+            ));
         }
         Ok(())
     }
@@ -298,7 +311,13 @@ impl SqlStore {
     /// at startup makes the service not ready instead of refusing to start) and
     /// `participant_claim` is reserved in scope claims. Call [`SqlStore::migrate`] next.
     pub fn connect(config: &StoreConfig, participant_claim: &str) -> Result<Self, StoreError> {
-        config.validate()?;
+        // A bad setting is a configuration error here, as ever (not a write's `invalid`).
+        config.validate().map_err(|e| match e {
+            StoreError::Invalid { field, reason } => {
+                StoreError::Config(format!("{field}: {reason}"))
+            }
+            other => other,
+        })?;
         sqlx::any::install_default_drivers();
         let (backend, url) = config.backend()?;
         let mut opts = AnyPoolOptions::new()
