@@ -200,7 +200,7 @@ async fn local_parts(
 ) {
     let state = state_with(
         cfg,
-        LocalSigner::new(),
+        signer().await,
         std::sync::Arc::new(meshpass_exchange::clock::SystemClock),
     )
     .await;
@@ -270,6 +270,23 @@ async fn openapi_document_covers_every_route_and_every_error_shape() {
             }
         }
     }
+    // The success statuses the API answers are the documented ones: a PUT that creates
+    // is 201, one that replaces is 200.
+    let m = mapping("put", "spiffe://cluster.local/ns/put/*", "inventory");
+    for want in [201, 200] {
+        let (st, _, body) = s
+            .send(
+                s.req(Method::PUT, "/api/v1/mappings/put", Some(ADMIN))
+                    .json(&m),
+            )
+            .await;
+        assert_eq!(st, want, "{body}");
+        assert!(
+            doc["paths"]["/api/v1/mappings/{name}"]["put"]["responses"][want.to_string()]
+                .is_object(),
+            "PUT mapping answers {want}, undocumented"
+        );
+    }
     let codes: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
         .as_array()
         .unwrap()
@@ -313,7 +330,7 @@ async fn refused_exchanges_are_audited_rate_limited_and_counted_without_a_label_
     // Burst 3, then one per 1000 s: an attack cannot flood the audit log.
     let s = Service::start_with(
         Db::sqlite(),
-        LocalSigner::new(),
+        signer().await,
         None,
         "address = \"http://127.0.0.1:9\"\nauth = { method = \"token\", token = \"unused\" }",
         "refusal_audit_per_second = 0.001\nrefusal_audit_burst = 3\n",

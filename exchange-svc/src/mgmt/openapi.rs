@@ -199,6 +199,11 @@ fn operation(r: &super::routes::Route) -> Value {
     if let Some(schema) = r.ok.1 {
         ok["content"] = json!({"application/json": {"schema": reference(schema)}});
     }
+    if r.created {
+        let mut created = ok.clone();
+        created["description"] = json!(reason(201));
+        responses.insert("201".into(), created);
+    }
     responses.insert(r.ok.0.to_string(), ok);
     let mut errors: Vec<u16> = r.errors.to_vec();
     if r.role.is_some() {
