@@ -350,12 +350,18 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     if let Err(e) = state.metrics.register(stats.collector()) {
         tracing::warn!(error = %e, "mapping metrics not registered");
     }
+    let refusals = crate::mgmt::RefusalAudit::start(Arc::clone(&store), &cfg.management);
+    match refusals.collector() {
+        Ok(c) => {
+            if let Err(e) = state.metrics.register(c) {
+                tracing::warn!(error = %e, "refusal-audit metrics not registered");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "refusal-audit metrics not created"),
+    }
     state.hooks = Some(Arc::new(crate::mgmt::ExchangeHooks {
         stats: Arc::clone(&stats),
-        refusals: Some(crate::mgmt::RefusalAudit::start(
-            Arc::clone(&store),
-            &cfg.management,
-        )),
+        refusals: Some(refusals),
     }));
     if cfg.callers.insecure_unbound_callers {
         tracing::warn!(

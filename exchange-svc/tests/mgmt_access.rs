@@ -391,6 +391,17 @@ async fn refused_exchanges_are_audited_rate_limited_and_counted_without_a_label_
     assert_eq!(count("", "unauthorized_client"), Some(10));
     assert_eq!(count("web-to-orders", "issued"), Some(1));
     assert_eq!(count("web-to-orders", "cached"), Some(1));
+    // The seven refusals over the burst are counted where operators can see them.
+    let refusals = s.state.hooks.as_ref().unwrap().refusals.clone().unwrap();
+    let reg = prometheus::Registry::new();
+    reg.register(refusals.collector().unwrap()).unwrap();
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &reg.gather(), &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("\nmeshpass_refusal_audit_dropped_total 7\n"),
+        "{text}"
+    );
     // The metric has mapping and outcome labels only: no SPIFFE ID anywhere in it.
     let reg = prometheus::Registry::new();
     reg.register(s.stats.collector()).unwrap();

@@ -6,6 +6,7 @@ use std::time::Instant;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::Json;
+use prometheus::core::Collector;
 use serde::{Deserialize, Serialize};
 
 use super::config::{ManagementConfig, Role};
@@ -62,7 +63,7 @@ struct Bucket {
 
 /// Writes refused exchanges to the audit log, at most `refusal_audit_per_second`
 /// (burst `refusal_audit_burst`) so an attack cannot flood the database; the rest are
-/// counted in [`RefusalAudit::dropped`]. Never blocks the exchange: events go through a
+/// counted in [`RefusalAudit::dropped`] (`meshpass_refusal_audit_dropped_total`). Never blocks the exchange: events go through a
 /// bounded queue to a background writer.
 pub struct RefusalAudit {
     tx: tokio::sync::mpsc::Sender<AuditRecord>,
@@ -154,5 +155,34 @@ impl RefusalAudit {
     /// Refusals not written (rate limit or full queue).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `meshpass_refusal_audit_dropped_total`, for a Prometheus registry.
+    pub fn collector(self: &Arc<Self>) -> Result<Box<dyn Collector>, prometheus::Error> {
+        Ok(Box::new(DroppedCollector {
+            audit: Arc::clone(self),
+            counter: prometheus::IntCounter::new(
+                "meshpass_refusal_audit_dropped_total",
+                "Refused exchanges not written to the audit log (over refusal_audit_per_second, or the writer's queue full).",
+            )?,
+        }))
+    }
+}
+
+/// Exports [`RefusalAudit::dropped`] (read at scrape time).
+struct DroppedCollector {
+    audit: Arc<RefusalAudit>,
+    counter: prometheus::IntCounter,
+}
+
+impl Collector for DroppedCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.counter.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let now = self.audit.dropped();
+        self.counter.inc_by(now.saturating_sub(self.counter.get()));
+        self.counter.collect()
     }
 }
