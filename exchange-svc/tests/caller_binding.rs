@@ -40,7 +40,7 @@ async fn env_from(toml: impl FnOnce(&TestIssuer, &std::path::Path) -> String) ->
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");
     let cfg = load_config(dir.path(), &toml(&issuer, dir.path()));
-    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
     Env {
         _dir: dir,
         issuer,
@@ -243,7 +243,7 @@ async fn a_verified_tls_client_certificate_names_the_caller() {
         dir.path(),
         &config_toml(&issuer, &dir.path().join("m.db"), &tls_cfg),
     );
-    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
     let t = cfg.server.tls.clone().unwrap();
     let tls = meshpass_exchange::tls::server_config(&t.cert_file, &t.key_file, &t.client_ca_file)
         .unwrap();

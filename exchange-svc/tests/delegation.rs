@@ -27,7 +27,7 @@ allowed_actors = ["spiffe://cluster.local/ns/shop/sa/batch"]
 
 async fn app(issuer: &TestIssuer, dir: &std::path::Path) -> axum::Router {
     let cfg = load_config(dir, &config_toml(issuer, &dir.join("m.db"), LEDGER));
-    meshpass_exchange::app(state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await)
+    meshpass_exchange::app(state_with(&cfg, signer().await, Arc::new(SystemClock)).await)
 }
 
 fn form(subject: &str, actor: &str, resource: &str) -> String {
@@ -88,7 +88,7 @@ async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() 
         dir.path(),
         &config_toml(&issuer, &dir.path().join("m.db"), LEDGER),
     );
-    let (st, store) = state_and_store(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let (st, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
     let app = meshpass_exchange::app(st.clone());
     let subject = issuer.svid(WEB, now(), 600);
     let batch = issuer.svid(BATCH, now(), 600);
@@ -131,7 +131,7 @@ async fn a_subject_token_whose_own_act_names_a_revoked_workload_gets_no_token_an
         dir.path(),
         &config_toml(&issuer, &dir.path().join("m.db"), LEDGER),
     );
-    let (st, store) = state_and_store(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let (st, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
     let app = meshpass_exchange::app(st.clone());
     let t = now();
     // web's token says batch acts for it (RFC 8693 §4.1); the minted token carries that.

@@ -22,7 +22,7 @@ async fn start() -> (tempfile::TempDir, std::net::SocketAddr) {
         dir.path(),
         &config_toml(&issuer, &dir.path().join("m.db"), ""),
     );
-    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve_on(

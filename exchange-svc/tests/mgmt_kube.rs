@@ -49,7 +49,7 @@ async fn start_with(
     keys.refresh_all().await;
     let state = AppState::new(
         &cfg,
-        LocalSigner::new(),
+        signer().await,
         store.clone() as Arc<dyn MappingStore>,
         keys,
         Arc::new(SystemClock),

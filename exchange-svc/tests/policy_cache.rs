@@ -215,7 +215,7 @@ async fn the_token_endpoint_obeys_a_mapping_deleted_through_the_service_at_once(
     );
     assert_eq!(cfg.store.policy_cache_secs, 2, "the default");
     let clock = Arc::new(ManualClock::new(now()));
-    let state = state_with(&cfg, LocalSigner::new(), clock.clone()).await;
+    let state = state_with(&cfg, signer().await, clock.clone()).await;
     let app = meshpass_exchange::app(state.clone());
     let t = now();
     let first = issuer.svid(WEB, t, 3600);
@@ -240,7 +240,7 @@ async fn with_the_policy_cache_off_every_exchange_reads_the_store() {
         config_toml(&issuer, &db, "").replace("[store]\n", "[store]\npolicy_cache_secs = 0\n");
     let cfg = load_config(dir.path(), &toml);
     assert_eq!(cfg.store.policy_cache_secs, 0);
-    let state = state_with(&cfg, LocalSigner::new(), Arc::new(ManualClock::new(now()))).await;
+    let state = state_with(&cfg, signer().await, Arc::new(ManualClock::new(now()))).await;
     let app = meshpass_exchange::app(state);
     let other = open(&format!("sqlite://{}", db.display())).await;
     let t = now();

@@ -22,7 +22,7 @@ use serde_json::Value;
 async fn replica(dir: &std::path::Path, issuer: &TestIssuer, extra: &str) -> Router {
     let sub = tempfile::tempdir_in(dir).unwrap().keep();
     let cfg: Config = load_config(&sub, &config_toml(issuer, &sub.join("m.db"), extra));
-    let st = state_with(&cfg, LocalSigner::new(), std::sync::Arc::new(SystemClock)).await;
+    let st = state_with(&cfg, signer().await, std::sync::Arc::new(SystemClock)).await;
     meshpass_exchange::app(st)
 }
 
@@ -225,7 +225,7 @@ async fn a_sustained_load_on_three_replicas_is_held_to_the_global_rate() {
             "rate_limit = { per_second = 20.0, burst = 2 }",
         );
         let cfg: Config = load_config(&sub, &toml);
-        let st = state_with(&cfg, LocalSigner::new(), std::sync::Arc::new(SystemClock)).await;
+        let st = state_with(&cfg, signer().await, std::sync::Arc::new(SystemClock)).await;
         apps.push(meshpass_exchange::app(st));
     }
     let token = issuer.svid(WEB, now(), 600);

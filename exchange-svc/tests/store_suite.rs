@@ -523,7 +523,7 @@ async fn answers_503_with_retry_after_while_postgres_is_unreachable_and_recovers
         &format!("url = \"{proxied}\"\nacquire_timeout_secs = 1\nretry_after_secs = 7"),
     );
     let cfg = load_config(dir.path(), &toml);
-    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
     let app = meshpass_exchange::app(state);
     let subject = issuer.svid(WEB, now(), 3600);
     let body = || exchange_form(&subject, &[("resource", "orders")]);

@@ -42,7 +42,7 @@ impl Env {
             &config_toml(&issuer, &dir.path().join("m.db"), extra),
         );
         let clock = Arc::new(ManualClock::new(now()));
-        let state = state_with(&cfg, LocalSigner::new(), clock.clone()).await;
+        let state = state_with(&cfg, signer().await, clock.clone()).await;
         let app = meshpass_exchange::app(state.clone());
         Env {
             _dir: dir,
@@ -282,7 +282,7 @@ async fn url_env(first: &TestIssuer) -> UrlEnv {
     keys.refresh_all().await;
     let state = AppState::new(
         &cfg,
-        LocalSigner::new(),
+        signer().await,
         store as Arc<dyn MappingStore>,
         keys.clone(),
         Arc::new(ManualClock::new(now())),

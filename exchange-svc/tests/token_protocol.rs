@@ -1,13 +1,14 @@
 //! `POST /token` protocol tests through the axum router (oneshot), with a real SQLite
-//! mapping store and a local p256 signer double (OpenBao-backed tests are in
-//! `exchange_openbao.rs`).
+//! mapping store and the real transit signer on a key of each test's own in the binary's
+//! shared OpenBao (the two outage tests take down an OpenBao of their own; the service
+//! over real sockets is in `exchange_openbao.rs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -20,20 +21,23 @@ use serde_json::json;
 struct Env {
     _dir: tempfile::TempDir,
     issuer: TestIssuer,
-    signer: Arc<LocalSigner>,
+    signer: Arc<dyn Signer>,
     clock: Arc<ManualClock>,
     state: meshpass_exchange::AppState,
     app: axum::Router,
 }
 
 async fn env_with(extra: &str) -> Env {
+    env_signed_by(signer().await, extra).await
+}
+
+async fn env_signed_by(signer: Arc<dyn Signer>, extra: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");
     let cfg = load_config(
         dir.path(),
         &config_toml(&issuer, &dir.path().join("m.db"), extra),
     );
-    let signer = LocalSigner::new();
     let clock = Arc::new(ManualClock::new(now()));
     let state = state_with(&cfg, signer.clone(), clock.clone()).await;
     let app = meshpass_exchange::app(state.clone());
@@ -75,7 +79,9 @@ async fn issues_a_verifiable_participant_token_for_an_allowed_subject() {
     assert_eq!(a.json["expires_in"], 300);
     assert_eq!(a.json["scope"], "write");
     let (kid, claims) = verify(a.json["access_token"].as_str().unwrap(), &e.signer.jwks());
-    assert_eq!(kid, "local:v1");
+    // Signed with the version the signer signs with now: the first of its transit key.
+    assert_eq!(kid, e.signer.current_key().unwrap().kid);
+    assert!(kid.ends_with(":v1"), "{kid}");
     assert_eq!(claims["iss"], SERVICE_ISSUER);
     assert_eq!(claims["sub"], WEB);
     assert_eq!(claims["aud"], "payments");
@@ -411,22 +417,45 @@ async fn answers_slow_down_with_retry_after_when_the_subject_exceeds_its_rate_li
 
 #[tokio::test]
 async fn answers_temporarily_unavailable_with_retry_after_when_signing_fails() {
-    let e = env().await;
-    e.signer.down.store(true, Ordering::SeqCst);
+    // An OpenBao of its own, frozen for real (the binary's shared one never is): the
+    // sign request hangs until the signer's 800 ms request timeout.
+    let mut bao = own_openbao();
+    let e = env_signed_by(signer_on(&bao).await, "").await;
+    let kid = e.signer.current_key().unwrap().kid;
     let subject = e.issuer.svid(WEB, e.clock.now_secs(), 3600);
-    let a = post_token(&e.app, exchange_form(&subject, &[("resource", "payments")])).await;
+    let form = || exchange_form(&subject, &[("resource", "payments")]);
+    bao.pause();
+    let a = post_token(&e.app, form()).await;
     assert_error(&a, 503, "temporarily_unavailable");
     assert_eq!(a.headers["retry-after"], "2");
-    assert!(
-        !a.json["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("refused"),
-        "internal detail leaked"
-    );
-    e.signer.down.store(false, Ordering::SeqCst);
-    let a = post_token(&e.app, exchange_form(&subject, &[("resource", "payments")])).await;
-    assert_eq!(a.status, StatusCode::OK);
+    // The cause (a timeout on transit/sign of the key, at OpenBao's address) stays inside.
+    let description = a.json["error_description"].as_str().unwrap();
+    let port = bao.port().to_string();
+    for detail in [
+        "timeout",
+        "transit",
+        kid.strip_suffix(":v1").unwrap(),
+        &port,
+    ] {
+        assert!(
+            !description.contains(detail),
+            "internal detail {detail:?} leaked: {description}"
+        );
+    }
+    // OpenBao answers again: signing recovers by itself, with the same key.
+    bao.resume();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a = loop {
+        let a = post_token(&e.app, form()).await;
+        if a.status == StatusCode::OK {
+            break a;
+        }
+        assert_error(&a, 503, "temporarily_unavailable");
+        assert!(Instant::now() < deadline, "no recovery after resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (signed_by, _) = verify(a.json["access_token"].as_str().unwrap(), &e.signer.jwks());
+    assert_eq!(signed_by, kid);
 }
 
 #[tokio::test]
@@ -624,16 +653,46 @@ async fn an_invalid_scope_answer_quotes_only_a_bounded_prefix_of_the_scope() {
 
 #[tokio::test]
 async fn readyz_names_the_part_that_is_not_ready() {
-    let e = env().await;
+    // An OpenBao of its own, stopped for real (the binary's shared one never is).
+    let mut bao = own_openbao();
+    let e = env_signed_by(signer_on(&bao).await, "").await;
+    let kid = e.signer.current_key().unwrap().kid;
     assert_eq!(get(&e.app, "/healthz").await.status, StatusCode::OK);
     let r = get(&e.app, "/readyz").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.json);
-    e.signer.down.store(true, Ordering::SeqCst);
-    let r = get(&e.app, "/readyz").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(r.json["signer"], "not ready");
+    bao.stop();
+    // Not ready once the signer's calls keep failing, and only the signer is named.
+    let r = readyz_until(&e, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(r.json["signer"], "not ready", "{}", r.json);
     assert_eq!(r.json["store"], "ok");
     assert_eq!(r.json["issuer_keys"][ISSUER], "ok");
+    assert_eq!(r.headers["retry-after"], "2");
+    assert_eq!(get(&e.app, "/healthz").await.status, StatusCode::OK);
+    // OpenBao back (a dev server comes back empty: the key is created again): ready
+    // again by itself.
+    bao.start_again();
+    bao.enable_transit();
+    bao.create_transit_key(kid.strip_suffix(":v1").unwrap(), "ecdsa-p256");
+    let r = readyz_until(&e, StatusCode::OK).await;
+    assert_eq!(r.json["signer"], "ok", "{}", r.json);
+}
+
+/// Polls `/readyz` until it answers `status`; fails after 20 s.
+async fn readyz_until(e: &Env, status: StatusCode) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(&e.app, "/readyz").await;
+        if r.status == status {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still answers {}: {}",
+            r.status,
+            r.json
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

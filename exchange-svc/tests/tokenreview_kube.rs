@@ -49,8 +49,7 @@ impl Service {
             ),
         );
         let cfg = load_config(dir.path(), &toml);
-        let (mut state, store) =
-            state_and_store(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+        let (mut state, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
         if audit {
             use meshpass_exchange::mgmt::{ExchangeHooks, ExchangeStats, RefusalAudit};
             state.hooks = Some(Arc::new(ExchangeHooks {

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
-use meshpass_exchange::vault::{AuthConfig, Secret, TransitSigner, VaultConfig};
+use meshpass_exchange::signer::Signer;
+use meshpass_exchange::vault::{AuthConfig, Secret, TransitSigner, VaultConfig, VaultError};
 use vault_common::clear_vault_env;
 
 async fn serve(app: axum::Router) -> String {
@@ -36,8 +37,18 @@ async fn a_redirect_from_vault_is_not_followed_with_the_token() {
         }
     }))
     .await;
-    // "Vault": redirects everything there.
-    let vault = serve(axum::Router::new().fallback(move |uri: Uri| {
+    // "Vault": redirects everything there, counting what it is asked and what came with
+    // the token (so the test knows the client did call it, as itself).
+    let asked = Arc::new(AtomicUsize::new(0));
+    let asked_with_token = Arc::new(AtomicUsize::new(0));
+    let (all, with_token) = (asked.clone(), asked_with_token.clone());
+    let vault = serve(axum::Router::new().fallback(move |uri: Uri, h: HeaderMap| {
+        all.fetch_add(1, Ordering::SeqCst);
+        if h.get("x-vault-token")
+            .is_some_and(|t| t == "s.secret-token")
+        {
+            with_token.fetch_add(1, Ordering::SeqCst);
+        }
         let to = format!("{elsewhere}{uri}");
         async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]).into_response() }
     }))
@@ -52,10 +63,24 @@ async fn a_redirect_from_vault_is_not_followed_with_the_token() {
         request_timeout: Duration::from_millis(800),
         ..VaultConfig::default()
     };
-    // Whatever start makes of the 307 (an error or a signer that is not ready)...
-    let _ = TransitSigner::start(&cfg).await;
+    let started = TransitSigner::start(&cfg).await;
+    // Give a signer's background tasks (if start made one) time to try again.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // ...the token never reached the redirect's target.
+    // No signer that could sign came of it: a redirect is no answer from Vault.
+    match &started {
+        Ok(signer) => assert!(!signer.is_ready(), "ready behind a redirecting Vault"),
+        Err(e) => assert!(
+            matches!(e, VaultError::Rejected { status: 307, .. }),
+            "start failed for another reason than the redirect: {e}"
+        ),
+    }
+    // The client did talk to "Vault" with the token...
+    assert!(asked.load(Ordering::SeqCst) >= 1, "Vault was never called");
+    assert!(
+        asked_with_token.load(Ordering::SeqCst) >= 1,
+        "no request to Vault carried X-Vault-Token"
+    );
+    // ...and the token never reached the redirect's target.
     assert_eq!(
         leaked.load(Ordering::SeqCst),
         0,

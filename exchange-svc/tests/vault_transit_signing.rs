@@ -179,74 +179,112 @@ async fn sixty_four_concurrent_signs_are_coalesced_into_fewer_batch_requests() {
     eprintln!("64 concurrent signatures took {requests} transit requests");
 }
 
-/// With a batch window of a whole second, a signature requested while nothing is in
-/// flight must not wait for company: each of these sequential signatures is one
-/// transit request, answered far sooner than the window.
+/// The longest batch window the configuration accepts (`batch_max_wait` is at most 1 s,
+/// too short to tell apart from a loaded machine's latency in one go). The batching
+/// tests below repeat their case `ROUNDS` times: a batch that sat out the window would
+/// make the rounds last at least `ROUNDS` windows (a timer never fires early), so a
+/// bound of half that is generous for the correct behaviour (a few Vault round trips
+/// per round) and still cannot be met by the wrong one.
+const WINDOW: Duration = Duration::from_secs(1);
+const ROUNDS: u32 = 20;
+
+/// With the longest batch window, a signature requested while nothing is in flight must
+/// not wait for company: each of these sequential signatures is one transit request,
+/// and all of them together take less than half the windows they would have sat out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signature_goes_out_at_once_when_nothing_is_in_flight_whatever_the_batch_window() {
     let bao = bao_with_key("k", "ecdsa-p256");
     let cfg = meshpass_exchange::vault::VaultConfig {
-        batch_max_wait: Duration::from_secs(1),
+        batch_max_wait: WINDOW,
         ..config(&bao, "k")
     };
     let signer = TransitSigner::start(&cfg).await.unwrap();
     let key = signer.current_key().unwrap();
     let before = signer.stats().sign_requests();
-    for i in 0..10 {
+    let started = Instant::now();
+    for i in 0..ROUNDS {
         let input = signing_input(&key, &format!("{{\"i\":{i}}}"));
-        let started = Instant::now();
         signer.sign(&key, input.as_bytes()).await.unwrap();
-        let took = started.elapsed();
-        assert!(
-            took < Duration::from_millis(500),
-            "signature {i} took {took:?}: it waited for the batch window"
-        );
     }
-    assert_eq!(signer.stats().sign_requests() - before, 10);
+    let took = started.elapsed();
+    assert_eq!(signer.stats().sign_requests() - before, u64::from(ROUNDS));
+    assert!(
+        took < WINDOW * ROUNDS / 2,
+        "{ROUNDS} sequential signatures took {took:?}: they waited for the batch window"
+    );
 }
 
-/// Signatures that wait for company go out as soon as a request in flight returns,
-/// not when the (here one-second) window ends.
+/// Signatures that wait for company beside a request in flight go out together as soon
+/// as it returns, not when the window ends. Each round holds one request in flight (on
+/// a paused OpenBao), queues seven signatures beside it (below the minimum of 12 that
+/// would open another slot), then lets it return.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_signatures_go_out_when_a_request_in_flight_returns_not_at_the_end_of_the_window() {
-    let bao = bao_with_key("k", "ecdsa-p256");
+    let mut bao = bao_with_key("k", "ecdsa-p256");
     let cfg = meshpass_exchange::vault::VaultConfig {
-        batch_max_wait: Duration::from_secs(1),
+        batch_max_wait: WINDOW,
+        request_timeout: Duration::from_secs(30),
         ..config(&bao, "k")
     };
     let signer = std::sync::Arc::new(TransitSigner::start(&cfg).await.unwrap());
     let key = signer.current_key().unwrap();
-    let before = signer.stats().sign_requests();
-    let started = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..48 {
-        let (signer, key) = (signer.clone(), key.clone());
-        set.spawn(async move {
-            let input = signing_input(&key, &format!("{{\"i\":{i}}}"));
-            signer.sign(&key, input.as_bytes()).await.unwrap();
-        });
+    let jwk = jwk_of(signer.as_ref(), "k:v1");
+    let sent = || signer.stats().sign_requests();
+    let mut waited = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let before = sent();
+        let mut set = tokio::task::JoinSet::new();
+        let mut spawn = |i: u32| {
+            let (signer, key) = (signer.clone(), key.clone());
+            set.spawn(async move {
+                let input = signing_input(&key, &format!("{{\"round\":{round},\"i\":{i}}}"));
+                let sig = signer.sign(&key, input.as_bytes()).await;
+                (input, sig)
+            });
+        };
+        bao.pause();
+        spawn(0);
+        assert!(eventually(Duration::from_secs(5), || async { sent() == before + 1 }).await);
+        // From here a window would end no sooner than a second later.
+        let queued = Instant::now();
+        for i in 1..8 {
+            spawn(i);
+        }
+        // Time to reach the batch loop, which holds them beside the one in flight.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            sent(),
+            before + 1,
+            "round {round}: a waiting signature went out"
+        );
+        bao.resume();
+        while let Some(r) = set.join_next().await {
+            let (input, sig) = r.unwrap();
+            verify_with_jwk(&jwk, input.as_bytes(), &sig.unwrap()).unwrap();
+        }
+        waited += queued.elapsed();
+        assert_eq!(
+            sent(),
+            before + 2,
+            "round {round}: the seven waiting signatures did not go out together"
+        );
     }
-    while let Some(r) = set.join_next().await {
-        r.unwrap();
-    }
-    let took = started.elapsed();
-    let requests = signer.stats().sign_requests() - before;
-    assert!(requests < 48, "{requests} requests for 48 signatures");
     assert!(
-        took < Duration::from_millis(900),
-        "48 signatures took {took:?} in {requests} requests: a batch sat out the window"
+        waited < WINDOW * ROUNDS / 2,
+        "{ROUNDS} rounds took {waited:?} from queueing to answer: batches sat out the window"
     );
 }
 
 /// While one request is in flight (held there by a paused OpenBao), a second one goes
 /// out only once `batch_pipeline_min_size` signatures wait for it: fewer wait for the
 /// one in flight, so a lone signature never pays Vault's fixed cost per request in the
-/// second slot.
+/// second slot; the one that makes the minimum sends them at once, not at the end of
+/// the window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_request_beside_one_in_flight_waits_for_the_minimum_batch() {
     let mut bao = bao_with_key("k", "ecdsa-p256");
     let cfg = meshpass_exchange::vault::VaultConfig {
-        batch_max_wait: Duration::from_secs(1),
+        batch_max_wait: WINDOW,
         batch_pipeline_depth: 2,
         batch_pipeline_min_size: 4,
         request_timeout: Duration::from_secs(30),
@@ -255,48 +293,58 @@ async fn a_second_request_beside_one_in_flight_waits_for_the_minimum_batch() {
     let signer = std::sync::Arc::new(TransitSigner::start(&cfg).await.unwrap());
     let key = signer.current_key().unwrap();
     let jwk = jwk_of(signer.as_ref(), "k:v1");
-    let before = signer.stats().sign_requests();
-    let sent = || signer.stats().sign_requests() - before;
-    bao.pause();
-    let mut set = tokio::task::JoinSet::new();
-    let mut spawn = |i: usize| {
-        let (signer, key) = (signer.clone(), key.clone());
-        set.spawn(async move {
-            let input = signing_input(&key, &format!("{{\"i\":{i}}}"));
-            let sig = signer.sign(&key, input.as_bytes()).await;
-            (input, sig)
-        });
-    };
-    // Nothing in flight: the first goes out at once (and hangs on the paused OpenBao).
-    spawn(0);
-    assert!(eventually(Duration::from_secs(5), || async { sent() == 1 }).await);
-    // Three wait: below the minimum of 4, the second slot stays closed.
-    for i in 1..4 {
-        spawn(i);
+    let sent = || signer.stats().sign_requests();
+    let mut waited = Duration::ZERO;
+    for round in 0..ROUNDS {
+        let before = sent();
+        bao.pause();
+        let mut set = tokio::task::JoinSet::new();
+        let mut spawn = |i: u32| {
+            let (signer, key) = (signer.clone(), key.clone());
+            set.spawn(async move {
+                let input = signing_input(&key, &format!("{{\"round\":{round},\"i\":{i}}}"));
+                let sig = signer.sign(&key, input.as_bytes()).await;
+                (input, sig)
+            });
+        };
+        // Nothing in flight: the first goes out at once (and hangs on the paused OpenBao).
+        spawn(0);
+        assert!(eventually(Duration::from_secs(5), || async { sent() == before + 1 }).await);
+        // From here a window would end no sooner than a second later.
+        let queued = Instant::now();
+        // Three wait: below the minimum of 4, the second slot stays closed.
+        for i in 1..4 {
+            spawn(i);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            sent(),
+            before + 1,
+            "round {round}: a second request went out with fewer than 4 signatures"
+        );
+        // The fourth makes the minimum: they go out together now.
+        spawn(4);
+        while sent() < before + 2 {
+            assert!(
+                queued.elapsed() < Duration::from_secs(10),
+                "round {round}: no second request"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        waited += queued.elapsed();
+        bao.resume();
+        let mut n = 0;
+        while let Some(r) = set.join_next().await {
+            let (input, sig) = r.unwrap();
+            verify_with_jwk(&jwk, input.as_bytes(), &sig.unwrap()).unwrap();
+            n += 1;
+        }
+        assert_eq!((n, sent() - before), (5, 2), "round {round}");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        sent(),
-        1,
-        "a second request went out with fewer than 4 signatures"
-    );
-    // The fourth makes the minimum: they go out together now, not when the 1 s window ends.
-    let fourth = Instant::now();
-    spawn(4);
-    assert!(eventually(Duration::from_secs(5), || async { sent() == 2 }).await);
-    let took = fourth.elapsed();
     assert!(
-        took < Duration::from_millis(700),
-        "the minimum batch waited {took:?}: it sat out the window instead"
+        waited < WINDOW * ROUNDS / 2,
+        "{ROUNDS} minimum batches took {waited:?} to go out: they sat out the window"
     );
-    bao.resume();
-    let mut n = 0;
-    while let Some(r) = set.join_next().await {
-        let (input, sig) = r.unwrap();
-        verify_with_jwk(&jwk, input.as_bytes(), &sig.unwrap()).unwrap();
-        n += 1;
-    }
-    assert_eq!((n, sent()), (5, 2));
 }
 
 #[tokio::test]
@@ -317,13 +365,20 @@ async fn paused_openbao_makes_signing_unavailable_quickly_and_it_recovers_after_
         );
     }
     assert!(!signer.is_ready());
-    // Known down: fail fast, and keep publishing the keys.
-    let started = Instant::now();
-    assert!(matches!(
-        signer.sign(&key, b"x.y").await,
-        Err(SignError::Unavailable(_))
-    ));
-    assert!(started.elapsed() < Duration::from_millis(100));
+    // Known down: fail fast without sending a sign request to the frozen Vault (it would
+    // wait out the request timeout), and keep publishing the keys.
+    let sent = signer.stats().sign_requests();
+    for _ in 0..3 {
+        assert!(matches!(
+            signer.sign(&key, b"x.y").await,
+            Err(SignError::Unavailable(_))
+        ));
+    }
+    assert_eq!(
+        signer.stats().sign_requests(),
+        sent,
+        "a sign request went to a Vault known to be down"
+    );
     jwk_of(&signer, "k:v1");
     bao.resume();
     assert!(eventually(Duration::from_secs(10), || async { signer.is_ready() }).await);

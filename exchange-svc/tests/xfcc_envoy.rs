@@ -87,7 +87,7 @@ async fn the_callers_sidecar_names_it_in_xfcc_and_a_client_sent_xfcc_is_never_be
         dir.path(),
         &config_toml(&issuer, &dir.path().join("m.db"), ""),
     );
-    let state = state_with(&cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let service = listener.local_addr().unwrap().port();
     tokio::spawn(serve_on(

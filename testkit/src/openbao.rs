@@ -6,8 +6,10 @@ use crate::http::{client, http_status, off_runtime};
 use crate::process::ChildGuard;
 use crate::{bao_bin, free_port, random_hex};
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,6 +45,14 @@ impl Default for OpenBaoOptions {
             dir: None,
         }
     }
+}
+
+/// [`OpenBao::shared`]'s server and the watchdog that stops it when the process exits.
+struct SharedBao {
+    bao: OpenBao,
+    // Holds the write end of the watchdog's stdin (Rust opens pipes close-on-exec, so
+    // no other child inherits it).
+    _watchdog: Child,
 }
 
 /// An OpenBao server listening on `127.0.0.1:<reserved port>`, stopped on drop.
@@ -87,6 +97,51 @@ impl OpenBao {
             storage: BaoStorage::Persistent,
             ..OpenBaoOptions::default()
         })
+    }
+
+    /// The dev server shared by every caller in this process (all the tests of one test
+    /// binary), with transit mounted at `transit/`; the first call starts it, later ones
+    /// get the same server. Callers only get `&OpenBao`: nothing can pause, stop or
+    /// restart it (a test that breaks OpenBao starts its own), and each test should use
+    /// transit keys of its own (unique names), so tests stay independent.
+    ///
+    /// A static is never dropped, so a watchdog stops it instead: a `sh` in its own
+    /// process group that reads a pipe whose only write end this process holds. When
+    /// the process exits, however it exits (end of the test binary, panic, SIGKILL), the
+    /// watchdog reads end-of-file, kills the server's process group and removes its
+    /// directory.
+    pub fn shared() -> &'static OpenBao {
+        static SHARED: OnceLock<SharedBao> = OnceLock::new();
+        &SHARED
+            .get_or_init(|| {
+                let bao = OpenBao::start();
+                let watchdog = bao.kill_when_this_process_exits();
+                bao.enable_transit();
+                SharedBao {
+                    bao,
+                    _watchdog: watchdog,
+                }
+            })
+            .bao
+    }
+
+    /// Starts the watchdog of [`OpenBao::shared`]; keep the returned child (its stdin)
+    /// for as long as the server should live.
+    fn kill_when_this_process_exits(&self) -> Child {
+        let mut cmd = Command::new("sh");
+        // `env kill`: the kill(1) that `ChildGuard` uses (dash's builtin takes no
+        // process group).
+        cmd.arg("-c")
+            .arg(r#"read -r _ignored; env kill -KILL -- "-$0"; rm -rf -- "$1""#)
+            .arg(self.pid().to_string())
+            .arg(&self.dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Not in our group: a Ctrl-C that kills the tests must not kill it first.
+            .process_group(0);
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot start the OpenBao watchdog (sh): {e}"))
     }
 
     /// Starts the server `options` describe; ready when `sys/health` answers 200 (active
@@ -549,6 +604,71 @@ mod tests {
         // Without the CA the server is not trusted.
         let health = format!("{}/v1/sys/health", bao.addr());
         assert_eq!(http_status(&health, None), None);
+    }
+
+    /// Set in the copy of this test binary that the test below runs.
+    const SHARED_CHILD: &str = "MESHPASS_TESTKIT_SHARED_OPENBAO_CHILD";
+
+    #[test]
+    fn shared_openbao_is_one_server_per_process_and_is_killed_when_the_process_exits() {
+        if std::env::var_os(SHARED_CHILD).is_some() {
+            // The child: start the shared server, report it, exit without dropping it.
+            let bao = OpenBao::shared();
+            assert!(std::ptr::eq(bao, OpenBao::shared()));
+            bao.create_transit_key("k", "ecdsa-p256");
+            println!(
+                "shared-openbao pid={} port={} dir={}",
+                bao.pid(),
+                bao.port(),
+                bao.dir().display()
+            );
+            return;
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "openbao::tests::shared_openbao_is_one_server_per_process_and_is_killed_when_the_process_exits",
+                "--nocapture",
+            ])
+            .env(SHARED_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("shared-openbao "))
+            .unwrap_or_else(|| panic!("the child did not report its server: {stdout}"));
+        let field = |name: &str| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                .unwrap()
+                .to_string()
+        };
+        let (pid, port) = (field("pid"), field("port").parse::<u16>().unwrap());
+        let dir = PathBuf::from(field("dir"));
+        // Gone (or a zombie waiting for init to reap it), its port closed, its files removed.
+        let dead = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+                .unwrap_or(true)
+        };
+        assert!(
+            crate::wait_until(Duration::from_secs(10), Duration::from_millis(20), dead),
+            "the shared OpenBao (pid {pid}) outlived its process"
+        );
+        assert!(crate::wait_port_released(port, Duration::from_secs(10)));
+        assert!(
+            crate::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+                !dir.exists()
+            }),
+            "{} was not removed",
+            dir.display()
+        );
     }
 
     #[tokio::test]

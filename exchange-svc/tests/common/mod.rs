@@ -1,13 +1,12 @@
-//! Shared test helpers: a subject-token issuer, a local p256 signer double for pure
-//! protocol tests, configuration and app builders, and token verification with
-//! meshpass-core.
+//! Shared test helpers: a subject-token issuer, the real transit signer on a key of the
+//! test's own in the binary's shared OpenBao, configuration and app builders, and token
+//! verification with meshpass-core.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
@@ -19,9 +18,11 @@ use meshpass_exchange::caller::ConnInfo;
 use meshpass_exchange::clock::Clock;
 use meshpass_exchange::config::Config;
 use meshpass_exchange::keys::IssuerKeys;
-use meshpass_exchange::signer::{SignError, Signer, SigningAlg, SigningKey};
+use meshpass_exchange::signer::Signer;
 use meshpass_exchange::store::{seed, MappingStore, SqlStore};
+use meshpass_exchange::vault::{AuthConfig, Secret, TransitSigner, VaultConfig};
 use meshpass_exchange::AppState;
+use meshpass_testkit::OpenBao;
 use p256::ecdsa::signature::Signer as _;
 use serde_json::{json, Map, Value};
 use tower::ServiceExt;
@@ -95,45 +96,68 @@ impl TestIssuer {
     }
 }
 
-/// A signer double that signs locally with p256 (pure protocol tests only; the real
-/// signer is tested against OpenBao).
-pub struct LocalSigner {
-    key: p256::ecdsa::SigningKey,
-    pub down: AtomicBool,
+/// The real signer ([`TransitSigner`]) on an ecdsa-p256 transit key of its own in this
+/// test binary's shared dev OpenBao ([`OpenBao::shared`]: started by the first test that
+/// asks, never paused or stopped; a test that takes Vault down uses [`own_openbao`] and
+/// [`signer_on`]). Ready to sign: its kid is `{key}:v1`.
+pub async fn signer() -> Arc<dyn Signer> {
+    let bao = OpenBao::shared();
+    start_signer(&signer_config(bao, &new_transit_key(bao))).await
 }
 
-impl LocalSigner {
-    pub fn new() -> Arc<Self> {
-        Arc::new(LocalSigner {
-            key: p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng),
-            down: AtomicBool::new(false),
-        })
+/// A dev OpenBao of the test's own with transit mounted, for a test that pauses or
+/// stops it (stopped on drop).
+pub fn own_openbao() -> OpenBao {
+    let bao = OpenBao::start();
+    bao.enable_transit();
+    bao
+}
+
+/// The real signer on a new ecdsa-p256 transit key of `bao` (transit mounted), quick to
+/// notice an outage and a recovery: it re-reads the key every 200 ms and gives up on a
+/// Vault request after 800 ms.
+pub async fn signer_on(bao: &OpenBao) -> Arc<dyn Signer> {
+    start_signer(&VaultConfig {
+        key_refresh_interval: Duration::from_millis(200),
+        request_timeout: Duration::from_millis(800),
+        ..signer_config(bao, &new_transit_key(bao))
+    })
+    .await
+}
+
+/// Creates an ecdsa-p256 transit key on `bao` under a name no other test uses; returns
+/// the name.
+pub fn new_transit_key(bao: &OpenBao) -> String {
+    let name = format!("test-{}", meshpass_testkit::random_hex(8));
+    bao.create_transit_key(&name, "ecdsa-p256");
+    name
+}
+
+/// `[vault]` for transit key `key` of `bao` with its root token: no publish lead (a
+/// new key signs at once) and a 1 ms batching window (a lone signature never waits for
+/// company anyway; this bounds the wait of concurrent ones).
+pub fn signer_config(bao: &OpenBao, key: &str) -> VaultConfig {
+    VaultConfig {
+        address: Some(bao.addr()),
+        auth: AuthConfig::Token {
+            token: Some(Secret::new(bao.root_token())),
+        },
+        key_name: key.to_string(),
+        publish_lead: Duration::ZERO,
+        batch_max_wait: Duration::from_millis(1),
+        ..VaultConfig::default()
     }
 }
 
-#[async_trait]
-impl Signer for LocalSigner {
-    fn current_key(&self) -> Result<SigningKey, SignError> {
-        Ok(SigningKey {
-            kid: "local:v1".into(),
-            version: 1,
-            alg: SigningAlg::ES256,
-        })
+async fn start_signer(cfg: &VaultConfig) -> Arc<dyn Signer> {
+    // VAULT_* and BAO_* in the environment would override the configuration.
+    for k in ["ADDR", "TOKEN", "CACERT", "NAMESPACE"] {
+        std::env::remove_var(format!("VAULT_{k}"));
+        std::env::remove_var(format!("BAO_{k}"));
     }
-    async fn sign(&self, key: &SigningKey, input: &[u8]) -> Result<String, SignError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(SignError::Unavailable("connection refused".into()));
-        }
-        assert_eq!(key.kid, "local:v1");
-        let sig: p256::ecdsa::Signature = self.key.sign(input);
-        Ok(URL_SAFE_NO_PAD.encode(sig.to_bytes()))
-    }
-    fn jwks(&self) -> Value {
-        json!({"keys": [ec_jwk(&self.key, "local:v1", true)]})
-    }
-    fn is_ready(&self) -> bool {
-        !self.down.load(Ordering::SeqCst)
-    }
+    let signer = TransitSigner::start(cfg).await.unwrap();
+    assert!(signer.is_ready(), "signer on {} not ready", cfg.key_name);
+    Arc::new(signer)
 }
 
 /// The TOML of a configuration with one inline-JWKS issuer, a SQLite store at `db`,

@@ -197,7 +197,7 @@ impl Service {
     pub async fn start(db: Db) -> Service {
         Service::start_with(
             db,
-            LocalSigner::new(),
+            signer().await,
             None,
             "address = \"http://127.0.0.1:9\"\nauth = { method = \"token\", token = \"unused\" }",
             "",
