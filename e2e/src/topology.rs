@@ -80,7 +80,7 @@ pub const MANAGEMENT_WORKLOAD: &str = "ops";
 pub enum Storage {
     /// A SQLite file in the topology's directory.
     Sqlite,
-    /// A Postgres database URL (`postgres://postgres@127.0.0.1:5432/NAME`).
+    /// A Postgres database URL (`postgres://postgres@127.0.0.1:PORT/NAME`).
     Postgres(String),
 }
 

@@ -11,7 +11,9 @@
 //! revocation feed outage (issue #16, in `faults/revocation.rs`; the sidecars run two
 //! workers each), the JWKS outage, the exchange-service outage, the OpenBao outage, the
 //! transit key rotation (it expects the version after the current one, so it also runs
-//! alone), and the restart of the machine's shared Postgres cluster last. A filtered run
+//! alone), and the restart of the suite's PostgreSQL server last. That server is private
+//! (testkit's `PostgresServer`: its own cluster and port), so restarting it cuts no other
+//! suite's connections; the machine's shared server is never touched. A filtered run
 //! keeps that relative order; a scenario that fails to repair its component fails the
 //! ones after it.
 
@@ -31,25 +33,25 @@ use common::{assert_participant_token, eventually, scenarios};
 use meshpass_e2e::blocking;
 use meshpass_e2e::jwt::decode_unverified;
 use meshpass_e2e::topology::{Options, Reply, Storage, Topology, SHORT_TTL_SECS, TRANSIT_KEY};
-use meshpass_testkit::{BaoStorage, PgDb, Postgres, SharedCluster};
+use meshpass_testkit::{BaoStorage, PgDb, PostgresServer};
 use revocation::{
     revocation_feed_down_keeps_the_last_set_raises_staleness_and_catches_up_with_a_delta,
     revoking_a_subject_stops_its_cached_token_on_every_worker_and_lifting_restores_it,
 };
 
 /// What the scenarios share. Fields drop in order: the topology (every process killed)
-/// first, then the guard that starts the shared Postgres cluster again if a scenario
-/// left it stopped, then the fresh database (dropped on that running cluster).
+/// first, then the database, then the private PostgreSQL server (stopped, its cluster
+/// deleted).
 struct Faults {
     topo: Arc<Topology>,
-    pg: SharedCluster,
     _db: PgDb,
+    pg: std::sync::Mutex<PostgresServer>,
 }
 
 impl Faults {
     async fn start() -> Result<Self> {
-        let pg = SharedCluster::new();
-        let db = Postgres::fresh_database();
+        let pg = PostgresServer::start();
+        let db = pg.fresh_database();
         let topo = Topology::start(Options {
             storage: Storage::Postgres(db.url()),
             bao: BaoStorage::Persistent,
@@ -60,8 +62,8 @@ impl Faults {
         .await?;
         Ok(Faults {
             topo: Arc::new(topo),
-            pg,
             _db: db,
+            pg: std::sync::Mutex::new(pg),
         })
     }
 }
@@ -70,7 +72,14 @@ fn main() -> ExitCode {
     common::run_scenarios(
         "faults/postgres",
         Faults::start,
-        |f| format!("dir {}\n{}", f.topo.dir().display(), f.topo.diagnostics(30)),
+        |f| {
+            let pg = f.pg.lock().unwrap_or_else(|e| e.into_inner()).log_tail(20);
+            format!(
+                "dir {}\n{}\npostgres log:\n{pg}",
+                f.topo.dir().display(),
+                f.topo.diagnostics(30)
+            )
+        },
         // Run in this order (see the module docs).
         scenarios![
             happy_path_works_with_exchange_on_postgres,
@@ -354,7 +363,15 @@ async fn transit_key_rotation_during_steady_traffic_fails_no_request(f: &Faults)
 
 async fn postgres_restart_loses_no_mapping(f: &Faults) -> Result<()> {
     let t = &*f.topo;
-    blocking(|| f.pg.restart());
+    let (before, after) = blocking(|| {
+        let mut pg = f.pg.lock().unwrap();
+        let before = pg.pid();
+        pg.restart();
+        (before, pg.pid())
+    });
+    common::note(format!(
+        "    postgres: private server restarted (postmaster pid {before} -> {after})"
+    ));
     for (mode, workload, participant) in [
         ("CLIENT", "frontend", "acme"),
         ("SERVER", "reporting", "globex"),

@@ -5,7 +5,9 @@
 //! documented retry).
 //!
 //! 1. A mapping written through replica 1's management API is enforced by replicas 2
-//!    and 3 within one second.
+//!    and 3 because its change notification arrived (the periodic check runs every 60 s
+//!    and the policy snapshots live 60 s; the bound is [`PROPAGATION_BOUND`]; both
+//!    count a notification and no change found by the periodic check).
 //! 2. Redis stopped: exchanges go on (200 or 429, no 5xx: `local_share`), every replica
 //!    reports the fallback in its metrics; Redis restarted: they recover by themselves.
 //! 3. A global limit of N/s (one (caller, subject) pair, load spread over all three)
@@ -35,6 +37,10 @@ const RATE: f64 = 20.0;
 /// Its burst: 2 absorbs the arrival jitter of a busy machine (with 1, every late
 /// request would lose the time it was late by).
 const BURST: u32 = 2;
+/// How long replicas 2 and 3 may take to enforce replica 1's write: far below the 60 s
+/// of their periodic check and policy snapshots, generous for a loaded 2-core machine
+/// (the time taken is printed; notifications arrive within milliseconds).
+const PROPAGATION_BOUND: Duration = Duration::from_secs(10);
 
 fn envoy_yaml(listen: u16, replicas: &[u16]) -> String {
     let endpoints: Vec<Value> = replicas
@@ -140,7 +146,8 @@ async fn three_replicas_behind_envoy_share_writes_and_limits_and_survive_a_kill_
             &issuer,
             json!({
                 "server": {"drain_delay_secs": 1, "shutdown_grace_secs": 5},
-                "store": {"change_check_interval_ms": 500},
+                // Only a notification can tell replicas 2 and 3 of a write in time.
+                "store": {"change_check_interval_ms": 60_000},
                 "rate_limit": {
                     "backend": "redis", "redis_url": redis.url(),
                     "key_prefix": prefix, "replicas": 3,
@@ -180,7 +187,7 @@ async fn three_replicas_behind_envoy_share_writes_and_limits_and_survive_a_kill_
     let bases: Vec<String> = replicas.iter().map(ExchangeService::base_url).collect();
     let client = reqwest::Client::new();
 
-    // ---- 1. A write through replica 1 is enforced by replicas 2 and 3 within 1 s. ----
+    // ---- 1. A write through replica 1 reaches replicas 2 and 3 by notification. ----
     let web_token = issuer.svid(WEB, now(), 600);
     for b in &bases[1..] {
         let (s, body) = replicas_common::exchange(&client, b, &web_token, WEB)
@@ -215,8 +222,8 @@ async fn three_replicas_behind_envoy_share_writes_and_limits_and_survive_a_kill_
                 break;
             }
             assert!(
-                written.elapsed() < Duration::from_secs(1),
-                "replica {} does not enforce the write after 1 s",
+                written.elapsed() < PROPAGATION_BOUND,
+                "replica {} does not enforce the write after {PROPAGATION_BOUND:?}",
                 i + 1
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -226,6 +233,21 @@ async fn three_replicas_behind_envoy_share_writes_and_limits_and_survive_a_kill_
         "replicas 2 and 3 enforced the write after {:?}",
         written.elapsed()
     );
+    for (i, b) in bases.iter().enumerate().skip(1) {
+        let notified = metric(&client, b, "meshpass_change_notifications_total").await;
+        let by_check = metric(&client, b, "meshpass_change_fallback_invalidations_total").await;
+        assert!(
+            notified.is_some_and(|n| n >= 1.0),
+            "replica {} received no change notification ({notified:?})",
+            i + 1
+        );
+        assert_eq!(
+            by_check,
+            Some(0.0),
+            "replica {}: the periodic check found the write, not a notification",
+            i + 1
+        );
+    }
 
     // ---- 2. Redis outage: fallback and recovery, visible in metrics, no 5xx. ----
     let loader = issuer.svid(LOADER, now(), 600);

@@ -1,9 +1,12 @@
 //! Several replicas on one real PostgreSQL database: a write through one replica is
-//! enforced by the others' next exchange within one second (`LISTEN`/`NOTIFY`), also
-//! when a notification is missed or the listening connection is killed (the periodic
-//! version check). Each replica is the real router, store, policy cache, token cache and
-//! change feed, in this process; the policy snapshots live 60 s, so only the feed can
-//! explain a replica seeing a write sooner.
+//! enforced by the others' next exchanges because its change notification arrived
+//! (`LISTEN`/`NOTIFY`), and also when a notification is missed or the listening
+//! connection is killed (the periodic version check). Each replica is the real router,
+//! store, policy cache, token cache and change feed, in this process; the policy
+//! snapshots live 60 s, so only the feed can explain a replica seeing a write sooner.
+//! The notification tests set the periodic check to 60 s too and allow
+//! [`PROPAGATION_BOUND`] (generous for a loaded machine, far below 60 s), and check the
+//! feed's counters: a notification arrived and the periodic check found nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -28,7 +31,7 @@ struct Replica {
 }
 
 async fn replica(cfg: &Config) -> Replica {
-    let (mut state, store) = state_and_store(cfg, LocalSigner::new(), Arc::new(SystemClock)).await;
+    let (mut state, store) = state_and_store(cfg, signer().await, Arc::new(SystemClock)).await;
     // As `serve` does: the revocation set follows the store.
     state
         .revocations
@@ -86,6 +89,25 @@ async fn metric(r: &Replica, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
+/// How long a change may take to be enforced by another replica: far below the 60 s of
+/// the periodic check and of the policy snapshots, generous for a loaded 2-core machine
+/// (the time taken is printed; notifications arrive within milliseconds).
+const PROPAGATION_BOUND: Duration = Duration::from_secs(10);
+
+/// The change reached `r` by notification: one arrived, and the periodic check never
+/// found a version the notifications had not already applied.
+async fn came_by_notification(r: &Replica, name: &str) {
+    assert!(
+        metric(r, "meshpass_change_notifications_total").await >= 1.0,
+        "{name} received no change notification"
+    );
+    assert_eq!(
+        metric(r, "meshpass_change_fallback_invalidations_total").await,
+        0.0,
+        "{name}: the periodic check found the change, not a notification"
+    );
+}
+
 fn actor() -> Actor {
     Actor {
         who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
@@ -105,7 +127,7 @@ async fn feeds_ready(replicas: &[&Replica]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mapping_deleted_through_replica_one_is_refused_by_replicas_two_and_three_within_one_second(
+async fn a_mapping_deleted_through_replica_one_is_refused_by_replicas_two_and_three_by_notification_not_the_periodic_check(
 ) {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
@@ -129,16 +151,18 @@ async fn a_mapping_deleted_through_replica_one_is_refused_by_replicas_two_and_th
         .await
         .unwrap();
     for (name, r) in [("replica 2", &r2), ("replica 3", &r3)] {
-        let took = until_status(r, &token, StatusCode::BAD_REQUEST, Duration::from_secs(1)).await;
-        let took =
-            took.unwrap_or_else(|| panic!("{name} still honours the deleted mapping after 1 s"));
+        let took = until_status(r, &token, StatusCode::BAD_REQUEST, PROPAGATION_BOUND).await;
+        let took = took.unwrap_or_else(|| {
+            panic!("{name} still honours the deleted mapping after {PROPAGATION_BOUND:?}")
+        });
         eprintln!("{name} refused the deleted mapping after {took:?}");
-        assert!(metric(r, "meshpass_change_notifications_total").await >= 1.0);
+        came_by_notification(r, name).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mapping_created_through_one_replica_is_honoured_by_another_within_one_second() {
+async fn a_mapping_created_through_one_replica_is_honoured_by_another_by_notification_not_the_periodic_check(
+) {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
     let db = Postgres::fresh_database();
@@ -175,8 +199,8 @@ async fn a_mapping_created_through_one_replica_is_honoured_by_another_within_one
     let start = Instant::now();
     while ask(&r2).await != StatusCode::OK {
         assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "replica 2 still refuses the new scope after 1 s"
+            start.elapsed() < PROPAGATION_BOUND,
+            "replica 2 still refuses the new scope after {PROPAGATION_BOUND:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -184,6 +208,7 @@ async fn a_mapping_created_through_one_replica_is_honoured_by_another_within_one
         "replica 2 granted the new scope after {:?}",
         start.elapsed()
     );
+    came_by_notification(&r2, "replica 2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +295,12 @@ async fn replicas_whose_listening_connection_is_killed_reconnect_and_still_conve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subject_revoked_through_replica_one_is_refused_by_replica_two_within_one_second() {
+async fn a_subject_revoked_through_replica_one_is_refused_by_replica_two_and_served_again_once_lifted(
+) {
+    // Revocations reach replica 2 by the change notification and also by its own
+    // refresh of the revocation set every `revocation::REFRESH_INTERVAL` (1 s), so this
+    // proves that a revocation and its lift reach replica 2, not which path carried
+    // them (the mapping tests above prove the notification path).
     use meshpass_exchange::store::{NewRevocation, RevocationStore, RevocationTarget};
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
@@ -293,13 +323,17 @@ async fn a_subject_revoked_through_replica_one_is_refused_by_replica_two_within_
         .create_revocation(&new, &actor(), now())
         .await
         .unwrap();
-    let took = until_status(&r2, &token, StatusCode::FORBIDDEN, Duration::from_secs(1))
+    let took = until_status(&r2, &token, StatusCode::FORBIDDEN, PROPAGATION_BOUND)
         .await
-        .unwrap_or_else(|| panic!("replica 2 still serves the revoked subject after 1 s"));
+        .unwrap_or_else(|| {
+            panic!("replica 2 still serves the revoked subject after {PROPAGATION_BOUND:?}")
+        });
     eprintln!("replica 2 refused the revoked subject after {took:?}");
     r1.store.lift_revocation(&rev.id, &actor()).await.unwrap();
-    let took = until_status(&r2, &token, StatusCode::OK, Duration::from_secs(1))
+    let took = until_status(&r2, &token, StatusCode::OK, PROPAGATION_BOUND)
         .await
-        .unwrap_or_else(|| panic!("replica 2 still refuses the lifted subject after 1 s"));
+        .unwrap_or_else(|| {
+            panic!("replica 2 still refuses the lifted subject after {PROPAGATION_BOUND:?}")
+        });
     eprintln!("replica 2 served the lifted subject again after {took:?}");
 }

@@ -26,10 +26,10 @@ pub use exchange::{to_toml, ExchangeService};
 pub use http::{dechunk, raw_request};
 pub use openbao::{BaoStorage, OpenBao, OpenBaoOptions};
 pub use ports::{free_port, pid_listens_on, wait_port_released};
-pub use postgres::{PgDb, Postgres, SharedCluster};
+pub use postgres::{postgres_bin_dir, PgDb, Postgres, PostgresServer};
 pub use process::{log_tail, wait_until, ChildGuard};
-pub use tcp_cut::CutRelay;
 pub use redis::{redis_pings, redis_server_bin, shared_redis_url, unique_prefix, RedisServer};
+pub use tcp_cut::CutRelay;
 
 use std::path::PathBuf;
 

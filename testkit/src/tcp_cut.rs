@@ -27,7 +27,12 @@ impl CutRelay {
         let up = Arc::new(AtomicBool::new(true));
         let stopped = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (u, s, o, target) = (up.clone(), stopped.clone(), open.clone(), target.to_string());
+        let (u, s, o, target) = (
+            up.clone(),
+            stopped.clone(),
+            open.clone(),
+            target.to_string(),
+        );
         thread::spawn(move || {
             for inbound in listener.incoming() {
                 if s.load(Ordering::SeqCst) {

@@ -3,7 +3,7 @@
 //! run in `faults.rs`'s order, on its shared topology.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
@@ -18,6 +18,13 @@ use super::Faults;
 /// bound asserted is poll interval + 1 s + this; the time measured is printed.
 const REVOCATION_SLACK: Duration = Duration::from_secs(2);
 
+/// Frontend requests that must start after the bound and before the lift, all refused.
+const MIN_REFUSED_AFTER_BOUND: usize = 10;
+
+/// How long the revocation may stay in place past the bound waiting for them (a busy
+/// machine sends the steady traffic slowly; an idle one needs about a second).
+const REFUSED_SAMPLES_DEADLINE: Duration = Duration::from_secs(30);
+
 /// One request of the steady traffic: when it started, which path, what came back.
 struct Sample {
     at: Instant,
@@ -25,21 +32,23 @@ struct Sample {
     reply: Result<Reply, String>,
 }
 
-/// Steady traffic until `stop`: frontend's cached token through the CLIENT-mode
-/// listener (a new connection each time, so both workers serve it) and through the
-/// SERVER-mode listener, and reporting's cached token through the SERVER-mode listener.
+/// Steady traffic until `stop`, each reply appended to `out` as it comes: frontend's
+/// cached token through the CLIENT-mode listener (a new connection each time, so both
+/// workers serve it) and through the SERVER-mode listener, and reporting's cached token
+/// through the SERVER-mode listener.
 fn steady_traffic(
     topo: Arc<Topology>,
     front: String,
     rep: String,
     stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<Vec<Sample>> {
+    out: Arc<Mutex<Vec<Sample>>>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut out = Vec::new();
+        let push = |s: Sample| out.lock().unwrap().push(s);
         while !stop.load(Ordering::SeqCst) {
             let at = Instant::now();
             let r = topo.via_client_mode_fresh("/orders", &front).await;
-            out.push(Sample {
+            push(Sample {
                 at,
                 path: "frontend/CLIENT",
                 reply: r.map_err(|e| format!("{e:#}")),
@@ -48,7 +57,7 @@ fn steady_traffic(
             let r = topo
                 .via_server_mode("frontend", "/orders", Some(&front))
                 .await;
-            out.push(Sample {
+            push(Sample {
                 at,
                 path: "frontend/SERVER",
                 reply: r.map_err(|e| format!("{e:#}")),
@@ -57,14 +66,13 @@ fn steady_traffic(
             let r = topo
                 .via_server_mode("reporting", "/orders", Some(&rep))
                 .await;
-            out.push(Sample {
+            push(Sample {
                 at,
                 path: "reporting/SERVER",
                 reply: r.map_err(|e| format!("{e:#}")),
             });
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        out
     })
 }
 
@@ -105,13 +113,34 @@ pub(super) async fn revoking_a_subject_stops_its_cached_token_on_every_worker_an
     };
     let denied_before = denied();
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = steady_traffic(f.topo.clone(), front.clone(), rep.clone(), stop.clone());
+    let sampled = Arc::new(Mutex::new(Vec::new()));
+    let traffic = steady_traffic(
+        f.topo.clone(),
+        front.clone(),
+        rep.clone(),
+        stop.clone(),
+        sampled.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let t0 = Instant::now();
     let id = t.revoke_subject("frontend", REASON).await;
     let cx_before = t.connections_per_worker(Sidecar::Client, port, workers);
     if id.is_ok() {
         tokio::time::sleep(bound + Duration::from_secs(1)).await;
+        // Keep it revoked until enough frontend requests were sent after the bound (they
+        // are counted once answered, so all of them start before the lift).
+        let after_bound = || {
+            sampled
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.path.starts_with("frontend") && s.at >= t0 + bound)
+                .count()
+        };
+        let deadline = Instant::now() + REFUSED_SAMPLES_DEADLINE;
+        while after_bound() < MIN_REFUSED_AFTER_BOUND && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     let cx_after = t.connections_per_worker(Sidecar::Client, port, workers);
     let t_lift = Instant::now();
@@ -134,7 +163,8 @@ pub(super) async fn revoking_a_subject_stops_its_cached_token_on_every_worker_an
     .await;
     let restored_in = t_lift.elapsed();
     stop.store(true, Ordering::SeqCst);
-    let samples = traffic.await?;
+    traffic.await?;
+    let samples = std::mem::take(&mut *sampled.lock().unwrap());
     let id = id?;
     restored?;
 
@@ -160,9 +190,10 @@ pub(super) async fn revoking_a_subject_stops_its_cached_token_on_every_worker_an
         .filter(|s| s.at >= t0 + bound && s.at < t_lift)
         .collect();
     ensure!(
-        window.len() >= 10,
-        "only {} frontend requests after the bound",
-        window.len()
+        window.len() >= MIN_REFUSED_AFTER_BOUND,
+        "only {} frontend requests between the bound and the lift ({:.1?} after the bound)",
+        window.len(),
+        t_lift.saturating_duration_since(t0 + bound)
     );
     for s in &window {
         let refused = matches!(&s.reply, Ok(r) if is_revocation_refusal(r, REASON));
