@@ -15,19 +15,48 @@ use serde_json::json;
 const BATCH: &str = "spiffe://cluster.local/ns/shop/sa/batch";
 const OTHER: &str = "spiffe://cluster.local/ns/shop/sa/other";
 
-const LEDGER: &str = r#"
-[[mappings]]
-name = "shop-to-ledger"
-subject = "spiffe://cluster.local/ns/shop/*"
-resource = "ledger"
-participant = "acme-ledger"
-ttl_secs = 300
-allowed_actors = ["spiffe://cluster.local/ns/shop/sa/batch"]
-"#;
+const LEDGER: &str = DELEGATED_LEDGER;
 
 async fn app(issuer: &TestIssuer, dir: &std::path::Path) -> axum::Router {
     let cfg = load_config(dir, &config_toml(issuer, &dir.join("m.db"), LEDGER));
     meshpass_exchange::app(state_with(&cfg, signer().await, Arc::new(SystemClock)).await)
+}
+
+/// A service on the ledger mapping, and a way to revoke a workload (as a subject) in
+/// its store, applied at once as a management write is.
+async fn revocable() -> (
+    tempfile::TempDir,
+    TestIssuer,
+    axum::Router,
+    impl Fn(&'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+) {
+    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore, RevocationTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let cfg = load_config(
+        dir.path(),
+        &config_toml(&issuer, &dir.path().join("m.db"), LEDGER),
+    );
+    let (st, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
+    let app = meshpass_exchange::app(st.clone());
+    let revoke = move |who: &'static str| {
+        let (st, store) = (st.clone(), store.clone());
+        Box::pin(async move {
+            let rev = NewRevocation {
+                target: RevocationTarget::Subject,
+                matches: who.into(),
+                reason: "compromised".into(),
+                until: None,
+            };
+            let by = Actor {
+                who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+                request_id: "test".into(),
+            };
+            let rev = store.create_revocation(&rev, &by, now()).await.unwrap();
+            st.revocations.created(rev);
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
+    };
+    (dir, issuer, app, revoke)
 }
 
 fn form(subject: &str, actor: &str, resource: &str) -> String {
@@ -81,15 +110,7 @@ async fn may_act_in_the_subject_token_overrides_the_mappings_allowed_actors() {
 
 #[tokio::test]
 async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() {
-    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore, RevocationTarget};
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "spire-1");
-    let cfg = load_config(
-        dir.path(),
-        &config_toml(&issuer, &dir.path().join("m.db"), LEDGER),
-    );
-    let (st, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
-    let app = meshpass_exchange::app(st.clone());
+    let (_dir, issuer, app, revoke) = revocable().await;
     let subject = issuer.svid(WEB, now(), 600);
     let batch = issuer.svid(BATCH, now(), 600);
     // batch acts for web (minted, then cached).
@@ -98,18 +119,7 @@ async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() 
         assert_eq!(a.status.as_u16(), 200, "{}", a.json);
     }
     // batch is revoked (as a subject: the workload itself).
-    let rev = NewRevocation {
-        target: RevocationTarget::Subject,
-        matches: BATCH.into(),
-        reason: "compromised".into(),
-        until: None,
-    };
-    let by = Actor {
-        who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
-        request_id: "test".into(),
-    };
-    let rev = store.create_revocation(&rev, &by, now()).await.unwrap();
-    st.revocations.created(rev);
+    revoke(BATCH).await;
     // Its cached token is not served, and nothing new is minted naming it as the actor.
     let a = post_token(&app, form(&subject, &batch, "ledger")).await;
     assert_eq!(a.status.as_u16(), 403, "{}", a.json);
@@ -124,15 +134,7 @@ async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() 
 
 #[tokio::test]
 async fn a_subject_token_whose_own_act_names_a_revoked_workload_gets_no_token_and_no_cached_one() {
-    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore, RevocationTarget};
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "spire-1");
-    let cfg = load_config(
-        dir.path(),
-        &config_toml(&issuer, &dir.path().join("m.db"), LEDGER),
-    );
-    let (st, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
-    let app = meshpass_exchange::app(st.clone());
+    let (_dir, issuer, app, revoke) = revocable().await;
     let t = now();
     // web's token says batch acts for it (RFC 8693 §4.1); the minted token carries that.
     let acted = issuer.sign(&json!({
@@ -143,18 +145,7 @@ async fn a_subject_token_whose_own_act_names_a_revoked_workload_gets_no_token_an
         let a = post_token(&app, exchange_form(&acted, &[("resource", "ledger")])).await;
         assert_eq!(a.status.as_u16(), 200, "{}", a.json);
     }
-    let rev = NewRevocation {
-        target: RevocationTarget::Subject,
-        matches: BATCH.into(),
-        reason: "compromised".into(),
-        until: None,
-    };
-    let by = Actor {
-        who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
-        request_id: "test".into(),
-    };
-    let rev = store.create_revocation(&rev, &by, now()).await.unwrap();
-    st.revocations.created(rev);
+    revoke(BATCH).await;
     // The cached token naming batch is not served, and none is minted anew.
     let a = post_token(&app, exchange_form(&acted, &[("resource", "ledger")])).await;
     assert_eq!(a.status.as_u16(), 403, "{}", a.json);

@@ -184,23 +184,29 @@ fn discovery_keys(url: &str, dir: &std::path::Path) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bearer_token_is_never_sent_to_a_jwks_uri_on_another_origin() {
-    let issuer = TestIssuer::new(ISSUER, "sa-key");
-    let (keys_url, keys_srv) = jwks_server(issuer.jwks()).await;
-    let discovery = discovery_server(ISSUER, &format!("{keys_url}/openid/v1/jwks")).await;
+/// The issuer's keys through `discovery_url = url`, after one refresh.
+async fn discovered(issuer: &TestIssuer, url: &str) -> std::sync::Arc<IssuerKeys> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = load_config(
         dir.path(),
         &issuer_toml(
-            &issuer,
+            issuer,
             &dir.path().join("m.db"),
-            &discovery_keys(&discovery, dir.path()),
+            &discovery_keys(url, dir.path()),
             "",
         ),
     );
     let source = IssuerKeys::from_config(&cfg).unwrap();
     source.refresh_all().await;
+    source
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_token_is_never_sent_to_a_jwks_uri_on_another_origin() {
+    let issuer = TestIssuer::new(ISSUER, "sa-key");
+    let (keys_url, keys_srv) = jwks_server(issuer.jwks()).await;
+    let discovery = discovery_server(ISSUER, &format!("{keys_url}/openid/v1/jwks")).await;
+    let source = discovered(&issuer, &discovery).await;
     // The keys are fetched (the JWKS is public there)...
     assert_eq!(source.status()[0].keys, 1);
     assert!(keys_srv.hits.load(Ordering::SeqCst) >= 1);
@@ -217,18 +223,7 @@ async fn a_discovery_url_naming_the_document_itself_finds_the_keys_as_the_base_u
         discovery.clone(),
         format!("{discovery}/.well-known/openid-configuration"),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = load_config(
-            dir.path(),
-            &issuer_toml(
-                &issuer,
-                &dir.path().join("m.db"),
-                &discovery_keys(&url, dir.path()),
-                "",
-            ),
-        );
-        let source = IssuerKeys::from_config(&cfg).unwrap();
-        source.refresh_all().await;
+        let source = discovered(&issuer, &url).await;
         assert_eq!(source.status()[0].keys, 1, "{url}");
     }
     assert!(keys_srv.hits.load(Ordering::SeqCst) >= 2);
@@ -243,18 +238,7 @@ async fn a_discovery_document_for_another_issuer_is_refused() {
         &format!("{keys_url}/openid/v1/jwks"),
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = load_config(
-        dir.path(),
-        &issuer_toml(
-            &issuer,
-            &dir.path().join("m.db"),
-            &discovery_keys(&discovery, dir.path()),
-            "",
-        ),
-    );
-    let source = IssuerKeys::from_config(&cfg).unwrap();
-    source.refresh_all().await;
+    let source = discovered(&issuer, &discovery).await;
     assert_eq!(source.status()[0].keys, 0);
     assert_eq!(keys_srv.hits.load(Ordering::SeqCst), 0);
 }

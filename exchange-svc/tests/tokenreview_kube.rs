@@ -134,16 +134,7 @@ async fn an_authenticated_service_account_with_a_requested_audience_is_exchanged
 async fn an_actor_token_from_a_reviewed_issuer_is_reviewed_too_and_a_refusal_is_invalid_grant() {
     let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1234", &["meshpass"]))).await;
     let dir = tempfile::tempdir().unwrap();
-    let ledger = r#"
-[[mappings]]
-name = "shop-to-ledger"
-subject = "spiffe://cluster.local/ns/shop/*"
-resource = "ledger"
-participant = "acme-ledger"
-ttl_secs = 300
-allowed_actors = ["spiffe://cluster.local/ns/shop/sa/batch"]
-"#;
-    let svc = Service::start_with(&explicit(&api, dir.path()), false, ledger).await;
+    let svc = Service::start_with(&explicit(&api, dir.path()), false, DELEGATED_LEDGER).await;
     let (subject, actor) = (svc.sa_token(0), svc.sa_token_of("batch", 0));
     let form = exchange_form(
         &subject,

@@ -32,6 +32,17 @@ pub const TD: &str = "cluster.local";
 pub const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 pub const SERVICE_ISSUER: &str = "https://meshpass.test";
 
+/// A mapping `ledger` for shop subjects on which `shop/batch` may act (delegation tests).
+pub const DELEGATED_LEDGER: &str = r#"
+[[mappings]]
+name = "shop-to-ledger"
+subject = "spiffe://cluster.local/ns/shop/*"
+resource = "ledger"
+participant = "acme-ledger"
+ttl_secs = 300
+allowed_actors = ["spiffe://cluster.local/ns/shop/sa/batch"]
+"#;
+
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
