@@ -234,14 +234,7 @@ async fn waiting_signatures_go_out_when_a_request_in_flight_returns_not_at_the_e
     for round in 0..ROUNDS {
         let before = sent();
         let mut set = tokio::task::JoinSet::new();
-        let mut spawn = |i: u32| {
-            let (signer, key) = (signer.clone(), key.clone());
-            set.spawn(async move {
-                let input = signing_input(&key, &format!("{{\"round\":{round},\"i\":{i}}}"));
-                let sig = signer.sign(&key, input.as_bytes()).await;
-                (input, sig)
-            });
-        };
+        let mut spawn = |i: u32| sign_in(&mut set, &signer, &key, round, i);
         bao.pause();
         spawn(0);
         assert!(eventually(Duration::from_secs(5), || async { sent() == before + 1 }).await);
@@ -275,6 +268,22 @@ async fn waiting_signatures_go_out_when_a_request_in_flight_returns_not_at_the_e
     );
 }
 
+/// Signs `{"round":R,"i":I}` in a task of `set`, which yields the input and the result.
+fn sign_in(
+    set: &mut tokio::task::JoinSet<(String, Result<String, meshpass_exchange::signer::SignError>)>,
+    signer: &std::sync::Arc<TransitSigner>,
+    key: &meshpass_exchange::signer::SigningKey,
+    round: u32,
+    i: u32,
+) {
+    let (signer, key) = (signer.clone(), key.clone());
+    set.spawn(async move {
+        let input = signing_input(&key, &format!("{{\"round\":{round},\"i\":{i}}}"));
+        let sig = signer.sign(&key, input.as_bytes()).await;
+        (input, sig)
+    });
+}
+
 /// While one request is in flight (held there by a paused OpenBao), a second one goes
 /// out only once `batch_pipeline_min_size` signatures wait for it: fewer wait for the
 /// one in flight, so a lone signature never pays Vault's fixed cost per request in the
@@ -299,14 +308,7 @@ async fn a_second_request_beside_one_in_flight_waits_for_the_minimum_batch() {
         let before = sent();
         bao.pause();
         let mut set = tokio::task::JoinSet::new();
-        let mut spawn = |i: u32| {
-            let (signer, key) = (signer.clone(), key.clone());
-            set.spawn(async move {
-                let input = signing_input(&key, &format!("{{\"round\":{round},\"i\":{i}}}"));
-                let sig = signer.sign(&key, input.as_bytes()).await;
-                (input, sig)
-            });
-        };
+        let mut spawn = |i: u32| sign_in(&mut set, &signer, &key, round, i);
         // Nothing in flight: the first goes out at once (and hangs on the paused OpenBao).
         spawn(0);
         assert!(eventually(Duration::from_secs(5), || async { sent() == before + 1 }).await);
