@@ -119,7 +119,7 @@ bench-smoke: wasm
 bench-core: setup
 	cargo bench -p meshpass-core --features native-crypto
 
-## bench-exchange: POST /token cold/warm vs raw transit/sign and bare axum, against local OpenBao (ratios)
+## bench-exchange: POST /token cold/warm vs raw transit/sign and bare axum, against local OpenBao (interleaved reps, ratios)
 bench-exchange: setup
 	cargo bench -p meshpass-exchange --bench exchange
 

@@ -10,8 +10,14 @@
 //!   so the verified-subject cache answers and each exchange still signs;
 //! - cold, no policy/subject cache: the true-cold load against a service with
 //!   `store.policy_cache_secs = 0` and `validation.subject_cache_secs = 0` (two SQL
-//!   queries per exchange, as before those caches existed);
+//!   queries per exchange, as before those caches existed; the one row `make bench`
+//!   section 2 does not have);
 //! - warm: minted-token cache hit.
+//!
+//! Every repetition runs every row at each concurrency in turn (baselines first), so
+//! drift hits all rows alike; the report gives the mean with its 95 % interval (and
+//! min–max of req/s) over the repetitions, and each row's ratio to its baseline (cold
+//! rows to raw sign, warm to bare axum) paired repetition by repetition.
 //!
 //! CPU columns: CPU time of this process (service and load generator together) and of
 //! OpenBao during the row, divided by the requests served; and how busy the whole
@@ -19,9 +25,9 @@
 //! latency-bound one.
 //!
 //! `cargo bench -p meshpass-exchange --bench exchange` (needs OpenBao like the tests;
-//! `MESHPASS_BENCH_SECS` sets the seconds per measurement, default 3;
-//! `MESHPASS_BENCH_ONLY` runs only the rows whose name contains one of its
-//! comma-separated parts, for profiling).
+//! `MESHPASS_BENCH_SECS` sets the seconds per measurement, default 2;
+//! `MESHPASS_BENCH_REPS` the repetitions, default 5; `MESHPASS_BENCH_ONLY` runs only
+//! the rows whose name contains one of its comma-separated parts, for profiling).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -42,10 +48,20 @@ use meshpass_testkit::OpenBao;
 use p256::ecdsa::signature::Signer as _;
 use serde_json::json;
 
+/// Means and 95 % intervals over repetitions: the whole-system bench's own.
+#[allow(dead_code, unused_imports)]
+#[path = "../../bench/src/stats.rs"]
+mod stats;
+use stats::{paired_ratio, Estimate};
+
 const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 /// What the callers' sidecar would forward for WEB.
 const XFCC_WEB: &str = "URI=spiffe://cluster.local/ns/shop/sa/web";
+/// True-cold exchanges/s the never-seen tokens of one measurement are minted for (a
+/// third of it at concurrency 1); far above what two cores reach in one process.
+const COLD_RATE_BOUND: f64 = 12_000.0;
 
+#[derive(Clone)]
 struct Stats {
     rps: f64,
     p50_ms: f64,
@@ -141,24 +157,43 @@ where
     }
 }
 
-fn row(name: &str, conc: usize, s: &Stats, baseline: Option<(&str, f64)>) {
+/// One table row: the means over the repetitions and, with a baseline, the ratio to
+/// it paired repetition by repetition.
+fn row(name: &str, conc: usize, s: &[Stats], baseline: Option<(&str, &[Stats])>) {
+    let mean = |f: fn(&Stats) -> f64| Estimate::of(&s.iter().map(f).collect::<Vec<_>>());
+    let rps: Vec<f64> = s.iter().map(|x| x.rps).collect();
+    let min_max = |v: &[f64], d: usize| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.d$}–{hi:.d$}")
+    };
     let ratio = baseline
-        .map(|(n, b)| format!("{:.2} of {n}", s.rps / b))
+        .map(|(n, b)| {
+            let b: Vec<f64> = b.iter().map(|x| x.rps).collect();
+            let r: Vec<f64> = rps.iter().zip(&b).map(|(x, y)| x / y).collect();
+            format!(
+                "{} ({}) of {n}",
+                paired_ratio(&rps, &b).fmt(2),
+                min_max(&r, 2)
+            )
+        })
         .unwrap_or_default();
     println!(
-        "| {name} | {conc} | {:.0} | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} % | {ratio} |",
-        s.rps,
-        s.p50_ms,
-        s.p99_ms,
-        s.errors,
-        s.cpu_self_us,
-        s.cpu_bao_us,
-        s.machine_busy * 100.0
+        "| {name} | {conc} | {} ({}) | {:.2} | {:.2} | {} | {:.0} | {:.0} | {:.0} % | {ratio} |",
+        Estimate::of(&rps).fmt(0),
+        min_max(&rps, 0),
+        mean(|x| x.p50_ms).mean,
+        mean(|x| x.p99_ms).mean,
+        s.iter().map(|x| x.errors).sum::<usize>(),
+        mean(|x| x.cpu_self_us).mean,
+        mean(|x| x.cpu_bao_us).mean,
+        mean(|x| x.machine_busy).mean * 100.0
     );
 }
 
-/// `n` distinct subject tokens (made on both cores before the measurements start).
-fn subject_tokens(key: &p256::ecdsa::SigningKey, n: usize) -> Vec<String> {
+/// `n` distinct subject tokens, `jti` from `first` on (made on both cores outside the
+/// measured windows).
+fn subject_tokens(key: &p256::ecdsa::SigningKey, first: usize, n: usize) -> Vec<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -179,8 +214,8 @@ fn subject_tokens(key: &p256::ecdsa::SigningKey, n: usize) -> Vec<String> {
     std::thread::scope(|s| {
         let half = n / 2;
         let make = &make;
-        let a = s.spawn(move || make(0..half));
-        let mut out = make(half..n);
+        let a = s.spawn(move || make(first..first + half));
+        let mut out = make(first + half..first + n);
         out.extend(a.join().unwrap());
         out
     })
@@ -196,6 +231,10 @@ impl FreshTokens {
     fn take(&self) -> Option<&str> {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.tokens.get(i).map(String::as_str)
+    }
+
+    fn ran_out(&self) -> bool {
+        self.next.load(Ordering::Relaxed) > self.tokens.len()
     }
 }
 
@@ -319,6 +358,24 @@ async fn post(h: &reqwest::Client, url: &str, body: String) -> bool {
         .unwrap_or(false)
 }
 
+const RAW: &str = "OpenBao raw transit/sign (ecdsa-p256)";
+const BARE: &str = "bare axum POST /token (fixed 600-byte JSON)";
+const TRUE_COLD: &str = "exchange cold, true cold (new subject token each time)";
+const REPEATED: &str =
+    "exchange cold, repeated tokens (verified-subject cache hit, token cache off)";
+const UNCACHED: &str = "exchange cold, true cold, policy and subject caches off (before)";
+const WARM: &str = "exchange warm (token cache)";
+/// The rows in the order each repetition runs them, with the baseline of each.
+const ROWS: [(&str, Option<&str>); 6] = [
+    (RAW, None),
+    (BARE, None),
+    (TRUE_COLD, Some(RAW)),
+    (REPEATED, Some(RAW)),
+    (UNCACHED, Some(RAW)),
+    (WARM, Some(BARE)),
+];
+const CONCURRENCIES: [usize; 2] = [1, 32];
+
 fn main() {
     for k in ["ADDR", "TOKEN", "CACERT", "NAMESPACE"] {
         std::env::remove_var(format!("VAULT_{k}"));
@@ -327,7 +384,12 @@ fn main() {
     let secs: f64 = std::env::var("MESHPASS_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3.0);
+        .unwrap_or(2.0);
+    let reps: usize = std::env::var("MESHPASS_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5);
     let only = std::env::var("MESHPASS_BENCH_ONLY").unwrap_or_default();
     let wanted = move |name: &str| only.is_empty() || only.split(',').any(|o| name.contains(o));
     let bao = OpenBao::start();
@@ -335,12 +397,6 @@ fn main() {
     bao.create_transit_key("bench", "ecdsa-p256");
     BAO_PID.set(bao.pid().to_string()).unwrap();
     let key = p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng);
-    // Enough never-seen tokens for every true-cold row (about 12,000/s is far above
-    // what two cores reach).
-    let fresh = Arc::new(FreshTokens {
-        tokens: subject_tokens(&key, (secs * 2.0 * 12_000.0) as usize + 1_000),
-        next: AtomicUsize::new(0),
-    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -352,7 +408,23 @@ fn main() {
         let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
             "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}]})
         .to_string();
-        let repeated = Arc::new(subject_tokens(&key, 64));
+        let repeated = Arc::new(subject_tokens(&key, 0, 64));
+        // Never-seen tokens for one true-cold measurement, minted just before it.
+        let mut next_jti = 64;
+        let mut fresh = |conc: usize| {
+            let bound = if conc == 1 {
+                COLD_RATE_BOUND / 3.0
+            } else {
+                COLD_RATE_BOUND
+            };
+            let n = (bound * secs) as usize + 100;
+            let tokens = tokio::task::block_in_place(|| subject_tokens(&key, next_jti, n));
+            next_jti += n;
+            Arc::new(FreshTokens {
+                tokens,
+                next: AtomicUsize::new(0),
+            })
+        };
         let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
 
         let sign_url = format!("{}/v1/transit/sign/bench", bao.addr());
@@ -370,108 +442,114 @@ fn main() {
         .await;
         let warm = start_service(&bao, dir.path(), &jwks, "warm", "").await;
 
-        println!("\nmeshpass-exchange bench: {secs} s per row, 2 tokio workers, load generator in the same process\n");
-        println!("| what | concurrency | req/s | p50 ms | p99 ms | errors | CPU µs/req (bench process) | CPU µs/req (OpenBao) | machine CPU busy | ratio |");
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-        for conc in [1usize, 32] {
-            const RAW: &str = "OpenBao raw transit/sign (ecdsa-p256)";
-            let mut raw_rps = None;
-            if wanted(RAW) {
-                let (h, u, t) = (http.clone(), sign_url.clone(), root.clone());
-                let raw = measure(conc, secs, move |i| {
-                    let (h, u, t) = (h.clone(), u.clone(), t.clone());
-                    async move {
-                        let input = STANDARD.encode(format!("bench-input-{i}"));
-                        h.post(&u)
-                            .header("x-vault-token", t)
-                            .json(&json!({"input": input, "marshaling_algorithm": "jws"}))
-                            .send()
+        // cells[concurrency index][row index]: the samples in repetition order.
+        let mut cells = vec![vec![Vec::<Stats>::new(); ROWS.len()]; CONCURRENCIES.len()];
+        let mut ran_out = 0;
+        for rep in 0..reps {
+            for (ci, &conc) in CONCURRENCIES.iter().enumerate() {
+                for (ri, &(name, _)) in ROWS.iter().enumerate() {
+                    if !wanted(name) {
+                        continue;
+                    }
+                    let (h, toks) = (http.clone(), repeated.clone());
+                    let mut tokens = None;
+                    let s = match name {
+                        RAW => {
+                            let (u, t) = (sign_url.clone(), root.clone());
+                            measure(conc, secs, move |i| {
+                                let (h, u, t) = (h.clone(), u.clone(), t.clone());
+                                async move {
+                                    let input = STANDARD.encode(format!("bench-input-{i}"));
+                                    h.post(&u)
+                                        .header("x-vault-token", t)
+                                        .json(&json!({"input": input, "marshaling_algorithm": "jws"}))
+                                        .send()
+                                        .await
+                                        .map(|r| r.status().is_success())
+                                        .unwrap_or(false)
+                                }
+                            })
                             .await
-                            .map(|r| r.status().is_success())
-                            .unwrap_or(false)
-                    }
-                })
-                .await;
-                row(RAW, conc, &raw, None);
-                raw_rps = Some(raw.rps);
-            }
-            let vs_raw = raw_rps.map(|r| ("raw sign", r));
-
-            const BARE: &str = "bare axum POST /token (fixed 600-byte JSON)";
-            let mut bare_rps = None;
-            if wanted(BARE) {
-                let (h, u) = (http.clone(), bare.clone());
-                let base = measure(conc, secs, move |_| {
-                    let (h, u) = (h.clone(), u.clone());
-                    async move { post(&h, &u, "grant_type=x".into()).await }
-                })
-                .await;
-                row(BARE, conc, &base, None);
-                bare_rps = Some(base.rps);
-            }
-
-            const TRUE_COLD: &str = "exchange cold, true cold (new subject token each time)";
-            if wanted(TRUE_COLD) {
-                let (h, u, f) = (http.clone(), cold.clone(), fresh.clone());
-                let c = measure(conc, secs, move |_| {
-                    let (h, u) = (h.clone(), u.clone());
-                    let body = f.take().map(form);
-                    async move {
-                        match body {
-                            Some(b) => post(&h, &u, b).await,
-                            None => false,
                         }
-                    }
-                })
-                .await;
-                row(TRUE_COLD, conc, &c, vs_raw);
-            }
-
-            const REPEATED: &str =
-                "exchange cold, repeated tokens (verified-subject cache hit, token cache off)";
-            if wanted(REPEATED) {
-                let (h, u, toks) = (http.clone(), cold.clone(), repeated.clone());
-                let c = measure(conc, secs, move |i| {
-                    let (h, u) = (h.clone(), u.clone());
-                    let body = form(&toks[i % toks.len()]);
-                    async move { post(&h, &u, body).await }
-                })
-                .await;
-                row(REPEATED, conc, &c, vs_raw);
-            }
-
-            const UNCACHED: &str =
-                "exchange cold, true cold, policy and subject caches off (before)";
-            if wanted(UNCACHED) {
-                let (h, u, f) = (http.clone(), uncached.clone(), fresh.clone());
-                let c = measure(conc, secs, move |_| {
-                    let (h, u) = (h.clone(), u.clone());
-                    let body = f.take().map(form);
-                    async move {
-                        match body {
-                            Some(b) => post(&h, &u, b).await,
-                            None => false,
+                        BARE => {
+                            let u = bare.clone();
+                            measure(conc, secs, move |_| {
+                                let (h, u) = (h.clone(), u.clone());
+                                async move { post(&h, &u, "grant_type=x".into()).await }
+                            })
+                            .await
                         }
+                        TRUE_COLD | UNCACHED => {
+                            let u = if name == TRUE_COLD {
+                                cold.clone()
+                            } else {
+                                uncached.clone()
+                            };
+                            let f = fresh(conc);
+                            tokens = Some(f.clone());
+                            measure(conc, secs, move |_| {
+                                let (h, u) = (h.clone(), u.clone());
+                                let body = f.take().map(form);
+                                async move {
+                                    match body {
+                                        Some(b) => post(&h, &u, b).await,
+                                        None => false,
+                                    }
+                                }
+                            })
+                            .await
+                        }
+                        REPEATED => {
+                            let u = cold.clone();
+                            measure(conc, secs, move |i| {
+                                let (h, u) = (h.clone(), u.clone());
+                                let body = form(&toks[i % toks.len()]);
+                                async move { post(&h, &u, body).await }
+                            })
+                            .await
+                        }
+                        _ => {
+                            // WARM
+                            let (u, body) = (warm.clone(), form(&toks[0]));
+                            measure(conc, secs, move |_| {
+                                let (h, u, body) = (h.clone(), u.clone(), body.clone());
+                                async move { post(&h, &u, body).await }
+                            })
+                            .await
+                        }
+                    };
+                    if tokens.is_some_and(|t| t.ran_out()) {
+                        ran_out += 1;
                     }
-                })
-                .await;
-                row(UNCACHED, conc, &c, vs_raw);
-            }
-
-            const WARM: &str = "exchange warm (token cache)";
-            if wanted(WARM) {
-                let (h, u) = (http.clone(), warm.clone());
-                let body = form(&repeated[0]);
-                let w = measure(conc, secs, move |_| {
-                    let (h, u, body) = (h.clone(), u.clone(), body.clone());
-                    async move { post(&h, &u, body).await }
-                })
-                .await;
-                row(WARM, conc, &w, bare_rps.map(|b| ("bare axum", b)));
+                    eprintln!(
+                        "rep {}/{reps} c={conc:<2} {name}: {:.0} req/s, errors {}",
+                        rep + 1,
+                        s.rps,
+                        s.errors
+                    );
+                    cells[ci][ri].push(s);
+                }
             }
         }
-        if fresh.next.load(Ordering::Relaxed) > fresh.tokens.len() {
-            println!("\nWARNING: the never-seen subject tokens ran out; some true-cold requests were counted as errors");
+
+        println!("\nmeshpass-exchange bench: {reps} reps × {secs} s per measurement, rows interleaved, 2 tokio workers, load generator in the same process (mean ± 95 % interval, min–max in brackets)\n");
+        println!("| what | concurrency | req/s | p50 ms | p99 ms | errors | CPU µs/req (bench process) | CPU µs/req (OpenBao) | machine CPU busy | ratio |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+        for (ci, &conc) in CONCURRENCIES.iter().enumerate() {
+            for (ri, &(name, base)) in ROWS.iter().enumerate() {
+                if cells[ci][ri].is_empty() {
+                    continue;
+                }
+                let base = base.and_then(|b| {
+                    let bi = ROWS.iter().position(|&(n, _)| n == b)?;
+                    let short = if b == RAW { "raw sign" } else { "bare axum" };
+                    (!cells[ci][bi].is_empty()).then_some((short, cells[ci][bi].as_slice()))
+                });
+                row(name, conc, &cells[ci][ri], base);
+            }
+        }
+        if ran_out > 0 {
+            println!("\nWARNING: the never-seen subject tokens ran out in {ran_out} measurement(s); the rest of those requests were counted as errors");
         }
         drop(bao);
     });
