@@ -76,7 +76,12 @@ pub(crate) enum Backend {
 }
 
 impl StoreConfig {
+    /// The backend and the URL to connect with; a bad URL is `invalid` naming `store.url`.
     fn backend(&self) -> Result<(Backend, String), StoreError> {
+        let bad_url = |reason: &str| StoreError::Invalid {
+            field: "store.url".into(),
+            reason: reason.into(),
+        };
         let url = self.url.trim();
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok((Backend::Postgres, url.to_string()));
@@ -84,11 +89,11 @@ impl StoreConfig {
         if let Some(rest) = url.strip_prefix("sqlite:") {
             let rest = rest.trim_start_matches("//");
             if rest.is_empty() {
-                return Err(StoreError::Config("store.url: SQLite path is empty".into()));
+                return Err(bad_url("SQLite path is empty"));
             }
             if rest.contains(":memory:") || rest.contains("mode=memory") {
-                return Err(StoreError::Config(
-                    "store.url: in-memory SQLite would lose every mapping on restart".into(),
+                return Err(bad_url(
+                    "in-memory SQLite would lose every mapping on restart",
                 ));
             }
             let sep = if rest.contains('?') { '&' } else { '?' };
@@ -99,9 +104,7 @@ impl StoreConfig {
             };
             return Ok((Backend::Sqlite, format!("sqlite://{rest}{opts}")));
         }
-        Err(StoreError::Config(
-            "store.url must start with sqlite:// or postgres://".into(),
-        ))
+        Err(bad_url("must start with sqlite:// or postgres://"))
     }
 
     /// Checks the settings without connecting; a refusal names the key
@@ -111,13 +114,7 @@ impl StoreConfig {
             field: format!("store.{field}"),
             reason,
         };
-        self.backend().map_err(|e| match e {
-            StoreError::Config(reason) => {
-                let r = reason.strip_prefix("store.url").unwrap_or(&reason);
-                bad("url", r.trim_start_matches(':').trim_start().to_string())
-            }
-            other => other,
-        })?;
+        self.backend()?;
         if self.max_connections == 0 {
             return Err(bad("max_connections", "must be at least 1".into()));
         }
