@@ -146,10 +146,11 @@ pub struct CachedToken {
     pub rate_limit: Option<RateLimit>,
     /// The token's `jti` (a revoked one is never served again).
     pub jti: Arc<str>,
-    /// The SPIFFE ID the token names as acting (`act.sub`: the actor token's subject,
-    /// or the subject token's own actor); a revoked actor's tokens are never served
-    /// again.
-    pub actor: Option<Arc<str>>,
+    /// The SPIFFE IDs of the workloads that acted in it: the one the token names as
+    /// acting (`act.sub`: the actor token's subject, or the subject token's own actor)
+    /// and, when an actor token took its place, the subject token's own actor too. A
+    /// revoked one's tokens are never served again.
+    pub actors: Box<[Arc<str>]>,
     /// The answer, serialised at mint time.
     pub body: AnswerBody,
     /// `meshpass_exchanges_total{outcome="cached", resource}`, resolved at mint time
@@ -320,7 +321,7 @@ mod tests {
             resource: "r".into(),
             rate_limit: None,
             jti: jti.into(),
-            actor: None,
+            actors: Box::new([]),
             body: AnswerBody::new("t", None),
             cached_counter: None,
         })

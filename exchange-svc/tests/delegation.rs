@@ -163,6 +163,39 @@ async fn a_subject_token_whose_own_act_names_a_revoked_workload_gets_no_token_an
 }
 
 #[tokio::test]
+async fn a_revoked_workload_in_the_subjects_own_act_refuses_the_cached_token_as_it_refuses_a_fresh_one(
+) {
+    let (_dir, issuer, app, revoke) = revocable().await;
+    let t = now();
+    // web's token says OTHER acted in it; batch now acts for web with its own token, so
+    // the minted token names batch, yet OTHER took part in the subject token.
+    let acted = issuer.sign(&json!({
+        "iss": ISSUER, "sub": WEB, "aud": "meshpass", "iat": t, "exp": t + 600,
+        "act": {"sub": OTHER}
+    }));
+    let batch = issuer.svid(BATCH, t, 600);
+    for _ in 0..2 {
+        let a = post_token(&app, form(&acted, &batch, "ledger")).await;
+        assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+    }
+    revoke(OTHER).await;
+    // The same bytes (a cached token before) and a fresh subject token get one answer.
+    let cached = post_token(&app, form(&acted, &batch, "ledger")).await;
+    let fresh_subject = issuer.sign(&json!({
+        "iss": ISSUER, "sub": WEB, "aud": "meshpass", "iat": t, "exp": t + 601,
+        "act": {"sub": OTHER}
+    }));
+    let fresh = post_token(&app, form(&fresh_subject, &batch, "ledger")).await;
+    assert_eq!(fresh.status.as_u16(), 403, "{}", fresh.json);
+    assert_eq!(cached.status.as_u16(), 403, "{}", cached.json);
+    assert_eq!(
+        cached.json["error"], "unauthorized_client",
+        "{}",
+        cached.json
+    );
+}
+
+#[tokio::test]
 async fn a_subject_tokens_own_act_chain_is_carried_only_when_it_is_an_actor_object() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");

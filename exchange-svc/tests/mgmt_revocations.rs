@@ -369,6 +369,30 @@ async fn a_revoked_jti_is_inactive_in_introspection_and_listed_in_the_feed(db: D
     );
 }
 
+async fn a_token_naming_a_revoked_workload_as_acting_is_inactive_in_introspection(db: Db) {
+    const BATCH: &str = "spiffe://cluster.local/ns/shop/sa/batch";
+    let s = Service::start(db).await;
+    let t = now();
+    // web's token says batch acts for it (RFC 8693 §4.1): the minted token carries it.
+    let acted = s.issuer.sign(&json!({
+        "iss": common::ISSUER, "sub": WEB, "aud": "meshpass", "iat": t, "exp": t + 3600,
+        "act": {"sub": BATCH}
+    }));
+    let (st, minted) = s.exchange_token(&acted, "payments").await;
+    assert_eq!(st, 200, "{minted}");
+    let access = minted["access_token"].as_str().unwrap();
+    let (_, info) = introspect(&s, Some(VIEWER), access).await;
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["act"]["sub"], BATCH, "{info}");
+    // The token endpoint and the filter refuse what a revoked workload acts in; so
+    // does introspection, for any resource server that asks.
+    revoke(&s, "subject", BATCH).await;
+    assert_eq!(
+        introspect(&s, Some(VIEWER), access).await.1,
+        json!({"active": false})
+    );
+}
+
 on_both_backends!(
     creates_lists_gets_and_lifts_revocations,
     bad_revocations_are_refused_with_the_field,
@@ -378,4 +402,5 @@ on_both_backends!(
     a_token_served_for_the_same_form_bytes_is_not_served_after_a_revocation,
     a_pattern_revokes_every_matching_subject_and_a_caller_revocation_its_exchanges,
     a_revoked_jti_is_inactive_in_introspection_and_listed_in_the_feed,
+    a_token_naming_a_revoked_workload_as_acting_is_inactive_in_introspection,
 );

@@ -166,6 +166,33 @@ async fn an_actor_token_from_a_reviewed_issuer_is_reviewed_too_and_a_refusal_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actor_that_may_not_act_for_the_subject_is_refused_before_the_api_server_reviews_it() {
+    let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1234", &["meshpass"]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = Service::start_with(&explicit(&api, dir.path()), false, DELEGATED_LEDGER).await;
+    // ledger lets only batch act: another workload's good token is refused on the
+    // mapping alone, without a round trip to the API server for it.
+    let (subject, actor) = (svc.sa_token(0), svc.sa_token_of("other", 0));
+    let form = exchange_form(
+        &subject,
+        &[
+            ("resource", "ledger"),
+            ("actor_token", &actor),
+            ("actor_token_type", JWT_TYPE),
+        ],
+    );
+    let a = post_token_as(&svc.app, form, Some(WEB)).await;
+    assert_eq!(a.status, 400, "{}", a.json);
+    assert_eq!(a.json["error"], "unauthorized_client", "{}", a.json);
+    let reviewed: Vec<_> = api
+        .reviews()
+        .iter()
+        .map(|r| r.body["spec"]["token"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(reviewed, [subject]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_review_carries_the_subject_token_and_the_configured_audiences() {
     let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1234", &["meshpass"]))).await;
     let dir = tempfile::tempdir().unwrap();
@@ -302,8 +329,16 @@ async fn an_api_server_that_is_down_or_failing_gives_503_with_retry_after() {
     // Failing: 500 with a `Status` body.
     let api = KubeApi::start(Reply::Fail(500)).await;
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&explicit(&api, dir.path())).await;
-    assert_unavailable(&svc.exchange(0).await, "API server answers 500");
+    let svc = Service::start_with(
+        &explicit(&api, dir.path()),
+        false,
+        "[server]\nretry_after_secs = 9\n",
+    )
+    .await;
+    let a = svc.exchange(0).await;
+    assert_unavailable(&a, "API server answers 500");
+    // The operator's setting, not a fixed value.
+    assert_eq!(a.headers["retry-after"], "9");
     // Our own credentials refused (401) is the service's problem, not the subject's.
     api.answer(Reply::Fail(401));
     assert_unavailable(&svc.exchange(1).await, "API server answers 401");

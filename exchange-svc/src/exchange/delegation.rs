@@ -107,13 +107,34 @@ pub(crate) fn acting(
 ) -> Option<SpiffeId> {
     match actor {
         Some(a) => Some(a.spiffe_id.clone()),
-        None => subject
-            .claims
-            .get("act")
-            .and_then(|act| act.get("sub"))
-            .and_then(Value::as_str)
-            .and_then(|s| SpiffeId::parse(s).ok()),
+        None => own_actor(subject),
     }
+}
+
+/// Every workload that acted in a minted token, for revocations: the one it names as
+/// acting ([`acting`]) and, when an actor token took its place, the subject token's own
+/// actor as well (it took part, though the minted token no longer names it; an actor
+/// token must not launder a revoked workload's part).
+pub(crate) fn acted(subject: &VerifiedSubject, actor: Option<&VerifiedSubject>) -> Vec<SpiffeId> {
+    let mut out: Vec<SpiffeId> = acting(subject, actor).into_iter().collect();
+    if actor.is_some() {
+        if let Some(own) = own_actor(subject) {
+            if !out.contains(&own) {
+                out.push(own);
+            }
+        }
+    }
+    out
+}
+
+/// The subject token's own `act.sub`, when it is a SPIFFE ID.
+fn own_actor(subject: &VerifiedSubject) -> Option<SpiffeId> {
+    subject
+        .claims
+        .get("act")
+        .and_then(|act| act.get("sub"))
+        .and_then(Value::as_str)
+        .and_then(|s| SpiffeId::parse(s).ok())
 }
 
 #[cfg(test)]

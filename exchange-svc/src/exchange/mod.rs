@@ -355,6 +355,13 @@ async fn exchange(
             let a = subject::validate(st, t, now, "actor_token")
                 .await
                 .map_err(on(&target))?;
+            delegation::check_act(&a, "actor_token").map_err(on(&target))?;
+            // A revoked workload may not act for anyone either. Like the subject's, its
+            // revocation and its delegation are decided before the API server is asked.
+            if let Some(r) = revoked.subject(&a.spiffe_id, now) {
+                return Err(on(&target)(ApiError::Revoked(r.reason.clone())));
+            }
+            delegation::check_actor(&subject, &a, mapping).map_err(on(&target))?;
             // The actor's issuer may want its tokens reviewed as well (a deleted pod's
             // token stays signed until it expires).
             subject::review(st, t, &a, "actor_token")
@@ -364,14 +371,6 @@ async fn exchange(
         }
         None => None,
     };
-    if let Some(a) = &actor {
-        delegation::check_act(a, "actor_token").map_err(on(&target))?;
-        // A revoked workload may not act for anyone either.
-        if let Some(r) = revoked.subject(&a.spiffe_id, now) {
-            return Err(on(&target)(ApiError::Revoked(r.reason.clone())));
-        }
-        delegation::check_actor(&subject, a, mapping).map_err(on(&target))?;
-    }
     let parties = subject::Parties { subject, actor };
 
     let exp = mint::expiry(&parties, mapping.ttl_secs, st.settings.max_ttl_secs, now)
@@ -410,7 +409,9 @@ async fn exchange(
         exp = minted.expires_at,
         resource = %mapping.resource,
         mapping = %mapping.name,
-        actor = parties.actor.as_ref().map(|a| a.spiffe_id.as_str()).unwrap_or(""),
+        actor = delegation::acting(&parties.subject, parties.actor.as_deref())
+            .as_ref()
+            .map_or("", meshpass_core::SpiffeId::as_str),
         "participant token issued"
     );
 
@@ -432,8 +433,10 @@ async fn exchange(
         resource: mapping.resource.as_str().into(),
         rate_limit: mapping.rate_limit,
         jti: minted.jti.into(),
-        actor: delegation::acting(&parties.subject, parties.actor.as_deref())
-            .map(|a| Arc::from(a.as_str())),
+        actors: delegation::acted(&parties.subject, parties.actor.as_deref())
+            .iter()
+            .map(|a| Arc::from(a.as_str()))
+            .collect(),
     });
     if let (Some(cache), Some(key)) = (&st.cache, key) {
         cache.insert(key, Arc::clone(&token), now);
@@ -460,7 +463,7 @@ fn revoked_hit(set: &crate::revocation::RevocationSet, hit: &CachedToken, now: u
     };
     set.jti(&hit.jti, now).is_some()
         || revoked_id(subject_of(&hit.rate_key))
-        || hit.actor.as_deref().is_some_and(revoked_id)
+        || hit.actors.iter().any(|a| revoked_id(a))
 }
 
 /// The rate-limit key of a (caller, subject) pair (a space never occurs in either).

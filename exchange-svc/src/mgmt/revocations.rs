@@ -137,7 +137,8 @@ pub async fn lift(
 
 /// `POST /api/v1/introspect` (form `token=...`): RFC 7662. `{"active": false}` for a
 /// token that is not a live participant token of this service (foreign, badly
-/// signed, expired, not yet valid) or that is revoked (by `jti` or by its subject).
+/// signed, expired, not yet valid) or that is revoked (by `jti`, by its subject, or by
+/// the workload it names as acting).
 pub async fn introspect(
     State(st): State<MgmtState>,
     headers: HeaderMap,
@@ -175,10 +176,18 @@ fn inspect(st: &MgmtState, token: &str, now: u64) -> Option<Value> {
     if set.jti(jti, now).is_some() {
         return None;
     }
-    if SpiffeId::parse(sub)
-        .ok()
-        .is_some_and(|id| set.subject(&id, now).is_some())
-    {
+    // Its subject, or the workload it names as acting (`act.sub`, checked as the token
+    // endpoint and the filter check it), revoked: inactive.
+    let acting = c
+        .get("act")
+        .and_then(|a| a.get("sub"))
+        .and_then(Value::as_str);
+    let revoked = |id: &str| {
+        SpiffeId::parse(id)
+            .ok()
+            .is_some_and(|id| set.subject(&id, now).is_some())
+    };
+    if revoked(sub) || acting.is_some_and(revoked) {
         return None;
     }
     let mut out = Map::new();

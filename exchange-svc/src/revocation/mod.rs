@@ -325,7 +325,7 @@ impl Revocations {
                 (RevocationTarget::Jti, _) => *t.jti == *e.rev.matches,
                 (RevocationTarget::Subject, Some(p)) => {
                     let hit = |x: &str| id(x).is_some_and(|s| p.matches(&s));
-                    hit(subject) || t.actor.as_deref().is_some_and(hit)
+                    hit(subject) || t.actors.iter().any(|a| hit(a))
                 }
                 (RevocationTarget::Caller, Some(p)) => id(caller).is_some_and(|c| p.matches(&c)),
                 (_, None) => false,
@@ -483,7 +483,7 @@ mod tests {
                     resource: "r".into(),
                     rate_limit: None,
                     jti: jti.into(),
-                    actor: actor.map(Arc::from),
+                    actors: actor.map(Arc::from).into_iter().collect(),
                     body: crate::cache::AnswerBody::new("x", None),
                     cached_counter: None,
                 }),
