@@ -1,5 +1,6 @@
 //! Prometheus metrics (text exposition format at `/metrics`).
 
+use prometheus::core::Collector as _;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     Opts, Registry, TextEncoder,
@@ -167,5 +168,91 @@ impl Metrics {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|_| MetricsError::Utf8)
+    }
+}
+
+/// A Prometheus counter that shows a count kept elsewhere (an atomic the hot path
+/// bumps without touching prometheus), brought up to it at scrape time. The catch-up is
+/// serialised: two scrapes at once (two Prometheus servers) would otherwise both add the
+/// same difference, and a counter never comes back down.
+#[derive(Debug)]
+pub struct Mirrored {
+    counter: prometheus::IntCounter,
+    sync: std::sync::Mutex<()>,
+}
+
+impl Mirrored {
+    /// Mirrors into `counter`.
+    pub fn new(counter: prometheus::IntCounter) -> Mirrored {
+        Mirrored {
+            counter,
+            sync: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Its description, for [`prometheus::core::Collector::desc`].
+    pub fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.counter.desc()
+    }
+
+    /// The counter brought up to `count` (never down), collected.
+    pub fn collect_at(&self, count: u64) -> Vec<prometheus::proto::MetricFamily> {
+        let _serial = match self.sync.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let cur = self.counter.get();
+        if count > cur {
+            self.counter.inc_by(count - cur);
+        }
+        self.counter.collect()
+    }
+}
+
+#[cfg(test)]
+mod mirrored_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::Mirrored;
+    use std::sync::Arc;
+
+    #[test]
+    fn scrapes_at_once_bring_the_counter_to_the_count_exactly_once() {
+        let m = Arc::new(Mirrored::new(
+            prometheus::IntCounter::new("t_total", "t").unwrap(),
+        ));
+        // The count stands still while several scrapes catch up to it at once: an
+        // unserialised catch-up adds the same difference twice, and it sticks.
+        const ROUNDS: u64 = 20_000;
+        const SCRAPERS: usize = 3;
+        let step = Arc::new(std::sync::Barrier::new(SCRAPERS + 1));
+        let threads: Vec<_> = (0..SCRAPERS)
+            .map(|_| {
+                let (m, step) = (Arc::clone(&m), Arc::clone(&step));
+                std::thread::spawn(move || {
+                    for n in 1..=ROUNDS {
+                        step.wait();
+                        m.collect_at(n);
+                        step.wait();
+                    }
+                })
+            })
+            .collect();
+        let mut over = 0;
+        for n in 1..=ROUNDS {
+            step.wait();
+            step.wait();
+            if m.counter.get() != n {
+                over += 1;
+                m.counter.reset();
+                m.counter.inc_by(n);
+            }
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(over, 0, "rounds where the counter passed the count");
+        // Never down.
+        m.collect_at(3);
+        assert_eq!(m.counter.get(), ROUNDS);
     }
 }

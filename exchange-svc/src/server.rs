@@ -202,18 +202,19 @@ const BATCH_SIZE_BUCKETS: &[f64] = &[
 pub struct VaultCollector {
     stats: Arc<VaultStats>,
     token_ttl: prometheus::Gauge,
-    sign_requests: prometheus::IntCounter,
-    signatures: prometheus::IntCounter,
-    sign_errors: prometheus::IntCounter,
-    logins: prometheus::IntCounter,
-    renewals: prometheus::IntCounter,
-    auth_failures: prometheus::IntCounter,
+    sign_requests: crate::metrics::Mirrored,
+    signatures: crate::metrics::Mirrored,
+    sign_errors: crate::metrics::Mirrored,
+    logins: crate::metrics::Mirrored,
+    renewals: crate::metrics::Mirrored,
+    auth_failures: crate::metrics::Mirrored,
     batch_sizes: prometheus::Histogram,
 }
 
 impl VaultCollector {
     /// A collector over `stats`.
     pub fn new(stats: Arc<VaultStats>) -> Result<Self, prometheus::Error> {
+        use crate::metrics::Mirrored;
         use prometheus::{Gauge, Histogram, HistogramOpts, IntCounter};
         let batch_sizes = Histogram::with_opts(
             HistogramOpts::new(
@@ -230,27 +231,30 @@ impl VaultCollector {
                 "meshpass_vault_token_ttl_seconds",
                 "Seconds until the service's Vault token expires (-1: never or no token).",
             )?,
-            sign_requests: IntCounter::new(
+            sign_requests: Mirrored::new(IntCounter::new(
                 "meshpass_vault_sign_requests_total",
                 "HTTP requests to transit/sign (a batch counts once).",
-            )?,
-            signatures: IntCounter::new(
+            )?),
+            signatures: Mirrored::new(IntCounter::new(
                 "meshpass_vault_signatures_total",
                 "Signatures returned by Vault.",
-            )?,
-            sign_errors: IntCounter::new(
+            )?),
+            sign_errors: Mirrored::new(IntCounter::new(
                 "meshpass_vault_sign_errors_total",
                 "Signatures that failed.",
-            )?,
-            logins: IntCounter::new("meshpass_vault_logins_total", "Successful Vault logins.")?,
-            renewals: IntCounter::new(
+            )?),
+            logins: Mirrored::new(IntCounter::new(
+                "meshpass_vault_logins_total",
+                "Successful Vault logins.",
+            )?),
+            renewals: Mirrored::new(IntCounter::new(
                 "meshpass_vault_token_renewals_total",
                 "Successful token renewals.",
-            )?,
-            auth_failures: IntCounter::new(
+            )?),
+            auth_failures: Mirrored::new(IntCounter::new(
                 "meshpass_vault_auth_failures_total",
                 "Failed Vault login, lookup or renewal attempts.",
-            )?,
+            )?),
         })
     }
 }
@@ -287,11 +291,7 @@ impl prometheus::core::Collector for VaultCollector {
             (&self.renewals, s.renewals()),
             (&self.auth_failures, s.auth_failures()),
         ] {
-            let cur = c.get();
-            if v > cur {
-                c.inc_by(v - cur);
-            }
-            out.extend(c.collect());
+            out.extend(c.collect_at(v));
         }
         out
     }

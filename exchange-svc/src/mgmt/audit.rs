@@ -1,5 +1,6 @@
 //! `/api/v1/audit`, and the rate-limited audit of refused exchanges.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -70,7 +71,8 @@ pub struct RefusalAudit {
     bucket: Mutex<Bucket>,
     rate: f64,
     burst: f64,
-    dropped: std::sync::atomic::AtomicU64,
+    /// Shared with the background writer, which counts the writes the store failed.
+    dropped: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RefusalAudit {
@@ -85,9 +87,12 @@ impl RefusalAudit {
     /// Starts the background writer into `store` (inside a tokio runtime).
     pub fn start(store: Arc<SqlStore>, cfg: &ManagementConfig) -> Arc<RefusalAudit> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<AuditRecord>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let lost = Arc::clone(&dropped);
         tokio::spawn(async move {
             while let Some(r) = rx.recv().await {
                 if let Err(e) = store.record_audit(&r).await {
+                    lost.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "refused exchange not written to the audit log");
                 }
             }
@@ -101,7 +106,7 @@ impl RefusalAudit {
             }),
             rate: cfg.refusal_audit_per_second,
             burst,
-            dropped: std::sync::atomic::AtomicU64::new(0),
+            dropped,
         })
     }
 
@@ -146,25 +151,24 @@ impl RefusalAudit {
                 })
                 .is_ok();
         if !queued {
-            self.dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
         queued
     }
 
-    /// Refusals not written (rate limit or full queue).
+    /// Refusals not written (rate limit, full queue, or the store failed the write).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// `meshpass_refusal_audit_dropped_total`, for a Prometheus registry.
     pub fn collector(self: &Arc<Self>) -> Result<Box<dyn Collector>, prometheus::Error> {
         Ok(Box::new(DroppedCollector {
             audit: Arc::clone(self),
-            counter: prometheus::IntCounter::new(
+            counter: crate::metrics::Mirrored::new(prometheus::IntCounter::new(
                 "meshpass_refusal_audit_dropped_total",
-                "Refused exchanges not written to the audit log (over refusal_audit_per_second, or the writer's queue full).",
-            )?,
+                "Refused exchanges not written to the audit log (over refusal_audit_per_second, the writer's queue full, or the store failed the write).",
+            )?),
         }))
     }
 }
@@ -172,7 +176,7 @@ impl RefusalAudit {
 /// Exports [`RefusalAudit::dropped`] (read at scrape time).
 struct DroppedCollector {
     audit: Arc<RefusalAudit>,
-    counter: prometheus::IntCounter,
+    counter: crate::metrics::Mirrored,
 }
 
 impl Collector for DroppedCollector {
@@ -181,8 +185,42 @@ impl Collector for DroppedCollector {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let now = self.audit.dropped();
-        self.counter.inc_by(now.saturating_sub(self.counter.get()));
-        self.counter.collect()
+        self.counter.collect_at(self.audit.dropped())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::store::StoreConfig;
+
+    async fn sqlite(dir: &std::path::Path) -> Arc<SqlStore> {
+        let cfg = StoreConfig {
+            url: format!("sqlite://{}", dir.join("audit.db").display()),
+            ..StoreConfig::default()
+        };
+        let store = SqlStore::connect(&cfg, "participant").unwrap();
+        store.migrate().await.unwrap();
+        Arc::new(store)
+    }
+
+    #[tokio::test]
+    async fn a_refusal_the_store_could_not_write_is_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(dir.path()).await;
+        let audit = RefusalAudit::start(Arc::clone(&store), &ManagementConfig::default());
+        store.close().await;
+        // Admitted and queued; the writer then fails to store it.
+        assert!(audit.refused("", "", "r", "refused"));
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while audit.dropped() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "a lost refusal was never counted"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(audit.dropped(), 1);
     }
 }
