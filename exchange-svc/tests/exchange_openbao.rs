@@ -20,10 +20,7 @@ use meshpass_testkit::OpenBao;
 use serde_json::Value;
 
 fn clear_vault_env() {
-    for k in ["ADDR", "TOKEN", "CACERT", "NAMESPACE"] {
-        std::env::remove_var(format!("VAULT_{k}"));
-        std::env::remove_var(format!("BAO_{k}"));
-    }
+    meshpass_testkit::clear_vault_env_once();
 }
 
 /// A running service on a real socket.

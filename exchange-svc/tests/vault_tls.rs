@@ -15,7 +15,8 @@ static ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An HTTPS OpenBao with transit key `k`, and its CA file; the environment cleared.
 fn tls_bao() -> (OpenBao, std::path::PathBuf) {
-    clear_vault_env();
+    // This binary's tests set the variables, one at a time (ENV): remove them for real.
+    meshpass_testkit::remove_vault_env();
     let bao = OpenBao::start_tls();
     bao.enable_transit();
     bao.create_transit_key("k", "ecdsa-p256");
@@ -51,7 +52,7 @@ async fn https_openbao_is_trusted_through_ca_cert_or_vault_cacert_and_refused_wi
         ..VaultConfig::default()
     };
     let r = TransitSigner::start(&from_env).await;
-    clear_vault_env();
+    meshpass_testkit::remove_vault_env();
     sign_and_verify(&r.unwrap(), "{}").await;
 }
 

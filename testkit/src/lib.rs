@@ -33,6 +33,35 @@ pub use tcp_cut::CutRelay;
 
 use std::path::PathBuf;
 
+/// The variables with which the Vault client takes its address, token, CA and
+/// namespace from the environment over its configuration (`VAULT_*`, `BAO_*`).
+const VAULT_ENV: [&str; 8] = [
+    "VAULT_ADDR",
+    "VAULT_TOKEN",
+    "VAULT_CACERT",
+    "VAULT_NAMESPACE",
+    "BAO_ADDR",
+    "BAO_TOKEN",
+    "BAO_CACERT",
+    "BAO_NAMESPACE",
+];
+
+/// Removes [`VAULT_ENV`] from this process once, so no developer's shell redirects a
+/// test's Vault client. Once: changing the environment while other test threads read it
+/// is a data race, so every later call only waits for the first.
+pub fn clear_vault_env_once() {
+    static CLEARED: std::sync::Once = std::sync::Once::new();
+    CLEARED.call_once(remove_vault_env);
+}
+
+/// Removes [`VAULT_ENV`] now. Only for a test binary whose tests set these variables
+/// and take turns doing so (`clear_vault_env_once` everywhere else).
+pub fn remove_vault_env() {
+    for k in VAULT_ENV {
+        std::env::remove_var(k);
+    }
+}
+
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

@@ -47,7 +47,7 @@ impl CutRelay {
                     let _ = inbound.shutdown(Shutdown::Both);
                     continue;
                 };
-                relay(inbound, outbound, &o);
+                relay(inbound, outbound, &o, &u);
             }
         });
         Ok(CutRelay {
@@ -88,7 +88,12 @@ impl Drop for CutRelay {
 }
 
 /// Copies both ways on two threads; both sockets are remembered so a cut closes them.
-fn relay(inbound: TcpStream, outbound: TcpStream, open: &Arc<Mutex<Vec<TcpStream>>>) {
+fn relay(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    open: &Arc<Mutex<Vec<TcpStream>>>,
+    up: &AtomicBool,
+) {
     let (Ok(in2), Ok(out2)) = (inbound.try_clone(), outbound.try_clone()) else {
         return;
     };
@@ -99,6 +104,15 @@ fn relay(inbound: TcpStream, outbound: TcpStream, open: &Arc<Mutex<Vec<TcpStream
             if let Ok(c) = s.try_clone() {
                 o.push(c);
             }
+        }
+        // A cut between the accept loop's check and the push above drained the list
+        // before these were in it: close them as the cut would have (checked under the
+        // lock, so a later cut finds them listed).
+        if !up.load(Ordering::SeqCst) {
+            for s in o.drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+            return;
         }
     }
     thread::spawn(move || pipe(inbound, out2));

@@ -162,10 +162,7 @@ pub fn signer_config(bao: &OpenBao, key: &str) -> VaultConfig {
 
 async fn start_signer(cfg: &VaultConfig) -> Arc<dyn Signer> {
     // VAULT_* and BAO_* in the environment would override the configuration.
-    for k in ["ADDR", "TOKEN", "CACERT", "NAMESPACE"] {
-        std::env::remove_var(format!("VAULT_{k}"));
-        std::env::remove_var(format!("BAO_{k}"));
-    }
+    meshpass_testkit::clear_vault_env_once();
     let signer = TransitSigner::start(cfg).await.unwrap();
     assert!(signer.is_ready(), "signer on {} not ready", cfg.key_name);
     Arc::new(signer)

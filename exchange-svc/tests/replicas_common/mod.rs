@@ -15,10 +15,7 @@ pub const KEY: &str = "mp";
 
 /// OpenBao (dev) with transit and the key (blocking: call from a blocking context).
 pub fn openbao() -> OpenBao {
-    for k in ["ADDR", "TOKEN", "CACERT", "NAMESPACE"] {
-        std::env::remove_var(format!("VAULT_{k}"));
-        std::env::remove_var(format!("BAO_{k}"));
-    }
+    meshpass_testkit::clear_vault_env_once();
     let bao = OpenBao::start();
     bao.enable_transit();
     bao.create_transit_key(KEY, "ecdsa-p256");

@@ -11,10 +11,7 @@ use std::time::{Duration, Instant};
 
 /// The process environment must not redirect the client (VAULT_* override the file).
 pub fn clear_vault_env() {
-    for k in ["ADDR", "TOKEN", "CACERT", "NAMESPACE"] {
-        std::env::remove_var(format!("VAULT_{k}"));
-        std::env::remove_var(format!("BAO_{k}"));
-    }
+    meshpass_testkit::clear_vault_env_once();
 }
 
 /// OpenBao with transit mounted and key `name` of `key_type`.
