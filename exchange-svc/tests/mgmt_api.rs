@@ -406,6 +406,117 @@ async fn raw_exchange(api: &str, request: &str) -> (String, String) {
     }
 }
 
+async fn an_empty_or_sectionless_import_is_refused_and_prunes_nothing(db: Db) {
+    let s = Service::start(db).await;
+    let (_, _, before) = s.get("/api/v1/export").await;
+    assert!(!before["mappings"].as_array().unwrap().is_empty());
+    // A body lost on the way (an empty file, a heredoc gone wrong) must not read as
+    // "no mappings at all", which with prune would delete every one.
+    for (ct, body) in [
+        ("application/yaml", ""),
+        ("application/yaml", "  \n"),
+        ("application/yaml", "# nothing here\n"),
+        ("application/json", ""),
+        ("application/json", "{}"),
+        ("application/yaml", "mapings: []\n"),
+    ] {
+        let r = s
+            .req(Method::POST, "/api/v1/import?prune=true", Some(ADMIN))
+            .header("content-type", ct)
+            .body(body);
+        let (st, _, err) = s.send(r).await;
+        assert_eq!(st, 422, "{ct} {body:?}: {err}");
+        assert_eq!(err["field"], "body", "{ct} {body:?}: {err}");
+    }
+    let (_, _, after) = s.get("/api/v1/export").await;
+    assert_eq!(after, before);
+    // Saying so is still possible: an explicit empty list prunes.
+    let (st, _, diff) = s
+        .post(
+            "/api/v1/import?prune=true&dry_run=true",
+            &json!({"mappings": [], "scopes": []}),
+        )
+        .await;
+    assert_eq!(st, 200, "{diff}");
+    assert!(!diff["removed"].as_array().unwrap().is_empty(), "{diff}");
+}
+
+async fn rates_read_back_exactly_as_written_down_to_the_documented_minimum(db: Db) {
+    let s = Service::start(db).await;
+    // The documented minimum, one exchange a day, and rates of every magnitude: the
+    // stored number is the one sent, so an export imports unchanged (no drift, no 422).
+    let mut rates = vec![1.0 / 86_400.0, 0.1, 2.5e-5, 123_456.789];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..40 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let unit = (x >> 11) as f64 / (1u64 << 53) as f64;
+        rates.push(1.0 / 86_400.0 + unit * 1000.0);
+    }
+    let mappings: Vec<Value> = rates
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut m = mapping(
+                &format!("rate-{i}"),
+                &format!("spiffe://cluster.local/ns/rates-{i}/*"),
+                "inventory",
+            );
+            m["rate_limit"] = json!({"per_second": r, "burst": 1});
+            m
+        })
+        .collect();
+    let (st, _, diff) = s
+        .post("/api/v1/import", &json!({ "mappings": mappings }))
+        .await;
+    assert_eq!(st, 200, "{diff}");
+    let exported = s
+        .req(Method::GET, "/api/v1/export", Some(ADMIN))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for r in &rates {
+        // Compared as text: the shortest form that reads back as exactly this double.
+        let written = format!("\"per_second\":{}", serde_json::to_string(r).unwrap());
+        assert!(exported.contains(&written), "{written} not in the export");
+    }
+    let r = s
+        .req(Method::POST, "/api/v1/import?dry_run=true", Some(ADMIN))
+        .header("content-type", "application/json")
+        .body(exported);
+    let (st, _, diff) = s.send(r).await;
+    assert_eq!(st, 200, "{diff}");
+    assert_eq!(diff["changed"], json!([]), "{diff}");
+}
+
+async fn a_nul_character_in_a_key_is_not_found_and_never_a_store_outage(db: Db) {
+    let s = Service::start(db).await;
+    // Nothing stored can hold one (writes refuse control characters), and PostgreSQL
+    // refuses it in any text parameter: that is bad input, not a database outage.
+    for path in [
+        "/api/v1/mappings/a%00b",
+        "/api/v1/revocations/rv-%00",
+        "/api/v1/scopes/pay%00/read",
+    ] {
+        let (st, _, body) = s.get(path).await;
+        assert_eq!(st, 404, "{path}: {body}");
+    }
+    // The token endpoint: a resource no mapping can name, refused as such (a 503
+    // would send the client into retries and count as an outage), and audited.
+    let (st, body) = s.exchange(WEB, "pay\u{0}ments").await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(body["error"], "invalid_target", "{body}");
+    let items = s.audit_events("exchange.refused", 1).await;
+    assert_eq!(items.len(), 1, "the refusal was not audited");
+    let target = items[0]["target"].as_str().unwrap();
+    assert!(
+        !target.contains('\u{0}'),
+        "a raw NUL in the audit log: {target:?}"
+    );
+}
+
 async fn an_import_that_fails_halfway_changes_nothing(db: Db) {
     let s = Service::start(db).await;
     let (_, _, before) = s.get("/api/v1/export").await;
@@ -501,6 +612,9 @@ on_both_backends!(
     import_dry_run_reports_the_diff_and_apply_changes_all_at_once,
     an_import_document_up_to_8_mib_is_read_and_a_larger_one_refused_as_json,
     an_import_that_fails_halfway_changes_nothing,
+    an_empty_or_sectionless_import_is_refused_and_prunes_nothing,
+    rates_read_back_exactly_as_written_down_to_the_documented_minimum,
+    a_nul_character_in_a_key_is_not_found_and_never_a_store_outage,
     every_change_is_audited_with_who_what_before_after_and_request_id,
     an_exchange_right_after_a_write_sees_it,
 );

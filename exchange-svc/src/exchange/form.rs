@@ -83,11 +83,20 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<TokenExchangeRequest, ApiError> {
 
 /// The resource the exchange is for: the `resource`, else the first `audience`.
 pub(crate) fn target(req: &TokenExchangeRequest) -> Result<String, ApiError> {
-    req.resource
+    let target = req
+        .resource
         .first()
         .or_else(|| req.audience.first())
         .cloned()
-        .ok_or_else(|| ApiError::InvalidRequest("resource or audience is required".into()))
+        .ok_or_else(|| ApiError::InvalidRequest("resource or audience is required".into()))?;
+    // No mapping can name one (writes refuse control characters), and PostgreSQL
+    // refuses a NUL in any query: answer here, not with a store error.
+    if target.chars().any(char::is_control) {
+        return Err(ApiError::InvalidTarget(
+            "the resource or audience contains a control character".into(),
+        ));
+    }
+    Ok(target)
 }
 
 #[cfg(test)]

@@ -138,16 +138,16 @@ impl RefusalAudit {
                 .tx
                 .try_send(AuditRecord {
                     request_id: String::new(),
-                    actor: match (subject, caller) {
+                    actor: printable(&match (subject, caller) {
                         ("", "") => "unidentified caller".to_string(),
                         (who, "") | ("", who) => who.to_string(),
                         (subject, caller) => format!("{subject} via {caller}"),
-                    },
+                    }),
                     action: "exchange.refused".into(),
-                    target: format!("resources/{resource}"),
+                    target: printable(&format!("resources/{resource}")),
                     before: None,
                     after: None,
-                    reason: reason.to_string(),
+                    reason: printable(reason),
                 })
                 .is_ok();
         if !queued {
@@ -189,6 +189,24 @@ impl Collector for DroppedCollector {
     }
 }
 
+/// `s` with control characters written as `\u{..}`: a refusal quotes what a client
+/// sent, which must neither forge lines in a log reader nor be refused by the store
+/// (PostgreSQL holds no NUL in text) and so lost.
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -203,6 +221,30 @@ mod tests {
         let store = SqlStore::connect(&cfg, "participant").unwrap();
         store.migrate().await.unwrap();
         Arc::new(store)
+    }
+
+    #[tokio::test]
+    async fn a_refusal_quoting_control_characters_is_written_with_them_escaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite(dir.path()).await;
+        let audit = RefusalAudit::start(Arc::clone(&store), &ManagementConfig::default());
+        assert!(audit.refused("", "", "pay\0ments", "invalid_target: pay\nments"));
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let all = AuditQuery {
+            limit: 10,
+            ..AuditQuery::default()
+        };
+        let events = loop {
+            let events = store.audit_events(&all).await.unwrap();
+            if !events.is_empty() {
+                break events;
+            }
+            assert!(Instant::now() < deadline, "never written");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let e = &events[0].record;
+        assert_eq!(e.target, "resources/pay\\u{0}ments");
+        assert_eq!(e.reason, "invalid_target: pay\\u{a}ments");
     }
 
     #[tokio::test]

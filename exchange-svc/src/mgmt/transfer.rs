@@ -75,11 +75,44 @@ fn parse_document(headers: &HeaderMap, body: &[u8]) -> Result<PolicyDocument, Mg
         .unwrap_or("");
     let json = ct.contains("json")
         || (!ct.contains("yaml") && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
+    names_a_section(body, json)?;
     if json {
         return parse_body(body);
     }
     serde_yaml::from_slice(body)
         .map_err(|e| MgmtError::invalid("body", format!("not a policy document: {e}")))
+}
+
+/// A document must name `mappings` or `scopes`: an empty body (a file lost on the way,
+/// a heredoc gone wrong) or `{}` would otherwise read as a policy with nothing in it,
+/// which with `prune` deletes every mapping. An explicit empty list still prunes. A body
+/// that does not parse is left to the typed parse, which says why.
+fn names_a_section(body: &[u8], json: bool) -> Result<(), MgmtError> {
+    let keys: Option<Vec<String>> = if json {
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            Ok(serde_json::Value::Object(m)) => Some(m.keys().cloned().collect()),
+            Ok(_) => None,
+            Err(_) if body.iter().all(u8::is_ascii_whitespace) => None,
+            Err(_) => return Ok(()),
+        }
+    } else {
+        match serde_yaml::from_slice::<serde_yaml::Value>(body) {
+            Ok(serde_yaml::Value::Mapping(m)) => Some(
+                m.keys()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect(),
+            ),
+            Ok(_) => None,
+            Err(_) => return Ok(()),
+        }
+    };
+    match keys {
+        Some(k) if k.iter().any(|k| k == "mappings" || k == "scopes") => Ok(()),
+        _ => Err(MgmtError::invalid(
+            "body",
+            "not a policy document: it names neither mappings nor scopes (send `mappings: []` to mean none)",
+        )),
+    }
 }
 
 /// The service's rules on a whole document: the TTL cap on every mapping, and every

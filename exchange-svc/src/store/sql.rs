@@ -168,7 +168,15 @@ pub struct SqlStore {
 }
 
 pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    match &e {
+        // PostgreSQL refuses a NUL in a text parameter (22021, 22P05): bad input, never
+        // an outage. No stored value holds one (writes refuse control characters), so
+        // whatever was looked up by it does not exist.
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("22021" | "22P05")) => {
+            StoreError::NotFound("a value with a NUL character".into())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
 }
 
 pub(super) fn now_secs() -> i64 {
