@@ -6,7 +6,8 @@ export MESHPASS_BAO_BIN ?= $(CURDIR)/.tools/bin/bao
 WASM := target/wasm32-wasip1/wasm-release/meshpass_filter.wasm
 export MESHPASS_FILTER_WASM ?= $(CURDIR)/$(WASM)
 FUZZ_SECONDS ?= 15
-FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form verify_compact_jws revocation_feed header_map_parse es256_differential p256_field
+FUZZ_TARGETS := jws_parse jwks_parse spiffe_id_parse token_exchange_form verify_compact_jws revocation_feed header_map_parse es256_differential p256_field \
+	exchange_answer plugin_config shared_data_codecs request_path_parse issuer_policy audience_scope_parse xfcc_parse
 
 .PHONY: setup build wasm lint lint-shell test unit fuzz-smoke fuzz bench bench-smoke bench-baseline bench-core \
 	bench-exchange bench-filter demo clean \

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod revocation_feed;
 mod roca;
 pub mod spiffe;
+pub mod xfcc;
 
 pub use alg::Algorithm;
 pub use audience::Audience;

@@ -84,46 +84,10 @@ pub fn identify(
     Ok(conn.and_then(|c| c.tls_peer.clone()))
 }
 
-/// The parts of `s` between the `sep`s outside double quotes (no allocation: this runs
-/// on every `/token` request).
-fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
-    let mut rest = Some(s);
-    std::iter::from_fn(move || {
-        let t = rest?;
-        let (mut quoted, mut escaped) = (false, false);
-        // Every byte looked at is ASCII, so each cut is on a character boundary.
-        for (i, b) in t.bytes().enumerate() {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' if quoted => escaped = true,
-                b'"' => quoted = !quoted,
-                b if b == sep && !quoted => {
-                    rest = t.get(i + 1..);
-                    return t.get(..i);
-                }
-                _ => {}
-            }
-        }
-        rest = None;
-        Some(t)
-    })
-}
-
 /// The SPIFFE ID in the `URI=` of the last element of an XFCC value: the element the
-/// nearest (trusted) proxy added for the client it verified.
+/// nearest (trusted) proxy added for the client it verified (core's parse, fuzzed there).
 pub fn xfcc_uri(value: &str) -> Result<SpiffeId, CallerError> {
-    let last = split_unquoted(value, b',')
-        .last()
-        .ok_or(CallerError::BadXfcc)?;
-    let mut uris = split_unquoted(last, b';').filter_map(|kv| {
-        let (k, v) = kv.trim().split_once('=')?;
-        k.eq_ignore_ascii_case("uri")
-            .then(|| v.trim().trim_matches('"'))
-    });
-    match (uris.next(), uris.next()) {
-        (Some(uri), None) => SpiffeId::parse(uri).map_err(|_| CallerError::BadXfcc),
-        _ => Err(CallerError::BadXfcc),
-    }
+    meshpass_core::xfcc::uri(value).map_err(|_| CallerError::BadXfcc)
 }
 
 #[cfg(test)]
@@ -131,6 +95,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use axum::http::HeaderValue;
+    use meshpass_core::xfcc::split_unquoted;
 
     const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 

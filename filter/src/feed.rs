@@ -388,23 +388,26 @@ pub struct TokenIds {
 }
 
 impl TokenIds {
-    /// The ids of a compact JWT, or None when its payload is not a JSON object.
+    /// The ids of a compact JWT, or None when its payload is not a JSON object (or its
+    /// `jti` is neither a string nor null).
     pub fn of(token: &str) -> Option<TokenIds> {
+        use serde_json::Value;
         let payload = token.split('.').nth(1)?;
         let bytes = meshpass_core::b64::decode(payload).ok()?;
-        #[derive(Deserialize)]
-        struct Claims {
-            jti: Option<String>,
-            act: Option<serde_json::Value>,
-        }
-        let c = serde_json::from_slice::<Claims>(&bytes).ok()?;
-        let actor = c
-            .act
-            .as_ref()
+        // Into a map, not a struct: a derived struct also reads a JSON array, and skips
+        // the claims it does not name without checking their strings.
+        let claims = serde_json::from_slice::<serde_json::Map<String, Value>>(&bytes).ok()?;
+        let jti = match claims.get("jti") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(j)) => Some(j.clone()),
+            Some(_) => return None,
+        };
+        let actor = claims
+            .get("act")
             .and_then(|a| a.get("sub"))
-            .and_then(|s| s.as_str())
+            .and_then(Value::as_str)
             .map(str::to_string);
-        Some(TokenIds { jti: c.jti, actor })
+        Some(TokenIds { jti, actor })
     }
 }
 
@@ -564,6 +567,20 @@ mod tests {
         );
         assert_eq!(set.check("spiffe://td/ns/a/sa/b", "garbage", 0), None);
         assert_eq!(RevocationSet::default().check("s", "t", 0), None);
+    }
+
+    #[test]
+    fn a_payload_that_is_not_a_json_object_names_no_ids() {
+        // Found by fuzz/fuzz_targets/exchange_answer.rs: ids were read from a payload
+        // with invalid UTF-8 in a claim the reader skipped, and from a JSON array.
+        for payload in [
+            &b"{\"er\":\"i\x92\x91\xff\xff\xff\xff\xff\"}"[..],
+            br#"["j-1", {"sub": "spiffe://td/ns/a/sa/b"}]"#,
+            br#"{"jti": "j-1", "x": "\ud800"}"#,
+        ] {
+            let token = format!("e30.{}.sig", meshpass_core::b64::encode(payload));
+            assert_eq!(TokenIds::of(&token), None, "{payload:?}");
+        }
     }
 
     #[test]
