@@ -483,10 +483,26 @@ fn key_source(
     }
 }
 
+/// A path a request is matched against: requests are compared without their query, so
+/// a `?` (or a fragment, which never reaches a proxy) could never match.
+fn check_match_path(field: &str, p: String) -> Result<String, ConfigError> {
+    let p = check_path(field, p)?;
+    if p.contains(['?', '#']) {
+        return Err(err(
+            field,
+            "requests are matched on the path without its query: no ? or #",
+        ));
+    }
+    Ok(p)
+}
+
 fn bypass(i: usize, b: RawBypass) -> Result<Bypass, ConfigError> {
     match (b.path, b.path_prefix) {
-        (Some(p), None) => Ok(Bypass::Exact(check_path(&format!("bypass[{i}].path"), p)?)),
-        (None, Some(p)) => Ok(Bypass::Prefix(check_path(
+        (Some(p), None) => Ok(Bypass::Exact(check_match_path(
+            &format!("bypass[{i}].path"),
+            p,
+        )?)),
+        (None, Some(p)) => Ok(Bypass::Prefix(check_match_path(
             &format!("bypass[{i}].path_prefix"),
             p,
         )?)),
@@ -501,11 +517,23 @@ fn rule(i: usize, r: RawRule, policy_digest: &[u8; 32]) -> Result<Rule, ConfigEr
     let f = format!("rules[{i}]");
     let (t, authority, path_prefix, methods) = r.split();
     let path_prefix = path_prefix
-        .map(|p| check_path(&format!("{f}.path_prefix"), p))
+        .map(|p| check_match_path(&format!("{f}.path_prefix"), p))
         .transpose()?;
     let authority = authority.map(|a| a.to_ascii_lowercase());
     if authority.as_deref() == Some("") {
         return Err(err(format!("{f}.authority"), "must not be empty"));
+    }
+    // Requests are matched on the host, their port dropped (`Config::select`): a rule
+    // naming a port would never match.
+    if authority
+        .as_deref()
+        .and_then(|a| a.rsplit_once(':'))
+        .is_some_and(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(err(
+            format!("{f}.authority"),
+            "a host without a port: requests are matched on the host, whatever the port",
+        ));
     }
     Ok(Rule {
         target: target(&f, t, policy_digest)?,

@@ -104,6 +104,50 @@ fn refuses_invalid_configs_naming_the_field() {
 }
 
 #[test]
+fn refuses_a_rule_or_bypass_that_could_never_match() {
+    // Found by fuzz/fuzz_targets/plugin_config.rs: requests are matched on the host
+    // (port dropped) and on the path without its query, so these were accepted and then
+    // silently never matched: the request fell to the default rule, or was not bypassed.
+    let key = Key::new("k1");
+    for (rules, bypass, field) in [
+        (
+            json!([{"authority": "api.test:8443", "resource": "a"}]),
+            json!([]),
+            "rules[0].authority",
+        ),
+        (
+            json!([{"path_prefix": "/admin?x=1", "resource": "a"}]),
+            json!([]),
+            "rules[0].path_prefix",
+        ),
+        (
+            json!([]),
+            json!([{"path": "/healthz?full=1"}]),
+            "bypass[0].path",
+        ),
+        (
+            json!([]),
+            json!([{"path_prefix": "/static#x"}]),
+            "bypass[0].path_prefix",
+        ),
+    ] {
+        let mut cfg = base_config(&key);
+        cfg["rules"] = rules;
+        cfg["bypass"] = bypass;
+        let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
+    // A host alone, an IPv6 literal and a wildcard are fine.
+    let mut cfg = base_config(&key);
+    cfg["rules"] = json!([
+        {"authority": "api.test", "resource": "a"},
+        {"authority": "[::1]", "resource": "b"},
+        {"authority": "*.shop.test", "resource": "c"},
+    ]);
+    Config::parse(cfg.to_string().as_bytes()).unwrap();
+}
+
+#[test]
 fn refuses_an_id_pattern_outside_the_issuers_trust_domains() {
     // Core's ValidationPolicy::check: such a pattern could never match.
     let key = Key::new("k1");
