@@ -74,14 +74,27 @@ impl Client {
         Ok(Client { http, base, token })
     }
 
-    /// The URL of `segments` under the server (each segment percent-encoded: a
-    /// resource like `https://x` stays one segment).
+    /// The URL of `segments` under the server. Each segment is percent-encoded byte by
+    /// byte (all but `A-Za-z0-9-._~`), so a name stays one segment whatever it holds: a
+    /// resource like `https://x`, `?`, `#`, `%`, and tabs or newlines, which URL parsers
+    /// would otherwise drop. `.`, `..` and the empty name cannot be addressed at all (a
+    /// URL resolves them away, even percent-encoded): refused, never sent as another path.
     pub fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Url, CtlError> {
         let mut u = self.base.clone();
-        u.path_segments_mut()
-            .map_err(|_| CtlError::Usage("--server cannot be a base URL".into()))?
-            .pop_if_empty()
-            .extend(segments);
+        if u.cannot_be_a_base() {
+            return Err(CtlError::Usage("--server cannot be a base URL".into()));
+        }
+        let mut path = u.path().trim_end_matches('/').to_string();
+        for s in segments {
+            if matches!(*s, "" | "." | "..") {
+                return Err(CtlError::Usage(format!(
+                    "{s:?} cannot be named in a URL path: no mapping, resource or scope is called that"
+                )));
+            }
+            path.push('/');
+            path.push_str(&encode_segment(s));
+        }
+        u.set_path(&path);
         if !query.is_empty() {
             u.query_pairs_mut()
                 .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
@@ -184,6 +197,19 @@ impl Client {
     }
 }
 
+/// `s` with every byte but the unreserved ones (RFC 3986 §2.3) percent-encoded.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The `If-Match` value for `tag`: as the server sent it (`"…"`), quoted when given bare.
 pub fn if_match(tag: Option<&str>) -> Option<String> {
     let t = tag?.trim();
@@ -208,5 +234,44 @@ mod tests {
         assert_eq!(if_match(Some("abc")).as_deref(), Some("\"abc\""));
         assert_eq!(if_match(Some("\"abc\"")).as_deref(), Some("\"abc\""));
         assert_eq!(if_match(None), None);
+    }
+
+    fn path_of(base: &str, segments: &[&str]) -> Result<String, CtlError> {
+        let c = Client::new(base, String::new())?;
+        Ok(c.url(segments, &[])?.path().to_string())
+    }
+
+    #[test]
+    fn a_name_can_never_change_the_path() {
+        for bad in ["", ".", ".."] {
+            let r = path_of("http://h:1", &["api", "v1", "mappings", bad]);
+            assert!(matches!(r, Err(CtlError::Usage(_))), "{bad:?}: {r:?}");
+        }
+        let p = |segs: &[&str]| path_of("http://h:1", segs).unwrap();
+        // URL parsers drop tabs and newlines, and read `\` as `/` in http URLs.
+        assert_eq!(
+            p(&["api", "v1", "mappings", ".\t."]),
+            "/api/v1/mappings/.%09."
+        );
+        assert_eq!(
+            p(&["api", "v1", "mappings", "a\\..\n"]),
+            "/api/v1/mappings/a%5C..%0A"
+        );
+        assert_eq!(
+            p(&["api", "v1", "mappings", "a..b."]),
+            "/api/v1/mappings/a..b."
+        );
+        assert_eq!(
+            p(&["api", "v1", "scopes", "https://x/y?z#w", "r%2e"]),
+            "/api/v1/scopes/https%3A%2F%2Fx%2Fy%3Fz%23w/r%252e"
+        );
+        assert_eq!(
+            p(&["api", "v1", "mappings", "é"]),
+            "/api/v1/mappings/%C3%A9"
+        );
+        // Under a server with a path prefix, with or without its trailing slash.
+        for base in ["http://h:1/mgmt", "http://h:1/mgmt/"] {
+            assert_eq!(path_of(base, &["api", "v1"]).unwrap(), "/mgmt/api/v1");
+        }
     }
 }

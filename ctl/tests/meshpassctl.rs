@@ -344,6 +344,35 @@ async fn manages_mappings_keys_and_audit_end_to_end_with_documented_exit_codes()
         "a refused retirement is not a change: {out}"
     );
 
+    // A mapping that is the only grant of a scope row stays, and the refusal says why.
+    let row = dir.path().join("row.yaml");
+    std::fs::write(
+        &row,
+        "resource: inventory\nscope: read\nclaims: {tier: 1}\n",
+    )
+    .unwrap();
+    let (code, out, err) = ctl
+        .run(&["scopes", "apply", "-f", row.to_str().unwrap()])
+        .await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "scope inventory read created"),
+        "{err}"
+    );
+    let (code, _, err) = ctl.run(&["mappings", "delete", "inv"]).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("conflict: scope row inventory/read is granted only by this mapping (inv)"),
+        "{err}"
+    );
+    let (code, _, err) = ctl.run(&["scopes", "delete", "inventory", "read"]).await;
+    assert_eq!(code, 0, "{err}");
+    // `.` and `..` name nothing: refused, never sent as another path (it would list).
+    for dots in [".", ".."] {
+        let (code, out, err) = ctl.run(&["mappings", "get", dots]).await;
+        assert_eq!((code, out.as_str()), (2, ""), "{dots}: {err}");
+    }
+
     // Exit codes a script can rely on.
     assert_eq!(ctl.run(&["mappings", "delete", "inv"]).await.0, 0);
     assert_eq!(

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::Json;
 use prometheus::core::Collector;
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{ManagementConfig, Role};
 use super::error::MgmtError;
+use super::input::{parse_query, Limit};
 use super::MgmtState;
 use crate::store::{AuditEvent, AuditQuery, AuditRecord, SqlStore};
 
@@ -20,7 +21,7 @@ use crate::store::{AuditEvent, AuditQuery, AuditRecord, SqlStore};
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     after: Option<i64>,
-    limit: Option<u32>,
+    limit: Option<Limit>,
     action: Option<String>,
     target: Option<String>,
 }
@@ -38,14 +39,15 @@ pub struct AuditPage {
 pub async fn list(
     State(st): State<MgmtState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<AuditPage>, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
+    let q: ListQuery = parse_query(query.as_deref())?;
     let items = st
         .store
         .audit_events(&AuditQuery {
             after: q.after,
-            limit: q.limit.unwrap_or(100),
+            limit: q.limit.unwrap_or(Limit::DEFAULT).get(),
             action: q.action,
             target_prefix: q.target,
         })

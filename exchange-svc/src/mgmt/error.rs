@@ -22,6 +22,9 @@ pub enum MgmtError {
     /// The named entity does not exist (404).
     #[error("{0} not found")]
     NotFound(String),
+    /// The path is served, but not for this method (405; the router adds `Allow`).
+    #[error("{0}: the method is not allowed on this path (see Allow)")]
+    MethodNotAllowed(String),
     /// The entity exists already, or another one holds the same subject and resource (409).
     #[error("{0}")]
     Conflict(String),
@@ -125,6 +128,7 @@ pub const ERROR_CODES: &[(&str, u16)] = &[
     ("forbidden", 403),
     ("bad_request", 400),
     ("not_found", 404),
+    ("method_not_allowed", 405),
     ("conflict", 409),
     ("precondition_failed", 412),
     ("too_large", 413),
@@ -141,6 +145,7 @@ impl MgmtError {
             MgmtError::Forbidden(_) => "forbidden",
             MgmtError::BadRequest(_) => "bad_request",
             MgmtError::NotFound(_) => "not_found",
+            MgmtError::MethodNotAllowed(_) => "method_not_allowed",
             MgmtError::Conflict(_) => "conflict",
             MgmtError::PreconditionFailed(_) => "precondition_failed",
             MgmtError::TooLarge(_) => "too_large",

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Role;
 use super::error::{Dependency, MgmtError};
-use super::mappings::parse_body;
+use super::input::parse_body;
 use super::{MgmtState, RequestId};
 use crate::key_maintenance::LockedKeyAdmin;
 

@@ -6,7 +6,8 @@
 //! store's check stays the atomic guard), and scopes no mapping of the resource grants.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -19,16 +20,14 @@ use serde_json::Value;
 
 use super::config::Role;
 use super::error::MgmtError;
+use super::input::{from_value, parse_body, parse_query, path_params, Limit};
 use super::{MgmtState, RequestId};
 use crate::store::{
-    check_claim_conflicts, check_scope_granted, check_ttl_cap, ETag, Mapping, MappingStore,
-    Precondition, Saved, ScopeClaims, ScopeKey,
+    check_claim_conflicts, check_scope_granted, check_ttl_cap, validate_scope_claims, ETag,
+    Mapping, MappingStore, Precondition, Saved, ScopeClaims, ScopeKey,
 };
 
-/// Largest page.
-const MAX_LIMIT: usize = 1000;
-
-/// List filters and the page.
+/// The mappings list's filters and page.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -36,7 +35,17 @@ pub struct ListQuery {
     resource: Option<String>,
     participant: Option<String>,
     cursor: Option<String>,
-    limit: Option<usize>,
+    limit: Option<Limit>,
+}
+
+/// The scope list's filter and page: a scope row has no subject nor participant, so a
+/// filter on them is refused rather than ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeQuery {
+    resource: Option<String>,
+    cursor: Option<String>,
+    limit: Option<Limit>,
 }
 
 /// One page of a list.
@@ -56,9 +65,9 @@ fn paginate<T>(
     items: Vec<T>,
     key: impl Fn(&T) -> String,
     cursor: Option<&str>,
-    limit: Option<usize>,
+    limit: Option<Limit>,
 ) -> Result<Page<T>, MgmtError> {
-    let limit = limit.unwrap_or(100).clamp(1, MAX_LIMIT);
+    let limit = limit.unwrap_or(Limit::DEFAULT).get() as usize;
     let after = cursor
         .map(|c| {
             URL_SAFE_NO_PAD
@@ -82,35 +91,16 @@ fn paginate<T>(
     })
 }
 
-/// Parses a JSON body; a shape error is a 422 naming the field serde names.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, MgmtError> {
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            let msg = e.to_string();
-            let field = msg
-                .split('`')
-                .nth(1)
-                .filter(|f| !f.is_empty())
-                .unwrap_or("body")
-                .to_string();
-            MgmtError::invalid(field, msg)
-        }
-        _ => MgmtError::BadRequest(format!("body is not valid JSON: {e}")),
-    })
-}
-
 /// The precondition of `If-Match` / `If-None-Match`.
 fn precondition(headers: &HeaderMap, default: Precondition) -> Result<Precondition, MgmtError> {
-    if let Some(v) = headers.get(header::IF_MATCH) {
-        let v = v
-            .to_str()
-            .map_err(|_| MgmtError::BadRequest("malformed If-Match".into()))?;
-        if v.trim() == "*" {
-            return Ok(Precondition::Exists);
-        }
-        return ETag::parse_quoted(v)
-            .map(Precondition::Matches)
-            .ok_or_else(|| MgmtError::BadRequest("If-Match must be one quoted entity tag".into()));
+    if headers.contains_key(header::IF_MATCH) {
+        // Several field lines are one list (RFC 9110 §5.3).
+        let lines: Vec<&[u8]> = headers
+            .get_all(header::IF_MATCH)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        return Precondition::if_match(&lines.join(&b","[..])).map_err(MgmtError::BadRequest);
     }
     if let Some(v) = headers.get(header::IF_NONE_MATCH) {
         if v.to_str().ok().map(str::trim) == Some("*") {
@@ -166,7 +156,7 @@ fn patched<T: Serialize + DeserializeOwned>(current: &T, body: &[u8]) -> Result<
     }
     let mut v = serde_json::to_value(current).map_err(|e| MgmtError::Internal(e.to_string()))?;
     merge_patch(&mut v, &patch);
-    serde_json::from_value(v).map_err(|e| MgmtError::invalid("body", e.to_string()))
+    from_value(v)
 }
 
 fn check_mapping(st: &MgmtState, m: &Mapping) -> Result<(), MgmtError> {
@@ -175,7 +165,10 @@ fn check_mapping(st: &MgmtState, m: &Mapping) -> Result<(), MgmtError> {
     Ok(())
 }
 
+/// The row on its own first (a bad resource is the resource's fault, not an unknown
+/// scope; and no store query sees a value no row can hold), then against other rows.
 async fn check_scope(st: &MgmtState, row: &ScopeClaims) -> Result<(), MgmtError> {
+    validate_scope_claims(row, &st.participant_claim)?;
     let others = st.store.list_scope_claims().await?;
     check_claim_conflicts(row, &others).map_err(|e| MgmtError::invalid("claims", e.to_string()))?;
     let mappings = st.store.resource_policy(&row.resource).await?.mappings;
@@ -187,9 +180,10 @@ async fn check_scope(st: &MgmtState, row: &ScopeClaims) -> Result<(), MgmtError>
 pub async fn list_mappings(
     State(st): State<MgmtState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Page<Mapping>>, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
+    let q: ListQuery = parse_query(query.as_deref())?;
     let id = q.subject.as_deref().and_then(|s| SpiffeId::parse(s).ok());
     let items: Vec<Mapping> = st
         .store
@@ -219,9 +213,10 @@ pub async fn list_mappings(
 pub async fn get_mapping(
     State(st): State<MgmtState>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
+    let name = path_params(name)?;
     let (m, tag) = st
         .store
         .mapping_tagged(&name)
@@ -253,10 +248,11 @@ pub async fn put_mapping(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let name = path_params(name)?;
     let pre = precondition(&headers, Precondition::None)?;
     let m: Mapping = parse_body(&body)?;
     if m.name != name {
@@ -276,10 +272,11 @@ pub async fn patch_mapping(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let name = path_params(name)?;
     let (current, tag) = st
         .store
         .mapping_tagged(&name)
@@ -309,9 +306,10 @@ pub async fn delete_mapping(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let name = path_params(name)?;
     let pre = precondition(&headers, Precondition::Exists)?;
     let r = st
         .store
@@ -326,9 +324,10 @@ pub async fn delete_mapping(
 pub async fn list_scopes(
     State(st): State<MgmtState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Page<ScopeClaims>>, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
+    let q: ScopeQuery = parse_query(query.as_deref())?;
     let items: Vec<ScopeClaims> = st
         .store
         .list_scope_claims()
@@ -353,9 +352,10 @@ fn scope_key(resource: String, scope: String) -> ScopeKey {
 pub async fn get_scope(
     State(st): State<MgmtState>,
     headers: HeaderMap,
-    Path((resource, scope)): Path<(String, String)>,
+    key: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
+    let (resource, scope) = path_params(key)?;
     let key = scope_key(resource, scope);
     let (row, tag) = st
         .store
@@ -374,13 +374,13 @@ pub async fn create_scope(
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
     let row: ScopeClaims = parse_body(&body)?;
+    check_scope(&st, &row).await?;
     if st.store.scope_tagged(&row_key(&row)).await?.is_some() {
         return Err(MgmtError::Conflict(format!(
             "scopes/{}/{} already exists",
             row.resource, row.scope
         )));
     }
-    check_scope(&st, &row).await?;
     let r = st
         .store
         .save_scope(&row, Precondition::Absent, &rid.actor(&caller))
@@ -398,10 +398,11 @@ pub async fn put_scope(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    Path((resource, scope)): Path<(String, String)>,
+    key: Result<Path<(String, String)>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let (resource, scope) = path_params(key)?;
     let pre = precondition(&headers, Precondition::None)?;
     let row: ScopeClaims = parse_body(&body)?;
     if row.resource != resource || row.scope != scope {
@@ -421,10 +422,11 @@ pub async fn patch_scope(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    Path((resource, scope)): Path<(String, String)>,
+    key: Result<Path<(String, String)>, PathRejection>,
     body: Bytes,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let (resource, scope) = path_params(key)?;
     let key = scope_key(resource, scope);
     let (current, tag) = st
         .store
@@ -453,9 +455,10 @@ pub async fn delete_scope(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    Path((resource, scope)): Path<(String, String)>,
+    key: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<StatusCode, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let (resource, scope) = path_params(key)?;
     let pre = precondition(&headers, Precondition::Exists)?;
     let key = scope_key(resource, scope);
     let r = st.store.remove_scope(&key, pre, &rid.actor(&caller)).await;
@@ -476,8 +479,13 @@ mod tests {
         let mut seen = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page =
-                paginate(rows.clone(), |s| s.to_string(), cursor.as_deref(), Some(1)).unwrap();
+            let page = paginate(
+                rows.clone(),
+                |s| s.to_string(),
+                cursor.as_deref(),
+                Limit::new(1),
+            )
+            .unwrap();
             seen.extend(page.items);
             match page.next_cursor {
                 Some(c) => cursor = Some(c),

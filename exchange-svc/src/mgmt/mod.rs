@@ -12,6 +12,7 @@ pub mod auth;
 pub mod binding;
 pub mod config;
 pub mod error;
+pub mod input;
 pub mod keys;
 pub mod kube_authz;
 pub mod mappings;

@@ -6,7 +6,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::error::ERROR_CODES;
-use super::routes::ROUTES;
+use super::routes::{ParamType, QueryParam, Route, ROUTES};
 
 fn reason(status: u16) -> &'static str {
     match status {
@@ -17,6 +17,7 @@ fn reason(status: u16) -> &'static str {
         401 => "No valid bearer token",
         403 => "The caller lacks the role",
         404 => "Not found",
+        405 => "The path does not serve this method (Allow lists those it does)",
         409 => "Conflict",
         412 => "If-Match does not match the stored entity",
         413 => "The request body exceeds 8 MiB",
@@ -48,11 +49,12 @@ pub fn schemas() -> Value {
             }
         },
         "RateLimit": {
-            "type": "object", "required": ["per_second", "burst"],
+            "type": "object", "required": ["per_second", "burst"], "additionalProperties": false,
             "properties": {"per_second": {"type": "number"}, "burst": {"type": "integer"}}
         },
         "Mapping": {
             "type": "object", "required": ["name", "subject", "resource", "participant", "ttl_secs"],
+            "additionalProperties": false,
             "properties": {
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
                 "subject": {"type": "string", "description": "SPIFFE ID or pattern ending in /*"},
@@ -69,7 +71,7 @@ pub fn schemas() -> Value {
             }
         },
         "ScopeClaims": {
-            "type": "object", "required": ["resource", "scope", "claims"],
+            "type": "object", "required": ["resource", "scope", "claims"], "additionalProperties": false,
             "properties": {
                 "resource": {"type": "string"},
                 "scope": {"type": "string"},
@@ -86,7 +88,7 @@ pub fn schemas() -> Value {
             "properties": {"items": {"type": "array", "items": reference("ScopeClaims")}, "next_cursor": {"type": "string"}}
         },
         "PolicyDocument": {
-            "type": "object",
+            "type": "object", "additionalProperties": false,
             "properties": {
                 "mappings": {"type": "array", "items": reference("Mapping")},
                 "scopes": {"type": "array", "items": reference("ScopeClaims")}
@@ -142,12 +144,12 @@ pub fn schemas() -> Value {
             }
         },
         "NewRevocation": {
-            "type": "object", "required": ["target", "match", "reason"],
+            "type": "object", "required": ["target", "match", "reason"], "additionalProperties": false,
             "properties": {
                 "target": {"type": "string", "enum": ["subject", "caller", "jti"]},
                 "match": {"type": "string"},
                 "reason": {"type": "string", "minLength": 1, "maxLength": 256},
-                "until": {"type": ["integer", "null"]}
+                "until": {"type": ["integer", "null"], "minimum": 0}
             }
         },
         "RevocationList": {
@@ -170,7 +172,7 @@ pub fn schemas() -> Value {
             }
         },
         "RetireRequest": {
-            "type": "object", "required": ["below"],
+            "type": "object", "required": ["below"], "additionalProperties": false,
             "properties": {"below": {"type": "integer", "minimum": 1}}
         },
         "Stats": {
@@ -193,11 +195,41 @@ fn path_params(path: &str) -> Vec<Value> {
         .collect()
 }
 
-fn operation(r: &super::routes::Route) -> Value {
+fn query_param(q: &QueryParam) -> Value {
+    let schema = match q.kind {
+        ParamType::Text => json!({"type": "string"}),
+        ParamType::Boolean => json!({"type": "boolean"}),
+        ParamType::OneOf(values) => json!({"type": "string", "enum": values}),
+        ParamType::Integer { minimum, maximum } => {
+            let mut s = json!({"type": "integer"});
+            if let Some(n) = minimum {
+                s["minimum"] = json!(n);
+            }
+            if let Some(n) = maximum {
+                s["maximum"] = json!(n);
+            }
+            s
+        }
+    };
+    json!({"name": q.name, "in": "query", "required": false, "description": q.description, "schema": schema})
+}
+
+/// The media types a body of `schema` is read or written in: a policy document is
+/// JSON or YAML (export and import), introspection a form, the rest JSON.
+fn content(schema: &str) -> Value {
+    let s = json!({"schema": reference(schema)});
+    match schema {
+        "PolicyDocument" => json!({"application/json": s, "application/yaml": s}),
+        "IntrospectionRequest" => json!({"application/x-www-form-urlencoded": s}),
+        _ => json!({"application/json": s}),
+    }
+}
+
+fn operation(r: &Route) -> Value {
     let mut responses = Map::new();
     let mut ok = json!({"description": reason(r.ok.0)});
     if let Some(schema) = r.ok.1 {
-        ok["content"] = json!({"application/json": {"schema": reference(schema)}});
+        ok["content"] = content(schema);
     }
     if r.created {
         let mut created = ok.clone();
@@ -212,6 +244,10 @@ fn operation(r: &super::routes::Route) -> Value {
     if r.request.is_some() {
         errors.push(413);
     }
+    // A parameter or a body can always be malformed.
+    if r.path.contains('{') || !r.query.is_empty() || r.request.is_some() {
+        errors.push(400);
+    }
     errors.sort_unstable();
     errors.dedup();
     for e in errors {
@@ -221,11 +257,13 @@ fn operation(r: &super::routes::Route) -> Value {
         );
     }
     let mut params = path_params(r.path);
-    for (name, description) in r.query {
-        params.push(json!({"name": name, "in": "query", "required": false, "description": description, "schema": {"type": "string"}}));
-    }
-    if matches!(r.method, "put" | "patch" | "delete") {
+    params.extend(r.query.iter().map(query_param));
+    // Only where the handler honours it: a route that cannot answer 412 ignores it.
+    if r.errors.contains(&412) {
         params.push(json!({"name": "If-Match", "in": "header", "required": false, "description": "the ETag read before; 412 when it changed", "schema": {"type": "string"}}));
+    }
+    if r.created {
+        params.push(json!({"name": "If-None-Match", "in": "header", "required": false, "description": "*: create only (412 when it exists)", "schema": {"type": "string", "enum": ["*"]}}));
     }
     let mut op = json!({
         "summary": r.summary,
@@ -241,13 +279,7 @@ fn operation(r: &super::routes::Route) -> Value {
         None => op["security"] = json!([]),
     }
     if let Some(schema) = r.request {
-        let media = if schema == "IntrospectionRequest" {
-            "application/x-www-form-urlencoded"
-        } else {
-            "application/json"
-        };
-        op["requestBody"] =
-            json!({"required": true, "content": {media: {"schema": reference(schema)}}});
+        op["requestBody"] = json!({"required": true, "content": content(schema)});
     }
     op
 }
@@ -264,7 +296,7 @@ pub fn spec() -> Value {
         "info": {
             "title": "meshpass management API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Mappings, scopes, import/export, audit, keys, stats, revocations and introspection of the meshpass exchange service. Roles: read, write, keys."
+            "description": "Mappings, scopes, import/export, audit, keys, stats, revocations and introspection of the meshpass exchange service. Roles: read, write, keys. A path no route serves is answered 404, a method a path does not serve 405 (with Allow), both as Error."
         },
         "paths": paths,
         "components": {

@@ -4,7 +4,8 @@
 //! the next exchange here enforces them and the cached tokens of the party are gone.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -14,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::Role;
 use super::error::{Dependency, MgmtError};
-use super::mappings::parse_body;
+use super::input::{parse_body, parse_query, path_params};
 use super::{MgmtState, RequestId};
 use crate::store::{NewRevocation, Revocation, RevocationStore, RevocationTarget};
 
@@ -40,20 +41,6 @@ fn store(st: &MgmtState) -> Result<&std::sync::Arc<dyn RevocationStore>, MgmtErr
         .ok_or(MgmtError::Unavailable(Dependency::RevocationStore))
 }
 
-/// The body of a create; an unknown `target` names the field (serde names the value).
-fn parse_new(body: &[u8]) -> Result<NewRevocation, MgmtError> {
-    let v: Value = parse_body(body)?;
-    if let Some(t) = v.get("target") {
-        if !matches!(t.as_str(), Some("subject" | "caller" | "jti")) {
-            return Err(MgmtError::invalid(
-                "target",
-                "must be subject, caller or jti",
-            ));
-        }
-    }
-    parse_body(body)
-}
-
 /// Reloads the set from the store after a write, so this replica's feed serves the
 /// new version at once (the write itself is already applied locally).
 async fn confirm(st: &MgmtState) {
@@ -66,9 +53,10 @@ async fn confirm(st: &MgmtState) {
 pub async fn list(
     State(st): State<MgmtState>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<RevocationList>, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
+    let q: ListQuery = parse_query(query.as_deref())?;
     let now = st.clock.now();
     let all = store(&st)?.revocation_changes(0).await?;
     let items = all
@@ -87,9 +75,10 @@ pub async fn list(
 pub async fn get(
     State(st): State<MgmtState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Revocation>, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
+    let id = path_params(id)?;
     let now = st.clock.now();
     store(&st)?
         .get_revocation(&id)
@@ -107,7 +96,7 @@ pub async fn create(
     body: Bytes,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
-    let new = parse_new(&body)?;
+    let new: NewRevocation = parse_body(&body)?;
     let now = st.clock.now();
     let r = store(&st)?
         .create_revocation(&new, &rid.actor(&caller), now)
@@ -123,9 +112,10 @@ pub async fn lift(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let id = path_params(id)?;
     let r = store(&st)?
         .lift_revocation(&id, &rid.actor(&caller))
         .await?;

@@ -3,7 +3,7 @@
 //! the diff only; `prune` (off by default) deletes what the document lacks.
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -11,9 +11,12 @@ use serde::Deserialize;
 
 use super::config::Role;
 use super::error::MgmtError;
-use super::mappings::parse_body;
+use super::input::{parse_body, parse_query};
 use super::{MgmtState, RequestId};
-use crate::store::{check_scope_granted, check_ttl_cap, ImportDiff, Mapping, PolicyDocument};
+use crate::store::{
+    check_scope_granted, check_ttl_cap, import_leaves_ungranted, mappings_after_import,
+    rows_left_ungranted, validate_scope_claims, ImportDiff, PolicyDocument,
+};
 
 /// Largest request body the management API reads (an import document).
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -40,7 +43,7 @@ fn wants_yaml(format: Option<&str>, headers: &HeaderMap) -> Result<bool, MgmtErr
         Some("yaml") => Ok(true),
         Some("json") => Ok(false),
         Some(other) => Err(MgmtError::BadRequest(format!(
-            "format {other:?}: use json or yaml"
+            "format: {other:?} is neither json nor yaml"
         ))),
         None => Ok(headers
             .get(header::ACCEPT)
@@ -53,9 +56,10 @@ fn wants_yaml(format: Option<&str>, headers: &HeaderMap) -> Result<bool, MgmtErr
 pub async fn export(
     State(st): State<MgmtState>,
     headers: HeaderMap,
-    Query(q): Query<ExportQuery>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
+    let q: ExportQuery = parse_query(query.as_deref())?;
     let yaml = wants_yaml(q.format.as_deref(), &headers)?;
     let doc = st.store.export().await?;
     if yaml {
@@ -115,12 +119,14 @@ fn names_a_section(body: &[u8], json: bool) -> Result<(), MgmtError> {
     }
 }
 
-/// The service's rules on a whole document: the TTL cap on every mapping, and every
-/// scope row granted by a mapping of the resulting set.
+/// The service's rules on a whole document: each entry's own rules (naming it), the TTL
+/// cap on every mapping, every scope row of the document granted by a mapping of the
+/// resulting set, and no stored row the import keeps (without `prune`) left granted by
+/// none (409; the store checks this again inside the import's transaction).
 fn check_document(
     st: &MgmtState,
     doc: &PolicyDocument,
-    stored: &[Mapping],
+    stored: &PolicyDocument,
     prune: bool,
 ) -> Result<(), MgmtError> {
     for (i, m) in doc.mappings.iter().enumerate() {
@@ -128,17 +134,30 @@ fn check_document(
             .and_then(|()| check_ttl_cap(m, st.max_ttl_secs))
             .map_err(|e| prefix(e.into(), &format!("mappings[{i}]")))?;
     }
-    let mut result: Vec<Mapping> = doc.mappings.clone();
-    if !prune {
-        result.extend(
-            stored
-                .iter()
-                .filter(|s| !doc.mappings.iter().any(|m| m.name == s.name))
-                .cloned(),
-        );
-    }
+    let result = mappings_after_import(&stored.mappings, &doc.mappings, prune);
     for (i, row) in doc.scopes.iter().enumerate() {
-        check_scope_granted(row, &result).map_err(|e| prefix(e.into(), &format!("scopes[{i}]")))?;
+        validate_scope_claims(row, &st.participant_claim)
+            .and_then(|()| check_scope_granted(row, &result))
+            .map_err(|e| prefix(e.into(), &format!("scopes[{i}]")))?;
+    }
+    let in_doc = |r: &&crate::store::ScopeClaims| {
+        doc.scopes
+            .iter()
+            .any(|d| d.resource == r.resource && d.scope == r.scope)
+    };
+    // With prune, every stored row the document lacks is deleted with its grant.
+    let kept: Vec<_> = match prune {
+        true => Vec::new(),
+        false => stored
+            .scopes
+            .iter()
+            .filter(|r| !in_doc(r))
+            .cloned()
+            .collect(),
+    };
+    let left = rows_left_ungranted(&kept, &stored.mappings, &result);
+    if !left.is_empty() {
+        return Err(import_leaves_ungranted(&left).into());
     }
     Ok(())
 }
@@ -155,12 +174,13 @@ pub async fn import(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    Query(q): Query<ImportQuery>,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Json<ImportDiff>, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let q: ImportQuery = parse_query(query.as_deref())?;
     let doc = parse_document(&headers, &body)?;
-    let stored = st.store.export().await?.mappings;
+    let stored = st.store.export().await?;
     check_document(&st, &doc, &stored, q.prune)?;
     let r = st
         .store

@@ -11,56 +11,49 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 use sqlx::Row;
 
 use super::audit::insert_audit;
+use super::etag::{parse_if_match, ETag};
 use super::sql::{
     decode_mapping, decode_scope_claims, unavailable, upsert_mapping, upsert_scope_claims,
     write_error, MAPPING_COLUMNS,
 };
 use super::{
-    validate_mapping, validate_scope_claims, AuditRecord, Mapping, ScopeClaims, SqlStore,
-    StoreError,
+    check_scope_granted, rows_left_ungranted, scope_row_names, validate_mapping,
+    validate_scope_claims, AuditRecord, Mapping, ScopeClaims, SqlStore, StoreError,
 };
 
-/// An entity tag: the first 16 bytes of the SHA-256 of the entity's JSON, in hex. Equal
-/// content has the equal tag, so a tag names a state, not a write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ETag(String);
-
-impl ETag {
-    /// The tag of `v`.
-    pub fn of<T: Serialize>(v: &T) -> ETag {
-        let bytes = serde_json::to_vec(v).unwrap_or_default();
-        ETag(hex::encode(&Sha256::digest(&bytes)[..16]))
-    }
-
-    /// The quoted form sent in `ETag` and expected in `If-Match`.
-    pub fn quoted(&self) -> String {
-        format!("\"{}\"", self.0)
-    }
-
-    /// Parses one quoted strong tag (`"..."`); weak tags (`W/"..."`) never match a write.
-    pub fn parse_quoted(s: &str) -> Option<ETag> {
-        let inner = s.trim().strip_prefix('"')?.strip_suffix('"')?;
-        (!inner.is_empty() && inner.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| ETag(inner.to_ascii_lowercase()))
-    }
-}
-
-/// What a write expects to find.
+/// What a write expects to find. Unmet, a write fails with
+/// [`StoreError::PreconditionFailed`] (412), also when the entity does not exist and
+/// `If-Match` asked for one (RFC 9110 §13.1.1); a delete then fails with
+/// [`StoreError::NotFound`]: without the condition it would not succeed either (§13.2.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Precondition {
     /// Nothing: create or replace.
     None,
     /// The entity must not exist (create).
     Absent,
-    /// The entity must exist.
+    /// The entity must exist (`If-Match: *`).
     Exists,
-    /// The entity must exist with this tag (`If-Match`).
+    /// The entity must exist with this tag.
     Matches(ETag),
+    /// The entity must exist with one of these tags (an `If-Match` list; empty when it
+    /// named only weak or foreign tags: then no state matches).
+    MatchesAny(Vec<ETag>),
+}
+
+impl Precondition {
+    /// The precondition of an `If-Match` value (its field lines joined with commas); the
+    /// error says why the value is malformed (400).
+    pub fn if_match(value: &[u8]) -> Result<Precondition, String> {
+        match parse_if_match(value) {
+            Ok(None) => Ok(Precondition::Exists),
+            Ok(Some(tags)) => Ok(Precondition::MatchesAny(tags)),
+            Err(e) => Err(format!("malformed If-Match: {e}")),
+        }
+    }
 }
 
 /// Who makes a change, for the audit log.
@@ -146,6 +139,15 @@ trait Entity: Serialize + Clone + PartialEq + Send + Sync + Sized {
     async fn delete(c: &mut AnyConnection, key: &Self::Key) -> Result<bool, StoreError>;
     /// Every stored entity of the kind, in export order.
     async fn read_all(c: &mut AnyConnection) -> Result<Vec<Self>, StoreError>;
+    /// Refuses, inside the write's transaction and after it, a change from `before` to
+    /// `after` that leaves a scope row granted by no mapping: a scope row is never dead
+    /// configuration (it would make the export fail to import), and with one writer at
+    /// a time no concurrent write slips between this check and the commit.
+    async fn check_grants(
+        c: &mut AnyConnection,
+        before: Option<&Self>,
+        after: Option<&Self>,
+    ) -> Result<(), StoreError>;
 }
 
 #[async_trait]
@@ -207,6 +209,66 @@ impl Entity for Mapping {
         .map_err(unavailable)?;
         rows.iter().map(decode_mapping).collect()
     }
+    async fn check_grants(
+        c: &mut AnyConnection,
+        before: Option<&Self>,
+        after: Option<&Self>,
+    ) -> Result<(), StoreError> {
+        // Only the scopes the old state granted and the new one does not can be lost;
+        // most writes lose none and read nothing more.
+        let Some(old) = before else { return Ok(()) };
+        let kept =
+            |s: &String| after.is_some_and(|n| n.resource == old.resource && n.scopes.contains(s));
+        if old.scopes.iter().all(kept) {
+            return Ok(());
+        }
+        let rows = scope_rows_of(c, &old.resource).await?;
+        if !rows
+            .iter()
+            .any(|r| old.scopes.contains(&r.scope) && !kept(&r.scope))
+        {
+            return Ok(());
+        }
+        let now = mappings_of(c, &old.resource).await?;
+        let left = rows_left_ungranted(&rows, std::slice::from_ref(old), &now);
+        if left.is_empty() {
+            return Ok(());
+        }
+        let verb = if left.len() == 1 { "is" } else { "are" };
+        Err(StoreError::Conflict(format!(
+            "{} {verb} granted only by this mapping ({}): delete them first, or grant their scopes in another mapping of resource {:?}",
+            scope_row_names(&left),
+            old.name,
+            old.resource
+        )))
+    }
+}
+
+/// The scope rows of `resource`, in a transaction.
+async fn scope_rows_of(
+    c: &mut AnyConnection,
+    resource: &str,
+) -> Result<Vec<ScopeClaims>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT resource, scope, claims FROM scope_claims WHERE resource = $1 ORDER BY scope",
+    )
+    .bind(resource)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(unavailable)?;
+    rows.iter().map(decode_scope_claims).collect()
+}
+
+/// The mappings of `resource`, in a transaction.
+async fn mappings_of(c: &mut AnyConnection, resource: &str) -> Result<Vec<Mapping>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {MAPPING_COLUMNS} FROM mappings WHERE resource = $1"
+    ))
+    .bind(resource)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(unavailable)?;
+    rows.iter().map(decode_mapping).collect()
 }
 
 #[async_trait]
@@ -277,6 +339,18 @@ impl Entity for ScopeClaims {
         .map_err(unavailable)?;
         rows.iter().map(decode_scope_claims).collect()
     }
+    async fn check_grants(
+        c: &mut AnyConnection,
+        _: Option<&Self>,
+        after: Option<&Self>,
+    ) -> Result<(), StoreError> {
+        // The API checked this before the write; here a mapping change that committed
+        // in between cannot make the row dead.
+        match after {
+            Some(row) => check_scope_granted(row, &mappings_of(c, &row.resource).await?),
+            None => Ok(()),
+        }
+    }
 }
 
 fn revision(row: &sqlx::any::AnyRow) -> Result<i64, StoreError> {
@@ -306,22 +380,27 @@ fn change(
     }
 }
 
-/// Checks `pre` against the stored state (`current`), claiming the row when it exists.
+/// Checks `pre` against the stored state (`current`), claiming the row when it exists;
+/// `missing` is the error when `pre` needs an entity and there is none.
 async fn check_precondition<T: Entity>(
     c: &mut AnyConnection,
     key: &T::Key,
     current: Option<&(T, i64)>,
     pre: &Precondition,
+    missing: fn(String) -> StoreError,
 ) -> Result<(), StoreError> {
     let target = T::target(key);
     match (pre, current) {
         (Precondition::Absent, Some(_)) => {
             return Err(StoreError::Conflict(format!("{target} already exists")))
         }
-        (Precondition::Exists | Precondition::Matches(_), None) => {
-            return Err(StoreError::NotFound(target))
+        (Precondition::Exists | Precondition::Matches(_) | Precondition::MatchesAny(_), None) => {
+            return Err(missing(target))
         }
         (Precondition::Matches(tag), Some((item, _))) if ETag::of(item) != *tag => {
+            return Err(StoreError::PreconditionFailed(target))
+        }
+        (Precondition::MatchesAny(tags), Some((item, _))) if !tags.contains(&ETag::of(item)) => {
             return Err(StoreError::PreconditionFailed(target))
         }
         _ => {}
@@ -354,9 +433,11 @@ impl SqlStore {
         let key = item.key();
         let (_w, mut tx) = self.begin_write().await?;
         let current = T::read(&mut tx, &key).await?;
-        check_precondition::<T>(&mut tx, &key, current.as_ref(), &pre).await?;
+        let missing = StoreError::PreconditionFailed;
+        check_precondition::<T>(&mut tx, &key, current.as_ref(), &pre, missing).await?;
         let created = current.is_none();
         T::upsert(&mut tx, item, created).await?;
+        T::check_grants(&mut tx, current.as_ref().map(|(c, _)| c), Some(item)).await?;
         let action = format!("{}.{}", T::KIND, if created { "create" } else { "update" });
         let before = current.as_ref().and_then(|(c, _)| to_json(c));
         insert_audit(
@@ -386,11 +467,12 @@ impl SqlStore {
         } else {
             pre
         };
-        check_precondition::<T>(&mut tx, key, current.as_ref(), &pre).await?;
+        check_precondition::<T>(&mut tx, key, current.as_ref(), &pre, StoreError::NotFound).await?;
         let Some((old, _)) = current else {
             return Err(StoreError::NotFound(T::target(key)));
         };
         T::delete(&mut tx, key).await?;
+        T::check_grants(&mut tx, Some(&old), None).await?;
         let action = format!("{}.delete", T::KIND);
         insert_audit(
             &mut tx,
@@ -484,8 +566,16 @@ impl SqlStore {
         }
         let (_w, mut tx) = self.begin_write().await?;
         let mut diff = ImportDiff::default();
-        apply_all::<Mapping>(&mut tx, &doc.mappings, prune, actor, &mut diff).await?;
+        let before = apply_all::<Mapping>(&mut tx, &doc.mappings, prune, actor, &mut diff).await?;
         apply_all::<ScopeClaims>(&mut tx, &doc.scopes, prune, actor, &mut diff).await?;
+        let after = mappings_after_import(&before, &doc.mappings, prune);
+        // Rows a prune deleted are gone by now: only those the import keeps can be left
+        // ungranted (the API refuses this before, from the document; here it is atomic).
+        let left_rows = ScopeClaims::read_all(&mut tx).await?;
+        let left = rows_left_ungranted(&left_rows, &before, &after);
+        if !left.is_empty() {
+            return Err(import_leaves_ungranted(&left));
+        }
         let nothing =
             diff.added.is_empty() && diff.changed.is_empty() && (diff.removed.is_empty() || !prune);
         if dry_run || nothing {
@@ -499,17 +589,38 @@ impl SqlStore {
     }
 }
 
+/// The mappings a store holds after importing `wanted` over `stored`.
+pub fn mappings_after_import(stored: &[Mapping], wanted: &[Mapping], prune: bool) -> Vec<Mapping> {
+    let mut after = wanted.to_vec();
+    if !prune {
+        let named: std::collections::HashSet<&str> =
+            wanted.iter().map(|w| w.name.as_str()).collect();
+        let kept = stored.iter().filter(|s| !named.contains(s.name.as_str()));
+        after.extend(kept.cloned());
+    }
+    after
+}
+
+/// The refusal of an import that would leave the stored scope rows `left` granted by no
+/// mapping (409: the document conflicts with what the store holds).
+pub fn import_leaves_ungranted(left: &[&ScopeClaims]) -> StoreError {
+    StoreError::Conflict(format!(
+        "{} would be granted by no mapping after this import: keep a mapping that grants them, delete them first, or import with prune=true (which deletes what the document lacks)",
+        scope_row_names(left)
+    ))
+}
+
 /// Applies one kind of a document: removed (with prune) and changed entries are deleted
 /// first, then changed and added ones inserted, so swaps between entries (a subject
 /// moving from one mapping to another, a claim moving between scopes) do not trip the
-/// per-row checks on a half-written state.
+/// per-row checks on a half-written state. Returns what was stored before.
 async fn apply_all<T: Entity>(
     c: &mut AnyConnection,
     wanted: &[T],
     prune: bool,
     actor: &Actor,
     diff: &mut ImportDiff,
-) -> Result<(), StoreError> {
+) -> Result<Vec<T>, StoreError> {
     let stored: Vec<T> = T::read_all(c).await?;
     let target = |x: &T| T::target(&x.key());
     let mut seen = std::collections::BTreeSet::new();
@@ -565,5 +676,5 @@ async fn apply_all<T: Entity>(
         )
         .await?;
     }
-    Ok(())
+    Ok(stored)
 }

@@ -15,6 +15,7 @@
 mod audit;
 mod cached;
 mod changes;
+mod etag;
 mod index;
 mod managed;
 mod revocations;
@@ -31,7 +32,11 @@ use serde_json::{Map, Value};
 pub use audit::{AuditEvent, AuditQuery, AuditRecord};
 pub use cached::PolicyCache;
 pub use changes::CHANNEL as CHANGE_CHANNEL;
-pub use managed::{Actor, ETag, ImportDiff, PolicyDocument, Precondition, Saved, ScopeKey};
+pub use etag::ETag;
+pub use managed::{
+    import_leaves_ungranted, mappings_after_import, Actor, ImportDiff, PolicyDocument,
+    Precondition, Saved, ScopeKey,
+};
 pub use revocations::{
     validate_revocation, NewRevocation, Revocation, RevocationChanges, RevocationStore,
     RevocationTarget, LOG_RETENTION,
@@ -79,7 +84,7 @@ pub struct RateLimit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mapping {
-    /// Unique name (`[A-Za-z0-9._-]`, at most 128 bytes).
+    /// Unique name (`[A-Za-z0-9._-]`, at most 128 bytes, not only dots).
     pub name: String,
     /// SPIFFE ID pattern: `spiffe://td/exact/id`, `spiffe://td/prefix/*`, `spiffe://td/*`.
     pub subject: String,
@@ -275,6 +280,15 @@ pub async fn seed(
     Ok(written)
 }
 
+/// Why a name made only of dots is refused: the management API addresses names as URL
+/// path segments, and clients resolve `.` and `..` away (even percent-encoded), so such
+/// a name could never be read, changed or deleted.
+const ONLY_DOTS: &str = "cannot be made only of dots (a URL path could not address it)";
+
+fn only_dots(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b == b'.')
+}
+
 fn check_name(name: &str) -> Result<(), StoreError> {
     if name.is_empty() || name.len() > 128 {
         return Err(invalid("name", "must be 1 to 128 bytes"));
@@ -285,19 +299,33 @@ fn check_name(name: &str) -> Result<(), StoreError> {
     {
         return Err(invalid("name", "may only contain [A-Za-z0-9._-]"));
     }
+    if only_dots(name) {
+        return Err(invalid("name", ONLY_DOTS));
+    }
     Ok(())
 }
 
 /// Whether `s` may be stored as a scope: an RFC 6749 §3.3 scope-token (core's one rule)
-/// of at most 256 bytes.
+/// of at most 256 bytes, not made only of dots (a scope row is addressed by it).
 pub fn is_scope_token(s: &str) -> bool {
-    s.len() <= 256 && meshpass_core::oauth::is_scope_token(s)
+    s.len() <= 256 && meshpass_core::oauth::is_scope_token(s) && !only_dots(s)
+}
+
+/// Why `s` is no scope token: dots get their own message.
+fn not_a_scope_token(s: &str) -> String {
+    if only_dots(s) {
+        format!("{s:?} {ONLY_DOTS}")
+    } else {
+        format!("{s:?} is not a valid scope token")
+    }
 }
 
 fn check_resource(resource: &str) -> Result<(), StoreError> {
-    Audience::parse(resource)
-        .map(|_| ())
-        .map_err(|e| invalid("resource", e.to_string()))
+    Audience::parse(resource).map_err(|e| invalid("resource", e.to_string()))?;
+    if only_dots(resource) {
+        return Err(invalid("resource", ONLY_DOTS));
+    }
+    Ok(())
 }
 
 fn check_unique<'a>(
@@ -333,10 +361,7 @@ pub fn validate_mapping(m: &Mapping) -> Result<(), StoreError> {
     check_unique("audiences", m.audiences.iter())?;
     for s in &m.scopes {
         if !is_scope_token(s) {
-            return Err(invalid(
-                "scopes",
-                format!("{s:?} is not a valid scope token"),
-            ));
+            return Err(invalid("scopes", not_a_scope_token(s)));
         }
     }
     check_unique("scopes", m.scopes.iter())?;
@@ -399,16 +424,51 @@ pub fn check_scope_granted(row: &ScopeClaims, mappings: &[Mapping]) -> Result<()
     }
 }
 
+/// The rows of `rows` that a mapping of `before` grants and none of `after` does: the
+/// dead configuration a change from `before` to `after` would leave. A row no mapping
+/// granted before (written around the service) is not the change's doing, and not listed.
+pub fn rows_left_ungranted<'r>(
+    rows: &'r [ScopeClaims],
+    before: &[Mapping],
+    after: &[Mapping],
+) -> Vec<&'r ScopeClaims> {
+    let (was, is) = (grants(before), grants(after));
+    rows.iter()
+        .filter(|r| {
+            let key = (r.resource.as_str(), r.scope.as_str());
+            was.contains(&key) && !is.contains(&key)
+        })
+        .collect()
+}
+
+/// Every `(resource, scope)` the mappings grant.
+fn grants(mappings: &[Mapping]) -> BTreeSet<(&str, &str)> {
+    mappings
+        .iter()
+        .flat_map(|m| m.scopes.iter().map(|s| (m.resource.as_str(), s.as_str())))
+        .collect()
+}
+
+/// `scope row R/S` or `scope rows R/S, R/T`, for a message.
+pub fn scope_row_names(rows: &[&ScopeClaims]) -> String {
+    let names: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{}/{}", r.resource, r.scope))
+        .collect();
+    let plural = if names.len() == 1 { "" } else { "s" };
+    format!("scope row{plural} {}", names.join(", "))
+}
+
 /// Validates one scope-claims row on its own; `participant_claim` is reserved too.
 pub fn validate_scope_claims(row: &ScopeClaims, participant_claim: &str) -> Result<(), StoreError> {
     check_resource(&row.resource)?;
     if !is_scope_token(&row.scope) {
-        return Err(invalid("scope", "not a valid scope token"));
+        return Err(invalid("scope", not_a_scope_token(&row.scope)));
     }
     if row.claims.is_empty() {
         return Err(invalid("claims", "must set at least one claim"));
     }
-    for name in row.claims.keys() {
+    for (name, value) in &row.claims {
         if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
             return Err(invalid(
                 "claims",
@@ -421,8 +481,32 @@ pub fn validate_scope_claims(row: &ScopeClaims, participant_claim: &str) -> Resu
                 "is reserved and cannot be set by a scope",
             ));
         }
+        if nests_deeper_than(value, MAX_CLAIM_DEPTH) {
+            return Err(invalid(
+                format!("claims.{name}"),
+                format!("nests arrays or objects more than {MAX_CLAIM_DEPTH} deep"),
+            ));
+        }
     }
     Ok(())
+}
+
+/// Deepest nesting of arrays and objects a claim value may have. An export wraps the
+/// value in four more levels and JSON readers stop at 128 (serde_json, serde_yaml): far
+/// below that, every stored row reads back, in an import and in a minted token.
+pub const MAX_CLAIM_DEPTH: usize = 32;
+
+/// Whether `v` nests arrays or objects more than `limit` deep (stops looking there, so
+/// the recursion is bounded by `limit` whatever the value).
+fn nests_deeper_than(v: &Value, limit: usize) -> bool {
+    let Some(rest) = limit.checked_sub(1) else {
+        return matches!(v, Value::Array(_) | Value::Object(_));
+    };
+    match v {
+        Value::Array(a) => a.iter().any(|c| nests_deeper_than(c, rest)),
+        Value::Object(o) => o.values().any(|c| nests_deeper_than(c, rest)),
+        _ => false,
+    }
 }
 
 /// Checks that `row` sets no claim another scope of the same resource sets differently.
