@@ -178,8 +178,8 @@ enum Scopes {
 enum Audit {
     /// Shows the newest events (and keeps following with --follow).
     Tail {
-        /// How many.
-        #[arg(long, short = 'n', default_value_t = 20)]
+        /// How many (1 to 1000, the API's page size).
+        #[arg(long, short = 'n', default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
         lines: u32,
         /// Keep polling for new events.
         #[arg(long)]
@@ -514,6 +514,23 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("meshpassctl: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn audit_tail_takes_1_to_1000_lines_as_the_api_does() {
+        let parse = |n: &str| Cli::try_parse_from(["meshpassctl", "audit", "tail", "-n", n]);
+        assert!(parse("1").is_ok());
+        assert!(parse("1000").is_ok());
+        for bad in ["0", "1001"] {
+            let e = parse(bad).err().unwrap();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
         }
     }
 }
