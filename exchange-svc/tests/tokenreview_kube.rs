@@ -103,6 +103,18 @@ fn explicit(api: &KubeApi, dir: &std::path::Path) -> String {
     )
 }
 
+/// An exchange for `ledger` (DELEGATED_LEDGER lets batch act) with an actor token.
+fn ledger_form_with_actor(subject: &str, actor: &str) -> String {
+    exchange_form(
+        subject,
+        &[
+            ("resource", "ledger"),
+            ("actor_token", actor),
+            ("actor_token_type", JWT_TYPE),
+        ],
+    )
+}
+
 fn assert_invalid_grant(a: &Answer, what: &str) {
     assert_eq!(a.status, 400, "{what}: {}", a.json);
     assert_eq!(a.json["error"], "invalid_grant", "{what}: {}", a.json);
@@ -136,14 +148,7 @@ async fn an_actor_token_from_a_reviewed_issuer_is_reviewed_too_and_a_refusal_is_
     let dir = tempfile::tempdir().unwrap();
     let svc = Service::start_with(&explicit(&api, dir.path()), false, DELEGATED_LEDGER).await;
     let (subject, actor) = (svc.sa_token(0), svc.sa_token_of("batch", 0));
-    let form = exchange_form(
-        &subject,
-        &[
-            ("resource", "ledger"),
-            ("actor_token", &actor),
-            ("actor_token_type", JWT_TYPE),
-        ],
-    );
+    let form = ledger_form_with_actor(&subject, &actor);
     // The API server authenticates web's token, but its review of batch's names
     // another user (as for a deleted pod's reused name): the actor token is refused
     // although its signature is good.
@@ -173,14 +178,7 @@ async fn an_actor_that_may_not_act_for_the_subject_is_refused_before_the_api_ser
     // ledger lets only batch act: another workload's good token is refused on the
     // mapping alone, without a round trip to the API server for it.
     let (subject, actor) = (svc.sa_token(0), svc.sa_token_of("other", 0));
-    let form = exchange_form(
-        &subject,
-        &[
-            ("resource", "ledger"),
-            ("actor_token", &actor),
-            ("actor_token_type", JWT_TYPE),
-        ],
-    );
+    let form = ledger_form_with_actor(&subject, &actor);
     let a = post_token_as(&svc.app, form, Some(WEB)).await;
     assert_eq!(a.status, 400, "{}", a.json);
     assert_eq!(a.json["error"], "unauthorized_client", "{}", a.json);

@@ -154,14 +154,7 @@ impl ExchangeService {
         cmd.arg("serve").arg("--config").arg(&self.config_path);
         // The generated file is the whole configuration: no developer Vault settings
         // leak in.
-        for var in [
-            "VAULT_ADDR",
-            "VAULT_TOKEN",
-            "VAULT_CACERT",
-            "VAULT_NAMESPACE",
-            "BAO_ADDR",
-            "BAO_TOKEN",
-        ] {
+        for var in crate::VAULT_ENV {
             cmd.env_remove(var);
         }
         cmd.env("NO_COLOR", "1");

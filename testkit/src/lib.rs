@@ -35,7 +35,7 @@ use std::path::PathBuf;
 
 /// The variables with which the Vault client takes its address, token, CA and
 /// namespace from the environment over its configuration (`VAULT_*`, `BAO_*`).
-const VAULT_ENV: [&str; 8] = [
+pub(crate) const VAULT_ENV: [&str; 8] = [
     "VAULT_ADDR",
     "VAULT_TOKEN",
     "VAULT_CACERT",
