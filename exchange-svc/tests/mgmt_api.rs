@@ -308,14 +308,7 @@ async fn import_dry_run_reports_the_diff_and_apply_changes_all_at_once(db: Db) {
     assert_eq!(st, 200, "{diff}");
     assert_eq!(s.get("/api/v1/mappings/web-to-payments").await.0, 404);
     // YAML export round-trips through import with nothing to do.
-    let yaml = s
-        .req(Method::GET, "/api/v1/export?format=yaml", Some(ADMIN))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let yaml = s.get_text("/api/v1/export?format=yaml").await;
     let r = s
         .req(Method::POST, "/api/v1/import", Some(ADMIN))
         .header("content-type", "application/yaml")
@@ -469,14 +462,7 @@ async fn rates_read_back_exactly_as_written_down_to_the_documented_minimum(db: D
         .post("/api/v1/import", &json!({ "mappings": mappings }))
         .await;
     assert_eq!(st, 200, "{diff}");
-    let exported = s
-        .req(Method::GET, "/api/v1/export", Some(ADMIN))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exported = s.get_text("/api/v1/export").await;
     for r in &rates {
         // Compared as text: the shortest form that reads back as exactly this double.
         let written = format!("\"per_second\":{}", serde_json::to_string(r).unwrap());

@@ -252,6 +252,16 @@ impl Service {
             .await
     }
 
+    /// The body of a `GET` as an admin, as text (YAML, or JSON compared as written).
+    pub async fn get_text(&self, path: &str) -> String {
+        let resp = self
+            .req(reqwest::Method::GET, path, Some(ADMIN))
+            .send()
+            .await
+            .unwrap();
+        resp.text().await.unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Option<String>, Value) {
         self.send(
             self.req(reqwest::Method::POST, path, Some(ADMIN))
