@@ -234,9 +234,42 @@ async fn a_revocation_that_would_take_the_feed_past_what_filters_read_is_refused
     assert!(delta.len() <= 4 << 20, "{} bytes", delta.len());
 }
 
+async fn polls_with_many_distinct_since_values_keep_one_copy_of_the_snapshot(db: Db) {
+    let s = Service::start(db).await;
+    for i in 0..40 {
+        revoke(
+            &s,
+            "subject",
+            &format!("spiffe://cluster.local/ns/n{i}/sa/svc"),
+            None,
+        )
+        .await;
+    }
+    let (st, _, v) = poll(&s, Some(WEB), "?since=0", None).await;
+    assert_eq!(st, 200);
+    let version = v["version"].as_u64().unwrap();
+    let snapshot = serde_json::to_vec(&v).unwrap().len();
+    // Any workload that may call /token can poll: `since` values past the version (or
+    // 0) all get the snapshot, and must not each keep a copy of it.
+    for since in (version + 1)..(version + 201) {
+        let (st, _, v) = poll(&s, Some(WEB), &format!("?since={since}"), None).await;
+        assert_eq!(
+            (st, v["full"].as_bool()),
+            (200, Some(true)),
+            "since={since}"
+        );
+    }
+    let held = s.state.revocations.memo_bytes();
+    assert!(
+        held <= 2 * snapshot,
+        "200 polls kept {held} bytes of feed answers for a {snapshot}-byte snapshot"
+    );
+}
+
 on_both_backends!(
     snapshot_delta_and_not_modified_follow_the_version,
     the_feed_is_refused_to_a_caller_that_may_not_call_token,
     a_lapsed_revocation_is_reported_removed_with_a_new_version,
     a_revocation_that_would_take_the_feed_past_what_filters_read_is_refused,
+    polls_with_many_distinct_since_values_keep_one_copy_of_the_snapshot,
 );

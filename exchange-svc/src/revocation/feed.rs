@@ -97,7 +97,10 @@ async fn serve(st: &AppState, request: Request) -> Result<Response, ApiError> {
     if (since == version && since != 0) || if_none_match(&parts.headers) == Some(version) {
         return Ok(answer(StatusCode::NOT_MODIFIED, version, None));
     }
-    if let Some(body) = revs.memo_get(since, version) {
+    // Every snapshot answer is memoised under 0, so `since` values that all get the
+    // snapshot (0, past the version, older than the log) share one copy.
+    let memo_key = if since > version { 0 } else { since };
+    if let Some(body) = revs.memo_get(memo_key, version) {
         return Ok(answer(StatusCode::OK, version, Some(body)));
     }
     let changes = store.revocation_changes(since).await.map_err(unavailable)?;
@@ -105,6 +108,7 @@ async fn serve(st: &AppState, request: Request) -> Result<Response, ApiError> {
         return Ok(answer(StatusCode::NOT_MODIFIED, changes.version, None));
     }
     let body = render(&changes).map_err(|e| ApiError::Internal(e.to_string()))?;
-    revs.memo_put(since, changes.version, body.clone());
+    let memo_key = if changes.full { 0 } else { since };
+    revs.memo_put(memo_key, changes.version, body.clone());
     Ok(answer(StatusCode::OK, changes.version, Some(body)))
 }

@@ -30,6 +30,9 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most memoised feed answers (one per distinct `since` at the current version).
 const MAX_MEMO: usize = 4096;
+/// Most bytes of memoised feed answers: deltas from old `since`s can be nearly
+/// snapshot-sized, and the log reaches back 10,000 versions.
+const MAX_MEMO_BYTES: usize = 32 << 20;
 
 #[derive(Clone)]
 struct Entry {
@@ -64,7 +67,9 @@ pub struct RevocationSet {
     /// The store version it reflects (local writes may be applied on top).
     pub version: u64,
     entries: Vec<Entry>,
-    jtis: HashMap<String, usize>,
+    /// Every entry revoking each `jti` (one may be revoked more than once, with
+    /// different `until`s).
+    jtis: HashMap<String, Vec<usize>>,
     earliest_until: Option<u64>,
 }
 
@@ -74,12 +79,12 @@ impl RevocationSet {
     }
 
     fn of_entries(version: u64, entries: Vec<Entry>) -> Self {
-        let jtis = entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.rev.target == RevocationTarget::Jti)
-            .map(|(i, e)| (e.rev.matches.clone(), i))
-            .collect();
+        let mut jtis: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            if e.rev.target == RevocationTarget::Jti {
+                jtis.entry(e.rev.matches.clone()).or_default().push(i);
+            }
+        }
         let earliest_until = entries.iter().filter_map(|e| e.rev.until).min();
         RevocationSet {
             version,
@@ -110,9 +115,12 @@ impl RevocationSet {
 
     /// The revocation of the participant token `jti` at `now`.
     pub fn jti(&self, jti: &str, now: u64) -> Option<&Revocation> {
-        let i = *self.jtis.get(jti)?;
-        let e = self.entries.get(i)?;
-        e.rev.active_at(now).then_some(&e.rev)
+        self.jtis
+            .get(jti)?
+            .iter()
+            .filter_map(|&i| self.entries.get(i))
+            .find(|e| e.rev.active_at(now))
+            .map(|e| &e.rev)
     }
 
     fn find(&self, target: RevocationTarget, id: &SpiffeId, now: u64) -> Option<&Revocation> {
@@ -354,11 +362,20 @@ impl Revocations {
 
     fn memo_put(&self, since: u64, version: u64, body: Bytes) {
         if let Ok(mut m) = self.memo.lock() {
-            if m.len() >= MAX_MEMO {
+            let held: usize = m.values().map(|(_, b)| b.len()).sum();
+            if m.len() >= MAX_MEMO || held + body.len() > MAX_MEMO_BYTES {
                 m.clear();
             }
             m.insert(since, (version, body));
         }
+    }
+
+    /// Bytes held by memoised feed answers.
+    pub fn memo_bytes(&self) -> usize {
+        self.memo
+            .lock()
+            .map(|m| m.values().map(|(_, b)| b.len()).sum())
+            .unwrap_or(0)
     }
 }
 
@@ -430,6 +447,27 @@ mod tests {
         assert!(set.jti("j", 100).is_none());
         assert!(set.lapse_due(100));
         assert!(set.active(100).is_empty());
+    }
+
+    #[test]
+    fn a_jti_revoked_twice_stays_revoked_while_either_revocation_is_in_force() {
+        // Nothing makes a jti unique in the store: revoked for good, then for a while.
+        for order in [["forever", "for-a-while"], ["for-a-while", "forever"]] {
+            let revs = order
+                .iter()
+                .map(|name| {
+                    let until = (*name == "for-a-while").then_some(1_000);
+                    rev(name, RevocationTarget::Jti, "jti-1", until)
+                })
+                .collect();
+            let set = RevocationSet::build(2, revs);
+            assert!(set.jti("jti-1", 500).is_some(), "{order:?}");
+            assert_eq!(
+                set.jti("jti-1", 2_000).map(|r| r.id.as_str()),
+                Some("forever"),
+                "{order:?}: the lapsed one hid the one in force"
+            );
+        }
     }
 
     #[test]
