@@ -198,6 +198,10 @@ impl Worker {
         ) else {
             return Stored::NotCached;
         };
+        // A memo hit is checked against a clock up to one tick old, and a refresh is
+        // dispatched on a tick: both must be done a tick before the entry ends, or a
+        // long `tick_ms` would serve an answer past the subject token's expiry.
+        let refresh_ms = refresh_ms.min(expires_ms.saturating_sub(self.config.tick_ms));
         let e = Entry {
             id: cache::id(key),
             expires_ms,

@@ -205,6 +205,26 @@ pub struct RevocationSet {
     patterns: Vec<String>,
 }
 
+/// Indexes `key` to revocation `id`, unless the one it already names lasts at least as
+/// long: one subject or `jti` may be revoked more than once, and the entry lasting
+/// longest is in force whenever any is (activity is only `until`), so one lookup stays
+/// exact.
+fn keep_longest(
+    index: &mut HashMap<String, String>,
+    by_id: &BTreeMap<String, Revocation>,
+    key: &str,
+    id: &str,
+) {
+    // `None` (for good) lasts longest: order by (is for good, until).
+    let lasts = |id: &str| by_id.get(id).map(|r| (r.until.is_none(), r.until));
+    match index.get(key) {
+        Some(held) if lasts(held) >= lasts(id) => {}
+        _ => {
+            index.insert(key.to_owned(), id.to_owned());
+        }
+    }
+}
+
 impl RevocationSet {
     /// The feed version this set is at (0: none yet).
     pub fn version(&self) -> u64 {
@@ -244,12 +264,8 @@ impl RevocationSet {
         };
         for (id, r) in &by_id {
             match &r.kind {
-                Kind::Subject(sub) => {
-                    s.subjects.insert(sub.clone(), id.clone());
-                }
-                Kind::Jti(j) => {
-                    s.jtis.insert(j.clone(), id.clone());
-                }
+                Kind::Subject(sub) => keep_longest(&mut s.subjects, &by_id, sub, id),
+                Kind::Jti(j) => keep_longest(&mut s.jtis, &by_id, j, id),
                 Kind::SubjectPattern(_) => s.patterns.push(id.clone()),
                 Kind::Caller(_) => {}
             }
@@ -451,6 +467,27 @@ mod tests {
         assert_eq!((set.version(), set.len()), (5, 4));
         assert_eq!(set.subject("spiffe://td/ns/a/sa/b", 0), None);
         assert_eq!(set.subject("spiffe://td/ns/e/sa/f", 0), Some("why rv-5"));
+    }
+
+    #[test]
+    fn a_subject_or_jti_revoked_twice_stays_revoked_while_either_is_in_force() {
+        // The service lets one subject or jti be revoked more than once: here for good
+        // and for a while, the lapsing one under either id order.
+        for (forever, brief) in [("rv-a", "rv-b"), ("rv-b", "rv-a")] {
+            let s = "spiffe://td/ns/a/sa/b";
+            let snap = feed(serde_json::json!({"version": 2, "full": true, "added": [
+                sub(forever, s),
+                {"id": brief, "target": "subject", "match": s, "reason": "brief", "until": 100},
+                {"id": format!("{forever}-j"), "target": "jti", "match": "j-1", "reason": "leaked"},
+                {"id": format!("{brief}-j"), "target": "jti", "match": "j-1", "reason": "brief", "until": 100},
+            ]}))
+            .unwrap();
+            let set = RevocationSet::default().apply(snap).unwrap();
+            assert!(set.subject(s, 50).is_some());
+            let later = format!("why {forever}");
+            assert_eq!(set.subject(s, 200), Some(later.as_str()), "{forever}");
+            assert_eq!(set.jti("j-1", 200), Some("leaked"), "{forever}");
+        }
     }
 
     #[test]

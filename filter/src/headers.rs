@@ -51,7 +51,7 @@ impl Headers {
     }
 
     /// Header hygiene: removes every client-sent `x-meshpass-*` (whole map), or just
-    /// `x-meshpass-subject` with one read (per-name mode, where the filter overwrites it
+    /// `x-meshpass-subject` with one removal (per-name mode, where the filter overwrites it
     /// anyway when it sets it).
     pub(crate) fn strip_reserved(&self, host: &mut dyn Host, cfg: &Config) {
         match &self.0 {
@@ -60,9 +60,9 @@ impl Headers {
                     host.remove_header(k);
                 }
             }
-            None if !cfg.set_subject_header && host.header(SUBJECT_HEADER).is_some() => {
-                host.remove_header(SUBJECT_HEADER);
-            }
+            // Removed unread: a read cannot see a value that is not UTF-8, and a
+            // removal costs one host call as the read did.
+            None if !cfg.set_subject_header => host.remove_header(SUBJECT_HEADER),
             None => {}
         }
     }

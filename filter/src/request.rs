@@ -93,6 +93,19 @@ impl Worker {
             return Ok(None);
         }
         let Some(raw) = headers.get(host, ":path") else {
+            if headers.get_bytes(host, ":path").is_some() {
+                // Not UTF-8: no rule could be matched against it faithfully, and
+                // treating it as no path would give it the default rule.
+                self.bump(Counter::DeniedBadPath);
+                send_error(
+                    host,
+                    400,
+                    "invalid_request",
+                    "the request path is not valid UTF-8",
+                    None,
+                );
+                return Err(Verdict::Pause);
+            }
             return Ok(None);
         };
         let path = normalise(&raw);

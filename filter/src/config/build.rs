@@ -185,6 +185,15 @@ fn check_path(field: &str, p: String) -> Result<String, ConfigError> {
     Ok(p)
 }
 
+/// An `:authority` the filter sends: a host[:port] (an Envoy cluster name where it
+/// defaults to one); a space or control character would make every call fail.
+fn check_authority(field: &str, a: String) -> Result<String, ConfigError> {
+    if a.is_empty() || a.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(err(field, "must be a host[:port]"));
+    }
+    Ok(a)
+}
+
 fn check_mode(raw: &RawConfig) -> Result<Mode, ConfigError> {
     match (raw.mode, raw.insecure_disable_binding) {
         (Mode::NoneInsecure, false) => Err(err(
@@ -263,7 +272,11 @@ fn exchange(
     };
     Ok(Exchange {
         path: check_path("exchange.path", raw.path)?,
-        authority: raw.authority.unwrap_or_else(|| raw.cluster.clone()),
+        authority: match raw.authority.unwrap_or_else(|| raw.cluster.clone()) {
+            // The benchmark aid never calls out.
+            a if validate_only && a.is_empty() => a,
+            a => check_authority("exchange.authority", a)?,
+        },
         timeout_ms: raw.timeout_ms,
         actor_token_header,
         cluster: raw.cluster,
@@ -280,7 +293,7 @@ fn revocation(
 ) -> Result<Option<Revocation>, ConfigError> {
     let raw = raw.unwrap_or(RawRevocation {
         enabled: None,
-        poll_interval_ms: default_poll_interval_ms(),
+        poll_interval_ms: None,
         path: default_revocation_path(),
         cluster: None,
         authority: None,
@@ -296,10 +309,14 @@ fn revocation(
         None if validate_only => return Ok(None),
         _ => {}
     }
-    if !(100..=3_600_000).contains(&raw.poll_interval_ms) {
+    // Unwritten, it follows a tick longer than its default (polls start on the tick).
+    let poll_interval_ms = raw
+        .poll_interval_ms
+        .unwrap_or_else(|| default_poll_interval_ms().max(tick_ms));
+    if !(100..=3_600_000).contains(&poll_interval_ms) {
         return Err(err("revocation.poll_interval_ms", "must be 100..=3600000"));
     }
-    if raw.poll_interval_ms < tick_ms {
+    if poll_interval_ms < tick_ms {
         return Err(err(
             "revocation.poll_interval_ms",
             "must be at least tick_ms (the feed is polled on the tick)",
@@ -316,10 +333,10 @@ fn revocation(
     if cluster.trim().is_empty() {
         return Err(err("revocation.cluster", "must not be empty"));
     }
-    let authority = raw.authority.unwrap_or_else(|| exchange.authority.clone());
-    if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return Err(err("revocation.authority", "must be a host[:port]"));
-    }
+    let authority = check_authority(
+        "revocation.authority",
+        raw.authority.unwrap_or_else(|| exchange.authority.clone()),
+    )?;
     let id = hex(&Sha256::digest(
         format!("{cluster}\n{authority}\n{path}").as_bytes(),
     ))[..16]
@@ -327,7 +344,7 @@ fn revocation(
     Ok(Some(Revocation {
         cluster,
         authority,
-        poll_interval_ms: raw.poll_interval_ms,
+        poll_interval_ms,
         path,
         set_key: format!("meshpass/rv/{id}"),
         lease_key: format!("meshpass/rv-lease/{id}"),
@@ -451,7 +468,10 @@ fn key_source(
                 .jwks_path
                 .ok_or_else(|| err(f("jwks_path"), "is required with jwks_cluster"))?;
             let path = check_path(&f("jwks_path"), path)?;
-            let authority = s.jwks_authority.unwrap_or_else(|| cluster.clone());
+            let authority = check_authority(
+                &f("jwks_authority"),
+                s.jwks_authority.unwrap_or_else(|| cluster.clone()),
+            )?;
             if s.jwks_refresh_secs == 0 {
                 return Err(err(f("jwks_refresh_secs"), "must be positive"));
             }
@@ -598,6 +618,10 @@ fn target(field: &str, t: RawTarget, policy_digest: &[u8; 32]) -> Result<Target,
     }
     let mut h = Sha256::new();
     h.update(policy_digest);
+    // Requests coalesce on this digest (one exchange, every waiter given its outcome):
+    // they must share their outage behaviour, or a `deny` request waiting on an
+    // `allow` one's exchange would be forwarded without a credential.
+    h.update([u8::from(t.failure_mode == FailureMode::Allow)]);
     let resource = t.resource.as_deref().unwrap_or("");
     h.update((resource.len() as u64).to_be_bytes());
     h.update(resource.as_bytes());

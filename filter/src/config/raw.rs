@@ -102,8 +102,9 @@ pub(super) struct RawRevocation {
     /// Default: on whenever an exchange is configured.
     #[serde(default)]
     pub(super) enabled: Option<bool>,
-    #[serde(default = "default_poll_interval_ms")]
-    pub(super) poll_interval_ms: u64,
+    /// Default: [`default_poll_interval_ms`], or `tick_ms` when that is longer.
+    #[serde(default)]
+    pub(super) poll_interval_ms: Option<u64>,
     #[serde(default = "default_revocation_path")]
     pub(super) path: String,
     /// Default: `exchange.cluster`.

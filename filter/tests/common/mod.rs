@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod http;
+pub mod raw_host;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};

@@ -91,6 +91,21 @@ fn refuses_invalid_configs_naming_the_field() {
             Box::new(|c| c["exchange"]["actor_token_header"] = json!("x-actor")),
             "exchange.actor_token_header",
         ),
+        // Checked also where no revocation section inherits it (revocation is off here).
+        (
+            Box::new(|c| c["exchange"]["authority"] = json!("exchange test")),
+            "exchange.authority",
+        ),
+        (
+            Box::new(|c| {
+                let i = c["issuers"][0].as_object_mut().unwrap();
+                i.remove("jwks");
+                i.insert("jwks_cluster".into(), json!("jwks"));
+                i.insert("jwks_path".into(), json!("/keys"));
+                i.insert("jwks_authority".into(), json!("spire\r\nx: y"));
+            }),
+            "issuers[0].jwks_authority",
+        ),
     ];
     for (edit, field) in cases {
         let mut cfg = base_config(&key);
@@ -290,4 +305,27 @@ fn a_key_dropped_from_an_inline_jwks_is_named_with_its_reason_in_the_start_warni
         .unwrap()
         .warnings()
         .is_empty());
+}
+
+#[test]
+fn a_long_tick_alone_is_accepted_with_revocation_polled_on_every_tick() {
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg.as_object_mut().unwrap().remove("revocation");
+    cfg["tick_ms"] = json!(10_000);
+    // Revocation on by default: its default interval follows the tick.
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert_eq!(c.revocation.unwrap().poll_interval_ms, 10_000);
+    cfg["revocation"] = json!({"path": "/revocations"});
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert_eq!(c.revocation.unwrap().poll_interval_ms, 10_000);
+    // A short tick keeps the 5 s default.
+    cfg["tick_ms"] = json!(1_000);
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    assert_eq!(c.revocation.unwrap().poll_interval_ms, 5_000);
+    // Written below the tick: still refused, naming what was written.
+    cfg["tick_ms"] = json!(10_000);
+    cfg["revocation"] = json!({"poll_interval_ms": 5_000});
+    let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+    assert_eq!(e.field, "revocation.poll_interval_ms", "{e}");
 }

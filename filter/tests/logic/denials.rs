@@ -122,3 +122,31 @@ fn no_matching_rule_without_default_is_403() {
     assert_eq!(f.host.replies[&1].status, 403);
     assert_eq!(f.count(Counter::DeniedNoRule), 1);
 }
+
+/// "Rules match on a normalised path": a `:path` holding a byte that is not UTF-8
+/// (here in its query) is refused, never matched as if the request had no path (which
+/// would give it the default rule's target and failure mode).
+#[test]
+fn a_path_that_is_not_utf8_is_refused_not_matched_as_no_path() {
+    let f = fixture_with(|c| {
+        c["rules"] = json!([{"path_prefix": "/admin", "resource": "https://admin.test"}]);
+        c["default_rule"] = json!({"resource": "https://orders.test", "failure_mode": "allow"});
+    });
+    let t = f.token(ALICE);
+    let mut host = common::raw_host::RawHost {
+        m: f.host,
+        raw: Vec::new(),
+    };
+    let mut w = f.w;
+    host.raw = vec![
+        (b":path".to_vec(), b"/admin/users?q=\xff".to_vec()),
+        (
+            b"authorization".to_vec(),
+            format!("Bearer {t}").into_bytes(),
+        ),
+    ];
+    host.m.ctx = 1;
+    assert_eq!(w.on_request(&mut host, 1), Verdict::Pause);
+    assert_eq!(host.m.replies.get(&1).map(|r| r.status), Some(400));
+    assert!(host.m.enqueued.is_empty() && host.m.dispatched.is_empty());
+}

@@ -511,3 +511,77 @@ fn a_token_whose_slot_keeps_a_longer_lived_entry_is_memoised_not_exchanged_on_ev
     }
     panic!("no two of 400 token pairs shared a slot");
 }
+
+/// Two rules with one target share an exchange; on an outage each request keeps its
+/// own rule's `failure_mode`: a `deny` request is never forwarded without a credential
+/// because an `allow` one was waiting on the same exchange.
+#[test]
+fn a_deny_rule_request_coalesced_with_an_allow_rule_request_never_fails_open() {
+    let mut f = fixture_with(|c| {
+        c["rules"] = json!([{
+            "path_prefix": "/public",
+            "resource": "https://orders.test",
+            "failure_mode": "allow",
+        }]);
+        c["default_rule"] = json!({"resource": "https://orders.test"});
+    });
+    let t = f.token(ALICE);
+    let auth = format!("Bearer {t}");
+    for (ctx, path) in [(1, "/public/x"), (2, "/admin")] {
+        let v = f.send(ctx, &[(":path", path), ("authorization", &auth)]);
+        assert_eq!(v, Verdict::Pause, "{path}");
+    }
+    kick(&mut f.host, &mut f.w);
+    assert!(!f.host.dispatched.is_empty());
+    // The exchange service is down: every exchange sent gets a 503.
+    for call in f
+        .host
+        .dispatched
+        .iter()
+        .map(|d| d.token)
+        .collect::<Vec<_>>()
+    {
+        let resp = CallResponse {
+            status: Some(503),
+            retry_after: None,
+            body: Vec::new(),
+        };
+        f.w.on_call_response(&mut f.host, call, resp);
+    }
+    assert!(
+        f.host.resumed.contains(&1),
+        "the allow rule's request goes on"
+    );
+    assert!(
+        !f.host.resumed.contains(&2),
+        "the deny rule's request was forwarded without a credential: {:?}",
+        f.host.replies.get(&2)
+    );
+    assert_eq!(f.host.replies.get(&2).map(|r| r.status), Some(503));
+}
+
+/// The warm (memo) hit reads a clock up to one `tick_ms` old (up to 60 s): a memoised
+/// answer must still never outlive its cache entry, which ends before the subject
+/// token does.
+#[test]
+fn a_memo_hit_never_serves_a_subject_token_past_its_expiry_with_a_long_tick() {
+    let mut f = fixture_with(|c| c["tick_ms"] = json!(60_000));
+    // A 20 s JWT-SVID (leeway: the default 30 s).
+    let t = f.key.svid(ISS, AUD, ALICE, f.now, 20);
+    assert_eq!(f.send_token(1, &t), Verdict::Pause);
+    f.answer(ok_response("participant", 300));
+    assert_eq!(f.host.resumed, vec![1]);
+    // Served from shared data once: memoised from here.
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    // 55 s on, before the next tick: the subject token expired 35 s ago, past the
+    // leeway, and the cache entry ended at 18 s.
+    f.host.now_ms = (f.now + 55) * 1000;
+    let v = f.send_token(3, &t);
+    assert!(
+        v == Verdict::Pause && f.host.replies.get(&3).is_none_or(|r| r.status == 401),
+        "an expired subject token was served from the memo: {v:?}, authorization {:?}",
+        f.host.req_header(3, "authorization")
+    );
+}

@@ -177,3 +177,29 @@ fn mode_none_skips_binding() {
     f.answer(ok_response("p", 300));
     assert_eq!(f.host.resumed, vec![1]);
 }
+
+/// `insecure_keep_x_meshpass_headers` still strips every client-sent
+/// `x-meshpass-subject`, whatever bytes its value holds.
+#[test]
+fn per_name_mode_strips_a_client_sent_subject_header_that_is_not_utf8() {
+    let f = fixture_with(|c| c["insecure_keep_x_meshpass_headers"] = json!(true));
+    let mut host = common::raw_host::RawHost {
+        m: f.host,
+        raw: Vec::new(),
+    };
+    let mut w = f.w;
+    host.raw = vec![
+        (b":path".to_vec(), b"/healthz".to_vec()),
+        (
+            b"x-meshpass-subject".to_vec(),
+            b"spiffe://cluster.local/ns/shop/sa/admin\xff".to_vec(),
+        ),
+    ];
+    host.m.ctx = 1;
+    assert_eq!(w.on_request(&mut host, 1), Verdict::Continue);
+    let forged = host.raw.iter().find(|(k, _)| k == b"x-meshpass-subject");
+    assert!(
+        forged.is_none(),
+        "a client-sent x-meshpass-subject reached the app: {forged:?}"
+    );
+}
