@@ -448,37 +448,7 @@ impl Config {
                 ));
             }
             if let Some(tr) = &iss.token_review {
-                match (&tr.url, tr.in_cluster) {
-                    (Some(u), false) => {
-                        check_url(&format!("{f}.token_review.url"), u)?;
-                    }
-                    (None, true) => {
-                        if tr.ca_file.is_some() || tr.bearer_token_file.is_some() {
-                            return Err(bad(
-                                format!("{f}.token_review.in_cluster"),
-                                "uses the pod's service-account CA and token: remove ca_file and bearer_token_file",
-                            ));
-                        }
-                    }
-                    (Some(_), true) => {
-                        return Err(bad(
-                            format!("{f}.token_review.url"),
-                            "set url or in_cluster = true, not both",
-                        ));
-                    }
-                    (None, false) => {
-                        return Err(bad(
-                            format!("{f}.token_review.url"),
-                            "is required unless in_cluster = true",
-                        ));
-                    }
-                }
-                if tr.timeout_secs == 0 {
-                    return Err(bad(
-                        format!("{f}.token_review.timeout_secs"),
-                        "must be at least 1",
-                    ));
-                }
+                tr.check(&format!("{f}.token_review"))?;
             }
         }
         let mut names = std::collections::BTreeSet::new();

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use meshpass_exchange::config::{Config, LogFormat};
+use meshpass_exchange::server::ServeError;
 
 // Every request allocates (hyper's buffers, the form, claims, JSON): with the C
 // library's malloc that was 14 % of a true-cold exchange's CPU under `perf` on glibc
@@ -89,7 +90,11 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "meshpass-exchange stopped");
-                    ExitCode::FAILURE
+                    // 2, as for a file that does not parse: the configuration is at fault.
+                    match e {
+                        ServeError::Config(_) | ServeError::Seed(_) => ExitCode::from(2),
+                        _ => ExitCode::FAILURE,
+                    }
                 }
             }
         }

@@ -28,6 +28,9 @@ pub enum ServeError {
     /// The store could not be set up.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The configured mappings or scope claims cannot be applied to the store.
+    #[error("configuration refused by the store: {0}")]
+    Seed(StoreError),
     /// The signer could not be built.
     #[error("signer: {0}")]
     Signer(String),
@@ -40,8 +43,10 @@ pub enum ServeError {
 }
 
 /// Migrates and seeds the store; when the database is down, keeps retrying in the
-/// background (the service answers 503 and `/readyz` says why meanwhile).
-pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) {
+/// background (the service answers 503 and `/readyz` says why meanwhile). Seeding
+/// refused (the configured rows are invalid against what is stored) is an error: the
+/// service does not start on a configuration it cannot apply.
+pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) -> Result<(), StoreError> {
     let mappings = cfg.mappings.clone();
     let scope_claims = cfg.scope_claims.clone();
     let attempt = {
@@ -63,10 +68,8 @@ pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) {
         }
     };
     match attempt().await {
-        Ok(()) => {}
-        Err(e @ (StoreError::Invalid { .. } | StoreError::Conflict(_))) => {
-            tracing::error!(error = %e, "seeding mappings from the configuration failed");
-        }
+        Ok(()) => Ok(()),
+        Err(e @ (StoreError::Invalid { .. } | StoreError::Conflict(_))) => Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "store not ready; retrying in the background");
             tokio::spawn(async move {
@@ -75,6 +78,12 @@ pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) {
                     tokio::time::sleep(backoff).await;
                     match attempt().await {
                         Ok(()) => break,
+                        Err(e @ (StoreError::Invalid { .. } | StoreError::Conflict(_))) => {
+                            // Retrying cannot help; the service goes on with the
+                            // store as it is (and says so at every start).
+                            tracing::error!(error = %e, "seeding mappings from the configuration was refused");
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "store still not ready");
                             backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -82,6 +91,7 @@ pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) {
                     }
                 }
             });
+            Ok(())
         }
     }
 }
@@ -300,7 +310,9 @@ impl prometheus::core::Collector for VaultCollector {
 /// `meshpass-exchange serve`.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim)?);
-    prepare_store(Arc::clone(&store), &cfg).await;
+    prepare_store(Arc::clone(&store), &cfg)
+        .await
+        .map_err(ServeError::Seed)?;
     let keys = IssuerKeys::from_config(&cfg)?;
     if tokio::time::timeout(Duration::from_secs(10), keys.refresh_all())
         .await

@@ -292,3 +292,58 @@ fn check_config_refuses_time_settings_that_defeat_their_rule() {
         assert_eq!(code, Some(0), "{edit} / {vault}: {}", err);
     }
 }
+
+/// Runs `serve` until it exits (at most 60 s): its exit code and everything it wrote.
+fn serve_until_exit(dir: &std::path::Path, toml: &str) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(write(dir, toml))
+        .env("MESHPASS__SERVER__LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (code, out)
+}
+
+#[test]
+fn serve_refuses_to_start_when_a_configured_scope_row_is_granted_by_no_mapping() {
+    let dir = tempfile::tempdir().unwrap();
+    // A typo'd scope: the row would sit in the store adding claims to no token.
+    let toml = good(dir.path()).replacen(
+        "[vault]",
+        "[[scope_claims]]\nresource = \"payments\"\nscope = \"wirte\"\nclaims = { flag = true }\n\n[vault]",
+        1,
+    );
+    let (code, out) = serve_until_exit(dir.path(), &toml);
+    assert_eq!(code, Some(2), "it did not refuse to start: {out}");
+    assert!(out.contains("scope_claims[2]"), "{out}");
+    assert!(out.contains("wirte"), "{out}");
+}

@@ -286,3 +286,25 @@ jwks = '{}'
     assert_eq!(get(home.sign(&claims(K8S))).await, 200);
     assert_eq!(api.access_reviews().len(), 1);
 }
+
+#[test]
+fn management_kubernetes_refuses_in_cluster_beside_a_ca_or_token_file_as_token_review_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    // `url` swapped for in_cluster: the CA and token files would be silently ignored.
+    let toml = service_toml(
+        dir.path(),
+        "https://api.test",
+        &ca,
+        &TestIssuer::new(K8S, "sa-1"),
+        "",
+        "",
+    )
+    .replace("url = \"https://api.test\"", "in_cluster = true");
+    let path = dir.path().join("meshpass.toml");
+    std::fs::write(&path, toml).unwrap();
+    let e = meshpass_exchange::config::Config::load(Some(&path)).unwrap_err();
+    let e = e.to_string();
+    assert!(e.contains("management.kubernetes.in_cluster"), "{e}");
+    assert!(e.contains("remove ca_file and bearer_token_file"), "{e}");
+}

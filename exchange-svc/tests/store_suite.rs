@@ -129,6 +129,31 @@ async fn upsert_replaces_and_seeding_twice_changes_nothing(b: &dyn Backend) {
     assert_eq!(s.list_mappings().await.unwrap().len(), 1);
 }
 
+async fn seeding_refuses_a_scope_row_no_mapping_grants_and_names_it(b: &dyn Backend) {
+    let s = open(b).await;
+    // Granted by a mapping stored before (not in the seeded file): accepted.
+    s.put_mapping(&mapping("web-pay", "spiffe://td/ns/shop/*", "payments"))
+        .await
+        .unwrap();
+    let granted = claims("payments", "read", json!({"r": 1}));
+    assert_eq!(
+        seed(&s, &[], std::slice::from_ref(&granted)).await.unwrap(),
+        1
+    );
+    let typo = claims("payments", "raed", json!({"q": 1}));
+    let other = claims("orders", "read", json!({"o": 1}));
+    for (rows, index) in [(vec![granted.clone(), typo], 1), (vec![other], 0)] {
+        match seed(&s, &[], &rows).await {
+            Err(StoreError::Invalid { field, reason }) => {
+                assert_eq!(field, format!("scope_claims[{index}].scope"), "{reason}");
+                assert!(reason.contains("grants it"), "{reason}");
+            }
+            other => panic!("{rows:?}: {other:?}"),
+        }
+    }
+    assert_eq!(s.list_scope_claims().await.unwrap(), vec![granted]);
+}
+
 async fn refuses_reserved_claims_bad_patterns_and_bad_values(b: &dyn Backend) {
     let s = open(b).await;
     for field in ["allowed_callers", "allowed_actors"] {
@@ -468,6 +493,7 @@ macro_rules! both_backends {
 both_backends!(
     round_trips_mappings_and_scope_claims,
     upsert_replaces_and_seeding_twice_changes_nothing,
+    seeding_refuses_a_scope_row_no_mapping_grants_and_names_it,
     refuses_reserved_claims_bad_patterns_and_bad_values,
     refuses_conflicting_claims_and_duplicate_subject_resource_pairs,
     deletes_mappings_and_scope_claims,

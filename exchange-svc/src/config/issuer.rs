@@ -192,6 +192,36 @@ fn default_review_timeout() -> u64 {
     5
 }
 
+impl TokenReviewConfig {
+    /// Checks where the API server is and how long to wait; `prefix` names the section
+    /// in errors (`issuers[0].token_review`, `management.kubernetes`).
+    pub fn check(&self, prefix: &str) -> Result<(), ConfigError> {
+        let f = |k: &str| format!("{prefix}.{k}");
+        match (&self.url, self.in_cluster) {
+            (Some(u), false) => {
+                super::check_url(&f("url"), u)?;
+            }
+            (None, true) if self.ca_file.is_some() || self.bearer_token_file.is_some() => {
+                return Err(bad(
+                    f("in_cluster"),
+                    "uses the pod's service-account CA and token: remove ca_file and bearer_token_file",
+                ));
+            }
+            (None, true) => {}
+            (Some(_), true) => {
+                return Err(bad(f("url"), "set url or in_cluster = true, not both"));
+            }
+            (None, false) => {
+                return Err(bad(f("url"), "is required unless in_cluster = true"));
+            }
+        }
+        if self.timeout_secs == 0 {
+            return Err(bad(f("timeout_secs"), "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// Where an issuer's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySourceConfig {

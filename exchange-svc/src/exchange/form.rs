@@ -3,6 +3,7 @@
 
 use axum::body::{to_bytes, Body, Bytes};
 use axum::http::{header, HeaderMap};
+use meshpass_core::audience::Audience;
 use meshpass_core::oauth::{
     TokenExchangeRequest, MAX_FORM_BYTES, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT,
 };
@@ -89,13 +90,12 @@ pub(crate) fn target(req: &TokenExchangeRequest) -> Result<String, ApiError> {
         .or_else(|| req.audience.first())
         .cloned()
         .ok_or_else(|| ApiError::InvalidRequest("resource or audience is required".into()))?;
-    // No mapping can name one (writes refuse control characters), and PostgreSQL
-    // refuses a NUL in any query: answer here, not with a store error.
-    if target.chars().any(char::is_control) {
-        return Err(ApiError::InvalidTarget(
-            "the resource or audience contains a control character".into(),
-        ));
-    }
+    // Mapping writes take a resource only through `Audience::parse`, so a value it
+    // refuses names no mapping; PostgreSQL would also refuse a NUL in any query:
+    // answer here, not with a store error.
+    Audience::parse(&target).map_err(|e| {
+        ApiError::InvalidTarget(format!("the resource or audience is unusable: {e}"))
+    })?;
     Ok(target)
 }
 
@@ -168,5 +168,17 @@ mod tests {
             "a"
         );
         assert!(target(&request(BASE)).is_err());
+    }
+
+    #[test]
+    fn a_target_no_mapping_could_name_is_an_invalid_target() {
+        let long = "r".repeat(1025);
+        for bad in ["pay%00ments", "a%0Ab", long.as_str()] {
+            let got = target(&request(&format!("{BASE}&resource={bad}")));
+            assert!(
+                matches!(got, Err(ApiError::InvalidTarget(_))),
+                "{bad:?}: {got:?}"
+            );
+        }
     }
 }

@@ -66,21 +66,15 @@ impl KubeAuthzConfig {
         }
     }
 
-    /// Checks the section (field names under `management.kubernetes`).
+    /// Checks the section (field names under `management.kubernetes`), by the same
+    /// rule as `issuers[].token_review`.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let f = |k: &str| format!("management.kubernetes.{k}");
-        match (&self.url, self.in_cluster) {
-            (Some(u), false) => crate::config::check_url(&f("url"), u)
-                .map(|_| ())
-                .map_err(|e| (f("url"), e.to_string())),
-            (None, true) => Ok(()),
-            (Some(_), true) => Err((f("url"), "set url or in_cluster = true, not both".into())),
-            (None, false) => Err((f("url"), "is required unless in_cluster = true".into())),
-        }?;
-        if self.timeout_secs == 0 {
-            return Err((f("timeout_secs"), "must be at least 1".into()));
-        }
-        Ok(())
+        self.client_config()
+            .check("management.kubernetes")
+            .map_err(|e| match e {
+                crate::config::ConfigError::Invalid { field, reason } => (field, reason),
+                e => ("management.kubernetes".into(), e.to_string()),
+            })
     }
 }
 

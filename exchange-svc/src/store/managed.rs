@@ -17,8 +17,8 @@ use sqlx::Row;
 use super::audit::insert_audit;
 use super::etag::{parse_if_match, ETag};
 use super::sql::{
-    decode_mapping, decode_scope_claims, unavailable, upsert_mapping, upsert_scope_claims,
-    write_error, MAPPING_COLUMNS,
+    decode_mapping, decode_scope_claims, mapping_rows, scope_claim_rows, unavailable,
+    upsert_mapping, upsert_scope_claims, write_error, MAPPING_COLUMNS,
 };
 use super::{
     check_scope_granted, rows_left_ungranted, scope_row_names, validate_mapping,
@@ -222,7 +222,11 @@ impl Entity for Mapping {
         if old.scopes.iter().all(kept) {
             return Ok(());
         }
-        let rows = scope_rows_of(c, &old.resource).await?;
+        let rows = scope_claim_rows(c, &old.resource)
+            .await?
+            .iter()
+            .map(decode_scope_claims)
+            .collect::<Result<Vec<_>, _>>()?;
         if !rows
             .iter()
             .any(|r| old.scopes.contains(&r.scope) && !kept(&r.scope))
@@ -244,31 +248,13 @@ impl Entity for Mapping {
     }
 }
 
-/// The scope rows of `resource`, in a transaction.
-async fn scope_rows_of(
-    c: &mut AnyConnection,
-    resource: &str,
-) -> Result<Vec<ScopeClaims>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT resource, scope, claims FROM scope_claims WHERE resource = $1 ORDER BY scope",
-    )
-    .bind(resource)
-    .fetch_all(&mut *c)
-    .await
-    .map_err(unavailable)?;
-    rows.iter().map(decode_scope_claims).collect()
-}
-
 /// The mappings of `resource`, in a transaction.
 async fn mappings_of(c: &mut AnyConnection, resource: &str) -> Result<Vec<Mapping>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {MAPPING_COLUMNS} FROM mappings WHERE resource = $1"
-    ))
-    .bind(resource)
-    .fetch_all(&mut *c)
-    .await
-    .map_err(unavailable)?;
-    rows.iter().map(decode_mapping).collect()
+    mapping_rows(c, resource)
+        .await?
+        .iter()
+        .map(decode_mapping)
+        .collect()
 }
 
 #[async_trait]

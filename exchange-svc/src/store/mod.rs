@@ -257,7 +257,9 @@ pub trait MappingStore: Send + Sync {
 }
 
 /// Seeds mappings and scope claims (from the config file): idempotent upserts that
-/// leave identical rows untouched. Returns how many rows were written.
+/// leave identical rows untouched. Returns how many rows were written. A scope row no
+/// mapping of its resource grants (in the file or already stored) is refused, naming
+/// it as `scope_claims[i].scope`.
 pub async fn seed(
     store: &dyn MappingStore,
     mappings: &[Mapping],
@@ -271,7 +273,16 @@ pub async fn seed(
         }
     }
     let existing = store.list_scope_claims().await?;
-    for row in scope_claims {
+    for (i, row) in scope_claims.iter().enumerate() {
+        // The same rule as the management API's: a row no mapping grants adds claims to
+        // no token, so it is a mistake (usually a typo'd scope) to say, not to store.
+        let granted_by = store.resource_policy(&row.resource).await?.mappings;
+        check_scope_granted(row, &granted_by).map_err(|e| match e {
+            StoreError::Invalid { reason, .. } => {
+                invalid(format!("scope_claims[{i}].scope"), reason)
+            }
+            e => e,
+        })?;
         if !existing.contains(row) {
             store.put_scope_claims(row).await?;
             written += 1;

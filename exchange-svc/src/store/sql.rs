@@ -263,6 +263,35 @@ pub(super) const MAPPING_COLUMNS: &str =
     "name, subject, resource, participant, audiences, scopes, ttl_secs, rate_per_second, rate_burst, \
      allowed_callers, allowed_actors";
 
+/// The rows of `resource`'s mappings, by name; decoded by [`decode_mapping`] (the
+/// caller chooses where: a large resource decodes off the async workers).
+pub(super) async fn mapping_rows(
+    c: &mut AnyConnection,
+    resource: &str,
+) -> Result<Vec<AnyRow>, StoreError> {
+    sqlx::query(&format!(
+        "SELECT {MAPPING_COLUMNS} FROM mappings WHERE resource = $1 ORDER BY name"
+    ))
+    .bind(resource)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(unavailable)
+}
+
+/// The rows of `resource`'s scope claims, by scope; decoded by [`decode_scope_claims`].
+pub(super) async fn scope_claim_rows(
+    c: &mut AnyConnection,
+    resource: &str,
+) -> Result<Vec<AnyRow>, StoreError> {
+    sqlx::query(
+        "SELECT resource, scope, claims FROM scope_claims WHERE resource = $1 ORDER BY scope",
+    )
+    .bind(resource)
+    .fetch_all(&mut *c)
+    .await
+    .map_err(unavailable)
+}
+
 pub(super) fn decode_mapping(row: &AnyRow) -> Result<Mapping, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
     let name: String = row.try_get("name").map_err(|e| corrupt(&e))?;
@@ -453,23 +482,11 @@ impl SqlStore {
 impl MappingStore for SqlStore {
     async fn resource_policy(&self, resource: &str) -> Result<ResourcePolicy, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let rows = sqlx::query(&format!(
-            "SELECT {MAPPING_COLUMNS} FROM mappings WHERE resource = $1 ORDER BY name"
-        ))
-        .bind(resource)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+        let rows = mapping_rows(&mut conn, resource).await?;
         if rows.is_empty() {
             return Ok(ResourcePolicy::default());
         }
-        let claim_rows = sqlx::query(
-            "SELECT resource, scope, claims FROM scope_claims WHERE resource = $1 ORDER BY scope",
-        )
-        .bind(resource)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?;
+        let claim_rows = scope_claim_rows(&mut conn, resource).await?;
         drop(conn);
         let large = rows.len() >= super::LARGE_RESOURCE;
         // Decoding and indexing a large resource is CPU work (hundreds of ms for 100,000
