@@ -148,6 +148,32 @@ fn failure_mode_allow_fails_open_in_envoy_only_when_the_service_is_out() {
 }
 
 #[test]
+fn a_deny_rule_request_arriving_during_an_allow_rule_exchange_is_never_forwarded_on_an_outage() {
+    // One target, two outage behaviours; the service takes 800 ms to answer 503.
+    let s = client_sidecar(1, |c| {
+        c["rules"] = json!([
+            {"path_prefix": "/public", "resource": "slow-unavailable", "failure_mode": "allow"},
+            {"path_prefix": "/admin", "resource": "slow-unavailable"},
+        ]);
+    });
+    let t = format!("Bearer {}", s.token());
+    let public = {
+        let (port, t) = (s.port, t.clone());
+        std::thread::spawn(move || get(port, "/public", &[("authorization", &t)]))
+    };
+    // While the /public exchange is in flight.
+    std::thread::sleep(Duration::from_millis(200));
+    let admin = get(s.port, "/admin", &[("authorization", &t)]);
+    let public = public.join().unwrap();
+    assert_eq!(
+        admin.status, 503,
+        "the deny rule's request was forwarded: {admin:?}"
+    );
+    assert_eq!(public.status, 200, "{public:?}");
+    assert!(public.json()["headers"].get("authorization").is_none());
+}
+
+#[test]
 fn a_client_reset_mid_exchange_leaves_the_answer_to_the_other_waiters() {
     use std::io::Write;
     let s = client_sidecar(1, |c| {

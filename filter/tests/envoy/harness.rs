@@ -222,6 +222,10 @@ pub(crate) fn exchange_server(script: Arc<Mutex<Script>>) -> Server {
             "unavailable" => {
                 err(503, "temporarily_unavailable").map(|r| r.with_header("retry-after", "11"))
             }
+            "slow-unavailable" => {
+                std::thread::sleep(Duration::from_millis(800));
+                err(503, "temporarily_unavailable").map(|r| r.with_header("retry-after", "11"))
+            }
             "reset" => None,
             "invalid-request" => err(400, "invalid_request"),
             "garbage" => Some(Response {
