@@ -69,6 +69,11 @@ impl Client {
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .user_agent(concat!("meshpassctl/", env!("CARGO_PKG_VERSION")))
+            // The bearer token goes to --server and nowhere else: no proxy from the
+            // environment (it would see every token), and no redirect (a write
+            // replayed as a GET would read as done, and the token would follow).
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CtlError::Other(e.to_string()))?;
         Ok(Client { http, base, token })
@@ -121,10 +126,19 @@ impl Client {
             req = req.header("if-match", tag);
         }
         let resp = req.send().await.map_err(|e| {
-            CtlError::Unavailable(format!(
-                "cannot reach {}: {e}",
-                url.origin().ascii_serialization()
-            ))
+            if e.is_builder() {
+                // Nothing was sent: the request itself cannot be written.
+                CtlError::Usage(format!(
+                    "cannot build the request (is the token or --if-match one line of printable text?): {}",
+                    with_causes(&e)
+                ))
+            } else {
+                CtlError::Unavailable(format!(
+                    "cannot reach {}: {}",
+                    url.origin().ascii_serialization(),
+                    with_causes(&e)
+                ))
+            }
         })?;
         let status = resp.status();
         let etag = resp
@@ -186,15 +200,36 @@ impl Client {
                 q.push(("cursor", c.clone()));
             }
             let page = self.get(segments, &q).await?;
-            if let Some(a) = page["items"].as_array() {
-                items.extend(a.iter().cloned());
-            }
+            items.extend(page_items(&page)?.iter().cloned());
             match page["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
                 None => return Ok(items),
             }
         }
     }
+}
+
+/// The `items` of a list page; an answer without them is not a page (another server
+/// behind --server, say), never an empty list.
+pub fn page_items(page: &Value) -> Result<&Vec<Value>, CtlError> {
+    page["items"].as_array().ok_or_else(|| {
+        let mut shown = page.to_string();
+        shown.truncate(200);
+        CtlError::Other(format!("unexpected answer (no items list): {shown}"))
+    })
+}
+
+/// An error and its causes, `a: b: c` (reqwest's own text leaves out why a connection
+/// failed: refused, TLS, DNS).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut m = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        m.push_str(": ");
+        m.push_str(&c.to_string());
+        cause = c.source();
+    }
+    m
 }
 
 /// `s` with every byte but the unreserved ones (RFC 3986 §2.3) percent-encoded.

@@ -210,6 +210,9 @@ const AUDIT_COLUMNS: &[Column] = &[
 ];
 const DIFF_COLUMNS: &[Column] = &[("CHANGE", |v| text(&v[0])), ("TARGET", |v| text(&v[1]))];
 
+/// The largest request body the management API reads.
+const MAX_DOCUMENT_BYTES: usize = 8 * 1024 * 1024;
+
 fn token(file: Option<&Path>) -> Result<String, CtlError> {
     let t = match file {
         Some(p) => std::fs::read_to_string(p)
@@ -237,13 +240,17 @@ pub(crate) fn read_input(file: &Path) -> Result<Vec<u8>, CtlError> {
 
 /// The entries of a file: one object, a list, or a document's `key` list.
 fn entries(file: &Path, key: &str) -> Result<Vec<Value>, CtlError> {
-    let v: Value = serde_yaml::from_slice(&read_input(file)?)
+    let raw = read_input(file)?;
+    // JSON as JSON (YAML's parser refuses some valid JSON, e.g. surrogate-pair escapes).
+    let v: Value = serde_json::from_slice(&raw)
+        .or_else(|_| serde_yaml::from_slice(&raw))
         .map_err(|e| CtlError::Usage(format!("{}: not YAML or JSON: {e}", file.display())))?;
     Ok(match v {
         Value::Array(a) => a,
-        Value::Object(ref o) if o.contains_key(key) => {
-            o[key].as_array().cloned().unwrap_or_default()
-        }
+        Value::Object(ref o) if o.contains_key(key) => o[key]
+            .as_array()
+            .cloned()
+            .ok_or_else(|| CtlError::Usage(format!("{}: `{key}` is not a list", file.display())))?,
         other => vec![other],
     })
 }
@@ -289,13 +296,27 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             prune,
         } => {
             let body = read_input(&file)?;
+            // Said before sending: the service refuses it from Content-Length and may
+            // close the connection mid-upload, which would read as an outage.
+            if body.len() > MAX_DOCUMENT_BYTES {
+                return Err(CtlError::Other(format!(
+                    "too_large: {} is {} bytes, over the 8 MiB the API reads",
+                    file.display(),
+                    body.len()
+                )));
+            }
+            let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
+                "application/json"
+            } else {
+                "application/yaml"
+            };
             let q = vec![
                 ("dry_run", dry_run.to_string()),
                 ("prune", prune.to_string()),
             ];
             let url = c.url(&["api", "v1", "import"], &q)?;
             let diff = c
-                .send(Method::POST, url, Some(("application/yaml", body)), None)
+                .send(Method::POST, url, Some((content_type, body)), None)
                 .await?
                 .body;
             let mut rows = Vec::new();
@@ -469,7 +490,7 @@ async fn audit_tail(c: &Client, out: Output, lines: u32, follow: bool) -> Result
     let page = c
         .get(&["api", "v1", "audit"], &[("limit", lines.to_string())])
         .await?;
-    let items = page["items"].as_array().cloned().unwrap_or_default();
+    let items = client::page_items(&page)?.clone();
     print(out, &page, &items, AUDIT_COLUMNS)?;
     let mut last = page["last_id"].as_i64();
     if !follow {
@@ -480,7 +501,7 @@ async fn audit_tail(c: &Client, out: Output, lines: u32, follow: bool) -> Result
         let mut q = vec![("limit", "1000".to_string())];
         q.push(("after", last.unwrap_or(0).to_string()));
         let page = c.get(&["api", "v1", "audit"], &q).await?;
-        for e in page["items"].as_array().into_iter().flatten() {
+        for e in client::page_items(&page)? {
             match out {
                 Output::Table => println!(
                     "{}",

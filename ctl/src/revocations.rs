@@ -129,7 +129,7 @@ pub async fn run(c: &Client, out: Output, cmd: Revocations) -> Result<(), CtlErr
                 .into_iter()
                 .collect();
             let list = c.get(&["api", "v1", "revocations"], &q).await?;
-            let items = list["items"].as_array().cloned().unwrap_or_default();
+            let items = crate::client::page_items(&list)?.clone();
             print(out, &list, &items, COLUMNS)
         }
         Revocations::Get { id } => {
@@ -155,6 +155,9 @@ pub async fn run(c: &Client, out: Output, cmd: Revocations) -> Result<(), CtlErr
                 .send(Method::POST, url, Some(("application/json", body)), None)
                 .await?
                 .body;
+            if r["id"].as_str().is_none() {
+                return Err(CtlError::Other(format!("unexpected answer (no id): {r}")));
+            }
             match out {
                 Output::Table => {
                     println!("revocation {} created", text(&r["id"]));

@@ -1,0 +1,454 @@
+//! `meshpassctl` at its edges: what it sends where (no proxy, no redirect), answers
+//! that are not what it asked for, requests it cannot build, documents it reads and
+//! sends, each against a running service or a minimal stand-in HTTP peer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use assert_cmd::Command;
+use common::*;
+use meshpass_testkit::OpenBao;
+use serde_json::{json, Value};
+
+impl Ctl {
+    /// As `run`, with extra environment variables.
+    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+        let mut cmd = Command::cargo_bin("meshpassctl").unwrap();
+        cmd.env_remove("MESHPASS_TOKEN")
+            .env_remove("MESHPASS_SERVER")
+            .env_remove("HTTP_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("all_proxy")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.arg("--server")
+            .arg(&self.server)
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .args(args)
+            .timeout(Duration::from_secs(60));
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    }
+}
+
+/// A minimal HTTP/1.1 peer on loopback: every request (head and body) is recorded, and
+/// `answer(method, path)` gives the raw response. Returns (base URL, recorded requests).
+fn fake_http(answer: fn(&str, &str) -> String) -> (String, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rec = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let rec = Arc::clone(&rec);
+            std::thread::spawn(move || loop {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match s.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&b[..n]),
+                    }
+                }
+                rec.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..head_end + len]).to_string());
+                let mut first = head.split_whitespace();
+                let (m, p) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+                let resp = answer(m, p);
+                if s.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn http(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+async fn start_service(dir: &Path) -> (OpenBao, Issuer, Ctl, String) {
+    std::env::remove_var("VAULT_ADDR");
+    std::env::remove_var("VAULT_TOKEN");
+    let bao = OpenBao::start();
+    bao.enable_transit();
+    bao.create_transit_key("meshpass-participant", "ecdsa-p256");
+    let issuer = Issuer(p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng));
+    let cfg = config(dir, &issuer, &bao);
+    let (server, token_url) = serve_both(&cfg).await;
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, issuer.token(ADMIN)).unwrap();
+    (bao, issuer, Ctl { server, token_file }, token_url)
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A token file whose content is no header value (two lines, e.g. a token and a
+/// comment, or a pasted token with a line break) is a usage problem (exit 2), but
+/// `meshpassctl` reports the server as unreachable (exit 7, "builder error").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_is_no_header_value_is_usage_not_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, seen) = fake_http(|_, _| http("200 OK", "", r#"{"items": []}"#));
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "eyJhbGciOi.part-one\neyJzdWIi.part-two\n").unwrap();
+    let ctl = Ctl { server, token_file };
+    let (code, _, err) = ctl.run_env(&["mappings", "list"], &[]).await;
+    assert!(seen.lock().unwrap().is_empty(), "nothing was sent");
+    assert_eq!(
+        code, 2,
+        "a bad token file is a usage error, not an outage: {err}"
+    );
+}
+
+/// The server down: the message says where, but not what is wrong (connection refused,
+/// TLS, DNS): reqwest's Display hides its source error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "x.y.z").unwrap();
+    let down = Ctl {
+        server: "http://127.0.0.1:9".into(),
+        token_file: token_file.clone(),
+    };
+    let (code, _, err) = down.run_env(&["mappings", "list"], &[]).await;
+    assert_eq!(code, 7, "{err}");
+    eprintln!("connection refused → {err}");
+    // https against a plain-HTTP listener (a TLS problem, not an outage).
+    let (plain, _) = fake_http(|_, _| http("200 OK", "", "{}"));
+    let tls = Ctl {
+        server: plain.replace("http://", "https://"),
+        token_file,
+    };
+    let (code2, _, err2) = tls.run_env(&["mappings", "list"], &[]).await;
+    eprintln!("TLS to a plain port → exit {code2}: {err2}");
+    assert!(
+        err.to_lowercase().contains("refused"),
+        "the message should say the connection was refused: {err}"
+    );
+    assert!(
+        err2.to_lowercase().contains("tls")
+            || err2.to_lowercase().contains("certificate")
+            || err2.to_lowercase().contains("handshake")
+            || err2.to_lowercase().contains("record"),
+        "the message should say TLS failed: {err2}"
+    );
+}
+
+/// With `HTTP_PROXY` in the environment (common on operator machines), the bearer JWT
+/// of the management API goes to the proxy, even for the loopback default server
+/// (reqwest's system proxy has no loopback exception). README: "It is sent only in
+/// the Authorization header and never printed" – and the API is bound to loopback so a
+/// local operator's token never leaves the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_goes_to_an_environment_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, seen) = fake_http(|_, _| http("502 Bad Gateway", "", ""));
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "header.secret-management-token.sig").unwrap();
+    let ctl = Ctl {
+        server: "http://127.0.0.1:8081".into(),
+        token_file,
+    };
+    let (code, _, err) = ctl
+        .run_env(&["mappings", "list"], &[("HTTP_PROXY", &proxy)])
+        .await;
+    let seen = seen.lock().unwrap().join("\n---\n");
+    eprintln!("exit {code}: {err}");
+    assert!(
+        !seen.contains("secret-management-token"),
+        "the proxy received the bearer token:\n{seen}"
+    );
+}
+
+/// A write answered with a redirect is followed as a GET (302 after POST, 303 after
+/// any method), and the GET's 200 is reported as the write's success: the revocation
+/// was never created, the mapping never deleted, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirected_write_is_not_reported_as_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, seen) = fake_http(|m, p| match (m, p) {
+        ("POST", "/api/v1/revocations") => {
+            http("302 Found", "location: /api/v1/revocations\r\n", "")
+        }
+        ("DELETE", _) => http("303 See Other", &format!("location: {p}\r\n"), ""),
+        ("GET", _) => http(
+            "200 OK",
+            "content-type: application/json\r\n",
+            r#"{"items": [], "version": 0, "name": "inv"}"#,
+        ),
+        _ => http("405 Method Not Allowed", "", ""),
+    });
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "a.b.c").unwrap();
+    let ctl = Ctl { server, token_file };
+    let (code, out, err) = ctl
+        .run_env(
+            &[
+                "revocations",
+                "add",
+                "--subject",
+                "spiffe://cluster.local/ns/shop/sa/web",
+                "--reason",
+                "compromised",
+            ],
+            &[],
+        )
+        .await;
+    let (code2, out2, err2) = ctl.run_env(&["mappings", "delete", "inv"], &[]).await;
+    let methods: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.lines().next().unwrap_or("").to_string())
+        .collect();
+    eprintln!("requests: {methods:?}");
+    assert!(
+        code != 0 && code2 != 0,
+        "POST answered 302 (nothing created): exit {code} {out:?} {err:?}; \
+         DELETE answered 303 (nothing deleted): exit {code2} {out2:?} {err2:?}"
+    );
+}
+
+/// `--server` pointing at something that answers 200 with no page (a web UI, a default
+/// backend, the wrong port behind a proxy): `mappings list` prints an empty table and
+/// exits 0, telling the operator there are no mappings. README: exit 1 for "an
+/// unexpected answer".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_no_page_is_not_an_empty_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = fake_http(|_, _| {
+        http(
+            "200 OK",
+            "content-type: text/html\r\n",
+            "<html><body>Welcome</body></html>",
+        )
+    });
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "a.b.c").unwrap();
+    let ctl = Ctl { server, token_file };
+    let mut zero = Vec::new();
+    for args in [
+        &["mappings", "list"][..],
+        &["scopes", "list"][..],
+        &["revocations", "list"][..],
+        &["audit", "tail"][..],
+    ] {
+        let (code, out, _) = ctl.run_env(args, &[]).await;
+        if code == 0 {
+            zero.push(format!("{args:?} → exit 0, {out:?}"));
+        }
+    }
+    assert!(
+        zero.is_empty(),
+        "an HTML 200 read as an empty list:\n{}",
+        zero.join("\n")
+    );
+}
+
+/// `mappings apply -f` of a document whose `mappings` is not a list (one object
+/// written under the key, or `null`): nothing is sent, nothing printed, exit 0 – even
+/// with the server down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mappings_key_that_is_no_list_is_not_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "a.b.c").unwrap();
+    let ctl = Ctl {
+        server: "http://127.0.0.1:9".into(),
+        token_file,
+    };
+    let f = dir.path().join("m.yaml");
+    std::fs::write(
+        &f,
+        "mappings:\n  name: inv\n  subject: spiffe://cluster.local/ns/shop/*\n  resource: inventory\n  participant: acme\n  ttl_secs: 300\n",
+    )
+    .unwrap();
+    let (code, out, err) = ctl
+        .run_env(&["mappings", "apply", "-f", f.to_str().unwrap()], &[])
+        .await;
+    assert_ne!(code, 0, "nothing applied, yet exit 0: {out:?} {err:?}");
+}
+
+/// Against the real service: a JSON policy document (README: "YAML or JSON"; `export
+/// -o json` writes one) is sent as `application/yaml`, so the service parses it as YAML:
+/// valid JSON that YAML reads differently is refused. A `\uD83D\uDE00` escape (what
+/// Python's json.dump writes for any non-BMP character) is valid JSON, no YAML.
+/// Also: a 9 MiB import is documented as exit 1 (`too_large`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_and_apply_of_json_documents_against_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, _issuer, ctl, _) = start_service(dir.path()).await;
+    let doc = r#"{"mappings": [{"name": "web-to-orders", "subject": "spiffe://cluster.local/ns/shop/sa/web", "resource": "orders", "participant": "acme", "scopes": ["read"], "ttl_secs": 600}],
+ "scopes": [{"resource": "orders", "scope": "read", "claims": {"tier": "gold \ud83d\ude00"}}]}"#;
+    // The API itself takes it as JSON.
+    let token = std::fs::read_to_string(&ctl.token_file).unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/import?dry_run=true", ctl.server))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(doc)
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert_eq!(st, 200, "the API accepts the JSON document: {body}");
+    let f = dir.path().join("policy.json");
+    std::fs::write(&f, doc).unwrap();
+    let (code, out, err) = ctl
+        .run_env(&["import", "--dry-run", "-f", f.to_str().unwrap()], &[])
+        .await;
+    let row = dir.path().join("row.json");
+    std::fs::write(
+        &row,
+        r#"{"resource": "orders", "scope": "read", "claims": {"tier": "gold \ud83d\ude00"}}"#,
+    )
+    .unwrap();
+    let (code2, out2, err2) = ctl
+        .run_env(&["scopes", "apply", "-f", row.to_str().unwrap()], &[])
+        .await;
+    assert_eq!(code, 0, "import of a JSON document: {out} {err}");
+    assert_eq!(code2, 0, "scopes apply of a JSON row: {out2} {err2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_too_large_import_exits_1_as_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, _issuer, ctl, _) = start_service(dir.path()).await;
+    let f = dir.path().join("big.yaml");
+    let mut s = String::from("mappings: []\n");
+    // Just over 8 MiB (README: 413 → exit 1). The service answers 413 from the
+    // Content-Length and closes; whether the client sees it races the upload.
+    while s.len() < 9 * 1024 * 1024 {
+        s.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&f, s).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        let (code, _, err) = ctl
+            .run_env(&["import", "--dry-run", "-f", f.to_str().unwrap()], &[])
+            .await;
+        got.push((code, err.trim().to_string()));
+    }
+    assert!(
+        got.iter().all(|(c, e)| *c == 1 && e.contains("too_large")),
+        "413 too_large should exit 1: {got:#?}"
+    );
+}
+
+/// Sanity: a URI resource is one path segment both ways (apply, get, delete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_resources_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, _issuer, ctl, _) = start_service(dir.path()).await;
+    let m = dir.path().join("m.yaml");
+    std::fs::write(&m, "name: pay\nsubject: spiffe://cluster.local/ns/shop/*\nresource: https://payments.internal/v1\nparticipant: acme\nscopes: [read]\nttl_secs: 300\n").unwrap();
+    let (code, out, err) = ctl
+        .run_env(&["mappings", "apply", "-f", m.to_str().unwrap()], &[])
+        .await;
+    assert_eq!(code, 0, "{out} {err}");
+    let r = dir.path().join("r.yaml");
+    std::fs::write(
+        &r,
+        "resource: https://payments.internal/v1\nscope: read\nclaims: {tier: 1}\n",
+    )
+    .unwrap();
+    let (code, out, err) = ctl
+        .run_env(&["scopes", "apply", "-f", r.to_str().unwrap()], &[])
+        .await;
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, out, err) = ctl
+        .run_env(
+            &[
+                "scopes",
+                "get",
+                "https://payments.internal/v1",
+                "read",
+                "-o",
+                "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, tag, err) = ctl
+        .run_env(
+            &[
+                "scopes",
+                "get",
+                "https://payments.internal/v1",
+                "read",
+                "--etag",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = ctl
+        .run_env(
+            &[
+                "scopes",
+                "delete",
+                "https://payments.internal/v1",
+                "read",
+                "--if-match",
+                tag.trim(),
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(code, 0, "{out} {err}");
+    let (code, _, err) = ctl
+        .run_env(&["audit", "tail", "-n", "5", "-o", "json"], &[])
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let _ = json!({});
+    let _: Option<Value> = None;
+}
