@@ -156,17 +156,21 @@ impl Worker {
         for _ in 0..4 {
             let cas = match host.shared_get(&mk) {
                 Some((v, cas)) => {
-                    if let Marker::InFlight {
-                        deadline_ms,
-                        owner,
-                        id,
-                    } = Marker::decode(&v)
-                    {
-                        if deadline_ms > now && owner != self.owner() {
-                            // The same key: wait for it. Another key in this slot:
-                            // exchange without cross-worker coalescing.
-                            return id != cache::id(key);
+                    match Marker::decode(&v) {
+                        // Another key's live exchange (this worker's too) or its outcome
+                        // its waiters may not have read yet: exchange without
+                        // cross-worker coalescing, never over it.
+                        Marker::InFlight {
+                            deadline_ms: t, id, ..
                         }
+                        | Marker::Done {
+                            until_ms: t, id, ..
+                        } if t > now && id != cache::id(key) => return true,
+                        // The same key in another worker: wait for it.
+                        Marker::InFlight {
+                            deadline_ms, owner, ..
+                        } if deadline_ms > now && owner != self.owner() => return false,
+                        _ => {}
                     }
                     cas
                 }
@@ -215,9 +219,10 @@ impl Worker {
         let mk = cache::marker_key(key, self.config.cache_slots);
         // Readable for two ticks, so a worker that missed the notification still reads it.
         let until_ms = now + 2 * self.config.tick_ms + 1000;
+        // Another key's live exchange or unread outcome holds the slot.
         let foreign_in_flight = host.shared_get(&mk).is_some_and(|(v, _)| {
-            matches!(Marker::decode(&v), Marker::InFlight { deadline_ms, id, .. }
-                if deadline_ms > now && id != cache::id(key))
+            matches!(Marker::decode(&v), Marker::InFlight { deadline_ms: t, id, .. }
+                | Marker::Done { until_ms: t, id, .. } if t > now && id != cache::id(key))
         });
         let m = Marker::Done {
             id: cache::id(key).to_string(),

@@ -146,4 +146,5 @@ mod denials;
 mod exchange;
 mod hygiene;
 mod jwks;
+mod marker_slots;
 mod workers;

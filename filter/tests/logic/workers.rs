@@ -11,14 +11,14 @@ fn second_worker(f: &mut Fixture) -> Worker {
     w2
 }
 
-fn send_on(w: &mut Worker, host: &mut Mock, ctx: u32, token: &str) -> Verdict {
+pub(super) fn send_on(w: &mut Worker, host: &mut Mock, ctx: u32, token: &str) -> Verdict {
     let auth = format!("Bearer {token}");
     host.request(ctx, &[(":path", "/x"), ("authorization", &auth)]);
     w.on_request(host, ctx)
 }
 
 /// Delivers what was enqueued on `w`'s queue, as Envoy's `on_queue_ready` would.
-fn deliver(host: &mut Mock, w: &mut Worker) -> usize {
+pub(super) fn deliver(host: &mut Mock, w: &mut Worker) -> usize {
     let name = w.queue_name().unwrap().to_string();
     let msgs: Vec<Vec<u8>> = host
         .enqueued
