@@ -11,7 +11,7 @@ use meshpass_exchange::signer::{SignError, Signer};
 use meshpass_exchange::vault::{AuthConfig, Secret, TransitSigner, VaultConfig, VaultError};
 use meshpass_testkit::OpenBao;
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vault_common::*;
 
 /// OpenBao with key `k` and a `signer` policy for it.
@@ -366,4 +366,134 @@ async fn the_shipped_vault_policy_lets_the_service_sign_rotate_and_retire_its_ke
         let (status, _) = bao.api_with_token(&token, method, &path, Some(json!({"input": "AA=="})));
         assert_eq!(status, 403, "{method} {path}");
     }
+}
+
+/// A token refused soon after it was obtained is refused for its policy: logins asked
+/// for by refusals back off (0.5 s … 30 s) instead of one per refused signature, each a
+/// new Vault token and an AppRole secret ID's use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_refused_by_policy_do_not_log_in_again_for_each_refusal() {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    // The key may be read (start-up works) but not used to sign: e.g. a policy edit
+    // that dropped `update` on transit/sign, or a policy naming another key.
+    bao.write_policy(
+        "readonly",
+        r#"path "transit/keys/k" { capabilities = ["read"] }"#,
+    );
+    bao.enable_auth("approle", "approle");
+    bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass",
+        Some(json!({ "token_policies": ["readonly"], "token_ttl": "1h" })),
+    );
+    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A hardened secret ID: good for 10 logins.
+    let sid = bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass/secret-id",
+        Some(json!({ "num_uses": 10 })),
+    )["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cfg = VaultConfig {
+        auth: AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(Secret::new(sid.clone())),
+            secret_id_file: None,
+        },
+        ..config(&bao, "k")
+    };
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    assert_eq!(signer.stats().logins(), 1);
+    let key = signer.current_key().unwrap();
+
+    // 20 exchanges over about 2 s, one at a time: each is refused (503).
+    for _ in 0..20 {
+        let r = signer.sign(&key, b"a.b").await;
+        assert!(matches!(r, Err(SignError::Unavailable(_))), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logins = signer.stats().logins();
+    let (status, lookup) = bao.api(
+        "POST",
+        "auth/approle/role/meshpass/secret-id/lookup",
+        Some(json!({ "secret_id": sid })),
+    );
+    // With the documented backoff (0.5 s … 30 s) at most a handful of logins fit in 2 s.
+    assert!(
+        logins <= 4,
+        "{logins} logins in ~2 s for 20 refused signatures (secret-id lookup {status}: {lookup})"
+    );
+}
+
+/// Vault down until the service's token expired and the login backoff reached its
+/// 30 s cap: once Vault answers, the key probe's 403 asks for a login at once, so
+/// signing does not wait for the backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_returns_soon_after_an_outage_that_outlived_the_token() {
+    let mut bao = bao_with_key("k", "ecdsa-p256");
+    bao.write_policy("signer", &signer_policy("k"));
+    bao.enable_auth("approle", "approle");
+    bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass",
+        Some(json!({ "token_policies": ["signer"], "token_ttl": "4s", "token_max_ttl": "1h" })),
+    );
+    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sid = bao.api_ok("POST", "auth/approle/role/meshpass/secret-id", None)["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cfg = VaultConfig {
+        auth: AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(Secret::new(sid)),
+            secret_id_file: None,
+        },
+        ..config(&bao, "k")
+    };
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    let key = sign_and_verify(&signer, "{}").await;
+
+    bao.pause();
+    let paused = Instant::now();
+    // Traffic during the outage: three failed requests and the signer is down.
+    for _ in 0..3 {
+        let r = signer.sign(&key, b"a.b").await;
+        assert!(matches!(r, Err(SignError::Unavailable(_))), "{r:?}");
+    }
+    assert!(!signer.is_ready());
+    // The outage lasts until the 4 s token has expired and the renewal and 7 logins
+    // have failed (the login backoff then reaches its 30 s cap).
+    while signer.stats().auth_failures() < 8 {
+        assert!(
+            paused.elapsed() < Duration::from_secs(120),
+            "auth failures stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outage = paused.elapsed();
+    bao.resume();
+    let back = Instant::now();
+    let ok = eventually(Duration::from_secs(40), || async {
+        signer.sign(&key, b"a.b").await.is_ok()
+    })
+    .await;
+    let took = back.elapsed();
+    assert!(ok, "never signed again");
+    assert!(
+        took < Duration::from_secs(12),
+        "signing came back {took:?} after OpenBao answered again (outage {outage:?}, logins {}, auth failures {})",
+        signer.stats().logins(),
+        signer.stats().auth_failures()
+    );
 }

@@ -51,7 +51,7 @@ pub enum OnRedisDown {
 }
 
 /// `[rate_limit]`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// `local` or `redis`.
@@ -68,6 +68,34 @@ pub struct RateLimitConfig {
     pub redis_timeout_ms: u64,
     /// While Redis is down, how often it is tried again.
     pub redis_retry_ms: u64,
+}
+
+// By hand: `redis_url` may hold a password, shown as `***`.
+impl std::fmt::Debug for RateLimitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitConfig")
+            .field("backend", &self.backend)
+            .field("redis_url", &self.redis_url.as_deref().map(redacted_url))
+            .field("on_redis_down", &self.on_redis_down)
+            .field("replicas", &self.replicas)
+            .field("key_prefix", &self.key_prefix)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("redis_retry_ms", &self.redis_retry_ms)
+            .finish()
+    }
+}
+
+/// `url` with its password (if any) replaced by `***`; an unparsable one entirely.
+fn redacted_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() && u.set_password(Some("***")).is_err() {
+                return "***".into();
+            }
+            u.to_string()
+        }
+        Err(_) => "***".into(),
+    }
 }
 
 impl Default for RateLimitConfig {
@@ -330,6 +358,18 @@ impl Shared {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_redis_password() {
+        let cfg = RateLimitConfig {
+            backend: Backend::Redis,
+            redis_url: Some("redis://:hunter2-redis-pass@redis:6379/0".into()),
+            ..RateLimitConfig::default()
+        };
+        let text = format!("{cfg:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("redis://:***@redis:6379/0"), "{text}");
+    }
 
     #[test]
     fn a_redis_backend_without_a_url_or_with_a_bad_one_is_refused_naming_the_field() {

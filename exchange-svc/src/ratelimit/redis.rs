@@ -46,15 +46,20 @@ pub enum RedisLimitError {
 
 /// The shared limiter's connection and script.
 pub struct RedisLimiter {
-    conn: ConnectionManager,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Replaced after a timeout: the manager reconnects only when the connection is
+    /// reported dropped, and a peer gone without a reset (a Redis pod replaced behind
+    /// a ClusterIP) only ever times out.
+    conn: std::sync::Mutex<ConnectionManager>,
     script: redis::Script,
     prefix: String,
     timeout: Duration,
 }
 
 impl RedisLimiter {
-    /// A limiter on `url` (connected lazily, re-connected by the connection manager);
-    /// every call is bounded by `timeout`.
+    /// A limiter on `url` (connected lazily, re-connected by the connection manager, and
+    /// by the limiter after a timeout); every call is bounded by `timeout`.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RedisLimitError> {
         let client = redis::Client::open(url).map_err(|e| RedisLimitError::Url(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
@@ -63,14 +68,52 @@ impl RedisLimiter {
             // No retry loop inside a request: the caller falls back and tries again later.
             .set_number_of_retries(0)
             .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
             .map_err(|e| RedisLimitError::Url(e.to_string()))?;
         Ok(RedisLimiter {
-            conn,
+            client,
+            config,
+            conn: std::sync::Mutex::new(conn),
             script: redis::Script::new(GCRA),
             prefix: prefix.to_string(),
             timeout,
         })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After a timeout: the next call starts on a fresh connection (lazily).
+    fn reconnect(&self) {
+        if let Ok(c) =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+        {
+            *self
+                .conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = c;
+        }
+    }
+
+    /// The error of a call that did not answer: a timeout (ours or the manager's)
+    /// drops the connection.
+    fn unavailable(&self, e: Option<redis::RedisError>) -> RedisLimitError {
+        match e {
+            None => {
+                self.reconnect();
+                RedisLimitError::Unavailable("timed out".into())
+            }
+            Some(e) => {
+                if e.is_timeout() {
+                    self.reconnect();
+                }
+                RedisLimitError::Unavailable(e.to_string())
+            }
+        }
     }
 
     /// The Redis key of a (caller, subject) `key` under `mapping`.
@@ -85,12 +128,12 @@ impl RedisLimiter {
     /// `PING`, bounded by the timeout: whether Redis answers (asked by `/readyz` when no
     /// exchange has asked for a while).
     pub async fn ping(&self) -> Result<(), RedisLimitError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let _: String =
             tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
                 .await
-                .map_err(|_| RedisLimitError::Unavailable("timed out".into()))?
-                .map_err(|e| RedisLimitError::Unavailable(e.to_string()))?;
+                .map_err(|_| self.unavailable(None))?
+                .map_err(|e| self.unavailable(Some(e)))?;
         Ok(())
     }
 
@@ -103,13 +146,13 @@ impl RedisLimiter {
     ) -> Result<Option<Duration>, RedisLimitError> {
         let interval_us = (1_000_000.0 / limit.per_second).max(1.0).round() as u64;
         let tolerance_us = interval_us.saturating_mul(u64::from(limit.burst.saturating_sub(1)));
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut call = self.script.key(self.redis_key(key, mapping));
         call.arg(interval_us).arg(tolerance_us);
         let wait: u64 = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
             .await
-            .map_err(|_| RedisLimitError::Unavailable("timed out".into()))?
-            .map_err(|e| RedisLimitError::Unavailable(e.to_string()))?;
+            .map_err(|_| self.unavailable(None))?
+            .map_err(|e| self.unavailable(Some(e)))?;
         Ok((wait > 0).then(|| Duration::from_micros(wait)))
     }
 }

@@ -316,6 +316,9 @@ impl Auth {
     /// with backoff. `current` is the result of the initial login, if it succeeded.
     pub async fn run(self: Arc<Self>, mut current: Option<TokenInfo>) {
         let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        // Between logins asked for by refusals (403s): a token refused soon after it
+        // was obtained is refused for its policy, and a new login would not help.
+        let mut reauth_backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
         let mut obtained = Instant::now();
         // TTL of the last fresh login: a renewal granting much less means the max TTL
         // is near, so the next step is a new login rather than another renewal.
@@ -352,6 +355,13 @@ impl Auth {
             tokio::select! {
                 _ = tokio::time::sleep_until(act_at) => {}
                 _ = self.reauth.notified() => {
+                    if obtained.elapsed() < BACKOFF_MAX {
+                        // Not one login per refused signature (each a new Vault token,
+                        // and an AppRole secret ID's use).
+                        tokio::time::sleep(reauth_backoff.next_delay()).await;
+                    } else {
+                        reauth_backoff.reset();
+                    }
                     tracing::info!("vault token refused; authenticating again");
                     current = None;
                     continue;

@@ -237,6 +237,10 @@ impl Inner {
                 // published before anything is signed with it.
                 if !self.is_down() || e.is_transient() {
                     self.observe_err(&e);
+                } else if matches!(e, VaultError::PermissionDenied(_)) {
+                    // Vault is back and our token expired meanwhile: log in now, not
+                    // when the login backoff (up to 30 s) would next try.
+                    self.auth.request_reauth();
                 }
                 tracing::warn!(error = %e, "reading transit key failed");
                 return Err(e);
