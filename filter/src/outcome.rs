@@ -41,6 +41,10 @@ pub fn classify(resp: &CallResponse, retry_default: u64) -> Outcome {
         .map(|v| v.clamp(1, 3600))
         .unwrap_or(ra_default);
     match resp.status {
+        // Past the largest answer read: never parsed, never cached.
+        Some(200) if resp.body.len() > crate::exchange::MAX_EXCHANGE_BODY => {
+            Outcome::Faulty(ra_default)
+        }
         Some(200) => match serde_json::from_slice::<TokenExchangeResponse>(&resp.body) {
             Ok(r)
                 if r.token_type.eq_ignore_ascii_case("bearer")

@@ -199,6 +199,24 @@ fn classify_treats_non_bearer_answers_as_unavailable() {
 }
 
 #[test]
+fn classify_refuses_an_answer_past_the_largest_exchange_answer_read() {
+    let f = fixture();
+    let at_bound = |n: usize| {
+        let mut r = ok_response("p", 10);
+        let pad = n - r.body.len();
+        let body = String::from_utf8(r.body).unwrap();
+        r.body = body
+            .replacen('{', &format!("{{\"pad\":\"{}\",", "x".repeat(pad - 9)), 1)
+            .into_bytes();
+        assert_eq!(r.body.len(), n);
+        r
+    };
+    let max = meshpass_filter::exchange::MAX_EXCHANGE_BODY;
+    assert!(matches!(f.w.classify(&at_bound(max)), Outcome::Token(_)));
+    assert_eq!(f.w.classify(&at_bound(max + 1)), Outcome::Faulty(5));
+}
+
+#[test]
 fn noop_config_does_nothing() {
     let mut w = Worker::new(Config::parse(br#"{"noop_for_benchmarks": true}"#).unwrap());
     let mut host = Mock::new(0);
