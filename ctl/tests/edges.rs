@@ -12,44 +12,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use assert_cmd::Command;
 use common::*;
 use meshpass_testkit::OpenBao;
 use serde_json::{json, Value};
-
-impl Ctl {
-    /// As `run`, with extra environment variables.
-    async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-        let mut cmd = Command::cargo_bin("meshpassctl").unwrap();
-        cmd.env_remove("MESHPASS_TOKEN")
-            .env_remove("MESHPASS_SERVER")
-            .env_remove("HTTP_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("https_proxy")
-            .env_remove("ALL_PROXY")
-            .env_remove("all_proxy")
-            .env_remove("NO_PROXY")
-            .env_remove("no_proxy");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.arg("--server")
-            .arg(&self.server)
-            .arg("--token-file")
-            .arg(&self.token_file)
-            .args(args)
-            .timeout(Duration::from_secs(60));
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
-    }
-}
 
 /// A minimal HTTP/1.1 peer on loopback: every request (head and body) is recorded, and
 /// `answer(method, path)` gives the raw response. Returns (base URL, recorded requests).

@@ -30,12 +30,22 @@ fn with_auth(bao: &OpenBao, auth: AuthConfig) -> VaultConfig {
 
 /// An AppRole role `meshpass` with the given token TTLs; returns its role ID.
 fn approle(bao: &OpenBao, token_ttl: &str, token_max_ttl: &str) -> String {
+    approle_with_policy(bao, "signer", token_ttl, token_max_ttl)
+}
+
+/// [`approle`] whose tokens get `policy`.
+fn approle_with_policy(
+    bao: &OpenBao,
+    policy: &str,
+    token_ttl: &str,
+    token_max_ttl: &str,
+) -> String {
     bao.enable_auth("approle", "approle");
     bao.api_ok(
         "POST",
         "auth/approle/role/meshpass",
         Some(json!({
-            "token_policies": ["signer"],
+            "token_policies": [policy],
             "token_ttl": token_ttl,
             "token_max_ttl": token_max_ttl,
         })),
@@ -45,8 +55,30 @@ fn approle(bao: &OpenBao, token_ttl: &str, token_max_ttl: &str) -> String {
 }
 
 fn new_secret_id(bao: &OpenBao) -> String {
-    let v = bao.api_ok("POST", "auth/approle/role/meshpass/secret-id", None);
+    new_secret_id_with(bao, json!({}))
+}
+
+/// A secret ID with `options` (e.g. `num_uses`).
+fn new_secret_id_with(bao: &OpenBao, options: serde_json::Value) -> String {
+    let v = bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass/secret-id",
+        Some(options),
+    );
     v["data"]["secret_id"].as_str().unwrap().to_string()
+}
+
+/// A signer configuration logging in with AppRole `role_id` / `secret_id`.
+fn approle_config(bao: &OpenBao, role_id: String, secret_id: &str) -> VaultConfig {
+    with_auth(
+        bao,
+        AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(Secret::new(secret_id.to_string())),
+            secret_id_file: None,
+        },
+    )
 }
 
 #[tokio::test]
@@ -380,34 +412,10 @@ async fn signatures_refused_by_policy_do_not_log_in_again_for_each_refusal() {
         "readonly",
         r#"path "transit/keys/k" { capabilities = ["read"] }"#,
     );
-    bao.enable_auth("approle", "approle");
-    bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass",
-        Some(json!({ "token_policies": ["readonly"], "token_ttl": "1h" })),
-    );
-    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let role_id = approle_with_policy(&bao, "readonly", "1h", "24h");
     // A hardened secret ID: good for 10 logins.
-    let sid = bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass/secret-id",
-        Some(json!({ "num_uses": 10 })),
-    )["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let cfg = VaultConfig {
-        auth: AuthConfig::Approle {
-            mount: "approle".into(),
-            role_id,
-            secret_id: Some(Secret::new(sid.clone())),
-            secret_id_file: None,
-        },
-        ..config(&bao, "k")
-    };
+    let sid = new_secret_id_with(&bao, json!({ "num_uses": 10 }));
+    let cfg = approle_config(&bao, role_id, &sid);
     let signer = TransitSigner::start(&cfg).await.unwrap();
     assert_eq!(signer.stats().logins(), 1);
     let key = signer.current_key().unwrap();
@@ -438,29 +446,8 @@ async fn signatures_refused_by_policy_do_not_log_in_again_for_each_refusal() {
 async fn signing_returns_soon_after_an_outage_that_outlived_the_token() {
     let mut bao = bao_with_key("k", "ecdsa-p256");
     bao.write_policy("signer", &signer_policy("k"));
-    bao.enable_auth("approle", "approle");
-    bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass",
-        Some(json!({ "token_policies": ["signer"], "token_ttl": "4s", "token_max_ttl": "1h" })),
-    );
-    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sid = bao.api_ok("POST", "auth/approle/role/meshpass/secret-id", None)["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let cfg = VaultConfig {
-        auth: AuthConfig::Approle {
-            mount: "approle".into(),
-            role_id,
-            secret_id: Some(Secret::new(sid)),
-            secret_id_file: None,
-        },
-        ..config(&bao, "k")
-    };
+    let role_id = approle(&bao, "4s", "1h");
+    let cfg = approle_config(&bao, role_id, &new_secret_id(&bao));
     let signer = TransitSigner::start(&cfg).await.unwrap();
     let key = sign_and_verify(&signer, "{}").await;
 

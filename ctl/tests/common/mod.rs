@@ -159,10 +159,22 @@ pub struct Ctl {
 impl Ctl {
     /// Runs meshpassctl with `args` on a blocking thread: (exit code, stdout, stderr).
     pub async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_env(args, &[]).await
+    }
+
+    /// As [`Ctl::run`], with `env` set (and no proxy variable from the test's own
+    /// environment).
+    pub async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let mut cmd = Command::cargo_bin("meshpassctl").unwrap();
         cmd.env_remove("MESHPASS_TOKEN")
-            .env_remove("MESHPASS_SERVER")
-            .arg("--server")
+            .env_remove("MESHPASS_SERVER");
+        for v in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+            cmd.env_remove(v).env_remove(v.to_lowercase());
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.arg("--server")
             .arg(&self.server)
             .arg("--token-file")
             .arg(&self.token_file)

@@ -8,21 +8,12 @@ use meshpass_filter::cache::Marker;
 
 const SLOTS: u32 = 16;
 
+/// The logic tests' configuration with 16 slots and the default rule's `failure_mode`.
 fn slot_config(key: &Key, failure_mode: &str) -> serde_json::Value {
-    json!({
-        "mode": "SERVER",
-        "issuers": [{
-            "issuer": ISS,
-            "audiences": [AUD],
-            "trust_domains": ["cluster.local"],
-            "spiffe_id_patterns": ["spiffe://cluster.local/ns/shop/*"],
-            "jwks": jwks(&[key]),
-        }],
-        "exchange": {"cluster": "exchange", "authority": "exchange.test"},
-        "default_rule": {"resource": "https://default.test", "scopes": ["read"], "failure_mode": failure_mode},
-        "cache": {"slots": SLOTS},
-        "revocation": {"enabled": false},
-    })
+    let mut c = base_config(key);
+    c["cache"] = json!({"slots": SLOTS});
+    c["default_rule"]["failure_mode"] = json!(failure_mode);
+    c
 }
 
 struct Two {
