@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshpass_core::oauth::GRANT_TYPE_TOKEN_EXCHANGE;
+
+use crate::error::ApiError;
 use serde_json::{json, Value};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -97,7 +99,18 @@ fn public_cache(resp: &mut Response, max_age: u64) {
 }
 
 async fn jwks(State(st): State<AppState>) -> Response {
-    let mut resp = Json(st.signer.jwks()).into_response();
+    let set = st.signer.jwks();
+    if set["keys"].as_array().is_none_or(Vec::is_empty) {
+        // Not yet read from Vault: an empty set would be cached by verifiers for
+        // max-age and fail every participant token meanwhile.
+        return ApiError::Unavailable {
+            what: "signing keys",
+            detail: "the signing key has not been read from Vault yet".into(),
+            retry_after_secs: st.settings.sign_retry_after_secs,
+        }
+        .into_response();
+    }
+    let mut resp = Json(set).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/jwk-set+json"),

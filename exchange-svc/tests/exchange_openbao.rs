@@ -393,3 +393,40 @@ async fn shutdown_stops_accepting_but_finishes_the_exchange_in_flight() {
     assert_eq!(in_flight.await.unwrap().unwrap(), 200);
     shutdown.await.unwrap();
 }
+
+/// Before the signer has read its key (Vault down at start),
+/// the JWKS is not an empty key set a verifier would cache for `jwks_max_age_secs` and
+/// then refuse every participant token with: 503, `Retry-After`, nothing cacheable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jwks_is_unavailable_not_empty_until_the_signing_key_is_read() {
+    clear_vault_env();
+    let mut bao = OpenBao::start();
+    bao.enable_transit();
+    bao.create_transit_key("k-later", "ecdsa-p256");
+    bao.pause();
+    let svc = Service::start(&bao, "k-later", "", "").await;
+    let r = svc
+        .http
+        .get(format!("{}/.well-known/jwks.json", svc.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{:?}", r.headers());
+    assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    bao.resume();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, jwks) = svc.get_json("/.well-known/jwks.json").await;
+        if st == 200 {
+            assert_eq!(jwks["keys"][0]["kid"], "k-later:v1", "{jwks}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never published: {st} {jwks}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    svc.shutdown().await;
+}
