@@ -36,11 +36,53 @@ pub fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
     })
 }
 
+/// The last `,`-separated element of `value`, found from the end: where it starts is
+/// decided by its own bytes only, so an earlier element (a client's, under Envoy's
+/// `APPEND_FORWARD`) cannot move that start, e.g. with a quote it never closes. A `"`
+/// after an odd number of `\` is escaped.
+pub fn last_element(value: &str) -> &str {
+    let b = value.as_bytes();
+    let mut quoted = false;
+    for (i, &c) in b.iter().enumerate().rev() {
+        match c {
+            b'"' => {
+                let slashes = b
+                    .get(..i)
+                    .map_or(0, |h| h.iter().rev().take_while(|&&x| x == b'\\').count());
+                if slashes % 2 == 0 {
+                    quoted = !quoted;
+                }
+            }
+            b',' if !quoted => return value.get(i + 1..).unwrap_or(""),
+            _ => {}
+        }
+    }
+    value
+}
+
+/// Whether every quote of `element` is closed (and no escape is left dangling).
+fn balanced(element: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for c in element.bytes() {
+        match c {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted && !escaped
+}
+
 /// The SPIFFE ID in the `URI=` of the last element of an XFCC value: the element the
 /// nearest (trusted) proxy added for the client it verified. Earlier elements (added
-/// before that proxy) are never read.
+/// before that proxy) are never read; a last element whose quotes do not close names
+/// no caller.
 pub fn uri(value: &str) -> Result<SpiffeId, XfccError> {
-    let last = split_unquoted(value, b',').last().ok_or(XfccError)?;
+    let last = last_element(value);
+    if !balanced(last) {
+        return Err(XfccError);
+    }
     let mut uris = split_unquoted(last, b';').filter_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
         k.eq_ignore_ascii_case("uri")
@@ -78,6 +120,25 @@ mod tests {
         ] {
             assert_eq!(uri(&bad), Err(XfccError), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_earlier_element_cannot_swallow_the_last_one_with_a_quote_it_never_closes() {
+        let proxy = format!("By=spiffe://cluster.local/ns/svc/sa/x;Hash=ab;Subject=\"\";URI={WEB}");
+        for earlier in [
+            "URI=spiffe://cluster.local/ns/admin/sa/evil;X=\"",
+            "URI=spiffe://cluster.local/ns/admin/sa/evil;X=\"\\",
+            "X=\"a\\\",URI=spiffe://cluster.local/ns/admin/sa/evil",
+            "URI=spiffe://cluster.local/ns/admin/sa/evil",
+        ] {
+            let v = format!("{earlier},{proxy}");
+            assert_eq!(uri(&v).map(|id| id.to_string()), Ok(WEB.to_string()), "{v}");
+        }
+        // Quoted commas and escaped quotes in the last element itself still hold.
+        let v = format!("URI=spiffe://cluster.local/ns/a/sa/b,Subject=\"CN=a\\\",b,c\";URI={WEB}");
+        assert_eq!(uri(&v).map(|id| id.to_string()), Ok(WEB.to_string()), "{v}");
+        // A last element whose own quote never closes names no caller.
+        assert_eq!(uri(&format!("Subject=\"x;URI={WEB}")), Err(XfccError));
     }
 
     #[test]

@@ -5,12 +5,33 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshpass_core::xfcc::{split_unquoted, uri};
+use meshpass_core::xfcc::{last_element, split_unquoted, uri};
 use meshpass_core::SpiffeId;
 
-/// An element an earlier (untrusted) hop could have added: no quote or backslash, so the
-/// split state after its `,` is the state at the start of the value.
-const EARLIER: &str = "By=spiffe://td/ns/mesh/sa/x;URI=spiffe://td/ns/evil/sa/y";
+/// Elements an earlier (untrusted) hop could have added, among them ones that open a
+/// quote and never close it, or end in an escape.
+const EARLIER: [&str; 4] = [
+    "By=spiffe://td/ns/mesh/sa/x;URI=spiffe://td/ns/evil/sa/y",
+    "URI=spiffe://td/ns/evil/sa/y;X=\"",
+    "URI=spiffe://td/ns/evil/sa/y;X=\"\\",
+    "X=\"a\\\",URI=spiffe://td/ns/evil/sa/y",
+];
+
+/// Whether `s` is what a proxy writes: its quotes close, and `\` appears only inside
+/// quotes (escaping the next character).
+fn well_formed(s: &str) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for c in s.bytes() {
+        match c {
+            _ if escaped => escaped = false,
+            b'\\' if !quoted => return false,
+            b'\\' => escaped = true,
+            b'"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted && !escaped
+}
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = std::str::from_utf8(data) else {
@@ -22,11 +43,16 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(parts.join(char::from(sep).to_string().as_str()), value);
     }
     let got = uri(value);
-    assert_eq!(uri(&format!("{EARLIER},{value}")), got);
+    // The last element decides alone: nothing an earlier hop wrote before it changes
+    // the caller it names (for an element as a proxy writes it).
+    if well_formed(value) {
+        for earlier in EARLIER {
+            assert_eq!(uri(&format!("{earlier},{value}")), got, "{earlier}");
+        }
+    }
     if let Ok(id) = &got {
         assert_eq!(SpiffeId::parse(id.as_str()).as_ref(), Ok(id));
-        let last = split_unquoted(value, b',').last().unwrap_or_default();
-        let named = split_unquoted(last, b';')
+        let named = split_unquoted(last_element(value), b';')
             .filter(|kv| {
                 kv.trim().split_once('=').is_some_and(|(k, v)| {
                     k.eq_ignore_ascii_case("uri") && v.trim().trim_matches('"') == id.as_str()
