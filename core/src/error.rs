@@ -41,7 +41,8 @@ pub enum ValidationError {
     /// The header `alg` is missing, not allowed (`none`, `HS*`, `EdDSA`) or unknown.
     #[error("algorithm {0:?} is not allowed")]
     AlgorithmNotAllowed(String),
-    /// The header carries a member that is never accepted (`jwk`, `jku`, `x5u`, `x5c`).
+    /// The header carries a member that is never accepted (`jwk`, `jku`, `x5u`, `x5c`,
+    /// `b64` other than `true`).
     #[error("header member {0:?} is not accepted")]
     ForbiddenHeader(&'static str),
     /// The header has a `crit` member; no extension is understood.

@@ -180,18 +180,27 @@ fn parse_jwk(obj: &Map<String, Value>) -> Result<Jwk, String> {
 fn parse_rsa(obj: &Map<String, Value>) -> Result<PublicKey, String> {
     let n = req_b64(obj, "n")?;
     let e = req_b64(obj, "e")?;
-    // RFC 7518 §6.3.1.1 notes some libraries prefix a zero octet; tolerate that.
-    let n = strip_leading_zeros(&n);
-    let e = strip_leading_zeros(&e);
-    // After stripping, the first byte is non-zero (or `n` is empty: 0 bits, refused below).
+    // RFC 7518 §6.3.1.1 notes some libraries prefix `n` with one zero octet: tolerated;
+    // otherwise both are minimal (§2, Base64urlUInt), checked after the size rules so a
+    // short key is still named as such.
+    let n = n.strip_prefix(&[0u8][..]).unwrap_or(&n);
+    let e = e.as_slice();
     let bits = n
-        .first()
-        .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
+        .iter()
+        .position(|b| *b != 0)
+        .and_then(|i| {
+            n.get(i)
+                .map(|b| (n.len() - i) * 8 - b.leading_zeros() as usize)
+        })
+        .unwrap_or(0);
     if bits < MIN_RSA_BITS {
         return Err(format!("RSA key shorter than {MIN_RSA_BITS} bits"));
     }
     if bits > MAX_RSA_BITS {
         return Err(format!("RSA key longer than {MAX_RSA_BITS} bits"));
+    }
+    if n.first() == Some(&0) || e.first() == Some(&0) {
+        return Err("RSA n or e is not minimally encoded (RFC 7518 §2)".into());
     }
     if n.last().is_some_and(|b| b & 1 == 0) {
         return Err("RSA modulus is even".into());
@@ -213,11 +222,6 @@ fn parse_rsa(obj: &Map<String, Value>) -> Result<PublicKey, String> {
     )
     .map_err(|_| "RSA key is invalid")?;
     Ok(PublicKey::Rsa(key))
-}
-
-fn strip_leading_zeros(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-    &b[start..]
 }
 
 fn parse_ec(obj: &Map<String, Value>) -> Result<PublicKey, String> {

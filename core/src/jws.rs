@@ -232,6 +232,11 @@ fn parse_header(bytes: &[u8]) -> Result<JoseHeader, ValidationError> {
     if map.contains_key("crit") {
         return Err(ValidationError::CriticalHeader);
     }
+    // RFC 7797 §7: a JWT must not use an unencoded payload; `b64: true` is the default
+    // and harmless, anything else is refused (never read as the usual form).
+    if map.get("b64").is_some_and(|v| v != &Value::Bool(true)) {
+        return Err(ValidationError::ForbiddenHeader("b64"));
+    }
     let typ = match map.get("typ") {
         None => None,
         Some(Value::String(t)) if t == "JWT" || t == "JOSE" => Some(t.clone()),

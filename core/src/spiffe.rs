@@ -198,10 +198,18 @@ fn is_dns1123_label(s: &str) -> bool {
         && b.last().is_some_and(u8::is_ascii_alphanumeric)
 }
 
-/// DNS-1123 subdomain (Kubernetes service-account names): at most 253 bytes of
-/// dot-separated labels.
+/// DNS-1123 subdomain (Kubernetes service-account names, `IsDNS1123Subdomain`): at most
+/// 253 bytes of dot-separated parts of [a-z0-9-], alphanumeric at both ends; unlike a
+/// label, a part has no 63-byte cap of its own.
 fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
+    let part = |p: &str| {
+        let b = p.as_bytes();
+        b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric)
+    };
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(part)
 }
 
 impl fmt::Display for SpiffeId {

@@ -351,3 +351,33 @@ fn selects_by_kid_and_checks_the_algorithm_fits() {
         ValidationError::AmbiguousKey
     );
 }
+
+/// README: "one leading zero octet in `n` is tolerated, RFC 7518 §6.3.1.1"; RFC 7518 §2
+/// Base64urlUInt: "The octet sequence MUST utilize the minimum number of octets needed to
+/// represent the value." Two leading zero octets must drop the key.
+#[test]
+fn drops_an_rsa_key_whose_modulus_has_more_than_one_leading_zero_octet() {
+    let mut k = rsa_jwk(rsa_key(), "rsa");
+    let mut n = vec![0u8, 0u8];
+    n.extend(b64::decode(k["n"].as_str().unwrap()).unwrap());
+    k["n"] = json!(b64::encode(&n));
+    let (set, rejected) = parse(vec![k]);
+    assert_eq!(
+        set.len(),
+        0,
+        "key with 2 leading zero octets in n kept: {rejected:?}"
+    );
+}
+
+/// RFC 7518 §2 Base64urlUInt (minimum octets) for `e`: "AAEAAQ" is not 65537's encoding.
+#[test]
+fn drops_an_rsa_key_whose_exponent_has_a_leading_zero_octet() {
+    let mut k = rsa_jwk(rsa_key(), "rsa");
+    k["e"] = json!(b64::encode(&[0u8, 1, 0, 1]));
+    let (set, rejected) = parse(vec![k]);
+    assert_eq!(
+        set.len(),
+        0,
+        "key with a zero-prefixed e kept: {rejected:?}"
+    );
+}

@@ -147,3 +147,16 @@ fn reports_no_keys_when_the_issuer_has_no_key_set() {
         Err(ValidationError::NoKeys)
     );
 }
+
+/// RFC 7797 §7 (updates RFC 7519): "JSON Web Tokens (JWTs) MUST NOT use "b64" with a
+/// "false" value." A subject token whose header says b64:false (no crit) is accepted.
+#[test]
+fn rejects_an_unencoded_payload_header_b64_false_even_without_crit() {
+    let k = p256_key();
+    let keys = lookup(key_set(&[p256_jwk(&k, "ec-1")]));
+    let mut h = header("ES256", "ec-1");
+    h["b64"] = json!(false);
+    let token = sign(&h, &claims(), &Signer::P256(&k));
+    let got = policy().validate(&token, NOW, &keys, &NO_BINDING);
+    assert_eq!(got.err(), Some(ValidationError::ForbiddenHeader("b64")));
+}

@@ -121,3 +121,29 @@ fn maps_kubernetes_service_account_subject_into_the_first_trust_domain() {
         );
     }
 }
+
+/// README: "SA a DNS-1123 subdomain"; Kubernetes (IsDNS1123Subdomain): at most 253
+/// characters matching `[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*`,
+/// no per-label cap. A service account named with a 64-character label exists in
+/// Kubernetes; its token must map.
+#[test]
+fn accepts_a_service_account_name_with_a_part_longer_than_a_dns_label() {
+    let k = p256_key();
+    let keys = lookup(key_set(&[p256_jwk(&k, "ec-1")]));
+    let mut p = policy();
+    p.issuers[0].subject_format = SubjectFormat::KubernetesServiceAccount;
+    p.issuers[0]
+        .trust_domains
+        .insert(0, TrustDomain::parse("cluster.local").unwrap());
+    let sa = "a".repeat(64);
+    let mut c = claims();
+    c["sub"] = json!(format!("system:serviceaccount:payments:{sa}"));
+    let token = sign(&header("ES256", "ec-1"), &c, &Signer::P256(&k));
+    let got = p
+        .validate(&token, NOW, &keys, &NO_BINDING)
+        .map(|v| v.spiffe_id.to_string());
+    assert_eq!(
+        got,
+        Ok(format!("spiffe://cluster.local/ns/payments/sa/{sa}"))
+    );
+}
