@@ -30,6 +30,9 @@ use crate::store::{SqlStore, CHANGE_CHANNEL};
 
 /// Called with the new version whenever the store changed.
 pub type OnChange = Arc<dyn Fn(i64) + Send + Sync>;
+/// What the feed runs after each failed version check, with how long checks have
+/// failed: views that nothing else expires can be dropped once the outage is long.
+pub type OnOutage = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// The listener's `application_name` (operators and tests find its backend by it).
 pub const LISTENER_APPLICATION_NAME: &str = "meshpass-change-listener";
@@ -93,6 +96,7 @@ impl FeedMetrics {
 struct Applier {
     tx: watch::Sender<Option<i64>>,
     on_change: OnChange,
+    on_outage: OnOutage,
     metrics: FeedMetrics,
 }
 
@@ -146,12 +150,13 @@ impl std::fmt::Debug for ChangeFeed {
 
 impl ChangeFeed {
     /// Starts the periodic check (every `interval`) and, on PostgreSQL, the listener;
-    /// `on_change` runs on every new version (also the first one read). Metrics are
-    /// registered in `metrics`.
+    /// `on_change` runs on every new version (also the first one read), `on_outage`
+    /// after every failed check. Metrics are registered in `metrics`.
     pub fn start(
         store: Arc<SqlStore>,
         interval: Duration,
         on_change: OnChange,
+        on_outage: OnOutage,
         metrics: &crate::metrics::Metrics,
     ) -> Result<ChangeFeed, prometheus::Error> {
         let metrics = {
@@ -163,6 +168,7 @@ impl ChangeFeed {
         let applier = Arc::new(Applier {
             tx,
             on_change,
+            on_outage,
             metrics,
         });
         let check_now = Arc::new(Notify::new());
@@ -217,20 +223,23 @@ async fn check_loop(
     applier: Arc<Applier>,
     check_now: Arc<Notify>,
 ) {
-    let mut warned = false;
+    // Since when checks have failed (None: the last one worked).
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
         match store.change_version().await {
             Ok(v) => {
-                warned = false;
+                failing_since = None;
                 applier.apply(v, true);
             }
             // Before migration 5 ran, or while the database is down: the policy cache's
             // own expiry bounds staleness meanwhile. Logged once per outage.
-            Err(e) if !warned => {
-                warned = true;
-                tracing::warn!(error = %e, "change version check failed; retrying");
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(|| {
+                    tracing::warn!(error = %e, "change version check failed; retrying");
+                    tokio::time::Instant::now()
+                });
+                (applier.on_outage)(since.elapsed());
             }
-            Err(_) => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -72,15 +72,22 @@ pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) -> Result<(), Sto
         Err(e @ (StoreError::Invalid { .. } | StoreError::Conflict(_))) => Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "store not ready; retrying in the background");
+            // Not ready until done, even once the database answers: a replica without
+            // its schema or its configured mappings would fail or refuse exchanges.
+            store.set_setup_pending(true);
             tokio::spawn(async move {
                 let mut backoff = Duration::from_secs(1);
                 loop {
                     tokio::time::sleep(backoff).await;
                     match attempt().await {
-                        Ok(()) => break,
+                        Ok(()) => {
+                            store.set_setup_pending(false);
+                            break;
+                        }
                         Err(e @ (StoreError::Invalid { .. } | StoreError::Conflict(_))) => {
-                            // Retrying cannot help; the service goes on with the
-                            // store as it is (and says so at every start).
+                            // Retrying cannot help; the replica stays unready
+                            // (readiness names the store) until restarted with a
+                            // configuration the store accepts.
                             tracing::error!(error = %e, "seeding mappings from the configuration was refused");
                             break;
                         }
@@ -477,10 +484,23 @@ pub fn start_change_feed(
             }
         });
     });
+    // Cut off from the store (no notification, no version check), the policy cache's
+    // expiry bounds staleness: past it, minted tokens (served without a policy read)
+    // go too, so a mapping deleted meanwhile is not granted from the cache.
+    let views = state.clone();
+    let policy_bound = Duration::from_secs(cfg.store.policy_cache_secs);
+    let on_outage: crate::change_feed::OnOutage = Arc::new(move |failing_for| {
+        if failing_for >= policy_bound {
+            if let Some(c) = &views.cache {
+                c.clear(views.clock.now());
+            }
+        }
+    });
     let feed = crate::change_feed::ChangeFeed::start(
         store,
         Duration::from_millis(cfg.store.change_check_interval_ms),
         on_change,
+        on_outage,
         &state.metrics,
     )
     .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?;

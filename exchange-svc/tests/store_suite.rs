@@ -528,16 +528,8 @@ fn in_memory_sqlite_and_unknown_schemes_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_503_with_retry_after_while_postgres_is_unreachable_and_recovers_by_itself() {
     let db = Postgres::fresh_database();
-    let url = db.url();
-    // postgres://user@host:port/db → point it at the proxy.
-    let rest = url.split_once("://").unwrap().1;
-    let (userhost, dbname) = rest.split_once('/').unwrap();
-    let (user, hostport) = userhost
-        .rsplit_once('@')
-        .map(|(u, h)| (format!("{u}@"), h))
-        .unwrap_or((String::new(), userhost));
-    let proxy = meshpass_testkit::CutRelay::start(hostport).unwrap();
-    let proxied = format!("postgres://{user}127.0.0.1:{}/{dbname}", proxy.port());
+    let proxy = meshpass_testkit::CutRelay::start(&db.host_port()).unwrap();
+    let proxied = db.url_via(proxy.port());
 
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");

@@ -146,6 +146,19 @@ impl PgDb {
         )
     }
 
+    /// `HOST:PORT` of the server (what a [`crate::CutRelay`] in front of it relays to).
+    pub fn host_port(&self) -> String {
+        format!("{}:{}", self.target.host, self.target.port)
+    }
+
+    /// [`PgDb::url`] through a relay on loopback port `port`.
+    pub fn url_via(&self, port: u16) -> String {
+        format!(
+            "postgres://{}@127.0.0.1:{port}/{}",
+            self.target.user, self.name
+        )
+    }
+
     /// Runs SQL in this database with `psql` (unaligned, tuples only); panics on error.
     pub fn psql(&self, sql: &str) -> String {
         psql(&self.target, &self.name, sql).unwrap_or_else(|e| panic!("{e}"))

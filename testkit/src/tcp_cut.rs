@@ -7,6 +7,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Instant;
 
 /// A relay from `127.0.0.1:port()` to a target address. While cut, open connections
 /// are closed and new ones are accepted and closed at once (what a client sees of a
@@ -17,6 +18,7 @@ pub struct CutRelay {
     up: Arc<AtomicBool>,
     stopped: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    accepted: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl CutRelay {
@@ -27,10 +29,12 @@ impl CutRelay {
         let up = Arc::new(AtomicBool::new(true));
         let stopped = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
-        let (u, s, o, target) = (
+        let accepted: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+        let (u, s, o, a, target) = (
             up.clone(),
             stopped.clone(),
             open.clone(),
+            accepted.clone(),
             target.to_string(),
         );
         thread::spawn(move || {
@@ -39,6 +43,9 @@ impl CutRelay {
                     return;
                 }
                 let Ok(inbound) = inbound else { continue };
+                a.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Instant::now());
                 if !u.load(Ordering::SeqCst) {
                     let _ = inbound.shutdown(Shutdown::Both);
                     continue;
@@ -55,7 +62,17 @@ impl CutRelay {
             up,
             stopped,
             open,
+            accepted,
         })
+    }
+
+    /// When each connection attempt was accepted (cut or not), oldest first: when a
+    /// client retried.
+    pub fn accepted_at(&self) -> Vec<Instant> {
+        self.accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The loopback port to connect to instead of the target.

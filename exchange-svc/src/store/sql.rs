@@ -165,6 +165,10 @@ pub struct SqlStore {
     pub(super) participant_claim: String,
     /// The connection URL (the change listener opens its own connection with it).
     pub(super) url: String,
+    /// Set while the configuration's migration and seeding have not completed (they
+    /// retry in the background after a failed start): the store then reports itself
+    /// unavailable to readiness even once the database answers.
+    setup_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 pub(super) fn unavailable(e: sqlx::Error) -> StoreError {
@@ -380,7 +384,27 @@ impl SqlStore {
             backend,
             participant_claim: participant_claim.to_string(),
             url,
+            setup_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
+    }
+
+    /// Marks migration and seeding from the configuration as not yet done (`true`) or
+    /// done (`false`): meanwhile readiness and policy reads report the store unavailable.
+    pub fn set_setup_pending(&self, pending: bool) {
+        self.setup_pending
+            .store(pending, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_setup(&self) -> Result<(), StoreError> {
+        if self
+            .setup_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(StoreError::Unavailable(
+                "the configuration's migration and seeding have not completed yet".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Which backend this is (`"sqlite"` or `"postgres"`).
@@ -481,6 +505,9 @@ impl SqlStore {
 #[async_trait]
 impl MappingStore for SqlStore {
     async fn resource_policy(&self, resource: &str) -> Result<ResourcePolicy, StoreError> {
+        // Until the configured mappings are in, an answer could refuse (4xx) what the
+        // configuration grants: an outage (503) instead.
+        self.check_setup()?;
         let mut conn = self.pool.acquire().await.map_err(unavailable)?;
         let rows = mapping_rows(&mut conn, resource).await?;
         if rows.is_empty() {
@@ -593,6 +620,7 @@ impl MappingStore for SqlStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.check_setup()?;
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await

@@ -40,13 +40,7 @@ impl Db {
     }
     pub fn postgres_cut() -> Db {
         let db = meshpass_testkit::Postgres::fresh_database();
-        let url = db.url();
-        let hostport = url
-            .split_once('@')
-            .and_then(|(_, rest)| rest.split_once('/'))
-            .map(|(hp, _)| hp.to_string())
-            .unwrap();
-        let relay = meshpass_testkit::CutRelay::start(&hostport).unwrap();
+        let relay = meshpass_testkit::CutRelay::start(&db.host_port()).unwrap();
         Db::PostgresCut(db, relay)
     }
     /// The relay of [`Db::postgres_cut`].
@@ -64,15 +58,10 @@ impl Db {
                 let _ = dir;
                 format!("url = \"{}\"", p.url())
             }
-            Db::PostgresCut(p, relay) => {
-                let url = p.url();
-                let (head, rest) = url.split_once('@').unwrap();
-                let name = rest.split_once('/').unwrap().1;
-                format!(
-                    "url = \"{head}@127.0.0.1:{}/{name}\"\nacquire_timeout_secs = 1\nretry_after_secs = 7",
-                    relay.port()
-                )
-            }
+            Db::PostgresCut(p, relay) => format!(
+                "url = \"{}\"\nacquire_timeout_secs = 1\nretry_after_secs = 7",
+                p.url_via(relay.port())
+            ),
         }
     }
 }
