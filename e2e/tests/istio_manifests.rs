@@ -185,7 +185,61 @@ fn the_kind_kits_exchange_config_is_accepted_by_the_services_loader() {
     assert_exchange_config_loads("e2e/kind/overlay/exchange.toml", &kit_exchange_toml());
 }
 
-fn assert_exchange_config_loads(origin: &str, text: &str) {
+/// The management API's port is open to one namespace (the AuthorizationPolicy's rule
+/// for 8081); the service checks a caller's token against its issuers first, so the
+/// service-account issuer must admit that namespace's identities, or every
+/// `meshpassctl` there gets 401 whatever SubjectAccessReview would say.
+#[test]
+fn management_callers_from_the_namespace_its_port_is_open_to_pass_the_issuer_policy() {
+    let all = manifests();
+    let policy = all
+        .iter()
+        .find(|(_, d)| {
+            d["kind"] == "AuthorizationPolicy" && d["metadata"]["name"] == "meshpass-exchange"
+        })
+        .expect("AuthorizationPolicy meshpass-exchange");
+    let namespaces: Vec<String> = policy.1["spec"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["to"][0]["operation"]["ports"] == json!(["8081"]))
+        .flat_map(|r| {
+            r["from"][0]["source"]["namespaces"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    assert!(!namespaces.is_empty(), "no rule opens 8081 to a namespace");
+    for (origin, text) in [
+        ("istio/base/exchange/configmap.yaml", exchange_toml()),
+        ("e2e/kind/overlay/exchange.toml", kit_exchange_toml()),
+    ] {
+        let cfg = assert_exchange_config_loads(origin, &text);
+        let kube = cfg
+            .issuers
+            .iter()
+            .find(|i| {
+                i.policy.subject_format == meshpass_core::SubjectFormat::KubernetesServiceAccount
+            })
+            .expect("a service-account issuer");
+        for ns in &namespaces {
+            let id = meshpass_core::SpiffeId::parse(&format!(
+                "spiffe://cluster.local/ns/{ns}/sa/meshpassctl"
+            ))
+            .unwrap();
+            let admitted = kube.policy.id_patterns.is_empty()
+                || kube.policy.id_patterns.iter().any(|p| p.matches(&id));
+            assert!(
+                admitted,
+                "{origin}: {id} is refused by the issuer's id_patterns"
+            );
+        }
+    }
+}
+
+fn assert_exchange_config_loads(origin: &str, text: &str) -> meshpass_exchange::config::Config {
     // The files the pod would mount (Vault CA, the service account's CA and token) are
     // checked at startup: stand them in with real ones in a temp dir.
     let dir = tempfile::tempdir().unwrap();
@@ -199,8 +253,9 @@ fn assert_exchange_config_loads(origin: &str, text: &str) {
     );
     let path = dir.path().join("exchange.toml");
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
-    if let Err(e) = meshpass_exchange::config::Config::load(Some(&path)) {
-        panic!("{origin}: the exchange service refuses it: {e}");
+    match meshpass_exchange::config::Config::load(Some(&path)) {
+        Ok(c) => c,
+        Err(e) => panic!("{origin}: the exchange service refuses it: {e}"),
     }
 }
 
