@@ -9,6 +9,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod exchange;
+pub mod http_serve;
 pub mod key_maintenance;
 pub mod key_schedule;
 pub mod keys;

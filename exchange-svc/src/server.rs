@@ -5,8 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use tokio::net::TcpListener;
 
 use crate::app::{app, AppState};
@@ -172,19 +171,14 @@ async fn serve_with<L>(
 ) -> Result<(), ServeError>
 where
     L: Listener,
-    L::Addr: std::fmt::Debug,
-    ConnInfo: for<'a> Connected<IncomingStream<'a, L>>,
+    L::Addr: Into<ConnInfo>,
 {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         let _ = tx.send(());
     };
-    let server = axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<ConnInfo>(),
-    )
-    .with_graceful_shutdown(signal);
+    let server = crate::http_serve::serve(listener, app(state), signal);
     let deadline = async move {
         if rx.await.is_ok() {
             tokio::time::sleep(grace).await;
@@ -193,7 +187,7 @@ where
         }
     };
     tokio::select! {
-        r = server => r.map_err(ServeError::Io),
+        () = server => Ok(()),
         _ = deadline => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time");
             Ok(())

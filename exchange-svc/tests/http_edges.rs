@@ -106,3 +106,51 @@ async fn a_refusal_after_the_body_was_read_keeps_the_connection_alive() {
     let (head, _) = read_response(&mut s).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
 }
+
+/// A client that never finishes its request head loses its connection once the head
+/// deadline (10 s) has passed, however often it sends another header line: it cannot
+/// hold a connection, a task and a buffer for as long as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_trickled_past_the_head_deadline_is_cut_off() {
+    let (_dir, addr) = start().await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed_after = None;
+    for i in 0..12 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // One more header line every 2 s: the head is never complete.
+        if s.write_all(format!("x-slow-{i}: y\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(10), s.read(&mut buf)).await {
+            // Closed (0), reset, or an error answer (408) then closed.
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(
+                    !text.contains(" 200 "),
+                    "the trickled head was answered: {text}"
+                );
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    let after = closed_after.expect("the connection was still open after 24 s of trickling");
+    assert!(
+        after >= Duration::from_secs(8),
+        "cut off too early: {after:?}"
+    );
+}

@@ -249,16 +249,8 @@ pub async fn start(
              connections whose identity is unknown (a copied token works from anywhere)"
         );
     }
-    let server = axum::serve(
-        listener,
-        router(st).into_make_service_with_connect_info::<crate::caller::ConnInfo>(),
-    )
-    .with_graceful_shutdown(shutdown);
-    let task = tokio::spawn(async move {
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "management API stopped");
-        }
-    });
+    let server = crate::http_serve::serve(listener, router(st), shutdown);
+    let task = tokio::spawn(server);
     Ok(Some(Running { addr, task }))
 }
 
