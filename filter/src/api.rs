@@ -193,8 +193,12 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// Logs a message (never a token).
     fn log(&self, level: Level, msg: &str);
-    /// One request header of the current stream.
+    /// One request header of the current stream (`None` also when it is not UTF-8).
     fn header(&self, name: &str) -> Option<String>;
+    /// One request header of the current stream as the host holds it (UTF-8 or not).
+    fn header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.header(name).map(String::into_bytes)
+    }
     /// The whole request header map (one host call; names lower case), read in place.
     fn headers(&self) -> HeaderMap;
     /// Sets (replaces) a request header.

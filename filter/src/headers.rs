@@ -38,7 +38,7 @@ impl Headers {
     pub(crate) fn get_bytes<'a>(&'a self, host: &dyn Host, name: &str) -> Option<Cow<'a, [u8]>> {
         match &self.0 {
             Some(map) => map.get(name).map(Cow::Borrowed),
-            None => host.header(name).map(|v| Cow::Owned(v.into_bytes())),
+            None => host.header_bytes(name).map(Cow::Owned),
         }
     }
 

@@ -77,10 +77,14 @@ impl Host for Envoy<'_> {
     }
 
     fn header(&self, name: &str) -> Option<String> {
-        match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
-            Ok(Some(b)) => String::from_utf8(b).ok(),
-            _ => None,
-        }
+        self.header_bytes(name)
+            .and_then(|b| String::from_utf8(b).ok())
+    }
+
+    fn header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
     }
 
     fn headers(&self) -> HeaderMap {

@@ -4,8 +4,8 @@
 use std::borrow::Cow;
 
 /// The path without its query, in normal form: `\` read as `/`, percent-escapes of
-/// unreserved characters, `/`, `\` and `.` decoded, repeated slashes merged, `.` and
-/// `..` segments removed. Borrowed when the path is normal already (the usual case,
+/// unreserved characters, `/`, `\` and `.` decoded, `.` and `..` segments removed
+/// (RFC 3986, a final one leaving its slash), then repeated slashes merged. Borrowed when the path is normal already (the usual case,
 /// found by one scan).
 pub fn normalise(path: &str) -> Cow<'_, str> {
     let p = path.split_once('?').map_or(path, |(p, _)| p);
@@ -15,10 +15,13 @@ pub fn normalise(path: &str) -> Cow<'_, str> {
         return Cow::Borrowed(p);
     }
     let decoded = decode(p);
+    // RFC 3986 §5.2.4 over the segments after the leading `/` (an empty one is a
+    // segment too, so `..` removes it as Envoy's `normalize_path` does), then repeated
+    // slashes merged (Envoy's `merge_slashes`).
     let mut out: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
+    for seg in decoded.split('/').skip(1) {
         match seg {
-            "" | "." => {}
+            "." => {}
             ".." => {
                 out.pop();
             }
@@ -26,11 +29,12 @@ pub fn normalise(path: &str) -> Cow<'_, str> {
         }
     }
     let mut n = String::with_capacity(decoded.len());
-    for s in &out {
+    for s in out.iter().filter(|s| !s.is_empty()) {
         n.push('/');
         n.push_str(s);
     }
-    if n.is_empty() || (decoded.ends_with('/') && !out.is_empty()) {
+    // A final empty, `.` or `..` segment names a directory: the slash stays.
+    if n.is_empty() || matches!(decoded.rsplit('/').next(), Some("" | "." | "..")) {
         n.push('/');
     }
     if n == p {
@@ -38,6 +42,19 @@ pub fn normalise(path: &str) -> Cow<'_, str> {
     } else {
         Cow::Owned(n)
     }
+}
+
+/// Whether `path` holds an escaped `/` or `\` (`%2F`, `%5C`, any case): Envoy keeps
+/// them as they are by default (`path_with_escaped_slashes_action`), so where the
+/// filter matches on the decoded form an app may still see another path.
+pub fn has_escaped_slash(path: &str) -> bool {
+    path.as_bytes().windows(3).any(|w| {
+        w.first() == Some(&b'%')
+            && matches!(
+                (w.get(1), w.get(2).map(u8::to_ascii_uppercase)),
+                (Some(b'2'), Some(b'F')) | (Some(b'5'), Some(b'C'))
+            )
+    })
 }
 
 /// Decodes the escapes normalisation resolves (unreserved, `/`, `\`) and reads `\` as
@@ -99,6 +116,33 @@ mod tests {
             ("/é/../x", "/x"),
         ] {
             assert_eq!(normalise(p).as_ref(), n, "{p}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_resolve_as_rfc_3986_and_envoy_do_before_slashes_merge() {
+        for (p, n) in [
+            // A final `.` or `..` leaves its directory: the slash stays.
+            ("/admin/x/..", "/admin/"),
+            ("/admin/.", "/admin/"),
+            ("/admin/%2e", "/admin/"),
+            // `..` removes the empty segment before it, as in Envoy (resolved, then
+            // slashes merged), not the named one.
+            ("/admin//../public", "/admin/public"),
+            ("/a//b", "/a/b"),
+            ("/a/b//", "/a/b/"),
+        ] {
+            assert_eq!(normalise(p).as_ref(), n, "{p}");
+        }
+    }
+
+    #[test]
+    fn escaped_slashes_are_found_in_either_case() {
+        for p in ["/a%2Fb", "/a%2fb", "/a%5Cb", "/a%5cb"] {
+            assert!(super::has_escaped_slash(p), "{p}");
+        }
+        for p in ["/a/b", "/a%20b", "/a%2", "/a%25Fb"] {
+            assert!(!super::has_escaped_slash(p), "{p}");
         }
     }
 }

@@ -110,7 +110,10 @@ impl Worker {
         };
         let path = normalise(&raw);
         let as_sent = raw.split_once('?').map_or(raw.as_ref(), |(p, _)| p);
-        if path != as_sent && !cfg.allow_unnormalised_paths {
+        // Matching on the normal form (`allow_unnormalised_paths`) holds only where
+        // Envoy forwards that form: never for escaped slashes, which it keeps.
+        let unmatched = !cfg.allow_unnormalised_paths || crate::path::has_escaped_slash(as_sent);
+        if path != as_sent && unmatched {
             self.bump(Counter::DeniedBadPath);
             send_error(
                 host,

@@ -513,6 +513,12 @@ fn check_match_path(field: &str, p: String) -> Result<String, ConfigError> {
             "requests are matched on the path without its query: no ? or #",
         ));
     }
+    if crate::path::normalise(&p) != p.as_str() {
+        return Err(err(
+            field,
+            "is not in normal form (repeated slashes, dot segments or percent-encoded characters): no request path could match it",
+        ));
+    }
     Ok(p)
 }
 

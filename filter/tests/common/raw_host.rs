@@ -25,6 +25,12 @@ impl Host for RawHost {
             .find(|(k, _)| k == name.as_bytes())
             .and_then(|(_, v)| String::from_utf8(v.clone()).ok())
     }
+    fn header_bytes(&self, name: &str) -> Option<Vec<u8>> {
+        self.raw
+            .iter()
+            .find(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| v.clone())
+    }
     fn headers(&self) -> HeaderMap {
         HeaderMap::encode(self.raw.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
     }

@@ -147,4 +147,5 @@ mod exchange;
 mod hygiene;
 mod jwks;
 mod marker_slots;
+mod paths;
 mod workers;

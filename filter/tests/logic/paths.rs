@@ -1,0 +1,126 @@
+//! Paths that Envoy and the filter could read differently: escaped slashes and dot
+//! segments where `allow_unnormalised_paths` matches the normal form, a `:path` that is
+//! not UTF-8 in per-name mode, and rule or bypass paths no request could match.
+
+use super::*;
+use common::raw_host::RawHost;
+
+/// A rule prefix beside another, a bypass prefix, and a default rule that fails open:
+/// a path matched as the wrong one shows.
+fn paths_fixture(edit: impl FnOnce(&mut serde_json::Value)) -> Fixture {
+    fixture_with(|c| {
+        c["bypass"] = json!([{"path_prefix": "/healthz"}]);
+        c["rules"] = json!([
+            {"path_prefix": "/admin/", "resource": "https://admin.test"},
+            {"path_prefix": "/public", "resource": "https://public.test"},
+        ]);
+        c["default_rule"] = json!({"resource": "https://default.test", "failure_mode": "allow"});
+        edit(c);
+    })
+}
+
+/// The `resource` of the last exchange form sent (the fixture's worker is not started,
+/// so exchanges go out at once).
+fn last_resource(host: &Mock) -> Option<String> {
+    let d = host.dispatched.last()?;
+    form_urlencoded_pairs(&d.body)
+        .into_iter()
+        .find(|(k, _)| k == "resource")
+        .map(|(_, v)| v)
+}
+
+fn allow_mode() -> Fixture {
+    paths_fixture(|c| c["allow_unnormalised_paths"] = json!(true))
+}
+
+/// Envoy keeps `%2F` by default and routes `/admin%2F..%2Fhealthz` on `/admin`; read
+/// decoded, it would be the `/healthz` bypass and go on with no token.
+#[test]
+fn allow_mode_refuses_an_escaped_slash_rather_than_bypass_a_path_envoy_routes_elsewhere() {
+    let mut f = allow_mode();
+    assert_eq!(
+        f.send(1, &[(":path", "/admin%2F..%2Fhealthz")]),
+        Verdict::Pause
+    );
+    assert_eq!(f.host.replies.get(&1).map(|r| r.status), Some(400));
+    assert_eq!(f.count(Counter::Bypassed), 0);
+}
+
+/// The reverse: `/public%5C..%5Cadmin/x` is routed on `/public`; read decoded, it would
+/// get the admin rule's participant token sent to the `/public` upstream.
+#[test]
+fn allow_mode_refuses_an_escaped_backslash_rather_than_exchange_for_another_rule() {
+    let mut f = allow_mode();
+    let auth = format!("Bearer {}", f.token(ALICE));
+    f.send(
+        1,
+        &[
+            (":path", "/public%5C..%5Cadmin/x"),
+            ("authorization", &auth),
+        ],
+    );
+    assert_eq!(f.host.replies.get(&1).map(|r| r.status), Some(400));
+    assert_eq!(last_resource(&f.host), None);
+}
+
+/// Envoy forwards `/admin/x/..` as `/admin/` (RFC 3986): the `/admin/` rule, not the
+/// default one.
+#[test]
+fn allow_mode_matches_a_final_dot_segment_as_its_directory() {
+    let mut f = allow_mode();
+    let auth = format!("Bearer {}", f.token(ALICE));
+    f.send(1, &[(":path", "/admin/x/.."), ("authorization", &auth)]);
+    assert_eq!(
+        last_resource(&f.host).as_deref(),
+        Some("https://admin.test")
+    );
+}
+
+/// Per-name reads cannot see a value that is not UTF-8; the path must still be
+/// refused, never read as no path (which gives the default rule).
+#[test]
+fn per_name_mode_refuses_a_path_that_is_not_utf8() {
+    let f = paths_fixture(|c| c["insecure_keep_x_meshpass_headers"] = json!(true));
+    let auth = format!("Bearer {}", f.token(ALICE));
+    let mut host = RawHost {
+        m: f.host,
+        raw: vec![
+            (b":path".to_vec(), b"/admin/users?q=\xff".to_vec()),
+            (b"authorization".to_vec(), auth.into_bytes()),
+        ],
+    };
+    let mut w = f.w;
+    host.m.ctx = 1;
+    assert_eq!(w.on_request(&mut host, 1), Verdict::Pause);
+    assert_eq!(host.m.replies.get(&1).map(|r| r.status), Some(400));
+    assert_eq!(last_resource(&host.m), None);
+}
+
+/// A rule or bypass path not itself in normal form could never match a request path
+/// (those are refused or normalised first): refused, naming the field.
+#[test]
+fn refuses_a_rule_or_bypass_path_that_is_not_in_normal_form() {
+    for (rules, bypass, field) in [
+        (
+            json!([{"path_prefix": "/api//v1", "resource": "a"}]),
+            json!([]),
+            "rules[0].path_prefix",
+        ),
+        (
+            json!([{"path_prefix": "/%61dmin", "resource": "a"}]),
+            json!([]),
+            "rules[0].path_prefix",
+        ),
+        (
+            json!([]),
+            json!([{"path": "/healthz/./live"}]),
+            "bypass[0].path",
+        ),
+    ] {
+        let mut cfg = base_config(&Key::new("k1"));
+        cfg["rules"] = rules;
+        cfg["bypass"] = bypass;
+        let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
+}
