@@ -190,6 +190,15 @@ impl TokenReviewer {
         })
     }
 
+    /// The same reviewer (same client, credentials and timeout) asking for `audiences`
+    /// instead: management tokens carry `management.audiences`, not the issuer's.
+    pub fn with_audiences(&self, audiences: &[String]) -> TokenReviewer {
+        TokenReviewer {
+            audiences: audiences.to_vec(),
+            ..self.clone()
+        }
+    }
+
     /// The `POST .../tokenreviews` request for `token`.
     fn request(&self, token: &str) -> Result<http::Request<kube::client::Body>, ReviewError> {
         let unavailable = |e: String| ReviewError::Unavailable(e);

@@ -1,6 +1,7 @@
 //! Who may call the management API (no token, wrong role, expired, wrong issuer,
-//! exchange audience, unbound caller), the API never starting open or on the token
-//! port, and `/openapi.json` covering every route and error shape.
+//! exchange audience, unbound caller; decided before the body is read, whatever the
+//! method, path or header variant), the API never starting open or on the token port,
+//! and `/openapi.json` covering every route and error shape.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -136,6 +137,159 @@ async fn management_tokens_are_bound_to_the_connection_they_arrive_on() {
     assert_eq!(call(local.clone(), None).await.0, 200);
     let (st, b) = call(local, Some(ADMIN)).await;
     assert_eq!(st, 401, "{b}");
+}
+
+/// Sends `bytes` on a new connection to the management API; the first answer read
+/// within 3 s (empty when none came).
+async fn first_answer_within_3s(s: &Service, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.api.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(std::time::Duration::from_secs(3), tcp.read(&mut buf)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).to_string(),
+        Ok(Err(e)) => panic!("read failed: {e}"),
+        Err(_) => String::new(),
+    }
+}
+
+/// "Who calls is decided before the query, path and body are read": an anonymous
+/// client that announces a body and never sends it gets its 401 at once, and holds no
+/// request (nor, with 8 MiB bodies, the memory) of the API open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_request_is_refused_before_its_body_is_read() {
+    let s = Service::start(Db::sqlite()).await;
+    // Control: the same anonymous request with its whole body is a 401 at once.
+    let complete = first_answer_within_3s(
+        &s,
+        b"POST /api/v1/mappings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\r\n{",
+    )
+    .await;
+    assert!(
+        complete.starts_with("HTTP/1.1 401"),
+        "control: {complete:?}"
+    );
+    // The body announced and not (yet) sent.
+    let answer = first_answer_within_3s(
+        &s,
+        b"POST /api/v1/mappings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "no 401 within 3 s for an anonymous request whose body is still coming: got {answer:?}"
+    );
+}
+
+/// The same rule, visible in the status: an anonymous oversized body is `401`, not a
+/// `413` that shows the body was judged before the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anonymous_oversized_body_is_unauthenticated_not_too_large() {
+    let s = Service::start(Db::sqlite()).await;
+    let answer = first_answer_within_3s(
+        &s,
+        b"POST /api/v1/import HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9437184\r\n\r\n{",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 401"),
+        "anonymous 9 MiB import: {answer:?}"
+    );
+}
+
+/// An authenticated caller's oversized body is still `413 too_large`, and that answer
+/// carries `X-Request-Id` like every other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authenticated_oversized_body_is_too_large_and_the_answer_carries_the_request_id() {
+    let s = Service::start(Db::sqlite()).await;
+    let body = vec![b' '; 9 * 1024 * 1024];
+    let resp = s
+        .req(Method::POST, "/api/v1/import", Some(ADMIN))
+        .header("content-type", "application/json")
+        .header("x-request-id", "req-413")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    assert_eq!(
+        resp.headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_string()),
+        Some("req-413".to_string()),
+        "413 without X-Request-Id: {:?}",
+        resp.headers()
+    );
+    let b: Value = resp.json().await.unwrap();
+    assert_eq!(b["error"], "too_large", "{b}");
+}
+
+/// HEAD, OPTIONS, a trailing slash, another case and a client-set internal connection
+/// header get no request past authentication; every role keeps to its own routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_method_path_or_header_variant_gets_past_authentication() {
+    let s = Service::start(Db::sqlite()).await;
+    let anon = |m: Method, p: &str| s.http.request(m, format!("{}{p}", s.api)).send();
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(anon(Method::HEAD, "/api/v1/mappings").await.unwrap()),
+        401
+    );
+    assert_eq!(
+        status(anon(Method::HEAD, "/api/v1/audit").await.unwrap()),
+        401
+    );
+    assert_eq!(
+        status(anon(Method::OPTIONS, "/api/v1/mappings").await.unwrap()),
+        405
+    );
+    assert_eq!(
+        status(anon(Method::GET, "/api/v1/mappings/").await.unwrap()),
+        404
+    );
+    assert_eq!(
+        status(anon(Method::GET, "/API/v1/mappings").await.unwrap()),
+        404
+    );
+    // A client-set internal connection header is replaced, never believed.
+    let r = s
+        .http
+        .get(format!("{}/api/v1/mappings", s.api))
+        .bearer_auth(s.token(ADMIN))
+        .header("x-meshpass-internal-connection", "unbound")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // Viewer cannot rotate, import (even a dry run) or lift; the keys role cannot revoke;
+    // a caller in no entry can do nothing.
+    for (m, p, who, want) in [
+        (Method::POST, "/api/v1/keys/rotate", VIEWER, 403),
+        (Method::POST, "/api/v1/import?dry_run=true", VIEWER, 403),
+        (Method::POST, "/api/v1/revocations", KEYS_OP, 403),
+        (Method::DELETE, "/api/v1/revocations/rv-x", VIEWER, 403),
+        (
+            Method::POST,
+            "/api/v1/keys/rotate",
+            "spiffe://cluster.local/ns/ops/sa/nobody",
+            403,
+        ),
+    ] {
+        let (st, _, b) = s
+            .send(s.req(m.clone(), p, Some(who)).json(&json!({})))
+            .await;
+        assert_eq!(st, want, "{m} {p} as {who}: {b}");
+    }
+    // An insane request id is replaced.
+    let r = s
+        .req(Method::GET, "/api/v1/mappings", Some(VIEWER))
+        .header("x-request-id", "a\"b<c>")
+        .send()
+        .await
+        .unwrap();
+    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(rid, "a\"b<c>");
 }
 
 fn config_with(extra: &str) -> Result<Config, String> {

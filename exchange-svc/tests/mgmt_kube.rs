@@ -1,6 +1,7 @@
 //! The management API authorising service-account callers with Kubernetes
-//! SubjectAccessReview (verbs `read`/`write`/`keys` on `management.meshpass.io`) against
-//! the HTTPS Kubernetes API double speaking the real wire format.
+//! SubjectAccessReview (verbs `read`/`write`/`keys` on `management.meshpass.io`), and
+//! reviewing their tokens with TokenReview when the issuer says so, against the HTTPS
+//! Kubernetes API double speaking the real wire format.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -212,6 +213,68 @@ async fn an_unreachable_api_server_fails_closed_with_503() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+}
+
+/// With `token_review` on the issuer, a management token is reviewed as `/token`
+/// reviews a subject token (for the management audience it carries): one the API
+/// server no longer authenticates (its pod or service account deleted) is no
+/// credential, however the roles would be granted; the API server down fails closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_the_api_server_refuses_is_no_management_credential() {
+    let api = KubeApi::start(Reply::Status(
+        json!({"authenticated": false, "error": "token has been invalidated"}),
+    ))
+    .await;
+    api.allow_verbs(&["read", "write", "keys"]);
+    let dir = tempfile::tempdir().unwrap();
+    // The service's own token, as `service_toml` writes it for SubjectAccessReview.
+    let review = format!(
+        r#"token_review = {{ url = "{}", ca_file = "{}", bearer_token_file = "{}" }}"#,
+        api.url,
+        api.ca_file.display(),
+        dir.path().join("sa-token").display(),
+    );
+    let (base, issuer) = start_with(dir.path(), &api.url, &api.ca_file, &review, "").await;
+    let token = sa_token(&issuer, "meshpass-admin");
+    let http = reqwest::Client::new();
+    let list = || {
+        http.get(format!("{base}/api/v1/mappings"))
+            .bearer_auth(&token)
+            .send()
+    };
+
+    let r = list().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["error"], "unauthenticated", "{b}");
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("bearer token refused: "),
+        "{b}"
+    );
+    let review = api.last_review();
+    assert_eq!(review.body["spec"]["token"], token.as_str());
+    assert_eq!(review.body["spec"]["audiences"], json!(["meshpass-admin"]));
+    assert!(
+        api.access_reviews().is_empty(),
+        "a refused token was authorised"
+    );
+
+    // The API server authenticates it: the roles it grants apply.
+    api.answer(Reply::Status(authenticated(
+        SA_USER,
+        "1",
+        &["meshpass-admin"],
+    )));
+    assert_eq!(list().await.unwrap().status().as_u16(), 200);
+
+    // The API server cannot answer: 503, never a pass.
+    api.answer(Reply::Fail(500));
+    let r = list().await.unwrap();
     assert_eq!(r.status().as_u16(), 503);
     assert!(r.headers().contains_key("retry-after"));
 }

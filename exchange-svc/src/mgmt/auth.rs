@@ -1,9 +1,10 @@
 //! Who calls the management API: a bearer JWT validated by meshpass-core against the
 //! service's configured issuers (same keys, same rules as subject tokens; audiences
-//! from `management.audiences` when set), its SPIFFE ID mapped to roles by
-//! `[[management.callers]]`.
+//! from `management.audiences` when set) and, when its issuer has `token_review`,
+//! reviewed by the Kubernetes API server as `/token` reviews it; its SPIFFE ID mapped to
+//! roles by `[[management.callers]]`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap};
@@ -13,6 +14,7 @@ use super::config::{ManagementConfig, Role};
 use super::error::{Dependency, MgmtError};
 use crate::clock::Clock;
 use crate::keys::IssuerKeySource;
+use crate::tokenreview::{ReviewError, TokenReviewer};
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
@@ -32,6 +34,9 @@ pub struct Authenticator {
     keys: Arc<dyn IssuerKeySource>,
     clock: Arc<dyn Clock>,
     table: Vec<(SpiffeIdPattern, Vec<Role>)>,
+    /// TokenReview per issuer that has `token_review` (the token endpoint's reviewers,
+    /// asking for `management.audiences` when set).
+    reviewers: Arc<HashMap<String, TokenReviewer>>,
     kube: Option<super::kube_authz::AccessReviewer>,
     /// The issuer whose service-account tokens `kube` reviews.
     kube_issuer: Option<String>,
@@ -46,9 +51,11 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Builds from the service's subject-token policy and a validated `[management]`.
+    /// Builds from the service's subject-token policy, its TokenReview `reviewers` (by
+    /// issuer) and a validated `[management]`.
     pub fn new(
         subject_policy: &ValidationPolicy,
+        reviewers: &Arc<HashMap<String, TokenReviewer>>,
         cfg: &ManagementConfig,
         keys: Arc<dyn IssuerKeySource>,
         clock: Arc<dyn Clock>,
@@ -65,6 +72,18 @@ impl Authenticator {
                 i.audiences = auds.clone();
             }
         }
+        // A management token carries `management.audiences` when set: the API server
+        // must be asked about those, not the issuer's.
+        let reviewers = if cfg.audiences.is_empty() {
+            Arc::clone(reviewers)
+        } else {
+            Arc::new(
+                reviewers
+                    .iter()
+                    .map(|(issuer, r)| (issuer.clone(), r.with_audiences(&cfg.audiences)))
+                    .collect(),
+            )
+        };
         let table = cfg
             .callers
             .iter()
@@ -91,6 +110,7 @@ impl Authenticator {
             keys,
             clock,
             table,
+            reviewers,
             kube,
             kube_issuer,
         })
@@ -149,6 +169,22 @@ impl Authenticator {
         })?;
         // The token must belong to the connection it came over (see `binding`).
         super::binding::check_token_binding(headers, &subject.spiffe_id)?;
+        // As at `/token`: a token the API server no longer authenticates (its pod or
+        // service account deleted) is no credential.
+        if let Some(reviewer) = self.reviewers.get(&subject.issuer) {
+            let sub = subject
+                .claims
+                .get("sub")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            reviewer.review(token, sub).await.map_err(|e| match e {
+                ReviewError::Unavailable(reason) => {
+                    tracing::warn!(%reason, "management: TokenReview unavailable");
+                    MgmtError::Unavailable(Dependency::KubernetesApi)
+                }
+                e => MgmtError::Unauthenticated(format!("bearer token refused: {e}")),
+            })?;
+        }
         let roles: BTreeSet<Role> = self
             .table
             .iter()

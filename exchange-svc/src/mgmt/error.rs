@@ -63,7 +63,7 @@ pub enum Dependency {
     Vault,
     /// The transit key's state has not been read from Vault yet.
     TransitKey,
-    /// The Kubernetes API server (SubjectAccessReview).
+    /// The Kubernetes API server (TokenReview of a management token, SubjectAccessReview).
     KubernetesApi,
     /// No keys of the management token's issuer are loaded yet.
     IssuerKeys,

@@ -1,12 +1,14 @@
-//! Reading a management request: JSON bodies, query strings, path parameters.
+//! Reading a management request: bodies, JSON, query strings, path parameters.
 //!
 //! A body that does not fit its type is a `422` naming the field by its JSON path
 //! (`ttl_secs`, `rate_limit.burst`, `mappings[1].ttl_secs`), never by the value serde
 //! quotes. A query or path parameter that cannot be read is a JSON `400` naming it.
-//! Handlers read the query and the path through these only after authenticating (axum's
-//! own extractors would refuse first, in plain text, and tell an anonymous caller what
-//! was wrong with the request).
+//! Handlers read the body, the query and the path through these only after
+//! authenticating (axum's own extractors would refuse first, in plain text, and tell an
+//! anonymous caller what was wrong with the request; a body extractor would wait for a
+//! body an anonymous caller announced and never sends).
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::path::ErrorKind;
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
@@ -15,6 +17,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::error::MgmtError;
+use super::transfer::MAX_BODY_BYTES;
 
 /// Largest page a list answers.
 pub const MAX_LIMIT: u32 = 1000;
@@ -70,6 +73,25 @@ fn invalid(e: serde_path_to_error::Error<serde_json::Error>) -> MgmtError {
     let message = e.inner().to_string();
     let field = field_of(e.path(), &message).unwrap_or_else(|| "body".into());
     MgmtError::invalid(field, message)
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`]; call it after authenticating.
+/// A larger one is `413`, refused by its `Content-Length` before any of it is read, or
+/// as soon as the stream passes the bound; a body that breaks off (the client went
+/// away) is `400`.
+pub async fn read_body(body: Body) -> Result<Bytes, MgmtError> {
+    let too_large = || MgmtError::TooLarge(MAX_BODY_BYTES);
+    if usize::try_from(body.size_hint().lower()).map_or(true, |n| n > MAX_BODY_BYTES) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        // `to_bytes` fails with the body's own error (an `axum::Error`) or with its
+        // length limit.
+        .map_err(|e| match e.into_inner().downcast::<axum::Error>() {
+            Ok(read) => MgmtError::BadRequest(format!("the body could not be read: {read}")),
+            Err(_) => too_large(),
+        })
 }
 
 /// Parses a JSON body; a shape error is a `422` naming the field by its JSON path.
@@ -184,6 +206,38 @@ mod tests {
                 ),
                 "{body}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_up_to_the_bound_and_one_broken_off_is_a_bad_request_not_too_large() {
+        let exact = vec![b'x'; MAX_BODY_BYTES];
+        let read = read_body(Body::from(exact.clone())).await.unwrap();
+        assert_eq!(read.len(), MAX_BODY_BYTES);
+        // Announced larger (Content-Length): refused before any of it is read.
+        let over = vec![b'x'; MAX_BODY_BYTES + 1];
+        assert!(matches!(
+            read_body(Body::from(over.clone())).await,
+            Err(MgmtError::TooLarge(MAX_BODY_BYTES))
+        ));
+        // Streamed (no length): refused once it passes the bound.
+        let chunks = over
+            .chunks(1 << 20)
+            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>();
+        let streamed = Body::from_stream(futures_util::stream::iter(chunks));
+        assert!(matches!(
+            read_body(streamed).await,
+            Err(MgmtError::TooLarge(MAX_BODY_BYTES))
+        ));
+        // Broken off: the client's failure, not a size.
+        let broken = Body::from_stream(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"{")),
+            Err(std::io::Error::other("connection reset")),
+        ]));
+        match read_body(broken).await {
+            Err(MgmtError::BadRequest(m)) => assert!(m.contains("connection reset"), "{m}"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -2,6 +2,7 @@
 //! rotation, and retirement of old versions once no token they signed can be live.
 
 use async_trait::async_trait;
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::Role;
 use super::error::{Dependency, MgmtError};
-use super::input::parse_body;
+use super::input::{parse_body, read_body};
 use super::{MgmtState, RequestId};
 use crate::key_maintenance::LockedKeyAdmin;
 
@@ -146,9 +147,10 @@ pub async fn retire(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Body,
 ) -> Result<Json<KeyStatus>, MgmtError> {
     let caller = st.auth.require(&headers, Role::Keys).await?;
+    let body = read_body(body).await?;
     let req: RetireRequest = parse_body(&body)?;
     let actor = rid.actor(&caller);
     let keys = admin(&st)?;

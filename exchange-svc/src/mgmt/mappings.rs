@@ -5,7 +5,7 @@
 //! own: the TTL cap, scope claims that conflict with another scope (422 here, the
 //! store's check stays the atomic guard), and scopes no mapping of the resource grants.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use super::config::Role;
 use super::error::MgmtError;
-use super::input::{from_value, parse_body, parse_query, path_params, Limit};
+use super::input::{from_value, parse_body, parse_query, path_params, read_body, Limit};
 use super::{MgmtState, RequestId};
 use crate::store::{
     check_claim_conflicts, check_scope_granted, check_ttl_cap, validate_scope_claims, ETag,
@@ -230,9 +230,10 @@ pub async fn create_mapping(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let body = read_body(body).await?;
     let m: Mapping = parse_body(&body)?;
     check_mapping(&st, &m)?;
     let r = st
@@ -249,9 +250,10 @@ pub async fn put_mapping(
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let body = read_body(body).await?;
     let name = path_params(name)?;
     let pre = precondition(&headers, Precondition::None)?;
     let m: Mapping = parse_body(&body)?;
@@ -273,9 +275,10 @@ pub async fn patch_mapping(
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let body = read_body(body).await?;
     let name = path_params(name)?;
     let (current, tag) = st
         .store
@@ -370,9 +373,10 @@ pub async fn create_scope(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let body = read_body(body).await?;
     let row: ScopeClaims = parse_body(&body)?;
     check_scope(&st, &row).await?;
     if st.store.scope_tagged(&row_key(&row)).await?.is_some() {
@@ -399,9 +403,10 @@ pub async fn put_scope(
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
     key: Result<Path<(String, String)>, PathRejection>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let body = read_body(body).await?;
     let (resource, scope) = path_params(key)?;
     let pre = precondition(&headers, Precondition::None)?;
     let row: ScopeClaims = parse_body(&body)?;
@@ -423,9 +428,10 @@ pub async fn patch_scope(
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
     key: Result<Path<(String, String)>, PathRejection>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let body = read_body(body).await?;
     let (resource, scope) = path_params(key)?;
     let key = scope_key(resource, scope);
     let (current, tag) = st

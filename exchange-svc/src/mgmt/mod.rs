@@ -28,7 +28,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 
 pub use audit::RefusalAudit;
@@ -91,6 +91,7 @@ impl MgmtState {
     ) -> Result<Self, ConfigError> {
         let auth = Authenticator::new(
             &app.settings.policy,
+            &app.reviewers,
             &cfg.management,
             Arc::clone(&app.keys),
             Arc::clone(&app.clock),
@@ -175,6 +176,10 @@ async fn request_id(mut req: Request, next: Next) -> Response {
 }
 
 /// The management router (every route of [`routes::ROUTES`] and `/openapi.json`).
+///
+/// No layer reads or judges the body: a handler reads it ([`input::read_body`], bounded
+/// by [`transfer::MAX_BODY_BYTES`]) only after authenticating the caller. The request
+/// id is the outermost layer, so every answer carries it.
 pub fn router(st: MgmtState) -> Router {
     let binding = Arc::clone(&st.binding);
     let retry = st.retry_after;
@@ -183,29 +188,12 @@ pub fn router(st: MgmtState) -> Router {
             binding,
             binding::bind_connection,
         ))
-        .layer(axum::middleware::from_fn(request_id))
-        // One bound for every body, as JSON like every other refusal: the layer refuses
-        // by Content-Length or while streaming; axum's own 2 MiB default for `Bytes`
-        // would cut import documents short, so it is off.
-        .layer(axum::extract::DefaultBodyLimit::disable())
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            transfer::MAX_BODY_BYTES,
-        ))
-        .layer(axum::middleware::map_response(too_large_as_json))
         .layer(axum::middleware::map_response_with_state(
             retry,
             error::retry_after,
         ))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(st)
-}
-
-/// The body-limit layer's plain-text 413, and a handler's when the body stream passed
-/// the bound, as the API's JSON error.
-async fn too_large_as_json(resp: Response) -> Response {
-    if resp.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return error::MgmtError::TooLarge(transfer::MAX_BODY_BYTES).into_response();
-    }
-    resp
 }
 
 /// The running management listener.

@@ -3,7 +3,7 @@
 //! change's transaction) and are applied to this process's set before the answer, so
 //! the next exchange here enforces them and the cached tokens of the party are gone.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::Role;
 use super::error::{Dependency, MgmtError};
-use super::input::{parse_body, parse_query, path_params};
+use super::input::{parse_body, parse_query, path_params, read_body};
 use super::{MgmtState, RequestId};
 use crate::store::{NewRevocation, Revocation, RevocationStore, RevocationTarget};
 
@@ -93,9 +93,10 @@ pub async fn create(
     State(st): State<MgmtState>,
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let body = read_body(body).await?;
     let new: NewRevocation = parse_body(&body)?;
     let now = st.clock.now();
     let r = store(&st)?
@@ -132,9 +133,10 @@ pub async fn lift(
 pub async fn introspect(
     State(st): State<MgmtState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
+    let body = read_body(body).await?;
     let token = form_urlencoded::parse(&body)
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())

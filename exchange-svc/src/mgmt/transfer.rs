@@ -2,7 +2,7 @@
 //! they can live in Git. Import is all or nothing, in one transaction; `dry_run` reports
 //! the diff only; `prune` (off by default) deletes what the document lacks.
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::config::Role;
 use super::error::MgmtError;
-use super::input::{parse_body, parse_query};
+use super::input::{parse_body, parse_query, read_body};
 use super::{MgmtState, RequestId};
 use crate::store::{
     check_scope_granted, check_ttl_cap, import_leaves_ungranted, mappings_after_import,
@@ -175,9 +175,10 @@ pub async fn import(
     Extension(rid): Extension<RequestId>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<ImportDiff>, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    let body = read_body(body).await?;
     let q: ImportQuery = parse_query(query.as_deref())?;
     let doc = parse_document(&headers, &body)?;
     let stored = st.store.export().await?;
