@@ -292,7 +292,10 @@ fn load_error(e: figment::Error) -> ConfigError {
     };
     let reason = match &e.kind {
         Kind::UnknownField(key, _) => {
-            push(key);
+            // figment's path may already end with the key.
+            if e.path.last().map(String::as_str) != Some(key.as_str()) {
+                push(key);
+            }
             "is not a known key".to_string()
         }
         Kind::MissingField(key) => {
@@ -390,6 +393,17 @@ impl Config {
             return Err(bad("server.request_timeout_secs", "must be at least 1"));
         }
         if let Some(tls) = &self.server.tls {
+            if let Some(l) = tls.listen {
+                let s = self.server.listen;
+                let overlaps = l.port() == s.port()
+                    && (l.ip() == s.ip() || l.ip().is_unspecified() || s.ip().is_unspecified());
+                if overlaps {
+                    return Err(bad(
+                        "server.tls.listen",
+                        "must differ from server.listen (each is its own listener)",
+                    ));
+                }
+            }
             crate::tls::server_config(&tls.cert_file, &tls.key_file, &tls.client_ca_file).map_err(
                 |e| match e {
                     crate::tls::TlsError::File { field, reason } => bad(field, reason),
@@ -451,6 +465,9 @@ impl Config {
                 tr.check(&format!("{f}.token_review"))?;
             }
         }
+        // What `serve` builds from the issuers (an inline set with no usable key, a CA
+        // file that cannot be read) is refused here too, so check-config says it.
+        crate::keys::IssuerKeys::from_config(self)?;
         let mut names = std::collections::BTreeSet::new();
         for (i, m) in self.mappings.iter().enumerate() {
             validate_mapping(m).map_err(|e| bad(format!("mappings[{i}]"), e.to_string()))?;

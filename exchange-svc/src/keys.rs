@@ -78,6 +78,20 @@ enum Source {
     Discovery { base: String, http: reqwest::Client },
 }
 
+/// `url` as errors and logs show it: without user, password or query (reqwest sends
+/// `user:pass@` as Basic auth, so a URL may carry a credential).
+fn shown(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "the URL".into(),
+    }
+}
+
 struct Issuer {
     name: String,
     source: Source,
@@ -85,6 +99,9 @@ struct Issuer {
     refresh: Duration,
     min_refetch: Duration,
     last_refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// One fetch-and-store at a time: a slow refresh answering the old set must not
+    /// land after (and over) a refetch that loaded the new one.
+    fetching: tokio::sync::Mutex<()>,
     last_success: Mutex<Option<Instant>>,
     /// SHA-256 of the last JWKS document stored: a refresh returning the same bytes
     /// keeps the key-set generation (and so the verified-subject cache) unchanged.
@@ -156,7 +173,8 @@ async fn get_document(
         .map_err(|e| KeysError::Fetch(e.without_url().to_string()))?;
     if !resp.status().is_success() {
         return Err(KeysError::Fetch(format!(
-            "{url} answered {}",
+            "{} answered {}",
+            shown(url),
             resp.status()
         )));
     }
@@ -168,7 +186,8 @@ async fn get_document(
     {
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
             return Err(KeysError::Document(format!(
-                "{url} is larger than {MAX_DOCUMENT_BYTES} bytes"
+                "{} is larger than {MAX_DOCUMENT_BYTES} bytes",
+                shown(url)
             )));
         }
         body.extend_from_slice(&chunk);
@@ -242,6 +261,7 @@ impl Issuer {
                 refresh: Duration::from_secs(c.refresh_secs.max(1)),
                 min_refetch: Duration::from_secs(c.min_refetch_secs),
                 last_refetch: tokio::sync::Mutex::new(None),
+                fetching: tokio::sync::Mutex::new(()),
                 last_success: Mutex::new(initial.as_ref().map(|_| Instant::now())),
                 digest: Mutex::new(None),
             },
@@ -341,6 +361,7 @@ impl IssuerKeys {
     }
 
     async fn fetch_and_store(&self, issuer: &Issuer) -> Result<bool, KeysError> {
+        let _one = issuer.fetching.lock().await;
         match issuer.fetch().await? {
             Some(loaded) => {
                 tracing::debug!(issuer = %issuer.name, keys = loaded.keys.len(), "issuer keys loaded");

@@ -347,3 +347,173 @@ fn serve_refuses_to_start_when_a_configured_scope_row_is_granted_by_no_mapping()
     assert!(out.contains("scope_claims[2]"), "{out}");
     assert!(out.contains("wirte"), "{out}");
 }
+
+fn try_load(
+    dir: &std::path::Path,
+    toml: &str,
+) -> Result<meshpass_exchange::config::Config, String> {
+    meshpass_exchange::config::Config::load(Some(&write(dir, toml))).map_err(|e| e.to_string())
+}
+
+/// The standard config with the issuer's inline JWKS line replaced by `keys`.
+fn issuer_toml(issuer: &TestIssuer, db: &std::path::Path, keys: &str) -> String {
+    config_toml(issuer, db, "").replace(&format!("jwks = '{}'", issuer.jwks()), keys)
+}
+
+/// `check-config` with `env` set: its exit code and everything it wrote.
+fn check_config_env(
+    dir: &std::path::Path,
+    toml: &str,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
+    let mut c = bin();
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c
+        .arg("check-config")
+        .arg(write(dir, toml))
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn a_negative_issuer_refresh_secs_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let toml = issuer_toml(
+        &issuer,
+        &dir.path().join("m.db"),
+        &format!("jwks = '{}'\nrefresh_secs = -1", issuer.jwks()),
+    );
+    let err = try_load(dir.path(), &toml).expect_err("refresh_secs = -1 accepted");
+    assert!(
+        err.contains("issuers[0].refresh_secs"),
+        "error does not name issuers[0].refresh_secs: {err}"
+    );
+}
+
+#[test]
+fn a_wrongly_typed_token_review_timeout_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let toml = issuer_toml(
+        &issuer,
+        &dir.path().join("m.db"),
+        &format!(
+            "jwks = '{}'\ntoken_review = {{ in_cluster = true, timeout_secs = \"5s\" }}",
+            issuer.jwks()
+        ),
+    );
+    let err = try_load(dir.path(), &toml).expect_err("timeout_secs = \"5s\" accepted");
+    assert!(
+        err.contains("timeout_secs"),
+        "error does not name token_review.timeout_secs: {err}"
+    );
+}
+
+/// What `serve` refuses of the issuers, check-config refuses too, naming the field.
+#[test]
+fn an_inline_jwks_without_a_usable_key_is_refused_by_config_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let toml = issuer_toml(
+        &issuer,
+        &dir.path().join("m.db"),
+        r#"jwks = '{"keys": []}'"#,
+    );
+    let loaded = try_load(dir.path(), &toml);
+    // What serve does with the same configuration:
+    let serve = loaded.as_ref().ok().map(|cfg| {
+        meshpass_exchange::keys::IssuerKeys::from_config(cfg)
+            .err()
+            .map(|e| e.to_string())
+    });
+    let err = loaded.err().unwrap_or_else(|| {
+        panic!("Config::load (check-config) accepted it, but serve says: {serve:?}")
+    });
+    assert!(err.contains("issuers[0].jwks"), "{err}");
+}
+
+#[test]
+fn an_unreadable_issuer_ca_file_is_refused_by_config_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let toml = issuer_toml(
+        &issuer,
+        &dir.path().join("m.db"),
+        "jwks_url = \"https://jwks.test/keys\"\nca_file = \"/nonexistent/ca.pem\"",
+    );
+    let loaded = try_load(dir.path(), &toml);
+    let serve = loaded.as_ref().ok().map(|cfg| {
+        meshpass_exchange::keys::IssuerKeys::from_config(cfg)
+            .err()
+            .map(|e| e.to_string())
+    });
+    let err = loaded.err().unwrap_or_else(|| {
+        panic!("Config::load (check-config) accepted it, but serve says: {serve:?}")
+    });
+    assert!(err.contains("issuers[0].ca_file"), "{err}");
+}
+
+#[test]
+fn an_unknown_key_is_refused_naming_that_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let toml = config_toml(&issuer, &dir.path().join("m.db"), "").replace(
+        "[callers]",
+        "[server]\nlistn = \"0.0.0.0:9000\"\n\n[callers]",
+    );
+    let (code, out) = check_config_env(dir.path(), &toml, &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("server.listn: is not a known key"),
+        "check-config does not name server.listn: {out}"
+    );
+    let good = config_toml(&issuer, &dir.path().join("m.db"), "");
+    let (code, out) = check_config_env(
+        dir.path(),
+        &good,
+        &[("MESHPASS__SERVER__LISTN", "0.0.0.0:9000")],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("server.listn: is not a known key"),
+        "check-config does not name server.listn (env): {out}"
+    );
+}
+
+#[test]
+fn a_tls_listener_on_the_token_listeners_address_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let (cert, key) = pki.issue(rcgen::SanType::DnsName("meshpass.test".try_into().unwrap()));
+    let w = |n: &str, c: &str| {
+        let p = dir.path().join(n);
+        std::fs::write(&p, c).unwrap();
+        p.display().to_string()
+    };
+    let (cert, key, ca) = (
+        w("c.pem", &cert),
+        w("k.pem", &key),
+        w("ca.pem", &pki.ca.pem()),
+    );
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let toml = config_toml(&issuer, &dir.path().join("m.db"), "").replace(
+        "[callers]",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:18443\"\n[server.tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{ca}\"\nlisten = \"127.0.0.1:18443\"\n\n[callers]"
+        ),
+    );
+    let err = try_load(dir.path(), &toml)
+        .expect_err("a TLS listener on the token listener's address was accepted");
+    assert!(err.contains("server.tls.listen"), "{err}");
+}

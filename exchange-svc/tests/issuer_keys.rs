@@ -8,6 +8,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -371,4 +372,157 @@ async fn token_review_accepts_only_authenticated_tokens_of_the_same_user_for_a_r
     assert_eq!(a.status, 503, "{}", a.json);
     assert_eq!(a.json["error"], "temporarily_unavailable");
     assert!(a.headers.contains_key("retry-after"));
+}
+
+#[derive(Clone, Default)]
+struct LogBuf(Arc<Mutex<Vec<u8>>>);
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+fn has_kid(keys: &IssuerKeys, kid: &str) -> bool {
+    keys.snapshot()
+        .get(ISSUER)
+        .is_some_and(|s| s.keys().iter().any(|k| k.kid.as_deref() == Some(kid)))
+}
+
+async fn serve_router(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+/// A URL may carry a credential (reqwest sends `user:pass@` as Basic auth): errors and
+/// logs show the URL without it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_password_in_the_jwks_url_never_reaches_the_log() {
+    let router = Router::new().route(
+        "/jwks",
+        get(|| async { (StatusCode::SERVICE_UNAVAILABLE, String::new()) }),
+    );
+    let url = serve_router(router).await;
+    let with_secret = url.replace("http://", "http://jwks:s3cr3t-pw@");
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let cfg = load_config(
+        dir.path(),
+        &issuer_toml(
+            &issuer,
+            &dir.path().join("m.db"),
+            &format!("jwks_url = \"{with_secret}/jwks\""),
+            "",
+        ),
+    );
+    let keys = IssuerKeys::from_config(&cfg).unwrap();
+    let buf = LogBuf::default();
+    let sub = tracing_subscriber::fmt()
+        .with_writer(buf.clone())
+        .with_ansi(false)
+        .finish();
+    let _g = tracing::subscriber::set_default(sub);
+    keys.refresh_all().await;
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("loading issuer keys failed"),
+        "no log line: {log}"
+    );
+    assert!(
+        !log.contains("s3cr3t-pw"),
+        "the URL's password is logged: {log}"
+    );
+}
+
+/// A slow background refresh that started before an unknown-kid refetch must not store
+/// its older answer over the refetched keys (one fetch-and-store per issuer at a time).
+#[derive(Clone)]
+struct Slow {
+    doc: Arc<Mutex<String>>,
+    slow: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+}
+
+async fn slow_jwks(State(s): State<Slow>) -> (StatusCode, String) {
+    s.hits.fetch_add(1, Ordering::SeqCst);
+    // The answer is what the issuer published when the request arrived.
+    let doc = s.doc.lock().unwrap().clone();
+    if s.slow.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    (StatusCode::OK, doc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_refresh_does_not_replace_newer_keys_loaded_by_an_unknown_kid_refetch() {
+    let k1 = TestIssuer::new(ISSUER, "k1");
+    let k2 = TestIssuer::new(ISSUER, "k2");
+    let s = Slow {
+        doc: Arc::new(Mutex::new(k1.jwks())),
+        slow: Arc::new(AtomicBool::new(false)),
+        hits: Arc::new(AtomicUsize::new(0)),
+    };
+    let url = serve(
+        Router::new()
+            .route("/jwks", get(slow_jwks))
+            .with_state(s.clone()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_config(
+        dir.path(),
+        &issuer_toml(
+            &k1,
+            &dir.path().join("m.db"),
+            &format!("jwks_url = \"{url}/jwks\"\nrefresh_secs = 1\nmin_refetch_secs = 30"),
+            "",
+        ),
+    );
+    let keys = IssuerKeys::from_config(&cfg).unwrap();
+    keys.refresh_all().await;
+    assert!(has_kid(&keys, "k1"));
+
+    // The background refresh (every second) gets a slow answer with the old set.
+    s.slow.store(true, Ordering::SeqCst);
+    let before = s.hits.load(Ordering::SeqCst);
+    let _refreshers = keys.spawn_refresh();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.hits.load(Ordering::SeqCst) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Meanwhile the issuer rotates, and a token with k2 triggers a refetch.
+    *s.doc.lock().unwrap() = json!({"keys": [k1.jwk(), k2.jwk()]}).to_string();
+    s.slow.store(false, Ordering::SeqCst);
+    assert!(
+        keys.refetch_unknown_kid(ISSUER).await,
+        "the refetch loaded nothing"
+    );
+    assert!(has_kid(&keys, "k2"), "refetch did not load k2");
+
+    // The slow answer lands: k2 must still be there.
+    tokio::time::sleep(Duration::from_millis(2700)).await;
+    let has_k2 = has_kid(&keys, "k2");
+    // And the next unknown-kid refetch is rate limited, so nothing repairs it for
+    // min_refetch_secs.
+    let refetched = keys.refetch_unknown_kid(ISSUER).await;
+    assert!(
+        has_k2,
+        "k2 was dropped by the older answer of a refresh that started before the refetch \
+         (a further refetch loaded keys: {refetched})"
+    );
 }

@@ -137,8 +137,11 @@ impl<'de> Deserialize<'de> for IssuerConfig {
             // Name the key that failed (serde_json's Value errors do not).
             Err(e) => return Err(D::Error::custom(name_policy_field(&policy, e))),
         };
-        let s = IssuerSourceFields::deserialize(serde_json::Value::Object(source))
-            .map_err(D::Error::custom)?;
+        // Named by the path of the key that failed (`refresh_secs`,
+        // `token_review.timeout_secs`): serde_json's Value errors name none.
+        let s: IssuerSourceFields =
+            serde_path_to_error::deserialize(serde_json::Value::Object(source))
+                .map_err(|e| D::Error::custom(format!("{}: {}", e.path(), e.inner())))?;
         Ok(IssuerConfig {
             policy,
             jwks: s.jwks,
