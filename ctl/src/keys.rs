@@ -73,10 +73,10 @@ pub async fn stats(c: &Client, out: Output) -> Result<(), CtlError> {
         return print(out, &s, &[], &[]);
     }
     print(out, &s, &rows("by_mapping"), OUTCOME_COLUMNS)?;
-    println!();
+    crate::say!();
     print(out, &s, &rows("top_subjects"), SUBJECT_COLUMNS)?;
     if s["untracked"].as_u64().is_some_and(|n| n > 0) {
-        println!(
+        crate::say!(
             "(and {} exchanges of untracked subjects)",
             text(&s["untracked"])
         );

@@ -341,7 +341,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 } else {
                     "nothing to apply"
                 };
-                println!("{verb} ({} unchanged)", text(&diff["unchanged"]));
+                crate::say!("{verb} ({} unchanged)", text(&diff["unchanged"]));
             }
             Ok(())
         }
@@ -378,7 +378,7 @@ async fn mappings(c: &Client, out: Output, cmd: Mappings) -> Result<(), CtlError
             let url = c.url(&["api", "v1", "mappings", &name], &[])?;
             let a = c.send(Method::GET, url, None, None).await?;
             if etag {
-                println!("{}", client::etag_of(a.etag, &format!("mapping {name}"))?);
+                crate::say!("{}", client::etag_of(a.etag, &format!("mapping {name}"))?);
                 return Ok(());
             }
             print(out, &a.body, std::slice::from_ref(&a.body), MAPPING_COLUMNS)
@@ -400,7 +400,7 @@ async fn mappings(c: &Client, out: Output, cmd: Mappings) -> Result<(), CtlError
                         tag.as_deref(),
                     )
                     .await?;
-                println!(
+                crate::say!(
                     "mapping {name} {}",
                     if a.status.as_u16() == 201 {
                         "created"
@@ -415,7 +415,7 @@ async fn mappings(c: &Client, out: Output, cmd: Mappings) -> Result<(), CtlError
             let url = c.url(&["api", "v1", "mappings", &name], &[])?;
             let tag = client::if_match(if_match.as_deref());
             c.send(Method::DELETE, url, None, tag.as_deref()).await?;
-            println!("mapping {name} deleted");
+            crate::say!("mapping {name} deleted");
             Ok(())
         }
     }
@@ -437,7 +437,7 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
             let a = c.send(Method::GET, url, None, None).await?;
             if etag {
                 let what = format!("scope {resource} {scope}");
-                println!("{}", client::etag_of(a.etag, &what)?);
+                crate::say!("{}", client::etag_of(a.etag, &what)?);
                 return Ok(());
             }
             print(out, &a.body, std::slice::from_ref(&a.body), SCOPE_COLUMNS)
@@ -461,7 +461,7 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
                         tag.as_deref(),
                     )
                     .await?;
-                println!(
+                crate::say!(
                     "scope {r} {sc} {}",
                     if a.status.as_u16() == 201 {
                         "created"
@@ -480,7 +480,7 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
             let url = c.url(&["api", "v1", "scopes", &resource, &scope], &[])?;
             let tag = client::if_match(if_match.as_deref());
             c.send(Method::DELETE, url, None, tag.as_deref()).await?;
-            println!("scope {resource} {scope} deleted");
+            crate::say!("scope {resource} {scope} deleted");
             Ok(())
         }
     }
@@ -503,7 +503,7 @@ async fn audit_tail(c: &Client, out: Output, lines: u32, follow: bool) -> Result
         let page = c.get(&["api", "v1", "audit"], &q).await?;
         for e in client::page_items(&page)? {
             match out {
-                Output::Table => println!(
+                Output::Table => crate::say!(
                     "{}",
                     AUDIT_COLUMNS
                         .iter()
@@ -511,7 +511,7 @@ async fn audit_tail(c: &Client, out: Output, lines: u32, follow: bool) -> Result
                         .collect::<Vec<_>>()
                         .join("  ")
                 ),
-                _ => println!("{e}"),
+                _ => crate::say!("{e}"),
             }
         }
         last = page["last_id"].as_i64().or(last);

@@ -29,6 +29,26 @@ pub fn text(v: &Value) -> String {
     }
 }
 
+/// Writes to stdout. A reader that went away (`meshpassctl export | head`) ends the
+/// command quietly with 0, as Unix tools do; any other write error ends it with 1.
+pub fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("meshpassctl: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` through [`write_out`].
+#[macro_export]
+macro_rules! say {
+    () => { $crate::render::write_out(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::render::write_out(format_args!("{}\n", format_args!($($t)*))) };
+}
+
 /// Renders `items` as a table, or `whole` as JSON / YAML.
 pub fn print(
     out: Output,
@@ -40,11 +60,11 @@ pub fn print(
         Output::Json => {
             let s =
                 serde_json::to_string_pretty(whole).map_err(|e| CtlError::Other(e.to_string()))?;
-            println!("{s}");
+            crate::say!("{s}");
         }
         Output::Yaml => {
             let s = serde_yaml::to_string(whole).map_err(|e| CtlError::Other(e.to_string()))?;
-            print!("{s}");
+            write_out(format_args!("{s}"));
         }
         Output::Table => {
             let rows: Vec<Vec<String>> = items
@@ -66,7 +86,7 @@ pub fn print(
                         s.push_str(&format!("{c:<w$}  "));
                     }
                 }
-                println!("{}", s.trim_end());
+                crate::say!("{}", s.trim_end());
             };
             line(columns.iter().map(|(h, _)| h.to_string()).collect());
             for r in rows {

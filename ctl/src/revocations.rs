@@ -160,7 +160,7 @@ pub async fn run(c: &Client, out: Output, cmd: Revocations) -> Result<(), CtlErr
             }
             match out {
                 Output::Table => {
-                    println!("revocation {} created", text(&r["id"]));
+                    crate::say!("revocation {} created", text(&r["id"]));
                     Ok(())
                 }
                 _ => print(out, &r, &[], COLUMNS),
@@ -169,7 +169,7 @@ pub async fn run(c: &Client, out: Output, cmd: Revocations) -> Result<(), CtlErr
         Revocations::Lift { id } => {
             let url = c.url(&["api", "v1", "revocations", &id], &[])?;
             c.send(Method::DELETE, url, None, None).await?;
-            println!("revocation {id} lifted");
+            crate::say!("revocation {id} lifted");
             Ok(())
         }
     }

@@ -417,3 +417,50 @@ async fn uri_resources_round_trip() {
     let _ = json!({});
     let _: Option<Value> = None;
 }
+
+/// `meshpassctl ... | head -1`: once the reader has gone, the command ends quietly
+/// (exit 0, nothing on stderr), as Unix tools do, not with a panic (exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = fake_http(|_, _| {
+        // A page far larger than a pipe's buffer.
+        let items: Vec<Value> = (0..3000)
+            .map(|i| {
+                json!({"name": format!("m{i}"), "subject": "spiffe://cluster.local/ns/a/sa/b",
+                       "resource": "r", "participant": "p", "scopes": ["read"], "ttl_secs": 60})
+            })
+            .collect();
+        http(
+            "200 OK",
+            "content-type: application/json\r\n",
+            &json!({"items": items}).to_string(),
+        )
+    });
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "a.b.c").unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("meshpassctl"))
+        .args(["--server", &server, "--token-file"])
+        .arg(&token_file)
+        .args(["mappings", "list"])
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
