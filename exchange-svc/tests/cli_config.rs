@@ -420,48 +420,32 @@ fn a_wrongly_typed_token_review_timeout_is_refused_naming_the_field() {
     );
 }
 
-/// What `serve` refuses of the issuers, check-config refuses too, naming the field.
+/// What `serve` refuses of the issuers (an inline set with no usable key, a CA file
+/// that cannot be read), check-config refuses too, naming the field.
 #[test]
-fn an_inline_jwks_without_a_usable_key_is_refused_by_config_validation() {
+fn check_config_refuses_issuer_keys_serve_would_refuse() {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k");
-    let toml = issuer_toml(
-        &issuer,
-        &dir.path().join("m.db"),
-        r#"jwks = '{"keys": []}'"#,
-    );
-    let loaded = try_load(dir.path(), &toml);
-    // What serve does with the same configuration:
-    let serve = loaded.as_ref().ok().map(|cfg| {
-        meshpass_exchange::keys::IssuerKeys::from_config(cfg)
-            .err()
-            .map(|e| e.to_string())
-    });
-    let err = loaded.err().unwrap_or_else(|| {
-        panic!("Config::load (check-config) accepted it, but serve says: {serve:?}")
-    });
-    assert!(err.contains("issuers[0].jwks"), "{err}");
-}
-
-#[test]
-fn an_unreadable_issuer_ca_file_is_refused_by_config_validation() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "k");
-    let toml = issuer_toml(
-        &issuer,
-        &dir.path().join("m.db"),
-        "jwks_url = \"https://jwks.test/keys\"\nca_file = \"/nonexistent/ca.pem\"",
-    );
-    let loaded = try_load(dir.path(), &toml);
-    let serve = loaded.as_ref().ok().map(|cfg| {
-        meshpass_exchange::keys::IssuerKeys::from_config(cfg)
-            .err()
-            .map(|e| e.to_string())
-    });
-    let err = loaded.err().unwrap_or_else(|| {
-        panic!("Config::load (check-config) accepted it, but serve says: {serve:?}")
-    });
-    assert!(err.contains("issuers[0].ca_file"), "{err}");
+    for (keys, field) in [
+        (r#"jwks = '{"keys": []}'"#, "issuers[0].jwks"),
+        (
+            "jwks_url = \"https://jwks.test/keys\"\nca_file = \"/nonexistent/ca.pem\"",
+            "issuers[0].ca_file",
+        ),
+    ] {
+        let toml = issuer_toml(&issuer, &dir.path().join("m.db"), keys);
+        let loaded = try_load(dir.path(), &toml);
+        // What serve does with the same configuration:
+        let serve = loaded.as_ref().ok().map(|cfg| {
+            meshpass_exchange::keys::IssuerKeys::from_config(cfg)
+                .err()
+                .map(|e| e.to_string())
+        });
+        let err = loaded.err().unwrap_or_else(|| {
+            panic!("{keys}: check-config accepted it, but serve says: {serve:?}")
+        });
+        assert!(err.contains(field), "{err}");
+    }
 }
 
 #[test]

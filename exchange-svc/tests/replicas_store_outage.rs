@@ -30,6 +30,33 @@ fn base_config(dir: &std::path::Path, issuer: &TestIssuer, url: String) -> Confi
     cfg
 }
 
+/// A replica started as `serve` starts it while its database is unreachable (behind a
+/// cut relay): migration and seeding go to the background retry.
+async fn start_with_the_store_down(
+    dir: &std::path::Path,
+    issuer: &TestIssuer,
+    db: &meshpass_testkit::PgDb,
+) -> (CutRelay, Router) {
+    let proxy = CutRelay::start(&db.host_port()).unwrap();
+    proxy.cut();
+    let cfg = base_config(dir, issuer, db.url_via(proxy.port()));
+    let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim).unwrap());
+    meshpass_exchange::server::prepare_store(Arc::clone(&store), &cfg)
+        .await
+        .unwrap();
+    let keys = IssuerKeys::from_config(&cfg).unwrap();
+    keys.refresh_all().await;
+    let state = AppState::new(
+        &cfg,
+        signer().await,
+        store.clone() as Arc<dyn MappingStore>,
+        keys,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    (proxy, meshpass_exchange::app(state))
+}
+
 /// Restores the database just after the background retry that follows the 2 s sleep
 /// failed (the retry sleeps 1 s, 2 s, 4 s, ...), so the next one is about 4 s away: the
 /// window in which the database answers but the store is not set up yet.
@@ -68,25 +95,7 @@ async fn readyz_is_not_ready_while_the_store_is_reachable_but_not_yet_migrated_a
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
     let db = Postgres::fresh_database();
-    let proxy = CutRelay::start(&db.host_port()).unwrap();
-    proxy.cut();
-    let cfg = base_config(dir.path(), &issuer, db.url_via(proxy.port()));
-    let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim).unwrap());
-    // As `serve` does: the store is down, so migration and seeding go to the background.
-    meshpass_exchange::server::prepare_store(Arc::clone(&store), &cfg)
-        .await
-        .unwrap();
-    let keys = IssuerKeys::from_config(&cfg).unwrap();
-    keys.refresh_all().await;
-    let state = AppState::new(
-        &cfg,
-        signer().await,
-        store.clone() as Arc<dyn MappingStore>,
-        keys,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    let app = meshpass_exchange::app(state);
+    let (proxy, app) = start_with_the_store_down(dir.path(), &issuer, &db).await;
     assert_eq!(
         get(&app, "/readyz").await.status,
         StatusCode::SERVICE_UNAVAILABLE
@@ -142,24 +151,7 @@ async fn readyz_is_not_ready_while_the_configured_mappings_are_not_yet_seeded() 
         s.migrate().await.unwrap();
         s.close().await;
     }
-    let proxy = CutRelay::start(&db.host_port()).unwrap();
-    proxy.cut();
-    let cfg = base_config(dir.path(), &issuer, db.url_via(proxy.port()));
-    let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim).unwrap());
-    meshpass_exchange::server::prepare_store(Arc::clone(&store), &cfg)
-        .await
-        .unwrap();
-    let keys = IssuerKeys::from_config(&cfg).unwrap();
-    keys.refresh_all().await;
-    let state = AppState::new(
-        &cfg,
-        signer().await,
-        store.clone() as Arc<dyn MappingStore>,
-        keys,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
-    let app = meshpass_exchange::app(state);
+    let (proxy, app) = start_with_the_store_down(dir.path(), &issuer, &db).await;
     restore_between_retries(&proxy).await;
     let token = issuer.svid(WEB, now(), 600);
     let start = Instant::now();
