@@ -268,6 +268,26 @@ pub fn check_url(field: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
     }
 }
 
+/// `e` without the lines of the file a TOML syntax error quotes (`N | text` and the
+/// `|`/caret lines around it): the line may hold a secret (a password with a bad
+/// escape, an unquoted token). Position and reason stay.
+fn without_quoted_lines(mut e: figment::Error) -> figment::Error {
+    if let figment::error::Kind::Message(m) = &mut e.kind {
+        let quoted = |l: &str| {
+            l.trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start()
+                .starts_with('|')
+        };
+        *m = m
+            .lines()
+            .filter(|l| !quoted(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    e
+}
+
 /// A figment error with the field named the way the README and [`Config::validate`]
 /// name it (`issuers[0].jwks_url`, not `default.issuers.0...`); errors with no key
 /// (unreadable file, TOML syntax) stay figment's own.
@@ -310,10 +330,17 @@ fn load_error(e: figment::Error) -> ConfigError {
             }
             _ => m.clone(),
         },
+        // Never quote a string value: it may be a secret put in the wrong place.
+        Kind::InvalidType(figment::error::Actual::Str(_), expected) => {
+            format!("invalid type: found a string, expected {expected}")
+        }
+        Kind::InvalidValue(figment::error::Actual::Str(_), expected) => {
+            format!("invalid value: a string, expected {expected}")
+        }
         other => other.to_string(),
     };
     if field.is_empty() {
-        return ConfigError::Load(Box::new(e));
+        return ConfigError::Load(Box::new(without_quoted_lines(e)));
     }
     let source = e
         .metadata

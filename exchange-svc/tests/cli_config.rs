@@ -501,3 +501,59 @@ fn a_tls_listener_on_the_token_listeners_address_is_refused_naming_the_field() {
         .expect_err("a TLS listener on the token listener's address was accepted");
     assert!(err.contains("server.tls.listen"), "{err}");
 }
+
+const DB_PASSWORD: &str = "S3cr3t-db-pass";
+const VAULT_TOKEN: &str = "hvs.CAESIAuditSecretVaultToken0123456789";
+
+/// Files whose error would quote a secret: a syntax error on the line holding it (a
+/// password with a backslash, `\q` being no TOML escape; a token pasted unquoted: the
+/// toml crate quotes the whole line), or a secret given where a section is expected.
+fn files_that_would_quote_a_secret() -> Vec<(String, &'static str)> {
+    vec![
+        (
+            format!("[store]\nurl = \"postgres://meshpass:{DB_PASSWORD}\\q@db:5432/meshpass\"\n"),
+            DB_PASSWORD,
+        ),
+        (
+            format!("[vault.auth]\nmethod = \"token\"\ntoken = {VAULT_TOKEN}\n"),
+            VAULT_TOKEN,
+        ),
+        (
+            format!("store = \"postgres://meshpass:{DB_PASSWORD}@db:5432/meshpass\"\n"),
+            DB_PASSWORD,
+        ),
+        (format!("[vault]\nauth = \"{VAULT_TOKEN}\"\n"), VAULT_TOKEN),
+    ]
+}
+
+#[test]
+fn a_configuration_error_never_quotes_a_secret_yet_says_where_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, secret) in files_that_would_quote_a_secret() {
+        let msg = try_load(dir.path(), &text).expect_err("the file is refused");
+        assert!(!msg.contains(secret), "the secret is in the error:\n{msg}");
+        assert!(
+            msg.contains("TOML parse error at line") || msg.contains("invalid type"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn serve_and_check_config_never_print_a_secret_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (text, secret) = files_that_would_quote_a_secret().remove(0);
+    let p = write(dir.path(), &text);
+    for args in [
+        vec!["check-config".to_string(), p.display().to_string()],
+        vec!["serve".into(), "--config".into(), p.display().to_string()],
+    ] {
+        let out = bin().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains(secret),
+            "{args:?} printed the secret:\n{stderr}"
+        );
+    }
+}
