@@ -164,6 +164,21 @@ impl Worker {
                         // request misses and is memoised then.
                         self.store(host, &key, &t, &resp, &subject, subject_exp, now);
                     }
+                    // The service no longer grants it (a mapping deleted, a subject it
+                    // now refuses): the cached token ends here, and the next request
+                    // exchanges again and gets the refusal.
+                    refused @ (Outcome::Forbidden(_) | Outcome::InvalidGrant(_)) => {
+                        let slot = cache::entry_key(&key, self.config.cache_slots);
+                        if let Some((bytes, cas)) = host.shared_get(&slot) {
+                            if Entry::decode_for(&bytes, &key).is_some() {
+                                let _ = host.shared_set(&slot, None, Some(cas));
+                            }
+                        }
+                        host.log(
+                            Level::Info,
+                            &format!("meshpass: background refresh refused ({refused:?}); cached token dropped"),
+                        );
+                    }
                     other => host.log(
                         Level::Warn,
                         &format!("meshpass: background refresh failed ({other:?}); cached token served until it expires"),
