@@ -174,6 +174,38 @@ fn a_deny_rule_request_arriving_during_an_allow_rule_exchange_is_never_forwarded
 }
 
 #[test]
+fn a_participant_token_the_service_stops_granting_is_not_served_after_its_refresh() {
+    // 60 s tokens refreshed after 2 % of their life (1.2 s): the refresh is refused
+    // (the mapping was deleted), so the cached token must end there, not in 60 s.
+    let s = client_sidecar(1, |c| {
+        c["default_rule"] = json!({"resource": "granted-once"});
+        c["cache"] = json!({"expiry_margin_secs": 0, "refresh_ahead_percent": 2});
+    });
+    let t = format!("Bearer {}", s.token());
+    let r = get(s.port, "/orders", &[("authorization", &t)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["headers"]["authorization"], "Bearer pt-1");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Served from the cache; starts the background refresh on the next tick.
+    let r = get(s.port, "/orders", &[("authorization", &t)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    wait_for("the refresh", Duration::from_secs(10), || {
+        s.exchanges() >= 2
+    });
+    // The refusal lands, then the next request exchanges again and is refused.
+    let mut last = None;
+    wait_for("the cached token to end", Duration::from_secs(10), || {
+        let r = get(s.port, "/orders", &[("authorization", &t)]);
+        let done = r.status == 403;
+        last = Some(r);
+        done
+    });
+    let r = last.unwrap();
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(s.exchanges() >= 3, "a new exchange, not the cached token");
+}
+
+#[test]
 fn a_client_reset_mid_exchange_leaves_the_answer_to_the_other_waiters() {
     use std::io::Write;
     let s = client_sidecar(1, |c| {

@@ -226,6 +226,31 @@ pub(crate) fn exchange_server(script: Arc<Mutex<Script>>) -> Server {
                 std::thread::sleep(Duration::from_millis(800));
                 err(503, "temporarily_unavailable").map(|r| r.with_header("retry-after", "11"))
             }
+            "granted-once" => {
+                // Granted with a short life the first time, refused ever after (the
+                // mapping was deleted in between).
+                let first = script
+                    .lock()
+                    .unwrap()
+                    .exchanges
+                    .iter()
+                    .filter(|e| e.get("resource").and_then(|r| r.first()) == Some(&resource))
+                    .count()
+                    == 1;
+                if first {
+                    Some(Response::json(
+                        200,
+                        &json!({
+                            "access_token": format!("pt-{n}"),
+                            "issued_token_type": "urn:ietf:params:oauth:token-type:jwt",
+                            "token_type": "Bearer",
+                            "expires_in": 60,
+                        }),
+                    ))
+                } else {
+                    err(400, "unauthorized_client")
+                }
+            }
             "reset" => None,
             "invalid-request" => err(400, "invalid_request"),
             "garbage" => Some(Response {
