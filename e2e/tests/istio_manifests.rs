@@ -393,6 +393,34 @@ fn exchange_container(docs: &[Value]) -> Value {
 }
 
 #[test]
+fn a_read_only_root_filesystem_still_leaves_the_service_a_writable_tmp() {
+    // SQLite writes statement journals and large sorts to the first writable of
+    // /var/tmp, /usr/tmp, /tmp and fails the statement when none is.
+    for (dir, docs) in rendered() {
+        if !kinds(&docs).contains(&"Deployment/meshpass-exchange".to_string()) {
+            continue;
+        }
+        let c = exchange_container(&docs);
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{dir}");
+        let mount = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == "/tmp")
+            .unwrap_or_else(|| panic!("{dir}: no volume at /tmp"));
+        assert_ne!(mount["readOnly"], true, "{dir}");
+        let d = find(&docs, "Deployment", "meshpass-exchange");
+        let vol = d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("{dir}: /tmp's volume is not in the pod"));
+        assert!(vol["emptyDir"].is_object(), "{dir}: {vol}");
+    }
+}
+
+#[test]
 fn the_overlays_render_what_each_environment_needs() {
     let all = rendered();
     let get = |name: &str| &all.iter().find(|(d, _)| d == name).unwrap().1;
