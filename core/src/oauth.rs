@@ -2,6 +2,7 @@
 //! (client side) and the exchange service (server side).
 
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// `grant_type` for token exchange.
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -14,8 +15,8 @@ pub const TOKEN_TYPE_ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:acce
 /// Maximum size of a token-exchange form body the parser accepts.
 pub const MAX_FORM_BYTES: usize = 64 * 1024;
 
-/// An RFC 8693 §2.1 token-exchange request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// An RFC 8693 §2.1 token-exchange request (`Debug` shows the tokens' lengths only).
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct TokenExchangeRequest {
     /// `subject_token` (required).
     pub subject_token: String,
@@ -33,6 +34,33 @@ pub struct TokenExchangeRequest {
     pub actor_token: Option<String>,
     /// `actor_token_type` (required when `actor_token` is given).
     pub actor_token_type: Option<String>,
+}
+
+/// A token's length in place of the token.
+struct Redacted(usize);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted, {} bytes>", self.0)
+    }
+}
+
+impl fmt::Debug for TokenExchangeRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenExchangeRequest")
+            .field("subject_token", &Redacted(self.subject_token.len()))
+            .field("subject_token_type", &self.subject_token_type)
+            .field("resource", &self.resource)
+            .field("audience", &self.audience)
+            .field("scope", &self.scope)
+            .field("requested_token_type", &self.requested_token_type)
+            .field(
+                "actor_token",
+                &self.actor_token.as_ref().map(|t| Redacted(t.len())),
+            )
+            .field("actor_token_type", &self.actor_token_type)
+            .finish()
+    }
 }
 
 impl TokenExchangeRequest {

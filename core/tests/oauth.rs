@@ -275,3 +275,16 @@ fn scope_token_rule_is_rfc_6749_section_3_3() {
         assert!(!is_scope_token(bad), "{bad:?}");
     }
 }
+
+#[test]
+fn debug_output_of_a_request_never_shows_the_subject_or_actor_token() {
+    let body = format!(
+        "{}&actor_token=actor-s3cret&actor_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt",
+        minimal()
+    );
+    let r = TokenExchangeRequest::parse_form(body.as_bytes()).unwrap();
+    let shown = format!("{r:?}");
+    assert!(!shown.contains(&r.subject_token), "{shown}");
+    assert!(!shown.contains("actor-s3cret"), "{shown}");
+    assert!(shown.contains("redacted"), "{shown}");
+}

@@ -71,8 +71,8 @@ impl CacheKey {
 }
 
 /// The RFC 8693 §2.2 success body of one minted token, serialised once when it is
-/// minted: between answers only `expires_in` changes.
-#[derive(Debug, Clone)]
+/// minted: between answers only `expires_in` changes. No `Debug`: it holds the token.
+#[derive(Clone)]
 pub struct AnswerBody {
     /// Everything up to the value of `expires_in`.
     head: Arc<str>,
@@ -125,8 +125,8 @@ impl AnswerBody {
     }
 }
 
-/// A minted token and what is needed to serve it again.
-#[derive(Debug, Clone)]
+/// A minted token and what is needed to serve it again (`Debug` never shows the token).
+#[derive(Clone)]
 pub struct CachedToken {
     /// The participant token.
     pub access_token: Arc<str>,
@@ -156,6 +156,24 @@ pub struct CachedToken {
     /// `meshpass_exchanges_total{outcome="cached", resource}`, resolved at mint time
     /// (None: not counted, e.g. in tests).
     pub cached_counter: Option<prometheus::IntCounter>,
+}
+
+impl std::fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedToken")
+            .field(
+                "access_token",
+                &crate::redact::Redacted(self.access_token.len()),
+            )
+            .field("scope", &self.scope)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .field("mapping", &self.mapping)
+            .field("resource", &self.resource)
+            .field("jti", &self.jti)
+            .field("actors", &self.actors)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Default)]
@@ -325,6 +343,20 @@ mod tests {
             body: AnswerBody::new("t", None),
             cached_counter: None,
         })
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_participant_token() {
+        let secret = "eyJhbGciOiJFUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl";
+        let mut t = Arc::unwrap_or_clone(token("j1", 1, 2));
+        t.access_token = secret.into();
+        t.body = AnswerBody::new(secret, None);
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("c2VjcmV0"), "{shown}");
+        assert!(
+            shown.contains("j1") && shown.contains("redacted"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -78,20 +78,6 @@ enum Source {
     Discovery { base: String, http: reqwest::Client },
 }
 
-/// `url` as errors and logs show it: without user, password or query (reqwest sends
-/// `user:pass@` as Basic auth, so a URL may carry a credential).
-fn shown(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_password(None);
-            let _ = u.set_username("");
-            u.set_query(None);
-            u.to_string()
-        }
-        Err(_) => "the URL".into(),
-    }
-}
-
 struct Issuer {
     name: String,
     source: Source,
@@ -174,7 +160,7 @@ async fn get_document(
     if !resp.status().is_success() {
         return Err(KeysError::Fetch(format!(
             "{} answered {}",
-            shown(url),
+            crate::redact::url(url),
             resp.status()
         )));
     }
@@ -187,7 +173,7 @@ async fn get_document(
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
             return Err(KeysError::Document(format!(
                 "{} is larger than {MAX_DOCUMENT_BYTES} bytes",
-                shown(url)
+                crate::redact::url(url)
             )));
         }
         body.extend_from_slice(&chunk);

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod metrics;
 pub mod mgmt;
 pub mod ratelimit;
+pub mod redact;
 pub mod revocation;
 pub mod server;
 pub mod signer;

@@ -75,26 +75,16 @@ impl std::fmt::Debug for RateLimitConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitConfig")
             .field("backend", &self.backend)
-            .field("redis_url", &self.redis_url.as_deref().map(redacted_url))
+            .field(
+                "redis_url",
+                &self.redis_url.as_deref().map(crate::redact::url),
+            )
             .field("on_redis_down", &self.on_redis_down)
             .field("replicas", &self.replicas)
             .field("key_prefix", &self.key_prefix)
             .field("redis_timeout_ms", &self.redis_timeout_ms)
             .field("redis_retry_ms", &self.redis_retry_ms)
             .finish()
-    }
-}
-
-/// `url` with its password (if any) replaced by `***`; an unparsable one entirely.
-fn redacted_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() && u.set_password(Some("***")).is_err() {
-                return "***".into();
-            }
-            u.to_string()
-        }
-        Err(_) => "***".into(),
     }
 }
 

@@ -15,6 +15,7 @@
 mod audit;
 mod cached;
 mod changes;
+mod config;
 mod etag;
 mod index;
 mod managed;

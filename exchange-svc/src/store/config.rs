@@ -1,0 +1,176 @@
+//! `[store]` settings: which database, the pool, the policy cache; checked before any
+//! connection is made.
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// `[store]` settings (`Debug` shows the URL without its password or query).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST:PORT/DB`.
+    pub url: String,
+    /// Pool size (SQLite: readers; writes are serialised by SQLite itself).
+    pub max_connections: u32,
+    /// Connections kept open.
+    pub min_connections: u32,
+    /// How long a request waits for a connection before the store counts as down.
+    pub acquire_timeout_secs: u64,
+    /// Idle connections are closed after this long.
+    pub idle_timeout_secs: u64,
+    /// `Retry-After` sent with 503 when the store is down.
+    pub retry_after_secs: u64,
+    /// Seconds a resource's mappings and scope claims are served from memory before
+    /// the database is asked again (0: ask on every exchange). Writes through this
+    /// process take effect at once; other replicas' writes within this bound.
+    pub policy_cache_secs: u64,
+    /// Longest a snapshot's rows are served while version checks confirm that nothing
+    /// changed, instead of reading the resource again every `policy_cache_secs`: writes
+    /// through meshpass still show within `policy_cache_secs`, writes that bypass it
+    /// (direct SQL) within this (equal to `policy_cache_secs`: no checks).
+    pub policy_max_age_secs: u64,
+    /// How often each replica reads the change version, the fallback for missed
+    /// `LISTEN`/`NOTIFY` notifications (`crate::change_feed`).
+    pub change_check_interval_ms: u64,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &crate::redact::url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("min_connections", &self.min_connections)
+            .field("acquire_timeout_secs", &self.acquire_timeout_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
+            .field("retry_after_secs", &self.retry_after_secs)
+            .field("policy_cache_secs", &self.policy_cache_secs)
+            .field("policy_max_age_secs", &self.policy_max_age_secs)
+            .field("change_check_interval_ms", &self.change_check_interval_ms)
+            .finish()
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://meshpass.db".into(),
+            max_connections: 8,
+            min_connections: 0,
+            acquire_timeout_secs: 3,
+            idle_timeout_secs: 300,
+            retry_after_secs: 5,
+            policy_cache_secs: 2,
+            policy_max_age_secs: 300,
+            change_check_interval_ms: 1000,
+        }
+    }
+}
+
+/// Longest `store.policy_cache_secs` accepted: the cache is a load shield, not a
+/// replica of the database.
+pub const MAX_POLICY_CACHE_SECS: u64 = 60;
+
+/// Longest `store.policy_max_age_secs` accepted.
+pub const MAX_POLICY_MAX_AGE_SECS: u64 = 3_600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl StoreConfig {
+    /// The backend and the URL to connect with; a bad URL is `invalid` naming `store.url`.
+    pub(super) fn backend(&self) -> Result<(Backend, String), StoreError> {
+        let bad_url = |reason: &str| StoreError::Invalid {
+            field: "store.url".into(),
+            reason: reason.into(),
+        };
+        let url = self.url.trim();
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok((Backend::Postgres, url.to_string()));
+        }
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            let rest = rest.trim_start_matches("//");
+            if rest.is_empty() {
+                return Err(bad_url("SQLite path is empty"));
+            }
+            if rest.contains(":memory:") || rest.contains("mode=memory") {
+                return Err(bad_url(
+                    "in-memory SQLite would lose every mapping on restart",
+                ));
+            }
+            let sep = if rest.contains('?') { '&' } else { '?' };
+            let opts = if rest.contains("mode=") {
+                String::new()
+            } else {
+                format!("{sep}mode=rwc")
+            };
+            return Ok((Backend::Sqlite, format!("sqlite://{rest}{opts}")));
+        }
+        Err(bad_url("must start with sqlite:// or postgres://"))
+    }
+
+    /// Checks the settings without connecting; a refusal names the key
+    /// ([`StoreError::Invalid`], field `store.…`).
+    pub fn validate(&self) -> Result<(), StoreError> {
+        let bad = |field: &str, reason: String| StoreError::Invalid {
+            field: format!("store.{field}"),
+            reason,
+        };
+        self.backend()?;
+        if self.max_connections == 0 {
+            return Err(bad("max_connections", "must be at least 1".into()));
+        }
+        if self.min_connections > self.max_connections {
+            return Err(bad(
+                "min_connections",
+                "must not exceed store.max_connections".into(),
+            ));
+        }
+        if self.acquire_timeout_secs == 0 {
+            return Err(bad("acquire_timeout_secs", "must be at least 1".into()));
+        }
+        if !(50..=60_000).contains(&self.change_check_interval_ms) {
+            return Err(bad(
+                "change_check_interval_ms",
+                "must be 50 to 60000".into(),
+            ));
+        }
+        if self.policy_cache_secs > MAX_POLICY_CACHE_SECS {
+            return Err(bad(
+                "policy_cache_secs",
+                format!("must be at most {MAX_POLICY_CACHE_SECS}"),
+            ));
+        }
+        if self.policy_max_age_secs < self.policy_cache_secs
+            || self.policy_max_age_secs > MAX_POLICY_MAX_AGE_SECS
+        {
+            return Err(bad(
+                "policy_max_age_secs",
+                format!(
+                    "must be from store.policy_cache_secs ({}) to {MAX_POLICY_MAX_AGE_SECS}",
+                    self.policy_cache_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_database_password() {
+        let c = StoreConfig {
+            url: "postgres://meshpass:pa55w0rd@db:5432/meshpass".into(),
+            ..StoreConfig::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("pa55w0rd"), "{shown}");
+        assert!(shown.contains("db:5432"), "{shown}");
+    }
+}
