@@ -401,7 +401,10 @@ fn a_read_only_root_filesystem_still_leaves_the_service_a_writable_tmp() {
             continue;
         }
         let c = exchange_container(&docs);
-        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{dir}");
+        assert_eq!(
+            c["securityContext"]["readOnlyRootFilesystem"], true,
+            "{dir}"
+        );
         let mount = c["volumeMounts"]
             .as_array()
             .unwrap()

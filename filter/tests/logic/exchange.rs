@@ -417,7 +417,11 @@ fn a_refresh_the_service_refuses_ends_the_cached_token_at_once() {
         f.w.on_tick(&mut f.host);
         assert_eq!(f.host.dispatched.len(), 2, "one refresh");
         f.answer(refusal());
-        assert_eq!(f.send_token(3, &t), Verdict::Pause, "{status}: a miss, not a hit");
+        assert_eq!(
+            f.send_token(3, &t),
+            Verdict::Pause,
+            "{status}: a miss, not a hit"
+        );
         assert_eq!(f.host.dispatched.len(), 3, "{status}: a new exchange");
         f.answer(refusal());
         assert_eq!(f.host.replies[&3].status, status);
