@@ -12,42 +12,14 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use axum::Router;
 use common::*;
-use meshpass_exchange::change_feed::{ChangeFeed, LISTENER_APPLICATION_NAME};
-use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::change_feed::LISTENER_APPLICATION_NAME;
 use meshpass_exchange::config::Config;
-use meshpass_exchange::store::{Actor, MappingStore, Precondition, SqlStore};
+use meshpass_exchange::store::{Actor, MappingStore, Precondition};
 use meshpass_testkit::{PgDb, Postgres};
-
-struct Replica {
-    app: Router,
-    store: Arc<SqlStore>,
-    _feed: ChangeFeed,
-}
-
-async fn replica(cfg: &Config) -> Replica {
-    let (mut state, store) = state_and_store(cfg, signer().await, Arc::new(SystemClock)).await;
-    // As `serve` does: the revocation set follows the store.
-    state
-        .revocations
-        .attach(
-            Arc::clone(&store) as Arc<dyn meshpass_exchange::store::RevocationStore>,
-            Arc::clone(&state.clock),
-        )
-        .await;
-    let feed =
-        meshpass_exchange::server::start_change_feed(Arc::clone(&store), cfg, &mut state).unwrap();
-    Replica {
-        app: meshpass_exchange::app(state),
-        store,
-        _feed: feed,
-    }
-}
 
 /// The shared test configuration on `db`, the version check every `check_ms`.
 fn config(dir: &std::path::Path, issuer: &TestIssuer, db: &PgDb, check_ms: u64) -> Config {

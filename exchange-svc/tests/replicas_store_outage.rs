@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::Router;
 use common::*;
-use meshpass_exchange::change_feed::ChangeFeed;
 use meshpass_exchange::clock::SystemClock;
 use meshpass_exchange::config::Config;
 use meshpass_exchange::keys::IssuerKeys;
@@ -188,42 +187,6 @@ async fn readyz_is_not_ready_while_the_configured_mappings_are_not_yet_seeded() 
     );
 }
 
-struct Replica {
-    app: Router,
-    cache: Arc<meshpass_exchange::cache::TokenCache>,
-    store: Arc<SqlStore>,
-    _feed: ChangeFeed,
-}
-
-async fn replica(cfg: &Config) -> Replica {
-    let (mut state, store) = state_and_store(cfg, signer().await, Arc::new(SystemClock)).await;
-    state
-        .revocations
-        .attach(
-            Arc::clone(&store) as Arc<dyn meshpass_exchange::store::RevocationStore>,
-            Arc::clone(&state.clock),
-        )
-        .await;
-    let feed =
-        meshpass_exchange::server::start_change_feed(Arc::clone(&store), cfg, &mut state).unwrap();
-    // The first version read drops the views too (just after it is published), and
-    // nothing minted in the second of a drop is cached: wait for it and for the next
-    // second, so a token minted from here stays cached until a change (or the outage
-    // bound) drops it.
-    let mut versions = feed.subscribe();
-    tokio::time::timeout(Duration::from_secs(10), versions.wait_for(Option::is_some))
-        .await
-        .unwrap()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    Replica {
-        cache: state.cache.clone().unwrap(),
-        app: meshpass_exchange::app(state),
-        store,
-        _feed: feed,
-    }
-}
-
 /// README "Several replicas": "Should both fail (database down), the policy cache's own
 /// expiry (`store.policy_cache_secs`) still bounds staleness, then exchanges fail closed
 /// (503)." A replica cut off from PostgreSQL (listener and version check both failing)
@@ -240,8 +203,8 @@ async fn a_replica_cut_off_from_the_store_does_not_serve_a_deleted_mappings_cach
     cfg_a.store.change_check_interval_ms = 200;
     let mut cfg_b = cfg_a.clone();
     cfg_b.store.url = db.url_via(proxy.port());
-    let a = replica(&cfg_a).await;
-    let b = replica(&cfg_b).await;
+    let a = replica(&cfg_a).await.settled().await;
+    let b = replica(&cfg_b).await.settled().await;
     let token = issuer.svid(WEB, now(), 600);
     assert_eq!(exchange(&b.app, &token).await.status, StatusCode::OK);
     assert_eq!(exchange(&b.app, &token).await.status, StatusCode::OK);

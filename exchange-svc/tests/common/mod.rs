@@ -427,3 +427,47 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 }
+
+/// One replica in this process, built as `serve` builds it: the revocation set follows
+/// the store, and the change feed runs.
+pub struct Replica {
+    pub app: Router,
+    pub cache: Arc<meshpass_exchange::cache::TokenCache>,
+    pub store: Arc<SqlStore>,
+    pub feed: meshpass_exchange::change_feed::ChangeFeed,
+}
+
+pub async fn replica(cfg: &Config) -> Replica {
+    let clock = Arc::new(meshpass_exchange::clock::SystemClock);
+    let (mut state, store) = state_and_store(cfg, signer().await, clock).await;
+    state
+        .revocations
+        .attach(
+            Arc::clone(&store) as Arc<dyn meshpass_exchange::store::RevocationStore>,
+            Arc::clone(&state.clock),
+        )
+        .await;
+    let feed =
+        meshpass_exchange::server::start_change_feed(Arc::clone(&store), cfg, &mut state).unwrap();
+    Replica {
+        cache: state.cache.clone().unwrap(),
+        app: meshpass_exchange::app(state),
+        store,
+        feed,
+    }
+}
+
+impl Replica {
+    /// Waits for the feed's first version read (it drops the views too, just after it
+    /// is published) and for the next second (nothing minted in the second of a drop is
+    /// cached): a token minted from here stays cached until a change drops it.
+    pub async fn settled(self) -> Self {
+        let mut versions = self.feed.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), versions.wait_for(Option::is_some))
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        self
+    }
+}
