@@ -68,14 +68,16 @@ unit:
 	# core's rule tests again on the native (ring) signature backend
 	cargo test -p meshpass-core --features native-crypto --no-fail-fast
 
-## fuzz-smoke: each fuzz target for FUZZ_SECONDS (make fuzz for longer runs); new inputs go to
-## fuzz/corpus/T (ignored), the committed seeds in fuzz/seeds/T are read only
+## fuzz-smoke: each fuzz target for FUZZ_SECONDS (make fuzz for longer runs), two at a time
+## (one per core) after one build of them all; new inputs go to fuzz/corpus/T (ignored),
+## the committed seeds in fuzz/seeds/T are read only
 fuzz-smoke: setup
-	@for t in $(FUZZ_TARGETS); do \
-	  echo "[fuzz] $$t for $(FUZZ_SECONDS)s"; \
-	  (cd fuzz && set -o pipefail && mkdir -p corpus/$$t && \
-	   cargo +nightly fuzz run $$t corpus/$$t seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 2>&1 | tail -3) || exit 1; \
-	done
+	cd fuzz && cargo +nightly fuzz build
+	@cd fuzz && printf '%s\n' $(FUZZ_TARGETS) | xargs -P 2 -I{} bash -c '\
+	  mkdir -p corpus/{}; \
+	  out=$$(cargo +nightly fuzz run {} corpus/{} seeds/{} -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 2>&1); rc=$$?; \
+	  echo "[fuzz] {} ($(FUZZ_SECONDS)s): $$(printf "%s\n" "$$out" | grep -E "^Done [0-9]+ runs" | tail -1)"; \
+	  if [ $$rc -ne 0 ]; then printf "%s\n" "$$out" | tail -60; echo "[fuzz] {} FAILED (exit $$rc)"; exit 1; fi'
 
 fuzz:
 	$(MAKE) fuzz-smoke FUZZ_SECONDS=300
