@@ -330,6 +330,16 @@ fn the_pieces_name_each_other_consistently() {
         rule["jwksUri"],
         format!("http://{host}:{port}/.well-known/jwks.json")
     );
+    // A verifier that follows the discovery document is sent to the same place, in the
+    // base and in the kind kit alike.
+    for text in [exchange_toml(), kit_exchange_toml()] {
+        let t: toml::Value = toml::from_str(&text).unwrap();
+        let public = t["server"]["public_url"].as_str().unwrap();
+        assert_eq!(
+            format!("{public}/.well-known/jwks.json"),
+            rule["jwksUri"].as_str().unwrap()
+        );
+    }
     // The participant audiences Istio accepts are the resources the mappings grant.
     let granted: Vec<&str> = toml["mappings"]
         .as_array()

@@ -138,11 +138,11 @@ fn signing_algs(st: &AppState) -> Vec<String> {
 }
 
 fn metadata(st: &AppState, oidc: bool) -> Value {
-    let iss = &st.settings.issuer;
+    let (iss, base) = (&st.settings.issuer, &st.settings.public_url);
     let mut doc = json!({
         "issuer": iss,
-        "token_endpoint": format!("{iss}/token"),
-        "jwks_uri": format!("{iss}/.well-known/jwks.json"),
+        "token_endpoint": format!("{base}/token"),
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
         // The token endpoint knows its callers by their mTLS identity (RFC 8705).
         "token_endpoint_auth_methods_supported": ["tls_client_auth"],

@@ -94,6 +94,10 @@ pub struct ServerConfig {
     /// `[server.tls]`: terminate TLS here; a verified client certificate's SPIFFE ID is
     /// the caller of `/token`.
     pub tls: Option<TlsConfig>,
+    /// Base URL the discovery documents advertise for `token_endpoint` and `jwks_uri`
+    /// (unset: `token.issuer`), for an issuer that is a name while the service is
+    /// reached elsewhere (in a mesh: the Service's plain-HTTP port, behind sidecars).
+    pub public_url: Option<String>,
 }
 
 /// `[server.tls]`.
@@ -137,6 +141,7 @@ impl Default for ServerConfig {
             retry_after_secs: 2,
             request_timeout_secs: 10,
             tls: None,
+            public_url: None,
         }
     }
 }
@@ -386,6 +391,25 @@ impl Config {
                 "token.issuer",
                 "must have no query, fragment or trailing /",
             ));
+        }
+        if let Some(public) = &self.server.public_url {
+            let field = "server.public_url";
+            let u =
+                reqwest::Url::parse(public).map_err(|e| bad(field, format!("not a URL: {e}")))?;
+            if !matches!(u.scheme(), "http" | "https") {
+                return Err(bad(field, "must be an http or https URL"));
+            }
+            if u.query().is_some()
+                || u.fragment().is_some()
+                || !u.username().is_empty()
+                || u.password().is_some()
+                || public.ends_with('/')
+            {
+                return Err(bad(
+                    field,
+                    "must have no user, query, fragment or trailing /",
+                ));
+            }
         }
         if self.token.participant_claim.is_empty()
             || crate::store::RESERVED_CLAIMS.contains(&self.token.participant_claim.as_str())

@@ -27,6 +27,9 @@ pub struct Settings {
     pub policy: ValidationPolicy,
     /// `iss` of minted tokens.
     pub issuer: String,
+    /// Base of the discovery documents' `token_endpoint` and `jwks_uri`
+    /// (`server.public_url`, else the issuer).
+    pub public_url: String,
     /// Name of the participant-context claim.
     pub participant_claim: String,
     /// Cap on minted-token lifetime.
@@ -49,6 +52,11 @@ impl Settings {
         Ok(Settings {
             policy: cfg.validation_policy()?,
             issuer: cfg.token.issuer.clone(),
+            public_url: cfg
+                .server
+                .public_url
+                .clone()
+                .unwrap_or_else(|| cfg.token.issuer.clone()),
             participant_claim: cfg.token.participant_claim.clone(),
             max_ttl_secs: cfg.token.max_ttl_secs,
             jwks_max_age_secs: cfg.server.jwks_max_age_secs,

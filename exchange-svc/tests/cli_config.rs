@@ -84,6 +84,21 @@ fn check_config_names_the_bad_field() {
             "[store]\npolicy_cache_secs = 3600\n",
             "store.policy_cache_secs: ",
         ),
+        (
+            "[callers]",
+            "[server]\npublic_url = \"http://meshpass.test:8080/\"\n\n[callers]",
+            "server.public_url: ",
+        ),
+        (
+            "[callers]",
+            "[server]\npublic_url = \"ftp://meshpass.test\"\n\n[callers]",
+            "server.public_url: ",
+        ),
+        (
+            "[callers]",
+            "[server]\npublic_url = \"https://meshpass.test?x=1\"\n\n[callers]",
+            "server.public_url: ",
+        ),
     ];
     for (from, to, field) in cases {
         let toml = good(dir.path()).replacen(from, to, 1);

@@ -623,6 +623,33 @@ async fn publishes_the_jwks_and_discovery_documents_with_cache_headers() {
 }
 
 #[tokio::test]
+async fn discovery_advertises_the_public_url_where_the_service_is_reached_not_the_issuer_name() {
+    // In a mesh the issuer is a name (https://meshpass-exchange.meshpass.svc.cluster.local)
+    // while the Service answers plain HTTP on 8080: a verifier following the document
+    // must be sent where the JWKS really is.
+    let public = "http://meshpass-exchange.meshpass.svc.cluster.local:8080";
+    let e = env_with(&format!("[server]\npublic_url = \"{public}\"\n")).await;
+    for path in [
+        "/.well-known/openid-configuration",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let d = get(&e.app, path).await;
+        assert_eq!(d.status, StatusCode::OK);
+        assert_eq!(d.json["issuer"], SERVICE_ISSUER, "{path}");
+        assert_eq!(
+            d.json["token_endpoint"],
+            format!("{public}/token"),
+            "{path}"
+        );
+        assert_eq!(
+            d.json["jwks_uri"],
+            format!("{public}/.well-known/jwks.json"),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_invalid_scope_answer_quotes_only_a_bounded_prefix_of_the_scope() {
     let e = env().await;
     let token = e.issuer.svid(WEB, now(), 600);
