@@ -20,7 +20,8 @@ pub fn normalise(path: &str) -> Cow<'_, str> {
     // slashes merged (Envoy's `merge_slashes`).
     let mut out: Vec<&str> = Vec::new();
     for seg in decoded.split('/').skip(1) {
-        match seg {
+        // `..;x` is `..` with a parameter: Tomcat and Spring read it as `..`.
+        match seg.split(';').next().unwrap_or(seg) {
             "." => {}
             ".." => {
                 out.pop();
@@ -44,10 +45,20 @@ pub fn normalise(path: &str) -> Cow<'_, str> {
     }
 }
 
-/// Whether `path` holds an escaped `/` or `\` (`%2F`, `%5C`, any case): Envoy keeps
-/// them as they are by default (`path_with_escaped_slashes_action`), so where the
-/// filter matches on the decoded form an app may still see another path.
-pub fn has_escaped_slash(path: &str) -> bool {
+/// Whether `path` holds what Envoy forwards as it is while the normal form reads it
+/// otherwise, so that where the filter matches on the normal form an app may still see
+/// another path: an escaped `/` or `\` (`%2F`, `%5C`, any case; Envoy keeps them by
+/// default, `path_with_escaped_slashes_action`), or a dot segment with parameters
+/// (`..;x`, no dot segment to Envoy, `..` to Tomcat and Spring).
+pub fn kept_by_envoy(path: &str) -> bool {
+    let dot_with_params = path.split('/').any(|seg| {
+        seg.split_once(';')
+            .is_some_and(|(base, _)| base == "." || base == "..")
+    });
+    dot_with_params || has_escaped_slash(path)
+}
+
+fn has_escaped_slash(path: &str) -> bool {
     path.as_bytes().windows(3).any(|w| {
         w.first() == Some(&b'%')
             && matches!(
@@ -114,6 +125,8 @@ mod tests {
             ("/a\\..\\admin", "/admin"),
             ("/../..", "/"),
             ("/é/../x", "/x"),
+            ("/public/..;/admin", "/admin"),
+            ("/public/.;x=1/y", "/public/y"),
         ] {
             assert_eq!(normalise(p).as_ref(), n, "{p}");
         }
@@ -138,11 +151,13 @@ mod tests {
 
     #[test]
     fn escaped_slashes_are_found_in_either_case() {
-        for p in ["/a%2Fb", "/a%2fb", "/a%5Cb", "/a%5cb"] {
-            assert!(super::has_escaped_slash(p), "{p}");
+        for p in [
+            "/a%2Fb", "/a%2fb", "/a%5Cb", "/a%5cb", "/a/..;/b", "/a/.;x/b", "/..;",
+        ] {
+            assert!(super::kept_by_envoy(p), "{p}");
         }
-        for p in ["/a/b", "/a%20b", "/a%2", "/a%25Fb"] {
-            assert!(!super::has_escaped_slash(p), "{p}");
+        for p in ["/a/b", "/a%20b", "/a%2", "/a%25Fb", "/a;x/b", "/a/...;/b"] {
+            assert!(!super::kept_by_envoy(p), "{p}");
         }
     }
 }

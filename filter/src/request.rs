@@ -111,8 +111,8 @@ impl Worker {
         let path = normalise(&raw);
         let as_sent = raw.split_once('?').map_or(raw.as_ref(), |(p, _)| p);
         // Matching on the normal form (`allow_unnormalised_paths`) holds only where
-        // Envoy forwards that form: never for escaped slashes, which it keeps.
-        let unmatched = !cfg.allow_unnormalised_paths || crate::path::has_escaped_slash(as_sent);
+        // Envoy forwards that form: never for escaped slashes or `..;`, which it keeps.
+        let unmatched = !cfg.allow_unnormalised_paths || crate::path::kept_by_envoy(as_sent);
         if path != as_sent && unmatched {
             self.bump(Counter::DeniedBadPath);
             send_error(

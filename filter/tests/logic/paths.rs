@@ -33,6 +33,45 @@ fn allow_mode() -> Fixture {
     paths_fixture(|c| c["allow_unnormalised_paths"] = json!(true))
 }
 
+/// Envoy routes `/public/..;/admin` on `/public` (`..;` is no dot segment to it), while
+/// Tomcat and Spring drop the `;` parameters and serve `/admin`: with the `/public`
+/// rule's token, or past the `/healthz` bypass with none. Refused in either mode.
+#[test]
+fn a_dot_segment_with_parameters_is_refused_in_either_mode() {
+    for allow in [false, true] {
+        for path in [
+            "/public/..;/admin/x",
+            "/healthz/..;x=1/admin/",
+            "/public/.;/x",
+        ] {
+            let mut f = paths_fixture(|c| c["allow_unnormalised_paths"] = json!(allow));
+            assert_eq!(f.send(1, &[(":path", path)]), Verdict::Pause, "{path}");
+            assert_eq!(
+                f.host.replies.get(&1).map(|r| r.status),
+                Some(400),
+                "{path} (allow_unnormalised_paths {allow})"
+            );
+            assert_eq!(f.count(Counter::Bypassed), 0, "{path}");
+            assert!(f.host.dispatched.is_empty(), "{path}");
+        }
+    }
+    // Parameters on any other segment change nothing.
+    let mut f = paths_fixture(|_| {});
+    let auth = format!("Bearer {}", f.token(ALICE));
+    f.send(
+        1,
+        &[
+            (":path", "/public;jsessionid=1/x"),
+            ("authorization", &auth),
+        ],
+    );
+    assert!(f.host.replies.get(&1).is_none());
+    assert_eq!(
+        last_resource(&f.host).as_deref(),
+        Some("https://public.test")
+    );
+}
+
 /// Envoy keeps `%2F` by default and routes `/admin%2F..%2Fhealthz` on `/admin`; read
 /// decoded, it would be the `/healthz` bypass and go on with no token.
 #[test]
