@@ -35,7 +35,11 @@ pub fn normalise(path: &str) -> Cow<'_, str> {
         n.push_str(s);
     }
     // A final empty, `.` or `..` segment names a directory: the slash stays.
-    if n.is_empty() || matches!(decoded.rsplit('/').next(), Some("" | "." | "..")) {
+    let last = decoded
+        .rsplit('/')
+        .next()
+        .map(|s| s.split(';').next().unwrap_or(s));
+    if n.is_empty() || matches!(last, Some("" | "." | "..")) {
         n.push('/');
     }
     if n == p {
@@ -127,6 +131,7 @@ mod tests {
             ("/é/../x", "/x"),
             ("/public/..;/admin", "/admin"),
             ("/public/.;x=1/y", "/public/y"),
+            ("/a/b/..;x", "/a/"),
         ] {
             assert_eq!(normalise(p).as_ref(), n, "{p}");
         }
