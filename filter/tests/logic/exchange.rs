@@ -399,6 +399,22 @@ fn near_expiry_hit_is_served_and_refreshed_once_in_the_background() {
     assert_eq!(f.host.counter(Counter::CacheRefresh), 1);
 }
 
+/// A token cached as `p1` (90 s life), hit past 75 % of it (request 2), and the
+/// background refresh dispatched from the root on the next tick.
+fn refresh_in_flight() -> (Fixture, String) {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p1", 100));
+    f.host.now_ms += 80_000;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.send_token(2, &t), Verdict::Continue);
+    f.host.ctx = 0;
+    f.w.on_tick(&mut f.host);
+    assert_eq!(f.host.dispatched.len(), 2, "one refresh");
+    (f, t)
+}
+
 #[test]
 fn a_refresh_the_service_refuses_ends_the_cached_token_at_once() {
     // A mapping deleted (or a subject the service no longer accepts) answers the
@@ -406,16 +422,7 @@ fn a_refresh_the_service_refuses_ends_the_cached_token_at_once() {
     // for the rest of its life; the next request exchanges again and is refused.
     for (status, code) in [(403, "unauthorized_client"), (401, "invalid_grant")] {
         let refusal = || error_response(400, code, None);
-        let mut f = fixture();
-        let t = f.token(ALICE);
-        f.send_token(1, &t);
-        f.answer(ok_response("p1", 100));
-        f.host.now_ms += 80_000; // past 75 % of the 90 s life
-        f.w.on_tick(&mut f.host);
-        assert_eq!(f.send_token(2, &t), Verdict::Continue);
-        f.host.ctx = 0;
-        f.w.on_tick(&mut f.host);
-        assert_eq!(f.host.dispatched.len(), 2, "one refresh");
+        let (mut f, t) = refresh_in_flight();
         f.answer(refusal());
         assert_eq!(
             f.send_token(3, &t),
@@ -438,15 +445,7 @@ fn a_refresh_that_meets_an_outage_keeps_serving_the_cached_token() {
         error_response(503, "temporarily_unavailable", Some("2")),
         error_response(429, "slow_down", Some("2")),
     ] {
-        let mut f = fixture();
-        let t = f.token(ALICE);
-        f.send_token(1, &t);
-        f.answer(ok_response("p1", 100));
-        f.host.now_ms += 80_000;
-        f.w.on_tick(&mut f.host);
-        assert_eq!(f.send_token(2, &t), Verdict::Continue);
-        f.host.ctx = 0;
-        f.w.on_tick(&mut f.host);
+        let (mut f, t) = refresh_in_flight();
         f.answer(resp);
         assert_eq!(f.send_token(3, &t), Verdict::Continue);
         assert_eq!(
