@@ -1,7 +1,9 @@
 //! What the management API must refuse so that the store stays consistent and every
 //! export imports again: scope rows no mapping grants, claim values too deep to read
-//! back, names a URL cannot address; and `If-Match` read as RFC 9110 says. Each test
-//! runs on SQLite and real PostgreSQL over real sockets.
+//! back, names a URL cannot address, claims an import's rows set differently, an import
+//! that leaves a section out or empty (commented out) yet prunes; `If-Match` and
+//! `If-None-Match` read as RFC 9110 says; an export in the lists' byte order whatever the
+//! collation. Each test runs on SQLite and real PostgreSQL over real sockets.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -435,7 +437,186 @@ async fn names_made_only_of_dots_are_refused_with_422_naming_the_field(db: Db) {
     );
 }
 
+// Imports that must not prune more than the document says, and answers as documented.
+
+async fn import(s: &Service, query: &str, ct: &str, body: String) -> (u16, Option<String>, Value) {
+    let r = s
+        .req(Method::POST, &format!("/api/v1/import{query}"), Some(ADMIN))
+        .header("content-type", ct)
+        .body(body);
+    s.send(r).await
+}
+
+/// `/openapi.json` documents `If-None-Match: *` as "create only (412 when it exists)",
+/// and RFC 9110 §13.1.2 says a false If-None-Match on a PUT is 412.
+async fn a_put_with_if_none_match_star_on_an_existing_entity_is_412_as_the_openapi_document_says(
+    db: Db,
+) {
+    let s = Service::start(db).await;
+    let (_, _, doc) = s.send(s.req(Method::GET, "/openapi.json", None)).await;
+    let params = doc["paths"]["/api/v1/mappings/{name}"]["put"]["parameters"]
+        .as_array()
+        .unwrap();
+    let inm = params
+        .iter()
+        .find(|p| p["name"] == "If-None-Match")
+        .unwrap();
+    assert!(
+        inm["description"].as_str().unwrap().contains("412"),
+        "{inm}"
+    );
+    let m = mapping("inv", "spiffe://cluster.local/ns/shop/*", "inventory");
+    assert_eq!(s.post("/api/v1/mappings", &m).await.0, 201);
+    let mut m2 = m.clone();
+    m2["ttl_secs"] = json!(60);
+    let r = s
+        .req(Method::PUT, "/api/v1/mappings/inv", Some(ADMIN))
+        .header("if-none-match", "*")
+        .json(&m2);
+    let (st, _, body) = s.send(r).await;
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (412, Some("precondition_failed")),
+        "PUT mapping If-None-Match: * on an existing one: {body}"
+    );
+    // The same for a scope row (seeded payments/read).
+    let row = json!({"resource": "payments", "scope": "read", "claims": {"role_read": false}});
+    let r = s
+        .req(Method::PUT, "/api/v1/scopes/payments/read", Some(ADMIN))
+        .header("if-none-match", "*")
+        .json(&row);
+    let (st, _, body) = s.send(r).await;
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (412, Some("precondition_failed")),
+        "PUT scope If-None-Match: * on an existing one: {body}"
+    );
+    assert_eq!(s.get("/api/v1/mappings/inv").await.2["ttl_secs"], 300);
+}
+
+/// README: 422 names "the field and why ... unknown field, a value of the wrong type;
+/// `field` is the JSON path: ... `mappings[1].ttl_secs`" — `/import` takes YAML too.
+async fn a_yaml_import_names_the_refused_field_by_its_json_path_as_a_json_one_does(db: Db) {
+    let s = Service::start(db).await;
+    let (_, _, mut doc) = s.get("/api/v1/export").await;
+    doc["mappings"][1]["ttl_secs"] = json!("soon");
+    let (st, _, json_err) = import(&s, "?dry_run=true", "application/json", doc.to_string()).await;
+    assert_eq!(
+        (st, json_err["field"].as_str()),
+        (422, Some("mappings[1].ttl_secs")),
+        "{json_err}"
+    );
+    let yaml = serde_yaml::to_string(&doc).unwrap();
+    let (st, _, yaml_err) = import(&s, "?dry_run=true", "application/yaml", yaml).await;
+    assert_eq!(st, 422, "{yaml_err}");
+    assert_eq!(
+        yaml_err["field"], "mappings[1].ttl_secs",
+        "the same document in YAML: {yaml_err}"
+    );
+}
+
+/// README: a claim another scope of the resource sets differently is `422` with the
+/// field (a single-row write answers `invalid` on `claims`); `409` is for an existing
+/// entity, a concurrent transaction, or a row left ungranted. An import document whose
+/// own rows disagree is none of those.
+async fn an_import_whose_scope_rows_set_one_claim_differently_is_422_naming_the_row(db: Db) {
+    let s = Service::start(db).await;
+    let (_, _, mut doc) = s.get("/api/v1/export").await;
+    // Seeded: payments/write sets role = "writer"; make payments/read set it otherwise.
+    let scopes = doc["scopes"].as_array_mut().unwrap();
+    let i = scopes.iter().position(|r| r["scope"] == "read").unwrap();
+    scopes[i]["claims"]["role"] = json!("admin");
+    let (st, _, err) = import(&s, "?dry_run=true", "application/json", doc.to_string()).await;
+    assert_eq!(
+        (st, err["error"].as_str()),
+        (422, Some("invalid")),
+        "conflicting claims in a document: {err}"
+    );
+    assert!(
+        err["field"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("scopes["),
+        "{err}"
+    );
+}
+
+/// README: "a body that names neither `mappings` nor `scopes` ... is 422 on body, so a
+/// lost file never prunes everything (`mappings: []` says none)". A YAML file whose
+/// entries are all commented out names both sections with no value (null): it says no
+/// more than an empty file and must not read as `mappings: []`.
+async fn a_yaml_document_whose_sections_are_all_commented_out_prunes_nothing(db: Db) {
+    let s = Service::start(db).await;
+    let (_, _, before) = s.get("/api/v1/export").await;
+    let body = "mappings:\n#  - name: web-to-orders\nscopes:\n#  - resource: payments\n";
+    let (st, _, answer) = import(&s, "?prune=true", "application/yaml", body.into()).await;
+    let (_, _, after) = s.get("/api/v1/export").await;
+    assert_eq!(after, before, "import answered {st} {answer}");
+}
+
+/// README: "`mappings: []` says none". A document that names only `scopes` does not say
+/// there are no mappings; with prune it must not delete every mapping.
+async fn a_document_naming_only_scopes_never_prunes_every_mapping(db: Db) {
+    let s = Service::start(db).await;
+    let (st, _, answer) = import(
+        &s,
+        "?prune=true&dry_run=true",
+        "application/json",
+        json!({"scopes": []}).to_string(),
+    )
+    .await;
+    let removed = answer["removed"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !removed
+            .iter()
+            .any(|r| r.as_str().unwrap_or_default().starts_with("mappings/")),
+        "a scopes-only document would delete mappings: {st} {answer}"
+    );
+}
+
+/// README: list pages come "in byte order of the name (whatever the database's
+/// collation)", and the export is the document kept in Git, "sorted (by name; by
+/// resource and scope)": on PostgreSQL with a linguistic collation (ICU, `en_US`) the
+/// same store must export in the same order as SQLite does and as the list pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_is_in_the_same_byte_order_as_the_lists_whatever_the_postgres_collation() {
+    let s = Service::start(Db::postgres()).await;
+    let Db::Postgres(pg) = &s.db else {
+        unreachable!()
+    };
+    // As a database created with an ICU / en_US default collation sorts these columns.
+    pg.psql("ALTER TABLE mappings ALTER COLUMN name TYPE TEXT COLLATE \"en-x-icu\"");
+    // (Written straight to the table: a pooled connection's cached plans do not survive
+    // the column change; the API only reads here.)
+    for (name, ns) in [("alpha", "a"), ("Beta", "b"), ("gamma", "g"), ("Zulu", "z")] {
+        pg.psql(&format!(
+            "INSERT INTO mappings (name, subject, resource, participant, audiences, scopes, ttl_secs, \
+             rate_per_second, rate_burst, revision, updated_at, allowed_callers, allowed_actors) VALUES \
+             ('{name}', 'spiffe://cluster.local/ns/{ns}/*', 'inventory', 'acme', '[]', '[]', 300, 0, 0, 1, 0, '[]', '[]')"
+        ));
+    }
+    let names = |v: &Value, key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let listed = names(&s.get("/api/v1/mappings?limit=1000").await.2, "items");
+    let exported = names(&s.get("/api/v1/export").await.2, "mappings");
+    let mut bytes = listed.clone();
+    bytes.sort();
+    assert_eq!(listed, bytes, "the list is in byte order");
+    assert_eq!(exported, listed, "the export is in the list's (byte) order");
+}
+
 on_both_backends!(
+    a_put_with_if_none_match_star_on_an_existing_entity_is_412_as_the_openapi_document_says,
+    a_yaml_import_names_the_refused_field_by_its_json_path_as_a_json_one_does,
+    an_import_whose_scope_rows_set_one_claim_differently_is_422_naming_the_row,
+    a_yaml_document_whose_sections_are_all_commented_out_prunes_nothing,
+    a_document_naming_only_scopes_never_prunes_every_mapping,
     a_mapping_change_that_would_leave_a_scope_row_granted_by_no_mapping_is_refused_with_409,
     deleting_the_only_mapping_that_grants_a_scope_row_is_refused_with_409,
     an_import_that_would_leave_a_stored_scope_row_granted_by_no_mapping_is_refused_unless_it_prunes_the_row,

@@ -104,7 +104,7 @@ fn precondition(headers: &HeaderMap, default: Precondition) -> Result<Preconditi
     }
     if let Some(v) = headers.get(header::IF_NONE_MATCH) {
         if v.to_str().ok().map(str::trim) == Some("*") {
-            return Ok(Precondition::Absent);
+            return Ok(Precondition::NoneMatch);
         }
         return Err(MgmtError::BadRequest(
             "only If-None-Match: * is supported on writes".into(),

@@ -14,8 +14,8 @@ use super::error::MgmtError;
 use super::input::{parse_body, parse_query, read_body};
 use super::{MgmtState, RequestId};
 use crate::store::{
-    check_scope_granted, check_ttl_cap, import_leaves_ungranted, mappings_after_import,
-    rows_left_ungranted, validate_scope_claims, ImportDiff, PolicyDocument,
+    check_claim_conflicts, check_scope_granted, check_ttl_cap, import_leaves_ungranted,
+    mappings_after_import, rows_left_ungranted, validate_scope_claims, ImportDiff, PolicyDocument,
 };
 
 /// Largest request body the management API reads (an import document).
@@ -70,53 +70,96 @@ pub async fn export(
     }
 }
 
+/// Which sections a document names with a list (an empty one included).
+#[derive(Debug, Clone, Copy)]
+struct Sections {
+    mappings: bool,
+    scopes: bool,
+}
+
 /// Reads a document: JSON when the content type says so (or the body starts with `{`),
-/// else YAML.
-fn parse_document(headers: &HeaderMap, body: &[u8]) -> Result<PolicyDocument, MgmtError> {
+/// else YAML; and which sections it names.
+fn parse_document(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(PolicyDocument, Sections), MgmtError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let json = ct.contains("json")
         || (!ct.contains("yaml") && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{'));
-    names_a_section(body, json)?;
+    let sections = named_sections(body, json)?;
     if json {
-        return parse_body(body);
+        return Ok((parse_body(body)?, sections));
     }
-    serde_yaml::from_slice(body)
-        .map_err(|e| MgmtError::invalid("body", format!("not a policy document: {e}")))
+    // Through JSON values, so a refusal names the field by its JSON path as a JSON
+    // document's does.
+    let value: serde_json::Value = serde_yaml::from_slice(body)
+        .map_err(|e| MgmtError::invalid("body", format!("not a policy document: {e}")))?;
+    let text = serde_json::to_vec(&value).map_err(|e| MgmtError::Internal(e.to_string()))?;
+    Ok((parse_body(&text)?, sections))
 }
 
-/// A document must name `mappings` or `scopes`: an empty body (a file lost on the way,
-/// a heredoc gone wrong) or `{}` would otherwise read as a policy with nothing in it,
+/// A document must name `mappings` or `scopes` with a list: an empty body (a file lost
+/// on the way, a heredoc gone wrong), `{}` or sections whose entries are all commented
+/// out (`mappings:` with no value) would otherwise read as a policy with nothing in it,
 /// which with `prune` deletes every mapping. An explicit empty list still prunes. A body
 /// that does not parse is left to the typed parse, which says why.
-fn names_a_section(body: &[u8], json: bool) -> Result<(), MgmtError> {
-    let keys: Option<Vec<String>> = if json {
+fn named_sections(body: &[u8], json: bool) -> Result<Sections, MgmtError> {
+    let named: Option<Sections> = if json {
         match serde_json::from_slice::<serde_json::Value>(body) {
-            Ok(serde_json::Value::Object(m)) => Some(m.keys().cloned().collect()),
+            Ok(serde_json::Value::Object(m)) => Some(Sections {
+                mappings: m.get("mappings").is_some_and(serde_json::Value::is_array),
+                scopes: m.get("scopes").is_some_and(serde_json::Value::is_array),
+            }),
             Ok(_) => None,
             Err(_) if body.iter().all(u8::is_ascii_whitespace) => None,
-            Err(_) => return Ok(()),
+            Err(_) => {
+                return Ok(Sections {
+                    mappings: true,
+                    scopes: true,
+                })
+            }
         }
     } else {
         match serde_yaml::from_slice::<serde_yaml::Value>(body) {
-            Ok(serde_yaml::Value::Mapping(m)) => Some(
-                m.keys()
-                    .filter_map(|k| k.as_str().map(str::to_string))
-                    .collect(),
-            ),
+            Ok(serde_yaml::Value::Mapping(m)) => Some(Sections {
+                mappings: m
+                    .get("mappings")
+                    .is_some_and(serde_yaml::Value::is_sequence),
+                scopes: m.get("scopes").is_some_and(serde_yaml::Value::is_sequence),
+            }),
             Ok(_) => None,
-            Err(_) => return Ok(()),
+            Err(_) => {
+                return Ok(Sections {
+                    mappings: true,
+                    scopes: true,
+                })
+            }
         }
     };
-    match keys {
-        Some(k) if k.iter().any(|k| k == "mappings" || k == "scopes") => Ok(()),
+    match named {
+        Some(n) if n.mappings || n.scopes => Ok(n),
         _ => Err(MgmtError::invalid(
             "body",
-            "not a policy document: it names neither mappings nor scopes (send `mappings: []` to mean none)",
+            "not a policy document: it names neither mappings nor scopes with a list (send `mappings: []` to mean none)",
         )),
     }
+}
+
+/// With `prune`, a section the document leaves out would delete every entry of its
+/// kind: it must name both (`[]` for none).
+fn check_prune(sections: Sections) -> Result<(), MgmtError> {
+    for (named, field) in [(sections.mappings, "mappings"), (sections.scopes, "scopes")] {
+        if !named {
+            return Err(MgmtError::invalid(
+                field,
+                "with prune the document must name both mappings and scopes with a list (`[]` for none): a missing one would delete every entry of it",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The service's rules on a whole document: each entry's own rules (naming it), the TTL
@@ -135,11 +178,6 @@ fn check_document(
             .map_err(|e| prefix(e.into(), &format!("mappings[{i}]")))?;
     }
     let result = mappings_after_import(&stored.mappings, &doc.mappings, prune);
-    for (i, row) in doc.scopes.iter().enumerate() {
-        validate_scope_claims(row, &st.participant_claim)
-            .and_then(|()| check_scope_granted(row, &result))
-            .map_err(|e| prefix(e.into(), &format!("scopes[{i}]")))?;
-    }
     let in_doc = |r: &&crate::store::ScopeClaims| {
         doc.scopes
             .iter()
@@ -155,6 +193,16 @@ fn check_document(
             .cloned()
             .collect(),
     };
+    // The rows the store will hold: a claim two of them set differently is refused here
+    // as for a single row (422 naming it), not by the store's check (409).
+    let after: Vec<_> = doc.scopes.iter().chain(&kept).cloned().collect();
+    for (i, row) in doc.scopes.iter().enumerate() {
+        validate_scope_claims(row, &st.participant_claim)
+            .and_then(|()| check_scope_granted(row, &result))
+            .map_err(|e| prefix(e.into(), &format!("scopes[{i}]")))?;
+        check_claim_conflicts(row, &after)
+            .map_err(|e| MgmtError::invalid(format!("scopes[{i}].claims"), e.to_string()))?;
+    }
     let left = rows_left_ungranted(&kept, &stored.mappings, &result);
     if !left.is_empty() {
         return Err(import_leaves_ungranted(&left).into());
@@ -180,7 +228,10 @@ pub async fn import(
     let caller = st.auth.require(&headers, Role::Write).await?;
     let body = read_body(body).await?;
     let q: ImportQuery = parse_query(query.as_deref())?;
-    let doc = parse_document(&headers, &body)?;
+    let (doc, sections) = parse_document(&headers, &body)?;
+    if q.prune {
+        check_prune(sections)?;
+    }
     let stored = st.store.export().await?;
     check_document(&st, &doc, &stored, q.prune)?;
     let r = st

@@ -33,8 +33,11 @@ use super::{
 pub enum Precondition {
     /// Nothing: create or replace.
     None,
-    /// The entity must not exist (create).
+    /// The entity must not exist (create: 409 when it does).
     Absent,
+    /// The entity must not exist, as `If-None-Match: *` asks: 412 when it does (RFC
+    /// 9110 §13.1.2).
+    NoneMatch,
     /// The entity must exist (`If-Match: *`).
     Exists,
     /// The entity must exist with this tag.
@@ -380,6 +383,7 @@ async fn check_precondition<T: Entity>(
         (Precondition::Absent, Some(_)) => {
             return Err(StoreError::Conflict(format!("{target} already exists")))
         }
+        (Precondition::NoneMatch, Some(_)) => return Err(StoreError::PreconditionFailed(target)),
         (Precondition::Exists | Precondition::Matches(_) | Precondition::MatchesAny(_), None) => {
             return Err(missing(target))
         }
@@ -526,10 +530,13 @@ impl SqlStore {
     /// Every mapping and scope row, in stable order.
     pub async fn export(&self) -> Result<PolicyDocument, StoreError> {
         use super::MappingStore;
-        Ok(PolicyDocument {
-            mappings: self.list_mappings().await?,
-            scopes: self.list_scope_claims().await?,
-        })
+        let mut mappings = self.list_mappings().await?;
+        let mut scopes = self.list_scope_claims().await?;
+        // Byte order, as the list pages: a PostgreSQL database with a linguistic
+        // collation would otherwise export another order than SQLite.
+        mappings.sort_by(|a, b| a.name.cmp(&b.name));
+        scopes.sort_by(|a, b| (&a.resource, &a.scope).cmp(&(&b.resource, &b.scope)));
+        Ok(PolicyDocument { mappings, scopes })
     }
 
     /// Makes the store hold `doc`: adds and replaces its entries, and with `prune`
