@@ -33,17 +33,18 @@ impl LockedKeyAdmin {
     pub async fn rotate(&self, actor: &Actor) -> Result<KeyStatus, MgmtError> {
         self.store
             .with_maintenance_lock(async {
-                let before = self.inner.status().await?;
-                let after = self.inner.rotate().await?;
-                let record = record(actor, "keys.rotate", &before, &after);
-                Ok((after, record))
+                // Read from Vault under the lock: another replica may have changed the
+                // key a moment ago, and its notification may not have landed here yet.
+                let before = self.inner.fresh_status().await?;
+                self.inner.rotate().await?;
+                Ok::<_, MgmtError>(self.done(actor, "keys.rotate", &before).await)
             })
-            .await
+            .await?
     }
 
     /// Stops publishing versions below `below` when no token they signed can still be
-    /// accepted ([`check_retire`] on the state read under the lock, tokens accepted for
-    /// `max_lifetime_secs`, at `now`), audited as `keys.retire` by `actor`.
+    /// accepted ([`check_retire`] on the state read from Vault under the lock, tokens
+    /// accepted for `max_lifetime_secs`, at `now`), audited as `keys.retire` by `actor`.
     pub async fn retire_below(
         &self,
         below: u64,
@@ -53,24 +54,53 @@ impl LockedKeyAdmin {
     ) -> Result<KeyStatus, MgmtError> {
         self.store
             .with_maintenance_lock(async {
-                let before = self.inner.status().await?;
+                // A stale view could lower Vault's min_decryption_version again and
+                // publish a retired version.
+                let before = self.inner.fresh_status().await?;
                 check_retire(&before, below, max_lifetime_secs, now)?;
-                let after = self.inner.retire_below(below).await?;
-                let record = record(actor, "keys.retire", &before, &after);
-                Ok((after, record))
+                self.inner.retire_below(below).await?;
+                Ok::<_, MgmtError>(self.done(actor, "keys.retire", &before).await)
             })
-            .await
+            .await?
+    }
+
+    /// After Vault accepted a change: the state read again, and the audit record, which
+    /// is written even when that read fails (the change is done in Vault; the call then
+    /// fails, saying so).
+    async fn done(
+        &self,
+        actor: &Actor,
+        action: &str,
+        before: &KeyStatus,
+    ) -> (Result<KeyStatus, MgmtError>, AuditRecord) {
+        match self.inner.fresh_status().await {
+            Ok(after) => {
+                let r = record(actor, action, before, Some(&after), String::new());
+                (Ok(after), r)
+            }
+            Err(e) => {
+                let why = format!("{action} done in Vault, but reading the key again failed: {e}");
+                let r = record(actor, action, before, None, why.clone());
+                (Err(MgmtError::Internal(why)), r)
+            }
+        }
     }
 }
 
-fn record(actor: &Actor, action: &str, before: &KeyStatus, after: &KeyStatus) -> AuditRecord {
+fn record(
+    actor: &Actor,
+    action: &str,
+    before: &KeyStatus,
+    after: Option<&KeyStatus>,
+    reason: String,
+) -> AuditRecord {
     AuditRecord {
         request_id: actor.request_id.clone(),
         actor: actor.who.clone(),
         action: action.into(),
-        target: format!("keys/{}", after.key),
+        target: format!("keys/{}", before.key),
         before: serde_json::to_value(before).ok(),
-        after: serde_json::to_value(after).ok(),
-        reason: String::new(),
+        after: after.and_then(|a| serde_json::to_value(a).ok()),
+        reason,
     }
 }

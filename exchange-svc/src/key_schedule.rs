@@ -278,7 +278,8 @@ impl KeySchedule {
                 .find(|b| check_retire(&status, *b, self.max_lifetime_secs, now_secs).is_ok());
             if let Some(below) = below {
                 let before = status.clone();
-                let after = self.signer.retire_below(below).await?;
+                self.signer.retire_below(below).await?;
+                let after = self.signer.vault_status(now).await?;
                 audit.push(record("keys.retire", &before, &after));
                 out.retired_below = Some(below);
             }

@@ -17,10 +17,10 @@ use meshpass_exchange::change_feed::ChangeFeed;
 use meshpass_exchange::clock::SystemClock;
 use meshpass_exchange::key_maintenance::LockedKeyAdmin;
 use meshpass_exchange::keys::IssuerKeys;
-use meshpass_exchange::mgmt::{KeyAdmin, MgmtError};
+use meshpass_exchange::mgmt::{Dependency, KeyAdmin, KeyStatus, MgmtError};
 use meshpass_exchange::server::{spawn_key_reload, start_change_feed, AbortOnDrop};
 use meshpass_exchange::signer::Signer;
-use meshpass_exchange::store::{AuditRecord, MappingStore, SqlStore, StoreConfig};
+use meshpass_exchange::store::{Actor, AuditRecord, MappingStore, SqlStore, StoreConfig};
 use meshpass_exchange::vault::TransitSigner;
 use meshpass_exchange::AppState;
 use meshpass_testkit::Postgres;
@@ -215,4 +215,189 @@ async fn a_rotation_through_one_replica_is_in_every_replicas_jwks_at_once() {
     // Same bytes, so verifiers' caches agree whichever replica they asked.
     assert_eq!(jwks(&r2).await.as_bytes(), want.as_bytes());
     assert_eq!(jwks(&r3).await.as_bytes(), want.as_bytes());
+}
+
+// Decisions on the key state: what Vault holds now, rounded the safe way, and audited
+// once Vault has changed.
+
+const KEY: &str = "mp";
+
+fn actor(id: &str) -> Actor {
+    Actor {
+        who: "spiffe://cluster.local/ns/ops/sa/keys".into(),
+        request_id: id.into(),
+    }
+}
+
+fn kids(signer: &TransitSigner) -> Vec<String> {
+    signer.jwks()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// README "Several replicas": rotation and retirement through the management API "run
+/// under a PostgreSQL advisory lock, decide on the key state read under it". Replica
+/// r2 has not yet re-read the key after r1 retired versions below 3 (its notification
+/// is on its way, or its listener reconnects): under the lock it must decide on what
+/// Vault holds now, so "retire below 2" finds nothing below 2 published and changes
+/// nothing. Deciding on its cached view instead, it lowers `min_decryption_version`
+/// from 3 to 2 and puts a retired key version back into every replica's JWKS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retirement_decided_on_a_stale_view_never_publishes_a_retired_version_again() {
+    let bao = tokio::task::spawn_blocking(|| vault_common::bao_with_key(KEY, "ecdsa-p256"))
+        .await
+        .unwrap();
+    let db = Postgres::fresh_database();
+    let mut vault = vault_common::config(&bao, KEY);
+    // Replicas re-read the key on change notifications; none arrives here in time.
+    vault.key_refresh_interval = Duration::from_secs(3600);
+    let s1 = open(&db.url()).await;
+    let s2 = open(&db.url()).await;
+    let r1 = Arc::new(TransitSigner::start(&vault).await.unwrap());
+    for _ in 0..3 {
+        r1.rotate().await.unwrap();
+    }
+    let r2 = Arc::new(TransitSigner::start(&vault).await.unwrap());
+    assert_eq!(kids(&r2), ["mp:v1", "mp:v2", "mp:v3", "mp:v4"]);
+    let a1 = LockedKeyAdmin::new(r1.clone() as Arc<dyn KeyAdmin>, s1);
+    let a2 = LockedKeyAdmin::new(r2.clone() as Arc<dyn KeyAdmin>, s2);
+    // Every token the old versions signed has long expired (max lifetime 0, now far ahead).
+    let later = unix_now() + 100_000;
+    a1.retire_below(3, 0, later, &actor("retire-3"))
+        .await
+        .unwrap();
+    assert_eq!(kids(&r1), ["mp:v3", "mp:v4"]);
+
+    // r2's operator asks to retire below 2: nothing is published below 2 any more.
+    let r = a2.retire_below(2, 0, later, &actor("retire-2")).await;
+    let (_, key) = bao.api("GET", &format!("transit/keys/{KEY}"), None);
+    let min_dec = key["data"]["min_decryption_version"].as_u64().unwrap();
+    r1.refresh().await.unwrap();
+    assert_eq!(
+        (min_dec, kids(&r1)),
+        (3, vec!["mp:v3".to_string(), "mp:v4".to_string()]),
+        "retire below 2 on a stale view answered {:?} and un-retired v2",
+        r.as_ref()
+            .map(|s| s.versions.iter().map(|v| v.version).collect::<Vec<_>>())
+    );
+    assert!(matches!(r, Err(MgmtError::Invalid { .. })), "{r:?}");
+}
+
+/// README, `POST /keys/retire`: "only when version N signed for longer than
+/// `token.max_ttl_secs` + `keys.verifier_leeway` + `vault.key_refresh_interval`" (a
+/// replica that learns of version N late keeps signing with older versions for up to
+/// one refresh interval). With a refresh of 1.9 s, the successor published (and
+/// signing, lead 0) at P and tokens accepted for 1 s, no retirement is safe before
+/// P + 1.9 s + 1 s, which is always later than floor(P) + 2. The API path truncates
+/// both the refresh interval (1.9 s → 1 s; 500 ms → 0) and the successor's start
+/// (`unix()` instead of the schedule's `unix_ceil`), so it allows the retirement a
+/// second or more early. (`vault_status`, the schedule's view, rounds both up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_retirement_waits_the_whole_key_refresh_interval_not_its_whole_seconds() {
+    let bao = tokio::task::spawn_blocking(|| vault_common::bao_with_key(KEY, "ecdsa-p256"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&format!("sqlite://{}", dir.path().join("m.db").display())).await;
+    let mut vault = vault_common::config(&bao, KEY);
+    vault.key_refresh_interval = Duration::from_millis(1900);
+    let signer = Arc::new(TransitSigner::start(&vault).await.unwrap());
+    let admin = LockedKeyAdmin::new(signer.clone() as Arc<dyn KeyAdmin>, store);
+    let status = admin.rotate(&actor("rotate-1")).await.unwrap();
+    assert_eq!(status.signing_version, Some(2), "{status:?}");
+    // floor(P): the unix second in which v2 was published and began to sign here.
+    let published = status.versions[1].published_since;
+    let too_early = published + 2;
+    let r = admin
+        .retire_below(2, 1, too_early, &actor("retire-2"))
+        .await;
+    assert!(
+        matches!(r, Err(MgmtError::Conflict(_))),
+        "retiring v1 was allowed at {too_early}, though v2 began to sign at {published}.x \
+         and a replica refreshing every 1.9 s may sign with v1 until {published}.x + 1.9 \
+         (tokens accepted 1 s after): {:?}",
+        r.map(|s| s.versions.iter().map(|v| v.version).collect::<Vec<_>>())
+    );
+}
+
+/// The real signer, except that reading the key fails once a rotation was asked for
+/// (as when the token expires or Vault goes away at that moment).
+struct RereadFailsAfterRotate {
+    inner: Arc<TransitSigner>,
+    rotated: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl KeyAdmin for RereadFailsAfterRotate {
+    async fn status(&self) -> Result<KeyStatus, MgmtError> {
+        self.inner.status().await
+    }
+    async fn fresh_status(&self) -> Result<KeyStatus, MgmtError> {
+        if self.rotated.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(MgmtError::Unavailable(Dependency::Vault));
+        }
+        self.inner.fresh_status().await
+    }
+    async fn rotate(&self) -> Result<(), MgmtError> {
+        self.inner.rotate().await?;
+        self.rotated
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    async fn retire_below(&self, below: u64) -> Result<(), MgmtError> {
+        self.inner.retire_below(below).await
+    }
+}
+
+/// README "Several replicas": key changes through the management API "write their
+/// audit event ... in the same transaction (an audit event that cannot be written makes
+/// the call fail rather than report an unrecorded change done)". The reverse must hold
+/// too: Vault rotates the key, then reading it again fails: the rotation is done (every
+/// replica publishes v2 at its next refresh), so it is audited and the change version
+/// bumped, and the call fails saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_done_in_vault_is_audited_even_when_the_reread_after_it_fails() {
+    let bao = tokio::task::spawn_blocking(|| vault_common::bao_with_key(KEY, "ecdsa-p256"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&format!("sqlite://{}", dir.path().join("m.db").display())).await;
+    let mut vault = vault_common::config(&bao, KEY);
+    vault.key_refresh_interval = Duration::from_secs(3600);
+    let signer = Arc::new(TransitSigner::start(&vault).await.unwrap());
+    let flaky = RereadFailsAfterRotate {
+        inner: signer,
+        rotated: false.into(),
+    };
+    let admin = LockedKeyAdmin::new(Arc::new(flaky), store.clone());
+    let version_before = store.change_version().await.unwrap();
+    let r = admin.rotate(&actor("rotate-1")).await;
+    assert_eq!(bao.transit_key_version(KEY), 2, "{r:?}");
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("internal"), "{err}");
+    let events = store
+        .audit_events(&meshpass_exchange::store::AuditQuery {
+            limit: 10,
+            action: Some("keys.rotate".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1, "no keys.rotate audit event");
+    assert!(
+        events[0].record.reason.contains("done in Vault"),
+        "{:?}",
+        events[0].record.reason
+    );
+    assert!(store.change_version().await.unwrap() > version_before);
 }

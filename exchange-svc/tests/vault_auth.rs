@@ -384,9 +384,11 @@ async fn the_shipped_vault_policy_lets_the_service_sign_rotate_and_retire_its_ke
     sign_and_verify(&signer, "{}").await;
     // Everything the management API and the key schedule call (mgmt/keys.rs).
     use meshpass_exchange::mgmt::KeyAdmin;
-    let after = signer.rotate().await.unwrap();
+    signer.rotate().await.unwrap();
+    let after = signer.fresh_status().await.unwrap();
     assert_eq!(after.versions.len(), 2, "{after:?}");
-    let after = signer.retire_below(2).await.unwrap();
+    signer.retire_below(2).await.unwrap();
+    let after = signer.fresh_status().await.unwrap();
     assert_eq!(after.versions.len(), 1, "{after:?}");
     // Nothing else: no export, no deletion, no other key.
     for (method, path) in [

@@ -51,12 +51,15 @@ pub struct KeyStatus {
 /// Key operations (implemented by the transit signer).
 #[async_trait]
 pub trait KeyAdmin: Send + Sync {
-    /// The key's versions.
+    /// The key's versions as this replica last read them.
     async fn status(&self) -> Result<KeyStatus, MgmtError>;
-    /// Rotates the key in Vault and publishes the new version.
-    async fn rotate(&self) -> Result<KeyStatus, MgmtError>;
-    /// Stops publishing versions below `below` (the caller checked it is safe).
-    async fn retire_below(&self, below: u64) -> Result<KeyStatus, MgmtError>;
+    /// The key's versions read from Vault now (this replica's view is refreshed too):
+    /// what a key change decides on, since another replica may have changed it since.
+    async fn fresh_status(&self) -> Result<KeyStatus, MgmtError>;
+    /// Rotates the key in Vault (read it again to publish the new version).
+    async fn rotate(&self) -> Result<(), MgmtError>;
+    /// Stops publishing versions below `below` in Vault (the caller checked it is safe).
+    async fn retire_below(&self, below: u64) -> Result<(), MgmtError>;
 }
 
 /// `POST /api/v1/keys/retire` body.

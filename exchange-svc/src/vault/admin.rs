@@ -45,12 +45,20 @@ impl KeyAdmin for TransitSigner {
             inner,
             &set,
             signing,
-            |ver| (unix(ver.published_at), unix(ver.published_at + lead)),
-            inner.cfg.key_refresh_interval.as_secs(),
+            // Signing counted from the publish time rounded up, and the refresh interval
+            // in whole seconds rounded up, as `vault_status` does: the retirement rule
+            // must never count from too early nor wait too little.
+            |ver| (unix(ver.published_at), unix_ceil(ver.published_at + lead)),
+            refresh_secs(inner),
         ))
     }
 
-    async fn rotate(&self) -> Result<KeyStatus, MgmtError> {
+    async fn fresh_status(&self) -> Result<KeyStatus, MgmtError> {
+        self.inner.load_keys().await.map_err(vault_error)?;
+        self.status().await
+    }
+
+    async fn rotate(&self) -> Result<(), MgmtError> {
         let inner = &self.inner;
         let path = format!(
             "{}/keys/{}/rotate",
@@ -61,11 +69,10 @@ impl KeyAdmin for TransitSigner {
             .call(Method::POST, &path, None, true)
             .await
             .map_err(vault_error)?;
-        inner.load_keys().await.map_err(vault_error)?;
-        self.status().await
+        Ok(())
     }
 
-    async fn retire_below(&self, below: u64) -> Result<KeyStatus, MgmtError> {
+    async fn retire_below(&self, below: u64) -> Result<(), MgmtError> {
         let inner = &self.inner;
         let path = format!(
             "{}/keys/{}/config",
@@ -81,9 +88,12 @@ impl KeyAdmin for TransitSigner {
             )
             .await
             .map_err(vault_error)?;
-        inner.load_keys().await.map_err(vault_error)?;
-        self.status().await
+        Ok(())
     }
+}
+
+fn refresh_secs(inner: &Inner) -> u64 {
+    u64::try_from(inner.cfg.key_refresh_interval.as_millis().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 impl TransitSigner {
@@ -119,7 +129,7 @@ impl TransitSigner {
             // Signing counted from Vault's creation time, rounded up: the retirement
             // rule must never count from too early.
             |ver| (unix(ver.created), unix_ceil(ver.created + lead)),
-            inner.cfg.key_refresh_interval.as_millis().div_ceil(1000) as u64,
+            refresh_secs(inner),
         ))
     }
 }
