@@ -111,18 +111,45 @@ pub(crate) fn acting(
     }
 }
 
-/// Every workload that acted in a minted token, for revocations: the one it names as
-/// acting ([`acting`]) and, when an actor token took its place, the subject token's own
-/// actor as well (it took part, though the minted token no longer names it; an actor
-/// token must not launder a revoked workload's part).
+/// Every workload that acted in a minted token, for revocations: the actor token's
+/// subject and every `act.sub` of its own chain, and every `act.sub` of the subject
+/// token's chain (a part taken, even where the minted token no longer names it: an
+/// actor token, or a deeper level, must not launder a revoked workload's part).
 pub(crate) fn acted(subject: &VerifiedSubject, actor: Option<&VerifiedSubject>) -> Vec<SpiffeId> {
-    let mut out: Vec<SpiffeId> = acting(subject, actor).into_iter().collect();
-    if actor.is_some() {
-        if let Some(own) = own_actor(subject) {
-            if !out.contains(&own) {
-                out.push(own);
-            }
+    let mut out: Vec<SpiffeId> = Vec::new();
+    let ids = actor
+        .map(|a| a.spiffe_id.clone())
+        .into_iter()
+        .chain(actor.map(chain).unwrap_or_default())
+        .chain(chain(subject));
+    for id in ids {
+        if !out.contains(&id) {
+            out.push(id);
         }
+    }
+    out
+}
+
+/// Every `act.sub` of `token`'s delegation chain (`act`, `act.act`, …; bounded as
+/// [`check_act`] bounds it) that is a SPIFFE ID, outermost first.
+pub(crate) fn chain(token: &VerifiedSubject) -> Vec<SpiffeId> {
+    act_chain(&token.claims)
+}
+
+/// [`chain`] of a token's claims (also of a minted token, for introspection).
+pub fn act_chain(claims: &serde_json::Map<String, Value>) -> Vec<SpiffeId> {
+    let mut out = Vec::new();
+    let mut next = claims.get("act");
+    for _ in 0..=MAX_ACT_DEPTH {
+        let Some(act) = next else { break };
+        if let Some(id) = act
+            .get("sub")
+            .and_then(Value::as_str)
+            .and_then(|s| SpiffeId::parse(s).ok())
+        {
+            out.push(id);
+        }
+        next = act.get("act");
     }
     out
 }

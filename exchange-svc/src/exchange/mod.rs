@@ -10,6 +10,7 @@
 mod authorize;
 mod caller;
 mod delegation;
+pub use delegation::act_chain;
 mod form;
 mod mint;
 mod subject;
@@ -303,8 +304,11 @@ async fn exchange(
     }
     delegation::check_act(&subject, "subject_token").map_err(unlabelled)?;
     // A revoked workload may not act for anyone, whether an actor token names it or the
-    // subject token's own `act` (carried into the minted token) does.
-    if let Some(r) = delegation::acting(&subject, None).and_then(|id| revoked.subject(&id, now)) {
+    // subject token's `act` chain (carried into the minted token) does, at any depth.
+    if let Some(r) = delegation::chain(&subject)
+        .iter()
+        .find_map(|id| revoked.subject(id, now))
+    {
         let revoked = ApiError::Revoked(r.reason.clone());
         return Err(on("", subject.spiffe_id.as_str(), caller_id)(revoked));
     }
@@ -358,7 +362,11 @@ async fn exchange(
             delegation::check_act(&a, "actor_token").map_err(on(&target))?;
             // A revoked workload may not act for anyone either. Like the subject's, its
             // revocation and its delegation are decided before the API server is asked.
-            if let Some(r) = revoked.subject(&a.spiffe_id, now) {
+            let own_chain = delegation::chain(&a);
+            if let Some(r) = std::iter::once(&a.spiffe_id)
+                .chain(&own_chain)
+                .find_map(|id| revoked.subject(id, now))
+            {
                 return Err(on(&target)(ApiError::Revoked(r.reason.clone())));
             }
             delegation::check_actor(&subject, &a, mapping).map_err(on(&target))?;

@@ -168,18 +168,11 @@ fn inspect(st: &MgmtState, token: &str, now: u64) -> Option<Value> {
     if set.jti(jti, now).is_some() {
         return None;
     }
-    // Its subject, or the workload it names as acting (`act.sub`, checked as the token
-    // endpoint and the filter check it), revoked: inactive.
-    let acting = c
-        .get("act")
-        .and_then(|a| a.get("sub"))
-        .and_then(Value::as_str);
-    let revoked = |id: &str| {
-        SpiffeId::parse(id)
-            .ok()
-            .is_some_and(|id| set.subject(&id, now).is_some())
-    };
-    if revoked(sub) || acting.is_some_and(revoked) {
+    // Its subject, or any workload of its `act` chain (as the token endpoint checks
+    // them), revoked: inactive.
+    let revoked = |id: &SpiffeId| set.subject(id, now).is_some();
+    let subject_revoked = SpiffeId::parse(sub).is_ok_and(|id| revoked(&id));
+    if subject_revoked || crate::exchange::act_chain(c).iter().any(revoked) {
         return None;
     }
     let mut out = Map::new();

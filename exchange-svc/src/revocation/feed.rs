@@ -73,8 +73,16 @@ async fn serve(st: &AppState, request: Request) -> Result<Response, ApiError> {
         .extensions
         .get::<ConnectInfo<ConnInfo>>()
         .map(|c| &c.0);
-    // The same rule as /token: a caller it would not serve gets nothing here.
-    crate::exchange::identify_caller(&st.settings.callers, conn, &parts.headers)?;
+    // The same rule as /token: a caller it would not serve gets nothing here, nor does
+    // a revoked one.
+    let caller = crate::exchange::identify_caller(&st.settings.callers, conn, &parts.headers)?;
+    let now = st.clock.now();
+    if let Some(r) = caller
+        .as_ref()
+        .and_then(|c| st.revocations.current().caller(c, now).cloned())
+    {
+        return Err(ApiError::Revoked(r.reason));
+    }
     let Query(q) = Query::<FeedQuery>::try_from_uri(&parts.uri)
         .map_err(|_| ApiError::InvalidRequest("since must be a non-negative integer".into()))?;
     let since = q.since.unwrap_or(0);
@@ -88,7 +96,6 @@ async fn serve(st: &AppState, request: Request) -> Result<Response, ApiError> {
         source,
         retry_after_secs: st.settings.store_retry_after_secs,
     };
-    let now = st.clock.now();
     let cur = revs.current();
     if cur.lapse_due(now) || since > cur.version {
         revs.refresh(now).await.map_err(unavailable)?;
