@@ -56,7 +56,10 @@ pub enum ValidationError {
     BadKeyId,
     /// No key set is known for the token's issuer.
     #[error("no keys are available for the issuer")]
-    NoKeys,
+    NoKeys {
+        /// The issuer whose keys are missing (its configured name).
+        issuer: String,
+    },
     /// No key with the token's `kid` is known for its issuer (callers may refetch once).
     #[error("no key with the token's kid for issuer {issuer:?}")]
     UnknownKeyId {
@@ -135,7 +138,7 @@ impl ValidationError {
             ValidationError::CriticalHeader => "critical_header",
             ValidationError::BadType => "bad_type",
             ValidationError::BadKeyId => "bad_key_id",
-            ValidationError::NoKeys => "no_keys",
+            ValidationError::NoKeys { .. } => "no_keys",
             ValidationError::UnknownKeyId { .. } => "unknown_key_id",
             ValidationError::AmbiguousKey => "ambiguous_key",
             ValidationError::KeyAlgorithmMismatch(_) => "key_algorithm_mismatch",
@@ -161,7 +164,7 @@ impl ValidationError {
     pub fn suggests_key_refetch(&self) -> bool {
         matches!(
             self,
-            ValidationError::NoKeys | ValidationError::UnknownKeyId { .. }
+            ValidationError::NoKeys { .. } | ValidationError::UnknownKeyId { .. }
         )
     }
 }

@@ -467,7 +467,9 @@ impl ValidationPolicy {
         let set = keys
             .keys_for(&issuer.issuer)
             .filter(|s| !s.is_empty())
-            .ok_or(ValidationError::NoKeys)?;
+            .ok_or_else(|| ValidationError::NoKeys {
+                issuer: issuer.issuer.clone(),
+            })?;
         let key = set
             .select(jws.header.kid.as_deref(), jws.header.alg)
             .map_err(|e| match e {

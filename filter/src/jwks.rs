@@ -39,7 +39,7 @@ impl Worker {
             if self
                 .calls
                 .values()
-                .any(|c| matches!(c, Call::Jwks { issuer: i } if *i == issuer))
+                .any(|c| matches!(c, Call::Jwks { issuer: i, .. } if *i == issuer))
             {
                 continue;
             }
@@ -82,30 +82,36 @@ impl Worker {
         ];
         match host.dispatch(&r.cluster, &headers, &[], 5000) {
             Ok(t) => {
-                self.calls.insert(t, Call::Jwks { issuer });
+                let sent_ms = now;
+                self.calls.insert(t, Call::Jwks { issuer, sent_ms });
             }
             Err(e) => {
                 let resp = CallResponse::default();
                 host.log(Level::Warn, &format!("meshpass: JWKS dispatch failed: {e}"));
-                self.on_jwks(host, &issuer, resp, now);
+                self.on_jwks(host, &issuer, now, resp, now);
             }
         }
     }
 
-    /// Tick step: requests parked on an unknown kid are validated again once the keys
-    /// changed (or their time is up).
+    /// Tick step: parked requests are validated again once what they wait for came
+    /// (or their time is up): their issuer's first keys, or the answer to a fetch sent
+    /// after they parked on an unknown kid (an older fetch's answer may not hold it).
     pub(crate) fn retry_parked(&mut self, host: &mut dyn Host, now: u64) {
         if self.parked.is_empty() {
             return;
         }
         self.load_remote_keys(host);
         for p in std::mem::take(&mut self.parked) {
-            let changed = if p.awaiting_first_keys {
-                self.keysets.len() > p.keysets_at_park
+            let ready = if p.awaiting_first_keys {
+                self.keysets.contains_key(&p.issuer)
             } else {
-                self.key_cas.get(&p.issuer).copied() != p.cas_at_park
+                let has_kid = self
+                    .keysets
+                    .get(&p.issuer)
+                    .is_some_and(|s| s.keys().iter().any(|k| k.kid.is_some() && k.kid == p.kid));
+                has_kid || self.answered_since(host, &p.issuer, p.parked_ms)
             };
-            if !changed && p.deadline_ms > now {
+            if !ready && p.deadline_ms > now {
                 self.parked.push(p);
                 continue;
             }
@@ -123,6 +129,15 @@ impl Worker {
                 host, p.ctx, &p.token, &p.target, p.actor, p.key, p.identity, now, false,
             );
         }
+    }
+
+    /// Whether the stored keys of `issuer` are the answer to a fetch sent after
+    /// `since_ms` (a refetch goes out on a tick after the park).
+    fn answered_since(&self, host: &mut dyn Host, issuer: &str, since_ms: u64) -> bool {
+        let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
+            return true;
+        };
+        read_lease(host, &r.lease_key).0.answered_sent_ms > since_ms
     }
 
     /// Whether any issuer's keys come from a cluster.
@@ -172,8 +187,8 @@ impl Worker {
         }
         let new = Lease {
             next_due_ms: now,
-            failures: lease.failures,
             last_forced_ms: now,
+            ..lease
         };
         let ok = host
             .shared_set(&r.lease_key, Some(new.encode().as_bytes()), cas)
@@ -184,10 +199,12 @@ impl Worker {
         ok
     }
 
+    /// The answer to a key-set fetch sent at `sent_ms`.
     pub(crate) fn on_jwks(
         &mut self,
         host: &mut dyn Host,
         issuer: &str,
+        sent_ms: u64,
         resp: CallResponse,
         now: u64,
     ) {
@@ -223,10 +240,18 @@ impl Worker {
                 let _ = host.shared_set(&r.shared_key, Some(&resp.body), None);
                 self.keysets.insert(issuer.to_string(), set);
                 self.key_cas.remove(issuer);
+                // A refetch forced (unknown kid) once this fetch was out still goes:
+                // this answer may not hold the new key. (At the same millisecond too:
+                // at worst one fetch more.)
+                let forced_later = lease.last_forced_ms >= sent_ms;
                 let l = Lease {
-                    next_due_ms: now + r.refresh_ms,
+                    next_due_ms: match forced_later {
+                        true => lease.next_due_ms,
+                        false => now + r.refresh_ms,
+                    },
                     failures: 0,
-                    last_forced_ms: lease.last_forced_ms,
+                    answered_sent_ms: lease.answered_sent_ms.max(sent_ms),
+                    ..lease
                 };
                 let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
                 self.bump(Counter::JwksRefreshSuccess);
@@ -234,16 +259,25 @@ impl Worker {
                 self.retry_parked(host, now);
             }
             Err(e) => {
-                let failures = lease.failures.saturating_add(1);
+                // Fetches that were out together (every worker's at start) fail as one:
+                // only a fetch sent after the last recorded failure counts again.
+                let concurrent = lease.failures > 0 && lease.last_failure_ms >= sent_ms;
+                let failures = match concurrent {
+                    true => lease.failures,
+                    false => lease.failures.saturating_add(1),
+                };
                 let backoff = 1000u64
                     .saturating_mul(1 << failures.min(16))
                     .min(r.refresh_ms);
-                let l = Lease {
-                    next_due_ms: now + backoff,
-                    failures,
-                    last_forced_ms: lease.last_forced_ms,
-                };
-                let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
+                if !concurrent {
+                    let l = Lease {
+                        next_due_ms: now + backoff,
+                        failures,
+                        last_failure_ms: now,
+                        ..lease
+                    };
+                    let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
+                }
                 self.bump(Counter::JwksRefreshFailure);
                 host.log(
                     Level::Warn,
@@ -254,18 +288,30 @@ impl Worker {
     }
 }
 
+/// The shared fetch schedule of one issuer's key set.
 #[derive(Debug, Clone, Copy, Default)]
 struct Lease {
+    /// When the next fetch is due (taken: pushed 10 s on while one is out).
     next_due_ms: u64,
+    /// Failed fetches in a row (the backoff's exponent).
     failures: u32,
+    /// When an unknown kid last forced a refetch.
     last_forced_ms: u64,
+    /// When the last failure was recorded.
+    last_failure_ms: u64,
+    /// When the fetch whose answer is stored was sent.
+    answered_sent_ms: u64,
 }
 
 impl Lease {
     fn encode(&self) -> String {
         format!(
-            "{}|{}|{}",
-            self.next_due_ms, self.failures, self.last_forced_ms
+            "{}|{}|{}|{}|{}",
+            self.next_due_ms,
+            self.failures,
+            self.last_forced_ms,
+            self.last_failure_ms,
+            self.answered_sent_ms
         )
     }
 }
@@ -279,6 +325,8 @@ fn read_lease(host: &mut dyn Host, key: &str) -> (Lease, Option<u32>) {
                 next_due_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
                 failures: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
                 last_forced_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                last_failure_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                answered_sent_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             };
             (l, Some(cas))
         }

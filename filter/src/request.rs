@@ -280,7 +280,7 @@ impl Worker {
             .validate(token, now / 1000, &self.keysets, &binding)
         {
             Ok(v) => v,
-            Err(ValidationError::UnknownKeyId { issuer, .. })
+            Err(ValidationError::UnknownKeyId { issuer, kid })
                 if may_park && self.request_refetch(host, &issuer, now) =>
             {
                 // Park until the refetched keys arrive (or PARK_MS passes).
@@ -291,16 +291,16 @@ impl Worker {
                     actor,
                     key,
                     identity,
-                    cas_at_park: self.key_cas.get(&issuer).copied(),
                     issuer,
+                    kid: Some(kid),
+                    parked_ms: now,
                     deadline_ms: now + PARK_MS,
                     awaiting_first_keys: false,
-                    keysets_at_park: self.keysets.len(),
                 });
                 return Verdict::Pause;
             }
-            Err(ValidationError::NoKeys) if may_park && self.has_remote_keys() => {
-                // Started before the first key set arrived: wait for it (bounded).
+            Err(ValidationError::NoKeys { issuer }) if may_park && self.has_remote_keys() => {
+                // Started before its issuer's first key set arrived: wait for it (bounded).
                 self.parked.push(Parked {
                     ctx,
                     token: token.to_string(),
@@ -308,11 +308,11 @@ impl Worker {
                     actor,
                     key,
                     identity,
-                    cas_at_park: None,
-                    issuer: String::new(),
+                    issuer,
+                    kid: None,
+                    parked_ms: now,
                     deadline_ms: now + FIRST_KEYS_WAIT_MS,
                     awaiting_first_keys: true,
-                    keysets_at_park: self.keysets.len(),
                 });
                 return Verdict::Pause;
             }

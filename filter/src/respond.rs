@@ -70,7 +70,7 @@ impl Worker {
             ValidationError::BindingMismatch(_) | ValidationError::BindingUnavailable(_) => {
                 self.deny_token(host, Counter::DeniedBinding, &e.to_string(), true)
             }
-            ValidationError::NoKeys => {
+            ValidationError::NoKeys { .. } => {
                 self.bump(Counter::DeniedUnavailable);
                 let ra = self.config.retry_after_secs.to_string();
                 send_error(

@@ -60,13 +60,10 @@ pub(crate) enum Call {
         subject_exp: u64,
         started_ms: u64,
     },
-    Jwks {
-        issuer: String,
-    },
+    /// A key-set fetch for `issuer`, sent at `sent_ms`.
+    Jwks { issuer: String, sent_ms: u64 },
     /// A revocation feed poll, asked from `since`.
-    Revocations {
-        since: u64,
-    },
+    Revocations { since: u64 },
 }
 
 /// A request whose token names a `kid` not (yet) in the issuer's keys.
@@ -77,12 +74,15 @@ pub(crate) struct Parked {
     pub(crate) actor: Option<String>,
     pub(crate) key: String,
     pub(crate) identity: Option<Rc<str>>,
+    /// The token's issuer, whose keys it waits for.
     pub(crate) issuer: String,
-    pub(crate) cas_at_park: Option<u32>,
-    /// Waiting for a first key set (no keys at all yet), not for an unknown kid.
+    /// The unknown kid it waits for (none: it waits for the first keys).
+    pub(crate) kid: Option<String>,
+    /// When it parked: only the answer to a fetch sent after it can be the refetch it
+    /// waits for.
+    pub(crate) parked_ms: u64,
+    /// Waiting for its issuer's first key set, not for an unknown kid.
     pub(crate) awaiting_first_keys: bool,
-    /// Issuers with keys when parked.
-    pub(crate) keysets_at_park: usize,
     pub(crate) deadline_ms: u64,
 }
 

@@ -139,12 +139,14 @@ fn reports_no_keys_when_the_issuer_has_no_key_set() {
     let got = policy()
         .validate(&token, NOW, &empty, &NO_BINDING)
         .unwrap_err();
-    assert_eq!(got, ValidationError::NoKeys);
+    assert!(matches!(got, ValidationError::NoKeys { .. }), "{got:?}");
     assert!(got.suggests_key_refetch());
     let empty_set = lookup(KeySet::default());
     assert_eq!(
         policy().validate(&token, NOW, &empty_set, &NO_BINDING),
-        Err(ValidationError::NoKeys)
+        Err(ValidationError::NoKeys {
+            issuer: ISSUER.to_string()
+        })
     );
 }
 

@@ -93,7 +93,9 @@ fn every_error_has_a_distinct_snake_case_reason() {
         ValidationError::CriticalHeader,
         ValidationError::BadType,
         ValidationError::BadKeyId,
-        ValidationError::NoKeys,
+        ValidationError::NoKeys {
+            issuer: String::new(),
+        },
         ValidationError::UnknownKeyId {
             issuer: String::new(),
             kid: String::new(),

@@ -88,7 +88,7 @@ pub(crate) async fn validate(
         other => (generation, other),
     };
     let subject = Arc::new(result.map_err(|source| match source {
-        ValidationError::NoKeys => ApiError::Unavailable {
+        ValidationError::NoKeys { .. } => ApiError::Unavailable {
             what: "issuer keys",
             detail: format!("no keys loaded for the {which}'s issuer"),
             retry_after_secs: st.settings.sign_retry_after_secs,

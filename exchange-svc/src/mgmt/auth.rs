@@ -164,7 +164,7 @@ impl Authenticator {
             other => other,
         };
         let subject = result.map_err(|e| match e {
-            ValidationError::NoKeys => MgmtError::Unavailable(Dependency::IssuerKeys),
+            ValidationError::NoKeys { .. } => MgmtError::Unavailable(Dependency::IssuerKeys),
             e => MgmtError::Unauthenticated(format!("bearer token refused: {e}")),
         })?;
         // The token must belong to the connection it came over (see `binding`).

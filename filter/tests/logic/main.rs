@@ -146,6 +146,7 @@ mod denials;
 mod exchange;
 mod hygiene;
 mod jwks;
+mod jwks_workers;
 mod marker_slots;
 mod paths;
 mod workers;

@@ -65,7 +65,7 @@ fn a_dot_segment_with_parameters_is_refused_in_either_mode() {
             ("authorization", &auth),
         ],
     );
-    assert!(f.host.replies.get(&1).is_none());
+    assert!(!f.host.replies.contains_key(&1));
     assert_eq!(
         last_resource(&f.host).as_deref(),
         Some("https://public.test")
