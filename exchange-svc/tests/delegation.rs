@@ -23,43 +23,6 @@ async fn app(issuer: &TestIssuer, dir: &std::path::Path) -> axum::Router {
     meshpass_exchange::app(state_with(&cfg, signer().await, Arc::new(SystemClock)).await)
 }
 
-/// A service on the ledger mapping, and a way to revoke a workload (as a subject) in
-/// its store, applied at once as a management write is.
-async fn revocable() -> (
-    tempfile::TempDir,
-    TestIssuer,
-    axum::Router,
-    impl Fn(&'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-) {
-    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore, RevocationTarget};
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "spire-1");
-    let cfg = load_config(
-        dir.path(),
-        &config_toml(&issuer, &dir.path().join("m.db"), LEDGER),
-    );
-    let (st, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
-    let app = meshpass_exchange::app(st.clone());
-    let revoke = move |who: &'static str| {
-        let (st, store) = (st.clone(), store.clone());
-        Box::pin(async move {
-            let rev = NewRevocation {
-                target: RevocationTarget::Subject,
-                matches: who.into(),
-                reason: "compromised".into(),
-                until: None,
-            };
-            let by = Actor {
-                who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
-                request_id: "test".into(),
-            };
-            let rev = store.create_revocation(&rev, &by, now()).await.unwrap();
-            st.revocations.created(rev);
-        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
-    };
-    (dir, issuer, app, revoke)
-}
-
 fn form(subject: &str, actor: &str, resource: &str) -> String {
     exchange_form(
         subject,
@@ -111,7 +74,7 @@ async fn may_act_in_the_subject_token_overrides_the_mappings_allowed_actors() {
 
 #[tokio::test]
 async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() {
-    let (_dir, issuer, app, revoke) = revocable().await;
+    let (_dir, issuer, app, revoke) = revocable(LEDGER).await;
     let subject = issuer.svid(WEB, now(), 600);
     let batch = issuer.svid(BATCH, now(), 600);
     // batch acts for web (minted, then cached).
@@ -120,7 +83,7 @@ async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() 
         assert_eq!(a.status.as_u16(), 200, "{}", a.json);
     }
     // batch is revoked (as a subject: the workload itself).
-    revoke(BATCH).await;
+    revoke(RevocationTarget::Subject, BATCH).await;
     // Its cached token is not served, and nothing new is minted naming it as the actor.
     let a = post_token(&app, form(&subject, &batch, "ledger")).await;
     assert_eq!(a.status.as_u16(), 403, "{}", a.json);
@@ -135,7 +98,7 @@ async fn a_revoked_actor_gets_no_new_token_and_its_cached_ones_are_not_served() 
 
 #[tokio::test]
 async fn a_subject_token_whose_own_act_names_a_revoked_workload_gets_no_token_and_no_cached_one() {
-    let (_dir, issuer, app, revoke) = revocable().await;
+    let (_dir, issuer, app, revoke) = revocable(LEDGER).await;
     let t = now();
     // web's token says batch acts for it (RFC 8693 §4.1); the minted token carries that.
     let acted = issuer.sign(&json!({
@@ -146,7 +109,7 @@ async fn a_subject_token_whose_own_act_names_a_revoked_workload_gets_no_token_an
         let a = post_token(&app, exchange_form(&acted, &[("resource", "ledger")])).await;
         assert_eq!(a.status.as_u16(), 200, "{}", a.json);
     }
-    revoke(BATCH).await;
+    revoke(RevocationTarget::Subject, BATCH).await;
     // The cached token naming batch is not served, and none is minted anew.
     let a = post_token(&app, exchange_form(&acted, &[("resource", "ledger")])).await;
     assert_eq!(a.status.as_u16(), 403, "{}", a.json);
@@ -166,7 +129,7 @@ async fn a_subject_token_whose_own_act_names_a_revoked_workload_gets_no_token_an
 #[tokio::test]
 async fn a_revoked_workload_in_the_subjects_own_act_refuses_the_cached_token_as_it_refuses_a_fresh_one(
 ) {
-    let (_dir, issuer, app, revoke) = revocable().await;
+    let (_dir, issuer, app, revoke) = revocable(LEDGER).await;
     let t = now();
     // web's token says OTHER acted in it; batch now acts for web with its own token, so
     // the minted token names batch, yet OTHER took part in the subject token.
@@ -179,7 +142,7 @@ async fn a_revoked_workload_in_the_subjects_own_act_refuses_the_cached_token_as_
         let a = post_token(&app, form(&acted, &batch, "ledger")).await;
         assert_eq!(a.status.as_u16(), 200, "{}", a.json);
     }
-    revoke(OTHER).await;
+    revoke(RevocationTarget::Subject, OTHER).await;
     // The same bytes (a cached token before) and a fresh subject token get one answer.
     let cached = post_token(&app, form(&acted, &batch, "ledger")).await;
     let fresh_subject = issuer.sign(&json!({
@@ -251,19 +214,15 @@ type Revoke = Box<
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
 >;
 
-/// A service on the delegated ledger mapping, and a way to revoke a party in its store,
-/// applied at once as a management write through this replica is.
-async fn revocable_as(extra: &str) -> (tempfile::TempDir, TestIssuer, axum::Router, Revoke) {
+/// A service on `mappings` (TOML), and a way to revoke a party in its store, applied at
+/// once as a management write through this replica is.
+async fn revocable(mappings: &str) -> (tempfile::TempDir, TestIssuer, axum::Router, Revoke) {
     use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore};
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");
     let cfg = load_config(
         dir.path(),
-        &config_toml(
-            &issuer,
-            &dir.path().join("m.db"),
-            &format!("{DELEGATED_LEDGER}\n{extra}"),
-        ),
+        &config_toml(&issuer, &dir.path().join("m.db"), mappings),
     );
     let (st, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
     let app = meshpass_exchange::app(st.clone());
@@ -287,17 +246,6 @@ async fn revocable_as(extra: &str) -> (tempfile::TempDir, TestIssuer, axum::Rout
     (dir, issuer, app, revoke)
 }
 
-fn delegated(subject: &str, actor: &str, resource: &str) -> String {
-    exchange_form(
-        subject,
-        &[
-            ("resource", resource),
-            ("actor_token", actor),
-            ("actor_token_type", JWT_TYPE),
-        ],
-    )
-}
-
 /// An actor token for BATCH whose own `act` says OTHER acted for it (RFC 8693 §4.1: the
 /// minted token nests this chain under `act`).
 fn batch_acted_for_by_other(issuer: &TestIssuer, exp_in: u64) -> String {
@@ -314,11 +262,11 @@ fn batch_acted_for_by_other(issuer: &TestIssuer, exp_in: u64) -> String {
 /// delegation through a revoked workload.
 #[tokio::test]
 async fn an_actor_token_whose_own_act_names_a_revoked_workload_gets_no_token() {
-    let (_dir, issuer, app, revoke) = revocable_as("").await;
+    let (_dir, issuer, app, revoke) = revocable(DELEGATED_LEDGER).await;
     let subject = issuer.svid(WEB, now(), 600);
     revoke(RevocationTarget::Subject, OTHER).await;
     let actor = batch_acted_for_by_other(&issuer, 600);
-    let a = post_token(&app, delegated(&subject, &actor, "ledger")).await;
+    let a = post_token(&app, form(&subject, &actor, "ledger")).await;
     let minted_act = a.json["access_token"]
         .as_str()
         .and_then(claims_of)
@@ -337,10 +285,10 @@ async fn an_actor_token_whose_own_act_names_a_revoked_workload_gets_no_token() {
 /// actor token's `act` chain must not be served once OTHER is revoked.
 #[tokio::test]
 async fn a_cached_token_whose_actor_chain_names_a_revoked_workload_is_not_served() {
-    let (_dir, issuer, app, revoke) = revocable_as("").await;
+    let (_dir, issuer, app, revoke) = revocable(DELEGATED_LEDGER).await;
     let subject = issuer.svid(WEB, now(), 600);
     let actor = batch_acted_for_by_other(&issuer, 600);
-    let body = delegated(&subject, &actor, "ledger");
+    let body = form(&subject, &actor, "ledger");
     let first = post_token(&app, body.clone()).await;
     assert_eq!(first.status.as_u16(), 200, "{}", first.json);
     let claims = claims_of(first.json["access_token"].as_str().unwrap()).unwrap();
@@ -366,7 +314,7 @@ async fn a_cached_token_whose_actor_chain_names_a_revoked_workload_is_not_served
 /// top-level `act.sub` is checked against revocations.
 #[tokio::test]
 async fn a_subject_token_whose_nested_act_chain_names_a_revoked_workload_gets_no_token() {
-    let (_dir, issuer, app, revoke) = revocable_as("").await;
+    let (_dir, issuer, app, revoke) = revocable(DELEGATED_LEDGER).await;
     revoke(RevocationTarget::Subject, OTHER).await;
     let t = now();
     let chained = issuer.sign(&json!({
