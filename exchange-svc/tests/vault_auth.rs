@@ -441,6 +441,41 @@ async fn signatures_refused_by_policy_do_not_log_in_again_for_each_refusal() {
     );
 }
 
+/// A key operation through the management API refused because the service's token was
+/// revoked (or expired) asks for a new login, as a refused signature does: the next
+/// one works, instead of every key operation failing until a signature or the key
+/// refresh happens to hit the 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_operation_refused_for_a_revoked_token_logs_in_again_for_the_next_one() {
+    use meshpass_exchange::mgmt::KeyAdmin;
+    let bao = bao_with_key("k", "ecdsa-p256");
+    bao.write_policy(
+        "keyops",
+        &format!(
+            "{}\npath \"transit/keys/k/rotate\" {{ capabilities = [\"update\"] }}",
+            signer_policy("k")
+        ),
+    );
+    let role_id = approle_with_policy(&bao, "keyops", "1h", "24h");
+    let mut cfg = approle_config(&bao, role_id, &new_secret_id(&bao));
+    cfg.key_refresh_interval = Duration::from_secs(3600);
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    assert_eq!(signer.stats().logins(), 1);
+    // Every token AppRole issued is revoked (an operator's clean-up, a lease gone).
+    bao.api_ok("POST", "sys/leases/revoke-prefix/auth/approle/login", None);
+    assert!(signer.rotate().await.is_err(), "the revoked token rotated");
+    let back = eventually(Duration::from_secs(15), || async {
+        signer.rotate().await.is_ok()
+    })
+    .await;
+    assert!(
+        back,
+        "key operations still refused after the 403 (logins: {})",
+        signer.stats().logins()
+    );
+    assert!(signer.stats().logins() >= 2);
+}
+
 /// Vault down until the service's token expired and the login backoff reached its
 /// 30 s cap: once Vault answers, the key probe's 403 asks for a login at once, so
 /// signing does not wait for the backoff.

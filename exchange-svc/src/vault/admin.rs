@@ -32,6 +32,14 @@ fn vault_error(e: super::VaultError) -> MgmtError {
     }
 }
 
+/// A key operation Vault refused or failed: noted as the signer notes its own calls (a
+/// 403 asks for a new login, so an expired or revoked token does not fail every
+/// following key operation too).
+fn refused(inner: &Inner, e: super::VaultError) -> MgmtError {
+    inner.observe_err(&e);
+    vault_error(e)
+}
+
 #[async_trait]
 impl KeyAdmin for TransitSigner {
     async fn status(&self) -> Result<KeyStatus, MgmtError> {
@@ -68,7 +76,7 @@ impl KeyAdmin for TransitSigner {
             .client
             .call(Method::POST, &path, None, true)
             .await
-            .map_err(vault_error)?;
+            .map_err(|e| refused(inner, e))?;
         Ok(())
     }
 
@@ -87,7 +95,7 @@ impl KeyAdmin for TransitSigner {
                 true,
             )
             .await
-            .map_err(vault_error)?;
+            .map_err(|e| refused(inner, e))?;
         Ok(())
     }
 }

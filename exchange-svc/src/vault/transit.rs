@@ -214,7 +214,7 @@ impl Inner {
         }
     }
 
-    fn observe_err(&self, e: &VaultError) {
+    pub(super) fn observe_err(&self, e: &VaultError) {
         match e {
             e if e.is_transient() => self.note_failure(),
             VaultError::PermissionDenied(_) => {
