@@ -168,12 +168,7 @@ impl Worker {
                     // now refuses): the cached token ends here, and the next request
                     // exchanges again and gets the refusal.
                     refused @ (Outcome::Forbidden(_) | Outcome::InvalidGrant(_)) => {
-                        let slot = cache::entry_key(&key, self.config.cache_slots);
-                        if let Some((bytes, cas)) = host.shared_get(&slot) {
-                            if Entry::decode_for(&bytes, &key).is_some() {
-                                let _ = host.shared_set(&slot, None, Some(cas));
-                            }
-                        }
+                        self.drop_entry(host, &key);
                         host.log(
                             Level::Info,
                             &format!("meshpass: background refresh refused ({refused:?}); cached token dropped"),
@@ -241,6 +236,17 @@ impl Worker {
         // One record per slot, however many keys passed through it.
         self.written.insert(n, expires_ms);
         Stored::Shared
+    }
+
+    /// Empties `key`'s shared-data slot when it still holds `key`'s entry (CAS: a slot
+    /// another key took meanwhile is left alone).
+    pub(crate) fn drop_entry(&self, host: &mut dyn Host, key: &str) {
+        let slot = cache::entry_key(key, self.config.cache_slots);
+        if let Some((bytes, cas)) = host.shared_get(&slot) {
+            if Entry::decode_for(&bytes, key).is_some() {
+                let _ = host.shared_set(&slot, None, Some(cas));
+            }
+        }
     }
 
     /// Tick step: background refreshes, dispatched from the root so they outlive any

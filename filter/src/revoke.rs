@@ -17,7 +17,7 @@
 //! `jti` is revoked).
 
 use crate::api::{CallResponse, Counter, Gauge, Host, Level, SharedError, Verdict, CREATE_CAS};
-use crate::cache::{self, Entry};
+use crate::cache;
 use crate::config::Revocation;
 use crate::feed::{parse_feed, FeedError, RevocationSet};
 use crate::respond::send_error;
@@ -163,12 +163,7 @@ impl Worker {
             .remove_revoked(|subject, token| revoked.check(subject, token, now_s).is_some());
         for (token, digest, actor) in gone {
             let key = cache::key(&digest, &token, actor.as_deref());
-            let slot = cache::entry_key(&key, self.config.cache_slots);
-            if let Some((bytes, cas)) = host.shared_get(&slot) {
-                if Entry::decode_for(&bytes, &key).is_some() {
-                    let _ = host.shared_set(&slot, None, Some(cas));
-                }
-            }
+            self.drop_entry(host, &key);
         }
     }
 
