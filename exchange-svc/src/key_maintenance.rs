@@ -36,8 +36,12 @@ impl LockedKeyAdmin {
                 // Read from Vault under the lock: another replica may have changed the
                 // key a moment ago, and its notification may not have landed here yet.
                 let before = self.inner.fresh_status().await?;
-                self.inner.rotate().await?;
-                Ok::<_, MgmtError>(self.done(actor, "keys.rotate", &before).await)
+                let call = self.inner.rotate().await;
+                let settled = settle("keys.rotate", call, &before, rotated, || {
+                    self.inner.fresh_status()
+                })
+                .await;
+                outcome(actor, "keys.rotate", &before, settled)
             })
             .await?
     }
@@ -58,36 +62,109 @@ impl LockedKeyAdmin {
                 // publish a retired version.
                 let before = self.inner.fresh_status().await?;
                 check_retire(&before, below, max_lifetime_secs, now)?;
-                self.inner.retire_below(below).await?;
-                Ok::<_, MgmtError>(self.done(actor, "keys.retire", &before).await)
+                let call = self.inner.retire_below(below).await;
+                let settled = settle("keys.retire", call, &before, retired(below), || {
+                    self.inner.fresh_status()
+                })
+                .await;
+                outcome(actor, "keys.retire", &before, settled)
             })
             .await?
     }
+}
 
-    /// After Vault accepted a change: the state read again, and the audit record, which
-    /// is written even when that read fails (the change is done in Vault; the call then
-    /// fails, saying so).
-    async fn done(
-        &self,
-        actor: &Actor,
-        action: &str,
-        before: &KeyStatus,
-    ) -> (Result<KeyStatus, MgmtError>, AuditRecord) {
-        match self.inner.fresh_status().await {
-            Ok(after) => {
-                let r = record(actor, action, before, Some(&after), String::new());
-                (Ok(after), r)
-            }
-            Err(e) => {
-                let why = format!("{action} done in Vault, but reading the key again failed: {e}");
-                let r = record(actor, action, before, None, why.clone());
-                (Err(MgmtError::Internal(why)), r)
+/// What a key change asked of Vault came to.
+#[derive(Debug)]
+pub(crate) enum Settled {
+    /// Vault made the change: the key read again after it (`None` when that read
+    /// failed), and what the audit record should add about how it was learnt.
+    Done {
+        /// The key after the change.
+        after: Option<KeyStatus>,
+        /// Empty when Vault answered and the key was read again.
+        note: String,
+    },
+    /// Vault did not make it, as far as the key read again shows.
+    Failed(MgmtError),
+}
+
+/// Judges a change Vault was asked for (`call`) by the key read again (`reread`):
+/// an answer lost on its way back (a reset, a proxy's timeout) may hide a change Vault
+/// made, which must be audited and announced all the same, and not made twice by a
+/// caller retrying a 503. `shows(before, after)` says whether `after` shows it.
+pub(crate) async fn settle<F, Fut>(
+    action: &str,
+    call: Result<(), MgmtError>,
+    before: &KeyStatus,
+    shows: impl Fn(&KeyStatus, &KeyStatus) -> bool,
+    reread: F,
+) -> Settled
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<KeyStatus, MgmtError>>,
+{
+    let after = reread().await;
+    match (call, after) {
+        (Ok(()), Ok(after)) => Settled::Done {
+            after: Some(after),
+            note: String::new(),
+        },
+        (Ok(()), Err(e)) => Settled::Done {
+            after: None,
+            note: format!("{action} done in Vault, but reading the key again failed: {e}"),
+        },
+        (Err(e), Ok(after)) if shows(before, &after) => {
+            tracing::warn!(action, error = %e, "vault's answer was lost, but the key shows the change made");
+            Settled::Done {
+                after: Some(after),
+                note: format!("Vault's answer was lost ({e}); the key read again shows it done"),
             }
         }
+        (Err(e), _) => Settled::Failed(e),
     }
 }
 
-fn record(
+/// Whether `after` holds a version newer than any of `before`.
+pub(crate) fn rotated(before: &KeyStatus, after: &KeyStatus) -> bool {
+    let newest = |s: &KeyStatus| s.versions.iter().map(|v| v.version).max();
+    newest(after) > newest(before)
+}
+
+/// Whether versions below `below` were published before and are not after.
+pub(crate) fn retired(below: u64) -> impl Fn(&KeyStatus, &KeyStatus) -> bool {
+    move |before, after| {
+        before.versions.iter().any(|v| v.version < below)
+            && after.versions.iter().all(|v| v.version >= below)
+    }
+}
+
+/// The API's answer and audit record for a settled change: a change Vault made is
+/// audited even when the key could not be read after it (the call then fails, saying
+/// so); one it did not make is not.
+fn outcome(
+    actor: &Actor,
+    action: &str,
+    before: &KeyStatus,
+    settled: Settled,
+) -> Result<(Result<KeyStatus, MgmtError>, AuditRecord), MgmtError> {
+    match settled {
+        Settled::Done {
+            after: Some(after),
+            note,
+        } => {
+            let r = record(actor, action, before, Some(&after), note);
+            Ok((Ok(after), r))
+        }
+        Settled::Done { after: None, note } => {
+            let r = record(actor, action, before, None, note.clone());
+            Ok((Err(MgmtError::Internal(note)), r))
+        }
+        Settled::Failed(e) => Err(e),
+    }
+}
+
+/// The audit record of a key change.
+pub(crate) fn record(
     actor: &Actor,
     action: &str,
     before: &KeyStatus,

@@ -23,9 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use serde::Deserialize;
 
+use crate::key_maintenance::{self, retired, rotated, settle, Settled};
 use crate::mgmt::{check_retire, Dependency, KeyAdmin, KeyStatus, MgmtError};
 use crate::server::AbortOnDrop;
-use crate::store::{AuditRecord, SqlStore};
+use crate::store::{Actor, AuditRecord, SqlStore};
 use crate::vault::{TransitSigner, VaultConfig};
 
 /// The audit actor of scheduled maintenance.
@@ -172,16 +173,24 @@ fn unix(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn record(action: &str, before: &KeyStatus, after: &KeyStatus) -> AuditRecord {
-    AuditRecord {
+/// The audit record of a scheduled change (`note`: how it was learnt, when not
+/// simply).
+fn record(
+    action: &str,
+    before: &KeyStatus,
+    after: Option<&KeyStatus>,
+    note: String,
+) -> AuditRecord {
+    let actor = Actor {
+        who: SYSTEM_ACTOR.into(),
         request_id: uuid::Uuid::new_v4().to_string(),
-        actor: SYSTEM_ACTOR.into(),
-        action: action.into(),
-        target: format!("keys/{}", after.key),
-        before: serde_json::to_value(before).ok(),
-        after: serde_json::to_value(after).ok(),
-        reason: "scheduled ([keys])".into(),
-    }
+    };
+    let reason = if note.is_empty() {
+        "scheduled ([keys])".to_string()
+    } else {
+        format!("scheduled ([keys]); {note}")
+    };
+    key_maintenance::record(&actor, action, before, after, reason)
 }
 
 impl KeySchedule {
@@ -261,11 +270,26 @@ impl KeySchedule {
         );
         if newest + self.cfg.rotate_every <= now {
             let before = status.clone();
-            self.signer.rotate().await?;
-            status = self.signer.vault_status(now).await?;
-            tracing::info!(key = %status.key, versions = status.versions.len(), "scheduled rotation");
-            audit.push(record("keys.rotate", &before, &status));
-            out.rotated = true;
+            let call = self.signer.rotate().await;
+            let settled = settle("keys.rotate", call, &before, rotated, || {
+                self.signer.vault_status(now)
+            })
+            .await;
+            match settled {
+                Settled::Done { after, note } => {
+                    audit.push(record("keys.rotate", &before, after.as_ref(), note.clone()));
+                    out.rotated = true;
+                    match after {
+                        Some(after) => {
+                            tracing::info!(key = %after.key, versions = after.versions.len(), "scheduled rotation");
+                            status = after;
+                        }
+                        // Done, but nothing to decide a retirement on: the next tick.
+                        None => return Ok(self.partly((out, audit), &note)),
+                    }
+                }
+                Settled::Failed(e) => return Err(e),
+            }
         }
         if self.cfg.retire_old_versions {
             let now_secs = unix(now);
@@ -277,13 +301,39 @@ impl KeySchedule {
                 .map(|v| v.version)
                 .find(|b| check_retire(&status, *b, self.max_lifetime_secs, now_secs).is_ok());
             if let Some(below) = below {
-                let before = status.clone();
-                self.signer.retire_below(below).await?;
-                let after = self.signer.vault_status(now).await?;
-                audit.push(record("keys.retire", &before, &after));
-                out.retired_below = Some(below);
+                let call = self.signer.retire_below(below).await;
+                let settled = settle("keys.retire", call, &status, retired(below), || {
+                    self.signer.vault_status(now)
+                })
+                .await;
+                match settled {
+                    Settled::Done { after, note } => {
+                        let unread = after.is_none();
+                        audit.push(record("keys.retire", &status, after.as_ref(), note.clone()));
+                        out.retired_below = Some(below);
+                        if unread {
+                            return Ok(self.partly((out, audit), &note));
+                        }
+                    }
+                    // A rotation this tick made stays recorded and announced.
+                    Settled::Failed(e) if out.rotated => {
+                        return Ok(self.partly((out, audit), &e.to_string()))
+                    }
+                    Settled::Failed(e) => return Err(e),
+                }
             }
         }
         Ok((out, audit))
+    }
+
+    /// A tick that made a change and then failed: the change is committed (audited,
+    /// announced), the failure counted and logged.
+    fn partly<T>(&self, done: T, why: &str) -> T {
+        self.metrics.errors.inc();
+        tracing::warn!(
+            error = why,
+            "scheduled key maintenance partly failed; next tick retries"
+        );
+        done
     }
 }

@@ -24,19 +24,27 @@ fn unix_ceil(t: SystemTime) -> u64 {
 }
 
 fn vault_error(e: super::VaultError) -> MgmtError {
-    if e.is_transient() {
-        tracing::warn!(error = %e, "management: vault unavailable");
-        MgmtError::Unavailable(Dependency::Vault)
-    } else {
-        MgmtError::Internal(format!("vault refused the key operation: {e}"))
+    match e {
+        e if e.is_transient() => {
+            tracing::warn!(error = %e, "management: vault unavailable");
+            MgmtError::Unavailable(Dependency::Vault)
+        }
+        // An expired or revoked token until the new login lands (or a policy without
+        // the key operation, which the log names): 503 + Retry-After, as for signing.
+        super::VaultError::PermissionDenied(_) => {
+            tracing::warn!(error = %e, "management: vault refused the service's token (a new login is under way; or the policy lacks this path)");
+            MgmtError::Unavailable(Dependency::Vault)
+        }
+        e => MgmtError::Internal(format!("vault refused the key operation: {e}")),
     }
 }
 
-/// A key operation Vault refused or failed: noted as the signer notes its own calls (a
-/// 403 asks for a new login, so an expired or revoked token does not fail every
-/// following key operation too).
+/// A key operation Vault refused or failed, noted for the signer: a 403 asks for a new
+/// login (an expired or revoked token must not fail every following key operation
+/// too), an outage counts as the signer's own; a refusal of the key operation itself
+/// says nothing about signing and leaves readiness alone.
 fn refused(inner: &Inner, e: super::VaultError) -> MgmtError {
-    inner.observe_err(&e);
+    inner.observe_admin_err(&e);
     vault_error(e)
 }
 

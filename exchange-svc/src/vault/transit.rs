@@ -225,6 +225,17 @@ impl Inner {
         }
     }
 
+    /// Records a refused or failed key operation (rotate, config): a policy without
+    /// them is the documented minimum, so a refusal must not take a signer that can
+    /// sign out of readiness.
+    pub(super) fn observe_admin_err(&self, e: &VaultError) {
+        match e {
+            e if e.is_transient() => self.note_failure(),
+            VaultError::PermissionDenied(_) => self.auth.request_reauth(),
+            _ => {}
+        }
+    }
+
     /// `GET {mount}/keys/{name}` → a new [`KeySet`]; the previous one stays on error.
     pub(super) async fn load_keys(&self) -> Result<(), VaultError> {
         let path = format!("{}/keys/{}", self.cfg.transit_mount, self.cfg.key_name);
