@@ -181,7 +181,7 @@ impl Worker {
                 }
             }
             Call::Jwks { issuer, sent_ms } => self.on_jwks(host, &issuer, sent_ms, resp, now),
-            Call::Revocations { since } => self.on_feed(host, since, resp, now),
+            Call::Revocations { since, .. } => self.on_feed(host, since, resp, now),
         }
     }
 

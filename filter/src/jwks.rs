@@ -3,7 +3,7 @@
 
 use meshpass_core::KeySet;
 
-use crate::api::{CallResponse, Counter, Host, Level, SharedError};
+use crate::api::{CallResponse, Counter, Host, Level, SharedError, CREATE_CAS};
 use crate::config::IssuerKeys;
 use crate::worker::{Call, Waiter, Worker};
 
@@ -13,6 +13,10 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 pub(crate) const PARK_MS: u64 = 5000;
 /// How long a request that arrives before the first key set waits for it.
 pub(crate) const FIRST_KEYS_WAIT_MS: u64 = 2000;
+/// The timeout of a key-set fetch.
+pub(crate) const JWKS_TIMEOUT_MS: u64 = 5000;
+/// How often a lease write that lost its CAS to another worker is decided again.
+const LEASE_TRIES: usize = 4;
 
 impl Worker {
     /// Tick step: fetches every remote key set that is due, if this worker wins its
@@ -58,7 +62,7 @@ impl Worker {
                 next_due_ms: now + 10_000,
                 ..lease
             };
-            match host.shared_set(&r.lease_key, Some(taken.encode().as_bytes()), cas) {
+            match host.shared_set(&r.lease_key, Some(taken.encode().as_bytes()), Some(cas)) {
                 Ok(()) => {}
                 Err(SharedError::CasMismatch) => continue,
                 Err(SharedError::Failed) => continue,
@@ -80,7 +84,7 @@ impl Worker {
             (":authority", r.authority.as_str()),
             ("accept", "application/json"),
         ];
-        match host.dispatch(&r.cluster, &headers, &[], 5000) {
+        match host.dispatch(&r.cluster, &headers, &[], JWKS_TIMEOUT_MS) {
             Ok(t) => {
                 let sent_ms = now;
                 self.calls.insert(t, Call::Jwks { issuer, sent_ms });
@@ -178,25 +182,33 @@ impl Worker {
         let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
             return false;
         };
-        let (lease, cas) = read_lease(host, &r.lease_key);
-        if lease.next_due_ms <= now || now.saturating_sub(lease.last_forced_ms) < PARK_MS {
-            return true;
+        let (key, min_refetch_ms) = (r.lease_key.clone(), r.min_refetch_ms);
+        let mut worth = true;
+        let forced = update_lease(host, &key, |lease| {
+            // A fetch is due or running, or one was just forced: wait for it.
+            worth = lease.next_due_ms <= now
+                || now.saturating_sub(lease.last_forced_ms) < PARK_MS
+                || now.saturating_sub(lease.last_forced_ms) >= min_refetch_ms;
+            let force = worth
+                && lease.next_due_ms > now
+                && now.saturating_sub(lease.last_forced_ms) >= PARK_MS;
+            force.then_some(Lease {
+                next_due_ms: now,
+                last_forced_ms: now,
+                ..lease
+            })
+        });
+        match forced {
+            Ok(Some(_)) => {
+                self.bump(Counter::JwksUnknownKid);
+                true
+            }
+            Ok(None) => worth,
+            // Other workers kept writing the lease: a key rotation seen everywhere at
+            // once, whose refetch one of them forces.
+            Err(SharedError::CasMismatch) => true,
+            Err(SharedError::Failed) => false,
         }
-        if now.saturating_sub(lease.last_forced_ms) < r.min_refetch_ms {
-            return false;
-        }
-        let new = Lease {
-            next_due_ms: now,
-            last_forced_ms: now,
-            ..lease
-        };
-        let ok = host
-            .shared_set(&r.lease_key, Some(new.encode().as_bytes()), cas)
-            .is_ok();
-        if ok {
-            self.bump(Counter::JwksUnknownKid);
-        }
-        ok
     }
 
     /// The answer to a key-set fetch sent at `sent_ms`.
@@ -212,7 +224,6 @@ impl Worker {
             return;
         };
         let r = r.clone();
-        let (lease, _) = read_lease(host, &r.lease_key);
         let parsed = match resp.status {
             Some(200) if resp.body.len() <= MAX_JWKS_BYTES => KeySet::parse(&resp.body)
                 .map_err(|e| e.to_string())
@@ -237,47 +248,55 @@ impl Worker {
         };
         match parsed {
             Ok(set) => {
-                let _ = host.shared_set(&r.shared_key, Some(&resp.body), None);
-                self.keysets.insert(issuer.to_string(), set);
-                self.key_cas.remove(issuer);
-                // A refetch forced (unknown kid) once this fetch was out still goes:
-                // this answer may not hold the new key. (At the same millisecond too:
-                // at worst one fetch more.)
-                let forced_later = lease.last_forced_ms >= sent_ms;
-                let l = Lease {
-                    next_due_ms: match forced_later {
-                        true => lease.next_due_ms,
-                        false => now + r.refresh_ms,
-                    },
-                    failures: 0,
-                    answered_sent_ms: lease.answered_sent_ms.max(sent_ms),
-                    ..lease
-                };
-                let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
+                if read_lease(host, &r.lease_key).0.answered_sent_ms > sent_ms {
+                    // A fetch sent later was answered first (a refetch for a rotated
+                    // key): its keys stay, for every worker.
+                    self.key_cas.remove(issuer);
+                    self.load_remote_keys(host);
+                } else {
+                    let _ = host.shared_set(&r.shared_key, Some(&resp.body), None);
+                    self.keysets.insert(issuer.to_string(), set);
+                    self.key_cas.remove(issuer);
+                    let _ = update_lease(host, &r.lease_key, |lease| {
+                        // A refetch forced (unknown kid) once this fetch was out still
+                        // goes: this answer may not hold the new key. (At the same
+                        // millisecond too: at worst one fetch more.)
+                        let forced_later = lease.last_forced_ms >= sent_ms;
+                        Some(Lease {
+                            next_due_ms: match forced_later {
+                                true => lease.next_due_ms,
+                                false => now + r.refresh_ms,
+                            },
+                            failures: 0,
+                            answered_sent_ms: lease.answered_sent_ms.max(sent_ms),
+                            ..lease
+                        })
+                    });
+                }
                 self.bump(Counter::JwksRefreshSuccess);
                 // Requests waiting for these keys go on now (other workers: next tick).
                 self.retry_parked(host, now);
             }
             Err(e) => {
-                // Fetches that were out together (every worker's at start) fail as one:
-                // only a fetch sent after the last recorded failure counts again.
-                let concurrent = lease.failures > 0 && lease.last_failure_ms >= sent_ms;
-                let failures = match concurrent {
-                    true => lease.failures,
-                    false => lease.failures.saturating_add(1),
-                };
-                let backoff = 1000u64
-                    .saturating_mul(1 << failures.min(16))
-                    .min(r.refresh_ms);
-                if !concurrent {
-                    let l = Lease {
+                let mut backoff = 0;
+                let _ = update_lease(host, &r.lease_key, |lease| {
+                    // Fetches that were out together (every worker's at start) fail as
+                    // one: only a fetch sent after the last recorded failure counts.
+                    let concurrent = lease.failures > 0 && lease.last_failure_ms >= sent_ms;
+                    let failures = match concurrent {
+                        true => lease.failures,
+                        false => lease.failures.saturating_add(1),
+                    };
+                    backoff = 1000u64
+                        .saturating_mul(1 << failures.min(16))
+                        .min(r.refresh_ms);
+                    (!concurrent).then_some(Lease {
                         next_due_ms: now + backoff,
                         failures,
                         last_failure_ms: now,
                         ..lease
-                    };
-                    let _ = host.shared_set(&r.lease_key, Some(l.encode().as_bytes()), None);
-                }
+                    })
+                });
                 self.bump(Counter::JwksRefreshFailure);
                 host.log(
                     Level::Warn,
@@ -316,7 +335,8 @@ impl Lease {
     }
 }
 
-fn read_lease(host: &mut dyn Host, key: &str) -> (Lease, Option<u32>) {
+/// The lease and its CAS ([`CREATE_CAS`] when absent: "create if still absent").
+fn read_lease(host: &mut dyn Host, key: &str) -> (Lease, u32) {
     match host.shared_get(key) {
         Some((bytes, cas)) => {
             let s = String::from_utf8_lossy(&bytes);
@@ -328,8 +348,32 @@ fn read_lease(host: &mut dyn Host, key: &str) -> (Lease, Option<u32>) {
                 last_failure_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
                 answered_sent_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             };
-            (l, Some(cas))
+            (l, cas)
         }
-        None => (Lease::default(), None),
+        None => (Lease::default(), CREATE_CAS),
     }
+}
+
+/// Read-modify-write of a lease under its CAS: `decide` gets the current lease and
+/// returns the one to write (`None`: leave it); decided again on the fresh lease when
+/// another worker wrote it in between, so no worker's change is overwritten.
+/// `Ok(written)`, or the last error (`CasMismatch` after [`LEASE_TRIES`]).
+fn update_lease(
+    host: &mut dyn Host,
+    key: &str,
+    mut decide: impl FnMut(Lease) -> Option<Lease>,
+) -> Result<Option<Lease>, SharedError> {
+    let mut last = SharedError::CasMismatch;
+    for _ in 0..LEASE_TRIES {
+        let (lease, cas) = read_lease(host, key);
+        let Some(new) = decide(lease) else {
+            return Ok(None);
+        };
+        match host.shared_set(key, Some(new.encode().as_bytes()), Some(cas)) {
+            Ok(()) => return Ok(Some(new)),
+            Err(e @ SharedError::CasMismatch) => last = e,
+            Err(e @ SharedError::Failed) => return Err(e),
+        }
+    }
+    Err(last)
 }

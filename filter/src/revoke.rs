@@ -126,7 +126,13 @@ impl Worker {
         let timeout_ms = self.config.exchange.timeout_ms;
         match host.dispatch(&rc.cluster, &headers, &[], timeout_ms) {
             Ok(t) => {
-                self.calls.insert(t, Call::Revocations { since });
+                self.calls.insert(
+                    t,
+                    Call::Revocations {
+                        since,
+                        sent_ms: now,
+                    },
+                );
             }
             Err(e) => self.feed_failed(host, &rc, &format!("dispatch failed: {e}"), now),
         }

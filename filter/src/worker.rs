@@ -62,8 +62,8 @@ pub(crate) enum Call {
     },
     /// A key-set fetch for `issuer`, sent at `sent_ms`.
     Jwks { issuer: String, sent_ms: u64 },
-    /// A revocation feed poll, asked from `since`.
-    Revocations { since: u64 },
+    /// A revocation feed poll, asked from `since` at `sent_ms`.
+    Revocations { since: u64, sent_ms: u64 },
 }
 
 /// A request whose token names a `kid` not (yet) in the issuer's keys.
