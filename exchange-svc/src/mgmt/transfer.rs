@@ -14,7 +14,7 @@ use super::error::MgmtError;
 use super::input::{parse_body, parse_query, read_body};
 use super::{MgmtState, RequestId};
 use crate::store::{
-    check_claim_conflicts, check_scope_granted, check_ttl_cap, import_leaves_ungranted,
+    check_claim_conflicts, check_granted, check_ttl_cap, grants, import_leaves_ungranted,
     mappings_after_import, rows_left_ungranted, validate_scope_claims, ImportDiff, PolicyDocument,
 };
 
@@ -178,29 +178,40 @@ fn check_document(
             .map_err(|e| prefix(e.into(), &format!("mappings[{i}]")))?;
     }
     let result = mappings_after_import(&stored.mappings, &doc.mappings, prune);
-    let in_doc = |r: &&crate::store::ScopeClaims| {
-        doc.scopes
-            .iter()
-            .any(|d| d.resource == r.resource && d.scope == r.scope)
-    };
+    // Sets and groups, not scans per row: a document of thousands of entries is
+    // checked in time linear in its size.
+    let in_doc: std::collections::HashSet<(&str, &str)> = doc
+        .scopes
+        .iter()
+        .map(|d| (d.resource.as_str(), d.scope.as_str()))
+        .collect();
     // With prune, every stored row the document lacks is deleted with its grant.
     let kept: Vec<_> = match prune {
         true => Vec::new(),
         false => stored
             .scopes
             .iter()
-            .filter(|r| !in_doc(r))
+            .filter(|r| !in_doc.contains(&(r.resource.as_str(), r.scope.as_str())))
             .cloned()
             .collect(),
     };
-    // The rows the store will hold: a claim two of them set differently is refused here
-    // as for a single row (422 naming it), not by the store's check (409).
-    let after: Vec<_> = doc.scopes.iter().chain(&kept).cloned().collect();
+    // The rows the store will hold, by resource: a claim two of them set differently is
+    // refused here as for a single row (422 naming it), not by the store's check (409).
+    let mut after: std::collections::HashMap<&str, Vec<crate::store::ScopeClaims>> =
+        std::collections::HashMap::new();
+    for r in doc.scopes.iter().chain(&kept) {
+        after
+            .entry(r.resource.as_str())
+            .or_default()
+            .push(r.clone());
+    }
+    let granted = grants(&result);
     for (i, row) in doc.scopes.iter().enumerate() {
         validate_scope_claims(row, &st.participant_claim)
-            .and_then(|()| check_scope_granted(row, &result))
+            .and_then(|()| check_granted(row, &granted))
             .map_err(|e| prefix(e.into(), &format!("scopes[{i}]")))?;
-        check_claim_conflicts(row, &after)
+        let siblings = after.get(row.resource.as_str()).map_or(&[][..], |v| v);
+        check_claim_conflicts(row, siblings)
             .map_err(|e| MgmtError::invalid(format!("scopes[{i}].claims"), e.to_string()))?;
     }
     let left = rows_left_ungranted(&kept, &stored.mappings, &result);

@@ -529,9 +529,12 @@ impl SqlStore {
 
     /// Every mapping and scope row, in stable order.
     pub async fn export(&self) -> Result<PolicyDocument, StoreError> {
-        use super::MappingStore;
-        let mut mappings = self.list_mappings().await?;
-        let mut scopes = self.list_scope_claims().await?;
+        // One snapshot: an export taken during a write is one state the store was in
+        // (two reads could give a scope row without its mapping: not importable).
+        let mut tx = self.begin_snapshot().await?;
+        let mut mappings = Mapping::read_all(&mut tx).await?;
+        let mut scopes = ScopeClaims::read_all(&mut tx).await?;
+        tx.commit().await.map_err(unavailable)?;
         // Byte order, as the list pages: a PostgreSQL database with a linguistic
         // collation would otherwise export another order than SQLite.
         mappings.sort_by(|a, b| a.name.cmp(&b.name));
@@ -616,36 +619,48 @@ async fn apply_all<T: Entity>(
 ) -> Result<Vec<T>, StoreError> {
     let stored: Vec<T> = T::read_all(c).await?;
     let target = |x: &T| T::target(&x.key());
-    let mut seen = std::collections::BTreeSet::new();
+    // By target, once each: matching is linear in the document and the store (it runs
+    // holding the write lock every replica waits on).
+    let mut by_target: std::collections::HashMap<String, &T> =
+        std::collections::HashMap::with_capacity(wanted.len());
     for w in wanted {
-        if !seen.insert(target(w)) {
+        let t = target(w);
+        if by_target.contains_key(&t) {
             return Err(StoreError::Invalid {
                 field: format!("{}s", T::KIND),
-                reason: format!("{} is listed twice", target(w)),
+                reason: format!("{t} is listed twice"),
             });
         }
+        by_target.insert(t, w);
     }
     let mut deletes: Vec<(&T, &'static str)> = Vec::new();
     let mut inserts: Vec<(&T, Option<&T>)> = Vec::new();
+    let mut kept = std::collections::HashSet::with_capacity(stored.len());
     for s in &stored {
-        match wanted.iter().find(|w| target(w) == target(s)) {
+        let t = target(s);
+        match by_target.get(&t) {
             None => {
-                diff.removed.push(target(s));
+                diff.removed.push(t);
                 if prune {
                     deletes.push((s, "delete"));
                 }
             }
-            Some(w) if w == s => diff.unchanged += 1,
             Some(w) => {
-                diff.changed.push(target(w));
-                deletes.push((s, ""));
-                inserts.push((w, Some(s)));
+                if *w == s {
+                    diff.unchanged += 1;
+                } else {
+                    diff.changed.push(t.clone());
+                    deletes.push((s, ""));
+                    inserts.push((w, Some(s)));
+                }
+                kept.insert(t);
             }
         }
     }
     for w in wanted {
-        if !stored.iter().any(|s| target(s) == target(w)) {
-            diff.added.push(target(w));
+        let t = target(w);
+        if !kept.contains(&t) {
+            diff.added.push(t);
             inserts.push((w, None));
         }
     }

@@ -420,10 +420,16 @@ pub fn check_ttl_cap(m: &Mapping, max_ttl_secs: u64) -> Result<(), StoreError> {
 /// Checks that some mapping of the row's resource grants its scope (`mappings`: the
 /// resource's mappings), so a scope row is never dead configuration.
 pub fn check_scope_granted(row: &ScopeClaims, mappings: &[Mapping]) -> Result<(), StoreError> {
-    let granted = mappings
-        .iter()
-        .any(|m| m.resource == row.resource && m.scopes.contains(&row.scope));
-    if granted {
+    check_granted(row, &grants(mappings))
+}
+
+/// [`check_scope_granted`] against the [`grants`] of a set of mappings (a whole
+/// document's rows checked in one pass over its mappings).
+pub fn check_granted(
+    row: &ScopeClaims,
+    granted: &BTreeSet<(&str, &str)>,
+) -> Result<(), StoreError> {
+    if granted.contains(&(row.resource.as_str(), row.scope.as_str())) {
         Ok(())
     } else {
         Err(invalid(
@@ -454,7 +460,7 @@ pub fn rows_left_ungranted<'r>(
 }
 
 /// Every `(resource, scope)` the mappings grant.
-fn grants(mappings: &[Mapping]) -> BTreeSet<(&str, &str)> {
+pub fn grants(mappings: &[Mapping]) -> BTreeSet<(&str, &str)> {
     mappings
         .iter()
         .flat_map(|m| m.scopes.iter().map(|s| (m.resource.as_str(), s.as_str())))

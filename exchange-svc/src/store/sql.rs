@@ -370,6 +370,24 @@ impl SqlStore {
         Ok((guard, tx))
     }
 
+    /// Begins a read transaction that sees one state of the database throughout: a
+    /// policy or an export read as two queries must not mix two commits (a scope row
+    /// without the mapping that grants it, or the reverse). PostgreSQL: `REPEATABLE
+    /// READ, READ ONLY`; SQLite (WAL): one read transaction on one connection sees the
+    /// snapshot of its first read. Never takes the write lock.
+    pub(super) async fn begin_snapshot(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(tx)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -382,13 +400,14 @@ impl MappingStore for SqlStore {
         // Until the configured mappings are in, an answer could refuse (4xx) what the
         // configuration grants: an outage (503) instead.
         self.check_setup()?;
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let rows = mapping_rows(&mut conn, resource).await?;
+        // One snapshot: a mapping and its scope rows change together.
+        let mut tx = self.begin_snapshot().await?;
+        let rows = mapping_rows(&mut tx, resource).await?;
         if rows.is_empty() {
             return Ok(ResourcePolicy::default());
         }
-        let claim_rows = scope_claim_rows(&mut conn, resource).await?;
-        drop(conn);
+        let claim_rows = scope_claim_rows(&mut tx, resource).await?;
+        tx.commit().await.map_err(unavailable)?;
         let large = rows.len() >= super::LARGE_RESOURCE;
         // Decoding and indexing a large resource is CPU work (hundreds of ms for 100,000
         // mappings): it runs off the async workers, so other exchanges go on meanwhile,
