@@ -1,7 +1,7 @@
 //! Delegation (RFC 8693 §4.4, §4.1): whether the actor may act for the subject, and
 //! the `act` claim of the minted token.
 
-use meshpass_core::{SpiffeId, SpiffeIdPattern, VerifiedSubject};
+use meshpass_core::{SpiffeId, SpiffeIdPattern, TrustDomain, VerifiedSubject};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
@@ -52,16 +52,26 @@ pub(crate) fn check_actor(
     }
 }
 
-/// The most nested actors an `act` chain may hold.
+/// The most nested actors an `act` chain may hold (a minted token's too).
 const MAX_ACT_DEPTH: usize = 16;
+
+/// How deep a subject token's `act` chain may be: it is carried over as it is.
+pub(crate) const SUBJECT_ACT_DEPTH: usize = MAX_ACT_DEPTH;
+/// How deep an actor token's own chain may be: the minted token nests it under the
+/// actor, one level more, and must stay within what the service accepts as input.
+pub(crate) const ACTOR_ACT_DEPTH: usize = MAX_ACT_DEPTH - 1;
 
 /// A token's own `act` claim, when it has one, must be what RFC 8693 §4.1 says it is:
 /// a JSON object naming the actor's `sub` (a string), with the actors before it nested
-/// in `act` the same way. It is carried into the minted token, so anything else is
-/// refused rather than copied.
-pub(crate) fn check_act(token: &VerifiedSubject, which: &str) -> Result<(), ApiError> {
+/// in `act` the same way, at most `max_depth` deep. It is carried into the minted
+/// token, so anything else is refused rather than copied.
+pub(crate) fn check_act(
+    token: &VerifiedSubject,
+    which: &str,
+    max_depth: usize,
+) -> Result<(), ApiError> {
     let mut next = token.claims.get("act");
-    for _ in 0..=MAX_ACT_DEPTH {
+    for _ in 0..=max_depth {
         let Some(act) = next else {
             return Ok(());
         };
@@ -74,13 +84,15 @@ pub(crate) fn check_act(token: &VerifiedSubject, which: &str) -> Result<(), ApiE
         next = act.get("act");
     }
     Err(ApiError::InvalidRequest(format!(
-        "{which}: its act claim must be a JSON object with a string sub, nested at most {MAX_ACT_DEPTH} deep (RFC 8693 §4.1)"
+        "{which}: its act claim must be a JSON object with a string sub, nested at most {max_depth} deep (RFC 8693 §4.1)"
     )))
 }
 
 /// RFC 8693 §4.1 `act`: the current actor's subject, with the actor token's own `act`
 /// chain (the actors before it) nested inside. Without an actor token, the subject
-/// token's own `act` chain is carried over unchanged.
+/// token's own `act` chain is carried over. A level naming a Kubernetes service account
+/// (`system:serviceaccount:NS:SA`) is carried as its SPIFFE ID in the token's trust
+/// domain, so revocations (and the filter, which reads `act.sub`) match it.
 pub(crate) fn act_claim(
     subject: &VerifiedSubject,
     actor: Option<&VerifiedSubject>,
@@ -90,16 +102,56 @@ pub(crate) fn act_claim(
             let mut act = Map::new();
             act.insert("sub".into(), json!(a.spiffe_id.as_str()));
             if let Some(prior) = a.claims.get("act") {
-                act.insert("act".into(), prior.clone());
+                act.insert(
+                    "act".into(),
+                    as_workloads(prior, &a.spiffe_id.trust_domain()),
+                );
             }
             Some(Value::Object(act))
         }
-        None => subject.claims.get("act").cloned(),
+        None => subject
+            .claims
+            .get("act")
+            .map(|act| as_workloads(act, &subject.spiffe_id.trust_domain())),
     }
 }
 
-/// The workload a minted token names as acting (its top-level `act.sub`), when that is
-/// a SPIFFE ID: the actor token's subject, or else the subject token's own actor. The
+/// `act` with every level's Kubernetes service-account `sub` replaced by its SPIFFE ID
+/// in `td` (bounded as [`check_act`] bounds it; other values unchanged).
+fn as_workloads(act: &Value, td: &TrustDomain) -> Value {
+    let mut out = act.clone();
+    let mut level = &mut out;
+    for _ in 0..=MAX_ACT_DEPTH {
+        let Some(o) = level.as_object_mut() else {
+            break;
+        };
+        let k8s = o
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| SpiffeId::parse(s).is_err())
+            .and_then(|s| SpiffeId::from_kubernetes_subject(s, td).ok());
+        if let Some(id) = k8s {
+            o.insert("sub".into(), json!(id.as_str()));
+        }
+        match o.get_mut("act") {
+            Some(next) => level = next,
+            None => break,
+        }
+    }
+    out
+}
+
+/// The workload an `act.sub` names: a SPIFFE ID, or a Kubernetes service account in
+/// `td` (the token's own trust domain, as its issuer maps its subjects). Anything else
+/// names no workload, and no revocation can match it.
+fn workload(sub: &str, td: Option<&TrustDomain>) -> Option<SpiffeId> {
+    SpiffeId::parse(sub)
+        .ok()
+        .or_else(|| td.and_then(|td| SpiffeId::from_kubernetes_subject(sub, td).ok()))
+}
+
+/// The workload a minted token names as acting (its top-level `act.sub`), when it
+/// names one: the actor token's subject, or else the subject token's own actor. The
 /// one revocations are checked against, as the filter checks the token's `act.sub`.
 pub(crate) fn acting(
     subject: &VerifiedSubject,
@@ -130,14 +182,18 @@ pub(crate) fn acted(subject: &VerifiedSubject, actor: Option<&VerifiedSubject>) 
     out
 }
 
-/// Every `act.sub` of `token`'s delegation chain (`act`, `act.act`, …; bounded as
-/// [`check_act`] bounds it) that is a SPIFFE ID, outermost first.
+/// Every workload `token`'s delegation chain names (`act.sub`, `act.act.sub`, …;
+/// bounded as [`check_act`] bounds it; see [`workload`]), outermost first.
 pub(crate) fn chain(token: &VerifiedSubject) -> Vec<SpiffeId> {
-    act_chain(&token.claims)
+    act_chain(&token.claims, Some(&token.spiffe_id.trust_domain()))
 }
 
-/// [`chain`] of a token's claims (also of a minted token, for introspection).
-pub fn act_chain(claims: &serde_json::Map<String, Value>) -> Vec<SpiffeId> {
+/// [`chain`] of a token's claims, a Kubernetes service account read in `td` (also of
+/// a minted token, for introspection: its subject's trust domain).
+pub fn act_chain(
+    claims: &serde_json::Map<String, Value>,
+    td: Option<&TrustDomain>,
+) -> Vec<SpiffeId> {
     let mut out = Vec::new();
     let mut next = claims.get("act");
     for _ in 0..=MAX_ACT_DEPTH {
@@ -145,7 +201,7 @@ pub fn act_chain(claims: &serde_json::Map<String, Value>) -> Vec<SpiffeId> {
         if let Some(id) = act
             .get("sub")
             .and_then(Value::as_str)
-            .and_then(|s| SpiffeId::parse(s).ok())
+            .and_then(|s| workload(s, td))
         {
             out.push(id);
         }
@@ -154,14 +210,14 @@ pub fn act_chain(claims: &serde_json::Map<String, Value>) -> Vec<SpiffeId> {
     out
 }
 
-/// The subject token's own `act.sub`, when it is a SPIFFE ID.
+/// The workload the subject token's own `act.sub` names.
 fn own_actor(subject: &VerifiedSubject) -> Option<SpiffeId> {
     subject
         .claims
         .get("act")
         .and_then(|act| act.get("sub"))
         .and_then(Value::as_str)
-        .and_then(|s| SpiffeId::parse(s).ok())
+        .and_then(|s| workload(s, Some(&subject.spiffe_id.trust_domain())))
 }
 
 #[cfg(test)]

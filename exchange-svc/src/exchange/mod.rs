@@ -302,7 +302,8 @@ async fn exchange(
         let revoked = ApiError::Revoked(r.reason.clone());
         return Err(on("", subject.spiffe_id.as_str(), caller_id)(revoked));
     }
-    delegation::check_act(&subject, "subject_token").map_err(unlabelled)?;
+    delegation::check_act(&subject, "subject_token", delegation::SUBJECT_ACT_DEPTH)
+        .map_err(unlabelled)?;
     // A revoked workload may not act for anyone, whether an actor token names it or the
     // subject token's `act` chain (carried into the minted token) does, at any depth.
     if let Some(r) = delegation::chain(&subject)
@@ -359,7 +360,8 @@ async fn exchange(
             let a = subject::validate(st, t, now, "actor_token")
                 .await
                 .map_err(on(&target))?;
-            delegation::check_act(&a, "actor_token").map_err(on(&target))?;
+            delegation::check_act(&a, "actor_token", delegation::ACTOR_ACT_DEPTH)
+                .map_err(on(&target))?;
             // A revoked workload may not act for anyone either. Like the subject's, its
             // revocation and its delegation are decided before the API server is asked.
             let own_chain = delegation::chain(&a);

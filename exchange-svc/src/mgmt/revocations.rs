@@ -171,8 +171,14 @@ fn inspect(st: &MgmtState, token: &str, now: u64) -> Option<Value> {
     // Its subject, or any workload of its `act` chain (as the token endpoint checks
     // them), revoked: inactive.
     let revoked = |id: &SpiffeId| set.subject(id, now).is_some();
-    let subject_revoked = SpiffeId::parse(sub).is_ok_and(|id| revoked(&id));
-    if subject_revoked || crate::exchange::act_chain(c).iter().any(revoked) {
+    let sub_id = SpiffeId::parse(sub).ok();
+    let subject_revoked = sub_id.as_ref().is_some_and(revoked);
+    let td = sub_id.map(|id| id.trust_domain());
+    if subject_revoked
+        || crate::exchange::act_chain(c, td.as_ref())
+            .iter()
+            .any(revoked)
+    {
         return None;
     }
     let mut out = Map::new();
