@@ -508,11 +508,12 @@ impl RevocationStore for SqlStore {
     }
 
     async fn revocation_changes(&self, since: u64) -> Result<RevocationChanges, StoreError> {
-        // One transaction: on SQLite (WAL) and PostgreSQL's first statement the reads
-        // see one state; where PostgreSQL's later statements see newer commits, the
-        // entries are at least as new as the version, so nothing is ever missed (a
-        // newer change is repeated in the next delta).
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // One snapshot (PostgreSQL REPEATABLE READ; SQLite one WAL read transaction):
+        // the version, the log and the entries are one state. Under READ COMMITTED a
+        // write that pruned the log between the reads (another replica's, every 100
+        // versions) left a delta without the changes just after `since`: a revocation
+        // never listed, a lift never removed.
+        let mut tx = self.begin_snapshot().await?;
         let (version, pruned_through) = state(&mut tx).await?;
         if since == 0 || since > version || since < pruned_through {
             let active = all_active(&mut tx).await?;
