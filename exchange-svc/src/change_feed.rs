@@ -19,8 +19,9 @@
 //! replica per second, and the same bound the notifications aim at).
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::{watch, Notify};
@@ -92,8 +93,42 @@ impl FeedMetrics {
     }
 }
 
+/// When the store last showed this replica it is in step: a version check that
+/// answered (counted from its start), or a notification received. A cache hit reads no
+/// policy; past a bound of silence (a partition that swallows packets makes each check
+/// hang for a whole acquire timeout before it even fails) it must not be served.
+#[derive(Debug)]
+pub struct Confirmed {
+    origin: Instant,
+    ms: AtomicU64,
+}
+
+impl Confirmed {
+    /// Confirmed now (the store was just reached to start the replica).
+    fn new() -> Self {
+        Confirmed {
+            origin: Instant::now(),
+            ms: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self, at: Instant) {
+        let ms = u64::try_from(at.saturating_duration_since(self.origin).as_millis())
+            .unwrap_or(u64::MAX);
+        self.ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long since the store last confirmed this replica's views.
+    pub fn age(&self) -> Duration {
+        self.origin
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.ms.load(Ordering::Relaxed)))
+    }
+}
+
 /// Shared between the two tasks: the last applied version and the callback.
 struct Applier {
+    confirmed: Arc<Confirmed>,
     tx: watch::Sender<Option<i64>>,
     on_change: OnChange,
     on_outage: OnOutage,
@@ -136,6 +171,7 @@ impl Applier {
 /// The running feed; its tasks stop when it is dropped.
 pub struct ChangeFeed {
     rx: watch::Receiver<Option<i64>>,
+    confirmed: Arc<Confirmed>,
     check_now: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -151,7 +187,7 @@ impl std::fmt::Debug for ChangeFeed {
 impl ChangeFeed {
     /// Starts the periodic check (every `interval`) and, on PostgreSQL, the listener;
     /// `on_change` runs on every new version (also the first one read), `on_outage`
-    /// after every failed check. Metrics are registered in `metrics`.
+    /// after every failed check, with the time since the store last confirmed. Metrics are registered in `metrics`.
     pub fn start(
         store: Arc<SqlStore>,
         interval: Duration,
@@ -165,7 +201,9 @@ impl ChangeFeed {
             fm
         };
         let (tx, rx) = watch::channel(None);
+        let confirmed = Arc::new(Confirmed::new());
         let applier = Arc::new(Applier {
+            confirmed: Arc::clone(&confirmed),
             tx,
             on_change,
             on_outage,
@@ -187,9 +225,15 @@ impl ChangeFeed {
         }
         Ok(ChangeFeed {
             rx,
+            confirmed,
             check_now,
             tasks,
         })
+    }
+
+    /// When the store last confirmed this replica's views.
+    pub fn confirmed(&self) -> Arc<Confirmed> {
+        Arc::clone(&self.confirmed)
     }
 
     /// The change version as it moves (None until first read). Subscribers (e.g. the
@@ -223,22 +267,24 @@ async fn check_loop(
     applier: Arc<Applier>,
     check_now: Arc<Notify>,
 ) {
-    // Since when checks have failed (None: the last one worked).
-    let mut failing_since: Option<tokio::time::Instant> = None;
+    // Whether the last check failed (the outage is logged once).
+    let mut failing = false;
     loop {
+        let started = Instant::now();
         match store.change_version().await {
             Ok(v) => {
-                failing_since = None;
+                failing = false;
+                applier.confirmed.mark(started);
                 applier.apply(v, true);
             }
             // Before migration 5 ran, or while the database is down: the policy cache's
-            // own expiry bounds staleness meanwhile. Logged once per outage.
+            // own expiry bounds staleness meanwhile.
             Err(e) => {
-                let since = *failing_since.get_or_insert_with(|| {
+                if !failing {
                     tracing::warn!(error = %e, "change version check failed; retrying");
-                    tokio::time::Instant::now()
-                });
-                (applier.on_outage)(since.elapsed());
+                    failing = true;
+                }
+                (applier.on_outage)(applier.confirmed.age());
             }
         }
         tokio::select! {
@@ -276,6 +322,7 @@ async fn listen_loop(url: String, applier: Arc<Applier>, check_now: Arc<Notify>)
                 loop {
                     match l.try_recv().await {
                         Ok(Some(n)) => {
+                            applier.confirmed.mark(Instant::now());
                             applier.metrics.notifications.inc();
                             match n.payload().trim().parse::<i64>() {
                                 Ok(v) => applier.apply(v, false),

@@ -499,5 +499,6 @@ pub fn start_change_feed(
     )
     .map_err(|e| ServeError::Signer(format!("metrics: {e}")))?;
     state.changes = Some(feed.subscribe());
+    state.store_confirmed = Some(feed.confirmed());
     Ok(feed)
 }

@@ -42,6 +42,10 @@ pub struct Settings {
     pub store_retry_after_secs: u64,
     /// Upper bound on one exchange.
     pub request_timeout: Duration,
+    /// How long past the store's last confirmation (see [`AppState::store_confirmed`])
+    /// minted tokens are still served from the cache: `store.policy_cache_secs` plus
+    /// one `store.change_check_interval_ms`, the time between two confirmations.
+    pub cache_confirmed_within: Duration,
     /// How callers of `/token` are identified.
     pub callers: CallerSettings,
 }
@@ -63,6 +67,8 @@ impl Settings {
             sign_retry_after_secs: cfg.server.retry_after_secs,
             store_retry_after_secs: cfg.store.retry_after_secs,
             request_timeout: Duration::from_secs(cfg.server.request_timeout_secs),
+            cache_confirmed_within: Duration::from_secs(cfg.store.policy_cache_secs)
+                + Duration::from_millis(cfg.store.change_check_interval_ms),
             callers: CallerSettings {
                 xfcc_trusted_proxies: cfg.callers.xfcc_trusted_proxies.clone(),
                 insecure_unbound_callers: cfg.callers.insecure_unbound_callers,
@@ -104,11 +110,26 @@ pub struct AppState {
     /// The store's change version as other replicas' writes arrive (set by `serve`;
     /// see `crate::change_feed`): subscribe to reload in-memory views.
     pub changes: Option<tokio::sync::watch::Receiver<Option<i64>>>,
+    /// When the shared store last confirmed this replica's views (set by `serve` with
+    /// the change feed): cache hits stop past `settings.cache_confirmed_within`.
+    pub store_confirmed: Option<Arc<crate::change_feed::Confirmed>>,
     /// Set on SIGTERM: `/readyz` fails while the replica drains (`server.drain_delay_secs`).
     pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AppState {
+    /// The minted-token cache, when hits may be served: not while this replica is cut
+    /// off from the store (a hit reads no policy, so it would grant a mapping another
+    /// replica deleted meanwhile); the full path then decides (503 while the store is
+    /// unreachable).
+    pub fn servable_cache(&self) -> Option<&Arc<TokenCache>> {
+        let cache = self.cache.as_ref()?;
+        match &self.store_confirmed {
+            Some(c) if c.age() > self.settings.cache_confirmed_within => None,
+            _ => Some(cache),
+        }
+    }
+
     /// Builds the state from a validated configuration and its dependencies; `store`
     /// is wrapped in a [`PolicyCache`] when `store.policy_cache_secs` is not 0.
     pub fn new(
@@ -186,6 +207,7 @@ impl AppState {
             reviewers: Arc::new(reviewers),
             hooks: None,
             changes: None,
+            store_confirmed: None,
             draining: Arc::default(),
         })
     }

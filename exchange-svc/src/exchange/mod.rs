@@ -237,7 +237,7 @@ async fn exchange(
     // The warm path: the same bytes from the same caller were answered before (see
     // `crate::cache`), so the form is not parsed again.
     let mut alias = None;
-    if let (Some(cache), Ok(c)) = (&st.cache, &caller) {
+    if let (Some(cache), Ok(c)) = (st.servable_cache(), &caller) {
         let caller_id = c.as_ref().map(|c| c.as_str()).unwrap_or("");
         let key = CacheKey::of_form(&bytes, caller_id);
         if let Some(hit) = cache.get_alias(&key, now) {
@@ -276,7 +276,7 @@ async fn exchange(
     }
 
     let key = st.cache.as_ref().map(|_| CacheKey::of(&req, caller_id));
-    if let (Some(cache), Some(key)) = (&st.cache, &key) {
+    if let (Some(cache), Some(key)) = (st.servable_cache(), &key) {
         match cache.get(key, now) {
             Some(hit) if !revoked_hit(&revoked, &hit, now) => {
                 st.metrics.cache_hits.inc();
