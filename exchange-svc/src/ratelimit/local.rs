@@ -25,8 +25,12 @@ pub struct LocalBuckets {
     buckets: Mutex<HashMap<(String, String), Bucket>>,
 }
 
-/// Above this many buckets, full (idle) ones are dropped.
+/// Above this many buckets, full (idle) ones are dropped; then, if still above, the
+/// least recently charged ones, down to [`PRUNED_TO`] (so a table full of slow limits
+/// is neither scanned on every check nor grown without bound).
 const MAX_BUCKETS: usize = 100_000;
+/// What a prune leaves at most.
+const PRUNED_TO: usize = MAX_BUCKETS * 9 / 10;
 
 impl LocalBuckets {
     /// Takes one token for `(key, mapping)`; on refusal, how long until one is free.
@@ -41,6 +45,15 @@ impl LocalBuckets {
                 let refill = now.duration_since(b.last).as_secs_f64() * b.limit.per_second;
                 b.tokens + refill < f64::from(b.limit.burst)
             });
+            if g.len() > PRUNED_TO {
+                // The longest idle have refilled the most: forgetting them forgives the
+                // least (a limit is approximate here anyway: one share per replica).
+                let mut lasts: Vec<Instant> = g.values().map(|b| b.last).collect();
+                let cut = g.len() - PRUNED_TO;
+                let (_, nth, _) = lasts.select_nth_unstable(cut - 1);
+                let oldest_kept = *nth;
+                g.retain(|_, b| b.last > oldest_kept);
+            }
         }
         let b = g
             .entry((key.to_string(), mapping.to_string()))
@@ -65,6 +78,7 @@ impl LocalBuckets {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -99,6 +113,32 @@ mod tests {
         // Under the fast limit alice's bucket would look full and be dropped (reset);
         // under its own it is still empty.
         assert!(b.check("alice", "slow", slow).is_err());
+    }
+
+    #[test]
+    fn a_table_full_of_buckets_still_counting_stays_bounded() {
+        let b = LocalBuckets::default();
+        let slow = RateLimit {
+            per_second: MIN_RATE,
+            burst: 5,
+        };
+        // Every bucket charged once: none is full again, so none is idle.
+        for i in 0..MAX_BUCKETS + 5_000 {
+            let _ = b.check(&format!("k{i}"), "slow", slow);
+        }
+        let len = b.buckets.lock().unwrap().len();
+        assert!(
+            len <= MAX_BUCKETS,
+            "{len} buckets after {} distinct keys (bound {MAX_BUCKETS})",
+            MAX_BUCKETS + 5_000
+        );
+        // The most recent keys are still counted.
+        let last = format!("k{}", MAX_BUCKETS + 4_999);
+        assert!(b
+            .buckets
+            .lock()
+            .unwrap()
+            .contains_key(&(last, "slow".into())));
     }
 
     const MIN_RATE: f64 = crate::store::MIN_RATE_PER_SECOND;
