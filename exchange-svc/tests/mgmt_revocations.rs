@@ -393,7 +393,47 @@ async fn a_token_naming_a_revoked_workload_as_acting_is_inactive_in_introspectio
     );
 }
 
+/// A revocation past its `until` that the sweep has not removed yet is gone for every
+/// route alike: `GET` answers 404, so lifting it is 404 too, with no `revocation.lift`
+/// audited for an entry that no longer revoked anything.
+async fn a_lapsed_revocation_the_sweep_has_not_removed_is_not_found_to_lift_as_to_get(db: Db) {
+    use sqlx::Connection;
+    let s = Service::start(db).await;
+    let (st, _, r) = s
+        .post(
+            "/api/v1/revocations",
+            &json!({"target": "subject", "match": SHOP_API, "reason": "compromised node",
+                    "until": now() + 3600}),
+        )
+        .await;
+    assert_eq!(st, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    // Lapsed a second ago; the sweep has not come yet.
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(&s.cfg.store.url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE revocations SET until_at = $1 WHERE id = $2")
+        .bind(i64::try_from(now() - 1).unwrap())
+        .bind(&id)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let path = format!("/api/v1/revocations/{id}");
+    let (st, _, body) = s.get(&path).await;
+    assert_eq!(st, 404, "GET of the lapsed entry: {body}");
+    let (st, _, body) = s.send(s.req(Method::DELETE, &path, Some(ADMIN))).await;
+    assert_eq!(st, 404, "lifting the lapsed entry: {body}");
+    let (_, _, page) = s
+        .get(&format!(
+            "/api/v1/audit?action=revocation.lift&target=revocations/{id}"
+        ))
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "{page}");
+}
+
 on_both_backends!(
+    a_lapsed_revocation_the_sweep_has_not_removed_is_not_found_to_lift_as_to_get,
     creates_lists_gets_and_lifts_revocations,
     bad_revocations_are_refused_with_the_field,
     reading_needs_read_and_changing_needs_write,

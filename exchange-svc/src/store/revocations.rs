@@ -473,7 +473,15 @@ impl RevocationStore for SqlStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(unavailable)?;
-        let Some(r) = row.as_ref().map(decode).transpose()? else {
+        let now = u64::try_from(super::sql::now_secs()).unwrap_or(0);
+        // Lapsed but not swept yet: gone, as `GET` says; the sweep removes it (nothing
+        // to lift, nothing to audit).
+        let Some(r) = row
+            .as_ref()
+            .map(decode)
+            .transpose()?
+            .filter(|r| r.active_at(now))
+        else {
             return Err(StoreError::NotFound(format!("revocations/{id}")));
         };
         let gone = sqlx::query("DELETE FROM revocations WHERE id = $1")
@@ -485,7 +493,6 @@ impl RevocationStore for SqlStore {
             // Lifted or swept by another replica meanwhile.
             return Err(StoreError::NotFound(format!("revocations/{id}")));
         }
-        let now = u64::try_from(super::sql::now_secs()).unwrap_or(0);
         log_change(&mut tx, id, "remove", now).await?;
         insert_audit(&mut tx, &audit(actor, "revocation.lift", &r, false)).await?;
         super::changes::bump(&mut tx, self.backend).await?;
