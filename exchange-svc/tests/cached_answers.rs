@@ -8,8 +8,8 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -18,10 +18,8 @@ use common::*;
 use meshpass_exchange::clock::SystemClock;
 use meshpass_exchange::config::Config;
 use meshpass_exchange::store::{Actor, Precondition};
-use meshpass_testkit::{shared_redis_url, unique_prefix, Postgres, RedisServer};
+use meshpass_testkit::{shared_redis_url, unique_prefix, HoleRelay, Postgres, RedisServer};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 async fn redis_replica(dir: &std::path::Path, issuer: &TestIssuer, extra: &str) -> Router {
     let sub = tempfile::tempdir_in(dir).unwrap().keep();
@@ -136,78 +134,6 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A relay to `target` that can swallow everything silently (a peer gone without a
-/// reset, as in a network partition): open connections and new ones stay open and
-/// never answer.
-struct HoleRelay {
-    port: u16,
-    hole: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
-}
-
-impl HoleRelay {
-    async fn start(target: String) -> HoleRelay {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let hole = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
-        let (h, c) = (hole.clone(), conns.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = l.accept().await else {
-                    return;
-                };
-                let dead = Arc::new(AtomicBool::new(h.load(Ordering::SeqCst)));
-                c.lock().unwrap().push(dead.clone());
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let (mut ir, mut iw) = inbound.into_split();
-                    let (mut or, mut ow) = outbound.into_split();
-                    let d1 = dead.clone();
-                    let up = tokio::spawn(async move {
-                        let mut buf = vec![0u8; 16384];
-                        loop {
-                            let n = match ir.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if !d1.load(Ordering::SeqCst) && ow.write_all(&buf[..n]).await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                    });
-                    let mut buf = vec![0u8; 16384];
-                    loop {
-                        let n = match or.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if !dead.load(Ordering::SeqCst) && iw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    while dead.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                    }
-                    let _ = up.await;
-                });
-            }
-        });
-        HoleRelay { port, hole, conns }
-    }
-
-    fn blackhole(&self) {
-        self.hole.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().iter() {
-            c.store(true, Ordering::SeqCst);
-        }
-    }
-}
-
 /// DESIGN.md "Several replicas": "Cut off from the store (no notification, no check)
 /// for `store.policy_cache_secs`, a replica drops its minted tokens too, so it grants
 /// nothing another replica may have revoked or deleted". Here the replica is cut off
@@ -219,7 +145,7 @@ async fn a_replica_partitioned_from_the_store_stops_serving_cached_tokens_after_
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
     let db = Postgres::fresh_database();
-    let relay = HoleRelay::start(db.host_port()).await;
+    let relay = HoleRelay::start(&db.host_port()).unwrap();
     let mut cfg_a = load_config(
         dir.path(),
         &config_toml(&issuer, &dir.path().join("u.db"), ""),
@@ -231,7 +157,7 @@ async fn a_replica_partitioned_from_the_store_stops_serving_cached_tokens_after_
     cfg_a.store.change_check_interval_ms = 200;
     cfg_a.scope_claims.clear();
     let mut cfg_b = cfg_a.clone();
-    cfg_b.store.url = db.url_via(relay.port);
+    cfg_b.store.url = db.url_via(relay.port());
     let a = replica(&cfg_a).await.settled().await;
     let b = replica(&cfg_b).await.settled().await;
     let token = issuer.svid(WEB, now(), 600);

@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -18,10 +16,8 @@ use meshpass_exchange::clock::SystemClock;
 use meshpass_exchange::config::Config;
 use meshpass_exchange::ratelimit::{self, Backend, OnRedisDown, RateLimitConfig, RateLimiter};
 use meshpass_exchange::store::RateLimit;
-use meshpass_testkit::{shared_redis_url, unique_prefix, RedisServer};
+use meshpass_testkit::{shared_redis_url, unique_prefix, HoleRelay, RedisServer};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 /// A replica (own SQLite file, same mappings) counting rate limits in `redis_url`.
 /// `web-to-orders` allows 0.5/s with a burst of 2 per (caller, subject).
@@ -259,83 +255,6 @@ async fn a_sustained_load_on_three_replicas_is_held_to_the_global_rate() {
     assert!(off <= 0.10, "{granted} granted, {expected:.1} expected");
 }
 
-/// A relay to `target`. `blackhole()` makes every open connection (and new ones
-/// accepted meanwhile) swallow everything silently, as a vanished peer behind a VIP
-/// does; `restore()` relays *new* connections again (the old ones stay dead).
-struct HoleRelay {
-    port: u16,
-    hole: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
-}
-
-impl HoleRelay {
-    async fn start(target: String) -> HoleRelay {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = l.local_addr().unwrap().port();
-        let hole = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
-        let (h, c) = (hole.clone(), conns.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((inbound, _)) = l.accept().await else {
-                    return;
-                };
-                let dead = Arc::new(AtomicBool::new(h.load(Ordering::SeqCst)));
-                c.lock().unwrap().push(dead.clone());
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    let (mut ir, mut iw) = inbound.into_split();
-                    let (mut or, mut ow) = outbound.into_split();
-                    let d1 = dead.clone();
-                    let up = tokio::spawn(async move {
-                        let mut buf = vec![0u8; 16384];
-                        loop {
-                            let n = match ir.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if !d1.load(Ordering::SeqCst) && ow.write_all(&buf[..n]).await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                    });
-                    let mut buf = vec![0u8; 16384];
-                    loop {
-                        let n = match or.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if !dead.load(Ordering::SeqCst) && iw.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                    // A dead connection is never closed towards the client.
-                    while dead.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                    }
-                    let _ = up.await;
-                });
-            }
-        });
-        HoleRelay { port, hole, conns }
-    }
-
-    fn blackhole(&self) {
-        self.hole.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().iter() {
-            c.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn restore(&self) {
-        self.hole.store(false, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_return_to_redis_after_a_black_holed_connection() {
     let url = shared_redis_url();
@@ -344,10 +263,10 @@ async fn rate_limits_return_to_redis_after_a_black_holed_connection() {
         .split('/')
         .next()
         .unwrap();
-    let relay = HoleRelay::start(target.to_string()).await;
+    let relay = HoleRelay::start(target).unwrap();
     let cfg = RateLimitConfig {
         backend: Backend::Redis,
-        redis_url: Some(format!("redis://127.0.0.1:{}", relay.port)),
+        redis_url: Some(format!("redis://127.0.0.1:{}", relay.port())),
         on_redis_down: OnRedisDown::LocalShare,
         replicas: 2,
         key_prefix: unique_prefix("black-hole"),
@@ -370,7 +289,7 @@ async fn rate_limits_return_to_redis_after_a_black_holed_connection() {
     // Redis is reachable again on a new connection (a fresh connect through the relay
     // works at once), yet the limiter keeps asking on the dead one.
     relay.restore();
-    let port = relay.port;
+    let port = relay.port();
     assert!(
         tokio::task::spawn_blocking(move || meshpass_testkit::redis_pings(port))
             .await

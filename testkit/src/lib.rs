@@ -11,6 +11,7 @@
 // A test-support crate reports broken environments by panicking: that *is* its API.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+mod black_hole;
 pub mod envoy;
 mod exchange;
 mod http;
@@ -21,6 +22,7 @@ mod process;
 mod redis;
 mod tcp_cut;
 
+pub use black_hole::HoleRelay;
 pub use envoy::{Envoy, EnvoyOptions};
 pub use exchange::{to_toml, ExchangeService};
 pub use http::{dechunk, raw_request};
