@@ -39,6 +39,12 @@ async fn orders(app: &Router, token: &str) -> Answer {
     post_token(app, exchange_form(token, &[("resource", "orders")])).await
 }
 
+/// A different `exp` per call: a token never seen before (no cache hit).
+fn rand_suffix() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 async fn readyz(app: &Router) -> Value {
     get(app, "/readyz").await.json
 }
@@ -310,4 +316,90 @@ async fn rate_limits_return_to_redis_after_a_black_holed_connection() {
         "still `{}` 10 s after Redis was reachable again ({n} checks)",
         ratelimit::describe(&l)
     );
+}
+
+/// README step 3: "The rate limit still applies" to cached answers, and "Several
+/// replicas": the budget of a (caller, subject) pair is shared by all replicas. Cache
+/// hits on two replicas spend the one Redis budget (burst 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_on_two_replicas_spend_the_one_shared_redis_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let section = redis_section(
+        &shared_redis_url(),
+        &unique_prefix("hits-shared"),
+        "local_share",
+    );
+    let r1 = replica(dir.path(), &issuer, &section).await;
+    let r2 = replica(dir.path(), &issuer, &section).await;
+    let token = issuer.svid(WEB, now(), 600);
+    let a = orders(&r1, &token).await; // minted on r1
+    let b = orders(&r2, &token).await; // minted on r2
+    assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
+    // Both replicas now hold the token: hits must still be refused, on either replica.
+    for app in [&r1, &r2, &r1, &r2] {
+        let r = orders(app, &token).await;
+        assert_eq!(
+            r.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "a cache hit beyond the shared burst was served: {}",
+            r.json
+        );
+    }
+}
+
+/// README `rate_limit.on_redis_down = "fail_closed"`: 503 for rate-limited mappings,
+/// on the warm path (cached token, form alias) as on the cold one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_closed_refuses_cached_answers_of_a_limited_mapping_while_redis_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let mut redis = RedisServer::start(dir.path());
+    let section = redis_section(&redis.url(), &unique_prefix("hits-closed"), "fail_closed");
+    let app = replica(dir.path(), &issuer, &section).await;
+    let token = issuer.svid(WEB, now(), 600);
+    assert_eq!(orders(&app, &token).await.status, StatusCode::OK);
+    redis.stop();
+    for _ in 0..3 {
+        let r = orders(&app, &token).await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cached answer served with Redis down and fail_closed: {}",
+            r.json
+        );
+    }
+}
+
+/// README "Several replicas": "one check per redis_retry_ms tries Redis again, and the
+/// first answer ends the fallback" — also for a replica that never reached Redis (down
+/// when the replica started).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_while_redis_is_down_counts_in_redis_once_redis_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let mut redis = RedisServer::start(dir.path());
+    redis.stop();
+    let section = redis_section(&redis.url(), &unique_prefix("late-redis"), "fail_closed");
+    let app = replica(dir.path(), &issuer, &section).await;
+    let token = issuer.svid(WEB, now(), 600);
+    let r = orders(&app, &token).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.json);
+    redis.start_again();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = issuer.svid(WEB, now(), 600 + rand_suffix());
+        let r = orders(&app, &t).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} 15 s after Redis came up; readyz {}",
+            r.status,
+            readyz(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(readyz(&app).await["rate_limit"], "redis");
 }
