@@ -67,7 +67,14 @@ pub fn identify(
 ) -> Result<Option<SpiffeId>, CallerError> {
     let mut xfcc = headers.get_all(XFCC).iter();
     let first = xfcc.next();
-    let trusted = conn.is_some_and(|c| settings.xfcc_trusted_proxies.contains(&c.peer.ip()));
+    // A dual-stack listener sees an IPv4 sidecar as `::ffff:a.b.c.d`: compared as the
+    // IPv4 address the operator wrote.
+    let trusted = conn.is_some_and(|c| {
+        settings
+            .xfcc_trusted_proxies
+            .iter()
+            .any(|p| p.to_canonical() == c.peer.ip().to_canonical())
+    });
     if trusted {
         // The proxy sanitises the header; two of them means something else added one.
         let value = match (first, xfcc.next()) {
@@ -162,6 +169,20 @@ mod tests {
         assert_eq!(
             identify(&trusting("127.0.0.1"), Some(&c), &HeaderMap::new()),
             Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_trusted_ipv4_proxy_seen_on_a_dual_stack_listener_is_still_trusted() {
+        let h = xfcc(&format!("Hash=ab;URI={WEB}"));
+        let mapped = conn("::ffff:127.0.0.1", None);
+        let id = identify(&trusting("127.0.0.1"), Some(&mapped), &h).unwrap();
+        assert_eq!(id.unwrap().as_str(), WEB);
+        // And another address, mapped or not, is still refused.
+        let other = conn("::ffff:127.0.0.2", None);
+        assert_eq!(
+            identify(&trusting("127.0.0.1"), Some(&other), &h),
+            Err(CallerError::UntrustedXfcc)
         );
     }
 
