@@ -172,7 +172,8 @@ pub enum Marker {
         id: String,
         /// When the owner sweeps the record.
         until_ms: u64,
-        /// The verified subject the token was issued to (empty for refusals).
+        /// The verified subject the token was issued to, or whose exchange met an outage
+        /// (empty for refusals, and for outages no worker can attribute).
         subject: String,
         /// What every waiter gets.
         outcome: Outcome,

@@ -66,11 +66,11 @@ impl Worker {
                     &format!("meshpass: exchange dispatch failed: {e}"),
                 );
                 let outcome = Outcome::Unavailable(self.config.retry_after_secs);
-                self.publish(host, &p.key, &outcome, "", now);
+                self.publish(host, &p.key, &outcome, &p.subject, now);
                 if let Some(f) = self.inflight.remove(&p.key) {
                     for w in &f.waiters {
                         if host.set_effective_context(w.ctx) {
-                            self.apply(host, w, &outcome, "", f.failure_mode);
+                            self.apply(host, w, &outcome, &f.subject, f.failure_mode);
                         }
                     }
                 }
@@ -287,10 +287,11 @@ impl Worker {
         for k in stuck {
             if let Some(f) = self.inflight.remove(&k) {
                 let ra = self.config.retry_after_secs;
-                self.publish(host, &k, &Outcome::Unavailable(ra), "", now);
+                self.publish(host, &k, &Outcome::Unavailable(ra), &f.subject, now);
                 for w in &f.waiters {
                     if host.set_effective_context(w.ctx) {
-                        self.apply(host, w, &Outcome::Unavailable(ra), "", f.failure_mode);
+                        let outcome = Outcome::Unavailable(ra);
+                        self.apply(host, w, &outcome, &f.subject, f.failure_mode);
                     }
                 }
             }

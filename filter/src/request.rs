@@ -9,7 +9,7 @@ use crate::api::{Counter, Host, Level, Verdict};
 use crate::cache::{self, Entry};
 use crate::config::{Config, Mode, Target};
 use crate::exchange::exchange_form;
-use crate::headers::{Headers, SUBJECT_HEADER};
+use crate::headers::{credential_headers, Headers, SUBJECT_HEADER};
 use crate::jwks::{FIRST_KEYS_WAIT_MS, PARK_MS};
 use crate::path::normalise;
 use crate::respond::send_error;
@@ -194,11 +194,17 @@ impl Worker {
                     return self.deny_revoked(host, &reason);
                 }
                 self.bump(Counter::CacheHit);
-                if now < e.refresh_ms {
+                // Memo hits read a clock up to one of *this* worker's ticks old: the
+                // writer capped the entry with its own `tick_ms`, which a reload may
+                // have raised since.
+                let memo_until = e
+                    .refresh_ms
+                    .min(e.expires_ms.saturating_sub(self.config.tick_ms));
+                if now < memo_until {
                     let (digest, a) = (&target.digest, actor.as_deref());
                     self.memo
-                        .insert(token, digest, a, e.refresh_ms, now, e.subject, e.token);
-                } else if !self.refreshing.contains_key(&key) {
+                        .insert(token, digest, a, memo_until, now, e.subject, e.token);
+                } else if now >= e.refresh_ms && !self.refreshing.contains_key(&key) {
                     self.refreshing.insert(key.clone(), ());
                     self.refreshes.push(PendingRefresh {
                         key: key.clone(),
@@ -245,7 +251,11 @@ impl Worker {
             .validate(token, now / 1000, &self.keysets, &binding)
         {
             Ok(_) => {
-                host.remove_header(&self.config.token_header);
+                // No client credential reaches the app (a custom token header leaves
+                // `authorization` beside it).
+                for name in credential_headers(&self.config) {
+                    host.remove_header(name);
+                }
                 self.bump(Counter::Allowed);
                 Verdict::Continue
             }
@@ -332,10 +342,12 @@ impl Worker {
             digest: target.digest,
             actor: actor.clone(),
         };
+        let subject = verified.spiffe_id.as_str().to_string();
         self.inflight.insert(
             key.clone(),
             InFlight {
                 waiters: vec![Waiter { ctx, identity }],
+                subject: subject.clone(),
                 deadline_ms: now + self.inflight_span_ms(),
                 failure_mode: target.failure_mode,
             },
@@ -346,7 +358,7 @@ impl Worker {
                 key,
                 body: exchange_form(token, target, actor),
                 traceparent,
-                subject: verified.spiffe_id.as_str().to_string(),
+                subject,
                 subject_exp: verified.expires_at,
                 failure_mode: target.failure_mode,
                 memo,

@@ -126,7 +126,23 @@ impl Worker {
                     Some(&ra.to_string()),
                 );
             }
-            Outcome::Unavailable(_) if failure_mode == FailureMode::Allow => {
+            // Fail open only a request that would have been served: bound to the
+            // exchanged subject (a request joining another's exchange was never
+            // validated itself), and that subject not revoked. Without a known subject
+            // (the owner worker gone), 503.
+            Outcome::Unavailable(_)
+                if failure_mode == FailureMode::Allow
+                    && (self.config.mode == Mode::NoneInsecure || !subject.is_empty()) =>
+            {
+                if self.config.mode != Mode::NoneInsecure && w.identity.as_deref() != Some(subject)
+                {
+                    self.deny_binding(host, w.identity.is_some());
+                    return;
+                }
+                if let Some(reason) = self.revoked_subject(subject) {
+                    self.deny_revoked(host, &reason);
+                    return;
+                }
                 // Fail open: forward without any token, never the subject token.
                 self.bump(Counter::FailOpen);
                 for name in credential_headers(&self.config) {

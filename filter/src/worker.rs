@@ -32,6 +32,9 @@ pub(crate) struct Waiter {
 /// An exchange this worker runs, with the requests waiting on it.
 pub(crate) struct InFlight {
     pub(crate) waiters: Vec<Waiter>,
+    /// The validated subject being exchanged: an outage answer is checked against it
+    /// (binding, revocation) before any waiter is failed open.
+    pub(crate) subject: String,
     pub(crate) deadline_ms: u64,
     pub(crate) failure_mode: FailureMode,
 }
