@@ -22,10 +22,15 @@ pub const RESERVED_PREFIX: &str = "x-meshpass-";
 /// Bytes of one `u32` in the layout.
 const WORD: usize = 4;
 
-/// Whether `name` starts with [`RESERVED_PREFIX`], in any case.
+/// Whether `name` starts with [`RESERVED_PREFIX`], in any case and with `_` for any
+/// `-`: CGI, WSGI and Rack read `x-meshpass_subject` as `HTTP_X_MESHPASS_SUBJECT`, the
+/// same variable as the header the filter writes.
 pub fn is_reserved(name: &[u8]) -> bool {
-    name.get(..RESERVED_PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX.as_bytes()))
+    name.get(..RESERVED_PREFIX.len()).is_some_and(|p| {
+        p.iter()
+            .zip(RESERVED_PREFIX.as_bytes())
+            .all(|(&c, &r)| c.to_ascii_lowercase() == r || (r == b'-' && c == b'_'))
+    })
 }
 
 /// A checked header map: every length in bounds, every name and value NUL-terminated,
@@ -254,6 +259,15 @@ mod tests {
             Some(b"x-other-\xff".as_slice())
         );
         assert_eq!(m.reserved_names().count(), 0);
+    }
+
+    #[test]
+    fn reserved_names_are_found_with_underscores_for_dashes() {
+        assert!(is_reserved(b"x-meshpass_subject"));
+        assert!(is_reserved(b"X_MESHPASS_SUBJECT"));
+        assert!(is_reserved(b"x_meshpass-role"));
+        assert!(!is_reserved(b"x-meshpas_-subject"));
+        assert!(!is_reserved(b"xxmeshpass-subject"));
     }
 
     #[test]
