@@ -1,5 +1,8 @@
 //! The HTTP side: requests to the management API and the errors (with their exit codes).
 
+use std::time::Duration;
+
+use reqwest::header::{self, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 
@@ -21,7 +24,8 @@ pub enum CtlError {
     /// No valid token or no role (401/403, exit 6).
     #[error("{0}")]
     Denied(String),
-    /// The server cannot be reached or is unavailable (503, exit 7).
+    /// The server cannot be reached, gave no answer in time, or is unavailable
+    /// (502–504, exit 7).
     #[error("{0}")]
     Unavailable(String),
     /// Anything else (exit 1).
@@ -44,11 +48,24 @@ impl CtlError {
     }
 }
 
+/// The longest a request may take, from connecting to the answer's last byte.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The longest connecting may take. Shorter than [`TIMEOUT`], so a connection that never
+/// opens fails as a connect error (nothing sent), not as a request timeout (a write that
+/// may have been applied).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest answer read: far above any page or document the API sends, low enough
+/// that something else behind `--server` cannot make ctl allocate without limit.
+pub const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
 /// A client of one server with one token.
 pub struct Client {
     http: reqwest::Client,
     base: Url,
-    token: String,
+    /// `Bearer <token>`, checked once and marked sensitive.
+    auth: HeaderValue,
 }
 
 /// A successful answer.
@@ -66,8 +83,25 @@ impl Client {
     pub fn new(server: &str, token: String) -> Result<Client, CtlError> {
         let base =
             Url::parse(server).map_err(|e| CtlError::Usage(format!("--server {server:?}: {e}")))?;
+        // Any other scheme would only fail once sent, as a request reqwest cannot build.
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(CtlError::Usage(format!(
+                "--server {server:?}: the scheme `{}` is not http or https",
+                base.scheme()
+            )));
+        }
+        // Checked here so that the message names the token (without printing it) and
+        // nothing is sent.
+        let mut auth = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            CtlError::Usage(
+                "the token is not one line of printable text (see --token-file or MESHPASS_TOKEN)"
+                    .into(),
+            )
+        })?;
+        auth.set_sensitive(true);
         let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
+            .timeout(TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("meshpassctl/", env!("CARGO_PKG_VERSION")))
             // The bearer token goes to --server and nowhere else: no proxy from the
             // environment (it would see every token), and no redirect (a write
@@ -76,7 +110,7 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| CtlError::Other(e.to_string()))?;
-        Ok(Client { http, base, token })
+        Ok(Client { http, base, auth })
     }
 
     /// The URL of `segments` under the server. Each segment is percent-encoded byte by
@@ -107,7 +141,9 @@ impl Client {
         Ok(u)
     }
 
-    /// Sends a request and turns error answers into [`CtlError`]s.
+    /// Sends a request and turns error answers into [`CtlError`]s. A 2xx whose body is
+    /// not JSON is no answer of the API (an HTML page from another server behind
+    /// `--server`): refused, never reported as done.
     pub async fn send(
         &self,
         method: Method,
@@ -115,45 +151,48 @@ impl Client {
         body: Option<(&'static str, Vec<u8>)>,
         if_match: Option<&str>,
     ) -> Result<Answer, CtlError> {
+        let origin = url.origin().ascii_serialization();
         let mut req = self
             .http
-            .request(method, url.clone())
-            .bearer_auth(&self.token);
+            .request(method.clone(), url)
+            .header(header::AUTHORIZATION, self.auth.clone());
         if let Some((ct, bytes)) = body {
-            req = req.header("content-type", ct).body(bytes);
+            req = req.header(header::CONTENT_TYPE, ct).body(bytes);
         }
         if let Some(tag) = if_match {
-            req = req.header("if-match", tag);
-        }
-        let resp = req.send().await.map_err(|e| {
-            if e.is_builder() {
-                // Nothing was sent: the request itself cannot be written.
+            let v = HeaderValue::from_str(tag).map_err(|_| {
                 CtlError::Usage(format!(
-                    "cannot build the request (is the token or --if-match one line of printable text?): {}",
-                    with_causes(&e)
+                    "--if-match {tag:?} is not one line of printable text"
                 ))
-            } else {
-                CtlError::Unavailable(format!(
-                    "cannot reach {}: {}",
-                    url.origin().ascii_serialization(),
-                    with_causes(&e)
-                ))
-            }
-        })?;
-        let status = resp.status();
-        let etag = resp
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let text = resp
-            .text()
+            })?;
+            req = req.header(header::IF_MATCH, v);
+        }
+        let mut resp = req
+            .send()
             .await
-            .map_err(|e| CtlError::Unavailable(e.to_string()))?;
-        let body: Value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
+            .map_err(|e| transport_error(&e, &method, &origin))?;
+        let status = resp.status();
+        let header_text = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let etag = header_text(header::ETAG);
+        let content_type = header_text(header::CONTENT_TYPE);
+        let bytes = read_bounded(&mut resp, MAX_ANSWER_BYTES, &method, &origin).await?;
+        let body = match serde_json::from_slice::<Value>(&bytes) {
+            _ if bytes.is_empty() => Value::Null,
+            Ok(v) => v,
+            Err(_) if status.is_success() => {
+                let text = Value::String(String::from_utf8_lossy(&bytes).into_owned());
+                return Err(CtlError::Other(format!(
+                    "unexpected answer from {origin}: {status}, {}: {} (is --server the management API?)",
+                    content_type.as_deref().unwrap_or("no content type"),
+                    snippet(&text)
+                )));
+            }
+            Err(_) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
         };
         if status.is_success() {
             return Ok(Answer { status, body, etag });
@@ -163,7 +202,7 @@ impl Client {
                 format!("{code}: {f}: {m}")
             }
             (Value::String(code), Value::String(m), _) => format!("{code}: {m}"),
-            _ => format!("{status}: {body}"),
+            _ => format!("{status}: {}", snippet(&body)),
         };
         Err(match status.as_u16() {
             404 => CtlError::NotFound(msg),
@@ -200,7 +239,7 @@ impl Client {
                 q.push(("cursor", c.clone()));
             }
             let page = self.get(segments, &q).await?;
-            items.extend(page_items(&page)?.iter().cloned());
+            items.extend(crate::shape::items(&page)?.iter().cloned());
             match page["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_string()),
                 None => return Ok(items),
@@ -209,14 +248,73 @@ impl Client {
     }
 }
 
-/// The `items` of a list page; an answer without them is not a page (another server
-/// behind --server, say), never an empty list.
-pub fn page_items(page: &Value) -> Result<&Vec<Value>, CtlError> {
-    page["items"].as_array().ok_or_else(|| {
-        let mut shown = page.to_string();
-        shown.truncate(200);
-        CtlError::Other(format!("unexpected answer (no items list): {shown}"))
+/// The body of `resp`, refused once it passes `limit` bytes (announced or read).
+async fn read_bounded(
+    resp: &mut reqwest::Response,
+    limit: usize,
+    method: &Method,
+    origin: &str,
+) -> Result<Vec<u8>, CtlError> {
+    let too_large = || {
+        CtlError::Other(format!(
+            "the answer from {origin} is over the {} MiB meshpassctl reads (is --server the management API?)",
+            limit / (1024 * 1024)
+        ))
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > limit))
+    {
+        return Err(too_large());
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| transport_error(&e, method, origin))?
+    {
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// A request that got no usable answer (exit 7). Only a failed connect surely sent
+/// nothing; past it a write may have been applied, and "cannot reach" would read as
+/// "nothing happened, run it again".
+fn transport_error(e: &reqwest::Error, method: &Method, origin: &str) -> CtlError {
+    if e.is_builder() {
+        // The URL and the headers were checked before: whatever is left is no outage.
+        return CtlError::Other(format!("cannot build the request: {}", with_causes(e)));
+    }
+    if e.is_connect() {
+        return CtlError::Unavailable(format!("cannot reach {origin}: {}", with_causes(e)));
+    }
+    let what = if e.is_timeout() {
+        format!(
+            "no answer came within the {} s timeout from {origin}",
+            TIMEOUT.as_secs()
+        )
+    } else {
+        format!("no usable answer from {origin}: {}", with_causes(e))
+    };
+    CtlError::Unavailable(if method.is_safe() {
+        what
+    } else {
+        format!("{what}: the request was sent and may have been applied; check before retrying")
     })
+}
+
+/// At most 200 characters of `v` as JSON: a string quoted with its control characters
+/// escaped, so what a server sent never drives the terminal.
+pub fn snippet(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
 }
 
 /// An error and its causes, `a: b: c` (reqwest's own text leaves out why a connection

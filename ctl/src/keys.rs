@@ -6,6 +6,7 @@ use serde_json::json;
 
 use crate::client::{Client, CtlError};
 use crate::render::{print, text, Column, Output};
+use crate::shape;
 
 #[derive(Subcommand)]
 pub enum Keys {
@@ -60,7 +61,10 @@ pub async fn run(c: &Client, out: Output, cmd: Keys) -> Result<(), CtlError> {
                 .body
         }
     };
-    let versions = k["versions"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let versions = shape::KEY_STATUS.check(&k)?["versions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     print(out, &k, versions, KEY_COLUMNS)
 }
 
@@ -68,6 +72,7 @@ pub async fn run(c: &Client, out: Output, cmd: Keys) -> Result<(), CtlError> {
 /// fastest subjects of about the last minute (of the replica that answers).
 pub async fn stats(c: &Client, out: Output) -> Result<(), CtlError> {
     let s = c.get(&["api", "v1", "stats"], &[]).await?;
+    shape::STATS.check(&s)?;
     let rows = |k: &str| s[k].as_array().cloned().unwrap_or_default();
     if out != Output::Table {
         return print(out, &s, &[], &[]);

@@ -1,13 +1,15 @@
 //! `meshpassctl`: the management API from the command line (see README.md).
 //!
-//! Exit codes: 0 ok, 1 other error, 2 usage or unreadable input, 3 not found,
-//! 4 conflict or stale write, 5 invalid input, 6 not authenticated or not allowed,
-//! 7 server unreachable or unavailable.
+//! Exit codes: 0 ok, 1 other error (an unexpected answer among them), 2 usage or
+//! unreadable input, 3 not found, 4 conflict or stale write, 5 invalid input, 6 not
+//! authenticated or not allowed, 7 server unreachable, silent or unavailable.
 
 mod client;
+mod document;
 mod keys;
 mod render;
 mod revocations;
+mod shape;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -238,23 +240,6 @@ pub(crate) fn read_input(file: &Path) -> Result<Vec<u8>, CtlError> {
     Ok(buf)
 }
 
-/// The entries of a file: one object, a list, or a document's `key` list.
-fn entries(file: &Path, key: &str) -> Result<Vec<Value>, CtlError> {
-    let raw = read_input(file)?;
-    // JSON as JSON (YAML's parser refuses some valid JSON, e.g. surrogate-pair escapes).
-    let v: Value = serde_json::from_slice(&raw)
-        .or_else(|_| serde_yaml::from_slice(&raw))
-        .map_err(|e| CtlError::Usage(format!("{}: not YAML or JSON: {e}", file.display())))?;
-    Ok(match v {
-        Value::Array(a) => a,
-        Value::Object(ref o) if o.contains_key(key) => o[key]
-            .as_array()
-            .cloned()
-            .ok_or_else(|| CtlError::Usage(format!("{}: `{key}` is not a list", file.display())))?,
-        other => vec![other],
-    })
-}
-
 /// The `If-Match` of an apply: only for a file of exactly one entry (one ETag names one
 /// version of one entity).
 fn one_for_if_match(tag: Option<&str>, n: usize, what: &str) -> Result<Option<String>, CtlError> {
@@ -283,6 +268,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Scopes(s) => scopes(&c, out, s).await,
         Command::Export => {
             let doc = c.get(&["api", "v1", "export"], &[]).await?;
+            shape::POLICY.check(&doc)?;
             let as_yaml = if out == Output::Json {
                 Output::Json
             } else {
@@ -319,6 +305,7 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
                 .send(Method::POST, url, Some((content_type, body)), None)
                 .await?
                 .body;
+            shape::IMPORT_DIFF.check(&diff)?;
             let mut rows = Vec::new();
             for (kind, label) in [
                 ("added", "add"),
@@ -377,6 +364,7 @@ async fn mappings(c: &Client, out: Output, cmd: Mappings) -> Result<(), CtlError
         Mappings::Get { name, etag } => {
             let url = c.url(&["api", "v1", "mappings", &name], &[])?;
             let a = c.send(Method::GET, url, None, None).await?;
+            shape::names(&a.body, "mapping", &[("name", &name)])?;
             if etag {
                 crate::say!("{}", client::etag_of(a.etag, &format!("mapping {name}"))?);
                 return Ok(());
@@ -384,37 +372,14 @@ async fn mappings(c: &Client, out: Output, cmd: Mappings) -> Result<(), CtlError
             print(out, &a.body, std::slice::from_ref(&a.body), MAPPING_COLUMNS)
         }
         Mappings::Apply { file, if_match } => {
-            let all = entries(&file, "mappings")?;
+            let all = document::entries(&file, "mappings")?;
             let tag = one_for_if_match(if_match.as_deref(), all.len(), "mapping")?;
-            for m in all {
-                let name = m["name"]
-                    .as_str()
-                    .ok_or_else(|| CtlError::Usage("a mapping without a name".into()))?;
-                let url = c.url(&["api", "v1", "mappings", name], &[])?;
-                let body = serde_json::to_vec(&m).map_err(|e| CtlError::Other(e.to_string()))?;
-                let a = c
-                    .send(
-                        Method::PUT,
-                        url,
-                        Some(("application/json", body)),
-                        tag.as_deref(),
-                    )
-                    .await?;
-                crate::say!(
-                    "mapping {name} {}",
-                    if a.status.as_u16() == 201 {
-                        "created"
-                    } else {
-                        "configured"
-                    }
-                );
-            }
-            Ok(())
+            apply(c, &file, &all, "mapping", &["name"], tag.as_deref()).await
         }
         Mappings::Delete { name, if_match } => {
             let url = c.url(&["api", "v1", "mappings", &name], &[])?;
             let tag = client::if_match(if_match.as_deref());
-            c.send(Method::DELETE, url, None, tag.as_deref()).await?;
+            shape::deleted(&c.send(Method::DELETE, url, None, tag.as_deref()).await?)?;
             crate::say!("mapping {name} deleted");
             Ok(())
         }
@@ -435,6 +400,11 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
         } => {
             let url = c.url(&["api", "v1", "scopes", &resource, &scope], &[])?;
             let a = c.send(Method::GET, url, None, None).await?;
+            shape::names(
+                &a.body,
+                "scope row",
+                &[("resource", &resource), ("scope", &scope)],
+            )?;
             if etag {
                 let what = format!("scope {resource} {scope}");
                 crate::say!("{}", client::etag_of(a.etag, &what)?);
@@ -443,34 +413,17 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
             print(out, &a.body, std::slice::from_ref(&a.body), SCOPE_COLUMNS)
         }
         Scopes::Apply { file, if_match } => {
-            let all = entries(&file, "scopes")?;
+            let all = document::entries(&file, "scopes")?;
             let tag = one_for_if_match(if_match.as_deref(), all.len(), "scope row")?;
-            for s in all {
-                let (Some(r), Some(sc)) = (s["resource"].as_str(), s["scope"].as_str()) else {
-                    return Err(CtlError::Usage(
-                        "a scope row without resource or scope".into(),
-                    ));
-                };
-                let url = c.url(&["api", "v1", "scopes", r, sc], &[])?;
-                let body = serde_json::to_vec(&s).map_err(|e| CtlError::Other(e.to_string()))?;
-                let a = c
-                    .send(
-                        Method::PUT,
-                        url,
-                        Some(("application/json", body)),
-                        tag.as_deref(),
-                    )
-                    .await?;
-                crate::say!(
-                    "scope {r} {sc} {}",
-                    if a.status.as_u16() == 201 {
-                        "created"
-                    } else {
-                        "configured"
-                    }
-                );
-            }
-            Ok(())
+            apply(
+                c,
+                &file,
+                &all,
+                "scope",
+                &["resource", "scope"],
+                tag.as_deref(),
+            )
+            .await
         }
         Scopes::Delete {
             resource,
@@ -479,40 +432,95 @@ async fn scopes(c: &Client, out: Output, cmd: Scopes) -> Result<(), CtlError> {
         } => {
             let url = c.url(&["api", "v1", "scopes", &resource, &scope], &[])?;
             let tag = client::if_match(if_match.as_deref());
-            c.send(Method::DELETE, url, None, tag.as_deref()).await?;
+            shape::deleted(&c.send(Method::DELETE, url, None, tag.as_deref()).await?)?;
             crate::say!("scope {resource} {scope} deleted");
             Ok(())
         }
     }
 }
 
+/// `PUT`s each entry of `file` to `/api/v1/{what}s/{key...}`, the key being the entry's
+/// `key` fields. Every entry is checked first: a file with one that cannot be sent
+/// writes nothing.
+async fn apply(
+    c: &Client,
+    file: &Path,
+    all: &[Value],
+    what: &str,
+    key: &[&str],
+    tag: Option<&str>,
+) -> Result<(), CtlError> {
+    let collection = format!("{what}s");
+    let mut planned = Vec::with_capacity(all.len());
+    for (i, entry) in all.iter().enumerate() {
+        let bad = |why: &dyn std::fmt::Display| {
+            CtlError::Usage(format!(
+                "{}: entry {} of {}: {why} (nothing applied)",
+                file.display(),
+                i + 1,
+                all.len()
+            ))
+        };
+        if !entry.is_object() {
+            return Err(bad(&format_args!("not a {what}")));
+        }
+        let mut values = Vec::with_capacity(key.len());
+        for field in key {
+            let v = entry[*field]
+                .as_str()
+                .ok_or_else(|| bad(&format_args!("a {what} without `{field}`")))?;
+            values.push(v);
+        }
+        let mut segments = vec!["api", "v1", collection.as_str()];
+        segments.extend(&values);
+        let url = c.url(&segments, &[]).map_err(|e| bad(&e))?;
+        let body = serde_json::to_vec(entry).map_err(|e| CtlError::Other(e.to_string()))?;
+        planned.push((values, url, body));
+    }
+    for (values, url, body) in planned {
+        let a = c
+            .send(Method::PUT, url, Some(("application/json", body)), tag)
+            .await?;
+        let named: Vec<(&str, &str)> = key.iter().copied().zip(values.iter().copied()).collect();
+        shape::names(&a.body, what, &named)?;
+        let done = if a.status == reqwest::StatusCode::CREATED {
+            "created"
+        } else {
+            "configured"
+        };
+        crate::say!("{what} {} {done}", values.join(" "));
+    }
+    Ok(())
+}
+
+/// `audit tail`: the newest `lines` events; with `follow`, a stream of events in one
+/// form throughout (table rows, one JSON line each, or one YAML document each), polled
+/// every 2 s.
 async fn audit_tail(c: &Client, out: Output, lines: u32, follow: bool) -> Result<(), CtlError> {
     let page = c
         .get(&["api", "v1", "audit"], &[("limit", lines.to_string())])
         .await?;
-    let items = client::page_items(&page)?.clone();
-    print(out, &page, &items, AUDIT_COLUMNS)?;
-    let mut last = page["last_id"].as_i64();
+    let items = shape::items(&page)?;
     if !follow {
-        return Ok(());
+        return print(out, &page, items, AUDIT_COLUMNS);
     }
+    if out == Output::Table {
+        print(out, &page, items, AUDIT_COLUMNS)?;
+    } else {
+        for e in items {
+            render::print_streamed(out, e, AUDIT_COLUMNS)?;
+        }
+    }
+    let mut last = page["last_id"].as_i64();
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        let mut q = vec![("limit", "1000".to_string())];
-        q.push(("after", last.unwrap_or(0).to_string()));
+        let q = vec![
+            ("limit", "1000".to_string()),
+            ("after", last.unwrap_or(0).to_string()),
+        ];
         let page = c.get(&["api", "v1", "audit"], &q).await?;
-        for e in client::page_items(&page)? {
-            match out {
-                Output::Table => crate::say!(
-                    "{}",
-                    AUDIT_COLUMNS
-                        .iter()
-                        .map(|(_, f)| f(e))
-                        .collect::<Vec<_>>()
-                        .join("  ")
-                ),
-                _ => crate::say!("{e}"),
-            }
+        for e in shape::items(&page)? {
+            render::print_streamed(out, e, AUDIT_COLUMNS)?;
         }
         last = page["last_id"].as_i64().or(last);
     }

@@ -96,3 +96,23 @@ pub fn print(
     }
     Ok(())
 }
+
+/// One item of a stream (`audit tail --follow`): a table row, one JSON line, or one YAML
+/// document after `---`, so that each format's own tools can read the whole stream.
+pub fn print_streamed(out: Output, item: &Value, columns: &[Column]) -> Result<(), CtlError> {
+    match out {
+        Output::Table => {
+            let cells: Vec<String> = columns.iter().map(|(_, f)| f(item)).collect();
+            crate::say!("{}", cells.join("  "));
+        }
+        Output::Json => {
+            let s = serde_json::to_string(item).map_err(|e| CtlError::Other(e.to_string()))?;
+            crate::say!("{s}");
+        }
+        Output::Yaml => {
+            let s = serde_yaml::to_string(item).map_err(|e| CtlError::Other(e.to_string()))?;
+            write_out(format_args!("---\n{s}"));
+        }
+    }
+    Ok(())
+}

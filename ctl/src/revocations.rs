@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::client::{Client, CtlError};
 use crate::render::{print, text, Column, Output};
+use crate::shape;
 
 /// What a revocation applies to (`--target` of `list`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -129,11 +130,11 @@ pub async fn run(c: &Client, out: Output, cmd: Revocations) -> Result<(), CtlErr
                 .into_iter()
                 .collect();
             let list = c.get(&["api", "v1", "revocations"], &q).await?;
-            let items = crate::client::page_items(&list)?.clone();
-            print(out, &list, &items, COLUMNS)
+            print(out, &list, shape::items(&list)?, COLUMNS)
         }
         Revocations::Get { id } => {
             let r = c.get(&["api", "v1", "revocations", &id], &[]).await?;
+            shape::names(&r, "revocation", &[("id", &id)])?;
             print(out, &r, std::slice::from_ref(&r), COLUMNS)
         }
         Revocations::Add {
@@ -155,9 +156,7 @@ pub async fn run(c: &Client, out: Output, cmd: Revocations) -> Result<(), CtlErr
                 .send(Method::POST, url, Some(("application/json", body)), None)
                 .await?
                 .body;
-            if r["id"].as_str().is_none() {
-                return Err(CtlError::Other(format!("unexpected answer (no id): {r}")));
-            }
+            shape::REVOCATION.check(&r)?;
             match out {
                 Output::Table => {
                     crate::say!("revocation {} created", text(&r["id"]));
@@ -168,7 +167,7 @@ pub async fn run(c: &Client, out: Output, cmd: Revocations) -> Result<(), CtlErr
         }
         Revocations::Lift { id } => {
             let url = c.url(&["api", "v1", "revocations", &id], &[])?;
-            c.send(Method::DELETE, url, None, None).await?;
+            shape::deleted(&c.send(Method::DELETE, url, None, None).await?)?;
             crate::say!("revocation {id} lifted");
             Ok(())
         }
@@ -194,6 +193,7 @@ pub async fn introspect(c: &Client, out: Output, file: PathBuf) -> Result<(), Ct
         )
         .await?
         .body;
+    shape::INTROSPECTION.check(&info)?;
     print(
         out,
         &info,

@@ -1,4 +1,4 @@
-//! The helpers both test crates share: a test issuer, the service's configuration, the
+//! The helpers the test crates share: a test issuer, the service's configuration, the
 //! service started in-process on loopback sockets, and `meshpassctl` run as a process.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
