@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod keys;
 mod secret;
+mod selfcheck;
 mod transit;
 
 pub use auth::{Auth, TokenInfo};

@@ -28,6 +28,8 @@ const DOWN_AFTER_FAILURES: u32 = 3;
 #[derive(Debug, Clone)]
 pub(super) struct Version {
     jwk: Value,
+    /// `jwk` ready to check Vault's signatures (None: not checkable; never signs).
+    check: Option<super::selfcheck::Published>,
     sig_len: usize,
     /// When this process (or, for versions present at start-up, Vault) first showed it.
     pub(super) published_at: SystemTime,
@@ -361,10 +363,12 @@ impl Inner {
                 // replicas) since their creation.
                 None => created,
             };
+            let check = super::selfcheck::Published::of(&jwk);
             versions.insert(
                 version,
                 Version {
                     jwk,
+                    check,
                     sig_len,
                     published_at,
                     created,
@@ -451,9 +455,16 @@ impl Inner {
                 "key version {version} is not live"
             )));
         };
+        // Chosen before a key read found other material under this version (published
+        // again, now): it waits out its lead like any new key.
+        if ver.published_at + self.cfg.publish_lead > SystemTime::now() {
+            return (0..n).map(|_| Err(SignError::NotReady)).collect();
+        }
         let digests = wire::Prehash::for_alg(set.alg).map(|hash| hash.digests(inputs));
-        let inputs = digests.as_deref().unwrap_or(inputs);
-        let body = wire::sign_body(&self.sign_params(&set, version), inputs);
+        let body = wire::sign_body(
+            &self.sign_params(&set, version),
+            digests.as_deref().unwrap_or(inputs),
+        );
         let path = format!("{}/sign/{}", self.cfg.transit_mount, self.cfg.key_name);
         self.client.stats().add_sign_request(n);
         let r = self.client.call_raw(Method::POST, &path, body).await;
@@ -479,7 +490,24 @@ impl Inner {
                 });
             }
         };
-        sign_results(&v, n, version, ver.sig_len)
+        let results = sign_results(&v, n, version, ver.sig_len);
+        // One signature per request against the published key (see `selfcheck`).
+        let first = inputs
+            .iter()
+            .zip(&results)
+            .find_map(|(i, r)| r.as_ref().ok().map(|s| (i, s)));
+        if let Some((input, sig)) = first {
+            if !ver.check.as_ref().is_some_and(|c| c.verifies(input, sig)) {
+                tracing::error!(key = %self.cfg.key_name, version, "vault signed with key material the service does not publish (the transit key re-created?); reading the key again");
+                // Wakes the key refresh, which publishes the new material (signing
+                // waits out its lead).
+                self.note_failure();
+                return fail_all(SignError::Unavailable(format!(
+                    "version {version}'s signature does not verify with its published key"
+                )));
+            }
+        }
+        results
     }
 
     /// Runs one request under the in-flight limit and answers its callers.
