@@ -59,6 +59,19 @@ pub enum CallerError {
     BadXfcc,
 }
 
+/// Whether the connection comes from a trusted proxy (`xfcc_trusted_proxies`). A
+/// dual-stack listener sees an IPv4 peer as `::ffff:a.b.c.d`: every address is compared
+/// in its canonical form, whichever way the operator wrote it.
+pub fn is_trusted_proxy(settings: &CallerSettings, conn: Option<&ConnInfo>) -> bool {
+    conn.is_some_and(|c| {
+        let ip = c.peer.ip().to_canonical();
+        settings
+            .xfcc_trusted_proxies
+            .iter()
+            .any(|p| p.to_canonical() == ip)
+    })
+}
+
 /// The caller of this request: `Ok(None)` when the connection carries no identity.
 pub fn identify(
     settings: &CallerSettings,
@@ -67,14 +80,7 @@ pub fn identify(
 ) -> Result<Option<SpiffeId>, CallerError> {
     let mut xfcc = headers.get_all(XFCC).iter();
     let first = xfcc.next();
-    // A dual-stack listener sees an IPv4 sidecar as `::ffff:a.b.c.d`: compared as the
-    // IPv4 address the operator wrote.
-    let trusted = conn.is_some_and(|c| {
-        settings
-            .xfcc_trusted_proxies
-            .iter()
-            .any(|p| p.to_canonical() == c.peer.ip().to_canonical())
-    });
+    let trusted = is_trusted_proxy(settings, conn);
     if trusted {
         // The proxy sanitises the header; two of them means something else added one.
         let value = match (first, xfcc.next()) {

@@ -248,6 +248,12 @@ impl Default for ValidationConfig {
 }
 
 /// Checks an URL: https, or http to a loopback host (tests, sidecars).
+/// Whether two listeners would take the same port (the same address, or either on
+/// every address).
+pub fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 pub fn check_url(field: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
     let u = reqwest::Url::parse(url).map_err(|e| bad(field, format!("not a URL: {e}")))?;
     match u.scheme() {
@@ -445,10 +451,7 @@ impl Config {
         }
         if let Some(tls) = &self.server.tls {
             if let Some(l) = tls.listen {
-                let s = self.server.listen;
-                let overlaps = l.port() == s.port()
-                    && (l.ip() == s.ip() || l.ip().is_unspecified() || s.ip().is_unspecified());
-                if overlaps {
+                if listeners_overlap(l, self.server.listen) {
                     return Err(bad(
                         "server.tls.listen",
                         "must differ from server.listen (each is its own listener)",
@@ -534,8 +537,9 @@ impl Config {
             crate::store::check_claim_conflicts(row, &self.scope_claims)
                 .map_err(|e| bad(format!("scope_claims[{i}]"), e.to_string()))?;
         }
+        let tls_listen = self.server.tls.as_ref().and_then(|t| t.listen);
         self.management
-            .validate(self.server.listen)
+            .validate(self.server.listen, tls_listen)
             .map_err(|(field, reason)| bad(field, reason))?;
         if let Some(k) = &self.management.kubernetes {
             k.reviewed_issuer(&self.validation_policy()?)

@@ -49,9 +49,11 @@ pub fn connection_identity(
     if let Some(id) = found {
         return Ok(ConnectionIdentity::Bound(id));
     }
-    let local_operator = conn.is_some_and(|c| {
-        c.peer.ip().is_loopback() && !settings.xfcc_trusted_proxies.contains(&c.peer.ip())
-    });
+    // Loopback in canonical form (a dual-stack listener sees 127.0.0.1 as
+    // `::ffff:127.0.0.1`), and never the trusted proxy: judged by the rule `identify`
+    // used, or a proxy forwarding no identity would pass as a local operator.
+    let local_operator = conn.is_some_and(|c| c.peer.ip().to_canonical().is_loopback())
+        && !crate::caller::is_trusted_proxy(settings, conn);
     if local_operator || insecure_unbound_callers {
         return Ok(ConnectionIdentity::Unbound);
     }

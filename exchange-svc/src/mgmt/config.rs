@@ -84,15 +84,23 @@ impl Default for ManagementConfig {
 pub type FieldError = (String, String);
 
 impl ManagementConfig {
-    /// Checks the section; `token_listen` is the token endpoint's address.
-    pub fn validate(&self, token_listen: SocketAddr) -> Result<(), FieldError> {
+    /// Checks the section; `token_listen` and `tls_listen` are the token endpoint's
+    /// listeners (`server.listen`, `server.tls.listen`).
+    pub fn validate(
+        &self,
+        token_listen: SocketAddr,
+        tls_listen: Option<SocketAddr>,
+    ) -> Result<(), FieldError> {
+        use crate::config::listeners_overlap;
         let bad = |f: &str, r: &str| Err((format!("management.{f}"), r.to_string()));
-        let overlaps = self.listen.port() == token_listen.port()
-            && (self.listen.ip() == token_listen.ip()
-                || self.listen.ip().is_unspecified()
-                || token_listen.ip().is_unspecified());
-        if overlaps {
+        if listeners_overlap(self.listen, token_listen) {
             return bad("listen", "must differ from server.listen (the token port)");
+        }
+        if tls_listen.is_some_and(|t| listeners_overlap(self.listen, t)) {
+            return bad(
+                "listen",
+                "must differ from server.tls.listen (the TLS token port)",
+            );
         }
         for a in &self.audiences {
             if let Err(e) = Audience::parse(a) {
