@@ -53,7 +53,9 @@ pub const READYZ_STORE_WAIT: Duration = Duration::from_secs(3);
 pub fn app(state: AppState) -> Router {
     // The token endpoint takes its state behind one `Arc`: axum clones a handler's state
     // for every request, and `AppState` is a dozen `Arc`s.
-    let token = post(crate::exchange::token).with_state(std::sync::Arc::new(state.clone()));
+    let token = post(crate::exchange::token)
+        .fallback(|| async { crate::error::ApiError::MethodNotAllowed })
+        .with_state(std::sync::Arc::new(state.clone()));
     Router::new()
         .route("/token", token)
         .route("/revocations", get(crate::revocation::feed::feed))

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// The request is malformed (content type, size, unsupported combination).
     #[error("{0}")]
     InvalidRequest(String),
+    /// A method the token endpoint does not take (405 with `Allow: POST`).
+    #[error("the token endpoint takes POST (RFC 6749 §3.2)")]
+    MethodNotAllowed,
     /// The subject or actor token failed validation.
     #[error("{which} is invalid: {source}")]
     InvalidGrant {
@@ -116,7 +119,7 @@ impl ApiError {
         match self {
             ApiError::BodyUnread(inner) => inner.code(),
             ApiError::Protocol(e) => e.error,
-            ApiError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            ApiError::InvalidRequest(_) | ApiError::MethodNotAllowed => ErrorCode::InvalidRequest,
             ApiError::InvalidGrant { .. }
             | ApiError::Review {
                 source: ReviewError::NotAuthenticated,
@@ -244,12 +247,18 @@ impl IntoResponse for ApiError {
             | ApiError::Caller(_)
             | ApiError::CallerRefused(_)
             | ApiError::Revoked(_) => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             _ => StatusCode::from_u16(code.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         };
         let body = ErrorResponse::new(code, self.public_description());
+        let allow = matches!(self, ApiError::MethodNotAllowed);
         let mut resp = (status, axum::Json(body)).into_response();
         no_store(&mut resp);
+        if allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        }
         if let Some(secs) = self.retry_after() {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));

@@ -3,6 +3,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
@@ -18,10 +20,16 @@ use tower::ServiceExt;
 
 use crate::caller::ConnInfo;
 
-/// Longest wait for a whole HTTP/1 request head: a client trickling header lines would
-/// otherwise hold its connection, a task and the head's buffer for as long as it liked
-/// (hyper's own default needs a timer, which `axum::serve` does not give it).
+/// Longest wait for a whole HTTP/1 request head, and for a connection's first request
+/// in either protocol: a client trickling header lines, sending nothing, or stopping
+/// inside the HTTP/2 preface or its first HEADERS would otherwise hold its connection,
+/// a task and a buffer for as long as it liked (hyper's HTTP/1 deadline needs a timer,
+/// which `axum::serve` does not give it, and covers neither the protocol sniffing nor
+/// HTTP/2).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP/2 keep-alive: a peer that stops answering pings is cut off.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 
 impl From<SocketAddr> for ConnInfo {
     fn from(peer: SocketAddr) -> Self {
@@ -45,6 +53,11 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -53,9 +66,13 @@ where
             () = &mut shutdown => break,
         };
         let info: ConnInfo = addr.into();
+        // Set when the connection's first request head is complete.
+        let started = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&started);
         let svc = router
             .clone()
             .map_request(move |mut req: Request<Incoming>| {
+                seen.store(true, Ordering::Relaxed);
                 req.extensions_mut().insert(ConnectInfo(info.clone()));
                 req
             });
@@ -64,7 +81,21 @@ where
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = &mut conn => Some(r),
+                () = tokio::time::sleep(HEADER_READ_TIMEOUT) => None,
+            };
+            let r = match ended {
+                Some(r) => r,
+                // No whole request head yet: dropped (closed).
+                None if !started.load(Ordering::Relaxed) => {
+                    tracing::debug!("connection closed: no request head within the deadline");
+                    return;
+                }
+                None => conn.await,
+            };
+            if let Err(e) = r {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

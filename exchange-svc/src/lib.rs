@@ -24,6 +24,7 @@ pub mod state;
 pub mod store;
 pub mod subject_cache;
 pub mod tls;
+pub mod tls_reload;
 pub mod tokenreview;
 pub mod vault;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::serve::{IncomingStream, Listener};
 use meshpass_core::SpiffeId;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -36,8 +36,9 @@ pub enum TlsError {
     Rustls(String),
 }
 
-/// The rustls server configuration: `cert_file` (chain) and `key_file` serve, client
-/// certificates are verified against `client_ca_file` when presented.
+/// The rustls server configuration: `cert_file` (chain) and `key_file` serve (re-read
+/// when they change: [`crate::tls_reload`]), client certificates are verified against
+/// `client_ca_file` when presented (read once: a new CA needs a restart).
 pub fn server_config(
     cert_file: &Path,
     key_file: &Path,
@@ -47,14 +48,8 @@ pub fn server_config(
         field,
         reason: e.to_string(),
     };
-    let certs = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| file("server.tls.cert_file", &e))?;
-    if certs.is_empty() {
-        return Err(file("server.tls.cert_file", &"holds no certificate"));
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(key_file).map_err(|e| file("server.tls.key_file", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let served = crate::tls_reload::ReloadingCert::load(cert_file, key_file, provider.clone())?;
     let mut roots = rustls::RootCertStore::empty();
     let cas = CertificateDer::pem_file_iter(client_ca_file)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
@@ -64,7 +59,6 @@ pub fn server_config(
             .add(ca)
             .map_err(|e| file("server.tls.client_ca_file", &e))?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()
@@ -73,8 +67,7 @@ pub fn server_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        .with_cert_resolver(Arc::new(served));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -1,0 +1,177 @@
+//! The serving certificate, re-read when its files change: cert-manager, Vault Agent
+//! and SPIRE helpers renew a certificate in place, and a service that kept the first
+//! one would serve an expired certificate until restarted. Checked on a handshake at
+//! most every [`RECHECK`] (two `stat` calls); a pair that does not load (half written,
+//! the key not matching the certificate) keeps the last good one and says so.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::tls::TlsError;
+
+/// How often a handshake looks at the files' modification times.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// `server.tls.cert_file` and `key_file`, served as they are now.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    current: Arc<CertifiedKey>,
+    /// The files' modification times when `current` was read.
+    stamp: Option<(SystemTime, SystemTime)>,
+    checked: Instant,
+}
+
+impl ReloadingCert {
+    /// Reads the pair now; errors name the field.
+    pub fn load(
+        cert_file: &Path,
+        key_file: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let stamp = stamp(cert_file, key_file);
+        let current = Arc::new(read(cert_file, key_file, &provider)?);
+        Ok(ReloadingCert {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            provider,
+            state: Mutex::new(State {
+                current,
+                stamp,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The pair to serve, read again first when the files changed.
+    fn current(&self) -> Arc<CertifiedKey> {
+        // Nothing panics under the lock; were it poisoned, the last pair still serves.
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.checked.elapsed() >= RECHECK {
+            s.checked = Instant::now();
+            let now = stamp(&self.cert_file, &self.key_file);
+            if now.is_some() && now != s.stamp {
+                match read(&self.cert_file, &self.key_file, &self.provider) {
+                    Ok(k) => {
+                        s.current = Arc::new(k);
+                        s.stamp = now;
+                        tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate re-read");
+                    }
+                    // A renewal in progress writes one file, then the other: tried
+                    // again on the next check.
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewed TLS certificate not loaded; serving the previous one")
+                    }
+                }
+            }
+        }
+        Arc::clone(&s.current)
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+fn stamp(cert_file: &Path, key_file: &Path) -> Option<(SystemTime, SystemTime)> {
+    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((m(cert_file)?, m(key_file)?))
+}
+
+fn read(
+    cert_file: &Path,
+    key_file: &Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let file = |field, e: &dyn std::fmt::Display| TlsError::File {
+        field,
+        reason: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file("server.tls.cert_file", &e))?;
+    if certs.is_empty() {
+        return Err(file("server.tls.cert_file", &"holds no certificate"));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key_file).map_err(|e| file("server.tls.key_file", &e))?;
+    CertifiedKey::from_der(certs, key, provider).map_err(|e| {
+        file(
+            "server.tls.key_file",
+            &format!("does not fit the certificate: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A certificate and its key, PEM.
+    fn pair(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn due(r: &ReloadingCert) {
+        r.state.lock().unwrap().checked = Instant::now() - RECHECK;
+    }
+
+    fn write(path: &Path, body: &str, mtime_secs: u64) {
+        std::fs::write(path, body).unwrap();
+        let f = std::fs::File::options().write(true).open(path).unwrap();
+        f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime_secs))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_renewed_pair_is_served_and_a_mismatched_one_keeps_the_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cf, kf) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let (c1, k1) = pair("one.test");
+        write(&cf, &c1, 1_000);
+        write(&kf, &k1, 1_000);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let r = ReloadingCert::load(&cf, &kf, provider).unwrap();
+        let first = r.current().cert[0].clone();
+
+        // Half a renewal: the new certificate beside the old key.
+        let (c2, k2) = pair("two.test");
+        write(&cf, &c2, 2_000);
+        due(&r);
+        assert_eq!(r.current().cert[0], first, "a mismatched pair was served");
+
+        // The renewal completes: the new pair is served.
+        write(&kf, &k2, 2_001);
+        due(&r);
+        let now = r.current().cert[0].clone();
+        assert_ne!(now, first, "the renewed certificate is not served");
+        assert_eq!(
+            now.as_ref(),
+            rustls::pki_types::CertificateDer::from_pem_slice(c2.as_bytes())
+                .unwrap()
+                .as_ref()
+        );
+    }
+}
