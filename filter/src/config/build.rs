@@ -59,7 +59,8 @@ impl Config {
         if !valid_header_name(&token_header) {
             return Err(err("token_header", "is not a valid header name"));
         }
-        if token_header.starts_with("x-meshpass-") {
+        // The rule header hygiene strips by (any case, `_` for `-`).
+        if crate::header_map::is_reserved(token_header.as_bytes()) {
             return Err(err("token_header", "x-meshpass-* headers are reserved"));
         }
         if exchange.actor_token_header.as_deref() == Some(token_header.as_str()) {
@@ -229,6 +230,11 @@ fn own_identity(
     }
 }
 
+/// The longest `exchange.timeout_ms`.
+const MAX_EXCHANGE_TIMEOUT_MS: u64 = 60_000;
+/// The longest `issuers[].jwks_refresh_secs` (a day).
+const MAX_JWKS_REFRESH_SECS: u64 = 86_400;
+
 fn exchange(
     raw: Option<RawExchange>,
     mode: Mode,
@@ -248,8 +254,10 @@ fn exchange(
     if raw.cluster.trim().is_empty() && !validate_only {
         return Err(err("exchange.cluster", "must not be empty"));
     }
-    if raw.timeout_ms == 0 {
-        return Err(err("exchange.timeout_ms", "must be positive"));
+    // Bounded: deadlines add it to the clock (and a minute is already far past any
+    // request a proxy would hold).
+    if !(1..=MAX_EXCHANGE_TIMEOUT_MS).contains(&raw.timeout_ms) {
+        return Err(err("exchange.timeout_ms", "must be 1..=60000"));
     }
     let actor_token_header = match raw.actor_token_header {
         None => None,
@@ -298,17 +306,15 @@ fn revocation(
         cluster: None,
         authority: None,
     });
-    match raw.enabled {
-        Some(false) => return Ok(None),
-        Some(true) if validate_only => {
-            return Err(err(
-                "revocation.enabled",
-                "needs an exchange (validate_only_for_benchmarks has none)",
-            ))
-        }
-        None if validate_only => return Ok(None),
-        _ => {}
+    if raw.enabled == Some(true) && validate_only {
+        return Err(err(
+            "revocation.enabled",
+            "needs an exchange (validate_only_for_benchmarks has none)",
+        ));
     }
+    // Off, what is written is still checked: a section is not accepted broken only to
+    // fail the day it is switched on.
+    let off = raw.enabled == Some(false) || (raw.enabled.is_none() && validate_only);
     // Unwritten, it follows a tick longer than its default (polls start on the tick).
     let poll_interval_ms = raw
         .poll_interval_ms
@@ -328,6 +334,15 @@ fn revocation(
             "revocation.path",
             "must not hold a query (?since= is added)",
         ));
+    }
+    if off {
+        if raw.cluster.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err(err("revocation.cluster", "must not be empty"));
+        }
+        if let Some(a) = raw.authority {
+            check_authority("revocation.authority", a)?;
+        }
+        return Ok(None);
     }
     let cluster = raw.cluster.unwrap_or_else(|| exchange.cluster.clone());
     if cluster.trim().is_empty() {
@@ -435,8 +450,11 @@ fn key_source(
 ) -> Result<IssuerKeys, ConfigError> {
     match (s.jwks, s.jwks_cluster) {
         (Some(doc), None) => {
-            if s.jwks_path.is_some() || s.jwks_authority.is_some() {
+            if s.jwks_path.is_some() {
                 return Err(err(f("jwks_path"), "only valid with jwks_cluster"));
+            }
+            if s.jwks_authority.is_some() {
+                return Err(err(f("jwks_authority"), "only valid with jwks_cluster"));
             }
             let bytes = match &doc {
                 Value::String(s) => s.clone().into_bytes(),
@@ -472,8 +490,8 @@ fn key_source(
                 &f("jwks_authority"),
                 s.jwks_authority.unwrap_or_else(|| cluster.clone()),
             )?;
-            if s.jwks_refresh_secs == 0 {
-                return Err(err(f("jwks_refresh_secs"), "must be positive"));
+            if !(1..=MAX_JWKS_REFRESH_SECS).contains(&s.jwks_refresh_secs) {
+                return Err(err(f("jwks_refresh_secs"), "must be 1..=86400"));
             }
             if s.jwks_min_refetch_secs == 0 {
                 return Err(err(
@@ -548,6 +566,17 @@ fn rule(i: usize, r: RawRule, policy_digest: &[u8; 32]) -> Result<Rule, ConfigEr
     let authority = authority.map(|a| a.to_ascii_lowercase());
     if authority.as_deref() == Some("") {
         return Err(err(format!("{f}.authority"), "must not be empty"));
+    }
+    // A host, or `*.suffix` (what `Config::select` matches): `*example.com` would
+    // select the rule for `evilexample.com`, and `api.*.test` would never match.
+    if let Some(a) = authority.as_deref().filter(|a| a.contains('*')) {
+        let rest = a.strip_prefix("*.").unwrap_or("");
+        if rest.is_empty() || rest.contains('*') {
+            return Err(err(
+                format!("{f}.authority"),
+                "a host, or *.suffix (one leading wildcard label)",
+            ));
+        }
     }
     // Requests are matched on the host, their port dropped (`Config::select`): a rule
     // naming a port would never match.

@@ -229,6 +229,9 @@ impl Config {
         if self.danger_trap_on_path.is_some() {
             w.push("meshpass: danger_trap_on_path: a request for that path aborts the VM (test aid, never for production)".into());
         }
+        if self.noop {
+            w.push("meshpass: noop_for_benchmarks: the filter does nothing, every request goes on unauthenticated (benchmark aid, never for production)".into());
+        }
         if self.validate_only {
             w.push("meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)".into());
         }
