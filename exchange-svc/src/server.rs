@@ -87,7 +87,7 @@ pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) -> Result<(), Sto
                             // Retrying cannot help; the replica stays unready
                             // (readiness names the store) until restarted with a
                             // configuration the store accepts.
-                            tracing::error!(error = %e, "seeding mappings from the configuration was refused");
+                            tracing::error!(error = %e, "the store refused this configuration (its schema or the configured rows)");
                             break;
                         }
                         Err(e) => {

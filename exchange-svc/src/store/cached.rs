@@ -446,6 +446,10 @@ impl MappingStore for PolicyCache {
         r
     }
 
+    async fn audit_seeded(&self, before: &Mapping, after: &Mapping) -> Result<(), StoreError> {
+        self.shared.inner.audit_seeded(before, after).await
+    }
+
     async fn delete_mapping(&self, name: &str) -> Result<bool, StoreError> {
         let r = self.shared.inner.delete_mapping(name).await;
         self.invalidate();

@@ -92,7 +92,9 @@ impl StoreConfig {
             return Ok((Backend::Postgres, url.to_string()));
         }
         if let Some(rest) = url.strip_prefix("sqlite:") {
-            let rest = rest.trim_start_matches("//");
+            // `sqlite://rel.db`, `sqlite:///abs.db`; `sqlite:////abs.db` (SQLAlchemy's
+            // spelling) keeps its leading slash.
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
             if rest.is_empty() {
                 return Err(bad_url("SQLite path is empty"));
             }

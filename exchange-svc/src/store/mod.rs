@@ -255,6 +255,11 @@ pub trait MappingStore: Send + Sync {
     /// Drops any cached view of the store (called after writes made around this
     /// handle, e.g. by the management API on the underlying store).
     fn invalidate(&self) {}
+    /// Records that seeding from the configuration file replaced the stored `before`
+    /// with `after` (a store with an audit log says so there; others do nothing).
+    async fn audit_seeded(&self, _before: &Mapping, _after: &Mapping) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// Seeds mappings and scope claims (from the config file): idempotent upserts that
@@ -268,16 +273,30 @@ pub async fn seed(
 ) -> Result<usize, StoreError> {
     let mut written = 0;
     for m in mappings {
-        if store.get_mapping(&m.name).await?.as_ref() != Some(m) {
+        let stored = store.get_mapping(&m.name).await?;
+        if stored.as_ref() != Some(m) {
             store.put_mapping(m).await?;
             written += 1;
+            // The file wins at every start: a change made through the management API
+            // to a configured mapping is overwritten, which the audit log must show.
+            if let Some(before) = &stored {
+                tracing::warn!(mapping = %m.name, "the stored mapping differed from the configuration file; the file's is written");
+                store.audit_seeded(before, m).await?;
+            }
         }
     }
     let existing = store.list_scope_claims().await?;
+    // Read once, past the readiness gate: seeding is what opens it (the background
+    // retry after a store outage at start could otherwise never finish).
+    let stored_mappings = store.list_mappings().await?;
     for (i, row) in scope_claims.iter().enumerate() {
         // The same rule as the management API's: a row no mapping grants adds claims to
         // no token, so it is a mistake (usually a typo'd scope) to say, not to store.
-        let granted_by = store.resource_policy(&row.resource).await?.mappings;
+        let granted_by: Vec<Mapping> = stored_mappings
+            .iter()
+            .filter(|m| m.resource == row.resource)
+            .cloned()
+            .collect();
         check_scope_granted(row, &granted_by).map_err(|e| match e {
             StoreError::Invalid { reason, .. } => {
                 invalid(format!("scope_claims[{i}].scope"), reason)

@@ -14,9 +14,12 @@ use sqlx::{AnyPool, Executor, Row};
 pub(crate) use super::config::Backend;
 pub use super::config::StoreConfig;
 use super::{
-    check_claim_conflicts, validate_mapping, validate_scope_claims, Mapping, MappingStore,
-    RateLimit, ResourcePolicy, ScopeClaims, StoreError,
+    check_claim_conflicts, validate_mapping, validate_scope_claims, AuditRecord, Mapping,
+    MappingStore, RateLimit, ResourcePolicy, ScopeClaims, StoreError,
 };
+
+/// The audit actor of writes seeding makes from the configuration file.
+pub const SEED_ACTOR: &str = "system:config-file";
 
 /// A [`MappingStore`] on SQLite or PostgreSQL.
 #[derive(Clone)]
@@ -317,6 +320,17 @@ impl SqlStore {
             .and_then(|r| r.try_get::<Option<i64>, _>("v"))
             .map_err(mig)?;
         let current = current.unwrap_or(0);
+        // A database a newer binary migrated: its schema is not ours to guess at (a
+        // rollback, or replicas of two versions). Refused, not retried.
+        let latest = migrations.last().map_or(0, |(v, _)| *v);
+        if current > latest {
+            return Err(StoreError::Invalid {
+                field: "store.url".into(),
+                reason: format!(
+                    "the database is at schema version {current}, newer than this binary's {latest}: run a meshpass-exchange at least as new as the one that migrated it"
+                ),
+            });
+        }
         for (version, statements) in migrations {
             if *version <= current {
                 continue;
@@ -475,6 +489,19 @@ impl MappingStore for SqlStore {
         super::changes::bump(&mut tx, self.backend).await?;
         tx.commit().await.map_err(write_error)?;
         Ok(r.rows_affected() > 0)
+    }
+
+    async fn audit_seeded(&self, before: &Mapping, after: &Mapping) -> Result<(), StoreError> {
+        self.record_audit(&AuditRecord {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            actor: SEED_ACTOR.into(),
+            action: "mapping.update".into(),
+            target: format!("mappings/{}", after.name),
+            before: serde_json::to_value(before).ok(),
+            after: serde_json::to_value(after).ok(),
+            reason: "configured in the file: the file's version is written at every start".into(),
+        })
+        .await
     }
 
     async fn list_scope_claims(&self) -> Result<Vec<ScopeClaims>, StoreError> {
