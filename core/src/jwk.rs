@@ -50,6 +50,18 @@ impl Jwk {
         self.key.fits(alg) && self.alg.is_none_or(|pinned| pinned == alg)
     }
 
+    /// Verifies a detached signature: `sig` (raw bytes: r‖s for ECDSA) over `msg` for
+    /// `alg`, under the same algorithm and key rules as a JWS (the exchange service
+    /// checks Vault's signatures against the keys it publishes with this).
+    pub fn verify_detached(
+        &self,
+        alg: Algorithm,
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<(), crate::ValidationError> {
+        crate::crypto::verify_signature(self, alg, msg, sig, crate::SignatureBackend::active())
+    }
+
     /// Parses and checks one JWK object (the same rules as [`KeySet::parse`] applies to
     /// each member of `keys`). The error says why the key is not usable.
     pub fn from_json(obj: &Map<String, Value>) -> Result<Jwk, String> {

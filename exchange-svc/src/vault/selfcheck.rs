@@ -5,21 +5,22 @@
 //! A token no verifier accepts is never handed out.
 
 use base64::Engine;
-use meshpass_core::{Jwk, RawJws};
+use meshpass_core::{Algorithm, Jwk};
 use serde_json::Value;
 
 /// A published key, ready to check a signature.
 #[derive(Debug, Clone)]
 pub(super) enum Published {
     /// ES*/RS*/PS*: core's verifier, the rules subject tokens get.
-    Jose(Jwk),
+    Jose(Jwk, Algorithm),
     /// Ed25519 (`OKP`): core refuses EdDSA in subject tokens; ring checks it here.
     Ed25519(Vec<u8>),
 }
 
 impl Published {
-    /// The checker of the published JWK `jwk` (None: not a key this service writes).
-    pub(super) fn of(jwk: &Value) -> Option<Published> {
+    /// The checker of the published JWK `jwk` for `alg` (None: not a key this service
+    /// writes).
+    pub(super) fn of(jwk: &Value, alg: &str) -> Option<Published> {
         let obj = jwk.as_object()?;
         if obj.get("kty").and_then(Value::as_str) == Some("OKP") {
             let x = obj.get("x")?.as_str()?;
@@ -28,29 +29,20 @@ impl Published {
                 .ok()?;
             return Some(Published::Ed25519(raw));
         }
-        Jwk::from_json(obj).ok().map(Published::Jose)
+        let alg = Algorithm::parse(alg).ok()?;
+        Jwk::from_json(obj).ok().map(|k| Published::Jose(k, alg))
     }
 
-    /// Whether `signature` (JOSE, base64url) over the JWS signing input `input`
-    /// verifies with this key.
+    /// Whether `signature` (JOSE, base64url) over `input` verifies with this key.
     pub(super) fn verifies(&self, input: &[u8], signature: &str) -> bool {
-        let Ok(input) = std::str::from_utf8(input) else {
+        let Ok(sig) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature) else {
             return false;
         };
         match self {
-            Published::Jose(key) => {
-                let token = format!("{input}.{signature}");
-                RawJws::parse(&token, token.len())
-                    .and_then(|jws| jws.verify(key))
-                    .is_ok()
-            }
+            Published::Jose(key, alg) => key.verify_detached(*alg, input, &sig).is_ok(),
             Published::Ed25519(x) => {
-                let Ok(sig) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature)
-                else {
-                    return false;
-                };
                 ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, x)
-                    .verify(input.as_bytes(), &sig)
+                    .verify(input, &sig)
                     .is_ok()
             }
         }

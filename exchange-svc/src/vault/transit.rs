@@ -363,7 +363,7 @@ impl Inner {
                 // replicas) since their creation.
                 None => created,
             };
-            let check = super::selfcheck::Published::of(&jwk);
+            let check = super::selfcheck::Published::of(&jwk, alg.as_str());
             versions.insert(
                 version,
                 Version {
