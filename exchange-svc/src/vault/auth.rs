@@ -81,16 +81,29 @@ impl std::fmt::Debug for Auth {
 }
 
 fn read_secret_file(path: &Path) -> Result<(Secret, [u8; 32]), VaultError> {
+    let (digest, secret) = read_secret_file_digest(path)?;
+    Ok((secret?, digest))
+}
+
+/// The file's digest once it could be read, and the secret it holds (empty or not
+/// UTF-8: an error): a caller watching the file remembers these bytes either way.
+fn read_secret_file_digest(
+    path: &Path,
+) -> Result<([u8; 32], Result<Secret, VaultError>), VaultError> {
     let raw = std::fs::read(path)
         .map_err(|e| VaultError::Setup(format!("reading {}: {e}", path.display())))?;
     let digest: [u8; 32] = Sha256::digest(&raw).into();
-    let text = String::from_utf8(raw)
-        .map_err(|_| VaultError::Setup(format!("{} is not UTF-8", path.display())))?;
-    let value = text.trim();
-    if value.is_empty() {
-        return Err(VaultError::Setup(format!("{} is empty", path.display())));
-    }
-    Ok((Secret::new(value), digest))
+    let secret = match String::from_utf8(raw) {
+        Err(_) => Err(VaultError::Setup(format!(
+            "{} is not UTF-8",
+            path.display()
+        ))),
+        Ok(text) if text.trim().is_empty() => {
+            Err(VaultError::Setup(format!("{} is empty", path.display())))
+        }
+        Ok(text) => Ok(Secret::new(text.trim())),
+    };
+    Ok((digest, secret))
 }
 
 fn auth_info(v: &Value) -> Result<(Secret, TokenInfo), VaultError> {
@@ -171,14 +184,14 @@ impl Auth {
                 return self.adopt_token(t).await;
             }
             AuthConfig::TokenFile { path } => {
-                let (t, digest) = read_secret_file(path)?;
-                let info = self.adopt_token(t).await;
-                // Remember the file even when the token is refused: a rewrite is then
-                // the signal to try again.
+                let (digest, token) = read_secret_file_digest(path)?;
+                // Remember the file even when it holds no token (empty while a writer
+                // truncates it) or the token is refused: a rewrite is then the signal
+                // to try again, and the same bytes are not "a change" to retry at once.
                 if let Ok(mut d) = self.file_digest.lock() {
                     *d = Some(digest);
                 }
-                return info;
+                return self.adopt_token(token?).await;
             }
             AuthConfig::Approle {
                 mount,
@@ -306,8 +319,12 @@ impl Auth {
         if !matches!(self.cfg, AuthConfig::TokenFile { .. }) {
             return std::future::pending().await;
         }
-        while !self.token_file_changed() {
+        // Sleeps before every look: this wait always yields, whatever the file holds.
+        loop {
             tokio::time::sleep(TOKEN_FILE_POLL).await;
+            if self.token_file_changed() {
+                return;
+            }
         }
     }
 
@@ -334,11 +351,15 @@ impl Auth {
                         obtained = Instant::now();
                         backoff.reset();
                     }
-                    Err(_) => {
+                    Err(e) => {
                         let delay = backoff.next_delay();
+                        // After an outage, a refused signature (Vault is back) is worth
+                        // a login at once; after a refused login, every refused
+                        // signature would be one more login at the request rate.
+                        let early = e.is_transient();
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
-                            _ = self.reauth.notified() => {}
+                            _ = self.reauth.notified(), if early => {}
                             // A rewritten token file is worth trying at once.
                             _ = self.wait_token_file_change() => {}
                         }

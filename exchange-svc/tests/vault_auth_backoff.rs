@@ -1,0 +1,206 @@
+//! Vault authentication backing off (token file, AppRole re-login) against a real
+//! OpenBao. Each test asserts what exchange-svc/README.md ("Authentication") and
+//! docs/DESIGN.md promise: failures are retried with exponential backoff and jitter
+//! (0.5 s … 30 s), the service recovers by itself.
+// Test code: helpers outside #[test] fns may panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod vault_common;
+
+use meshpass_exchange::signer::{SignError, Signer};
+use meshpass_exchange::vault::{AuthConfig, Secret, TransitSigner, VaultConfig};
+use meshpass_testkit::OpenBao;
+use serde_json::json;
+use std::time::Duration;
+use vault_common::*;
+
+fn bao_with_policy() -> OpenBao {
+    let bao = bao_with_key("k", "ecdsa-p256");
+    bao.write_policy("signer", &signer_policy("k"));
+    bao
+}
+
+fn with_auth(bao: &OpenBao, auth: AuthConfig) -> VaultConfig {
+    VaultConfig {
+        auth,
+        ..config(bao, "k")
+    }
+}
+
+/// Failed attempts that exponential backoff (0.5 s doubling, equal jitter: each delay at
+/// least half its base) allows in `secs` seconds, with generous slack.
+fn backoff_budget(secs: u64) -> u64 {
+    // 0.25 + 0.5 + 1 + 2 + 4 + ... (the minimum delays) → about log2(secs) + 3 attempts;
+    // allow a wide margin for scheduling.
+    let mut n = 0;
+    let mut t = 0.0;
+    let mut base = 0.5f64;
+    while t < secs as f64 {
+        t += base / 2.0;
+        base = (base * 2.0).min(30.0);
+        n += 1;
+    }
+    n + 5
+}
+
+/// Vault Agent (or an init container) has created the sink file but not written the
+/// token yet: an empty file. The service starts not ready and retries, with the
+/// documented backoff, not in a busy loop re-reading the file and logging a failure each
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_token_file_at_start_up_is_retried_with_backoff_not_in_a_busy_loop() {
+    let bao = bao_with_policy();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "").unwrap();
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::TokenFile { path: path.clone() },
+    ))
+    .await
+    .unwrap();
+    assert!(!signer.is_ready());
+    // A blocking sleep: a task that never yields can stall this runtime's timers.
+    std::thread::sleep(Duration::from_secs(3));
+    let failures = signer.stats().auth_failures();
+    let token = bao.create_token(&["signer"], "1h");
+    if failures > backoff_budget(3) {
+        // Stop a spinning task before failing, so the runtime can shut down.
+        std::fs::write(&path, &token).unwrap();
+    }
+    assert!(
+        failures <= backoff_budget(3),
+        "{failures} failed token loads in 3 s for an empty token file (backoff allows about {})",
+        backoff_budget(3)
+    );
+
+    // And it recovers by itself once the token is written.
+    let tmp = dir.path().join("token.tmp");
+    std::fs::write(&tmp, &token).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    assert!(
+        eventually(Duration::from_secs(40), || async { signer.is_ready() }).await,
+        "not ready after the token was written"
+    );
+    sign_and_verify(&signer, "{}").await;
+}
+
+/// A writer that truncates the sink file before writing the new token (not every
+/// rotation is an atomic rename): while the file is empty the service keeps signing with
+/// the token it holds and does not spin on the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_left_empty_while_in_use_keeps_the_old_token_and_does_not_spin() {
+    let bao = bao_with_policy();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let first = bao.create_token(&["signer"], "1h");
+    std::fs::write(&path, &first).unwrap();
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::TokenFile { path: path.clone() },
+    ))
+    .await
+    .unwrap();
+    sign_and_verify(&signer, "{}").await;
+    let before = signer.stats().auth_failures();
+
+    std::fs::write(&path, "").unwrap();
+    // A blocking sleep: a task that never yields can stall this runtime's timers.
+    std::thread::sleep(Duration::from_secs(3));
+    let failures = signer.stats().auth_failures() - before;
+    if failures > backoff_budget(3) {
+        // Let a spinning task stop before failing, so the runtime can shut down.
+        std::fs::write(&path, &first).unwrap();
+    }
+    assert!(
+        failures <= backoff_budget(3),
+        "{failures} failed token loads in 3 s while the token file was empty (backoff allows about {})",
+        backoff_budget(3)
+    );
+    // The token it holds is still valid: signing goes on (bounded: a task that never
+    // yields could starve the signer's other tasks).
+    let signed = tokio::time::timeout(Duration::from_secs(10), sign_and_verify(&signer, "{}"))
+        .await
+        .is_ok();
+
+    // The new token, once written, is picked up (written before any assert, so that a
+    // spinning task stops and the runtime can shut down).
+    let second = bao.create_token(&["signer"], "1h");
+    std::fs::write(&path, &second).unwrap();
+    assert!(
+        signed,
+        "signing with the still-valid token hung for 10 s while the token file was empty"
+    );
+    bao.api_ok("POST", "auth/token/revoke", Some(json!({ "token": first })));
+    let key = signer.current_key().unwrap();
+    assert!(
+        eventually(Duration::from_secs(40), || async {
+            signer.sign(&key, b"a.b").await.is_ok()
+        })
+        .await,
+        "the rewritten token file was not picked up"
+    );
+}
+
+/// The AppRole credentials stop working (secret ID destroyed or expired) and the
+/// service's token is revoked. Every signature is then refused with 403, and each asks
+/// for a new login: those logins must still follow the documented backoff
+/// (0.5 s … 30 s), not run once per refused request (hammering Vault's login endpoint
+/// at the request rate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_logins_back_off_even_while_every_signature_asks_for_a_new_login() {
+    let bao = bao_with_policy();
+    bao.enable_auth("approle", "approle");
+    bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass",
+        Some(json!({ "token_policies": ["signer"], "token_ttl": "1h", "token_max_ttl": "24h" })),
+    );
+    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sid = bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass/secret-id",
+        Some(json!({})),
+    )["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cfg = with_auth(
+        &bao,
+        AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(Secret::new(sid.clone())),
+            secret_id_file: None,
+        },
+    );
+    cfg.key_refresh_interval = Duration::from_secs(3600);
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    let key = sign_and_verify(&signer, "{}").await;
+    assert_eq!(signer.stats().logins(), 1);
+
+    // The secret ID is destroyed and every AppRole token revoked.
+    bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass/secret-id/destroy",
+        Some(json!({ "secret_id": sid })),
+    );
+    bao.api_ok("POST", "sys/leases/revoke-prefix/auth/approle/login", None);
+    let before = signer.stats().auth_failures();
+
+    // Traffic: 40 exchanges over about 4 s, one at a time; each is refused (503).
+    for _ in 0..40 {
+        let r = signer.sign(&key, b"a.b").await;
+        assert!(matches!(r, Err(SignError::Unavailable(_))), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attempts = signer.stats().auth_failures() - before;
+    assert!(
+        attempts <= backoff_budget(4),
+        "{attempts} failed logins in ~4 s for 40 refused signatures (backoff allows about {})",
+        backoff_budget(4)
+    );
+}
