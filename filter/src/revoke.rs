@@ -19,8 +19,9 @@
 use crate::api::{CallResponse, Counter, Gauge, Host, Level, SharedError, Verdict, CREATE_CAS};
 use crate::cache;
 use crate::config::Revocation;
-use crate::feed::{parse_feed, FeedError, RevocationSet};
+use crate::feed::{parse_feed, RevocationSet};
 use crate::respond::send_error;
+use crate::tick::LOST_CALL_SLACK_MS;
 use crate::worker::{Call, Worker};
 
 /// The message that tells a worker the shared revocation set changed.
@@ -103,7 +104,9 @@ impl Worker {
         }
         // Take the lease: nobody else polls until the answer (or its timeout) is in.
         let taken = Lease {
-            next_due_ms: now + self.config.exchange.timeout_ms + 1000,
+            // Until the poll is answered or failed as lost (`expire_lost_calls`): no
+            // second poll while this one can still be answered.
+            next_due_ms: now + self.config.exchange.timeout_ms + LOST_CALL_SLACK_MS + 1000,
             started_ms: if lease.started_ms == 0 {
                 now
             } else {
@@ -184,16 +187,19 @@ impl Worker {
         let Some(rc) = self.config.revocation.clone() else {
             return;
         };
+        if since != self.revoked.version() {
+            // Our set moved while the poll was out (another worker's poll answered
+            // first): this answer, snapshot or delta, describes an older state. A
+            // store reset still gets through: its snapshot answers a poll from ours.
+            host.log(
+                Level::Debug,
+                "meshpass: revocation feed answer to an older poll ignored (the set moved meanwhile)",
+            );
+            return;
+        }
         let next = match resp.status {
             Some(304) => Ok(None),
             Some(200) => parse_feed(&resp.body).and_then(|feed| {
-                if !feed.full && since != self.revoked.version() {
-                    // Our set moved while the poll was out: the delta is not for it.
-                    return Err(FeedError::OutOfOrder {
-                        from: self.revoked.version(),
-                        to: feed.version,
-                    });
-                }
                 let full = feed.full;
                 self.revoked.apply(feed).map(|set| Some((set, full)))
             }),

@@ -6,7 +6,7 @@ use crate::jwks::JWKS_TIMEOUT_MS;
 use crate::worker::{Call, Worker};
 
 /// How long past its timeout a call counts as never answered.
-const LOST_CALL_SLACK_MS: u64 = 2000;
+pub(crate) const LOST_CALL_SLACK_MS: u64 = 2000;
 
 impl Worker {
     /// Root tick: calls never answered, JWKS refresh (one worker wins the lease by CAS), the revocation set
