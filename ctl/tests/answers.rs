@@ -13,75 +13,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use meshpass_testkit::OpenBao;
 use serde_json::{json, Value};
 
 // --- helpers ---------------------------------------------------------------------------
-
-/// A minimal HTTP/1.1 peer on loopback (as in edges.rs): every request is recorded and
-/// `answer(method, path)` gives the raw response.
-fn fake_http(answer: fn(&str, &str) -> String) -> (String, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let rec = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let rec = Arc::clone(&rec);
-            std::thread::spawn(move || loop {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut buf = Vec::new();
-                let mut b = [0u8; 4096];
-                let head_end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let len = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("content-length")
-                            .then(|| v.trim().parse::<usize>().ok())?
-                    })
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&b[..n]),
-                    }
-                }
-                rec.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..head_end + len]).to_string());
-                let mut first = head.split_whitespace();
-                let (m, p) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
-                let resp = answer(m, p);
-                if s.write_all(resp.as_bytes()).is_err() {
-                    return;
-                }
-            });
-        }
-    });
-    (url, seen)
-}
-
-fn http(status: &str, headers: &str, body: &str) -> String {
-    format!(
-        "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
 
 /// A TCP peer that reads the request and then writes `prefix` (maybe nothing) and never
 /// anything more, holding every connection open.
@@ -100,20 +37,6 @@ fn stalling_peer(prefix: &'static [u8]) -> String {
         }
     });
     url
-}
-
-async fn start_service(dir: &Path) -> (OpenBao, Issuer, Ctl, String) {
-    std::env::remove_var("VAULT_ADDR");
-    std::env::remove_var("VAULT_TOKEN");
-    let bao = OpenBao::start();
-    bao.enable_transit();
-    bao.create_transit_key("meshpass-participant", "ecdsa-p256");
-    let issuer = Issuer(p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng));
-    let cfg = config(dir, &issuer, &bao);
-    let (server, token_url) = serve_both(&cfg).await;
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, issuer.token(ADMIN)).unwrap();
-    (bao, issuer, Ctl { server, token_file }, token_url)
 }
 
 fn ctl_for(server: &str, dir: &Path, token: &str) -> Ctl {

@@ -149,4 +149,5 @@ mod jwks;
 mod jwks_workers;
 mod marker_slots;
 mod paths;
+mod request_edges;
 mod workers;

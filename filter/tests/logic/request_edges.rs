@@ -1,113 +1,11 @@
 //! Edges of the request path against docs/DESIGN.md ("Subject tokens" rule 4, "What
-//! reaches the application") and filter/README.md (request steps 1-6, header hygiene,
+//! reaches the application") and this README (request steps 1-6, header hygiene,
 //! `failure_mode`, the memo): requests joining another's exchange are bound before any
 //! fail-open, a memo never outlives an entry whatever tick wrote it, malformed and
-//! repeated credentials. Driven through the mock host as tests/logic/ does.
-// Test code: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! repeated credentials.
 
-mod common;
-
-use common::*;
-use meshpass_filter::api::{CallResponse, Counter, Verdict};
-use meshpass_filter::config::Config;
-use meshpass_filter::exchange::DISPATCH_KICK;
-use meshpass_filter::worker::Worker;
-use serde_json::json;
-
-const ISS: &str = "https://issuer.test";
-const AUD: &str = "meshpass";
-const ALICE: &str = "spiffe://cluster.local/ns/shop/sa/alice";
-const BOB: &str = "spiffe://cluster.local/ns/shop/sa/bob";
-const PEER: [&str; 2] = ["connection", "uri_san_peer_certificate"];
-
-fn base_config(key: &Key) -> serde_json::Value {
-    json!({
-        "mode": "SERVER",
-        "issuers": [{
-            "issuer": ISS,
-            "audiences": [AUD],
-            "trust_domains": ["cluster.local"],
-            "id_patterns": ["spiffe://cluster.local/ns/shop/*"],
-            "jwks": jwks(&[key]),
-        }],
-        "exchange": {"cluster": "exchange", "authority": "exchange.test"},
-        "bypass": [{"path_prefix": "/healthz"}],
-        "rules": [{"path_prefix": "/orders", "resource": "https://orders.test", "scopes": ["orders.read"]}],
-        "default_rule": {"resource": "https://default.test", "scopes": ["read"]},
-        "revocation": {"enabled": false},
-    })
-}
-
-fn worker(cfg: &serde_json::Value) -> Worker {
-    Worker::new(Config::parse(cfg.to_string().as_bytes()).unwrap())
-}
-
-struct Fixture {
-    key: Key,
-    w: Worker,
-    host: Mock,
-    now: u64,
-}
-
-fn fixture_with(edit: impl FnOnce(&mut serde_json::Value)) -> Fixture {
-    let key = Key::new("k1");
-    let mut cfg = base_config(&key);
-    edit(&mut cfg);
-    let now = now_secs();
-    let mut host = Mock::new(now * 1000);
-    host.set_prop(&PEER, ALICE);
-    Fixture {
-        w: worker(&cfg),
-        key,
-        host,
-        now,
-    }
-}
-
-fn fixture() -> Fixture {
-    fixture_with(|_| {})
-}
-
-impl Fixture {
-    fn token(&self, sub: &str) -> String {
-        self.key.svid(ISS, AUD, sub, self.now, 600)
-    }
-    fn send(&mut self, ctx: u32, headers: &[(&str, &str)]) -> Verdict {
-        self.host.request(ctx, headers);
-        self.w.on_request(&mut self.host, ctx)
-    }
-    fn send_token(&mut self, ctx: u32, token: &str) -> Verdict {
-        let auth = format!("Bearer {token}");
-        self.send(ctx, &[(":path", "/x"), ("authorization", &auth)])
-    }
-    /// Answers the last dispatched call (kicking the root dispatch first if queued).
-    fn answer(&mut self, resp: CallResponse) {
-        kick(&mut self.host, &mut self.w);
-        let d = self.host.dispatched.last().unwrap();
-        let (token, from) = (d.token, d.from_ctx);
-        self.host.ctx = from;
-        self.w.on_call_response(&mut self.host, token, resp);
-    }
-    fn count(&self, c: Counter) -> u64 {
-        self.w.pending_count(c) + self.host.counter(c)
-    }
-}
-
-fn kick(host: &mut Mock, w: &mut Worker) -> bool {
-    let Some(q) = w.queue_name().map(str::to_string) else {
-        return false;
-    };
-    let before = host.enqueued.len();
-    host.enqueued
-        .retain(|(n, m)| !(*n == q && m.as_slice() == DISPATCH_KICK));
-    if host.enqueued.len() == before {
-        return false;
-    }
-    host.ctx = 0;
-    w.on_notify(host, DISPATCH_KICK);
-    true
-}
+use super::*;
+use meshpass_filter::api::CallResponse;
 
 fn send_on(w: &mut Worker, host: &mut Mock, ctx: u32, token: &str) -> Verdict {
     let auth = format!("Bearer {token}");
