@@ -580,14 +580,29 @@ async fn a_document_naming_only_scopes_never_prunes_every_mapping(db: Db) {
 /// same store must export in the same order as SQLite does and as the list pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_is_in_the_same_byte_order_as_the_lists_whatever_the_postgres_collation() {
-    let s = Service::start(Db::postgres()).await;
+    let db = Db::postgres();
+    let Db::Postgres(pg) = &db else {
+        unreachable!()
+    };
+    // As a database created with an ICU / en_US default collation sorts these columns:
+    // the schema migrated, then the column changed, before the service connects (a
+    // pooled connection's prepared statements would not survive the change).
+    let migrated = meshpass_exchange::store::SqlStore::connect(
+        &meshpass_exchange::store::StoreConfig {
+            url: pg.url(),
+            ..Default::default()
+        },
+        "participant",
+    )
+    .unwrap();
+    migrated.migrate().await.unwrap();
+    migrated.close().await;
+    pg.psql("ALTER TABLE mappings ALTER COLUMN name TYPE TEXT COLLATE \"en-x-icu\"");
+    let s = Service::start(db).await;
     let Db::Postgres(pg) = &s.db else {
         unreachable!()
     };
-    // As a database created with an ICU / en_US default collation sorts these columns.
-    pg.psql("ALTER TABLE mappings ALTER COLUMN name TYPE TEXT COLLATE \"en-x-icu\"");
-    // (Written straight to the table: a pooled connection's cached plans do not survive
-    // the column change; the API only reads here.)
+    // (Written straight to the table; the API only reads here.)
     for (name, ns) in [("alpha", "a"), ("Beta", "b"), ("gamma", "g"), ("Zulu", "z")] {
         pg.psql(&format!(
             "INSERT INTO mappings (name, subject, resource, participant, audiences, scopes, ttl_secs, \
