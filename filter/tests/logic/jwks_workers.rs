@@ -29,22 +29,6 @@ fn config(issuers: Vec<Value>) -> Value {
     })
 }
 
-fn worker(cfg: &Value) -> Worker {
-    Worker::new(Config::parse(cfg.to_string().as_bytes()).unwrap())
-}
-
-fn keys(ks: &[&Key]) -> CallResponse {
-    CallResponse {
-        status: Some(200),
-        retry_after: None,
-        body: jwks(ks).into_bytes(),
-    }
-}
-
-fn outage() -> CallResponse {
-    CallResponse::default()
-}
-
 /// JWKS fetches dispatched so far (to any `jwks*` cluster).
 fn jwks_fetches(host: &Mock) -> Vec<Dispatched> {
     host.dispatched
@@ -52,13 +36,6 @@ fn jwks_fetches(host: &Mock) -> Vec<Dispatched> {
         .filter(|d| d.cluster.starts_with("jwks"))
         .cloned()
         .collect()
-}
-
-fn exchanges(host: &Mock) -> usize {
-    host.dispatched
-        .iter()
-        .filter(|d| d.cluster == "exchange")
-        .count()
 }
 
 fn send(w: &mut Worker, host: &mut Mock, ctx: u32, token: &str) -> Verdict {

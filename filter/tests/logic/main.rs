@@ -36,13 +36,35 @@ fn base_config(key: &Key) -> serde_json::Value {
         "rules": [{"path_prefix": "/orders", "resource": "https://orders.test", "scopes": ["orders.read"]}],
         "default_rule": {"resource": "https://default.test", "audience": ["app"], "scopes": ["read"]},
         // These tests count dispatched calls; revocation polling has its own tests
-        // (tests/revocation.rs).
+        // (tests/revocation/).
         "revocation": {"enabled": false},
     })
 }
 
 fn worker(cfg: &serde_json::Value) -> Worker {
     Worker::new(Config::parse(cfg.to_string().as_bytes()).unwrap())
+}
+
+/// A JWKS answer holding `ks`.
+fn keys(ks: &[&Key]) -> CallResponse {
+    CallResponse {
+        status: Some(200),
+        retry_after: None,
+        body: jwks(ks).into_bytes(),
+    }
+}
+
+/// A call that met an outage (timeout, reset: no status).
+fn outage() -> CallResponse {
+    CallResponse::default()
+}
+
+/// Exchanges dispatched so far.
+fn exchanges(host: &Mock) -> usize {
+    host.dispatched
+        .iter()
+        .filter(|d| d.cluster == "exchange")
+        .count()
 }
 
 struct Fixture {
@@ -147,6 +169,7 @@ mod exchange;
 mod hygiene;
 mod jwks;
 mod jwks_workers;
+mod leases;
 mod marker_slots;
 mod paths;
 mod request_edges;

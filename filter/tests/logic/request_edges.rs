@@ -29,10 +29,6 @@ fn deliver(host: &mut Mock, w: &mut Worker) {
     }
 }
 
-fn outage() -> CallResponse {
-    error_response(503, "temporarily_unavailable", None)
-}
-
 // ------------------------------------------------------------------ binding + fail open
 
 /// DESIGN "Subject tokens" rule 4 + "What reaches the application": `failure_mode:

@@ -5,6 +5,7 @@
 // Test code: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -709,3 +710,5 @@ fn snapshots_of_the_set_already_held_change_nothing_and_log_nothing() {
         f.host.logs.borrow()
     );
 }
+
+mod workers;

@@ -5,24 +5,14 @@
 //! one callback: between worker A's read of a lease and A's write of it, worker B runs.
 //! [`Racy`] wraps the mock and runs a hook (B's step) just before A's first write to a
 //! key with a given prefix, which is exactly the window two threads have in Envoy.
-// Test code: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
+use super::*;
 use meshpass_filter::api::{
     CallResponse, Counter, Gauge, HeaderMap, Host, Level, SharedError, Verdict,
 };
-use meshpass_filter::config::Config;
 use meshpass_filter::exchange::DISPATCH_KICK;
 use meshpass_filter::worker::Worker;
 use serde_json::{json, Value};
-
-const ISS: &str = "https://issuer.test";
-const AUD: &str = "meshpass";
-const ALICE: &str = "spiffe://cluster.local/ns/shop/sa/alice";
-const PEER: [&str; 2] = ["connection", "uri_san_peer_certificate"];
 
 // ------------------------------------------------------------------ the racing host
 
@@ -148,31 +138,12 @@ fn jwks_config() -> Value {
     })
 }
 
-fn worker(cfg: &Value) -> Worker {
-    Worker::new(Config::parse(cfg.to_string().as_bytes()).unwrap())
-}
-
-fn keys(ks: &[&Key]) -> CallResponse {
-    CallResponse {
-        status: Some(200),
-        retry_after: None,
-        body: jwks(ks).into_bytes(),
-    }
-}
-
 fn jwks_fetches(host: &Mock) -> Vec<Dispatched> {
     host.dispatched
         .iter()
         .filter(|d| d.cluster == "jwks")
         .cloned()
         .collect()
-}
-
-fn exchanges(host: &Mock) -> usize {
-    host.dispatched
-        .iter()
-        .filter(|d| d.cluster == "exchange")
-        .count()
 }
 
 /// Sets up request `ctx` carrying `token` on the mock (peer = ALICE).

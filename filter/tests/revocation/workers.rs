@@ -1,41 +1,8 @@
 //! Revocation enforcement across workers (docs/DESIGN.md "Revocation", filter/README.md
 //! "Revocation"): two workers over one mock host, the memo, shared-data hits, patterns,
 //! `jti`s, actors, lapse, lifts, bounds, staleness and version order.
-// Test code: failing loudly is the point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use common::*;
-use meshpass_filter::api::{CallResponse, Counter, Gauge, Verdict};
-use meshpass_filter::cache;
-use meshpass_filter::config::Config;
-use meshpass_filter::worker::Worker;
-use serde_json::{json, Value};
-
-const ISS: &str = "https://issuer.test";
-const AUD: &str = "meshpass";
-const ALICE: &str = "spiffe://cluster.local/ns/shop/sa/alice";
-const BOB: &str = "spiffe://cluster.local/ns/shop/sa/bob";
-const CAROL: &str = "spiffe://cluster.local/ns/other/sa/carol";
-const PEER: [&str; 2] = ["connection", "uri_san_peer_certificate"];
-
-fn config(key: &Key) -> Value {
-    json!({
-        "mode": "SERVER",
-        "issuers": [{
-            "issuer": ISS,
-            "audiences": [AUD],
-            "trust_domains": ["cluster.local"],
-            "jwks": jwks(&[key]),
-        }],
-        "exchange": {"cluster": "exchange", "authority": "exchange.test"},
-        "default_rule": {"resource": "https://default.test", "scopes": ["read"]},
-        "revocation": {"poll_interval_ms": 1000},
-    })
-}
+use super::*;
 
 fn parse(cfg: &Value) -> Config {
     Config::parse(cfg.to_string().as_bytes()).unwrap()
@@ -151,27 +118,6 @@ impl Two {
     fn served(&self, ctx: u32) -> Option<String> {
         self.host.req_header(ctx, "authorization")
     }
-}
-
-fn feed(v: Value) -> CallResponse {
-    CallResponse {
-        status: Some(200),
-        retry_after: None,
-        body: v.to_string().into_bytes(),
-    }
-}
-
-fn status(s: u16) -> CallResponse {
-    CallResponse {
-        status: Some(s),
-        retry_after: None,
-        body: Vec::new(),
-    }
-}
-
-fn subject(id: &str, m: &str, reason: &str) -> Value {
-    json!({"id": id, "target": "subject", "match": m, "reason": reason, "until": null,
-           "created_at": 1, "created_by": "spiffe://cluster.local/ns/ops/sa/admin"})
 }
 
 fn jti(id: &str, j: &str, reason: &str) -> Value {
