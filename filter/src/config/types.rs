@@ -235,6 +235,25 @@ impl Config {
         if self.validate_only {
             w.push("meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)".into());
         }
+        if self.revocation.is_none() && !self.validate_only && !self.noop {
+            w.push("meshpass: revocation.enabled: false: revoked workloads and tokens keep being served until their cached tokens end".into());
+        }
+        let open = " when the exchange service is out, matching requests go on without any credential (fail open)";
+        for (i, r) in self.rules.iter().enumerate() {
+            if r.target.failure_mode == FailureMode::Allow {
+                w.push(format!("meshpass: rules[{i}].failure_mode: allow:{open}"));
+            }
+        }
+        if self
+            .default_target
+            .as_ref()
+            .is_some_and(|t| t.failure_mode == FailureMode::Allow)
+        {
+            w.push(format!("meshpass: default_rule.failure_mode: allow:{open}"));
+        }
+        if self.allow_unnormalised_paths {
+            w.push("meshpass: allow_unnormalised_paths: paths are matched on their normal form and forwarded as sent; the app must see the same path (Envoy normalize_path and merge_slashes)".into());
+        }
         w
     }
 
@@ -246,13 +265,18 @@ impl Config {
         method: Option<&str>,
     ) -> Option<&Target> {
         let host = authority.map(|a| {
-            a.rsplit_once(':').map_or(a, |(h, p)| {
+            let h = a.rsplit_once(':').map_or(a, |(h, p)| {
                 if p.bytes().all(|b| b.is_ascii_digit()) {
                     h
                 } else {
                     a
                 }
-            })
+            });
+            // `api.test.` names `api.test` (the DNS root label): one trailing dot goes.
+            match h.strip_suffix('.') {
+                Some(bare) if !bare.is_empty() && !bare.ends_with('.') => bare,
+                _ => h,
+            }
         });
         for r in &self.rules {
             if let Some(want) = &r.authority {

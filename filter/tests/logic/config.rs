@@ -286,9 +286,33 @@ fn rules_select_by_authority_path_and_method_then_default() {
 }
 
 #[test]
+fn a_trailing_dot_on_the_authority_selects_the_same_rule_as_the_bare_host() {
+    // `api.test.` is the same name as `api.test` (DNS root label); Envoy routes both to
+    // the same virtual host unless told otherwise, so the rule must not fall to the default.
+    let key = Key::new("k1");
+    let mut cfg = base_config(&key);
+    cfg["rules"] = json!([
+        {"authority": "api.test", "resource": "api"},
+        {"authority": "*.shop.test", "resource": "shop"},
+    ]);
+    let c = Config::parse(cfg.to_string().as_bytes()).unwrap();
+    let pick = |a| {
+        c.select(Some(a), Some("/"), Some("GET"))
+            .and_then(|t| t.resource.clone())
+    };
+    assert_eq!(pick("api.test."), Some("api".into()));
+    assert_eq!(pick("API.test.:8443"), Some("api".into()));
+    assert_eq!(pick("a.shop.test."), Some("shop".into()));
+    // Only one root dot: `api.test..` is not a host name.
+    assert_eq!(pick("api.test.."), Some("https://default.test".into()));
+    assert_eq!(pick("."), Some("https://default.test".into()));
+}
+
+#[test]
 fn a_key_dropped_from_an_inline_jwks_is_named_with_its_reason_in_the_start_warnings() {
     let key = Key::new("k1");
     let mut cfg = base_config(&key);
+    cfg.as_object_mut().unwrap().remove("revocation");
     // A good key and one of an unsupported curve: the config loads, the warning says why.
     let bad = r#"{"kty":"EC","crv":"secp256k1","kid":"odd","x":"AA","y":"AA"}"#;
     let doc = format!(r#"{{"keys":[{},{bad}]}}"#, key.jwk());
@@ -300,11 +324,54 @@ fn a_key_dropped_from_an_inline_jwks_is_named_with_its_reason_in_the_start_warni
         w[0].starts_with("meshpass: issuers[0].jwks: key 1 (kid odd) dropped: "),
         "{w:?}"
     );
-    // Nothing dropped, nothing said.
-    assert!(Config::parse(base_config(&key).to_string().as_bytes())
+    // Nothing dropped, nothing said (revocation on, as by default).
+    let mut quiet = base_config(&key);
+    quiet.as_object_mut().unwrap().remove("revocation");
+    assert!(Config::parse(quiet.to_string().as_bytes())
         .unwrap()
         .warnings()
         .is_empty());
+}
+
+#[test]
+fn options_that_weaken_enforcement_are_named_in_the_start_warnings() {
+    let key = Key::new("k1");
+    let parse = |cfg: &serde_json::Value| Config::parse(cfg.to_string().as_bytes()).unwrap();
+    let mut on = base_config(&key);
+    on.as_object_mut().unwrap().remove("revocation");
+    assert!(parse(&on).warnings().is_empty());
+
+    // Revocation switched off: a revoked workload keeps being served until its tokens end.
+    let w = parse(&base_config(&key)).warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("meshpass: revocation.enabled: false: "),
+        "{w:?}"
+    );
+
+    // Fail open, named by the rule that does it (and by the default rule).
+    let mut open = on.clone();
+    open["rules"][0]["failure_mode"] = json!("allow");
+    open["default_rule"]["failure_mode"] = json!("allow");
+    let w = parse(&open).warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[0].starts_with("meshpass: rules[0].failure_mode: allow: "),
+        "{w:?}"
+    );
+    assert!(
+        w[1].starts_with("meshpass: default_rule.failure_mode: allow: "),
+        "{w:?}"
+    );
+
+    let mut paths = on.clone();
+    paths["allow_unnormalised_paths"] = json!(true);
+    let w = parse(&paths).warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("meshpass: allow_unnormalised_paths: "),
+        "{w:?}"
+    );
 }
 
 #[test]
