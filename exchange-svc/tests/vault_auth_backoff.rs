@@ -204,3 +204,91 @@ async fn refused_logins_back_off_even_while_every_signature_asks_for_a_new_login
         backoff_budget(4)
     );
 }
+
+/// Signs until a signature succeeds; `None` when none did within `limit`.
+async fn signs_again_within(
+    signer: &TransitSigner,
+    key: &meshpass_exchange::signer::SigningKey,
+    limit: Duration,
+) -> Option<Duration> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        if signer.sign(key, b"a.b").await.is_ok() {
+            return Some(t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// The README: a 403 logs in again "at once for a token held 30 s or more, else after a
+/// backoff". Held means since its login: renewing the token does not make a refusal 40 s
+/// after the login one "right after its login". A token renewed every 2 s used to stay
+/// in the refusal backoff for good, grown by earlier refusals (8 to 16 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_long_after_the_login_logs_in_at_once_though_the_token_was_renewed_since() {
+    let bao = bao_with_policy();
+    bao.enable_auth("approle", "approle");
+    bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass",
+        Some(json!({ "token_policies": ["signer"], "token_ttl": "3s", "token_max_ttl": "1h" })),
+    );
+    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sid = bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass/secret-id",
+        Some(json!({})),
+    )["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cfg = with_auth(
+        &bao,
+        AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(Secret::new(sid)),
+            secret_id_file: None,
+        },
+    );
+    cfg.key_refresh_interval = Duration::from_secs(3600);
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    let key = sign_and_verify(&signer, "{}").await;
+
+    // Five refusals, each right after a login: the refusal backoff grows (bases 0.5, 1,
+    // 2, 4, 8 s; the next one would be 16 s, at least 8 with its jitter).
+    for i in 0..5 {
+        bao.api_ok("POST", "sys/leases/revoke-prefix/auth/approle/login", None);
+        assert!(
+            signs_again_within(&signer, &key, Duration::from_secs(40))
+                .await
+                .is_some(),
+            "refusal {i}: no new login"
+        );
+    }
+    assert_eq!(signer.stats().logins(), 6);
+
+    // 35 s on one login, renewed every 2 s or so (3 s TTL).
+    let renewals = signer.stats().renewals();
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    assert!(
+        signer.stats().renewals() >= renewals + 5,
+        "the token was not renewed meanwhile"
+    );
+    assert_eq!(
+        signer.stats().logins(),
+        6,
+        "logged in again without a refusal"
+    );
+
+    bao.api_ok("POST", "sys/leases/revoke-prefix/auth/approle/login", None);
+    let took = signs_again_within(&signer, &key, Duration::from_secs(40)).await;
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(6)),
+        "a refusal 35 s after the login waited {took:?} for the new login (at once expected)"
+    );
+}

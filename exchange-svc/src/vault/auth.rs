@@ -336,7 +336,11 @@ impl Auth {
         // Between logins asked for by refusals (403s): a token refused soon after it
         // was obtained is refused for its policy, and a new login would not help.
         let mut reauth_backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        // When the current token was last renewed (or obtained): its renewal schedule.
         let mut obtained = Instant::now();
+        // When it was obtained (login, or a token read): renewals do not move this, since
+        // only a token refused right after its login is refused for its policy.
+        let mut logged_in = Instant::now();
         // TTL of the last fresh login: a renewal granting much less means the max TTL
         // is near, so the next step is a new login rather than another renewal.
         let mut login_ttl = current.and_then(|i| i.ttl);
@@ -349,6 +353,7 @@ impl Auth {
                         login_ttl = info.ttl;
                         relogin_due = false;
                         obtained = Instant::now();
+                        logged_in = obtained;
                         backoff.reset();
                     }
                     Err(e) => {
@@ -376,7 +381,12 @@ impl Auth {
             tokio::select! {
                 _ = tokio::time::sleep_until(act_at) => {}
                 _ = self.reauth.notified() => {
-                    if obtained.elapsed() < BACKOFF_MAX {
+                    if !self.client.current_token_refused() {
+                        // Refused with a token replaced since (a request sent before the
+                        // last login): the current one may be fine.
+                        continue;
+                    }
+                    if logged_in.elapsed() < BACKOFF_MAX {
                         // Not one login per refused signature (each a new Vault token,
                         // and an AppRole secret ID's use).
                         tokio::time::sleep(reauth_backoff.next_delay()).await;

@@ -149,7 +149,11 @@ pub struct VaultClient {
     http: reqwest::Client,
     base: String,
     namespace: Option<String>,
-    token: RwLock<Secret>,
+    /// The token and its generation (one more on every install).
+    token: RwLock<(Secret, u64)>,
+    /// The newest generation Vault answered 403 to: a refusal of an older token (a
+    /// request sent before the last login) asks for no new login.
+    refused_generation: AtomicU64,
     stats: Arc<VaultStats>,
 }
 
@@ -208,7 +212,8 @@ impl VaultClient {
             http,
             base,
             namespace: cfg.namespace.clone(),
-            token: RwLock::new(Secret::default()),
+            token: RwLock::new((Secret::default(), 0)),
+            refused_generation: AtomicU64::new(0),
             stats: Arc::new(VaultStats::default()),
         })
     }
@@ -221,17 +226,31 @@ impl VaultClient {
     /// Replaces the token used for requests.
     pub fn set_token(&self, token: Secret) {
         if let Ok(mut t) = self.token.write() {
-            *t = token;
+            *t = (token, t.1 + 1);
         }
     }
 
     /// Whether a token is loaded.
     pub fn has_token(&self) -> bool {
-        self.token.read().map(|t| !t.is_empty()).unwrap_or(false)
+        self.token.read().map(|t| !t.0.is_empty()).unwrap_or(false)
     }
 
-    fn current_token(&self) -> Secret {
+    fn current_token(&self) -> (Secret, u64) {
         self.token.read().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Whether Vault refused (403) the token installed now, not only an older one.
+    pub(crate) fn current_token_refused(&self) -> bool {
+        let current = self.token.read().map(|t| t.1).unwrap_or(0);
+        self.refused_generation.load(Ordering::Relaxed) >= current
+    }
+
+    /// Remembers a 403 to the token of `generation`.
+    fn note_refusal<T>(&self, r: &Result<T, VaultError>, generation: u64) {
+        if matches!(r, Err(VaultError::PermissionDenied(_))) {
+            self.refused_generation
+                .fetch_max(generation, Ordering::Relaxed);
+        }
     }
 
     /// `method` on `/v1/{path}` with the current token (when `authenticated`). Returns
@@ -243,13 +262,13 @@ impl VaultClient {
         body: Option<&Value>,
         authenticated: bool,
     ) -> Result<Value, VaultError> {
-        self.call_with(
-            method,
-            path,
-            body,
-            authenticated.then(|| self.current_token()),
-        )
-        .await
+        if !authenticated {
+            return self.call_with(method, path, body, None).await;
+        }
+        let (token, generation) = self.current_token();
+        let r = self.call_with(method, path, body, Some(token)).await;
+        self.note_refusal(&r, generation);
+        r
     }
 
     /// Like [`VaultClient::call`] with an explicit token.
@@ -281,8 +300,10 @@ impl VaultClient {
         path: &str,
         json: Vec<u8>,
     ) -> Result<Vec<u8>, VaultError> {
-        self.send(method, path, Some(json), Some(self.current_token()))
-            .await
+        let (token, generation) = self.current_token();
+        let r = self.send(method, path, Some(json), Some(token)).await;
+        self.note_refusal(&r, generation);
+        r
     }
 
     /// Sends one request; a 2xx answer's body, or the error its status means.
