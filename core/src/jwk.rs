@@ -151,8 +151,10 @@ fn parse_jwk(obj: &Map<String, Value>) -> Result<Jwk, String> {
         return Err(format!("key has the private member {m:?}"));
     }
     if let Some(u) = opt_str(obj, "use")? {
-        if u != "sig" {
-            return Err("use is not \"sig\"".into());
+        // `jwt-svid`: a SPIFFE bundle's JWT-SVID signing key (its `x509-svid` keys are
+        // X.509 authorities and never verify a token).
+        if u != "sig" && u != "jwt-svid" {
+            return Err("use is not \"sig\" or \"jwt-svid\"".into());
         }
     }
     if let Some(ops) = obj.get("key_ops") {

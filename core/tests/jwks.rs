@@ -214,7 +214,7 @@ fn rejects_keys_with_private_members() {
 fn rejects_keys_not_meant_for_verifying_signatures() {
     let mut k = rsa_jwk(rsa_key(), "rsa");
     k["use"] = json!("enc");
-    assert_eq!(rejection(k), "use is not \"sig\"");
+    assert_eq!(rejection(k), "use is not \"sig\" or \"jwt-svid\"");
     let mut k = p256_jwk(&p256_key(), "ec");
     k["key_ops"] = json!(["encrypt"]);
     assert_eq!(rejection(k), "key_ops does not contain \"verify\"");
@@ -224,6 +224,23 @@ fn rejects_keys_not_meant_for_verifying_signatures() {
     let mut k = p256_jwk(&p256_key(), "ec");
     k["key_ops"] = json!(["verify"]);
     assert_eq!(parse(vec![k]).0.len(), 1);
+}
+
+/// SPIFFE bundles (what SPIRE's bundle endpoint serves) mark JWT-SVID signing keys
+/// `use: "jwt-svid"` and X.509 authorities `use: "x509-svid"` (SPIFFE JWT-SVID §7,
+/// Trust Domain and Bundle §4.2): the first verify tokens, the second never do.
+#[test]
+fn keeps_the_jwt_svid_keys_of_a_spiffe_bundle_and_drops_its_x509_authorities() {
+    let mut jwt = p256_jwk(&p256_key(), "jwt");
+    jwt.as_object_mut().unwrap().remove("alg");
+    jwt["use"] = json!("jwt-svid");
+    let mut x509 = p256_jwk(&p256_key(), "x509");
+    x509["use"] = json!("x509-svid");
+    let (set, rejected) = parse(vec![jwt, x509]);
+    assert_eq!(set.len(), 1, "{rejected:?}");
+    assert!(set.select(Some("jwt"), Algorithm::ES256).is_ok());
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].reason, "use is not \"sig\" or \"jwt-svid\"");
 }
 
 #[test]
@@ -263,7 +280,7 @@ fn a_rejected_key_does_not_count_as_a_duplicate_kid() {
     let (set, rejected) = parse(vec![enc, p256_jwk(&p256_key(), "k1")]);
     assert_eq!(set.len(), 1);
     assert_eq!(rejected.len(), 1);
-    assert_eq!(rejected[0].reason, "use is not \"sig\"");
+    assert_eq!(rejected[0].reason, "use is not \"sig\" or \"jwt-svid\"");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use meshpass_core::oauth::GRANT_TYPE_TOKEN_EXCHANGE;
 
+use crate::config::base_path;
 use crate::error::ApiError;
 use serde_json::{json, Value};
 use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
@@ -56,7 +57,7 @@ pub fn app(state: AppState) -> Router {
     let token = post(crate::exchange::token)
         .fallback(|| async { crate::error::ApiError::MethodNotAllowed })
         .with_state(std::sync::Arc::new(state.clone()));
-    Router::new()
+    let public = Router::new()
         .route("/token", token)
         .route("/revocations", get(crate::revocation::feed::feed))
         .route("/.well-known/jwks.json", get(jwks))
@@ -67,7 +68,23 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/.well-known/oauth-authorization-server",
             get(oauth_metadata),
-        )
+        );
+    let mut router = public.clone();
+    // An issuer or public URL with a path advertises its documents and token endpoint
+    // under it: served there too (and behind a proxy that strips it, at the root).
+    let issuer_path = base_path(&state.settings.issuer).ok().flatten();
+    let public_path = base_path(&state.settings.public_url).ok().flatten();
+    if let Some(p) = &issuer_path {
+        // RFC 8414 §3.1: the well-known suffix goes between host and path.
+        router = router.nest(p, public.clone()).route(
+            &format!("/.well-known/oauth-authorization-server{p}"),
+            get(oauth_metadata),
+        );
+    }
+    if let Some(p) = public_path.filter(|p| Some(p) != issuer_path.as_ref()) {
+        router = router.nest(&p, public);
+    }
+    router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -161,7 +178,21 @@ fn metadata(st: &AppState, oidc: bool) -> Value {
 }
 
 async fn openid_configuration(State(st): State<AppState>) -> Response {
-    let mut resp = Json(metadata(&st, true)).into_response();
+    let doc = metadata(&st, true);
+    if doc["id_token_signing_alg_values_supported"]
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        // As for the JWKS: an empty list (a required member) would be cached for
+        // max-age, and some verifiers then assume RS256 and refuse every token.
+        return ApiError::Unavailable {
+            what: "signing keys",
+            detail: "the signing key has not been read from Vault yet".into(),
+            retry_after_secs: st.settings.sign_retry_after_secs,
+        }
+        .into_response();
+    }
+    let mut resp = Json(doc).into_response();
     public_cache(&mut resp, st.settings.jwks_max_age_secs);
     resp
 }

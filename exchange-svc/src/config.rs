@@ -279,6 +279,36 @@ pub fn check_url(field: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
     }
 }
 
+/// The path of `url` (the issuer or the public URL) when it has one: the discovery
+/// documents and the token endpoint are served under it too, so it must be plain
+/// segments of letters, digits, `-`, `.`, `_` and `~`, none starting with `.` (no
+/// `..`, no `.well-known`), no escapes.
+pub fn base_path(url: &str) -> Result<Option<String>, &'static str> {
+    let u = reqwest::Url::parse(url).map_err(|_| "is not a URL")?;
+    let path = u.path();
+    // As written, not as the URL parser resolved it (`/a/../b` is `/b`): the issuer
+    // is compared byte for byte.
+    let written = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.find('/').map_or("", |i| &rest[i..]));
+    if written.is_empty() {
+        return Ok(None);
+    }
+    let plain = path[1..].split('/').all(|seg| {
+        !seg.is_empty()
+            && !seg.starts_with('.')
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    });
+    if !plain || written != path {
+        return Err(
+            "must have a path of plain segments (letters, digits, - . _ ~; none starting with .)",
+        );
+    }
+    Ok(Some(path.to_string()))
+}
+
 /// `e` without the lines of the file a TOML syntax error quotes (`N | text` and the
 /// `|`/caret lines around it): the line may hold a secret (a password with a bad
 /// escape, an unquoted token). Position and reason stay.
@@ -398,6 +428,7 @@ impl Config {
                 "must have no query, fragment or trailing /",
             ));
         }
+        base_path(&self.token.issuer).map_err(|e| bad("token.issuer", e))?;
         if let Some(public) = &self.server.public_url {
             let field = "server.public_url";
             let u =
@@ -416,6 +447,7 @@ impl Config {
                     "must have no user, query, fragment or trailing /",
                 ));
             }
+            base_path(public).map_err(|e| bad(field, e))?;
         }
         if self.token.participant_claim.is_empty()
             || crate::store::RESERVED_CLAIMS.contains(&self.token.participant_claim.as_str())

@@ -77,7 +77,9 @@ pub(crate) async fn validate(
     let first = policy.validate(token, now, &*keys, &Binding::None);
     drop(keys);
     let (generation, result) = match first {
-        Err(ValidationError::UnknownKeyId { issuer, .. }) => {
+        // No keys at all (the issuer's endpoint was down so far) is an unknown kid too:
+        // the same rate-limited refetch, not 503 until the background retry.
+        Err(ValidationError::UnknownKeyId { issuer, .. } | ValidationError::NoKeys { issuer }) => {
             st.keys.refetch_unknown_kid(&issuer).await;
             let (generation, keys) = st.keys.generation_snapshot();
             (

@@ -156,7 +156,9 @@ impl Authenticator {
             self.policy.validate(token, now, &*keys, &Binding::None)
         };
         let result = match first {
-            Err(ValidationError::UnknownKeyId { issuer, .. }) => {
+            Err(
+                ValidationError::UnknownKeyId { issuer, .. } | ValidationError::NoKeys { issuer },
+            ) => {
                 self.keys.refetch_unknown_kid(&issuer).await;
                 let (_, keys) = self.keys.generation_snapshot();
                 self.policy.validate(token, now, &*keys, &Binding::None)
