@@ -372,11 +372,30 @@ pub struct ErrorResponse {
 }
 
 impl ErrorResponse {
-    /// Builds an error with a description.
+    /// Builds an error with a description (made fit for the wire by
+    /// [`error_description`]).
     pub fn new(error: ErrorCode, description: impl Into<String>) -> Self {
         ErrorResponse {
             error,
-            error_description: Some(description.into()),
+            error_description: Some(error_description(&description.into())),
         }
     }
+}
+
+/// `text` in the characters RFC 6749 §5.2 (and RFC 6750 §3) allow in an
+/// `error_description`: %x20-21 / %x23-5B / %x5D-7E. Quotes become `'`, a backslash
+/// `/`, `§` "section ", `…` "...", any other character `?`.
+pub fn error_description(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            ' ' | '!' | '#'..='[' | ']'..='~' => out.push(c),
+            '"' => out.push('\''),
+            '\\' => out.push('/'),
+            '§' => out.push_str("section "),
+            '…' => out.push_str("..."),
+            _ => out.push('?'),
+        }
+    }
+    out
 }

@@ -288,3 +288,23 @@ fn debug_output_of_a_request_never_shows_the_subject_or_actor_token() {
     assert!(!shown.contains("actor-s3cret"), "{shown}");
     assert!(shown.contains("redacted"), "{shown}");
 }
+
+/// RFC 6749 §5.2: `error_description` holds only %x20-21 / %x23-5B / %x5D-7E.
+#[test]
+fn error_descriptions_keep_to_the_characters_rfc6749_allows() {
+    let allowed = |c: char| matches!(c as u32, 0x20..=0x21 | 0x23..=0x5b | 0x5d..=0x7e);
+    let e = ErrorResponse::new(
+        ErrorCode::InvalidScope,
+        "scope \"admin\\x\"… not allowed (RFC 6749 §3.3)\n\u{7f}é",
+    );
+    let d = e.error_description.unwrap();
+    assert!(d.chars().all(allowed), "{d:?}");
+    assert_eq!(
+        d,
+        "scope 'admin/x'... not allowed (RFC 6749 section 3.3)???"
+    );
+    assert_eq!(
+        meshpass_core::oauth::error_description("plain text, kept as is: #[]~!"),
+        "plain text, kept as is: #[]~!"
+    );
+}

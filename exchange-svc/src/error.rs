@@ -40,9 +40,12 @@ pub enum ApiError {
         /// `Retry-After` when the API server could not be asked.
         retry_after_secs: u64,
     },
-    /// The subject token expires before anything could be minted.
-    #[error("subject_token expires too soon")]
-    ExpiresTooSoon,
+    /// The subject or actor token expires before anything could be minted.
+    #[error("{which} expires too soon")]
+    ExpiresTooSoon {
+        /// `subject_token` or `actor_token`: the one whose `exp` capped the token.
+        which: &'static str,
+    },
     /// The resource or audience is unknown or not allowed.
     #[error("{0}")]
     InvalidTarget(String),
@@ -133,7 +136,7 @@ impl ApiError {
                 source: ReviewError::AudienceMismatch,
                 ..
             }
-            | ApiError::ExpiresTooSoon => ErrorCode::InvalidGrant,
+            | ApiError::ExpiresTooSoon { .. } => ErrorCode::InvalidGrant,
             ApiError::Review {
                 source: ReviewError::Unavailable(_),
                 ..

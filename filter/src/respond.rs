@@ -35,7 +35,7 @@ impl Worker {
         let www = if invalid {
             format!(
                 "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                quote_escape(desc)
+                meshpass_core::oauth::error_description(desc)
             )
         } else {
             "Bearer".to_string()
@@ -167,16 +167,6 @@ impl Worker {
     }
 }
 
-fn quote_escape(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .flat_map(|c| match c {
-            '"' | '\\' => vec!['\\', c],
-            c => vec![c],
-        })
-        .collect()
-}
-
 /// Sends a JSON error (`{error, error_description}`) with optional
 /// `WWW-Authenticate` (401) or `Retry-After` (429/503).
 pub(crate) fn send_error(
@@ -186,6 +176,7 @@ pub(crate) fn send_error(
     desc: &str,
     extra: Option<&str>,
 ) {
+    let desc = meshpass_core::oauth::error_description(desc);
     let body = serde_json::json!({"error": code, "error_description": desc}).to_string();
     let mut headers = vec![
         ("content-type", "application/json"),

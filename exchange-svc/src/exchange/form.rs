@@ -7,6 +7,7 @@ use meshpass_core::audience::Audience;
 use meshpass_core::oauth::{
     TokenExchangeRequest, MAX_FORM_BYTES, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT,
 };
+use std::time::Duration;
 
 use crate::error::ApiError;
 
@@ -66,13 +67,22 @@ pub(crate) fn check_request(req: &TokenExchangeRequest) -> Result<(), ApiError> 
 
 /// Reads the form's bytes: content type and size are refused before the body is read
 /// (and then the connection is closed, see [`ApiError::BodyUnread`]).
-pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    deadline: Duration,
+) -> Result<Bytes, ApiError> {
     let unread = |e| ApiError::BodyUnread(Box::new(e));
     check_content_type(headers).map_err(unread)?;
     check_declared_length(headers).map_err(unread)?;
-    to_bytes(body, MAX_FORM_BYTES)
-        .await
-        .map_err(|_| unread(too_large()))
+    match tokio::time::timeout(deadline, to_bytes(body, MAX_FORM_BYTES)).await {
+        Ok(read) => read.map_err(|_| unread(too_large())),
+        // The client stopped sending: its fault, not an outage (no Retry-After).
+        Err(_) => Err(unread(ApiError::InvalidRequest(format!(
+            "the request body did not arrive within {} s",
+            deadline.as_secs_f64()
+        )))),
+    }
 }
 
 /// Parses the form read by [`read_body`] and checks what it asks for.

@@ -40,11 +40,15 @@ pub(crate) fn expiry(
     let mut exp = now
         .saturating_add(ttl_secs.min(max_ttl_secs))
         .min(parties.subject.expires_at);
+    let mut which = "subject_token";
     if let Some(a) = &parties.actor {
-        exp = exp.min(a.expires_at);
+        if a.expires_at < exp {
+            exp = a.expires_at;
+            which = "actor_token";
+        }
     }
     if exp <= now {
-        return Err(ApiError::ExpiresTooSoon);
+        return Err(ApiError::ExpiresTooSoon { which });
     }
     Ok(exp)
 }
@@ -406,7 +410,19 @@ mod tests {
         };
         assert!(matches!(
             expiry(&expired, 300, 3600, now),
-            Err(ApiError::ExpiresTooSoon)
+            Err(ApiError::ExpiresTooSoon {
+                which: "subject_token"
+            })
+        ));
+        let expired_actor = Parties {
+            subject: party(now + 10_000),
+            actor: Some(party(now)),
+        };
+        assert!(matches!(
+            expiry(&expired_actor, 300, 3600, now),
+            Err(ApiError::ExpiresTooSoon {
+                which: "actor_token"
+            })
         ));
     }
 }

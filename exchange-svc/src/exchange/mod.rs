@@ -54,6 +54,8 @@ struct Refused {
     subject: String,
     /// Who called `/token`: its SPIFFE ID, or the peer it could not be identified from.
     caller: String,
+    /// The mapping chosen before the refusal (empty before one was).
+    mapping: String,
 }
 
 /// The most of an unknown resource name an audit event keeps.
@@ -86,20 +88,7 @@ pub async fn token(State(st): State<Arc<AppState>>, request: Request) -> Respons
     let headers = &parts.headers;
     let started = Instant::now();
     let retry = st.settings.sign_retry_after_secs;
-    let result = match tokio::time::timeout(
-        st.settings.request_timeout,
-        exchange(&st, conn, headers, body),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err((
-            ApiError::Timeout {
-                retry_after_secs: retry,
-            },
-            Refused::default(),
-        )),
-    };
+    let result = exchange(&st, conn, headers, body, retry).await;
     let elapsed = started.elapsed().as_secs_f64();
     match result {
         Ok(outcome) => {
@@ -136,13 +125,12 @@ pub async fn token(State(st): State<Arc<AppState>>, request: Request) -> Respons
                 .with_label_values(&[code_label(e.code()), label])
                 .inc();
             if let Some(h) = &st.hooks {
-                h.refused(
-                    &r.subject,
-                    &r.caller,
-                    &r.resource,
-                    code_label(e.code()),
-                    &e.to_string(),
-                );
+                let who = crate::mgmt::RefusedBy {
+                    subject: &r.subject,
+                    caller: &r.caller,
+                    mapping: &r.mapping,
+                };
+                h.refused(who, &r.resource, code_label(e.code()), &e.to_string());
             }
             e.into_response()
         }
@@ -162,10 +150,11 @@ fn json_answer(body: Vec<u8>) -> Response {
 
 type Failure = (ApiError, Refused);
 
-/// Tags an error with the known resource it concerns (a metrics label), the subject and
-/// the caller (the refusal audit).
+/// Tags an error with the known resource it concerns (a metrics label), the mapping
+/// chosen (empty before one was), the subject and the caller (the refusal audit).
 fn on<'a>(
     resource: &'a str,
+    mapping: &'a str,
     subject: &'a str,
     caller: &'a str,
 ) -> impl Fn(ApiError) -> Failure + 'a {
@@ -175,14 +164,20 @@ fn on<'a>(
             known: true,
             subject: subject.to_string(),
             caller: caller.to_string(),
+            mapping: mapping.to_string(),
         };
         (e, r)
     }
 }
 
-/// Tags an error raised before the subject and the resource are known to be valid:
-/// `asked` is the resource the form named, if any (kept for the audit, never a label).
-fn before<'a>(asked: Option<&'a str>, caller: &'a str) -> impl Fn(ApiError) -> Failure + Copy + 'a {
+/// Tags an error raised before the resource is known to be valid: `asked` is the
+/// resource the form named, if any (kept for the audit, never a label), `subject` the
+/// verified subject when there is one.
+fn asking<'a>(
+    asked: Option<&'a str>,
+    subject: &'a str,
+    caller: &'a str,
+) -> impl Fn(ApiError) -> Failure + Copy + 'a {
     move |e| {
         let asked = asked.unwrap_or("");
         let mut end = asked.len().min(MAX_ASKED_RESOURCE);
@@ -192,11 +187,17 @@ fn before<'a>(asked: Option<&'a str>, caller: &'a str) -> impl Fn(ApiError) -> F
         let r = Refused {
             resource: asked[..end].to_string(),
             known: false,
-            subject: String::new(),
+            subject: subject.to_string(),
             caller: caller.to_string(),
+            mapping: String::new(),
         };
         (e, r)
     }
+}
+
+/// [`asking`] before the subject token was validated.
+fn before<'a>(asked: Option<&'a str>, caller: &'a str) -> impl Fn(ApiError) -> Failure + Copy + 'a {
+    asking(asked, "", caller)
 }
 
 /// The audit's name for a caller that could not be identified: its peer address.
@@ -212,26 +213,54 @@ fn subject_of(rate_key: &str) -> &str {
     rate_key.split_once(' ').map_or(rate_key, |(_, s)| s)
 }
 
-async fn exchange(
-    st: &AppState,
-    conn: Option<&ConnInfo>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Outcome, Failure> {
-    // A form error comes before a caller error, so the caller's is kept for later.
-    let caller = caller::caller(&st.settings.callers, conn, headers);
-    // Who to audit a refusal before the caller check as (built only on a refusal).
-    let who = |c: &Result<Option<meshpass_core::SpiffeId>, ApiError>| match c {
+/// Who to audit a refusal before the caller check as (built only on a refusal).
+fn who(c: &CallerResult, conn: Option<&ConnInfo>) -> String {
+    match c {
         Ok(id) => id
             .as_ref()
             .map(|c| c.as_str().to_string())
             .unwrap_or_default(),
         Err(_) => unidentified(conn),
-    };
-    let bytes = match form::read_body(headers, body).await {
+    }
+}
+
+type CallerResult = Result<Option<meshpass_core::SpiffeId>, ApiError>;
+
+/// Reads the form (a client's stalled upload is its own fault: 400, the connection
+/// closed), then decides within `server.request_timeout_secs` (503 past it).
+async fn exchange(
+    st: &AppState,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+    body: Body,
+    retry: u64,
+) -> Result<Outcome, Failure> {
+    // A form error comes before a caller error, so the caller's is kept for later.
+    let caller = caller::caller(&st.settings.callers, conn, headers);
+    let bytes = match form::read_body(headers, body, st.settings.request_timeout).await {
         Ok(b) => b,
-        Err(e) => return Err(before(None, &who(&caller))(e)),
+        Err(e) => return Err(before(None, &who(&caller, conn))(e)),
     };
+    let audited = who(&caller, conn);
+    match tokio::time::timeout(
+        st.settings.request_timeout,
+        decide(st, conn, caller, &bytes),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(before(None, &audited)(ApiError::Timeout {
+            retry_after_secs: retry,
+        })),
+    }
+}
+
+async fn decide(
+    st: &AppState,
+    conn: Option<&ConnInfo>,
+    caller: CallerResult,
+    bytes: &[u8],
+) -> Result<Outcome, Failure> {
     let now = st.clock.now();
     let revoked = st.revocations.current();
     // The warm path: the same bytes from the same caller were answered before (see
@@ -239,11 +268,14 @@ async fn exchange(
     let mut alias = None;
     if let (Some(cache), Ok(c)) = (st.servable_cache(), &caller) {
         let caller_id = c.as_ref().map(|c| c.as_str()).unwrap_or("");
-        let key = CacheKey::of_form(&bytes, caller_id);
+        let key = CacheKey::of_form(bytes, caller_id);
         if let Some(hit) = cache.get_alias(&key, now) {
             // Revocations first: a revoked caller gets nothing, not even a cached token.
             if let Some(r) = c.as_ref().and_then(|c| revoked.caller(c, now)) {
-                return Err(on("", "", caller_id)(ApiError::Revoked(r.reason.clone())));
+                // The same bytes asked for the cached token's resource, for its subject.
+                let subject = subject_of(&hit.rate_key);
+                let tag = on(&hit.resource, &hit.mapping, subject, caller_id);
+                return Err(tag(ApiError::Revoked(r.reason.clone())));
             }
             if !revoked_hit(&revoked, &hit, now) {
                 st.metrics.cache_hits.inc();
@@ -254,9 +286,9 @@ async fn exchange(
         }
         alias = Some(key);
     }
-    let req = match form::parse(&bytes) {
+    let req = match form::parse(bytes) {
         Ok(r) => r,
-        Err(e) => return Err(before(None, &who(&caller))(e)),
+        Err(e) => return Err(before(None, &who(&caller, conn))(e)),
     };
     let asked = req
         .resource
@@ -272,7 +304,7 @@ async fn exchange(
     // Revocations first (one look at the in-memory set): a revoked caller gets
     // nothing, not even a cached token.
     if let Some(r) = caller.as_ref().and_then(|c| revoked.caller(c, now)) {
-        return Err(on("", "", caller_id)(ApiError::Revoked(r.reason.clone())));
+        return Err(unlabelled(ApiError::Revoked(r.reason.clone())));
     }
 
     let key = st.cache.as_ref().map(|_| CacheKey::of(&req, caller_id));
@@ -298,9 +330,9 @@ async fn exchange(
     let subject = subject::validate(st, &req.subject_token, now, "subject_token")
         .await
         .map_err(unlabelled)?;
+    let revoked_subject = asking(asked, subject.spiffe_id.as_str(), caller_id);
     if let Some(r) = revoked.subject(&subject.spiffe_id, now) {
-        let revoked = ApiError::Revoked(r.reason.clone());
-        return Err(on("", subject.spiffe_id.as_str(), caller_id)(revoked));
+        return Err(revoked_subject(ApiError::Revoked(r.reason.clone())));
     }
     delegation::check_act(&subject, "subject_token", delegation::SUBJECT_ACT_DEPTH)
         .map_err(unlabelled)?;
@@ -310,8 +342,7 @@ async fn exchange(
         .iter()
         .find_map(|id| revoked.subject(id, now))
     {
-        let revoked = ApiError::Revoked(r.reason.clone());
-        return Err(on("", subject.spiffe_id.as_str(), caller_id)(revoked));
+        return Err(revoked_subject(ApiError::Revoked(r.reason.clone())));
     }
     let target = form::target(&req).map_err(unlabelled)?;
     let policy = st
@@ -324,7 +355,7 @@ async fn exchange(
         })
         .map_err(unlabelled)?;
     let sub = subject.spiffe_id.as_str().to_string();
-    let on = |resource| on(resource, &sub, caller_id);
+    let on = |resource| on(resource, "", &sub, caller_id);
     // An unknown resource is not a metrics label (anyone can name any resource).
     let grant = authorize::authorize(&policy, &subject.spiffe_id, &req).map_err(|e| {
         if policy.mappings.is_empty() {
@@ -334,6 +365,7 @@ async fn exchange(
         }
     })?;
     let mapping = grant.mapping;
+    let on = |resource| self::on(resource, &mapping.name, &sub, caller_id);
     let mode = caller::bind(caller.as_ref(), &subject.spiffe_id, mapping).map_err(on(&target))?;
     // Budgets are per (caller, subject): nobody can spend someone else's.
     let rate_key = rate_key(caller_id, subject.spiffe_id.as_str());
@@ -489,7 +521,7 @@ async fn serve_cached(st: &AppState, hit: Arc<CachedToken>, now: u64) -> Result<
     if let Some(limit) = hit.rate_limit {
         if let Err(e) = st.limiter.check(&hit.rate_key, &hit.mapping, limit).await {
             let (caller, subject) = hit.rate_key.split_once(' ').unwrap_or(("", &hit.rate_key));
-            return Err(on(&hit.resource, subject, caller)(e));
+            return Err(on(&hit.resource, &hit.mapping, subject, caller)(e));
         }
     }
     Ok(Outcome {

@@ -252,16 +252,32 @@ pub struct ExchangeHooks {
     pub refusals: Option<Arc<RefusalAudit>>,
 }
 
+/// Who a refused exchange was for, as far as it got: each field empty when unknown.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusedBy<'a> {
+    /// The verified subject's SPIFFE ID.
+    pub subject: &'a str,
+    /// Who called `/token`.
+    pub caller: &'a str,
+    /// The mapping chosen before the refusal.
+    pub mapping: &'a str,
+}
+
 impl ExchangeHooks {
     /// A successful exchange (`outcome`: `issued` or `cached`).
     pub fn exchanged(&self, subject: &str, mapping: &str, outcome: &str) {
         self.stats.record(subject, mapping, outcome);
     }
 
-    /// A refused exchange: `subject` and `caller` when known (else empty), the error
-    /// `code` and its public `reason` (never the token).
-    pub fn refused(&self, subject: &str, caller: &str, resource: &str, code: &str, reason: &str) {
-        self.stats.record(subject, "", code);
+    /// A refused exchange: `subject`, `caller` and the chosen `mapping` when known (else
+    /// empty), the error `code` and its public `reason` (never the token).
+    pub fn refused(&self, who: RefusedBy<'_>, resource: &str, code: &str, reason: &str) {
+        let RefusedBy {
+            subject,
+            caller,
+            mapping,
+        } = who;
+        self.stats.record(subject, mapping, code);
         // Outages are no refusals: only policy and token decisions are audited.
         if matches!(
             code,

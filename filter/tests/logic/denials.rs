@@ -13,6 +13,30 @@ fn request_without_token_gets_401_with_bearer_challenge() {
     assert!(f.host.dispatched.is_empty());
 }
 
+/// RFC 6749 §5.2 and RFC 6750 §3: `error_description` holds only %x20-21 / %x23-5B /
+/// %x5D-7E, in the JSON body and in `WWW-Authenticate`. Core's messages quote claim
+/// names (`claim "sub" is missing`).
+#[test]
+fn denial_descriptions_keep_to_the_characters_rfc6749_allows() {
+    let mut f = fixture();
+    let no_sub = f
+        .key
+        .sign(&json!({"iss": ISS, "aud": AUD, "iat": f.now, "exp": f.now + 600}));
+    f.send_token(1, &no_sub);
+    let r = f.host.replies[&1].clone();
+    assert_eq!(r.status, 401);
+    let allowed = |c: char| matches!(c as u32, 0x20..=0x21 | 0x23..=0x5b | 0x5d..=0x7e);
+    let d = r.json()["error_description"].as_str().unwrap().to_string();
+    assert!(d.contains("sub"), "{d}");
+    assert!(d.chars().all(allowed), "{d:?}");
+    let www = r.header("www-authenticate").unwrap();
+    let quoted = www
+        .strip_prefix("Bearer error=\"invalid_token\", error_description=\"")
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("{www}"));
+    assert!(quoted.chars().all(allowed), "{www}");
+}
+
 #[test]
 fn invalid_token_gets_401_invalid_token_and_json_that_never_echoes_the_token() {
     let mut f = fixture();
