@@ -1,7 +1,7 @@
 //! Remote key sets: the fetch lease (one worker fetches, all read shared data), backoff,
 //! unknown-`kid` refetch and parked requests.
 
-use meshpass_core::KeySet;
+use meshpass_core::{KeySet, ValidationError};
 
 use crate::api::{CallResponse, Counter, Host, Level, SharedError, CREATE_CAS};
 use crate::config::IssuerKeys;
@@ -17,6 +17,9 @@ pub(crate) const FIRST_KEYS_WAIT_MS: u64 = 2000;
 pub(crate) const JWKS_TIMEOUT_MS: u64 = 5000;
 /// How often a lease write that lost its CAS to another worker is decided again.
 const LEASE_TRIES: usize = 4;
+/// How long a taken fetch lease keeps other workers from fetching (past the fetch
+/// timeout and the lost-call slack).
+const LEASE_MS: u64 = 10_000;
 
 impl Worker {
     /// Tick step: fetches every remote key set that is due, if this worker wins its
@@ -54,12 +57,16 @@ impl Worker {
                 continue;
             }
             let (lease, cas) = read_lease(host, &r.lease_key);
-            if lease.next_due_ms > now {
+            // Due, or scheduled further ahead than this configuration ever schedules
+            // (its refresh, or a taken lease): written under a longer `jwks_refresh_secs`
+            // before a reload, and not kept.
+            let stale = lease.next_due_ms > now + r.refresh_ms.max(LEASE_MS);
+            if lease.next_due_ms > now && !stale {
                 continue;
             }
             // Take the lease: nobody else fetches until it runs out.
             let taken = Lease {
-                next_due_ms: now + 10_000,
+                next_due_ms: now + LEASE_MS,
                 ..lease
             };
             match host.shared_set(&r.lease_key, Some(taken.encode().as_bytes()), Some(cas)) {
@@ -106,20 +113,28 @@ impl Worker {
         }
         self.load_remote_keys(host);
         for p in std::mem::take(&mut self.parked) {
-            let ready = if p.awaiting_first_keys {
-                self.keysets.contains_key(&p.issuer)
+            let (ready, failed) = if p.awaiting_first_keys {
+                (self.keysets.contains_key(&p.issuer), false)
             } else {
                 let has_kid = self
                     .keysets
                     .get(&p.issuer)
                     .is_some_and(|s| s.keys().iter().any(|k| k.kid.is_some() && k.kid == p.kid));
-                has_kid || self.answered_since(host, &p.issuer, p.parked_ms)
+                let failed = !has_kid && self.failed_since(host, &p.issuer, p.parked_ms);
+                let ready = has_kid || failed || self.answered_since(host, &p.issuer, p.parked_ms);
+                (ready, failed)
             };
             if !ready && p.deadline_ms > now {
                 self.parked.push(p);
                 continue;
             }
             if !host.set_effective_context(p.ctx) {
+                continue;
+            }
+            if failed {
+                // The refetch failed: the kid is not known to be unknown, the keys could
+                // not be read. An outage (503), not an invalid token (401).
+                let _ = self.deny_validation(host, ValidationError::NoKeys { issuer: p.issuer });
                 continue;
             }
             if let Some(f) = self.inflight.get_mut(&p.key) {
@@ -142,6 +157,18 @@ impl Worker {
             return true;
         };
         read_lease(host, &r.lease_key).0.answered_sent_ms > since_ms
+    }
+
+    /// Whether a fetch of `issuer`'s keys failed after `since_ms` with none answered
+    /// since (a refetch for a rotated key met the endpoint down).
+    fn failed_since(&self, host: &mut dyn Host, issuer: &str, since_ms: u64) -> bool {
+        let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
+            return false;
+        };
+        let lease = read_lease(host, &r.lease_key).0;
+        lease.failures > 0
+            && lease.last_failure_ms >= since_ms
+            && lease.answered_sent_ms <= since_ms
     }
 
     /// Whether any issuer's keys come from a cluster.
@@ -185,13 +212,12 @@ impl Worker {
         let (key, min_refetch_ms) = (r.lease_key.clone(), r.min_refetch_ms);
         let mut worth = true;
         let forced = update_lease(host, &key, |lease| {
+            let since = now.saturating_sub(lease.last_forced_ms);
+            // A forced fetch not answered yet (and not given up on): wait for it.
+            let pending = lease.answered_sent_ms < lease.last_forced_ms && since < PARK_MS;
             // A fetch is due or running, or one was just forced: wait for it.
-            worth = lease.next_due_ms <= now
-                || now.saturating_sub(lease.last_forced_ms) < PARK_MS
-                || now.saturating_sub(lease.last_forced_ms) >= min_refetch_ms;
-            let force = worth
-                && lease.next_due_ms > now
-                && now.saturating_sub(lease.last_forced_ms) >= PARK_MS;
+            worth = lease.next_due_ms <= now || pending || since >= min_refetch_ms;
+            let force = worth && lease.next_due_ms > now && !pending && since >= min_refetch_ms;
             force.then_some(Lease {
                 next_due_ms: now,
                 last_forced_ms: now,
@@ -225,7 +251,10 @@ impl Worker {
         };
         let r = r.clone();
         let parsed = match resp.status {
-            Some(200) if resp.body.len() <= MAX_JWKS_BYTES => KeySet::parse(&resp.body)
+            Some(200) if resp.body.len() > MAX_JWKS_BYTES => {
+                Err(format!("the answer is larger than {MAX_JWKS_BYTES} bytes"))
+            }
+            Some(200) => KeySet::parse(&resp.body)
                 .map_err(|e| e.to_string())
                 .and_then(|(s, rej)| {
                     for k in rej {

@@ -310,7 +310,10 @@ impl Worker {
                 return Verdict::Pause;
             }
             Err(ValidationError::NoKeys { issuer }) if may_park && self.has_remote_keys() => {
-                // Started before its issuer's first key set arrived: wait for it (bounded).
+                // Started before its issuer's first key set arrived: wait for it (bounded),
+                // and have it fetched now, not when a start-time outage's backoff (up to
+                // `jwks_refresh_secs`) comes round: the endpoint may be back.
+                self.request_refetch(host, &issuer, now);
                 self.parked.push(Parked {
                     ctx,
                     token: token.to_string(),

@@ -388,6 +388,19 @@ fn a_jwks_authority_beside_an_inline_jwks_is_refused_naming_jwks_authority() {
 }
 
 #[test]
+fn a_refresh_setting_beside_an_inline_jwks_is_refused_naming_the_field() {
+    // Inline keys are never fetched: a refresh setting there is a mistake (0 is out of
+    // range besides), as jwks_path and jwks_authority are.
+    let key = Key::new("k1");
+    for field in ["jwks_refresh_secs", "jwks_min_refetch_secs"] {
+        let mut c = base(&key);
+        c["issuers"][0][field] = json!(0);
+        let e = parse(&c).unwrap_err();
+        assert_eq!(e.field, format!("issuers[0].{field}"), "{e}");
+    }
+}
+
+#[test]
 fn a_rule_authority_wildcard_is_only_accepted_as_star_dot_suffix() {
     // README: `authority` (a host: exact or `*.suffix`). `*example.com` is neither, and
     // it selects the rule for `evilexample.com` too; a bare `*` selects every host.

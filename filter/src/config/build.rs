@@ -456,6 +456,16 @@ fn key_source(
             if s.jwks_authority.is_some() {
                 return Err(err(f("jwks_authority"), "only valid with jwks_cluster"));
             }
+            // Inline keys are never fetched.
+            if s.jwks_refresh_secs.is_some() {
+                return Err(err(f("jwks_refresh_secs"), "only valid with jwks_cluster"));
+            }
+            if s.jwks_min_refetch_secs.is_some() {
+                return Err(err(
+                    f("jwks_min_refetch_secs"),
+                    "only valid with jwks_cluster",
+                ));
+            }
             let bytes = match &doc {
                 Value::String(s) => s.clone().into_bytes(),
                 other => other.to_string().into_bytes(),
@@ -490,10 +500,16 @@ fn key_source(
                 &f("jwks_authority"),
                 s.jwks_authority.unwrap_or_else(|| cluster.clone()),
             )?;
-            if !(1..=MAX_JWKS_REFRESH_SECS).contains(&s.jwks_refresh_secs) {
+            let refresh_secs = s
+                .jwks_refresh_secs
+                .unwrap_or_else(default_jwks_refresh_secs);
+            let min_refetch_secs = s
+                .jwks_min_refetch_secs
+                .unwrap_or_else(default_min_refetch_secs);
+            if !(1..=MAX_JWKS_REFRESH_SECS).contains(&refresh_secs) {
                 return Err(err(f("jwks_refresh_secs"), "must be 1..=86400"));
             }
-            if s.jwks_min_refetch_secs == 0 {
+            if min_refetch_secs == 0 {
                 return Err(err(
                     f("jwks_min_refetch_secs"),
                     "must be at least 1 (0 would fetch the JWKS for every unknown kid)",
@@ -509,8 +525,8 @@ fn key_source(
                 cluster,
                 path,
                 authority,
-                refresh_ms: s.jwks_refresh_secs.saturating_mul(1000),
-                min_refetch_ms: s.jwks_min_refetch_secs.saturating_mul(1000),
+                refresh_ms: refresh_secs.saturating_mul(1000),
+                min_refetch_ms: min_refetch_secs.saturating_mul(1000),
             }))
         }
         (Some(_), Some(_)) => Err(err(f("jwks"), "give either jwks or jwks_cluster, not both")),

@@ -136,10 +136,10 @@ pub(super) struct RawKeySource {
     pub(super) jwks_path: Option<String>,
     #[serde(default)]
     pub(super) jwks_authority: Option<String>,
-    #[serde(default = "default_jwks_refresh_secs")]
-    pub(super) jwks_refresh_secs: u64,
-    #[serde(default = "default_min_refetch_secs")]
-    pub(super) jwks_min_refetch_secs: u64,
+    #[serde(default)]
+    pub(super) jwks_refresh_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) jwks_min_refetch_secs: Option<u64>,
 }
 
 pub(super) const KEY_SOURCE_FIELDS: [&str; 6] = [

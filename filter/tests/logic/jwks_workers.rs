@@ -1,9 +1,15 @@
 //! Remote key sets across workers and issuers: a start-time outage seen by every
 //! worker backs off as one failure, a request waits for its own issuer's first keys,
 //! an unknown kid's refetch survives an older fetch's answer, and a parked request
-//! waits for the refetch, not for that answer.
+//! waits for the refetch, not for that answer. Also: an issuer with no keys yet is
+//! refetched by its first request, a failed refetch answers 503, the min-refetch
+//! interval is honoured below 5 s, oversize answers are named, SPIFFE bundles work and
+//! last good keys survive bad answers in every worker.
 
 use super::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use meshpass_filter::exchange::DISPATCH_KICK;
 use serde_json::Value;
 
 const ISS_B: &str = "https://issuer-b.test";
@@ -244,4 +250,296 @@ fn a_request_parked_on_an_unknown_kid_waits_for_the_refetch_not_for_an_older_fet
     answer(&mut b, &mut host, &refetch, keys(&[&k1, &k2]));
     tick(&mut b, &mut host);
     assert_eq!(exchanges(&host), 1);
+}
+
+fn kick(w: &mut Worker, host: &mut Mock) {
+    if let Some(q) = w.queue_name().map(str::to_string) {
+        let kick = DISPATCH_KICK;
+        let before = host.enqueued.len();
+        host.enqueued
+            .retain(|(n, m)| !(*n == q && m.as_slice() == kick));
+        if host.enqueued.len() != before {
+            w.on_notify(host, kick);
+        }
+    }
+}
+
+/// Ticks every second for `secs` seconds, answering every JWKS fetch that goes out
+/// with `resp()`.
+fn run(w: &mut Worker, host: &mut Mock, secs: u64, resp: &dyn Fn() -> CallResponse) {
+    for _ in 0..secs {
+        host.now_ms += 1000;
+        let before = jwks_fetches(host).len();
+        tick(w, host);
+        let after = jwks_fetches(host);
+        for d in &after[before..] {
+            answer(w, host, d, resp());
+        }
+        kick(w, host);
+    }
+}
+
+fn lease(host: &Mock) -> String {
+    host.shared
+        .iter()
+        .find(|(k, _)| k.starts_with("meshpass/jwks-lease/"))
+        .map(|(_, v)| String::from_utf8(v.0.clone()).unwrap())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_request_for_an_issuer_without_keys_gets_them_fetched_once_the_endpoint_is_back_not_after_the_backoff(
+) {
+    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
+    let now = now_secs();
+    let mut host = Mock::new(now * 1000);
+    let mut w = worker(&cfg);
+    w.start(&mut host);
+    let d = jwks_fetches(&host)[0].clone();
+    answer(&mut w, &mut host, &d, outage());
+    // Down for about two minutes.
+    run(&mut w, &mut host, 130, &outage);
+    let failed = jwks_fetches(&host).len();
+    assert!(failed >= 6, "{failed} fetches during the outage");
+    // The endpoint is back now. A request arrives.
+    let k1 = Key::new("k1");
+    let t = k1.svid(ISS, AUD, ALICE, now + 130, 600);
+    host.now_ms += 500;
+    assert_eq!(send(&mut w, &mut host, 1, &t), Verdict::Pause);
+    // Within its 2 s wait a fetch must go out (and, answered, serve the request).
+    run(&mut w, &mut host, 2, &|| keys(&[&k1]));
+    assert!(
+        !host.replies.contains_key(&1),
+        "the first request after the endpoint came back was answered {:?}; no fetch went \
+         out for it (fetches: {} before, {} after; lease {:?})",
+        host.replies.get(&1).map(|r| (r.status, r.body.clone())),
+        failed,
+        jwks_fetches(&host).len(),
+        lease(&host)
+    );
+    assert_eq!(exchanges(&host), 1);
+}
+
+#[test]
+fn an_oversize_jwks_answer_is_refused_with_a_warning_naming_the_size_bound() {
+    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
+    let now = now_secs();
+    let mut host = Mock::new(now * 1000);
+    let mut w = worker(&cfg);
+    w.start(&mut host);
+    let k1 = Key::new("k1");
+    let d = jwks_fetches(&host)[0].clone();
+    let big = format!(
+        r#"{{"pad":"{}","keys":[{}]}}"#,
+        "x".repeat(300 * 1024),
+        k1.jwk()
+    );
+    answer(
+        &mut w,
+        &mut host,
+        &d,
+        CallResponse {
+            status: Some(200),
+            retry_after: None,
+            body: big.into_bytes(),
+        },
+    );
+    assert_eq!(w.pending_count(Counter::JwksRefreshFailure), 1);
+    let logs = host.logs.borrow().clone();
+    let line = logs.iter().find(|l| l.contains("JWKS fetch")).unwrap();
+    assert!(
+        line.contains("larger than") && !line.contains("status 200"),
+        "the warning does not name the size bound: {line:?}"
+    );
+}
+
+#[test]
+fn with_a_one_second_min_refetch_a_new_kid_two_seconds_after_a_refetch_forces_another() {
+    let mut iss = remote_issuer(ISS, "jwks");
+    iss["jwks_min_refetch_secs"] = json!(1);
+    let cfg = config(vec![iss]);
+    let now = now_secs();
+    let mut host = Mock::new(now * 1000);
+    let mut w = worker(&cfg);
+    w.start(&mut host);
+    let (k1, k2, k3) = (Key::new("k1"), Key::new("k2"), Key::new("k3"));
+    let d = jwks_fetches(&host)[0].clone();
+    answer(&mut w, &mut host, &d, keys(&[&k1]));
+    host.now_ms += 60_000;
+    // k2 appears: one forced refetch, which brings it.
+    let t2 = k2.svid(ISS, AUD, ALICE, now + 60, 600);
+    assert_eq!(send(&mut w, &mut host, 1, &t2), Verdict::Pause);
+    run(&mut w, &mut host, 1, &|| keys(&[&k1, &k2]));
+    assert_eq!(jwks_fetches(&host).len(), 2);
+    assert_eq!(exchanges(&host), 1);
+    // 2 s later (past jwks_min_refetch_secs) k3 appears, already published.
+    host.now_ms += 2_000;
+    let t3 = k3.svid(ISS, AUD, ALICE, now + 63, 600);
+    assert_eq!(send(&mut w, &mut host, 2, &t3), Verdict::Pause);
+    run(&mut w, &mut host, 2, &|| keys(&[&k1, &k2, &k3]));
+    assert_eq!(
+        jwks_fetches(&host).len(),
+        3,
+        "no refetch for k3 though jwks_min_refetch_secs (1 s) had passed; reply {:?}",
+        host.replies.get(&2).map(|r| (r.status, r.body.clone()))
+    );
+    assert!(
+        !host.replies.contains_key(&2),
+        "{:?}",
+        host.replies.get(&2).map(|r| (r.status, r.body.clone()))
+    );
+    assert_eq!(exchanges(&host), 2);
+}
+
+#[test]
+fn an_unknown_kid_whose_refetch_fails_is_answered_503_not_401() {
+    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
+    let now = now_secs();
+    let mut host = Mock::new(now * 1000);
+    let mut w = worker(&cfg);
+    w.start(&mut host);
+    let (k1, k2) = (Key::new("k1"), Key::new("k2"));
+    let d = jwks_fetches(&host)[0].clone();
+    answer(&mut w, &mut host, &d, keys(&[&k1]));
+    host.now_ms += 60_000;
+    let t2 = k2.svid(ISS, AUD, ALICE, now + 60, 600);
+    assert_eq!(send(&mut w, &mut host, 1, &t2), Verdict::Pause);
+    // The refetch goes out and meets the outage.
+    run(&mut w, &mut host, 6, &|| CallResponse {
+        status: Some(503),
+        ..Default::default()
+    });
+    assert_eq!(
+        w.pending_count(Counter::JwksUnknownKid) + host.counter(Counter::JwksUnknownKid),
+        1
+    );
+    assert!(jwks_fetches(&host).len() >= 2, "the refetch went out");
+    let r = host.replies.get(&1).expect("answered after the park time");
+    assert_eq!(
+        r.status, 503,
+        "refetch failed (endpoint down) but the request got {} {}",
+        r.status, r.body
+    );
+}
+
+#[test]
+fn a_spiffe_bundle_from_spires_endpoint_validates_jwt_svids_end_to_end() {
+    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
+    let now = now_secs();
+    let mut host = Mock::new(now * 1000);
+    let mut w = worker(&cfg);
+    w.start(&mut host);
+    let k = Key::new("Xq3ZJpq9YdfZqO0ZjGdQeQmQn0X1tW2E");
+    let ca = Key::new("ca");
+    let p = k.sk.verifying_key().to_encoded_point(false);
+    let c = ca.sk.verifying_key().to_encoded_point(false);
+    let bundle = json!({
+        "keys": [
+            {"use": "x509-svid", "kty": "EC", "crv": "P-256",
+             "x": URL_SAFE_NO_PAD.encode(c.x().unwrap()),
+             "y": URL_SAFE_NO_PAD.encode(c.y().unwrap()),
+             "x5c": ["MIIBjTCCATOgAwIBAgIRAOZT"]},
+            {"use": "jwt-svid", "kty": "EC", "kid": k.kid, "crv": "P-256",
+             "x": URL_SAFE_NO_PAD.encode(p.x().unwrap()),
+             "y": URL_SAFE_NO_PAD.encode(p.y().unwrap())}
+        ],
+        "spiffe_sequence": 3,
+        "spiffe_refresh_hint": 300
+    });
+    let d = jwks_fetches(&host)[0].clone();
+    answer(
+        &mut w,
+        &mut host,
+        &d,
+        CallResponse {
+            status: Some(200),
+            retry_after: None,
+            body: bundle.to_string().into_bytes(),
+        },
+    );
+    assert_eq!(w.pending_count(Counter::JwksRefreshSuccess), 1);
+    let t = k.svid(ISS, AUD, ALICE, now, 600);
+    assert_eq!(send(&mut w, &mut host, 1, &t), Verdict::Pause);
+    assert!(host.replies.is_empty(), "{:?}", host.replies.get(&1));
+    tick(&mut w, &mut host);
+    assert_eq!(exchanges(&host), 1);
+    assert!(host.logs.borrow().iter().any(|l| l.contains("dropped")));
+}
+
+#[test]
+fn last_good_keys_survive_every_kind_of_bad_answer_in_every_worker() {
+    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
+    let now = now_secs();
+    let mut host = Mock::new(now * 1000);
+    let mut w = worker(&cfg);
+    w.start(&mut host);
+    let k1 = Key::new("k1");
+    let d = jwks_fetches(&host)[0].clone();
+    answer(&mut w, &mut host, &d, keys(&[&k1]));
+    let bad: Vec<CallResponse> = vec![
+        CallResponse {
+            status: Some(502),
+            ..Default::default()
+        },
+        CallResponse {
+            status: Some(200),
+            retry_after: None,
+            body: b"<html>".to_vec(),
+        },
+        CallResponse {
+            status: Some(200),
+            retry_after: None,
+            body: br#"{"keys":[]}"#.to_vec(),
+        },
+        CallResponse {
+            status: Some(200),
+            retry_after: None,
+            body: br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"z","x":"AA","y":"AA"}]}"#.to_vec(),
+        },
+    ];
+    let mut n = 1;
+    for b in bad {
+        host.now_ms += 400_000;
+        tick(&mut w, &mut host);
+        let f = jwks_fetches(&host);
+        assert_eq!(f.len(), n + 1);
+        n += 1;
+        answer(&mut w, &mut host, &f[n - 1], b);
+    }
+    assert_eq!(
+        w.pending_count(Counter::JwksRefreshFailure) + host.counter(Counter::JwksRefreshFailure),
+        4
+    );
+    let t = k1.svid(ISS, AUD, ALICE, host.now_ms / 1000, 600);
+    let mut other = worker(&cfg);
+    other.start(&mut host);
+    assert_eq!(send(&mut w, &mut host, 1, &t), Verdict::Pause);
+    assert_eq!(send(&mut other, &mut host, 2, &t), Verdict::Pause);
+    assert!(host.replies.is_empty(), "{:?}", host.replies);
+}
+
+/// A configuration reload that shortens `jwks_refresh_secs` refreshes on the new
+/// interval: the shared schedule written under the old one (a day ahead) is not kept.
+#[test]
+fn a_reload_that_shortens_jwks_refresh_secs_refreshes_on_the_new_interval() {
+    let mut iss = remote_issuer(ISS, "jwks");
+    iss["jwks_refresh_secs"] = json!(86_400);
+    let now = now_secs();
+    let mut host = Mock::new(now * 1000);
+    let mut w = worker(&config(vec![iss.clone()]));
+    w.start(&mut host);
+    let k1 = Key::new("k1");
+    let d = jwks_fetches(&host)[0].clone();
+    answer(&mut w, &mut host, &d, keys(&[&k1]));
+    // Reload: a new VM with a one-minute refresh; the shared data stays.
+    iss["jwks_refresh_secs"] = json!(60);
+    let mut w = worker(&config(vec![iss]));
+    w.start(&mut host);
+    let before = jwks_fetches(&host).len();
+    run(&mut w, &mut host, 120, &|| keys(&[&k1]));
+    assert!(
+        jwks_fetches(&host).len() > before,
+        "no refresh in 2 minutes after the reload to 60 s; lease {}",
+        lease(&host)
+    );
 }
