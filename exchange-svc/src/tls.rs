@@ -10,9 +10,6 @@ use std::time::Duration;
 
 use axum::serve::{IncomingStream, Listener};
 use meshpass_core::SpiffeId;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
-use rustls::server::WebPkiClientVerifier;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -36,33 +33,20 @@ pub enum TlsError {
     Rustls(String),
 }
 
-/// The rustls server configuration: `cert_file` (chain) and `key_file` serve (re-read
-/// when they change: [`crate::tls_reload`]), client certificates are verified against
-/// `client_ca_file` when presented (read once: a new CA needs a restart).
+/// The rustls server configuration: `cert_file` (chain) and `key_file` serve, client
+/// certificates are verified against `client_ca_file` when presented; all re-read when
+/// they change ([`crate::tls_reload`]).
 pub fn server_config(
     cert_file: &Path,
     key_file: &Path,
     client_ca_file: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let file = |field, e: &dyn std::fmt::Display| TlsError::File {
-        field,
-        reason: e.to_string(),
-    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let served = crate::tls_reload::ReloadingCert::load(cert_file, key_file, provider.clone())?;
-    let mut roots = rustls::RootCertStore::empty();
-    let cas = CertificateDer::pem_file_iter(client_ca_file)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| file("server.tls.client_ca_file", &e))?;
-    for ca in cas {
-        roots
-            .add(ca)
-            .map_err(|e| file("server.tls.client_ca_file", &e))?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let verifier = Arc::new(crate::tls_reload::ReloadingClientCa::load(
+        client_ca_file,
+        provider.clone(),
+    )?);
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?

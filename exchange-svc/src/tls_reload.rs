@@ -1,18 +1,24 @@
-//! The serving certificate, re-read when its files change: cert-manager, Vault Agent
-//! and SPIRE helpers renew a certificate in place, and a service that kept the first
-//! one would serve an expired certificate until restarted. Checked on a handshake at
-//! most every [`RECHECK`] (two `stat` calls); a pair that does not load (half written,
-//! the key not matching the certificate) keeps the last good one and says so.
+//! The serving certificate and the client CA bundle, re-read when their files change:
+//! cert-manager, Vault Agent and SPIRE helpers renew a certificate in place, SPIRE
+//! rotates its CA and the bundle file is rewritten, and a service that kept the first
+//! ones would serve an expired certificate, or refuse every caller of the new CA, until
+//! restarted. Checked on a handshake at most every [`RECHECK`] (a `stat` per file);
+//! files that do not load (half written, the key not matching the certificate) keep
+//! the last good ones and say so.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::tls::TlsError;
 
@@ -89,9 +95,138 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
+/// `server.tls.client_ca_file`: client certificates are verified against the bundle
+/// as it is now. A certificate is optional at the TLS level (verifiers fetch the JWKS
+/// without one); no CA names are hinted to clients (they could change under a borrow).
+#[derive(Debug)]
+pub struct ReloadingClientCa {
+    file: PathBuf,
+    provider: Arc<CryptoProvider>,
+    state: Mutex<CaState>,
+}
+
+#[derive(Debug)]
+struct CaState {
+    current: Arc<dyn ClientCertVerifier>,
+    stamp: Option<SystemTime>,
+    checked: Instant,
+}
+
+impl ReloadingClientCa {
+    /// Reads the bundle now; errors name the field.
+    pub fn load(file: &Path, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        let stamp = modified(file);
+        let current = read_ca(file, &provider)?;
+        Ok(ReloadingClientCa {
+            file: file.to_path_buf(),
+            provider,
+            state: Mutex::new(CaState {
+                current,
+                stamp,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The verifier of the bundle as it is now, read again first when the file changed.
+    fn current(&self) -> Arc<dyn ClientCertVerifier> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.checked.elapsed() >= RECHECK {
+            s.checked = Instant::now();
+            let now = modified(&self.file);
+            if now.is_some() && now != s.stamp {
+                match read_ca(&self.file, &self.provider) {
+                    Ok(v) => {
+                        s.current = v;
+                        s.stamp = now;
+                        tracing::info!(client_ca_file = %self.file.display(), "client CA bundle re-read");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "changed client CA bundle not loaded; verifying with the previous one")
+                    }
+                }
+            }
+        }
+        Arc::clone(&s.current)
+    }
+}
+
+impl ClientCertVerifier for ReloadingClientCa {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.current()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current().supported_verify_schemes()
+    }
+}
+
+fn read_ca(
+    file: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let bad = |e: &dyn std::fmt::Display| TlsError::File {
+        field: "server.tls.client_ca_file",
+        reason: e.to_string(),
+    };
+    let cas = CertificateDer::pem_file_iter(file)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(&e))?;
+    if cas.is_empty() {
+        return Err(bad(&"holds no certificate"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).map_err(|e| bad(&e))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))
+}
+
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
 fn stamp(cert_file: &Path, key_file: &Path) -> Option<(SystemTime, SystemTime)> {
-    let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    Some((m(cert_file)?, m(key_file)?))
+    Some((modified(cert_file)?, modified(key_file)?))
 }
 
 fn read(

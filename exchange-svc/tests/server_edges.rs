@@ -508,3 +508,58 @@ async fn a_renewed_tls_certificate_is_served_without_a_restart() {
     }
     drop(child);
 }
+
+/// SPIRE rotates its CA (a day by default) and trust-manager or spiffe-helper rewrite
+/// the bundle file in place: client certificates of the new CA must be identities
+/// without a restart, as the serving certificate is re-read. A bundle that does not load
+/// keeps the last good one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_client_ca_bundle_is_trusted_without_a_restart() {
+    let files = tls_files();
+    let addr = tls_server(&files).await;
+    let ca = files.pki.ca.pem();
+    let uri = |s: &str| rcgen::SanType::URI(s.try_into().unwrap());
+    let whoami = |client: (String, String)| {
+        let cfg = client_config(&ca, Some(client));
+        async move {
+            match tls_connect(addr, cfg).await {
+                Err(_) => None,
+                Ok(mut s) => get_over(&mut s, "/whoami").await.ok(),
+            }
+        }
+    };
+    let next = Pki::new();
+    let old_cert = files.pki.issue(uri(WEB));
+    let new_cert = next.issue(uri(WEB));
+    assert!(whoami(new_cert.clone())
+        .await
+        .is_none_or(|t| !t.ends_with(WEB)));
+
+    // A half-written bundle first: ignored, the old CA still trusted.
+    std::fs::write(&files.ca, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let t = whoami(old_cert.clone()).await.unwrap_or_default();
+    assert!(
+        t.ends_with(WEB),
+        "a broken bundle replaced the last good one: {t:?}"
+    );
+
+    // The rotated bundle: both CAs.
+    std::fs::write(&files.ca, format!("{ca}{}", next.ca.pem())).unwrap();
+    let changed = Instant::now();
+    loop {
+        if whoami(new_cert.clone())
+            .await
+            .is_some_and(|t| t.ends_with(WEB))
+        {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(40),
+            "a client certificate of the new CA was still refused 40 s after the bundle changed"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let t = whoami(old_cert).await.unwrap_or_default();
+    assert!(t.ends_with(WEB), "{t:?}");
+}
