@@ -563,3 +563,87 @@ async fn a_rewritten_client_ca_bundle_is_trusted_without_a_restart() {
     let t = whoami(old_cert).await.unwrap_or_default();
     assert!(t.ends_with(WEB), "{t:?}");
 }
+
+// ------------------------------------------------- a panicking request
+
+/// A signer that panics: a bug anywhere below a handler (a library's index, an
+/// arithmetic overflow) must cost that one request a `500 server_error`, not every
+/// request in flight on the replica.
+struct PanicSigner;
+
+#[async_trait::async_trait]
+impl Signer for PanicSigner {
+    fn current_key(&self) -> Result<SigningKey, SignError> {
+        NoSigner.current_key()
+    }
+    #[allow(clippy::panic)]
+    async fn sign(&self, _key: &SigningKey, _input: &[u8]) -> Result<String, SignError> {
+        panic!("a bug below the handler");
+    }
+    fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({"keys": []})
+    }
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_panics_gets_a_500_server_error_and_the_service_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k");
+    let cfg = load_config(
+        dir.path(),
+        &config_toml(&issuer, &dir.path().join("m.db"), ""),
+    );
+    let state = state_with(&cfg, Arc::new(PanicSigner), Arc::new(SystemClock)).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(meshpass_exchange::server::serve_on(
+        listener,
+        state,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    let form = exchange_form(&issuer.svid(WEB, now(), 600), &[("resource", "payments")]);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /token HTTP/1.1\r\nhost: t\r\ncontent-type: application/x-www-form-urlencoded\r\nx-forwarded-client-cert: URI={WEB}\r\ncontent-length: {}\r\n\r\n{form}",
+        form.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 500"),
+        "a panicking exchange got no answer: {text:?}"
+    );
+    assert!(text.contains("\"error\":\"server_error\""), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("cache-control: no-store"),
+        "{text}"
+    );
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let text = get_over(&mut s, "/healthz").await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// In release builds a panic aborts the whole process unless the profile unwinds (the
+/// layer above cannot catch an abort).
+#[test]
+fn the_release_profile_unwinds_so_a_panic_stays_in_its_request() {
+    let manifest: toml::Value = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"),
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    let release = &manifest["profile"]["release"];
+    assert_ne!(
+        release.get("panic").and_then(|p| p.as_str()),
+        Some("abort"),
+        "[profile.release] panic = \"abort\": one panicking request ends the replica"
+    );
+}
