@@ -129,11 +129,8 @@ impl Worker {
             // Fail open only a request that would have been served: bound to the
             // exchanged subject (a request joining another's exchange was never
             // validated itself), and that subject not revoked. Without a known subject
-            // (the owner worker gone), 503.
-            Outcome::Unavailable(_)
-                if failure_mode == FailureMode::Allow
-                    && (self.config.mode == Mode::NoneInsecure || !subject.is_empty()) =>
-            {
+            // (the owner worker gone), 503, in every mode: its revocation is unknown.
+            Outcome::Unavailable(_) if failure_mode == FailureMode::Allow && !subject.is_empty() => {
                 if self.config.mode != Mode::NoneInsecure && w.identity.as_deref() != Some(subject)
                 {
                     self.deny_binding(host, w.identity.is_some());

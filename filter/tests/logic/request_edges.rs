@@ -360,3 +360,62 @@ fn refusals_carry_their_challenge_or_retry_after_and_never_the_token() {
     assert_eq!(r.status, 401);
     assert!(r.header("www-authenticate").is_some());
 }
+
+/// README `failure_mode`: "Only a request that would have been served is failed open:
+/// one bound to the subject exchanged ... whose subject is not revoked; when no worker
+/// can name the subject (the owner worker gone), 503." In `mode: NONE` a request of
+/// another worker that joined the exchange, whose owner then vanished, is failed open
+/// with no subject to check: here its subject was revoked while it waited.
+#[test]
+fn in_mode_none_a_waiter_whose_exchange_owner_is_gone_is_not_failed_open_when_its_subject_was_revoked_meanwhile(
+) {
+    let edit = |c: &mut serde_json::Value| {
+        c["mode"] = json!("NONE");
+        c["insecure_disable_binding"] = json!(true);
+        c["default_rule"]["failure_mode"] = json!("allow");
+        c["revocation"] = json!({"poll_interval_ms": 60_000});
+    };
+    let mut f = fixture_with(edit);
+    let mut cfg = base_config(&f.key);
+    edit(&mut cfg);
+    let mut w2 = worker(&cfg);
+    f.w.start(&mut f.host);
+    w2.start(&mut f.host);
+    let t = f.token(ALICE);
+    // The owner validates Alice's token, claims the exchange, dispatches, then is gone.
+    assert_eq!(f.send_token(1, &t), Verdict::Pause);
+    kick(&mut f.host, &mut f.w);
+    // The other worker's request joins it (unvalidated, as designed).
+    assert_eq!(send_on(&mut w2, &mut f.host, 11, &t), Verdict::Pause);
+    // Alice is revoked while it waits; the other worker loads the set.
+    let set_key = w2.config.revocation.as_ref().unwrap().set_key.clone();
+    let set = json!({"version": 7, "entries": [{"id": "rv-1", "target": "subject",
+        "match": ALICE, "reason": "stolen token", "until": null}]});
+    meshpass_filter::api::Host::shared_set(
+        &mut f.host,
+        &set_key,
+        Some(set.to_string().as_bytes()),
+        None,
+    )
+    .unwrap();
+    f.host.ctx = 0;
+    w2.on_notify(&mut f.host, meshpass_filter::revoke::REVOCATIONS_KICK);
+    assert_eq!(
+        w2.revocation_version(),
+        7,
+        "the set is enforced by the waiter's worker"
+    );
+    // The marker's deadline (timeout 2 s + 2 s) passes without an outcome.
+    f.host.now_ms += 4_500;
+    f.host.ctx = 0;
+    w2.on_tick(&mut f.host);
+    deliver(&mut f.host, &mut w2);
+    assert!(
+        !f.host.resumed.contains(&11),
+        "a waiter of a revoked subject was failed open (forwarded) with no subject known"
+    );
+    assert_eq!(f.host.replies.get(&11).map(|r| r.status), Some(503));
+    // Control: the revoked subject's own request on that worker is refused.
+    assert_eq!(send_on(&mut w2, &mut f.host, 12, &t), Verdict::Pause);
+    assert_eq!(f.host.replies[&12].status, 403);
+}
