@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use meshpass_core::{PolicyError, ValidationPolicy};
 use serde::{Deserialize, Serialize};
@@ -365,7 +365,11 @@ fn load_error(e: figment::Error) -> ConfigError {
         }
         Kind::Message(m) => match m.split_once(": ") {
             // IssuerConfig's own deserialiser names the key inside the issuer.
-            Some((key, rest)) if key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') => {
+            Some((key, rest))
+                if key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.') =>
+            {
                 push(key);
                 rest.to_string()
             }
@@ -411,6 +415,15 @@ impl Config {
             fig = fig.merge(Toml::file(p));
         }
         fig = fig.merge(Env::prefixed("MESHPASS__").split("__"));
+        // `vault.auth.method` defaults to `token` in a `[vault.auth]` table too (one with
+        // only the token, or MESHPASS__VAULT__AUTH__TOKEN alone), not only without one.
+        let auth_table = matches!(
+            fig.find_value("vault.auth"),
+            Ok(figment::value::Value::Dict(..))
+        );
+        if auth_table && fig.find_value("vault.auth.method").is_err() {
+            fig = fig.merge(Serialized::default("vault.auth.method", "token"));
+        }
         let cfg: Config = fig.extract().map_err(load_error)?;
         cfg.validate()?;
         Ok(cfg)
@@ -592,9 +605,12 @@ impl Config {
         // may be cached.
         let v = &self.vault;
         if !v.verifier_refresh_interval.is_zero() {
-            let need = v.verifier_refresh_interval
-                + v.key_refresh_interval
-                + std::time::Duration::from_secs(self.server.jwks_max_age_secs);
+            let need = v
+                .verifier_refresh_interval
+                .saturating_add(v.key_refresh_interval)
+                .saturating_add(std::time::Duration::from_secs(
+                    self.server.jwks_max_age_secs,
+                ));
             if v.publish_lead < need {
                 return Err(bad(
                     "vault.publish_lead",

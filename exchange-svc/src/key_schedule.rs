@@ -79,7 +79,9 @@ impl KeysConfig {
         }
         // A new version signs only after its lead, and replicas learn of it within a
         // refresh: a shorter period would replace versions before they ever sign.
-        let floor = vault.publish_lead + vault.key_refresh_interval;
+        let floor = vault
+            .publish_lead
+            .saturating_add(vault.key_refresh_interval);
         if self.rotate_every <= floor {
             return bad(
                 "rotate_every",

@@ -10,13 +10,7 @@ use std::process::Command;
 use common::*;
 
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_meshpass-exchange"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MESHPASS__") || k.starts_with("VAULT_") || k.starts_with("BAO_") {
-            c.env_remove(k);
-        }
-    }
-    c
+    exchange_command()
 }
 
 fn write(dir: &std::path::Path, toml: &str) -> std::path::PathBuf {

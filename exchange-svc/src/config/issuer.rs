@@ -141,7 +141,7 @@ impl<'de> Deserialize<'de> for IssuerConfig {
         // `token_review.timeout_secs`): serde_json's Value errors name none.
         let s: IssuerSourceFields =
             serde_path_to_error::deserialize(serde_json::Value::Object(source))
-                .map_err(|e| D::Error::custom(format!("{}: {}", e.path(), e.inner())))?;
+                .map_err(|e| D::Error::custom(path_error(&e)))?;
         Ok(IssuerConfig {
             policy,
             jwks: s.jwks,
@@ -155,6 +155,22 @@ impl<'de> Deserialize<'de> for IssuerConfig {
             token_review: s.token_review,
         })
     }
+}
+
+/// `key.path: reason` in the words of the rest of the configuration errors: an unknown
+/// key "is not a known key", and a string value is never quoted (it may be a secret put
+/// in the wrong place).
+fn path_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.inner().to_string();
+    let reason = if inner.starts_with("unknown field") {
+        "is not a known key".to_string()
+    } else if let Some(rest) = inner.strip_prefix("invalid type: string ") {
+        let expected = rest.split_once(", expected ").map_or("", |(_, x)| x);
+        format!("invalid type: found a string, expected {expected}")
+    } else {
+        inner
+    };
+    format!("{}: {reason}", e.path())
 }
 
 fn default_refresh() -> u64 {

@@ -344,8 +344,13 @@ impl VaultConfig {
         if self.publish_lead > Duration::from_secs(7 * 24 * 3600) {
             return Err(bad("publish_lead", "must be at most 7 days"));
         }
-        if self.key_refresh_interval < Duration::from_millis(100) {
-            return Err(bad("key_refresh_interval", "must be at least 100ms"));
+        if self.key_refresh_interval < Duration::from_millis(100)
+            || self.key_refresh_interval > Duration::from_secs(24 * 3600)
+        {
+            return Err(bad("key_refresh_interval", "must be 100ms to 1 day"));
+        }
+        if self.verifier_refresh_interval > Duration::from_secs(7 * 24 * 3600) {
+            return Err(bad("verifier_refresh_interval", "must be at most 7 days"));
         }
         if !(1..=1024).contains(&self.batch_max_size) {
             return Err(bad("batch_max_size", "must be between 1 and 1024"));

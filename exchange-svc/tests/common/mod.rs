@@ -471,3 +471,22 @@ impl Replica {
         self
     }
 }
+
+/// The service binary as a command (`MESHPASS_EXCHANGE_BIN` when set, else the one
+/// cargo built), without the test's own `MESHPASS__*`, `VAULT_*` and `BAO_*` variables.
+pub fn exchange_command() -> std::process::Command {
+    let path = std::env::var("MESHPASS_EXCHANGE_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_meshpass-exchange").to_string());
+    let mut c = std::process::Command::new(path);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("MESHPASS__")
+            || k == "MESHPASS_CONFIG"
+            || k.starts_with("VAULT_")
+            || k.starts_with("BAO_")
+            || k == "RUST_BACKTRACE"
+        {
+            c.env_remove(k);
+        }
+    }
+    c
+}
