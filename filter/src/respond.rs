@@ -130,7 +130,9 @@ impl Worker {
             // exchanged subject (a request joining another's exchange was never
             // validated itself), and that subject not revoked. Without a known subject
             // (the owner worker gone), 503, in every mode: its revocation is unknown.
-            Outcome::Unavailable(_) if failure_mode == FailureMode::Allow && !subject.is_empty() => {
+            Outcome::Unavailable(_)
+                if failure_mode == FailureMode::Allow && !subject.is_empty() =>
+            {
                 if self.config.mode != Mode::NoneInsecure && w.identity.as_deref() != Some(subject)
                 {
                     self.deny_binding(host, w.identity.is_some());
