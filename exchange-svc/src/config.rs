@@ -562,6 +562,8 @@ impl Config {
             }
             if let Some(tr) = &iss.token_review {
                 tr.check(&format!("{f}.token_review"))?;
+                crate::tokenreview::check_files(tr, iss.ca_file.as_ref())
+                    .map_err(|e| bad(format!("{f}.token_review"), e.to_string()))?;
             }
         }
         // What `serve` builds from the issuers (an inline set with no usable key, a CA
@@ -589,6 +591,8 @@ impl Config {
         if let Some(k) = &self.management.kubernetes {
             k.reviewed_issuer(&self.validation_policy()?)
                 .map_err(|(field, reason)| bad(field, reason))?;
+            crate::tokenreview::check_files(&k.client_config(), None)
+                .map_err(|e| bad("management.kubernetes", e.to_string()))?;
         }
         self.rate_limit
             .validate()

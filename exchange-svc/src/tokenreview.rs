@@ -159,6 +159,41 @@ pub fn kube_client(
 }
 
 /// `Authorization: Bearer` from a token file (sensitive: never logged).
+/// The files [`kube_client`] reads (the CA bundle, the bearer token), read now, so that
+/// `check-config` refuses what `serve` would.
+pub fn check_files(
+    cfg: &TokenReviewConfig,
+    issuer_ca: Option<&PathBuf>,
+) -> Result<(), ReviewSetupError> {
+    if cfg.in_cluster {
+        return Ok(());
+    }
+    if let Some(ca) = cfg.ca_file.as_ref().or(issuer_ca) {
+        read_ca_bundle(ca)?;
+    }
+    if let Some(p) = &cfg.bearer_token_file {
+        read_bearer(p)?;
+    }
+    Ok(())
+}
+
+/// The most of an API server's answer read: a TokenReview or SubjectAccessReview is a
+/// few KiB, and an answer is read whole before it is parsed.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// The body of `resp`, at most [`MAX_ANSWER_BYTES`].
+pub async fn read_answer(resp: http::Response<kube::client::Body>) -> Result<Vec<u8>, String> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER_BYTES);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 pub fn bearer_header(path: &Path) -> Result<HeaderValue, ReviewError> {
     let unavailable = |e: String| ReviewError::Unavailable(e);
     let t = read_bearer(path).map_err(|e| unavailable(e.to_string()))?;
@@ -240,11 +275,7 @@ impl TokenReviewer {
                 "API server answered {status}"
             )));
         }
-        let bytes = resp
-            .into_body()
-            .collect_bytes()
-            .await
-            .map_err(|e| ReviewError::Unavailable(e.to_string()))?;
+        let bytes = read_answer(resp).await.map_err(ReviewError::Unavailable)?;
         // The answer echoes `spec.token`: report the parse error, never the body.
         serde_json::from_slice(&bytes).map_err(|e| {
             ReviewError::Unavailable(format!("bad TokenReview answer: {}", json_error_kind(&e)))

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::config::Role;
 use super::error::{Dependency, MgmtError};
 use crate::config::TokenReviewConfig;
-use crate::tokenreview::{bearer_header, kube_client, ReviewSetupError};
+use crate::tokenreview::{bearer_header, kube_client, read_answer, ReviewSetupError};
 
 /// The API group of the management resource.
 pub const GROUP: &str = "meshpass.io";
@@ -55,7 +55,7 @@ fn default_timeout() -> u64 {
 }
 
 impl KubeAuthzConfig {
-    fn client_config(&self) -> TokenReviewConfig {
+    pub(crate) fn client_config(&self) -> TokenReviewConfig {
         TokenReviewConfig {
             url: self.url.clone(),
             in_cluster: self.in_cluster,
@@ -162,7 +162,11 @@ impl AccessReviewer {
             .create(&PostParams::default(), body)
             .map_err(|e| internal(e.to_string()))?;
         if let Some(p) = &self.bearer_token_file {
-            let v = bearer_header(p).map_err(|e| internal(e.to_string()))?;
+            // Unreadable now (being rewritten): the API cannot be asked, try again.
+            let v = bearer_header(p).map_err(|e| {
+                tracing::warn!(error = %e, "SubjectAccessReview bearer token unreadable");
+                MgmtError::Unavailable(Dependency::KubernetesApi)
+            })?;
             req.headers_mut().insert(http::header::AUTHORIZATION, v);
         }
         req.headers_mut().insert(
@@ -185,11 +189,7 @@ impl AccessReviewer {
         if !resp.status().is_success() {
             return Err(down(format!("API server answered {}", resp.status())));
         }
-        let bytes = resp
-            .into_body()
-            .collect_bytes()
-            .await
-            .map_err(|e| down(e.to_string()))?;
+        let bytes = read_answer(resp).await.map_err(down)?;
         let answer: SubjectAccessReview =
             serde_json::from_slice(&bytes).map_err(|e| down(format!("bad answer: {e}")))?;
         let status = answer.status.unwrap_or_default();
