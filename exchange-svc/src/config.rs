@@ -309,6 +309,23 @@ pub fn base_path(url: &str) -> Result<Option<String>, &'static str> {
     Ok(Some(path.to_string()))
 }
 
+/// A claim value read from TOML that JSON can carry as written: TOML has no null, so a
+/// null is a non-finite float (`inf`, `nan`) serde_json could not keep, and a date or
+/// time arrives as the toml crate's private marker object; both would be minted as
+/// something else than the operator wrote.
+fn toml_claim_value(v: &serde_json::Value) -> Result<(), &'static str> {
+    use serde_json::Value;
+    match v {
+        Value::Null => Err("inf and nan have no JSON number; write a finite number or a string"),
+        Value::Object(o) if o.keys().any(|k| k.starts_with("$__toml_private")) => {
+            Err("a TOML date or time has no JSON type; write it as a string")
+        }
+        Value::Object(o) => o.values().try_for_each(toml_claim_value),
+        Value::Array(a) => a.iter().try_for_each(toml_claim_value),
+        _ => Ok(()),
+    }
+}
+
 /// `e` without the lines of the file a TOML syntax error quotes (`N | text` and the
 /// `|`/caret lines around it): the line may hold a secret (a password with a bad
 /// escape, an unquoted token). Position and reason stay.
@@ -579,6 +596,10 @@ impl Config {
             }
         }
         for (i, row) in self.scope_claims.iter().enumerate() {
+            for (name, value) in &row.claims {
+                toml_claim_value(value)
+                    .map_err(|e| bad(format!("scope_claims[{i}].claims.{name}"), e))?;
+            }
             validate_scope_claims(row, &self.token.participant_claim)
                 .map_err(|e| bad(format!("scope_claims[{i}]"), e.to_string()))?;
             crate::store::check_claim_conflicts(row, &self.scope_claims)
