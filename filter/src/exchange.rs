@@ -7,7 +7,7 @@ use crate::api::{CallResponse, Counter, Host, Level};
 use crate::cache::{self, Entry};
 use crate::config::Target;
 use crate::outcome::{self, Outcome};
-use crate::worker::{Call, PendingExchange, Worker};
+use crate::worker::{Call, PendingExchange, WarnKind, Worker, WARN_EVERY_MS};
 
 /// Largest exchange answer read.
 pub const MAX_EXCHANGE_BODY: usize = 64 * 1024;
@@ -61,10 +61,8 @@ impl Worker {
                 );
             }
             Err(e) => {
-                host.log(
-                    Level::Warn,
-                    &format!("meshpass: exchange dispatch failed: {e}"),
-                );
+                let msg = format!("meshpass: exchange dispatch failed: {e}");
+                self.warn_limited(host, WarnKind::ExchangeDispatch, now, &msg);
                 let outcome = Outcome::Unavailable(self.config.retry_after_secs);
                 self.publish(host, &p.key, &outcome, &p.subject, now);
                 if let Some(f) = self.inflight.remove(&p.key) {
@@ -157,9 +155,9 @@ impl Worker {
                 started_ms,
             } => {
                 host.record_latency_ms(now.saturating_sub(started_ms));
-                self.refreshing.remove(&key);
                 match self.classify(&resp) {
                     Outcome::Token(t) => {
+                        self.refresh_done(&key);
                         // A refused refresh leaves the slot to the other key; the next
                         // request misses and is memoised then.
                         self.store(host, &key, &t, &resp, &subject, subject_exp, now);
@@ -168,16 +166,24 @@ impl Worker {
                     // now refuses): the cached token ends here, and the next request
                     // exchanges again and gets the refusal.
                     refused @ (Outcome::Forbidden(_) | Outcome::InvalidGrant(_)) => {
+                        self.refresh_done(&key);
                         self.drop_entry(host, &key);
                         host.log(
                             Level::Info,
                             &format!("meshpass: background refresh refused ({refused:?}); cached token dropped"),
                         );
                     }
-                    other => host.log(
-                        Level::Warn,
-                        &format!("meshpass: background refresh failed ({other:?}); cached token served until it expires"),
-                    ),
+                    other => {
+                        let retry_after = match other {
+                            Outcome::RateLimited(s)
+                            | Outcome::Unavailable(s)
+                            | Outcome::Faulty(s) => s,
+                            _ => 0,
+                        };
+                        self.refresh_failed(&key, retry_after, now);
+                        let msg = format!("meshpass: background refresh failed ({other:?}); cached token served until it expires");
+                        self.warn_limited(host, WarnKind::RefreshFailed, now, &msg);
+                    }
                 }
             }
             Call::Jwks { issuer, sent_ms } => self.on_jwks(host, &issuer, sent_ms, resp, now),
@@ -269,10 +275,26 @@ impl Worker {
                     );
                 }
                 Err(_) => {
-                    self.refreshing.remove(&p.key);
+                    self.refresh_failed(&p.key, 0, now);
                 }
             }
         }
+    }
+
+    /// A background refresh of `key` failed: not again before a backoff of 2 s doubling
+    /// to 64 s with each failure in a row, and never before the service's `Retry-After`.
+    fn refresh_failed(&mut self, key: &str, retry_after_secs: u64, now: u64) {
+        let failures = self.refresh_state(key).map_or(0, |r| r.failures);
+        let backoff = (2000u64 << failures.min(5)).max(retry_after_secs.saturating_mul(1000));
+        self.set_refresh(key, now.saturating_add(backoff), failures.saturating_add(1));
+    }
+
+    /// Tick step: backoffs of refreshes whose entry was not hit again are forgotten a
+    /// minute after they end (the map stays bounded by the hot entries).
+    pub(crate) fn forget_refresh_backoffs(&mut self, now: u64) {
+        self.refreshing.retain(|r| {
+            r.not_before_ms == u64::MAX || now < r.not_before_ms.saturating_add(WARN_EVERY_MS)
+        });
     }
 
     /// Tick step: exchanges whose answer never came (the stream went away and Envoy

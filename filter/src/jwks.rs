@@ -142,6 +142,8 @@ impl Worker {
                     ctx: p.ctx,
                     identity: p.identity,
                 });
+                // Joined an exchange in flight, as a concurrent miss does.
+                self.bump(Counter::Coalesced);
                 continue;
             }
             let _ = self.miss(
@@ -205,7 +207,15 @@ impl Worker {
     /// `jwks_min_refetch_secs` across all workers.
     /// Returns whether a fetch is due, running or just done, i.e. whether a request
     /// with this unknown kid is worth parking until the keys change.
-    pub(crate) fn request_refetch(&mut self, host: &mut dyn Host, issuer: &str, now: u64) -> bool {
+    /// `unknown_kid`: counted as `meshpass_jwks_unknown_kid_refetch` (not when the
+    /// issuer has no keys at all yet: that is an outage, not a rotation).
+    pub(crate) fn request_refetch(
+        &mut self,
+        host: &mut dyn Host,
+        issuer: &str,
+        now: u64,
+        unknown_kid: bool,
+    ) -> bool {
         let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
             return false;
         };
@@ -226,7 +236,9 @@ impl Worker {
         });
         match forced {
             Ok(Some(_)) => {
-                self.bump(Counter::JwksUnknownKid);
+                if unknown_kid {
+                    self.bump(Counter::JwksUnknownKid);
+                }
                 true
             }
             Ok(None) => worth,

@@ -14,7 +14,7 @@ use crate::jwks::{FIRST_KEYS_WAIT_MS, PARK_MS};
 use crate::path::normalise;
 use crate::respond::send_error;
 use crate::worker::{
-    Bound, InFlight, MemoKey, Parked, PendingExchange, PendingRefresh, Waiter, Worker,
+    Bound, InFlight, MemoKey, Parked, PendingExchange, PendingRefresh, Waiter, WarnKind, Worker,
 };
 
 impl Worker {
@@ -204,8 +204,16 @@ impl Worker {
                     let (digest, a) = (&target.digest, actor.as_deref());
                     self.memo
                         .insert(token, digest, a, memo_until, now, e.subject, e.token);
-                } else if now >= e.refresh_ms && !self.refreshing.contains_key(&key) {
-                    self.refreshing.insert(key.clone(), ());
+                } else if now >= e.refresh_ms
+                    // Ended by the subject token: no refresh could extend it.
+                    && e.subject_exp.saturating_mul(1000)
+                        > e.expires_ms.saturating_add(self.config.expiry_margin_ms)
+                    && self
+                        .refresh_state(&key)
+                        .is_none_or(|r| now >= r.not_before_ms)
+                {
+                    let failures = self.refresh_state(&key).map_or(0, |r| r.failures);
+                    self.set_refresh(&key, u64::MAX, failures);
                     self.refreshes.push(PendingRefresh {
                         key: key.clone(),
                         token: token.to_string(),
@@ -291,7 +299,7 @@ impl Worker {
         {
             Ok(v) => v,
             Err(ValidationError::UnknownKeyId { issuer, kid })
-                if may_park && self.request_refetch(host, &issuer, now) =>
+                if may_park && self.request_refetch(host, &issuer, now, true) =>
             {
                 // Park until the refetched keys arrive (or PARK_MS passes).
                 self.parked.push(Parked {
@@ -313,7 +321,7 @@ impl Worker {
                 // Started before its issuer's first key set arrived: wait for it (bounded),
                 // and have it fetched now, not when a start-time outage's backoff (up to
                 // `jwks_refresh_secs`) comes round: the endpoint may be back.
-                self.request_refetch(host, &issuer, now);
+                self.request_refetch(host, &issuer, now, false);
                 self.parked.push(Parked {
                     ctx,
                     token: token.to_string(),
@@ -390,10 +398,9 @@ impl Worker {
                 Ok(Some(v))
             }
             _ => {
-                host.log(
-                    Level::Warn,
-                    &format!("meshpass: actor token header {name:?} missing or oversize"),
-                );
+                let now = host.now_ms();
+                let msg = format!("meshpass: actor token header {name:?} missing or oversize");
+                self.warn_limited(host, WarnKind::ActorToken, now, &msg);
                 self.bump(Counter::DeniedUnavailable);
                 let ra = self.config.retry_after_secs.to_string();
                 send_error(

@@ -22,6 +22,7 @@ impl Worker {
         self.revocation_tick(host, now);
         self.retry_parked(host, now);
         self.start_refreshes(host, now);
+        self.forget_refresh_backoffs(now);
         self.expire_stuck(host, now);
         // Waits on other workers' exchanges whose notification has not (yet) come.
         let waiting: Vec<String> = self.remote.keys().cloned().collect();

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use meshpass_core::{KeySet, SpiffeId};
 
-use crate::api::{Counter, Host};
+use crate::api::{Counter, Host, Level};
 use crate::config::{Config, FailureMode, IssuerKeys, Mode, OwnIdentity, Target};
 use crate::feed::RevocationSet;
 use crate::memo::Memo;
@@ -129,7 +129,12 @@ pub struct Worker {
     pub(crate) inflight: HashMap<String, InFlight>,
     pub(crate) calls: HashMap<u32, Call>,
     pub(crate) refreshes: Vec<PendingRefresh>,
-    pub(crate) refreshing: HashMap<String, ()>,
+    /// Background refreshes by cache key: in flight, or failed and not to be sent again
+    /// before their backoff (at least the service's `Retry-After`).
+    pub(crate) refreshing: Vec<RefreshState>,
+    /// Warnings a sustained condition would repeat per request: when each kind was last
+    /// logged, and how many were held back since (see [`Worker::warn_limited`]).
+    pub(crate) warned: [(u64, u64); WarnKind::COUNT],
     pub(crate) own_identity: Option<Rc<str>>,
     pub(crate) counts: [u64; Counter::ALL.len()],
     /// Entry slots this worker wrote, by slot number: the entry's expiry (the tick
@@ -157,6 +162,58 @@ pub struct Worker {
     pub(crate) revoked: RevocationSet,
 }
 
+/// A background refresh of one cache entry (a few at a time: entries past their
+/// refresh point with a refresh out or failing).
+#[derive(Clone)]
+pub(crate) struct RefreshState {
+    /// The entry's cache key.
+    pub(crate) key: String,
+    /// Not sent again before this (`u64::MAX` while one is in flight).
+    pub(crate) not_before_ms: u64,
+    /// Failures in a row (the backoff doubles with each, 2 s to 64 s).
+    pub(crate) failures: u32,
+}
+
+impl Worker {
+    /// The refresh state of `key`, if any.
+    pub(crate) fn refresh_state(&self, key: &str) -> Option<&RefreshState> {
+        self.refreshing.iter().find(|r| r.key == key)
+    }
+
+    /// Sets the refresh state of `key`.
+    pub(crate) fn set_refresh(&mut self, key: &str, not_before_ms: u64, failures: u32) {
+        self.refreshing.retain(|r| r.key != key);
+        self.refreshing.push(RefreshState {
+            key: key.to_string(),
+            not_before_ms,
+            failures,
+        });
+    }
+
+    /// Forgets the refresh state of `key` (refreshed, or refused).
+    pub(crate) fn refresh_done(&mut self, key: &str) {
+        self.refreshing.retain(|r| r.key != key);
+    }
+}
+
+/// How often one kind of warning is logged while its condition lasts.
+pub(crate) const WARN_EVERY_MS: u64 = 60_000;
+
+/// The warnings logged at most once a [`WARN_EVERY_MS`].
+#[derive(Clone, Copy)]
+pub(crate) enum WarnKind {
+    /// The exchange call could not be dispatched (no such cluster).
+    ExchangeDispatch,
+    /// The actor token header is missing or oversize.
+    ActorToken,
+    /// A background refresh failed.
+    RefreshFailed,
+}
+
+impl WarnKind {
+    const COUNT: usize = 3;
+}
+
 impl Worker {
     /// A worker for a checked configuration.
     pub fn new(config: Config) -> Worker {
@@ -177,7 +234,8 @@ impl Worker {
             inflight: HashMap::new(),
             calls: HashMap::new(),
             refreshes: Vec::new(),
-            refreshing: HashMap::new(),
+            refreshing: Vec::new(),
+            warned: [(0, 0); WarnKind::COUNT],
             own_identity,
             counts: [0; Counter::ALL.len()],
             written: HashMap::new(),
@@ -192,6 +250,29 @@ impl Worker {
             to_dispatch: Vec::new(),
             revoked: RevocationSet::default(),
         }
+    }
+
+    /// Logs `msg` at warn at most once a [`WARN_EVERY_MS`] per `kind`, saying how many
+    /// were held back: an outage seen by every request is one line a minute, not one
+    /// per request.
+    pub(crate) fn warn_limited(
+        &mut self,
+        host: &mut dyn Host,
+        kind: WarnKind,
+        now: u64,
+        msg: &str,
+    ) {
+        let (last, held) = &mut self.warned[kind as usize];
+        if *last != 0 && now.saturating_sub(*last) < WARN_EVERY_MS {
+            *held += 1;
+            return;
+        }
+        let line = match *held {
+            0 => msg.to_string(),
+            n => format!("{msg} (and {n} more)"),
+        };
+        (*last, *held) = (now.max(1), 0);
+        host.log(Level::Warn, &line);
     }
 
     pub(crate) fn bump(&mut self, c: Counter) {

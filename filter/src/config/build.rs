@@ -54,7 +54,8 @@ impl Config {
         let own_identity = own_identity(mode, raw.own_identity)?;
         let exchange = exchange(raw.exchange, mode, validate_only)?;
         let mut key_warnings = Vec::new();
-        let (policy, keys) = issuers(raw.issuers, raw.max_token_bytes, &mut key_warnings)?;
+        let (policy, keys, key_sources) =
+            issuers(raw.issuers, raw.max_token_bytes, &mut key_warnings)?;
         let token_header = raw.token_header.to_ascii_lowercase();
         if !valid_header_name(&token_header) {
             return Err(err("token_header", "is not a valid header name"));
@@ -69,7 +70,7 @@ impl Config {
                 "must differ from token_header",
             ));
         }
-        let policy_digest = policy_digest(mode, &own_identity, &policy, &exchange);
+        let policy_digest = policy_digest(mode, &own_identity, &policy, &key_sources, &exchange);
         let bypass = raw
             .bypass
             .into_iter()
@@ -368,19 +369,24 @@ fn revocation(
 
 /// Every issuer: core's `IssuerPolicy` (core's deserialisation, then core's
 /// `ValidationPolicy::check`), and its keys.
+/// Core's policy, each issuer's keys, and each issuer's key source (for the cache keys).
+type Issuers = (ValidationPolicy, HashMap<String, IssuerKeys>, Vec<String>);
+
 fn issuers(
     raw: Vec<Map<String, Value>>,
     max_token_bytes: usize,
     warnings: &mut Vec<String>,
-) -> Result<(ValidationPolicy, HashMap<String, IssuerKeys>), ConfigError> {
+) -> Result<Issuers, ConfigError> {
     if max_token_bytes == 0 || max_token_bytes > 64 * 1024 {
         return Err(err("max_token_bytes", "must be between 1 and 65536"));
     }
     let mut policies = Vec::new();
     let mut keys = HashMap::new();
+    let mut sources = Vec::new();
     for (i, entry) in raw.into_iter().enumerate() {
-        let (policy, k) = issuer(i, entry, warnings)?;
+        let (policy, k, source) = issuer(i, entry, warnings)?;
         keys.insert(policy.issuer.clone(), k);
+        sources.push(format!("{}\n{source}", policy.issuer));
         policies.push(policy);
     }
     let policy = ValidationPolicy {
@@ -395,7 +401,7 @@ fn issuers(
             None => err("issuers", msg),
         }
     })?;
-    Ok((policy, keys))
+    Ok((policy, keys, sources))
 }
 
 /// One issuer entry: the key source is the filter's, the rest core's `IssuerPolicy`.
@@ -405,7 +411,7 @@ fn issuer(
     i: usize,
     mut entry: Map<String, Value>,
     warnings: &mut Vec<String>,
-) -> Result<(IssuerPolicy, IssuerKeys), ConfigError> {
+) -> Result<(IssuerPolicy, IssuerKeys, String), ConfigError> {
     let f = |name: &str| format!("issuers[{i}].{name}");
     let mut source = Map::new();
     for name in KEY_SOURCE_FIELDS {
@@ -438,8 +444,8 @@ fn issuer(
             e
         })?;
     let source: RawKeySource = typed(&format!("issuers[{i}]"), Value::Object(source))?;
-    let keys = key_source(&f, &policy.issuer, source, warnings)?;
-    Ok((policy, keys))
+    let (keys, source_id) = key_source(&f, &policy.issuer, source, warnings)?;
+    Ok((policy, keys, source_id))
 }
 
 fn key_source(
@@ -447,7 +453,7 @@ fn key_source(
     issuer: &str,
     s: RawKeySource,
     warnings: &mut Vec<String>,
-) -> Result<IssuerKeys, ConfigError> {
+) -> Result<(IssuerKeys, String), ConfigError> {
     match (s.jwks, s.jwks_cluster) {
         (Some(doc), None) => {
             if s.jwks_path.is_some() {
@@ -486,7 +492,12 @@ fn key_source(
             if set.is_empty() {
                 return Err(err(f("jwks"), "holds no usable signing key"));
             }
-            Ok(IssuerKeys::Inline(set))
+            // The keys themselves (as written): a reload that drops a key must not
+            // serve tokens cached while it was trusted (see `policy_digest`).
+            Ok((
+                IssuerKeys::Inline(set),
+                format!("inline:{}", hex(&Sha256::digest(&bytes))),
+            ))
         }
         (None, Some(cluster)) => {
             if cluster.trim().is_empty() {
@@ -519,7 +530,8 @@ fn key_source(
                 format!("{issuer}\n{cluster}\n{authority}\n{path}").as_bytes(),
             ))[..16]
                 .to_string();
-            Ok(IssuerKeys::Remote(RemoteJwks {
+            let source_id = format!("remote:{id}");
+            let remote = IssuerKeys::Remote(RemoteJwks {
                 shared_key: format!("meshpass/jwks/{id}"),
                 lease_key: format!("meshpass/jwks-lease/{id}"),
                 cluster,
@@ -527,7 +539,8 @@ fn key_source(
                 authority,
                 refresh_ms: refresh_secs.saturating_mul(1000),
                 min_refetch_ms: min_refetch_secs.saturating_mul(1000),
-            }))
+            });
+            Ok((remote, source_id))
         }
         (Some(_), Some(_)) => Err(err(f("jwks"), "give either jwks or jwks_cluster, not both")),
         (None, None) => Err(err(
@@ -615,13 +628,16 @@ fn rule(i: usize, r: RawRule, policy_digest: &[u8; 32]) -> Result<Rule, ConfigEr
 }
 
 /// sha256 over everything besides the target that decides whether a cached token may
-/// be served: binding mode, own identity, the issuer policy (core's serialisation) and
-/// the exchange endpoint. Part of every cache key, so entries cached under an older
-/// (looser) policy are never served under a tightened one.
+/// be served: binding mode, own identity, the issuer policy (core's serialisation),
+/// each issuer's key source (an inline set's bytes, a fetched set's endpoint; in
+/// configuration order, so reordering issuers only costs misses) and the exchange
+/// endpoint. Part of every cache key, so entries cached under an older
+/// (looser) policy, or under a key since removed, are never served under the new one.
 fn policy_digest(
     mode: Mode,
     own: &Option<OwnIdentity>,
     policy: &ValidationPolicy,
+    key_sources: &[String],
     exchange: &Exchange,
 ) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -639,7 +655,10 @@ fn policy_digest(
         exchange.authority.as_str(),
         exchange.path.as_str(),
         exchange.actor_token_header.as_deref().unwrap_or(""),
-    ] {
+    ]
+    .into_iter()
+    .chain(key_sources.iter().map(String::as_str))
+    {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }

@@ -236,9 +236,9 @@ impl Config {
             w.push("meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)".into());
         }
         if self.revocation.is_none() && !self.validate_only && !self.noop {
-            w.push("meshpass: revocation.enabled: false: revoked workloads and tokens keep being served until their cached tokens end".into());
+            w.push("meshpass: revocation.enabled: false: revocations are not enforced".into());
         }
-        let open = " when the exchange service is out, matching requests go on without any credential (fail open)";
+        let open = " requests go on without a credential while the exchange is out (fail open)";
         for (i, r) in self.rules.iter().enumerate() {
             if r.target.failure_mode == FailureMode::Allow {
                 w.push(format!("meshpass: rules[{i}].failure_mode: allow:{open}"));
@@ -252,7 +252,7 @@ impl Config {
             w.push(format!("meshpass: default_rule.failure_mode: allow:{open}"));
         }
         if self.allow_unnormalised_paths {
-            w.push("meshpass: allow_unnormalised_paths: paths are matched on their normal form and forwarded as sent; the app must see the same path (Envoy normalize_path and merge_slashes)".into());
+            w.push("meshpass: allow_unnormalised_paths: forwarded paths are not normalised (pair with Envoy normalize_path, merge_slashes)".into());
         }
         w
     }

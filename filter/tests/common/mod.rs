@@ -129,6 +129,8 @@ pub struct Mock {
     pub gauges: HashMap<&'static str, u64>,
     pub latencies: Vec<u64>,
     pub logs: RefCell<Vec<String>>,
+    /// The lines of `logs` logged at warn.
+    pub warns: RefCell<Vec<String>>,
     pub fail_dispatch: bool,
     pub gone: HashSet<u32>,
     pub header_reads: RefCell<Vec<String>>,
@@ -149,6 +151,15 @@ impl Mock {
             next_token: 1,
             ..Default::default()
         }
+    }
+
+    /// Warn lines holding `needle`.
+    pub fn warnings(&self, needle: &str) -> usize {
+        self.warns
+            .borrow()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Starts a request on context `ctx` with these headers (names lower-case).
@@ -190,9 +201,12 @@ impl Host for Mock {
         self.calls.borrow_mut().push("now_ms");
         self.now_ms
     }
-    fn log(&self, _level: Level, msg: &str) {
+    fn log(&self, level: Level, msg: &str) {
         self.calls.borrow_mut().push("log");
         self.logs.borrow_mut().push(msg.to_string());
+        if level == Level::Warn {
+            self.warns.borrow_mut().push(msg.to_string());
+        }
     }
     fn header(&self, name: &str) -> Option<String> {
         self.calls.borrow_mut().push("header");

@@ -543,3 +543,105 @@ fn a_reload_that_shortens_jwks_refresh_secs_refreshes_on_the_new_interval() {
         lease(&host)
     );
 }
+
+/// `meshpass_jwks_unknown_kid_refetch` ("Unknown `kid` triggered a refetch"): a
+/// request that arrives while its issuer has no keys yet (the JWKS endpoint down at
+/// start) names no unknown kid, yet its forced refetch is counted as one. During a
+/// JWKS outage at start the counter then reads as a key rotation / forged-kid signal.
+#[test]
+fn a_request_waiting_for_the_first_key_set_is_not_counted_as_an_unknown_kid_refetch() {
+    let now = now_secs();
+    let mut h = Mock::new(now * 1000);
+    let mut w = worker(&config(vec![remote_issuer(ISS, "jwks")]));
+    w.start(&mut h);
+    // The start-time fetch meets the endpoint down.
+    let d = h.dispatched.last().unwrap().clone();
+    h.ctx = 0;
+    w.on_call_response(&mut h, d.token, CallResponse::default());
+    // 10 s later (past the 2 s backoff's schedule, within it for the forced refetch
+    // rule), a request for the issuer: no keys at all, so it waits for them.
+    h.now_ms += 1000;
+    let k = Key::new("k1");
+    let t = k.svid(ISS, AUD, ALICE, now, 600);
+    let auth = format!("Bearer {t}");
+    h.request(1, &[(":path", "/x"), ("authorization", &auth)]);
+    assert_eq!(
+        w.on_request(&mut h, 1),
+        Verdict::Pause,
+        "waits for first keys"
+    );
+    assert_eq!(
+        w.pending_count(Counter::JwksUnknownKid) + h.counter(Counter::JwksUnknownKid),
+        0,
+        "no kid was unknown: the issuer had no keys at all"
+    );
+}
+
+/// `meshpass_exchange_coalesced` ("Request waited on an exchange already in flight"):
+/// two requests with one token whose kid was unknown park, the refetch brings the key,
+/// and both are served by one exchange. The second joined the first's exchange, like
+/// any concurrent miss, but is not counted: misses − coalesced no longer equals the
+/// exchanges sent.
+#[test]
+fn a_parked_request_that_joins_an_exchange_in_flight_is_counted_as_coalesced() {
+    let now = now_secs();
+    let mut h = Mock::new(now * 1000);
+    let mut w = worker(&config(vec![remote_issuer(ISS, "jwks")]));
+    w.start(&mut h);
+    let k1 = Key::new("k1");
+    let d = h.dispatched.last().unwrap().clone();
+    h.ctx = 0;
+    w.on_call_response(
+        &mut h,
+        d.token,
+        CallResponse {
+            status: Some(200),
+            retry_after: None,
+            body: jwks(&[&k1]).into_bytes(),
+        },
+    );
+    h.now_ms += 60_000;
+    // The issuer rotates to k2.
+    let k2 = Key::new("k2");
+    let t2 = k2.svid(ISS, AUD, ALICE, now + 60, 600);
+    for ctx in [1, 2] {
+        assert_eq!(send(&mut w, &mut h, ctx, &t2), Verdict::Pause);
+    }
+    assert!(h.replies.is_empty(), "both parked");
+    h.ctx = 0;
+    w.on_tick(&mut h);
+    let refetch = h.dispatched.last().unwrap().clone();
+    assert_eq!(refetch.cluster, "jwks");
+    h.ctx = 0;
+    w.on_call_response(
+        &mut h,
+        refetch.token,
+        CallResponse {
+            status: Some(200),
+            retry_after: None,
+            body: jwks(&[&k1, &k2]).into_bytes(),
+        },
+    );
+    // A started worker dispatches exchanges from the root on its own queue's kick.
+    h.ctx = 0;
+    w.on_notify(&mut h, DISPATCH_KICK);
+    let ex: Vec<_> = h
+        .dispatched
+        .iter()
+        .filter(|d| d.cluster == "exchange")
+        .cloned()
+        .collect();
+    assert_eq!(ex.len(), 1, "one exchange for both");
+    h.ctx = 0;
+    w.on_call_response(&mut h, ex[0].token, ok_response("p", 300));
+    assert_eq!(h.resumed, vec![1, 2]);
+    w.flush_metrics(&mut h);
+    let c = |c| h.counter(c);
+    assert_eq!(c(Counter::CacheMiss), 2);
+    assert_eq!(c(Counter::ExchangeCalls), 1);
+    assert_eq!(
+        c(Counter::Coalesced),
+        1,
+        "two misses, one exchange: the request that waited on the other's exchange"
+    );
+}

@@ -112,6 +112,14 @@ impl Fixture {
         self.host.ctx = from;
         self.w.on_call_response(&mut self.host, token, resp);
     }
+    fn tick(&mut self) {
+        self.host.ctx = 0;
+        self.w.on_tick(&mut self.host);
+    }
+    /// The `authorization` the upstream got for request `ctx`.
+    fn served(&self, ctx: u32) -> Option<String> {
+        self.host.req_header(ctx, "authorization")
+    }
     /// Flushed plus not yet flushed.
     fn count(&self, c: Counter) -> u64 {
         self.w.pending_count(c) + self.host.counter(c)
@@ -163,6 +171,7 @@ fn decode(s: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
+mod cache_lifecycle;
 mod config;
 mod denials;
 mod exchange;
@@ -173,4 +182,5 @@ mod leases;
 mod marker_slots;
 mod paths;
 mod request_edges;
+mod warnings;
 mod workers;
