@@ -57,6 +57,22 @@ fn issuer_toml(issuer: &TestIssuer, db: &std::path::Path, keys: &str, extra: &st
     config_toml(issuer, db, extra).replace(&format!("jwks = '{}'", issuer.jwks()), keys)
 }
 
+/// The service's state with `issuer`'s keys from `keys` (its key-source lines).
+async fn state_fetching(
+    issuer: &TestIssuer,
+    keys: &str,
+) -> (tempfile::TempDir, meshpass_exchange::state::AppState) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_config(
+        dir.path(),
+        &issuer_toml(issuer, &dir.path().join("m.db"), keys, ""),
+    );
+    (
+        dir,
+        state_with(&cfg, signer().await, Arc::new(SystemClock)).await,
+    )
+}
+
 /// A SPIFFE trust bundle (SPIFFE Trust Domain and Bundle spec §4, as SPIRE's bundle
 /// endpoint serves it): an X.509 authority (`use: x509-svid`, with `x5c`) and the
 /// JWT-SVID signing key of `issuer` (`use: jwt-svid`, no `alg`).
@@ -89,13 +105,7 @@ async fn a_spiffe_bundle_from_the_spire_bundle_endpoint_verifies_jwt_svids_signe
 ) {
     let issuer = TestIssuer::new(ISSUER, "C6vs25welZOx6WksNYfbMfiw9l96pMnD");
     let (url, _srv) = jwks_server(spiffe_bundle(&issuer)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let keys = format!("jwks_url = \"{url}/jwks\"");
-    let cfg = load_config(
-        dir.path(),
-        &issuer_toml(&issuer, &dir.path().join("m.db"), &keys, ""),
-    );
-    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
+    let (_dir, state) = state_fetching(&issuer, &format!("jwks_url = \"{url}/jwks\"")).await;
     let status = state.keys.status();
     let app = meshpass_exchange::app(state);
     let a = post_token(
@@ -167,13 +177,8 @@ async fn an_issuer_whose_jwks_was_down_at_start_is_refetched_by_the_first_token_
     let issuer = TestIssuer::new(ISSUER, "k1");
     let (url, srv) = jwks_server(issuer.jwks()).await;
     srv.up.store(false, Ordering::SeqCst);
-    let dir = tempfile::tempdir().unwrap();
     let keys = format!("jwks_url = \"{url}/jwks\"\nrefresh_secs = 300\nmin_refetch_secs = 1");
-    let cfg = load_config(
-        dir.path(),
-        &issuer_toml(&issuer, &dir.path().join("m.db"), &keys, ""),
-    );
-    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
+    let (_dir, state) = state_fetching(&issuer, &keys).await;
     let source = state.keys.clone();
     let app = meshpass_exchange::app(state);
     // Background attempts at about 0, 1, 3 and 7 s; the next one is due at about 15 s.

@@ -78,21 +78,6 @@ impl Service {
     }
 }
 
-/// `url`, `ca_file` of the double and a bearer-token file (returned) for the service.
-fn explicit(api: &KubeApi, dir: &std::path::Path) -> (String, std::path::PathBuf) {
-    let token_file = dir.join("reviewer-token");
-    std::fs::write(&token_file, "exchange-sa-token\n").unwrap();
-    (
-        format!(
-            "url = \"{}\", ca_file = \"{}\", bearer_token_file = \"{}\"",
-            api.url,
-            api.ca_file.display(),
-            token_file.display()
-        ),
-        token_file,
-    )
-}
-
 /// A TokenReview answer is read whole into memory, however large: the API server (or
 /// anything answering on its address with a trusted certificate) can make the service
 /// allocate without bound. The issuer's JWKS and discovery documents stop at 1 MiB;
@@ -107,7 +92,7 @@ async fn a_tokenreview_answer_far_larger_than_any_real_one_is_refused_as_unavail
     status["user"]["extra"] = json!({"padding": ["x".repeat(64 << 20)]});
     let api = KubeApi::start(Reply::Status(status)).await;
     let dir = tempfile::tempdir().unwrap();
-    let svc = Service::start(&explicit(&api, dir.path()).0).await;
+    let svc = Service::start(&api.explicit(dir.path()).0).await;
     let a = svc.exchange(0).await;
     assert_eq!(api.reviews().len(), 1, "the review was not asked");
     assert_eq!(
@@ -125,7 +110,7 @@ async fn a_tokenreview_answer_far_larger_than_any_real_one_is_refused_as_unavail
 async fn the_reviewers_bearer_token_file_is_re_read_at_every_review_after_rotation() {
     let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1234", &["meshpass"]))).await;
     let dir = tempfile::tempdir().unwrap();
-    let (review, token_file) = explicit(&api, dir.path());
+    let (review, token_file) = api.explicit(dir.path());
     let svc = Service::start(&review).await;
     assert_eq!(svc.exchange(0).await.status, 200);
     assert_eq!(

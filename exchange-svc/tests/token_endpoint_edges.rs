@@ -20,7 +20,14 @@ use tokio::net::TcpStream;
 
 const BATCH: &str = "spiffe://cluster.local/ns/shop/sa/batch";
 
-async fn app_with(extra: &str) -> (tempfile::TempDir, TestIssuer, axum::Router) {
+/// The service's state with `extra` configuration, on SQLite and the real signer.
+async fn state(
+    extra: &str,
+) -> (
+    tempfile::TempDir,
+    TestIssuer,
+    meshpass_exchange::state::AppState,
+) {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");
     let cfg = load_config(
@@ -28,18 +35,17 @@ async fn app_with(extra: &str) -> (tempfile::TempDir, TestIssuer, axum::Router) 
         &config_toml(&issuer, &dir.path().join("m.db"), extra),
     );
     let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
+    (dir, issuer, state)
+}
+
+async fn app_with(extra: &str) -> (tempfile::TempDir, TestIssuer, axum::Router) {
+    let (dir, issuer, state) = state(extra).await;
     (dir, issuer, meshpass_exchange::app(state))
 }
 
 /// The service on a real socket (as `serve` runs it), with `extra` configuration.
 async fn start_socket(extra: &str) -> (tempfile::TempDir, std::net::SocketAddr) {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "spire-1");
-    let cfg = load_config(
-        dir.path(),
-        &config_toml(&issuer, &dir.path().join("m.db"), extra),
-    );
-    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
+    let (dir, _, state) = state(extra).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(meshpass_exchange::server::serve_on(

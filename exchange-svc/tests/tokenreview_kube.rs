@@ -92,15 +92,7 @@ impl Service {
 
 /// `url` + `ca_file` of the double, and a bearer-token file for the service.
 fn explicit(api: &KubeApi, dir: &std::path::Path) -> String {
-    let token_file = dir.join("reviewer-token");
-    // A trailing newline, as `echo` writes it: the service trims it.
-    std::fs::write(&token_file, "exchange-sa-token\n").unwrap();
-    format!(
-        "url = \"{}\", ca_file = \"{}\", bearer_token_file = \"{}\"",
-        api.url,
-        api.ca_file.display(),
-        token_file.display()
-    )
+    api.explicit(dir).0
 }
 
 /// An exchange for `ledger` (DELEGATED_LEDGER lets batch act) with an actor token.

@@ -27,6 +27,42 @@ fn with_auth(bao: &OpenBao, auth: AuthConfig) -> VaultConfig {
     }
 }
 
+/// An AppRole role `meshpass` whose tokens live `token_ttl` (max 24 h) with the signer
+/// policy, and a signer configuration logging in with a new secret ID of it (returned).
+fn approle_config(bao: &OpenBao, token_ttl: &str) -> (VaultConfig, String) {
+    bao.enable_auth("approle", "approle");
+    bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass",
+        Some(
+            json!({ "token_policies": ["signer"], "token_ttl": token_ttl, "token_max_ttl": "24h" }),
+        ),
+    );
+    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sid = bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass/secret-id",
+        Some(json!({})),
+    )["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cfg = with_auth(
+        bao,
+        AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(Secret::new(sid.clone())),
+            secret_id_file: None,
+        },
+    );
+    cfg.key_refresh_interval = Duration::from_secs(3600);
+    (cfg, sid)
+}
+
 /// Failed attempts that exponential backoff (0.5 s doubling, equal jitter: each delay at
 /// least half its base) allows in `secs` seconds, with generous slack.
 fn backoff_budget(secs: u64) -> u64 {
@@ -150,34 +186,7 @@ async fn a_token_file_left_empty_while_in_use_keeps_the_old_token_and_does_not_s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_logins_back_off_even_while_every_signature_asks_for_a_new_login() {
     let bao = bao_with_policy();
-    bao.enable_auth("approle", "approle");
-    bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass",
-        Some(json!({ "token_policies": ["signer"], "token_ttl": "1h", "token_max_ttl": "24h" })),
-    );
-    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sid = bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass/secret-id",
-        Some(json!({})),
-    )["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut cfg = with_auth(
-        &bao,
-        AuthConfig::Approle {
-            mount: "approle".into(),
-            role_id,
-            secret_id: Some(Secret::new(sid.clone())),
-            secret_id_file: None,
-        },
-    );
-    cfg.key_refresh_interval = Duration::from_secs(3600);
+    let (cfg, sid) = approle_config(&bao, "1h");
     let signer = TransitSigner::start(&cfg).await.unwrap();
     let key = sign_and_verify(&signer, "{}").await;
     assert_eq!(signer.stats().logins(), 1);
@@ -228,34 +237,7 @@ async fn signs_again_within(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_long_after_the_login_logs_in_at_once_though_the_token_was_renewed_since() {
     let bao = bao_with_policy();
-    bao.enable_auth("approle", "approle");
-    bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass",
-        Some(json!({ "token_policies": ["signer"], "token_ttl": "3s", "token_max_ttl": "1h" })),
-    );
-    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sid = bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass/secret-id",
-        Some(json!({})),
-    )["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut cfg = with_auth(
-        &bao,
-        AuthConfig::Approle {
-            mount: "approle".into(),
-            role_id,
-            secret_id: Some(Secret::new(sid)),
-            secret_id_file: None,
-        },
-    );
-    cfg.key_refresh_interval = Duration::from_secs(3600);
+    let (cfg, _) = approle_config(&bao, "3s");
     let signer = TransitSigner::start(&cfg).await.unwrap();
     let key = sign_and_verify(&signer, "{}").await;
 

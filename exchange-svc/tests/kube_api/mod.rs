@@ -164,6 +164,21 @@ fn failure(code: u16, reason: &str, message: &str) -> (StatusCode, Json<Value>) 
 }
 
 impl KubeApi {
+    /// The `url` and `ca_file` of this double and a `bearer_token_file` for the service
+    /// (written in `dir` with a trailing newline, as `echo` writes it: the service trims
+    /// it), as TOML inline-table fields, and that file.
+    pub fn explicit(&self, dir: &std::path::Path) -> (String, std::path::PathBuf) {
+        let token_file = dir.join("reviewer-token");
+        std::fs::write(&token_file, "exchange-sa-token\n").unwrap();
+        let fields = format!(
+            "url = \"{}\", ca_file = \"{}\", bearer_token_file = \"{}\"",
+            self.url,
+            self.ca_file.display(),
+            token_file.display()
+        );
+        (fields, token_file)
+    }
+
     /// Starts the double on a free loopback port; it answers `answer` until told
     /// otherwise.
     pub async fn start(answer: Reply) -> KubeApi {

@@ -44,6 +44,16 @@ fn jwks_fetches(host: &Mock) -> Vec<Dispatched> {
         .collect()
 }
 
+/// A worker of `cfg` started now (its start-time fetch dispatched): the time in
+/// seconds, the host and the worker.
+fn started(cfg: &Value) -> (u64, Mock, Worker) {
+    let now = now_secs();
+    let mut host = Mock::new(now * 1000);
+    let mut w = worker(cfg);
+    w.start(&mut host);
+    (now, host, w)
+}
+
 fn send(w: &mut Worker, host: &mut Mock, ctx: u32, token: &str) -> Verdict {
     host.set_prop(&PEER, ALICE);
     let auth = format!("Bearer {token}");
@@ -290,11 +300,7 @@ fn lease(host: &Mock) -> String {
 #[test]
 fn a_request_for_an_issuer_without_keys_gets_them_fetched_once_the_endpoint_is_back_not_after_the_backoff(
 ) {
-    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
-    let now = now_secs();
-    let mut host = Mock::new(now * 1000);
-    let mut w = worker(&cfg);
-    w.start(&mut host);
+    let (now, mut host, mut w) = started(&config(vec![remote_issuer(ISS, "jwks")]));
     let d = jwks_fetches(&host)[0].clone();
     answer(&mut w, &mut host, &d, outage());
     // Down for about two minutes.
@@ -322,11 +328,7 @@ fn a_request_for_an_issuer_without_keys_gets_them_fetched_once_the_endpoint_is_b
 
 #[test]
 fn an_oversize_jwks_answer_is_refused_with_a_warning_naming_the_size_bound() {
-    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
-    let now = now_secs();
-    let mut host = Mock::new(now * 1000);
-    let mut w = worker(&cfg);
-    w.start(&mut host);
+    let (_, mut host, mut w) = started(&config(vec![remote_issuer(ISS, "jwks")]));
     let k1 = Key::new("k1");
     let d = jwks_fetches(&host)[0].clone();
     let big = format!(
@@ -393,11 +395,7 @@ fn with_a_one_second_min_refetch_a_new_kid_two_seconds_after_a_refetch_forces_an
 
 #[test]
 fn an_unknown_kid_whose_refetch_fails_is_answered_503_not_401() {
-    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
-    let now = now_secs();
-    let mut host = Mock::new(now * 1000);
-    let mut w = worker(&cfg);
-    w.start(&mut host);
+    let (now, mut host, mut w) = started(&config(vec![remote_issuer(ISS, "jwks")]));
     let (k1, k2) = (Key::new("k1"), Key::new("k2"));
     let d = jwks_fetches(&host)[0].clone();
     answer(&mut w, &mut host, &d, keys(&[&k1]));
@@ -424,11 +422,7 @@ fn an_unknown_kid_whose_refetch_fails_is_answered_503_not_401() {
 
 #[test]
 fn a_spiffe_bundle_from_spires_endpoint_validates_jwt_svids_end_to_end() {
-    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
-    let now = now_secs();
-    let mut host = Mock::new(now * 1000);
-    let mut w = worker(&cfg);
-    w.start(&mut host);
+    let (now, mut host, mut w) = started(&config(vec![remote_issuer(ISS, "jwks")]));
     let k = Key::new("Xq3ZJpq9YdfZqO0ZjGdQeQmQn0X1tW2E");
     let ca = Key::new("ca");
     let p = k.sk.verifying_key().to_encoded_point(false);
@@ -468,11 +462,7 @@ fn a_spiffe_bundle_from_spires_endpoint_validates_jwt_svids_end_to_end() {
 
 #[test]
 fn last_good_keys_survive_every_kind_of_bad_answer_in_every_worker() {
-    let cfg = config(vec![remote_issuer(ISS, "jwks")]);
-    let now = now_secs();
-    let mut host = Mock::new(now * 1000);
-    let mut w = worker(&cfg);
-    w.start(&mut host);
+    let (_, mut host, mut w) = started(&config(vec![remote_issuer(ISS, "jwks")]));
     let k1 = Key::new("k1");
     let d = jwks_fetches(&host)[0].clone();
     answer(&mut w, &mut host, &d, keys(&[&k1]));
@@ -511,7 +501,7 @@ fn last_good_keys_survive_every_kind_of_bad_answer_in_every_worker() {
         4
     );
     let t = k1.svid(ISS, AUD, ALICE, host.now_ms / 1000, 600);
-    let mut other = worker(&cfg);
+    let mut other = worker(&config(vec![remote_issuer(ISS, "jwks")]));
     other.start(&mut host);
     assert_eq!(send(&mut w, &mut host, 1, &t), Verdict::Pause);
     assert_eq!(send(&mut other, &mut host, 2, &t), Verdict::Pause);
@@ -550,10 +540,7 @@ fn a_reload_that_shortens_jwks_refresh_secs_refreshes_on_the_new_interval() {
 /// JWKS outage at start the counter then reads as a key rotation / forged-kid signal.
 #[test]
 fn a_request_waiting_for_the_first_key_set_is_not_counted_as_an_unknown_kid_refetch() {
-    let now = now_secs();
-    let mut h = Mock::new(now * 1000);
-    let mut w = worker(&config(vec![remote_issuer(ISS, "jwks")]));
-    w.start(&mut h);
+    let (now, mut h, mut w) = started(&config(vec![remote_issuer(ISS, "jwks")]));
     // The start-time fetch meets the endpoint down.
     let d = h.dispatched.last().unwrap().clone();
     h.ctx = 0;
@@ -584,10 +571,7 @@ fn a_request_waiting_for_the_first_key_set_is_not_counted_as_an_unknown_kid_refe
 /// exchanges sent.
 #[test]
 fn a_parked_request_that_joins_an_exchange_in_flight_is_counted_as_coalesced() {
-    let now = now_secs();
-    let mut h = Mock::new(now * 1000);
-    let mut w = worker(&config(vec![remote_issuer(ISS, "jwks")]));
-    w.start(&mut h);
+    let (now, mut h, mut w) = started(&config(vec![remote_issuer(ISS, "jwks")]));
     let k1 = Key::new("k1");
     let d = h.dispatched.last().unwrap().clone();
     h.ctx = 0;

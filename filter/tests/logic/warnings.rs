@@ -3,6 +3,17 @@
 
 use super::*;
 
+/// Alice's token once a second for 20 s, each request refused 503.
+fn refused_every_second_for_20_s(f: &mut Fixture) {
+    let t = f.token(ALICE);
+    for ctx in 1..=20u32 {
+        f.send_token(ctx, &t);
+        assert_eq!(f.host.replies[&ctx].status, 503);
+        f.host.now_ms += 1000;
+        f.tick();
+    }
+}
+
 /// A sustained exchange outage that makes every dispatch fail (the cluster missing
 /// from Envoy's configuration, e.g. a renamed Istio service): every request is a miss
 /// (nothing gets cached) and each one writes a warning. Over a minute of 1 request/s
@@ -13,13 +24,7 @@ use super::*;
 fn a_sustained_exchange_dispatch_failure_warns_at_most_once_a_minute_not_once_per_request() {
     let mut f = fixture_with(|_| {});
     f.host.fail_dispatch = true;
-    let t = f.token(ALICE);
-    for ctx in 1..=20u32 {
-        f.send_token(ctx, &t);
-        assert_eq!(f.host.replies[&ctx].status, 503);
-        f.host.now_ms += 1000;
-        f.tick();
-    }
+    refused_every_second_for_20_s(&mut f);
     assert_eq!(f.count(Counter::DeniedUnavailable), 20);
     let n = f.host.warnings("exchange dispatch failed");
     assert!(
@@ -40,13 +45,7 @@ fn a_missing_actor_token_warns_at_most_once_a_minute_not_once_per_request() {
         c["own_identity"] = json!({"spiffe_id": ALICE});
         c["exchange"]["actor_token_header"] = json!("x-actor-token");
     });
-    let t = f.token(ALICE);
-    for ctx in 1..=20u32 {
-        f.send_token(ctx, &t);
-        assert_eq!(f.host.replies[&ctx].status, 503);
-        f.host.now_ms += 1000;
-        f.tick();
-    }
+    refused_every_second_for_20_s(&mut f);
     let n = f.host.warnings("actor token header");
     assert!(n <= 1, "{n} warn lines in 20 s, one per request");
 }
