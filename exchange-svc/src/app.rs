@@ -125,17 +125,22 @@ fn public_cache(resp: &mut Response, max_age: u64) {
     }
 }
 
+/// `503` + `Retry-After` (and `no-store`) while the signing key was never read.
+fn keys_not_read(st: &AppState) -> Response {
+    ApiError::Unavailable {
+        what: "signing keys",
+        detail: "the signing key has not been read from Vault yet".into(),
+        retry_after_secs: st.settings.sign_retry_after_secs,
+    }
+    .into_response()
+}
+
 async fn jwks(State(st): State<AppState>) -> Response {
     let set = st.signer.jwks();
     if set["keys"].as_array().is_none_or(Vec::is_empty) {
         // Not yet read from Vault: an empty set would be cached by verifiers for
         // max-age and fail every participant token meanwhile.
-        return ApiError::Unavailable {
-            what: "signing keys",
-            detail: "the signing key has not been read from Vault yet".into(),
-            retry_after_secs: st.settings.sign_retry_after_secs,
-        }
-        .into_response();
+        return keys_not_read(&st);
     }
     let mut resp = Json(set).into_response();
     resp.headers_mut().insert(
@@ -193,12 +198,7 @@ async fn openid_configuration(State(st): State<AppState>) -> Response {
     {
         // As for the JWKS: an empty list (a required member) would be cached for
         // max-age, and some verifiers then assume RS256 and refuse every token.
-        return ApiError::Unavailable {
-            what: "signing keys",
-            detail: "the signing key has not been read from Vault yet".into(),
-            retry_after_secs: st.settings.sign_retry_after_secs,
-        }
-        .into_response();
+        return keys_not_read(&st);
     }
     let mut resp = Json(doc).into_response();
     public_cache(&mut resp, st.settings.jwks_max_age_secs);
