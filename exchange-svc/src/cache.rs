@@ -126,7 +126,6 @@ impl AnswerBody {
 }
 
 /// A minted token and what is needed to serve it again (`Debug` never shows the token).
-#[derive(Clone)]
 pub struct CachedToken {
     /// The participant token.
     pub access_token: Arc<str>,
@@ -153,9 +152,23 @@ pub struct CachedToken {
     pub actors: Box<[Arc<str>]>,
     /// The answer, serialised at mint time.
     pub body: AnswerBody,
+    /// The issuer key-set generation its subject (and actor) token last verified under
+    /// ([`crate::keys::IssuerKeySource::generation`]). Once the keys change, the token
+    /// is served again only after those tokens verify with the new keys: a key removed
+    /// from an issuer's JWKS must not leave tokens it vouched for being served.
+    pub key_generation: std::sync::atomic::AtomicU64,
     /// `meshpass_exchanges_total{outcome="cached", resource}`, resolved at mint time
     /// (None: not counted, e.g. in tests).
     pub cached_counter: Option<prometheus::IntCounter>,
+}
+
+impl CachedToken {
+    /// Whether its subject (and actor) token last verified under key-set `generation`.
+    pub fn under_keys(&self, generation: u64) -> bool {
+        self.key_generation
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == generation
+    }
 }
 
 impl std::fmt::Debug for CachedToken {
@@ -338,6 +351,7 @@ mod tests {
             mapping: "m".into(),
             resource: "r".into(),
             rate_limit: None,
+            key_generation: 0.into(),
             jti: jti.into(),
             actors: Box::new([]),
             body: AnswerBody::new("t", None),
@@ -348,7 +362,9 @@ mod tests {
     #[test]
     fn debug_output_never_shows_the_participant_token() {
         let secret = "eyJhbGciOiJFUzI1NiJ9.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl";
-        let mut t = Arc::unwrap_or_clone(token("j1", 1, 2));
+        let Ok(mut t) = Arc::try_unwrap(token("j1", 1, 2)) else {
+            unreachable!("the only reference")
+        };
         t.access_token = secret.into();
         t.body = AnswerBody::new(secret, None);
         let shown = format!("{t:?}");

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,11 @@ pub trait IssuerKeySource: Send + Sync {
     /// whenever any issuer's key set changes (a key added, replaced or removed), so a
     /// result derived from one snapshot can be tagged with it and dropped later.
     fn generation_snapshot(&self) -> (u64, Arc<HashMap<String, KeySet>>);
+    /// The current key-set generation alone (the warm path compares it with the one a
+    /// cached token was minted under).
+    fn generation(&self) -> u64 {
+        self.generation_snapshot().0
+    }
     /// A token named a `kid` the issuer's keys lack: refetch them unless that was done
     /// less than `min_refetch_secs` ago. Whether a refetch loaded keys.
     async fn refetch_unknown_kid(&self, issuer: &str) -> bool;
@@ -103,6 +109,8 @@ struct Current {
 /// The service's [`IssuerKeySource`].
 pub struct IssuerKeys {
     current: RwLock<Current>,
+    /// `current.generation`, readable without the lock (written under it).
+    generation: AtomicU64,
     issuers: Vec<Issuer>,
 }
 
@@ -318,6 +326,7 @@ impl IssuerKeys {
                 generation: 0,
                 keys: Arc::new(initial),
             }),
+            generation: AtomicU64::new(0),
             issuers,
         }))
     }
@@ -338,6 +347,7 @@ impl IssuerKeys {
             next.insert(issuer.name.clone(), loaded.keys);
             g.keys = Arc::new(next);
             g.generation = g.generation.wrapping_add(1);
+            self.generation.store(g.generation, Ordering::Release);
             *digest = Some(loaded.digest);
         }
         drop(digest);
@@ -418,6 +428,10 @@ impl IssuerKeySource for IssuerKeys {
             Err(p) => p.into_inner(),
         };
         (g.generation, Arc::clone(&g.keys))
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     async fn refetch_unknown_kid(&self, issuer: &str) -> bool {

@@ -257,7 +257,7 @@ struct UrlEnv {
     app: Router,
 }
 
-async fn url_env(first: &TestIssuer) -> UrlEnv {
+async fn url_env(first: &TestIssuer, extra: &str) -> UrlEnv {
     let doc = Arc::new(Mutex::new(first.jwks()));
     let router = Router::new()
         .route("/jwks", get(jwks_route))
@@ -267,7 +267,7 @@ async fn url_env(first: &TestIssuer) -> UrlEnv {
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
 
     let dir = tempfile::tempdir().unwrap();
-    let toml = config_toml(first, &dir.path().join("m.db"), NO_TOKEN_CACHE).replace(
+    let toml = config_toml(first, &dir.path().join("m.db"), extra).replace(
         &format!("jwks = '{}'", first.jwks()),
         // No background refresh: the test refreshes when it wants to.
         &format!("jwks_url = \"{url}\"\nrefresh_secs = 86400\nmin_refetch_secs = 1"),
@@ -311,7 +311,7 @@ impl UrlEnv {
 #[tokio::test]
 async fn removing_the_signing_key_from_the_issuers_jwks_drops_its_cached_subjects() {
     let first = TestIssuer::new(ISSUER, "k1");
-    let e = url_env(&first).await;
+    let e = url_env(&first, NO_TOKEN_CACHE).await;
     let token = first.svid(WEB, now(), 3600);
     assert_ok(&e.exchange(&token).await);
     assert_ok(&e.exchange(&token).await);
@@ -328,7 +328,7 @@ async fn removing_the_signing_key_from_the_issuers_jwks_drops_its_cached_subject
 #[tokio::test]
 async fn a_key_replaced_under_the_same_kid_makes_cached_subjects_fail_verification() {
     let first = TestIssuer::new(ISSUER, "k1");
-    let e = url_env(&first).await;
+    let e = url_env(&first, NO_TOKEN_CACHE).await;
     let token = first.svid(WEB, now(), 3600);
     assert_ok(&e.exchange(&token).await);
 
@@ -343,7 +343,7 @@ async fn a_key_replaced_under_the_same_kid_makes_cached_subjects_fail_verificati
 #[tokio::test]
 async fn a_refresh_returning_the_same_keys_keeps_the_cached_subjects() {
     let first = TestIssuer::new(ISSUER, "k1");
-    let e = url_env(&first).await;
+    let e = url_env(&first, NO_TOKEN_CACHE).await;
     let token = first.svid(WEB, now(), 3600);
     assert_ok(&e.exchange(&token).await);
     e.keys.refresh_all().await;
@@ -356,4 +356,82 @@ async fn a_refresh_returning_the_same_keys_keeps_the_cached_subjects() {
     e.keys.refresh_all().await;
     assert_ok(&e.exchange(&token).await);
     assert_eq!(e.counts(), (2, 1));
+}
+
+// --- the same changes with the minted-token cache on: a cached participant token is
+// served only while its subject token still verifies with the issuer's current keys ---
+
+/// Mints and caches a token for a subject signed with k1, drops k1 from the issuer's
+/// JWKS, then asks again: with the same form bytes (the warm path's alias) or with an
+/// equivalent form (the request key).
+async fn removed_key_scenario(same_bytes: bool) {
+    let first = TestIssuer::new(ISSUER, "k1");
+    let e = url_env(&first, "").await;
+    let token = first.svid(WEB, now(), 3600);
+    let minted = e.exchange(&token).await;
+    assert_ok(&minted);
+    let warm = e.exchange(&token).await;
+    assert_ok(&warm);
+    assert_eq!(warm.json["access_token"], minted.json["access_token"]);
+    assert_eq!(
+        e.state.metrics.cache_hits.get(),
+        1,
+        "served from the token cache"
+    );
+
+    // The issuer drops k1 (the usual answer to a leaked key).
+    let second = TestIssuer::new(ISSUER, "k2");
+    *e.doc.lock().unwrap() = second.jwks();
+    e.keys.refresh_all().await;
+    let a = if same_bytes {
+        e.exchange(&token).await
+    } else {
+        // The same fields in another order: other bytes, the same request.
+        let equivalent = form(&[
+            ("resource", "payments"),
+            ("subject_token_type", JWT_TYPE),
+            ("subject_token", &token),
+            ("grant_type", GRANT),
+        ]);
+        post_token(&e.app, equivalent).await
+    };
+    assert_invalid_grant(&a);
+    assert_eq!(e.state.metrics.cache_hits.get(), 1, "no further hit");
+    assert_ok(&e.exchange(&second.svid(WEB, now(), 3600)).await);
+}
+
+#[tokio::test]
+async fn a_participant_token_cached_for_a_subject_signed_by_a_removed_key_is_not_served_again() {
+    removed_key_scenario(true).await;
+}
+
+#[tokio::test]
+async fn an_equivalent_request_gets_no_token_cached_for_a_subject_signed_by_a_removed_key() {
+    removed_key_scenario(false).await;
+}
+
+#[tokio::test]
+async fn a_key_added_beside_the_signing_key_keeps_cached_participant_tokens_after_one_verification()
+{
+    let first = TestIssuer::new(ISSUER, "k1");
+    let e = url_env(&first, "").await;
+    let token = first.svid(WEB, now(), 3600);
+    let minted = e.exchange(&token).await;
+    assert_ok(&minted);
+    assert_eq!(e.counts(), (1, 0));
+
+    let other = TestIssuer::new(ISSUER, "k2");
+    *e.doc.lock().unwrap() = json!({"keys": [first.jwk(), other.jwk()]}).to_string();
+    e.keys.refresh_all().await;
+    for _ in 0..3 {
+        let again = e.exchange(&token).await;
+        assert_ok(&again);
+        assert_eq!(
+            again.json["access_token"], minted.json["access_token"],
+            "still the cached token: nothing minted anew"
+        );
+    }
+    // Verified once against the new key set (a subject-cache miss), then not again.
+    assert_eq!(e.counts(), (2, 0));
+    assert_eq!(e.state.metrics.cache_hits.get(), 3);
 }

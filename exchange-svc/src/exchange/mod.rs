@@ -17,6 +17,7 @@ mod subject;
 
 pub(crate) use caller::caller as identify_caller;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,7 +25,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use meshpass_core::oauth::ErrorCode;
+use meshpass_core::oauth::{ErrorCode, TokenExchangeRequest};
 
 use crate::cache::{AnswerBody, CacheKey, CachedToken};
 use crate::caller::ConnInfo;
@@ -269,7 +270,11 @@ async fn decide(
     if let (Some(cache), Ok(c)) = (st.servable_cache(), &caller) {
         let caller_id = c.as_ref().map(|c| c.as_str()).unwrap_or("");
         let key = CacheKey::of_form(bytes, caller_id);
-        if let Some(hit) = cache.get_alias(&key, now) {
+        // A token minted under older issuer keys goes the full way (`still_verified`).
+        let hit = cache
+            .get_alias(&key, now)
+            .filter(|h| h.under_keys(st.keys.generation()));
+        if let Some(hit) = hit {
             // Revocations first: a revoked caller gets nothing, not even a cached token.
             if let Some(r) = c.as_ref().and_then(|c| revoked.caller(c, now)) {
                 // The same bytes asked for the cached token's resource, for its subject.
@@ -311,6 +316,17 @@ async fn decide(
     if let (Some(cache), Some(key)) = (st.servable_cache(), &key) {
         match cache.get(key, now) {
             Some(hit) if !revoked_hit(&revoked, &hit, now) => {
+                let generation = st.keys.generation();
+                if !hit.under_keys(generation) {
+                    if let Err(e) = still_verified(st, &req, now).await {
+                        if !matches!(e, ApiError::Unavailable { .. }) {
+                            cache.remove_where(|t| t.jti == hit.jti);
+                        }
+                        let subject = subject_of(&hit.rate_key);
+                        return Err(on(&hit.resource, &hit.mapping, subject, caller_id)(e));
+                    }
+                    hit.key_generation.store(generation, Ordering::Relaxed);
+                }
                 st.metrics.cache_hits.inc();
                 if let Some(a) = alias {
                     cache.alias(a, *key);
@@ -327,6 +343,8 @@ async fn decide(
         st.metrics.cache_misses.inc();
     }
 
+    // Read before the verification: keys changing meanwhile make the entry verify again.
+    let key_generation = st.keys.generation();
     let subject = subject::validate(st, &req.subject_token, now, "subject_token")
         .await
         .map_err(unlabelled)?;
@@ -479,6 +497,7 @@ async fn decide(
             .iter()
             .map(|a| Arc::from(a.as_str()))
             .collect(),
+        key_generation: key_generation.into(),
     });
     if let (Some(cache), Some(key)) = (&st.cache, key) {
         cache.insert(key, Arc::clone(&token), now);
@@ -492,6 +511,22 @@ async fn decide(
         token,
         expires_in: exp - now,
     })
+}
+
+/// The issuer keys changed since a cached token was minted for `req`: its subject and
+/// actor tokens must verify with the current keys before it is served again (the claim
+/// rules are re-run as well, by [`subject::validate`]; the mappings' part is unchanged,
+/// since a policy change clears the cache).
+async fn still_verified(
+    st: &AppState,
+    req: &TokenExchangeRequest,
+    now: u64,
+) -> Result<(), ApiError> {
+    subject::validate(st, &req.subject_token, now, "subject_token").await?;
+    if let Some(actor) = &req.actor_token {
+        subject::validate(st, actor, now, "actor_token").await?;
+    }
+    Ok(())
 }
 
 /// Whether a cached token may not be served any more: its `jti`, its subject or its

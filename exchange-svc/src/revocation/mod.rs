@@ -524,6 +524,7 @@ mod tests {
                     actors: actor.map(Arc::from).into_iter().collect(),
                     body: crate::cache::AnswerBody::new("x", None),
                     cached_counter: None,
+                    key_generation: 0.into(),
                 }),
                 10,
             );
