@@ -502,8 +502,12 @@ impl Config {
                 "must be at least 1 when the cache is enabled",
             ));
         }
-        if self.server.retry_after_secs == 0 {
-            return Err(bad("server.retry_after_secs", "must be at least 1"));
+        let max_retry = crate::error::MAX_RETRY_AFTER_SECS;
+        if !(1..=max_retry).contains(&self.server.retry_after_secs) {
+            return Err(bad(
+                "server.retry_after_secs",
+                format!("must be 1 to {max_retry}"),
+            ));
         }
         if self.server.drain_delay_secs > 300 {
             return Err(bad("server.drain_delay_secs", "must be at most 300"));

@@ -10,6 +10,11 @@ use crate::signer::SignError;
 use crate::store::StoreError;
 use crate::tokenreview::ReviewError;
 
+/// Longest configured `Retry-After` (`server.retry_after_secs`, `store.retry_after_secs`):
+/// an hour, as the filter caps what it passes on; 0 is refused too, since it tells every
+/// client to retry at once, a hot loop against a dependency that is down.
+pub const MAX_RETRY_AFTER_SECS: u64 = 3_600;
+
 /// Everything a request to the service can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

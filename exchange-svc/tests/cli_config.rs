@@ -78,6 +78,23 @@ fn check_config_names_the_bad_field() {
             "[store]\npolicy_cache_secs = 3600\n",
             "store.policy_cache_secs: ",
         ),
+        // `Retry-After: 0` tells every client to retry at once: a hot loop against a
+        // store or Vault that is down.
+        (
+            "[store]\n",
+            "[store]\nretry_after_secs = 0\n",
+            "store.retry_after_secs: ",
+        ),
+        (
+            "[store]\n",
+            "[store]\nretry_after_secs = 86400\n",
+            "store.retry_after_secs: ",
+        ),
+        (
+            "[callers]",
+            "[server]\nretry_after_secs = 86400\n\n[callers]",
+            "server.retry_after_secs: ",
+        ),
         (
             "[callers]",
             "[server]\npublic_url = \"http://meshpass.test:8080/\"\n\n[callers]",

@@ -131,6 +131,10 @@ impl StoreConfig {
                 "must not exceed store.max_connections".into(),
             ));
         }
+        let max_retry = crate::error::MAX_RETRY_AFTER_SECS;
+        if !(1..=max_retry).contains(&self.retry_after_secs) {
+            return Err(bad("retry_after_secs", format!("must be 1 to {max_retry}")));
+        }
         if self.acquire_timeout_secs == 0 {
             return Err(bad("acquire_timeout_secs", "must be at least 1".into()));
         }
