@@ -115,6 +115,14 @@ impl Worker {
             } => {
                 host.record_latency_ms(now.saturating_sub(started_ms));
                 let outcome = self.classify(&resp);
+                if matches!(outcome, Outcome::Unavailable(_) | Outcome::Faulty(_)) {
+                    let what = match resp.status {
+                        Some(s) => format!("status {s}"),
+                        None => "no answer: timeout or connection failure".to_string(),
+                    };
+                    let msg = format!("meshpass: exchange failed ({what}); requests get 503 (or pass without a token under failure_mode allow)");
+                    self.warn_limited(host, WarnKind::ExchangeFailed, now, &msg);
+                }
                 if let Outcome::Token(t) = &outcome {
                     if let Stored::Refused { refresh_ms } =
                         self.store(host, &key, t, &resp, &subject, subject_exp, now)

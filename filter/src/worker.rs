@@ -208,10 +208,12 @@ pub(crate) enum WarnKind {
     ActorToken,
     /// A background refresh failed.
     RefreshFailed,
+    /// An exchange failed: the service answered 5xx or nothing, or not usably.
+    ExchangeFailed,
 }
 
 impl WarnKind {
-    const COUNT: usize = 3;
+    const COUNT: usize = 4;
 }
 
 impl Worker {

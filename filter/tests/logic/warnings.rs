@@ -76,3 +76,45 @@ fn a_background_refresh_outage_warns_at_most_once_a_minute_not_once_per_tick() {
     let n = f.host.warnings("background refresh failed");
     assert!(n <= 1, "{n} warn lines in 30 s for one cached token");
 }
+
+/// The exchange service failing (an upstream 502 from Envoy, then no answer at all:
+/// a timeout): each request is refused 503, and the log said nothing about why, so an
+/// operator saw only 503s. Now a warning names what the service did, at most once a
+/// minute with the count of the failures held back.
+#[test]
+fn a_failed_exchange_is_logged_with_what_the_service_answered_at_most_once_a_minute() {
+    let mut f = fixture_with(|_| {});
+    let t = f.token(ALICE);
+    for ctx in 1..=5u32 {
+        f.send_token(ctx, &t);
+        f.answer(error_response(502, "bad_gateway", None));
+        assert_eq!(f.host.replies[&ctx].status, 503);
+        f.host.now_ms += 1000;
+    }
+    assert_eq!(f.host.warnings("exchange failed"), 1, "{:?}", f.host.warns);
+    assert_eq!(f.host.warnings("status 502"), 1, "{:?}", f.host.warns);
+
+    f.host.now_ms += 60_000;
+    f.send_token(6, &t);
+    f.answer(outage());
+    assert_eq!(f.host.replies[&6].status, 503);
+    assert_eq!(f.host.warnings("exchange failed"), 2, "{:?}", f.host.warns);
+    let warns = f.host.warns.borrow();
+    let last = warns.last().unwrap();
+    assert!(
+        last.contains("no answer") && last.contains("4 more"),
+        "{last}"
+    );
+    assert!(!last.contains(&t), "no token in the log: {last}");
+}
+
+/// A refusal by policy is the service doing its job, not a failure to warn about.
+#[test]
+fn a_refused_exchange_writes_no_warning() {
+    let mut f = fixture_with(|_| {});
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(error_response(403, "unauthorized_client", None));
+    assert_eq!(f.host.replies[&1].status, 403);
+    assert_eq!(f.host.warnings("exchange"), 0, "{:?}", f.host.warns);
+}
