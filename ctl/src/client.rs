@@ -202,6 +202,16 @@ impl Client {
                 format!("{code}: {f}: {m}")
             }
             (Value::String(code), Value::String(m), _) => format!("{code}: {m}"),
+            // Not the API's error: a 404/409/412/400/422 from another server (the token
+            // port next to the management port) must not read as "already gone" or
+            // "refused input" to a script. Denials and gateway errors keep their codes.
+            _ if matches!(status.as_u16(), 400 | 404 | 409 | 412 | 422) => {
+                return Err(CtlError::Other(format!(
+                    "unexpected answer from {origin}: {status}, {}: {} (is --server the management API?)",
+                    content_type.as_deref().unwrap_or("no content type"),
+                    snippet(&body)
+                )));
+            }
             _ => format!("{status}: {}", snippet(&body)),
         };
         Err(match status.as_u16() {
@@ -232,6 +242,7 @@ impl Client {
     ) -> Result<Vec<Value>, CtlError> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
+        let mut seen = std::collections::HashSet::new();
         loop {
             let mut q = query.to_vec();
             q.push(("limit", "1000".into()));
@@ -241,6 +252,13 @@ impl Client {
             let page = self.get(segments, &q).await?;
             items.extend(crate::shape::items(&page)?.iter().cloned());
             match page["next_cursor"].as_str() {
+                // A cursor handed back again would page for ever.
+                Some(c) if !seen.insert(c.to_string()) => {
+                    return Err(CtlError::Other(format!(
+                        "unexpected answer: the list's cursor did not advance ({}; is --server the management API?)",
+                        snippet(&Value::String(c.to_string()))
+                    )));
+                }
                 Some(c) => cursor = Some(c.to_string()),
                 None => return Ok(items),
             }
@@ -343,10 +361,11 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
-/// The `If-Match` value for `tag`: as the server sent it (`"…"`), quoted when given bare.
+/// The `If-Match` value for `tag`: as the server sent it (`"…"`), quoted when given
+/// bare; `*` ("it exists", RFC 9110 §13.1.1) as it is.
 pub fn if_match(tag: Option<&str>) -> Option<String> {
     let t = tag?.trim();
-    Some(if t.starts_with('"') || t.starts_with("W/") {
+    Some(if t == "*" || t.starts_with('"') || t.starts_with("W/") {
         t.to_string()
     } else {
         format!("\"{t}\"")

@@ -229,14 +229,28 @@ fn token(file: Option<&Path>) -> Result<String, CtlError> {
     Ok(t)
 }
 
+/// The bytes of `file` (`-`: stdin), at most the 8 MiB the API reads: reading stops
+/// past it, so a stream that does not end (a pipe still open, `/dev/zero`) is refused
+/// instead of filling memory. Said before sending: the service refuses a larger body
+/// from `Content-Length` and may close the connection mid-upload, which would read as
+/// an outage.
 pub(crate) fn read_input(file: &Path) -> Result<Vec<u8>, CtlError> {
     let mut buf = Vec::new();
+    let bound = u64::try_from(MAX_DOCUMENT_BYTES)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
     let r = if file == Path::new("-") {
-        std::io::stdin().read_to_end(&mut buf).map(|_| ())
+        std::io::stdin().take(bound).read_to_end(&mut buf)
     } else {
-        std::fs::read(file).map(|b| buf = b)
+        std::fs::File::open(file).and_then(|f| f.take(bound).read_to_end(&mut buf))
     };
     r.map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
+    if buf.len() > MAX_DOCUMENT_BYTES {
+        return Err(CtlError::Other(format!(
+            "too_large: {} is over the 8 MiB the API reads",
+            file.display()
+        )));
+    }
     Ok(buf)
 }
 
@@ -282,15 +296,6 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
             prune,
         } => {
             let body = read_input(&file)?;
-            // Said before sending: the service refuses it from Content-Length and may
-            // close the connection mid-upload, which would read as an outage.
-            if body.len() > MAX_DOCUMENT_BYTES {
-                return Err(CtlError::Other(format!(
-                    "too_large: {} is {} bytes, over the 8 MiB the API reads",
-                    file.display(),
-                    body.len()
-                )));
-            }
             let content_type = if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
                 "application/json"
             } else {
@@ -466,10 +471,28 @@ async fn apply(
         }
         let mut values = Vec::with_capacity(key.len());
         for field in key {
-            let v = entry[*field]
-                .as_str()
-                .ok_or_else(|| bad(&format_args!("a {what} without `{field}`")))?;
+            let v = match &entry[*field] {
+                Value::String(v) => v.as_str(),
+                Value::Null => return Err(bad(&format_args!("a {what} without `{field}`"))),
+                // YAML reads `name: 2024` as a number.
+                other => {
+                    return Err(bad(&format_args!(
+                        "`{field}` is {}, not a string (quote it)",
+                        shape::kind(other)
+                    )))
+                }
+            };
             values.push(v);
+        }
+        // Two entries for one key would be written one over the other, the first lost.
+        if planned
+            .iter()
+            .any(|(earlier, _, _): &(Vec<&str>, _, _)| *earlier == values)
+        {
+            return Err(bad(&format_args!(
+                "names {what} {} a second time",
+                values.join(" ")
+            )));
         }
         let mut segments = vec!["api", "v1", collection.as_str()];
         segments.extend(&values);

@@ -103,14 +103,11 @@ fn until(s: &str) -> Result<u64, CtlError> {
     let Some(rel) = s.strip_prefix('+') else {
         return s.parse().map_err(|_| bad());
     };
-    let (n, unit) = rel.split_at(rel.len().saturating_sub(1));
-    let (n, mult) = match unit {
-        "s" => (n, 1),
-        "m" => (n, 60),
-        "h" => (n, 3600),
-        "d" => (n, 86_400),
-        _ => (rel, 1),
-    };
+    // By suffix, not by byte: `+5µ` must be a usage error, not a split inside a char.
+    let (n, mult) = [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)]
+        .into_iter()
+        .find_map(|(unit, mult)| rel.strip_suffix(unit).map(|n| (n, mult)))
+        .unwrap_or((rel, 1));
     let n: u64 = n.parse().map_err(|_| bad())?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -117,3 +117,15 @@ fn unexpected(expected: &str, got: &Value) -> CtlError {
         snippet(got)
     ))
 }
+
+/// What a JSON value is, for messages: "a number", "a list", ...
+pub fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}

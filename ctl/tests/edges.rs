@@ -1,12 +1,16 @@
 //! `meshpassctl` at its edges: what it sends where (no proxy, no redirect), answers
 //! that are not what it asked for, requests it cannot build, documents it reads and
-//! sends, each against a running service or a minimal stand-in HTTP peer.
+//! sends, and slips an operator makes (a unit typed wrong, the token port for the
+//! management port, one mapping twice in a file, a stream without end), each against a
+//! running service or a minimal stand-in HTTP peer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -383,4 +387,258 @@ async fn a_reader_that_goes_away_ends_the_command_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+// --------------------------------------------------------------------------------------- operator slips
+
+const MAPPING: &str =
+    "subject: spiffe://cluster.local/ns/a/*\nresource: audited\nparticipant: p\nscopes: [read]\n";
+
+/// `revocations add --until +5µ` (a typo, or a unit from another tool) is a usage error
+/// naming `--until` (exit 2), as `--until soon` is: never a Rust panic (exit 101 and a
+/// backtrace), which `until()` gives by splitting the text at a byte that is inside a
+/// multi-byte character.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_until_ending_in_a_multibyte_character_is_a_usage_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, _issuer, ctl, _) = start_service(dir.path()).await;
+    for until in ["+5µ", "+1é", "+€"] {
+        let (code, out, err) = ctl
+            .run(&[
+                "revocations",
+                "add",
+                "--jti",
+                "j-1",
+                "--reason",
+                "r",
+                "--until",
+                until,
+            ])
+            .await;
+        assert!(
+            code == 2 && err.contains("--until") && !err.contains("panicked"),
+            "--until {until}: exit {code}, stdout {out:?}, stderr {err}"
+        );
+    }
+    let (code, out, _) = ctl.run(&["revocations", "list", "-o", "json"]).await;
+    assert_eq!(code, 0);
+    assert!(!out.contains("j-1"), "nothing revoked: {out}");
+}
+
+/// `--server` pointing at the service's token port (8080, next to the management API's
+/// 8081: the likeliest slip) answers every management path `404` with no body, not the
+/// API's `{"error": "not_found", ...}`. meshpassctl reads it as the API's "not found"
+/// (exit 3, `404 Not Found: null`): `mappings delete` and `revocations lift` then read as
+/// "already gone" to a script, `keys rotate` as "no such thing", while nothing was
+/// deleted, lifted or rotated. A 404 that is not the API's answer is an unexpected
+/// answer (exit 1, asking whether `--server` is the management API), as a 2xx that is not
+/// the API's already is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_that_is_not_the_api_s_answer_is_not_read_as_already_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, _issuer, ctl, token_url) = start_service(dir.path()).await;
+    let wrong = Ctl {
+        server: token_url.clone(),
+        token_file: ctl.token_file.clone(),
+    };
+    let mut wrong_reads = Vec::new();
+    for args in [
+        vec!["mappings", "delete", "web-to-orders"],
+        vec![
+            "revocations",
+            "lift",
+            "rv-00000000-0000-0000-0000-000000000000",
+        ],
+        vec!["keys", "rotate"],
+        vec!["mappings", "list"],
+    ] {
+        let (code, out, err) = wrong.run(&args).await;
+        if code != 1 || !err.contains("is --server the management API?") {
+            wrong_reads.push(format!(
+                "{args:?} against {token_url}: exit {code}, stdout {out:?}, stderr {err}"
+            ));
+        }
+    }
+    // The mapping is still there: the "not found" of the delete was never the API's.
+    assert_eq!(ctl.run(&["mappings", "get", "web-to-orders"]).await.0, 0);
+    assert!(wrong_reads.is_empty(), "{}", wrong_reads.join("\n"));
+}
+
+/// `mappings apply -f` of a list naming one mapping twice (two edits of `dup` pasted
+/// into one file): meshpassctl writes both, one after the other ("mapping dup created",
+/// "mapping dup configured", exit 0), so the first entry is silently lost and the
+/// operator cannot tell which one the service holds. `import` of the same list is
+/// refused by the API (`mappings/dup is listed twice`, exit 5), and the README says
+/// `apply` checks every entry before it sends any: such a file should be refused (exit
+/// 2, naming the name) and write nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_a_file_naming_one_mapping_twice_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, _issuer, ctl, _) = start_service(dir.path()).await;
+    let entry = |ttl: u32| {
+        format!(
+            "- name: dup\n{}",
+            format!("{MAPPING}ttl_secs: {ttl}\n")
+                .lines()
+                .map(|l| format!("  {l}\n"))
+                .collect::<String>()
+        )
+    };
+    let file = dir.path().join("dup.yaml");
+    std::fs::write(&file, format!("{}{}", entry(100), entry(200))).unwrap();
+    let f = file.to_str().unwrap();
+    let (code, out, err) = ctl.run(&["mappings", "apply", "-f", f]).await;
+    let (get, held, _) = ctl.run(&["mappings", "get", "dup", "-o", "json"]).await;
+    assert!(
+        code == 2 && err.contains("dup") && get == 3,
+        "apply: exit {code}, stdout {out:?}, stderr {err:?}; then `mappings get dup`: exit {get} {held}"
+    );
+}
+
+/// `import -f -` reading a stream (a pipe from another tool, or `-f /dev/zero` by
+/// mistake) reads all of it into memory before checking the 8 MiB the API reads: a
+/// stream that does not end is never refused (and one without end exhausts memory).
+/// The README: "too_large (a request body over 8 MiB, e.g. a large import document:
+/// refused before sending)". Reading should stop once the input passes the bound
+/// (exit 1, `too_large`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_from_a_stream_longer_than_8_mib_is_refused_without_reading_it_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, _issuer, ctl, _) = start_service(dir.path()).await;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("meshpassctl"))
+        .arg("--server")
+        .arg(&ctl.server)
+        .arg("--token-file")
+        .arg(&ctl.token_file)
+        .args(["import", "--dry-run", "-f", "-"])
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // 9 MiB of comments, then the pipe is held open (a producer that has not finished).
+    let writer = std::thread::spawn(move || {
+        let line = format!("#{}\n", "x".repeat(1023));
+        for _ in 0..9 * 1024 {
+            if stdin.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(30));
+        drop(stdin);
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if t0.elapsed() > Duration::from_secs(15) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    if status.is_none() {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    drop(writer);
+    assert!(
+        status.is_some_and(|s| s.code() == Some(1)) && err.contains("too_large"),
+        "still reading 15 s after the input passed 8 MiB (status {status:?}): {err}"
+    );
+}
+
+/// `--if-match '*'` is the API's "only if it exists" (RFC 9110; exchange-svc README:
+/// "`*` (the entity exists)"), and the README says a tag is passed "as the server sent
+/// it or bare". meshpassctl quotes `*` into the entity tag `"*"`, which names no version:
+/// every such write is refused as stale (exit 4, "changed since it was read"), which it
+/// was not. `*` should be sent as `*`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_star_replaces_an_existing_mapping_as_the_api_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, _issuer, ctl, _) = start_service(dir.path()).await;
+    let file = dir.path().join("w.yaml");
+    std::fs::write(
+        &file,
+        "name: web-to-orders\nsubject: spiffe://cluster.local/ns/shop/sa/web\nresource: orders\nparticipant: acme\nscopes: [read]\nttl_secs: 300\n",
+    )
+    .unwrap();
+    let (code, out, err) = ctl
+        .run(&[
+            "mappings",
+            "apply",
+            "-f",
+            file.to_str().unwrap(),
+            "--if-match",
+            "*",
+        ])
+        .await;
+    assert_eq!(
+        (code, out.trim()),
+        (0, "mapping web-to-orders configured"),
+        "the mapping exists, so `*` matches: {err}"
+    );
+}
+
+/// A YAML file whose mapping is named `2024` (YAML reads an unquoted number as one) is
+/// refused (right: the API takes a string), but the message says the entry is "a
+/// mapping without `name`", which the operator looking at `name: 2024` cannot square.
+/// The message should say that `name` is not a string (quote it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_is_not_a_string_is_refused_saying_so_not_as_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_bao, _issuer, ctl, _) = start_service(dir.path()).await;
+    let file = dir.path().join("n.yaml");
+    std::fs::write(&file, format!("name: 2024\n{MAPPING}ttl_secs: 100\n")).unwrap();
+    let (code, _, err) = ctl
+        .run(&["mappings", "apply", "-f", file.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        !err.contains("without `name`") && err.contains("string"),
+        "the entry has a name, a number: {err}"
+    );
+}
+
+/// "Lists follow the API's cursors to the end": a server behind `--server` that hands
+/// back the cursor it was given (a proxy cache keyed without the query, a buggy
+/// replica) makes `mappings list` request page after page for ever, collecting the
+/// same items without bound, never exiting. A cursor that comes back unchanged is no
+/// progress: an unexpected answer (exit 1), after one repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_whose_cursor_never_advances_ends_instead_of_looping_for_ever() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, seen) = fake_http(|_, _| {
+        http(
+            "200 OK",
+            "content-type: application/json\r\n",
+            r#"{"items": [{"name": "m"}], "next_cursor": "c1"}"#,
+        )
+    });
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "a.b.c").unwrap();
+    let ctl = Ctl { server, token_file };
+    let t0 = Instant::now();
+    let mut cmd = assert_cmd::Command::cargo_bin("meshpassctl").unwrap();
+    cmd.args(["--server", &ctl.server, "--token-file"])
+        .arg(&ctl.token_file)
+        .args(["mappings", "list"])
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .timeout(Duration::from_secs(10));
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let requests = seen.lock().unwrap().len();
+    assert!(
+        out.status.code() == Some(1),
+        "exit {:?} after {:?} and {requests} requests for the same page: {}",
+        out.status.code(),
+        t0.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
