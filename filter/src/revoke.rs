@@ -19,10 +19,10 @@
 use crate::api::{CallResponse, Counter, Gauge, Host, Level, SharedError, Verdict, CREATE_CAS};
 use crate::cache;
 use crate::config::Revocation;
-use crate::feed::{parse_feed, RevocationSet};
+use crate::feed::{parse_feed, RevocationSet, MAX_FEED_BYTES};
 use crate::respond::send_error;
 use crate::tick::LOST_CALL_SLACK_MS;
-use crate::worker::{Call, Worker};
+use crate::worker::{Call, WarnKind, Worker};
 
 /// The message that tells a worker the shared revocation set changed.
 pub const REVOCATIONS_KICK: &[u8] = b"!revocations";
@@ -151,8 +151,11 @@ impl Worker {
                 self.install_revocations(host, set, now)
             }
             Ok(_) => {}
-            Err(e) => host.log(
-                Level::Warn,
+            // Every tick finds it again until a poll replaces it: once a minute.
+            Err(e) => self.warn_limited(
+                host,
+                WarnKind::RevocationSetUnreadable,
+                now,
                 &format!("meshpass: stored revocation set does not parse ({e}); keeping ours"),
             ),
         }
@@ -215,26 +218,46 @@ impl Worker {
             Err(e) => return self.feed_failed(host, &rc, &e.to_string(), now),
         };
         let (lease, _) = Lease::read(host, &rc.lease_key);
+        if lease.version != since {
+            // Another worker stored a newer set while our poll was out, and its message
+            // has not reached us yet: take that set; this answer describes an older
+            // state and must not replace it. (A stored set we cannot read is replaced.)
+            self.reload_revocations(host, &rc, now);
+            if self.revoked.version() != since {
+                return;
+            }
+        }
+        // A set one worker enforces must be one every worker can load back.
+        let next = match next.map(|(set, full)| {
+            let bytes = set.encode();
+            (set, full, bytes)
+        }) {
+            Some((_, _, bytes)) if bytes.len() > MAX_FEED_BYTES => {
+                let why = format!(
+                    "the set would be {} bytes, over the {MAX_FEED_BYTES} workers can share",
+                    bytes.len()
+                );
+                return self.feed_failed(host, &rc, &why, now);
+            }
+            n => n,
+        };
         let mut l = Lease {
             next_due_ms: now + rc.poll_interval_ms,
             last_success_ms: now,
             ..lease
         };
         self.bump(Counter::RevocationPollSuccess);
-        if let Some((set, full)) = next.filter(|(set, full)| {
+        if let Some((set, full, bytes)) = next.filter(|(set, full, bytes)| {
             // A snapshot of the set we hold (a service still at version 0 answers
             // every poll so): nothing to store, log or sweep.
-            !(*full && set.version() == since && set.encode() == self.revoked.encode())
+            !(*full && set.version() == since && *bytes == self.revoked.encode())
         }) {
             self.bump(if full {
                 Counter::RevocationSnapshots
             } else {
                 Counter::RevocationDeltas
             });
-            if host
-                .shared_set(&rc.set_key, Some(&set.encode()), None)
-                .is_err()
-            {
+            if host.shared_set(&rc.set_key, Some(&bytes), None).is_err() {
                 return self.feed_failed(host, &rc, "cannot store the set in shared data", now);
             }
             l.version = set.version();

@@ -210,10 +210,12 @@ pub(crate) enum WarnKind {
     RefreshFailed,
     /// An exchange failed: the service answered 5xx or nothing, or not usably.
     ExchangeFailed,
+    /// The shared revocation set does not parse.
+    RevocationSetUnreadable,
 }
 
 impl WarnKind {
-    const COUNT: usize = 4;
+    const COUNT: usize = 5;
 }
 
 impl Worker {

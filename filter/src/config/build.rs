@@ -353,10 +353,10 @@ fn revocation(
         "revocation.authority",
         raw.authority.unwrap_or_else(|| exchange.authority.clone()),
     )?;
-    let id = hex(&Sha256::digest(
-        format!("{cluster}\n{authority}\n{path}").as_bytes(),
-    ))[..16]
-        .to_string();
+    // The feed is named by the service (authority and path), not by the Envoy cluster
+    // routing to it: a reload moving the feed to a copy of the cluster keeps the set
+    // its workers load at start, instead of starting them with none.
+    let id = hex(&Sha256::digest(format!("{authority}\n{path}").as_bytes()))[..16].to_string();
     Ok(Some(Revocation {
         cluster,
         authority,

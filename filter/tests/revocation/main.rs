@@ -179,6 +179,10 @@ fn subject(id: &str, m: &str, reason: &str) -> Value {
 }
 
 /// A participant token (unsigned: the filter only reads its `jti`).
+fn jti(id: &str, j: &str, reason: &str) -> Value {
+    json!({"id": id, "target": "jti", "match": j, "reason": reason, "until": null})
+}
+
 fn participant(jti: &str) -> String {
     format!(
         "{}.{}.sig",
@@ -711,4 +715,6 @@ fn snapshots_of_the_set_already_held_change_nothing_and_log_nothing() {
     );
 }
 
+mod sharing;
+mod two;
 mod workers;
