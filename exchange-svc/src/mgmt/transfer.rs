@@ -14,8 +14,8 @@ use super::error::MgmtError;
 use super::input::{parse_body, parse_query, read_body};
 use super::{MgmtState, RequestId};
 use crate::store::{
-    check_claim_conflicts, check_granted, check_ttl_cap, grants, import_leaves_ungranted,
-    mappings_after_import, rows_left_ungranted, validate_scope_claims, ImportDiff, PolicyDocument,
+    check_granted, check_ttl_cap, grants, import_leaves_ungranted, mappings_after_import,
+    rows_left_ungranted, validate_scope_claims, ImportDiff, PolicyDocument,
 };
 
 /// Largest request body the management API reads (an import document).
@@ -195,23 +195,19 @@ fn check_document(
             .cloned()
             .collect(),
     };
-    // The rows the store will hold, by resource: a claim two of them set differently is
-    // refused here as for a single row (422 naming it), not by the store's check (409).
-    let mut after: std::collections::HashMap<&str, Vec<crate::store::ScopeClaims>> =
-        std::collections::HashMap::new();
-    for r in doc.scopes.iter().chain(&kept) {
-        after
-            .entry(r.resource.as_str())
-            .or_default()
-            .push(r.clone());
+    // The rows the store will hold: a claim two of them set differently is refused here
+    // as for a single row (422 naming it), not by the store's check (409); in one pass.
+    let mut claims = crate::store::ClaimIndex::default();
+    for r in &kept {
+        claims.note(r);
     }
     let granted = grants(&result);
     for (i, row) in doc.scopes.iter().enumerate() {
         validate_scope_claims(row, &st.participant_claim)
             .and_then(|()| check_granted(row, &granted))
             .map_err(|e| prefix(e.into(), &format!("scopes[{i}]")))?;
-        let siblings = after.get(row.resource.as_str()).map_or(&[][..], |v| v);
-        check_claim_conflicts(row, siblings)
+        claims
+            .add(row)
             .map_err(|e| MgmtError::invalid(format!("scopes[{i}].claims"), e.to_string()))?;
     }
     let left = rows_left_ungranted(&kept, &stored.mappings, &result);

@@ -18,7 +18,7 @@ use super::audit::insert_audit;
 use super::etag::{parse_if_match, ETag};
 use super::sql::{
     decode_mapping, decode_scope_claims, mapping_rows, scope_claim_rows, unavailable,
-    upsert_mapping, upsert_scope_claims, write_error, MAPPING_COLUMNS,
+    upsert_mapping, upsert_scope_claims, write_error, write_scope_claims, MAPPING_COLUMNS,
 };
 use super::{
     check_scope_granted, rows_left_ungranted, scope_row_names, validate_mapping,
@@ -108,7 +108,7 @@ pub struct ImportDiff {
 }
 
 /// The key of a scope row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ScopeKey {
     /// The resource.
     pub resource: String,
@@ -119,7 +119,9 @@ pub struct ScopeKey {
 /// A stored entity kind the generic write path handles.
 #[async_trait]
 trait Entity: Serialize + Clone + PartialEq + Send + Sync + Sized {
-    type Key: Send + Sync;
+    /// Entries are matched by key, never by [`Entity::target`]: a resource and a scope
+    /// may both hold `/`, so rows (`a`, `b/c`) and (`a/b`, `c`) share one target string.
+    type Key: Send + Sync + Eq + std::hash::Hash;
     const KIND: &'static str;
     fn key(&self) -> Self::Key;
     fn target(key: &Self::Key) -> String;
@@ -139,6 +141,10 @@ trait Entity: Serialize + Clone + PartialEq + Send + Sync + Sized {
         item: &Self,
         insert_only: bool,
     ) -> Result<(), StoreError>;
+    /// Inserts `item` for an import, which checks the whole result after its inserts.
+    async fn insert_for_import(c: &mut AnyConnection, item: &Self) -> Result<(), StoreError> {
+        Self::upsert(c, item, true).await
+    }
     async fn delete(c: &mut AnyConnection, key: &Self::Key) -> Result<bool, StoreError>;
     /// Every stored entity of the kind, in export order.
     async fn read_all(c: &mut AnyConnection) -> Result<Vec<Self>, StoreError>;
@@ -309,6 +315,11 @@ impl Entity for ScopeClaims {
         insert_only: bool,
     ) -> Result<(), StoreError> {
         upsert_scope_claims(c, item, insert_only).await
+    }
+    /// Without the per-row read of its siblings (quadratic over a resource's rows):
+    /// `import` checks every row of the result at once ([`super::ClaimIndex`]).
+    async fn insert_for_import(c: &mut AnyConnection, item: &Self) -> Result<(), StoreError> {
+        write_scope_claims(c, item, true).await
     }
     async fn delete(c: &mut AnyConnection, key: &ScopeKey) -> Result<bool, StoreError> {
         let r = sqlx::query("DELETE FROM scope_claims WHERE resource = $1 AND scope = $2")
@@ -568,9 +579,32 @@ impl SqlStore {
         // Rows a prune deleted are gone by now: only those the import keeps can be left
         // ungranted (the API refuses this before, from the document; here it is atomic).
         let left_rows = ScopeClaims::read_all(&mut tx).await?;
+        // The document's rows against each other and the rows the store keeps, once
+        // over the result (the rows it keeps are not checked against each other: this
+        // import did not write them).
+        let in_doc: std::collections::HashSet<ScopeKey> =
+            doc.scopes.iter().map(Entity::key).collect();
+        let mut claims = super::ClaimIndex::default();
+        for row in left_rows.iter().filter(|r| !in_doc.contains(&r.key())) {
+            claims.note(row);
+        }
+        for row in &doc.scopes {
+            claims.add(row)?;
+        }
         let left = rows_left_ungranted(&left_rows, &before, &after);
         if !left.is_empty() {
             return Err(import_leaves_ungranted(&left));
+        }
+        // The document's own rows too: the API checked them against a snapshot read
+        // before this transaction, and a mapping write may have committed since.
+        let granted = super::grants(&after);
+        let dead: Vec<&ScopeClaims> = doc
+            .scopes
+            .iter()
+            .filter(|r| !granted.contains(&(r.resource.as_str(), r.scope.as_str())))
+            .collect();
+        if !dead.is_empty() {
+            return Err(import_leaves_ungranted(&dead));
         }
         let nothing =
             diff.added.is_empty() && diff.changed.is_empty() && (diff.removed.is_empty() || !prune);
@@ -619,26 +653,25 @@ async fn apply_all<T: Entity>(
 ) -> Result<Vec<T>, StoreError> {
     let stored: Vec<T> = T::read_all(c).await?;
     let target = |x: &T| T::target(&x.key());
-    // By target, once each: matching is linear in the document and the store (it runs
+    // By key, once each: matching is linear in the document and the store (it runs
     // holding the write lock every replica waits on).
-    let mut by_target: std::collections::HashMap<String, &T> =
+    let mut by_key: std::collections::HashMap<T::Key, &T> =
         std::collections::HashMap::with_capacity(wanted.len());
     for w in wanted {
-        let t = target(w);
-        if by_target.contains_key(&t) {
+        if by_key.insert(w.key(), w).is_some() {
             return Err(StoreError::Invalid {
                 field: format!("{}s", T::KIND),
-                reason: format!("{t} is listed twice"),
+                reason: format!("{} is listed twice", target(w)),
             });
         }
-        by_target.insert(t, w);
     }
     let mut deletes: Vec<(&T, &'static str)> = Vec::new();
     let mut inserts: Vec<(&T, Option<&T>)> = Vec::new();
     let mut kept = std::collections::HashSet::with_capacity(stored.len());
     for s in &stored {
         let t = target(s);
-        match by_target.get(&t) {
+        let k = s.key();
+        match by_key.get(&k) {
             None => {
                 diff.removed.push(t);
                 if prune {
@@ -649,18 +682,17 @@ async fn apply_all<T: Entity>(
                 if *w == s {
                     diff.unchanged += 1;
                 } else {
-                    diff.changed.push(t.clone());
+                    diff.changed.push(t);
                     deletes.push((s, ""));
                     inserts.push((w, Some(s)));
                 }
-                kept.insert(t);
+                kept.insert(k);
             }
         }
     }
     for w in wanted {
-        let t = target(w);
-        if !kept.contains(&t) {
-            diff.added.push(t);
+        if !kept.contains(&w.key()) {
+            diff.added.push(target(w));
             inserts.push((w, None));
         }
     }
@@ -672,7 +704,7 @@ async fn apply_all<T: Entity>(
         }
     }
     for (w, before) in inserts {
-        T::upsert(c, w, true).await?;
+        T::insert_for_import(c, w).await?;
         let a = format!(
             "{}.{}",
             T::KIND,

@@ -644,6 +644,16 @@ pub(super) async fn upsert_scope_claims(
             .map(decode_scope_claims)
             .collect::<Result<Vec<_>, _>>()?;
     check_claim_conflicts(row, &others)?;
+    write_scope_claims(conn, row, insert_only).await
+}
+
+/// Writes `row` without checking its claims against its siblings': for a caller that
+/// checks every row of the result at once (an import).
+pub(super) async fn write_scope_claims(
+    conn: &mut AnyConnection,
+    row: &ScopeClaims,
+    insert_only: bool,
+) -> Result<(), StoreError> {
     let on_conflict = if insert_only {
         ""
     } else {
