@@ -1,12 +1,15 @@
 //! Rate limits global across replicas (`[rate_limit] backend = "redis"`): the real Redis
 //! on 127.0.0.1:6379 (a unique key prefix per test) for the shared limit, and a private
 //! `redis-server` the test stops and starts for the outage: the local share or fail
-//! closed, reported in `/readyz` and metrics, and automatic recovery.
+//! closed, reported in `/readyz` and metrics, and automatic recovery; the state in
+//! Redis follows a mapping's changed limit at once and survives Redis's clock stepping
+//! back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
@@ -14,7 +17,11 @@ use axum::Router;
 use common::*;
 use meshpass_exchange::clock::SystemClock;
 use meshpass_exchange::config::Config;
-use meshpass_exchange::ratelimit::{self, Backend, OnRedisDown, RateLimitConfig, RateLimiter};
+use meshpass_exchange::error::ApiError;
+use meshpass_exchange::metrics::Metrics;
+use meshpass_exchange::ratelimit::{
+    self, Backend, OnRedisDown, RateLimitConfig, RateLimiter, RedisLimiter,
+};
 use meshpass_exchange::store::RateLimit;
 use meshpass_testkit::{shared_redis_url, unique_prefix, HoleRelay, RedisServer};
 use serde_json::Value;
@@ -24,7 +31,7 @@ use serde_json::Value;
 async fn replica(dir: &std::path::Path, issuer: &TestIssuer, extra: &str) -> Router {
     let sub = tempfile::tempdir_in(dir).unwrap().keep();
     let cfg: Config = load_config(&sub, &config_toml(issuer, &sub.join("m.db"), extra));
-    let st = state_with(&cfg, signer().await, std::sync::Arc::new(SystemClock)).await;
+    let st = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
     meshpass_exchange::app(st)
 }
 
@@ -233,7 +240,7 @@ async fn a_sustained_load_on_three_replicas_is_held_to_the_global_rate() {
             "rate_limit = { per_second = 20.0, burst = 2 }",
         );
         let cfg: Config = load_config(&sub, &toml);
-        let st = state_with(&cfg, signer().await, std::sync::Arc::new(SystemClock)).await;
+        let st = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
         apps.push(meshpass_exchange::app(st));
     }
     let token = issuer.svid(WEB, now(), 600);
@@ -402,4 +409,159 @@ async fn a_replica_started_while_redis_is_down_counts_in_redis_once_redis_answer
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(readyz(&app).await["rate_limit"], "redis");
+}
+
+// ------------------------------------------------------------------ the state in Redis
+
+fn retry_after(a: &Answer) -> String {
+    a.headers
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+/// README: mappings changed through the API are "decided by the new policy" at the next
+/// exchange; the local backend refills at the new rate at once. With `backend =
+/// "redis"` the GCRA state (a theoretical arrival time) written under the old, slow
+/// limit is kept as is, so after an operator raises the limit (here from one exchange
+/// per 100 s to 50/s with a burst of 10) the pair stays refused for the old limit's
+/// whole interval, with a `Retry-After` of the old limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raising_a_mappings_rate_limit_takes_effect_at_once_with_the_redis_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let section = redis_section(&shared_redis_url(), &unique_prefix("raise"), "local_share");
+    let toml = config_toml(&issuer, &dir.path().join("m.db"), &section).replace(
+        "rate_limit = { per_second = 0.5, burst = 2 }",
+        "rate_limit = { per_second = 0.01, burst = 1 }",
+    );
+    let cfg = load_config(dir.path(), &toml);
+    let st = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
+    let app = meshpass_exchange::app(st.clone());
+
+    let first = orders(&app, &issuer.svid(WEB, now(), 600 + rand_suffix())).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.json);
+    let second = orders(&app, &issuer.svid(WEB, now(), 600 + rand_suffix())).await;
+    assert_eq!(
+        second.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        second.json
+    );
+
+    // The operator raises the limit (through the service's own store view, as the
+    // management API writes it).
+    let mut m = st
+        .store
+        .get_mapping("web-to-orders")
+        .await
+        .unwrap()
+        .expect("mapping");
+    m.rate_limit = Some(RateLimit {
+        per_second: 50.0,
+        burst: 10,
+    });
+    st.store.put_mapping(&m).await.unwrap();
+
+    // Under the new limit one exchange is free again after 20 ms (a whole burst after
+    // 200 ms). Ask every 100 ms for two seconds, generously.
+    let mut statuses = Vec::new();
+    let mut waits = Vec::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = orders(&app, &issuer.svid(WEB, now(), 600 + rand_suffix())).await;
+        if r.status == StatusCode::OK {
+            return;
+        }
+        statuses.push(r.status.as_u16());
+        waits.push(retry_after(&r));
+    }
+    panic!(
+        "2 s after raising the limit to 50/s burst 10 the pair is still refused: \
+         statuses {statuses:?}, Retry-After {waits:?}"
+    );
+}
+
+/// The module promises "replicas' clocks do not matter" because the script reads
+/// Redis's own clock; but Redis's clock is not monotonic. After a failover to a node
+/// whose clock is behind (or an NTP step back) a stored arrival time lies in the
+/// future, and the GCRA refuses the pair until the new clock catches up: a lockout as
+/// long as the skew, with `Retry-After` equal to it, whatever the mapping's limit.
+/// The state is written here as the script itself writes it on a node one hour ahead
+/// (tat = that node's now + one interval, expiring one interval later by its clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_clock_stepping_back_never_locks_a_pair_out_longer_than_its_limits_refill() {
+    let url = shared_redis_url();
+    let prefix = unique_prefix("clock-back");
+    let cfg = RateLimitConfig {
+        backend: Backend::Redis,
+        redis_url: Some(url.clone()),
+        key_prefix: prefix.clone(),
+        redis_timeout_ms: 2000,
+        ..RateLimitConfig::default()
+    };
+    let limiter = RateLimiter::from_config(&cfg, &Metrics::new().unwrap(), 1).unwrap();
+    // 10/s, burst 5: no state this limit can produce asks for more than 0.5 s.
+    let limit = RateLimit {
+        per_second: 10.0,
+        burst: 5,
+    };
+    let key = RedisLimiter::new(&url, &prefix, Duration::from_secs(2))
+        .unwrap()
+        .redis_key("caller subject", "m");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+    let skew_us: u64 = 3_600_000_000;
+    let interval_us: u64 = 100_000;
+    let tat = secs * 1_000_000 + micros + skew_us + interval_us;
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg(tat.to_string())
+        .arg("PX")
+        .arg((skew_us + interval_us) / 1000 + 1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    match limiter.check("caller subject", "m", limit).await {
+        Ok(()) => {}
+        Err(ApiError::RateLimited { retry_after_secs }) => assert!(
+            retry_after_secs <= 2,
+            "a 10/s burst-5 limit refused with Retry-After {retry_after_secs} s \
+             (the Redis clock's step back, not the limit)"
+        ),
+        Err(e) => panic!("unexpected {e:?}"),
+    }
+    let _: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+/// README metrics: `meshpass_rate_limit_redis_up` is "1 while Redis answers, 0 while
+/// the fallback decides". A replica started while Redis is down reports 1 (set at
+/// construction, before Redis was ever asked) for as long as no exchange and no
+/// `/readyz` asks: a scrape of `/metrics` alone, however late, sees a Redis that never
+/// answered reported as up, so an alert on the gauge never fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_up_gauge_never_reports_a_redis_that_has_not_answered_as_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let mut redis = RedisServer::start(dir.path());
+    redis.stop();
+    let section = redis_section(&redis.url(), &unique_prefix("gauge"), "local_share");
+    let toml = config_toml(&issuer, &dir.path().join("m.db"), &section);
+    let cfg = load_config(dir.path(), &toml);
+    let st = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
+    let app = meshpass_exchange::app(st);
+    // Ten times redis_retry_ms (100 ms) later, only Prometheus scrapes.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let up = metric(&app, "meshpass_rate_limit_redis_up ").await;
+    assert_eq!(
+        up, 0.0,
+        "meshpass_rate_limit_redis_up {up} although Redis has been down since start"
+    );
 }

@@ -243,7 +243,9 @@ impl RateLimiter {
             ] {
                 metrics.register(c).map_err(|e| e.to_string())?;
             }
-            m.redis_up.set(1);
+            // 0 until Redis has answered: a replica started during an outage, with no
+            // traffic and no readiness probe yet, must not report Redis up.
+            m.redis_up.set(0);
             l.shared = Some(Shared {
                 redis,
                 on_down: cfg.on_redis_down,
@@ -323,8 +325,8 @@ impl Shared {
         self.last_try_ms.store(self.now_ms(), Ordering::Relaxed);
         if self.down.swap(false, Ordering::Relaxed) {
             tracing::info!("redis answers again: rate limits are global again");
-            self.metrics.redis_up.set(1);
         }
+        self.metrics.redis_up.set(1);
     }
 
     fn failed(&self, e: &RedisLimitError) {

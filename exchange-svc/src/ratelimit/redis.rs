@@ -1,8 +1,9 @@
 //! The `redis` backend: one GCRA (generic cell rate algorithm) state per (caller,
 //! subject, mapping) in Redis, shared by every replica, updated by one atomic Lua script
 //! per check. The script reads Redis's own clock (`TIME`), so replicas' clocks do not
-//! matter, and stores only the "theoretical arrival time" with an expiry: a key lives
-//! no longer than its bucket takes to refill.
+//! matter (and a step back of Redis's clock costs a pair at most one refill), and
+//! stores only the "theoretical arrival time" and its interval with an expiry: a key
+//! lives no longer than its bucket takes to refill.
 //!
 //! Keys are `{key_prefix}:` + the SHA-256 (hex) of the mapping and the (caller,
 //! subject) pair: bounded length, and no workload identity in Redis.
@@ -14,22 +15,53 @@ use sha2::{Digest, Sha256};
 
 use crate::store::RateLimit;
 
-/// GCRA in one step. KEYS[1]: the state; ARGV[1]: emission interval T (µs, the time
-/// one request "costs"); ARGV[2]: tolerance (µs) = T × (burst − 1). Returns 0 when
-/// allowed (and records it), else the µs to wait.
+/// GCRA in one step. KEYS[1]: the state, `TAT:T` (the theoretical arrival time and
+/// the interval it was counted in, µs; a bare `TAT` from older builds is read in the
+/// current interval); ARGV[1]: emission interval T (µs, the time one request "costs");
+/// ARGV[2]: tolerance (µs) = T × (burst − 1). Returns 0 when allowed (and records it),
+/// else the µs to wait.
+///
+/// The state is brought to the current limit before it is used: a debt counted in
+/// another interval (the mapping's limit changed) is rescaled, as the local buckets
+/// refill at a new rate at once; and an arrival time no state of this limit can reach
+/// (Redis's clock stepped back: a failover to a node behind) is capped at one full
+/// bucket ahead, so a pair is never locked out for longer than its limit refills.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local stored = redis.call('GET', KEYS[1])
+local tat = now
+local fixed = false
+if stored then
+  local s_tat, s_int = string.match(stored, '^(%d+):(%d+)$')
+  if s_tat then
+    tat = tonumber(s_tat)
+    local old = tonumber(s_int)
+    if old ~= interval and old > 0 and tat > now then
+      tat = now + (tat - now) * interval / old
+      fixed = true
+    end
+  else
+    tat = tonumber(stored) or now
+  end
+end
 if tat < now then tat = now end
+local cap = now + tolerance + interval
+if tat > cap then
+  tat = cap
+  fixed = true
+end
 local allow_at = tat - tolerance
 if now < allow_at then
+  if fixed then
+    redis.call('SET', KEYS[1], string.format('%.0f:%.0f', tat, interval), 'PX', math.floor((tat - now) / 1000) + 1)
+  end
   return math.max(1, math.floor(allow_at - now))
 end
 local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+redis.call('SET', KEYS[1], string.format('%.0f:%.0f', new_tat, interval), 'PX', math.floor((new_tat - now) / 1000) + 1)
 return 0
 ";
 
