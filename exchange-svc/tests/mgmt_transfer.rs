@@ -34,6 +34,19 @@ fn granting(name: &str, resource: &str, scope: &str) -> Value {
     m
 }
 
+/// Creates, through the API, a mapping granting only `scope` of `resource` and that
+/// scope's row setting `claims`.
+async fn granted_row(s: &Service, name: &str, resource: &str, scope: &str, claims: Value) {
+    let (st, _, body) = s
+        .post("/api/v1/mappings", &granting(name, resource, scope))
+        .await;
+    assert_eq!(st, 201, "{body}");
+    let (st, _, body) = s
+        .post("/api/v1/scopes", &scope_row(resource, scope, claims))
+        .await;
+    assert_eq!(st, 201, "{body}");
+}
+
 // ---------------------------------------------------------------------------------
 // Scope rows are matched by the string "scopes/RESOURCE/SCOPE", but a resource may
 // hold `/` (any non-control text) and so may a scope token (RFC 6749 %x21-7E minus
@@ -45,26 +58,8 @@ async fn an_export_holding_scope_rows_whose_resource_and_scope_join_to_the_same_
     db: Db,
 ) {
     let s = Service::start(db).await;
-    assert_eq!(
-        s.post("/api/v1/mappings", &granting("slash-a", "a", "b/c"))
-            .await
-            .0,
-        201
-    );
-    assert_eq!(
-        s.post("/api/v1/mappings", &granting("slash-ab", "a/b", "c"))
-            .await
-            .0,
-        201
-    );
-    let (st, _, body) = s
-        .post("/api/v1/scopes", &scope_row("a", "b/c", json!({"x": 1})))
-        .await;
-    assert_eq!(st, 201, "{body}");
-    let (st, _, body) = s
-        .post("/api/v1/scopes", &scope_row("a/b", "c", json!({"y": 2})))
-        .await;
-    assert_eq!(st, 201, "{body}");
+    granted_row(&s, "slash-a", "a", "b/c", json!({"x": 1})).await;
+    granted_row(&s, "slash-ab", "a/b", "c", json!({"y": 2})).await;
     let (_, _, doc) = s.get("/api/v1/export").await;
     let (st, _, diff) = s.post("/api/v1/import?dry_run=true", &doc).await;
     assert_eq!(st, 200, "the store's own export does not import: {diff}");
@@ -79,16 +74,7 @@ async fn an_import_without_prune_never_deletes_a_stored_scope_row_whose_path_loo
     db: Db,
 ) {
     let s = Service::start(db).await;
-    assert_eq!(
-        s.post("/api/v1/mappings", &granting("slash-ab", "a/b", "c"))
-            .await
-            .0,
-        201
-    );
-    let (st, _, body) = s
-        .post("/api/v1/scopes", &scope_row("a/b", "c", json!({"y": 2})))
-        .await;
-    assert_eq!(st, 201, "{body}");
+    granted_row(&s, "slash-ab", "a/b", "c", json!({"y": 2})).await;
     let doc = json!({
         "mappings": [granting("slash-a", "a", "b/c")],
         "scopes": [scope_row("a", "b/c", json!({"x": 1}))],
