@@ -91,7 +91,9 @@ pub(crate) enum Settled {
 /// Judges a change Vault was asked for (`call`) by the key read again (`reread`):
 /// an answer lost on its way back (a reset, a proxy's timeout) may hide a change Vault
 /// made, which must be audited and announced all the same, and not made twice by a
-/// caller retrying a 503. `shows(before, after)` says whether `after` shows it.
+/// caller retrying a 503. `shows(before, after)` says whether `after` shows it. When
+/// the call failed and the read after it fails too (the same network trouble), the key
+/// is read again twice more (after 250 and 500 ms) before the change counts as not made.
 pub(crate) async fn settle<F, Fut>(
     action: &str,
     call: Result<(), MgmtError>,
@@ -100,10 +102,19 @@ pub(crate) async fn settle<F, Fut>(
     reread: F,
 ) -> Settled
 where
-    F: FnOnce() -> Fut,
+    F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<KeyStatus, MgmtError>>,
 {
-    let after = reread().await;
+    let mut after = reread().await;
+    if call.is_err() {
+        for wait_ms in [250, 500] {
+            if after.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(wait_ms)).await;
+            after = reread().await;
+        }
+    }
     match (call, after) {
         (Ok(()), Ok(after)) => Settled::Done {
             after: Some(after),

@@ -236,6 +236,15 @@ impl KeySchedule {
     /// One tick: `Ok(None)` when another replica held the lock.
     pub async fn tick(&self) -> Result<Option<TickOutcome>, MgmtError> {
         let r = self.store.try_maintenance(self.maintain()).await;
+        // After the tick, whoever held the lock: a rotation it made has been read back
+        // (and a replica that skipped still reports what it last read).
+        if let Some(newest) = self.signer.newest_created() {
+            self.metrics.newest_created.set(
+                newest
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            );
+        }
         match &r {
             Ok(None) => self.metrics.skipped.inc(),
             Ok(Some(o)) => {
@@ -265,11 +274,6 @@ impl KeySchedule {
             .signer
             .newest_created()
             .ok_or(MgmtError::Unavailable(Dependency::TransitKey))?;
-        self.metrics.newest_created.set(
-            newest
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        );
         if newest + self.cfg.rotate_every <= now {
             let before = status.clone();
             let call = self.signer.rotate().await;

@@ -7,162 +7,30 @@
 //!
 //! Faults Vault itself cannot be made to produce at the right moment (the key read
 //! failing right after a rotation, the answer to a rotation lost on its way back) are
-//! made by a small HTTP relay in front of the real OpenBao: every request still goes to
-//! OpenBao, which does the real rotation.
+//! made by the relay of `vault_relay` in front of the real OpenBao: every request still
+//! goes to OpenBao, which does the real rotation.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 mod mgmt_common;
 mod vault_common;
+mod vault_relay;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{Request, Response, StatusCode};
 use meshpass_exchange::key_maintenance::LockedKeyAdmin;
 use meshpass_exchange::key_schedule::{KeySchedule, KeysConfig, SYSTEM_ACTOR};
 use meshpass_exchange::mgmt::KeyAdmin;
 use meshpass_exchange::signer::Signer;
-use meshpass_exchange::store::{Actor, AuditQuery, SqlStore, StoreConfig};
+use meshpass_exchange::store::{Actor, SqlStore, StoreConfig};
 use meshpass_exchange::vault::{AuthConfig, Secret, TransitSigner, VaultConfig};
-use meshpass_testkit::OpenBao;
 use mgmt_common::*;
 use reqwest::Method;
 use serde_json::json;
-
-const KEY: &str = "mp";
-
-// ---------------------------------------------------------------------------------
-// A fault-injecting relay in front of the real OpenBao.
-
-#[derive(Default)]
-struct Faults {
-    /// Set once OpenBao answered a rotation through the relay with success.
-    rotated: AtomicBool,
-    /// Once `rotated`: reads of the transit key answer 503 (Vault went away).
-    fail_key_reads_after_rotate: AtomicBool,
-    /// A rotation is forwarded (OpenBao does it) but its answer is replaced by a 502
-    /// (a load balancer timing out, a connection reset on the way back).
-    lose_rotate_answer: AtomicBool,
-    /// Every request answers 503 (Vault sealed or overloaded).
-    down: AtomicBool,
-}
-
-struct Relay {
-    addr: String,
-    faults: Arc<Faults>,
-}
-
-async fn relay_to(bao: &OpenBao) -> Relay {
-    let target = bao.addr();
-    let faults = Arc::new(Faults::default());
-    let http = reqwest::Client::new();
-    let f = faults.clone();
-    let handler = move |req: Request<Body>| {
-        let (target, f, http) = (target.clone(), f.clone(), http.clone());
-        async move {
-            let method = req.method().clone();
-            let path = req.uri().path().to_string();
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default();
-            let headers = req.headers().clone();
-            let body = axum::body::to_bytes(req.into_body(), 16 << 20)
-                .await
-                .unwrap();
-            if f.down.load(Ordering::SeqCst) {
-                return Response::builder()
-                    .status(503)
-                    .body(Body::from(r#"{"errors":["Vault is sealed"]}"#))
-                    .unwrap();
-            }
-            let key_path = format!("/v1/transit/keys/{KEY}");
-            let rotate_path = format!("/v1/transit/keys/{KEY}/rotate");
-            if method == Method::GET
-                && path == key_path
-                && f.rotated.load(Ordering::SeqCst)
-                && f.fail_key_reads_after_rotate.load(Ordering::SeqCst)
-            {
-                return Response::builder()
-                    .status(503)
-                    .body(Body::from(r#"{"errors":["Vault is sealed"]}"#))
-                    .unwrap();
-            }
-            let mut r = http.request(
-                reqwest::Method::from_bytes(method.as_str().as_bytes()).unwrap(),
-                format!("{target}{pq}"),
-            );
-            for (k, v) in headers.iter() {
-                if k != "host" && k != "content-length" {
-                    r = r.header(k.as_str(), v.as_bytes());
-                }
-            }
-            let resp = match r.body(body.to_vec()).send().await {
-                Ok(resp) => resp,
-                Err(_) => return Response::builder().status(502).body(Body::empty()).unwrap(),
-            };
-            let status = resp.status().as_u16();
-            let bytes = resp.bytes().await.unwrap_or_default();
-            if method == Method::POST && path == rotate_path && (200..300).contains(&status) {
-                f.rotated.store(true, Ordering::SeqCst);
-                if f.lose_rotate_answer.load(Ordering::SeqCst) {
-                    return Response::builder()
-                        .status(502)
-                        .body(Body::from("upstream connection reset"))
-                        .unwrap();
-                }
-            }
-            Response::builder()
-                .status(StatusCode::from_u16(status).unwrap())
-                .header("content-type", "application/json")
-                .body(Body::from(bytes))
-                .unwrap()
-        }
-    };
-    let app = axum::Router::new().fallback(handler);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    Relay { addr, faults }
-}
-
-// ---------------------------------------------------------------------------------
-// Helpers.
-
-async fn bao() -> OpenBao {
-    tokio::task::spawn_blocking(|| vault_common::bao_with_key(KEY, "ecdsa-p256"))
-        .await
-        .unwrap()
-}
-
-async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<SqlStore> {
-    let cfg = StoreConfig {
-        url: format!("sqlite://{}", dir.path().join("m.db").display()),
-        max_connections: 2,
-        ..StoreConfig::default()
-    };
-    let s = Arc::new(SqlStore::connect(&cfg, "participant").unwrap());
-    s.migrate().await.unwrap();
-    s
-}
-
-async fn audit(store: &SqlStore, action: &str) -> Vec<meshpass_exchange::store::AuditEvent> {
-    store
-        .audit_events(&AuditQuery {
-            limit: 100,
-            action: Some(action.into()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-}
+use vault_relay::*;
 
 fn schedule(
     rotate_every: Duration,

@@ -6,7 +6,7 @@ use super::secret::Secret;
 use serde_json::Value;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Why a Vault call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -154,6 +154,9 @@ pub struct VaultClient {
     /// The newest generation Vault answered 403 to: a refusal of an older token (a
     /// request sent before the last login) asks for no new login.
     refused_generation: AtomicU64,
+    /// Vault's clock minus ours (ms), from its last answer's `Date` header; 0 within
+    /// the header's one-second resolution (see [`VaultClient::clock_offset_ms`]).
+    clock_offset_ms: AtomicI64,
     stats: Arc<VaultStats>,
 }
 
@@ -214,6 +217,7 @@ impl VaultClient {
             namespace: cfg.namespace.clone(),
             token: RwLock::new((Secret::default(), 0)),
             refused_generation: AtomicU64::new(0),
+            clock_offset_ms: AtomicI64::new(0),
             stats: Arc::new(VaultStats::default()),
         })
     }
@@ -251,6 +255,31 @@ impl VaultClient {
             self.refused_generation
                 .fetch_max(generation, Ordering::Relaxed);
         }
+    }
+
+    /// How far Vault's clock is ahead of ours (ms; negative: behind), from the `Date` of
+    /// its last answer: Vault's own times (a key version's `creation_time`) are moved by
+    /// it onto this replica's clock. 0 when the two agree within the header's resolution.
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms.load(Ordering::Relaxed)
+    }
+
+    fn note_date(&self, date: Option<&reqwest::header::HeaderValue>) {
+        let Some(vault_now) = date
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| httpdate::parse_http_date(s).ok())
+        else {
+            return;
+        };
+        let ms = |t: SystemTime| {
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        };
+        // `Date` is truncated to the second and sent a moment before we read it: an
+        // offset under two seconds is that, not a clock apart.
+        let offset = ms(vault_now).saturating_sub(ms(SystemTime::now()));
+        let offset = if offset.abs() < 2_000 { 0 } else { offset };
+        self.clock_offset_ms.store(offset, Ordering::Relaxed);
     }
 
     /// `method` on `/v1/{path}` with the current token (when `authenticated`). Returns
@@ -336,6 +365,7 @@ impl VaultClient {
             })
         })?;
         let status = resp.status().as_u16();
+        self.note_date(resp.headers().get(reqwest::header::DATE));
         let bytes = resp.bytes().await.map_err(|e| {
             VaultError::Unavailable(format!("{path}: reading body: {}", error_chain(&e)))
         })?;

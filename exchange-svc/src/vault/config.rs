@@ -86,7 +86,9 @@ impl Default for VaultConfig {
             key_type: None,
             rsa_alg: RsaAlg::PS256,
             min_version: None,
-            publish_lead: Duration::from_secs(60),
+            // server.jwks_max_age_secs (60) + key_refresh_interval (30): a verifier that
+            // cached the JWKS just before another replica saw the version still holds it.
+            publish_lead: Duration::from_secs(90),
             key_refresh_interval: Duration::from_secs(30),
             batch_max_size: 64,
             batch_max_wait: Duration::from_millis(2),
@@ -519,7 +521,7 @@ mod tests {
         let c = parse("address = \"http://127.0.0.1:8200\"").unwrap();
         assert_eq!(c.transit_mount, "transit");
         assert_eq!(c.key_name, "meshpass-participant");
-        assert_eq!(c.publish_lead, Duration::from_secs(60));
+        assert_eq!(c.publish_lead, Duration::from_secs(90));
         assert_eq!(c.key_refresh_interval, Duration::from_secs(30));
         assert_eq!(c.batch_max_size, 64);
         assert_eq!(c.batch_max_wait, Duration::from_millis(2));

@@ -326,6 +326,19 @@ impl Inner {
             .and_then(Value::as_object)
             .ok_or_else(|| proto("key answer without keys".into()))?;
         let now = SystemTime::now();
+        // Vault's `creation_time`s on this replica's clock: a Vault whose clock lags
+        // would otherwise make a version minutes old here the moment it is created (it
+        // would sign at once on a replica starting now, and the schedule would retire
+        // the version this replica still signs with).
+        let offset = self.client.clock_offset_ms();
+        let on_our_clock = |t: SystemTime| {
+            let d = Duration::from_millis(offset.unsigned_abs());
+            if offset >= 0 {
+                t.checked_sub(d).unwrap_or(t)
+            } else {
+                t.checked_add(d).unwrap_or(t)
+            }
+        };
         let mut versions = BTreeMap::new();
         for (ver, entry) in keys {
             let Ok(version) = ver.parse::<u64>() else {
@@ -345,6 +358,7 @@ impl Inner {
                 .get("creation_time")
                 .and_then(Value::as_str)
                 .and_then(parse_rfc3339)
+                .map(on_our_clock)
                 .unwrap_or(now)
                 .min(now);
             let published_at = match previous {
