@@ -55,11 +55,29 @@ pub fn normalise(path: &str) -> Cow<'_, str> {
 /// default, `path_with_escaped_slashes_action`), or a dot segment with parameters
 /// (`..;x`, no dot segment to Envoy, `..` to Tomcat and Spring).
 pub fn kept_by_envoy(path: &str) -> bool {
-    let dot_with_params = path.split('/').any(|seg| {
-        seg.split_once(';')
-            .is_some_and(|(base, _)| base == "." || base == "..")
-    });
-    dot_with_params || has_escaped_slash(path)
+    let dot_with_params = |p: &str| {
+        p.split('/').any(|seg| {
+            seg.split_once(';')
+                .is_some_and(|(base, _)| base == "." || base == "..")
+        })
+    };
+    // Also written escaped or with `\` (`%2e%2e;`, `..;` after a backslash): Envoy
+    // decodes `%2e` and keeps the parameters, Tomcat reads `..`.
+    has_escaped_slash(path) || dot_with_params(path) || dot_with_params(&decode(path))
+}
+
+/// `path` with every segment's `;` parameters removed (`/admin;jsessionid=1/users` →
+/// `/admin/users`): the path Tomcat and Spring serve, and so the one rules and bypass
+/// routes are matched against (Envoy forwards the parameters).
+pub fn without_params(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for (i, seg) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(seg.split_once(';').map_or(seg, |(base, _)| base));
+    }
+    out
 }
 
 fn has_escaped_slash(path: &str) -> bool {

@@ -124,6 +124,11 @@ impl Worker {
             );
             return Err(Verdict::Pause);
         }
+        let path = if path.contains(';') {
+            std::borrow::Cow::Owned(crate::path::without_params(&path))
+        } else {
+            path
+        };
         if !cfg.bypass.is_empty() && cfg.bypassed(&path) {
             if cfg.insecure_keep_x_meshpass_headers && cfg.set_subject_header {
                 // Per-name mode left it for the overwrite that a bypass never does.

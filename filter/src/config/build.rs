@@ -83,6 +83,7 @@ impl Config {
             .enumerate()
             .map(|(i, r)| rule(i, r, &policy_digest))
             .collect::<Result<Vec<_>, _>>()?;
+        super::shadow::check(&rules, &bypass)?;
         let default_target = raw
             .default_rule
             .map(|t| target("default_rule", t, &policy_digest))
@@ -592,7 +593,12 @@ fn rule(i: usize, r: RawRule, policy_digest: &[u8; 32]) -> Result<Rule, ConfigEr
     let path_prefix = path_prefix
         .map(|p| check_match_path(&format!("{f}.path_prefix"), p))
         .transpose()?;
-    let authority = authority.map(|a| a.to_ascii_lowercase());
+    // One trailing root dot dropped, as a request's is (`Config::select`): kept, the
+    // rule would never match.
+    let authority = authority.map(|a| {
+        let a = a.to_ascii_lowercase();
+        a.strip_suffix('.').map_or(a.clone(), str::to_string)
+    });
     if authority.as_deref() == Some("") {
         return Err(err(format!("{f}.authority"), "must not be empty"));
     }
@@ -618,6 +624,39 @@ fn rule(i: usize, r: RawRule, policy_digest: &[u8; 32]) -> Result<Rule, ConfigEr
             format!("{f}.authority"),
             "a host without a port: requests are matched on the host, whatever the port",
         ));
+    }
+    if let Some(a) = authority.as_deref() {
+        let host = a.strip_prefix("*.").unwrap_or(a);
+        let ipv6 = host.len() > 2
+            && host.starts_with('[')
+            && host.ends_with(']')
+            && host
+                .bytes()
+                .all(|b| b"[]:.".contains(&b) || b.is_ascii_hexdigit());
+        let name = host.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        });
+        if !(ipv6 || name) {
+            return Err(err(
+                format!("{f}.authority"),
+                "a host name, *.suffix or a bracketed IPv6 address (no scheme, path or port)",
+            ));
+        }
+    }
+    // RFC 9110 tokens: `"GET, POST"` or `"GET "` would never equal a request's method.
+    for (j, m) in methods.iter().enumerate() {
+        if m.is_empty()
+            || !m
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            return Err(err(
+                format!("{f}.methods[{j}]"),
+                "an HTTP method token (e.g. GET), one per list item",
+            ));
+        }
     }
     Ok(Rule {
         target: target(&f, t, policy_digest)?,

@@ -8,6 +8,7 @@
 mod build;
 mod error;
 mod raw;
+mod shadow;
 mod types;
 
 pub use error::ConfigError;

@@ -396,3 +396,128 @@ fn a_long_tick_alone_is_accepted_with_revocation_polled_on_every_tick() {
     let e = Config::parse(cfg.to_string().as_bytes()).unwrap_err();
     assert_eq!(e.field, "revocation.poll_interval_ms", "{e}");
 }
+
+fn parse(c: &serde_json::Value) -> Result<Config, meshpass_filter::config::ConfigError> {
+    Config::parse(c.to_string().as_bytes())
+}
+
+/// README: a rule's `authority` is matched "the request's port and one trailing root dot
+/// ignored", and a rule that "could never match" is refused (a port, `?`/`#`, a path not
+/// in normal form). A rule authority with its own trailing dot, or written as a URL,
+/// can never match any request (the request's dot is dropped before the compare, a
+/// scheme never appears in `:authority`), yet it is accepted: every request it was
+/// meant for silently falls to the default rule. Refused, or (one trailing dot)
+/// matched as the host it names.
+#[test]
+fn refuses_a_rule_authority_that_no_request_authority_could_ever_match() {
+    let key = Key::new("k1");
+    let mut wrong = Vec::new();
+    for (authority, request) in [
+        ("api.test.", "api.test."),
+        ("*.shop.test.", "a.shop.test."),
+        ("https://api.test", "api.test"),
+    ] {
+        let mut cfg = base_config(&key);
+        cfg["rules"] = json!([{"authority": authority, "resource": "strong"}]);
+        match parse(&cfg) {
+            Err(e) => assert_eq!(e.field, "rules[0].authority", "{authority}: {e}"),
+            Ok(c) => {
+                let got = c
+                    .select(Some(request), Some("/"), Some("GET"))
+                    .and_then(|t| t.resource.clone());
+                // Accepted only if it matches what it names (the root dot dropped).
+                if got.as_deref() == Some("strong") {
+                    continue;
+                }
+                wrong.push(format!(
+                    "rules[0].authority {authority:?} accepted; a request for {request:?} gets {got:?}, not the rule"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// "First match wins": a rule that an earlier rule covers entirely (its authority,
+/// path prefix and methods all inside the earlier one's) can never be selected, and a
+/// rule whose `path_prefix` lies under a bypass prefix can never be reached (bypass is
+/// checked first). Both are accepted today, so `/api/admin/x` silently gets the broad
+/// `/api` rule's token, and `/public/admin/x` none at all. The README refuses other
+/// rules that "could never match"; these should be refused too, naming the dead rule.
+#[test]
+fn refuses_a_rule_that_an_earlier_rule_or_a_bypass_prefix_shadows_entirely() {
+    let key = Key::new("k1");
+    let cases = [
+        (
+            json!([]),
+            json!([
+                {"path_prefix": "/api", "resource": "api"},
+                {"path_prefix": "/api/admin", "resource": "admin", "scopes": ["admin"]},
+            ]),
+            "rules[1]",
+            "/api/admin/x",
+        ),
+        (
+            json!([]),
+            json!([
+                {"resource": "catch-all"},
+                {"path_prefix": "/admin", "resource": "admin"},
+            ]),
+            "rules[1]",
+            "/admin/x",
+        ),
+        (
+            json!([{"path_prefix": "/public"}]),
+            json!([{"path_prefix": "/public/admin", "resource": "admin"}]),
+            "rules[0]",
+            "/public/admin/x",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (bypass, rules, field, path) in cases {
+        let mut cfg = base_config(&key);
+        cfg["bypass"] = bypass;
+        cfg["rules"] = rules.clone();
+        match parse(&cfg) {
+            Err(e) => assert!(
+                e.field.starts_with(field) || e.field.starts_with("bypass[0]"),
+                "{rules}: {e}"
+            ),
+            Ok(c) => {
+                let bypassed = c.bypassed(path);
+                let got = c
+                    .select(None, Some(path), Some("GET"))
+                    .and_then(|t| t.resource.clone());
+                wrong.push(format!(
+                    "{field} can never match but was accepted: {path} bypassed={bypassed}, rule resource {got:?}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// A method that is no HTTP token (RFC 9110 §9: `tchar`s, never empty) can never equal
+/// a request's `:method`; `"GET, POST"` (one string for two) is the likely mistake.
+/// Accepted today: the rule silently never matches and its requests get the default.
+#[test]
+fn refuses_a_rule_method_that_is_no_http_method_token() {
+    let key = Key::new("k1");
+    let mut wrong = Vec::new();
+    for method in ["GET, POST", "", "GET "] {
+        let mut cfg = base_config(&key);
+        cfg["rules"] = json!([{"methods": [method], "path_prefix": "/admin", "resource": "admin"}]);
+        match parse(&cfg) {
+            Err(e) => assert_eq!(e.field, "rules[0].methods[0]", "{method:?}: {e}"),
+            Ok(c) => {
+                let got = c
+                    .select(None, Some("/admin/x"), Some("GET"))
+                    .and_then(|t| t.resource.clone());
+                wrong.push(format!(
+                    "rules[0].methods[0] {method:?} accepted; GET /admin/x gets {got:?}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}

@@ -163,3 +163,60 @@ fn refuses_a_rule_or_bypass_path_that_is_not_in_normal_form() {
         assert_eq!(e.field, field, "{e}");
     }
 }
+
+/// README (`allow_unnormalised_paths`): "a path holding … a `..;` segment is still
+/// refused, since Envoy keeps those by default and would route it as another path".
+/// `%2e%2e;` is that segment once its unreserved escapes are decoded (Envoy's
+/// `normalize_path` decodes them, and keeps the `..;`), and a backslash is a `/` to
+/// Envoy's normaliser as to the filter's: Envoy routes `/admin/..;/healthz` under
+/// `/admin/`, an app that does not read `..;` as `..` serves it there, while the filter
+/// matched its normal form `/healthz`, the bypass, and forwarded it with no token.
+#[test]
+fn allow_mode_refuses_an_escaped_or_backslashed_dot_segment_with_parameters_rather_than_bypass() {
+    let mut wrong = Vec::new();
+    for path in [
+        "/admin/%2e%2e;/healthz",
+        "/admin/%2E.;x=1/healthz",
+        "/admin/x/.%2e;/../healthz",
+        "/admin\\..;\\healthz",
+    ] {
+        let mut f = paths_fixture(|c| c["allow_unnormalised_paths"] = json!(true));
+        let verdict = f.send(1, &[(":path", path)]);
+        let status = f.host.replies.get(&1).map(|r| r.status);
+        if f.count(Counter::Bypassed) != 0 || status != Some(400) {
+            wrong.push(format!(
+                "{path}: {verdict:?}, status {status:?}, bypassed {}",
+                f.count(Counter::Bypassed)
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "not refused: {wrong:#?}");
+}
+
+/// README: `;` parameters are what "Tomcat and Spring read" away (`..;x` is `..` to
+/// them), and tests/logic/paths.rs says "Parameters on any other segment change
+/// nothing". They do for a rule prefix that ends in `/` or spans segments:
+/// `/admin;jsessionid=1/users` is `/admin/users` to Tomcat and Spring (Envoy forwards
+/// it as sent), but does not start with the `/admin/` rule's prefix, so the filter
+/// exchanges it under the default rule (here one that fails open) and forwards it
+/// without refusal. It should get the `/admin/` rule, or a 400.
+#[test]
+fn a_path_parameter_on_a_segment_does_not_move_a_request_from_its_rule_to_the_default() {
+    let mut wrong = Vec::new();
+    for path in ["/admin;jsessionid=1/users", "/admin;/users", "/admin;x=1/"] {
+        let mut f = paths_fixture(|_| {});
+        let auth = format!("Bearer {}", f.token(ALICE));
+        f.send(1, &[(":path", path), ("authorization", &auth)]);
+        let status = f.host.replies.get(&1).map(|r| r.status);
+        let resource = last_resource(&f.host);
+        if status != Some(400) && resource.as_deref() != Some("https://admin.test") {
+            wrong.push(format!(
+                "{path}: status {status:?}, exchanged for {resource:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "matched past the /admin/ rule: {wrong:#?}"
+    );
+}
