@@ -130,12 +130,9 @@ async fn assert_key_endpoints_answer_unavailable(s: &Service, what: &str) {
 async fn a_scheduled_rotation_done_in_vault_is_audited_and_announced_even_when_the_reread_fails() {
     let bao = bao().await;
     let relay = relay_to(&bao).await;
-    let mut vault = vault_common::config(&bao, KEY);
-    vault.address = Some(relay.addr.clone());
-    vault.key_refresh_interval = Duration::from_secs(3600);
-    let signer = Arc::new(TransitSigner::start(&vault).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(&dir).await;
+    // Kept to the end: it owns the store's directory.
+    let relayed = relayed(&bao, &relay).await;
+    let (signer, store) = (relayed.signer.clone(), relayed.store.clone());
     let sched = schedule(Duration::from_secs(1), false, store.clone(), signer.clone());
     // v1 is older than rotate_every.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -217,12 +214,9 @@ path "transit/keys/{KEY}/rotate" {{ capabilities = ["update"] }}"#,
 async fn an_api_rotation_whose_answer_was_lost_after_vault_did_it_is_still_audited() {
     let bao = bao().await;
     let relay = relay_to(&bao).await;
-    let mut vault = vault_common::config(&bao, KEY);
-    vault.address = Some(relay.addr.clone());
-    vault.key_refresh_interval = Duration::from_secs(3600);
-    let signer = Arc::new(TransitSigner::start(&vault).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(&dir).await;
+    // Kept to the end: it owns the store's directory.
+    let relayed = relayed(&bao, &relay).await;
+    let (signer, store) = (relayed.signer.clone(), relayed.store.clone());
     let admin = LockedKeyAdmin::new(signer.clone() as Arc<dyn KeyAdmin>, store.clone());
     relay
         .faults
@@ -361,9 +355,7 @@ async fn a_key_operation_vault_fails_under_the_maintenance_lock_releases_the_loc
     let bao = bao().await;
     let relay = relay_to(&bao).await;
     let db = meshpass_testkit::Postgres::fresh_database();
-    let mut vault = vault_common::config(&bao, KEY);
-    vault.address = Some(relay.addr.clone());
-    vault.key_refresh_interval = Duration::from_secs(3600);
+    let vault = relayed_config(&bao, &relay);
     let s1 = pg_store(&db.url()).await;
     let s2 = pg_store(&db.url()).await;
     let r1 = Arc::new(TransitSigner::start(&vault).await.unwrap());

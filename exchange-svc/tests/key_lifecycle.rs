@@ -34,15 +34,6 @@ fn actor(id: &str) -> Actor {
     }
 }
 
-fn kids(signer: &TransitSigner) -> Vec<String> {
-    signer.jwks()["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Unix seconds (fractional) of a version's `creation_time` as OpenBao itself has it.
 fn created_in_bao(bao: &OpenBao, version: u64) -> f64 {
     let key = bao.api_ok("GET", &format!("transit/keys/{KEY}"), None);
@@ -142,12 +133,14 @@ async fn a_scheduled_retirement_never_retires_the_version_the_replica_signs_with
         .unwrap();
     let signing_now = signer.current_key().map(|k| k.kid);
     assert!(
-        min_dec == 1 && kids(&signer).contains(&format!("{KEY}:v1")) && signing_now.is_ok(),
+        min_dec == 1
+            && vault_common::kids(&signer).contains(&format!("{KEY}:v1"))
+            && signing_now.is_ok(),
         "one second after v2 was created (it signs only in 20 s on this replica, whose \
          tokens signed by v1 live 120 s), the scheduled tick {tick:?} set \
          min_decryption_version = {min_dec}; published now: {:?}; this replica's signing \
          key: {signing_now:?}",
-        kids(&signer)
+        vault_common::kids(&signer)
     );
 }
 
@@ -173,7 +166,7 @@ async fn a_replica_started_after_a_rotation_waits_out_the_lead_even_when_vaults_
     let store = sqlite_store(&dir).await;
     let admin = LockedKeyAdmin::new(first.clone() as Arc<dyn KeyAdmin>, store.clone());
     admin.rotate(&actor("rotate-1")).await.unwrap();
-    assert!(kids(&first).contains(&format!("{KEY}:v2")));
+    assert!(vault_common::kids(&first).contains(&format!("{KEY}:v2")));
 
     // A second replica starts a moment later.
     let second = TransitSigner::start(&vault).await.unwrap();
@@ -199,12 +192,9 @@ async fn a_replica_started_after_a_rotation_waits_out_the_lead_even_when_vaults_
 async fn a_lost_rotation_answer_is_recorded_once_and_a_retried_503_does_not_rotate_again() {
     let bao = bao().await;
     let relay = relay_to(&bao).await;
-    let mut vault = vault_common::config(&bao, KEY);
-    vault.address = Some(relay.addr.clone());
-    vault.key_refresh_interval = Duration::from_secs(3600);
-    let signer = Arc::new(TransitSigner::start(&vault).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let store = sqlite_store(&dir).await;
+    // Kept to the end: it owns the store's directory.
+    let relayed = relayed(&bao, &relay).await;
+    let (signer, store) = (relayed.signer.clone(), relayed.store.clone());
     let admin = LockedKeyAdmin::new(signer.clone() as Arc<dyn KeyAdmin>, store.clone());
     relay
         .faults

@@ -229,15 +229,6 @@ fn actor(id: &str) -> Actor {
     }
 }
 
-fn kids(signer: &TransitSigner) -> Vec<String> {
-    signer.jwks()["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k["kid"].as_str().unwrap().to_string())
-        .collect()
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -268,7 +259,10 @@ async fn a_retirement_decided_on_a_stale_view_never_publishes_a_retired_version_
         r1.rotate().await.unwrap();
     }
     let r2 = Arc::new(TransitSigner::start(&vault).await.unwrap());
-    assert_eq!(kids(&r2), ["mp:v1", "mp:v2", "mp:v3", "mp:v4"]);
+    assert_eq!(
+        vault_common::kids(&r2),
+        ["mp:v1", "mp:v2", "mp:v3", "mp:v4"]
+    );
     let a1 = LockedKeyAdmin::new(r1.clone() as Arc<dyn KeyAdmin>, s1);
     let a2 = LockedKeyAdmin::new(r2.clone() as Arc<dyn KeyAdmin>, s2);
     // Every token the old versions signed has long expired (max lifetime 0, now far ahead).
@@ -276,7 +270,7 @@ async fn a_retirement_decided_on_a_stale_view_never_publishes_a_retired_version_
     a1.retire_below(3, 0, later, &actor("retire-3"))
         .await
         .unwrap();
-    assert_eq!(kids(&r1), ["mp:v3", "mp:v4"]);
+    assert_eq!(vault_common::kids(&r1), ["mp:v3", "mp:v4"]);
 
     // r2's operator asks to retire below 2: nothing is published below 2 any more.
     let r = a2.retire_below(2, 0, later, &actor("retire-2")).await;
@@ -284,7 +278,7 @@ async fn a_retirement_decided_on_a_stale_view_never_publishes_a_retired_version_
     let min_dec = key["data"]["min_decryption_version"].as_u64().unwrap();
     r1.refresh().await.unwrap();
     assert_eq!(
-        (min_dec, kids(&r1)),
+        (min_dec, vault_common::kids(&r1)),
         (3, vec!["mp:v3".to_string(), "mp:v4".to_string()]),
         "retire below 2 on a stale view answered {:?} and un-retired v2",
         r.as_ref()

@@ -38,6 +38,16 @@ pub fn config(bao: &OpenBao, key: &str) -> VaultConfig {
 }
 
 /// Policy allowing what the signer needs on transit key `key`.
+/// The kids `signer` publishes, in its JWKS order.
+pub fn kids(signer: &TransitSigner) -> Vec<String> {
+    signer.jwks()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn signer_policy(key: &str) -> String {
     format!(
         r#"path "transit/keys/{key}" {{ capabilities = ["read"] }}

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use meshpass_exchange::store::{AuditQuery, SqlStore, StoreConfig};
-use meshpass_exchange::vault::parse_rfc3339;
+use meshpass_exchange::vault::{parse_rfc3339, TransitSigner, VaultConfig};
 use meshpass_testkit::OpenBao;
 use reqwest::Method;
 
@@ -196,4 +196,35 @@ pub async fn audit(store: &SqlStore, action: &str) -> Vec<meshpass_exchange::sto
         })
         .await
         .unwrap()
+}
+
+/// The Vault settings of a signer reaching `bao` through `relay`, with no background
+/// key refresh to speak of (a test reads the key when it wants).
+pub fn relayed_config(bao: &OpenBao, relay: &Relay) -> VaultConfig {
+    let mut vault = vault_common::config(bao, KEY);
+    vault.address = Some(relay.addr.clone());
+    vault.key_refresh_interval = Duration::from_secs(3600);
+    vault
+}
+
+/// A signer started on [`relayed_config`] and a SQLite store beside it.
+pub struct Relayed {
+    pub signer: Arc<TransitSigner>,
+    pub store: Arc<SqlStore>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn relayed(bao: &OpenBao, relay: &Relay) -> Relayed {
+    let signer = Arc::new(
+        TransitSigner::start(&relayed_config(bao, relay))
+            .await
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    Relayed {
+        signer,
+        store,
+        _dir: dir,
+    }
 }
