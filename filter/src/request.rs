@@ -124,12 +124,17 @@ impl Worker {
             );
             return Err(Verdict::Pause);
         }
-        let path = if path.contains(';') {
-            std::borrow::Cow::Owned(crate::path::without_params(&path))
+        // Rules see the path as Tomcat and Spring serve it (parameters removed); a bypass
+        // needs both forms to be bypassed: `/healthz;x` is no exact `/healthz` to an app
+        // that keeps parameters.
+        let (path, params) = if path.contains(';') {
+            let stripped = crate::path::without_params(&path);
+            let kept_bypassed = cfg.bypassed(&path);
+            (std::borrow::Cow::Owned(stripped), !kept_bypassed)
         } else {
-            path
+            (path, false)
         };
-        if !cfg.bypass.is_empty() && cfg.bypassed(&path) {
+        if !cfg.bypass.is_empty() && !params && cfg.bypassed(&path) {
             if cfg.insecure_keep_x_meshpass_headers && cfg.set_subject_header {
                 // Per-name mode left it for the overwrite that a bypass never does.
                 host.remove_header(SUBJECT_HEADER);

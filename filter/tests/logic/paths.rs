@@ -220,3 +220,20 @@ fn a_path_parameter_on_a_segment_does_not_move_a_request_from_its_rule_to_the_de
         "matched past the /admin/ rule: {wrong:#?}"
     );
 }
+
+/// Parameters never open a bypass the path without them would not: `/healthz;x=1` is
+/// `/healthz` to Tomcat but another path to an app that keeps parameters, so an exact
+/// `/healthz` bypass needs a token for it; a prefix bypass still covers both forms.
+#[test]
+fn a_path_parameter_never_opens_an_exact_bypass() {
+    let mut f = paths_fixture(|c| c["bypass"] = json!([{"path": "/healthz"}]));
+    f.send(1, &[(":path", "/healthz;x=1")]);
+    assert_eq!(f.count(Counter::Bypassed), 0);
+    assert_eq!(f.host.replies.get(&1).map(|r| r.status), Some(401));
+    let mut f = paths_fixture(|_| {});
+    assert_eq!(
+        f.send(2, &[(":path", "/healthz;x=1/live")]),
+        Verdict::Continue
+    );
+    assert_eq!(f.count(Counter::Bypassed), 1);
+}
