@@ -177,3 +177,48 @@ fn ring_gives_rust_cryptos_verdict_on_every_rsa_and_es384_case() {
     assert_eq!(accepted, 7);
     assert!(compared >= 400, "only {compared} cases compared");
 }
+
+/// A valid RSA signature `s` plus the modulus `n` (still the modulus's length) is the
+/// same value modulo `n`; it must be refused, not accepted as a second encoding.
+#[test]
+fn an_rsa_signature_plus_the_modulus_is_refused_for_pkcs1_and_pss() {
+    use rsa::traits::PublicKeyParts as _;
+    let key = jwk(rsa_jwk(rsa_key(), "k"));
+    let n = rsa_key().n().clone();
+    let len = rsa_key().size();
+    for alg in ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"] {
+        // s + n fits the length only when s < 2^(8·len) − n: sign until one does.
+        let (input, wrapped) = (0..2000)
+            .find_map(|i| {
+                let t = sign(
+                    &json!({"alg": alg}),
+                    &json!({"n": i}),
+                    &Signer::Rsa(rsa_key()),
+                );
+                let (input, s) = t.rsplit_once('.').unwrap();
+                let sum = rsa::BigUint::from_bytes_be(&b64::decode(s).unwrap()) + &n;
+                let bytes = sum.to_bytes_be();
+                (bytes.len() == len).then(|| (input.to_string(), bytes))
+            })
+            .unwrap_or_else(|| panic!("{alg}: no signature below 2^bits − n in 2000 tries"));
+        let valid = format!(
+            "{input}.{}",
+            b64::encode(&signature_over(
+                input.as_bytes(),
+                alg,
+                &Signer::Rsa(rsa_key())
+            ))
+        );
+        let forged = format!("{input}.{}", b64::encode(&wrapped));
+        for backend in [SignatureBackend::RustCrypto, SignatureBackend::active()] {
+            let ok = |t: &str| {
+                RawJws::parse(t, DEFAULT_MAX_TOKEN_BYTES)
+                    .unwrap()
+                    .verify_with(&key, backend)
+                    .is_ok()
+            };
+            assert!(ok(&valid), "{alg} {backend:?}: the valid signature");
+            assert!(!ok(&forged), "{alg} {backend:?}: s + n accepted");
+        }
+    }
+}
