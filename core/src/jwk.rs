@@ -20,6 +20,19 @@ pub enum PublicKey {
     P521(ecdsa::VerifyingKey<p521::NistP521>),
 }
 
+/// The same key material (a P-256 key's verification table is not part of it).
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PublicKey::Rsa(a), PublicKey::Rsa(b)) => a == b,
+            (PublicKey::P256(a), PublicKey::P256(b)) => a.verifying_key() == b.verifying_key(),
+            (PublicKey::P384(a), PublicKey::P384(b)) => a == b,
+            (PublicKey::P521(a), PublicKey::P521(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl PublicKey {
     /// Whether the key type and curve fit `alg` (ignoring any `alg` pinned by the JWK).
     pub fn fits(&self, alg: Algorithm) -> bool {
@@ -33,7 +46,7 @@ impl PublicKey {
 }
 
 /// One usable key from a JWKS.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Jwk {
     /// `kid`, if any.
     pub kid: Option<String>,
@@ -400,6 +413,13 @@ impl KeySet {
                 }
             }
         }
+    }
+
+    /// Whether every key of `old` is still here with its `kid`, `alg` and material: then a
+    /// signature `old` verified still verifies. (A key added beside it can make a token
+    /// without `kid` ambiguous; the key that verified it is still trusted.)
+    pub fn keeps_every_key_of(&self, old: &KeySet) -> bool {
+        old.keys.iter().all(|k| self.keys.contains(k))
     }
 
     /// The keys.

@@ -398,3 +398,58 @@ fn drops_an_rsa_key_whose_exponent_has_a_leading_zero_octet() {
         "key with a zero-prefixed e kept: {rejected:?}"
     );
 }
+
+#[test]
+fn a_set_keeps_another_only_when_every_key_is_there_with_its_kid_alg_and_material() {
+    let (a, b) = (p256_key(), p384_key());
+    let rsa = rsa_key();
+    let old = parse(vec![
+        p256_jwk(&a, "a"),
+        rsa_jwk(rsa, "r"),
+        p384_jwk(&b, "b"),
+    ])
+    .0;
+    // Reordered, with a key added: kept.
+    let grown = parse(vec![
+        p384_jwk(&b, "b"),
+        p521_jwk(&p521_key(), "new"),
+        rsa_jwk(rsa, "r"),
+        p256_jwk(&a, "a"),
+    ])
+    .0;
+    assert!(grown.keeps_every_key_of(&old));
+    assert!(!old.keeps_every_key_of(&grown), "the added key is missing");
+    // A key taken out, a kid renamed, material replaced under a kid, an alg pinned.
+    let removed = parse(vec![p256_jwk(&a, "a"), rsa_jwk(rsa, "r")]).0;
+    let renamed = parse(vec![
+        p256_jwk(&a, "a2"),
+        rsa_jwk(rsa, "r"),
+        p384_jwk(&b, "b"),
+    ])
+    .0;
+    let replaced = parse(vec![
+        p256_jwk(&p256_key(), "a"),
+        rsa_jwk(rsa, "r"),
+        p384_jwk(&b, "b"),
+    ])
+    .0;
+    let rsa_replaced = parse(vec![
+        p256_jwk(&a, "a"),
+        rsa_jwk(rsa_key_2(), "r"),
+        p384_jwk(&b, "b"),
+    ])
+    .0;
+    let mut pinned_a = p256_jwk(&a, "a");
+    pinned_a["alg"] = json!("ES256");
+    let pinned = parse(vec![pinned_a, rsa_jwk(rsa, "r"), p384_jwk(&b, "b")]).0;
+    for (name, new) in [
+        ("removed", removed),
+        ("renamed", renamed),
+        ("replaced", replaced),
+        ("pinned", pinned),
+        ("rsa replaced", rsa_replaced),
+    ] {
+        assert!(!new.keeps_every_key_of(&old), "{name}");
+    }
+    assert!(old.keeps_every_key_of(&old));
+}

@@ -15,9 +15,11 @@ use crate::config::hex;
 use crate::outcome::Outcome;
 
 /// Shared-data key of a token + target (+ actor token: a header value never holds NUL,
-/// so the separator is unambiguous).
-pub fn key(target_digest: &[u8; 32], token: &str, actor: Option<&str>) -> String {
+/// so the separator is unambiguous) under key epoch `epoch` (moved when an issuer's key
+/// set loses a key: the tokens cached under the old one are looked up no more).
+pub fn key(epoch: u64, target_digest: &[u8; 32], token: &str, actor: Option<&str>) -> String {
     let mut h = Sha256::new();
+    h.update(epoch.to_le_bytes());
     h.update(target_digest);
     h.update(token.as_bytes());
     if let Some(a) = actor {
@@ -285,11 +287,12 @@ mod tests {
     }
 
     #[test]
-    fn keys_differ_by_target_and_token() {
-        let a = key(&[0; 32], "t1", None);
-        assert_ne!(a, key(&[1; 32], "t1", None));
-        assert_ne!(a, key(&[0; 32], "t2", None));
-        assert_ne!(a, key(&[0; 32], "t1", Some("actor")));
+    fn keys_differ_by_key_epoch_target_and_token() {
+        let a = key(0, &[0; 32], "t1", None);
+        assert_ne!(a, key(1, &[0; 32], "t1", None));
+        assert_ne!(a, key(0, &[1; 32], "t1", None));
+        assert_ne!(a, key(0, &[0; 32], "t2", None));
+        assert_ne!(a, key(0, &[0; 32], "t1", Some("actor")));
         assert_eq!(a.len(), 11 + 64);
     }
 
@@ -370,7 +373,7 @@ mod tests {
             assert_eq!(Marker::decode(bad.as_bytes()), Marker::Idle, "{bad}");
         }
         assert_eq!(
-            marker_key(&key(&[0; 32], "t", None), 8)[..11],
+            marker_key(&key(0, &[0; 32], "t", None), 8)[..11],
             *"meshpass/f/"
         );
     }
@@ -380,7 +383,7 @@ mod tests {
         let mut entries = std::collections::HashSet::new();
         let mut markers = std::collections::HashSet::new();
         for i in 0..100_000u32 {
-            let k = key(&[7; 32], &format!("token-{i}"), None);
+            let k = key(0, &[7; 32], &format!("token-{i}"), None);
             entries.insert(entry_key(&k, 64));
             markers.insert(marker_key(&k, 64));
         }

@@ -132,7 +132,10 @@ impl Worker {
                         // exchange on every request. Unless it was revoked while the
                         // exchange was out: the memo never holds a revoked entry (its
                         // hits are not checked, and the set's sweep has run already).
-                        if self.revoked_reason(&subject, t).is_none() {
+                        // Nor one validated under keys since cut (its key epoch moved).
+                        if self.revoked_reason(&subject, t).is_none()
+                            && memo.epoch == self.key_epoch
+                        {
                             let (token, actor) = (&memo.token, memo.actor.as_deref());
                             self.memo.insert(
                                 token,

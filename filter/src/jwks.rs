@@ -5,6 +5,7 @@ use meshpass_core::{KeySet, ValidationError};
 
 use crate::api::{CallResponse, Counter, Host, Level, SharedError, CREATE_CAS};
 use crate::config::IssuerKeys;
+use crate::memo::Memo;
 use crate::worker::{Call, Waiter, Worker};
 
 const MAX_JWKS_BYTES: usize = 256 * 1024;
@@ -17,6 +18,16 @@ pub(crate) const FIRST_KEYS_WAIT_MS: u64 = 2000;
 pub(crate) const JWKS_TIMEOUT_MS: u64 = 5000;
 /// How often a lease write that lost its CAS to another worker is decided again.
 const LEASE_TRIES: usize = 4;
+/// Shared-data key of the key epoch, part of every cache key: moved when a stored key
+/// set loses a key (removed, or its material replaced under its `kid`), so the tokens
+/// that key verified are served from no cache again; a set that only grows keeps it.
+pub const KEY_EPOCH_KEY: &str = "meshpass/key-epoch";
+
+/// The key epoch stored (8 bytes, little-endian); 0 before the first move.
+fn epoch_of(b: &[u8]) -> u64 {
+    b.try_into().map_or(0, u64::from_le_bytes)
+}
+
 /// How long a taken fetch lease keeps other workers from fetching (past the fetch
 /// timeout and the lost-call slack).
 const LEASE_MS: u64 = 10_000;
@@ -30,6 +41,7 @@ impl Worker {
     /// cancels; one of those holding the lease would hold every fetch off for its
     /// length. A start costs one fetch per worker.
     pub(crate) fn fetch_due_keys(&mut self, host: &mut dyn Host, now: u64, at_start: bool) {
+        self.read_key_epoch(host);
         if at_start {
             self.load_remote_keys(host);
         }
@@ -173,6 +185,36 @@ impl Worker {
             && lease.answered_sent_ms <= since_ms
     }
 
+    /// Adopts the shared key epoch; a move empties the memo (each of its entries may
+    /// have been verified by the key that went).
+    pub(crate) fn read_key_epoch(&mut self, host: &mut dyn Host) {
+        let epoch = host
+            .shared_get(KEY_EPOCH_KEY)
+            .map_or(0, |(b, _)| epoch_of(&b));
+        if epoch != self.key_epoch {
+            self.key_epoch = epoch;
+            self.memo = Memo::default();
+        }
+    }
+
+    /// A stored key set lost a key: every worker's cached tokens move out of reach
+    /// (this one's now, the others' at their next tick).
+    fn bump_key_epoch(&mut self, host: &mut dyn Host) {
+        for _ in 0..8 {
+            let (b, cas) = host
+                .shared_get(KEY_EPOCH_KEY)
+                .unwrap_or((Vec::new(), CREATE_CAS));
+            let next = epoch_of(&b).wrapping_add(1).to_le_bytes();
+            if host
+                .shared_set(KEY_EPOCH_KEY, Some(&next), Some(cas))
+                .is_ok()
+            {
+                break;
+            }
+        }
+        self.read_key_epoch(host);
+    }
+
     /// Whether any issuer's keys come from a cluster.
     pub(crate) fn has_remote_keys(&self) -> bool {
         self.config
@@ -295,7 +337,17 @@ impl Worker {
                     self.key_cas.remove(issuer);
                     self.load_remote_keys(host);
                 } else {
+                    // Against the stored set (another worker's may be newer than ours).
+                    self.load_remote_keys(host);
+                    let dropped = self
+                        .keysets
+                        .get(issuer)
+                        .is_some_and(|old| !set.keeps_every_key_of(old));
                     let _ = host.shared_set(&r.shared_key, Some(&resp.body), None);
+                    // After the store: a miss between the two validates with the new keys.
+                    if dropped {
+                        self.bump_key_epoch(host);
+                    }
                     self.keysets.insert(issuer.to_string(), set);
                     self.key_cas.remove(issuer);
                     let _ = update_lease(host, &r.lease_key, |lease| {

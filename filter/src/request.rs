@@ -188,7 +188,7 @@ impl Worker {
         actor: Option<String>,
         identity: Option<Rc<str>>,
     ) -> Verdict {
-        let key = cache::key(&target.digest, token, actor.as_deref());
+        let key = cache::key(self.key_epoch, &target.digest, token, actor.as_deref());
         let now = host.now_ms();
         self.coarse_now_ms = now;
         let slot = cache::entry_key(&key, self.config.cache_slots);
@@ -359,6 +359,7 @@ impl Worker {
         }
         let traceparent = host.header("traceparent").filter(|t| is_traceparent(t));
         let memo = MemoKey {
+            epoch: self.key_epoch,
             token: token.to_string(),
             digest: target.digest,
             actor: actor.clone(),

@@ -174,7 +174,7 @@ impl Worker {
             .memo
             .remove_revoked(|subject, token| revoked.check(subject, token, now_s).is_some());
         for (token, digest, actor) in gone {
-            let key = cache::key(&digest, &token, actor.as_deref());
+            let key = cache::key(self.key_epoch, &digest, &token, actor.as_deref());
             self.drop_entry(host, &key);
         }
     }

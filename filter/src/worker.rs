@@ -105,6 +105,9 @@ pub(crate) struct PendingExchange {
 /// shared slot keeps another key's longer-lived entry, the answer is memoised here
 /// instead, so the token is not exchanged again on every request.
 pub(crate) struct MemoKey {
+    /// The key epoch the token was validated under: an answer coming after the epoch
+    /// moved is not memoised.
+    pub(crate) epoch: u64,
     pub(crate) token: String,
     pub(crate) digest: [u8; 32],
     pub(crate) actor: Option<String>,
@@ -141,6 +144,9 @@ pub struct Worker {
     /// empties them then). At most `cache.slots` records, however many tokens pass.
     pub(crate) written: HashMap<u64, u64>,
     pub(crate) memo: Memo,
+    /// The shared key epoch this worker's cache keys and memo belong to (see
+    /// [`crate::jwks::KEY_EPOCH_KEY`]).
+    pub(crate) key_epoch: u64,
     /// Clock as of the last tick or slow-path read: the memo check uses it instead of a
     /// host call (memo entries end at the refresh time, well before expiry, so being up
     /// to one tick late is harmless).
@@ -244,6 +250,7 @@ impl Worker {
             counts: [0; Counter::ALL.len()],
             written: HashMap::new(),
             memo: Memo::default(),
+            key_epoch: 0,
             coarse_now_ms: 0,
             parked: Vec::new(),
             name: None,

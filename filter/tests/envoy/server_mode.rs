@@ -267,6 +267,29 @@ fn filter_in_real_envoy_binds_exchanges_caches_and_fails_closed() {
     );
     assert_eq!(r.status, 200, "{r:?}");
 
+    // The issuer takes k1 out of its JWKS (the answer to a leaked key): ALICE's token,
+    // which k1 verified and both workers have cached, is refused from the next refresh.
+    let orders = |t: &str| get(alice_port, "/orders", &[("authorization", &bearer(t))]);
+    for _ in 0..4 {
+        assert_eq!(orders(&alice).status, 200);
+    }
+    {
+        let mut s = script.lock().unwrap();
+        s.jwks_down = false;
+        s.jwks = jwks(&[&k2]);
+    }
+    let successes = stat("jwks_refresh_success");
+    wait_for("a refresh without k1", Duration::from_secs(10), || {
+        stat("jwks_refresh_success") > successes
+    });
+    wait_for("k1's cached token refused", Duration::from_secs(10), || {
+        orders(&alice).status == 401
+    });
+    for _ in 0..8 {
+        assert_eq!(orders(&alice).status, 401, "served from a worker's cache");
+    }
+    assert_eq!(orders(&late).status, 200, "k2's tokens still pass");
+
     // Metrics are exported with the meshpass_ prefix.
     let prom = envoy.prometheus();
     for m in [

@@ -90,7 +90,7 @@ fn cache_entry_stores_subject_and_expires_before_the_participant_token() {
     f.send_token(1, &t);
     f.answer(ok_response("p", 300));
     let target = f.w.config.default_target.clone().unwrap();
-    let slot = cache::entry_key(&cache::key(&target.digest, &t, None), 4096);
+    let slot = cache::entry_key(&cache::key(0, &target.digest, &t, None), 4096);
     let (bytes, _) = f.host.shared[&slot].clone();
     let e = Entry::decode(&bytes).unwrap();
     assert_eq!(e.subject, ALICE);

@@ -253,7 +253,7 @@ fn memo_defers_to_shared_data_after_the_refresh_time() {
     f.send_token(2, &t);
     // Another worker refreshed the shared entry meanwhile.
     let target = f.w.config.default_target.clone().unwrap();
-    let key = cache::key(&target.digest, &t, None);
+    let key = cache::key(0, &target.digest, &t, None);
     let fresh = Entry {
         id: cache::id(&key),
         expires_ms: f.host.now_ms + 290_000,

@@ -178,6 +178,7 @@ mod exchange;
 mod hygiene;
 mod jwks;
 mod jwks_workers;
+mod key_removal;
 mod leases;
 mod marker_slots;
 mod paths;

@@ -45,6 +45,7 @@ fn two(failure_mode: &str) -> Two {
 
 fn key_of(w: &Worker, token: &str) -> String {
     cache::key(
+        0,
         &w.config.default_target.as_ref().unwrap().digest,
         token,
         None,

@@ -51,7 +51,7 @@ fn concurrent_misses_on_two_workers_cost_one_exchange_and_the_other_worker_is_no
     assert_eq!(f.host.dispatched.len(), 1, "one exchange for both workers");
     assert_eq!(w2.pending_count(Counter::CoalescedRemote), 3);
     let target = f.w.config.default_target.clone().unwrap();
-    let key = cache::key(&target.digest, &t, None);
+    let key = cache::key(0, &target.digest, &t, None);
     assert!(w2.waiting_on_other_worker(&key));
 
     f.answer(ok_response("p", 300));
@@ -182,7 +182,7 @@ fn a_finished_refusal_does_not_hold_later_misses_and_its_record_is_swept() {
     assert_eq!(f.host.resumed, vec![11]);
     // Outcome records go back to idle after two ticks (tick_ms 1000 + 1 s).
     let target = f.w.config.default_target.clone().unwrap();
-    let marker = cache::marker_key(&cache::key(&target.digest, &t, None), 4096);
+    let marker = cache::marker_key(&cache::key(0, &target.digest, &t, None), 4096);
     f.host.now_ms += 3001;
     f.host.ctx = 0;
     w2.on_tick(&mut f.host);

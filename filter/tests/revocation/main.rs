@@ -389,7 +389,7 @@ fn a_revoked_subjects_cached_token_is_refused_403_and_dropped_while_others_are_s
     assert_revoked(&f.host, 5, "compromised node");
     // The shared entry is gone, not merely skipped.
     let target = f.w.config.default_target.clone().unwrap();
-    let slot = cache::entry_key(&cache::key(&target.digest, &ta, None), 4096);
+    let slot = cache::entry_key(&cache::key(0, &target.digest, &ta, None), 4096);
     assert!(f.host.shared[&slot].0.is_empty());
     // Bob is served from the cache as before.
     let dispatched = f.host.dispatched.len();
@@ -482,7 +482,7 @@ fn the_memo_sweep_drops_the_shared_entry_of_a_revoked_token_at_once() {
         json!({"version": 1, "full": true, "added": [subject("rv-1", ALICE, "r")]}),
     ));
     let target = f.w.config.default_target.clone().unwrap();
-    let slot = cache::entry_key(&cache::key(&target.digest, &ta, None), 4096);
+    let slot = cache::entry_key(&cache::key(0, &target.digest, &ta, None), 4096);
     assert!(
         f.host.shared[&slot].0.is_empty(),
         "dropped before any request"

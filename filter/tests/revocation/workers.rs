@@ -162,7 +162,7 @@ fn a_token_delivered_to_the_other_workers_waiters_after_a_revocation_is_refused(
     assert_eq!(t.send(0, 1, ALICE, &ta), Verdict::Pause);
     assert_eq!(t.send(1, 2, ALICE, &ta), Verdict::Pause);
     let target = t.w[0].config.default_target.clone().unwrap();
-    let key = cache::key(&target.digest, &ta, None);
+    let key = cache::key(0, &target.digest, &ta, None);
     assert!(t.w[1].waiting_on_other_worker(&key));
     t.drain(0);
     let d = t.host.dispatched.last().unwrap().clone();
