@@ -1,7 +1,8 @@
 //! Rate limits global across replicas (`[rate_limit] backend = "redis"`): the real Redis
 //! on 127.0.0.1:6379 (a unique key prefix per test) for the shared limit, and a private
 //! `redis-server` the test stops and starts for the outage: the local share or fail
-//! closed, reported in `/readyz` and metrics, and automatic recovery; the state in
+//! closed, reported in `/readyz` and metrics, and automatic recovery (after an outage, a
+//! black-holed connection, or a failover that leaves it on a read-only replica); the state in
 //! Redis follows a mapping's changed limit at once and survives Redis's clock stepping
 //! back.
 
@@ -563,5 +564,82 @@ async fn the_redis_up_gauge_never_reports_a_redis_that_has_not_answered_as_up() 
     assert_eq!(
         up, 0.0,
         "meshpass_rate_limit_redis_up {up} although Redis has been down since start"
+    );
+}
+
+/// A failover behind one address (Sentinel or a managed Redis moving its DNS name or VIP
+/// to the promoted replica): the open connection stays on the old primary, now a
+/// replica that answers every write `READONLY`, while a new connection reaches the new
+/// primary. The limiter must reconnect, not count locally for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_follow_a_failover_that_leaves_the_connection_on_a_read_only_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = RedisServer::start(dir.path());
+    let new = RedisServer::start(dir.path());
+    let relay = HoleRelay::start(&format!("127.0.0.1:{}", old.port())).unwrap();
+    let cfg = RateLimitConfig {
+        backend: Backend::Redis,
+        redis_url: Some(format!("redis://127.0.0.1:{}", relay.port())),
+        on_redis_down: OnRedisDown::LocalShare,
+        replicas: 2,
+        key_prefix: unique_prefix("failover"),
+        redis_timeout_ms: 200,
+        redis_retry_ms: 100,
+    };
+    let metrics = Metrics::new().unwrap();
+    let l = RateLimiter::from_config(&cfg, &metrics, 2).unwrap();
+    let limit = RateLimit {
+        per_second: 1000.0,
+        burst: 1000,
+    };
+    l.check("c s", "m", limit).await.unwrap();
+    assert_eq!(ratelimit::describe(&l), "redis");
+
+    // The failover: the address now leads to `new`; `old` follows it as a replica.
+    relay.retarget(&format!("127.0.0.1:{}", new.port()));
+    let mut admin = redis::Client::open(old.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(new.port())
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let _ = l.check("c s", "m", limit).await;
+    assert_eq!(
+        ratelimit::describe(&l),
+        "redis unavailable: local share",
+        "the old primary refuses the write"
+    );
+
+    let probe = RedisLimiter::new(&new.url(), &cfg.key_prefix, Duration::from_secs(1)).unwrap();
+    let mut on_new = redis::Client::open(new.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        n += 1;
+        let pair = format!("c s{n}");
+        let _ = l.check(&pair, "m", limit).await;
+        if ratelimit::describe(&l) == "redis" {
+            let counted: bool = redis::cmd("EXISTS")
+                .arg(probe.redis_key(&pair, "m"))
+                .query_async(&mut on_new)
+                .await
+                .unwrap();
+            assert!(counted, "counted on the new primary");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    panic!(
+        "still `{}` 10 s after the failover ({n} checks)",
+        ratelimit::describe(&l)
     );
 }

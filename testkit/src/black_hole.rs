@@ -13,9 +13,12 @@ use std::time::Duration;
 /// makes every open connection, and new ones accepted meanwhile, swallow everything
 /// silently and never close; [`HoleRelay::restore`] relays *new* connections again (the
 /// old ones stay dead, as they would behind a real partition).
+/// [`HoleRelay::retarget`] sends new connections elsewhere while the open ones stay
+/// (a DNS name or VIP moved to a promoted replica).
 #[derive(Debug)]
 pub struct HoleRelay {
     port: u16,
+    target: Arc<Mutex<String>>,
     hole: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
 }
@@ -27,7 +30,8 @@ impl HoleRelay {
         let port = listener.local_addr()?.port();
         let hole = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<Arc<AtomicBool>>>> = Arc::default();
-        let (h, c, target) = (hole.clone(), conns.clone(), target.to_string());
+        let target = Arc::new(Mutex::new(target.to_string()));
+        let (h, c, t) = (hole.clone(), conns.clone(), target.clone());
         thread::spawn(move || {
             for inbound in listener.incoming() {
                 let Ok(inbound) = inbound else { continue };
@@ -35,11 +39,16 @@ impl HoleRelay {
                 c.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(dead.clone());
-                let target = target.clone();
+                let target = t.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 thread::spawn(move || relay(inbound, &target, &dead));
             }
         });
-        Ok(HoleRelay { port, hole, conns })
+        Ok(HoleRelay {
+            port,
+            target,
+            hole,
+            conns,
+        })
     }
 
     /// The local port clients connect to.
@@ -53,6 +62,11 @@ impl HoleRelay {
         for c in self.conns.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             c.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// New connections go to `target` from now on; open ones stay where they are.
+    pub fn retarget(&self, target: &str) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = target.to_string();
     }
 
     /// New connections are relayed again.

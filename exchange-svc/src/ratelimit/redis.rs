@@ -132,7 +132,10 @@ impl RedisLimiter {
     }
 
     /// The error of a call that did not answer: a timeout (ours or the manager's)
-    /// drops the connection.
+    /// drops the connection, and so does `READONLY`: after a failover behind one name or
+    /// VIP the open connection stays on the old primary, now a replica, which the
+    /// manager never leaves on its own (the connection works); a new one reaches the
+    /// promoted primary.
     fn unavailable(&self, e: Option<redis::RedisError>) -> RedisLimitError {
         match e {
             None => {
@@ -140,7 +143,7 @@ impl RedisLimiter {
                 RedisLimitError::Unavailable("timed out".into())
             }
             Some(e) => {
-                if e.is_timeout() {
+                if e.is_timeout() || e.code() == Some("READONLY") {
                     self.reconnect();
                 }
                 RedisLimitError::Unavailable(e.to_string())
