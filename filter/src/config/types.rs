@@ -296,7 +296,9 @@ impl Config {
                     continue;
                 }
             }
-            if !r.methods.is_empty() && !method.is_some_and(|m| r.methods.iter().any(|x| x == m)) {
+            // Case-insensitive: an HTTP/2 `post` is POST to apps that upper-case it.
+            let listed = |m: &str| r.methods.iter().any(|x| x.eq_ignore_ascii_case(m));
+            if !r.methods.is_empty() && !method.is_some_and(listed) {
                 continue;
             }
             return Some(&r.target);

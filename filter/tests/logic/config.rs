@@ -272,6 +272,16 @@ fn rules_select_by_authority_path_and_method_then_default() {
         pick(Some("api.test"), Some("/admin/x"), Some("GET")),
         Some("https://default.test".into())
     );
+    // A method differing in case only (an HTTP/2 `:method`, which Envoy passes as sent)
+    // gets the same rule: apps that upper-case it (Werkzeug, so Flask) serve it as POST,
+    // and ones that do not refuse it.
+    for m in ["post", "Post"] {
+        assert_eq!(
+            pick(Some("api.test"), Some("/admin/x"), Some(m)),
+            Some("admin".into()),
+            "{m}"
+        );
+    }
     assert_eq!(
         pick(Some("a.shop.test"), Some("/"), Some("GET")),
         Some("shop".into())
