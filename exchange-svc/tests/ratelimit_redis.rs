@@ -269,6 +269,51 @@ async fn a_sustained_load_on_three_replicas_is_held_to_the_global_rate() {
     assert!(off <= 0.10, "{granted} granted, {expected:.1} expected");
 }
 
+/// A limit no test check reaches.
+const GENEROUS: RateLimit = RateLimit {
+    per_second: 1000.0,
+    burst: 1000,
+};
+
+/// A limiter counting in Redis through `relay` (local share of 2 replicas, 200 ms
+/// timeout, 100 ms retry), with a unique key prefix (returned), that has counted one
+/// check there.
+async fn limiter_through(relay: &HoleRelay, test: &str) -> (RateLimiter, String) {
+    let cfg = RateLimitConfig {
+        backend: Backend::Redis,
+        redis_url: Some(format!("redis://127.0.0.1:{}", relay.port())),
+        on_redis_down: OnRedisDown::LocalShare,
+        replicas: 2,
+        key_prefix: unique_prefix(test),
+        redis_timeout_ms: 200,
+        redis_retry_ms: 100,
+    };
+    let l = RateLimiter::from_config(&cfg, &Metrics::new().unwrap(), 2).unwrap();
+    l.check("c s", "m", GENEROUS).await.unwrap();
+    assert_eq!(ratelimit::describe(&l), "redis");
+    (l, cfg.key_prefix)
+}
+
+/// Checks a new pair every 150 ms until the limiter counts in Redis again (10 s at
+/// most, then panics naming `since`); returns the pair that was counted there.
+async fn back_in_redis(l: &RateLimiter, since: &str) -> String {
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(10) {
+        n += 1;
+        let pair = format!("c s{n}");
+        let _ = l.check(&pair, "m", GENEROUS).await;
+        if ratelimit::describe(l) == "redis" {
+            return pair;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    panic!(
+        "still `{}` 10 s after {since} ({n} checks)",
+        ratelimit::describe(l)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limits_return_to_redis_after_a_black_holed_connection() {
     let url = shared_redis_url();
@@ -278,26 +323,10 @@ async fn rate_limits_return_to_redis_after_a_black_holed_connection() {
         .next()
         .unwrap();
     let relay = HoleRelay::start(target).unwrap();
-    let cfg = RateLimitConfig {
-        backend: Backend::Redis,
-        redis_url: Some(format!("redis://127.0.0.1:{}", relay.port())),
-        on_redis_down: OnRedisDown::LocalShare,
-        replicas: 2,
-        key_prefix: unique_prefix("black-hole"),
-        redis_timeout_ms: 200,
-        redis_retry_ms: 100,
-    };
-    let metrics = meshpass_exchange::metrics::Metrics::new().unwrap();
-    let l = RateLimiter::from_config(&cfg, &metrics, 2).unwrap();
-    let limit = RateLimit {
-        per_second: 1000.0,
-        burst: 1000,
-    };
-    l.check("c s", "m", limit).await.unwrap();
-    assert_eq!(ratelimit::describe(&l), "redis");
+    let (l, _) = limiter_through(&relay, "black-hole").await;
 
     relay.blackhole();
-    let _ = l.check("c s", "m", limit).await;
+    let _ = l.check("c s", "m", GENEROUS).await;
     assert_eq!(ratelimit::describe(&l), "redis unavailable: local share");
 
     // Redis is reachable again on a new connection (a fresh connect through the relay
@@ -310,20 +339,7 @@ async fn rate_limits_return_to_redis_after_a_black_holed_connection() {
             .unwrap(),
         "relay relays new connections"
     );
-    let start = Instant::now();
-    let mut n = 0;
-    while start.elapsed() < Duration::from_secs(10) {
-        n += 1;
-        let _ = l.check(&format!("c s{n}"), "m", limit).await;
-        if ratelimit::describe(&l) == "redis" {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    panic!(
-        "still `{}` 10 s after Redis was reachable again ({n} checks)",
-        ratelimit::describe(&l)
-    );
+    back_in_redis(&l, "Redis was reachable again").await;
 }
 
 /// README step 3: "The rate limit still applies" to cached answers, and "Several
@@ -577,23 +593,7 @@ async fn rate_limits_follow_a_failover_that_leaves_the_connection_on_a_read_only
     let old = RedisServer::start(dir.path());
     let new = RedisServer::start(dir.path());
     let relay = HoleRelay::start(&format!("127.0.0.1:{}", old.port())).unwrap();
-    let cfg = RateLimitConfig {
-        backend: Backend::Redis,
-        redis_url: Some(format!("redis://127.0.0.1:{}", relay.port())),
-        on_redis_down: OnRedisDown::LocalShare,
-        replicas: 2,
-        key_prefix: unique_prefix("failover"),
-        redis_timeout_ms: 200,
-        redis_retry_ms: 100,
-    };
-    let metrics = Metrics::new().unwrap();
-    let l = RateLimiter::from_config(&cfg, &metrics, 2).unwrap();
-    let limit = RateLimit {
-        per_second: 1000.0,
-        burst: 1000,
-    };
-    l.check("c s", "m", limit).await.unwrap();
-    assert_eq!(ratelimit::describe(&l), "redis");
+    let (l, prefix) = limiter_through(&relay, "failover").await;
 
     // The failover: the address now leads to `new`; `old` follows it as a replica.
     relay.retarget(&format!("127.0.0.1:{}", new.port()));
@@ -608,38 +608,24 @@ async fn rate_limits_follow_a_failover_that_leaves_the_connection_on_a_read_only
         .query_async::<()>(&mut admin)
         .await
         .unwrap();
-    let _ = l.check("c s", "m", limit).await;
+    let _ = l.check("c s", "m", GENEROUS).await;
     assert_eq!(
         ratelimit::describe(&l),
         "redis unavailable: local share",
         "the old primary refuses the write"
     );
 
-    let probe = RedisLimiter::new(&new.url(), &cfg.key_prefix, Duration::from_secs(1)).unwrap();
+    let pair = back_in_redis(&l, "the failover").await;
+    let probe = RedisLimiter::new(&new.url(), &prefix, Duration::from_secs(1)).unwrap();
     let mut on_new = redis::Client::open(new.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let start = Instant::now();
-    let mut n = 0;
-    while start.elapsed() < Duration::from_secs(10) {
-        n += 1;
-        let pair = format!("c s{n}");
-        let _ = l.check(&pair, "m", limit).await;
-        if ratelimit::describe(&l) == "redis" {
-            let counted: bool = redis::cmd("EXISTS")
-                .arg(probe.redis_key(&pair, "m"))
-                .query_async(&mut on_new)
-                .await
-                .unwrap();
-            assert!(counted, "counted on the new primary");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
-    panic!(
-        "still `{}` 10 s after the failover ({n} checks)",
-        ratelimit::describe(&l)
-    );
+    let counted: bool = redis::cmd("EXISTS")
+        .arg(probe.redis_key(&pair, "m"))
+        .query_async(&mut on_new)
+        .await
+        .unwrap();
+    assert!(counted, "counted on the new primary");
 }

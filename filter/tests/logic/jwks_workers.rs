@@ -54,13 +54,6 @@ fn started(cfg: &Value) -> (u64, Mock, Worker) {
     (now, host, w)
 }
 
-fn send(w: &mut Worker, host: &mut Mock, ctx: u32, token: &str) -> Verdict {
-    host.set_prop(&PEER, ALICE);
-    let auth = format!("Bearer {token}");
-    host.request(ctx, &[(":path", "/x"), ("authorization", &auth)]);
-    w.on_request(host, ctx)
-}
-
 fn answer(w: &mut Worker, host: &mut Mock, d: &Dispatched, resp: CallResponse) {
     host.ctx = d.from_ctx;
     w.on_call_response(host, d.token, resp);

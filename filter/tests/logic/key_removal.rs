@@ -32,20 +32,20 @@ fn cached() -> (Fixture, String) {
     (f, t)
 }
 
-/// The next JWKS refresh (60 s on) answered with `ks`.
-fn refresh_with(f: &mut Fixture, ks: &[&Key]) {
+/// The next JWKS refresh (60 s on) answered with `answer`.
+fn refresh_with(f: &mut Fixture, answer: CallResponse) {
     f.host.now_ms += 61_000;
     f.tick();
     let last = f.host.dispatched.last().unwrap();
     assert_eq!(last.cluster, "jwks", "the refresh went out");
-    f.answer(keys(ks));
+    f.answer(answer);
 }
 
 #[test]
 fn a_key_removed_from_the_jwks_no_longer_serves_the_tokens_it_verified_from_the_cache() {
     let (mut f, t) = cached();
     let rotated = Key::new("k2");
-    refresh_with(&mut f, &[&rotated]);
+    refresh_with(&mut f, keys(&[&rotated]));
     let before = exchanges(&f.host);
     let v = f.send_token(3, &t);
     assert_ne!(
@@ -72,7 +72,7 @@ fn a_key_removed_from_the_jwks_no_longer_serves_the_tokens_it_verified_from_the_
 fn a_key_whose_material_changed_under_the_same_kid_counts_as_removed() {
     let (mut f, t) = cached();
     let same_kid = Key::new("k1");
-    refresh_with(&mut f, &[&same_kid]);
+    refresh_with(&mut f, keys(&[&same_kid]));
     assert_eq!(f.send_token(3, &t), Verdict::Pause);
     assert_eq!(
         f.host.replies[&3].status, 401,
@@ -86,9 +86,7 @@ fn a_refresh_that_keeps_every_key_keeps_serving_from_the_cache() {
     let before = exchanges(&f.host);
     let added = Key::new("k2");
     let body = keys(&[&added, &f.key]);
-    f.host.now_ms += 61_000;
-    f.tick();
-    f.answer(body);
+    refresh_with(&mut f, body);
     assert_eq!(f.send_token(3, &t), Verdict::Continue);
     assert_eq!(f.served(3).as_deref(), Some("Bearer p"));
     assert_eq!(
@@ -107,32 +105,17 @@ fn another_workers_memo_drops_a_token_whose_key_was_removed_by_its_next_tick() {
     other.on_tick(&mut f.host);
     // The other worker serves the token from shared data, then from its memo.
     for ctx in [10, 11] {
-        f.host.request(
-            ctx,
-            &[(":path", "/x"), ("authorization", &format!("Bearer {t}"))],
-        );
-        assert_eq!(other.on_request(&mut f.host, ctx), Verdict::Continue);
+        assert_eq!(send(&mut other, &mut f.host, ctx, &t), Verdict::Continue);
     }
     f.host.shared.retain(|k, _| !k.starts_with("meshpass/c/"));
-    f.host.request(
-        12,
-        &[(":path", "/x"), ("authorization", &format!("Bearer {t}"))],
-    );
-    assert_eq!(
-        other.on_request(&mut f.host, 12),
-        Verdict::Continue,
-        "memoised"
-    );
+    let memoised = send(&mut other, &mut f.host, 12, &t);
+    assert_eq!(memoised, Verdict::Continue, "memoised");
     // The first worker learns that k1 is gone.
-    refresh_with(&mut f, &[&Key::new("k2")]);
+    refresh_with(&mut f, keys(&[&Key::new("k2")]));
     f.host.ctx = 0;
     other.on_tick(&mut f.host);
-    f.host.request(
-        14,
-        &[(":path", "/x"), ("authorization", &format!("Bearer {t}"))],
-    );
     assert_ne!(
-        other.on_request(&mut f.host, 14),
+        send(&mut other, &mut f.host, 14, &t),
         Verdict::Continue,
         "the other worker's memo served a token whose key was removed"
     );

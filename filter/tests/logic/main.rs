@@ -67,6 +67,15 @@ fn exchanges(host: &Mock) -> usize {
         .count()
 }
 
+/// Request `ctx` with `token` from ALICE's connection to worker `w` (a second worker
+/// beside a fixture's).
+fn send(w: &mut Worker, host: &mut Mock, ctx: u32, token: &str) -> Verdict {
+    host.set_prop(&PEER, ALICE);
+    let auth = format!("Bearer {token}");
+    host.request(ctx, &[(":path", "/x"), ("authorization", &auth)]);
+    w.on_request(host, ctx)
+}
+
 struct Fixture {
     key: Key,
     w: Worker,
