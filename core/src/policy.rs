@@ -189,6 +189,13 @@ impl IssuerPolicy {
             }
         }
         .map_err(ValidationError::InvalidSubject)?;
+        self.admits(&id)?;
+        Ok(id)
+    }
+
+    /// Whether `id` may be this issuer's subject: its trust domain is one of
+    /// `trust_domains`, and it matches `id_patterns` when there are any.
+    pub fn admits(&self, id: &SpiffeId) -> Result<(), ValidationError> {
         if !self
             .trust_domains
             .iter()
@@ -196,10 +203,10 @@ impl IssuerPolicy {
         {
             return Err(ValidationError::TrustDomainNotAllowed);
         }
-        if !self.id_patterns.is_empty() && !self.id_patterns.iter().any(|p| p.matches(&id)) {
+        if !self.id_patterns.is_empty() && !self.id_patterns.iter().any(|p| p.matches(id)) {
             return Err(ValidationError::SubjectNotAllowed);
         }
-        Ok(id)
+        Ok(())
     }
 }
 

@@ -68,6 +68,11 @@ impl Worker {
             Err(v) => return v,
         };
         let identity = self.bound_identity(host);
+        if identity.is_none() && self.config.mode == Mode::Client {
+            let msg = "meshpass: own workload identity unavailable (no local certificate URI SAN, no node metadata NAMESPACE and SERVICE_ACCOUNT)";
+            let what = "the proxy's own workload identity is unavailable";
+            return self.proxy_fault(host, WarnKind::OwnIdentity, msg, what);
+        }
         let bound = identity.as_ref().map(Bound::as_str);
         if let Some(v) = self.memo_hit(host, token, target, actor.as_deref(), bound) {
             return v;
@@ -409,21 +414,28 @@ impl Worker {
                 Ok(Some(v))
             }
             _ => {
-                let now = host.now_ms();
                 let msg = format!("meshpass: actor token header {name:?} missing or oversize");
-                self.warn_limited(host, WarnKind::ActorToken, now, &msg);
-                self.bump(Counter::DeniedUnavailable);
-                let ra = self.config.retry_after_secs.to_string();
-                send_error(
-                    host,
-                    503,
-                    "temporarily_unavailable",
-                    "the proxy's actor token is unavailable",
-                    Some(&ra),
-                );
-                Err(Verdict::Pause)
+                let what = "the proxy's actor token is unavailable";
+                Err(self.proxy_fault(host, WarnKind::ActorToken, &msg, what))
             }
         }
+    }
+
+    /// A fault of this proxy, not of the request (its own identity or actor token
+    /// missing): `503` with `Retry-After`, and a warning at most once a minute.
+    fn proxy_fault(
+        &mut self,
+        host: &mut dyn Host,
+        kind: WarnKind,
+        msg: &str,
+        what: &str,
+    ) -> Verdict {
+        let now = host.now_ms();
+        self.warn_limited(host, kind, now, msg);
+        self.bump(Counter::DeniedUnavailable);
+        let ra = self.config.retry_after_secs.to_string();
+        send_error(host, 503, "temporarily_unavailable", what, Some(&ra));
+        Verdict::Pause
     }
 }
 

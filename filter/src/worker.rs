@@ -218,10 +218,12 @@ pub(crate) enum WarnKind {
     ExchangeFailed,
     /// The shared revocation set does not parse.
     RevocationSetUnreadable,
+    /// CLIENT mode: this proxy's own workload identity cannot be discovered.
+    OwnIdentity,
 }
 
 impl WarnKind {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 }
 
 impl Worker {

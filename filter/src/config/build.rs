@@ -56,6 +56,7 @@ impl Config {
         let mut key_warnings = Vec::new();
         let (policy, keys, key_sources) =
             issuers(raw.issuers, raw.max_token_bytes, &mut key_warnings)?;
+        own_identity_admitted(own_identity.as_ref(), &policy, &mut key_warnings)?;
         let token_header = raw.token_header.to_ascii_lowercase();
         if !valid_header_name(&token_header) {
             return Err(err("token_header", "is not a valid header name"));
@@ -232,6 +233,38 @@ fn own_identity(
     }
 }
 
+/// CLIENT binding makes every subject equal to this proxy's identity: a fixed one no
+/// issuer admits could never be served (refused); a discovery trust domain no issuer
+/// lists fails whenever the identity comes from node metadata (warned: a local
+/// certificate's URI SAN may still be admitted).
+fn own_identity_admitted(
+    own: Option<&OwnIdentity>,
+    policy: &ValidationPolicy,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    match own {
+        Some(OwnIdentity::Fixed(id)) if !policy.issuers.iter().any(|i| i.admits(id).is_ok()) => {
+            Err(err(
+                "own_identity.spiffe_id",
+                "no issuer admits it as a subject (trust_domains, id_patterns): no request could be served",
+            ))
+        }
+        Some(OwnIdentity::Discover(td))
+            if !policy
+                .issuers
+                .iter()
+                .any(|i| i.trust_domains.iter().any(|t| t == td)) =>
+        {
+            warnings.push(format!(
+                "meshpass: own_identity.trust_domain {:?} is in no issuer's trust_domains: an identity from node metadata is never admitted",
+                td.as_str()
+            ));
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The longest `exchange.timeout_ms`.
 const MAX_EXCHANGE_TIMEOUT_MS: u64 = 60_000;
 /// The longest `issuers[].jwks_refresh_secs` (a day).
@@ -275,6 +308,13 @@ fn exchange(
                 return Err(err(
                     "exchange.actor_token_header",
                     "is not a valid header name",
+                ));
+            }
+            // The filter writes (or strips) it: an actor token there is never read.
+            if h.replace('_', "-") == crate::headers::SUBJECT_HEADER {
+                return Err(err(
+                    "exchange.actor_token_header",
+                    "x-meshpass-subject is the filter's own header",
                 ));
             }
             Some(h)

@@ -173,6 +173,46 @@ fn refuses_an_id_pattern_outside_the_issuers_trust_domains() {
     assert!(e.reason.contains("outside"), "{e}");
 }
 
+/// CLIENT binding makes every subject equal to the proxy's own identity: a fixed one no
+/// issuer admits (another trust domain, or outside `spiffe_id_patterns`) was accepted,
+/// and then every outbound request got 401. A discovery trust domain no issuer lists is
+/// warned (a local certificate's SAN may still be admitted). And an actor token header
+/// named `x-meshpass-subject`, the filter's own header, was accepted and never read.
+#[test]
+fn client_mode_refuses_an_own_identity_no_issuer_admits_and_an_actor_header_it_owns() {
+    let key = Key::new("k1");
+    let client = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = base_config(&key);
+        c["mode"] = json!("CLIENT");
+        c["own_identity"] = json!({"spiffe_id": ALICE});
+        edit(&mut c);
+        Config::parse(c.to_string().as_bytes())
+    };
+    client(&|_| {}).unwrap();
+    for (id, why) in [
+        ("spiffe://other.example/ns/shop/sa/alice", "trust domain"),
+        ("spiffe://cluster.local/ns/billing/sa/alice", "id pattern"),
+    ] {
+        let e = client(&|c| c["own_identity"] = json!({"spiffe_id": id})).unwrap_err();
+        assert_eq!(e.field, "own_identity.spiffe_id", "{why}: {e}");
+    }
+    let c = client(&|c| c["own_identity"] = json!({"trust_domain": "other.example"})).unwrap();
+    let w = c.warnings();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("\"other.example\" is in no issuer's trust_domains")),
+        "{w:?}"
+    );
+    for name in ["x-meshpass-subject", "X_Meshpass_Subject"] {
+        let e = client(&|c| {
+            c["exchange"]["actor_token_header"] = json!(name);
+            c["insecure_keep_x_meshpass_headers"] = json!(true);
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "exchange.actor_token_header", "{name}: {e}");
+    }
+}
+
 #[test]
 fn issuer_policy_accepts_core_spellings_and_older_filter_ones() {
     let key = Key::new("k1");

@@ -118,3 +118,23 @@ fn a_refused_exchange_writes_no_warning() {
     assert_eq!(f.host.replies[&1].status, 403);
     assert_eq!(f.host.warnings("exchange"), 0, "{:?}", f.host.warns);
 }
+
+/// CLIENT mode discovering its identity, with neither a local certificate nor Istio
+/// node metadata (a wrong property path, a bootstrap without NAMESPACE): a proxy-wide
+/// fault. It was answered 401 `invalid_token`, blaming the caller's token, and never
+/// logged; now 503 with `Retry-After` and a warning at most once a minute.
+#[test]
+fn an_undiscoverable_own_identity_is_a_503_warned_at_most_once_a_minute() {
+    let mut f = fixture_with(|c| {
+        c["mode"] = json!("CLIENT");
+        c["own_identity"] = json!({"trust_domain": "cluster.local"});
+    });
+    f.host.props.clear();
+    refused_every_second_for_20_s(&mut f);
+    let r = &f.host.replies[&1];
+    assert!(r.body.contains("own workload identity"), "{}", r.body);
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    let n = f.host.warnings("own workload identity unavailable");
+    assert_eq!(n, 1, "one warn line in 20 s");
+    assert_eq!(exchanges(&f.host), 0);
+}
