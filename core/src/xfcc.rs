@@ -36,30 +36,6 @@ pub fn split_unquoted(s: &str, sep: u8) -> impl Iterator<Item = &str> {
     })
 }
 
-/// The last `,`-separated element of `value`, found from the end: where it starts is
-/// decided by its own bytes only, so an earlier element (a client's, under Envoy's
-/// `APPEND_FORWARD`) cannot move that start, e.g. with a quote it never closes. A `"`
-/// after an odd number of `\` is escaped.
-pub fn last_element(value: &str) -> &str {
-    let b = value.as_bytes();
-    let mut quoted = false;
-    for (i, &c) in b.iter().enumerate().rev() {
-        match c {
-            b'"' => {
-                let slashes = b
-                    .get(..i)
-                    .map_or(0, |h| h.iter().rev().take_while(|&&x| x == b'\\').count());
-                if slashes % 2 == 0 {
-                    quoted = !quoted;
-                }
-            }
-            b',' if !quoted => return value.get(i + 1..).unwrap_or(""),
-            _ => {}
-        }
-    }
-    value
-}
-
 /// Whether every quote of `element` is closed (and no escape is left dangling).
 fn balanced(element: &str) -> bool {
     let (mut quoted, mut escaped) = (false, false);
@@ -74,16 +50,17 @@ fn balanced(element: &str) -> bool {
     !quoted && !escaped
 }
 
-/// The SPIFFE ID in the `URI=` of the last element of an XFCC value: the element the
-/// nearest (trusted) proxy added for the client it verified. Earlier elements (added
-/// before that proxy) are never read; a last element whose quotes do not close names
-/// no caller.
+/// The SPIFFE ID in the `URI=` of an XFCC value of exactly one element: the one the
+/// trusted proxy added for the client it verified. Envoy writes `URI=` and `DNS=` values
+/// unquoted, so a certificate SAN holding a `,` splits that element in two, the second
+/// spelt by the certificate's holder: a value of two or more elements (a client's own
+/// forwarded under `APPEND_FORWARD` too) names no caller, nor does one whose quotes do
+/// not close.
 pub fn uri(value: &str) -> Result<SpiffeId, XfccError> {
-    let last = last_element(value);
-    if !balanced(last) {
+    if !balanced(value) || split_unquoted(value, b',').nth(1).is_some() {
         return Err(XfccError);
     }
-    let mut uris = split_unquoted(last, b';').filter_map(|kv| {
+    let mut uris = split_unquoted(value, b';').filter_map(|kv| {
         let (k, v) = kv.trim().split_once('=')?;
         k.eq_ignore_ascii_case("uri")
             .then(|| v.trim().trim_matches('"'))
@@ -101,10 +78,9 @@ mod tests {
     const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
 
     #[test]
-    fn the_last_element_names_the_caller() {
+    fn the_one_element_names_the_caller_with_quoted_separators_inside_it() {
         let v = format!(
-            "By=spiffe://cluster.local/ns/x/sa/y;URI=spiffe://cluster.local/ns/a/sa/first,\
-             Hash=\"a,b;c\";Subject=\"CN=x,O=y\";uri=\"{WEB}\""
+            "By=spiffe://cluster.local/ns/x/sa/y;Hash=\"a,b;c\";Subject=\"CN=x\\\",O=y\";uri=\"{WEB}\""
         );
         assert_eq!(uri(&v).map(|id| id.to_string()), Ok(WEB.to_string()));
     }
@@ -123,22 +99,22 @@ mod tests {
     }
 
     #[test]
-    fn an_earlier_element_cannot_swallow_the_last_one_with_a_quote_it_never_closes() {
+    fn a_value_of_two_elements_names_no_caller_whatever_either_holds() {
+        // What Envoy writes for a certificate whose DNS (or URI) SAN holds
+        // `x,URI=<web>`: the holder spells the second element.
+        let split = format!("By=spiffe://cluster.local/ns/svc/sa/x;Hash=ab;URI=spiffe://cluster.local/ns/evil/sa/y;DNS=x,URI={WEB}");
         let proxy = format!("By=spiffe://cluster.local/ns/svc/sa/x;Hash=ab;Subject=\"\";URI={WEB}");
-        for earlier in [
-            "URI=spiffe://cluster.local/ns/admin/sa/evil;X=\"",
-            "URI=spiffe://cluster.local/ns/admin/sa/evil;X=\"\\",
-            "X=\"a\\\",URI=spiffe://cluster.local/ns/admin/sa/evil",
-            "URI=spiffe://cluster.local/ns/admin/sa/evil",
+        for v in [
+            split,
+            format!("URI=spiffe://cluster.local/ns/admin/sa/evil,{proxy}"),
+            format!("{proxy},URI=spiffe://cluster.local/ns/admin/sa/evil"),
+            format!("URI=spiffe://cluster.local/ns/admin/sa/evil;X=\",{proxy}"),
         ] {
-            let v = format!("{earlier},{proxy}");
-            assert_eq!(uri(&v).map(|id| id.to_string()), Ok(WEB.to_string()), "{v}");
+            assert_eq!(uri(&v), Err(XfccError), "{v}");
         }
-        // Quoted commas and escaped quotes in the last element itself still hold.
-        let v = format!("URI=spiffe://cluster.local/ns/a/sa/b,Subject=\"CN=a\\\",b,c\";URI={WEB}");
-        assert_eq!(uri(&v).map(|id| id.to_string()), Ok(WEB.to_string()), "{v}");
-        // A last element whose own quote never closes names no caller.
+        // Quotes that never close name no caller either.
         assert_eq!(uri(&format!("Subject=\"x;URI={WEB}")), Err(XfccError));
+        assert_eq!(uri(&proxy).map(|id| id.to_string()), Ok(WEB.to_string()));
     }
 
     #[test]

@@ -97,8 +97,8 @@ pub fn identify(
     Ok(conn.and_then(|c| c.tls_peer.clone()))
 }
 
-/// The SPIFFE ID in the `URI=` of the last element of an XFCC value: the element the
-/// nearest (trusted) proxy added for the client it verified (core's parse, fuzzed there).
+/// The SPIFFE ID in the `URI=` of an XFCC value of one element: the element the trusted
+/// proxy added for the client it verified (core's parse, fuzzed there).
 pub fn xfcc_uri(value: &str) -> Result<SpiffeId, CallerError> {
     meshpass_core::xfcc::uri(value).map_err(|_| CallerError::BadXfcc)
 }
@@ -163,14 +163,21 @@ mod tests {
     }
 
     #[test]
-    fn xfcc_from_the_trusted_proxy_names_the_caller_by_its_last_element() {
+    fn xfcc_from_the_trusted_proxy_names_the_caller_by_its_one_element() {
         let h = xfcc(&format!(
-            "By=spiffe://cluster.local/ns/x/sa/y;URI=spiffe://cluster.local/ns/a/sa/first,\
-             By=spiffe://cluster.local/ns/mesh/sa/exchange;Hash=\"a,b;c\";Subject=\"CN=x,O=y\";URI={WEB}"
+            "By=spiffe://cluster.local/ns/mesh/sa/exchange;Hash=\"a,b;c\";Subject=\"CN=x,O=y\";URI={WEB}"
         ));
         let c = conn("127.0.0.1", None);
         let id = identify(&trusting("127.0.0.1"), Some(&c), &h).unwrap();
         assert_eq!(id.unwrap().as_str(), WEB);
+        // Two elements (one forwarded from the client, or a SAN holding a comma): none.
+        let two = xfcc(&format!(
+            "URI=spiffe://cluster.local/ns/a/sa/first,URI={WEB}"
+        ));
+        assert_eq!(
+            identify(&trusting("127.0.0.1"), Some(&c), &two),
+            Err(CallerError::BadXfcc)
+        );
         // The trusted proxy without a header and without a certificate: no caller.
         assert_eq!(
             identify(&trusting("127.0.0.1"), Some(&c), &HeaderMap::new()),

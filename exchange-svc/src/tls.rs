@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::serve::{IncomingStream, Listener};
 use meshpass_core::SpiffeId;
@@ -53,6 +53,12 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(served));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // No resumption: a resumed session brings back the stored client chain without
+    // asking the verifier again, so a certificate that expired, or whose CA was taken
+    // out of client_ca_file, would stay a caller (for a ticket's 24 h, renewed on every
+    // resumption). Every connection does a full handshake against the bundle as it is.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
@@ -170,6 +176,52 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((tag, &rest[..len], &rest[len..]))
 }
 
+/// The `notAfter` of an X.509 certificate (DER), when its validity reads.
+pub fn not_after(cert: &[u8]) -> Option<SystemTime> {
+    let (_, cert, _) = tlv(cert)?; // Certificate
+    let (_, tbs, _) = tlv(cert)?; // TBSCertificate
+    let (mut tag, mut body, mut rest) = tlv(tbs)?;
+    if tag == 0xa0 {
+        (tag, body, rest) = tlv(rest)?; // past the version: the serial number
+    }
+    // signature, issuer, then validity.
+    for _ in 0..3 {
+        (tag, body, rest) = tlv(rest)?;
+    }
+    let _ = (tag, rest);
+    let (_, _, after) = tlv(body)?; // past notBefore
+    let (tag, time, _) = tlv(after)?;
+    let t = std::str::from_utf8(time).ok()?.strip_suffix('Z')?;
+    let (year, t) = match tag {
+        // UTCTime: YY below 50 is 20YY (RFC 5280 4.1.2.5.1).
+        0x17 => {
+            let yy: u64 = t.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, t.get(2..)?)
+        }
+        0x18 => (t.get(..4)?.parse().ok()?, t.get(4..)?), // GeneralizedTime
+        _ => return None,
+    };
+    if t.len() != 10 || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |i: usize| t.get(i..i + 2).and_then(|d| d.parse::<u64>().ok());
+    let (month, day, secs) = (n(0)?, n(2)?, n(4)? * 3600 + n(6)? * 60 + n(8)?);
+    if !(1..=12).contains(&month) || year < 1970 {
+        return None;
+    }
+    // Days since 1970-01-01 of a civil date (H. Hinnant's days_from_civil).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let (era, yoe) = (y / 400, y % 400);
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(days * 86_400 + secs))
+}
+
 /// The SPIFFE ID of an X.509 certificate (DER): its only URI SAN, which must parse as
 /// a SPIFFE ID (X509-SVID rule: exactly one URI SAN). None otherwise.
 pub fn spiffe_id_of(cert: &[u8]) -> Option<SpiffeId> {
@@ -221,6 +273,29 @@ pub fn spiffe_id_of(cert: &[u8]) -> Option<SpiffeId> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn not_after_reads_utc_and_generalized_times() {
+        for (y, mo, d, h, mi, se) in [
+            (2030, 5, 17, 12, 34, 56),
+            (1999, 12, 31, 23, 59, 59),
+            (2050, 1, 1, 0, 0, 1),
+            (2024, 2, 29, 6, 0, 0),
+        ] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params.not_after =
+                rcgen::date_time_ymd(y, mo, d) + Duration::from_secs(h * 3600 + mi * 60 + se);
+            let want = params.not_after.unix_timestamp() as u64;
+            let der = params.self_signed(&key).unwrap().der().to_vec();
+            assert_eq!(
+                not_after(&der),
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(want)),
+                "{y}-{mo}-{d}"
+            );
+        }
+        assert_eq!(not_after(b"\x30\x03\x02\x01\x00"), None);
+    }
 
     fn cert(sans: Vec<rcgen::SanType>) -> Vec<u8> {
         let key = rcgen::KeyPair::generate().unwrap();

@@ -37,8 +37,8 @@ pub struct ReloadingCert {
 #[derive(Debug)]
 struct State {
     current: Arc<CertifiedKey>,
-    /// The files' modification times when `current` was read.
-    stamp: Option<(SystemTime, SystemTime)>,
+    /// The files' stamps when `current` was read.
+    stamp: Option<(FileStamp, FileStamp)>,
     checked: Instant,
 }
 
@@ -51,6 +51,7 @@ impl ReloadingCert {
     ) -> Result<Self, TlsError> {
         let stamp = stamp(cert_file, key_file);
         let current = Arc::new(read(cert_file, key_file, &provider)?);
+        warn_if_expired(cert_file, &current);
         Ok(ReloadingCert {
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
@@ -76,6 +77,7 @@ impl ReloadingCert {
                         s.current = Arc::new(k);
                         s.stamp = now;
                         tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate re-read");
+                        warn_if_expired(&self.cert_file, &s.current);
                     }
                     // A renewal in progress writes one file, then the other: tried
                     // again on the next check.
@@ -108,7 +110,7 @@ pub struct ReloadingClientCa {
 #[derive(Debug)]
 struct CaState {
     current: Arc<dyn ClientCertVerifier>,
-    stamp: Option<SystemTime>,
+    stamp: Option<FileStamp>,
     checked: Instant,
 }
 
@@ -221,12 +223,45 @@ fn read_ca(
         .map_err(|e| TlsError::Rustls(e.to_string()))
 }
 
-fn modified(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+/// What tells a file changed: its modification time alone does not (the kernel stamps
+/// it from a coarse clock, so a bundle read half-written and finished within the same
+/// tick would keep its partial read); its size and inode too (a rename-into-place writer
+/// gives a new inode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: SystemTime,
+    len: u64,
+    ino: u64,
 }
 
-fn stamp(cert_file: &Path, key_file: &Path) -> Option<(SystemTime, SystemTime)> {
+fn modified(p: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(p).ok()?;
+    Some(FileStamp {
+        modified: m.modified().ok()?,
+        len: m.len(),
+        ino: m.ino(),
+    })
+}
+
+fn stamp(cert_file: &Path, key_file: &Path) -> Option<(FileStamp, FileStamp)> {
     Some((modified(cert_file)?, modified(key_file)?))
+}
+
+/// Says so when the certificate to serve has expired: every client refuses it, and the
+/// listener looks healthy otherwise.
+fn warn_if_expired(cert_file: &Path, key: &CertifiedKey) {
+    let not_after = key
+        .cert
+        .first()
+        .and_then(|c| crate::tls::not_after(c.as_ref()));
+    if let Some(t) = not_after.filter(|t| *t <= SystemTime::now()) {
+        tracing::warn!(
+            cert_file = %cert_file.display(),
+            not_after = %httpdate::fmt_http_date(t),
+            "server.tls.cert_file: the certificate has expired; every client refuses it until it is renewed"
+        );
+    }
 }
 
 fn read(

@@ -1,6 +1,7 @@
 //! The caller named by the service's own sidecar: a real Envoy terminates mTLS in front
 //! of the service and sets `x-forwarded-client-cert` (`forward_client_cert_details:
-//! SANITIZE_SET`, URI); the service believes it only from that proxy's address.
+//! SANITIZE_SET`, subject, URI and DNS as Istio does); the service believes it only from
+//! that proxy's address, and only as one element (a SAN holding a comma spells two).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -48,7 +49,8 @@ fn sidecar_yaml(listen: u16, service: u16, dir: &std::path::Path) -> String {
                             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                             "stat_prefix": "sidecar",
                             "forward_client_cert_details": "SANITIZE_SET",
-                            "set_current_client_cert_details": {"uri": true},
+                            // What Istio sets on a sidecar's inbound listener.
+                            "set_current_client_cert_details": {"subject": true, "uri": true, "dns": true},
                             "route_config": {"virtual_hosts": [{
                                 "name": "svc", "domains": ["*"],
                                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "svc"}}],
@@ -99,8 +101,8 @@ async fn the_callers_sidecar_names_it_in_xfcc_and_a_client_sent_xfcc_is_never_be
     let listen = free_port();
     let envoy = Envoy::start(&sidecar_yaml(listen, service, dir.path()), 1);
 
-    let client = |id: &str| {
-        let (c, k) = pki.issue(rcgen::SanType::URI(id.try_into().unwrap()));
+    let client_with = |sans: Vec<rcgen::SanType>| {
+        let (c, k) = pki.issue_with(sans, None);
         reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(pki.ca.pem().as_bytes()).unwrap())
             .identity(reqwest::Identity::from_pem(format!("{c}{k}").as_bytes()).unwrap())
@@ -108,6 +110,8 @@ async fn the_callers_sidecar_names_it_in_xfcc_and_a_client_sent_xfcc_is_never_be
             .build()
             .unwrap()
     };
+    let uri = |id: &str| rcgen::SanType::URI(id.try_into().unwrap());
+    let client = |id: &str| client_with(vec![uri(id)]);
     let token = issuer.svid(WEB, now(), 600);
     let body = exchange_form(&token, &[("resource", "orders")]);
     let post = |c: reqwest::Client, url: String, xfcc: Option<String>| {
@@ -131,9 +135,21 @@ async fn the_callers_sidecar_names_it_in_xfcc_and_a_client_sent_xfcc_is_never_be
     assert_eq!(status, 200, "{text}\n{}", envoy.log_tail(20));
     // Another workload with the stolen token, even claiming to be WEB in its own XFCC:
     // Envoy replaces the header (SANITIZE_SET) and the service sees the thief.
-    let (status, text) = post(client(EVIL), via_envoy, Some(format!("URI={WEB}"))).await;
+    let (status, text) = post(client(EVIL), via_envoy.clone(), Some(format!("URI={WEB}"))).await;
     assert_eq!(status, 403, "{text}");
     assert!(text.contains(EVIL), "{text}");
+    // A SAN holding a comma: Envoy writes URI and DNS values unquoted, so the thief's
+    // certificate spelt a second element of XFCC, naming WEB.
+    for sans in [
+        vec![uri(&format!("{EVIL},URI={WEB}"))],
+        vec![
+            uri(EVIL),
+            rcgen::SanType::DnsName(format!("thief.evil.svc,URI={WEB}").try_into().unwrap()),
+        ],
+    ] {
+        let (status, text) = post(client_with(sans.clone()), via_envoy.clone(), None).await;
+        assert_ne!(status, 200, "{sans:?} was taken as {WEB}: {text}");
+    }
     // Straight to the service from a peer that is not the trusted proxy: a forged XFCC
     // is refused, never believed.
     let direct = reqwest::Client::builder()

@@ -420,9 +420,22 @@ impl Pki {
     }
     /// (cert PEM, key PEM) for a server name or a SPIFFE ID.
     pub fn issue(&self, san: rcgen::SanType) -> (String, String) {
+        self.issue_with(vec![san], None)
+    }
+    /// (cert PEM, key PEM) with `sans`, valid until `not_after` (Unix seconds) if given.
+    pub fn issue_with(
+        &self,
+        sans: Vec<rcgen::SanType>,
+        not_after: Option<u64>,
+    ) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.subject_alt_names = vec![san];
+        p.subject_alt_names = sans;
+        if let Some(t) = not_after {
+            let epoch = rcgen::date_time_ymd(1970, 1, 1);
+            p.not_before = epoch + Duration::from_secs(t - 3 * 86_400);
+            p.not_after = epoch + Duration::from_secs(t);
+        }
         let cert = p.signed_by(&key, &self.ca, &self.ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
     }
