@@ -559,7 +559,18 @@ impl Config {
         self.validation_policy()?;
         for (i, iss) in self.issuers.iter().enumerate() {
             let f = format!("issuers[{i}]");
-            match iss.key_source(&f)? {
+            let source = iss.key_source(&f)?;
+            if matches!(
+                source,
+                KeySourceConfig::Inline(_) | KeySourceConfig::File(_)
+            ) && iss.bearer_token_file.is_some()
+            {
+                return Err(bad(
+                    format!("{f}.bearer_token_file"),
+                    "is sent with jwks_url and discovery_url only: remove it beside jwks or jwks_file",
+                ));
+            }
+            match source {
                 KeySourceConfig::Inline(j) => {
                     meshpass_core::jwk::KeySet::parse(j.as_bytes())
                         .map_err(|e| bad(format!("{f}.jwks"), e.to_string()))?;

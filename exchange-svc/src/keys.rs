@@ -112,6 +112,8 @@ pub struct IssuerKeys {
     /// `current.generation`, readable without the lock (written under it).
     generation: AtomicU64,
     issuers: Vec<Issuer>,
+    /// Itself, for a refetch on a task of its own.
+    me: std::sync::Weak<IssuerKeys>,
 }
 
 /// An HTTP client trusting `ca_file` only (when given), else the built-in roots.
@@ -133,6 +135,13 @@ pub fn http_client(
             path: ca.display().to_string(),
             reason: e.to_string(),
         })?;
+        // Without any, the client would trust nothing (the built-in roots are off).
+        if certs.is_empty() {
+            return Err(KeysError::File {
+                path: ca.display().to_string(),
+                reason: "holds no certificate".into(),
+            });
+        }
         b = b.tls_built_in_root_certs(false);
         for c in certs {
             b = b.add_root_certificate(c);
@@ -264,9 +273,10 @@ impl Issuer {
     }
 
     async fn fetch(&self) -> Result<Option<Loaded>, KeysError> {
-        let bearer = match &self.bearer_token_file {
-            Some(p) => Some(read_bearer(p)?),
-            None => None,
+        // Sent to URLs only (the configuration refuses it beside a file or inline keys).
+        let bearer = match (&self.bearer_token_file, &self.source) {
+            (Some(p), Source::Url { .. } | Source::Discovery { .. }) => Some(read_bearer(p)?),
+            _ => None,
         };
         let bytes = match &self.source {
             Source::Inline => return Ok(None),
@@ -321,13 +331,14 @@ impl IssuerKeys {
             }
             issuers.push(issuer);
         }
-        Ok(Arc::new(IssuerKeys {
+        Ok(Arc::new_cyclic(|me| IssuerKeys {
             current: RwLock::new(Current {
                 generation: 0,
                 keys: Arc::new(initial),
             }),
             generation: AtomicU64::new(0),
             issuers,
+            me: me.clone(),
         }))
     }
 
@@ -435,9 +446,10 @@ impl IssuerKeySource for IssuerKeys {
     }
 
     async fn refetch_unknown_kid(&self, issuer: &str) -> bool {
-        let Some(iss) = self.issuers.iter().find(|i| i.name == issuer) else {
+        let Some(idx) = self.issuers.iter().position(|i| i.name == issuer) else {
             return false;
         };
+        let iss = &self.issuers[idx];
         if matches!(iss.source, Source::Inline) {
             return false;
         }
@@ -445,17 +457,31 @@ impl IssuerKeySource for IssuerKeys {
         let mut last = iss.last_refetch.lock().await;
         if let Some(t) = *last {
             if t.elapsed() < iss.min_refetch {
+                drop(last);
+                // Its caller may be gone (an exchange that timed out) while the fetch
+                // goes on: wait for its answer rather than decide on the old keys.
+                drop(iss.fetching.lock().await);
                 return false;
             }
         }
+        let Some(me) = self.me.upgrade() else {
+            return false;
+        };
         *last = Some(Instant::now());
-        match self.fetch_and_store(iss).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                tracing::warn!(issuer, error = %e, "refetch for an unknown kid failed");
-                false
+        // On a task of its own: a caller that times out or hangs up must not cancel the
+        // fetch whose window it took (every token of the new key would be refused until
+        // the window ends).
+        let name = issuer.to_string();
+        let fetch = tokio::spawn(async move {
+            match me.fetch_and_store(&me.issuers[idx]).await {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    tracing::warn!(issuer = %name, error = %e, "refetch for an unknown kid failed");
+                    false
+                }
             }
-        }
+        });
+        fetch.await.unwrap_or(false)
     }
 
     fn status(&self) -> Vec<IssuerKeyStatus> {

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::*;
 use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::config::Config;
 use meshpass_exchange::keys::{IssuerKeySource, IssuerKeys};
 use serde_json::{json, Value};
 
@@ -525,4 +526,146 @@ async fn a_slow_refresh_does_not_replace_newer_keys_loaded_by_an_unknown_kid_ref
         "k2 was dropped by the older answer of a refresh that started before the refetch \
          (a further refetch loaded keys: {refetched})"
     );
+}
+
+/// An unknown kid's refetch runs on a task of its own: the exchange that asked for it
+/// timing out (1 s here; the filter gives up after 2 s, a JWKS fetch may take 5 s) used
+/// to cancel it after it had taken the refetch window, so the new key was refused until
+/// the window ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_accepted_once_the_issuer_answered_even_if_the_exchange_that_asked_for_it_timed_out(
+) {
+    let k1 = TestIssuer::new(ISSUER, "k1");
+    let k2 = TestIssuer::new(ISSUER, "k2");
+    let srv = Slow {
+        doc: Arc::new(Mutex::new(k1.jwks())),
+        slow: Arc::new(AtomicBool::new(false)),
+        hits: Arc::new(AtomicUsize::new(0)),
+    };
+    let url = serve(
+        Router::new()
+            .route("/jwks", get(slow_jwks))
+            .with_state(srv.clone()),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // The default refresh (300 s) and a 30 s refetch window; a 1 s request timeout
+    // stands for any caller that gives up before the JWKS answers.
+    let cfg = load_config(
+        dir.path(),
+        &issuer_toml(
+            &k1,
+            &dir.path().join("m.db"),
+            &format!("jwks_url = \"{url}/jwks\"\nmin_refetch_secs = 30"),
+            "[server]\nrequest_timeout_secs = 1\n",
+        ),
+    );
+    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
+    let app = meshpass_exchange::app(state);
+    let a = post_token(
+        &app,
+        exchange_form(&k1.svid(WEB, now(), 3600), &[("resource", "payments")]),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.json);
+
+    // The issuer rotates; its JWKS endpoint is slow for a moment (2.5 s).
+    *srv.doc.lock().unwrap() = json!({"keys": [k1.jwk(), k2.jwk()]}).to_string();
+    srv.slow.store(true, Ordering::SeqCst);
+    let first = post_token(
+        &app,
+        exchange_form(&k2.svid(WEB, now(), 3600), &[("resource", "payments")]),
+    )
+    .await;
+    assert_ne!(first.status, 200, "answered within the request timeout");
+    srv.slow.store(false, Ordering::SeqCst);
+    // The refetch's answer (2.5 s after it was asked) is stored, well inside the 30 s
+    // window in which no other refetch may go out.
+    let start = std::time::Instant::now();
+    let second = loop {
+        let t = k2.svid(WEB, now() - 1, 3600);
+        let r = post_token(&app, exchange_form(&t, &[("resource", "payments")])).await;
+        if r.status == 200 || start.elapsed() > Duration::from_secs(15) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(
+        second.status,
+        200,
+        "a token of the issuer's new key is refused after the issuer published it: {} \
+         (the first exchange, which triggered the refetch, answered {} {}; JWKS fetches: {})",
+        second.json,
+        first.status,
+        first.json,
+        srv.hits.load(Ordering::SeqCst)
+    );
+}
+
+/// An issuer `ca_file` from the wrong Secret key (no certificate in it) would leave a
+/// client that trusts nothing: refused naming the field. A `bearer_token_file` beside a
+/// JWKS file (never sent there) was read before every fetch, and an unreadable one kept
+/// the file's keys from ever loading: refused naming the field.
+#[test]
+fn an_issuer_ca_file_holding_no_certificate_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let ca = dir.path().join("ca.pem");
+    // A file from the wrong Secret key, or an empty ConfigMap entry.
+    std::fs::write(&ca, "# no certificate here\n").unwrap();
+    let keys = format!(
+        "jwks_url = \"https://spire-bundle.spire.svc:8443/jwks\"\nca_file = \"{}\"",
+        ca.display()
+    );
+    let path = write_toml(
+        dir.path(),
+        &issuer_toml(&issuer, &dir.path().join("m.db"), &keys, ""),
+    );
+    match Config::load(Some(&path)) {
+        Ok(_) => panic!("a ca_file with no certificate was accepted: no fetch can ever succeed"),
+        Err(e) => assert!(
+            e.to_string().contains("issuers[0].ca_file"),
+            "refused without naming issuers[0].ca_file: {e}"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_jwks_file_issuer_is_not_broken_by_a_bearer_token_file_it_never_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let jwks = dir.path().join("bundle.json");
+    std::fs::write(&jwks, issuer.jwks()).unwrap();
+    let keys = format!(
+        "jwks_file = \"{}\"\nbearer_token_file = \"{}\"",
+        jwks.display(),
+        dir.path().join("no-such-token").display()
+    );
+    let path = write_toml(
+        dir.path(),
+        &issuer_toml(&issuer, &dir.path().join("m.db"), &keys, ""),
+    );
+    match Config::load(Some(&path)) {
+        // Refusing the key that has no effect here is a fix too.
+        Err(e) => assert!(
+            e.to_string().contains("issuers[0].bearer_token_file"),
+            "refused without naming issuers[0].bearer_token_file: {e}"
+        ),
+        Ok(cfg) => {
+            let source = IssuerKeys::from_config(&cfg).unwrap();
+            source.refresh_all().await;
+            assert_eq!(
+                source.status()[0].keys,
+                1,
+                "the JWKS file's keys never load: the configuration was accepted, but every \
+                 fetch fails reading a bearer token a file source never sends"
+            );
+        }
+    }
+}
+
+fn write_toml(dir: &std::path::Path, toml: &str) -> std::path::PathBuf {
+    let path = dir.join("meshpass.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
 }
