@@ -168,10 +168,13 @@ impl Worker {
                 host.record_latency_ms(now.saturating_sub(started_ms));
                 match self.classify(&resp) {
                     Outcome::Token(t) => {
-                        self.refresh_done(&key);
                         // A refused refresh leaves the slot to the other key; the next
-                        // request misses and is memoised then.
-                        self.store(host, &key, &t, &resp, &subject, subject_exp, now);
+                        // request misses and is memoised then. One that cannot be
+                        // cached backs off, as a failure does (not again every tick).
+                        match self.store(host, &key, &t, &resp, &subject, subject_exp, now) {
+                            Stored::NotCached => self.refresh_failed(&key, 0, now),
+                            _ => self.refresh_done(&key),
+                        }
                     }
                     // The service no longer grants it (a mapping deleted, a subject it
                     // now refuses): the cached token ends here, and the next request

@@ -46,8 +46,12 @@ pub fn classify(resp: &CallResponse, retry_default: u64) -> Outcome {
             Outcome::Faulty(ra_default)
         }
         Some(200) => match serde_json::from_slice::<TokenExchangeResponse>(&resp.body) {
+            // Only a live JWT is a participant token: another type (a refresh token, an
+            // assertion) or one already expired is an unusable answer.
             Ok(r)
                 if r.token_type.eq_ignore_ascii_case("bearer")
+                    && r.issued_token_type == meshpass_core::oauth::TOKEN_TYPE_JWT
+                    && r.expires_in > 0
                     && !r.access_token.is_empty()
                     && r.access_token.bytes().all(|b| b.is_ascii_graphic()) =>
             {

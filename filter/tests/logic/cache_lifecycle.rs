@@ -1,5 +1,6 @@
 //! The cache over an entry's life: a reload that drops a key, refreshes that fail
-//! (their backoff and the service's Retry-After), and an entry its subject token ends.
+//! (their backoff and the service's Retry-After, an answer that cannot be served backing
+//! off too), and an entry its subject token ends.
 
 use super::*;
 
@@ -121,5 +122,34 @@ fn an_entry_ended_by_its_subject_token_is_not_refreshed_over_and_over() {
     assert_eq!(
         n, 0,
         "{n} refreshes of one entry bounded by its subject token (at second, new end): {ends:?}"
+    );
+}
+
+/// A background refresh answered with a token that cannot be served (expires_in 0)
+/// backs off like a failed one; it went out again on every tick.
+#[test]
+fn a_refresh_answered_with_an_unusable_token_backs_off_instead_of_going_out_every_tick() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.send_token(1, &t);
+    f.answer(ok_response("p1", 300));
+    f.host.now_ms += 220_000; // past 75 % of the 290 s entry
+    f.tick();
+    let first = exchanges(&f.host);
+    let mut answered = first;
+    for ctx in 100..130u32 {
+        assert_eq!(f.send_token(ctx, &t), Verdict::Continue);
+        assert_eq!(f.served(ctx).as_deref(), Some("Bearer p1"));
+        f.tick();
+        if exchanges(&f.host) > answered {
+            answered = exchanges(&f.host);
+            f.answer(ok_response("p-dead", 0));
+        }
+        f.host.now_ms += 1000;
+    }
+    let refreshes = exchanges(&f.host) - first;
+    assert!(
+        refreshes <= 6,
+        "{refreshes} refreshes in 30 s, each answered unusably"
     );
 }

@@ -641,3 +641,37 @@ fn a_memo_hit_never_serves_a_subject_token_past_its_expiry_with_a_long_tick() {
         f.host.req_header(3, "authorization")
     );
 }
+
+/// DESIGN: a success issues the JWT type, and an unusable answer always denies. A 200
+/// issuing another kind of token (a refresh token, an assertion), or one the service
+/// says is already over (`expires_in: 0`), was forwarded to the app as the participant
+/// token; now 503, never fail-open.
+#[test]
+fn a_200_with_another_token_type_or_an_expired_token_is_never_forwarded() {
+    let answer = |issued: &str, expires_in: u64| CallResponse {
+        status: Some(200),
+        retry_after: None,
+        body: json!({"access_token": "not-a-participant-token", "issued_token_type": issued,
+                     "token_type": "Bearer", "expires_in": expires_in})
+        .to_string()
+        .into_bytes(),
+    };
+    let jwt = "urn:ietf:params:oauth:token-type:jwt";
+    for (issued, expires_in) in [
+        ("urn:ietf:params:oauth:token-type:refresh_token", 300),
+        ("urn:ietf:params:oauth:token-type:saml2", 300),
+        ("", 300),
+        (jwt, 0),
+    ] {
+        let mut f = fixture();
+        let t = f.token(ALICE);
+        assert_eq!(f.send_token(1, &t), Verdict::Pause);
+        f.answer(answer(issued, expires_in));
+        assert_ne!(
+            f.served(1).as_deref(),
+            Some("Bearer not-a-participant-token"),
+            "{issued:?}, expires_in {expires_in}: forwarded"
+        );
+        assert_eq!(f.host.replies[&1].status, 503, "{issued:?} {expires_in}");
+    }
+}
