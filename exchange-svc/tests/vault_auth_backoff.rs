@@ -1,7 +1,9 @@
 //! Vault authentication backing off (token file, AppRole re-login) against a real
 //! OpenBao. Each test asserts what exchange-svc/README.md ("Authentication") and
 //! docs/DESIGN.md promise: failures are retried with exponential backoff and jitter
-//! (0.5 s … 30 s), the service recovers by itself.
+//! (0.5 s … 30 s), also while Vault answers logins 429 and every signature asks for
+//! one, and the service recovers by itself (a token file rewritten late in a
+//! non-renewable token's life is read at once).
 // Test code: helpers outside #[test] fns may panic too.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -272,5 +274,137 @@ async fn a_refusal_long_after_the_login_logs_in_at_once_though_the_token_was_ren
     assert!(
         took.is_some_and(|t| t < Duration::from_secs(6)),
         "a refusal 35 s after the login waited {took:?} for the new login (at once expected)"
+    );
+}
+
+/// The service's AppRole token is revoked while OpenBao answers every login with 429
+/// (a rate-limit quota on `auth/approle/login`, which operators set exactly to stop
+/// login storms). Every signature is refused with 403 and asks for a new login; those
+/// logins must follow the documented backoff (0.5 s … 30 s), not run once per refused
+/// request because the login failure happened to be "transient".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_failing_with_429_back_off_even_while_every_signature_is_refused() {
+    let bao = bao_with_policy();
+    bao.enable_auth("approle", "approle");
+    bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass",
+        Some(json!({ "token_policies": ["signer"], "token_ttl": "1h", "token_max_ttl": "24h" })),
+    );
+    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sid = bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass/secret-id",
+        Some(json!({})),
+    )["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cfg = with_auth(
+        &bao,
+        AuthConfig::Approle {
+            mount: "approle".into(),
+            role_id,
+            secret_id: Some(Secret::new(sid)),
+            secret_id_file: None,
+        },
+    );
+    cfg.key_refresh_interval = Duration::from_secs(3600);
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    let key = sign_and_verify(&signer, "{}").await;
+    assert_eq!(signer.stats().logins(), 1);
+
+    // One login a minute at most, and that one spent now: every login answers 429.
+    bao.api_ok(
+        "POST",
+        "sys/quotas/rate-limit/login",
+        Some(json!({ "path": "auth/approle/login", "rate": 1, "interval": "60s" })),
+    );
+    let mut saw_429 = false;
+    for _ in 0..5 {
+        let (s, _) = bao.api("POST", "auth/approle/login", Some(json!({"role_id": "x"})));
+        if s == 429 {
+            saw_429 = true;
+            break;
+        }
+    }
+    assert!(saw_429, "the rate-limit quota never answered 429");
+    // The service's token is revoked: every signature is now refused with 403.
+    bao.api_ok("POST", "sys/leases/revoke-prefix/auth/approle/login", None);
+    let before = signer.stats().auth_failures();
+
+    // Traffic: 40 exchanges over about 4 s, one at a time; each is refused (503).
+    for _ in 0..40 {
+        let r = signer.sign(&key, b"a.b").await;
+        assert!(matches!(r, Err(SignError::Unavailable(_))), "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attempts = signer.stats().auth_failures() - before;
+    assert!(
+        attempts <= backoff_budget(4),
+        "{attempts} login attempts (each answered 429) in ~4 s for 40 refused signatures \
+         (backoff allows about {})",
+        backoff_budget(4)
+    );
+}
+
+/// README: a `token_file` is "re-read whenever the file content changes (Vault Agent
+/// sink), and after a 403". With a non-renewable token (a batch token, or any token the
+/// sink holds that cannot be renewed), a rewrite of the file in the last third of the
+/// token's TTL must still be picked up within the 1 s poll: an operator who writes a new
+/// token and revokes the old one expects signing to resume at once, not when the old
+/// token would have expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_rewritten_late_in_a_non_renewable_tokens_life_is_picked_up_at_once() {
+    let bao = bao_with_policy();
+    let create = |ttl: &str| {
+        bao.api_ok(
+            "POST",
+            "auth/token/create",
+            Some(json!({ "policies": ["signer"], "ttl": ttl, "renewable": false })),
+        )["auth"]["client_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let first = create("30s");
+    std::fs::write(&path, &first).unwrap();
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::TokenFile { path: path.clone() },
+    ))
+    .await
+    .unwrap();
+    let key = sign_and_verify(&signer, "{}").await;
+
+    // Past 2/3 of the first token's 30 s life.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    sign_and_verify(&signer, "{}").await;
+
+    // Rotate: a new token in the file (atomic rename), the old one revoked.
+    let second = create("1h");
+    let tmp = dir.path().join("token.tmp");
+    std::fs::write(&tmp, &second).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    bao.api_ok("POST", "auth/token/revoke", Some(json!({ "token": first })));
+    let t0 = std::time::Instant::now();
+    let mut took = None;
+    while t0.elapsed() < Duration::from_secs(12) {
+        if signer.sign(&key, b"a.b").await.is_ok() {
+            took = Some(t0.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        // Before the fix it waited out the last third of the old token's life (≈ 9 s).
+        took.is_some_and(|t| t < Duration::from_secs(6)),
+        "the rewritten token file was picked up after {took:?} (the file is polled every \
+         second; expected within 6 s)"
     );
 }

@@ -345,6 +345,8 @@ impl Auth {
         // is near, so the next step is a new login rather than another renewal.
         let mut login_ttl = current.and_then(|i| i.ttl);
         let mut relogin_due = false;
+        // Whether the last wait after a failed login was cut short by a refused signature.
+        let mut cut_short = false;
         loop {
             let Some(info) = current else {
                 match self.login().await {
@@ -355,16 +357,21 @@ impl Auth {
                         obtained = Instant::now();
                         logged_in = obtained;
                         backoff.reset();
+                        cut_short = false;
                     }
                     Err(e) => {
                         let delay = backoff.next_delay();
                         // After an outage, a refused signature (Vault is back) is worth
                         // a login at once; after a refused login, every refused
-                        // signature would be one more login at the request rate.
-                        let early = e.is_transient();
+                        // signature would be one more login at the request rate. Once
+                        // only: a login that fails again waits its whole backoff (Vault
+                        // answering 429 to logins while it refuses every signature would
+                        // otherwise see a login per request).
+                        let early = e.is_transient() && !cut_short;
+                        cut_short = false;
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => {}
-                            _ = self.reauth.notified(), if early => {}
+                            _ = self.reauth.notified(), if early => cut_short = true,
                             // A rewritten token file is worth trying at once.
                             _ = self.wait_token_file_change() => {}
                         }
@@ -411,10 +418,15 @@ impl Auth {
                 continue;
             }
             if !info.renewable {
-                // A fixed, non-renewable token: nothing to do but look it up again later.
+                // A fixed, non-renewable token: nothing to do but look it up again later,
+                // or at once when its file is rewritten or a signature is refused.
                 current = None;
                 let remaining = info.ttl.unwrap_or_default().mul_f64(1.0 / 3.0);
-                tokio::time::sleep(remaining.max(Duration::from_secs(1))).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(remaining.max(Duration::from_secs(1))) => {}
+                    _ = self.wait_token_file_change() => {}
+                    _ = self.reauth.notified() => {}
+                }
                 continue;
             }
             match self.renew().await {

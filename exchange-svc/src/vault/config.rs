@@ -318,6 +318,10 @@ impl VaultConfig {
         if url.path() != "/" && !url.path().is_empty() {
             return Err(bad("address", "must not contain a path"));
         }
+        // Every API path is appended to it: after a query it would be part of the query.
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(bad("address", "must not contain a query or a fragment"));
+        }
         if let Some(ns) = &self.namespace {
             if ns.trim_matches('/').is_empty() {
                 return Err(bad("namespace", "must not be empty"));
@@ -597,6 +601,9 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("", "vault.address"),
             ("address = \"ftp://x\"", "vault.address"),
+            // Every API path is appended: it would land in the query.
+            ("address = \"http://127.0.0.1:8200?x=1\"", "vault.address"),
+            ("address = \"http://127.0.0.1:8200/#frag\"", "vault.address"),
             ("address = \"https://x\"\nbatch_max_size = 0", "vault.batch_max_size"),
             (
                 "address = \"https://x\"\nbatch_pipeline_depth = 0",
