@@ -252,23 +252,7 @@ async fn serving_an_expired_tls_certificate_is_reported_naming_server_tls_cert_f
     );
     let cfg_path = write(dir.path(), "c.toml", &toml);
     let log_path = dir.path().join("svc.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = exchange_command()
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg_path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(child);
+    let mut child = Serving::start(&cfg_path, &log_path);
     let started = Instant::now();
     loop {
         if let Some(status) = child.0.try_wait().unwrap() {

@@ -465,12 +465,10 @@ async fn slow_jwks(State(s): State<Slow>) -> (StatusCode, String) {
     (StatusCode::OK, doc)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_refresh_does_not_replace_newer_keys_loaded_by_an_unknown_kid_refetch() {
-    let k1 = TestIssuer::new(ISSUER, "k1");
-    let k2 = TestIssuer::new(ISSUER, "k2");
+/// A JWKS endpoint publishing `issuer`'s keys (fast until told to be slow): its URL.
+async fn slow_server(issuer: &TestIssuer) -> (String, Slow) {
     let s = Slow {
-        doc: Arc::new(Mutex::new(k1.jwks())),
+        doc: Arc::new(Mutex::new(issuer.jwks())),
         slow: Arc::new(AtomicBool::new(false)),
         hits: Arc::new(AtomicUsize::new(0)),
     };
@@ -480,6 +478,14 @@ async fn a_slow_refresh_does_not_replace_newer_keys_loaded_by_an_unknown_kid_ref
             .with_state(s.clone()),
     )
     .await;
+    (url, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_refresh_does_not_replace_newer_keys_loaded_by_an_unknown_kid_refetch() {
+    let k1 = TestIssuer::new(ISSUER, "k1");
+    let k2 = TestIssuer::new(ISSUER, "k2");
+    let (url, s) = slow_server(&k1).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = load_config(
         dir.path(),
@@ -537,17 +543,7 @@ async fn a_rotated_key_is_accepted_once_the_issuer_answered_even_if_the_exchange
 ) {
     let k1 = TestIssuer::new(ISSUER, "k1");
     let k2 = TestIssuer::new(ISSUER, "k2");
-    let srv = Slow {
-        doc: Arc::new(Mutex::new(k1.jwks())),
-        slow: Arc::new(AtomicBool::new(false)),
-        hits: Arc::new(AtomicUsize::new(0)),
-    };
-    let url = serve(
-        Router::new()
-            .route("/jwks", get(slow_jwks))
-            .with_state(srv.clone()),
-    )
-    .await;
+    let (url, srv) = slow_server(&k1).await;
     let dir = tempfile::tempdir().unwrap();
     // The default refresh (300 s) and a 30 s refetch window; a 1 s request timeout
     // stands for any caller that gives up before the JWKS answers.

@@ -437,29 +437,7 @@ async fn a_renewed_tls_certificate_is_served_without_a_restart() {
         ),
     );
     let cfg_path = write_file(dir.path(), "c.toml", &toml);
-    let mut cmd = std::process::Command::new(meshpass_testkit::exchange_bin());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("MESHPASS__") || k.starts_with("VAULT_") || k.starts_with("BAO_") {
-            cmd.env_remove(k);
-        }
-    }
-    let log = std::fs::File::create(dir.path().join("svc.log")).unwrap();
-    let child = cmd
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg_path)
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(child);
+    let mut child = Serving::start(&cfg_path, &dir.path().join("svc.log"));
     let ca = files.pki.ca.pem();
     let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
     let leaf = |s: &tokio_rustls::client::TlsStream<TcpStream>| {

@@ -285,34 +285,7 @@ async fn a_refusal_long_after_the_login_logs_in_at_once_though_the_token_was_ren
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_failing_with_429_back_off_even_while_every_signature_is_refused() {
     let bao = bao_with_policy();
-    bao.enable_auth("approle", "approle");
-    bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass",
-        Some(json!({ "token_policies": ["signer"], "token_ttl": "1h", "token_max_ttl": "24h" })),
-    );
-    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sid = bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass/secret-id",
-        Some(json!({})),
-    )["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut cfg = with_auth(
-        &bao,
-        AuthConfig::Approle {
-            mount: "approle".into(),
-            role_id,
-            secret_id: Some(Secret::new(sid)),
-            secret_id_file: None,
-        },
-    );
-    cfg.key_refresh_interval = Duration::from_secs(3600);
+    let (cfg, _) = approle_config(&bao, "1h");
     let signer = TransitSigner::start(&cfg).await.unwrap();
     let key = sign_and_verify(&signer, "{}").await;
     assert_eq!(signer.stats().logins(), 1);

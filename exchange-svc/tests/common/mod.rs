@@ -503,3 +503,28 @@ pub fn exchange_command() -> std::process::Command {
     }
     c
 }
+
+/// `meshpass-exchange serve --config cfg` with its output in `log`, killed on drop.
+pub struct Serving(pub std::process::Child);
+
+impl Serving {
+    pub fn start(cfg: impl AsRef<std::ffi::OsStr>, log: &std::path::Path) -> Serving {
+        let out = std::fs::File::create(log).unwrap();
+        let child = exchange_command()
+            .arg("serve")
+            .arg("--config")
+            .arg(cfg)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Serving(child)
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
