@@ -9,6 +9,7 @@
 //!   it is refused, never believed.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use axum::http::HeaderMap;
 use axum::serve::IncomingStream;
@@ -27,6 +28,10 @@ pub struct ConnInfo {
     /// The verified client certificate's SPIFFE ID, when the service terminates TLS and
     /// the client presented one with exactly one `spiffe://` URI SAN.
     pub tls_peer: Option<SpiffeId>,
+    /// When the connection must stop carrying `tls_peer`: the client certificate's
+    /// notAfter, or the TLS listener's maximum connection age (the CA bundle it was
+    /// verified against may change meanwhile). The server closes it gracefully then.
+    pub identity_until: Option<Instant>,
 }
 
 impl axum::extract::connect_info::Connected<IncomingStream<'_, TcpListener>> for ConnInfo {
@@ -34,6 +39,7 @@ impl axum::extract::connect_info::Connected<IncomingStream<'_, TcpListener>> for
         ConnInfo {
             peer: *stream.remote_addr(),
             tls_peer: None,
+            identity_until: None,
         }
     }
 }
@@ -116,6 +122,7 @@ mod tests {
         ConnInfo {
             peer: SocketAddr::new(ip.parse().unwrap(), 40000),
             tls_peer: tls.map(|t| SpiffeId::parse(t).unwrap()),
+            identity_until: None,
         }
     }
 

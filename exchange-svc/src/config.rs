@@ -115,6 +115,17 @@ pub struct TlsConfig {
     /// unless a trusted proxy forwards one). Unset: `server.listen` itself is TLS.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Longest life of a connection whose client certificate names a caller: it is
+    /// then closed gracefully (HTTP/2 GOAWAY, in-flight requests finish) and the client
+    /// handshakes again, against the CA bundle as it is then. Bounds how long a CA
+    /// taken out of `client_ca_file` keeps a caller's open connection; a connection
+    /// also ends when its client certificate expires.
+    #[serde(default = "default_max_connection_age_secs")]
+    pub max_connection_age_secs: u64,
+}
+
+fn default_max_connection_age_secs() -> u64 {
+    300
 }
 
 /// `[callers]`: how the service identifies who calls `/token` (DESIGN.md "Subject
@@ -516,6 +527,12 @@ impl Config {
             return Err(bad("server.request_timeout_secs", "must be at least 1"));
         }
         if let Some(tls) = &self.server.tls {
+            if tls.max_connection_age_secs == 0 {
+                return Err(bad(
+                    "server.tls.max_connection_age_secs",
+                    "must be at least 1",
+                ));
+            }
             if let Some(l) = tls.listen {
                 if listeners_overlap(l, self.server.listen) {
                     return Err(bad(

@@ -14,8 +14,8 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::caller::ConnInfo;
@@ -36,13 +36,16 @@ impl From<SocketAddr> for ConnInfo {
         ConnInfo {
             peer,
             tls_peer: None,
+            identity_until: None,
         }
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves; then stops accepting and
 /// resolves once the open connections have finished their requests (the caller bounds
-/// that wait). Each request carries its connection's [`ConnInfo`] as `ConnectInfo`.
+/// that wait). Each request carries its connection's [`ConnInfo`] as `ConnectInfo`; a
+/// connection whose identity lapses ([`ConnInfo::identity_until`]) is closed gracefully
+/// then (HTTP/2 GOAWAY; in-flight requests finish, the client reconnects).
 pub async fn serve<L>(mut listener: L, router: Router, shutdown: impl Future<Output = ()>)
 where
     L: Listener,
@@ -58,7 +61,9 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_PING_INTERVAL)
         .keep_alive_timeout(HEADER_READ_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+    // `true` asks every connection to finish; `closed()` resolves once all have ended
+    // (each task holds a receiver).
+    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let (io, addr) = tokio::select! {
@@ -66,6 +71,7 @@ where
             () = &mut shutdown => break,
         };
         let info: ConnInfo = addr.into();
+        let lapses = info.identity_until;
         // Set when the connection's first request head is complete.
         let started = Arc::new(AtomicBool::new(false));
         let seen = Arc::clone(&started);
@@ -79,27 +85,49 @@ where
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
             .into_owned();
-        let conn = graceful.watch(conn);
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = &mut conn => Some(r),
-                () = tokio::time::sleep(HEADER_READ_TIMEOUT) => None,
-            };
-            let r = match ended {
-                Some(r) => r,
-                // No whole request head yet: dropped (closed).
-                None if !started.load(Ordering::Relaxed) => {
-                    tracing::debug!("connection closed: no request head within the deadline");
-                    return;
+            let head = tokio::time::sleep(HEADER_READ_TIMEOUT);
+            tokio::pin!(head);
+            let lapse = async move {
+                match lapses {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
                 }
-                None => conn.await,
             };
+            tokio::pin!(lapse);
+            let (mut head_due, mut asked) = (true, false);
+            let r = loop {
+                tokio::select! {
+                    r = &mut conn => break r,
+                    () = &mut head, if head_due => {
+                        head_due = false;
+                        if !started.load(Ordering::Relaxed) {
+                            // No whole request head yet: dropped (closed).
+                            tracing::debug!("connection closed: no request head within the deadline");
+                            return;
+                        }
+                    }
+                    () = &mut lapse, if !asked => {
+                        asked = true;
+                        tracing::debug!("connection closed: its client identity lapsed");
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = stopping.wait_for(|s| *s), if !asked => {
+                        asked = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            drop(stopping);
             if let Err(e) = r {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(stopping);
+    let _ = stop.send(true);
+    stop.closed().await;
 }

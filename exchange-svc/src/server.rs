@@ -152,15 +152,18 @@ pub async fn serve_on(
     serve_with(listener, state, shutdown, grace).await
 }
 
-/// [`serve_on`] terminating TLS with `tls` (see [`crate::tls`]).
+/// [`serve_on`] terminating TLS with `tls` (see [`crate::tls`]); a connection naming a
+/// caller is closed gracefully after `max_connection_age` (`server.tls`).
 pub async fn serve_tls_on(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    max_connection_age: Duration,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), ServeError> {
-    serve_with(TlsListener::new(listener, tls)?, state, shutdown, grace).await
+    let listener = TlsListener::new(listener, tls, max_connection_age)?;
+    serve_with(listener, state, shutdown, grace).await
 }
 
 async fn serve_with<L>(
@@ -401,8 +404,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         None => serve_on(listener, state, shutdown_signal(), grace).await,
         Some(t) => {
             let tls = crate::tls::server_config(&t.cert_file, &t.key_file, &t.client_ca_file)?;
+            let age = Duration::from_secs(t.max_connection_age_secs);
             match t.listen {
-                None => serve_tls_on(listener, tls, state, shutdown_signal(), grace).await,
+                None => serve_tls_on(listener, tls, age, state, shutdown_signal(), grace).await,
                 Some(addr) => {
                     let tls_listener = TcpListener::bind(addr).await?;
                     tracing::info!(listen = %tls_listener.local_addr()?, "TLS listener (callers identified by client certificate)");
@@ -415,7 +419,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
                         let _ = tx.send(true);
                     };
                     let plain = serve_on(listener, state.clone(), stopped(rx.clone()), grace);
-                    let secure = serve_tls_on(tls_listener, tls, state, stopped(rx), grace);
+                    let secure = serve_tls_on(tls_listener, tls, age, state, stopped(rx), grace);
                     let (_, plain, secure) = tokio::join!(signal, plain, secure);
                     plain.and(secure)
                 }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::serve::{IncomingStream, Listener};
 use meshpass_core::SpiffeId;
@@ -67,7 +67,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A TLS listener for `axum::serve`: accepts TCP on a background task, handshakes each
 /// connection on its own task (a slow client never holds up the others) and yields the
-/// established streams with their [`ConnInfo`].
+/// established streams with their [`ConnInfo`]: a connection naming a caller carries
+/// the instant its identity lapses (`max_age` from now, or the client certificate's
+/// notAfter if sooner), when the server closes it.
 pub struct TlsListener {
     local: SocketAddr,
     ready: mpsc::Receiver<(TlsStream<TcpStream>, ConnInfo)>,
@@ -75,8 +77,13 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Serves TLS with `config` on `listener`.
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    /// Serves TLS with `config` on `listener`; connections naming a caller live at most
+    /// `max_age`.
+    pub fn new(
+        listener: TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        max_age: Duration,
+    ) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         let acceptor = TlsAcceptor::from(config);
@@ -101,13 +108,18 @@ impl TlsListener {
                             }
                             Err(_) => return,
                         };
-                    let tls_peer = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|c| spiffe_id_of(c.as_ref()));
-                    let _ = conn_tx.send((tls, ConnInfo { peer, tls_peer })).await;
+                    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                    let tls_peer = leaf.and_then(|c| spiffe_id_of(c.as_ref()));
+                    let identity_until = match (&tls_peer, leaf) {
+                        (Some(_), Some(cert)) => Some(identity_until(cert.as_ref(), max_age)),
+                        _ => None,
+                    };
+                    let info = ConnInfo {
+                        peer,
+                        tls_peer,
+                        identity_until,
+                    };
+                    let _ = conn_tx.send((tls, info)).await;
                 });
                 if tx.is_closed() {
                     break;
@@ -144,6 +156,7 @@ impl Listener for TlsListener {
         Ok(ConnInfo {
             peer: self.local,
             tls_peer: None,
+            identity_until: None,
         })
     }
 }
@@ -151,6 +164,23 @@ impl Listener for TlsListener {
 impl axum::extract::connect_info::Connected<IncomingStream<'_, TlsListener>> for ConnInfo {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
         stream.remote_addr().clone()
+    }
+}
+
+/// When a connection presenting `cert` stops naming its caller: after `max_age`, or at
+/// the certificate's notAfter if sooner (already past: now; the handshake checked it,
+/// but the clock moves).
+fn identity_until(cert: &[u8], max_age: Duration) -> Instant {
+    let now = Instant::now();
+    let by_age = now + max_age;
+    match not_after(cert) {
+        Some(t) => {
+            let left = t
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            by_age.min(now + left)
+        }
+        None => by_age,
     }
 }
 

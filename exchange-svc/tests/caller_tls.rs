@@ -102,13 +102,18 @@ struct TlsService {
 }
 
 async fn tls_service(pki: &Pki) -> TlsService {
+    tls_service_aged(pki, 300).await
+}
+
+/// [`tls_service`] with `server.tls.max_connection_age_secs = age`.
+async fn tls_service_aged(pki: &Pki, age: u64) -> TlsService {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = pki.issue(rcgen::SanType::DnsName("localhost".try_into().unwrap()));
     let cert_file = write(dir.path(), "tls.crt", &cert);
     let key_file = write(dir.path(), "tls.key", &key);
     let ca_file = write(dir.path(), "ca.crt", &pki.ca.pem());
     let tls_cfg = format!(
-        "[server.tls]\ncert_file = \"{cert_file}\"\nkey_file = \"{key_file}\"\nclient_ca_file = \"{ca_file}\"\n"
+        "[server.tls]\ncert_file = \"{cert_file}\"\nkey_file = \"{key_file}\"\nclient_ca_file = \"{ca_file}\"\nmax_connection_age_secs = {age}\n"
     );
     let issuer = TestIssuer::new(ISSUER, "spire-1");
     let cfg = load_config(
@@ -124,6 +129,7 @@ async fn tls_service(pki: &Pki) -> TlsService {
     tokio::spawn(serve_tls_on(
         listener,
         tls,
+        Duration::from_secs(t.max_connection_age_secs),
         state,
         std::future::pending(),
         Duration::from_secs(1),
@@ -221,6 +227,88 @@ async fn a_resumed_tls_session_is_no_caller_once_its_client_certificate_has_expi
          session: {}",
         r.map(|(s, t)| format!("HTTP {s}, token minted: {}", t.contains("access_token")))
             .unwrap_or_default()
+    );
+}
+
+/// A client keeping its connection open (HTTP keep-alive; Envoy's cluster does the
+/// same over HTTP/2): a request every half second for up to 20 s after `changed`, until
+/// one is not answered 200. `Some(seconds)` when one was refused, with when.
+async fn kept_connection_refused_after(
+    addr: SocketAddr,
+    client: &reqwest::Client,
+    issuer: &TestIssuer,
+    changed: Instant,
+) -> Option<(f64, String)> {
+    while changed.elapsed() < Duration::from_secs(20) {
+        // `payments`: `orders` is rate limited (0.5/s).
+        let body = exchange_form(&issuer.svid(WEB, now(), 600), &[("resource", "payments")]);
+        let r = client
+            .post(format!("https://localhost:{}/token", addr.port()))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 200 => {}
+            Ok(r) => {
+                return Some((
+                    changed.elapsed().as_secs_f64(),
+                    format!("HTTP {}", r.status()),
+                ))
+            }
+            Err(e) => return Some((changed.elapsed().as_secs_f64(), format!("{e:?}"))),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    None
+}
+
+/// A reqwest client over `cfg` that keeps one connection to `addr` (named `localhost`).
+fn keeping_client(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_preconfigured_tls((*cfg).clone())
+        .resolve("localhost", addr)
+        .pool_idle_timeout(Duration::from_secs(120))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Without resumption, an open connection still carries the identity it was verified
+/// with: a CA taken out of `client_ca_file` kept a caller's kept-alive (or HTTP/2)
+/// connection minting tokens for as long as the client held it. Connections naming a
+/// caller now end after `server.tls.max_connection_age_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_stops_naming_its_caller_within_the_max_age_once_its_ca_was_removed() {
+    let pki = Pki::new();
+    let svc = tls_service_aged(&pki, 3).await;
+    let client = keeping_client(svc.addr, client_config(&pki.ca.pem(), pki.issue(uri(WEB))));
+    let changed = Instant::now();
+    std::fs::write(&svc.ca_file, Pki::new().ca.pem()).unwrap();
+    let refused = kept_connection_refused_after(svc.addr, &client, &svc.issuer, changed).await;
+    let (after, how) = refused.expect(
+        "a caller whose CA left client_ca_file kept minting tokens over its open connection \
+         for 20 s (max_connection_age_secs = 3)",
+    );
+    assert!(after >= 2.5, "refused before the age ({after:.1} s): {how}");
+}
+
+/// The same open connection outlived its client certificate: a workload whose SVID
+/// expired kept being the caller. The connection now ends at the certificate's notAfter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_connection_stops_naming_its_caller_when_its_client_certificate_expires() {
+    let pki = Pki::new();
+    let svc = tls_service(&pki).await;
+    let ident = pki.issue_with(vec![uri(WEB)], Some(unix_now() + 4));
+    let client = keeping_client(svc.addr, client_config(&pki.ca.pem(), ident));
+    let issued = Instant::now();
+    let refused = kept_connection_refused_after(svc.addr, &client, &svc.issuer, issued).await;
+    let (after, how) = refused.expect(
+        "an expired client certificate kept minting tokens over its open connection for 20 s",
+    );
+    assert!(
+        after >= 2.0,
+        "refused before the certificate expired ({after:.1} s): {how}"
     );
 }
 

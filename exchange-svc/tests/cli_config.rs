@@ -503,6 +503,21 @@ fn an_unknown_key_is_refused_naming_that_key_once() {
 
 #[test]
 fn a_tls_listener_on_the_token_listeners_address_is_refused_naming_the_field() {
+    let err = try_tls_section("listen = \"127.0.0.1:18443\"")
+        .expect_err("a TLS listener on the token listener's address was accepted");
+    assert!(err.contains("server.tls.listen"), "{err}");
+}
+
+#[test]
+fn a_tls_max_connection_age_of_zero_is_refused_naming_the_field() {
+    let err = try_tls_section("max_connection_age_secs = 0")
+        .expect_err("max_connection_age_secs = 0 was accepted");
+    assert!(err.contains("server.tls.max_connection_age_secs"), "{err}");
+}
+
+/// Loads a config whose `[server.tls]` (real files, `server.listen` 127.0.0.1:18443)
+/// ends with `extra`.
+fn try_tls_section(extra: &str) -> Result<meshpass_exchange::config::Config, String> {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new();
     let (cert, key) = pki.issue(rcgen::SanType::DnsName("meshpass.test".try_into().unwrap()));
@@ -520,12 +535,10 @@ fn a_tls_listener_on_the_token_listeners_address_is_refused_naming_the_field() {
     let toml = config_toml(&issuer, &dir.path().join("m.db"), "").replace(
         "[callers]",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:18443\"\n[server.tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{ca}\"\nlisten = \"127.0.0.1:18443\"\n\n[callers]"
+            "[server]\nlisten = \"127.0.0.1:18443\"\n[server.tls]\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\nclient_ca_file = \"{ca}\"\n{extra}\n\n[callers]"
         ),
     );
-    let err = try_load(dir.path(), &toml)
-        .expect_err("a TLS listener on the token listener's address was accepted");
-    assert!(err.contains("server.tls.listen"), "{err}");
+    try_load(dir.path(), &toml)
 }
 
 const DB_PASSWORD: &str = "S3cr3t-db-pass";

@@ -103,7 +103,8 @@ async fn tls_server(files: &TlsFiles) -> SocketAddr {
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let tls = meshpass_exchange::tls::TlsListener::new(listener, cfg).unwrap();
+    let tls =
+        meshpass_exchange::tls::TlsListener::new(listener, cfg, Duration::from_secs(300)).unwrap();
     tokio::spawn(meshpass_exchange::http_serve::serve(
         tls,
         whoami_router(),

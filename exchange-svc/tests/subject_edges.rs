@@ -178,6 +178,7 @@ async fn xfcc_from_a_peer_that_is_not_a_trusted_proxy_is_refused_even_with_a_ver
         req.extensions_mut().insert(ConnectInfo(ConnInfo {
             peer: peer.parse().unwrap(),
             tls_peer: tls.map(|c| meshpass_core::SpiffeId::parse(c).unwrap()),
+            identity_until: None,
         }));
         let a = call(&app, req).await;
         assert_eq!(a.status, 403, "{peer}: {}", a.json);
@@ -201,6 +202,7 @@ async fn xfcc_from_a_peer_that_is_not_a_trusted_proxy_is_refused_even_with_a_ver
         req.extensions_mut().insert(ConnectInfo(ConnInfo {
             peer: "127.0.0.1:4000".parse().unwrap(),
             tls_peer: None,
+            identity_until: None,
         }));
         let a = call(&app, req).await;
         assert_eq!(a.status, 403, "{values:?}: {}", a.json);

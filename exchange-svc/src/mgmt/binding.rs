@@ -142,6 +142,7 @@ mod tests {
         ConnInfo {
             peer: format!("{ip}:40000").parse().unwrap(),
             tls_peer: None,
+            identity_until: None,
         }
     }
 

@@ -365,6 +365,7 @@ pub fn with_caller(req: &mut Request<Body>, caller: Option<&str>) {
     req.extensions_mut().insert(ConnectInfo(ConnInfo {
         peer: "10.1.2.3:40000".parse().unwrap(),
         tls_peer: caller.and_then(|c| meshpass_core::SpiffeId::parse(c).ok()),
+        identity_until: None,
     }));
 }
 
