@@ -253,6 +253,7 @@ async fn a_verified_tls_client_certificate_names_the_caller() {
     let server = tokio::spawn(serve_tls_on(
         listener,
         tls,
+        Duration::from_secs(300),
         state,
         async move {
             let _ = stopped.await;
