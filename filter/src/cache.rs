@@ -146,7 +146,12 @@ pub fn lifetimes(
 /// Shared-data key of the slot holding the cross-worker exchange marker of `key`
 /// (`meshpass/f/<slot>` beside the entry's `meshpass/c/<slot>`).
 pub fn marker_key(key: &str, slots: u32) -> String {
-    format!("meshpass/f/{}", slot(key, slots))
+    marker_slot_key(slot(key, slots))
+}
+
+/// Shared-data key of marker slot number `n`.
+pub fn marker_slot_key(n: u64) -> String {
+    format!("meshpass/f/{n}")
 }
 
 /// The value a swept marker is reset to: shared data (ABI 0.2.1) cannot delete a key,

@@ -45,6 +45,8 @@ impl Worker {
         if let Some(rc) = self.config.revocation.clone() {
             self.reload_revocations(host, &rc, now);
         }
+        // Before any entry is written: a reload to fewer slots must find this count.
+        self.old_slots_tick(host, now);
         let mut n = None;
         for _ in 0..16 {
             let (cur, cas) = match host.shared_get(WORKERS_KEY) {

@@ -5,9 +5,9 @@
 //! Only [`host`] (built for wasm32 only) touches the proxy-wasm host API; everything
 //! else is plain Rust over [`api::Host`], unit-tested on the host with a mock.
 //! Module map (README "Where things are"): [`worker`] holds the per-worker state;
-//! [`request`], [`exchange`], [`coalesce`], [`jwks`], [`revoke`], [`respond`] and
-//! [`tick`] are its behaviour by responsibility; [`cache`], [`memo`], [`outcome`] and
-//! [`feed`] and [`header_map`] are plain data.
+//! [`request`], [`exchange`], [`coalesce`], [`jwks`], [`revoke`], [`respond`], [`tick`]
+//! and [`slots`] are its behaviour by responsibility; [`cache`], [`memo`], [`outcome`]
+//! and [`feed`] and [`header_map`] are plain data.
 
 pub mod api;
 pub mod cache;
@@ -24,6 +24,7 @@ pub mod path;
 pub mod request;
 pub mod respond;
 pub mod revoke;
+pub mod slots;
 pub mod tick;
 pub mod worker;
 

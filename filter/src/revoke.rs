@@ -99,14 +99,19 @@ impl Worker {
             .calls
             .values()
             .any(|c| matches!(c, Call::Revocations { .. }));
-        if polling || lease.next_due_ms > now {
+        // Until a poll is answered or failed as lost (`expire_lost_calls`): no second
+        // poll while one can still be answered.
+        let taken_ms = self.config.exchange.timeout_ms + LOST_CALL_SLACK_MS + 1000;
+        // Due, or scheduled further ahead than this configuration ever schedules (its
+        // interval, or a taken lease): written under a longer `poll_interval_ms` before
+        // a reload, and not kept (as the JWKS lease).
+        let stale = lease.next_due_ms > now + rc.poll_interval_ms.max(taken_ms);
+        if polling || (lease.next_due_ms > now && !stale) {
             return;
         }
         // Take the lease: nobody else polls until the answer (or its timeout) is in.
         let taken = Lease {
-            // Until the poll is answered or failed as lost (`expire_lost_calls`): no
-            // second poll while this one can still be answered.
-            next_due_ms: now + self.config.exchange.timeout_ms + LOST_CALL_SLACK_MS + 1000,
+            next_due_ms: now + taken_ms,
             started_ms: if lease.started_ms == 0 {
                 now
             } else {

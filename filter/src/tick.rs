@@ -12,8 +12,8 @@ impl Worker {
     /// Root tick: calls never answered, JWKS refresh (one worker wins the lease by CAS), the revocation set
     /// (reload, gauges, poll: one worker wins its lease), parked unknown-kid
     /// requests, background token refreshes, stuck in-flight cleanup, waits on other
-    /// workers, swept markers and heartbeat, expired-entry deletion, memo sweep,
-    /// metrics flush.
+    /// workers, swept markers and heartbeat, expired-entry deletion, slots above this
+    /// configuration's count (`slots`), memo sweep, metrics flush.
     pub fn on_tick(&mut self, host: &mut dyn Host) {
         let now = host.now_ms();
         self.coarse_now_ms = now;
@@ -31,6 +31,7 @@ impl Worker {
         }
         self.sweep_markers(host, now);
         self.delete_expired(host, now);
+        self.old_slots_tick(host, now);
         self.memo.sweep(now);
         self.flush_metrics(host);
     }

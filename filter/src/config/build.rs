@@ -14,8 +14,8 @@ use super::types::*;
 impl Config {
     /// Parses and checks the plugin configuration.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let value: Value =
-            serde_json::from_slice(bytes).map_err(|e| err("configuration", e.to_string()))?;
+        // Strict: a member written twice is refused, not the last one kept.
+        let value = super::strict::parse(bytes)?;
         let raw: RawConfig = typed("", value)?;
         if raw.noop_for_benchmarks {
             if raw.validate_only_for_benchmarks {

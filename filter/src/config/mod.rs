@@ -9,6 +9,7 @@ mod build;
 mod error;
 mod raw;
 mod shadow;
+mod strict;
 mod types;
 
 pub use error::ConfigError;

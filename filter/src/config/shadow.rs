@@ -1,12 +1,25 @@
 //! Rules that can never be selected: "first match wins" and bypass routes are checked
 //! before any rule, so a rule another covers entirely, or one under a bypass prefix,
-//! is dead configuration whose requests silently get another rule (or no token).
+//! is dead configuration whose requests silently get another rule (or no token). A
+//! bypass prefix of `/` shadows everything: authentication off.
 
 use super::error::{err, ConfigError};
 use super::types::{Bypass, Rule};
 
 /// Refuses the first rule an earlier rule or a bypass prefix shadows, naming it.
 pub(super) fn check(rules: &[Rule], bypass: &[Bypass]) -> Result<(), ConfigError> {
+    // Every request bypassed, beside issuers and an exchange that then never run: as
+    // `noop_for_benchmarks`, a filter that authenticates nothing must not look like one
+    // that does.
+    if let Some(i) = bypass
+        .iter()
+        .position(|b| matches!(b, Bypass::Prefix(p) if p == "/"))
+    {
+        return Err(err(
+            format!("bypass[{i}].path_prefix"),
+            "\"/\" bypasses every request: nothing would be authenticated",
+        ));
+    }
     for (j, r) in rules.iter().enumerate() {
         if let Some(p) = &r.path_prefix {
             let under = bypass.iter().any(|b| match b {

@@ -1,6 +1,6 @@
 //! The cache over an entry's life: a reload that drops a key, refreshes that fail
 //! (their backoff and the service's Retry-After, an answer that cannot be served backing
-//! off too), and an entry its subject token ends.
+//! off too), an entry its subject token ends, and a reload to fewer slots.
 
 use super::*;
 
@@ -151,5 +151,60 @@ fn a_refresh_answered_with_an_unusable_token_backs_off_instead_of_going_out_ever
     assert!(
         refreshes <= 6,
         "{refreshes} refreshes in 30 s, each answered unusably"
+    );
+}
+
+/// README "Shared data and workers": entries live in `cache.slots` fixed slots and an
+/// ended entry's slot is emptied. A reload that lowers `cache.slots` (here from 1048576
+/// to 16) leaves the old workers' entries in slot numbers the new configuration never
+/// computes: the new workers sweep the slots above their count (`meshpass/c-slots`
+/// records the highest count in use) and empty them once their entries have ended.
+#[test]
+fn a_reload_that_lowers_cache_slots_empties_the_old_slots_once_their_entries_end() {
+    let mut f = fixture_with(|c| c["cache"] = json!({"slots": 1 << 20}));
+    f.w.start(&mut f.host);
+    // A few tokens cached under the old configuration (60 s participant tokens).
+    for ctx in 1..=4u32 {
+        let t = f
+            .key
+            .sign(&json!({"iss": ISS, "aud": AUD, "sub": ALICE, "iat": f.now,
+                "exp": f.now + 600, "jti": format!("t{ctx}")}));
+        assert_eq!(f.send_token(ctx, &t), Verdict::Pause);
+        f.answer(ok_response(&format!("participant-{ctx}"), 60));
+        assert_eq!(f.served(ctx), Some(format!("Bearer participant-{ctx}")));
+    }
+    let old_slots: Vec<u64> = f
+        .host
+        .shared
+        .iter()
+        .filter(|(_, (v, _))| !v.is_empty())
+        .filter_map(|(k, _)| k.strip_prefix("meshpass/c/")?.parse().ok())
+        .collect();
+    assert_eq!(old_slots.len(), 4, "{old_slots:?}");
+    assert!(old_slots.iter().any(|n| *n >= 16), "{old_slots:?}");
+    // Reload to 16 slots: Envoy deletes the old root contexts; the shared data stays.
+    let mut cfg = base_config(&f.key);
+    cfg["cache"] = json!({"slots": 16});
+    f.w = worker(&cfg);
+    f.w.start(&mut f.host);
+    // Ten minutes on: every old entry ended long ago.
+    for _ in 0..600 {
+        f.host.now_ms += 1000;
+        f.tick();
+    }
+    let left: Vec<String> = old_slots
+        .iter()
+        .filter_map(|n| {
+            let k = format!("meshpass/c/{n}");
+            f.host
+                .shared
+                .get(&k)
+                .filter(|(v, _)| !v.is_empty())
+                .map(|(v, _)| format!("{k} = {}", String::from_utf8_lossy(v)))
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "entries ended 9 minutes ago still held in shared data after the reload: {left:#?}"
     );
 }

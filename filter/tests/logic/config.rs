@@ -571,3 +571,92 @@ fn refuses_a_rule_method_that_is_no_http_method_token() {
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// A bypass prefix of `/` bypasses every request (no token needed, none exchanged),
+/// beside issuers, an exchange and a `default_rule` (or an authority-only rule) that
+/// then never run: authentication silently off. Refused naming the field, as
+/// `noop_for_benchmarks` is beside issuers; an exact bypass of `/` (the root only)
+/// stays accepted.
+#[test]
+fn a_bypass_prefix_covering_every_path_is_refused_naming_the_field() {
+    let key = Key::new("k1");
+    for (what, rules) in [
+        ("a default_rule", json!([])),
+        (
+            "an authority-only rule",
+            json!([{"authority": "orders.test", "resource": "https://orders.test"}]),
+        ),
+    ] {
+        let mut cfg = base_config(&key);
+        cfg["bypass"] = json!([{"path": "/healthz"}, {"path_prefix": "/"}]);
+        cfg["rules"] = rules;
+        match parse(&cfg) {
+            Err(e) => assert_eq!(e.field, "bypass[1].path_prefix", "with {what}: {e}"),
+            Ok(c) => panic!(
+                "with {what}: bypass path_prefix \"/\" accepted; /orders/1 bypassed: {}",
+                c.bypassed("/orders/1")
+            ),
+        }
+    }
+    let mut cfg = base_config(&key);
+    cfg["bypass"] = json!([{"path": "/"}]);
+    let c = parse(&cfg).unwrap();
+    assert!(c.bypassed("/") && !c.bypassed("/orders/1"));
+}
+
+/// docs/DESIGN.md (rule 1) and core's `KeySet::parse`: a JWKS is parsed with duplicate
+/// member names refused, as a fetched JWKS and an inline `jwks` given as a string are.
+/// The inline `jwks` may be an object too; read with a parser that keeps the last of
+/// two equal names and re-serialised for core, the very same document was accepted
+/// (with whichever `kid` came last).
+#[test]
+fn an_inline_jwks_object_with_a_duplicate_member_is_refused_like_the_same_jwks_as_a_string() {
+    let key = Key::new("k1");
+    // The key's JWK with `kid` written twice: "k0" first, then "k1".
+    let jwk = key.jwk().replacen('{', r#"{"kid":"k0","#, 1);
+    let doc = format!(r#"{{"keys":[{jwk}]}}"#);
+    let mut cfg = base_config(&key);
+    // As a string: core's parser sees the duplicate and refuses it.
+    cfg["issuers"][0]["jwks"] = json!(doc);
+    let as_string = parse(&cfg).unwrap_err();
+    assert_eq!(as_string.field, "issuers[0].jwks", "{as_string}");
+    // As an object: the same bytes, inline in the configuration's JSON.
+    cfg["issuers"][0]["jwks"] = json!("__JWKS__");
+    let text = cfg.to_string().replace(r#""__JWKS__""#, &doc);
+    match Config::parse(text.as_bytes()) {
+        Err(e) => assert_eq!(e.field, "issuers[0].jwks.keys[0].kid", "{e}"),
+        Ok(_) => panic!("the same JWKS inline as an object was accepted ({as_string})"),
+    }
+}
+
+/// A configuration that writes a security setting twice (`revocation` enabled, then a
+/// stale copy disabling it further down a hand-edited Envoy `StringValue`) was accepted
+/// with the last one; the project's own JSON readers (core's) refuse duplicates, and
+/// invalid configuration is refused naming the field.
+#[test]
+fn a_plugin_configuration_that_writes_a_member_twice_is_refused_naming_it() {
+    let key = Key::new("k1");
+    let text = base_config(&key).to_string();
+    let body = &text[1..text.len() - 1];
+    for (twice, field) in [
+        (
+            format!(
+                r#"{{"revocation":{{"enabled":true}},{body},"revocation":{{"enabled":false}}}}"#
+            ),
+            "revocation",
+        ),
+        (
+            format!(r#"{{"cache":{{"slots":64,"slots":32}},{body}}}"#),
+            "cache.slots",
+        ),
+    ] {
+        match Config::parse(twice.as_bytes()) {
+            Err(e) => assert_eq!(e.field, field, "{e}"),
+            Ok(c) => panic!(
+                "accepted with {field} written twice (revocation {}, {} slots)",
+                if c.revocation.is_some() { "on" } else { "off" },
+                c.cache_slots
+            ),
+        }
+    }
+}

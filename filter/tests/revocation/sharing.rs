@@ -1,6 +1,7 @@
 //! What one worker's poll leaves the others, at the edges found by an audit: answers
 //! and queue messages in either order, a set too large to share, a stored set that
-//! does not parse, a reload that routes the feed through another cluster.
+//! does not parse, a reload that routes the feed through another cluster or shortens
+//! its poll interval.
 
 use super::two::{parse, Two};
 use super::*;
@@ -168,4 +169,52 @@ fn a_reload_that_moves_the_feed_to_another_cluster_still_refuses_what_the_stored
     t.poll(0, status(503));
     assert_eq!(t.send(0, 2, ALICE, &ta), Verdict::Pause, "ALICE was served");
     assert!(t.refused(2), "{:?}", t.host.replies.get(&2));
+}
+
+/// README, `revocation.poll_interval_ms`: "A revocation reaches every worker within
+/// about this plus one tick and a round trip." The poll schedule is a lease in shared
+/// data that survives a reload (the feed id is the service's authority and path). A
+/// reload that shortens the interval from an hour to 5 s must not keep the schedule the
+/// old configuration wrote an hour ahead: as the JWKS lease, a schedule further ahead
+/// than this configuration ever writes is stale, and polled at once.
+#[test]
+fn a_reload_that_shortens_the_revocation_poll_interval_polls_on_the_new_interval() {
+    let mut t = Two::new();
+    let mut cfg = config(&t.key);
+    cfg["revocation"]["poll_interval_ms"] = json!(3_600_000);
+    let mut old = Worker::new(parse(&cfg));
+    old.start(&mut t.host);
+    t.w = vec![old];
+    t.poll(0, feed(json!({"version": 1, "full": true})));
+    // The reload: the same feed, polled every 5 s now; the shared data stays.
+    cfg["revocation"]["poll_interval_ms"] = json!(5000);
+    let mut fresh = Worker::new(parse(&cfg));
+    fresh.start(&mut t.host);
+    t.w = vec![fresh];
+    assert_eq!(
+        t.w[0].revocation_version(),
+        1,
+        "the stored set is loaded at start"
+    );
+    let before = t.polls().len();
+    // A generous two minutes of one-second ticks (24 intervals of the new config).
+    for _ in 0..120 {
+        t.later(1000);
+        t.tick(0);
+        if t.polls().len() > before {
+            break;
+        }
+    }
+    let lease: Vec<String> = t
+        .host
+        .shared
+        .iter()
+        .filter(|(k, _)| k.starts_with("meshpass/rv-lease/"))
+        .map(|(k, (v, _))| format!("{k} = {}", String::from_utf8_lossy(v)))
+        .collect();
+    assert!(
+        t.polls().len() > before,
+        "no revocation poll in 2 minutes after a reload to poll_interval_ms 5000 (lease: {lease:?}, now {})",
+        t.host.now_ms
+    );
 }
