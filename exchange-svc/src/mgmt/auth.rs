@@ -40,6 +40,9 @@ pub struct Authenticator {
     kube: Option<super::kube_authz::AccessReviewer>,
     /// The issuer whose service-account tokens `kube` reviews.
     kube_issuer: Option<String>,
+    /// Revoked subjects and callers are no management callers either: a compromised
+    /// identity, once revoked, must not change policy nor lift its own revocation.
+    revocations: Arc<crate::revocation::Revocations>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -59,6 +62,7 @@ impl Authenticator {
         cfg: &ManagementConfig,
         keys: Arc<dyn IssuerKeySource>,
         clock: Arc<dyn Clock>,
+        revocations: Arc<crate::revocation::Revocations>,
     ) -> Result<Self, (String, String)> {
         let mut policy = subject_policy.clone();
         if !cfg.audiences.is_empty() {
@@ -113,6 +117,7 @@ impl Authenticator {
             reviewers,
             kube,
             kube_issuer,
+            revocations,
         })
     }
 
@@ -171,6 +176,19 @@ impl Authenticator {
         })?;
         // The token must belong to the connection it came over (see `binding`).
         super::binding::check_token_binding(headers, &subject.spiffe_id)?;
+        // As at `/token` and `GET /revocations`: a revoked subject or caller is refused
+        // (the token's identity is the connection's, checked just above).
+        let set = self.revocations.current();
+        if let Some(r) = set
+            .subject(&subject.spiffe_id, now)
+            .or_else(|| set.caller(&subject.spiffe_id, now))
+        {
+            return Err(MgmtError::Forbidden(format!(
+                "{} is revoked ({}): lifted only by another management caller",
+                subject.spiffe_id.as_str(),
+                r.reason
+            )));
+        }
         // As at `/token`: a token the API server no longer authenticates (its pod or
         // service account deleted) is no credential.
         if let Some(reviewer) = self.reviewers.get(&subject.issuer) {

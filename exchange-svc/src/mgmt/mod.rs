@@ -95,6 +95,7 @@ impl MgmtState {
             &cfg.management,
             Arc::clone(&app.keys),
             Arc::clone(&app.clock),
+            Arc::clone(&app.revocations),
         )
         .map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
         // Key changes hold the maintenance lock and are audited in its transaction.
