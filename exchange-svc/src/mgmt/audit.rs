@@ -43,6 +43,18 @@ pub async fn list(
 ) -> Result<Json<AuditPage>, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
     let q: ListQuery = parse_query(query.as_deref())?;
+    // Actions and targets are printable (`printable` escapes what a refusal carries); a
+    // control character matches nothing, and PostgreSQL refuses a NUL in text outright
+    // (answered 404 "not found" before).
+    for (field, v) in [("action", &q.action), ("target", &q.target)] {
+        if v.as_deref()
+            .is_some_and(|v| v.chars().any(char::is_control))
+        {
+            return Err(MgmtError::BadRequest(format!(
+                "{field} must not hold control characters"
+            )));
+        }
+    }
     let items = st
         .store
         .audit_events(&AuditQuery {
