@@ -138,8 +138,8 @@ struct Applier {
 impl Applier {
     /// Applies `version` when it is news: from a notification only when newer (a late
     /// notification must not move the version back), from the check when different
-    /// (a re-created database starts again from 0).
-    fn apply(&self, version: i64, from_check: bool) {
+    /// (a re-created database starts again from 0). Whether it was applied.
+    fn apply(&self, version: i64, from_check: bool) -> bool {
         let mut changed = false;
         self.tx.send_if_modified(|cur| {
             let news = match *cur {
@@ -165,6 +165,7 @@ impl Applier {
                 "store changed: in-memory views dropped"
             );
         }
+        changed
     }
 }
 
@@ -325,7 +326,13 @@ async fn listen_loop(url: String, applier: Arc<Applier>, check_now: Arc<Notify>)
                             applier.confirmed.mark(Instant::now());
                             applier.metrics.notifications.inc();
                             match n.payload().trim().parse::<i64>() {
-                                Ok(v) => applier.apply(v, false),
+                                Ok(v) => {
+                                    // Not newer than what was applied: late, or the
+                                    // store went back (a restore); the check decides.
+                                    if !applier.apply(v, false) {
+                                        check_now.notify_one();
+                                    }
+                                }
                                 Err(_) => check_now.notify_one(),
                             }
                         }

@@ -375,24 +375,6 @@ async fn token_review_accepts_only_authenticated_tokens_of_the_same_user_for_a_r
     assert!(a.headers.contains_key("retry-after"));
 }
 
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
-    type Writer = LogBuf;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 fn has_kid(keys: &IssuerKeys, kid: &str) -> bool {
     keys.snapshot()
         .get(ISSUER)

@@ -14,7 +14,7 @@ mod mgmt_common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshpass_exchange::store::{Actor, PolicyDocument, ScopeClaims, StoreError};
+use meshpass_exchange::store::{Actor, PolicyDocument, Precondition, ScopeClaims, StoreError};
 use mgmt_common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -260,8 +260,142 @@ async fn the_store_itself_refuses_an_import_adding_a_scope_row_no_mapping_grants
     assert_eq!(s.store.export().await.unwrap(), before);
 }
 
+/// The flake of `the_store_itself_refuses_an_import_adding_a_scope_row_no_mapping_grants`
+/// on SQLite (a refused import answered "database is locked"), made frequent: a refused
+/// import (its inserts done, then 409) is followed at once by writes on other pooled
+/// connections, while CPU hogs delay the worker thread that runs the refused
+/// transaction's ROLLBACK. Every answer must be the import's 409 or the write's
+/// success: a 503 "database is locked" is the writer lock released while SQLite's write
+/// lock was still held (a dropped transaction only queues its rollback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_write_right_after_a_refused_import_never_fails_with_database_is_locked() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = Service::start(Db::sqlite()).await;
+    let is_locked = |e: &StoreError| matches!(e, StoreError::Unavailable(m) if m.contains("locked") || m.contains("code: 5"));
+    // Several idle connections, so the next writer gets another one than the import's.
+    let warm: Vec<_> = (0..6).map(|_| s.store.export()).collect();
+    for r in futures_util::future::join_all(warm).await {
+        r.unwrap();
+    }
+    let mut doc = s.store.export().await.unwrap();
+    doc.scopes.push(ScopeClaims {
+        resource: "payments".into(),
+        scope: "nobody-grants-this".into(),
+        claims: serde_json::from_value(json!({"x": 1})).unwrap(),
+    });
+    let mut m = doc.mappings[0].clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..6)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    std::hint::black_box(x);
+                }
+            })
+        })
+        .collect();
+    // On the code that released the lock early, a few dozen rounds (seconds) sufficed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut locked = Vec::new();
+    let mut rounds = 0;
+    while rounds < 600 && Instant::now() < deadline && locked.len() < 3 {
+        rounds += 1;
+        for dry_run in [true, false] {
+            let t = Instant::now();
+            match s.store.import(&doc, false, dry_run, &actor()).await {
+                Err(StoreError::Conflict(_)) => {}
+                Err(e) if is_locked(&e) => locked.push(format!(
+                    "round {rounds}: import (dry_run {dry_run}): {e} after {:?}",
+                    t.elapsed()
+                )),
+                other => panic!("round {rounds}: unexpected {other:?}"),
+            }
+        }
+        m.ttl_secs = 100 + (rounds % 100);
+        let t = Instant::now();
+        match s.store.save_mapping(&m, Precondition::None, &actor()).await {
+            Ok(_) => {}
+            Err(e) if is_locked(&e) => {
+                locked.push(format!("round {rounds}: save: {e} after {:?}", t.elapsed()))
+            }
+            Err(e) => panic!("round {rounds}: unexpected {e}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert!(
+        locked.is_empty(),
+        "{} of {rounds} rounds answered 503 \"database is locked\":\n{}",
+        locked.len(),
+        locked.join("\n")
+    );
+}
+
 /// The store's own check of claims, in one pass over the result: two rows of a resource
 /// setting one claim differently are refused (409) and nothing is written.
+/// README "Audit": every change is recorded in `audit_log` and logged (target
+/// `meshpass::audit`). A dry run changes nothing, yet its writes' log lines were
+/// emitted inside the transaction it then rolled back: a log pipeline fed from
+/// `meshpass::audit` recorded creates, updates and deletes that never happened (every
+/// `meshpassctl import --dry-run` of a CI check). Lines are now written on commit.
+async fn a_dry_run_import_logs_no_audit_event_for_a_change_it_never_made(db: Db) {
+    let log = common::captured_log();
+    let s = Service::start(db).await;
+    let (_, _, mut doc) = s.get("/api/v1/export").await;
+    // The log is shared by every test of this binary (both backends run at once).
+    static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("phantom-dry-run-{run}");
+    doc["mappings"].as_array_mut().unwrap().push(mapping(
+        &name,
+        "spiffe://cluster.local/ns/phantom/*",
+        "inventory",
+    ));
+    let (st, _, diff) = s
+        .send(
+            s.req(Method::POST, "/api/v1/import?dry_run=true", Some(ADMIN))
+                .header("content-type", "application/json")
+                .body(doc.to_string()),
+        )
+        .await;
+    assert_eq!(st, 200, "{diff}");
+    assert_eq!(diff["applied"], json!(false), "{diff}");
+    assert_eq!(diff["added"], json!([format!("mappings/{name}")]), "{diff}");
+    // Nothing changed: not in the store, not in the audit table...
+    assert_eq!(s.get(&format!("/api/v1/mappings/{name}")).await.0, 404);
+    let (_, _, page) = s
+        .get(&format!("/api/v1/audit?target=mappings/{name}"))
+        .await;
+    assert_eq!(page["items"], json!([]), "{page}");
+    // ...and not in the audit log either, while a real import is logged.
+    let lines = |log: &common::LogBuf| -> Vec<String> {
+        log.text()
+            .lines()
+            .filter(|l| l.contains("meshpass::audit") && l.contains(&name))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        lines(&log).is_empty(),
+        "the audit log records a change a dry run never made:\n{}",
+        lines(&log).join("\n")
+    );
+    let (st, _, diff) = s
+        .send(
+            s.req(Method::POST, "/api/v1/import", Some(ADMIN))
+                .header("content-type", "application/json")
+                .body(doc.to_string()),
+        )
+        .await;
+    assert_eq!((st, &diff["applied"]), (200, &json!(true)), "{diff}");
+    assert_eq!(lines(&log).len(), 1, "{:?}", lines(&log));
+}
+
 async fn the_store_itself_refuses_an_import_whose_rows_set_one_claim_differently(db: Db) {
     let s = Service::start(db).await;
     let before: PolicyDocument = s.store.export().await.unwrap();
@@ -284,4 +418,5 @@ on_both_backends!(
     an_import_of_3000_scope_rows_on_one_resource_applies_every_row_and_still_finds_a_conflict,
     the_store_itself_refuses_an_import_adding_a_scope_row_no_mapping_grants,
     the_store_itself_refuses_an_import_whose_rows_set_one_claim_differently,
+    a_dry_run_import_logs_no_audit_event_for_a_change_it_never_made,
 );

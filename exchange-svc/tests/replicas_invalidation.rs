@@ -7,6 +7,8 @@
 //! The notification tests set the periodic check to 60 s too and allow
 //! [`PROPAGATION_BOUND`] (generous for a loaded machine, far below 60 s), and check the
 //! feed's counters: a notification arrived and the periodic check found nothing.
+//! The store restored from a backup (or a standby promoted without the last commits)
+//! moves its counters back; writes after it must still reach every replica.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,13 +20,16 @@ use axum::http::StatusCode;
 use common::*;
 use meshpass_exchange::change_feed::LISTENER_APPLICATION_NAME;
 use meshpass_exchange::config::Config;
-use meshpass_exchange::store::{Actor, MappingStore, Precondition};
-use meshpass_testkit::{PgDb, Postgres};
+use meshpass_exchange::store::{
+    Actor, MappingStore, NewRevocation, Precondition, RevocationStore, RevocationTarget,
+};
+use meshpass_testkit::{CutRelay, PgDb, Postgres};
 
-/// The shared test configuration on `db`, the version check every `check_ms`.
-fn config(dir: &std::path::Path, issuer: &TestIssuer, db: &PgDb, check_ms: u64) -> Config {
+/// The shared test configuration on the database at `url`, the version check every
+/// `check_ms`.
+fn config(dir: &std::path::Path, issuer: &TestIssuer, url: String, check_ms: u64) -> Config {
     let mut cfg = load_config(dir, &config_toml(issuer, &dir.join("unused.db"), ""));
-    cfg.store.url = db.url();
+    cfg.store.url = url;
     cfg.store.max_connections = 2;
     cfg.store.policy_cache_secs = 60;
     cfg.store.change_check_interval_ms = check_ms;
@@ -108,7 +113,7 @@ async fn a_mapping_deleted_through_replica_one_is_refused_by_replicas_two_and_th
     let issuer = TestIssuer::new(ISSUER, "k1");
     let db = Postgres::fresh_database();
     // The periodic check is as good as off: only the notification can be in time.
-    let cfg = config(dir.path(), &issuer, &db, 60_000);
+    let cfg = config(dir.path(), &issuer, db.url(), 60_000);
     let (r1, r2, r3) = (
         replica(&cfg).await,
         replica(&cfg).await,
@@ -141,7 +146,7 @@ async fn a_mapping_created_through_one_replica_is_honoured_by_another_by_notific
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
     let db = Postgres::fresh_database();
-    let cfg = config(dir.path(), &issuer, &db, 60_000);
+    let cfg = config(dir.path(), &issuer, db.url(), 60_000);
     let (r1, r2) = (replica(&cfg).await, replica(&cfg).await);
     feeds_ready(&[&r1, &r2]).await;
     let token = issuer.svid(WEB, now(), 600);
@@ -191,7 +196,7 @@ async fn a_change_whose_notification_is_missed_is_found_by_the_periodic_version_
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
     let db = Postgres::fresh_database();
-    let cfg = config(dir.path(), &issuer, &db, 200);
+    let cfg = config(dir.path(), &issuer, db.url(), 200);
     let r2 = replica(&cfg).await;
     feeds_ready(&[&r2]).await;
     let token = issuer.svid(WEB, now(), 600);
@@ -217,7 +222,7 @@ async fn replicas_whose_listening_connection_is_killed_reconnect_and_still_conve
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
     let db = Postgres::fresh_database();
-    let cfg = config(dir.path(), &issuer, &db, 500);
+    let cfg = config(dir.path(), &issuer, db.url(), 500);
     let (r1, r2) = (replica(&cfg).await, replica(&cfg).await);
     feeds_ready(&[&r1, &r2]).await;
     let token = issuer.svid(WEB, now(), 600);
@@ -280,7 +285,7 @@ async fn a_subject_revoked_through_replica_one_is_refused_by_replica_two_and_ser
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "k1");
     let db = Postgres::fresh_database();
-    let cfg = config(dir.path(), &issuer, &db, 60_000);
+    let cfg = config(dir.path(), &issuer, db.url(), 60_000);
     let (r1, r2) = (replica(&cfg).await, replica(&cfg).await);
     feeds_ready(&[&r1, &r2]).await;
     let token = issuer.svid(WEB, now(), 600);
@@ -311,4 +316,271 @@ async fn a_subject_revoked_through_replica_one_is_refused_by_replica_two_and_ser
             panic!("replica 2 still refuses the lifted subject after {PROPAGATION_BOUND:?}")
         });
     eprintln!("replica 2 served the lifted subject again after {took:?}");
+}
+
+// ------------------------------------------- a store restored from a backup
+
+/// The tables whose content a backup holds (everything the replicas' views come from,
+/// and the counters that version it).
+const TABLES: &[&str] = &[
+    "mappings",
+    "scope_claims",
+    "revocations",
+    "revocation_log",
+    "revocation_state",
+    "meshpass_changes",
+];
+
+/// A backup of the enforced state (what `pg_dump --data-only` of these tables holds).
+fn backup(db: &PgDb) {
+    let sql: String = TABLES
+        .iter()
+        .map(|t| format!("CREATE TABLE bk_{t} AS SELECT * FROM {t};"))
+        .collect();
+    db.psql(&sql);
+}
+
+/// Restores the backup in one transaction (a logical restore of the data).
+fn restore(db: &PgDb) {
+    let body: String = TABLES
+        .iter()
+        .map(|t| format!("DELETE FROM {t}; INSERT INTO {t} SELECT * FROM bk_{t};"))
+        .collect();
+    db.psql(&format!("BEGIN; {body} COMMIT;"));
+}
+
+async fn until_metric(r: &Replica, name: &str, want: f64) {
+    let start = Instant::now();
+    while metric(r, name).await != want {
+        assert!(
+            start.elapsed() < PROPAGATION_BOUND,
+            "{name} never reached {want} (is {})",
+            metric(r, name).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// DESIGN "Several replicas": every replica enforces a write within one second. A
+/// replica (B) briefly cut off from PostgreSQL while the store is restored from a backup
+/// and one revocation is then created through another replica must enforce that
+/// revocation once it reaches the store again. Today B compares only the revocation
+/// version (`revocation/mod.rs` `refresh`: `version == current.version` → nothing to
+/// do), and the change version is back at the number B last applied too, so B never
+/// reloads: the subject revoked after the restore keeps getting tokens from B (and B's
+/// `/revocations` feed tells filters nothing changed), with no expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_created_after_the_store_is_restored_from_a_backup_is_enforced_by_every_replica(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let db = Postgres::fresh_database();
+    let relay = CutRelay::start(&db.host_port()).unwrap();
+    let cfg_a = config(dir.path(), &issuer, db.url(), 200);
+    let mut cfg_b = config(dir.path(), &issuer, db.url_via(relay.port()), 200);
+    // Cut off, B's checks fail fast instead of waiting on the pool.
+    cfg_b.store.acquire_timeout_secs = 1;
+    let a = replica(&cfg_a).await.settled().await;
+    let b = replica(&cfg_b).await.settled().await;
+    let token = issuer.svid(WEB, now(), 600);
+    assert_eq!(exchange(&b, &token).await, StatusCode::OK);
+
+    backup(&db);
+    // A revocation of another workload, seen by B; the restore below loses it.
+    let lost = NewRevocation {
+        target: RevocationTarget::Subject,
+        matches: "spiffe://cluster.local/ns/shop/sa/other".into(),
+        reason: "lost in the restore".into(),
+        until: None,
+    };
+    a.store
+        .create_revocation(&lost, &actor(), now())
+        .await
+        .unwrap();
+    until_metric(&b, "meshpass_revocations_active", 1.0).await;
+    let seen_version = b.feed.version();
+    let seen_revocations = a.store.revocation_version().await.unwrap();
+
+    // B loses the database for a moment; meanwhile the store is restored and the
+    // operator revokes the workload that matters.
+    relay.cut();
+    restore(&db);
+    let revoked = NewRevocation {
+        target: RevocationTarget::Subject,
+        matches: WEB.into(),
+        reason: "compromised".into(),
+        until: None,
+    };
+    a.store
+        .create_revocation(&revoked, &actor(), now())
+        .await
+        .unwrap();
+    relay.restore();
+
+    let fresh = issuer.svid(WEB, now(), 601);
+    let took = until_status(&b, &fresh, StatusCode::FORBIDDEN, PROPAGATION_BOUND).await;
+    eprintln!(
+        "B: change version before {seen_version:?}, now {:?}; revocation version {}, active {}",
+        b.feed.version(),
+        metric(&b, "meshpass_revocation_version").await,
+        metric(&b, "meshpass_revocations_active").await,
+    );
+    assert!(
+        took.is_some(),
+        "replica B still mints tokens for {WEB}, revoked {PROPAGATION_BOUND:?} ago after a restore of \
+         the store (B's revocation set is the pre-restore one, at the same version)"
+    );
+    // A filter that polled B before the restore asks for the changes since the version
+    // it holds: that version is from the history the restore undid, so it gets the
+    // whole set, WEB revoked and the lost revocation gone.
+    let mut req = axum::http::Request::get(format!("/revocations?since={seen_revocations}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    with_caller(&mut req, Some("spiffe://cluster.local/ns/shop/sa/cart"));
+    let feed = call(&b.app, req).await;
+    let body = feed.json;
+    assert_eq!(feed.status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["full"], true,
+        "a delta from a version the restore undid: {body}"
+    );
+    let text = body.to_string();
+    assert!(text.contains(WEB) && !text.contains("sa/other"), "{body}");
+}
+
+/// README "Several replicas": a write reaches every replica within a second, and the
+/// periodic check drops the views whenever the version differs. A replica (B) cut off
+/// from PostgreSQL for a moment while the store is restored from a backup and a mapping
+/// is then deleted through another replica finds, once back, the change version it last
+/// applied (`change_feed.rs` `Applier::apply`: `c != version` from the check, `version >
+/// c` from a notification): it never drops its policy snapshots or minted tokens and
+/// keeps granting the deleted mapping (until its snapshot expires, its cached token for
+/// the token's whole life).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapping_deleted_after_the_store_is_restored_from_a_backup_is_refused_by_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let db = Postgres::fresh_database();
+    let relay = CutRelay::start(&db.host_port()).unwrap();
+    let cfg_a = config(dir.path(), &issuer, db.url(), 200);
+    let mut cfg_b = config(dir.path(), &issuer, db.url_via(relay.port()), 200);
+    // Cut off, B's checks fail fast instead of waiting on the pool.
+    cfg_b.store.acquire_timeout_secs = 1;
+    let a = replica(&cfg_a).await.settled().await;
+    let b = replica(&cfg_b).await.settled().await;
+
+    backup(&db);
+    // A write the restore below loses (any mapping write), applied by B.
+    let orders = a.store.get_mapping("web-to-orders").await.unwrap().unwrap();
+    a.store
+        .save_mapping(&orders, Precondition::Exists, &actor())
+        .await
+        .unwrap();
+    let after_write = a.store.change_version().await.unwrap();
+    let start = Instant::now();
+    while b.feed.version() != Some(after_write) {
+        assert!(
+            start.elapsed() < PROPAGATION_BOUND,
+            "B never applied the write"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the second of that drop: what B mints now stays cached.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let token = issuer.svid(WEB, now(), 600);
+    assert_eq!(exchange(&b, &token).await, StatusCode::OK);
+    assert_eq!(exchange(&b, &token).await, StatusCode::OK);
+    assert_eq!(b.cache.len(), 1, "B cached the token it minted");
+
+    relay.cut();
+    restore(&db);
+    a.store
+        .remove_mapping("web-to-payments", Precondition::None, &actor())
+        .await
+        .unwrap();
+    relay.restore();
+
+    let took = until_status(&b, &token, StatusCode::BAD_REQUEST, PROPAGATION_BOUND).await;
+    let other = issuer.svid(WEB, now(), 601);
+    let uncached = exchange(&b, &other).await;
+    eprintln!(
+        "B after {PROPAGATION_BOUND:?}: cached request refused after {took:?}; a new subject token gets {uncached}; \
+         listener up {}, fallback invalidations {}",
+        metric(&b, "meshpass_change_listener_up").await,
+        metric(&b, "meshpass_change_fallback_invalidations_total").await,
+    );
+    assert!(
+        took.is_some(),
+        "replica B still grants web-to-payments {PROPAGATION_BOUND:?} after it was deleted (store \
+         restored from a backup, change version back at the number B had applied)"
+    );
+}
+
+/// README "Several replicas": "a write's NOTIFY arrives within milliseconds of its
+/// commit" and is enforced at once; the periodic check is only for notifications that
+/// were missed. After the store is restored from a backup (its change version moves
+/// back), the notification of the next write carries a version below the one the
+/// replica applied before the restore, and `Applier::apply` drops it (`version > c`,
+/// meant for a notification that arrives after the check already read a newer version):
+/// the write is enforced only at the next periodic check (here 60 s, the largest
+/// `store.change_check_interval_ms` allows), though its notification arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_after_the_store_is_restored_from_a_backup_is_enforced_by_its_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let db = Postgres::fresh_database();
+    let cfg = config(dir.path(), &issuer, db.url(), 60_000);
+    let a = replica(&cfg).await.settled().await;
+    let b = replica(&cfg).await.settled().await;
+    let start = Instant::now();
+    while metric(&b, "meshpass_change_listener_up").await < 1.0 {
+        assert!(
+            start.elapsed() < PROPAGATION_BOUND,
+            "B's listener never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    backup(&db);
+    // Two writes the restore below loses, both applied by B (by notification).
+    let orders = a.store.get_mapping("web-to-orders").await.unwrap().unwrap();
+    for _ in 0..2 {
+        a.store
+            .save_mapping(&orders, Precondition::Exists, &actor())
+            .await
+            .unwrap();
+    }
+    let before_restore = a.store.change_version().await.unwrap();
+    let start = Instant::now();
+    while b.feed.version() != Some(before_restore) {
+        assert!(
+            start.elapsed() < PROPAGATION_BOUND,
+            "B never applied the writes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let token = issuer.svid(WEB, now(), 600);
+    assert_eq!(exchange(&b, &token).await, StatusCode::OK);
+
+    let notified = metric(&b, "meshpass_change_notifications_total").await;
+    restore(&db);
+    a.store
+        .remove_mapping("web-to-payments", Precondition::None, &actor())
+        .await
+        .unwrap();
+
+    let took = until_status(&b, &token, StatusCode::BAD_REQUEST, PROPAGATION_BOUND).await;
+    eprintln!(
+        "B: applied version {:?}, store at {}, notifications {} (before the delete: {notified}); \
+         refused after {took:?}",
+        b.feed.version(),
+        a.store.change_version().await.unwrap(),
+        metric(&b, "meshpass_change_notifications_total").await,
+    );
+    assert!(
+        took.is_some(),
+        "replica B still grants web-to-payments {PROPAGATION_BOUND:?} after it was deleted: the delete's \
+         notification (version below the pre-restore one) was dropped"
+    );
 }

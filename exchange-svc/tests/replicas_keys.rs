@@ -74,7 +74,9 @@ async fn key_maintenance_on_two_replicas_never_overlaps_and_bumps_the_change_ver
         s[0].1 <= s[1].0,
         "the two maintenance runs overlapped: {s:?}"
     );
-    assert_eq!(b.change_version().await.unwrap(), before + 2);
+    // Two bumps (versions increase by one at least, jumping to the clock in ms).
+    let after = b.change_version().await.unwrap();
+    assert!(after >= before + 2, "{before} → {after}");
     // A failed operation changes nothing.
     let r = a
         .with_maintenance_lock(async {
@@ -84,7 +86,7 @@ async fn key_maintenance_on_two_replicas_never_overlaps_and_bumps_the_change_ver
         })
         .await;
     assert!(r.is_err());
-    assert_eq!(a.change_version().await.unwrap(), before + 2);
+    assert_eq!(a.change_version().await.unwrap(), after);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,7 +126,7 @@ async fn scheduled_maintenance_skips_at_once_while_another_replica_holds_the_loc
         .await
         .unwrap();
     assert_eq!(r, Some(7));
-    assert_eq!(b.change_version().await.unwrap(), before + 1);
+    assert!(b.change_version().await.unwrap() > before);
 }
 
 struct Replica {

@@ -143,43 +143,53 @@ async fn a_delta_served_while_another_replica_prunes_the_log_still_carries_every
         &s,
         json!({"target": "subject", "match": a_sub, "reason": "a"}),
     )
-    .await; // version 1
-            // A sidecar syncs at version 1.
+    .await; // version v1
+            // A sidecar syncs at v1.
     let set = filter_poll(&s, &filter_feed::RevocationSet::default()).await;
-    assert_eq!(set.version(), 1);
+    let v1 = set.version();
     revoke(
         &s,
         json!({"target": "subject", "match": e_sub, "reason": "e"}),
     )
-    .await; // version 2
+    .await; // v2
     assert_eq!(
         s.delete(&format!("/api/v1/revocations/{a}"), None).await.0,
         204
-    ); // version 3
+    ); // v3
 
     // The store's history grows to 10 099 changes (revocations created and lifted,
-    // as the service logs them), one short of the first prune.
+    // as the service logs them), one short of the first prune (the log is pruned by
+    // rows, 100 at a time, once it holds 10 100).
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let v3: i64 = sqlx::query_scalar("SELECT version FROM revocation_state")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    let top = v3 + 10_096;
     sqlx::query(
         "INSERT INTO revocation_log (version, revocation_id, op, at) \
          SELECT g, 'rv-filler-' || (g / 2), CASE WHEN g % 2 = 0 THEN 'add' ELSE 'remove' END, 0 \
-         FROM generate_series(4, 10099) AS g",
+         FROM generate_series($1::bigint, $2::bigint) AS g",
     )
+    .bind(v3 + 1)
+    .bind(top)
     .execute(&mut admin)
     .await
     .unwrap();
-    sqlx::query("UPDATE revocation_state SET version = 10099 WHERE one = 1")
+    sqlx::query("UPDATE revocation_state SET version = $1 WHERE one = 1")
+        .bind(top)
         .execute(&mut admin)
         .await
         .unwrap();
     let revs = s.state.revocations.clone();
-    wait_for("the service's set follows the store to 10099", || {
-        revs.current().version == 10_099
+    wait_for("the service's set follows the store to the top", || {
+        revs.current().version == top as u64
     })
     .await;
 
     // Another replica writes change 10 100 (a create: `log_change` then the row, as
-    // store/revocations.rs does it), which prunes the log through version 100. Its
+    // store/revocations.rs does it), which prunes the log's oldest 100 rows (v1 among
+    // them). Its
     // transaction holds `revocations` until it commits; the sidecar's poll comes in
     // meanwhile.
     let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -190,7 +200,7 @@ async fn a_delta_served_while_another_replica_prunes_the_log_still_carries_every
         .unwrap();
     let poll = {
         let http = s.http.clone();
-        let u = format!("{}/revocations?since=1", s.token_url);
+        let u = format!("{}/revocations?since={v1}", s.token_url);
         tokio::spawn(async move {
             let r = http
                 .get(u)
@@ -223,7 +233,6 @@ async fn a_delta_served_while_another_replica_prunes_the_log_still_carries_every
     .fetch_one(&mut *tx)
     .await
     .unwrap();
-    assert_eq!(v, 10_100);
     let t = now() as i64;
     sqlx::query("INSERT INTO revocation_log (version, revocation_id, op, at) VALUES ($1, 'rv-other', 'add', $2)")
         .bind(v)
@@ -231,13 +240,23 @@ async fn a_delta_served_while_another_replica_prunes_the_log_still_carries_every
         .execute(&mut *tx)
         .await
         .unwrap();
+    let floor: i64 = sqlx::query_scalar(
+        "SELECT version FROM revocation_log ORDER BY version DESC LIMIT 1 OFFSET 10000",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(
+        floor > v1 as i64,
+        "the prune must pass the sidecar's version"
+    );
     sqlx::query("DELETE FROM revocation_log WHERE version <= $1")
-        .bind(v - 10_000)
+        .bind(floor)
         .execute(&mut *tx)
         .await
         .unwrap();
     sqlx::query("UPDATE revocation_state SET pruned_through = $1 WHERE one = 1")
-        .bind(v - 10_000)
+        .bind(floor)
         .execute(&mut *tx)
         .await
         .unwrap();
@@ -258,12 +277,12 @@ async fn a_delta_served_while_another_replica_prunes_the_log_still_carries_every
     let feed = filter_feed::parse_feed(&body).unwrap();
     let (version, full) = (feed.version, feed.full);
     let set = set.apply(feed).unwrap();
-    // Whatever the answer (a delta from 1, or a snapshot), the sidecar now holds the
-    // store's set at that version: E revoked (added at 2), A not (lifted at 3).
+    // Whatever the answer (a delta from v1, or a snapshot), the sidecar now holds the
+    // store's set at that version: E revoked (added at v2), A not (lifted at v3).
     let now = now();
     assert!(
         set.subject(e_sub, now).is_some() && set.subject(a_sub, now).is_none(),
-        "answer to since=1 (version {version}, full {full}) left the sidecar with E revoked: {}, \
+        "answer to since={v1} (version {version}, full {full}) left the sidecar with E revoked: {}, \
          lifted A revoked: {}",
         set.subject(e_sub, now).is_some(),
         set.subject(a_sub, now).is_some(),
@@ -326,13 +345,13 @@ async fn with_the_store_down_every_revocation_route_answers_503_with_retry_after
             .map(|v| v.to_str().unwrap().to_string());
         check(&path, r.status().as_u16(), retry);
     }
-    // A feed answer that needs the store (none memoised at this version for since=0
-    // after the write? the set is at version 1: ask for a `since` ahead of it).
-    let (st, retry, body) = poll_raw(&s, "?since=5").await;
+    // A feed answer that needs the store (a `since` ahead of the set's version).
+    let v = s.state.revocations.current().version;
+    let (st, retry, body) = poll_raw(&s, &format!("?since={}", v + 5)).await;
     assert_eq!(st, 503, "{}", String::from_utf8_lossy(&body));
     assert_eq!(retry.as_deref(), Some("7"));
     // The set in memory is still enforced for introspection and the feed's 304.
-    let (st, _, _) = poll_raw(&s, "?since=1").await;
+    let (st, _, _) = poll_raw(&s, &format!("?since={v}")).await;
     assert_eq!(st, 304);
 }
 

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use meshpass_exchange::clock::SystemClock;
 use meshpass_exchange::store::{
-    seed, Actor, AuditQuery, AuditRecord, Mapping, MappingStore, NewRevocation, RateLimit,
-    RevocationStore, RevocationTarget, ScopeClaims, SqlStore, StoreConfig, StoreError,
+    seed, Actor, AuditQuery, AuditRecord, Mapping, MappingStore, NewRevocation, Precondition,
+    RateLimit, RevocationStore, RevocationTarget, ScopeClaims, SqlStore, StoreConfig, StoreError,
 };
 use meshpass_testkit::{PgDb, Postgres};
 use serde_json::json;
@@ -467,6 +467,74 @@ async fn audit_writes_beside_revocation_changes_never_fail_either(b: &dyn Backen
     );
 }
 
+fn admin() -> Actor {
+    Actor {
+        who: "spiffe://td/ns/ops/sa/admin".into(),
+        request_id: "rq".into(),
+    }
+}
+
+/// Every audit event, oldest first.
+async fn audit_log(s: &SqlStore) -> Vec<meshpass_exchange::store::AuditEvent> {
+    let all = AuditQuery {
+        after: Some(0),
+        limit: 1000,
+        ..AuditQuery::default()
+    };
+    s.audit_events(&all).await.unwrap()
+}
+
+/// The service does not start on a configuration it cannot apply (exit 2), so seeding
+/// refused changes nothing: not the stored mappings (on PostgreSQL, every running
+/// replica's policy), not the audit log.
+async fn a_configuration_seeding_refuses_writes_nothing(b: &dyn Backend) {
+    let s = open(b).await;
+    let web = mapping("web-pay", "spiffe://td/ns/shop/*", "payments");
+    let read = claims("payments", "read", json!({"tier": "r"}));
+    seed(&s, std::slice::from_ref(&web), std::slice::from_ref(&read))
+        .await
+        .unwrap();
+    let (before, audited) = (s.export().await.unwrap(), audit_log(&s).await);
+    // The file: `web-pay` with another TTL, and a scope row with a typo'd scope.
+    let mut changed = web.clone();
+    changed.ttl_secs = 60;
+    let typo = claims("payments", "wirte", json!({"tier": "w"}));
+    let r = seed(&s, &[changed], &[read, typo]).await;
+    assert!(
+        matches!(&r, Err(StoreError::Invalid { field, .. }) if field == "scope_claims[1].scope"),
+        "{r:?}"
+    );
+    assert_eq!(
+        s.export().await.unwrap(),
+        before,
+        "seeding was refused, yet it changed the store"
+    );
+    assert_eq!(audit_log(&s).await, audited);
+}
+
+/// README: a scope row is never dead configuration, so every export imports again.
+/// A configured mapping that no longer grants the scope of a stored row no other
+/// mapping grants is refused, naming the mapping's `scopes`, and nothing is written.
+async fn seeding_never_leaves_a_scope_row_no_mapping_grants(b: &dyn Backend) {
+    let s = open(b).await;
+    let web = mapping("web-pay", "spiffe://td/ns/shop/*", "payments");
+    let read = claims("payments", "read", json!({"tier": "r"}));
+    seed(&s, std::slice::from_ref(&web), &[read]).await.unwrap();
+    let before = s.export().await.unwrap();
+    let mut narrowed = web.clone();
+    narrowed.scopes = vec!["write".into()];
+    match seed(&s, &[narrowed], &[]).await {
+        Err(StoreError::Invalid { field, reason }) => {
+            assert_eq!(field, "mappings[0].scopes", "{reason}");
+            assert!(reason.contains("payments/read"), "{reason}");
+        }
+        other => panic!("seeding left a dead scope row: {other:?}"),
+    }
+    let export = s.export().await.unwrap();
+    assert_eq!(export, before);
+    s.import(&export, false, true, &admin()).await.unwrap();
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -501,7 +569,155 @@ both_backends!(
     concurrent_writers_and_readers_do_not_fail,
     upgrades_a_version_1_database_and_keeps_its_mappings,
     audit_writes_beside_revocation_changes_never_fail_either,
+    a_configuration_seeding_refuses_writes_nothing,
+    seeding_never_leaves_a_scope_row_no_mapping_grants,
 );
+
+/// Another process on the same SQLite file (a second pod during a rolling update, an
+/// operator's `sqlite3`) holds the write lock for 300 ms, far below the 5 s
+/// `busy_timeout`: a write that reads before it writes (a mapping save) waits and
+/// succeeds. Under a deferred `BEGIN` its first write upgraded a read transaction, an
+/// upgrade SQLite never calls the busy handler for: "database is locked" at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_write_that_reads_first_waits_for_the_write_lock_like_busy_timeout_promises() {
+    use sqlx::Connection;
+    let b = Sqlite(tempfile::tempdir().unwrap());
+    let s = open(&b).await;
+    let mut m = mapping("web-pay", "spiffe://td/ns/shop/*", "payments");
+    s.save_mapping(&m, Precondition::None, &admin())
+        .await
+        .unwrap();
+    let file = format!("sqlite://{}", b.0.path().join("mappings.db").display());
+    let mut other = sqlx::sqlite::SqliteConnection::connect(&file)
+        .await
+        .unwrap();
+    let mut failures = Vec::new();
+    for attempt in 0..3 {
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let holder = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+        };
+        m.ttl_secs = 100 + attempt;
+        let write = async {
+            let r = s.save_mapping(&m, Precondition::None, &admin()).await;
+            (r, started.elapsed())
+        };
+        let (_, (r, took)) = tokio::join!(holder, write);
+        if let Err(e) = r {
+            failures.push(format!(
+                "attempt {attempt}: {e} after {took:?} (the lock was held 300 ms)"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "writes failed instead of waiting their turn:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The advisory key every write takes first on PostgreSQL.
+const WRITE_LOCK: i64 = 7_270_014_103;
+
+/// A session holding the write lock and gone silent (a replica partitioned from the
+/// database mid-write: PostgreSQL keeps its session and locks until TCP keepalive
+/// gives up, hours later) makes a write (here an emergency revocation) answer
+/// unavailable (503 + Retry-After) after `store.acquire_timeout_secs`, not hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_write_blocked_by_a_stuck_lock_holder_answers_unavailable_in_bounded_time() {
+    use sqlx::Connection;
+    let b = Pg(Postgres::fresh_database());
+    let s = open(&b).await;
+    let mut stuck = sqlx::postgres::PgConnection::connect(&b.0.url())
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(WRITE_LOCK)
+        .execute(&mut stuck)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let new = NewRevocation {
+        target: RevocationTarget::Subject,
+        matches: "spiffe://td/ns/shop/sa/compromised".into(),
+        reason: "incident".into(),
+        until: None,
+    };
+    let who = admin();
+    let revoke = s.create_revocation(&new, &who, now());
+    let r = tokio::time::timeout(Duration::from_secs(30), revoke).await;
+    drop(stuck);
+    match r {
+        Ok(Err(StoreError::Unavailable(m))) => {
+            assert!(m.contains("store.acquire_timeout_secs"), "{m}")
+        }
+        Ok(other) => panic!("unexpected answer {other:?}"),
+        Err(_) => panic!(
+            "the revocation was still waiting for the write lock after {:?}: no 503, no answer",
+            started.elapsed()
+        ),
+    }
+}
+
+/// While another replica holds the write lock (a long import), this replica's queued
+/// writes (management requests, the refusal audit) wait in the process, not each on a
+/// pooled connection: once they were `store.max_connections`, the token endpoint's
+/// policy reads (which need no lock) found none and answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_waiting_for_the_write_lock_leave_connections_for_policy_reads() {
+    use sqlx::Connection;
+    let b = Pg(Postgres::fresh_database());
+    let s = Arc::new(open(&b).await);
+    s.put_mapping(&mapping("web-pay", "spiffe://td/ns/shop/*", "payments"))
+        .await
+        .unwrap();
+    let mut other = sqlx::postgres::PgConnection::connect(&b.0.url())
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(WRITE_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    // As many as the pool has connections (the Pg backend's `max_connections`: 4).
+    let writers: Vec<_> = (0..b.config().max_connections)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.record_audit(&AuditRecord {
+                    request_id: format!("q{i}"),
+                    actor: "spiffe://td/ns/shop/sa/web via x".into(),
+                    action: "exchange.refused".into(),
+                    target: "resources/payments".into(),
+                    before: None,
+                    after: None,
+                    reason: "no mapping".into(),
+                })
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let read = tokio::time::timeout(Duration::from_secs(20), s.resource_policy("payments")).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(WRITE_LOCK)
+        .execute(&mut other)
+        .await
+        .unwrap();
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    match read {
+        Ok(Ok(p)) => assert_eq!(p.mappings.len(), 1),
+        Ok(Err(e)) => panic!("the token endpoint's policy read failed while writes queued: {e}"),
+        Err(_) => panic!("the policy read did not answer in 20 s"),
+    }
+}
 
 #[test]
 fn in_memory_sqlite_and_unknown_schemes_are_refused() {

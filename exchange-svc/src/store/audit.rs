@@ -71,7 +71,13 @@ pub(super) async fn insert_audit(c: &mut AnyConnection, r: &AuditRecord) -> Resu
     .execute(&mut *c)
     .await
     .map_err(write_error)?;
-    // The log line carries the same event (never a token: none is ever part of one).
+    Ok(())
+}
+
+/// The `meshpass::audit` log line of an event its transaction committed (never a
+/// token: none is ever part of one). Called by [`super::write::WriteTx::commit`].
+pub(super) fn log_audit(r: &AuditRecord) {
+    let text = |v: &Option<Value>| v.as_ref().map(Value::to_string).unwrap_or_default();
     tracing::info!(
         target: "meshpass::audit",
         request_id = %r.request_id,
@@ -83,7 +89,6 @@ pub(super) async fn insert_audit(c: &mut AnyConnection, r: &AuditRecord) -> Resu
         reason = %r.reason,
         "audit"
     );
-    Ok(())
 }
 
 impl SqlStore {
@@ -92,9 +97,9 @@ impl SqlStore {
         // Serialised with every other write: on SQLite a commit landing between another
         // transaction's read and its write fails that transaction (SQLITE_BUSY_SNAPSHOT);
         // on PostgreSQL ids must commit in order for followers of the log.
-        let (_w, mut tx) = self.begin_write().await?;
-        insert_audit(&mut tx, r).await?;
-        tx.commit().await.map_err(write_error)
+        let mut tx = self.begin_write().await?;
+        let inserted = tx.audit(r).await;
+        tx.finish(inserted).await
     }
 
     /// Reads audit events, oldest first.

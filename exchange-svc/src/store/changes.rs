@@ -1,4 +1,5 @@
-//! The change version (migration 5): one counter bumped in the same transaction as
+//! The change version (migration 5): one counter (increasing; it jumps to the wall
+//! clock in milliseconds, see [`next_version_sql`]) bumped in the same transaction as
 //! every write to what the token endpoint enforces (mappings, scope claims, and
 //! revocations), so replicas can tell that their in-memory views are stale.
 //!
@@ -9,7 +10,6 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::audit::insert_audit;
 use super::sql::{unavailable, write_error, Backend};
 use super::{AuditRecord, SqlStore, StoreError};
 
@@ -22,13 +22,34 @@ pub(super) const MIGRATION: &[&str] = &[
     "INSERT INTO meshpass_changes (id, version) VALUES (1, 0)",
 ];
 
+/// The next value of a version column (`$1` bound to [`wall_ms`]): one more, or the
+/// wall clock in milliseconds when that is larger. Versions stay increasing, and a
+/// store moved back in time (restored from a backup, or a standby promoted without the
+/// last commits) never hands out again a version some replica already applied: the
+/// next write jumps past everything handed out before, so every replica sees a change
+/// (a bare counter came back to the same number, and replicas holding it kept their
+/// views, revocations included, for good).
+pub(crate) fn next_version_sql(column: &str) -> String {
+    format!("CASE WHEN {column} + 1 > $1 THEN {column} + 1 ELSE $1 END")
+}
+
+/// The wall clock in milliseconds since the Unix epoch (0 if before it).
+pub(crate) fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Bumps the change version inside the caller's transaction and (PostgreSQL) queues the
 /// notification for its commit. Returns the new version. Every write path that changes
 /// mappings, scope claims or revocations calls this before committing.
 pub(crate) async fn bump(conn: &mut AnyConnection, backend: Backend) -> Result<i64, StoreError> {
-    let row = sqlx::query(
-        "UPDATE meshpass_changes SET version = version + 1 WHERE id = 1 RETURNING version",
-    )
+    let row = sqlx::query(&format!(
+        "UPDATE meshpass_changes SET version = {} WHERE id = 1 RETURNING version",
+        next_version_sql("version")
+    ))
+    .bind(wall_ms())
     .fetch_one(&mut *conn)
     .await
     .map_err(write_error)?;
@@ -82,19 +103,23 @@ impl SqlStore {
     where
         E: From<StoreError>,
     {
-        let (_w, mut tx) = self.begin_write().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(MAINTENANCE_LOCK)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
+        let mut tx = self.begin_write().await?;
+        let done: Result<T, E> = async {
+            if self.backend == Backend::Postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(MAINTENANCE_LOCK)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            let (out, record) = op.await?;
+            tx.audit(&record).await?;
+            bump(&mut tx, self.backend).await?;
+            Ok(out)
         }
-        let (out, record) = op.await?;
-        insert_audit(&mut tx, &record).await?;
-        bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)?;
-        Ok(out)
+        .await;
+        // Rolled back (when `op` or the audit failed) before the writer lock is free.
+        tx.finish(done).await
     }
 }
 
@@ -115,34 +140,61 @@ impl SqlStore {
         E: From<StoreError>,
     {
         // Not `begin_write`: a tick must not queue behind another replica's writes
-        // either, so both locks are only tried, in `begin_write`'s order.
-        let _w = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        if self.backend == Backend::Postgres {
-            let row = sqlx::query(
-                "SELECT pg_try_advisory_xact_lock($1) AND pg_try_advisory_xact_lock($2) AS locked",
-            )
-            .bind(super::sql::WRITE_LOCK)
-            .bind(MAINTENANCE_LOCK)
-            .fetch_one(&mut *tx)
+        // either, so on PostgreSQL every lock is only tried, in `begin_write`'s order
+        // (this process's writer lock first). SQLite has no other replica: it waits.
+        let writer = match self.backend {
+            Backend::Sqlite => self.write_lock.lock().await,
+            Backend::Postgres => match self.write_lock.try_lock() {
+                Ok(w) => w,
+                Err(_) => return Ok(None),
+            },
+        };
+        let mut tx = self
+            .begin_holding(writer)
             .await
-            .map_err(unavailable)?;
-            let locked: bool = row
-                .try_get("locked")
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            if !locked {
-                return Ok(None);
+            .map_err(|e| E::from(unavailable(e)))?;
+        let done: Result<Option<(T, bool)>, E> = async {
+            if self.backend == Backend::Postgres {
+                let row = sqlx::query(
+                    "SELECT pg_try_advisory_xact_lock($1) AND pg_try_advisory_xact_lock($2) AS locked",
+                )
+                .bind(super::sql::WRITE_LOCK)
+                .bind(MAINTENANCE_LOCK)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+                let locked: bool = row
+                    .try_get("locked")
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if !locked {
+                    return Ok(None);
+                }
             }
+            let (out, audit) = op.await?;
+            for r in &audit {
+                tx.audit(r).await?;
+            }
+            if !audit.is_empty() {
+                bump(&mut tx, self.backend).await?;
+            }
+            Ok(Some((out, !audit.is_empty())))
         }
-        let (out, audit) = op.await?;
-        if audit.is_empty() {
-            return Ok(Some(out));
+        .await;
+        // Ended (committed or rolled back) before the writer lock is free.
+        match done {
+            Ok(Some((out, true))) => {
+                tx.commit().await?;
+                Ok(Some(out))
+            }
+            Ok(Some((out, false))) => {
+                tx.rollback().await?;
+                Ok(Some(out))
+            }
+            Ok(None) => {
+                tx.rollback().await?;
+                Ok(None)
+            }
+            Err(e) => Err(tx.abort(e).await),
         }
-        for r in &audit {
-            insert_audit(&mut tx, r).await?;
-        }
-        bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)?;
-        Ok(Some(out))
     }
 }

@@ -11,11 +11,12 @@ use super::StoreError;
 pub struct StoreConfig {
     /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST:PORT/DB`.
     pub url: String,
-    /// Pool size (SQLite: readers; writes are serialised by SQLite itself).
+    /// Pool size (writes are serialised in the process before they take a connection).
     pub max_connections: u32,
     /// Connections kept open.
     pub min_connections: u32,
-    /// How long a request waits for a connection before the store counts as down.
+    /// How long a request waits for a connection before the store counts as down; on
+    /// PostgreSQL also the longest a write waits for the write lock (then 503).
     pub acquire_timeout_secs: u64,
     /// Idle connections are closed after this long.
     pub idle_timeout_secs: u64,

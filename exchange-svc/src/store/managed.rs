@@ -14,12 +14,12 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 use sqlx::Row;
 
-use super::audit::insert_audit;
 use super::etag::{parse_if_match, ETag};
 use super::sql::{
     decode_mapping, decode_scope_claims, mapping_rows, scope_claim_rows, unavailable,
     upsert_mapping, upsert_scope_claims, write_error, write_scope_claims, MAPPING_COLUMNS,
 };
+use super::write::WriteTx;
 use super::{
     check_scope_granted, rows_left_ungranted, scope_row_names, validate_mapping,
     validate_scope_claims, AuditRecord, Mapping, ScopeClaims, SqlStore, StoreError,
@@ -415,6 +415,10 @@ async fn check_precondition<T: Entity>(
     Ok(())
 }
 
+mod import;
+use import::apply_import;
+pub use import::{import_leaves_ungranted, mappings_after_import};
+
 impl SqlStore {
     async fn tagged<T: Entity>(&self, key: &T::Key) -> Result<Option<(T, ETag)>, StoreError> {
         let mut c = self.pool.acquire().await.map_err(unavailable)?;
@@ -432,22 +436,29 @@ impl SqlStore {
     ) -> Result<Saved<T>, StoreError> {
         item.validate(self)?;
         let key = item.key();
-        let (_w, mut tx) = self.begin_write().await?;
-        let current = T::read(&mut tx, &key).await?;
-        let missing = StoreError::PreconditionFailed;
-        check_precondition::<T>(&mut tx, &key, current.as_ref(), &pre, missing).await?;
-        let created = current.is_none();
-        T::upsert(&mut tx, item, created).await?;
-        T::check_grants(&mut tx, current.as_ref().map(|(c, _)| c), Some(item)).await?;
-        let action = format!("{}.{}", T::KIND, if created { "create" } else { "update" });
-        let before = current.as_ref().and_then(|(c, _)| to_json(c));
-        insert_audit(
-            &mut tx,
-            &change(actor, action, T::target(&key), before, to_json(item)),
-        )
-        .await?;
-        super::changes::bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)?;
+        let mut tx = self.begin_write().await?;
+        let saved = async {
+            let current = T::read(&mut tx, &key).await?;
+            let missing = StoreError::PreconditionFailed;
+            check_precondition::<T>(&mut tx, &key, current.as_ref(), &pre, missing).await?;
+            let created = current.is_none();
+            T::upsert(&mut tx, item, created).await?;
+            T::check_grants(&mut tx, current.as_ref().map(|(c, _)| c), Some(item)).await?;
+            let action = format!("{}.{}", T::KIND, if created { "create" } else { "update" });
+            let before = current.as_ref().and_then(|(c, _)| to_json(c));
+            tx.audit(&change(
+                actor,
+                action,
+                T::target(&key),
+                before,
+                to_json(item),
+            ))
+            .await?;
+            super::changes::bump(&mut tx, self.backend).await?;
+            Ok(created)
+        }
+        .await;
+        let created = tx.finish(saved).await?;
         Ok(Saved {
             etag: ETag::of(item),
             item: item.clone(),
@@ -461,28 +472,29 @@ impl SqlStore {
         pre: Precondition,
         actor: &Actor,
     ) -> Result<T, StoreError> {
-        let (_w, mut tx) = self.begin_write().await?;
-        let current = T::read(&mut tx, key).await?;
-        let pre = if pre == Precondition::None {
-            Precondition::Exists
-        } else {
-            pre
-        };
-        check_precondition::<T>(&mut tx, key, current.as_ref(), &pre, StoreError::NotFound).await?;
-        let Some((old, _)) = current else {
-            return Err(StoreError::NotFound(T::target(key)));
-        };
-        T::delete(&mut tx, key).await?;
-        T::check_grants(&mut tx, Some(&old), None).await?;
-        let action = format!("{}.delete", T::KIND);
-        insert_audit(
-            &mut tx,
-            &change(actor, action, T::target(key), to_json(&old), None),
-        )
-        .await?;
-        super::changes::bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)?;
-        Ok(old)
+        let mut tx = self.begin_write().await?;
+        let removed = async {
+            let current = T::read(&mut tx, key).await?;
+            let pre = if pre == Precondition::None {
+                Precondition::Exists
+            } else {
+                pre
+            };
+            let missing = StoreError::NotFound;
+            check_precondition::<T>(&mut tx, key, current.as_ref(), &pre, missing).await?;
+            let Some((old, _)) = current else {
+                return Err(StoreError::NotFound(T::target(key)));
+            };
+            T::delete(&mut tx, key).await?;
+            T::check_grants(&mut tx, Some(&old), None).await?;
+            let action = format!("{}.delete", T::KIND);
+            tx.audit(&change(actor, action, T::target(key), to_json(&old), None))
+                .await?;
+            super::changes::bump(&mut tx, self.backend).await?;
+            Ok(old)
+        }
+        .await;
+        tx.finish(removed).await
     }
 
     /// A mapping and its tag.
@@ -543,8 +555,10 @@ impl SqlStore {
         // One snapshot: an export taken during a write is one state the store was in
         // (two reads could give a scope row without its mapping: not importable).
         let mut tx = self.begin_snapshot().await?;
-        let mut mappings = Mapping::read_all(&mut tx).await?;
-        let mut scopes = ScopeClaims::read_all(&mut tx).await?;
+        let PolicyDocument {
+            mut mappings,
+            mut scopes,
+        } = read_all(&mut tx).await?;
         tx.commit().await.map_err(unavailable)?;
         // Byte order, as the list pages: a PostgreSQL database with a linguistic
         // collation would otherwise export another order than SQLite.
@@ -571,150 +585,31 @@ impl SqlStore {
         for s in &doc.scopes {
             s.validate(self)?;
         }
-        let (_w, mut tx) = self.begin_write().await?;
-        let mut diff = ImportDiff::default();
-        let before = apply_all::<Mapping>(&mut tx, &doc.mappings, prune, actor, &mut diff).await?;
-        apply_all::<ScopeClaims>(&mut tx, &doc.scopes, prune, actor, &mut diff).await?;
-        let after = mappings_after_import(&before, &doc.mappings, prune);
-        // Rows a prune deleted are gone by now: only those the import keeps can be left
-        // ungranted (the API refuses this before, from the document; here it is atomic).
-        let left_rows = ScopeClaims::read_all(&mut tx).await?;
-        // The document's rows against each other and the rows the store keeps, once
-        // over the result (the rows it keeps are not checked against each other: this
-        // import did not write them).
-        let in_doc: std::collections::HashSet<ScopeKey> =
-            doc.scopes.iter().map(Entity::key).collect();
-        let mut claims = super::ClaimIndex::default();
-        for row in left_rows.iter().filter(|r| !in_doc.contains(&r.key())) {
-            claims.note(row);
-        }
-        for row in &doc.scopes {
-            claims.add(row)?;
-        }
-        let left = rows_left_ungranted(&left_rows, &before, &after);
-        if !left.is_empty() {
-            return Err(import_leaves_ungranted(&left));
-        }
-        // The document's own rows too: the API checked them against a snapshot read
-        // before this transaction, and a mapping write may have committed since.
-        let granted = super::grants(&after);
-        let dead: Vec<&ScopeClaims> = doc
-            .scopes
-            .iter()
-            .filter(|r| !granted.contains(&(r.resource.as_str(), r.scope.as_str())))
-            .collect();
-        if !dead.is_empty() {
-            return Err(import_leaves_ungranted(&dead));
-        }
+        let mut tx = self.begin_write().await?;
+        let checked = apply_import(&mut tx, doc, prune, actor).await;
+        let diff = match checked {
+            Ok(diff) => diff,
+            Err(e) => return Err(tx.abort(e).await),
+        };
         let nothing =
             diff.added.is_empty() && diff.changed.is_empty() && (diff.removed.is_empty() || !prune);
         if dry_run || nothing {
-            tx.rollback().await.map_err(unavailable)?;
-        } else {
-            super::changes::bump(&mut tx, self.backend).await?;
-            tx.commit().await.map_err(write_error)?;
-            diff.applied = true;
+            tx.rollback().await?;
+            return Ok(diff);
         }
-        Ok(diff)
+        let bumped = super::changes::bump(&mut tx, self.backend).await;
+        tx.finish(bumped).await?;
+        Ok(ImportDiff {
+            applied: true,
+            ..diff
+        })
     }
 }
 
-/// The mappings a store holds after importing `wanted` over `stored`.
-pub fn mappings_after_import(stored: &[Mapping], wanted: &[Mapping], prune: bool) -> Vec<Mapping> {
-    let mut after = wanted.to_vec();
-    if !prune {
-        let named: std::collections::HashSet<&str> =
-            wanted.iter().map(|w| w.name.as_str()).collect();
-        let kept = stored.iter().filter(|s| !named.contains(s.name.as_str()));
-        after.extend(kept.cloned());
-    }
-    after
-}
-
-/// The refusal of an import that would leave the stored scope rows `left` granted by no
-/// mapping (409: the document conflicts with what the store holds).
-pub fn import_leaves_ungranted(left: &[&ScopeClaims]) -> StoreError {
-    StoreError::Conflict(format!(
-        "{} would be granted by no mapping after this import: keep a mapping that grants them, delete them first, or import with prune=true (which deletes what the document lacks)",
-        scope_row_names(left)
-    ))
-}
-
-/// Applies one kind of a document: removed (with prune) and changed entries are deleted
-/// first, then changed and added ones inserted, so swaps between entries (a subject
-/// moving from one mapping to another, a claim moving between scopes) do not trip the
-/// per-row checks on a half-written state. Returns what was stored before.
-async fn apply_all<T: Entity>(
-    c: &mut AnyConnection,
-    wanted: &[T],
-    prune: bool,
-    actor: &Actor,
-    diff: &mut ImportDiff,
-) -> Result<Vec<T>, StoreError> {
-    let stored: Vec<T> = T::read_all(c).await?;
-    let target = |x: &T| T::target(&x.key());
-    // By key, once each: matching is linear in the document and the store (it runs
-    // holding the write lock every replica waits on).
-    let mut by_key: std::collections::HashMap<T::Key, &T> =
-        std::collections::HashMap::with_capacity(wanted.len());
-    for w in wanted {
-        if by_key.insert(w.key(), w).is_some() {
-            return Err(StoreError::Invalid {
-                field: format!("{}s", T::KIND),
-                reason: format!("{} is listed twice", target(w)),
-            });
-        }
-    }
-    let mut deletes: Vec<(&T, &'static str)> = Vec::new();
-    let mut inserts: Vec<(&T, Option<&T>)> = Vec::new();
-    let mut kept = std::collections::HashSet::with_capacity(stored.len());
-    for s in &stored {
-        let t = target(s);
-        let k = s.key();
-        match by_key.get(&k) {
-            None => {
-                diff.removed.push(t);
-                if prune {
-                    deletes.push((s, "delete"));
-                }
-            }
-            Some(w) => {
-                if *w == s {
-                    diff.unchanged += 1;
-                } else {
-                    diff.changed.push(t);
-                    deletes.push((s, ""));
-                    inserts.push((w, Some(s)));
-                }
-                kept.insert(k);
-            }
-        }
-    }
-    for w in wanted {
-        if !kept.contains(&w.key()) {
-            diff.added.push(target(w));
-            inserts.push((w, None));
-        }
-    }
-    for (s, action) in &deletes {
-        T::delete(c, &s.key()).await?;
-        if !action.is_empty() {
-            let a = format!("{}.delete", T::KIND);
-            insert_audit(c, &change(actor, a, target(s), to_json(*s), None)).await?;
-        }
-    }
-    for (w, before) in inserts {
-        T::insert_for_import(c, w).await?;
-        let a = format!(
-            "{}.{}",
-            T::KIND,
-            if before.is_some() { "update" } else { "create" }
-        );
-        insert_audit(
-            c,
-            &change(actor, a, target(w), before.and_then(to_json), to_json(w)),
-        )
-        .await?;
-    }
-    Ok(stored)
+/// Every mapping and scope row, inside `c`'s transaction (in the database's order).
+pub(super) async fn read_all(c: &mut AnyConnection) -> Result<PolicyDocument, StoreError> {
+    Ok(PolicyDocument {
+        mappings: Mapping::read_all(c).await?,
+        scopes: ScopeClaims::read_all(c).await?,
+    })
 }

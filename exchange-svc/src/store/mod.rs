@@ -21,6 +21,7 @@ mod index;
 mod managed;
 mod revocations;
 mod sql;
+mod write;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -263,48 +264,98 @@ pub trait MappingStore: Send + Sync {
 }
 
 /// Seeds mappings and scope claims (from the config file): idempotent upserts that
-/// leave identical rows untouched. Returns how many rows were written. A scope row no
-/// mapping of its resource grants (in the file or already stored) is refused, naming
-/// it as `scope_claims[i].scope`.
+/// leave identical rows untouched, in one write transaction checked as a whole, so a
+/// refused configuration changes nothing. Returns how many rows were written. Refused:
+/// a scope row no mapping of its resource grants (in the file or already stored),
+/// named as `scope_claims[i].scope`; a configured mapping that no longer grants the
+/// scope of a stored row no other mapping grants, named as `mappings[i].scopes` (a
+/// scope row is never dead configuration: the store's export must import again).
 pub async fn seed(
-    store: &dyn MappingStore,
+    store: &SqlStore,
     mappings: &[Mapping],
     scope_claims: &[ScopeClaims],
 ) -> Result<usize, StoreError> {
-    let mut written = 0;
     for m in mappings {
-        let stored = store.get_mapping(&m.name).await?;
-        if stored.as_ref() != Some(m) {
-            store.put_mapping(m).await?;
-            written += 1;
-            // The file wins at every start: a change made through the management API
-            // to a configured mapping is overwritten, which the audit log must show.
-            if let Some(before) = &stored {
-                tracing::warn!(mapping = %m.name, "the stored mapping differed from the configuration file; the file's is written");
-                store.audit_seeded(before, m).await?;
-            }
-        }
+        validate_mapping(m)?;
     }
-    let existing = store.list_scope_claims().await?;
-    // Read once, past the readiness gate: seeding is what opens it (the background
-    // retry after a store outage at start could otherwise never finish).
-    let stored_mappings = store.list_mappings().await?;
+    for row in scope_claims {
+        validate_scope_claims(row, &store.participant_claim)?;
+    }
+    let mut tx = store.begin_write().await?;
+    match seed_in(&mut tx, mappings, scope_claims).await {
+        Ok(0) => {
+            // Nothing to write: no version bump (it would drop every replica's cache).
+            tx.rollback().await?;
+            Ok(0)
+        }
+        Ok(written) => {
+            let bumped = changes::bump(&mut tx, store.backend).await;
+            tx.finish(bumped).await?;
+            Ok(written)
+        }
+        Err(e) => Err(tx.abort(e).await),
+    }
+}
+
+/// [`seed`]'s checks and writes inside `c`'s write transaction (read past the
+/// readiness gate: seeding is what opens it).
+async fn seed_in(
+    c: &mut write::WriteTx<'_>,
+    mappings: &[Mapping],
+    scope_claims: &[ScopeClaims],
+) -> Result<usize, StoreError> {
+    let stored = managed::read_all(c).await?;
+    let after = mappings_after_import(&stored.mappings, mappings, false);
+    let granted = grants(&after);
     for (i, row) in scope_claims.iter().enumerate() {
         // The same rule as the management API's: a row no mapping grants adds claims to
         // no token, so it is a mistake (usually a typo'd scope) to say, not to store.
-        let granted_by: Vec<Mapping> = stored_mappings
-            .iter()
-            .filter(|m| m.resource == row.resource)
-            .cloned()
-            .collect();
-        check_scope_granted(row, &granted_by).map_err(|e| match e {
+        check_granted(row, &granted).map_err(|e| match e {
             StoreError::Invalid { reason, .. } => {
                 invalid(format!("scope_claims[{i}].scope"), reason)
             }
             e => e,
         })?;
-        if !existing.contains(row) {
-            store.put_scope_claims(row).await?;
+    }
+    let left = rows_left_ungranted(&stored.scopes, &stored.mappings, &after);
+    if let Some(row) = left.first() {
+        // A row granted before and by nothing after: a configured mapping dropped it.
+        let i = mappings
+            .iter()
+            .position(|m| {
+                stored.mappings.iter().any(|s| {
+                    s.name == m.name && s.resource == row.resource && s.scopes.contains(&row.scope)
+                })
+            })
+            .unwrap_or(0);
+        let verb = if left.len() == 1 { "is" } else { "are" };
+        return Err(invalid(
+            format!("mappings[{i}].scopes"),
+            format!(
+                "stored {} {verb} granted by no mapping once the file's mappings are written: grant the scope in the file, or delete the row first",
+                scope_row_names(&left)
+            ),
+        ));
+    }
+    let mut written = 0;
+    for m in mappings {
+        let before = stored.mappings.iter().find(|s| s.name == m.name);
+        if before == Some(m) {
+            continue;
+        }
+        sql::upsert_mapping(c, m, false).await?;
+        written += 1;
+        // The file wins at every start: a change made through the management API to a
+        // configured mapping is overwritten, which the audit log must show.
+        if let Some(before) = before {
+            tracing::warn!(mapping = %m.name, "the stored mapping differed from the configuration file; the file's is written");
+            c.audit(&sql::seeded_audit(before, m)).await?;
+        }
+    }
+    for row in scope_claims {
+        if !stored.scopes.contains(row) {
+            // Checked against its siblings as written so far (the file's rows too).
+            sql::upsert_scope_claims(c, row, false).await?;
             written += 1;
         }
     }

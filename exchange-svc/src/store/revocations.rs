@@ -3,10 +3,11 @@
 //!
 //! Model: `revocations` holds the ACTIVE entries only; every create, lift and lapse
 //! appends one row to `revocation_log` under the next value of a single counter
-//! (`revocation_state.version`), in the transaction of the change, so every replica
-//! reading the database serves the same versions. The log keeps the last
-//! [`LOG_RETENTION`] changes; `pruned_through` says which `since` values can still be
-//! answered with a delta.
+//! (`revocation_state.version`, moved to the clock in milliseconds when that is
+//! larger), in the transaction of the change, so every replica reading the database
+//! serves the same versions. The log keeps the last [`LOG_RETENTION`] changes; a
+//! `since` can be answered with a delta when it is `pruned_through` or names an entry
+//! of the log (else it is from a history a restore undid, or too old).
 //!
 //! Lapse is computed lazily with the time passed in: [`RevocationStore::sweep_lapsed`]
 //! removes entries whose `until` has passed (one log row and version bump each). The
@@ -20,7 +21,6 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::audit::insert_audit;
 use super::sql::{unavailable, write_error};
 use super::{invalid, Actor, AuditRecord, SqlStore, StoreError};
 
@@ -347,16 +347,21 @@ async fn state(c: &mut AnyConnection) -> Result<(u64, u64), StoreError> {
 
 /// Appends one change under the next version (the UPDATE takes the row lock on
 /// PostgreSQL, so concurrent writers on several replicas get distinct versions) and
-/// prunes the log beyond [`LOG_RETENTION`].
+/// prunes the log beyond [`LOG_RETENTION`]. The next version is the wall clock in
+/// milliseconds when that is larger ([`super::changes::next_version_sql`]): a store
+/// restored from a backup, or a standby promoted without the last commits, never
+/// hands out again a version a replica or filter already holds.
 async fn log_change(
     c: &mut AnyConnection,
     id: &str,
     op: &str,
     now: u64,
 ) -> Result<u64, StoreError> {
-    let row = sqlx::query(
-        "UPDATE revocation_state SET version = version + 1 WHERE one = 1 RETURNING version",
-    )
+    let row = sqlx::query(&format!(
+        "UPDATE revocation_state SET version = {} WHERE one = 1 RETURNING version",
+        super::changes::next_version_sql("version")
+    ))
+    .bind(super::changes::wall_ms())
     .fetch_one(&mut *c)
     .await
     .map_err(write_error)?;
@@ -374,8 +379,24 @@ async fn log_change(
     .await
     .map_err(write_error)?;
     let version = to_u64(v)?;
-    if version > LOG_RETENTION && version % 100 == 0 {
-        let floor = to_i64(version - LOG_RETENTION);
+    // Versions are not dense (they jump to the clock): prune by rows, 100 at a time.
+    let over =
+        sqlx::query("SELECT version FROM revocation_log ORDER BY version DESC LIMIT 1 OFFSET $1")
+            .bind(to_i64(LOG_RETENTION + 99))
+            .fetch_optional(&mut *c)
+            .await
+            .map_err(write_error)?;
+    if over.is_some() {
+        let row = sqlx::query(
+            "SELECT version FROM revocation_log ORDER BY version DESC LIMIT 1 OFFSET $1",
+        )
+        .bind(to_i64(LOG_RETENTION))
+        .fetch_one(&mut *c)
+        .await
+        .map_err(write_error)?;
+        let floor: i64 = row
+            .try_get("version")
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         sqlx::query("DELETE FROM revocation_log WHERE version <= $1")
             .bind(floor)
             .execute(&mut *c)
@@ -437,67 +458,74 @@ impl RevocationStore for SqlStore {
             created_at: now,
             created_by: actor.who.clone(),
         };
-        let (_w, mut tx) = self.begin_write().await?;
-        // After the version bump: its row lock makes concurrent creates on PostgreSQL
-        // check one after the other, each seeing the others' entries.
-        let version = log_change(&mut tx, &r.id, "add", now).await?;
-        let size = feed_bytes(&r)?;
-        let (entries, bytes) = feed_size(&mut tx).await?;
-        check_feed_bounds(entries + 1, bytes + size)?;
-        sqlx::query(&format!(
-            "INSERT INTO revocations ({COLUMNS}, added_version, feed_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        ))
-        .bind(&r.id)
-        .bind(r.target.as_str())
-        .bind(&r.matches)
-        .bind(&r.reason)
-        .bind(to_i64(r.until.unwrap_or(0)))
-        .bind(to_i64(now))
-        .bind(&r.created_by)
-        .bind(to_i64(version))
-        .bind(i64::try_from(size).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await
-        .map_err(write_error)?;
-        insert_audit(&mut tx, &audit(actor, "revocation.create", &r, true)).await?;
-        // Other replicas hear of it at once (NOTIFY), not at their next version check.
-        super::changes::bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)?;
-        Ok(r)
-    }
-
-    async fn lift_revocation(&self, id: &str, actor: &Actor) -> Result<Revocation, StoreError> {
-        let (_w, mut tx) = self.begin_write().await?;
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM revocations WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        let now = u64::try_from(super::sql::now_secs()).unwrap_or(0);
-        // Lapsed but not swept yet: gone, as `GET` says; the sweep removes it (nothing
-        // to lift, nothing to audit).
-        let Some(r) = row
-            .as_ref()
-            .map(decode)
-            .transpose()?
-            .filter(|r| r.active_at(now))
-        else {
-            return Err(StoreError::NotFound(format!("revocations/{id}")));
-        };
-        let gone = sqlx::query("DELETE FROM revocations WHERE id = $1")
-            .bind(id)
+        let mut tx = self.begin_write().await?;
+        let done = async {
+            // After the version bump: its row lock makes concurrent creates on PostgreSQL
+            // check one after the other, each seeing the others' entries.
+            let version = log_change(&mut tx, &r.id, "add", now).await?;
+            let size = feed_bytes(&r)?;
+            let (entries, bytes) = feed_size(&mut tx).await?;
+            check_feed_bounds(entries + 1, bytes + size)?;
+            sqlx::query(&format!(
+                "INSERT INTO revocations ({COLUMNS}, added_version, feed_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            ))
+            .bind(&r.id)
+            .bind(r.target.as_str())
+            .bind(&r.matches)
+            .bind(&r.reason)
+            .bind(to_i64(r.until.unwrap_or(0)))
+            .bind(to_i64(now))
+            .bind(&r.created_by)
+            .bind(to_i64(version))
+            .bind(i64::try_from(size).unwrap_or(i64::MAX))
             .execute(&mut *tx)
             .await
             .map_err(write_error)?;
-        if gone.rows_affected() == 0 {
-            // Lifted or swept by another replica meanwhile.
-            return Err(StoreError::NotFound(format!("revocations/{id}")));
+            tx.audit(&audit(actor, "revocation.create", &r, true)).await?;
+            // Other replicas hear of it at once (NOTIFY), not at their next version check.
+            super::changes::bump(&mut tx, self.backend).await?;
+            Ok(r)
         }
-        log_change(&mut tx, id, "remove", now).await?;
-        insert_audit(&mut tx, &audit(actor, "revocation.lift", &r, false)).await?;
-        super::changes::bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)?;
-        Ok(r)
+        .await;
+        tx.finish(done).await
+    }
+
+    async fn lift_revocation(&self, id: &str, actor: &Actor) -> Result<Revocation, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = async {
+            let row = sqlx::query(&format!("SELECT {COLUMNS} FROM revocations WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            let now = u64::try_from(super::sql::now_secs()).unwrap_or(0);
+            // Lapsed but not swept yet: gone, as `GET` says; the sweep removes it (nothing
+            // to lift, nothing to audit).
+            let Some(r) = row
+                .as_ref()
+                .map(decode)
+                .transpose()?
+                .filter(|r| r.active_at(now))
+            else {
+                return Err(StoreError::NotFound(format!("revocations/{id}")));
+            };
+            let gone = sqlx::query("DELETE FROM revocations WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(write_error)?;
+            if gone.rows_affected() == 0 {
+                // Lifted or swept by another replica meanwhile.
+                return Err(StoreError::NotFound(format!("revocations/{id}")));
+            }
+            log_change(&mut tx, id, "remove", now).await?;
+            tx.audit(&audit(actor, "revocation.lift", &r, false))
+                .await?;
+            super::changes::bump(&mut tx, self.backend).await?;
+            Ok(r)
+        }
+        .await;
+        tx.finish(done).await
     }
 
     async fn get_revocation(&self, id: &str) -> Result<Option<Revocation>, StoreError> {
@@ -522,7 +550,17 @@ impl RevocationStore for SqlStore {
         // never listed, a lift never removed.
         let mut tx = self.begin_snapshot().await?;
         let (version, pruned_through) = state(&mut tx).await?;
-        if since == 0 || since > version || since < pruned_through {
+        // A delta only from a version this history passed through: after a restore
+        // (or a failover that lost commits) a `since` from the lost stretch names no
+        // entry of the log, and what it was told may have been undone.
+        let passed = since == pruned_through
+            || sqlx::query("SELECT 1 AS one FROM revocation_log WHERE version = $1")
+                .bind(to_i64(since))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .is_some();
+        if since == 0 || since > version || since < pruned_through || !passed {
             let active = all_active(&mut tx).await?;
             tx.commit().await.map_err(unavailable)?;
             return Ok(RevocationChanges {
@@ -586,118 +624,38 @@ impl RevocationStore for SqlStore {
     }
 
     async fn sweep_lapsed(&self, now: u64) -> Result<usize, StoreError> {
-        let (_w, mut tx) = self.begin_write().await?;
-        let ids: Vec<String> = sqlx::query(
-            "SELECT id FROM revocations WHERE until_at > 0 AND until_at <= $1 ORDER BY until_at, id",
-        )
-        .bind(to_i64(now))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(|r| r.try_get::<String, _>("id"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut n = 0;
-        for id in ids {
-            let gone = sqlx::query("DELETE FROM revocations WHERE id = $1")
-                .bind(&id)
-                .execute(&mut *tx)
-                .await
-                .map_err(write_error)?;
-            // Another replica swept it first: its change is logged once, by that one.
-            if gone.rows_affected() > 0 {
-                log_change(&mut tx, &id, "remove", now).await?;
-                n += 1;
+        let mut tx = self.begin_write().await?;
+        let done = async {
+            let ids: Vec<String> = sqlx::query(
+                "SELECT id FROM revocations WHERE until_at > 0 AND until_at <= $1 ORDER BY until_at, id",
+            )
+            .bind(to_i64(now))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|r| r.try_get::<String, _>("id"))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let mut n = 0;
+            for id in ids {
+                let gone = sqlx::query("DELETE FROM revocations WHERE id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(write_error)?;
+                // Another replica swept it first: its change is logged once, by that one.
+                if gone.rows_affected() > 0 {
+                    log_change(&mut tx, &id, "remove", now).await?;
+                    n += 1;
+                }
             }
+            Ok(n)
         }
-        tx.commit().await.map_err(write_error)?;
-        Ok(n)
+        .await;
+        tx.finish(done).await
     }
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-    use super::*;
-    use meshpass_core::revocation_feed::{MAX_BYTES, MAX_ENTRIES};
-
-    fn entry(i: usize, matches: String, reason: &str) -> Revocation {
-        Revocation {
-            id: format!("rv-{}", uuid::Uuid::new_v4()),
-            target: if i % 2 == 0 {
-                RevocationTarget::Subject
-            } else {
-                RevocationTarget::Jti
-            },
-            matches,
-            reason: reason.to_string(),
-            until: (i % 3 == 0).then_some(u64::MAX),
-            created_at: 1,
-            created_by: "spiffe://cluster.local/ns/ops/sa/admin".into(),
-        }
-    }
-
-    #[test]
-    fn the_stored_shares_add_up_to_no_less_than_the_snapshot_a_filter_reads() {
-        let added: Vec<_> = (0..50)
-            .map(|i| {
-                let m = format!("spiffe://cluster.local/ns/n{i}/sa/{}", "a".repeat(i * 7));
-                entry(i, m, "quote \" backslash \\ and é ünïcode")
-            })
-            .chain([entry(1, "jti-\"\\-ü".into(), "r")])
-            .collect();
-        let shares: usize = added.iter().map(|r| feed_bytes(r).unwrap()).sum();
-        let snapshot = RevocationChanges {
-            version: u64::MAX,
-            full: true,
-            added,
-            removed: Vec::new(),
-        };
-        let len = snapshot.to_feed_json().unwrap().len();
-        assert!(len <= SNAPSHOT_OVERHEAD_BYTES + shares, "{len} > {shares}");
-        // Not wildly over either: the bound is the filters', not a guess.
-        assert!(SNAPSHOT_OVERHEAD_BYTES + shares - len < 128);
-        let empty = RevocationChanges {
-            version: u64::MAX,
-            full: true,
-            added: Vec::new(),
-            removed: Vec::new(),
-        };
-        assert!(empty.to_feed_json().unwrap().len() <= SNAPSHOT_OVERHEAD_BYTES);
-    }
-
-    #[test]
-    fn a_set_past_the_filters_entry_or_byte_bound_is_refused() {
-        assert!(check_feed_bounds(MAX_ENTRIES, 100 * MAX_ENTRIES).is_ok());
-        let e = check_feed_bounds(MAX_ENTRIES + 1, 100).unwrap_err();
-        assert!(
-            matches!(e, StoreError::Conflict(ref m) if m.contains("20000")),
-            "{e}"
-        );
-        let room = MAX_BYTES - REMOVED_ROOM_BYTES - SNAPSHOT_OVERHEAD_BYTES;
-        assert!(check_feed_bounds(10, room).is_ok());
-        let e = check_feed_bounds(10, room + 1).unwrap_err();
-        assert!(
-            matches!(e, StoreError::Conflict(ref m) if m.contains("bytes")),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn a_delta_listing_every_id_the_log_keeps_as_removed_fits_the_room_left_for_it() {
-        let removed: Vec<String> = (0..LOG_RETENTION)
-            .map(|_| format!("rv-{}", uuid::Uuid::new_v4()))
-            .collect();
-        let delta = RevocationChanges {
-            version: 1,
-            full: false,
-            added: Vec::new(),
-            removed,
-        };
-        assert!(
-            delta.to_feed_json().unwrap().len() <= REMOVED_ROOM_BYTES + SNAPSHOT_OVERHEAD_BYTES
-        );
-    }
-}
+mod tests;

@@ -25,9 +25,11 @@ pub const SEED_ACTOR: &str = "system:config-file";
 #[derive(Clone)]
 pub struct SqlStore {
     pub(super) pool: AnyPool,
-    /// SQLite: one writer at a time in this process (a deferred transaction that reads
-    /// then writes cannot wait for another writer: it fails with SQLITE_BUSY).
-    write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// One writer at a time in this process, on both backends (store/write.rs).
+    pub(super) write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// PostgreSQL: the longest a write waits for the write lock
+    /// (`store.acquire_timeout_secs`), in this process's queue and for the advisory lock.
+    pub(super) lock_wait: Duration,
     pub(super) backend: Backend,
     pub(super) participant_claim: String,
     /// The connection URL (the change listener opens its own connection with it).
@@ -139,6 +141,53 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     // Each revocation's share of a feed answer (the filters' bound, store/revocations.rs).
     (6, super::revocations::MIGRATION_6),
 ];
+
+/// Applies the `migrations` newer than the database's schema inside `c`'s transaction;
+/// a database a newer binary migrated is refused.
+async fn apply_migrations(
+    c: &mut AnyConnection,
+    migrations: &[(i64, &[&str])],
+) -> Result<(), StoreError> {
+    let mig = |e: sqlx::Error| StoreError::Migration(e.to_string());
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS meshpass_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *c)
+    .await
+    .map_err(mig)?;
+    let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM meshpass_schema")
+        .fetch_one(&mut *c)
+        .await
+        .and_then(|r| r.try_get::<Option<i64>, _>("v"))
+        .map_err(mig)?;
+    let current = current.unwrap_or(0);
+    // A database a newer binary migrated: its schema is not ours to guess at (a
+    // rollback, or replicas of two versions). Refused, not retried.
+    let latest = migrations.last().map_or(0, |(v, _)| *v);
+    if current > latest {
+        return Err(StoreError::Invalid {
+            field: "store.url".into(),
+            reason: format!(
+                "the database is at schema version {current}, newer than this binary's {latest}: run a meshpass-exchange at least as new as the one that migrated it"
+            ),
+        });
+    }
+    for (version, statements) in migrations {
+        if *version <= current {
+            continue;
+        }
+        for stmt in *statements {
+            sqlx::query(stmt).execute(&mut *c).await.map_err(mig)?;
+        }
+        sqlx::query("INSERT INTO meshpass_schema (version, applied_at) VALUES ($1, $2)")
+            .bind(*version)
+            .bind(now_secs())
+            .execute(&mut *c)
+            .await
+            .map_err(mig)?;
+    }
+    Ok(())
+}
 
 pub(super) const MAPPING_COLUMNS: &str =
     "name, subject, resource, participant, audiences, scopes, ttl_secs, rate_per_second, rate_burst, \
@@ -258,6 +307,7 @@ impl SqlStore {
         Ok(SqlStore {
             pool,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            lock_wait: Duration::from_secs(config.acquire_timeout_secs),
             backend,
             participant_claim: participant_claim.to_string(),
             url,
@@ -296,7 +346,6 @@ impl SqlStore {
     /// makes replicas that start together apply them once.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mig = |e: sqlx::Error| StoreError::Migration(e.to_string());
-        let _w = self.writer().await;
         let (migrations, lock) = match self.backend {
             Backend::Sqlite => (SQLITE_MIGRATIONS, None),
             Backend::Postgres => (
@@ -304,84 +353,18 @@ impl SqlStore {
                 Some("SELECT pg_advisory_xact_lock(7270014101)"),
             ),
         };
-        let mut tx = self.pool.begin().await.map_err(mig)?;
-        if let Some(lock) = lock {
-            sqlx::query(lock).execute(&mut *tx).await.map_err(mig)?;
-        }
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS meshpass_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(mig)?;
-        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM meshpass_schema")
-            .fetch_one(&mut *tx)
+        let mut tx = self
+            .begin_holding(self.write_lock.lock().await)
             .await
-            .and_then(|r| r.try_get::<Option<i64>, _>("v"))
             .map_err(mig)?;
-        let current = current.unwrap_or(0);
-        // A database a newer binary migrated: its schema is not ours to guess at (a
-        // rollback, or replicas of two versions). Refused, not retried.
-        let latest = migrations.last().map_or(0, |(v, _)| *v);
-        if current > latest {
-            return Err(StoreError::Invalid {
-                field: "store.url".into(),
-                reason: format!(
-                    "the database is at schema version {current}, newer than this binary's {latest}: run a meshpass-exchange at least as new as the one that migrated it"
-                ),
-            });
-        }
-        for (version, statements) in migrations {
-            if *version <= current {
-                continue;
+        let applied = async {
+            if let Some(lock) = lock {
+                sqlx::query(lock).execute(&mut *tx).await.map_err(mig)?;
             }
-            for stmt in *statements {
-                sqlx::query(stmt).execute(&mut *tx).await.map_err(mig)?;
-            }
-            sqlx::query("INSERT INTO meshpass_schema (version, applied_at) VALUES ($1, $2)")
-                .bind(*version)
-                .bind(now_secs())
-                .execute(&mut *tx)
-                .await
-                .map_err(mig)?;
+            apply_migrations(&mut tx, migrations).await
         }
-        tx.commit().await.map_err(mig)?;
-        Ok(())
-    }
-
-    pub(super) async fn writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.backend {
-            Backend::Sqlite => Some(self.write_lock.lock().await),
-            Backend::Postgres => None,
-        }
-    }
-
-    /// Begins a write transaction, one at a time on either backend: SQLite through this
-    /// process's writer lock (held by the returned guard), PostgreSQL through a
-    /// transaction-level advisory lock every replica takes first (so no other lock is
-    /// ever waited for while holding another in a different order). One writer at a
-    /// time makes a check-then-write (scope claims against their siblings, the
-    /// revocation bound) atomic, and audit ids commit in the order they are taken, so
-    /// `GET /audit?after=ID` never skips an event still in flight.
-    pub(super) async fn begin_write(
-        &self,
-    ) -> Result<
-        (
-            Option<tokio::sync::MutexGuard<'_, ()>>,
-            sqlx::Transaction<'static, sqlx::Any>,
-        ),
-        StoreError,
-    > {
-        let guard = self.writer().await;
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(WRITE_LOCK)
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
-        }
-        Ok((guard, tx))
+        .await;
+        tx.finish(applied).await
     }
 
     /// Begins a read transaction that sees one state of the database throughout: a
@@ -473,35 +456,32 @@ impl MappingStore for SqlStore {
 
     async fn put_mapping(&self, m: &Mapping) -> Result<(), StoreError> {
         validate_mapping(m)?;
-        let (_w, mut tx) = self.begin_write().await?;
-        upsert_mapping(&mut tx, m, false).await?;
-        super::changes::bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)
+        let mut tx = self.begin_write().await?;
+        let written = async {
+            upsert_mapping(&mut tx, m, false).await?;
+            super::changes::bump(&mut tx, self.backend).await
+        }
+        .await;
+        tx.finish(written).await.map(|_| ())
     }
 
     async fn delete_mapping(&self, name: &str) -> Result<bool, StoreError> {
-        let (_w, mut tx) = self.begin_write().await?;
-        let r = sqlx::query("DELETE FROM mappings WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        super::changes::bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)?;
-        Ok(r.rows_affected() > 0)
+        let mut tx = self.begin_write().await?;
+        let deleted = async {
+            let r = sqlx::query("DELETE FROM mappings WHERE name = $1")
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            super::changes::bump(&mut tx, self.backend).await?;
+            Ok(r.rows_affected() > 0)
+        }
+        .await;
+        tx.finish(deleted).await
     }
 
     async fn audit_seeded(&self, before: &Mapping, after: &Mapping) -> Result<(), StoreError> {
-        self.record_audit(&AuditRecord {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            actor: SEED_ACTOR.into(),
-            action: "mapping.update".into(),
-            target: format!("mappings/{}", after.name),
-            before: serde_json::to_value(before).ok(),
-            after: serde_json::to_value(after).ok(),
-            reason: "configured in the file: the file's version is written at every start".into(),
-        })
-        .await
+        self.record_audit(&seeded_audit(before, after)).await
     }
 
     async fn list_scope_claims(&self) -> Result<Vec<ScopeClaims>, StoreError> {
@@ -516,23 +496,29 @@ impl MappingStore for SqlStore {
 
     async fn put_scope_claims(&self, row: &ScopeClaims) -> Result<(), StoreError> {
         validate_scope_claims(row, &self.participant_claim)?;
-        let (_w, mut tx) = self.begin_write().await?;
-        upsert_scope_claims(&mut tx, row, false).await?;
-        super::changes::bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)
+        let mut tx = self.begin_write().await?;
+        let written = async {
+            upsert_scope_claims(&mut tx, row, false).await?;
+            super::changes::bump(&mut tx, self.backend).await
+        }
+        .await;
+        tx.finish(written).await.map(|_| ())
     }
 
     async fn delete_scope_claims(&self, resource: &str, scope: &str) -> Result<bool, StoreError> {
-        let (_w, mut tx) = self.begin_write().await?;
-        let r = sqlx::query("DELETE FROM scope_claims WHERE resource = $1 AND scope = $2")
-            .bind(resource)
-            .bind(scope)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        super::changes::bump(&mut tx, self.backend).await?;
-        tx.commit().await.map_err(write_error)?;
-        Ok(r.rows_affected() > 0)
+        let mut tx = self.begin_write().await?;
+        let deleted = async {
+            let r = sqlx::query("DELETE FROM scope_claims WHERE resource = $1 AND scope = $2")
+                .bind(resource)
+                .bind(scope)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            super::changes::bump(&mut tx, self.backend).await?;
+            Ok(r.rows_affected() > 0)
+        }
+        .await;
+        tx.finish(deleted).await
     }
 
     async fn policy_version(&self) -> Result<Option<i64>, StoreError> {
@@ -546,6 +532,19 @@ impl MappingStore for SqlStore {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+}
+
+/// The audit record of seeding replacing the stored `before` with the file's `after`.
+pub(super) fn seeded_audit(before: &Mapping, after: &Mapping) -> AuditRecord {
+    AuditRecord {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        actor: SEED_ACTOR.into(),
+        action: "mapping.update".into(),
+        target: format!("mappings/{}", after.name),
+        before: serde_json::to_value(before).ok(),
+        after: serde_json::to_value(after).ok(),
+        reason: "configured in the file: the file's version is written at every start".into(),
     }
 }
 
@@ -624,7 +623,7 @@ pub(super) async fn upsert_mapping(
 }
 
 /// The advisory lock key every write transaction takes first on PostgreSQL
-/// ([`SqlStore::begin_write`]). (Migrations use 7270014101, key maintenance 7270014102.)
+/// ([`SqlStore::begin_write`], store/write.rs). (Migrations use 7270014101, key maintenance 7270014102.)
 pub(super) const WRITE_LOCK: i64 = 7_270_014_103;
 
 /// Writes `row` inside a transaction (validated by the caller) after checking its claims

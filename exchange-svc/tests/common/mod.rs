@@ -529,3 +529,48 @@ impl Drop for Serving {
         let _ = self.0.wait();
     }
 }
+
+/// A log sink for tests that read what the service logged (a `tracing_subscriber`
+/// writer); `text()` is everything written so far.
+#[derive(Clone, Default)]
+pub struct LogBuf(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuf {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuf {
+    type Writer = LogBuf;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The process-wide log of a test binary (every thread: a served app's handlers run on
+/// the runtime's workers), installed once, at INFO.
+pub fn captured_log() -> LogBuf {
+    static LOG: std::sync::OnceLock<LogBuf> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let buf = LogBuf::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(buf.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::set_global_default(sub).unwrap();
+        buf
+    })
+    .clone()
+}
