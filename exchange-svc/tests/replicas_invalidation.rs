@@ -361,27 +361,59 @@ async fn until_metric(r: &Replica, name: &str, want: f64) {
     }
 }
 
+/// Replicas A and B on one fresh database (checking every 200 ms), B through a relay
+/// the test cuts while the store is restored.
+struct Restore {
+    _dir: tempfile::TempDir,
+    issuer: TestIssuer,
+    db: PgDb,
+    relay: CutRelay,
+    a: Replica,
+    b: Replica,
+}
+
+impl Restore {
+    async fn start() -> Restore {
+        let dir = tempfile::tempdir().unwrap();
+        let issuer = TestIssuer::new(ISSUER, "k1");
+        let db = Postgres::fresh_database();
+        let relay = CutRelay::start(&db.host_port()).unwrap();
+        let cfg_a = config(dir.path(), &issuer, db.url(), 200);
+        let mut cfg_b = config(dir.path(), &issuer, db.url_via(relay.port()), 200);
+        // Cut off, B's checks fail fast instead of waiting on the pool.
+        cfg_b.store.acquire_timeout_secs = 1;
+        let a = replica(&cfg_a).await.settled().await;
+        let b = replica(&cfg_b).await.settled().await;
+        Restore {
+            _dir: dir,
+            issuer,
+            db,
+            relay,
+            a,
+            b,
+        }
+    }
+}
+
 /// DESIGN "Several replicas": every replica enforces a write within one second. A
 /// replica (B) briefly cut off from PostgreSQL while the store is restored from a backup
 /// and one revocation is then created through another replica must enforce that
-/// revocation once it reaches the store again. Today B compares only the revocation
-/// version (`revocation/mod.rs` `refresh`: `version == current.version` → nothing to
-/// do), and the change version is back at the number B last applied too, so B never
-/// reloads: the subject revoked after the restore keeps getting tokens from B (and B's
-/// `/revocations` feed tells filters nothing changed), with no expiry.
+/// revocation once it reaches the store again. With bare counters B compared the
+/// revocation version it held with the store's, back at the same number after the
+/// restore and one write (the change version too), so B never reloaded: the subject
+/// revoked after the restore kept getting tokens from B (and B's `/revocations` feed
+/// told filters nothing changed), with no expiry. Versions now jump past the restore.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revocation_created_after_the_store_is_restored_from_a_backup_is_enforced_by_every_replica(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "k1");
-    let db = Postgres::fresh_database();
-    let relay = CutRelay::start(&db.host_port()).unwrap();
-    let cfg_a = config(dir.path(), &issuer, db.url(), 200);
-    let mut cfg_b = config(dir.path(), &issuer, db.url_via(relay.port()), 200);
-    // Cut off, B's checks fail fast instead of waiting on the pool.
-    cfg_b.store.acquire_timeout_secs = 1;
-    let a = replica(&cfg_a).await.settled().await;
-    let b = replica(&cfg_b).await.settled().await;
+    let Restore {
+        _dir,
+        issuer,
+        db,
+        relay,
+        a,
+        b,
+    } = Restore::start().await;
     let token = issuer.svid(WEB, now(), 600);
     assert_eq!(exchange(&b, &token).await, StatusCode::OK);
 
@@ -451,23 +483,20 @@ async fn a_revocation_created_after_the_store_is_restored_from_a_backup_is_enfor
 /// README "Several replicas": a write reaches every replica within a second, and the
 /// periodic check drops the views whenever the version differs. A replica (B) cut off
 /// from PostgreSQL for a moment while the store is restored from a backup and a mapping
-/// is then deleted through another replica finds, once back, the change version it last
-/// applied (`change_feed.rs` `Applier::apply`: `c != version` from the check, `version >
-/// c` from a notification): it never drops its policy snapshots or minted tokens and
-/// keeps granting the deleted mapping (until its snapshot expires, its cached token for
-/// the token's whole life).
+/// is then deleted through another replica found, once back, the change version it last
+/// applied (a bare counter, back at the same number): it never dropped its policy
+/// snapshots or minted tokens and kept granting the deleted mapping (until its snapshot
+/// expired, its cached token for the token's whole life).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mapping_deleted_after_the_store_is_restored_from_a_backup_is_refused_by_every_replica() {
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "k1");
-    let db = Postgres::fresh_database();
-    let relay = CutRelay::start(&db.host_port()).unwrap();
-    let cfg_a = config(dir.path(), &issuer, db.url(), 200);
-    let mut cfg_b = config(dir.path(), &issuer, db.url_via(relay.port()), 200);
-    // Cut off, B's checks fail fast instead of waiting on the pool.
-    cfg_b.store.acquire_timeout_secs = 1;
-    let a = replica(&cfg_a).await.settled().await;
-    let b = replica(&cfg_b).await.settled().await;
+    let Restore {
+        _dir,
+        issuer,
+        db,
+        relay,
+        a,
+        b,
+    } = Restore::start().await;
 
     backup(&db);
     // A write the restore below loses (any mapping write), applied by B.
@@ -519,11 +548,11 @@ async fn a_mapping_deleted_after_the_store_is_restored_from_a_backup_is_refused_
 /// README "Several replicas": "a write's NOTIFY arrives within milliseconds of its
 /// commit" and is enforced at once; the periodic check is only for notifications that
 /// were missed. After the store is restored from a backup (its change version moves
-/// back), the notification of the next write carries a version below the one the
-/// replica applied before the restore, and `Applier::apply` drops it (`version > c`,
-/// meant for a notification that arrives after the check already read a newer version):
-/// the write is enforced only at the next periodic check (here 60 s, the largest
-/// `store.change_check_interval_ms` allows), though its notification arrived.
+/// back), the notification of the next write carried a version below the one the
+/// replica applied before the restore, and was dropped as late: the write was enforced
+/// only at the next periodic check (here 60 s, the largest
+/// `store.change_check_interval_ms` allows), though its notification arrived. Now the
+/// version jumps past the restore, and a notification not newer triggers a check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_after_the_store_is_restored_from_a_backup_is_enforced_by_its_notification() {
     let dir = tempfile::tempdir().unwrap();
