@@ -622,11 +622,13 @@ async fn following_the_audit_log_never_skips_an_event_that_commits_after_a_later
     let s = Service::start(Db::postgres()).await;
     let (_, _, page) = s.get("/api/v1/audit?limit=1").await;
     let mut last = page["items"][0]["id"].as_i64().unwrap_or(0);
-    // The mapping write takes its audit id, then stays open for a while before commit.
+    // The mapping write takes its audit id, then stays open for a while before commit
+    // (1 s: writers now queue for at most `store.acquire_timeout_secs`, 3 s here, and a
+    // refusal event that waited longer would be dropped, not written late).
     let pg = sqlx::PgPool::connect(&s.cfg.store.url).await.unwrap();
     for stmt in [
         "CREATE FUNCTION slow_audit() RETURNS trigger AS $$ BEGIN \
-         IF NEW.action = 'mapping.create' THEN PERFORM pg_sleep(2); END IF; RETURN NEW; END $$ \
+         IF NEW.action = 'mapping.create' THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END $$ \
          LANGUAGE plpgsql",
         "CREATE TRIGGER slow_audit BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION slow_audit()",
     ] {
