@@ -156,6 +156,12 @@ fn every_bound_in_the_readme_table_is_enforced_at_its_exact_edges_naming_the_fie
             vec![json!(0), json!(101)],
         ),
         (
+            "retry_after_secs",
+            "retry_after_secs",
+            vec![json!(0), json!(3600)],
+            vec![json!(3601), json!(u64::MAX)],
+        ),
+        (
             "tick_ms",
             "tick_ms",
             vec![json!(10), json!(60_000)],
@@ -238,6 +244,10 @@ fn every_bound_in_the_readme_table_is_enforced_at_its_exact_edges_naming_the_fie
         assert_eq!(parse(&c).unwrap_err().field, field);
         c["issuers"][0][name] = json!(1);
         parse(&c).unwrap();
+        c["issuers"][0][name] = json!(86_400);
+        parse(&c).unwrap();
+        c["issuers"][0][name] = json!(86_401);
+        assert_eq!(parse(&c).unwrap_err().field, field, "{name} = 86401");
     }
     // issuers: required, at least one.
     let mut c = base(&key);

@@ -98,6 +98,14 @@ impl Config {
         if !(16..=1 << 20).contains(&raw.cache.slots) {
             return Err(err("cache.slots", "must be 16..=1048576"));
         }
+        // A typo in units (5000 meant as ms) would tell clients to stay away for hours
+        // and hold failed refreshes off as long.
+        if raw.retry_after_secs > MAX_RETRY_AFTER_SECS {
+            return Err(err(
+                "retry_after_secs",
+                "must be 0..=3600 (0 is raised to 1)",
+            ));
+        }
         if !(10..=60_000).contains(&raw.tick_ms) {
             return Err(err("tick_ms", "must be 10..=60000"));
         }
@@ -269,6 +277,8 @@ fn own_identity_admitted(
 const MAX_EXCHANGE_TIMEOUT_MS: u64 = 60_000;
 /// The longest `issuers[].jwks_refresh_secs` (a day).
 const MAX_JWKS_REFRESH_SECS: u64 = 86_400;
+/// The longest `retry_after_secs` (an hour).
+const MAX_RETRY_AFTER_SECS: u64 = 3_600;
 
 fn exchange(
     raw: Option<RawExchange>,
@@ -560,6 +570,12 @@ fn key_source(
                 .unwrap_or_else(default_min_refetch_secs);
             if !(1..=MAX_JWKS_REFRESH_SECS).contains(&refresh_secs) {
                 return Err(err(f("jwks_refresh_secs"), "must be 1..=86400"));
+            }
+            if min_refetch_secs > MAX_JWKS_REFRESH_SECS {
+                return Err(err(
+                    f("jwks_min_refetch_secs"),
+                    "must be 1..=86400 (longer would leave a rotated key unknown for days)",
+                ));
             }
             if min_refetch_secs == 0 {
                 return Err(err(
