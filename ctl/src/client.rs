@@ -68,6 +68,68 @@ pub struct Client {
     auth: HeaderValue,
 }
 
+/// `--cacert`, `--cert`, `--key`: how an https server is trusted and who the client is.
+#[derive(Debug, Default, Clone)]
+pub struct TlsFiles {
+    /// CA bundle (PEM) replacing the built-in roots.
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate chain (PEM).
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// Applies the files to `b`; refuses them with a plain-http server (they would be
+    /// silently unused) and a certificate without its key or the other way round.
+    fn apply(
+        &self,
+        https: bool,
+        mut b: reqwest::ClientBuilder,
+    ) -> Result<reqwest::ClientBuilder, CtlError> {
+        let read = |flag: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| CtlError::Usage(format!("{flag} {}: {e}", p.display())))
+        };
+        if !https && (self.cacert.is_some() || self.cert.is_some() || self.key.is_some()) {
+            return Err(CtlError::Usage(
+                "--cacert, --cert and --key need an https:// --server".into(),
+            ));
+        }
+        if let Some(p) = &self.cacert {
+            let certs = reqwest::Certificate::from_pem_bundle(&read("--cacert", p)?)
+                .map_err(|e| CtlError::Usage(format!("--cacert {}: {e}", p.display())))?;
+            if certs.is_empty() {
+                return Err(CtlError::Usage(format!(
+                    "--cacert {}: holds no certificate",
+                    p.display()
+                )));
+            }
+            b = b.tls_built_in_root_certs(false);
+            for c in certs {
+                b = b.add_root_certificate(c);
+            }
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                let mut pem = read("--cert", c)?;
+                pem.push(b'\n');
+                pem.extend(read("--key", k)?);
+                let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    CtlError::Usage(format!(
+                        "--cert {} / --key {}: {e}",
+                        c.display(),
+                        k.display()
+                    ))
+                })?;
+                b = b.identity(id);
+            }
+            (None, None) => {}
+            _ => return Err(CtlError::Usage("--cert and --key go together".into())),
+        }
+        Ok(b)
+    }
+}
+
 /// A successful answer.
 pub struct Answer {
     /// Status.
@@ -79,8 +141,8 @@ pub struct Answer {
 }
 
 impl Client {
-    /// A client of `server` (`http(s)://host:port`).
-    pub fn new(server: &str, token: String) -> Result<Client, CtlError> {
+    /// A client of `server` (`http(s)://host:port`), with `tls` for an https one.
+    pub fn new(server: &str, token: String, tls: &TlsFiles) -> Result<Client, CtlError> {
         let base =
             Url::parse(server).map_err(|e| CtlError::Usage(format!("--server {server:?}: {e}")))?;
         // Any other scheme would only fail once sent, as a request reqwest cannot build.
@@ -99,7 +161,8 @@ impl Client {
             )
         })?;
         auth.set_sensitive(true);
-        let http = reqwest::Client::builder()
+        let builder = tls.apply(base.scheme() == "https", reqwest::Client::builder())?;
+        let http = builder
             .timeout(TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("meshpassctl/", env!("CARGO_PKG_VERSION")))
@@ -389,7 +452,7 @@ mod tests {
     }
 
     fn path_of(base: &str, segments: &[&str]) -> Result<String, CtlError> {
-        let c = Client::new(base, String::new())?;
+        let c = Client::new(base, String::new(), &TlsFiles::default())?;
         Ok(c.url(segments, &[])?.path().to_string())
     }
 

@@ -40,6 +40,17 @@ struct Cli {
     /// File holding the bearer token (else MESHPASS_TOKEN).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// PEM CA bundle the https server's certificate is verified against (instead of
+    /// the built-in web roots).
+    #[arg(long, global = true, env = "MESHPASS_CACERT")]
+    cacert: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to an https server (with --key): the
+    /// identity a management token is bound to when the API terminates TLS itself.
+    #[arg(long, global = true, env = "MESHPASS_CERT")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, global = true, env = "MESHPASS_KEY")]
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     output: Output,
@@ -275,7 +286,12 @@ async fn run(cli: Cli) -> Result<(), CtlError> {
         );
         return Ok(());
     }
-    let c = Client::new(&cli.server, token(cli.token_file.as_deref())?)?;
+    let tls = client::TlsFiles {
+        cacert: cli.cacert.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
+    let c = Client::new(&cli.server, token(cli.token_file.as_deref())?, &tls)?;
     let out = cli.output;
     match cli.command {
         Command::Mappings(m) => mappings(&c, out, m).await,

@@ -642,3 +642,96 @@ async fn a_list_whose_cursor_never_advances_ends_instead_of_looping_for_ever() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// README: `--cacert`, `--cert`, `--key` reach a management API that terminates TLS
+/// itself (`[management.tls]`): the client certificate is the identity the token is
+/// bound to, so the admin's token over another workload's certificate is refused (6),
+/// and a server certificate from another CA is not trusted (7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talks_to_a_tls_management_api_with_a_client_certificate() {
+    std::env::remove_var("VAULT_ADDR");
+    std::env::remove_var("VAULT_TOKEN");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).unwrap();
+    let issue = |san: rcgen::SanType, name: &str| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![san];
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        let (c, k) = (d.join(format!("{name}.crt")), d.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    };
+    let ca_file = d.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_file = ca_file.display().to_string();
+    let (server_cert, server_key) =
+        issue(rcgen::SanType::IpAddress([127, 0, 0, 1].into()), "server");
+    let uri = |id: &str| rcgen::SanType::URI(id.try_into().unwrap());
+    let admin = issue(uri(ADMIN), "admin");
+    let web = issue(uri("spiffe://cluster.local/ns/shop/sa/web"), "web");
+
+    let bao = meshpass_testkit::OpenBao::start();
+    bao.enable_transit();
+    bao.create_transit_key("meshpass-participant", "ecdsa-p256");
+    let issuer = Issuer(p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng));
+    let cfg = config_with(
+        d,
+        &issuer,
+        &bao,
+        &format!(
+            "[management.tls]\ncert_file = {server_cert:?}\nkey_file = {server_key:?}\nclient_ca_file = {ca_file:?}\n"
+        ),
+    );
+    let server = serve(&cfg).await.replace("http://", "https://");
+    let token_file = d.join("token");
+    std::fs::write(&token_file, issuer.token(ADMIN)).unwrap();
+    let ctl = Ctl { server, token_file };
+    let tls = |cert: &(String, String)| {
+        vec![
+            "--cacert".to_string(),
+            ca_file.clone(),
+            "--cert".into(),
+            cert.0.clone(),
+            "--key".into(),
+            cert.1.clone(),
+        ]
+    };
+    let run = |mut args: Vec<String>| {
+        args.extend(["mappings".into(), "list".into(), "-o".into(), "json".into()]);
+        args
+    };
+
+    let args = run(tls(&admin));
+    let (code, out, err) = ctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!(code, 0, "the admin's certificate: {err}");
+    assert!(out.contains("web-to-orders"), "{out}");
+
+    let args = run(tls(&web));
+    let (code, _, err) = ctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!(code, 6, "the admin's token over web's certificate: {err}");
+
+    // Without --cacert the test CA is not trusted.
+    let args = run(tls(&admin)[2..].to_vec());
+    let (code, _, err) = ctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!(code, 7, "an untrusted server certificate: {err}");
+
+    // A certificate without its key is a usage error, nothing sent.
+    let args = run(tls(&admin)[..4].to_vec());
+    let (code, _, err) = ctl
+        .run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    assert_eq!(code, 2, "--cert without --key: {err}");
+    assert!(err.contains("--cert and --key"), "{err}");
+}

@@ -100,8 +100,8 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
 }
 
-/// `[server.tls]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `[server.tls]` (and `[management.tls]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain of the service.
@@ -258,13 +258,23 @@ impl Default for ValidationConfig {
     }
 }
 
-/// Checks an URL: https, or http to a loopback host (tests, sidecars).
+/// Loads a TLS section's files once, so a bad one refuses the start naming its field.
+fn check_tls_files(section: &'static str, tls: &TlsConfig) -> Result<(), ConfigError> {
+    crate::tls::section_config(section, &tls.cert_file, &tls.key_file, &tls.client_ca_file)
+        .map(|_| ())
+        .map_err(|e| match e {
+            crate::tls::TlsError::File { field, reason } => bad(field, reason),
+            other => bad(section, other.to_string()),
+        })
+}
+
 /// Whether two listeners would take the same port (the same address, or either on
 /// every address).
 pub fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// Checks an URL: https, or http to a loopback host (tests, sidecars).
 pub fn check_url(field: &str, url: &str) -> Result<reqwest::Url, ConfigError> {
     let u = reqwest::Url::parse(url).map_err(|e| bad(field, format!("not a URL: {e}")))?;
     match u.scheme() {
@@ -541,12 +551,22 @@ impl Config {
                     ));
                 }
             }
-            crate::tls::server_config(&tls.cert_file, &tls.key_file, &tls.client_ca_file).map_err(
-                |e| match e {
-                    crate::tls::TlsError::File { field, reason } => bad(field, reason),
-                    other => bad("server.tls", other.to_string()),
-                },
-            )?;
+            check_tls_files("server.tls", tls)?;
+        }
+        if let Some(tls) = &self.management.tls {
+            if tls.max_connection_age_secs == 0 {
+                return Err(bad(
+                    "management.tls.max_connection_age_secs",
+                    "must be at least 1",
+                ));
+            }
+            if tls.listen.is_some() {
+                return Err(bad(
+                    "management.tls.listen",
+                    "not used here: management.listen itself serves TLS",
+                ));
+            }
+            check_tls_files("management.tls", tls)?;
         }
         if self.validation.max_token_bytes < 256 {
             return Err(bad("validation.max_token_bytes", "must be at least 256"));

@@ -34,7 +34,7 @@ pub enum ServeError {
     #[error("signer: {0}")]
     Signer(String),
     /// The TLS certificate, key or client CA could not be loaded.
-    #[error("server.tls: {0}")]
+    #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     /// Binding or serving the listener failed.
     #[error("listener: {0}")]

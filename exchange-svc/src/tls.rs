@@ -24,7 +24,7 @@ pub enum TlsError {
     #[error("{field}: {reason}")]
     File {
         /// The configuration key, e.g. `server.tls.cert_file`.
-        field: &'static str,
+        field: String,
         /// What is wrong.
         reason: String,
     },
@@ -41,9 +41,22 @@ pub fn server_config(
     key_file: &Path,
     client_ca_file: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    section_config("server.tls", cert_file, key_file, client_ca_file)
+}
+
+/// [`server_config`] for the TLS section `section` (`management.tls`): errors and
+/// warnings name its fields.
+pub fn section_config(
+    section: &'static str,
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_file: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let served = crate::tls_reload::ReloadingCert::load(cert_file, key_file, provider.clone())?;
+    let served =
+        crate::tls_reload::ReloadingCert::load(section, cert_file, key_file, provider.clone())?;
     let verifier = Arc::new(crate::tls_reload::ReloadingClientCa::load(
+        section,
         client_ca_file,
         provider.clone(),
     )?);

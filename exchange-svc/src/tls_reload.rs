@@ -25,9 +25,11 @@ use crate::tls::TlsError;
 /// How often a handshake looks at the files' modification times.
 pub const RECHECK: Duration = Duration::from_secs(5);
 
-/// `server.tls.cert_file` and `key_file`, served as they are now.
+/// `cert_file` and `key_file` of a TLS section (`server.tls`, `management.tls`),
+/// served as they are now.
 #[derive(Debug)]
 pub struct ReloadingCert {
+    section: &'static str,
     cert_file: PathBuf,
     key_file: PathBuf,
     provider: Arc<CryptoProvider>,
@@ -43,16 +45,18 @@ struct State {
 }
 
 impl ReloadingCert {
-    /// Reads the pair now; errors name the field.
+    /// Reads the pair now; errors name the field (`section.cert_file`, ...).
     pub fn load(
+        section: &'static str,
         cert_file: &Path,
         key_file: &Path,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, TlsError> {
         let stamp = stamp(cert_file, key_file);
-        let current = Arc::new(read(cert_file, key_file, &provider)?);
-        warn_if_expired(cert_file, &current);
+        let current = Arc::new(read(section, cert_file, key_file, &provider)?);
+        warn_if_expired(section, cert_file, &current);
         Ok(ReloadingCert {
+            section,
             cert_file: cert_file.to_path_buf(),
             key_file: key_file.to_path_buf(),
             provider,
@@ -72,12 +76,17 @@ impl ReloadingCert {
             s.checked = Instant::now();
             let now = stamp(&self.cert_file, &self.key_file);
             if now.is_some() && now != s.stamp {
-                match read(&self.cert_file, &self.key_file, &self.provider) {
+                match read(
+                    self.section,
+                    &self.cert_file,
+                    &self.key_file,
+                    &self.provider,
+                ) {
                     Ok(k) => {
                         s.current = Arc::new(k);
                         s.stamp = now;
                         tracing::info!(cert_file = %self.cert_file.display(), "TLS certificate re-read");
-                        warn_if_expired(&self.cert_file, &s.current);
+                        warn_if_expired(self.section, &self.cert_file, &s.current);
                     }
                     // A renewal in progress writes one file, then the other: tried
                     // again on the next check.
@@ -97,11 +106,12 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// `server.tls.client_ca_file`: client certificates are verified against the bundle
-/// as it is now. A certificate is optional at the TLS level (verifiers fetch the JWKS
+/// `client_ca_file` of a TLS section: client certificates are verified against the
+/// bundle as it is now. A certificate is optional at the TLS level (verifiers fetch the JWKS
 /// without one); no CA names are hinted to clients (they could change under a borrow).
 #[derive(Debug)]
 pub struct ReloadingClientCa {
+    section: &'static str,
     file: PathBuf,
     provider: Arc<CryptoProvider>,
     state: Mutex<CaState>,
@@ -116,10 +126,15 @@ struct CaState {
 
 impl ReloadingClientCa {
     /// Reads the bundle now; errors name the field.
-    pub fn load(file: &Path, provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+    pub fn load(
+        section: &'static str,
+        file: &Path,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
         let stamp = modified(file);
-        let current = read_ca(file, &provider)?;
+        let current = read_ca(section, file, &provider)?;
         Ok(ReloadingClientCa {
+            section,
             file: file.to_path_buf(),
             provider,
             state: Mutex::new(CaState {
@@ -137,7 +152,7 @@ impl ReloadingClientCa {
             s.checked = Instant::now();
             let now = modified(&self.file);
             if now.is_some() && now != s.stamp {
-                match read_ca(&self.file, &self.provider) {
+                match read_ca(self.section, &self.file, &self.provider) {
                     Ok(v) => {
                         s.current = v;
                         s.stamp = now;
@@ -200,11 +215,12 @@ impl ClientCertVerifier for ReloadingClientCa {
 }
 
 fn read_ca(
+    section: &str,
     file: &Path,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
     let bad = |e: &dyn std::fmt::Display| TlsError::File {
-        field: "server.tls.client_ca_file",
+        field: format!("{section}.client_ca_file"),
         reason: e.to_string(),
     };
     let cas = CertificateDer::pem_file_iter(file)
@@ -250,7 +266,7 @@ fn stamp(cert_file: &Path, key_file: &Path) -> Option<(FileStamp, FileStamp)> {
 
 /// Says so when the certificate to serve has expired: every client refuses it, and the
 /// listener looks healthy otherwise.
-fn warn_if_expired(cert_file: &Path, key: &CertifiedKey) {
+fn warn_if_expired(section: &str, cert_file: &Path, key: &CertifiedKey) {
     let not_after = key
         .cert
         .first()
@@ -259,34 +275,30 @@ fn warn_if_expired(cert_file: &Path, key: &CertifiedKey) {
         tracing::warn!(
             cert_file = %cert_file.display(),
             not_after = %httpdate::fmt_http_date(t),
-            "server.tls.cert_file: the certificate has expired; every client refuses it until it is renewed"
+            "{section}.cert_file: the certificate has expired; every client refuses it until it is renewed"
         );
     }
 }
 
 fn read(
+    section: &str,
     cert_file: &Path,
     key_file: &Path,
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, TlsError> {
-    let file = |field, e: &dyn std::fmt::Display| TlsError::File {
-        field,
+    let file = |name: &str, e: &dyn std::fmt::Display| TlsError::File {
+        field: format!("{section}.{name}"),
         reason: e.to_string(),
     };
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| file("server.tls.cert_file", &e))?;
+        .map_err(|e| file("cert_file", &e))?;
     if certs.is_empty() {
-        return Err(file("server.tls.cert_file", &"holds no certificate"));
+        return Err(file("cert_file", &"holds no certificate"));
     }
-    let key =
-        PrivateKeyDer::from_pem_file(key_file).map_err(|e| file("server.tls.key_file", &e))?;
-    CertifiedKey::from_der(certs, key, provider).map_err(|e| {
-        file(
-            "server.tls.key_file",
-            &format!("does not fit the certificate: {e}"),
-        )
-    })
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| file("key_file", &e))?;
+    CertifiedKey::from_der(certs, key, provider)
+        .map_err(|e| file("key_file", &format!("does not fit the certificate: {e}")))
 }
 
 #[cfg(test)]
@@ -323,7 +335,7 @@ mod tests {
         write(&cf, &c1, 1_000);
         write(&kf, &k1, 1_000);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let r = ReloadingCert::load(&cf, &kf, provider).unwrap();
+        let r = ReloadingCert::load("server.tls", &cf, &kf, provider).unwrap();
         let first = r.current().cert[0].clone();
 
         // Half a renewal: the new certificate beside the old key.

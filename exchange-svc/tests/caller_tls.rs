@@ -37,33 +37,6 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A rustls client (TLS 1.3 session resumption on, as in every rustls, BoringSSL or
-/// Envoy client) trusting `ca_pem`, presenting `client`.
-fn client_config(ca_pem: &str, client: (String, String)) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let chain = CertificateDer::pem_slice_iter(client.0.as_bytes())
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(client.1.as_bytes()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
-}
-
 /// One `POST /token` on a new TLS connection made with `cfg`: `(status, body)`, or
 /// `None` when the server refused the handshake or the connection.
 async fn post_token_tls(
@@ -155,7 +128,7 @@ async fn tls_service_aged(pki: &Pki, age: u64) -> TlsService {
 async fn a_resumed_tls_session_is_no_caller_once_its_ca_was_removed_from_the_client_ca_bundle() {
     let pki = Pki::new();
     let svc = tls_service(&pki).await;
-    let client = client_config(&pki.ca.pem(), pki.issue(uri(WEB)));
+    let client = tls_client_config(&pki.ca.pem(), Some(pki.issue(uri(WEB))));
     let body = exchange_form(&svc.issuer.svid(WEB, now(), 600), &[("resource", "orders")]);
     let (status, text) = post_token_tls(svc.addr, client.clone(), &body)
         .await
@@ -168,7 +141,7 @@ async fn a_resumed_tls_session_is_no_caller_once_its_ca_was_removed_from_the_cli
     tokio::time::sleep(Duration::from_secs(6)).await;
 
     // A fresh handshake with the old CA's certificate is refused (the bundle was re-read)...
-    let fresh = client_config(&pki.ca.pem(), pki.issue(uri(WEB)));
+    let fresh = tls_client_config(&pki.ca.pem(), Some(pki.issue(uri(WEB))));
     let body = exchange_form(&svc.issuer.svid(WEB, now(), 600), &[("resource", "orders")]);
     let r = post_token_tls(svc.addr, fresh, &body).await;
     assert!(
@@ -198,7 +171,7 @@ async fn a_resumed_tls_session_is_no_caller_once_its_client_certificate_has_expi
     std::fs::write(&svc.ca_file, ca.ca.pem()).unwrap();
     tokio::time::sleep(Duration::from_secs(6)).await;
     let ident = ca.issue_with(vec![uri(WEB)], Some(unix_now() + 4));
-    let client = client_config(&pki.ca.pem(), ident.clone());
+    let client = tls_client_config(&pki.ca.pem(), Some(ident.clone()));
 
     let body = exchange_form(&svc.issuer.svid(WEB, now(), 600), &[("resource", "orders")]);
     // The first connection also makes the service re-read the bundle (at most every 5 s).
@@ -214,7 +187,7 @@ async fn a_resumed_tls_session_is_no_caller_once_its_client_certificate_has_expi
 
     tokio::time::sleep(Duration::from_secs(6)).await;
     let body = exchange_form(&svc.issuer.svid(WEB, now(), 600), &[("resource", "orders")]);
-    let fresh = client_config(&pki.ca.pem(), ident);
+    let fresh = tls_client_config(&pki.ca.pem(), Some(ident));
     let r = post_token_tls(svc.addr, fresh, &body).await;
     assert!(
         r.as_ref().is_none_or(|(s, _)| *s != 200),
@@ -282,7 +255,10 @@ fn keeping_client(addr: SocketAddr, cfg: Arc<rustls::ClientConfig>) -> reqwest::
 async fn an_open_connection_stops_naming_its_caller_within_the_max_age_once_its_ca_was_removed() {
     let pki = Pki::new();
     let svc = tls_service_aged(&pki, 3).await;
-    let client = keeping_client(svc.addr, client_config(&pki.ca.pem(), pki.issue(uri(WEB))));
+    let client = keeping_client(
+        svc.addr,
+        tls_client_config(&pki.ca.pem(), Some(pki.issue(uri(WEB)))),
+    );
     let changed = Instant::now();
     std::fs::write(&svc.ca_file, Pki::new().ca.pem()).unwrap();
     let refused = kept_connection_refused_after(svc.addr, &client, &svc.issuer, changed).await;
@@ -300,7 +276,7 @@ async fn an_open_connection_stops_naming_its_caller_when_its_client_certificate_
     let pki = Pki::new();
     let svc = tls_service(&pki).await;
     let ident = pki.issue_with(vec![uri(WEB)], Some(unix_now() + 4));
-    let client = keeping_client(svc.addr, client_config(&pki.ca.pem(), ident));
+    let client = keeping_client(svc.addr, tls_client_config(&pki.ca.pem(), Some(ident)));
     let issued = Instant::now();
     let refused = kept_connection_refused_after(svc.addr, &client, &svc.issuer, issued).await;
     let (after, how) = refused.expect(
@@ -361,7 +337,7 @@ async fn serving_an_expired_tls_certificate_is_reported_naming_server_tls_cert_f
     // A handshake (the certificate is resolved then; the client refuses it as expired)
     // and a moment for the log.
     let tcp = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
-    let client = client_config(&ca.ca.pem(), ca.issue_with(vec![uri(WEB)], None));
+    let client = tls_client_config(&ca.ca.pem(), Some(ca.issue_with(vec![uri(WEB)], None)));
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let handshake = tokio_rustls::TlsConnector::from(client)
         .connect(name, tcp)
@@ -400,8 +376,8 @@ async fn a_client_ca_bundle_completed_within_one_mtime_tick_of_a_partial_read_is
     let pki = Pki::new();
     let svc = tls_service(&pki).await;
     let next = Pki::new();
-    let old_client = client_config(&pki.ca.pem(), pki.issue(uri(WEB)));
-    let new_client = || client_config(&pki.ca.pem(), next.issue(uri(WEB)));
+    let old_client = tls_client_config(&pki.ca.pem(), Some(pki.issue(uri(WEB))));
+    let new_client = || tls_client_config(&pki.ca.pem(), Some(next.issue(uri(WEB))));
     let body = || exchange_form(&svc.issuer.svid(WEB, now(), 600), &[("resource", "orders")]);
     let stamp = SystemTime::now() + Duration::from_secs(3600);
     let write_at = |text: &str| {

@@ -335,3 +335,109 @@ async fn a_write_is_audited_with_its_caller_and_never_with_its_token() {
     let text = page.to_string();
     assert!(!text.contains("eyJ"), "a JWT in the audit: {text}");
 }
+
+/// README "Management API": `[management.tls]` serves the API over TLS on its own
+/// listener and binds a management token to the verified client certificate (outside a
+/// mesh, where no sidecar forwards XFCC); before it, a remote operator had only plain
+/// HTTP, the bearer token readable on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_over_tls_binds_the_token_to_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let (cert, key) = pki.issue(rcgen::SanType::DnsName("localhost".try_into().unwrap()));
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let extra = format!(
+        "\n[management.tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\n",
+        file("mgmt.crt", &cert),
+        file("mgmt.key", &key),
+        file("ca.pem", &pki.ca.pem()),
+    );
+    // No trusted proxy: a loopback connection without a certificate is a local operator.
+    let (port, issuer) = start_edited(dir.path(), &extra, |t| {
+        t.replace(
+            "xfcc_trusted_proxies = [\"127.0.0.1\"]",
+            "xfcc_trusted_proxies = []",
+        )
+    })
+    .await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let client = |ident: Option<(String, String)>| {
+        reqwest::Client::builder()
+            .use_preconfigured_tls((*tls_client_config(&pki.ca.pem(), ident)).clone())
+            .resolve("localhost", addr)
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let uri = |id: &str| rcgen::SanType::URI(id.try_into().unwrap());
+    let url = format!("https://localhost:{port}/api/v1/mappings");
+    let token = admin_token(&issuer);
+
+    let admin = client(Some(pki.issue(uri(ADMIN))));
+    let (st, body) = status_and_body(admin.get(&url).bearer_auth(&token)).await;
+    assert_eq!(st, 200, "the admin's own certificate and token: {body}");
+
+    let other = client(Some(pki.issue(uri(VIEWER))));
+    let (st, body) = status_and_body(other.get(&url).bearer_auth(&token)).await;
+    assert_eq!(
+        st, 401,
+        "the admin's token over another workload's certificate was accepted: {body}"
+    );
+
+    let local = client(None);
+    let (st, body) = status_and_body(local.get(&url).bearer_auth(&token)).await;
+    assert_eq!(st, 200, "a local operator without a certificate: {body}");
+
+    // Plain HTTP on the TLS listener gets no answer from the API.
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/v1/mappings"))
+        .bearer_auth(&token)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP was answered on the TLS management listener: {:?}",
+        plain.map(|r| r.status())
+    );
+}
+
+/// A bad `[management.tls]` refuses the start naming its field (as `[server.tls]` does).
+#[test]
+fn a_bad_management_tls_section_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let section = |more: &str| {
+        format!(
+            "\n[management.tls]\ncert_file = {missing:?}\nkey_file = {missing:?}\nclient_ca_file = {missing:?}\n{more}"
+        )
+    };
+    for (more, field) in [
+        ("", "management.tls.cert_file"),
+        (
+            "max_connection_age_secs = 0",
+            "management.tls.max_connection_age_secs",
+        ),
+        ("listen = \"127.0.0.1:0\"", "management.tls.listen"),
+    ] {
+        let toml = config_toml(
+            &issuer,
+            &dir.path().join("m.db"),
+            &management_toml(&section(more)),
+        );
+        let path = dir.path().join("meshpass.toml");
+        std::fs::write(&path, toml).unwrap();
+        let err = Config::load(Some(&path))
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {more:?}"));
+        assert!(
+            err.to_string().contains(field),
+            "{more:?}: the error does not name {field}: {err}"
+        );
+    }
+}

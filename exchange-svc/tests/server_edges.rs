@@ -113,35 +113,6 @@ async fn tls_server(files: &TlsFiles) -> SocketAddr {
     addr
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn client_config(ca_pem: &str, client: Option<(String, String)>) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let b = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut cfg = match client {
-        None => b.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-                .map(Result::unwrap)
-                .collect();
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-            b.with_client_auth_cert(chain, key).unwrap()
-        }
-    };
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
-}
-
 async fn tls_connect(
     addr: SocketAddr,
     cfg: Arc<rustls::ClientConfig>,
@@ -279,7 +250,7 @@ async fn an_http2_request_head_never_finished_is_cut_off_at_the_head_deadline() 
 async fn a_tls_connection_silent_after_its_handshake_is_cut_off_at_the_head_deadline() {
     let files = tls_files();
     let addr = tls_server(&files).await;
-    let mut s = tls_connect(addr, client_config(&files.pki.ca.pem(), None))
+    let mut s = tls_connect(addr, tls_client_config(&files.pki.ca.pem(), None))
         .await
         .unwrap();
     let closed = closed_within(&mut s, HEAD_DEADLINE_BOUND).await;
@@ -298,7 +269,7 @@ async fn a_tls_handshake_that_never_comes_is_cut_off() {
     let closed = closed_within(&mut s, HEAD_DEADLINE_BOUND).await;
     assert_cut_off_at_the_head_deadline("stalled TLS handshake", closed);
     // The listener still serves others.
-    let mut ok = tls_connect(addr, client_config(&files.pki.ca.pem(), None))
+    let mut ok = tls_connect(addr, tls_client_config(&files.pki.ca.pem(), None))
         .await
         .unwrap();
     let text = get_over(&mut ok, "/healthz").await.unwrap();
@@ -318,7 +289,7 @@ async fn only_a_certificate_of_the_configured_ca_with_a_spiffe_uri_san_is_an_ide
     let uri = |s: &str| rcgen::SanType::URI(s.try_into().unwrap());
 
     let good = files.pki.issue(uri(WEB));
-    let mut s = tls_connect(addr, client_config(&ca, Some(good)))
+    let mut s = tls_connect(addr, tls_client_config(&ca, Some(good)))
         .await
         .unwrap();
     let text = get_over(&mut s, "/whoami").await.unwrap();
@@ -326,7 +297,7 @@ async fn only_a_certificate_of_the_configured_ca_with_a_spiffe_uri_san_is_an_ide
 
     let other_ca = Pki::new();
     let foreign = other_ca.issue(uri(WEB));
-    let refused = match tls_connect(addr, client_config(&ca, Some(foreign))).await {
+    let refused = match tls_connect(addr, tls_client_config(&ca, Some(foreign))).await {
         Err(_) => true,
         // TLS 1.3: the server's verdict on the client certificate comes after the
         // client's handshake finished; the first request then fails.
@@ -340,7 +311,7 @@ async fn only_a_certificate_of_the_configured_ca_with_a_spiffe_uri_san_is_an_ide
     let no_uri = files
         .pki
         .issue(rcgen::SanType::DnsName("web.shop.svc".try_into().unwrap()));
-    let mut s = tls_connect(addr, client_config(&ca, Some(no_uri)))
+    let mut s = tls_connect(addr, tls_client_config(&ca, Some(no_uri)))
         .await
         .unwrap();
     let text = get_over(&mut s, "/whoami").await.unwrap();
@@ -455,7 +426,7 @@ async fn a_renewed_tls_certificate_is_served_without_a_restart() {
                 std::fs::read_to_string(dir.path().join("svc.log")).unwrap()
             );
         }
-        if let Ok(s) = tls_connect(addr, client_config(&ca, None)).await {
+        if let Ok(s) = tls_connect(addr, tls_client_config(&ca, None)).await {
             break leaf(&s);
         }
         assert!(
@@ -475,7 +446,9 @@ async fn a_renewed_tls_certificate_is_served_without_a_restart() {
 
     let renewed = Instant::now();
     loop {
-        let s = tls_connect(addr, client_config(&ca, None)).await.unwrap();
+        let s = tls_connect(addr, tls_client_config(&ca, None))
+            .await
+            .unwrap();
         if leaf(&s) != first {
             break;
         }
@@ -499,7 +472,7 @@ async fn a_rewritten_client_ca_bundle_is_trusted_without_a_restart() {
     let ca = files.pki.ca.pem();
     let uri = |s: &str| rcgen::SanType::URI(s.try_into().unwrap());
     let whoami = |client: (String, String)| {
-        let cfg = client_config(&ca, Some(client));
+        let cfg = tls_client_config(&ca, Some(client));
         async move {
             match tls_connect(addr, cfg).await {
                 Err(_) => None,

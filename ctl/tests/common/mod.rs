@@ -57,6 +57,11 @@ impl Issuer {
 }
 
 pub fn config(dir: &Path, issuer: &Issuer, bao: &OpenBao) -> Config {
+    config_with(dir, issuer, bao, "")
+}
+
+/// [`config`] with `management` (TOML) at the end of the `[management]` section's keys.
+pub fn config_with(dir: &Path, issuer: &Issuer, bao: &OpenBao, management: &str) -> Config {
     let toml = format!(
         r#"
 [token]
@@ -84,6 +89,7 @@ publish_lead = "0s"
 [management]
 listen = "127.0.0.1:0"
 audiences = ["meshpass-admin"]
+{management}
 [[management.callers]]
 id = "{ADMIN}"
 roles = ["read", "write", "keys"]

@@ -63,6 +63,10 @@ pub struct ManagementConfig {
     /// no proxy XFCC, not a local loopback operator). Unsafe: a copied token then works
     /// from anywhere that reaches the port.
     pub insecure_unbound_callers: bool,
+    /// `[management.tls]`: serve the API over TLS on `listen`; a verified client
+    /// certificate's SPIFFE ID binds the management token (as the service's sidecar's
+    /// XFCC does in a mesh). Same keys as `[server.tls]` but `listen`.
+    pub tls: Option<crate::config::TlsConfig>,
 }
 
 impl Default for ManagementConfig {
@@ -76,6 +80,7 @@ impl Default for ManagementConfig {
             refusal_audit_burst: 20,
             kubernetes: None,
             insecure_unbound_callers: false,
+            tls: None,
         }
     }
 }

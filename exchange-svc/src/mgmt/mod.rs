@@ -231,15 +231,27 @@ pub async fn start(
     let st = MgmtState::new(cfg, app, store, keys, stats)?;
     let listener = tokio::net::TcpListener::bind(cfg.management.listen).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(listen = %addr, callers = cfg.management.callers.len(), "management API listening");
+    tracing::info!(listen = %addr, callers = cfg.management.callers.len(), tls = cfg.management.tls.is_some(), "management API listening");
     if cfg.management.insecure_unbound_callers {
         tracing::warn!(
             "management.insecure_unbound_callers = true: management tokens are accepted from \
              connections whose identity is unknown (a copied token works from anywhere)"
         );
     }
-    let server = crate::http_serve::serve(listener, router(st), shutdown);
-    let task = tokio::spawn(server);
+    let task = match &cfg.management.tls {
+        None => tokio::spawn(crate::http_serve::serve(listener, router(st), shutdown)),
+        Some(t) => {
+            let tls = crate::tls::section_config(
+                "management.tls",
+                &t.cert_file,
+                &t.key_file,
+                &t.client_ca_file,
+            )?;
+            let age = std::time::Duration::from_secs(t.max_connection_age_secs);
+            let listener = crate::tls::TlsListener::new(listener, tls, age)?;
+            tokio::spawn(crate::http_serve::serve(listener, router(st), shutdown))
+        }
+    };
     Ok(Some(Running { addr, task }))
 }
 
