@@ -23,7 +23,8 @@ EXCHANGE=http://meshpass-exchange.meshpass.svc.cluster.local:8080
 SA_TOKEN=$(in_pod frontend cat /var/run/secrets/meshpass/token)
 
 body=$(in_pod frontend curl -s -H "Authorization: Bearer $SA_TOKEN" "$ECHO/orders")
-auth=$(printf '%s' "$body" | sed -n 's/.*"authorization":"Bearer \([^"]*\)".*/\1/p')
+# echo (mendhak/http-https-echo) answers pretty-printed JSON: `"authorization": "Bearer …"`.
+auth=$(printf '%s' "$body" | sed -n 's/.*"authorization": *"Bearer \([^"]*\)".*/\1/p' | head -n 1)
 [ -n "$auth" ] || fail "echo saw no bearer token: $body"
 [ "$auth" != "$SA_TOKEN" ] || fail "echo saw the service-account token itself"
 payload=$(printf '%s' "$auth" | cut -d. -f2 | tr '_-' '/+')
