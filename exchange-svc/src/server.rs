@@ -243,7 +243,7 @@ impl VaultCollector {
             batch_sizes,
             token_ttl: Gauge::new(
                 "meshpass_vault_token_ttl_seconds",
-                "Seconds until the service's Vault token expires (-1: never or no token).",
+                "Seconds until the service's Vault token expires (negative once expired; absent when it never expires or none is loaded).",
             )?,
             sign_requests: Mirrored::new(IntCounter::new(
                 "meshpass_vault_sign_requests_total",
@@ -293,9 +293,15 @@ impl prometheus::core::Collector for VaultCollector {
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
         let s = &self.stats;
-        self.token_ttl
-            .set(s.token_ttl_seconds().map(|t| t as f64).unwrap_or(-1.0));
-        let mut out = self.token_ttl.collect();
+        // No sentinel for "never expires": -1 would read as "expired a second ago", and
+        // an alert skipping it would resolve the moment the token expired.
+        let mut out = match s.token_ttl_seconds() {
+            Some(t) => {
+                self.token_ttl.set(t as f64);
+                self.token_ttl.collect()
+            }
+            None => Vec::new(),
+        };
         out.extend(self.batch_sizes.collect());
         for (c, v) in [
             (&self.sign_requests, s.sign_requests()),

@@ -521,3 +521,87 @@ async fn signing_returns_soon_after_an_outage_that_outlived_the_token() {
         signer.stats().auth_failures()
     );
 }
+
+/// `/metrics` as the service writes it with only the Vault collector over `stats`.
+fn vault_metrics(stats: std::sync::Arc<meshpass_exchange::vault::VaultStats>) -> String {
+    use prometheus::Encoder as _;
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(
+            meshpass_exchange::server::VaultCollector::new(stats).unwrap(),
+        ))
+        .unwrap();
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// The TTL gauge the critical `MeshpassVaultTokenExpiring` alert reads: negative once
+/// the token has expired (the outage the alert announces), and absent for a token that
+/// never expires. It was -1 for "never expires", so the alert had to skip negative
+/// values and resolved the moment the token expired.
+#[tokio::test]
+async fn the_token_ttl_gauge_is_negative_once_expired_and_absent_for_a_token_that_never_expires() {
+    let bao = bao_with_policy();
+    let (status, v) = bao.api(
+        "POST",
+        "auth/token/create",
+        Some(json!({"policies": ["signer"], "ttl": "3s", "renewable": false})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let short = v["auth"]["client_token"].as_str().unwrap().to_string();
+    let signer = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Token {
+            token: Some(Secret::new(short)),
+        },
+    ))
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let text = vault_metrics(signer.stats());
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("meshpass_vault_token_ttl_seconds "))
+            .map(str::to_string);
+        let value: Option<f64> = line
+            .as_deref()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|v| v.parse().ok());
+        if value.is_some_and(|v| v < -1.5) || std::time::Instant::now() > deadline {
+            break line;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let value: f64 = line
+        .as_deref()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no TTL gauge for an expiring token: {line:?}"));
+    assert!(
+        value < -1.0,
+        "an expired token's TTL reads {value} (it must go below -1, the old never-expires value)"
+    );
+
+    let root = TransitSigner::start(&with_auth(
+        &bao,
+        AuthConfig::Token {
+            token: Some(Secret::new(bao.root_token().to_string())),
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(root.stats().token_ttl_seconds(), None);
+    let text = vault_metrics(root.stats());
+    assert!(
+        !text.contains("meshpass_vault_token_ttl_seconds "),
+        "a token that never expires exports a TTL: {}",
+        text.lines()
+            .filter(|l| l.contains("token_ttl"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

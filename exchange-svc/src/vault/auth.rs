@@ -266,6 +266,16 @@ impl Auth {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         self.client.set_token(token);
+        // TTL 0 with an `expire_time` is a token in its last second, not one that never
+        // expires (root tokens have none): taken for the latter, the TTL gauge vanished
+        // the moment the token expired.
+        let expires = data.get("expire_time").is_some_and(|t| !t.is_null());
+        if ttl == 0 && expires {
+            return Ok(TokenInfo {
+                ttl: Some(Duration::ZERO),
+                renewable,
+            });
+        }
         Ok(TokenInfo::from_secs(ttl, renewable))
     }
 
@@ -285,7 +295,8 @@ impl Auth {
         match &r {
             Ok(info) => {
                 stats.add_renewal();
-                stats.set_token_ttl(info.ttl);
+                // A renewed token always expires: lease 0 is its last second.
+                stats.set_token_ttl(Some(info.ttl.unwrap_or_default()));
                 tracing::debug!(
                     ttl_secs = info.ttl.map(|t| t.as_secs()),
                     "vault token renewed"

@@ -130,8 +130,8 @@ impl VaultStats {
     }
     pub(crate) fn set_token_ttl(&self, ttl: Option<Duration>) {
         let at = match ttl {
-            Some(t) if !t.is_zero() => unix_now().saturating_add(t.as_secs() as i64),
-            _ => 0,
+            Some(t) => unix_now().saturating_add(t.as_secs() as i64),
+            None => 0,
         };
         self.token_expires_at.store(at, Ordering::Relaxed);
     }
