@@ -101,10 +101,7 @@ fn every_mapping_a_server_mode_filter_requests_admits_that_filters_sidecar_as_ca
     let base = render(&root().join("istio/base"));
     let kit = render(&root().join("e2e/kind/overlay"));
     let tomls = [
-        (
-            "istio/base/exchange/configmap.yaml",
-            exchange_toml_of(&base),
-        ),
+        ("istio/base/exchange/exchange.toml", exchange_toml_of(&base)),
         ("e2e/kind/overlay/exchange.toml", exchange_toml_of(&kit)),
     ];
     let mut problems = Vec::new();

@@ -18,24 +18,10 @@ use std::path::{Path, PathBuf};
 
 use manifests::kustomize::render;
 use manifests::{
-    crd_schemas, find, istio_kind, istio_schema_errors, kind_manifests, manifests, root, strict,
-    yaml_docs,
+    crd_schemas, exchange_config_map, find, istio_kind, istio_schema_errors, kind_manifests,
+    manifests, rendered, root, strict, yaml_docs,
 };
 use serde_json::{json, Value};
-
-/// Every kustomization a user applies, rendered, with a name for messages.
-fn rendered() -> Vec<(String, Vec<Value>)> {
-    [
-        "istio",
-        "istio/base",
-        "istio/overlays/dev",
-        "istio/overlays/production",
-        "e2e/kind/overlay",
-    ]
-    .iter()
-    .map(|d| (d.to_string(), render(&root().join(d))))
-    .collect()
-}
 
 #[test]
 fn every_istio_manifest_validates_against_its_crd_schema_with_unknown_fields_refused() {
@@ -163,12 +149,9 @@ fn every_plugin_config_is_accepted_by_the_filters_own_parser() {
     }
 }
 
+/// The base's exchange.toml (istio/base/kustomization.yaml generates the ConfigMap).
 fn exchange_toml() -> String {
-    let cm = manifests()
-        .into_iter()
-        .find(|(_, d)| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "meshpass-exchange")
-        .expect("ConfigMap meshpass-exchange");
-    cm.1["data"]["exchange.toml"].as_str().unwrap().to_string()
+    std::fs::read_to_string(root().join("istio/base/exchange/exchange.toml")).unwrap()
 }
 
 fn kit_exchange_toml() -> String {
@@ -177,7 +160,7 @@ fn kit_exchange_toml() -> String {
 
 #[test]
 fn the_exchange_config_map_is_accepted_by_the_services_loader() {
-    assert_exchange_config_loads("istio/base/exchange/configmap.yaml", &exchange_toml());
+    assert_exchange_config_loads("istio/base/exchange/exchange.toml", &exchange_toml());
 }
 
 #[test]
@@ -213,7 +196,7 @@ fn management_callers_from_the_namespace_its_port_is_open_to_pass_the_issuer_pol
         .collect();
     assert!(!namespaces.is_empty(), "no rule opens 8081 to a namespace");
     for (origin, text) in [
-        ("istio/base/exchange/configmap.yaml", exchange_toml()),
+        ("istio/base/exchange/exchange.toml", exchange_toml()),
         ("e2e/kind/overlay/exchange.toml", kit_exchange_toml()),
     ] {
         let cfg = assert_exchange_config_loads(origin, &text);
@@ -464,7 +447,7 @@ fn the_overlays_render_what_each_environment_needs() {
         .unwrap();
     let claim = vol["persistentVolumeClaim"]["claimName"].as_str().unwrap();
     assert!(kinds(dev).contains(&format!("PersistentVolumeClaim/{claim}")));
-    let cm = find(dev, "ConfigMap", "meshpass-exchange");
+    let cm = exchange_config_map(dev);
     let toml: toml::Value = cm["data"]["exchange.toml"]
         .as_str()
         .unwrap()
@@ -557,7 +540,7 @@ fn the_overlays_render_what_each_environment_needs() {
         "the kit pulls the filter the base pins"
     );
     assert!(url.starts_with("oci://kind-registry:5000/"), "{url}");
-    let kit_cm = find(kit, "ConfigMap", "meshpass-exchange");
+    let kit_cm = exchange_config_map(kit);
     assert_eq!(
         kit_cm["data"]["exchange.toml"].as_str().unwrap(),
         kit_exchange_toml()

@@ -220,13 +220,37 @@ pub fn hcl_policy(text: &str) -> BTreeMap<String, Vec<String>> {
     out
 }
 
-/// The `exchange.toml` of a rendered or raw ConfigMap.
-pub fn exchange_toml_of(docs: &[Value]) -> toml::Value {
-    let cm = docs
+/// The ConfigMap the exchange Deployment mounts as its config (volume `config`), found
+/// through the Deployment's reference: kustomize names it `meshpass-exchange-<hash>`.
+pub fn exchange_config_map(docs: &[Value]) -> &Value {
+    let deploy = find(docs, "Deployment", "meshpass-exchange");
+    let name = deploy["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap()
         .iter()
-        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "meshpass-exchange")
-        .expect("ConfigMap meshpass-exchange");
-    toml::from_str(cm["data"]["exchange.toml"].as_str().unwrap()).unwrap()
+        .find(|v| v["name"] == "config")
+        .expect("the exchange Deployment's `config` volume")["configMap"]["name"]
+        .as_str()
+        .expect("the `config` volume is a ConfigMap");
+    docs.iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"] == name
+                && d["metadata"]["namespace"] == deploy["metadata"]["namespace"]
+        })
+        .unwrap_or_else(|| {
+            panic!("the exchange Deployment mounts ConfigMap {name}, which is missing")
+        })
+}
+
+/// The `exchange.toml` of a rendered kustomization (the ConfigMap the Deployment mounts).
+pub fn exchange_toml_of(docs: &[Value]) -> toml::Value {
+    toml::from_str(
+        exchange_config_map(docs)["data"]["exchange.toml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -257,4 +281,18 @@ pub fn kit_docs() -> Vec<Value> {
 /// The pod template labels of a Deployment.
 pub fn pod_labels(deploy: &Value) -> &Value {
     &deploy["spec"]["template"]["metadata"]["labels"]
+}
+
+/// Every kustomization a user applies, rendered, with a name for messages.
+pub fn rendered() -> Vec<(String, Vec<Value>)> {
+    [
+        "istio",
+        "istio/base",
+        "istio/overlays/dev",
+        "istio/overlays/production",
+        "e2e/kind/overlay",
+    ]
+    .iter()
+    .map(|d| (d.to_string(), kustomize::render(&root().join(d))))
+    .collect()
 }
