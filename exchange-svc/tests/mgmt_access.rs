@@ -97,6 +97,57 @@ async fn refuses_callers_without_a_valid_token_or_the_role() {
     assert_eq!(s.get("/api/v1/audit").await.2["items"], json!([]));
 }
 
+/// A caller with `write` but not `read` writes, but never reads what is stored: a
+/// `PATCH {}` answered the whole stored mapping (and scope row), and an import (a
+/// dry run writes nothing) answered the diff against the store, naming and showing
+/// every entry the document lacks or changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_only_caller_cannot_read_the_store_through_a_patch_or_an_import() {
+    let s = Service::start(Db::sqlite()).await;
+    let stored = s.get("/api/v1/mappings/web-to-orders").await.2;
+    assert_eq!(stored["name"], "web-to-orders", "{stored}");
+    let patch = |path: &str| {
+        s.req(Method::PATCH, path, Some(WRITER))
+            .header("content-type", "application/merge-patch+json")
+            .body("{}")
+    };
+    let import = |path: &str| {
+        s.req(Method::POST, path, Some(WRITER))
+            .json(&json!({"mappings": [], "scopes": []}))
+    };
+    for (what, r) in [
+        (
+            "PATCH {} of a mapping",
+            patch("/api/v1/mappings/web-to-orders"),
+        ),
+        (
+            "PATCH {} of a scope row",
+            patch("/api/v1/scopes/payments/read"),
+        ),
+        ("a dry-run import", import("/api/v1/import?dry_run=true")),
+        ("an import", import("/api/v1/import")),
+    ] {
+        let (st, _, b) = s.send(r).await;
+        assert_eq!(
+            (st, b["error"].as_str()),
+            (403, Some("forbidden")),
+            "{what} as a write-only caller was answered: {b}"
+        );
+    }
+    // Writing what it sends is still its job.
+    let (st, _, b) = s
+        .send(
+            s.req(Method::POST, "/api/v1/mappings", Some(WRITER))
+                .json(&mapping(
+                    "w",
+                    "spiffe://cluster.local/ns/shop/*",
+                    "inventory",
+                )),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn management_tokens_are_bound_to_the_connection_they_arrive_on() {
     let s = Service::start(Db::sqlite()).await;

@@ -622,13 +622,14 @@ async fn following_the_audit_log_never_skips_an_event_that_commits_after_a_later
     let s = Service::start(Db::postgres()).await;
     let (_, _, page) = s.get("/api/v1/audit?limit=1").await;
     let mut last = page["items"][0]["id"].as_i64().unwrap_or(0);
-    // The mapping write takes its audit id, then stays open for a while before commit
-    // (1 s: writers now queue for at most `store.acquire_timeout_secs`, 3 s here, and a
-    // refusal event that waited longer would be dropped, not written late).
+    // The mapping write takes its audit id, then stays open for 4 s before commit:
+    // longer than writers queue (`store.acquire_timeout_secs`, 3 s here), so the
+    // refusal's audit write times out once and must be written when it tries again
+    // (it was dropped).
     let pg = sqlx::PgPool::connect(&s.cfg.store.url).await.unwrap();
     for stmt in [
         "CREATE FUNCTION slow_audit() RETURNS trigger AS $$ BEGIN \
-         IF NEW.action = 'mapping.create' THEN PERFORM pg_sleep(1); END IF; RETURN NEW; END $$ \
+         IF NEW.action = 'mapping.create' THEN PERFORM pg_sleep(4); END IF; RETURN NEW; END $$ \
          LANGUAGE plpgsql",
         "CREATE TRIGGER slow_audit BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION slow_audit()",
     ] {
@@ -642,7 +643,7 @@ async fn following_the_audit_log_never_skips_an_event_that_commits_after_a_later
         st
     };
     // Meanwhile a refused exchange is audited, and a follower keeps reading from the
-    // last id it saw, once more after the write has returned.
+    // last id it saw, after the write has returned until the refusal shows.
     let follow = async {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert_eq!(s.exchange(WEB, "no-such-resource").await.0, 400);
@@ -655,12 +656,12 @@ async fn following_the_audit_log_never_skips_an_event_that_commits_after_a_later
                 last = e["id"].as_i64().unwrap();
                 seen.push(e["action"].as_str().unwrap().to_string());
             }
-            if finished {
+            if finished && seen.iter().any(|a| a == "exchange.refused") {
                 break seen;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the write never returned"
+                "in 30 s: the write returned: {finished}; events seen: {seen:?}"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }

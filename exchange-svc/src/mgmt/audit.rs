@@ -14,7 +14,7 @@ use super::config::{ManagementConfig, Role};
 use super::error::MgmtError;
 use super::input::{parse_query, Limit};
 use super::MgmtState;
-use crate::store::{AuditEvent, AuditQuery, AuditRecord, SqlStore};
+use crate::store::{AuditEvent, AuditQuery, AuditRecord, SqlStore, StoreError};
 
 /// `?after=&limit=&action=&target=`.
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +71,18 @@ pub async fn list(
 /// Refused-exchange events queued for the audit log.
 const QUEUE: usize = 256;
 
+/// Waits before writing a refusal again after the store was unavailable (about 15 s
+/// in all, beside the store's own acquire timeout per try; the queue takes new
+/// refusals meanwhile, and drops them only when full).
+const RETRY_DELAYS: &[std::time::Duration] = &[
+    std::time::Duration::from_millis(250),
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(4),
+    std::time::Duration::from_secs(8),
+];
+
 struct Bucket {
     tokens: f64,
     at: Instant,
@@ -105,9 +117,24 @@ impl RefusalAudit {
         let lost = Arc::clone(&dropped);
         tokio::spawn(async move {
             while let Some(r) = rx.recv().await {
-                if let Err(e) = store.record_audit(&r).await {
-                    lost.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "refused exchange not written to the audit log");
+                let mut tries = RETRY_DELAYS.iter();
+                loop {
+                    match store.record_audit(&r).await {
+                        Ok(()) => break,
+                        // Waiting behind a long write (an import) past the store's
+                        // acquire timeout, or a short outage: tried again, in order.
+                        Err(StoreError::Unavailable(e)) if tries.len() > 0 => {
+                            tracing::debug!(error = %e, "refused exchange's audit write retried");
+                            if let Some(d) = tries.next() {
+                                tokio::time::sleep(*d).await;
+                            }
+                        }
+                        Err(e) => {
+                            lost.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "refused exchange not written to the audit log");
+                            break;
+                        }
+                    }
                 }
             }
         });
@@ -181,7 +208,7 @@ impl RefusalAudit {
             audit: Arc::clone(self),
             counter: crate::metrics::Mirrored::new(prometheus::IntCounter::new(
                 "meshpass_refusal_audit_dropped_total",
-                "Refused exchanges not written to the audit log (over refusal_audit_per_second, the writer's queue full, or the store failed the write).",
+                "Refused exchanges not written to the audit log (over refusal_audit_per_second, the writer's queue full, or the store failed the write after retries).",
             )?),
         }))
     }

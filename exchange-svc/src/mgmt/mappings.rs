@@ -278,6 +278,8 @@ pub async fn patch_mapping(
     body: Body,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    // The answer is the whole stored entry, which the request did not send.
+    st.auth.require(&headers, Role::Read).await?;
     let body = read_body(body).await?;
     let name = path_params(name)?;
     let (current, tag) = st
@@ -431,6 +433,8 @@ pub async fn patch_scope(
     body: Body,
 ) -> Result<Response, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    // The answer is the whole stored entry, which the request did not send.
+    st.auth.require(&headers, Role::Read).await?;
     let body = read_body(body).await?;
     let (resource, scope) = path_params(key)?;
     let key = scope_key(resource, scope);

@@ -233,6 +233,8 @@ pub async fn import(
     body: Body,
 ) -> Result<Json<ImportDiff>, MgmtError> {
     let caller = st.auth.require(&headers, Role::Write).await?;
+    // The diff shows what is stored (a dry run writes nothing and shows it all).
+    st.auth.require(&headers, Role::Read).await?;
     let body = read_body(body).await?;
     let q: ImportQuery = parse_query(query.as_deref())?;
     let (doc, sections) = parse_document(&headers, &body)?;

@@ -20,6 +20,8 @@ use crate::common::*;
 pub const ADMIN: &str = "spiffe://cluster.local/ns/ops/sa/admin";
 pub const VIEWER: &str = "spiffe://cluster.local/ns/ops/sa/viewer";
 pub const KEYS_OP: &str = "spiffe://cluster.local/ns/ops/sa/keys";
+/// Write without read (a CI job applying a policy it does not need to see).
+pub const WRITER: &str = "spiffe://cluster.local/ns/ops/sa/writer";
 pub const MGMT_AUD: &str = "meshpass-admin";
 
 /// Which database a service runs on.
@@ -86,6 +88,10 @@ roles = ["read"]
 [[management.callers]]
 id = "{KEYS_OP}"
 roles = ["read", "keys"]
+
+[[management.callers]]
+id = "{WRITER}"
+roles = ["write"]
 "#
     )
 }
