@@ -70,6 +70,7 @@ pub(crate) fn check_act(
     which: &str,
     max_depth: usize,
 ) -> Result<(), ApiError> {
+    let td = token.spiffe_id.trust_domain();
     let mut next = token.claims.get("act");
     for _ in 0..=max_depth {
         let Some(act) = next else {
@@ -78,8 +79,12 @@ pub(crate) fn check_act(
         let Some(sub) = act.as_object().and_then(|o| o.get("sub")) else {
             break;
         };
-        if sub.as_str().is_none_or(str::is_empty) {
-            break;
+        // A level naming no workload could never be matched by a revocation (they name
+        // SPIFFE IDs), here or in the filter: an unrevocable actor is refused.
+        if sub.as_str().and_then(|s| workload(s, Some(&td))).is_none() {
+            return Err(ApiError::InvalidRequest(format!(
+                "{which}: every act.sub must be a SPIFFE ID or a Kubernetes service account (system:serviceaccount:NS:SA)"
+            )));
         }
         next = act.get("act");
     }
@@ -116,29 +121,33 @@ pub(crate) fn act_claim(
     }
 }
 
-/// `act` with every level's Kubernetes service-account `sub` replaced by its SPIFFE ID
-/// in `td` (bounded as [`check_act`] bounds it; other values unchanged).
+/// `act` rebuilt from its identities alone: each level `{"sub": <its workload's SPIFFE
+/// ID>, "act": <the level before>}` (a Kubernetes service account as its SPIFFE ID in
+/// `td`), bounded as [`check_act`] bounds it. Every other member is dropped: RFC 8693
+/// §4.1 says non-identity claims (`exp`, `aud`, ...) must not be used there, and one
+/// copied as is (a `cnf`, a `scope`) would reach resources unchecked.
 fn as_workloads(act: &Value, td: &TrustDomain) -> Value {
-    let mut out = act.clone();
-    let mut level = &mut out;
-    for _ in 0..=MAX_ACT_DEPTH {
-        let Some(o) = level.as_object_mut() else {
-            break;
-        };
-        let k8s = o
-            .get("sub")
-            .and_then(Value::as_str)
-            .filter(|s| SpiffeId::parse(s).is_err())
-            .and_then(|s| SpiffeId::from_kubernetes_subject(s, td).ok());
-        if let Some(id) = k8s {
-            o.insert("sub".into(), json!(id.as_str()));
-        }
-        match o.get_mut("act") {
-            Some(next) => level = next,
-            None => break,
-        }
+    let mut subs = Vec::new();
+    let mut level = Some(act);
+    while let Some(sub) = level
+        .and_then(|l| l.get("sub"))
+        .and_then(Value::as_str)
+        .filter(|_| subs.len() <= MAX_ACT_DEPTH)
+    {
+        // check_act refused a sub naming no workload; kept as is were one to get here.
+        let id =
+            workload(sub, Some(td)).map_or_else(|| sub.to_string(), |i| i.as_str().to_string());
+        subs.push(id);
+        level = level.and_then(|l| l.get("act"));
     }
-    out
+    subs.into_iter().rev().fold(Value::Null, |inner, sub| {
+        let mut o = Map::new();
+        o.insert("sub".into(), json!(sub));
+        if !inner.is_null() {
+            o.insert("act".into(), inner);
+        }
+        Value::Object(o)
+    })
 }
 
 /// The workload an `act.sub` names: a SPIFFE ID, or a Kubernetes service account in
