@@ -221,22 +221,40 @@ impl Worker {
         let mk = cache::marker_key(key, self.config.cache_slots);
         // Readable for two ticks, so a worker that missed the notification still reads it.
         let until_ms = now + 2 * self.config.tick_ms + 1000;
-        // Another key's live exchange or unread outcome holds the slot.
-        let foreign_in_flight = host.shared_get(&mk).is_some_and(|(v, _)| {
-            matches!(Marker::decode(&v), Marker::InFlight { deadline_ms: t, id, .. }
-                | Marker::Done { until_ms: t, id, .. } if t > now && id != cache::id(key))
-        });
         let m = Marker::Done {
             id: cache::id(key).to_string(),
             until_ms,
             subject: subject.to_string(),
             outcome: outcome.clone(),
-        };
-        // Never over another key's live exchange in this slot (nobody waits on ours
-        // then: we never claimed it).
-        if !foreign_in_flight && host.shared_set(&mk, Some(&m.encode()), None).is_ok() {
-            self.markers.push((until_ms, mk));
         }
+        .encode();
+        // By CAS on the record just read: another worker can claim the slot for another
+        // key between the read and the write, and that claim's waiters need it. Never
+        // over another key's live exchange or unread outcome (nobody waits on ours in
+        // this slot then: our claim, if any, had ended before that key could take it).
+        for _ in 0..4 {
+            let cas = match host.shared_get(&mk) {
+                Some((v, cas)) => {
+                    if matches!(Marker::decode(&v), Marker::InFlight { deadline_ms: t, id, .. }
+                        | Marker::Done { until_ms: t, id, .. } if t > now && id != cache::id(key))
+                    {
+                        break;
+                    }
+                    cas
+                }
+                None => CREATE_CAS,
+            };
+            match host.shared_set(&mk, Some(&m), Some(cas)) {
+                Ok(()) => {
+                    self.markers.push((until_ms, mk));
+                    break;
+                }
+                Err(SharedError::CasMismatch) => continue,
+                Err(SharedError::Failed) => break,
+            }
+        }
+        // Notified even when not written: a waiter then serves the entry or fails closed
+        // on its re-read (`resolve_remote`).
         let Some((listing, _)) = host.shared_get(QUEUES_KEY) else {
             return;
         };

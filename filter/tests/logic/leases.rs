@@ -21,15 +21,19 @@ type Hook<'a> = Box<dyn FnOnce(&mut Mock) + 'a>;
 
 /// The mock, plus one hook run just before the first `shared_set` of a key starting
 /// with `prefix` (the other worker's step, landing in this worker's read-write window).
-struct Racy<'a> {
-    m: &'a mut Mock,
+pub(super) struct Racy<'a> {
+    pub(super) m: &'a mut Mock,
     prefix: &'static str,
     hook: Option<Hook<'a>>,
-    fired: bool,
+    pub(super) fired: bool,
 }
 
 impl<'a> Racy<'a> {
-    fn new(m: &'a mut Mock, prefix: &'static str, hook: impl FnOnce(&mut Mock) + 'a) -> Racy<'a> {
+    pub(super) fn new(
+        m: &'a mut Mock,
+        prefix: &'static str,
+        hook: impl FnOnce(&mut Mock) + 'a,
+    ) -> Racy<'a> {
         Racy {
             m,
             prefix,
