@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::store::{validate_mapping, validate_scope_claims, Mapping, ScopeClaims, StoreConfig};
 
 mod issuer;
+mod load;
+
 pub use issuer::{IssuerConfig, KeySourceConfig, TokenReviewConfig};
+use load::{check_env_names, load_error};
 
 /// Why the configuration is refused.
 #[derive(Debug, thiserror::Error)]
@@ -347,92 +350,6 @@ fn toml_claim_value(v: &serde_json::Value) -> Result<(), &'static str> {
     }
 }
 
-/// `e` without the lines of the file a TOML syntax error quotes (`N | text` and the
-/// `|`/caret lines around it): the line may hold a secret (a password with a bad
-/// escape, an unquoted token). Position and reason stay.
-fn without_quoted_lines(mut e: figment::Error) -> figment::Error {
-    if let figment::error::Kind::Message(m) = &mut e.kind {
-        let quoted = |l: &str| {
-            l.trim_start()
-                .trim_start_matches(|c: char| c.is_ascii_digit())
-                .trim_start()
-                .starts_with('|')
-        };
-        *m = m
-            .lines()
-            .filter(|l| !quoted(l))
-            .collect::<Vec<_>>()
-            .join("\n");
-    }
-    e
-}
-
-/// A figment error with the field named the way the README and [`Config::validate`]
-/// name it (`issuers[0].jwks_url`, not `default.issuers.0...`); errors with no key
-/// (unreadable file, TOML syntax) stay figment's own.
-fn load_error(e: figment::Error) -> ConfigError {
-    use figment::error::Kind;
-    let mut field = String::new();
-    for part in &e.path {
-        if part.parse::<usize>().is_ok() {
-            field.push_str(&format!("[{part}]"));
-        } else {
-            if !field.is_empty() {
-                field.push('.');
-            }
-            field.push_str(part);
-        }
-    }
-    let mut push = |key: &str| {
-        if !field.is_empty() {
-            field.push('.');
-        }
-        field.push_str(key);
-    };
-    let reason = match &e.kind {
-        Kind::UnknownField(key, _) => {
-            // figment's path may already end with the key.
-            if e.path.last().map(String::as_str) != Some(key.as_str()) {
-                push(key);
-            }
-            "is not a known key".to_string()
-        }
-        Kind::MissingField(key) => {
-            push(key);
-            "is required".to_string()
-        }
-        Kind::Message(m) => match m.split_once(": ") {
-            // IssuerConfig's own deserialiser names the key inside the issuer.
-            Some((key, rest))
-                if key
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.') =>
-            {
-                push(key);
-                rest.to_string()
-            }
-            _ => m.clone(),
-        },
-        // Never quote a string value: it may be a secret put in the wrong place.
-        Kind::InvalidType(figment::error::Actual::Str(_), expected) => {
-            format!("invalid type: found a string, expected {expected}")
-        }
-        Kind::InvalidValue(figment::error::Actual::Str(_), expected) => {
-            format!("invalid value: a string, expected {expected}")
-        }
-        other => other.to_string(),
-    };
-    if field.is_empty() {
-        return ConfigError::Load(Box::new(without_quoted_lines(e)));
-    }
-    let source = e
-        .metadata
-        .as_ref()
-        .map(|m| format!(" (from {})", m.name))
-        .unwrap_or_default();
-    bad(field, format!("{reason}{source}"))
-}
-
 impl Config {
     /// How long after a key version's last signature a token it signed can still be
     /// accepted: `token.max_ttl_secs` plus `keys.verifier_leeway` (rounded up). The one
@@ -450,8 +367,15 @@ impl Config {
             if !p.exists() {
                 return Err(bad("--config", format!("{} does not exist", p.display())));
             }
-            fig = fig.merge(Toml::file(p));
+            // figment reads what is not a file (the ConfigMap's mount point) as no file.
+            if !p.is_file() {
+                return Err(bad("--config", format!("{} is not a file", p.display())));
+            }
+            // Exactly this path: `Toml::file` looks for a relative one in parent
+            // directories too.
+            fig = fig.merge(Toml::file_exact(p));
         }
+        check_env_names()?;
         fig = fig.merge(Env::prefixed("MESHPASS__").split("__"));
         // `vault.auth.method` defaults to `token` in a `[vault.auth]` table too (one with
         // only the token, or MESHPASS__VAULT__AUTH__TOKEN alone), not only without one.
@@ -460,7 +384,9 @@ impl Config {
             Ok(figment::value::Value::Dict(..))
         );
         if auth_table && fig.find_value("vault.auth.method").is_err() {
-            fig = fig.merge(Serialized::default("vault.auth.method", "token"));
+            // Joined, not merged: `vault.auth` keeps its source (the file or the
+            // environment), which an error in it names.
+            fig = fig.join(Serialized::default("vault.auth.method", "token"));
         }
         let cfg: Config = fig.extract().map_err(load_error)?;
         cfg.validate()?;
@@ -473,6 +399,10 @@ impl Config {
             return Err(bad("token.issuer", "is required (the service's https URL)"));
         }
         let iss = check_url("token.issuer", &self.token.issuer)?;
+        if !iss.username().is_empty() || iss.password().is_some() {
+            // Not quoted: the password would be in every minted token's `iss`.
+            return Err(bad("token.issuer", "must have no user or password"));
+        }
         if iss.query().is_some() || iss.fragment().is_some() || self.token.issuer.ends_with('/') {
             return Err(bad(
                 "token.issuer",

@@ -43,8 +43,9 @@ pub enum ServeError {
 
 /// Migrates and seeds the store; when the database is down, keeps retrying in the
 /// background (the service answers 503 and `/readyz` says why meanwhile). Seeding
-/// refused (the configured rows are invalid against what is stored) is an error: the
-/// service does not start on a configuration it cannot apply.
+/// refused (the configured rows are invalid against what is stored), or connection
+/// options the driver refuses (`store.url`), is an error: the service does not start
+/// on a configuration it cannot apply.
 pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) -> Result<(), StoreError> {
     let mappings = cfg.mappings.clone();
     let scope_claims = cfg.scope_claims.clone();
@@ -68,8 +69,10 @@ pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) -> Result<(), Sto
     };
     match attempt().await {
         Ok(()) => Ok(()),
-        Err(e @ (StoreError::Invalid { .. } | StoreError::Conflict(_))) => Err(e),
         Err(e) => {
+            if let Some(refusal) = refused(&e) {
+                return Err(refusal);
+            }
             tracing::warn!(error = %e, "store not ready; retrying in the background");
             // Not ready until done, even once the database answers: a replica without
             // its schema or its configured mappings would fail or refuse exchanges.
@@ -83,14 +86,14 @@ pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) -> Result<(), Sto
                             store.set_setup_pending(false);
                             break;
                         }
-                        Err(e @ (StoreError::Invalid { .. } | StoreError::Conflict(_))) => {
-                            // Retrying cannot help; the replica stays unready
-                            // (readiness names the store) until restarted with a
-                            // configuration the store accepts.
-                            tracing::error!(error = %e, "the store refused this configuration (its schema or the configured rows)");
-                            break;
-                        }
                         Err(e) => {
+                            if let Some(refusal) = refused(&e) {
+                                // Retrying cannot help; the replica stays unready
+                                // (readiness names the store) until restarted with a
+                                // configuration the store accepts.
+                                tracing::error!(error = %refusal, "the store refused this configuration (its schema, the configured rows or store.url)");
+                                break;
+                            }
                             tracing::warn!(error = %e, "store still not ready");
                             backoff = (backoff * 2).min(Duration::from_secs(30));
                         }
@@ -99,6 +102,20 @@ pub async fn prepare_store(store: Arc<SqlStore>, cfg: &Config) -> Result<(), Sto
             });
             Ok(())
         }
+    }
+}
+
+/// A setup error no retry can fix, as the error to report: the store refused the
+/// configured rows (or its schema), or the driver refused the connection options
+/// (`store.url`; `StoreConfig::validate` parses it as the driver does, so this is the
+/// rare option only met when connecting).
+fn refused(e: &StoreError) -> Option<StoreError> {
+    match e {
+        StoreError::Invalid { .. } | StoreError::Conflict(_) => Some(e.clone()),
+        _ => e.configuration_reason().map(|reason| StoreError::Invalid {
+            field: "store.url".into(),
+            reason,
+        }),
     }
 }
 

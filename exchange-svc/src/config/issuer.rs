@@ -110,9 +110,10 @@ fn name_policy_field(
         "max_lifetime_secs" => refuses::<Option<u64>>(v),
         _ => false,
     });
+    let reason = unquoted(&e.to_string());
     match bad_key {
-        Some((k, _)) => format!("{k}: {e}"),
-        None => e.to_string(),
+        Some((k, _)) => format!("{k}: {reason}"),
+        None => reason,
     }
 }
 
@@ -164,13 +165,45 @@ fn path_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     let inner = e.inner().to_string();
     let reason = if inner.starts_with("unknown field") {
         "is not a known key".to_string()
-    } else if let Some(rest) = inner.strip_prefix("invalid type: string ") {
-        let expected = rest.split_once(", expected ").map_or("", |(_, x)| x);
-        format!("invalid type: found a string, expected {expected}")
     } else {
-        inner
+        unquoted(&inner)
     };
     format!("{}: {reason}", e.path())
+}
+
+/// serde's type, value and variant errors without the value they quote
+/// (``invalid type: integer `5` ``, ``unknown variant `x` ``): it may be a secret put in
+/// the wrong place. Other messages stay as they are.
+fn unquoted(inner: &str) -> String {
+    if let Some(rest) = inner.strip_prefix("unknown variant ") {
+        // The last one: the value itself may hold the words.
+        let expected = rest.rsplit_once(", expected ").map_or("", |(_, x)| x);
+        return format!("unknown value, expected {expected}");
+    }
+    for (prefix, lead) in [
+        ("invalid type: ", "invalid type: found "),
+        ("invalid value: ", "invalid value: "),
+    ] {
+        if let Some(rest) = inner.strip_prefix(prefix) {
+            let (unexpected, expected) = rest.rsplit_once(", expected ").unwrap_or((rest, ""));
+            // serde's `Unexpected` is a noun, then the value in `` ` `` or `"`.
+            let noun = unexpected
+                .split_once([' ', '`', '"'])
+                .map_or(unexpected, |(n, _)| n);
+            let kind = match noun {
+                "string" => "a string",
+                "integer" => "an integer",
+                "boolean" => "a boolean",
+                "floating" => "a float",
+                "character" => "a character",
+                "sequence" => "a sequence",
+                "map" => "a table",
+                _ => "a value of another type",
+            };
+            return format!("{lead}{kind}, expected {expected}");
+        }
+    }
+    inner.to_string()
 }
 
 fn default_refresh() -> u64 {

@@ -122,7 +122,8 @@ impl StoreConfig {
             field: format!("store.{field}"),
             reason,
         };
-        self.backend()?;
+        let (backend, url) = self.backend()?;
+        check_driver_options(backend, &url)?;
         if self.max_connections == 0 {
             return Err(bad("max_connections", "must be at least 1".into()));
         }
@@ -166,6 +167,47 @@ impl StoreConfig {
     }
 }
 
+/// Parses `url` (as [`StoreConfig::backend`] returns it) the way the pool does when it
+/// connects, so what it can never connect with (a bad port or host, an unknown
+/// `sslmode`) is refused now, naming `store.url`, instead of being retried as an
+/// outage. Neither the URL nor a value in it is quoted: it may carry a password.
+fn check_driver_options(backend: Backend, url: &str) -> Result<(), StoreError> {
+    use std::str::FromStr;
+    let parsed = sqlx::any::AnyConnectOptions::from_str(url).and_then(|_| match backend {
+        Backend::Postgres => sqlx::postgres::PgConnectOptions::from_str(url).map(|_| ()),
+        Backend::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(url).map(|_| ()),
+    });
+    parsed.map_err(|e| StoreError::Invalid {
+        field: "store.url".into(),
+        reason: format!("does not parse: {}", driver_reason(&e)),
+    })
+}
+
+/// sqlx's reason for refusing a URL, without its `error with configuration:` prefix
+/// and without the values it quotes (`unknown value "…" for `ssl_mode``).
+fn driver_reason(e: &sqlx::Error) -> String {
+    driver_reason_text(&e.to_string())
+}
+
+/// sqlx's configuration error `text` without its `error with configuration:` prefixes
+/// (the drivers wrap their own) and without the `"…"`-quoted values in it.
+pub(super) fn driver_reason_text(text: &str) -> String {
+    let mut text = text;
+    while let Some(rest) = text.strip_prefix(super::SQLX_CONFIGURATION) {
+        text = rest;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_quote = false;
+    for c in text.chars() {
+        if c == '"' {
+            in_quote = !in_quote;
+        } else if !in_quote {
+            out.push(c);
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +221,64 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("pa55w0rd"), "{shown}");
         assert!(shown.contains("db:5432"), "{shown}");
+    }
+
+    #[test]
+    fn sqlx_configuration_errors_read_as_configuration_not_as_an_outage() {
+        // As the `Any` driver reports them at connect time: wrapped twice.
+        let inner = sqlx::Error::Configuration("unknown value \"pa55w0rd\" for `ssl_mode`".into());
+        let outer = sqlx::Error::Configuration(Box::new(inner));
+        for e in [
+            StoreError::Migration(outer.to_string()),
+            StoreError::Unavailable(outer.to_string()),
+        ] {
+            let reason = e.configuration_reason();
+            assert_eq!(
+                reason.as_deref(),
+                Some("unknown value for `ssl_mode`"),
+                "{e}"
+            );
+        }
+        let outage = StoreError::Unavailable(sqlx::Error::PoolTimedOut.to_string());
+        assert_eq!(outage.configuration_reason(), None);
+        assert_eq!(
+            StoreError::Config("store.url: x".into()).configuration_reason(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_url_the_driver_cannot_use_is_refused_naming_store_url_without_quoting_it() {
+        for url in [
+            "postgres://meshpass:pa55w0rd@db.example:99999/meshpass",
+            "postgres://meshpass:pa55w0rd@[::1/meshpass",
+            "postgres://meshpass:pa55w0rd@db:5432/meshpass?sslmode=pa55w0rd",
+            "postgres://meshpass:pa55w0rd@db:5432/meshpass?port=pa55w0rd",
+            "sqlite:///var/lib/m.db?mode=pa55w0rd",
+        ] {
+            let c = StoreConfig {
+                url: url.into(),
+                ..StoreConfig::default()
+            };
+            match c.validate() {
+                Err(StoreError::Invalid { field, reason }) => {
+                    assert_eq!(field, "store.url", "{url}: {reason}");
+                    assert!(!reason.contains("pa55w0rd"), "{url}: {reason}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        for url in [
+            "postgres://meshpass:pa55w0rd@db:5432/meshpass?sslmode=verify-full",
+            "postgresql://meshpass@[::1]:5432/meshpass",
+            "sqlite:///var/lib/m.db",
+            "sqlite://m.db?mode=rw",
+        ] {
+            let c = StoreConfig {
+                url: url.into(),
+                ..StoreConfig::default()
+            };
+            assert!(c.validate().is_ok(), "{url}: {:?}", c.validate());
+        }
     }
 }

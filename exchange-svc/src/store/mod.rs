@@ -211,6 +211,27 @@ pub enum StoreError {
     PreconditionFailed(String),
 }
 
+/// How sqlx's `Error::Configuration` reads as text (sqlx-core's `Display`): the SQL
+/// backend keeps sqlx's errors as text in `Migration` and `Unavailable`.
+const SQLX_CONFIGURATION: &str = "error with configuration: ";
+
+impl StoreError {
+    /// When the driver refused the connection options (sqlx's `Error::Configuration`,
+    /// e.g. an unknown `sslmode` met at connect time): no retry can connect, so this is
+    /// the configuration's fault, not an outage. The reason, without the values sqlx
+    /// quotes (they may come from the URL's query, e.g. a password).
+    pub fn configuration_reason(&self) -> Option<String> {
+        match self {
+            StoreError::Migration(m) | StoreError::Unavailable(m)
+                if m.starts_with(SQLX_CONFIGURATION) =>
+            {
+                Some(config::driver_reason_text(m))
+            }
+            _ => None,
+        }
+    }
+}
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> StoreError {
     StoreError::Invalid {
         field: field.into(),

@@ -108,7 +108,7 @@ pub enum AuthConfig {
     /// A fixed token (`token`, else `VAULT_TOKEN`); renewed if renewable.
     Token {
         /// The token; `VAULT_TOKEN` overrides it.
-        #[serde(default)]
+        #[serde(default, deserialize_with = "de_token")]
         token: Option<Secret>,
     },
     /// A token read from a file and re-read whenever the file changes (Vault Agent sink).
@@ -124,7 +124,7 @@ pub enum AuthConfig {
         /// Role ID.
         role_id: String,
         /// Secret ID (or `secret_id_file`).
-        #[serde(default)]
+        #[serde(default, deserialize_with = "de_secret_id")]
         secret_id: Option<Secret>,
         /// File holding the secret ID, read at each login.
         #[serde(default)]
@@ -171,6 +171,33 @@ impl AuthConfig {
             AuthConfig::Jwt { .. } => "jwt",
         }
     }
+}
+
+/// A secret that is a string, else an error naming `key` and never the value. Serde
+/// reads an internally tagged enum's fields from a buffer, so its own type error would
+/// name only `vault.auth` and quote the value (an all-digit token arrives as a number
+/// from the environment). `key: …` is how config.rs's `load_error` names a key.
+fn de_secret<'de, D: Deserializer<'de>>(d: D, key: &str) -> Result<Option<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Other(serde::de::IgnoredAny),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Text(s) => Ok(Some(Secret::new(s))),
+        Raw::Other(_) => Err(serde::de::Error::custom(format!(
+            "{key}: invalid type: expected a string (quote a value that looks like a number)"
+        ))),
+    }
+}
+
+fn de_token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    de_secret(d, "token")
+}
+
+fn de_secret_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    de_secret(d, "secret_id")
 }
 
 fn default_approle_mount() -> String {
@@ -489,205 +516,20 @@ pub fn parse_duration(t: &str) -> Result<Duration, String> {
     let t = t.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
+    // Never quote the value: it may be a secret put in the wrong place.
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("invalid duration {t:?} (use e.g. \"2ms\", \"30s\", \"5m\")"))?;
+        .map_err(|_| "not a duration (use e.g. \"2ms\", \"30s\", \"5m\")".to_string())?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         "d" => Duration::from_secs(n.saturating_mul(86_400)),
-        _ => return Err(format!("invalid duration unit in {t:?} (ms, s, m, h, d)")),
+        _ => return Err("not a duration unit (ms, s, m, h, d)".to_string()),
     };
     Ok(d)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn parse(toml_text: &str) -> Result<VaultConfig, String> {
-        toml::from_str(toml_text).map_err(|e| e.to_string())
-    }
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| m.get(k).cloned()
-    }
-
-    #[test]
-    fn defaults_match_the_documented_values() {
-        let c = parse("address = \"http://127.0.0.1:8200\"").unwrap();
-        assert_eq!(c.transit_mount, "transit");
-        assert_eq!(c.key_name, "meshpass-participant");
-        assert_eq!(c.publish_lead, Duration::from_secs(90));
-        assert_eq!(c.key_refresh_interval, Duration::from_secs(30));
-        assert_eq!(c.batch_max_size, 64);
-        assert_eq!(c.batch_max_wait, Duration::from_millis(2));
-        assert_eq!(c.batch_pipeline_depth, 3);
-        assert_eq!(c.batch_pipeline_min_size, 12);
-        assert_eq!(c.rsa_alg, RsaAlg::PS256);
-        assert!(matches!(c.auth, AuthConfig::Token { token: None }));
-    }
-
-    #[test]
-    fn full_approle_config_parses_with_units() {
-        let c = parse(
-            r#"
-            address = "https://vault:8200"
-            namespace = "team"
-            key_name = "k1"
-            key_type = "rsa-3072"
-            rsa_alg = "RS256"
-            publish_lead = "90s"
-            key_refresh_interval = 10
-            batch_max_wait = "5ms"
-            [auth]
-            method = "approle"
-            role_id = "r"
-            secret_id_file = "/etc/sid"
-            "#,
-        )
-        .unwrap();
-        assert_eq!(c.key_type, Some(KeyType::Rsa3072));
-        assert_eq!(c.rsa_alg, RsaAlg::RS256);
-        assert_eq!(c.publish_lead, Duration::from_secs(90));
-        assert_eq!(c.key_refresh_interval, Duration::from_secs(10));
-        assert_eq!(c.batch_max_wait, Duration::from_millis(5));
-        match c.auth {
-            AuthConfig::Approle { mount, .. } => assert_eq!(mount, "approle"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn unknown_keys_are_refused_at_top_level_and_in_auth() {
-        assert!(parse("adress = \"x\"").unwrap_err().contains("adress"));
-        let e = parse("[auth]\nmethod = \"token\"\ntokn = \"x\"").unwrap_err();
-        assert!(e.contains("tokn"), "{e}");
-        let e = parse("[auth]\nmethod = \"ldap\"").unwrap_err();
-        assert!(e.contains("ldap"), "{e}");
-    }
-
-    #[test]
-    fn environment_overrides_address_namespace_and_token() {
-        let c = parse("address = \"https://file:1\"\n[auth]\nmethod = \"token\"\ntoken = \"f\"")
-            .unwrap();
-        let r = c
-            .resolved_with(&env_of(&[
-                ("VAULT_ADDR", "https://env:2"),
-                ("VAULT_NAMESPACE", "ns1"),
-                ("VAULT_TOKEN", "from-env"),
-            ]))
-            .unwrap();
-        assert_eq!(r.address.as_deref(), Some("https://env:2"));
-        assert_eq!(r.namespace.as_deref(), Some("ns1"));
-        match r.auth {
-            AuthConfig::Token { token } => assert_eq!(token.unwrap().expose(), "from-env"),
-            other => panic!("{other:?}"),
-        }
-        // Without the environment the file's values stay.
-        let r = c.resolved_with(&env_of(&[])).unwrap();
-        assert_eq!(r.address.as_deref(), Some("https://file:1"));
-    }
-
-    #[test]
-    fn validation_errors_name_the_field() {
-        let cases: &[(&str, &str)] = &[
-            ("", "vault.address"),
-            ("address = \"ftp://x\"", "vault.address"),
-            // Every API path is appended: it would land in the query.
-            ("address = \"http://127.0.0.1:8200?x=1\"", "vault.address"),
-            ("address = \"http://127.0.0.1:8200/#frag\"", "vault.address"),
-            ("address = \"https://x\"\nbatch_max_size = 0", "vault.batch_max_size"),
-            (
-                "address = \"https://x\"\nbatch_pipeline_depth = 0",
-                "vault.batch_pipeline_depth",
-            ),
-            (
-                "address = \"https://x\"\nbatch_pipeline_depth = 33",
-                "vault.batch_pipeline_depth",
-            ),
-            (
-                "address = \"https://x\"\nbatch_pipeline_min_size = 0",
-                "vault.batch_pipeline_min_size",
-            ),
-            ("address = \"https://x\"\nkey_name = \"a/b\"", "vault.key_name"),
-            ("address = \"https://x\"\ntransit_mount = \"../x\"", "vault.transit_mount"),
-            ("address = \"https://x\"\nca_cert = \"/nonexistent.pem\"", "vault.ca_cert"),
-            ("address = \"https://x\"\n[auth]\nmethod = \"token\"", "vault.auth.token"),
-            (
-                "address = \"https://x\"\n[auth]\nmethod = \"approle\"\nrole_id = \"r\"\nsecret_id = \"s\"\nsecret_id_file = \"/f\"",
-                "vault.auth.secret_id_file",
-            ),
-            (
-                "address = \"https://x\"\n[auth]\nmethod = \"kubernetes\"\nrole = \"\"",
-                "vault.auth.role",
-            ),
-        ];
-        for (text, field) in cases {
-            let c = parse(text).unwrap();
-            let e = c
-                .resolved_with(&env_of(&[("VAULT_TOKEN", "t")]))
-                .err()
-                .or_else(|| c.resolved_with(&env_of(&[])).err())
-                .unwrap_or_else(|| panic!("{text:?} accepted"));
-            assert_eq!(e.field, *field, "{text:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn plain_http_to_a_remote_vault_is_refused_unless_insecure_http() {
-        let token = env_of(&[("VAULT_TOKEN", "t")]);
-        let e = parse("address = \"http://vault.example:8200\"")
-            .unwrap()
-            .resolved_with(&token)
-            .err()
-            .unwrap();
-        assert_eq!(e.field, "vault.address", "{e}");
-        for ok in [
-            "address = \"http://vault.example:8200\"\ninsecure_http = true",
-            "address = \"http://127.0.0.1:8200\"",
-            "address = \"http://[::1]:8200\"",
-            "address = \"http://localhost:8200\"",
-            "address = \"https://vault.example:8200\"",
-        ] {
-            assert!(parse(ok).unwrap().resolved_with(&token).is_ok(), "{ok}");
-        }
-    }
-
-    #[test]
-    fn publish_lead_must_cover_the_verifiers_refresh_interval() {
-        let token = env_of(&[("VAULT_TOKEN", "t")]);
-        let base = "address = \"https://v:8200\"\nverifier_refresh_interval = \"20m\"";
-        let e = parse(&format!("{base}\npublish_lead = \"5m\""))
-            .unwrap()
-            .resolved_with(&token)
-            .err()
-            .unwrap();
-        assert_eq!(e.field, "vault.publish_lead", "{e}");
-        assert!(e.to_string().contains("verifier_refresh_interval"), "{e}");
-        assert!(parse(&format!("{base}\npublish_lead = \"21m\""))
-            .unwrap()
-            .resolved_with(&token)
-            .is_ok());
-    }
-
-    #[test]
-    fn durations_accept_units_and_refuse_garbage() {
-        assert_eq!(parse_duration("2ms").unwrap(), Duration::from_millis(2));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert_eq!(
-            parse_duration("30d").unwrap(),
-            Duration::from_secs(30 * 86_400)
-        );
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
-}
+mod tests;
