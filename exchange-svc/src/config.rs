@@ -431,7 +431,9 @@ impl Config {
             base_path(public).map_err(|e| bad(field, e))?;
         }
         if self.token.participant_claim.is_empty()
-            || crate::store::RESERVED_CLAIMS.contains(&self.token.participant_claim.as_str())
+            || crate::store::RESERVED_CLAIMS
+                .iter()
+                .any(|r| crate::store::same_claim_name(&self.token.participant_claim, r))
         {
             return Err(bad(
                 "token.participant_claim",

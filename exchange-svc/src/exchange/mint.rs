@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::signer::SigningKey;
 use crate::state::AppState;
-use crate::store::{ScopeClaims, RESERVED_CLAIMS};
+use crate::store::{is_reserved_claim, ScopeClaims, MAX_TOKEN_CLAIMS_BYTES};
 
 use super::authorize::Grant;
 use super::subject::Parties;
@@ -126,7 +126,7 @@ pub(crate) fn claims(
         }
         for (name, value) in &row.claims {
             // Writes are validated; this guards against rows written by other means.
-            if RESERVED_CLAIMS.contains(&name.as_str()) || name == participant_claim {
+            if is_reserved_claim(name, participant_claim) {
                 tracing::warn!(claim = %name, scope = %row.scope, "reserved claim in scope claims ignored");
                 continue;
             }
@@ -139,8 +139,16 @@ pub(crate) fn claims(
         fields.push(("act", Claim::Owned(act)));
     }
     fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    serde_json::to_vec(&Object(&fields))
-        .map_err(|_| ApiError::Internal("encoding the token failed".into()))
+    let bytes = serde_json::to_vec(&Object(&fields))
+        .map_err(|_| ApiError::Internal("encoding the token failed".into()))?;
+    if bytes.len() > MAX_TOKEN_CLAIMS_BYTES {
+        return Err(ApiError::Internal(format!(
+            "the participant token's claims would take {} bytes, over {MAX_TOKEN_CLAIMS_BYTES}: the scope claims of resource {:?} granted together are too large for an HTTP header",
+            bytes.len(),
+            grant.mapping.resource
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Who mints: `iss` and the name of the participant claim (from the settings).
@@ -291,7 +299,9 @@ mod tests {
                 continue;
             }
             for (name, value) in &row.claims {
-                if RESERVED_CLAIMS.contains(&name.as_str()) || name == issuer.participant_claim {
+                if crate::store::RESERVED_CLAIMS.contains(&name.as_str())
+                    || name == issuer.participant_claim
+                {
                     continue;
                 }
                 claims.entry(name.clone()).or_insert_with(|| value.clone());

@@ -584,10 +584,10 @@ pub fn validate_scope_claims(row: &ScopeClaims, participant_claim: &str) -> Resu
                 format!("{name:?} is not a valid claim name"),
             ));
         }
-        if RESERVED_CLAIMS.contains(&name.as_str()) || name == participant_claim {
+        if is_reserved_claim(name, participant_claim) {
             return Err(invalid(
                 format!("claims.{name}"),
-                "is reserved and cannot be set by a scope",
+                "is reserved (or one up to case) and cannot be set by a scope",
             ));
         }
         if nests_deeper_than(value, MAX_CLAIM_DEPTH) {
@@ -597,7 +597,41 @@ pub fn validate_scope_claims(row: &ScopeClaims, participant_claim: &str) -> Resu
             ));
         }
     }
+    let size = serde_json::to_vec(&row.claims).map_or(usize::MAX, |v| v.len());
+    if size > MAX_SCOPE_CLAIMS_BYTES {
+        return Err(invalid(
+            "claims",
+            format!(
+                "take {size} bytes as JSON, over {MAX_SCOPE_CLAIMS_BYTES}: every token granting the scope would carry them in a header"
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Largest JSON size of one scope row's claims. A participant token travels as an
+/// HTTP header (Envoy's default limit is 60 KiB for all headers, the filter reads an
+/// exchange answer of at most 64 KiB): the rows a mapping grants together are bounded
+/// again when a token is minted ([`MAX_TOKEN_CLAIMS_BYTES`]).
+pub const MAX_SCOPE_CLAIMS_BYTES: usize = 8 * 1024;
+
+/// Largest JSON size of a participant token's claims: a token over it is refused with
+/// a server error naming the resource, not handed to a filter that could never use it.
+pub const MAX_TOKEN_CLAIMS_BYTES: usize = 32 * 1024;
+
+/// Whether a scope may not set the claim `name`: a reserved claim or the participant
+/// claim, also up to Unicode case (Go's encoding/json matches object keys case-folded,
+/// so a `ſub` written after `sub` is the `sub` such a verifier reads).
+pub fn is_reserved_claim(name: &str, participant_claim: &str) -> bool {
+    RESERVED_CLAIMS.iter().any(|r| same_claim_name(name, r))
+        || same_claim_name(name, participant_claim)
+}
+
+/// Whether two claim names are one to a reader that folds case (`ſub` and `sub`, the
+/// Kelvin sign and `k`).
+pub fn same_claim_name(a: &str, b: &str) -> bool {
+    let fold = |s: &str| s.to_lowercase().to_uppercase();
+    a == b || fold(a) == fold(b)
 }
 
 /// Deepest nesting of arrays and objects a claim value may have. An export wraps the
@@ -621,7 +655,12 @@ fn nests_deeper_than(v: &Value, limit: usize) -> bool {
 /// Checks that `row` sets no claim another scope of the same resource sets differently.
 pub fn check_claim_conflicts(row: &ScopeClaims, others: &[ScopeClaims]) -> Result<(), StoreError> {
     let mut index = ClaimIndex::default();
-    for other in others.iter().filter(|o| o.resource == row.resource) {
+    // Not the row's own stored version: noted first, it hid another scope's value (its
+    // own scope is never a conflict), so a replaced row could contradict a sibling.
+    for other in others
+        .iter()
+        .filter(|o| o.resource == row.resource && o.scope != row.scope)
+    {
         index.note(other);
     }
     index.add(row)
