@@ -14,25 +14,6 @@ fn bin() -> Command {
     exchange_command()
 }
 
-/// `check-config` on `toml` with `env` set: its exit code and everything it wrote.
-fn check_config(dir: &std::path::Path, toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let p = dir.join("c.toml");
-    std::fs::write(&p, toml).unwrap();
-    let mut c = bin();
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.arg("check-config").arg(&p).output().unwrap();
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// The standard test configuration with `vault` as the body of its `[vault]` section.
 fn with_vault(dir: &std::path::Path, vault: &str, extra: &str) -> String {
     config_toml_vault(
@@ -57,7 +38,7 @@ fn a_vault_auth_section_without_a_method_uses_the_documented_default_method_toke
         &format!("{address}\n\n[vault.auth]\ntoken = \"unused\""),
         "",
     );
-    let (code, out) = check_config(dir.path(), &toml, &[]);
+    let (code, out) = check_config_env(dir.path(), &toml, &[]);
     assert_eq!(
         code,
         Some(0),
@@ -65,7 +46,7 @@ fn a_vault_auth_section_without_a_method_uses_the_documented_default_method_toke
     );
     // From the environment: every key is overridable by MESHPASS__SECTION__KEY.
     let toml = with_vault(dir.path(), address, "");
-    let (code, out) = check_config(
+    let (code, out) = check_config_env(
         dir.path(),
         &toml,
         &[("MESHPASS__VAULT__AUTH__TOKEN", "unused")],
@@ -102,7 +83,7 @@ fn a_huge_vault_key_refresh_interval_is_refused_naming_a_field_instead_of_panick
     ];
     for (vault, extra) in &cases {
         let toml = with_vault(dir.path(), vault, extra);
-        let (code, out) = check_config(dir.path(), &toml, &[]);
+        let (code, out) = check_config_env(dir.path(), &toml, &[]);
         assert!(
             !out.contains("panicked"),
             "check-config panicked on a configuration ({vault} / {extra}):\n{out}"
@@ -148,9 +129,9 @@ fn a_string_key_whose_value_looks_like_a_number_is_set_quoted_from_the_environme
         ("MESHPASS__VAULT__KEY_NAME", "vault.key_name"),
         ("MESHPASS__RATE_LIMIT__KEY_PREFIX", "rate_limit.key_prefix"),
     ] {
-        let (code, out) = check_config(dir.path(), &toml, &[(var, "\"2025\"")]);
+        let (code, out) = check_config_env(dir.path(), &toml, &[(var, "\"2025\"")]);
         assert_eq!(code, Some(0), "{var}='\"2025\"': {out}");
-        let (code, out) = check_config(dir.path(), &toml, &[(var, "2025")]);
+        let (code, out) = check_config_env(dir.path(), &toml, &[(var, "2025")]);
         assert_eq!(code, Some(2), "{var}=2025: {out}");
         assert!(
             out.contains(field),
@@ -184,7 +165,7 @@ fn an_unknown_or_mistyped_key_inside_an_issuers_token_review_is_named_by_its_dot
     for (edit, named) in cases {
         let toml = config_toml(&issuer, &dir.path().join("m.db"), "")
             .replace(&jwks, &format!("{jwks}\n{edit}"));
-        let (code, out) = check_config(dir.path(), &toml, &[]);
+        let (code, out) = check_config_env(dir.path(), &toml, &[]);
         assert_eq!(code, Some(2), "{edit}: {out}");
         assert!(
             out.contains(named),

@@ -23,25 +23,6 @@ fn good(dir: &Path) -> String {
     config_toml(&TestIssuer::new(ISSUER, "k"), &dir.join("m.db"), "")
 }
 
-/// `check-config` on `toml` with `env` set: its exit code and everything it wrote.
-fn check_config(dir: &Path, toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let p = dir.join("c.toml");
-    std::fs::write(&p, toml).unwrap();
-    let mut c = bin();
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.arg("check-config").arg(&p).output().unwrap();
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// `serve --config` on `toml`: its exit code (None: still running after `wait`, then
 /// killed) and everything it wrote.
 fn serve_for(dir: &Path, toml: &str, wait: Duration) -> (Option<i32>, String) {
@@ -108,7 +89,7 @@ fn check_config_refuses_a_store_url_that_serve_refuses_naming_store_url() {
     ];
     let mut wrong = Vec::new();
     for url in cases {
-        let (code, out) = check_config(
+        let (code, out) = check_config_env(
             dir.path(),
             &good(dir.path()),
             &[("MESHPASS__STORE__URL", url)],
@@ -171,7 +152,7 @@ fn a_meshpass_variable_with_an_empty_name_segment_is_refused_not_silently_ignore
         "MESHPASS__STORE__URL__",
         "MESHPASS____STORE__URL",
     ] {
-        let (code, out) = check_config(dir.path(), &good(dir.path()), &[(var, pg)]);
+        let (code, out) = check_config_env(dir.path(), &good(dir.path()), &[(var, pg)]);
         if code != Some(2) {
             ignored.push(format!("{var}={pg}: exit {code:?}: {}", out.trim()));
         }
@@ -220,7 +201,7 @@ fn a_numeric_vault_secret_is_refused_naming_its_key_without_printing_it() {
     );
     let mut wrong = Vec::new();
     for (env, field) in cases {
-        let (code, out) = check_config(dir.path(), &toml, env);
+        let (code, out) = check_config_env(dir.path(), &toml, env);
         if code != Some(2) || out.contains(secret) || !out.contains(field) {
             wrong.push(format!(
                 "{env:?}: exit {code:?}, want {field} named and the value hidden: {}",
@@ -248,7 +229,7 @@ fn a_secret_given_to_an_enum_or_duration_key_is_refused_without_being_quoted() {
         "MESHPASS__LOG__FORMAT",
         "MESHPASS__VAULT__PUBLISH_LEAD",
     ] {
-        let (code, out) = check_config(dir.path(), &good(dir.path()), &[(var, secret)]);
+        let (code, out) = check_config_env(dir.path(), &good(dir.path()), &[(var, secret)]);
         assert_eq!(code, Some(2), "{var}: {out}");
         if out.contains(secret) {
             quoted.push(format!("{var}: {}", out.trim()));
@@ -316,7 +297,7 @@ fn an_issuer_with_a_user_or_password_is_refused_naming_token_issuer_without_quot
         "https://meshpass@meshpass.test",
         "https://:Pa55w0rdKcfg@meshpass.test/tenant",
     ] {
-        let (code, out) = check_config(
+        let (code, out) = check_config_env(
             dir.path(),
             &good(dir.path()),
             &[("MESHPASS__TOKEN__ISSUER", issuer)],

@@ -340,7 +340,7 @@ async fn a_subject_token_whose_nested_act_chain_names_a_revoked_workload_gets_no
 /// unauthorized_client; the feed must too.
 #[tokio::test]
 async fn a_revoked_caller_is_refused_the_revocation_feed_as_it_is_refused_token() {
-    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore};
+    use meshpass_exchange::store::RevocationStore;
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");
     let cfg = load_config(
@@ -355,23 +355,7 @@ async fn a_revoked_caller_is_refused_the_revocation_feed_as_it_is_refused_token(
         )
         .await;
     let app = meshpass_exchange::app(st.clone());
-    let rev = store
-        .create_revocation(
-            &NewRevocation {
-                target: RevocationTarget::Caller,
-                matches: WEB.into(),
-                reason: "compromised".into(),
-                until: None,
-            },
-            &Actor {
-                who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
-                request_id: "audit".into(),
-            },
-            now(),
-        )
-        .await
-        .unwrap();
-    st.revocations.created(rev);
+    revoke_in(&st, &store, RevocationTarget::Caller, WEB).await;
     // /token refuses the revoked caller.
     let subject = issuer.svid(WEB, now(), 600);
     let a = post_token(&app, exchange_form(&subject, &[("resource", "payments")])).await;

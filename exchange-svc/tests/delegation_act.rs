@@ -138,7 +138,6 @@ async fn an_actor_tokens_own_act_is_never_nested_with_non_identity_or_reserved_c
 /// minted as the acting party.
 #[tokio::test]
 async fn an_act_chain_naming_an_actor_no_revocation_can_match_is_refused_not_carried() {
-    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore};
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");
     let cfg = load_config(
@@ -147,23 +146,7 @@ async fn an_act_chain_naming_an_actor_no_revocation_can_match_is_refused_not_car
     );
     let (st, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
     let app = meshpass_exchange::app(st.clone());
-    let rev = store
-        .create_revocation(
-            &NewRevocation {
-                target: RevocationTarget::Subject,
-                matches: BATCH.into(),
-                reason: "compromised".into(),
-                until: None,
-            },
-            &Actor {
-                who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
-                request_id: "audit".into(),
-            },
-            now(),
-        )
-        .await
-        .unwrap();
-    st.revocations.created(rev);
+    revoke_in(&st, &store, RevocationTarget::Subject, BATCH).await;
     let t = now();
     let mut minted = Vec::new();
     for sub in [

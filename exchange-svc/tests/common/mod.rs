@@ -608,3 +608,52 @@ pub fn tls_client_config(
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(cfg)
 }
+
+/// `meshpass-exchange check-config` on `toml` (written to `dir/c.toml`) with `env`
+/// set: its exit code and everything it wrote.
+pub fn check_config_env(dir: &Path, toml: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let p = dir.join("c.toml");
+    std::fs::write(&p, toml).unwrap();
+    let mut c = exchange_command();
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.arg("check-config").arg(&p).output().unwrap();
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Revokes `matches` as `target` in `store` (as an operator would), applied to the
+/// replica `st` at once.
+pub async fn revoke_in(
+    st: &AppState,
+    store: &SqlStore,
+    target: meshpass_exchange::store::RevocationTarget,
+    matches: &str,
+) -> meshpass_exchange::store::Revocation {
+    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore};
+    let rev = store
+        .create_revocation(
+            &NewRevocation {
+                target,
+                matches: matches.into(),
+                reason: "compromised".into(),
+                until: None,
+            },
+            &Actor {
+                who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+                request_id: "test".into(),
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    st.revocations.created(rev.clone());
+    rev
+}
