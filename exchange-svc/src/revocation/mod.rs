@@ -5,7 +5,8 @@
 //! Freshness:
 //! - a revocation created or lifted through THIS replica's management API is applied
 //!   to the set (and its cached tokens and verified subjects dropped) before the API
-//!   answers, so the very next exchange enforces it;
+//!   answers, so the very next exchange enforces it, and re-applied over any refresh
+//!   that read the store before it committed;
 //! - other replicas' changes arrive with the refresh: once a second one small read of
 //!   the store's version, and a reload only when it changed (no query per exchange);
 //! - a lapsed entry (`until` passed) is ignored by the checks at once; the refresh
@@ -22,7 +23,7 @@ use meshpass_core::{SpiffeId, SpiffeIdPattern, VerifiedSubject};
 
 use crate::cache::{CachedToken, TokenCache};
 use crate::clock::Clock;
-use crate::store::{Revocation, RevocationChanges, RevocationStore, RevocationTarget, StoreError};
+use crate::store::{Revocation, RevocationStore, RevocationTarget, StoreError};
 use crate::subject_cache::SubjectCache;
 
 /// How often the store's version is checked.
@@ -174,7 +175,23 @@ pub struct Revocations {
     subjects: Option<Arc<SubjectCache>>,
     /// `since` → (version, body) of answers at the current version.
     memo: Mutex<HashMap<u64, (u64, Bytes)>>,
+    /// This replica's own creates and lifts until a refresh's read of the store shows
+    /// them: a refresh that read the store before one committed would otherwise undo
+    /// it when it installs. Held across every install, so none interleaves.
+    local: Mutex<Vec<Local>>,
 }
+
+/// A create or lift made through this replica, not yet seen in the store.
+struct Local {
+    at: std::time::Instant,
+    add: Option<Revocation>,
+    lift: Option<String>,
+}
+
+/// How long a local write is re-applied over refreshes that do not show it: far past
+/// the time its commit takes to be read, short enough that one lifted or swept
+/// elsewhere meanwhile does not linger.
+const LOCAL_HOLD: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Revocations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,6 +213,7 @@ impl Revocations {
             tokens,
             subjects,
             memo: Mutex::new(HashMap::new()),
+            local: Mutex::new(Vec::new()),
         }
     }
 
@@ -284,43 +302,76 @@ impl Revocations {
         // A delta from this set's version (a snapshot when the log no longer reaches it).
         let current = self.current();
         let changes = store.revocation_changes(current.version).await?;
-        if changes.full {
-            self.load(changes);
+        tracing::info!(
+            version = changes.version,
+            added = changes.added.len(),
+            removed = changes.removed.len(),
+            snapshot = changes.full,
+            "revocation set updated"
+        );
+        let read = if changes.full {
+            RevocationSet::build(changes.version, changes.added)
         } else {
-            tracing::info!(
-                version = changes.version,
-                added = changes.added.len(),
-                removed = changes.removed.len(),
-                "revocation set updated"
-            );
-            self.install(current.with(changes.version, changes.added, &changes.removed));
-        }
+            current.with(changes.version, changes.added, &changes.removed)
+        };
+        self.install_read(read);
         Ok(())
     }
 
-    fn load(&self, changes: RevocationChanges) {
-        if changes.version != self.current().version {
-            tracing::info!(
-                version = changes.version,
-                entries = changes.added.len(),
-                "revocation set updated"
-            );
-        }
-        self.install(RevocationSet::build(changes.version, changes.added));
-    }
-
-    /// Applies a revocation created through this process at once (the refresh
-    /// confirms it from the store).
-    pub fn created(&self, rev: Revocation) {
-        let current = self.current();
-        let set = current.with(current.version, vec![rev], &[]);
+    /// Installs a set read from the store with this replica's own writes it does not
+    /// show yet applied on top.
+    fn install_read(&self, read: RevocationSet) {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        local.retain(|l| {
+            let shown = match (&l.add, &l.lift) {
+                (Some(r), _) => read.entries.iter().any(|e| e.rev.id == r.id),
+                (None, Some(id)) => !read.entries.iter().any(|e| e.rev.id == *id),
+                (None, None) => true,
+            };
+            !shown && l.at.elapsed() < LOCAL_HOLD
+        });
+        let add: Vec<Revocation> = local.iter().filter_map(|l| l.add.clone()).collect();
+        let lift: Vec<String> = local.iter().filter_map(|l| l.lift.clone()).collect();
+        let set = if add.is_empty() && lift.is_empty() {
+            read
+        } else {
+            read.with(read.version, add, &lift)
+        };
         self.install(set);
     }
 
-    /// Applies a lift made through this process at once.
+    /// Applies a revocation created through this process at once (held over refreshes
+    /// until one shows it from the store).
+    pub fn created(&self, rev: Revocation) {
+        self.apply_local(Local {
+            at: std::time::Instant::now(),
+            add: Some(rev),
+            lift: None,
+        });
+    }
+
+    /// Applies a lift made through this process at once (likewise held).
     pub fn lifted(&self, id: &str) {
+        self.apply_local(Local {
+            at: std::time::Instant::now(),
+            add: None,
+            lift: Some(id.to_string()),
+        });
+    }
+
+    fn apply_local(&self, l: Local) {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.current();
-        let set = current.with(current.version, Vec::new(), &[id.to_string()]);
+        let lift: Vec<String> = l.lift.iter().cloned().collect();
+        let set = current.with(current.version, l.add.iter().cloned().collect(), &lift);
+        // A later write of the same id replaces an earlier one (create, then lift).
+        let id = l
+            .add
+            .as_ref()
+            .map(|r| r.id.clone())
+            .or_else(|| l.lift.clone());
+        local.retain(|o| o.add.as_ref().map(|r| &r.id).or(o.lift.as_ref()) != id.as_ref());
+        local.push(l);
         self.install(set);
     }
 
@@ -380,196 +431,4 @@ impl Revocations {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn rev(id: &str, target: RevocationTarget, matches: &str, until: Option<u64>) -> Revocation {
-        Revocation {
-            id: id.into(),
-            target,
-            matches: matches.into(),
-            reason: format!("reason {id}"),
-            until,
-            created_at: 1,
-            created_by: "spiffe://td/ns/ops/sa/admin".into(),
-        }
-    }
-
-    fn id(s: &str) -> SpiffeId {
-        SpiffeId::parse(s).unwrap()
-    }
-
-    #[test]
-    fn subjects_match_exactly_or_by_pattern_and_targets_stay_apart() {
-        let set = RevocationSet::build(
-            3,
-            vec![
-                rev(
-                    "a",
-                    RevocationTarget::Subject,
-                    "spiffe://td/ns/shop/*",
-                    None,
-                ),
-                rev(
-                    "b",
-                    RevocationTarget::Caller,
-                    "spiffe://td/ns/edge/sa/gw",
-                    None,
-                ),
-                rev("c", RevocationTarget::Jti, "jti-1", None),
-            ],
-        );
-        assert_eq!(
-            set.subject(&id("spiffe://td/ns/shop/sa/web"), 10)
-                .unwrap()
-                .id,
-            "a"
-        );
-        assert!(set
-            .subject(&id("spiffe://td/ns/other/sa/web"), 10)
-            .is_none());
-        assert!(set.subject(&id("spiffe://td/ns/edge/sa/gw"), 10).is_none());
-        assert_eq!(
-            set.caller(&id("spiffe://td/ns/edge/sa/gw"), 10).unwrap().id,
-            "b"
-        );
-        assert!(set.caller(&id("spiffe://td/ns/shop/sa/web"), 10).is_none());
-        assert_eq!(set.jti("jti-1", 10).unwrap().id, "c");
-        assert!(set.jti("jti-2", 10).is_none());
-    }
-
-    #[test]
-    fn an_entry_past_its_until_no_longer_applies_and_makes_a_sweep_due() {
-        let set = RevocationSet::build(1, vec![rev("a", RevocationTarget::Jti, "j", Some(100))]);
-        assert!(set.jti("j", 99).is_some());
-        assert!(!set.lapse_due(99));
-        assert!(set.jti("j", 100).is_none());
-        assert!(set.lapse_due(100));
-        assert!(set.active(100).is_empty());
-    }
-
-    #[test]
-    fn a_jti_revoked_twice_stays_revoked_while_either_revocation_is_in_force() {
-        // Nothing makes a jti unique in the store: revoked for good, then for a while.
-        for order in [["forever", "for-a-while"], ["for-a-while", "forever"]] {
-            let revs = order
-                .iter()
-                .map(|name| {
-                    let until = (*name == "for-a-while").then_some(1_000);
-                    rev(name, RevocationTarget::Jti, "jti-1", until)
-                })
-                .collect();
-            let set = RevocationSet::build(2, revs);
-            assert!(set.jti("jti-1", 500).is_some(), "{order:?}");
-            assert_eq!(
-                set.jti("jti-1", 2_000).map(|r| r.id.as_str()),
-                Some("forever"),
-                "{order:?}: the lapsed one hid the one in force"
-            );
-        }
-    }
-
-    #[test]
-    fn local_writes_apply_on_top_of_the_version_without_duplicates() {
-        let set = RevocationSet::build(5, vec![rev("a", RevocationTarget::Jti, "j", None)]);
-        let added = set.with(5, vec![rev("a", RevocationTarget::Jti, "j", None)], &[]);
-        assert_eq!((added.version, added.active(0).len()), (5, 1));
-        let lifted = added.with(5, Vec::new(), &["a".to_string()]);
-        assert!(lifted.is_empty());
-    }
-
-    #[test]
-    fn a_delta_adds_lifts_and_moves_to_its_version() {
-        let set = RevocationSet::build(
-            5,
-            vec![
-                rev("a", RevocationTarget::Jti, "j", None),
-                rev("b", RevocationTarget::Jti, "k", None),
-            ],
-        );
-        let next = set.with(
-            7,
-            vec![rev("c", RevocationTarget::Jti, "l", None)],
-            &["a".to_string(), "gone-before".to_string()],
-        );
-        assert_eq!(next.version, 7);
-        assert!(next.jti("j", 0).is_none());
-        assert!(next.jti("k", 0).is_some() && next.jti("l", 0).is_some());
-    }
-
-    #[test]
-    fn a_new_entry_drops_the_cached_tokens_it_covers() {
-        let tokens = Arc::new(TokenCache::new(16, 0.5));
-        let put = |n: u8, rate_key: &str, jti: &str, actor: Option<&str>| {
-            let req = meshpass_core::oauth::TokenExchangeRequest::parse_form(
-                format!(
-                    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=t{n}&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt&resource=r"
-                )
-                .as_bytes(),
-            )
-            .unwrap();
-            tokens.insert(
-                crate::cache::CacheKey::of(&req, ""),
-                Arc::new(CachedToken {
-                    access_token: "x".into(),
-                    scope: None,
-                    issued_at: 10,
-                    expires_at: 1000,
-                    rate_key: rate_key.into(),
-                    mapping: "m".into(),
-                    resource: "r".into(),
-                    rate_limit: None,
-                    jti: jti.into(),
-                    actors: actor.map(Arc::from).into_iter().collect(),
-                    body: crate::cache::AnswerBody::new("x", None),
-                    cached_counter: None,
-                    key_generation: 0.into(),
-                }),
-                10,
-            );
-        };
-        put(
-            1,
-            "spiffe://td/ns/shop/sa/web spiffe://td/ns/shop/sa/web",
-            "j1",
-            None,
-        );
-        put(
-            2,
-            "spiffe://td/ns/edge/sa/gw spiffe://td/ns/app/sa/api",
-            "j2",
-            None,
-        );
-        put(
-            3,
-            "spiffe://td/ns/app/sa/x spiffe://td/ns/app/sa/x",
-            "j3",
-            None,
-        );
-        // Acted for by a workload of ns/shop: goes with the shop subjects.
-        put(
-            4,
-            "spiffe://td/ns/app/sa/y spiffe://td/ns/app/sa/y",
-            "j4",
-            Some("spiffe://td/ns/shop/sa/batch"),
-        );
-        let revs = Revocations::new(Some(Arc::clone(&tokens)), None);
-        revs.created(rev(
-            "a",
-            RevocationTarget::Subject,
-            "spiffe://td/ns/shop/*",
-            None,
-        ));
-        assert_eq!(tokens.len(), 2);
-        revs.created(rev(
-            "b",
-            RevocationTarget::Caller,
-            "spiffe://td/ns/edge/sa/gw",
-            None,
-        ));
-        assert_eq!(tokens.len(), 1);
-        revs.created(rev("c", RevocationTarget::Jti, "j3", None));
-        assert!(tokens.is_empty());
-    }
-}
+mod tests;
