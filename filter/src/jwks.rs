@@ -6,7 +6,7 @@ use meshpass_core::{KeySet, ValidationError};
 use crate::api::{CallResponse, Counter, Host, Level, SharedError, CREATE_CAS};
 use crate::config::IssuerKeys;
 use crate::memo::Memo;
-use crate::worker::{Call, Waiter, Worker};
+use crate::worker::{Call, Waiter, WarnKind, Worker};
 
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
@@ -26,6 +26,19 @@ pub const KEY_EPOCH_KEY: &str = "meshpass/key-epoch";
 /// The key epoch stored (8 bytes, little-endian); 0 before the first move.
 fn epoch_of(b: &[u8]) -> u64 {
     b.try_into().map_or(0, u64::from_le_bytes)
+}
+
+/// The stored document: `<sent_ms>|<JWKS>`, the send time of the fetch it answers (a
+/// store under CAS keeps a newer one). A bare JWKS (an older build's) reads as sent at 0.
+fn split_doc(b: &[u8]) -> (u64, &[u8]) {
+    let i = b.iter().position(|&c| c == b'|').unwrap_or(0);
+    match std::str::from_utf8(&b[..i])
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(t) => (t, &b[i + 1..]),
+        None => (0, b),
+    }
 }
 
 /// How long a taken fetch lease keeps other workers from fetching (past the fetch
@@ -173,15 +186,17 @@ impl Worker {
         read_lease(host, &r.lease_key).0.answered_sent_ms > since_ms
     }
 
-    /// Whether a fetch of `issuer`'s keys failed after `since_ms` with none answered
+    /// Whether a fetch of `issuer`'s keys sent after `since_ms` failed, with none answered
     /// since (a refetch for a rotated key met the endpoint down).
     fn failed_since(&self, host: &mut dyn Host, issuer: &str, since_ms: u64) -> bool {
         let Some(IssuerKeys::Remote(r)) = self.config.keys.get(issuer) else {
             return false;
         };
         let lease = read_lease(host, &r.lease_key).0;
+        // The failed fetch was sent after the park (as in `answered_since`): an older
+        // fetch's failure is not the refetch's.
         lease.failures > 0
-            && lease.last_failure_ms >= since_ms
+            && lease.last_failed_sent_ms > since_ms
             && lease.answered_sent_ms <= since_ms
     }
 
@@ -224,7 +239,8 @@ impl Worker {
     }
 
     pub(crate) fn load_remote_keys(&mut self, host: &mut dyn Host) {
-        for (iss, k) in &self.config.keys {
+        let config = self.config.clone();
+        for (iss, k) in &config.keys {
             let IssuerKeys::Remote(r) = k else { continue };
             let Some((bytes, cas)) = host.shared_get(&r.shared_key) else {
                 continue;
@@ -232,15 +248,22 @@ impl Worker {
             if self.key_cas.get(iss) == Some(&cas) {
                 continue;
             }
-            match KeySet::parse(&bytes) {
+            // Recorded when unreadable too: not parsed (nor warned about) again until
+            // the document changes.
+            self.key_cas.insert(iss.clone(), cas);
+            match KeySet::parse(split_doc(&bytes).1) {
                 Ok((set, _)) if !set.is_empty() => {
                     self.keysets.insert(iss.clone(), set);
-                    self.key_cas.insert(iss.clone(), cas);
                 }
-                _ => host.log(
-                    Level::Warn,
-                    "meshpass: stored JWKS does not parse; keeping previous keys",
-                ),
+                _ => {
+                    let now = host.now_ms();
+                    self.warn_limited(
+                        host,
+                        WarnKind::JwksUnreadable,
+                        now,
+                        "meshpass: stored JWKS does not parse; keeping previous keys",
+                    )
+                }
             }
         }
     }
@@ -331,19 +354,20 @@ impl Worker {
         };
         match parsed {
             Ok(set) => {
-                if read_lease(host, &r.lease_key).0.answered_sent_ms > sent_ms {
+                // Against the stored set (another worker's may be newer than ours).
+                self.load_remote_keys(host);
+                let dropped = self
+                    .keysets
+                    .get(issuer)
+                    .is_some_and(|old| !set.keeps_every_key_of(old));
+                if read_lease(host, &r.lease_key).0.answered_sent_ms > sent_ms
+                    || !store_doc(host, &r.shared_key, sent_ms, &resp.body)
+                {
                     // A fetch sent later was answered first (a refetch for a rotated
-                    // key): its keys stay, for every worker.
+                    // key; or the store failed): the stored keys stay, for every worker.
                     self.key_cas.remove(issuer);
                     self.load_remote_keys(host);
                 } else {
-                    // Against the stored set (another worker's may be newer than ours).
-                    self.load_remote_keys(host);
-                    let dropped = self
-                        .keysets
-                        .get(issuer)
-                        .is_some_and(|old| !set.keeps_every_key_of(old));
-                    let _ = host.shared_set(&r.shared_key, Some(&resp.body), None);
                     // After the store: a miss between the two validates with the new keys.
                     if dropped {
                         self.bump_key_epoch(host);
@@ -383,10 +407,20 @@ impl Worker {
                     backoff = 1000u64
                         .saturating_mul(1 << failures.min(16))
                         .min(r.refresh_ms);
-                    (!concurrent).then_some(Lease {
-                        next_due_ms: now + backoff,
+                    // A refetch forced once this fetch was out stays scheduled (or out).
+                    let keep_due = concurrent || lease.last_forced_ms >= sent_ms;
+                    // Still records the latest failed send (a parked request's refetch).
+                    (!concurrent || sent_ms > lease.last_failed_sent_ms).then_some(Lease {
+                        next_due_ms: match keep_due {
+                            true => lease.next_due_ms,
+                            false => now + backoff,
+                        },
                         failures,
-                        last_failure_ms: now,
+                        last_failure_ms: match concurrent {
+                            true => lease.last_failure_ms,
+                            false => now,
+                        },
+                        last_failed_sent_ms: lease.last_failed_sent_ms.max(sent_ms),
                         ..lease
                     })
                 });
@@ -413,17 +447,20 @@ struct Lease {
     last_failure_ms: u64,
     /// When the fetch whose answer is stored was sent.
     answered_sent_ms: u64,
+    /// When the last failed fetch was sent (absent in an older build's lease: 0).
+    last_failed_sent_ms: u64,
 }
 
 impl Lease {
     fn encode(&self) -> String {
         format!(
-            "{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}",
             self.next_due_ms,
             self.failures,
             self.last_forced_ms,
             self.last_failure_ms,
-            self.answered_sent_ms
+            self.answered_sent_ms,
+            self.last_failed_sent_ms
         )
     }
 }
@@ -440,6 +477,7 @@ fn read_lease(host: &mut dyn Host, key: &str) -> (Lease, u32) {
                 last_forced_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
                 last_failure_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
                 answered_sent_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
+                last_failed_sent_ms: it.next().and_then(|v| v.parse().ok()).unwrap_or(0),
             };
             (l, cas)
         }
@@ -469,4 +507,24 @@ fn update_lease(
         }
     }
     Err(last)
+}
+
+/// Stores the answer to a fetch sent at `sent_ms` unless the stored one answers a
+/// later fetch, under CAS: a newer answer stored in between by another worker is kept.
+/// Whether it was stored.
+fn store_doc(host: &mut dyn Host, key: &str, sent_ms: u64, body: &[u8]) -> bool {
+    let mut doc = format!("{sent_ms}|").into_bytes();
+    doc.extend_from_slice(body);
+    for _ in 0..LEASE_TRIES {
+        let (cur, cas) = host.shared_get(key).unwrap_or((Vec::new(), CREATE_CAS));
+        if split_doc(&cur).0 > sent_ms {
+            return false;
+        }
+        match host.shared_set(key, Some(&doc), Some(cas)) {
+            Ok(()) => return true,
+            Err(SharedError::CasMismatch) => {}
+            Err(SharedError::Failed) => return false,
+        }
+    }
+    false
 }

@@ -220,10 +220,12 @@ pub(crate) enum WarnKind {
     RevocationSetUnreadable,
     /// CLIENT mode: this proxy's own workload identity cannot be discovered.
     OwnIdentity,
+    /// A stored key set does not parse.
+    JwksUnreadable,
 }
 
 impl WarnKind {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
 }
 
 impl Worker {
