@@ -186,6 +186,7 @@ mod denials;
 mod exchange;
 mod hygiene;
 mod jwks;
+mod jwks_races;
 mod jwks_workers;
 mod key_removal;
 mod leases;
