@@ -11,8 +11,9 @@
 //!   `redis_retry_ms` (requests in between go straight to the fallback, so an outage
 //!   costs no latency); the first answer ends the fallback. `/readyz` names the state
 //!   (`rate_limit`), and metrics count it; when nothing has asked Redis for
-//!   `redis_retry_ms`, `/readyz` asks it (`PING`), so an idle replica reports an outage
-//!   and a recovery too.
+//!   `redis_retry_ms`, `/readyz` asks it (the limiter's script on a probe key, waiting
+//!   at most [`READYZ_REDIS_WAIT`]), so an idle replica reports an outage and a recovery
+//!   too.
 
 pub mod local;
 pub mod redis;
@@ -188,6 +189,12 @@ impl Default for RateLimiter {
     }
 }
 
+/// Longest wait of `/readyz` for Redis (or `redis_timeout_ms` if shorter): the probe
+/// must answer within the kubelet's `timeoutSeconds` (5 in the manifests, sized for the
+/// store's 3 s wait, which runs alongside) whatever `redis_timeout_ms` (up to 10 s) is,
+/// or a black-holed Redis takes every replica out of service at once.
+pub const READYZ_REDIS_WAIT: Duration = Duration::from_millis(500);
+
 /// How rate limits are counted right now (for `/readyz`).
 pub fn describe(l: &RateLimiter) -> &'static str {
     match &l.shared {
@@ -200,13 +207,15 @@ pub fn describe(l: &RateLimiter) -> &'static str {
     }
 }
 
-/// [`describe`], after asking Redis (`PING`) when nothing has for `redis_retry_ms`:
-/// an idle replica reports an outage, and the recovery, as a busy one does (its
-/// `/readyz` and `meshpass_rate_limit_redis_up`), instead of the last exchange's view.
+/// [`describe`], after asking Redis when nothing has for `redis_retry_ms`: an idle
+/// replica reports an outage, and the recovery, as a busy one does (its `/readyz` and
+/// `meshpass_rate_limit_redis_up`), instead of the last exchange's view. The question is
+/// the limiter's own script (so a Redis that answers `PING` but refuses checks stays
+/// down), waiting at most [`READYZ_REDIS_WAIT`].
 pub async fn probe_and_describe(l: &RateLimiter) -> &'static str {
     if let Some(s) = &l.shared {
         if s.probe_due() {
-            match s.redis.ping().await {
+            match s.redis.probe(READYZ_REDIS_WAIT).await {
                 Ok(()) => s.up(),
                 Err(e) => s.failed(&e),
             }

@@ -26,12 +26,20 @@ use crate::store::RateLimit;
 /// refill at a new rate at once; and an arrival time no state of this limit can reach
 /// (Redis's clock stepped back: a failover to a node behind) is capped at one full
 /// bucket ahead, so a pair is never locked out for longer than its limit refills.
+///
+/// A key of another type (a hash written by hand or by another deployment sharing the
+/// prefix) is read as no state, and the `SET` replaces it: a `GET` on it would fail the
+/// script with `WRONGTYPE`, and a failed check sends the whole replica, every pair, to
+/// the fallback over one pair's key.
 const GCRA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
-local stored = redis.call('GET', KEYS[1])
+local stored = false
+if redis.call('TYPE', KEYS[1]).ok == 'string' then
+  stored = redis.call('GET', KEYS[1])
+end
 local tat = now
 local fixed = false
 if stored then
@@ -160,16 +168,19 @@ impl RedisLimiter {
         format!("{}:{}", self.prefix, hex::encode(h.finalize()))
     }
 
-    /// `PING`, bounded by the timeout: whether Redis answers (asked by `/readyz` when no
-    /// exchange has asked for a while).
-    pub async fn ping(&self) -> Result<(), RedisLimitError> {
-        let mut conn = self.conn();
-        let _: String =
-            tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
-                .await
-                .map_err(|_| self.unavailable(None))?
-                .map_err(|e| self.unavailable(Some(e)))?;
-        Ok(())
+    /// The limiter's script on a fixed key under the prefix (no pair's key: those are
+    /// hex digests) with a limit no probe reaches, bounded by `bound` (at most the
+    /// timeout): whether Redis does what a check needs (asked by `/readyz` when no
+    /// exchange has asked for a while). Not a `PING`: a Redis at `maxmemory` (`OOM`), a
+    /// read-only replica or a user without `EVALSHA` answers `PING` yet refuses every
+    /// check.
+    pub async fn probe(&self, bound: Duration) -> Result<(), RedisLimitError> {
+        let key = format!("{}:probe", self.prefix);
+        // 1 µs per request, a burst of a second's worth: never refused, and the key
+        // expires 1 ms after each probe.
+        self.run(key, 1, 1_000_000, bound.min(self.timeout))
+            .await
+            .map(|_| ())
     }
 
     /// One request against the shared limit: Ok(None) allowed, Ok(Some(wait)) refused.
@@ -181,13 +192,31 @@ impl RedisLimiter {
     ) -> Result<Option<Duration>, RedisLimitError> {
         let interval_us = (1_000_000.0 / limit.per_second).max(1.0).round() as u64;
         let tolerance_us = interval_us.saturating_mul(u64::from(limit.burst.saturating_sub(1)));
+        let wait = self
+            .run(
+                self.redis_key(key, mapping),
+                interval_us,
+                tolerance_us,
+                self.timeout,
+            )
+            .await?;
+        Ok((wait > 0).then(|| Duration::from_micros(wait)))
+    }
+
+    /// The script on `key`, bounded by `bound`: the µs to wait (0: allowed).
+    async fn run(
+        &self,
+        key: String,
+        interval_us: u64,
+        tolerance_us: u64,
+        bound: Duration,
+    ) -> Result<u64, RedisLimitError> {
         let mut conn = self.conn();
-        let mut call = self.script.key(self.redis_key(key, mapping));
+        let mut call = self.script.key(key);
         call.arg(interval_us).arg(tolerance_us);
-        let wait: u64 = tokio::time::timeout(self.timeout, call.invoke_async(&mut conn))
+        tokio::time::timeout(bound, call.invoke_async(&mut conn))
             .await
             .map_err(|_| self.unavailable(None))?
-            .map_err(|e| self.unavailable(Some(e)))?;
-        Ok((wait > 0).then(|| Duration::from_micros(wait)))
+            .map_err(|e| self.unavailable(Some(e)))
     }
 }
