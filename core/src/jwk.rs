@@ -183,6 +183,10 @@ fn parse_jwk(obj: &Map<String, Value>) -> Result<Jwk, String> {
         if !seen.contains(&"verify") {
             return Err("key_ops does not contain \"verify\"".into());
         }
+        // RFC 7517 §4.3: with `use`, the operations must agree with it.
+        if obj.contains_key("use") && seen.iter().any(|o| !matches!(*o, "verify" | "sign")) {
+            return Err("use and key_ops are inconsistent".into());
+        }
     }
     let alg = match opt_str(obj, "alg")? {
         None => None,

@@ -13,7 +13,7 @@ use crate::claims::{RegisteredClaims, TimeRules};
 use crate::error::ValidationError;
 use crate::jwk::KeySet;
 use crate::jws::CompactJws;
-use crate::spiffe::{SpiffeId, SpiffeIdPattern, TrustDomain};
+use crate::spiffe::{SpiffeId, SpiffeIdError, SpiffeIdPattern, TrustDomain};
 
 /// Where the subject SPIFFE ID comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -189,6 +189,10 @@ impl IssuerPolicy {
             }
         }
         .map_err(ValidationError::InvalidSubject)?;
+        // JWT-SVID: `sub` is a workload's ID; `spiffe://TD` is the trust domain's own.
+        if id.path().is_empty() {
+            return Err(ValidationError::InvalidSubject(SpiffeIdError::NotAWorkload));
+        }
         self.admits(&id)?;
         Ok(id)
     }

@@ -40,6 +40,9 @@ pub enum SpiffeIdError {
     /// A pattern is not `spiffe://TD/path`, `spiffe://TD/prefix/*` or `spiffe://TD/*`.
     #[error("invalid pattern")]
     BadPattern,
+    /// The ID has no path: it names the trust domain, never a workload.
+    #[error("names the trust domain, not a workload (no path)")]
+    NotAWorkload,
 }
 
 /// The SPIFFE ID scheme, lower case only.

@@ -75,10 +75,16 @@ fn enforces_the_issuers_id_patterns_segment_aligned() {
         "spiffe://example.org/ns/defaultx/sa/web",
         "spiffe://example.org/ns/ops/sa/deployer2",
         "spiffe://example.org/ns/ops",
-        "spiffe://example.org",
     ] {
         assert_eq!(check(sub), Err(ValidationError::SubjectNotAllowed), "{sub}");
     }
+    // The trust domain's own ID is no workload at all (before any pattern).
+    assert_eq!(
+        check("spiffe://example.org"),
+        Err(ValidationError::InvalidSubject(
+            meshpass_core::SpiffeIdError::NotAWorkload
+        ))
+    );
 }
 
 #[test]
