@@ -55,6 +55,25 @@ impl Env {
         post_token(&self.app, exchange_form(&svid, fields)).await
     }
 
+    /// Stores mapping `web-to-RESOURCE`: WEB may get `scopes` of `resource`.
+    async fn map_web(&self, resource: &str, scopes: &[String]) {
+        self.store
+            .put_mapping(&Mapping {
+                name: format!("web-to-{resource}"),
+                subject: WEB.into(),
+                resource: resource.into(),
+                participant: format!("acme-{resource}"),
+                audiences: vec![],
+                scopes: scopes.to_vec(),
+                ttl_secs: 300,
+                rate_limit: None,
+                allowed_callers: vec![],
+                allowed_actors: vec![],
+            })
+            .await
+            .unwrap();
+    }
+
     /// The claims of a token minted with `fields` (the exchange must succeed).
     async fn minted(&self, fields: &[(&str, &str)]) -> Value {
         let a = self.exchange(fields).await;
@@ -90,21 +109,8 @@ fn row(resource: &str, scope: &str, claims: Value) -> ScopeClaims {
 async fn replacing_a_scope_row_with_a_value_another_scope_sets_differently_is_refused_as_a_conflict(
 ) {
     let e = env().await;
-    e.store
-        .put_mapping(&Mapping {
-            name: "web-to-ledger".into(),
-            subject: WEB.into(),
-            resource: "ledger".into(),
-            participant: "acme-ledger".into(),
-            audiences: vec![],
-            scopes: vec!["a".into(), "b".into()],
-            ttl_secs: 300,
-            rate_limit: None,
-            allowed_callers: vec![],
-            allowed_actors: vec![],
-        })
-        .await
-        .unwrap();
+    e.map_web("ledger", &["a".to_string(), "b".to_string()])
+        .await;
     e.store
         .put_scope_claims(&row("ledger", "a", json!({"level": "low"})))
         .await
@@ -221,21 +227,7 @@ async fn scope_claims_granted_together_past_the_token_bound_fail_the_exchange_wi
 {
     let e = env().await;
     let scopes: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
-    e.store
-        .put_mapping(&Mapping {
-            name: "web-to-wide".into(),
-            subject: WEB.into(),
-            resource: "wide".into(),
-            participant: "acme-wide".into(),
-            audiences: vec![],
-            scopes: scopes.clone(),
-            ttl_secs: 300,
-            rate_limit: None,
-            allowed_callers: vec![],
-            allowed_actors: vec![],
-        })
-        .await
-        .unwrap();
+    e.map_web("wide", &scopes).await;
     for (i, s) in scopes.iter().enumerate() {
         // Each row 7,000 bytes: under the 8 KiB row bound, 42,000 together.
         e.store
