@@ -279,6 +279,77 @@ async fn a_service_account_token_the_api_server_refuses_is_no_management_credent
     assert!(r.headers().contains_key("retry-after"));
 }
 
+/// A merge patch and an import need `write` and `read`: the token is validated and
+/// reviewed once per request, and the API server is asked once for each verb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_or_an_import_reviews_the_token_once_and_asks_once_per_verb() {
+    let api = KubeApi::start(Reply::Status(authenticated(
+        SA_USER,
+        "1",
+        &["meshpass-admin"],
+    )))
+    .await;
+    api.allow_verbs(&["read", "write"]);
+    let dir = tempfile::tempdir().unwrap();
+    let review = format!(
+        r#"token_review = {{ url = "{}", ca_file = "{}", bearer_token_file = "{}" }}"#,
+        api.url,
+        api.ca_file.display(),
+        dir.path().join("sa-token").display(),
+    );
+    let (base, issuer) = start_with(dir.path(), &api.url, &api.ca_file, &review, "").await;
+    let token = sa_token(&issuer, "meshpass-admin");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/api/v1/mappings"))
+        .bearer_auth(&token)
+        .json(
+            &json!({"name": "inv", "subject": "spiffe://cluster.local/ns/shop/*",
+            "resource": "inventory", "participant": "acme", "ttl_secs": 300}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    let counts = || (api.reviews().len(), api.access_reviews().len());
+    let verbs = |from: usize| -> Vec<String> {
+        api.access_reviews()[from..]
+            .iter()
+            .map(|r| {
+                r.body["spec"]["resourceAttributes"]["verb"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let (tokens, access) = counts();
+    let r = http
+        .patch(format!("{base}/api/v1/mappings/inv"))
+        .bearer_auth(&token)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"ttl_secs": 600}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(counts().0 - tokens, 1, "TokenReviews for one PATCH");
+    assert_eq!(verbs(access), ["write", "read"]);
+
+    let (tokens, access) = counts();
+    let r = http
+        .post(format!("{base}/api/v1/import?dry_run=true"))
+        .bearer_auth(&token)
+        .json(&json!({"mappings": [], "scopes": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(counts().0 - tokens, 1, "TokenReviews for one import");
+    assert_eq!(verbs(access), ["write", "read"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_of_another_clusters_issuer_is_never_reviewed_by_this_one() {
     let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1", &["meshpass"]))).await;

@@ -124,21 +124,35 @@ impl Authenticator {
     /// The caller of a request holding `role`: 401 without a valid token, 403 without
     /// the role. Errors never echo the token.
     pub async fn require(&self, headers: &HeaderMap, role: Role) -> Result<Caller, MgmtError> {
+        self.require_all(headers, &[role]).await
+    }
+
+    /// [`Self::require`] for a request needing every one of `roles`: the token is
+    /// validated (and reviewed) once, the API server asked once per role not in the
+    /// callers table; 403 names the first role missing.
+    pub async fn require_all(
+        &self,
+        headers: &HeaderMap,
+        roles: &[Role],
+    ) -> Result<Caller, MgmtError> {
         let mut caller = self.authenticate(headers).await?;
-        if caller.roles.contains(&role) {
-            return Ok(caller);
-        }
-        if let (Some(kube), Some(user)) = (&self.kube, &caller.kube_user) {
-            if kube.allows(user, role).await? {
-                caller.roles.insert(role);
-                return Ok(caller);
+        for &role in roles {
+            if caller.roles.contains(&role) {
+                continue;
             }
+            if let (Some(kube), Some(user)) = (&self.kube, &caller.kube_user) {
+                if kube.allows(user, role).await? {
+                    caller.roles.insert(role);
+                    continue;
+                }
+            }
+            return Err(MgmtError::Forbidden(format!(
+                "{} lacks the {} role",
+                caller.id,
+                role.as_str()
+            )));
         }
-        Err(MgmtError::Forbidden(format!(
-            "{} lacks the {} role",
-            caller.id,
-            role.as_str()
-        )))
+        Ok(caller)
     }
 
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, MgmtError> {

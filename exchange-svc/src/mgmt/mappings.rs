@@ -277,9 +277,11 @@ pub async fn patch_mapping(
     name: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Response, MgmtError> {
-    let caller = st.auth.require(&headers, Role::Write).await?;
-    // The answer is the whole stored entry, which the request did not send.
-    st.auth.require(&headers, Role::Read).await?;
+    // Write, and read: the answer is the whole stored entry, which the request did not send.
+    let caller = st
+        .auth
+        .require_all(&headers, &[Role::Write, Role::Read])
+        .await?;
     let body = read_body(body).await?;
     let name = path_params(name)?;
     let (current, tag) = st
@@ -432,9 +434,11 @@ pub async fn patch_scope(
     key: Result<Path<(String, String)>, PathRejection>,
     body: Body,
 ) -> Result<Response, MgmtError> {
-    let caller = st.auth.require(&headers, Role::Write).await?;
-    // The answer is the whole stored entry, which the request did not send.
-    st.auth.require(&headers, Role::Read).await?;
+    // Write, and read: the answer is the whole stored entry, which the request did not send.
+    let caller = st
+        .auth
+        .require_all(&headers, &[Role::Write, Role::Read])
+        .await?;
     let body = read_body(body).await?;
     let (resource, scope) = path_params(key)?;
     let key = scope_key(resource, scope);

@@ -232,9 +232,11 @@ pub async fn import(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Json<ImportDiff>, MgmtError> {
-    let caller = st.auth.require(&headers, Role::Write).await?;
-    // The diff shows what is stored (a dry run writes nothing and shows it all).
-    st.auth.require(&headers, Role::Read).await?;
+    // Write, and read: the diff shows what is stored (a dry run writes nothing and shows it all).
+    let caller = st
+        .auth
+        .require_all(&headers, &[Role::Write, Role::Read])
+        .await?;
     let body = read_body(body).await?;
     let q: ImportQuery = parse_query(query.as_deref())?;
     let (doc, sections) = parse_document(&headers, &body)?;
