@@ -144,6 +144,29 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
+/// SIGHUP reloads nothing (the configuration is read once; TLS files, the Vault token
+/// file and the issuers' JWKS are re-read on their own), and left to its default it
+/// would end the process without the drain: an operator's habitual `kill -HUP` or a
+/// closed terminal must not take a replica down. Logged and otherwise ignored.
+pub fn ignore_hangups() {
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::warn!(
+                        "SIGHUP ignored: the configuration is read only at start; \
+                         restart the replica to apply a change (SIGTERM drains it)"
+                    );
+                }
+            });
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot handle SIGHUP: it would end the process without a drain")
+        }
+    }
+}
+
 /// Resolves `delay` after SIGTERM/SIGINT, having set `draining` at once: `/readyz`
 /// fails (load balancers stop sending new requests) while requests are still served;
 /// then the listener closes and in-flight exchanges finish (`shutdown_grace_secs`).
@@ -336,6 +359,7 @@ impl prometheus::core::Collector for VaultCollector {
 
 /// `meshpass-exchange serve`.
 pub async fn serve(cfg: Config) -> Result<(), ServeError> {
+    ignore_hangups();
     let store = Arc::new(SqlStore::connect(&cfg.store, &cfg.token.participant_claim)?);
     prepare_store(Arc::clone(&store), &cfg)
         .await
@@ -410,45 +434,74 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     let listener = TcpListener::bind(cfg.server.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, issuer = %cfg.token.issuer, tls = cfg.server.tls.is_some(), signature_backend = meshpass_core::SignatureBackend::active().name(), "meshpass-exchange listening");
-    let _management = crate::mgmt::start(
+    // One stop for every listener, the management API's too: SIGTERM fails `/readyz`
+    // at once, and every port is still served for the drain delay (one Service fronts
+    // both), then closes and lets its requests in flight finish within the grace.
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let delay = Duration::from_secs(cfg.server.drain_delay_secs);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let management = crate::mgmt::start(
         &cfg,
         &state,
         Arc::clone(&store),
         Some(signer.clone() as Arc<dyn crate::mgmt::KeyAdmin>),
         stats,
-        shutdown_signal(),
+        stopped(stop_rx.clone()),
     )
     .await?;
-    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
-    let delay = Duration::from_secs(cfg.server.drain_delay_secs);
     let draining = Arc::clone(&state.draining);
-    let shutdown_signal = move || drain(Arc::clone(&draining), delay);
-    let r = match &cfg.server.tls {
-        None => serve_on(listener, state, shutdown_signal(), grace).await,
-        Some(t) => {
-            let tls = crate::tls::server_config(&t.cert_file, &t.key_file, &t.client_ca_file)?;
-            let age = Duration::from_secs(t.max_connection_age_secs);
-            match t.listen {
-                None => serve_tls_on(listener, tls, age, state, shutdown_signal(), grace).await,
-                Some(addr) => {
-                    let tls_listener = TcpListener::bind(addr).await?;
-                    tracing::info!(listen = %tls_listener.local_addr()?, "TLS listener (callers identified by client certificate)");
-                    let (tx, rx) = tokio::sync::watch::channel(false);
-                    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-                        let _ = rx.wait_for(|stop| *stop).await;
-                    };
-                    let signal = async move {
-                        shutdown_signal().await;
-                        let _ = tx.send(true);
-                    };
-                    let plain = serve_on(listener, state.clone(), stopped(rx.clone()), grace);
-                    let secure = serve_tls_on(tls_listener, tls, age, state, stopped(rx), grace);
-                    let (_, plain, secure) = tokio::join!(signal, plain, secure);
-                    plain.and(secure)
-                }
+    let signal = async {
+        // Or the token listener could not start: the rest stops too.
+        tokio::select! {
+            () = drain(draining, delay) => {}
+            () = stopped(stop.subscribe()) => {}
+        }
+        let _ = stop.send(true);
+    };
+    let management = {
+        let stop_rx = stop_rx.clone();
+        async move {
+            let Some(m) = management else { return };
+            stopped(stop_rx).await;
+            if tokio::time::timeout(grace, m.task).await.is_err() {
+                tracing::warn!(
+                    grace_secs = grace.as_secs(),
+                    "management requests in flight did not finish in time"
+                );
             }
         }
     };
+    let serving = async {
+        let r = match &cfg.server.tls {
+            None => serve_on(listener, state, stopped(stop_rx), grace).await,
+            Some(t) => {
+                let tls = crate::tls::server_config(&t.cert_file, &t.key_file, &t.client_ca_file)?;
+                let age = Duration::from_secs(t.max_connection_age_secs);
+                match t.listen {
+                    None => serve_tls_on(listener, tls, age, state, stopped(stop_rx), grace).await,
+                    Some(addr) => {
+                        let tls_listener = TcpListener::bind(addr).await?;
+                        tracing::info!(listen = %tls_listener.local_addr()?, "TLS listener (callers identified by client certificate)");
+                        let plain =
+                            serve_on(listener, state.clone(), stopped(stop_rx.clone()), grace);
+                        let secure =
+                            serve_tls_on(tls_listener, tls, age, state, stopped(stop_rx), grace);
+                        let (plain, secure) = tokio::join!(plain, secure);
+                        plain.and(secure)
+                    }
+                }
+            }
+        };
+        if r.is_err() {
+            let _ = stop.send(true);
+        }
+        r
+    };
+    let (_, r, ()) = tokio::join!(signal, serving, management);
+    // Only now: a management write in flight still had its store.
     drop(change_feed);
     store.close().await;
     r

@@ -1,7 +1,8 @@
 //! Graceful drain of a real `meshpass-exchange` process: on SIGTERM `/readyz` fails at
 //! once while requests are still served for `server.drain_delay_secs`; then the
 //! listener closes, the exchange in flight (its signature held up by a frozen OpenBao)
-//! still completes with 200, and the process exits 0.
+//! still completes with 200, and the process exits 0. SIGHUP reloads nothing and
+//! ends nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -110,4 +111,55 @@ async fn sigterm_fails_readiness_first_then_finishes_the_exchange_in_flight_and_
     let (status, log) = exit;
     let status = status.unwrap_or_else(|| panic!("still running after the drain:\n{log}"));
     assert!(status.success(), "exit {status:?}:\n{log}");
+}
+
+/// SIGHUP's default is to end the process, with no drain: an operator's `kill -HUP`
+/// (the usual "reload") or a closed terminal would take the replica down mid-request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_logged_and_the_replica_keeps_serving_and_stays_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let bao = tokio::task::spawn_blocking(replicas_common::openbao)
+        .await
+        .unwrap();
+    let port = free_port();
+    let cfg = replicas_common::config(
+        port,
+        &bao,
+        &format!("sqlite://{}", dir.path().join("m.db").display()),
+        &issuer,
+        json!({}),
+    );
+    let svc_dir = dir.path().to_path_buf();
+    let mut svc =
+        tokio::task::spawn_blocking(move || replicas_common::start(&svc_dir, "r1", port, &cfg))
+            .await
+            .unwrap();
+    let base = svc.base_url();
+    let client = reqwest::Client::new();
+
+    svc.signal("HUP");
+    // The warning is the sign the signal was handled (and not still on its way).
+    let sent = Instant::now();
+    while !svc.log_tail(50).contains("SIGHUP ignored") {
+        assert!(
+            svc.is_running(),
+            "SIGHUP ended the process:\n{}",
+            svc.log_tail(20)
+        );
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "no SIGHUP warning:\n{}",
+            svc.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(svc.is_running());
+    let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "not draining after SIGHUP");
+    let token = issuer.svid(WEB, now(), 600);
+    let (status, body) = replicas_common::exchange(&client, &base, &token, WEB)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
 }
