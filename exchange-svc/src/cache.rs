@@ -157,6 +157,9 @@ pub struct CachedToken {
     /// is served again only after those tokens verify with the new keys: a key removed
     /// from an issuer's JWKS must not leave tokens it vouched for being served.
     pub key_generation: std::sync::atomic::AtomicU64,
+    /// The key that signed it: served again only while the signer still publishes that
+    /// version with that material ([`crate::signer::Signer::still_publishes`]).
+    pub signed_with: crate::signer::SigningKey,
     /// `meshpass_exchanges_total{outcome="cached", resource}`, resolved at mint time
     /// (None: not counted, e.g. in tests).
     pub cached_counter: Option<prometheus::IntCounter>,
@@ -352,6 +355,12 @@ mod tests {
             resource: "r".into(),
             rate_limit: None,
             key_generation: 0.into(),
+            signed_with: crate::signer::SigningKey {
+                kid: "k:v1".into(),
+                version: 1,
+                alg: crate::signer::SigningAlg::ES256,
+                material: 0,
+            },
             jti: jti.into(),
             actors: Box::new([]),
             body: AnswerBody::new("t", None),

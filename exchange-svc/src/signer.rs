@@ -41,6 +41,9 @@ pub struct SigningKey {
     pub version: u64,
     /// The JWS `alg`.
     pub alg: SigningAlg,
+    /// The signer's key-material generation when the key was chosen (see
+    /// [`Signer::still_publishes`]; 0 for signers that do not track it).
+    pub material: u64,
 }
 
 /// Why signing failed.
@@ -74,4 +77,13 @@ pub trait Signer: Send + Sync {
 
     /// Whether keys are loaded and Vault answered recently (for `/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// Whether a token signed with `key` still verifies under the published keys: its
+    /// version is still published, with the material it was signed with. A cached token
+    /// is served again only while it does; checked on every cache hit, so it must be
+    /// cheap (the transit signer reads three atomics).
+    fn still_publishes(&self, key: &SigningKey) -> bool {
+        let _ = key;
+        true
+    }
 }

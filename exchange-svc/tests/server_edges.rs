@@ -329,6 +329,7 @@ impl Signer for NoSigner {
             kid: "k:1".into(),
             version: 1,
             alg: SigningAlg::ES256,
+            material: 0,
         })
     }
     async fn sign(&self, _key: &SigningKey, _input: &[u8]) -> Result<String, SignError> {

@@ -273,7 +273,7 @@ async fn decide(
         // A token minted under older issuer keys goes the full way (`still_verified`).
         let hit = cache
             .get_alias(&key, now)
-            .filter(|h| h.under_keys(st.keys.generation()));
+            .filter(|h| h.under_keys(st.keys.generation()) && !unpublished(st, cache, h));
         if let Some(hit) = hit {
             // Revocations first: a revoked caller gets nothing, not even a cached token.
             if let Some(r) = c.as_ref().and_then(|c| revoked.caller(c, now)) {
@@ -315,6 +315,7 @@ async fn decide(
     let key = st.cache.as_ref().map(|_| CacheKey::of(&req, caller_id));
     if let (Some(cache), Some(key)) = (st.servable_cache(), &key) {
         match cache.get(key, now) {
+            Some(hit) if unpublished(st, cache, &hit) => {}
             Some(hit) if !revoked_hit(&revoked, &hit, now) => {
                 let generation = st.keys.generation();
                 if !hit.under_keys(generation) {
@@ -498,6 +499,7 @@ async fn decide(
             .map(|a| Arc::from(a.as_str()))
             .collect(),
         key_generation: key_generation.into(),
+        signed_with: minted.key,
     });
     if let (Some(cache), Some(key)) = (&st.cache, key) {
         cache.insert(key, Arc::clone(&token), now);
@@ -527,6 +529,22 @@ async fn still_verified(
         subject::validate(st, actor, now, "actor_token").await?;
     }
     Ok(())
+}
+
+/// Whether `hit` was signed by a key the signer no longer publishes (the version taken
+/// out of the JWKS in Vault, the key re-created under its name): every verifier would
+/// refuse it. Drops every such entry in one pass, since a key change makes many at once.
+fn unpublished(st: &AppState, cache: &crate::cache::TokenCache, hit: &CachedToken) -> bool {
+    if st.signer.still_publishes(&hit.signed_with) {
+        return false;
+    }
+    let dropped = cache.remove_where(|t| !st.signer.still_publishes(&t.signed_with));
+    tracing::info!(
+        dropped,
+        kid = %hit.signed_with.kid,
+        "minted-token cache: dropped tokens whose signing key is no longer published"
+    );
+    true
 }
 
 /// Whether a cached token may not be served any more: its `jti`, its subject or its

@@ -145,6 +145,12 @@ fn a_new_entry_drops_the_cached_tokens_it_covers() {
                 body: crate::cache::AnswerBody::new("x", None),
                 cached_counter: None,
                 key_generation: 0.into(),
+                signed_with: crate::signer::SigningKey {
+                    kid: "k:v1".into(),
+                    version: 1,
+                    alg: crate::signer::SigningAlg::ES256,
+                    material: 0,
+                },
             }),
             10,
         );

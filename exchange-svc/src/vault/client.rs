@@ -366,13 +366,26 @@ impl VaultClient {
         })?;
         let status = resp.status().as_u16();
         self.note_date(resp.headers().get(reqwest::header::DATE));
-        let bytes = resp.bytes().await.map_err(|e| {
+        let ok = (200..=299).contains(&status);
+        let limit = if ok {
+            MAX_ANSWER_BYTES
+        } else {
+            MAX_ERROR_BYTES
+        };
+        let read = read_at_most(resp, limit).await.map_err(|e| {
             VaultError::Unavailable(format!("{path}: reading body: {}", error_chain(&e)))
         })?;
-        if (200..=299).contains(&status) {
-            return Ok(Vec::from(bytes));
+        if ok {
+            return read.ok_or_else(|| {
+                VaultError::Unavailable(format!(
+                    "{path}: answer larger than {MAX_ANSWER_BYTES} bytes"
+                ))
+            });
         }
-        let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        // An error answer too large to be Vault's own: its status alone says enough.
+        let json: Value = read
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
         match status {
             403 => Err(VaultError::PermissionDenied(path.to_string())),
             404 => Err(VaultError::NotFound(path.to_string())),
@@ -391,10 +404,44 @@ impl VaultClient {
     }
 }
 
+/// The most of a successful Vault answer read: a batch of 1024 RSA-4096 signatures is
+/// under 1 MiB, a key of thousands of versions a few. More is no answer of Vault's (a
+/// proxy gone wrong), and each sign request in flight would hold it.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// The most of an error answer read: only its `errors` message is used.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+/// Vault's `errors` text is logged and put in errors: bounded.
+const MAX_ERROR_MESSAGE_CHARS: usize = 512;
+
+/// `resp`'s body, or `None` once it exceeds `limit` bytes (the rest is not read).
+async fn read_at_most(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 fn errors_of(v: &Value) -> Option<String> {
     let list = v.get("errors")?.as_array()?;
     let msgs: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
-    (!msgs.is_empty()).then(|| msgs.join("; "))
+    if msgs.is_empty() {
+        return None;
+    }
+    let joined = msgs.join("; ");
+    Some(match joined.char_indices().nth(MAX_ERROR_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &joined[..cut]),
+        None => joined,
+    })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
@@ -62,6 +62,15 @@ pub(super) struct Inner {
     /// a revoked or expired token; 400/404: no such mount or key): not ready until a
     /// call succeeds again.
     refused: AtomicBool,
+    /// Vault answers, but its key cannot be loaded as this replica publishes it (its
+    /// type changed, no live version left, a malformed answer): the old keys stay
+    /// published, signing answers 503 and `/readyz` fails until a read succeeds.
+    unusable: AtomicBool,
+    /// The lowest and highest published versions, and a generation bumped whenever a
+    /// published version's material is replaced: what [`Signer::still_publishes`] reads.
+    lowest: AtomicU64,
+    highest: AtomicU64,
+    material: AtomicU64,
     degraded: Notify,
     in_flight: AtomicUsize,
     /// Woken whenever a sign request in flight finishes (the batch loop stops waiting
@@ -119,6 +128,10 @@ impl TransitSigner {
             keys: RwLock::new(None),
             failures: AtomicU32::new(0),
             refused: AtomicBool::new(false),
+            unusable: AtomicBool::new(false),
+            lowest: AtomicU64::new(0),
+            highest: AtomicU64::new(0),
+            material: AtomicU64::new(0),
             degraded: Notify::new(),
             in_flight: AtomicUsize::new(0),
             request_done: Notify::new(),
@@ -260,9 +273,36 @@ impl Inner {
             }
         };
         let previous = self.keyset();
-        let set = self.build_keyset(&v, previous.as_deref())?;
+        let set = match self.build_keyset(&v, previous.as_deref()) {
+            Ok(set) => set,
+            Err(e) => {
+                // Vault would sign with a key this replica cannot publish: 503 and not
+                // ready (never tokens no verifier accepts), probing until it can.
+                if !self.unusable.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, key = %self.cfg.key_name, "transit key unusable: keeping the published keys, signing answers 503 until a read of the key succeeds");
+                }
+                return Err(e);
+            }
+        };
         // Vault is up and the key we publish is the key it holds.
         self.note_success();
+        self.unusable.store(false, Ordering::Relaxed);
+        // Before the new set is published: a cached token of replaced material or of a
+        // version gone is not served once the JWKS no longer holds its key.
+        let replaced = previous.as_ref().is_some_and(|p| {
+            set.versions
+                .iter()
+                .any(|(n, v)| p.versions.get(n).is_some_and(|old| old.jwk != v.jwk))
+        });
+        if replaced {
+            self.material.fetch_add(1, Ordering::Relaxed);
+        }
+        let (lowest, highest) = (
+            set.versions.keys().next().copied().unwrap_or(0),
+            set.versions.keys().next_back().copied().unwrap_or(0),
+        );
+        self.lowest.store(lowest, Ordering::Relaxed);
+        self.highest.store(highest, Ordering::Relaxed);
         let live: Vec<u64> = set.versions.keys().copied().collect();
         let changed = previous
             .as_ref()
@@ -405,6 +445,9 @@ impl Inner {
     }
 
     pub(super) fn current(&self, now: SystemTime) -> Result<SigningKey, SignError> {
+        // Read before the set: a replacement in between leaves the older generation,
+        // which only makes a cached token of this key be minted again.
+        let material = self.material.load(Ordering::Relaxed);
         let set = self.keyset().ok_or(SignError::NotReady)?;
         let lead = self.cfg.publish_lead;
         let version = set
@@ -420,6 +463,7 @@ impl Inner {
             kid: format!("{}:v{version}", self.cfg.key_name),
             version,
             alg: set.alg,
+            material,
         })
     }
 
@@ -464,6 +508,11 @@ impl Inner {
         let Some(set) = self.keyset() else {
             return (0..n).map(|_| Err(SignError::NotReady)).collect();
         };
+        if self.unusable.load(Ordering::Relaxed) {
+            return fail_all(SignError::Unavailable(
+                "the transit key in Vault is not the key this replica publishes".into(),
+            ));
+        }
         let Some(ver) = set.versions.get(&version) else {
             return fail_all(SignError::Failed(format!(
                 "key version {version} is not live"
@@ -555,7 +604,9 @@ impl Inner {
 async fn refresh_loop(inner: Arc<Inner>) {
     let mut probe = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
-        let failing = inner.failures.load(Ordering::Relaxed) > 0 || inner.keyset().is_none();
+        let failing = inner.failures.load(Ordering::Relaxed) > 0
+            || inner.keyset().is_none()
+            || inner.unusable.load(Ordering::Relaxed);
         let wait = if failing {
             probe.next_delay().min(inner.cfg.key_refresh_interval)
         } else {
@@ -621,5 +672,13 @@ impl Signer for TransitSigner {
             && self.inner.client.has_token()
             && !self.inner.is_down()
             && !self.inner.refused.load(Ordering::Relaxed)
+            && !self.inner.unusable.load(Ordering::Relaxed)
+    }
+
+    fn still_publishes(&self, key: &SigningKey) -> bool {
+        let i = &self.inner;
+        key.material == i.material.load(Ordering::Relaxed)
+            && (i.lowest.load(Ordering::Relaxed)..=i.highest.load(Ordering::Relaxed))
+                .contains(&key.version)
     }
 }
