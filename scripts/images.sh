@@ -27,6 +27,10 @@ MUSL_TARGET=x86_64-unknown-linux-musl
 EXCHANGE_BIN=$ROOT/target/$MUSL_TARGET/release/meshpass-exchange
 CERTIFI_VERSION=2026.5.20
 CA_BUNDLE=$ROOT/.tools/certifi-$CERTIFI_VERSION/certifi/cacert.pem
+# The images' one date (oci_image.py's timestamps, the musl build's C __DATE__), whatever
+# the shell exports: nix shells and Debian build environments set SOURCE_DATE_EPOCH, and
+# honouring it made `check` fail and `build` pin digests no other host reproduces.
+export SOURCE_DATE_EPOCH=1767225600
 LOCK=$ROOT/images/meshpass-exchange.lock
 # Every file that pins an image by digest.
 MANIFESTS=(istio/base/filter/*.yaml istio/base/exchange/deployment.yaml e2e/kind/overlay/kustomization.yaml)
@@ -55,7 +59,7 @@ build_exchange() {
   # SOURCE_DATE_EPOCH: GCC's __DATE__/__TIME__, which mimalloc embeds ("built on …"),
   # become the images' fixed date instead of the build's, so two hosts build the same
   # binary (cc reruns the C builds when it changes).
-  SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1767225600} \
+  SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH \
   CC_x86_64_unknown_linux_musl=musl-gcc \
   CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_RUSTFLAGS="--remap-path-prefix=$ROOT=/meshpass --remap-path-prefix=$cargo_home=/cargo" \
     cargo build -p meshpass-exchange --release --target "$MUSL_TARGET"

@@ -36,8 +36,9 @@ import tarfile
 
 # Every timestamp in the images (1 January 2026): reproducible, and not the epoch, which
 # some registries and tools show as "56 years ago".
-EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "1767225600"))
-CREATED = "2026-01-01T00:00:00Z" if EPOCH == 1767225600 else None
+# Fixed, never the caller's SOURCE_DATE_EPOCH: another date is another digest.
+EPOCH = 1767225600
+CREATED = "2026-01-01T00:00:00Z"
 
 WASM_CONFIG = "application/vnd.module.wasm.config.v1+json"
 WASM_LAYER = "application/vnd.module.wasm.content.layer.v1+wasm"
@@ -51,11 +52,7 @@ SOURCE = "https://example.invalid/meshpass"
 
 
 def created():
-    if CREATED:
-        return CREATED
-    import datetime
-
-    return datetime.datetime.fromtimestamp(EPOCH, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return CREATED
 
 
 def canonical(obj):

@@ -27,6 +27,9 @@ pub struct ChildGuard {
     child: Option<Child>,
     log_path: PathBuf,
     paused: bool,
+    /// Kills the child's group when this process dies without dropping the guard (see
+    /// [`watchdog`]); killed itself once the child is stopped.
+    watchdog: Option<Child>,
     // Kept for its Drop: removes a private log when the guard goes.
     _dir: Option<tempfile::TempDir>,
 }
@@ -56,17 +59,20 @@ impl ChildGuard {
         let err = out.try_clone().expect("cannot clone a log file handle");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         // Its own process group: signals reach whatever it forks, and a terminal's
-        // Ctrl-C goes to the test (which stops its children) rather than to them.
+        // Ctrl-C goes to the test rather than to them (the test's guards, or when it
+        // dies of it their watchdogs, stop them).
         cmd.process_group(0);
         let program = cmd.get_program().to_string_lossy().into_owned();
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name} ({program}): {e}"));
+        let watchdog = watchdog(child.id());
         ChildGuard {
             name: name.to_string(),
             child: Some(child),
             log_path: log_path.to_path_buf(),
             paused: false,
+            watchdog: Some(watchdog),
             _dir: None,
         }
     }
@@ -217,6 +223,11 @@ impl ChildGuard {
         let _ = child.kill();
         let _ = child.wait();
         self.paused = false;
+        // Killed, not let go: its own `kill` could hit a group that reused the id.
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 
     /// [`ChildGuard::stop_with_grace`] with 5 s of grace.
@@ -229,6 +240,27 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A `sh`, in a group of its own, that kills group `pgid` once it reads end-of-file on
+/// its stdin, whose only write end this process holds: when the process dies without
+/// dropping its guards (Ctrl-C on `cargo test` or on the demo: the components, in their
+/// own groups, never get that SIGINT; a SIGKILL; a `timeout`), the child still goes.
+/// Not `PR_SET_PDEATHSIG`, which fires when the spawning *thread* ends (components are
+/// started from short-lived blocking threads).
+fn watchdog(pgid: u32) -> Child {
+    let mut cmd = Command::new("sh");
+    // `env kill`: kill(1), as `signal_group` uses (dash's builtin takes no group).
+    cmd.arg("-c")
+        .arg(r#"read -r _ignored; env kill -KILL -- "-$0""#)
+        .arg(pgid.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Not in our group: the Ctrl-C that ends the test must not end it first.
+        .process_group(0);
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start a child's watchdog (sh): {e}"))
 }
 
 /// `kill -SIG -- -PGID` (the group the child leads); false when `kill` failed.

@@ -101,17 +101,35 @@ async fn run(once: bool) -> Result<()> {
         "starting the stack on 127.0.0.1 (SQLite store, OpenBao dev server)",
     );
     let started = Instant::now();
-    let topo = Topology::start(Options::default())
-        .await
-        .context("starting the topology")?;
-    let result = walkthrough(&topo, started, once).await;
-    if let Err(e) = &result {
-        eprintln!("\ncomponent logs:\n{}", topo.diagnostics(25));
-        return Err(anyhow::anyhow!("{e:#}"));
-    }
-    if !once {
-        wait_for_shutdown().await;
-    }
+    // Listening from the start: a Ctrl-C while the stack starts or during the
+    // walkthrough stops what was started (the components run in process groups of
+    // their own, so the terminal's SIGINT reaches only the demo).
+    let interrupted = wait_for_shutdown();
+    tokio::pin!(interrupted);
+    let topo = tokio::select! {
+        t = Topology::start(Options::default()) => t.context("starting the topology")?,
+        () = &mut interrupted => {
+            println!("\ninterrupted while starting; stopped what was started.");
+            anyhow::bail!("interrupted");
+        }
+    };
+    let walked = tokio::select! {
+        r = walkthrough(&topo, started, once) => Some(r),
+        () = &mut interrupted => None,
+    };
+    let result = match walked {
+        None => Err(anyhow::anyhow!("interrupted during the walkthrough")),
+        Some(Err(e)) => {
+            eprintln!("\ncomponent logs:\n{}", topo.diagnostics(25));
+            Err(anyhow::anyhow!("{e:#}"))
+        }
+        Some(Ok(())) => {
+            if !once {
+                interrupted.await;
+            }
+            Ok(())
+        }
+    };
     println!("\nstopping Envoy, the exchange service and OpenBao ...");
     drop(topo);
     println!("stopped; nothing left running.");
