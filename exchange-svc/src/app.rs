@@ -243,13 +243,16 @@ async fn readyz(State(st): State<AppState>) -> Response {
         tokio::join!(store, crate::ratelimit::probe_and_describe(&st.limiter));
     // A draining replica (SIGTERM received) is taken out of the load balancer first.
     let draining = st.draining.load(std::sync::atomic::Ordering::Relaxed);
-    let ok = signer_ok && keys_ok && store_ok && !draining;
+    // Started with the store down: not ready until the revocation list is read once.
+    let revocations_ok = st.revocations.loaded();
+    let ok = signer_ok && keys_ok && store_ok && revocations_ok && !draining;
     let body = json!({
         "ready": ok,
         "draining": draining,
         "signer": if signer_ok { "ok" } else { "not ready" },
         "issuer_keys": issuers,
         "store": if store_ok { "ok" } else { "unavailable" },
+        "revocations": if revocations_ok { "ok" } else { "not loaded" },
         "rate_limit": rate_limit,
     });
     let status = if ok {

@@ -63,6 +63,10 @@ pub enum CallerError {
     /// SPIFFE ID.
     #[error("x-forwarded-client-cert does not name exactly one SPIFFE ID")]
     BadXfcc,
+    /// The caller's SPIFFE ID is a trust domain's own (`spiffe://TD`, no path: the URI
+    /// SAN of a CA certificate), which names no workload.
+    #[error("the caller's SPIFFE ID names a trust domain, not a workload")]
+    NotAWorkload,
 }
 
 /// Whether the connection comes from a trusted proxy (`xfcc_trusted_proxies`). A
@@ -80,6 +84,20 @@ pub fn is_trusted_proxy(settings: &CallerSettings, conn: Option<&ConnInfo>) -> b
 
 /// The caller of this request: `Ok(None)` when the connection carries no identity.
 pub fn identify(
+    settings: &CallerSettings,
+    conn: Option<&ConnInfo>,
+    headers: &HeaderMap,
+) -> Result<Option<SpiffeId>, CallerError> {
+    let id = identify_any(settings, conn, headers)?;
+    // As core refuses such a subject: a whole-domain pattern (`spiffe://TD/*`) would
+    // otherwise match it.
+    match id {
+        Some(id) if id.path().is_empty() => Err(CallerError::NotAWorkload),
+        id => Ok(id),
+    }
+}
+
+fn identify_any(
     settings: &CallerSettings,
     conn: Option<&ConnInfo>,
     headers: &HeaderMap,

@@ -1,5 +1,5 @@
-//! Step 4 of an exchange: authorise the subject against the resource's mappings and
-//! decide what it gets (audiences, scopes).
+//! Step 4 of an exchange: the resource's mapping for the subject, then (once the
+//! caller is bound to it) what it grants: audiences, scopes.
 
 use std::collections::BTreeSet;
 
@@ -20,22 +20,30 @@ pub(crate) struct Grant<'p> {
     pub scopes: Vec<String>,
 }
 
-/// The mapping of `policy` for `subject` and the audiences and scopes `req` may get.
-pub(crate) fn authorize<'p>(
+/// The mapping of `policy` for `subject`. The caller is bound to it next, before
+/// [`grant`] judges what is asked: a caller that may not ask for this subject learns
+/// nothing of the mapping's audiences and scopes from the answers.
+pub(crate) fn mapping<'p>(
     policy: &'p ResourcePolicy,
     subject: &SpiffeId,
-    req: &TokenExchangeRequest,
-) -> Result<Grant<'p>, ApiError> {
+) -> Result<&'p Mapping, ApiError> {
     if policy.mappings.is_empty() {
         return Err(ApiError::InvalidTarget(
             "the requested resource is not known".into(),
         ));
     }
-    let mapping = policy.mapping_for(subject).ok_or_else(|| {
+    policy.mapping_for(subject).ok_or_else(|| {
         ApiError::UnauthorizedClient(
             "the subject is not allowed to exchange for this resource".into(),
         )
-    })?;
+    })
+}
+
+/// The audiences and scopes `req` may get under `mapping`.
+pub(crate) fn grant<'p>(
+    mapping: &'p Mapping,
+    req: &TokenExchangeRequest,
+) -> Result<Grant<'p>, ApiError> {
     Ok(Grant {
         mapping,
         audiences: audiences(mapping, &req.audience)?,
@@ -158,15 +166,16 @@ mod tests {
         .unwrap();
         let empty = ResourcePolicy::default();
         assert!(matches!(
-            authorize(&empty, &id("spiffe://td/x"), &req),
+            super::mapping(&empty, &id("spiffe://td/x")),
             Err(ApiError::InvalidTarget(_))
         ));
         let policy = ResourcePolicy::new(vec![mapping("m", "spiffe://td/ns/*")], vec![]);
         assert!(matches!(
-            authorize(&policy, &id("spiffe://td/other"), &req),
+            super::mapping(&policy, &id("spiffe://td/other")),
             Err(ApiError::UnauthorizedClient(_))
         ));
-        let g = authorize(&policy, &id("spiffe://td/ns/a"), &req).unwrap();
+        let m = super::mapping(&policy, &id("spiffe://td/ns/a")).unwrap();
+        let g = grant(m, &req).unwrap();
         assert_eq!(g.mapping.name, "m");
     }
 }

@@ -263,6 +263,14 @@ async fn decide(
     bytes: &[u8],
 ) -> Result<Outcome, Failure> {
     let now = st.clock.now();
+    if !st.revocations.loaded() {
+        // Started with the store down: an empty set would be "nothing is revoked".
+        return Err(before(None, &who(&caller, conn))(ApiError::Unavailable {
+            what: "the revocation list",
+            detail: "not read from the store yet".into(),
+            retry_after_secs: st.settings.store_retry_after_secs,
+        }));
+    }
     let revoked = st.revocations.current();
     // The warm path: the same bytes from the same caller were answered before (see
     // `crate::cache`), so the form is not parsed again.
@@ -376,16 +384,18 @@ async fn decide(
     let sub = subject.spiffe_id.as_str().to_string();
     let on = |resource| on(resource, "", &sub, caller_id);
     // An unknown resource is not a metrics label (anyone can name any resource).
-    let grant = authorize::authorize(&policy, &subject.spiffe_id, &req).map_err(|e| {
+    let mapping = authorize::mapping(&policy, &subject.spiffe_id).map_err(|e| {
         if policy.mappings.is_empty() {
             unlabelled(e)
         } else {
             on(&target)(e)
         }
     })?;
-    let mapping = grant.mapping;
     let on = |resource| self::on(resource, &mapping.name, &sub, caller_id);
+    // The caller before what it asks for: one that may not ask for this subject (a
+    // stolen subject token) must not learn the mapping's audiences and scopes.
     let mode = caller::bind(caller.as_ref(), &subject.spiffe_id, mapping).map_err(on(&target))?;
+    let grant = authorize::grant(mapping, &req).map_err(on(&target))?;
     // Budgets are per (caller, subject): nobody can spend someone else's.
     let rate_key = rate_key(caller_id, subject.spiffe_id.as_str());
     if let Some(limit) = mapping.rate_limit {

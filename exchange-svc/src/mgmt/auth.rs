@@ -192,6 +192,10 @@ impl Authenticator {
         super::binding::check_token_binding(headers, &subject.spiffe_id)?;
         // As at `/token` and `GET /revocations`: a revoked subject or caller is refused
         // (the token's identity is the connection's, checked just above).
+        if !self.revocations.loaded() {
+            // Never read: the empty set would pass a revoked caller.
+            return Err(MgmtError::Unavailable(Dependency::RevocationStore));
+        }
         let set = self.revocations.current();
         if let Some(r) = set
             .subject(&subject.spiffe_id, now)

@@ -171,6 +171,10 @@ pub fn schemas() -> Value {
                 "participant": {}
             }
         },
+        "OpenApiDocument": {
+            "type": "object", "required": ["openapi", "info", "paths"],
+            "description": "This OpenAPI document"
+        },
         "RetireRequest": {
             "type": "object", "required": ["below"], "additionalProperties": false,
             "properties": {"below": {"type": "integer", "minimum": 1}}

@@ -142,6 +142,11 @@ pub async fn introspect(
         .map(|(_, v)| v.into_owned())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| MgmtError::BadRequest("the form parameter token is required".into()))?;
+    // Never read (authentication refuses then too; checked here as well, where it is
+    // the answer): "active" must not come from an empty set.
+    if !st.revocations.loaded() {
+        return Err(MgmtError::Unavailable(Dependency::RevocationStore));
+    }
     let answer = inspect(&st, &token, st.clock.now()).unwrap_or_else(|| json!({"active": false}));
     let mut resp = Json(answer).into_response();
     resp.headers_mut()

@@ -164,7 +164,7 @@ pub const ROUTES: &[Route] = &[
     Route { method: "get", path: "/api/v1/revocations/{id}", role: Some(Role::Read), summary: "Get an active revocation", query: &[], request: None, ok: (200, Some("Revocation")), created: false, errors: &[404], handler: || get(revocations::get) },
     Route { method: "delete", path: "/api/v1/revocations/{id}", role: Some(Role::Write), summary: "Lift a revocation", query: &[], request: None, ok: (204, None), created: false, errors: &[404], handler: || delete(revocations::lift) },
     Route { method: "post", path: "/api/v1/introspect", role: Some(Role::Read), summary: "RFC 7662 introspection of a participant token (form token=...): active false when foreign, badly signed, expired or revoked", query: &[], request: Some("IntrospectionRequest"), ok: (200, Some("Introspection")), created: false, errors: &[400], handler: || post(revocations::introspect) },
-    Route { method: "get", path: "/openapi.json", role: None, summary: "This document", query: &[], request: None, ok: (200, None), created: false, errors: &[], handler: || get(openapi::document) },
+    Route { method: "get", path: "/openapi.json", role: None, summary: "This document", query: &[], request: None, ok: (200, Some("OpenApiDocument")), created: false, errors: &[], handler: || get(openapi::document) },
 ];
 
 /// A path no route serves: the API's JSON 404.

@@ -93,6 +93,39 @@ impl ExchangeStats {
         })
     }
 
+    /// The top subjects by rate over the last minute at `now`, and the exchanges not
+    /// tracked by subject (over the bound).
+    fn top_subjects(&self, now: Instant) -> (Vec<SubjectRate>, u64) {
+        let mut w = self.lock();
+        Self::roll(&mut w, now);
+        // The previous window weighs what part of it still lies in the last minute.
+        let elapsed = now.saturating_duration_since(w.started).as_secs_f64();
+        let weight = 1.0 - (elapsed / WINDOW.as_secs_f64()).min(1.0);
+        let mut rates: HashMap<&str, f64> = HashMap::new();
+        for (s, n) in &w.previous {
+            *rates.entry(s.as_str()).or_default() += *n as f64 * weight;
+        }
+        for (s, n) in &w.current {
+            *rates.entry(s.as_str()).or_default() += *n as f64;
+        }
+        let secs = WINDOW.as_secs_f64();
+        let mut v: Vec<SubjectRate> = rates
+            .into_iter()
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(s, n)| SubjectRate {
+                subject: s.to_string(),
+                per_second: n / secs,
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.per_second
+                .total_cmp(&a.per_second)
+                .then_with(|| a.subject.cmp(&b.subject))
+        });
+        v.truncate(TOP_SUBJECTS);
+        (v, w.untracked)
+    }
+
     /// The counter, for a Prometheus registry.
     pub fn collector(&self) -> Box<dyn prometheus::core::Collector> {
         Box::new(self.by_mapping.clone())
@@ -105,29 +138,38 @@ impl ExchangeStats {
         }
     }
 
+    /// Moves the windows on in whole steps from when the current one started: a window
+    /// restarted at the call instead would make counts up to two minutes old weigh as
+    /// if just made, on the first look after a quiet spell.
     fn roll(w: &mut Windows, now: Instant) {
-        let age = now.duration_since(w.started);
-        if age >= WINDOW {
-            w.previous = if age >= WINDOW * 2 {
-                HashMap::new()
-            } else {
-                std::mem::take(&mut w.current)
-            };
-            w.current.clear();
-            w.untracked = 0;
-            w.started = now;
+        let age = now.saturating_duration_since(w.started);
+        if age < WINDOW {
+            return;
         }
+        if age >= WINDOW * 2 {
+            w.previous = HashMap::new();
+            w.current.clear();
+            w.started = now;
+        } else {
+            w.previous = std::mem::take(&mut w.current);
+            w.started += WINDOW;
+        }
+        w.untracked = 0;
     }
 
     /// Counts one exchange: `subject` (empty when unknown), `mapping` (empty when none
     /// was chosen), `outcome`.
     pub fn record(&self, subject: &str, mapping: &str, outcome: &str) {
         self.by_mapping.with_label_values(&[mapping, outcome]).inc();
+        self.record_subject(subject, Instant::now());
+    }
+
+    fn record_subject(&self, subject: &str, now: Instant) {
         if subject.is_empty() {
             return;
         }
         let mut w = self.lock();
-        Self::roll(&mut w, Instant::now());
+        Self::roll(&mut w, now);
         if let Some(n) = w.current.get_mut(subject) {
             *n += 1;
         } else if w.current.len() < MAX_TRACKED {
@@ -139,37 +181,7 @@ impl ExchangeStats {
 
     /// The bounded view.
     pub fn view(&self) -> StatsView {
-        let (top_subjects, untracked) = {
-            let mut w = self.lock();
-            let now = Instant::now();
-            Self::roll(&mut w, now);
-            // The previous window weighs what part of it still lies in the last minute.
-            let elapsed = now.duration_since(w.started).as_secs_f64();
-            let weight = 1.0 - (elapsed / WINDOW.as_secs_f64()).min(1.0);
-            let mut rates: HashMap<&str, f64> = HashMap::new();
-            for (s, n) in &w.previous {
-                *rates.entry(s.as_str()).or_default() += *n as f64 * weight;
-            }
-            for (s, n) in &w.current {
-                *rates.entry(s.as_str()).or_default() += *n as f64;
-            }
-            let secs = WINDOW.as_secs_f64();
-            let mut v: Vec<SubjectRate> = rates
-                .into_iter()
-                .filter(|(_, n)| *n > 0.0)
-                .map(|(s, n)| SubjectRate {
-                    subject: s.to_string(),
-                    per_second: n / secs,
-                })
-                .collect();
-            v.sort_by(|a, b| {
-                b.per_second
-                    .total_cmp(&a.per_second)
-                    .then_with(|| a.subject.cmp(&b.subject))
-            });
-            v.truncate(TOP_SUBJECTS);
-            (v, w.untracked)
-        };
+        let (top_subjects, untracked) = self.top_subjects(Instant::now());
         let mut by_mapping = Vec::new();
         for family in prometheus::core::Collector::collect(&self.by_mapping) {
             for m in family.get_metric() {
@@ -203,4 +215,50 @@ pub async fn view(
 ) -> Result<Json<StatsView>, MgmtError> {
     st.auth.require(&headers, Role::Read).await?;
     Ok(Json(st.stats.view()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn rate(stats: &ExchangeStats, at: Instant) -> f64 {
+        let (top, _) = stats.top_subjects(at);
+        top.iter()
+            .find(|s| s.subject == "spiffe://td/web")
+            .map_or(0.0, |s| s.per_second)
+    }
+
+    #[test]
+    fn an_exchange_made_110_seconds_ago_weighs_only_what_of_its_window_lies_in_the_last_minute() {
+        let stats = ExchangeStats::new().unwrap();
+        let t0 = stats.lock().started;
+        stats.record_subject("spiffe://td/web", t0 + Duration::from_secs(1));
+        let full = 1.0 / WINDOW.as_secs_f64();
+        assert_eq!(rate(&stats, t0 + Duration::from_secs(30)), full);
+        // Quiet since: the first look comes 110 s after the window began. Its window
+        // ended 50 s ago, so 10 s of it lie in the last minute: a sixth.
+        let later = rate(&stats, t0 + Duration::from_secs(110));
+        assert!(
+            (later - full / 6.0).abs() < 1e-9,
+            "an exchange 109 s old weighs {later}/s (full rate {full}/s)"
+        );
+        // Two windows on, nothing is left.
+        assert_eq!(rate(&stats, t0 + Duration::from_secs(181)), 0.0);
+    }
+
+    #[test]
+    fn steady_traffic_reads_the_same_whenever_it_is_looked_at() {
+        let stats = ExchangeStats::new().unwrap();
+        let t0 = stats.lock().started;
+        for s in 0..300u64 {
+            let at = t0 + Duration::from_millis(s * 1000 + 500);
+            stats.record_subject("spiffe://td/web", at);
+            // One a second, whichever second of a window it is looked at.
+            if [150, 170, 200, 239, 299].contains(&s) {
+                let r = rate(&stats, at);
+                assert!((r - 1.0).abs() < 0.05, "at {s} s: {r}/s");
+            }
+        }
+    }
 }

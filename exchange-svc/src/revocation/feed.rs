@@ -77,6 +77,14 @@ async fn serve(st: &AppState, request: Request) -> Result<Response, ApiError> {
     // a revoked one.
     let caller = crate::exchange::identify_caller(&st.settings.callers, conn, &parts.headers)?;
     let now = st.clock.now();
+    if !st.revocations.loaded() {
+        // Not read once yet: the caller check below would pass anyone.
+        return Err(ApiError::Unavailable {
+            what: "the revocation list",
+            detail: "not read from the store yet".into(),
+            retry_after_secs: st.settings.store_retry_after_secs,
+        });
+    }
     if let Some(r) = caller
         .as_ref()
         .and_then(|c| st.revocations.current().caller(c, now).cloned())

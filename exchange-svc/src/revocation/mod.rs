@@ -179,6 +179,10 @@ pub struct Revocations {
     /// them: a refresh that read the store before one committed would otherwise undo
     /// it when it installs. Held across every install, so none interleaves.
     local: Mutex<Vec<Local>>,
+    /// Whether a read of the attached store has succeeded once: until then the empty
+    /// set says nothing (a replica that started with its store down must not take it for
+    /// "nothing is revoked").
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 /// A create or lift made through this replica, not yet seen in the store.
@@ -214,7 +218,15 @@ impl Revocations {
             subjects,
             memo: Mutex::new(HashMap::new()),
             local: Mutex::new(Vec::new()),
+            loaded: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether [`Self::current`] can be trusted: a store is attached and was read once,
+    /// or none is attached (nothing can revoke). Checked before every use of the set
+    /// that would say "not revoked": `/token`, introspection, management callers.
+    pub fn loaded(&self) -> bool {
+        self.store.get().is_none() || self.loaded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Attaches the store (first caller wins: `serve` attaches before the management
@@ -297,6 +309,8 @@ impl Revocations {
         }
         let version = store.revocation_version().await?;
         if version == self.current().version {
+            self.loaded
+                .store(true, std::sync::atomic::Ordering::Release);
             return Ok(());
         }
         // A delta from this set's version (a snapshot when the log no longer reaches it).
@@ -315,6 +329,8 @@ impl Revocations {
             current.with(changes.version, changes.added, &changes.removed)
         };
         self.install_read(read);
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
