@@ -149,7 +149,7 @@ async fn creates_lists_gets_and_lifts_revocations(db: Db) {
 
     let (st, _, got) = s.get(&format!("/api/v1/revocations/{id}")).await;
     assert_eq!((st, &got), (200, &r));
-    let jti = revoke(&s, "jti", "some-jti").await;
+    let jti = revoke(&s, "jti", "2f1d6c3e-7a4b-4e5f-9c8d-0b1a2c3d4e5f").await;
     let (st, _, list) = s.get("/api/v1/revocations").await;
     assert_eq!(st, 200);
     let v2 = list["version"].as_u64().unwrap();

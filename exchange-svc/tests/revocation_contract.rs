@@ -297,7 +297,7 @@ async fn with_the_store_down_every_revocation_route_answers_503_with_retry_after
     let s = Service::start(Db::postgres_cut()).await;
     let id = revoke(
         &s,
-        json!({"target": "jti", "match": "j-1", "reason": "leaked"}),
+        json!({"target": "jti", "match": "0b4f0e4e-2f6a-4c1e-9d43-6a1c2b7e5f01", "reason": "leaked"}),
     )
     .await;
     s.db.relay().cut();
@@ -307,7 +307,7 @@ async fn with_the_store_down_every_revocation_route_answers_503_with_retry_after
     };
     let r = s
         .req(reqwest::Method::POST, "/api/v1/revocations", Some(ADMIN))
-        .json(&json!({"target": "jti", "match": "j-2", "reason": "x"}))
+        .json(&json!({"target": "jti", "match": "5d0c9a71-8e3b-4f2a-b6c4-1e7f3a9d2c08", "reason": "x"}))
         .send()
         .await
         .unwrap();

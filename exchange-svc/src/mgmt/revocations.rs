@@ -98,6 +98,7 @@ pub async fn create(
     let caller = st.auth.require(&headers, Role::Write).await?;
     let body = read_body(body).await?;
     let new: NewRevocation = parse_body(&body)?;
+    refuse_self_lockout(&new, &caller)?;
     let now = st.clock.now();
     let r = store(&st)?
         .create_revocation(&new, &rid.actor(&caller), now)
@@ -106,6 +107,31 @@ pub async fn create(
     confirm(&st).await;
     tracing::warn!(id = %r.id, target = r.target.as_str(), matches = %r.matches, by = %r.created_by, "revocation created");
     Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+/// A subject or caller revocation covering the requesting caller: a revoked identity
+/// is no management caller, so neither it nor anyone else it covers could lift it (one
+/// missing segment, `spiffe://td/*` for `spiffe://td/ns/x/*`, covers every caller, and
+/// the way back would be the database). Another caller, not covered, must create it.
+fn refuse_self_lockout(new: &NewRevocation, caller: &super::auth::Caller) -> Result<(), MgmtError> {
+    if matches!(new.target, RevocationTarget::Jti) {
+        return Ok(());
+    }
+    let (Ok(pattern), Ok(me)) = (
+        meshpass_core::SpiffeIdPattern::parse(&new.matches),
+        SpiffeId::parse(&caller.id),
+    ) else {
+        // A bad pattern is the store's 422.
+        return Ok(());
+    };
+    if pattern.matches(&me) {
+        return Err(MgmtError::Conflict(format!(
+            "{} covers the caller itself ({}), which could then never lift it: have a \
+             management caller it does not cover create it, or narrow the pattern",
+            new.matches, caller.id
+        )));
+    }
+    Ok(())
 }
 
 /// `DELETE /api/v1/revocations/{id}`.

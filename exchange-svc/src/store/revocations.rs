@@ -138,8 +138,15 @@ pub fn validate_revocation(r: &NewRevocation, now: u64) -> Result<(), StoreError
             SpiffeIdPattern::parse(&r.matches).map_err(|e| invalid("match", e.to_string()))?;
         }
         RevocationTarget::Jti => {
-            if r.matches.is_empty() || r.matches.len() > 256 {
-                return Err(invalid("match", "a jti is 1 to 256 bytes"));
+            // As minted (`uuid` v4, lowercase, hyphenated): a pasted `"…"` or a stray
+            // space would be accepted and never match anything.
+            let minted = uuid::Uuid::parse_str(&r.matches)
+                .is_ok_and(|u| u.hyphenated().to_string() == r.matches);
+            if !minted {
+                return Err(invalid(
+                    "match",
+                    "a jti of this service is a lowercase hyphenated UUID, as in the token's jti claim",
+                ));
             }
         }
     }
