@@ -39,10 +39,17 @@ enum Command {
     },
 }
 
+const SQLX_PG_OPTIONS: &str = "sqlx_postgres::options=error";
+
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cfg.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // sqlx-postgres logs a malformed `.pgpass` line whole (the password in it) and any
+    // URL parameter it ignores with its value, at WARN: never shown.
+    if let Ok(quiet) = SQLX_PG_OPTIONS.parse() {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match cfg.log.format {
         LogFormat::Json => builder

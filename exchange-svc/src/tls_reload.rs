@@ -225,7 +225,7 @@ fn read_ca(
     };
     let cas = CertificateDer::pem_file_iter(file)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| bad(&e))?;
+        .map_err(|e| bad(&pem_reason(&e)))?;
     if cas.is_empty() {
         return Err(bad(&"holds no certificate"));
     }
@@ -292,13 +292,34 @@ fn read(
     };
     let certs = CertificateDer::pem_file_iter(cert_file)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| file("cert_file", &e))?;
+        .map_err(|e| file("cert_file", &pem_reason(&e)))?;
     if certs.is_empty() {
         return Err(file("cert_file", &"holds no certificate"));
     }
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| file("key_file", &e))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key_file).map_err(|e| file("key_file", &pem_reason(&e)))?;
     CertifiedKey::from_der(certs, key, provider)
         .map_err(|e| file("key_file", &format!("does not fit the certificate: {e}")))
+}
+
+/// Why a PEM file did not parse, in words of our own: the parser's `Display` quotes the
+/// offending line as bytes, which for a key whose line breaks were lost (pasted from
+/// JSON, an env var) is the whole private key, in `check-config` and in the log.
+fn pem_reason(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { .. } => {
+            "a PEM section has no END line (were its line breaks lost?)".into()
+        }
+        E::IllegalSectionStart { .. } => {
+            "a PEM BEGIN line is malformed (were its line breaks lost?)".into()
+        }
+        E::Base64Decode(_) => "a PEM section is not valid base64".into(),
+        E::Io(io) => format!("cannot be read: {io}"),
+        E::NoItemsFound => "holds no PEM item of the expected kind".into(),
+        E::SectionTooLarge => "a PEM section is too large".into(),
+        _ => "is not a PEM file this service can read".into(),
+    }
 }
 
 #[cfg(test)]

@@ -167,12 +167,51 @@ impl StoreConfig {
     }
 }
 
+/// The query parameters sqlx-postgres 0.8 reads (`options/parse.rs`).
+const POSTGRES_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
 /// Parses `url` (as [`StoreConfig::backend`] returns it) the way the pool does when it
 /// connects, so what it can never connect with (a bad port or host, an unknown
 /// `sslmode`) is refused now, naming `store.url`, instead of being retried as an
 /// outage. Neither the URL nor a value in it is quoted: it may carry a password.
 fn check_driver_options(backend: Backend, url: &str) -> Result<(), StoreError> {
     use std::str::FromStr;
+    if backend == Backend::Postgres {
+        // The driver logs any other parameter with its value at WARN and ignores it
+        // (libpq's `sslpassword` is a secret): refused by name instead.
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        if let Some((key, _)) = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| !POSTGRES_PARAMETERS.contains(&k.as_ref()))
+        {
+            return Err(StoreError::Invalid {
+                field: "store.url".into(),
+                reason: format!(
+                    "the PostgreSQL driver does not know the parameter {key:?} (it would be \
+                     ignored); known: {}",
+                    POSTGRES_PARAMETERS.join(", ")
+                ),
+            });
+        }
+    }
     let parsed = sqlx::any::AnyConnectOptions::from_str(url).and_then(|_| match backend {
         Backend::Postgres => sqlx::postgres::PgConnectOptions::from_str(url).map(|_| ()),
         Backend::Sqlite => sqlx::sqlite::SqliteConnectOptions::from_str(url).map(|_| ()),
