@@ -275,9 +275,13 @@ impl Worker {
         {
             Ok(_) => {
                 // No client credential reaches the app (a custom token header leaves
-                // `authorization` beside it).
+                // `authorization` beside it), nor a client's own subject header, which
+                // per-name hygiene leaves for the filter to overwrite.
                 for name in credential_headers(&self.config) {
                     host.remove_header(name);
+                }
+                if self.config.set_subject_header {
+                    host.remove_header(SUBJECT_HEADER);
                 }
                 self.bump(Counter::Allowed);
                 Verdict::Continue
@@ -477,13 +481,14 @@ fn subject_token<'a>(
     };
     let raw = raw.ok_or_else(no_token)?;
     let token = if cfg.bearer {
-        match raw.split_at_checked(7) {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"bearer ") => rest.trim_ascii(),
-            _ => {
-                let desc = "authorization is not a Bearer token".to_string();
-                return Err((Counter::DeniedInvalidToken, desc, true));
-            }
+        // `Bearer` alone (Envoy trims trailing spaces) holds no token; another scheme
+        // (Basic, DPoP) is no bearer token at all: both get the bare challenge, without
+        // an error code (RFC 6750 §3.1), not "invalid token".
+        let (scheme, rest) = raw.split_at(raw.iter().position(|&b| b == b' ').unwrap_or(raw.len()));
+        if !scheme.eq_ignore_ascii_case(b"bearer") {
+            return Err(no_token());
         }
+        rest.trim_ascii()
     } else {
         raw.trim_ascii()
     };
