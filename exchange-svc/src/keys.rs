@@ -491,11 +491,16 @@ impl IssuerKeySource for IssuerKeys {
             .map(|i| IssuerKeyStatus {
                 issuer: i.name.clone(),
                 keys: snap.get(&i.name).map(KeySet::len).unwrap_or(0),
-                age_secs: i
-                    .last_success
-                    .lock()
-                    .ok()
-                    .and_then(|t| t.map(|t| t.elapsed().as_secs_f64())),
+                // Inline keys are the configured keys: never stale (an age counted
+                // from the start would fire the stale-JWKS alert after 15 minutes).
+                age_secs: if matches!(i.source, Source::Inline) {
+                    Some(0.0)
+                } else {
+                    i.last_success
+                        .lock()
+                        .ok()
+                        .and_then(|t| t.map(|t| t.elapsed().as_secs_f64()))
+                },
             })
             .collect()
     }

@@ -4,7 +4,8 @@
 # config, which retires old versions) - on this key only: no export, no deletion, no
 # other key,
 # no other engine. An operator who rotates with bao only may drop the last two paths
-# (then `POST /api/v1/keys/rotate` and `/retire` answer 500 and log Vault's refusal).
+# (then `POST /api/v1/keys/rotate` and `/retire` answer 503 + Retry-After and log that
+# Vault refused them: the policy lacks the path).
 #   bao policy write meshpass-signer istio/vault/meshpass-signer.hcl
 path "transit/keys/meshpass-participant" {
   capabilities = ["read"]

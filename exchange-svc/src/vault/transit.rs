@@ -516,6 +516,9 @@ impl Signer for TransitSigner {
         }
         if self.inner.is_down() {
             // Fail fast while Vault is known down; the refresh loop probes for recovery.
+            // Counted as a failed signature: the signing-failures alert must see the
+            // whole outage, not only the requests that reached Vault.
+            self.inner.client.stats().add_sign_errors(1);
             return Err(SignError::Unavailable("vault is down (probing)".into()));
         }
         let (reply, rx) = oneshot::channel();
