@@ -475,26 +475,31 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         }
     };
     let serving = async {
-        let r = match &cfg.server.tls {
-            None => serve_on(listener, state, stopped(stop_rx), grace).await,
-            Some(t) => {
-                let tls = crate::tls::server_config(&t.cert_file, &t.key_file, &t.client_ca_file)?;
-                let age = Duration::from_secs(t.max_connection_age_secs);
-                match t.listen {
-                    None => serve_tls_on(listener, tls, age, state, stopped(stop_rx), grace).await,
-                    Some(addr) => {
-                        let tls_listener = TcpListener::bind(addr).await?;
-                        tracing::info!(listen = %tls_listener.local_addr()?, "TLS listener (callers identified by client certificate)");
-                        let plain =
-                            serve_on(listener, state.clone(), stopped(stop_rx.clone()), grace);
-                        let secure =
-                            serve_tls_on(tls_listener, tls, age, state, stopped(stop_rx), grace);
-                        let (plain, secure) = tokio::join!(plain, secure);
-                        plain.and(secure)
+        // Its own block: a `?` inside (TLS files, the TLS listener's bind) must still
+        // send the stop below, or `serve` would wait for a SIGTERM for ever.
+        let r: Result<(), ServeError> = async {
+            match &cfg.server.tls {
+                None => serve_on(listener, state, stopped(stop_rx), grace).await,
+                Some(t) => {
+                    let tls = crate::tls::server_config(&t.cert_file, &t.key_file, &t.client_ca_file)?;
+                    let age = Duration::from_secs(t.max_connection_age_secs);
+                    match t.listen {
+                        None => serve_tls_on(listener, tls, age, state, stopped(stop_rx), grace).await,
+                        Some(addr) => {
+                            let tls_listener = TcpListener::bind(addr).await?;
+                            tracing::info!(listen = %tls_listener.local_addr()?, "TLS listener (callers identified by client certificate)");
+                            let plain =
+                                serve_on(listener, state.clone(), stopped(stop_rx.clone()), grace);
+                            let secure =
+                                serve_tls_on(tls_listener, tls, age, state, stopped(stop_rx), grace);
+                            let (plain, secure) = tokio::join!(plain, secure);
+                            plain.and(secure)
+                        }
                     }
                 }
             }
-        };
+        }
+        .await;
         if r.is_err() {
             let _ = stop.send(true);
         }

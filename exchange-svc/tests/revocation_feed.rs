@@ -84,7 +84,7 @@ async fn snapshot_delta_and_not_modified_follow_the_version(db: Db) {
     assert_eq!(etag.as_deref(), Some("\"0\""));
 
     let a = revoke(&s, "subject", "spiffe://cluster.local/ns/shop/sa/a", None).await;
-    let b = revoke(&s, "jti", "jti-123", None).await;
+    let b = revoke(&s, "jti", "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b", None).await;
     let (st, etag, body) = poll(&s, Some(WEB), "?since=0", None).await;
     // Versions increase (jumping to the clock in ms), one or more per change.
     let v2 = body["version"].as_u64().unwrap();
