@@ -65,7 +65,8 @@ async fn every_answer_the_feed_gives_is_read_whole_by_the_filters_parser_and_tra
     let mut set = filter_poll(&s, &filter_feed::RevocationSet::default()).await;
     assert_eq!(set.version(), 0);
     // Fields at their bounds: 256 four-byte characters of reason, a long pattern,
-    // quotes and backslashes, a 256-byte jti, a caller, an `until`.
+    // quotes and backslashes, a jti (a UUID, as minted: the API takes no other), a
+    // caller, an `until`.
     let reason = "\u{1F512}".repeat(256);
     let pattern = format!("spiffe://cluster.local/ns/{}/*", "n".repeat(1900));
     let long = revoke(
@@ -79,7 +80,7 @@ async fn every_answer_the_feed_gives_is_read_whole_by_the_filters_parser_and_tra
         json!({"target": "subject", "match": exact, "reason": "quote \" and \\ backslash"}),
     )
     .await;
-    let jti = "j".repeat(256);
+    let jti = "7c9e6679-7425-40de-944b-e07fc1f90ae7".to_string();
     revoke(
         &s,
         json!({"target": "jti", "match": jti, "reason": "leaked", "until": now() + 3600}),
