@@ -10,12 +10,14 @@
 #                             image from the built .wasm and the exchange image's layout,
 #                             inspects both with skopeo and umoci, and fails when a
 #                             manifest pins another digest than the current sources give
+#   scripts/images.sh sources-hash   prints the hash of the exchange image's inputs
+#                             (its sources, the CA bundle's version, `rustc -V`)
 #
 # The exchange image costs a release musl build with LTO (minutes on 2 cores), so
 # `check` rebuilds it only when MESHPASS_CHECK_EXCHANGE_IMAGE=1. By default it checks the
 # digest pinned in the manifests against images/meshpass-exchange.lock, which `build`
-# writes with the hash of the sources it built from (and fails when they changed), and
-# the layout's structure with a stand-in binary.
+# writes with the hash of the sources it built from (and warns when they, or the
+# compiler, changed), and the layout's structure with a stand-in binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -26,6 +28,7 @@ WASM=${MESHPASS_FILTER_WASM:-$ROOT/target/wasm32-wasip1/wasm-release/meshpass_fi
 MUSL_TARGET=x86_64-unknown-linux-musl
 EXCHANGE_BIN=$ROOT/target/$MUSL_TARGET/release/meshpass-exchange
 CERTIFI_VERSION=2026.5.20
+CERTIFI_WHEEL_SHA256=3c52e209ba0a4ad7aebe60436a4ab349c39e1e602e8c134221e546902ad25897
 CA_BUNDLE=$ROOT/.tools/certifi-$CERTIFI_VERSION/certifi/cacert.pem
 # The images' one date (oci_image.py's timestamps, the musl build's C __DATE__), whatever
 # the shell exports: nix shells and Debian build environments set SOURCE_DATE_EPOCH, and
@@ -40,11 +43,8 @@ die() { printf '[images] FAIL: %s\n' "$*" >&2; exit 1; }
 
 ca_bundle() { # Mozilla's CA bundle from a pinned PyPI release: the same bytes everywhere
   if [ ! -f "$CA_BUNDLE" ]; then
-    local tmp; tmp=$(mktemp -d)
-    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "certifi==$CERTIFI_VERSION"
-    rm -rf "$ROOT/.tools/certifi-$CERTIFI_VERSION"
-    python3 -m zipfile -e "$tmp"/certifi-*.whl "$ROOT/.tools/certifi-$CERTIFI_VERSION"
-    rm -rf "$tmp"
+    "$ROOT/scripts/install-wheel.sh" certifi "$CERTIFI_VERSION" "$CERTIFI_WHEEL_SHA256" \
+      "$ROOT/.tools/certifi-$CERTIFI_VERSION"
   fi
 }
 
@@ -76,7 +76,8 @@ file_is_static() {
 }
 
 # The sources the exchange image is built from: the content of every tracked file that
-# goes into it, as it is in the work tree (this script holds the build flags). Docs,
+# goes into it, as it is in the work tree (this script holds the build flags), and the
+# compiler (no rust-toolchain.toml pins it: another rustc builds another binary). Docs,
 # tests, benches and examples do not, so a change to them leaves the pin current
 # (nothing under src/ reads a Markdown file).
 exchange_sources_hash() {
@@ -87,6 +88,7 @@ exchange_sources_hash() {
       ':(exclude)exchange-svc/examples' \
       | sort -z | xargs -0 sha256sum
     printf 'certifi %s\n' "$CERTIFI_VERSION"
+    printf '%s\n' "$(rustc -V)"
   } | sha256sum | cut -d' ' -f1
 }
 
@@ -261,7 +263,7 @@ case "$MODE" in
       # A rebuild of the static service binary costs minutes of CPU, so a stale pin is
       # reported, not fatal: `make images` before publishing images re-pins it.
       [ "$lock_sources" = "$(exchange_sources_hash)" ] \
-        || log "warning: exchange-svc, core or Cargo.lock changed since $LOCK was written; the pinned exchange image is from older sources: run make images before publishing"
+        || log "warning: exchange-svc, core, Cargo.lock or rustc ($(rustc -V)) changed since $LOCK was written; the pinned exchange image is from other sources: run make images before publishing"
       # The layout's structure, with this machine's coreutils `true` standing in for the
       # binary (the digest then differs, and is not compared), in a directory of its own
       # so that target/images/meshpass-exchange stays the real image.
@@ -271,8 +273,11 @@ case "$MODE" in
     fi
     log "ok: the manifests pin the images the current sources build"
     ;;
+  sources-hash) # what the lock's first field is compared with
+    exchange_sources_hash
+    ;;
   *)
-    echo "usage: $0 build|build-filter|check" >&2
+    echo "usage: $0 build|build-filter|check|sources-hash" >&2
     exit 2
     ;;
 esac

