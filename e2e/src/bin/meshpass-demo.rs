@@ -295,6 +295,11 @@ async fn walkthrough(t: &Topology, started: Instant, once: bool) -> Result<()> {
     );
     revocation(t, &svid).await?;
 
+    // `--once` stops the stack when the walkthrough ends: commands for it would fail.
+    if once {
+        println!("\n(--once: walkthrough complete; the stack stops now. `make demo` without --once keeps it running for curl.)");
+        return Ok(());
+    }
     // Tokens for the user's own requests.
     let files = [("frontend", &svid), ("reporting", &rep), ("batch", &batch)];
     for (name, tok) in files {
@@ -327,11 +332,7 @@ async fn walkthrough(t: &Topology, started: Instant, once: bool) -> Result<()> {
         "  curl -s 'http://127.0.0.1:{}/stats?filter=meshpass'",
         p.client_admin
     );
-    if once {
-        println!("\n(--once: walkthrough complete)");
-    } else {
-        println!("\nthe stack keeps running; press Ctrl-C to stop everything.");
-    }
+    println!("\nthe stack keeps running; press Ctrl-C to stop everything.");
     Ok(())
 }
 
