@@ -53,25 +53,8 @@ impl Postgres {
     /// Waits up to 30 s for a server that is (re)starting; panics when `psql` is missing
     /// or the server stays unreachable.
     pub fn fresh_database() -> PgDb {
-        let target = Target::shared();
-        let name = format!("meshpass_t_{}_{}", std::process::id(), random_hex(6));
-        let sql = format!("CREATE DATABASE \"{name}\"");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match psql(&target, "postgres", &sql) {
-                Ok(_) => {
-                    return PgDb {
-                        name,
-                        target,
-                        private: false,
-                    }
-                }
-                Err(e) if restarting(&e) && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+        create_database(&Target::shared(), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs one SQL statement on the `postgres` database (panics on failure).
@@ -80,16 +63,45 @@ impl Postgres {
     }
 }
 
+/// Creates a uniquely named database on `target`'s server, waiting up to `wait` for a
+/// server that is (re)starting; a missing `psql` fails at once.
+fn create_database(target: &Target, wait: Duration) -> Result<PgDb, String> {
+    let name = format!("meshpass_t_{}_{}", std::process::id(), random_hex(6));
+    let sql = format!("CREATE DATABASE \"{name}\"");
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match psql(target, "postgres", &sql) {
+            Ok(_) => {
+                return Ok(PgDb {
+                    name,
+                    target: target.clone(),
+                    private: false,
+                })
+            }
+            Err(e) if restarting(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// How [`psql`]'s error starts when the client itself could not be run.
+const NOT_RUNNABLE: &str = "cannot run ";
+
 /// Whether a `psql` error says the server is down or coming up rather than refusing.
+/// ("No such file or directory" is psql's word for a missing server socket; the same
+/// words about the psql binary itself are no restart to wait for.)
 fn restarting(e: &str) -> bool {
-    [
-        "Connection refused",
-        "starting up",
-        "shutting down",
-        "No such file or directory",
-    ]
-    .iter()
-    .any(|m| e.contains(m))
+    !e.starts_with(NOT_RUNNABLE)
+        && [
+            "Connection refused",
+            "starting up",
+            "shutting down",
+            "No such file or directory",
+        ]
+        .iter()
+        .any(|m| e.contains(m))
 }
 
 fn psql(target: &Target, db: &str, sql: &str) -> Result<String, String> {
@@ -109,7 +121,7 @@ fn psql(target: &Target, db: &str, sql: &str) -> Result<String, String> {
         .output()
         .map_err(|e| {
             format!(
-                "cannot run {} (is the PostgreSQL client installed?): {e}",
+                "{NOT_RUNNABLE}{} (is the PostgreSQL client installed? make setup installs it): {e}",
                 target.psql.display()
             )
         })?;
@@ -490,6 +502,27 @@ impl Drop for PostgresServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A machine without the PostgreSQL client: spawning `psql` fails with "No such file
+    /// or directory", the words psql uses for a missing server socket, so the test
+    /// waited 30 s for a server "restarting" before saying the client is missing.
+    #[test]
+    fn a_missing_psql_is_reported_at_once_not_waited_for_as_a_restarting_server() {
+        let target = Target {
+            psql: PathBuf::from("/nonexistent/meshpass-test/psql"),
+            ..Target::shared()
+        };
+        let started = std::time::Instant::now();
+        let err = create_database(&target, Duration::from_secs(30))
+            .err()
+            .expect("a missing psql created a database");
+        assert!(err.contains("is the PostgreSQL client installed?"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "waited {:?} for a psql that does not exist",
+            started.elapsed()
+        );
+    }
 
     #[test]
     fn fresh_database_is_usable_and_dropped_afterwards() {
