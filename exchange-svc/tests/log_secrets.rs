@@ -176,21 +176,11 @@ async fn a_renewed_tls_key_that_does_not_load_is_never_written_to_the_log() {
 fn serve_until_store_ready(dir: &Path, toml: &str, env: &[(&str, &str)]) -> String {
     let cfg = write(dir, "c.toml", toml);
     let log = dir.join("exchange.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let mut cmd = exchange_command();
-    cmd.env("NO_COLOR", "1");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let svc = Serving(child);
+    let env: Vec<(&str, &str)> = [("NO_COLOR", "1")]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    let svc = Serving::start_with_env(&cfg, &log, &env);
     wait_for_log(&log, "mapping store ready", 30);
     // The change listener connects (and parses the URL again) right after.
     let text = wait_for_log(&log, "listening for store changes", 30);

@@ -217,6 +217,18 @@ async fn an_unreachable_api_server_fails_closed_with_503() {
     assert!(r.headers().contains_key("retry-after"));
 }
 
+/// The service with `token_review` on its issuer, against `api` (the service's own token
+/// for the reviews, as `service_toml` writes it for SubjectAccessReview).
+async fn start_reviewing(dir: &std::path::Path, api: &KubeApi) -> (String, TestIssuer) {
+    let review = format!(
+        r#"token_review = {{ url = "{}", ca_file = "{}", bearer_token_file = "{}" }}"#,
+        api.url,
+        api.ca_file.display(),
+        dir.join("sa-token").display(),
+    );
+    start_with(dir, &api.url, &api.ca_file, &review, "").await
+}
+
 /// With `token_review` on the issuer, a management token is reviewed as `/token`
 /// reviews a subject token (for the management audience it carries): one the API
 /// server no longer authenticates (its pod or service account deleted) is no
@@ -229,14 +241,7 @@ async fn a_service_account_token_the_api_server_refuses_is_no_management_credent
     .await;
     api.allow_verbs(&["read", "write", "keys"]);
     let dir = tempfile::tempdir().unwrap();
-    // The service's own token, as `service_toml` writes it for SubjectAccessReview.
-    let review = format!(
-        r#"token_review = {{ url = "{}", ca_file = "{}", bearer_token_file = "{}" }}"#,
-        api.url,
-        api.ca_file.display(),
-        dir.path().join("sa-token").display(),
-    );
-    let (base, issuer) = start_with(dir.path(), &api.url, &api.ca_file, &review, "").await;
+    let (base, issuer) = start_reviewing(dir.path(), &api).await;
     let token = sa_token(&issuer, "meshpass-admin");
     let http = reqwest::Client::new();
     let list = || {
@@ -291,13 +296,7 @@ async fn a_patch_or_an_import_reviews_the_token_once_and_asks_once_per_verb() {
     .await;
     api.allow_verbs(&["read", "write"]);
     let dir = tempfile::tempdir().unwrap();
-    let review = format!(
-        r#"token_review = {{ url = "{}", ca_file = "{}", bearer_token_file = "{}" }}"#,
-        api.url,
-        api.ca_file.display(),
-        dir.path().join("sa-token").display(),
-    );
-    let (base, issuer) = start_with(dir.path(), &api.url, &api.ca_file, &review, "").await;
+    let (base, issuer) = start_reviewing(dir.path(), &api).await;
     let token = sa_token(&issuer, "meshpass-admin");
     let http = reqwest::Client::new();
     let r = http

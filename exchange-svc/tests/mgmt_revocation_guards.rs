@@ -7,10 +7,10 @@ mod common;
 #[macro_use]
 mod mgmt_common;
 
-use common::{now, WEB};
+use common::{jti_of, now, WEB};
 use mgmt_common::*;
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// README "Management API": a revoked identity is 403 on every endpoint and "neither
 /// changes policy nor lifts its own revocation (another management caller lifts it)".
@@ -71,18 +71,6 @@ async fn a_revocation_covering_every_management_caller_is_refused_or_can_still_b
         "a revocation no management caller can ever lift was accepted:\n{}",
         stuck.join("\n")
     );
-}
-
-/// The `jti` of a participant token (read without verifying it).
-fn jti_of(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap_or_default();
-    let claims: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    claims["jti"].as_str().unwrap_or_default().to_string()
 }
 
 /// A `jti` revocation names "the participant token's jti, exact" (DESIGN.md), and the

@@ -7,7 +7,7 @@ mod common;
 #[macro_use]
 mod mgmt_common;
 
-use common::{now, WEB};
+use common::{jti_of, now, WEB};
 use mgmt_common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -298,18 +298,6 @@ async fn every_change_is_audited(db: Db) {
     assert_eq!(items[1]["action"], "revocation.lift");
     assert_eq!(items[1]["before"]["id"], id.as_str());
     assert_eq!(items[1]["after"], Value::Null);
-}
-
-/// The `jti` of a participant token (read without verifying it).
-fn jti_of(token: &str) -> String {
-    use base64::Engine;
-    let payload = token.split('.').nth(1).unwrap_or_default();
-    let claims: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    claims["jti"].as_str().unwrap_or_default().to_string()
 }
 
 async fn a_token_served_for_the_same_form_bytes_is_not_served_after_a_revocation(db: Db) {

@@ -6,7 +6,6 @@ mod common;
 mod mgmt_common;
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,17 +20,10 @@ fn repo_file(rel: &str) -> String {
 
 /// `meshpass-exchange serve --config` as a child process, killed on drop.
 struct Svc {
-    child: Child,
+    _serving: Serving,
     log: PathBuf,
     base: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Svc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Svc {
@@ -45,17 +37,8 @@ async fn serve(dir: tempfile::TempDir, port: u16, toml: &str) -> Svc {
     let cfg = dir.path().join("exchange.toml");
     std::fs::write(&cfg, toml).unwrap();
     let log = dir.path().join("exchange.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = exchange_command()
-        .arg("serve")
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
     let svc = Svc {
-        child,
+        _serving: Serving::start(&cfg, &log),
         log,
         base: format!("http://127.0.0.1:{port}"),
         _dir: dir,

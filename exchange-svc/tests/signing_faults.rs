@@ -64,6 +64,58 @@ async fn exchange(app: &axum::Router, form: &str) -> (u16, Option<String>, Value
     (a.status.as_u16(), token, a.json)
 }
 
+/// A service on a new transit key, with the common configuration.
+struct Service {
+    signer: Arc<TransitSigner>,
+    key: String,
+    issuer: TestIssuer,
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+async fn service(bao: &OpenBao) -> Service {
+    let (signer, key) = transit_signer(bao).await;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let app = app_on(signer.clone(), dir.path(), &issuer).await;
+    Service {
+        signer,
+        key,
+        issuer,
+        app,
+        _dir: dir,
+    }
+}
+
+impl Service {
+    /// Mints one participant token (which the minted-token cache now holds), checked to
+    /// verify under the published `v1`; the form that asks for it again, and the token.
+    async fn mint_cached(&self) -> (String, String) {
+        let subject = self.issuer.svid(WEB, now(), 3600);
+        let form = exchange_form(&subject, &[("resource", "payments")]);
+        let (status, first, body) = exchange(&self.app, &form).await;
+        assert_eq!(status, 200, "{body}");
+        let first = first.unwrap();
+        assert_eq!(
+            verifies(&first, &get(&self.app, "/.well-known/jwks.json").await.json).unwrap(),
+            format!("{}:v1", self.key)
+        );
+        (form, first)
+    }
+
+    /// Deletes the transit key and creates another of `key_type` under its name.
+    fn recreate_key(&self, bao: &OpenBao, key_type: &str) {
+        let key = &self.key;
+        bao.api_ok(
+            "POST",
+            &format!("transit/keys/{key}/config"),
+            Some(serde_json::json!({"deletion_allowed": true})),
+        );
+        bao.api_ok("DELETE", &format!("transit/keys/{key}"), None);
+        bao.create_transit_key(key, key_type);
+    }
+}
+
 /// The transit key is deleted and re-created under its name (an operator mistake, a dev
 /// server re-provisioned, a restore): `v1` now holds other material, which the service
 /// publishes under `kid` `…:v1` once it re-reads the key. A participant token minted
@@ -73,34 +125,19 @@ async fn exchange(app: &axum::Router, form: &str) -> (u16, Option<String>, Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_token_signed_by_key_material_no_longer_published_is_not_served_again() {
     let bao = OpenBao::shared();
-    let (signer, key) = transit_signer(bao).await;
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "k1");
-    let app = app_on(signer.clone(), dir.path(), &issuer).await;
-
-    let subject = issuer.svid(WEB, now(), 3600);
-    let form = exchange_form(&subject, &[("resource", "payments")]);
-    let (status, first, body) = exchange(&app, &form).await;
-    assert_eq!(status, 200, "{body}");
-    let first = first.unwrap();
-    verifies(&first, &get(&app, "/.well-known/jwks.json").await.json).unwrap();
+    let svc = service(bao).await;
+    let (form, first) = svc.mint_cached().await;
 
     // Re-create the key under the same name, and let the service read it again.
-    bao.api_ok(
-        "POST",
-        &format!("transit/keys/{key}/config"),
-        Some(serde_json::json!({"deletion_allowed": true})),
-    );
-    bao.api_ok("DELETE", &format!("transit/keys/{key}"), None);
-    bao.create_transit_key(&key, "ecdsa-p256");
-    signer.refresh().await.unwrap();
-    let jwks = get(&app, "/.well-known/jwks.json").await.json;
+    svc.recreate_key(bao, "ecdsa-p256");
+    svc.signer.refresh().await.unwrap();
+    let jwks = get(&svc.app, "/.well-known/jwks.json").await.json;
     assert!(
         verifies(&first, &jwks).is_err(),
         "setup: the re-created key should publish other material under the same kid"
     );
 
-    let (status, again, body) = exchange(&app, &form).await;
+    let (status, again, body) = exchange(&svc.app, &form).await;
     if status == 200 {
         let again = again.unwrap();
         let served_cached = again == first;
@@ -124,36 +161,25 @@ async fn a_cached_token_signed_by_key_material_no_longer_published_is_not_served
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_token_whose_signing_version_was_unpublished_is_not_served_again() {
     let bao = OpenBao::shared();
-    let (signer, key) = transit_signer(bao).await;
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "k1");
-    let app = app_on(signer.clone(), dir.path(), &issuer).await;
-
-    let subject = issuer.svid(WEB, now(), 3600);
-    let form = exchange_form(&subject, &[("resource", "payments")]);
-    let (status, first, body) = exchange(&app, &form).await;
-    assert_eq!(status, 200, "{body}");
-    let first = first.unwrap();
-    assert_eq!(
-        verifies(&first, &get(&app, "/.well-known/jwks.json").await.json).unwrap(),
-        format!("{key}:v1")
-    );
+    let svc = service(bao).await;
+    let key = &svc.key;
+    let (form, first) = svc.mint_cached().await;
 
     // Rotate (no publish lead in these tests: v2 signs at once) and retire v1 in Vault.
-    assert_eq!(bao.rotate_key(&key), 2);
+    assert_eq!(bao.rotate_key(key), 2);
     bao.api_ok(
         "POST",
         &format!("transit/keys/{key}/config"),
         Some(serde_json::json!({"min_decryption_version": 2})),
     );
-    signer.refresh().await.unwrap();
-    let jwks = get(&app, "/.well-known/jwks.json").await.json;
+    svc.signer.refresh().await.unwrap();
+    let jwks = get(&svc.app, "/.well-known/jwks.json").await.json;
     assert!(
         verifies(&first, &jwks).is_err(),
         "setup: v1 should not be published any more: {jwks}"
     );
 
-    let (status, again, body) = exchange(&app, &form).await;
+    let (status, again, body) = exchange(&svc.app, &form).await;
     assert_eq!(status, 200, "{body}");
     let again = again.unwrap();
     if let Err(e) = verifies(&again, &jwks) {
@@ -176,25 +202,12 @@ async fn a_cached_token_whose_signing_version_was_unpublished_is_not_served_agai
 async fn a_transit_key_recreated_with_another_type_makes_exchanges_503_not_500_behind_a_ready_probe(
 ) {
     let bao = OpenBao::shared();
-    let (signer, key) = transit_signer(bao).await;
-    let dir = tempfile::tempdir().unwrap();
-    let issuer = TestIssuer::new(ISSUER, "k1");
-    let app = app_on(signer.clone(), dir.path(), &issuer).await;
-    let (status, _, body) = exchange(
-        &app,
-        &exchange_form(&issuer.svid(WEB, now(), 3600), &[("resource", "payments")]),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    let svc = service(bao).await;
+    let (app, issuer) = (&svc.app, &svc.issuer);
+    svc.mint_cached().await;
 
-    bao.api_ok(
-        "POST",
-        &format!("transit/keys/{key}/config"),
-        Some(serde_json::json!({"deletion_allowed": true})),
-    );
-    bao.api_ok("DELETE", &format!("transit/keys/{key}"), None);
-    bao.create_transit_key(&key, "ecdsa-p384");
-    let refreshed = signer.refresh().await;
+    svc.recreate_key(bao, "ecdsa-p384");
+    let refreshed = svc.signer.refresh().await;
     eprintln!("key re-read: {refreshed:?}");
 
     // A new subject token each time: no cached answer.
@@ -204,8 +217,8 @@ async fn a_transit_key_recreated_with_another_type_makes_exchanges_503_not_500_b
             &issuer.svid(WEB, now(), 3000 + i),
             &[("resource", "payments")],
         );
-        let a = post_token(&app, form).await;
-        let ready = get(&app, "/readyz").await;
+        let a = post_token(app, form).await;
+        let ready = get(app, "/readyz").await;
         seen.push(format!(
             "/token {} {} (Retry-After {:?}); /readyz {} {}",
             a.status,
@@ -217,7 +230,7 @@ async fn a_transit_key_recreated_with_another_type_makes_exchanges_503_not_500_b
         let ok = a.status == 200
             && verifies(
                 a.json["access_token"].as_str().unwrap(),
-                &get(&app, "/.well-known/jwks.json").await.json,
+                &get(app, "/.well-known/jwks.json").await.json,
             )
             .is_ok();
         let unavailable = a.status == 503 && a.headers.contains_key("retry-after");

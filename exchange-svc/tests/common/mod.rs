@@ -323,6 +323,13 @@ pub fn claims_of(token: &str) -> Option<Value> {
     serde_json::from_slice(&payload).ok()
 }
 
+/// The `jti` of a participant token (read without verifying it; empty when none).
+pub fn jti_of(token: &str) -> String {
+    claims_of(token)
+        .and_then(|c| c["jti"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// The `sub` of the form's `subject_token` (unverified: only to pick a caller).
 fn form_subject(body: &str) -> Option<String> {
     let token = form_urlencoded::parse(body.as_bytes())
@@ -510,8 +517,19 @@ pub struct Serving(pub std::process::Child);
 
 impl Serving {
     pub fn start(cfg: impl AsRef<std::ffi::OsStr>, log: &std::path::Path) -> Serving {
+        Serving::start_with_env(cfg, log, &[])
+    }
+
+    /// [`Serving::start`] with `env` set for the process.
+    pub fn start_with_env(
+        cfg: impl AsRef<std::ffi::OsStr>,
+        log: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Serving {
         let out = std::fs::File::create(log).unwrap();
-        let child = exchange_command()
+        let mut cmd = exchange_command();
+        cmd.envs(env.iter().copied());
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(cfg)
