@@ -148,6 +148,18 @@ impl AppState {
                     .iter()
                     .map(|a| a.as_str().to_string())
                     .collect();
+                // A projected service-account token carries one audience: with no audience
+                // in both lists, none is accepted by both checks. Not refused: a token
+                // requested with several audiences can still pass.
+                if !tr.audiences.is_empty() && !tr.audiences.iter().any(|a| audiences.contains(a)) {
+                    tracing::warn!(
+                        "issuers[{i}].token_review.audiences {:?} shares no audience with \
+                         issuers[{i}].audiences {:?}: a token with one audience (a projected \
+                         service-account token) is refused by one check or the other",
+                        tr.audiences,
+                        audiences
+                    );
+                }
                 let r = TokenReviewer::new(tr, c.ca_file.as_ref(), &audiences).map_err(|e| {
                     ConfigError::Invalid {
                         field: format!("issuers[{i}].token_review"),

@@ -208,6 +208,45 @@ async fn the_review_carries_the_subject_token_and_the_configured_audiences() {
     assert_eq!(r.content_type.as_deref(), Some("application/json"));
 }
 
+/// `token_review.audiences` set apart from the issuer's `audiences` (a common slip:
+/// the API server's own audience, as legacy tokens carry) starts without a word, and
+/// then refuses every projected service-account token: its one audience cannot be in
+/// both lists. The service says so at start-up, naming both fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_review_audiences_sharing_none_with_the_issuers_are_warned_about_at_start_up() {
+    let log = captured_log();
+    let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1234", &["meshpass"]))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let warned = || {
+        log.text()
+            .contains("shares no audience with issuers[0].audiences")
+    };
+    // Overlapping lists (and the default, the issuer's own): no warning.
+    let _ok = Service::start(&format!(
+        "{}, audiences = [\"vault\", \"meshpass\"]",
+        explicit(&api, dir.path())
+    ))
+    .await;
+    assert!(!warned(), "{}", log.text());
+    let svc = Service::start(&format!(
+        "{}, audiences = [\"https://kubernetes.default.svc\"]",
+        explicit(&api, dir.path())
+    ))
+    .await;
+    let text = log.text();
+    assert!(
+        text.contains("WARN")
+            && text
+                .contains("issuers[0].token_review.audiences [\"https://kubernetes.default.svc\"]")
+            && warned(),
+        "no start-up warning for disjoint audiences:\n{text}"
+    );
+    // What the warning is about: the API server, asked for its own audience only,
+    // does not authenticate a token for `meshpass`.
+    api.answer(Reply::Status(json!({"authenticated": false, "error": "token audiences [\"meshpass\"] is invalid for the target audiences [\"https://kubernetes.default.svc\"]"})));
+    assert_invalid_grant(&svc.exchange(0).await, "disjoint audiences");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_review_is_invalid_grant() {
     let api = KubeApi::start(Reply::Status(
