@@ -53,7 +53,7 @@ impl Postgres {
     /// Waits up to 30 s for a server that is (re)starting; panics when `psql` is missing
     /// or the server stays unreachable.
     pub fn fresh_database() -> PgDb {
-        create_database(&Target::shared(), Duration::from_secs(30))
+        create_database(&Target::shared(), Duration::from_secs(30), false)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -63,9 +63,10 @@ impl Postgres {
     }
 }
 
-/// Creates a uniquely named database on `target`'s server, waiting up to `wait` for a
-/// server that is (re)starting; a missing `psql` fails at once.
-fn create_database(target: &Target, wait: Duration) -> Result<PgDb, String> {
+/// Creates a uniquely named database on `target`'s server (`private`: a
+/// [`PostgresServer`]'s), waiting up to `wait` for a server that is (re)starting; a
+/// missing `psql` fails at once.
+fn create_database(target: &Target, wait: Duration, private: bool) -> Result<PgDb, String> {
     let name = format!("meshpass_t_{}_{}", std::process::id(), random_hex(6));
     let sql = format!("CREATE DATABASE \"{name}\"");
     let deadline = std::time::Instant::now() + wait;
@@ -75,7 +76,7 @@ fn create_database(target: &Target, wait: Duration) -> Result<PgDb, String> {
                 return Ok(PgDb {
                     name,
                     target: target.clone(),
-                    private: false,
+                    private,
                 })
             }
             Err(e) if restarting(&e) && std::time::Instant::now() < deadline => {
@@ -452,13 +453,7 @@ impl PostgresServer {
     /// Creates a uniquely named, empty database on this server; dropped on drop (when
     /// the server still runs: otherwise it goes with the cluster).
     pub fn fresh_database(&self) -> PgDb {
-        let name = format!("meshpass_t_{}_{}", std::process::id(), random_hex(6));
-        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
-        PgDb {
-            name,
-            target: self.target(),
-            private: true,
-        }
+        create_database(&self.target(), Duration::ZERO, true).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Runs SQL in database `db` with `psql` (unaligned, tuples only); panics on error.
@@ -513,7 +508,7 @@ mod tests {
             ..Target::shared()
         };
         let started = std::time::Instant::now();
-        let err = create_database(&target, Duration::from_secs(30))
+        let err = create_database(&target, Duration::from_secs(30), false)
             .err()
             .expect("a missing psql created a database");
         assert!(err.contains("is the PostgreSQL client installed?"), "{err}");
