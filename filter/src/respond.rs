@@ -33,10 +33,7 @@ impl Worker {
     ) -> Verdict {
         self.bump(c);
         let www = if invalid {
-            format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                meshpass_core::oauth::error_description(desc)
-            )
+            challenge("invalid_token", desc)
         } else {
             "Bearer".to_string()
         };
@@ -114,7 +111,9 @@ impl Worker {
             }
             Outcome::Forbidden(d) => {
                 self.bump(Counter::DeniedForbidden);
-                send_error(host, 403, "access_denied", d, None);
+                // RFC 6750 §3.1: the token is good, the privileges it buys are not enough.
+                let www = challenge("insufficient_scope", d);
+                send_error(host, 403, "access_denied", d, Some(&www));
             }
             Outcome::RateLimited(ra) => {
                 self.bump(Counter::DeniedRateLimited);
@@ -166,8 +165,17 @@ impl Worker {
     }
 }
 
+/// A `Bearer` challenge with an RFC 6750 error code and the description, made safe for
+/// a quoted string.
+fn challenge(code: &str, desc: &str) -> String {
+    format!(
+        "Bearer error=\"{code}\", error_description=\"{}\"",
+        meshpass_core::oauth::error_description(desc)
+    )
+}
+
 /// Sends a JSON error (`{error, error_description}`) with optional
-/// `WWW-Authenticate` (401) or `Retry-After` (429/503).
+/// `WWW-Authenticate` (401/403) or `Retry-After` (429/503).
 pub(crate) fn send_error(
     host: &mut dyn Host,
     status: u32,
@@ -182,7 +190,7 @@ pub(crate) fn send_error(
         ("cache-control", "no-store"),
     ];
     match (status, extra) {
-        (401, Some(v)) => headers.push(("www-authenticate", v)),
+        (401 | 403, Some(v)) => headers.push(("www-authenticate", v)),
         (429 | 503, Some(v)) => headers.push(("retry-after", v)),
         _ => {}
     }

@@ -187,6 +187,12 @@ fn filter_in_real_envoy_binds_exchanges_caches_and_fails_closed() {
         .as_str()
         .unwrap()
         .contains("unauthorized_client"));
+    let www = r.headers.get("www-authenticate").map(String::as_str);
+    assert!(
+        www.is_some_and(|w| w.starts_with("Bearer error=\"insufficient_scope\"")
+            && w.contains("unauthorized_client")),
+        "403 without an RFC 6750 insufficient_scope challenge: {www:?}"
+    );
     let r = get(alice_port, "/ratelimited", &[("authorization", &t)]);
     assert_eq!(
         (r.status, r.headers.get("retry-after").map(String::as_str)),

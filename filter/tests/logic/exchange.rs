@@ -143,7 +143,7 @@ fn concurrent_misses_for_one_token_share_one_exchange_and_each_is_bound() {
 }
 
 #[test]
-fn exchange_errors_map_to_403_401_429_and_503_with_retry_after() {
+fn exchange_errors_map_to_challenged_403s_401s_429s_and_503s_with_retry_after() {
     let cases = [
         (error_response(400, "unauthorized_client", None), 403, None),
         (error_response(400, "invalid_target", None), 403, None),
@@ -185,6 +185,15 @@ fn exchange_errors_map_to_403_401_429_and_503_with_retry_after() {
                 .as_str()
                 .unwrap()
                 .contains("says the service"));
+            // RFC 6750 §3.1: a refused privilege is challenged as insufficient_scope.
+            let www = r.header("www-authenticate").unwrap_or_default();
+            assert!(
+                www.starts_with("Bearer error=\"insufficient_scope\", error_description=\"")
+                    && www.contains("says the service"),
+                "case {i}: {www:?}"
+            );
+        } else if status != 401 {
+            assert_eq!(r.header("www-authenticate"), None, "case {i}");
         }
     }
 }
