@@ -417,11 +417,14 @@ fn discover_own_identity(host: &mut dyn Host, cfg: &Config) -> Option<String> {
     };
     let ns = meta(host, "NAMESPACE")?;
     let sa = meta(host, "SERVICE_ACCOUNT")?;
-    let id = format!(
-        "spiffe://{}/ns/{}/sa/{}",
-        td.as_str(),
+    // The names Kubernetes allows, checked as for a service-account token's subject: a
+    // `/` or capital in the metadata must not make up a path no workload can have.
+    let sub = format!(
+        "system:serviceaccount:{}:{}",
         String::from_utf8(ns).ok()?,
         String::from_utf8(sa).ok()?
     );
-    SpiffeId::parse(&id).ok().map(|i| i.as_str().to_string())
+    SpiffeId::from_kubernetes_subject(&sub, &td)
+        .ok()
+        .map(|i| i.as_str().to_string())
 }

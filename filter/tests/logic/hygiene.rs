@@ -165,6 +165,32 @@ fn client_mode_binds_to_the_identity_from_istio_node_metadata() {
     assert_eq!(f.host.replies[&2].status, 401);
 }
 
+/// Node metadata holding what no Kubernetes name can (a capital, a `/`, a `:`) give no
+/// identity: the request gets the proxy's 503 before any exchange, also with a token
+/// whose subject spells the same made-up path.
+#[test]
+fn client_mode_takes_no_identity_from_node_metadata_that_are_no_kubernetes_names() {
+    for (ns, sa) in [
+        ("shop", "Alice"),
+        ("shop/sa/alice/ns/x", "y"),
+        ("Shop", "alice"),
+        ("shop", "alice:x"),
+    ] {
+        let mut f = fixture_with(|c| {
+            c["mode"] = json!("CLIENT");
+            c["own_identity"] = json!({"trust_domain": "cluster.local"});
+        });
+        f.host.props.clear();
+        f.host.set_prop(&["node", "metadata", "NAMESPACE"], ns);
+        f.host
+            .set_prop(&["node", "metadata", "SERVICE_ACCOUNT"], sa);
+        let t = f.token(&format!("spiffe://cluster.local/ns/{ns}/sa/{sa}"));
+        f.send_token(1, &t);
+        assert!(f.host.dispatched.is_empty(), "{ns:?} {sa:?} was exchanged");
+        assert_eq!(f.host.replies[&1].status, 503, "{ns:?} {sa:?}");
+    }
+}
+
 #[test]
 fn mode_none_skips_binding() {
     let mut f = fixture_with(|c| {
