@@ -113,10 +113,10 @@ bench-baseline: setup
 	  fi; \
 	fi
 
-## bench-smoke: the benchmark harness end to end in about 90 s (1 rep of 6 proxy rows for 1 s, meshpass hit and miss included; one 10-mapping step per store), part of `make test`
+## bench-smoke: the benchmark harness end to end in about 2 min (1 rep of 6 proxy rows for 1 s, meshpass hit and miss included; router and empty wasm under callgrind; one 10-mapping step per store), part of `make test`
 bench-smoke: wasm
 	cargo build -p meshpass-bench -p meshpass-bench-servers
-	timeout 300 target/debug/meshpass-bench --smoke
+	timeout 420 target/debug/meshpass-bench --smoke
 
 ## bench-core: criterion benchmarks of core validation
 bench-core: setup

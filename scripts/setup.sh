@@ -32,12 +32,14 @@ fi
 # images-check pushes to) that check the image layouts, the shell linter, musl-gcc (ring and sqlite build C for the musl target), promtool (the
 # `prometheus` package) that checks the alert rules, redis-server (tests stop and
 # start a private Redis for rate-limit outages; the machine's Redis on 6379 is separate),
-# wrk (the load generator of `make bench`), DejaVu fonts (the benchmark charts' text),
+# wrk (the load generator of `make bench`), valgrind (its callgrind counts Envoy's
+# instructions per request in `make bench` and its smoke), DejaVu fonts (the benchmark charts' text),
 # and the sqlite3 and psql clients (the mapping-scaling section bulk-loads its stores).
 # apt-get update only when one is missing and the package lists do not know it.
 apt_missing=()
 for tool in skopeo:skopeo umoci:umoci docker-registry:docker-registry shellcheck:shellcheck \
   musl-gcc:musl-tools promtool:prometheus redis-server:redis-server wrk:wrk \
+  callgrind_control:valgrind \
   sqlite3:sqlite3 psql:postgresql-client \
   /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core; do
   { command -v "${tool%%:*}" >/dev/null || [ -e "${tool%%:*}" ]; } || apt_missing+=("${tool#*:}")

@@ -7,12 +7,14 @@
 //!                [--exchange-reps N] [--exchange-secs S] [--only proxy|exchange]
 //!                [--baseline-wasm PATH] [--out FILE] [--charts DIR]
 //!                [--rows ROW,ROW] [--profile ROW,ROW] [--scale-max N]
+//!                [--instructions ROW,ROW|none] [--instruction-requests N]
 //!                [--soak-secs S] [--mapping-steps N,N]
 //!                (--only proxy|exchange|scaling|soak|mappings|replicas)
 //! ```
 
 mod charts;
 mod exchange;
+mod instructions;
 mod machine;
 mod mappings;
 mod plan;
@@ -72,6 +74,8 @@ struct Args {
     charts: Option<PathBuf>,
     rows: Option<Vec<String>>,
     profile: Vec<String>,
+    instructions: Option<Vec<String>>,
+    instruction_requests: Option<u64>,
     scale_max: Option<u64>,
     soak_secs: Option<f64>,
     mapping_steps: Option<Vec<u64>>,
@@ -94,6 +98,8 @@ fn parse_args() -> Result<Args> {
         charts: None,
         rows: None,
         profile: Vec::new(),
+        instructions: None,
+        instruction_requests: None,
         scale_max: None,
         soak_secs: None,
         mapping_steps: None,
@@ -115,6 +121,16 @@ fn parse_args() -> Result<Args> {
             "--charts" => a.charts = Some(PathBuf::from(val()?)),
             "--rows" => a.rows = Some(val()?.split(',').map(String::from).collect()),
             "--profile" => a.profile = val()?.split(',').map(String::from).collect(),
+            "--instructions" => {
+                a.instructions = Some(
+                    val()?
+                        .split(',')
+                        .filter(|r| !r.is_empty() && *r != "none")
+                        .map(String::from)
+                        .collect(),
+                )
+            }
+            "--instruction-requests" => a.instruction_requests = Some(val()?.parse()?),
             "--scale-max" => a.scale_max = Some(val()?.parse()?),
             "--soak-secs" => a.soak_secs = Some(val()?.parse()?),
             "--mapping-steps" => {
@@ -240,6 +256,23 @@ fn run() -> Result<()> {
         miss_rate_bound: 3500.0,
         profile: by_name(&args.profile)?,
         profile_dir: root.join("bench/profiles"),
+        instructions: instructions::Options {
+            rows: match &args.instructions {
+                Some(names) => by_name(names)?,
+                // The smoke keeps the callgrind path from rotting at the least cost: two
+                // rows whose modules V8 compiles quickly under valgrind.
+                None if args.smoke => vec![proxy::Row::Router, proxy::Row::NoopWasm],
+                None => instructions::DEFAULT_ROWS.to_vec(),
+            },
+            requests: args
+                .instruction_requests
+                .unwrap_or(match (args.smoke, args.quick) {
+                    (true, _) => 20,
+                    (false, true) => 300,
+                    _ => 1000,
+                }),
+            passes: if args.smoke || args.quick { 1 } else { 2 },
+        },
     };
     let xopts = exchange::Options {
         concurrencies: if args.quick {
@@ -298,6 +331,11 @@ fn run() -> Result<()> {
             mo.refresh_samples,
         )),
         replicas: run_replicas.then_some((ropts.rows().len(), ropts.reps, ropts.secs)),
+        instructions: {
+            let i = &popts.instructions;
+            let counted = i.rows.iter().filter(|r| popts.rows.contains(r)).count();
+            (run_proxy && counted > 0).then_some((counted, i.requests, i.passes))
+        },
     };
     eprintln!("[bench] estimated duration: {}", plan.describe());
     let load = |label: &str| (label.to_string(), format!("{:.2}", machine::loadavg1()));

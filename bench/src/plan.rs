@@ -20,6 +20,8 @@ pub struct Plan {
     pub mappings: Option<(usize, usize, f64, usize)>,
     /// Several replicas: rows per repetition, repetitions, seconds (None: off).
     pub replicas: Option<(usize, usize, f64)>,
+    /// Instructions per request under callgrind: rows, N, passes (None: off).
+    pub instructions: Option<(usize, u64, usize)>,
 }
 
 /// wrk runs whole seconds.
@@ -48,6 +50,15 @@ impl Plan {
             out.push((
                 "proxy",
                 15.0 + rows as f64 + mint + (rows * reps) as f64 * w(secs),
+            ));
+        }
+        if let Some((rows, n, passes)) = self.instructions {
+            // Envoy's start-up under valgrind (V8 compiling every module), then about
+            // 3.5 ms per request and a second per dump: 3N requests per row and pass.
+            let requests = (rows as u64 * (passes as u64 * 3 * n + 100)) as f64;
+            out.push((
+                "callgrind",
+                60.0 + requests * 0.0035 + (2 * rows * passes) as f64,
             ));
         }
         if let Some((concs, reps, secs)) = self.exchange {
@@ -126,6 +137,7 @@ mod tests {
             soak: Some((600.0, 30.0)),
             mappings: Some((4, 2, 4.0, 3)),
             replicas: Some((8, 3, 4.0)),
+            instructions: Some((5, 1000, 2)),
         };
         let total: f64 = full.estimate().iter().map(|(_, s)| s).sum();
         assert!((1_500.0..3_600.0).contains(&total), "{total}");
@@ -136,8 +148,15 @@ mod tests {
             soak: None,
             mappings: Some((1, 1, 1.0, 1)),
             replicas: Some((2, 1, 1.0)),
+            instructions: None,
         };
         let total: f64 = smoke.estimate().iter().map(|(_, s)| s).sum();
         assert!(total < 90.0, "{total}");
+        let counted = Plan {
+            instructions: Some((2, 20, 1)),
+            ..smoke
+        };
+        let total: f64 = counted.estimate().iter().map(|(_, s)| s).sum();
+        assert!(total < 180.0, "{total}");
     }
 }

@@ -247,6 +247,9 @@ fn proxy_section(out: &mut String, p: &proxy::Results, charts_dir: &Path, rel: &
             },
         )?;
     }
+    if !p.instructions.is_empty() {
+        crate::instructions::render(out, &p.instructions, &p.options.instructions)?;
+    }
     // Charts.
     let bars: Vec<(String, Estimate)> = p
         .rows

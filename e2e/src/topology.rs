@@ -429,6 +429,7 @@ impl Topology {
                     .collect(),
                 log_path: Some(d.join(format!("{name}.log"))),
                 timeout: Duration::from_secs(60),
+                ..EnvoyOptions::default()
             };
             tokio::task::spawn_blocking(move || Envoy::start_with(&yaml, &options))
         };

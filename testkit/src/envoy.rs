@@ -46,6 +46,10 @@ pub struct EnvoyOptions {
     pub log_path: Option<PathBuf>,
     /// How long to wait for readiness.
     pub timeout: Duration,
+    /// A command Envoy runs under, with its arguments (e.g. `valgrind --tool=callgrind`);
+    /// empty: Envoy itself. The child's pid is then the wrapper's (valgrind execs its
+    /// tool in the same process).
+    pub wrapper: Vec<String>,
 }
 
 impl Default for EnvoyOptions {
@@ -56,6 +60,7 @@ impl Default for EnvoyOptions {
             extra_args: Vec::new(),
             log_path: None,
             timeout: START_TIMEOUT,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -130,7 +135,14 @@ impl Envoy {
         let base_id =
             (std::process::id() % 20_000) * 50 + NEXT_BASE_ID.fetch_add(1, Ordering::Relaxed) % 50;
         let admin_yaml = "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}";
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match options.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("-c")
             .arg(&config_path)
             .arg("--config-yaml")

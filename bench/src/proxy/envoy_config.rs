@@ -179,6 +179,7 @@ mod tests {
             miss_rate_bound: 1.0,
             profile: vec![],
             profile_dir: "/tmp".into(),
+            instructions: crate::instructions::Options::none(),
         }
     }
 

@@ -159,6 +159,9 @@ pub struct Options {
     pub profile: Vec<Row>,
     /// Where the profiles go.
     pub profile_dir: PathBuf,
+    /// After the measurements, these rows' instructions per request under callgrind
+    /// (`crate::instructions`).
+    pub instructions: crate::instructions::Options,
 }
 
 /// One measurement of one row.
@@ -191,6 +194,8 @@ pub struct Results {
     pub miss_tokens_per_rep: u64,
     /// The section's options.
     pub options: Options,
+    /// Instructions per request of the rows `options.instructions` names.
+    pub instructions: Vec<crate::instructions::Count>,
 }
 
 /// Never-seen tokens one miss-row file of `secs` needs: twice the fastest miss rate
@@ -375,7 +380,32 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         })?;
     }
     drop(envoy);
+    let counted: Vec<Row> = o
+        .instructions
+        .rows
+        .iter()
+        .copied()
+        .filter(|r| rows.contains(r))
+        .collect();
+    let instructions = if counted.is_empty() {
+        Vec::new()
+    } else {
+        let io = Options {
+            rows: counted.clone(),
+            ..o.clone()
+        };
+        crate::instructions::measure(
+            &envoy_config(&io, &jwks, up).to_string(),
+            &crate::instructions::Options {
+                rows: counted,
+                ..o.instructions.clone()
+            },
+            &format!("authorization: Bearer {token}\r\n"),
+            dir,
+        )?
+    };
     Ok(Results {
+        instructions,
         rows: rows.into_iter().zip(samples).collect(),
         envoy_rss_kib: (rss0, rss1),
         token_len: token.len(),
@@ -436,6 +466,7 @@ impl MeshpassStack {
             miss_rate_bound: 0.0,
             profile: vec![],
             profile_dir: dir.to_path_buf(),
+            instructions: crate::instructions::Options::none(),
         };
         let cfg = envoy_config(
             &o,
