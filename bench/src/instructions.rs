@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use meshpass_testkit::{Envoy, EnvoyOptions};
@@ -34,6 +34,9 @@ pub const DEFAULT_ROWS: [Row; 5] = [
 
 /// Requests each row gets before any count (the hit's miss, V8's JIT).
 const WARMUP: u64 = 100;
+
+/// How long Envoy's idle instructions are counted, before and after each pass.
+const IDLE: Duration = Duration::from_secs(4);
 
 /// Envoy's start-up under callgrind: V8 compiles every module about 50 times slower.
 const START_TIMEOUT: Duration = Duration::from_secs(900);
@@ -60,6 +63,15 @@ impl Options {
     }
 }
 
+/// What [`measure`] found.
+#[derive(Clone, Debug)]
+pub struct Counted {
+    /// Per row.
+    pub counts: Vec<Count>,
+    /// Envoy's instructions per second without requests, each time it was measured.
+    pub idle_per_sec: Vec<f64>,
+}
+
 /// One row's instructions per request, one figure per pass.
 #[derive(Clone, Debug)]
 pub struct Count {
@@ -78,7 +90,7 @@ impl Count {
 
 /// Starts Envoy with `yaml` (the rows' listeners) under callgrind, writing its dumps
 /// into `dir`, and counts every row of `o`; `header` goes with every request.
-pub fn measure(yaml: &str, o: &Options, header: &str, dir: &Path) -> Result<Vec<Count>> {
+pub fn measure(yaml: &str, o: &Options, header: &str, dir: &Path) -> Result<Counted> {
     let out = dir.join("callgrind.out");
     let envoy = Envoy::start_with(
         yaml,
@@ -108,14 +120,16 @@ pub fn measure(yaml: &str, o: &Options, header: &str, dir: &Path) -> Result<Vec<
         drive(port(row)?, WARMUP, header).with_context(|| format!("warm-up of {}", row.name()))?;
     }
     let mut dumps = 0u32;
-    let mut run = |row: Row, n: u64| -> Result<u64> {
+    // Instructions and seconds of one window: the counters zeroed, `work` done, dumped.
+    let mut window = |work: &mut dyn FnMut() -> Result<()>| -> Result<(u64, f64)> {
         control(pid, "-z")?;
-        drive(port(row)?, n, header)
-            .with_context(|| format!("{} requests of {}", n, row.name()))?;
+        let t0 = Instant::now();
+        work()?;
+        let secs = t0.elapsed().as_secs_f64();
         control(pid, "-d")?;
         dumps += 1;
         let file = PathBuf::from(format!("{}.{pid}.{dumps}", out.display()));
-        total(&file)
+        Ok((total(&file)?, secs))
     };
     let mut counts: Vec<Count> = o
         .rows
@@ -125,15 +139,43 @@ pub fn measure(yaml: &str, o: &Options, header: &str, dir: &Path) -> Result<Vec<
             per_request: Vec::new(),
         })
         .collect();
+    let mut idle = Vec::new();
+    let mut sleep = || -> Result<()> {
+        std::thread::sleep(IDLE);
+        Ok(())
+    };
     for pass in 0..o.passes {
+        // What Envoy runs without requests (timers, and every module's ticks: the
+        // meshpass filter's run even while another row is driven) grows with the wall
+        // time, which under valgrind is ~50 times a request's: measured before and
+        // after the pass and taken out of each window by its duration.
+        let (n, secs) = window(&mut sleep)?;
+        let before = n as f64 / secs;
+        let mut raw = Vec::new();
         for i in rep_order(o.rows.len(), pass) {
             let row = o.rows[i];
-            let short = run(row, o.requests)?;
-            let long = run(row, 2 * o.requests)?;
-            let per = (long as f64 - short as f64) / o.requests as f64;
+            let p = port(row)?;
+            let mut drive_n = |n: u64| {
+                window(&mut || {
+                    drive(p, n, header).with_context(|| format!("{n} requests of {}", row.name()))
+                })
+            };
+            let short = drive_n(o.requests)?;
+            let long = drive_n(2 * o.requests)?;
+            raw.push((i, short, long));
+        }
+        let (n, secs) = window(&mut sleep)?;
+        let after = n as f64 / secs;
+        idle.extend([before, after]);
+        let rate = (before + after) / 2.0;
+        for (i, (short, t_short), (long, t_long)) in raw {
+            let row = o.rows[i];
+            let per = ((long as f64 - rate * t_long) - (short as f64 - rate * t_short))
+                / o.requests as f64;
             if !per.is_finite() || per <= 0.0 {
                 return Err(anyhow!(
-                    "{}: {short} instructions for {} requests, {long} for twice as many",
+                    "{}: {short} instructions in {t_short:.1} s for {} requests, {long} in {t_long:.1} s \
+                     for twice as many, {rate:.0} a second idle",
                     row.name(),
                     o.requests
                 ));
@@ -147,24 +189,30 @@ pub fn measure(yaml: &str, o: &Options, header: &str, dir: &Path) -> Result<Vec<
             counts[i].per_request.push(per);
         }
     }
-    Ok(counts)
+    Ok(Counted {
+        counts,
+        idle_per_sec: idle,
+    })
 }
 
 /// The report's table: every counted row beside router only and the empty filter, and
 /// the hit against the ABI floor.
-pub fn render(out: &mut String, counts: &[Count], o: &Options) -> std::fmt::Result {
+pub fn render(out: &mut String, counted: &Counted, o: &Options) -> std::fmt::Result {
     use std::fmt::Write as _;
+    let counts = &counted.counts;
     let of = |row: Row| counts.iter().find(|c| c.row == row).map(Count::mean);
     writeln!(
         out,
         "\n**Instructions per request** (Envoy under `valgrind --tool=callgrind`, every thread; \
          {} passes, each row {} then {} keep-alive requests, the difference over {}: \
          the machine's other load does not move these; user space only, without the kernel's \
-         socket work, so the ratios exceed the timed ones):\n",
+         socket work, so the ratios exceed the timed ones; Envoy's idle instructions, {}, \
+         taken out of each window by its duration):\n",
         o.passes,
         o.requests,
         2 * o.requests,
-        o.requests
+        o.requests,
+        idle_rates(&counted.idle_per_sec),
     )?;
     writeln!(
         out,
@@ -199,6 +247,11 @@ pub fn render(out: &mut String, counts: &[Count], o: &Options) -> std::fmt::Resu
         )?;
     }
     Ok(())
+}
+
+fn idle_rates(v: &[f64]) -> String {
+    let each: Vec<String> = v.iter().map(|r| format!("{:.0}", r)).collect();
+    format!("{} a second", each.join(" / "))
 }
 
 /// `callgrind_control ARG PID` (`-z` zeroes the counters, `-d` dumps them).

@@ -247,8 +247,8 @@ fn proxy_section(out: &mut String, p: &proxy::Results, charts_dir: &Path, rel: &
             },
         )?;
     }
-    if !p.instructions.is_empty() {
-        crate::instructions::render(out, &p.instructions, &p.options.instructions)?;
+    if let Some(counted) = &p.instructions {
+        crate::instructions::render(out, counted, &p.options.instructions)?;
     }
     // Charts.
     let bars: Vec<(String, Estimate)> = p

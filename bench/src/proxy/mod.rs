@@ -195,7 +195,7 @@ pub struct Results {
     /// The section's options.
     pub options: Options,
     /// Instructions per request of the rows `options.instructions` names.
-    pub instructions: Vec<crate::instructions::Count>,
+    pub instructions: Option<crate::instructions::Counted>,
 }
 
 /// Never-seen tokens one miss-row file of `secs` needs: twice the fastest miss rate
@@ -388,7 +388,7 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
         .filter(|r| rows.contains(r))
         .collect();
     let instructions = if counted.is_empty() {
-        Vec::new()
+        None
     } else {
         let io = Options {
             rows: counted.clone(),
@@ -402,7 +402,8 @@ pub fn run(o: &Options, dir: &Path, issuer: &Issuer, wrk: &Wrk) -> Result<Result
             },
             &format!("authorization: Bearer {token}\r\n"),
             dir,
-        )?
+        )
+        .map(Some)?
     };
     Ok(Results {
         instructions,
