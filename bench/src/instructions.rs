@@ -8,8 +8,10 @@
 //! same upstreams as the timed rows (the hit's one miss goes to the real exchange
 //! service). Each row is driven over one keep-alive connection, N requests and then 2N,
 //! the counters zeroed before and dumped after each run: (I(2N) − I(N)) / N is one
-//! request, start-up, warm-up and the connection's own cost cancelling out. Passes
-//! alternate the rows' order like the timed repetitions. What it does not see: cache
+//! request, start-up, warm-up and the connection's own cost cancelling out, once
+//! Envoy's idle instructions per second (counted before and after each pass) are taken
+//! out of each run by its duration. Passes alternate the rows' order like the timed
+//! repetitions. What it does not see: cache
 //! misses and the other effects of memory traffic, which the timed rows do.
 
 use std::io::{BufRead, BufReader, Read, Write};
