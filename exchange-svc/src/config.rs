@@ -4,13 +4,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Serialized};
 use figment::Figment;
 use meshpass_core::{PolicyError, ValidationPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{validate_mapping, validate_scope_claims, Mapping, ScopeClaims, StoreConfig};
 
+mod file;
 mod issuer;
 mod load;
 
@@ -371,9 +372,8 @@ impl Config {
             if !p.is_file() {
                 return Err(bad("--config", format!("{} is not a file", p.display())));
             }
-            // Exactly this path: `Toml::file` looks for a relative one in parent
-            // directories too.
-            fig = fig.merge(Toml::file_exact(p));
+            // Its relative paths are read from its own directory.
+            fig = fig.merge(file::ConfigFile::new(p));
         }
         check_env_names()?;
         fig = fig.merge(Env::prefixed("MESHPASS__").split("__"));

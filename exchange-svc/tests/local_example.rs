@@ -1,7 +1,8 @@
 //! `examples/local.toml` is valid and `meshpass-exchange serve -c` runs it as is (an
 //! OpenBao dev server stands in for 127.0.0.1:8200 through VAULT_ADDR; ports and the
 //! database file are moved by the documented environment overrides only because
-//! other tests may hold 8080/8081).
+//! other tests may hold 8080/8081, and the file's relative database path would put the
+//! database beside it, in the source tree).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -52,6 +53,8 @@ async fn serve_runs_the_local_example_with_its_management_api() {
         .env("VAULT_ADDR", bao.addr())
         .env("VAULT_TOKEN", bao.root_token())
         .env("MESHPASS__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        // From the environment, a relative path is read from the working directory.
+        .env("MESHPASS__STORE__URL", "sqlite://meshpass-local.db")
         .env(
             "MESHPASS__MANAGEMENT__LISTEN",
             format!("127.0.0.1:{mgmt_port}"),
