@@ -137,7 +137,7 @@ mod tests {
             soak: Some((600.0, 30.0)),
             mappings: Some((4, 2, 4.0, 3)),
             replicas: Some((8, 3, 4.0)),
-            instructions: Some((5, 1000, 2)),
+            instructions: Some((6, 1000, 2)),
         };
         let total: f64 = full.estimate().iter().map(|(_, s)| s).sum();
         assert!((1_500.0..3_600.0).contains(&total), "{total}");
