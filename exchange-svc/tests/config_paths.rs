@@ -191,3 +191,21 @@ fn serve_started_from_another_directory_uses_the_files_beside_its_configuration(
         "a database was created under the working directory"
     );
 }
+
+/// A ConfigMap mounts each key as a link into a `..data` directory that changes on every
+/// update; an operator may also link the file in from elsewhere. Paths are read beside
+/// the path given to `--config`, the link, not beside its target.
+#[test]
+fn a_configuration_reached_through_a_symlink_reads_paths_beside_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = relative_config(dir.path(), 1, 2);
+    let etc = std::path::absolute(dir.path().join("etc")).unwrap();
+    // The file itself lives elsewhere, with none of the files it names beside it.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::rename(&path, shared.join("c.toml")).unwrap();
+    std::os::unix::fs::symlink(shared.join("c.toml"), &path).unwrap();
+    let cfg = meshpass_exchange::config::Config::load(Some(&path))
+        .unwrap_or_else(|e| panic!("paths were not read beside the link: {e}"));
+    assert_eq!(cfg.issuers[0].jwks_file, Some(etc.join("keys/jwks.json")));
+}
