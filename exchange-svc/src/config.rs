@@ -389,6 +389,11 @@ impl Config {
             fig = fig.join(Serialized::default("vault.auth.method", "token"));
         }
         let cfg: Config = fig.extract().map_err(load_error)?;
+        if let Some(why) =
+            path.and_then(|p| file::database_left_behind(&cfg.store.url, &file::dir_of(p)))
+        {
+            return Err(bad("store.url", why));
+        }
         cfg.validate()?;
         Ok(cfg)
     }

@@ -209,3 +209,46 @@ fn a_configuration_reached_through_a_symlink_reads_paths_beside_the_link() {
         .unwrap_or_else(|e| panic!("paths were not read beside the link: {e}"));
     assert_eq!(cfg.issuers[0].jwks_file, Some(etc.join("keys/jwks.json")));
 }
+
+/// An upgrade must not start on a new, empty database: a relative SQLite path was read
+/// from the working directory before, and now names a file beside the configuration.
+/// Where that file does not exist yet while the working directory holds the database,
+/// `check-config` and `serve` refuse, naming both places.
+#[test]
+fn a_database_left_in_the_working_directory_by_the_old_reading_is_not_replaced_by_an_empty_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = relative_config(dir.path(), free_port(), free_port());
+    let cwd = dir.path().join("var");
+    // The database as the old reading made it: under the working directory.
+    write(&cwd.join("state/m.db"), "");
+    for cmd in ["check-config", "serve"] {
+        let mut c = exchange_command();
+        c.arg(cmd);
+        if cmd == "serve" {
+            c.arg("--config");
+        }
+        let out = c.arg(&path).current_dir(&cwd).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd}: {err}");
+        assert!(err.contains("store.url"), "{cmd}: {err}");
+        assert!(err.contains("etc/state/m.db"), "{cmd}: {err}");
+        assert!(err.contains("var/state/m.db"), "{cmd}: {err}");
+    }
+    assert!(
+        !dir.path().join("etc/state/m.db").exists(),
+        "an empty database was created beside the configuration"
+    );
+    // Once it is moved beside the file (or the path is written absolute), it starts.
+    std::fs::rename(cwd.join("state/m.db"), dir.path().join("etc/state/m.db")).unwrap();
+    let out = exchange_command()
+        .arg("check-config")
+        .arg(&path)
+        .current_dir(&cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

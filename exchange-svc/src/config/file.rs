@@ -14,7 +14,9 @@ use figment::providers::{Data, Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Error, Metadata, Profile, Provider};
 
-/// `Toml::file_exact(path)` with its relative paths resolved against `path`'s directory.
+/// `Toml::file_exact(path)` with its relative paths resolved against `path`'s directory
+/// (absolute, so a path it resolves reads the same in any log line or error; a symlink
+/// is not followed: a ConfigMap mounts each key as a link beside the others).
 pub(super) struct ConfigFile {
     toml: Data<Toml>,
     dir: PathBuf,
@@ -24,12 +26,9 @@ impl ConfigFile {
     /// Exactly this path: `Toml::file` would look for a relative one in parent
     /// directories too.
     pub(super) fn new(path: &Path) -> Self {
-        let dir = path.parent().unwrap_or(Path::new(""));
-        // Absolute, so a path it resolves reads the same in any log line or error.
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         ConfigFile {
             toml: Toml::file_exact(path),
-            dir,
+            dir: dir_of(path),
         }
     }
 }
@@ -129,6 +128,33 @@ impl PathKind {
             }
         }
     }
+}
+
+/// The directory of the configuration file `path` as [`ConfigFile`] joins paths to.
+pub(super) fn dir_of(path: &Path) -> PathBuf {
+    let dir = path.parent().unwrap_or(Path::new(""));
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// Why a SQLite `url` must not be opened: the file read beside the configuration in
+/// `dir` does not exist yet, while the working directory holds a file under the same
+/// relative name, which is where the releases before this one read a relative path
+/// from. Opening it would start the service on a new, empty database after an upgrade.
+pub(super) fn database_left_behind(url: &str, dir: &Path) -> Option<String> {
+    let rest = url.trim().strip_prefix("sqlite://")?;
+    let file = Path::new(rest.split('?').next()?);
+    let relative = file.strip_prefix(dir).ok()?;
+    let old = std::env::current_dir().ok()?.join(relative);
+    if old == file || file.exists() || !old.is_file() {
+        return None;
+    }
+    Some(format!(
+        "a relative SQLite path is read beside the configuration file: {} does not exist, \
+         while the working directory holds {} (where a relative path was read before); \
+         move the database beside the file, or write its absolute path",
+        file.display(),
+        old.display()
+    ))
 }
 
 fn join(dir: &Path, value: &str) -> Option<String> {
