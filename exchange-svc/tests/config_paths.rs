@@ -55,6 +55,21 @@ fn relative_config(dir: &Path, plain: u16, tls_port: u16) -> PathBuf {
     path
 }
 
+/// `meshpass-exchange check-config path` run from `cwd` with `env`: exit code, stderr.
+fn check_config_from(path: &Path, cwd: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = exchange_command()
+        .arg("check-config")
+        .arg(path)
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn relative_paths_in_the_file_are_read_from_the_files_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,29 +122,12 @@ fn absolute_paths_and_values_from_the_environment_are_left_as_written() {
     );
 
     // From the environment: relative to the working directory, where the process runs.
-    let out = exchange_command()
-        .arg("check-config")
-        .arg(&path)
-        .env("MESHPASS__VAULT__CA_CERT", "vault/ca.pem")
-        .current_dir(&etc)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "MESHPASS__VAULT__CA_CERT=vault/ca.pem run from {}: {}",
-        etc.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let env = [("MESHPASS__VAULT__CA_CERT", "vault/ca.pem")];
+    let (code, err) = check_config_from(&path, &etc, &env);
+    assert_eq!(code, Some(0), "{env:?} run from {}: {err}", etc.display());
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = exchange_command()
-        .arg("check-config")
-        .arg(&path)
-        .env("MESHPASS__VAULT__CA_CERT", "vault/ca.pem")
-        .current_dir(elsewhere.path())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = check_config_from(&path, elsewhere.path(), &env);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("vault.ca_cert"), "{err}");
 }
 
@@ -143,17 +141,8 @@ fn serve_started_from_another_directory_uses_the_files_beside_its_configuration(
     let cwd = dir.path().join("elsewhere");
     std::fs::create_dir_all(&cwd).unwrap();
 
-    let out = exchange_command()
-        .arg("check-config")
-        .arg(&path)
-        .current_dir(&cwd)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "check-config from another directory: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = check_config_from(&path, &cwd, &[]);
+    assert_eq!(code, Some(0), "check-config from another directory: {err}");
 
     let log = dir.path().join("svc.log");
     let out = std::fs::File::create(&log).unwrap();
@@ -240,15 +229,6 @@ fn a_database_left_in_the_working_directory_by_the_old_reading_is_not_replaced_b
     );
     // Once it is moved beside the file (or the path is written absolute), it starts.
     std::fs::rename(cwd.join("state/m.db"), dir.path().join("etc/state/m.db")).unwrap();
-    let out = exchange_command()
-        .arg("check-config")
-        .arg(&path)
-        .current_dir(&cwd)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = check_config_from(&path, &cwd, &[]);
+    assert_eq!(code, Some(0), "{err}");
 }
