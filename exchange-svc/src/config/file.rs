@@ -14,6 +14,8 @@ use figment::providers::{Data, Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Error, Metadata, Profile, Provider};
 
+use crate::store::{sqlite_in_memory, sqlite_path};
+
 /// `Toml::file_exact(path)` with its relative paths resolved against `path`'s directory
 /// (absolute, so a path it resolves reads the same in any log line or error; a symlink
 /// is not followed: a ConfigMap mounts each key as a link beside the others).
@@ -117,11 +119,9 @@ impl PathKind {
         match self {
             PathKind::File => join(dir, value),
             PathKind::StoreUrl => {
-                // As the store reads it (`store/config.rs`): `sqlite://rel.db`,
-                // `sqlite:///abs.db`; the in-memory form names no file (and is refused).
-                let rest = value.trim().strip_prefix("sqlite:")?;
-                let rest = rest.strip_prefix("//").unwrap_or(rest);
-                if rest.contains(":memory:") {
+                // The in-memory form names no file (and the store refuses it).
+                let rest = sqlite_path(value)?;
+                if sqlite_in_memory(rest) {
                     return None;
                 }
                 join(dir, rest).map(|p| format!("sqlite://{p}"))
@@ -141,8 +141,7 @@ pub(super) fn dir_of(path: &Path) -> PathBuf {
 /// relative name, which is where the releases before this one read a relative path
 /// from. Opening it would start the service on a new, empty database after an upgrade.
 pub(super) fn database_left_behind(url: &str, dir: &Path) -> Option<String> {
-    let rest = url.trim().strip_prefix("sqlite://")?;
-    let file = Path::new(rest.split('?').next()?);
+    let file = Path::new(sqlite_path(url)?.split('?').next()?);
     let relative = file.strip_prefix(dir).ok()?;
     let old = std::env::current_dir().ok()?.join(relative);
     if old == file || file.exists() || !old.is_file() {
@@ -186,6 +185,11 @@ mod tests {
         assert_eq!(u.resolve("sqlite:///var/m.db", dir), None);
         assert_eq!(u.resolve("sqlite:////var/m.db", dir), None);
         assert_eq!(u.resolve("sqlite::memory:", dir), None);
+        assert_eq!(u.resolve("sqlite://m.db?mode=memory", dir), None);
+        assert_eq!(
+            u.resolve("sqlite:m.db", dir).as_deref(),
+            Some("sqlite:///etc/meshpass/m.db")
+        );
         assert_eq!(u.resolve("postgres://db/m", dir), None);
     }
 

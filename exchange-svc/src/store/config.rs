@@ -75,6 +75,20 @@ pub const MAX_POLICY_CACHE_SECS: u64 = 60;
 /// Longest `store.policy_max_age_secs` accepted.
 pub const MAX_POLICY_MAX_AGE_SECS: u64 = 3_600;
 
+/// The file part of a `sqlite:` store URL, its query included: `sqlite://rel.db`,
+/// `sqlite:///abs.db`, and `sqlite:////abs.db` (SQLAlchemy's spelling, which keeps its
+/// leading slash); `None` for any other scheme. The one reader of this form: the store
+/// opens what it names, the configuration file joins it to the file's directory.
+pub(crate) fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url.trim().strip_prefix("sqlite:")?;
+    Some(rest.strip_prefix("//").unwrap_or(rest))
+}
+
+/// Whether a [`sqlite_path`] names an in-memory database instead of a file.
+pub(crate) fn sqlite_in_memory(path: &str) -> bool {
+    path.contains(":memory:") || path.contains("mode=memory")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     Sqlite,
@@ -92,14 +106,11 @@ impl StoreConfig {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok((Backend::Postgres, url.to_string()));
         }
-        if let Some(rest) = url.strip_prefix("sqlite:") {
-            // `sqlite://rel.db`, `sqlite:///abs.db`; `sqlite:////abs.db` (SQLAlchemy's
-            // spelling) keeps its leading slash.
-            let rest = rest.strip_prefix("//").unwrap_or(rest);
+        if let Some(rest) = sqlite_path(url) {
             if rest.is_empty() {
                 return Err(bad_url("SQLite path is empty"));
             }
-            if rest.contains(":memory:") || rest.contains("mode=memory") {
+            if sqlite_in_memory(rest) {
                 return Err(bad_url(
                     "in-memory SQLite would lose every mapping on restart",
                 ));

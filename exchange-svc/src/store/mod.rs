@@ -34,6 +34,7 @@ use serde_json::{Map, Value};
 pub use audit::{AuditEvent, AuditQuery, AuditRecord};
 pub use cached::PolicyCache;
 pub use changes::CHANNEL as CHANGE_CHANNEL;
+pub(crate) use config::{sqlite_in_memory, sqlite_path};
 pub use etag::ETag;
 pub use managed::{
     import_leaves_ungranted, mappings_after_import, Actor, ImportDiff, PolicyDocument,
