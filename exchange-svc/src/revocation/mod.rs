@@ -29,6 +29,11 @@ use crate::subject_cache::SubjectCache;
 /// How often the store's version is checked.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long after a failed lapse sweep the next one is tried: a sweep waits for the
+/// write lock, which a key rotation or an import may hold for seconds, and the feed's
+/// polls must not queue behind it every time.
+const SWEEP_RETRY: Duration = Duration::from_secs(5);
+
 /// Most memoised feed answers (one per distinct `since` at the current version).
 const MAX_MEMO: usize = 4096;
 /// Most bytes of memoised feed answers: deltas from old `since`s can be nearly
@@ -175,27 +180,29 @@ pub struct Revocations {
     subjects: Option<Arc<SubjectCache>>,
     /// `since` → (version, body) of answers at the current version.
     memo: Mutex<HashMap<u64, (u64, Bytes)>>,
-    /// This replica's own creates and lifts until a refresh's read of the store shows
-    /// them: a refresh that read the store before one committed would otherwise undo
-    /// it when it installs. Held across every install, so none interleaves.
+    /// This replica's own creates and lifts not yet covered by a read of the store: a
+    /// refresh that read the store before one committed would otherwise undo it when it
+    /// installs. Held across every install, so none interleaves.
     local: Mutex<Vec<Local>>,
+    /// Numbers the local writes; a refresh notes it before reading the store.
+    local_seq: std::sync::atomic::AtomicU64,
+    /// Unix time before which a failed lapse sweep is not tried again.
+    sweep_retry_at: std::sync::atomic::AtomicU64,
     /// Whether a read of the attached store has succeeded once: until then the empty
     /// set says nothing (a replica that started with its store down must not take it for
     /// "nothing is revoked").
     loaded: std::sync::atomic::AtomicBool,
 }
 
-/// A create or lift made through this replica, not yet seen in the store.
+/// A create or lift made through this replica, applied after its commit.
 struct Local {
-    at: std::time::Instant,
+    /// Its number in `local_seq`: a read that began after it was applied began after
+    /// the commit, so shows the store's truth about it, whatever another replica did
+    /// since (a revocation created here may already be lifted there).
+    seq: u64,
     add: Option<Revocation>,
     lift: Option<String>,
 }
-
-/// How long a local write is re-applied over refreshes that do not show it: far past
-/// the time its commit takes to be read, short enough that one lifted or swept
-/// elsewhere meanwhile does not linger.
-const LOCAL_HOLD: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Revocations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -218,6 +225,8 @@ impl Revocations {
             subjects,
             memo: Mutex::new(HashMap::new()),
             local: Mutex::new(Vec::new()),
+            local_seq: std::sync::atomic::AtomicU64::new(0),
+            sweep_retry_at: std::sync::atomic::AtomicU64::new(0),
             loaded: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -298,14 +307,23 @@ impl Revocations {
     }
 
     /// Reads the store: sweeps lapsed entries when one is due, then reloads the set
-    /// when the version moved.
+    /// when the version moved. A failed sweep is no failed refresh: a lapsed entry is
+    /// enforced nowhere already (`active_at`), and the read must still bring in what
+    /// other replicas wrote.
     pub async fn refresh(&self, now: u64) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
         let Some(store) = self.store.get() else {
             return Ok(());
         };
         let _one = self.refreshing.lock().await;
-        if self.current().lapse_due(now) {
-            store.sweep_lapsed(now).await?;
+        let started = self.local_seq.load(Ordering::Acquire);
+        if self.current().lapse_due(now) && now >= self.sweep_retry_at.load(Ordering::Relaxed) {
+            if let Err(e) = store.sweep_lapsed(now).await {
+                self.sweep_retry_at
+                    .store(now.saturating_add(SWEEP_RETRY.as_secs()), Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in_secs = SWEEP_RETRY.as_secs(),
+                    "lapsed revocations not swept (no longer enforced all the same); trying again");
+            }
         }
         let version = store.revocation_version().await?;
         if version == self.current().version {
@@ -328,24 +346,17 @@ impl Revocations {
         } else {
             current.with(changes.version, changes.added, &changes.removed)
         };
-        self.install_read(read);
+        self.install_read(read, started);
         self.loaded
             .store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
-    /// Installs a set read from the store with this replica's own writes it does not
-    /// show yet applied on top.
-    fn install_read(&self, read: RevocationSet) {
+    /// Installs a set read from the store by a refresh that began at `started` (of
+    /// `local_seq`), with this replica's own writes applied after that on top.
+    fn install_read(&self, read: RevocationSet, started: u64) {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        local.retain(|l| {
-            let shown = match (&l.add, &l.lift) {
-                (Some(r), _) => read.entries.iter().any(|e| e.rev.id == r.id),
-                (None, Some(id)) => !read.entries.iter().any(|e| e.rev.id == *id),
-                (None, None) => true,
-            };
-            !shown && l.at.elapsed() < LOCAL_HOLD
-        });
+        local.retain(|l| l.seq > started);
         let add: Vec<Revocation> = local.iter().filter_map(|l| l.add.clone()).collect();
         let lift: Vec<String> = local.iter().filter_map(|l| l.lift.clone()).collect();
         let set = if add.is_empty() && lift.is_empty() {
@@ -356,11 +367,11 @@ impl Revocations {
         self.install(set);
     }
 
-    /// Applies a revocation created through this process at once (held over refreshes
-    /// until one shows it from the store).
+    /// Applies a revocation created through this process at once (held over the
+    /// refreshes that read the store before it).
     pub fn created(&self, rev: Revocation) {
         self.apply_local(Local {
-            at: std::time::Instant::now(),
+            seq: 0,
             add: Some(rev),
             lift: None,
         });
@@ -369,14 +380,18 @@ impl Revocations {
     /// Applies a lift made through this process at once (likewise held).
     pub fn lifted(&self, id: &str) {
         self.apply_local(Local {
-            at: std::time::Instant::now(),
+            seq: 0,
             add: None,
             lift: Some(id.to_string()),
         });
     }
 
-    fn apply_local(&self, l: Local) {
+    fn apply_local(&self, mut l: Local) {
         let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        l.seq = self
+            .local_seq
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            .saturating_add(1);
         let current = self.current();
         let lift: Vec<String> = l.lift.iter().cloned().collect();
         let set = current.with(current.version, l.add.iter().cloned().collect(), &lift);

@@ -205,6 +205,8 @@ fn a_new_entry_drops_the_cached_tokens_it_covers() {
 struct Gated {
     inner: Arc<crate::store::SqlStore>,
     armed: std::sync::atomic::AtomicBool,
+    /// `sweep_lapsed` fails while set (the write lock held elsewhere).
+    fail_sweep: std::sync::atomic::AtomicBool,
     entered: tokio::sync::Notify,
     release: tokio::sync::Notify,
 }
@@ -241,6 +243,11 @@ impl RevocationStore for Gated {
         r
     }
     async fn sweep_lapsed(&self, now: u64) -> Result<usize, StoreError> {
+        if self.fail_sweep.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "timed out waiting for the write lock".into(),
+            ));
+        }
         self.inner.sweep_lapsed(now).await
     }
 }
@@ -259,6 +266,7 @@ async fn gated_set(dir: &std::path::Path) -> (Arc<Revocations>, Arc<Gated>, Revo
     let gated = Arc::new(Gated {
         inner: store,
         armed: false.into(),
+        fail_sweep: false.into(),
         entered: tokio::sync::Notify::new(),
         release: tokio::sync::Notify::new(),
     });
@@ -359,4 +367,76 @@ async fn a_lift_made_here_survives_a_refresh_that_read_the_store_before_it() {
     );
     revs.refresh(now).await.unwrap();
     assert!(revs.current().subject(&id(X), now).is_none());
+}
+
+/// A revocation created here and lifted through another replica before a refresh here
+/// read it back: the hold that protects a local write from a stale read put it back
+/// over the read that showed the lift, and no later delta names it again, so this
+/// replica refused the subject until it restarted.
+#[tokio::test]
+async fn a_revocation_created_here_and_lifted_elsewhere_before_a_refresh_is_not_enforced_after_it()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let (revs, gated, x, now) = gated_set(dir.path()).await;
+    // Another replica lifts it: not through `revs`.
+    gated.lift_revocation(&x.id, &actor()).await.unwrap();
+    revs.refresh(now).await.unwrap();
+    assert!(
+        revs.current().subject(&id(X), now).is_none(),
+        "a revocation lifted elsewhere was put back by this replica's own create"
+    );
+    // Nor does it come back with later changes.
+    gated
+        .create_revocation(&new_rev("spiffe://td/ns/a/sa/other"), &actor(), now)
+        .await
+        .unwrap();
+    revs.refresh(now).await.unwrap();
+    assert!(revs.current().subject(&id(X), now).is_none());
+    assert_eq!(
+        revs.current().version,
+        gated.revocation_version().await.unwrap()
+    );
+}
+
+/// A refresh whose lapse sweep failed returned before reading the store: a revocation
+/// another replica created was not enforced here while the sweep kept failing (a key
+/// rotation or an import holding the write lock), and the feed answered 503.
+#[tokio::test]
+async fn a_refresh_whose_lapse_sweep_fails_still_loads_a_revocation_created_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let (revs, gated, _, now) = gated_set(dir.path()).await;
+    let lapsing = crate::store::NewRevocation {
+        until: Some(now + 10),
+        ..new_rev("spiffe://td/ns/a/sa/lapsing")
+    };
+    gated
+        .create_revocation(&lapsing, &actor(), now)
+        .await
+        .unwrap();
+    revs.refresh(now).await.unwrap();
+    let later = now + 20;
+    assert!(revs.current().lapse_due(later));
+    gated
+        .fail_sweep
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    const Y: &str = "spiffe://td/ns/shop/sa/y";
+    gated
+        .create_revocation(&new_rev(Y), &actor(), later)
+        .await
+        .unwrap();
+    revs.refresh(later)
+        .await
+        .expect("a failed sweep is no failed read");
+    assert!(
+        revs.current().subject(&id(Y), later).is_some(),
+        "a revocation created elsewhere was not loaded while the sweep failed"
+    );
+    // The sweep runs once the store takes writes again.
+    gated
+        .fail_sweep
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    revs.refresh(later + SWEEP_RETRY.as_secs() + 1)
+        .await
+        .unwrap();
+    assert!(!revs.current().lapse_due(later + SWEEP_RETRY.as_secs() + 1));
 }
