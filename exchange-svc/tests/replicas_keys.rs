@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use common::*;
 use meshpass_exchange::change_feed::ChangeFeed;
-use meshpass_exchange::clock::SystemClock;
+use meshpass_exchange::clock::{Clock as _, SystemClock};
 use meshpass_exchange::key_maintenance::LockedKeyAdmin;
 use meshpass_exchange::keys::IssuerKeys;
 use meshpass_exchange::mgmt::{Dependency, KeyAdmin, KeyStatus, MgmtError};
@@ -127,6 +127,99 @@ async fn scheduled_maintenance_skips_at_once_while_another_replica_holds_the_loc
         .unwrap();
     assert_eq!(r, Some(7));
     assert!(b.change_version().await.unwrap() > before);
+}
+
+/// How many `keys.rotate` events the audit log holds.
+async fn rotations(store: &SqlStore) -> usize {
+    let q = meshpass_exchange::store::AuditQuery {
+        action: Some("keys.rotate".into()),
+        limit: 1000,
+        ..Default::default()
+    };
+    store.audit_events(&q).await.unwrap().len()
+}
+
+/// Holds the maintenance lock (as a rotation waiting on a slow or unreachable Vault
+/// does, for up to seconds per call) through `scheduled` or manual maintenance, and
+/// writes a revocation meanwhile.
+async fn revoke_during_maintenance(store: &Arc<SqlStore>, scheduled: bool) {
+    use meshpass_exchange::store::{NewRevocation, RevocationStore, RevocationTarget};
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let s = Arc::clone(store);
+    let holder = tokio::spawn(async move {
+        let waits_on_vault = async {
+            held_tx.send(()).unwrap();
+            release_rx.await.unwrap();
+        };
+        if scheduled {
+            s.try_maintenance(async {
+                waits_on_vault.await;
+                Ok::<_, MgmtError>(((), vec![audit_record()]))
+            })
+            .await
+            .map(|r| assert!(r.is_some(), "the tick skipped with nobody holding the lock"))
+        } else {
+            s.with_maintenance_lock(async {
+                waits_on_vault.await;
+                Ok::<_, MgmtError>(((), audit_record()))
+            })
+            .await
+        }
+    });
+    held_rx.await.unwrap();
+    let before = store.change_version().await.unwrap();
+    let rotations_before = rotations(store).await;
+    let new = NewRevocation {
+        target: RevocationTarget::Subject,
+        matches: "spiffe://cluster.local/ns/shop/sa/stolen".into(),
+        reason: "compromised".into(),
+        until: None,
+    };
+    let actor = Actor {
+        who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+        request_id: "r-2".into(),
+    };
+    let now = SystemClock.now();
+    // Generous: the write takes milliseconds; before, it waited for the maintenance
+    // (SQLite) or gave up after store.acquire_timeout_secs (PostgreSQL: 503).
+    let created = tokio::time::timeout(
+        Duration::from_secs(10),
+        store.create_revocation(&new, &actor, now),
+    )
+    .await;
+    release_tx.send(()).unwrap();
+    holder.await.unwrap().unwrap();
+    let created = created
+        .unwrap_or_else(|_| {
+            panic!("scheduled={scheduled}: the revocation waited for key maintenance")
+        })
+        .unwrap_or_else(|e| panic!("scheduled={scheduled}: the revocation was refused: {e}"));
+    assert!(store.get_revocation(&created.id).await.unwrap().is_some());
+    // The maintenance still recorded what it did and told every replica (one bump for
+    // the revocation, one for the key change).
+    assert_eq!(
+        rotations(store).await,
+        rotations_before + 1,
+        "scheduled={scheduled}: no audit record of the key change"
+    );
+    assert!(store.change_version().await.unwrap() > before);
+}
+
+/// Key maintenance waits on Vault and used to do so holding the store's write lock: a
+/// revocation (or any write) meanwhile waited for it on SQLite, and answered 503 after
+/// `store.acquire_timeout_secs` on PostgreSQL, exactly when an operator revokes during
+/// a Vault incident. Both backends, the management API's and the scheduled kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_is_written_while_key_maintenance_waits_on_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Postgres::fresh_database();
+    let sqlite = format!("sqlite://{}", dir.path().join("m.db").display());
+    for url in [sqlite, db.url()] {
+        let store = open(&url).await;
+        revoke_during_maintenance(&store, false).await;
+        revoke_during_maintenance(&store, true).await;
+    }
 }
 
 struct Replica {

@@ -18,6 +18,7 @@ mod changes;
 mod config;
 mod etag;
 mod index;
+mod maintenance;
 mod managed;
 mod revocations;
 mod sql;

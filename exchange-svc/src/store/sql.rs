@@ -27,6 +27,8 @@ pub struct SqlStore {
     pub(super) pool: AnyPool,
     /// One writer at a time in this process, on both backends (store/write.rs).
     pub(super) write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// One key maintenance at a time in this process (store/maintenance.rs).
+    pub(super) maintenance_lock: Arc<tokio::sync::Mutex<()>>,
     /// PostgreSQL: the longest a write waits for the write lock
     /// (`store.acquire_timeout_secs`), in this process's queue and for the advisory lock.
     pub(super) lock_wait: Duration,
@@ -307,6 +309,7 @@ impl SqlStore {
         Ok(SqlStore {
             pool,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            maintenance_lock: Arc::new(tokio::sync::Mutex::new(())),
             lock_wait: Duration::from_secs(config.acquire_timeout_secs),
             backend,
             participant_claim: participant_claim.to_string(),

@@ -51,7 +51,16 @@ impl DerefMut for WriteTx<'_> {
     }
 }
 
-impl WriteTx<'_> {
+impl<'a> WriteTx<'a> {
+    /// A write transaction of `tx`, which already holds the write lock, and `writer`.
+    pub(super) fn new(tx: Transaction<'static, Any>, writer: MutexGuard<'a, ()>) -> Self {
+        WriteTx {
+            tx,
+            writer,
+            audited: Vec::new(),
+        }
+    }
+
     /// Records `r` in the audit log table; its `meshpass::audit` log line is written
     /// when (and only if) the transaction commits.
     pub(crate) async fn audit(&mut self, r: &AuditRecord) -> Result<(), StoreError> {
@@ -149,7 +158,11 @@ impl SqlStore {
 
 /// Sets the transaction's `lock_timeout` to `wait` and takes the advisory lock `key`;
 /// a wait past `wait` is [`StoreError::Unavailable`].
-async fn lock_bounded(c: &mut AnyConnection, key: i64, wait: Duration) -> Result<(), StoreError> {
+pub(super) async fn lock_bounded(
+    c: &mut AnyConnection,
+    key: i64,
+    wait: Duration,
+) -> Result<(), StoreError> {
     // For the whole transaction: no lock it waits for (the advisory lock, a row another
     // session holds) is waited for without bound.
     sqlx::query("SELECT set_config('lock_timeout', $1, true)")
@@ -171,7 +184,7 @@ async fn lock_bounded(c: &mut AnyConnection, key: i64, wait: Duration) -> Result
 }
 
 /// The write lock stayed held past `store.acquire_timeout_secs` (→ 503 + Retry-After).
-fn lock_busy(wait: Duration) -> StoreError {
+pub(super) fn lock_busy(wait: Duration) -> StoreError {
     StoreError::Unavailable(format!(
         "the write lock stayed held by another writer for store.acquire_timeout_secs ({} s)",
         wait.as_secs()
