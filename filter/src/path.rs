@@ -68,14 +68,19 @@ pub fn kept_by_envoy(path: &str) -> bool {
 
 /// `path` with every segment's `;` parameters removed (`/admin;jsessionid=1/users` →
 /// `/admin/users`): the path Tomcat and Spring serve, and so the one rules and bypass
-/// routes are matched against (Envoy forwards the parameters).
+/// routes are matched against (Envoy forwards the parameters). A segment of parameters
+/// alone leaves an empty one, which both then merge (`/;x/admin` is `/admin`); `path`
+/// is in normal form, so it had no empty segment of its own.
 pub fn without_params(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
+    let mut merge = false;
     for (i, seg) in path.split('/').enumerate() {
-        if i > 0 {
+        let base = seg.split_once(';').map_or(seg, |(base, _)| base);
+        if i > 0 && !merge {
             out.push('/');
         }
-        out.push_str(seg.split_once(';').map_or(seg, |(base, _)| base));
+        out.push_str(base);
+        merge = i > 0 && base.is_empty() && base.len() < seg.len();
     }
     out
 }
@@ -130,7 +135,22 @@ fn decode(p: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::normalise;
+    use super::{normalise, without_params};
+
+    #[test]
+    fn parameters_are_removed_as_tomcat_and_spring_remove_them() {
+        for (p, n) in [
+            ("/admin;jsessionid=1/users", "/admin/users"),
+            ("/admin;x=1/", "/admin/"),
+            ("/;x/admin/users", "/admin/users"),
+            ("/a/;x/;y/b", "/a/b"),
+            ("/admin/;x", "/admin/"),
+            ("/;x", "/"),
+            ("/plain/path", "/plain/path"),
+        ] {
+            assert_eq!(without_params(p), n, "{p}");
+        }
+    }
 
     #[test]
     fn normal_paths_are_borrowed_and_others_resolved() {

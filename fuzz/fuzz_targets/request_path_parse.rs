@@ -1,15 +1,15 @@
 //! What the filter reads from request values before any rule applies: the `:path`
 //! normal form rules and bypass routes match on (`path::normalise`), and the
 //! `traceparent` it forwards (`request::is_traceparent`). Never panics; a normal form
-//! has no query, no `\`, no empty, `.` or `..` segment, so no spelling of a path steers
-//! past a rule; without a percent sign left it is its own normal form; an unchanged
-//! path is borrowed. A forwarded traceparent is exactly the W3C version-00 layout.
+//! has no query, no `\`, no empty, `.` or `..` segment (nor once its `;` parameters are
+//! removed), so no spelling of a path steers past a rule; without a percent sign left
+//! it is its own normal form; an unchanged path is borrowed. A forwarded traceparent is exactly the W3C version-00 layout.
 #![no_main]
 
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use meshpass_filter::path::normalise;
+use meshpass_filter::path::{normalise, without_params};
 use meshpass_filter::request::is_traceparent;
 
 fuzz_target!(|data: &[u8]| {
@@ -36,6 +36,16 @@ fuzz_target!(|data: &[u8]| {
         if !n.contains('%') {
             assert_eq!(normalise(&n), n, "{s:?} -> {n:?}");
         }
+        // Rules match on it with the parameters removed: no empty segment there either
+        // (`/;x/admin` is `/admin` to Tomcat and Spring, so it must not be `//admin`).
+        let p = without_params(&n);
+        assert!(
+            p.starts_with('/')
+                && !p.contains(';')
+                && !p.contains("//")
+                && !p.split('/').any(|seg| seg == "." || seg == ".."),
+            "{s:?} -> {n:?} -> {p:?}"
+        );
     }
 
     if is_traceparent(s) {

@@ -221,6 +221,31 @@ fn a_path_parameter_on_a_segment_does_not_move_a_request_from_its_rule_to_the_de
     );
 }
 
+/// A segment of parameters alone (`/;x/admin/users`) left an empty segment once they
+/// were removed, `//admin/users`, which no rule matched: the token was exchanged under
+/// the default rule (here one that fails open), though Tomcat and Spring merge the
+/// empty segment and serve `/admin/users`. It gets the `/admin/` rule now.
+#[test]
+fn a_segment_of_parameters_alone_does_not_move_a_request_from_its_rule_to_the_default() {
+    let mut wrong = Vec::new();
+    for path in ["/;x/admin/users", "/;/admin/users", "/;a/;b/admin/"] {
+        let mut f = paths_fixture(|_| {});
+        let auth = format!("Bearer {}", f.token(ALICE));
+        f.send(1, &[(":path", path), ("authorization", &auth)]);
+        let status = f.host.replies.get(&1).map(|r| r.status);
+        let resource = last_resource(&f.host);
+        if status != Some(400) && resource.as_deref() != Some("https://admin.test") {
+            wrong.push(format!(
+                "{path}: status {status:?}, exchanged for {resource:?}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "matched past the /admin/ rule: {wrong:#?}"
+    );
+}
+
 /// Parameters never open a bypass the path without them would not: `/healthz;x=1` is
 /// `/healthz` to Tomcat but another path to an app that keeps parameters, so an exact
 /// `/healthz` bypass needs a token for it; a prefix bypass still covers both forms.
