@@ -37,17 +37,21 @@ struct Env {
     _dir: tempfile::TempDir,
     issuer: TestIssuer,
     app: axum::Router,
+    state: meshpass_exchange::AppState,
+    store: Arc<meshpass_exchange::store::SqlStore>,
 }
 
 async fn env_from(toml: impl FnOnce(&TestIssuer, &std::path::Path) -> String) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(ISSUER, "spire-1");
     let cfg = load_config(dir.path(), &toml(&issuer, dir.path()));
-    let state = state_with(&cfg, signer().await, Arc::new(SystemClock)).await;
+    let (state, store) = state_and_store(&cfg, signer().await, Arc::new(SystemClock)).await;
     Env {
         _dir: dir,
         issuer,
-        app: meshpass_exchange::app(state),
+        app: meshpass_exchange::app(state.clone()),
+        state,
+        store,
     }
 }
 
@@ -338,6 +342,69 @@ async fn a_stranger_with_a_stolen_subject_token_is_refused_as_caller_before_scop
             a.json
         );
     }
+}
+
+/// DESIGN.md item 5, "a token alone, presented by someone else, buys nothing": nor
+/// a map of what it could buy. The resource was looked up, and the subject's mapping
+/// and revocation judged, before the caller: a thief holding WEB's token learnt which
+/// resources exist (400 `invalid_target`), which of them WEB may not have (400
+/// `unauthorized_client`), which it may (403) and whether WEB is revoked (403 with
+/// the operator's reason). All four answers are now the caller's refusal, word for word.
+#[tokio::test]
+async fn a_stranger_with_a_stolen_subject_token_gets_one_answer_whatever_the_resource() {
+    const SECRETS: &str = r#"
+[[mappings]]
+name = "ops-to-secrets"
+subject = "spiffe://cluster.local/ns/ops/*"
+resource = "secrets"
+participant = "acme-secrets"
+ttl_secs = 60
+"#;
+    let e = env_from(|i, d| config_toml(i, &d.join("m.db"), &format!("{LEDGER}{SECRETS}"))).await;
+    let stolen = e.issuer.svid(WEB, now(), 600);
+    let probe = |resource: &'static str| {
+        let form = exchange_form(&stolen, &[("resource", resource)]);
+        let app = e.app.clone();
+        async move { post_token_as(&app, form, Some(EVIL)).await }
+    };
+    let answer = |a: &Answer| (a.status.as_u16(), a.json.to_string());
+    let mapped = probe("orders").await;
+    assert_refused(&mapped);
+    for (what, resource) in [
+        ("an unknown resource", "no-such-resource"),
+        ("a resource the subject has no mapping for", "secrets"),
+    ] {
+        let a = probe(resource).await;
+        assert_eq!(answer(&a), answer(&mapped), "{what} answered otherwise");
+    }
+    // The subject revoked: the thief still hears only that it is refused.
+    use meshpass_exchange::store::{Actor, NewRevocation, RevocationStore, RevocationTarget};
+    let rev = NewRevocation {
+        target: RevocationTarget::Subject,
+        matches: WEB.into(),
+        reason: "node drained after a compromise".into(),
+        until: None,
+    };
+    let actor = Actor {
+        who: "spiffe://cluster.local/ns/ops/sa/admin".into(),
+        request_id: "t".into(),
+    };
+    let r = e
+        .store
+        .create_revocation(&rev, &actor, now())
+        .await
+        .unwrap();
+    e.state.revocations.created(r);
+    let a = probe("orders").await;
+    assert_eq!(answer(&a), answer(&mapped), "the revocation showed through");
+    // The subject itself is told what is wrong, as before.
+    let a = post_token(
+        &e.app,
+        exchange_form(&stolen, &[("resource", "no-such-resource")]),
+    )
+    .await;
+    assert_eq!(a.status.as_u16(), 403, "{}", a.json);
+    assert!(a.json.to_string().contains("node drained"), "{}", a.json);
 }
 
 /// DESIGN.md item 3: `spiffe://TD` alone is the trust domain's own ID, never a workload

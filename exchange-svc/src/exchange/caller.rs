@@ -33,11 +33,7 @@ pub(crate) fn bind(
         // Only reachable with insecure_unbound_callers.
         return Ok(BindingMode::None);
     };
-    if BindingMode::Client
-        .binding(None, Some(caller))
-        .check(subject)
-        .is_ok()
-    {
+    if is_subject(caller, subject) {
         return Ok(BindingMode::Client);
     }
     let listed = mapping.allowed_callers.iter().any(|p| {
@@ -48,10 +44,24 @@ pub(crate) fn bind(
     if listed {
         Ok(BindingMode::Server)
     } else {
-        Err(ApiError::CallerRefused(format!(
-            "the caller {caller} may not exchange a token of another subject for this resource"
-        )))
+        Err(refused(caller))
     }
+}
+
+/// Whether `caller` is `subject` itself (CLIENT mode).
+pub(crate) fn is_subject(caller: &SpiffeId, subject: &SpiffeId) -> bool {
+    BindingMode::Client
+        .binding(None, Some(caller))
+        .check(subject)
+        .is_ok()
+}
+
+/// The one answer a caller gets for another subject's token it may not exchange,
+/// whatever else stands in the way (an unknown resource, no mapping, a revocation).
+pub(crate) fn refused(caller: &SpiffeId) -> ApiError {
+    ApiError::CallerRefused(format!(
+        "the caller {caller} may not exchange a token of another subject for this resource"
+    ))
 }
 
 #[cfg(test)]

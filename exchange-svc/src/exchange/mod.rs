@@ -357,21 +357,33 @@ async fn decide(
     let subject = subject::validate(st, &req.subject_token, now, "subject_token")
         .await
         .map_err(unlabelled)?;
-    let revoked_subject = asking(asked, subject.spiffe_id.as_str(), caller_id);
-    if let Some(r) = revoked.subject(&subject.spiffe_id, now) {
-        return Err(revoked_subject(ApiError::Revoked(r.reason.clone())));
-    }
+    // A caller other than the subject hears that it is refused until a mapping binds
+    // it: not whether the resource exists, the subject is mapped to it or revoked (a
+    // stolen subject token tells a stranger nothing, DESIGN.md item 5). An outage is
+    // no secret and stays a 503.
+    let stranger = caller
+        .as_ref()
+        .filter(|c| !caller::is_subject(c, &subject.spiffe_id));
+    let hide = |e: ApiError| match (stranger, &e) {
+        (Some(c), e) if e.code() != ErrorCode::TemporarilyUnavailable => caller::refused(c),
+        _ => e,
+    };
+    // A revoked workload may not act for anyone, whether it is the subject, or the
+    // subject token's `act` chain (carried into the minted token) names it, at any depth.
+    let subject_revoked = || {
+        std::iter::once(&subject.spiffe_id)
+            .chain(&delegation::chain(&subject))
+            .find_map(|id| revoked.subject(id, now))
+            .map(|r| ApiError::Revoked(r.reason.clone()))
+    };
     delegation::check_act(&subject, "subject_token", delegation::SUBJECT_ACT_DEPTH)
         .map_err(unlabelled)?;
-    // A revoked workload may not act for anyone, whether an actor token names it or the
-    // subject token's `act` chain (carried into the minted token) does, at any depth.
-    if let Some(r) = delegation::chain(&subject)
-        .iter()
-        .find_map(|id| revoked.subject(id, now))
-    {
-        return Err(revoked_subject(ApiError::Revoked(r.reason.clone())));
+    if stranger.is_none() {
+        if let Some(e) = subject_revoked() {
+            return Err(asking(asked, subject.spiffe_id.as_str(), caller_id)(e));
+        }
     }
-    let target = form::target(&req).map_err(unlabelled)?;
+    let target = form::target(&req).map_err(hide).map_err(unlabelled)?;
     let policy = st
         .store
         .shared_resource_policy(&target)
@@ -386,15 +398,20 @@ async fn decide(
     // An unknown resource is not a metrics label (anyone can name any resource).
     let mapping = authorize::mapping(&policy, &subject.spiffe_id).map_err(|e| {
         if policy.mappings.is_empty() {
-            unlabelled(e)
+            unlabelled(hide(e))
         } else {
-            on(&target)(e)
+            on(&target)(hide(e))
         }
     })?;
     let on = |resource| self::on(resource, &mapping.name, &sub, caller_id);
     // The caller before what it asks for: one that may not ask for this subject (a
     // stolen subject token) must not learn the mapping's audiences and scopes.
     let mode = caller::bind(caller.as_ref(), &subject.spiffe_id, mapping).map_err(on(&target))?;
+    if stranger.is_some() {
+        if let Some(e) = subject_revoked() {
+            return Err(on(&target)(e));
+        }
+    }
     let grant = authorize::grant(mapping, &req).map_err(on(&target))?;
     // Budgets are per (caller, subject): nobody can spend someone else's.
     let rate_key = rate_key(caller_id, subject.spiffe_id.as_str());
