@@ -28,10 +28,14 @@ pub struct TokenInfo {
     pub renewable: bool,
 }
 
+/// The longest token TTL believed: a longer one (Vault's own default maximum is 32
+/// days) is read as this, so the renewal instant computed from it cannot overflow.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 impl TokenInfo {
     fn from_secs(ttl: u64, renewable: bool) -> TokenInfo {
         TokenInfo {
-            ttl: (ttl > 0).then(|| Duration::from_secs(ttl)),
+            ttl: (ttl > 0).then(|| Duration::from_secs(ttl).min(MAX_TOKEN_TTL)),
             renewable,
         }
     }
