@@ -386,3 +386,104 @@ async fn a_key_operation_vault_fails_under_the_maintenance_lock_releases_the_loc
         "a tick after the failures was skipped or failed: {t:?}"
     );
 }
+
+/// OpenBao answers a batch in the order of its input, and the signer answered its
+/// callers by position, checking one signature per batch against the published key:
+/// an intermediary that reordered `batch_results` handed two callers each a signature
+/// over the other's input, which no verifier accepts (and the warm path cached). Every
+/// item now carries its index as `reference`, which OpenBao echoes back, and an item
+/// whose reference is not its place is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answer_whose_items_come_back_reordered_hands_no_caller_another_callers_signature()
+{
+    let bao = bao().await;
+    let relay = relay_to(&bao).await;
+    let signer = relayed(&bao, &relay).await.signer;
+    let key = signer.current_key().unwrap();
+    let jwk = vault_common::jwk_of(signer.as_ref(), &key.kid);
+    relay.faults.swap_batch_items.store(true, Ordering::SeqCst);
+    let mut bad = Vec::new();
+    let mut signed = 0;
+    // Rounds of concurrent signatures until a few batches were reordered.
+    for round in 0..20 {
+        if relay.faults.swapped.load(Ordering::SeqCst) >= 3 {
+            break;
+        }
+        let inputs: Vec<String> = (0..24)
+            .map(|i| vault_common::signing_input(&key, &format!("{{\"n\":\"{round}-{i}\"}}")))
+            .collect();
+        let results =
+            futures_util::future::join_all(inputs.iter().map(|i| signer.sign(&key, i.as_bytes())))
+                .await;
+        for (input, r) in inputs.iter().zip(results) {
+            if let Ok(sig) = r {
+                signed += 1;
+                if let Err(e) = vault_common::verify_with_jwk(&jwk, input.as_bytes(), &sig) {
+                    bad.push(format!("round {round}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(
+        relay.faults.swapped.load(Ordering::SeqCst) >= 1,
+        "no batch of three or more was formed: the test proves nothing"
+    );
+    assert!(signed > 0, "nothing was signed at all");
+    assert!(
+        bad.is_empty(),
+        "{} of {signed} signatures handed out do not verify over their own input: {bad:?}",
+        bad.len()
+    );
+}
+
+/// A login answer with an absurd `lease_duration` (2^64 - 1 s, from a broken Vault or
+/// proxy) overflowed the instant of the next renewal: the authentication task
+/// panicked and was gone, so no refused signature ever led to a login again and the
+/// service stayed down until restarted, while `/readyz` said ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_answer_with_an_absurd_lease_does_not_stop_the_service_from_logging_in_again() {
+    let bao = bao().await;
+    let relay = relay_to(&bao).await;
+    relay.faults.absurd_lease.store(true, Ordering::SeqCst);
+    bao.write_policy("signer", &vault_common::signer_policy(KEY));
+    bao.enable_auth("approle", "approle");
+    bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass",
+        Some(json!({ "token_policies": ["signer"], "token_ttl": "1h" })),
+    );
+    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sid = bao.api_ok(
+        "POST",
+        "auth/approle/role/meshpass/secret-id",
+        Some(json!({})),
+    )["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut cfg = relayed_config(&bao, &relay);
+    cfg.auth = AuthConfig::Approle {
+        mount: "approle".into(),
+        role_id,
+        secret_id: Some(Secret::new(sid)),
+        secret_id_file: None,
+    };
+    let signer = TransitSigner::start(&cfg).await.unwrap();
+    vault_common::sign_and_verify(&signer, "{}").await;
+    // Every token the role gave out is revoked: signatures are refused until the
+    // signer logs in again.
+    bao.api_ok("POST", "sys/leases/revoke-prefix/auth/approle/login", None);
+    let key = signer.current_key().unwrap();
+    let input = vault_common::signing_input(&key, "{}");
+    let back = vault_common::eventually(Duration::from_secs(30), || async {
+        signer.sign(&key, input.as_bytes()).await.is_ok()
+    })
+    .await;
+    assert!(
+        back,
+        "the signer never logged in again after its token was revoked"
+    );
+}

@@ -456,7 +456,11 @@ async fn a_batch_answer_with_one_failed_item_fails_only_that_item() {
             "key_version": 1,
             "marshaling_algorithm": "jws",
             "hash_algorithm": "sha2-256",
-            "batch_input": [{"input": good}, {"input": "***not base64***"}, {"input": good}],
+            "batch_input": [
+                {"reference": "0", "input": good},
+                {"reference": "1", "input": "***not base64***"},
+                {"reference": "2", "input": good},
+            ],
         })),
     );
     assert_eq!(status, 200, "{answer}");

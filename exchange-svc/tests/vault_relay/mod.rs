@@ -1,8 +1,8 @@
 //! A fault-injecting HTTP relay in front of the real OpenBao, for faults Vault itself
 //! cannot be made to show at the right moment: the key read failing right after a
 //! rotation (once or for good), the answer to a rotation lost on its way back, Vault
-//! sealed, and Vault's clock behind the replicas' (its `creation_time`s and `Date`
-//! header shifted back). Every request still reaches OpenBao, which does the real work.
+//! sealed, Vault's clock behind the replicas' (its `creation_time`s and `Date`
+//! header shifted back), an absurd login lease, a batch answer reordered. Every request still reaches OpenBao, which does the real work.
 //! With the helpers the key tests share: OpenBao with key [`KEY`], a SQLite store, the
 //! audit events of one action.
 
@@ -39,6 +39,14 @@ pub struct Faults {
     pub fail_key_reads_after_rotate: AtomicBool,
     /// Every request answers 503 (Vault sealed or overloaded).
     pub down: AtomicBool,
+    /// Every login answer's `auth.lease_duration` becomes `u64::MAX` (a broken or
+    /// hostile Vault or proxy).
+    pub absurd_lease: AtomicBool,
+    /// A `transit/sign` answer of three items or more comes back with its last two
+    /// swapped (an intermediary that reorders JSON arrays); counted in `swapped`.
+    pub swap_batch_items: AtomicBool,
+    /// Batch answers swapped so far.
+    pub swapped: AtomicU32,
 }
 
 pub struct Relay {
@@ -132,6 +140,33 @@ pub async fn relay_to(bao: &OpenBao) -> Relay {
                         .body(Body::from("upstream connection reset"))
                         .unwrap();
                 }
+            }
+            let ok = (200..300).contains(&status);
+            if ok
+                && method == Method::POST
+                && path.ends_with("/login")
+                && f.absurd_lease.load(Ordering::SeqCst)
+            {
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                v["auth"]["lease_duration"] = serde_json::json!(u64::MAX);
+                bytes = serde_json::to_vec(&v).unwrap();
+            }
+            if ok
+                && method == Method::POST
+                && path == format!("/v1/transit/sign/{KEY}")
+                && f.swap_batch_items.load(Ordering::SeqCst)
+            {
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                if let Some(items) = v["data"]["batch_results"].as_array_mut() {
+                    let n = items.len();
+                    if n >= 3 {
+                        // Past the first: the signer checks the first signature of
+                        // every batch against the published key.
+                        items.swap(n - 2, n - 1);
+                        f.swapped.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                bytes = serde_json::to_vec(&v).unwrap();
             }
             if behind > 0 && method == Method::GET && path == key_path && status == 200 {
                 // OpenBao's clock behind: every creation time it writes is earlier.

@@ -72,11 +72,11 @@ pub(super) fn sign_body(params: &Value, inputs: &[Vec<u8>]) -> Vec<u8> {
     } else {
         out.push_str("\"batch_input\":[");
         for (k, i) in inputs.iter().enumerate() {
-            out.push_str(if k == 0 {
-                "{\"input\":\""
-            } else {
-                ",{\"input\":\""
-            });
+            out.push_str(if k == 0 { "{" } else { ",{" });
+            // Echoed in the item's answer: a result is its caller's only at its place.
+            out.push_str("\"reference\":\"");
+            out.push_str(&k.to_string());
+            out.push_str("\",\"input\":\"");
             STANDARD.encode_string(i, &mut out);
             out.push_str("\"}");
         }
@@ -106,13 +106,18 @@ struct Item<'a> {
     signature: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     error: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reference: Option<Cow<'a, str>>,
 }
 
 /// Turns a `transit/sign` answer (its body) for `n` inputs into one result per input:
 /// the plain `signature` when `n == 1`, else `batch_results`. A batch answers 200 even
 /// when items fail, so every item is judged on its own: an item error fails that item
 /// only. An answer that does not parse as that shape (not JSON, or a field of another
-/// type) fails every input.
+/// type) fails every input. A batch item must echo its place as `reference` (sent by
+/// [`sign_body`]; Vault 1.11+ and every OpenBao): OpenBao keeps the input's order, but
+/// an intermediary that reordered the array would hand one caller the signature over
+/// another's input, and only the first signature of a batch is verified.
 pub fn sign_results(
     answer: &[u8],
     n: usize,
@@ -139,10 +144,17 @@ pub fn sign_results(
     };
     results
         .iter()
-        .map(|item| match item.error.as_deref() {
+        .enumerate()
+        .map(|(k, item)| match item.error.as_deref() {
             Some(err) if !err.is_empty() => Err(SignError::Failed(format!(
                 "transit refused batch item: {err}"
             ))),
+            _ if item.reference.as_deref() != Some(k.to_string().as_str()) => {
+                Err(SignError::Unavailable(format!(
+                    "batch item {k} of the transit answer is not the answer to input {k} (its reference is {:?})",
+                    item.reference
+                )))
+            }
             _ => check(item.signature.as_deref()),
         })
         .collect()
@@ -168,7 +180,8 @@ mod tests {
         let v: Value = serde_json::from_slice(&sign_body(&params, &many)).unwrap();
         let items: Vec<Value> = many
             .iter()
-            .map(|i| json!({"input": STANDARD.encode(i)}))
+            .enumerate()
+            .map(|(k, i)| json!({"reference": k.to_string(), "input": STANDARD.encode(i)}))
             .collect();
         assert_eq!(
             v,
@@ -197,10 +210,24 @@ mod tests {
     fn odd_answers_fail_closed_per_item() {
         let sig = format!("vault:v1:{}", STANDARD.encode([7u8; 64]));
         let a = json!({"data": {"batch_results": [
-            {"signature": sig}, {"signature": sig, "error": "no"}, {"error": ""},
+            {"signature": sig, "reference": "0"}, {"signature": sig, "error": "no", "reference": "1"},
+            {"error": "", "reference": "2"},
         ]}});
         let r = sign_results(&serde_json::to_vec(&a).unwrap(), 3, 1, 64);
         assert!(r[0].is_ok() && r[1].is_err() && r[2].is_err(), "{r:?}");
+        // An item not at its own place, or without its place, is refused.
+        let moved = json!({"data": {"batch_results": [
+            {"signature": sig, "reference": "0"}, {"signature": sig, "reference": "2"},
+            {"signature": sig, "reference": "1"}, {"signature": sig},
+        ]}});
+        let r = sign_results(&serde_json::to_vec(&moved).unwrap(), 4, 1, 64);
+        assert!(
+            r[0].is_ok()
+                && r[1..]
+                    .iter()
+                    .all(|r| matches!(r, Err(SignError::Unavailable(_)))),
+            "{r:?}"
+        );
         // A field of another type fails the whole answer, closed.
         let odd = json!({"data": {"batch_results": [{"signature": sig}, {"signature": 5}]}});
         let r = sign_results(&serde_json::to_vec(&odd).unwrap(), 2, 1, 64);
