@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::{self, HeaderValue};
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use kube::api::PostParams;
 use kube::Resource;
 
@@ -282,8 +282,10 @@ impl TokenReviewer {
         })
     }
 
-    /// Reviews `token`, whose `sub` claim is `subject`.
-    pub async fn review(&self, token: &str, subject: &str) -> Result<(), ReviewError> {
+    /// Reviews `token`, whose `sub` claim is `subject`; the user the API server
+    /// authenticated (its uid, groups and extra are what a SubjectAccessReview must
+    /// carry: without groups it asks about a user in none).
+    pub async fn review(&self, token: &str, subject: &str) -> Result<UserInfo, ReviewError> {
         let answer = tokio::time::timeout(self.timeout, self.ask(token))
             .await
             .map_err(|_| {
@@ -296,7 +298,8 @@ impl TokenReviewer {
             }
             return Err(ReviewError::NotAuthenticated);
         }
-        if status.user.and_then(|u| u.username).as_deref() != Some(subject) {
+        let user = status.user.unwrap_or_default();
+        if user.username.as_deref() != Some(subject) {
             return Err(ReviewError::UserMismatch);
         }
         // Without audiences in the answer the API server did not check them: refuse.
@@ -304,7 +307,7 @@ impl TokenReviewer {
         if !audiences.iter().any(|a| self.audiences.contains(a)) {
             return Err(ReviewError::AudienceMismatch);
         }
-        Ok(())
+        Ok(user)
     }
 }
 

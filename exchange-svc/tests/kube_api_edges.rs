@@ -225,7 +225,12 @@ async fn check_config_refuses_a_token_review_ca_or_bearer_token_file_that_serve_
 async fn an_unreadable_bearer_token_file_fails_a_subject_access_review_with_503_not_500() {
     const K8S: &str = "https://kubernetes.default.svc";
     const ADMIN: &str = "system:serviceaccount:ops:admin";
-    let api = KubeApi::start(Reply::Status(authenticated(ADMIN, "1", &["meshpass"]))).await;
+    let api = KubeApi::start(Reply::Status(authenticated(
+        ADMIN,
+        "1",
+        &["meshpass-admin"],
+    )))
+    .await;
     api.allow_verbs(&["read"]);
     let dir = tempfile::tempdir().unwrap();
     let issuer = TestIssuer::new(K8S, "sa-1");

@@ -123,7 +123,12 @@ fn sa_token(issuer: &TestIssuer, aud: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_account_callers_get_the_roles_the_api_server_grants() {
-    let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1", &["meshpass"]))).await;
+    let api = KubeApi::start(Reply::Status(authenticated(
+        SA_USER,
+        "1",
+        &["meshpass-admin"],
+    )))
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (base, issuer) = start(dir.path(), &api.url, &api.ca_file).await;
     let n = now();
@@ -351,7 +356,12 @@ async fn a_patch_or_an_import_reviews_the_token_once_and_asks_once_per_verb() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_account_of_another_clusters_issuer_is_never_reviewed_by_this_one() {
-    let api = KubeApi::start(Reply::Status(authenticated(SA_USER, "1", &["meshpass"]))).await;
+    let api = KubeApi::start(Reply::Status(authenticated(
+        SA_USER,
+        "1",
+        &["meshpass-admin"],
+    )))
+    .await;
     api.allow_verbs(&["read", "write", "keys"]);
     let dir = tempfile::tempdir().unwrap();
     // A second cluster's service-account tokens are trusted for exchanges too; its
@@ -440,4 +450,88 @@ fn management_kubernetes_refuses_in_cluster_beside_a_ca_or_token_file_as_token_r
     let e = e.to_string();
     assert!(e.contains("management.kubernetes.in_cluster"), "{e}");
     assert!(e.contains("remove ca_file and bearer_token_file"), "{e}");
+}
+
+/// Without `token_review` on the issuer, `[management.kubernetes]` asked the API server
+/// whether the token's `sub` may use a role, without asking whether the token is still
+/// good: a deleted service account's token verifies until it expires, and its RBAC
+/// binding (names are strings) outlives it, so the caller kept `write` and `keys`. The
+/// token is now reviewed by the same API server first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_service_accounts_token_gets_no_role_even_without_token_review_on_its_issuer() {
+    let api = KubeApi::start(Reply::Status(
+        json!({"authenticated": false, "error": "service account ops/admin has been deleted"}),
+    ))
+    .await;
+    api.allow_verbs(&["read", "write", "keys"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (base, issuer) = start(dir.path(), &api.url, &api.ca_file).await;
+    let token = sa_token(&issuer, "meshpass-admin");
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/v1/mappings"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "a token the API server no longer authenticates got a role"
+    );
+    assert!(
+        api.access_reviews().is_empty(),
+        "a refused token was authorised"
+    );
+    let review = api.last_review();
+    assert_eq!(review.body["spec"]["audiences"], json!(["meshpass-admin"]));
+    assert_eq!(
+        review.authorization.as_deref(),
+        Some("Bearer service-own-token"),
+        "reviewed with management.kubernetes' own credentials"
+    );
+}
+
+/// "If you specify User but not Groups, then it is interpreted as What if User were
+/// not a member of any groups" (the SubjectAccessReviewSpec reference): a role granted
+/// to the namespace's service accounts (`--group=system:serviceaccounts:ops`) was
+/// refused. The review now carries what the TokenReview answered: uid, groups, extra.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_review_carries_the_groups_uid_and_extra_the_token_review_answered() {
+    let mut status = authenticated(SA_USER, "7f1c-uid", &["meshpass-admin"]);
+    status["user"]["groups"] = json!([
+        "system:serviceaccounts",
+        "system:serviceaccounts:ops",
+        "system:authenticated"
+    ]);
+    status["user"]["extra"] = json!({"authentication.kubernetes.io/pod-name": ["admin-0"]});
+    let api = KubeApi::start(Reply::Status(status)).await;
+    api.allow_verbs(&["read"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (base, issuer) = start(dir.path(), &api.url, &api.ca_file).await;
+    let r = reqwest::Client::new()
+        .get(format!("{base}/api/v1/mappings"))
+        .bearer_auth(sa_token(&issuer, "meshpass-admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let reviews = api.access_reviews();
+    assert_eq!(reviews.len(), 1);
+    let spec = &reviews[0].body["spec"];
+    assert_eq!(spec["user"], SA_USER);
+    assert_eq!(
+        spec["groups"],
+        json!([
+            "system:serviceaccounts",
+            "system:serviceaccounts:ops",
+            "system:authenticated"
+        ]),
+        "{spec}"
+    );
+    assert_eq!(spec["uid"], "7f1c-uid", "{spec}");
+    assert_eq!(
+        spec["extra"],
+        json!({"authentication.kubernetes.io/pod-name": ["admin-0"]}),
+        "{spec}"
+    );
 }

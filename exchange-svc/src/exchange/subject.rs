@@ -37,6 +37,7 @@ pub(crate) async fn review(
     reviewer
         .review(token, sub)
         .await
+        .map(|_| ())
         .map_err(|source| ApiError::Review {
             which,
             source,

@@ -2,7 +2,12 @@
 //! service's configured issuers (same keys, same rules as subject tokens; audiences
 //! from `management.audiences` when set) and, when its issuer has `token_review`,
 //! reviewed by the Kubernetes API server as `/token` reviews it; its SPIFFE ID mapped to
-//! roles by `[[management.callers]]`.
+//! roles by `[[management.callers]]`. With `[management.kubernetes]` the tokens of its
+//! cluster are always reviewed (by that API server when the issuer has no
+//! `token_review`): a role granted by SubjectAccessReview is asked for the user the API
+//! server authenticates now, with its groups, never for a bare `sub` claim (a deleted
+//! service account's token still verifies until it expires, and RBAC bindings outlive
+//! the account).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -23,9 +28,10 @@ pub struct Caller {
     pub id: String,
     /// Its roles from the callers table.
     pub roles: BTreeSet<Role>,
-    /// Its Kubernetes user (`system:serviceaccount:NS:SA`) when it presented a
-    /// service-account token.
-    pub kube_user: Option<String>,
+    /// Its Kubernetes user as the API server's TokenReview answered it (username
+    /// `system:serviceaccount:NS:SA`, uid, groups, extra) when it presented a
+    /// service-account token of the reviewed cluster.
+    pub kube_user: Option<k8s_openapi::api::authentication::v1::UserInfo>,
 }
 
 /// Authenticates and authorises management requests.
@@ -109,6 +115,24 @@ impl Authenticator {
             .as_ref()
             .map(|k| k.reviewed_issuer(&policy))
             .transpose()?;
+        // SubjectAccessReview implies TokenReview, by the same API server when the
+        // issuer has no `token_review` of its own.
+        let reviewers = match (&cfg.kubernetes, &kube_issuer) {
+            (Some(k), Some(issuer)) if !reviewers.contains_key(issuer) => {
+                let audiences: Vec<String> = policy
+                    .issuers
+                    .iter()
+                    .filter(|i| i.issuer == *issuer)
+                    .flat_map(|i| i.audiences.iter().map(|a| a.as_str().to_string()))
+                    .collect();
+                let own = TokenReviewer::new(&k.client_config(), None, &audiences)
+                    .map_err(|e| ("management.kubernetes".to_string(), e.to_string()))?;
+                let mut all = (*reviewers).clone();
+                all.insert(issuer.clone(), own);
+                Arc::new(all)
+            }
+            _ => reviewers,
+        };
         Ok(Authenticator {
             policy,
             keys,
@@ -209,20 +233,24 @@ impl Authenticator {
         }
         // As at `/token`: a token the API server no longer authenticates (its pod or
         // service account deleted) is no credential.
-        if let Some(reviewer) = self.reviewers.get(&subject.issuer) {
-            let sub = subject
-                .claims
-                .get("sub")
-                .and_then(serde_json::Value::as_str)
-                .unwrap_or("");
-            reviewer.review(token, sub).await.map_err(|e| match e {
-                ReviewError::Unavailable(reason) => {
-                    tracing::warn!(%reason, "management: TokenReview unavailable");
-                    MgmtError::Unavailable(Dependency::KubernetesApi)
-                }
-                e => MgmtError::Unauthenticated(format!("bearer token refused: {e}")),
-            })?;
-        }
+        let reviewed = match self.reviewers.get(&subject.issuer) {
+            Some(reviewer) => {
+                let sub = subject
+                    .claims
+                    .get("sub")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("");
+                let user = reviewer.review(token, sub).await.map_err(|e| match e {
+                    ReviewError::Unavailable(reason) => {
+                        tracing::warn!(%reason, "management: TokenReview unavailable");
+                        MgmtError::Unavailable(Dependency::KubernetesApi)
+                    }
+                    e => MgmtError::Unauthenticated(format!("bearer token refused: {e}")),
+                })?;
+                Some(user)
+            }
+            None => None,
+        };
         let roles: BTreeSet<Role> = self
             .table
             .iter()
@@ -239,12 +267,12 @@ impl Authenticator {
                 .and_then(serde_json::Value::as_str)
                 == Some(i)
         });
-        let kube_user = subject
-            .claims
-            .get("sub")
-            .and_then(serde_json::Value::as_str)
-            .filter(|s| from_reviewed_cluster && s.starts_with("system:serviceaccount:"))
-            .map(str::to_string);
+        let kube_user = reviewed.filter(|u| {
+            from_reviewed_cluster
+                && u.username
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("system:serviceaccount:"))
+        });
         if roles.is_empty() && (self.kube.is_none() || kube_user.is_none()) {
             return Err(MgmtError::Forbidden(format!(
                 "{id} is not a management caller"

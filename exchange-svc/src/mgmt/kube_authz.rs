@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::{self, HeaderValue};
+use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -140,13 +141,19 @@ impl AccessReviewer {
 
     fn request(
         &self,
-        user: &str,
+        user: &UserInfo,
         role: Role,
     ) -> Result<http::Request<kube::client::Body>, MgmtError> {
         let internal = |e: String| MgmtError::Internal(format!("SubjectAccessReview: {e}"));
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
-                user: Some(user.to_string()),
+                // Everything the TokenReview said of the user: "User but not Groups"
+                // asks about a user in no group, and a role granted to the namespace's
+                // service accounts (a group) would be refused.
+                user: user.username.clone(),
+                groups: user.groups.clone(),
+                uid: user.uid.clone(),
+                extra: user.extra.clone(),
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(GROUP.into()),
                     resource: Some(RESOURCE.into()),
@@ -176,7 +183,7 @@ impl AccessReviewer {
         Ok(req.map(kube::client::Body::from))
     }
 
-    async fn ask(&self, user: &str, role: Role) -> Result<bool, MgmtError> {
+    async fn ask(&self, user: &UserInfo, role: Role) -> Result<bool, MgmtError> {
         let down = |e: String| {
             tracing::warn!(error = %e, "SubjectAccessReview failed");
             MgmtError::Unavailable(Dependency::KubernetesApi)
@@ -196,8 +203,9 @@ impl AccessReviewer {
         Ok(status.allowed && status.denied != Some(true))
     }
 
-    /// Whether `user` (`system:serviceaccount:NS:SA`) may act as `role`; fails closed.
-    pub async fn allows(&self, user: &str, role: Role) -> Result<bool, MgmtError> {
+    /// Whether `user` (`system:serviceaccount:NS:SA`, as the TokenReview answered it)
+    /// may act as `role`; fails closed.
+    pub async fn allows(&self, user: &UserInfo, role: Role) -> Result<bool, MgmtError> {
         tokio::time::timeout(self.timeout, self.ask(user, role))
             .await
             .map_err(|_| MgmtError::Unavailable(Dependency::KubernetesApi))?
