@@ -208,6 +208,8 @@ pub struct TokenCache {
     inner: Mutex<Inner>,
     max_entries: usize,
     min_remaining_fraction: f64,
+    /// Longest a token is served after it was minted (see [`Self::with_max_age_secs`]).
+    max_age_secs: u64,
 }
 
 impl TokenCache {
@@ -217,13 +219,25 @@ impl TokenCache {
             inner: Mutex::new(Inner::default()),
             max_entries: max_entries.max(1),
             min_remaining_fraction,
+            max_age_secs: u64::MAX,
         }
+    }
+
+    /// Serves a token at most `secs` after it was minted (`store.policy_max_age_secs`):
+    /// a hit reads no policy, and a write that bypasses meshpass's change version
+    /// (direct SQL) clears nothing, so only age bounds what the mapping of the moment
+    /// would no longer grant.
+    pub fn with_max_age_secs(mut self, secs: u64) -> Self {
+        self.max_age_secs = secs;
+        self
     }
 
     fn fresh(&self, t: &CachedToken, now: u64) -> bool {
         let life = t.expires_at.saturating_sub(t.issued_at) as f64;
         let left = t.expires_at.saturating_sub(now) as f64;
-        left > 0.0 && left > life * self.min_remaining_fraction
+        left > 0.0
+            && left > life * self.min_remaining_fraction
+            && now < t.issued_at.saturating_add(self.max_age_secs)
     }
 
     /// The cached token for `key`, if it still has enough life left.

@@ -200,10 +200,10 @@ impl AppState {
             ))
         });
         let cache = cfg.cache.enabled.then(|| {
-            Arc::new(TokenCache::new(
-                cfg.cache.max_entries,
-                cfg.cache.min_remaining_fraction,
-            ))
+            Arc::new(
+                TokenCache::new(cfg.cache.max_entries, cfg.cache.min_remaining_fraction)
+                    .with_max_age_secs(cfg.store.policy_max_age_secs),
+            )
         });
         Ok(AppState {
             signer,

@@ -1,6 +1,7 @@
 //! The minted participant token as a verifier sees it: signatures of every
 //! transit key type against the published JWKS, and claim values coming from
-//! `[[scope_claims]]` in the configuration file.
+//! `[[scope_claims]]` in the configuration file; and how long a minted token is served
+//! again from the cache after its mapping changed behind meshpass's back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -126,4 +127,54 @@ async fn a_non_finite_toml_float_scope_claim_is_refused_not_minted_as_null() {
             Ok(claims) => panic!("{value} was accepted and minted as {}", claims["limit"]),
         }
     }
+}
+
+/// README: writes that bypass meshpass (direct SQL) are seen "within
+/// `store.policy_max_age_secs`". A minted token was answered again from the cache while
+/// more than half its life was left, whatever the store said since: a mapping deleted by
+/// hand during an incident kept its cached tokens flowing for half their TTL on every
+/// replica. A cached token is now served no longer than `policy_max_age_secs` after it
+/// was minted.
+#[tokio::test]
+async fn a_mapping_deleted_by_direct_sql_stops_its_cached_tokens_within_the_policy_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "spire-1");
+    let mut cfg = try_config(dir.path(), &issuer, "").unwrap();
+    cfg.store.policy_cache_secs = 2;
+    cfg.store.policy_max_age_secs = 10;
+    let clock = Arc::new(ManualClock::new(now()));
+    let (state, _store) = state_and_store(
+        &cfg,
+        signer_of("ecdsa-p256", RsaAlg::PS256).await,
+        clock.clone(),
+    )
+    .await;
+    let app = meshpass_exchange::app(state);
+    // web-to-payments: TTL 300 s, served from the cache while over 150 s are left.
+    let svid = issuer.svid(WEB, now(), 600);
+    let form = exchange_form(&svid, &[("resource", "payments")]);
+    let first = post_token(&app, form.clone()).await;
+    assert_eq!(first.status.as_u16(), 200, "{}", first.json);
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM mappings WHERE name = 'web-to-payments'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    // Within the bound, the cached answer may still be served...
+    clock.advance(5);
+    let a = post_token(&app, form.clone()).await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.json);
+    // ...past it, the exchange is decided again, on the store as it is.
+    clock.advance(6);
+    let a = post_token(&app, form).await;
+    assert_eq!(
+        a.status.as_u16(),
+        400,
+        "a token of a mapping deleted 11 s ago (max age 10 s) was served: {}",
+        a.json
+    );
+    // The resource's only mapping is gone: it is not known any more.
+    assert_eq!(a.json["error"], "invalid_target", "{}", a.json);
 }
