@@ -424,7 +424,7 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     }
     state.hooks = Some(Arc::new(crate::mgmt::ExchangeHooks {
         stats: Arc::clone(&stats),
-        refusals: Some(refusals),
+        refusals: Some(Arc::clone(&refusals)),
     }));
     if cfg.callers.insecure_unbound_callers {
         tracing::warn!(
@@ -506,6 +506,14 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
         r
     };
     let (_, r, ()) = tokio::join!(signal, serving, management);
+    // Refusals answered before the listeners closed are audited before the store goes
+    // (their writer may be waiting behind a long write or a locked table).
+    if !refusals.flush(grace).await {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "refused exchanges still queued for the audit log at exit were not written"
+        );
+    }
     // Only now: a management write in flight still had its store.
     drop(change_feed);
     store.close().await;

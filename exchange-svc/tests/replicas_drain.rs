@@ -1,8 +1,8 @@
 //! Graceful drain of a real `meshpass-exchange` process: on SIGTERM `/readyz` fails at
 //! once while requests are still served for `server.drain_delay_secs`; then the
 //! listener closes, the exchange in flight (its signature held up by a frozen OpenBao)
-//! still completes with 200, and the process exits 0. SIGHUP reloads nothing and
-//! ends nothing.
+//! still completes with 200, and the process exits 0; refusals queued for the audit
+//! log are written before it exits. SIGHUP reloads nothing and ends nothing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -162,4 +162,75 @@ async fn sighup_is_logged_and_the_replica_keeps_serving_and_stays_ready() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
+}
+
+/// DESIGN.md: "every refused exchange is audited". Refusals go to the audit log through
+/// a queue and a background writer, which waits behind the write lock (an import) or a
+/// locked table; at SIGTERM the process closed the store as soon as its listeners were
+/// done and exited, and the refusals still queued were lost, uncounted. They are now
+/// written first, within the shutdown grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_queued_for_the_audit_log_at_sigterm_are_written_before_the_process_exits() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::new(ISSUER, "k1");
+    let bao = tokio::task::spawn_blocking(replicas_common::openbao)
+        .await
+        .unwrap();
+    let db = meshpass_testkit::Postgres::fresh_database();
+    let port = free_port();
+    let cfg = replicas_common::config(port, &bao, &db.url(), &issuer, json!({}));
+    let svc_dir = dir.path().to_path_buf();
+    let mut svc =
+        tokio::task::spawn_blocking(move || replicas_common::start(&svc_dir, "r1", port, &cfg))
+            .await
+            .unwrap();
+    let base = svc.base_url();
+    // Another session holds the audit table: the writer waits (and retries).
+    let mut holder = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut holder).await.unwrap();
+    sqlx::query("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let (status, body) = replicas_common::exchange(&client, &base, "not.a.token", WEB)
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{body}");
+    }
+    svc.signal("TERM");
+    // Released once the listener is closed: the process is on its way out.
+    let sent = Instant::now();
+    while reqwest::Client::new()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_ok()
+    {
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "the listener never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let s = svc.wait_exit(Duration::from_secs(30));
+        (s, svc.log_tail(20))
+    })
+    .await
+    .unwrap();
+    let status = status.unwrap_or_else(|| panic!("still running after the drain:\n{log}"));
+    assert!(status.success(), "exit {status:?}:\n{log}");
+    let written: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'exchange.refused'")
+            .fetch_one(&mut holder)
+            .await
+            .unwrap();
+    assert_eq!(
+        written, 2,
+        "refusals queued at SIGTERM were lost (written: {written}):\n{log}"
+    );
 }

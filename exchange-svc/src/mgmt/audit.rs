@@ -99,6 +99,23 @@ pub struct RefusalAudit {
     burst: f64,
     /// Shared with the background writer, which counts the writes the store failed.
     dropped: Arc<AtomicU64>,
+    /// Events queued and not yet written or given up (see [`RefusalAudit::flush`]).
+    pending: Arc<Pending>,
+}
+
+/// Queued events, and a wake-up for [`RefusalAudit::flush`] when none are left.
+#[derive(Default)]
+struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl Pending {
+    fn done(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
 }
 
 impl std::fmt::Debug for RefusalAudit {
@@ -115,6 +132,8 @@ impl RefusalAudit {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<AuditRecord>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let lost = Arc::clone(&dropped);
+        let pending = Arc::new(Pending::default());
+        let written = Arc::clone(&pending);
         tokio::spawn(async move {
             while let Some(r) = rx.recv().await {
                 let mut tries = RETRY_DELAYS.iter();
@@ -136,6 +155,7 @@ impl RefusalAudit {
                         }
                     }
                 }
+                written.done();
             }
         });
         let burst = f64::from(cfg.refusal_audit_burst);
@@ -148,6 +168,7 @@ impl RefusalAudit {
             rate: cfg.refusal_audit_per_second,
             burst,
             dropped,
+            pending,
         })
     }
 
@@ -174,6 +195,9 @@ impl RefusalAudit {
     /// empty), `reason` (the public error description: never the token). The actor is
     /// `SUBJECT via CALLER`, or whichever of the two is known. Whether it was recorded.
     pub fn refused(&self, subject: &str, caller: &str, resource: &str, reason: &str) -> bool {
+        // Counted before it is sent: the writer may be done with it before try_send
+        // returns.
+        self.pending.count.fetch_add(1, Ordering::AcqRel);
         let queued = self.admit()
             && self
                 .tx
@@ -193,8 +217,28 @@ impl RefusalAudit {
                 .is_ok();
         if !queued {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.pending.done();
         }
         queued
+    }
+
+    /// Waits until every queued refusal is written (or given up), at most `within`;
+    /// whether none is left. At shutdown, before the store closes: a refusal answered
+    /// just before SIGTERM is audited like any other.
+    pub async fn flush(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let idle = self.pending.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the count is read: a last write in between still wakes.
+            idle.as_mut().enable();
+            if self.pending.count.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.pending.count.load(Ordering::Acquire) == 0;
+            }
+        }
     }
 
     /// Refusals not written (rate limit, full queue, or the store failed the write).
