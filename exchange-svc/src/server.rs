@@ -508,9 +508,9 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     let (_, r, ()) = tokio::join!(signal, serving, management);
     // Refusals answered before the listeners closed are audited before the store goes
     // (their writer may be waiting behind a long write or a locked table).
-    if !refusals.flush(grace).await {
+    if !refusals.flush(AUDIT_FLUSH).await {
         tracing::warn!(
-            grace_secs = grace.as_secs(),
+            waited_secs = AUDIT_FLUSH.as_secs(),
             "refused exchanges still queued for the audit log at exit were not written"
         );
     }
@@ -519,6 +519,11 @@ pub async fn serve(cfg: Config) -> Result<(), ServeError> {
     store.close().await;
     r
 }
+
+/// Longest wait at exit for refusals still queued for the audit log: short beside the
+/// pod's termination grace, which must also cover the drain delay and the requests in
+/// flight (`istio/`: 45 s for 5 + 30).
+const AUDIT_FLUSH: Duration = Duration::from_secs(5);
 
 /// Re-reads the transit key whenever the store's change version moves (another
 /// replica rotated or retired a version under the maintenance lock), so every replica
