@@ -18,15 +18,29 @@ fn root() -> std::path::PathBuf {
 }
 
 fn configure(bao: &OpenBao) -> String {
-    // OpenBao runs outside a cluster here: give it an API server CA as a file, as an
-    // operator of an external OpenBao would.
+    let (ok, text) = run_configure(bao, true);
+    assert!(ok, "configure-openbao.sh failed:\n{text}");
+    text
+}
+
+/// Runs the script as an operator of an OpenBao outside the cluster would: the API
+/// server's CA as a file, and (`reviewer`) a token OpenBao reviews login tokens with.
+fn run_configure(bao: &OpenBao, reviewer: bool) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let ca =
         rcgen::generate_simple_self_signed(vec!["kubernetes.default.svc".to_string()]).unwrap();
     let ca_path = dir.path().join("kube-ca.crt");
     std::fs::write(&ca_path, ca.cert.pem()).unwrap();
-    let out = Command::new("bash")
-        .env("KUBERNETES_CA_CERT", &ca_path)
+    let jwt_path = dir.path().join("reviewer.jwt");
+    std::fs::write(&jwt_path, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXZpZXdlciJ9.c2ln").unwrap();
+    let mut cmd = Command::new("bash");
+    cmd.env("KUBERNETES_CA_CERT", &ca_path);
+    if reviewer {
+        cmd.env("TOKEN_REVIEWER_JWT_FILE", &jwt_path);
+    } else {
+        cmd.env_remove("TOKEN_REVIEWER_JWT_FILE");
+    }
+    let out = cmd
         .arg(root().join("istio/vault/configure-openbao.sh"))
         .env("BAO", meshpass_testkit::bao_bin())
         .env("BAO_ADDR", bao.addr())
@@ -40,8 +54,24 @@ fn configure(bao: &OpenBao) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "configure-openbao.sh failed:\n{text}");
-    text
+    (out.status.success(), text)
+}
+
+/// An OpenBao outside the cluster has no pod token to call the TokenReview API with:
+/// without `token_reviewer_jwt` it sends the login token itself, whose audience
+/// (`openbao`, kubernetes-auth-role.json) the API server refuses, so every login of the
+/// exchange service failed. Off-cluster (KUBERNETES_CA_CERT), the script now needs a
+/// reviewer token and writes it, or refuses naming what is missing.
+#[test]
+fn off_cluster_setup_writes_a_token_reviewer_jwt_or_refuses_without_one() {
+    let bao = OpenBao::start();
+    let (ok, text) = run_configure(&bao, false);
+    assert!(!ok, "configured an off-cluster OpenBao that cannot review logins:\n{text}");
+    assert!(text.contains("TOKEN_REVIEWER_JWT_FILE"), "{text}");
+    configure(&bao);
+    let (status, cfg) = bao.api("GET", "auth/kubernetes/config", None);
+    assert_eq!(status, 200, "{cfg}");
+    assert_eq!(cfg["data"]["token_reviewer_jwt_set"], true, "{cfg}");
 }
 
 #[test]
