@@ -32,7 +32,11 @@ fn run_configure(bao: &OpenBao, reviewer: bool) -> (bool, String) {
     let ca_path = dir.path().join("kube-ca.crt");
     std::fs::write(&ca_path, ca.cert.pem()).unwrap();
     let jwt_path = dir.path().join("reviewer.jwt");
-    std::fs::write(&jwt_path, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXZpZXdlciJ9.c2ln").unwrap();
+    std::fs::write(
+        &jwt_path,
+        "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXZpZXdlciJ9.c2ln",
+    )
+    .unwrap();
     let mut cmd = Command::new("bash");
     cmd.env("KUBERNETES_CA_CERT", &ca_path);
     if reviewer {
@@ -66,7 +70,10 @@ fn run_configure(bao: &OpenBao, reviewer: bool) -> (bool, String) {
 fn off_cluster_setup_writes_a_token_reviewer_jwt_or_refuses_without_one() {
     let bao = OpenBao::start();
     let (ok, text) = run_configure(&bao, false);
-    assert!(!ok, "configured an off-cluster OpenBao that cannot review logins:\n{text}");
+    assert!(
+        !ok,
+        "configured an off-cluster OpenBao that cannot review logins:\n{text}"
+    );
     assert!(text.contains("TOKEN_REVIEWER_JWT_FILE"), "{text}");
     configure(&bao);
     let (status, cfg) = bao.api("GET", "auth/kubernetes/config", None);
