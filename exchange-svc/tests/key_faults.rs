@@ -446,24 +446,10 @@ async fn a_login_answer_with_an_absurd_lease_does_not_stop_the_service_from_logg
     let relay = relay_to(&bao).await;
     relay.faults.absurd_lease.store(true, Ordering::SeqCst);
     bao.write_policy("signer", &vault_common::signer_policy(KEY));
-    bao.enable_auth("approle", "approle");
-    bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass",
-        Some(json!({ "token_policies": ["signer"], "token_ttl": "1h" })),
+    let (role_id, sid) = bao.approle(
+        "meshpass",
+        json!({ "token_policies": ["signer"], "token_ttl": "1h" }),
     );
-    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sid = bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass/secret-id",
-        Some(json!({})),
-    )["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let mut cfg = relayed_config(&bao, &relay);
     cfg.auth = AuthConfig::Approle {
         mount: "approle".into(),

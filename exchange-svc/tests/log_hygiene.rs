@@ -320,24 +320,10 @@ async fn no_credential_of_the_service_appears_in_the_log_even_at_trace_level() {
 path "transit/sign/mp" { capabilities = ["update"] }
 path "transit/sign/mp/*" { capabilities = ["update"] }"#,
     );
-    bao.enable_auth("approle", "approle");
-    bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass",
-        Some(json!({"token_policies": ["signer"], "token_ttl": "1h"})),
+    let (role_id, secret_id) = bao.approle(
+        "meshpass",
+        json!({"token_policies": ["signer"], "token_ttl": "1h"}),
     );
-    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let secret_id = bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass/secret-id",
-        Some(json!({})),
-    )["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let redis_pw = format!("RedisPw{}", meshpass_testkit::random_hex(8));
     let redis = {
         let (d, pw) = (dir.path().to_path_buf(), redis_pw.clone());

@@ -168,7 +168,7 @@ async fn sighup_is_logged_and_the_replica_keeps_serving_and_stays_ready() {
 /// a queue and a background writer, which waits behind the write lock (an import) or a
 /// locked table; at SIGTERM the process closed the store as soon as its listeners were
 /// done and exited, and the refusals still queued were lost, uncounted. They are now
-/// written first, within the shutdown grace.
+/// written first (the wait is bounded: 5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_queued_for_the_audit_log_at_sigterm_are_written_before_the_process_exits() {
     use sqlx::Connection as _;

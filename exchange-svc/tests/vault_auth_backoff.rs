@@ -32,26 +32,10 @@ fn with_auth(bao: &OpenBao, auth: AuthConfig) -> VaultConfig {
 /// An AppRole role `meshpass` whose tokens live `token_ttl` (max 24 h) with the signer
 /// policy, and a signer configuration logging in with a new secret ID of it (returned).
 fn approle_config(bao: &OpenBao, token_ttl: &str) -> (VaultConfig, String) {
-    bao.enable_auth("approle", "approle");
-    bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass",
-        Some(
-            json!({ "token_policies": ["signer"], "token_ttl": token_ttl, "token_max_ttl": "24h" }),
-        ),
+    let (role_id, sid) = bao.approle(
+        "meshpass",
+        json!({ "token_policies": ["signer"], "token_ttl": token_ttl, "token_max_ttl": "24h" }),
     );
-    let role_id = bao.api_ok("GET", "auth/approle/role/meshpass/role-id", None)["data"]["role_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sid = bao.api_ok(
-        "POST",
-        "auth/approle/role/meshpass/secret-id",
-        Some(json!({})),
-    )["data"]["secret_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
     let mut cfg = with_auth(
         bao,
         AuthConfig::Approle {

@@ -405,6 +405,26 @@ impl OpenBao {
         self.api_ok("POST", &format!("sys/auth/{path}"), body);
     }
 
+    /// Enables AppRole at `auth/approle` and writes its role `role` with `settings`
+    /// (`token_policies`, `token_ttl`, ...); returns the role ID and a new secret ID.
+    pub fn approle(&self, role: &str, settings: Value) -> (String, String) {
+        self.enable_auth("approle", "approle");
+        let base = format!("auth/approle/role/{role}");
+        self.api_ok("POST", &base, Some(settings));
+        let id = |v: Value, field: &str| {
+            v["data"][field]
+                .as_str()
+                .unwrap_or_else(|| panic!("OpenBao answered no {field}: {v}"))
+                .to_string()
+        };
+        let role_id = id(
+            self.api_ok("GET", &format!("{base}/role-id"), None),
+            "role_id",
+        );
+        let secret = self.api_ok("POST", &format!("{base}/secret-id"), Some(json!({})));
+        (role_id, id(secret, "secret_id"))
+    }
+
     /// Creates transit key `name` of `key_type` (`ecdsa-p256`, `rsa-2048`, `ed25519`...)
     /// on the `transit/` mount.
     pub fn create_transit_key(&self, name: &str, key_type: &str) {
