@@ -34,6 +34,19 @@ pub struct ConnInfo {
     pub identity_until: Option<Instant>,
 }
 
+impl ConnInfo {
+    /// `tls_peer` while the connection may carry it: none past `identity_until`. The
+    /// server then closes the connection gracefully, but a client may keep it open
+    /// (an HTTP/2 client that never acknowledges the shutdown PING gets no GOAWAY), and
+    /// its requests must not name a caller whose certificate or CA has lapsed.
+    pub fn current_tls_peer(&self) -> Option<SpiffeId> {
+        match self.identity_until {
+            Some(until) if Instant::now() >= until => None,
+            _ => self.tls_peer.clone(),
+        }
+    }
+}
+
 impl axum::extract::connect_info::Connected<IncomingStream<'_, TcpListener>> for ConnInfo {
     fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
         ConnInfo {
@@ -109,7 +122,7 @@ fn identify_any(
         // The proxy sanitises the header; two of them means something else added one.
         let value = match (first, xfcc.next()) {
             // Nothing forwarded: the proxy itself is the caller (its certificate, if any).
-            (None, _) => return Ok(conn.and_then(|c| c.tls_peer.clone())),
+            (None, _) => return Ok(conn.and_then(ConnInfo::current_tls_peer)),
             (Some(v), None) => v.to_str().map_err(|_| CallerError::BadXfcc)?,
             (Some(_), Some(_)) => return Err(CallerError::BadXfcc),
         };
@@ -118,7 +131,7 @@ fn identify_any(
     if first.is_some() {
         return Err(CallerError::UntrustedXfcc);
     }
-    Ok(conn.and_then(|c| c.tls_peer.clone()))
+    Ok(conn.and_then(ConnInfo::current_tls_peer))
 }
 
 /// The SPIFFE ID in the `URI=` of an XFCC value of one element: the element the trusted
@@ -155,6 +168,31 @@ mod tests {
             xfcc_trusted_proxies: vec![ip.parse().unwrap()],
             insecure_unbound_callers: false,
         }
+    }
+
+    /// The server closes a connection gracefully when its identity lapses, but an
+    /// HTTP/2 client that never acknowledges the shutdown PING keeps it open (GOAWAY
+    /// is sent only on that acknowledgement), and every new stream named the caller of
+    /// a certificate past its notAfter or of a CA since taken out of the bundle.
+    #[test]
+    fn a_connection_past_its_identity_lapse_names_no_caller() {
+        let mut c = conn("10.0.0.5", Some(WEB));
+        c.identity_until = Some(Instant::now() + std::time::Duration::from_secs(60));
+        let id = identify(&CallerSettings::default(), Some(&c), &HeaderMap::new()).unwrap();
+        assert_eq!(id.unwrap().as_str(), WEB);
+        c.identity_until = Some(Instant::now() - std::time::Duration::from_millis(1));
+        assert_eq!(
+            identify(&CallerSettings::default(), Some(&c), &HeaderMap::new()),
+            Ok(None),
+            "a lapsed connection still named its caller"
+        );
+        // Nor through a trusted proxy that forwards no XFCC (the proxy is the caller).
+        let mut p = conn("10.0.0.9", Some(WEB));
+        p.identity_until = c.identity_until;
+        assert_eq!(
+            identify(&trusting("10.0.0.9"), Some(&p), &HeaderMap::new()),
+            Ok(None)
+        );
     }
 
     #[test]

@@ -28,6 +28,10 @@ use crate::caller::ConnInfo;
 /// HTTP/2).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a connection whose identity lapsed is given to close after it was asked
+/// to (its requests in flight finish; new ones already name no caller).
+const LAPSED_CLOSE_GRACE: Duration = Duration::from_secs(30);
+
 /// HTTP/2 keep-alive: a peer that stops answering pings is cut off.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 
@@ -97,7 +101,11 @@ where
                 }
             };
             tokio::pin!(lapse);
-            let (mut head_due, mut asked) = (true, false);
+            // After the identity lapsed and the close was asked: a client that ignores
+            // it (no HTTP/2 PING acknowledgement, so no GOAWAY) is cut off.
+            let cut = tokio::time::sleep(Duration::MAX);
+            tokio::pin!(cut);
+            let (mut head_due, mut asked, mut cutting) = (true, false, false);
             let r = loop {
                 tokio::select! {
                     r = &mut conn => break r,
@@ -113,6 +121,12 @@ where
                         asked = true;
                         tracing::debug!("connection closed: its client identity lapsed");
                         conn.as_mut().graceful_shutdown();
+                        cutting = true;
+                        cut.as_mut().reset(tokio::time::Instant::now() + LAPSED_CLOSE_GRACE);
+                    }
+                    () = &mut cut, if cutting => {
+                        tracing::debug!("connection cut: its client kept it open past its identity's lapse");
+                        return;
                     }
                     _ = stopping.wait_for(|s| *s), if !asked => {
                         asked = true;
