@@ -128,6 +128,11 @@ pub struct TlsConfig {
     pub max_connection_age_secs: u64,
 }
 
+/// Longest `*.tls.max_connection_age_secs` accepted. Beyond the time a removed CA may
+/// keep trusting a connection, a much larger value overflowed the instant the
+/// connection's identity lapses, and every mTLS handshake panicked.
+pub const MAX_CONNECTION_AGE_SECS: u64 = 86_400;
+
 fn default_max_connection_age_secs() -> u64 {
     300
 }
@@ -474,10 +479,10 @@ impl Config {
             return Err(bad("server.request_timeout_secs", "must be at least 1"));
         }
         if let Some(tls) = &self.server.tls {
-            if tls.max_connection_age_secs == 0 {
+            if !(1..=MAX_CONNECTION_AGE_SECS).contains(&tls.max_connection_age_secs) {
                 return Err(bad(
                     "server.tls.max_connection_age_secs",
-                    "must be at least 1",
+                    "must be 1 to 86400 (a day: it bounds how long a CA taken out of the bundle is trusted)",
                 ));
             }
             if let Some(l) = tls.listen {
@@ -491,10 +496,10 @@ impl Config {
             check_tls_files("server.tls", tls)?;
         }
         if let Some(tls) = &self.management.tls {
-            if tls.max_connection_age_secs == 0 {
+            if !(1..=MAX_CONNECTION_AGE_SECS).contains(&tls.max_connection_age_secs) {
                 return Err(bad(
                     "management.tls.max_connection_age_secs",
-                    "must be at least 1",
+                    "must be 1 to 86400 (a day: it bounds how long a CA taken out of the bundle is trusted)",
                 ));
             }
             if tls.listen.is_some() {

@@ -515,6 +515,19 @@ fn a_tls_max_connection_age_of_zero_is_refused_naming_the_field() {
     assert!(err.contains("server.tls.max_connection_age_secs"), "{err}");
 }
 
+/// "No limit" written as a huge number passed the check and overflowed the instant a
+/// caller's identity lapses: every mTLS handshake then panicked and every identified
+/// caller was cut off. Refused at load, naming the field.
+#[test]
+fn a_tls_max_connection_age_too_large_for_a_clock_is_refused_naming_the_field() {
+    for huge in ["9223372036854775807", "86401"] {
+        let err = try_tls_section(&format!("max_connection_age_secs = {huge}"))
+            .expect_err("a huge max_connection_age_secs was accepted");
+        assert!(err.contains("server.tls.max_connection_age_secs"), "{err}");
+    }
+    assert!(try_tls_section("max_connection_age_secs = 86400").is_ok());
+}
+
 /// Loads a config whose `[server.tls]` (real files, `server.listen` 127.0.0.1:18443)
 /// ends with `extra`.
 fn try_tls_section(extra: &str) -> Result<meshpass_exchange::config::Config, String> {
