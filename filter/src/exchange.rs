@@ -124,9 +124,15 @@ impl Worker {
                     self.warn_limited(host, WarnKind::ExchangeFailed, now, &msg);
                 }
                 if let Outcome::Token(t) = &outcome {
-                    if let Stored::Refused { refresh_ms } =
-                        self.store(host, &key, t, &resp, &subject, subject_exp, now)
-                    {
+                    if let Stored::Refused { refresh_ms } = self.store(
+                        host,
+                        &key,
+                        t,
+                        &resp,
+                        &subject,
+                        subject_exp,
+                        issued(started_ms),
+                    ) {
                         // Another key's longer-lived entry keeps the slot: serve this
                         // token from the memo until its refresh time, not by a new
                         // exchange on every request. Unless it was revoked while the
@@ -171,7 +177,15 @@ impl Worker {
                         // A refused refresh leaves the slot to the other key; the next
                         // request misses and is memoised then. One that cannot be
                         // cached backs off, as a failure does (not again every tick).
-                        match self.store(host, &key, &t, &resp, &subject, subject_exp, now) {
+                        match self.store(
+                            host,
+                            &key,
+                            &t,
+                            &resp,
+                            &subject,
+                            subject_exp,
+                            issued(started_ms),
+                        ) {
                             Stored::NotCached => self.refresh_failed(&key, 0, now),
                             _ => self.refresh_done(&key),
                         }
@@ -369,4 +383,12 @@ pub(crate) fn exchange_form(token: &str, target: &Target, actor: Option<String>)
         actor_token_type: has_actor.then(|| meshpass_core::oauth::TOKEN_TYPE_JWT.to_string()),
     }
     .to_form()
+}
+
+/// The earliest time the service can have counted an answer's `expires_in` from: its
+/// clock in whole seconds, read after the call left at `started_ms`. Counting from the
+/// answer's arrival instead kept a token cached past its `exp` by the exchange's
+/// latency and the service's rounding.
+fn issued(started_ms: u64) -> u64 {
+    started_ms.saturating_sub(1000)
 }

@@ -95,12 +95,42 @@ fn cache_entry_stores_subject_and_expires_before_the_participant_token() {
     let e = Entry::decode(&bytes).unwrap();
     assert_eq!(e.subject, ALICE);
     assert_eq!(e.token, "p");
-    assert_eq!(e.expires_ms, f.host.now_ms + 300_000 - 10_000);
+    // Counted from the dispatch, less the second the service's clock rounds away.
+    assert_eq!(e.expires_ms, f.host.now_ms - 1_000 + 300_000 - 10_000);
     assert!(e.refresh_ms < e.expires_ms);
     // After expiry it is a miss again (and a new exchange).
     f.host.now_ms = e.expires_ms + 1;
     f.send_token(2, &t);
     assert_eq!(f.host.dispatched.len(), 2);
+}
+
+/// The service counts `expires_in` from its own clock in whole seconds, read after the
+/// call left the filter; the filter counted it from the answer's arrival, so a 5 s
+/// token answered 1.5 s late was cached 1.5 s (plus the service's rounding) past its
+/// own `exp`, beyond what the margin (10 % of a short life) absorbs: a hit forwarded
+/// an expired token. Counted from the dispatch, less the second the service rounds
+/// away, the entry ends before the token does.
+#[test]
+fn a_participant_token_answered_late_is_never_cached_past_its_own_exp() {
+    let mut f = fixture();
+    let t = f.token(ALICE);
+    f.host.now_ms = f.host.now_ms / 1000 * 1000 + 900;
+    let dispatched = f.host.now_ms;
+    f.send_token(1, &t);
+    // The service reads its clock (whole seconds) as the call arrives: exp = that + 5.
+    let exp_ms = dispatched / 1000 * 1000 + 5_000;
+    f.host.now_ms += 1_500;
+    f.answer(ok_response("p", 5));
+    let target = f.w.config.default_target.clone().unwrap();
+    let slot = cache::entry_key(&cache::key(0, &target.digest, &t, None), 4096);
+    let (bytes, _) = f.host.shared[&slot].clone();
+    let e = Entry::decode(&bytes).unwrap();
+    assert!(
+        e.expires_ms <= exp_ms,
+        "cached until {} ms, {} ms past the token's exp",
+        e.expires_ms,
+        e.expires_ms.saturating_sub(exp_ms)
+    );
 }
 
 #[test]
