@@ -209,7 +209,7 @@ impl Worker {
                             _ => 0,
                         };
                         self.refresh_failed(&key, retry_after, now);
-                        let msg = format!("meshpass: background refresh failed ({other:?}); cached token served until it expires");
+                        let msg = format!("meshpass: background refresh failed ({other:?}); cached token kept until expiry");
                         self.warn_limited(host, WarnKind::RefreshFailed, now, &msg);
                     }
                 }

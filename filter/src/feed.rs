@@ -327,8 +327,8 @@ impl RevocationSet {
 
     /// The reason a cached token (its subject, the participant token) is revoked: the
     /// subject first; the token's payload is read only when it can matter: its `jti`
-    /// when `jti`s are revoked, its actor (`act.sub`) when subjects are (a revoked
-    /// workload may not act for anyone either).
+    /// when `jti`s are revoked, its actors (every `sub` down `act`) when subjects are (a
+    /// revoked workload may not act for anyone either, at any depth).
     pub fn check(&self, subject: &str, participant: &str, now_s: u64) -> Option<Reason<'_>> {
         if self.is_empty() {
             return None;
@@ -344,10 +344,10 @@ impl RevocationSet {
         if let Some(r) = ids.jti.as_deref().and_then(|j| self.jti(j, now_s)) {
             return Some(r);
         }
-        ids.actor
-            .as_deref()
+        ids.actors
+            .iter()
             .filter(|_| subjects)
-            .and_then(|a| self.subject(a, now_s))
+            .find_map(|a| self.subject(a, now_s))
     }
 
     /// The shared-data form (`{"version", "entries"}`, entries as the feed spells them).
@@ -392,15 +392,17 @@ impl RevocationSet {
     }
 }
 
-/// What a participant token says that a revocation can name: its `jti` and its current
-/// actor (`act.sub`). The payload is read unverified: the filter holds the token the
-/// exchange service issued to it; these only select which revocation applies.
+/// What a participant token says that a revocation can name: its `jti` and its actors
+/// (`act.sub`, `act.act.sub`, ...). The payload is read unverified: the filter holds
+/// the token the exchange service issued to it; these only select which revocation
+/// applies.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct TokenIds {
     /// `jti`.
     pub jti: Option<String>,
-    /// `act.sub`.
-    pub actor: Option<String>,
+    /// Every `sub` down the `act` chain, the current actor first (serde_json's depth
+    /// limit bounds it).
+    pub actors: Vec<String>,
 }
 
 impl TokenIds {
@@ -418,12 +420,16 @@ impl TokenIds {
             Some(Value::String(j)) => Some(j.clone()),
             Some(_) => return None,
         };
-        let actor = claims
-            .get("act")
-            .and_then(|a| a.get("sub"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Some(TokenIds { jti, actor })
+        // A revoked workload may not act for anyone at any depth, as the service rules.
+        let mut actors = Vec::new();
+        let mut act = claims.get("act");
+        while let Some(a) = act {
+            if let Some(s) = a.get("sub").and_then(Value::as_str) {
+                actors.push(s.to_string());
+            }
+            act = a.get("act");
+        }
+        Some(TokenIds { jti, actors })
     }
 }
 
@@ -640,13 +646,23 @@ mod tests {
         );
         let other = tok(r#"{"jti":"j","act":{"sub":"spiffe://td/ns/c/sa/d"}}"#);
         assert_eq!(set.check("spiffe://td/ns/a/sa/b", &other, 0), None);
+        // An earlier actor down the chain: the service refuses to mint for it and
+        // drops its cached tokens; the filter served them until they expired.
+        let nested = tok(
+            r#"{"jti":"j","act":{"sub":"spiffe://td/ns/gw/sa/gw","act":{"sub":"spiffe://td/ns/batch/sa/run"}}}"#,
+        );
+        assert_eq!(
+            set.check("spiffe://td/ns/a/sa/b", &nested, 0),
+            Some("why rv-1"),
+            "a revoked earlier actor in the act chain was not matched"
+        );
         // An `act` that is not an object names no actor; the token is still read.
         let odd = tok(r#"{"jti":"j","act":"x"}"#);
         assert_eq!(
             TokenIds::of(&odd),
             Some(TokenIds {
                 jti: Some("j".into()),
-                actor: None
+                actors: Vec::new()
             })
         );
         assert_eq!(set.check("spiffe://td/ns/a/sa/b", &odd, 0), None);

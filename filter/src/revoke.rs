@@ -201,7 +201,7 @@ impl Worker {
             // store reset still gets through: its snapshot answers a poll from ours.
             host.log(
                 Level::Debug,
-                "meshpass: revocation feed answer to an older poll ignored (the set moved meanwhile)",
+                "meshpass: revocation feed answer to an older poll ignored",
             );
             return;
         }

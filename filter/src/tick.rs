@@ -60,7 +60,7 @@ impl Worker {
             if answer {
                 host.log(
                     Level::Warn,
-                    "meshpass: a call was never answered (past its timeout); counted as a timeout",
+                    "meshpass: a call was never answered; counted as a timeout",
                 );
                 self.on_call_response(host, t, CallResponse::default());
             } else {

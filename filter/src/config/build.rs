@@ -34,7 +34,7 @@ impl Config {
             {
                 return Err(err(
                     "noop_for_benchmarks",
-                    "is a benchmark aid that does nothing: it cannot be combined with issuers, exchange, rules, default_rule or revocation",
+                    "does nothing (a benchmark aid): not with issuers, exchange, rules, default_rule or revocation",
                 ));
             }
             return Ok(Config::noop());
@@ -47,7 +47,7 @@ impl Config {
             // silently stops exchanging: refuse everything that configures an exchange.
             return Err(err(
                 "validate_only_for_benchmarks",
-                "is a benchmark aid that never exchanges: it cannot be combined with exchange, rules or default_rule",
+                "never exchanges (a benchmark aid): not with exchange, rules or default_rule",
             ));
         }
         let mode = check_mode(&raw)?;
@@ -264,7 +264,7 @@ fn own_identity_admitted(
                 .any(|i| i.trust_domains.iter().any(|t| t == td)) =>
         {
             warnings.push(format!(
-                "meshpass: own_identity.trust_domain {:?} is in no issuer's trust_domains: an identity from node metadata is never admitted",
+                "meshpass: own_identity.trust_domain {:?} is in no issuer's trust_domains: never admitted",
                 td.as_str()
             ));
             Ok(())
@@ -620,7 +620,7 @@ fn check_match_path(field: &str, p: String) -> Result<String, ConfigError> {
     if crate::path::normalise(&p) != p.as_str() {
         return Err(err(
             field,
-            "is not in normal form (repeated slashes, dot segments or percent-encoded characters): no request path could match it",
+            "is not in normal form: no request path could match it",
         ));
     }
     Ok(p)

@@ -221,19 +221,19 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut w: Vec<String> = self.key_warnings.clone();
         if self.mode == Mode::NoneInsecure {
-            w.push("meshpass: insecure_disable_binding: subject tokens are not bound to the connection (a stolen token works from anywhere)".into());
+            w.push("meshpass: insecure_disable_binding: tokens are not bound to the connection (a stolen one works anywhere)".into());
         }
         if self.insecure_keep_x_meshpass_headers {
-            w.push("meshpass: insecure_keep_x_meshpass_headers: client-sent x-meshpass-* headers other than x-meshpass-subject reach the upstream".into());
+            w.push("meshpass: insecure_keep_x_meshpass_headers: client x-meshpass-* headers (but x-meshpass-subject) reach the app".into());
         }
         if self.danger_trap_on_path.is_some() {
-            w.push("meshpass: danger_trap_on_path: a request for that path aborts the VM (test aid, never for production)".into());
+            w.push("meshpass: danger_trap_on_path: that path aborts the VM (test aid only)".into());
         }
         if self.noop {
-            w.push("meshpass: noop_for_benchmarks: the filter does nothing, every request goes on unauthenticated (benchmark aid, never for production)".into());
+            w.push("meshpass: noop_for_benchmarks: every request passes unauthenticated (benchmark aid only)".into());
         }
         if self.validate_only {
-            w.push("meshpass: validate_only_for_benchmarks: every request is validated, none is exchanged (benchmark aid, not for production)".into());
+            w.push("meshpass: validate_only_for_benchmarks: requests are validated, never exchanged (benchmark aid only)".into());
         }
         if self.revocation.is_none() && !self.validate_only && !self.noop {
             w.push("meshpass: revocation.enabled: false: revocations are not enforced".into());
