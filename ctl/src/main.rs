@@ -527,7 +527,7 @@ async fn apply(
         } else {
             "configured"
         };
-        crate::say!("{what} {} {done}", values.join(" "));
+        crate::render::write_progress(format_args!("{what} {} {done}\n", values.join(" ")));
     }
     Ok(())
 }

@@ -42,6 +42,20 @@ pub fn write_out(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// A line of progress between writes to the service: a reader that went away ends
+/// nothing (`apply -f all.yaml | grep -q configured` must not leave the rest of the
+/// file unsent behind an exit 0); the writes go on, only their report is lost. Any
+/// other write error ends the command with 1, as [`write_out`].
+pub fn write_progress(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("meshpassctl: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// `println!` through [`write_out`].
 #[macro_export]
 macro_rules! say {

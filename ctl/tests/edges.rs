@@ -389,6 +389,70 @@ async fn a_reader_that_goes_away_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// `meshpassctl mappings apply -f all.yaml | grep -q configured`: the reader leaves
+/// after the first line, and the next line ended the command with 0 while the rest of
+/// the file was never sent: a partial apply that said success. The writes go on; only
+/// their report is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_whose_reader_goes_away_still_sends_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, seen) = fake_http(|method, path| {
+        let name = path.rsplit('/').next().unwrap_or("").to_string();
+        if method == "PUT" && name != "m0" {
+            // Answered after the test has closed the pipe.
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        }
+        http(
+            "201 Created",
+            "content-type: application/json\r\netag: \"e\"\r\n",
+            &json!({"name": name}).to_string(),
+        )
+    });
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "a.b.c").unwrap();
+    let f = dir.path().join("all.yaml");
+    let entries: String = (0..3)
+        .map(|i| {
+            format!("  - name: m{i}\n    subject: spiffe://cluster.local/ns/a/*\n    resource: r\n    participant: p\n    ttl_secs: 60\n")
+        })
+        .collect();
+    std::fs::write(&f, format!("mappings:\n{entries}")).unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("meshpassctl"))
+        .args(["--server", &server, "--token-file"])
+        .arg(&token_file)
+        .args(["mappings", "apply", "-f"])
+        .arg(&f)
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 8];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let puts = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("PUT "))
+        .count();
+    assert!(
+        puts == 3 || out.status.code() != Some(0),
+        "exit {:?} after {puts} of 3 entries were sent: {stderr}",
+        out.status.code()
+    );
+}
+
 // --------------------------------------------------------------------------------------- operator slips
 
 const MAPPING: &str =
