@@ -153,6 +153,27 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// What the write of a patch computed from the state read under `read` must find: that
+/// very state, whatever `If-Match` allowed. A list (`"A", "B"`) is checked against the
+/// state read (412 when it is not named), then the write must find that state: checked
+/// at the write instead, a state written meanwhile that the list also named (or the read
+/// one come back) was overwritten by a patch of another state, a lost update.
+fn patch_precondition(
+    requested: Precondition,
+    read: ETag,
+    target: impl FnOnce() -> String,
+) -> Result<Precondition, MgmtError> {
+    match requested {
+        Precondition::Exists | Precondition::None => Ok(Precondition::Matches(read)),
+        Precondition::Matches(t) if t == read => Ok(Precondition::Matches(read)),
+        Precondition::MatchesAny(tags) if tags.contains(&read) => Ok(Precondition::Matches(read)),
+        Precondition::Matches(_) | Precondition::MatchesAny(_) => {
+            Err(MgmtError::PreconditionFailed(target()))
+        }
+        p => Ok(p),
+    }
+}
+
 fn patched<T: Serialize + DeserializeOwned>(current: &T, body: &[u8]) -> Result<T, MgmtError> {
     let patch: Value = parse_body(body)?;
     if !patch.is_object() {
@@ -295,12 +316,8 @@ pub async fn patch_mapping(
         .mapping_tagged(&name)
         .await?
         .ok_or(MgmtError::NotFound(format!("mappings/{name}")))?;
-    // Without If-Match the patch applies to the state just read, and still fails if
-    // someone changes it before the write.
-    let pre = match precondition(&headers, Precondition::Matches(tag.clone()))? {
-        Precondition::Exists | Precondition::None => Precondition::Matches(tag),
-        p => p,
-    };
+    let requested = precondition(&headers, Precondition::Matches(tag.clone()))?;
+    let pre = patch_precondition(requested, tag, || format!("mappings/{name}"))?;
     let m: Mapping = patched(&current, &body)?;
     if m.name != name {
         return Err(MgmtError::invalid(
@@ -453,10 +470,10 @@ pub async fn patch_scope(
         .scope_tagged(&key)
         .await?
         .ok_or_else(|| MgmtError::NotFound(format!("scopes/{}/{}", key.resource, key.scope)))?;
-    let pre = match precondition(&headers, Precondition::Matches(tag.clone()))? {
-        Precondition::Exists | Precondition::None => Precondition::Matches(tag),
-        p => p,
-    };
+    let requested = precondition(&headers, Precondition::Matches(tag.clone()))?;
+    let pre = patch_precondition(requested, tag, || {
+        format!("scopes/{}/{}", key.resource, key.scope)
+    })?;
     let row: ScopeClaims = patched(&current, &body)?;
     if row_key(&row) != key {
         return Err(MgmtError::invalid(
@@ -520,6 +537,34 @@ mod tests {
     /// RFC 7396 Appendix A, every example. The nested ones failed: a patch object
     /// applied to a missing or non-object member was copied as it was, its nulls
     /// included (`{"a":{"bb":{"ccc":null}}}` on `{}` stored `ccc: null`).
+    /// An `If-Match` list (or one tag) was checked only at the write: a patch computed
+    /// from state A under `If-Match: "A", "B"` was written over B when another writer
+    /// committed B in between (B's change lost, both answered 200), and under
+    /// `If-Match: "A"` over A come back after C. The write must find the state read.
+    #[test]
+    fn a_patch_is_written_only_over_the_state_it_was_computed_from() {
+        let tag = |s: &str| ETag::of(&json!({"v": s}));
+        let (a, b) = (tag("a"), tag("b"));
+        let t = || "mappings/m".to_string();
+        let list = Precondition::MatchesAny(vec![a.clone(), b.clone()]);
+        assert_eq!(
+            patch_precondition(list.clone(), a.clone(), t).unwrap(),
+            Precondition::Matches(a.clone())
+        );
+        assert!(matches!(
+            patch_precondition(list, tag("c"), t),
+            Err(MgmtError::PreconditionFailed(_))
+        ));
+        assert_eq!(
+            patch_precondition(Precondition::Exists, b.clone(), t).unwrap(),
+            Precondition::Matches(b)
+        );
+        assert!(matches!(
+            patch_precondition(Precondition::MatchesAny(vec![a]), tag("c"), t),
+            Err(MgmtError::PreconditionFailed(_))
+        ));
+    }
+
     #[test]
     fn merge_patch_gives_the_results_of_rfc_7396_appendix_a() {
         for (target, patch, result) in [
