@@ -89,6 +89,16 @@ async fn a_refused_body_names_the_json_path_of_the_field_not_its_value(db: Db) {
     ] {
         assert_invalid(what, s.post("/api/v1/mappings", &body).await, field);
     }
+    // Valid JSON (RFC 8259 sets no range), a number no float holds: serde_json calls it
+    // a syntax error, and it was answered 400 "not valid JSON" with no field.
+    let mut huge = m();
+    huge["ttl_secs"] = json!(123_456_789);
+    let text = huge.to_string().replace("123456789", "1e400");
+    let r = s
+        .req(reqwest::Method::POST, "/api/v1/mappings", Some(ADMIN))
+        .header("content-type", "application/json")
+        .body(text);
+    assert_invalid("a ttl of 1e400", s.send(r).await, "ttl_secs");
     let mut missing = m();
     missing.as_object_mut().unwrap().remove("ttl_secs");
     assert_invalid(

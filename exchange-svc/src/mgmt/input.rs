@@ -102,11 +102,19 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, MgmtError> {
     let value =
         serde_path_to_error::deserialize(&mut de).map_err(|e| match e.inner().classify() {
             serde_json::error::Category::Data => invalid(e),
+            // Valid JSON (RFC 8259 sets no range) that no float holds (`1e400`): a bad
+            // value of its field, though serde_json classifies it as syntax.
+            serde_json::error::Category::Syntax if out_of_range(e.inner()) => invalid(e),
             _ => not_json(e.into_inner()),
         })?;
     // Trailing text after the document, as `serde_json::from_slice` refuses it.
     de.end().map_err(not_json)?;
     Ok(value)
+}
+
+/// Whether `e` is serde_json's "number out of range" (it has no category of its own).
+fn out_of_range(e: &serde_json::Error) -> bool {
+    e.to_string().starts_with("number out of range")
 }
 
 /// Reads a JSON value (a merge patch applied to an entity) as `T`; `422` naming the
