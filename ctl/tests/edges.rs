@@ -342,6 +342,40 @@ async fn uri_resources_round_trip() {
     let _: Option<Value> = None;
 }
 
+/// Runs meshpassctl against `server` with `args` (a token file in `dir`), reads the
+/// first `bytes` bytes of its output and closes the pipe, as `| head -c` would; its
+/// output once it ended.
+async fn run_with_reader_leaving(
+    dir: &std::path::Path,
+    server: &str,
+    args: &[&str],
+    bytes: usize,
+) -> std::process::Output {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "a.b.c").unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("meshpassctl"))
+        .args(["--server", server, "--token-file"])
+        .arg(&token_file)
+        .args(args)
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = vec![0u8; bytes];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// `meshpassctl ... | head -1`: once the reader has gone, the command ends quietly
 /// (exit 0, nothing on stderr), as Unix tools do, not with a panic (exit 101).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,29 +395,7 @@ async fn a_reader_that_goes_away_ends_the_command_quietly() {
             &json!({"items": items}).to_string(),
         )
     });
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "a.b.c").unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("meshpassctl"))
-        .args(["--server", &server, "--token-file"])
-        .arg(&token_file)
-        .args(["mappings", "list"])
-        .env_remove("HTTP_PROXY")
-        .env_remove("http_proxy")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 64];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    drop(child.stdout.take());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = run_with_reader_leaving(dir.path(), &server, &["mappings", "list"], 64).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -408,8 +420,6 @@ async fn an_apply_whose_reader_goes_away_still_sends_every_entry() {
             &json!({"name": name}).to_string(),
         )
     });
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "a.b.c").unwrap();
     let f = dir.path().join("all.yaml");
     let entries: String = (0..3)
         .map(|i| {
@@ -417,28 +427,8 @@ async fn an_apply_whose_reader_goes_away_still_sends_every_entry() {
         })
         .collect();
     std::fs::write(&f, format!("mappings:\n{entries}")).unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("meshpassctl"))
-        .args(["--server", &server, "--token-file"])
-        .arg(&token_file)
-        .args(["mappings", "apply", "-f"])
-        .arg(&f)
-        .env_remove("HTTP_PROXY")
-        .env_remove("http_proxy")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 8];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    drop(child.stdout.take());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let apply = ["mappings", "apply", "-f", f.to_str().unwrap()];
+    let out = run_with_reader_leaving(dir.path(), &server, &apply, 8).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let puts = seen
         .lock()
